@@ -1,0 +1,167 @@
+//! Capacity fallback: the order in which launch candidates are tried, what an EC2 error means
+//! for the next candidate, and the ClientToken that makes a retried launch return the same instance.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::runspec::Market;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Candidate {
+    pub market: Market,
+    pub instance_type: String,
+    pub subnet: String,
+}
+
+/// Market first (Spot before On-Demand), then the user's type order, then subnets.
+pub fn candidates(types: &[String], subnets: &[String], markets: &[Market]) -> Vec<Candidate> {
+    let mut out = vec![];
+    for &market in markets {
+        for t in types {
+            for s in subnets {
+                out.push(Candidate {
+                    market,
+                    instance_type: t.clone(),
+                    subnet: s.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LaunchErrorKind {
+    /// No capacity for this type/AZ/market now: try the next candidate.
+    Capacity,
+    /// An account limit (vCPUs, Spot requests): try the next candidate, whose quota may differ.
+    Limit,
+    /// A mistake that no other candidate fixes (bad AMI, permissions): stop.
+    Fatal,
+}
+
+/// Classifies an EC2 RunInstances error code.
+pub fn classify(code: &str, message: &str) -> LaunchErrorKind {
+    match code {
+        "InsufficientInstanceCapacity"
+        | "InsufficientHostCapacity"
+        | "InsufficientCapacity"
+        | "InsufficientReservedInstanceCapacity"
+        | "SpotMaxPriceTooLow"
+        | "Unsupported"
+        | "InsufficientFreeAddressesInSubnet"
+        | "InvalidAvailabilityZone" => LaunchErrorKind::Capacity,
+        "VcpuLimitExceeded" | "MaxSpotInstanceCountExceeded" | "InstanceLimitExceeded" => {
+            LaunchErrorKind::Limit
+        }
+        // An AZ that cannot take the type is reported as a parameter error.
+        "InvalidParameterValue" | "InvalidParameterCombination"
+            if message.contains("Availability Zone") && message.contains("not supported") =>
+        {
+            LaunchErrorKind::Capacity
+        }
+        _ => LaunchErrorKind::Fatal,
+    }
+}
+
+/// What one candidate answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tried {
+    pub market: Market,
+    pub instance_type: String,
+    pub subnet: String,
+    pub code: String,
+    pub message: String,
+}
+
+/// RunInstances' ClientToken (at most 64 ASCII characters): one per execution, attempt and
+/// candidate, so a retried call for the same candidate returns the same instance, and two
+/// candidates never collide with IdempotentParameterMismatch.
+pub fn client_token(execution: &str, attempt: u32, candidate: &Candidate) -> String {
+    let mut h = Sha256::new();
+    h.update(execution.as_bytes());
+    h.update([0]);
+    h.update(attempt.to_be_bytes());
+    h.update(candidate.market.as_str().as_bytes());
+    h.update([0]);
+    h.update(candidate.instance_type.as_bytes());
+    h.update([0]);
+    h.update(candidate.subnet.as_bytes());
+    let digest = h.finalize();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("eph-{attempt}-{}", &hex[..48])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_is_market_type_subnet() {
+        let c = candidates(
+            &["a.large".into(), "b.large".into()],
+            &["s1".into(), "s2".into()],
+            &[Market::Spot, Market::OnDemand],
+        );
+        let names: Vec<String> = c
+            .iter()
+            .map(|c| format!("{}/{}/{}", c.market.as_str(), c.instance_type, c.subnet))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                "spot/a.large/s1",
+                "spot/a.large/s2",
+                "spot/b.large/s1",
+                "spot/b.large/s2",
+                "on-demand/a.large/s1",
+                "on-demand/a.large/s2",
+                "on-demand/b.large/s1",
+                "on-demand/b.large/s2"
+            ]
+        );
+    }
+
+    #[test]
+    fn classification() {
+        use LaunchErrorKind::*;
+        for c in [
+            "InsufficientInstanceCapacity",
+            "SpotMaxPriceTooLow",
+            "InsufficientHostCapacity",
+            "Unsupported",
+        ] {
+            assert_eq!(classify(c, ""), Capacity, "{c}");
+        }
+        assert_eq!(classify("VcpuLimitExceeded", ""), Limit);
+        assert_eq!(classify("MaxSpotInstanceCountExceeded", ""), Limit);
+        assert_eq!(
+            classify(
+                "InvalidParameterValue",
+                "Your requested instance type is not supported in your requested Availability Zone"
+            ),
+            Capacity
+        );
+        assert_eq!(classify("InvalidParameterValue", "bad volume size"), Fatal);
+        assert_eq!(classify("InvalidAMIID.NotFound", ""), Fatal);
+        assert_eq!(classify("UnauthorizedOperation", ""), Fatal);
+    }
+
+    #[test]
+    fn tokens_are_stable_distinct_and_short() {
+        let c1 = Candidate {
+            market: Market::Spot,
+            instance_type: "c7g.large".into(),
+            subnet: "subnet-1".into(),
+        };
+        let mut c2 = c1.clone();
+        c2.market = Market::OnDemand;
+        let exec = "arn:aws:states:us-east-1:123456789012:execution:ephemera:run-1";
+        assert_eq!(client_token(exec, 1, &c1), client_token(exec, 1, &c1));
+        assert_ne!(client_token(exec, 1, &c1), client_token(exec, 2, &c1));
+        assert_ne!(client_token(exec, 1, &c1), client_token(exec, 1, &c2));
+        let t = client_token(exec, 10, &c1);
+        assert!(t.len() <= 64 && t.is_ascii(), "{t}");
+    }
+}

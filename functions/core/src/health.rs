@@ -1,0 +1,143 @@
+//! The boot verdict: is the worker up, still booting, or lost?
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// What health-check saw of the instance and the worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Observation {
+    /// EC2 state name (pending, running, shutting-down, terminated, stopping, stopped), None if
+    /// the instance is not found.
+    pub state: Option<String>,
+    /// StateReason code, e.g. Server.SpotInstanceTermination.
+    pub state_reason: Option<String>,
+    /// Instance and system status checks: ok, impaired, initializing, insufficient-data.
+    pub instance_status: Option<String>,
+    pub system_status: Option<String>,
+    /// The worker wrote its "started" signal for this instance.
+    pub worker_started: bool,
+    pub launched_at: DateTime<Utc>,
+    pub now: DateTime<Utc>,
+    pub boot_timeout_seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Failure {
+    Terminated,
+    SpotReclaimed,
+    Impaired,
+    BootDeadline,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Health {
+    Healthy,
+    Booting { waiting_for: String },
+    Failed { failure: Failure, reason: String },
+}
+
+pub fn judge(o: &Observation) -> Health {
+    let state = o.state.as_deref().unwrap_or("missing");
+    if matches!(state, "shutting-down" | "terminated" | "stopping" | "stopped" | "missing") {
+        let reason = o.state_reason.clone().unwrap_or_default();
+        if reason.starts_with("Server.SpotInstance") {
+            return Health::Failed {
+                failure: Failure::SpotReclaimed,
+                reason: format!("Spot reclaimed the instance while booting ({reason})"),
+            };
+        }
+        return Health::Failed {
+            failure: Failure::Terminated,
+            reason: format!("the instance is {state} ({reason})"),
+        };
+    }
+    for (which, s) in [("instance", &o.instance_status), ("system", &o.system_status)] {
+        if s.as_deref() == Some("impaired") {
+            return Health::Failed {
+                failure: Failure::Impaired,
+                reason: format!("the {which} status check is impaired"),
+            };
+        }
+    }
+    let mut missing = vec![];
+    if state != "running" {
+        missing.push(format!("state {state}"));
+    }
+    if o.instance_status.as_deref() != Some("ok") || o.system_status.as_deref() != Some("ok") {
+        missing.push(format!(
+            "status checks (instance {}, system {})",
+            o.instance_status.as_deref().unwrap_or("none"),
+            o.system_status.as_deref().unwrap_or("none")
+        ));
+    }
+    if !o.worker_started {
+        missing.push("the worker's started signal".to_string());
+    }
+    if missing.is_empty() {
+        return Health::Healthy;
+    }
+    let elapsed = (o.now - o.launched_at).num_seconds();
+    if elapsed >= o.boot_timeout_seconds as i64 {
+        return Health::Failed {
+            failure: Failure::BootDeadline,
+            reason: format!(
+                "not healthy {elapsed} s after launch (limits.boot_timeout_seconds = {}): waiting for {}",
+                o.boot_timeout_seconds,
+                missing.join(", ")
+            ),
+        };
+    }
+    Health::Booting {
+        waiting_for: missing.join(", "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn obs() -> Observation {
+        let t0 = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+        Observation {
+            state: Some("running".into()),
+            state_reason: None,
+            instance_status: Some("ok".into()),
+            system_status: Some("ok".into()),
+            worker_started: true,
+            launched_at: t0,
+            now: t0 + chrono::Duration::seconds(100),
+            boot_timeout_seconds: 600,
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        assert_eq!(judge(&obs()), Health::Healthy);
+        let mut o = obs();
+        o.worker_started = false;
+        o.state = Some("pending".into());
+        match judge(&o) {
+            Health::Booting { waiting_for } => {
+                assert!(waiting_for.contains("state pending"));
+                assert!(waiting_for.contains("started signal"));
+            }
+            h => panic!("{h:?}"),
+        }
+        o.now = o.launched_at + chrono::Duration::seconds(600);
+        assert!(matches!(judge(&o), Health::Failed { failure: Failure::BootDeadline, .. }));
+        let mut o = obs();
+        o.system_status = Some("impaired".into());
+        assert!(matches!(judge(&o), Health::Failed { failure: Failure::Impaired, .. }));
+        let mut o = obs();
+        o.state = Some("terminated".into());
+        o.state_reason = Some("Server.SpotInstanceTermination".into());
+        assert!(matches!(judge(&o), Health::Failed { failure: Failure::SpotReclaimed, .. }));
+        o.state_reason = Some("Client.UserInitiatedShutdown".into());
+        assert!(matches!(judge(&o), Health::Failed { failure: Failure::Terminated, .. }));
+        o.state = None;
+        assert!(matches!(judge(&o), Health::Failed { failure: Failure::Terminated, .. }));
+    }
+}

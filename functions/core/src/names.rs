@@ -1,0 +1,15 @@
+//! Error names as the state machine matches them (`ErrorEquals`); see DESIGN.md.
+
+pub const INVALID_RUNSPEC: &str = "Ephemera.InvalidRunSpec";
+pub const QUOTA_DENIED: &str = "Ephemera.QuotaDenied";
+pub const QUOTA_TIMEOUT: &str = "Ephemera.QuotaTimeout";
+pub const OVER_BUDGET: &str = "Ephemera.OverBudget";
+pub const CAPACITY_UNAVAILABLE: &str = "Ephemera.CapacityUnavailable";
+pub const LAUNCH_FAILED: &str = "Ephemera.LaunchFailed";
+pub const BOOT_FAILED: &str = "Ephemera.BootFailed";
+pub const SPOT_INTERRUPTED: &str = "Worker.SpotInterrupted";
+pub const WORKER_FAILED: &str = "Worker.Failed";
+pub const VERIFICATION_FAILED: &str = "Ephemera.VerificationFailed";
+pub const REFUSED: &str = "Ephemera.RefusedToTerminate";
+pub const AWS: &str = "Ephemera.AwsError";
+pub const BAD_INPUT: &str = "Ephemera.BadInput";

@@ -1,0 +1,322 @@
+//! Quota arithmetic: which vCPU quotas a run needs, whether they fit, what to request,
+//! how a request's status reads, and how long to wait before asking again.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{self, QuotaClass};
+use crate::runspec::Market;
+
+/// One quota the run may draw on: the largest candidate that would land in it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuotaNeed {
+    pub code: String,
+    pub market: Market,
+    pub needed_vcpus: u32,
+    pub instance_types: Vec<String>,
+}
+
+/// Groups candidates by quota code. Every quota the market policy may use must have room for
+/// its largest candidate, so that any fallback the launch takes can succeed.
+pub fn needs(types_vcpus: &[(String, u32)], markets: &[Market]) -> Result<Vec<QuotaNeed>, String> {
+    let mut by_code: BTreeMap<(Market, &'static str), QuotaNeed> = BTreeMap::new();
+    for &market in markets {
+        for (t, vcpus) in types_vcpus {
+            let class: QuotaClass = catalog::quota_class(t)
+                .ok_or_else(|| format!("no vCPU quota is known for instance type {t}"))?;
+            let code = catalog::quota_code(class, market)
+                .ok_or_else(|| format!("{t} cannot be bought as {}", market.as_str()))?;
+            let need = by_code.entry((market, code)).or_insert_with(|| QuotaNeed {
+                code: code.to_string(),
+                market,
+                needed_vcpus: 0,
+                instance_types: vec![],
+            });
+            need.needed_vcpus = need.needed_vcpus.max(*vcpus);
+            need.instance_types.push(t.clone());
+        }
+    }
+    Ok(by_code.into_values().collect())
+}
+
+pub fn fits(applied: f64, usage: u32, needed: u32) -> bool {
+    (usage as f64 + needed as f64) <= applied + 1e-9
+}
+
+/// The value to ask for: usage + needed as a whole number of vCPUs, and always above the
+/// applied value (Service Quotas refuses a desired value not above the current one).
+pub fn desired_value(applied: f64, usage: u32, needed: u32) -> f64 {
+    let want = (usage as f64 + needed as f64).ceil();
+    want.max(applied.floor() + 1.0)
+}
+
+/// Capped exponential backoff: min × 2^polls, at most max.
+pub fn backoff_seconds(polls: u32, min: u64, max: u64) -> u64 {
+    let factor = 1u64.checked_shl(polls.min(32)).unwrap_or(u64::MAX);
+    min.saturating_mul(factor).min(max).max(1)
+}
+
+/// The next wait, never past the deadline (and at least one second).
+pub fn next_wait(
+    polls: u32,
+    min: u64,
+    max: u64,
+    now: DateTime<Utc>,
+    deadline: DateTime<Utc>,
+) -> u64 {
+    let left = (deadline - now).num_seconds().max(1) as u64;
+    backoff_seconds(polls, min, max).min(left)
+}
+
+/// What a Service Quotas request status means for the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestProgress {
+    Pending,
+    Approved,
+    Denied,
+    /// CASE_CLOSED: closed without a clear word; the applied value tells.
+    Closed,
+}
+
+pub fn request_progress(status: &str) -> Result<RequestProgress, String> {
+    Ok(match status {
+        "PENDING" | "CASE_OPENED" => RequestProgress::Pending,
+        "APPROVED" => RequestProgress::Approved,
+        "DENIED" | "NOT_APPROVED" | "INVALID_REQUEST" => RequestProgress::Denied,
+        "CASE_CLOSED" => RequestProgress::Closed,
+        other => return Err(format!("unknown quota request status {other}")),
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuotaRequest {
+    pub id: String,
+    #[serde(default)]
+    pub case_id: Option<String>,
+    pub desired: f64,
+    pub status: String,
+    pub requested_at: DateTime<Utc>,
+}
+
+/// One quota as last seen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuotaLine {
+    pub code: String,
+    pub market: Market,
+    pub applied: f64,
+    /// True when the account has no applied value and the AWS default was used.
+    pub is_default: bool,
+    pub usage_vcpus: u32,
+    pub needed_vcpus: u32,
+    pub fits: bool,
+    #[serde(default)]
+    pub request: Option<QuotaRequest>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuotaVerdict {
+    Enough,
+    Waiting,
+    Denied,
+    DeadlinePassed,
+}
+
+/// The quota part of the run document (`$.quota`), passed back in on every poll.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuotaState {
+    pub verdict: QuotaVerdict,
+    pub reason: String,
+    /// Seconds to wait before the next check (read by the Wait state's `SecondsPath`).
+    pub wait_seconds: u64,
+    pub polls: u32,
+    pub started_at: DateTime<Utc>,
+    pub checked_at: DateTime<Utc>,
+    pub deadline: DateTime<Utc>,
+    pub quotas: Vec<QuotaLine>,
+}
+
+/// The verdict from the quotas as seen now.
+pub fn decide(
+    lines: &[QuotaLine],
+    request_allowed: bool,
+    now: DateTime<Utc>,
+    deadline: DateTime<Utc>,
+) -> (QuotaVerdict, String) {
+    let short: Vec<&QuotaLine> = lines.iter().filter(|l| !l.fits).collect();
+    if short.is_empty() {
+        let list: Vec<String> = lines
+            .iter()
+            .map(|l| {
+                format!(
+                    "{} {}: {} + {} <= {}",
+                    l.code,
+                    l.market.as_str(),
+                    l.usage_vcpus,
+                    l.needed_vcpus,
+                    l.applied
+                )
+            })
+            .collect();
+        return (QuotaVerdict::Enough, format!("enough vCPUs ({})", list.join(", ")));
+    }
+    let mut waiting = vec![];
+    for l in &short {
+        let gap = format!(
+            "{} ({}) needs {} + {} vCPUs, quota is {}",
+            l.code,
+            l.market.as_str(),
+            l.usage_vcpus,
+            l.needed_vcpus,
+            l.applied
+        );
+        match &l.request {
+            None if !request_allowed => {
+                return (
+                    QuotaVerdict::Denied,
+                    format!("{gap}, and quota.request_increase is false"),
+                )
+            }
+            None => waiting.push(format!("{gap}; no request yet")),
+            Some(r) => match request_progress(&r.status) {
+                Ok(RequestProgress::Pending) => {
+                    waiting.push(format!("{gap}; request {} is {}", r.id, r.status))
+                }
+                Ok(RequestProgress::Denied) | Ok(RequestProgress::Closed) => {
+                    return (
+                        QuotaVerdict::Denied,
+                        format!("{gap}; request {} ended {}", r.id, r.status),
+                    )
+                }
+                Ok(RequestProgress::Approved) => {
+                    return (
+                        QuotaVerdict::Denied,
+                        format!(
+                            "{gap}; request {} was approved for {} but is still short",
+                            r.id, r.desired
+                        ),
+                    )
+                }
+                Err(e) => return (QuotaVerdict::Denied, format!("{gap}; {e}")),
+            },
+        }
+    }
+    if now >= deadline {
+        return (
+            QuotaVerdict::DeadlinePassed,
+            format!(
+                "quota.max_wait_seconds passed at {}: {}",
+                deadline.to_rfc3339(),
+                waiting.join("; ")
+            ),
+        );
+    }
+    (QuotaVerdict::Waiting, waiting.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_700_000_000 + s, 0).unwrap()
+    }
+
+    fn line(applied: f64, usage: u32, needed: u32, request: Option<&str>) -> QuotaLine {
+        QuotaLine {
+            code: "L-34B43A08".into(),
+            market: Market::Spot,
+            applied,
+            is_default: false,
+            usage_vcpus: usage,
+            needed_vcpus: needed,
+            fits: fits(applied, usage, needed),
+            request: request.map(|s| QuotaRequest {
+                id: "req-1".into(),
+                case_id: None,
+                desired: 32.0,
+                status: s.into(),
+                requested_at: t(0),
+            }),
+        }
+    }
+
+    #[test]
+    fn needs_group_by_code_and_take_the_largest() {
+        let types = vec![
+            ("c7g.4xlarge".to_string(), 16),
+            ("m7g.8xlarge".to_string(), 32),
+            ("g5.xlarge".to_string(), 4),
+        ];
+        let n = needs(&types, &[Market::Spot, Market::OnDemand]).unwrap();
+        let find = |code: &str| n.iter().find(|q| q.code == code).unwrap().needed_vcpus;
+        assert_eq!(find("L-34B43A08"), 32);
+        assert_eq!(find("L-1216C47A"), 32);
+        assert_eq!(find("L-3819A6DF"), 4);
+        assert_eq!(find("L-DB2E81BA"), 4);
+        assert_eq!(n.len(), 4);
+        assert!(needs(&[("hpc7g.4xlarge".into(), 16)], &[Market::Spot]).is_err());
+    }
+
+    #[test]
+    fn arithmetic() {
+        assert!(fits(32.0, 16, 16));
+        assert!(!fits(32.0, 17, 16));
+        assert_eq!(desired_value(32.0, 20, 16), 36.0);
+        // Never ask for the value already applied.
+        assert_eq!(desired_value(40.0, 10, 16), 41.0);
+        assert_eq!(desired_value(5.5, 4, 2), 6.0);
+    }
+
+    #[test]
+    fn backoff_is_capped_exponential() {
+        let seq: Vec<u64> = (0..8).map(|p| backoff_seconds(p, 60, 900)).collect();
+        assert_eq!(seq, vec![60, 120, 240, 480, 900, 900, 900, 900]);
+        assert_eq!(backoff_seconds(200, 60, 900), 900);
+        assert_eq!(next_wait(3, 60, 900, t(0), t(100)), 100);
+        assert_eq!(next_wait(0, 60, 900, t(200), t(100)), 1);
+    }
+
+    #[test]
+    fn statuses() {
+        for s in ["PENDING", "CASE_OPENED"] {
+            assert_eq!(request_progress(s), Ok(RequestProgress::Pending));
+        }
+        for s in ["DENIED", "NOT_APPROVED", "INVALID_REQUEST"] {
+            assert_eq!(request_progress(s), Ok(RequestProgress::Denied));
+        }
+        assert_eq!(request_progress("APPROVED"), Ok(RequestProgress::Approved));
+        assert_eq!(request_progress("CASE_CLOSED"), Ok(RequestProgress::Closed));
+        assert!(request_progress("MAYBE").is_err());
+    }
+
+    #[test]
+    fn verdicts() {
+        let d = t(1000);
+        assert_eq!(decide(&[line(64.0, 0, 16, None)], true, t(0), d).0, QuotaVerdict::Enough);
+        assert_eq!(decide(&[line(8.0, 0, 16, None)], true, t(0), d).0, QuotaVerdict::Waiting);
+        let (v, why) = decide(&[line(8.0, 0, 16, None)], false, t(0), d);
+        assert_eq!(v, QuotaVerdict::Denied);
+        assert!(why.contains("request_increase is false"), "{why}");
+        assert_eq!(
+            decide(&[line(8.0, 0, 16, Some("CASE_OPENED"))], true, t(0), d).0,
+            QuotaVerdict::Waiting
+        );
+        assert_eq!(
+            decide(&[line(8.0, 0, 16, Some("CASE_OPENED"))], true, t(1000), d).0,
+            QuotaVerdict::DeadlinePassed
+        );
+        let (v, why) = decide(&[line(8.0, 0, 16, Some("DENIED"))], true, t(0), d);
+        assert_eq!(v, QuotaVerdict::Denied);
+        assert!(why.contains("req-1 ended DENIED"), "{why}");
+        // Approved and re-read: the applied value now fits.
+        assert_eq!(
+            decide(&[line(32.0, 0, 16, Some("APPROVED"))], true, t(0), d).0,
+            QuotaVerdict::Enough
+        );
+    }
+}

@@ -1,0 +1,249 @@
+//! The run document the state machine carries between states (`$.run`, `$.quota`, `$.worker`,
+//! `$.health`, `$.result`, `$.verification`, `$.report`): each Lambda's typed input and output.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::capacity::Tried;
+use crate::cost::Orchestration;
+use crate::runspec::Market;
+use crate::verify::Check;
+
+/// SSM path under which a run's signals live; the worker's role may touch only its own run's.
+pub fn run_parameter_path(run_id: &str) -> String {
+    format!("/ephemera/runs/{run_id}")
+}
+
+pub fn token_parameter(run_id: &str) -> String {
+    format!("{}/task-token", run_parameter_path(run_id))
+}
+
+pub fn started_parameter(run_id: &str) -> String {
+    format!("{}/started", run_parameter_path(run_id))
+}
+
+/// One launched instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub attempt: u32,
+    pub instance_id: String,
+    pub instance_type: String,
+    pub subnet: String,
+    #[serde(default)]
+    pub availability_zone: Option<String>,
+    pub market: Market,
+    pub launched_at: DateTime<Utc>,
+    pub client_token: String,
+    pub estimate_usd: f64,
+    pub volume_gib: u32,
+    /// Candidates that answered with a capacity or limit error before this one.
+    #[serde(default)]
+    pub tried: Vec<Tried>,
+    /// True when the instance already existed (a retried call) and was returned as is.
+    #[serde(default)]
+    pub reused: bool,
+}
+
+/// `$.worker`: the current attempt and every attempt so far (for the cost report).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerState {
+    pub current: Attempt,
+    pub attempts: Vec<Attempt>,
+    pub relaunches_left: u32,
+    /// Read by the AwaitCompletion state (`HeartbeatSecondsPath`, `TimeoutSecondsPath`).
+    pub heartbeat_seconds: u64,
+    pub timeout_seconds: u64,
+    pub boot_poll_seconds: u64,
+    pub token_parameter: String,
+}
+
+/// `$.health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthState {
+    pub verdict: String,
+    pub instance_id: String,
+    pub detail: String,
+    pub wait_seconds: u64,
+    pub checked_at: DateTime<Utc>,
+    #[serde(default)]
+    pub healthy_at: Option<DateTime<Utc>>,
+}
+
+/// `$.verification`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verification {
+    pub ok: bool,
+    pub checks: Vec<Check>,
+    pub verified_at: DateTime<Utc>,
+}
+
+/// A Step Functions error as caught (`Catch` with `ResultPath: $.error`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaughtError {
+    #[serde(rename = "Error")]
+    pub error: String,
+    #[serde(rename = "Cause", default)]
+    pub cause: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptCost {
+    pub attempt: u32,
+    pub instance_id: String,
+    pub instance_type: String,
+    pub market: Market,
+    #[serde(default)]
+    pub availability_zone: Option<String>,
+    pub launched_at: DateTime<Utc>,
+    pub ended_at: DateTime<Utc>,
+    pub billed_seconds: i64,
+    pub compute_usd: f64,
+    pub ebs_usd: f64,
+    pub on_demand_equivalent_usd: f64,
+    pub average_usd_per_hour: f64,
+    /// Where the price came from: spot-price-history, price-list-api, fallback table (dated).
+    pub price_source: String,
+    /// State before ephemera's terminate call (already terminated, running, …).
+    pub state_before: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Phases {
+    pub quota_wait_seconds: i64,
+    pub boot_seconds: i64,
+    pub work_seconds: i64,
+    pub teardown_seconds: i64,
+    pub total_seconds: i64,
+}
+
+/// `$.report`: what the run cost and how it went; also the JSON sent by SNS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CostReport {
+    pub run_id: String,
+    pub execution: String,
+    pub outcome: String,
+    #[serde(default)]
+    pub error: Option<CaughtError>,
+    pub estimate_usd: f64,
+    pub budget_usd: f64,
+    pub actual_usd: f64,
+    pub compute_usd: f64,
+    pub ebs_usd: f64,
+    pub on_demand_equivalent_usd: f64,
+    pub savings_usd: f64,
+    pub orchestration: Orchestration,
+    pub attempts: Vec<AttemptCost>,
+    pub phases: Phases,
+    pub terminated: Vec<String>,
+    pub generated_at: DateTime<Utc>,
+    pub notes: Vec<String>,
+}
+
+/// The email: a subject under 100 characters (run, outcome, cost) and a readable body that ends
+/// with the JSON report.
+pub fn render_email(r: &CostReport) -> (String, String) {
+    let tail = format!(": {} ${:.2}", r.outcome, r.actual_usd);
+    let room = 99 - "ephemera ".len() - tail.len();
+    let run: String = if r.run_id.chars().count() > room {
+        let mut s: String = r.run_id.chars().take(room.saturating_sub(1)).collect();
+        s.push('~');
+        s
+    } else {
+        r.run_id.clone()
+    };
+    let subject = format!("ephemera {run}{tail}");
+
+    let mut b = String::new();
+    b.push_str(&format!("Run {} {}.\n", r.run_id, r.outcome));
+    if let Some(e) = &r.error {
+        b.push_str(&format!(
+            "Error: {}{}\n",
+            e.error,
+            e.cause.as_deref().map(|c| format!(" - {c}")).unwrap_or_default()
+        ));
+    }
+    b.push_str(&format!(
+        "\nCost: ${:.4} actual (compute ${:.4}, EBS ${:.4}, orchestration ${:.4})\n",
+        r.actual_usd, r.compute_usd, r.ebs_usd, r.orchestration.usd
+    ));
+    b.push_str(&format!(
+        "Estimate before launch ${:.4}, budget ${:.2}, On-Demand would have cost ${:.4} (saved ${:.4})\n",
+        r.estimate_usd, r.budget_usd, r.on_demand_equivalent_usd, r.savings_usd
+    ));
+    let p = &r.phases;
+    b.push_str(&format!(
+        "Time: quota wait {} s, boot {} s, work {} s, teardown {} s, total {} s\n",
+        p.quota_wait_seconds, p.boot_seconds, p.work_seconds, p.teardown_seconds, p.total_seconds
+    ));
+    b.push_str("\nAttempts:\n");
+    for a in &r.attempts {
+        b.push_str(&format!(
+            "  #{} {} {} {} in {}: {} s billed, ${:.4} ({}), was {}\n",
+            a.attempt,
+            a.instance_id,
+            a.instance_type,
+            a.market.as_str(),
+            a.availability_zone.as_deref().unwrap_or("?"),
+            a.billed_seconds,
+            a.compute_usd,
+            a.price_source,
+            a.state_before
+        ));
+    }
+    if r.attempts.is_empty() {
+        b.push_str("  none: nothing was launched\n");
+    }
+    b.push_str(&format!(
+        "\nTerminated: {}\n",
+        if r.terminated.is_empty() {
+            "nothing left to terminate".to_string()
+        } else {
+            r.terminated.join(", ")
+        }
+    ));
+    for n in &r.notes {
+        b.push_str(&format!("Note: {n}\n"));
+    }
+    b.push_str(&format!("Execution: {}\n", r.execution));
+    b.push_str("\n--- report (JSON) ---\n");
+    b.push_str(&serde_json::to_string_pretty(r).unwrap_or_default());
+    b.push('\n');
+    (subject, b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_stays_under_100_characters() {
+        let mut r = CostReport {
+            run_id: "x".repeat(200),
+            execution: "arn".into(),
+            outcome: "SUCCEEDED".into(),
+            error: None,
+            estimate_usd: 1.0,
+            budget_usd: 2.0,
+            actual_usd: 0.1234,
+            compute_usd: 0.1,
+            ebs_usd: 0.02,
+            on_demand_equivalent_usd: 0.3,
+            savings_usd: 0.2,
+            orchestration: Orchestration::default(),
+            attempts: vec![],
+            phases: Phases::default(),
+            terminated: vec![],
+            generated_at: Utc::now(),
+            notes: vec![],
+        };
+        let (s, body) = render_email(&r);
+        assert!(s.chars().count() < 100, "{}", s.len());
+        assert!(s.ends_with(": SUCCEEDED $0.12"), "{s}");
+        assert!(body.contains("nothing was launched"));
+        r.run_id = "fx-2023".into();
+        assert_eq!(render_email(&r).0, "ephemera fx-2023: SUCCEEDED $0.12");
+        let json_part = body.split("--- report (JSON) ---\n").nth(1).unwrap();
+        let back: CostReport = serde_json::from_str(json_part).unwrap();
+        assert_eq!(back.outcome, "SUCCEEDED");
+    }
+}

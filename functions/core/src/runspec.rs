@@ -1,0 +1,693 @@
+//! The RunSpec: what the user asks for, parsed strictly and validated field by field.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog;
+
+/// Execution input. Unknown fields are refused so a typo never silently falls back to a default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    pub run_id: String,
+    pub worker: WorkerSpec,
+    #[serde(default)]
+    pub quota: QuotaSpec,
+    pub limits: Limits,
+    #[serde(default)]
+    pub expect: Expectations,
+    #[serde(default)]
+    pub notify: Notify,
+    /// The user's cost-allocation tags, added to every instance and volume.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default)]
+    pub waits: Waits,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSpec {
+    /// In order of preference.
+    pub instance_types: Vec<String>,
+    pub subnets: Vec<String>,
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    /// `ami-…` or `resolve:ssm:/path` (resolved by EC2 at launch).
+    pub image: String,
+    #[serde(default = "default_volume_gib")]
+    pub volume_gib: u32,
+    /// `s3://bucket/key` of the worker binary.
+    pub artifact: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub market: MarketPolicy,
+    /// Instance profile name or ARN; the template's worker profile when absent.
+    #[serde(default)]
+    pub instance_profile: Option<String>,
+}
+
+fn default_volume_gib() -> u32 {
+    30
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MarketPolicy {
+    Spot,
+    OnDemand,
+    #[default]
+    SpotThenOnDemand,
+}
+
+/// A purchase option of one launch attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Market {
+    Spot,
+    OnDemand,
+}
+
+impl Market {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Market::Spot => "spot",
+            Market::OnDemand => "on-demand",
+        }
+    }
+}
+
+impl MarketPolicy {
+    /// Markets in the order they are tried. `force_on_demand` is set after a Spot interruption
+    /// when the policy allows falling back.
+    pub fn markets(self, force_on_demand: bool) -> Vec<Market> {
+        match (self, force_on_demand) {
+            (MarketPolicy::Spot, _) => vec![Market::Spot],
+            (MarketPolicy::OnDemand, _) | (MarketPolicy::SpotThenOnDemand, true) => {
+                vec![Market::OnDemand]
+            }
+            (MarketPolicy::SpotThenOnDemand, false) => vec![Market::Spot, Market::OnDemand],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaSpec {
+    #[serde(default = "yes")]
+    pub request_increase: bool,
+    #[serde(default = "default_quota_wait")]
+    pub max_wait_seconds: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_quota_wait() -> u64 {
+    2 * 86_400
+}
+
+impl Default for QuotaSpec {
+    fn default() -> Self {
+        QuotaSpec {
+            request_increase: true,
+            max_wait_seconds: default_quota_wait(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default = "default_boot_timeout")]
+    pub boot_timeout_seconds: u64,
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_seconds: u64,
+    pub max_runtime_seconds: u64,
+    pub budget_usd: f64,
+    #[serde(default = "default_relaunches")]
+    pub max_relaunches: u32,
+}
+
+fn default_boot_timeout() -> u64 {
+    900
+}
+fn default_heartbeat() -> u64 {
+    300
+}
+fn default_relaunches() -> u32 {
+    2
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expectations {
+    /// Partitions the worker must report done.
+    #[serde(default)]
+    pub partitions: Option<u64>,
+    #[serde(default)]
+    pub min_rows: Option<u64>,
+    /// `s3://bucket/prefix/`: where the export and its manifest must be.
+    #[serde(default)]
+    pub export_prefix: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Notify {
+    #[serde(default)]
+    pub topic_arn: Option<String>,
+}
+
+/// Poll intervals. The defaults suit AWS; tests shorten them here rather than in the ASL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Waits {
+    #[serde(default = "default_quota_poll_min")]
+    pub quota_poll_min_seconds: u64,
+    #[serde(default = "default_quota_poll_max")]
+    pub quota_poll_max_seconds: u64,
+    #[serde(default = "default_boot_poll")]
+    pub boot_poll_seconds: u64,
+}
+
+fn default_quota_poll_min() -> u64 {
+    60
+}
+fn default_quota_poll_max() -> u64 {
+    1800
+}
+fn default_boot_poll() -> u64 {
+    20
+}
+
+impl Default for Waits {
+    fn default() -> Self {
+        Waits {
+            quota_poll_min_seconds: default_quota_poll_min(),
+            quota_poll_max_seconds: default_quota_poll_max(),
+            boot_poll_seconds: default_boot_poll(),
+        }
+    }
+}
+
+/// One problem with one field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+/// Every problem found in a RunSpec, so the user fixes them in one go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub struct InvalidRunSpec {
+    pub errors: Vec<FieldError>,
+}
+
+impl fmt::Display for InvalidRunSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid RunSpec: ")?;
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                write!(f, "; ")?;
+            }
+            write!(f, "{}: {}", e.field, e.message)?;
+        }
+        Ok(())
+    }
+}
+
+pub const MIN_HEARTBEAT_SECONDS: u64 = 30;
+pub const MAX_RUNTIME_SECONDS: u64 = 7 * 86_400;
+pub const MAX_CANDIDATES: usize = 20;
+
+impl RunSpec {
+    /// Parses and validates; a type error names the field's path (`limits.max_runtime_seconds`).
+    pub fn parse(value: &serde_json::Value) -> Result<RunSpec, InvalidRunSpec> {
+        let spec: RunSpec = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." {
+                "runspec".to_string()
+            } else {
+                path
+            };
+            InvalidRunSpec {
+                errors: vec![FieldError {
+                    field,
+                    message: e.into_inner().to_string(),
+                }],
+            }
+        })?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    pub fn validate(&self) -> Result<(), InvalidRunSpec> {
+        let mut errs = Errors::default();
+        let w = &self.worker;
+
+        if self.run_id.is_empty() || self.run_id.len() > 64 || !self.run_id.chars().all(is_id_char)
+        {
+            errs.add(
+                "run_id",
+                format!(
+                    "'{}' must be 1 to 64 characters of A-Z a-z 0-9 - _ . (it names tags and SSM paths)",
+                    self.run_id
+                ),
+            );
+        }
+
+        if w.instance_types.is_empty() {
+            errs.add(
+                "worker.instance_types",
+                "must list at least one instance type, e.g. [\"c7g.4xlarge\"]",
+            );
+        } else if w.instance_types.len() > MAX_CANDIDATES {
+            errs.add(
+                "worker.instance_types",
+                format!("at most {MAX_CANDIDATES} candidates are allowed"),
+            );
+        }
+        let mut archs = BTreeMap::new();
+        for (i, t) in w.instance_types.iter().enumerate() {
+            let field = format!("worker.instance_types[{i}]");
+            match catalog::lookup(t) {
+                Some(info) => {
+                    archs.entry(info.arch).or_insert_with(|| t.clone());
+                }
+                None => errs.add(
+                    &field,
+                    format!(
+                        "unknown instance type '{t}'; allowed: a size of one of the families {}",
+                        catalog::family_names().join(", ")
+                    ),
+                ),
+            }
+            if w.instance_types[..i].contains(t) {
+                errs.add(&field, format!("'{t}' is listed twice"));
+            }
+        }
+        if archs.len() > 1 {
+            let list: Vec<String> = archs.iter().map(|(a, t)| format!("{t} is {a}")).collect();
+            errs.add(
+                "worker.instance_types",
+                format!(
+                    "candidates must share one architecture, since one image serves them all ({})",
+                    list.join(", ")
+                ),
+            );
+        }
+
+        if w.subnets.is_empty() {
+            errs.add(
+                "worker.subnets",
+                "must list at least one subnet id (subnet-…)",
+            );
+        }
+        for (i, s) in w.subnets.iter().enumerate() {
+            if !is_aws_id(s, "subnet-") {
+                errs.add(
+                    &format!("worker.subnets[{i}]"),
+                    format!("'{s}' is not a subnet id (subnet- followed by hex digits)"),
+                );
+            }
+        }
+        for (i, s) in w.security_groups.iter().enumerate() {
+            if !is_aws_id(s, "sg-") {
+                errs.add(
+                    &format!("worker.security_groups[{i}]"),
+                    format!("'{s}' is not a security group id (sg- followed by hex digits)"),
+                );
+            }
+        }
+        if !(is_aws_id(&w.image, "ami-")
+            || (w.image.starts_with("resolve:ssm:/") && w.image.len() > 13))
+        {
+            errs.add(
+                "worker.image",
+                format!("'{}' must be an AMI id (ami-…) or resolve:ssm:/parameter/path", w.image),
+            );
+        }
+        if !(8..=16_384).contains(&w.volume_gib) {
+            errs.add(
+                "worker.volume_gib",
+                format!("{} is outside 8..=16384 GiB", w.volume_gib),
+            );
+        }
+        if parse_s3_url(&w.artifact).is_none_or(|(_, key)| key.is_empty() || key.ends_with('/')) {
+            errs.add(
+                "worker.artifact",
+                format!("'{}' must be s3://bucket/key of the worker binary", w.artifact),
+            );
+        }
+        let mut args_len = 0;
+        for (i, a) in w.args.iter().enumerate() {
+            args_len += a.len();
+            let field = format!("worker.args[{i}]");
+            if a.chars().any(|c| c == '\0' || c == '\n' || c == '\r') {
+                errs.add(&field, "must not contain newlines or NUL");
+            }
+            if looks_like_credential(a) {
+                errs.add(
+                    &field,
+                    "looks like it carries a password; pass a Secrets Manager secret id instead (user data is not secret)",
+                );
+            }
+        }
+        if args_len > 4096 {
+            errs.add(
+                "worker.args",
+                format!("{args_len} bytes in all; at most 4096 are allowed"),
+            );
+        }
+        if let Some(p) = &w.instance_profile {
+            if p.is_empty() || p.contains(char::is_whitespace) {
+                errs.add(
+                    "worker.instance_profile",
+                    "must be an instance profile name or ARN",
+                );
+            }
+        }
+
+        if self.quota.max_wait_seconds == 0 || self.quota.max_wait_seconds > 30 * 86_400 {
+            errs.add(
+                "quota.max_wait_seconds",
+                format!(
+                    "{} is outside 1..=2592000 (30 days)",
+                    self.quota.max_wait_seconds
+                ),
+            );
+        }
+
+        let l = &self.limits;
+        if !(5..=7200).contains(&l.boot_timeout_seconds) {
+            errs.add(
+                "limits.boot_timeout_seconds",
+                format!("{} is outside 5..=7200", l.boot_timeout_seconds),
+            );
+        }
+        if l.heartbeat_seconds < MIN_HEARTBEAT_SECONDS {
+            errs.add(
+                "limits.heartbeat_seconds",
+                format!(
+                    "{} is shorter than the {MIN_HEARTBEAT_SECONDS} s minimum (a worker busy with one partition must still be able to beat)",
+                    l.heartbeat_seconds
+                ),
+            );
+        }
+        if !(60..=MAX_RUNTIME_SECONDS).contains(&l.max_runtime_seconds) {
+            errs.add(
+                "limits.max_runtime_seconds",
+                format!(
+                    "{} is outside 60..={MAX_RUNTIME_SECONDS} (7 days)",
+                    l.max_runtime_seconds
+                ),
+            );
+        } else if l.heartbeat_seconds > l.max_runtime_seconds {
+            errs.add(
+                "limits.heartbeat_seconds",
+                format!(
+                    "{} is longer than limits.max_runtime_seconds ({})",
+                    l.heartbeat_seconds, l.max_runtime_seconds
+                ),
+            );
+        }
+        if !l.budget_usd.is_finite() || l.budget_usd <= 0.0 {
+            errs.add(
+                "limits.budget_usd",
+                format!("{} must be a positive amount of US dollars", l.budget_usd),
+            );
+        }
+        if l.max_relaunches > 10 {
+            errs.add(
+                "limits.max_relaunches",
+                format!("{} is outside 0..=10", l.max_relaunches),
+            );
+        }
+
+        if let Some(p) = &self.expect.export_prefix {
+            if parse_s3_url(p).is_none() {
+                errs.add(
+                    "expect.export_prefix",
+                    format!("'{p}' must be s3://bucket/prefix/"),
+                );
+            }
+        }
+        if let Some(arn) = &self.notify.topic_arn {
+            if !arn.starts_with("arn:aws") || !arn.contains(":sns:") {
+                errs.add(
+                    "notify.topic_arn",
+                    format!("'{arn}' is not an SNS topic ARN (arn:aws:sns:region:account:name)"),
+                );
+            }
+        }
+
+        if self.tags.len() > 40 {
+            errs.add(
+                "tags",
+                format!(
+                    "{} tags given; at most 40 (EC2 allows 50, ephemera uses some)",
+                    self.tags.len()
+                ),
+            );
+        }
+        for (k, v) in &self.tags {
+            let field = format!("tags.{k}");
+            if k.is_empty() || k.len() > 128 {
+                errs.add(&field, "a tag key must be 1 to 128 characters");
+            }
+            if k.starts_with("aws:") || k.starts_with("ephemera:") {
+                errs.add(
+                    &field,
+                    "keys starting with aws: or ephemera: are reserved",
+                );
+            }
+            if v.len() > 256 {
+                errs.add(&field, "a tag value must be at most 256 characters");
+            }
+        }
+
+        let wt = &self.waits;
+        if wt.quota_poll_min_seconds == 0 || wt.quota_poll_min_seconds > wt.quota_poll_max_seconds
+        {
+            errs.add(
+                "waits.quota_poll_min_seconds",
+                format!(
+                    "{} must be at least 1 and at most waits.quota_poll_max_seconds ({})",
+                    wt.quota_poll_min_seconds, wt.quota_poll_max_seconds
+                ),
+            );
+        }
+        if wt.boot_poll_seconds == 0 || wt.boot_poll_seconds > 3600 {
+            errs.add(
+                "waits.boot_poll_seconds",
+                format!("{} is outside 1..=3600", wt.boot_poll_seconds),
+            );
+        }
+
+        errs.finish()
+    }
+}
+
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn add(&mut self, field: &str, message: impl Into<String>) {
+        self.0.push(FieldError {
+            field: field.to_string(),
+            message: message.into(),
+        });
+    }
+    fn finish(self) -> Result<(), InvalidRunSpec> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(InvalidRunSpec { errors: self.0 })
+        }
+    }
+}
+
+fn is_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'
+}
+
+fn is_aws_id(s: &str, prefix: &str) -> bool {
+    s.strip_prefix(prefix)
+        .is_some_and(|h| (8..=17).contains(&h.len()) && h.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// `s3://bucket/key` → (bucket, key).
+pub fn parse_s3_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("s3://")?;
+    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+    let ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    ok.then_some((bucket, key))
+}
+
+/// A URL with a password (`scheme://user:pass@host`) or a `password=` pair.
+fn looks_like_credential(arg: &str) -> bool {
+    let lower = arg.to_ascii_lowercase();
+    if lower.contains("password=") || lower.contains("secret_access_key") {
+        return true;
+    }
+    if let Some((_, rest)) = arg.split_once("://") {
+        if let Some((userinfo, _)) = rest.split_once('@') {
+            return userinfo.contains(':') && !userinfo.contains('/');
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    pub fn sample() -> serde_json::Value {
+        json!({
+            "run_id": "fx-2023-04",
+            "worker": {
+                "instance_types": ["c7g.4xlarge", "c6g.4xlarge"],
+                "subnets": ["subnet-0a1b2c3d", "subnet-0a1b2c3e"],
+                "security_groups": ["sg-0a1b2c3d"],
+                "image": "resolve:ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64",
+                "artifact": "s3://ephemera-artifacts/worker/ephemera-worker",
+                "args": ["run", "--stages", "indicators,regression"]
+            },
+            "limits": {"max_runtime_seconds": 14400, "budget_usd": 5.0}
+        })
+    }
+
+    fn errors_of(v: serde_json::Value) -> Vec<FieldError> {
+        RunSpec::parse(&v).unwrap_err().errors
+    }
+
+    fn has(errs: &[FieldError], field: &str, needle: &str) -> bool {
+        errs.iter()
+            .any(|e| e.field == field && e.message.contains(needle))
+    }
+
+    #[test]
+    fn sample_is_valid_with_defaults() {
+        let spec = RunSpec::parse(&sample()).unwrap();
+        assert_eq!(spec.worker.market, MarketPolicy::SpotThenOnDemand);
+        assert_eq!(spec.limits.heartbeat_seconds, 300);
+        assert_eq!(spec.worker.volume_gib, 30);
+        assert!(spec.quota.request_increase);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let mut v = sample();
+        v["limits"]["budget"] = json!(3);
+        let errs = errors_of(v);
+        assert_eq!(errs[0].field, "limits.budget");
+        assert!(errs[0].message.contains("unknown field `budget`"), "{errs:?}");
+        assert!(errs[0].message.contains("budget_usd"), "{errs:?}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_path() {
+        let mut v = sample();
+        v["limits"]["max_runtime_seconds"] = json!(-5);
+        let errs = errors_of(v);
+        assert_eq!(errs[0].field, "limits.max_runtime_seconds");
+        assert!(errs[0].message.contains("expected u64"), "{errs:?}");
+    }
+
+    #[test]
+    fn unknown_market_lists_the_allowed_ones() {
+        let mut v = sample();
+        v["worker"]["market"] = json!("cheap");
+        let errs = errors_of(v);
+        assert_eq!(errs[0].field, "worker.market");
+        assert!(errs[0].message.contains("spot-then-on-demand"), "{errs:?}");
+    }
+
+    #[test]
+    fn every_bad_field_is_reported_at_once() {
+        let mut v = sample();
+        v["worker"]["instance_types"] = json!(["c7g.4xlarge", "q9.huge"]);
+        v["worker"]["subnets"] = json!([]);
+        v["limits"]["budget_usd"] = json!(-1.0);
+        v["limits"]["heartbeat_seconds"] = json!(10);
+        let errs = errors_of(v);
+        assert!(has(&errs, "worker.instance_types[1]", "unknown instance type 'q9.huge'"));
+        assert!(has(&errs, "worker.subnets", "at least one subnet"));
+        assert!(has(&errs, "limits.budget_usd", "positive"));
+        assert!(has(&errs, "limits.heartbeat_seconds", "30 s minimum"));
+        assert_eq!(errs.len(), 4, "{errs:?}");
+        let text = InvalidRunSpec { errors: errs }.to_string();
+        assert!(text.starts_with("invalid RunSpec: worker.instance_types[1]"));
+    }
+
+    #[test]
+    fn empty_candidates_and_mixed_architectures() {
+        let mut v = sample();
+        v["worker"]["instance_types"] = json!([]);
+        assert!(has(&errors_of(v.clone()), "worker.instance_types", "at least one"));
+        v["worker"]["instance_types"] = json!(["c7g.large", "c7i.large"]);
+        assert!(has(&errors_of(v), "worker.instance_types", "one architecture"));
+    }
+
+    #[test]
+    fn ids_urls_and_secrets() {
+        let mut v = sample();
+        v["worker"]["subnets"] = json!(["subnet-xyz"]);
+        v["worker"]["security_groups"] = json!(["default"]);
+        v["worker"]["image"] = json!("ubuntu");
+        v["worker"]["artifact"] = json!("https://example.com/w");
+        v["worker"]["args"] = json!(["--database-url", "postgres://u:hunter2@db/x"]);
+        v["expect"] = json!({"export_prefix": "/tmp/out"});
+        v["notify"] = json!({"topic_arn": "my-topic"});
+        v["tags"] = json!({"ephemera:run": "x"});
+        let errs = errors_of(v);
+        for f in [
+            "worker.subnets[0]",
+            "worker.security_groups[0]",
+            "worker.image",
+            "worker.artifact",
+            "worker.args[1]",
+            "expect.export_prefix",
+            "notify.topic_arn",
+            "tags.ephemera:run",
+        ] {
+            assert!(errs.iter().any(|e| e.field == f), "{f} missing in {errs:?}");
+        }
+    }
+
+    #[test]
+    fn limits_ranges() {
+        let mut v = sample();
+        v["limits"] = json!({"max_runtime_seconds": 30, "budget_usd": 1, "boot_timeout_seconds": 1, "max_relaunches": 11});
+        let errs = errors_of(v);
+        assert!(has(&errs, "limits.max_runtime_seconds", "outside 60"));
+        assert!(has(&errs, "limits.boot_timeout_seconds", "outside 5"));
+        assert!(has(&errs, "limits.max_relaunches", "outside 0..=10"));
+    }
+
+    #[test]
+    fn market_order() {
+        assert_eq!(
+            MarketPolicy::SpotThenOnDemand.markets(false),
+            vec![Market::Spot, Market::OnDemand]
+        );
+        assert_eq!(MarketPolicy::SpotThenOnDemand.markets(true), vec![Market::OnDemand]);
+        assert_eq!(MarketPolicy::Spot.markets(true), vec![Market::Spot]);
+    }
+
+    #[test]
+    fn s3_urls() {
+        assert_eq!(parse_s3_url("s3://bkt/a/b"), Some(("bkt", "a/b")));
+        assert_eq!(parse_s3_url("s3://bkt"), Some(("bkt", "")));
+        assert_eq!(parse_s3_url("s3://B/x"), None);
+        assert_eq!(parse_s3_url("http://b/x"), None);
+    }
+}

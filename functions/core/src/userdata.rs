@@ -1,0 +1,106 @@
+//! The instance's user data: fetch the worker and start it as a service. It holds no secret: the
+//! worker reads its task token and database secret with its instance role at run time.
+
+/// Quotes one word for a POSIX shell.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c))
+    {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+pub struct WorkerLaunch<'a> {
+    pub region: &'a str,
+    pub artifact: &'a str,
+    pub args: &'a [String],
+    pub run_id: &'a str,
+    pub attempt: u32,
+    pub heartbeat_seconds: u64,
+    pub ssm_prefix: &'a str,
+}
+
+pub fn render(w: &WorkerLaunch<'_>) -> String {
+    let mut cmd = vec!["/opt/ephemera/ephemera-worker".to_string()];
+    cmd.extend(w.args.iter().map(|a| shell_quote(a)));
+    cmd.extend([
+        "--run-id".to_string(),
+        shell_quote(w.run_id),
+        "--attempt".to_string(),
+        w.attempt.to_string(),
+        "--ssm-prefix".to_string(),
+        shell_quote(w.ssm_prefix),
+        "--heartbeat-seconds".to_string(),
+        w.heartbeat_seconds.to_string(),
+    ]);
+    format!(
+        r#"#!/bin/bash
+# ephemera worker bootstrap. No secrets here: the worker reads them with its instance role.
+set -euo pipefail
+export AWS_REGION={region} AWS_DEFAULT_REGION={region}
+install -d -m 0755 /opt/ephemera
+aws s3 cp {artifact} /opt/ephemera/ephemera-worker
+chmod 0755 /opt/ephemera/ephemera-worker
+cat > /opt/ephemera/run.sh <<'RUN'
+#!/bin/bash
+exec {cmd}
+RUN
+chmod 0755 /opt/ephemera/run.sh
+cat > /etc/systemd/system/ephemera-worker.service <<'UNIT'
+[Unit]
+Description=ephemera worker
+After=network-online.target
+[Service]
+Environment=AWS_REGION={region}
+ExecStart=/opt/ephemera/run.sh
+# Spot gives two minutes' notice: time to release partitions.
+KillSignal=SIGTERM
+TimeoutStopSec=100
+# Whatever happens to the worker, the instance does not outlive it (shutdown = terminate).
+ExecStopPost=/sbin/shutdown -h +3
+[Install]
+WantedBy=multi-user.target
+UNIT
+systemctl daemon-reload
+systemctl start ephemera-worker
+"#,
+        region = shell_quote(w.region),
+        artifact = shell_quote(w.artifact),
+        cmd = cmd.join(" ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("indicators,regression"), "indicators,regression");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn script_starts_the_worker_with_its_arguments() {
+        let args = vec!["run".to_string(), "--stages".to_string(), "a b".to_string()];
+        let s = render(&WorkerLaunch {
+            region: "eu-west-1",
+            artifact: "s3://bkt/w",
+            args: &args,
+            run_id: "r1",
+            attempt: 2,
+            heartbeat_seconds: 60,
+            ssm_prefix: "/ephemera/runs/r1",
+        });
+        assert!(s.starts_with("#!/bin/bash\n"));
+        assert!(s.contains("aws s3 cp s3://bkt/w /opt/ephemera/ephemera-worker"));
+        assert!(s.contains(
+            "exec /opt/ephemera/ephemera-worker run --stages 'a b' --run-id r1 --attempt 2 --ssm-prefix /ephemera/runs/r1 --heartbeat-seconds 60"
+        ));
+        assert!(!s.to_lowercase().contains("token"));
+    }
+}

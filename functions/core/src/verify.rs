@@ -1,0 +1,241 @@
+//! Verification: the worker's completion report and its exported objects against what the run
+//! expected. Every check is listed, passed or not.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::runspec::{parse_s3_url, RunSpec};
+
+/// What the worker sends with SendTaskSuccess. Extra fields (durations, stages) are kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerReport {
+    pub run_id: String,
+    pub partitions_done: u64,
+    pub partitions_failed: u64,
+    pub rows_in: u64,
+    pub rows_out: u64,
+    /// `s3://bucket/key` of the export manifest.
+    #[serde(default)]
+    pub manifest: Option<String>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestObject {
+    pub key: String,
+    pub rows: u64,
+    pub bytes: u64,
+    #[serde(default)]
+    pub sha256: Option<String>,
+}
+
+/// The export manifest the worker writes beside its Parquet files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub run_id: String,
+    pub objects: Vec<ManifestObject>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+fn check(name: &str, ok: bool, detail: String) -> Check {
+    Check {
+        name: name.to_string(),
+        ok,
+        detail,
+    }
+}
+
+/// Checks that need only the report.
+pub fn check_report(spec: &RunSpec, r: &WorkerReport) -> Vec<Check> {
+    let mut out = vec![
+        check(
+            "run_id",
+            r.run_id == spec.run_id,
+            format!("report for '{}', run is '{}'", r.run_id, spec.run_id),
+        ),
+        check(
+            "no_failed_partitions",
+            r.partitions_failed == 0,
+            format!("{} partitions failed", r.partitions_failed),
+        ),
+    ];
+    if let Some(p) = spec.expect.partitions {
+        out.push(check(
+            "partitions_done",
+            r.partitions_done >= p,
+            format!("{} done, {} expected", r.partitions_done, p),
+        ));
+    }
+    if let Some(m) = spec.expect.min_rows {
+        out.push(check(
+            "min_rows",
+            r.rows_out >= m,
+            format!("{} rows written, at least {} expected", r.rows_out, m),
+        ));
+    }
+    if let Some(prefix) = &spec.expect.export_prefix {
+        let under = r.manifest.as_deref().is_some_and(|m| m.starts_with(prefix.as_str()));
+        out.push(check(
+            "manifest_location",
+            under,
+            format!("manifest {:?}, expected under {prefix}", r.manifest),
+        ));
+    }
+    out
+}
+
+/// Checks of the manifest against the objects found (key → size, None when absent).
+pub fn check_manifest(
+    spec: &RunSpec,
+    report: &WorkerReport,
+    manifest: &Manifest,
+    found: &BTreeMap<String, Option<u64>>,
+) -> Vec<Check> {
+    let mut out = vec![
+        check(
+            "manifest_run_id",
+            manifest.run_id == spec.run_id,
+            format!("manifest for '{}'", manifest.run_id),
+        ),
+        check(
+            "manifest_not_empty",
+            !manifest.objects.is_empty(),
+            format!("{} objects listed", manifest.objects.len()),
+        ),
+    ];
+    let rows: u64 = manifest.objects.iter().map(|o| o.rows).sum();
+    out.push(check(
+        "manifest_rows_match_report",
+        rows == report.rows_out,
+        format!("manifest lists {rows} rows, report says {}", report.rows_out),
+    ));
+    let prefix_key = spec
+        .expect
+        .export_prefix
+        .as_deref()
+        .and_then(parse_s3_url)
+        .map(|(_, k)| k.to_string());
+    let mut missing = vec![];
+    let mut wrong_size = vec![];
+    let mut outside = vec![];
+    for o in &manifest.objects {
+        match found.get(&o.key).copied().flatten() {
+            None => missing.push(o.key.clone()),
+            Some(size) if size != o.bytes => {
+                wrong_size.push(format!("{} is {size} bytes, manifest says {}", o.key, o.bytes))
+            }
+            Some(_) => {}
+        }
+        if let Some(p) = &prefix_key {
+            if !o.key.starts_with(p.as_str()) {
+                outside.push(o.key.clone());
+            }
+        }
+    }
+    out.push(check(
+        "objects_present",
+        missing.is_empty(),
+        if missing.is_empty() {
+            format!("{} objects found", manifest.objects.len())
+        } else {
+            format!("missing: {}", missing.join(", "))
+        },
+    ));
+    out.push(check(
+        "object_sizes",
+        wrong_size.is_empty(),
+        if wrong_size.is_empty() {
+            "every size matches".to_string()
+        } else {
+            wrong_size.join("; ")
+        },
+    ));
+    if prefix_key.is_some() {
+        out.push(check(
+            "objects_under_prefix",
+            outside.is_empty(),
+            if outside.is_empty() {
+                "every object is under expect.export_prefix".to_string()
+            } else {
+                format!("outside the prefix: {}", outside.join(", "))
+            },
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec() -> RunSpec {
+        RunSpec::parse(&json!({
+            "run_id": "r1",
+            "worker": {"instance_types": ["c7g.large"], "subnets": ["subnet-0a1b2c3d"],
+                       "image": "ami-0a1b2c3d", "artifact": "s3://bkt/w"},
+            "limits": {"max_runtime_seconds": 3600, "budget_usd": 1},
+            "expect": {"partitions": 2, "min_rows": 10, "export_prefix": "s3://out/runs/r1/"}
+        }))
+        .unwrap()
+    }
+
+    fn report() -> WorkerReport {
+        serde_json::from_value(json!({
+            "run_id": "r1", "partitions_done": 2, "partitions_failed": 0,
+            "rows_in": 20, "rows_out": 20, "manifest": "s3://out/runs/r1/manifest.json",
+            "durations": {"total_s": 3.5}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn report_checks() {
+        let s = spec();
+        assert!(check_report(&s, &report()).iter().all(|c| c.ok));
+        let mut r = report();
+        r.partitions_failed = 1;
+        r.partitions_done = 1;
+        r.rows_out = 3;
+        let failed: Vec<String> = check_report(&s, &r)
+            .into_iter()
+            .filter(|c| !c.ok)
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(failed, vec!["no_failed_partitions", "partitions_done", "min_rows"]);
+        assert!(report().extra.contains_key("durations"));
+    }
+
+    #[test]
+    fn manifest_checks() {
+        let s = spec();
+        let m = Manifest {
+            run_id: "r1".into(),
+            objects: vec![
+                ManifestObject { key: "runs/r1/a.parquet".into(), rows: 12, bytes: 100, sha256: None },
+                ManifestObject { key: "runs/r1/b.parquet".into(), rows: 8, bytes: 50, sha256: None },
+            ],
+        };
+        let mut found = BTreeMap::new();
+        found.insert("runs/r1/a.parquet".to_string(), Some(100));
+        found.insert("runs/r1/b.parquet".to_string(), Some(50));
+        assert!(check_manifest(&s, &report(), &m, &found).iter().all(|c| c.ok));
+        found.insert("runs/r1/b.parquet".to_string(), None);
+        found.insert("runs/r1/a.parquet".to_string(), Some(99));
+        let bad: Vec<Check> = check_manifest(&s, &report(), &m, &found)
+            .into_iter()
+            .filter(|c| !c.ok)
+            .collect();
+        assert_eq!(bad.len(), 2);
+        assert!(bad[0].detail.contains("missing: runs/r1/b.parquet"));
+        assert!(bad[1].detail.contains("99 bytes"));
+    }
+}
