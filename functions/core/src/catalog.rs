@@ -245,8 +245,14 @@ mod tests {
             quota_code(QuotaClass::Standard, Market::OnDemand),
             Some("L-1216C47A")
         );
-        assert_eq!(quota_code(QuotaClass::Standard, Market::Spot), Some("L-34B43A08"));
-        assert_eq!(quota_code(QuotaClass::GAndVt, Market::OnDemand), Some("L-DB2E81BA"));
+        assert_eq!(
+            quota_code(QuotaClass::Standard, Market::Spot),
+            Some("L-34B43A08")
+        );
+        assert_eq!(
+            quota_code(QuotaClass::GAndVt, Market::OnDemand),
+            Some("L-DB2E81BA")
+        );
         assert_eq!(quota_code(QuotaClass::Hpc, Market::Spot), None);
     }
 }

@@ -40,7 +40,10 @@ pub enum Health {
 
 pub fn judge(o: &Observation) -> Health {
     let state = o.state.as_deref().unwrap_or("missing");
-    if matches!(state, "shutting-down" | "terminated" | "stopping" | "stopped" | "missing") {
+    if matches!(
+        state,
+        "shutting-down" | "terminated" | "stopping" | "stopped" | "missing"
+    ) {
         let reason = o.state_reason.clone().unwrap_or_default();
         if reason.starts_with("Server.SpotInstance") {
             return Health::Failed {
@@ -53,7 +56,10 @@ pub fn judge(o: &Observation) -> Health {
             reason: format!("the instance is {state} ({reason})"),
         };
     }
-    for (which, s) in [("instance", &o.instance_status), ("system", &o.system_status)] {
+    for (which, s) in [
+        ("instance", &o.instance_status),
+        ("system", &o.system_status),
+    ] {
         if s.as_deref() == Some("impaired") {
             return Health::Failed {
                 failure: Failure::Impaired,
@@ -127,17 +133,47 @@ mod tests {
             h => panic!("{h:?}"),
         }
         o.now = o.launched_at + chrono::Duration::seconds(600);
-        assert!(matches!(judge(&o), Health::Failed { failure: Failure::BootDeadline, .. }));
+        assert!(matches!(
+            judge(&o),
+            Health::Failed {
+                failure: Failure::BootDeadline,
+                ..
+            }
+        ));
         let mut o = obs();
         o.system_status = Some("impaired".into());
-        assert!(matches!(judge(&o), Health::Failed { failure: Failure::Impaired, .. }));
+        assert!(matches!(
+            judge(&o),
+            Health::Failed {
+                failure: Failure::Impaired,
+                ..
+            }
+        ));
         let mut o = obs();
         o.state = Some("terminated".into());
         o.state_reason = Some("Server.SpotInstanceTermination".into());
-        assert!(matches!(judge(&o), Health::Failed { failure: Failure::SpotReclaimed, .. }));
+        assert!(matches!(
+            judge(&o),
+            Health::Failed {
+                failure: Failure::SpotReclaimed,
+                ..
+            }
+        ));
         o.state_reason = Some("Client.UserInitiatedShutdown".into());
-        assert!(matches!(judge(&o), Health::Failed { failure: Failure::Terminated, .. }));
+        assert!(matches!(
+            judge(&o),
+            Health::Failed {
+                failure: Failure::Terminated,
+                ..
+            }
+        ));
         o.state = None;
-        assert!(matches!(judge(&o), Health::Failed { failure: Failure::Terminated, .. }));
+        assert!(matches!(
+            judge(&o),
+            Health::Failed {
+                failure: Failure::Terminated,
+                ..
+            }
+        ));
     }
 }

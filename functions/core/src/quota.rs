@@ -161,7 +161,10 @@ pub fn decide(
                 )
             })
             .collect();
-        return (QuotaVerdict::Enough, format!("enough vCPUs ({})", list.join(", ")));
+        return (
+            QuotaVerdict::Enough,
+            format!("enough vCPUs ({})", list.join(", ")),
+        );
     }
     let mut waiting = vec![];
     for l in &short {
@@ -297,8 +300,14 @@ mod tests {
     #[test]
     fn verdicts() {
         let d = t(1000);
-        assert_eq!(decide(&[line(64.0, 0, 16, None)], true, t(0), d).0, QuotaVerdict::Enough);
-        assert_eq!(decide(&[line(8.0, 0, 16, None)], true, t(0), d).0, QuotaVerdict::Waiting);
+        assert_eq!(
+            decide(&[line(64.0, 0, 16, None)], true, t(0), d).0,
+            QuotaVerdict::Enough
+        );
+        assert_eq!(
+            decide(&[line(8.0, 0, 16, None)], true, t(0), d).0,
+            QuotaVerdict::Waiting
+        );
         let (v, why) = decide(&[line(8.0, 0, 16, None)], false, t(0), d);
         assert_eq!(v, QuotaVerdict::Denied);
         assert!(why.contains("request_increase is false"), "{why}");

@@ -159,7 +159,10 @@ pub fn render_email(r: &CostReport) -> (String, String) {
         b.push_str(&format!(
             "Error: {}{}\n",
             e.error,
-            e.cause.as_deref().map(|c| format!(" - {c}")).unwrap_or_default()
+            e.cause
+                .as_deref()
+                .map(|c| format!(" - {c}"))
+                .unwrap_or_default()
         ));
     }
     b.push_str(&format!(

@@ -328,7 +328,10 @@ impl RunSpec {
         {
             errs.add(
                 "worker.image",
-                format!("'{}' must be an AMI id (ami-…) or resolve:ssm:/parameter/path", w.image),
+                format!(
+                    "'{}' must be an AMI id (ami-…) or resolve:ssm:/parameter/path",
+                    w.image
+                ),
             );
         }
         if !(8..=16_384).contains(&w.volume_gib) {
@@ -340,7 +343,10 @@ impl RunSpec {
         if parse_s3_url(&w.artifact).is_none_or(|(_, key)| key.is_empty() || key.ends_with('/')) {
             errs.add(
                 "worker.artifact",
-                format!("'{}' must be s3://bucket/key of the worker binary", w.artifact),
+                format!(
+                    "'{}' must be s3://bucket/key of the worker binary",
+                    w.artifact
+                ),
             );
         }
         let mut args_len = 0;
@@ -460,10 +466,7 @@ impl RunSpec {
                 errs.add(&field, "a tag key must be 1 to 128 characters");
             }
             if k.starts_with("aws:") || k.starts_with("ephemera:") {
-                errs.add(
-                    &field,
-                    "keys starting with aws: or ephemera: are reserved",
-                );
+                errs.add(&field, "keys starting with aws: or ephemera: are reserved");
             }
             if v.len() > 256 {
                 errs.add(&field, "a tag value must be at most 256 characters");
@@ -471,8 +474,7 @@ impl RunSpec {
         }
 
         let wt = &self.waits;
-        if wt.quota_poll_min_seconds == 0 || wt.quota_poll_min_seconds > wt.quota_poll_max_seconds
-        {
+        if wt.quota_poll_min_seconds == 0 || wt.quota_poll_min_seconds > wt.quota_poll_max_seconds {
             errs.add(
                 "waits.quota_poll_min_seconds",
                 format!(
@@ -589,7 +591,10 @@ mod tests {
         v["limits"]["budget"] = json!(3);
         let errs = errors_of(v);
         assert_eq!(errs[0].field, "limits.budget");
-        assert!(errs[0].message.contains("unknown field `budget`"), "{errs:?}");
+        assert!(
+            errs[0].message.contains("unknown field `budget`"),
+            "{errs:?}"
+        );
         assert!(errs[0].message.contains("budget_usd"), "{errs:?}");
     }
 
@@ -619,7 +624,11 @@ mod tests {
         v["limits"]["budget_usd"] = json!(-1.0);
         v["limits"]["heartbeat_seconds"] = json!(10);
         let errs = errors_of(v);
-        assert!(has(&errs, "worker.instance_types[1]", "unknown instance type 'q9.huge'"));
+        assert!(has(
+            &errs,
+            "worker.instance_types[1]",
+            "unknown instance type 'q9.huge'"
+        ));
         assert!(has(&errs, "worker.subnets", "at least one subnet"));
         assert!(has(&errs, "limits.budget_usd", "positive"));
         assert!(has(&errs, "limits.heartbeat_seconds", "30 s minimum"));
@@ -632,9 +641,17 @@ mod tests {
     fn empty_candidates_and_mixed_architectures() {
         let mut v = sample();
         v["worker"]["instance_types"] = json!([]);
-        assert!(has(&errors_of(v.clone()), "worker.instance_types", "at least one"));
+        assert!(has(
+            &errors_of(v.clone()),
+            "worker.instance_types",
+            "at least one"
+        ));
         v["worker"]["instance_types"] = json!(["c7g.large", "c7i.large"]);
-        assert!(has(&errors_of(v), "worker.instance_types", "one architecture"));
+        assert!(has(
+            &errors_of(v),
+            "worker.instance_types",
+            "one architecture"
+        ));
     }
 
     #[test]
@@ -679,7 +696,10 @@ mod tests {
             MarketPolicy::SpotThenOnDemand.markets(false),
             vec![Market::Spot, Market::OnDemand]
         );
-        assert_eq!(MarketPolicy::SpotThenOnDemand.markets(true), vec![Market::OnDemand]);
+        assert_eq!(
+            MarketPolicy::SpotThenOnDemand.markets(true),
+            vec![Market::OnDemand]
+        );
         assert_eq!(MarketPolicy::Spot.markets(true), vec![Market::Spot]);
     }
 

@@ -78,7 +78,10 @@ mod tests {
 
     #[test]
     fn quoting() {
-        assert_eq!(shell_quote("indicators,regression"), "indicators,regression");
+        assert_eq!(
+            shell_quote("indicators,regression"),
+            "indicators,regression"
+        );
         assert_eq!(shell_quote("a b"), "'a b'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(shell_quote(""), "''");

@@ -82,7 +82,10 @@ pub fn check_report(spec: &RunSpec, r: &WorkerReport) -> Vec<Check> {
         ));
     }
     if let Some(prefix) = &spec.expect.export_prefix {
-        let under = r.manifest.as_deref().is_some_and(|m| m.starts_with(prefix.as_str()));
+        let under = r
+            .manifest
+            .as_deref()
+            .is_some_and(|m| m.starts_with(prefix.as_str()));
         out.push(check(
             "manifest_location",
             under,
@@ -115,7 +118,10 @@ pub fn check_manifest(
     out.push(check(
         "manifest_rows_match_report",
         rows == report.rows_out,
-        format!("manifest lists {rows} rows, report says {}", report.rows_out),
+        format!(
+            "manifest lists {rows} rows, report says {}",
+            report.rows_out
+        ),
     ));
     let prefix_key = spec
         .expect
@@ -129,9 +135,10 @@ pub fn check_manifest(
     for o in &manifest.objects {
         match found.get(&o.key).copied().flatten() {
             None => missing.push(o.key.clone()),
-            Some(size) if size != o.bytes => {
-                wrong_size.push(format!("{} is {size} bytes, manifest says {}", o.key, o.bytes))
-            }
+            Some(size) if size != o.bytes => wrong_size.push(format!(
+                "{} is {size} bytes, manifest says {}",
+                o.key, o.bytes
+            )),
             Some(_) => {}
         }
         if let Some(p) = &prefix_key {
@@ -210,7 +217,10 @@ mod tests {
             .filter(|c| !c.ok)
             .map(|c| c.name)
             .collect();
-        assert_eq!(failed, vec!["no_failed_partitions", "partitions_done", "min_rows"]);
+        assert_eq!(
+            failed,
+            vec!["no_failed_partitions", "partitions_done", "min_rows"]
+        );
         assert!(report().extra.contains_key("durations"));
     }
 
@@ -220,14 +230,26 @@ mod tests {
         let m = Manifest {
             run_id: "r1".into(),
             objects: vec![
-                ManifestObject { key: "runs/r1/a.parquet".into(), rows: 12, bytes: 100, sha256: None },
-                ManifestObject { key: "runs/r1/b.parquet".into(), rows: 8, bytes: 50, sha256: None },
+                ManifestObject {
+                    key: "runs/r1/a.parquet".into(),
+                    rows: 12,
+                    bytes: 100,
+                    sha256: None,
+                },
+                ManifestObject {
+                    key: "runs/r1/b.parquet".into(),
+                    rows: 8,
+                    bytes: 50,
+                    sha256: None,
+                },
             ],
         };
         let mut found = BTreeMap::new();
         found.insert("runs/r1/a.parquet".to_string(), Some(100));
         found.insert("runs/r1/b.parquet".to_string(), Some(50));
-        assert!(check_manifest(&s, &report(), &m, &found).iter().all(|c| c.ok));
+        assert!(check_manifest(&s, &report(), &m, &found)
+            .iter()
+            .all(|c| c.ok));
         found.insert("runs/r1/b.parquet".to_string(), None);
         found.insert("runs/r1/a.parquet".to_string(), Some(99));
         let bad: Vec<Check> = check_manifest(&s, &report(), &m, &found)

@@ -1,1 +1,10 @@
-pub fn x(){}
+//! ephemera's Lambdas: thin handlers over `ephemera-core`, with AWS behind small traits.
+
+pub mod aws;
+pub mod dispatch;
+pub mod error;
+pub mod handlers;
+
+pub use aws::Aws;
+pub use dispatch::{invoke, Settings, FUNCTIONS};
+pub use error::Error;

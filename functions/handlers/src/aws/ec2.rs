@@ -1,0 +1,400 @@
+//! EC2: instance types, instances by tag, launch, status checks, termination, Spot prices.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::types::{
+    BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
+    Instance, InstanceInterruptionBehavior, InstanceMarketOptionsRequest,
+    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceMetadataTagsState,
+    InstanceType, MarketType, ResourceType, ShutdownBehavior, SpotInstanceType, SpotMarketOptions,
+    Tag, TagSpecification, VolumeType,
+};
+use chrono::{DateTime, Utc};
+use ephemera_core::cost::PricePoint;
+use ephemera_core::Market;
+
+use super::{to_chrono, to_smithy};
+use crate::error::Error;
+
+/// The parts of an instance ephemera looks at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceView {
+    pub id: String,
+    pub instance_type: String,
+    pub state: String,
+    pub state_reason: Option<String>,
+    pub state_transition_reason: Option<String>,
+    pub launch_time: Option<DateTime<Utc>>,
+    pub availability_zone: Option<String>,
+    pub subnet: Option<String>,
+    pub market: Market,
+    pub tags: BTreeMap<String, String>,
+    pub http_tokens: Option<String>,
+    pub client_token: Option<String>,
+}
+
+/// A RunInstances error as EC2 answered it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunError {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct LaunchRequest {
+    pub market: Market,
+    pub instance_type: String,
+    pub subnet: String,
+    pub security_groups: Vec<String>,
+    pub image: String,
+    pub volume_gib: u32,
+    pub instance_profile: Option<String>,
+    pub client_token: String,
+    pub user_data_base64: String,
+    pub tags: BTreeMap<String, String>,
+}
+
+pub trait Compute: Send + Sync {
+    fn vcpus(
+        &self,
+        types: &[String],
+    ) -> impl Future<Output = Result<HashMap<String, u32>, Error>> + Send;
+    /// Instances in `states` carrying every tag in `tags` (all instances when `tags` is empty).
+    fn instances(
+        &self,
+        tags: &[(&str, &str)],
+        states: &[&str],
+    ) -> impl Future<Output = Result<Vec<InstanceView>, Error>> + Send;
+    fn describe(
+        &self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<InstanceView>, Error>> + Send;
+    fn run(
+        &self,
+        req: &LaunchRequest,
+    ) -> impl Future<Output = Result<InstanceView, RunError>> + Send;
+    /// (instance status, system status) from DescribeInstanceStatus.
+    fn status_checks(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<(Option<String>, Option<String>), Error>> + Send;
+    fn terminate(&self, ids: &[String]) -> impl Future<Output = Result<(), Error>> + Send;
+    fn spot_prices(
+        &self,
+        instance_type: &str,
+        availability_zone: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<PricePoint>, Error>> + Send;
+}
+
+pub fn view(i: &Instance) -> InstanceView {
+    InstanceView {
+        id: i.instance_id().unwrap_or_default().to_string(),
+        instance_type: i
+            .instance_type()
+            .map(|t| t.as_str().to_string())
+            .unwrap_or_default(),
+        state: i
+            .state()
+            .and_then(|s| s.name())
+            .map(|n| n.as_str().to_string())
+            .unwrap_or_default(),
+        state_reason: i.state_reason().and_then(|r| r.code()).map(str::to_string),
+        state_transition_reason: i
+            .state_transition_reason()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
+        launch_time: i.launch_time().map(to_chrono),
+        availability_zone: i
+            .placement()
+            .and_then(|p| p.availability_zone())
+            .map(str::to_string),
+        subnet: i.subnet_id().map(str::to_string),
+        market: match i.instance_lifecycle().map(|l| l.as_str()) {
+            Some("spot") => Market::Spot,
+            _ => Market::OnDemand,
+        },
+        tags: i
+            .tags()
+            .iter()
+            .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+            .collect(),
+        http_tokens: i
+            .metadata_options()
+            .and_then(|m| m.http_tokens())
+            .map(|t| t.as_str().to_string()),
+        client_token: i
+            .client_token()
+            .filter(|t| !t.is_empty())
+            .map(str::to_string),
+    }
+}
+
+fn tag_spec(kind: ResourceType, tags: &BTreeMap<String, String>) -> TagSpecification {
+    TagSpecification::builder()
+        .resource_type(kind)
+        .set_tags(Some(
+            tags.iter()
+                .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                .collect(),
+        ))
+        .build()
+}
+
+impl Compute for aws_sdk_ec2::Client {
+    async fn vcpus(&self, types: &[String]) -> Result<HashMap<String, u32>, Error> {
+        let mut out = HashMap::new();
+        if types.is_empty() {
+            return Ok(out);
+        }
+        let mut token = None;
+        loop {
+            let resp = self
+                .describe_instance_types()
+                .set_instance_types(Some(
+                    types
+                        .iter()
+                        .map(|t| InstanceType::from(t.as_str()))
+                        .collect(),
+                ))
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| Error::aws("ec2", "DescribeInstanceTypes", e))?;
+            for it in resp.instance_types() {
+                if let (Some(t), Some(v)) = (
+                    it.instance_type(),
+                    it.v_cpu_info().and_then(|v| v.default_v_cpus()),
+                ) {
+                    out.insert(t.as_str().to_string(), v.max(0) as u32);
+                }
+            }
+            token = resp.next_token().map(str::to_string);
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn instances(
+        &self,
+        tags: &[(&str, &str)],
+        states: &[&str],
+    ) -> Result<Vec<InstanceView>, Error> {
+        let mut filters: Vec<Filter> = tags
+            .iter()
+            .map(|(k, v)| {
+                Filter::builder()
+                    .name(format!("tag:{k}"))
+                    .values(*v)
+                    .build()
+            })
+            .collect();
+        if !states.is_empty() {
+            filters.push(
+                Filter::builder()
+                    .name("instance-state-name")
+                    .set_values(Some(states.iter().map(|s| s.to_string()).collect()))
+                    .build(),
+            );
+        }
+        let mut out = vec![];
+        let mut token = None;
+        loop {
+            let resp = self
+                .describe_instances()
+                .set_filters(Some(filters.clone()))
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| Error::aws("ec2", "DescribeInstances", e))?;
+            for r in resp.reservations() {
+                out.extend(r.instances().iter().map(view));
+            }
+            token = resp.next_token().map(str::to_string);
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn describe(&self, ids: &[String]) -> Result<Vec<InstanceView>, Error> {
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        match self
+            .describe_instances()
+            .set_instance_ids(Some(ids.to_vec()))
+            .send()
+            .await
+        {
+            Ok(resp) => Ok(resp
+                .reservations()
+                .iter()
+                .flat_map(|r| r.instances().iter().map(view))
+                .collect()),
+            // Instances terminated long ago vanish from DescribeInstances.
+            Err(e) if e.code() == Some("InvalidInstanceID.NotFound") => Ok(vec![]),
+            Err(e) => Err(Error::aws("ec2", "DescribeInstances", e)),
+        }
+    }
+
+    async fn run(&self, req: &LaunchRequest) -> Result<InstanceView, RunError> {
+        let profile = req.instance_profile.as_ref().map(|p| {
+            let b = IamInstanceProfileSpecification::builder();
+            if p.starts_with("arn:") {
+                b.arn(p).build()
+            } else {
+                b.name(p).build()
+            }
+        });
+        let market = (req.market == Market::Spot).then(|| {
+            InstanceMarketOptionsRequest::builder()
+                .market_type(MarketType::Spot)
+                .spot_options(
+                    SpotMarketOptions::builder()
+                        .spot_instance_type(SpotInstanceType::OneTime)
+                        .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
+                        .build(),
+                )
+                .build()
+        });
+        let mut tag_specs = vec![
+            tag_spec(ResourceType::Instance, &req.tags),
+            tag_spec(ResourceType::Volume, &req.tags),
+        ];
+        if req.market == Market::Spot {
+            tag_specs.push(tag_spec(ResourceType::SpotInstancesRequest, &req.tags));
+        }
+        let resp = self
+            .run_instances()
+            .image_id(&req.image)
+            .instance_type(InstanceType::from(req.instance_type.as_str()))
+            .min_count(1)
+            .max_count(1)
+            .subnet_id(&req.subnet)
+            .set_security_group_ids(
+                (!req.security_groups.is_empty()).then(|| req.security_groups.clone()),
+            )
+            .client_token(&req.client_token)
+            .set_iam_instance_profile(profile)
+            .metadata_options(
+                InstanceMetadataOptionsRequest::builder()
+                    .http_tokens(HttpTokensState::Required)
+                    .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                    .http_put_response_hop_limit(1)
+                    .instance_metadata_tags(InstanceMetadataTagsState::Enabled)
+                    .build(),
+            )
+            .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
+            .block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name("/dev/xvda")
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .volume_size(req.volume_gib as i32)
+                            .volume_type(VolumeType::Gp3)
+                            .encrypted(true)
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .set_instance_market_options(market)
+            .set_tag_specifications(Some(tag_specs))
+            .user_data(&req.user_data_base64)
+            .send()
+            .await
+            .map_err(|e| RunError {
+                code: e.code().unwrap_or("Unknown").to_string(),
+                message: e.message().map(str::to_string).unwrap_or_else(|| {
+                    aws_smithy_types::error::display::DisplayErrorContext(&e).to_string()
+                }),
+            })?;
+        resp.instances().first().map(view).ok_or_else(|| RunError {
+            code: "NoInstance".into(),
+            message: "RunInstances answered without an instance".into(),
+        })
+    }
+
+    async fn status_checks(&self, id: &str) -> Result<(Option<String>, Option<String>), Error> {
+        let resp = self
+            .describe_instance_status()
+            .instance_ids(id)
+            .include_all_instances(true)
+            .send()
+            .await
+            .map_err(|e| Error::aws("ec2", "DescribeInstanceStatus", e))?;
+        Ok(resp
+            .instance_statuses()
+            .first()
+            .map(|s| {
+                (
+                    s.instance_status()
+                        .and_then(|x| x.status())
+                        .map(|x| x.as_str().to_string()),
+                    s.system_status()
+                        .and_then(|x| x.status())
+                        .map(|x| x.as_str().to_string()),
+                )
+            })
+            .unwrap_or((None, None)))
+    }
+
+    async fn terminate(&self, ids: &[String]) -> Result<(), Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.terminate_instances()
+            .set_instance_ids(Some(ids.to_vec()))
+            .send()
+            .await
+            .map_err(|e| Error::aws("ec2", "TerminateInstances", e))?;
+        Ok(())
+    }
+
+    async fn spot_prices(
+        &self,
+        instance_type: &str,
+        availability_zone: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Result<Vec<PricePoint>, Error> {
+        let mut out = vec![];
+        let mut token = None;
+        loop {
+            let resp = self
+                .describe_spot_price_history()
+                .instance_types(InstanceType::from(instance_type))
+                .availability_zone(availability_zone)
+                .product_descriptions("Linux/UNIX")
+                .start_time(to_smithy(start))
+                .end_time(to_smithy(end))
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| Error::aws("ec2", "DescribeSpotPriceHistory", e))?;
+            for p in resp.spot_price_history() {
+                if let (Some(price), Some(at)) = (
+                    p.spot_price().and_then(|s| s.parse::<f64>().ok()),
+                    p.timestamp(),
+                ) {
+                    out.push(PricePoint {
+                        at: to_chrono(at),
+                        usd_per_hour: price,
+                    });
+                }
+            }
+            token = resp
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+}

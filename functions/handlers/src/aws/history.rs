@@ -1,0 +1,84 @@
+//! Step Functions history: what the orchestration itself cost.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+
+use ephemera_core::cost::{orchestration_cost, Orchestration};
+
+use super::to_chrono;
+use crate::error::Error;
+
+pub trait History: Send + Sync {
+    /// None when the execution's history cannot be read (then the report says so).
+    fn orchestration(
+        &self,
+        execution_arn: &str,
+        lambda_memory_mb: u32,
+    ) -> impl Future<Output = Result<Option<Orchestration>, Error>> + Send;
+}
+
+impl History for aws_sdk_sfn::Client {
+    async fn orchestration(
+        &self,
+        execution_arn: &str,
+        lambda_memory_mb: u32,
+    ) -> Result<Option<Orchestration>, Error> {
+        let mut transitions = 0u64;
+        let mut invocations = 0u64;
+        let mut seconds = 0.0f64;
+        // Lambda tasks run TaskScheduled(lambda) -> TaskStarted -> TaskSucceeded/Failed; other
+        // tasks (the worker's token wait) are not Lambda time.
+        let mut lambda_scheduled: HashSet<i64> = HashSet::new();
+        let mut lambda_started: HashMap<i64, chrono::DateTime<chrono::Utc>> = HashMap::new();
+        let mut token = None;
+        loop {
+            let resp = match self
+                .get_execution_history()
+                .execution_arn(execution_arn)
+                .set_next_token(token)
+                .send()
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => return Ok(None),
+            };
+            for e in resp.events() {
+                let kind = e.r#type().as_str();
+                let at = to_chrono(e.timestamp());
+                if kind.ends_with("StateEntered") {
+                    transitions += 1;
+                }
+                match kind {
+                    "TaskScheduled" => {
+                        let is_lambda = e
+                            .task_scheduled_event_details()
+                            .is_some_and(|d| d.resource_type() == "lambda");
+                        if is_lambda {
+                            invocations += 1;
+                            lambda_scheduled.insert(e.id());
+                        }
+                    }
+                    "TaskStarted" if lambda_scheduled.contains(&e.previous_event_id()) => {
+                        lambda_started.insert(e.id(), at);
+                    }
+                    "TaskSucceeded" | "TaskFailed" | "TaskTimedOut" => {
+                        if let Some(start) = lambda_started.remove(&e.previous_event_id()) {
+                            seconds += (at - start).num_milliseconds().max(1) as f64 / 1000.0;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            token = resp.next_token().map(str::to_string);
+            if token.is_none() {
+                break;
+            }
+        }
+        let gb_seconds = seconds * lambda_memory_mb as f64 / 1024.0;
+        Ok(Some(orchestration_cost(
+            transitions,
+            invocations,
+            gb_seconds,
+        )))
+    }
+}

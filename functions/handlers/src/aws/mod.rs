@@ -1,0 +1,71 @@
+//! Small traits over the AWS calls each handler needs, implemented for the SDK clients, so the
+//! handlers hold decisions and the adapters hold wire details.
+
+pub mod ec2;
+pub mod history;
+pub mod objects;
+pub mod params;
+pub mod pricing;
+pub mod quotas;
+pub mod topic;
+
+use aws_config::SdkConfig;
+use chrono::{DateTime, TimeZone, Utc};
+
+pub use ec2::{Compute, InstanceView, LaunchRequest, RunError};
+pub use history::History;
+pub use objects::Objects;
+pub use params::Params;
+pub use pricing::PriceList;
+pub use quotas::QuotaService;
+pub use topic::Notifier;
+
+/// Every client the Lambdas use, built once per cold start.
+#[derive(Clone, Debug)]
+pub struct Aws {
+    pub region: String,
+    pub ec2: aws_sdk_ec2::Client,
+    pub quotas: aws_sdk_servicequotas::Client,
+    pub sns: aws_sdk_sns::Client,
+    pub ssm: aws_sdk_ssm::Client,
+    pub s3: aws_sdk_s3::Client,
+    pub sfn: aws_sdk_sfn::Client,
+    pub pricing: pricing::PriceListApi,
+}
+
+impl Aws {
+    pub async fn from_env() -> Aws {
+        let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        Aws::from_conf(&conf)
+    }
+
+    pub fn from_conf(conf: &SdkConfig) -> Aws {
+        // Against an emulator (a custom endpoint) buckets cannot be virtual hosts.
+        let s3 = aws_sdk_s3::config::Builder::from(conf)
+            .force_path_style(conf.endpoint_url().is_some())
+            .build();
+        Aws {
+            region: conf
+                .region()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "us-east-1".to_string()),
+            ec2: aws_sdk_ec2::Client::new(conf),
+            quotas: aws_sdk_servicequotas::Client::new(conf),
+            sns: aws_sdk_sns::Client::new(conf),
+            ssm: aws_sdk_ssm::Client::new(conf),
+            s3: aws_sdk_s3::Client::from_conf(s3),
+            sfn: aws_sdk_sfn::Client::new(conf),
+            pricing: pricing::PriceListApi::new(conf),
+        }
+    }
+}
+
+pub(crate) fn to_chrono(d: &aws_smithy_types::DateTime) -> DateTime<Utc> {
+    Utc.timestamp_opt(d.secs(), d.subsec_nanos())
+        .single()
+        .unwrap_or_default()
+}
+
+pub(crate) fn to_smithy(d: DateTime<Utc>) -> aws_smithy_types::DateTime {
+    aws_smithy_types::DateTime::from_secs(d.timestamp())
+}

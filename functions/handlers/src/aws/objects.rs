@@ -1,0 +1,45 @@
+//! S3: the export manifest and the sizes of the objects it lists.
+
+use std::future::Future;
+
+use crate::error::Error;
+
+pub trait Objects: Send + Sync {
+    fn get(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, Error>> + Send;
+    /// Size in bytes, or None when absent.
+    fn size(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<u64>, Error>> + Send;
+}
+
+impl Objects for aws_sdk_s3::Client {
+    async fn get(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        match self.get_object().bucket(bucket).key(key).send().await {
+            Ok(r) => {
+                let bytes = r.body.collect().await.map_err(|e| Error::Aws {
+                    service: "s3",
+                    operation: "GetObject",
+                    code: "ReadBody".into(),
+                    message: e.to_string(),
+                })?;
+                Ok(Some(bytes.into_bytes().to_vec()))
+            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            Err(e) => Err(Error::aws("s3", "GetObject", e)),
+        }
+    }
+
+    async fn size(&self, bucket: &str, key: &str) -> Result<Option<u64>, Error> {
+        match self.head_object().bucket(bucket).key(key).send().await {
+            Ok(r) => Ok(Some(r.content_length().unwrap_or(0).max(0) as u64)),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(Error::aws("s3", "HeadObject", e)),
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! SSM Parameter Store: the worker's signals under its run's path.
+
+use std::future::Future;
+
+use crate::error::Error;
+
+pub trait Params: Send + Sync {
+    /// The decrypted value, or None when the parameter does not exist.
+    fn get(&self, name: &str) -> impl Future<Output = Result<Option<String>, Error>> + Send;
+}
+
+impl Params for aws_sdk_ssm::Client {
+    async fn get(&self, name: &str) -> Result<Option<String>, Error> {
+        match self
+            .get_parameter()
+            .name(name)
+            .with_decryption(true)
+            .send()
+            .await
+        {
+            Ok(r) => Ok(r.parameter().and_then(|p| p.value()).map(str::to_string)),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_parameter_not_found()) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(Error::aws("ssm", "GetParameter", e)),
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! On-Demand prices: the Price List API, falling back to the dated table in `catalog`.
+
+use std::future::Future;
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+use aws_sdk_pricing::types::{Filter, FilterType};
+use ephemera_core::catalog;
+
+pub trait PriceList: Send + Sync {
+    /// (USD per hour, where the price came from), or None for a type no source knows.
+    fn on_demand_hourly(
+        &self,
+        instance_type: &str,
+        region: &str,
+    ) -> impl Future<Output = Option<(f64, String)>> + Send;
+}
+
+/// The Price List API lives in us-east-1; a price is optional (the table backs it), so the
+/// client fails fast rather than retrying.
+#[derive(Clone, Debug)]
+pub struct PriceListApi {
+    client: aws_sdk_pricing::Client,
+}
+
+impl PriceListApi {
+    pub fn new(conf: &SdkConfig) -> PriceListApi {
+        let c = aws_sdk_pricing::config::Builder::from(conf)
+            .region(aws_sdk_pricing::config::Region::new("us-east-1"))
+            .retry_config(aws_sdk_pricing::config::retry::RetryConfig::disabled())
+            .timeout_config(
+                aws_sdk_pricing::config::timeout::TimeoutConfig::builder()
+                    .operation_timeout(Duration::from_secs(5))
+                    .build(),
+            )
+            .build();
+        PriceListApi {
+            client: aws_sdk_pricing::Client::from_conf(c),
+        }
+    }
+}
+
+/// The Price List API's `location` for a region code.
+pub fn location(region: &str) -> Option<&'static str> {
+    Some(match region {
+        "us-east-1" => "US East (N. Virginia)",
+        "us-east-2" => "US East (Ohio)",
+        "us-west-1" => "US West (N. California)",
+        "us-west-2" => "US West (Oregon)",
+        "ca-central-1" => "Canada (Central)",
+        "eu-west-1" => "EU (Ireland)",
+        "eu-west-2" => "EU (London)",
+        "eu-west-3" => "EU (Paris)",
+        "eu-central-1" => "EU (Frankfurt)",
+        "eu-north-1" => "EU (Stockholm)",
+        "ap-south-1" => "Asia Pacific (Mumbai)",
+        "ap-northeast-1" => "Asia Pacific (Tokyo)",
+        "ap-northeast-2" => "Asia Pacific (Seoul)",
+        "ap-southeast-1" => "Asia Pacific (Singapore)",
+        "ap-southeast-2" => "Asia Pacific (Sydney)",
+        "sa-east-1" => "South America (Sao Paulo)",
+        _ => return None,
+    })
+}
+
+/// The hourly USD price in one GetProducts PriceList document
+/// (`terms.OnDemand.*.priceDimensions.*.pricePerUnit.USD`).
+pub fn parse_price_document(doc: &str) -> Option<f64> {
+    let v: serde_json::Value = serde_json::from_str(doc).ok()?;
+    let on_demand = v.get("terms")?.get("OnDemand")?.as_object()?;
+    on_demand.values().find_map(|term| {
+        term.get("priceDimensions")?
+            .as_object()?
+            .values()
+            .filter(|d| d.get("unit").and_then(|u| u.as_str()) == Some("Hrs"))
+            .find_map(|d| {
+                d.get("pricePerUnit")?
+                    .get("USD")?
+                    .as_str()?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .filter(|p| *p > 0.0)
+    })
+}
+
+fn fallback(instance_type: &str) -> Option<(f64, String)> {
+    catalog::lookup(instance_type).map(|t| {
+        (
+            t.on_demand_hourly,
+            format!(
+                "fallback table ({} prices as of {})",
+                catalog::PRICES_REGION,
+                catalog::PRICES_AS_OF
+            ),
+        )
+    })
+}
+
+impl PriceList for PriceListApi {
+    async fn on_demand_hourly(&self, instance_type: &str, region: &str) -> Option<(f64, String)> {
+        let Some(loc) = location(region) else {
+            return fallback(instance_type);
+        };
+        let term = |field: &str, value: &str| {
+            Filter::builder()
+                .r#type(FilterType::TermMatch)
+                .field(field)
+                .value(value)
+                .build()
+                .ok()
+        };
+        let filters: Option<Vec<Filter>> = [
+            ("instanceType", instance_type),
+            ("location", loc),
+            ("operatingSystem", "Linux"),
+            ("tenancy", "Shared"),
+            ("preInstalledSw", "NA"),
+            ("capacitystatus", "Used"),
+        ]
+        .iter()
+        .map(|(f, v)| term(f, v))
+        .collect();
+        let resp = self
+            .client
+            .get_products()
+            .service_code("AmazonEC2")
+            .set_filters(filters)
+            .max_results(10)
+            .send()
+            .await;
+        match resp {
+            Ok(r) => r
+                .price_list()
+                .iter()
+                .find_map(|doc| parse_price_document(doc))
+                .map(|p| (p, "price-list-api".to_string()))
+                .or_else(|| fallback(instance_type)),
+            Err(e) => {
+                tracing::info!(error = %aws_smithy_types::error::display::DisplayErrorContext(&e), "Price List API unavailable; using the fallback table");
+                fallback(instance_type)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_get_products_document() {
+        let doc = r#"{"product":{"attributes":{"instanceType":"c7g.4xlarge"}},
+          "terms":{"OnDemand":{"ABC.JRTCKXETXF":{"priceDimensions":{"ABC.JRTCKXETXF.6YS6EN2CT7":
+          {"unit":"Hrs","pricePerUnit":{"USD":"0.5800000000"},"description":"$0.58 per On Demand Linux c7g.4xlarge Instance Hour"}}}}}}"#;
+        assert_eq!(parse_price_document(doc), Some(0.58));
+        assert_eq!(parse_price_document("{}"), None);
+        assert_eq!(location("eu-west-1"), Some("EU (Ireland)"));
+    }
+}

@@ -1,0 +1,145 @@
+//! Service Quotas for EC2: applied value (or the AWS default), increase requests and their status.
+
+use std::future::Future;
+
+use aws_sdk_servicequotas::types::RequestedServiceQuotaChange;
+use chrono::{DateTime, Utc};
+use ephemera_core::quota::QuotaRequest;
+
+use super::to_chrono;
+use crate::error::Error;
+
+pub trait QuotaService: Send + Sync {
+    /// (value, is_default): the account's applied value, or AWS's default when none is applied.
+    fn applied(&self, code: &str) -> impl Future<Output = Result<(f64, bool), Error>> + Send;
+    /// Asks once; when a request is already open for the quota, returns that one.
+    fn request_increase(
+        &self,
+        code: &str,
+        desired: f64,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<QuotaRequest, Error>> + Send;
+    fn request_status(
+        &self,
+        request_id: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<QuotaRequest, Error>> + Send;
+}
+
+const SERVICE: &str = "ec2";
+
+fn request(r: &RequestedServiceQuotaChange, now: DateTime<Utc>) -> QuotaRequest {
+    QuotaRequest {
+        id: r.id().unwrap_or_default().to_string(),
+        case_id: r.case_id().filter(|c| !c.is_empty()).map(str::to_string),
+        desired: r.desired_value().unwrap_or_default(),
+        status: r
+            .status()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_else(|| "PENDING".to_string()),
+        requested_at: r.created().map(to_chrono).unwrap_or(now),
+    }
+}
+
+impl QuotaService for aws_sdk_servicequotas::Client {
+    async fn applied(&self, code: &str) -> Result<(f64, bool), Error> {
+        match self
+            .get_service_quota()
+            .service_code(SERVICE)
+            .quota_code(code)
+            .send()
+            .await
+        {
+            Ok(r) => {
+                if let Some(v) = r.quota().and_then(|q| q.value()) {
+                    return Ok((v, false));
+                }
+            }
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_no_such_resource_exception()) => {}
+            Err(e) => return Err(Error::aws("servicequotas", "GetServiceQuota", e)),
+        }
+        let r = self
+            .get_aws_default_service_quota()
+            .service_code(SERVICE)
+            .quota_code(code)
+            .send()
+            .await
+            .map_err(|e| Error::aws("servicequotas", "GetAWSDefaultServiceQuota", e))?;
+        Ok((r.quota().and_then(|q| q.value()).unwrap_or(0.0), true))
+    }
+
+    async fn request_increase(
+        &self,
+        code: &str,
+        desired: f64,
+        now: DateTime<Utc>,
+    ) -> Result<QuotaRequest, Error> {
+        match self
+            .request_service_quota_increase()
+            .service_code(SERVICE)
+            .quota_code(code)
+            .desired_value(desired)
+            .send()
+            .await
+        {
+            Ok(r) => r.requested_quota().map(|q| request(q, now)).ok_or_else(|| {
+                Error::BadInput("RequestServiceQuotaIncrease returned no request".into())
+            }),
+            // A retried call, or another run asked first: follow the open request.
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_already_exists_exception()) =>
+            {
+                let history = self
+                    .list_requested_service_quota_change_history_by_quota()
+                    .service_code(SERVICE)
+                    .quota_code(code)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        Error::aws(
+                            "servicequotas",
+                            "ListRequestedServiceQuotaChangeHistoryByQuota",
+                            e,
+                        )
+                    })?;
+                history
+                    .requested_quotas()
+                    .iter()
+                    .filter(|q| {
+                        matches!(
+                            q.status().map(|s| s.as_str()),
+                            Some("PENDING") | Some("CASE_OPENED")
+                        )
+                    })
+                    .max_by_key(|q| q.created().map(|c| c.secs()))
+                    .map(|q| request(q, now))
+                    .ok_or_else(|| Error::Aws {
+                        service: "servicequotas",
+                        operation: "RequestServiceQuotaIncrease",
+                        code: "ResourceAlreadyExistsException".into(),
+                        message: format!("a request for {code} exists but none is open"),
+                    })
+            }
+            Err(e) => Err(Error::aws(
+                "servicequotas",
+                "RequestServiceQuotaIncrease",
+                e,
+            )),
+        }
+    }
+
+    async fn request_status(&self, id: &str, now: DateTime<Utc>) -> Result<QuotaRequest, Error> {
+        let r = self
+            .get_requested_service_quota_change()
+            .request_id(id)
+            .send()
+            .await
+            .map_err(|e| Error::aws("servicequotas", "GetRequestedServiceQuotaChange", e))?;
+        r.requested_quota()
+            .map(|q| request(q, now))
+            .ok_or_else(|| Error::BadInput(format!("quota request {id} not found")))
+    }
+}

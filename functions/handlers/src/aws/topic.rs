@@ -1,0 +1,47 @@
+//! SNS: the run's email.
+
+use std::future::Future;
+
+use aws_sdk_sns::types::MessageAttributeValue;
+
+use crate::error::Error;
+
+pub trait Notifier: Send + Sync {
+    /// Publishes; returns the message id.
+    fn publish(
+        &self,
+        topic_arn: &str,
+        subject: &str,
+        body: &str,
+        attributes: &[(&str, &str)],
+    ) -> impl Future<Output = Result<String, Error>> + Send;
+}
+
+impl Notifier for aws_sdk_sns::Client {
+    async fn publish(
+        &self,
+        topic_arn: &str,
+        subject: &str,
+        body: &str,
+        attributes: &[(&str, &str)],
+    ) -> Result<String, Error> {
+        let mut req = self
+            .publish()
+            .topic_arn(topic_arn)
+            .subject(subject)
+            .message(body);
+        for (k, v) in attributes {
+            let value = MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(*v)
+                .build()
+                .map_err(|e| Error::BadInput(format!("SNS attribute {k}: {e}")))?;
+            req = req.message_attributes(*k, value);
+        }
+        let r = req
+            .send()
+            .await
+            .map_err(|e| Error::aws("sns", "Publish", e))?;
+        Ok(r.message_id().unwrap_or_default().to_string())
+    }
+}

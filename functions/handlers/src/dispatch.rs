@@ -1,0 +1,119 @@
+//! Runs a handler by function name with the real clients: used by the Lambda bootstraps and by
+//! the test harness's front door, so both execute exactly the same code.
+
+use chrono::Utc;
+use serde_json::Value;
+
+use crate::aws::Aws;
+use crate::error::Error;
+use crate::handlers::{
+    health_check, launch_worker, parse_input, quota_check, terminate_report, verify_completion,
+};
+
+pub const FUNCTIONS: [&str; 5] = [
+    "quota-check",
+    "launch-worker",
+    "health-check",
+    "verify-completion",
+    "terminate-with-cost-report",
+];
+
+/// Deployment settings, read from the function's environment.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub default_topic: Option<String>,
+    pub worker_instance_profile: Option<String>,
+    pub lambda_memory_mb: u32,
+}
+
+impl Settings {
+    pub fn from_env() -> Settings {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Settings {
+            default_topic: var("EPHEMERA_TOPIC_ARN"),
+            worker_instance_profile: var("EPHEMERA_WORKER_PROFILE"),
+            lambda_memory_mb: var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(128),
+        }
+    }
+}
+
+fn out<T: serde::Serialize>(v: T) -> Result<Value, Error> {
+    serde_json::to_value(v).map_err(|e| Error::BadInput(format!("output: {e}")))
+}
+
+pub async fn invoke(
+    aws: &Aws,
+    settings: &Settings,
+    function: &str,
+    payload: Value,
+) -> Result<Value, Error> {
+    let now = Utc::now();
+    match function {
+        "quota-check" => {
+            out(
+                quota_check::handle(&aws.ec2, &aws.quotas, parse_input(function, payload)?, now)
+                    .await?,
+            )
+        }
+        "launch-worker" => {
+            let config = launch_worker::Config {
+                region: aws.region.clone(),
+                instance_profile: settings.worker_instance_profile.clone(),
+            };
+            out(launch_worker::handle(
+                &aws.ec2,
+                &aws.pricing,
+                &config,
+                parse_input(function, payload)?,
+                now,
+            )
+            .await?)
+        }
+        "health-check" => {
+            out(
+                health_check::handle(&aws.ec2, &aws.ssm, parse_input(function, payload)?, now)
+                    .await?,
+            )
+        }
+        "verify-completion" => {
+            out(verify_completion::handle(&aws.s3, parse_input(function, payload)?, now).await?)
+        }
+        "terminate-with-cost-report" => {
+            let config = terminate_report::Config {
+                region: aws.region.clone(),
+                default_topic: settings.default_topic.clone(),
+                lambda_memory_mb: settings.lambda_memory_mb,
+            };
+            out(terminate_report::handle(
+                &aws.ec2,
+                &aws.pricing,
+                &aws.sns,
+                &aws.sfn,
+                &config,
+                parse_input(function, payload)?,
+                now,
+            )
+            .await?)
+        }
+        other => Err(Error::BadInput(format!(
+            "unknown function '{other}'; known: {}",
+            FUNCTIONS.join(", ")
+        ))),
+    }
+}
+
+/// The body of every bootstrap: JSON logs, clients built once, then serve events.
+pub async fn serve(function: &'static str) -> Result<(), lambda_runtime::Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let aws = Aws::from_env().await;
+    let settings = Settings::from_env();
+    lambda_runtime::run(lambda_runtime::service_fn(
+        |event: lambda_runtime::LambdaEvent<Value>| {
+            let (aws, settings) = (&aws, &settings);
+            async move { invoke(aws, settings, function, event.payload).await }
+        },
+    ))
+    .await
+}

@@ -1,0 +1,130 @@
+//! The Lambdas' one error type. Each variant carries the Step Functions error name that the
+//! state machine's `Retry`/`Catch` blocks match (`Diagnostic::error_type`).
+
+use ephemera_core::capacity::Tried;
+use ephemera_core::names;
+use ephemera_core::verify::Check;
+use ephemera_core::InvalidRunSpec;
+use lambda_runtime::Diagnostic;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    InvalidRunSpec(#[from] InvalidRunSpec),
+    #[error("bad input: {0}")]
+    BadInput(String),
+    #[error("estimated cost ${estimate:.4} exceeds limits.budget_usd ${budget:.2} ({detail}); nothing was launched")]
+    OverBudget {
+        estimate: f64,
+        budget: f64,
+        detail: String,
+    },
+    #[error("no capacity on any candidate; tried {}", describe_tried(.tried))]
+    CapacityUnavailable { tried: Vec<Tried> },
+    #[error("launch failed: {0}")]
+    LaunchFailed(String),
+    #[error("{0}")]
+    BootFailed(String),
+    #[error("{0}")]
+    SpotInterrupted(String),
+    #[error("verification failed: {}", describe_checks(.failed))]
+    VerificationFailed { failed: Vec<Check> },
+    #[error("refusing to terminate {instance}: {why}")]
+    Refused { instance: String, why: String },
+    #[error("{service} {operation} failed: {code}: {message}")]
+    Aws {
+        service: &'static str,
+        operation: &'static str,
+        code: String,
+        message: String,
+    },
+}
+
+fn describe_tried(tried: &[Tried]) -> String {
+    tried
+        .iter()
+        .map(|t| {
+            format!(
+                "{} {} in {}: {}",
+                t.market.as_str(),
+                t.instance_type,
+                t.subnet,
+                t.code
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn describe_checks(checks: &[Check]) -> String {
+    checks
+        .iter()
+        .map(|c| format!("{} ({})", c.name, c.detail))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Error {
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Error::InvalidRunSpec(_) => names::INVALID_RUNSPEC,
+            Error::BadInput(_) => names::BAD_INPUT,
+            Error::OverBudget { .. } => names::OVER_BUDGET,
+            Error::CapacityUnavailable { .. } => names::CAPACITY_UNAVAILABLE,
+            Error::LaunchFailed(_) => names::LAUNCH_FAILED,
+            Error::BootFailed(_) => names::BOOT_FAILED,
+            Error::SpotInterrupted(_) => names::SPOT_INTERRUPTED,
+            Error::VerificationFailed { .. } => names::VERIFICATION_FAILED,
+            Error::Refused { .. } => names::REFUSED,
+            Error::Aws { .. } => names::AWS,
+        }
+    }
+
+    /// An SDK error with its service error code when there is one.
+    pub fn aws<E>(service: &'static str, operation: &'static str, err: E) -> Error
+    where
+        E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        Error::Aws {
+            service,
+            operation,
+            code: err.code().unwrap_or("Unknown").to_string(),
+            message: err.message().map(str::to_string).unwrap_or_else(|| {
+                aws_smithy_types::error::display::DisplayErrorContext(&err).to_string()
+            }),
+        }
+    }
+}
+
+impl From<Error> for Diagnostic {
+    fn from(e: Error) -> Diagnostic {
+        Diagnostic {
+            error_type: e.error_type().to_string(),
+            error_message: e.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diagnostics_carry_the_state_machine_names() {
+        let d: Diagnostic = Error::BootFailed("impaired".into()).into();
+        assert_eq!(d.error_type, "Ephemera.BootFailed");
+        assert_eq!(d.error_message, "impaired");
+        let d: Diagnostic = Error::SpotInterrupted("x".into()).into();
+        assert_eq!(d.error_type, "Worker.SpotInterrupted");
+        let d: Diagnostic = Error::VerificationFailed {
+            failed: vec![Check {
+                name: "min_rows".into(),
+                ok: false,
+                detail: "3 < 10".into(),
+            }],
+        }
+        .into();
+        assert_eq!(d.error_type, "Ephemera.VerificationFailed");
+        assert_eq!(d.error_message, "verification failed: min_rows (3 < 10)");
+    }
+}

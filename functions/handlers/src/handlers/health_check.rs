@@ -1,0 +1,95 @@
+//! health-check: is the worker's instance running, passing its status checks, and has the worker
+//! said it started, within the boot deadline?
+
+use chrono::{DateTime, Utc};
+use ephemera_core::health::{self, Failure, Health, Observation};
+use ephemera_core::rundoc::{self, HealthState, WorkerState};
+use serde::Deserialize;
+
+use super::parse_spec;
+use crate::aws::{Compute, Params};
+use crate::error::Error;
+
+#[derive(Debug, Deserialize)]
+pub struct Input {
+    pub run: serde_json::Value,
+    pub worker: WorkerState,
+}
+
+/// The worker's "started" signal (an SSM parameter under its run's path).
+#[derive(Debug, Deserialize)]
+struct Started {
+    instance_id: String,
+}
+
+pub async fn handle<E: Compute, S: Params>(
+    ec2: &E,
+    params: &S,
+    input: Input,
+    now: DateTime<Utc>,
+) -> Result<HealthState, Error> {
+    let spec = parse_spec(&input.run)?;
+    let current = &input.worker.current;
+    let instance = ec2
+        .describe(std::slice::from_ref(&current.instance_id))
+        .await?
+        .into_iter()
+        .next();
+    let state = instance.as_ref().map(|i| i.state.clone());
+    let (instance_status, system_status) = if state.as_deref() == Some("running") {
+        ec2.status_checks(&current.instance_id).await?
+    } else {
+        (None, None)
+    };
+    // A signal left by an earlier attempt names another instance and does not count.
+    let worker_started = params
+        .get(&rundoc::started_parameter(&spec.run_id))
+        .await?
+        .and_then(|v| serde_json::from_str::<Started>(&v).ok())
+        .is_some_and(|s| s.instance_id == current.instance_id);
+    let obs = Observation {
+        state,
+        state_reason: instance.as_ref().and_then(|i| i.state_reason.clone()),
+        instance_status,
+        system_status,
+        worker_started,
+        launched_at: current.launched_at,
+        now,
+        boot_timeout_seconds: spec.limits.boot_timeout_seconds,
+    };
+    let verdict = health::judge(&obs);
+    tracing::info!(instance = %current.instance_id, ?verdict, "health checked");
+    match verdict {
+        Health::Healthy => Ok(HealthState {
+            verdict: "healthy".into(),
+            instance_id: current.instance_id.clone(),
+            detail: "running, status checks ok, worker started".into(),
+            wait_seconds: 0,
+            checked_at: now,
+            healthy_at: Some(now),
+        }),
+        Health::Booting { waiting_for } => {
+            let left =
+                spec.limits.boot_timeout_seconds as i64 - (now - current.launched_at).num_seconds();
+            Ok(HealthState {
+                verdict: "booting".into(),
+                instance_id: current.instance_id.clone(),
+                detail: format!("waiting for {waiting_for}"),
+                wait_seconds: spec.waits.boot_poll_seconds.min(left.max(1) as u64),
+                checked_at: now,
+                healthy_at: None,
+            })
+        }
+        Health::Failed {
+            failure: Failure::SpotReclaimed,
+            reason,
+        } => Err(Error::SpotInterrupted(format!(
+            "{}: {reason}",
+            current.instance_id
+        ))),
+        Health::Failed { reason, .. } => Err(Error::BootFailed(format!(
+            "{}: {reason}",
+            current.instance_id
+        ))),
+    }
+}

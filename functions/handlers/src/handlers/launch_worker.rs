@@ -1,0 +1,237 @@
+//! launch-worker: refuse runs over budget, then launch one worker: Spot first across candidate
+//! types × subnets, On-Demand when the policy allows, idempotent by tag and ClientToken.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use ephemera_core::capacity::{self, LaunchErrorKind, Tried};
+use ephemera_core::rundoc::{self, Attempt, WorkerState};
+use ephemera_core::{cost, userdata, RunSpec};
+use serde::Deserialize;
+
+use super::parse_spec;
+use crate::aws::{Compute, InstanceView, LaunchRequest, PriceList};
+use crate::error::Error;
+
+#[derive(Debug, Deserialize)]
+pub struct Input {
+    pub run: serde_json::Value,
+    /// `$$.Execution.Id`: ties instances, tokens and tags to this execution.
+    pub execution: String,
+    /// The previous `$.worker` on a relaunch.
+    #[serde(default)]
+    pub worker: Option<WorkerState>,
+    #[serde(default)]
+    pub relaunch: bool,
+}
+
+/// What the deployment supplies (environment of the function).
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub region: String,
+    /// The template's worker instance profile, used when the RunSpec names none.
+    pub instance_profile: Option<String>,
+}
+
+pub const TAG_MANAGED: &str = "ephemera:managed";
+pub const TAG_RUN: &str = "ephemera:run";
+pub const TAG_EXECUTION: &str = "ephemera:execution";
+pub const TAG_ATTEMPT: &str = "ephemera:attempt";
+pub const TAG_DEADLINE: &str = "ephemera:deadline";
+
+/// The tags of DESIGN.md plus the user's cost tags.
+pub fn tags(
+    spec: &RunSpec,
+    execution: &str,
+    attempt: u32,
+    deadline: DateTime<Utc>,
+) -> BTreeMap<String, String> {
+    let mut t = spec.tags.clone();
+    t.insert(TAG_MANAGED.into(), "true".into());
+    t.insert(TAG_RUN.into(), spec.run_id.clone());
+    t.insert(TAG_EXECUTION.into(), execution.to_string());
+    t.insert(TAG_ATTEMPT.into(), attempt.to_string());
+    t.insert(
+        TAG_DEADLINE.into(),
+        deadline.to_rfc3339_opts(SecondsFormat::Secs, true),
+    );
+    t.entry("Name".into())
+        .or_insert_with(|| format!("ephemera-{}-{attempt}", spec.run_id));
+    t
+}
+
+pub async fn handle<E: Compute, P: PriceList>(
+    ec2: &E,
+    prices: &P,
+    config: &Config,
+    input: Input,
+    now: DateTime<Utc>,
+) -> Result<WorkerState, Error> {
+    let spec = parse_spec(&input.run)?;
+    let prev = input.worker.as_ref();
+    let (attempt, relaunches_left) = match (prev, input.relaunch) {
+        (Some(w), true) if w.relaunches_left == 0 => {
+            return Err(Error::LaunchFailed(format!(
+                "no relaunch left after attempt {} (limits.max_relaunches = {})",
+                w.current.attempt, spec.limits.max_relaunches
+            )))
+        }
+        (Some(w), true) => (w.current.attempt + 1, w.relaunches_left - 1),
+        (Some(w), false) => (w.current.attempt, w.relaunches_left),
+        (None, _) => (1, spec.limits.max_relaunches),
+    };
+    let markets = spec.worker.market.markets(input.relaunch);
+
+    // Budget guard, before anything exists: the dearest candidate at On-Demand for the whole
+    // max runtime bounds what this attempt can cost.
+    let mut dearest = (0.0f64, String::new(), String::new());
+    for t in &spec.worker.instance_types {
+        let (price, source) = prices
+            .on_demand_hourly(t, &config.region)
+            .await
+            .ok_or_else(|| Error::LaunchFailed(format!("no On-Demand price is known for {t}")))?;
+        if price > dearest.0 {
+            dearest = (price, t.clone(), source);
+        }
+    }
+    let estimate = cost::usd(cost::estimate(
+        dearest.0,
+        spec.worker.volume_gib,
+        spec.limits.max_runtime_seconds,
+    ));
+    if estimate > spec.limits.budget_usd {
+        return Err(Error::OverBudget {
+            estimate,
+            budget: spec.limits.budget_usd,
+            detail: format!(
+                "{} at ${}/h ({}) for limits.max_runtime_seconds = {} plus {} GiB gp3",
+                dearest.1,
+                dearest.0,
+                dearest.2,
+                spec.limits.max_runtime_seconds,
+                spec.worker.volume_gib
+            ),
+        });
+    }
+
+    let make_state = |current: Attempt| {
+        let mut attempts: Vec<Attempt> = prev
+            .map(|w| {
+                w.attempts
+                    .iter()
+                    .filter(|a| a.attempt != current.attempt)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        attempts.push(current.clone());
+        WorkerState {
+            current,
+            attempts,
+            relaunches_left,
+            heartbeat_seconds: spec.limits.heartbeat_seconds,
+            timeout_seconds: spec.limits.max_runtime_seconds,
+            boot_poll_seconds: spec.waits.boot_poll_seconds,
+            token_parameter: rundoc::token_parameter(&spec.run_id),
+        }
+    };
+    let attempt_of = |i: &InstanceView, token: String, tried: Vec<Tried>, reused: bool| Attempt {
+        attempt,
+        instance_id: i.id.clone(),
+        instance_type: i.instance_type.clone(),
+        subnet: i.subnet.clone().unwrap_or_default(),
+        availability_zone: i.availability_zone.clone(),
+        market: i.market,
+        launched_at: i.launch_time.unwrap_or(now),
+        client_token: token,
+        estimate_usd: estimate,
+        volume_gib: spec.worker.volume_gib,
+        tried,
+        reused,
+    };
+
+    // A retried call (Lambda timeout, Step Functions retry) finds the instance it already made.
+    let attempt_s = attempt.to_string();
+    let existing = ec2
+        .instances(
+            &[
+                (TAG_EXECUTION, input.execution.as_str()),
+                (TAG_ATTEMPT, attempt_s.as_str()),
+            ],
+            &["pending", "running"],
+        )
+        .await?;
+    if let Some(i) = existing.first() {
+        tracing::info!(instance = %i.id, attempt, "instance for this attempt already exists");
+        let token = i.client_token.clone().unwrap_or_default();
+        return Ok(make_state(attempt_of(i, token, vec![], true)));
+    }
+
+    let deadline = now
+        + Duration::seconds(
+            (spec.limits.max_runtime_seconds + spec.limits.boot_timeout_seconds + 900) as i64,
+        );
+    let tags = tags(&spec, &input.execution, attempt, deadline);
+    let script = userdata::render(&userdata::WorkerLaunch {
+        region: &config.region,
+        artifact: &spec.worker.artifact,
+        args: &spec.worker.args,
+        run_id: &spec.run_id,
+        attempt,
+        heartbeat_seconds: spec.limits.heartbeat_seconds,
+        ssm_prefix: &rundoc::run_parameter_path(&spec.run_id),
+    });
+    let user_data = base64::engine::general_purpose::STANDARD.encode(script);
+    let profile = spec
+        .worker
+        .instance_profile
+        .clone()
+        .or_else(|| config.instance_profile.clone());
+
+    let mut tried = vec![];
+    for c in capacity::candidates(&spec.worker.instance_types, &spec.worker.subnets, &markets) {
+        let token = capacity::client_token(&input.execution, attempt, &c);
+        let req = LaunchRequest {
+            market: c.market,
+            instance_type: c.instance_type.clone(),
+            subnet: c.subnet.clone(),
+            security_groups: spec.worker.security_groups.clone(),
+            image: spec.worker.image.clone(),
+            volume_gib: spec.worker.volume_gib,
+            instance_profile: profile.clone(),
+            client_token: token.clone(),
+            user_data_base64: user_data.clone(),
+            tags: tags.clone(),
+        };
+        match ec2.run(&req).await {
+            Ok(i) => {
+                tracing::info!(instance = %i.id, market = c.market.as_str(), instance_type = %c.instance_type, subnet = %c.subnet, attempt, "launched");
+                return Ok(make_state(attempt_of(&i, token, tried, false)));
+            }
+            Err(e) => match capacity::classify(&e.code, &e.message) {
+                LaunchErrorKind::Capacity | LaunchErrorKind::Limit => {
+                    tracing::warn!(code = %e.code, market = c.market.as_str(), instance_type = %c.instance_type, subnet = %c.subnet, "candidate unavailable; trying the next");
+                    tried.push(Tried {
+                        market: c.market,
+                        instance_type: c.instance_type,
+                        subnet: c.subnet,
+                        code: e.code,
+                        message: e.message,
+                    });
+                }
+                LaunchErrorKind::Fatal => {
+                    return Err(Error::LaunchFailed(format!(
+                        "{} {} in {}: {}: {}",
+                        c.market.as_str(),
+                        c.instance_type,
+                        c.subnet,
+                        e.code,
+                        e.message
+                    )))
+                }
+            },
+        }
+    }
+    Err(Error::CapacityUnavailable { tried })
+}

@@ -1,0 +1,130 @@
+//! quota-check: are there enough vCPUs in every quota the run may draw on? If not, request an
+//! increase once and follow that request until approved, denied or past the deadline.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, Utc};
+use ephemera_core::catalog::{quota_class, quota_code};
+use ephemera_core::quota::{self, QuotaLine, QuotaState, QuotaVerdict, RequestProgress};
+use ephemera_core::runspec::FieldError;
+use ephemera_core::InvalidRunSpec;
+use serde::Deserialize;
+
+use super::parse_spec;
+use crate::aws::{Compute, QuotaService};
+use crate::error::Error;
+
+#[derive(Debug, Deserialize)]
+pub struct Input {
+    pub run: serde_json::Value,
+    /// The previous poll's output; absent on the first check.
+    #[serde(default)]
+    pub quota: Option<QuotaState>,
+}
+
+pub async fn handle<E: Compute, Q: QuotaService>(
+    ec2: &E,
+    quotas: &Q,
+    input: Input,
+    now: DateTime<Utc>,
+) -> Result<QuotaState, Error> {
+    let spec = parse_spec(&input.run)?;
+    let types = &spec.worker.instance_types;
+    let vcpus = ec2.vcpus(types).await?;
+    let mut per_type = vec![];
+    let mut errors = vec![];
+    for (i, t) in types.iter().enumerate() {
+        match vcpus.get(t) {
+            Some(&v) => per_type.push((t.clone(), v)),
+            None => errors.push(FieldError {
+                field: format!("worker.instance_types[{i}]"),
+                message: format!("'{t}' is not offered in this region (DescribeInstanceTypes)"),
+            }),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(InvalidRunSpec { errors }.into());
+    }
+    let needs = quota::needs(&per_type, &spec.worker.market.markets(false)).map_err(|m| {
+        InvalidRunSpec {
+            errors: vec![FieldError {
+                field: "worker.instance_types".into(),
+                message: m,
+            }],
+        }
+    })?;
+
+    // Usage: vCPUs of running and pending instances, counted in the quota each one draws on.
+    let active = ec2.instances(&[], &["pending", "running"]).await?;
+    let mut active_types: Vec<String> = active.iter().map(|i| i.instance_type.clone()).collect();
+    active_types.sort();
+    active_types.dedup();
+    let active_vcpus = ec2.vcpus(&active_types).await?;
+    let mut usage: BTreeMap<&str, u32> = BTreeMap::new();
+    for i in &active {
+        if let Some(code) = quota_class(&i.instance_type).and_then(|c| quota_code(c, i.market)) {
+            *usage.entry(code).or_default() +=
+                active_vcpus.get(&i.instance_type).copied().unwrap_or(0);
+        }
+    }
+
+    let prev = input.quota.as_ref();
+    let started_at = prev.map_or(now, |p| p.started_at);
+    let polls = prev.map_or(0, |p| p.polls + 1);
+    let deadline = started_at + Duration::seconds(spec.quota.max_wait_seconds as i64);
+
+    let mut lines = vec![];
+    for need in needs {
+        let (applied, is_default) = quotas.applied(&need.code).await?;
+        let used = usage.get(need.code.as_str()).copied().unwrap_or(0);
+        let fits = quota::fits(applied, used, need.needed_vcpus);
+        let previous = prev
+            .and_then(|p| p.quotas.iter().find(|l| l.code == need.code))
+            .and_then(|l| l.request.clone());
+        let request = match previous {
+            Some(r) if quota::request_progress(&r.status) == Ok(RequestProgress::Pending) => {
+                Some(quotas.request_status(&r.id, now).await?)
+            }
+            Some(r) => Some(r),
+            None if !fits && spec.quota.request_increase => {
+                let desired = quota::desired_value(applied, used, need.needed_vcpus);
+                tracing::info!(code = %need.code, desired, "requesting a quota increase");
+                Some(quotas.request_increase(&need.code, desired, now).await?)
+            }
+            None => None,
+        };
+        lines.push(QuotaLine {
+            code: need.code,
+            market: need.market,
+            applied,
+            is_default,
+            usage_vcpus: used,
+            needed_vcpus: need.needed_vcpus,
+            fits,
+            request,
+        });
+    }
+
+    let (verdict, reason) = quota::decide(&lines, spec.quota.request_increase, now, deadline);
+    let wait_seconds = match verdict {
+        QuotaVerdict::Waiting => quota::next_wait(
+            polls,
+            spec.waits.quota_poll_min_seconds,
+            spec.waits.quota_poll_max_seconds,
+            now,
+            deadline,
+        ),
+        _ => 0,
+    };
+    tracing::info!(?verdict, %reason, wait_seconds, polls, "quota checked");
+    Ok(QuotaState {
+        verdict,
+        reason,
+        wait_seconds,
+        polls,
+        started_at,
+        checked_at: now,
+        deadline,
+        quotas: lines,
+    })
+}

@@ -1,0 +1,307 @@
+//! terminate-with-cost-report: terminate every instance of this execution (only if tagged for
+//! this run), measure what the run really cost, email the report and return it.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use ephemera_core::catalog;
+use ephemera_core::cost::{self, Orchestration};
+use ephemera_core::quota::{QuotaState, QuotaVerdict};
+use ephemera_core::rundoc::{
+    render_email, Attempt, AttemptCost, CaughtError, CostReport, HealthState, Phases, WorkerState,
+};
+use ephemera_core::Market;
+use serde::Deserialize;
+
+use super::launch_worker::{TAG_ATTEMPT, TAG_EXECUTION, TAG_MANAGED, TAG_RUN};
+use super::parse_spec;
+use crate::aws::{Compute, History, InstanceView, Notifier, PriceList};
+use crate::error::Error;
+
+#[derive(Debug, Deserialize)]
+pub struct Input {
+    pub run: serde_json::Value,
+    pub execution: String,
+    /// `$$.Execution.StartTime`.
+    #[serde(default)]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub quota: Option<QuotaState>,
+    #[serde(default)]
+    pub worker: Option<WorkerState>,
+    #[serde(default)]
+    pub health: Option<HealthState>,
+    /// The error that sent the run to cleanup; absent on success.
+    #[serde(default)]
+    pub error: Option<CaughtError>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub region: String,
+    pub default_topic: Option<String>,
+    pub lambda_memory_mb: u32,
+}
+
+/// "User initiated (2026-11-22 14:02:11 GMT)" → that instant.
+pub fn parse_transition_time(reason: &str) -> Option<DateTime<Utc>> {
+    let inside = reason.split_once('(')?.1.split_once(" GMT)")?.0;
+    NaiveDateTime::parse_from_str(inside, "%Y-%m-%d %H:%M:%S")
+        .ok()
+        .map(|n| n.and_utc())
+}
+
+pub async fn handle<E, P, N, H>(
+    ec2: &E,
+    prices: &P,
+    sns: &N,
+    history: &H,
+    config: &Config,
+    input: Input,
+    now: DateTime<Utc>,
+) -> Result<CostReport, Error>
+where
+    E: Compute,
+    P: PriceList,
+    N: Notifier,
+    H: History,
+{
+    let spec = parse_spec(&input.run)?;
+    let known: Vec<Attempt> = input
+        .worker
+        .as_ref()
+        .map(|w| w.attempts.clone())
+        .unwrap_or_default();
+
+    // Everything this execution launched: what the run document knows, and what the tags say
+    // (a Lambda that crashed after RunInstances never returned its instance).
+    let mut instances: BTreeMap<String, InstanceView> = BTreeMap::new();
+    for i in ec2
+        .instances(&[(TAG_EXECUTION, input.execution.as_str())], &[])
+        .await?
+    {
+        instances.insert(i.id.clone(), i);
+    }
+    let ids: Vec<String> = known
+        .iter()
+        .map(|a| a.instance_id.clone())
+        .filter(|id| !instances.contains_key(id))
+        .collect();
+    for i in ec2.describe(&ids).await? {
+        instances.insert(i.id.clone(), i);
+    }
+    for i in instances.values() {
+        let managed = i.tags.get(TAG_MANAGED).map(String::as_str) == Some("true");
+        let ours = i.tags.get(TAG_RUN) == Some(&spec.run_id);
+        if !managed || !ours {
+            return Err(Error::Refused {
+                instance: i.id.clone(),
+                why: format!(
+                    "it is not tagged {TAG_MANAGED}=true and {TAG_RUN}={} (tags: {:?})",
+                    spec.run_id, i.tags
+                ),
+            });
+        }
+    }
+    let to_stop: Vec<String> = instances
+        .values()
+        .filter(|i| !matches!(i.state.as_str(), "terminated" | "shutting-down"))
+        .map(|i| i.id.clone())
+        .collect();
+    let teardown_start = Utc::now();
+    ec2.terminate(&to_stop).await?;
+    let teardown_seconds = (Utc::now() - teardown_start).num_seconds();
+    tracing::info!(terminated = ?to_stop, "terminated");
+
+    let mut notes = vec![];
+    let mut attempts = vec![];
+    for i in instances.values() {
+        let from_doc = known.iter().find(|a| a.instance_id == i.id);
+        let launched_at = i
+            .launch_time
+            .or(from_doc.map(|a| a.launched_at))
+            .unwrap_or(now);
+        let ended_at = if to_stop.contains(&i.id) {
+            now
+        } else {
+            i.state_transition_reason
+                .as_deref()
+                .and_then(parse_transition_time)
+                .unwrap_or(now)
+        };
+        let billed = cost::billed_seconds(launched_at, ended_at);
+        let (od_hourly, od_source) = prices
+            .on_demand_hourly(&i.instance_type, &config.region)
+            .await
+            .unwrap_or((0.0, "unknown type: not priced".to_string()));
+        let on_demand_usd = cost::on_demand_cost(od_hourly, billed);
+        let (compute_usd, source) = match (i.market, i.availability_zone.as_deref()) {
+            (Market::Spot, Some(az)) => {
+                // Ask from an hour earlier: AWS dates the price in force at launch before it.
+                let history = ec2
+                    .spot_prices(
+                        &i.instance_type,
+                        az,
+                        launched_at - chrono::Duration::hours(1),
+                        launched_at + chrono::Duration::seconds(billed),
+                    )
+                    .await?;
+                match cost::spot_cost(&history, launched_at, billed) {
+                    Some(c) => (c, "spot-price-history".to_string()),
+                    None => {
+                        notes.push(format!(
+                            "{}: no Spot price history for {} in {az}; priced at On-Demand ({od_source})",
+                            i.id, i.instance_type
+                        ));
+                        (on_demand_usd, od_source.clone())
+                    }
+                }
+            }
+            _ => (on_demand_usd, od_source.clone()),
+        };
+        let gib = from_doc
+            .map(|a| a.volume_gib)
+            .unwrap_or(spec.worker.volume_gib);
+        let ebs_usd = cost::ebs_cost(gib, billed);
+        attempts.push(AttemptCost {
+            attempt: i
+                .tags
+                .get(TAG_ATTEMPT)
+                .and_then(|a| a.parse().ok())
+                .or(from_doc.map(|a| a.attempt))
+                .unwrap_or(0),
+            instance_id: i.id.clone(),
+            instance_type: i.instance_type.clone(),
+            market: i.market,
+            availability_zone: i.availability_zone.clone(),
+            launched_at,
+            ended_at,
+            billed_seconds: billed,
+            compute_usd: cost::usd(compute_usd),
+            ebs_usd: cost::usd(ebs_usd),
+            on_demand_equivalent_usd: cost::usd(on_demand_usd + ebs_usd),
+            average_usd_per_hour: cost::usd(compute_usd * 3600.0 / billed as f64),
+            price_source: source,
+            state_before: i.state.clone(),
+        });
+    }
+    attempts.sort_by_key(|a| (a.attempt, a.launched_at));
+
+    let orchestration = match history
+        .orchestration(&input.execution, config.lambda_memory_mb)
+        .await?
+    {
+        Some(o) => o,
+        None => {
+            notes.push("the execution history could not be read; orchestration not priced".into());
+            Orchestration::default()
+        }
+    };
+    let compute: f64 = attempts.iter().map(|a| a.compute_usd).sum();
+    let ebs: f64 = attempts.iter().map(|a| a.ebs_usd).sum();
+    let on_demand: f64 = attempts.iter().map(|a| a.on_demand_equivalent_usd).sum();
+    let actual = compute + ebs + orchestration.usd;
+
+    let first_launch = attempts.iter().map(|a| a.launched_at).min();
+    let quota_wait = input
+        .quota
+        .as_ref()
+        .filter(|q| q.verdict == QuotaVerdict::Enough)
+        .map(|q| (q.checked_at - q.started_at).num_seconds())
+        .unwrap_or(0);
+    let healthy_at = input.health.as_ref().and_then(|h| h.healthy_at);
+    let boot = match (healthy_at, input.worker.as_ref()) {
+        (Some(h), Some(w)) => (h - w.current.launched_at).num_seconds().max(0),
+        (None, _) => first_launch.map_or(0, |l| (teardown_start - l).num_seconds().max(0)),
+        _ => 0,
+    };
+    let work = healthy_at.map_or(0, |h| (teardown_start - h).num_seconds().max(0));
+    let total = input
+        .started_at
+        .or(input.quota.as_ref().map(|q| q.started_at))
+        .or(first_launch)
+        .map_or(0, |s| (now - s).num_seconds().max(0));
+
+    let report = CostReport {
+        run_id: spec.run_id.clone(),
+        execution: input.execution.clone(),
+        outcome: if input.error.is_none() {
+            "SUCCEEDED"
+        } else {
+            "FAILED"
+        }
+        .to_string(),
+        error: input.error.clone(),
+        estimate_usd: input
+            .worker
+            .as_ref()
+            .map(|w| w.attempts.iter().map(|a| a.estimate_usd).sum())
+            .unwrap_or(0.0),
+        budget_usd: spec.limits.budget_usd,
+        actual_usd: cost::usd(actual),
+        compute_usd: cost::usd(compute),
+        ebs_usd: cost::usd(ebs),
+        on_demand_equivalent_usd: cost::usd(on_demand + orchestration.usd),
+        savings_usd: cost::usd(on_demand - compute - ebs),
+        orchestration,
+        attempts,
+        phases: Phases {
+            quota_wait_seconds: quota_wait,
+            boot_seconds: boot,
+            work_seconds: work,
+            teardown_seconds,
+            total_seconds: total,
+        },
+        terminated: to_stop,
+        generated_at: now,
+        notes: {
+            if input.worker.is_none() && instances.is_empty() {
+                notes.push("nothing was launched".into());
+            }
+            notes.push(format!(
+                "EBS gp3 at ${}/GiB-month; fallback prices as of {}",
+                catalog::GP3_USD_PER_GIB_MONTH,
+                catalog::PRICES_AS_OF
+            ));
+            notes
+        },
+    };
+
+    let topic = spec
+        .notify
+        .topic_arn
+        .clone()
+        .or_else(|| config.default_topic.clone());
+    match topic {
+        Some(t) => {
+            let (subject, body) = render_email(&report);
+            let actual_s = format!("{:.6}", report.actual_usd);
+            sns.publish(
+                &t,
+                &subject,
+                &body,
+                &[
+                    ("run_id", &report.run_id),
+                    ("outcome", &report.outcome),
+                    ("actual_usd", &actual_s),
+                ],
+            )
+            .await?;
+        }
+        None => tracing::warn!("no notification topic: the report is only returned"),
+    }
+    tracing::info!(actual_usd = report.actual_usd, outcome = %report.outcome, "cost report");
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transition_time() {
+        let t = parse_transition_time("User initiated (2026-11-22 14:02:11 GMT)").unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-11-22T14:02:11+00:00");
+        assert_eq!(parse_transition_time("Service initiated"), None);
+    }
+}

@@ -1,0 +1,84 @@
+//! verify-completion: the worker's report and its exported objects against what the run expected.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use ephemera_core::rundoc::Verification;
+use ephemera_core::runspec::parse_s3_url;
+use ephemera_core::verify::{self, Check, Manifest, WorkerReport};
+use serde::Deserialize;
+
+use super::parse_spec;
+use crate::aws::Objects;
+use crate::error::Error;
+
+#[derive(Debug, Deserialize)]
+pub struct Input {
+    pub run: serde_json::Value,
+    /// The worker's SendTaskSuccess output.
+    pub result: serde_json::Value,
+}
+
+fn failed(name: &str, detail: String) -> Check {
+    Check {
+        name: name.into(),
+        ok: false,
+        detail,
+    }
+}
+
+pub async fn handle<O: Objects>(
+    objects: &O,
+    input: Input,
+    now: DateTime<Utc>,
+) -> Result<Verification, Error> {
+    let spec = parse_spec(&input.run)?;
+    let report: WorkerReport = match serde_json::from_value(input.result.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            return Err(Error::VerificationFailed {
+                failed: vec![failed(
+                    "report_format",
+                    format!("the worker's report is not readable: {e}"),
+                )],
+            })
+        }
+    };
+    let mut checks = verify::check_report(&spec, &report);
+    match report.manifest.as_deref() {
+        Some(url) => match parse_s3_url(url) {
+            Some((bucket, key)) => match objects.get(bucket, key).await? {
+                None => checks.push(failed("manifest_present", format!("{url} does not exist"))),
+                Some(bytes) => match serde_json::from_slice::<Manifest>(&bytes) {
+                    Err(e) => checks.push(failed("manifest_format", format!("{url}: {e}"))),
+                    Ok(m) => {
+                        let mut found = BTreeMap::new();
+                        for o in &m.objects {
+                            found.insert(o.key.clone(), objects.size(bucket, &o.key).await?);
+                        }
+                        checks.extend(verify::check_manifest(&spec, &report, &m, &found));
+                    }
+                },
+            },
+            None => checks.push(failed(
+                "manifest_present",
+                format!("'{url}' is not an s3:// URL"),
+            )),
+        },
+        None if spec.expect.export_prefix.is_some() => checks.push(failed(
+            "manifest_present",
+            "the report names no manifest".into(),
+        )),
+        None => {}
+    }
+    let bad: Vec<Check> = checks.iter().filter(|c| !c.ok).cloned().collect();
+    tracing::info!(checks = checks.len(), failed = bad.len(), "verified");
+    if !bad.is_empty() {
+        return Err(Error::VerificationFailed { failed: bad });
+    }
+    Ok(Verification {
+        ok: true,
+        checks,
+        verified_at: now,
+    })
+}
