@@ -75,16 +75,20 @@ pub async fn handle<E: Compute, Q: QuotaService>(
 
     let mut lines = vec![];
     for need in needs {
-        let (applied, is_default) = quotas.applied(&need.code).await?;
-        let used = usage.get(need.code.as_str()).copied().unwrap_or(0);
-        let fits = quota::fits(applied, used, need.needed_vcpus);
+        // Follow an open request first: an approval raises the applied value read next.
         let previous = prev
             .and_then(|p| p.quotas.iter().find(|l| l.code == need.code))
             .and_then(|l| l.request.clone());
-        let request = match previous {
+        let followed = match previous {
             Some(r) if quota::request_progress(&r.status) == Ok(RequestProgress::Pending) => {
                 Some(quotas.request_status(&r.id, now).await?)
             }
+            other => other,
+        };
+        let (applied, is_default) = quotas.applied(&need.code).await?;
+        let used = usage.get(need.code.as_str()).copied().unwrap_or(0);
+        let fits = quota::fits(applied, used, need.needed_vcpus);
+        let request = match followed {
             Some(r) => Some(r),
             None if !fits && spec.quota.request_increase => {
                 let desired = quota::desired_value(applied, used, need.needed_vcpus);

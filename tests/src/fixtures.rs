@@ -1,0 +1,178 @@
+//! What a test run needs in a region: subnets, an image, a topic whose messages can be read
+//! back, and a RunSpec using them.
+
+use aws_sdk_ec2::types::Filter;
+use ephemera_functions::Aws;
+use serde_json::{json, Value};
+
+pub struct Network {
+    pub subnets: Vec<String>,
+    pub security_group: String,
+    pub image: String,
+}
+
+/// moto's default VPC: two of its subnets, its default security group, and an image it knows.
+pub async fn network(aws: &Aws) -> Network {
+    let subnets = aws
+        .ec2
+        .describe_subnets()
+        .filters(
+            Filter::builder()
+                .name("default-for-az")
+                .values("true")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("DescribeSubnets");
+    let mut subnets: Vec<String> = subnets
+        .subnets()
+        .iter()
+        .filter_map(|s| s.subnet_id().map(str::to_string))
+        .collect();
+    subnets.sort();
+    subnets.truncate(2);
+    let sg = aws
+        .ec2
+        .describe_security_groups()
+        .filters(
+            Filter::builder()
+                .name("group-name")
+                .values("default")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("DescribeSecurityGroups");
+    let security_group = sg.security_groups()[0].group_id().unwrap().to_string();
+    let images = aws
+        .ec2
+        .describe_images()
+        .owners("amazon")
+        .send()
+        .await
+        .expect("DescribeImages");
+    let image = images
+        .images()
+        .iter()
+        .filter_map(|i| i.image_id())
+        .find(|id| id.len() >= 12)
+        .expect("moto has an AMI")
+        .to_string();
+    Network {
+        subnets,
+        security_group,
+        image,
+    }
+}
+
+/// A topic with an SQS queue subscribed (SNS envelopes, so the subject can be read back).
+pub struct Inbox {
+    pub topic_arn: String,
+    pub queue_url: String,
+    sqs: aws_sdk_sqs::Client,
+}
+
+pub async fn inbox(region: &str, name: &str) -> Inbox {
+    let conf = crate::sdk_config(region);
+    let sns = aws_sdk_sns::Client::new(&conf);
+    let sqs = aws_sdk_sqs::Client::new(&conf);
+    let topic_arn = sns
+        .create_topic()
+        .name(name)
+        .send()
+        .await
+        .expect("CreateTopic")
+        .topic_arn()
+        .unwrap()
+        .to_string();
+    let queue_url = sqs
+        .create_queue()
+        .queue_name(format!("{name}-inbox"))
+        .send()
+        .await
+        .expect("CreateQueue")
+        .queue_url()
+        .unwrap()
+        .to_string();
+    let attrs = sqs
+        .get_queue_attributes()
+        .queue_url(&queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .expect("GetQueueAttributes");
+    let queue_arn = attrs
+        .attributes()
+        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
+        .unwrap()
+        .to_string();
+    sns.subscribe()
+        .topic_arn(&topic_arn)
+        .protocol("sqs")
+        .endpoint(queue_arn)
+        .send()
+        .await
+        .expect("Subscribe");
+    Inbox {
+        topic_arn,
+        queue_url,
+        sqs,
+    }
+}
+
+/// One email as SNS delivered it.
+#[derive(Debug, Clone)]
+pub struct Email {
+    pub subject: String,
+    pub body: String,
+    pub attributes: Value,
+}
+
+impl Inbox {
+    pub async fn read(&self) -> Vec<Email> {
+        let r = self
+            .sqs
+            .receive_message()
+            .queue_url(&self.queue_url)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .expect("ReceiveMessage");
+        r.messages()
+            .iter()
+            .filter_map(|m| serde_json::from_str::<Value>(m.body()?).ok())
+            .map(|env| Email {
+                subject: env["Subject"].as_str().unwrap_or_default().to_string(),
+                body: env["Message"].as_str().unwrap_or_default().to_string(),
+                attributes: env["MessageAttributes"].clone(),
+            })
+            .collect()
+    }
+}
+
+/// A RunSpec for this region's network: waits short, budget ample.
+pub fn runspec(run_id: &str, net: &Network, topic_arn: Option<&str>) -> Value {
+    let mut v = json!({
+        "run_id": run_id,
+        "worker": {
+            "instance_types": ["c7g.4xlarge", "c6g.4xlarge"],
+            "subnets": net.subnets,
+            "security_groups": [net.security_group],
+            "image": net.image,
+            "volume_gib": 20,
+            "artifact": "s3://ephemera-artifacts/worker/ephemera-worker",
+            "args": ["run", "--stages", "indicators,regression"],
+            "market": "spot-then-on-demand"
+        },
+        "quota": {"request_increase": true, "max_wait_seconds": 3600},
+        "limits": {"boot_timeout_seconds": 600, "heartbeat_seconds": 60,
+                   "max_runtime_seconds": 7200, "budget_usd": 5.0, "max_relaunches": 2},
+        "tags": {"cost-center": "research"},
+        "waits": {"quota_poll_min_seconds": 1, "quota_poll_max_seconds": 4, "boot_poll_seconds": 1}
+    });
+    if let Some(t) = topic_arn {
+        v["notify"] = json!({"topic_arn": t});
+    }
+    v
+}

@@ -1,0 +1,688 @@
+//! Each Lambda handler called with real events against moto behind the front door.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use chrono::Utc;
+use ephemera_core::quota::{QuotaState, QuotaVerdict};
+use ephemera_core::rundoc::{CostReport, WorkerState};
+use ephemera_functions::handlers::{health_check, launch_worker, quota_check, terminate_report};
+use ephemera_functions::{invoke, Aws, Error, Settings};
+use ephemera_tests::fixtures::{self, Network};
+use ephemera_tests::{clients, fresh_region, harness, FaultRule};
+use serde_json::{json, Value};
+
+const SPOT: &str = "L-34B43A08";
+const ON_DEMAND: &str = "L-1216C47A";
+
+struct Ctx {
+    region: &'static str,
+    aws: Aws,
+    net: Network,
+}
+
+async fn ctx() -> Ctx {
+    let region = fresh_region();
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    Ctx { region, aws, net }
+}
+
+fn execution(region: &str, run: &str) -> String {
+    format!("arn:aws:states:{region}:123456789012:execution:ephemera:{run}-exec")
+}
+
+async fn call(c: &Ctx, function: &str, payload: Value) -> Result<Value, Error> {
+    invoke(&c.aws, &Settings::default(), function, payload).await
+}
+
+async fn launch(c: &Ctx, spec: &Value, run: &str) -> Result<WorkerState, Error> {
+    let out = call(
+        c,
+        "launch-worker",
+        json!({"run": spec, "execution": execution(c.region, run)}),
+    )
+    .await?;
+    Ok(serde_json::from_value(out).unwrap())
+}
+
+/// Instances of this run that are pending or running.
+async fn live(c: &Ctx, run: &str) -> Vec<String> {
+    let found = c
+        .aws
+        .ec2
+        .describe_instances()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:ephemera:run")
+                .values(run)
+                .build(),
+        )
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("instance-state-name")
+                .values("pending")
+                .values("running")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    found
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter_map(|i| i.instance_id().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test]
+async fn launch_creates_a_tagged_imdsv2_instance_without_secrets_in_user_data() {
+    let c = ctx().await;
+    let spec = fixtures::runspec("launch-tags", &c.net, None);
+    let w = launch(&c, &spec, "launch-tags").await.unwrap();
+    assert_eq!(w.current.attempt, 1);
+    assert_eq!(w.current.market, ephemera_core::Market::Spot);
+    assert_eq!(w.current.instance_type, "c7g.4xlarge");
+    assert!(!w.current.reused);
+    assert_eq!(w.heartbeat_seconds, 60);
+    assert_eq!(w.token_parameter, "/ephemera/runs/launch-tags/task-token");
+
+    let d = c
+        .aws
+        .ec2
+        .describe_instances()
+        .instance_ids(&w.current.instance_id)
+        .send()
+        .await
+        .unwrap();
+    let i = &d.reservations()[0].instances()[0];
+    let tags: std::collections::BTreeMap<_, _> = i
+        .tags()
+        .iter()
+        .map(|t| (t.key().unwrap(), t.value().unwrap()))
+        .collect();
+    assert_eq!(tags["ephemera:managed"], "true");
+    assert_eq!(tags["ephemera:run"], "launch-tags");
+    assert_eq!(
+        tags["ephemera:execution"],
+        execution(c.region, "launch-tags")
+    );
+    assert_eq!(tags["ephemera:attempt"], "1");
+    assert_eq!(tags["cost-center"], "research");
+    assert!(chrono::DateTime::parse_from_rfc3339(tags["ephemera:deadline"]).is_ok());
+    assert_eq!(
+        i.metadata_options()
+            .and_then(|m| m.http_tokens())
+            .map(|t| t.as_str()),
+        Some("required"),
+        "IMDSv2 must be required"
+    );
+    assert!(i.key_name().is_none(), "no SSH key");
+    assert_eq!(i.instance_lifecycle().map(|l| l.as_str()), Some("spot"));
+
+    // The volume carries the run's tags too.
+    let vols = c
+        .aws
+        .ec2
+        .describe_volumes()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("tag:ephemera:run")
+                .values("launch-tags")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(!vols.volumes().is_empty(), "the root volume is tagged");
+
+    let ud = c
+        .aws
+        .ec2
+        .describe_instance_attribute()
+        .instance_id(&w.current.instance_id)
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+        .send()
+        .await
+        .unwrap();
+    let script = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(ud.user_data().and_then(|u| u.value()).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(script.contains("s3://ephemera-artifacts/worker/ephemera-worker"));
+    assert!(script.contains("run --stages indicators,regression --run-id launch-tags --attempt 1"));
+    assert!(!script.to_lowercase().contains("token"), "{script}");
+    assert!(!script.contains("password"));
+}
+
+#[tokio::test]
+async fn a_retried_launch_returns_the_instance_it_already_made() {
+    let c = ctx().await;
+    let spec = fixtures::runspec("launch-retry", &c.net, None);
+    let first = launch(&c, &spec, "launch-retry").await.unwrap();
+    // moto ignores ClientToken, so this proves the lookup by tag.
+    let second = launch(&c, &spec, "launch-retry").await.unwrap();
+    assert_eq!(first.current.instance_id, second.current.instance_id);
+    assert!(second.current.reused);
+    assert_eq!(live(&c, "launch-retry").await.len(), 1);
+}
+
+#[tokio::test]
+async fn spot_capacity_error_falls_back_to_on_demand() {
+    let c = ctx().await;
+    let h = harness();
+    h.door.add_fault(
+        FaultRule::always(
+            c.region,
+            "RunInstances",
+            "InsufficientInstanceCapacity",
+            500,
+        )
+        .when("InstanceMarketOptions.MarketType", "spot"),
+    );
+    let spec = fixtures::runspec("spot-fallback", &c.net, None);
+    let w = launch(&c, &spec, "spot-fallback").await.unwrap();
+    assert_eq!(w.current.market, ephemera_core::Market::OnDemand);
+    assert_eq!(w.current.instance_type, "c7g.4xlarge");
+    // Every Spot candidate (2 types × 2 subnets) was tried first.
+    assert_eq!(w.current.tried.len(), 4, "{:?}", w.current.tried);
+    assert!(w.current.tried.iter().all(
+        |t| t.code == "InsufficientInstanceCapacity" && t.market == ephemera_core::Market::Spot
+    ));
+    assert_eq!(live(&c, "spot-fallback").await.len(), 1);
+}
+
+#[tokio::test]
+async fn capacity_errors_on_every_candidate_end_in_capacity_unavailable() {
+    let c = ctx().await;
+    let h = harness();
+    h.door.add_fault(
+        FaultRule::always(
+            c.region,
+            "RunInstances",
+            "MaxSpotInstanceCountExceeded",
+            400,
+        )
+        .when("InstanceMarketOptions.MarketType", "spot"),
+    );
+    h.door.add_fault(FaultRule::always(
+        c.region,
+        "RunInstances",
+        "VcpuLimitExceeded",
+        400,
+    ));
+    let spec = fixtures::runspec("no-capacity", &c.net, None);
+    let err = launch(&c, &spec, "no-capacity").await.unwrap_err();
+    assert_eq!(err.error_type(), "Ephemera.CapacityUnavailable");
+    match &err {
+        Error::CapacityUnavailable { tried } => assert_eq!(tried.len(), 8, "{tried:?}"),
+        e => panic!("{e:?}"),
+    }
+    let msg = err.to_string();
+    assert!(msg.contains("spot c7g.4xlarge"), "{msg}");
+    assert!(msg.contains("VcpuLimitExceeded"), "{msg}");
+    assert!(live(&c, "no-capacity").await.is_empty());
+}
+
+#[tokio::test]
+async fn throttling_is_retried() {
+    let c = ctx().await;
+    let h = harness();
+    h.door.add_fault(
+        FaultRule::always(c.region, "DescribeInstances", "RequestLimitExceeded", 503).times(1),
+    );
+    h.door.add_fault(
+        FaultRule::always(c.region, "RunInstances", "RequestLimitExceeded", 503).times(1),
+    );
+    let spec = fixtures::runspec("throttled", &c.net, None);
+    let w = launch(&c, &spec, "throttled").await.unwrap();
+    assert_eq!(w.current.market, ephemera_core::Market::Spot);
+    assert!(
+        w.current.tried.is_empty(),
+        "a throttle is retried, not a fallback"
+    );
+    let fired = h.door.faults_fired_in(c.region);
+    assert_eq!(fired.len(), 2, "{fired:?}");
+    assert_eq!(live(&c, "throttled").await.len(), 1);
+}
+
+#[tokio::test]
+async fn over_budget_launches_nothing() {
+    let c = ctx().await;
+    let mut spec = fixtures::runspec("over-budget", &c.net, None);
+    spec["limits"]["budget_usd"] = json!(0.5);
+    let err = launch(&c, &spec, "over-budget").await.unwrap_err();
+    assert_eq!(err.error_type(), "Ephemera.OverBudget");
+    // c7g.4xlarge at 0.58 $/h for 2 h is 1.16 $ before EBS.
+    assert!(
+        err.to_string().contains("exceeds limits.budget_usd $0.50"),
+        "{err}"
+    );
+    assert!(live(&c, "over-budget").await.is_empty());
+}
+
+async fn poll_quota(c: &Ctx, spec: &Value, prev: Option<QuotaState>) -> QuotaState {
+    serde_json::from_value(
+        call(c, "quota-check", json!({"run": spec, "quota": prev}))
+            .await
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn quota_short_is_requested_once_and_approved_after_several_polls() {
+    let c = ctx().await;
+    let h = harness();
+    h.door.with_quotas(c.region, |q| {
+        q.applied.insert(SPOT.into(), 8.0);
+        q.applied.insert(ON_DEMAND.into(), 8.0);
+        q.next_script = vec![
+            "PENDING".into(),
+            "CASE_OPENED".into(),
+            "CASE_OPENED".into(),
+            "APPROVED".into(),
+        ];
+    });
+    let spec = fixtures::runspec("quota-approved", &c.net, None);
+    let mut state = poll_quota(&c, &spec, None).await;
+    let mut waits = vec![];
+    let mut polls = 0;
+    while state.verdict == QuotaVerdict::Waiting {
+        waits.push(state.wait_seconds);
+        polls += 1;
+        assert!(polls < 10, "never approved: {state:?}");
+        state = poll_quota(&c, &spec, Some(state)).await;
+    }
+    assert_eq!(state.verdict, QuotaVerdict::Enough, "{state:?}");
+    assert_eq!(waits, vec![1, 2, 4, 4], "capped exponential backoff");
+    let spot = state.quotas.iter().find(|l| l.code == SPOT).unwrap();
+    assert_eq!(spot.applied, 16.0, "16 vCPUs of c7g.4xlarge, none in use");
+    let req = spot.request.as_ref().unwrap();
+    assert_eq!(req.status, "APPROVED");
+    assert_eq!(req.desired, 16.0);
+    assert!(req.case_id.as_deref().unwrap().starts_with("case-"));
+    // Once per short quota (Spot and On-Demand), never again while polling.
+    let calls = h.door.with_quotas(c.region, |q| q.increase_calls);
+    assert_eq!(calls, 2);
+}
+
+#[tokio::test]
+async fn quota_denied_and_deadline() {
+    let c = ctx().await;
+    let h = harness();
+    h.door.with_quotas(c.region, |q| {
+        q.applied.insert(SPOT.into(), 8.0);
+        q.next_script = vec!["CASE_OPENED".into(), "DENIED".into()];
+    });
+    let mut spec = fixtures::runspec("quota-denied", &c.net, None);
+    spec["worker"]["market"] = json!("spot");
+    let s1 = poll_quota(&c, &spec, None).await;
+    assert_eq!(s1.verdict, QuotaVerdict::Waiting);
+    // The deadline passes while the request is still open.
+    let late = Utc::now() + chrono::Duration::hours(2);
+    let s_late = quota_check::handle(
+        &c.aws.ec2,
+        &c.aws.quotas,
+        serde_json::from_value(json!({"run": spec, "quota": s1})).unwrap(),
+        late,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s_late.verdict, QuotaVerdict::DeadlinePassed, "{s_late:?}");
+    let s3 = poll_quota(&c, &spec, Some(s_late)).await;
+    assert_eq!(s3.verdict, QuotaVerdict::Denied, "{s3:?}");
+    assert!(s3.reason.contains("ended DENIED"), "{}", s3.reason);
+    assert_eq!(h.door.with_quotas(c.region, |q| q.increase_calls), 1);
+
+    // Without permission to ask, a short quota is a denial at once.
+    spec["quota"]["request_increase"] = json!(false);
+    spec["run_id"] = json!("quota-no-ask");
+    let s = poll_quota(&c, &spec, None).await;
+    assert_eq!(s.verdict, QuotaVerdict::Denied);
+    assert!(s.reason.contains("request_increase is false"));
+}
+
+#[tokio::test]
+async fn enough_quota_falls_back_to_the_aws_default() {
+    let c = ctx().await;
+    let spec = fixtures::runspec("quota-default", &c.net, None);
+    let s = poll_quota(&c, &spec, None).await;
+    assert_eq!(s.verdict, QuotaVerdict::Enough, "{s:?}");
+    assert!(s.quotas.iter().all(|l| l.is_default && l.request.is_none()));
+    assert_eq!(s.quotas.len(), 2);
+}
+
+#[tokio::test]
+async fn health_check_waits_for_the_worker_then_fails_on_deadline_or_termination() {
+    let c = ctx().await;
+    let spec = fixtures::runspec("health", &c.net, None);
+    let w = launch(&c, &spec, "health").await.unwrap();
+    let input = |w: &WorkerState| json!({"run": spec, "worker": w});
+    let h: Value = call(&c, "health-check", input(&w)).await.unwrap();
+    assert_eq!(h["verdict"], "booting");
+    assert!(
+        h["detail"].as_str().unwrap().contains("started signal"),
+        "{h}"
+    );
+    assert_eq!(h["wait_seconds"], 1);
+
+    // Past the boot deadline without the signal.
+    let late = Utc::now() + chrono::Duration::seconds(601);
+    let err = health_check::handle(
+        &c.aws.ec2,
+        &c.aws.ssm,
+        serde_json::from_value(input(&w)).unwrap(),
+        late,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.error_type(), "Ephemera.BootFailed");
+    assert!(err.to_string().contains("boot_timeout_seconds"), "{err}");
+
+    // A signal for another instance does not count; one for this instance does.
+    let put = |id: String| {
+        let ssm = c.aws.ssm.clone();
+        async move {
+            ssm.put_parameter()
+                .name("/ephemera/runs/health/started")
+                .value(json!({"instance_id": id, "attempt": 1}).to_string())
+                .r#type(aws_sdk_ssm::types::ParameterType::String)
+                .overwrite(true)
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    put("i-0000000000000000".into()).await;
+    let h: Value = call(&c, "health-check", input(&w)).await.unwrap();
+    assert_eq!(h["verdict"], "booting");
+    put(w.current.instance_id.clone()).await;
+    let h: Value = call(&c, "health-check", input(&w)).await.unwrap();
+    assert_eq!(h["verdict"], "healthy", "{h}");
+
+    c.aws
+        .ec2
+        .terminate_instances()
+        .instance_ids(&w.current.instance_id)
+        .send()
+        .await
+        .unwrap();
+    let err = call(&c, "health-check", input(&w)).await.unwrap_err();
+    assert_eq!(err.error_type(), "Ephemera.BootFailed");
+    assert!(err.to_string().contains("terminated"), "{err}");
+}
+
+async fn put_object(aws: &Aws, bucket: &str, key: &str, body: Vec<u8>) {
+    aws.s3
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(body.into())
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn verify_completion_checks_the_report_and_the_exported_objects() {
+    let c = ctx().await;
+    let bucket = format!("out-{}", c.region);
+    let mut create = c.aws.s3.create_bucket().bucket(&bucket);
+    if c.region != "us-east-1" {
+        create = create.create_bucket_configuration(
+            aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(c.region))
+                .build(),
+        );
+    }
+    create.send().await.unwrap();
+    let mut spec = fixtures::runspec("verify", &c.net, None);
+    spec["expect"] = json!({"partitions": 2, "min_rows": 10, "export_prefix": format!("s3://{bucket}/runs/verify/")});
+    put_object(
+        &c.aws,
+        &bucket,
+        "runs/verify/EURUSD/2023-04.parquet",
+        vec![1; 300],
+    )
+    .await;
+    put_object(
+        &c.aws,
+        &bucket,
+        "runs/verify/GBPUSD/2023-04.parquet",
+        vec![2; 200],
+    )
+    .await;
+    let manifest = json!({"run_id": "verify", "objects": [
+        {"key": "runs/verify/EURUSD/2023-04.parquet", "rows": 12, "bytes": 300},
+        {"key": "runs/verify/GBPUSD/2023-04.parquet", "rows": 8, "bytes": 200}
+    ]});
+    put_object(
+        &c.aws,
+        &bucket,
+        "runs/verify/manifest.json",
+        manifest.to_string().into_bytes(),
+    )
+    .await;
+    let report = json!({"run_id": "verify", "partitions_done": 2, "partitions_failed": 0,
+        "rows_in": 20, "rows_out": 20, "manifest": format!("s3://{bucket}/runs/verify/manifest.json")});
+    let ok: Value = call(
+        &c,
+        "verify-completion",
+        json!({"run": spec, "result": report}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok["ok"], true);
+    assert!(ok["checks"].as_array().unwrap().len() >= 8, "{ok}");
+
+    // One object shrinks, the report claims a failed partition.
+    put_object(
+        &c.aws,
+        &bucket,
+        "runs/verify/GBPUSD/2023-04.parquet",
+        vec![2; 10],
+    )
+    .await;
+    let mut bad = report.clone();
+    bad["partitions_failed"] = json!(1);
+    let err = call(&c, "verify-completion", json!({"run": spec, "result": bad}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.error_type(), "Ephemera.VerificationFailed");
+    let msg = err.to_string();
+    assert!(msg.contains("no_failed_partitions"), "{msg}");
+    assert!(msg.contains("object_sizes"), "{msg}");
+    assert!(msg.contains("10 bytes, manifest says 200"), "{msg}");
+}
+
+#[tokio::test]
+async fn terminate_reports_the_cost_by_email_and_is_idempotent() {
+    let c = ctx().await;
+    let inbox = fixtures::inbox(c.region, "ephemera-reports").await;
+    let spec = fixtures::runspec("terminate", &c.net, Some(&inbox.topic_arn));
+    let w = launch(&c, &spec, "terminate").await.unwrap();
+    let payload = json!({"run": spec, "execution": execution(c.region, "terminate"), "worker": w});
+    let report: CostReport = serde_json::from_value(
+        call(&c, "terminate-with-cost-report", payload.clone())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report.outcome, "SUCCEEDED");
+    assert_eq!(report.terminated, vec![w.current.instance_id.clone()]);
+    assert!(
+        live(&c, "terminate").await.is_empty(),
+        "nothing left running"
+    );
+    let a = &report.attempts[0];
+    assert_eq!(a.billed_seconds, 60, "the 60 s minimum");
+    // Priced from moto's (tiny, constant) Spot price history, not from On-Demand.
+    assert_eq!(a.price_source, "spot-price-history");
+    assert!(a.average_usd_per_hour > 0.0 && a.ebs_usd > 0.0, "{a:?}");
+    assert!(
+        a.on_demand_equivalent_usd > a.compute_usd + a.ebs_usd,
+        "{a:?}"
+    );
+    assert!(report.actual_usd >= a.compute_usd + a.ebs_usd);
+    assert!(report.estimate_usd > 0.0 && report.budget_usd == 5.0);
+
+    let mail = ephemera_tests::eventually("the SNS email", Duration::from_secs(10), || async {
+        let m = inbox.read().await;
+        (!m.is_empty()).then_some(m)
+    })
+    .await;
+    assert_eq!(mail.len(), 1);
+    let e = &mail[0];
+    assert!(
+        e.subject.starts_with("ephemera terminate: SUCCEEDED $"),
+        "{}",
+        e.subject
+    );
+    assert!(e.subject.len() < 100);
+    assert!(e.body.contains(&w.current.instance_id));
+    let json_part = e.body.split("--- report (JSON) ---\n").nth(1).unwrap();
+    let sent: CostReport = serde_json::from_str(json_part).unwrap();
+    assert_eq!(sent.actual_usd, report.actual_usd);
+
+    // Again: nothing to terminate, the same instance reported as already terminated.
+    let again: CostReport = serde_json::from_value(
+        call(&c, "terminate-with-cost-report", payload)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(again.terminated.is_empty());
+    assert_eq!(again.attempts[0].state_before, "terminated");
+}
+
+#[tokio::test]
+async fn cleanup_finds_an_instance_the_run_document_lost_and_refuses_foreign_ones() {
+    let c = ctx().await;
+    let spec = fixtures::runspec("lost", &c.net, None);
+    // Launched, but the Lambda "crashed" before its output reached the state machine.
+    let w = launch(&c, &spec, "lost").await.unwrap();
+    let report: CostReport = serde_json::from_value(
+        call(
+            &c,
+            "terminate-with-cost-report",
+            json!({"run": spec, "execution": execution(c.region, "lost"),
+                   "error": {"Error": "States.TaskFailed", "Cause": "crashed"}}),
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report.outcome, "FAILED");
+    assert_eq!(report.terminated, vec![w.current.instance_id.clone()]);
+    assert!(live(&c, "lost").await.is_empty());
+
+    // An instance not tagged for this run is never terminated.
+    let foreign = c
+        .aws
+        .ec2
+        .run_instances()
+        .image_id(&c.net.image)
+        .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+        .min_count(1)
+        .max_count(1)
+        .send()
+        .await
+        .unwrap();
+    let foreign_id = foreign.instances()[0].instance_id().unwrap().to_string();
+    let mut doc: WorkerState = w.clone();
+    doc.attempts[0].instance_id = foreign_id.clone();
+    let err = terminate_report::handle(
+        &c.aws.ec2,
+        &c.aws.pricing,
+        &c.aws.sns,
+        &c.aws.sfn,
+        &terminate_report::Config::default(),
+        serde_json::from_value(
+            json!({"run": spec, "execution": execution(c.region, "other"), "worker": doc}),
+        )
+        .unwrap(),
+        Utc::now(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.error_type(), "Ephemera.RefusedToTerminate");
+    let st = c
+        .aws
+        .ec2
+        .describe_instances()
+        .instance_ids(&foreign_id)
+        .send()
+        .await
+        .unwrap();
+    let state = st.reservations()[0].instances()[0]
+        .state()
+        .and_then(|s| s.name())
+        .map(|n| n.as_str().to_string());
+    assert_eq!(state.as_deref(), Some("running"));
+}
+
+#[tokio::test]
+async fn invoked_through_the_front_door_errors_have_lambda_semantics() {
+    let c = ctx().await;
+    let h = harness();
+    let mut spec = fixtures::runspec("bad-input", &c.net, None);
+    spec["worker"]["instance_types"] = json!([]);
+    spec["limits"]["heartbeat_seconds"] = json!(5);
+    let url = format!(
+        "{}/2015-03-31/functions/arn:aws:lambda:{}:123456789012:function:quota-check/invocations",
+        h.endpoint, c.region
+    );
+    let auth = format!(
+        "AWS4-HMAC-SHA256 Credential=testing/20260101/{}/lambda/aws4_request, SignedHeaders=host, Signature=0",
+        c.region
+    );
+    let resp = reqwest::Client::new()
+        .post(url)
+        .header("authorization", auth)
+        .body(json!({"run": spec}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-amz-function-error"], "Unhandled");
+    let body: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["errorType"], "Ephemera.InvalidRunSpec");
+    let msg = body["errorMessage"].as_str().unwrap();
+    assert!(
+        msg.contains("worker.instance_types: must list at least one instance type"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("limits.heartbeat_seconds: 5 is shorter than the 30 s minimum"),
+        "{msg}"
+    );
+    assert!(live(&c, "bad-input").await.is_empty());
+    assert_eq!(h.door.invocations_in(c.region), vec!["quota-check"]);
+    // The launch itself refuses the same input.
+    let err = launch(&c, &spec, "bad-input").await.unwrap_err();
+    assert_eq!(err.error_type(), "Ephemera.InvalidRunSpec");
+}
+
+#[tokio::test]
+async fn a_relaunch_goes_on_demand_and_keeps_both_attempts() {
+    let c = ctx().await;
+    let spec = fixtures::runspec("relaunch", &c.net, None);
+    let first = launch(&c, &spec, "relaunch").await.unwrap();
+    let out = call(
+        &c,
+        "launch-worker",
+        json!({"run": spec, "execution": execution(c.region, "relaunch"), "worker": first, "relaunch": true}),
+    )
+    .await
+    .unwrap();
+    let second: WorkerState = serde_json::from_value(out).unwrap();
+    assert_eq!(second.current.attempt, 2);
+    assert_eq!(second.current.market, ephemera_core::Market::OnDemand);
+    assert_eq!(second.attempts.len(), 2);
+    assert_eq!(second.relaunches_left, 1);
+    let _ = launch_worker::TAG_MANAGED;
+}
