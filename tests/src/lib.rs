@@ -85,6 +85,8 @@ pub fn harness() -> &'static Harness {
                         Ok(())
                     });
                 }
+                // Never waited for: it ends with this thread (PDEATHSIG), which never returns.
+                #[allow(clippy::zombie_processes)]
                 let _child = cmd.spawn().unwrap_or_else(|e| {
                     panic!(
                         "cannot start {} ({e}); run `make setup` to install moto",

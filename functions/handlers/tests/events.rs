@@ -1,0 +1,23 @@
+//! The sample events under `events/` stay valid inputs of their handlers.
+
+use ephemera_core::RunSpec;
+use ephemera_functions::handlers::{
+    health_check, launch_worker, quota_check, terminate_report, verify_completion,
+};
+
+fn event(name: &str) -> serde_json::Value {
+    let path = format!("{}/../../events/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(&path).expect(&path)).expect(&path)
+}
+
+#[test]
+fn sample_events_parse() {
+    RunSpec::parse(&event("runspec")).expect("events/runspec.json is a valid RunSpec");
+    let q: quota_check::Input = serde_json::from_value(event("quota-check")).unwrap();
+    RunSpec::parse(&q.run).unwrap();
+    let _: launch_worker::Input = serde_json::from_value(event("launch-worker")).unwrap();
+    let _: health_check::Input = serde_json::from_value(event("health-check")).unwrap();
+    let _: verify_completion::Input = serde_json::from_value(event("verify-completion")).unwrap();
+    let _: terminate_report::Input =
+        serde_json::from_value(event("terminate-with-cost-report")).unwrap();
+}
