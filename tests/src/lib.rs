@@ -9,9 +9,11 @@
 //! One moto and one front door per test process; each test takes a region of its own, and the
 //! front door keeps fault rules and quota state per region, so tests run in parallel.
 
+pub mod e2e;
 pub mod fixtures;
 pub mod frontdoor;
 pub mod quotas;
+pub mod worker_standin;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

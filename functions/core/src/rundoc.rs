@@ -86,6 +86,35 @@ pub struct CaughtError {
     pub cause: Option<String>,
 }
 
+/// The error the execution fails with. A Fail state may not raise names starting with `States.`,
+/// and a worker's SendTaskFailure may carry no cause, so both are made presentable here; a
+/// Lambda's JSON cause is reduced to its message.
+pub fn failure_for(e: &CaughtError) -> CaughtError {
+    let error = match e.error.as_str() {
+        "States.HeartbeatTimeout" | "States.Timeout" => "Worker.TimedOut".to_string(),
+        other if other.starts_with("States.") => format!("Ephemera.{other}"),
+        other => other.to_string(),
+    };
+    let raw = e.cause.clone().unwrap_or_default();
+    let message = serde_json::from_str::<serde_json::Value>(&raw)
+        .ok()
+        .and_then(|v| v.get("errorMessage").and_then(|m| m.as_str()).map(str::to_string))
+        .unwrap_or(raw);
+    let cause = match (e.error.as_str(), message.is_empty()) {
+        ("States.HeartbeatTimeout" | "States.Timeout", _) => format!(
+            "{}: the worker sent no heartbeat within limits.heartbeat_seconds or ran past limits.max_runtime_seconds{}",
+            e.error,
+            if message.is_empty() { String::new() } else { format!(" ({message})") }
+        ),
+        (_, true) => format!("{} (no cause given)", e.error),
+        (_, false) => message,
+    };
+    CaughtError {
+        error,
+        cause: Some(cause),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttemptCost {
     pub attempt: u32,
@@ -124,6 +153,9 @@ pub struct CostReport {
     pub outcome: String,
     #[serde(default)]
     pub error: Option<CaughtError>,
+    /// What the execution fails with (see `failure_for`); absent on success.
+    #[serde(default)]
+    pub failure: Option<CaughtError>,
     pub estimate_usd: f64,
     pub budget_usd: f64,
     pub actual_usd: f64,
@@ -219,12 +251,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn failures_are_raisable_and_readable() {
+        let f = failure_for(&CaughtError {
+            error: "States.Timeout".into(),
+            cause: None,
+        });
+        assert_eq!(f.error, "Worker.TimedOut");
+        assert!(f.cause.unwrap().starts_with("States.Timeout: the worker sent no heartbeat"));
+        let f = failure_for(&CaughtError {
+            error: "States.TaskFailed".into(),
+            cause: Some("boom".into()),
+        });
+        assert_eq!(f.error, "Ephemera.States.TaskFailed");
+        assert_eq!(f.cause.as_deref(), Some("boom"));
+        let f = failure_for(&CaughtError {
+            error: "Ephemera.BootFailed".into(),
+            cause: Some(r#"{"errorMessage":"i-1: impaired","errorType":"Ephemera.BootFailed"}"#.into()),
+        });
+        assert_eq!(f.error, "Ephemera.BootFailed");
+        assert_eq!(f.cause.as_deref(), Some("i-1: impaired"));
+        let f = failure_for(&CaughtError {
+            error: "Worker.Failed".into(),
+            cause: None,
+        });
+        assert_eq!(f.cause.as_deref(), Some("Worker.Failed (no cause given)"));
+    }
+
+    #[test]
     fn subject_stays_under_100_characters() {
         let mut r = CostReport {
             run_id: "x".repeat(200),
             execution: "arn".into(),
             outcome: "SUCCEEDED".into(),
             error: None,
+            failure: None,
             estimate_usd: 1.0,
             budget_usd: 2.0,
             actual_usd: 0.1234,

@@ -8,21 +8,29 @@ use ephemera_core::cost::{orchestration_cost, Orchestration};
 use super::to_chrono;
 use crate::error::Error;
 
+/// What the execution's history says about the run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecutionStats {
+    pub orchestration: Orchestration,
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 pub trait History: Send + Sync {
     /// None when the execution's history cannot be read (then the report says so).
-    fn orchestration(
+    fn execution_stats(
         &self,
         execution_arn: &str,
         lambda_memory_mb: u32,
-    ) -> impl Future<Output = Result<Option<Orchestration>, Error>> + Send;
+    ) -> impl Future<Output = Result<Option<ExecutionStats>, Error>> + Send;
 }
 
 impl History for aws_sdk_sfn::Client {
-    async fn orchestration(
+    async fn execution_stats(
         &self,
         execution_arn: &str,
         lambda_memory_mb: u32,
-    ) -> Result<Option<Orchestration>, Error> {
+    ) -> Result<Option<ExecutionStats>, Error> {
+        let mut started_at = None;
         let mut transitions = 0u64;
         let mut invocations = 0u64;
         let mut seconds = 0.0f64;
@@ -45,6 +53,9 @@ impl History for aws_sdk_sfn::Client {
             for e in resp.events() {
                 let kind = e.r#type().as_str();
                 let at = to_chrono(e.timestamp());
+                if kind == "ExecutionStarted" {
+                    started_at = Some(at);
+                }
                 if kind.ends_with("StateEntered") {
                     transitions += 1;
                 }
@@ -75,10 +86,9 @@ impl History for aws_sdk_sfn::Client {
             }
         }
         let gb_seconds = seconds * lambda_memory_mb as f64 / 1024.0;
-        Ok(Some(orchestration_cost(
-            transitions,
-            invocations,
-            gb_seconds,
-        )))
+        Ok(Some(ExecutionStats {
+            orchestration: orchestration_cost(transitions, invocations, gb_seconds),
+            started_at,
+        }))
     }
 }

@@ -13,7 +13,7 @@ use aws_config::SdkConfig;
 use chrono::{DateTime, TimeZone, Utc};
 
 pub use ec2::{Compute, InstanceView, LaunchRequest, RunError};
-pub use history::History;
+pub use history::{ExecutionStats, History};
 pub use objects::Objects;
 pub use params::Params;
 pub use pricing::PriceList;

@@ -8,7 +8,7 @@ use ephemera_core::catalog;
 use ephemera_core::cost::{self, Orchestration};
 use ephemera_core::quota::{QuotaState, QuotaVerdict};
 use ephemera_core::rundoc::{
-    render_email, Attempt, AttemptCost, CaughtError, CostReport, HealthState, Phases, WorkerState,
+    failure_for, render_email, Attempt, AttemptCost, CaughtError, CostReport, HealthState, Phases, WorkerState,
 };
 use ephemera_core::Market;
 use serde::Deserialize;
@@ -22,7 +22,7 @@ use crate::error::Error;
 pub struct Input {
     pub run: serde_json::Value,
     pub execution: String,
-    /// `$$.Execution.StartTime`.
+    /// When the execution started; read from its history when absent.
     #[serde(default)]
     pub started_at: Option<DateTime<Utc>>,
     #[serde(default)]
@@ -187,14 +187,14 @@ where
     }
     attempts.sort_by_key(|a| (a.attempt, a.launched_at));
 
-    let orchestration = match history
-        .orchestration(&input.execution, config.lambda_memory_mb)
+    let (orchestration, execution_started) = match history
+        .execution_stats(&input.execution, config.lambda_memory_mb)
         .await?
     {
-        Some(o) => o,
+        Some(s) => (s.orchestration, s.started_at),
         None => {
             notes.push("the execution history could not be read; orchestration not priced".into());
-            Orchestration::default()
+            (Orchestration::default(), None)
         }
     };
     let compute: f64 = attempts.iter().map(|a| a.compute_usd).sum();
@@ -218,6 +218,7 @@ where
     let work = healthy_at.map_or(0, |h| (teardown_start - h).num_seconds().max(0));
     let total = input
         .started_at
+        .or(execution_started)
         .or(input.quota.as_ref().map(|q| q.started_at))
         .or(first_launch)
         .map_or(0, |s| (now - s).num_seconds().max(0));
@@ -232,6 +233,7 @@ where
         }
         .to_string(),
         error: input.error.clone(),
+        failure: input.error.as_ref().map(failure_for),
         estimate_usd: input
             .worker
             .as_ref()

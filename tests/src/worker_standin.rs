@@ -1,0 +1,189 @@
+//! A worker stand-in: a local process doing what the worker does on the instance through the
+//! same AWS calls — say "started" for its instance, read the task token from SSM, heartbeat,
+//! then report success or failure — with behaviours that produce each failure path.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::types::Filter;
+use aws_sdk_ssm::types::ParameterType;
+use ephemera_core::rundoc::{started_parameter, token_parameter};
+use serde_json::{json, Value};
+
+use crate::sdk_config;
+
+#[derive(Debug, Clone)]
+pub enum Behaviour {
+    /// Start, heartbeat, succeed with this report.
+    Succeed(Value),
+    /// Never say "started" (the boot never completes).
+    NeverStart,
+    /// Start and take the token, then go silent (no heartbeat, no result).
+    GoSilent,
+    /// Attempt 1 reports a Spot interruption; later attempts succeed with the report.
+    SpotInterruptFirst(Value),
+    /// Start, then fail with this error name.
+    Fail(String),
+}
+
+pub struct StandIn {
+    handle: tokio::task::JoinHandle<()>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl StandIn {
+    /// What the stand-in did, for assertions and diagnostics.
+    pub async fn log(self) -> Vec<String> {
+        self.handle.abort();
+        let _ = self.handle.await;
+        let log = self.log.lock().unwrap().clone();
+        log
+    }
+}
+
+/// Serves every attempt of `run_id` in `region` for at most `lifetime`.
+pub fn spawn(region: &str, run_id: &str, behaviour: Behaviour, lifetime: Duration) -> StandIn {
+    let conf = sdk_config(region);
+    let run_id = run_id.to_string();
+    let shared = Arc::new(Mutex::new(vec![]));
+    let log = Logger(shared.clone());
+    let handle = tokio::spawn(async move {
+        let ec2 = aws_sdk_ec2::Client::new(&conf);
+        let ssm = aws_sdk_ssm::Client::new(&conf);
+        let sfn = aws_sdk_sfn::Client::new(&conf);
+        let mut served: BTreeSet<String> = BTreeSet::new();
+        let mut used_tokens: BTreeSet<String> = BTreeSet::new();
+        let deadline = Instant::now() + lifetime;
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            // The newest running instance of this run not served yet: "this instance".
+            let Ok(found) = ec2
+                .describe_instances()
+                .filters(Filter::builder().name("tag:ephemera:run").values(&run_id).build())
+                .filters(Filter::builder().name("instance-state-name").values("running").build())
+                .send()
+                .await
+            else {
+                continue;
+            };
+            let mine = found
+                .reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .filter_map(|i| {
+                    let id = i.instance_id()?.to_string();
+                    let attempt: u32 = i
+                        .tags()
+                        .iter()
+                        .find(|t| t.key() == Some("ephemera:attempt"))?
+                        .value()?
+                        .parse()
+                        .ok()?;
+                    Some((attempt, id))
+                })
+                .filter(|(_, id)| !served.contains(id))
+                .max();
+            let Some((attempt, instance)) = mine else {
+                continue;
+            };
+            if matches!(behaviour, Behaviour::NeverStart) {
+                log.push(format!("{instance}: not starting"));
+                served.insert(instance);
+                continue;
+            }
+            ssm.put_parameter()
+                .name(started_parameter(&run_id))
+                .value(json!({"instance_id": instance, "attempt": attempt}).to_string())
+                .r#type(ParameterType::String)
+                .overwrite(true)
+                .send()
+                .await
+                .expect("PutParameter started");
+            log.push(format!("{instance}: started (attempt {attempt})"));
+            served.insert(instance.clone());
+
+            // The token appears once the state machine reaches AwaitCompletion.
+            let mut token = None;
+            while Instant::now() < deadline {
+                if let Ok(p) = ssm
+                    .get_parameter()
+                    .name(token_parameter(&run_id))
+                    .with_decryption(true)
+                    .send()
+                    .await
+                {
+                    if let Some(v) = p.parameter().and_then(|p| p.value()) {
+                        if !used_tokens.contains(v) {
+                            token = Some(v.to_string());
+                            break;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            let Some(token) = token else { break };
+            used_tokens.insert(token.clone());
+            log.push(format!("{instance}: got the task token"));
+            let succeed = |report: Value| {
+                let sfn = sfn.clone();
+                let token = token.clone();
+                async move {
+                    sfn.send_task_heartbeat()
+                        .task_token(&token)
+                        .send()
+                        .await
+                        .expect("SendTaskHeartbeat");
+                    sfn.send_task_success()
+                        .task_token(&token)
+                        .output(report.to_string())
+                        .send()
+                        .await
+                        .expect("SendTaskSuccess");
+                }
+            };
+            let fail = |error: String| {
+                let sfn = sfn.clone();
+                let token = token.clone();
+                async move {
+                    sfn.send_task_failure()
+                        .task_token(&token)
+                        .error(error)
+                        .cause("reported by the worker stand-in")
+                        .send()
+                        .await
+                        .expect("SendTaskFailure");
+                }
+            };
+            match &behaviour {
+                Behaviour::Succeed(report) => {
+                    succeed(report.clone()).await;
+                    log.push(format!("{instance}: succeeded"));
+                }
+                Behaviour::SpotInterruptFirst(report) if attempt > 1 => {
+                    succeed(report.clone()).await;
+                    log.push(format!("{instance}: succeeded"));
+                }
+                Behaviour::SpotInterruptFirst(_) => {
+                    fail("Worker.SpotInterrupted".into()).await;
+                    log.push(format!("{instance}: spot interrupted"));
+                }
+                Behaviour::Fail(e) => {
+                    fail(e.clone()).await;
+                    log.push(format!("{instance}: failed {e}"));
+                }
+                Behaviour::GoSilent => log.push(format!("{instance}: silent")),
+                Behaviour::NeverStart => {}
+            }
+        }
+    });
+    StandIn { handle, log: shared }
+}
+
+struct Logger(Arc<Mutex<Vec<String>>>);
+
+impl Logger {
+    fn push(&self, line: String) {
+        self.0.lock().unwrap().push(line);
+    }
+}

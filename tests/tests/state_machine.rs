@@ -1,0 +1,380 @@
+//! The deployed ASL, executed end to end by moto's Step Functions executor, its Lambda calls
+//! served by the real handlers through the front door, a worker stand-in on the task token.
+//! Every scenario asserts the final status, the path taken, the email, and that no instance
+//! tagged for the run is left pending or running.
+
+use std::time::Duration;
+
+use aws_sdk_ec2::types::Filter;
+use ephemera_tests::e2e::{self, Finished};
+use ephemera_tests::fixtures::{self, Email};
+use ephemera_tests::worker_standin::{self, Behaviour};
+use ephemera_tests::{clients, fresh_region, harness, FaultRule};
+use serde_json::{json, Value};
+
+const SPOT: &str = "L-34B43A08";
+const ON_DEMAND: &str = "L-1216C47A";
+
+struct Run {
+    region: &'static str,
+    finished: Finished,
+    emails: Vec<Email>,
+    /// Instances of the run by state.
+    instances: Vec<(String, String)>,
+    worker_log: Vec<String>,
+}
+
+impl Run {
+    fn live(&self) -> Vec<&(String, String)> {
+        self.instances
+            .iter()
+            .filter(|(_, s)| s == "pending" || s == "running")
+            .collect()
+    }
+
+    fn assert_nothing_left(&self) {
+        assert!(self.live().is_empty(), "left running: {:?}", self.live());
+    }
+
+    fn assert_email(&self, outcome: &str) -> &Email {
+        assert_eq!(self.emails.len(), 1, "one email: {:?}", self.emails);
+        let e = &self.emails[0];
+        assert!(
+            e.subject.contains(&format!(": {outcome} $")),
+            "subject {:?}",
+            e.subject
+        );
+        assert!(e.subject.len() < 100);
+        e
+    }
+
+    fn report(&self) -> Value {
+        let e = &self.emails[0];
+        let json_part = e.body.split("--- report (JSON) ---\n").nth(1).unwrap();
+        serde_json::from_str(json_part).unwrap()
+    }
+}
+
+fn report_for(run_id: &str, partitions: u64) -> Value {
+    json!({"run_id": run_id, "partitions_done": partitions, "partitions_failed": 0,
+           "rows_in": 1000, "rows_out": 1000, "durations": {"total_seconds": 1.5}})
+}
+
+async fn instances_of(region: &str, run_id: &str) -> Vec<(String, String)> {
+    let aws = clients(region);
+    let found = aws
+        .ec2
+        .describe_instances()
+        .filters(Filter::builder().name("tag:ephemera:run").values(run_id).build())
+        .send()
+        .await
+        .unwrap();
+    found
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .map(|i| {
+            (
+                i.instance_id().unwrap_or_default().to_string(),
+                i.state()
+                    .and_then(|s| s.name())
+                    .map(|n| n.as_str().to_string())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Runs one execution of the deployed definition with `spec` changed by `edit`.
+async fn scenario(
+    run_id: &str,
+    behaviour: Behaviour,
+    setup: impl FnOnce(&'static str),
+    edit: impl FnOnce(&mut Value),
+) -> Run {
+    let region = fresh_region();
+    setup(region);
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    let inbox = fixtures::inbox(region, "ephemera-reports").await;
+    let mut spec = fixtures::runspec(run_id, &net, Some(&inbox.topic_arn));
+    spec["expect"] = json!({"partitions": 2, "min_rows": 100});
+    edit(&mut spec);
+    let machine = e2e::create_state_machine(region).await;
+    let worker = worker_standin::spawn(region, run_id, behaviour, Duration::from_secs(150));
+    let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;
+    let finished = e2e::wait(region, &execution, Duration::from_secs(180)).await;
+    let worker_log = worker.log().await;
+    // SNS → SQS delivery is synchronous in moto, but allow a moment.
+    let mut emails = inbox.read().await;
+    if emails.is_empty() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        emails = inbox.read().await;
+    }
+    let run = Run {
+        region,
+        finished,
+        emails,
+        instances: instances_of(region, run_id).await,
+        worker_log,
+    };
+    eprintln!(
+        "{run_id}: {} {:?} {:?} path {:?} worker {:?}",
+        run.finished.status, run.finished.error, run.finished.cause, run.finished.path, run.worker_log
+    );
+    run
+}
+
+#[tokio::test]
+async fn happy_path() {
+    let r = scenario(
+        "e2e-happy",
+        Behaviour::Succeed(report_for("e2e-happy", 2)),
+        |_| {},
+        |_| {},
+    )
+    .await;
+    assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished);
+    for s in [
+        "Start",
+        "CheckQuota",
+        "LaunchWorker",
+        "HealthCheck",
+        "AwaitCompletion",
+        "VerifyCompletion",
+        "TerminateWithCostReport",
+        "Done",
+    ] {
+        assert_eq!(r.finished.visited(s), 1, "{s} in {:?}", r.finished.path);
+    }
+    assert_eq!(r.finished.visited("Cleanup"), 0);
+    r.assert_nothing_left();
+    assert_eq!(r.instances.len(), 1);
+    r.assert_email("SUCCEEDED");
+    let report = &r.finished.output["report"];
+    assert_eq!(report["outcome"], "SUCCEEDED");
+    assert_eq!(report["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(report["attempts"][0]["market"], "spot");
+    assert!(report["orchestration"]["state_transitions"].as_u64().unwrap() >= 8, "{report}");
+    assert_eq!(r.finished.output["verification"]["ok"], true);
+    assert_eq!(r.report()["run_id"], "e2e-happy");
+}
+
+#[tokio::test]
+async fn quota_short_is_requested_once_then_approved_and_runs() {
+    let r = scenario(
+        "e2e-quota-approved",
+        Behaviour::Succeed(report_for("e2e-quota-approved", 2)),
+        |region| {
+            harness().door.with_quotas(region, |q| {
+                q.applied.insert(SPOT.into(), 8.0);
+                q.next_script = vec!["PENDING".into(), "CASE_OPENED".into(), "APPROVED".into()];
+            })
+        },
+        |spec| spec["worker"]["market"] = json!("spot"),
+    )
+    .await;
+    assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished);
+    assert_eq!(r.finished.visited("WaitQuota"), 3, "{:?}", r.finished.path);
+    assert_eq!(r.finished.visited("CheckQuota"), 4);
+    assert_eq!(
+        harness().door.with_quotas(r.region, |q| q.increase_calls),
+        1,
+        "the increase is requested once"
+    );
+    r.assert_nothing_left();
+    r.assert_email("SUCCEEDED");
+    let quota = &r.finished.output["quota"]["quotas"][0];
+    assert_eq!(quota["request"]["status"], "APPROVED");
+    assert_eq!(quota["applied"], 16.0);
+}
+
+#[tokio::test]
+async fn quota_denied_fails_and_launches_nothing() {
+    let r = scenario(
+        "e2e-quota-denied",
+        Behaviour::Succeed(report_for("e2e-quota-denied", 2)),
+        |region| {
+            harness().door.with_quotas(region, |q| {
+                q.applied.insert(ON_DEMAND.into(), 4.0);
+                q.next_script = vec!["CASE_OPENED".into(), "DENIED".into()];
+            })
+        },
+        |spec| spec["worker"]["market"] = json!("on-demand"),
+    )
+    .await;
+    assert_eq!(r.finished.status, "FAILED");
+    assert_eq!(r.finished.error.as_deref(), Some("Ephemera.QuotaDenied"));
+    assert!(r.finished.cause.as_deref().unwrap().contains("ended DENIED"));
+    assert_eq!(r.finished.visited("LaunchWorker"), 0);
+    assert_eq!(r.finished.visited("Cleanup"), 1);
+    assert!(r.instances.is_empty(), "{:?}", r.instances);
+    let e = r.assert_email("FAILED");
+    assert!(e.body.contains("nothing was launched"), "{}", e.body);
+}
+
+#[tokio::test]
+async fn over_budget_fails_and_launches_nothing() {
+    let r = scenario(
+        "e2e-over-budget",
+        Behaviour::Succeed(report_for("e2e-over-budget", 2)),
+        |_| {},
+        |spec| spec["limits"]["budget_usd"] = json!(0.25),
+    )
+    .await;
+    assert_eq!(r.finished.status, "FAILED");
+    assert_eq!(r.finished.error.as_deref(), Some("Ephemera.OverBudget"));
+    assert!(r.finished.cause.as_deref().unwrap().contains("budget_usd"));
+    assert!(r.instances.is_empty(), "{:?}", r.instances);
+    assert_eq!(r.finished.visited("HealthCheck"), 0);
+    r.assert_email("FAILED");
+}
+
+#[tokio::test]
+async fn spot_capacity_error_runs_on_demand() {
+    let r = scenario(
+        "e2e-spot-capacity",
+        Behaviour::Succeed(report_for("e2e-spot-capacity", 2)),
+        |region| {
+            harness().door.add_fault(
+                FaultRule::always(region, "RunInstances", "InsufficientInstanceCapacity", 500)
+                    .when("InstanceMarketOptions.MarketType", "spot"),
+            )
+        },
+        |_| {},
+    )
+    .await;
+    assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished);
+    let report = &r.finished.output["report"];
+    assert_eq!(report["attempts"][0]["market"], "on-demand");
+    assert_eq!(
+        r.finished.output["worker"]["current"]["tried"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    r.assert_nothing_left();
+    r.assert_email("SUCCEEDED");
+}
+
+#[tokio::test]
+async fn boot_that_never_completes_is_cleaned_up() {
+    let r = scenario(
+        "e2e-no-boot",
+        Behaviour::NeverStart,
+        |_| {},
+        |spec| spec["limits"]["boot_timeout_seconds"] = json!(5),
+    )
+    .await;
+    assert_eq!(r.finished.status, "FAILED");
+    assert_eq!(r.finished.error.as_deref(), Some("Ephemera.BootFailed"));
+    assert!(r.finished.cause.as_deref().unwrap().contains("boot_timeout_seconds"));
+    assert!(r.finished.visited("HealthCheck") >= 3);
+    assert_eq!(r.finished.visited("Cleanup"), 1);
+    assert_eq!(r.finished.visited("AwaitCompletion"), 0);
+    assert_eq!(r.instances.len(), 1);
+    r.assert_nothing_left();
+    r.assert_email("FAILED");
+}
+
+#[tokio::test]
+async fn a_worker_that_stops_heartbeating_is_cleaned_up() {
+    let r = scenario(
+        "e2e-silent",
+        Behaviour::GoSilent,
+        |_| {},
+        |spec| spec["limits"]["heartbeat_seconds"] = json!(30),
+    )
+    .await;
+    assert_eq!(r.finished.status, "FAILED");
+    let error = r.finished.error.as_deref().unwrap();
+    assert!(
+        error == "States.HeartbeatTimeout" || error == "States.Timeout",
+        "{error}"
+    );
+    assert_eq!(r.finished.visited("AwaitCompletion"), 1);
+    assert_eq!(r.finished.visited("Cleanup"), 1);
+    r.assert_nothing_left();
+    r.assert_email("FAILED");
+}
+
+#[tokio::test]
+async fn a_spot_interruption_relaunches_and_reports_both_attempts() {
+    let r = scenario(
+        "e2e-spot-interrupt",
+        Behaviour::SpotInterruptFirst(report_for("e2e-spot-interrupt", 2)),
+        |_| {},
+        |_| {},
+    )
+    .await;
+    assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished);
+    assert_eq!(r.finished.visited("Relaunch"), 1);
+    assert_eq!(r.finished.visited("LaunchWorker"), 2);
+    let report = &r.finished.output["report"];
+    let attempts = report["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{report}");
+    assert_eq!(attempts[0]["market"], "spot");
+    assert_eq!(attempts[1]["market"], "on-demand", "a relaunch goes On-Demand");
+    assert_eq!(r.instances.len(), 2);
+    r.assert_nothing_left();
+    let e = r.assert_email("SUCCEEDED");
+    assert!(e.body.contains("#1 ") && e.body.contains("#2 "), "{}", e.body);
+}
+
+#[tokio::test]
+async fn failed_verification_terminates_and_fails_with_the_checks() {
+    let r = scenario(
+        "e2e-verify",
+        Behaviour::Succeed(report_for("e2e-verify", 1)),
+        |_| {},
+        |_| {},
+    )
+    .await;
+    assert_eq!(r.finished.status, "FAILED");
+    assert_eq!(r.finished.error.as_deref(), Some("Ephemera.VerificationFailed"));
+    let cause = r.finished.cause.as_deref().unwrap();
+    assert!(cause.contains("partitions_done (1 done, 2 expected)"), "{cause}");
+    assert_eq!(r.finished.visited("Cleanup"), 1);
+    r.assert_nothing_left();
+    r.assert_email("FAILED");
+}
+
+#[tokio::test]
+async fn a_lambda_crash_after_launch_still_terminates() {
+    let r = scenario(
+        "e2e-crash",
+        Behaviour::Succeed(report_for("e2e-crash", 2)),
+        |region| harness().door.add_crash(region, "health-check", 100),
+        |_| {},
+    )
+    .await;
+    assert_eq!(r.finished.status, "FAILED");
+    assert_eq!(r.finished.visited("Cleanup"), 1);
+    assert_eq!(r.instances.len(), 1);
+    r.assert_nothing_left();
+    let report = r.report();
+    assert_eq!(report["terminated"].as_array().unwrap().len(), 1);
+    r.assert_email("FAILED");
+}
+
+#[tokio::test]
+async fn an_invalid_runspec_fails_clearly_and_launches_nothing() {
+    let r = scenario(
+        "e2e-invalid",
+        Behaviour::Succeed(report_for("e2e-invalid", 2)),
+        |_| {},
+        |spec| {
+            spec["limits"]["heartbeat_seconds"] = json!(5);
+            spec["worker"]["instance_types"] = json!(["c7g.4xlarge", "z9.mega"]);
+        },
+    )
+    .await;
+    assert_eq!(r.finished.status, "FAILED");
+    assert_eq!(r.finished.error.as_deref(), Some("Ephemera.InvalidRunSpec"));
+    let cause = r.finished.cause.as_deref().unwrap();
+    assert!(cause.contains("worker.instance_types[1]: unknown instance type 'z9.mega'"), "{cause}");
+    assert!(cause.contains("limits.heartbeat_seconds"), "{cause}");
+    assert_eq!(r.finished.path, vec!["Start", "CheckQuota", "RejectRunSpec"]);
+    assert!(r.instances.is_empty());
+}
