@@ -18,7 +18,10 @@ pub fn substitutions(region: &str) -> Vec<(String, String)> {
         ("LaunchWorkerFunctionArn", "launch-worker"),
         ("HealthCheckFunctionArn", "health-check"),
         ("VerifyCompletionFunctionArn", "verify-completion"),
-        ("TerminateWithCostReportFunctionArn", "terminate-with-cost-report"),
+        (
+            "TerminateWithCostReportFunctionArn",
+            "terminate-with-cost-report",
+        ),
     ]
     .iter()
     .map(|(k, f)| {
@@ -53,7 +56,9 @@ pub async fn create_state_machine(region: &str) -> String {
     sfn.create_state_machine()
         .name("ephemera-worker")
         .definition(definition(region))
-        .role_arn(format!("arn:aws:iam::{ACCOUNT}:role/ephemera-state-machine"))
+        .role_arn(format!(
+            "arn:aws:iam::{ACCOUNT}:role/ephemera-state-machine"
+        ))
         .send()
         .await
         .expect("CreateStateMachine")

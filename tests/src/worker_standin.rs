@@ -60,8 +60,18 @@ pub fn spawn(region: &str, run_id: &str, behaviour: Behaviour, lifetime: Duratio
             // The newest running instance of this run not served yet: "this instance".
             let Ok(found) = ec2
                 .describe_instances()
-                .filters(Filter::builder().name("tag:ephemera:run").values(&run_id).build())
-                .filters(Filter::builder().name("instance-state-name").values("running").build())
+                .filters(
+                    Filter::builder()
+                        .name("tag:ephemera:run")
+                        .values(&run_id)
+                        .build(),
+                )
+                .filters(
+                    Filter::builder()
+                        .name("instance-state-name")
+                        .values("running")
+                        .build(),
+                )
                 .send()
                 .await
             else {
@@ -177,7 +187,10 @@ pub fn spawn(region: &str, run_id: &str, behaviour: Behaviour, lifetime: Duratio
             }
         }
     });
-    StandIn { handle, log: shared }
+    StandIn {
+        handle,
+        log: shared,
+    }
 }
 
 struct Logger(Arc<Mutex<Vec<String>>>);

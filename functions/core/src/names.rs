@@ -9,6 +9,8 @@ pub const LAUNCH_FAILED: &str = "Ephemera.LaunchFailed";
 pub const BOOT_FAILED: &str = "Ephemera.BootFailed";
 pub const SPOT_INTERRUPTED: &str = "Worker.SpotInterrupted";
 pub const WORKER_FAILED: &str = "Worker.Failed";
+/// A heartbeat or runtime timeout (States.HeartbeatTimeout / States.Timeout), as the execution fails.
+pub const WORKER_TIMED_OUT: &str = "Worker.TimedOut";
 pub const VERIFICATION_FAILED: &str = "Ephemera.VerificationFailed";
 pub const REFUSED: &str = "Ephemera.RefusedToTerminate";
 pub const AWS: &str = "Ephemera.AwsError";

@@ -91,14 +91,18 @@ pub struct CaughtError {
 /// Lambda's JSON cause is reduced to its message.
 pub fn failure_for(e: &CaughtError) -> CaughtError {
     let error = match e.error.as_str() {
-        "States.HeartbeatTimeout" | "States.Timeout" => "Worker.TimedOut".to_string(),
+        "States.HeartbeatTimeout" | "States.Timeout" => crate::names::WORKER_TIMED_OUT.to_string(),
         other if other.starts_with("States.") => format!("Ephemera.{other}"),
         other => other.to_string(),
     };
     let raw = e.cause.clone().unwrap_or_default();
     let message = serde_json::from_str::<serde_json::Value>(&raw)
         .ok()
-        .and_then(|v| v.get("errorMessage").and_then(|m| m.as_str()).map(str::to_string))
+        .and_then(|v| {
+            v.get("errorMessage")
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+        })
         .unwrap_or(raw);
     let cause = match (e.error.as_str(), message.is_empty()) {
         ("States.HeartbeatTimeout" | "States.Timeout", _) => format!(
@@ -257,7 +261,10 @@ mod tests {
             cause: None,
         });
         assert_eq!(f.error, "Worker.TimedOut");
-        assert!(f.cause.unwrap().starts_with("States.Timeout: the worker sent no heartbeat"));
+        assert!(f
+            .cause
+            .unwrap()
+            .starts_with("States.Timeout: the worker sent no heartbeat"));
         let f = failure_for(&CaughtError {
             error: "States.TaskFailed".into(),
             cause: Some("boom".into()),
@@ -266,7 +273,9 @@ mod tests {
         assert_eq!(f.cause.as_deref(), Some("boom"));
         let f = failure_for(&CaughtError {
             error: "Ephemera.BootFailed".into(),
-            cause: Some(r#"{"errorMessage":"i-1: impaired","errorType":"Ephemera.BootFailed"}"#.into()),
+            cause: Some(
+                r#"{"errorMessage":"i-1: impaired","errorType":"Ephemera.BootFailed"}"#.into(),
+            ),
         });
         assert_eq!(f.error, "Ephemera.BootFailed");
         assert_eq!(f.cause.as_deref(), Some("i-1: impaired"));

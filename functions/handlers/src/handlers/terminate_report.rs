@@ -8,7 +8,8 @@ use ephemera_core::catalog;
 use ephemera_core::cost::{self, Orchestration};
 use ephemera_core::quota::{QuotaState, QuotaVerdict};
 use ephemera_core::rundoc::{
-    failure_for, render_email, Attempt, AttemptCost, CaughtError, CostReport, HealthState, Phases, WorkerState,
+    failure_for, render_email, Attempt, AttemptCost, CaughtError, CostReport, HealthState, Phases,
+    WorkerState,
 };
 use ephemera_core::Market;
 use serde::Deserialize;
