@@ -5,8 +5,12 @@ LAMBDA_TARGET_DIR ?= $(HOME)/.cache/ephemera-lambda-target
 VENV := .venv
 MOTO_VERSION := 5.2.5
 CARGO_LAMBDA_VERSION := 1.9.2
+CFN_LINT_VERSION := 1.58.0
+SAM_VERSION := 1.170.0
+RUNSPEC ?= events/runspec.json
+export SAM_CLI_TELEMETRY := 0
 
-.PHONY: setup build test unit lint fmt lambdas bench clean
+.PHONY: setup build test unit lint fmt lambdas bench run deploy clean
 
 # Python tools in a local venv: moto (the AWS emulator the tests start) and cargo-lambda.
 $(VENV)/bin/moto_server:
@@ -17,7 +21,13 @@ $(VENV)/bin/moto_server:
 $(VENV)/bin/cargo-lambda: $(VENV)/bin/moto_server
 	$(VENV)/bin/pip install -q 'cargo-lambda==$(CARGO_LAMBDA_VERSION)'
 
-setup: $(VENV)/bin/moto_server
+$(VENV)/bin/sam: $(VENV)/bin/moto_server
+	$(VENV)/bin/pip install -q 'cfn-lint==$(CFN_LINT_VERSION)' 'aws-sam-cli==$(SAM_VERSION)'
+
+node_modules/.bin/asl-validator: package.json package-lock.json
+	npm ci --no-audit --no-fund
+
+setup: $(VENV)/bin/moto_server $(VENV)/bin/sam node_modules/.bin/asl-validator
 	cargo fetch --locked
 
 build:
@@ -30,9 +40,13 @@ test: $(VENV)/bin/moto_server
 unit:
 	cargo test --workspace --locked --lib
 
-lint:
+# Code, template (cfn-lint, sam validate --lint) and state machine (asl-validator).
+lint: $(VENV)/bin/sam node_modules/.bin/asl-validator
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+	$(VENV)/bin/cfn-lint template.yaml
+	AWS_DEFAULT_REGION=us-east-1 $(VENV)/bin/sam validate --lint
+	node_modules/.bin/asl-validator --json-path state-machines/ephemeral-worker.asl.json
 
 fmt:
 	cargo fmt --all
@@ -46,6 +60,17 @@ lambdas: $(VENV)/bin/cargo-lambda
 	  printf '  %-28s %10d\n' "$$(basename $$(dirname $$f))" "$$(stat -c %s $$f)"; done
 
 bench: lambdas
+
+# Start a run from a RunSpec file and wait for its report (STATE_MACHINE = the stack output).
+run:
+	cargo run -q --locked -p ephemera-cli -- run $(RUNSPEC) --wait \
+	  $(if $(STATE_MACHINE),--state-machine $(STATE_MACHINE),)
+
+# Build the arm64 bootstraps and deploy; the first time asks for the parameters.
+deploy: $(VENV)/bin/sam $(VENV)/bin/cargo-lambda
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/sam build --beta-features
+	if [ -f samconfig.toml ]; then $(VENV)/bin/sam deploy; \
+	else $(VENV)/bin/sam deploy --guided --capabilities CAPABILITY_IAM; fi
 
 clean:
 	cargo clean
