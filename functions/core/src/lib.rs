@@ -8,6 +8,7 @@ pub mod names;
 pub mod quota;
 pub mod rundoc;
 pub mod runspec;
+pub mod sweep;
 pub mod userdata;
 pub mod verify;
 

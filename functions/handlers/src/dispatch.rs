@@ -7,15 +7,17 @@ use serde_json::Value;
 use crate::aws::Aws;
 use crate::error::Error;
 use crate::handlers::{
-    health_check, launch_worker, parse_input, quota_check, terminate_report, verify_completion,
+    health_check, launch_worker, parse_input, quota_check, sweeper, terminate_report,
+    verify_completion,
 };
 
-pub const FUNCTIONS: [&str; 5] = [
+pub const FUNCTIONS: [&str; 6] = [
     "quota-check",
     "launch-worker",
     "health-check",
     "verify-completion",
     "terminate-with-cost-report",
+    "sweeper",
 ];
 
 /// Deployment settings, read from the function's environment.
@@ -97,6 +99,14 @@ pub async fn invoke(
             )
             .await?)
         }
+        "sweeper" => out(sweeper::handle(
+            &aws.ec2,
+            &aws.sfn,
+            &aws.sns,
+            settings.default_topic.as_deref(),
+            now,
+        )
+        .await?),
         other => Err(Error::BadInput(format!(
             "unknown function '{other}'; known: {}",
             FUNCTIONS.join(", ")

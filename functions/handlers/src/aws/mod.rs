@@ -2,6 +2,7 @@
 //! handlers hold decisions and the adapters hold wire details.
 
 pub mod ec2;
+pub mod executions;
 pub mod history;
 pub mod objects;
 pub mod params;
@@ -13,6 +14,7 @@ use aws_config::SdkConfig;
 use chrono::{DateTime, TimeZone, Utc};
 
 pub use ec2::{Compute, InstanceView, LaunchRequest, RunError};
+pub use executions::Executions;
 pub use history::{ExecutionStats, History};
 pub use objects::Objects;
 pub use params::Params;
