@@ -11,6 +11,7 @@
 
 pub mod e2e;
 pub mod fixtures;
+pub mod postgres;
 pub mod frontdoor;
 pub mod quotas;
 pub mod worker_standin;

@@ -1,0 +1,87 @@
+//! Connection and schema: the source table, the work queue and one output table per stage.
+
+use anyhow::{bail, Context, Result};
+use tokio_postgres::{Client, NoTls};
+
+use crate::features::{indicators, regression};
+
+pub const STAGES: [&str; 2] = ["indicators", "regression"];
+
+/// Output columns of a stage, after (pair, ts).
+pub fn stage_columns(stage: &str) -> Result<Vec<String>> {
+    Ok(match stage {
+        "indicators" => indicators::COLUMNS.iter().map(|s| s.to_string()).collect(),
+        "regression" => regression::column_names(),
+        other => bail!("unknown stage '{other}'; stages: {}", STAGES.join(", ")),
+    })
+}
+
+/// A SQL identifier, possibly schema-qualified, of plain letters, digits and underscores.
+pub fn checked_ident(name: &str) -> Result<&str> {
+    let ok = !name.is_empty()
+        && name.split('.').count() <= 2
+        && name
+            .split('.')
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+    if !ok {
+        bail!("'{name}' is not a plain table name (letters, digits, _; optionally schema.table)");
+    }
+    Ok(name)
+}
+
+pub async fn connect(url: &str) -> Result<Client> {
+    let mut last = None;
+    // A server that just started may refuse for a moment.
+    for _ in 0..50 {
+        match tokio_postgres::connect(url, NoTls).await {
+            Ok((client, conn)) => {
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::error!(error = %e, "database connection ended");
+                    }
+                });
+                return Ok(client);
+            }
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    Err(last.unwrap()).context("connecting to the database")
+}
+
+/// Creates the source table (if absent), the queue and the output tables. Idempotent.
+pub async fn init(client: &Client, source: &str) -> Result<()> {
+    let source = checked_ident(source)?;
+    let mut sql = format!(
+        "CREATE SCHEMA IF NOT EXISTS ephemera;
+         CREATE TABLE IF NOT EXISTS {source} (
+             pair text NOT NULL, ts timestamptz NOT NULL,
+             open double precision, high double precision, low double precision,
+             close double precision, volume double precision);
+         CREATE INDEX IF NOT EXISTS {idx} ON {source} (pair, ts);
+         CREATE TABLE IF NOT EXISTS ephemera.partitions (
+             stage text NOT NULL, pair text NOT NULL, month date NOT NULL,
+             state text NOT NULL DEFAULT 'pending'
+                 CHECK (state IN ('pending', 'running', 'done', 'failed')),
+             lease_owner text, lease_until timestamptz,
+             attempts integer NOT NULL DEFAULT 0,
+             rows_in bigint, rows_out bigint, quality jsonb, error text,
+             updated_at timestamptz NOT NULL DEFAULT now(),
+             PRIMARY KEY (stage, pair, month));",
+        idx = format!("{}_pair_ts", source.replace('.', "_"))
+    );
+    for stage in STAGES {
+        let cols: Vec<String> = stage_columns(stage)?
+            .iter()
+            .map(|c| format!("{c} double precision"))
+            .collect();
+        sql.push_str(&format!(
+            "CREATE TABLE IF NOT EXISTS ephemera.{stage} (
+                 pair text NOT NULL, ts timestamptz NOT NULL, {},
+                 PRIMARY KEY (pair, ts));",
+            cols.join(", ")
+        ));
+    }
+    client.batch_execute(&sql).await.context("creating the schema")?;
+    Ok(())
+}

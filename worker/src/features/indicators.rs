@@ -1,0 +1,143 @@
+//! Stage `indicators`: TA-Lib's definitions and warm-up lengths, via the pure-Rust `ta-lib` crate.
+
+use ta_lib::{Core, MAType, OutRange, RetCode};
+
+use super::{finite, Columns};
+use crate::bars::Bars;
+
+pub const COLUMNS: [&str; 17] = [
+    "rsi_14",
+    "macd",
+    "macd_signal",
+    "macd_hist",
+    "adx_14",
+    "plus_di_14",
+    "minus_di_14",
+    "stoch_k",
+    "stoch_d",
+    "cci_14",
+    "willr_14",
+    "roc_10",
+    "mfi_14",
+    "bb_upper",
+    "bb_middle",
+    "bb_lower",
+    "atr_14",
+];
+
+/// Spreads TA-Lib's packed output (values from `beg_idx` on) over the series; None before.
+fn place(n: usize, r: OutRange, packed: &[f64]) -> Vec<Option<f64>> {
+    let mut out = vec![None; n];
+    for k in 0..r.count {
+        out[r.beg_idx + k] = finite(packed[k]);
+    }
+    out
+}
+
+/// Runs one TA-Lib call with `outputs` buffers; a series shorter than the warm-up gives all None.
+fn run<const K: usize>(
+    n: usize,
+    f: impl FnOnce(&mut [Vec<f64>; K]) -> Result<OutRange, RetCode>,
+) -> Result<[Vec<Option<f64>>; K], RetCode> {
+    let mut bufs: [Vec<f64>; K] = std::array::from_fn(|_| vec![0.0; n.max(1)]);
+    let r = f(&mut bufs)?;
+    Ok(std::array::from_fn(|k| place(n, r, &bufs[k])))
+}
+
+pub fn compute(core: &Core, b: &Bars) -> Result<Columns, RetCode> {
+    let n = b.len();
+    let names = COLUMNS.iter().map(|s| s.to_string()).collect();
+    if n == 0 {
+        return Ok(Columns {
+            names,
+            values: vec![vec![]; COLUMNS.len()],
+        });
+    }
+    let e = n - 1;
+    let (h, l, c, v) = (&b.high[..], &b.low[..], &b.close[..], &b.volume[..]);
+    let [rsi] = run(n, |[o]| core.rsi(0, e, c, 14, o))?;
+    let [macd, signal, hist] = run(n, |[a, s, hh]| core.macd(0, e, c, 12, 26, 9, a, s, hh))?;
+    let [adx] = run(n, |[o]| core.adx(0, e, h, l, c, 14, o))?;
+    let [pdi] = run(n, |[o]| core.plus_di(0, e, h, l, c, 14, o))?;
+    let [mdi] = run(n, |[o]| core.minus_di(0, e, h, l, c, 14, o))?;
+    let [k, d] = run(n, |[k, d]| {
+        core.stoch(0, e, h, l, c, 14, 3, MAType::SMA, 3, MAType::SMA, k, d)
+    })?;
+    let [cci] = run(n, |[o]| core.cci(0, e, h, l, c, 14, o))?;
+    let [willr] = run(n, |[o]| core.willr(0, e, h, l, c, 14, o))?;
+    let [roc] = run(n, |[o]| core.roc(0, e, c, 10, o))?;
+    let [mfi] = run(n, |[o]| core.mfi(0, e, h, l, c, v, 14, o))?;
+    let [up, mid, low] = run(n, |[u, m, lo]| {
+        core.bbands(0, e, c, 20, 2.0, 2.0, MAType::SMA, u, m, lo)
+    })?;
+    let [atr] = run(n, |[o]| core.atr(0, e, h, l, c, 14, o))?;
+    Ok(Columns {
+        names,
+        values: vec![
+            rsi, macd, signal, hist, adx, pdi, mdi, k, d, cci, willr, roc, mfi, up, mid, low, atr,
+        ],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(n: usize) -> Bars {
+        let mut b = Bars::default();
+        for i in 0..n {
+            let x = i as f64;
+            let c = 1.1 + 0.01 * (x / 7.0).sin() + 0.0001 * x;
+            b.push(i as i64 * 60_000_000, c, c + 0.002, c - 0.002, c + 0.0005, 10.0 + (x % 5.0));
+        }
+        b
+    }
+
+    fn leading_none(col: &[Option<f64>]) -> usize {
+        col.iter().take_while(|v| v.is_none()).count()
+    }
+
+    #[test]
+    fn warm_up_is_talibs_lookback() {
+        let core = Core::new();
+        let b = series(300);
+        let cols = compute(&core, &b).unwrap();
+        let expect = [
+            ("rsi_14", core.rsi_lookback(14).unwrap()),
+            ("macd", core.macd_lookback(12, 26, 9).unwrap()),
+            ("adx_14", core.adx_lookback(14).unwrap()),
+            ("stoch_k", core.stoch_lookback(14, 3, MAType::SMA, 3, MAType::SMA).unwrap()),
+            ("cci_14", core.cci_lookback(14).unwrap()),
+            ("roc_10", core.roc_lookback(10).unwrap()),
+            ("mfi_14", core.mfi_lookback(14).unwrap()),
+            ("bb_middle", core.bbands_lookback(20, 2.0, 2.0, MAType::SMA).unwrap()),
+            ("atr_14", core.atr_lookback(14).unwrap()),
+        ];
+        for (name, lookback) in expect {
+            let i = COLUMNS.iter().position(|c| *c == name).unwrap();
+            assert_eq!(leading_none(&cols.values[i]), lookback as usize, "{name}");
+            assert!(cols.values[i][lookback as usize..].iter().all(|v| v.is_some()), "{name}");
+        }
+        // RSI(14) and the Bollinger middle band by hand at the last bar.
+        let i_mid = COLUMNS.iter().position(|c| *c == "bb_middle").unwrap();
+        let sma20: f64 = b.close[280..300].iter().sum::<f64>() / 20.0;
+        assert!((cols.values[i_mid][299].unwrap() - sma20).abs() < 1e-12);
+        let rsi = &cols.values[0];
+        assert!(rsi.iter().flatten().all(|r| (0.0..=100.0).contains(r)));
+    }
+
+    #[test]
+    fn rising_prices_give_rsi_100_and_short_series_all_null() {
+        let core = Core::new();
+        let mut b = Bars::default();
+        for i in 0..40 {
+            let c = 1.0 + i as f64 * 0.01;
+            b.push(i, c, c, c, c, 1.0);
+        }
+        let cols = compute(&core, &b).unwrap();
+        assert_eq!(cols.values[0][39], Some(100.0));
+        let short = series(10);
+        let cols = compute(&core, &short).unwrap();
+        assert!(cols.values.iter().all(|c| c.len() == 10 && c.iter().all(|v| v.is_none())));
+    }
+}

@@ -1,0 +1,144 @@
+//! Stage `regression`: rolling OLS of close on time (the bar index) over several windows, in
+//! O(1) per row from running sums. Time is local to the window (0 = its first bar), so the
+//! intercept is the fitted close at the window's first bar.
+
+use super::{finite, Columns};
+use crate::bars::Bars;
+
+pub const WINDOWS: [usize; 3] = [60, 240, 1440];
+
+pub fn column_names() -> Vec<String> {
+    let mut names = vec![];
+    for w in WINDOWS {
+        for m in ["slope", "intercept", "r2", "rmse"] {
+            names.push(format!("{m}_{w}"));
+        }
+    }
+    names
+}
+
+/// (slope, intercept, r², rmse) per bar for one window; None during the first w-1 bars. R² is
+/// None when the window's closes do not vary (no line explains a constant).
+pub fn rolling_ols(close: &[f64], w: usize) -> [Vec<Option<f64>>; 4] {
+    let n = close.len();
+    let mut out: [Vec<Option<f64>>; 4] = std::array::from_fn(|_| vec![None; n]);
+    if w < 2 || n < w {
+        return out;
+    }
+    // Prices relative to the first close keep the running sums small and exact enough.
+    let y0 = close[0];
+    let wf = w as f64;
+    let sx = wf * (wf - 1.0) / 2.0;
+    let sxx = (wf - 1.0) * wf * (2.0 * wf - 1.0) / 6.0;
+    let var_x = sxx - sx * sx / wf;
+    // Σy, Σy², Σ i·y over the window with i the global index.
+    let (mut sy, mut syy, mut siy) = (0.0f64, 0.0f64, 0.0f64);
+    for i in 0..n {
+        let y = close[i] - y0;
+        sy += y;
+        syy += y * y;
+        siy += i as f64 * y;
+        if i >= w {
+            let j = i - w;
+            let yj = close[j] - y0;
+            sy -= yj;
+            syy -= yj * yj;
+            siy -= j as f64 * yj;
+        }
+        if i + 1 < w {
+            continue;
+        }
+        let start = (i + 1 - w) as f64;
+        let sxy = siy - start * sy;
+        let cov = sxy - sx * sy / wf;
+        let var_y = (syy - sy * sy / wf).max(0.0);
+        let slope = cov / var_x;
+        let intercept = (sy - slope * sx) / wf + y0;
+        let sse = (var_y - slope * cov).max(0.0);
+        let scale = (sy / wf + y0).abs().max(1.0);
+        let r2 = if var_y > 1e-18 * scale * scale * wf {
+            Some((slope * cov / var_y).clamp(0.0, 1.0))
+        } else {
+            None
+        };
+        out[0][i] = finite(slope);
+        out[1][i] = finite(intercept);
+        out[2][i] = r2;
+        out[3][i] = finite((sse / wf).sqrt());
+    }
+    out
+}
+
+pub fn compute(b: &Bars) -> Columns {
+    let mut values = vec![];
+    for w in WINDOWS {
+        values.extend(rolling_ols(&b.close, w));
+    }
+    Columns {
+        names: column_names(),
+        values,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The textbook O(w) fit of one window.
+    fn naive(y: &[f64]) -> (f64, f64, f64, f64) {
+        let n = y.len() as f64;
+        let mx = (n - 1.0) / 2.0;
+        let my = y.iter().sum::<f64>() / n;
+        let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+        for (i, v) in y.iter().enumerate() {
+            let dx = i as f64 - mx;
+            sxy += dx * (v - my);
+            sxx += dx * dx;
+            syy += (v - my) * (v - my);
+        }
+        let slope = sxy / sxx;
+        let intercept = my - slope * mx;
+        let sse: f64 = y
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v - intercept - slope * i as f64).powi(2))
+            .sum();
+        (slope, intercept, 1.0 - sse / syy, (sse / n).sqrt())
+    }
+
+    #[test]
+    fn matches_the_naive_fit_on_every_window() {
+        let close: Vec<f64> = (0..3000)
+            .map(|i| {
+                let x = i as f64;
+                145.0 + 0.3 * (x / 50.0).sin() + 0.001 * x + 0.05 * ((x * 7.3).sin())
+            })
+            .collect();
+        let w = 240;
+        let [s, b, r2, rmse] = rolling_ols(&close, w);
+        assert!(s[w - 2].is_none() && s[w - 1].is_some());
+        for i in (w - 1..close.len()).step_by(97) {
+            let (ns, nb, nr2, nrmse) = naive(&close[i + 1 - w..=i]);
+            assert!((s[i].unwrap() - ns).abs() < 1e-9, "slope at {i}");
+            assert!((b[i].unwrap() - nb).abs() < 1e-7, "intercept at {i}");
+            assert!((r2[i].unwrap() - nr2).abs() < 1e-7, "r2 at {i}");
+            assert!((rmse[i].unwrap() - nrmse).abs() < 1e-7, "rmse at {i}");
+        }
+    }
+
+    #[test]
+    fn exact_line_and_constant_series() {
+        let line: Vec<f64> = (0..100).map(|i| 2.0 + 0.5 * i as f64).collect();
+        let [s, b, r2, rmse] = rolling_ols(&line, 60);
+        assert!((s[99].unwrap() - 0.5).abs() < 1e-9);
+        assert!((b[99].unwrap() - (2.0 + 0.5 * 40.0)).abs() < 1e-9);
+        assert!((r2[99].unwrap() - 1.0).abs() < 1e-9);
+        assert!(rmse[99].unwrap() < 1e-6);
+        let flat = vec![1.25; 100];
+        let [s, _, r2, rmse] = rolling_ols(&flat, 60);
+        assert_eq!(s[99], Some(0.0));
+        assert_eq!(r2[99], None);
+        assert_eq!(rmse[99], Some(0.0));
+        assert!(rolling_ols(&flat[..10], 60)[0].iter().all(|v| v.is_none()));
+    }
+}

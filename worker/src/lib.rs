@@ -1,0 +1,10 @@
+//! ephemera's feature worker: claims (pair, month) partitions of 1-minute FX bars from
+//! PostgreSQL, computes feature stages and writes them back with binary COPY.
+
+pub mod bars;
+pub mod db;
+pub mod features;
+pub mod partition;
+pub mod queue;
+pub mod run;
+pub mod seed;
