@@ -10,7 +10,7 @@ SAM_VERSION := 1.170.0
 RUNSPEC ?= events/runspec.json
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: setup build test unit lint fmt lambdas bench run deploy clean
+.PHONY: setup postgres build test unit lint fmt lambdas bench run deploy clean
 
 # Python tools in a local venv: moto (the AWS emulator the tests start) and cargo-lambda.
 $(VENV)/bin/moto_server:
@@ -27,14 +27,19 @@ $(VENV)/bin/sam: $(VENV)/bin/moto_server
 node_modules/.bin/asl-validator: package.json package-lock.json
 	npm ci --no-audit --no-fund
 
-setup: $(VENV)/bin/moto_server $(VENV)/bin/sam node_modules/.bin/asl-validator
+# The worker's tests start their own PostgreSQL cluster from the server binaries.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+
+setup: $(VENV)/bin/moto_server $(VENV)/bin/sam node_modules/.bin/asl-validator postgres
 	cargo fetch --locked
 
 build:
 	cargo build --workspace --locked
 
 # Unit tests of the pure core and handlers, then the handlers against moto behind the front door.
-test: $(VENV)/bin/moto_server
+test: $(VENV)/bin/moto_server postgres
 	cargo test --workspace --locked
 
 unit:

@@ -11,8 +11,8 @@
 
 pub mod e2e;
 pub mod fixtures;
-pub mod postgres;
 pub mod frontdoor;
+pub mod postgres;
 pub mod quotas;
 pub mod worker_standin;
 

@@ -19,7 +19,11 @@ fn bin_dir() -> PathBuf {
         return PathBuf::from(d);
     }
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|r| r.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
+        .map(|r| {
+            r.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
         .unwrap_or_default();
     versions.sort();
     versions
@@ -76,12 +80,26 @@ pub fn postgres() -> &'static Postgres {
         let data = dir.join("data");
         let mut initdb = Command::new(bin.join("initdb"));
         initdb
-            .args(["-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
+            .args([
+                "-D",
+                data.to_str().unwrap(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         as_server_user(&mut initdb, user, false);
         let out = initdb.output().expect("initdb");
-        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
 
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let dir_for_thread = dir.clone();
@@ -129,12 +147,24 @@ impl Postgres {
     pub fn database(&self, name: &str) -> String {
         let psql = bin_dir().join("psql");
         let out = Command::new(psql)
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
             .args(["-c", &format!("CREATE DATABASE \"{name}\"")])
             .output()
             .expect("psql");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success() || err.contains("already exists"), "{err}");
+        assert!(
+            out.status.success() || err.contains("already exists"),
+            "{err}"
+        );
         format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
     }
 }

@@ -97,7 +97,14 @@ pub fn clean(raw: &Bars) -> (Bars, Quality) {
                 q.largest_gap_minutes = q.largest_gap_minutes.max(step / MINUTE_US);
             }
         }
-        out.push(raw.ts[i], raw.open[i], raw.high[i], raw.low[i], raw.close[i], v);
+        out.push(
+            raw.ts[i],
+            raw.open[i],
+            raw.high[i],
+            raw.low[i],
+            raw.close[i],
+            v,
+        );
     }
     q.rows_kept = out.len() as u64;
     (out, q)

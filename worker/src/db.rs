@@ -52,6 +52,7 @@ pub async fn connect(url: &str) -> Result<Client> {
 /// Creates the source table (if absent), the queue and the output tables. Idempotent.
 pub async fn init(client: &Client, source: &str) -> Result<()> {
     let source = checked_ident(source)?;
+    let idx = format!("{}_pair_ts", source.replace('.', "_"));
     let mut sql = format!(
         "CREATE SCHEMA IF NOT EXISTS ephemera;
          CREATE TABLE IF NOT EXISTS {source} (
@@ -67,8 +68,7 @@ pub async fn init(client: &Client, source: &str) -> Result<()> {
              attempts integer NOT NULL DEFAULT 0,
              rows_in bigint, rows_out bigint, quality jsonb, error text,
              updated_at timestamptz NOT NULL DEFAULT now(),
-             PRIMARY KEY (stage, pair, month));",
-        idx = format!("{}_pair_ts", source.replace('.', "_"))
+             PRIMARY KEY (stage, pair, month));"
     );
     for stage in STAGES {
         let cols: Vec<String> = stage_columns(stage)?
@@ -82,6 +82,9 @@ pub async fn init(client: &Client, source: &str) -> Result<()> {
             cols.join(", ")
         ));
     }
-    client.batch_execute(&sql).await.context("creating the schema")?;
+    client
+        .batch_execute(&sql)
+        .await
+        .context("creating the schema")?;
     Ok(())
 }

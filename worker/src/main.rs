@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use ephemera_worker::{db, queue, run, seed};
 
 #[derive(Parser)]
-#[command(name = "ephemera-worker", version, about = "FX bars in PostgreSQL to feature tables")]
+#[command(
+    name = "ephemera-worker",
+    version,
+    about = "FX bars in PostgreSQL to feature tables"
+)]
 struct Cli {
     /// postgres://user@host:port/db (the password belongs in a secret, not here).
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]

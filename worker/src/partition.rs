@@ -41,7 +41,12 @@ fn month_bounds(month: NaiveDate) -> (DateTime<Utc>, DateTime<Utc>) {
 }
 
 fn pair_literal(pair: &str) -> Result<String> {
-    if pair.is_empty() || pair.len() > 32 || !pair.chars().all(|c| c.is_ascii_alphanumeric() || "_-/.".contains(c)) {
+    if pair.is_empty()
+        || pair.len() > 32
+        || !pair
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-/.".contains(c))
+    {
         bail!("'{pair}' is not a pair name this worker reads");
     }
     Ok(format!("'{pair}'"))
@@ -51,7 +56,14 @@ async fn copy_out(client: &Client, sql: &str) -> Result<Bars> {
     let stream = client.copy_out(sql).await?;
     let rows = BinaryCopyOutStream::new(
         stream,
-        &[Type::TIMESTAMPTZ, Type::FLOAT8, Type::FLOAT8, Type::FLOAT8, Type::FLOAT8, Type::FLOAT8],
+        &[
+            Type::TIMESTAMPTZ,
+            Type::FLOAT8,
+            Type::FLOAT8,
+            Type::FLOAT8,
+            Type::FLOAT8,
+            Type::FLOAT8,
+        ],
     );
     pin_mut!(rows);
     let mut b = Bars::default();
@@ -71,7 +83,12 @@ async fn copy_out(client: &Client, sql: &str) -> Result<Bars> {
 }
 
 /// Reads the month's bars and the warm-up history before it.
-pub async fn read(client: &Client, source: &str, pair: &str, month: NaiveDate) -> Result<(Bars, Bars)> {
+pub async fn read(
+    client: &Client,
+    source: &str,
+    pair: &str,
+    month: NaiveDate,
+) -> Result<(Bars, Bars)> {
     let source = checked_ident(source)?;
     let p = pair_literal(pair)?;
     let (start, end) = month_bounds(month);
@@ -89,7 +106,7 @@ pub async fn read(client: &Client, source: &str, pair: &str, month: NaiveDate) -
         client,
         &format!(
             "COPY (SELECT ts, open, high, low, close, volume FROM {source}
-                    WHERE pair = {p} AND ts >= '{s}' AND ts < '{e}')
+                    WHERE pair = {p} AND ts >= '{s}' AND ts < '{e}' ORDER BY ts)
              TO STDOUT (FORMAT binary)"
         ),
     )
@@ -99,14 +116,22 @@ pub async fn read(client: &Client, source: &str, pair: &str, month: NaiveDate) -
 
 pub fn compute(core: &Core, stage: &str, bars: &Bars) -> Result<Columns> {
     Ok(match stage {
-        "indicators" => indicators::compute(core, bars).map_err(|e| anyhow::anyhow!("TA-Lib: {e:?}"))?,
+        "indicators" => {
+            indicators::compute(core, bars).map_err(|e| anyhow::anyhow!("TA-Lib: {e:?}"))?
+        }
         "regression" => regression::compute(bars),
         other => bail!("unknown stage '{other}'"),
     })
 }
 
 /// Processes one claimed partition.
-pub async fn process(client: &mut Client, core: &Core, source: &str, owner: &str, c: &Claim) -> Result<Done> {
+pub async fn process(
+    client: &mut Client,
+    core: &Core,
+    source: &str,
+    owner: &str,
+    c: &Claim,
+) -> Result<Done> {
     let (history, month_raw) = read(client, source, &c.pair, c.month)
         .await
         .with_context(|| format!("reading {} {}", c.pair, c.month))?;
@@ -127,7 +152,10 @@ pub async fn process(client: &mut Client, core: &Core, source: &str, owner: &str
 
     let tx = client.transaction().await?;
     tx.execute(
-        &format!("DELETE FROM ephemera.{} WHERE pair = $1 AND ts >= $2 AND ts < $3", c.stage),
+        &format!(
+            "DELETE FROM ephemera.{} WHERE pair = $1 AND ts >= $2 AND ts < $3",
+            c.stage
+        ),
         &[&c.pair, &start, &end],
     )
     .await?;
@@ -160,7 +188,15 @@ pub async fn process(client: &mut Client, core: &Core, source: &str, owner: &str
     }
     writer.finish().await?;
     let quality_json = serde_json::to_value(&quality)?;
-    queue::complete(&tx, owner, c, quality.rows_in as i64, rows_out as i64, &quality_json).await?;
+    queue::complete(
+        &tx,
+        owner,
+        c,
+        quality.rows_in as i64,
+        rows_out as i64,
+        &quality_json,
+    )
+    .await?;
     tx.commit().await?;
     Ok(Done {
         rows_in: quality.rows_in,

@@ -104,7 +104,9 @@ pub async fn complete(
                     lease_owner = NULL, lease_until = NULL, updated_at = now()
               WHERE stage = $1 AND pair = $2 AND month = $3 AND lease_owner = $4
                 AND state = 'running'",
-            &[&c.stage, &c.pair, &c.month, &owner, &rows_in, &rows_out, &quality],
+            &[
+                &c.stage, &c.pair, &c.month, &owner, &rows_in, &rows_out, &quality,
+            ],
         )
         .await?;
     if n != 1 {
@@ -119,7 +121,13 @@ pub async fn complete(
 }
 
 /// Gives a claim back after an error: pending again, or failed once attempts are used up.
-pub async fn fail(client: &Client, owner: &str, c: &Claim, error: &str, max_attempts: i32) -> Result<()> {
+pub async fn fail(
+    client: &Client,
+    owner: &str,
+    c: &Claim,
+    error: &str,
+    max_attempts: i32,
+) -> Result<()> {
     client
         .execute(
             "UPDATE ephemera.partitions
@@ -141,5 +149,8 @@ pub async fn status(client: &Client) -> Result<Vec<(String, String, i64)>> {
             &[],
         )
         .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
 }

@@ -28,8 +28,14 @@ pub async fn seed_file(client: &Client, source: &str, path: &Path) -> Result<See
         .and_then(|s| s.to_str())
         .map(str::to_ascii_uppercase)
         .filter(|p| !p.is_empty())
-        .with_context(|| format!("{}: the file name must be the pair, e.g. EURUSD.csv", path.display()))?;
-    let mut reader = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+        .with_context(|| {
+            format!(
+                "{}: the file name must be the pair, e.g. EURUSD.csv",
+                path.display()
+            )
+        })?;
+    let mut reader =
+        csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
     let headers = reader.headers()?.clone();
     let col = |name: &str| -> Result<usize> {
         headers
@@ -37,7 +43,14 @@ pub async fn seed_file(client: &Client, source: &str, path: &Path) -> Result<See
             .position(|h| h == name)
             .with_context(|| format!("{}: no '{name}' column", path.display()))
     };
-    let (t, o, h, l, c, v) = (col("time")?, col("open")?, col("high")?, col("low")?, col("close")?, col("volume")?);
+    let (t, o, h, l, c, v) = (
+        col("time")?,
+        col("open")?,
+        col("high")?,
+        col("low")?,
+        col("close")?,
+        col("volume")?,
+    );
 
     let sink = client
         .copy_in(&format!(
@@ -46,7 +59,15 @@ pub async fn seed_file(client: &Client, source: &str, path: &Path) -> Result<See
         .await?;
     let writer = BinaryCopyInWriter::new(
         sink,
-        &[Type::TEXT, Type::TIMESTAMPTZ, Type::FLOAT8, Type::FLOAT8, Type::FLOAT8, Type::FLOAT8, Type::FLOAT8],
+        &[
+            Type::TEXT,
+            Type::TIMESTAMPTZ,
+            Type::FLOAT8,
+            Type::FLOAT8,
+            Type::FLOAT8,
+            Type::FLOAT8,
+            Type::FLOAT8,
+        ],
     );
     pin_mut!(writer);
     let mut out = Seeded {
@@ -58,7 +79,11 @@ pub async fn seed_file(client: &Client, source: &str, path: &Path) -> Result<See
             out.unreadable += 1;
             continue;
         };
-        let num = |i: usize| r.get(i).and_then(|s| s.trim().parse::<f64>().ok()).unwrap_or(f64::NAN);
+        let num = |i: usize| {
+            r.get(i)
+                .and_then(|s| s.trim().parse::<f64>().ok())
+                .unwrap_or(f64::NAN)
+        };
         let Some(ts) = r
             .get(t)
             .and_then(|s| s.trim().parse::<i64>().ok())

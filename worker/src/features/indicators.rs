@@ -88,7 +88,14 @@ mod tests {
         for i in 0..n {
             let x = i as f64;
             let c = 1.1 + 0.01 * (x / 7.0).sin() + 0.0001 * x;
-            b.push(i as i64 * 60_000_000, c, c + 0.002, c - 0.002, c + 0.0005, 10.0 + (x % 5.0));
+            b.push(
+                i as i64 * 60_000_000,
+                c,
+                c + 0.002,
+                c - 0.002,
+                c + 0.0005,
+                10.0 + (x % 5.0),
+            );
         }
         b
     }
@@ -106,17 +113,27 @@ mod tests {
             ("rsi_14", core.rsi_lookback(14).unwrap()),
             ("macd", core.macd_lookback(12, 26, 9).unwrap()),
             ("adx_14", core.adx_lookback(14).unwrap()),
-            ("stoch_k", core.stoch_lookback(14, 3, MAType::SMA, 3, MAType::SMA).unwrap()),
+            (
+                "stoch_k",
+                core.stoch_lookback(14, 3, MAType::SMA, 3, MAType::SMA)
+                    .unwrap(),
+            ),
             ("cci_14", core.cci_lookback(14).unwrap()),
             ("roc_10", core.roc_lookback(10).unwrap()),
             ("mfi_14", core.mfi_lookback(14).unwrap()),
-            ("bb_middle", core.bbands_lookback(20, 2.0, 2.0, MAType::SMA).unwrap()),
+            (
+                "bb_middle",
+                core.bbands_lookback(20, 2.0, 2.0, MAType::SMA).unwrap(),
+            ),
             ("atr_14", core.atr_lookback(14).unwrap()),
         ];
         for (name, lookback) in expect {
             let i = COLUMNS.iter().position(|c| *c == name).unwrap();
-            assert_eq!(leading_none(&cols.values[i]), lookback as usize, "{name}");
-            assert!(cols.values[i][lookback as usize..].iter().all(|v| v.is_some()), "{name}");
+            assert_eq!(leading_none(&cols.values[i]), lookback, "{name}");
+            assert!(
+                cols.values[i][lookback..].iter().all(|v| v.is_some()),
+                "{name}"
+            );
         }
         // RSI(14) and the Bollinger middle band by hand at the last bar.
         let i_mid = COLUMNS.iter().position(|c| *c == "bb_middle").unwrap();
@@ -138,6 +155,9 @@ mod tests {
         assert_eq!(cols.values[0][39], Some(100.0));
         let short = series(10);
         let cols = compute(&core, &short).unwrap();
-        assert!(cols.values.iter().all(|c| c.len() == 10 && c.iter().all(|v| v.is_none())));
+        assert!(cols
+            .values
+            .iter()
+            .all(|c| c.len() == 10 && c.iter().all(|v| v.is_none())));
     }
 }
