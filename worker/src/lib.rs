@@ -4,6 +4,7 @@
 pub mod bars;
 pub mod db;
 pub mod features;
+pub mod link;
 pub mod partition;
 pub mod queue;
 pub mod run;

@@ -5,7 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use ephemera_worker::{db, queue, run, seed};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ephemera_worker::{db, link, queue, run, seed};
 
 #[derive(Parser)]
 #[command(
@@ -49,6 +53,19 @@ enum Command {
         lease_seconds: i64,
         #[arg(long, default_value_t = 3)]
         max_attempts: i32,
+        /// Secrets Manager secret holding the database URL (instead of --database-url).
+        #[arg(long)]
+        database_secret: Option<String>,
+        /// On an ephemera instance: the run's SSM path (signals and task token live there).
+        #[arg(long)]
+        ssm_prefix: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        attempt: u32,
+        #[arg(long, default_value_t = 300)]
+        heartbeat_seconds: u64,
+        /// How long to wait for the task token after saying "started".
+        #[arg(long, default_value_t = 3600)]
+        token_timeout_seconds: u64,
     },
 }
 
@@ -72,10 +89,16 @@ async fn main() -> ExitCode {
 }
 
 async fn main_inner(cli: Cli) -> Result<()> {
-    let url = cli
-        .database_url
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("--database-url (or DATABASE_URL) is required"))?;
+    let secret = match &cli.command {
+        Command::Run {
+            database_secret: Some(id),
+            ..
+        } => Some(link::database_url_from_secret(id).await?),
+        _ => None,
+    };
+    let url = secret.or_else(|| cli.database_url.clone()).ok_or_else(|| {
+        anyhow::anyhow!("--database-url (or DATABASE_URL, or --database-secret) is required")
+    })?;
     match cli.command {
         Command::Init => {
             let client = db::connect(&url).await?;
@@ -103,9 +126,15 @@ async fn main_inner(cli: Cli) -> Result<()> {
             worker_id,
             lease_seconds,
             max_attempts,
+            database_secret: _,
+            ssm_prefix,
+            attempt,
+            heartbeat_seconds,
+            token_timeout_seconds,
         } => {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let summary = run::run(run::Options {
+            let stop = Arc::new(AtomicBool::new(false));
+            let opts = run::Options {
                 database_url: url,
                 source: cli.source.clone(),
                 stages,
@@ -114,10 +143,84 @@ async fn main_inner(cli: Cli) -> Result<()> {
                 run_id,
                 lease_seconds,
                 max_attempts,
-            })
+                stop: stop.clone(),
+            };
+            let Some(prefix) = ssm_prefix else {
+                let summary = run::run(opts).await?;
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+                return Ok(());
+            };
+            orchestrated(
+                opts,
+                &prefix,
+                attempt,
+                heartbeat_seconds,
+                token_timeout_seconds,
+            )
             .await?;
-            println!("{}", serde_json::to_string_pretty(&summary)?);
         }
     }
     Ok(())
+}
+
+/// On an ephemera instance: started → work (while the token arrives) → heartbeat → report.
+async fn orchestrated(
+    opts: run::Options,
+    prefix: &str,
+    attempt: u32,
+    heartbeat_seconds: u64,
+    token_timeout_seconds: u64,
+) -> Result<()> {
+    let link = link::Link::new(prefix, attempt, heartbeat_seconds).await?;
+    let earlier_token = link.started().await?;
+    let stop = opts.stop.clone();
+    let notice = Arc::new(AtomicBool::new(false));
+    let spot = link.watch_spot(notice.clone(), stop.clone());
+    let sigterm = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if let Ok(mut s) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
+                s.recv().await;
+                tracing::warn!("SIGTERM: stopping after the current partitions");
+                stop.store(true, Ordering::SeqCst);
+            }
+        })
+    };
+    let work = tokio::spawn(run::run(opts));
+    let token = link
+        .wait_for_token(earlier_token, Duration::from_secs(token_timeout_seconds))
+        .await?;
+    let heartbeat = link.heartbeat(&token);
+    let outcome = work.await;
+    heartbeat.abort();
+    spot.abort();
+    sigterm.abort();
+    match outcome {
+        Ok(Ok(summary)) if notice.load(Ordering::SeqCst) => {
+            let cause = format!(
+                "Spot interruption notice on {} (attempt {attempt}); {} partitions done so far, the rest resume on the next attempt",
+                link.instance_id, summary.partitions_done
+            );
+            link.fail(&token, link::SPOT_INTERRUPTED, &cause).await
+        }
+        Ok(Ok(_)) if stop.load(Ordering::SeqCst) => {
+            link.fail(
+                &token,
+                link::FAILED,
+                "stopped by SIGTERM before the work was done",
+            )
+            .await
+        }
+        Ok(Ok(summary)) => {
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            link.succeed(&token, &serde_json::to_value(&summary)?).await
+        }
+        Ok(Err(e)) => link.fail(&token, link::FAILED, &format!("{e:#}")).await,
+        Err(e) => {
+            link.fail(&token, link::FAILED, &format!("the worker crashed: {e}"))
+                .await
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! `run`: enqueue the partitions, then work them off with one connection per task until none is
 //! left, and summarise from the queue (so a resumed run reports the whole job).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,6 +21,8 @@ pub struct Options {
     pub run_id: String,
     pub lease_seconds: i64,
     pub max_attempts: i32,
+    /// Set to stop claiming (Spot notice, SIGTERM); partitions in hand are finished.
+    pub stop: Arc<AtomicBool>,
 }
 
 /// The report the worker sends with its completion signal.
@@ -55,9 +58,12 @@ pub async fn run(opts: Options) -> Result<Summary> {
             let owner = format!("{}/{t}", opts.worker_id);
             let mut client = db::connect(&opts.database_url).await?;
             let mut done = 0u64;
-            while let Some(c) =
-                queue::claim(&client, &owner, &opts.stages, opts.lease_seconds, opts.max_attempts).await?
-            {
+            while !opts.stop.load(Ordering::SeqCst) {
+                let Some(c) =
+                    queue::claim(&client, &owner, &opts.stages, opts.lease_seconds, opts.max_attempts).await?
+                else {
+                    break;
+                };
                 match partition::process(&mut client, &core, &opts.source, &owner, &c).await {
                     Ok(d) => {
                         done += 1;

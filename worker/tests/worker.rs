@@ -26,6 +26,7 @@ fn options(url: &str, worker: &str, concurrency: usize) -> run::Options {
         run_id: "test".into(),
         lease_seconds: 600,
         max_attempts: 3,
+        stop: Default::default(),
     }
 }
 
