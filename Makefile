@@ -64,7 +64,9 @@ lambdas: $(VENV)/bin/cargo-lambda
 	@for f in $(LAMBDA_TARGET_DIR)/lambda/*/bootstrap; do \
 	  printf '  %-28s %10d\n' "$$(basename $$(dirname $$f))" "$$(stat -c %s $$f)"; done
 
-bench: lambdas
+# The worker against the COPY ceiling on BENCH_ROWS (5 M) generated bars, and the kernels.
+bench: postgres
+	cargo run --locked --profile perf -p ephemera-worker --bin ephemera-worker-bench
 
 # Start a run from a RunSpec file and wait for its report (STATE_MACHINE = the stack output).
 run:

@@ -12,7 +12,6 @@
 pub mod e2e;
 pub mod fixtures;
 pub mod frontdoor;
-pub mod postgres;
 pub mod quotas;
 pub mod worker_standin;
 
@@ -26,6 +25,7 @@ use std::time::{Duration, Instant};
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use ephemera_functions::Aws;
 
+pub use ephemera_pg as postgres;
 pub use frontdoor::{FaultRule, FrontDoor};
 
 pub struct Harness {

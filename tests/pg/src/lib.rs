@@ -7,6 +7,13 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
 pub struct Postgres {
     pub port: u16,
     pub dir: PathBuf,
@@ -72,7 +79,7 @@ pub fn postgres() -> &'static Postgres {
     PG.get_or_init(|| {
         let bin = bin_dir();
         let user = server_user();
-        let port = crate::free_port();
+        let port = free_port();
         let dir = std::env::temp_dir().join(format!("ephemera-pg-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();

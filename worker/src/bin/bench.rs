@@ -1,0 +1,268 @@
+//! `make bench` (ephemera-worker-bench): the worker's end-to-end time against the COPY ceiling, measured in one run on
+//! one private PostgreSQL server. The ceiling is the same I/O without the computation: every
+//! partition's bars copied out (binary) once per stage, and as many rows copied in (binary) to
+//! tables as wide as the stages' outputs. Also the regression kernel against the textbook fit.
+//!
+//! `BENCH_ROWS` (default 5,000,000) sets the volume.
+
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use ephemera_pg::postgres;
+use ephemera_worker::bars::Bars;
+use ephemera_worker::features::{indicators, regression};
+use ephemera_worker::{db, run};
+use futures_util::{pin_mut, TryStreamExt};
+use tokio_postgres::binary_copy::{BinaryCopyInWriter, BinaryCopyOutStream};
+use tokio_postgres::types::{ToSql, Type};
+
+const PAIRS: usize = 10;
+
+fn rate(rows: u64, secs: f64) -> String {
+    format!("{:.2} M rows/s", rows as f64 / secs / 1e6)
+}
+
+/// A random walk per pair, one bar a minute from 2023-01-01, loaded with binary COPY.
+async fn generate(client: &tokio_postgres::Client, rows: usize) -> u64 {
+    let per_pair = rows / PAIRS;
+    let sink = client
+        .copy_in(
+            "COPY bars_1m (pair, ts, open, high, low, close, volume) FROM STDIN (FORMAT binary)",
+        )
+        .await
+        .unwrap();
+    let w = BinaryCopyInWriter::new(
+        sink,
+        &[
+            Type::TEXT,
+            Type::TIMESTAMPTZ,
+            Type::FLOAT8,
+            Type::FLOAT8,
+            Type::FLOAT8,
+            Type::FLOAT8,
+            Type::FLOAT8,
+        ],
+    );
+    pin_mut!(w);
+    let start = DateTime::parse_from_rfc3339("2023-01-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut n = 0u64;
+    for p in 0..PAIRS {
+        let pair = format!("PAIR{p:02}");
+        let mut price = 1.0 + p as f64 * 0.1;
+        for i in 0..per_pair {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let r = (seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+            let open = price;
+            price *= 1.0 + r * 0.0004;
+            let (hi, lo) = (open.max(price) * 1.0001, open.min(price) * 0.9999);
+            let ts = start + chrono::Duration::minutes(i as i64);
+            let vol = 100.0 + (seed % 1000) as f64;
+            let row: [&(dyn ToSql + Sync); 7] = [&pair, &ts, &open, &hi, &lo, &price, &vol];
+            w.as_mut().write(&row).await.unwrap();
+            n += 1;
+        }
+    }
+    w.finish().await.unwrap();
+    client.batch_execute("ANALYZE bars_1m").await.unwrap();
+    n
+}
+
+async fn copy_out_all(client: &tokio_postgres::Client) -> u64 {
+    let s = client
+        .copy_out("COPY (SELECT ts, open, high, low, close, volume FROM bars_1m ORDER BY pair, ts) TO STDOUT (FORMAT binary)")
+        .await
+        .unwrap();
+    let rows = BinaryCopyOutStream::new(
+        s,
+        &[
+            Type::TIMESTAMPTZ,
+            Type::FLOAT8,
+            Type::FLOAT8,
+            Type::FLOAT8,
+            Type::FLOAT8,
+            Type::FLOAT8,
+        ],
+    );
+    pin_mut!(rows);
+    let mut n = 0u64;
+    let mut sum = 0.0;
+    while let Some(r) = rows.try_next().await.unwrap() {
+        sum += r.get::<f64>(4);
+        n += 1;
+    }
+    assert!(sum > 0.0);
+    n
+}
+
+async fn copy_in_wide(client: &tokio_postgres::Client, table: &str, cols: usize, rows: u64) {
+    let names: Vec<String> = (0..cols).map(|i| format!("c{i}")).collect();
+    let defs: Vec<String> = names
+        .iter()
+        .map(|c| format!("{c} double precision"))
+        .collect();
+    client
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (pair text NOT NULL, ts timestamptz NOT NULL, {}, PRIMARY KEY (pair, ts))",
+            defs.join(", ")
+        ))
+        .await
+        .unwrap();
+    let sink = client
+        .copy_in(&format!(
+            "COPY {table} (pair, ts, {}) FROM STDIN (FORMAT binary)",
+            names.join(", ")
+        ))
+        .await
+        .unwrap();
+    let mut types = vec![Type::TEXT, Type::TIMESTAMPTZ];
+    types.extend(std::iter::repeat_n(Type::FLOAT8, cols));
+    let w = BinaryCopyInWriter::new(sink, &types);
+    pin_mut!(w);
+    let start = DateTime::parse_from_rfc3339("2023-01-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let per_pair = rows / PAIRS as u64;
+    let values: Vec<Option<f64>> = (0..cols).map(|i| Some(i as f64 * 0.5)).collect();
+    for p in 0..PAIRS {
+        let pair = format!("PAIR{p:02}");
+        for i in 0..per_pair {
+            let ts = start + chrono::Duration::minutes(i as i64);
+            let mut row: Vec<&(dyn ToSql + Sync)> = vec![&pair, &ts];
+            for v in &values {
+                row.push(v);
+            }
+            w.as_mut().write(&row).await.unwrap();
+        }
+    }
+    w.finish().await.unwrap();
+}
+
+fn kernels() {
+    let n = 1_000_000;
+    let mut b = Bars::default();
+    let mut price = 1.1;
+    for i in 0..n {
+        price *= 1.0 + ((i as f64 * 0.37).sin() * 0.0003);
+        b.push(
+            i as i64 * 60_000_000,
+            price,
+            price * 1.0001,
+            price * 0.9999,
+            price,
+            100.0,
+        );
+    }
+    let core = ta_lib::Core::new();
+    let t = Instant::now();
+    let cols = indicators::compute(&core, &b).unwrap();
+    let ind = t.elapsed().as_secs_f64();
+    assert_eq!(cols.values.len(), indicators::COLUMNS.len());
+    let t = Instant::now();
+    let r = regression::rolling_ols(&b.close, 1440);
+    let fast = t.elapsed().as_secs_f64();
+    assert!(r[0][n - 1].is_some());
+    // The textbook O(w) fit per row, on a tenth of the array (it is that slow).
+    let m = n / 10;
+    let t = Instant::now();
+    let mut acc = 0.0;
+    for i in 1439..m {
+        let y = &b.close[i - 1439..=i];
+        let (mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0);
+        for (k, v) in y.iter().enumerate() {
+            let x = k as f64;
+            sx += x;
+            sy += v;
+            sxx += x * x;
+            sxy += x * v;
+        }
+        let w = y.len() as f64;
+        acc += (w * sxy - sx * sy) / (w * sxx - sx * sx);
+    }
+    let naive = t.elapsed().as_secs_f64() * 10.0;
+    assert!(acc.is_finite());
+    println!("kernels on {n} bars:");
+    println!(
+        "  indicators (17 columns, ta-lib): {:.3} s, {}",
+        ind,
+        rate(n as u64, ind)
+    );
+    println!(
+        "  rolling OLS w=1440, O(1)/row:    {:.3} s, {}",
+        fast,
+        rate(n as u64, fast)
+    );
+    println!(
+        "  rolling OLS w=1440, textbook:    {:.3} s (extrapolated), ratio {:.0}x",
+        naive,
+        naive / fast
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let rows: usize = std::env::var("BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5_000_000);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    kernels();
+    // DATABASE_URL: measure against that server instead of a private one.
+    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| postgres().database("bench"));
+    let client = db::connect(&url).await.unwrap();
+    client
+        .batch_execute("DROP SCHEMA IF EXISTS ephemera CASCADE; DROP TABLE IF EXISTS bars_1m;")
+        .await
+        .unwrap();
+    db::init(&client, "bars_1m").await.unwrap();
+    let t = Instant::now();
+    let n = generate(&client, rows).await;
+    println!(
+        "\ngenerated {n} bars ({PAIRS} pairs) in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // The ceiling: the worker's I/O for two stages, without computing anything.
+    let t = Instant::now();
+    let out1 = copy_out_all(&client).await;
+    let out2 = copy_out_all(&client).await;
+    let t_out = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    copy_in_wide(&client, "bench_in_17", indicators::COLUMNS.len(), n).await;
+    copy_in_wide(&client, "bench_in_12", regression::column_names().len(), n).await;
+    let t_in = t.elapsed().as_secs_f64();
+    let ceiling = t_out + t_in;
+    println!("COPY ceiling (one connection): out {} rows in {t_out:.1} s ({}), in {} rows in {t_in:.1} s ({}), total {ceiling:.1} s",
+        out1 + out2, rate(out1 + out2, t_out), 2 * n, rate(2 * n, t_in));
+
+    let t = Instant::now();
+    let summary = run::run(run::Options {
+        database_url: url.clone(),
+        source: "bars_1m".into(),
+        stages: vec!["indicators".into(), "regression".into()],
+        concurrency: cores,
+        worker_id: "bench".into(),
+        run_id: "bench".into(),
+        lease_seconds: 3600,
+        max_attempts: 3,
+        stop: Default::default(),
+    })
+    .await
+    .unwrap();
+    let worker = t.elapsed().as_secs_f64();
+    assert_eq!(summary.partitions_failed, 0);
+    println!(
+        "worker indicators,regression ({cores} tasks): {} partitions, {} rows out in {worker:.1} s ({})",
+        summary.partitions_done,
+        summary.rows_out,
+        rate(summary.rows_out, worker)
+    );
+    println!(
+        "ratio worker / COPY ceiling: {:.2} (target <= 1.5)",
+        worker / ceiling
+    );
+}
