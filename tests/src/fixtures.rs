@@ -176,3 +176,33 @@ pub fn runspec(run_id: &str, net: &Network, topic_arn: Option<&str>) -> Value {
     }
     v
 }
+
+/// (instance id, state) of every instance tagged for `run_id`, in any state.
+pub async fn instances_of(aws: &Aws, run_id: &str) -> Vec<(String, String)> {
+    let found = aws
+        .ec2
+        .describe_instances()
+        .filters(
+            Filter::builder()
+                .name("tag:ephemera:run")
+                .values(run_id)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("DescribeInstances");
+    found
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .map(|i| {
+            (
+                i.instance_id().unwrap_or_default().to_string(),
+                i.state()
+                    .and_then(|s| s.name())
+                    .map(|n| n.as_str().to_string())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect()
+}

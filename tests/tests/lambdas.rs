@@ -48,31 +48,11 @@ async fn launch(c: &Ctx, spec: &Value, run: &str) -> Result<WorkerState, Error> 
 
 /// Instances of this run that are pending or running.
 async fn live(c: &Ctx, run: &str) -> Vec<String> {
-    let found = c
-        .aws
-        .ec2
-        .describe_instances()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("tag:ephemera:run")
-                .values(run)
-                .build(),
-        )
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name("instance-state-name")
-                .values("pending")
-                .values("running")
-                .build(),
-        )
-        .send()
+    fixtures::instances_of(&c.aws, run)
         .await
-        .unwrap();
-    found
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .filter_map(|i| i.instance_id().map(str::to_string))
+        .into_iter()
+        .filter(|(_, state)| state == "pending" || state == "running")
+        .map(|(id, _)| id)
         .collect()
 }
 

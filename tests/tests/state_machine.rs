@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use aws_sdk_ec2::types::Filter;
 use ephemera_tests::e2e::{self, Finished};
 use ephemera_tests::fixtures::{self, Email};
 use ephemera_tests::worker_standin::{self, Behaviour};
@@ -60,36 +59,6 @@ fn report_for(run_id: &str, partitions: u64) -> Value {
            "rows_in": 1000, "rows_out": 1000, "durations": {"total_seconds": 1.5}})
 }
 
-async fn instances_of(region: &str, run_id: &str) -> Vec<(String, String)> {
-    let aws = clients(region);
-    let found = aws
-        .ec2
-        .describe_instances()
-        .filters(
-            Filter::builder()
-                .name("tag:ephemera:run")
-                .values(run_id)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    found
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .map(|i| {
-            (
-                i.instance_id().unwrap_or_default().to_string(),
-                i.state()
-                    .and_then(|s| s.name())
-                    .map(|n| n.as_str().to_string())
-                    .unwrap_or_default(),
-            )
-        })
-        .collect()
-}
-
 /// Runs one execution of the deployed definition with `spec` changed by `edit`.
 async fn scenario(
     run_id: &str,
@@ -120,7 +89,7 @@ async fn scenario(
         region,
         finished,
         emails,
-        instances: instances_of(region, run_id).await,
+        instances: fixtures::instances_of(&aws, run_id).await,
         worker_log,
     };
     eprintln!(
