@@ -150,7 +150,8 @@ async fn two_workers_share_the_work_and_an_expired_lease_is_taken_over() {
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a.processed_here + b.processed_here, 8, "{a:?} {b:?}");
-    assert_eq!(a.partitions_done, 8);
+    // Each summary counts what was done when that worker ran out of work; the later one sees all.
+    assert_eq!(a.partitions_done.max(b.partitions_done), 8, "{a:?} {b:?}");
     let taken_over: i32 = client
         .query_one(
             "SELECT attempts FROM ephemera.partitions WHERE stage = $1 AND pair = $2 AND month = $3",
