@@ -5,14 +5,31 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::features::{indicators, regression};
 
+/// Stages that compute a feature table from the bars.
 pub const STAGES: [&str; 2] = ["indicators", "regression"];
+/// Every stage a run may name, in the order a partition goes through them.
+pub const ALL_STAGES: [&str; 4] = ["indicators", "regression", "validate", "export"];
 
-/// Output columns of a stage, after (pair, ts).
+/// Output columns of a feature stage, after (pair, ts).
 pub fn stage_columns(stage: &str) -> Result<Vec<String>> {
     Ok(match stage {
         "indicators" => indicators::COLUMNS.iter().map(|s| s.to_string()).collect(),
         "regression" => regression::column_names(),
-        other => bail!("unknown stage '{other}'; stages: {}", STAGES.join(", ")),
+        other => bail!(
+            "'{other}' is not a feature stage; feature stages: {}",
+            STAGES.join(", ")
+        ),
+    })
+}
+
+/// A partition's stage waits for every stage of a lower rank in the same run: features, then
+/// their validation, then their export.
+pub fn stage_rank(stage: &str) -> Result<i32> {
+    Ok(match stage {
+        "indicators" | "regression" => 0,
+        "validate" => 1,
+        "export" => 2,
+        other => bail!("unknown stage '{other}'; stages: {}", ALL_STAGES.join(", ")),
     })
 }
 
@@ -61,14 +78,22 @@ pub async fn init(client: &Client, source: &str) -> Result<()> {
              close double precision, volume double precision);
          CREATE INDEX IF NOT EXISTS {idx} ON {source} (pair, ts);
          CREATE TABLE IF NOT EXISTS ephemera.partitions (
-             stage text NOT NULL, pair text NOT NULL, month date NOT NULL,
+             run_id text NOT NULL, stage text NOT NULL, pair text NOT NULL, month date NOT NULL,
+             rank integer NOT NULL DEFAULT 0,
              state text NOT NULL DEFAULT 'pending'
                  CHECK (state IN ('pending', 'running', 'done', 'failed')),
              lease_owner text, lease_until timestamptz,
              attempts integer NOT NULL DEFAULT 0,
              rows_in bigint, rows_out bigint, quality jsonb, error text,
              updated_at timestamptz NOT NULL DEFAULT now(),
-             PRIMARY KEY (stage, pair, month));"
+             PRIMARY KEY (run_id, stage, pair, month));
+         CREATE TABLE IF NOT EXISTS ephemera.validation (
+             run_id text NOT NULL, pair text NOT NULL, month date NOT NULL,
+             stage text NOT NULL, column_name text NOT NULL,
+             rows bigint NOT NULL, nulls bigint NOT NULL, nulls_beyond_warm_up bigint NOT NULL,
+             non_finite bigint NOT NULL, out_of_range bigint NOT NULL,
+             min double precision, max double precision,
+             PRIMARY KEY (run_id, pair, month, stage, column_name));"
     );
     for stage in STAGES {
         let cols: Vec<String> = stage_columns(stage)?

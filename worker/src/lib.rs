@@ -3,9 +3,12 @@
 
 pub mod bars;
 pub mod db;
+pub mod export;
 pub mod features;
 pub mod link;
 pub mod partition;
+pub mod progress;
 pub mod queue;
 pub mod run;
 pub mod seed;
+pub mod validate;

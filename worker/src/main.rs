@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ephemera_worker::{db, link, queue, run, seed};
+use ephemera_worker::{db, export, link, progress, queue, run, seed, validate};
 
 #[derive(Parser)]
 #[command(
@@ -34,13 +34,25 @@ enum Command {
     Init,
     /// Load CSV files of bars (one per pair, named after it) into the source table.
     Seed { files: Vec<PathBuf> },
-    /// Partitions by stage and state.
-    Status,
+    /// Partitions by run, stage and state.
+    Status {
+        /// Only this run.
+        #[arg(long)]
+        run_id: Option<String>,
+    },
+    /// The validate stage's findings for a run, as JSON (every column with a problem).
+    Report {
+        #[arg(long)]
+        run_id: String,
+    },
     /// Compute stages for every (pair, month) not done yet.
     Run {
-        /// Comma-separated: indicators, regression.
+        /// Comma-separated, from: indicators, regression, validate, export.
         #[arg(long, default_value = "indicators,regression", value_delimiter = ',')]
         stages: Vec<String>,
+        /// Where `export` writes Parquet and the manifest: s3://bucket/prefix/ or a directory.
+        #[arg(long)]
+        export: Option<String>,
         /// Parallel partitions; defaults to the number of cores.
         #[arg(long)]
         concurrency: Option<usize>,
@@ -71,15 +83,18 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A bar on a terminal (log lines printed above it); JSON log lines only otherwise.
+    let progress = progress::bar(matches!(cli.command, Command::Run { .. }));
     tracing_subscriber::fmt()
         .json()
-        .with_writer(std::io::stderr)
+        .with_writer(progress::LogWriter(progress.clone()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    match main_inner(Cli::parse()).await {
+    match main_inner(cli, progress).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -88,7 +103,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn main_inner(cli: Cli) -> Result<()> {
+async fn main_inner(cli: Cli, progress: indicatif::ProgressBar) -> Result<()> {
     let secret = match &cli.command {
         Command::Run {
             database_secret: Some(id),
@@ -113,14 +128,20 @@ async fn main_inner(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string(&s)?);
             }
         }
-        Command::Status => {
+        Command::Status { run_id } => {
             let client = db::connect(&url).await?;
-            for (stage, state, n) in queue::status(&client).await? {
-                println!("{stage:<12} {state:<8} {n}");
+            for (run, stage, state, n) in queue::status(&client, run_id.as_deref()).await? {
+                println!("{run:<24} {stage:<12} {state:<8} {n}");
             }
+        }
+        Command::Report { run_id } => {
+            let client = db::connect(&url).await?;
+            let report = validate::findings(&client, &run_id).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Run {
             stages,
+            export,
             concurrency,
             run_id,
             worker_id,
@@ -143,7 +164,9 @@ async fn main_inner(cli: Cli) -> Result<()> {
                 run_id,
                 lease_seconds,
                 max_attempts,
+                export: export.as_deref().map(export::Target::parse).transpose()?,
                 stop: stop.clone(),
+                progress,
             };
             let Some(prefix) = ssm_prefix else {
                 let summary = run::run(opts).await?;
@@ -217,7 +240,10 @@ async fn orchestrated(
             println!("{}", serde_json::to_string_pretty(&summary)?);
             link.succeed(&token, &serde_json::to_value(&summary)?).await
         }
-        Ok(Err(e)) => link.fail(&token, link::FAILED, &format!("{e:#}")).await,
+        Ok(Err(e)) => {
+            tracing::error!(error = %format!("{e:#}"), "the run failed");
+            link.fail(&token, link::FAILED, &format!("{e:#}")).await
+        }
         Err(e) => {
             link.fail(&token, link::FAILED, &format!("the worker crashed: {e}"))
                 .await

@@ -12,8 +12,10 @@ use tokio_postgres::Client;
 
 use crate::bars::{clean, Bars, Quality};
 use crate::db::{checked_ident, stage_columns};
-use crate::features::{indicators, regression, Columns};
+use crate::export::{self, Store};
+use crate::features::{indicators, regression, warm_up, Columns};
 use crate::queue::{self, Claim};
+use crate::validate;
 
 /// Bars read before the month so indicators and windows are warm at its first bar (the
 /// longest window is 1440 bars; EMA-based indicators converge well within this).
@@ -124,8 +126,186 @@ pub fn compute(core: &Core, stage: &str, bars: &Bars) -> Result<Columns> {
     })
 }
 
-/// Processes one claimed partition.
-pub async fn process(
+/// What a partition's work needs besides the claim.
+pub struct Work<'a> {
+    pub core: &'a Core,
+    pub source: &'a str,
+    pub owner: &'a str,
+    /// Where `export` writes; None when the run exports nothing.
+    pub store: Option<&'a Store>,
+}
+
+/// Processes one claimed partition of any stage.
+pub async fn process(client: &mut Client, cx: &Work<'_>, c: &Claim) -> Result<Done> {
+    match c.stage.as_str() {
+        "validate" => validate_partition(client, cx, c).await,
+        "export" => match cx.store {
+            Some(store) => export_partition(client, cx, store, c).await,
+            None => bail!("stage 'export' needs --export s3://bucket/prefix/ or a directory"),
+        },
+        _ => features(client, cx.core, cx.source, cx.owner, c).await,
+    }
+}
+
+/// A feature stage's rows for one month, read back with binary COPY out: timestamps
+/// (microseconds) and one column per output name.
+pub async fn read_features(
+    client: &Client,
+    stage: &str,
+    pair: &str,
+    month: NaiveDate,
+) -> Result<(Vec<i64>, Vec<String>, Vec<Vec<Option<f64>>>)> {
+    let names = stage_columns(stage)?;
+    let p = pair_literal(pair)?;
+    let (start, end) = month_bounds(month);
+    let stream = client
+        .copy_out(&format!(
+            "COPY (SELECT ts, {} FROM ephemera.{stage}
+                    WHERE pair = {p} AND ts >= '{}' AND ts < '{}' ORDER BY ts)
+             TO STDOUT (FORMAT binary)",
+            names.join(", "),
+            start.to_rfc3339(),
+            end.to_rfc3339()
+        ))
+        .await?;
+    let mut types = vec![Type::TIMESTAMPTZ];
+    types.extend(std::iter::repeat_n(Type::FLOAT8, names.len()));
+    let rows = BinaryCopyOutStream::new(stream, &types);
+    pin_mut!(rows);
+    let mut ts = vec![];
+    let mut values: Vec<Vec<Option<f64>>> = vec![vec![]; names.len()];
+    while let Some(r) = rows.try_next().await? {
+        ts.push(r.get::<DateTime<Utc>>(0).timestamp_micros());
+        for (k, col) in values.iter_mut().enumerate() {
+            col.push(r.get(k + 1));
+        }
+    }
+    Ok((ts, names, values))
+}
+
+/// The feature stages of this run that a partition's validate or export covers.
+async fn feature_stages(client: &Client, c: &Claim) -> Result<Vec<(String, Option<i64>)>> {
+    let rows = client
+        .query(
+            "SELECT stage, (quality->>'history_bars')::bigint FROM ephemera.partitions
+              WHERE run_id = $1 AND pair = $2 AND month = $3 AND rank = 0 ORDER BY stage",
+            &[&c.run_id, &c.pair, &c.month],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+async fn validate_partition(client: &mut Client, cx: &Work<'_>, c: &Claim) -> Result<Done> {
+    let mut checks = vec![];
+    let mut gaps = None;
+    let mut rows_in = 0u64;
+    for (stage, history) in feature_stages(client, c).await? {
+        let (ts, names, values) = read_features(client, &stage, &c.pair, c.month).await?;
+        rows_in += ts.len() as u64;
+        let warm = warm_up(cx.core, &stage).unwrap_or_default();
+        let history = history.unwrap_or(0).max(0) as usize;
+        for (k, name) in names.iter().enumerate() {
+            let expected = warm.get(k).map_or(0, |w| w.saturating_sub(history));
+            checks.push(validate::check_column(&stage, name, &values[k], expected));
+        }
+        gaps.get_or_insert_with(|| validate::gaps(&ts));
+    }
+    let report = validate::report(&checks, gaps.unwrap_or_default());
+    let tx = client.transaction().await?;
+    tx.execute(
+        "DELETE FROM ephemera.validation WHERE run_id = $1 AND pair = $2 AND month = $3",
+        &[&c.run_id, &c.pair, &c.month],
+    )
+    .await?;
+    let insert = tx
+        .prepare(
+            "INSERT INTO ephemera.validation (run_id, pair, month, stage, column_name, rows, nulls,
+                 nulls_beyond_warm_up, non_finite, out_of_range, min, max)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .await?;
+    for k in &checks {
+        tx.execute(
+            &insert,
+            &[
+                &c.run_id,
+                &c.pair,
+                &c.month,
+                &k.stage,
+                &k.column,
+                &(k.rows as i64),
+                &(k.nulls as i64),
+                &(k.nulls_beyond_warm_up as i64),
+                &(k.non_finite as i64),
+                &(k.out_of_range as i64),
+                &k.min,
+                &k.max,
+            ],
+        )
+        .await?;
+    }
+    let json = serde_json::to_value(&report)?;
+    queue::complete(&tx, cx.owner, c, rows_in as i64, 0, &json).await?;
+    tx.commit().await?;
+    if report.problems > 0 {
+        tracing::warn!(pair = %c.pair, month = %c.month, problems = report.problems, findings = ?report.findings, "validation found problems");
+    }
+    Ok(Done {
+        rows_in,
+        rows_out: 0,
+        quality: Quality::default(),
+    })
+}
+
+async fn export_partition(
+    client: &mut Client,
+    cx: &Work<'_>,
+    store: &Store,
+    c: &Claim,
+) -> Result<Done> {
+    let mut objects = vec![];
+    for (stage, _) in feature_stages(client, c).await? {
+        let (ts, names, values) = read_features(client, &stage, &c.pair, c.month).await?;
+        let rows = ts.len() as u64;
+        // Encoding is CPU work: off the async threads.
+        let pair = c.pair.clone();
+        let bytes = tokio::task::spawn_blocking(move || {
+            export::parquet(&export::Table {
+                pair: &pair,
+                ts: &ts,
+                names: &names,
+                values: &values,
+            })
+        })
+        .await??;
+        let key = store
+            .target
+            .key(&export::object_name(&stage, &c.pair, c.month));
+        let object = export::Object {
+            key: key.clone(),
+            rows,
+            bytes: bytes.len() as u64,
+            sha256: export::sha256_hex(&bytes),
+        };
+        store
+            .put(&key, bytes, "application/vnd.apache.parquet")
+            .await?;
+        objects.push(object);
+    }
+    let rows: u64 = objects.iter().map(|o| o.rows).sum();
+    let tx = client.transaction().await?;
+    let json = serde_json::json!({ "objects": objects });
+    queue::complete(&tx, cx.owner, c, rows as i64, rows as i64, &json).await?;
+    tx.commit().await?;
+    Ok(Done {
+        rows_in: rows,
+        rows_out: rows,
+        quality: Quality::default(),
+    })
+}
+
+/// Processes one claimed partition of a feature stage.
+async fn features(
     client: &mut Client,
     core: &Core,
     source: &str,
@@ -187,7 +367,9 @@ pub async fn process(
         rows_out += 1;
     }
     writer.finish().await?;
-    let quality_json = serde_json::to_value(&quality)?;
+    let mut quality_json = serde_json::to_value(&quality)?;
+    // Validate needs it: how much of each column's warm-up the history before the month covered.
+    quality_json["history_bars"] = first.into();
     queue::complete(
         &tx,
         owner,

@@ -1,14 +1,16 @@
-//! The work queue: one row per (stage, pair, month). Workers claim with `FOR UPDATE SKIP LOCKED`
-//! and a lease; an expired lease is taken over; completion is checked against the lease.
+//! The work queue: one row per (run, stage, pair, month). Workers claim with `FOR UPDATE SKIP
+//! LOCKED` and a lease; an expired lease is taken over; completion is checked against the lease.
+//! A stage waits for the lower-ranked stages of its partition (features → validate → export).
 
 use anyhow::{Context, Result};
 use chrono::NaiveDate;
 use tokio_postgres::{Client, GenericClient};
 
-use crate::db::checked_ident;
+use crate::db::{checked_ident, stage_rank};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
+    pub run_id: String,
     pub stage: String,
     pub pair: String,
     pub month: NaiveDate,
@@ -16,68 +18,113 @@ pub struct Claim {
 }
 
 /// Adds a pending row for every (stage, pair, month) in the source; existing rows are kept, so
-/// done partitions stay done (a rerun resumes).
-pub async fn enqueue(client: &Client, source: &str, stages: &[String]) -> Result<u64> {
+/// done partitions stay done (a relaunched worker of the same run resumes).
+pub async fn enqueue(
+    client: &Client,
+    run_id: &str,
+    source: &str,
+    stages: &[String],
+) -> Result<u64> {
     let source = checked_ident(source)?;
+    let ranks = stages
+        .iter()
+        .map(|s| stage_rank(s))
+        .collect::<Result<Vec<i32>>>()?;
     let n = client
         .execute(
             &format!(
-                "INSERT INTO ephemera.partitions (stage, pair, month)
-                 SELECT s, pair, month FROM unnest($1::text[]) AS s,
+                "INSERT INTO ephemera.partitions (run_id, stage, rank, pair, month)
+                 SELECT $1, s.stage, s.rank, pair, month
+                   FROM unnest($2::text[], $3::int[]) AS s (stage, rank),
                    (SELECT DISTINCT pair, date_trunc('month', ts AT TIME ZONE 'UTC')::date AS month
                       FROM {source}) AS p
                  ON CONFLICT DO NOTHING"
             ),
-            &[&stages],
+            &[&run_id, &stages, &ranks],
         )
         .await
         .context("enqueueing partitions")?;
     Ok(n)
 }
 
-/// Claims one partition: pending, or running with an expired lease. Partitions that have used
-/// up their attempts are marked failed instead.
+/// Claims one partition: pending, or running with an expired lease, whose earlier stages are
+/// done. Partitions that have used up their attempts, or wait on a stage that failed, are
+/// marked failed instead.
 pub async fn claim(
     client: &Client,
+    run_id: &str,
     owner: &str,
-    stages: &[String],
     lease_seconds: i64,
     max_attempts: i32,
 ) -> Result<Option<Claim>> {
     client
-        .execute(
+        .batch_execute(&format!(
             "UPDATE ephemera.partitions
                 SET state = 'failed', error = coalesce(error, 'lease expired ' || attempts || ' times'),
                     lease_owner = NULL, lease_until = NULL, updated_at = now()
-              WHERE state = 'running' AND lease_until < now() AND attempts >= $1
-                AND stage = ANY($2)",
-            &[&max_attempts, &stages],
-        )
+              WHERE run_id = {r} AND state = 'running' AND lease_until < now()
+                AND attempts >= {max_attempts};
+             UPDATE ephemera.partitions p
+                SET state = 'failed', error = 'an earlier stage of this partition failed',
+                    updated_at = now()
+              WHERE p.run_id = {r} AND p.state = 'pending'
+                AND EXISTS (SELECT 1 FROM ephemera.partitions q
+                             WHERE q.run_id = p.run_id AND q.pair = p.pair AND q.month = p.month
+                               AND q.rank < p.rank AND q.state = 'failed');",
+            r = quote_literal(run_id)
+        ))
         .await?;
     let row = client
         .query_opt(
-            "UPDATE ephemera.partitions p
-                SET state = 'running', lease_owner = $1,
-                    lease_until = now() + make_interval(secs => $2),
+            // The candidate is picked once (a materialised CTE): a subquery in FROM may be
+            // rescanned per outer row, and with SKIP LOCKED each rescan can pick another row.
+            "WITH c AS MATERIALIZED (
+                 SELECT stage, pair, month FROM ephemera.partitions c
+                  WHERE c.run_id = $1
+                    AND (c.state = 'pending' OR (c.state = 'running' AND c.lease_until < now()))
+                    AND c.attempts < $4
+                    AND NOT EXISTS (SELECT 1 FROM ephemera.partitions q
+                                     WHERE q.run_id = c.run_id AND q.pair = c.pair
+                                       AND q.month = c.month AND q.rank < c.rank
+                                       AND q.state <> 'done')
+                  ORDER BY rank, pair, month, stage
+                  LIMIT 1 FOR UPDATE SKIP LOCKED)
+             UPDATE ephemera.partitions p
+                SET state = 'running', lease_owner = $2,
+                    lease_until = now() + make_interval(secs => $3),
                     attempts = p.attempts + 1, updated_at = now()
-              FROM (SELECT stage, pair, month FROM ephemera.partitions
-                     WHERE stage = ANY($3)
-                       AND (state = 'pending' OR (state = 'running' AND lease_until < now()))
-                       AND attempts < $4
-                     ORDER BY pair, month, stage
-                     LIMIT 1 FOR UPDATE SKIP LOCKED) c
-             WHERE p.stage = c.stage AND p.pair = c.pair AND p.month = c.month
+               FROM c
+              WHERE p.run_id = $1 AND p.stage = c.stage AND p.pair = c.pair AND p.month = c.month
              RETURNING p.stage, p.pair, p.month, p.attempts",
-            &[&owner, &(lease_seconds as f64), &stages, &max_attempts],
+            &[&run_id, &owner, &(lease_seconds as f64), &max_attempts],
         )
         .await
         .context("claiming a partition")?;
     Ok(row.map(|r| Claim {
+        run_id: run_id.to_string(),
         stage: r.get(0),
         pair: r.get(1),
         month: r.get(2),
         attempts: r.get(3),
     }))
+}
+
+/// A string as a SQL literal (for the one batch above, which cannot take parameters).
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Whether this run still has partitions someone may work on (pending, or running under a
+/// live lease), so an idle task should wait rather than leave.
+pub async fn open_work(client: &Client, run_id: &str) -> Result<bool> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM ephemera.partitions
+                             WHERE run_id = $1 AND state IN ('pending', 'running'))",
+            &[&run_id],
+        )
+        .await?;
+    Ok(row.get(0))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,12 +147,12 @@ pub async fn complete(
     let n = tx
         .execute(
             "UPDATE ephemera.partitions
-                SET state = 'done', rows_in = $5, rows_out = $6, quality = $7, error = NULL,
+                SET state = 'done', rows_in = $6, rows_out = $7, quality = $8, error = NULL,
                     lease_owner = NULL, lease_until = NULL, updated_at = now()
-              WHERE stage = $1 AND pair = $2 AND month = $3 AND lease_owner = $4
+              WHERE run_id = $1 AND stage = $2 AND pair = $3 AND month = $4 AND lease_owner = $5
                 AND state = 'running'",
             &[
-                &c.stage, &c.pair, &c.month, &owner, &rows_in, &rows_out, &quality,
+                &c.run_id, &c.stage, &c.pair, &c.month, &owner, &rows_in, &rows_out, &quality,
             ],
         )
         .await?;
@@ -131,26 +178,38 @@ pub async fn fail(
     client
         .execute(
             "UPDATE ephemera.partitions
-                SET state = CASE WHEN attempts >= $5 THEN 'failed' ELSE 'pending' END,
-                    error = $6, lease_owner = NULL, lease_until = NULL, updated_at = now()
-              WHERE stage = $1 AND pair = $2 AND month = $3 AND lease_owner = $4",
-            &[&c.stage, &c.pair, &c.month, &owner, &max_attempts, &error],
+                SET state = CASE WHEN attempts >= $6 THEN 'failed' ELSE 'pending' END,
+                    error = $7, lease_owner = NULL, lease_until = NULL, updated_at = now()
+              WHERE run_id = $1 AND stage = $2 AND pair = $3 AND month = $4 AND lease_owner = $5",
+            &[
+                &c.run_id,
+                &c.stage,
+                &c.pair,
+                &c.month,
+                &owner,
+                &max_attempts,
+                &error,
+            ],
         )
         .await?;
     Ok(())
 }
 
-/// Partitions by stage and state.
-pub async fn status(client: &Client) -> Result<Vec<(String, String, i64)>> {
+/// Partitions by run, stage and state (one run, or every run).
+pub async fn status(
+    client: &Client,
+    run_id: Option<&str>,
+) -> Result<Vec<(String, String, String, i64)>> {
     let rows = client
         .query(
-            "SELECT stage, state, count(*) FROM ephemera.partitions
-              GROUP BY stage, state ORDER BY stage, state",
-            &[],
+            "SELECT run_id, stage, state, count(*) FROM ephemera.partitions
+              WHERE $1::text IS NULL OR run_id = $1
+              GROUP BY run_id, rank, stage, state ORDER BY run_id, rank, stage, state",
+            &[&run_id],
         )
         .await?;
     Ok(rows
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .collect())
 }

@@ -1,15 +1,22 @@
-//! `run`: enqueue the partitions, then work them off with one connection per task until none is
-//! left, and summarise from the queue (so a resumed run reports the whole job).
+//! `run`: enqueue the run's partitions, then work them off with one connection per task until
+//! none is left, and summarise from the queue (so a resumed run reports the whole job).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use serde::Serialize;
+use indicatif::ProgressBar;
+use serde::{Deserialize, Serialize};
 use ta_lib::Core;
+use tokio_postgres::Client;
 
-use crate::{db, partition, queue};
+use crate::export::{self, Store, Target};
+use crate::partition::{self, Work};
+use crate::{db, queue};
+
+/// How long an idle task waits before looking again while other partitions are in progress.
+const IDLE: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -21,88 +28,243 @@ pub struct Options {
     pub run_id: String,
     pub lease_seconds: i64,
     pub max_attempts: i32,
+    /// Where `export` writes (`s3://bucket/prefix/` or a directory).
+    pub export: Option<Target>,
     /// Set to stop claiming (Spot notice, SIGTERM); partitions in hand are finished.
     pub stop: Arc<AtomicBool>,
+    /// Drawn on a terminal; hidden otherwise.
+    pub progress: ProgressBar,
+}
+
+/// Totals of the `validate` stage over the run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Validation {
+    pub partitions: u64,
+    pub problems: u64,
+    pub nulls_beyond_warm_up: u64,
+    pub non_finite: u64,
+    pub out_of_range: u64,
+    pub unexpected_gaps: u64,
 }
 
 /// The report the worker sends with its completion signal.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
     pub run_id: String,
+    /// Partitions (stage × pair × month) of this run done, and failed for good.
     pub partitions_done: u64,
     pub partitions_failed: u64,
+    /// Bars read and feature rows written by the feature stages.
     pub rows_in: u64,
     pub rows_out: u64,
     /// Partitions this process computed (the rest were done before, or by other workers).
     pub processed_here: u64,
     pub stages: Vec<String>,
     pub seconds: f64,
+    /// Where the export manifest is, once every export partition is done.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation: Option<Validation>,
 }
 
 pub async fn run(opts: Options) -> Result<Summary> {
     let started = Instant::now();
     for s in &opts.stages {
-        db::stage_columns(s)?;
+        db::stage_rank(s)?;
+    }
+    if opts.stages.iter().any(|s| s == "export") && opts.export.is_none() {
+        anyhow::bail!("stage 'export' needs --export s3://bucket/prefix/ or a directory");
     }
     let client = db::connect(&opts.database_url).await?;
     db::init(&client, &opts.source).await?;
-    let queued = queue::enqueue(&client, &opts.source, &opts.stages).await?;
-    tracing::info!(queued, stages = ?opts.stages, "partitions enqueued");
+    let queued = queue::enqueue(&client, &opts.run_id, &opts.source, &opts.stages).await?;
+    tracing::info!(queued, run_id = %opts.run_id, stages = ?opts.stages, "partitions enqueued");
+    let store = match &opts.export {
+        Some(t) => Some(Store::new(t.clone()).await),
+        None => None,
+    };
 
+    let progress = tokio::spawn(show_progress(
+        db::connect(&opts.database_url).await?,
+        opts.run_id.clone(),
+        opts.progress.clone(),
+    ));
     let core = Arc::new(Core::new());
     let mut tasks = vec![];
     for t in 0..opts.concurrency.max(1) {
         let opts = opts.clone();
         let core = core.clone();
+        let store = store.clone();
         tasks.push(tokio::spawn(async move {
             let owner = format!("{}/{t}", opts.worker_id);
             let mut client = db::connect(&opts.database_url).await?;
-            let mut done = 0u64;
-            while !opts.stop.load(Ordering::SeqCst) {
-                let Some(c) =
-                    queue::claim(&client, &owner, &opts.stages, opts.lease_seconds, opts.max_attempts).await?
-                else {
-                    break;
-                };
-                match partition::process(&mut client, &core, &opts.source, &owner, &c).await {
-                    Ok(d) => {
-                        done += 1;
-                        tracing::info!(stage = %c.stage, pair = %c.pair, month = %c.month, rows_out = d.rows_out, "partition done");
-                    }
-                    Err(e) if e.downcast_ref::<queue::LeaseLost>().is_some() => {
-                        tracing::warn!(error = %e, "partition taken over; its work was rolled back");
-                    }
-                    Err(e) => {
-                        tracing::error!(stage = %c.stage, pair = %c.pair, month = %c.month, error = %format!("{e:#}"), "partition failed");
-                        queue::fail(&client, &owner, &c, &format!("{e:#}"), opts.max_attempts).await?;
-                    }
-                }
-            }
-            anyhow::Ok(done)
+            let cx = Work {
+                core: &core,
+                source: &opts.source,
+                owner: &owner,
+                store: store.as_ref(),
+            };
+            work(&mut client, &cx, &opts).await
         }));
     }
     let mut processed_here = 0;
     for t in tasks {
         processed_here += t.await??;
     }
+    progress.abort();
 
+    let mut summary = summarise(&client, &opts).await?;
+    summary.processed_here = processed_here;
+    if let Some(store) = &store {
+        summary.manifest = write_manifest(&client, &opts.run_id, store).await?;
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    opts.progress.finish_with_message(format!(
+        "{} done, {} failed",
+        summary.partitions_done, summary.partitions_failed
+    ));
+    Ok(summary)
+}
+
+/// One task: claim, process, repeat; wait while others hold partitions this run still needs.
+async fn work(client: &mut Client, cx: &Work<'_>, opts: &Options) -> Result<u64> {
+    let mut done = 0u64;
+    while !opts.stop.load(Ordering::SeqCst) {
+        let claim = queue::claim(
+            client,
+            &opts.run_id,
+            cx.owner,
+            opts.lease_seconds,
+            opts.max_attempts,
+        )
+        .await?;
+        let Some(c) = claim else {
+            if !queue::open_work(client, &opts.run_id).await? {
+                break;
+            }
+            tokio::time::sleep(IDLE).await;
+            continue;
+        };
+        match partition::process(client, cx, &c).await {
+            Ok(d) => {
+                done += 1;
+                tracing::info!(stage = %c.stage, pair = %c.pair, month = %c.month, rows_out = d.rows_out, "partition done");
+            }
+            Err(e) if e.downcast_ref::<queue::LeaseLost>().is_some() => {
+                tracing::warn!(error = %e, "partition taken over; its work was rolled back");
+            }
+            Err(e) => {
+                tracing::error!(stage = %c.stage, pair = %c.pair, month = %c.month, error = %format!("{e:#}"), "partition failed");
+                queue::fail(client, cx.owner, &c, &format!("{e:#}"), opts.max_attempts).await?;
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Keeps the bar at the run's done/total, whoever does the work.
+async fn show_progress(client: Client, run_id: String, bar: ProgressBar) {
+    loop {
+        if let Ok(r) = client
+            .query_one(
+                "SELECT count(*), count(*) FILTER (WHERE state IN ('done', 'failed'))
+                   FROM ephemera.partitions WHERE run_id = $1",
+                &[&run_id],
+            )
+            .await
+        {
+            bar.set_length(r.get::<_, i64>(0) as u64);
+            bar.set_position(r.get::<_, i64>(1) as u64);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn summarise(client: &Client, opts: &Options) -> Result<Summary> {
     let row = client
         .query_one(
             "SELECT count(*) FILTER (WHERE state = 'done'), count(*) FILTER (WHERE state = 'failed'),
-                    coalesce(sum(rows_in) FILTER (WHERE state = 'done'), 0)::bigint,
-                    coalesce(sum(rows_out) FILTER (WHERE state = 'done'), 0)::bigint
-               FROM ephemera.partitions WHERE stage = ANY($1)",
-            &[&opts.stages],
+                    coalesce(sum(rows_in) FILTER (WHERE state = 'done' AND rank = 0), 0)::bigint,
+                    coalesce(sum(rows_out) FILTER (WHERE state = 'done' AND rank = 0), 0)::bigint
+               FROM ephemera.partitions WHERE run_id = $1",
+            &[&opts.run_id],
         )
         .await?;
+    let validation = if opts.stages.iter().any(|s| s == "validate") {
+        let v = client
+            .query_one(
+                "SELECT count(*),
+                        coalesce(sum((quality->>'problems')::bigint), 0)::bigint,
+                        coalesce(sum((quality->>'nulls_beyond_warm_up')::bigint), 0)::bigint,
+                        coalesce(sum((quality->>'non_finite')::bigint), 0)::bigint,
+                        coalesce(sum((quality->>'out_of_range')::bigint), 0)::bigint,
+                        coalesce(sum((quality->>'unexpected')::bigint), 0)::bigint
+                   FROM ephemera.partitions
+                  WHERE run_id = $1 AND stage = 'validate' AND state = 'done'",
+                &[&opts.run_id],
+            )
+            .await?;
+        let g = |i: usize| v.get::<_, i64>(i) as u64;
+        Some(Validation {
+            partitions: g(0),
+            problems: g(1),
+            nulls_beyond_warm_up: g(2),
+            non_finite: g(3),
+            out_of_range: g(4),
+            unexpected_gaps: g(5),
+        })
+    } else {
+        None
+    };
     Ok(Summary {
         run_id: opts.run_id.clone(),
         partitions_done: row.get::<_, i64>(0) as u64,
         partitions_failed: row.get::<_, i64>(1) as u64,
         rows_in: row.get::<_, i64>(2) as u64,
         rows_out: row.get::<_, i64>(3) as u64,
-        processed_here,
+        processed_here: 0,
         stages: opts.stages.clone(),
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: 0.0,
+        manifest: None,
+        validation,
     })
+}
+
+/// Writes the manifest once every export partition of the run is done; returns where it is.
+async fn write_manifest(client: &Client, run_id: &str, store: &Store) -> Result<Option<String>> {
+    let rows = client
+        .query(
+            "SELECT state, quality->'objects' FROM ephemera.partitions
+              WHERE run_id = $1 AND stage = 'export'",
+            &[&run_id],
+        )
+        .await?;
+    if rows.is_empty() || rows.iter().any(|r| r.get::<_, String>(0) != "done") {
+        tracing::warn!(run_id, "export incomplete: no manifest written");
+        return Ok(None);
+    }
+    let mut objects: Vec<export::Object> = vec![];
+    for r in &rows {
+        let v: Option<serde_json::Value> = r.get(1);
+        objects.extend(serde_json::from_value::<Vec<export::Object>>(
+            v.unwrap_or_else(|| serde_json::json!([])),
+        )?);
+    }
+    objects.sort_by(|a, b| a.key.cmp(&b.key));
+    let manifest = export::Manifest {
+        run_id: run_id.to_string(),
+        objects,
+    };
+    let key = store.target.key("manifest.json");
+    store
+        .put(
+            &key,
+            serde_json::to_vec_pretty(&manifest)?,
+            "application/json",
+        )
+        .await?;
+    let url = store.target.url(&key);
+    tracing::info!(manifest = %url, objects = manifest.objects.len(), "manifest written");
+    Ok(Some(url))
 }

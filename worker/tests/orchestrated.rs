@@ -11,7 +11,7 @@ use axum::routing::{get, put};
 use axum::Router;
 use ephemera_tests::postgres::postgres;
 use ephemera_tests::{clients, e2e, fixtures, fresh_region, harness};
-use ephemera_worker::{db, seed};
+use ephemera_worker::{db, export, seed};
 use serde_json::json;
 
 /// A local IMDSv2: a session token, this instance's id, and (when set) a Spot notice.
@@ -100,7 +100,9 @@ fn worker(
         .args([
             "run",
             "--stages",
-            "indicators,regression",
+            "indicators,regression,validate,export",
+            "--export",
+            &format!("s3://{BUCKET}/runs/{run_id}/"),
             "--concurrency",
             "2",
         ])
@@ -125,6 +127,8 @@ fn worker(
         .unwrap()
 }
 
+const BUCKET: &str = "ephemera-features";
+
 #[tokio::test]
 async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption() {
     let run_id = "worker-e2e";
@@ -140,8 +144,10 @@ async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption()
     let net = fixtures::network(&aws).await;
     let inbox = fixtures::inbox(region, "worker-e2e").await;
     let mut spec = fixtures::runspec(run_id, &net, Some(&inbox.topic_arn));
-    // 1 pair × 2 months × 2 stages.
-    spec["expect"] = json!({"partitions": 4, "min_rows": 100000});
+    aws.s3.create_bucket().bucket(BUCKET).send().await.unwrap();
+    // 1 pair × 2 months × 4 stages; the export checked by verify-completion.
+    spec["expect"] = json!({"partitions": 8, "min_rows": 100000,
+                            "export_prefix": format!("s3://{BUCKET}/runs/{run_id}/")});
     spec["limits"]["heartbeat_seconds"] = json!(30);
     let machine = e2e::create_state_machine(region).await;
     let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;
@@ -179,7 +185,24 @@ async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption()
     assert_eq!(done.status, "SUCCEEDED", "{done:?}");
     assert_eq!(done.visited("Relaunch"), 1, "{:?}", done.path);
     let result = &done.output["result"];
-    assert_eq!(result["partitions_done"], 4, "{result}");
+    assert_eq!(result["partitions_done"], 8, "{result}");
+    assert_eq!(
+        result["manifest"],
+        format!("s3://{BUCKET}/runs/{run_id}/manifest.json")
+    );
+    assert_eq!(result["validation"]["partitions"], 2, "{result}");
+    assert_eq!(result["validation"]["out_of_range"], 0, "{result}");
+    let checks = done.output["verification"]["checks"].as_array().unwrap();
+    for name in [
+        "objects_present",
+        "object_sizes",
+        "manifest_rows_match_report",
+    ] {
+        assert!(
+            checks.iter().any(|c| c["name"] == name && c["ok"] == true),
+            "{name}: {checks:?}"
+        );
+    }
     assert_eq!(result["partitions_failed"], 0);
     assert!(result["rows_out"].as_u64().unwrap() > 100_000);
     assert_eq!(done.output["verification"]["ok"], true);
@@ -214,5 +237,34 @@ async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption()
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 4);
+    assert_eq!(n, 8);
+
+    // The manifest in S3 lists every Parquet file with its real size and checksum.
+    let s3 = clients(region).s3;
+    let get = |key: String| {
+        let s3 = s3.clone();
+        async move {
+            let o = s3
+                .get_object()
+                .bucket(BUCKET)
+                .key(key)
+                .send()
+                .await
+                .unwrap();
+            o.body.collect().await.unwrap().into_bytes().to_vec()
+        }
+    };
+    let manifest: export::Manifest =
+        serde_json::from_slice(&get(format!("runs/{run_id}/manifest.json")).await).unwrap();
+    assert_eq!(manifest.run_id, run_id);
+    assert_eq!(manifest.objects.len(), 4, "2 months × 2 feature stages");
+    for o in &manifest.objects {
+        let bytes = get(o.key.clone()).await;
+        assert_eq!(bytes.len() as u64, o.bytes, "{}", o.key);
+        assert_eq!(export::sha256_hex(&bytes), o.sha256, "{}", o.key);
+    }
+    assert_eq!(
+        manifest.objects.iter().map(|o| o.rows).sum::<u64>(),
+        result["rows_out"].as_u64().unwrap()
+    );
 }

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use ephemera_tests::postgres::postgres;
-use ephemera_worker::{db, queue, run, seed};
+use ephemera_worker::{db, export, partition, queue, run, seed, validate};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 fn data(pair: &str) -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -26,7 +27,9 @@ fn options(url: &str, worker: &str, concurrency: usize) -> run::Options {
         run_id: "test".into(),
         lease_seconds: 600,
         max_attempts: 3,
+        export: None,
         stop: Default::default(),
+        progress: indicatif::ProgressBar::hidden(),
     }
 }
 
@@ -130,9 +133,11 @@ async fn two_workers_share_the_work_and_an_expired_lease_is_taken_over() {
         .await
         .unwrap();
     let stages = vec!["indicators".to_string(), "regression".to_string()];
-    queue::enqueue(&client, "bars_1m", &stages).await.unwrap();
+    queue::enqueue(&client, "test", "bars_1m", &stages)
+        .await
+        .unwrap();
     // A worker that died holding a partition: its lease has expired.
-    let dead = queue::claim(&client, "dead", &stages, 600, 3)
+    let dead = queue::claim(&client, "test", "dead", 600, 3)
         .await
         .unwrap()
         .unwrap();
@@ -200,8 +205,10 @@ async fn a_lost_lease_rolls_the_partition_back_and_bad_rows_are_counted() {
         .await
         .unwrap();
     let stages = vec!["indicators".to_string()];
-    queue::enqueue(&client, "bars_1m", &stages).await.unwrap();
-    let c = queue::claim(&client, "slow", &stages, 600, 3)
+    queue::enqueue(&client, "test", "bars_1m", &stages)
+        .await
+        .unwrap();
+    let c = queue::claim(&client, "test", "slow", 600, 3)
         .await
         .unwrap()
         .unwrap();
@@ -211,7 +218,13 @@ async fn a_lost_lease_rolls_the_partition_back_and_bad_rows_are_counted() {
         .await
         .unwrap();
     let core = ta_lib::Core::new();
-    let err = ephemera_worker::partition::process(&mut client, &core, "bars_1m", "slow", &c)
+    let work = partition::Work {
+        core: &core,
+        source: "bars_1m",
+        owner: "slow",
+        store: None,
+    };
+    let err = partition::process(&mut client, &work, &c)
         .await
         .unwrap_err();
     assert!(err.downcast_ref::<queue::LeaseLost>().is_some(), "{err:#}");
@@ -252,5 +265,221 @@ async fn a_lost_lease_rolls_the_partition_back_and_bad_rows_are_counted() {
         )
         .await,
         4
+    );
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[tokio::test]
+async fn validates_and_exports_parquet_with_a_manifest_and_flags_planted_faults() {
+    let url = postgres().database("worker_export");
+    let client = db::connect(&url).await.unwrap();
+    db::init(&client, "bars_1m").await.unwrap();
+    seed::seed_file(&client, "bars_1m", &data("USDCHF"))
+        .await
+        .unwrap();
+    let dir = scratch("export");
+    let mut o = options(&url, "w", 2);
+    o.run_id = "exported".into();
+    o.stages = ["indicators", "regression", "validate", "export"]
+        .map(String::from)
+        .to_vec();
+    o.export = Some(export::Target::Dir(dir.clone()));
+    let s = run::run(o.clone()).await.unwrap();
+    // One pair × two months × four stages.
+    assert_eq!((s.partitions_done, s.partitions_failed), (8, 0), "{s:?}");
+    let v = s.validation.clone().unwrap();
+    assert_eq!(v.partitions, 2);
+    // The real bars: every value finite and in range; NULLs only in warm-up (April has no
+    // history) or where R² is undefined.
+    assert_eq!(
+        (v.non_finite, v.out_of_range, v.problems),
+        (0, 0, 0),
+        "{v:?}"
+    );
+
+    let manifest_path = dir.join("manifest.json");
+    assert_eq!(s.manifest.as_deref(), Some(manifest_path.to_str().unwrap()));
+    let m: export::Manifest =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    assert_eq!(m.run_id, "exported");
+    assert_eq!(m.objects.len(), 4);
+    assert_eq!(m.objects.iter().map(|o| o.rows).sum::<u64>(), s.rows_out);
+    for obj in &m.objects {
+        let bytes = std::fs::read(dir.join(&obj.key)).unwrap();
+        assert_eq!(
+            (bytes.len() as u64, export::sha256_hex(&bytes)),
+            (obj.bytes, obj.sha256.clone())
+        );
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+            .unwrap()
+            .build()
+            .unwrap();
+        let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+        assert_eq!(rows as u64, obj.rows, "{}", obj.key);
+    }
+    let april = m
+        .objects
+        .iter()
+        .find(|o| o.key == "indicators/pair=USDCHF/month=2023-04/part.parquet")
+        .unwrap();
+    assert_eq!(
+        april.rows as i64,
+        count(
+            &client,
+            "SELECT count(*) FROM ephemera.indicators WHERE ts < '2023-05-01Z'"
+        )
+        .await
+    );
+
+    // Plant faults in May's output, validate again: each is found and named.
+    client
+        .batch_execute(
+            "UPDATE ephemera.indicators SET rsi_14 = 140 WHERE ts = (SELECT min(ts) + interval '3 days' FROM ephemera.indicators WHERE ts >= '2023-05-01Z');
+             UPDATE ephemera.indicators SET macd = NULL WHERE ts = (SELECT max(ts) FROM ephemera.indicators);
+             UPDATE ephemera.regression SET rmse_60 = 'NaN' WHERE ts = (SELECT max(ts) FROM ephemera.regression);
+             UPDATE ephemera.partitions SET state = 'pending', attempts = 0
+              WHERE run_id = 'exported' AND stage IN ('validate', 'export') AND month = '2023-05-01';",
+        )
+        .await
+        .unwrap();
+    let s = run::run(o).await.unwrap();
+    let after = s.validation.unwrap();
+    assert_eq!(
+        (after.out_of_range, after.nulls_beyond_warm_up, after.non_finite),
+        (1, v.nulls_beyond_warm_up + 1, 1),
+        "{after:?}"
+    );
+    assert_eq!(after.problems, 3);
+    let flagged = validate::findings(&client, "exported").await.unwrap();
+    let names: Vec<String> = flagged["flagged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            format!(
+                "{} {} {}",
+                f["month"].as_str().unwrap(),
+                f["stage"].as_str().unwrap(),
+                f["column"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "2023-05-01 indicators macd",
+            "2023-05-01 indicators rsi_14",
+            "2023-05-01 regression rmse_60"
+        ]
+    );
+}
+
+/// A digest of a run's output tables, independent of the order rows were written in.
+async fn output_digest(client: &tokio_postgres::Client) -> (String, String) {
+    let d = |t: &str| {
+        format!("SELECT md5(string_agg(x::text, '|' ORDER BY pair, ts)) FROM ephemera.{t} x")
+    };
+    let a: String = client
+        .query_one(&d("indicators"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    let b: String = client
+        .query_one(&d("regression"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    (a, b)
+}
+
+#[tokio::test]
+async fn killed_mid_run_and_run_again_gives_the_same_tables_as_one_clean_run() {
+    let clean_url = postgres().database("worker_clean");
+    let killed_url = postgres().database("worker_killed");
+    for url in [&clean_url, &killed_url] {
+        let client = db::connect(url).await.unwrap();
+        db::init(&client, "bars_1m").await.unwrap();
+        for pair in ["EURUSD", "GBPUSD", "USDJPY"] {
+            seed::seed_file(&client, "bars_1m", &data(pair))
+                .await
+                .unwrap();
+        }
+    }
+    let clean = run::run(options(&clean_url, "clean", 2)).await.unwrap();
+    assert_eq!(clean.partitions_done, 12);
+
+    let worker = |url: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ephemera-worker"))
+            .args([
+                "run",
+                "--run-id",
+                "test",
+                "--concurrency",
+                "2",
+                "--lease-seconds",
+                "2",
+            ])
+            .args(["--database-url", url])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let client = db::connect(&killed_url).await.unwrap();
+    let mut child = worker(&killed_url);
+    // Kill it once some partitions are done and others are in flight.
+    let t0 = std::time::Instant::now();
+    loop {
+        let done = client
+            .query_one(
+                "SELECT count(*) FROM ephemera.partitions WHERE state = 'done'",
+                &[],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(0);
+        if done >= 2 {
+            break;
+        }
+        assert!(
+            t0.elapsed().as_secs() < 120,
+            "the worker never finished a partition"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap(); // SIGKILL: no cleanup, leases left behind
+    child.wait().unwrap();
+    let in_flight = count(
+        &client,
+        "SELECT count(*) FROM ephemera.partitions WHERE state <> 'done'",
+    )
+    .await;
+    assert!(in_flight > 0, "killed too late to test anything");
+
+    // The next worker waits out the dead one's leases and takes its partitions over.
+    let status = worker(&killed_url).wait().unwrap();
+    assert!(status.success());
+    assert_eq!(
+        count(
+            &client,
+            "SELECT count(*) FROM ephemera.partitions WHERE state = 'done'"
+        )
+        .await,
+        12
+    );
+    let clean_client = db::connect(&clean_url).await.unwrap();
+    assert_eq!(
+        output_digest(&client).await,
+        output_digest(&clean_client).await
+    );
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM ephemera.indicators").await,
+        count(&clean_client, "SELECT count(*) FROM ephemera.indicators").await
     );
 }

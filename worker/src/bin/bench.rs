@@ -249,7 +249,9 @@ async fn main() {
         run_id: "bench".into(),
         lease_seconds: 3600,
         max_attempts: 3,
+        export: None,
         stop: Default::default(),
+        progress: indicatif::ProgressBar::hidden(),
     })
     .await
     .unwrap();

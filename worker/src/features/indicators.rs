@@ -79,6 +79,34 @@ pub fn compute(core: &Core, b: &Bars) -> Result<Columns, RetCode> {
     })
 }
 
+/// TA-Lib's lookback (bars without a value at the start of a series) of each column.
+pub fn warm_up(core: &Core) -> Vec<usize> {
+    let macd = core.macd_lookback(12, 26, 9).unwrap_or(0);
+    let stoch = core
+        .stoch_lookback(14, 3, MAType::SMA, 3, MAType::SMA)
+        .unwrap_or(0);
+    let bb = core.bbands_lookback(20, 2.0, 2.0, MAType::SMA).unwrap_or(0);
+    vec![
+        core.rsi_lookback(14).unwrap_or(0),
+        macd,
+        macd,
+        macd,
+        core.adx_lookback(14).unwrap_or(0),
+        core.plus_di_lookback(14).unwrap_or(0),
+        core.minus_di_lookback(14).unwrap_or(0),
+        stoch,
+        stoch,
+        core.cci_lookback(14).unwrap_or(0),
+        core.willr_lookback(14).unwrap_or(0),
+        core.roc_lookback(10).unwrap_or(0),
+        core.mfi_lookback(14).unwrap_or(0),
+        bb,
+        bb,
+        bb,
+        core.atr_lookback(14).unwrap_or(0),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,8 +155,13 @@ mod tests {
             ),
             ("atr_14", core.atr_lookback(14).unwrap()),
         ];
+        let warm = warm_up(&core);
+        for (i, col) in cols.values.iter().enumerate() {
+            assert_eq!(leading_none(col), warm[i], "{}", COLUMNS[i]);
+        }
         for (name, lookback) in expect {
             let i = COLUMNS.iter().position(|c| *c == name).unwrap();
+            assert_eq!(warm[i], lookback, "{name}");
             assert_eq!(leading_none(&cols.values[i]), lookback, "{name}");
             assert!(
                 cols.values[i][lookback..].iter().all(|v| v.is_some()),

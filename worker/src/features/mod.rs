@@ -3,6 +3,15 @@
 pub mod indicators;
 pub mod regression;
 
+/// Leading bars without a value, per output column of a feature stage.
+pub fn warm_up(core: &ta_lib::Core, stage: &str) -> Option<Vec<usize>> {
+    match stage {
+        "indicators" => Some(indicators::warm_up(core)),
+        "regression" => Some(regression::warm_up()),
+        _ => None,
+    }
+}
+
 /// A stage's output: column names and, per column, one value per bar.
 pub struct Columns {
     pub names: Vec<String>,

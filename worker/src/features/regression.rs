@@ -17,6 +17,11 @@ pub fn column_names() -> Vec<String> {
     names
 }
 
+/// Bars without a value at the start of a series, per column (a window needs w bars).
+pub fn warm_up() -> Vec<usize> {
+    WINDOWS.iter().flat_map(|&w| [w - 1; 4]).collect()
+}
+
 /// (slope, intercept, r², rmse) per bar for one window; None during the first w-1 bars. R² is
 /// None when the window's closes do not vary (no line explains a constant).
 pub fn rolling_ols(close: &[f64], w: usize) -> [Vec<Option<f64>>; 4] {
