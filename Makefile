@@ -7,6 +7,9 @@ MOTO_VERSION := 5.2.5
 CARGO_LAMBDA_VERSION := 1.9.2
 CFN_LINT_VERSION := 1.58.0
 SAM_VERSION := 1.170.0
+# The reference the worker's indicators are tested against (a wheel that bundles TA-Lib's C library).
+TALIB_VERSION := 0.8.2
+NUMPY_VERSION := 2.4.6
 RUNSPEC ?= events/runspec.json
 export SAM_CLI_TELEMETRY := 0
 
@@ -17,6 +20,10 @@ $(VENV)/bin/moto_server:
 	python3 -m venv $(VENV) || { apt-get update -qq && apt-get install -y -qq python3-venv && python3 -m venv $(VENV); }
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q 'moto[server]==$(MOTO_VERSION)'
+
+$(VENV)/.talib-$(TALIB_VERSION): $(VENV)/bin/moto_server
+	$(VENV)/bin/pip install -q 'TA-Lib==$(TALIB_VERSION)' 'numpy==$(NUMPY_VERSION)'
+	touch $@
 
 $(VENV)/bin/cargo-lambda: $(VENV)/bin/moto_server
 	$(VENV)/bin/pip install -q 'cargo-lambda==$(CARGO_LAMBDA_VERSION)'
@@ -32,14 +39,14 @@ postgres:
 	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
 
-setup: $(VENV)/bin/moto_server $(VENV)/bin/sam node_modules/.bin/asl-validator postgres
+setup: $(VENV)/bin/moto_server $(VENV)/.talib-$(TALIB_VERSION) $(VENV)/bin/sam node_modules/.bin/asl-validator postgres
 	cargo fetch --locked
 
 build:
 	cargo build --workspace --locked
 
 # Unit tests of the pure core and handlers, then the handlers against moto behind the front door.
-test: $(VENV)/bin/moto_server postgres
+test: $(VENV)/bin/moto_server $(VENV)/.talib-$(TALIB_VERSION) postgres
 	cargo test --workspace --locked
 
 unit:

@@ -11,6 +11,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
 
+use crate::bars::Bars;
 use crate::db::checked_ident;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
@@ -21,8 +22,9 @@ pub struct Seeded {
     pub unreadable: u64,
 }
 
-pub async fn seed_file(client: &Client, source: &str, path: &Path) -> Result<Seeded> {
-    let source = checked_ident(source)?;
+/// Reads one pair's CSV file as it is (defects included): the pair (from the file name), its
+/// bars in file order, and how many lines could not be read.
+pub fn read_csv(path: &Path) -> Result<(String, Bars, u64)> {
     let pair = path
         .file_stem()
         .and_then(|s| s.to_str())
@@ -51,7 +53,44 @@ pub async fn seed_file(client: &Client, source: &str, path: &Path) -> Result<See
         col("close")?,
         col("volume")?,
     );
+    let mut bars = Bars::default();
+    let mut unreadable = 0;
+    for record in reader.records() {
+        let Ok(r) = record else {
+            unreadable += 1;
+            continue;
+        };
+        let num = |i: usize| {
+            r.get(i)
+                .and_then(|s| s.trim().parse::<f64>().ok())
+                .unwrap_or(f64::NAN)
+        };
+        let Some(ts) = r
+            .get(t)
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .and_then(|s| DateTime::<Utc>::from_timestamp(s, 0))
+        else {
+            unreadable += 1;
+            continue;
+        };
+        bars.push(
+            ts.timestamp_micros(),
+            num(o),
+            num(h),
+            num(l),
+            num(c),
+            num(v),
+        );
+    }
+    Ok((pair, bars, unreadable))
+}
 
+pub async fn seed_file(client: &Client, source: &str, path: &Path) -> Result<Seeded> {
+    let source = checked_ident(source)?;
+    let (pair, bars, unreadable) = read_csv(path)?;
+    if bars.is_empty() {
+        bail!("{}: no readable rows", path.display());
+    }
     let sink = client
         .copy_in(&format!(
             "COPY {source} (pair, ts, open, high, low, close, volume) FROM STDIN (FORMAT binary)"
@@ -70,36 +109,23 @@ pub async fn seed_file(client: &Client, source: &str, path: &Path) -> Result<See
         ],
     );
     pin_mut!(writer);
-    let mut out = Seeded {
-        pair: pair.clone(),
-        ..Seeded::default()
-    };
-    for record in reader.records() {
-        let Ok(r) = record else {
-            out.unreadable += 1;
-            continue;
-        };
-        let num = |i: usize| {
-            r.get(i)
-                .and_then(|s| s.trim().parse::<f64>().ok())
-                .unwrap_or(f64::NAN)
-        };
-        let Some(ts) = r
-            .get(t)
-            .and_then(|s| s.trim().parse::<i64>().ok())
-            .and_then(|s| DateTime::<Utc>::from_timestamp(s, 0))
-        else {
-            out.unreadable += 1;
-            continue;
-        };
-        let (vo, vh, vl, vc, vv) = (num(o), num(h), num(l), num(c), num(v));
-        let row: [&(dyn ToSql + Sync); 7] = [&pair, &ts, &vo, &vh, &vl, &vc, &vv];
+    for i in 0..bars.len() {
+        let ts = DateTime::<Utc>::from_timestamp_micros(bars.ts[i]).unwrap_or_default();
+        let row: [&(dyn ToSql + Sync); 7] = [
+            &pair,
+            &ts,
+            &bars.open[i],
+            &bars.high[i],
+            &bars.low[i],
+            &bars.close[i],
+            &bars.volume[i],
+        ];
         writer.as_mut().write(&row).await?;
-        out.rows += 1;
     }
     writer.finish().await?;
-    if out.rows == 0 {
-        bail!("{}: no readable rows", path.display());
-    }
-    Ok(out)
+    Ok(Seeded {
+        pair,
+        rows: bars.len() as u64,
+        unreadable,
+    })
 }

@@ -351,7 +351,11 @@ async fn validates_and_exports_parquet_with_a_manifest_and_flags_planted_faults(
     let s = run::run(o).await.unwrap();
     let after = s.validation.unwrap();
     assert_eq!(
-        (after.out_of_range, after.nulls_beyond_warm_up, after.non_finite),
+        (
+            after.out_of_range,
+            after.nulls_beyond_warm_up,
+            after.non_finite
+        ),
         (1, v.nulls_beyond_warm_up + 1, 1),
         "{after:?}"
     );

@@ -30,30 +30,42 @@ pub fn rolling_ols(close: &[f64], w: usize) -> [Vec<Option<f64>>; 4] {
     if w < 2 || n < w {
         return out;
     }
-    // Prices relative to the first close keep the running sums small and exact enough.
-    let y0 = close[0];
     let wf = w as f64;
     let sx = wf * (wf - 1.0) / 2.0;
     let sxx = (wf - 1.0) * wf * (2.0 * wf - 1.0) / 6.0;
     let var_x = sxx - sx * sx / wf;
-    // Σy, Σy², Σ i·y over the window with i the global index.
+    // Σy, Σy², Σ(i−a)·y over the window, with y = close − y0. Running sums drift and cancel as
+    // they slide, so every w bars they are recomputed exactly over the window with a fresh
+    // anchor (a = the window's first bar, y0 = its close): amortised O(1), accurate to about
+    // a two-pass fit.
+    let (mut y0, mut a) = (close[0], 0usize);
     let (mut sy, mut syy, mut siy) = (0.0f64, 0.0f64, 0.0f64);
     for i in 0..n {
-        let y = close[i] - y0;
-        sy += y;
-        syy += y * y;
-        siy += i as f64 * y;
-        if i >= w {
+        if i >= w && i % w == 0 {
+            a = i + 1 - w;
+            y0 = close[a];
+            (sy, syy, siy) = (0.0, 0.0, 0.0);
+            for (j, c) in close.iter().enumerate().take(i).skip(a) {
+                let y = c - y0;
+                sy += y;
+                syy += y * y;
+                siy += (j - a) as f64 * y;
+            }
+        } else if i >= w {
             let j = i - w;
             let yj = close[j] - y0;
             sy -= yj;
             syy -= yj * yj;
-            siy -= j as f64 * yj;
+            siy -= (j - a) as f64 * yj;
         }
+        let y = close[i] - y0;
+        sy += y;
+        syy += y * y;
+        siy += (i - a) as f64 * y;
         if i + 1 < w {
             continue;
         }
-        let start = (i + 1 - w) as f64;
+        let start = (i + 1 - w - a) as f64;
         let sxy = siy - start * sy;
         let cov = sxy - sx * sy / wf;
         let var_y = (syy - sy * sy / wf).max(0.0);
