@@ -72,7 +72,7 @@ lambdas: $(VENV)/bin/cargo-lambda
 	  printf '  %-28s %10d\n' "$$(basename $$(dirname $$f))" "$$(stat -c %s $$f)"; done
 
 # The worker against the COPY ceiling on BENCH_ROWS (5 M) generated bars, and the kernels.
-bench: postgres
+bench: postgres $(VENV)/.talib-$(TALIB_VERSION)
 	cargo run --locked --profile perf -p ephemera-worker --bin ephemera-worker-bench
 
 # Start a run from a RunSpec file and wait for its report (STATE_MACHINE = the stack output).

@@ -125,6 +125,9 @@ mod tests {
         raw.push(3 * m, f64::NAN, 1.1, 0.9, 1.0, 1.0);
         raw.push(4 * m, 1.0, 1.1, 0.9, 0.0, 1.0);
         raw.push(5 * m, 1.0, 0.8, 0.9, 0.85, 1.0); // high < low
+        raw.push(6 * m, 1.0, f64::INFINITY, 0.9, 1.0, 1.0);
+        raw.push(7 * m, -1.0, 1.1, 0.9, 1.0, 1.0);
+        raw.push(8 * m, 1.0, 1.1, 0.9, f64::NEG_INFINITY, 1.0);
         raw.push(65 * m, 1.0, 1.1, 0.9, 1.0, -3.0); // gap of 63 minutes, volume fixed
         let (bars, q) = clean(&raw);
         assert_eq!(bars.ts, vec![0, m, 2 * m, 65 * m]);
@@ -133,8 +136,8 @@ mod tests {
         assert_eq!(
             q,
             Quality {
-                rows_in: 8,
-                bad_price: 2,
+                rows_in: 11,
+                bad_price: 5,
                 high_below_low: 1,
                 bad_volume: 2,
                 out_of_order: 1,

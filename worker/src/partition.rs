@@ -13,7 +13,7 @@ use tokio_postgres::Client;
 use crate::bars::{clean, Bars, Quality};
 use crate::db::{checked_ident, stage_columns};
 use crate::export::{self, Store};
-use crate::features::{indicators, regression, warm_up, Columns};
+use crate::features::{finite, indicators, regression, warm_up, Columns};
 use crate::queue::{self, Claim};
 use crate::validate;
 
@@ -355,7 +355,7 @@ async fn features(
     for i in first..bars.len() {
         let ts = DateTime::<Utc>::from_timestamp_micros(bars.ts[i]).unwrap_or_default();
         for (k, col) in cols.values.iter().enumerate() {
-            row[k] = col[i];
+            row[k] = finite(col[i]);
         }
         let mut refs: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(names.len() + 2);
         refs.push(&c.pair);

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use ephemera_worker::bars::clean;
-use ephemera_worker::features::{indicators, regression};
+use ephemera_worker::features::{finite, indicators, regression};
 use ephemera_worker::seed::read_csv;
 
 fn root() -> PathBuf {
@@ -130,7 +130,7 @@ fn indicators_match_talib_and_regression_matches_a_two_pass_fit_on_every_pair() 
             .collect();
         let ind = indicators::compute(&core, &b).unwrap();
         let reg = regression::compute(&b);
-        let ours: Vec<(&String, &Vec<Option<f64>>)> = ind
+        let ours: Vec<(&String, &Vec<f64>)> = ind
             .names
             .iter()
             .zip(&ind.values)
@@ -154,7 +154,8 @@ fn indicators_match_talib_and_regression_matches_a_two_pass_fit_on_every_pair() 
                     && i >= 14
                     && b.close[i - 14..=i].iter().all(|c| *c == b.close[i])
             };
-            let w = compare(name, values, theirs, rel, abs, |i, o, t| {
+            let values: Vec<Option<f64>> = values.iter().map(|v| finite(*v)).collect();
+            let w = compare(name, &values, theirs, rel, abs, |i, o, t| {
                 let e = excused(i, o, t) && (o - t).abs() > rel * t.abs() + abs;
                 excused_bars += e as usize;
                 e

@@ -142,6 +142,34 @@ async fn copy_in_wide(client: &tokio_postgres::Client, table: &str, cols: usize,
     w.finish().await.unwrap();
 }
 
+/// TA-Lib's C library on the same bars and the same 17 columns, best of 3, through the PyPI
+/// wheel `make setup` installs (numpy arrays in, so Python adds only a call per column).
+fn talib_c_seconds(b: &Bars) -> Result<f64, String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = root.join(".venv/bin/python");
+    let path = std::env::temp_dir().join(format!("ephemera-bench-{}.bars", std::process::id()));
+    let mut bytes = Vec::with_capacity(b.len() * 40);
+    for col in [&b.open, &b.high, &b.low, &b.close, &b.volume] {
+        for x in col.iter() {
+            bytes.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    std::fs::write(&path, bytes).map_err(|e| e.to_string())?;
+    let out = std::process::Command::new(&python)
+        .arg(root.join("worker/tests/reference/talib_bench.py"))
+        .arg(&path)
+        .output()
+        .map_err(|e| format!("{}: {e}; run `make setup`", python.display()))?;
+    let _ = std::fs::remove_file(&path);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|e| format!("{e}"))
+}
+
 fn kernels() {
     let n = 1_000_000;
     let mut b = Bars::default();
@@ -158,14 +186,18 @@ fn kernels() {
         );
     }
     let core = ta_lib::Core::new();
-    let t = Instant::now();
-    let cols = indicators::compute(&core, &b).unwrap();
-    let ind = t.elapsed().as_secs_f64();
-    assert_eq!(cols.values.len(), indicators::COLUMNS.len());
+    let mut ind = f64::INFINITY;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let cols = indicators::compute(&core, &b).unwrap();
+        ind = ind.min(t.elapsed().as_secs_f64());
+        assert_eq!(cols.values.len(), indicators::COLUMNS.len());
+    }
+    let talib_c = talib_c_seconds(&b);
     let t = Instant::now();
     let r = regression::rolling_ols(&b.close, 1440);
     let fast = t.elapsed().as_secs_f64();
-    assert!(r[0][n - 1].is_some());
+    assert!(r[0][n - 1].is_finite());
     // The textbook O(w) fit per row, on a tenth of the array (it is that slow).
     let m = n / 10;
     let t = Instant::now();
@@ -187,10 +219,18 @@ fn kernels() {
     assert!(acc.is_finite());
     println!("kernels on {n} bars:");
     println!(
-        "  indicators (17 columns, ta-lib): {:.3} s, {}",
+        "  indicators (17 columns, ta-lib crate): {:.3} s, {}",
         ind,
         rate(n as u64, ind)
     );
+    match talib_c {
+        Ok(c) => println!(
+            "  indicators, TA-Lib C (PyPI wheel): {c:.3} s, {}; ratio TA-Lib C / ours {:.2}",
+            rate(n as u64, c),
+            c / ind
+        ),
+        Err(e) => println!("  indicators, TA-Lib C: not measured ({e})"),
+    }
     println!(
         "  rolling OLS w=1440, O(1)/row:    {:.3} s, {}",
         fast,

@@ -2,7 +2,7 @@
 
 use ta_lib::{Core, MAType, OutRange, RetCode};
 
-use super::{finite, Columns};
+use super::Columns;
 use crate::bars::Bars;
 
 pub const COLUMNS: [&str; 17] = [
@@ -25,23 +25,31 @@ pub const COLUMNS: [&str; 17] = [
     "atr_14",
 ];
 
-/// Spreads TA-Lib's packed output (values from `beg_idx` on) over the series; None before.
-fn place(n: usize, r: OutRange, packed: &[f64]) -> Vec<Option<f64>> {
-    let mut out = vec![None; n];
-    for k in 0..r.count {
-        out[r.beg_idx + k] = finite(packed[k]);
-    }
-    out
-}
-
-/// Runs one TA-Lib call with `outputs` buffers; a series shorter than the warm-up gives all None.
+/// Runs one TA-Lib call into `K` output columns of n bars and moves its packed output (values
+/// from `beg_idx` on) into place: NaN before, and NaN for any non-finite value.
 fn run<const K: usize>(
     n: usize,
     f: impl FnOnce(&mut [Vec<f64>; K]) -> Result<OutRange, RetCode>,
-) -> Result<[Vec<Option<f64>>; K], RetCode> {
-    let mut bufs: [Vec<f64>; K] = std::array::from_fn(|_| vec![0.0; n.max(1)]);
-    let r = f(&mut bufs)?;
-    Ok(std::array::from_fn(|k| place(n, r, &bufs[k])))
+) -> Result<[Vec<f64>; K], RetCode> {
+    let mut out: [Vec<f64>; K] = std::array::from_fn(|_| vec![f64::NAN; n.max(1)]);
+    let r = f(&mut out)?;
+    for col in out.iter_mut() {
+        col.truncate(n);
+        let count = r.count.min(n.saturating_sub(r.beg_idx));
+        col.copy_within(0..count, r.beg_idx);
+        for v in &mut col[..r.beg_idx.min(n)] {
+            *v = f64::NAN;
+        }
+        for v in &mut col[r.beg_idx.min(n) + count..] {
+            *v = f64::NAN;
+        }
+        for v in col.iter_mut() {
+            if !v.is_finite() {
+                *v = f64::NAN;
+            }
+        }
+    }
+    Ok(out)
 }
 
 pub fn compute(core: &Core, b: &Bars) -> Result<Columns, RetCode> {
@@ -128,8 +136,8 @@ mod tests {
         b
     }
 
-    fn leading_none(col: &[Option<f64>]) -> usize {
-        col.iter().take_while(|v| v.is_none()).count()
+    fn leading_none(col: &[f64]) -> usize {
+        col.iter().take_while(|v| v.is_nan()).count()
     }
 
     #[test]
@@ -164,16 +172,19 @@ mod tests {
             assert_eq!(warm[i], lookback, "{name}");
             assert_eq!(leading_none(&cols.values[i]), lookback, "{name}");
             assert!(
-                cols.values[i][lookback..].iter().all(|v| v.is_some()),
+                cols.values[i][lookback..].iter().all(|v| v.is_finite()),
                 "{name}"
             );
         }
         // RSI(14) and the Bollinger middle band by hand at the last bar.
         let i_mid = COLUMNS.iter().position(|c| *c == "bb_middle").unwrap();
         let sma20: f64 = b.close[280..300].iter().sum::<f64>() / 20.0;
-        assert!((cols.values[i_mid][299].unwrap() - sma20).abs() < 1e-12);
+        assert!((cols.values[i_mid][299] - sma20).abs() < 1e-12);
         let rsi = &cols.values[0];
-        assert!(rsi.iter().flatten().all(|r| (0.0..=100.0).contains(r)));
+        assert!(rsi
+            .iter()
+            .filter(|r| !r.is_nan())
+            .all(|r| (0.0..=100.0).contains(r)));
     }
 
     #[test]
@@ -185,12 +196,12 @@ mod tests {
             b.push(i, c, c, c, c, 1.0);
         }
         let cols = compute(&core, &b).unwrap();
-        assert_eq!(cols.values[0][39], Some(100.0));
+        assert_eq!(cols.values[0][39], 100.0);
         let short = series(10);
         let cols = compute(&core, &short).unwrap();
         assert!(cols
             .values
             .iter()
-            .all(|c| c.len() == 10 && c.iter().all(|v| v.is_none())));
+            .all(|c| c.len() == 10 && c.iter().all(|v| v.is_nan())));
     }
 }

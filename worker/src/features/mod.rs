@@ -15,10 +15,12 @@ pub fn warm_up(core: &ta_lib::Core, stage: &str) -> Option<Vec<usize>> {
 /// A stage's output: column names and, per column, one value per bar.
 pub struct Columns {
     pub names: Vec<String>,
-    pub values: Vec<Vec<Option<f64>>>,
+    /// NaN where a value is undefined (warm-up, a division by a zero range): written as NULL.
+    /// Plain f64 rather than Option halves the memory and lets TA-Lib write in place.
+    pub values: Vec<Vec<f64>>,
 }
 
 /// NULL where the value is not finite (a division by a zero range, say).
-pub(crate) fn finite(x: f64) -> Option<f64> {
+pub fn finite(x: f64) -> Option<f64> {
     x.is_finite().then_some(x)
 }

@@ -2,7 +2,15 @@
 //! O(1) per row from running sums. Time is local to the window (0 = its first bar), so the
 //! intercept is the fitted close at the window's first bar.
 
-use super::{finite, Columns};
+use super::Columns;
+
+fn nan_unless_finite(x: f64) -> f64 {
+    if x.is_finite() {
+        x
+    } else {
+        f64::NAN
+    }
+}
 use crate::bars::Bars;
 
 pub const WINDOWS: [usize; 3] = [60, 240, 1440];
@@ -24,9 +32,9 @@ pub fn warm_up() -> Vec<usize> {
 
 /// (slope, intercept, r², rmse) per bar for one window; None during the first w-1 bars. R² is
 /// None when the window's closes do not vary (no line explains a constant).
-pub fn rolling_ols(close: &[f64], w: usize) -> [Vec<Option<f64>>; 4] {
+pub fn rolling_ols(close: &[f64], w: usize) -> [Vec<f64>; 4] {
     let n = close.len();
-    let mut out: [Vec<Option<f64>>; 4] = std::array::from_fn(|_| vec![None; n]);
+    let mut out: [Vec<f64>; 4] = std::array::from_fn(|_| vec![f64::NAN; n]);
     if w < 2 || n < w {
         return out;
     }
@@ -74,14 +82,14 @@ pub fn rolling_ols(close: &[f64], w: usize) -> [Vec<Option<f64>>; 4] {
         let sse = (var_y - slope * cov).max(0.0);
         let scale = (sy / wf + y0).abs().max(1.0);
         let r2 = if var_y > 1e-18 * scale * scale * wf {
-            Some((slope * cov / var_y).clamp(0.0, 1.0))
+            (slope * cov / var_y).clamp(0.0, 1.0)
         } else {
-            None
+            f64::NAN
         };
-        out[0][i] = finite(slope);
-        out[1][i] = finite(intercept);
+        out[0][i] = nan_unless_finite(slope);
+        out[1][i] = nan_unless_finite(intercept);
         out[2][i] = r2;
-        out[3][i] = finite((sse / wf).sqrt());
+        out[3][i] = nan_unless_finite((sse / wf).sqrt());
     }
     out
 }
@@ -133,13 +141,13 @@ mod tests {
             .collect();
         let w = 240;
         let [s, b, r2, rmse] = rolling_ols(&close, w);
-        assert!(s[w - 2].is_none() && s[w - 1].is_some());
+        assert!(s[w - 2].is_nan() && s[w - 1].is_finite());
         for i in (w - 1..close.len()).step_by(97) {
             let (ns, nb, nr2, nrmse) = naive(&close[i + 1 - w..=i]);
-            assert!((s[i].unwrap() - ns).abs() < 1e-9, "slope at {i}");
-            assert!((b[i].unwrap() - nb).abs() < 1e-7, "intercept at {i}");
-            assert!((r2[i].unwrap() - nr2).abs() < 1e-7, "r2 at {i}");
-            assert!((rmse[i].unwrap() - nrmse).abs() < 1e-7, "rmse at {i}");
+            assert!((s[i] - ns).abs() < 1e-9, "slope at {i}");
+            assert!((b[i] - nb).abs() < 1e-7, "intercept at {i}");
+            assert!((r2[i] - nr2).abs() < 1e-7, "r2 at {i}");
+            assert!((rmse[i] - nrmse).abs() < 1e-7, "rmse at {i}");
         }
     }
 
@@ -147,15 +155,15 @@ mod tests {
     fn exact_line_and_constant_series() {
         let line: Vec<f64> = (0..100).map(|i| 2.0 + 0.5 * i as f64).collect();
         let [s, b, r2, rmse] = rolling_ols(&line, 60);
-        assert!((s[99].unwrap() - 0.5).abs() < 1e-9);
-        assert!((b[99].unwrap() - (2.0 + 0.5 * 40.0)).abs() < 1e-9);
-        assert!((r2[99].unwrap() - 1.0).abs() < 1e-9);
-        assert!(rmse[99].unwrap() < 1e-6);
+        assert!((s[99] - 0.5).abs() < 1e-9);
+        assert!((b[99] - (2.0 + 0.5 * 40.0)).abs() < 1e-9);
+        assert!((r2[99] - 1.0).abs() < 1e-9);
+        assert!(rmse[99] < 1e-6);
         let flat = vec![1.25; 100];
         let [s, _, r2, rmse] = rolling_ols(&flat, 60);
-        assert_eq!(s[99], Some(0.0));
-        assert_eq!(r2[99], None);
-        assert_eq!(rmse[99], Some(0.0));
-        assert!(rolling_ols(&flat[..10], 60)[0].iter().all(|v| v.is_none()));
+        assert_eq!(s[99], 0.0);
+        assert!(r2[99].is_nan());
+        assert_eq!(rmse[99], 0.0);
+        assert!(rolling_ols(&flat[..10], 60)[0].iter().all(|v| v.is_nan()));
     }
 }
