@@ -25,28 +25,29 @@ pub const COLUMNS: [&str; 17] = [
     "atr_14",
 ];
 
-/// Runs one TA-Lib call into `K` output columns of n bars and moves its packed output (values
-/// from `beg_idx` on) into place: NaN before, and NaN for any non-finite value.
+/// Runs one TA-Lib call whose lookback is `lb` straight into `K` columns of n bars: TA-Lib
+/// writes its packed output at `lb..`, the warm-up stays NaN, nothing is copied. Should a call
+/// start elsewhere than its lookback, its output is moved to where it belongs.
 fn run<const K: usize>(
     n: usize,
-    f: impl FnOnce(&mut [Vec<f64>; K]) -> Result<OutRange, RetCode>,
+    lb: usize,
+    f: impl FnOnce(&mut [&mut [f64]; K]) -> Result<OutRange, RetCode>,
 ) -> Result<[Vec<f64>; K], RetCode> {
-    let mut out: [Vec<f64>; K] = std::array::from_fn(|_| vec![f64::NAN; n.max(1)]);
-    let r = f(&mut out)?;
-    for col in out.iter_mut() {
-        col.truncate(n);
-        let count = r.count.min(n.saturating_sub(r.beg_idx));
-        col.copy_within(0..count, r.beg_idx);
-        for v in &mut col[..r.beg_idx.min(n)] {
-            *v = f64::NAN;
-        }
-        for v in &mut col[r.beg_idx.min(n) + count..] {
-            *v = f64::NAN;
-        }
-        for v in col.iter_mut() {
-            if !v.is_finite() {
-                *v = f64::NAN;
-            }
+    let mut out: [Vec<f64>; K] = std::array::from_fn(|_| vec![f64::NAN; n]);
+    if n <= lb {
+        return Ok(out);
+    }
+    let r = {
+        let mut slices = out.each_mut().map(|v| &mut v[lb..]);
+        f(&mut slices)?
+    };
+    if r.beg_idx != lb || r.count != n - lb {
+        for col in out.iter_mut() {
+            let count = r.count.min(n - lb).min(n.saturating_sub(r.beg_idx));
+            col.copy_within(lb..lb + count, r.beg_idx.min(n));
+            let (start, end) = (r.beg_idx.min(n), (r.beg_idx + count).min(n));
+            col[..start].fill(f64::NAN);
+            col[end..].fill(f64::NAN);
         }
     }
     Ok(out)
@@ -63,22 +64,26 @@ pub fn compute(core: &Core, b: &Bars) -> Result<Columns, RetCode> {
     }
     let e = n - 1;
     let (h, l, c, v) = (&b.high[..], &b.low[..], &b.close[..], &b.volume[..]);
-    let [rsi] = run(n, |[o]| core.rsi(0, e, c, 14, o))?;
-    let [macd, signal, hist] = run(n, |[a, s, hh]| core.macd(0, e, c, 12, 26, 9, a, s, hh))?;
-    let [adx] = run(n, |[o]| core.adx(0, e, h, l, c, 14, o))?;
-    let [pdi] = run(n, |[o]| core.plus_di(0, e, h, l, c, 14, o))?;
-    let [mdi] = run(n, |[o]| core.minus_di(0, e, h, l, c, 14, o))?;
-    let [k, d] = run(n, |[k, d]| {
+    // Lookbacks by column (see COLUMNS).
+    let w = warm_up(core);
+    let [rsi] = run(n, w[0], |[o]| core.rsi(0, e, c, 14, o))?;
+    let [macd, signal, hist] = run(n, w[1], |[a, s, hh]| {
+        core.macd(0, e, c, 12, 26, 9, a, s, hh)
+    })?;
+    let [adx] = run(n, w[4], |[o]| core.adx(0, e, h, l, c, 14, o))?;
+    let [pdi] = run(n, w[5], |[o]| core.plus_di(0, e, h, l, c, 14, o))?;
+    let [mdi] = run(n, w[6], |[o]| core.minus_di(0, e, h, l, c, 14, o))?;
+    let [k, d] = run(n, w[7], |[k, d]| {
         core.stoch(0, e, h, l, c, 14, 3, MAType::SMA, 3, MAType::SMA, k, d)
     })?;
-    let [cci] = run(n, |[o]| core.cci(0, e, h, l, c, 14, o))?;
-    let [willr] = run(n, |[o]| core.willr(0, e, h, l, c, 14, o))?;
-    let [roc] = run(n, |[o]| core.roc(0, e, c, 10, o))?;
-    let [mfi] = run(n, |[o]| core.mfi(0, e, h, l, c, v, 14, o))?;
-    let [up, mid, low] = run(n, |[u, m, lo]| {
+    let [cci] = run(n, w[9], |[o]| core.cci(0, e, h, l, c, 14, o))?;
+    let [willr] = run(n, w[10], |[o]| core.willr(0, e, h, l, c, 14, o))?;
+    let [roc] = run(n, w[11], |[o]| core.roc(0, e, c, 10, o))?;
+    let [mfi] = run(n, w[12], |[o]| core.mfi(0, e, h, l, c, v, 14, o))?;
+    let [up, mid, low] = run(n, w[13], |[u, m, lo]| {
         core.bbands(0, e, c, 20, 2.0, 2.0, MAType::SMA, u, m, lo)
     })?;
-    let [atr] = run(n, |[o]| core.atr(0, e, h, l, c, 14, o))?;
+    let [atr] = run(n, w[16], |[o]| core.atr(0, e, h, l, c, 14, o))?;
     Ok(Columns {
         names,
         values: vec![

@@ -15,7 +15,8 @@ pub fn warm_up(core: &ta_lib::Core, stage: &str) -> Option<Vec<usize>> {
 /// A stage's output: column names and, per column, one value per bar.
 pub struct Columns {
     pub names: Vec<String>,
-    /// NaN where a value is undefined (warm-up, a division by a zero range): written as NULL.
+    /// A non-finite value (NaN in the warm-up, or a division by a zero range) is undefined and
+    /// written as NULL.
     /// Plain f64 rather than Option halves the memory and lets TA-Lib write in place.
     pub values: Vec<Vec<f64>>,
 }
