@@ -84,14 +84,15 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    // A bar on a terminal (log lines printed above it); JSON log lines only otherwise.
+    // A bar on a terminal (log lines printed above it); JSON log lines only otherwise. The
+    // server's NOTICEs (schema already exists, ...) are not worth a line each.
     let progress = progress::bar(matches!(cli.command, Command::Run { .. }));
     tracing_subscriber::fmt()
         .json()
         .with_writer(progress::LogWriter(progress.clone()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn")),
         )
         .init();
     match main_inner(cli, progress).await {

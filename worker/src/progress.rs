@@ -8,7 +8,8 @@ pub fn bar(wanted: bool) -> ProgressBar {
     if !(wanted && std::io::stderr().is_terminal()) {
         return ProgressBar::hidden();
     }
-    let bar = ProgressBar::new(0);
+    // Length 0 until the queue is read, shown as an empty bar rather than a full one.
+    let bar = ProgressBar::new(1);
     bar.set_style(
         ProgressStyle::with_template(
             "{elapsed_precise} [{wide_bar}] {pos}/{len} partitions, eta {eta} {msg}",
