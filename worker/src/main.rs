@@ -1,5 +1,8 @@
 //! `ephemera-worker`: the heavy job, on the instance or locally.
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

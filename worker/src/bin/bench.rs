@@ -5,6 +5,9 @@
 //!
 //! `BENCH_ROWS` (default 5,000,000) sets the volume.
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
