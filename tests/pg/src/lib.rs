@@ -74,9 +74,31 @@ fn chown(path: &Path, user: Option<(u32, u32)>) {
     }
 }
 
+/// Removes the clusters of test processes that have ended. A server dies with its process
+/// (no destructor runs for a static), so its directory is swept by the next one instead;
+/// without this, every test run and bench leaves gigabytes behind in the temp directory.
+fn sweep_dead_clusters() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("ephemera-pg-")) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// The server, started on first use; it lives as long as the test process.
 pub fn postgres() -> &'static Postgres {
     PG.get_or_init(|| {
+        sweep_dead_clusters();
         let bin = bin_dir();
         let user = server_user();
         let port = free_port();
