@@ -1,6 +1,7 @@
 //! Connection and schema: the source table, the work queue and one output table per stage.
 
 use anyhow::{bail, Context, Result};
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, NoTls};
 
 use crate::features::{indicators, regression};
@@ -31,6 +32,38 @@ pub fn stage_rank(stage: &str) -> Result<i32> {
         "export" => 2,
         other => bail!("unknown stage '{other}'; stages: {}", ALL_STAGES.join(", ")),
     })
+}
+
+/// Binary COPY row types of a bar as the worker reads it: ts, open, high, low, close, volume.
+pub const BAR_TYPES: [Type; 6] = [
+    Type::TIMESTAMPTZ,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+];
+
+/// Binary COPY row types of a source row: the pair, then a bar.
+pub const SOURCE_TYPES: [Type; 7] = [
+    Type::TEXT,
+    Type::TIMESTAMPTZ,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+];
+
+/// Binary COPY row types of a feature row: (pair,) ts, then `columns` values.
+pub fn feature_types(with_pair: bool, columns: usize) -> Vec<Type> {
+    let mut types = if with_pair {
+        vec![Type::TEXT, Type::TIMESTAMPTZ]
+    } else {
+        vec![Type::TIMESTAMPTZ]
+    };
+    types.extend(std::iter::repeat_n(Type::FLOAT8, columns));
+    types
 }
 
 /// A SQL identifier, possibly schema-qualified, of plain letters, digits and underscores.

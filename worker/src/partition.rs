@@ -7,11 +7,11 @@ use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use futures_util::{pin_mut, TryStreamExt};
 use ta_lib::Core;
 use tokio_postgres::binary_copy::{BinaryCopyInWriter, BinaryCopyOutStream};
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 use crate::bars::{clean, Bars, Quality};
-use crate::db::{checked_ident, stage_columns};
+use crate::db::{checked_ident, feature_types, stage_columns, BAR_TYPES};
 use crate::export::{self, Store};
 use crate::features::{finite, indicators, regression, warm_up, Columns};
 use crate::queue::{self, Claim};
@@ -56,17 +56,7 @@ fn pair_literal(pair: &str) -> Result<String> {
 
 async fn copy_out(client: &Client, sql: &str) -> Result<Bars> {
     let stream = client.copy_out(sql).await?;
-    let rows = BinaryCopyOutStream::new(
-        stream,
-        &[
-            Type::TIMESTAMPTZ,
-            Type::FLOAT8,
-            Type::FLOAT8,
-            Type::FLOAT8,
-            Type::FLOAT8,
-            Type::FLOAT8,
-        ],
-    );
+    let rows = BinaryCopyOutStream::new(stream, &BAR_TYPES);
     pin_mut!(rows);
     let mut b = Bars::default();
     let nan = |v: Option<f64>| v.unwrap_or(f64::NAN);
@@ -168,9 +158,7 @@ pub async fn read_features(
             end.to_rfc3339()
         ))
         .await?;
-    let mut types = vec![Type::TIMESTAMPTZ];
-    types.extend(std::iter::repeat_n(Type::FLOAT8, names.len()));
-    let rows = BinaryCopyOutStream::new(stream, &types);
+    let rows = BinaryCopyOutStream::new(stream, &feature_types(false, names.len()));
     pin_mut!(rows);
     let mut ts = vec![];
     let mut values: Vec<Vec<Option<f64>>> = vec![vec![]; names.len()];
@@ -346,9 +334,7 @@ async fn features(
             names.join(", ")
         ))
         .await?;
-    let mut types = vec![Type::TEXT, Type::TIMESTAMPTZ];
-    types.extend(std::iter::repeat_n(Type::FLOAT8, names.len()));
-    let writer = BinaryCopyInWriter::new(sink, &types);
+    let writer = BinaryCopyInWriter::new(sink, &feature_types(true, names.len()));
     pin_mut!(writer);
     let mut rows_out = 0u64;
     let mut row: Vec<Option<f64>> = vec![None; names.len()];

@@ -8,11 +8,11 @@ use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
 use futures_util::pin_mut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 use crate::bars::Bars;
-use crate::db::checked_ident;
+use crate::db::{checked_ident, SOURCE_TYPES};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Seeded {
@@ -96,18 +96,7 @@ pub async fn seed_file(client: &Client, source: &str, path: &Path) -> Result<See
             "COPY {source} (pair, ts, open, high, low, close, volume) FROM STDIN (FORMAT binary)"
         ))
         .await?;
-    let writer = BinaryCopyInWriter::new(
-        sink,
-        &[
-            Type::TEXT,
-            Type::TIMESTAMPTZ,
-            Type::FLOAT8,
-            Type::FLOAT8,
-            Type::FLOAT8,
-            Type::FLOAT8,
-            Type::FLOAT8,
-        ],
-    );
+    let writer = BinaryCopyInWriter::new(sink, &SOURCE_TYPES);
     pin_mut!(writer);
     for i in 0..bars.len() {
         let ts = DateTime::<Utc>::from_timestamp_micros(bars.ts[i]).unwrap_or_default();

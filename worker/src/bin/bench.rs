@@ -17,7 +17,7 @@ use ephemera_worker::features::{indicators, regression};
 use ephemera_worker::{db, run};
 use futures_util::{pin_mut, TryStreamExt};
 use tokio_postgres::binary_copy::{BinaryCopyInWriter, BinaryCopyOutStream};
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::ToSql;
 
 const PAIRS: usize = 10;
 
@@ -34,18 +34,7 @@ async fn generate(client: &tokio_postgres::Client, rows: usize) -> u64 {
         )
         .await
         .unwrap();
-    let w = BinaryCopyInWriter::new(
-        sink,
-        &[
-            Type::TEXT,
-            Type::TIMESTAMPTZ,
-            Type::FLOAT8,
-            Type::FLOAT8,
-            Type::FLOAT8,
-            Type::FLOAT8,
-            Type::FLOAT8,
-        ],
-    );
+    let w = BinaryCopyInWriter::new(sink, &db::SOURCE_TYPES);
     pin_mut!(w);
     let start = DateTime::parse_from_rfc3339("2023-01-01T00:00:00Z")
         .unwrap()
@@ -85,17 +74,7 @@ async fn copy_out_all(client: &tokio_postgres::Client, part: usize, of: usize) -
         ))
         .await
         .unwrap();
-    let rows = BinaryCopyOutStream::new(
-        s,
-        &[
-            Type::TIMESTAMPTZ,
-            Type::FLOAT8,
-            Type::FLOAT8,
-            Type::FLOAT8,
-            Type::FLOAT8,
-            Type::FLOAT8,
-        ],
-    );
+    let rows = BinaryCopyOutStream::new(s, &db::BAR_TYPES);
     pin_mut!(rows);
     let mut n = 0u64;
     let mut sum = 0.0;
@@ -138,9 +117,7 @@ async fn copy_in_wide(
         ))
         .await
         .unwrap();
-    let mut types = vec![Type::TEXT, Type::TIMESTAMPTZ];
-    types.extend(std::iter::repeat_n(Type::FLOAT8, cols));
-    let w = BinaryCopyInWriter::new(sink, &types);
+    let w = BinaryCopyInWriter::new(sink, &db::feature_types(true, cols));
     pin_mut!(w);
     let start = DateTime::parse_from_rfc3339("2023-01-01T00:00:00Z")
         .unwrap()
