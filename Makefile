@@ -7,6 +7,9 @@ MOTO_VERSION := 5.2.5
 CARGO_LAMBDA_VERSION := 1.9.2
 CFN_LINT_VERSION := 1.58.0
 SAM_VERSION := 1.170.0
+CHECKOV_VERSION := 3.3.30
+# checkov pins boto3 1.35.x and SAM CLI pins boto3 1.43.x: checkov gets a venv of its own inside .venv.
+CHECKOV := $(VENV)/checkov/bin/checkov
 # The reference the worker's indicators are tested against (a wheel that bundles TA-Lib's C library).
 TALIB_VERSION := 0.8.2
 NUMPY_VERSION := 2.4.6
@@ -31,6 +34,11 @@ $(VENV)/bin/cargo-lambda: $(VENV)/bin/moto_server
 $(VENV)/bin/sam: $(VENV)/bin/moto_server
 	$(VENV)/bin/pip install -q 'cfn-lint==$(CFN_LINT_VERSION)' 'aws-sam-cli==$(SAM_VERSION)'
 
+$(CHECKOV): $(VENV)/bin/moto_server
+	$(VENV)/bin/python3 -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/pip install -q --upgrade pip
+	$(VENV)/checkov/bin/pip install -q 'checkov==$(CHECKOV_VERSION)'
+
 node_modules/.bin/asl-validator: package.json package-lock.json
 	npm ci --no-audit --no-fund
 
@@ -39,7 +47,7 @@ postgres:
 	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
 
-setup: $(VENV)/bin/moto_server $(VENV)/.talib-$(TALIB_VERSION) $(VENV)/bin/sam node_modules/.bin/asl-validator postgres
+setup: $(VENV)/bin/moto_server $(VENV)/.talib-$(TALIB_VERSION) $(VENV)/bin/sam $(CHECKOV) node_modules/.bin/asl-validator postgres
 	cargo fetch --locked
 
 build:
@@ -52,12 +60,15 @@ test: $(VENV)/bin/moto_server $(VENV)/.talib-$(TALIB_VERSION) postgres
 unit:
 	cargo test --workspace --locked --lib
 
-# Code, template (cfn-lint, sam validate --lint) and state machine (asl-validator).
-lint: $(VENV)/bin/sam node_modules/.bin/asl-validator
+# Code, template (cfn-lint, sam validate --lint, checkov) and state machine (asl-validator).
+# checkov fails on any failed check; each suppression sits in its resource's Metadata with its reason.
+# checkov is pinned: no Prisma Cloud download (--skip-download) and no PyPI update check, so lint stays offline.
+lint: $(VENV)/bin/sam $(CHECKOV) node_modules/.bin/asl-validator
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 	$(VENV)/bin/cfn-lint template.yaml
 	AWS_DEFAULT_REGION=us-east-1 $(VENV)/bin/sam validate --lint
+	CKV_SKIP_PACKAGE_UPDATE_CHECK=true $(CHECKOV) -f template.yaml --framework cloudformation --quiet --compact --skip-download
 	node_modules/.bin/asl-validator --json-path state-machines/ephemeral-worker.asl.json
 
 fmt:

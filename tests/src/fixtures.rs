@@ -165,8 +165,8 @@ pub fn runspec(run_id: &str, net: &Network, topic_arn: Option<&str>) -> Value {
             "args": ["run", "--stages", "indicators,regression"],
             "market": "spot-then-on-demand"
         },
-        "quota": {"request_increase": true, "max_wait_seconds": 3600},
-        "limits": {"boot_timeout_seconds": 600, "heartbeat_seconds": 60,
+        "quota": {"request_increase": true, "max_wait_seconds": 600},
+        "limits": {"boot_timeout_seconds": 300, "heartbeat_seconds": 60,
                    "max_runtime_seconds": 7200, "budget_usd": 5.0, "max_relaunches": 2},
         "tags": {"cost-center": "research"},
         "waits": {"quota_poll_min_seconds": 1, "quota_poll_max_seconds": 4, "boot_poll_seconds": 1}

@@ -10,7 +10,9 @@ use axum::http::{HeaderMap, HeaderValue, Response, StatusCode};
 use axum::Router;
 use ephemera_functions::{Aws, Settings};
 
+use crate::iam::{Check, Policies, Principal, ACCOUNT};
 use crate::quotas::QuotaStandIn;
+use crate::requests::{self, url_form, Wire};
 
 /// An EC2 request answered with an EC2 error instead of reaching moto.
 #[derive(Debug, Clone)]
@@ -69,6 +71,30 @@ pub struct FrontDoor {
     pub faults_fired: Mutex<Vec<(String, String, String)>>,
     pub settings: Mutex<Settings>,
     endpoint: Mutex<Option<String>>,
+    /// The template's policies, enforced for every principal's request (see `iam`).
+    policies: Policies,
+    /// A region's own policies, for tests that take a statement away.
+    policies_in: Mutex<HashMap<String, Policies>>,
+    /// Every refusal: (region, principal, action, resource, reason).
+    pub denials: Mutex<Vec<Denial>>,
+    /// Service-linked roles created, per region (each test's region is its own fresh account).
+    pub service_linked_roles: Mutex<Vec<(String, String)>>,
+    /// (region, instance) → by-id Describe calls still answered NotFound.
+    not_visible_yet: Mutex<HashMap<(String, String), u32>>,
+    /// (region, type) the region does not offer though moto knows it.
+    pub unoffered: Mutex<std::collections::HashSet<(String, String)>>,
+    /// (region, ClientToken) → (the parameters' digest, the first answer).
+    client_tokens: Mutex<HashMap<(String, String), (String, RawResponse)>>,
+}
+
+/// A request IAM refused.
+#[derive(Debug, Clone)]
+pub struct Denial {
+    pub region: String,
+    pub principal: Principal,
+    pub action: String,
+    pub resource: String,
+    pub reason: String,
 }
 
 impl FrontDoor {
@@ -84,7 +110,92 @@ impl FrontDoor {
             faults_fired: Mutex::default(),
             settings: Mutex::default(),
             endpoint: Mutex::default(),
+            policies: Policies::from_template_file(
+                &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../template.yaml"),
+            ),
+            policies_in: Mutex::default(),
+            denials: Mutex::default(),
+            service_linked_roles: Mutex::default(),
+            not_visible_yet: Mutex::default(),
+            unoffered: Mutex::default(),
+            client_tokens: Mutex::default(),
         }
+    }
+
+    /// Uses `policies` instead of the template's in `region`.
+    pub fn set_policies(&self, region: &str, policies: Policies) {
+        self.policies_in
+            .lock()
+            .unwrap()
+            .insert(region.to_string(), policies);
+    }
+
+    /// The template's policies as the harness read them.
+    pub fn template_policies(&self) -> Policies {
+        self.policies.clone()
+    }
+
+    pub fn denials_in(&self, region: &str) -> Vec<Denial> {
+        self.denials
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|d| d.region == region)
+            .cloned()
+            .collect()
+    }
+
+    pub fn has_service_linked_role(&self, region: &str, service: &str) -> bool {
+        self.service_linked_roles
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(r, s)| r == region && s == service)
+    }
+
+    fn authorize(&self, principal: &Principal, region: &str, check: &Check) -> Result<(), String> {
+        let result = match self.policies_in.lock().unwrap().get(region) {
+            Some(p) => p.authorize(principal, region, check),
+            None => self.policies.authorize(principal, region, check),
+        };
+        if let Err(reason) = &result {
+            self.denials.lock().unwrap().push(Denial {
+                region: region.into(),
+                principal: principal.clone(),
+                action: check.action.clone(),
+                resource: check.resource.clone(),
+                reason: reason.clone(),
+            });
+        }
+        result
+    }
+
+    /// A fresh account has no service-linked role until a principal allowed to create it makes
+    /// a call that needs it; AWS then creates it on that principal's authority
+    /// (https://docs.aws.amazon.com/IAM/latest/UserGuide/using-service-linked-roles.html).
+    fn ensure_service_linked_role(
+        &self,
+        principal: Option<&Principal>,
+        region: &str,
+        service: &str,
+        role: &str,
+    ) -> Result<(), String> {
+        if self.has_service_linked_role(region, service) {
+            return Ok(());
+        }
+        if let Some(p) = principal {
+            let check = Check::new(
+                "iam:CreateServiceLinkedRole",
+                format!("arn:aws:iam::{ACCOUNT}:role/aws-service-role/{service}/{role}"),
+            )
+            .with("iam:AWSServiceName", service);
+            self.authorize(p, region, &check)?;
+        }
+        self.service_linked_roles
+            .lock()
+            .unwrap()
+            .push((region.into(), service.into()));
+        Ok(())
     }
 
     pub fn add_fault(&self, rule: FaultRule) {
@@ -145,6 +256,7 @@ impl FrontDoor {
                     .send()
                     .await
                     .expect("moto config");
+                self.deploy_worker_identity().await;
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -152,11 +264,11 @@ impl FrontDoor {
         panic!("moto server did not answer within 60 s");
     }
 
-    fn clients_for(&self, region: &str, endpoint: &str) -> Aws {
+    fn clients_for(&self, region: &str, function: &str, endpoint: &str) -> Aws {
         self.clients
             .lock()
             .unwrap()
-            .entry(region.to_string())
+            .entry(format!("{region}/{function}"))
             .or_insert_with(|| {
                 let conf = aws_config::SdkConfig::builder()
                     .behavior_version(aws_config::BehaviorVersion::latest())
@@ -164,7 +276,11 @@ impl FrontDoor {
                     .endpoint_url(endpoint)
                     .credentials_provider(aws_sdk_ec2::config::SharedCredentialsProvider::new(
                         aws_sdk_ec2::config::Credentials::new(
-                            "testing", "testing", None, None, "harness",
+                            Principal::Function(function.into()).access_key(),
+                            "testing",
+                            None,
+                            None,
+                            "harness",
                         ),
                     ))
                     .build();
@@ -178,8 +294,8 @@ pub fn router(door: Arc<FrontDoor>) -> Router {
     Router::new().fallback(route).with_state(door)
 }
 
-/// `Credential=AKID/20260101/us-east-1/ec2/aws4_request` → ("us-east-1", "ec2").
-fn scope(headers: &HeaderMap) -> (String, String) {
+/// `Credential=AKID/20260101/us-east-1/ec2/aws4_request` → ("AKID", "us-east-1", "ec2").
+fn scope(headers: &HeaderMap) -> (String, String, String) {
     let auth = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -191,9 +307,13 @@ fn scope(headers: &HeaderMap) -> (String, String) {
         .unwrap_or_default();
     let parts: Vec<&str> = cred.split('/').collect();
     if parts.len() >= 5 {
-        (parts[2].to_string(), parts[3].to_string())
+        (
+            parts[0].to_string(),
+            parts[2].to_string(),
+            parts[3].to_string(),
+        )
     } else {
-        ("us-east-1".into(), String::new())
+        (String::new(), "us-east-1".into(), String::new())
     }
 }
 
@@ -210,8 +330,12 @@ fn json_response(status: u16, body: serde_json::Value, extra: &[(&str, &str)]) -
 async fn route(State(door): State<Arc<FrontDoor>>, req: Request) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let bytes = to_bytes(body, 64 << 20).await.unwrap_or_default();
-    let (region, service) = scope(&parts.headers);
+    let (access_key, region, service) = scope(&parts.headers);
     let path = parts.uri.path().to_string();
+    let principal = Principal::from_access_key(&access_key);
+    if let Some(refusal) = enforce(&door, principal.as_ref(), &region, &service, &parts, &bytes).await {
+        return refusal;
+    }
 
     if service == "lambda"
         && path.starts_with("/2015-03-31/functions/")
@@ -267,33 +391,165 @@ async fn route(State(door): State<Arc<FrontDoor>>, req: Request) -> Response<Bod
                 action.clone(),
                 f.code.clone(),
             ));
-            let xml = format!(
-                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{}</Code><Message>{}</Message></Error></Errors><RequestID>00000000-0000-0000-0000-000000000000</RequestID></Response>",
-                f.code, f.message
-            );
-            return Response::builder()
-                .status(f.status)
-                .header("content-type", "text/xml;charset=UTF-8")
-                .body(Body::from(xml))
-                .unwrap();
+            return ec2_error(f.status, &f.code, &f.message);
+        }
+        if let Some(answer) = fresh_account_ec2(&door, &region, &action, &form, &parts, &bytes).await {
+            return answer;
         }
     }
     proxy(&door, parts, bytes).await
 }
 
-fn url_form(bytes: &[u8]) -> HashMap<String, String> {
-    let s = String::from_utf8_lossy(bytes);
-    s.split('&')
-        .filter_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            let dec = |x: &str| {
-                urlencoding::decode(&x.replace('+', " "))
-                    .map(|c| c.into_owned())
-                    .unwrap_or_default()
-            };
-            Some((dec(k), dec(v)))
-        })
-        .collect()
+/// EC2 as a new account on real AWS answers where moto is lenient.
+async fn fresh_account_ec2(
+    door: &FrontDoor,
+    region: &str,
+    action: &str,
+    form: &HashMap<String, String>,
+    parts: &axum::http::request::Parts,
+    bytes: &axum::body::Bytes,
+) -> Option<Response<Body>> {
+    let ids: Vec<String> = (1..=100)
+        .map_while(|n| form.get(&format!("InstanceId.{n}")).cloned())
+        .collect();
+    match action {
+        // Right after RunInstances an instance may not be found by id for a while
+        // (https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html).
+        "DescribeInstances" | "DescribeInstanceStatus" => {
+            let mut unseen = door.not_visible_yet.lock().unwrap();
+            let id = ids.iter().find(|id| {
+                unseen
+                    .get(&(region.to_string(), id.to_string()))
+                    .is_some_and(|n| *n > 0)
+            })?;
+            *unseen.get_mut(&(region.to_string(), id.clone())).unwrap() -= 1;
+            Some(ec2_error(
+                400,
+                "InvalidInstanceID.NotFound",
+                &format!("The instance ID '{id}' does not exist"),
+            ))
+        }
+        // A type the region does not offer fails the whole call
+        // (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DescribeInstanceTypes.html).
+        "DescribeInstanceTypes" => {
+            let asked: Vec<String> = (1..=100)
+                .map_while(|n| form.get(&format!("InstanceType.{n}")).cloned())
+                .collect();
+            if asked.is_empty() {
+                return None;
+            }
+            let resp = proxy_raw(door, parts, bytes.clone()).await?;
+            let known: Vec<&str> = resp
+                .2
+                .split("<instanceType>")
+                .skip(1)
+                .filter_map(|s| s.split("</instanceType>").next())
+                .collect();
+            let unoffered = door.unoffered.lock().unwrap();
+            let missing: Vec<&String> = asked
+                .iter()
+                .filter(|t| {
+                    !known.contains(&t.as_str())
+                        || unoffered.contains(&(region.to_string(), t.to_string()))
+                })
+                .collect();
+            if missing.is_empty() {
+                return Some(rebuild(resp));
+            }
+            Some(ec2_error(
+                400,
+                "InvalidInstanceType",
+                &format!(
+                    "The following supplied instance types do not exist: [{}]",
+                    missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            ))
+        }
+        // ClientToken makes RunInstances idempotent: the same token with the same parameters
+        // returns the first call's instance, with other parameters IdempotentParameterMismatch
+        // (https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-idempotency.html).
+        "RunInstances" => {
+            let token = form.get("ClientToken")?.clone();
+            let mut params: Vec<(&String, &String)> = form
+                .iter()
+                .filter(|(k, _)| *k != "ClientToken" && *k != "Version")
+                .collect();
+            params.sort();
+            let digest = format!("{params:?}");
+            let key = (region.to_string(), token);
+            if let Some((seen, answer)) = door.client_tokens.lock().unwrap().get(&key) {
+                return Some(if *seen == digest {
+                    rebuild(answer.clone())
+                } else {
+                    ec2_error(
+                        400,
+                        "IdempotentParameterMismatch",
+                        "The client token you have provided is associated with a resource that is already deleted or has different parameters. Please use a different client token.",
+                    )
+                });
+            }
+            let resp = proxy_raw(door, parts, bytes.clone()).await?;
+            if resp.0 == 200 {
+                let mut unseen = door.not_visible_yet.lock().unwrap();
+                for id in resp.2.split("<instanceId>").skip(1) {
+                    if let Some(id) = id.split("</instanceId>").next() {
+                        unseen.insert((region.to_string(), id.to_string()), NOT_VISIBLE_CALLS);
+                    }
+                }
+                door.client_tokens
+                    .lock()
+                    .unwrap()
+                    .insert(key, (digest, resp.clone()));
+            }
+            Some(rebuild(resp))
+        }
+        _ => None,
+    }
+}
+
+/// How many by-id Describe calls a new instance stays invisible to.
+const NOT_VISIBLE_CALLS: u32 = 2;
+
+type RawResponse = (u16, Vec<(String, String)>, String);
+
+async fn proxy_raw(
+    door: &FrontDoor,
+    parts: &axum::http::request::Parts,
+    bytes: axum::body::Bytes,
+) -> Option<RawResponse> {
+    let mut headers = parts.headers.clone();
+    for h in ["host", "content-length", "connection", "transfer-encoding"] {
+        headers.remove(h);
+    }
+    let url = format!(
+        "{}{}",
+        door.moto,
+        parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+    );
+    let r = door
+        .http
+        .request(parts.method.clone(), &url)
+        .headers(headers)
+        .body(bytes)
+        .send()
+        .await
+        .ok()?;
+    let status = r.status().as_u16();
+    let headers = r
+        .headers()
+        .iter()
+        .filter(|(k, _)| *k != "transfer-encoding" && *k != "connection" && *k != "content-length")
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+        .collect();
+    Some((status, headers, r.text().await.unwrap_or_default()))
+}
+
+fn rebuild(r: RawResponse) -> Response<Body> {
+    let mut out = Response::builder().status(r.0);
+    for (k, v) in r.1 {
+        out = out.header(k, v);
+    }
+    out.body(Body::from(r.2)).unwrap()
 }
 
 async fn invoke_lambda(
@@ -354,8 +610,14 @@ async fn invoke_lambda(
             }
         }
     };
-    let aws = door.clients_for(region, &format!("http://{host}"));
-    let settings = door.settings.lock().unwrap().clone();
+    let aws = door.clients_for(region, &function, &format!("http://{host}"));
+    // As the template deploys them: the stack's report topic is the default and the only one.
+    let mut settings = door.settings.lock().unwrap().clone();
+    let topic = format!("arn:aws:sns:{region}:{ACCOUNT}:{}", crate::iam::REPORT_TOPIC);
+    settings.default_topic.get_or_insert(topic.clone());
+    if settings.allowed_topics.is_empty() {
+        settings.allowed_topics = vec![topic];
+    }
     match ephemera_functions::invoke(&aws, &settings, &function, payload).await {
         Ok(v) => json_response(200, v, &[("x-amz-executed-version", "$LATEST")]),
         Err(e) => {
@@ -415,5 +677,198 @@ async fn proxy(
             .header("content-type", HeaderValue::from_static("text/plain"))
             .body(Body::from(format!("front door: moto unreachable: {e}")))
             .unwrap(),
+    }
+}
+
+/// IAM and the fresh account, before moto sees the request: None lets it through, Some is the
+/// refusal AWS would send.
+async fn enforce(
+    door: &FrontDoor,
+    principal: Option<&Principal>,
+    region: &str,
+    service: &str,
+    parts: &axum::http::request::Parts,
+    bytes: &[u8],
+) -> Option<Response<Body>> {
+    let target = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok());
+    let wire = Wire {
+        region,
+        service,
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query().unwrap_or_default(),
+        target,
+        body: bytes,
+    };
+    let (action, mut checks) = requests::checks(&wire);
+
+    // Service-linked roles: needed by the first Spot launch and the first quota request.
+    let slr = match action.as_str() {
+        "ec2:RunInstances" if requests::is_spot(&url_form(bytes)) => {
+            Some(("spot.amazonaws.com", "AWSServiceRoleForEC2Spot"))
+        }
+        "servicequotas:RequestServiceQuotaIncrease" => {
+            Some(("servicequotas.amazonaws.com", "AWSServiceRoleForServiceQuotas"))
+        }
+        _ => None,
+    };
+
+    let principal = principal?;
+    if action == "ec2:TerminateInstances" {
+        for c in checks.iter_mut() {
+            let id = c.resource.rsplit('/').next().unwrap_or_default().to_string();
+            for (k, v) in door.instance_tags(region, &id).await {
+                c.context.insert(format!("ec2:ResourceTag/{k}"), v);
+            }
+        }
+    }
+    for c in &checks {
+        if let Err(reason) = door.authorize(principal, region, c) {
+            return Some(access_denied(service, &reason));
+        }
+    }
+    if let Some((slr_service, role)) = slr {
+        if let Err(reason) = door.ensure_service_linked_role(Some(principal), region, slr_service, role) {
+            return Some(if service == "ec2" {
+                // HTTP 403 with this code and message: seen in CloudSnorkel/cdk-github-runners#182
+                // and aws/karpenter's troubleshooting guide; the role is created by the first
+                // Spot request of a principal allowed to
+                // (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/service-linked-roles-spot-instance-requests.html).
+                ec2_error(
+                    403,
+                    "AuthFailure.ServiceLinkedRoleCreationNotPermitted",
+                    "The provided credentials do not have permission to create the service-linked role for EC2 Spot Instances.",
+                )
+            } else {
+                // RequestServiceQuotaIncrease's answer without iam:CreateServiceLinkedRole
+                // (remotion-dev/remotion#1941, org-formation/aws-resource-providers#75).
+                json_response(
+                    400,
+                    serde_json::json!({"__type": "DependencyAccessDeniedException", "Message": "Service-linked role creation access denied.", "message": reason}),
+                    &[("x-amzn-errortype", "DependencyAccessDeniedException")],
+                )
+            });
+        }
+    }
+    None
+}
+
+pub(crate) fn ec2_error(status: u16, code: &str, message: &str) -> Response<Body> {
+    let xml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{}</Message></Error></Errors><RequestID>00000000-0000-0000-0000-000000000000</RequestID></Response>",
+        xml_escape(message)
+    );
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/xml;charset=UTF-8")
+        .body(Body::from(xml))
+        .unwrap()
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Each service's own way of saying AccessDenied.
+fn access_denied(service: &str, message: &str) -> Response<Body> {
+    match service {
+        "ec2" => ec2_error(
+            403,
+            "UnauthorizedOperation",
+            &format!("You are not authorized to perform this operation. {message}"),
+        ),
+        "sns" => Response::builder()
+            .status(403)
+            .header("content-type", "text/xml")
+            .body(Body::from(format!(
+                "<ErrorResponse xmlns=\"http://sns.amazonaws.com/doc/2010-03-31/\"><Error><Type>Sender</Type><Code>AuthorizationError</Code><Message>{}</Message></Error><RequestId>00000000-0000-0000-0000-000000000000</RequestId></ErrorResponse>",
+                xml_escape(message)
+            )))
+            .unwrap(),
+        "s3" => Response::builder()
+            .status(403)
+            .header("content-type", "application/xml")
+            .body(Body::from(format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code><Message>{}</Message><RequestId>0</RequestId></Error>",
+                xml_escape(message)
+            )))
+            .unwrap(),
+        "lambda" => json_response(
+            403,
+            serde_json::json!({"Type": "User", "Message": message, "message": message}),
+            &[("x-amzn-errortype", "AccessDeniedException")],
+        ),
+        _ => json_response(
+            400,
+            serde_json::json!({"__type": "AccessDeniedException", "message": message, "Message": message}),
+            &[("x-amzn-errortype", "AccessDeniedException")],
+        ),
+    }
+}
+
+impl FrontDoor {
+    /// The worker's role and instance profile, as the template deploys them (IAM is global, so
+    /// once per moto): RunInstances refuses a profile that does not exist.
+    async fn deploy_worker_identity(&self) {
+        let trust = urlencoding::encode(
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#,
+        );
+        let role = format!("{}-worker-role", crate::iam::STACK);
+        let profile = crate::iam::WORKER_PROFILE;
+        for body in [
+            format!("Action=CreateRole&Version=2010-05-08&RoleName={role}&AssumeRolePolicyDocument={trust}"),
+            format!("Action=CreateInstanceProfile&Version=2010-05-08&InstanceProfileName={profile}"),
+            format!("Action=AddRoleToInstanceProfile&Version=2010-05-08&InstanceProfileName={profile}&RoleName={role}"),
+        ] {
+            let ok = self
+                .http
+                .post(format!("{}/", self.moto))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header(
+                    "authorization",
+                    "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0",
+                )
+                .body(body)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            assert!(ok, "the harness could not create the worker's role and profile in moto");
+        }
+    }
+
+    /// An instance's tags as moto holds them (for `ec2:ResourceTag/…` conditions).
+    async fn instance_tags(&self, region: &str, id: &str) -> Vec<(String, String)> {
+        let body = format!("Action=DescribeInstances&Version=2016-11-15&InstanceId.1={id}");
+        let Ok(resp) = self
+            .http
+            .post(format!("{}/", self.moto))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header(
+                "authorization",
+                format!("AWS4-HMAC-SHA256 Credential=testing/20260101/{region}/ec2/aws4_request, SignedHeaders=host, Signature=0"),
+            )
+            .body(body)
+            .send()
+            .await
+        else {
+            return vec![];
+        };
+        let text = resp.text().await.unwrap_or_default();
+        let Some(set) = text.split("<tagSet>").nth(1) else {
+            return vec![];
+        };
+        let set = set.split("</tagSet>").next().unwrap_or_default();
+        set.split("<item>")
+            .filter_map(|item| {
+                let key = item.split("<key>").nth(1)?.split("</key>").next()?;
+                let value = item.split("<value>").nth(1)?.split("</value>").next()?;
+                Some((key.to_string(), value.to_string()))
+            })
+            .collect()
     }
 }

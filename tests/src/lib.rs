@@ -12,7 +12,9 @@
 pub mod e2e;
 pub mod fixtures;
 pub mod frontdoor;
+pub mod iam;
 pub mod quotas;
+pub mod requests;
 pub mod worker_standin;
 
 use std::net::TcpListener;
@@ -155,15 +157,33 @@ pub fn fresh_region() -> &'static str {
         .expect("more tests in this binary than regions: split the test file")
 }
 
-/// An SDK config pointed at the front door.
+/// An SDK config pointed at the front door, signed as the account's administrator (the person
+/// running ephemera: IAM lets everything through).
 pub fn sdk_config(region: &str) -> SdkConfig {
+    sdk_config_as(region, "testing")
+}
+
+/// An SDK config signed as `principal`: its calls are held to the template's policies.
+pub fn principal_config(region: &str, principal: &iam::Principal) -> SdkConfig {
+    sdk_config_as(region, &principal.access_key())
+}
+
+/// The clients a Lambda's execution role has.
+pub fn function_clients(region: &str, function: &str) -> Aws {
+    Aws::from_conf(&principal_config(
+        region,
+        &iam::Principal::Function(function.into()),
+    ))
+}
+
+fn sdk_config_as(region: &str, access_key: &str) -> SdkConfig {
     let h = harness();
     SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(region.to_string()))
         .endpoint_url(&h.endpoint)
         .credentials_provider(aws_sdk_ec2::config::SharedCredentialsProvider::new(
-            aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "harness"),
+            aws_sdk_ec2::config::Credentials::new(access_key, "testing", None, None, "harness"),
         ))
         .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(3))
         .build()

@@ -44,14 +44,17 @@ impl StandIn {
 
 /// Serves every attempt of `run_id` in `region` for at most `lifetime`.
 pub fn spawn(region: &str, run_id: &str, behaviour: Behaviour, lifetime: Duration) -> StandIn {
+    // It looks "its instance" up as the harness (IMDS knows it on EC2), and talks to SSM and
+    // Step Functions with the worker's instance role.
     let conf = sdk_config(region);
+    let role = crate::principal_config(region, &crate::iam::Principal::Worker);
     let run_id = run_id.to_string();
     let shared = Arc::new(Mutex::new(vec![]));
     let log = Logger(shared.clone());
     let handle = tokio::spawn(async move {
         let ec2 = aws_sdk_ec2::Client::new(&conf);
-        let ssm = aws_sdk_ssm::Client::new(&conf);
-        let sfn = aws_sdk_sfn::Client::new(&conf);
+        let ssm = aws_sdk_ssm::Client::new(&role);
+        let sfn = aws_sdk_sfn::Client::new(&role);
         let mut served: BTreeSet<String> = BTreeSet::new();
         let mut used_tokens: BTreeSet<String> = BTreeSet::new();
         let deadline = Instant::now() + lifetime;

@@ -9,7 +9,7 @@ use ephemera_core::rundoc::{CostReport, WorkerState};
 use ephemera_functions::handlers::{health_check, launch_worker, quota_check, terminate_report};
 use ephemera_functions::{invoke, Aws, Error, Settings};
 use ephemera_tests::fixtures::{self, Network};
-use ephemera_tests::{clients, fresh_region, harness, FaultRule};
+use ephemera_tests::{clients, fresh_region, function_clients, harness, FaultRule};
 use serde_json::{json, Value};
 
 const SPOT: &str = "L-34B43A08";
@@ -32,8 +32,15 @@ fn execution(region: &str, run: &str) -> String {
     format!("arn:aws:states:{region}:123456789012:execution:ephemera:{run}-exec")
 }
 
+/// Invokes `function` with its own execution role's clients (held to the template's policies).
 async fn call(c: &Ctx, function: &str, payload: Value) -> Result<Value, Error> {
-    invoke(&c.aws, &Settings::default(), function, payload).await
+    invoke(
+        &function_clients(c.region, function),
+        &Settings::default(),
+        function,
+        payload,
+    )
+    .await
 }
 
 async fn launch(c: &Ctx, spec: &Value, run: &str) -> Result<WorkerState, Error> {
@@ -304,9 +311,14 @@ async fn quota_denied_and_deadline() {
     assert_eq!(s1.verdict, QuotaVerdict::Waiting);
     // The deadline passes while the request is still open.
     let late = Utc::now() + chrono::Duration::hours(2);
+    let role = function_clients(c.region, "quota-check");
     let s_late = quota_check::handle(
-        &c.aws.ec2,
-        &c.aws.quotas,
+        &role.ec2,
+        &role.quotas,
+        &quota_check::Config {
+            region: c.region.into(),
+            ..Default::default()
+        },
         serde_json::from_value(json!({"run": spec, "quota": s1})).unwrap(),
         late,
     )
@@ -351,10 +363,11 @@ async fn health_check_waits_for_the_worker_then_fails_on_deadline_or_termination
     assert_eq!(h["wait_seconds"], 1);
 
     // Past the boot deadline without the signal.
-    let late = Utc::now() + chrono::Duration::seconds(601);
+    let late = Utc::now() + chrono::Duration::seconds(301);
+    let role = function_clients(c.region, "health-check");
     let err = health_check::handle(
-        &c.aws.ec2,
-        &c.aws.ssm,
+        &role.ec2,
+        &role.ssm,
         serde_json::from_value(input(&w)).unwrap(),
         late,
     )
@@ -410,28 +423,21 @@ async fn put_object(aws: &Aws, bucket: &str, key: &str, body: Vec<u8>) {
 #[tokio::test]
 async fn verify_completion_checks_the_report_and_the_exported_objects() {
     let c = ctx().await;
-    let bucket = format!("out-{}", c.region);
-    let mut create = c.aws.s3.create_bucket().bucket(&bucket);
-    if c.region != "us-east-1" {
-        create = create.create_bucket_configuration(
-            aws_sdk_s3::types::CreateBucketConfiguration::builder()
-                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(c.region))
-                .build(),
-        );
-    }
-    create.send().await.unwrap();
+    // The template's ExportBucket: the only bucket verify-completion may read.
+    let bucket = ephemera_tests::iam::EXPORT_BUCKET;
+    c.aws.s3.create_bucket().bucket(bucket).send().await.unwrap();
     let mut spec = fixtures::runspec("verify", &c.net, None);
     spec["expect"] = json!({"partitions": 2, "min_rows": 10, "export_prefix": format!("s3://{bucket}/runs/verify/")});
     put_object(
         &c.aws,
-        &bucket,
+        bucket,
         "runs/verify/EURUSD/2023-04.parquet",
         vec![1; 300],
     )
     .await;
     put_object(
         &c.aws,
-        &bucket,
+        bucket,
         "runs/verify/GBPUSD/2023-04.parquet",
         vec![2; 200],
     )
@@ -442,7 +448,7 @@ async fn verify_completion_checks_the_report_and_the_exported_objects() {
     ]});
     put_object(
         &c.aws,
-        &bucket,
+        bucket,
         "runs/verify/manifest.json",
         manifest.to_string().into_bytes(),
     )
@@ -462,7 +468,7 @@ async fn verify_completion_checks_the_report_and_the_exported_objects() {
     // One object shrinks, the report claims a failed partition.
     put_object(
         &c.aws,
-        &bucket,
+        bucket,
         "runs/verify/GBPUSD/2023-04.parquet",
         vec![2; 10],
     )
@@ -575,11 +581,12 @@ async fn cleanup_finds_an_instance_the_run_document_lost_and_refuses_foreign_one
     let foreign_id = foreign.instances()[0].instance_id().unwrap().to_string();
     let mut doc: WorkerState = w.clone();
     doc.attempts[0].instance_id = foreign_id.clone();
+    let role = function_clients(c.region, "terminate-with-cost-report");
     let err = terminate_report::handle(
-        &c.aws.ec2,
-        &c.aws.pricing,
-        &c.aws.sns,
-        &c.aws.sfn,
+        &role.ec2,
+        &role.pricing,
+        &role.sns,
+        &role.sfn,
         &terminate_report::Config::default(),
         serde_json::from_value(
             json!({"run": spec, "execution": execution(c.region, "other"), "worker": doc}),

@@ -394,3 +394,40 @@ async fn an_invalid_runspec_fails_clearly_and_launches_nothing() {
     );
     assert!(r.instances.is_empty());
 }
+
+/// IAM is enforced: without the statement that lets the state machine hand the task token to
+/// the worker (template.yaml, `HandTheTaskTokenToTheWorker`), AwaitCompletion fails as AWS fails
+/// it, and the run still ends in Cleanup with nothing left running.
+#[tokio::test]
+async fn the_state_machine_without_its_ssm_statement_fails_at_the_handover_and_cleans_up() {
+    use ephemera_tests::iam::Principal;
+    let r = scenario(
+        "e2e-no-handover",
+        Behaviour::Succeed(report_for("e2e-no-handover", 2)),
+        |region| {
+            let door = &harness().door;
+            door.set_policies(
+                region,
+                door.template_policies()
+                    .without(&Principal::StateMachine, "HandTheTaskTokenToTheWorker"),
+            );
+        },
+        |_| {},
+    )
+    .await;
+    assert_eq!(r.finished.status, "FAILED", "{:?}", r.finished);
+    assert_eq!(r.finished.visited("AwaitCompletion"), 1);
+    assert_eq!(r.finished.visited("VerifyCompletion"), 0);
+    assert_eq!(r.finished.visited("Cleanup"), 1);
+    let cause = r.finished.cause.as_deref().unwrap_or_default();
+    assert!(cause.contains("AccessDenied"), "{:?}", r.finished);
+    let denied = harness().door.denials_in(r.region);
+    assert!(
+        denied
+            .iter()
+            .any(|d| d.principal == Principal::StateMachine && d.action == "ssm:PutParameter"),
+        "{denied:?}"
+    );
+    r.assert_nothing_left();
+    r.assert_email("FAILED");
+}

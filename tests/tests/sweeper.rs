@@ -3,7 +3,7 @@
 use aws_sdk_ec2::types::{InstanceType, ResourceType, Tag, TagSpecification};
 use chrono::{Duration, SecondsFormat, Utc};
 use ephemera_functions::{invoke, Settings};
-use ephemera_tests::{clients, fixtures, fresh_region};
+use ephemera_tests::{clients, fixtures, fresh_region, function_clients};
 use serde_json::{json, Value};
 
 async fn instance(aws: &ephemera_functions::Aws, image: &str, tags: &[(&str, String)]) -> String {
@@ -50,13 +50,13 @@ async fn sweeps_instances_whose_run_is_over_or_past_its_deadline() {
     let region = fresh_region();
     let aws = clients(region);
     let net = fixtures::network(&aws).await;
-    let inbox = fixtures::inbox(region, "ephemera-sweeper").await;
+    let inbox = fixtures::inbox(region, "ephemera-reports").await;
 
-    // An execution that is still running (a long Wait).
+    // An execution of the stack's state machine that is still running (a long Wait).
     let machine = aws
         .sfn
         .create_state_machine()
-        .name("long-runner")
+        .name("ephemera-worker")
         .definition(
             json!({"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 600, "End": true}}})
                 .to_string(),
@@ -95,8 +95,9 @@ async fn sweeps_instances_whose_run_is_over_or_past_its_deadline() {
         default_topic: Some(inbox.topic_arn.clone()),
         ..Settings::default()
     };
+    let role = function_clients(region, "sweeper");
     let out: Value = invoke(
-        &aws,
+        &role,
         &settings,
         "sweeper",
         json!({"detail-type": "Scheduled Event"}),
@@ -128,7 +129,7 @@ async fn sweeps_instances_whose_run_is_over_or_past_its_deadline() {
     );
 
     // Nothing left to sweep: no email, nothing terminated.
-    let again: Value = invoke(&aws, &settings, "sweeper", json!({})).await.unwrap();
+    let again: Value = invoke(&role, &settings, "sweeper", json!({})).await.unwrap();
     assert_eq!(again["terminated"].as_array().unwrap().len(), 0);
     assert!(inbox.read().await.is_empty());
 }

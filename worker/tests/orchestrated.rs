@@ -116,7 +116,8 @@ fn worker(
         ])
         .env("AWS_ENDPOINT_URL", &harness().endpoint)
         .env("AWS_REGION", region)
-        .env("AWS_ACCESS_KEY_ID", "testing")
+        // The worker's instance role: held to the template's WorkerRole policy.
+        .env("AWS_ACCESS_KEY_ID", "worker")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
         .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds_url)
         .env("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE", "IPv4")
@@ -142,7 +143,7 @@ async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption()
 
     let aws = clients(region);
     let net = fixtures::network(&aws).await;
-    let inbox = fixtures::inbox(region, "worker-e2e").await;
+    let inbox = fixtures::inbox(region, "ephemera-reports").await;
     let mut spec = fixtures::runspec(run_id, &net, Some(&inbox.topic_arn));
     aws.s3.create_bucket().bucket(BUCKET).send().await.unwrap();
     // 1 pair × 2 months × 4 stages; the export checked by verify-completion.

@@ -37,6 +37,9 @@ pub enum LaunchErrorKind {
     Capacity,
     /// An account limit (vCPUs, Spot requests): try the next candidate, whose quota may differ.
     Limit,
+    /// The whole market is closed to this account for now (no Spot service-linked role and no
+    /// permission to create it): skip the market's other candidates, try the next market.
+    Market,
     /// A mistake that no other candidate fixes (bad AMI, permissions): stop.
     Fatal,
 }
@@ -52,6 +55,9 @@ pub fn classify(code: &str, message: &str) -> LaunchErrorKind {
         | "Unsupported"
         | "InsufficientFreeAddressesInSubnet"
         | "InvalidAvailabilityZone" => LaunchErrorKind::Capacity,
+        // A fresh account has no Spot service-linked role until a principal allowed to create
+        // it launches Spot (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/service-linked-roles-spot-instance-requests.html).
+        "AuthFailure.ServiceLinkedRoleCreationNotPermitted" => LaunchErrorKind::Market,
         "VcpuLimitExceeded" | "MaxSpotInstanceCountExceeded" | "InstanceLimitExceeded" => {
             LaunchErrorKind::Limit
         }
@@ -146,6 +152,10 @@ mod tests {
         assert_eq!(classify("InvalidParameterValue", "bad volume size"), Fatal);
         assert_eq!(classify("InvalidAMIID.NotFound", ""), Fatal);
         assert_eq!(classify("UnauthorizedOperation", ""), Fatal);
+        assert_eq!(
+            classify("AuthFailure.ServiceLinkedRoleCreationNotPermitted", ""),
+            Market
+        );
     }
 
     #[test]

@@ -39,10 +39,15 @@ pub enum Health {
 }
 
 pub fn judge(o: &Observation) -> Health {
-    let state = o.state.as_deref().unwrap_or("missing");
+    // EC2 is eventually consistent: DescribeInstances may answer InvalidInstanceID.NotFound for
+    // a while after RunInstances
+    // (https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html), and a
+    // terminated instance stays visible for about an hour, so an instance not found during its
+    // boot is one not visible yet: it is waited for until the boot deadline like any other.
+    let state = o.state.as_deref().unwrap_or("not visible yet");
     if matches!(
         state,
-        "shutting-down" | "terminated" | "stopping" | "stopped" | "missing"
+        "shutting-down" | "terminated" | "stopping" | "stopped"
     ) {
         let reason = o.state_reason.clone().unwrap_or_default();
         if reason.starts_with("Server.SpotInstance") {
@@ -167,11 +172,19 @@ mod tests {
                 ..
             }
         ));
+        // Not found right after launch: still booting, until the boot deadline.
         o.state = None;
+        o.state_reason = None;
+        assert!(
+            matches!(&judge(&o), Health::Booting { waiting_for } if waiting_for.contains("not visible yet")),
+            "{:?}",
+            judge(&o)
+        );
+        o.now = o.launched_at + chrono::Duration::seconds(o.boot_timeout_seconds as i64);
         assert!(matches!(
             judge(&o),
             Health::Failed {
-                failure: Failure::Terminated,
+                failure: Failure::BootDeadline,
                 ..
             }
         ));

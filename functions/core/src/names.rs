@@ -14,4 +14,8 @@ pub const WORKER_TIMED_OUT: &str = "Worker.TimedOut";
 pub const VERIFICATION_FAILED: &str = "Ephemera.VerificationFailed";
 pub const REFUSED: &str = "Ephemera.RefusedToTerminate";
 pub const AWS: &str = "Ephemera.AwsError";
+/// The Lambda's input does not have the shape the state machine gives it (a contract error
+/// between the ASL and the code, not the user's RunSpec, which is `INVALID_RUNSPEC`).
 pub const BAD_INPUT: &str = "Ephemera.BadInput";
+/// A fault of ephemera's own code (an output it cannot serialise, an unknown function).
+pub const INTERNAL: &str = "Ephemera.Internal";

@@ -412,11 +412,13 @@ impl RunSpec {
                     l.max_runtime_seconds
                 ),
             );
-        } else if l.heartbeat_seconds > l.max_runtime_seconds {
+        } else if l.heartbeat_seconds >= l.max_runtime_seconds {
+            // Step Functions requires HeartbeatSeconds < TimeoutSeconds; otherwise the task
+            // fails with States.Runtime, which no Catch takes, so nothing is cleaned up.
             errs.add(
                 "limits.heartbeat_seconds",
                 format!(
-                    "{} is longer than limits.max_runtime_seconds ({})",
+                    "{} must be shorter than limits.max_runtime_seconds ({})",
                     l.heartbeat_seconds, l.max_runtime_seconds
                 ),
             );
@@ -490,9 +492,50 @@ impl RunSpec {
             );
         }
 
+        if errs.0.is_empty() {
+            let (quota, boot) = self.poll_bounds();
+            let events = (quota + boot) * EVENTS_PER_POLL + FIXED_EVENTS;
+            if events > MAX_HISTORY_EVENTS {
+                errs.add(
+                    "waits",
+                    format!(
+                        "up to {quota} quota polls and {boot} boot polls make up to {events} execution history events; Step Functions ends an execution at 25,000 without running its cleanup, so at most {MAX_HISTORY_EVENTS} are allowed: raise waits.quota_poll_max_seconds or waits.boot_poll_seconds, or lower quota.max_wait_seconds or limits.boot_timeout_seconds"
+                    ),
+                );
+            }
+        }
+
         errs.finish()
     }
+
+    /// The most quota polls (capped exponential backoff until `quota.max_wait_seconds`) and boot
+    /// polls (every attempt's boot timeout over the poll period) a run can make.
+    pub fn poll_bounds(&self) -> (u64, u64) {
+        let w = &self.waits;
+        let (mut waited, mut wait, mut quota) = (0u64, w.quota_poll_min_seconds.max(1), 1u64);
+        while waited < self.quota.max_wait_seconds {
+            waited += wait;
+            quota += 1;
+            if wait >= w.quota_poll_max_seconds {
+                quota += (self.quota.max_wait_seconds - waited.min(self.quota.max_wait_seconds))
+                    / w.quota_poll_max_seconds.max(1);
+                break;
+            }
+            wait = (wait * 2).min(w.quota_poll_max_seconds.max(1));
+        }
+        let attempts = 1 + self.limits.max_relaunches as u64;
+        let boot = attempts * (self.limits.boot_timeout_seconds / w.boot_poll_seconds.max(1) + 1);
+        (quota, boot)
+    }
 }
+
+/// A poll loop's history events: Task (entered, scheduled, started, succeeded, exited),
+/// Choice (entered, exited) and Wait (entered, exited).
+const EVENTS_PER_POLL: u64 = 9;
+/// Everything else a run with relaunches records, generously.
+const FIXED_EVENTS: u64 = 400;
+/// Step Functions' hard limit is 25,000 events per execution; keep a margin.
+pub const MAX_HISTORY_EVENTS: u64 = 20_000;
 
 #[derive(Default)]
 struct Errors(Vec<FieldError>);
@@ -635,6 +678,42 @@ mod tests {
         assert_eq!(errs.len(), 4, "{errs:?}");
         let text = InvalidRunSpec { errors: errs }.to_string();
         assert!(text.starts_with("invalid RunSpec: worker.instance_types[1]"));
+    }
+
+    #[test]
+    fn heartbeat_must_be_shorter_than_the_runtime() {
+        let mut v = sample();
+        v["limits"]["max_runtime_seconds"] = json!(600);
+        v["limits"]["heartbeat_seconds"] = json!(600);
+        assert!(has(
+            &errors_of(v.clone()),
+            "limits.heartbeat_seconds",
+            "must be shorter than limits.max_runtime_seconds (600)"
+        ));
+        v["limits"]["heartbeat_seconds"] = json!(599);
+        assert!(RunSpec::parse(&v).is_ok());
+    }
+
+    #[test]
+    fn polls_that_could_outgrow_the_execution_history_are_refused() {
+        // A 1 s boot poll over a 7,200 s boot timeout, three attempts: 21,603 boot polls.
+        let mut v = sample();
+        v["limits"]["boot_timeout_seconds"] = json!(7200);
+        v["waits"] = json!({"boot_poll_seconds": 1});
+        let errs = errors_of(v.clone());
+        assert!(has(&errs, "waits", "21603 boot polls"), "{errs:?}");
+        assert!(has(&errs, "waits", "25,000"), "{errs:?}");
+        v["waits"] = json!({"boot_poll_seconds": 20});
+        assert!(RunSpec::parse(&v).is_ok());
+        // Quota polls over 30 days at a 60 s cap.
+        let mut v = sample();
+        v["quota"]["max_wait_seconds"] = json!(30 * 86_400);
+        v["waits"] = json!({"quota_poll_min_seconds": 60, "quota_poll_max_seconds": 60});
+        assert!(has(&errors_of(v.clone()), "waits", "43201 quota polls"));
+        // The defaults (2 days, backoff to 30 min) stay far below the limit.
+        let spec = RunSpec::parse(&sample()).unwrap();
+        let (q, b) = spec.poll_bounds();
+        assert!(q < 120 && b < 150, "{q} {b}");
     }
 
     #[test]

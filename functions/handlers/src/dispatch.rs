@@ -26,6 +26,8 @@ pub struct Settings {
     pub default_topic: Option<String>,
     pub worker_instance_profile: Option<String>,
     pub lambda_memory_mb: u32,
+    /// EPHEMERA_ALLOWED_TOPICS: the topics a RunSpec may name (comma-separated).
+    pub allowed_topics: Vec<String>,
 }
 
 impl Settings {
@@ -37,12 +39,20 @@ impl Settings {
             lambda_memory_mb: var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
                 .and_then(|m| m.parse().ok())
                 .unwrap_or(128),
+            allowed_topics: var("EPHEMERA_ALLOWED_TOPICS")
+                .map(|v| {
+                    v.split(',')
+                        .map(|t| t.trim().to_string())
+                        .filter(|t| !t.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 }
 
 fn out<T: serde::Serialize>(v: T) -> Result<Value, Error> {
-    serde_json::to_value(v).map_err(|e| Error::BadInput(format!("output: {e}")))
+    serde_json::to_value(v).map_err(|e| Error::Internal(format!("output: {e}")))
 }
 
 pub async fn invoke(
@@ -55,8 +65,17 @@ pub async fn invoke(
     match function {
         "quota-check" => {
             out(
-                quota_check::handle(&aws.ec2, &aws.quotas, parse_input(function, payload)?, now)
-                    .await?,
+                quota_check::handle(
+                    &aws.ec2,
+                    &aws.quotas,
+                    &quota_check::Config {
+                        region: aws.region.clone(),
+                        allowed_topics: settings.allowed_topics.clone(),
+                    },
+                    parse_input(function, payload)?,
+                    now,
+                )
+                .await?,
             )
         }
         "launch-worker" => {
@@ -67,6 +86,7 @@ pub async fn invoke(
             out(launch_worker::handle(
                 &aws.ec2,
                 &aws.pricing,
+                &aws.ssm,
                 &config,
                 parse_input(function, payload)?,
                 now,
@@ -107,7 +127,7 @@ pub async fn invoke(
             now,
         )
         .await?),
-        other => Err(Error::BadInput(format!(
+        other => Err(Error::Internal(format!(
             "unknown function '{other}'; known: {}",
             FUNCTIONS.join(", ")
         ))),

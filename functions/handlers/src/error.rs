@@ -13,6 +13,8 @@ pub enum Error {
     InvalidRunSpec(#[from] InvalidRunSpec),
     #[error("bad input: {0}")]
     BadInput(String),
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("estimated cost ${estimate:.4} exceeds limits.budget_usd ${budget:.2} ({detail}); nothing was launched")]
     OverBudget {
         estimate: f64,
@@ -69,6 +71,7 @@ impl Error {
         match self {
             Error::InvalidRunSpec(_) => names::INVALID_RUNSPEC,
             Error::BadInput(_) => names::BAD_INPUT,
+            Error::Internal(_) => names::INTERNAL,
             Error::OverBudget { .. } => names::OVER_BUDGET,
             Error::CapacityUnavailable { .. } => names::CAPACITY_UNAVAILABLE,
             Error::LaunchFailed(_) => names::LAUNCH_FAILED,

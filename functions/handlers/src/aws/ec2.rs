@@ -50,6 +50,8 @@ pub struct LaunchRequest {
     pub security_groups: Vec<String>,
     pub image: String,
     pub volume_gib: u32,
+    /// The image's root device name (DescribeImages).
+    pub root_device: String,
     pub instance_profile: Option<String>,
     pub client_token: String,
     pub user_data_base64: String,
@@ -81,6 +83,8 @@ pub trait Compute: Send + Sync {
         id: &str,
     ) -> impl Future<Output = Result<(Option<String>, Option<String>), Error>> + Send;
     fn terminate(&self, ids: &[String]) -> impl Future<Output = Result<(), Error>> + Send;
+    /// The image's root device name, e.g. /dev/xvda or /dev/sda1.
+    fn root_device(&self, image: &str) -> impl Future<Output = Result<String, Error>> + Send;
     fn spot_prices(
         &self,
         instance_type: &str,
@@ -88,6 +92,42 @@ pub trait Compute: Send + Sync {
         start: DateTime<Utc>,
         end: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<PricePoint>, Error>> + Send;
+}
+
+type DescribeTypesError = aws_sdk_ec2::error::SdkError<
+    aws_sdk_ec2::operation::describe_instance_types::DescribeInstanceTypesError,
+>;
+
+/// vCPUs of each type, one DescribeInstanceTypes call (and its pages).
+async fn describe_types(
+    ec2: &aws_sdk_ec2::Client,
+    types: &[String],
+) -> Result<HashMap<String, u32>, DescribeTypesError> {
+    let mut out = HashMap::new();
+    if types.is_empty() {
+        return Ok(out);
+    }
+    let mut pages = ec2
+        .describe_instance_types()
+        .set_instance_types(Some(
+            types
+                .iter()
+                .map(|t| InstanceType::from(t.as_str()))
+                .collect(),
+        ))
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        for it in page?.instance_types() {
+            if let (Some(t), Some(v)) = (
+                it.instance_type(),
+                it.v_cpu_info().and_then(|v| v.default_v_cpus()),
+            ) {
+                out.insert(t.as_str().to_string(), v.max(0) as u32);
+            }
+        }
+    }
+    Ok(out)
 }
 
 pub fn view(i: &Instance) -> InstanceView {
@@ -146,36 +186,24 @@ fn tag_spec(kind: ResourceType, tags: &BTreeMap<String, String>) -> TagSpecifica
 
 impl Compute for aws_sdk_ec2::Client {
     async fn vcpus(&self, types: &[String]) -> Result<HashMap<String, u32>, Error> {
-        let mut out = HashMap::new();
-        if types.is_empty() {
-            return Ok(out);
-        }
-        let mut token = None;
-        loop {
-            let resp = self
-                .describe_instance_types()
-                .set_instance_types(Some(
-                    types
-                        .iter()
-                        .map(|t| InstanceType::from(t.as_str()))
-                        .collect(),
-                ))
-                .set_next_token(token)
-                .send()
-                .await
-                .map_err(|e| Error::aws("ec2", "DescribeInstanceTypes", e))?;
-            for it in resp.instance_types() {
-                if let (Some(t), Some(v)) = (
-                    it.instance_type(),
-                    it.v_cpu_info().and_then(|v| v.default_v_cpus()),
-                ) {
-                    out.insert(t.as_str().to_string(), v.max(0) as u32);
+        let invalid = |e: &DescribeTypesError| e.code() == Some("InvalidInstanceType");
+        match describe_types(self, types).await {
+            Ok(found) => Ok(found),
+            // A type the region does not offer fails the whole call with InvalidInstanceType:
+            // ask for each type alone, so the offered ones are known and the others left out
+            // (callers name them).
+            Err(e) if invalid(&e) => {
+                let mut out = HashMap::new();
+                for t in types {
+                    match describe_types(self, std::slice::from_ref(t)).await {
+                        Ok(found) => out.extend(found),
+                        Err(e) if invalid(&e) => {}
+                        Err(e) => return Err(Error::aws("ec2", "DescribeInstanceTypes", e)),
+                    }
                 }
+                Ok(out)
             }
-            token = resp.next_token().map(str::to_string);
-            if token.is_none() {
-                return Ok(out);
-            }
+            Err(e) => Err(Error::aws("ec2", "DescribeInstanceTypes", e)),
         }
     }
 
@@ -292,7 +320,7 @@ impl Compute for aws_sdk_ec2::Client {
             .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
             .block_device_mappings(
                 BlockDeviceMapping::builder()
-                    .device_name("/dev/xvda")
+                    .device_name(&req.root_device)
                     .ebs(
                         EbsBlockDevice::builder()
                             .volume_size(req.volume_gib as i32)
@@ -318,6 +346,25 @@ impl Compute for aws_sdk_ec2::Client {
             code: "NoInstance".into(),
             message: "RunInstances answered without an instance".into(),
         })
+    }
+
+    async fn root_device(&self, image: &str) -> Result<String, Error> {
+        let resp = self
+            .describe_images()
+            .image_ids(image)
+            .send()
+            .await
+            .map_err(|e| Error::aws("ec2", "DescribeImages", e))?;
+        resp.images()
+            .first()
+            .and_then(|i| i.root_device_name())
+            .map(str::to_string)
+            .ok_or_else(|| Error::Aws {
+                service: "ec2",
+                operation: "DescribeImages",
+                code: "InvalidAMIID.NotFound".into(),
+                message: format!("image {image} not found or without a root device"),
+            })
     }
 
     async fn status_checks(&self, id: &str) -> Result<(Option<String>, Option<String>), Error> {

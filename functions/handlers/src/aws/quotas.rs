@@ -85,7 +85,12 @@ impl QuotaService for aws_sdk_servicequotas::Client {
             .await
         {
             Ok(r) => r.requested_quota().map(|q| request(q, now)).ok_or_else(|| {
-                Error::BadInput("RequestServiceQuotaIncrease returned no request".into())
+                Error::Aws {
+                    service: "servicequotas",
+                    operation: "RequestServiceQuotaIncrease",
+                    code: "EmptyResponse".into(),
+                    message: "the answer holds no request".into(),
+                }
             }),
             // A retried call, or another run asked first: follow the open request.
             Err(e)
@@ -140,6 +145,11 @@ impl QuotaService for aws_sdk_servicequotas::Client {
             .map_err(|e| Error::aws("servicequotas", "GetRequestedServiceQuotaChange", e))?;
         r.requested_quota()
             .map(|q| request(q, now))
-            .ok_or_else(|| Error::BadInput(format!("quota request {id} not found")))
+            .ok_or_else(|| Error::Aws {
+                service: "servicequotas",
+                operation: "GetRequestedServiceQuotaChange",
+                code: "EmptyResponse".into(),
+                message: format!("the answer holds no request {id}"),
+            })
     }
 }

@@ -35,7 +35,7 @@ impl Notifier for aws_sdk_sns::Client {
                 .data_type("String")
                 .string_value(*v)
                 .build()
-                .map_err(|e| Error::BadInput(format!("SNS attribute {k}: {e}")))?;
+                .map_err(|e| Error::Internal(format!("SNS attribute {k}: {e}")))?;
             req = req.message_attributes(*k, value);
         }
         let r = req

@@ -11,7 +11,7 @@ use ephemera_core::{cost, userdata, RunSpec};
 use serde::Deserialize;
 
 use super::parse_spec;
-use crate::aws::{Compute, InstanceView, LaunchRequest, PriceList};
+use crate::aws::{Compute, InstanceView, LaunchRequest, Params, PriceList};
 use crate::error::Error;
 
 #[derive(Debug, Deserialize)]
@@ -24,6 +24,11 @@ pub struct Input {
     pub worker: Option<WorkerState>,
     #[serde(default)]
     pub relaunch: bool,
+    /// `$$.State.EnteredTime`: the same on every retry of one LaunchWorker state, so the
+    /// deadline tag — and with it the whole RunInstances request — is too (a ClientToken
+    /// reused with other parameters is IdempotentParameterMismatch).
+    #[serde(default)]
+    pub entered: Option<DateTime<Utc>>,
 }
 
 /// What the deployment supplies (environment of the function).
@@ -61,9 +66,10 @@ pub fn tags(
     t
 }
 
-pub async fn handle<E: Compute, P: PriceList>(
+pub async fn handle<E: Compute, P: PriceList, S: Params>(
     ec2: &E,
     prices: &P,
+    params: &S,
     config: &Config,
     input: Input,
     now: DateTime<Utc>,
@@ -168,7 +174,7 @@ pub async fn handle<E: Compute, P: PriceList>(
         return Ok(make_state(attempt_of(i, token, vec![], true)));
     }
 
-    let deadline = now
+    let deadline = input.entered.unwrap_or(now)
         + Duration::seconds(
             (spec.limits.max_runtime_seconds + spec.limits.boot_timeout_seconds + 900) as i64,
         );
@@ -189,8 +195,25 @@ pub async fn handle<E: Compute, P: PriceList>(
         .clone()
         .or_else(|| config.instance_profile.clone());
 
+    // The root volume is the image's own root device, which differs between AMIs
+    // (/dev/xvda on Amazon Linux, /dev/sda1 on Ubuntu).
+    let image = match spec.worker.image.strip_prefix("resolve:ssm:") {
+        Some(alias) => params.get(alias).await?.ok_or_else(|| {
+            Error::LaunchFailed(format!(
+                "worker.image: the SSM parameter {alias} does not exist in {}",
+                config.region
+            ))
+        })?,
+        None => spec.worker.image.clone(),
+    };
+    let root_device = ec2.root_device(&image).await?;
+
     let mut tried = vec![];
+    let mut closed: Vec<ephemera_core::Market> = vec![];
     for c in capacity::candidates(&spec.worker.instance_types, &spec.worker.subnets, &markets) {
+        if closed.contains(&c.market) {
+            continue;
+        }
         let token = capacity::client_token(&input.execution, attempt, &c);
         let req = LaunchRequest {
             market: c.market,
@@ -199,6 +222,7 @@ pub async fn handle<E: Compute, P: PriceList>(
             security_groups: spec.worker.security_groups.clone(),
             image: spec.worker.image.clone(),
             volume_gib: spec.worker.volume_gib,
+            root_device: root_device.clone(),
             instance_profile: profile.clone(),
             client_token: token.clone(),
             user_data_base64: user_data.clone(),
@@ -210,14 +234,19 @@ pub async fn handle<E: Compute, P: PriceList>(
                 return Ok(make_state(attempt_of(&i, token, tried, false)));
             }
             Err(e) => match capacity::classify(&e.code, &e.message) {
-                LaunchErrorKind::Capacity | LaunchErrorKind::Limit => {
+                LaunchErrorKind::Capacity | LaunchErrorKind::Limit | LaunchErrorKind::Market => {
                     tracing::warn!(code = %e.code, market = c.market.as_str(), instance_type = %c.instance_type, subnet = %c.subnet, "candidate unavailable; trying the next");
+                    if capacity::classify(&e.code, &e.message) == LaunchErrorKind::Market {
+                        closed.push(c.market);
+                    }
+                    // Cut: every candidate's message travels in the run document (256 KiB).
+                    let message: String = e.message.chars().take(160).collect();
                     tried.push(Tried {
                         market: c.market,
                         instance_type: c.instance_type,
                         subnet: c.subnet,
                         code: e.code,
-                        message: e.message,
+                        message,
                     });
                 }
                 LaunchErrorKind::Fatal => {

@@ -22,13 +22,39 @@ pub struct Input {
     pub quota: Option<QuotaState>,
 }
 
+/// What the deployment supplies (environment of the function).
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub region: String,
+    /// The topics the functions may publish to (the template's); empty: any.
+    pub allowed_topics: Vec<String>,
+}
+
 pub async fn handle<E: Compute, Q: QuotaService>(
     ec2: &E,
     quotas: &Q,
+    config: &Config,
     input: Input,
     now: DateTime<Utc>,
 ) -> Result<QuotaState, Error> {
     let spec = parse_spec(&input.run)?;
+    let region = &config.region;
+    // A topic the functions may not publish to would lose the report at the end of the run:
+    // refuse it now, before anything is launched.
+    if let Some(t) = &spec.notify.topic_arn {
+        if !config.allowed_topics.is_empty() && !config.allowed_topics.contains(t) {
+            return Err(InvalidRunSpec {
+                errors: vec![FieldError {
+                    field: "notify.topic_arn".into(),
+                    message: format!(
+                        "'{t}' is not a topic this deployment may publish to; allowed: {} (omit the field to use it)",
+                        config.allowed_topics.join(", ")
+                    ),
+                }],
+            }
+            .into());
+        }
+    }
     let types = &spec.worker.instance_types;
     let vcpus = ec2.vcpus(types).await?;
     let mut per_type = vec![];
@@ -38,7 +64,10 @@ pub async fn handle<E: Compute, Q: QuotaService>(
             Some(&v) => per_type.push((t.clone(), v)),
             None => errors.push(FieldError {
                 field: format!("worker.instance_types[{i}]"),
-                message: format!("'{t}' is not offered in this region (DescribeInstanceTypes)"),
+                message: format!(
+                    "'{t}' is not offered in region {} (DescribeInstanceTypes: InvalidInstanceType); choose types the region offers (aws ec2 describe-instance-type-offerings)",
+                    region
+                ),
             }),
         }
     }

@@ -139,16 +139,32 @@ where
         let (compute_usd, source) = match (i.market, i.availability_zone.as_deref()) {
             (Market::Spot, Some(az)) => {
                 // Ask from an hour earlier: AWS dates the price in force at launch before it.
-                let history = ec2
+                // Pricing never fails the report: a run that finished stays finished, and
+                // a price that could not be read is estimated and said so.
+                let history = match ec2
                     .spot_prices(
                         &i.instance_type,
                         az,
                         launched_at - chrono::Duration::hours(1),
                         launched_at + chrono::Duration::seconds(billed),
                     )
-                    .await?;
-                match cost::spot_cost(&history, launched_at, billed) {
+                    .await
+                {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        notes.push(format!(
+                            "{}: Spot price history unavailable ({}); compute estimated at On-Demand ({od_source})",
+                            i.id,
+                            short(&e.to_string())
+                        ));
+                        None
+                    }
+                };
+                match history.and_then(|h| cost::spot_cost(&h, launched_at, billed)) {
                     Some(c) => (c, "spot-price-history".to_string()),
+                    None if notes.last().is_some_and(|n| n.contains("Spot price history unavailable")) => {
+                        (on_demand_usd, format!("estimated: {od_source}"))
+                    }
                     None => {
                         notes.push(format!(
                             "{}: no Spot price history for {} in {az}; priced at On-Demand ({od_source})",
@@ -224,7 +240,7 @@ where
         .or(first_launch)
         .map_or(0, |s| (now - s).num_seconds().max(0));
 
-    let report = CostReport {
+    let mut report = CostReport {
         run_id: spec.run_id.clone(),
         execution: input.execution.clone(),
         outcome: if input.error.is_none() {
@@ -279,22 +295,56 @@ where
         Some(t) => {
             let (subject, body) = render_email(&report);
             let actual_s = format!("{:.6}", report.actual_usd);
-            sns.publish(
-                &t,
-                &subject,
-                &body,
-                &[
-                    ("run_id", &report.run_id),
-                    ("outcome", &report.outcome),
-                    ("actual_usd", &actual_s),
-                ],
-            )
-            .await?;
+            let attributes = [
+                ("run_id", report.run_id.as_str()),
+                ("outcome", report.outcome.as_str()),
+                ("actual_usd", actual_s.as_str()),
+            ];
+            // The email never fails the run: a finished job stays finished and its report is
+            // the execution's output whatever SNS answers. Transient errors are retried here
+            // (the SDK retries throttling too); a refusal is not, and is noted in the report.
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                match sns.publish(&t, &subject, &body, &attributes).await {
+                    Ok(_) => break,
+                    Err(e) if tries < 3 && !is_refusal(&e) => {
+                        tracing::warn!(error = %e, tries, "publishing the report failed; retrying");
+                        tokio::time::sleep(std::time::Duration::from_millis(500 * tries)).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, topic = %t, "the report could not be emailed");
+                        report.notes.push(format!(
+                            "the report could not be emailed to {t} after {tries} attempt(s): {}",
+                            short(&e.to_string())
+                        ));
+                        break;
+                    }
+                }
+            }
         }
         None => tracing::warn!("no notification topic: the report is only returned"),
     }
     tracing::info!(actual_usd = report.actual_usd, outcome = %report.outcome, "cost report");
     Ok(report)
+}
+
+/// Permission and validation errors, which a retry does not change.
+fn is_refusal(e: &Error) -> bool {
+    matches!(e, Error::Aws { code, .. } if code.contains("Authorization")
+        || code.contains("AccessDenied")
+        || code.contains("NotFound")
+        || code.contains("InvalidParameter"))
+}
+
+/// An AWS message cut to a length that keeps the run document small.
+fn short(s: &str) -> String {
+    if s.chars().count() <= 240 {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(239).collect();
+    out.push('…');
+    out
 }
 
 #[cfg(test)]

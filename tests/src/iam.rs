@@ -1,0 +1,627 @@
+//! IAM as AWS evaluates it, for the principals template.yaml defines.
+//!
+//! moto checks no permission. The front door does: every request signed with a principal's
+//! access key (see [`Principal`]) is authorized against the statements the template gives that
+//! principal — read from template.yaml itself, SAM policy templates expanded — before it reaches
+//! moto, and a call they do not allow is refused with the service's own AccessDenied answer.
+//! Evaluation follows the IAM policy evaluation logic for identity-based policies in one account:
+//! an explicit Deny wins, otherwise some Allow must match the action, the resource and every
+//! condition; actions without resource-level permissions are authorized against `*`
+//! (<https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_evaluation-logic.html>).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use serde_yaml_ng::Value as Yaml;
+
+pub const ACCOUNT: &str = "123456789012";
+pub const STACK: &str = "ephemera";
+/// The template parameters the harness deploys with.
+pub const ARTIFACT_BUCKET: &str = "ephemera-artifacts";
+pub const EXPORT_BUCKET: &str = "ephemera-features";
+pub const REPORT_TOPIC: &str = "ephemera-reports";
+pub const WORKER_PROFILE: &str = "ephemera-worker";
+
+/// Who signed a request, told by its access key id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Principal {
+    /// A Lambda's execution role (`fn-<function>`).
+    Function(String),
+    /// The state machine's role: moto's executor signs its service calls with `ak`.
+    StateMachine,
+    /// The worker's instance role (`worker`).
+    Worker,
+    /// EventBridge Scheduler's role (`scheduler`).
+    Scheduler,
+}
+
+impl Principal {
+    pub fn from_access_key(key: &str) -> Option<Principal> {
+        match key {
+            "ak" => Some(Principal::StateMachine),
+            "worker" => Some(Principal::Worker),
+            "scheduler" => Some(Principal::Scheduler),
+            k => k.strip_prefix("fn-").map(|f| Principal::Function(f.into())),
+        }
+    }
+
+    pub fn access_key(&self) -> String {
+        match self {
+            Principal::Function(f) => format!("fn-{f}"),
+            Principal::StateMachine => "ak".into(),
+            Principal::Worker => "worker".into(),
+            Principal::Scheduler => "scheduler".into(),
+        }
+    }
+
+    /// The role session ARN AWS names in its AccessDenied messages.
+    pub fn arn(&self) -> String {
+        let (role, session) = match self {
+            Principal::Function(f) => (format!("{STACK}-{f}-role"), format!("{STACK}-{f}")),
+            Principal::StateMachine => (format!("{STACK}-state-machine-role"), "execution".into()),
+            Principal::Worker => (format!("{STACK}-worker-role"), "i-worker".into()),
+            Principal::Scheduler => (format!("{STACK}-scheduler-role"), "schedule".into()),
+        };
+        format!("arn:aws:sts::{ACCOUNT}:assumed-role/{role}/{session}")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Condition {
+    pub operator: String,
+    pub key: String,
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Statement {
+    pub sid: String,
+    pub allow: bool,
+    pub actions: Vec<String>,
+    pub resources: Vec<String>,
+    pub conditions: Vec<Condition>,
+}
+
+/// One authorization AWS makes for a request: an action on a resource, with its context keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    pub action: String,
+    pub resource: String,
+    pub context: BTreeMap<String, String>,
+}
+
+impl Check {
+    pub fn new(action: &str, resource: impl Into<String>) -> Check {
+        Check {
+            action: action.into(),
+            resource: resource.into(),
+            context: BTreeMap::new(),
+        }
+    }
+    pub fn with(mut self, key: &str, value: impl Into<String>) -> Check {
+        self.context.insert(key.into(), value.into());
+        self
+    }
+}
+
+/// The statements of every principal, `${AWS::Region}` left in place until a request's region
+/// is known.
+#[derive(Debug, Clone, Default)]
+pub struct Policies {
+    pub by_principal: BTreeMap<Principal, Vec<Statement>>,
+}
+
+/// The managed policy the worker role attaches, as AWS publishes it
+/// (<https://docs.aws.amazon.com/aws-managed-policy/latest/reference/AmazonSSMManagedInstanceCore.html>).
+fn managed_policy(arn: &str) -> Vec<Statement> {
+    let name = arn.rsplit('/').next().unwrap_or_default();
+    match name {
+        "AmazonSSMManagedInstanceCore" => vec![
+            Statement {
+                sid: "AmazonSSMManagedInstanceCore".into(),
+                allow: true,
+                actions: [
+                    "ssm:DescribeAssociation",
+                    "ssm:GetDeployablePatchSnapshotForInstance",
+                    "ssm:GetDocument",
+                    "ssm:DescribeDocument",
+                    "ssm:GetManifest",
+                    "ssm:GetParameter",
+                    "ssm:GetParameters",
+                    "ssm:ListAssociations",
+                    "ssm:ListInstanceAssociations",
+                    "ssm:PutInventory",
+                    "ssm:PutComplianceItems",
+                    "ssm:PutConfigurePackageResult",
+                    "ssm:UpdateAssociationStatus",
+                    "ssm:UpdateInstanceAssociationStatus",
+                    "ssm:UpdateInstanceInformation",
+                ]
+                .map(String::from)
+                .to_vec(),
+                resources: vec!["*".into()],
+                conditions: vec![],
+            },
+            Statement {
+                sid: "AmazonSSMManagedInstanceCoreMessages".into(),
+                allow: true,
+                actions: vec!["ssmmessages:*".into(), "ec2messages:*".into()],
+                resources: vec!["*".into()],
+                conditions: vec![],
+            },
+        ],
+        other => panic!("the harness does not know the managed policy {other}: add its statements"),
+    }
+}
+
+/// Resolves CloudFormation values the way a deployment of stack `ephemera` would.
+struct Resolver<'a> {
+    template: &'a Yaml,
+    params: HashMap<&'static str, String>,
+}
+
+impl Resolver<'_> {
+    fn resource(&self, name: &str) -> Option<&Yaml> {
+        self.template.get("Resources")?.get(name)
+    }
+
+    fn function_name(&self, logical: &str) -> String {
+        let r = self
+            .resource(logical)
+            .unwrap_or_else(|| panic!("template has no resource {logical}"));
+        match r.get("Properties").and_then(|p| p.get("FunctionName")) {
+            Some(v) => self.one(v),
+            None => format!("{STACK}-{logical}"),
+        }
+    }
+
+    fn reference(&self, name: &str) -> String {
+        if let Some(v) = self.params.get(name) {
+            return v.clone();
+        }
+        match name {
+            "AWS::Partition" => "aws".into(),
+            "AWS::Region" => "${AWS::Region}".into(),
+            "AWS::AccountId" => ACCOUNT.into(),
+            "AWS::StackName" => STACK.into(),
+            "ReportTopic" => format!("arn:aws:sns:${{AWS::Region}}:{ACCOUNT}:{REPORT_TOPIC}"),
+            "WorkerStateMachine" => {
+                format!("arn:aws:states:${{AWS::Region}}:{ACCOUNT}:stateMachine:{STACK}-worker")
+            }
+            "WorkerRole" => format!("{STACK}-worker-role"),
+            "WorkerInstanceProfile" => WORKER_PROFILE.into(),
+            other => match self.resource(other) {
+                Some(r) if r.get("Type").and_then(Yaml::as_str) == Some("AWS::Serverless::Function") => {
+                    self.function_name(other)
+                }
+                _ => panic!("the harness cannot resolve !Ref {other}"),
+            },
+        }
+    }
+
+    fn attribute(&self, what: &str) -> String {
+        match what {
+            "WorkerRole.Arn" => format!("arn:aws:iam::{ACCOUNT}:role/{STACK}-worker-role"),
+            "ReportTopic.TopicName" => REPORT_TOPIC.into(),
+            "WorkerInstanceProfile.Arn" => {
+                format!("arn:aws:iam::{ACCOUNT}:instance-profile/{WORKER_PROFILE}")
+            }
+            "StateMachineLogs.Arn" => format!(
+                "arn:aws:logs:${{AWS::Region}}:{ACCOUNT}:log-group:/aws/vendedlogs/states/{STACK}-worker:*"
+            ),
+            other => match other.strip_suffix(".Arn") {
+                Some(f) if self.resource(f).is_some() => format!(
+                    "arn:aws:lambda:${{AWS::Region}}:{ACCOUNT}:function:{}",
+                    self.function_name(f)
+                ),
+                _ => panic!("the harness cannot resolve !GetAtt {other}"),
+            },
+        }
+    }
+
+    fn sub(&self, text: &str) -> String {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(i) = rest.find("${") {
+            out.push_str(&rest[..i]);
+            let end = rest[i..].find('}').expect("unclosed ${ in !Sub") + i;
+            let name = &rest[i + 2..end];
+            out.push_str(&if name.contains('.') {
+                self.attribute(name)
+            } else {
+                self.reference(name)
+            });
+            rest = &rest[end + 1..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// Every string a value stands for (a list gives several).
+    fn many(&self, v: &Yaml) -> Vec<String> {
+        match v {
+            Yaml::Sequence(items) => items.iter().flat_map(|i| self.many(i)).collect(),
+            _ => vec![self.one(v)],
+        }
+    }
+
+    fn one(&self, v: &Yaml) -> String {
+        match v {
+            Yaml::String(s) => s.clone(),
+            Yaml::Bool(b) => b.to_string(),
+            Yaml::Number(n) => n.to_string(),
+            Yaml::Tagged(t) => {
+                let tag = t.tag.to_string();
+                let tag = tag.trim_start_matches('!');
+                match (tag, &t.value) {
+                    ("Sub", Yaml::String(s)) => self.sub(s),
+                    ("Ref", Yaml::String(s)) => self.reference(s),
+                    ("GetAtt", Yaml::String(s)) => self.attribute(s),
+                    (other, _) => panic!("the harness cannot resolve !{other} {:?}", t.value),
+                }
+            }
+            Yaml::Mapping(m) if m.len() == 1 => {
+                let (k, val) = m.iter().next().unwrap();
+                match (k.as_str(), val) {
+                    (Some("Ref"), Yaml::String(s)) => self.reference(s),
+                    (Some("Fn::Sub"), Yaml::String(s)) => self.sub(s),
+                    (Some("Fn::GetAtt"), Yaml::String(s)) => self.attribute(s),
+                    _ => panic!("the harness cannot resolve {v:?}"),
+                }
+            }
+            other => panic!("the harness cannot resolve {other:?}"),
+        }
+    }
+
+    fn statements(&self, doc: &Yaml) -> Vec<Statement> {
+        let list = match doc.get("Statement") {
+            Some(Yaml::Sequence(s)) => s.clone(),
+            Some(one) => vec![one.clone()],
+            None => vec![],
+        };
+        list.iter()
+            .map(|s| {
+                let mut conditions = vec![];
+                if let Some(Yaml::Mapping(ops)) = s.get("Condition") {
+                    for (op, keys) in ops {
+                        let Yaml::Mapping(keys) = keys else { continue };
+                        for (key, values) in keys {
+                            conditions.push(Condition {
+                                operator: op.as_str().unwrap_or_default().to_string(),
+                                key: key.as_str().unwrap_or_default().to_string(),
+                                values: self.many(values),
+                            });
+                        }
+                    }
+                }
+                Statement {
+                    sid: s.get("Sid").map(|v| self.one(v)).unwrap_or_default(),
+                    allow: s.get("Effect").and_then(Yaml::as_str) != Some("Deny"),
+                    actions: s.get("Action").map(|v| self.many(v)).unwrap_or_default(),
+                    resources: s.get("Resource").map(|v| self.many(v)).unwrap_or_default(),
+                    conditions,
+                }
+            })
+            .collect()
+    }
+
+    /// A SAM function's or state machine's `Policies` list: inline documents and the SAM policy
+    /// templates the template uses, expanded as SAM expands them
+    /// (<https://docs.aws.amazon.com/serverless-application-model/latest/developerguide/serverless-policy-template-list.html>).
+    fn sam_policies(&self, policies: &Yaml) -> Vec<Statement> {
+        let Yaml::Sequence(list) = policies else {
+            return vec![];
+        };
+        let mut out = vec![];
+        for p in list {
+            if p.get("Statement").is_some() {
+                out.extend(self.statements(p));
+                continue;
+            }
+            let Some(Yaml::Mapping(m)) = Some(p) else {
+                panic!("the harness does not understand the policy {p:?}")
+            };
+            let (name, args) = m.iter().next().expect("a policy template");
+            let name = name.as_str().unwrap_or_default();
+            let arg = |k: &str| self.one(args.get(k).unwrap_or_else(|| panic!("{name} needs {k}")));
+            let st = |sid: &str, actions: &[&str], resources: Vec<String>| Statement {
+                sid: sid.into(),
+                allow: true,
+                actions: actions.iter().map(|a| a.to_string()).collect(),
+                resources,
+                conditions: vec![],
+            };
+            match name {
+                "S3ReadPolicy" => {
+                    let b = arg("BucketName");
+                    out.push(st(
+                        name,
+                        &[
+                            "s3:GetObject",
+                            "s3:ListBucket",
+                            "s3:GetBucketLocation",
+                            "s3:GetObjectVersion",
+                            "s3:GetLifecycleConfiguration",
+                        ],
+                        vec![format!("arn:aws:s3:::{b}"), format!("arn:aws:s3:::{b}/*")],
+                    ));
+                }
+                "SNSPublishMessagePolicy" => out.push(st(
+                    name,
+                    &["sns:Publish"],
+                    vec![format!(
+                        "arn:aws:sns:${{AWS::Region}}:{ACCOUNT}:{}",
+                        arg("TopicName")
+                    )],
+                )),
+                "LambdaInvokePolicy" => out.push(st(
+                    name,
+                    &["lambda:InvokeFunction"],
+                    vec![format!(
+                        "arn:aws:lambda:${{AWS::Region}}:{ACCOUNT}:function:{}*",
+                        arg("FunctionName")
+                    )],
+                )),
+                other => panic!("the harness does not know the SAM policy template {other}: add it"),
+            }
+        }
+        out
+    }
+}
+
+impl Policies {
+    pub fn from_template_file(path: &Path) -> Policies {
+        let text = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        Policies::from_template(&text)
+    }
+
+    pub fn from_template(text: &str) -> Policies {
+        let template: Yaml = serde_yaml_ng::from_str(text).expect("template.yaml is YAML");
+        let mut params = HashMap::new();
+        params.insert("ArtifactBucket", ARTIFACT_BUCKET.to_string());
+        params.insert("ExportBucket", EXPORT_BUCKET.to_string());
+        if let Some(Yaml::Mapping(ps)) = template.get("Parameters") {
+            for (k, v) in ps {
+                let k = k.as_str().unwrap_or_default();
+                if let Some(d) = v.get("Default") {
+                    let known: &'static str = match k {
+                        "DatabaseSecretPrefix" => "DatabaseSecretPrefix",
+                        "NotificationEmail" => "NotificationEmail",
+                        "ScheduleExpression" => "ScheduleExpression",
+                        "ScheduleRunSpec" => "ScheduleRunSpec",
+                        "LogRetentionDays" => "LogRetentionDays",
+                        _ => continue,
+                    };
+                    let value = match d {
+                        Yaml::String(s) => s.clone(),
+                        Yaml::Number(n) => n.to_string(),
+                        _ => continue,
+                    };
+                    params.entry(known).or_insert(value);
+                }
+            }
+        }
+        let r = Resolver {
+            template: &template,
+            params,
+        };
+        let mut by_principal = BTreeMap::new();
+        let Some(Yaml::Mapping(resources)) = template.get("Resources") else {
+            panic!("template.yaml has no Resources");
+        };
+        for (logical, res) in resources {
+            let logical = logical.as_str().unwrap_or_default();
+            let props = res.get("Properties");
+            match res.get("Type").and_then(Yaml::as_str) {
+                Some("AWS::Serverless::Function") => {
+                    let binary = res
+                        .get("Metadata")
+                        .and_then(|m| m.get("BuildProperties"))
+                        .and_then(|b| b.get("Binary"))
+                        .and_then(Yaml::as_str)
+                        .unwrap_or_else(|| panic!("{logical} has no Metadata.BuildProperties.Binary"));
+                    let statements = props
+                        .and_then(|p| p.get("Policies"))
+                        .map(|p| r.sam_policies(p))
+                        .unwrap_or_default();
+                    by_principal.insert(Principal::Function(binary.to_string()), statements);
+                }
+                Some("AWS::Serverless::StateMachine") => {
+                    let statements = props
+                        .and_then(|p| p.get("Policies"))
+                        .map(|p| r.sam_policies(p))
+                        .unwrap_or_default();
+                    by_principal.insert(Principal::StateMachine, statements);
+                }
+                Some("AWS::IAM::Role") => {
+                    let principal = match logical {
+                        "WorkerRole" => Principal::Worker,
+                        "SchedulerRole" => Principal::Scheduler,
+                        other => panic!("the harness does not know who assumes the role {other}"),
+                    };
+                    let mut statements = vec![];
+                    if let Some(Yaml::Sequence(arns)) = props.and_then(|p| p.get("ManagedPolicyArns")) {
+                        for a in arns {
+                            statements.extend(managed_policy(&r.one(a)));
+                        }
+                    }
+                    if let Some(Yaml::Sequence(ps)) = props.and_then(|p| p.get("Policies")) {
+                        for p in ps {
+                            if let Some(doc) = p.get("PolicyDocument") {
+                                statements.extend(r.statements(doc));
+                            }
+                        }
+                    }
+                    by_principal.insert(principal, statements);
+                }
+                _ => {}
+            }
+        }
+        Policies { by_principal }
+    }
+
+    /// Removes the statement `sid` from `principal` (for tests that prove a statement matters).
+    pub fn without(mut self, principal: &Principal, sid: &str) -> Policies {
+        let list = self
+            .by_principal
+            .get_mut(principal)
+            .unwrap_or_else(|| panic!("no principal {principal:?}"));
+        let before = list.len();
+        list.retain(|s| s.sid != sid);
+        assert!(list.len() < before, "{principal:?} has no statement {sid}");
+        self
+    }
+
+    /// Ok, or the reason AWS would give for refusing.
+    pub fn authorize(&self, principal: &Principal, region: &str, check: &Check) -> Result<(), String> {
+        let statements = self
+            .by_principal
+            .get(principal)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let matching = |allow: bool| {
+            statements.iter().filter(move |s| s.allow == allow).any(|s| {
+                s.actions.iter().any(|a| glob(&a.to_lowercase(), &check.action.to_lowercase()))
+                    && s.resources
+                        .iter()
+                        .any(|r| glob(&r.replace("${AWS::Region}", region), &check.resource))
+                    && s.conditions.iter().all(|c| condition(c, &check.context))
+            })
+        };
+        let who = principal.arn();
+        if matching(false) {
+            return Err(format!(
+                "User: {who} is not authorized to perform: {} on resource: {} with an explicit deny in an identity-based policy",
+                check.action, check.resource
+            ));
+        }
+        if matching(true) {
+            return Ok(());
+        }
+        Err(format!(
+            "User: {who} is not authorized to perform: {} on resource: {} because no identity-based policy allows the {} action",
+            check.action, check.resource, check.action
+        ))
+    }
+}
+
+fn condition(c: &Condition, ctx: &BTreeMap<String, String>) -> bool {
+    // Condition keys are case-insensitive; tag keys inside them keep their case in AWS, and
+    // ephemera's are lower case anyway.
+    let value = ctx
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(&c.key))
+        .map(|(_, v)| v);
+    match c.operator.as_str() {
+        "StringEquals" | "ArnEquals" => value.is_some_and(|v| c.values.iter().any(|x| x == v)),
+        "StringLike" | "ArnLike" => value.is_some_and(|v| c.values.iter().any(|x| glob(x, v))),
+        "StringNotEquals" => value.is_none_or(|v| c.values.iter().all(|x| x != v)),
+        "Null" => {
+            let want_absent = c.values.iter().any(|x| x == "true");
+            value.is_none() == want_absent
+        }
+        "Bool" => value.is_some_and(|v| c.values.iter().any(|x| x.eq_ignore_ascii_case(v))),
+        other => panic!("the harness does not evaluate the condition operator {other}: add it"),
+    }
+}
+
+/// IAM's wildcard match: `*` any run of characters, `?` any one character.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template() -> Policies {
+        Policies::from_template_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../template.yaml"))
+    }
+
+    #[test]
+    fn globs_match_as_iam_does() {
+        assert!(glob("arn:aws:ssm:*:1:parameter/ephemera/runs/*", "arn:aws:ssm:x:1:parameter/ephemera/runs/a/b"));
+        assert!(glob("ec2:Describe*", "ec2:DescribeInstances"));
+        assert!(!glob("ec2:Describe*", "ec2:RunInstances"));
+        assert!(glob("a?c", "abc") && !glob("a?c", "ac"));
+        assert!(glob("*", ""));
+    }
+
+    #[test]
+    fn every_principal_of_the_template_is_read() {
+        let p = template();
+        for f in ephemera_functions::FUNCTIONS {
+            assert!(
+                !p.by_principal[&Principal::Function(f.into())].is_empty(),
+                "{f} has statements"
+            );
+        }
+        for who in [Principal::StateMachine, Principal::Worker, Principal::Scheduler] {
+            assert!(!p.by_principal[&who].is_empty(), "{who:?}");
+        }
+    }
+
+    #[test]
+    fn conditions_on_tags_decide() {
+        let p = template();
+        let launch = Principal::Function("launch-worker".into());
+        let instance = format!("arn:aws:ec2:eu-west-1:{ACCOUNT}:instance/*");
+        let tagged = Check::new("ec2:RunInstances", &instance)
+            .with("aws:RequestTag/ephemera:managed", "true")
+            .with("aws:RequestTag/ephemera:run", "r")
+            .with("aws:RequestTag/ephemera:execution", "e")
+            .with("aws:RequestTag/ephemera:deadline", "d");
+        assert_eq!(p.authorize(&launch, "eu-west-1", &tagged), Ok(()));
+        let mut untagged = tagged.clone();
+        untagged.context.remove("aws:RequestTag/ephemera:deadline");
+        let err = p.authorize(&launch, "eu-west-1", &untagged).unwrap_err();
+        assert!(err.contains("is not authorized to perform: ec2:RunInstances"), "{err}");
+
+        let sweeper = Principal::Function("sweeper".into());
+        let term = |managed: &str| {
+            Check::new("ec2:TerminateInstances", format!("arn:aws:ec2:eu-west-1:{ACCOUNT}:instance/i-1"))
+                .with("ec2:ResourceTag/ephemera:managed", managed)
+        };
+        assert_eq!(p.authorize(&sweeper, "eu-west-1", &term("true")), Ok(()));
+        assert!(p.authorize(&sweeper, "eu-west-1", &term("false")).is_err());
+        // Another region's ARN does not match a statement resolved for this one.
+        assert!(p
+            .authorize(&sweeper, "eu-west-2", &term("true").with("x", "y"))
+            .is_err());
+    }
+
+    #[test]
+    fn dropping_a_statement_takes_its_permission_away() {
+        let p = template();
+        let health = Principal::Function("health-check".into());
+        let started = Check::new(
+            "ssm:GetParameter",
+            format!("arn:aws:ssm:us-east-1:{ACCOUNT}:parameter/ephemera/runs/r/started"),
+        );
+        assert_eq!(p.authorize(&health, "us-east-1", &started), Ok(()));
+        let p = p.without(&health, "TheWorkersStartedSignal");
+        assert!(p.authorize(&health, "us-east-1", &started).is_err());
+    }
+}

@@ -1,0 +1,347 @@
+//! What a request asks IAM for: its action and the resources (with their context keys) AWS
+//! authorizes, read off the wire as each service's protocol puts them.
+//!
+//! Resource ARNs follow the Service Authorization Reference
+//! (<https://docs.aws.amazon.com/service-authorization/latest/reference/reference_policies_actions-resources-contextkeys.html>);
+//! an action without resource-level permissions is authorized against `*`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::iam::{Check, ACCOUNT, WORKER_PROFILE};
+
+/// The parts of an HTTP request that name what it does.
+pub struct Wire<'a> {
+    pub region: &'a str,
+    pub service: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    /// `X-Amz-Target` for JSON-protocol services.
+    pub target: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+/// The form of a query-protocol request (EC2, SNS): `Action=…&Key=Value…`.
+pub fn url_form(bytes: &[u8]) -> HashMap<String, String> {
+    let s = String::from_utf8_lossy(bytes);
+    s.split('&')
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            let dec = |x: &str| {
+                urlencoding::decode(&x.replace('+', " "))
+                    .map(|c| c.into_owned())
+                    .unwrap_or_default()
+            };
+            Some((dec(k), dec(v)))
+        })
+        .collect()
+}
+
+/// `prefix.N…` members of a query-protocol list, in order of N.
+fn members<'f>(form: &'f HashMap<String, String>, prefix: &str) -> Vec<&'f String> {
+    let mut found: Vec<(u32, &String)> = form
+        .iter()
+        .filter_map(|(k, v)| {
+            let n = k.strip_prefix(prefix)?.strip_prefix('.')?;
+            Some((n.parse().ok()?, v))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, v)| v).collect()
+}
+
+/// The tags a RunInstances request puts on each resource type (`TagSpecification.N`).
+pub fn tag_specifications(form: &HashMap<String, String>) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for n in 1..=20 {
+        let Some(kind) = form.get(&format!("TagSpecification.{n}.ResourceType")) else {
+            continue;
+        };
+        let tags = out.entry(kind.clone()).or_default();
+        for m in 1..=60 {
+            let (Some(k), Some(v)) = (
+                form.get(&format!("TagSpecification.{n}.Tag.{m}.Key")),
+                form.get(&format!("TagSpecification.{n}.Tag.{m}.Value")),
+            ) else {
+                continue;
+            };
+            tags.insert(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
+pub fn is_spot(form: &HashMap<String, String>) -> bool {
+    form.get("InstanceMarketOptions.MarketType")
+        .is_some_and(|m| m.eq_ignore_ascii_case("spot"))
+}
+
+/// The checks of an EC2 request. TerminateInstances' `ec2:ResourceTag/…` keys are added by the
+/// caller, which can look the instances up.
+fn ec2(region: &str, form: &HashMap<String, String>) -> (String, Vec<Check>) {
+    let action = form.get("Action").cloned().unwrap_or_default();
+    let arn = |kind: &str, id: &str| format!("arn:aws:ec2:{region}:{ACCOUNT}:{kind}/{id}");
+    let full = format!("ec2:{action}");
+    let checks = match action.as_str() {
+        "RunInstances" => {
+            let specs = tag_specifications(form);
+            let tagged = |check: Check, kind: &str| {
+                specs.get(kind).into_iter().flatten().fold(check, |c, (k, v)| {
+                    c.with(&format!("aws:RequestTag/{k}"), v.clone())
+                })
+            };
+            let mut checks = vec![
+                tagged(Check::new(&full, arn("instance", "*")), "instance"),
+                tagged(Check::new(&full, arn("volume", "*")), "volume"),
+                Check::new(&full, arn("network-interface", "*")),
+                Check::new(
+                    &full,
+                    format!(
+                        "arn:aws:ec2:{region}::image/{}",
+                        form.get("ImageId").cloned().unwrap_or_default()
+                    ),
+                ),
+            ];
+            if let Some(s) = form.get("SubnetId") {
+                checks.push(Check::new(&full, arn("subnet", s)));
+            }
+            for g in members(form, "SecurityGroupId") {
+                checks.push(Check::new(&full, arn("security-group", g)));
+            }
+            if is_spot(form) {
+                checks.push(tagged(
+                    Check::new(&full, arn("spot-instances-request", "*")),
+                    "spot-instances-request",
+                ));
+            }
+            // Tagging at launch is authorized as ec2:CreateTags with ec2:CreateAction
+            // (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/supported-iam-actions-tagging.html).
+            for (kind, tags) in &specs {
+                let mut c = Check::new("ec2:CreateTags", arn(kind, "*"))
+                    .with("ec2:CreateAction", "RunInstances");
+                for (k, v) in tags {
+                    c = c.with(&format!("aws:RequestTag/{k}"), v.clone());
+                }
+                checks.push(c);
+            }
+            let profile = form
+                .get("IamInstanceProfile.Name")
+                .or(form.get("IamInstanceProfile.Arn"));
+            if let Some(p) = profile {
+                // The harness deploys one instance profile, the template's, holding WorkerRole.
+                let role = if p.ends_with(WORKER_PROFILE) {
+                    format!("arn:aws:iam::{ACCOUNT}:role/ephemera-worker-role")
+                } else {
+                    format!("arn:aws:iam::{ACCOUNT}:role/{p}")
+                };
+                checks.push(
+                    Check::new("iam:PassRole", role).with("iam:PassedToService", "ec2.amazonaws.com"),
+                );
+            }
+            checks
+        }
+        "TerminateInstances" | "StopInstances" | "RebootInstances" => members(form, "InstanceId")
+            .into_iter()
+            .map(|id| Check::new(&full, arn("instance", id)))
+            .collect(),
+        "CreateTags" | "DeleteTags" => members(form, "ResourceId")
+            .into_iter()
+            .map(|id| {
+                let kind = match id.split('-').next() {
+                    Some("i") => "instance",
+                    Some("vol") => "volume",
+                    Some("sir") => "spot-instances-request",
+                    _ => "*",
+                };
+                Check::new(&full, arn(kind, id))
+            })
+            .collect(),
+        _ => vec![Check::new(&full, "*")],
+    };
+    (action, checks)
+}
+
+fn json_checks(region: &str, service: &str, op: &str, input: &serde_json::Value) -> Vec<Check> {
+    let action = format!("{service}:{op}");
+    let s = |k: &str| input[k].as_str().unwrap_or_default().to_string();
+    let param = |name: &str| {
+        let name = if name.starts_with('/') {
+            name.to_string()
+        } else {
+            format!("/{name}")
+        };
+        // Public parameters (AMI aliases) belong to no account.
+        let account = if name.starts_with("/aws/") { "" } else { ACCOUNT };
+        format!("arn:aws:ssm:{region}:{account}:parameter{name}")
+    };
+    let resources: Vec<String> = match (service, op) {
+        ("ssm", "GetParameter" | "PutParameter" | "DeleteParameter" | "GetParameterHistory") => {
+            vec![param(&s("Name"))]
+        }
+        ("ssm", "GetParameters" | "DeleteParameters") => input["Names"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_str())
+            .map(param)
+            .collect(),
+        ("states", "StartExecution" | "StartSyncExecution") => vec![s("stateMachineArn")],
+        ("states", "DescribeExecution" | "GetExecutionHistory" | "StopExecution") => {
+            vec![s("executionArn")]
+        }
+        ("states", "ListExecutions" | "DescribeStateMachine") => vec![s("stateMachineArn")],
+        // Only these Service Quotas actions take a quota ARN; the rest are authorized on *
+        // (https://docs.aws.amazon.com/service-authorization/latest/reference/list_servicequotas.html).
+        (
+            "servicequotas",
+            "GetServiceQuota"
+            | "RequestServiceQuotaIncrease"
+            | "ListRequestedServiceQuotaChangeHistoryByQuota",
+        ) => vec![format!(
+            "arn:aws:servicequotas:{region}:{ACCOUNT}:{}/{}",
+            s("ServiceCode"),
+            s("QuotaCode")
+        )],
+        ("secretsmanager", "GetSecretValue" | "DescribeSecret") => {
+            let id = s("SecretId");
+            vec![if id.starts_with("arn:") {
+                id
+            } else {
+                // Secrets Manager appends six random characters to every secret's ARN.
+                format!("arn:aws:secretsmanager:{region}:{ACCOUNT}:secret:{id}-AbCdEf")
+            }]
+        }
+        _ => vec!["*".into()],
+    };
+    resources
+        .into_iter()
+        .map(|r| Check::new(&action, r))
+        .collect()
+}
+
+fn s3(w: &Wire) -> (String, Vec<Check>) {
+    let path = w.path.trim_start_matches('/');
+    let (bucket, key) = path.split_once('/').unwrap_or((path, ""));
+    let q = w.query;
+    let has = |k: &str| q.split('&').any(|p| p == k || p.starts_with(&format!("{k}=")));
+    let (action, resource) = match (w.method, key.is_empty()) {
+        ("GET" | "HEAD", false) => ("GetObject", format!("arn:aws:s3:::{bucket}/{key}")),
+        ("PUT" | "POST", false) => ("PutObject", format!("arn:aws:s3:::{bucket}/{key}")),
+        ("DELETE", false) if has("uploadId") => {
+            ("AbortMultipartUpload", format!("arn:aws:s3:::{bucket}/{key}"))
+        }
+        ("DELETE", false) => ("DeleteObject", format!("arn:aws:s3:::{bucket}/{key}")),
+        ("GET", true) if has("location") => ("GetBucketLocation", format!("arn:aws:s3:::{bucket}")),
+        ("GET", true) => ("ListBucket", format!("arn:aws:s3:::{bucket}")),
+        ("HEAD", true) => ("ListBucket", format!("arn:aws:s3:::{bucket}")),
+        ("PUT", true) => ("CreateBucket", format!("arn:aws:s3:::{bucket}")),
+        ("DELETE", true) => ("DeleteBucket", format!("arn:aws:s3:::{bucket}")),
+        _ => ("Unknown", "*".into()),
+    };
+    let action = format!("s3:{action}");
+    (action.clone(), vec![Check::new(&action, resource)])
+}
+
+/// (action, checks) of any request the front door sees.
+pub fn checks(w: &Wire) -> (String, Vec<Check>) {
+    match w.service {
+        "ec2" => {
+            let (a, c) = ec2(w.region, &url_form(w.body));
+            (format!("ec2:{a}"), c)
+        }
+        "s3" => s3(w),
+        "lambda" if w.path.ends_with("/invocations") => {
+            let target = w
+                .path
+                .trim_start_matches("/2015-03-31/functions/")
+                .trim_end_matches("/invocations");
+            let target = urlencoding::decode(target)
+                .map(|c| c.into_owned())
+                .unwrap_or_default();
+            let arn = if target.starts_with("arn:") {
+                target
+            } else {
+                format!("arn:aws:lambda:{}:{ACCOUNT}:function:{target}", w.region)
+            };
+            let a = "lambda:InvokeFunction".to_string();
+            (a.clone(), vec![Check::new(&a, arn)])
+        }
+        service => {
+            if let Some(t) = w.target {
+                let op = t.rsplit('.').next().unwrap_or_default();
+                let input: serde_json::Value = serde_json::from_slice(w.body).unwrap_or_default();
+                let c = json_checks(w.region, service, op, &input);
+                return (format!("{service}:{op}"), c);
+            }
+            // Query protocol (SNS, SQS's old form, STS, IAM).
+            let form = url_form(w.body);
+            let op = form.get("Action").cloned().unwrap_or_default();
+            let a = format!("{service}:{op}");
+            let resource = form
+                .get("TopicArn")
+                .or(form.get("TargetArn"))
+                .cloned()
+                .unwrap_or_else(|| "*".into());
+            (a.clone(), vec![Check::new(&a, resource)])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_instances_asks_for_every_resource_it_touches() {
+        let body = "Action=RunInstances&ImageId=ami-1&SubnetId=subnet-1&SecurityGroupId.1=sg-1\
+            &InstanceMarketOptions.MarketType=spot&IamInstanceProfile.Name=ephemera-worker\
+            &TagSpecification.1.ResourceType=instance&TagSpecification.1.Tag.1.Key=ephemera%3Amanaged\
+            &TagSpecification.1.Tag.1.Value=true";
+        let w = Wire {
+            region: "eu-west-1",
+            service: "ec2",
+            method: "POST",
+            path: "/",
+            query: "",
+            target: None,
+            body: body.as_bytes(),
+        };
+        let (action, c) = checks(&w);
+        assert_eq!(action, "ec2:RunInstances");
+        let resources: Vec<&str> = c.iter().map(|c| c.resource.as_str()).collect();
+        assert!(resources.contains(&"arn:aws:ec2:eu-west-1::image/ami-1"));
+        assert!(resources.contains(&"arn:aws:ec2:eu-west-1:123456789012:subnet/subnet-1"));
+        assert!(resources.contains(&"arn:aws:ec2:eu-west-1:123456789012:spot-instances-request/*"));
+        let instance = &c[0];
+        assert_eq!(instance.context["aws:RequestTag/ephemera:managed"], "true");
+        let tag = c.iter().find(|c| c.action == "ec2:CreateTags").unwrap();
+        assert_eq!(tag.context["ec2:CreateAction"], "RunInstances");
+        let pass = c.iter().find(|c| c.action == "iam:PassRole").unwrap();
+        assert_eq!(pass.resource, "arn:aws:iam::123456789012:role/ephemera-worker-role");
+    }
+
+    #[test]
+    fn json_services_name_their_resources() {
+        let body = br#"{"Name":"/ephemera/runs/r/started"}"#;
+        let w = Wire {
+            region: "us-east-2",
+            service: "ssm",
+            method: "POST",
+            path: "/",
+            query: "",
+            target: Some("AmazonSSM.GetParameter"),
+            body,
+        };
+        let (a, c) = checks(&w);
+        assert_eq!(a, "ssm:GetParameter");
+        assert_eq!(c[0].resource, "arn:aws:ssm:us-east-2:123456789012:parameter/ephemera/runs/r/started");
+        let body = br#"{"ServiceCode":"ec2","QuotaCode":"L-1"}"#;
+        let w = Wire {
+            target: Some("ServiceQuotasV20190624.GetAWSDefaultServiceQuota"),
+            service: "servicequotas",
+            body,
+            ..w
+        };
+        assert_eq!(checks(&w).1[0].resource, "*");
+    }
+}
