@@ -333,7 +333,9 @@ async fn route(State(door): State<Arc<FrontDoor>>, req: Request) -> Response<Bod
     let (access_key, region, service) = scope(&parts.headers);
     let path = parts.uri.path().to_string();
     let principal = Principal::from_access_key(&access_key);
-    if let Some(refusal) = enforce(&door, principal.as_ref(), &region, &service, &parts, &bytes).await {
+    if let Some(refusal) =
+        enforce(&door, principal.as_ref(), &region, &service, &parts, &bytes).await
+    {
         return refusal;
     }
 
@@ -393,7 +395,9 @@ async fn route(State(door): State<Arc<FrontDoor>>, req: Request) -> Response<Bod
             ));
             return ec2_error(f.status, &f.code, &f.message);
         }
-        if let Some(answer) = fresh_account_ec2(&door, &region, &action, &form, &parts, &bytes).await {
+        if let Some(answer) =
+            fresh_account_ec2(&door, &region, &action, &form, &parts, &bytes).await
+        {
             return answer;
         }
     }
@@ -461,7 +465,11 @@ async fn fresh_account_ec2(
                 "InvalidInstanceType",
                 &format!(
                     "The following supplied instance types do not exist: [{}]",
-                    missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                    missing
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ))
         }
@@ -524,7 +532,11 @@ async fn proxy_raw(
     let url = format!(
         "{}{}",
         door.moto,
-        parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
     );
     let r = door
         .http
@@ -613,7 +625,10 @@ async fn invoke_lambda(
     let aws = door.clients_for(region, &function, &format!("http://{host}"));
     // As the template deploys them: the stack's report topic is the default and the only one.
     let mut settings = door.settings.lock().unwrap().clone();
-    let topic = format!("arn:aws:sns:{region}:{ACCOUNT}:{}", crate::iam::REPORT_TOPIC);
+    let topic = format!(
+        "arn:aws:sns:{region}:{ACCOUNT}:{}",
+        crate::iam::REPORT_TOPIC
+    );
     settings.default_topic.get_or_insert(topic.clone());
     if settings.allowed_topics.is_empty() {
         settings.allowed_topics = vec![topic];
@@ -710,16 +725,22 @@ async fn enforce(
         "ec2:RunInstances" if requests::is_spot(&url_form(bytes)) => {
             Some(("spot.amazonaws.com", "AWSServiceRoleForEC2Spot"))
         }
-        "servicequotas:RequestServiceQuotaIncrease" => {
-            Some(("servicequotas.amazonaws.com", "AWSServiceRoleForServiceQuotas"))
-        }
+        "servicequotas:RequestServiceQuotaIncrease" => Some((
+            "servicequotas.amazonaws.com",
+            "AWSServiceRoleForServiceQuotas",
+        )),
         _ => None,
     };
 
     let principal = principal?;
     if action == "ec2:TerminateInstances" {
         for c in checks.iter_mut() {
-            let id = c.resource.rsplit('/').next().unwrap_or_default().to_string();
+            let id = c
+                .resource
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_string();
             for (k, v) in door.instance_tags(region, &id).await {
                 c.context.insert(format!("ec2:ResourceTag/{k}"), v);
             }
@@ -731,7 +752,9 @@ async fn enforce(
         }
     }
     if let Some((slr_service, role)) = slr {
-        if let Err(reason) = door.ensure_service_linked_role(Some(principal), region, slr_service, role) {
+        if let Err(reason) =
+            door.ensure_service_linked_role(Some(principal), region, slr_service, role)
+        {
             return Some(if service == "ec2" {
                 // HTTP 403 with this code and message: seen in CloudSnorkel/cdk-github-runners#182
                 // and aws/karpenter's troubleshooting guide; the role is created by the first

@@ -191,7 +191,10 @@ impl Resolver<'_> {
             "WorkerRole" => format!("{STACK}-worker-role"),
             "WorkerInstanceProfile" => WORKER_PROFILE.into(),
             other => match self.resource(other) {
-                Some(r) if r.get("Type").and_then(Yaml::as_str) == Some("AWS::Serverless::Function") => {
+                Some(r)
+                    if r.get("Type").and_then(Yaml::as_str)
+                        == Some("AWS::Serverless::Function") =>
+                {
                     self.function_name(other)
                 }
                 _ => panic!("the harness cannot resolve !Ref {other}"),
@@ -362,7 +365,9 @@ impl Resolver<'_> {
                         arg("FunctionName")
                     )],
                 )),
-                other => panic!("the harness does not know the SAM policy template {other}: add it"),
+                other => {
+                    panic!("the harness does not know the SAM policy template {other}: add it")
+                }
             }
         }
         out
@@ -420,7 +425,9 @@ impl Policies {
                         .and_then(|m| m.get("BuildProperties"))
                         .and_then(|b| b.get("Binary"))
                         .and_then(Yaml::as_str)
-                        .unwrap_or_else(|| panic!("{logical} has no Metadata.BuildProperties.Binary"));
+                        .unwrap_or_else(|| {
+                            panic!("{logical} has no Metadata.BuildProperties.Binary")
+                        });
                     let statements = props
                         .and_then(|p| p.get("Policies"))
                         .map(|p| r.sam_policies(p))
@@ -441,7 +448,9 @@ impl Policies {
                         other => panic!("the harness does not know who assumes the role {other}"),
                     };
                     let mut statements = vec![];
-                    if let Some(Yaml::Sequence(arns)) = props.and_then(|p| p.get("ManagedPolicyArns")) {
+                    if let Some(Yaml::Sequence(arns)) =
+                        props.and_then(|p| p.get("ManagedPolicyArns"))
+                    {
                         for a in arns {
                             statements.extend(managed_policy(&r.one(a)));
                         }
@@ -474,20 +483,30 @@ impl Policies {
     }
 
     /// Ok, or the reason AWS would give for refusing.
-    pub fn authorize(&self, principal: &Principal, region: &str, check: &Check) -> Result<(), String> {
+    pub fn authorize(
+        &self,
+        principal: &Principal,
+        region: &str,
+        check: &Check,
+    ) -> Result<(), String> {
         let statements = self
             .by_principal
             .get(principal)
             .map(Vec::as_slice)
             .unwrap_or_default();
         let matching = |allow: bool| {
-            statements.iter().filter(move |s| s.allow == allow).any(|s| {
-                s.actions.iter().any(|a| glob(&a.to_lowercase(), &check.action.to_lowercase()))
-                    && s.resources
+            statements
+                .iter()
+                .filter(move |s| s.allow == allow)
+                .any(|s| {
+                    s.actions
                         .iter()
-                        .any(|r| glob(&r.replace("${AWS::Region}", region), &check.resource))
-                    && s.conditions.iter().all(|c| condition(c, &check.context))
-            })
+                        .any(|a| glob(&a.to_lowercase(), &check.action.to_lowercase()))
+                        && s.resources
+                            .iter()
+                            .any(|r| glob(&r.replace("${AWS::Region}", region), &check.resource))
+                        && s.conditions.iter().all(|c| condition(c, &check.context))
+                })
         };
         let who = principal.arn();
         if matching(false) {
@@ -557,12 +576,17 @@ mod tests {
     use super::*;
 
     fn template() -> Policies {
-        Policies::from_template_file(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../template.yaml"))
+        Policies::from_template_file(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../template.yaml"),
+        )
     }
 
     #[test]
     fn globs_match_as_iam_does() {
-        assert!(glob("arn:aws:ssm:*:1:parameter/ephemera/runs/*", "arn:aws:ssm:x:1:parameter/ephemera/runs/a/b"));
+        assert!(glob(
+            "arn:aws:ssm:*:1:parameter/ephemera/runs/*",
+            "arn:aws:ssm:x:1:parameter/ephemera/runs/a/b"
+        ));
         assert!(glob("ec2:Describe*", "ec2:DescribeInstances"));
         assert!(!glob("ec2:Describe*", "ec2:RunInstances"));
         assert!(glob("a?c", "abc") && !glob("a?c", "ac"));
@@ -578,7 +602,11 @@ mod tests {
                 "{f} has statements"
             );
         }
-        for who in [Principal::StateMachine, Principal::Worker, Principal::Scheduler] {
+        for who in [
+            Principal::StateMachine,
+            Principal::Worker,
+            Principal::Scheduler,
+        ] {
             assert!(!p.by_principal[&who].is_empty(), "{who:?}");
         }
     }
@@ -597,12 +625,18 @@ mod tests {
         let mut untagged = tagged.clone();
         untagged.context.remove("aws:RequestTag/ephemera:deadline");
         let err = p.authorize(&launch, "eu-west-1", &untagged).unwrap_err();
-        assert!(err.contains("is not authorized to perform: ec2:RunInstances"), "{err}");
+        assert!(
+            err.contains("is not authorized to perform: ec2:RunInstances"),
+            "{err}"
+        );
 
         let sweeper = Principal::Function("sweeper".into());
         let term = |managed: &str| {
-            Check::new("ec2:TerminateInstances", format!("arn:aws:ec2:eu-west-1:{ACCOUNT}:instance/i-1"))
-                .with("ec2:ResourceTag/ephemera:managed", managed)
+            Check::new(
+                "ec2:TerminateInstances",
+                format!("arn:aws:ec2:eu-west-1:{ACCOUNT}:instance/i-1"),
+            )
+            .with("ec2:ResourceTag/ephemera:managed", managed)
         };
         assert_eq!(p.authorize(&sweeper, "eu-west-1", &term("true")), Ok(()));
         assert!(p.authorize(&sweeper, "eu-west-1", &term("false")).is_err());

@@ -51,7 +51,9 @@ fn members<'f>(form: &'f HashMap<String, String>, prefix: &str) -> Vec<&'f Strin
 }
 
 /// The tags a RunInstances request puts on each resource type (`TagSpecification.N`).
-pub fn tag_specifications(form: &HashMap<String, String>) -> BTreeMap<String, BTreeMap<String, String>> {
+pub fn tag_specifications(
+    form: &HashMap<String, String>,
+) -> BTreeMap<String, BTreeMap<String, String>> {
     let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     for n in 1..=20 {
         let Some(kind) = form.get(&format!("TagSpecification.{n}.ResourceType")) else {
@@ -86,9 +88,13 @@ fn ec2(region: &str, form: &HashMap<String, String>) -> (String, Vec<Check>) {
         "RunInstances" => {
             let specs = tag_specifications(form);
             let tagged = |check: Check, kind: &str| {
-                specs.get(kind).into_iter().flatten().fold(check, |c, (k, v)| {
-                    c.with(&format!("aws:RequestTag/{k}"), v.clone())
-                })
+                specs
+                    .get(kind)
+                    .into_iter()
+                    .flatten()
+                    .fold(check, |c, (k, v)| {
+                        c.with(&format!("aws:RequestTag/{k}"), v.clone())
+                    })
             };
             let mut checks = vec![
                 tagged(Check::new(&full, arn("instance", "*")), "instance"),
@@ -135,7 +141,8 @@ fn ec2(region: &str, form: &HashMap<String, String>) -> (String, Vec<Check>) {
                     format!("arn:aws:iam::{ACCOUNT}:role/{p}")
                 };
                 checks.push(
-                    Check::new("iam:PassRole", role).with("iam:PassedToService", "ec2.amazonaws.com"),
+                    Check::new("iam:PassRole", role)
+                        .with("iam:PassedToService", "ec2.amazonaws.com"),
                 );
             }
             checks
@@ -171,7 +178,11 @@ fn json_checks(region: &str, service: &str, op: &str, input: &serde_json::Value)
             format!("/{name}")
         };
         // Public parameters (AMI aliases) belong to no account.
-        let account = if name.starts_with("/aws/") { "" } else { ACCOUNT };
+        let account = if name.starts_with("/aws/") {
+            ""
+        } else {
+            ACCOUNT
+        };
         format!("arn:aws:ssm:{region}:{account}:parameter{name}")
     };
     let resources: Vec<String> = match (service, op) {
@@ -223,13 +234,17 @@ fn s3(w: &Wire) -> (String, Vec<Check>) {
     let path = w.path.trim_start_matches('/');
     let (bucket, key) = path.split_once('/').unwrap_or((path, ""));
     let q = w.query;
-    let has = |k: &str| q.split('&').any(|p| p == k || p.starts_with(&format!("{k}=")));
+    let has = |k: &str| {
+        q.split('&')
+            .any(|p| p == k || p.starts_with(&format!("{k}=")))
+    };
     let (action, resource) = match (w.method, key.is_empty()) {
         ("GET" | "HEAD", false) => ("GetObject", format!("arn:aws:s3:::{bucket}/{key}")),
         ("PUT" | "POST", false) => ("PutObject", format!("arn:aws:s3:::{bucket}/{key}")),
-        ("DELETE", false) if has("uploadId") => {
-            ("AbortMultipartUpload", format!("arn:aws:s3:::{bucket}/{key}"))
-        }
+        ("DELETE", false) if has("uploadId") => (
+            "AbortMultipartUpload",
+            format!("arn:aws:s3:::{bucket}/{key}"),
+        ),
         ("DELETE", false) => ("DeleteObject", format!("arn:aws:s3:::{bucket}/{key}")),
         ("GET", true) if has("location") => ("GetBucketLocation", format!("arn:aws:s3:::{bucket}")),
         ("GET", true) => ("ListBucket", format!("arn:aws:s3:::{bucket}")),
@@ -317,7 +332,10 @@ mod tests {
         let tag = c.iter().find(|c| c.action == "ec2:CreateTags").unwrap();
         assert_eq!(tag.context["ec2:CreateAction"], "RunInstances");
         let pass = c.iter().find(|c| c.action == "iam:PassRole").unwrap();
-        assert_eq!(pass.resource, "arn:aws:iam::123456789012:role/ephemera-worker-role");
+        assert_eq!(
+            pass.resource,
+            "arn:aws:iam::123456789012:role/ephemera-worker-role"
+        );
     }
 
     #[test]
@@ -334,7 +352,10 @@ mod tests {
         };
         let (a, c) = checks(&w);
         assert_eq!(a, "ssm:GetParameter");
-        assert_eq!(c[0].resource, "arn:aws:ssm:us-east-2:123456789012:parameter/ephemera/runs/r/started");
+        assert_eq!(
+            c[0].resource,
+            "arn:aws:ssm:us-east-2:123456789012:parameter/ephemera/runs/r/started"
+        );
         let body = br#"{"ServiceCode":"ec2","QuotaCode":"L-1"}"#;
         let w = Wire {
             target: Some("ServiceQuotasV20190624.GetAWSDefaultServiceQuota"),

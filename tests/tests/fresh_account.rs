@@ -58,7 +58,10 @@ fn function(name: &str) -> Principal {
 }
 
 /// The template's policies in this region, changed by `edit`.
-fn policies(c: &Ctx, edit: impl FnOnce(ephemera_tests::iam::Policies) -> ephemera_tests::iam::Policies) {
+fn policies(
+    c: &Ctx,
+    edit: impl FnOnce(ephemera_tests::iam::Policies) -> ephemera_tests::iam::Policies,
+) {
     let door = &harness().door;
     door.set_policies(c.region, edit(door.template_policies()));
 }
@@ -150,7 +153,9 @@ async fn launch(c: &Ctx, spec: &Value, run: &str, extra: Value) -> Result<Worker
 async fn the_first_spot_launch_without_the_spot_role_permission_goes_on_demand() {
     let c = ctx().await;
     let spec = fixtures::runspec("slr-spot", &c.net, None);
-    policies(&c, |p| p.without(&function("launch-worker"), "SpotServiceLinkedRole"));
+    policies(&c, |p| {
+        p.without(&function("launch-worker"), "SpotServiceLinkedRole")
+    });
     let w = launch(&c, &spec, "slr-spot", json!({})).await.unwrap();
     assert_eq!(w.current.market.as_str(), "on-demand", "{w:?}");
     // One Spot candidate answered, the market was skipped, no other Spot candidate tried.
@@ -207,7 +212,10 @@ async fn an_instance_not_visible_yet_is_still_booting() {
         .await
         .unwrap();
     assert_eq!(h["verdict"], "booting", "{h}");
-    assert!(h["detail"].as_str().unwrap().contains("not visible yet"), "{h}");
+    assert!(
+        h["detail"].as_str().unwrap().contains("not visible yet"),
+        "{h}"
+    );
 }
 
 #[tokio::test]
@@ -225,15 +233,19 @@ async fn the_root_volume_is_the_images_root_device() {
         .unwrap();
     let root = image.images()[0].root_device_name().unwrap().to_string();
     // The front door hides a new instance for a moment (eventual consistency): ask until seen.
-    let found = eventually("the instance", std::time::Duration::from_secs(10), || async {
-        c.aws
-            .ec2
-            .describe_instances()
-            .instance_ids(&w.current.instance_id)
-            .send()
-            .await
-            .ok()
-    })
+    let found = eventually(
+        "the instance",
+        std::time::Duration::from_secs(10),
+        || async {
+            c.aws
+                .ec2
+                .describe_instances()
+                .instance_ids(&w.current.instance_id)
+                .send()
+                .await
+                .ok()
+        },
+    )
     .await;
     let i = &found.reservations()[0].instances()[0];
     let devices: Vec<&str> = i
@@ -261,7 +273,10 @@ async fn an_instance_type_the_region_does_not_offer_is_named_up_front() {
     let msg = err.to_string();
     assert!(msg.contains("worker.instance_types[1]"), "{msg}");
     assert!(
-        msg.contains(&format!("'c6g.4xlarge' is not offered in region {}", c.region)),
+        msg.contains(&format!(
+            "'c6g.4xlarge' is not offered in region {}",
+            c.region
+        )),
         "{msg}"
     );
 }
@@ -312,7 +327,11 @@ async fn a_refused_email_or_spot_price_never_fails_the_report() {
     let notes = report.notes.join("\n");
     assert!(notes.contains("could not be emailed"), "{notes}");
     assert!(notes.contains("Spot price history unavailable"), "{notes}");
-    assert!(report.attempts[0].price_source.starts_with("estimated"), "{:?}", report.attempts[0]);
+    assert!(
+        report.attempts[0].price_source.starts_with("estimated"),
+        "{:?}",
+        report.attempts[0]
+    );
     assert!(report.actual_usd > 0.0);
     assert!(inbox.read().await.is_empty());
 }

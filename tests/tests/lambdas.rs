@@ -9,7 +9,7 @@ use ephemera_core::rundoc::{CostReport, WorkerState};
 use ephemera_functions::handlers::{health_check, launch_worker, quota_check, terminate_report};
 use ephemera_functions::{invoke, Aws, Error, Settings};
 use ephemera_tests::fixtures::{self, Network};
-use ephemera_tests::{clients, fresh_region, function_clients, harness, FaultRule};
+use ephemera_tests::{clients, eventually, fresh_region, function_clients, harness, FaultRule};
 use serde_json::{json, Value};
 
 const SPOT: &str = "L-34B43A08";
@@ -75,14 +75,18 @@ async fn launch_creates_a_tagged_imdsv2_instance_without_secrets_in_user_data() 
     assert_eq!(w.heartbeat_seconds, 60);
     assert_eq!(w.token_parameter, "/ephemera/runs/launch-tags/task-token");
 
-    let d = c
-        .aws
-        .ec2
-        .describe_instances()
-        .instance_ids(&w.current.instance_id)
-        .send()
-        .await
-        .unwrap();
+    // Right after RunInstances an instance may not be found by id yet (EC2 is eventually
+    // consistent; the front door plays it): ask until it is.
+    let d = eventually("the new instance", Duration::from_secs(10), || async {
+        c.aws
+            .ec2
+            .describe_instances()
+            .instance_ids(&w.current.instance_id)
+            .send()
+            .await
+            .ok()
+    })
+    .await;
     let i = &d.reservations()[0].instances()[0];
     let tags: std::collections::BTreeMap<_, _> = i
         .tags()
@@ -425,7 +429,15 @@ async fn verify_completion_checks_the_report_and_the_exported_objects() {
     let c = ctx().await;
     // The template's ExportBucket: the only bucket verify-completion may read.
     let bucket = ephemera_tests::iam::EXPORT_BUCKET;
-    c.aws.s3.create_bucket().bucket(bucket).send().await.unwrap();
+    let mut create = c.aws.s3.create_bucket().bucket(bucket);
+    if c.region != "us-east-1" {
+        create = create.create_bucket_configuration(
+            aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(c.region))
+                .build(),
+        );
+    }
+    create.send().await.unwrap();
     let mut spec = fixtures::runspec("verify", &c.net, None);
     spec["expect"] = json!({"partitions": 2, "min_rows": 10, "export_prefix": format!("s3://{bucket}/runs/verify/")});
     put_object(
@@ -579,6 +591,17 @@ async fn cleanup_finds_an_instance_the_run_document_lost_and_refuses_foreign_one
         .await
         .unwrap();
     let foreign_id = foreign.instances()[0].instance_id().unwrap().to_string();
+    // Once EC2 shows it (a new instance is not found by id for a moment).
+    eventually("the foreign instance", Duration::from_secs(10), || async {
+        c.aws
+            .ec2
+            .describe_instances()
+            .instance_ids(&foreign_id)
+            .send()
+            .await
+            .ok()
+    })
+    .await;
     let mut doc: WorkerState = w.clone();
     doc.attempts[0].instance_id = foreign_id.clone();
     let role = function_clients(c.region, "terminate-with-cost-report");

@@ -129,7 +129,9 @@ async fn sweeps_instances_whose_run_is_over_or_past_its_deadline() {
     );
 
     // Nothing left to sweep: no email, nothing terminated.
-    let again: Value = invoke(&role, &settings, "sweeper", json!({})).await.unwrap();
+    let again: Value = invoke(&role, &settings, "sweeper", json!({}))
+        .await
+        .unwrap();
     assert_eq!(again["terminated"].as_array().unwrap().len(), 0);
     assert!(inbox.read().await.is_empty());
 }

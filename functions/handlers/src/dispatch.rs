@@ -63,21 +63,17 @@ pub async fn invoke(
 ) -> Result<Value, Error> {
     let now = Utc::now();
     match function {
-        "quota-check" => {
-            out(
-                quota_check::handle(
-                    &aws.ec2,
-                    &aws.quotas,
-                    &quota_check::Config {
-                        region: aws.region.clone(),
-                        allowed_topics: settings.allowed_topics.clone(),
-                    },
-                    parse_input(function, payload)?,
-                    now,
-                )
-                .await?,
-            )
-        }
+        "quota-check" => out(quota_check::handle(
+            &aws.ec2,
+            &aws.quotas,
+            &quota_check::Config {
+                region: aws.region.clone(),
+                allowed_topics: settings.allowed_topics.clone(),
+            },
+            parse_input(function, payload)?,
+            now,
+        )
+        .await?),
         "launch-worker" => {
             let config = launch_worker::Config {
                 region: aws.region.clone(),

@@ -84,14 +84,15 @@ impl QuotaService for aws_sdk_servicequotas::Client {
             .send()
             .await
         {
-            Ok(r) => r.requested_quota().map(|q| request(q, now)).ok_or_else(|| {
-                Error::Aws {
+            Ok(r) => r
+                .requested_quota()
+                .map(|q| request(q, now))
+                .ok_or_else(|| Error::Aws {
                     service: "servicequotas",
                     operation: "RequestServiceQuotaIncrease",
                     code: "EmptyResponse".into(),
                     message: "the answer holds no request".into(),
-                }
-            }),
+                }),
             // A retried call, or another run asked first: follow the open request.
             Err(e)
                 if e.as_service_error()

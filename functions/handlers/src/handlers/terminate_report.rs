@@ -162,7 +162,10 @@ where
                 };
                 match history.and_then(|h| cost::spot_cost(&h, launched_at, billed)) {
                     Some(c) => (c, "spot-price-history".to_string()),
-                    None if notes.last().is_some_and(|n| n.contains("Spot price history unavailable")) => {
+                    None if notes
+                        .last()
+                        .is_some_and(|n| n.contains("Spot price history unavailable")) =>
+                    {
                         (on_demand_usd, format!("estimated: {od_source}"))
                     }
                     None => {
