@@ -318,9 +318,11 @@ fn scope(headers: &HeaderMap) -> (String, String, String) {
 }
 
 fn json_response(status: u16, body: serde_json::Value, extra: &[(&str, &str)]) -> Response<Body> {
+    // Every AWS JSON answer carries a request id; botocore (moto's executor) requires it.
     let mut r = Response::builder()
         .status(status)
-        .header("content-type", "application/json");
+        .header("content-type", "application/json")
+        .header("x-amzn-requestid", "00000000-0000-0000-0000-000000000000");
     for (k, v) in extra {
         r = r.header(*k, *v);
     }
@@ -520,32 +522,13 @@ const NOT_VISIBLE_CALLS: u32 = 2;
 
 type RawResponse = (u16, Vec<(String, String)>, String);
 
+/// moto's answer kept as text, to be looked at and answered again (EC2's XML).
 async fn proxy_raw(
     door: &FrontDoor,
     parts: &axum::http::request::Parts,
     bytes: axum::body::Bytes,
 ) -> Option<RawResponse> {
-    let mut headers = parts.headers.clone();
-    for h in ["host", "content-length", "connection", "transfer-encoding"] {
-        headers.remove(h);
-    }
-    let url = format!(
-        "{}{}",
-        door.moto,
-        parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-    );
-    let r = door
-        .http
-        .request(parts.method.clone(), &url)
-        .headers(headers)
-        .body(bytes)
-        .send()
-        .await
-        .ok()?;
+    let r = forward(door, parts, bytes).await.ok()?;
     let status = r.status().as_u16();
     let headers = r
         .headers()
@@ -650,11 +633,12 @@ async fn invoke_lambda(
     }
 }
 
-async fn proxy(
+/// Sends the request on to moto as it came.
+async fn forward(
     door: &FrontDoor,
-    parts: axum::http::request::Parts,
+    parts: &axum::http::request::Parts,
     bytes: axum::body::Bytes,
-) -> Response<Body> {
+) -> reqwest::Result<reqwest::Response> {
     let url = format!(
         "{}{}",
         door.moto,
@@ -668,14 +652,20 @@ async fn proxy(
     for h in ["host", "content-length", "connection", "transfer-encoding"] {
         headers.remove(h);
     }
-    let resp = door
-        .http
+    door.http
         .request(parts.method.clone(), &url)
         .headers(headers)
         .body(bytes)
         .send()
-        .await;
-    match resp {
+        .await
+}
+
+async fn proxy(
+    door: &FrontDoor,
+    parts: axum::http::request::Parts,
+    bytes: axum::body::Bytes,
+) -> Response<Body> {
+    match forward(door, &parts, bytes).await {
         Ok(r) => {
             let status = r.status();
             let mut out = Response::builder().status(status);

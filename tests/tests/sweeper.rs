@@ -30,13 +30,20 @@ async fn instance(aws: &ephemera_functions::Aws, image: &str, tags: &[(&str, Str
 }
 
 async fn state(aws: &ephemera_functions::Aws, id: &str) -> String {
-    let d = aws
-        .ec2
-        .describe_instances()
-        .instance_ids(id)
-        .send()
-        .await
-        .unwrap();
+    // A new instance is not found by id for a moment (EC2 is eventually consistent).
+    let d = ephemera_tests::eventually(
+        "the instance",
+        std::time::Duration::from_secs(10),
+        || async {
+            aws.ec2
+                .describe_instances()
+                .instance_ids(id)
+                .send()
+                .await
+                .ok()
+        },
+    )
+    .await;
     d.reservations()[0].instances()[0]
         .state()
         .and_then(|s| s.name())
