@@ -425,8 +425,11 @@ async fn the_state_machine_without_its_ssm_statement_fails_at_the_handover_and_c
     assert_eq!(r.finished.visited("AwaitCompletion"), 1);
     assert_eq!(r.finished.visited("VerifyCompletion"), 0);
     assert_eq!(r.finished.visited("Cleanup"), 1);
+    // The SDK integration's error (moto spells the service `ssm`, AWS `Ssm`), and its cause.
+    let error = r.finished.error.as_deref().unwrap_or_default();
+    assert!(error.ends_with(".AccessDeniedException"), "{:?}", r.finished);
     let cause = r.finished.cause.as_deref().unwrap_or_default();
-    assert!(cause.contains("AccessDenied"), "{:?}", r.finished);
+    assert!(cause.contains("ssm:PutParameter"), "{:?}", r.finished);
     let denied = harness().door.denials_in(r.region);
     assert!(
         denied
