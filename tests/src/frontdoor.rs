@@ -616,6 +616,9 @@ async fn invoke_lambda(
     if settings.allowed_topics.is_empty() {
         settings.allowed_topics = vec![topic];
     }
+    settings
+        .artifact_bucket
+        .get_or_insert(crate::iam::ARTIFACT_BUCKET.to_string());
     match ephemera_functions::invoke(&aws, &settings, &function, payload).await {
         Ok(v) => json_response(200, v, &[("x-amz-executed-version", "$LATEST")]),
         Err(e) => {

@@ -42,6 +42,7 @@ async fn call(c: &Ctx, function: &str, payload: Value) -> Result<Value, Error> {
         default_topic: Some(topic(c.region)),
         allowed_topics: vec![topic(c.region)],
         worker_instance_profile: Some("ephemera-worker".into()),
+        artifact_bucket: Some(ephemera_tests::iam::ARTIFACT_BUCKET.into()),
         ..Settings::default()
     };
     invoke(
@@ -334,4 +335,45 @@ async fn a_refused_email_or_spot_price_never_fails_the_report() {
     );
     assert!(report.actual_usd > 0.0);
     assert!(inbox.read().await.is_empty());
+}
+
+#[tokio::test]
+async fn an_artifact_the_worker_cannot_read_is_refused_before_launch() {
+    let c = ctx().await;
+    let mut spec = fixtures::runspec("foreign-artifact", &c.net, None);
+    spec["worker"]["artifact"] = json!("s3://someone-elses-bucket/worker");
+    let err = call(&c, "quota-check", json!({"run": spec}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.error_type(), "Ephemera.InvalidRunSpec");
+    let msg = err.to_string();
+    assert!(msg.contains("worker.artifact"), "{msg}");
+    assert!(msg.contains("outside the artifact bucket ephemera-artifacts"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_denied_spot_quota_does_not_hold_up_what_on_demand_can_serve() {
+    let c = ctx().await;
+    harness().door.with_quotas(c.region, |q| {
+        q.applied.insert(SPOT.into(), 8.0);
+        q.next_script = vec!["DENIED".into()];
+    });
+    // The default market policy, spot-then-on-demand; On-Demand has its default 1,152 vCPUs.
+    let spec = fixtures::runspec("spot-denied", &c.net, None);
+    let first = call(&c, "quota-check", json!({"run": spec})).await.unwrap();
+    assert_eq!(first["verdict"], "enough", "{first}");
+    assert!(
+        first["reason"]
+            .as_str()
+            .unwrap()
+            .contains("spot short, so the run starts with on-demand"),
+        "{first}"
+    );
+    // The Spot request still went in, once, for the runs after this one; its denial later
+    // changes nothing for this run.
+    let again = call(&c, "quota-check", json!({"run": spec, "quota": first}))
+        .await
+        .unwrap();
+    assert_eq!(again["verdict"], "enough", "{again}");
+    assert_eq!(harness().door.with_quotas(c.region, |q| q.increase_calls), 1);
 }

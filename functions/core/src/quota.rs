@@ -146,28 +146,94 @@ pub fn decide(
     now: DateTime<Utc>,
     deadline: DateTime<Utc>,
 ) -> (QuotaVerdict, String) {
-    let short: Vec<&QuotaLine> = lines.iter().filter(|l| !l.fits).collect();
-    if short.is_empty() {
+    // A run may draw on several markets (spot-then-on-demand): it can start as soon as one of
+    // them has room in every quota it uses, since launch-worker falls back from one to the next.
+    // A short or denied Spot quota never holds up a run that On-Demand can serve.
+    let mut markets: Vec<Market> = lines.iter().map(|l| l.market).collect();
+    markets.dedup();
+    let mut verdicts = vec![];
+    for m in &markets {
+        let of: Vec<&QuotaLine> = lines.iter().filter(|l| l.market == *m).collect();
+        verdicts.push((*m, decide_market(&of, request_allowed)));
+    }
+    if let Some((m, _)) = verdicts.iter().find(|(_, v)| matches!(v, MarketQuota::Fits)) {
         let list: Vec<String> = lines
             .iter()
             .map(|l| {
                 format!(
-                    "{} {}: {} + {} <= {}",
+                    "{} {}: {} + {} {} {}",
                     l.code,
                     l.market.as_str(),
                     l.usage_vcpus,
                     l.needed_vcpus,
+                    if l.fits { "<=" } else { ">" },
                     l.applied
                 )
             })
             .collect();
+        let short: Vec<&str> = verdicts
+            .iter()
+            .filter(|(_, v)| !matches!(v, MarketQuota::Fits))
+            .map(|(m, _)| m.as_str())
+            .collect();
+        let tail = if short.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} short, so the run starts with {}",
+                short.join(", "),
+                m.as_str()
+            )
+        };
         return (
             QuotaVerdict::Enough,
-            format!("enough vCPUs ({})", list.join(", ")),
+            format!("enough vCPUs ({}){tail}", list.join(", ")),
         );
     }
+    let waiting: Vec<&String> = verdicts
+        .iter()
+        .filter_map(|(_, v)| match v {
+            MarketQuota::Waiting(w) => Some(w),
+            _ => None,
+        })
+        .collect();
+    if waiting.is_empty() {
+        let denied: Vec<&str> = verdicts
+            .iter()
+            .filter_map(|(_, v)| match v {
+                MarketQuota::Denied(d) => Some(d.as_str()),
+                _ => None,
+            })
+            .collect();
+        return (QuotaVerdict::Denied, denied.join("; "));
+    }
+    let waiting = waiting
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if now >= deadline {
+        return (
+            QuotaVerdict::DeadlinePassed,
+            format!(
+                "quota.max_wait_seconds passed at {}: {waiting}",
+                deadline.to_rfc3339()
+            ),
+        );
+    }
+    (QuotaVerdict::Waiting, waiting)
+}
+
+/// One market's quotas: all fit, some wait on a request, or one cannot be had.
+enum MarketQuota {
+    Fits,
+    Waiting(String),
+    Denied(String),
+}
+
+fn decide_market(lines: &[&QuotaLine], request_allowed: bool) -> MarketQuota {
     let mut waiting = vec![];
-    for l in &short {
+    for l in lines.iter().filter(|l| !l.fits) {
         let gap = format!(
             "{} ({}) needs {} + {} vCPUs, quota is {}",
             l.code,
@@ -178,10 +244,7 @@ pub fn decide(
         );
         match &l.request {
             None if !request_allowed => {
-                return (
-                    QuotaVerdict::Denied,
-                    format!("{gap}, and quota.request_increase is false"),
-                )
+                return MarketQuota::Denied(format!("{gap}, and quota.request_increase is false"))
             }
             None => waiting.push(format!("{gap}; no request yet")),
             Some(r) => match request_progress(&r.status) {
@@ -189,35 +252,23 @@ pub fn decide(
                     waiting.push(format!("{gap}; request {} is {}", r.id, r.status))
                 }
                 Ok(RequestProgress::Denied) | Ok(RequestProgress::Closed) => {
-                    return (
-                        QuotaVerdict::Denied,
-                        format!("{gap}; request {} ended {}", r.id, r.status),
-                    )
+                    return MarketQuota::Denied(format!("{gap}; request {} ended {}", r.id, r.status))
                 }
                 Ok(RequestProgress::Approved) => {
-                    return (
-                        QuotaVerdict::Denied,
-                        format!(
-                            "{gap}; request {} was approved for {} but is still short",
-                            r.id, r.desired
-                        ),
-                    )
+                    return MarketQuota::Denied(format!(
+                        "{gap}; request {} was approved for {} but is still short",
+                        r.id, r.desired
+                    ))
                 }
-                Err(e) => return (QuotaVerdict::Denied, format!("{gap}; {e}")),
+                Err(e) => return MarketQuota::Denied(format!("{gap}; {e}")),
             },
         }
     }
-    if now >= deadline {
-        return (
-            QuotaVerdict::DeadlinePassed,
-            format!(
-                "quota.max_wait_seconds passed at {}: {}",
-                deadline.to_rfc3339(),
-                waiting.join("; ")
-            ),
-        );
+    if waiting.is_empty() {
+        MarketQuota::Fits
+    } else {
+        MarketQuota::Waiting(waiting.join("; "))
     }
-    (QuotaVerdict::Waiting, waiting.join("; "))
 }
 
 #[cfg(test)]
@@ -246,6 +297,35 @@ mod tests {
                 requested_at: t(0),
             }),
         }
+    }
+
+    #[test]
+    fn a_short_spot_quota_never_holds_up_what_on_demand_can_serve() {
+        let d = t(3600);
+        let spot = |req: Option<&str>| line(8.0, 0, 16, req);
+        let od = |applied: f64| QuotaLine {
+            code: "L-1216C47A".into(),
+            market: Market::OnDemand,
+            ..line(applied, 0, 16, None)
+        };
+        // Spot denied, On-Demand fits: the run starts, saying why.
+        let (v, why) = decide(&[spot(Some("DENIED")), od(64.0)], true, t(0), d);
+        assert_eq!(v, QuotaVerdict::Enough, "{why}");
+        assert!(why.contains("spot short, so the run starts with on-demand"), "{why}");
+        // Spot pending, On-Demand fits: no wait.
+        let (v, _) = decide(&[spot(Some("PENDING")), od(64.0)], true, t(0), d);
+        assert_eq!(v, QuotaVerdict::Enough);
+        // Spot denied, On-Demand pending: wait for On-Demand, do not fail.
+        let mut odp = od(8.0);
+        odp.request = line(8.0, 0, 16, Some("PENDING")).request;
+        let (v, why) = decide(&[spot(Some("DENIED")), odp.clone()], true, t(0), d);
+        assert_eq!(v, QuotaVerdict::Waiting, "{why}");
+        // Both denied: denied, naming both.
+        let mut odd = od(8.0);
+        odd.request = line(8.0, 0, 16, Some("DENIED")).request;
+        let (v, why) = decide(&[spot(Some("DENIED")), odd], true, t(0), d);
+        assert_eq!(v, QuotaVerdict::Denied);
+        assert!(why.contains("L-34B43A08") && why.contains("L-1216C47A"), "{why}");
     }
 
     #[test]

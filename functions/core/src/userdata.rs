@@ -39,9 +39,17 @@ pub fn render(w: &WorkerLaunch<'_>) -> String {
         r#"#!/bin/bash
 # ephemera worker bootstrap. No secrets here: the worker reads them with its instance role.
 set -euo pipefail
+# A bootstrap that fails (the download, say) must not leave a billed, idle instance until the
+# boot deadline: shut down, which terminates it (InstanceInitiatedShutdownBehavior=terminate).
+trap 'echo "ephemera: bootstrap failed at line $LINENO; shutting down" >&2; /sbin/shutdown -h now' ERR
 export AWS_REGION={region} AWS_DEFAULT_REGION={region}
 install -d -m 0755 /opt/ephemera
-aws s3 cp {artifact} /opt/ephemera/ephemera-worker
+# S3 can fail transiently: a few tries before giving up.
+for try in 1 2 3 4 5; do
+  aws s3 cp {artifact} /opt/ephemera/ephemera-worker && break
+  [ "$try" -lt 5 ] || false
+  sleep $((try * 5))
+done
 chmod 0755 /opt/ephemera/ephemera-worker
 cat > /opt/ephemera/run.sh <<'RUN'
 #!/bin/bash
@@ -105,5 +113,62 @@ mod tests {
             "exec /opt/ephemera/ephemera-worker run --stages 'a b' --run-id r1 --attempt 2 --ssm-prefix /ephemera/runs/r1 --heartbeat-seconds 60"
         ));
         assert!(!s.to_lowercase().contains("token"));
+    }
+
+    #[test]
+    fn a_failed_bootstrap_shuts_the_instance_down() {
+        let s = render(&WorkerLaunch {
+            region: "eu-west-1",
+            artifact: "s3://bkt/w",
+            args: &[],
+            run_id: "r1",
+            attempt: 1,
+            heartbeat_seconds: 60,
+            ssm_prefix: "/ephemera/runs/r1",
+        });
+        let trap = s.find("\ntrap '").expect("an ERR trap") + 1;
+        let download = s.find("aws s3 cp").unwrap();
+        assert!(trap < download, "the trap is set before the download");
+        assert!(s[trap..].starts_with("trap '") && s.contains("/sbin/shutdown -h now' ERR"));
+    }
+
+    /// The script run by bash with `aws` failing: it must try five times, then shut down.
+    #[test]
+    fn the_script_really_shuts_down_when_the_download_keeps_failing() {
+        use std::io::Write;
+        let dir = std::env::temp_dir().join(format!("ephemera-ud-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("calls");
+        for (name, body) in [
+            ("aws", format!("#!/bin/sh\necho aws >> {}\nexit 1\n", log.display())),
+            ("sleep", "#!/bin/sh\nexit 0\n".to_string()),
+            ("shutdown", format!("#!/bin/sh\necho shutdown >> {}\nexit 0\n", log.display())),
+        ] {
+            let p = dir.join(name);
+            std::fs::File::create(&p).unwrap().write_all(body.as_bytes()).unwrap();
+            std::process::Command::new("chmod").arg("+x").arg(&p).status().unwrap();
+        }
+        let script = render(&WorkerLaunch {
+            region: "eu-west-1",
+            artifact: "s3://bkt/w",
+            args: &[],
+            run_id: "r1",
+            attempt: 1,
+            heartbeat_seconds: 60,
+            ssm_prefix: "/ephemera/runs/r1",
+        })
+        .replace("/sbin/shutdown", &dir.join("shutdown").display().to_string())
+        .replace("install -d -m 0755 /opt/ephemera", "true");
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(&script)
+            .env("PATH", format!("{}:/usr/bin:/bin", dir.display()))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let calls = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(calls.matches("aws").count(), 5, "{calls}");
+        assert!(calls.trim_end().ends_with("shutdown"), "{calls}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

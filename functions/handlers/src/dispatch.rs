@@ -28,6 +28,8 @@ pub struct Settings {
     pub lambda_memory_mb: u32,
     /// EPHEMERA_ALLOWED_TOPICS: the topics a RunSpec may name (comma-separated).
     pub allowed_topics: Vec<String>,
+    /// EPHEMERA_ARTIFACT_BUCKET: the bucket the worker's role may fetch its binary from.
+    pub artifact_bucket: Option<String>,
 }
 
 impl Settings {
@@ -47,6 +49,7 @@ impl Settings {
                         .collect()
                 })
                 .unwrap_or_default(),
+            artifact_bucket: var("EPHEMERA_ARTIFACT_BUCKET"),
         }
     }
 }
@@ -69,6 +72,7 @@ pub async fn invoke(
             &quota_check::Config {
                 region: aws.region.clone(),
                 allowed_topics: settings.allowed_topics.clone(),
+                artifact_bucket: settings.artifact_bucket.clone(),
             },
             parse_input(function, payload)?,
             now,

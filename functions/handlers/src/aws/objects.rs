@@ -10,6 +10,13 @@ pub trait Objects: Send + Sync {
         bucket: &str,
         key: &str,
     ) -> impl Future<Output = Result<Option<Vec<u8>>, Error>> + Send;
+    /// Every object under `prefix` with its size: one ListObjectsV2 page per 1,000 objects,
+    /// where a HeadObject per object would take a call each.
+    fn sizes_under(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> impl Future<Output = Result<std::collections::BTreeMap<String, u64>, Error>> + Send;
     /// Size in bytes, or None when absent.
     fn size(
         &self,
@@ -33,6 +40,29 @@ impl Objects for aws_sdk_s3::Client {
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
             Err(e) => Err(Error::aws("s3", "GetObject", e)),
         }
+    }
+
+    async fn sizes_under(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> Result<std::collections::BTreeMap<String, u64>, Error> {
+        let mut out = std::collections::BTreeMap::new();
+        let mut pages = self
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| Error::aws("s3", "ListObjectsV2", e))?;
+            for o in page.contents() {
+                if let Some(k) = o.key() {
+                    out.insert(k.to_string(), o.size().unwrap_or(0).max(0) as u64);
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn size(&self, bucket: &str, key: &str) -> Result<Option<u64>, Error> {

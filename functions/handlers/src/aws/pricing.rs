@@ -40,29 +40,6 @@ impl PriceListApi {
     }
 }
 
-/// The Price List API's `location` for a region code.
-pub fn location(region: &str) -> Option<&'static str> {
-    Some(match region {
-        "us-east-1" => "US East (N. Virginia)",
-        "us-east-2" => "US East (Ohio)",
-        "us-west-1" => "US West (N. California)",
-        "us-west-2" => "US West (Oregon)",
-        "ca-central-1" => "Canada (Central)",
-        "eu-west-1" => "EU (Ireland)",
-        "eu-west-2" => "EU (London)",
-        "eu-west-3" => "EU (Paris)",
-        "eu-central-1" => "EU (Frankfurt)",
-        "eu-north-1" => "EU (Stockholm)",
-        "ap-south-1" => "Asia Pacific (Mumbai)",
-        "ap-northeast-1" => "Asia Pacific (Tokyo)",
-        "ap-northeast-2" => "Asia Pacific (Seoul)",
-        "ap-southeast-1" => "Asia Pacific (Singapore)",
-        "ap-southeast-2" => "Asia Pacific (Sydney)",
-        "sa-east-1" => "South America (Sao Paulo)",
-        _ => return None,
-    })
-}
-
 /// The hourly USD price in one GetProducts PriceList document
 /// (`terms.OnDemand.*.priceDimensions.*.pricePerUnit.USD`).
 pub fn parse_price_document(doc: &str) -> Option<f64> {
@@ -84,24 +61,38 @@ pub fn parse_price_document(doc: &str) -> Option<f64> {
     })
 }
 
-fn fallback(instance_type: &str) -> Option<(f64, String)> {
+/// How much dearer than us-east-1 (the fallback table's region) a region may be, at most: São
+/// Paulo, the dearest, is about 1.5× us-east-1 for general-purpose types. The table applied
+/// elsewhere is multiplied by it, so the budget guard never under-prices a region it cannot
+/// read; the report says the price is an estimate.
+pub const REGIONAL_UPLIFT_BOUND: f64 = 1.6;
+
+fn fallback(instance_type: &str, region: &str) -> Option<(f64, String)> {
     catalog::lookup(instance_type).map(|t| {
-        (
-            t.on_demand_hourly,
-            format!(
-                "fallback table ({} prices as of {})",
-                catalog::PRICES_REGION,
-                catalog::PRICES_AS_OF
-            ),
-        )
+        if region == catalog::PRICES_REGION {
+            (
+                t.on_demand_hourly,
+                format!(
+                    "fallback table ({} prices as of {})",
+                    catalog::PRICES_REGION,
+                    catalog::PRICES_AS_OF
+                ),
+            )
+        } else {
+            (
+                t.on_demand_hourly * REGIONAL_UPLIFT_BOUND,
+                format!(
+                    "estimated: fallback table ({} prices as of {}) x{REGIONAL_UPLIFT_BOUND} for {region}",
+                    catalog::PRICES_REGION,
+                    catalog::PRICES_AS_OF
+                ),
+            )
+        }
     })
 }
 
 impl PriceList for PriceListApi {
     async fn on_demand_hourly(&self, instance_type: &str, region: &str) -> Option<(f64, String)> {
-        let Some(loc) = location(region) else {
-            return fallback(instance_type);
-        };
         let term = |field: &str, value: &str| {
             Filter::builder()
                 .r#type(FilterType::TermMatch)
@@ -112,7 +103,8 @@ impl PriceList for PriceListApi {
         };
         let filters: Option<Vec<Filter>> = [
             ("instanceType", instance_type),
-            ("location", loc),
+            // Every region, new ones included, by its code (no name table to fall behind).
+            ("regionCode", region),
             ("operatingSystem", "Linux"),
             ("tenancy", "Shared"),
             ("preInstalledSw", "NA"),
@@ -135,10 +127,10 @@ impl PriceList for PriceListApi {
                 .iter()
                 .find_map(|doc| parse_price_document(doc))
                 .map(|p| (p, "price-list-api".to_string()))
-                .or_else(|| fallback(instance_type)),
+                .or_else(|| fallback(instance_type, region)),
             Err(e) => {
                 tracing::info!(error = %aws_smithy_types::error::display::DisplayErrorContext(&e), "Price List API unavailable; using the fallback table");
-                fallback(instance_type)
+                fallback(instance_type, region)
             }
         }
     }
@@ -155,6 +147,14 @@ mod tests {
           {"unit":"Hrs","pricePerUnit":{"USD":"0.5800000000"},"description":"$0.58 per On Demand Linux c7g.4xlarge Instance Hour"}}}}}}"#;
         assert_eq!(parse_price_document(doc), Some(0.58));
         assert_eq!(parse_price_document("{}"), None);
-        assert_eq!(location("eu-west-1"), Some("EU (Ireland)"));
+    }
+
+    #[test]
+    fn the_fallback_never_under_prices_another_region() {
+        let (home, src) = fallback("c7g.4xlarge", "us-east-1").unwrap();
+        assert!(src.starts_with("fallback table (us-east-1"), "{src}");
+        let (away, src) = fallback("c7g.4xlarge", "eu-south-2").unwrap();
+        assert!((away - home * REGIONAL_UPLIFT_BOUND).abs() < 1e-12);
+        assert!(src.starts_with("estimated:") && src.contains("eu-south-2"), "{src}");
     }
 }

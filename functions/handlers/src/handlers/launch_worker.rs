@@ -91,11 +91,17 @@ pub async fn handle<E: Compute, P: PriceList, S: Params>(
 
     // Budget guard, before anything exists: the dearest candidate at On-Demand for the whole
     // max runtime bounds what this attempt can cost.
+    // Priced at once, not one after the other: each Price List call takes a round trip.
+    let quotes = futures_util::future::join_all(
+        spec.worker
+            .instance_types
+            .iter()
+            .map(|t| prices.on_demand_hourly(t, &config.region)),
+    )
+    .await;
     let mut dearest = (0.0f64, String::new(), String::new());
-    for t in &spec.worker.instance_types {
-        let (price, source) = prices
-            .on_demand_hourly(t, &config.region)
-            .await
+    for (t, quote) in spec.worker.instance_types.iter().zip(quotes) {
+        let (price, source) = quote
             .ok_or_else(|| Error::LaunchFailed(format!("no On-Demand price is known for {t}")))?;
         if price > dearest.0 {
             dearest = (price, t.clone(), source);

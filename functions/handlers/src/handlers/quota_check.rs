@@ -28,6 +28,8 @@ pub struct Config {
     pub region: String,
     /// The topics the functions may publish to (the template's); empty: any.
     pub allowed_topics: Vec<String>,
+    /// The bucket the worker's role may read its binary from; None: any.
+    pub artifact_bucket: Option<String>,
 }
 
 pub async fn handle<E: Compute, Q: QuotaService>(
@@ -41,6 +43,25 @@ pub async fn handle<E: Compute, Q: QuotaService>(
     let region = &config.region;
     // A topic the functions may not publish to would lose the report at the end of the run:
     // refuse it now, before anything is launched.
+    // The worker's role reads only the artifact bucket: an artifact elsewhere would leave the
+    // instance unable to fetch its binary, billed until its boot deadline.
+    if let (Some(allowed), Some((bucket, _))) = (
+        &config.artifact_bucket,
+        ephemera_core::runspec::parse_s3_url(&spec.worker.artifact),
+    ) {
+        if bucket != allowed {
+            return Err(InvalidRunSpec {
+                errors: vec![FieldError {
+                    field: "worker.artifact".into(),
+                    message: format!(
+                        "'{}' is outside the artifact bucket {allowed}, the only one the worker's role may read",
+                        spec.worker.artifact
+                    ),
+                }],
+            }
+            .into());
+        }
+    }
     if let Some(t) = &spec.notify.topic_arn {
         if !config.allowed_topics.is_empty() && !config.allowed_topics.contains(t) {
             return Err(InvalidRunSpec {
