@@ -85,6 +85,10 @@ pub struct FrontDoor {
     pub unoffered: Mutex<std::collections::HashSet<(String, String)>>,
     /// (region, ClientToken) → (the parameters' digest, the first answer).
     client_tokens: Mutex<HashMap<(String, String), (String, RawResponse)>>,
+    /// (region, instance) → when Spot's interruption notice was given.
+    pub spot_notices: Mutex<HashMap<(String, String), chrono::DateTime<chrono::Utc>>>,
+    /// (region, instance) Spot has taken back: their state reason is Spot's.
+    spot_reclaimed: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 /// A request IAM refused.
@@ -119,6 +123,8 @@ impl FrontDoor {
             not_visible_yet: Mutex::default(),
             unoffered: Mutex::default(),
             client_tokens: Mutex::default(),
+            spot_notices: Mutex::default(),
+            spot_reclaimed: Mutex::default(),
         }
     }
 
@@ -422,18 +428,30 @@ async fn fresh_account_ec2(
         // Right after RunInstances an instance may not be found by id for a while
         // (https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html).
         "DescribeInstances" | "DescribeInstanceStatus" => {
-            let mut unseen = door.not_visible_yet.lock().unwrap();
-            let id = ids.iter().find(|id| {
-                unseen
-                    .get(&(region.to_string(), id.to_string()))
-                    .is_some_and(|n| *n > 0)
-            })?;
-            *unseen.get_mut(&(region.to_string(), id.clone())).unwrap() -= 1;
-            Some(ec2_error(
-                400,
-                "InvalidInstanceID.NotFound",
-                &format!("The instance ID '{id}' does not exist"),
-            ))
+            let hidden = {
+                let mut unseen = door.not_visible_yet.lock().unwrap();
+                let id = ids.iter().find(|id| {
+                    unseen
+                        .get(&(region.to_string(), id.to_string()))
+                        .is_some_and(|n| *n > 0)
+                });
+                id.cloned().inspect(|id| {
+                    *unseen.get_mut(&(region.to_string(), id.clone())).unwrap() -= 1;
+                })
+            };
+            if let Some(id) = hidden {
+                return Some(ec2_error(
+                    400,
+                    "InvalidInstanceID.NotFound",
+                    &format!("The instance ID '{id}' does not exist"),
+                ));
+            }
+            if action != "DescribeInstances" {
+                return None;
+            }
+            let mut resp = proxy_raw(door, parts, bytes.clone()).await?;
+            resp.2 = door.with_spot_reasons(region, resp.2);
+            Some(rebuild(resp))
         }
         // A type the region does not offer fails the whole call
         // (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DescribeInstanceTypes.html).
@@ -828,6 +846,79 @@ fn access_denied(service: &str, message: &str) -> Response<Body> {
 }
 
 impl FrontDoor {
+    /// Spot takes an instance back as on AWS: first the interruption notice (IMDS
+    /// `spot/instance-action`, here `spot_notice`), then, when the notice period has passed, EC2
+    /// terminates it with state reason `Server.SpotInstanceTermination`
+    /// (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/spot-instance-termination-notices.html:
+    /// two minutes on AWS, scaled down by the caller).
+    pub fn reclaim_spot(self: &Arc<Self>, region: &str, instance: &str, notice: Duration) {
+        let key = (region.to_string(), instance.to_string());
+        self.spot_notices
+            .lock()
+            .unwrap()
+            .insert(key.clone(), chrono::Utc::now());
+        let door = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(notice).await;
+            door.spot_reclaimed.lock().unwrap().insert(key.clone());
+            let _ = door
+                .http
+                .post(format!("{}/", door.moto))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header(
+                    "authorization",
+                    format!("AWS4-HMAC-SHA256 Credential=testing/20260101/{}/ec2/aws4_request, SignedHeaders=host, Signature=0", key.0),
+                )
+                .body(format!(
+                    "Action=TerminateInstances&Version=2016-11-15&InstanceId.1={}",
+                    key.1
+                ))
+                .send()
+                .await;
+        });
+    }
+
+    /// When the instance was given Spot's interruption notice, if it was.
+    pub fn spot_notice(
+        &self,
+        region: &str,
+        instance: &str,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.spot_notices
+            .lock()
+            .unwrap()
+            .get(&(region.to_string(), instance.to_string()))
+            .copied()
+    }
+
+    /// moto's DescribeInstances answer with Spot's state reason on the instances Spot took.
+    fn with_spot_reasons(&self, region: &str, mut xml: String) -> String {
+        let reclaimed: Vec<String> = self
+            .spot_reclaimed
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(r, _)| r == region)
+            .map(|(_, i)| i.clone())
+            .collect();
+        for id in reclaimed {
+            let Some((from, to)) = instance_span(&xml, &id) else {
+                continue;
+            };
+            let block = &xml[from..to];
+            let (Some(open), Some(close)) =
+                (block.find("<stateReason>"), block.find("</stateReason>"))
+            else {
+                continue;
+            };
+            xml.replace_range(
+                from + open..from + close + "</stateReason>".len(),
+                "<stateReason><code>Server.SpotInstanceTermination</code><message>Server.SpotInstanceTermination: Spot instance termination</message></stateReason>",
+            );
+        }
+        xml
+    }
+
     /// The worker's role and instance profile, as the template deploys them (IAM is global, so
     /// once per moto): RunInstances refuses a profile that does not exist.
     async fn deploy_worker_identity(&self) {
@@ -887,4 +978,40 @@ impl FrontDoor {
             })
             .collect()
     }
+}
+
+/// The span of the `<instancesSet>` item that holds `<instanceId>id</instanceId>` (items nest:
+/// tags, volumes and interfaces are items too, so depth is counted).
+fn instance_span(xml: &str, id: &str) -> Option<(usize, usize)> {
+    let needle = format!("<instanceId>{id}</instanceId>");
+    let mut search = 0;
+    while let Some(set) = xml[search..].find("<instancesSet>").map(|i| i + search) {
+        let mut pos = set;
+        let mut depth = 0usize;
+        let mut start = 0;
+        loop {
+            let open = xml[pos..].find("<item>").map(|i| i + pos);
+            let close = xml[pos..].find("</item>").map(|i| i + pos);
+            let end_set = xml[pos..].find("</instancesSet>").map(|i| i + pos);
+            match (open, close) {
+                (Some(o), Some(c)) if o < c && end_set.is_none_or(|e| o < e) => {
+                    if depth == 0 {
+                        start = o;
+                    }
+                    depth += 1;
+                    pos = o + "<item>".len();
+                }
+                (_, Some(c)) if depth > 0 => {
+                    depth -= 1;
+                    pos = c + "</item>".len();
+                    if depth == 0 && xml[start..pos].contains(&needle) {
+                        return Some((start, pos));
+                    }
+                }
+                _ => break,
+            }
+        }
+        search = pos.max(set + 1);
+    }
+    None
 }

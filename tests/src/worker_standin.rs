@@ -25,6 +25,10 @@ pub enum Behaviour {
     SpotInterruptFirst(Value),
     /// Start, then fail with this error name.
     Fail(String),
+    /// Attempt 1 takes the token, then Spot reclaims its instance (notice, then termination
+    /// after this many seconds) before the worker can say so: it goes silent. Later attempts
+    /// succeed with the report.
+    ReclaimedFirst(u64, Value),
 }
 
 pub struct StandIn {
@@ -49,6 +53,7 @@ pub fn spawn(region: &str, run_id: &str, behaviour: Behaviour, lifetime: Duratio
     let conf = sdk_config(region);
     let role = crate::principal_config(region, &crate::iam::Principal::Worker);
     let run_id = run_id.to_string();
+    let region = region.to_string();
     let shared = Arc::new(Mutex::new(vec![]));
     let log = Logger(shared.clone());
     let handle = tokio::spawn(async move {
@@ -180,6 +185,18 @@ pub fn spawn(region: &str, run_id: &str, behaviour: Behaviour, lifetime: Duratio
                 Behaviour::SpotInterruptFirst(_) => {
                     fail("Worker.SpotInterrupted".into()).await;
                     log.push(format!("{instance}: spot interrupted"));
+                }
+                Behaviour::ReclaimedFirst(_, report) if attempt > 1 => {
+                    succeed(report.clone()).await;
+                    log.push(format!("{instance}: succeeded"));
+                }
+                Behaviour::ReclaimedFirst(notice, _) => {
+                    crate::harness().door.reclaim_spot(
+                        &region,
+                        &instance,
+                        Duration::from_secs(*notice),
+                    );
+                    log.push(format!("{instance}: reclaimed by Spot, silent"));
                 }
                 Behaviour::Fail(e) => {
                     fail(e.clone()).await;

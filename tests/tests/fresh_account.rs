@@ -348,7 +348,10 @@ async fn an_artifact_the_worker_cannot_read_is_refused_before_launch() {
     assert_eq!(err.error_type(), "Ephemera.InvalidRunSpec");
     let msg = err.to_string();
     assert!(msg.contains("worker.artifact"), "{msg}");
-    assert!(msg.contains("outside the artifact bucket ephemera-artifacts"), "{msg}");
+    assert!(
+        msg.contains("outside the artifact bucket ephemera-artifacts"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
@@ -375,5 +378,44 @@ async fn a_denied_spot_quota_does_not_hold_up_what_on_demand_can_serve() {
         .await
         .unwrap();
     assert_eq!(again["verdict"], "enough", "{again}");
-    assert_eq!(harness().door.with_quotas(c.region, |q| q.increase_calls), 1);
+    assert_eq!(
+        harness().door.with_quotas(c.region, |q| q.increase_calls),
+        1
+    );
+}
+
+#[tokio::test]
+async fn spot_takes_an_instance_back_after_its_notice() {
+    let c = ctx().await;
+    let spec = fixtures::runspec("reclaim", &c.net, None);
+    let w = launch(&c, &spec, "reclaim", json!({})).await.unwrap();
+    let id = w.current.instance_id.clone();
+    harness()
+        .door
+        .reclaim_spot(c.region, &id, std::time::Duration::from_millis(300));
+    assert!(harness().door.spot_notice(c.region, &id).is_some());
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let found = eventually(
+        "the instance",
+        std::time::Duration::from_secs(10),
+        || async {
+            c.aws
+                .ec2
+                .describe_instances()
+                .instance_ids(&id)
+                .send()
+                .await
+                .ok()
+        },
+    )
+    .await;
+    let i = &found.reservations()[0].instances()[0];
+    assert_eq!(
+        i.state().and_then(|s| s.name()).map(|n| n.as_str()),
+        Some("terminated")
+    );
+    assert_eq!(
+        i.state_reason().and_then(|r| r.code()),
+        Some("Server.SpotInstanceTermination")
+    );
 }

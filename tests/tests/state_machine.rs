@@ -427,7 +427,11 @@ async fn the_state_machine_without_its_ssm_statement_fails_at_the_handover_and_c
     assert_eq!(r.finished.visited("Cleanup"), 1);
     // The SDK integration's error (moto spells the service `ssm`, AWS `Ssm`), and its cause.
     let error = r.finished.error.as_deref().unwrap_or_default();
-    assert!(error.ends_with(".AccessDeniedException"), "{:?}", r.finished);
+    assert!(
+        error.ends_with(".AccessDeniedException"),
+        "{:?}",
+        r.finished
+    );
     let cause = r.finished.cause.as_deref().unwrap_or_default();
     assert!(cause.contains("ssm:PutParameter"), "{:?}", r.finished);
     let denied = harness().door.denials_in(r.region);
@@ -439,4 +443,32 @@ async fn the_state_machine_without_its_ssm_statement_fails_at_the_handover_and_c
     );
     r.assert_nothing_left();
     r.assert_email("FAILED");
+}
+
+/// Spot takes the instance back before the worker can say so (its two-minute notice ends with
+/// the instance gone): the heartbeat times out, the instance's state reason says Spot, and the
+/// run relaunches instead of failing as a timed-out worker.
+#[tokio::test]
+async fn a_spot_reclaim_the_worker_could_not_report_relaunches() {
+    let r = scenario(
+        "e2e-reclaimed",
+        Behaviour::ReclaimedFirst(2, report_for("e2e-reclaimed", 2)),
+        |_| {},
+        |spec| spec["limits"]["heartbeat_seconds"] = json!(30),
+    )
+    .await;
+    assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished);
+    assert_eq!(
+        r.finished.visited("WasReclaimed"),
+        1,
+        "{:?}",
+        r.finished.path
+    );
+    assert_eq!(r.finished.visited("LaunchWorker"), 2);
+    assert_eq!(r.finished.visited("Cleanup"), 0);
+    r.assert_nothing_left();
+    let report = r.report();
+    let attempts = report["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{report}");
+    assert_eq!(attempts[0]["market"], "spot");
 }

@@ -38,6 +38,11 @@ pub enum Health {
     Failed { failure: Failure, reason: String },
 }
 
+/// An EC2 state reason that says Spot took the instance back.
+pub fn is_spot_reclaim(reason: &str) -> bool {
+    reason.starts_with("Server.SpotInstance")
+}
+
 pub fn judge(o: &Observation) -> Health {
     // EC2 is eventually consistent: DescribeInstances may answer InvalidInstanceID.NotFound for
     // a while after RunInstances
@@ -50,7 +55,7 @@ pub fn judge(o: &Observation) -> Health {
         "shutting-down" | "terminated" | "stopping" | "stopped"
     ) {
         let reason = o.state_reason.clone().unwrap_or_default();
-        if reason.starts_with("Server.SpotInstance") {
+        if is_spot_reclaim(&reason) {
             return Health::Failed {
                 failure: Failure::SpotReclaimed,
                 reason: format!("Spot reclaimed the instance while booting ({reason})"),

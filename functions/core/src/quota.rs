@@ -156,7 +156,10 @@ pub fn decide(
         let of: Vec<&QuotaLine> = lines.iter().filter(|l| l.market == *m).collect();
         verdicts.push((*m, decide_market(&of, request_allowed)));
     }
-    if let Some((m, _)) = verdicts.iter().find(|(_, v)| matches!(v, MarketQuota::Fits)) {
+    if let Some((m, _)) = verdicts
+        .iter()
+        .find(|(_, v)| matches!(v, MarketQuota::Fits))
+    {
         let list: Vec<String> = lines
             .iter()
             .map(|l| {
@@ -252,7 +255,10 @@ fn decide_market(lines: &[&QuotaLine], request_allowed: bool) -> MarketQuota {
                     waiting.push(format!("{gap}; request {} is {}", r.id, r.status))
                 }
                 Ok(RequestProgress::Denied) | Ok(RequestProgress::Closed) => {
-                    return MarketQuota::Denied(format!("{gap}; request {} ended {}", r.id, r.status))
+                    return MarketQuota::Denied(format!(
+                        "{gap}; request {} ended {}",
+                        r.id, r.status
+                    ))
                 }
                 Ok(RequestProgress::Approved) => {
                     return MarketQuota::Denied(format!(
@@ -311,7 +317,10 @@ mod tests {
         // Spot denied, On-Demand fits: the run starts, saying why.
         let (v, why) = decide(&[spot(Some("DENIED")), od(64.0)], true, t(0), d);
         assert_eq!(v, QuotaVerdict::Enough, "{why}");
-        assert!(why.contains("spot short, so the run starts with on-demand"), "{why}");
+        assert!(
+            why.contains("spot short, so the run starts with on-demand"),
+            "{why}"
+        );
         // Spot pending, On-Demand fits: no wait.
         let (v, _) = decide(&[spot(Some("PENDING")), od(64.0)], true, t(0), d);
         assert_eq!(v, QuotaVerdict::Enough);
@@ -325,7 +334,10 @@ mod tests {
         odd.request = line(8.0, 0, 16, Some("DENIED")).request;
         let (v, why) = decide(&[spot(Some("DENIED")), odd], true, t(0), d);
         assert_eq!(v, QuotaVerdict::Denied);
-        assert!(why.contains("L-34B43A08") && why.contains("L-1216C47A"), "{why}");
+        assert!(
+            why.contains("L-34B43A08") && why.contains("L-1216C47A"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -140,13 +140,26 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join("calls");
         for (name, body) in [
-            ("aws", format!("#!/bin/sh\necho aws >> {}\nexit 1\n", log.display())),
+            (
+                "aws",
+                format!("#!/bin/sh\necho aws >> {}\nexit 1\n", log.display()),
+            ),
             ("sleep", "#!/bin/sh\nexit 0\n".to_string()),
-            ("shutdown", format!("#!/bin/sh\necho shutdown >> {}\nexit 0\n", log.display())),
+            (
+                "shutdown",
+                format!("#!/bin/sh\necho shutdown >> {}\nexit 0\n", log.display()),
+            ),
         ] {
             let p = dir.join(name);
-            std::fs::File::create(&p).unwrap().write_all(body.as_bytes()).unwrap();
-            std::process::Command::new("chmod").arg("+x").arg(&p).status().unwrap();
+            std::fs::File::create(&p)
+                .unwrap()
+                .write_all(body.as_bytes())
+                .unwrap();
+            std::process::Command::new("chmod")
+                .arg("+x")
+                .arg(&p)
+                .status()
+                .unwrap();
         }
         let script = render(&WorkerLaunch {
             region: "eu-west-1",
@@ -157,7 +170,10 @@ mod tests {
             heartbeat_seconds: 60,
             ssm_prefix: "/ephemera/runs/r1",
         })
-        .replace("/sbin/shutdown", &dir.join("shutdown").display().to_string())
+        .replace(
+            "/sbin/shutdown",
+            &dir.join("shutdown").display().to_string(),
+        )
         .replace("install -d -m 0755 /opt/ephemera", "true");
         let out = std::process::Command::new("bash")
             .arg("-c")

@@ -155,6 +155,9 @@ mod tests {
         assert!(src.starts_with("fallback table (us-east-1"), "{src}");
         let (away, src) = fallback("c7g.4xlarge", "eu-south-2").unwrap();
         assert!((away - home * REGIONAL_UPLIFT_BOUND).abs() < 1e-12);
-        assert!(src.starts_with("estimated:") && src.contains("eu-south-2"), "{src}");
+        assert!(
+            src.starts_with("estimated:") && src.contains("eu-south-2"),
+            "{src}"
+        );
     }
 }

@@ -14,6 +14,10 @@ use crate::error::Error;
 pub struct Input {
     pub run: serde_json::Value,
     pub worker: WorkerState,
+    /// Set when the worker went silent (heartbeat or runtime timeout): was its instance taken
+    /// by Spot? Spot's two-minute notice can end before a worker manages to report it.
+    #[serde(default)]
+    pub after_timeout: bool,
 }
 
 /// The worker's "started" signal (an SSM parameter under its run's path).
@@ -35,6 +39,31 @@ pub async fn handle<E: Compute, S: Params>(
         .await?
         .into_iter()
         .next();
+    if input.after_timeout {
+        let reason = instance.as_ref().and_then(|i| i.state_reason.clone());
+        let state = instance.as_ref().map_or("not found", |i| i.state.as_str());
+        tracing::info!(instance = %current.instance_id, state, ?reason, "the worker went silent");
+        // Server.SpotInstanceTermination / Server.SpotInstanceShutdown
+        // (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_StateReason.html).
+        if reason.as_deref().is_some_and(health::is_spot_reclaim) {
+            return Err(Error::SpotInterrupted(format!(
+                "{}: Spot took the instance ({}) and the worker could not report it",
+                current.instance_id,
+                reason.unwrap_or_default()
+            )));
+        }
+        return Ok(HealthState {
+            verdict: "silent".into(),
+            instance_id: current.instance_id.clone(),
+            detail: format!(
+                "the worker went silent; its instance is {state} ({}), not taken by Spot",
+                reason.unwrap_or_else(|| "no state reason".into())
+            ),
+            wait_seconds: 0,
+            checked_at: now,
+            healthy_at: None,
+        });
+    }
     let state = instance.as_ref().map(|i| i.state.clone());
     let (instance_status, system_status) = if state.as_deref() == Some("running") {
         ec2.status_checks(&current.instance_id).await?
