@@ -99,6 +99,14 @@ pub async fn connect(url: &str) -> Result<Client> {
     Err(last.unwrap()).context("connecting to the database")
 }
 
+/// Asks the server to cancel the statement a session is running (same TLS as `connect`).
+pub async fn cancel(token: &tokio_postgres::CancelToken) -> Result<()> {
+    token
+        .cancel_query(NoTls)
+        .await
+        .context("sending a cancel request")
+}
+
 /// Creates the source table (if absent), the queue and the output tables. Idempotent.
 pub async fn init(client: &Client, source: &str) -> Result<()> {
     let source = checked_ident(source)?;

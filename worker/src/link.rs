@@ -9,12 +9,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use anyhow::{Context, Result};
 use aws_sdk_ssm::types::ParameterType;
 use serde_json::json;
 
 pub const SPOT_INTERRUPTED: &str = "Worker.SpotInterrupted";
 pub const FAILED: &str = "Worker.Failed";
+
+/// How often the Spot notice is looked for: IMDS is on the instance, and every second counts
+/// out of the two minutes' notice.
+const SPOT_POLL: Duration = Duration::from_secs(2);
+
+async fn spot_notice(imds: &aws_config::imds::Client) -> Option<String> {
+    imds.get("/latest/meta-data/spot/instance-action")
+        .await
+        .ok()
+        .map(|a| a.as_ref().to_string())
+}
 
 pub struct Link {
     ssm: aws_sdk_ssm::Client,
@@ -164,24 +177,33 @@ impl Link {
         Ok(())
     }
 
-    /// Polls the Spot interruption notice; sets `notice` (and `stop`) when it appears.
+    /// Polls the Spot interruption notice (about two minutes before the instance goes); sets
+    /// `notice` and cancels `stop` when it appears, which aborts the partitions in hand.
     pub fn watch_spot(
         &self,
         notice: Arc<AtomicBool>,
-        stop: Arc<AtomicBool>,
+        stop: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let imds = self.imds.clone();
         tokio::spawn(async move {
             loop {
-                if let Ok(action) = imds.get("/latest/meta-data/spot/instance-action").await {
-                    tracing::warn!(action = %action.as_ref(), "Spot interruption notice: stopping after the current partitions");
+                if let Some(action) = spot_notice(&imds).await {
+                    tracing::warn!(%action, "Spot interruption notice: aborting the partitions in hand");
                     notice.store(true, Ordering::SeqCst);
-                    stop.store(true, Ordering::SeqCst);
+                    stop.cancel();
                     return;
                 }
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                tokio::time::sleep(SPOT_POLL).await;
             }
         })
+    }
+
+    /// Whether a Spot interruption notice is posted now (asked once, e.g. on SIGTERM).
+    pub async fn spot_notice(&self) -> Option<String> {
+        tokio::time::timeout(Duration::from_secs(2), spot_notice(&self.imds))
+            .await
+            .ok()
+            .flatten()
     }
 }
 

@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use ephemera_worker::{db, export, link, progress, queue, run, seed, validate};
 
 #[derive(Parser)]
@@ -84,8 +86,22 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(main_async());
+    // An interrupted partition's computation may still be running on a blocking thread; its
+    // result is not wanted, and the instance is going away: do not wait for it.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    code
+}
+
+async fn main_async() -> ExitCode {
     let cli = Cli::parse();
     // A bar on a terminal (log lines printed above it); JSON log lines only otherwise. The
     // server's NOTICEs (schema already exists, ...) are not worth a line each.
@@ -158,7 +174,7 @@ async fn main_inner(cli: Cli, progress: indicatif::ProgressBar) -> Result<()> {
             token_timeout_seconds,
         } => {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let stop = Arc::new(AtomicBool::new(false));
+            let stop = CancellationToken::new();
             let opts = run::Options {
                 database_url: url,
                 source: cli.source.clone(),
@@ -210,8 +226,8 @@ async fn orchestrated(
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             {
                 s.recv().await;
-                tracing::warn!("SIGTERM: stopping after the current partitions");
-                stop.store(true, Ordering::SeqCst);
+                tracing::warn!("SIGTERM: aborting the partitions in hand");
+                stop.cancel();
             }
         })
     };
@@ -224,15 +240,24 @@ async fn orchestrated(
     heartbeat.abort();
     spot.abort();
     sigterm.abort();
+    // SIGTERM on a Spot instance is usually the reclaim itself: resume elsewhere if so.
+    if stop.is_cancelled() && !notice.load(Ordering::SeqCst) {
+        if let Some(action) = link.spot_notice().await {
+            tracing::warn!(%action, "the Spot interruption notice is posted");
+            notice.store(true, Ordering::SeqCst);
+        }
+    }
     match outcome {
         Ok(Ok(summary)) if notice.load(Ordering::SeqCst) => {
             let cause = format!(
-                "Spot interruption notice on {} (attempt {attempt}); {} partitions done so far, the rest resume on the next attempt",
-                link.instance_id, summary.partitions_done
+                "Spot interruption notice on {} (attempt {attempt}); {} partitions done so far, {} in hand rolled back and handed back, the rest resume on the next attempt",
+                link.instance_id, summary.partitions_done, summary.interrupted
             );
-            link.fail(&token, link::SPOT_INTERRUPTED, &cause).await
+            link.fail(&token, link::SPOT_INTERRUPTED, &cause).await?;
+            tracing::warn!(error = link::SPOT_INTERRUPTED, "reported the interruption");
+            Ok(())
         }
-        Ok(Ok(_)) if stop.load(Ordering::SeqCst) => {
+        Ok(Ok(_)) if stop.is_cancelled() => {
             link.fail(
                 &token,
                 link::FAILED,

@@ -314,7 +314,13 @@ async fn features(
     let (bars, _) = clean(&all);
     let (start, end) = month_bounds(c.month);
     let first = bars.ts.partition_point(|&t| t < start.timestamp_micros());
-    let cols = compute(core, &c.stage, &bars)?;
+    // CPU work off the async threads, so an interruption is acted on at once (and a large
+    // partition does not stall the other tasks' I/O).
+    let (cols, bars) = {
+        let (core, stage) = (core.clone(), c.stage.clone());
+        tokio::task::spawn_blocking(move || compute(&core, &stage, &bars).map(|cols| (cols, bars)))
+            .await??
+    };
     let names = stage_columns(&c.stage)?;
     debug_assert_eq!(names, cols.names);
 

@@ -195,6 +195,25 @@ pub async fn fail(
     Ok(())
 }
 
+/// Hands a claim back after an interruption (Spot notice, SIGTERM): pending again at once, for
+/// any worker, and the attempt does not count (the partition did not fail). Only if this worker
+/// still holds it: one whose commit went through is done and stays done.
+pub async fn release(client: &Client, owner: &str, c: &Claim) -> Result<bool> {
+    let n = client
+        .execute(
+            "UPDATE ephemera.partitions
+                SET state = 'pending', attempts = greatest(attempts - 1, 0),
+                    error = 'interrupted (Spot notice or SIGTERM) and handed back',
+                    lease_owner = NULL, lease_until = NULL, updated_at = now()
+              WHERE run_id = $1 AND stage = $2 AND pair = $3 AND month = $4 AND lease_owner = $5
+                AND state = 'running'",
+            &[&c.run_id, &c.stage, &c.pair, &c.month, &owner],
+        )
+        .await
+        .context("handing an interrupted partition back")?;
+    Ok(n == 1)
+}
+
 /// Partitions by run, stage and state (one run, or every run).
 pub async fn status(
     client: &Client,

@@ -1,7 +1,11 @@
 //! `run`: enqueue the run's partitions, then work them off with one connection per task until
 //! none is left, and summarise from the queue (so a resumed run reports the whole job).
+//!
+//! An interruption (Spot notice, SIGTERM) aborts the partitions in hand at once: their
+//! transactions never commit (the sessions are cancelled and closed, so the server rolls them
+//! back), their leases are handed back for any worker to claim, and `run` returns within moments
+//! however long a partition would have taken.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,13 +14,18 @@ use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 use ta_lib::Core;
 use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
 
 use crate::export::{self, Store, Target};
 use crate::partition::{self, Work};
+use crate::queue::Claim;
 use crate::{db, queue};
 
 /// How long an idle task waits before looking again while other partitions are in progress.
 const IDLE: Duration = Duration::from_millis(500);
+/// How long handing back an interrupted partition may take (it waits for the aborted session to
+/// let go of the queue row); past it the lease simply expires.
+const RELEASE_WITHIN: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -30,8 +39,9 @@ pub struct Options {
     pub max_attempts: i32,
     /// Where `export` writes (`s3://bucket/prefix/` or a directory).
     pub export: Option<Target>,
-    /// Set to stop claiming (Spot notice, SIGTERM); partitions in hand are finished.
-    pub stop: Arc<AtomicBool>,
+    /// Cancelled on a Spot notice or SIGTERM: stop claiming, abort the partitions in hand
+    /// (rolled back, leases handed back) and return.
+    pub stop: CancellationToken,
     /// Drawn on a terminal; hidden otherwise.
     pub progress: ProgressBar,
 }
@@ -66,6 +76,9 @@ pub struct Summary {
     pub manifest: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub validation: Option<Validation>,
+    /// Partitions this process had in hand when it was interrupted, rolled back and handed back.
+    #[serde(skip)]
+    pub interrupted: u64,
 }
 
 pub async fn run(opts: Options) -> Result<Summary> {
@@ -98,25 +111,43 @@ pub async fn run(opts: Options) -> Result<Summary> {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             let owner = format!("{}/{t}", opts.worker_id);
-            let mut client = db::connect(&opts.database_url).await?;
+            let client = db::connect(&opts.database_url).await?;
             let cx = Work {
                 core: &core,
                 source: &opts.source,
                 owner: &owner,
                 store: store.as_ref(),
             };
-            work(&mut client, &cx, &opts).await
+            let (done, aborted) = work(client, &cx, &opts).await?;
+            Ok::<_, anyhow::Error>((done, aborted.map(|c| (owner.clone(), c))))
         }));
     }
     let mut processed_here = 0;
+    let mut interrupted = vec![];
     for t in tasks {
-        processed_here += t.await??;
+        let (done, aborted) = t.await??;
+        processed_here += done;
+        interrupted.extend(aborted);
     }
     progress.abort();
+    for (owner, c) in &interrupted {
+        match tokio::time::timeout(RELEASE_WITHIN, queue::release(&client, owner, c)).await {
+            Ok(Ok(_)) => {
+                tracing::warn!(stage = %c.stage, pair = %c.pair, month = %c.month, "interrupted: partition rolled back and handed back");
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %format!("{e:#}"), stage = %c.stage, pair = %c.pair, month = %c.month, "interrupted partition not handed back: its lease will expire");
+            }
+            Err(_) => {
+                tracing::error!(stage = %c.stage, pair = %c.pair, month = %c.month, "interrupted partition not handed back in time: its lease will expire");
+            }
+        }
+    }
 
     let mut summary = summarise(&client, &opts).await?;
     summary.processed_here = processed_here;
-    if let Some(store) = &store {
+    summary.interrupted = interrupted.len() as u64;
+    if let (Some(store), false) = (&store, opts.stop.is_cancelled()) {
         summary.manifest = write_manifest(&client, &opts.run_id, store).await?;
     }
     summary.seconds = started.elapsed().as_secs_f64();
@@ -128,11 +159,13 @@ pub async fn run(opts: Options) -> Result<Summary> {
 }
 
 /// One task: claim, process, repeat; wait while others hold partitions this run still needs.
-async fn work(client: &mut Client, cx: &Work<'_>, opts: &Options) -> Result<u64> {
+/// Returns the partitions it did, and the claim it was interrupted in (to hand back).
+async fn work(mut client: Client, cx: &Work<'_>, opts: &Options) -> Result<(u64, Option<Claim>)> {
     let mut done = 0u64;
-    while !opts.stop.load(Ordering::SeqCst) {
+    while !opts.stop.is_cancelled() {
+        // Not raced against the interruption: a claim that commits must be known to be handed back.
         let claim = queue::claim(
-            client,
+            &client,
             &opts.run_id,
             cx.owner,
             opts.lease_seconds,
@@ -140,13 +173,35 @@ async fn work(client: &mut Client, cx: &Work<'_>, opts: &Options) -> Result<u64>
         )
         .await?;
         let Some(c) = claim else {
-            if !queue::open_work(client, &opts.run_id).await? {
+            if !queue::open_work(&client, &opts.run_id).await? {
                 break;
             }
-            tokio::time::sleep(IDLE).await;
+            tokio::select! {
+                () = tokio::time::sleep(IDLE) => {}
+                () = opts.stop.cancelled() => {}
+            }
             continue;
         };
-        match partition::process(client, cx, &c).await {
+        if opts.stop.is_cancelled() {
+            return Ok((done, Some(c)));
+        }
+        let cancel = client.cancel_token();
+        let outcome = tokio::select! {
+            biased;
+            r = partition::process(&mut client, cx, &c) => Some(r),
+            () = opts.stop.cancelled() => None,
+        };
+        let Some(outcome) = outcome else {
+            // The partition's work was dropped before its commit. Close the session and cancel
+            // whatever statement it is still running (a COPY, a DELETE): the server rolls the
+            // transaction back now rather than when that statement would have ended.
+            drop(client);
+            if let Err(e) = db::cancel(&cancel).await {
+                tracing::warn!(error = %e, "could not cancel the interrupted partition's statement; the server rolls it back when it ends");
+            }
+            return Ok((done, Some(c)));
+        };
+        match outcome {
             Ok(d) => {
                 done += 1;
                 tracing::info!(stage = %c.stage, pair = %c.pair, month = %c.month, rows_out = d.rows_out, "partition done");
@@ -156,11 +211,11 @@ async fn work(client: &mut Client, cx: &Work<'_>, opts: &Options) -> Result<u64>
             }
             Err(e) => {
                 tracing::error!(stage = %c.stage, pair = %c.pair, month = %c.month, error = %format!("{e:#}"), "partition failed");
-                queue::fail(client, cx.owner, &c, &format!("{e:#}"), opts.max_attempts).await?;
+                queue::fail(&client, cx.owner, &c, &format!("{e:#}"), opts.max_attempts).await?;
             }
         }
     }
-    Ok(done)
+    Ok((done, None))
 }
 
 /// Keeps the bar at the run's done/total, whoever does the work.
@@ -228,6 +283,7 @@ async fn summarise(client: &Client, opts: &Options) -> Result<Summary> {
         seconds: 0.0,
         manifest: None,
         validation,
+        interrupted: 0,
     })
 }
 

@@ -11,7 +11,7 @@ use axum::routing::{get, put};
 use axum::Router;
 use ephemera_tests::postgres::postgres;
 use ephemera_tests::{clients, e2e, fixtures, fresh_region, harness};
-use ephemera_worker::{db, export, seed};
+use ephemera_worker::{db, export, queue, seed};
 use serde_json::json;
 
 /// A local IMDSv2: a session token, this instance's id, and (when set) a Spot notice.
@@ -96,16 +96,33 @@ fn worker(
     run_id: &str,
     attempt: u32,
 ) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_ephemera-worker"))
-        .args([
-            "run",
+    worker_with(
+        region,
+        db_url,
+        imds_url,
+        run_id,
+        attempt,
+        &[
             "--stages",
             "indicators,regression,validate,export",
             "--export",
             &format!("s3://{BUCKET}/runs/{run_id}/"),
-            "--concurrency",
-            "2",
-        ])
+        ],
+    )
+}
+
+fn worker_with(
+    region: &str,
+    db_url: &str,
+    imds_url: &str,
+    run_id: &str,
+    attempt: u32,
+    stages: &[&str],
+) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_ephemera-worker"))
+        .arg("run")
+        .args(stages)
+        .args(["--concurrency", "2"])
         .args(["--database-url", db_url, "--run-id", run_id])
         .args(["--attempt", &attempt.to_string()])
         .args([
@@ -145,7 +162,16 @@ async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption()
     let net = fixtures::network(&aws).await;
     let inbox = fixtures::inbox(region, "ephemera-reports").await;
     let mut spec = fixtures::runspec(run_id, &net, Some(&inbox.topic_arn));
-    aws.s3.create_bucket().bucket(BUCKET).send().await.unwrap();
+    let mut bucket = aws.s3.create_bucket().bucket(BUCKET);
+    if region != "us-east-1" {
+        // Each test has a region of its own; S3 wants it named outside us-east-1.
+        bucket = bucket.create_bucket_configuration(
+            aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(region))
+                .build(),
+        );
+    }
+    bucket.send().await.unwrap();
     // 1 pair × 2 months × 4 stages; the export checked by verify-completion.
     spec["expect"] = json!({"partitions": 8, "min_rows": 100000,
                             "export_prefix": format!("s3://{BUCKET}/runs/{run_id}/")});
@@ -268,4 +294,150 @@ async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption()
         manifest.objects.iter().map(|o| o.rows).sum::<u64>(),
         result["rows_out"].as_u64().unwrap()
     );
+}
+
+/// How long after the notice is posted the worker may take to report it: it looks every 2 s,
+/// then aborts, hands back and sends SendTaskFailure.
+const NOTICE_TO_FAILURE: Duration = Duration::from_secs(6);
+
+#[tokio::test]
+async fn a_spot_notice_mid_partition_fails_the_task_within_seconds_and_hands_the_partition_back() {
+    let run_id = "worker-spot-abort";
+    let region = fresh_region();
+    let db_url = postgres().database("worker_spot_abort");
+    let client = db::connect(&db_url).await.unwrap();
+    db::init(&client, "bars_1m").await.unwrap();
+    // One pair-month of 5-second bars (518,400 rows): a partition that takes many seconds.
+    client
+        .batch_execute(
+            "INSERT INTO bars_1m
+             SELECT 'EURJPY', ts, p, p + 0.02, p - 0.02, p + 0.01, 100
+               FROM (SELECT ts, 150 + sin(extract(epoch FROM ts) / 3600.0)
+                                    + 0.01 * cos(extract(epoch FROM ts) / 7.0) AS p
+                       FROM generate_series('2023-04-01Z'::timestamptz, '2023-04-30 23:59:55Z',
+                                            interval '5 seconds') AS ts) g",
+        )
+        .await
+        .unwrap();
+
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    let mut spec = fixtures::runspec(run_id, &net, None);
+    spec["expect"] = json!({"partitions": 2, "min_rows": 500000});
+    spec["limits"]["heartbeat_seconds"] = json!(30);
+    let machine = e2e::create_state_machine(region).await;
+    let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;
+
+    let instance_id = Arc::new(Mutex::new(String::new()));
+    let notice = Arc::new(Mutex::new(false));
+    let imds_url = imds(instance_id.clone(), notice.clone()).await;
+    *instance_id.lock().unwrap() = instance_of(region, run_id, "1").await;
+    let stages = ["--stages", "indicators,regression"];
+    let first = worker_with(region, &db_url, &imds_url, run_id, 1, &stages);
+
+    // Mid-partition: a worker session is inside its transaction, writing the output with COPY.
+    ephemera_tests::eventually(
+        "the worker writing a partition",
+        Duration::from_secs(120),
+        || {
+            let client = &client;
+            async move {
+                let n: i64 = client
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity
+                          WHERE state = 'active' AND query LIKE 'COPY ephemera.% FROM STDIN%'",
+                        &[],
+                    )
+                    .await
+                    .ok()?
+                    .get(0);
+                (n > 0).then_some(())
+            }
+        },
+    )
+    .await;
+    *notice.lock().unwrap() = true;
+    let noticed = std::time::Instant::now();
+    let first = tokio::time::timeout(Duration::from_secs(60), first.wait_with_output())
+        .await
+        .expect("the worker ends soon after the notice")
+        .unwrap();
+    // The worker exits once SendTaskFailure has been answered.
+    let notice_to_failure = noticed.elapsed();
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{stderr}");
+    assert!(
+        notice_to_failure < NOTICE_TO_FAILURE,
+        "{notice_to_failure:?}\n{stderr}"
+    );
+    assert!(stderr.contains("reported the interruption"), "{stderr}");
+
+    // Nothing half-written, nothing held: every partition is done, or pending with no lease,
+    // its attempt not counted, and its output absent.
+    let rows = client
+        .query(
+            "SELECT stage, state, lease_owner, attempts FROM ephemera.partitions
+              WHERE run_id = $1 ORDER BY stage",
+            &[&run_id],
+        )
+        .await
+        .unwrap();
+    let mut handed_back = 0;
+    for r in &rows {
+        let (stage, state): (String, String) = (r.get(0), r.get(1));
+        let out: i64 = client
+            .query_one(&format!("SELECT count(*) FROM ephemera.{stage}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        match state.as_str() {
+            "done" => assert!(out > 500_000, "{stage}: {out}"),
+            "pending" => {
+                handed_back += 1;
+                assert_eq!(out, 0, "{stage}: the interrupted partition rolled back");
+                assert_eq!(r.get::<_, Option<String>>(2), None, "{stage}: no lease");
+                assert_eq!(r.get::<_, i32>(3), 0, "{stage}: the attempt is not counted");
+            }
+            other => panic!("{stage} is {other}"),
+        }
+    }
+    assert!(handed_back >= 1, "interrupted too late to test anything");
+    // Claimable at once by anyone (here a probe, which gives it back).
+    let probe = queue::claim(&client, run_id, "probe", 600, 3)
+        .await
+        .unwrap()
+        .expect("an interrupted partition is claimable at once");
+    assert!(queue::release(&client, "probe", &probe).await.unwrap());
+
+    // The state machine relaunches; attempt 2 runs undisturbed and does the partition whole.
+    *notice.lock().unwrap() = false;
+    *instance_id.lock().unwrap() = instance_of(region, run_id, "2").await;
+    let started = std::time::Instant::now();
+    let second = worker_with(region, &db_url, &imds_url, run_id, 2, &stages)
+        .wait_with_output()
+        .await
+        .unwrap();
+    let whole_run = started.elapsed();
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    eprintln!(
+        "notice to SendTaskFailure answered: {notice_to_failure:?}; the undisturbed rerun of \
+         {handed_back} partition(s): {whole_run:?}"
+    );
+    let done = e2e::wait(region, &execution, Duration::from_secs(120)).await;
+    assert_eq!(done.status, "SUCCEEDED", "{done:?}");
+    assert_eq!(done.visited("Relaunch"), 1, "{:?}", done.path);
+    assert_eq!(done.output["result"]["partitions_done"], 2);
+    assert_eq!(done.output["result"]["partitions_failed"], 0);
+    for stage in ["indicators", "regression"] {
+        let n: i64 = client
+            .query_one(&format!("SELECT count(*) FROM ephemera.{stage}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 518_400, "{stage}");
+    }
 }
