@@ -472,3 +472,59 @@ async fn a_spot_reclaim_the_worker_could_not_report_relaunches() {
     assert_eq!(attempts.len(), 2, "{report}");
     assert_eq!(attempts[0]["market"], "spot");
 }
+
+/// EventBridge's Spot interruption warning reaches the spot-interruption Lambda, which fails the
+/// waiting task at once: the run relaunches within seconds of the notice, not after a heartbeat
+/// timeout (EventBridge → Lambda is AWS's part; the test delivers the event as the rule would).
+#[tokio::test]
+async fn the_spot_warning_event_relaunches_at_once() {
+    let r = scenario(
+        "e2e-warning",
+        Behaviour::ReclaimedFirst(120, report_for("e2e-warning", 2)),
+        |region| {
+            tokio::spawn(async move {
+                let door = &harness().door;
+                let instance = ephemera_tests::eventually(
+                    "the Spot notice",
+                    Duration::from_secs(120),
+                    || async {
+                        door.spot_notices
+                            .lock()
+                            .unwrap()
+                            .keys()
+                            .find(|(r, _)| r == region)
+                            .map(|(_, i)| i.clone())
+                    },
+                )
+                .await;
+                let event = json!({
+                    "version": "0", "source": "aws.ec2", "region": region,
+                    "detail-type": "EC2 Spot Instance Interruption Warning",
+                    "resources": [format!("arn:aws:ec2:{region}:123456789012:instance/{instance}")],
+                    "detail": {"instance-id": instance, "instance-action": "terminate"}
+                });
+                let out = ephemera_functions::invoke(
+                    &ephemera_tests::function_clients(region, "spot-interruption"),
+                    &ephemera_functions::Settings::default(),
+                    "spot-interruption",
+                    event,
+                )
+                .await
+                .expect("spot-interruption");
+                assert_eq!(out["action"], "failed-the-task", "{out}");
+            });
+        },
+        |spec| spec["limits"]["heartbeat_seconds"] = json!(120),
+    )
+    .await;
+    assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished);
+    assert_eq!(
+        r.finished.visited("WasReclaimed"),
+        0,
+        "{:?}",
+        r.finished.path
+    );
+    assert_eq!(r.finished.visited("CanRelaunch"), 1);
+    assert_eq!(r.finished.visited("LaunchWorker"), 2);
+    r.assert_nothing_left();
+}

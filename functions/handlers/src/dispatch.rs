@@ -7,17 +7,18 @@ use serde_json::Value;
 use crate::aws::Aws;
 use crate::error::Error;
 use crate::handlers::{
-    health_check, launch_worker, parse_input, quota_check, sweeper, terminate_report,
-    verify_completion,
+    health_check, launch_worker, parse_input, quota_check, spot_interruption, sweeper,
+    terminate_report, verify_completion,
 };
 
-pub const FUNCTIONS: [&str; 6] = [
+pub const FUNCTIONS: [&str; 7] = [
     "quota-check",
     "launch-worker",
     "health-check",
     "verify-completion",
     "terminate-with-cost-report",
     "sweeper",
+    "spot-interruption",
 ];
 
 /// Deployment settings, read from the function's environment.
@@ -125,6 +126,13 @@ pub async fn invoke(
             &aws.sns,
             settings.default_topic.as_deref(),
             now,
+        )
+        .await?),
+        "spot-interruption" => out(spot_interruption::handle(
+            &aws.ec2,
+            &aws.ssm,
+            &aws.sfn,
+            parse_input(function, payload)?,
         )
         .await?),
         other => Err(Error::Internal(format!(

@@ -31,3 +31,37 @@ impl Executions for aws_sdk_sfn::Client {
         }
     }
 }
+
+/// Failing a task that waits on a token (`.waitForTaskToken`).
+pub trait TaskTokens: Send + Sync {
+    /// Fails the task; Ok(false) when the token no longer waits (the task ended already).
+    fn fail_task(
+        &self,
+        token: &str,
+        error: &str,
+        cause: &str,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+}
+
+impl TaskTokens for aws_sdk_sfn::Client {
+    async fn fail_task(&self, token: &str, error: &str, cause: &str) -> Result<bool, Error> {
+        match self
+            .send_task_failure()
+            .task_token(token)
+            .error(error)
+            .cause(cause)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error().is_some_and(|s| {
+                    s.is_task_does_not_exist() || s.is_task_timed_out() || s.is_invalid_token()
+                }) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(Error::aws("states", "SendTaskFailure", e)),
+        }
+    }
+}

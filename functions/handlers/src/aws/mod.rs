@@ -14,7 +14,7 @@ use aws_config::SdkConfig;
 use chrono::{DateTime, TimeZone, Utc};
 
 pub use ec2::{Compute, InstanceView, LaunchRequest, RunError};
-pub use executions::Executions;
+pub use executions::{Executions, TaskTokens};
 pub use history::{ExecutionStats, History};
 pub use objects::Objects;
 pub use params::Params;
