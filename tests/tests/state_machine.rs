@@ -396,7 +396,7 @@ async fn an_invalid_runspec_fails_clearly_and_launches_nothing() {
     assert!(cause.contains("limits.heartbeat_seconds"), "{cause}");
     assert_eq!(
         r.finished.path,
-        vec!["Start", "CheckQuota", "RejectRunSpec"]
+        vec!["Scheduled", "Start", "CheckQuota", "RejectRunSpec"]
     );
     assert!(r.instances.is_empty());
 }
@@ -526,5 +526,29 @@ async fn the_spot_warning_event_relaunches_at_once() {
     );
     assert_eq!(r.finished.visited("CanRelaunch"), 1);
     assert_eq!(r.finished.visited("LaunchWorker"), 2);
+    r.assert_nothing_left();
+}
+
+/// A scheduled occurrence (the template's schedule input, with EventBridge Scheduler's
+/// `<aws.scheduler.execution-id>` filled in) runs under a run id of its own.
+#[tokio::test]
+async fn a_scheduled_occurrence_gets_a_run_id_of_its_own() {
+    let r = scenario(
+        "e2e-weekly-occ42",
+        Behaviour::Succeed(report_for("e2e-weekly-occ42", 2)),
+        |_| {},
+        |spec| {
+            spec["run_id"] = json!("e2e-weekly");
+            *spec = json!({"schedule": {"execution": "occ42"}, "runspec": spec.clone()});
+        },
+    )
+    .await;
+    assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished);
+    assert_eq!(
+        r.finished.path[..3],
+        ["Scheduled", "ScheduledRunId", "StartScheduled"]
+    );
+    assert_eq!(r.finished.output["run"]["run_id"], "e2e-weekly-occ42");
+    assert_eq!(r.report()["run_id"], "e2e-weekly-occ42");
     r.assert_nothing_left();
 }

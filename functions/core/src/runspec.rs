@@ -223,6 +223,8 @@ impl fmt::Display for InvalidRunSpec {
 pub const MIN_HEARTBEAT_SECONDS: u64 = 30;
 pub const MAX_RUNTIME_SECONDS: u64 = 7 * 86_400;
 pub const MAX_CANDIDATES: usize = 20;
+/// Types × subnets one launch may try (twice that RunInstances calls with the On-Demand fallback).
+pub const MAX_TYPE_SUBNET_PAIRS: usize = 40;
 
 impl RunSpec {
     /// Parses and validates; a type error names the field's path (`limits.max_runtime_seconds`).
@@ -269,6 +271,19 @@ impl RunSpec {
             errs.add(
                 "worker.instance_types",
                 format!("at most {MAX_CANDIDATES} candidates are allowed"),
+            );
+        }
+        // Every type × subnet is tried in one launch-worker call, Spot then On-Demand: bounded
+        // so that all of them fit in the function's time limit.
+        let pairs = w.instance_types.len() * w.subnets.len();
+        if pairs > MAX_TYPE_SUBNET_PAIRS {
+            errs.add(
+                "worker.subnets",
+                format!(
+                    "{} instance types × {} subnets make {pairs} candidates; at most {MAX_TYPE_SUBNET_PAIRS}, so that every one can be tried within one launch",
+                    w.instance_types.len(),
+                    w.subnets.len()
+                ),
             );
         }
         let mut archs = BTreeMap::new();
@@ -678,6 +693,30 @@ mod tests {
         assert_eq!(errs.len(), 4, "{errs:?}");
         let text = InvalidRunSpec { errors: errs }.to_string();
         assert!(text.starts_with("invalid RunSpec: worker.instance_types[1]"));
+    }
+
+    #[test]
+    fn candidates_are_bounded_by_what_one_launch_can_try() {
+        let mut v = sample();
+        v["worker"]["instance_types"] = json!([
+            "c7g.large",
+            "c7g.xlarge",
+            "c7g.2xlarge",
+            "c7g.4xlarge",
+            "c7g.8xlarge"
+        ]);
+        v["worker"]["subnets"] = json!((0..9)
+            .map(|i| format!("subnet-{i:08x}"))
+            .collect::<Vec<_>>());
+        assert!(has(
+            &errors_of(v.clone()),
+            "worker.subnets",
+            "5 instance types × 9 subnets make 45 candidates; at most 40"
+        ));
+        v["worker"]["subnets"] = json!((0..8)
+            .map(|i| format!("subnet-{i:08x}"))
+            .collect::<Vec<_>>());
+        assert!(RunSpec::parse(&v).is_ok(), "{:?}", errors_of(v));
     }
 
     #[test]
