@@ -4,10 +4,19 @@
 //!
 //! The token never passes through user data or logs: it is a SecureString under the run's SSM
 //! path that the instance role alone may read.
+//!
+//! Throttling, 5xx answers, timeouts and dropped connections are tried again with backoff (on
+//! top of the SDK's own few attempts) until the limit the worker already has for that step:
+//! the token timeout while it says "started" and waits for the token, twice the heartbeat
+//! period for its report (heartbeats go on meanwhile). Any other error fails at once.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use aws_sdk_ssm::config::http::HttpResponse;
+use aws_sdk_ssm::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +30,73 @@ pub const FAILED: &str = "Worker.Failed";
 /// How often the Spot notice is looked for: IMDS is on the instance, and every second counts
 /// out of the two minutes' notice.
 const SPOT_POLL: Duration = Duration::from_secs(2);
+
+/// The first wait after a transient error; it doubles up to `MAX_BACKOFF`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(20);
+
+/// Error codes AWS services use for throttling and passing trouble on their side.
+const TRANSIENT_CODES: [&str; 16] = [
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "RequestThrottled",
+    "SlowDown",
+    "PriorRequestNotComplete",
+    "TransactionInProgressException",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "InternalError",
+    "InternalServerError",
+    "InternalFailure",
+    "ServiceUnavailable",
+];
+
+/// Whether an AWS call may succeed if tried again: throttling, a 5xx, a timeout, a connection
+/// that failed or broke. Access denied, not found, validation errors and the like are not.
+pub fn transient<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
+    match e {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(s) => {
+            let status = s.raw().status().as_u16();
+            status == 429
+                || (500..600).contains(&status)
+                || s.err().code().is_some_and(|c| TRANSIENT_CODES.contains(&c))
+        }
+        _ => false,
+    }
+}
+
+/// Runs `call` until it succeeds, fails with a non-transient error, or the next wait would end
+/// past `deadline`; transient errors wait with exponential backoff.
+pub async fn with_retries<T, E, F, Fut>(
+    what: &str,
+    deadline: Instant,
+    mut call: F,
+) -> Result<T, SdkError<E, HttpResponse>>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+{
+    let mut wait = FIRST_BACKOFF;
+    loop {
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(e) if transient(&e) && Instant::now() + wait < deadline => {
+                tracing::warn!(what, error = %DisplayErrorContext(&e), retry_in = ?wait, "transient AWS error: trying again");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(MAX_BACKOFF);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
 
 async fn spot_notice(imds: &aws_config::imds::Client) -> Option<String> {
     imds.get("/latest/meta-data/spot/instance-action")
@@ -60,29 +136,58 @@ impl Link {
             .context("reading the instance id from IMDSv2")?
             .as_ref()
             .to_string();
-        Ok(Link {
-            ssm: aws_sdk_ssm::Client::new(&conf),
-            sfn: aws_sdk_sfn::Client::new(&conf),
+        Ok(Link::with_clients(
+            aws_sdk_ssm::Client::new(&conf),
+            aws_sdk_sfn::Client::new(&conf),
+            imds,
+            prefix,
+            &instance_id,
+            attempt,
+            heartbeat_seconds,
+        ))
+    }
+
+    /// A link over the given clients (tests hand in mocked ones).
+    pub fn with_clients(
+        ssm: aws_sdk_ssm::Client,
+        sfn: aws_sdk_sfn::Client,
+        imds: aws_config::imds::Client,
+        prefix: &str,
+        instance_id: &str,
+        attempt: u32,
+        heartbeat_seconds: u64,
+    ) -> Link {
+        Link {
+            ssm,
+            sfn,
             imds,
             prefix: prefix.trim_end_matches('/').to_string(),
-            instance_id,
+            instance_id: instance_id.to_string(),
             attempt,
             heartbeat: Duration::from_secs(heartbeat_seconds.max(1)),
-        })
+        }
+    }
+
+    /// How long a report (success, failure) is tried for: the state machine gives up on the
+    /// task one heartbeat period after the last heartbeat, and heartbeats go on meanwhile.
+    fn report_deadline(&self) -> Instant {
+        Instant::now() + (self.heartbeat * 2).max(Duration::from_secs(60))
     }
 
     fn token_name(&self) -> String {
         format!("{}/task-token", self.prefix)
     }
 
-    async fn token_version(&self) -> Result<Option<(i64, String)>> {
-        match self
-            .ssm
-            .get_parameter()
-            .name(self.token_name())
-            .with_decryption(true)
-            .send()
-            .await
+    async fn token_version(&self, deadline: Instant) -> Result<Option<(i64, String)>> {
+        let name = self.token_name();
+        match with_retries("GetParameter", deadline, || {
+            self.ssm
+                .get_parameter()
+                .name(&name)
+                .with_decryption(true)
+                .send()
+        })
+        .await
         {
             Ok(r) => Ok(r
                 .parameter()
@@ -97,23 +202,30 @@ impl Link {
         }
     }
 
-    /// Says "started" and returns the token version already there (an earlier attempt's).
-    pub async fn started(&self) -> Result<i64> {
-        let before = self.token_version().await?.map_or(0, |(v, _)| v);
+    /// Says "started" and returns the token version already there (an earlier attempt's);
+    /// transient errors are tried again for up to `patience`.
+    pub async fn started(&self, patience: Duration) -> Result<i64> {
+        let deadline = Instant::now() + patience;
+        let before = self.token_version(deadline).await?.map_or(0, |(v, _)| v);
         let value = json!({
             "instance_id": self.instance_id,
             "attempt": self.attempt,
             "at": chrono::Utc::now().to_rfc3339(),
         });
-        self.ssm
-            .put_parameter()
-            .name(format!("{}/started", self.prefix))
-            .value(value.to_string())
-            .r#type(ParameterType::String)
-            .overwrite(true)
-            .send()
-            .await
-            .context("writing the started signal")?;
+        let name = format!("{}/started", self.prefix);
+        let value = value.to_string();
+        with_retries("PutParameter", deadline, || {
+            self.ssm
+                .put_parameter()
+                .name(&name)
+                .value(&value)
+                .r#type(ParameterType::String)
+                .overwrite(true)
+                .send()
+        })
+        .await
+        .map_err(aws_sdk_ssm::Error::from)
+        .context("writing the started signal")?;
         tracing::info!(instance = %self.instance_id, attempt = self.attempt, "said started");
         Ok(before)
     }
@@ -121,18 +233,15 @@ impl Link {
     /// Waits for a token newer than `after` (the state machine writes it once health-check
     /// has seen "started").
     pub async fn wait_for_token(&self, after: i64, timeout: Duration) -> Result<Token> {
-        let until = std::time::Instant::now() + timeout;
+        let until = Instant::now() + timeout;
         loop {
-            if let Some((v, t)) = self.token_version().await? {
+            if let Some((v, t)) = self.token_version(until).await? {
                 if v > after {
                     tracing::info!("task token received");
                     return Ok(Token(t));
                 }
             }
-            anyhow::ensure!(
-                std::time::Instant::now() < until,
-                "no task token within {timeout:?}"
-            );
+            anyhow::ensure!(Instant::now() < until, "no task token within {timeout:?}");
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
@@ -153,27 +262,33 @@ impl Link {
     }
 
     pub async fn succeed(&self, token: &Token, report: &serde_json::Value) -> Result<()> {
-        self.sfn
-            .send_task_success()
-            .task_token(&token.0)
-            .output(report.to_string())
-            .send()
-            .await
-            .map_err(aws_sdk_sfn::Error::from)
-            .context("SendTaskSuccess")?;
+        let output = report.to_string();
+        with_retries("SendTaskSuccess", self.report_deadline(), || {
+            self.sfn
+                .send_task_success()
+                .task_token(&token.0)
+                .output(&output)
+                .send()
+        })
+        .await
+        .map_err(aws_sdk_sfn::Error::from)
+        .context("SendTaskSuccess")?;
         Ok(())
     }
 
     pub async fn fail(&self, token: &Token, error: &str, cause: &str) -> Result<()> {
-        self.sfn
-            .send_task_failure()
-            .task_token(&token.0)
-            .error(error)
-            .cause(cause.chars().take(32_000).collect::<String>())
-            .send()
-            .await
-            .map_err(aws_sdk_sfn::Error::from)
-            .context("SendTaskFailure")?;
+        let cause: String = cause.chars().take(32_000).collect();
+        with_retries("SendTaskFailure", self.report_deadline(), || {
+            self.sfn
+                .send_task_failure()
+                .task_token(&token.0)
+                .error(error)
+                .cause(&cause)
+                .send()
+        })
+        .await
+        .map_err(aws_sdk_sfn::Error::from)
+        .context("SendTaskFailure")?;
         Ok(())
     }
 
@@ -241,13 +356,13 @@ pub fn url_from_secret(secret: &str) -> Result<String> {
 pub async fn database_url_from_secret(secret_id: &str) -> Result<String> {
     let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let sm = aws_sdk_secretsmanager::Client::new(&conf);
-    let r = sm
-        .get_secret_value()
-        .secret_id(secret_id)
-        .send()
-        .await
-        .map_err(aws_sdk_secretsmanager::Error::from)
-        .with_context(|| format!("reading secret {secret_id}"))?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let r = with_retries("GetSecretValue", deadline, || {
+        sm.get_secret_value().secret_id(secret_id).send()
+    })
+    .await
+    .map_err(aws_sdk_secretsmanager::Error::from)
+    .with_context(|| format!("reading secret {secret_id}"))?;
     url_from_secret(
         r.secret_string()
             .context("the secret has no string value")?,
@@ -257,6 +372,115 @@ pub async fn database_url_from_secret(secret_id: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_sdk_sfn::operation::send_task_failure::SendTaskFailureOutput;
+    use aws_sdk_ssm::error::ErrorMetadata;
+    use aws_sdk_ssm::operation::get_parameter::{GetParameterError, GetParameterOutput};
+    use aws_sdk_ssm::types::Parameter;
+    use aws_smithy_mocks::{mock, mock_client, RuleMode};
+
+    fn ssm_error(code: &str) -> GetParameterError {
+        GetParameterError::generic(ErrorMetadata::builder().code(code).message(code).build())
+    }
+
+    fn token(version: i64) -> GetParameterOutput {
+        GetParameterOutput::builder()
+            .parameter(
+                Parameter::builder()
+                    .name("/ephemera/runs/r/task-token")
+                    .version(version)
+                    .value("the-token")
+                    .build(),
+            )
+            .build()
+    }
+
+    /// A link whose SDK clients do not retry by themselves: every retry seen is the worker's.
+    fn link(ssm: &[&aws_smithy_mocks::Rule], sfn: &[&aws_smithy_mocks::Rule]) -> Link {
+        let no_retry = aws_sdk_ssm::config::retry::RetryConfig::disabled;
+        Link::with_clients(
+            mock_client!(aws_sdk_ssm, RuleMode::Sequential, ssm, |c| c
+                .retry_config(no_retry())),
+            mock_client!(aws_sdk_sfn, RuleMode::Sequential, sfn, |c| c
+                .retry_config(no_retry())),
+            aws_config::imds::Client::builder().build(),
+            "/ephemera/runs/r/",
+            "i-0123",
+            1,
+            30,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_throttled_token_read_is_tried_again_until_the_token_is_read() {
+        let get = mock!(aws_sdk_ssm::Client::get_parameter)
+            .sequence()
+            .error(|| ssm_error("ThrottlingException"))
+            .times(2)
+            .http_status(503, None)
+            .output(|| token(3))
+            .build();
+        let link = link(&[&get], &[]);
+        let t = link
+            .wait_for_token(2, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(t.0, "the-token");
+        assert_eq!(get.num_calls(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_non_transient_error_fails_at_once() {
+        let get = mock!(aws_sdk_ssm::Client::get_parameter)
+            .sequence()
+            .error(|| ssm_error("AccessDeniedException"))
+            .output(|| token(3))
+            .build();
+        let link = link(&[&get], &[]);
+        let e = link
+            .wait_for_token(0, Duration::from_secs(30))
+            .await
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("AccessDenied"), "{e:#}");
+        assert_eq!(get.num_calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn transient_errors_are_tried_again_only_until_the_timeout() {
+        let get = mock!(aws_sdk_ssm::Client::get_parameter)
+            .sequence()
+            .error(|| ssm_error("ThrottlingException"))
+            .repeatedly()
+            .build();
+        let link = link(&[&get], &[]);
+        let t0 = Instant::now();
+        let e = link
+            .wait_for_token(0, Duration::from_secs(2))
+            .await
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("ThrottlingException"), "{e:#}");
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+        // 0.5 s, then 1 s: the next wait (2 s) would end past the timeout.
+        assert_eq!(get.num_calls(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_report_is_tried_again_on_throttling_and_5xx() {
+        let fail = mock!(aws_sdk_sfn::Client::send_task_failure)
+            .sequence()
+            .error(|| {
+                aws_sdk_sfn::operation::send_task_failure::SendTaskFailureError::generic(
+                    ErrorMetadata::builder().code("ThrottlingException").build(),
+                )
+            })
+            .http_status(500, None)
+            .output(|| SendTaskFailureOutput::builder().build())
+            .build();
+        let link = link(&[], &[&fail]);
+        link.fail(&Token("t".into()), SPOT_INTERRUPTED, "notice")
+            .await
+            .unwrap();
+        assert_eq!(fail.num_calls(), 3);
+    }
 
     #[test]
     fn secrets() {

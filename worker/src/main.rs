@@ -215,7 +215,9 @@ async fn orchestrated(
     token_timeout_seconds: u64,
 ) -> Result<()> {
     let link = link::Link::new(prefix, attempt, heartbeat_seconds).await?;
-    let earlier_token = link.started().await?;
+    let earlier_token = link
+        .started(Duration::from_secs(token_timeout_seconds))
+        .await?;
     let stop = opts.stop.clone();
     let notice = Arc::new(AtomicBool::new(false));
     let spot = link.watch_spot(notice.clone(), stop.clone());
@@ -237,7 +239,6 @@ async fn orchestrated(
         .await?;
     let heartbeat = link.heartbeat(&token);
     let outcome = work.await;
-    heartbeat.abort();
     spot.abort();
     sigterm.abort();
     // SIGTERM on a Spot instance is usually the reclaim itself: resume elsewhere if so.
@@ -247,19 +248,34 @@ async fn orchestrated(
             notice.store(true, Ordering::SeqCst);
         }
     }
+    // Heartbeats go on while the report is sent (and tried again if throttled).
+    let reported = report(&link, &token, outcome, &notice, &stop, attempt).await;
+    heartbeat.abort();
+    reported
+}
+
+/// Sends the run's outcome: SpotInterrupted, Failed, or success with the summary.
+async fn report(
+    link: &link::Link,
+    token: &link::Token,
+    outcome: Result<Result<run::Summary>, tokio::task::JoinError>,
+    notice: &AtomicBool,
+    stop: &CancellationToken,
+    attempt: u32,
+) -> Result<()> {
     match outcome {
         Ok(Ok(summary)) if notice.load(Ordering::SeqCst) => {
             let cause = format!(
                 "Spot interruption notice on {} (attempt {attempt}); {} partitions done so far, {} in hand rolled back and handed back, the rest resume on the next attempt",
                 link.instance_id, summary.partitions_done, summary.interrupted
             );
-            link.fail(&token, link::SPOT_INTERRUPTED, &cause).await?;
+            link.fail(token, link::SPOT_INTERRUPTED, &cause).await?;
             tracing::warn!(error = link::SPOT_INTERRUPTED, "reported the interruption");
             Ok(())
         }
         Ok(Ok(_)) if stop.is_cancelled() => {
             link.fail(
-                &token,
+                token,
                 link::FAILED,
                 "stopped by SIGTERM before the work was done",
             )
@@ -267,14 +283,14 @@ async fn orchestrated(
         }
         Ok(Ok(summary)) => {
             println!("{}", serde_json::to_string_pretty(&summary)?);
-            link.succeed(&token, &serde_json::to_value(&summary)?).await
+            link.succeed(token, &serde_json::to_value(&summary)?).await
         }
         Ok(Err(e)) => {
             tracing::error!(error = %format!("{e:#}"), "the run failed");
-            link.fail(&token, link::FAILED, &format!("{e:#}")).await
+            link.fail(token, link::FAILED, &format!("{e:#}")).await
         }
         Err(e) => {
-            link.fail(&token, link::FAILED, &format!("the worker crashed: {e}"))
+            link.fail(token, link::FAILED, &format!("the worker crashed: {e}"))
                 .await
         }
     }
