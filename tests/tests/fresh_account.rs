@@ -419,3 +419,49 @@ async fn spot_takes_an_instance_back_after_its_notice() {
         Some("Server.SpotInstanceTermination")
     );
 }
+
+#[tokio::test]
+async fn the_scheduler_may_start_only_the_stacks_state_machine() {
+    let c = ctx().await;
+    let machine = ephemera_tests::e2e::create_state_machine(c.region).await;
+    let other = c
+        .aws
+        .sfn
+        .create_state_machine()
+        .name("someone-elses")
+        .definition(r#"{"StartAt":"P","States":{"P":{"Type":"Pass","End":true}}}"#)
+        .role_arn(format!("arn:aws:iam::{ACCOUNT}:role/x"))
+        .send()
+        .await
+        .unwrap()
+        .state_machine_arn()
+        .to_string();
+    let scheduler = aws_sdk_sfn::Client::new(&ephemera_tests::principal_config(
+        c.region,
+        &Principal::Scheduler,
+    ));
+    let spec = fixtures::runspec("scheduled", &c.net, None);
+    let input = json!({"schedule": {"execution": "x1"}, "runspec": spec}).to_string();
+    let started = scheduler
+        .start_execution()
+        .state_machine_arn(&machine)
+        .name("scheduled-x1")
+        .input(&input)
+        .send()
+        .await;
+    assert!(started.is_ok(), "{started:?}");
+    let refused = scheduler
+        .start_execution()
+        .state_machine_arn(&other)
+        .name("scheduled-x2")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        aws_sdk_sfn::error::ProvideErrorMetadata::code(&refused),
+        Some("AccessDeniedException")
+    );
+    // Stop the started run: its worker will never come.
+    let arn = started.unwrap().execution_arn().to_string();
+    let _ = c.aws.sfn.stop_execution().execution_arn(arn).send().await;
+}
