@@ -1,8 +1,25 @@
 //! Connection and schema: the source table, the work queue and one output table per stage.
+//!
+//! Connections honour `sslmode` as libpq does (`disable`, `allow`/`prefer`, `require`,
+//! `verify-ca`, `verify-full`; `prefer` when absent) with rustls, and `sslrootcert` (or
+//! `--database-ca-file`) for the CA bundle to verify against, such as RDS's
+//! `global-bundle.pem`; without one, `verify-*` trust the public web roots. As in libpq,
+//! `require` with a CA file verifies the chain (as `verify-ca`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::features::{indicators, regression};
 
@@ -79,11 +96,343 @@ pub fn checked_ident(name: &str) -> Result<&str> {
     Ok(name)
 }
 
+/// How a connection protects itself, from `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    /// TLS if the server offers it, unverified (libpq's default; `allow` is taken as this).
+    Prefer,
+    /// TLS or nothing, unverified (verified as `VerifyCa` when a CA file is given).
+    Require,
+    /// TLS with the chain verified against the CA bundle, whatever name the server has.
+    VerifyCa,
+    /// TLS with the chain and the host name verified.
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(s: &str) -> Result<SslMode> {
+        Ok(match s {
+            "disable" => SslMode::Disable,
+            "allow" | "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            other => bail!(
+                "sslmode '{other}' is not one of disable, allow, prefer, require, verify-ca, verify-full"
+            ),
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// A database URL split into what tokio-postgres reads and the TLS settings the worker
+/// applies itself (tokio-postgres knows neither `verify-*` nor `sslrootcert`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The URL or `key=value` string for tokio-postgres, `sslmode` reduced to what it knows.
+    pub config: String,
+    pub mode: SslMode,
+    pub root_cert: Option<PathBuf>,
+}
+
+impl Target {
+    /// Reads `sslmode` and `sslrootcert` from a `postgres://` URL's query or a `key=value`
+    /// string (values without spaces).
+    pub fn parse(url: &str) -> Result<Target> {
+        let mut mode = None;
+        let mut root_cert = None;
+        let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
+        let (head, params, sep) = if is_url {
+            match url.split_once('?') {
+                Some((h, q)) => (h, q, "&"),
+                None => (url, "", "&"),
+            }
+        } else {
+            ("", url, " ")
+        };
+        let mut kept = vec![];
+        let items: Vec<&str> = if is_url {
+            params.split('&').filter(|p| !p.is_empty()).collect()
+        } else {
+            params.split_whitespace().collect()
+        };
+        for item in items {
+            let (k, v) = item.split_once('=').unwrap_or((item, ""));
+            let value = || -> Result<String> {
+                Ok(if is_url {
+                    urlencoding::decode(v)
+                        .with_context(|| format!("the URL's {k} is not valid percent-encoding"))?
+                        .into_owned()
+                } else {
+                    v.trim_matches('\'').to_string()
+                })
+            };
+            match k {
+                "sslmode" => mode = Some(SslMode::parse(&value()?)?),
+                "sslrootcert" => root_cert = Some(PathBuf::from(value()?)),
+                _ => kept.push(item.to_string()),
+            }
+        }
+        let mut mode = mode.unwrap_or(SslMode::Prefer);
+        if mode == SslMode::Require && root_cert.is_some() {
+            mode = SslMode::VerifyCa;
+        }
+        kept.push(format!(
+            "sslmode={}",
+            match mode {
+                SslMode::Disable => "disable",
+                SslMode::Prefer => "prefer",
+                _ => "require",
+            }
+        ));
+        let config = if is_url {
+            format!("{head}?{}", kept.join(sep))
+        } else {
+            kept.join(sep)
+        };
+        Ok(Target {
+            config,
+            mode,
+            root_cert,
+        })
+    }
+
+    /// The rustls connector for this mode.
+    pub fn tls(&self) -> Result<MakeRustlsConnect> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?;
+        let config = match self.mode {
+            SslMode::Disable | SslMode::Prefer | SslMode::Require => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
+                .with_no_client_auth(),
+            SslMode::VerifyCa | SslMode::VerifyFull => {
+                let roots = Arc::new(match &self.root_cert {
+                    Some(path) => roots_from(path)?,
+                    None => RootCertStore {
+                        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+                    },
+                });
+                let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
+                    .build()
+                    .context("building the certificate verifier")?;
+                let verifier: Arc<dyn ServerCertVerifier> = if self.mode == SslMode::VerifyCa {
+                    Arc::new(AnyName(webpki))
+                } else {
+                    webpki
+                };
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(verifier)
+                    .with_no_client_auth()
+            }
+        };
+        Ok(MakeRustlsConnect::new(config))
+    }
+
+    /// The error, with what to do about it when the cause is TLS or the server's TLS policy.
+    fn explain(&self, e: tokio_postgres::Error) -> anyhow::Error {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            text.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        let hint = if text.contains("UnknownIssuer") || text.contains("invalid peer certificate") {
+            match &self.root_cert {
+                None => format!(
+                    "the server's certificate is not trusted: sslmode={} without a CA file trusts \
+                     the public web roots only, which do not include private CAs such as RDS's; \
+                     give the server's CA bundle with --database-ca-file (or sslrootcert= in the \
+                     URL)",
+                    self.mode.name()
+                ),
+                Some(p) => format!(
+                    "the server's certificate does not verify against {} (sslmode={})",
+                    p.display(),
+                    self.mode.name()
+                ),
+            }
+        } else if text.contains("no encryption") {
+            format!(
+                "the server refuses unencrypted connections (sslmode={}): use sslmode=require or \
+                 verify-full",
+                self.mode.name()
+            )
+        } else if text.contains("server does not support TLS") {
+            format!(
+                "sslmode={} needs TLS and the server does not offer it",
+                self.mode.name()
+            )
+        } else {
+            return anyhow::Error::new(e).context("connecting to the database");
+        };
+        anyhow::Error::new(e).context(format!("connecting to the database: {hint}"))
+    }
+}
+
+/// Every certificate in a PEM bundle (RDS's holds one per region).
+fn roots_from(path: &Path) -> Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("reading the CA bundle {}", path.display()))?
+    {
+        let cert = cert.with_context(|| format!("a certificate in {}", path.display()))?;
+        roots
+            .add(cert)
+            .with_context(|| format!("a CA certificate in {}", path.display()))?;
+    }
+    anyhow::ensure!(
+        !roots.is_empty(),
+        "no certificate in the CA bundle {}",
+        path.display()
+    );
+    Ok(roots)
+}
+
+/// `prefer` and `require`: encrypted, the certificate not checked (as libpq), though the
+/// handshake's signatures are.
+#[derive(Debug)]
+struct EncryptOnly(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for EncryptOnly {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `verify-ca`: the chain must lead to a trusted CA; the name in the certificate may differ.
+#[derive(Debug)]
+struct AnyName(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for AnyName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// Whether a failed connect may succeed soon: the server is starting, or not listening yet.
+fn retryable(e: &tokio_postgres::Error) -> bool {
+    if let Some(db) = e.as_db_error() {
+        return db.code() == &SqlState::CANNOT_CONNECT_NOW;
+    }
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| {
+            use std::io::ErrorKind::*;
+            matches!(
+                io.kind(),
+                ConnectionRefused | ConnectionReset | ConnectionAborted | NotConnected | TimedOut
+            )
+        })
+}
+
+/// The URL with a CA bundle for `verify-*` (`--database-ca-file`), which wins over one in it.
+pub fn with_root_cert(url: &str, ca_file: &Path) -> String {
+    let path = ca_file.display().to_string();
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}sslrootcert={}", urlencoding::encode(&path))
+    } else {
+        format!("{url} sslrootcert={path}")
+    }
+}
+
 pub async fn connect(url: &str) -> Result<Client> {
+    let target = Target::parse(url)?;
+    let tls = target.tls()?;
     let mut last = None;
-    // A server that just started may refuse for a moment.
+    // A server that just started may refuse for a moment; anything else fails at once.
     for _ in 0..50 {
-        match tokio_postgres::connect(url, NoTls).await {
+        match tokio_postgres::connect(&target.config, tls.clone()).await {
             Ok((client, conn)) => {
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
@@ -92,17 +441,21 @@ pub async fn connect(url: &str) -> Result<Client> {
                 });
                 return Ok(client);
             }
-            Err(e) => last = Some(e),
+            Err(e) if retryable(&e) => last = Some(e),
+            Err(e) => return Err(target.explain(e)),
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    Err(last.unwrap()).context("connecting to the database")
+    match last {
+        Some(e) => Err(target.explain(e)),
+        None => bail!("connecting to the database: no attempt made"),
+    }
 }
 
-/// Asks the server to cancel the statement a session is running (same TLS as `connect`).
-pub async fn cancel(token: &tokio_postgres::CancelToken) -> Result<()> {
+/// Asks the server to cancel the statement a session to `url` is running (TLS as `connect`).
+pub async fn cancel(url: &str, token: &tokio_postgres::CancelToken) -> Result<()> {
     token
-        .cancel_query(NoTls)
+        .cancel_query(Target::parse(url)?.tls()?)
         .await
         .context("sending a cancel request")
 }
@@ -153,4 +506,63 @@ pub async fn init(client: &Client, source: &str) -> Result<()> {
         .await
         .context("creating the schema")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sslmode_and_root_cert_are_read_from_urls_and_key_values() {
+        let t = Target::parse("postgres://u@h:5432/db").unwrap();
+        assert_eq!(
+            (t.config.as_str(), t.mode, t.root_cert),
+            (
+                "postgres://u@h:5432/db?sslmode=prefer",
+                SslMode::Prefer,
+                None
+            )
+        );
+        let t = Target::parse(
+            "postgresql://u:p@h/db?application_name=w&sslmode=verify-full&sslrootcert=%2Fetc%2Frds%20ca.pem",
+        )
+        .unwrap();
+        assert_eq!(
+            t.config,
+            "postgresql://u:p@h/db?application_name=w&sslmode=require"
+        );
+        assert_eq!(t.mode, SslMode::VerifyFull);
+        assert_eq!(t.root_cert, Some(PathBuf::from("/etc/rds ca.pem")));
+        let t =
+            Target::parse("host=h port=5433 user=u password=p sslmode=verify-ca dbname=d").unwrap();
+        assert_eq!(
+            t.config,
+            "host=h port=5433 user=u password=p dbname=d sslmode=require"
+        );
+        assert_eq!(t.mode, SslMode::VerifyCa);
+        // As libpq: require with a CA file verifies the chain.
+        let t = Target::parse(&with_root_cert(
+            "postgres://h/db?sslmode=require",
+            Path::new("/ca.pem"),
+        ))
+        .unwrap();
+        assert_eq!(
+            (t.mode, t.root_cert),
+            (SslMode::VerifyCa, Some(PathBuf::from("/ca.pem")))
+        );
+        assert_eq!(
+            Target::parse(&with_root_cert("host=h", Path::new("/ca.pem")))
+                .unwrap()
+                .root_cert,
+            Some(PathBuf::from("/ca.pem"))
+        );
+        assert_eq!(
+            Target::parse("postgres://h/db?sslmode=disable")
+                .unwrap()
+                .mode,
+            SslMode::Disable
+        );
+        let e = Target::parse("postgres://h/db?sslmode=verify").unwrap_err();
+        assert!(e.to_string().contains("verify-full"), "{e}");
+    }
 }

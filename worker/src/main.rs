@@ -26,6 +26,10 @@ struct Cli {
     /// postgres://user@host:port/db (the password belongs in a secret, not here).
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     database_url: Option<String>,
+    /// PEM CA bundle the server's certificate must chain to (RDS: global-bundle.pem); with
+    /// sslmode=verify-full (host name checked) or verify-ca in the URL. Same as sslrootcert=.
+    #[arg(long, env = "DATABASE_CA_FILE", global = true)]
+    database_ca_file: Option<PathBuf>,
     /// The source table of 1-minute bars.
     #[arg(long, default_value = "bars_1m", global = true)]
     source: String,
@@ -134,6 +138,10 @@ async fn main_inner(cli: Cli, progress: indicatif::ProgressBar) -> Result<()> {
     let url = secret.or_else(|| cli.database_url.clone()).ok_or_else(|| {
         anyhow::anyhow!("--database-url (or DATABASE_URL, or --database-secret) is required")
     })?;
+    let url = match &cli.database_ca_file {
+        Some(ca) => db::with_root_cert(&url, ca),
+        None => url,
+    };
     match cli.command {
         Command::Init => {
             let client = db::connect(&url).await?;

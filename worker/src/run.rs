@@ -196,7 +196,7 @@ async fn work(mut client: Client, cx: &Work<'_>, opts: &Options) -> Result<(u64,
             // whatever statement it is still running (a COPY, a DELETE): the server rolls the
             // transaction back now rather than when that statement would have ended.
             drop(client);
-            if let Err(e) = db::cancel(&cancel).await {
+            if let Err(e) = db::cancel(&opts.database_url, &cancel).await {
                 tracing::warn!(error = %e, "could not cancel the interrupted partition's statement; the server rolls it back when it ends");
             }
             return Ok((done, Some(c)));

@@ -97,7 +97,23 @@ fn sweep_dead_clusters() {
 
 /// The server, started on first use; it lives as long as the test process.
 pub fn postgres() -> &'static Postgres {
-    PG.get_or_init(|| {
+    PG.get_or_init(|| start(&Setup::default()))
+}
+
+/// What a server of its own needs besides the defaults (TLS tests: certificates, `ssl=on`,
+/// a `pg_hba.conf` that takes `hostssl` only).
+#[derive(Debug, Clone, Default)]
+pub struct Setup {
+    /// Files written into the cluster's directory, readable by the server user alone.
+    pub files: Vec<(String, Vec<u8>)>,
+    /// `-c name=value` settings; `$DIR` in a value is the cluster's directory.
+    pub settings: Vec<(String, String)>,
+}
+
+/// A server of its own for this test process, with `setup` applied; it lives as long as the
+/// process.
+pub fn start(setup: &Setup) -> Postgres {
+    {
         sweep_dead_clusters();
         let bin = bin_dir();
         let user = server_user();
@@ -106,6 +122,23 @@ pub fn postgres() -> &'static Postgres {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         chown(&dir, user);
+        for (name, bytes) in &setup.files {
+            use std::os::unix::fs::PermissionsExt;
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            chown(&path, user);
+        }
+        let settings: Vec<String> = setup
+            .settings
+            .iter()
+            .flat_map(|(k, v)| {
+                [
+                    "-c".to_string(),
+                    format!("{k}={}", v.replace("$DIR", dir.to_str().unwrap())),
+                ]
+            })
+            .collect();
         let data = dir.join("data");
         let mut initdb = Command::new(bin.join("initdb"));
         initdb
@@ -143,6 +176,7 @@ pub fn postgres() -> &'static Postgres {
                     .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
                     .args(["-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
                     .args(["-c", "max_connections=50", "-c", "shared_buffers=256MB"])
+                    .args(&settings)
                     .stdin(Stdio::null())
                     .stdout(log.try_clone().unwrap())
                     .stderr(log);
@@ -168,7 +202,7 @@ pub fn postgres() -> &'static Postgres {
         // Accepting TCP is not accepting queries yet; the worker's tests retry their connect.
         std::thread::sleep(Duration::from_millis(300));
         Postgres { port, dir }
-    })
+    }
 }
 
 impl Postgres {
