@@ -25,9 +25,11 @@ pub struct Seeded {
 /// Reads one pair's CSV file as it is (defects included): the pair (from the file name), its
 /// bars in file order, and how many lines could not be read.
 pub fn read_csv(path: &Path) -> Result<(String, Bars, u64)> {
+    // EURUSD.csv or EURUSD.csv.gz: the pair is the name before the first dot.
     let pair = path
-        .file_stem()
+        .file_name()
         .and_then(|s| s.to_str())
+        .and_then(|s| s.split('.').next())
         .map(str::to_ascii_uppercase)
         .filter(|p| !p.is_empty())
         .with_context(|| {
@@ -36,8 +38,15 @@ pub fn read_csv(path: &Path) -> Result<(String, Bars, u64)> {
                 path.display()
             )
         })?;
-    let mut reader =
-        csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let input: Box<dyn std::io::Read> = if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(
+            file,
+        )))
+    } else {
+        Box::new(file)
+    };
+    let mut reader = csv::Reader::from_reader(input);
     let headers = reader.headers()?.clone();
     let col = |name: &str| -> Result<usize> {
         headers

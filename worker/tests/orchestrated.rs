@@ -154,8 +154,8 @@ async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption()
     let db_url = postgres().database("worker_e2e");
     let client = db::connect(&db_url).await.unwrap();
     db::init(&client, "bars_1m").await.unwrap();
-    let csv = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/data/fx-1m/EURGBP.csv");
+    let csv =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/fx-1m/EURGBP.csv.gz");
     seed::seed_file(&client, "bars_1m", &csv).await.unwrap();
 
     let aws = clients(region);

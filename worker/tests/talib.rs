@@ -103,11 +103,11 @@ fn tolerance(name: &str, indicator: bool, price: f64) -> (f64, f64) {
 fn indicators_match_talib_and_regression_matches_a_two_pass_fit_on_every_pair() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let core = ta_lib::Core::new();
-    let data = root().join("../shared/data/fx-1m");
+    let data = root().join("data/fx-1m");
     let mut pairs: Vec<PathBuf> = std::fs::read_dir(&data)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "csv"))
+        .filter(|p| p.to_string_lossy().ends_with(".csv.gz"))
         .collect();
     pairs.sort();
     assert_eq!(pairs.len(), 6, "{}", data.display());

@@ -1,4 +1,4 @@
-//! The worker against a real PostgreSQL server, on the real FX bars in ../shared/data.
+//! The worker against a real PostgreSQL server, on the real FX bars in data/fx-1m.
 
 use std::path::PathBuf;
 
@@ -7,11 +7,10 @@ use ephemera_worker::{db, export, partition, queue, run, seed, validate};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 fn data(pair: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("../../shared/data/fx-1m/{pair}.csv"));
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../data/fx-1m/{pair}.csv.gz"));
     assert!(
         p.exists(),
-        "{} is missing: ../shared must be beside the clone",
+        "{} is missing: the repository's data/fx-1m holds the bars",
         p.display()
     );
     p
