@@ -66,6 +66,20 @@ pub async fn network(aws: &Aws) -> Network {
     }
 }
 
+/// A test's own region (its own fresh account), its administrator's clients and its network.
+pub struct Ctx {
+    pub region: &'static str,
+    pub aws: Aws,
+    pub net: Network,
+}
+
+pub async fn ctx() -> Ctx {
+    let region = crate::fresh_region();
+    let aws = crate::clients(region);
+    let net = network(&aws).await;
+    Ctx { region, aws, net }
+}
+
 /// A topic with an SQS queue subscribed (SNS envelopes, so the subject can be read back).
 pub struct Inbox {
     pub topic_arn: String,

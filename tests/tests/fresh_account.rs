@@ -7,26 +7,13 @@
 use aws_sdk_ec2::types::Tag;
 use chrono::{Duration, Utc};
 use ephemera_core::rundoc::{CostReport, WorkerState};
-use ephemera_functions::{invoke, Aws, Error, Settings};
-use ephemera_tests::fixtures::{self, Network};
+use ephemera_functions::{invoke, Error, Settings};
+use ephemera_tests::fixtures::{self, ctx, Ctx};
 use ephemera_tests::iam::{Principal, Statement, ACCOUNT};
-use ephemera_tests::{clients, eventually, fresh_region, function_clients, harness};
+use ephemera_tests::{eventually, function_clients, harness};
 use serde_json::{json, Value};
 
 const SPOT: &str = "L-34B43A08";
-
-struct Ctx {
-    region: &'static str,
-    aws: Aws,
-    net: Network,
-}
-
-async fn ctx() -> Ctx {
-    let region = fresh_region();
-    let aws = clients(region);
-    let net = fixtures::network(&aws).await;
-    Ctx { region, aws, net }
-}
 
 fn execution(region: &str, run: &str) -> String {
     format!("arn:aws:states:{region}:{ACCOUNT}:execution:ephemera-worker:{run}-exec")

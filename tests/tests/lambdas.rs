@@ -8,25 +8,12 @@ use ephemera_core::quota::{QuotaState, QuotaVerdict};
 use ephemera_core::rundoc::{CostReport, WorkerState};
 use ephemera_functions::handlers::{health_check, launch_worker, quota_check, terminate_report};
 use ephemera_functions::{invoke, Aws, Error, Settings};
-use ephemera_tests::fixtures::{self, Network};
-use ephemera_tests::{clients, eventually, fresh_region, function_clients, harness, FaultRule};
+use ephemera_tests::fixtures::{self, ctx, Ctx};
+use ephemera_tests::{eventually, function_clients, harness, FaultRule};
 use serde_json::{json, Value};
 
 const SPOT: &str = "L-34B43A08";
 const ON_DEMAND: &str = "L-1216C47A";
-
-struct Ctx {
-    region: &'static str,
-    aws: Aws,
-    net: Network,
-}
-
-async fn ctx() -> Ctx {
-    let region = fresh_region();
-    let aws = clients(region);
-    let net = fixtures::network(&aws).await;
-    Ctx { region, aws, net }
-}
 
 fn execution(region: &str, run: &str) -> String {
     format!("arn:aws:states:{region}:123456789012:execution:ephemera:{run}-exec")
