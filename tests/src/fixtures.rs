@@ -191,6 +191,25 @@ pub fn runspec(run_id: &str, net: &Network, topic_arn: Option<&str>) -> Value {
     v
 }
 
+/// One instance by id, once EC2 shows it: right after RunInstances it is not found by id for a
+/// moment (EC2 is eventually consistent, and the front door plays it).
+pub async fn instance(aws: &Aws, id: &str) -> aws_sdk_ec2::types::Instance {
+    let found = crate::eventually(
+        "the instance",
+        std::time::Duration::from_secs(10),
+        || async {
+            aws.ec2
+                .describe_instances()
+                .instance_ids(id)
+                .send()
+                .await
+                .ok()
+        },
+    )
+    .await;
+    found.reservations()[0].instances()[0].clone()
+}
+
 /// (instance id, state) of every instance tagged for `run_id`, in any state.
 pub async fn instances_of(aws: &Aws, run_id: &str) -> Vec<(String, String)> {
     let found = aws

@@ -846,6 +846,26 @@ fn access_denied(service: &str, message: &str) -> Response<Body> {
 }
 
 impl FrontDoor {
+    /// A query-protocol call straight to moto as the administrator (the harness's own moves:
+    /// deploying the worker's identity, reading tags, Spot's termination).
+    async fn moto_query(
+        &self,
+        region: &str,
+        service: &str,
+        form: &str,
+    ) -> reqwest::Result<reqwest::Response> {
+        self.http
+            .post(format!("{}/", self.moto))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header(
+                "authorization",
+                format!("AWS4-HMAC-SHA256 Credential=testing/20260101/{region}/{service}/aws4_request, SignedHeaders=host, Signature=0"),
+            )
+            .body(form.to_string())
+            .send()
+            .await
+    }
+
     /// Spot takes an instance back as on AWS: first the interruption notice (IMDS
     /// `spot/instance-action`, here `spot_notice`), then, when the notice period has passed, EC2
     /// terminates it with state reason `Server.SpotInstanceTermination`
@@ -862,18 +882,14 @@ impl FrontDoor {
             tokio::time::sleep(notice).await;
             door.spot_reclaimed.lock().unwrap().insert(key.clone());
             let _ = door
-                .http
-                .post(format!("{}/", door.moto))
-                .header("content-type", "application/x-www-form-urlencoded")
-                .header(
-                    "authorization",
-                    format!("AWS4-HMAC-SHA256 Credential=testing/20260101/{}/ec2/aws4_request, SignedHeaders=host, Signature=0", key.0),
+                .moto_query(
+                    &key.0,
+                    "ec2",
+                    &format!(
+                        "Action=TerminateInstances&Version=2016-11-15&InstanceId.1={}",
+                        key.1
+                    ),
                 )
-                .body(format!(
-                    "Action=TerminateInstances&Version=2016-11-15&InstanceId.1={}",
-                    key.1
-                ))
-                .send()
                 .await;
         });
     }
@@ -933,15 +949,7 @@ impl FrontDoor {
             format!("Action=AddRoleToInstanceProfile&Version=2010-05-08&InstanceProfileName={profile}&RoleName={role}"),
         ] {
             let ok = self
-                .http
-                .post(format!("{}/", self.moto))
-                .header("content-type", "application/x-www-form-urlencoded")
-                .header(
-                    "authorization",
-                    "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0",
-                )
-                .body(body)
-                .send()
+                .moto_query("us-east-1", "iam", &body)
                 .await
                 .is_ok_and(|r| r.status().is_success());
             assert!(ok, "the harness could not create the worker's role and profile in moto");
@@ -951,18 +959,7 @@ impl FrontDoor {
     /// An instance's tags as moto holds them (for `ec2:ResourceTag/…` conditions).
     async fn instance_tags(&self, region: &str, id: &str) -> Vec<(String, String)> {
         let body = format!("Action=DescribeInstances&Version=2016-11-15&InstanceId.1={id}");
-        let Ok(resp) = self
-            .http
-            .post(format!("{}/", self.moto))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header(
-                "authorization",
-                format!("AWS4-HMAC-SHA256 Credential=testing/20260101/{region}/ec2/aws4_request, SignedHeaders=host, Signature=0"),
-            )
-            .body(body)
-            .send()
-            .await
-        else {
+        let Ok(resp) = self.moto_query(region, "ec2", &body).await else {
             return vec![];
         };
         let text = resp.text().await.unwrap_or_default();

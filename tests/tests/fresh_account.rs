@@ -10,7 +10,7 @@ use ephemera_core::rundoc::{CostReport, WorkerState};
 use ephemera_functions::{invoke, Error, Settings};
 use ephemera_tests::fixtures::{self, ctx, Ctx};
 use ephemera_tests::iam::{Principal, Statement, ACCOUNT};
-use ephemera_tests::{eventually, function_clients, harness};
+use ephemera_tests::{function_clients, harness};
 use serde_json::{json, Value};
 
 const SPOT: &str = "L-34B43A08";
@@ -220,22 +220,7 @@ async fn the_root_volume_is_the_images_root_device() {
         .await
         .unwrap();
     let root = image.images()[0].root_device_name().unwrap().to_string();
-    // The front door hides a new instance for a moment (eventual consistency): ask until seen.
-    let found = eventually(
-        "the instance",
-        std::time::Duration::from_secs(10),
-        || async {
-            c.aws
-                .ec2
-                .describe_instances()
-                .instance_ids(&w.current.instance_id)
-                .send()
-                .await
-                .ok()
-        },
-    )
-    .await;
-    let i = &found.reservations()[0].instances()[0];
+    let i = &fixtures::instance(&c.aws, &w.current.instance_id).await;
     let devices: Vec<&str> = i
         .block_device_mappings()
         .iter()
@@ -382,21 +367,7 @@ async fn spot_takes_an_instance_back_after_its_notice() {
         .reclaim_spot(c.region, &id, std::time::Duration::from_millis(300));
     assert!(harness().door.spot_notice(c.region, &id).is_some());
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
-    let found = eventually(
-        "the instance",
-        std::time::Duration::from_secs(10),
-        || async {
-            c.aws
-                .ec2
-                .describe_instances()
-                .instance_ids(&id)
-                .send()
-                .await
-                .ok()
-        },
-    )
-    .await;
-    let i = &found.reservations()[0].instances()[0];
+    let i = &fixtures::instance(&c.aws, &id).await;
     assert_eq!(
         i.state().and_then(|s| s.name()).map(|n| n.as_str()),
         Some("terminated")

@@ -9,7 +9,7 @@ use ephemera_core::rundoc::{CostReport, WorkerState};
 use ephemera_functions::handlers::{health_check, launch_worker, quota_check, terminate_report};
 use ephemera_functions::{invoke, Aws, Error, Settings};
 use ephemera_tests::fixtures::{self, ctx, Ctx};
-use ephemera_tests::{eventually, function_clients, harness, FaultRule};
+use ephemera_tests::{function_clients, harness, FaultRule};
 use serde_json::{json, Value};
 
 const SPOT: &str = "L-34B43A08";
@@ -62,19 +62,7 @@ async fn launch_creates_a_tagged_imdsv2_instance_without_secrets_in_user_data() 
     assert_eq!(w.heartbeat_seconds, 60);
     assert_eq!(w.token_parameter, "/ephemera/runs/launch-tags/task-token");
 
-    // Right after RunInstances an instance may not be found by id yet (EC2 is eventually
-    // consistent; the front door plays it): ask until it is.
-    let d = eventually("the new instance", Duration::from_secs(10), || async {
-        c.aws
-            .ec2
-            .describe_instances()
-            .instance_ids(&w.current.instance_id)
-            .send()
-            .await
-            .ok()
-    })
-    .await;
-    let i = &d.reservations()[0].instances()[0];
+    let i = &fixtures::instance(&c.aws, &w.current.instance_id).await;
     let tags: std::collections::BTreeMap<_, _> = i
         .tags()
         .iter()
@@ -578,17 +566,7 @@ async fn cleanup_finds_an_instance_the_run_document_lost_and_refuses_foreign_one
         .await
         .unwrap();
     let foreign_id = foreign.instances()[0].instance_id().unwrap().to_string();
-    // Once EC2 shows it (a new instance is not found by id for a moment).
-    eventually("the foreign instance", Duration::from_secs(10), || async {
-        c.aws
-            .ec2
-            .describe_instances()
-            .instance_ids(&foreign_id)
-            .send()
-            .await
-            .ok()
-    })
-    .await;
+    fixtures::instance(&c.aws, &foreign_id).await;
     let mut doc: WorkerState = w.clone();
     doc.attempts[0].instance_id = foreign_id.clone();
     let role = function_clients(c.region, "terminate-with-cost-report");

@@ -30,21 +30,8 @@ async fn instance(aws: &ephemera_functions::Aws, image: &str, tags: &[(&str, Str
 }
 
 async fn state(aws: &ephemera_functions::Aws, id: &str) -> String {
-    // A new instance is not found by id for a moment (EC2 is eventually consistent).
-    let d = ephemera_tests::eventually(
-        "the instance",
-        std::time::Duration::from_secs(10),
-        || async {
-            aws.ec2
-                .describe_instances()
-                .instance_ids(id)
-                .send()
-                .await
-                .ok()
-        },
-    )
-    .await;
-    d.reservations()[0].instances()[0]
+    fixtures::instance(aws, id)
+        .await
         .state()
         .and_then(|s| s.name())
         .unwrap()

@@ -115,17 +115,21 @@ mod tests {
         assert!(!s.to_lowercase().contains("token"));
     }
 
-    #[test]
-    fn a_failed_bootstrap_shuts_the_instance_down() {
-        let s = render(&WorkerLaunch {
+    fn launch(args: &[String]) -> WorkerLaunch<'_> {
+        WorkerLaunch {
             region: "eu-west-1",
             artifact: "s3://bkt/w",
-            args: &[],
+            args,
             run_id: "r1",
             attempt: 1,
             heartbeat_seconds: 60,
             ssm_prefix: "/ephemera/runs/r1",
-        });
+        }
+    }
+
+    #[test]
+    fn a_failed_bootstrap_shuts_the_instance_down() {
+        let s = render(&launch(&[]));
         let trap = s.find("\ntrap '").expect("an ERR trap") + 1;
         let download = s.find("aws s3 cp").unwrap();
         assert!(trap < download, "the trap is set before the download");
@@ -161,20 +165,12 @@ mod tests {
                 .status()
                 .unwrap();
         }
-        let script = render(&WorkerLaunch {
-            region: "eu-west-1",
-            artifact: "s3://bkt/w",
-            args: &[],
-            run_id: "r1",
-            attempt: 1,
-            heartbeat_seconds: 60,
-            ssm_prefix: "/ephemera/runs/r1",
-        })
-        .replace(
-            "/sbin/shutdown",
-            &dir.join("shutdown").display().to_string(),
-        )
-        .replace("install -d -m 0755 /opt/ephemera", "true");
+        let script = render(&launch(&[]))
+            .replace(
+                "/sbin/shutdown",
+                &dir.join("shutdown").display().to_string(),
+            )
+            .replace("install -d -m 0755 /opt/ephemera", "true");
         let out = std::process::Command::new("bash")
             .arg("-c")
             .arg(&script)
