@@ -160,15 +160,11 @@ where
                         None
                     }
                 };
-                match history.and_then(|h| cost::spot_cost(&h, launched_at, billed)) {
-                    Some(c) => (c, "spot-price-history".to_string()),
-                    None if notes
-                        .last()
-                        .is_some_and(|n| n.contains("Spot price history unavailable")) =>
-                    {
-                        (on_demand_usd, format!("estimated: {od_source}"))
-                    }
-                    None => {
+                match history.map(|h| cost::spot_cost(&h, launched_at, billed)) {
+                    Some(Some(c)) => (c, "spot-price-history".to_string()),
+                    // The history could not be read (noted above).
+                    None => (on_demand_usd, format!("estimated: {od_source}")),
+                    Some(None) => {
                         notes.push(format!(
                             "{}: no Spot price history for {} in {az}; priced at On-Demand ({od_source})",
                             i.id, i.instance_type
