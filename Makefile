@@ -16,7 +16,7 @@ NUMPY_VERSION := 2.4.6
 RUNSPEC ?= events/runspec.json
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: setup postgres build test unit lint fmt lambdas bench run deploy clean
+.PHONY: setup postgres build demo test unit lint fmt lambdas bench run deploy clean
 
 # Python tools in a local venv: moto (the AWS emulator the tests start) and cargo-lambda.
 $(VENV)/bin/moto_server:
@@ -52,6 +52,16 @@ setup: $(VENV)/bin/moto_server $(VENV)/.talib-$(TALIB_VERSION) $(VENV)/bin/sam $
 
 build:
 	cargo build --workspace --locked
+
+# A whole run on this machine, no AWS account needed: moto plays AWS behind the front door,
+# PostgreSQL holds the bars of data/fx-1m, the real worker binary plays each instance launched.
+# SCENARIO=happy (default), spot-interruption, quota-wait or over-budget. It builds the workspace
+# with its tests, as `make test` does, so that one build serves both.
+SCENARIO ?= happy
+demo: $(VENV)/bin/moto_server postgres
+	cargo build --locked --workspace --all-targets
+	$(CARGO_TARGET_DIR)/debug/ephemera-demo --scenario $(SCENARIO) \
+	  --worker $(CARGO_TARGET_DIR)/debug/ephemera-worker
 
 # Unit tests of the pure core and handlers, then the handlers against moto behind the front door.
 test: $(VENV)/bin/moto_server $(VENV)/.talib-$(TALIB_VERSION) postgres

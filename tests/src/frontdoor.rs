@@ -493,6 +493,10 @@ async fn fresh_account_ec2(
                 ),
             ))
         }
+        // moto prices every Spot hour at $0.00001 dated 2006; AWS answers with the price in force
+        // at StartTime (dated earlier) and each change within the window, per zone
+        // (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DescribeSpotPriceHistory.html).
+        "DescribeSpotPriceHistory" => Some(spot_price_history(form)),
         // ClientToken makes RunInstances idempotent: the same token with the same parameters
         // returns the first call's instance, with other parameters IdempotentParameterMismatch
         // (https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-idempotency.html).
@@ -533,6 +537,57 @@ async fn fresh_account_ec2(
         }
         _ => None,
     }
+}
+
+/// A Spot price history as AWS gives it: for each asked type and zone, the price in force at the
+/// window's start (about a third of On-Demand, a little different per zone) and, in windows over
+/// two minutes, one change halfway, 5 % up.
+fn spot_price_history(form: &HashMap<String, String>) -> Response<Body> {
+    use chrono::{DateTime, Utc};
+    let types: Vec<&String> = (1..=100)
+        .map_while(|n| form.get(&format!("InstanceType.{n}")))
+        .collect();
+    let zone = form.get("AvailabilityZone");
+    let parse = |k: &str| {
+        form.get(k)
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc))
+    };
+    let end = parse("EndTime").unwrap_or_else(Utc::now);
+    let start = parse("StartTime").unwrap_or(end);
+    let mut items = String::new();
+    for t in types {
+        let Some(info) = ephemera_core::catalog::lookup(t) else {
+            continue;
+        };
+        let Some(zone) = zone else { continue };
+        let letter = zone
+            .chars()
+            .last()
+            .map_or(0, |c| (c as u32).saturating_sub('a' as u32));
+        let base = info.on_demand_hourly * (0.33 + 0.01 * f64::from(letter % 6));
+        let mut points = vec![(start - chrono::Duration::minutes(37), base)];
+        if end - start > chrono::Duration::minutes(2) {
+            points.push((start + (end - start) / 2, base * 1.05));
+        }
+        for (at, price) in points {
+            items.push_str(&format!(
+                "<item><instanceType>{t}</instanceType><productDescription>Linux/UNIX</productDescription>\
+                 <spotPrice>{price:.6}</spotPrice><timestamp>{}</timestamp>\
+                 <availabilityZone>{zone}</availabilityZone></item>",
+                at.format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            ));
+        }
+    }
+    Response::builder()
+        .status(200)
+        .header("content-type", "text/xml")
+        .body(Body::from(format!(
+            "<DescribeSpotPriceHistoryResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
+             <requestId>spot-price-history</requestId><spotPriceHistorySet>{items}</spotPriceHistorySet>\
+             <nextToken></nextToken></DescribeSpotPriceHistoryResponse>"
+        )))
+        .expect("a response")
 }
 
 /// How many by-id Describe calls a new instance stays invisible to.

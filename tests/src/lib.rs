@@ -9,10 +9,12 @@
 //! One moto and one front door per test process; each test takes a region of its own, and the
 //! front door keeps fault rules and quota state per region, so tests run in parallel.
 
+pub mod demo;
 pub mod e2e;
 pub mod fixtures;
 pub mod frontdoor;
 pub mod iam;
+pub mod imds;
 pub mod quotas;
 pub mod requests;
 pub mod worker_standin;

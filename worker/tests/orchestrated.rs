@@ -6,55 +6,18 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, put};
-use axum::Router;
 use ephemera_tests::postgres::postgres;
 use ephemera_tests::{clients, e2e, fixtures, fresh_region, harness};
 use ephemera_worker::{db, export, queue, seed};
 use serde_json::json;
 
-/// A local IMDSv2: a session token, this instance's id, and (when set) a Spot notice.
+/// The local IMDS, following the test's instance id and notice flag.
 async fn imds(instance_id: Arc<Mutex<String>>, spot_notice: Arc<Mutex<bool>>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = Router::new()
-        .route(
-            "/latest/api/token",
-            put(|| async {
-                let mut h = HeaderMap::new();
-                h.insert(
-                    "x-aws-ec2-metadata-token-ttl-seconds",
-                    "21600".parse().unwrap(),
-                );
-                (h, "imds-session-token")
-            }),
-        )
-        .route(
-            "/latest/meta-data/instance-id",
-            get(move || {
-                let id = instance_id.lock().unwrap().clone();
-                async move { id }
-            }),
-        )
-        .route(
-            "/latest/meta-data/spot/instance-action",
-            get(move || {
-                let on = *spot_notice.lock().unwrap();
-                async move {
-                    if on {
-                        (
-                            StatusCode::OK,
-                            r#"{"action":"terminate","time":"2026-11-22T15:00:00Z"}"#,
-                        )
-                    } else {
-                        (StatusCode::NOT_FOUND, "")
-                    }
-                }
-            }),
-        );
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}")
+    ephemera_tests::imds::serve(
+        move || instance_id.lock().unwrap().clone(),
+        move || spot_notice.lock().unwrap().then(chrono::Utc::now),
+    )
+    .await
 }
 
 async fn instance_of(region: &str, run_id: &str, attempt: &str) -> String {

@@ -80,9 +80,52 @@ systemctl start ephemera-worker
     )
 }
 
+/// The worker's command line as the instance runs it, read back from the script `render` wrote:
+/// what stands in for the instance when EC2 is played locally (`make demo`) starts.
+pub fn worker_command(script: &str) -> Option<Vec<String>> {
+    let line = script
+        .lines()
+        .find_map(|l| l.strip_prefix("exec /opt/ephemera/"))?;
+    shlex::split(&format!("/opt/ephemera/{line}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_command_reads_back_as_rendered() {
+        let args: Vec<String> = ["run", "--stages", "a b", "--export", "s3://b/it's/"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let s = render(&WorkerLaunch {
+            region: "eu-west-1",
+            artifact: "s3://bkt/w",
+            args: &args,
+            run_id: "r 1",
+            attempt: 3,
+            heartbeat_seconds: 60,
+            ssm_prefix: "/ephemera/runs/r 1",
+        });
+        let cmd = worker_command(&s).unwrap();
+        assert_eq!(cmd[0], "/opt/ephemera/ephemera-worker");
+        assert_eq!(&cmd[1..6], &args[..]);
+        assert_eq!(
+            &cmd[6..],
+            [
+                "--run-id",
+                "r 1",
+                "--attempt",
+                "3",
+                "--ssm-prefix",
+                "/ephemera/runs/r 1",
+                "--heartbeat-seconds",
+                "60"
+            ]
+        );
+        assert_eq!(worker_command("#!/bin/bash\necho hi\n"), None);
+    }
 
     #[test]
     fn quoting() {

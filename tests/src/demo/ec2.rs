@@ -1,0 +1,263 @@
+//! EC2 played on this machine: each instance RunInstances created for the run becomes the real
+//! worker binary, started with the command line of the instance's own user data and the
+//! instance's identity (a local IMDS with its id and Spot's notice, the worker role's key), and
+//! stopped as systemd would stop it when the instance is terminated.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use aws_sdk_ec2::types::{Filter, InstanceAttributeName, InstanceStateName};
+use base64::Engine;
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+use super::Console;
+use crate::{clients, harness, iam::Principal};
+
+/// systemd's `TimeoutStopSec` on the instance, scaled down: SIGTERM, then SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// One instance's worker process.
+struct Worker {
+    attempt: String,
+    child: Child,
+    /// When the instance began shutting down (SIGTERM sent).
+    stopping_since: Option<Instant>,
+    exited: bool,
+}
+
+impl Worker {
+    fn signal_stop(&mut self) {
+        if self.exited || self.stopping_since.is_some() {
+            return;
+        }
+        if let Some(pid) = self.child.id() {
+            // SAFETY: a plain signal to our own child.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+        self.stopping_since = Some(Instant::now());
+    }
+}
+
+/// What the player knows of the run's instances, for the scenarios that act on them.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    /// Instance id by attempt, in launch order.
+    pub instances: BTreeMap<String, String>,
+}
+
+pub struct Player {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    pub seen: watch::Receiver<Seen>,
+}
+
+pub struct Setup {
+    pub region: &'static str,
+    pub run_id: String,
+    pub worker_bin: PathBuf,
+    pub logs: PathBuf,
+}
+
+impl Player {
+    pub fn start(setup: Setup, console: Console) -> Player {
+        let (stop, stopped) = watch::channel(false);
+        let (seen_tx, seen) = watch::channel(Seen::default());
+        let task = tokio::spawn(play(setup, console, stopped, seen_tx));
+        Player { stop, task, seen }
+    }
+
+    /// Stops every worker still running (as a shutdown would), and waits for them.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn play(
+    setup: Setup,
+    console: Console,
+    mut stopped: watch::Receiver<bool>,
+    seen: watch::Sender<Seen>,
+) {
+    let ec2 = clients(setup.region).ec2;
+    let mut workers: BTreeMap<String, Worker> = BTreeMap::new();
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        let listed = ec2
+            .describe_instances()
+            .filters(
+                Filter::builder()
+                    .name("tag:ephemera:run")
+                    .values(&setup.run_id)
+                    .build(),
+            )
+            .send()
+            .await;
+        let Ok(listed) = listed else { continue };
+        for i in listed.reservations().iter().flat_map(|r| r.instances()) {
+            let (Some(id), Some(state)) = (i.instance_id(), i.state().and_then(|s| s.name()))
+            else {
+                continue;
+            };
+            let attempt = i
+                .tags()
+                .iter()
+                .find(|t| t.key() == Some("ephemera:attempt"))
+                .and_then(|t| t.value())
+                .unwrap_or("?")
+                .to_string();
+            match state {
+                InstanceStateName::Pending | InstanceStateName::Running => {
+                    if workers.contains_key(id) {
+                        continue;
+                    }
+                    // Right after launch EC2 may not know the id yet: next round.
+                    match boot(&setup, id, &attempt).await {
+                        Ok(child) => {
+                            console.line(&format!(
+                                "EC2: {id} ({}, {}) is {}: worker attempt {attempt} started \
+                                 (log: {})",
+                                i.instance_type().map(|t| t.as_str()).unwrap_or("?"),
+                                i.instance_lifecycle()
+                                    .map(|l| l.as_str())
+                                    .unwrap_or("on-demand"),
+                                state.as_str(),
+                                log_path(&setup.logs, &attempt).display()
+                            ));
+                            workers.insert(
+                                id.to_string(),
+                                Worker {
+                                    attempt: attempt.clone(),
+                                    child,
+                                    stopping_since: None,
+                                    exited: false,
+                                },
+                            );
+                            seen.send_modify(|s| {
+                                s.instances.insert(attempt.clone(), id.to_string());
+                            });
+                        }
+                        Err(e) if e.to_string().contains("NotFound") => {}
+                        Err(e) => console.line(&format!("EC2: cannot boot {id}: {e:#}")),
+                    }
+                }
+                _ => {
+                    if let Some(w) = workers.get_mut(id) {
+                        if !w.exited && w.stopping_since.is_none() {
+                            console.line(&format!(
+                                "EC2: {id} is {}{}: stopping worker attempt {}",
+                                state.as_str(),
+                                i.state_reason()
+                                    .and_then(|r| r.code())
+                                    .map(|c| format!(" ({c})"))
+                                    .unwrap_or_default(),
+                                w.attempt
+                            ));
+                            w.signal_stop();
+                        }
+                    }
+                }
+            }
+        }
+        reap(&mut workers, &console);
+    }
+    // The demo is ending: every instance goes, as on a shutdown.
+    for w in workers.values_mut() {
+        w.signal_stop();
+    }
+    let until = Instant::now() + STOP_GRACE;
+    while workers.values().any(|w| !w.exited) && Instant::now() < until {
+        reap(&mut workers, &console);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for w in workers.values_mut().filter(|w| !w.exited) {
+        let _ = w.child.start_kill();
+        let _ = w.child.wait().await;
+    }
+}
+
+/// Notes workers that ended, and kills those past their stop grace.
+fn reap(workers: &mut BTreeMap<String, Worker>, console: &Console) {
+    for w in workers.values_mut().filter(|w| !w.exited) {
+        match w.child.try_wait() {
+            Ok(Some(status)) => {
+                w.exited = true;
+                console.line(&format!("worker attempt {} exited ({status})", w.attempt));
+            }
+            Ok(None) => {
+                if w.stopping_since.is_some_and(|t| t.elapsed() > STOP_GRACE) {
+                    let _ = w.child.start_kill();
+                }
+            }
+            Err(_) => w.exited = true,
+        }
+    }
+}
+
+pub fn log_path(dir: &Path, attempt: &str) -> PathBuf {
+    dir.join(format!("worker-attempt-{attempt}.log"))
+}
+
+/// Starts the instance's worker: its user data's command line, its IMDS, its role.
+async fn boot(setup: &Setup, id: &str, attempt: &str) -> Result<Child> {
+    let ec2 = clients(setup.region).ec2;
+    let attr = ec2
+        .describe_instance_attribute()
+        .instance_id(id)
+        .attribute(InstanceAttributeName::UserData)
+        .send()
+        .await
+        .map_err(|e| anyhow!("{}", aws_sdk_ec2::error::DisplayErrorContext(&e)))?;
+    let encoded = attr
+        .user_data()
+        .and_then(|v| v.value())
+        .ok_or_else(|| anyhow!("the instance has no user data"))?;
+    let script = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .context("user data is not base64")?,
+    )
+    .context("user data is not UTF-8")?;
+    let command = ephemera_core::userdata::worker_command(&script)
+        .ok_or_else(|| anyhow!("the user data starts no worker"))?;
+
+    let door = harness().door.clone();
+    let region = setup.region;
+    let (imds_id, notice_id) = (id.to_string(), id.to_string());
+    let imds = crate::imds::serve(
+        move || imds_id.clone(),
+        move || door.spot_notice(region, &notice_id),
+    )
+    .await;
+    let log = std::fs::File::create(log_path(&setup.logs, attempt))?;
+    let mut cmd = Command::new(&setup.worker_bin);
+    cmd.args(&command[1..])
+        .env("AWS_ENDPOINT_URL", &harness().endpoint)
+        .env("AWS_REGION", region)
+        // The instance profile's role: held to the template's WorkerRole policy.
+        .env("AWS_ACCESS_KEY_ID", Principal::Worker.access_key())
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds)
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE", "IPv4")
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true);
+    // The worker dies with the demo, however the demo ends.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .with_context(|| format!("starting {}", setup.worker_bin.display()))
+}

@@ -1,0 +1,471 @@
+//! `make demo`: one whole run on this machine, with no AWS account.
+//!
+//! moto behind the front door plays AWS (the template's IAM enforced, a fresh account's ways), a
+//! private PostgreSQL holds the FX bars of `data/fx-1m`, the deployed ASL runs with the real
+//! Lambda handlers, and EC2 is played here (`ec2`): each instance the run launches is the real
+//! worker binary, started with that instance's user data. Everything started ends with the demo
+//! (moto, PostgreSQL and the workers die with this process), so the next demo starts clean.
+
+pub mod ec2;
+pub mod follow;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+
+use crate::e2e::{self, Finished};
+use crate::{clients, fixtures, harness, postgres};
+
+/// The quota codes of the standard (A, C, D, H, I, M, R, T, Z) families.
+const SPOT_QUOTA: &str = "L-34B43A08";
+const EXPORT_BUCKET: &str = "ephemera-features";
+const SECRET: &str = "ephemera/demo-database";
+const STAGES: &str = "indicators,regression,validate,export";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Spot launch, the worker computes every partition, verification, report.
+    Happy,
+    /// Spot takes the first instance back mid-run; the run relaunches and the worker resumes.
+    SpotInterruption,
+    /// The vCPU quota is short: an increase is requested and waited for, then the run goes on.
+    QuotaWait,
+    /// The estimate exceeds the budget: nothing is launched, the report says why.
+    OverBudget,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Happy => "happy",
+            Scenario::SpotInterruption => "spot-interruption",
+            Scenario::QuotaWait => "quota-wait",
+            Scenario::OverBudget => "over-budget",
+        }
+    }
+
+    /// Whether the run ended as this scenario shows it should; the reason when not.
+    pub fn judge(self, f: &Finished) -> std::result::Result<(), String> {
+        let attempts = f.output["report"]["attempts"]
+            .as_array()
+            .map_or(0, Vec::len);
+        match self {
+            Scenario::OverBudget => {
+                if f.status == "FAILED"
+                    && f.error.as_deref() == Some(ephemera_core::names::OVER_BUDGET)
+                    && attempts == 0
+                {
+                    return Ok(());
+                }
+                Err(format!(
+                    "expected a refusal ({}) with nothing launched, got {} {:?} with {attempts} \
+                     attempt(s)",
+                    ephemera_core::names::OVER_BUDGET,
+                    f.status,
+                    f.error
+                ))
+            }
+            _ if f.status != "SUCCEEDED" => Err(format!(
+                "the run ended {}: {} - {}",
+                f.status,
+                f.error.as_deref().unwrap_or("no error"),
+                f.cause.as_deref().unwrap_or("no cause")
+            )),
+            Scenario::SpotInterruption if f.visited("Relaunch") == 0 || attempts < 2 => Err(
+                format!("Spot's reclaim did not relaunch the worker ({attempts} attempt(s))"),
+            ),
+            Scenario::QuotaWait if f.visited("WaitQuota") == 0 => {
+                Err("the run did not wait for the quota increase".into())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "ephemera-demo",
+    about = "A whole ephemera run on this machine: moto plays AWS, the worker plays the instance"
+)]
+pub struct Options {
+    #[arg(long, env = "SCENARIO", value_enum, default_value = "happy")]
+    pub scenario: Scenario,
+    /// The worker binary each launched instance runs.
+    #[arg(long)]
+    pub worker: PathBuf,
+    /// Where the report, the email, the worker logs and the export are written.
+    #[arg(long, default_value = "demo-output")]
+    pub out: PathBuf,
+    /// Pairs loaded from data/fx-1m (each about two months of 1-minute bars).
+    #[arg(long, value_delimiter = ',', default_value = "EURUSD,GBPUSD,EURGBP")]
+    pub pairs: Vec<String>,
+}
+
+/// Lines above a progress bar on a terminal; plain lines elsewhere (CI logs).
+#[derive(Clone)]
+pub struct Console {
+    bar: Option<ProgressBar>,
+    last: Arc<Mutex<Option<(u64, u64)>>>,
+}
+
+impl Console {
+    pub fn new() -> Console {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "  worker [{wide_bar}] {pos}/{len} partitions done, {elapsed}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        Console {
+            bar,
+            last: Arc::default(),
+        }
+    }
+
+    pub fn line(&self, s: &str) {
+        match &self.bar {
+            Some(b) => b.println(s),
+            None => println!("{s}"),
+        }
+    }
+
+    pub fn progress(&self, done: u64, all: u64) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if *last == Some((done, all)) {
+            return;
+        }
+        *last = Some((done, all));
+        match &self.bar {
+            Some(b) => {
+                b.set_length(all);
+                b.set_position(done);
+            }
+            None => println!("          worker: {done}/{all} partitions done"),
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl Default for Console {
+    fn default() -> Self {
+        Console::new()
+    }
+}
+
+fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fx-1m")
+}
+
+/// The worker's own subcommands (init, seed) on the demo's database.
+async fn worker_tool(worker: &Path, db_url: &str, args: &[&str]) -> Result<()> {
+    let out = tokio::process::Command::new(worker)
+        .args(args)
+        .env("DATABASE_URL", db_url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .with_context(|| format!("starting {}", worker.display()))?;
+    if !out.status.success() {
+        bail!(
+            "ephemera-worker {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The demo's RunSpec: the fixture network of this region, Spot first, the demo's secret and
+/// export, and short waits so the emulated run takes seconds, not minutes.
+fn runspec(scenario: Scenario, run_id: &str, net: &fixtures::Network, topic: &str) -> Value {
+    let export = format!("s3://{EXPORT_BUCKET}/runs/{run_id}/");
+    let mut spec = fixtures::runspec(run_id, net, Some(topic));
+    spec["worker"]["args"] = json!([
+        "run",
+        "--stages",
+        STAGES,
+        "--export",
+        export,
+        "--database-secret",
+        SECRET
+    ]);
+    spec["expect"] = json!({"min_rows": 100000, "export_prefix": export});
+    spec["limits"]["heartbeat_seconds"] = json!(30);
+    spec["limits"]["boot_timeout_seconds"] = json!(120);
+    match scenario {
+        Scenario::QuotaWait => spec["worker"]["market"] = json!("spot"),
+        Scenario::OverBudget => spec["limits"]["budget_usd"] = json!(0.05),
+        Scenario::Happy | Scenario::SpotInterruption => {}
+    }
+    spec
+}
+
+/// Runs the demo; Ok(true) when the run ended as the scenario should.
+pub async fn run(o: Options, console: Console) -> Result<bool> {
+    let region = "us-east-1";
+    let run_id = format!("demo-{}", o.scenario.name());
+    let out = o.out.join(&run_id);
+    if out.exists() {
+        std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
+    }
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let worker = std::fs::canonicalize(&o.worker)
+        .with_context(|| format!("the worker binary {}", o.worker.display()))?;
+
+    console.line(&format!(
+        "ephemera demo, scenario {}: AWS is moto behind the front door, EC2 is this machine",
+        o.scenario.name()
+    ));
+    let h = tokio::task::spawn_blocking(harness).await?;
+    console.line(&format!(
+        "  moto {} behind the front door {} (the template's IAM enforced)",
+        h.moto, h.endpoint
+    ));
+    let pg = tokio::task::spawn_blocking(postgres::postgres).await?;
+    let db_url = pg.database("demo");
+    worker_tool(&worker, &db_url, &["init"]).await?;
+    let mut files = vec!["seed".to_string()];
+    for p in &o.pairs {
+        let f = data_dir().join(format!("{p}.csv.gz"));
+        if !f.exists() {
+            bail!("--pairs: no bars for {p} ({} is absent)", f.display());
+        }
+        files.push(f.display().to_string());
+    }
+    let files: Vec<&str> = files.iter().map(String::as_str).collect();
+    worker_tool(&worker, &db_url, &files).await?;
+    console.line(&format!(
+        "  PostgreSQL on port {}: 1-minute bars of {} loaded",
+        pg.port,
+        o.pairs.join(", ")
+    ));
+
+    // What the stack and the operator provide on AWS: network, topic, buckets, the secret.
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    let inbox = fixtures::inbox(region, "ephemera-reports").await;
+    aws.s3
+        .create_bucket()
+        .bucket(EXPORT_BUCKET)
+        .send()
+        .await
+        .context("creating the export bucket")?;
+    let sm = aws_sdk_secretsmanager::Client::new(&crate::sdk_config(region));
+    sm.create_secret()
+        .name(SECRET)
+        .secret_string(&db_url)
+        .send()
+        .await
+        .context("storing the database URL as a secret")?;
+    if o.scenario == Scenario::QuotaWait {
+        h.door.with_quotas(region, |q| {
+            q.applied.insert(SPOT_QUOTA.into(), 8.0);
+            q.next_script = vec!["PENDING".into(), "CASE_OPENED".into(), "APPROVED".into()];
+        });
+        console.line("  the Spot vCPU quota is 8: a 16-vCPU worker needs an increase");
+    }
+
+    let spec = runspec(o.scenario, &run_id, &net, &inbox.topic_arn);
+    let spec_path = out.join("runspec.json");
+    std::fs::write(&spec_path, serde_json::to_string_pretty(&spec)?)?;
+    let machine = e2e::create_state_machine(region).await;
+    let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;
+    console.line(&format!(
+        "  started {execution}\n  RunSpec: {}\n",
+        spec_path.display()
+    ));
+
+    let player = ec2::Player::start(
+        ec2::Setup {
+            region,
+            run_id: run_id.clone(),
+            worker_bin: worker.clone(),
+            logs: out.clone(),
+        },
+        console.clone(),
+    );
+    let spot = (o.scenario == Scenario::SpotInterruption).then(|| {
+        tokio::spawn(reclaim_first_instance(
+            region,
+            db_url.clone(),
+            run_id.clone(),
+            player.seen.clone(),
+            console.clone(),
+        ))
+    });
+    let sfn = aws_sdk_sfn::Client::new(&crate::sdk_config(region));
+    let followed = follow::follow(&sfn, &execution, &db_url, &run_id, &console).await;
+    if let Some(t) = spot {
+        t.abort();
+    }
+    player.stop().await;
+    let finished = followed?;
+
+    let verdict = o.scenario.judge(&finished);
+    present(&finished, &inbox, &out).await?;
+    match &verdict {
+        Ok(()) => console.line(&format!(
+            "\ndemo {}: the run ended as it should ({}).",
+            o.scenario.name(),
+            finished.status
+        )),
+        Err(why) => console.line(&format!("\ndemo {} FAILED: {why}", o.scenario.name())),
+    }
+    Ok(verdict.is_ok())
+}
+
+/// Spot's reclaim of attempt 1 once its worker has finished a few partitions: the notice
+/// first, then the termination after the (scaled) two minutes.
+async fn reclaim_first_instance(
+    region: &'static str,
+    db_url: String,
+    run_id: String,
+    mut seen: tokio::sync::watch::Receiver<ec2::Seen>,
+    console: Console,
+) -> Result<()> {
+    let instance = loop {
+        if let Some(id) = seen.borrow().instances.get("1") {
+            break id.clone();
+        }
+        seen.changed().await?;
+    };
+    let (db, conn) = tokio_postgres::connect(&db_url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    loop {
+        let done: i64 = db
+            .query_one(
+                "SELECT count(*) FROM ephemera.partitions WHERE run_id = $1 AND state = 'done'",
+                &[&run_id],
+            )
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        if done >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    console.line(&format!(
+        "EC2: Spot interruption notice for {instance}; it is terminated in 10 s (2 min on AWS)"
+    ));
+    harness()
+        .door
+        .reclaim_spot(region, &instance, Duration::from_secs(10));
+    Ok(())
+}
+
+/// The report, the email, and the export, where a user finds them.
+async fn present(f: &Finished, inbox: &fixtures::Inbox, out: &Path) -> Result<()> {
+    let report = &f.output["report"];
+    let report_path = out.join("report.json");
+    std::fs::write(&report_path, serde_json::to_string_pretty(report)?)?;
+
+    let mut emails = inbox.read().await;
+    if emails.is_empty() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        emails = inbox.read().await;
+    }
+    println!("\n──── the email SNS sent ────");
+    match emails.first() {
+        Some(e) => {
+            let body = e
+                .body
+                .split("\n--- report (JSON) ---")
+                .next()
+                .unwrap_or_default();
+            println!("Subject: {}\n\n{}", e.subject, body.trim_end());
+            std::fs::write(
+                out.join("email.txt"),
+                format!("Subject: {}\n\n{}", e.subject, e.body),
+            )?;
+        }
+        None => println!("(no email arrived)"),
+    }
+    println!("────────────────────────────");
+
+    let downloaded = download_export(f, out).await?;
+    println!("\nWritten to {}:", out.display());
+    println!(
+        "  report.json           the cost report ({}: ${:.4} actual, ${:.4} estimated)",
+        report["outcome"].as_str().unwrap_or("?"),
+        report["actual_usd"].as_f64().unwrap_or(0.0),
+        report["estimate_usd"].as_f64().unwrap_or(0.0)
+    );
+    println!("  email.txt             the email, with the JSON report");
+    println!("  runspec.json          the RunSpec the run started with");
+    for entry in std::fs::read_dir(out)?.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with("worker-attempt-") {
+            println!("  {name:<21} the worker's log (JSON lines)");
+        }
+    }
+    if downloaded > 0 {
+        println!(
+            "  export/               {downloaded} files beside {}: Parquet per stage and month, \
+             and the manifest",
+            f.output["result"]["manifest"]
+                .as_str()
+                .unwrap_or("the manifest")
+        );
+    }
+    Ok(())
+}
+
+/// Copies the run's export (Parquet files and manifest) out of the emulated S3.
+async fn download_export(f: &Finished, out: &Path) -> Result<usize> {
+    let Some(manifest) = f.output["result"]["manifest"].as_str() else {
+        return Ok(0);
+    };
+    let Some((bucket, key)) = manifest
+        .strip_prefix("s3://")
+        .and_then(|r| r.split_once('/'))
+    else {
+        return Ok(0);
+    };
+    let prefix = key.trim_end_matches("manifest.json");
+    let s3 = clients("us-east-1").s3;
+    let mut n = 0;
+    let mut pages = s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        for o in page.context("listing the export")?.contents() {
+            let Some(k) = o.key() else { continue };
+            let body = s3
+                .get_object()
+                .bucket(bucket)
+                .key(k)
+                .send()
+                .await
+                .context("reading the export")?
+                .body
+                .collect()
+                .await?
+                .into_bytes();
+            let path = out.join("export").join(k.trim_start_matches(prefix));
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(&path, body)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
