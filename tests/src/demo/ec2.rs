@@ -100,6 +100,9 @@ async fn play(
             )
             .send()
             .await;
+        // Workers that ended by themselves first, so that a terminated instance's is not
+        // "stopped" after the fact.
+        reap(&mut workers, &console);
         let Ok(listed) = listed else { continue };
         for i in listed.reservations().iter().flat_map(|r| r.instances()) {
             let (Some(id), Some(state)) = (i.instance_id(), i.state().and_then(|s| s.name()))
@@ -166,7 +169,6 @@ async fn play(
                 }
             }
         }
-        reap(&mut workers, &console);
     }
     // The demo is ending: every instance goes, as on a shutdown.
     for w in workers.values_mut() {

@@ -61,8 +61,8 @@ fn short(cause: &str) -> String {
         .ok()
         .and_then(|v| v["errorMessage"].as_str().map(str::to_string))
         .unwrap_or_else(|| cause.to_string());
-    let mut s: String = message.chars().take(160).collect();
-    if message.chars().count() > 160 {
+    let mut s: String = message.chars().take(240).collect();
+    if message.chars().count() > 240 {
         s.push('…');
     }
     s
