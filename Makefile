@@ -47,7 +47,7 @@ postgres:
 	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
 
-setup: $(VENV)/bin/moto_server $(VENV)/.talib-$(TALIB_VERSION) $(VENV)/bin/sam $(CHECKOV) node_modules/.bin/asl-validator postgres
+setup: $(VENV)/bin/moto_server $(VENV)/.talib-$(TALIB_VERSION) $(VENV)/bin/sam $(VENV)/bin/cargo-lambda $(CHECKOV) node_modules/.bin/asl-validator postgres
 	cargo fetch --locked
 
 build:
