@@ -361,7 +361,7 @@ fn svg_cost_split(r: &CostReport, out: &mut String) {
     if total <= 0.0 {
         return;
     }
-    out.push_str(r#"<svg id="cost-split" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 600 22" width="100%" role="img" aria-label="cost split">"#);
+    out.push_str(r#"<svg id="cost-split" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 600 22" width="100%" height="22" preserveAspectRatio="none" role="img" aria-label="cost split">"#);
     let mut x = 0.0;
     for (name, v) in parts {
         let w = v.max(0.0) / total * 600.0;
@@ -488,7 +488,7 @@ fn attempt_row(a: &AttemptCost, relaunched: bool, out: &mut String) {
     }
     let _ = write!(
         out,
-        r#"<tr data-attempt="{}"{}><td>#{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class="num billed">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
+        r#"<tr data-attempt="{}"{}><td>#{}</td><td class="nw"><code>{}</code><br>{} · {} · {}</td><td class="nw">{}<br>{}</td><td class="num billed">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td>{}<br>was {}{}</td></tr>"#,
         a.attempt,
         if reclaimed {
             r#" class="reclaimed""#
@@ -509,7 +509,11 @@ fn attempt_row(a: &AttemptCost, relaunched: bool, out: &mut String) {
         usd(a.average_usd_per_hour),
         escape(&a.price_source),
         escape(&a.state_before),
-        how
+        if how.is_empty() {
+            String::new()
+        } else {
+            format!("<br><strong>{how}</strong>")
+        }
     );
 }
 
@@ -526,7 +530,8 @@ table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:4px 8px;
 .figures th{width:200px}.figures td.num{width:110px}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}.detail{color:#56606b}
 tbody.total th,tbody.total td{font-weight:700;border-top:2px solid #1d2329}
-.wide{overflow-x:auto}#attempts{font-size:12px}#attempts td{white-space:nowrap}
+.wide{overflow-x:auto}#attempts{font-size:13px}th.num{text-align:right}.nw{white-space:nowrap}
+#verification td.ok,#verification td.bad{width:20px}
 tr.reclaimed td{background:#fff3e0}tr.failed td{background:#ffebee}
 .ok{color:#2e7d32;font-weight:700}.bad{color:#c62828;font-weight:700}
 .key{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:6px}
@@ -610,7 +615,7 @@ pub fn render(r: &CostReport) -> String {
     if r.attempts.is_empty() {
         out.push_str(r#"<p id="attempts-none">None: nothing was launched.</p>"#);
     } else {
-        out.push_str(r#"<div class="wide"><table id="attempts"><thead><tr><th>#</th><th>instance</th><th>type</th><th>market</th><th>AZ</th><th>launched</th><th>ended</th><th>billed s</th><th>compute</th><th>EBS</th><th>On-Demand eq.</th><th>avg $/h</th><th>price source</th><th>state before</th><th></th></tr></thead><tbody>"#);
+        out.push_str(r#"<div class="wide"><table id="attempts"><thead><tr><th>#</th><th>instance</th><th>launched<br>ended</th><th class="num">billed s</th><th class="num">compute</th><th class="num">EBS</th><th class="num">On-Demand eq.</th><th class="num">avg $/h</th><th>price source<br>state before teardown</th></tr></thead><tbody>"#);
         for (i, a) in r.attempts.iter().enumerate() {
             attempt_row(a, i + 1 < r.attempts.len(), &mut out);
         }
