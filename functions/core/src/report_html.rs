@@ -760,8 +760,10 @@ mod tests {
 
     #[test]
     fn lanes_are_laid_out_from_the_phases_and_the_attempts() {
+        // phase, attempt, start and end in seconds from t=0, reclaimed, relaunched.
+        type Span = (&'static str, Option<u32>, i64, i64, bool, bool);
         let t = timeline(&report());
-        let spans: Vec<(&str, Option<u32>, i64, i64, bool, bool)> = t
+        let spans: Vec<Span> = t
             .lanes
             .iter()
             .map(|l| {
