@@ -16,7 +16,7 @@ NUMPY_VERSION := 2.4.6
 RUNSPEC ?= events/runspec.json
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: setup postgres build demo test unit lint fmt lambdas bench run deploy clean
+.PHONY: setup postgres chromium build demo test unit lint fmt lambdas bench run deploy clean
 
 # Python tools in a local venv: moto (the AWS emulator the tests start) and cargo-lambda.
 $(VENV)/bin/moto_server:
@@ -47,7 +47,13 @@ postgres:
 	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
 
-setup: $(VENV)/bin/moto_server $(VENV)/.talib-$(TALIB_VERSION) $(VENV)/bin/sam $(VENV)/bin/cargo-lambda $(CHECKOV) node_modules/.bin/asl-validator postgres
+# The HTML run report's test draws it in headless Chromium (Debian's `chromium`); under CI the
+# test fails without it, elsewhere it is skipped.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+setup: $(VENV)/bin/moto_server $(VENV)/.talib-$(TALIB_VERSION) $(VENV)/bin/sam $(VENV)/bin/cargo-lambda $(CHECKOV) node_modules/.bin/asl-validator postgres chromium
 	cargo fetch --locked
 
 build:
@@ -64,7 +70,7 @@ demo: $(VENV)/bin/moto_server postgres
 	  --worker $(CARGO_TARGET_DIR)/debug/ephemera-worker
 
 # Unit tests of the pure core and handlers, then the handlers against moto behind the front door.
-test: $(VENV)/bin/moto_server $(VENV)/.talib-$(TALIB_VERSION) postgres
+test: $(VENV)/bin/moto_server $(VENV)/.talib-$(TALIB_VERSION) postgres chromium
 	cargo test --workspace --locked
 
 unit:

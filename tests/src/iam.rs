@@ -647,6 +647,39 @@ mod tests {
     }
 
     #[test]
+    fn the_report_is_written_under_its_two_names_only() {
+        let p = template();
+        let terminate = Principal::Function("terminate-with-cost-report".into());
+        let put = |bucket: &str, key: &str| {
+            p.authorize(
+                &terminate,
+                "us-east-1",
+                &Check::new("s3:PutObject", format!("arn:aws:s3:::{bucket}/{key}")),
+            )
+        };
+        for (bucket, key) in [
+            (EXPORT_BUCKET, "runs/r1/report.html"),
+            (EXPORT_BUCKET, "any/export/folder/report.json"),
+            (ARTIFACT_BUCKET, "runs/r1/report.html"),
+            (ARTIFACT_BUCKET, "runs/r1/report.json"),
+        ] {
+            assert_eq!(put(bucket, key), Ok(()), "{bucket}/{key}");
+        }
+        for (bucket, key) in [
+            (EXPORT_BUCKET, "runs/r1/manifest.json"),
+            (
+                EXPORT_BUCKET,
+                "runs/r1/indicators/pair=EURUSD/month=2023-04/part.parquet",
+            ),
+            (ARTIFACT_BUCKET, "worker/ephemera-worker"),
+            (ARTIFACT_BUCKET, "worker/report.html"),
+            ("another-bucket", "runs/r1/report.html"),
+        ] {
+            assert!(put(bucket, key).is_err(), "{bucket}/{key}");
+        }
+    }
+
+    #[test]
     fn dropping_a_statement_takes_its_permission_away() {
         let p = template();
         let health = Principal::Function("health-check".into());

@@ -147,6 +147,10 @@ async fn happy_path() {
         "{report}"
     );
     assert_eq!(r.finished.output["verification"]["ok"], true);
+    assert_eq!(
+        report["verification"]["ok"], true,
+        "the checks reach the report"
+    );
     assert_eq!(r.report()["run_id"], "e2e-happy");
 }
 

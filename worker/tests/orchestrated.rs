@@ -257,6 +257,17 @@ async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption()
         manifest.objects.iter().map(|o| o.rows).sum::<u64>(),
         result["rows_out"].as_u64().unwrap()
     );
+    // The report beside the manifest: the timeline has both attempts, and the checks are there.
+    let html = String::from_utf8(get(format!("runs/{run_id}/report.html")).await).unwrap();
+    assert_eq!(
+        html.matches(r#"data-phase="work" data-attempt="#).count(),
+        2
+    );
+    assert!(html.contains(r#"data-check="manifest_rows_match_report""#));
+    assert_eq!(
+        done.output["report"]["stored"]["prefix"],
+        format!("runs/{run_id}/")
+    );
 }
 
 /// How long after the notice is posted the worker may take to report it: it looks every 2 s,

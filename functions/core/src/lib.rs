@@ -6,6 +6,7 @@ pub mod cost;
 pub mod health;
 pub mod names;
 pub mod quota;
+pub mod report_html;
 pub mod rundoc;
 pub mod runspec;
 pub mod sweep;

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::capacity::Tried;
 use crate::cost::Orchestration;
-use crate::runspec::Market;
+use crate::runspec::{parse_s3_url, Market, RunSpec};
 use crate::verify::Check;
 
 /// SSM path under which a run's signals live; the worker's role may touch only its own run's.
@@ -173,6 +173,93 @@ pub struct CostReport {
     pub terminated: Vec<String>,
     pub generated_at: DateTime<Utc>,
     pub notes: Vec<String>,
+    /// verify-completion's checks (`$.verification`); absent when the run ended before them.
+    #[serde(default)]
+    pub verification: Option<Verification>,
+    /// Where `report.html` and `report.json` were stored; absent when they were not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<StoredReport>,
+}
+
+/// The report's copies in S3: `report.html` and `report.json` in one folder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredReport {
+    pub bucket: String,
+    /// The folder, ending in `/` (or empty for the bucket's root).
+    pub prefix: String,
+}
+
+impl StoredReport {
+    pub fn html_key(&self) -> String {
+        format!("{}report.html", self.prefix)
+    }
+
+    pub fn json_key(&self) -> String {
+        format!("{}report.json", self.prefix)
+    }
+
+    pub fn html_uri(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.html_key())
+    }
+
+    /// The S3 console's page for the HTML report (sign-in, then a download or open button).
+    pub fn html_console_url(&self) -> String {
+        s3_console_url(&self.bucket, &self.html_key())
+    }
+}
+
+/// `https://s3.console.aws.amazon.com/s3/object/<bucket>?prefix=<key>`, the key percent-encoded
+/// except for `/` so that it stays readable.
+pub fn s3_console_url(bucket: &str, key: &str) -> String {
+    let mut prefix = String::new();
+    for b in key.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                prefix.push(b as char)
+            }
+            _ => prefix.push_str(&format!("%{b:02X}")),
+        }
+    }
+    format!("https://s3.console.aws.amazon.com/s3/object/{bucket}?prefix={prefix}")
+}
+
+/// Where a run's report is stored: beside the manifest, i.e. in the folder of the worker's
+/// manifest (`$.result.manifest`), or of `expect.export_prefix` when the run ended before one
+/// was written (the worker writes `<export target>/manifest.json`); a run that exports nothing
+/// goes under `runs/<run_id>/` of the function's artifact bucket; None when neither exists.
+pub fn report_location(
+    spec: &RunSpec,
+    manifest: Option<&str>,
+    artifact_bucket: Option<&str>,
+) -> Option<StoredReport> {
+    let folder = |url: &str, is_file: bool| {
+        let (bucket, key) = parse_s3_url(url)?;
+        let prefix = if is_file {
+            key.rfind('/').map_or("", |i| &key[..=i]).to_string()
+        } else if key.is_empty() || key.ends_with('/') {
+            key.to_string()
+        } else {
+            format!("{key}/")
+        };
+        Some(StoredReport {
+            bucket: bucket.to_string(),
+            prefix,
+        })
+    };
+    manifest
+        .and_then(|m| folder(m, true))
+        .or_else(|| {
+            spec.expect
+                .export_prefix
+                .as_deref()
+                .and_then(|p| folder(p, false))
+        })
+        .or_else(|| {
+            artifact_bucket.map(|b| StoredReport {
+                bucket: b.to_string(),
+                prefix: format!("runs/{}/", spec.run_id),
+            })
+        })
 }
 
 /// The email: a subject under 100 characters (run, outcome, cost) and a readable body that ends
@@ -199,6 +286,13 @@ pub fn render_email(r: &CostReport) -> (String, String) {
                 .as_deref()
                 .map(|c| format!(" - {c}"))
                 .unwrap_or_default()
+        ));
+    }
+    if let Some(s) = &r.stored {
+        b.push_str(&format!(
+            "Report with its timeline (HTML): {}\n  in the S3 console: {}\n",
+            s.html_uri(),
+            s.html_console_url()
         ));
     }
     b.push_str(&format!(
@@ -307,6 +401,8 @@ mod tests {
             terminated: vec![],
             generated_at: Utc::now(),
             notes: vec![],
+            verification: None,
+            stored: None,
         };
         let (s, body) = render_email(&r);
         assert!(s.chars().count() < 100, "{}", s.len());
@@ -317,5 +413,80 @@ mod tests {
         let json_part = body.split("--- report (JSON) ---\n").nth(1).unwrap();
         let back: CostReport = serde_json::from_str(json_part).unwrap();
         assert_eq!(back.outcome, "SUCCEEDED");
+        assert!(
+            !body.contains("S3 console"),
+            "no link when nothing was stored"
+        );
+
+        r.stored = Some(StoredReport {
+            bucket: "out".into(),
+            prefix: "runs/fx-2023/".into(),
+        });
+        let (_, body) = render_email(&r);
+        assert!(
+            body.contains("(HTML): s3://out/runs/fx-2023/report.html\n  in the S3 console: https://s3.console.aws.amazon.com/s3/object/out?prefix=runs/fx-2023/report.html\n"),
+            "{body}"
+        );
+        // Reports stored before these fields existed still read.
+        let mut old = serde_json::to_value(&r).unwrap();
+        old.as_object_mut().unwrap().remove("verification");
+        old.as_object_mut().unwrap().remove("stored");
+        let old: CostReport = serde_json::from_value(old).unwrap();
+        assert_eq!((old.verification, old.stored), (None, None));
+    }
+
+    #[test]
+    fn console_url_encodes_all_but_slashes() {
+        assert_eq!(
+            s3_console_url("b", "runs/a b+c/report.html"),
+            "https://s3.console.aws.amazon.com/s3/object/b?prefix=runs/a%20b%2Bc/report.html"
+        );
+    }
+
+    #[test]
+    fn the_report_goes_beside_the_manifest_else_the_export_prefix_else_the_artifact_bucket() {
+        let mut v = serde_json::json!({
+            "run_id": "fx-2023",
+            "worker": {"instance_types": ["c7g.large"], "subnets": ["subnet-0a1b2c3d"],
+                       "image": "ami-0a1b2c3d", "artifact": "s3://art/w"},
+            "limits": {"max_runtime_seconds": 3600, "budget_usd": 1},
+            "expect": {"export_prefix": "s3://out/runs/fx-2023/"}
+        });
+        let spec = RunSpec::parse(&v).unwrap();
+        let at = |b: &str, p: &str| {
+            Some(StoredReport {
+                bucket: b.into(),
+                prefix: p.into(),
+            })
+        };
+        // The manifest's folder, even when it differs from the export prefix.
+        assert_eq!(
+            report_location(&spec, Some("s3://out/x/y/manifest.json"), Some("art")),
+            at("out", "x/y/")
+        );
+        assert_eq!(
+            report_location(&spec, Some("s3://out/manifest.json"), None),
+            at("out", "")
+        );
+        // No manifest (the run failed before its export): where it would have been.
+        assert_eq!(
+            report_location(&spec, None, Some("art")),
+            at("out", "runs/fx-2023/")
+        );
+        // A manifest that is no s3:// URL does not decide.
+        assert_eq!(
+            report_location(&spec, Some("/tmp/out/manifest.json"), None),
+            at("out", "runs/fx-2023/")
+        );
+        v["expect"]["export_prefix"] = "s3://out/no-slash".into();
+        let spec = RunSpec::parse(&v).unwrap();
+        assert_eq!(report_location(&spec, None, None), at("out", "no-slash/"));
+        v["expect"] = serde_json::json!({});
+        let spec = RunSpec::parse(&v).unwrap();
+        assert_eq!(
+            report_location(&spec, None, Some("art")),
+            at("art", "runs/fx-2023/")
+        );
+        assert_eq!(report_location(&spec, None, None), None);
     }
 }

@@ -29,7 +29,8 @@ pub struct Settings {
     pub lambda_memory_mb: u32,
     /// EPHEMERA_ALLOWED_TOPICS: the topics a RunSpec may name (comma-separated).
     pub allowed_topics: Vec<String>,
-    /// EPHEMERA_ARTIFACT_BUCKET: the bucket the worker's role may fetch its binary from.
+    /// EPHEMERA_ARTIFACT_BUCKET: the bucket the worker's role may fetch its binary from, and
+    /// where terminate-with-cost-report stores the report of a run that exports nothing.
     pub artifact_bucket: Option<String>,
 }
 
@@ -108,12 +109,14 @@ pub async fn invoke(
                 region: aws.region.clone(),
                 default_topic: settings.default_topic.clone(),
                 lambda_memory_mb: settings.lambda_memory_mb,
+                artifact_bucket: settings.artifact_bucket.clone(),
             };
             out(terminate_report::handle(
                 &aws.ec2,
                 &aws.pricing,
                 &aws.sns,
                 &aws.sfn,
+                &aws.s3,
                 &config,
                 parse_input(function, payload)?,
                 now,

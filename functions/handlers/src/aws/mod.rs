@@ -16,7 +16,7 @@ use chrono::{DateTime, TimeZone, Utc};
 pub use ec2::{Compute, InstanceView, LaunchRequest, RunError};
 pub use executions::{Executions, TaskTokens};
 pub use history::{ExecutionStats, History};
-pub use objects::Objects;
+pub use objects::{ObjectWriter, Objects};
 pub use params::Params;
 pub use pricing::PriceList;
 pub use quotas::QuotaService;

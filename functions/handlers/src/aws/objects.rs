@@ -1,4 +1,4 @@
-//! S3: the export manifest and the sizes of the objects it lists.
+//! S3: the export manifest and the sizes of the objects it lists; the run report's copies.
 
 use std::future::Future;
 
@@ -71,5 +71,36 @@ impl Objects for aws_sdk_s3::Client {
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
             Err(e) => Err(Error::aws("s3", "HeadObject", e)),
         }
+    }
+}
+
+/// Writes one object: the cost report's HTML and JSON beside the run's output.
+pub trait ObjectWriter: Send + Sync {
+    fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+impl ObjectWriter for aws_sdk_s3::Client {
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> Result<(), Error> {
+        self.put_object()
+            .bucket(bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(body.into())
+            .send()
+            .await
+            .map_err(|e| Error::aws("s3", "PutObject", e))?;
+        Ok(())
     }
 }

@@ -1,5 +1,6 @@
 //! terminate-with-cost-report: terminate every instance of this execution (only if tagged for
-//! this run), measure what the run really cost, email the report and return it.
+//! this run), measure what the run really cost, store it as HTML and JSON beside the run's
+//! output, email the report and return it.
 
 use std::collections::BTreeMap;
 
@@ -8,15 +9,15 @@ use ephemera_core::catalog;
 use ephemera_core::cost::{self, Orchestration};
 use ephemera_core::quota::{QuotaState, QuotaVerdict};
 use ephemera_core::rundoc::{
-    failure_for, render_email, Attempt, AttemptCost, CaughtError, CostReport, HealthState, Phases,
-    WorkerState,
+    failure_for, render_email, report_location, Attempt, AttemptCost, CaughtError, CostReport,
+    HealthState, Phases, StoredReport, Verification, WorkerState,
 };
-use ephemera_core::Market;
+use ephemera_core::{report_html, Market};
 use serde::Deserialize;
 
 use super::launch_worker::{TAG_ATTEMPT, TAG_EXECUTION, TAG_MANAGED, TAG_RUN};
 use super::parse_spec;
-use crate::aws::{Compute, History, InstanceView, Notifier, PriceList};
+use crate::aws::{Compute, History, InstanceView, Notifier, ObjectWriter, PriceList};
 use crate::error::Error;
 
 #[derive(Debug, Deserialize)]
@@ -35,6 +36,12 @@ pub struct Input {
     /// The error that sent the run to cleanup; absent on success.
     #[serde(default)]
     pub error: Option<CaughtError>,
+    /// The worker's SendTaskSuccess output (`$.result`): its `manifest` places the report.
+    #[serde(default)]
+    pub result: Option<serde_json::Value>,
+    /// verify-completion's checks (`$.verification`), shown in the report.
+    #[serde(default)]
+    pub verification: Option<Verification>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -42,6 +49,8 @@ pub struct Config {
     pub region: String,
     pub default_topic: Option<String>,
     pub lambda_memory_mb: u32,
+    /// EPHEMERA_ARTIFACT_BUCKET: where the report goes when the run exports nothing.
+    pub artifact_bucket: Option<String>,
 }
 
 /// "User initiated (2026-11-22 14:02:11 GMT)" → that instant.
@@ -52,11 +61,15 @@ pub fn parse_transition_time(reason: &str) -> Option<DateTime<Utc>> {
         .map(|n| n.and_utc())
 }
 
-pub async fn handle<E, P, N, H>(
+// One small adapter per service called (EC2, Pricing, SNS, Step Functions, S3), as in the other
+// handlers, so each can be replaced on its own in tests.
+#[allow(clippy::too_many_arguments)]
+pub async fn handle<E, P, N, H, O>(
     ec2: &E,
     prices: &P,
     sns: &N,
     history: &H,
+    objects: &O,
     config: &Config,
     input: Input,
     now: DateTime<Utc>,
@@ -66,6 +79,7 @@ where
     P: PriceList,
     N: Notifier,
     H: History,
+    O: ObjectWriter,
 {
     let spec = parse_spec(&input.run)?;
     let known: Vec<Attempt> = input
@@ -283,7 +297,18 @@ where
             ));
             notes
         },
+        verification: input.verification.clone(),
+        stored: None,
     };
+
+    let manifest = input
+        .result
+        .as_ref()
+        .and_then(|r| r.get("manifest"))
+        .and_then(|m| m.as_str());
+    if let Some(place) = report_location(&spec, manifest, config.artifact_bucket.as_deref()) {
+        store(objects, &mut report, place).await;
+    }
 
     let topic = spec
         .notify
@@ -326,6 +351,44 @@ where
     }
     tracing::info!(actual_usd = report.actual_usd, outcome = %report.outcome, "cost report");
     Ok(report)
+}
+
+/// Puts `report.html` and `report.json` at `place`, so the email can link them. Never fails the
+/// report, as with the email: a refused upload becomes a note, and without the HTML the email
+/// has no link. Throttling and 5xx are retried by the SDK.
+async fn store<O: ObjectWriter>(objects: &O, report: &mut CostReport, place: StoredReport) {
+    report.stored = Some(place.clone());
+    let html = report_html::render(report);
+    let json = serde_json::to_vec_pretty(report).unwrap_or_default();
+    let mut failed = vec![];
+    for (key, body, content_type) in [
+        (
+            place.html_key(),
+            html.into_bytes(),
+            "text/html; charset=utf-8",
+        ),
+        (place.json_key(), json, "application/json"),
+    ] {
+        if let Err(e) = objects.put(&place.bucket, &key, body, content_type).await {
+            tracing::error!(error = %e, bucket = %place.bucket, %key, "the report could not be stored");
+            failed.push(format!(
+                "s3://{}/{key} ({})",
+                place.bucket,
+                short(&e.to_string())
+            ));
+            if key == place.html_key() {
+                report.stored = None;
+            }
+        }
+    }
+    if failed.is_empty() {
+        tracing::info!(report = %place.html_uri(), "report stored");
+    } else {
+        report.notes.push(format!(
+            "the report could not be stored: {}",
+            failed.join("; ")
+        ));
+    }
 }
 
 /// Permission and validation errors, which a retry does not change.
