@@ -450,7 +450,12 @@ async fn fresh_account_ec2(
                 return None;
             }
             let mut resp = proxy_raw(door, parts, bytes.clone()).await?;
-            resp.2 = door.with_spot_reasons(region, resp.2);
+            // EC2 dates a transition in GMT ("User initiated (2019-12-23 00:07:23 GMT)",
+            // https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DescribeInstances.html
+            // examples); moto writes UTC, which the cost report would not read as a time.
+            resp.2 = door
+                .with_spot_reasons(region, resp.2)
+                .replace(" UTC)</reason>", " GMT)</reason>");
             Some(rebuild(resp))
         }
         // A type the region does not offer fails the whole call

@@ -371,8 +371,16 @@ async fn reclaim_first_instance(
 /// The report, the email, and the export, where a user finds them.
 async fn present(f: &Finished, inbox: &fixtures::Inbox, out: &Path) -> Result<()> {
     let report = &f.output["report"];
-    let report_path = out.join("report.json");
-    std::fs::write(&report_path, serde_json::to_string_pretty(report)?)?;
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_string_pretty(report)?,
+    )?;
+    let typed: ephemera_core::rundoc::CostReport =
+        serde_json::from_value(report.clone()).context("the execution's report")?;
+    std::fs::write(
+        out.join("report.html"),
+        ephemera_core::report_html::render(&typed),
+    )?;
 
     let mut emails = inbox.read().await;
     if emails.is_empty() {
@@ -405,6 +413,7 @@ async fn present(f: &Finished, inbox: &fixtures::Inbox, out: &Path) -> Result<()
         report["actual_usd"].as_f64().unwrap_or(0.0),
         report["estimate_usd"].as_f64().unwrap_or(0.0)
     );
+    println!("  report.html           the same as a page: timeline, cost split, attempts, checks");
     println!("  email.txt             the email, with the JSON report");
     println!("  runspec.json          the RunSpec the run started with");
     for entry in std::fs::read_dir(out)?.flatten() {
@@ -416,7 +425,7 @@ async fn present(f: &Finished, inbox: &fixtures::Inbox, out: &Path) -> Result<()
     if downloaded > 0 {
         println!(
             "  export/               {downloaded} files beside {}: Parquet per stage and month, \
-             and the manifest",
+             the manifest, and the report as terminate-with-cost-report stored it",
             f.output["result"]["manifest"]
                 .as_str()
                 .unwrap_or("the manifest")
