@@ -95,6 +95,23 @@ pub async fn start(region: &str, machine: &str, name: &str, input: &Value) -> St
         .to_string()
 }
 
+/// Every event of an execution so far, in order (the SDK's paginator over GetExecutionHistory).
+pub async fn history(
+    sfn: &aws_sdk_sfn::Client,
+    execution: &str,
+) -> Result<Vec<aws_sdk_sfn::types::HistoryEvent>, aws_sdk_sfn::Error> {
+    let mut events = vec![];
+    let mut pages = sfn
+        .get_execution_history()
+        .execution_arn(execution)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        events.extend(page?.events().iter().cloned());
+    }
+    Ok(events)
+}
+
 pub async fn wait(region: &str, execution: &str, timeout: Duration) -> Finished {
     let sfn = aws_sdk_sfn::Client::new(&sdk_config(region));
     // On timeout the execution is returned as it is (RUNNING), so the test shows where it hung.
@@ -111,26 +128,13 @@ pub async fn wait(region: &str, execution: &str, timeout: Duration) -> Finished 
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    let mut path = vec![];
-    let mut token = None;
-    loop {
-        let h = sfn
-            .get_execution_history()
-            .execution_arn(execution)
-            .set_next_token(token)
-            .send()
-            .await
-            .expect("GetExecutionHistory");
-        for e in h.events() {
-            if let Some(d) = e.state_entered_event_details() {
-                path.push(d.name().to_string());
-            }
-        }
-        token = h.next_token().map(str::to_string);
-        if token.is_none() {
-            break;
-        }
-    }
+    let path = history(&sfn, execution)
+        .await
+        .expect("GetExecutionHistory")
+        .iter()
+        .filter_map(|e| e.state_entered_event_details())
+        .map(|d| d.name().to_string())
+        .collect();
     Finished {
         status: d.status().as_str().to_string(),
         output: d

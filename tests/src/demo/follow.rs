@@ -98,22 +98,9 @@ pub async fn follow(
     let mut path = vec![];
     let mut started = None;
     loop {
-        let mut events = vec![];
-        let mut token = None;
-        loop {
-            let page = sfn
-                .get_execution_history()
-                .execution_arn(execution)
-                .set_next_token(token)
-                .send()
-                .await
-                .context("GetExecutionHistory")?;
-            events.extend(page.events().iter().cloned());
-            token = page.next_token().map(str::to_string);
-            if token.is_none() {
-                break;
-            }
-        }
+        let events = crate::e2e::history(sfn, execution)
+            .await
+            .context("GetExecutionHistory")?;
         for e in events.iter().skip(shown) {
             let t0 = *started.get_or_insert(e.timestamp().as_secs_f64());
             if let Some(d) = e.state_entered_event_details() {
