@@ -9,6 +9,7 @@ pub mod quota;
 pub mod rundoc;
 pub mod runspec;
 pub mod sweep;
+pub mod tags;
 pub mod userdata;
 pub mod verify;
 
