@@ -143,7 +143,7 @@ pub async fn list(
         }
     }
     // Newest first, whatever order the pages came in.
-    out.sort_by(|a, b| b.started.cmp(&a.started));
+    out.sort_by_key(|l| std::cmp::Reverse(l.started));
     out.truncate(limit);
     Ok(out)
 }

@@ -680,7 +680,9 @@ mod tests {
                 format!("{}:log-stream:fx/1/i-0abc", group(name)),
             )
         };
-        for c in [create("/ephemera/workers"), put("/ephemera/workers")] {
+        // The group the worker and the CLI name is the one the template grants.
+        let workers = ephemera_core::rundoc::WORKER_LOG_GROUP;
+        for c in [create(workers), put(workers)] {
             assert_eq!(
                 p.authorize(&Principal::Worker, "eu-west-1", &c),
                 Ok(()),
@@ -689,11 +691,8 @@ mod tests {
         }
         for c in [
             create("/aws/lambda/ephemera-sweeper"),
-            put("/ephemera/workers-other"),
-            Check::new(
-                "logs:DeleteLogGroup",
-                format!("{}:*", group("/ephemera/workers")),
-            ),
+            put(&format!("{workers}-other")),
+            Check::new("logs:DeleteLogGroup", format!("{}:*", group(workers))),
         ] {
             assert!(
                 p.authorize(&Principal::Worker, "eu-west-1", &c).is_err(),
@@ -702,9 +701,7 @@ mod tests {
         }
         // No function writes there.
         let sweeper = Principal::Function("sweeper".into());
-        assert!(p
-            .authorize(&sweeper, "eu-west-1", &put("/ephemera/workers"))
-            .is_err());
+        assert!(p.authorize(&sweeper, "eu-west-1", &put(workers)).is_err());
     }
 
     #[test]
