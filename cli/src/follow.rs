@@ -143,16 +143,14 @@ pub async fn follow(
             quiet_since = Instant::now();
         }
         printed = steps.len();
+        if live && (!d.is_running() || Instant::now() >= until) {
+            // Both ways below end the following: the live line gives way.
+            print!("\r\x1b[2K");
+        }
         if !d.is_running() {
-            if live {
-                println!();
-            }
             return Ok(finish(&d, &events));
         }
         if Instant::now() >= until {
-            if live {
-                println!();
-            }
             println!(
                 "still {} after {} s of waiting; it goes on without this terminal: ephemera status {}",
                 d.status,

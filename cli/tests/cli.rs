@@ -162,10 +162,7 @@ async fn run_follows_to_the_report_and_the_run_reads_back_with_every_verb() {
     }
     assert!(stdout.contains("attempt #1 i-"), "{stdout}");
     assert!(stdout.contains("so far"), "{stdout}");
-    assert!(
-        stdout.contains("cost so far (≈) is an estimate"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("≈ cost so far: an estimate"), "{stdout}");
     assert!(stdout.contains("SUCCEEDED after "), "{stdout}");
     assert!(stdout.contains("Run cli-run SUCCEEDED."), "{stdout}");
     assert!(stdout.contains("Cost: $"), "{stdout}");
