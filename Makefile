@@ -102,9 +102,9 @@ lambdas: $(VENV)/bin/cargo-lambda
 bench: postgres $(VENV)/.talib-$(TALIB_VERSION)
 	cargo run --locked --profile perf -p ephemera-worker --bin ephemera-worker-bench
 
-# Start a run from a RunSpec file and wait for its report (STATE_MACHINE = the stack output).
+# Start a run from a RunSpec file and follow it to its report (STATE_MACHINE = the stack output).
 run:
-	cargo run -q --locked -p ephemera-cli -- run $(RUNSPEC) --wait \
+	cargo run -q --locked -p ephemera-cli -- run $(RUNSPEC) \
 	  $(if $(STATE_MACHINE),--state-machine $(STATE_MACHINE),)
 
 # Build the arm64 bootstraps and deploy; the first time asks for the parameters.

@@ -1,65 +1,155 @@
-//! `ephemera`: validate a RunSpec, start a run, and follow it to its report.
+//! `ephemera`: validate a RunSpec, start a run and follow it, and read what runs did: status,
+//! recent runs, cost reports, the worker's logs; sweep what outlived its run.
 
-use std::path::PathBuf;
+mod aws;
+mod errors;
+mod follow;
+mod history;
+mod logs;
+mod report;
+mod resolve;
+mod runs;
+mod sweep;
+
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use aws_sdk_sfn::types::ExecutionStatus;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use ephemera_core::RunSpec;
+
+use crate::errors::{CliError, Op};
 
 #[derive(Parser)]
 #[command(
     name = "ephemera",
     version,
-    about = "Run one heavy batch job on a disposable EC2 worker"
+    about = "Run one heavy batch job on a disposable EC2 worker",
+    after_help = "RUN is a run id, an execution name or an execution ARN (the newest match).\n\
+                  Exit codes: 0 done, 1 the run failed, 2 usage, invalid RunSpec or AWS error, \
+                  3 still running (after --wait-timeout, or no report yet)."
 )]
 struct Cli {
+    #[command(flatten)]
+    global: Global,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// The state machine: the stack's output StateMachineArn.
+    #[arg(long, global = true, env = "EPHEMERA_STATE_MACHINE_ARN")]
+    pub state_machine: Option<String>,
+    /// The AWS region; by default the state machine's, else AWS_REGION or the profile's.
+    #[arg(long, global = true)]
+    pub region: Option<String>,
+    /// Send every AWS call here (a local emulator); AWS_ENDPOINT_URL does the same.
+    #[arg(long, global = true)]
+    pub endpoint_url: Option<String>,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Check a RunSpec file and list every problem in it.
     Validate { runspec: PathBuf },
-    /// Start an execution of the deployed state machine with a RunSpec.
+    /// Validate a RunSpec, start a run, and follow it to its report.
     Run {
         runspec: PathBuf,
-        /// The state machine (the stack's StateMachineArn output).
-        #[arg(long, env = "EPHEMERA_STATE_MACHINE_ARN")]
-        state_machine: String,
-        /// Execution name; defaults to the run id and the time.
+        /// Execution name; by default the run id and the time.
         #[arg(long)]
         name: Option<String>,
-        /// Wait for the end and print the cost report.
+        /// Start it and return at once (follow it later with `ephemera status`).
         #[arg(long)]
+        detach: bool,
+        /// Following is the default; kept so that older scripts work.
+        #[arg(long, hide = true, conflicts_with = "detach")]
         wait: bool,
-        /// Give up waiting after this many seconds (the run goes on).
+        /// Stop following after this many seconds (exit 3); the run goes on.
         #[arg(long, default_value_t = 7 * 86_400)]
         wait_timeout: u64,
     },
+    /// Where a run is, for how long, and what it has cost (the latest run without RUN).
+    Status { run: Option<String> },
+    /// Recent runs: run id, execution, outcome, start, duration, cost.
+    Runs {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// A run's cost report, as the email tells it.
+    Report {
+        run: String,
+        /// The report's JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The log lines the run's workers shipped, attempt by attempt.
+    Logs {
+        run: String,
+        /// The lines as shipped (JSON), not made readable.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Instances ephemera launched that outlived their run; a dry run unless --yes.
+    Sweep {
+        /// Terminate them.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
-fn load(path: &PathBuf) -> Result<(serde_json::Value, RunSpec), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
-    let spec = RunSpec::parse(&value).map_err(|e| {
-        let lines: Vec<String> = e
+/// How a command ended, when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    RunFailed,
+    StillRunning,
+}
+
+impl From<Outcome> for ExitCode {
+    fn from(o: Outcome) -> ExitCode {
+        ExitCode::from(match o {
+            Outcome::Done => 0,
+            Outcome::RunFailed => 1,
+            Outcome::StillRunning => 3,
+        })
+    }
+}
+
+fn load(path: &Path) -> Result<(serde_json::Value, RunSpec), CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| CliError::Usage(format!("{}: not JSON: {e}", path.display())))?;
+    let spec = RunSpec::parse(&value).map_err(|e| CliError::InvalidRunSpec {
+        path: path.display().to_string(),
+        n: e.errors.len(),
+        list: e
             .errors
             .iter()
             .map(|f| format!("  {}: {}", f.field, f.message))
-            .collect();
-        format!("{}: invalid RunSpec:\n{}", path.display(), lines.join("\n"))
+            .collect::<Vec<_>>()
+            .join("\n"),
     })?;
     Ok((value, spec))
 }
 
+/// The ARN whose region the calls go to: RUN's when it is an execution ARN, else the machine's.
+fn arn_hint<'a>(run: Option<&'a str>, machine: Option<&'a str>) -> Option<&'a str> {
+    run.filter(|r| resolve::is_execution_arn(r)).or(machine)
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    // The SDK's own logs only when asked for (RUST_LOG): never a dump in a person's terminal.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
+    }
     match run(Cli::parse()).await {
-        Ok(code) => code,
+        Ok(outcome) => outcome.into(),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(2)
@@ -67,7 +157,9 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<ExitCode, String> {
+async fn run(cli: Cli) -> Result<Outcome, CliError> {
+    let g = &cli.global;
+    let machine = g.state_machine.as_deref();
     match cli.command {
         Command::Validate { runspec } => {
             let (_, spec) = load(&runspec)?;
@@ -79,89 +171,74 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 spec.worker.market,
                 spec.limits.budget_usd
             );
-            Ok(ExitCode::SUCCESS)
+            Ok(Outcome::Done)
         }
         Command::Run {
             runspec,
-            state_machine,
             name,
-            wait,
+            detach,
+            wait: _,
             wait_timeout,
         } => {
             let (value, spec) = load(&runspec)?;
-            let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+            let machine = resolve::need_machine(machine, "run")?;
+            let conf = aws::config(g, Some(machine)).await?;
             let sfn = aws_sdk_sfn::Client::new(&conf);
-            let name = name.unwrap_or_else(|| {
-                let id: String = spec.run_id.chars().take(60).collect();
-                format!("{id}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S"))
-            });
+            let name =
+                name.unwrap_or_else(|| resolve::execution_name(&spec.run_id, chrono::Utc::now()));
             let started = sfn
                 .start_execution()
-                .state_machine_arn(&state_machine)
+                .state_machine_arn(machine)
                 .name(&name)
                 .input(value.to_string())
                 .send()
                 .await
-                .map_err(|e| {
-                    format!(
-                        "StartExecution: {}",
-                        aws_sdk_sfn::error::DisplayErrorContext(&e)
-                    )
-                })?;
-            let arn = started.execution_arn().to_string();
+                .map_err(|e| Op::new("states:StartExecution", machine).fail(e))?;
+            let arn = started.execution_arn();
+            let region = aws::region(&conf);
             println!("started {arn}");
-            if let Some(region) = conf.region() {
-                println!(
-                    "console: https://{region}.console.aws.amazon.com/states/home?region={region}#/v2/executions/details/{arn}"
-                );
+            println!(
+                "  console: https://{region}.console.aws.amazon.com/states/home?region={region}#/v2/executions/details/{arn}"
+            );
+            println!("  follow it: ephemera status {name}");
+            if detach {
+                return Ok(Outcome::Done);
             }
-            if !wait {
-                return Ok(ExitCode::SUCCESS);
-            }
-            let until = std::time::Instant::now() + Duration::from_secs(wait_timeout);
-            loop {
-                let d = sfn
-                    .describe_execution()
-                    .execution_arn(&arn)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        format!(
-                            "DescribeExecution: {}",
-                            aws_sdk_sfn::error::DisplayErrorContext(&e)
-                        )
-                    })?;
-                match d.status() {
-                    ExecutionStatus::Running if std::time::Instant::now() < until => {
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                    }
-                    ExecutionStatus::Running => {
-                        println!("still running after {wait_timeout} s; it goes on without this terminal");
-                        return Ok(ExitCode::from(3));
-                    }
-                    ExecutionStatus::Succeeded => {
-                        let out: serde_json::Value = d
-                            .output()
-                            .and_then(|o| serde_json::from_str(o).ok())
-                            .unwrap_or_default();
-                        println!("SUCCEEDED");
-                        println!(
-                            "{}",
-                            serde_json::to_string_pretty(&out["report"]).unwrap_or_default()
-                        );
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                    other => {
-                        println!(
-                            "{}: {} - {}",
-                            other.as_str(),
-                            d.error().unwrap_or("no error name"),
-                            d.cause().unwrap_or("no cause")
-                        );
-                        return Ok(ExitCode::FAILURE);
-                    }
-                }
-            }
+            follow::follow(&sfn, arn, Duration::from_secs(wait_timeout)).await
+        }
+        Command::Status { run } => {
+            let conf = aws::config(g, arn_hint(run.as_deref(), machine)).await?;
+            let sfn = aws_sdk_sfn::Client::new(&conf);
+            let e = resolve::resolve(&sfn, machine, run.as_deref()).await?;
+            runs::status(&sfn, &e).await
+        }
+        Command::Runs { limit } => {
+            let machine = resolve::need_machine(machine, "runs")?;
+            let conf = aws::config(g, Some(machine)).await?;
+            let sfn = aws_sdk_sfn::Client::new(&conf);
+            runs::runs(&sfn, machine, limit).await
+        }
+        Command::Report { run, json } => {
+            let conf = aws::config(g, arn_hint(Some(&run), machine)).await?;
+            let sfn = aws_sdk_sfn::Client::new(&conf);
+            let e = resolve::resolve(&sfn, machine, Some(&run)).await?;
+            report::command(&sfn, &e, json).await
+        }
+        Command::Logs { run, raw } => {
+            let conf = aws::config(g, arn_hint(Some(&run), machine)).await?;
+            let sfn = aws_sdk_sfn::Client::new(&conf);
+            let e = resolve::resolve(&sfn, machine, Some(&run)).await?;
+            logs::command(&aws_sdk_cloudwatchlogs::Client::new(&conf), &sfn, &e, raw).await
+        }
+        Command::Sweep { yes } => {
+            let conf = aws::config(g, machine).await?;
+            sweep::command(
+                &aws_sdk_ec2::Client::new(&conf),
+                &aws_sdk_sfn::Client::new(&conf),
+                &aws::region(&conf),
+                yes,
+            )
+            .await
         }
     }
 }

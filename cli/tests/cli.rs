@@ -1,90 +1,615 @@
-//! The terminal path: validate a RunSpec, start a run against the emulator, wait for its report.
+//! The `ephemera` binary against the emulator (moto behind the harness's front door, the
+//! deployed ASL, the real handlers, a worker stand-in): every verb, the exit codes, and the
+//! errors a person must be able to act on.
 
-use std::process::Command;
+use std::process::Output;
 use std::time::Duration;
 
+use aws_sdk_ec2::types::{InstanceType, ResourceType, Tag, TagSpecification};
+use ephemera_core::rundoc::{worker_log_stream, WORKER_LOG_GROUP};
+use ephemera_tests::iam::Principal;
 use ephemera_tests::worker_standin::{self, Behaviour};
-use ephemera_tests::{clients, e2e, fixtures, fresh_region, harness};
-use serde_json::json;
+use ephemera_tests::{clients, e2e, eventually, fixtures, fresh_region, harness};
+use serde_json::{json, Value};
 
-fn ephemera() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ephemera"))
+/// The binary as a person runs it, in `region` of the emulator, as its administrator.
+fn ephemera(region: &str) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_ephemera"));
+    c.env("AWS_ENDPOINT_URL", &harness().endpoint)
+        .env("AWS_REGION", region)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env_remove("AWS_PROFILE")
+        .env_remove("EPHEMERA_STATE_MACHINE_ARN")
+        .env_remove("RUST_LOG")
+        .kill_on_drop(true);
+    c
 }
 
-#[test]
-fn validate_accepts_the_sample_and_names_bad_fields() {
-    let sample = format!("{}/../events/runspec.json", env!("CARGO_MANIFEST_DIR"));
-    let out = ephemera().args(["validate", &sample]).output().unwrap();
+async fn output(c: &mut tokio::process::Command) -> Output {
+    c.output().await.expect("the ephemera binary runs")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// No SDK internals in what a person reads.
+fn assert_no_dump(stderr: &str) {
+    for inner in [
+        "DispatchFailure",
+        "ConnectorError",
+        "ServiceError",
+        "ErrorMetadata",
+        "Some(",
+        "{ source",
+    ] {
+        assert!(
+            !stderr.contains(inner),
+            "a debug dump reached the user: {stderr}"
+        );
+    }
+}
+
+fn sample_path() -> String {
+    format!("{}/../events/runspec.json", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn write_spec(name: &str, spec: &Value) -> std::path::PathBuf {
+    let path =
+        std::env::temp_dir().join(format!("ephemera-cli-{name}-{}.json", std::process::id()));
+    std::fs::write(&path, spec.to_string()).unwrap();
+    path
+}
+
+fn report_of(run_id: &str) -> Value {
+    json!({"run_id": run_id, "partitions_done": 1, "partitions_failed": 0,
+           "rows_in": 10, "rows_out": 10})
+}
+
+#[tokio::test]
+async fn validate_accepts_the_sample_and_names_every_bad_field() {
+    let out = output(ephemera("us-east-1").args(["validate", &sample_path()])).await;
     assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout)
+    assert!(text(&out)
+        .0
         .contains("valid RunSpec for run 'fx-features-2023-04'"));
 
-    let mut bad: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&sample).unwrap()).unwrap();
+    let mut bad: Value =
+        serde_json::from_str(&std::fs::read_to_string(sample_path()).unwrap()).unwrap();
     bad["limits"]["budget_usd"] = json!(-3);
-    bad["worker"]["market"] = json!("spot");
     bad["worker"]["subnets"] = json!([]);
-    let path = std::env::temp_dir().join("ephemera-bad-runspec.json");
-    std::fs::write(&path, bad.to_string()).unwrap();
-    let out = ephemera().arg("validate").arg(&path).output().unwrap();
+    bad["worker"].as_object_mut().unwrap().remove("image");
+    bad["limits"]
+        .as_object_mut()
+        .unwrap()
+        .remove("max_runtime_seconds");
+    let path = write_spec("bad", &bad);
+    let out = output(ephemera("us-east-1").arg("validate").arg(&path)).await;
     assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = text(&out).1;
+    for line in [
+        "invalid RunSpec, 4 problem(s):",
+        "  worker.image: missing: this field is required",
+        "  limits.max_runtime_seconds: missing: this field is required",
+        "  worker.subnets: must list at least one subnet",
+        "  limits.budget_usd: -3 must be a positive amount",
+    ] {
+        assert!(err.contains(line), "{line}\n{err}");
+    }
+}
+
+#[tokio::test]
+async fn run_follows_to_the_report_and_the_run_reads_back_with_every_verb() {
+    let region = fresh_region();
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    let spec = fixtures::runspec("cli-run", &net, None);
+    let path = write_spec("run", &spec);
+    let machine = e2e::create_state_machine(region).await;
+    let worker = worker_standin::spawn(
+        region,
+        "cli-run",
+        Behaviour::Succeed(report_of("cli-run")),
+        Duration::from_secs(120),
+    );
+    let out = output(
+        ephemera(region)
+            .args(["run", path.to_str().unwrap(), "--wait-timeout", "120"])
+            .args(["--state-machine", &machine]),
+    )
+    .await;
+    worker.log().await;
+    let (stdout, stderr) = text(&out);
+    // Shown with --nocapture: what a person sees.
+    eprintln!("{stdout}");
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("started arn:aws:states:"), "{stdout}");
     assert!(
-        err.contains("worker.subnets: must list at least one subnet"),
-        "{err}"
+        stdout.contains("follow it: ephemera status cli-run-"),
+        "{stdout}"
+    );
+    // Each state once entered, in order, with the time since the start.
+    let states: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let t = w.next()?;
+            t.contains(':').then_some(())?;
+            t.chars()
+                .all(|c| c.is_ascii_digit() || c == ':')
+                .then_some(())?;
+            w.next()
+        })
+        .collect();
+    let order = [
+        "CheckQuota",
+        "LaunchWorker",
+        "HealthCheck",
+        "AwaitCompletion",
+        "TerminateWithCostReport",
+        "Done",
+    ];
+    let mut at = 0;
+    for s in order {
+        at += states[at..]
+            .iter()
+            .position(|x| *x == s)
+            .unwrap_or_else(|| panic!("{s} not entered after {:?}: {stdout}", &states[..at]));
+    }
+    assert!(stdout.contains("attempt #1 i-"), "{stdout}");
+    assert!(stdout.contains("so far"), "{stdout}");
+    assert!(stdout.contains("≈ cost so far: an estimate"), "{stdout}");
+    assert!(stdout.contains("SUCCEEDED after "), "{stdout}");
+    assert!(stdout.contains("Run cli-run SUCCEEDED."), "{stdout}");
+    assert!(stdout.contains("Cost: $"), "{stdout}");
+    assert!(
+        !stdout.contains("\"actual_usd\""),
+        "the summary, not the JSON: {stdout}"
+    );
+
+    // runs: the run with its outcome and measured cost.
+    let out = output(ephemera(region).args(["runs", "--state-machine", &machine])).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("cli-run "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(row.contains("SUCCEEDED") && row.contains(" $0."), "{row}");
+    assert!(stdout.starts_with("RUN "), "{stdout}");
+
+    // report by run id (text), by execution name (JSON).
+    let out =
+        output(ephemera(region).args(["report", "cli-run", "--state-machine", &machine])).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.starts_with("Run cli-run SUCCEEDED."), "{stdout}");
+    assert!(stdout.contains("Attempts:\n  #1 i-"), "{stdout}");
+    let name = row.split_whitespace().nth(1).unwrap().to_string();
+    let out =
+        output(ephemera(region).args(["report", &name, "--json", "--state-machine", &machine]))
+            .await;
+    let report: Value = serde_json::from_slice(&out.stdout).expect("the report's JSON");
+    assert_eq!(report["run_id"], "cli-run");
+    assert_eq!(report["outcome"], "SUCCEEDED");
+    assert!(report["actual_usd"].as_f64().unwrap() > 0.0, "{report}");
+
+    // status without RUN: the latest execution.
+    let out = output(ephemera(region).args(["status", "--state-machine", &machine])).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("run        cli-run"), "{stdout}");
+    assert!(stdout.contains("status     SUCCEEDED after"), "{stdout}");
+    assert!(stdout.contains("(measured; ephemera report"), "{stdout}");
+
+    // logs: lines put in CloudWatch Logs by the worker's own shipping, as its instance role.
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&ephemera_tests::sdk_config(region));
+    logs.create_log_group()
+        .log_group_name(WORKER_LOG_GROUP)
+        .send()
+        .await
+        .unwrap();
+    let instance = fixtures::instances_of(&aws, "cli-run").await[0].0.clone();
+    let buffer = ephemera_worker::logship::Buffer::new(100);
+    buffer.push(
+        &json!({"timestamp": "2026-11-30T10:16:12.345Z", "level": "INFO",
+        "fields": {"message": "said started", "instance": instance, "attempt": 1},
+        "target": "ephemera_worker::link"})
+        .to_string(),
+    );
+    buffer.push("partition EURGBP 2023-04 done");
+    let role = ephemera_tests::principal_config(region, &Principal::Worker);
+    let shipped = ephemera_worker::logship::Shipper::start(
+        aws_sdk_cloudwatchlogs::Client::new(&role),
+        WORKER_LOG_GROUP,
+        &worker_log_stream("cli-run", 1, &instance),
+        buffer,
+    )
+    .finish(Duration::from_secs(10))
+    .await;
+    assert_eq!(shipped.shipped, 2, "{shipped:?}");
+    let out = output(ephemera(region).args(["logs", "cli-run", "--state-machine", &machine])).await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.starts_with(&format!(
+            "== attempt 1 on {instance} ({WORKER_LOG_GROUP} cli-run/1/{instance})\n"
+        )),
+        "{stdout}"
     );
     assert!(
-        err.contains("limits.budget_usd: -3 must be a positive amount"),
-        "{err}"
+        stdout.contains(&format!(
+            "2026-11-30T10:16:12Z INFO  said started attempt=1 instance={instance}\n"
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("partition EURGBP 2023-04 done"), "{stdout}");
+    let out =
+        output(ephemera(region).args(["logs", &name, "--raw", "--state-machine", &machine])).await;
+    assert!(
+        text(&out).0.contains("\"message\":\"said started\""),
+        "{out:?}"
     );
 }
 
 #[tokio::test]
-async fn run_starts_an_execution_and_prints_the_report() {
+async fn wait_timeout_exits_3_detach_returns_at_once_and_status_follows() {
     let region = fresh_region();
-    let h = harness();
     let aws = clients(region);
     let net = fixtures::network(&aws).await;
-    let spec = fixtures::runspec("cli-run", &net, None);
-    let path = std::env::temp_dir().join("ephemera-cli-run.json");
-    std::fs::write(&path, spec.to_string()).unwrap();
     let machine = e2e::create_state_machine(region).await;
-    let report = json!({"run_id": "cli-run", "partitions_done": 1, "partitions_failed": 0,
-                        "rows_in": 10, "rows_out": 10});
+    // No worker yet: the run waits for its worker to say "started".
+    let path = write_spec("slow", &fixtures::runspec("cli-slow", &net, None));
+    let out = output(
+        ephemera(region)
+            .args(["run", path.to_str().unwrap(), "--wait-timeout", "3"])
+            .args(["--state-machine", &machine]),
+    )
+    .await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("still RUNNING after 3 s of waiting"),
+        "{stdout}"
+    );
+    let name = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("  follow it: ephemera status "))
+        .unwrap()
+        .to_string();
+
+    // status by run id while it runs: where it is, its attempt, a cost so far.
+    let running = eventually("the attempt launched", Duration::from_secs(60), || {
+        let machine = machine.clone();
+        async move {
+            let out =
+                output(ephemera(region).args(["status", "cli-slow", "--state-machine", &machine]))
+                    .await;
+            let stdout = text(&out).0;
+            (out.status.code() == Some(0) && stdout.contains("attempts   #1 i-")).then_some(stdout)
+        }
+    })
+    .await;
+    assert!(running.contains("status     RUNNING: in "), "{running}");
+    assert!(
+        running.contains(&format!("execution  {name} (arn:aws:states:{region}:")),
+        "{running}"
+    );
+    assert!(running.contains("so far"), "{running}");
+
+    // --detach: started and told how to follow, nothing more.
+    let other = write_spec("detached", &fixtures::runspec("cli-detached", &net, None));
+    let t0 = std::time::Instant::now();
+    let out = output(
+        ephemera(region)
+            .args(["run", other.to_str().unwrap(), "--detach"])
+            .args(["--state-machine", &machine]),
+    )
+    .await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert!(
+        stdout.contains("follow it: ephemera status cli-detached-"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("CheckQuota"), "{stdout}");
+
+    // The worker comes: status (by execution name) sees the end.
     let worker = worker_standin::spawn(
         region,
-        "cli-run",
-        Behaviour::Succeed(report),
+        "cli-slow",
+        Behaviour::Succeed(report_of("cli-slow")),
         Duration::from_secs(90),
     );
-    let endpoint = h.endpoint.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        ephemera()
-            .args([
-                "run",
-                path.to_str().unwrap(),
-                "--wait",
-                "--wait-timeout",
-                "90",
-            ])
-            .env("EPHEMERA_STATE_MACHINE_ARN", machine)
-            .env("AWS_ENDPOINT_URL", endpoint)
-            .env("AWS_REGION", region)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .output()
-            .unwrap()
+    let done = eventually("the run's end", Duration::from_secs(90), || {
+        let (machine, name) = (machine.clone(), name.clone());
+        async move {
+            let out =
+                output(ephemera(region).args(["status", &name, "--state-machine", &machine])).await;
+            let stdout = text(&out).0;
+            stdout
+                .contains("status     SUCCEEDED")
+                .then_some((out.status.code(), stdout))
+        }
     })
-    .await
-    .unwrap();
+    .await;
     worker.log().await;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    assert_eq!(done.0, Some(0), "{}", done.1);
+}
+
+#[tokio::test]
+async fn a_failed_run_exits_1_with_its_error_and_its_report() {
+    let region = fresh_region();
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    let machine = e2e::create_state_machine(region).await;
+    let path = write_spec("fail", &fixtures::runspec("cli-fail", &net, None));
+    let worker = worker_standin::spawn(
+        region,
+        "cli-fail",
+        Behaviour::Fail("Worker.Failed".into()),
+        Duration::from_secs(120),
     );
-    assert!(stdout.contains("started arn:aws:states:"), "{stdout}");
-    assert!(stdout.contains("SUCCEEDED"), "{stdout}");
-    assert!(stdout.contains("\"actual_usd\""), "{stdout}");
+    let out = output(
+        ephemera(region)
+            .args(["run", path.to_str().unwrap(), "--wait-timeout", "120"])
+            .args(["--state-machine", &machine]),
+    )
+    .await;
+    worker.log().await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let headline = stdout
+        .lines()
+        .find(|l| l.starts_with("FAILED after "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(headline.contains(": Worker.Failed - "), "{headline}");
+    assert!(stdout.contains("Run cli-fail FAILED."), "{stdout}");
+    assert!(stdout.contains("Terminated: i-"), "{stdout}");
+
+    // The report of a failed run comes from its history (Cleanup), and status says it failed.
+    let out =
+        output(ephemera(region).args(["report", "cli-fail", "--state-machine", &machine])).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(text(&out).0.contains("Error: Worker.Failed"), "{out:?}");
+    let out =
+        output(ephemera(region).args(["status", "cli-fail", "--state-machine", &machine])).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(text(&out).0.contains("status     FAILED after"), "{out:?}");
+}
+
+#[tokio::test]
+async fn no_credentials_is_said_plainly() {
+    let home = std::env::temp_dir().join(format!("ephemera-no-home-{}", std::process::id()));
+    std::fs::create_dir_all(&home).unwrap();
+    let out = output(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_ephemera"))
+            .env_clear()
+            .env("PATH", &home)
+            .env("HOME", &home)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_REGION", "us-east-1")
+            // Nowhere: no call may leave the machine, even if credentials were found.
+            .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+            .args(["run", &sample_path()])
+            .args([
+                "--state-machine",
+                "arn:aws:states:us-east-1:123456789012:stateMachine:ephemera-worker",
+            ]),
+    )
+    .await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(
+        stderr.starts_with("error: no AWS credentials found: set AWS_PROFILE"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("aws sso login") && stderr.contains("aws configure"),
+        "{stderr}"
+    );
+    assert_no_dump(&stderr);
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+#[tokio::test]
+async fn a_missing_state_machine_is_named_with_where_its_arn_is() {
+    let region = fresh_region();
+    let gone = format!(
+        "arn:aws:states:{region}:{}:stateMachine:ephemera-worker",
+        e2e::ACCOUNT
+    );
+    let out =
+        output(ephemera(region).args(["run", &sample_path(), "--state-machine", &gone])).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(
+        stderr.starts_with(&format!("error: no such state machine: {gone}\n")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("output StateMachineArn"), "{stderr}");
+    assert_no_dump(&stderr);
+    // Without one at all, the flag and the variable are named.
+    let out = output(ephemera(region).args(["runs"])).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out)
+            .1
+            .contains("--state-machine ARN or set EPHEMERA_STATE_MACHINE_ARN"),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
+async fn access_denied_names_the_action_refused() {
+    let region = fresh_region();
+    let machine = e2e::create_state_machine(region).await;
+    // Signed as the worker's instance role, whose policy (template.yaml) cannot start runs.
+    let out = output(
+        ephemera(region)
+            .env("AWS_ACCESS_KEY_ID", Principal::Worker.access_key())
+            .args(["run", &sample_path(), "--state-machine", &machine]),
+    )
+    .await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "error: access denied: the AWS identity in use may not call states:StartExecution on {machine}\n"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("allow states:StartExecution in its IAM policy"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&Principal::Worker.arn()), "{stderr}");
+    assert_no_dump(&stderr);
+    let denied = harness().door.denials_in(region);
+    assert!(
+        denied.iter().any(|d| d.action == "states:StartExecution"),
+        "{denied:?}"
+    );
+}
+
+#[tokio::test]
+async fn sweep_lists_what_outlived_its_run_and_terminates_only_with_yes() {
+    let region = fresh_region();
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    let machine = e2e::create_state_machine(region).await;
+    // A run that is still going (no worker comes): its instance must be kept.
+    let live = e2e::start(
+        region,
+        &machine,
+        "cli-live-1",
+        &fixtures::runspec("cli-live", &net, None),
+    )
+    .await;
+    let kept = eventually("the live run's instance", Duration::from_secs(60), || {
+        let aws = aws.clone();
+        async move {
+            fixtures::instances_of(&aws, "cli-live")
+                .await
+                .first()
+                .map(|i| i.0.clone())
+        }
+    })
+    .await;
+    let later = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
+    let earlier = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
+    let gone = format!(
+        "arn:aws:states:{region}:{}:execution:ephemera-worker:cli-gone-1",
+        e2e::ACCOUNT
+    );
+    let launch = |tags: Vec<(&'static str, String)>| {
+        let aws = aws.clone();
+        let (image, subnet) = (net.image.clone(), net.subnets[0].clone());
+        async move {
+            let spec = TagSpecification::builder()
+                .resource_type(ResourceType::Instance)
+                .set_tags(Some(
+                    tags.into_iter()
+                        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                        .collect(),
+                ))
+                .build();
+            aws.ec2
+                .run_instances()
+                .image_id(image)
+                .subnet_id(subnet)
+                .instance_type(InstanceType::T4gMedium)
+                .min_count(1)
+                .max_count(1)
+                .tag_specifications(spec)
+                .send()
+                .await
+                .unwrap()
+                .instances()[0]
+                .instance_id()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let orphan = launch(vec![
+        ("ephemera:managed", "true".into()),
+        ("ephemera:run", "cli-gone".into()),
+        ("ephemera:execution", gone.clone()),
+        ("ephemera:deadline", later.clone()),
+    ])
+    .await;
+    let overdue = launch(vec![
+        ("ephemera:managed", "true".into()),
+        ("ephemera:run", "cli-live".into()),
+        ("ephemera:execution", live.clone()),
+        ("ephemera:deadline", earlier),
+    ])
+    .await;
+    let foreign = launch(vec![
+        ("ephemera:run", "cli-gone".into()),
+        ("ephemera:execution", gone),
+    ])
+    .await;
+
+    let state = |id: String| {
+        let aws = aws.clone();
+        async move {
+            fixtures::instance(&aws, &id)
+                .await
+                .state()
+                .unwrap()
+                .name()
+                .unwrap()
+                .as_str()
+                .to_string()
+        }
+    };
+    let out = output(ephemera(region).args(["sweep", "--state-machine", &machine])).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stdout.starts_with("would terminate 2 instance(s) in "),
+        "{stdout}"
+    );
+    let line = |id: &str| stdout.lines().find(|l| l.contains(id)).map(str::to_string);
+    assert!(
+        line(&orphan)
+            .unwrap()
+            .ends_with("its execution does not exist"),
+        "{stdout}"
+    );
+    assert!(
+        line(&overdue).unwrap().contains("ephemera:deadline"),
+        "{stdout}"
+    );
+    assert!(
+        line(&kept).is_none() && line(&foreign).is_none(),
+        "{stdout}"
+    );
+    assert!(stdout.contains("dry run: nothing terminated"), "{stdout}");
+    assert_eq!(state(orphan.clone()).await, "running");
+
+    let out = output(ephemera(region).args(["sweep", "--yes", "--state-machine", &machine])).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stdout.contains(&format!("terminated {orphan}: running -> shutting-down"))
+            || stdout.contains(&format!("terminated {orphan}: running -> terminated")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("terminated {overdue}")),
+        "{stdout}"
+    );
+    for id in [&orphan, &overdue] {
+        assert_ne!(state(id.clone()).await, "running", "{id}");
+    }
+    for id in [&kept, &foreign] {
+        assert_eq!(state(id.clone()).await, "running", "{id}");
+    }
 }

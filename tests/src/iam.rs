@@ -175,6 +175,13 @@ impl Resolver<'_> {
         }
     }
 
+    /// The name of the `AWS::Logs::LogGroup` resource `logical`, if it is one.
+    fn log_group_name(&self, logical: &str) -> Option<String> {
+        let r = self.resource(logical)?;
+        (r.get("Type").and_then(Yaml::as_str) == Some("AWS::Logs::LogGroup")).then_some(())?;
+        Some(self.one(r.get("Properties")?.get("LogGroupName")?))
+    }
+
     fn reference(&self, name: &str) -> String {
         if let Some(v) = self.params.get(name) {
             return v.clone();
@@ -197,6 +204,10 @@ impl Resolver<'_> {
                 {
                     self.function_name(other)
                 }
+                // A log group's Ref is its name.
+                Some(_) if self.log_group_name(other).is_some() => {
+                    self.log_group_name(other).unwrap_or_default()
+                }
                 _ => panic!("the harness cannot resolve !Ref {other}"),
             },
         }
@@ -212,6 +223,18 @@ impl Resolver<'_> {
             "StateMachineLogs.Arn" => format!(
                 "arn:aws:logs:${{AWS::Region}}:{ACCOUNT}:log-group:/aws/vendedlogs/states/{STACK}-worker:*"
             ),
+            // A log group's Arn ends in `:*` (what CloudFormation's Fn::GetAtt returns).
+            other if other
+                .strip_suffix(".Arn")
+                .and_then(|g| self.log_group_name(g))
+                .is_some() =>
+            {
+                let name = other
+                    .strip_suffix(".Arn")
+                    .and_then(|g| self.log_group_name(g))
+                    .unwrap_or_default();
+                format!("arn:aws:logs:${{AWS::Region}}:{ACCOUNT}:log-group:{name}:*")
+            }
             other => match other.strip_suffix(".Arn") {
                 Some(f) if self.resource(f).is_some() => format!(
                     "arn:aws:lambda:${{AWS::Region}}:{ACCOUNT}:function:{}",
@@ -677,6 +700,41 @@ mod tests {
         ] {
             assert!(put(bucket, key).is_err(), "{bucket}/{key}");
         }
+    }
+
+    #[test]
+    fn the_worker_ships_its_log_lines_to_the_workers_group_only() {
+        let p = template();
+        let group = |name: &str| format!("arn:aws:logs:eu-west-1:{ACCOUNT}:log-group:{name}");
+        let create = |name: &str| Check::new("logs:CreateLogStream", format!("{}:*", group(name)));
+        let put = |name: &str| {
+            Check::new(
+                "logs:PutLogEvents",
+                format!("{}:log-stream:fx/1/i-0abc", group(name)),
+            )
+        };
+        // The group the worker and the CLI name is the one the template grants.
+        let workers = ephemera_core::rundoc::WORKER_LOG_GROUP;
+        for c in [create(workers), put(workers)] {
+            assert_eq!(
+                p.authorize(&Principal::Worker, "eu-west-1", &c),
+                Ok(()),
+                "{c:?}"
+            );
+        }
+        for c in [
+            create("/aws/lambda/ephemera-sweeper"),
+            put(&format!("{workers}-other")),
+            Check::new("logs:DeleteLogGroup", format!("{}:*", group(workers))),
+        ] {
+            assert!(
+                p.authorize(&Principal::Worker, "eu-west-1", &c).is_err(),
+                "{c:?}"
+            );
+        }
+        // No function writes there.
+        let sweeper = Principal::Function("sweeper".into());
+        assert!(p.authorize(&sweeper, "eu-west-1", &put(workers)).is_err());
     }
 
     #[test]

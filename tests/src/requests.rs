@@ -213,6 +213,21 @@ fn json_checks(region: &str, service: &str, op: &str, input: &serde_json::Value)
             s("ServiceCode"),
             s("QuotaCode")
         )],
+        // CloudWatch Logs: an action on a group is authorized against `log-group:NAME:*`, one
+        // on a stream against the stream's ARN
+        // (https://docs.aws.amazon.com/AmazonCloudWatch/latest/logs/iam-access-control-overview-cwl.html).
+        (
+            "logs",
+            "CreateLogStream" | "DescribeLogStreams" | "FilterLogEvents" | "DeleteLogStream",
+        ) => vec![format!(
+            "arn:aws:logs:{region}:{ACCOUNT}:log-group:{}:*",
+            s("logGroupName")
+        )],
+        ("logs", "PutLogEvents" | "GetLogEvents") => vec![format!(
+            "arn:aws:logs:{region}:{ACCOUNT}:log-group:{}:log-stream:{}",
+            s("logGroupName"),
+            s("logStreamName")
+        )],
         ("secretsmanager", "GetSecretValue" | "DescribeSecret") => {
             let id = s("SecretId");
             vec![if id.starts_with("arn:") {
@@ -364,5 +379,27 @@ mod tests {
             ..w
         };
         assert_eq!(checks(&w).1[0].resource, "*");
+        let body =
+            br#"{"logGroupName":"/ephemera/workers","logStreamName":"fx/1/i-0abc","logEvents":[]}"#;
+        let w = Wire {
+            target: Some("Logs_20140328.PutLogEvents"),
+            service: "logs",
+            body,
+            ..w
+        };
+        let (a, c) = checks(&w);
+        assert_eq!(a, "logs:PutLogEvents");
+        assert_eq!(
+            c[0].resource,
+            "arn:aws:logs:us-east-2:123456789012:log-group:/ephemera/workers:log-stream:fx/1/i-0abc"
+        );
+        let w = Wire {
+            target: Some("Logs_20140328.CreateLogStream"),
+            ..w
+        };
+        assert_eq!(
+            checks(&w).1[0].resource,
+            "arn:aws:logs:us-east-2:123456789012:log-group:/ephemera/workers:*"
+        );
     }
 }

@@ -6,6 +6,7 @@ pub mod db;
 pub mod export;
 pub mod features;
 pub mod link;
+pub mod logship;
 pub mod partition;
 pub mod progress;
 pub mod queue;

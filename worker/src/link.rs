@@ -98,6 +98,11 @@ where
     }
 }
 
+/// The instance role's configuration (region from the user data's `AWS_REGION`).
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}
+
 async fn spot_notice(imds: &aws_config::imds::Client) -> Option<String> {
     imds.get("/latest/meta-data/spot/instance-action")
         .await
@@ -128,7 +133,7 @@ impl std::fmt::Debug for Token {
 impl Link {
     /// Reads this instance's id from IMDSv2 (`AWS_EC2_METADATA_SERVICE_ENDPOINT` overrides it).
     pub async fn new(prefix: &str, attempt: u32, heartbeat_seconds: u64) -> Result<Link> {
-        let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let conf = sdk_config().await;
         let imds = aws_config::imds::Client::builder().build();
         let instance_id = imds
             .get("/latest/meta-data/instance-id")

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use ephemera_worker::{db, export, link, progress, queue, run, seed, validate};
+use ephemera_worker::{db, export, link, logship, progress, queue, run, seed, validate};
 
 #[derive(Parser)]
 #[command(
@@ -87,6 +87,10 @@ enum Command {
         /// How long to wait for the task token after saying "started".
         #[arg(long, default_value_t = 3600)]
         token_timeout_seconds: u64,
+        /// On an ephemera instance: the CloudWatch Logs group the log lines are also shipped
+        /// to, stream `<run id>/<attempt>/<instance id>`; empty ships nothing.
+        #[arg(long, default_value = ephemera_core::rundoc::WORKER_LOG_GROUP)]
+        log_group: String,
     },
 }
 
@@ -110,15 +114,27 @@ async fn main_async() -> ExitCode {
     // A bar on a terminal (log lines printed above it); JSON log lines only otherwise. The
     // server's NOTICEs (schema already exists, ...) are not worth a line each.
     let progress = progress::bar(matches!(cli.command, Command::Run { .. }));
+    // Lines are buffered from the start; they are shipped once the instance id names the stream.
+    let shipping = match &cli.command {
+        Command::Run {
+            ssm_prefix: Some(_),
+            log_group,
+            ..
+        } if !log_group.is_empty() => Some(logship::Buffer::new(logship::CAPACITY)),
+        _ => None,
+    };
     tracing_subscriber::fmt()
         .json()
-        .with_writer(progress::LogWriter(progress.clone()))
+        .with_writer(logship::Tee::new(
+            progress::LogWriter(progress.clone()),
+            shipping.clone(),
+        ))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn")),
         )
         .init();
-    match main_inner(cli, progress).await {
+    match main_inner(cli, progress, shipping).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -127,7 +143,11 @@ async fn main_async() -> ExitCode {
     }
 }
 
-async fn main_inner(cli: Cli, progress: indicatif::ProgressBar) -> Result<()> {
+async fn main_inner(
+    cli: Cli,
+    progress: indicatif::ProgressBar,
+    shipping: Option<Arc<logship::Buffer>>,
+) -> Result<()> {
     let secret = match &cli.command {
         Command::Run {
             database_secret: Some(id),
@@ -180,6 +200,7 @@ async fn main_inner(cli: Cli, progress: indicatif::ProgressBar) -> Result<()> {
             attempt,
             heartbeat_seconds,
             token_timeout_seconds,
+            log_group,
         } => {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let stop = CancellationToken::new();
@@ -201,28 +222,44 @@ async fn main_inner(cli: Cli, progress: indicatif::ProgressBar) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
                 return Ok(());
             };
-            orchestrated(
-                opts,
-                &prefix,
-                attempt,
-                heartbeat_seconds,
-                token_timeout_seconds,
-            )
-            .await?;
+            let link = link::Link::new(&prefix, attempt, heartbeat_seconds).await?;
+            let shipper = match shipping {
+                Some(buffer) => Some(logship::Shipper::start(
+                    aws_sdk_cloudwatchlogs::Client::new(&link::sdk_config().await),
+                    &log_group,
+                    &ephemera_core::rundoc::worker_log_stream(
+                        &opts.run_id,
+                        attempt,
+                        &link.instance_id,
+                    ),
+                    buffer,
+                )),
+                None => None,
+            };
+            let outcome = orchestrated(opts, &link, token_timeout_seconds).await;
+            if let Err(e) = &outcome {
+                // Said here too, so that the shipped lines tell why the worker stopped.
+                tracing::error!(error = %format!("{e:#}"), "the worker stops");
+            }
+            if let Some(s) = shipper {
+                s.finish(LOG_FLUSH_PATIENCE).await;
+            }
+            outcome?;
         }
     }
     Ok(())
 }
 
+/// How long the last log lines may take to reach CloudWatch Logs at exit.
+const LOG_FLUSH_PATIENCE: Duration = Duration::from_secs(10);
+
 /// On an ephemera instance: started → work (while the token arrives) → heartbeat → report.
 async fn orchestrated(
     opts: run::Options,
-    prefix: &str,
-    attempt: u32,
-    heartbeat_seconds: u64,
+    link: &link::Link,
     token_timeout_seconds: u64,
 ) -> Result<()> {
-    let link = link::Link::new(prefix, attempt, heartbeat_seconds).await?;
+    let attempt = link.attempt;
     let earlier_token = link
         .started(Duration::from_secs(token_timeout_seconds))
         .await?;
@@ -257,7 +294,7 @@ async fn orchestrated(
         }
     }
     // Heartbeats go on while the report is sent (and tried again if throttled).
-    let reported = report(&link, &token, outcome, &notice, &stop, attempt).await;
+    let reported = report(link, &token, outcome, &notice, &stop, attempt).await;
     heartbeat.abort();
     reported
 }

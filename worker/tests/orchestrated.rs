@@ -6,6 +6,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ephemera_core::rundoc::{worker_log_stream, WORKER_LOG_GROUP};
 use ephemera_tests::postgres::postgres;
 use ephemera_tests::{clients, e2e, fixtures, fresh_region, harness};
 use ephemera_worker::{db, export, queue, seed};
@@ -135,6 +136,13 @@ async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption()
         );
     }
     bucket.send().await.unwrap();
+    // The workers' log group, as the template creates it.
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&ephemera_tests::sdk_config(region));
+    logs.create_log_group()
+        .log_group_name(WORKER_LOG_GROUP)
+        .send()
+        .await
+        .unwrap();
     // 1 pair × 2 months × 4 stages; the export checked by verify-completion.
     spec["expect"] = json!({"partitions": 8, "min_rows": 100000,
                             "export_prefix": format!("s3://{BUCKET}/runs/{run_id}/")});
@@ -146,7 +154,8 @@ async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption()
     let instance_id = Arc::new(Mutex::new(String::new()));
     let notice = Arc::new(Mutex::new(true));
     let imds_url = imds(instance_id.clone(), notice.clone()).await;
-    *instance_id.lock().unwrap() = instance_of(region, run_id, "1").await;
+    let first_instance = instance_of(region, run_id, "1").await;
+    *instance_id.lock().unwrap() = first_instance.clone();
     let first = worker(region, &db_url, &imds_url, run_id, 1)
         .wait_with_output()
         .await
@@ -159,7 +168,8 @@ async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption()
 
     // The state machine relaunches; attempt 2 runs undisturbed and does all the work.
     *notice.lock().unwrap() = false;
-    *instance_id.lock().unwrap() = instance_of(region, run_id, "2").await;
+    let second_instance = instance_of(region, run_id, "2").await;
+    *instance_id.lock().unwrap() = second_instance.clone();
     let second = worker(region, &db_url, &imds_url, run_id, 2)
         .wait_with_output()
         .await
@@ -268,6 +278,42 @@ async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption()
         done.output["report"]["stored"]["prefix"],
         format!("runs/{run_id}/")
     );
+
+    // Each worker shipped its log lines to a stream of its own, with its instance role.
+    let lines = |attempt: u32, instance: String| {
+        let logs = logs.clone();
+        async move {
+            logs.get_log_events()
+                .log_group_name(WORKER_LOG_GROUP)
+                .log_stream_name(worker_log_stream(run_id, attempt, &instance))
+                .start_from_head(true)
+                .send()
+                .await
+                .unwrap()
+                .events()
+                .iter()
+                .map(|e| e.message().unwrap_or_default().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let one = lines(1, first_instance).await;
+    let two = lines(2, second_instance).await;
+    let has = |lines: &[String], text: &str| lines.iter().any(|l| l.contains(text));
+    assert!(has(&one, "said started"), "{one:?}");
+    assert!(has(&one, "reported the interruption"), "{one:?}");
+    assert!(has(&two, "task token received"), "{two:?}");
+    assert!(!has(&two, "reported the interruption"), "{two:?}");
+    // The lines are the JSON lines the worker writes to stderr.
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(two.iter().all(|l| stderr.contains(l.as_str())), "{two:?}");
+    assert!(!has(&two, "not every log line"), "{two:?}");
+    let denied: Vec<_> = harness()
+        .door
+        .denials_in(region)
+        .into_iter()
+        .filter(|d| d.action.starts_with("logs:"))
+        .collect();
+    assert!(denied.is_empty(), "{denied:?}");
 }
 
 /// How long after the notice is posted the worker may take to report it: it looks every 2 s,
@@ -345,6 +391,12 @@ async fn a_spot_notice_mid_partition_fails_the_task_within_seconds_and_hands_the
         "{notice_to_failure:?}\n{stderr}"
     );
     assert!(stderr.contains("reported the interruption"), "{stderr}");
+    // This region has no log group: shipping fails, the work and its timing do not.
+    assert!(stderr.contains("cannot create the log stream"), "{stderr}");
+    assert!(
+        stderr.contains("not every log line reached CloudWatch Logs"),
+        "{stderr}"
+    );
 
     // Nothing half-written, nothing held: every partition is done, or pending with no lease,
     // its attempt not counted, and its output absent.

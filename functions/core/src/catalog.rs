@@ -9,6 +9,22 @@ use crate::runspec::Market;
 pub const PRICES_AS_OF: &str = "2026-11-01";
 pub const PRICES_REGION: &str = "us-east-1";
 
+/// How much dearer than us-east-1 (the fallback table's region) a region may be, at most: São
+/// Paulo, the dearest, is about 1.5× us-east-1 for general-purpose types. The table applied
+/// elsewhere is multiplied by it, so an estimate from the table never under-prices a region.
+pub const REGIONAL_UPLIFT_BOUND: f64 = 1.6;
+
+/// An On-Demand hourly price from the dated table that `region` does not exceed: the table's
+/// own outside us-east-1 times [`REGIONAL_UPLIFT_BOUND`].
+pub fn on_demand_hourly_bound(instance_type: &str, region: &str) -> Option<f64> {
+    let t = lookup(instance_type)?;
+    Some(if region == PRICES_REGION {
+        t.on_demand_hourly
+    } else {
+        t.on_demand_hourly * REGIONAL_UPLIFT_BOUND
+    })
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Arch {

@@ -10,6 +10,7 @@ pub mod report_html;
 pub mod rundoc;
 pub mod runspec;
 pub mod sweep;
+pub mod tags;
 pub mod userdata;
 pub mod verify;
 

@@ -227,24 +227,70 @@ pub const MAX_CANDIDATES: usize = 20;
 pub const MAX_TYPE_SUBNET_PAIRS: usize = 40;
 
 impl RunSpec {
-    /// Parses and validates; a type error names the field's path (`limits.max_runtime_seconds`).
+    /// Parses and validates, naming every bad field at once: each field missing, unknown or of
+    /// the wrong type (by its path, `limits.max_runtime_seconds`), and the rules `validate`
+    /// checks on the fields that were given.
+    ///
+    /// serde stops at the first error, so the document is repaired and parsed again until it
+    /// parses: an unknown field is dropped, a wrong one dropped (its default applies) or, when
+    /// required, replaced by a placeholder of the expected type. The placeholders' own
+    /// findings are not reported: those fields are already named.
     pub fn parse(value: &serde_json::Value) -> Result<RunSpec, InvalidRunSpec> {
-        let spec: RunSpec = serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path == "." {
-                "runspec".to_string()
-            } else {
-                path
-            };
-            InvalidRunSpec {
+        if !value.is_object() {
+            // serde would read a struct from an array too, field by position.
+            return Err(InvalidRunSpec {
                 errors: vec![FieldError {
-                    field,
-                    message: e.into_inner().to_string(),
+                    field: "runspec".into(),
+                    message: format!(
+                        "must be a JSON object with run_id, worker and limits, not {}",
+                        json_kind(value)
+                    ),
                 }],
+            });
+        }
+        let mut doc = value.clone();
+        let mut found: Vec<FieldError> = vec![];
+        // Path of every field repaired → what serde expected there, if it said.
+        let mut repaired: BTreeMap<String, Option<String>> = BTreeMap::new();
+        for _ in 0..MAX_REPAIRS {
+            let err = match serde_path_to_error::deserialize::<_, RunSpec>(&doc) {
+                Ok(spec) => return spec.validated_after(found, &repaired),
+                Err(e) => e,
+            };
+            let path: Vec<Segment> = err.path().iter().map(Segment::of).collect();
+            let message = err.into_inner().to_string();
+            if !repair(&mut doc, path, &message, &mut found, &mut repaired) {
+                break;
             }
-        })?;
-        spec.validate()?;
-        Ok(spec)
+        }
+        if found.is_empty() {
+            // Unreachable for any JSON value; kept so a failure is never silent.
+            found.push(FieldError {
+                field: "runspec".into(),
+                message: "cannot be read as a RunSpec".into(),
+            });
+        }
+        Err(InvalidRunSpec { errors: found })
+    }
+
+    /// `validate`'s findings added to the structural ones, except those about repaired fields.
+    fn validated_after(
+        self,
+        mut found: Vec<FieldError>,
+        repaired: &BTreeMap<String, Option<String>>,
+    ) -> Result<RunSpec, InvalidRunSpec> {
+        if let Err(e) = self.validate() {
+            found.extend(
+                e.errors
+                    .into_iter()
+                    .filter(|f| !repaired.keys().any(|p| touches(f, p))),
+            );
+        }
+        if found.is_empty() {
+            Ok(self)
+        } else {
+            Err(InvalidRunSpec { errors: found })
+        }
     }
 
     pub fn validate(&self) -> Result<(), InvalidRunSpec> {
@@ -544,6 +590,173 @@ impl RunSpec {
     }
 }
 
+/// More than any RunSpec has fields: each repair removes or fixes one.
+const MAX_REPAIRS: usize = 200;
+
+/// One step of a field's path in the document.
+#[derive(Debug, Clone, PartialEq)]
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+impl Segment {
+    fn of(s: &serde_path_to_error::Segment) -> Segment {
+        match s {
+            serde_path_to_error::Segment::Seq { index } => Segment::Index(*index),
+            serde_path_to_error::Segment::Map { key } => Segment::Key(key.clone()),
+            serde_path_to_error::Segment::Enum { variant } => Segment::Key(variant.clone()),
+            serde_path_to_error::Segment::Unknown => Segment::Key("?".into()),
+        }
+    }
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// `worker.instance_types[1]`, as `validate` names fields; the whole document is `runspec`.
+fn field_name(path: &[Segment]) -> String {
+    let mut s = String::new();
+    for seg in path {
+        match seg {
+            Segment::Key(k) if s.is_empty() => s.push_str(k),
+            Segment::Key(k) => {
+                s.push('.');
+                s.push_str(k);
+            }
+            Segment::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    if s.is_empty() {
+        "runspec".into()
+    } else {
+        s
+    }
+}
+
+fn node_mut<'a>(
+    doc: &'a mut serde_json::Value,
+    path: &[Segment],
+) -> Option<&'a mut serde_json::Value> {
+    path.iter().try_fold(doc, |v, seg| match seg {
+        Segment::Key(k) => v.as_object_mut()?.get_mut(k),
+        Segment::Index(i) => v.as_array_mut()?.get_mut(*i),
+    })
+}
+
+/// A value of the type serde said it expected (`expected u64`, `expected a string`, …).
+fn placeholder(expected: &str) -> Option<serde_json::Value> {
+    use serde_json::json;
+    let e = expected.rsplit("expected ").next().unwrap_or_default();
+    Some(match e {
+        _ if e.starts_with("u8") || e.starts_with("u16") || e.starts_with("u32") => json!(0),
+        _ if e.starts_with("u64") || e.starts_with("i64") || e.starts_with("i32") => json!(0),
+        _ if e.starts_with("f64") || e.starts_with("f32") => json!(0.0),
+        _ if e.starts_with("a string") => json!(""),
+        _ if e.starts_with("a boolean") => json!(false),
+        _ if e.starts_with("a sequence") => json!([]),
+        _ if e.starts_with("struct ") || e.starts_with("a map") => json!({}),
+        _ => return None,
+    })
+}
+
+/// Records the error serde reported at `path` and changes `doc` so that parsing gets past it;
+/// false when it cannot.
+fn repair(
+    doc: &mut serde_json::Value,
+    mut path: Vec<Segment>,
+    message: &str,
+    found: &mut Vec<FieldError>,
+    repaired: &mut BTreeMap<String, Option<String>>,
+) -> bool {
+    let record = |found: &mut Vec<FieldError>, field: &str, message: String| {
+        let inside_repaired = repaired.keys().any(|p| {
+            field.starts_with(p.as_str())
+                && matches!(field.as_bytes().get(p.len()), Some(b'.') | Some(b'['))
+        });
+        if !inside_repaired && !repaired.contains_key(field) {
+            found.push(FieldError {
+                field: field.to_string(),
+                message,
+            });
+        }
+    };
+    // `missing field `budget_usd`` comes with the path of the object that lacks it.
+    if let Some(name) = message
+        .strip_prefix("missing field `")
+        .and_then(|m| m.strip_suffix('`'))
+    {
+        path.push(Segment::Key(name.to_string()));
+        let field = field_name(&path);
+        record(found, &field, "missing: this field is required".into());
+        let value = match repaired.get(&field) {
+            Some(Some(expected)) => placeholder(expected),
+            // Its type is learnt from the error null gives.
+            _ => Some(serde_json::Value::Null),
+        };
+        let (Some(value), Some(Segment::Key(name))) = (value, path.pop()) else {
+            return false;
+        };
+        let Some(parent) = node_mut(doc, &path).and_then(|p| p.as_object_mut()) else {
+            return false;
+        };
+        if parent.contains_key(&name) {
+            return false;
+        }
+        parent.insert(name, value);
+        repaired.entry(field).or_insert(None);
+        return true;
+    }
+    let field = field_name(&path);
+    record(found, &field, message.to_string());
+    let Some(last) = path.pop() else {
+        // The document itself is not an object.
+        return false;
+    };
+    let Some(parent) = node_mut(doc, &path) else {
+        return false;
+    };
+    let fixed = match (&last, parent) {
+        // Dropped: an unknown field is gone, a wrong one takes its default (or is reported
+        // missing next, and gets a placeholder of the type remembered here).
+        (Segment::Key(k), serde_json::Value::Object(map)) => map.remove(k).is_some(),
+        (Segment::Index(i), serde_json::Value::Array(items)) => match placeholder(message) {
+            Some(p) if items.get(*i) != Some(&p) => {
+                items[*i] = p;
+                true
+            }
+            _ => false,
+        },
+        _ => false,
+    };
+    let expected = message.contains("expected ").then(|| message.to_string());
+    if let Some(Some(seen)) = repaired.get(&field) {
+        // The same field failing twice: the repair did not help.
+        if expected.as_deref() == Some(seen.as_str()) && !message.starts_with("unknown field") {
+            return false;
+        }
+    }
+    repaired.insert(field, expected);
+    fixed
+}
+
+/// Whether a finding of `validate` is about the repaired field `path` (or mentions it).
+fn touches(finding: &FieldError, path: &str) -> bool {
+    let f = finding.field.as_str();
+    let under = |a: &str, b: &str| {
+        a == b || (a.starts_with(b) && matches!(a.as_bytes().get(b.len()), Some(b'.') | Some(b'[')))
+    };
+    under(f, path) || under(path, f) || finding.message.contains(path)
+}
+
 /// A poll loop's history events: Task (entered, scheduled, started, succeeded, exited),
 /// Choice (entered, exited) and Wait (entered, exited).
 const EVENTS_PER_POLL: u64 = 9;
@@ -693,6 +906,66 @@ mod tests {
         assert_eq!(errs.len(), 4, "{errs:?}");
         let text = InvalidRunSpec { errors: errs }.to_string();
         assert!(text.starts_with("invalid RunSpec: worker.instance_types[1]"));
+    }
+
+    #[test]
+    fn every_missing_unknown_and_mistyped_field_is_reported_with_the_rest() {
+        let mut v = sample();
+        v.as_object_mut().unwrap().remove("run_id");
+        v["worker"].as_object_mut().unwrap().remove("image");
+        v["limits"].as_object_mut().unwrap().remove("budget_usd");
+        v["limits"]["max_runtime_seconds"] = json!("4h");
+        v["worker"]["volume_gib"] = json!("big");
+        v["worker"]["instance_types"] = json!(["c7g.4xlarge", 7]);
+        v["worker"]["colour"] = json!("blue");
+        // A field that parses but breaks a rule is reported too.
+        v["worker"]["subnets"] = json!(["subnet-xyz"]);
+        let errs = errors_of(v);
+        assert!(has(&errs, "run_id", "missing"), "{errs:?}");
+        assert!(has(&errs, "worker.image", "missing"), "{errs:?}");
+        assert!(has(&errs, "limits.budget_usd", "missing"), "{errs:?}");
+        assert!(
+            has(&errs, "limits.max_runtime_seconds", "expected u64"),
+            "{errs:?}"
+        );
+        assert!(has(&errs, "worker.volume_gib", "expected u32"), "{errs:?}");
+        assert!(
+            has(&errs, "worker.instance_types[1]", "expected a string"),
+            "{errs:?}"
+        );
+        assert!(
+            has(&errs, "worker.colour", "unknown field `colour`"),
+            "{errs:?}"
+        );
+        assert!(
+            has(&errs, "worker.subnets[0]", "not a subnet id"),
+            "{errs:?}"
+        );
+        // Nothing about the values put in to get past the missing and mistyped ones.
+        assert_eq!(errs.len(), 8, "{errs:?}");
+    }
+
+    #[test]
+    fn a_missing_section_is_one_finding_and_a_non_object_is_named() {
+        let mut v = sample();
+        v.as_object_mut().unwrap().remove("limits");
+        v.as_object_mut().unwrap().remove("worker");
+        let errs = errors_of(v);
+        assert_eq!(
+            errs.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(),
+            ["worker", "limits"],
+            "{errs:?}"
+        );
+        let errs = errors_of(json!([1, 2]));
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].field, "runspec");
+        assert!(errs[0].message.contains("not an array"), "{errs:?}");
+        // A wrong section is named once, not with each of its fields.
+        let mut v = sample();
+        v["limits"] = json!("none");
+        let errs = errors_of(v);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(has(&errs, "limits", "expected struct Limits"), "{errs:?}");
     }
 
     #[test]

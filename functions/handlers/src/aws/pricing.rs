@@ -61,33 +61,22 @@ pub fn parse_price_document(doc: &str) -> Option<f64> {
     })
 }
 
-/// How much dearer than us-east-1 (the fallback table's region) a region may be, at most: São
-/// Paulo, the dearest, is about 1.5× us-east-1 for general-purpose types. The table applied
-/// elsewhere is multiplied by it, so the budget guard never under-prices a region it cannot
-/// read; the report says the price is an estimate.
-pub const REGIONAL_UPLIFT_BOUND: f64 = 1.6;
+pub use catalog::REGIONAL_UPLIFT_BOUND;
 
 fn fallback(instance_type: &str, region: &str) -> Option<(f64, String)> {
-    catalog::lookup(instance_type).map(|t| {
-        if region == catalog::PRICES_REGION {
-            (
-                t.on_demand_hourly,
-                format!(
-                    "fallback table ({} prices as of {})",
-                    catalog::PRICES_REGION,
-                    catalog::PRICES_AS_OF
-                ),
-            )
-        } else {
-            (
-                t.on_demand_hourly * REGIONAL_UPLIFT_BOUND,
-                format!(
-                    "estimated: fallback table ({} prices as of {}) x{REGIONAL_UPLIFT_BOUND} for {region}",
-                    catalog::PRICES_REGION,
-                    catalog::PRICES_AS_OF
-                ),
-            )
-        }
+    let price = catalog::on_demand_hourly_bound(instance_type, region)?;
+    let table = format!(
+        "fallback table ({} prices as of {})",
+        catalog::PRICES_REGION,
+        catalog::PRICES_AS_OF
+    );
+    Some(if region == catalog::PRICES_REGION {
+        (price, table)
+    } else {
+        (
+            price,
+            format!("estimated: {table} x{REGIONAL_UPLIFT_BOUND} for {region}"),
+        )
     })
 }
 

@@ -39,11 +39,10 @@ pub struct Config {
     pub instance_profile: Option<String>,
 }
 
-pub const TAG_MANAGED: &str = "ephemera:managed";
-pub const TAG_RUN: &str = "ephemera:run";
-pub const TAG_EXECUTION: &str = "ephemera:execution";
-pub const TAG_ATTEMPT: &str = "ephemera:attempt";
-pub const TAG_DEADLINE: &str = "ephemera:deadline";
+pub use ephemera_core::tags::{
+    ATTEMPT as TAG_ATTEMPT, DEADLINE as TAG_DEADLINE, EXECUTION as TAG_EXECUTION,
+    MANAGED as TAG_MANAGED, RUN as TAG_RUN,
+};
 
 /// The tags of DESIGN.md plus the user's cost tags.
 pub fn tags(

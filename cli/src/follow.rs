@@ -1,0 +1,266 @@
+//! Following a run: each state as it is entered with the time since the start, the attempts
+//! launched, a cost so far, and at the end the outcome with the report's summary.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use ephemera_core::catalog;
+use ephemera_core::cost::{billed_seconds, ebs_cost, on_demand_cost};
+use ephemera_core::rundoc::Attempt;
+
+use crate::errors::CliError;
+use crate::history;
+use crate::report;
+use crate::resolve::{self, Execution};
+use crate::Outcome;
+
+/// How the running cost is worked out, said once above the figures.
+pub const COST_SO_FAR_NOTE: &str = "≈ cost so far: an estimate at On-Demand list prices (the dated table, x1.6 outside us-east-1) from each launch to the next or now, EBS included; Spot bills less; the report at the end is measured";
+
+const POLL: Duration = Duration::from_secs(2);
+/// Off a terminal, a line this often while one state lasts.
+const QUIET_LINE_EVERY: Duration = Duration::from_secs(300);
+
+/// `0:07`, `12:34`, `1:02:03`.
+pub fn elapsed(d: chrono::Duration) -> String {
+    let s = d.num_seconds().max(0);
+    let (h, m, s) = (s / 3600, (s / 60) % 60, s % 60);
+    if h > 0 {
+        format!("{h}:{m:02}:{s:02}")
+    } else {
+        format!("{m}:{s:02}")
+    }
+}
+
+/// The estimate described by [`COST_SO_FAR_NOTE`], in USD; types the table does not know are
+/// left out and named.
+pub fn cost_so_far(attempts: &[Attempt], region: &str, now: DateTime<Utc>) -> (f64, Vec<String>) {
+    let mut usd = 0.0;
+    let mut unpriced = vec![];
+    let mut sorted: Vec<&Attempt> = attempts.iter().collect();
+    sorted.sort_by_key(|a| a.launched_at);
+    for (i, a) in sorted.iter().enumerate() {
+        let end = sorted.get(i + 1).map_or(now, |next| next.launched_at);
+        let billed = billed_seconds(a.launched_at, end.max(a.launched_at));
+        match catalog::on_demand_hourly_bound(&a.instance_type, region) {
+            Some(hourly) => usd += on_demand_cost(hourly, billed) + ebs_cost(a.volume_gib, billed),
+            None => unpriced.push(a.instance_type.clone()),
+        }
+    }
+    (usd, unpriced)
+}
+
+pub fn cost_text(usd: f64, unpriced: &[String]) -> String {
+    let mut s = format!("≈${usd:.4} so far");
+    if !unpriced.is_empty() {
+        s.push_str(&format!(
+            " (without {}: not in the price table)",
+            unpriced.join(", ")
+        ));
+    }
+    s
+}
+
+/// `#2 i-0abc c7g.4xlarge on-demand`.
+pub fn attempt_text(a: &Attempt) -> String {
+    format!(
+        "#{} {} {} {}",
+        a.attempt,
+        a.instance_id,
+        a.instance_type,
+        a.market.as_str()
+    )
+}
+
+/// One line per state entered: `  1:05  WaitBoot  attempt #1 i-0abc c7g.4xlarge spot`.
+pub fn step_line(since_start: chrono::Duration, state: &str, detail: &str) -> String {
+    let line = format!("{:>9}  {state:<24} {detail}", elapsed(since_start));
+    line.trim_end().to_string()
+}
+
+/// The live line: where the run is and for how long, the whole time, and the cost so far.
+pub fn live_line(
+    state: &str,
+    in_state: chrono::Duration,
+    total: chrono::Duration,
+    cost: &str,
+) -> String {
+    format!(
+        "  in {state} for {}, {} since the start, {cost}",
+        elapsed(in_state),
+        elapsed(total)
+    )
+}
+
+/// Follows `execution` until it ends or `timeout` passes.
+pub async fn follow(
+    sfn: &aws_sdk_sfn::Client,
+    execution: &str,
+    timeout: Duration,
+) -> Result<Outcome, CliError> {
+    let until = Instant::now() + timeout;
+    let region = crate::aws::region_of_arn(execution)
+        .unwrap_or_default()
+        .to_string();
+    let terminal = std::io::stdout().is_terminal();
+    let mut printed = 0usize;
+    let mut launched = 0usize;
+    let mut noted = false;
+    let mut live = false;
+    let mut quiet_since = Instant::now();
+    let mut out = std::io::stdout();
+    loop {
+        let d = resolve::describe(sfn, execution).await?;
+        let events = history::read(sfn, execution).await?;
+        let attempts = history::attempts(&events);
+        let now = Utc::now();
+        let steps = history::entered(&events);
+        if steps.len() > printed && live {
+            // The live line gives way to the new states.
+            print!("\r\x1b[2K");
+            live = false;
+        }
+        for step in steps.iter().skip(printed) {
+            // What the run document said when this state was entered.
+            let known = history::attempts(&events[..=step.index]);
+            let mut detail = String::new();
+            if known.len() > launched {
+                if !noted {
+                    println!("  ({COST_SO_FAR_NOTE})");
+                    noted = true;
+                }
+                let newest = &known[known.len() - 1];
+                let (usd, unpriced) = cost_so_far(&known, &region, step.at);
+                detail = format!(
+                    "attempt {}, {}",
+                    attempt_text(newest),
+                    cost_text(usd, &unpriced)
+                );
+                launched = known.len();
+            }
+            println!("{}", step_line(step.at - d.started, &step.state, &detail));
+            quiet_since = Instant::now();
+        }
+        printed = steps.len();
+        if live && (!d.is_running() || Instant::now() >= until) {
+            // Both ways below end the following: the live line gives way.
+            print!("\r\x1b[2K");
+        }
+        if !d.is_running() {
+            return Ok(finish(&d, &events));
+        }
+        if Instant::now() >= until {
+            println!(
+                "still {} after {} s of waiting; it goes on without this terminal: ephemera status {}",
+                d.status,
+                timeout.as_secs(),
+                d.name
+            );
+            return Ok(Outcome::StillRunning);
+        }
+        if let Some((state, since)) = history::current_state(&events) {
+            let (usd, unpriced) = cost_so_far(&attempts, &region, now);
+            let cost = if attempts.is_empty() {
+                "nothing launched yet".to_string()
+            } else {
+                cost_text(usd, &unpriced)
+            };
+            let line = live_line(&state, now - since, now - d.started, &cost);
+            if terminal {
+                print!("\r\x1b[2K{line}");
+                let _ = out.flush();
+                live = true;
+            } else if quiet_since.elapsed() >= QUIET_LINE_EVERY {
+                println!("{line}");
+                quiet_since = Instant::now();
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The outcome line and the report's summary.
+pub fn finish(d: &Execution, events: &[history::Event]) -> Outcome {
+    let took = d.stopped.unwrap_or_else(Utc::now) - d.started;
+    let report = history::report(events).or_else(|| {
+        d.output
+            .as_ref()
+            .and_then(|o| o.get("report"))
+            .filter(|r| r.is_object())
+            .cloned()
+    });
+    let succeeded = d.status == "SUCCEEDED";
+    let mut headline = format!("{} after {}", d.status, elapsed(took));
+    if let Some(usd) = report.as_ref().and_then(|r| r["actual_usd"].as_f64()) {
+        headline.push_str(&format!(", ${usd:.4}"));
+    }
+    if !succeeded {
+        headline.push_str(&format!(
+            ": {} - {}",
+            d.error.as_deref().unwrap_or("no error name"),
+            d.cause.as_deref().unwrap_or("no cause given")
+        ));
+    }
+    println!("{headline}");
+    match report.as_ref().map(report::summary) {
+        Some(Ok(text)) => println!("\n{text}"),
+        Some(Err(e)) => println!("(the report cannot be read: {e})"),
+        None => println!("no cost report: nothing was launched, so there was nothing to clean up"),
+    }
+    if succeeded {
+        Outcome::Done
+    } else {
+        Outcome::RunFailed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::tests::{at, attempt};
+
+    fn attempts(v: Vec<serde_json::Value>) -> Vec<Attempt> {
+        serde_json::from_value(serde_json::Value::Array(v)).unwrap()
+    }
+
+    #[test]
+    fn elapsed_times_read_as_clocks() {
+        let s = chrono::Duration::seconds;
+        assert_eq!(elapsed(s(7)), "0:07");
+        assert_eq!(elapsed(s(754)), "12:34");
+        assert_eq!(elapsed(s(3723)), "1:02:03");
+        assert_eq!(elapsed(s(-3)), "0:00");
+        assert_eq!(step_line(s(65), "WaitBoot", ""), "     1:05  WaitBoot");
+        assert_eq!(
+            live_line("AwaitCompletion", s(192), s(340), "≈$0.0100 so far"),
+            "  in AwaitCompletion for 3:12, 5:40 since the start, ≈$0.0100 so far"
+        );
+    }
+
+    #[test]
+    fn cost_so_far_prices_each_attempt_until_the_next() {
+        // c7g.4xlarge: 16 vCPUs × 0.03625 = 0.58 $/h in us-east-1; 30 GiB gp3 at 0.08 $/GiB-month.
+        let a = attempts(vec![
+            attempt(1, "i-1", "c7g.4xlarge", "spot", 0),
+            attempt(2, "i-2", "c7g.4xlarge", "on-demand", 1800),
+        ]);
+        let (usd, unpriced) = cost_so_far(&a, "us-east-1", at(3600));
+        let ebs = 30.0 * 0.08 * 3600.0 / (730.0 * 3600.0);
+        assert!((usd - (0.58 + ebs)).abs() < 1e-9, "{usd}");
+        assert!(unpriced.is_empty());
+        // Elsewhere the table's price is raised to a bound the region does not exceed.
+        let (away, _) = cost_so_far(&a, "eu-west-1", at(3600));
+        assert!((away - (0.58 * 1.6 + ebs)).abs() < 1e-9, "{away}");
+        // A launch a moment ago bills EC2's 60 s minimum.
+        let (just, _) = cost_so_far(&a[..1], "us-east-1", at(5));
+        assert!((just - (0.58 / 60.0 + 30.0 * 0.08 * 60.0 / (730.0 * 3600.0))).abs() < 1e-9);
+        let odd = attempts(vec![attempt(1, "i-1", "z9.huge", "spot", 0)]);
+        let (usd, unpriced) = cost_so_far(&odd, "us-east-1", at(60));
+        assert_eq!((usd, unpriced.clone()), (0.0, vec!["z9.huge".to_string()]));
+        assert_eq!(
+            cost_text(0.0, &unpriced),
+            "≈$0.0000 so far (without z9.huge: not in the price table)"
+        );
+    }
+}

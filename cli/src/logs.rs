@@ -1,0 +1,181 @@
+//! `ephemera logs RUN`: the worker's log lines, as each attempt's worker shipped them to
+//! CloudWatch Logs (group `/ephemera/workers`, stream `<run_id>/<attempt>/<instance id>`).
+
+use aws_sdk_cloudwatchlogs::Client;
+use ephemera_core::rundoc::{parse_worker_log_stream, WORKER_LOG_GROUP};
+use serde_json::Value;
+
+use crate::errors::{CliError, Op};
+use crate::history;
+use crate::resolve::Execution;
+use crate::Outcome;
+
+/// A tracing JSON line (`{"timestamp","level","fields":{"message",…},"target"}`) as a person
+/// reads it: `2026-11-30T10:16:12Z INFO said started instance=i-0abc attempt=1`. Anything
+/// else is shown as it is.
+pub fn readable(line: &str) -> String {
+    let Ok(Value::Object(v)) = serde_json::from_str::<Value>(line) else {
+        return line.to_string();
+    };
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut out = vec![];
+    if let Some(t) = v.get("timestamp").and_then(Value::as_str) {
+        // Whole seconds are enough to read; the stream keeps the rest.
+        let t = match (t.find('.'), t.ends_with('Z')) {
+            (Some(dot), true) => format!("{}Z", &t[..dot]),
+            _ => t.to_string(),
+        };
+        out.push(t);
+    }
+    if let Some(l) = v.get("level") {
+        out.push(format!("{:<5}", text(l)));
+    }
+    let fields = v.get("fields").and_then(Value::as_object);
+    if let Some(m) = fields.and_then(|f| f.get("message")) {
+        out.push(text(m));
+    }
+    let mut rest: Vec<(&String, &Value)> = fields
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| *k != "message")
+        .collect();
+    rest.sort_by_key(|(k, _)| *k);
+    out.extend(rest.into_iter().map(|(k, v)| format!("{k}={}", text(v))));
+    if out.is_empty() {
+        line.to_string()
+    } else {
+        out.join(" ")
+    }
+}
+
+/// The run's streams of this execution's workers, by attempt.
+pub fn streams_of(
+    run_id: &str,
+    names: &[String],
+    instances: &[String],
+) -> Vec<(u32, String, String)> {
+    let mut found: Vec<(u32, String, String)> = names
+        .iter()
+        .filter_map(|n| {
+            let (attempt, instance) = parse_worker_log_stream(run_id, n)?;
+            // The same run id may have run before, on other instances.
+            instances
+                .contains(&instance)
+                .then(|| (attempt, instance, n.clone()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+pub async fn command(
+    logs: &Client,
+    sfn: &aws_sdk_sfn::Client,
+    execution: &Execution,
+    raw: bool,
+) -> Result<Outcome, CliError> {
+    let run_id = execution
+        .run_id()
+        .ok_or_else(|| CliError::Other(format!("{} has no run id in its input", execution.name)))?;
+    let events = history::read(sfn, &execution.arn).await?;
+    let instances: Vec<String> = history::attempts(&events)
+        .into_iter()
+        .map(|a| a.instance_id)
+        .collect();
+    if instances.is_empty() {
+        println!("no worker logs: {} launched no instance", execution.name);
+        return Ok(Outcome::Done);
+    }
+    let op = Op::new("logs:DescribeLogStreams", WORKER_LOG_GROUP);
+    let mut pages = logs
+        .describe_log_streams()
+        .log_group_name(WORKER_LOG_GROUP)
+        .log_stream_name_prefix(format!("{run_id}/"))
+        .into_paginator()
+        .send();
+    let mut names = vec![];
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| match e.as_service_error() {
+            Some(s) if s.is_resource_not_found_exception() => CliError::Other(format!(
+                "the log group {WORKER_LOG_GROUP} does not exist in this region: the ephemera \
+                 stack creates it (deploy the current template)"
+            )),
+            _ => op.fail(e),
+        })?;
+        names.extend(
+            page.log_streams()
+                .iter()
+                .filter_map(|s| s.log_stream_name().map(str::to_string)),
+        );
+    }
+    let streams = streams_of(&run_id, &names, &instances);
+    if streams.is_empty() {
+        println!(
+            "no log lines from the workers of {} yet (they ship to {WORKER_LOG_GROUP} every few seconds)",
+            execution.name
+        );
+        return Ok(Outcome::Done);
+    }
+    for (attempt, instance, stream) in streams {
+        println!("== attempt {attempt} on {instance} ({WORKER_LOG_GROUP} {stream})");
+        let op = Op::new("logs:GetLogEvents", &stream);
+        let mut token: Option<String> = None;
+        loop {
+            let page = logs
+                .get_log_events()
+                .log_group_name(WORKER_LOG_GROUP)
+                .log_stream_name(&stream)
+                .start_from_head(true)
+                .set_next_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| op.fail(e))?;
+            for e in page.events() {
+                let m = e.message().unwrap_or_default();
+                println!("{}", if raw { m.to_string() } else { readable(m) });
+            }
+            // The end is when the forward token stops changing.
+            let next = page.next_forward_token().map(str::to_string);
+            if next.is_none() || next == token || page.events().is_empty() {
+                break;
+            }
+            token = next;
+        }
+    }
+    Ok(Outcome::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracing_lines_read_as_text() {
+        let line = r#"{"timestamp":"2026-11-30T10:16:12.345678Z","level":"INFO","fields":{"message":"said started","instance":"i-0abc","attempt":1},"target":"ephemera_worker::link"}"#;
+        assert_eq!(
+            readable(line),
+            "2026-11-30T10:16:12Z INFO  said started attempt=1 instance=i-0abc"
+        );
+        assert_eq!(readable("plain text"), "plain text");
+        assert_eq!(readable("[1,2]"), "[1,2]");
+    }
+
+    #[test]
+    fn streams_are_this_executions_in_attempt_order() {
+        let names: Vec<String> = ["fx/2/i-2", "fx/1/i-1", "fx/1/i-old", "fx-2023/1/i-9"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let got = streams_of("fx", &names, &["i-1".into(), "i-2".into()]);
+        assert_eq!(
+            got,
+            vec![
+                (1, "i-1".into(), "fx/1/i-1".into()),
+                (2, "i-2".into(), "fx/2/i-2".into())
+            ]
+        );
+    }
+}

@@ -1,0 +1,207 @@
+//! `ephemera runs` (recent runs with outcome and cost) and `ephemera status [RUN]`.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::errors::CliError;
+use crate::follow::{attempt_text, cost_so_far, cost_text, elapsed, COST_SO_FAR_NOTE};
+use crate::history;
+use crate::report;
+use crate::resolve::{self, Execution};
+use crate::Outcome;
+
+/// One line of `ephemera runs`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub run_id: String,
+    pub execution: String,
+    pub status: String,
+    pub started: DateTime<Utc>,
+    pub duration: Option<chrono::Duration>,
+    pub cost_usd: Option<f64>,
+}
+
+fn when(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+/// The table, columns as wide as their widest cell.
+pub fn table(rows: &[Row]) -> String {
+    let header = [
+        "RUN",
+        "EXECUTION",
+        "STATUS",
+        "STARTED (UTC)",
+        "DURATION",
+        "COST",
+    ];
+    let cells: Vec<[String; 6]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.run_id.clone(),
+                r.execution.clone(),
+                r.status.clone(),
+                when(r.started),
+                r.duration.map(elapsed).unwrap_or_else(|| "-".into()),
+                r.cost_usd
+                    .map(|c| format!("${c:.4}"))
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for c in &cells {
+        for (w, cell) in widths.iter_mut().zip(c) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |c: &[String]| {
+        let parts: Vec<String> = c
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(i, (cell, w))| {
+                // Money and durations line up on the right.
+                if i >= 4 {
+                    format!("{cell:>w$}")
+                } else {
+                    format!("{cell:<w$}")
+                }
+            })
+            .collect();
+        parts.join("  ").trim_end().to_string()
+    };
+    let mut out = vec![line(&header.map(String::from))];
+    out.extend(cells.iter().map(|c| line(c)));
+    out.join("\n")
+}
+
+fn actual_usd(report: &Value) -> Option<f64> {
+    report.get("actual_usd").and_then(Value::as_f64)
+}
+
+pub async fn runs(
+    sfn: &aws_sdk_sfn::Client,
+    machine: &str,
+    limit: usize,
+) -> Result<Outcome, CliError> {
+    let listed = resolve::list(sfn, machine, limit).await?;
+    if listed.is_empty() {
+        println!("no runs yet on {machine}");
+        return Ok(Outcome::Done);
+    }
+    let mut rows = vec![];
+    for l in &listed {
+        let e = resolve::describe(sfn, &l.arn).await?;
+        let cost = report::find(sfn, &e).await?.as_ref().and_then(actual_usd);
+        rows.push(Row {
+            run_id: e.run_id().unwrap_or_else(|| "?".into()),
+            execution: e.name.clone(),
+            status: e.status.clone(),
+            started: e.started,
+            duration: e.stopped.map(|s| s - e.started),
+            cost_usd: cost,
+        });
+    }
+    println!("{}", table(&rows));
+    Ok(Outcome::Done)
+}
+
+pub async fn status(sfn: &aws_sdk_sfn::Client, e: &Execution) -> Result<Outcome, CliError> {
+    let events = history::read(sfn, &e.arn).await?;
+    let attempts = history::attempts(&events);
+    let now = Utc::now();
+    let field = |k: &str, v: String| println!("{k:<10} {v}");
+    field("run", e.run_id().unwrap_or_else(|| "?".into()));
+    field("execution", format!("{} ({})", e.name, e.arn));
+    let state = match (e.is_running(), history::current_state(&events)) {
+        (true, Some((state, since))) => format!("RUNNING: in {state} for {}", elapsed(now - since)),
+        (true, None) => "RUNNING".into(),
+        (false, _) => {
+            let took = e.stopped.unwrap_or(now) - e.started;
+            let mut s = format!("{} after {}", e.status, elapsed(took));
+            if let Some(err) = &e.error {
+                s.push_str(&format!(
+                    ": {err} - {}",
+                    e.cause.as_deref().unwrap_or("no cause given")
+                ));
+            }
+            s
+        }
+    };
+    field("status", state);
+    field(
+        "started",
+        format!("{} UTC, {} ago", when(e.started), elapsed(now - e.started)),
+    );
+    for (i, a) in attempts.iter().enumerate() {
+        field(
+            if i == 0 { "attempts" } else { "" },
+            format!("{}, launched {} UTC", attempt_text(a), when(a.launched_at)),
+        );
+    }
+    if attempts.is_empty() {
+        field("attempts", "none launched".into());
+    }
+    let region = crate::aws::region_of_arn(&e.arn).unwrap_or_default();
+    let cost = match (e.is_running(), history::report(&events)) {
+        (_, Some(r)) => match actual_usd(&r) {
+            Some(usd) => format!("${usd:.4} (measured; ephemera report {})", e.name),
+            None => "the report has no cost".into(),
+        },
+        (true, None) if !attempts.is_empty() => {
+            let (usd, unpriced) = cost_so_far(&attempts, region, now);
+            format!(
+                "{}\n{:<10} ({COST_SO_FAR_NOTE})",
+                cost_text(usd, &unpriced),
+                ""
+            )
+        }
+        (true, None) => "nothing launched yet".into(),
+        (false, None) => "none: nothing was launched".into(),
+    };
+    field("cost", cost);
+    Ok(match e.status.as_str() {
+        "RUNNING" | "SUCCEEDED" | "PENDING_REDRIVE" => Outcome::Done,
+        _ => Outcome::RunFailed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::tests::at;
+
+    #[test]
+    fn the_table_lines_up() {
+        let rows = vec![
+            Row {
+                run_id: "fx".into(),
+                execution: "fx-20260101T000000".into(),
+                status: "SUCCEEDED".into(),
+                started: at(0),
+                duration: Some(chrono::Duration::seconds(754)),
+                cost_usd: Some(0.42),
+            },
+            Row {
+                run_id: "weekly-abc".into(),
+                execution: "sched".into(),
+                status: "RUNNING".into(),
+                started: at(60),
+                duration: None,
+                cost_usd: None,
+            },
+        ];
+        let t = table(&rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(
+            lines[0].starts_with("RUN         EXECUTION           STATUS     STARTED (UTC)"),
+            "{t}"
+        );
+        assert!(lines[1].ends_with("12:34  $0.4200"), "{t}");
+        assert!(lines[2].ends_with("-        -"), "{t}");
+        assert!(lines[1].contains("2027-01-15 08:00:00"), "{t}");
+    }
+}

@@ -1,0 +1,9 @@
+//! The tags ephemera puts on every instance and volume it launches: what cleanup, the sweeper
+//! and IAM conditions (`ec2:ResourceTag/ephemera:managed`) recognise them by.
+
+pub const MANAGED: &str = "ephemera:managed";
+pub const RUN: &str = "ephemera:run";
+pub const EXECUTION: &str = "ephemera:execution";
+pub const ATTEMPT: &str = "ephemera:attempt";
+/// RFC 3339: past it, the sweeper terminates the instance whatever its execution says.
+pub const DEADLINE: &str = "ephemera:deadline";
