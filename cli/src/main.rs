@@ -82,6 +82,9 @@ enum Command {
         /// The report's JSON instead.
         #[arg(long)]
         json: bool,
+        /// Also write the report as a static HTML page (timeline, cost split, attempts, checks).
+        #[arg(long, value_name = "FILE")]
+        html: Option<std::path::PathBuf>,
     },
     /// The log lines the run's workers shipped, attempt by attempt.
     Logs {
@@ -218,11 +221,11 @@ async fn run(cli: Cli) -> Result<Outcome, CliError> {
             let sfn = aws_sdk_sfn::Client::new(&conf);
             runs::runs(&sfn, machine, limit).await
         }
-        Command::Report { run, json } => {
+        Command::Report { run, json, html } => {
             let conf = aws::config(g, arn_hint(Some(&run), machine)).await?;
             let sfn = aws_sdk_sfn::Client::new(&conf);
             let e = resolve::resolve(&sfn, machine, Some(&run)).await?;
-            report::command(&sfn, &e, json).await
+            report::command(&sfn, &e, json, html.as_deref()).await
         }
         Command::Logs { run, raw } => {
             let conf = aws::config(g, arn_hint(Some(&run), machine)).await?;

@@ -1,4 +1,4 @@
-//! `ephemera report RUN`: the cost report as the email tells it, or its JSON.
+//! `ephemera report RUN`: the cost report as the email tells it, its JSON, or its HTML page.
 
 use ephemera_core::rundoc::{render_email, CostReport};
 use serde_json::Value;
@@ -40,10 +40,17 @@ pub async fn find(
     Ok(history::report(&events))
 }
 
+/// The report as a static page (the one terminate-with-cost-report stores beside the manifest).
+pub fn html(report: &Value) -> Result<String, String> {
+    let r: CostReport = serde_json::from_value(report.clone()).map_err(|e| e.to_string())?;
+    Ok(ephemera_core::report_html::render(&r))
+}
+
 pub async fn command(
     sfn: &aws_sdk_sfn::Client,
     execution: &Execution,
     json: bool,
+    html_file: Option<&std::path::Path>,
 ) -> Result<Outcome, CliError> {
     let Some(report) = find(sfn, execution).await? else {
         let who = &execution.name;
@@ -59,6 +66,17 @@ pub async fn command(
         );
         return Ok(Outcome::RunFailed);
     };
+    if let Some(path) = html_file {
+        let page = html(&report).map_err(|e| {
+            CliError::Other(format!(
+                "the report of {} cannot be read: {e}",
+                execution.name
+            ))
+        })?;
+        std::fs::write(path, page)
+            .map_err(|e| CliError::Other(format!("writing {}: {e}", path.display())))?;
+        eprintln!("wrote {}", path.display());
+    }
     if json {
         println!(
             "{}",
@@ -105,6 +123,8 @@ mod tests {
             terminated: vec!["i-1".into()],
             generated_at: chrono::Utc::now(),
             notes: vec![],
+            verification: None,
+            stored: None,
         };
         let text = summary(&serde_json::to_value(&r).unwrap()).unwrap();
         assert!(text.starts_with("Run fx SUCCEEDED."), "{text}");

@@ -195,6 +195,26 @@ async fn run_follows_to_the_report_and_the_run_reads_back_with_every_verb() {
             .await;
     let report: Value = serde_json::from_slice(&out.stdout).expect("the report's JSON");
     assert_eq!(report["run_id"], "cli-run");
+    // --html writes the page beside what it prints: the timeline and the total are on it.
+    let page =
+        std::env::temp_dir().join(format!("ephemera-cli-report-{}.html", std::process::id()));
+    let out = output(ephemera(region).args([
+        "report",
+        "cli-run",
+        "--html",
+        page.to_str().unwrap(),
+        "--state-machine",
+        &machine,
+    ]))
+    .await;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains(r#"<svg id="timeline""#), "{html}");
+    assert!(
+        html.contains(&format!("${:.4}", report["actual_usd"].as_f64().unwrap())),
+        "the total is on the page"
+    );
+    let _ = std::fs::remove_file(&page);
     assert_eq!(report["outcome"], "SUCCEEDED");
     assert!(report["actual_usd"].as_f64().unwrap() > 0.0, "{report}");
 

@@ -271,6 +271,13 @@ pub async fn run(o: Options, console: Console) -> Result<bool> {
         .send()
         .await
         .context("storing the database URL as a secret")?;
+    // The stack's log group, where each worker ships its lines (`ephemera logs` reads them).
+    aws_sdk_cloudwatchlogs::Client::new(&crate::sdk_config(region))
+        .create_log_group()
+        .log_group_name(ephemera_core::rundoc::WORKER_LOG_GROUP)
+        .send()
+        .await
+        .context("creating the workers' log group")?;
     if o.scenario == Scenario::QuotaWait {
         h.door.with_quotas(region, |q| {
             q.applied.insert(SPOT_QUOTA.into(), 8.0);
