@@ -17,6 +17,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::export::{self, Store, Target};
+use crate::features::Params;
 use crate::partition::{self, Work};
 use crate::queue::Claim;
 use crate::{db, queue};
@@ -44,6 +45,8 @@ pub struct Options {
     pub stop: CancellationToken,
     /// Drawn on a terminal; hidden otherwise.
     pub progress: ProgressBar,
+    /// The stages' settings (arbitrage threshold, …).
+    pub params: Params,
 }
 
 /// Totals of the `validate` stage over the run.
@@ -117,6 +120,7 @@ pub async fn run(opts: Options) -> Result<Summary> {
                 source: &opts.source,
                 owner: &owner,
                 store: store.as_ref(),
+                params: &opts.params,
             };
             let (done, aborted) = work(client, &cx, &opts).await?;
             Ok::<_, anyhow::Error>((done, aborted.map(|c| (owner.clone(), c))))
