@@ -58,8 +58,7 @@ async fn generate(client: &tokio_postgres::Client, rows: usize) -> u64 {
         .with_timezone(&Utc);
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut n = 0u64;
-    for p in 0..PAIRS {
-        let pair = NAMES[p];
+    for (p, pair) in NAMES.iter().enumerate() {
         let mut price = 1.0 + p as f64 * 0.1;
         for i in 0..per_pair {
             seed ^= seed << 13;
