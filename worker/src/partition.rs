@@ -14,7 +14,7 @@ use crate::bars::{clean, Bars, Quality};
 use crate::db::{checked_ident, feature_types, stage_columns, BAR_TYPES, SOURCE_TYPES};
 use crate::export::{self, Store};
 use crate::features::{
-    arbitrage, currency_index, finite, indicators, regression, warm_up, Columns, Params,
+    arbitrage, currency_index, finite, indicators, regime, regression, warm_up, Columns, Params,
 };
 use crate::queue::{self, Claim};
 use crate::stage::{Scope, Stage, ALL_PAIRS};
@@ -154,7 +154,8 @@ pub async fn process(client: &mut Client, cx: &Work<'_>, c: &Claim) -> Result<Do
         s if s.is_column_stage() => features(client, cx.core, cx.source, cx.owner, c).await,
         s => match s.scope() {
             Scope::AllPairs => cross_pair(client, cx, s, c).await,
-            _ => bail!("'{s}' is not handled by this worker"),
+            Scope::Pair => per_pair(client, cx, s, c).await,
+            Scope::Follows => bail!("'{s}' is not handled by this worker"),
         },
     }
 }
@@ -451,6 +452,54 @@ async fn write_tables(
     queue::complete(&tx, owner, c, rows_in as i64, rows_out as i64, &quality).await?;
     tx.commit().await?;
     Ok(rows_out)
+}
+
+/// Processes one claimed partition of a per-pair stage with a typed table (regime): its bars of
+/// the month with the history its windows need.
+async fn per_pair(client: &mut Client, cx: &Work<'_>, stage: Stage, c: &Claim) -> Result<Done> {
+    let source = checked_ident(cx.source)?;
+    let p = pair_literal(&c.pair)?;
+    let (start, end) = month_bounds(c.month);
+    let from = start - chrono::Duration::days(regime::HISTORY_DAYS);
+    let raw = copy_out(
+        client,
+        &format!(
+            "COPY (SELECT ts, open, high, low, close, volume FROM {source}
+                    WHERE pair = {p} AND ts >= '{}' AND ts < '{}' ORDER BY ts)
+             TO STDOUT (FORMAT binary)",
+            from.to_rfc3339(),
+            end.to_rfc3339()
+        ),
+    )
+    .await
+    .with_context(|| format!("reading {} {}", c.pair, c.month))?;
+    let (bars, _) = clean(&raw);
+    let first = bars.ts.partition_point(|&t| t < start.timestamp_micros());
+    // The month's own bars, for its quality counts (as the other per-pair stages report them).
+    let k = raw.ts.partition_point(|&t| t < start.timestamp_micros());
+    let month_raw = Bars {
+        ts: raw.ts[k..].to_vec(),
+        open: raw.open[k..].to_vec(),
+        high: raw.high[k..].to_vec(),
+        low: raw.low[k..].to_vec(),
+        close: raw.close[k..].to_vec(),
+        volume: raw.volume[k..].to_vec(),
+    };
+    let (_, quality) = clean(&month_raw);
+    let (core, pair) = (cx.core.clone(), c.pair.clone());
+    let tables = tokio::task::spawn_blocking(move || match stage {
+        Stage::Regime => regime::compute(&core, &pair, &bars, first).map(|r| vec![r]),
+        other => bail!("'{other}' has no per-pair table"),
+    })
+    .await??;
+    let mut json = serde_json::to_value(&quality)?;
+    json["history_bars"] = first.into();
+    let rows_out = write_tables(client, cx.owner, c, &tables, quality.rows_in, json).await?;
+    Ok(Done {
+        rows_in: quality.rows_in,
+        rows_out,
+        quality,
+    })
 }
 
 /// Processes one claimed partition of a cross-pair stage: every pair of its month at once.

@@ -25,6 +25,8 @@ use crate::stage::Stage;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Text,
+    /// Text that may be NULL.
+    OptText,
     Ts,
     Date,
     Int,
@@ -35,6 +37,7 @@ impl Kind {
     fn sql(self) -> &'static str {
         match self {
             Kind::Text => "text NOT NULL",
+            Kind::OptText => "text",
             Kind::Ts => "timestamptz NOT NULL",
             Kind::Date => "date NOT NULL",
             Kind::Int => "integer NOT NULL",
@@ -43,7 +46,7 @@ impl Kind {
     }
     fn pg(self) -> Type {
         match self {
-            Kind::Text => Type::TEXT,
+            Kind::Text | Kind::OptText => Type::TEXT,
             Kind::Ts => Type::TIMESTAMPTZ,
             Kind::Date => Type::DATE,
             Kind::Int => Type::INT4,
@@ -107,10 +110,10 @@ pub const REGIME: Def = Def {
         ("ts", Kind::Ts),
         ("rv_60", Kind::F64),
         ("rv_pct_30d", Kind::F64),
-        ("vol_regime", Kind::Text),
+        ("vol_regime", Kind::OptText),
         ("adx_14", Kind::F64),
         ("slope_240", Kind::F64),
-        ("trend_regime", Kind::Text),
+        ("trend_regime", Kind::OptText),
     ],
     key: &["pair", "ts"],
     month_column: "ts",
@@ -203,6 +206,7 @@ pub fn of(stage: Stage) -> &'static [&'static Def] {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Values {
     Text(Vec<String>),
+    OptText(Vec<Option<&'static str>>),
     Ts(Vec<DateTime<Utc>>),
     Date(Vec<NaiveDate>),
     Int(Vec<i32>),
@@ -214,6 +218,7 @@ impl Values {
     fn empty(kind: Kind) -> Values {
         match kind {
             Kind::Text => Values::Text(vec![]),
+            Kind::OptText => Values::OptText(vec![]),
             Kind::Ts => Values::Ts(vec![]),
             Kind::Date => Values::Date(vec![]),
             Kind::Int => Values::Int(vec![]),
@@ -223,6 +228,7 @@ impl Values {
     pub fn len(&self) -> usize {
         match self {
             Values::Text(v) => v.len(),
+            Values::OptText(v) => v.len(),
             Values::Ts(v) => v.len(),
             Values::Date(v) => v.len(),
             Values::Int(v) => v.len(),
@@ -235,6 +241,7 @@ impl Values {
     fn kind(&self) -> Kind {
         match self {
             Values::Text(_) => Kind::Text,
+            Values::OptText(_) => Kind::OptText,
             Values::Ts(_) => Kind::Ts,
             Values::Date(_) => Kind::Date,
             Values::Int(_) => Kind::Int,
@@ -244,12 +251,22 @@ impl Values {
     fn sql(&self, i: usize) -> &(dyn ToSql + Sync) {
         match self {
             Values::Text(v) => &v[i],
+            Values::OptText(v) => &v[i],
             Values::Ts(v) => &v[i],
             Values::Date(v) => &v[i],
             Values::Int(v) => &v[i],
             Values::F64(v) => &v[i],
         }
     }
+}
+
+/// Optional text columns hold labels from a small set (regimes): one static string each.
+fn intern(s: &str) -> &'static str {
+    crate::features::regime::LABELS
+        .iter()
+        .find(|l| **l == s)
+        .copied()
+        .unwrap_or("?")
 }
 
 /// A table's rows of one partition, in columns ordered as its `Def`.
@@ -395,6 +412,7 @@ pub async fn read(client: &Client, def: &'static Def, part: &Partition<'_>) -> R
         for (k, c) in cols.iter_mut().enumerate() {
             match c {
                 Values::Text(v) => v.push(r.get(k)),
+                Values::OptText(v) => v.push(r.get::<Option<&str>>(k).map(intern)),
                 Values::Ts(v) => v.push(r.get(k)),
                 Values::Date(v) => v.push(r.get(k)),
                 Values::Int(v) => v.push(r.get(k)),
@@ -410,9 +428,10 @@ pub fn parquet(rows: &Rows) -> Result<Vec<u8>> {
     let mut fields = vec![];
     let mut arrays: Vec<ArrayRef> = vec![];
     for ((name, kind), v) in rows.def.columns.iter().zip(&rows.columns) {
-        let nullable = *kind == Kind::F64;
+        let nullable = matches!(kind, Kind::F64 | Kind::OptText);
         let (ty, array): (DataType, ArrayRef) = match v {
             Values::Text(v) => (DataType::Utf8, Arc::new(StringArray::from(v.clone()))),
+            Values::OptText(v) => (DataType::Utf8, Arc::new(StringArray::from(v.clone()))),
             Values::Ts(v) => (
                 DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
                 Arc::new(

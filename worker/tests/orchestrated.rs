@@ -114,7 +114,7 @@ const BUCKET: &str = "ephemera-features";
 /// A triangle's three pairs, so the cross-pair stages have something to cross.
 const PAIRS: [&str; 3] = ["EURGBP", "EURUSD", "GBPUSD"];
 const MONTHS: usize = 2;
-const PER_PAIR_STAGES: &[&str] = &["indicators", "regression"];
+const PER_PAIR_STAGES: &[&str] = &["indicators", "regression", "regime"];
 /// One partition per month over all pairs; arbitrage writes two tables.
 const CROSS_PAIR_STAGES: &[&str] = &["currency-index", "arbitrage"];
 const CROSS_PAIR_TABLES: usize = 3;

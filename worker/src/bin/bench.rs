@@ -271,6 +271,7 @@ fn placeholder_rows(def: &'static table::Def, n: usize, offset: usize) -> table:
                     .map(|i| start + chrono::Duration::minutes(i as i64))
                     .collect(),
             ),
+            Kind::OptText => Values::OptText(vec![Some("normal"); n]),
             Kind::Date => Values::Date(vec![start.date_naive(); n]),
             Kind::Int => Values::Int(vec![1; n]),
             Kind::F64 => Values::F64(vec![Some(0.5); n]),
@@ -464,7 +465,7 @@ async fn main() {
         worker / ceiling_par
     );
     println!();
-    for stage in [Stage::CurrencyIndex, Stage::Arbitrage] {
+    for stage in [Stage::Regime, Stage::CurrencyIndex, Stage::Arbitrage] {
         new_stage(&url, stage, cores).await;
     }
 }

@@ -3,6 +3,7 @@
 pub mod arbitrage;
 pub mod currency_index;
 pub mod indicators;
+pub mod regime;
 pub mod regression;
 
 /// The stages' settings a run may change (the command line's flags).
