@@ -161,14 +161,14 @@ pub fn compute(core: &Core, pair: &str, bars: &Bars, first: usize) -> Result<Row
     // Over a window of one repeated close the slope is exactly 0 (a market that did not move is
     // in range), not the few ulps the running sums leave there.
     let mut same = 0usize;
-    for i in 0..n {
+    for (i, s) in slope.iter_mut().enumerate() {
         same = if i > 0 && bars.close[i] == bars.close[i - 1] {
             same + 1
         } else {
             1
         };
         if same >= SLOPE_BARS {
-            slope[i] = 0.0;
+            *s = 0.0;
         }
     }
     let some = |x: f64| super::finite(x);
