@@ -18,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::export::{self, Store, Target};
 use crate::features::Params;
-use crate::stage::Stage;
 use crate::partition::{self, Work};
 use crate::queue::Claim;
+use crate::stage::Stage;
 use crate::{db, queue};
 
 /// How long an idle task waits before looking again while other partitions are in progress.
