@@ -13,6 +13,10 @@ CHECKOV := $(VENV)/checkov/bin/checkov
 # The reference the worker's indicators are tested against (a wheel that bundles TA-Lib's C library).
 TALIB_VERSION := 0.8.2
 NUMPY_VERSION := 2.4.6
+# References of the later stages: regimes in pandas, Granger causality in statsmodels.
+PANDAS_VERSION := 3.1.1
+STATSMODELS_VERSION := 0.15.0
+REFERENCES := $(VENV)/.references-$(PANDAS_VERSION)-$(STATSMODELS_VERSION)
 RUNSPEC ?= events/runspec.json
 export SAM_CLI_TELEMETRY := 0
 
@@ -26,6 +30,10 @@ $(VENV)/bin/moto_server:
 
 $(VENV)/.talib-$(TALIB_VERSION): $(VENV)/bin/moto_server
 	$(VENV)/bin/pip install -q 'TA-Lib==$(TALIB_VERSION)' 'numpy==$(NUMPY_VERSION)'
+	touch $@
+
+$(REFERENCES): $(VENV)/.talib-$(TALIB_VERSION)
+	$(VENV)/bin/pip install -q 'pandas==$(PANDAS_VERSION)' 'statsmodels==$(STATSMODELS_VERSION)' 'numpy==$(NUMPY_VERSION)'
 	touch $@
 
 $(VENV)/bin/cargo-lambda: $(VENV)/bin/moto_server
@@ -53,7 +61,7 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
-setup: $(VENV)/bin/moto_server $(VENV)/.talib-$(TALIB_VERSION) $(VENV)/bin/sam $(VENV)/bin/cargo-lambda $(CHECKOV) node_modules/.bin/asl-validator postgres chromium
+setup: $(VENV)/bin/moto_server $(VENV)/.talib-$(TALIB_VERSION) $(REFERENCES) $(VENV)/bin/sam $(VENV)/bin/cargo-lambda $(CHECKOV) node_modules/.bin/asl-validator postgres chromium
 	cargo fetch --locked
 
 build:
@@ -70,7 +78,7 @@ demo: $(VENV)/bin/moto_server postgres
 	  --worker $(CARGO_TARGET_DIR)/debug/ephemera-worker
 
 # Unit tests of the pure core and handlers, then the handlers against moto behind the front door.
-test: $(VENV)/bin/moto_server $(VENV)/.talib-$(TALIB_VERSION) postgres chromium
+test: $(VENV)/bin/moto_server $(VENV)/.talib-$(TALIB_VERSION) $(REFERENCES) postgres chromium
 	cargo test --workspace --locked
 
 unit:

@@ -22,19 +22,19 @@ use tokio_postgres::Client;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::features::{indicators, regression};
+use crate::stage::Stage;
+use crate::table;
 
-/// Stages that compute a feature table from the bars.
+/// Stages whose table is (pair, ts, one float column per output): written from column arrays.
 pub const STAGES: [&str; 2] = ["indicators", "regression"];
-/// Every stage a run may name, in the order a partition goes through them.
-pub const ALL_STAGES: [&str; 4] = ["indicators", "regression", "validate", "export"];
 
-/// Output columns of a feature stage, after (pair, ts).
+/// Output columns of a column stage, after (pair, ts).
 pub fn stage_columns(stage: &str) -> Result<Vec<String>> {
     Ok(match stage {
         "indicators" => indicators::COLUMNS.iter().map(|s| s.to_string()).collect(),
         "regression" => regression::column_names(),
         other => bail!(
-            "'{other}' is not a feature stage; feature stages: {}",
+            "'{other}' is not a column stage; column stages: {}",
             STAGES.join(", ")
         ),
     })
@@ -43,12 +43,7 @@ pub fn stage_columns(stage: &str) -> Result<Vec<String>> {
 /// A partition's stage waits for every stage of a lower rank in the same run: features, then
 /// their validation, then their export.
 pub fn stage_rank(stage: &str) -> Result<i32> {
-    Ok(match stage {
-        "indicators" | "regression" => 0,
-        "validate" => 1,
-        "export" => 2,
-        other => bail!("unknown stage '{other}'; stages: {}", ALL_STAGES.join(", ")),
-    })
+    Ok(Stage::parse(stage)?.rank())
 }
 
 /// Binary COPY row types of a bar as the worker reads it: ts, open, high, low, close, volume.
@@ -500,6 +495,9 @@ pub async fn init(client: &Client, source: &str) -> Result<()> {
                  PRIMARY KEY (pair, ts));",
             cols.join(", ")
         ));
+    }
+    for def in table::ALL {
+        sql.push_str(&def.ddl());
     }
     client
         .batch_execute(&sql)

@@ -138,6 +138,11 @@ pub fn object_name(stage: &str, pair: &str, month: NaiveDate) -> String {
     )
 }
 
+/// The file name of one month of a cross-pair table (which holds every pair).
+pub fn month_object_name(table: &str, month: NaiveDate) -> String {
+    format!("{table}/month={}/part.parquet", month.format("%Y-%m"))
+}
+
 /// One partition of one feature table, ready to encode.
 pub struct Table<'a> {
     pub pair: &'a str,

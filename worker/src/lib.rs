@@ -12,4 +12,6 @@ pub mod progress;
 pub mod queue;
 pub mod run;
 pub mod seed;
+pub mod stage;
+pub mod table;
 pub mod validate;

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use ephemera_worker::features::{arbitrage, Params};
+use ephemera_worker::stage::Stage;
 use ephemera_worker::{db, export, link, logship, progress, queue, run, seed, validate};
 
 #[derive(Parser)]
@@ -56,9 +58,16 @@ enum Command {
     },
     /// Compute stages for every (pair, month) not done yet.
     Run {
-        /// Comma-separated, from: indicators, regression, validate, export.
+        /// Comma-separated, from: indicators, regression, regime, currency-index, arbitrage,
+        /// causality, validate, export.
         #[arg(long, default_value = "indicators,regression", value_delimiter = ',')]
-        stages: Vec<String>,
+        stages: Vec<Stage>,
+        /// arbitrage: an event is |deviation| above this many basis points…
+        #[arg(long, default_value_t = 2.0)]
+        arbitrage_threshold_bp: f64,
+        /// …for at least this many consecutive minutes.
+        #[arg(long, default_value_t = 3)]
+        arbitrage_min_minutes: usize,
         /// Where `export` writes Parquet and the manifest: s3://bucket/prefix/ or a directory.
         #[arg(long)]
         export: Option<String>,
@@ -189,6 +198,8 @@ async fn main_inner(
         }
         Command::Run {
             stages,
+            arbitrage_threshold_bp,
+            arbitrage_min_minutes,
             export,
             concurrency,
             run_id,
@@ -207,7 +218,7 @@ async fn main_inner(
             let opts = run::Options {
                 database_url: url,
                 source: cli.source.clone(),
-                stages,
+                stages: stages.iter().map(|s| s.name().to_string()).collect(),
                 concurrency: concurrency.unwrap_or(cores),
                 worker_id: worker_id.unwrap_or_else(|| format!("worker-{}", std::process::id())),
                 run_id,
@@ -216,6 +227,12 @@ async fn main_inner(
                 export: export.as_deref().map(export::Target::parse).transpose()?,
                 stop: stop.clone(),
                 progress,
+                params: Params {
+                    arbitrage: arbitrage::Params {
+                        threshold_bp: arbitrage_threshold_bp,
+                        min_minutes: arbitrage_min_minutes,
+                    },
+                },
             };
             let Some(prefix) = ssm_prefix else {
                 let summary = run::run(opts).await?;

@@ -11,10 +11,14 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 use crate::bars::{clean, Bars, Quality};
-use crate::db::{checked_ident, feature_types, stage_columns, BAR_TYPES};
+use crate::db::{checked_ident, feature_types, stage_columns, BAR_TYPES, SOURCE_TYPES};
 use crate::export::{self, Store};
-use crate::features::{finite, indicators, regression, warm_up, Columns};
+use crate::features::{
+    arbitrage, currency_index, finite, indicators, regime, regression, warm_up, Columns, Params,
+};
 use crate::queue::{self, Claim};
+use crate::stage::{Scope, Stage, ALL_PAIRS};
+use crate::table::{self, Rows};
 use crate::validate;
 
 /// Bars read before the month so indicators and windows are warm at its first bar (the
@@ -28,7 +32,7 @@ pub struct Done {
     pub quality: Quality,
 }
 
-fn month_bounds(month: NaiveDate) -> (DateTime<Utc>, DateTime<Utc>) {
+pub fn month_bounds(month: NaiveDate) -> (DateTime<Utc>, DateTime<Utc>) {
     let start = month.with_day(1).unwrap_or(month);
     let next = if start.month() == 12 {
         NaiveDate::from_ymd_opt(start.year() + 1, 1, 1)
@@ -42,7 +46,7 @@ fn month_bounds(month: NaiveDate) -> (DateTime<Utc>, DateTime<Utc>) {
     )
 }
 
-fn pair_literal(pair: &str) -> Result<String> {
+pub(crate) fn pair_literal(pair: &str) -> Result<String> {
     if pair.is_empty()
         || pair.len() > 32
         || !pair
@@ -107,12 +111,24 @@ pub async fn read(
 }
 
 pub fn compute(core: &Core, stage: &str, bars: &Bars) -> Result<Columns> {
-    Ok(match stage {
-        "indicators" => {
+    Ok(match Stage::parse(stage)? {
+        Stage::Indicators => {
             indicators::compute(core, bars).map_err(|e| anyhow::anyhow!("TA-Lib: {e:?}"))?
         }
-        "regression" => regression::compute(bars),
-        other => bail!("unknown stage '{other}'"),
+        Stage::Regression => regression::compute(bars),
+        other => bail!("'{other}' does not compute columns from one pair's bars"),
+    })
+}
+
+/// A cross-pair stage's tables from every pair's clean bars of one month (sorted by pair).
+pub fn compute_cross(stage: Stage, pairs: &[(String, Bars)], params: &Params) -> Result<Vec<Rows>> {
+    Ok(match stage {
+        Stage::CurrencyIndex => vec![currency_index::compute(pairs)?],
+        Stage::Arbitrage => {
+            let (minutes, events) = arbitrage::compute(pairs, params.arbitrage)?;
+            vec![minutes, events]
+        }
+        other => bail!("'{other}' is not a cross-pair stage"),
     })
 }
 
@@ -123,17 +139,24 @@ pub struct Work<'a> {
     pub owner: &'a str,
     /// Where `export` writes; None when the run exports nothing.
     pub store: Option<&'a Store>,
+    pub params: &'a Params,
 }
 
 /// Processes one claimed partition of any stage.
 pub async fn process(client: &mut Client, cx: &Work<'_>, c: &Claim) -> Result<Done> {
-    match c.stage.as_str() {
-        "validate" => validate_partition(client, cx, c).await,
-        "export" => match cx.store {
+    let stage = Stage::parse(&c.stage)?;
+    match stage {
+        Stage::Validate => validate_partition(client, cx, c).await,
+        Stage::Export => match cx.store {
             Some(store) => export_partition(client, cx, store, c).await,
             None => bail!("stage 'export' needs --export s3://bucket/prefix/ or a directory"),
         },
-        _ => features(client, cx.core, cx.source, cx.owner, c).await,
+        s if s.is_column_stage() => features(client, cx.core, cx.source, cx.owner, c).await,
+        s => match s.scope() {
+            Scope::AllPairs => cross_pair(client, cx, s, c).await,
+            Scope::Pair => per_pair(client, cx, s, c).await,
+            Scope::Follows => bail!("'{s}' is not handled by this worker"),
+        },
     }
 }
 
@@ -172,7 +195,7 @@ pub async fn read_features(
 }
 
 /// The feature stages of this run that a partition's validate or export covers.
-async fn feature_stages(client: &Client, c: &Claim) -> Result<Vec<(String, Option<i64>)>> {
+async fn feature_stages(client: &Client, c: &Claim) -> Result<Vec<(Stage, Option<i64>)>> {
     let rows = client
         .query(
             "SELECT stage, (quality->>'history_bars')::bigint FROM ephemera.partitions
@@ -180,7 +203,21 @@ async fn feature_stages(client: &Client, c: &Claim) -> Result<Vec<(String, Optio
             &[&c.run_id, &c.pair, &c.month],
         )
         .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    rows.iter()
+        .map(|r| Ok((Stage::parse(r.get(0))?, r.get(1))))
+        .collect()
+}
+
+/// A partition's rows of one typed table, read back.
+async fn read_table(client: &Client, def: &'static table::Def, c: &Claim) -> Result<Rows> {
+    let (start, end) = month_bounds(c.month);
+    let part = table::Partition {
+        month: c.month,
+        start,
+        end,
+        pair: (c.pair != ALL_PAIRS).then_some(c.pair.as_str()),
+    };
+    table::read(client, def, &part).await
 }
 
 async fn validate_partition(client: &mut Client, cx: &Work<'_>, c: &Claim) -> Result<Done> {
@@ -188,13 +225,31 @@ async fn validate_partition(client: &mut Client, cx: &Work<'_>, c: &Claim) -> Re
     let mut gaps = None;
     let mut rows_in = 0u64;
     for (stage, history) in feature_stages(client, c).await? {
-        let (ts, names, values) = read_features(client, &stage, &c.pair, c.month).await?;
+        if !stage.is_column_stage() {
+            for def in table::of(stage) {
+                let rows = read_table(client, def, c).await?;
+                rows_in += rows.len() as u64;
+                checks.extend(validate::check_table(&rows));
+                if let (Some(_), Some(table::Values::Ts(ts))) = (def.pair_column, rows.column("ts"))
+                {
+                    let ts: Vec<i64> = ts.iter().map(|t| t.timestamp_micros()).collect();
+                    gaps.get_or_insert_with(|| validate::gaps(&ts));
+                }
+            }
+            continue;
+        }
+        let (ts, names, values) = read_features(client, stage.name(), &c.pair, c.month).await?;
         rows_in += ts.len() as u64;
-        let warm = warm_up(cx.core, &stage).unwrap_or_default();
+        let warm = warm_up(cx.core, stage.name()).unwrap_or_default();
         let history = history.unwrap_or(0).max(0) as usize;
         for (k, name) in names.iter().enumerate() {
             let expected = warm.get(k).map_or(0, |w| w.saturating_sub(history));
-            checks.push(validate::check_column(&stage, name, &values[k], expected));
+            checks.push(validate::check_column(
+                stage.name(),
+                name,
+                &values[k],
+                expected,
+            ));
         }
         gaps.get_or_insert_with(|| validate::gaps(&ts));
     }
@@ -253,7 +308,30 @@ async fn export_partition(
 ) -> Result<Done> {
     let mut objects = vec![];
     for (stage, _) in feature_stages(client, c).await? {
-        let (ts, names, values) = read_features(client, &stage, &c.pair, c.month).await?;
+        if !stage.is_column_stage() {
+            for def in table::of(stage) {
+                let rows = read_table(client, def, c).await?;
+                let n = rows.len() as u64;
+                let bytes = tokio::task::spawn_blocking(move || table::parquet(&rows)).await??;
+                let name = match stage.scope() {
+                    Scope::AllPairs => export::month_object_name(def.name, c.month),
+                    _ => export::object_name(def.name, &c.pair, c.month),
+                };
+                let key = store.target.key(&name);
+                objects.push(export::Object {
+                    key: key.clone(),
+                    rows: n,
+                    bytes: bytes.len() as u64,
+                    sha256: export::sha256_hex(&bytes),
+                });
+                store
+                    .put(&key, bytes, "application/vnd.apache.parquet")
+                    .await?;
+            }
+            continue;
+        }
+        let stage = stage.name();
+        let (ts, names, values) = read_features(client, stage, &c.pair, c.month).await?;
         let rows = ts.len() as u64;
         // Encoding is CPU work: off the async threads.
         let pair = c.pair.clone();
@@ -268,7 +346,7 @@ async fn export_partition(
         .await??;
         let key = store
             .target
-            .key(&export::object_name(&stage, &c.pair, c.month));
+            .key(&export::object_name(stage, &c.pair, c.month));
         let object = export::Object {
             key: key.clone(),
             rows,
@@ -289,6 +367,162 @@ async fn export_partition(
         rows_in: rows,
         rows_out: rows,
         quality: Quality::default(),
+    })
+}
+
+/// Every pair's bars of one month, each cleaned by the bar policy, sorted by pair; and the
+/// cleaning's totals.
+pub async fn read_month(
+    client: &Client,
+    source: &str,
+    month: NaiveDate,
+) -> Result<(Vec<(String, Bars)>, Quality)> {
+    let source = checked_ident(source)?;
+    let (start, end) = month_bounds(month);
+    let stream = client
+        .copy_out(&format!(
+            "COPY (SELECT pair, ts, open, high, low, close, volume FROM {source}
+                    WHERE ts >= '{}' AND ts < '{}' ORDER BY pair, ts)
+             TO STDOUT (FORMAT binary)",
+            start.to_rfc3339(),
+            end.to_rfc3339()
+        ))
+        .await?;
+    let rows = BinaryCopyOutStream::new(stream, &SOURCE_TYPES);
+    pin_mut!(rows);
+    let mut raw: Vec<(String, Bars)> = vec![];
+    let nan = |v: Option<f64>| v.unwrap_or(f64::NAN);
+    while let Some(r) = rows.try_next().await? {
+        let pair: &str = r.get(0);
+        if raw.last().is_none_or(|(p, _)| p != pair) {
+            raw.push((pair.to_string(), Bars::default()));
+        }
+        let b = &mut raw.last_mut().context("a pair's bars")?.1;
+        let ts: DateTime<Utc> = r.get(1);
+        b.push(
+            ts.timestamp_micros(),
+            nan(r.get(2)),
+            nan(r.get(3)),
+            nan(r.get(4)),
+            nan(r.get(5)),
+            r.get::<Option<f64>>(6).unwrap_or(0.0),
+        );
+    }
+    let mut total = Quality::default();
+    let pairs = raw
+        .into_iter()
+        .map(|(pair, b)| {
+            let (bars, q) = clean(&b);
+            total.rows_in += q.rows_in;
+            total.bad_price += q.bad_price;
+            total.high_below_low += q.high_below_low;
+            total.bad_volume += q.bad_volume;
+            total.out_of_order += q.out_of_order;
+            total.duplicate_ts += q.duplicate_ts;
+            total.gaps += q.gaps;
+            total.largest_gap_minutes = total.largest_gap_minutes.max(q.largest_gap_minutes);
+            total.rows_kept += q.rows_kept;
+            (pair, bars)
+        })
+        .collect();
+    Ok((pairs, total))
+}
+
+/// Writes a stage's typed tables of one partition and marks it done, in one transaction.
+async fn write_tables(
+    client: &mut Client,
+    owner: &str,
+    c: &Claim,
+    tables: &[Rows],
+    rows_in: u64,
+    quality: serde_json::Value,
+) -> Result<u64> {
+    let (start, end) = month_bounds(c.month);
+    let part = table::Partition {
+        month: c.month,
+        start,
+        end,
+        pair: (c.pair != ALL_PAIRS).then_some(c.pair.as_str()),
+    };
+    let tx = client.transaction().await?;
+    let mut rows_out = 0;
+    for rows in tables {
+        rows_out += table::replace(&tx, &part, rows).await?;
+    }
+    queue::complete(&tx, owner, c, rows_in as i64, rows_out as i64, &quality).await?;
+    tx.commit().await?;
+    Ok(rows_out)
+}
+
+/// Processes one claimed partition of a per-pair stage with a typed table (regime): its bars of
+/// the month with the history its windows need.
+async fn per_pair(client: &mut Client, cx: &Work<'_>, stage: Stage, c: &Claim) -> Result<Done> {
+    let source = checked_ident(cx.source)?;
+    let p = pair_literal(&c.pair)?;
+    let (start, end) = month_bounds(c.month);
+    let from = start - chrono::Duration::days(regime::HISTORY_DAYS);
+    let raw = copy_out(
+        client,
+        &format!(
+            "COPY (SELECT ts, open, high, low, close, volume FROM {source}
+                    WHERE pair = {p} AND ts >= '{}' AND ts < '{}' ORDER BY ts)
+             TO STDOUT (FORMAT binary)",
+            from.to_rfc3339(),
+            end.to_rfc3339()
+        ),
+    )
+    .await
+    .with_context(|| format!("reading {} {}", c.pair, c.month))?;
+    let (bars, _) = clean(&raw);
+    let first = bars.ts.partition_point(|&t| t < start.timestamp_micros());
+    // The month's own bars, for its quality counts (as the other per-pair stages report them).
+    let k = raw.ts.partition_point(|&t| t < start.timestamp_micros());
+    let month_raw = Bars {
+        ts: raw.ts[k..].to_vec(),
+        open: raw.open[k..].to_vec(),
+        high: raw.high[k..].to_vec(),
+        low: raw.low[k..].to_vec(),
+        close: raw.close[k..].to_vec(),
+        volume: raw.volume[k..].to_vec(),
+    };
+    let (_, quality) = clean(&month_raw);
+    let (core, pair) = (cx.core.clone(), c.pair.clone());
+    let tables = tokio::task::spawn_blocking(move || match stage {
+        Stage::Regime => regime::compute(&core, &pair, &bars, first).map(|r| vec![r]),
+        other => bail!("'{other}' has no per-pair table"),
+    })
+    .await??;
+    let mut json = serde_json::to_value(&quality)?;
+    json["history_bars"] = first.into();
+    let rows_out = write_tables(client, cx.owner, c, &tables, quality.rows_in, json).await?;
+    Ok(Done {
+        rows_in: quality.rows_in,
+        rows_out,
+        quality,
+    })
+}
+
+/// Processes one claimed partition of a cross-pair stage: every pair of its month at once.
+async fn cross_pair(client: &mut Client, cx: &Work<'_>, stage: Stage, c: &Claim) -> Result<Done> {
+    // Taken before the bars are read: if they change in between, the recorded inputs are the
+    // older ones and the next run redoes the partition, never the other way round.
+    let inputs = queue::inputs(client, cx.source, Some(c.month))
+        .await?
+        .remove(&c.month)
+        .unwrap_or_default();
+    let (pairs, quality) = read_month(client, cx.source, c.month)
+        .await
+        .with_context(|| format!("reading every pair of {}", c.month))?;
+    let params = *cx.params;
+    let tables =
+        tokio::task::spawn_blocking(move || compute_cross(stage, &pairs, &params)).await??;
+    let mut json = serde_json::to_value(&quality)?;
+    json["inputs"] = inputs;
+    let rows_out = write_tables(client, cx.owner, c, &tables, quality.rows_in, json).await?;
+    Ok(Done {
+        rows_in: quality.rows_in,
+        rows_out,
+        quality,
     })
 }
 

@@ -6,7 +6,11 @@ use anyhow::{Context, Result};
 use chrono::NaiveDate;
 use tokio_postgres::{Client, GenericClient};
 
-use crate::db::{checked_ident, stage_rank};
+use std::collections::BTreeMap;
+
+use crate::db::checked_ident;
+use crate::partition::month_bounds;
+use crate::stage::{Scope, Stage, ALL_PAIRS};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
@@ -17,8 +21,11 @@ pub struct Claim {
     pub attempts: i32,
 }
 
-/// Adds a pending row for every (stage, pair, month) in the source; existing rows are kept, so
-/// done partitions stay done (a relaunched worker of the same run resumes).
+/// Adds a pending row for every partition of the run's stages: (stage, pair, month) for per-pair
+/// stages, (stage, all pairs, month) for cross-pair stages, and validate/export for both kinds.
+/// Existing rows are kept, so done partitions stay done (a relaunched worker of the same run
+/// resumes) — except a cross-pair partition whose inputs (any pair's bars of its month) changed
+/// since it was done: that one is redone as a whole, with its validate and export.
 pub async fn enqueue(
     client: &Client,
     run_id: &str,
@@ -26,25 +33,128 @@ pub async fn enqueue(
     stages: &[String],
 ) -> Result<u64> {
     let source = checked_ident(source)?;
-    let ranks = stages
+    let stages = stages
         .iter()
-        .map(|s| stage_rank(s))
-        .collect::<Result<Vec<i32>>>()?;
+        .map(|s| Stage::parse(s))
+        .collect::<Result<Vec<Stage>, _>>()?;
+    let has = |scope| stages.iter().any(|s| s.scope() == scope);
+    let (per_pair, cross) = (has(Scope::Pair), has(Scope::AllPairs));
+    let of = |wanted: bool, scope| -> (Vec<String>, Vec<i32>) {
+        stages
+            .iter()
+            .filter(|s| s.scope() == scope || (wanted && s.scope() == Scope::Follows))
+            .map(|s| (s.name().to_string(), s.rank()))
+            .unzip()
+    };
+    // validate/export alone (a rerun of them) follow the per-pair partitions.
+    let (pair_stages, pair_ranks) = of(per_pair || !cross, Scope::Pair);
+    let (cross_stages, cross_ranks) = of(cross, Scope::AllPairs);
     let n = client
         .execute(
             &format!(
-                "INSERT INTO ephemera.partitions (run_id, stage, rank, pair, month)
-                 SELECT $1, s.stage, s.rank, pair, month
-                   FROM unnest($2::text[], $3::int[]) AS s (stage, rank),
-                   (SELECT DISTINCT pair, date_trunc('month', ts AT TIME ZONE 'UTC')::date AS month
-                      FROM {source}) AS p
+                "WITH p AS (SELECT DISTINCT pair, date_trunc('month', ts AT TIME ZONE 'UTC')::date AS month
+                              FROM {source})
+                 INSERT INTO ephemera.partitions (run_id, stage, rank, pair, month)
+                 SELECT $1, s.stage, s.rank, p.pair, p.month
+                   FROM unnest($2::text[], $3::int[]) AS s (stage, rank), p
+                 UNION ALL
+                 SELECT $1, s.stage, s.rank, $6, m.month
+                   FROM unnest($4::text[], $5::int[]) AS s (stage, rank),
+                        (SELECT DISTINCT month FROM p) AS m
                  ON CONFLICT DO NOTHING"
             ),
-            &[&run_id, &stages, &ranks],
+            &[
+                &run_id,
+                &pair_stages,
+                &pair_ranks,
+                &cross_stages,
+                &cross_ranks,
+                &ALL_PAIRS,
+            ],
         )
         .await
         .context("enqueueing partitions")?;
+    if cross {
+        redo_changed(client, run_id, source).await?;
+    }
     Ok(n)
+}
+
+/// What identifies the inputs of each month's cross-pair partitions: per pair, its rows, first
+/// and last timestamp and a sum of row hashes (any changed, added or removed bar changes it).
+/// Every month of the source, or one.
+pub async fn inputs(
+    client: &Client,
+    source: &str,
+    month: Option<NaiveDate>,
+) -> Result<BTreeMap<NaiveDate, serde_json::Value>> {
+    let source = checked_ident(source)?;
+    let filter = match month {
+        Some(m) => {
+            let (s, e) = month_bounds(m);
+            format!(
+                "WHERE ts >= '{}' AND ts < '{}'",
+                s.to_rfc3339(),
+                e.to_rfc3339()
+            )
+        }
+        None => String::new(),
+    };
+    // Text forms that do not depend on the session (time zone, float format): epoch numbers.
+    let rows = client
+        .query(
+            &format!(
+                "SELECT month, jsonb_object_agg(pair, fp) FROM (
+                   SELECT date_trunc('month', ts AT TIME ZONE 'UTC')::date AS month, pair,
+                          jsonb_build_array(count(*),
+                              (extract(epoch FROM min(ts)) * 1000000)::bigint,
+                              (extract(epoch FROM max(ts)) * 1000000)::bigint,
+                              sum(hashtext(concat_ws(',', (extract(epoch FROM ts) * 1000000)::bigint,
+                                  open::text, high::text, low::text, close::text,
+                                  volume::text))::bigint)) AS fp
+                     FROM {source} {filter} GROUP BY 1, 2) f
+                 GROUP BY month"
+            ),
+            &[],
+        )
+        .await
+        .context("reading the cross-pair partitions' inputs")?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Sends back to pending, as a whole, each done cross-pair partition whose inputs changed, and
+/// the validate and export of its month (a partition someone holds under a live lease is left
+/// to finish; its recorded inputs are then the old ones, and the next run redoes it).
+async fn redo_changed(client: &Client, run_id: &str, source: &str) -> Result<()> {
+    let now = inputs(client, source, None).await?;
+    let done = client
+        .query(
+            "SELECT stage, month, quality->'inputs' FROM ephemera.partitions
+              WHERE run_id = $1 AND pair = $2 AND rank = 0 AND state = 'done'",
+            &[&run_id, &ALL_PAIRS],
+        )
+        .await?;
+    for r in &done {
+        let (stage, month): (String, NaiveDate) = (r.get(0), r.get(1));
+        let recorded: Option<serde_json::Value> = r.get(2);
+        if recorded.as_ref() == now.get(&month) {
+            continue;
+        }
+        let n = client
+            .execute(
+                "UPDATE ephemera.partitions
+                    SET state = 'pending', attempts = 0, rows_in = NULL, rows_out = NULL,
+                        quality = NULL, lease_owner = NULL, lease_until = NULL,
+                        error = 'its inputs changed since it was done: redone as a whole',
+                        updated_at = now()
+                  WHERE run_id = $1 AND pair = $2 AND month = $3 AND (stage = $4 OR rank > 0)
+                    AND NOT (state = 'running' AND lease_until > now())",
+                &[&run_id, &ALL_PAIRS, &month, &stage],
+            )
+            .await?;
+        tracing::info!(stage, %month, partitions = n, "inputs changed: cross-pair partition redone");
+    }
+    Ok(())
 }
 
 /// Claims one partition: pending, or running with an expired lease, whose earlier stages are

@@ -16,6 +16,10 @@ pub fn range(column: &str) -> Option<(f64, f64)> {
     let base = column.rsplit_once('_').map_or(column, |(b, _)| b);
     match (column, base) {
         ("stoch_k" | "stoch_d", _) => Some((0.0, 100.0)),
+        ("rv_pct_30d" | "p_value", _) => Some((0.0, 1.0)),
+        ("f_stat" | "rv_60", _) => Some((0.0, f64::INFINITY)),
+        // Prices and an index of prices are positive.
+        ("index" | "implied" | "quoted", _) => Some((f64::MIN_POSITIVE, f64::INFINITY)),
         (_, "rsi" | "adx" | "plus_di" | "minus_di" | "mfi") => Some((0.0, 100.0)),
         (_, "willr") => Some((-100.0, 0.0)),
         (_, "r2") => Some((0.0, 1.0)),
@@ -28,6 +32,33 @@ pub fn range(column: &str) -> Option<(f64, f64)> {
 /// closes (a market that did not move), so a NULL there is not a fault.
 fn null_allowed(column: &str) -> bool {
     column.starts_with("r2_")
+}
+
+/// Leading NULLs a typed table's column has by definition: the regime's inputs need their
+/// windows' history (which the data may not have at its start) and are NULL until then.
+fn leading_nulls_allowed(table: &str) -> bool {
+    table == "regime"
+}
+
+/// Checks every float column of a typed table's partition (rows in key order, so per pair and
+/// time for per-pair tables).
+pub fn check_table(rows: &crate::table::Rows) -> Vec<ColumnCheck> {
+    let def = rows.def;
+    def.columns
+        .iter()
+        .zip(&rows.columns)
+        .filter_map(|((name, _), v)| match v {
+            crate::table::Values::F64(v) => {
+                let warm = if leading_nulls_allowed(def.name) {
+                    v.len()
+                } else {
+                    0
+                };
+                Some(check_column(def.name, name, v, warm))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -68,7 +68,9 @@ fn worker(
         attempt,
         &[
             "--stages",
-            "indicators,regression,validate,export",
+            &[PER_PAIR_STAGES, CROSS_PAIR_STAGES, &["validate", "export"]]
+                .concat()
+                .join(","),
             "--export",
             &format!("s3://{BUCKET}/runs/{run_id}/"),
         ],
@@ -110,6 +112,20 @@ fn worker_with(
 }
 
 const BUCKET: &str = "ephemera-features";
+/// A triangle's three pairs, so the cross-pair stages have something to cross.
+const PAIRS: [&str; 3] = ["EURGBP", "EURUSD", "GBPUSD"];
+const MONTHS: usize = 2;
+const PER_PAIR_STAGES: &[&str] = &["indicators", "regression", "regime"];
+/// One partition per month over all pairs; arbitrage writes two tables.
+const CROSS_PAIR_STAGES: &[&str] = &["currency-index", "arbitrage"];
+const CROSS_PAIR_TABLES: usize = 3;
+/// Feature partitions, each followed by a validate and an export partition.
+const FEATURE_PARTITIONS: usize =
+    PAIRS.len() * MONTHS * PER_PAIR_STAGES.len() + MONTHS * CROSS_PAIR_STAGES.len();
+/// Validate (and export) partitions: one per (pair, month), one per month over all pairs.
+const CHECKED_PARTITIONS: usize = PAIRS.len() * MONTHS + MONTHS;
+const PARTITIONS: usize = FEATURE_PARTITIONS + 2 * CHECKED_PARTITIONS;
+const OBJECTS: usize = PAIRS.len() * MONTHS * PER_PAIR_STAGES.len() + MONTHS * CROSS_PAIR_TABLES;
 
 #[tokio::test]
 async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption() {
@@ -118,9 +134,11 @@ async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption()
     let db_url = postgres().database("worker_e2e");
     let client = db::connect(&db_url).await.unwrap();
     db::init(&client, "bars_1m").await.unwrap();
-    let csv =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/fx-1m/EURGBP.csv.gz");
-    seed::seed_file(&client, "bars_1m", &csv).await.unwrap();
+    for pair in PAIRS {
+        let csv = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../data/fx-1m/{pair}.csv.gz"));
+        seed::seed_file(&client, "bars_1m", &csv).await.unwrap();
+    }
 
     let aws = clients(region);
     let net = fixtures::network(&aws).await;
@@ -143,8 +161,8 @@ async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption()
         .send()
         .await
         .unwrap();
-    // 1 pair × 2 months × 4 stages; the export checked by verify-completion.
-    spec["expect"] = json!({"partitions": 8, "min_rows": 100000,
+    // Every partition of every stage; the export checked by verify-completion.
+    spec["expect"] = json!({"partitions": PARTITIONS, "min_rows": 100000,
                             "export_prefix": format!("s3://{BUCKET}/runs/{run_id}/")});
     spec["limits"]["heartbeat_seconds"] = json!(30);
     let machine = e2e::create_state_machine(region).await;
@@ -185,12 +203,16 @@ async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption()
     assert_eq!(done.status, "SUCCEEDED", "{done:?}");
     assert_eq!(done.visited("Relaunch"), 1, "{:?}", done.path);
     let result = &done.output["result"];
-    assert_eq!(result["partitions_done"], 8, "{result}");
+    assert_eq!(result["partitions_done"], PARTITIONS, "{result}");
     assert_eq!(
         result["manifest"],
         format!("s3://{BUCKET}/runs/{run_id}/manifest.json")
     );
-    assert_eq!(result["validation"]["partitions"], 2, "{result}");
+    assert_eq!(
+        result["validation"]["partitions"], CHECKED_PARTITIONS,
+        "{result}"
+    );
+    assert_eq!(result["validation"]["problems"], 0, "{result}");
     assert_eq!(result["validation"]["out_of_range"], 0, "{result}");
     let checks = done.output["verification"]["checks"].as_array().unwrap();
     for name in [
@@ -237,7 +259,15 @@ async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption()
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 8);
+    assert_eq!(n, PARTITIONS as i64);
+    for table in ["currency_index", "arbitrage", "arbitrage_events"] {
+        let rows: i64 = client
+            .query_one(&format!("SELECT count(*) FROM ephemera.{table}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(rows > 0, "{table} is empty");
+    }
 
     // The manifest in S3 lists every Parquet file with its real size and checksum.
     let s3 = clients(region).s3;
@@ -257,7 +287,11 @@ async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption()
     let manifest: export::Manifest =
         serde_json::from_slice(&get(format!("runs/{run_id}/manifest.json")).await).unwrap();
     assert_eq!(manifest.run_id, run_id);
-    assert_eq!(manifest.objects.len(), 4, "2 months × 2 feature stages");
+    assert_eq!(
+        manifest.objects.len(),
+        OBJECTS,
+        "every table of every partition"
+    );
     for o in &manifest.objects {
         let bytes = get(o.key.clone()).await;
         assert_eq!(bytes.len() as u64, o.bytes, "{}", o.key);

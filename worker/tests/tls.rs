@@ -159,6 +159,7 @@ async fn the_worker_runs_over_verified_tls() {
         export: None,
         stop: Default::default(),
         progress: indicatif::ProgressBar::hidden(),
+        params: Default::default(),
     })
     .await
     .unwrap();

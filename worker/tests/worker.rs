@@ -29,6 +29,7 @@ fn options(url: &str, worker: &str, concurrency: usize) -> run::Options {
         export: None,
         stop: Default::default(),
         progress: indicatif::ProgressBar::hidden(),
+        params: Default::default(),
     }
 }
 
@@ -222,6 +223,7 @@ async fn a_lost_lease_rolls_the_partition_back_and_bad_rows_are_counted() {
         source: "bars_1m",
         owner: "slow",
         store: None,
+        params: &Default::default(),
     };
     let err = partition::process(&mut client, &work, &c)
         .await

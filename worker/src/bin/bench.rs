@@ -14,12 +14,29 @@ use chrono::{DateTime, Utc};
 use ephemera_pg::postgres;
 use ephemera_worker::bars::Bars;
 use ephemera_worker::features::{indicators, regression};
+use ephemera_worker::stage::{Scope, Stage};
+use ephemera_worker::table::{self, Kind, Values};
 use ephemera_worker::{db, run};
 use futures_util::{pin_mut, TryStreamExt};
 use tokio_postgres::binary_copy::{BinaryCopyInWriter, BinaryCopyOutStream};
 use tokio_postgres::types::ToSql;
 
-const PAIRS: usize = 10;
+/// Real currency pairs, so the cross-pair stages find currencies and triangles (EURGBP, EURJPY,
+/// GBPJPY, EURCHF and AUDJPY each close one over USD or another vehicle).
+const NAMES: [&str; 10] = [
+    "AUDJPY", "AUDUSD", "EURCHF", "EURGBP", "EURJPY", "EURUSD", "GBPJPY", "GBPUSD", "USDCHF",
+    "USDJPY",
+];
+const PAIRS: usize = NAMES.len();
+
+/// The pairs `p % of == part` as a SQL list, for splitting the work over connections.
+fn pairs_of(part: usize, of: usize) -> String {
+    let names: Vec<String> = (0..PAIRS)
+        .filter(|p| p % of == part)
+        .map(|p| format!("'{}'", NAMES[p]))
+        .collect();
+    names.join(", ")
+}
 
 fn rate(rows: u64, secs: f64) -> String {
     format!("{:.2} M rows/s", rows as f64 / secs / 1e6)
@@ -41,8 +58,7 @@ async fn generate(client: &tokio_postgres::Client, rows: usize) -> u64 {
         .with_timezone(&Utc);
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut n = 0u64;
-    for p in 0..PAIRS {
-        let pair = format!("PAIR{p:02}");
+    for (p, pair) in NAMES.iter().enumerate() {
         let mut price = 1.0 + p as f64 * 0.1;
         for i in 0..per_pair {
             seed ^= seed << 13;
@@ -69,8 +85,9 @@ async fn copy_out_all(client: &tokio_postgres::Client, part: usize, of: usize) -
     let s = client
         .copy_out(&format!(
             "COPY (SELECT ts, open, high, low, close, volume FROM bars_1m
-                    WHERE substr(pair, 5)::int % {of} = {part} ORDER BY pair, ts)
-             TO STDOUT (FORMAT binary)"
+                    WHERE pair IN ({}) ORDER BY pair, ts)
+             TO STDOUT (FORMAT binary)",
+            pairs_of(part, of)
         ))
         .await
         .unwrap();
@@ -125,7 +142,7 @@ async fn copy_in_wide(
     let per_pair = rows / PAIRS as u64;
     let values: Vec<Option<f64>> = (0..cols).map(|i| Some(i as f64 * 0.5)).collect();
     for p in (0..PAIRS).filter(|p| p % of == part) {
-        let pair = format!("PAIR{p:02}");
+        let pair = NAMES[p];
         for i in 0..per_pair {
             let ts = start + chrono::Duration::minutes(i as i64);
             let mut row: Vec<&(dyn ToSql + Sync)> = vec![&pair, &ts];
@@ -239,6 +256,116 @@ fn kernels() {
     );
 }
 
+/// `n` rows of placeholder values shaped as `def`, each with a key of its own.
+fn placeholder_rows(def: &'static table::Def, n: usize, offset: usize) -> table::Rows {
+    let start = DateTime::parse_from_rfc3339("2020-01-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let columns = def
+        .columns
+        .iter()
+        .map(|(_, kind)| match kind {
+            Kind::Text => Values::Text((offset..offset + n).map(|i| format!("k{i}")).collect()),
+            Kind::Ts => Values::Ts(
+                (offset..offset + n)
+                    .map(|i| start + chrono::Duration::minutes(i as i64))
+                    .collect(),
+            ),
+            Kind::OptText => Values::OptText(vec![Some("normal"); n]),
+            Kind::Date => Values::Date(vec![start.date_naive(); n]),
+            Kind::Int => Values::Int(vec![1; n]),
+            Kind::F64 => Values::F64(vec![Some(0.5); n]),
+        })
+        .collect();
+    table::Rows::new(def, columns).unwrap()
+}
+
+/// A stage of its own through the worker, and the COPY ceiling of the same I/O: every bar copied
+/// out once and as many rows copied into the stage's own tables, on as many connections.
+async fn new_stage(url: &str, stage: Stage, cores: usize) {
+    let client = db::connect(url).await.unwrap();
+    let t = Instant::now();
+    let summary = run::run(run::Options {
+        database_url: url.to_string(),
+        source: "bars_1m".into(),
+        stages: vec![stage.name().into()],
+        concurrency: cores,
+        worker_id: "bench".into(),
+        run_id: format!("bench-{stage}"),
+        lease_seconds: 3600,
+        max_attempts: 3,
+        export: None,
+        stop: Default::default(),
+        progress: indicatif::ProgressBar::hidden(),
+        params: Default::default(),
+    })
+    .await
+    .unwrap();
+    let worker = t.elapsed().as_secs_f64();
+    assert_eq!(summary.partitions_failed, 0);
+    let mut counts = vec![];
+    for def in table::of(stage) {
+        let n: i64 = client
+            .query_one(&format!("SELECT count(*) FROM ephemera.{}", def.name), &[])
+            .await
+            .unwrap()
+            .get(0);
+        counts.push((*def, n as usize));
+        client
+            .batch_execute(&format!("TRUNCATE ephemera.{}", def.name))
+            .await
+            .unwrap();
+    }
+    let t = Instant::now();
+    let mut tasks = vec![];
+    for part in 0..cores {
+        let (url, counts) = (url.to_string(), counts.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = db::connect(&url).await.unwrap();
+            copy_out_all(&c, part, cores).await;
+            let tx = c.transaction().await.unwrap();
+            let nowhere = chrono::NaiveDate::from_ymd_opt(1900, 1, 1).unwrap();
+            let at = nowhere.and_hms_opt(0, 0, 0).unwrap().and_utc();
+            let p = table::Partition {
+                month: nowhere,
+                start: at,
+                end: at,
+                pair: Some("none"),
+            };
+            for (def, n) in counts {
+                let (share, from) = (
+                    n / cores + usize::from(part < n % cores),
+                    part * (n / cores + 1),
+                );
+                table::replace(&tx, &p, &placeholder_rows(def, share, from))
+                    .await
+                    .unwrap();
+            }
+            tx.commit().await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let ceiling = t.elapsed().as_secs_f64();
+    let tables: Vec<String> = counts
+        .iter()
+        .map(|(d, n)| format!("{n} {}", d.name))
+        .collect();
+    let scope = match stage.scope() {
+        Scope::AllPairs => "one partition per month over all pairs",
+        _ => "one partition per (pair, month)",
+    };
+    println!(
+        "worker {stage} ({cores} tasks, {scope}): {} partitions, {} rows out ({}) in {worker:.1} s; \
+         COPY ceiling of the same I/O {ceiling:.1} s; ratio {:.2}",
+        summary.partitions_done,
+        summary.rows_out,
+        tables.join(", "),
+        worker / ceiling
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let rows: usize = std::env::var("BENCH_ROWS")
@@ -320,6 +447,7 @@ async fn main() {
         export: None,
         stop: Default::default(),
         progress: indicatif::ProgressBar::hidden(),
+        params: Default::default(),
     })
     .await
     .unwrap();
@@ -336,4 +464,8 @@ async fn main() {
         worker / ceiling,
         worker / ceiling_par
     );
+    println!();
+    for stage in [Stage::Regime, Stage::CurrencyIndex, Stage::Arbitrage] {
+        new_stage(&url, stage, cores).await;
+    }
 }

@@ -28,7 +28,7 @@ pub const COLUMNS: [&str; 17] = [
 /// Runs one TA-Lib call whose lookback is `lb` straight into `K` columns of n bars: TA-Lib
 /// writes its packed output at `lb..`, the warm-up stays NaN, nothing is copied. Should a call
 /// start elsewhere than its lookback, its output is moved to where it belongs.
-fn run<const K: usize>(
+pub(crate) fn run<const K: usize>(
     n: usize,
     lb: usize,
     f: impl FnOnce(&mut [&mut [f64]; K]) -> Result<OutRange, RetCode>,

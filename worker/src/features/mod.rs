@@ -1,7 +1,16 @@
 //! Feature stages: pure functions from clean bars to columns (None during warm-up).
 
+pub mod arbitrage;
+pub mod currency_index;
 pub mod indicators;
+pub mod regime;
 pub mod regression;
+
+/// The stages' settings a run may change (the command line's flags).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Params {
+    pub arbitrage: arbitrage::Params,
+}
 
 /// Leading bars without a value, per output column of a feature stage.
 pub fn warm_up(core: &ta_lib::Core, stage: &str) -> Option<Vec<usize>> {

@@ -1,0 +1,499 @@
+//! Typed output tables of the later stages (regime, currency-index, arbitrage, causality): their
+//! schema, their rows in columns, the binary COPY that writes them and reads them back, and their
+//! Parquet encoding. A table's partition is its rows of one month (of one pair for per-pair
+//! stages), found by the month's time range on its time column, or its `month` column.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use arrow_array::{
+    ArrayRef, Date32Array, Float64Array, Int32Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use chrono::{DateTime, NaiveDate, Utc};
+use futures_util::{pin_mut, TryStreamExt};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use tokio_postgres::binary_copy::{BinaryCopyInWriter, BinaryCopyOutStream};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Transaction};
+
+use crate::stage::Stage;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Text,
+    /// Text that may be NULL.
+    OptText,
+    Ts,
+    Date,
+    Int,
+    F64,
+}
+
+impl Kind {
+    fn sql(self) -> &'static str {
+        match self {
+            Kind::Text => "text NOT NULL",
+            Kind::OptText => "text",
+            Kind::Ts => "timestamptz NOT NULL",
+            Kind::Date => "date NOT NULL",
+            Kind::Int => "integer NOT NULL",
+            Kind::F64 => "double precision",
+        }
+    }
+    fn pg(self) -> Type {
+        match self {
+            Kind::Text | Kind::OptText => Type::TEXT,
+            Kind::Ts => Type::TIMESTAMPTZ,
+            Kind::Date => Type::DATE,
+            Kind::Int => Type::INT4,
+            Kind::F64 => Type::FLOAT8,
+        }
+    }
+}
+
+/// A table's schema: columns in order, the primary key, and how a month's rows are found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Def {
+    pub name: &'static str,
+    pub columns: &'static [(&'static str, Kind)],
+    pub key: &'static [&'static str],
+    /// The column a month is taken on: a timestamp (the month's range) or a date (the month).
+    pub month_column: &'static str,
+    /// Per-pair tables: the pair column, which a partition's rows also match.
+    pub pair_column: Option<&'static str>,
+}
+
+impl Def {
+    pub fn kind(&self, column: &str) -> Option<Kind> {
+        self.columns
+            .iter()
+            .find(|(n, _)| *n == column)
+            .map(|(_, k)| *k)
+    }
+
+    pub fn ddl(&self) -> String {
+        let cols: Vec<String> = self
+            .columns
+            .iter()
+            .map(|(n, k)| format!("{n} {}", k.sql()))
+            .collect();
+        format!(
+            "CREATE TABLE IF NOT EXISTS ephemera.{} ({}, PRIMARY KEY ({}));",
+            self.name,
+            cols.join(", "),
+            self.key.join(", ")
+        )
+    }
+
+    /// The WHERE clause of one partition's rows: $1 = the month's start, $2 = its end (or $1 = the
+    /// month for a date column), then the pair.
+    fn partition_filter(&self) -> String {
+        let (m, next) = match self.kind(self.month_column) {
+            Some(Kind::Date) => (format!("{} = $1::date", self.month_column), 2),
+            _ => (format!("{c} >= $1 AND {c} < $2", c = self.month_column), 3),
+        };
+        match self.pair_column {
+            Some(p) => format!("{m} AND {p} = ${next}"),
+            None => m,
+        }
+    }
+}
+
+pub const REGIME: Def = Def {
+    name: "regime",
+    columns: &[
+        ("pair", Kind::Text),
+        ("ts", Kind::Ts),
+        ("rv_60", Kind::F64),
+        ("rv_pct_30d", Kind::F64),
+        ("vol_regime", Kind::OptText),
+        ("adx_14", Kind::F64),
+        ("slope_240", Kind::F64),
+        ("trend_regime", Kind::OptText),
+    ],
+    key: &["pair", "ts"],
+    month_column: "ts",
+    pair_column: Some("pair"),
+};
+
+pub const CURRENCY_INDEX: Def = Def {
+    name: "currency_index",
+    columns: &[
+        ("currency", Kind::Text),
+        ("ts", Kind::Ts),
+        ("index", Kind::F64),
+        ("log_return", Kind::F64),
+        ("pairs", Kind::Int),
+        ("pairs_loaded", Kind::Int),
+    ],
+    key: &["currency", "ts"],
+    month_column: "ts",
+    pair_column: None,
+};
+
+pub const ARBITRAGE: Def = Def {
+    name: "arbitrage",
+    columns: &[
+        ("triangle", Kind::Text),
+        ("ts", Kind::Ts),
+        ("implied", Kind::F64),
+        ("quoted", Kind::F64),
+        ("deviation_bp", Kind::F64),
+    ],
+    key: &["triangle", "ts"],
+    month_column: "ts",
+    pair_column: None,
+};
+
+pub const ARBITRAGE_EVENTS: Def = Def {
+    name: "arbitrage_events",
+    columns: &[
+        ("triangle", Kind::Text),
+        ("start_ts", Kind::Ts),
+        ("end_ts", Kind::Ts),
+        ("minutes", Kind::Int),
+        ("peak_bp", Kind::F64),
+        ("mean_bp", Kind::F64),
+    ],
+    key: &["triangle", "start_ts"],
+    month_column: "start_ts",
+    pair_column: None,
+};
+
+pub const CAUSALITY: Def = Def {
+    name: "causality",
+    columns: &[
+        ("month", Kind::Date),
+        ("cause", Kind::Text),
+        ("effect", Kind::Text),
+        ("lag", Kind::Int),
+        ("f_stat", Kind::F64),
+        ("p_value", Kind::F64),
+        ("nobs", Kind::Int),
+        ("df_num", Kind::Int),
+        ("df_den", Kind::Int),
+    ],
+    key: &["month", "cause", "effect", "lag"],
+    month_column: "month",
+    pair_column: None,
+};
+
+/// Every typed table, for the schema.
+pub const ALL: [&Def; 5] = [
+    &REGIME,
+    &CURRENCY_INDEX,
+    &ARBITRAGE,
+    &ARBITRAGE_EVENTS,
+    &CAUSALITY,
+];
+
+/// The typed tables a stage writes (none for the column stages, validate and export).
+pub fn of(stage: Stage) -> &'static [&'static Def] {
+    match stage {
+        Stage::Regime => &[&REGIME],
+        Stage::CurrencyIndex => &[&CURRENCY_INDEX],
+        Stage::Arbitrage => &[&ARBITRAGE, &ARBITRAGE_EVENTS],
+        Stage::Causality => &[&CAUSALITY],
+        _ => &[],
+    }
+}
+
+/// One column's values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Values {
+    Text(Vec<String>),
+    OptText(Vec<Option<&'static str>>),
+    Ts(Vec<DateTime<Utc>>),
+    Date(Vec<NaiveDate>),
+    Int(Vec<i32>),
+    /// NULL where undefined.
+    F64(Vec<Option<f64>>),
+}
+
+impl Values {
+    fn empty(kind: Kind) -> Values {
+        match kind {
+            Kind::Text => Values::Text(vec![]),
+            Kind::OptText => Values::OptText(vec![]),
+            Kind::Ts => Values::Ts(vec![]),
+            Kind::Date => Values::Date(vec![]),
+            Kind::Int => Values::Int(vec![]),
+            Kind::F64 => Values::F64(vec![]),
+        }
+    }
+    pub fn len(&self) -> usize {
+        match self {
+            Values::Text(v) => v.len(),
+            Values::OptText(v) => v.len(),
+            Values::Ts(v) => v.len(),
+            Values::Date(v) => v.len(),
+            Values::Int(v) => v.len(),
+            Values::F64(v) => v.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn kind(&self) -> Kind {
+        match self {
+            Values::Text(_) => Kind::Text,
+            Values::OptText(_) => Kind::OptText,
+            Values::Ts(_) => Kind::Ts,
+            Values::Date(_) => Kind::Date,
+            Values::Int(_) => Kind::Int,
+            Values::F64(_) => Kind::F64,
+        }
+    }
+    fn sql(&self, i: usize) -> &(dyn ToSql + Sync) {
+        match self {
+            Values::Text(v) => &v[i],
+            Values::OptText(v) => &v[i],
+            Values::Ts(v) => &v[i],
+            Values::Date(v) => &v[i],
+            Values::Int(v) => &v[i],
+            Values::F64(v) => &v[i],
+        }
+    }
+}
+
+/// Optional text columns hold labels from a small set (regimes): one static string each.
+fn intern(s: &str) -> &'static str {
+    crate::features::regime::LABELS
+        .iter()
+        .find(|l| **l == s)
+        .copied()
+        .unwrap_or("?")
+}
+
+/// A table's rows of one partition, in columns ordered as its `Def`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rows {
+    pub def: &'static Def,
+    pub columns: Vec<Values>,
+}
+
+impl Rows {
+    pub fn new(def: &'static Def, columns: Vec<Values>) -> Result<Rows> {
+        if columns.len() != def.columns.len() {
+            bail!(
+                "{}: {} columns for {}",
+                def.name,
+                columns.len(),
+                def.columns.len()
+            );
+        }
+        let n = columns.first().map_or(0, Values::len);
+        for ((name, kind), v) in def.columns.iter().zip(&columns) {
+            if v.kind() != *kind || v.len() != n {
+                bail!(
+                    "{}.{name}: {:?} of {} rows, expected {kind:?} of {n}",
+                    def.name,
+                    v.kind(),
+                    v.len()
+                );
+            }
+        }
+        Ok(Rows { def, columns })
+    }
+
+    pub fn len(&self) -> usize {
+        self.columns.first().map_or(0, Values::len)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn column(&self, name: &str) -> Option<&Values> {
+        self.def
+            .columns
+            .iter()
+            .position(|(n, _)| *n == name)
+            .map(|k| &self.columns[k])
+    }
+}
+
+/// What selects one partition's rows of a table.
+#[derive(Debug, Clone, Copy)]
+pub struct Partition<'a> {
+    pub month: NaiveDate,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    /// For per-pair tables.
+    pub pair: Option<&'a str>,
+}
+
+impl Partition<'_> {
+    fn params(&self, def: &Def) -> Vec<&(dyn ToSql + Sync)> {
+        let mut p: Vec<&(dyn ToSql + Sync)> = match def.kind(def.month_column) {
+            Some(Kind::Date) => vec![&self.month],
+            _ => vec![&self.start, &self.end],
+        };
+        if def.pair_column.is_some() {
+            p.push(&self.pair);
+        }
+        p
+    }
+
+    /// The same filter with literals, for COPY (which takes no parameters).
+    fn literal_filter(&self, def: &Def) -> Result<String> {
+        let month = match def.kind(def.month_column) {
+            Some(Kind::Date) => format!("{} = '{}'", def.month_column, self.month),
+            _ => format!(
+                "{c} >= '{}' AND {c} < '{}'",
+                self.start.to_rfc3339(),
+                self.end.to_rfc3339(),
+                c = def.month_column
+            ),
+        };
+        Ok(match (def.pair_column, self.pair) {
+            (Some(col), Some(p)) => {
+                format!("{month} AND {col} = {}", crate::partition::pair_literal(p)?)
+            }
+            (Some(_), None) => bail!("{} is per pair: the partition names no pair", def.name),
+            _ => month,
+        })
+    }
+}
+
+/// Replaces a partition's rows inside the caller's transaction: delete, then binary COPY in.
+pub async fn replace(tx: &Transaction<'_>, part: &Partition<'_>, rows: &Rows) -> Result<u64> {
+    let def = rows.def;
+    tx.execute(
+        &format!(
+            "DELETE FROM ephemera.{} WHERE {}",
+            def.name,
+            def.partition_filter()
+        ),
+        &part.params(def),
+    )
+    .await
+    .with_context(|| format!("deleting the partition's rows of {}", def.name))?;
+    let names: Vec<&str> = def.columns.iter().map(|(n, _)| *n).collect();
+    let sink = tx
+        .copy_in(&format!(
+            "COPY ephemera.{} ({}) FROM STDIN (FORMAT binary)",
+            def.name,
+            names.join(", ")
+        ))
+        .await?;
+    let types: Vec<Type> = def.columns.iter().map(|(_, k)| k.pg()).collect();
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    pin_mut!(writer);
+    let mut row: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(names.len());
+    for i in 0..rows.len() {
+        row.clear();
+        row.extend(rows.columns.iter().map(|c| c.sql(i)));
+        writer.as_mut().write(&row).await?;
+    }
+    Ok(writer.finish().await?)
+}
+
+/// Reads a partition's rows back with binary COPY out, in key order.
+pub async fn read(client: &Client, def: &'static Def, part: &Partition<'_>) -> Result<Rows> {
+    let names: Vec<&str> = def.columns.iter().map(|(n, _)| *n).collect();
+    let stream = client
+        .copy_out(&format!(
+            "COPY (SELECT {} FROM ephemera.{} WHERE {} ORDER BY {}) TO STDOUT (FORMAT binary)",
+            names.join(", "),
+            def.name,
+            part.literal_filter(def)?,
+            def.key.join(", ")
+        ))
+        .await?;
+    let types: Vec<Type> = def.columns.iter().map(|(_, k)| k.pg()).collect();
+    let rows = BinaryCopyOutStream::new(stream, &types);
+    pin_mut!(rows);
+    let mut cols: Vec<Values> = def.columns.iter().map(|(_, k)| Values::empty(*k)).collect();
+    while let Some(r) = rows.try_next().await? {
+        for (k, c) in cols.iter_mut().enumerate() {
+            match c {
+                Values::Text(v) => v.push(r.get(k)),
+                Values::OptText(v) => v.push(r.get::<Option<&str>>(k).map(intern)),
+                Values::Ts(v) => v.push(r.get(k)),
+                Values::Date(v) => v.push(r.get(k)),
+                Values::Int(v) => v.push(r.get(k)),
+                Values::F64(v) => v.push(r.get(k)),
+            }
+        }
+    }
+    Rows::new(def, cols)
+}
+
+/// Encodes rows as Parquet with zstd; the same rows always give the same bytes.
+pub fn parquet(rows: &Rows) -> Result<Vec<u8>> {
+    let mut fields = vec![];
+    let mut arrays: Vec<ArrayRef> = vec![];
+    for ((name, kind), v) in rows.def.columns.iter().zip(&rows.columns) {
+        let nullable = matches!(kind, Kind::F64 | Kind::OptText);
+        let (ty, array): (DataType, ArrayRef) = match v {
+            Values::Text(v) => (DataType::Utf8, Arc::new(StringArray::from(v.clone()))),
+            Values::OptText(v) => (DataType::Utf8, Arc::new(StringArray::from(v.clone()))),
+            Values::Ts(v) => (
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                Arc::new(
+                    TimestampMicrosecondArray::from(
+                        v.iter().map(|t| t.timestamp_micros()).collect::<Vec<_>>(),
+                    )
+                    .with_timezone("UTC"),
+                ),
+            ),
+            Values::Date(v) => {
+                let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).context("the epoch")?;
+                (
+                    DataType::Date32,
+                    Arc::new(Date32Array::from(
+                        v.iter()
+                            .map(|d| (*d - epoch).num_days() as i32)
+                            .collect::<Vec<_>>(),
+                    )),
+                )
+            }
+            Values::Int(v) => (DataType::Int32, Arc::new(Int32Array::from(v.clone()))),
+            Values::F64(v) => (DataType::Float64, Arc::new(Float64Array::from(v.clone()))),
+        };
+        fields.push(Field::new(*name, ty, nullable));
+        arrays.push(array);
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(schema.clone(), arrays)?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .build();
+    let mut out = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut out, schema, Some(props))?;
+    w.write(&batch)?;
+    w.close()?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemas_and_filters() {
+        assert_eq!(
+            CURRENCY_INDEX.ddl(),
+            "CREATE TABLE IF NOT EXISTS ephemera.currency_index (currency text NOT NULL, ts \
+             timestamptz NOT NULL, index double precision, log_return double precision, pairs \
+             integer NOT NULL, pairs_loaded integer NOT NULL, PRIMARY KEY (currency, ts));"
+        );
+        assert_eq!(
+            REGIME.partition_filter(),
+            "ts >= $1 AND ts < $2 AND pair = $3"
+        );
+        assert_eq!(CAUSALITY.partition_filter(), "month = $1::date");
+        for def in ALL {
+            for k in def.key {
+                assert!(def.kind(k).is_some(), "{}: key {k}", def.name);
+            }
+            assert!(def.kind(def.month_column).is_some(), "{}", def.name);
+        }
+        let bad = Rows::new(&ARBITRAGE, vec![Values::Int(vec![])]);
+        assert!(bad.is_err());
+    }
+}

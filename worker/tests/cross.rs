@@ -1,0 +1,325 @@
+//! The cross-pair stages (currency-index, arbitrage) on the real bars of all six pairs, through
+//! PostgreSQL, the queue, validation and export, every value against a numpy computation from the
+//! CSV files (`reference/cross_reference.py`); and a cross-pair partition redone as a whole when
+//! one of its inputs changes.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use ephemera_tests::postgres::postgres;
+use ephemera_worker::{db, export, run, seed};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn csv_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("data/fx-1m"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".csv.gz"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 6);
+    files
+}
+
+fn options(url: &str, stages: &[&str], export: Option<&PathBuf>) -> run::Options {
+    run::Options {
+        database_url: url.to_string(),
+        source: "bars_1m".into(),
+        stages: stages.iter().map(|s| s.to_string()).collect(),
+        concurrency: 2,
+        worker_id: "cross".into(),
+        run_id: "cross".into(),
+        lease_seconds: 600,
+        max_attempts: 3,
+        export: export.map(|p| export::Target::Dir(p.clone())),
+        stop: Default::default(),
+        progress: indicatif::ProgressBar::hidden(),
+        params: Default::default(),
+    }
+}
+
+/// The reference's records by kind, each keyed by its first two fields (name, time).
+fn reference() -> BTreeMap<char, BTreeMap<(String, i64), Vec<String>>> {
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cross_reference.txt");
+    let python = root().join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run `make setup`",
+        python.display()
+    );
+    let status = Command::new(python)
+        .arg(root().join("worker/tests/reference/cross_reference.py"))
+        .arg(&out)
+        .args(csv_files())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut by_kind: BTreeMap<char, BTreeMap<(String, i64), Vec<String>>> = BTreeMap::new();
+    for line in std::fs::read_to_string(&out).unwrap().lines() {
+        let f: Vec<&str> = line.split('|').collect();
+        let key = (f[1].to_string(), f[2].parse().unwrap());
+        let rest = f[3..].iter().map(|s| s.to_string()).collect();
+        assert!(by_kind
+            .entry(f[0].chars().next().unwrap())
+            .or_default()
+            .insert(key, rest)
+            .is_none());
+    }
+    by_kind
+}
+
+/// The largest |ours − theirs| / (rel·|theirs| + abs) over a column: at most 1 passes.
+#[derive(Default)]
+struct Worst(f64, String);
+
+impl Worst {
+    fn see(&mut self, ours: f64, theirs: f64, rel: f64, abs: f64, at: &str) {
+        let share = (ours - theirs).abs() / (rel * theirs.abs() + abs);
+        assert!(share.is_finite(), "{at}: {ours} vs {theirs}");
+        if share > self.0 {
+            *self = Worst(share, format!("{at}: {ours} vs {theirs}"));
+        }
+    }
+    fn check(&self, what: &str) {
+        println!("{what:<28} worst {:.3} of tolerance ({})", self.0, self.1);
+        assert!(self.0 <= 1.0, "{what} outside tolerance at {}", self.1);
+    }
+}
+
+async fn rows(
+    client: &tokio_postgres::Client,
+    sql: &str,
+) -> BTreeMap<(String, i64), tokio_postgres::Row> {
+    client
+        .query(sql, &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            let ts: chrono::DateTime<chrono::Utc> = r.get(1);
+            ((r.get::<_, String>(0), ts.timestamp_micros()), r)
+        })
+        .collect()
+}
+
+fn f(s: &str) -> f64 {
+    s.parse().unwrap()
+}
+
+#[tokio::test]
+async fn currency_indexes_and_triangles_match_numpy_on_all_pairs_and_a_changed_input_redoes_the_month(
+) {
+    let url = postgres().database("cross");
+    let client = db::connect(&url).await.unwrap();
+    db::init(&client, "bars_1m").await.unwrap();
+    for csv in csv_files() {
+        seed::seed_file(&client, "bars_1m", &csv).await.unwrap();
+    }
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cross-export");
+    let _ = std::fs::remove_dir_all(&out);
+    let stages = ["currency-index", "arbitrage", "validate", "export"];
+    let summary = run::run(options(&url, &stages, Some(&out))).await.unwrap();
+    // Two months over all pairs (April, May 2023) × four stages: not one per pair.
+    assert_eq!(
+        (summary.partitions_done, summary.partitions_failed),
+        (8, 0),
+        "{summary:?}"
+    );
+    let reference = reference();
+
+    // Currency indexes: every (currency, minute) of the reference, and no other.
+    let ours = rows(
+        &client,
+        "SELECT currency, ts, index, log_return, pairs, pairs_loaded FROM ephemera.currency_index",
+    )
+    .await;
+    let theirs = &reference[&'C'];
+    assert_eq!(ours.len(), theirs.len());
+    let (mut index, mut ret) = (Worst::default(), Worst::default());
+    for (key, t) in theirs {
+        let o = ours
+            .get(key)
+            .unwrap_or_else(|| panic!("no row for {key:?}"));
+        let at = format!("{} {}", key.0, key.1);
+        index.see(o.get(2), f(&t[0]), 1e-12, 0.0, &at);
+        ret.see(o.get(3), f(&t[1]), 1e-12, 1e-18, &at);
+        assert_eq!(
+            (o.get::<_, i32>(4), o.get::<_, i32>(5)),
+            (t[2].parse().unwrap(), t[3].parse().unwrap()),
+            "{at}"
+        );
+    }
+    index.check("currency index");
+    ret.check("currency log return");
+    // Six currencies; AUD, CHF and JPY are in one loaded pair each, and say so; USD in five.
+    let loaded: BTreeMap<String, i32> = client
+        .query(
+            "SELECT currency, max(pairs_loaded) FROM ephemera.currency_index GROUP BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let expected: BTreeMap<String, i32> = [
+        ("AUD", 1),
+        ("CHF", 1),
+        ("EUR", 2),
+        ("GBP", 2),
+        ("JPY", 1),
+        ("USD", 5),
+    ]
+    .iter()
+    .map(|(c, n)| (c.to_string(), *n))
+    .collect();
+    assert_eq!(loaded, expected);
+    // Minutes where some of USD's pairs were missing used those that exist.
+    let partial: i64 = client
+        .query_one(
+            "SELECT count(*) FROM ephemera.currency_index WHERE currency = 'USD' AND pairs BETWEEN 1 AND 4",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(partial > 0);
+
+    // Triangles: the one these names form, every minute where its three legs have a bar.
+    let ours = rows(
+        &client,
+        "SELECT triangle, ts, implied, quoted, deviation_bp FROM ephemera.arbitrage",
+    )
+    .await;
+    let theirs = &reference[&'A'];
+    assert_eq!(ours.len(), theirs.len());
+    assert_eq!(
+        ours.len(),
+        49_834,
+        "data/fx-1m/README.md: the triangle shares 49,834 minutes"
+    );
+    let (mut implied, mut dev) = (Worst::default(), Worst::default());
+    for (key, t) in theirs {
+        let o = ours
+            .get(key)
+            .unwrap_or_else(|| panic!("no row for {key:?}"));
+        let at = format!("{} {}", key.0, key.1);
+        implied.see(o.get(2), f(&t[0]), 1e-14, 0.0, &at);
+        assert_eq!(
+            o.get::<_, f64>(3),
+            f(&t[1]),
+            "{at}: the quoted cross is the close"
+        );
+        // quoted/implied − 1 cancels: a deviation carries the ratio's rounding, 1e-16 of 1e4 bp.
+        dev.see(o.get(4), f(&t[2]), 1e-9, 1e-10, &at);
+    }
+    implied.check("implied cross");
+    dev.check("deviation (bp)");
+    let ours = rows(
+        &client,
+        "SELECT triangle, start_ts, end_ts, minutes, peak_bp, mean_bp FROM ephemera.arbitrage_events",
+    )
+    .await;
+    let theirs = &reference[&'E'];
+    assert!(theirs.len() > 100);
+    assert_eq!(ours.len(), theirs.len());
+    let (mut peak, mut mean) = (Worst::default(), Worst::default());
+    for (key, t) in theirs {
+        let o = ours
+            .get(key)
+            .unwrap_or_else(|| panic!("no event at {key:?}"));
+        let at = format!("{} {}", key.0, key.1);
+        let end: chrono::DateTime<chrono::Utc> = o.get(2);
+        assert_eq!(end.timestamp_micros(), t[0].parse::<i64>().unwrap(), "{at}");
+        assert_eq!(o.get::<_, i32>(3), t[1].parse::<i32>().unwrap(), "{at}");
+        peak.see(o.get(4), f(&t[2]), 1e-9, 1e-10, &at);
+        mean.see(o.get(5), f(&t[3]), 1e-9, 1e-10, &at);
+    }
+    peak.check("event peak (bp)");
+    mean.check("event mean (bp)");
+
+    // The data's defects went through: duplicates cleaned, the 48 h gap left a gap.
+    let q = client
+        .query_one(
+            "SELECT sum((quality->>'duplicate_ts')::bigint)::bigint, max((quality->>'largest_gap_minutes')::bigint)
+               FROM ephemera.partitions WHERE stage = 'currency-index'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(q.get::<_, i64>(0) > 0 && q.get::<_, i64>(1) > 2800);
+
+    // Validated (no problem in any column) and exported: one file per table and month.
+    let v = summary.validation.clone().unwrap();
+    assert_eq!((v.partitions, v.problems), (2, 0), "{v:?}");
+    let manifest: export::Manifest =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let keys: Vec<&str> = manifest.objects.iter().map(|o| o.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "arbitrage/month=2023-04/part.parquet",
+            "arbitrage/month=2023-05/part.parquet",
+            "arbitrage_events/month=2023-04/part.parquet",
+            "arbitrage_events/month=2023-05/part.parquet",
+            "currency_index/month=2023-04/part.parquet",
+            "currency_index/month=2023-05/part.parquet",
+        ]
+    );
+    assert_eq!(
+        manifest.objects.iter().map(|o| o.rows).sum::<u64>(),
+        summary.rows_out
+    );
+
+    // One bar of April changes: April's cross-pair partitions are redone as a whole (every
+    // currency and triangle, validated and exported again); May's are not touched.
+    let before: BTreeMap<(String, String), chrono::DateTime<chrono::Utc>> = client
+        .query(
+            "SELECT stage, month::text, updated_at FROM ephemera.partitions",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect();
+    client
+        .execute(
+            "UPDATE bars_1m SET close = close * 1.001, high = high * 1.001
+              WHERE pair = 'GBPUSD' AND ts = '2023-04-20 10:00:00+00'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let again = run::run(options(&url, &stages, Some(&out))).await.unwrap();
+    assert_eq!((again.processed_here, again.partitions_done), (4, 8));
+    for r in client
+        .query(
+            "SELECT stage, month::text, updated_at FROM ephemera.partitions",
+            &[],
+        )
+        .await
+        .unwrap()
+    {
+        let key: (String, String) = (r.get(0), r.get(1));
+        let redone = r.get::<_, chrono::DateTime<chrono::Utc>>(2) != before[&key];
+        assert_eq!(redone, key.1 == "2023-04-01", "{key:?}");
+    }
+    let d: f64 = client
+        .query_one(
+            "SELECT deviation_bp FROM ephemera.arbitrage WHERE ts = '2023-04-20 10:00:00+00'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let was = f(&reference[&'A'][&("EURGBP via USD".to_string(), 1681984800000000)][2]);
+    assert!(
+        (d - was - 10.0).abs() < 0.1,
+        "GBPUSD 10 bp richer: {was} → {d}"
+    );
+}
