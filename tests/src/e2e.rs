@@ -77,6 +77,23 @@ pub struct Finished {
 }
 
 impl Finished {
+    /// How the execution ended, from DescribeExecution and the states it entered.
+    pub fn new(
+        d: &aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput,
+        path: Vec<String>,
+    ) -> Finished {
+        Finished {
+            status: d.status().as_str().to_string(),
+            output: d
+                .output()
+                .and_then(|o| serde_json::from_str(o).ok())
+                .unwrap_or(Value::Null),
+            error: d.error().map(str::to_string),
+            cause: d.cause().map(str::to_string),
+            path,
+        }
+    }
+
     pub fn visited(&self, state: &str) -> usize {
         self.path.iter().filter(|s| *s == state).count()
     }
@@ -135,14 +152,5 @@ pub async fn wait(region: &str, execution: &str, timeout: Duration) -> Finished 
         .filter_map(|e| e.state_entered_event_details())
         .map(|d| d.name().to_string())
         .collect();
-    Finished {
-        status: d.status().as_str().to_string(),
-        output: d
-            .output()
-            .and_then(|o| serde_json::from_str(o).ok())
-            .unwrap_or(Value::Null),
-        error: d.error().map(str::to_string),
-        cause: d.cause().map(str::to_string),
-        path,
-    }
+    Finished::new(&d, path)
 }

@@ -136,16 +136,7 @@ pub async fn follow(
                 .unwrap_or(false);
             if last_seen {
                 console.finish();
-                return Ok(Finished {
-                    status: d.status().as_str().to_string(),
-                    output: d
-                        .output()
-                        .and_then(|o| serde_json::from_str(o).ok())
-                        .unwrap_or(Value::Null),
-                    error: d.error().map(str::to_string),
-                    cause: d.cause().map(str::to_string),
-                    path,
-                });
+                return Ok(Finished::new(&d, path));
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
