@@ -14,7 +14,8 @@ use crate::bars::{clean, Bars, Quality};
 use crate::db::{checked_ident, feature_types, stage_columns, BAR_TYPES, SOURCE_TYPES};
 use crate::export::{self, Store};
 use crate::features::{
-    arbitrage, currency_index, finite, indicators, regime, regression, warm_up, Columns, Params,
+    arbitrage, causality, currency_index, finite, indicators, regime, regression, warm_up, Columns,
+    Params,
 };
 use crate::queue::{self, Claim};
 use crate::stage::{Scope, Stage, ALL_PAIRS};
@@ -121,13 +122,19 @@ pub fn compute(core: &Core, stage: &str, bars: &Bars) -> Result<Columns> {
 }
 
 /// A cross-pair stage's tables from every pair's clean bars of one month (sorted by pair).
-pub fn compute_cross(stage: Stage, pairs: &[(String, Bars)], params: &Params) -> Result<Vec<Rows>> {
+pub fn compute_cross(
+    stage: Stage,
+    month: NaiveDate,
+    pairs: &[(String, Bars)],
+    params: &Params,
+) -> Result<Vec<Rows>> {
     Ok(match stage {
         Stage::CurrencyIndex => vec![currency_index::compute(pairs)?],
         Stage::Arbitrage => {
             let (minutes, events) = arbitrage::compute(pairs, params.arbitrage)?;
             vec![minutes, events]
         }
+        Stage::Causality => vec![causality::compute(month, pairs)?],
         other => bail!("'{other}' is not a cross-pair stage"),
     })
 }
@@ -513,9 +520,9 @@ async fn cross_pair(client: &mut Client, cx: &Work<'_>, stage: Stage, c: &Claim)
     let (pairs, quality) = read_month(client, cx.source, c.month)
         .await
         .with_context(|| format!("reading every pair of {}", c.month))?;
-    let params = *cx.params;
+    let (params, month) = (*cx.params, c.month);
     let tables =
-        tokio::task::spawn_blocking(move || compute_cross(stage, &pairs, &params)).await??;
+        tokio::task::spawn_blocking(move || compute_cross(stage, month, &pairs, &params)).await??;
     let mut json = serde_json::to_value(&quality)?;
     json["inputs"] = inputs;
     let rows_out = write_tables(client, cx.owner, c, &tables, quality.rows_in, json).await?;

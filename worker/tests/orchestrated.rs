@@ -116,9 +116,9 @@ const BUCKET: &str = "ephemera-features";
 const PAIRS: [&str; 3] = ["EURGBP", "EURUSD", "GBPUSD"];
 const MONTHS: usize = 2;
 const PER_PAIR_STAGES: &[&str] = &["indicators", "regression", "regime"];
-/// One partition per month over all pairs; arbitrage writes two tables.
-const CROSS_PAIR_STAGES: &[&str] = &["currency-index", "arbitrage"];
-const CROSS_PAIR_TABLES: usize = 3;
+/// One partition per month over all pairs; arbitrage writes two tables, the others one.
+const CROSS_PAIR_STAGES: &[&str] = &["currency-index", "arbitrage", "causality"];
+const CROSS_PAIR_TABLES: usize = 4;
 /// Feature partitions, each followed by a validate and an export partition.
 const FEATURE_PARTITIONS: usize =
     PAIRS.len() * MONTHS * PER_PAIR_STAGES.len() + MONTHS * CROSS_PAIR_STAGES.len();

@@ -25,7 +25,8 @@ use crate::{clients, fixtures, harness, postgres};
 const SPOT_QUOTA: &str = "L-34B43A08";
 const EXPORT_BUCKET: &str = "ephemera-features";
 const SECRET: &str = "ephemera/demo-database";
-const STAGES: &str = "indicators,regression,regime,currency-index,arbitrage,validate,export";
+const STAGES: &str =
+    "indicators,regression,regime,currency-index,arbitrage,causality,validate,export";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {

@@ -13,10 +13,10 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use ephemera_pg::postgres;
 use ephemera_worker::bars::Bars;
-use ephemera_worker::features::{indicators, regression};
+use ephemera_worker::features::{causality, indicators, regression};
 use ephemera_worker::stage::{Scope, Stage};
 use ephemera_worker::table::{self, Kind, Values};
-use ephemera_worker::{db, run};
+use ephemera_worker::{db, partition, run};
 use futures_util::{pin_mut, TryStreamExt};
 use tokio_postgres::binary_copy::{BinaryCopyInWriter, BinaryCopyOutStream};
 use tokio_postgres::types::ToSql;
@@ -465,7 +465,40 @@ async fn main() {
         worker / ceiling_par
     );
     println!();
-    for stage in [Stage::Regime, Stage::CurrencyIndex, Stage::Arbitrage] {
+    for stage in [
+        Stage::Regime,
+        Stage::CurrencyIndex,
+        Stage::Arbitrage,
+        Stage::Causality,
+    ] {
         new_stage(&url, stage, cores).await;
     }
+    causality_growth(&client).await;
+}
+
+/// Causality's computation on one month of bars for half the pairs and for all of them: its cost
+/// is one regression per ordered pair and lag, so it grows with pairs · (pairs − 1).
+async fn causality_growth(client: &tokio_postgres::Client) {
+    let month = chrono::NaiveDate::from_ymd_opt(2023, 1, 1).unwrap();
+    let (pairs, _) = partition::read_month(client, "bars_1m", month)
+        .await
+        .unwrap();
+    let mut line = vec![];
+    for n in [pairs.len() / 2, pairs.len()] {
+        let t = Instant::now();
+        let rows = causality::compute(month, &pairs[..n]).unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        line.push(format!(
+            "{n} pairs ({} ordered, {} tests) {:.3} s, {:.2} ms per ordered pair",
+            n * (n - 1),
+            rows.len(),
+            secs,
+            secs * 1e3 / (n * (n - 1)).max(1) as f64
+        ));
+    }
+    println!(
+        "causality on one month, computation only: {}; grows with pairs² (pairs · (pairs − 1) \
+         ordered pairs, 5 regressions each)",
+        line.join("; ")
+    );
 }

@@ -1,6 +1,7 @@
 //! Feature stages: pure functions from clean bars to columns (None during warm-up).
 
 pub mod arbitrage;
+pub mod causality;
 pub mod currency_index;
 pub mod indicators;
 pub mod regime;

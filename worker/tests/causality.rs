@@ -1,0 +1,186 @@
+//! The causality stage on the real bars of all six pairs, through PostgreSQL, the queue,
+//! validation and export, every test against statsmodels (`reference/causality_reference.py`:
+//! `grangercausalitytests`' ssr F test over the same 5-minute rows, from the CSV files).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use ephemera_tests::postgres::postgres;
+use ephemera_worker::{db, export, run, seed};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The share of the tolerance (1e-9 relative) |ours − theirs| uses.
+fn share(ours: Option<f64>, theirs: f64, at: &str) -> f64 {
+    match ours {
+        None => {
+            assert!(theirs.is_nan(), "{at}: NULL, reference {theirs}");
+            0.0
+        }
+        Some(o) => {
+            assert!(!theirs.is_nan(), "{at}: {o}, reference undefined");
+            if o == theirs {
+                0.0
+            } else {
+                (o - theirs).abs() / (1e-9 * theirs.abs())
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn granger_tests_match_statsmodels_for_every_ordered_pair_month_and_lag() {
+    let url = postgres().database("causality");
+    let client = db::connect(&url).await.unwrap();
+    db::init(&client, "bars_1m").await.unwrap();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("data/fx-1m"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".csv.gz"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 6);
+    for f in &files {
+        seed::seed_file(&client, "bars_1m", f).await.unwrap();
+    }
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("causality-export");
+    let _ = std::fs::remove_dir_all(&out);
+    let summary = run::run(run::Options {
+        database_url: url.clone(),
+        source: "bars_1m".into(),
+        stages: vec!["causality".into(), "validate".into(), "export".into()],
+        concurrency: 2,
+        worker_id: "causality".into(),
+        run_id: "causality".into(),
+        lease_seconds: 600,
+        max_attempts: 3,
+        export: Some(export::Target::Dir(out.clone())),
+        stop: Default::default(),
+        progress: indicatif::ProgressBar::hidden(),
+        params: Default::default(),
+    })
+    .await
+    .unwrap();
+    // 2 months × 3 stages, each month over all pairs.
+    assert_eq!((summary.partitions_done, summary.partitions_failed), (6, 0));
+    let v = summary.validation.clone().unwrap();
+    assert_eq!(
+        (
+            v.problems,
+            v.nulls_beyond_warm_up,
+            v.non_finite,
+            v.out_of_range
+        ),
+        (0, 0, 0, 0),
+        "{v:?}"
+    );
+
+    let reference = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("causality_reference.txt");
+    let status = Command::new(root().join(".venv/bin/python"))
+        .arg(root().join("worker/tests/reference/causality_reference.py"))
+        .arg(&reference)
+        .args(&files)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "the reference script failed (make setup installs statsmodels)"
+    );
+    let ours: BTreeMap<(String, String, String, i32), tokio_postgres::Row> = client
+        .query(
+            "SELECT cause, effect, month::text, lag, f_stat, p_value, nobs, df_num, df_den
+               FROM ephemera.causality",
+            &[],
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| ((r.get(0), r.get(1), r.get(2), r.get(3)), r))
+        .collect();
+    let text = std::fs::read_to_string(&reference).unwrap();
+    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split('|').collect()).collect();
+    // 6 pairs: 30 ordered pairs × 5 lags × 2 months.
+    assert_eq!(lines.len(), 300);
+    assert_eq!(
+        ours.len(),
+        lines.len(),
+        "one row per ordered pair, month and lag"
+    );
+    let (mut worst_f, mut worst_p) = ((0.0f64, String::new()), (0.0f64, String::new()));
+    let mut significant = 0;
+    for f in &lines {
+        let key = (
+            f[0].to_string(),
+            f[1].to_string(),
+            f[2].to_string(),
+            f[3].parse::<i32>().unwrap(),
+        );
+        let o = ours
+            .get(&key)
+            .unwrap_or_else(|| panic!("no row for {key:?}"));
+        let at = format!("{key:?}");
+        let x = |s: &str| s.parse::<f64>().unwrap();
+        let i = |s: &str| s.parse::<i32>().unwrap();
+        assert_eq!(
+            (o.get::<_, i32>(8), o.get::<_, i32>(7), o.get::<_, i32>(6)),
+            (i(f[6]), i(f[7]), i(f[8])),
+            "{at}: df_den, df_num, nobs"
+        );
+        let sf = share(o.get(4), x(f[4]), &at);
+        let sp = share(o.get(5), x(f[5]), &at);
+        if sf > worst_f.0 {
+            worst_f = (sf, at.clone());
+        }
+        if sp > worst_p.0 {
+            worst_p = (sp, at.clone());
+        }
+        if x(f[5]) < 0.01 {
+            significant += 1;
+        }
+    }
+    println!(
+        "f_stat  worst {:.4} of 1e-9 relative ({})",
+        worst_f.0, worst_f.1
+    );
+    println!(
+        "p_value worst {:.4} of 1e-9 relative ({})",
+        worst_p.0, worst_p.1
+    );
+    assert!(
+        worst_f.0 <= 1.0,
+        "f_stat outside 1e-9 relative at {}",
+        worst_f.1
+    );
+    assert!(
+        worst_p.0 <= 1.0,
+        "p_value outside 1e-9 relative at {}",
+        worst_p.1
+    );
+    // The data has both: tests that reject at 1% and tests that do not.
+    println!("{significant} of {} tests with p < 0.01", lines.len());
+    assert!(significant > 0 && significant < lines.len());
+    // The gaps end runs of buckets: each lag more drops one row per run of the joint series.
+    let nobs = |k: &(String, String, String, i32)| ours[k].get::<_, i32>(6);
+    let runs: Vec<i32> = ours
+        .keys()
+        .filter(|k| k.3 == 1)
+        .map(|k| nobs(k) - nobs(&(k.0.clone(), k.1.clone(), k.2.clone(), 2)))
+        .collect();
+    println!(
+        "runs of consecutive buckets per ordered pair and month: {}..={}",
+        runs.iter().min().unwrap(),
+        runs.iter().max().unwrap()
+    );
+    assert!(runs.iter().all(|r| *r >= 1) && runs.iter().any(|r| *r > 1));
+    let manifest: export::Manifest =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest.objects.len(), 2, "one object a month");
+    assert_eq!(
+        manifest.objects.iter().map(|o| o.rows).sum::<u64>(),
+        summary.rows_out
+    );
+    assert_eq!(summary.rows_out, 300);
+}
