@@ -2,16 +2,13 @@
 //! validation and export, every test against statsmodels (`reference/causality_reference.py`:
 //! `grangercausalitytests`' ssr F test over the same 5-minute rows, from the CSV files).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-use ephemera_tests::postgres::postgres;
-use ephemera_worker::{db, export, run, seed};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use ephemera_worker::{export, run};
 
 /// The share of the tolerance (1e-9 relative) |ours − theirs| uses.
 fn share(ours: Option<f64>, theirs: f64, at: &str) -> f64 {
@@ -33,35 +30,15 @@ fn share(ours: Option<f64>, theirs: f64, at: &str) -> f64 {
 
 #[tokio::test]
 async fn granger_tests_match_statsmodels_for_every_ordered_pair_month_and_lag() {
-    let url = postgres().database("causality");
-    let client = db::connect(&url).await.unwrap();
-    db::init(&client, "bars_1m").await.unwrap();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("data/fx-1m"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().ends_with(".csv.gz"))
-        .collect();
-    files.sort();
-    assert_eq!(files.len(), 6);
-    for f in &files {
-        seed::seed_file(&client, "bars_1m", f).await.unwrap();
-    }
+    let (url, client) = common::seeded("causality").await;
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("causality-export");
     let _ = std::fs::remove_dir_all(&out);
-    let summary = run::run(run::Options {
-        database_url: url.clone(),
-        source: "bars_1m".into(),
-        stages: vec!["causality".into(), "validate".into(), "export".into()],
-        concurrency: 2,
-        worker_id: "causality".into(),
-        run_id: "causality".into(),
-        lease_seconds: 600,
-        max_attempts: 3,
-        export: Some(export::Target::Dir(out.clone())),
-        stop: Default::default(),
-        progress: indicatif::ProgressBar::hidden(),
-        params: Default::default(),
-    })
+    let summary = run::run(common::options(
+        &url,
+        "causality",
+        &["causality", "validate", "export"],
+        Some(&out),
+    ))
     .await
     .unwrap();
     // 2 months × 3 stages, each month over all pairs.
@@ -79,10 +56,10 @@ async fn granger_tests_match_statsmodels_for_every_ordered_pair_month_and_lag() 
     );
 
     let reference = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("causality_reference.txt");
-    let status = Command::new(root().join(".venv/bin/python"))
-        .arg(root().join("worker/tests/reference/causality_reference.py"))
+    let status = Command::new(common::root().join(".venv/bin/python"))
+        .arg(common::root().join("worker/tests/reference/causality_reference.py"))
         .arg(&reference)
-        .args(&files)
+        .args(common::csv_files())
         .status()
         .unwrap();
     assert!(

@@ -3,58 +3,27 @@
 //! CSV files (`reference/cross_reference.py`); and a cross-pair partition redone as a whole when
 //! one of its inputs changes.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-use ephemera_tests::postgres::postgres;
-use ephemera_worker::{db, export, run, seed};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn csv_files() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("data/fx-1m"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().ends_with(".csv.gz"))
-        .collect();
-    files.sort();
-    assert_eq!(files.len(), 6);
-    files
-}
-
-fn options(url: &str, stages: &[&str], export: Option<&PathBuf>) -> run::Options {
-    run::Options {
-        database_url: url.to_string(),
-        source: "bars_1m".into(),
-        stages: stages.iter().map(|s| s.to_string()).collect(),
-        concurrency: 2,
-        worker_id: "cross".into(),
-        run_id: "cross".into(),
-        lease_seconds: 600,
-        max_attempts: 3,
-        export: export.map(|p| export::Target::Dir(p.clone())),
-        stop: Default::default(),
-        progress: indicatif::ProgressBar::hidden(),
-        params: Default::default(),
-    }
-}
+use ephemera_worker::{export, run};
 
 /// The reference's records by kind, each keyed by its first two fields (name, time).
 fn reference() -> BTreeMap<char, BTreeMap<(String, i64), Vec<String>>> {
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cross_reference.txt");
-    let python = root().join(".venv/bin/python");
+    let python = common::root().join(".venv/bin/python");
     assert!(
         python.exists(),
         "{} is missing: run `make setup`",
         python.display()
     );
     let status = Command::new(python)
-        .arg(root().join("worker/tests/reference/cross_reference.py"))
+        .arg(common::root().join("worker/tests/reference/cross_reference.py"))
         .arg(&out)
-        .args(csv_files())
+        .args(common::csv_files())
         .status()
         .unwrap();
     assert!(status.success());
@@ -113,16 +82,13 @@ fn f(s: &str) -> f64 {
 #[tokio::test]
 async fn currency_indexes_and_triangles_match_numpy_on_all_pairs_and_a_changed_input_redoes_the_month(
 ) {
-    let url = postgres().database("cross");
-    let client = db::connect(&url).await.unwrap();
-    db::init(&client, "bars_1m").await.unwrap();
-    for csv in csv_files() {
-        seed::seed_file(&client, "bars_1m", &csv).await.unwrap();
-    }
+    let (url, client) = common::seeded("cross").await;
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cross-export");
     let _ = std::fs::remove_dir_all(&out);
     let stages = ["currency-index", "arbitrage", "validate", "export"];
-    let summary = run::run(options(&url, &stages, Some(&out))).await.unwrap();
+    let summary = run::run(common::options(&url, "cross", &stages, Some(&out)))
+        .await
+        .unwrap();
     // Two months over all pairs (April, May 2023) × four stages: not one per pair.
     assert_eq!(
         (summary.partitions_done, summary.partitions_failed),
@@ -295,7 +261,9 @@ async fn currency_indexes_and_triangles_match_numpy_on_all_pairs_and_a_changed_i
         )
         .await
         .unwrap();
-    let again = run::run(options(&url, &stages, Some(&out))).await.unwrap();
+    let again = run::run(common::options(&url, "cross", &stages, Some(&out)))
+        .await
+        .unwrap();
     assert_eq!((again.processed_here, again.partitions_done), (4, 8));
     for r in client
         .query(

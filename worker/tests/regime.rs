@@ -3,16 +3,13 @@
 //! (`reference/regime_reference.py`: rolling sums and a 30-day rolling rank in pandas, the slope
 //! as a two-pass fit per window in numpy, ADX from TA-Lib's C library).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-use ephemera_tests::postgres::postgres;
-use ephemera_worker::{db, export, run, seed};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use ephemera_worker::{export, run};
 
 /// |ours − theirs| within rel·|theirs| + abs; returns the share of the tolerance used.
 fn share(ours: Option<f64>, theirs: f64, rel: f64, abs: f64, at: &str) -> f64 {
@@ -30,35 +27,15 @@ fn share(ours: Option<f64>, theirs: f64, rel: f64, abs: f64, at: &str) -> f64 {
 
 #[tokio::test]
 async fn regimes_match_pandas_on_every_bar_of_all_pairs() {
-    let url = postgres().database("regime");
-    let client = db::connect(&url).await.unwrap();
-    db::init(&client, "bars_1m").await.unwrap();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("data/fx-1m"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().ends_with(".csv.gz"))
-        .collect();
-    files.sort();
-    assert_eq!(files.len(), 6);
-    for f in &files {
-        seed::seed_file(&client, "bars_1m", f).await.unwrap();
-    }
+    let (url, client) = common::seeded("regime").await;
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("regime-export");
     let _ = std::fs::remove_dir_all(&out);
-    let summary = run::run(run::Options {
-        database_url: url.clone(),
-        source: "bars_1m".into(),
-        stages: vec!["regime".into(), "validate".into(), "export".into()],
-        concurrency: 2,
-        worker_id: "regime".into(),
-        run_id: "regime".into(),
-        lease_seconds: 600,
-        max_attempts: 3,
-        export: Some(export::Target::Dir(out.clone())),
-        stop: Default::default(),
-        progress: indicatif::ProgressBar::hidden(),
-        params: Default::default(),
-    })
+    let summary = run::run(common::options(
+        &url,
+        "regime",
+        &["regime", "validate", "export"],
+        Some(&out),
+    ))
     .await
     .unwrap();
     // 6 pairs × 2 months × 3 stages.
@@ -74,10 +51,10 @@ async fn regimes_match_pandas_on_every_bar_of_all_pairs() {
     );
 
     let reference = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("regime_reference.txt");
-    let status = Command::new(root().join(".venv/bin/python"))
-        .arg(root().join("worker/tests/reference/regime_reference.py"))
+    let status = Command::new(common::root().join(".venv/bin/python"))
+        .arg(common::root().join("worker/tests/reference/regime_reference.py"))
         .arg(&reference)
-        .args(&files)
+        .args(common::csv_files())
         .status()
         .unwrap();
     assert!(
