@@ -21,6 +21,10 @@ pub const ARTIFACT_BUCKET: &str = "ephemera-artifacts";
 pub const EXPORT_BUCKET: &str = "ephemera-features";
 pub const REPORT_TOPIC: &str = "ephemera-reports";
 pub const WORKER_PROFILE: &str = "ephemera-worker";
+/// The worker role's RoleId (`!GetAtt WorkerRole.RoleId`; AWS's are `AROA` and 17 more).
+pub const WORKER_ROLE_ID: &str = "AROAEPHEMERAWORKER001";
+/// A worker signing with the key of no particular instance (the CLI tests' log reader).
+const NO_INSTANCE: &str = "i-worker";
 
 /// Who signed a request, told by its access key id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,6 +44,7 @@ impl Principal {
         match key {
             "ak" => Some(Principal::StateMachine),
             "worker" => Some(Principal::Worker),
+            k if k.starts_with("worker-i-") => Some(Principal::Worker),
             "scheduler" => Some(Principal::Scheduler),
             k => k.strip_prefix("fn-").map(|f| Principal::Function(f.into())),
         }
@@ -54,15 +59,56 @@ impl Principal {
         }
     }
 
+    /// The key of the worker role's session on `instance`: what that instance's IMDS hands out
+    /// (an instance role's session is named after the instance).
+    pub fn instance_key(instance: &str) -> String {
+        format!("worker-{instance}")
+    }
+
+    /// The role session name a key signs as.
+    fn session(&self, access_key: &str) -> String {
+        match self {
+            Principal::Function(f) => format!("{STACK}-{f}"),
+            Principal::StateMachine => "execution".into(),
+            Principal::Worker => access_key
+                .strip_prefix("worker-")
+                .unwrap_or(NO_INSTANCE)
+                .to_string(),
+            Principal::Scheduler => "schedule".into(),
+        }
+    }
+
+    fn role(&self) -> String {
+        match self {
+            Principal::Function(f) => format!("{STACK}-{f}-role"),
+            Principal::StateMachine => format!("{STACK}-state-machine-role"),
+            Principal::Worker => format!("{STACK}-worker-role"),
+            Principal::Scheduler => format!("{STACK}-scheduler-role"),
+        }
+    }
+
+    /// `aws:userid` of the session: `role-id:session-name` for an assumed role, which for a role
+    /// assigned to an EC2 instance is `role-id:instance-id`
+    /// (<https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_variables.html#principaltable>).
+    pub fn userid(&self, access_key: &str) -> String {
+        let role_id = match self {
+            Principal::Worker => WORKER_ROLE_ID.to_string(),
+            // Roles nothing in the template conditions on: any stable id of AWS's shape.
+            other => format!("AROA{}", other.role().to_uppercase().replace('-', ""))
+                .chars()
+                .take(21)
+                .collect(),
+        };
+        format!("{role_id}:{}", self.session(access_key))
+    }
+
     /// The role session ARN AWS names in its AccessDenied messages.
     pub fn arn(&self) -> String {
-        let (role, session) = match self {
-            Principal::Function(f) => (format!("{STACK}-{f}-role"), format!("{STACK}-{f}")),
-            Principal::StateMachine => (format!("{STACK}-state-machine-role"), "execution".into()),
-            Principal::Worker => (format!("{STACK}-worker-role"), "i-worker".into()),
-            Principal::Scheduler => (format!("{STACK}-scheduler-role"), "schedule".into()),
-        };
-        format!("arn:aws:sts::{ACCOUNT}:assumed-role/{role}/{session}")
+        format!(
+            "arn:aws:sts::{ACCOUNT}:assumed-role/{}/{}",
+            self.role(),
+            self.session(&self.access_key())
+        )
     }
 }
 
@@ -111,47 +157,10 @@ pub struct Policies {
     pub by_principal: BTreeMap<Principal, Vec<Statement>>,
 }
 
-/// The managed policy the worker role attaches, as AWS publishes it
-/// (<https://docs.aws.amazon.com/aws-managed-policy/latest/reference/AmazonSSMManagedInstanceCore.html>).
+/// The template attaches no managed policy: one would need its statements here, as AWS
+/// publishes them, for the harness to hold its principal to them.
 fn managed_policy(arn: &str) -> Vec<Statement> {
-    let name = arn.rsplit('/').next().unwrap_or_default();
-    match name {
-        "AmazonSSMManagedInstanceCore" => vec![
-            Statement {
-                sid: "AmazonSSMManagedInstanceCore".into(),
-                allow: true,
-                actions: [
-                    "ssm:DescribeAssociation",
-                    "ssm:GetDeployablePatchSnapshotForInstance",
-                    "ssm:GetDocument",
-                    "ssm:DescribeDocument",
-                    "ssm:GetManifest",
-                    "ssm:GetParameter",
-                    "ssm:GetParameters",
-                    "ssm:ListAssociations",
-                    "ssm:ListInstanceAssociations",
-                    "ssm:PutInventory",
-                    "ssm:PutComplianceItems",
-                    "ssm:PutConfigurePackageResult",
-                    "ssm:UpdateAssociationStatus",
-                    "ssm:UpdateInstanceAssociationStatus",
-                    "ssm:UpdateInstanceInformation",
-                ]
-                .map(String::from)
-                .to_vec(),
-                resources: vec!["*".into()],
-                conditions: vec![],
-            },
-            Statement {
-                sid: "AmazonSSMManagedInstanceCoreMessages".into(),
-                allow: true,
-                actions: vec!["ssmmessages:*".into(), "ec2messages:*".into()],
-                resources: vec!["*".into()],
-                conditions: vec![],
-            },
-        ],
-        other => panic!("the harness does not know the managed policy {other}: add its statements"),
-    }
+    panic!("the harness does not know the managed policy {arn}: add its statements")
 }
 
 /// Resolves CloudFormation values the way a deployment of stack `ephemera` would.
@@ -216,6 +225,7 @@ impl Resolver<'_> {
     fn attribute(&self, what: &str) -> String {
         match what {
             "WorkerRole.Arn" => format!("arn:aws:iam::{ACCOUNT}:role/{STACK}-worker-role"),
+            "WorkerRole.RoleId" => WORKER_ROLE_ID.into(),
             "ReportTopic.TopicName" => REPORT_TOPIC.into(),
             "WorkerInstanceProfile.Arn" => {
                 format!("arn:aws:iam::{ACCOUNT}:instance-profile/{WORKER_PROFILE}")
@@ -531,7 +541,14 @@ impl Policies {
                         && s.conditions.iter().all(|c| condition(c, &check.context))
                 })
         };
-        let who = principal.arn();
+        // The session that signed, as aws:userid names it (a worker's is its instance).
+        let who = match lookup(&check.context, "aws:userid").and_then(|u| u.split_once(':')) {
+            Some((_, session)) => format!(
+                "arn:aws:sts::{ACCOUNT}:assumed-role/{}/{session}",
+                principal.role()
+            ),
+            None => principal.arn(),
+        };
         if matching(false) {
             return Err(format!(
                 "User: {who} is not authorized to perform: {} on resource: {} with an explicit deny in an identity-based policy",
@@ -548,22 +565,47 @@ impl Policies {
     }
 }
 
+/// A condition value with its policy variables (`${aws:userid}`) replaced from the request;
+/// None when a variable has no value in it, which AWS treats as no match
+/// (<https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_variables.html>).
+fn with_variables(value: &str, ctx: &BTreeMap<String, String>) -> Option<String> {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let end = rest[i..].find('}')? + i;
+        let key = &rest[i + 2..end];
+        out.push_str(lookup(ctx, key)?);
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+/// Condition keys are case-insensitive; tag keys inside them keep their case in AWS, and
+/// ephemera's are lower case anyway.
+fn lookup<'c>(ctx: &'c BTreeMap<String, String>, key: &str) -> Option<&'c String> {
+    ctx.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v)
+}
+
 fn condition(c: &Condition, ctx: &BTreeMap<String, String>) -> bool {
-    // Condition keys are case-insensitive; tag keys inside them keep their case in AWS, and
-    // ephemera's are lower case anyway.
-    let value = ctx
+    let value = lookup(ctx, &c.key);
+    let values: Vec<String> = c
+        .values
         .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(&c.key))
-        .map(|(_, v)| v);
+        .filter_map(|v| with_variables(v, ctx))
+        .collect();
     match c.operator.as_str() {
-        "StringEquals" | "ArnEquals" => value.is_some_and(|v| c.values.iter().any(|x| x == v)),
-        "StringLike" | "ArnLike" => value.is_some_and(|v| c.values.iter().any(|x| glob(x, v))),
-        "StringNotEquals" => value.is_none_or(|v| c.values.iter().all(|x| x != v)),
+        "StringEquals" | "ArnEquals" => value.is_some_and(|v| values.iter().any(|x| x == v)),
+        "StringLike" | "ArnLike" => value.is_some_and(|v| values.iter().any(|x| glob(x, v))),
+        "StringNotEquals" => value.is_none_or(|v| values.iter().all(|x| x != v)),
         "Null" => {
             let want_absent = c.values.iter().any(|x| x == "true");
             value.is_none() == want_absent
         }
-        "Bool" => value.is_some_and(|v| c.values.iter().any(|x| x.eq_ignore_ascii_case(v))),
+        "Bool" => value.is_some_and(|v| values.iter().any(|x| x.eq_ignore_ascii_case(v))),
         other => panic!("the harness does not evaluate the condition operator {other}: add it"),
     }
 }
@@ -735,6 +777,71 @@ mod tests {
         // No function writes there.
         let sweeper = Principal::Function("sweeper".into());
         assert!(p.authorize(&sweeper, "eu-west-1", &put(workers)).is_err());
+    }
+
+    #[test]
+    fn a_task_token_is_readable_by_the_session_of_its_own_instance_only() {
+        let p = template();
+        let token =
+            format!("arn:aws:ssm:eu-west-1:{ACCOUNT}:parameter/ephemera/runs/r/task-token/i-1");
+        let read = |instance: &str, reader: Option<&str>| {
+            let key = Principal::instance_key(instance);
+            let mut c = Check::new("ssm:GetParameter", &token)
+                .with("aws:userid", Principal::Worker.userid(&key));
+            if let Some(r) = reader {
+                c = c.with("ssm:resourceTag/ephemera:reader", r);
+            }
+            p.authorize(&Principal::Worker, "eu-west-1", &c)
+        };
+        let reader = format!("{WORKER_ROLE_ID}:i-1");
+        assert_eq!(read("i-1", Some(&reader)), Ok(()));
+        let other = read("i-2", Some(&reader)).unwrap_err();
+        assert!(
+            other.contains("assumed-role/ephemera-worker-role/i-2 is not authorized"),
+            "{other}"
+        );
+        // Not yet created (no tags), or someone else's parameter under the path: no.
+        assert!(read("i-1", None).is_err());
+        assert!(read("i-1", Some("AROAOTHERROLE00000001:i-1")).is_err());
+        // Nor any other parameter of the run, except saying "started".
+        let other_param = |name: &str, action: &str| {
+            let c = Check::new(
+                action,
+                format!("arn:aws:ssm:eu-west-1:{ACCOUNT}:parameter/ephemera/runs/r/{name}"),
+            )
+            .with("aws:userid", Principal::Worker.userid("worker-i-1"));
+            p.authorize(&Principal::Worker, "eu-west-1", &c)
+        };
+        assert_eq!(other_param("started", "ssm:PutParameter"), Ok(()));
+        assert!(other_param("task-token/i-1", "ssm:PutParameter").is_err());
+        assert!(other_param("started", "ssm:GetParameter").is_err());
+        // The state machine hands it over, tags included; only under the tokens' path.
+        let hand = |name: &str, action: &str| {
+            p.authorize(
+                &Principal::StateMachine,
+                "eu-west-1",
+                &Check::new(
+                    action,
+                    format!("arn:aws:ssm:eu-west-1:{ACCOUNT}:parameter/ephemera/runs/r/{name}"),
+                ),
+            )
+        };
+        assert_eq!(hand("task-token/i-1", "ssm:PutParameter"), Ok(()));
+        assert_eq!(hand("task-token/i-1", "ssm:AddTagsToResource"), Ok(()));
+        assert!(hand("started", "ssm:AddTagsToResource").is_err());
+    }
+
+    #[test]
+    fn policy_variables_take_the_requests_values() {
+        let ctx: BTreeMap<String, String> = [("aws:userid".to_string(), "AROA1:i-9".to_string())]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            with_variables("x/${aws:userid}/y", &ctx).as_deref(),
+            Some("x/AROA1:i-9/y")
+        );
+        assert_eq!(with_variables("${aws:username}", &ctx), None);
+        assert_eq!(with_variables("plain", &ctx).as_deref(), Some("plain"));
     }
 
     #[test]

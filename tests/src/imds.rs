@@ -1,6 +1,8 @@
 //! A local IMDSv2 for a worker standing in for an instance: a session token, the instance's id,
-//! and Spot's interruption notice once one is given (the worker reads it as on EC2, through
-//! `AWS_EC2_METADATA_SERVICE_ENDPOINT`).
+//! its instance role's credentials (a session of the worker role named after the instance, as
+//! EC2 hands them out) and Spot's interruption notice once one is given. The worker reads it as
+//! on EC2, through `AWS_EC2_METADATA_SERVICE_ENDPOINT`, credentials included: it is started
+//! with none of its own.
 
 use std::sync::Arc;
 
@@ -11,6 +13,9 @@ use chrono::{DateTime, Utc};
 
 type Read<T> = Arc<dyn Fn() -> T + Send + Sync>;
 
+/// The instance profile's role, as IMDS names it.
+const WORKER_ROLE: &str = "ephemera-worker-role";
+
 /// Serves until the process ends; returns its base URL. `instance_id` and `notice` are read on
 /// every request, so one server can follow a worker through attempts.
 pub async fn serve(
@@ -18,6 +23,7 @@ pub async fn serve(
     notice: impl Fn() -> Option<DateTime<Utc>> + Send + Sync + 'static,
 ) -> String {
     let instance_id: Read<String> = Arc::new(instance_id);
+    let role_instance = instance_id.clone();
     let notice: Read<Option<DateTime<Utc>>> = Arc::new(notice);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -40,6 +46,29 @@ pub async fn serve(
             get(move || {
                 let id = instance_id();
                 async move { id }
+            }),
+        )
+        .route(
+            "/latest/meta-data/iam/security-credentials/",
+            get(|| async { WORKER_ROLE }),
+        )
+        .route(
+            &format!("/latest/meta-data/iam/security-credentials/{WORKER_ROLE}"),
+            get(move || {
+                let id = role_instance();
+                async move {
+                    let expires = Utc::now() + chrono::Duration::hours(6);
+                    serde_json::json!({
+                        "Code": "Success",
+                        "LastUpdated": Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                        "Type": "AWS-HMAC",
+                        "AccessKeyId": crate::iam::Principal::instance_key(&id),
+                        "SecretAccessKey": "testing",
+                        "Token": "imds-session",
+                        "Expiration": expires.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                    })
+                    .to_string()
+                }
             }),
         )
         .route(

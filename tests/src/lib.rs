@@ -162,12 +162,40 @@ pub fn fresh_region() -> &'static str {
 /// An SDK config pointed at the front door, signed as the account's administrator (the person
 /// running ephemera: IAM lets everything through).
 pub fn sdk_config(region: &str) -> SdkConfig {
-    sdk_config_as(region, "testing")
+    sdk_config_as(region, frontdoor::ADMIN_KEY)
 }
 
 /// An SDK config signed as `principal`: its calls are held to the template's policies.
 pub fn principal_config(region: &str, principal: &iam::Principal) -> SdkConfig {
     sdk_config_as(region, &principal.access_key())
+}
+
+/// An SDK config signed as the worker role's session on `instance` (what its IMDS hands out).
+pub fn instance_config(region: &str, instance: &str) -> SdkConfig {
+    sdk_config_as(region, &iam::Principal::instance_key(instance))
+}
+
+/// The environment of a worker process standing in for an instance: no credentials of its
+/// own, so that it takes its instance's from the local IMDS at `imds`, as on EC2.
+pub fn instance_env(cmd: &mut tokio::process::Command, region: &str, imds: &str) {
+    for v in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_EC2_METADATA_DISABLED",
+    ] {
+        cmd.env_remove(v);
+    }
+    cmd.env("AWS_ENDPOINT_URL", &harness().endpoint)
+        .env("AWS_REGION", region)
+        .env("AWS_CONFIG_FILE", "/nonexistent/ephemera-no-aws-config")
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/ephemera-no-aws-credentials",
+        )
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds)
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE", "IPv4");
 }
 
 /// The clients a Lambda's execution role has.

@@ -239,10 +239,24 @@ fn json_checks(region: &str, service: &str, op: &str, input: &serde_json::Value)
         }
         _ => vec!["*".into()],
     };
-    resources
+    let mut checks: Vec<Check> = resources
         .into_iter()
         .map(|r| Check::new(&action, r))
-        .collect()
+        .collect();
+    // Tags given to PutParameter are added as AddTagsToResource would add them, and authorized
+    // so (https://docs.aws.amazon.com/systems-manager/latest/userguide/sysman-paramstore-su-tag.html).
+    if (service, op) == ("ssm", "PutParameter") {
+        if let Some(tags) = input["Tags"].as_array().filter(|t| !t.is_empty()) {
+            let mut tagging = Check::new("ssm:AddTagsToResource", param(&s("Name")));
+            for t in tags {
+                if let (Some(k), Some(v)) = (t["Key"].as_str(), t["Value"].as_str()) {
+                    tagging = tagging.with(&format!("aws:RequestTag/{k}"), v);
+                }
+            }
+            checks.push(tagging);
+        }
+    }
+    checks
 }
 
 fn s3(w: &Wire) -> (String, Vec<Check>) {

@@ -49,19 +49,15 @@ impl StandIn {
 /// Serves every attempt of `run_id` in `region` for at most `lifetime`.
 pub fn spawn(region: &str, run_id: &str, behaviour: Behaviour, lifetime: Duration) -> StandIn {
     // It looks "its instance" up as the harness (IMDS knows it on EC2), and talks to SSM and
-    // Step Functions with the worker's instance role.
+    // Step Functions with that instance's role session.
     let conf = sdk_config(region);
-    let role = crate::principal_config(region, &crate::iam::Principal::Worker);
     let run_id = run_id.to_string();
     let region = region.to_string();
     let shared = Arc::new(Mutex::new(vec![]));
     let log = Logger(shared.clone());
     let handle = tokio::spawn(async move {
         let ec2 = aws_sdk_ec2::Client::new(&conf);
-        let ssm = aws_sdk_ssm::Client::new(&role);
-        let sfn = aws_sdk_sfn::Client::new(&role);
         let mut served: BTreeSet<String> = BTreeSet::new();
-        let mut used_tokens: BTreeSet<String> = BTreeSet::new();
         let deadline = Instant::now() + lifetime;
         while Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -105,6 +101,9 @@ pub fn spawn(region: &str, run_id: &str, behaviour: Behaviour, lifetime: Duratio
             let Some((attempt, instance)) = mine else {
                 continue;
             };
+            let role = crate::instance_config(&region, &instance);
+            let ssm = aws_sdk_ssm::Client::new(&role);
+            let sfn = aws_sdk_sfn::Client::new(&role);
             if matches!(behaviour, Behaviour::NeverStart) {
                 log.push(format!("{instance}: not starting"));
                 served.insert(instance);
@@ -126,22 +125,20 @@ pub fn spawn(region: &str, run_id: &str, behaviour: Behaviour, lifetime: Duratio
             while Instant::now() < deadline {
                 if let Ok(p) = ssm
                     .get_parameter()
-                    .name(token_parameter(&run_id))
+                    .name(token_parameter(&run_id, &instance))
                     .with_decryption(true)
                     .send()
                     .await
                 {
+                    // Until the state machine creates it, AWS answers AccessDenied (no tags yet).
                     if let Some(v) = p.parameter().and_then(|p| p.value()) {
-                        if !used_tokens.contains(v) {
-                            token = Some(v.to_string());
-                            break;
-                        }
+                        token = Some(v.to_string());
+                        break;
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
             let Some(token) = token else { break };
-            used_tokens.insert(token.clone());
             log.push(format!("{instance}: got the task token"));
             let succeed = |report: Value| {
                 let sfn = sfn.clone();

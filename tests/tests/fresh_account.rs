@@ -30,6 +30,7 @@ async fn call(c: &Ctx, function: &str, payload: Value) -> Result<Value, Error> {
         allowed_topics: vec![topic(c.region)],
         worker_instance_profile: Some("ephemera-worker".into()),
         artifact_bucket: Some(ephemera_tests::iam::ARTIFACT_BUCKET.into()),
+        worker_role_id: Some(ephemera_tests::iam::WORKER_ROLE_ID.into()),
         ..Settings::default()
     };
     invoke(

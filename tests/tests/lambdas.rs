@@ -21,9 +21,14 @@ fn execution(region: &str, run: &str) -> String {
 
 /// Invokes `function` with its own execution role's clients (held to the template's policies).
 async fn call(c: &Ctx, function: &str, payload: Value) -> Result<Value, Error> {
+    // The worker role's id is what the template sets; the rest as the functions default them.
+    let settings = Settings {
+        worker_role_id: Some(ephemera_tests::iam::WORKER_ROLE_ID.into()),
+        ..Settings::default()
+    };
     invoke(
         &function_clients(c.region, function),
-        &Settings::default(),
+        &settings,
         function,
         payload,
     )
@@ -60,7 +65,16 @@ async fn launch_creates_a_tagged_imdsv2_instance_without_secrets_in_user_data() 
     assert_eq!(w.current.instance_type, "c7g.4xlarge");
     assert!(!w.current.reused);
     assert_eq!(w.heartbeat_seconds, 60);
-    assert_eq!(w.token_parameter, "/ephemera/runs/launch-tags/task-token");
+    // The token goes to a parameter of this instance's own, readable by its session only.
+    let id = &w.current.instance_id;
+    assert_eq!(
+        w.token_parameter,
+        format!("/ephemera/runs/launch-tags/task-token/{id}")
+    );
+    assert_eq!(
+        w.token_reader,
+        format!("{}:{id}", ephemera_tests::iam::WORKER_ROLE_ID)
+    );
 
     let i = &fixtures::instance(&c.aws, &w.current.instance_id).await;
     let tags: std::collections::BTreeMap<_, _> = i

@@ -21,6 +21,7 @@ fn execution(region: &str, run: &str) -> String {
 async fn call(c: &Ctx, function: &str, payload: Value) -> Result<Value, Error> {
     let settings = Settings {
         artifact_bucket: Some(ARTIFACT_BUCKET.into()),
+        worker_role_id: Some(ephemera_tests::iam::WORKER_ROLE_ID.into()),
         ..Settings::default()
     };
     invoke(

@@ -154,6 +154,70 @@ async fn happy_path() {
     assert_eq!(r.report()["run_id"], "e2e-happy");
 }
 
+/// Each attempt's task token is a parameter of its instance's own, tagged with the one role
+/// session that may read it: the worker on that instance reads it (the run succeeds), a worker
+/// on any other instance, of this run or another, is refused as AWS refuses it.
+#[tokio::test]
+async fn a_task_token_is_read_only_by_its_own_instance() {
+    let run_id = "e2e-token";
+    let r = scenario(
+        run_id,
+        Behaviour::Succeed(report_for(run_id, 2)),
+        |_| {},
+        |_| {},
+    )
+    .await;
+    assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished);
+    let (instance, _) = &r.instances[0];
+    assert!(
+        r.worker_log
+            .contains(&format!("{instance}: got the task token")),
+        "{:?}",
+        r.worker_log
+    );
+    let name = format!("/ephemera/runs/{run_id}/task-token/{instance}");
+    let read_as = |session: &str| {
+        let ssm = aws_sdk_ssm::Client::new(&ephemera_tests::instance_config(r.region, session));
+        let name = name.clone();
+        async move {
+            ssm.get_parameter()
+                .name(name)
+                .with_decryption(true)
+                .send()
+                .await
+        }
+    };
+    let own = read_as(instance).await.expect("its own instance reads it");
+    assert!(own
+        .parameter()
+        .and_then(|p| p.value())
+        .is_some_and(|v| !v.is_empty()));
+    let err = read_as("i-0another0instance1").await.unwrap_err();
+    let code = aws_sdk_ssm::error::ProvideErrorMetadata::code(&err);
+    assert_eq!(code, Some("AccessDeniedException"), "{err:?}");
+    let tags = clients(r.region)
+        .ssm
+        .list_tags_for_resource()
+        .resource_type(aws_sdk_ssm::types::ResourceTypeForTagging::Parameter)
+        .resource_id(&name)
+        .send()
+        .await
+        .unwrap();
+    let reader = tags
+        .tag_list()
+        .iter()
+        .find(|t| t.key() == "ephemera:reader")
+        .map(|t| t.value().to_string());
+    assert_eq!(
+        reader,
+        Some(format!(
+            "{}:{instance}",
+            ephemera_tests::iam::WORKER_ROLE_ID
+        ))
+    );
+    r.assert_nothing_left();
+}
+
 #[tokio::test]
 async fn quota_short_is_requested_once_then_approved_and_runs() {
     let r = scenario(

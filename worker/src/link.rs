@@ -2,8 +2,8 @@
 //! for this instance, take the task token from SSM once the state machine hands it over,
 //! heartbeat, report success or failure, and watch for the Spot interruption notice.
 //!
-//! The token never passes through user data or logs: it is a SecureString under the run's SSM
-//! path that the instance role alone may read.
+//! The token never passes through user data or logs: it is a SecureString of this instance's own
+//! (`<run path>/task-token/<instance id>`) that only this instance's role session may read.
 //!
 //! Throttling, 5xx answers, timeouts and dropped connections are tried again with backoff (on
 //! top of the SDK's own few attempts) until the limit the worker already has for that step:
@@ -179,11 +179,16 @@ impl Link {
         Instant::now() + (self.heartbeat * 2).max(Duration::from_secs(60))
     }
 
+    /// This instance's own token parameter (`ephemera_core::rundoc::token_parameter`).
     fn token_name(&self) -> String {
-        format!("{}/task-token", self.prefix)
+        format!("{}/task-token/{}", self.prefix, self.instance_id)
     }
 
-    async fn token_version(&self, deadline: Instant) -> Result<Option<(i64, String)>> {
+    /// The token, or why it could not be read yet: None with the reason when it does not exist.
+    /// A token parameter is readable only under a condition on its tags, and a parameter that
+    /// does not exist has none, so AWS answers AccessDenied rather than ParameterNotFound until
+    /// the state machine has created it; both mean "not yet" here.
+    async fn read_token(&self, deadline: Instant) -> Result<Result<String, String>> {
         let name = self.token_name();
         match with_retries("GetParameter", deadline, || {
             self.ssm
@@ -194,24 +199,24 @@ impl Link {
         })
         .await
         {
-            Ok(r) => Ok(r
-                .parameter()
-                .and_then(|p| Some((p.version(), p.value()?.to_string())))),
+            Ok(r) => match r.parameter().and_then(|p| p.value()) {
+                Some(v) => Ok(Ok(v.to_string())),
+                None => Ok(Err(format!("{name} has no value"))),
+            },
             Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_parameter_not_found()) =>
+                if e.as_service_error().is_some_and(|s| {
+                    s.is_parameter_not_found() || s.meta().code() == Some("AccessDeniedException")
+                }) =>
             {
-                Ok(None)
+                Ok(Err(format!("{}", DisplayErrorContext(&e))))
             }
             Err(e) => Err(aws_sdk_ssm::Error::from(e)).context("reading the task token"),
         }
     }
 
-    /// Says "started" and returns the token version already there (an earlier attempt's);
-    /// transient errors are tried again for up to `patience`.
-    pub async fn started(&self, patience: Duration) -> Result<i64> {
+    /// Says "started"; transient errors are tried again for up to `patience`.
+    pub async fn started(&self, patience: Duration) -> Result<()> {
         let deadline = Instant::now() + patience;
-        let before = self.token_version(deadline).await?.map_or(0, |(v, _)| v);
         let value = json!({
             "instance_id": self.instance_id,
             "attempt": self.attempt,
@@ -232,21 +237,24 @@ impl Link {
         .map_err(aws_sdk_ssm::Error::from)
         .context("writing the started signal")?;
         tracing::info!(instance = %self.instance_id, attempt = self.attempt, "said started");
-        Ok(before)
+        Ok(())
     }
 
-    /// Waits for a token newer than `after` (the state machine writes it once health-check
-    /// has seen "started").
-    pub async fn wait_for_token(&self, after: i64, timeout: Duration) -> Result<Token> {
+    /// Waits for this instance's token (the state machine writes it once health-check has seen
+    /// "started"); on timeout, says what the last read answered.
+    pub async fn wait_for_token(&self, timeout: Duration) -> Result<Token> {
         let until = Instant::now() + timeout;
         loop {
-            if let Some((v, t)) = self.token_version(until).await? {
-                if v > after {
+            match self.read_token(until).await? {
+                Ok(t) => {
                     tracing::info!("task token received");
                     return Ok(Token(t));
                 }
+                Err(why) => anyhow::ensure!(
+                    Instant::now() < until,
+                    "no task token within {timeout:?} (last read: {why})"
+                ),
             }
-            anyhow::ensure!(Instant::now() < until, "no task token within {timeout:?}");
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
@@ -387,12 +395,11 @@ mod tests {
         GetParameterError::generic(ErrorMetadata::builder().code(code).message(code).build())
     }
 
-    fn token(version: i64) -> GetParameterOutput {
+    fn token() -> GetParameterOutput {
         GetParameterOutput::builder()
             .parameter(
                 Parameter::builder()
-                    .name("/ephemera/runs/r/task-token")
-                    .version(version)
+                    .name("/ephemera/runs/r/task-token/i-0123")
                     .value("the-token")
                     .build(),
             )
@@ -422,30 +429,62 @@ mod tests {
             .error(|| ssm_error("ThrottlingException"))
             .times(2)
             .http_status(503, None)
-            .output(|| token(3))
+            .output(token)
             .build();
         let link = link(&[&get], &[]);
-        let t = link
-            .wait_for_token(2, Duration::from_secs(30))
-            .await
-            .unwrap();
+        let t = link.wait_for_token(Duration::from_secs(30)).await.unwrap();
         assert_eq!(t.0, "the-token");
         assert_eq!(get.num_calls(), 4);
+    }
+
+    #[tokio::test]
+    async fn access_denied_and_not_found_mean_not_handed_over_yet() {
+        let get = mock!(aws_sdk_ssm::Client::get_parameter)
+            .sequence()
+            .error(|| ssm_error("AccessDeniedException"))
+            .error(|| {
+                GetParameterError::ParameterNotFound(
+                    aws_sdk_ssm::types::error::ParameterNotFound::builder().build(),
+                )
+            })
+            .output(token)
+            .build();
+        let link = link(&[&get], &[]);
+        let t = link.wait_for_token(Duration::from_secs(30)).await.unwrap();
+        assert_eq!(t.0, "the-token");
+        assert_eq!(get.num_calls(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_token_never_handed_over_times_out_saying_what_aws_answered() {
+        let get = mock!(aws_sdk_ssm::Client::get_parameter)
+            .sequence()
+            .error(|| ssm_error("AccessDeniedException"))
+            .repeatedly()
+            .build();
+        let link = link(&[&get], &[]);
+        let e = link
+            .wait_for_token(Duration::from_millis(1500))
+            .await
+            .unwrap_err();
+        let e = format!("{e:#}");
+        assert!(e.contains("no task token within"), "{e}");
+        assert!(e.contains("AccessDeniedException"), "{e}");
     }
 
     #[tokio::test]
     async fn a_non_transient_error_fails_at_once() {
         let get = mock!(aws_sdk_ssm::Client::get_parameter)
             .sequence()
-            .error(|| ssm_error("AccessDeniedException"))
-            .output(|| token(3))
+            .error(|| ssm_error("ValidationException"))
+            .output(token)
             .build();
         let link = link(&[&get], &[]);
         let e = link
-            .wait_for_token(0, Duration::from_secs(30))
+            .wait_for_token(Duration::from_secs(30))
             .await
             .unwrap_err();
-        assert!(format!("{e:#}").contains("AccessDenied"), "{e:#}");
+        assert!(format!("{e:#}").contains("ValidationException"), "{e:#}");
         assert_eq!(get.num_calls(), 1);
     }
 
@@ -459,7 +498,7 @@ mod tests {
         let link = link(&[&get], &[]);
         let t0 = Instant::now();
         let e = link
-            .wait_for_token(0, Duration::from_secs(2))
+            .wait_for_token(Duration::from_secs(2))
             .await
             .unwrap_err();
         assert!(format!("{e:#}").contains("ThrottlingException"), "{e:#}");

@@ -279,8 +279,7 @@ async fn orchestrated(
     token_timeout_seconds: u64,
 ) -> Result<()> {
     let attempt = link.attempt;
-    let earlier_token = link
-        .started(Duration::from_secs(token_timeout_seconds))
+    link.started(Duration::from_secs(token_timeout_seconds))
         .await?;
     let stop = opts.stop.clone();
     let notice = Arc::new(AtomicBool::new(false));
@@ -299,7 +298,7 @@ async fn orchestrated(
     };
     let work = tokio::spawn(run::run(opts));
     let token = link
-        .wait_for_token(earlier_token, Duration::from_secs(token_timeout_seconds))
+        .wait_for_token(Duration::from_secs(token_timeout_seconds))
         .await?;
     let heartbeat = link.heartbeat(&token);
     let outcome = work.await;

@@ -85,8 +85,10 @@ fn worker_with(
     attempt: u32,
     stages: &[&str],
 ) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_ephemera-worker"))
-        .arg("run")
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ephemera-worker"));
+    // The worker's instance role, from the local IMDS: held to the template's WorkerRole policy.
+    ephemera_tests::instance_env(&mut cmd, region, imds_url);
+    cmd.arg("run")
         .args(stages)
         .args(["--concurrency", "2"])
         .args(["--database-url", db_url, "--run-id", run_id])
@@ -97,13 +99,6 @@ fn worker_with(
             "--heartbeat-seconds",
             "30",
         ])
-        .env("AWS_ENDPOINT_URL", &harness().endpoint)
-        .env("AWS_REGION", region)
-        // The worker's instance role: held to the template's WorkerRole policy.
-        .env("AWS_ACCESS_KEY_ID", "worker")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds_url)
-        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE", "IPv4")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)

@@ -14,8 +14,21 @@ pub fn run_parameter_path(run_id: &str) -> String {
     format!("/ephemera/runs/{run_id}")
 }
 
-pub fn token_parameter(run_id: &str) -> String {
-    format!("{}/task-token", run_parameter_path(run_id))
+/// Where the state machine hands `instance_id` its task token: one parameter per instance, so
+/// that it can carry its one reader (see [`token_reader`]).
+pub fn token_parameter(run_id: &str, instance_id: &str) -> String {
+    format!("{}/task-token/{instance_id}", run_parameter_path(run_id))
+}
+
+/// The tag on a token parameter naming who may read it; the worker role reads a token only when
+/// this tag equals its own `aws:userid` (template.yaml, `ReadItsOwnTaskToken`).
+pub const TOKEN_READER_TAG: &str = "ephemera:reader";
+
+/// The `aws:userid` of `instance_id`'s instance-role session: `role-id:instance-id` for a role
+/// assigned to an EC2 instance, the role id being the role's `RoleId` (`AROA…`)
+/// (<https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_variables.html#principaltable>).
+pub fn token_reader(worker_role_id: &str, instance_id: &str) -> String {
+    format!("{worker_role_id}:{instance_id}")
 }
 
 pub fn started_parameter(run_id: &str) -> String {
@@ -71,7 +84,10 @@ pub struct WorkerState {
     pub heartbeat_seconds: u64,
     pub timeout_seconds: u64,
     pub boot_poll_seconds: u64,
+    /// The current attempt's token parameter ([`token_parameter`]) and the value of its
+    /// [`TOKEN_READER_TAG`] ([`token_reader`]): AwaitCompletion creates it with both.
     pub token_parameter: String,
+    pub token_reader: String,
 }
 
 /// `$.health`.
@@ -364,6 +380,21 @@ pub fn render_email(r: &CostReport) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_instance_has_its_own_token_parameter_and_reader() {
+        let a = token_parameter("fx-2023", "i-0abc");
+        assert_eq!(a, "/ephemera/runs/fx-2023/task-token/i-0abc");
+        assert_ne!(a, token_parameter("fx-2023", "i-0abd"));
+        // SSM parameter names allow a-zA-Z0-9_.-/ only: the reader (with its `:`) is a tag.
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c)));
+        assert_eq!(
+            token_reader("AROAEXAMPLEROLEID0001", "i-0abc"),
+            "AROAEXAMPLEROLEID0001:i-0abc"
+        );
+    }
 
     #[test]
     fn log_streams_name_run_attempt_and_instance() {

@@ -26,6 +26,8 @@ pub const FUNCTIONS: [&str; 7] = [
 pub struct Settings {
     pub default_topic: Option<String>,
     pub worker_instance_profile: Option<String>,
+    /// EPHEMERA_WORKER_ROLE_ID: the worker role's RoleId (who may read a task token).
+    pub worker_role_id: Option<String>,
     pub lambda_memory_mb: u32,
     /// EPHEMERA_ALLOWED_TOPICS: the topics a RunSpec may name (comma-separated).
     pub allowed_topics: Vec<String>,
@@ -40,6 +42,7 @@ impl Settings {
         Settings {
             default_topic: var("EPHEMERA_TOPIC_ARN"),
             worker_instance_profile: var("EPHEMERA_WORKER_PROFILE"),
+            worker_role_id: var("EPHEMERA_WORKER_ROLE_ID"),
             lambda_memory_mb: var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
                 .and_then(|m| m.parse().ok())
                 .unwrap_or(128),
@@ -84,6 +87,7 @@ pub async fn invoke(
             let config = launch_worker::Config {
                 region: aws.region.clone(),
                 instance_profile: settings.worker_instance_profile.clone(),
+                worker_role_id: settings.worker_role_id.clone(),
             };
             out(launch_worker::handle(
                 &aws.ec2,

@@ -15,7 +15,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
 use super::Console;
-use crate::{clients, harness, iam::Principal};
+use crate::{clients, harness};
 
 /// systemd's `TimeoutStopSec` on the instance, scaled down: SIGTERM, then SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -240,14 +240,9 @@ async fn boot(setup: &Setup, id: &str, attempt: &str) -> Result<Child> {
     .await;
     let log = std::fs::File::create(log_path(&setup.logs, attempt))?;
     let mut cmd = Command::new(&setup.worker_bin);
+    // The instance profile's role, from its IMDS: held to the template's WorkerRole policy.
+    crate::instance_env(&mut cmd, region, &imds);
     cmd.args(&command[1..])
-        .env("AWS_ENDPOINT_URL", &harness().endpoint)
-        .env("AWS_REGION", region)
-        // The instance profile's role: held to the template's WorkerRole policy.
-        .env("AWS_ACCESS_KEY_ID", Principal::Worker.access_key())
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds)
-        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE", "IPv4")
         .env_remove("DATABASE_URL")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)

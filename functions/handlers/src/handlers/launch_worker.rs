@@ -37,6 +37,9 @@ pub struct Config {
     pub region: String,
     /// The template's worker instance profile, used when the RunSpec names none.
     pub instance_profile: Option<String>,
+    /// The worker role's `RoleId` (`AROA…`, template `!GetAtt WorkerRole.RoleId`): with the
+    /// instance id it names the one session allowed to read the attempt's task token.
+    pub worker_role_id: Option<String>,
 }
 
 pub use ephemera_core::tags::{
@@ -74,6 +77,13 @@ pub async fn handle<E: Compute, P: PriceList, S: Params>(
     now: DateTime<Utc>,
 ) -> Result<WorkerState, Error> {
     let spec = parse_spec(&input.run)?;
+    // Checked before anything is launched: without it no worker could read its task token.
+    let role_id = config.worker_role_id.clone().ok_or_else(|| {
+        Error::Internal(
+            "EPHEMERA_WORKER_ROLE_ID is not set (the template sets it to the worker role's RoleId)"
+                .into(),
+        )
+    })?;
     let prev = input.worker.as_ref();
     let (attempt, relaunches_left) = match (prev, input.relaunch) {
         (Some(w), true) if w.relaunches_left == 0 => {
@@ -138,13 +148,14 @@ pub async fn handle<E: Compute, P: PriceList, S: Params>(
             .unwrap_or_default();
         attempts.push(current.clone());
         WorkerState {
-            current,
             attempts,
             relaunches_left,
             heartbeat_seconds: spec.limits.heartbeat_seconds,
             timeout_seconds: spec.limits.max_runtime_seconds,
             boot_poll_seconds: spec.waits.boot_poll_seconds,
-            token_parameter: rundoc::token_parameter(&spec.run_id),
+            token_parameter: rundoc::token_parameter(&spec.run_id, &current.instance_id),
+            token_reader: rundoc::token_reader(&role_id, &current.instance_id),
+            current,
         }
     };
     let attempt_of = |i: &InstanceView, token: String, tried: Vec<Tried>, reused: bool| Attempt {

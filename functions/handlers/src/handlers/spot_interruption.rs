@@ -90,7 +90,7 @@ pub async fn handle<E: Compute, S: Params, T: TaskTokens>(
     if current.as_ref().map(|s| s.instance_id.as_str()) != Some(id.as_str()) {
         return Ok(outcome("ignored: not the run's current worker", Some(run)));
     }
-    let Some(token) = params.get(&token_parameter(run)).await? else {
+    let Some(token) = params.get(&token_parameter(run, &id)).await? else {
         return Ok(outcome("ignored: no task is waiting yet", Some(run)));
     };
     let cause = format!(
