@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use ephemera_worker::features::{arbitrage, Params};
 use ephemera_worker::stage::Stage;
-use ephemera_worker::{db, export, link, logship, progress, queue, run, seed, validate};
+use ephemera_worker::{db, export, link, logship, outputs, progress, queue, run, seed, validate};
 
 #[derive(Parser)]
 #[command(
@@ -57,6 +57,20 @@ enum Command {
     Report {
         #[arg(long)]
         run_id: String,
+    },
+    /// Remove a run's outputs: its schema with every feature table in it, its queue rows and
+    /// its validation findings, in one transaction (other runs are not touched; exported
+    /// Parquet files are left where they are). Prints what was removed, as JSON.
+    ///
+    /// Exits non-zero, removing nothing, when the database holds nothing of the run (a typo
+    /// should not pass for a drop; the message lists the runs there are), and when partitions
+    /// of the run are under live leases (its workers are still on it) unless --force.
+    Drop {
+        #[arg(long)]
+        run_id: String,
+        /// Drop even while workers hold leases on the run; their partitions then fail.
+        #[arg(long)]
+        force: bool,
     },
     /// Compute stages for every (pair, month) not done yet.
     Run {
@@ -197,6 +211,12 @@ async fn main_inner(
             let client = db::connect(&url).await?;
             let report = validate::findings(&client, &run_id).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Command::Drop { run_id, force } => {
+            let mut client = db::connect(&url).await?;
+            db::init(&client, &cli.source).await?;
+            let dropped = outputs::drop(&mut client, &run_id, force).await?;
+            println!("{}", serde_json::to_string_pretty(&dropped)?);
         }
         Command::Run {
             stages,
