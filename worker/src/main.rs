@@ -43,7 +43,8 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
-    /// Create the source table (if absent), the queue and the output tables.
+    /// Create the source table (if absent), the queue and the registry of runs (each run creates
+    /// its own output tables, in a schema of its own).
     Init,
     /// Load CSV files of bars (one per pair, named after it) into the source table.
     Seed { files: Vec<PathBuf> },
@@ -58,14 +59,17 @@ enum Command {
         #[arg(long)]
         run_id: String,
     },
-    /// Remove a run's outputs: its schema with every feature table in it, its queue rows and
-    /// its validation findings, in one transaction (other runs are not touched; exported
-    /// Parquet files are left where they are). Prints what was removed, as JSON.
+    /// Remove a run's output tables, queue rows and validation findings.
+    ///
+    /// The run's schema (every feature table in it), its queue rows and its validation findings
+    /// go in one transaction; other runs are not touched, and exported Parquet files are left
+    /// where they are. Prints what was removed, as JSON.
     ///
     /// Exits non-zero, removing nothing, when the database holds nothing of the run (a typo
     /// should not pass for a drop; the message lists the runs there are), and when partitions
     /// of the run are under live leases (its workers are still on it) unless --force.
     Drop {
+        /// The run to remove, as given to `run --run-id`.
         #[arg(long)]
         run_id: String,
         /// Drop even while workers hold leases on the run; their partitions then fail.
@@ -90,6 +94,8 @@ enum Command {
         /// Parallel partitions; defaults to the number of cores.
         #[arg(long)]
         concurrency: Option<usize>,
+        /// Names the run's queue rows and the schema of its output tables
+        /// (`ephemera_run_<id>_<hash>`): the same id resumes, another one computes afresh.
         #[arg(long, default_value = "local")]
         run_id: String,
         /// This worker's name in the queue's leases.
