@@ -1,4 +1,5 @@
-//! Connection and schema: the source table, the work queue and one output table per stage.
+//! Connection and the shared schema: the source table, the work queue, the validation findings
+//! and the registry of runs (each run's output tables are in its own schema: `outputs`).
 //!
 //! Connections honour `sslmode` as libpq does (`disable`, `allow`/`prefer`, `require`,
 //! `verify-ca`, `verify-full`; `prefer` when absent) with rustls, and `sslrootcert` (or
@@ -23,7 +24,6 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::features::{indicators, regression};
 use crate::stage::Stage;
-use crate::table;
 
 /// Stages whose table is (pair, ts, one float column per output): written from column arrays.
 pub const STAGES: [&str; 2] = ["indicators", "regression"];
@@ -455,12 +455,17 @@ pub async fn cancel(url: &str, token: &tokio_postgres::CancelToken) -> Result<()
         .context("sending a cancel request")
 }
 
-/// Creates the source table (if absent), the queue and the output tables. Idempotent.
+/// Creates the source table (if absent), the queue, the validation findings and the registry of
+/// runs. Idempotent, and safe to run from several workers at once (one at a time under an
+/// advisory lock: concurrent `CREATE … IF NOT EXISTS` of one name can fail). Each run's output
+/// tables are created by `outputs::create`, in the run's own schema.
 pub async fn init(client: &Client, source: &str) -> Result<()> {
     let source = checked_ident(source)?;
     let idx = format!("{}_pair_ts", source.replace('.', "_"));
-    let mut sql = format!(
-        "CREATE SCHEMA IF NOT EXISTS ephemera;
+    // One simple query: one implicit transaction, which the xact lock lasts for.
+    let sql = format!(
+        "SELECT pg_advisory_xact_lock(hashtext('ephemera.init'));
+         CREATE SCHEMA IF NOT EXISTS ephemera;
          CREATE TABLE IF NOT EXISTS {source} (
              pair text NOT NULL, ts timestamptz NOT NULL,
              open double precision, high double precision, low double precision,
@@ -476,29 +481,25 @@ pub async fn init(client: &Client, source: &str) -> Result<()> {
              rows_in bigint, rows_out bigint, quality jsonb, error text,
              updated_at timestamptz NOT NULL DEFAULT now(),
              PRIMARY KEY (run_id, stage, pair, month));
+         -- The claim walks a run's open partitions in its order and stops at the first it may
+         -- take; done partitions leave this index, so it shrinks as the run advances.
+         CREATE INDEX IF NOT EXISTS partitions_open
+             ON ephemera.partitions (run_id, rank, pair, month, stage)
+             WHERE state IN ('pending', 'running');
+         -- A partition's earlier stages (the claim's wait, validate's and export's inputs).
+         CREATE INDEX IF NOT EXISTS partitions_by_month
+             ON ephemera.partitions (run_id, pair, month, rank);
          CREATE TABLE IF NOT EXISTS ephemera.validation (
              run_id text NOT NULL, pair text NOT NULL, month date NOT NULL,
              stage text NOT NULL, column_name text NOT NULL,
              rows bigint NOT NULL, nulls bigint NOT NULL, nulls_beyond_warm_up bigint NOT NULL,
              non_finite bigint NOT NULL, out_of_range bigint NOT NULL,
              min double precision, max double precision,
-             PRIMARY KEY (run_id, pair, month, stage, column_name));"
+             PRIMARY KEY (run_id, pair, month, stage, column_name));
+         CREATE TABLE IF NOT EXISTS ephemera.runs (
+             run_id text PRIMARY KEY, schema_name text NOT NULL UNIQUE,
+             created_at timestamptz NOT NULL DEFAULT now());"
     );
-    for stage in STAGES {
-        let cols: Vec<String> = stage_columns(stage)?
-            .iter()
-            .map(|c| format!("{c} double precision"))
-            .collect();
-        sql.push_str(&format!(
-            "CREATE TABLE IF NOT EXISTS ephemera.{stage} (
-                 pair text NOT NULL, ts timestamptz NOT NULL, {},
-                 PRIMARY KEY (pair, ts));",
-            cols.join(", ")
-        ));
-    }
-    for def in table::ALL {
-        sql.push_str(&def.ddl());
-    }
     client
         .batch_execute(&sql)
         .await

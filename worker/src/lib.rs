@@ -7,6 +7,7 @@ pub mod export;
 pub mod features;
 pub mod link;
 pub mod logship;
+pub mod outputs;
 pub mod partition;
 pub mod progress;
 pub mod queue;

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use ephemera_worker::features::{arbitrage, Params};
 use ephemera_worker::stage::Stage;
-use ephemera_worker::{db, export, link, logship, progress, queue, run, seed, validate};
+use ephemera_worker::{db, export, link, logship, outputs, progress, queue, run, seed, validate};
 
 #[derive(Parser)]
 #[command(
@@ -43,7 +43,8 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
-    /// Create the source table (if absent), the queue and the output tables.
+    /// Create the source table (if absent), the queue and the registry of runs (each run creates
+    /// its own output tables, in a schema of its own).
     Init,
     /// Load CSV files of bars (one per pair, named after it) into the source table.
     Seed { files: Vec<PathBuf> },
@@ -57,6 +58,23 @@ enum Command {
     Report {
         #[arg(long)]
         run_id: String,
+    },
+    /// Remove a run's output tables, queue rows and validation findings.
+    ///
+    /// The run's schema (every feature table in it), its queue rows and its validation findings
+    /// go in one transaction; other runs are not touched, and exported Parquet files are left
+    /// where they are. Prints what was removed, as JSON.
+    ///
+    /// Exits non-zero, removing nothing, when the database holds nothing of the run (a typo
+    /// should not pass for a drop; the message lists the runs there are), and when partitions
+    /// of the run are under live leases (its workers are still on it) unless --force.
+    Drop {
+        /// The run to remove, as given to `run --run-id`.
+        #[arg(long)]
+        run_id: String,
+        /// Drop even while workers hold leases on the run; their partitions then fail.
+        #[arg(long)]
+        force: bool,
     },
     /// Compute stages for every (pair, month) not done yet.
     Run {
@@ -76,6 +94,8 @@ enum Command {
         /// Parallel partitions; defaults to the number of cores.
         #[arg(long)]
         concurrency: Option<usize>,
+        /// Names the run's queue rows and the schema of its output tables
+        /// (`ephemera_run_<id>_<hash>`): the same id resumes, another one computes afresh.
         #[arg(long, default_value = "local")]
         run_id: String,
         /// This worker's name in the queue's leases.
@@ -197,6 +217,12 @@ async fn main_inner(
             let client = db::connect(&url).await?;
             let report = validate::findings(&client, &run_id).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Command::Drop { run_id, force } => {
+            let mut client = db::connect(&url).await?;
+            db::init(&client, &cli.source).await?;
+            let dropped = outputs::drop(&mut client, &run_id, force).await?;
+            println!("{}", serde_json::to_string_pretty(&dropped)?);
         }
         Command::Run {
             stages,

@@ -1,6 +1,7 @@
 //! One partition, start to finish: read its bars (and warm-up history) with binary COPY out,
 //! clean, compute the stage, then in one transaction replace its output with binary COPY in and
-//! mark it done. A crash leaves nothing half-written; a rerun replaces, never duplicates.
+//! mark it done. A crash leaves nothing half-written; a rerun replaces, never duplicates. Every
+//! output is the claim's run's (`outputs`): other runs' rows are never read or written.
 
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
@@ -17,6 +18,7 @@ use crate::features::{
     arbitrage, causality, currency_index, finite, indicators, regime, regression, warm_up, Columns,
     Params,
 };
+use crate::outputs;
 use crate::queue::{self, Claim};
 use crate::stage::{Scope, Stage, ALL_PAIRS};
 use crate::table::{self, Rows};
@@ -167,25 +169,34 @@ pub async fn process(client: &mut Client, cx: &Work<'_>, c: &Claim) -> Result<Do
     }
 }
 
-/// A feature stage's rows for one month, read back with binary COPY out: timestamps
+/// The query that reads a column stage's rows of one pair and month of a run, by time.
+pub fn features_query(run_id: &str, stage: &str, pair: &str, month: NaiveDate) -> Result<String> {
+    let names = stage_columns(stage)?;
+    let p = pair_literal(pair)?;
+    let (start, end) = month_bounds(month);
+    Ok(format!(
+        "SELECT ts, {} FROM {} WHERE pair = {p} AND ts >= '{}' AND ts < '{}' ORDER BY ts",
+        names.join(", "),
+        outputs::table(run_id, stage)?,
+        start.to_rfc3339(),
+        end.to_rfc3339()
+    ))
+}
+
+/// A feature stage's rows of a run for one month, read back with binary COPY out: timestamps
 /// (microseconds) and one column per output name.
 pub async fn read_features(
     client: &Client,
+    run_id: &str,
     stage: &str,
     pair: &str,
     month: NaiveDate,
 ) -> Result<(Vec<i64>, Vec<String>, Vec<Vec<Option<f64>>>)> {
     let names = stage_columns(stage)?;
-    let p = pair_literal(pair)?;
-    let (start, end) = month_bounds(month);
     let stream = client
         .copy_out(&format!(
-            "COPY (SELECT ts, {} FROM ephemera.{stage}
-                    WHERE pair = {p} AND ts >= '{}' AND ts < '{}' ORDER BY ts)
-             TO STDOUT (FORMAT binary)",
-            names.join(", "),
-            start.to_rfc3339(),
-            end.to_rfc3339()
+            "COPY ({}) TO STDOUT (FORMAT binary)",
+            features_query(run_id, stage, pair, month)?
         ))
         .await?;
     let rows = BinaryCopyOutStream::new(stream, &feature_types(false, names.len()));
@@ -215,7 +226,7 @@ async fn feature_stages(client: &Client, c: &Claim) -> Result<Vec<(Stage, Option
         .collect()
 }
 
-/// A partition's rows of one typed table, read back.
+/// A partition's rows of one typed table of its run, read back.
 async fn read_table(client: &Client, def: &'static table::Def, c: &Claim) -> Result<Rows> {
     let (start, end) = month_bounds(c.month);
     let part = table::Partition {
@@ -224,7 +235,7 @@ async fn read_table(client: &Client, def: &'static table::Def, c: &Claim) -> Res
         end,
         pair: (c.pair != ALL_PAIRS).then_some(c.pair.as_str()),
     };
-    table::read(client, def, &part).await
+    table::read(client, &outputs::schema(&c.run_id)?, def, &part).await
 }
 
 async fn validate_partition(client: &mut Client, cx: &Work<'_>, c: &Claim) -> Result<Done> {
@@ -245,7 +256,8 @@ async fn validate_partition(client: &mut Client, cx: &Work<'_>, c: &Claim) -> Re
             }
             continue;
         }
-        let (ts, names, values) = read_features(client, stage.name(), &c.pair, c.month).await?;
+        let (ts, names, values) =
+            read_features(client, &c.run_id, stage.name(), &c.pair, c.month).await?;
         rows_in += ts.len() as u64;
         let warm = warm_up(cx.core, stage.name()).unwrap_or_default();
         let history = history.unwrap_or(0).max(0) as usize;
@@ -338,7 +350,7 @@ async fn export_partition(
             continue;
         }
         let stage = stage.name();
-        let (ts, names, values) = read_features(client, stage, &c.pair, c.month).await?;
+        let (ts, names, values) = read_features(client, &c.run_id, stage, &c.pair, c.month).await?;
         let rows = ts.len() as u64;
         // Encoding is CPU work: off the async threads.
         let pair = c.pair.clone();
@@ -451,10 +463,11 @@ async fn write_tables(
         end,
         pair: (c.pair != ALL_PAIRS).then_some(c.pair.as_str()),
     };
+    let schema = outputs::schema(&c.run_id)?;
     let tx = client.transaction().await?;
     let mut rows_out = 0;
     for rows in tables {
-        rows_out += table::replace(&tx, &part, rows).await?;
+        rows_out += table::replace(&tx, &schema, &part, rows).await?;
     }
     queue::complete(&tx, owner, c, rows_in as i64, rows_out as i64, &quality).await?;
     tx.commit().await?;
@@ -565,19 +578,16 @@ async fn features(
     let names = stage_columns(&c.stage)?;
     debug_assert_eq!(names, cols.names);
 
+    let table = outputs::table(&c.run_id, &c.stage)?;
     let tx = client.transaction().await?;
     tx.execute(
-        &format!(
-            "DELETE FROM ephemera.{} WHERE pair = $1 AND ts >= $2 AND ts < $3",
-            c.stage
-        ),
+        &format!("DELETE FROM {table} WHERE pair = $1 AND ts >= $2 AND ts < $3"),
         &[&c.pair, &start, &end],
     )
     .await?;
     let sink = tx
         .copy_in(&format!(
-            "COPY ephemera.{} (pair, ts, {}) FROM STDIN (FORMAT binary)",
-            c.stage,
+            "COPY {table} (pair, ts, {}) FROM STDIN (FORMAT binary)",
             names.join(", ")
         ))
         .await?;

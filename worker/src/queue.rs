@@ -157,6 +157,31 @@ async fn redo_changed(client: &Client, run_id: &str, source: &str) -> Result<()>
     Ok(())
 }
 
+/// The claim of one partition of run $1 for owner $2, leased for $3 seconds, if it has been tried
+/// fewer than $4 times. It stays on the queue's indexes whatever other runs the queue holds
+/// (`partitions_open` for the candidates in order, `partitions_by_month` for their earlier
+/// stages; the worker's tests EXPLAIN it).
+// The candidate is picked once (a materialised CTE): a subquery in FROM may be rescanned per
+// outer row, and with SKIP LOCKED each rescan can pick another row.
+pub const CLAIM: &str = "WITH c AS MATERIALIZED (
+         SELECT stage, pair, month FROM ephemera.partitions c
+          WHERE c.run_id = $1
+            AND (c.state = 'pending' OR (c.state = 'running' AND c.lease_until < now()))
+            AND c.attempts < $4
+            AND NOT EXISTS (SELECT 1 FROM ephemera.partitions q
+                             WHERE q.run_id = c.run_id AND q.pair = c.pair
+                               AND q.month = c.month AND q.rank < c.rank
+                               AND q.state <> 'done')
+          ORDER BY rank, pair, month, stage
+          LIMIT 1 FOR UPDATE SKIP LOCKED)
+     UPDATE ephemera.partitions p
+        SET state = 'running', lease_owner = $2,
+            lease_until = now() + make_interval(secs => $3),
+            attempts = p.attempts + 1, updated_at = now()
+       FROM c
+      WHERE p.run_id = $1 AND p.stage = c.stage AND p.pair = c.pair AND p.month = c.month
+     RETURNING p.stage, p.pair, p.month, p.attempts";
+
 /// Claims one partition: pending, or running with an expired lease, whose earlier stages are
 /// done. Partitions that have used up their attempts, or wait on a stage that failed, are
 /// marked failed instead.
@@ -186,26 +211,7 @@ pub async fn claim(
         .await?;
     let row = client
         .query_opt(
-            // The candidate is picked once (a materialised CTE): a subquery in FROM may be
-            // rescanned per outer row, and with SKIP LOCKED each rescan can pick another row.
-            "WITH c AS MATERIALIZED (
-                 SELECT stage, pair, month FROM ephemera.partitions c
-                  WHERE c.run_id = $1
-                    AND (c.state = 'pending' OR (c.state = 'running' AND c.lease_until < now()))
-                    AND c.attempts < $4
-                    AND NOT EXISTS (SELECT 1 FROM ephemera.partitions q
-                                     WHERE q.run_id = c.run_id AND q.pair = c.pair
-                                       AND q.month = c.month AND q.rank < c.rank
-                                       AND q.state <> 'done')
-                  ORDER BY rank, pair, month, stage
-                  LIMIT 1 FOR UPDATE SKIP LOCKED)
-             UPDATE ephemera.partitions p
-                SET state = 'running', lease_owner = $2,
-                    lease_until = now() + make_interval(secs => $3),
-                    attempts = p.attempts + 1, updated_at = now()
-               FROM c
-              WHERE p.run_id = $1 AND p.stage = c.stage AND p.pair = c.pair AND p.month = c.month
-             RETURNING p.stage, p.pair, p.month, p.attempts",
+            CLAIM,
             &[&run_id, &owner, &(lease_seconds as f64), &max_attempts],
         )
         .await

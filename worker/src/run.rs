@@ -21,7 +21,7 @@ use crate::features::Params;
 use crate::partition::{self, Work};
 use crate::queue::Claim;
 use crate::stage::Stage;
-use crate::{db, queue};
+use crate::{db, outputs, queue};
 
 /// How long an idle task waits before looking again while other partitions are in progress.
 const IDLE: Duration = Duration::from_millis(500);
@@ -93,8 +93,10 @@ pub async fn run(opts: Options) -> Result<Summary> {
     if opts.stages.iter().any(|s| s == "export") && opts.export.is_none() {
         anyhow::bail!("stage 'export' needs --export s3://bucket/prefix/ or a directory");
     }
-    let client = db::connect(&opts.database_url).await?;
+    let mut client = db::connect(&opts.database_url).await?;
     db::init(&client, &opts.source).await?;
+    let schema = outputs::create(&mut client, &opts.run_id).await?;
+    tracing::info!(run_id = %opts.run_id, schema, "the run's outputs");
     let queued = queue::enqueue(&client, &opts.run_id, &opts.source, &opts.stages).await?;
     tracing::info!(queued, run_id = %opts.run_id, stages = ?opts.stages, "partitions enqueued");
     let store = match &opts.export {

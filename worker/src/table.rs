@@ -75,18 +75,29 @@ impl Def {
             .map(|(_, k)| *k)
     }
 
-    pub fn ddl(&self) -> String {
+    /// Creates the table in `schema` if absent. Tables whose key does not lead with the month
+    /// column (the cross-pair ones) also get an index on it: a partition's delete and read find
+    /// their month through it rather than by scanning every month of the run.
+    pub fn ddl(&self, schema: &str) -> String {
         let cols: Vec<String> = self
             .columns
             .iter()
             .map(|(n, k)| format!("{n} {}", k.sql()))
             .collect();
-        format!(
-            "CREATE TABLE IF NOT EXISTS ephemera.{} ({}, PRIMARY KEY ({}));",
+        let mut sql = format!(
+            "CREATE TABLE IF NOT EXISTS {schema}.{} ({}, PRIMARY KEY ({}));",
             self.name,
             cols.join(", "),
             self.key.join(", ")
-        )
+        );
+        if self.pair_column.is_none() && self.key.first() != Some(&self.month_column) {
+            sql.push_str(&format!(
+                "CREATE INDEX IF NOT EXISTS {t}_{c} ON {schema}.{t} ({c});",
+                t = self.name,
+                c = self.month_column
+            ));
+        }
+        sql
     }
 
     /// The WHERE clause of one partition's rows: $1 = the month's start, $2 = its end (or $1 = the
@@ -359,12 +370,18 @@ impl Partition<'_> {
     }
 }
 
-/// Replaces a partition's rows inside the caller's transaction: delete, then binary COPY in.
-pub async fn replace(tx: &Transaction<'_>, part: &Partition<'_>, rows: &Rows) -> Result<u64> {
+/// Replaces a partition's rows of the table in `schema` (its run's) inside the caller's
+/// transaction: delete, then binary COPY in.
+pub async fn replace(
+    tx: &Transaction<'_>,
+    schema: &str,
+    part: &Partition<'_>,
+    rows: &Rows,
+) -> Result<u64> {
     let def = rows.def;
     tx.execute(
         &format!(
-            "DELETE FROM ephemera.{} WHERE {}",
+            "DELETE FROM {schema}.{} WHERE {}",
             def.name,
             def.partition_filter()
         ),
@@ -375,7 +392,7 @@ pub async fn replace(tx: &Transaction<'_>, part: &Partition<'_>, rows: &Rows) ->
     let names: Vec<&str> = def.columns.iter().map(|(n, _)| *n).collect();
     let sink = tx
         .copy_in(&format!(
-            "COPY ephemera.{} ({}) FROM STDIN (FORMAT binary)",
+            "COPY {schema}.{} ({}) FROM STDIN (FORMAT binary)",
             def.name,
             names.join(", ")
         ))
@@ -392,16 +409,29 @@ pub async fn replace(tx: &Transaction<'_>, part: &Partition<'_>, rows: &Rows) ->
     Ok(writer.finish().await?)
 }
 
-/// Reads a partition's rows back with binary COPY out, in key order.
-pub async fn read(client: &Client, def: &'static Def, part: &Partition<'_>) -> Result<Rows> {
+/// The query that reads a partition's rows of the table in `schema`, in key order.
+pub fn read_query(schema: &str, def: &Def, part: &Partition<'_>) -> Result<String> {
     let names: Vec<&str> = def.columns.iter().map(|(n, _)| *n).collect();
+    Ok(format!(
+        "SELECT {} FROM {schema}.{} WHERE {} ORDER BY {}",
+        names.join(", "),
+        def.name,
+        part.literal_filter(def)?,
+        def.key.join(", ")
+    ))
+}
+
+/// Reads a partition's rows of the table in `schema` back with binary COPY out, in key order.
+pub async fn read(
+    client: &Client,
+    schema: &str,
+    def: &'static Def,
+    part: &Partition<'_>,
+) -> Result<Rows> {
     let stream = client
         .copy_out(&format!(
-            "COPY (SELECT {} FROM ephemera.{} WHERE {} ORDER BY {}) TO STDOUT (FORMAT binary)",
-            names.join(", "),
-            def.name,
-            part.literal_filter(def)?,
-            def.key.join(", ")
+            "COPY ({}) TO STDOUT (FORMAT binary)",
+            read_query(schema, def, part)?
         ))
         .await?;
     let types: Vec<Type> = def.columns.iter().map(|(_, k)| k.pg()).collect();
@@ -477,11 +507,15 @@ mod tests {
     #[test]
     fn schemas_and_filters() {
         assert_eq!(
-            CURRENCY_INDEX.ddl(),
-            "CREATE TABLE IF NOT EXISTS ephemera.currency_index (currency text NOT NULL, ts \
+            CURRENCY_INDEX.ddl("r"),
+            "CREATE TABLE IF NOT EXISTS r.currency_index (currency text NOT NULL, ts \
              timestamptz NOT NULL, index double precision, log_return double precision, pairs \
-             integer NOT NULL, pairs_loaded integer NOT NULL, PRIMARY KEY (currency, ts));"
+             integer NOT NULL, pairs_loaded integer NOT NULL, PRIMARY KEY (currency, ts));\
+             CREATE INDEX IF NOT EXISTS currency_index_ts ON r.currency_index (ts);"
         );
+        // Per-pair tables and those keyed by their month find a partition through the key.
+        assert!(!REGIME.ddl("r").contains("CREATE INDEX"));
+        assert!(!CAUSALITY.ddl("r").contains("CREATE INDEX"));
         assert_eq!(
             REGIME.partition_filter(),
             "ts >= $1 AND ts < $2 AND pair = $3"

@@ -31,6 +31,7 @@ fn share(ours: Option<f64>, theirs: f64, at: &str) -> f64 {
 #[tokio::test]
 async fn granger_tests_match_statsmodels_for_every_ordered_pair_month_and_lag() {
     let (url, client) = common::seeded("causality").await;
+    common::read_run(&client, "causality").await;
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("causality-export");
     let _ = std::fs::remove_dir_all(&out);
     let summary = run::run(common::options(
@@ -69,7 +70,7 @@ async fn granger_tests_match_statsmodels_for_every_ordered_pair_month_and_lag() 
     let ours: BTreeMap<(String, String, String, i32), tokio_postgres::Row> = client
         .query(
             "SELECT cause, effect, month::text, lag, f_stat, p_value, nobs, df_num, df_den
-               FROM ephemera.causality",
+               FROM causality",
             &[],
         )
         .await

@@ -83,6 +83,7 @@ fn f(s: &str) -> f64 {
 async fn currency_indexes_and_triangles_match_numpy_on_all_pairs_and_a_changed_input_redoes_the_month(
 ) {
     let (url, client) = common::seeded("cross").await;
+    common::read_run(&client, "cross").await;
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cross-export");
     let _ = std::fs::remove_dir_all(&out);
     let stages = ["currency-index", "arbitrage", "validate", "export"];
@@ -100,7 +101,7 @@ async fn currency_indexes_and_triangles_match_numpy_on_all_pairs_and_a_changed_i
     // Currency indexes: every (currency, minute) of the reference, and no other.
     let ours = rows(
         &client,
-        "SELECT currency, ts, index, log_return, pairs, pairs_loaded FROM ephemera.currency_index",
+        "SELECT currency, ts, index, log_return, pairs, pairs_loaded FROM currency_index",
     )
     .await;
     let theirs = &reference[&'C'];
@@ -124,7 +125,7 @@ async fn currency_indexes_and_triangles_match_numpy_on_all_pairs_and_a_changed_i
     // Six currencies; AUD, CHF and JPY are in one loaded pair each, and say so; USD in five.
     let loaded: BTreeMap<String, i32> = client
         .query(
-            "SELECT currency, max(pairs_loaded) FROM ephemera.currency_index GROUP BY 1",
+            "SELECT currency, max(pairs_loaded) FROM currency_index GROUP BY 1",
             &[],
         )
         .await
@@ -147,7 +148,7 @@ async fn currency_indexes_and_triangles_match_numpy_on_all_pairs_and_a_changed_i
     // Minutes where some of USD's pairs were missing used those that exist.
     let partial: i64 = client
         .query_one(
-            "SELECT count(*) FROM ephemera.currency_index WHERE currency = 'USD' AND pairs BETWEEN 1 AND 4",
+            "SELECT count(*) FROM currency_index WHERE currency = 'USD' AND pairs BETWEEN 1 AND 4",
             &[],
         )
         .await
@@ -158,7 +159,7 @@ async fn currency_indexes_and_triangles_match_numpy_on_all_pairs_and_a_changed_i
     // Triangles: the one these names form, every minute where its three legs have a bar.
     let ours = rows(
         &client,
-        "SELECT triangle, ts, implied, quoted, deviation_bp FROM ephemera.arbitrage",
+        "SELECT triangle, ts, implied, quoted, deviation_bp FROM arbitrage",
     )
     .await;
     let theirs = &reference[&'A'];
@@ -187,7 +188,7 @@ async fn currency_indexes_and_triangles_match_numpy_on_all_pairs_and_a_changed_i
     dev.check("deviation (bp)");
     let ours = rows(
         &client,
-        "SELECT triangle, start_ts, end_ts, minutes, peak_bp, mean_bp FROM ephemera.arbitrage_events",
+        "SELECT triangle, start_ts, end_ts, minutes, peak_bp, mean_bp FROM arbitrage_events",
     )
     .await;
     let theirs = &reference[&'E'];
@@ -279,7 +280,7 @@ async fn currency_indexes_and_triangles_match_numpy_on_all_pairs_and_a_changed_i
     }
     let d: f64 = client
         .query_one(
-            "SELECT deviation_bp FROM ephemera.arbitrage WHERE ts = '2023-04-20 10:00:00+00'",
+            "SELECT deviation_bp FROM arbitrage WHERE ts = '2023-04-20 10:00:00+00'",
             &[],
         )
         .await

@@ -9,7 +9,7 @@ use std::time::Duration;
 use ephemera_core::rundoc::{worker_log_stream, WORKER_LOG_GROUP};
 use ephemera_tests::postgres::postgres;
 use ephemera_tests::{clients, e2e, fixtures, fresh_region, harness};
-use ephemera_worker::{db, export, queue, seed};
+use ephemera_worker::{db, export, outputs, queue, seed};
 use serde_json::json;
 
 /// The local IMDS, following the test's instance id and notice flag.
@@ -257,7 +257,13 @@ async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption()
     assert_eq!(n, PARTITIONS as i64);
     for table in ["currency_index", "arbitrage", "arbitrage_events"] {
         let rows: i64 = client
-            .query_one(&format!("SELECT count(*) FROM ephemera.{table}"), &[])
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM {}",
+                    outputs::table(run_id, table).unwrap()
+                ),
+                &[],
+            )
             .await
             .unwrap()
             .get(0);
@@ -394,7 +400,7 @@ async fn a_spot_notice_mid_partition_fails_the_task_within_seconds_and_hands_the
                 let n: i64 = client
                     .query_one(
                         "SELECT count(*) FROM pg_stat_activity
-                          WHERE state = 'active' AND query LIKE 'COPY ephemera.% FROM STDIN%'",
+                          WHERE state = 'active' AND query LIKE 'COPY ephemera\\_run\\_% FROM STDIN%'",
                         &[],
                     )
                     .await
@@ -441,7 +447,13 @@ async fn a_spot_notice_mid_partition_fails_the_task_within_seconds_and_hands_the
     for r in &rows {
         let (stage, state): (String, String) = (r.get(0), r.get(1));
         let out: i64 = client
-            .query_one(&format!("SELECT count(*) FROM ephemera.{stage}"), &[])
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM {}",
+                    outputs::table(run_id, &stage).unwrap()
+                ),
+                &[],
+            )
             .await
             .unwrap()
             .get(0);
@@ -489,7 +501,13 @@ async fn a_spot_notice_mid_partition_fails_the_task_within_seconds_and_hands_the
     assert_eq!(done.output["result"]["partitions_failed"], 0);
     for stage in ["indicators", "regression"] {
         let n: i64 = client
-            .query_one(&format!("SELECT count(*) FROM ephemera.{stage}"), &[])
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM {}",
+                    outputs::table(run_id, stage).unwrap()
+                ),
+                &[],
+            )
             .await
             .unwrap()
             .get(0);

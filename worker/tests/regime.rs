@@ -28,6 +28,7 @@ fn share(ours: Option<f64>, theirs: f64, rel: f64, abs: f64, at: &str) -> f64 {
 #[tokio::test]
 async fn regimes_match_pandas_on_every_bar_of_all_pairs() {
     let (url, client) = common::seeded("regime").await;
+    common::read_run(&client, "regime").await;
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("regime-export");
     let _ = std::fs::remove_dir_all(&out);
     let summary = run::run(common::options(
@@ -64,7 +65,7 @@ async fn regimes_match_pandas_on_every_bar_of_all_pairs() {
     let ours: BTreeMap<(String, i64), tokio_postgres::Row> = client
         .query(
             "SELECT pair, ts, rv_60, rv_pct_30d, vol_regime, adx_14, slope_240, trend_regime
-               FROM ephemera.regime",
+               FROM regime",
             &[],
         )
         .await
@@ -140,7 +141,7 @@ async fn regimes_match_pandas_on_every_bar_of_all_pairs() {
         for l in labels {
             let n: i64 = client
                 .query_one(
-                    &format!("SELECT count(*) FROM ephemera.regime WHERE {col} = $1"),
+                    &format!("SELECT count(*) FROM regime WHERE {col} = $1"),
                     &[&l],
                 )
                 .await

@@ -3,8 +3,10 @@
 use std::path::PathBuf;
 
 use ephemera_tests::postgres::postgres;
-use ephemera_worker::{db, export, partition, queue, run, seed, validate};
+use ephemera_worker::{db, export, outputs, partition, queue, run, seed, validate};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+mod common;
 
 fn data(pair: &str) -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../data/fx-1m/{pair}.csv.gz"));
@@ -41,6 +43,7 @@ async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
 async fn seeds_computes_every_partition_once_and_a_rerun_changes_nothing() {
     let url = postgres().database("worker_full");
     let client = db::connect(&url).await.unwrap();
+    common::read_run(&client, "test").await;
     db::init(&client, "bars_1m").await.unwrap();
     for pair in ["EURUSD", "USDJPY"] {
         let s = seed::seed_file(&client, "bars_1m", &data(pair))
@@ -63,11 +66,11 @@ async fn seeds_computes_every_partition_once_and_a_rerun_changes_nothing() {
     assert!(distinct < source_rows, "the data has duplicate timestamps");
     // Every distinct bar appears once per stage (no bad prices in this data).
     assert_eq!(
-        count(&client, "SELECT count(*) FROM ephemera.indicators").await,
+        count(&client, "SELECT count(*) FROM indicators").await,
         distinct
     );
     assert_eq!(
-        count(&client, "SELECT count(*) FROM ephemera.regression").await,
+        count(&client, "SELECT count(*) FROM regression").await,
         distinct
     );
     assert_eq!(summary.rows_out as i64, 2 * distinct);
@@ -75,25 +78,25 @@ async fn seeds_computes_every_partition_once_and_a_rerun_changes_nothing() {
     // Warm-up only at the very start of each pair: May starts warm from April's history.
     let may_nulls = count(
         &client,
-        "SELECT count(*) FROM ephemera.indicators WHERE ts >= '2023-05-01' AND rsi_14 IS NULL",
+        "SELECT count(*) FROM indicators WHERE ts >= '2023-05-01' AND rsi_14 IS NULL",
     )
     .await;
     assert_eq!(may_nulls, 0);
     let april_nulls = count(
         &client,
-        "SELECT count(*) FROM ephemera.indicators WHERE pair = 'EURUSD' AND macd IS NULL",
+        "SELECT count(*) FROM indicators WHERE pair = 'EURUSD' AND macd IS NULL",
     )
     .await;
     assert_eq!(april_nulls, 33, "MACD(12,26,9) warm-up is 33 bars");
     let bad = count(
         &client,
-        "SELECT count(*) FROM ephemera.indicators WHERE rsi_14 < 0 OR rsi_14 > 100",
+        "SELECT count(*) FROM indicators WHERE rsi_14 < 0 OR rsi_14 > 100",
     )
     .await;
     assert_eq!(bad, 0);
     let r2 = count(
         &client,
-        "SELECT count(*) FROM ephemera.regression WHERE r2_1440 < 0 OR r2_1440 > 1",
+        "SELECT count(*) FROM regression WHERE r2_1440 < 0 OR r2_1440 > 1",
     )
     .await;
     assert_eq!(r2, 0);
@@ -116,7 +119,7 @@ async fn seeds_computes_every_partition_once_and_a_rerun_changes_nothing() {
     assert_eq!(again.processed_here, 0);
     assert_eq!(again.partitions_done, 8);
     assert_eq!(
-        count(&client, "SELECT count(*) FROM ephemera.indicators").await,
+        count(&client, "SELECT count(*) FROM indicators").await,
         distinct
     );
 }
@@ -124,7 +127,8 @@ async fn seeds_computes_every_partition_once_and_a_rerun_changes_nothing() {
 #[tokio::test]
 async fn two_workers_share_the_work_and_an_expired_lease_is_taken_over() {
     let url = postgres().database("worker_share");
-    let client = db::connect(&url).await.unwrap();
+    let mut client = db::connect(&url).await.unwrap();
+    common::read_run(&client, "test").await;
     db::init(&client, "bars_1m").await.unwrap();
     seed::seed_file(&client, "bars_1m", &data("GBPUSD"))
         .await
@@ -133,6 +137,8 @@ async fn two_workers_share_the_work_and_an_expired_lease_is_taken_over() {
         .await
         .unwrap();
     let stages = vec!["indicators".to_string(), "regression".to_string()];
+    // As `run` does: the run's outputs, then its queue.
+    outputs::create(&mut client, "test").await.unwrap();
     queue::enqueue(&client, "test", "bars_1m", &stages)
         .await
         .unwrap();
@@ -175,7 +181,7 @@ async fn two_workers_share_the_work_and_an_expired_lease_is_taken_over() {
         .await,
         1
     );
-    let rows = count(&client, "SELECT count(*) FROM ephemera.indicators").await;
+    let rows = count(&client, "SELECT count(*) FROM indicators").await;
     let distinct = count(
         &client,
         "SELECT count(*) FROM (SELECT DISTINCT pair, ts FROM bars_1m) d",
@@ -188,6 +194,7 @@ async fn two_workers_share_the_work_and_an_expired_lease_is_taken_over() {
 async fn a_lost_lease_rolls_the_partition_back_and_bad_rows_are_counted() {
     let url = postgres().database("worker_faults");
     let mut client = db::connect(&url).await.unwrap();
+    common::read_run(&client, "test").await;
     db::init(&client, "bars_1m").await.unwrap();
     // A short, dirty series: NaN, zero, high < low, a duplicate, an out-of-order bar.
     client
@@ -205,6 +212,7 @@ async fn a_lost_lease_rolls_the_partition_back_and_bad_rows_are_counted() {
         .await
         .unwrap();
     let stages = vec!["indicators".to_string()];
+    outputs::create(&mut client, "test").await.unwrap();
     queue::enqueue(&client, "test", "bars_1m", &stages)
         .await
         .unwrap();
@@ -230,7 +238,7 @@ async fn a_lost_lease_rolls_the_partition_back_and_bad_rows_are_counted() {
         .unwrap_err();
     assert!(err.downcast_ref::<queue::LeaseLost>().is_some(), "{err:#}");
     assert_eq!(
-        count(&client, "SELECT count(*) FROM ephemera.indicators").await,
+        count(&client, "SELECT count(*) FROM indicators").await,
         0,
         "rolled back"
     );
@@ -262,7 +270,7 @@ async fn a_lost_lease_rolls_the_partition_back_and_bad_rows_are_counted() {
     assert_eq!(
         count(
             &client,
-            "SELECT count(*) FROM ephemera.indicators WHERE rsi_14 IS NULL"
+            "SELECT count(*) FROM indicators WHERE rsi_14 IS NULL"
         )
         .await,
         4
@@ -280,6 +288,7 @@ fn scratch(name: &str) -> PathBuf {
 async fn validates_and_exports_parquet_with_a_manifest_and_flags_planted_faults() {
     let url = postgres().database("worker_export");
     let client = db::connect(&url).await.unwrap();
+    common::read_run(&client, "exported").await;
     db::init(&client, "bars_1m").await.unwrap();
     seed::seed_file(&client, "bars_1m", &data("USDCHF"))
         .await
@@ -333,7 +342,7 @@ async fn validates_and_exports_parquet_with_a_manifest_and_flags_planted_faults(
         april.rows as i64,
         count(
             &client,
-            "SELECT count(*) FROM ephemera.indicators WHERE ts < '2023-05-01Z'"
+            "SELECT count(*) FROM indicators WHERE ts < '2023-05-01Z'"
         )
         .await
     );
@@ -341,9 +350,9 @@ async fn validates_and_exports_parquet_with_a_manifest_and_flags_planted_faults(
     // Plant faults in May's output, validate again: each is found and named.
     client
         .batch_execute(
-            "UPDATE ephemera.indicators SET rsi_14 = 140 WHERE ts = (SELECT min(ts) + interval '3 days' FROM ephemera.indicators WHERE ts >= '2023-05-01Z');
-             UPDATE ephemera.indicators SET macd = NULL WHERE ts = (SELECT max(ts) FROM ephemera.indicators);
-             UPDATE ephemera.regression SET rmse_60 = 'NaN' WHERE ts = (SELECT max(ts) FROM ephemera.regression);
+            "UPDATE indicators SET rsi_14 = 140 WHERE ts = (SELECT min(ts) + interval '3 days' FROM indicators WHERE ts >= '2023-05-01Z');
+             UPDATE indicators SET macd = NULL WHERE ts = (SELECT max(ts) FROM indicators);
+             UPDATE regression SET rmse_60 = 'NaN' WHERE ts = (SELECT max(ts) FROM regression);
              UPDATE ephemera.partitions SET state = 'pending', attempts = 0
               WHERE run_id = 'exported' AND stage IN ('validate', 'export') AND month = '2023-05-01';",
         )
@@ -387,9 +396,7 @@ async fn validates_and_exports_parquet_with_a_manifest_and_flags_planted_faults(
 
 /// A digest of a run's output tables, independent of the order rows were written in.
 async fn output_digest(client: &tokio_postgres::Client) -> (String, String) {
-    let d = |t: &str| {
-        format!("SELECT md5(string_agg(x::text, '|' ORDER BY pair, ts)) FROM ephemera.{t} x")
-    };
+    let d = |t: &str| format!("SELECT md5(string_agg(x::text, '|' ORDER BY pair, ts)) FROM {t} x");
     let a: String = client
         .query_one(&d("indicators"), &[])
         .await
@@ -437,6 +444,7 @@ async fn killed_mid_run_and_run_again_gives_the_same_tables_as_one_clean_run() {
             .unwrap()
     };
     let client = db::connect(&killed_url).await.unwrap();
+    common::read_run(&client, "test").await;
     let mut child = worker(&killed_url);
     // Kill it once some partitions are done and others are in flight.
     let t0 = std::time::Instant::now();
@@ -479,12 +487,13 @@ async fn killed_mid_run_and_run_again_gives_the_same_tables_as_one_clean_run() {
         12
     );
     let clean_client = db::connect(&clean_url).await.unwrap();
+    common::read_run(&clean_client, "test").await;
     assert_eq!(
         output_digest(&client).await,
         output_digest(&clean_client).await
     );
     assert_eq!(
-        count(&client, "SELECT count(*) FROM ephemera.indicators").await,
-        count(&clean_client, "SELECT count(*) FROM ephemera.indicators").await
+        count(&client, "SELECT count(*) FROM indicators").await,
+        count(&clean_client, "SELECT count(*) FROM indicators").await
     );
 }

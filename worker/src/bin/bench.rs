@@ -16,7 +16,7 @@ use ephemera_worker::bars::Bars;
 use ephemera_worker::features::{causality, indicators, regression};
 use ephemera_worker::stage::{Scope, Stage};
 use ephemera_worker::table::{self, Kind, Values};
-use ephemera_worker::{db, partition, run};
+use ephemera_worker::{db, outputs, partition, run};
 use futures_util::{pin_mut, TryStreamExt};
 use tokio_postgres::binary_copy::{BinaryCopyInWriter, BinaryCopyOutStream};
 use tokio_postgres::types::ToSql;
@@ -303,23 +303,25 @@ async fn new_stage(url: &str, stage: Stage, cores: usize) {
     .unwrap();
     let worker = t.elapsed().as_secs_f64();
     assert_eq!(summary.partitions_failed, 0);
+    // The ceiling writes into the run's own tables, emptied, as the worker did.
+    let schema = outputs::schema(&format!("bench-{stage}")).unwrap();
     let mut counts = vec![];
     for def in table::of(stage) {
         let n: i64 = client
-            .query_one(&format!("SELECT count(*) FROM ephemera.{}", def.name), &[])
+            .query_one(&format!("SELECT count(*) FROM {schema}.{}", def.name), &[])
             .await
             .unwrap()
             .get(0);
         counts.push((*def, n as usize));
         client
-            .batch_execute(&format!("TRUNCATE ephemera.{}", def.name))
+            .batch_execute(&format!("TRUNCATE {schema}.{}", def.name))
             .await
             .unwrap();
     }
     let t = Instant::now();
     let mut tasks = vec![];
     for part in 0..cores {
-        let (url, counts) = (url.to_string(), counts.clone());
+        let (url, counts, schema) = (url.to_string(), counts.clone(), schema.clone());
         tasks.push(tokio::spawn(async move {
             let mut c = db::connect(&url).await.unwrap();
             copy_out_all(&c, part, cores).await;
@@ -337,7 +339,7 @@ async fn new_stage(url: &str, stage: Stage, cores: usize) {
                     n / cores + usize::from(part < n % cores),
                     part * (n / cores + 1),
                 );
-                table::replace(&tx, &p, &placeholder_rows(def, share, from))
+                table::replace(&tx, &schema, &p, &placeholder_rows(def, share, from))
                     .await
                     .unwrap();
             }
@@ -378,7 +380,15 @@ async fn main() {
     let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| postgres().database("bench"));
     let client = db::connect(&url).await.unwrap();
     client
-        .batch_execute("DROP SCHEMA IF EXISTS ephemera CASCADE; DROP TABLE IF EXISTS bars_1m;")
+        .batch_execute(&format!(
+            "DO $$ DECLARE s text; BEGIN
+               FOR s IN SELECT nspname FROM pg_namespace WHERE starts_with(nspname, '{}') LOOP
+                 EXECUTE format('DROP SCHEMA %I CASCADE', s);
+               END LOOP;
+             END $$;
+             DROP SCHEMA IF EXISTS ephemera CASCADE; DROP TABLE IF EXISTS bars_1m;",
+            outputs::PREFIX
+        ))
         .await
         .unwrap();
     db::init(&client, "bars_1m").await.unwrap();

@@ -1,10 +1,13 @@
 //! What the stage tests on the real bars share: the repository's six pairs seeded into a fresh
-//! database, and the run options they use.
+//! database, the run options they use, and reading a run's outputs by their table names.
+
+// Each test file compiles this module on its own and uses part of it.
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 
 use ephemera_tests::postgres::postgres;
-use ephemera_worker::{db, export, run, seed};
+use ephemera_worker::{db, export, outputs, run, seed};
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -49,4 +52,14 @@ pub fn options(url: &str, name: &str, stages: &[&str], export: Option<&PathBuf>)
         progress: indicatif::ProgressBar::hidden(),
         params: Default::default(),
     }
+}
+
+/// Points the client's unqualified table names at run `run_id`'s outputs: its schema first, then
+/// `public` for the bars (the queue stays `ephemera.partitions`).
+pub async fn read_run(client: &tokio_postgres::Client, run_id: &str) {
+    let schema = outputs::schema(run_id).unwrap();
+    client
+        .batch_execute(&format!("SET search_path = {schema}, public"))
+        .await
+        .unwrap();
 }
