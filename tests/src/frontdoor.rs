@@ -657,11 +657,10 @@ async fn invoke_lambda(
         None => target.split(':').next().unwrap_or_default().to_string(),
     };
     // Deployed names carry a stack prefix (ephemera-quota-check-ABC123): match the function.
-    let function = ephemera_functions::FUNCTIONS
-        .iter()
-        .find(|f| name == **f || name.contains(*f))
-        .map(|f| f.to_string())
-        .unwrap_or(name);
+    let known = ephemera_functions::Function::ALL
+        .into_iter()
+        .find(|f| name == f.name() || name.contains(f.name()));
+    let function = known.map(|f| f.name().to_string()).unwrap_or(name);
     door.invocations
         .lock()
         .unwrap()
@@ -713,7 +712,11 @@ async fn invoke_lambda(
     settings
         .worker_role_id
         .get_or_insert(crate::iam::WORKER_ROLE_ID.to_string());
-    match ephemera_functions::invoke(&aws, &settings, &function, payload).await {
+    let result = match function.parse::<ephemera_functions::Function>() {
+        Ok(f) => ephemera_functions::invoke(&aws, &settings, f, payload).await,
+        Err(unknown) => Err(unknown),
+    };
+    match result {
         Ok(v) => json_response(200, v, &[("x-amz-executed-version", "$LATEST")]),
         Err(e) => {
             let body =

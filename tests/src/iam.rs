@@ -661,9 +661,9 @@ mod tests {
     #[test]
     fn every_principal_of_the_template_is_read() {
         let p = template();
-        for f in ephemera_functions::FUNCTIONS {
+        for f in ephemera_functions::Function::ALL {
             assert!(
-                !p.by_principal[&Principal::Function(f.into())].is_empty(),
+                !p.by_principal[&Principal::Function(f.name().into())].is_empty(),
                 "{f} has statements"
             );
         }

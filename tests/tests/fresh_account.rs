@@ -7,7 +7,7 @@
 use aws_sdk_ec2::types::Tag;
 use chrono::{Duration, Utc};
 use ephemera_core::rundoc::{CostReport, WorkerState};
-use ephemera_functions::{invoke, Error, Settings};
+use ephemera_functions::{invoke, Error, Function, Settings};
 use ephemera_tests::fixtures::{self, ctx, Ctx};
 use ephemera_tests::iam::{Principal, Statement, ACCOUNT};
 use ephemera_tests::{function_clients, harness};
@@ -24,7 +24,7 @@ fn topic(region: &str) -> String {
 }
 
 /// Invokes `function` as its execution role, with the settings the template deploys.
-async fn call(c: &Ctx, function: &str, payload: Value) -> Result<Value, Error> {
+async fn call(c: &Ctx, function: Function, payload: Value) -> Result<Value, Error> {
     let settings = Settings {
         default_topic: Some(topic(c.region)),
         allowed_topics: vec![topic(c.region)],
@@ -34,7 +34,7 @@ async fn call(c: &Ctx, function: &str, payload: Value) -> Result<Value, Error> {
         ..Settings::default()
     };
     invoke(
-        &function_clients(c.region, function),
+        &function_clients(c.region, function.name()),
         &settings,
         function,
         payload,
@@ -68,7 +68,7 @@ async fn the_first_quota_request_creates_the_service_quotas_role_only_with_the_p
     policies(&c, |p| {
         p.without(&function("quota-check"), "ServiceQuotasServiceLinkedRole")
     });
-    let err = call(&c, "quota-check", json!({"run": spec}))
+    let err = call(&c, Function::QuotaCheck, json!({"run": spec}))
         .await
         .unwrap_err();
     assert_eq!(err.error_type(), "Ephemera.AwsError", "{err}");
@@ -82,7 +82,9 @@ async fn the_first_quota_request_creates_the_service_quotas_role_only_with_the_p
 
     // With the template's statement the request goes in and AWS creates the role.
     policies(&c, |p| p);
-    let out = call(&c, "quota-check", json!({"run": spec})).await.unwrap();
+    let out = call(&c, Function::QuotaCheck, json!({"run": spec}))
+        .await
+        .unwrap();
     assert_eq!(out["verdict"], "waiting", "{out}");
     assert!(harness()
         .door
@@ -96,7 +98,9 @@ async fn a_never_changed_quota_is_read_from_the_unscoped_default() {
     // GetAWSDefaultServiceQuota, which takes no resource ARN (Service Authorization Reference,
     // list_servicequotas.html).
     let spec = fixtures::runspec("default-quota", &c.net, None);
-    let out = call(&c, "quota-check", json!({"run": spec})).await.unwrap();
+    let out = call(&c, Function::QuotaCheck, json!({"run": spec}))
+        .await
+        .unwrap();
     assert_eq!(out["verdict"], "enough", "{out}");
     assert!(out["quotas"][0]["is_default"].as_bool().unwrap(), "{out}");
 
@@ -117,7 +121,7 @@ async fn a_never_changed_quota_is_read_from_the_unscoped_default() {
             });
         p
     });
-    let err = call(&c, "quota-check", json!({"run": spec}))
+    let err = call(&c, Function::QuotaCheck, json!({"run": spec}))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("AccessDeniedException"), "{err}");
@@ -134,7 +138,7 @@ async fn launch(c: &Ctx, spec: &Value, run: &str, extra: Value) -> Result<Worker
             input[k] = v;
         }
     }
-    let out = call(c, "launch-worker", input).await?;
+    let out = call(c, Function::LaunchWorker, input).await?;
     Ok(serde_json::from_value(out).unwrap())
 }
 
@@ -197,7 +201,7 @@ async fn an_instance_not_visible_yet_is_still_booting() {
     let spec = fixtures::runspec("not-visible", &c.net, None);
     let w = launch(&c, &spec, "not-visible", json!({})).await.unwrap();
     // Right after RunInstances, DescribeInstances by id answers InvalidInstanceID.NotFound.
-    let h = call(&c, "health-check", json!({"run": spec, "worker": w}))
+    let h = call(&c, Function::HealthCheck, json!({"run": spec, "worker": w}))
         .await
         .unwrap();
     assert_eq!(h["verdict"], "booting", "{h}");
@@ -240,7 +244,7 @@ async fn an_instance_type_the_region_does_not_offer_is_named_up_front() {
         .unwrap()
         .insert((c.region.to_string(), "c6g.4xlarge".to_string()));
     let spec = fixtures::runspec("unoffered", &c.net, None);
-    let err = call(&c, "quota-check", json!({"run": spec}))
+    let err = call(&c, Function::QuotaCheck, json!({"run": spec}))
         .await
         .unwrap_err();
     assert_eq!(err.error_type(), "Ephemera.InvalidRunSpec", "{err}");
@@ -260,7 +264,7 @@ async fn a_topic_the_functions_may_not_publish_to_is_refused_before_launch() {
     let c = ctx().await;
     let other = format!("arn:aws:sns:{}:{ACCOUNT}:someone-elses", c.region);
     let spec = fixtures::runspec("foreign-topic", &c.net, Some(&other));
-    let err = call(&c, "quota-check", json!({"run": spec}))
+    let err = call(&c, Function::QuotaCheck, json!({"run": spec}))
         .await
         .unwrap_err();
     assert_eq!(err.error_type(), "Ephemera.InvalidRunSpec");
@@ -290,7 +294,7 @@ async fn a_refused_email_or_spot_price_never_fails_the_report() {
     });
     let out = call(
         &c,
-        "terminate-with-cost-report",
+        Function::TerminateWithCostReport,
         json!({"run": spec, "execution": execution(c.region, "no-mail"), "worker": w}),
     )
     .await
@@ -315,7 +319,7 @@ async fn an_artifact_the_worker_cannot_read_is_refused_before_launch() {
     let c = ctx().await;
     let mut spec = fixtures::runspec("foreign-artifact", &c.net, None);
     spec["worker"]["artifact"] = json!("s3://someone-elses-bucket/worker");
-    let err = call(&c, "quota-check", json!({"run": spec}))
+    let err = call(&c, Function::QuotaCheck, json!({"run": spec}))
         .await
         .unwrap_err();
     assert_eq!(err.error_type(), "Ephemera.InvalidRunSpec");
@@ -336,7 +340,9 @@ async fn a_denied_spot_quota_does_not_hold_up_what_on_demand_can_serve() {
     });
     // The default market policy, spot-then-on-demand; On-Demand has its default 1,152 vCPUs.
     let spec = fixtures::runspec("spot-denied", &c.net, None);
-    let first = call(&c, "quota-check", json!({"run": spec})).await.unwrap();
+    let first = call(&c, Function::QuotaCheck, json!({"run": spec}))
+        .await
+        .unwrap();
     assert_eq!(first["verdict"], "enough", "{first}");
     assert!(
         first["reason"]
@@ -347,9 +353,13 @@ async fn a_denied_spot_quota_does_not_hold_up_what_on_demand_can_serve() {
     );
     // The Spot request still went in, once, for the runs after this one; its denial later
     // changes nothing for this run.
-    let again = call(&c, "quota-check", json!({"run": spec, "quota": first}))
-        .await
-        .unwrap();
+    let again = call(
+        &c,
+        Function::QuotaCheck,
+        json!({"run": spec, "quota": first}),
+    )
+    .await
+    .unwrap();
     assert_eq!(again["verdict"], "enough", "{again}");
     assert_eq!(
         harness().door.with_quotas(c.region, |q| q.increase_calls),

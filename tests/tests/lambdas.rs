@@ -7,7 +7,7 @@ use chrono::Utc;
 use ephemera_core::quota::{QuotaState, QuotaVerdict};
 use ephemera_core::rundoc::{CostReport, WorkerState};
 use ephemera_functions::handlers::{health_check, launch_worker, quota_check, terminate_report};
-use ephemera_functions::{invoke, Aws, Error, Settings};
+use ephemera_functions::{invoke, Aws, Error, Function, Settings};
 use ephemera_tests::fixtures::{self, ctx, Ctx};
 use ephemera_tests::{function_clients, harness, FaultRule};
 use serde_json::{json, Value};
@@ -20,14 +20,14 @@ fn execution(region: &str, run: &str) -> String {
 }
 
 /// Invokes `function` with its own execution role's clients (held to the template's policies).
-async fn call(c: &Ctx, function: &str, payload: Value) -> Result<Value, Error> {
+async fn call(c: &Ctx, function: Function, payload: Value) -> Result<Value, Error> {
     // The worker role's id is what the template sets; the rest as the functions default them.
     let settings = Settings {
         worker_role_id: Some(ephemera_tests::iam::WORKER_ROLE_ID.into()),
         ..Settings::default()
     };
     invoke(
-        &function_clients(c.region, function),
+        &function_clients(c.region, function.name()),
         &settings,
         function,
         payload,
@@ -38,7 +38,7 @@ async fn call(c: &Ctx, function: &str, payload: Value) -> Result<Value, Error> {
 async fn launch(c: &Ctx, spec: &Value, run: &str) -> Result<WorkerState, Error> {
     let out = call(
         c,
-        "launch-worker",
+        Function::LaunchWorker,
         json!({"run": spec, "execution": execution(c.region, run)}),
     )
     .await?;
@@ -246,7 +246,7 @@ async fn over_budget_launches_nothing() {
 
 async fn poll_quota(c: &Ctx, spec: &Value, prev: Option<QuotaState>) -> QuotaState {
     serde_json::from_value(
-        call(c, "quota-check", json!({"run": spec, "quota": prev}))
+        call(c, Function::QuotaCheck, json!({"run": spec, "quota": prev}))
             .await
             .unwrap(),
     )
@@ -347,7 +347,7 @@ async fn health_check_waits_for_the_worker_then_fails_on_deadline_or_termination
     let spec = fixtures::runspec("health", &c.net, None);
     let w = launch(&c, &spec, "health").await.unwrap();
     let input = |w: &WorkerState| json!({"run": spec, "worker": w});
-    let h: Value = call(&c, "health-check", input(&w)).await.unwrap();
+    let h: Value = call(&c, Function::HealthCheck, input(&w)).await.unwrap();
     assert_eq!(h["verdict"], "booting");
     assert!(
         h["detail"].as_str().unwrap().contains("started signal"),
@@ -384,10 +384,10 @@ async fn health_check_waits_for_the_worker_then_fails_on_deadline_or_termination
         }
     };
     put("i-0000000000000000".into()).await;
-    let h: Value = call(&c, "health-check", input(&w)).await.unwrap();
+    let h: Value = call(&c, Function::HealthCheck, input(&w)).await.unwrap();
     assert_eq!(h["verdict"], "booting");
     put(w.current.instance_id.clone()).await;
-    let h: Value = call(&c, "health-check", input(&w)).await.unwrap();
+    let h: Value = call(&c, Function::HealthCheck, input(&w)).await.unwrap();
     assert_eq!(h["verdict"], "healthy", "{h}");
 
     c.aws
@@ -397,7 +397,9 @@ async fn health_check_waits_for_the_worker_then_fails_on_deadline_or_termination
         .send()
         .await
         .unwrap();
-    let err = call(&c, "health-check", input(&w)).await.unwrap_err();
+    let err = call(&c, Function::HealthCheck, input(&w))
+        .await
+        .unwrap_err();
     assert_eq!(err.error_type(), "Ephemera.BootFailed");
     assert!(err.to_string().contains("terminated"), "{err}");
 }
@@ -458,7 +460,7 @@ async fn verify_completion_checks_the_report_and_the_exported_objects() {
         "rows_in": 20, "rows_out": 20, "manifest": format!("s3://{bucket}/runs/verify/manifest.json")});
     let ok: Value = call(
         &c,
-        "verify-completion",
+        Function::VerifyCompletion,
         json!({"run": spec, "result": report}),
     )
     .await
@@ -476,9 +478,13 @@ async fn verify_completion_checks_the_report_and_the_exported_objects() {
     .await;
     let mut bad = report.clone();
     bad["partitions_failed"] = json!(1);
-    let err = call(&c, "verify-completion", json!({"run": spec, "result": bad}))
-        .await
-        .unwrap_err();
+    let err = call(
+        &c,
+        Function::VerifyCompletion,
+        json!({"run": spec, "result": bad}),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.error_type(), "Ephemera.VerificationFailed");
     let msg = err.to_string();
     assert!(msg.contains("no_failed_partitions"), "{msg}");
@@ -494,7 +500,7 @@ async fn terminate_reports_the_cost_by_email_and_is_idempotent() {
     let w = launch(&c, &spec, "terminate").await.unwrap();
     let payload = json!({"run": spec, "execution": execution(c.region, "terminate"), "worker": w});
     let report: CostReport = serde_json::from_value(
-        call(&c, "terminate-with-cost-report", payload.clone())
+        call(&c, Function::TerminateWithCostReport, payload.clone())
             .await
             .unwrap(),
     )
@@ -542,7 +548,7 @@ async fn terminate_reports_the_cost_by_email_and_is_idempotent() {
 
     // Again: nothing to terminate, the same instance reported as already terminated.
     let again: CostReport = serde_json::from_value(
-        call(&c, "terminate-with-cost-report", payload)
+        call(&c, Function::TerminateWithCostReport, payload)
             .await
             .unwrap(),
     )
@@ -560,7 +566,7 @@ async fn cleanup_finds_an_instance_the_run_document_lost_and_refuses_foreign_one
     let report: CostReport = serde_json::from_value(
         call(
             &c,
-            "terminate-with-cost-report",
+            Function::TerminateWithCostReport,
             json!({"run": spec, "execution": execution(c.region, "lost"),
                    "error": {"Error": "States.TaskFailed", "Cause": "crashed"}}),
         )
@@ -667,9 +673,7 @@ async fn a_relaunch_goes_on_demand_and_keeps_both_attempts() {
     let c = ctx().await;
     let spec = fixtures::runspec("relaunch", &c.net, None);
     let first = launch(&c, &spec, "relaunch").await.unwrap();
-    let out = call(
-        &c,
-        "launch-worker",
+    let out = call(&c, Function::LaunchWorker,
         json!({"run": spec, "execution": execution(c.region, "relaunch"), "worker": first, "relaunch": true}),
     )
     .await

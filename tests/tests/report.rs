@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ephemera_core::report_html;
 use ephemera_core::rundoc::{CostReport, StoredReport, WorkerState};
-use ephemera_functions::{invoke, Error, Settings};
+use ephemera_functions::{invoke, Error, Function, Settings};
 use ephemera_tests::fixtures::{self, ctx, Ctx};
 use ephemera_tests::function_clients;
 use ephemera_tests::iam::{ARTIFACT_BUCKET, EXPORT_BUCKET};
@@ -18,14 +18,14 @@ fn execution(region: &str, run: &str) -> String {
 }
 
 /// Invokes `function` as its execution role, with the artifact bucket the template sets.
-async fn call(c: &Ctx, function: &str, payload: Value) -> Result<Value, Error> {
+async fn call(c: &Ctx, function: Function, payload: Value) -> Result<Value, Error> {
     let settings = Settings {
         artifact_bucket: Some(ARTIFACT_BUCKET.into()),
         worker_role_id: Some(ephemera_tests::iam::WORKER_ROLE_ID.into()),
         ..Settings::default()
     };
     invoke(
-        &function_clients(c.region, function),
+        &function_clients(c.region, function.name()),
         &settings,
         function,
         payload,
@@ -66,7 +66,7 @@ async fn get(c: &Ctx, bucket: &str, key: &str) -> (String, Vec<u8>) {
 async fn launch(c: &Ctx, spec: &Value, run: &str) -> WorkerState {
     let out = call(
         c,
-        "launch-worker",
+        Function::LaunchWorker,
         json!({"run": spec, "execution": execution(c.region, run)}),
     )
     .await
@@ -92,7 +92,7 @@ async fn the_report_is_stored_beside_the_manifest_and_linked_from_the_email() {
     let report: CostReport = serde_json::from_value(
         call(
             &c,
-            "terminate-with-cost-report",
+            Function::TerminateWithCostReport,
             json!({"run": spec, "execution": execution(c.region, run), "worker": w,
                    "result": result, "verification": verification}),
         )
@@ -168,7 +168,7 @@ async fn a_run_without_export_reports_to_the_artifact_bucket_and_a_refusal_is_a_
     let payload = json!({"run": spec, "execution": execution(c.region, run), "worker": w,
         "error": {"Error": "Worker.Failed", "Cause": "<script>alert(1)</script>"}});
     let report: CostReport = serde_json::from_value(
-        call(&c, "terminate-with-cost-report", payload.clone())
+        call(&c, Function::TerminateWithCostReport, payload.clone())
             .await
             .unwrap(),
     )
@@ -188,7 +188,7 @@ async fn a_run_without_export_reports_to_the_artifact_bucket_and_a_refusal_is_a_
     elsewhere["run"]["expect"] =
         json!({"export_prefix": format!("s3://ephemera-elsewhere/runs/{run}/")});
     let report: CostReport = serde_json::from_value(
-        call(&c, "terminate-with-cost-report", elsewhere)
+        call(&c, Function::TerminateWithCostReport, elsewhere)
             .await
             .unwrap(),
     )

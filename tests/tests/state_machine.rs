@@ -574,7 +574,7 @@ async fn the_spot_warning_event_relaunches_at_once() {
                 let out = ephemera_functions::invoke(
                     &ephemera_tests::function_clients(region, "spot-interruption"),
                     &ephemera_functions::Settings::default(),
-                    "spot-interruption",
+                    ephemera_functions::Function::SpotInterruption,
                     event,
                 )
                 .await

@@ -2,7 +2,7 @@
 
 use aws_sdk_ec2::types::{InstanceType, ResourceType, Tag, TagSpecification};
 use chrono::{Duration, SecondsFormat, Utc};
-use ephemera_functions::{invoke, Settings};
+use ephemera_functions::{invoke, Function, Settings};
 use ephemera_tests::{clients, fixtures, fresh_region, function_clients};
 use serde_json::{json, Value};
 
@@ -93,7 +93,7 @@ async fn sweeps_instances_whose_run_is_over_or_past_its_deadline() {
     let out: Value = invoke(
         &role,
         &settings,
-        "sweeper",
+        Function::Sweeper,
         json!({"detail-type": "Scheduled Event"}),
     )
     .await
@@ -123,7 +123,7 @@ async fn sweeps_instances_whose_run_is_over_or_past_its_deadline() {
     );
 
     // Nothing left to sweep: no email, nothing terminated.
-    let again: Value = invoke(&role, &settings, "sweeper", json!({}))
+    let again: Value = invoke(&role, &settings, Function::Sweeper, json!({}))
         .await
         .unwrap();
     assert_eq!(again["terminated"].as_array().unwrap().len(), 0);

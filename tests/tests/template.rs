@@ -59,9 +59,9 @@ fn every_lambda_of_the_template_is_a_binary_of_the_functions_crate() {
         .filter_map(|l| l.trim().strip_prefix("Binary: "))
         .map(str::to_string)
         .collect();
-    let functions: BTreeSet<String> = ephemera_functions::FUNCTIONS
+    let functions: BTreeSet<String> = ephemera_functions::Function::ALL
         .iter()
-        .map(|s| s.to_string())
+        .map(|f| f.name().to_string())
         .collect();
     assert_eq!(binaries, functions);
     for f in &functions {

@@ -1,9 +1,11 @@
-//! Runs a handler by function name with the real clients: used by the Lambda bootstraps and by
-//! the test harness's front door, so both execute exactly the same code.
+//! The functions, and one entry per function over the clients it calls: each bootstrap
+//! (`src/bin/<name>.rs`) calls its own entry, so it links one handler and its SDK clients only;
+//! the test harness's front door calls them all through [`invoke`], so both run the same code.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use crate::aws::pricing::PriceListApi;
 use crate::aws::Aws;
 use crate::error::Error;
 use crate::handlers::{
@@ -11,15 +13,65 @@ use crate::handlers::{
     terminate_report, verify_completion,
 };
 
-pub const FUNCTIONS: [&str; 7] = [
-    "quota-check",
-    "launch-worker",
-    "health-check",
-    "verify-completion",
-    "terminate-with-cost-report",
-    "sweeper",
-    "spot-interruption",
-];
+/// The Lambdas of template.yaml, each a binary of this crate named after it
+/// (`src/bin/<name>.rs`) that links only its own handler and clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Function {
+    QuotaCheck,
+    LaunchWorker,
+    HealthCheck,
+    VerifyCompletion,
+    TerminateWithCostReport,
+    Sweeper,
+    SpotInterruption,
+}
+
+impl Function {
+    pub const ALL: [Function; 7] = [
+        Function::QuotaCheck,
+        Function::LaunchWorker,
+        Function::HealthCheck,
+        Function::VerifyCompletion,
+        Function::TerminateWithCostReport,
+        Function::Sweeper,
+        Function::SpotInterruption,
+    ];
+
+    /// The binary's name, and the function's in template.yaml (`Metadata.BuildProperties.Binary`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Function::QuotaCheck => "quota-check",
+            Function::LaunchWorker => "launch-worker",
+            Function::HealthCheck => "health-check",
+            Function::VerifyCompletion => "verify-completion",
+            Function::TerminateWithCostReport => "terminate-with-cost-report",
+            Function::Sweeper => "sweeper",
+            Function::SpotInterruption => "spot-interruption",
+        }
+    }
+}
+
+impl std::fmt::Display for Function {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Function {
+    type Err = Error;
+    fn from_str(name: &str) -> Result<Function, Error> {
+        Function::ALL
+            .into_iter()
+            .find(|f| f.name() == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Function::ALL.iter().map(|f| f.name()).collect();
+                Error::Internal(format!(
+                    "unknown function '{name}'; known: {}",
+                    known.join(", ")
+                ))
+            })
+    }
+}
 
 /// Deployment settings, read from the function's environment.
 #[derive(Debug, Clone, Default)]
@@ -63,102 +115,191 @@ fn out<T: serde::Serialize>(v: T) -> Result<Value, Error> {
     serde_json::to_value(v).map_err(|e| Error::Internal(format!("output: {e}")))
 }
 
+/// Runs `function` with the clients of `aws` (the test harness's front door: the same code the
+/// bootstraps run).
 pub async fn invoke(
     aws: &Aws,
     settings: &Settings,
-    function: &str,
+    function: Function,
     payload: Value,
 ) -> Result<Value, Error> {
     let now = Utc::now();
+    let region = aws.region.as_str();
     match function {
-        "quota-check" => out(quota_check::handle(
-            &aws.ec2,
-            &aws.quotas,
-            &quota_check::Config {
-                region: aws.region.clone(),
-                allowed_topics: settings.allowed_topics.clone(),
-                artifact_bucket: settings.artifact_bucket.clone(),
-            },
-            parse_input(function, payload)?,
-            now,
-        )
-        .await?),
-        "launch-worker" => {
-            let config = launch_worker::Config {
-                region: aws.region.clone(),
-                instance_profile: settings.worker_instance_profile.clone(),
-                worker_role_id: settings.worker_role_id.clone(),
-            };
-            out(launch_worker::handle(
+        Function::QuotaCheck => {
+            quota_check(&aws.ec2, &aws.quotas, region, settings, payload, now).await
+        }
+        Function::LaunchWorker => {
+            launch_worker(
                 &aws.ec2,
                 &aws.pricing,
                 &aws.ssm,
-                &config,
-                parse_input(function, payload)?,
+                region,
+                settings,
+                payload,
                 now,
             )
-            .await?)
+            .await
         }
-        "health-check" => {
-            out(
-                health_check::handle(&aws.ec2, &aws.ssm, parse_input(function, payload)?, now)
-                    .await?,
-            )
-        }
-        "verify-completion" => {
-            out(verify_completion::handle(&aws.s3, parse_input(function, payload)?, now).await?)
-        }
-        "terminate-with-cost-report" => {
-            let config = terminate_report::Config {
-                region: aws.region.clone(),
-                default_topic: settings.default_topic.clone(),
-                lambda_memory_mb: settings.lambda_memory_mb,
-                artifact_bucket: settings.artifact_bucket.clone(),
+        Function::HealthCheck => health_check(&aws.ec2, &aws.ssm, payload, now).await,
+        Function::VerifyCompletion => verify_completion(&aws.s3, payload, now).await,
+        Function::TerminateWithCostReport => {
+            let clients = TerminateClients {
+                ec2: &aws.ec2,
+                prices: &aws.pricing,
+                sns: &aws.sns,
+                history: &aws.sfn,
+                objects: &aws.s3,
             };
-            out(terminate_report::handle(
-                &aws.ec2,
-                &aws.pricing,
-                &aws.sns,
-                &aws.sfn,
-                &aws.s3,
-                &config,
-                parse_input(function, payload)?,
-                now,
-            )
-            .await?)
+            terminate_with_cost_report(clients, region, settings, payload, now).await
         }
-        "sweeper" => out(sweeper::handle(
-            &aws.ec2,
-            &aws.sfn,
-            &aws.sns,
-            settings.default_topic.as_deref(),
-            now,
-        )
-        .await?),
-        "spot-interruption" => out(spot_interruption::handle(
-            &aws.ec2,
-            &aws.ssm,
-            &aws.sfn,
-            parse_input(function, payload)?,
-        )
-        .await?),
-        other => Err(Error::Internal(format!(
-            "unknown function '{other}'; known: {}",
-            FUNCTIONS.join(", ")
-        ))),
+        Function::Sweeper => sweeper(&aws.ec2, &aws.sfn, &aws.sns, settings, now).await,
+        Function::SpotInterruption => {
+            spot_interruption(&aws.ec2, &aws.ssm, &aws.sfn, payload).await
+        }
     }
 }
 
-/// The body of every bootstrap: JSON logs, clients built once, then serve events.
-pub async fn serve(function: &'static str) -> Result<(), lambda_runtime::Error> {
-    lambda_runtime::tracing::init_default_subscriber();
-    let aws = Aws::from_env().await;
-    let settings = Settings::from_env();
+// One entry per function, over the clients it calls and nothing else: a bootstrap that calls
+// one of these links one handler and its SDK clients only.
+
+pub async fn quota_check(
+    ec2: &aws_sdk_ec2::Client,
+    quotas: &aws_sdk_servicequotas::Client,
+    region: &str,
+    settings: &Settings,
+    payload: Value,
+    now: DateTime<Utc>,
+) -> Result<Value, Error> {
+    let config = quota_check::Config {
+        region: region.into(),
+        allowed_topics: settings.allowed_topics.clone(),
+        artifact_bucket: settings.artifact_bucket.clone(),
+    };
+    let input = parse_input(Function::QuotaCheck.name(), payload)?;
+    out(quota_check::handle(ec2, quotas, &config, input, now).await?)
+}
+
+pub async fn launch_worker(
+    ec2: &aws_sdk_ec2::Client,
+    prices: &PriceListApi,
+    ssm: &aws_sdk_ssm::Client,
+    region: &str,
+    settings: &Settings,
+    payload: Value,
+    now: DateTime<Utc>,
+) -> Result<Value, Error> {
+    let config = launch_worker::Config {
+        region: region.into(),
+        instance_profile: settings.worker_instance_profile.clone(),
+        worker_role_id: settings.worker_role_id.clone(),
+    };
+    let input = parse_input(Function::LaunchWorker.name(), payload)?;
+    out(launch_worker::handle(ec2, prices, ssm, &config, input, now).await?)
+}
+
+pub async fn health_check(
+    ec2: &aws_sdk_ec2::Client,
+    ssm: &aws_sdk_ssm::Client,
+    payload: Value,
+    now: DateTime<Utc>,
+) -> Result<Value, Error> {
+    let input = parse_input(Function::HealthCheck.name(), payload)?;
+    out(health_check::handle(ec2, ssm, input, now).await?)
+}
+
+pub async fn verify_completion(
+    s3: &aws_sdk_s3::Client,
+    payload: Value,
+    now: DateTime<Utc>,
+) -> Result<Value, Error> {
+    let input = parse_input(Function::VerifyCompletion.name(), payload)?;
+    out(verify_completion::handle(s3, input, now).await?)
+}
+
+/// terminate-with-cost-report's clients: it calls five services.
+pub struct TerminateClients<'a> {
+    pub ec2: &'a aws_sdk_ec2::Client,
+    pub prices: &'a PriceListApi,
+    pub sns: &'a aws_sdk_sns::Client,
+    pub history: &'a aws_sdk_sfn::Client,
+    pub objects: &'a aws_sdk_s3::Client,
+}
+
+pub async fn terminate_with_cost_report(
+    c: TerminateClients<'_>,
+    region: &str,
+    settings: &Settings,
+    payload: Value,
+    now: DateTime<Utc>,
+) -> Result<Value, Error> {
+    let config = terminate_report::Config {
+        region: region.into(),
+        default_topic: settings.default_topic.clone(),
+        lambda_memory_mb: settings.lambda_memory_mb,
+        artifact_bucket: settings.artifact_bucket.clone(),
+    };
+    let input = parse_input(Function::TerminateWithCostReport.name(), payload)?;
+    out(terminate_report::handle(
+        c.ec2, c.prices, c.sns, c.history, c.objects, &config, input, now,
+    )
+    .await?)
+}
+
+pub async fn sweeper(
+    ec2: &aws_sdk_ec2::Client,
+    sfn: &aws_sdk_sfn::Client,
+    sns: &aws_sdk_sns::Client,
+    settings: &Settings,
+    now: DateTime<Utc>,
+) -> Result<Value, Error> {
+    out(sweeper::handle(ec2, sfn, sns, settings.default_topic.as_deref(), now).await?)
+}
+
+pub async fn spot_interruption(
+    ec2: &aws_sdk_ec2::Client,
+    ssm: &aws_sdk_ssm::Client,
+    sfn: &aws_sdk_sfn::Client,
+    payload: Value,
+) -> Result<Value, Error> {
+    let input = parse_input(Function::SpotInterruption.name(), payload)?;
+    out(spot_interruption::handle(ec2, ssm, sfn, input).await?)
+}
+
+/// The body of every bootstrap: JSON logs, then `handler` for each event. The bootstrap builds
+/// its clients once, from [`sdk_config`], before calling this.
+pub async fn serve<F, Fut>(handler: F) -> Result<(), lambda_runtime::Error>
+where
+    F: Fn(Value) -> Fut,
+    Fut: std::future::Future<Output = Result<Value, Error>>,
+{
     lambda_runtime::run(lambda_runtime::service_fn(
-        |event: lambda_runtime::LambdaEvent<Value>| {
-            let (aws, settings) = (&aws, &settings);
-            async move { invoke(aws, settings, function, event.payload).await }
-        },
+        |event: lambda_runtime::LambdaEvent<Value>| handler(event.payload),
     ))
     .await
+}
+
+/// The function's SDK configuration (region, credentials from its role); logging starts here,
+/// so that the clients' own lines are JSON too.
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    lambda_runtime::tracing::init_default_subscriber();
+    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_function_is_found_by_its_name_and_no_other() {
+        for f in Function::ALL {
+            assert_eq!(f.name().parse::<Function>().unwrap(), f);
+        }
+        let names: std::collections::BTreeSet<&str> =
+            Function::ALL.iter().map(|f| f.name()).collect();
+        assert_eq!(names.len(), Function::ALL.len(), "names are distinct");
+        let e = "launch".parse::<Function>().unwrap_err().to_string();
+        assert!(e.contains("unknown function 'launch'"), "{e}");
+        assert!(e.contains("launch-worker"), "{e}");
+    }
 }

@@ -6,5 +6,5 @@ pub mod error;
 pub mod handlers;
 
 pub use aws::Aws;
-pub use dispatch::{invoke, Settings, FUNCTIONS};
+pub use dispatch::{invoke, Function, Settings};
 pub use error::Error;

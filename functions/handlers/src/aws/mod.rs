@@ -36,30 +36,33 @@ pub struct Aws {
 }
 
 impl Aws {
-    pub async fn from_env() -> Aws {
-        let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        Aws::from_conf(&conf)
-    }
-
     pub fn from_conf(conf: &SdkConfig) -> Aws {
-        // Against an emulator (a custom endpoint) buckets cannot be virtual hosts.
-        let s3 = aws_sdk_s3::config::Builder::from(conf)
-            .force_path_style(conf.endpoint_url().is_some())
-            .build();
         Aws {
-            region: conf
-                .region()
-                .map(|r| r.to_string())
-                .unwrap_or_else(|| "us-east-1".to_string()),
+            region: region(conf),
             ec2: aws_sdk_ec2::Client::new(conf),
             quotas: aws_sdk_servicequotas::Client::new(conf),
             sns: aws_sdk_sns::Client::new(conf),
             ssm: aws_sdk_ssm::Client::new(conf),
-            s3: aws_sdk_s3::Client::from_conf(s3),
+            s3: s3_client(conf),
             sfn: aws_sdk_sfn::Client::new(conf),
             pricing: pricing::PriceListApi::new(conf),
         }
     }
+}
+
+/// The function's region (Lambda sets AWS_REGION).
+pub fn region(conf: &SdkConfig) -> String {
+    conf.region()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| "us-east-1".to_string())
+}
+
+/// The S3 client; against an emulator (a custom endpoint) buckets cannot be virtual hosts.
+pub fn s3_client(conf: &SdkConfig) -> aws_sdk_s3::Client {
+    let s3 = aws_sdk_s3::config::Builder::from(conf)
+        .force_path_style(conf.endpoint_url().is_some())
+        .build();
+    aws_sdk_s3::Client::from_conf(s3)
 }
 
 pub(crate) fn to_chrono(d: &aws_smithy_types::DateTime) -> DateTime<Utc> {

@@ -1,6 +1,24 @@
 //! The launch-worker Lambda.
+//! It links its own handler and the clients it calls, nothing else.
+
+use chrono::Utc;
+use ephemera_functions::{
+    aws::pricing::PriceListApi, aws::region, dispatch, dispatch::sdk_config, dispatch::serve,
+    Settings,
+};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    ephemera_functions::dispatch::serve("launch-worker").await
+    let conf = sdk_config().await;
+    let (ec2, ssm) = (
+        aws_sdk_ec2::Client::new(&conf),
+        aws_sdk_ssm::Client::new(&conf),
+    );
+    let prices = PriceListApi::new(&conf);
+    let region = region(&conf);
+    let settings = Settings::from_env();
+    serve(|payload| {
+        dispatch::launch_worker(&ec2, &prices, &ssm, &region, &settings, payload, Utc::now())
+    })
+    .await
 }

@@ -1,6 +1,18 @@
 //! The quota-check Lambda.
+//! It links its own handler and the clients it calls, nothing else.
+
+use chrono::Utc;
+use ephemera_functions::{aws::region, dispatch, dispatch::sdk_config, dispatch::serve, Settings};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    ephemera_functions::dispatch::serve("quota-check").await
+    let conf = sdk_config().await;
+    let (ec2, quotas) = (
+        aws_sdk_ec2::Client::new(&conf),
+        aws_sdk_servicequotas::Client::new(&conf),
+    );
+    let region = region(&conf);
+    let settings = Settings::from_env();
+    serve(|payload| dispatch::quota_check(&ec2, &quotas, &region, &settings, payload, Utc::now()))
+        .await
 }

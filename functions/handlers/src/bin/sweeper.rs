@@ -1,6 +1,15 @@
 //! The sweeper Lambda (scheduled): terminates instances that outlived their run.
+//! It links its own handler and the clients it calls, nothing else.
+
+use chrono::Utc;
+use ephemera_functions::{dispatch, dispatch::sdk_config, dispatch::serve, Settings};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    ephemera_functions::dispatch::serve("sweeper").await
+    let conf = sdk_config().await;
+    let ec2 = aws_sdk_ec2::Client::new(&conf);
+    let sfn = aws_sdk_sfn::Client::new(&conf);
+    let sns = aws_sdk_sns::Client::new(&conf);
+    let settings = Settings::from_env();
+    serve(|_| dispatch::sweeper(&ec2, &sfn, &sns, &settings, Utc::now())).await
 }
