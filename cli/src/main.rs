@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use ephemera_core::RunSpec;
+use ephemera_functions::aws::LedgerTable;
 
 use crate::errors::{CliError, Op};
 
@@ -75,6 +76,10 @@ enum Command {
     Runs {
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        /// The run ledger (the stack output LedgerTableName); by default the stack's, named
+        /// after the state machine (`<stack>-worker` → `<stack>-ledger`).
+        #[arg(long, env = "EPHEMERA_LEDGER_TABLE")]
+        ledger: Option<String>,
     },
     /// A run's cost report, as the email tells it.
     Report {
@@ -138,6 +143,16 @@ fn load(path: &Path) -> Result<(serde_json::Value, RunSpec), CliError> {
 }
 
 /// The ARN whose region the calls go to: RUN's when it is an execution ARN, else the machine's.
+/// The ledger table: as given, or the stack's, from the state machine's name
+/// (template.yaml names them `<stack>-worker` and `<stack>-ledger`).
+fn ledger_table(given: Option<&str>, machine: &str) -> Option<String> {
+    if let Some(t) = given {
+        return Some(t.to_string());
+    }
+    let name = machine.rsplit(':').next()?;
+    Some(format!("{}-ledger", name.strip_suffix("-worker")?))
+}
+
 fn arn_hint<'a>(run: Option<&'a str>, machine: Option<&'a str>) -> Option<&'a str> {
     run.filter(|r| resolve::is_execution_arn(r)).or(machine)
 }
@@ -215,11 +230,15 @@ async fn run(cli: Cli) -> Result<Outcome, CliError> {
             let e = resolve::resolve(&sfn, machine, run.as_deref()).await?;
             runs::status(&sfn, &e).await
         }
-        Command::Runs { limit } => {
+        Command::Runs { limit, ledger } => {
             let machine = resolve::need_machine(machine, "runs")?;
             let conf = aws::config(g, Some(machine)).await?;
             let sfn = aws_sdk_sfn::Client::new(&conf);
-            runs::runs(&sfn, machine, limit).await
+            let ledger = ledger_table(ledger.as_deref(), machine).map(|table| LedgerTable {
+                client: aws_sdk_dynamodb::Client::new(&conf),
+                table,
+            });
+            runs::runs(&sfn, ledger.as_ref(), machine, limit).await
         }
         Command::Report { run, json, html } => {
             let conf = aws::config(g, arn_hint(Some(&run), machine)).await?;
@@ -243,5 +262,22 @@ async fn run(cli: Cli) -> Result<Outcome, CliError> {
             )
             .await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ledger_table;
+
+    #[test]
+    fn the_ledger_is_the_stacks_unless_named() {
+        let machine = "arn:aws:states:eu-west-1:123456789012:stateMachine:prod-worker";
+        assert_eq!(ledger_table(None, machine).as_deref(), Some("prod-ledger"));
+        assert_eq!(ledger_table(Some("t"), machine).as_deref(), Some("t"));
+        // A state machine not named as the template names it: no guess.
+        assert_eq!(
+            ledger_table(None, "arn:aws:states:eu-west-1:1:stateMachine:mine"),
+            None
+        );
     }
 }

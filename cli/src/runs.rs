@@ -1,6 +1,8 @@
 //! `ephemera runs` (recent runs with outcome and cost) and `ephemera status [RUN]`.
 
 use chrono::{DateTime, Utc};
+use ephemera_core::ledger;
+use ephemera_functions::aws::{Ledger, LedgerTable};
 use serde_json::Value;
 
 use crate::errors::CliError;
@@ -83,6 +85,7 @@ fn actual_usd(report: &Value) -> Option<f64> {
 
 pub async fn runs(
     sfn: &aws_sdk_sfn::Client,
+    ledger: Option<&LedgerTable>,
     machine: &str,
     limit: usize,
 ) -> Result<Outcome, CliError> {
@@ -105,7 +108,42 @@ pub async fn runs(
         });
     }
     println!("{}", table(&rows));
+    if let Some(l) = ledger {
+        // The month's spend is a summary line: a ledger that cannot be read does not fail the
+        // listing above it.
+        let month = ledger::month_of(Utc::now());
+        match l.entries(&month).await {
+            Ok(entries) => println!("\n{}", month_line(&month, &l.table, &entries)),
+            Err(e) => eprintln!("the ledger {} could not be read: {e}", l.table),
+        }
+    }
     Ok(Outcome::Done)
+}
+
+/// `2026-11 so far: $667.06 spent or reserved by 2 runs (1 running, 1 ended) [ledger …]`.
+pub fn month_line(month: &str, table: &str, entries: &[ledger::Entry]) -> String {
+    let count = |s: ledger::EntryState| entries.iter().filter(|e| e.state == s).count();
+    let mut states = vec![];
+    for (s, name) in [
+        (ledger::EntryState::Running, "running"),
+        (ledger::EntryState::Ended, "ended"),
+        (ledger::EntryState::Swept, "swept by the sweeper"),
+    ] {
+        if count(s) > 0 {
+            states.push(format!("{} {name}", count(s)));
+        }
+    }
+    format!(
+        "{month} so far: ${:.2} spent or reserved by {} run{}{} [ledger {table}]",
+        ledger::month_to_date(entries),
+        entries.len(),
+        if entries.len() == 1 { "" } else { "s" },
+        if states.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", states.join(", "))
+        }
+    )
 }
 
 pub async fn status(sfn: &aws_sdk_sfn::Client, e: &Execution) -> Result<Outcome, CliError> {
@@ -170,6 +208,35 @@ pub async fn status(sfn: &aws_sdk_sfn::Client, e: &Execution) -> Result<Outcome,
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_months_line_counts_what_each_run_is_charged() {
+        use ephemera_core::ledger::{Entry, EntryState};
+        let e = |x: &str, reserved: f64, actual: Option<f64>, state| Entry {
+            execution: x.into(),
+            run_id: x.into(),
+            month: "2026-11".into(),
+            reserved_usd: reserved,
+            actual_usd: actual,
+            state,
+        };
+        let line = super::month_line(
+            "2026-11",
+            "ephemera-ledger",
+            &[
+                e("a", 3.0, Some(1.25), EntryState::Ended),
+                e("b", 2.0, None, EntryState::Running),
+            ],
+        );
+        assert_eq!(
+            line,
+            "2026-11 so far: $3.25 spent or reserved by 2 runs (1 running, 1 ended) [ledger ephemera-ledger]"
+        );
+        assert_eq!(
+            super::month_line("2026-12", "t", &[]),
+            "2026-12 so far: $0.00 spent or reserved by 0 runs [ledger t]"
+        );
+    }
+
     use super::*;
     use crate::history::tests::at;
 

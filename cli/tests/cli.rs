@@ -181,6 +181,16 @@ async fn run_follows_to_the_report_and_the_run_reads_back_with_every_verb() {
         .unwrap_or_else(|| panic!("{stdout}"));
     assert!(row.contains("SUCCEEDED") && row.contains(" $0."), "{row}");
     assert!(stdout.starts_with("RUN "), "{stdout}");
+    // The month so far, from the stack's ledger: this run, ended at its measured cost.
+    let month = ephemera_core::ledger::month_of(chrono::Utc::now());
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("{month} so far: $")))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        line.contains("by 1 run (1 ended) [ledger ephemera-ledger]"),
+        "{line}"
+    );
 
     // report by run id (text), by execution name (JSON).
     let out =

@@ -70,6 +70,9 @@ pub struct FrontDoor {
     /// (region, action, code) of every fault answered.
     pub faults_fired: Mutex<Vec<(String, String, String)>>,
     pub settings: Mutex<Settings>,
+    /// Regions where the stack's ledger table exists (created on the first invocation there,
+    /// as a deployment in that region would have it).
+    ledgers: Mutex<std::collections::HashSet<String>>,
     endpoint: Mutex<Option<String>>,
     /// The template's policies, enforced for every principal's request (see `iam`).
     policies: Policies,
@@ -113,6 +116,7 @@ impl FrontDoor {
             invocations: Mutex::default(),
             faults_fired: Mutex::default(),
             settings: Mutex::default(),
+            ledgers: Mutex::default(),
             endpoint: Mutex::default(),
             policies: Policies::from_template_file(
                 &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../template.yaml"),
@@ -712,6 +716,13 @@ async fn invoke_lambda(
     settings
         .worker_role_id
         .get_or_insert(crate::iam::WORKER_ROLE_ID.to_string());
+    settings
+        .ledger_table
+        .get_or_insert(crate::iam::LEDGER_TABLE.to_string());
+    if settings.monthly_budget_usd == 0.0 {
+        settings.monthly_budget_usd = crate::iam::MONTHLY_BUDGET_USD;
+    }
+    door.ensure_ledger(region).await;
     let result = match function.parse::<ephemera_functions::Function>() {
         Ok(f) => ephemera_functions::invoke(&aws, &settings, f, payload).await,
         Err(unknown) => Err(unknown),
@@ -1050,6 +1061,43 @@ impl FrontDoor {
     }
 
     /// An instance's tags as moto holds them (for `ec2:ResourceTag/…` conditions).
+    /// The ledger table of template.yaml (`LedgerTable`), in `region`.
+    pub async fn ensure_ledger(&self, region: &str) {
+        if self.ledgers.lock().unwrap().contains(region) {
+            return;
+        }
+        let table = serde_json::json!({
+            "TableName": crate::iam::LEDGER_TABLE,
+            "BillingMode": "PAY_PER_REQUEST",
+            "AttributeDefinitions": [
+                {"AttributeName": "execution", "AttributeType": "S"},
+                {"AttributeName": "month", "AttributeType": "S"}
+            ],
+            "KeySchema": [{"AttributeName": "execution", "KeyType": "HASH"}],
+            "GlobalSecondaryIndexes": [{
+                "IndexName": "by-month",
+                "KeySchema": [{"AttributeName": "month", "KeyType": "HASH"}],
+                "Projection": {"ProjectionType": "ALL"}
+            }]
+        });
+        let created = self
+            .http
+            .post(format!("{}/", self.moto))
+            .header("content-type", "application/x-amz-json-1.0")
+            .header("x-amz-target", "DynamoDB_20120810.CreateTable")
+            .header(
+                "authorization",
+                format!("AWS4-HMAC-SHA256 Credential=testing/20260101/{region}/dynamodb/aws4_request, SignedHeaders=host, Signature=0"),
+            )
+            .body(table.to_string())
+            .send()
+            .await;
+        // Created now, or by a call that raced this one (ResourceInUseException).
+        if created.is_ok() {
+            self.ledgers.lock().unwrap().insert(region.to_string());
+        }
+    }
+
     /// A parameter's tags as moto keeps them; none when it does not exist.
     async fn parameter_tags(&self, region: &str, name: &str) -> Vec<(String, String)> {
         let Ok(resp) = self

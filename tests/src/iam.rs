@@ -23,6 +23,10 @@ pub const REPORT_TOPIC: &str = "ephemera-reports";
 pub const WORKER_PROFILE: &str = "ephemera-worker";
 /// The worker role's RoleId (`!GetAtt WorkerRole.RoleId`; AWS's are `AROA` and 17 more).
 pub const WORKER_ROLE_ID: &str = "AROAEPHEMERAWORKER001";
+/// The run ledger's table (`LedgerTable`, named `${AWS::StackName}-ledger`).
+pub const LEDGER_TABLE: &str = "ephemera-ledger";
+/// The template's default `MonthlyBudgetUsd`.
+pub const MONTHLY_BUDGET_USD: f64 = 833.0;
 /// A worker signing with the key of no particular instance (the CLI tests' log reader).
 const NO_INSTANCE: &str = "i-worker";
 
@@ -206,6 +210,7 @@ impl Resolver<'_> {
             }
             "WorkerRole" => format!("{STACK}-worker-role"),
             "WorkerInstanceProfile" => WORKER_PROFILE.into(),
+            "LedgerTable" => LEDGER_TABLE.into(),
             other => match self.resource(other) {
                 Some(r)
                     if r.get("Type").and_then(Yaml::as_str)
@@ -226,6 +231,9 @@ impl Resolver<'_> {
         match what {
             "WorkerRole.Arn" => format!("arn:aws:iam::{ACCOUNT}:role/{STACK}-worker-role"),
             "WorkerRole.RoleId" => WORKER_ROLE_ID.into(),
+            "LedgerTable.Arn" => {
+                format!("arn:aws:dynamodb:${{AWS::Region}}:{ACCOUNT}:table/{LEDGER_TABLE}")
+            }
             "ReportTopic.TopicName" => REPORT_TOPIC.into(),
             "WorkerInstanceProfile.Arn" => {
                 format!("arn:aws:iam::{ACCOUNT}:instance-profile/{WORKER_PROFILE}")

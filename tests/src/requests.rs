@@ -228,6 +228,18 @@ fn json_checks(region: &str, service: &str, op: &str, input: &serde_json::Value)
             s("logGroupName"),
             s("logStreamName")
         )],
+        // DynamoDB: a table's ARN, or its index's for a Query or Scan of one
+        // (https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/specifying-conditions.html).
+        ("dynamodb", _) if input["TableName"].is_string() => {
+            let table = format!(
+                "arn:aws:dynamodb:{region}:{ACCOUNT}:table/{}",
+                s("TableName")
+            );
+            vec![match input["IndexName"].as_str() {
+                Some(index) if matches!(op, "Query" | "Scan") => format!("{table}/index/{index}"),
+                _ => table,
+            }]
+        }
         ("secretsmanager", "GetSecretValue" | "DescribeSecret") => {
             let id = s("SecretId");
             vec![if id.starts_with("arn:") {

@@ -601,6 +601,7 @@ async fn cleanup_finds_an_instance_the_run_document_lost_and_refuses_foreign_one
         &role.sns,
         &role.sfn,
         &role.s3,
+        None::<&ephemera_functions::aws::LedgerTable>,
         &terminate_report::Config::default(),
         serde_json::from_value(
             json!({"run": spec, "execution": execution(c.region, "other"), "worker": doc}),

@@ -4,6 +4,7 @@ pub mod capacity;
 pub mod catalog;
 pub mod cost;
 pub mod health;
+pub mod ledger;
 pub mod names;
 pub mod quota;
 pub mod report_html;

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::aws::pricing::PriceListApi;
-use crate::aws::Aws;
+use crate::aws::{Aws, LedgerTable};
 use crate::error::Error;
 use crate::handlers::{
     health_check, launch_worker, parse_input, quota_check, spot_interruption, sweeper,
@@ -80,6 +80,11 @@ pub struct Settings {
     pub worker_instance_profile: Option<String>,
     /// EPHEMERA_WORKER_ROLE_ID: the worker role's RoleId (who may read a task token).
     pub worker_role_id: Option<String>,
+    /// EPHEMERA_LEDGER_TABLE: the run ledger; without it no run is recorded or held to the
+    /// monthly budget.
+    pub ledger_table: Option<String>,
+    /// EPHEMERA_MONTHLY_BUDGET_USD: the month's ceiling over every run; 0 is none.
+    pub monthly_budget_usd: f64,
     pub lambda_memory_mb: u32,
     /// EPHEMERA_ALLOWED_TOPICS: the topics a RunSpec may name (comma-separated).
     pub allowed_topics: Vec<String>,
@@ -95,6 +100,10 @@ impl Settings {
             default_topic: var("EPHEMERA_TOPIC_ARN"),
             worker_instance_profile: var("EPHEMERA_WORKER_PROFILE"),
             worker_role_id: var("EPHEMERA_WORKER_ROLE_ID"),
+            ledger_table: var("EPHEMERA_LEDGER_TABLE"),
+            monthly_budget_usd: var("EPHEMERA_MONTHLY_BUDGET_USD")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0),
             lambda_memory_mb: var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
                 .and_then(|m| m.parse().ok())
                 .unwrap_or(128),
@@ -109,6 +118,14 @@ impl Settings {
             artifact_bucket: var("EPHEMERA_ARTIFACT_BUCKET"),
         }
     }
+}
+
+/// The ledger table, when the deployment has one.
+pub fn ledger(dynamodb: &aws_sdk_dynamodb::Client, settings: &Settings) -> Option<LedgerTable> {
+    settings.ledger_table.as_ref().map(|table| LedgerTable {
+        client: dynamodb.clone(),
+        table: table.clone(),
+    })
 }
 
 fn out<T: serde::Serialize>(v: T) -> Result<Value, Error> {
@@ -130,16 +147,14 @@ pub async fn invoke(
             quota_check(&aws.ec2, &aws.quotas, region, settings, payload, now).await
         }
         Function::LaunchWorker => {
-            launch_worker(
-                &aws.ec2,
-                &aws.pricing,
-                &aws.ssm,
-                region,
-                settings,
-                payload,
-                now,
-            )
-            .await
+            let clients = LaunchClients {
+                ec2: &aws.ec2,
+                prices: &aws.pricing,
+                ssm: &aws.ssm,
+                sns: &aws.sns,
+                ledger: ledger(&aws.dynamodb, settings),
+            };
+            launch_worker(clients, region, settings, payload, now).await
         }
         Function::HealthCheck => health_check(&aws.ec2, &aws.ssm, payload, now).await,
         Function::VerifyCompletion => verify_completion(&aws.s3, payload, now).await,
@@ -150,10 +165,14 @@ pub async fn invoke(
                 sns: &aws.sns,
                 history: &aws.sfn,
                 objects: &aws.s3,
+                ledger: ledger(&aws.dynamodb, settings),
             };
             terminate_with_cost_report(clients, region, settings, payload, now).await
         }
-        Function::Sweeper => sweeper(&aws.ec2, &aws.sfn, &aws.sns, settings, now).await,
+        Function::Sweeper => {
+            let ledger = ledger(&aws.dynamodb, settings);
+            sweeper(&aws.ec2, &aws.sfn, &aws.sns, ledger.as_ref(), settings, now).await
+        }
         Function::SpotInterruption => {
             spot_interruption(&aws.ec2, &aws.ssm, &aws.sfn, payload).await
         }
@@ -180,10 +199,17 @@ pub async fn quota_check(
     out(quota_check::handle(ec2, quotas, &config, input, now).await?)
 }
 
+/// launch-worker's clients: it prices, launches, signs the token over, and books the run.
+pub struct LaunchClients<'a> {
+    pub ec2: &'a aws_sdk_ec2::Client,
+    pub prices: &'a PriceListApi,
+    pub ssm: &'a aws_sdk_ssm::Client,
+    pub sns: &'a aws_sdk_sns::Client,
+    pub ledger: Option<LedgerTable>,
+}
+
 pub async fn launch_worker(
-    ec2: &aws_sdk_ec2::Client,
-    prices: &PriceListApi,
-    ssm: &aws_sdk_ssm::Client,
+    c: LaunchClients<'_>,
     region: &str,
     settings: &Settings,
     payload: Value,
@@ -193,9 +219,15 @@ pub async fn launch_worker(
         region: region.into(),
         instance_profile: settings.worker_instance_profile.clone(),
         worker_role_id: settings.worker_role_id.clone(),
+        monthly_budget_usd: settings.monthly_budget_usd,
+        alert_topic: settings.default_topic.clone(),
     };
     let input = parse_input(Function::LaunchWorker.name(), payload)?;
-    out(launch_worker::handle(ec2, prices, ssm, &config, input, now).await?)
+    let books = launch_worker::Books {
+        ledger: c.ledger.as_ref(),
+        alerts: c.sns,
+    };
+    out(launch_worker::handle(c.ec2, c.prices, c.ssm, books, &config, input, now).await?)
 }
 
 pub async fn health_check(
@@ -224,6 +256,7 @@ pub struct TerminateClients<'a> {
     pub sns: &'a aws_sdk_sns::Client,
     pub history: &'a aws_sdk_sfn::Client,
     pub objects: &'a aws_sdk_s3::Client,
+    pub ledger: Option<LedgerTable>,
 }
 
 pub async fn terminate_with_cost_report(
@@ -241,7 +274,15 @@ pub async fn terminate_with_cost_report(
     };
     let input = parse_input(Function::TerminateWithCostReport.name(), payload)?;
     out(terminate_report::handle(
-        c.ec2, c.prices, c.sns, c.history, c.objects, &config, input, now,
+        c.ec2,
+        c.prices,
+        c.sns,
+        c.history,
+        c.objects,
+        c.ledger.as_ref(),
+        &config,
+        input,
+        now,
     )
     .await?)
 }
@@ -250,10 +291,12 @@ pub async fn sweeper(
     ec2: &aws_sdk_ec2::Client,
     sfn: &aws_sdk_sfn::Client,
     sns: &aws_sdk_sns::Client,
+    ledger: Option<&LedgerTable>,
     settings: &Settings,
     now: DateTime<Utc>,
 ) -> Result<Value, Error> {
-    out(sweeper::handle(ec2, sfn, sns, settings.default_topic.as_deref(), now).await?)
+    let topic = settings.default_topic.as_deref();
+    out(sweeper::handle(ec2, sfn, sns, ledger, topic, now).await?)
 }
 
 pub async fn spot_interruption(

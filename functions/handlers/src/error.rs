@@ -21,6 +21,13 @@ pub enum Error {
         budget: f64,
         detail: String,
     },
+    #[error("this run's worst case ${this_run:.2} on top of ${others:.2} spent or reserved in {month} exceeds the monthly budget ${budget:.2} (MonthlyBudgetUsd); nothing was launched")]
+    OverMonthlyBudget {
+        month: String,
+        others: f64,
+        this_run: f64,
+        budget: f64,
+    },
     #[error("no capacity on any candidate; tried {}", describe_tried(.tried))]
     CapacityUnavailable { tried: Vec<Tried> },
     #[error("launch failed: {0}")]
@@ -72,7 +79,7 @@ impl Error {
             Error::InvalidRunSpec(_) => names::INVALID_RUNSPEC,
             Error::BadInput(_) => names::BAD_INPUT,
             Error::Internal(_) => names::INTERNAL,
-            Error::OverBudget { .. } => names::OVER_BUDGET,
+            Error::OverBudget { .. } | Error::OverMonthlyBudget { .. } => names::OVER_BUDGET,
             Error::CapacityUnavailable { .. } => names::CAPACITY_UNAVAILABLE,
             Error::LaunchFailed(_) => names::LAUNCH_FAILED,
             Error::BootFailed(_) => names::BOOT_FAILED,

@@ -4,6 +4,7 @@
 pub mod ec2;
 pub mod executions;
 pub mod history;
+pub mod ledger;
 pub mod objects;
 pub mod params;
 pub mod pricing;
@@ -16,6 +17,7 @@ use chrono::{DateTime, TimeZone, Utc};
 pub use ec2::{Compute, InstanceView, LaunchRequest, RunError};
 pub use executions::{Executions, TaskTokens};
 pub use history::{ExecutionStats, History};
+pub use ledger::{Ledger, LedgerTable};
 pub use objects::{ObjectWriter, Objects};
 pub use params::Params;
 pub use pricing::PriceList;
@@ -33,6 +35,7 @@ pub struct Aws {
     pub s3: aws_sdk_s3::Client,
     pub sfn: aws_sdk_sfn::Client,
     pub pricing: pricing::PriceListApi,
+    pub dynamodb: aws_sdk_dynamodb::Client,
 }
 
 impl Aws {
@@ -46,6 +49,7 @@ impl Aws {
             s3: s3_client(conf),
             sfn: aws_sdk_sfn::Client::new(conf),
             pricing: pricing::PriceListApi::new(conf),
+            dynamodb: aws_sdk_dynamodb::Client::new(conf),
         }
     }
 }

@@ -14,11 +14,20 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         aws_sdk_ec2::Client::new(&conf),
         aws_sdk_ssm::Client::new(&conf),
     );
+    let sns = aws_sdk_sns::Client::new(&conf);
     let prices = PriceListApi::new(&conf);
+    let dynamodb = aws_sdk_dynamodb::Client::new(&conf);
     let region = region(&conf);
     let settings = Settings::from_env();
     serve(|payload| {
-        dispatch::launch_worker(&ec2, &prices, &ssm, &region, &settings, payload, Utc::now())
+        let clients = dispatch::LaunchClients {
+            ec2: &ec2,
+            prices: &prices,
+            ssm: &ssm,
+            sns: &sns,
+            ledger: dispatch::ledger(&dynamodb, &settings),
+        };
+        dispatch::launch_worker(clients, &region, &settings, payload, Utc::now())
     })
     .await
 }

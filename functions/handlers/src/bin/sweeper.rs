@@ -11,5 +11,6 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let sfn = aws_sdk_sfn::Client::new(&conf);
     let sns = aws_sdk_sns::Client::new(&conf);
     let settings = Settings::from_env();
-    serve(|_| dispatch::sweeper(&ec2, &sfn, &sns, &settings, Utc::now())).await
+    let ledger = dispatch::ledger(&aws_sdk_dynamodb::Client::new(&conf), &settings);
+    serve(|_| dispatch::sweeper(&ec2, &sfn, &sns, ledger.as_ref(), &settings, Utc::now())).await
 }

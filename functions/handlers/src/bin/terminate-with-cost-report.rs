@@ -17,6 +17,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let s3 = s3_client(&conf);
     let region = region(&conf);
     let settings = Settings::from_env();
+    let dynamodb = aws_sdk_dynamodb::Client::new(&conf);
     serve(|payload| {
         let clients = dispatch::TerminateClients {
             ec2: &ec2,
@@ -24,6 +25,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
             sns: &sns,
             history: &sfn,
             objects: &s3,
+            ledger: dispatch::ledger(&dynamodb, &settings),
         };
         dispatch::terminate_with_cost_report(clients, &region, &settings, payload, Utc::now())
     })

@@ -7,11 +7,11 @@ use base64::Engine;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use ephemera_core::capacity::{self, LaunchErrorKind, Tried};
 use ephemera_core::rundoc::{self, Attempt, WorkerState};
-use ephemera_core::{cost, userdata, RunSpec};
+use ephemera_core::{cost, ledger, userdata, RunSpec};
 use serde::Deserialize;
 
 use super::parse_spec;
-use crate::aws::{Compute, InstanceView, LaunchRequest, Params, PriceList};
+use crate::aws::{Compute, InstanceView, LaunchRequest, Ledger, Notifier, Params, PriceList};
 use crate::error::Error;
 
 #[derive(Debug, Deserialize)]
@@ -40,6 +40,17 @@ pub struct Config {
     /// The worker role's `RoleId` (`AROA…`, template `!GetAtt WorkerRole.RoleId`): with the
     /// instance id it names the one session allowed to read the attempt's task token.
     pub worker_role_id: Option<String>,
+    /// The month's ceiling over every run (template `MonthlyBudgetUsd`); 0 is none.
+    pub monthly_budget_usd: f64,
+    /// Where the monthly budget's alert goes (the stack's report topic).
+    pub alert_topic: Option<String>,
+}
+
+/// Where a launch is booked: the run ledger, when the deployment has one, and the topic its
+/// alert goes to.
+pub struct Books<'a, L, N> {
+    pub ledger: Option<&'a L>,
+    pub alerts: &'a N,
 }
 
 pub use ephemera_core::tags::{
@@ -68,10 +79,11 @@ pub fn tags(
     t
 }
 
-pub async fn handle<E: Compute, P: PriceList, S: Params>(
+pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>(
     ec2: &E,
     prices: &P,
     params: &S,
+    books: Books<'_, L, N>,
     config: &Config,
     input: Input,
     now: DateTime<Utc>,
@@ -134,6 +146,62 @@ pub async fn handle<E: Compute, P: PriceList, S: Params>(
                 spec.worker.volume_gib
             ),
         });
+    }
+
+    // The monthly guard, before anything exists: the month's other runs (their cost, or their
+    // reservation while they run) plus this run's worst case over its attempts so far. Failing
+    // to read the ledger fails the launch: a budget that cannot be checked is not spent.
+    let ledger_month = ledger::month_of(input.entered.unwrap_or(now));
+    if let Some(l) = books.ledger {
+        let reserved = ledger::reservation(estimate, attempt);
+        let entries = l.entries(&ledger_month).await?;
+        match ledger::judge(
+            &entries,
+            &input.execution,
+            reserved,
+            config.monthly_budget_usd,
+        ) {
+            ledger::Verdict::Refused {
+                others_usd,
+                this_run_usd,
+                budget_usd,
+            } => {
+                return Err(Error::OverMonthlyBudget {
+                    month: ledger_month,
+                    others: others_usd,
+                    this_run: this_run_usd,
+                    budget: budget_usd,
+                })
+            }
+            ledger::Verdict::Within {
+                month_to_date_usd,
+                alert,
+            } => {
+                l.put(&ledger::Entry {
+                    execution: input.execution.clone(),
+                    run_id: spec.run_id.clone(),
+                    month: ledger_month.clone(),
+                    reserved_usd: reserved,
+                    actual_usd: None,
+                    state: ledger::EntryState::Running,
+                })
+                .await?;
+                if let (true, Some(topic)) = (alert, config.alert_topic.as_deref()) {
+                    let subject = format!(
+                        "ephemera: {ledger_month} has passed {:.0}% of the monthly budget",
+                        ledger::ALERT_FRACTION * 100.0
+                    );
+                    let body = format!(
+                        "Run {} reserved ${reserved:.2} (its worst case); {ledger_month} now stands at ${month_to_date_usd:.2} spent or reserved of the ${:.2} monthly budget (MonthlyBudgetUsd). Runs that would pass the budget are refused.",
+                        spec.run_id, config.monthly_budget_usd
+                    );
+                    // The alert never stops the launch it is about.
+                    if let Err(e) = books.alerts.publish(topic, &subject, &body, &[]).await {
+                        tracing::error!(error = %e, "the monthly budget alert could not be sent");
+                    }
+                }
+            }
+        }
     }
 
     let make_state = |current: Attempt| {

@@ -2,11 +2,12 @@
 //! `ephemera:managed=true` whose execution no longer runs or whose deadline has passed.
 
 use chrono::{DateTime, Utc};
+use ephemera_core::ledger::EntryState;
 use ephemera_core::sweep::sweep_reason;
 use serde::{Deserialize, Serialize};
 
 use super::launch_worker::{TAG_DEADLINE, TAG_EXECUTION, TAG_MANAGED, TAG_RUN};
-use crate::aws::{Compute, Executions, Notifier};
+use crate::aws::{Compute, Executions, Ledger, Notifier};
 use crate::error::Error;
 
 /// The scheduled event carries nothing the sweeper needs.
@@ -28,10 +29,11 @@ pub struct SweepReport {
     pub swept_at: DateTime<Utc>,
 }
 
-pub async fn handle<E: Compute, X: Executions, N: Notifier>(
+pub async fn handle<E: Compute, X: Executions, N: Notifier, L: Ledger>(
     ec2: &E,
     executions: &X,
     sns: &N,
+    ledger: Option<&L>,
     topic: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<SweepReport, Error> {
@@ -74,6 +76,20 @@ pub async fn handle<E: Compute, X: Executions, N: Notifier>(
     ec2.terminate(&ids).await?;
     for s in &swept {
         tracing::warn!(instance = %s.instance_id, run = %s.run_id, reason = %s.reason, "swept");
+    }
+    // A run whose execution never cleaned up still lands in the ledger: its reservation keeps
+    // counting (no cost was measured), marked swept.
+    if let Some(l) = ledger {
+        let executions: std::collections::BTreeSet<&str> = swept
+            .iter()
+            .map(|s| s.execution.as_str())
+            .filter(|e| !e.is_empty())
+            .collect();
+        for e in executions {
+            if let Err(err) = l.close(e, EntryState::Swept, None).await {
+                tracing::error!(execution = %e, error = %err, "the ledger could not be updated");
+            }
+        }
     }
     let report = SweepReport {
         checked: live.len(),

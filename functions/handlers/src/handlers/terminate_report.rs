@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use ephemera_core::catalog;
 use ephemera_core::cost::{self, Orchestration};
+use ephemera_core::ledger::EntryState;
 use ephemera_core::quota::{QuotaState, QuotaVerdict};
 use ephemera_core::rundoc::{
     failure_for, render_email, report_location, Attempt, AttemptCost, CaughtError, CostReport,
@@ -17,7 +18,7 @@ use serde::Deserialize;
 
 use super::launch_worker::{TAG_ATTEMPT, TAG_EXECUTION, TAG_MANAGED, TAG_RUN};
 use super::parse_spec;
-use crate::aws::{Compute, History, InstanceView, Notifier, ObjectWriter, PriceList};
+use crate::aws::{Compute, History, InstanceView, Ledger, Notifier, ObjectWriter, PriceList};
 use crate::error::Error;
 
 #[derive(Debug, Deserialize)]
@@ -64,12 +65,13 @@ pub fn parse_transition_time(reason: &str) -> Option<DateTime<Utc>> {
 // One small adapter per service called (EC2, Pricing, SNS, Step Functions, S3), as in the other
 // handlers, so each can be replaced on its own in tests.
 #[allow(clippy::too_many_arguments)]
-pub async fn handle<E, P, N, H, O>(
+pub async fn handle<E, P, N, H, O, L>(
     ec2: &E,
     prices: &P,
     sns: &N,
     history: &H,
     objects: &O,
+    ledger: Option<&L>,
     config: &Config,
     input: Input,
     now: DateTime<Utc>,
@@ -80,6 +82,7 @@ where
     N: Notifier,
     H: History,
     O: ObjectWriter,
+    L: Ledger,
 {
     let spec = parse_spec(&input.run)?;
     let known: Vec<Attempt> = input
@@ -300,6 +303,24 @@ where
         verification: input.verification.clone(),
         stored: None,
     };
+
+    // The run's cost replaces its reservation in the ledger; like the email, never a reason
+    // to fail the report.
+    if let Some(l) = ledger {
+        match l
+            .close(&input.execution, EntryState::Ended, Some(report.actual_usd))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "the ledger could not be updated");
+                report.notes.push(format!(
+                    "the ledger still holds this run's reservation: {}",
+                    short(&e.to_string())
+                ));
+            }
+        }
+    }
 
     let manifest = input
         .result

@@ -1,0 +1,207 @@
+//! The run ledger and the monthly budget: each run's worst case is reserved when it launches and
+//! replaced by what it cost when it ends; the guard refuses a run whose worst case would take the
+//! calendar month (UTC) past the monthly budget, and an alert goes out when a run takes the month
+//! past [`ALERT_FRACTION`] of it.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The share of the monthly budget at which the operator is told.
+pub const ALERT_FRACTION: f64 = 0.8;
+
+/// The ledger's month of an instant: `YYYY-MM`, UTC.
+pub fn month_of(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m").to_string()
+}
+
+/// Where a run's entry stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EntryState {
+    /// Launched: its reservation counts.
+    Running,
+    /// Ended through the state machine: its actual cost counts.
+    Ended,
+    /// Its instances were terminated by the sweeper (the execution never cleaned up): the
+    /// reservation keeps counting, since no cost was measured.
+    Swept,
+}
+
+/// One run (one execution) in the ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub execution: String,
+    pub run_id: String,
+    pub month: String,
+    /// The worst case of every attempt launched so far.
+    pub reserved_usd: f64,
+    #[serde(default)]
+    pub actual_usd: Option<f64>,
+    pub state: EntryState,
+}
+
+impl Entry {
+    /// What the entry counts for in the month: its actual cost once known, else its reservation.
+    pub fn charged_usd(&self) -> f64 {
+        match (self.state, self.actual_usd) {
+            (EntryState::Ended, Some(actual)) => actual,
+            _ => self.reserved_usd,
+        }
+    }
+}
+
+/// What a run's attempt reserves: each attempt may run for the whole max runtime, so the run's
+/// worst case after `attempt` launches is `attempt` times one attempt's. The same attempt asked
+/// again (a retried call) reserves the same amount.
+pub fn reservation(attempt_worst_case_usd: f64, attempt: u32) -> f64 {
+    attempt_worst_case_usd * f64::from(attempt.max(1))
+}
+
+/// The guard's answer for a launch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Within the budget; `alert` when this launch takes the month past [`ALERT_FRACTION`].
+    Within { month_to_date_usd: f64, alert: bool },
+    /// Over the budget: nothing may be launched.
+    Refused {
+        others_usd: f64,
+        this_run_usd: f64,
+        budget_usd: f64,
+    },
+}
+
+/// Judges `execution`'s new reservation against the month's other entries. A budget of zero or
+/// less means no monthly ceiling.
+pub fn judge(entries: &[Entry], execution: &str, reserved_usd: f64, budget_usd: f64) -> Verdict {
+    let others = total(entries.iter().filter(|e| e.execution != execution));
+    let before = others
+        + entries
+            .iter()
+            .find(|e| e.execution == execution)
+            .map_or(0.0, Entry::charged_usd);
+    let after = others + reserved_usd;
+    if budget_usd > 0.0 && after > budget_usd {
+        return Verdict::Refused {
+            others_usd: others,
+            this_run_usd: reserved_usd,
+            budget_usd,
+        };
+    }
+    let line = budget_usd * ALERT_FRACTION;
+    Verdict::Within {
+        month_to_date_usd: after,
+        alert: budget_usd > 0.0 && before < line && after >= line,
+    }
+}
+
+/// The month-to-date spend of a month's entries.
+pub fn month_to_date(entries: &[Entry]) -> f64 {
+    total(entries.iter())
+}
+
+/// Summed from +0.0: `Iterator::sum` of no floats is -0.0, which prints as "$-0.00".
+fn total<'e>(entries: impl Iterator<Item = &'e Entry>) -> f64 {
+    entries.fold(0.0, |sum, e| sum + e.charged_usd())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn entry(execution: &str, reserved: f64, actual: Option<f64>, state: EntryState) -> Entry {
+        Entry {
+            execution: execution.into(),
+            run_id: "r".into(),
+            month: "2026-11".into(),
+            reserved_usd: reserved,
+            actual_usd: actual,
+            state,
+        }
+    }
+
+    #[test]
+    fn months_are_utc_calendar_months() {
+        let t = Utc.with_ymd_and_hms(2026, 11, 30, 23, 59, 59).unwrap();
+        assert_eq!(month_of(t), "2026-11");
+        assert_eq!(month_of(t + chrono::Duration::seconds(1)), "2026-12");
+    }
+
+    #[test]
+    fn ended_runs_count_their_cost_and_the_others_their_reservation() {
+        let entries = [
+            entry("a", 10.0, Some(2.5), EntryState::Ended),
+            entry("b", 10.0, None, EntryState::Running),
+            entry("c", 10.0, None, EntryState::Swept),
+            // An actual without the ended state (a half-written entry) is not trusted.
+            entry("d", 10.0, Some(1.0), EntryState::Running),
+        ];
+        assert_eq!(month_to_date(&entries), 32.5);
+        assert!(month_to_date(&[]).is_sign_positive());
+    }
+
+    #[test]
+    fn a_run_that_would_cross_the_budget_is_refused() {
+        let entries = [entry("a", 800.0, Some(780.0), EntryState::Ended)];
+        assert_eq!(
+            judge(&entries, "new", 60.0, 833.0),
+            Verdict::Refused {
+                others_usd: 780.0,
+                this_run_usd: 60.0,
+                budget_usd: 833.0
+            }
+        );
+        assert!(matches!(
+            judge(&entries, "new", 53.0, 833.0),
+            Verdict::Within { alert: false, .. }
+        ));
+        // No ceiling.
+        assert!(matches!(
+            judge(&entries, "new", 1e6, 0.0),
+            Verdict::Within { alert: false, .. }
+        ));
+    }
+
+    #[test]
+    fn the_alert_goes_out_once_when_the_month_passes_eighty_percent() {
+        let entries = [entry("a", 70.0, Some(70.0), EntryState::Ended)];
+        assert_eq!(
+            judge(&entries, "new", 15.0, 100.0),
+            Verdict::Within {
+                month_to_date_usd: 85.0,
+                alert: true
+            }
+        );
+        // Already past the line before this run: no second alert.
+        let past = [entry("a", 81.0, Some(81.0), EntryState::Ended)];
+        assert!(matches!(
+            judge(&past, "new", 5.0, 100.0),
+            Verdict::Within { alert: false, .. }
+        ));
+        // This run's relaunch, already counted past the line: no second alert either.
+        let mine = [
+            entry("a", 70.0, Some(70.0), EntryState::Ended),
+            entry("new", 15.0, None, EntryState::Running),
+        ];
+        assert!(matches!(
+            judge(&mine, "new", 30.0, 100.0),
+            Verdict::Within { alert: false, .. }
+        ));
+    }
+
+    #[test]
+    fn a_relaunch_reserves_another_worst_case_and_a_retry_does_not() {
+        assert_eq!(reservation(1.5, 1), 1.5);
+        assert_eq!(reservation(1.5, 2), 3.0);
+        assert_eq!(reservation(1.5, 2), reservation(1.5, 2));
+        // The run's own earlier reservation is replaced, not added to.
+        let mine = [entry("new", 1.5, None, EntryState::Running)];
+        assert_eq!(
+            judge(&mine, "new", reservation(1.5, 2), 100.0),
+            Verdict::Within {
+                month_to_date_usd: 3.0,
+                alert: false
+            }
+        );
+    }
+}

@@ -1,0 +1,200 @@
+//! The run ledger and the monthly budget, through the deployed state machine and the real
+//! handlers: a run is reserved at launch and settled at the end; a run that would take the month
+//! past `MonthlyBudgetUsd` is refused before anything launches; passing 80 % alerts the report
+//! topic; a run its execution never cleaned up lands in the ledger through the sweeper.
+
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use chrono::Utc;
+use ephemera_core::ledger::month_of;
+use ephemera_functions::{invoke, Function, Settings};
+use ephemera_tests::e2e::{self, Finished};
+use ephemera_tests::fixtures::{self, Email};
+use ephemera_tests::iam::{LEDGER_TABLE, MONTHLY_BUDGET_USD};
+use ephemera_tests::worker_standin::{self, Behaviour};
+use ephemera_tests::{clients, fresh_region, function_clients, harness};
+use serde_json::{json, Value};
+
+/// An earlier run of this month that cost `usd`, as terminate-with-cost-report leaves it.
+async fn spent(region: &str, execution: &str, usd: f64) {
+    harness().door.ensure_ledger(region).await;
+    clients(region)
+        .dynamodb
+        .put_item()
+        .table_name(LEDGER_TABLE)
+        .item("execution", AttributeValue::S(execution.into()))
+        .item("run_id", AttributeValue::S("earlier".into()))
+        .item("month", AttributeValue::S(month_of(Utc::now())))
+        .item("reserved_usd", AttributeValue::N(format!("{}", usd * 3.0)))
+        .item("actual_usd", AttributeValue::N(usd.to_string()))
+        .item("state", AttributeValue::S("ended".into()))
+        .send()
+        .await
+        .unwrap();
+}
+
+/// The ledger's item of `execution`, as plain strings.
+async fn entry(region: &str, execution: &str) -> Option<std::collections::HashMap<String, String>> {
+    let got = clients(region)
+        .dynamodb
+        .get_item()
+        .table_name(LEDGER_TABLE)
+        .key("execution", AttributeValue::S(execution.into()))
+        .send()
+        .await
+        .unwrap();
+    got.item().map(|item| {
+        item.iter()
+            .map(|(k, v)| {
+                let text = v.as_s().or_else(|_| v.as_n()).cloned().unwrap_or_default();
+                (k.clone(), text)
+            })
+            .collect()
+    })
+}
+
+struct Run {
+    finished: Finished,
+    execution: String,
+    emails: Vec<Email>,
+    instances: Vec<(String, String)>,
+}
+
+async fn run(region: &'static str, run_id: &str) -> Run {
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    let inbox = fixtures::inbox(region, "ephemera-reports").await;
+    let mut spec = fixtures::runspec(run_id, &net, Some(&inbox.topic_arn));
+    spec["expect"] = json!({"partitions": 2, "min_rows": 100});
+    let machine = e2e::create_state_machine(region).await;
+    let report = json!({"run_id": run_id, "partitions_done": 2, "partitions_failed": 0,
+                        "rows_in": 1000, "rows_out": 1000, "durations": {"total_seconds": 1.5}});
+    let worker = worker_standin::spawn(
+        region,
+        run_id,
+        Behaviour::Succeed(report),
+        Duration::from_secs(150),
+    );
+    let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;
+    let finished = e2e::wait(region, &execution, Duration::from_secs(180)).await;
+    worker.log().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Run {
+        finished,
+        execution,
+        emails: inbox.read().await,
+        instances: fixtures::instances_of(&aws, run_id).await,
+    }
+}
+
+#[tokio::test]
+async fn a_run_that_would_pass_the_monthly_budget_is_refused_before_launch() {
+    let region = fresh_region();
+    // The month so far: $1 short of the budget; the run's worst case is more than that.
+    spent(region, "earlier-run", MONTHLY_BUDGET_USD - 1.0).await;
+    let r = run(region, "ledger-refused").await;
+    assert_eq!(r.finished.status, "FAILED", "{:?}", r.finished);
+    assert_eq!(r.finished.error.as_deref(), Some("Ephemera.OverBudget"));
+    let cause = r.finished.cause.clone().unwrap_or_default();
+    assert!(cause.contains("monthly budget $833.00"), "{cause}");
+    assert!(cause.contains("$832.00 spent or reserved"), "{cause}");
+    assert!(r.instances.is_empty(), "{:?}", r.instances);
+    assert_eq!(r.finished.visited("HealthCheck"), 0);
+    // Nothing reserved for it, and the refusal is in its report email.
+    assert_eq!(entry(region, &r.execution).await, None);
+    assert!(
+        r.emails
+            .iter()
+            .any(|e| e.subject.contains(": FAILED $") && e.body.contains("monthly budget")),
+        "{:?}",
+        r.emails
+    );
+}
+
+#[tokio::test]
+async fn a_run_is_reserved_at_launch_settled_at_the_end_and_passing_80_percent_alerts() {
+    let region = fresh_region();
+    // Just under 80 % of the month: this run's reservation takes it past.
+    spent(region, "earlier-run", MONTHLY_BUDGET_USD * 0.8 - 0.5).await;
+    let r = run(region, "ledger-settled").await;
+    assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished);
+    let report = &r.finished.output["report"];
+
+    let e = entry(region, &r.execution).await.expect("the run's entry");
+    assert_eq!(e["state"], "ended");
+    assert_eq!(e["run_id"], "ledger-settled");
+    assert_eq!(e["month"], month_of(Utc::now()));
+    let actual: f64 = e["actual_usd"].parse().unwrap();
+    assert_eq!(actual, report["actual_usd"].as_f64().unwrap());
+    let reserved: f64 = e["reserved_usd"].parse().unwrap();
+    assert_eq!(reserved, report["estimate_usd"].as_f64().unwrap());
+    assert!(reserved > 0.5 && actual < reserved, "{reserved} {actual}");
+
+    let alerts: Vec<&Email> = r
+        .emails
+        .iter()
+        .filter(|e| e.subject.contains("passed 80% of the monthly budget"))
+        .collect();
+    assert_eq!(alerts.len(), 1, "{:?}", r.emails);
+    assert!(
+        alerts[0].body.contains("ledger-settled"),
+        "{}",
+        alerts[0].body
+    );
+}
+
+#[tokio::test]
+async fn a_run_never_cleaned_up_lands_in_the_ledger_through_the_sweeper() {
+    let c = fixtures::ctx().await;
+    harness().door.ensure_ledger(c.region).await;
+    let settings = Settings {
+        worker_role_id: Some(ephemera_tests::iam::WORKER_ROLE_ID.into()),
+        ledger_table: Some(LEDGER_TABLE.into()),
+        monthly_budget_usd: MONTHLY_BUDGET_USD,
+        ..Settings::default()
+    };
+    // Launched by an execution that then vanished (its Cleanup never ran).
+    let execution = format!(
+        "arn:aws:states:{}:123456789012:execution:ephemera-worker:vanished",
+        c.region
+    );
+    let spec = fixtures::runspec("ledger-swept", &c.net, None);
+    let launched: Value = invoke(
+        &function_clients(c.region, Function::LaunchWorker.name()),
+        &settings,
+        Function::LaunchWorker,
+        json!({"run": spec, "execution": execution}),
+    )
+    .await
+    .unwrap();
+    let reserved = entry(c.region, &execution)
+        .await
+        .expect("reserved at launch");
+    assert_eq!(reserved["state"], "running");
+    let estimate = launched["current"]["estimate_usd"].as_f64().unwrap();
+    assert_eq!(reserved["reserved_usd"].parse::<f64>().unwrap(), estimate);
+
+    let swept: Value = invoke(
+        &function_clients(c.region, Function::Sweeper.name()),
+        &settings,
+        Function::Sweeper,
+        json!({}),
+    )
+    .await
+    .unwrap();
+    let id = launched["current"]["instance_id"].as_str().unwrap();
+    assert!(
+        swept["terminated"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["instance_id"] == id),
+        "{swept}"
+    );
+    let after = entry(c.region, &execution).await.unwrap();
+    // No cost was measured: its worst case keeps counting toward the month.
+    assert_eq!(after["state"], "swept");
+    assert_eq!(after["reserved_usd"], reserved["reserved_usd"]);
+    assert!(!after.contains_key("actual_usd"), "{after:?}");
+}
