@@ -2,7 +2,7 @@
 //! CloudWatch Logs (group `/ephemera/workers`, stream `<run_id>/<attempt>/<instance id>`).
 
 use aws_sdk_cloudwatchlogs::Client;
-use ephemera_core::rundoc::{parse_worker_log_stream, WORKER_LOG_GROUP};
+use ephemera_core::contract::logs::{parse_worker_log_stream, WORKER_LOG_GROUP};
 use serde_json::Value;
 
 use crate::errors::{CliError, Op};

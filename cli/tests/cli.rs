@@ -6,7 +6,8 @@ use std::process::Output;
 use std::time::Duration;
 
 use aws_sdk_ec2::types::{InstanceType, ResourceType, Tag, TagSpecification};
-use ephemera_core::rundoc::{worker_log_stream, WORKER_LOG_GROUP};
+use ephemera_core::contract::logs::{worker_log_stream, WORKER_LOG_GROUP};
+use ephemera_core::tags;
 use ephemera_tests::iam::Principal;
 use ephemera_tests::worker_standin::{self, Behaviour};
 use ephemera_tests::{clients, e2e, eventually, fixtures, fresh_region, harness};
@@ -567,22 +568,22 @@ async fn sweep_lists_what_outlived_its_run_and_terminates_only_with_yes() {
         }
     };
     let orphan = launch(vec![
-        ("ephemera:managed", "true".into()),
-        ("ephemera:run", "cli-gone".into()),
-        ("ephemera:execution", gone.clone()),
-        ("ephemera:deadline", later.clone()),
+        (tags::MANAGED, "true".into()),
+        (tags::RUN, "cli-gone".into()),
+        (tags::EXECUTION, gone.clone()),
+        (tags::DEADLINE, later.clone()),
     ])
     .await;
     let overdue = launch(vec![
-        ("ephemera:managed", "true".into()),
-        ("ephemera:run", "cli-live".into()),
-        ("ephemera:execution", live.clone()),
-        ("ephemera:deadline", earlier),
+        (tags::MANAGED, "true".into()),
+        (tags::RUN, "cli-live".into()),
+        (tags::EXECUTION, live.clone()),
+        (tags::DEADLINE, earlier),
     ])
     .await;
     let foreign = launch(vec![
-        ("ephemera:run", "cli-gone".into()),
-        ("ephemera:execution", gone),
+        (tags::RUN, "cli-gone".into()),
+        (tags::EXECUTION, gone),
     ])
     .await;
 

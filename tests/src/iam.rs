@@ -764,7 +764,7 @@ mod tests {
             )
         };
         // The group the worker and the CLI name is the one the template grants.
-        let workers = ephemera_core::rundoc::WORKER_LOG_GROUP;
+        let workers = ephemera_core::contract::logs::WORKER_LOG_GROUP;
         for c in [create(workers), put(workers)] {
             assert_eq!(
                 p.authorize(&Principal::Worker, "eu-west-1", &c),

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::Filter;
 use aws_sdk_ssm::types::ParameterType;
-use ephemera_core::rundoc::{started_parameter, token_parameter};
-use serde_json::{json, Value};
+use ephemera_core::contract::{RunParameters, Started};
+use ephemera_core::{names, tags};
+use serde_json::Value;
 
 use crate::sdk_config;
 
@@ -90,7 +91,7 @@ pub fn spawn(region: &str, run_id: &str, behaviour: Behaviour, lifetime: Duratio
                     let attempt: u32 = i
                         .tags()
                         .iter()
-                        .find(|t| t.key() == Some("ephemera:attempt"))?
+                        .find(|t| t.key() == Some(tags::ATTEMPT))?
                         .value()?
                         .parse()
                         .ok()?;
@@ -109,9 +110,15 @@ pub fn spawn(region: &str, run_id: &str, behaviour: Behaviour, lifetime: Duratio
                 served.insert(instance);
                 continue;
             }
+            let parameters = RunParameters::of_run(&run_id);
+            let started = Started {
+                instance_id: instance.clone(),
+                attempt,
+                at: chrono::Utc::now(),
+            };
             ssm.put_parameter()
-                .name(started_parameter(&run_id))
-                .value(json!({"instance_id": instance, "attempt": attempt}).to_string())
+                .name(parameters.started())
+                .value(serde_json::to_string(&started).expect("a Started signal"))
                 .r#type(ParameterType::String)
                 .overwrite(true)
                 .send()
@@ -125,7 +132,7 @@ pub fn spawn(region: &str, run_id: &str, behaviour: Behaviour, lifetime: Duratio
             while Instant::now() < deadline {
                 if let Ok(p) = ssm
                     .get_parameter()
-                    .name(token_parameter(&run_id, &instance))
+                    .name(parameters.task_token(&instance))
                     .with_decryption(true)
                     .send()
                     .await
@@ -180,7 +187,7 @@ pub fn spawn(region: &str, run_id: &str, behaviour: Behaviour, lifetime: Duratio
                     log.push(format!("{instance}: succeeded"));
                 }
                 Behaviour::SpotInterruptFirst(_) => {
-                    fail("Worker.SpotInterrupted".into()).await;
+                    fail(names::SPOT_INTERRUPTED.into()).await;
                     log.push(format!("{instance}: spot interrupted"));
                 }
                 Behaviour::ReclaimedFirst(_, report) if attempt > 1 => {

@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use chrono::Utc;
+use ephemera_core::contract::{RunParameters, Started};
 use ephemera_core::quota::{QuotaState, QuotaVerdict};
 use ephemera_core::rundoc::{CostReport, WorkerState};
-use ephemera_functions::handlers::{health_check, launch_worker, quota_check, terminate_report};
+use ephemera_functions::handlers::{health_check, quota_check, terminate_report};
 use ephemera_functions::{invoke, Aws, Error, Function, Settings};
 use ephemera_tests::fixtures::{self, ctx, Ctx};
 use ephemera_tests::{function_clients, harness, FaultRule};
@@ -374,8 +375,15 @@ async fn health_check_waits_for_the_worker_then_fails_on_deadline_or_termination
         let ssm = c.aws.ssm.clone();
         async move {
             ssm.put_parameter()
-                .name("/ephemera/runs/health/started")
-                .value(json!({"instance_id": id, "attempt": 1}).to_string())
+                .name(RunParameters::of_run("health").started())
+                .value(
+                    serde_json::to_string(&Started {
+                        instance_id: id,
+                        attempt: 1,
+                        at: Utc::now(),
+                    })
+                    .unwrap(),
+                )
                 .r#type(aws_sdk_ssm::types::ParameterType::String)
                 .overwrite(true)
                 .send()
@@ -684,5 +692,4 @@ async fn a_relaunch_goes_on_demand_and_keeps_both_attempts() {
     assert_eq!(second.current.market, ephemera_core::Market::OnDemand);
     assert_eq!(second.attempts.len(), 2);
     assert_eq!(second.relaunches_left, 1);
-    let _ = launch_worker::TAG_MANAGED;
 }

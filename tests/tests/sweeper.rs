@@ -2,6 +2,7 @@
 
 use aws_sdk_ec2::types::{InstanceType, ResourceType, Tag, TagSpecification};
 use chrono::{Duration, SecondsFormat, Utc};
+use ephemera_core::tags;
 use ephemera_functions::{invoke, Function, Settings};
 use ephemera_tests::{clients, fixtures, fresh_region, function_clients};
 use serde_json::{json, Value};
@@ -74,10 +75,10 @@ async fn sweeps_instances_whose_run_is_over_or_past_its_deadline() {
     let past = (Utc::now() - Duration::minutes(1)).to_rfc3339_opts(SecondsFormat::Secs, true);
     let managed = |run: &str, exec: &str, deadline: &str| {
         vec![
-            ("ephemera:managed", "true".to_string()),
-            ("ephemera:run", run.to_string()),
-            ("ephemera:execution", exec.to_string()),
-            ("ephemera:deadline", deadline.to_string()),
+            (tags::MANAGED, "true".to_string()),
+            (tags::RUN, run.to_string()),
+            (tags::EXECUTION, exec.to_string()),
+            (tags::DEADLINE, deadline.to_string()),
         ]
     };
     let keep = instance(&aws, &net.image, &managed("alive", &running, &future)).await;

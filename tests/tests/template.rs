@@ -73,3 +73,71 @@ fn every_lambda_of_the_template_is_a_binary_of_the_functions_crate() {
         );
     }
 }
+
+/// The template and the ASL cannot import the contract: they spell its tag keys, SSM paths and
+/// log group, and must spell them as `ephemera_contract` defines them.
+#[test]
+fn the_template_and_the_asl_spell_the_contracts_names() {
+    use ephemera_core::contract::logs::WORKER_LOG_GROUP;
+    use ephemera_core::contract::RunParameters;
+    use ephemera_core::tags;
+
+    let template = std::fs::read_to_string(root().join("template.yaml")).unwrap();
+    let asl = std::fs::read_to_string(e2e::asl_path()).unwrap();
+    let keys = [
+        tags::MANAGED,
+        tags::RUN,
+        tags::EXECUTION,
+        tags::ATTEMPT,
+        tags::DEADLINE,
+        tags::READER,
+    ];
+    let mut spelt = BTreeSet::new();
+    for text in [&template, &asl] {
+        for (at, _) in text.match_indices("ephemera:") {
+            let name: String = text[at + "ephemera:".len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '-')
+                .collect();
+            // "ephemera: run one heavy batch job" is prose, not a key.
+            if !name.is_empty() {
+                spelt.insert(format!("ephemera:{name}"));
+            }
+        }
+    }
+    let unknown: Vec<&String> = spelt
+        .iter()
+        .filter(|k| !keys.contains(&k.as_str()))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "tag keys not in the contract: {unknown:?}"
+    );
+    // The IAM conditions and the token's reader tag are what the walk must have seen.
+    for k in [tags::MANAGED, tags::RUN, tags::READER] {
+        assert!(spelt.contains(k), "{k} not found in {spelt:?}");
+    }
+
+    // Every SSM parameter the policies name is one of a run's parameters, for any run and instance.
+    let any_run = RunParameters::of_run("*");
+    let known = [any_run.started(), any_run.task_token("*")];
+    let mut named = 0;
+    for (at, _) in template.match_indices(":parameter/") {
+        let name: String = template[at + ":parameter".len()..]
+            .chars()
+            .take_while(|c| !c.is_whitespace())
+            .collect();
+        // AWS's public parameters (the AMI aliases) are not ephemera's.
+        if name.starts_with("/aws/") {
+            continue;
+        }
+        assert!(known.contains(&name), "{name}: not one of {known:?}");
+        named += 1;
+    }
+    assert!(named > 0, "no SSM parameter found in the template");
+
+    assert!(
+        template.contains(&format!("LogGroupName: {WORKER_LOG_GROUP}\n")),
+        "the template's worker log group is not {WORKER_LOG_GROUP}"
+    );
+}

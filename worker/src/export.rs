@@ -1,5 +1,6 @@
 //! Stage `export`: a partition's feature tables as Parquet (zstd), one file per stage, to S3 or a
-//! directory; and the run's manifest (keys, rows, bytes, SHA-256) that verify-completion checks.
+//! directory; listed in the run's manifest (`ephemera_contract::Manifest`) that verify-completion
+//! checks.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,24 +12,7 @@ use chrono::NaiveDate;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-
-/// One exported file, as listed in the manifest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Object {
-    /// S3 object key (in the target's bucket) or path relative to the target directory.
-    pub key: String,
-    pub rows: u64,
-    pub bytes: u64,
-    pub sha256: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Manifest {
-    pub run_id: String,
-    pub objects: Vec<Object>,
-}
 
 /// Where the export goes: `s3://bucket/prefix/` or a local directory.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 //! heartbeat, report success or failure, and watch for the Spot interruption notice.
 //!
 //! The token never passes through user data or logs: it is a SecureString of this instance's own
-//! (`<run path>/task-token/<instance id>`) that only this instance's role session may read.
+//! ([`RunParameters::task_token`]) that only this instance's role session may read.
 //!
 //! Throttling, 5xx answers, timeouts and dropped connections are tried again with backoff (on
 //! top of the SDK's own few attempts) until the limit the worker already has for that step:
@@ -22,10 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use anyhow::{Context, Result};
 use aws_sdk_ssm::types::ParameterType;
-use serde_json::json;
-
-pub const SPOT_INTERRUPTED: &str = "Worker.SpotInterrupted";
-pub const FAILED: &str = "Worker.Failed";
+use ephemera_contract::{RunParameters, Started, Summary};
 
 /// How often the Spot notice is looked for: IMDS is on the instance, and every second counts
 /// out of the two minutes' notice.
@@ -114,7 +111,7 @@ pub struct Link {
     ssm: aws_sdk_ssm::Client,
     sfn: aws_sdk_sfn::Client,
     imds: aws_config::imds::Client,
-    prefix: String,
+    parameters: RunParameters,
     pub instance_id: String,
     pub attempt: u32,
     heartbeat: Duration,
@@ -166,7 +163,7 @@ impl Link {
             ssm,
             sfn,
             imds,
-            prefix: prefix.trim_end_matches('/').to_string(),
+            parameters: RunParameters::at(prefix),
             instance_id: instance_id.to_string(),
             attempt,
             heartbeat: Duration::from_secs(heartbeat_seconds.max(1)),
@@ -179,17 +176,12 @@ impl Link {
         Instant::now() + (self.heartbeat * 2).max(Duration::from_secs(60))
     }
 
-    /// This instance's own token parameter (`ephemera_core::rundoc::token_parameter`).
-    fn token_name(&self) -> String {
-        format!("{}/task-token/{}", self.prefix, self.instance_id)
-    }
-
     /// The token, or why it could not be read yet: None with the reason when it does not exist.
     /// A token parameter is readable only under a condition on its tags, and a parameter that
     /// does not exist has none, so AWS answers AccessDenied rather than ParameterNotFound until
     /// the state machine has created it; both mean "not yet" here.
     async fn read_token(&self, deadline: Instant) -> Result<Result<String, String>> {
-        let name = self.token_name();
+        let name = self.parameters.task_token(&self.instance_id);
         match with_retries("GetParameter", deadline, || {
             self.ssm
                 .get_parameter()
@@ -217,13 +209,12 @@ impl Link {
     /// Says "started"; transient errors are tried again for up to `patience`.
     pub async fn started(&self, patience: Duration) -> Result<()> {
         let deadline = Instant::now() + patience;
-        let value = json!({
-            "instance_id": self.instance_id,
-            "attempt": self.attempt,
-            "at": chrono::Utc::now().to_rfc3339(),
-        });
-        let name = format!("{}/started", self.prefix);
-        let value = value.to_string();
+        let value = serde_json::to_string(&Started {
+            instance_id: self.instance_id.clone(),
+            attempt: self.attempt,
+            at: chrono::Utc::now(),
+        })?;
+        let name = self.parameters.started();
         with_retries("PutParameter", deadline, || {
             self.ssm
                 .put_parameter()
@@ -274,8 +265,8 @@ impl Link {
         })
     }
 
-    pub async fn succeed(&self, token: &Token, report: &serde_json::Value) -> Result<()> {
-        let output = report.to_string();
+    pub async fn succeed(&self, token: &Token, summary: &Summary) -> Result<()> {
+        let output = serde_json::to_string(summary)?;
         with_retries("SendTaskSuccess", self.report_deadline(), || {
             self.sfn
                 .send_task_success()
@@ -520,9 +511,13 @@ mod tests {
             .output(|| SendTaskFailureOutput::builder().build())
             .build();
         let link = link(&[], &[&fail]);
-        link.fail(&Token("t".into()), SPOT_INTERRUPTED, "notice")
-            .await
-            .unwrap();
+        link.fail(
+            &Token("t".into()),
+            ephemera_contract::names::SPOT_INTERRUPTED,
+            "notice",
+        )
+        .await
+        .unwrap();
         assert_eq!(fail.num_calls(), 3);
     }
 

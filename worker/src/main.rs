@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use ephemera_contract::names;
 use ephemera_worker::features::{arbitrage, Params};
+use ephemera_worker::run::Ran;
 use ephemera_worker::stage::Stage;
 use ephemera_worker::{db, export, link, logship, outputs, progress, queue, run, seed, validate};
 
@@ -120,7 +122,7 @@ enum Command {
         token_timeout_seconds: u64,
         /// On an ephemera instance: the CloudWatch Logs group the log lines are also shipped
         /// to, stream `<run id>/<attempt>/<instance id>`; empty ships nothing.
-        #[arg(long, default_value = ephemera_core::rundoc::WORKER_LOG_GROUP)]
+        #[arg(long, default_value = ephemera_contract::logs::WORKER_LOG_GROUP)]
         log_group: String,
     },
 }
@@ -272,7 +274,7 @@ async fn main_inner(
                 Some(buffer) => Some(logship::Shipper::start(
                     aws_sdk_cloudwatchlogs::Client::new(&link::sdk_config().await),
                     &log_group,
-                    &ephemera_core::rundoc::worker_log_stream(
+                    &ephemera_contract::logs::worker_log_stream(
                         &opts.run_id,
                         attempt,
                         &link.instance_id,
@@ -322,7 +324,7 @@ async fn orchestrated(
             }
         })
     };
-    let work = tokio::spawn(run::run(opts));
+    let work = tokio::spawn(run::run_and_hand_back(opts));
     let token = link
         .wait_for_token(Duration::from_secs(token_timeout_seconds))
         .await?;
@@ -347,40 +349,45 @@ async fn orchestrated(
 async fn report(
     link: &link::Link,
     token: &link::Token,
-    outcome: Result<Result<run::Summary>, tokio::task::JoinError>,
+    outcome: Result<Result<run::Ran>, tokio::task::JoinError>,
     notice: &AtomicBool,
     stop: &CancellationToken,
     attempt: u32,
 ) -> Result<()> {
     match outcome {
-        Ok(Ok(summary)) if notice.load(Ordering::SeqCst) => {
+        Ok(Ok(ran)) if notice.load(Ordering::SeqCst) => {
             let cause = format!(
                 "Spot interruption notice on {} (attempt {attempt}); {} partitions done so far, {} in hand rolled back and handed back, the rest resume on the next attempt",
-                link.instance_id, summary.partitions_done, summary.interrupted
+                link.instance_id, ran.summary.partitions_done, ran.interrupted
             );
-            link.fail(token, link::SPOT_INTERRUPTED, &cause).await?;
-            tracing::warn!(error = link::SPOT_INTERRUPTED, "reported the interruption");
+            link.fail(token, names::SPOT_INTERRUPTED, &cause).await?;
+            tracing::warn!(error = names::SPOT_INTERRUPTED, "reported the interruption");
             Ok(())
         }
         Ok(Ok(_)) if stop.is_cancelled() => {
             link.fail(
                 token,
-                link::FAILED,
+                names::WORKER_FAILED,
                 "stopped by SIGTERM before the work was done",
             )
             .await
         }
-        Ok(Ok(summary)) => {
+        Ok(Ok(Ran { summary, .. })) => {
             println!("{}", serde_json::to_string_pretty(&summary)?);
-            link.succeed(token, &serde_json::to_value(&summary)?).await
+            link.succeed(token, &summary).await
         }
         Ok(Err(e)) => {
             tracing::error!(error = %format!("{e:#}"), "the run failed");
-            link.fail(token, link::FAILED, &format!("{e:#}")).await
+            link.fail(token, names::WORKER_FAILED, &format!("{e:#}"))
+                .await
         }
         Err(e) => {
-            link.fail(token, link::FAILED, &format!("the worker crashed: {e}"))
-                .await
+            link.fail(
+                token,
+                names::WORKER_FAILED,
+                &format!("the worker crashed: {e}"),
+            )
+            .await
         }
     }
 }

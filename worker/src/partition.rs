@@ -5,6 +5,7 @@
 
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use ephemera_contract::ManifestObject;
 use futures_util::{pin_mut, TryStreamExt};
 use ta_lib::Core;
 use tokio_postgres::binary_copy::{BinaryCopyInWriter, BinaryCopyOutStream};
@@ -337,11 +338,11 @@ async fn export_partition(
                     _ => export::object_name(def.name, &c.pair, c.month),
                 };
                 let key = store.target.key(&name);
-                objects.push(export::Object {
+                objects.push(ManifestObject {
                     key: key.clone(),
                     rows: n,
                     bytes: bytes.len() as u64,
-                    sha256: export::sha256_hex(&bytes),
+                    sha256: Some(export::sha256_hex(&bytes)),
                 });
                 store
                     .put(&key, bytes, "application/vnd.apache.parquet")
@@ -366,11 +367,11 @@ async fn export_partition(
         let key = store
             .target
             .key(&export::object_name(stage, &c.pair, c.month));
-        let object = export::Object {
+        let object = ManifestObject {
             key: key.clone(),
             rows,
             bytes: bytes.len() as u64,
-            sha256: export::sha256_hex(&bytes),
+            sha256: Some(export::sha256_hex(&bytes)),
         };
         store
             .put(&key, bytes, "application/vnd.apache.parquet")

@@ -10,13 +10,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use ephemera_contract::manifest::MANIFEST_FILE;
+use ephemera_contract::{Manifest, ManifestObject, Summary, Validation};
 use indicatif::ProgressBar;
-use serde::{Deserialize, Serialize};
 use ta_lib::Core;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::export::{self, Store, Target};
+use crate::export::{Store, Target};
 use crate::features::Params;
 use crate::partition::{self, Work};
 use crate::queue::Claim;
@@ -50,42 +51,21 @@ pub struct Options {
     pub params: Params,
 }
 
-/// Totals of the `validate` stage over the run.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Validation {
-    pub partitions: u64,
-    pub problems: u64,
-    pub nulls_beyond_warm_up: u64,
-    pub non_finite: u64,
-    pub out_of_range: u64,
-    pub unexpected_gaps: u64,
-}
-
-/// The report the worker sends with its completion signal.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Summary {
-    pub run_id: String,
-    /// Partitions (stage × pair × month) of this run done, and failed for good.
-    pub partitions_done: u64,
-    pub partitions_failed: u64,
-    /// Bars read and feature rows written by the feature stages.
-    pub rows_in: u64,
-    pub rows_out: u64,
-    /// Partitions this process computed (the rest were done before, or by other workers).
-    pub processed_here: u64,
-    pub stages: Vec<String>,
-    pub seconds: f64,
-    /// Where the export manifest is, once every export partition is done.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub manifest: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub validation: Option<Validation>,
-    /// Partitions this process had in hand when it was interrupted, rolled back and handed back.
-    #[serde(skip)]
+/// What [`run_and_hand_back`] returns: the summary it sends, and what only the worker needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ran {
+    pub summary: Summary,
+    /// Partitions this process had in hand when it was interrupted, rolled back and handed back
+    /// (said in the Spot interruption's cause, not in the summary).
     pub interrupted: u64,
 }
 
 pub async fn run(opts: Options) -> Result<Summary> {
+    Ok(run_and_hand_back(opts).await?.summary)
+}
+
+/// [`run`], also counting the partitions an interruption handed back.
+pub async fn run_and_hand_back(opts: Options) -> Result<Ran> {
     let started = Instant::now();
     for s in &opts.stages {
         Stage::parse(s)?;
@@ -153,7 +133,6 @@ pub async fn run(opts: Options) -> Result<Summary> {
 
     let mut summary = summarise(&client, &opts).await?;
     summary.processed_here = processed_here;
-    summary.interrupted = interrupted.len() as u64;
     if let (Some(store), false) = (&store, opts.stop.is_cancelled()) {
         summary.manifest = write_manifest(&client, &opts.run_id, store).await?;
     }
@@ -162,7 +141,10 @@ pub async fn run(opts: Options) -> Result<Summary> {
         "{} done, {} failed",
         summary.partitions_done, summary.partitions_failed
     ));
-    Ok(summary)
+    Ok(Ran {
+        summary,
+        interrupted: interrupted.len() as u64,
+    })
 }
 
 /// One task: claim, process, repeat; wait while others hold partitions this run still needs.
@@ -290,7 +272,6 @@ async fn summarise(client: &Client, opts: &Options) -> Result<Summary> {
         seconds: 0.0,
         manifest: None,
         validation,
-        interrupted: 0,
     })
 }
 
@@ -307,19 +288,19 @@ async fn write_manifest(client: &Client, run_id: &str, store: &Store) -> Result<
         tracing::warn!(run_id, "export incomplete: no manifest written");
         return Ok(None);
     }
-    let mut objects: Vec<export::Object> = vec![];
+    let mut objects: Vec<ManifestObject> = vec![];
     for r in &rows {
         let v: Option<serde_json::Value> = r.get(1);
-        objects.extend(serde_json::from_value::<Vec<export::Object>>(
+        objects.extend(serde_json::from_value::<Vec<ManifestObject>>(
             v.unwrap_or_else(|| serde_json::json!([])),
         )?);
     }
     objects.sort_by(|a, b| a.key.cmp(&b.key));
-    let manifest = export::Manifest {
+    let manifest = Manifest {
         run_id: run_id.to_string(),
         objects,
     };
-    let key = store.target.key("manifest.json");
+    let key = store.target.key(MANIFEST_FILE);
     store
         .put(
             &key,

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-use ephemera_worker::{export, run};
+use ephemera_worker::run;
 
 /// The share of the tolerance (1e-9 relative) |ours − theirs| uses.
 fn share(ours: Option<f64>, theirs: f64, at: &str) -> f64 {
@@ -153,7 +153,7 @@ async fn granger_tests_match_statsmodels_for_every_ordered_pair_month_and_lag() 
         runs.iter().max().unwrap()
     );
     assert!(runs.iter().all(|r| *r >= 1) && runs.iter().any(|r| *r > 1));
-    let manifest: export::Manifest =
+    let manifest: ephemera_contract::Manifest =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest.objects.len(), 2, "one object a month");
     assert_eq!(

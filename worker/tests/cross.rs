@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-use ephemera_worker::{export, run};
+use ephemera_worker::run;
 
 /// The reference's records by kind, each keyed by its first two fields (name, time).
 fn reference() -> BTreeMap<char, BTreeMap<(String, i64), Vec<String>>> {
@@ -223,7 +223,7 @@ async fn currency_indexes_and_triangles_match_numpy_on_all_pairs_and_a_changed_i
     // Validated (no problem in any column) and exported: one file per table and month.
     let v = summary.validation.clone().unwrap();
     assert_eq!((v.partitions, v.problems), (2, 0), "{v:?}");
-    let manifest: export::Manifest =
+    let manifest: ephemera_contract::Manifest =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
     let keys: Vec<&str> = manifest.objects.iter().map(|o| o.key.as_str()).collect();
     assert_eq!(

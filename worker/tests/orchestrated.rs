@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ephemera_core::rundoc::{worker_log_stream, WORKER_LOG_GROUP};
+use ephemera_contract::logs::{worker_log_stream, WORKER_LOG_GROUP};
 use ephemera_tests::postgres::postgres;
 use ephemera_tests::{clients, e2e, fixtures, fresh_region, harness};
 use ephemera_worker::{db, export, outputs, queue, seed};
@@ -285,7 +285,7 @@ async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption()
             o.body.collect().await.unwrap().into_bytes().to_vec()
         }
     };
-    let manifest: export::Manifest =
+    let manifest: ephemera_contract::Manifest =
         serde_json::from_slice(&get(format!("runs/{run_id}/manifest.json")).await).unwrap();
     assert_eq!(manifest.run_id, run_id);
     assert_eq!(
@@ -296,7 +296,7 @@ async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption()
     for o in &manifest.objects {
         let bytes = get(o.key.clone()).await;
         assert_eq!(bytes.len() as u64, o.bytes, "{}", o.key);
-        assert_eq!(export::sha256_hex(&bytes), o.sha256, "{}", o.key);
+        assert_eq!(Some(export::sha256_hex(&bytes)), o.sha256, "{}", o.key);
     }
     assert_eq!(
         manifest.objects.iter().map(|o| o.rows).sum::<u64>(),

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-use ephemera_worker::{export, run};
+use ephemera_worker::run;
 
 /// |ours − theirs| within rel·|theirs| + abs; returns the share of the tolerance used.
 fn share(ours: Option<f64>, theirs: f64, rel: f64, abs: f64, at: &str) -> f64 {
@@ -150,7 +150,7 @@ async fn regimes_match_pandas_on_every_bar_of_all_pairs() {
             assert!(n > 1000, "{col} {l}: {n}");
         }
     }
-    let manifest: export::Manifest =
+    let manifest: ephemera_contract::Manifest =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest.objects.len(), 12, "6 pairs × 2 months");
     assert_eq!(

@@ -315,7 +315,7 @@ async fn validates_and_exports_parquet_with_a_manifest_and_flags_planted_faults(
 
     let manifest_path = dir.join("manifest.json");
     assert_eq!(s.manifest.as_deref(), Some(manifest_path.to_str().unwrap()));
-    let m: export::Manifest =
+    let m: ephemera_contract::Manifest =
         serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
     assert_eq!(m.run_id, "exported");
     assert_eq!(m.objects.len(), 4);
@@ -323,7 +323,7 @@ async fn validates_and_exports_parquet_with_a_manifest_and_flags_planted_faults(
     for obj in &m.objects {
         let bytes = std::fs::read(dir.join(&obj.key)).unwrap();
         assert_eq!(
-            (bytes.len() as u64, export::sha256_hex(&bytes)),
+            (bytes.len() as u64, Some(export::sha256_hex(&bytes))),
             (obj.bytes, obj.sha256.clone())
         );
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))

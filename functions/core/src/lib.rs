@@ -5,14 +5,15 @@ pub mod catalog;
 pub mod cost;
 pub mod health;
 pub mod ledger;
-pub mod names;
 pub mod quota;
 pub mod report_html;
 pub mod rundoc;
 pub mod runspec;
 pub mod sweep;
-pub mod tags;
 pub mod userdata;
 pub mod verify;
 
+/// What the worker and the Lambdas exchange lives in `ephemera-contract`; the handlers, which
+/// depend on this crate alone, reach it here.
+pub use ephemera_contract::{self as contract, names, tags};
 pub use runspec::{InvalidRunSpec, Market, MarketPolicy, RunSpec};

@@ -5,51 +5,18 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::capacity::Tried;
+#[cfg(doc)]
+use crate::contract::RunParameters;
 use crate::cost::Orchestration;
 use crate::runspec::{parse_s3_url, Market, RunSpec};
 use crate::verify::Check;
 
-/// SSM path under which a run's signals live; the worker's role may touch only its own run's.
-pub fn run_parameter_path(run_id: &str) -> String {
-    format!("/ephemera/runs/{run_id}")
-}
-
-/// Where the state machine hands `instance_id` its task token: one parameter per instance, so
-/// that it can carry its one reader (see [`token_reader`]).
-pub fn token_parameter(run_id: &str, instance_id: &str) -> String {
-    format!("{}/task-token/{instance_id}", run_parameter_path(run_id))
-}
-
-/// The tag on a token parameter naming who may read it; the worker role reads a token only when
-/// this tag equals its own `aws:userid` (template.yaml, `ReadItsOwnTaskToken`).
-pub const TOKEN_READER_TAG: &str = "ephemera:reader";
-
 /// The `aws:userid` of `instance_id`'s instance-role session: `role-id:instance-id` for a role
 /// assigned to an EC2 instance, the role id being the role's `RoleId` (`AROA…`)
 /// (<https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_variables.html#principaltable>).
+/// A token parameter's [`crate::tags::READER`] tag holds it.
 pub fn token_reader(worker_role_id: &str, instance_id: &str) -> String {
     format!("{worker_role_id}:{instance_id}")
-}
-
-pub fn started_parameter(run_id: &str) -> String {
-    format!("{}/started", run_parameter_path(run_id))
-}
-
-/// The CloudWatch Logs group the worker ships its log lines to (the template creates it; the
-/// worker's role may write only there).
-pub const WORKER_LOG_GROUP: &str = "/ephemera/workers";
-
-/// One log stream per worker process: `<run_id>/<attempt>/<instance id>`, so a run's streams
-/// share the prefix `<run_id>/` (a run id holds no `/`).
-pub fn worker_log_stream(run_id: &str, attempt: u32, instance_id: &str) -> String {
-    format!("{run_id}/{attempt}/{instance_id}")
-}
-
-/// (attempt, instance id) of a stream named by [`worker_log_stream`] for `run_id`.
-pub fn parse_worker_log_stream(run_id: &str, stream: &str) -> Option<(u32, String)> {
-    let rest = stream.strip_prefix(run_id)?.strip_prefix('/')?;
-    let (attempt, instance) = rest.split_once('/')?;
-    Some((attempt.parse().ok()?, instance.to_string()))
 }
 
 /// One launched instance.
@@ -84,8 +51,8 @@ pub struct WorkerState {
     pub heartbeat_seconds: u64,
     pub timeout_seconds: u64,
     pub boot_poll_seconds: u64,
-    /// The current attempt's token parameter ([`token_parameter`]) and the value of its
-    /// [`TOKEN_READER_TAG`] ([`token_reader`]): AwaitCompletion creates it with both.
+    /// The current attempt's token parameter ([`RunParameters::task_token`]) and the value of
+    /// its [`crate::tags::READER`] tag ([`token_reader`]): AwaitCompletion creates it with both.
     pub token_parameter: String,
     pub token_reader: String,
 }
@@ -382,31 +349,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_instance_has_its_own_token_parameter_and_reader() {
-        let a = token_parameter("fx-2023", "i-0abc");
-        assert_eq!(a, "/ephemera/runs/fx-2023/task-token/i-0abc");
-        assert_ne!(a, token_parameter("fx-2023", "i-0abd"));
-        // SSM parameter names allow a-zA-Z0-9_.-/ only: the reader (with its `:`) is a tag.
-        assert!(a
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c)));
+    fn a_token_reader_is_the_instance_role_sessions_userid() {
         assert_eq!(
             token_reader("AROAEXAMPLEROLEID0001", "i-0abc"),
             "AROAEXAMPLEROLEID0001:i-0abc"
         );
-    }
-
-    #[test]
-    fn log_streams_name_run_attempt_and_instance() {
-        let s = worker_log_stream("fx-2023", 2, "i-0abc");
-        assert_eq!(s, "fx-2023/2/i-0abc");
-        assert_eq!(
-            parse_worker_log_stream("fx-2023", &s),
-            Some((2, "i-0abc".to_string()))
-        );
-        // Another run whose id starts the same is not this run's.
-        assert_eq!(parse_worker_log_stream("fx", "fx-2023/2/i-0abc"), None);
-        assert_eq!(parse_worker_log_stream("fx-2023", "fx-2023/x/i-0abc"), None);
     }
 
     #[test]

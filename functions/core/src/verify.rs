@@ -5,38 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::contract::{Manifest, Summary};
 use crate::runspec::{parse_s3_url, RunSpec};
-
-/// What the worker sends with SendTaskSuccess. Extra fields (durations, stages) are kept.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WorkerReport {
-    pub run_id: String,
-    pub partitions_done: u64,
-    pub partitions_failed: u64,
-    pub rows_in: u64,
-    pub rows_out: u64,
-    /// `s3://bucket/key` of the export manifest.
-    #[serde(default)]
-    pub manifest: Option<String>,
-    #[serde(flatten)]
-    pub extra: BTreeMap<String, serde_json::Value>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ManifestObject {
-    pub key: String,
-    pub rows: u64,
-    pub bytes: u64,
-    #[serde(default)]
-    pub sha256: Option<String>,
-}
-
-/// The export manifest the worker writes beside its Parquet files.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Manifest {
-    pub run_id: String,
-    pub objects: Vec<ManifestObject>,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Check {
@@ -54,7 +24,7 @@ fn check(name: &str, ok: bool, detail: String) -> Check {
 }
 
 /// Checks that need only the report.
-pub fn check_report(spec: &RunSpec, r: &WorkerReport) -> Vec<Check> {
+pub fn check_report(spec: &RunSpec, r: &Summary) -> Vec<Check> {
     let mut out = vec![
         check(
             "run_id",
@@ -98,7 +68,7 @@ pub fn check_report(spec: &RunSpec, r: &WorkerReport) -> Vec<Check> {
 /// Checks of the manifest against the objects found (key → size, None when absent).
 pub fn check_manifest(
     spec: &RunSpec,
-    report: &WorkerReport,
+    report: &Summary,
     manifest: &Manifest,
     found: &BTreeMap<String, Option<u64>>,
 ) -> Vec<Check> {
@@ -182,6 +152,7 @@ pub fn check_manifest(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contract::ManifestObject;
     use serde_json::json;
 
     fn spec() -> RunSpec {
@@ -195,7 +166,7 @@ mod tests {
         .unwrap()
     }
 
-    fn report() -> WorkerReport {
+    fn report() -> Summary {
         serde_json::from_value(json!({
             "run_id": "r1", "partitions_done": 2, "partitions_failed": 0,
             "rows_in": 20, "rows_out": 20, "manifest": "s3://out/runs/r1/manifest.json",
@@ -221,7 +192,6 @@ mod tests {
             failed,
             vec!["no_failed_partitions", "partitions_done", "min_rows"]
         );
-        assert!(report().extra.contains_key("durations"));
     }
 
     #[test]

@@ -112,7 +112,7 @@ async fn play(
             let attempt = i
                 .tags()
                 .iter()
-                .find(|t| t.key() == Some("ephemera:attempt"))
+                .find(|t| t.key() == Some(ephemera_core::tags::ATTEMPT))
                 .and_then(|t| t.value())
                 .unwrap_or("?")
                 .to_string();

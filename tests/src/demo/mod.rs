@@ -275,7 +275,7 @@ pub async fn run(o: Options, console: Console) -> Result<bool> {
     // The stack's log group, where each worker ships its lines (`ephemera logs` reads them).
     aws_sdk_cloudwatchlogs::Client::new(&crate::sdk_config(region))
         .create_log_group()
-        .log_group_name(ephemera_core::rundoc::WORKER_LOG_GROUP)
+        .log_group_name(ephemera_core::contract::logs::WORKER_LOG_GROUP)
         .send()
         .await
         .context("creating the workers' log group")?;
@@ -453,7 +453,7 @@ async fn download_export(f: &Finished, out: &Path) -> Result<usize> {
     else {
         return Ok(0);
     };
-    let prefix = key.trim_end_matches("manifest.json");
+    let prefix = key.trim_end_matches(ephemera_core::contract::manifest::MANIFEST_FILE);
     let s3 = clients("us-east-1").s3;
     let mut n = 0;
     let mut pages = s3

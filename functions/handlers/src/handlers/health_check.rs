@@ -2,8 +2,9 @@
 //! said it started, within the boot deadline?
 
 use chrono::{DateTime, Utc};
+use ephemera_core::contract::{RunParameters, Started};
 use ephemera_core::health::{self, Failure, Health, Observation};
-use ephemera_core::rundoc::{self, HealthState, WorkerState};
+use ephemera_core::rundoc::{HealthState, WorkerState};
 use serde::Deserialize;
 
 use super::parse_spec;
@@ -18,12 +19,6 @@ pub struct Input {
     /// by Spot? Spot's two-minute notice can end before a worker manages to report it.
     #[serde(default)]
     pub after_timeout: bool,
-}
-
-/// The worker's "started" signal (an SSM parameter under its run's path).
-#[derive(Debug, Deserialize)]
-struct Started {
-    instance_id: String,
 }
 
 pub async fn handle<E: Compute, S: Params>(
@@ -72,7 +67,7 @@ pub async fn handle<E: Compute, S: Params>(
     };
     // A signal left by an earlier attempt names another instance and does not count.
     let worker_started = params
-        .get(&rundoc::started_parameter(&spec.run_id))
+        .get(&RunParameters::of_run(&spec.run_id).started())
         .await?
         .and_then(|v| serde_json::from_str::<Started>(&v).ok())
         .is_some_and(|s| s.instance_id == current.instance_id);

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use base64::Engine;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use ephemera_core::capacity::{self, LaunchErrorKind, Tried};
+use ephemera_core::contract::RunParameters;
 use ephemera_core::rundoc::{self, Attempt, WorkerState};
-use ephemera_core::{cost, ledger, userdata, RunSpec};
+use ephemera_core::{cost, ledger, tags, userdata, RunSpec};
 use serde::Deserialize;
 
 use super::parse_spec;
@@ -53,11 +54,6 @@ pub struct Books<'a, L, N> {
     pub alerts: &'a N,
 }
 
-pub use ephemera_core::tags::{
-    ATTEMPT as TAG_ATTEMPT, DEADLINE as TAG_DEADLINE, EXECUTION as TAG_EXECUTION,
-    MANAGED as TAG_MANAGED, RUN as TAG_RUN,
-};
-
 /// The tags of DESIGN.md plus the user's cost tags.
 pub fn tags(
     spec: &RunSpec,
@@ -66,12 +62,12 @@ pub fn tags(
     deadline: DateTime<Utc>,
 ) -> BTreeMap<String, String> {
     let mut t = spec.tags.clone();
-    t.insert(TAG_MANAGED.into(), "true".into());
-    t.insert(TAG_RUN.into(), spec.run_id.clone());
-    t.insert(TAG_EXECUTION.into(), execution.to_string());
-    t.insert(TAG_ATTEMPT.into(), attempt.to_string());
+    t.insert(tags::MANAGED.into(), "true".into());
+    t.insert(tags::RUN.into(), spec.run_id.clone());
+    t.insert(tags::EXECUTION.into(), execution.to_string());
+    t.insert(tags::ATTEMPT.into(), attempt.to_string());
     t.insert(
-        TAG_DEADLINE.into(),
+        tags::DEADLINE.into(),
         deadline.to_rfc3339_opts(SecondsFormat::Secs, true),
     );
     t.entry("Name".into())
@@ -221,7 +217,7 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
             heartbeat_seconds: spec.limits.heartbeat_seconds,
             timeout_seconds: spec.limits.max_runtime_seconds,
             boot_poll_seconds: spec.waits.boot_poll_seconds,
-            token_parameter: rundoc::token_parameter(&spec.run_id, &current.instance_id),
+            token_parameter: RunParameters::of_run(&spec.run_id).task_token(&current.instance_id),
             token_reader: rundoc::token_reader(&role_id, &current.instance_id),
             current,
         }
@@ -246,8 +242,8 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
     let existing = ec2
         .instances(
             &[
-                (TAG_EXECUTION, input.execution.as_str()),
-                (TAG_ATTEMPT, attempt_s.as_str()),
+                (tags::EXECUTION, input.execution.as_str()),
+                (tags::ATTEMPT, attempt_s.as_str()),
             ],
             &["pending", "running"],
         )
@@ -270,7 +266,7 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
         run_id: &spec.run_id,
         attempt,
         heartbeat_seconds: spec.limits.heartbeat_seconds,
-        ssm_prefix: &rundoc::run_parameter_path(&spec.run_id),
+        ssm_prefix: RunParameters::of_run(&spec.run_id).path(),
     });
     let user_data = base64::engine::general_purpose::STANDARD.encode(script);
     let profile = spec

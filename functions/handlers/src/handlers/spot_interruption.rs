@@ -4,12 +4,11 @@
 //! the worker to say it or for its heartbeat to time out.
 //! (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/spot-instance-termination-notices.html)
 
+use ephemera_core::contract::{RunParameters, Started};
 use ephemera_core::health::is_spot_reclaim;
-use ephemera_core::names;
-use ephemera_core::rundoc::{started_parameter, token_parameter};
+use ephemera_core::{names, tags};
 use serde::{Deserialize, Serialize};
 
-use super::launch_worker::{TAG_MANAGED, TAG_RUN};
 use crate::aws::{Compute, Params, TaskTokens};
 use crate::error::Error;
 
@@ -41,11 +40,6 @@ pub struct Outcome {
     pub run_id: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct Started {
-    instance_id: String,
-}
-
 pub async fn handle<E: Compute, S: Params, T: TaskTokens>(
     ec2: &E,
     params: &S,
@@ -61,10 +55,10 @@ pub async fn handle<E: Compute, S: Params, T: TaskTokens>(
     let Some(instance) = ec2.describe(std::slice::from_ref(&id)).await?.pop() else {
         return Ok(outcome("ignored: instance not found", None));
     };
-    if instance.tags.get(TAG_MANAGED).map(String::as_str) != Some("true") {
+    if instance.tags.get(tags::MANAGED).map(String::as_str) != Some("true") {
         return Ok(outcome("ignored: not an ephemera instance", None));
     }
-    let run = instance.tags.get(TAG_RUN);
+    let run = instance.tags.get(tags::RUN);
     match event.detail_type.as_str() {
         WARNING => {}
         // ephemera terminates its own workers too: only Spot's termination is an interruption.
@@ -83,14 +77,15 @@ pub async fn handle<E: Compute, S: Params, T: TaskTokens>(
     };
     // The token is the run's current attempt's; an event about an earlier attempt's instance
     // must not fail the attempt that replaced it.
+    let run_parameters = RunParameters::of_run(run);
     let current = params
-        .get(&started_parameter(run))
+        .get(&run_parameters.started())
         .await?
         .and_then(|v| serde_json::from_str::<Started>(&v).ok());
     if current.as_ref().map(|s| s.instance_id.as_str()) != Some(id.as_str()) {
         return Ok(outcome("ignored: not the run's current worker", Some(run)));
     }
-    let Some(token) = params.get(&token_parameter(run, &id)).await? else {
+    let Some(token) = params.get(&run_parameters.task_token(&id)).await? else {
         return Ok(outcome("ignored: no task is waiting yet", Some(run)));
     };
     let cause = format!(

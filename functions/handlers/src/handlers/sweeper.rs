@@ -6,9 +6,9 @@ use ephemera_core::ledger::EntryState;
 use ephemera_core::sweep::sweep_reason;
 use serde::{Deserialize, Serialize};
 
-use super::launch_worker::{TAG_DEADLINE, TAG_EXECUTION, TAG_MANAGED, TAG_RUN};
 use crate::aws::{Compute, Executions, Ledger, Notifier};
 use crate::error::Error;
+use ephemera_core::tags;
 
 /// The scheduled event carries nothing the sweeper needs.
 #[derive(Debug, Default, Deserialize)]
@@ -39,13 +39,13 @@ pub async fn handle<E: Compute, X: Executions, N: Notifier, L: Ledger>(
 ) -> Result<SweepReport, Error> {
     let live = ec2
         .instances(
-            &[(TAG_MANAGED, "true")],
+            &[(tags::MANAGED, "true")],
             &["pending", "running", "stopping", "stopped"],
         )
         .await?;
     let mut swept = vec![];
     for i in &live {
-        let execution = i.tags.get(TAG_EXECUTION).cloned().unwrap_or_default();
+        let execution = i.tags.get(tags::EXECUTION).cloned().unwrap_or_default();
         let status = if execution.is_empty() {
             None
         } else {
@@ -60,13 +60,13 @@ pub async fn handle<E: Compute, X: Executions, N: Notifier, L: Ledger>(
         };
         let deadline = i
             .tags
-            .get(TAG_DEADLINE)
+            .get(tags::DEADLINE)
             .and_then(|d| DateTime::parse_from_rfc3339(d).ok())
             .map(|d| d.with_timezone(&Utc));
         if let Some(reason) = sweep_reason(status.as_deref(), deadline, now) {
             swept.push(Swept {
                 instance_id: i.id.clone(),
-                run_id: i.tags.get(TAG_RUN).cloned().unwrap_or_default(),
+                run_id: i.tags.get(tags::RUN).cloned().unwrap_or_default(),
                 execution,
                 reason,
             });

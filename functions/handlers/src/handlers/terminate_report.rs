@@ -16,10 +16,10 @@ use ephemera_core::rundoc::{
 use ephemera_core::{report_html, Market};
 use serde::Deserialize;
 
-use super::launch_worker::{TAG_ATTEMPT, TAG_EXECUTION, TAG_MANAGED, TAG_RUN};
 use super::parse_spec;
 use crate::aws::{Compute, History, InstanceView, Ledger, Notifier, ObjectWriter, PriceList};
 use crate::error::Error;
+use ephemera_core::tags;
 
 #[derive(Debug, Deserialize)]
 pub struct Input {
@@ -95,7 +95,7 @@ where
     // (a Lambda that crashed after RunInstances never returned its instance).
     let mut instances: BTreeMap<String, InstanceView> = BTreeMap::new();
     for i in ec2
-        .instances(&[(TAG_EXECUTION, input.execution.as_str())], &[])
+        .instances(&[(tags::EXECUTION, input.execution.as_str())], &[])
         .await?
     {
         instances.insert(i.id.clone(), i);
@@ -109,14 +109,17 @@ where
         instances.insert(i.id.clone(), i);
     }
     for i in instances.values() {
-        let managed = i.tags.get(TAG_MANAGED).map(String::as_str) == Some("true");
-        let ours = i.tags.get(TAG_RUN) == Some(&spec.run_id);
+        let managed = i.tags.get(tags::MANAGED).map(String::as_str) == Some("true");
+        let ours = i.tags.get(tags::RUN) == Some(&spec.run_id);
         if !managed || !ours {
             return Err(Error::Refused {
                 instance: i.id.clone(),
                 why: format!(
-                    "it is not tagged {TAG_MANAGED}=true and {TAG_RUN}={} (tags: {:?})",
-                    spec.run_id, i.tags
+                    "it is not tagged {}=true and {}={} (tags: {:?})",
+                    tags::MANAGED,
+                    tags::RUN,
+                    spec.run_id,
+                    i.tags
                 ),
             });
         }
@@ -199,7 +202,7 @@ where
         attempts.push(AttemptCost {
             attempt: i
                 .tags
-                .get(TAG_ATTEMPT)
+                .get(tags::ATTEMPT)
                 .and_then(|a| a.parse().ok())
                 .or(from_doc.map(|a| a.attempt))
                 .unwrap_or(0),

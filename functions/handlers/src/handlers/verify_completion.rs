@@ -3,9 +3,10 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use ephemera_core::contract::{Manifest, Summary};
 use ephemera_core::rundoc::Verification;
 use ephemera_core::runspec::parse_s3_url;
-use ephemera_core::verify::{self, Check, Manifest, WorkerReport};
+use ephemera_core::verify::{self, Check};
 use serde::Deserialize;
 
 use super::parse_spec;
@@ -33,7 +34,7 @@ pub async fn handle<O: Objects>(
     now: DateTime<Utc>,
 ) -> Result<Verification, Error> {
     let spec = parse_spec(&input.run)?;
-    let report: WorkerReport = match serde_json::from_value(input.result.clone()) {
+    let report: Summary = match serde_json::from_value(input.result.clone()) {
         Ok(r) => r,
         Err(e) => {
             return Err(Error::VerificationFailed {

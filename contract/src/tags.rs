@@ -7,3 +7,6 @@ pub const EXECUTION: &str = "ephemera:execution";
 pub const ATTEMPT: &str = "ephemera:attempt";
 /// RFC 3339: past it, the sweeper terminates the instance whatever its execution says.
 pub const DEADLINE: &str = "ephemera:deadline";
+/// On a task token parameter (not an instance): who may read it; the worker role reads a token
+/// only when this tag equals its own `aws:userid` (template.yaml, `ReadItsOwnTaskToken`).
+pub const READER: &str = "ephemera:reader";

@@ -1,0 +1,60 @@
+//! The export manifest the worker writes beside its Parquet files (`<export target>/manifest.json`)
+//! and verify-completion checks against the objects it finds.
+
+use serde::{Deserialize, Serialize};
+
+/// The manifest's name in the export target.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub run_id: String,
+    pub objects: Vec<ManifestObject>,
+}
+
+/// One exported file, as listed in the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestObject {
+    /// S3 object key (in the target's bucket) or path relative to the target directory.
+    pub key: String,
+    pub rows: u64,
+    pub bytes: u64,
+    /// Hex SHA-256 of the object. The worker always writes it; verify-completion does not check
+    /// it and reads a manifest without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn what_the_worker_writes_is_what_verify_completion_reads() {
+        let m = Manifest {
+            run_id: "r1".into(),
+            objects: vec![
+                ManifestObject {
+                    key: "runs/r1/indicators/pair=EURUSD/month=2023-04/part.parquet".into(),
+                    rows: 12,
+                    bytes: 100,
+                    sha256: Some("ab".repeat(32)),
+                },
+                ManifestObject {
+                    key: "runs/r1/b.parquet".into(),
+                    rows: 8,
+                    bytes: 50,
+                    sha256: None,
+                },
+            ],
+        };
+        let written = serde_json::to_vec_pretty(&m).unwrap();
+        assert_eq!(serde_json::from_slice::<Manifest>(&written).unwrap(), m);
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&written).unwrap()["objects"][0],
+            json!({"key": "runs/r1/indicators/pair=EURUSD/month=2023-04/part.parquet",
+                   "rows": 12, "bytes": 100, "sha256": "ab".repeat(32)})
+        );
+    }
+}

@@ -1,0 +1,92 @@
+//! The run's SSM parameters, through which the worker and the state machine signal each other:
+//! the worker says "started", the state machine hands each instance its task token.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A run's SSM path and the parameters under it; the worker's role may touch only its own run's.
+/// The Lambdas name it by run id; the worker gets the path itself in its user data
+/// (`--ssm-prefix`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunParameters {
+    path: String,
+}
+
+impl RunParameters {
+    pub fn of_run(run_id: &str) -> RunParameters {
+        RunParameters {
+            path: format!("/ephemera/runs/{run_id}"),
+        }
+    }
+
+    /// The path as passed on the worker's command line (a trailing `/` is allowed).
+    pub fn at(path: &str) -> RunParameters {
+        RunParameters {
+            path: path.trim_end_matches('/').to_string(),
+        }
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Where the worker says [`Started`]; health-check reads it.
+    pub fn started(&self) -> String {
+        format!("{}/started", self.path)
+    }
+
+    /// Where the state machine hands `instance_id` its task token: one parameter per instance,
+    /// so that it can carry its one reader ([`crate::tags::READER`]).
+    pub fn task_token(&self, instance_id: &str) -> String {
+        format!("{}/task-token/{instance_id}", self.path)
+    }
+}
+
+/// The value of the "started" parameter. It names the instance because a signal left by an
+/// earlier attempt must not count for the current one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Started {
+    pub instance_id: String,
+    pub attempt: u32,
+    pub at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_worker_finds_the_parameters_the_lambdas_name() {
+        let lambdas = RunParameters::of_run("fx-2023");
+        // The user data passes `path()`; the worker may be given it with a trailing slash.
+        for given in [lambdas.path().to_string(), format!("{}/", lambdas.path())] {
+            let worker = RunParameters::at(&given);
+            assert_eq!(worker, lambdas);
+        }
+        assert_eq!(lambdas.started(), "/ephemera/runs/fx-2023/started");
+        let a = lambdas.task_token("i-0abc");
+        assert_eq!(a, "/ephemera/runs/fx-2023/task-token/i-0abc");
+        assert_ne!(a, lambdas.task_token("i-0abd"));
+        // SSM parameter names allow a-zA-Z0-9_.-/ only: the reader (with its `:`) is a tag.
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c)));
+    }
+
+    #[test]
+    fn started_round_trips() {
+        let s = Started {
+            instance_id: "i-0abc".into(),
+            attempt: 2,
+            at: DateTime::parse_from_rfc3339("2026-11-30T12:00:00Z")
+                .unwrap()
+                .with_timezone(&Utc),
+        };
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<Started>(&json).unwrap(), s);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&json).unwrap(),
+            serde_json::json!({"instance_id": "i-0abc", "attempt": 2, "at": "2026-11-30T12:00:00Z"})
+        );
+    }
+}
