@@ -74,23 +74,45 @@ pub struct Finished {
     pub cause: Option<String>,
     /// Names of the states entered, in order.
     pub path: Vec<String>,
+    /// The cost report: the output's `report`, or for a failed execution (which has no output)
+    /// the one Cleanup or TerminateWithCostReport left in the state data.
+    pub report: Value,
 }
 
 impl Finished {
     /// How the execution ended, from DescribeExecution and the states it entered.
     pub fn new(
         d: &aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput,
-        path: Vec<String>,
+        events: &[aws_sdk_sfn::types::HistoryEvent],
     ) -> Finished {
+        let output: Value = d
+            .output()
+            .and_then(|o| serde_json::from_str(o).ok())
+            .unwrap_or(Value::Null);
+        let from_history = || {
+            events
+                .iter()
+                .rev()
+                .filter_map(|e| e.state_exited_event_details())
+                .filter(|x| matches!(x.name(), "Cleanup" | "TerminateWithCostReport"))
+                .find_map(|x| serde_json::from_str::<Value>(x.output()?).ok())
+                .map(|data| data["report"].clone())
+                .unwrap_or(Value::Null)
+        };
         Finished {
             status: d.status().as_str().to_string(),
-            output: d
-                .output()
-                .and_then(|o| serde_json::from_str(o).ok())
-                .unwrap_or(Value::Null),
+            report: match &output["report"] {
+                Value::Null => from_history(),
+                r => r.clone(),
+            },
+            output,
             error: d.error().map(str::to_string),
             cause: d.cause().map(str::to_string),
-            path,
+            path: events
+                .iter()
+                .filter_map(|e| e.state_entered_event_details())
+                .map(|d| d.name().to_string())
+                .collect(),
         }
     }
 
@@ -145,12 +167,6 @@ pub async fn wait(region: &str, execution: &str, timeout: Duration) -> Finished 
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    let path = history(&sfn, execution)
-        .await
-        .expect("GetExecutionHistory")
-        .iter()
-        .filter_map(|e| e.state_entered_event_details())
-        .map(|d| d.name().to_string())
-        .collect();
-    Finished::new(&d, path)
+    let events = history(&sfn, execution).await.expect("GetExecutionHistory");
+    Finished::new(&d, &events)
 }

@@ -95,7 +95,6 @@ pub async fn follow(
         .context("connecting to the demo's PostgreSQL")?;
     tokio::spawn(conn);
     let mut shown = 0usize;
-    let mut path = vec![];
     let mut started = None;
     loop {
         let events = crate::e2e::history(sfn, execution)
@@ -103,9 +102,6 @@ pub async fn follow(
             .context("GetExecutionHistory")?;
         for e in events.iter().skip(shown) {
             let t0 = *started.get_or_insert(e.timestamp().as_secs_f64());
-            if let Some(d) = e.state_entered_event_details() {
-                path.push(d.name().to_string());
-            }
             if let Some(line) = describe(e, t0) {
                 console.line(&line);
             }
@@ -136,7 +132,7 @@ pub async fn follow(
                 .unwrap_or(false);
             if last_seen {
                 console.finish();
-                return Ok(Finished::new(&d, path));
+                return Ok(Finished::new(&d, &events));
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -52,9 +52,7 @@ impl Scenario {
 
     /// Whether the run ended as this scenario shows it should; the reason when not.
     pub fn judge(self, f: &Finished) -> std::result::Result<(), String> {
-        let attempts = f.output["report"]["attempts"]
-            .as_array()
-            .map_or(0, Vec::len);
+        let attempts = f.report["attempts"].as_array().map_or(0, Vec::len);
         match self {
             Scenario::OverBudget => {
                 if f.status == "FAILED"
@@ -378,7 +376,7 @@ async fn reclaim_first_instance(
 
 /// The report, the email, and the export, where a user finds them.
 async fn present(f: &Finished, inbox: &fixtures::Inbox, out: &Path) -> Result<()> {
-    let report = &f.output["report"];
+    let report = &f.report;
     std::fs::write(
         out.join("report.json"),
         serde_json::to_string_pretty(report)?,
