@@ -122,27 +122,19 @@ pub async fn command(
     for (attempt, instance, stream) in streams {
         println!("== attempt {attempt} on {instance} ({WORKER_LOG_GROUP} {stream})");
         let op = Op::new("logs:GetLogEvents", &stream);
-        let mut token: Option<String> = None;
-        loop {
-            let page = logs
-                .get_log_events()
-                .log_group_name(WORKER_LOG_GROUP)
-                .log_stream_name(&stream)
-                .start_from_head(true)
-                .set_next_token(token.clone())
-                .send()
-                .await
-                .map_err(|e| op.fail(e))?;
-            for e in page.events() {
-                let m = e.message().unwrap_or_default();
-                println!("{}", if raw { m.to_string() } else { readable(m) });
-            }
-            // The end is when the forward token stops changing.
-            let next = page.next_forward_token().map(str::to_string);
-            if next.is_none() || next == token || page.events().is_empty() {
-                break;
-            }
-            token = next;
+        // The paginator stops where the forward token stops changing: the stream's end.
+        let mut events = logs
+            .get_log_events()
+            .log_group_name(WORKER_LOG_GROUP)
+            .log_stream_name(&stream)
+            .start_from_head(true)
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(e) = events.next().await {
+            let e = e.map_err(|e| op.fail(e))?;
+            let m = e.message().unwrap_or_default();
+            println!("{}", if raw { m.to_string() } else { readable(m) });
         }
     }
     Ok(Outcome::Done)

@@ -107,7 +107,7 @@ mod tests {
         let r = CostReport {
             run_id: "fx".into(),
             execution: "arn:aws:states:r:1:execution:m:fx-1".into(),
-            outcome: "SUCCEEDED".into(),
+            outcome: ephemera_core::rundoc::Outcome::Succeeded,
             error: None,
             failure: None,
             estimate_usd: 1.0,

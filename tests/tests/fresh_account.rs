@@ -300,7 +300,7 @@ async fn a_refused_email_or_spot_price_never_fails_the_report() {
     .await
     .unwrap();
     let report: CostReport = serde_json::from_value(out).unwrap();
-    assert_eq!(report.outcome, "SUCCEEDED");
+    assert_eq!(report.outcome, ephemera_core::rundoc::Outcome::Succeeded);
     assert_eq!(report.terminated, vec![w.current.instance_id.clone()]);
     let notes = report.notes.join("\n");
     assert!(notes.contains("could not be emailed"), "{notes}");

@@ -513,7 +513,7 @@ async fn terminate_reports_the_cost_by_email_and_is_idempotent() {
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(report.outcome, "SUCCEEDED");
+    assert_eq!(report.outcome, ephemera_core::rundoc::Outcome::Succeeded);
     assert_eq!(report.terminated, vec![w.current.instance_id.clone()]);
     assert!(
         live(&c, "terminate").await.is_empty(),
@@ -582,7 +582,7 @@ async fn cleanup_finds_an_instance_the_run_document_lost_and_refuses_foreign_one
         .unwrap(),
     )
     .unwrap();
-    assert_eq!(report.outcome, "FAILED");
+    assert_eq!(report.outcome, ephemera_core::rundoc::Outcome::Failed);
     assert_eq!(report.terminated, vec![w.current.instance_id.clone()]);
     assert!(live(&c, "lost").await.is_empty());
 

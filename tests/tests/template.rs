@@ -141,3 +141,54 @@ fn the_template_and_the_asl_spell_the_contracts_names() {
         "the template's worker log group is not {WORKER_LOG_GROUP}"
     );
 }
+
+/// The Choice states compare the run document's typed verdicts by their serialized names: each
+/// value the ASL compares must be one the Rust type writes.
+#[test]
+fn the_asls_choices_compare_values_the_handlers_write() {
+    use ephemera_core::quota::QuotaVerdict;
+    use ephemera_core::rundoc::HealthVerdict;
+    let asl: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("state-machines/ephemeral-worker.asl.json")).unwrap(),
+    )
+    .unwrap();
+    let written = |v: serde_json::Value| v.as_str().unwrap().to_string();
+    let health: BTreeSet<String> = [
+        HealthVerdict::Healthy,
+        HealthVerdict::Booting,
+        HealthVerdict::Silent,
+    ]
+    .into_iter()
+    .map(|v| written(serde_json::to_value(v).unwrap()))
+    .collect();
+    let quota: BTreeSet<String> = [
+        QuotaVerdict::Enough,
+        QuotaVerdict::Waiting,
+        QuotaVerdict::Denied,
+        QuotaVerdict::DeadlinePassed,
+    ]
+    .into_iter()
+    .map(|v| written(serde_json::to_value(v).unwrap()))
+    .collect();
+    let mut compared = 0;
+    for state in asl["States"].as_object().unwrap().values() {
+        for choice in state["Choices"].as_array().into_iter().flatten() {
+            let (Some(var), Some(value)) =
+                (choice["Variable"].as_str(), choice["StringEquals"].as_str())
+            else {
+                continue;
+            };
+            let allowed = match var {
+                "$.health.verdict" => &health,
+                "$.quota.verdict" => &quota,
+                _ => continue,
+            };
+            assert!(
+                allowed.contains(value),
+                "{var} == {value:?}: written are {allowed:?}"
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared >= 2, "the verdict choices were found");
+}

@@ -550,24 +550,19 @@ ul{margin:4px 0;padding-left:20px}
 /// The whole page. Every figure comes from `r`; all text from it is escaped.
 pub fn render(r: &CostReport) -> String {
     let mut out = String::with_capacity(16 * 1024);
-    let outcome_class: String = r
-        .outcome
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .collect::<String>()
-        .to_ascii_lowercase();
+    let outcome_class = r.outcome.as_str().to_ascii_lowercase();
     let _ = write!(
         out,
         r#"<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><title>ephemera {}: {} {}</title><style>{STYLE}</style></head><body><main>"#,
         escape(&r.run_id),
-        escape(&r.outcome),
+        r.outcome,
         usd(r.actual_usd)
     );
     let _ = write!(
         out,
         r#"<header><h1>ephemera run <span id="run-id">{}</span> <span id="outcome" class="outcome {outcome_class}">{}</span></h1><p class="meta">{} in {} · report generated {} · execution <code id="execution">{}</code></p></header>"#,
         escape(&r.run_id),
-        escape(&r.outcome),
+        r.outcome,
         usd(r.actual_usd),
         duration(r.phases.total_seconds),
         when(r.generated_at),
@@ -682,6 +677,7 @@ pub fn render(r: &CostReport) -> String {
 mod tests {
     use super::*;
     use crate::cost::Orchestration;
+    use crate::rundoc::Outcome;
     use crate::rundoc::{CaughtError, Phases, Verification};
     use crate::verify::Check;
     use chrono::TimeZone;
@@ -715,7 +711,7 @@ mod tests {
         CostReport {
             run_id: "fx-2023".into(),
             execution: "arn:aws:states:us-east-1:123456789012:execution:ephemera-worker:x".into(),
-            outcome: "SUCCEEDED".into(),
+            outcome: Outcome::Succeeded,
             error: None,
             failure: None,
             estimate_usd: 2.3331,
@@ -929,7 +925,7 @@ mod tests {
     fn text_from_the_run_is_escaped() {
         let mut r = report();
         r.run_id = "r<1>".into();
-        r.outcome = "FAILED".into();
+        r.outcome = Outcome::Failed;
         r.error = Some(CaughtError {
             error: "Worker.Failed".into(),
             cause: Some(r#"<script>alert("x")</script> & 'more'"#.into()),

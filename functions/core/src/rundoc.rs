@@ -57,10 +57,22 @@ pub struct WorkerState {
     pub token_reader: String,
 }
 
+/// health-check's verdict, as the `Booted` Choice state reads it (`$.health.verdict`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthVerdict {
+    /// Running, status checks ok, the worker said "started": await its completion.
+    Healthy,
+    /// Not yet: look again after `wait_seconds`.
+    Booting,
+    /// After a heartbeat timeout: the worker is gone and Spot did not take it.
+    Silent,
+}
+
 /// `$.health`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HealthState {
-    pub verdict: String,
+    pub verdict: HealthVerdict,
     pub instance_id: String,
     pub detail: String,
     pub wait_seconds: u64,
@@ -149,12 +161,35 @@ pub struct Phases {
     pub total_seconds: i64,
 }
 
+/// How the run ended, as the email's subject and the report say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "SUCCEEDED",
+            Outcome::Failed => "FAILED",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `$.report`: what the run cost and how it went; also the JSON sent by SNS.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CostReport {
     pub run_id: String,
     pub execution: String,
-    pub outcome: String,
+    pub outcome: Outcome,
     #[serde(default)]
     pub error: Option<CaughtError>,
     /// What the execution fails with (see `failure_for`); absent on success.
@@ -393,7 +428,7 @@ mod tests {
         let mut r = CostReport {
             run_id: "x".repeat(200),
             execution: "arn".into(),
-            outcome: "SUCCEEDED".into(),
+            outcome: Outcome::Succeeded,
             error: None,
             failure: None,
             estimate_usd: 1.0,
@@ -420,7 +455,7 @@ mod tests {
         assert_eq!(render_email(&r).0, "ephemera fx-2023: SUCCEEDED $0.12");
         let json_part = body.split("--- report (JSON) ---\n").nth(1).unwrap();
         let back: CostReport = serde_json::from_str(json_part).unwrap();
-        assert_eq!(back.outcome, "SUCCEEDED");
+        assert_eq!(back.outcome, Outcome::Succeeded);
         assert!(
             !body.contains("S3 console"),
             "no link when nothing was stored"

@@ -229,24 +229,19 @@ impl Compute for aws_sdk_ec2::Client {
                     .build(),
             );
         }
-        let mut out = vec![];
-        let mut token = None;
-        loop {
-            let resp = self
-                .describe_instances()
-                .set_filters(Some(filters.clone()))
-                .set_next_token(token)
-                .send()
-                .await
-                .map_err(|e| Error::aws("ec2", "DescribeInstances", e))?;
-            for r in resp.reservations() {
-                out.extend(r.instances().iter().map(view));
-            }
-            token = resp.next_token().map(str::to_string);
-            if token.is_none() {
-                return Ok(out);
-            }
-        }
+        let reservations = self
+            .describe_instances()
+            .set_filters(Some(filters))
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| Error::aws("ec2", "DescribeInstances", e))?;
+        Ok(reservations
+            .iter()
+            .flat_map(|r| r.instances().iter().map(view))
+            .collect())
     }
 
     async fn describe(&self, ids: &[String]) -> Result<Vec<InstanceView>, Error> {
@@ -410,38 +405,28 @@ impl Compute for aws_sdk_ec2::Client {
         start: DateTime<Utc>,
         end: DateTime<Utc>,
     ) -> Result<Vec<PricePoint>, Error> {
-        let mut out = vec![];
-        let mut token = None;
-        loop {
-            let resp = self
-                .describe_spot_price_history()
-                .instance_types(InstanceType::from(instance_type))
-                .availability_zone(availability_zone)
-                .product_descriptions("Linux/UNIX")
-                .start_time(to_smithy(start))
-                .end_time(to_smithy(end))
-                .set_next_token(token)
-                .send()
-                .await
-                .map_err(|e| Error::aws("ec2", "DescribeSpotPriceHistory", e))?;
-            for p in resp.spot_price_history() {
-                if let (Some(price), Some(at)) = (
-                    p.spot_price().and_then(|s| s.parse::<f64>().ok()),
-                    p.timestamp(),
-                ) {
-                    out.push(PricePoint {
-                        at: to_chrono(at),
-                        usd_per_hour: price,
-                    });
-                }
-            }
-            token = resp
-                .next_token()
-                .filter(|t| !t.is_empty())
-                .map(str::to_string);
-            if token.is_none() {
-                return Ok(out);
-            }
-        }
+        // EC2 ends the pages with an empty NextToken, which the paginator reads as the end.
+        let prices = self
+            .describe_spot_price_history()
+            .instance_types(InstanceType::from(instance_type))
+            .availability_zone(availability_zone)
+            .product_descriptions("Linux/UNIX")
+            .start_time(to_smithy(start))
+            .end_time(to_smithy(end))
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| Error::aws("ec2", "DescribeSpotPriceHistory", e))?;
+        Ok(prices
+            .iter()
+            .filter_map(|p| {
+                Some(PricePoint {
+                    usd_per_hour: p.spot_price()?.parse::<f64>().ok()?,
+                    at: to_chrono(p.timestamp()?),
+                })
+            })
+            .collect())
     }
 }

@@ -38,51 +38,46 @@ impl History for aws_sdk_sfn::Client {
         // tasks (the worker's token wait) are not Lambda time.
         let mut lambda_scheduled: HashSet<i64> = HashSet::new();
         let mut lambda_started: HashMap<i64, chrono::DateTime<chrono::Utc>> = HashMap::new();
-        let mut token = None;
-        loop {
-            let resp = match self
-                .get_execution_history()
-                .execution_arn(execution_arn)
-                .set_next_token(token)
-                .send()
-                .await
-            {
-                Ok(r) => r,
-                Err(_) => return Ok(None),
-            };
-            for e in resp.events() {
-                let kind = e.r#type().as_str();
-                let at = to_chrono(e.timestamp());
-                if kind == "ExecutionStarted" {
-                    started_at = Some(at);
-                }
-                if kind.ends_with("StateEntered") {
-                    transitions += 1;
-                }
-                match kind {
-                    "TaskScheduled" => {
-                        let is_lambda = e
-                            .task_scheduled_event_details()
-                            .is_some_and(|d| d.resource_type() == "lambda");
-                        if is_lambda {
-                            invocations += 1;
-                            lambda_scheduled.insert(e.id());
-                        }
-                    }
-                    "TaskStarted" if lambda_scheduled.contains(&e.previous_event_id()) => {
-                        lambda_started.insert(e.id(), at);
-                    }
-                    "TaskSucceeded" | "TaskFailed" | "TaskTimedOut" => {
-                        if let Some(start) = lambda_started.remove(&e.previous_event_id()) {
-                            seconds += (at - start).num_milliseconds().max(1) as f64 / 1000.0;
-                        }
-                    }
-                    _ => {}
-                }
+        // An unreadable history leaves orchestration unpriced (a note), never a failed report.
+        let Ok(events) = self
+            .get_execution_history()
+            .execution_arn(execution_arn)
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+        else {
+            return Ok(None);
+        };
+        for e in &events {
+            let kind = e.r#type().as_str();
+            let at = to_chrono(e.timestamp());
+            if kind == "ExecutionStarted" {
+                started_at = Some(at);
             }
-            token = resp.next_token().map(str::to_string);
-            if token.is_none() {
-                break;
+            if kind.ends_with("StateEntered") {
+                transitions += 1;
+            }
+            match kind {
+                "TaskScheduled" => {
+                    let is_lambda = e
+                        .task_scheduled_event_details()
+                        .is_some_and(|d| d.resource_type() == "lambda");
+                    if is_lambda {
+                        invocations += 1;
+                        lambda_scheduled.insert(e.id());
+                    }
+                }
+                "TaskStarted" if lambda_scheduled.contains(&e.previous_event_id()) => {
+                    lambda_started.insert(e.id(), at);
+                }
+                "TaskSucceeded" | "TaskFailed" | "TaskTimedOut" => {
+                    if let Some(start) = lambda_started.remove(&e.previous_event_id()) {
+                        seconds += (at - start).num_milliseconds().max(1) as f64 / 1000.0;
+                    }
+                }
+                _ => {}
             }
         }
         let gb_seconds = seconds * lambda_memory_mb as f64 / 1024.0;

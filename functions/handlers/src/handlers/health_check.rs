@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use ephemera_core::contract::{RunParameters, Started};
 use ephemera_core::health::{self, Failure, Health, Observation};
-use ephemera_core::rundoc::{HealthState, WorkerState};
+use ephemera_core::rundoc::{HealthState, HealthVerdict, WorkerState};
 use serde::Deserialize;
 
 use super::parse_spec;
@@ -48,7 +48,7 @@ pub async fn handle<E: Compute, S: Params>(
             )));
         }
         return Ok(HealthState {
-            verdict: "silent".into(),
+            verdict: HealthVerdict::Silent,
             instance_id: current.instance_id.clone(),
             detail: format!(
                 "the worker went silent; its instance is {state} ({}), not taken by Spot",
@@ -85,7 +85,7 @@ pub async fn handle<E: Compute, S: Params>(
     tracing::info!(instance = %current.instance_id, ?verdict, "health checked");
     match verdict {
         Health::Healthy => Ok(HealthState {
-            verdict: "healthy".into(),
+            verdict: HealthVerdict::Healthy,
             instance_id: current.instance_id.clone(),
             detail: "running, status checks ok, worker started".into(),
             wait_seconds: 0,
@@ -96,7 +96,7 @@ pub async fn handle<E: Compute, S: Params>(
             let left =
                 spec.limits.boot_timeout_seconds as i64 - (now - current.launched_at).num_seconds();
             Ok(HealthState {
-                verdict: "booting".into(),
+                verdict: HealthVerdict::Booting,
                 instance_id: current.instance_id.clone(),
                 detail: format!("waiting for {waiting_for}"),
                 wait_seconds: spec.waits.boot_poll_seconds.min(left.max(1) as u64),

@@ -11,7 +11,7 @@ use ephemera_core::ledger::EntryState;
 use ephemera_core::quota::{QuotaState, QuotaVerdict};
 use ephemera_core::rundoc::{
     failure_for, render_email, report_location, Attempt, AttemptCost, CaughtError, CostReport,
-    HealthState, Phases, StoredReport, Verification, WorkerState,
+    HealthState, Outcome, Phases, StoredReport, Verification, WorkerState,
 };
 use ephemera_core::{report_html, Market};
 use serde::Deserialize;
@@ -263,11 +263,10 @@ where
         run_id: spec.run_id.clone(),
         execution: input.execution.clone(),
         outcome: if input.error.is_none() {
-            "SUCCEEDED"
+            Outcome::Succeeded
         } else {
-            "FAILED"
-        }
-        .to_string(),
+            Outcome::Failed
+        },
         error: input.error.clone(),
         failure: input.error.as_ref().map(failure_for),
         estimate_usd: input
