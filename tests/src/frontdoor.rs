@@ -1052,11 +1052,28 @@ impl FrontDoor {
             format!("Action=CreateInstanceProfile&Version=2010-05-08&InstanceProfileName={profile}"),
             format!("Action=AddRoleToInstanceProfile&Version=2010-05-08&InstanceProfileName={profile}&RoleName={role}"),
         ] {
-            let ok = self
-                .moto_query("us-east-1", "iam", &body)
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            assert!(ok, "the harness could not create the worker's role and profile in moto");
+            // moto loads its IAM backend on the first IAM call, which under load can fail or
+            // come late: tried again for a while; "already exists" means an earlier try landed.
+            let mut last = String::new();
+            let mut done = false;
+            for _ in 0..40 {
+                match self.moto_query("us-east-1", "iam", &body).await {
+                    Ok(r) if r.status().is_success() => done = true,
+                    Ok(r) => {
+                        last = format!("{}: {}", r.status(), r.text().await.unwrap_or_default());
+                        done = last.contains("EntityAlreadyExists") || last.contains("LimitExceeded");
+                    }
+                    Err(e) => last = e.to_string(),
+                }
+                if done {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            assert!(
+                done,
+                "the harness could not create the worker's role and profile in moto: {last}"
+            );
         }
     }
 

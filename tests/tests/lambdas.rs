@@ -562,7 +562,10 @@ async fn terminate_reports_the_cost_by_email_and_is_idempotent() {
     )
     .unwrap();
     assert!(again.terminated.is_empty());
-    assert_eq!(again.attempts[0].state_before, "terminated");
+    assert_eq!(
+        again.attempts[0].state_before,
+        Some(ephemera_core::instance_state::InstanceState::Terminated)
+    );
 }
 
 #[tokio::test]

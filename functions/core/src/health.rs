@@ -3,12 +3,13 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::instance_state::InstanceState;
+
 /// What health-check saw of the instance and the worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Observation {
-    /// EC2 state name (pending, running, shutting-down, terminated, stopping, stopped), None if
-    /// the instance is not found.
-    pub state: Option<String>,
+    /// The instance's state, None if the instance is not found (or in a state EC2 added since).
+    pub state: Option<InstanceState>,
     /// StateReason code, e.g. Server.SpotInstanceTermination.
     pub state_reason: Option<String>,
     /// Instance and system status checks: ok, impaired, initializing, insufficient-data.
@@ -49,11 +50,8 @@ pub fn judge(o: &Observation) -> Health {
     // (https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html), and a
     // terminated instance stays visible for about an hour, so an instance not found during its
     // boot is one not visible yet: it is waited for until the boot deadline like any other.
-    let state = o.state.as_deref().unwrap_or("not visible yet");
-    if matches!(
-        state,
-        "shutting-down" | "terminated" | "stopping" | "stopped"
-    ) {
+    let state = o.state.map_or("not visible yet", InstanceState::name);
+    if o.state.is_some_and(InstanceState::is_ending) {
         let reason = o.state_reason.clone().unwrap_or_default();
         if is_spot_reclaim(&reason) {
             return Health::Failed {
@@ -78,7 +76,7 @@ pub fn judge(o: &Observation) -> Health {
         }
     }
     let mut missing = vec![];
-    if state != "running" {
+    if o.state != Some(InstanceState::Running) {
         missing.push(format!("state {state}"));
     }
     if o.instance_status.as_deref() != Some("ok") || o.system_status.as_deref() != Some("ok") {
@@ -118,7 +116,7 @@ mod tests {
     fn obs() -> Observation {
         let t0 = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
         Observation {
-            state: Some("running".into()),
+            state: Some(InstanceState::Running),
             state_reason: None,
             instance_status: Some("ok".into()),
             system_status: Some("ok".into()),
@@ -134,7 +132,7 @@ mod tests {
         assert_eq!(judge(&obs()), Health::Healthy);
         let mut o = obs();
         o.worker_started = false;
-        o.state = Some("pending".into());
+        o.state = Some(InstanceState::Pending);
         match judge(&o) {
             Health::Booting { waiting_for } => {
                 assert!(waiting_for.contains("state pending"));
@@ -160,7 +158,7 @@ mod tests {
             }
         ));
         let mut o = obs();
-        o.state = Some("terminated".into());
+        o.state = Some(InstanceState::Terminated);
         o.state_reason = Some("Server.SpotInstanceTermination".into());
         assert!(matches!(
             judge(&o),

@@ -4,6 +4,7 @@ pub mod capacity;
 pub mod catalog;
 pub mod cost;
 pub mod health;
+pub mod instance_state;
 pub mod ledger;
 pub mod quota;
 pub mod report_html;

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Duration, Utc};
 
+use crate::instance_state::InstanceState;
 use crate::rundoc::{AttemptCost, CostReport};
 use crate::runspec::Market;
 
@@ -59,11 +60,8 @@ pub struct Timeline {
 }
 
 /// States in which an instance was already ending before terminate-with-cost-report acted.
-fn gone_before_teardown(state_before: &str) -> bool {
-    matches!(
-        state_before,
-        "terminated" | "shutting-down" | "stopping" | "stopped"
-    )
+fn gone_before_teardown(state_before: Option<InstanceState>) -> bool {
+    state_before.is_some_and(InstanceState::is_ending)
 }
 
 /// The lanes, from the report alone. The report keeps durations, not instants, for the phases,
@@ -104,7 +102,7 @@ pub fn timeline(r: &CostReport) -> Timeline {
             label: format!("#{} {} {}", a.attempt, a.instance_type, a.market.as_str()),
             start: a.launched_at,
             end: a.ended_at.max(a.launched_at),
-            reclaimed: a.market == Market::Spot && gone_before_teardown(&a.state_before),
+            reclaimed: a.market == Market::Spot && gone_before_teardown(a.state_before),
             relaunched: i + 1 < r.attempts.len(),
         });
     }
@@ -474,7 +472,7 @@ fn phases_table(r: &CostReport, out: &mut String) {
 }
 
 fn attempt_row(a: &AttemptCost, relaunched: bool, out: &mut String) {
-    let reclaimed = a.market == Market::Spot && gone_before_teardown(&a.state_before);
+    let reclaimed = a.market == Market::Spot && gone_before_teardown(a.state_before);
     let mut how = String::new();
     if reclaimed {
         how.push_str("reclaimed by Spot");
@@ -508,7 +506,7 @@ fn attempt_row(a: &AttemptCost, relaunched: bool, out: &mut String) {
         usd(a.on_demand_equivalent_usd),
         usd(a.average_usd_per_hour),
         escape(&a.price_source),
-        escape(&a.state_before),
+        a.state_before.map_or("unknown", InstanceState::name),
         if how.is_empty() {
             String::new()
         } else {
@@ -701,7 +699,7 @@ mod tests {
             on_demand_equivalent_usd: 0.05,
             average_usd_per_hour: 0.2,
             price_source: "spot-price-history".into(),
-            state_before: state.into(),
+            state_before: InstanceState::from_name(state),
         }
     }
 

@@ -8,6 +8,7 @@ use crate::capacity::Tried;
 #[cfg(doc)]
 use crate::contract::RunParameters;
 use crate::cost::Orchestration;
+use crate::instance_state::InstanceState;
 use crate::runspec::{parse_s3_url, Market, RunSpec};
 use crate::verify::Check;
 
@@ -149,7 +150,8 @@ pub struct AttemptCost {
     /// Where the price came from: spot-price-history, price-list-api, fallback table (dated).
     pub price_source: String,
     /// State before ephemera's terminate call (already terminated, running, …).
-    pub state_before: String,
+    /// The instance's state when terminate-with-cost-report found it (None: unknown to this code).
+    pub state_before: Option<InstanceState>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -355,7 +357,7 @@ pub fn render_email(r: &CostReport) -> (String, String) {
             a.billed_seconds,
             a.compute_usd,
             a.price_source,
-            a.state_before
+            a.state_before.map_or("unknown", InstanceState::name)
         ));
     }
     if r.attempts.is_empty() {

@@ -13,6 +13,7 @@ use aws_sdk_ec2::types::{
 };
 use chrono::{DateTime, Utc};
 use ephemera_core::cost::PricePoint;
+use ephemera_core::instance_state::InstanceState;
 use ephemera_core::Market;
 
 use super::{to_chrono, to_smithy};
@@ -23,7 +24,8 @@ use crate::error::Error;
 pub struct InstanceView {
     pub id: String,
     pub instance_type: String,
-    pub state: String,
+    /// None when EC2 names a state this code does not know.
+    pub state: Option<InstanceState>,
     pub state_reason: Option<String>,
     pub state_transition_reason: Option<String>,
     pub launch_time: Option<DateTime<Utc>>,
@@ -67,7 +69,7 @@ pub trait Compute: Send + Sync {
     fn instances(
         &self,
         tags: &[(&str, &str)],
-        states: &[&str],
+        states: &[InstanceState],
     ) -> impl Future<Output = Result<Vec<InstanceView>, Error>> + Send;
     fn describe(
         &self,
@@ -140,8 +142,7 @@ pub fn view(i: &Instance) -> InstanceView {
         state: i
             .state()
             .and_then(|s| s.name())
-            .map(|n| n.as_str().to_string())
-            .unwrap_or_default(),
+            .and_then(|n| InstanceState::from_name(n.as_str())),
         state_reason: i.state_reason().and_then(|r| r.code()).map(str::to_string),
         state_transition_reason: i
             .state_transition_reason()
@@ -210,7 +211,7 @@ impl Compute for aws_sdk_ec2::Client {
     async fn instances(
         &self,
         tags: &[(&str, &str)],
-        states: &[&str],
+        states: &[InstanceState],
     ) -> Result<Vec<InstanceView>, Error> {
         let mut filters: Vec<Filter> = tags
             .iter()
@@ -225,7 +226,7 @@ impl Compute for aws_sdk_ec2::Client {
             filters.push(
                 Filter::builder()
                     .name("instance-state-name")
-                    .set_values(Some(states.iter().map(|s| s.to_string()).collect()))
+                    .set_values(Some(states.iter().map(|s| s.name().to_string()).collect()))
                     .build(),
             );
         }

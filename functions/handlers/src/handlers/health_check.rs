@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use ephemera_core::contract::{RunParameters, Started};
 use ephemera_core::health::{self, Failure, Health, Observation};
+use ephemera_core::instance_state::InstanceState;
 use ephemera_core::rundoc::{HealthState, HealthVerdict, WorkerState};
 use serde::Deserialize;
 
@@ -36,7 +37,10 @@ pub async fn handle<E: Compute, S: Params>(
         .next();
     if input.after_timeout {
         let reason = instance.as_ref().and_then(|i| i.state_reason.clone());
-        let state = instance.as_ref().map_or("not found", |i| i.state.as_str());
+        let state = instance
+            .as_ref()
+            .and_then(|i| i.state)
+            .map_or("not found", InstanceState::name);
         tracing::info!(instance = %current.instance_id, state, ?reason, "the worker went silent");
         // Server.SpotInstanceTermination / Server.SpotInstanceShutdown
         // (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_StateReason.html).
@@ -59,8 +63,8 @@ pub async fn handle<E: Compute, S: Params>(
             healthy_at: None,
         });
     }
-    let state = instance.as_ref().map(|i| i.state.clone());
-    let (instance_status, system_status) = if state.as_deref() == Some("running") {
+    let state = instance.as_ref().and_then(|i| i.state);
+    let (instance_status, system_status) = if state == Some(InstanceState::Running) {
         ec2.status_checks(&current.instance_id).await?
     } else {
         (None, None)

@@ -7,6 +7,7 @@ use base64::Engine;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use ephemera_core::capacity::{self, LaunchErrorKind, Tried};
 use ephemera_core::contract::RunParameters;
+use ephemera_core::instance_state::InstanceState;
 use ephemera_core::rundoc::{self, Attempt, WorkerState};
 use ephemera_core::{cost, ledger, tags, userdata, RunSpec};
 use serde::Deserialize;
@@ -245,7 +246,7 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
                 (tags::EXECUTION, input.execution.as_str()),
                 (tags::ATTEMPT, attempt_s.as_str()),
             ],
-            &["pending", "running"],
+            &[InstanceState::Pending, InstanceState::Running],
         )
         .await?;
     if let Some(i) = existing.first() {

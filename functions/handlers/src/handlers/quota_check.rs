@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
 use ephemera_core::catalog::{quota_class, quota_code};
+use ephemera_core::instance_state::InstanceState;
 use ephemera_core::quota::{self, QuotaLine, QuotaState, QuotaVerdict, RequestProgress};
 use ephemera_core::runspec::FieldError;
 use ephemera_core::InvalidRunSpec;
@@ -105,7 +106,9 @@ pub async fn handle<E: Compute, Q: QuotaService>(
     })?;
 
     // Usage: vCPUs of running and pending instances, counted in the quota each one draws on.
-    let active = ec2.instances(&[], &["pending", "running"]).await?;
+    let active = ec2
+        .instances(&[], &[InstanceState::Pending, InstanceState::Running])
+        .await?;
     let mut active_types: Vec<String> = active.iter().map(|i| i.instance_type.clone()).collect();
     active_types.sort();
     active_types.dedup();

@@ -2,6 +2,7 @@
 //! `ephemera:managed=true` whose execution no longer runs or whose deadline has passed.
 
 use chrono::{DateTime, Utc};
+use ephemera_core::instance_state::InstanceState;
 use ephemera_core::ledger::EntryState;
 use ephemera_core::sweep::sweep_reason;
 use serde::{Deserialize, Serialize};
@@ -38,10 +39,7 @@ pub async fn handle<E: Compute, X: Executions, N: Notifier, L: Ledger>(
     now: DateTime<Utc>,
 ) -> Result<SweepReport, Error> {
     let live = ec2
-        .instances(
-            &[(tags::MANAGED, "true")],
-            &["pending", "running", "stopping", "stopped"],
-        )
+        .instances(&[(tags::MANAGED, "true")], &InstanceState::LIVE)
         .await?;
     let mut swept = vec![];
     for i in &live {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use ephemera_core::catalog;
 use ephemera_core::cost::{self, Orchestration};
+use ephemera_core::instance_state::InstanceState;
 use ephemera_core::ledger::EntryState;
 use ephemera_core::quota::{QuotaState, QuotaVerdict};
 use ephemera_core::rundoc::{
@@ -126,7 +127,8 @@ where
     }
     let to_stop: Vec<String> = instances
         .values()
-        .filter(|i| !matches!(i.state.as_str(), "terminated" | "shutting-down"))
+        // A state this code does not know is stopped too: terminating twice does no harm.
+        .filter(|i| !i.state.is_some_and(InstanceState::is_terminating))
         .map(|i| i.id.clone())
         .collect();
     let teardown_start = Utc::now();
@@ -218,7 +220,7 @@ where
             on_demand_equivalent_usd: cost::usd(on_demand_usd + ebs_usd),
             average_usd_per_hour: cost::usd(compute_usd * 3600.0 / billed as f64),
             price_source: source,
-            state_before: i.state.clone(),
+            state_before: i.state,
         });
     }
     attempts.sort_by_key(|a| (a.attempt, a.launched_at));
