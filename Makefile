@@ -108,7 +108,7 @@ lambdas: $(VENV)/bin/cargo-lambda
 
 # The worker against the COPY ceiling on BENCH_ROWS (5 M) generated bars, and the kernels.
 bench: postgres $(VENV)/.talib-$(TALIB_VERSION)
-	cargo run --locked --profile perf -p ephemera-worker --bin ephemera-worker-bench
+	cargo bench --locked --profile perf -p ephemera-worker --bench ephemera-worker-bench
 
 # Start a run from a RunSpec file and follow it to its report (STATE_MACHINE = the stack output).
 run:

@@ -52,10 +52,10 @@ impl FaultRule {
 
 /// A Lambda that fails as a crashed runtime does (Runtime.ExitError), a given number of times.
 #[derive(Debug, Clone)]
-pub struct Crash {
-    pub region: String,
-    pub function: String,
-    pub remaining: u32,
+struct Crash {
+    region: String,
+    function: String,
+    remaining: u32,
 }
 
 pub struct FrontDoor {
@@ -66,9 +66,9 @@ pub struct FrontDoor {
     pub quotas: Mutex<HashMap<String, QuotaStandIn>>,
     clients: Mutex<HashMap<String, Aws>>,
     /// (region, function) of every Lambda invocation served.
-    pub invocations: Mutex<Vec<(String, String)>>,
+    invocations: Mutex<Vec<(String, String)>>,
     /// (region, action, code) of every fault answered.
-    pub faults_fired: Mutex<Vec<(String, String, String)>>,
+    faults_fired: Mutex<Vec<(String, String, String)>>,
     pub settings: Mutex<Settings>,
     /// Regions where the stack's ledger table exists (created on the first invocation there,
     /// as a deployment in that region would have it).
@@ -79,9 +79,9 @@ pub struct FrontDoor {
     /// A region's own policies, for tests that take a statement away.
     policies_in: Mutex<HashMap<String, Policies>>,
     /// Every refusal: (region, principal, action, resource, reason).
-    pub denials: Mutex<Vec<Denial>>,
+    denials: Mutex<Vec<Denial>>,
     /// Service-linked roles created, per region (each test's region is its own fresh account).
-    pub service_linked_roles: Mutex<Vec<(String, String)>>,
+    service_linked_roles: Mutex<Vec<(String, String)>>,
     /// (region, instance) → by-id Describe calls still answered NotFound.
     not_visible_yet: Mutex<HashMap<(String, String), u32>>,
     /// (region, type) the region does not offer though moto knows it.

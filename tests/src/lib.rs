@@ -85,6 +85,8 @@ pub fn harness() -> &'static Harness {
                     .stdout(log_file.try_clone().expect("log"))
                     .stderr(log_file);
                 // moto dies with this thread, which lives as long as the test process.
+                // SAFETY: pre_exec runs between fork and exec; prctl is async-signal-safe.
+                #[allow(unsafe_code)]
                 unsafe {
                     use std::os::unix::process::CommandExt;
                     cmd.pre_exec(|| {

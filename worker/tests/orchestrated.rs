@@ -355,14 +355,9 @@ async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption()
 /// then aborts, hands back and sends SendTaskFailure.
 const NOTICE_TO_FAILURE: Duration = Duration::from_secs(6);
 
-#[tokio::test]
-async fn a_spot_notice_mid_partition_fails_the_task_within_seconds_and_hands_the_partition_back() {
-    let run_id = "worker-spot-abort";
-    let region = fresh_region();
-    let db_url = postgres().database("worker_spot_abort");
-    let client = db::connect(&db_url).await.unwrap();
-    db::init(&client, "bars_1m").await.unwrap();
-    // One pair-month of 5-second bars (518,400 rows): a partition that takes many seconds.
+/// One pair-month of 5-second bars (518,400 rows): a partition that takes many seconds.
+async fn one_long_month(client: &tokio_postgres::Client) {
+    db::init(client, "bars_1m").await.unwrap();
     client
         .batch_execute(
             "INSERT INTO bars_1m
@@ -374,67 +369,32 @@ async fn a_spot_notice_mid_partition_fails_the_task_within_seconds_and_hands_the
         )
         .await
         .unwrap();
+}
 
-    let aws = clients(region);
-    let net = fixtures::network(&aws).await;
-    let mut spec = fixtures::runspec(run_id, &net, None);
-    spec["expect"] = json!({"partitions": 2, "min_rows": 500000});
-    spec["limits"]["heartbeat_seconds"] = json!(30);
-    let machine = e2e::create_state_machine(region).await;
-    let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;
-
-    let instance_id = Arc::new(Mutex::new(String::new()));
-    let notice = Arc::new(Mutex::new(false));
-    let imds_url = imds(instance_id.clone(), notice.clone()).await;
-    *instance_id.lock().unwrap() = instance_of(region, run_id, "1").await;
-    let stages = ["--stages", "indicators,regression"];
-    let first = worker_with(region, &db_url, &imds_url, run_id, 1, &stages);
-
-    // Mid-partition: a worker session is inside its transaction, writing the output with COPY.
+/// Until a worker session is inside a partition's transaction, writing its output with COPY.
+async fn mid_partition(client: &tokio_postgres::Client) {
     ephemera_tests::eventually(
         "the worker writing a partition",
         Duration::from_secs(120),
-        || {
-            let client = &client;
-            async move {
-                let n: i64 = client
-                    .query_one(
-                        "SELECT count(*) FROM pg_stat_activity
-                          WHERE state = 'active' AND query LIKE 'COPY ephemera\\_run\\_% FROM STDIN%'",
-                        &[],
-                    )
-                    .await
-                    .ok()?
-                    .get(0);
-                (n > 0).then_some(())
-            }
+        || async move {
+            let n: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                      WHERE state = 'active' AND query LIKE 'COPY ephemera\\_run\\_% FROM STDIN%'",
+                    &[],
+                )
+                .await
+                .ok()?
+                .get(0);
+            (n > 0).then_some(())
         },
     )
     .await;
-    *notice.lock().unwrap() = true;
-    let noticed = std::time::Instant::now();
-    let first = tokio::time::timeout(Duration::from_secs(60), first.wait_with_output())
-        .await
-        .expect("the worker ends soon after the notice")
-        .unwrap();
-    // The worker exits once SendTaskFailure has been answered.
-    let notice_to_failure = noticed.elapsed();
-    let stderr = String::from_utf8_lossy(&first.stderr);
-    assert!(first.status.success(), "{stderr}");
-    assert!(
-        notice_to_failure < NOTICE_TO_FAILURE,
-        "{notice_to_failure:?}\n{stderr}"
-    );
-    assert!(stderr.contains("reported the interruption"), "{stderr}");
-    // This region has no log group: shipping fails, the work and its timing do not.
-    assert!(stderr.contains("cannot create the log stream"), "{stderr}");
-    assert!(
-        stderr.contains("not every log line reached CloudWatch Logs"),
-        "{stderr}"
-    );
+}
 
-    // Nothing half-written, nothing held: every partition is done, or pending with no lease,
-    // its attempt not counted, and its output absent.
+/// Every partition of `run_id` done, or pending with no lease, its attempt not counted and its
+/// output absent; returns how many were handed back.
+async fn done_or_handed_back(client: &tokio_postgres::Client, run_id: &str) -> usize {
     let rows = client
         .query(
             "SELECT stage, state, lease_owner, attempts FROM ephemera.partitions
@@ -468,6 +428,56 @@ async fn a_spot_notice_mid_partition_fails_the_task_within_seconds_and_hands_the
             other => panic!("{stage} is {other}"),
         }
     }
+    handed_back
+}
+
+#[tokio::test]
+async fn a_spot_notice_mid_partition_fails_the_task_within_seconds_and_hands_the_partition_back() {
+    let run_id = "worker-spot-abort";
+    let region = fresh_region();
+    let db_url = postgres().database("worker_spot_abort");
+    let client = db::connect(&db_url).await.unwrap();
+    one_long_month(&client).await;
+
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    let mut spec = fixtures::runspec(run_id, &net, None);
+    spec["expect"] = json!({"partitions": 2, "min_rows": 500000});
+    spec["limits"]["heartbeat_seconds"] = json!(30);
+    let machine = e2e::create_state_machine(region).await;
+    let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;
+
+    let instance_id = Arc::new(Mutex::new(String::new()));
+    let notice = Arc::new(Mutex::new(false));
+    let imds_url = imds(instance_id.clone(), notice.clone()).await;
+    *instance_id.lock().unwrap() = instance_of(region, run_id, "1").await;
+    let stages = ["--stages", "indicators,regression"];
+    let first = worker_with(region, &db_url, &imds_url, run_id, 1, &stages);
+    mid_partition(&client).await;
+    *notice.lock().unwrap() = true;
+    let noticed = std::time::Instant::now();
+    let first = tokio::time::timeout(Duration::from_secs(60), first.wait_with_output())
+        .await
+        .expect("the worker ends soon after the notice")
+        .unwrap();
+    // The worker exits once SendTaskFailure has been answered.
+    let notice_to_failure = noticed.elapsed();
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{stderr}");
+    assert!(
+        notice_to_failure < NOTICE_TO_FAILURE,
+        "{notice_to_failure:?}\n{stderr}"
+    );
+    assert!(stderr.contains("reported the interruption"), "{stderr}");
+    // This region has no log group: shipping fails, the work and its timing do not.
+    assert!(stderr.contains("cannot create the log stream"), "{stderr}");
+    assert!(
+        stderr.contains("not every log line reached CloudWatch Logs"),
+        "{stderr}"
+    );
+
+    // Nothing half-written, nothing held.
+    let handed_back = done_or_handed_back(&client, run_id).await;
     assert!(handed_back >= 1, "interrupted too late to test anything");
     // Claimable at once by anyone (here a probe, which gives it back).
     let probe = queue::claim(&client, run_id, "probe", 600, 3)
@@ -513,4 +523,86 @@ async fn a_spot_notice_mid_partition_fails_the_task_within_seconds_and_hands_the
             .get(0);
         assert_eq!(n, 518_400, "{stage}");
     }
+}
+
+/// SIGTERM (the instance shutting down, or an operator) is not a Spot notice: the worker aborts
+/// the partitions in hand, hands them back uncounted, and fails its task with Worker.Failed,
+/// which ends the run (only a Spot interruption relaunches) with everything terminated.
+#[tokio::test]
+async fn sigterm_mid_partition_hands_the_partition_back_and_fails_the_run() {
+    let run_id = "worker-sigterm";
+    let region = fresh_region();
+    let db_url = postgres().database("worker_sigterm");
+    let client = db::connect(&db_url).await.unwrap();
+    one_long_month(&client).await;
+
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    let inbox = fixtures::inbox(region, "ephemera-reports").await;
+    let mut spec = fixtures::runspec(run_id, &net, Some(&inbox.topic_arn));
+    spec["expect"] = json!({"partitions": 2, "min_rows": 500000});
+    spec["limits"]["heartbeat_seconds"] = json!(30);
+    let machine = e2e::create_state_machine(region).await;
+    let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;
+
+    let instance_id = Arc::new(Mutex::new(String::new()));
+    let imds_url = imds(instance_id.clone(), Arc::new(Mutex::new(false))).await;
+    *instance_id.lock().unwrap() = instance_of(region, run_id, "1").await;
+    let worker = worker_with(
+        region,
+        &db_url,
+        &imds_url,
+        run_id,
+        1,
+        &["--stages", "indicators,regression"],
+    );
+    mid_partition(&client).await;
+    let pid = worker.id().expect("the worker is running").to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = tokio::time::timeout(Duration::from_secs(60), worker.wait_with_output())
+        .await
+        .expect("the worker ends soon after SIGTERM")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Reported, so the worker's own exit is clean: the run's failure is the state machine's.
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("SIGTERM: aborting the partitions in hand"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("reported the interruption"), "{stderr}");
+    let handed_back = done_or_handed_back(&client, run_id).await;
+    assert!(handed_back >= 1, "interrupted too late to test anything");
+
+    let done = e2e::wait(region, &execution, Duration::from_secs(120)).await;
+    assert_eq!(done.status, "FAILED", "{done:?}");
+    assert_eq!(done.error.as_deref(), Some("Worker.Failed"), "{done:?}");
+    // moto's SendTaskFailure drops the cause (it reads only the error); AWS passes it on.
+    assert!(
+        matches!(
+            done.cause.as_deref(),
+            Some("stopped by SIGTERM before the work was done" | "Worker.Failed (no cause given)")
+        ),
+        "{done:?}"
+    );
+    assert_eq!(done.visited("Relaunch"), 0, "{:?}", done.path);
+    assert_eq!(done.visited("Cleanup"), 1, "{:?}", done.path);
+    let instances = fixtures::instances_of(&aws, run_id).await;
+    assert!(
+        instances
+            .iter()
+            .all(|(_, s)| s == "terminated" || s == "shutting-down"),
+        "{instances:?}"
+    );
+    assert_eq!(done.report["error"]["Error"], "Worker.Failed");
+    let mut emails = inbox.read().await;
+    if emails.is_empty() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        emails = inbox.read().await;
+    }
+    assert_eq!(emails.len(), 1, "{emails:?}");
 }

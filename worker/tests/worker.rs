@@ -264,8 +264,11 @@ async fn a_lost_lease_rolls_the_partition_back_and_bad_rows_are_counted() {
     assert_eq!(q["bad_price"], 2);
     assert_eq!(q["high_below_low"], 1);
     assert_eq!(q["duplicate_ts"], 1);
-    // Read in time order, so the out-of-order insert is only a duplicate's neighbour here.
-    assert_eq!(q["out_of_order"], 0);
+    // The NULL volume is read as 0 (no volume), a bar like any other, not a bad volume. (The
+    // partition reads its bars in time order, so the cleaning never meets one out of order
+    // here: bars::tests::the_policy counts those.)
+    assert_eq!(q["rows_in"], 8);
+    assert_eq!(q["bad_volume"], 0);
     assert_eq!(q["rows_kept"], 4);
     assert_eq!(
         count(

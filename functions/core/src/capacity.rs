@@ -171,7 +171,18 @@ mod tests {
         assert_eq!(client_token(exec, 1, &c1), client_token(exec, 1, &c1));
         assert_ne!(client_token(exec, 1, &c1), client_token(exec, 2, &c1));
         assert_ne!(client_token(exec, 1, &c1), client_token(exec, 1, &c2));
-        let t = client_token(exec, 10, &c1);
-        assert!(t.len() <= 64 && t.is_ascii(), "{t}");
+        assert_ne!(
+            client_token(exec, 1, &c1),
+            client_token(&exec.replace("run-1", "run-2"), 1, &c1)
+        );
+        // EC2 refuses a ClientToken over 64 ASCII characters: the longest one this can make,
+        // the last attempt number of a long execution ARN on a long type and subnet, fits.
+        let long = Candidate {
+            market: Market::OnDemand,
+            instance_type: "u7in-32tb.224xlarge".into(),
+            subnet: "subnet-0123456789abcdef0".into(),
+        };
+        let t = client_token(&format!("{exec}{}", "-x".repeat(100)), u32::MAX, &long);
+        assert!(t.len() <= 64 && t.is_ascii(), "{} characters: {t}", t.len());
     }
 }

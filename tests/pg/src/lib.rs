@@ -41,7 +41,10 @@ fn bin_dir() -> PathBuf {
 
 /// (uid, gid) to run the server as: `postgres` when we are root (the server refuses root).
 fn server_user() -> Option<(u32, u32)> {
-    if unsafe { libc::geteuid() } != 0 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    #[allow(unsafe_code)]
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
         return None;
     }
     let out = Command::new("id").args(["-u", "postgres"]).output().ok()?;
@@ -51,6 +54,8 @@ fn server_user() -> Option<(u32, u32)> {
     Some((uid, gid))
 }
 
+// SAFETY: pre_exec runs between fork and exec; setgid, setuid and prctl are async-signal-safe.
+#[allow(unsafe_code)]
 fn as_server_user(cmd: &mut Command, user: Option<(u32, u32)>, die_with_parent: bool) {
     unsafe {
         cmd.pre_exec(move || {

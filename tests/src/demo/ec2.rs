@@ -36,7 +36,10 @@ impl Worker {
         }
         if let Some(pid) = self.child.id() {
             // SAFETY: a plain signal to our own child.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(pid as i32, libc::SIGTERM)
+            };
         }
         self.stopping_since = Some(Instant::now());
     }
@@ -249,6 +252,8 @@ async fn boot(setup: &Setup, id: &str, attempt: &str) -> Result<Child> {
         .stderr(log)
         .kill_on_drop(true);
     // The worker dies with the demo, however the demo ends.
+    // SAFETY: pre_exec runs between fork and exec; prctl is async-signal-safe.
+    #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);

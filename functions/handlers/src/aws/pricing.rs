@@ -128,6 +128,67 @@ impl PriceList for PriceListApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_sdk_pricing::operation::get_products::{GetProductsError, GetProductsOutput};
+    use aws_smithy_mocks::{mock, mock_client, RuleMode};
+
+    fn api(rule: &aws_smithy_mocks::Rule) -> PriceListApi {
+        PriceListApi {
+            client: mock_client!(aws_sdk_pricing, RuleMode::MatchAny, [rule]),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unavailable_price_list_api_falls_back_to_the_dated_table_and_says_so() {
+        let denied = mock!(aws_sdk_pricing::Client::get_products).then_error(|| {
+            GetProductsError::generic(
+                aws_sdk_pricing::error::ErrorMetadata::builder()
+                    .code("AccessDeniedException")
+                    .build(),
+            )
+        });
+        let (price, source) = api(&denied)
+            .on_demand_hourly("c7g.4xlarge", "us-east-1")
+            .await
+            .unwrap();
+        assert_eq!(denied.num_calls(), 1);
+        assert_eq!(
+            Some(price),
+            catalog::on_demand_hourly_bound("c7g.4xlarge", "us-east-1")
+        );
+        assert_eq!(
+            source,
+            format!(
+                "fallback table (us-east-1 prices as of {})",
+                catalog::PRICES_AS_OF
+            )
+        );
+        // Another region: the table's price raised by the bound, and called an estimate.
+        let (_, source) = api(&denied)
+            .on_demand_hourly("c7g.4xlarge", "ap-southeast-2")
+            .await
+            .unwrap();
+        assert!(source.starts_with("estimated: fallback table"), "{source}");
+        // A type neither knows has no price (launch-worker then refuses to guess).
+        assert_eq!(
+            api(&denied)
+                .on_demand_hourly("x9.nonesuch", "us-east-1")
+                .await,
+            None
+        );
+
+        // The API answering is what the table stands in for.
+        let answered = mock!(aws_sdk_pricing::Client::get_products).then_output(|| {
+            GetProductsOutput::builder()
+                .price_list(r#"{"terms":{"OnDemand":{"T":{"priceDimensions":{"D":{"unit":"Hrs","pricePerUnit":{"USD":"0.6000000000"}}}}}}}"#)
+                .build()
+        });
+        assert_eq!(
+            api(&answered)
+                .on_demand_hourly("c7g.4xlarge", "us-east-1")
+                .await,
+            Some((0.6, "price-list-api".to_string()))
+        );
+    }
 
     #[test]
     fn parses_a_get_products_document() {
