@@ -18,6 +18,8 @@ use crate::sdk_config;
 pub enum Behaviour {
     /// Start, heartbeat, succeed with this report.
     Succeed(Value),
+    /// As `Succeed`, holding the token this many seconds first (heartbeating).
+    SucceedAfter(u64, Value),
     /// Never say "started" (the boot never completes).
     NeverStart,
     /// Start and take the token, then go silent (no heartbeat, no result).
@@ -179,6 +181,11 @@ pub fn spawn(region: &str, run_id: &str, behaviour: Behaviour, lifetime: Duratio
             };
             match &behaviour {
                 Behaviour::Succeed(report) => {
+                    succeed(report.clone()).await;
+                    log.push(format!("{instance}: succeeded"));
+                }
+                Behaviour::SucceedAfter(seconds, report) => {
+                    tokio::time::sleep(Duration::from_secs(*seconds)).await;
                     succeed(report.clone()).await;
                     log.push(format!("{instance}: succeeded"));
                 }

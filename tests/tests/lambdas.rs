@@ -613,6 +613,7 @@ async fn cleanup_finds_an_instance_the_run_document_lost_and_refuses_foreign_one
         &role.sfn,
         &role.s3,
         None::<&ephemera_functions::aws::LedgerTable>,
+        None::<&aws_sdk_ssm::Client>,
         &terminate_report::Config::default(),
         serde_json::from_value(
             json!({"run": spec, "execution": execution(c.region, "other"), "worker": doc}),

@@ -3,6 +3,7 @@
 //! Every scenario asserts the final status, the path taken, the email, and that no instance
 //! tagged for the run is left pending or running.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ephemera_tests::e2e::{self, Finished};
@@ -155,29 +156,88 @@ async fn happy_path() {
 }
 
 /// Each attempt's task token is a parameter of its instance's own, tagged with the one role
-/// session that may read it: the worker on that instance reads it (the run succeeds), a worker
-/// on any other instance, of this run or another, is refused as AWS refuses it.
+/// session that may read it: while the run waits on it, the worker on that instance reads it, a
+/// worker on any other instance is refused as AWS refuses it; once the run is over, its
+/// parameters are gone.
 #[tokio::test]
 async fn a_task_token_is_read_only_by_its_own_instance() {
     let run_id = "e2e-token";
+    let probe: Arc<Mutex<Option<TokenProbe>>> = Arc::default();
+    let seen = probe.clone();
     let r = scenario(
         run_id,
-        Behaviour::Succeed(report_for(run_id, 2)),
-        |_| {},
+        // The worker holds the token a few seconds, so that it can be probed while it exists.
+        Behaviour::SucceedAfter(4, report_for(run_id, 2)),
+        move |region| {
+            tokio::spawn(async move {
+                let found = probe_token(region, run_id).await;
+                *seen.lock().unwrap() = Some(found);
+            });
+        },
         |_| {},
     )
     .await;
     assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished);
     let (instance, _) = &r.instances[0];
-    assert!(
-        r.worker_log
-            .contains(&format!("{instance}: got the task token")),
-        "{:?}",
-        r.worker_log
+    let p = probe
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the token was probed while the run waited on it");
+    assert_eq!(&p.instance, instance);
+    assert!(p.own_read, "its own instance reads it");
+    assert_eq!(p.other_read.as_deref(), Some("AccessDeniedException"));
+    assert_eq!(
+        p.reader,
+        Some(format!(
+            "{}:{instance}",
+            ephemera_tests::iam::WORKER_ROLE_ID
+        ))
     );
-    let name = format!("/ephemera/runs/{run_id}/task-token/{instance}");
+    // The run's signals went with it (terminate-with-cost-report deletes them).
+    let left = clients(r.region)
+        .ssm
+        .get_parameters_by_path()
+        .path(format!("/ephemera/runs/{run_id}"))
+        .recursive(true)
+        .send()
+        .await
+        .unwrap();
+    assert!(left.parameters().is_empty(), "{:?}", left.parameters());
+    r.assert_nothing_left();
+}
+
+/// What could be done with a run's task token while it existed.
+struct TokenProbe {
+    instance: String,
+    own_read: bool,
+    /// The error code a read as another instance got, None if it was let through.
+    other_read: Option<String>,
+    reader: Option<String>,
+}
+
+async fn probe_token(region: &'static str, run_id: &str) -> TokenProbe {
+    let admin = clients(region).ssm;
+    let name = ephemera_tests::eventually("the task token", Duration::from_secs(150), || {
+        let admin = admin.clone();
+        async move {
+            let found = admin
+                .get_parameters_by_path()
+                .path(format!("/ephemera/runs/{run_id}/task-token"))
+                .send()
+                .await
+                .ok()?;
+            found
+                .parameters()
+                .first()
+                .and_then(|p| p.name())
+                .map(str::to_string)
+        }
+    })
+    .await;
+    let instance = name.rsplit('/').next().unwrap().to_string();
     let read_as = |session: &str| {
-        let ssm = aws_sdk_ssm::Client::new(&ephemera_tests::instance_config(r.region, session));
+        let ssm = aws_sdk_ssm::Client::new(&ephemera_tests::instance_config(region, session));
         let name = name.clone();
         async move {
             ssm.get_parameter()
@@ -187,35 +247,35 @@ async fn a_task_token_is_read_only_by_its_own_instance() {
                 .await
         }
     };
-    let own = read_as(instance).await.expect("its own instance reads it");
-    assert!(own
-        .parameter()
-        .and_then(|p| p.value())
-        .is_some_and(|v| !v.is_empty()));
-    let err = read_as("i-0another0instance1").await.unwrap_err();
-    let code = aws_sdk_ssm::error::ProvideErrorMetadata::code(&err);
-    assert_eq!(code, Some("AccessDeniedException"), "{err:?}");
-    let tags = clients(r.region)
-        .ssm
+    let own_read = read_as(&instance).await.is_ok_and(|o| {
+        o.parameter()
+            .and_then(|p| p.value())
+            .is_some_and(|v| !v.is_empty())
+    });
+    let other_read = read_as("i-0another0instance1").await.err().map(|e| {
+        aws_sdk_ssm::error::ProvideErrorMetadata::code(&e)
+            .unwrap_or("?")
+            .to_string()
+    });
+    let reader = admin
         .list_tags_for_resource()
         .resource_type(aws_sdk_ssm::types::ResourceTypeForTagging::Parameter)
         .resource_id(&name)
         .send()
         .await
-        .unwrap();
-    let reader = tags
-        .tag_list()
-        .iter()
-        .find(|t| t.key() == "ephemera:reader")
-        .map(|t| t.value().to_string());
-    assert_eq!(
+        .ok()
+        .and_then(|t| {
+            t.tag_list()
+                .iter()
+                .find(|t| t.key() == ephemera_core::tags::READER)
+                .map(|t| t.value().to_string())
+        });
+    TokenProbe {
+        instance,
+        own_read,
+        other_read,
         reader,
-        Some(format!(
-            "{}:{instance}",
-            ephemera_tests::iam::WORKER_ROLE_ID
-        ))
-    );
-    r.assert_nothing_left();
+    }
 }
 
 #[tokio::test]

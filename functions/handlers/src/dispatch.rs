@@ -166,6 +166,7 @@ pub async fn invoke(
                 history: &aws.sfn,
                 objects: &aws.s3,
                 ledger: ledger(&aws.dynamodb, settings),
+                signals: &aws.ssm,
             };
             terminate_with_cost_report(clients, region, settings, payload, now).await
         }
@@ -257,6 +258,7 @@ pub struct TerminateClients<'a> {
     pub history: &'a aws_sdk_sfn::Client,
     pub objects: &'a aws_sdk_s3::Client,
     pub ledger: Option<LedgerTable>,
+    pub signals: &'a aws_sdk_ssm::Client,
 }
 
 pub async fn terminate_with_cost_report(
@@ -280,6 +282,7 @@ pub async fn terminate_with_cost_report(
         c.history,
         c.objects,
         c.ledger.as_ref(),
+        Some(c.signals),
         &config,
         input,
         now,

@@ -288,6 +288,7 @@ async fn report(
         &sfn,
         &NoObjects,
         None::<&NoLedger>,
+        None::<&aws_sdk_ssm::Client>,
         &terminate_report::Config {
             region: "us-east-1".into(),
             lambda_memory_mb: 128,

@@ -19,7 +19,7 @@ pub use executions::{Executions, TaskTokens};
 pub use history::{ExecutionStats, History};
 pub use ledger::{Ledger, LedgerTable};
 pub use objects::{ObjectWriter, Objects};
-pub use params::Params;
+pub use params::{ParamRemover, Params};
 pub use pricing::PriceList;
 pub use quotas::QuotaService;
 pub use topic::Notifier;

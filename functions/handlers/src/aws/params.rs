@@ -29,3 +29,24 @@ impl Params for aws_sdk_ssm::Client {
         }
     }
 }
+
+/// Removing a finished run's signals: Parameter Store keeps at most 10,000 standard parameters
+/// per account and region, and nothing reads a run's after it ends.
+pub trait ParamRemover: Send + Sync {
+    /// Deletes those of `names` that exist; the names that did not are no error.
+    fn delete_all(&self, names: &[String]) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+impl ParamRemover for aws_sdk_ssm::Client {
+    async fn delete_all(&self, names: &[String]) -> Result<(), Error> {
+        // DeleteParameters takes at most 10 names; unknown ones come back as InvalidParameters.
+        for chunk in names.chunks(10) {
+            self.delete_parameters()
+                .set_names(Some(chunk.to_vec()))
+                .send()
+                .await
+                .map_err(|e| Error::aws("ssm", "DeleteParameters", e))?;
+        }
+        Ok(())
+    }
+}

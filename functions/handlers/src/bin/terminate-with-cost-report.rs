@@ -18,6 +18,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let region = region(&conf);
     let settings = Settings::from_env();
     let dynamodb = aws_sdk_dynamodb::Client::new(&conf);
+    let ssm = aws_sdk_ssm::Client::new(&conf);
     serve(|payload| {
         let clients = dispatch::TerminateClients {
             ec2: &ec2,
@@ -26,6 +27,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
             history: &sfn,
             objects: &s3,
             ledger: dispatch::ledger(&dynamodb, &settings),
+            signals: &ssm,
         };
         dispatch::terminate_with_cost_report(clients, &region, &settings, payload, Utc::now())
     })

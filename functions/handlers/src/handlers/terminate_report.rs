@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use ephemera_core::catalog;
+use ephemera_core::contract::RunParameters;
 use ephemera_core::cost::{self, Orchestration};
 use ephemera_core::instance_state::InstanceState;
 use ephemera_core::ledger::EntryState;
@@ -18,7 +19,9 @@ use ephemera_core::{report_html, Market};
 use serde::Deserialize;
 
 use super::parse_spec;
-use crate::aws::{Compute, History, InstanceView, Ledger, Notifier, ObjectWriter, PriceList};
+use crate::aws::{
+    Compute, History, InstanceView, Ledger, Notifier, ObjectWriter, ParamRemover, PriceList,
+};
 use crate::error::Error;
 use ephemera_core::tags;
 
@@ -66,13 +69,14 @@ pub fn parse_transition_time(reason: &str) -> Option<DateTime<Utc>> {
 // One small adapter per service called (EC2, Pricing, SNS, Step Functions, S3), as in the other
 // handlers, so each can be replaced on its own in tests.
 #[allow(clippy::too_many_arguments)]
-pub async fn handle<E, P, N, H, O, L>(
+pub async fn handle<E, P, N, H, O, L, R>(
     ec2: &E,
     prices: &P,
     sns: &N,
     history: &H,
     objects: &O,
     ledger: Option<&L>,
+    signals: Option<&R>,
     config: &Config,
     input: Input,
     now: DateTime<Utc>,
@@ -84,6 +88,7 @@ where
     H: History,
     O: ObjectWriter,
     L: Ledger,
+    R: ParamRemover,
 {
     let spec = parse_spec(&input.run)?;
     let known: Vec<Attempt> = input
@@ -307,6 +312,20 @@ where
         verification: input.verification.clone(),
         stored: None,
     };
+
+    // The run's signals go with its instances: the started signal and each attempt's token.
+    if let Some(r) = signals {
+        let run = RunParameters::of_run(&spec.run_id);
+        let mut names = vec![run.started()];
+        names.extend(instances.keys().map(|id| run.task_token(id)));
+        if let Err(e) = r.delete_all(&names).await {
+            tracing::error!(error = %e, "the run's SSM parameters could not be deleted");
+            report.notes.push(format!(
+                "the run's SSM parameters are left: {}",
+                short(&e.to_string())
+            ));
+        }
+    }
 
     // The run's cost replaces its reservation in the ledger; like the email, never a reason
     // to fail the report.
