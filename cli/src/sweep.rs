@@ -6,8 +6,9 @@ use aws_sdk_ec2::types::{Filter, Instance};
 use chrono::{DateTime, Utc};
 use ephemera_core::sweep::sweep_reason;
 use ephemera_core::tags;
+use ephemera_functions::aws::Executions;
 
-use crate::errors::{CliError, Op};
+use crate::errors::{classify, CliError, Failure, Op};
 use crate::Outcome;
 
 /// States in which an instance still bills (or can again).
@@ -85,26 +86,22 @@ async fn instances(ec2: &aws_sdk_ec2::Client, ids: &[String]) -> Result<Vec<Foun
     Ok(out)
 }
 
-/// The execution's status, or None when there is no such execution (as the sweeper reads it).
+/// The execution's status, or None when there is no such execution: the sweeper Lambda's own
+/// reading, so that both apply one rule to one answer.
 async fn status(sfn: &aws_sdk_sfn::Client, execution: &str) -> Result<Option<String>, CliError> {
     if execution.is_empty() {
         return Ok(None);
     }
-    match sfn
-        .describe_execution()
-        .execution_arn(execution)
-        .send()
-        .await
-    {
-        Ok(d) => Ok(Some(d.status().as_str().to_string())),
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_execution_does_not_exist() || s.is_invalid_arn()) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(Op::new("states:DescribeExecution", execution).fail(e)),
-    }
+    Executions::status(sfn, execution).await.map_err(|e| {
+        // Credentials and the endpoint were proven by the DescribeInstances before this.
+        let f = match e {
+            ephemera_functions::Error::Aws { code, message, .. } => {
+                Failure::Service { code, message }
+            }
+            other => Failure::Other(other.to_string()),
+        };
+        classify(&Op::new("states:DescribeExecution", execution), &f)
+    })
 }
 
 /// `i-0abc  running  run fx  its execution is SUCCEEDED`, columns lined up.
