@@ -119,6 +119,7 @@ mod tests {
             savings_usd: 0.48,
             orchestration: Orchestration::default(),
             attempts: vec![],
+            workers: vec![],
             phases: Phases::default(),
             terminated: vec!["i-1".into()],
             generated_at: chrono::Utc::now(),

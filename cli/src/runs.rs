@@ -216,6 +216,7 @@ mod tests {
             run_id: x.into(),
             month: "2026-11".into(),
             reserved_usd: reserved,
+            workers: Default::default(),
             actual_usd: actual,
             state,
         };

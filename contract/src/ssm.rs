@@ -30,9 +30,10 @@ impl RunParameters {
         &self.path
     }
 
-    /// Where the worker says [`Started`]; health-check reads it.
-    pub fn started(&self) -> String {
-        format!("{}/started", self.path)
+    /// Where the worker on `instance_id` says [`Started`]; health-check reads it. One per
+    /// instance: a run's workers start side by side, and one's signal must not hide another's.
+    pub fn started(&self, instance_id: &str) -> String {
+        format!("{}/started/{instance_id}", self.path)
     }
 
     /// Where the state machine hands `instance_id` its task token: one parameter per instance,
@@ -63,7 +64,11 @@ mod tests {
             let worker = RunParameters::at(&given);
             assert_eq!(worker, lambdas);
         }
-        assert_eq!(lambdas.started(), "/ephemera/runs/fx-2023/started");
+        assert_eq!(
+            lambdas.started("i-0abc"),
+            "/ephemera/runs/fx-2023/started/i-0abc"
+        );
+        assert_ne!(lambdas.started("i-0abc"), lambdas.started("i-0abd"));
         let a = lambdas.task_token("i-0abc");
         assert_eq!(a, "/ephemera/runs/fx-2023/task-token/i-0abc");
         assert_ne!(a, lambdas.task_token("i-0abd"));

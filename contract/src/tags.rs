@@ -5,6 +5,8 @@ pub const MANAGED: &str = "ephemera:managed";
 pub const RUN: &str = "ephemera:run";
 pub const EXECUTION: &str = "ephemera:execution";
 pub const ATTEMPT: &str = "ephemera:attempt";
+/// Which of the run's workers (`1..=worker.count`) the instance is; its attempts share it.
+pub const WORKER: &str = "ephemera:worker";
 /// RFC 3339: past it, the sweeper terminates the instance whatever its execution says.
 pub const DEADLINE: &str = "ephemera:deadline";
 /// On a task token parameter (not an instance): who may read it; the worker role reads a token

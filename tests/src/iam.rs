@@ -820,9 +820,10 @@ mod tests {
             .with("aws:userid", Principal::Worker.userid("worker-i-1"));
             p.authorize(&Principal::Worker, "eu-west-1", &c)
         };
-        assert_eq!(other_param("started", "ssm:PutParameter"), Ok(()));
+        assert_eq!(other_param("started/i-1", "ssm:PutParameter"), Ok(()));
+        assert!(other_param("started", "ssm:PutParameter").is_err());
         assert!(other_param("task-token/i-1", "ssm:PutParameter").is_err());
-        assert!(other_param("started", "ssm:GetParameter").is_err());
+        assert!(other_param("started/i-1", "ssm:GetParameter").is_err());
         // The state machine hands it over, tags included; only under the tokens' path.
         let hand = |name: &str, action: &str| {
             p.authorize(
@@ -836,7 +837,7 @@ mod tests {
         };
         assert_eq!(hand("task-token/i-1", "ssm:PutParameter"), Ok(()));
         assert_eq!(hand("task-token/i-1", "ssm:AddTagsToResource"), Ok(()));
-        assert!(hand("started", "ssm:AddTagsToResource").is_err());
+        assert!(hand("started/i-1", "ssm:AddTagsToResource").is_err());
     }
 
     #[test]
@@ -858,7 +859,7 @@ mod tests {
         let health = Principal::Function("health-check".into());
         let started = Check::new(
             "ssm:GetParameter",
-            format!("arn:aws:ssm:us-east-1:{ACCOUNT}:parameter/ephemera/runs/r/started"),
+            format!("arn:aws:ssm:us-east-1:{ACCOUNT}:parameter/ephemera/runs/r/started/i-1"),
         );
         assert_eq!(p.authorize(&health, "us-east-1", &started), Ok(()));
         let p = p.without(&health, "TheWorkersStartedSignal");

@@ -119,7 +119,7 @@ pub fn spawn(region: &str, run_id: &str, behaviour: Behaviour, lifetime: Duratio
                 at: chrono::Utc::now(),
             };
             ssm.put_parameter()
-                .name(parameters.started())
+                .name(parameters.started(&instance))
                 .value(serde_json::to_string(&started).expect("a Started signal"))
                 .r#type(ParameterType::String)
                 .overwrite(true)

@@ -370,12 +370,13 @@ async fn health_check_waits_for_the_worker_then_fails_on_deadline_or_termination
     assert_eq!(err.error_type(), "Ephemera.BootFailed");
     assert!(err.to_string().contains("boot_timeout_seconds"), "{err}");
 
-    // A signal for another instance does not count; one for this instance does.
-    let put = |id: String| {
+    // Another instance's signal does not count, nor one at this instance's name that names
+    // another; this instance's own does.
+    let put = |at: String, id: String| {
         let ssm = c.aws.ssm.clone();
         async move {
             ssm.put_parameter()
-                .name(RunParameters::of_run("health").started())
+                .name(RunParameters::of_run("health").started(&at))
                 .value(
                     serde_json::to_string(&Started {
                         instance_id: id,
@@ -391,10 +392,17 @@ async fn health_check_waits_for_the_worker_then_fails_on_deadline_or_termination
                 .unwrap();
         }
     };
-    put("i-0000000000000000".into()).await;
+    let (other, mine) = (
+        "i-0000000000000000".to_string(),
+        w.current.instance_id.clone(),
+    );
+    put(other.clone(), other.clone()).await;
     let h: Value = call(&c, Function::HealthCheck, input(&w)).await.unwrap();
     assert_eq!(h["verdict"], "booting");
-    put(w.current.instance_id.clone()).await;
+    put(mine.clone(), other).await;
+    let h: Value = call(&c, Function::HealthCheck, input(&w)).await.unwrap();
+    assert_eq!(h["verdict"], "booting");
+    put(mine.clone(), mine).await;
     let h: Value = call(&c, Function::HealthCheck, input(&w)).await.unwrap();
     assert_eq!(h["verdict"], "healthy", "{h}");
 
@@ -469,7 +477,7 @@ async fn verify_completion_checks_the_report_and_the_exported_objects() {
     let ok: Value = call(
         &c,
         Function::VerifyCompletion,
-        json!({"run": spec, "result": report}),
+        json!({"run": spec, "workers": [{"slot": 1, "result": report}]}),
     )
     .await
     .unwrap();
@@ -489,7 +497,7 @@ async fn verify_completion_checks_the_report_and_the_exported_objects() {
     let err = call(
         &c,
         Function::VerifyCompletion,
-        json!({"run": spec, "result": bad}),
+        json!({"run": spec, "workers": [{"slot": 1, "result": bad}]}),
     )
     .await
     .unwrap_err();

@@ -34,7 +34,8 @@ async fn spent(region: &str, execution: &str, usd: f64) {
         .unwrap();
 }
 
-/// The ledger's item of `execution`, as plain strings.
+/// The ledger's item of `execution`, as plain strings; each worker's reservation as
+/// `workers.<n>`.
 async fn entry(region: &str, execution: &str) -> Option<std::collections::HashMap<String, String>> {
     let got = clients(region)
         .dynamodb
@@ -45,12 +46,18 @@ async fn entry(region: &str, execution: &str) -> Option<std::collections::HashMa
         .await
         .unwrap();
     got.item().map(|item| {
-        item.iter()
-            .map(|(k, v)| {
+        let mut flat = std::collections::HashMap::new();
+        for (k, v) in item {
+            if let Ok(m) = v.as_m() {
+                for (w, usd) in m {
+                    flat.insert(format!("{k}.{w}"), usd.as_n().cloned().unwrap_or_default());
+                }
+            } else {
                 let text = v.as_s().or_else(|_| v.as_n()).cloned().unwrap_or_default();
-                (k.clone(), text)
-            })
-            .collect()
+                flat.insert(k.clone(), text);
+            }
+        }
+        flat
     })
 }
 
@@ -127,7 +134,7 @@ async fn a_run_is_reserved_at_launch_settled_at_the_end_and_passing_80_percent_a
     assert_eq!(e["month"], month_of(Utc::now()));
     let actual: f64 = e["actual_usd"].parse().unwrap();
     assert_eq!(actual, report["actual_usd"].as_f64().unwrap());
-    let reserved: f64 = e["reserved_usd"].parse().unwrap();
+    let reserved: f64 = e["workers.1"].parse().unwrap();
     assert_eq!(reserved, report["estimate_usd"].as_f64().unwrap());
     assert!(reserved > 0.5 && actual < reserved, "{reserved} {actual}");
 
@@ -173,7 +180,7 @@ async fn a_run_never_cleaned_up_lands_in_the_ledger_through_the_sweeper() {
         .expect("reserved at launch");
     assert_eq!(reserved["state"], "running");
     let estimate = launched["current"]["estimate_usd"].as_f64().unwrap();
-    assert_eq!(reserved["reserved_usd"].parse::<f64>().unwrap(), estimate);
+    assert_eq!(reserved["workers.1"].parse::<f64>().unwrap(), estimate);
 
     let swept: Value = invoke(
         &function_clients(c.region, Function::Sweeper.name()),
@@ -195,6 +202,6 @@ async fn a_run_never_cleaned_up_lands_in_the_ledger_through_the_sweeper() {
     let after = entry(c.region, &execution).await.unwrap();
     // No cost was measured: its worst case keeps counting toward the month.
     assert_eq!(after["state"], "swept");
-    assert_eq!(after["reserved_usd"], reserved["reserved_usd"]);
+    assert_eq!(after["workers.1"], reserved["workers.1"]);
     assert!(!after.contains_key("actual_usd"), "{after:?}");
 }

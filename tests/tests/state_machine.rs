@@ -371,7 +371,7 @@ async fn spot_capacity_error_runs_on_demand() {
     let report = &r.finished.output["report"];
     assert_eq!(report["attempts"][0]["market"], "on-demand");
     assert_eq!(
-        r.finished.output["worker"]["current"]["tried"]
+        r.finished.output["workers"][0]["worker"]["current"]["tried"]
             .as_array()
             .unwrap()
             .len(),
@@ -494,11 +494,21 @@ async fn a_lambda_crash_after_launch_still_terminates() {
     )
     .await;
     assert_eq!(r.finished.status, "FAILED");
+    // The worker is released at once, and the run cleans up what is left.
+    assert_eq!(
+        r.finished.visited("ReleaseWorker"),
+        1,
+        "{:?}",
+        r.finished.path
+    );
     assert_eq!(r.finished.visited("Cleanup"), 1);
     assert_eq!(r.instances.len(), 1);
     r.assert_nothing_left();
     let report = r.report();
-    assert_eq!(report["terminated"].as_array().unwrap().len(), 1);
+    // Released by ReleaseWorker, so the cleanup found it already going; costed all the same.
+    assert_eq!(report["attempts"].as_array().unwrap().len(), 1, "{report}");
+    assert_ne!(report["attempts"][0]["state_before"], "running", "{report}");
+    assert_eq!(report["workers"][0]["error"]["error"], "Runtime.ExitError");
     r.assert_email("FAILED");
 }
 
@@ -551,7 +561,10 @@ async fn the_state_machine_without_its_ssm_statement_fails_at_the_handover_and_c
     .await;
     assert_eq!(r.finished.status, "FAILED", "{:?}", r.finished);
     assert_eq!(r.finished.visited("AwaitCompletion"), 1);
-    assert_eq!(r.finished.visited("VerifyCompletion"), 0);
+    // Its only worker lost: verification has nothing to verify and fails with its error.
+    assert_eq!(r.finished.visited("ReleaseWorker"), 1);
+    assert_eq!(r.finished.visited("VerifyCompletion"), 1);
+    assert_eq!(r.finished.visited("TerminateWithCostReport"), 0);
     assert_eq!(r.finished.visited("Cleanup"), 1);
     // The SDK integration's error (moto spells the service `ssm`, AWS `Ssm`), and its cause.
     let error = r.finished.error.as_deref().unwrap_or_default();

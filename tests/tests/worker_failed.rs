@@ -45,7 +45,14 @@ async fn a_worker_failure_ends_the_run_failed_terminated_and_reported() {
     );
     assert_eq!(done.visited("AwaitCompletion"), 1, "{:?}", done.path);
     assert_eq!(done.visited("Relaunch"), 0, "{:?}", done.path);
-    assert_eq!(done.visited("VerifyCompletion"), 0, "{:?}", done.path);
+    // The one worker is released; with no report, verification fails with its error.
+    assert_eq!(done.visited("ReleaseWorker"), 1, "{:?}", done.path);
+    assert_eq!(
+        done.visited("TerminateWithCostReport"),
+        0,
+        "{:?}",
+        done.path
+    );
     assert_eq!(done.visited("Cleanup"), 1, "{:?}", done.path);
 
     // Everything terminated.

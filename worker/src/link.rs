@@ -214,7 +214,7 @@ impl Link {
             attempt: self.attempt,
             at: chrono::Utc::now(),
         })?;
-        let name = self.parameters.started();
+        let name = self.parameters.started(&self.instance_id);
         with_retries("PutParameter", deadline, || {
             self.ssm
                 .put_parameter()

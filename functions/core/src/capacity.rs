@@ -81,13 +81,15 @@ pub struct Tried {
     pub message: String,
 }
 
-/// RunInstances' ClientToken (at most 64 ASCII characters): one per execution, attempt and
-/// candidate, so a retried call for the same candidate returns the same instance, and two
-/// candidates never collide with IdempotentParameterMismatch.
-pub fn client_token(execution: &str, attempt: u32, candidate: &Candidate) -> String {
+/// RunInstances' ClientToken (at most 64 ASCII characters): one per execution, worker, attempt
+/// and candidate, so a retried call for the same candidate returns the same instance, and two
+/// candidates (or two workers on one candidate) never collide with IdempotentParameterMismatch
+/// or share an instance.
+pub fn client_token(execution: &str, worker: u32, attempt: u32, candidate: &Candidate) -> String {
     let mut h = Sha256::new();
     h.update(execution.as_bytes());
     h.update([0]);
+    h.update(worker.to_be_bytes());
     h.update(attempt.to_be_bytes());
     h.update(candidate.market.as_str().as_bytes());
     h.update([0]);
@@ -168,13 +170,15 @@ mod tests {
         let mut c2 = c1.clone();
         c2.market = Market::OnDemand;
         let exec = "arn:aws:states:us-east-1:123456789012:execution:ephemera:run-1";
-        assert_eq!(client_token(exec, 1, &c1), client_token(exec, 1, &c1));
-        assert_ne!(client_token(exec, 1, &c1), client_token(exec, 2, &c1));
-        assert_ne!(client_token(exec, 1, &c1), client_token(exec, 1, &c2));
+        assert_eq!(client_token(exec, 1, 1, &c1), client_token(exec, 1, 1, &c1));
+        assert_ne!(client_token(exec, 1, 1, &c1), client_token(exec, 1, 2, &c1));
+        assert_ne!(client_token(exec, 1, 1, &c1), client_token(exec, 1, 1, &c2));
         assert_ne!(
-            client_token(exec, 1, &c1),
-            client_token(&exec.replace("run-1", "run-2"), 1, &c1)
+            client_token(exec, 1, 1, &c1),
+            client_token(&exec.replace("run-1", "run-2"), 1, 1, &c1)
         );
+        // Two workers of one run on the same candidate are two instances.
+        assert_ne!(client_token(exec, 1, 1, &c1), client_token(exec, 2, 1, &c1));
         // EC2 refuses a ClientToken over 64 ASCII characters: the longest one this can make,
         // the last attempt number of a long execution ARN on a long type and subnet, fits.
         let long = Candidate {
@@ -182,7 +186,12 @@ mod tests {
             instance_type: "u7in-32tb.224xlarge".into(),
             subnet: "subnet-0123456789abcdef0".into(),
         };
-        let t = client_token(&format!("{exec}{}", "-x".repeat(100)), u32::MAX, &long);
+        let t = client_token(
+            &format!("{exec}{}", "-x".repeat(100)),
+            u32::MAX,
+            u32::MAX,
+            &long,
+        );
         assert!(t.len() <= 64 && t.is_ascii(), "{} characters: {t}", t.len());
     }
 }

@@ -3,6 +3,8 @@
 //! calendar month (UTC) past the monthly budget, and an alert goes out when a run takes the month
 //! past [`ALERT_FRACTION`] of it.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -33,8 +35,12 @@ pub struct Entry {
     pub execution: String,
     pub run_id: String,
     pub month: String,
-    /// The worst case of every attempt launched so far.
+    /// The worst case of every attempt launched so far, over all the run's workers.
     pub reserved_usd: f64,
+    /// That worst case by worker (`1..=worker.count`): each worker's launches write only their
+    /// own, so workers launching side by side never overwrite each other's.
+    #[serde(default)]
+    pub workers: BTreeMap<u32, f64>,
     #[serde(default)]
     pub actual_usd: Option<f64>,
     pub state: EntryState,
@@ -70,20 +76,30 @@ pub enum Verdict {
     },
 }
 
-/// Judges `execution`'s new reservation against the month's other entries. A budget of zero or
-/// less means no monthly ceiling.
-pub fn judge(entries: &[Entry], execution: &str, reserved_usd: f64, budget_usd: f64) -> Verdict {
+/// Judges the new reservation of `execution`'s `worker` against the month's other entries
+/// and the run's other workers. A budget of zero or less means no monthly ceiling.
+pub fn judge(
+    entries: &[Entry],
+    execution: &str,
+    worker: u32,
+    reserved_usd: f64,
+    budget_usd: f64,
+) -> Verdict {
     let others = total(entries.iter().filter(|e| e.execution != execution));
-    let before = others
-        + entries
+    let mine = entries.iter().find(|e| e.execution == execution);
+    let before = others + mine.map_or(0.0, Entry::charged_usd);
+    let other_workers: f64 = mine.map_or(0.0, |e| {
+        e.workers
             .iter()
-            .find(|e| e.execution == execution)
-            .map_or(0.0, Entry::charged_usd);
-    let after = others + reserved_usd;
+            .filter(|(w, _)| **w != worker)
+            .fold(0.0, |sum, (_, usd)| sum + usd)
+    });
+    let this_run = other_workers + reserved_usd;
+    let after = others + this_run;
     if budget_usd > 0.0 && after > budget_usd {
         return Verdict::Refused {
             others_usd: others,
-            this_run_usd: reserved_usd,
+            this_run_usd: this_run,
             budget_usd,
         };
     }
@@ -115,6 +131,7 @@ mod tests {
             run_id: "r".into(),
             month: "2026-11".into(),
             reserved_usd: reserved,
+            workers: BTreeMap::from([(1, reserved)]),
             actual_usd: actual,
             state,
         }
@@ -144,7 +161,7 @@ mod tests {
     fn a_run_that_would_cross_the_budget_is_refused() {
         let entries = [entry("a", 800.0, Some(780.0), EntryState::Ended)];
         assert_eq!(
-            judge(&entries, "new", 60.0, 833.0),
+            judge(&entries, "new", 1, 60.0, 833.0),
             Verdict::Refused {
                 others_usd: 780.0,
                 this_run_usd: 60.0,
@@ -152,12 +169,12 @@ mod tests {
             }
         );
         assert!(matches!(
-            judge(&entries, "new", 53.0, 833.0),
+            judge(&entries, "new", 1, 53.0, 833.0),
             Verdict::Within { alert: false, .. }
         ));
         // No ceiling.
         assert!(matches!(
-            judge(&entries, "new", 1e6, 0.0),
+            judge(&entries, "new", 1, 1e6, 0.0),
             Verdict::Within { alert: false, .. }
         ));
     }
@@ -166,7 +183,7 @@ mod tests {
     fn the_alert_goes_out_once_when_the_month_passes_eighty_percent() {
         let entries = [entry("a", 70.0, Some(70.0), EntryState::Ended)];
         assert_eq!(
-            judge(&entries, "new", 15.0, 100.0),
+            judge(&entries, "new", 1, 15.0, 100.0),
             Verdict::Within {
                 month_to_date_usd: 85.0,
                 alert: true
@@ -175,7 +192,7 @@ mod tests {
         // Already past the line before this run: no second alert.
         let past = [entry("a", 81.0, Some(81.0), EntryState::Ended)];
         assert!(matches!(
-            judge(&past, "new", 5.0, 100.0),
+            judge(&past, "new", 1, 5.0, 100.0),
             Verdict::Within { alert: false, .. }
         ));
         // This run's relaunch, already counted past the line: no second alert either.
@@ -184,8 +201,34 @@ mod tests {
             entry("new", 15.0, None, EntryState::Running),
         ];
         assert!(matches!(
-            judge(&mine, "new", 30.0, 100.0),
+            judge(&mine, "new", 1, 30.0, 100.0),
             Verdict::Within { alert: false, .. }
+        ));
+    }
+
+    #[test]
+    fn a_runs_workers_reserve_side_by_side() {
+        // Worker 1 holds 20; worker 2 asks for 20 more: the run is 40, with the others' 780.
+        let mut mine = entry("run", 20.0, None, EntryState::Running);
+        let others = entry("a", 780.0, Some(780.0), EntryState::Ended);
+        assert_eq!(
+            judge(&[others.clone(), mine.clone()], "run", 2, 60.0, 833.0),
+            Verdict::Refused {
+                others_usd: 780.0,
+                this_run_usd: 80.0,
+                budget_usd: 833.0
+            }
+        );
+        assert!(matches!(
+            judge(&[others.clone(), mine.clone()], "run", 2, 20.0, 833.0),
+            Verdict::Within { month_to_date_usd, .. } if month_to_date_usd == 820.0
+        ));
+        // Worker 1's relaunch replaces its own reservation, and keeps worker 2's.
+        mine.workers.insert(2, 20.0);
+        mine.reserved_usd = 40.0;
+        assert!(matches!(
+            judge(&[others, mine], "run", 1, reservation(20.0, 2), 833.0),
+            Verdict::Refused { this_run_usd, .. } if this_run_usd == 60.0
         ));
     }
 
@@ -197,7 +240,7 @@ mod tests {
         // The run's own earlier reservation is replaced, not added to.
         let mine = [entry("new", 1.5, None, EntryState::Running)];
         assert_eq!(
-            judge(&mine, "new", reservation(1.5, 2), 100.0),
+            judge(&mine, "new", 1, reservation(1.5, 2), 100.0),
             Verdict::Within {
                 month_to_date_usd: 3.0,
                 alert: false

@@ -19,8 +19,13 @@ pub struct QuotaNeed {
 }
 
 /// Groups candidates by quota code. Every quota the market policy may use must have room for
-/// its largest candidate, so that any fallback the launch takes can succeed.
-pub fn needs(types_vcpus: &[(String, u32)], markets: &[Market]) -> Result<Vec<QuotaNeed>, String> {
+/// its largest candidate times the run's `workers`, so that any fallback each worker's launch
+/// takes can succeed.
+pub fn needs(
+    types_vcpus: &[(String, u32)],
+    markets: &[Market],
+    workers: u32,
+) -> Result<Vec<QuotaNeed>, String> {
     let mut by_code: BTreeMap<(Market, &'static str), QuotaNeed> = BTreeMap::new();
     for &market in markets {
         for (t, vcpus) in types_vcpus {
@@ -34,7 +39,7 @@ pub fn needs(types_vcpus: &[(String, u32)], markets: &[Market]) -> Result<Vec<Qu
                 needed_vcpus: 0,
                 instance_types: vec![],
             });
-            need.needed_vcpus = need.needed_vcpus.max(*vcpus);
+            need.needed_vcpus = need.needed_vcpus.max(vcpus.saturating_mul(workers));
             need.instance_types.push(t.clone());
         }
     }
@@ -137,6 +142,10 @@ pub struct QuotaState {
     pub checked_at: DateTime<Utc>,
     pub deadline: DateTime<Utc>,
     pub quotas: Vec<QuotaLine>,
+    /// The run's workers, `1..=worker.count`: the items the state machine's Map state fans out
+    /// over (the quotas above have room for all of them).
+    #[serde(default)]
+    pub workers: Vec<u32>,
 }
 
 /// The verdict from the quotas as seen now.
@@ -347,14 +356,19 @@ mod tests {
             ("m7g.8xlarge".to_string(), 32),
             ("g5.xlarge".to_string(), 4),
         ];
-        let n = needs(&types, &[Market::Spot, Market::OnDemand]).unwrap();
+        let n = needs(&types, &[Market::Spot, Market::OnDemand], 1).unwrap();
         let find = |code: &str| n.iter().find(|q| q.code == code).unwrap().needed_vcpus;
         assert_eq!(find("L-34B43A08"), 32);
         assert_eq!(find("L-1216C47A"), 32);
         assert_eq!(find("L-3819A6DF"), 4);
         assert_eq!(find("L-DB2E81BA"), 4);
         assert_eq!(n.len(), 4);
-        assert!(needs(&[("hpc7g.4xlarge".into(), 16)], &[Market::Spot]).is_err());
+        assert!(needs(&[("hpc7g.4xlarge".into(), 16)], &[Market::Spot], 1).is_err());
+        // Each of the run's workers may land on the largest candidate.
+        let three = needs(&types, &[Market::Spot], 3).unwrap();
+        let find = |code: &str| three.iter().find(|q| q.code == code).unwrap().needed_vcpus;
+        assert_eq!(find("L-34B43A08"), 96);
+        assert_eq!(find("L-3819A6DF"), 12);
     }
 
     #[test]

@@ -686,6 +686,7 @@ mod tests {
 
     fn attempt(n: u32, market: Market, from: i64, to: i64, state: &str) -> AttemptCost {
         AttemptCost {
+            worker: 1,
             attempt: n,
             instance_id: format!("i-000{n}"),
             instance_type: "c7g.4xlarge".into(),
@@ -725,6 +726,7 @@ mod tests {
                 lambda_gb_seconds: 1.5,
                 usd: 0.001,
             },
+            workers: vec![],
             attempts: vec![
                 attempt(1, Market::Spot, 100, 400, "terminated"),
                 attempt(2, Market::OnDemand, 420, 1000, "running"),

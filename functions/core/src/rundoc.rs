@@ -1,5 +1,6 @@
-//! The run document the state machine carries between states (`$.run`, `$.quota`, `$.worker`,
-//! `$.health`, `$.result`, `$.verification`, `$.report`): each Lambda's typed input and output.
+//! The run document the state machine carries between states (`$.run`, `$.quota`, `$.workers`,
+//! `$.verification`, `$.report`; in each worker's Map iteration `$.slot`, `$.worker`,
+//! `$.health`, `$.result`, `$.error`): each Lambda's typed input and output.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -42,9 +43,13 @@ pub struct Attempt {
     pub reused: bool,
 }
 
-/// `$.worker`: the current attempt and every attempt so far (for the cost report).
+/// `$.worker` in a worker's Map iteration: the current attempt and every attempt so far (for
+/// the cost report).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerState {
+    /// Which of the run's workers (`1..=worker.count`).
+    #[serde(default = "first")]
+    pub slot: u32,
     pub current: Attempt,
     pub attempts: Vec<Attempt>,
     pub relaunches_left: u32,
@@ -56,6 +61,27 @@ pub struct WorkerState {
     /// its [`crate::tags::READER`] tag ([`token_reader`]): AwaitCompletion creates it with both.
     pub token_parameter: String,
     pub token_reader: String,
+}
+
+fn first() -> u32 {
+    1
+}
+
+/// One worker as its Map iteration ended (`$.workers[i]`): what it launched, and its report
+/// or the error that lost it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerEnd {
+    pub slot: u32,
+    #[serde(default)]
+    pub worker: Option<WorkerState>,
+    #[serde(default)]
+    pub health: Option<HealthState>,
+    /// The worker's SendTaskSuccess output: the run's summary.
+    #[serde(default)]
+    pub result: Option<serde_json::Value>,
+    /// Why the worker was lost (its launch, boot or completion failed for good).
+    #[serde(default)]
+    pub error: Option<CaughtError>,
 }
 
 /// health-check's verdict, as the `Booted` Choice state reads it (`$.health.verdict`).
@@ -134,6 +160,9 @@ pub fn failure_for(e: &CaughtError) -> CaughtError {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttemptCost {
+    /// The worker (`1..=worker.count`) the instance served.
+    #[serde(default = "first")]
+    pub worker: u32,
     pub attempt: u32,
     pub instance_id: String,
     pub instance_type: String,
@@ -206,6 +235,9 @@ pub struct CostReport {
     pub savings_usd: f64,
     pub orchestration: Orchestration,
     pub attempts: Vec<AttemptCost>,
+    /// Each of the run's workers: how it ended.
+    #[serde(default)]
+    pub workers: Vec<WorkerLine>,
     pub phases: Phases,
     pub terminated: Vec<String>,
     pub generated_at: DateTime<Utc>,
@@ -216,6 +248,19 @@ pub struct CostReport {
     /// Where `report.html` and `report.json` were stored; absent when they were not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stored: Option<StoredReport>,
+}
+
+/// One worker in the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerLine {
+    pub slot: u32,
+    /// Instances it launched (one plus its relaunches).
+    pub attempts: u32,
+    /// It sent its report (the run's summary).
+    pub reported: bool,
+    /// It was lost: why (its partitions were left for the others to take over).
+    #[serde(default)]
+    pub error: Option<CaughtError>,
 }
 
 /// The report's copies in S3: `report.html` and `report.json` in one folder.
@@ -345,10 +390,37 @@ pub fn render_email(r: &CostReport) -> (String, String) {
         "Time: quota wait {} s, boot {} s, work {} s, teardown {} s, total {} s\n",
         p.quota_wait_seconds, p.boot_seconds, p.work_seconds, p.teardown_seconds, p.total_seconds
     ));
+    if r.workers.len() > 1 || r.workers.iter().any(|w| w.error.is_some()) {
+        b.push_str("\nWorkers:\n");
+        for w in &r.workers {
+            let how = match (&w.error, w.reported) {
+                (Some(e), _) => format!(
+                    "lost: {}{}",
+                    e.error,
+                    e.cause
+                        .as_deref()
+                        .map(|c| format!(" - {c}"))
+                        .unwrap_or_default()
+                ),
+                (None, true) => "reported".to_string(),
+                (None, false) => "did not report".to_string(),
+            };
+            b.push_str(&format!(
+                "  worker {}: {} instance(s), {how}\n",
+                w.slot, w.attempts
+            ));
+        }
+    }
     b.push_str("\nAttempts:\n");
+    let many = r.workers.len() > 1;
     for a in &r.attempts {
         b.push_str(&format!(
-            "  #{} {} {} {} in {}: {} s billed, ${:.4} ({}), was {}\n",
+            "  {}#{} {} {} {} in {}: {} s billed, ${:.4} ({}), was {}\n",
+            if many {
+                format!("worker {} ", a.worker)
+            } else {
+                String::new()
+            },
             a.attempt,
             a.instance_id,
             a.instance_type,
@@ -442,6 +514,7 @@ mod tests {
             savings_usd: 0.2,
             orchestration: Orchestration::default(),
             attempts: vec![],
+            workers: vec![],
             phases: Phases::default(),
             terminated: vec![],
             generated_at: Utc::now(),

@@ -48,10 +48,16 @@ pub struct WorkerSpec {
     /// Instance profile name or ARN; the template's worker profile when absent.
     #[serde(default)]
     pub instance_profile: Option<String>,
+    /// How many workers share the run's queue, each on an instance of its own.
+    #[serde(default = "one")]
+    pub count: u32,
 }
 
 fn default_volume_gib() -> u32 {
     30
+}
+fn one() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -223,6 +229,10 @@ impl fmt::Display for InvalidRunSpec {
 pub const MIN_HEARTBEAT_SECONDS: u64 = 30;
 pub const MAX_RUNTIME_SECONDS: u64 = 7 * 86_400;
 pub const MAX_CANDIDATES: usize = 20;
+/// Workers of one run: the state machine fans them out with an inline Map state, which runs
+/// at most 40 iterations at once
+/// (<https://docs.aws.amazon.com/step-functions/latest/dg/state-map-inline.html>).
+pub const MAX_WORKERS: u32 = 40;
 /// Types × subnets one launch may try (twice that RunInstances calls with the On-Demand fallback).
 pub const MAX_TYPE_SUBNET_PAIRS: usize = 40;
 
@@ -304,6 +314,16 @@ impl RunSpec {
                 format!(
                     "'{}' must be 1 to 64 characters of A-Z a-z 0-9 - _ . (it names tags and SSM paths)",
                     self.run_id
+                ),
+            );
+        }
+
+        if !(1..=MAX_WORKERS).contains(&w.count) {
+            errs.add(
+                "worker.count",
+                format!(
+                    "{} is outside 1..={MAX_WORKERS} (workers of one run, each on its own instance)",
+                    w.count
                 ),
             );
         }
@@ -555,12 +575,14 @@ impl RunSpec {
 
         if errs.0.is_empty() {
             let (quota, boot) = self.poll_bounds();
-            let events = (quota + boot) * EVENTS_PER_POLL + FIXED_EVENTS;
+            let events = (quota + boot) * EVENTS_PER_POLL
+                + FIXED_EVENTS
+                + u64::from(self.worker.count) * EVENTS_PER_WORKER;
             if events > MAX_HISTORY_EVENTS {
                 errs.add(
                     "waits",
                     format!(
-                        "up to {quota} quota polls and {boot} boot polls make up to {events} execution history events; Step Functions ends an execution at 25,000 without running its cleanup, so at most {MAX_HISTORY_EVENTS} are allowed: raise waits.quota_poll_max_seconds or waits.boot_poll_seconds, or lower quota.max_wait_seconds or limits.boot_timeout_seconds"
+                        "up to {quota} quota polls and {boot} boot polls make up to {events} execution history events; Step Functions ends an execution at 25,000 without running its cleanup, so at most {MAX_HISTORY_EVENTS} are allowed: raise waits.quota_poll_max_seconds or waits.boot_poll_seconds, or lower quota.max_wait_seconds, limits.boot_timeout_seconds or worker.count"
                     ),
                 );
             }
@@ -570,7 +592,8 @@ impl RunSpec {
     }
 
     /// The most quota polls (capped exponential backoff until `quota.max_wait_seconds`) and boot
-    /// polls (every attempt's boot timeout over the poll period) a run can make.
+    /// polls (every attempt of every worker: its boot timeout over the poll period) a run can
+    /// make; all of them land in the one execution's history.
     pub fn poll_bounds(&self) -> (u64, u64) {
         let w = &self.waits;
         let (mut waited, mut wait, mut quota) = (0u64, w.quota_poll_min_seconds.max(1), 1u64);
@@ -585,7 +608,9 @@ impl RunSpec {
             wait = (wait * 2).min(w.quota_poll_max_seconds.max(1));
         }
         let attempts = 1 + self.limits.max_relaunches as u64;
-        let boot = attempts * (self.limits.boot_timeout_seconds / w.boot_poll_seconds.max(1) + 1);
+        let boot = u64::from(self.worker.count)
+            * attempts
+            * (self.limits.boot_timeout_seconds / w.boot_poll_seconds.max(1) + 1);
         (quota, boot)
     }
 }
@@ -762,6 +787,9 @@ fn touches(finding: &FieldError, path: &str) -> bool {
 const EVENTS_PER_POLL: u64 = 9;
 /// Everything else a run with relaunches records, generously.
 const FIXED_EVENTS: u64 = 400;
+/// What each worker's Map iteration records besides its boot polls (iteration events, launch,
+/// completion wait, relaunches, release), generously.
+const EVENTS_PER_WORKER: u64 = 150;
 /// Step Functions' hard limit is 25,000 events per execution; keep a margin.
 pub const MAX_HISTORY_EVENTS: u64 = 20_000;
 
@@ -1069,6 +1097,28 @@ mod tests {
         ] {
             assert!(errs.iter().any(|e| e.field == f), "{f} missing in {errs:?}");
         }
+    }
+
+    #[test]
+    fn worker_count_is_one_unless_given_and_bounded() {
+        assert_eq!(RunSpec::parse(&sample()).unwrap().worker.count, 1);
+        for bad in [0, MAX_WORKERS + 1] {
+            let mut v = sample();
+            v["worker"]["count"] = json!(bad);
+            let errs = errors_of(v);
+            assert!(has(&errs, "worker.count", "outside 1..=40"), "{errs:?}");
+        }
+        let mut v = sample();
+        v["worker"]["count"] = json!(3);
+        assert_eq!(RunSpec::parse(&v).unwrap().worker.count, 3);
+        // Every worker's boot polls land in the one history: many workers with long boots
+        // would pass Step Functions' event limit.
+        v["worker"]["count"] = json!(MAX_WORKERS);
+        v["limits"]["boot_timeout_seconds"] = json!(3600);
+        v["limits"]["max_relaunches"] = json!(3);
+        v["waits"] = json!({"boot_poll_seconds": 10});
+        let errs = errors_of(v);
+        assert!(has(&errs, "waits", "worker.count"), "{errs:?}");
     }
 
     #[test]

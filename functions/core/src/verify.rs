@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::contract::{Manifest, Summary};
+use crate::rundoc::{failure_for, CaughtError, WorkerEnd};
 use crate::runspec::{parse_s3_url, RunSpec};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +150,98 @@ pub fn check_manifest(
     out
 }
 
+/// What the run's workers left for verification.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Gathered {
+    /// At least one worker reported. Each report is the run's queue as that worker left it
+    /// (a worker ends only when nothing is left to claim), so the fullest one is the run's.
+    Reported {
+        result: serde_json::Value,
+        /// "workers" check: who reported and who was lost.
+        check: Check,
+    },
+    /// No worker reported: the run fails with the first lost worker's error.
+    Lost(CaughtError),
+}
+
+/// The report to verify, from the workers' ends (`$.workers`).
+pub fn gather(workers: &[WorkerEnd]) -> Gathered {
+    let mut ordered: Vec<&WorkerEnd> = workers.iter().collect();
+    ordered.sort_by_key(|w| w.slot);
+    let done = |v: &serde_json::Value| v.get("partitions_done").and_then(|d| d.as_u64());
+    let best = ordered
+        .iter()
+        .filter_map(|w| w.result.as_ref())
+        // The first of the fullest: an unreadable report (no count) is verified, and fails,
+        // only when no readable one exists.
+        .fold(None::<&serde_json::Value>, |best, r| match best {
+            Some(b) if done(b) >= done(r) => Some(b),
+            _ => Some(r),
+        });
+    let lost: Vec<String> = ordered
+        .iter()
+        .filter(|w| w.result.is_none())
+        .map(|w| {
+            let e = w.error.as_ref().map(failure_for);
+            format!(
+                "worker {} lost ({})",
+                w.slot,
+                e.map_or("no error recorded".into(), |e| format!(
+                    "{}: {}",
+                    e.error,
+                    e.cause.unwrap_or_default()
+                ))
+            )
+        })
+        .collect();
+    match best {
+        Some(result) => {
+            let reported: Vec<String> = ordered
+                .iter()
+                .filter(|w| w.result.is_some())
+                .map(|w| w.slot.to_string())
+                .collect();
+            let mut detail = format!(
+                "{} of {} worker(s) reported ({})",
+                reported.len(),
+                ordered.len(),
+                reported.join(", ")
+            );
+            if !lost.is_empty() {
+                detail.push_str(&format!(
+                    "; {}: the others took over their partitions",
+                    lost.join("; ")
+                ));
+            }
+            Gathered::Reported {
+                result: result.clone(),
+                check: check("workers", true, detail),
+            }
+        }
+        None => {
+            let first = ordered
+                .iter()
+                .find_map(|w| w.error.as_ref())
+                .map(failure_for);
+            let many = ordered.len() > 1;
+            Gathered::Lost(match first {
+                Some(e) if !many => e,
+                Some(e) => CaughtError {
+                    error: e.error,
+                    cause: Some(format!("no worker reported: {}", lost.join("; "))),
+                },
+                None => CaughtError {
+                    error: crate::names::WORKER_FAILED.into(),
+                    cause: Some(format!(
+                        "no worker reported and none recorded an error ({} worker(s))",
+                        ordered.len()
+                    )),
+                },
+            })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,5 +322,86 @@ mod tests {
         assert_eq!(bad.len(), 2);
         assert!(bad[0].detail.contains("missing: runs/r1/b.parquet"));
         assert!(bad[1].detail.contains("99 bytes"));
+    }
+
+    fn end(slot: u32, result: Option<serde_json::Value>, error: Option<(&str, &str)>) -> WorkerEnd {
+        WorkerEnd {
+            slot,
+            worker: None,
+            health: None,
+            result,
+            error: error.map(|(e, c)| CaughtError {
+                error: e.into(),
+                cause: Some(c.into()),
+            }),
+        }
+    }
+
+    #[test]
+    fn the_fullest_report_is_the_runs_and_lost_workers_are_said() {
+        let r = |done: u64| serde_json::json!({"run_id": "r", "partitions_done": done});
+        let workers = [
+            end(3, Some(r(10)), None),
+            end(1, None, Some(("States.HeartbeatTimeout", ""))),
+            end(2, Some(r(12)), None),
+        ];
+        let Gathered::Reported { result, check } = gather(&workers) else {
+            panic!("reported")
+        };
+        assert_eq!(result, r(12));
+        assert!(check.ok);
+        assert!(
+            check.detail.starts_with("2 of 3 worker(s) reported (2, 3)"),
+            "{}",
+            check.detail
+        );
+        assert!(
+            check.detail.contains("worker 1 lost (Worker.TimedOut"),
+            "{}",
+            check.detail
+        );
+        // Equal reports: the first worker's.
+        let tie = [
+            end(2, Some(r(5)), None),
+            end(1, Some(r(5)), Some(("x", "y"))),
+        ];
+        assert!(matches!(gather(&tie), Gathered::Reported { .. }));
+    }
+
+    #[test]
+    fn with_no_report_the_run_fails_with_the_first_lost_workers_error() {
+        // One worker: its error as it was (made raisable), as before there were several.
+        let one = [end(1, None, Some(("Ephemera.BootFailed", "i-1: impaired")))];
+        assert_eq!(
+            gather(&one),
+            Gathered::Lost(CaughtError {
+                error: "Ephemera.BootFailed".into(),
+                cause: Some("i-1: impaired".into())
+            })
+        );
+        let two = [
+            end(2, None, Some(("Ephemera.OverBudget", "too dear"))),
+            end(
+                1,
+                None,
+                Some(("Worker.SpotInterrupted", "no relaunch left")),
+            ),
+        ];
+        let Gathered::Lost(e) = gather(&two) else {
+            panic!("lost")
+        };
+        assert_eq!(e.error, "Worker.SpotInterrupted");
+        let cause = e.cause.unwrap();
+        assert!(
+            cause.contains("worker 1 lost (Worker.SpotInterrupted: no relaunch left)"),
+            "{cause}"
+        );
+        assert!(
+            cause.contains("worker 2 lost (Ephemera.OverBudget: too dear)"),
+            "{cause}"
+        );
+        assert!(
+            matches!(gather(&[end(1, None, None)]), Gathered::Lost(e) if e.error == "Worker.Failed")
+        );
     }
 }

@@ -274,6 +274,11 @@ pub async fn terminate_with_cost_report(
         lambda_memory_mb: settings.lambda_memory_mb,
         artifact_bucket: settings.artifact_bucket.clone(),
     };
+    // The Map state's per-worker cleanup calls this function with `release`.
+    if payload.get("release").is_some() {
+        let input = parse_input(Function::TerminateWithCostReport.name(), payload)?;
+        return out(terminate_report::release(c.ec2, input).await?);
+    }
     let input = parse_input(Function::TerminateWithCostReport.name(), payload)?;
     out(terminate_report::handle(
         c.ec2,

@@ -3,6 +3,7 @@
 
 use ephemera_core::capacity::Tried;
 use ephemera_core::names;
+use ephemera_core::rundoc::CaughtError;
 use ephemera_core::verify::Check;
 use ephemera_core::InvalidRunSpec;
 use lambda_runtime::Diagnostic;
@@ -38,6 +39,10 @@ pub enum Error {
     SpotInterrupted(String),
     #[error("verification failed: {}", describe_checks(.failed))]
     VerificationFailed { failed: Vec<Check> },
+    /// Every worker of the run was lost: the run fails with the error that lost the first one
+    /// (its own name, e.g. `Ephemera.BootFailed`), as a one-worker run always did.
+    #[error("{}", .0.cause.as_deref().unwrap_or("every worker was lost"))]
+    WorkersLost(CaughtError),
     #[error("refusing to terminate {instance}: {why}")]
     Refused { instance: String, why: String },
     #[error("{service} {operation} failed: {code}: {message}")]
@@ -74,7 +79,7 @@ fn describe_checks(checks: &[Check]) -> String {
 }
 
 impl Error {
-    pub fn error_type(&self) -> &'static str {
+    pub fn error_type(&self) -> &str {
         match self {
             Error::InvalidRunSpec(_) => names::INVALID_RUNSPEC,
             Error::BadInput(_) => names::BAD_INPUT,
@@ -85,6 +90,7 @@ impl Error {
             Error::BootFailed(_) => names::BOOT_FAILED,
             Error::SpotInterrupted(_) => names::SPOT_INTERRUPTED,
             Error::VerificationFailed { .. } => names::VERIFICATION_FAILED,
+            Error::WorkersLost(e) => &e.error,
             Error::Refused { .. } => names::REFUSED,
             Error::Aws { .. } => names::AWS,
         }

@@ -62,6 +62,9 @@ fn every_lambda_error() -> Vec<Error> {
         | Error::VerificationFailed { .. }
         | Error::Refused { .. }
         | Error::Aws { .. } => {}
+        // Raises the name of an error already caught (another Lambda's, or the worker's): no
+        // name of its own.
+        Error::WorkersLost(_) => {}
     };
     vec![
         Error::InvalidRunSpec(InvalidRunSpec { errors: vec![] }),

@@ -74,7 +74,7 @@ impl Ledger for NoLedger {
     async fn entries(&self, _: &str) -> Result<Vec<Entry>, Error> {
         Err(Error::Internal("no ledger in this test".into()))
     }
-    async fn put(&self, _: &Entry) -> Result<(), Error> {
+    async fn reserve(&self, _: &Entry, _: u32) -> Result<(), Error> {
         Err(Error::Internal("no ledger in this test".into()))
     }
     async fn close(&self, _: &str, _: EntryState, _: Option<f64>) -> Result<bool, Error> {

@@ -1,7 +1,7 @@
-//! DynamoDB: the run ledger (template `LedgerTable`): one item per execution, found by month
-//! through the `by-month` index.
+//! DynamoDB: the run ledger (template `LedgerTable`): one item per execution, with a map of its
+//! workers' reservations, found by month through the `by-month` index.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -15,8 +15,10 @@ pub const BY_MONTH: &str = "by-month";
 pub trait Ledger: Send + Sync {
     /// Every entry of `month`.
     fn entries(&self, month: &str) -> impl Future<Output = Result<Vec<Entry>, Error>> + Send;
-    /// Writes `entry` whole (a launch's reservation).
-    fn put(&self, entry: &Entry) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Records a launch's reservation: `entry`'s run, and the worst case of its `worker`
+    /// (`entry.workers[worker]`), leaving the run's other workers' as they are.
+    fn reserve(&self, entry: &Entry, worker: u32)
+        -> impl Future<Output = Result<(), Error>> + Send;
     /// Sets an existing entry's state, and its actual cost when given; Ok(false) when the
     /// execution has no entry (it launched nothing).
     fn close(
@@ -45,11 +47,28 @@ fn state_name(s: EntryState) -> &'static str {
 fn entry_of(item: &HashMap<String, AttributeValue>) -> Option<Entry> {
     let s = |k: &str| item.get(k)?.as_s().ok().cloned();
     let n = |k: &str| item.get(k)?.as_n().ok()?.parse::<f64>().ok();
+    // Each worker's reservation, when the run has them; else the run's whole (a swept or
+    // hand-written entry).
+    let workers: BTreeMap<u32, f64> = match item.get("workers") {
+        Some(m) => m
+            .as_m()
+            .ok()?
+            .iter()
+            .map(|(w, usd)| Some((w.parse().ok()?, usd.as_n().ok()?.parse().ok()?)))
+            .collect::<Option<_>>()?,
+        None => BTreeMap::new(),
+    };
+    let reserved_usd = if workers.is_empty() {
+        n("reserved_usd")?
+    } else {
+        workers.values().fold(0.0, |sum, usd| sum + usd)
+    };
     Some(Entry {
         execution: s("execution")?,
         run_id: s("run_id").unwrap_or_default(),
         month: s("month")?,
-        reserved_usd: n("reserved_usd")?,
+        reserved_usd,
+        workers,
         actual_usd: n("actual_usd"),
         state: match s("state")?.as_str() {
             "running" => EntryState::Running,
@@ -86,29 +105,43 @@ impl Ledger for LedgerTable {
             .collect()
     }
 
-    async fn put(&self, entry: &Entry) -> Result<(), Error> {
-        let mut req = self
-            .client
-            .put_item()
+    async fn reserve(&self, entry: &Entry, worker: u32) -> Result<(), Error> {
+        let usd = entry.workers.get(&worker).copied().ok_or_else(|| {
+            Error::Internal(format!("no reservation of worker {worker} to record"))
+        })?;
+        let now = AttributeValue::S(chrono::Utc::now().to_rfc3339());
+        // Two updates, each idempotent: the run's item with an empty map of workers when it is
+        // new, then this worker's place in it (one expression may not both create the map and
+        // set a key inside it). A worker never rewrites the whole item, so the run's workers
+        // launching at once keep each other's reservations.
+        self.client
+            .update_item()
             .table_name(&self.table)
-            .item("execution", AttributeValue::S(entry.execution.clone()))
-            .item("run_id", AttributeValue::S(entry.run_id.clone()))
-            .item("month", AttributeValue::S(entry.month.clone()))
-            .item(
-                "reserved_usd",
-                AttributeValue::N(entry.reserved_usd.to_string()),
+            .key("execution", AttributeValue::S(entry.execution.clone()))
+            .update_expression(
+                "SET run_id = :r, #m = :m, #s = :s, updated_at = :t, workers = if_not_exists(workers, :empty)",
             )
-            .item("state", AttributeValue::S(state_name(entry.state).into()))
-            .item(
-                "updated_at",
-                AttributeValue::S(chrono::Utc::now().to_rfc3339()),
-            );
-        if let Some(a) = entry.actual_usd {
-            req = req.item("actual_usd", AttributeValue::N(a.to_string()));
-        }
-        req.send()
+            .expression_attribute_names("#m", "month")
+            .expression_attribute_names("#s", "state")
+            .expression_attribute_values(":r", AttributeValue::S(entry.run_id.clone()))
+            .expression_attribute_values(":m", AttributeValue::S(entry.month.clone()))
+            .expression_attribute_values(":s", AttributeValue::S(state_name(entry.state).into()))
+            .expression_attribute_values(":t", now.clone())
+            .expression_attribute_values(":empty", AttributeValue::M(HashMap::new()))
+            .send()
             .await
-            .map_err(|e| Error::aws("dynamodb", "PutItem", e))?;
+            .map_err(|e| Error::aws("dynamodb", "UpdateItem", e))?;
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("execution", AttributeValue::S(entry.execution.clone()))
+            .update_expression("SET workers.#w = :usd, updated_at = :t")
+            .expression_attribute_names("#w", worker.to_string())
+            .expression_attribute_values(":usd", AttributeValue::N(usd.to_string()))
+            .expression_attribute_values(":t", now)
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", "UpdateItem", e))?;
         Ok(())
     }
 

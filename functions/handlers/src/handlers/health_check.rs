@@ -69,9 +69,10 @@ pub async fn handle<E: Compute, S: Params>(
     } else {
         (None, None)
     };
-    // A signal left by an earlier attempt names another instance and does not count.
+    // The signal is this instance's own; its value names the instance too, so that one
+    // copied from elsewhere does not count.
     let worker_started = params
-        .get(&RunParameters::of_run(&spec.run_id).started())
+        .get(&RunParameters::of_run(&spec.run_id).started(&current.instance_id))
         .await?
         .and_then(|v| serde_json::from_str::<Started>(&v).ok())
         .is_some_and(|s| s.instance_id == current.instance_id);

@@ -1,5 +1,6 @@
-//! launch-worker: refuse runs over budget, then launch one worker: Spot first across candidate
-//! types × subnets, On-Demand when the policy allows, idempotent by tag and ClientToken.
+//! launch-worker: refuse runs over budget, then launch one of the run's workers: Spot first
+//! across candidate types × subnets, On-Demand when the policy allows, idempotent by tag and
+//! ClientToken.
 
 use std::collections::BTreeMap;
 
@@ -21,6 +22,9 @@ pub struct Input {
     pub run: serde_json::Value,
     /// `$$.Execution.Id`: ties instances, tokens and tags to this execution.
     pub execution: String,
+    /// Which of the run's workers (`1..=worker.count`, the Map state's item).
+    #[serde(default = "first")]
+    pub slot: u32,
     /// The previous `$.worker` on a relaunch.
     #[serde(default)]
     pub worker: Option<WorkerState>,
@@ -31,6 +35,10 @@ pub struct Input {
     /// reused with other parameters is IdempotentParameterMismatch).
     #[serde(default)]
     pub entered: Option<DateTime<Utc>>,
+}
+
+fn first() -> u32 {
+    1
 }
 
 /// What the deployment supplies (environment of the function).
@@ -59,6 +67,7 @@ pub struct Books<'a, L, N> {
 pub fn tags(
     spec: &RunSpec,
     execution: &str,
+    slot: u32,
     attempt: u32,
     deadline: DateTime<Utc>,
 ) -> BTreeMap<String, String> {
@@ -66,13 +75,19 @@ pub fn tags(
     t.insert(tags::MANAGED.into(), "true".into());
     t.insert(tags::RUN.into(), spec.run_id.clone());
     t.insert(tags::EXECUTION.into(), execution.to_string());
+    t.insert(tags::WORKER.into(), slot.to_string());
     t.insert(tags::ATTEMPT.into(), attempt.to_string());
     t.insert(
         tags::DEADLINE.into(),
         deadline.to_rfc3339_opts(SecondsFormat::Secs, true),
     );
-    t.entry("Name".into())
-        .or_insert_with(|| format!("ephemera-{}-{attempt}", spec.run_id));
+    t.entry("Name".into()).or_insert_with(|| {
+        if spec.worker.count > 1 {
+            format!("ephemera-{}-w{slot}-{attempt}", spec.run_id)
+        } else {
+            format!("ephemera-{}-{attempt}", spec.run_id)
+        }
+    });
     t
 }
 
@@ -93,6 +108,13 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
                 .into(),
         )
     })?;
+    let slot = input.slot;
+    if !(1..=spec.worker.count).contains(&slot) {
+        return Err(Error::BadInput(format!(
+            "slot {slot} is not one of the run's workers 1..={}",
+            spec.worker.count
+        )));
+    }
     let prev = input.worker.as_ref();
     let (attempt, relaunches_left) = match (prev, input.relaunch) {
         (Some(w), true) if w.relaunches_left == 0 => {
@@ -130,12 +152,19 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
         spec.worker.volume_gib,
         spec.limits.max_runtime_seconds,
     ));
-    if estimate > spec.limits.budget_usd {
+    // The run's worst case is every worker's: each one's launch refuses a run whose workers
+    // together could pass the budget, so all of them refuse it alike.
+    let run_estimate = cost::usd(estimate * f64::from(spec.worker.count));
+    if run_estimate > spec.limits.budget_usd {
+        let workers = match spec.worker.count {
+            1 => String::new(),
+            n => format!("{n} workers (worker.count), each "),
+        };
         return Err(Error::OverBudget {
-            estimate,
+            estimate: run_estimate,
             budget: spec.limits.budget_usd,
             detail: format!(
-                "{} at ${}/h ({}) for limits.max_runtime_seconds = {} plus {} GiB gp3",
+                "{workers}{} at ${}/h ({}) for limits.max_runtime_seconds = {} plus {} GiB gp3",
                 dearest.1,
                 dearest.0,
                 dearest.2,
@@ -155,6 +184,7 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
         match ledger::judge(
             &entries,
             &input.execution,
+            slot,
             reserved,
             config.monthly_budget_usd,
         ) {
@@ -174,14 +204,18 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
                 month_to_date_usd,
                 alert,
             } => {
-                l.put(&ledger::Entry {
-                    execution: input.execution.clone(),
-                    run_id: spec.run_id.clone(),
-                    month: ledger_month.clone(),
-                    reserved_usd: reserved,
-                    actual_usd: None,
-                    state: ledger::EntryState::Running,
-                })
+                l.reserve(
+                    &ledger::Entry {
+                        execution: input.execution.clone(),
+                        run_id: spec.run_id.clone(),
+                        month: ledger_month.clone(),
+                        reserved_usd: reserved,
+                        workers: BTreeMap::from([(slot, reserved)]),
+                        actual_usd: None,
+                        state: ledger::EntryState::Running,
+                    },
+                    slot,
+                )
                 .await?;
                 if let (true, Some(topic)) = (alert, config.alert_topic.as_deref()) {
                     let subject = format!(
@@ -213,6 +247,7 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
             .unwrap_or_default();
         attempts.push(current.clone());
         WorkerState {
+            slot,
             attempts,
             relaunches_left,
             heartbeat_seconds: spec.limits.heartbeat_seconds,
@@ -239,18 +274,19 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
     };
 
     // A retried call (Lambda timeout, Step Functions retry) finds the instance it already made.
-    let attempt_s = attempt.to_string();
+    let (slot_s, attempt_s) = (slot.to_string(), attempt.to_string());
     let existing = ec2
         .instances(
             &[
                 (tags::EXECUTION, input.execution.as_str()),
+                (tags::WORKER, slot_s.as_str()),
                 (tags::ATTEMPT, attempt_s.as_str()),
             ],
             &[InstanceState::Pending, InstanceState::Running],
         )
         .await?;
     if let Some(i) = existing.first() {
-        tracing::info!(instance = %i.id, attempt, "instance for this attempt already exists");
+        tracing::info!(instance = %i.id, slot, attempt, "instance for this attempt already exists");
         let token = i.client_token.clone().unwrap_or_default();
         return Ok(make_state(attempt_of(i, token, vec![], true)));
     }
@@ -259,7 +295,7 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
         + Duration::seconds(
             (spec.limits.max_runtime_seconds + spec.limits.boot_timeout_seconds + 900) as i64,
         );
-    let tags = tags(&spec, &input.execution, attempt, deadline);
+    let tags = tags(&spec, &input.execution, slot, attempt, deadline);
     let script = userdata::render(&userdata::WorkerLaunch {
         region: &config.region,
         artifact: &spec.worker.artifact,
@@ -295,7 +331,7 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
         if closed.contains(&c.market) {
             continue;
         }
-        let token = capacity::client_token(&input.execution, attempt, &c);
+        let token = capacity::client_token(&input.execution, slot, attempt, &c);
         let req = LaunchRequest {
             market: c.market,
             instance_type: c.instance_type.clone(),
@@ -311,7 +347,7 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
         };
         match ec2.run(&req).await {
             Ok(i) => {
-                tracing::info!(instance = %i.id, market = c.market.as_str(), instance_type = %c.instance_type, subnet = %c.subnet, attempt, "launched");
+                tracing::info!(instance = %i.id, market = c.market.as_str(), instance_type = %c.instance_type, subnet = %c.subnet, slot, attempt, "launched");
                 return Ok(make_state(attempt_of(&i, token, tried, false)));
             }
             Err(e) => match capacity::classify(&e.code, &e.message) {

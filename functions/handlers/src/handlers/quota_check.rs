@@ -96,13 +96,16 @@ pub async fn handle<E: Compute, Q: QuotaService>(
     if !errors.is_empty() {
         return Err(InvalidRunSpec { errors }.into());
     }
-    let needs = quota::needs(&per_type, &spec.worker.market.markets(false)).map_err(|m| {
-        InvalidRunSpec {
-            errors: vec![FieldError {
-                field: "worker.instance_types".into(),
-                message: m,
-            }],
-        }
+    let needs = quota::needs(
+        &per_type,
+        &spec.worker.market.markets(false),
+        spec.worker.count,
+    )
+    .map_err(|m| InvalidRunSpec {
+        errors: vec![FieldError {
+            field: "worker.instance_types".into(),
+            message: m,
+        }],
     })?;
 
     // Usage: vCPUs of running and pending instances, counted in the quota each one draws on.
@@ -183,5 +186,6 @@ pub async fn handle<E: Compute, Q: QuotaService>(
         checked_at: now,
         deadline,
         quotas: lines,
+        workers: (1..=spec.worker.count).collect(),
     })
 }

@@ -4,7 +4,7 @@
 //! the worker to say it or for its heartbeat to time out.
 //! (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/spot-instance-termination-notices.html)
 
-use ephemera_core::contract::{RunParameters, Started};
+use ephemera_core::contract::RunParameters;
 use ephemera_core::health::is_spot_reclaim;
 use ephemera_core::{names, tags};
 use serde::{Deserialize, Serialize};
@@ -75,16 +75,9 @@ pub async fn handle<E: Compute, S: Params, T: TaskTokens>(
     let Some(run) = run else {
         return Ok(outcome("ignored: no ephemera:run tag", None));
     };
-    // The token is the run's current attempt's; an event about an earlier attempt's instance
-    // must not fail the attempt that replaced it.
+    // Each attempt has a token of its own: an event about an earlier attempt's instance finds
+    // that attempt's task already ended, and fails nothing the attempt that replaced it waits on.
     let run_parameters = RunParameters::of_run(run);
-    let current = params
-        .get(&run_parameters.started())
-        .await?
-        .and_then(|v| serde_json::from_str::<Started>(&v).ok());
-    if current.as_ref().map(|s| s.instance_id.as_str()) != Some(id.as_str()) {
-        return Ok(outcome("ignored: not the run's current worker", Some(run)));
-    }
     let Some(token) = params.get(&run_parameters.task_token(&id)).await? else {
         return Ok(outcome("ignored: no task is waiting yet", Some(run)));
     };

@@ -1,6 +1,7 @@
 //! terminate-with-cost-report: terminate every instance of this execution (only if tagged for
 //! this run), measure what the run really cost, store it as HTML and JSON beside the run's
-//! output, email the report and return it.
+//! output, email the report and return it. With `release`, only one lost worker's instances are
+//! terminated, for the others to go on without paying for it.
 
 use std::collections::BTreeMap;
 
@@ -13,10 +14,10 @@ use ephemera_core::ledger::EntryState;
 use ephemera_core::quota::{QuotaState, QuotaVerdict};
 use ephemera_core::rundoc::{
     failure_for, render_email, report_location, Attempt, AttemptCost, CaughtError, CostReport,
-    HealthState, Outcome, Phases, StoredReport, Verification, WorkerState,
+    HealthState, Outcome, Phases, StoredReport, Verification, WorkerEnd, WorkerLine, WorkerState,
 };
 use ephemera_core::{report_html, Market};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::parse_spec;
 use crate::aws::{
@@ -34,16 +35,21 @@ pub struct Input {
     pub started_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub quota: Option<QuotaState>,
+    /// How each worker ended (`$.workers`, the Map state's output); absent when the run ended
+    /// before its workers did (the instances are then found by their tags).
+    #[serde(default)]
+    pub workers: Option<Vec<WorkerEnd>>,
+    /// A one-worker run's state, as `worker`, `health` and `result` (a direct invocation).
     #[serde(default)]
     pub worker: Option<WorkerState>,
     #[serde(default)]
     pub health: Option<HealthState>,
+    /// The worker's SendTaskSuccess output: its `manifest` places the report.
+    #[serde(default)]
+    pub result: Option<serde_json::Value>,
     /// The error that sent the run to cleanup; absent on success.
     #[serde(default)]
     pub error: Option<CaughtError>,
-    /// The worker's SendTaskSuccess output (`$.result`): its `manifest` places the report.
-    #[serde(default)]
-    pub result: Option<serde_json::Value>,
     /// verify-completion's checks (`$.verification`), shown in the report.
     #[serde(default)]
     pub verification: Option<Verification>,
@@ -91,11 +97,22 @@ where
     R: ParamRemover,
 {
     let spec = parse_spec(&input.run)?;
-    let known: Vec<Attempt> = input
-        .worker
-        .as_ref()
-        .map(|w| w.attempts.clone())
-        .unwrap_or_default();
+    let ends: Vec<WorkerEnd> = match (input.workers.clone(), input.worker.clone()) {
+        (Some(w), _) => w,
+        (None, Some(w)) => vec![WorkerEnd {
+            slot: w.slot,
+            worker: Some(w),
+            health: input.health.clone(),
+            result: input.result.clone(),
+            error: None,
+        }],
+        (None, None) => vec![],
+    };
+    let known: Vec<(u32, Attempt)> = ends
+        .iter()
+        .filter_map(|e| e.worker.as_ref().map(|w| (e.slot, w)))
+        .flat_map(|(slot, w)| w.attempts.iter().map(move |a| (slot, a.clone())))
+        .collect();
 
     // Everything this execution launched: what the run document knows, and what the tags say
     // (a Lambda that crashed after RunInstances never returned its instance).
@@ -108,27 +125,14 @@ where
     }
     let ids: Vec<String> = known
         .iter()
-        .map(|a| a.instance_id.clone())
+        .map(|(_, a)| a.instance_id.clone())
         .filter(|id| !instances.contains_key(id))
         .collect();
     for i in ec2.describe(&ids).await? {
         instances.insert(i.id.clone(), i);
     }
     for i in instances.values() {
-        let managed = i.tags.get(tags::MANAGED).map(String::as_str) == Some("true");
-        let ours = i.tags.get(tags::RUN) == Some(&spec.run_id);
-        if !managed || !ours {
-            return Err(Error::Refused {
-                instance: i.id.clone(),
-                why: format!(
-                    "it is not tagged {}=true and {}={} (tags: {:?})",
-                    tags::MANAGED,
-                    tags::RUN,
-                    spec.run_id,
-                    i.tags
-                ),
-            });
-        }
+        ours(i, &spec.run_id)?;
     }
     let to_stop: Vec<String> = instances
         .values()
@@ -144,7 +148,14 @@ where
     let mut notes = vec![];
     let mut attempts = vec![];
     for i in instances.values() {
-        let from_doc = known.iter().find(|a| a.instance_id == i.id);
+        let from_doc = known.iter().find(|(_, a)| a.instance_id == i.id);
+        let worker = i
+            .tags
+            .get(tags::WORKER)
+            .and_then(|w| w.parse().ok())
+            .or(from_doc.map(|(slot, _)| *slot))
+            .unwrap_or(1);
+        let from_doc = from_doc.map(|(_, a)| a);
         let launched_at = i
             .launch_time
             .or(from_doc.map(|a| a.launched_at))
@@ -207,6 +218,7 @@ where
             .unwrap_or(spec.worker.volume_gib);
         let ebs_usd = cost::ebs_cost(gib, billed);
         attempts.push(AttemptCost {
+            worker,
             attempt: i
                 .tags
                 .get(tags::ATTEMPT)
@@ -228,7 +240,7 @@ where
             state_before: i.state,
         });
     }
-    attempts.sort_by_key(|a| (a.attempt, a.launched_at));
+    attempts.sort_by_key(|a| (a.worker, a.attempt, a.launched_at));
 
     let (orchestration, execution_started) = match history
         .execution_stats(&input.execution, config.lambda_memory_mb)
@@ -252,11 +264,18 @@ where
         .filter(|q| q.verdict == QuotaVerdict::Enough)
         .map(|q| (q.checked_at - q.started_at).num_seconds())
         .unwrap_or(0);
-    let healthy_at = input.health.as_ref().and_then(|h| h.healthy_at);
-    let boot = match (healthy_at, input.worker.as_ref()) {
-        (Some(h), Some(w)) => (h - w.current.launched_at).num_seconds().max(0),
-        (None, _) => first_launch.map_or(0, |l| (teardown_start - l).num_seconds().max(0)),
-        _ => 0,
+    // The first worker to become healthy: boot is its launch to then; work runs from then.
+    let first_healthy = ends
+        .iter()
+        .filter_map(|e| {
+            let healthy = e.health.as_ref()?.healthy_at?;
+            Some((healthy, e.worker.as_ref()?.current.launched_at))
+        })
+        .min();
+    let healthy_at = first_healthy.map(|(h, _)| h);
+    let boot = match first_healthy {
+        Some((h, launched)) => (h - launched).num_seconds().max(0),
+        None => first_launch.map_or(0, |l| (teardown_start - l).num_seconds().max(0)),
     };
     let work = healthy_at.map_or(0, |h| (teardown_start - h).num_seconds().max(0));
     let total = input
@@ -276,11 +295,7 @@ where
         },
         error: input.error.clone(),
         failure: input.error.as_ref().map(failure_for),
-        estimate_usd: input
-            .worker
-            .as_ref()
-            .map(|w| w.attempts.iter().map(|a| a.estimate_usd).sum())
-            .unwrap_or(0.0),
+        estimate_usd: known.iter().fold(0.0, |sum, (_, a)| sum + a.estimate_usd),
         budget_usd: spec.limits.budget_usd,
         actual_usd: cost::usd(actual),
         compute_usd: cost::usd(compute),
@@ -288,6 +303,15 @@ where
         on_demand_equivalent_usd: cost::usd(on_demand + orchestration.usd),
         savings_usd: cost::usd(on_demand - compute - ebs),
         orchestration,
+        workers: ends
+            .iter()
+            .map(|e| WorkerLine {
+                slot: e.slot,
+                attempts: e.worker.as_ref().map_or(0, |w| w.attempts.len() as u32),
+                reported: e.result.is_some(),
+                error: e.error.as_ref().map(failure_for),
+            })
+            .collect(),
         attempts,
         phases: Phases {
             quota_wait_seconds: quota_wait,
@@ -299,7 +323,7 @@ where
         terminated: to_stop,
         generated_at: now,
         notes: {
-            if input.worker.is_none() && instances.is_empty() {
+            if known.is_empty() && instances.is_empty() {
                 notes.push("nothing was launched".into());
             }
             notes.push(format!(
@@ -316,8 +340,10 @@ where
     // The run's signals go with its instances: the started signal and each attempt's token.
     if let Some(r) = signals {
         let run = RunParameters::of_run(&spec.run_id);
-        let mut names = vec![run.started()];
-        names.extend(instances.keys().map(|id| run.task_token(id)));
+        let names: Vec<String> = instances
+            .keys()
+            .flat_map(|id| [run.started(id), run.task_token(id)])
+            .collect();
         if let Err(e) = r.delete_all(&names).await {
             tracing::error!(error = %e, "the run's SSM parameters could not be deleted");
             report.notes.push(format!(
@@ -345,11 +371,12 @@ where
         }
     }
 
-    let manifest = input
-        .result
-        .as_ref()
-        .and_then(|r| r.get("manifest"))
-        .and_then(|m| m.as_str());
+    // Any worker's report names the run's manifest (the one who wrote it, or one who ended
+    // after it was written).
+    let manifest = ends
+        .iter()
+        .filter_map(|e| e.result.as_ref()?.get("manifest")?.as_str())
+        .next();
     if let Some(place) = report_location(&spec, manifest, config.artifact_bucket.as_deref()) {
         store(objects, &mut report, place).await;
     }
@@ -395,6 +422,71 @@ where
     }
     tracing::info!(actual_usd = report.actual_usd, outcome = %report.outcome, "cost report");
     Ok(report)
+}
+
+/// Refuses an instance not tagged as one of this run's (a wrong execution ARN in the input
+/// must not terminate someone else's machines).
+fn ours(i: &InstanceView, run_id: &str) -> Result<(), Error> {
+    let managed = i.tags.get(tags::MANAGED).map(String::as_str) == Some("true");
+    let run = i.tags.get(tags::RUN).map(String::as_str) == Some(run_id);
+    if managed && run {
+        return Ok(());
+    }
+    Err(Error::Refused {
+        instance: i.id.clone(),
+        why: format!(
+            "it is not tagged {}=true and {}={run_id} (tags: {:?})",
+            tags::MANAGED,
+            tags::RUN,
+            i.tags
+        ),
+    })
+}
+
+/// A lost worker's release: `{run, execution, release: <slot>}`.
+#[derive(Debug, Deserialize)]
+pub struct ReleaseInput {
+    pub run: serde_json::Value,
+    pub execution: String,
+    pub release: u32,
+}
+
+/// What a release terminated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Released {
+    pub slot: u32,
+    pub terminated: Vec<String>,
+}
+
+/// Terminates every instance of one worker of this execution (found by its tags, so one a
+/// crashed launch never returned goes too); the run's other workers go on, and the final
+/// report costs this one's instances with the rest.
+pub async fn release<E: Compute>(ec2: &E, input: ReleaseInput) -> Result<Released, Error> {
+    let spec = parse_spec(&input.run)?;
+    let slot = input.release.to_string();
+    let found = ec2
+        .instances(
+            &[
+                (tags::EXECUTION, input.execution.as_str()),
+                (tags::WORKER, slot.as_str()),
+            ],
+            &[],
+        )
+        .await?;
+    for i in &found {
+        ours(i, &spec.run_id)?;
+    }
+    let terminated: Vec<String> = found
+        .iter()
+        .filter(|i| !i.state.is_some_and(InstanceState::is_terminating))
+        .map(|i| i.id.clone())
+        .collect();
+    ec2.terminate(&terminated).await?;
+    tracing::info!(slot = input.release, ?terminated, "lost worker released");
+    Ok(Released {
+        slot: input.release,
+        terminated,
+    })
 }
 
 /// Puts `report.html` and `report.json` at `place`, so the email can link them. Never fails the

@@ -1,12 +1,13 @@
-//! verify-completion: the worker's report and its exported objects against what the run expected.
+//! verify-completion: the workers' report and its exported objects against what the run
+//! expected.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use ephemera_core::contract::{Manifest, Summary};
-use ephemera_core::rundoc::Verification;
+use ephemera_core::rundoc::{Verification, WorkerEnd};
 use ephemera_core::runspec::parse_s3_url;
-use ephemera_core::verify::{self, Check};
+use ephemera_core::verify::{self, Check, Gathered};
 use serde::Deserialize;
 
 use super::parse_spec;
@@ -16,8 +17,9 @@ use crate::error::Error;
 #[derive(Debug, Deserialize)]
 pub struct Input {
     pub run: serde_json::Value,
-    /// The worker's SendTaskSuccess output.
-    pub result: serde_json::Value,
+    /// How each worker ended (the Map state's output): their SendTaskSuccess outputs, or why
+    /// they were lost.
+    pub workers: Vec<WorkerEnd>,
 }
 
 fn failed(name: &str, detail: String) -> Check {
@@ -34,7 +36,12 @@ pub async fn handle<O: Objects>(
     now: DateTime<Utc>,
 ) -> Result<Verification, Error> {
     let spec = parse_spec(&input.run)?;
-    let report: Summary = match serde_json::from_value(input.result.clone()) {
+    let (result, workers) = match verify::gather(&input.workers) {
+        Gathered::Reported { result, check } => (result, check),
+        // Nobody is left to verify: the run fails with what lost its workers.
+        Gathered::Lost(e) => return Err(Error::WorkersLost(e)),
+    };
+    let report: Summary = match serde_json::from_value(result) {
         Ok(r) => r,
         Err(e) => {
             return Err(Error::VerificationFailed {
@@ -45,7 +52,8 @@ pub async fn handle<O: Objects>(
             })
         }
     };
-    let mut checks = verify::check_report(&spec, &report);
+    let mut checks = vec![workers];
+    checks.extend(verify::check_report(&spec, &report));
     match report.manifest.as_deref() {
         Some(url) => match parse_s3_url(url) {
             Some((bucket, key)) => match objects.get(bucket, key).await? {
