@@ -2,6 +2,8 @@
 //! attempts and the cost report. Read from the SDK's events into plain ones, so that the
 //! decisions below are pure.
 
+use std::collections::BTreeMap;
+
 use aws_sdk_sfn::types::HistoryEvent;
 use chrono::{DateTime, Utc};
 use ephemera_core::rundoc::Attempt;
@@ -112,23 +114,45 @@ pub fn current_state(events: &[Event]) -> Option<(String, DateTime<Utc>)> {
     }
 }
 
-/// The run document's attempts (`$.worker.attempts`) as the latest state saw them.
+/// The run's attempts, every worker's (`$.worker.attempts` in each worker's Map iteration,
+/// `$.workers[*].worker.attempts` after it), each worker's as its latest state saw them.
 pub fn attempts(events: &[Event]) -> Vec<Attempt> {
-    events
-        .iter()
-        .rev()
-        .filter_map(|e| match &e.kind {
-            Kind::Entered { input: Some(d), .. }
-            | Kind::Exited {
-                output: Some(d), ..
-            } => {
-                let doc: Value = serde_json::from_str(d).ok()?;
-                serde_json::from_value(doc.get("worker")?.get("attempts")?.clone()).ok()
+    let mut by_worker: BTreeMap<u64, Vec<Attempt>> = BTreeMap::new();
+    let mut take = |w: &Value| {
+        let slot = w.get("slot").and_then(Value::as_u64).unwrap_or(1);
+        let found = w
+            .get("attempts")
+            .and_then(|a| serde_json::from_value::<Vec<Attempt>>(a.clone()).ok());
+        if let Some(a) = found {
+            by_worker.entry(slot).or_insert(a);
+        }
+    };
+    for e in events.iter().rev() {
+        let (Kind::Entered { input: Some(d), .. }
+        | Kind::Exited {
+            output: Some(d), ..
+        }) = &e.kind
+        else {
+            continue;
+        };
+        let Ok(doc) = serde_json::from_str::<Value>(d) else {
+            continue;
+        };
+        if let Some(w) = doc.get("worker") {
+            take(w);
+        }
+        for end in doc
+            .get("workers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(w) = end.get("worker") {
+                take(w);
             }
-            _ => None,
-        })
-        .next()
-        .unwrap_or_default()
+        }
+    }
+    by_worker.into_values().flatten().collect()
 }
 
 /// The cost report (`$.report`) the run's last terminate-with-cost-report wrote: on success

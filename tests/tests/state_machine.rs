@@ -508,7 +508,7 @@ async fn a_lambda_crash_after_launch_still_terminates() {
     // Released by ReleaseWorker, so the cleanup found it already going; costed all the same.
     assert_eq!(report["attempts"].as_array().unwrap().len(), 1, "{report}");
     assert_ne!(report["attempts"][0]["state_before"], "running", "{report}");
-    assert_eq!(report["workers"][0]["error"]["error"], "Runtime.ExitError");
+    assert_eq!(report["workers"][0]["error"]["Error"], "Runtime.ExitError");
     r.assert_email("FAILED");
 }
 

@@ -22,7 +22,8 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// One instance's worker process.
 struct Worker {
-    attempt: String,
+    /// "worker 2 attempt 1".
+    label: String,
     child: Child,
     /// When the instance began shutting down (SIGTERM sent).
     stopping_since: Option<Instant>,
@@ -48,8 +49,10 @@ impl Worker {
 /// What the player knows of the run's instances, for the scenarios that act on them.
 #[derive(Debug, Clone, Default)]
 pub struct Seen {
-    /// Instance id by attempt, in launch order.
-    pub instances: BTreeMap<String, String>,
+    /// Instance id by (worker, attempt).
+    pub instances: BTreeMap<(u32, u32), String>,
+    /// The worker process's id by instance id.
+    pub pids: BTreeMap<String, u32>,
 }
 
 pub struct Player {
@@ -112,42 +115,51 @@ async fn play(
             else {
                 continue;
             };
-            let attempt = i
-                .tags()
-                .iter()
-                .find(|t| t.key() == Some(ephemera_core::tags::ATTEMPT))
-                .and_then(|t| t.value())
-                .unwrap_or("?")
-                .to_string();
+            let tag = |k: &str| {
+                i.tags()
+                    .iter()
+                    .find(|t| t.key() == Some(k))
+                    .and_then(|t| t.value())
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .unwrap_or(0)
+            };
+            let (worker, attempt) = (
+                tag(ephemera_core::tags::WORKER),
+                tag(ephemera_core::tags::ATTEMPT),
+            );
+            let label = format!("worker {worker} attempt {attempt}");
             match state {
                 InstanceStateName::Pending | InstanceStateName::Running => {
                     if workers.contains_key(id) {
                         continue;
                     }
                     // Right after launch EC2 may not know the id yet: next round.
-                    match boot(&setup, id, &attempt).await {
+                    match boot(&setup, id, worker, attempt).await {
                         Ok(child) => {
                             console.line(&format!(
-                                "EC2: {id} ({}, {}) is {}: worker attempt {attempt} started \
-                                 (log: {})",
+                                "EC2: {id} ({}, {}) is {}: {label} started (log: {})",
                                 i.instance_type().map(|t| t.as_str()).unwrap_or("?"),
                                 i.instance_lifecycle()
                                     .map(|l| l.as_str())
                                     .unwrap_or("on-demand"),
                                 state.as_str(),
-                                log_path(&setup.logs, &attempt).display()
+                                log_path(&setup.logs, worker, attempt).display()
                             ));
+                            let pid = child.id();
                             workers.insert(
                                 id.to_string(),
                                 Worker {
-                                    attempt: attempt.clone(),
+                                    label,
                                     child,
                                     stopping_since: None,
                                     exited: false,
                                 },
                             );
                             seen.send_modify(|s| {
-                                s.instances.insert(attempt.clone(), id.to_string());
+                                s.instances.insert((worker, attempt), id.to_string());
+                                if let Some(pid) = pid {
+                                    s.pids.insert(id.to_string(), pid);
+                                }
                             });
                         }
                         Err(e) if e.to_string().contains("NotFound") => {}
@@ -158,13 +170,13 @@ async fn play(
                     if let Some(w) = workers.get_mut(id) {
                         if !w.exited && w.stopping_since.is_none() {
                             console.line(&format!(
-                                "EC2: {id} is {}{}: stopping worker attempt {}",
+                                "EC2: {id} is {}{}: stopping {}",
                                 state.as_str(),
                                 i.state_reason()
                                     .and_then(|r| r.code())
                                     .map(|c| format!(" ({c})"))
                                     .unwrap_or_default(),
-                                w.attempt
+                                w.label
                             ));
                             w.signal_stop();
                         }
@@ -194,7 +206,7 @@ fn reap(workers: &mut BTreeMap<String, Worker>, console: &Console) {
         match w.child.try_wait() {
             Ok(Some(status)) => {
                 w.exited = true;
-                console.line(&format!("worker attempt {} exited ({status})", w.attempt));
+                console.line(&format!("{} exited ({status})", w.label));
             }
             Ok(None) => {
                 if w.stopping_since.is_some_and(|t| t.elapsed() > STOP_GRACE) {
@@ -206,12 +218,12 @@ fn reap(workers: &mut BTreeMap<String, Worker>, console: &Console) {
     }
 }
 
-pub fn log_path(dir: &Path, attempt: &str) -> PathBuf {
-    dir.join(format!("worker-attempt-{attempt}.log"))
+pub fn log_path(dir: &Path, worker: u32, attempt: u32) -> PathBuf {
+    dir.join(format!("worker-{worker}-attempt-{attempt}.log"))
 }
 
 /// Starts the instance's worker: its user data's command line, its IMDS, its role.
-async fn boot(setup: &Setup, id: &str, attempt: &str) -> Result<Child> {
+async fn boot(setup: &Setup, id: &str, worker: u32, attempt: u32) -> Result<Child> {
     let ec2 = clients(setup.region).ec2;
     let attr = ec2
         .describe_instance_attribute()
@@ -241,7 +253,7 @@ async fn boot(setup: &Setup, id: &str, attempt: &str) -> Result<Child> {
         move || door.spot_notice(region, &notice_id),
     )
     .await;
-    let log = std::fs::File::create(log_path(&setup.logs, attempt))?;
+    let log = std::fs::File::create(log_path(&setup.logs, worker, attempt))?;
     let mut cmd = Command::new(&setup.worker_bin);
     // The instance profile's role, from its IMDS: held to the template's WorkerRole policy.
     crate::instance_env(&mut cmd, region, &imds);

@@ -8,6 +8,7 @@
 
 pub mod ec2;
 pub mod follow;
+pub mod workers;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,9 @@ pub enum Scenario {
     QuotaWait,
     /// The estimate exceeds the budget: nothing is launched, the report says why.
     OverBudget,
+    /// Three workers on one queue: Spot takes one back (relaunched, it resumes), another is
+    /// killed for good (its partitions are taken over); each partition is done exactly once.
+    ThreeWorkers,
 }
 
 impl Scenario {
@@ -47,6 +51,7 @@ impl Scenario {
             Scenario::SpotInterruption => "spot-interruption",
             Scenario::QuotaWait => "quota-wait",
             Scenario::OverBudget => "over-budget",
+            Scenario::ThreeWorkers => "three-workers",
         }
     }
 
@@ -81,9 +86,54 @@ impl Scenario {
             Scenario::QuotaWait if f.visited("WaitQuota") == 0 => {
                 Err("the run did not wait for the quota increase".into())
             }
+            Scenario::ThreeWorkers => judge_workers(&f.report),
             _ => Ok(()),
         }
     }
+}
+
+/// The three-workers report: three workers, worker 1 relaunched and reported, worker 2
+/// reported, worker 3 lost to its heartbeat timeout; every instance costed, and the run's
+/// cost their sum.
+fn judge_workers(report: &Value) -> std::result::Result<(), String> {
+    let workers = report["workers"].as_array().cloned().unwrap_or_default();
+    let line = |slot: u64| workers.iter().find(|w| w["slot"] == slot).cloned();
+    let mut problems = vec![];
+    if workers.len() != workers::WORKERS as usize {
+        problems.push(format!("{} workers in the report", workers.len()));
+    }
+    match line(1) {
+        Some(w) if w["attempts"].as_u64() >= Some(2) && w["reported"] == true => {}
+        w => problems.push(format!("worker 1 was not relaunched and reported: {w:?}")),
+    }
+    match line(2) {
+        Some(w) if w["reported"] == true => {}
+        w => problems.push(format!("worker 2 did not report: {w:?}")),
+    }
+    match line(3) {
+        Some(w) if w["error"]["Error"] == ephemera_core::names::WORKER_TIMED_OUT => {}
+        w => problems.push(format!("worker 3 was not lost to its silence: {w:?}")),
+    }
+    let attempts = report["attempts"].as_array().cloned().unwrap_or_default();
+    for slot in 1..=u64::from(workers::WORKERS) {
+        if !attempts.iter().any(|a| a["worker"] == slot) {
+            problems.push(format!("worker {slot}'s instance is not costed"));
+        }
+    }
+    let sum = |k: &str| attempts.iter().filter_map(|a| a[k].as_f64()).sum::<f64>();
+    let parts = sum("compute_usd")
+        + sum("ebs_usd")
+        + report["orchestration"]["usd"].as_f64().unwrap_or(0.0);
+    let actual = report["actual_usd"].as_f64().unwrap_or(-1.0);
+    if (parts - actual).abs() > 1e-4 * attempts.len().max(1) as f64 {
+        problems.push(format!(
+            "the run's ${actual} is not its instances' sum ${parts}"
+        ));
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(problems.join("; "))
 }
 
 #[derive(Debug, clap::Parser)]
@@ -208,6 +258,14 @@ fn runspec(scenario: Scenario, run_id: &str, net: &fixtures::Network, topic: &st
     match scenario {
         Scenario::QuotaWait => spec["worker"]["market"] = json!("spot"),
         Scenario::OverBudget => spec["limits"]["budget_usd"] = json!(0.05),
+        Scenario::ThreeWorkers => {
+            spec["worker"]["count"] = json!(workers::WORKERS);
+            // Leases short enough that the killed worker's partition is taken over in
+            // seconds (a lease must outlast the longest partition).
+            if let Some(args) = spec["worker"]["args"].as_array_mut() {
+                args.extend([json!("--lease-seconds"), json!("15")]);
+            }
+        }
         Scenario::Happy | Scenario::SpotInterruption => {}
     }
     spec
@@ -304,15 +362,23 @@ pub async fn run(o: Options, console: Console) -> Result<bool> {
         },
         console.clone(),
     );
-    let spot = (o.scenario == Scenario::SpotInterruption).then(|| {
-        tokio::spawn(reclaim_first_instance(
+    let spot = match o.scenario {
+        Scenario::SpotInterruption => Some(tokio::spawn(reclaim_first_instance(
             region,
             db_url.clone(),
             run_id.clone(),
             player.seen.clone(),
             console.clone(),
-        ))
-    });
+        ))),
+        Scenario::ThreeWorkers => Some(tokio::spawn(workers::reclaim_one_and_kill_one(
+            region,
+            db_url.clone(),
+            run_id.clone(),
+            player.seen.clone(),
+            console.clone(),
+        ))),
+        _ => None,
+    };
     let sfn = aws_sdk_sfn::Client::new(&crate::sdk_config(region));
     let followed = follow::follow(&sfn, &execution, &db_url, &run_id, &console).await;
     if let Some(t) = spot {
@@ -321,7 +387,10 @@ pub async fn run(o: Options, console: Console) -> Result<bool> {
     player.stop().await;
     let finished = followed?;
 
-    let verdict = o.scenario.judge(&finished);
+    let mut verdict = o.scenario.judge(&finished);
+    if o.scenario == Scenario::ThreeWorkers && verdict.is_ok() {
+        verdict = workers::exactly_once(&db_url, &run_id, &out).await;
+    }
     present(&finished, &inbox, &out).await?;
     match &verdict {
         Ok(()) => console.line(&format!(
@@ -344,7 +413,7 @@ async fn reclaim_first_instance(
     console: Console,
 ) -> Result<()> {
     let instance = loop {
-        if let Some(id) = seen.borrow().instances.get("1") {
+        if let Some(id) = seen.borrow().instances.get(&(1, 1)) {
             break id.clone();
         }
         seen.changed().await?;
@@ -424,25 +493,31 @@ async fn present(f: &Finished, inbox: &fixtures::Inbox, out: &Path) -> Result<()
     println!("  runspec.json          the RunSpec the run started with");
     for entry in std::fs::read_dir(out)?.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
-        if name.starts_with("worker-attempt-") {
-            println!("  {name:<21} the worker's log (JSON lines)");
+        if name.starts_with("worker-") && name.ends_with(".log") {
+            println!("  {name:<21} a worker's log (JSON lines)");
         }
     }
     if downloaded > 0 {
         println!(
             "  export/               {downloaded} files beside {}: Parquet per stage and month, \
              the manifest, and the report as terminate-with-cost-report stored it",
-            f.output["result"]["manifest"]
-                .as_str()
-                .unwrap_or("the manifest")
+            manifest_of(f).unwrap_or("the manifest")
         );
     }
     Ok(())
 }
 
+/// The run's manifest, as a worker's report names it.
+fn manifest_of(f: &Finished) -> Option<&str> {
+    f.output["workers"]
+        .as_array()?
+        .iter()
+        .find_map(|w| w["result"]["manifest"].as_str())
+}
+
 /// Copies the run's export (Parquet files and manifest) out of the emulated S3.
 async fn download_export(f: &Finished, out: &Path) -> Result<usize> {
-    let Some(manifest) = f.output["result"]["manifest"].as_str() else {
+    let Some(manifest) = manifest_of(f) else {
         return Ok(0);
     };
     let Some((bucket, key)) = manifest
