@@ -138,6 +138,19 @@ async fn happy_path() {
     r.assert_email("SUCCEEDED");
     let report = &r.finished.output["report"];
     assert_eq!(report["outcome"], "SUCCEEDED");
+    // Every Lambda task is priced: quota-check, launch-worker, health-check (at least twice),
+    // verify-completion and terminate-with-cost-report, as the history records them
+    // (LambdaFunctionScheduled for a Task whose Resource is a function ARN).
+    let invocations = report["orchestration"]["lambda_invocations"]
+        .as_u64()
+        .unwrap();
+    assert!(invocations >= 6, "{}", report["orchestration"]);
+    assert!(
+        report["orchestration"]["lambda_gb_seconds"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
     assert_eq!(report["attempts"].as_array().unwrap().len(), 1);
     assert_eq!(report["attempts"][0]["market"], "spot");
     assert!(

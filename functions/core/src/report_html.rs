@@ -42,13 +42,14 @@ pub fn escape(s: &str) -> String {
 pub struct Lane {
     /// `quota-wait`, `boot`, `work` (one lane per attempt) or `teardown`.
     pub phase: &'static str,
-    pub attempt: Option<u32>,
+    /// The attempt's place in the report's `attempts` (each worker numbers its own attempts).
+    pub attempt: Option<usize>,
     pub label: String,
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
     /// A Spot attempt whose instance was gone before teardown: Spot took it back.
     pub reclaimed: bool,
-    /// Another attempt followed this one.
+    /// Another attempt of the same worker followed this one (the next lane).
     pub relaunched: bool,
 }
 
@@ -98,12 +99,18 @@ pub fn timeline(r: &CostReport) -> Timeline {
     for (i, a) in r.attempts.iter().enumerate() {
         lanes.push(Lane {
             phase: "work",
-            attempt: Some(a.attempt),
-            label: format!("#{} {} {}", a.attempt, a.instance_type, a.market.as_str()),
+            attempt: Some(i),
+            label: format!(
+                "{}#{} {} {}",
+                worker_of(r, a),
+                a.attempt,
+                a.instance_type,
+                a.market.as_str()
+            ),
             start: a.launched_at,
             end: a.ended_at.max(a.launched_at),
             reclaimed: a.market == Market::Spot && gone_before_teardown(a.state_before),
-            relaunched: i + 1 < r.attempts.len(),
+            relaunched: relaunched(r, i),
         });
     }
     lanes.push(Lane {
@@ -197,6 +204,23 @@ fn when(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
+/// "w2 " before an attempt's number when the run had several workers.
+fn worker_of(r: &CostReport, a: &AttemptCost) -> String {
+    if r.workers.len() > 1 || r.attempts.iter().any(|b| b.worker != a.worker) {
+        format!("w{} ", a.worker)
+    } else {
+        String::new()
+    }
+}
+
+/// Whether the attempt at `i` was followed by another of its worker (attempts are in worker,
+/// then attempt order, so that one comes next).
+fn relaunched(r: &CostReport, i: usize) -> bool {
+    r.attempts
+        .get(i + 1)
+        .is_some_and(|b| b.worker == r.attempts[i].worker)
+}
+
 /// Roughly how wide a label is at the chart's 12-unit font, to keep it inside the chart.
 fn text_width(s: &str) -> f64 {
     s.chars().count() as f64 * 6.8
@@ -204,10 +228,7 @@ fn text_width(s: &str) -> f64 {
 
 fn annotation(r: &CostReport, lane: &Lane) -> String {
     let seconds = (lane.end - lane.start).num_seconds();
-    match lane
-        .attempt
-        .and_then(|n| r.attempts.iter().find(|a| a.attempt == n))
-    {
+    match lane.attempt.and_then(|i| r.attempts.get(i)) {
         Some(a) => {
             let mut s = format!("{} s billed · {}", a.billed_seconds, usd(a.compute_usd));
             if lane.reclaimed {
@@ -274,11 +295,13 @@ fn svg_timeline(r: &CostReport, out: &mut String) {
         ends.push((bar, y));
         let mut class = format!("bar bar-{}", lane.phase);
         let mut data = format!(r#" data-phase="{}""#, lane.phase);
-        if let Some(n) = lane.attempt {
-            let _ = write!(data, r#" data-attempt="{n}""#);
-            if let Some(a) = r.attempts.iter().find(|a| a.attempt == n) {
-                let _ = write!(class, " market-{}", a.market.as_str());
-            }
+        if let Some(a) = lane.attempt.and_then(|i| r.attempts.get(i)) {
+            let _ = write!(
+                data,
+                r#" data-worker="{}" data-attempt="{}""#,
+                a.worker, a.attempt
+            );
+            let _ = write!(class, " market-{}", a.market.as_str());
         }
         if lane.reclaimed {
             class.push_str(" reclaimed");
@@ -471,7 +494,7 @@ fn phases_table(r: &CostReport, out: &mut String) {
     out.push_str("</tbody></table>");
 }
 
-fn attempt_row(a: &AttemptCost, relaunched: bool, out: &mut String) {
+fn attempt_row(a: &AttemptCost, worker: &str, relaunched: bool, out: &mut String) {
     let reclaimed = a.market == Market::Spot && gone_before_teardown(a.state_before);
     let mut how = String::new();
     if reclaimed {
@@ -486,13 +509,15 @@ fn attempt_row(a: &AttemptCost, relaunched: bool, out: &mut String) {
     }
     let _ = write!(
         out,
-        r#"<tr data-attempt="{}"{}><td>#{}</td><td class="nw"><code>{}</code><br>{} · {} · {}</td><td class="nw">{}<br>{}</td><td class="num billed">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td>{}<br>was {}{}</td></tr>"#,
+        r#"<tr data-worker="{}" data-attempt="{}"{}><td>{}#{}</td><td class="nw"><code>{}</code><br>{} · {} · {}</td><td class="nw">{}<br>{}</td><td class="num billed">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td>{}<br>was {}{}</td></tr>"#,
+        a.worker,
         a.attempt,
         if reclaimed {
             r#" class="reclaimed""#
         } else {
             ""
         },
+        escape(worker),
         a.attempt,
         escape(&a.instance_id),
         escape(&a.instance_type),
@@ -604,13 +629,39 @@ pub fn render(r: &CostReport) -> String {
     phases_table(r, &mut out);
     out.push_str("</section>");
 
+    if r.workers.len() > 1 || r.workers.iter().any(|w| w.error.is_some()) {
+        out.push_str(r#"<section><h2>Workers</h2><table id="workers"><thead><tr><th>worker</th><th class="num">instances</th><th>ended</th></tr></thead><tbody>"#);
+        for w in &r.workers {
+            let ended = match (&w.error, w.reported) {
+                (Some(e), _) => format!(
+                    "lost: {}{}",
+                    e.error,
+                    e.cause
+                        .as_deref()
+                        .map(|c| format!(" ({c})"))
+                        .unwrap_or_default()
+                ),
+                (None, true) => "reported".into(),
+                (None, false) => "did not report".into(),
+            };
+            let _ = write!(
+                out,
+                r#"<tr data-worker="{}"><td>{}</td><td class="num">{}</td><td>{}</td></tr>"#,
+                w.slot,
+                w.slot,
+                w.attempts,
+                escape(&ended)
+            );
+        }
+        out.push_str("</tbody></table></section>");
+    }
     out.push_str(r#"<section><h2>Attempts</h2>"#);
     if r.attempts.is_empty() {
         out.push_str(r#"<p id="attempts-none">None: nothing was launched.</p>"#);
     } else {
         out.push_str(r#"<div class="wide"><table id="attempts"><thead><tr><th>#</th><th>instance</th><th>launched<br>ended</th><th class="num">billed s</th><th class="num">compute</th><th class="num">EBS</th><th class="num">On-Demand eq.</th><th class="num">avg $/h</th><th>price source<br>state before teardown</th></tr></thead><tbody>"#);
         for (i, a) in r.attempts.iter().enumerate() {
-            attempt_row(a, i + 1 < r.attempts.len(), &mut out);
+            attempt_row(a, &worker_of(r, a), relaunched(r, i), &mut out);
         }
         out.push_str("</tbody></table></div>");
     }
@@ -756,8 +807,9 @@ mod tests {
 
     #[test]
     fn lanes_are_laid_out_from_the_phases_and_the_attempts() {
-        // phase, attempt, start and end in seconds from t=0, reclaimed, relaunched.
-        type Span = (&'static str, Option<u32>, i64, i64, bool, bool);
+        // phase, attempt's place in the report, start and end in seconds from t=0, reclaimed,
+        // relaunched.
+        type Span = (&'static str, Option<usize>, i64, i64, bool, bool);
         let t = timeline(&report());
         let spans: Vec<Span> = t
             .lanes
@@ -778,8 +830,8 @@ mod tests {
             vec![
                 ("quota-wait", None, 0, 100, false, false),
                 ("boot", None, 420, 500, false, false),
-                ("work", Some(1), 100, 400, true, true),
-                ("work", Some(2), 420, 1000, false, false),
+                ("work", Some(0), 100, 400, true, true),
+                ("work", Some(1), 420, 1000, false, false),
                 ("teardown", None, 1000, 1010, false, false),
             ]
         );
@@ -943,5 +995,55 @@ mod tests {
         assert!(html.contains(r#"<span id="outcome" class="outcome failed">FAILED</span>"#));
         assert!(html.contains(r#"<code id="failure-error">Worker.Failed</code>"#));
         assert!(html.contains(r#"id="verification-none""#));
+    }
+
+    #[test]
+    fn several_workers_each_have_their_lanes_and_a_lost_one_says_why() {
+        let mut r = report();
+        // Worker 1: attempts 1 (reclaimed) and 2; worker 2: one attempt, lost.
+        let mut other = attempt(1, Market::Spot, 100, 600, "terminated");
+        other.worker = 2;
+        other.instance_id = "i-0002x".into();
+        r.attempts.push(other);
+        r.workers = vec![
+            crate::rundoc::WorkerLine {
+                slot: 1,
+                attempts: 2,
+                reported: true,
+                error: None,
+            },
+            crate::rundoc::WorkerLine {
+                slot: 2,
+                attempts: 1,
+                reported: false,
+                error: Some(CaughtError {
+                    error: "Worker.TimedOut".into(),
+                    cause: Some("silent <3 min".into()),
+                }),
+            },
+        ];
+        let t = timeline(&r);
+        let work: Vec<&Lane> = t.lanes.iter().filter(|l| l.phase == "work").collect();
+        assert_eq!(work.len(), 3);
+        assert_eq!(work[0].label, "w1 #1 c7g.4xlarge spot");
+        assert_eq!(work[2].label, "w2 #1 c7g.4xlarge spot");
+        // Worker 1's first attempt was followed by its second; worker 1's last and worker 2's
+        // only one were followed by no attempt of theirs.
+        let followed: Vec<bool> = work.iter().map(|l| l.relaunched).collect();
+        assert_eq!(followed, [true, false, false]);
+        let html = render(&r);
+        assert!(html.contains(r#"<table id="workers">"#), "{html}");
+        assert!(
+            html.contains("lost: Worker.TimedOut (silent &lt;3 min)"),
+            "escaped cause"
+        );
+        assert!(html.contains(r#"data-worker="2" data-attempt="1""#));
+        // One worker: no workers table, no worker prefixes.
+        let one = report();
+        assert!(!render(&one).contains(r#"id="workers""#));
+        assert!(timeline(&one)
+            .lanes
+            .iter()
+            .all(|l| !l.label.starts_with('w')));
     }
 }

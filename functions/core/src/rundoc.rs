@@ -82,6 +82,16 @@ pub struct WorkerEnd {
     /// Why the worker was lost (its launch, boot or completion failed for good).
     #[serde(default)]
     pub error: Option<CaughtError>,
+    /// What its release terminated, when it was lost.
+    #[serde(default)]
+    pub released: Option<Released>,
+}
+
+/// What a lost worker's release (terminate-with-cost-report with `release`) terminated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Released {
+    pub slot: u32,
+    pub terminated: Vec<String>,
 }
 
 /// health-check's verdict, as the `Booted` Choice state reads it (`$.health.verdict`).
@@ -360,7 +370,8 @@ pub fn render_email(r: &CostReport) -> (String, String) {
 
     let mut b = String::new();
     b.push_str(&format!("Run {} {}.\n", r.run_id, r.outcome));
-    if let Some(e) = &r.error {
+    // The presentable form: a Lambda's JSON cause reduced to its message.
+    if let Some(e) = r.failure.as_ref().or(r.error.as_ref()) {
         b.push_str(&format!(
             "Error: {}{}\n",
             e.error,

@@ -334,6 +334,7 @@ mod tests {
                 error: e.into(),
                 cause: Some(c.into()),
             }),
+            released: None,
         }
     }
 

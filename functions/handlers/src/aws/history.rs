@@ -34,8 +34,11 @@ impl History for aws_sdk_sfn::Client {
         let mut transitions = 0u64;
         let mut invocations = 0u64;
         let mut seconds = 0.0f64;
-        // Lambda tasks run TaskScheduled(lambda) -> TaskStarted -> TaskSucceeded/Failed; other
-        // tasks (the worker's token wait) are not Lambda time.
+        // A Task whose Resource is a function's ARN (every ephemera Lambda) records
+        // LambdaFunctionScheduled -> LambdaFunctionStarted -> LambdaFunctionSucceeded/Failed/
+        // TimedOut; one through the `lambda:invoke` integration records TaskScheduled(lambda) ->
+        // TaskStarted -> TaskSucceeded/Failed. Other tasks (the worker's token wait) are not
+        // Lambda time.
         let mut lambda_scheduled: HashSet<i64> = HashSet::new();
         let mut lambda_started: HashMap<i64, chrono::DateTime<chrono::Utc>> = HashMap::new();
         // An unreadable history leaves orchestration unpriced (a note), never a failed report.
@@ -60,6 +63,13 @@ impl History for aws_sdk_sfn::Client {
                 transitions += 1;
             }
             match kind {
+                "LambdaFunctionScheduled" => {
+                    invocations += 1;
+                    lambda_scheduled.insert(e.id());
+                }
+                "LambdaFunctionStarted" if lambda_scheduled.contains(&e.previous_event_id()) => {
+                    lambda_started.insert(e.id(), at);
+                }
                 "TaskScheduled" => {
                     let is_lambda = e
                         .task_scheduled_event_details()
@@ -72,7 +82,12 @@ impl History for aws_sdk_sfn::Client {
                 "TaskStarted" if lambda_scheduled.contains(&e.previous_event_id()) => {
                     lambda_started.insert(e.id(), at);
                 }
-                "TaskSucceeded" | "TaskFailed" | "TaskTimedOut" => {
+                "TaskSucceeded"
+                | "TaskFailed"
+                | "TaskTimedOut"
+                | "LambdaFunctionSucceeded"
+                | "LambdaFunctionFailed"
+                | "LambdaFunctionTimedOut" => {
                     if let Some(start) = lambda_started.remove(&e.previous_event_id()) {
                         seconds += (at - start).num_milliseconds().max(1) as f64 / 1000.0;
                     }

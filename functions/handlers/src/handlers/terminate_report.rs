@@ -14,10 +14,11 @@ use ephemera_core::ledger::EntryState;
 use ephemera_core::quota::{QuotaState, QuotaVerdict};
 use ephemera_core::rundoc::{
     failure_for, render_email, report_location, Attempt, AttemptCost, CaughtError, CostReport,
-    HealthState, Outcome, Phases, StoredReport, Verification, WorkerEnd, WorkerLine, WorkerState,
+    HealthState, Outcome, Phases, Released, StoredReport, Verification, WorkerEnd, WorkerLine,
+    WorkerState,
 };
 use ephemera_core::{report_html, Market};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::parse_spec;
 use crate::aws::{
@@ -105,6 +106,7 @@ where
             health: input.health.clone(),
             result: input.result.clone(),
             error: None,
+            released: None,
         }],
         (None, None) => vec![],
     };
@@ -320,7 +322,16 @@ where
             teardown_seconds,
             total_seconds: total,
         },
-        terminated: to_stop,
+        // What this call terminated, and what the lost workers' releases did before it.
+        terminated: {
+            let mut all = to_stop;
+            for r in ends.iter().filter_map(|e| e.released.as_ref()) {
+                all.extend(r.terminated.iter().cloned());
+            }
+            all.sort();
+            all.dedup();
+            all
+        },
         generated_at: now,
         notes: {
             if known.is_empty() && instances.is_empty() {
@@ -449,13 +460,6 @@ pub struct ReleaseInput {
     pub run: serde_json::Value,
     pub execution: String,
     pub release: u32,
-}
-
-/// What a release terminated.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Released {
-    pub slot: u32,
-    pub terminated: Vec<String>,
 }
 
 /// Terminates every instance of one worker of this execution (found by its tags, so one a
