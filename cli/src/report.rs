@@ -120,6 +120,7 @@ mod tests {
             orchestration: Orchestration::default(),
             attempts: vec![],
             workers: vec![],
+            snapshot: None,
             phases: Phases::default(),
             terminated: vec!["i-1".into()],
             generated_at: chrono::Utc::now(),

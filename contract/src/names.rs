@@ -19,6 +19,9 @@ names! {
     CAPACITY_UNAVAILABLE = "Ephemera.CapacityUnavailable";
     LAUNCH_FAILED = "Ephemera.LaunchFailed";
     BOOT_FAILED = "Ephemera.BootFailed";
+    /// `database.snapshot_before` could not be taken or did not become available in time:
+    /// the run does not start.
+    SNAPSHOT_FAILED = "Ephemera.SnapshotFailed";
     /// The worker saw the Spot interruption notice (or EventBridge saw Spot reclaim it): the
     /// state machine relaunches.
     SPOT_INTERRUPTED = "Worker.SpotInterrupted";

@@ -15,6 +15,7 @@ pub const ACCOUNT: &str = "123456789012";
 pub fn substitutions(region: &str) -> Vec<(String, String)> {
     [
         ("QuotaCheckFunctionArn", "quota-check"),
+        ("SnapshotDatabaseFunctionArn", "snapshot-database"),
         ("LaunchWorkerFunctionArn", "launch-worker"),
         ("HealthCheckFunctionArn", "health-check"),
         ("VerifyCompletionFunctionArn", "verify-completion"),

@@ -84,6 +84,8 @@ pub struct FrontDoor {
     service_linked_roles: Mutex<Vec<(String, String)>>,
     /// (region, instance) → by-id Describe calls still answered NotFound.
     not_visible_yet: Mutex<HashMap<(String, String), u32>>,
+    /// RDS snapshots by (region, identifier) still "creating" for this many more reads.
+    snapshots_creating: Mutex<HashMap<(String, String), u32>>,
     /// (region, type) the region does not offer though moto knows it.
     pub unoffered: Mutex<std::collections::HashSet<(String, String)>>,
     /// (region, ClientToken) → (the parameters' digest, the first answer).
@@ -125,6 +127,7 @@ impl FrontDoor {
             denials: Mutex::default(),
             service_linked_roles: Mutex::default(),
             not_visible_yet: Mutex::default(),
+            snapshots_creating: Mutex::default(),
             unoffered: Mutex::default(),
             client_tokens: Mutex::default(),
             spot_notices: Mutex::default(),
@@ -426,7 +429,63 @@ async fn route(State(door): State<Arc<FrontDoor>>, req: Request) -> Response<Bod
             return answer;
         }
     }
+    if service == "rds" {
+        let form: HashMap<String, String> = url_form(&bytes);
+        if let Some(answer) = snapshot_takes_time(&door, &region, &form, &parts, &bytes).await {
+            return answer;
+        }
+    }
     proxy(&door, parts, bytes).await
+}
+
+/// Reads of a new RDS snapshot that answer "creating" before "available".
+const SNAPSHOT_CREATING_READS: u32 = 2;
+
+/// An RDS snapshot takes minutes: CreateDBSnapshot answers `creating`, and so do the next reads
+/// until it is `available`
+/// (https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/USER_CreateSnapshot.html); moto
+/// answers `available` at once.
+async fn snapshot_takes_time(
+    door: &FrontDoor,
+    region: &str,
+    form: &HashMap<String, String>,
+    parts: &axum::http::request::Parts,
+    bytes: &axum::body::Bytes,
+) -> Option<Response<Body>> {
+    let action = form.get("Action")?.as_str();
+    let id = match action {
+        "CreateDBSnapshot" | "DescribeDBSnapshots" => form.get("DBSnapshotIdentifier")?,
+        "CreateDBClusterSnapshot" | "DescribeDBClusterSnapshots" => {
+            form.get("DBClusterSnapshotIdentifier")?
+        }
+        _ => return None,
+    };
+    let key = (region.to_string(), id.clone());
+    let mut resp = proxy_raw(door, parts, bytes.clone()).await?;
+    if resp.0 != 200 {
+        return Some(rebuild(resp));
+    }
+    let creating = {
+        let mut reads = door.snapshots_creating.lock().unwrap();
+        if action.starts_with("Create") {
+            reads.insert(key, SNAPSHOT_CREATING_READS);
+            true
+        } else {
+            match reads.get_mut(&key) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    true
+                }
+                _ => false,
+            }
+        }
+    };
+    if creating {
+        resp.2 = resp
+            .2
+            .replace("<Status>available</Status>", "<Status>creating</Status>");
+    }
+    Some(rebuild(resp))
 }
 
 /// EC2 as a new account on real AWS answers where moto is lenient.

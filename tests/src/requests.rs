@@ -298,6 +298,55 @@ fn s3(w: &Wire) -> (String, Vec<Check>) {
     (action.clone(), vec![Check::new(&action, resource)])
 }
 
+/// RDS (query protocol): a snapshot's create and describe name their source and the snapshot
+/// (the Service Authorization Reference's resource types for each action), and tags given on
+/// create are authorized as rds:AddTagsToResource on the new snapshot.
+fn rds(region: &str, form: &HashMap<String, String>) -> (String, Vec<Check>) {
+    let op = form.get("Action").cloned().unwrap_or_default();
+    let a = format!("rds:{op}");
+    let arn = |kind: &str, key: &str| {
+        form.get(key)
+            .map(|id| format!("arn:aws:rds:{region}:{ACCOUNT}:{kind}:{id}"))
+    };
+    let tagged = form.keys().any(|k| k.starts_with("Tags."));
+    let (source, target) = match op.as_str() {
+        "CreateDBSnapshot" => (
+            arn("db", "DBInstanceIdentifier"),
+            arn("snapshot", "DBSnapshotIdentifier"),
+        ),
+        "CreateDBClusterSnapshot" => (
+            arn("cluster", "DBClusterIdentifier"),
+            arn("cluster-snapshot", "DBClusterSnapshotIdentifier"),
+        ),
+        "DescribeDBSnapshots" => (None, arn("snapshot", "DBSnapshotIdentifier")),
+        "DescribeDBClusterSnapshots" => {
+            (None, arn("cluster-snapshot", "DBClusterSnapshotIdentifier"))
+        }
+        _ => (None, None),
+    };
+    let mut checks: Vec<Check> = [&source, &target]
+        .into_iter()
+        .flatten()
+        .map(|r| Check::new(&a, r.clone()))
+        .collect();
+    if checks.is_empty() {
+        checks.push(Check::new(&a, "*"));
+    }
+    if let (true, Some(t), true) = (op.starts_with("Create"), &target, tagged) {
+        let mut c = Check::new("rds:AddTagsToResource", t.clone());
+        for (k, v) in form {
+            // Tags.Tag.N.Key / Tags.Tag.N.Value (or Tags.member.N.*).
+            if let Some(n) = k.strip_suffix(".Key").filter(|p| p.starts_with("Tags.")) {
+                if let Some(value) = form.get(&format!("{n}.Value")) {
+                    c = c.with(&format!("aws:RequestTag/{v}"), value.clone());
+                }
+            }
+        }
+        checks.push(c);
+    }
+    (a, checks)
+}
+
 /// (action, checks) of any request the front door sees.
 pub fn checks(w: &Wire) -> (String, Vec<Check>) {
     match w.service {
@@ -306,6 +355,7 @@ pub fn checks(w: &Wire) -> (String, Vec<Check>) {
             (format!("ec2:{a}"), c)
         }
         "s3" => s3(w),
+        "rds" => rds(w.region, &url_form(w.body)),
         "lambda" if w.path.ends_with("/invocations") => {
             let target = w
                 .path

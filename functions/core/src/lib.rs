@@ -10,6 +10,7 @@ pub mod quota;
 pub mod report_html;
 pub mod rundoc;
 pub mod runspec;
+pub mod snapshot;
 pub mod sweep;
 pub mod userdata;
 pub mod verify;

@@ -698,6 +698,17 @@ pub fn render(r: &CostReport) -> String {
     }
     out.push_str("</section>");
 
+    if let Some(snap) = &r.snapshot {
+        let _ = write!(
+            out,
+            r#"<section><h2>Snapshot before writing</h2><p id="snapshot"><code>{}</code> of {} <code>{}</code>: {}, requested {}</p></section>"#,
+            escape(&snap.identifier),
+            snap.kind.noun(),
+            escape(&snap.source),
+            escape(&snap.status),
+            snap.requested_at.format("%Y-%m-%d %H:%M:%S UTC")
+        );
+    }
     out.push_str(r#"<section><h2>Terminated</h2><p id="terminated">"#);
     if r.terminated.is_empty() {
         out.push_str("Nothing left to terminate.");
@@ -778,6 +789,7 @@ mod tests {
                 usd: 0.001,
             },
             workers: vec![],
+            snapshot: None,
             attempts: vec![
                 attempt(1, Market::Spot, 100, 400, "terminated"),
                 attempt(2, Market::OnDemand, 420, 1000, "running"),

@@ -11,6 +11,7 @@ use crate::contract::RunParameters;
 use crate::cost::Orchestration;
 use crate::instance_state::InstanceState;
 use crate::runspec::{parse_s3_url, Market, RunSpec};
+use crate::snapshot::SnapshotState;
 use crate::verify::Check;
 
 /// The `aws:userid` of `instance_id`'s instance-role session: `role-id:instance-id` for a role
@@ -258,6 +259,9 @@ pub struct CostReport {
     /// Where `report.html` and `report.json` were stored; absent when they were not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stored: Option<StoredReport>,
+    /// The snapshot taken before the workers wrote (`database.snapshot_before`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotState>,
 }
 
 /// One worker in the report.
@@ -386,6 +390,16 @@ pub fn render_email(r: &CostReport) -> (String, String) {
             "Report with its timeline (HTML): {}\n  in the S3 console: {}\n",
             s.html_uri(),
             s.html_console_url()
+        ));
+    }
+    if let Some(s) = &r.snapshot {
+        b.push_str(&format!(
+            "Snapshot before writing: {} of {} {} ({}, requested {})\n",
+            s.identifier,
+            s.kind.noun(),
+            s.source,
+            s.status,
+            s.requested_at.format("%Y-%m-%d %H:%M:%S UTC")
         ));
     }
     b.push_str(&format!(
@@ -526,6 +540,7 @@ mod tests {
             orchestration: Orchestration::default(),
             attempts: vec![],
             workers: vec![],
+            snapshot: None,
             phases: Phases::default(),
             terminated: vec![],
             generated_at: Utc::now(),

@@ -25,6 +25,45 @@ pub struct RunSpec {
     pub tags: BTreeMap<String, String>,
     #[serde(default)]
     pub waits: Waits,
+    #[serde(default)]
+    pub database: Database,
+}
+
+/// What happens to the workers' database before they write to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Database {
+    /// An RDS snapshot of this instance or cluster, taken and waited for before any worker is
+    /// launched; the run does not start without it.
+    #[serde(default)]
+    pub snapshot_before: Option<SnapshotSource>,
+    /// How long the snapshot may take to become available.
+    #[serde(default = "default_snapshot_timeout")]
+    pub snapshot_timeout_seconds: u64,
+}
+
+impl Default for Database {
+    fn default() -> Self {
+        Database {
+            snapshot_before: None,
+            snapshot_timeout_seconds: default_snapshot_timeout(),
+        }
+    }
+}
+
+fn default_snapshot_timeout() -> u64 {
+    3600
+}
+
+/// The RDS source of the snapshot: a DB instance, or an Aurora DB cluster (whose snapshot is a
+/// cluster snapshot).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotSource {
+    #[serde(default)]
+    pub instance: Option<String>,
+    #[serde(default)]
+    pub cluster: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -573,6 +612,8 @@ impl RunSpec {
             );
         }
 
+        self.validate_database(&mut errs);
+
         if errs.0.is_empty() {
             let (quota, boot) = self.poll_bounds();
             let events = (quota + boot) * EVENTS_PER_POLL
@@ -589,6 +630,31 @@ impl RunSpec {
         }
 
         errs.finish()
+    }
+
+    /// `database`: one snapshot source, named as RDS names DB instances and clusters.
+    fn validate_database(&self, errs: &mut Errors) {
+        let d = &self.database;
+        if !(60..=86_400).contains(&d.snapshot_timeout_seconds) {
+            errs.add(
+                "database.snapshot_timeout_seconds",
+                format!(
+                    "{} is outside 60..=86400 (a snapshot of a large database takes minutes to hours)",
+                    d.snapshot_timeout_seconds
+                ),
+            );
+        }
+        let Some(s) = &d.snapshot_before else {
+            return;
+        };
+        match (&s.instance, &s.cluster) {
+            (Some(_), Some(_)) | (None, None) => errs.add(
+                "database.snapshot_before",
+                "give exactly one of instance (a DB instance identifier) or cluster (an Aurora DB cluster identifier)".to_string(),
+            ),
+            (Some(id), None) => check_db_identifier(errs, "database.snapshot_before.instance", id),
+            (None, Some(id)) => check_db_identifier(errs, "database.snapshot_before.cluster", id),
+        }
     }
 
     /// The most quota polls (capped exponential backoff until `quota.max_wait_seconds`) and boot
@@ -612,6 +678,22 @@ impl RunSpec {
             * attempts
             * (self.limits.boot_timeout_seconds / w.boot_poll_seconds.max(1) + 1);
         (quota, boot)
+    }
+}
+
+/// RDS identifiers: 1 to 63 letters, digits or hyphens, a letter first, no hyphen last and no
+/// two in a row (CreateDBInstance's DBInstanceIdentifier).
+fn check_db_identifier(errs: &mut Errors, field: &str, id: &str) {
+    let ok = (1..=63).contains(&id.len())
+        && id.starts_with(|c: char| c.is_ascii_alphabetic())
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !id.ends_with('-')
+        && !id.contains("--");
+    if !ok {
+        errs.add(
+            field,
+            format!("'{id}' is not an RDS identifier: 1 to 63 letters, digits or hyphens, a letter first, no hyphen last and none doubled"),
+        );
     }
 }
 
@@ -1097,6 +1179,50 @@ mod tests {
         ] {
             assert!(errs.iter().any(|e| e.field == f), "{f} missing in {errs:?}");
         }
+    }
+
+    #[test]
+    fn a_snapshot_names_one_rds_source() {
+        let spec = RunSpec::parse(&sample()).unwrap();
+        assert_eq!(spec.database, Database::default());
+        let mut v = sample();
+        v["database"] = json!({"snapshot_before": {"instance": "fx-db"}});
+        let spec = RunSpec::parse(&v).unwrap();
+        assert_eq!(
+            spec.database.snapshot_before.unwrap().instance.as_deref(),
+            Some("fx-db")
+        );
+        for (source, field, needle) in [
+            (json!({}), "database.snapshot_before", "exactly one"),
+            (
+                json!({"instance": "a", "cluster": "b"}),
+                "database.snapshot_before",
+                "exactly one",
+            ),
+            (
+                json!({"instance": "1db"}),
+                "database.snapshot_before.instance",
+                "a letter first",
+            ),
+            (
+                json!({"cluster": "fx--db"}),
+                "database.snapshot_before.cluster",
+                "none doubled",
+            ),
+        ] {
+            let mut v = sample();
+            v["database"] = json!({"snapshot_before": source, "snapshot_timeout_seconds": 10});
+            let errs = errors_of(v);
+            assert!(has(&errs, field, needle), "{errs:?}");
+            assert!(has(
+                &errs,
+                "database.snapshot_timeout_seconds",
+                "60..=86400"
+            ));
+        }
+        let mut v = sample();
+        v["database"] = json!({"snapshot_before": {"db": "x"}});
+        assert!(has(&errors_of(v), "database.snapshot_before.db", ""));
     }
 
     #[test]

@@ -9,8 +9,8 @@ use crate::aws::pricing::PriceListApi;
 use crate::aws::{Aws, LedgerTable};
 use crate::error::Error;
 use crate::handlers::{
-    health_check, launch_worker, parse_input, quota_check, spot_interruption, sweeper,
-    terminate_report, verify_completion,
+    health_check, launch_worker, parse_input, quota_check, snapshot_database, spot_interruption,
+    sweeper, terminate_report, verify_completion,
 };
 
 /// The Lambdas of template.yaml, each a binary of this crate named after it
@@ -18,6 +18,7 @@ use crate::handlers::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Function {
     QuotaCheck,
+    SnapshotDatabase,
     LaunchWorker,
     HealthCheck,
     VerifyCompletion,
@@ -27,8 +28,9 @@ pub enum Function {
 }
 
 impl Function {
-    pub const ALL: [Function; 7] = [
+    pub const ALL: [Function; 8] = [
         Function::QuotaCheck,
+        Function::SnapshotDatabase,
         Function::LaunchWorker,
         Function::HealthCheck,
         Function::VerifyCompletion,
@@ -41,6 +43,7 @@ impl Function {
     pub const fn name(self) -> &'static str {
         match self {
             Function::QuotaCheck => "quota-check",
+            Function::SnapshotDatabase => "snapshot-database",
             Function::LaunchWorker => "launch-worker",
             Function::HealthCheck => "health-check",
             Function::VerifyCompletion => "verify-completion",
@@ -156,6 +159,7 @@ pub async fn invoke(
             };
             launch_worker(clients, region, settings, payload, now).await
         }
+        Function::SnapshotDatabase => snapshot_database(&aws.rds, payload, now).await,
         Function::HealthCheck => health_check(&aws.ec2, &aws.ssm, payload, now).await,
         Function::VerifyCompletion => verify_completion(&aws.s3, payload, now).await,
         Function::TerminateWithCostReport => {
@@ -229,6 +233,15 @@ pub async fn launch_worker(
         alerts: c.sns,
     };
     out(launch_worker::handle(c.ec2, c.prices, c.ssm, books, &config, input, now).await?)
+}
+
+pub async fn snapshot_database(
+    rds: &aws_sdk_rds::Client,
+    payload: Value,
+    now: DateTime<Utc>,
+) -> Result<Value, Error> {
+    let input = parse_input(Function::SnapshotDatabase.name(), payload)?;
+    out(snapshot_database::handle(rds, input, now).await?)
 }
 
 pub async fn health_check(

@@ -36,6 +36,8 @@ pub enum Error {
     #[error("{0}")]
     BootFailed(String),
     #[error("{0}")]
+    SnapshotFailed(String),
+    #[error("{0}")]
     SpotInterrupted(String),
     #[error("verification failed: {}", describe_checks(.failed))]
     VerificationFailed { failed: Vec<Check> },
@@ -88,6 +90,7 @@ impl Error {
             Error::CapacityUnavailable { .. } => names::CAPACITY_UNAVAILABLE,
             Error::LaunchFailed(_) => names::LAUNCH_FAILED,
             Error::BootFailed(_) => names::BOOT_FAILED,
+            Error::SnapshotFailed(_) => names::SNAPSHOT_FAILED,
             Error::SpotInterrupted(_) => names::SPOT_INTERRUPTED,
             Error::VerificationFailed { .. } => names::VERIFICATION_FAILED,
             Error::WorkersLost(e) => &e.error,

@@ -58,6 +58,7 @@ fn every_lambda_error() -> Vec<Error> {
         | Error::CapacityUnavailable { .. }
         | Error::LaunchFailed(_)
         | Error::BootFailed(_)
+        | Error::SnapshotFailed(_)
         | Error::SpotInterrupted(_)
         | Error::VerificationFailed { .. }
         | Error::Refused { .. }
@@ -84,6 +85,7 @@ fn every_lambda_error() -> Vec<Error> {
         Error::CapacityUnavailable { tried: vec![] },
         Error::LaunchFailed(String::new()),
         Error::BootFailed(String::new()),
+        Error::SnapshotFailed(String::new()),
         Error::SpotInterrupted(String::new()),
         Error::VerificationFailed { failed: vec![] },
         Error::Refused {

@@ -2,7 +2,8 @@
 
 use ephemera_core::RunSpec;
 use ephemera_functions::handlers::{
-    health_check, launch_worker, quota_check, terminate_report, verify_completion,
+    health_check, launch_worker, quota_check, snapshot_database, terminate_report,
+    verify_completion,
 };
 
 fn event(name: &str) -> serde_json::Value {
@@ -15,6 +16,9 @@ fn sample_events_parse() {
     RunSpec::parse(&event("runspec")).expect("events/runspec.json is a valid RunSpec");
     let q: quota_check::Input = serde_json::from_value(event("quota-check")).unwrap();
     RunSpec::parse(&q.run).unwrap();
+    let s: snapshot_database::Input = serde_json::from_value(event("snapshot-database")).unwrap();
+    let spec = RunSpec::parse(&s.run).unwrap();
+    assert!(spec.database.snapshot_before.is_some());
     let _: launch_worker::Input = serde_json::from_value(event("launch-worker")).unwrap();
     let _: health_check::Input = serde_json::from_value(event("health-check")).unwrap();
     let _: verify_completion::Input = serde_json::from_value(event("verify-completion")).unwrap();

@@ -9,6 +9,7 @@ pub mod objects;
 pub mod params;
 pub mod pricing;
 pub mod quotas;
+pub mod snapshots;
 pub mod topic;
 
 use aws_config::SdkConfig;
@@ -22,6 +23,7 @@ pub use objects::{ObjectWriter, Objects};
 pub use params::{ParamRemover, Params};
 pub use pricing::PriceList;
 pub use quotas::QuotaService;
+pub use snapshots::Snapshots;
 pub use topic::Notifier;
 
 /// Every client the Lambdas use, built once per cold start.
@@ -36,6 +38,7 @@ pub struct Aws {
     pub sfn: aws_sdk_sfn::Client,
     pub pricing: pricing::PriceListApi,
     pub dynamodb: aws_sdk_dynamodb::Client,
+    pub rds: aws_sdk_rds::Client,
 }
 
 impl Aws {
@@ -50,6 +53,7 @@ impl Aws {
             sfn: aws_sdk_sfn::Client::new(conf),
             pricing: pricing::PriceListApi::new(conf),
             dynamodb: aws_sdk_dynamodb::Client::new(conf),
+            rds: aws_sdk_rds::Client::new(conf),
         }
     }
 }

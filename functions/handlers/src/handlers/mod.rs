@@ -4,6 +4,7 @@
 pub mod health_check;
 pub mod launch_worker;
 pub mod quota_check;
+pub mod snapshot_database;
 pub mod spot_interruption;
 pub mod sweeper;
 pub mod terminate_report;

@@ -51,6 +51,9 @@ pub struct Input {
     /// The error that sent the run to cleanup; absent on success.
     #[serde(default)]
     pub error: Option<CaughtError>,
+    /// The snapshot taken before the workers started (`$.snapshot`), named in the report.
+    #[serde(default)]
+    pub snapshot: Option<ephemera_core::snapshot::SnapshotState>,
     /// verify-completion's checks (`$.verification`), shown in the report.
     #[serde(default)]
     pub verification: Option<Verification>,
@@ -346,6 +349,7 @@ where
         },
         verification: input.verification.clone(),
         stored: None,
+        snapshot: input.snapshot.clone(),
     };
 
     // The run's signals go with its instances: the started signal and each attempt's token.

@@ -1,0 +1,172 @@
+//! `database.snapshot_before`, end to end: the deployed ASL in moto, the real snapshot-database
+//! handler behind the front door (its template role enforced, RDS answering "creating" before
+//! "available" as it does), a worker stand-in on the task token. The snapshot is taken and
+//! waited for before anything is launched, named in the report; a source that does not exist
+//! fails the run before any worker exists.
+
+use std::time::Duration;
+
+use aws_sdk_rds::types::Tag;
+use ephemera_functions::{invoke, Function, Settings};
+use ephemera_tests::e2e::{self, Finished};
+use ephemera_tests::worker_standin::{self, Behaviour};
+use ephemera_tests::{clients, fixtures, fresh_region, function_clients};
+use serde_json::{json, Value};
+
+/// A PostgreSQL DB instance in moto's RDS, as the operator has one.
+async fn db_instance(region: &str, id: &str) {
+    clients(region)
+        .rds
+        .create_db_instance()
+        .db_instance_identifier(id)
+        .engine("postgres")
+        .db_instance_class("db.t4g.micro")
+        .allocated_storage(20)
+        .master_username("ephemera")
+        .master_user_password("not-a-secret-moto-only")
+        .send()
+        .await
+        .expect("CreateDBInstance");
+}
+
+struct Run {
+    finished: Finished,
+    emails: Vec<fixtures::Email>,
+    instances: Vec<(String, String)>,
+}
+
+async fn run(region: &'static str, run_id: &str, source: Value) -> Run {
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    let inbox = fixtures::inbox(region, "ephemera-reports").await;
+    let mut spec = fixtures::runspec(run_id, &net, Some(&inbox.topic_arn));
+    spec["expect"] = json!({"partitions": 2, "min_rows": 100});
+    spec["database"] = json!({"snapshot_before": source, "snapshot_timeout_seconds": 600});
+    let machine = e2e::create_state_machine(region).await;
+    let report = json!({"run_id": run_id, "partitions_done": 2, "partitions_failed": 0,
+                        "rows_in": 1000, "rows_out": 1000});
+    let worker = worker_standin::spawn(
+        region,
+        run_id,
+        Behaviour::Succeed(report),
+        Duration::from_secs(120),
+    );
+    let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;
+    let finished = e2e::wait(region, &execution, Duration::from_secs(150)).await;
+    worker.log().await;
+    let mut emails = inbox.read().await;
+    if emails.is_empty() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        emails = inbox.read().await;
+    }
+    Run {
+        finished,
+        emails,
+        instances: fixtures::instances_of(&aws, run_id).await,
+    }
+}
+
+#[tokio::test]
+async fn the_snapshot_is_taken_and_waited_for_before_any_worker() {
+    let region = fresh_region();
+    db_instance(region, "fx-db").await;
+    let r = run(region, "snap-ok", json!({"instance": "fx-db"})).await;
+    assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished);
+    // RDS answered "creating" first: the run waited, then went on.
+    assert!(
+        r.finished.visited("WaitSnapshot") >= 1,
+        "{:?}",
+        r.finished.path
+    );
+    let path = &r.finished.path;
+    let snap = path.iter().position(|s| s == "SnapshotReady").unwrap();
+    let launch = path.iter().position(|s| s == "LaunchWorker").unwrap();
+    assert!(snap < launch, "the snapshot before the launch: {path:?}");
+
+    let named = &r.finished.report["snapshot"];
+    assert_eq!(named["status"], "available", "{named}");
+    assert_eq!(named["source"], "fx-db");
+    let id = named["identifier"].as_str().unwrap();
+    assert!(id.starts_with("ephemera-snap-ok-"), "{id}");
+    let found = clients(region)
+        .rds
+        .describe_db_snapshots()
+        .db_snapshot_identifier(id)
+        .send()
+        .await
+        .unwrap();
+    let s = &found.db_snapshots()[0];
+    assert_eq!(s.db_instance_identifier(), Some("fx-db"));
+    let tags: Vec<(&str, &str)> = s
+        .tag_list()
+        .iter()
+        .filter_map(|t: &Tag| Some((t.key()?, t.value()?)))
+        .collect();
+    assert!(tags.contains(&("ephemera:run", "snap-ok")), "{tags:?}");
+    assert!(
+        r.emails[0]
+            .body
+            .contains(&format!("Snapshot before writing: {id}")),
+        "{}",
+        r.emails[0].body
+    );
+}
+
+#[tokio::test]
+async fn a_snapshot_that_cannot_be_taken_fails_the_run_with_nothing_launched() {
+    let region = fresh_region();
+    let r = run(region, "snap-missing", json!({"instance": "no-such-db"})).await;
+    assert_eq!(r.finished.status, "FAILED", "{:?}", r.finished);
+    assert_eq!(
+        r.finished.error.as_deref(),
+        Some("Ephemera.SnapshotFailed"),
+        "{:?}",
+        r.finished
+    );
+    let cause = r.finished.cause.as_deref().unwrap_or_default();
+    assert!(cause.contains("database.snapshot_before"), "{cause}");
+    assert!(cause.contains("no worker was launched"), "{cause}");
+    assert_eq!(r.finished.visited("Workers"), 0, "{:?}", r.finished.path);
+    assert!(r.instances.is_empty(), "{:?}", r.instances);
+    assert_eq!(r.emails.len(), 1);
+    assert!(r.emails[0].subject.contains(": FAILED $"));
+}
+
+#[tokio::test]
+async fn a_retried_request_finds_its_snapshot_and_the_role_reaches_only_its_own() {
+    let region = fresh_region();
+    db_instance(region, "fx-db").await;
+    let net = fixtures::network(&clients(region)).await;
+    let mut spec = fixtures::runspec("snap-retry", &net, None);
+    spec["database"] = json!({"snapshot_before": {"instance": "fx-db"}});
+    let execution = format!(
+        "arn:aws:states:{region}:{}:execution:ephemera-worker:snap-retry-1",
+        e2e::ACCOUNT
+    );
+    let role = function_clients(region, Function::SnapshotDatabase.name());
+    let settings = Settings::default();
+    let call = || {
+        invoke(
+            &role,
+            &settings,
+            Function::SnapshotDatabase,
+            json!({"run": spec, "execution": execution}),
+        )
+    };
+    let first: Value = call().await.unwrap();
+    assert_eq!(first["verdict"], "creating", "{first}");
+    // A retried first call (a Lambda timeout): CreateDBSnapshot answers that the snapshot
+    // exists, and the handler follows that one.
+    let again: Value = call().await.unwrap();
+    assert_eq!(again["identifier"], first["identifier"]);
+    // The template's role may not read other snapshots.
+    let other = role
+        .rds
+        .describe_db_snapshots()
+        .db_snapshot_identifier("someone-elses")
+        .send()
+        .await
+        .unwrap_err();
+    let text = format!("{}", aws_sdk_rds::error::DisplayErrorContext(&other));
+    assert!(text.contains("AccessDenied"), "{text}");
+}
