@@ -295,7 +295,8 @@ async fn a_refused_email_or_spot_price_never_fails_the_report() {
     let out = call(
         &c,
         Function::TerminateWithCostReport,
-        json!({"run": spec, "execution": execution(c.region, "no-mail"), "worker": w}),
+        json!({"run": spec, "execution": execution(c.region, "no-mail"),
+               "workers": [{"slot": 1, "worker": w}]}),
     )
     .await
     .unwrap();

@@ -514,7 +514,8 @@ async fn terminate_reports_the_cost_by_email_and_is_idempotent() {
     let inbox = fixtures::inbox(c.region, "ephemera-reports").await;
     let spec = fixtures::runspec("terminate", &c.net, Some(&inbox.topic_arn));
     let w = launch(&c, &spec, "terminate").await.unwrap();
-    let payload = json!({"run": spec, "execution": execution(c.region, "terminate"), "worker": w});
+    let payload = json!({"run": spec, "execution": execution(c.region, "terminate"),
+                         "workers": [{"slot": 1, "worker": w}]});
     let report: CostReport = serde_json::from_value(
         call(&c, Function::TerminateWithCostReport, payload.clone())
             .await
@@ -624,7 +625,8 @@ async fn cleanup_finds_an_instance_the_run_document_lost_and_refuses_foreign_one
         None::<&aws_sdk_ssm::Client>,
         &terminate_report::Config::default(),
         serde_json::from_value(
-            json!({"run": spec, "execution": execution(c.region, "other"), "worker": doc}),
+            json!({"run": spec, "execution": execution(c.region, "other"),
+                   "workers": [{"slot": 1, "worker": doc}]}),
         )
         .unwrap(),
         Utc::now(),

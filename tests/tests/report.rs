@@ -93,8 +93,9 @@ async fn the_report_is_stored_beside_the_manifest_and_linked_from_the_email() {
         call(
             &c,
             Function::TerminateWithCostReport,
-            json!({"run": spec, "execution": execution(c.region, run), "worker": w,
-                   "result": result, "verification": verification}),
+            json!({"run": spec, "execution": execution(c.region, run),
+                   "workers": [{"slot": 1, "worker": w, "result": result}],
+                   "verification": verification}),
         )
         .await
         .unwrap(),
@@ -165,7 +166,8 @@ async fn a_run_without_export_reports_to_the_artifact_bucket_and_a_refusal_is_a_
     let run = "html-artifact";
     let spec = fixtures::runspec(run, &c.net, None);
     let w = launch(&c, &spec, run).await;
-    let payload = json!({"run": spec, "execution": execution(c.region, run), "worker": w,
+    let payload = json!({"run": spec, "execution": execution(c.region, run),
+        "workers": [{"slot": 1, "worker": w}],
         "error": {"Error": "Worker.Failed", "Cause": "<script>alert(1)</script>"}});
     let report: CostReport = serde_json::from_value(
         call(&c, Function::TerminateWithCostReport, payload.clone())

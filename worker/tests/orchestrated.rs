@@ -197,7 +197,7 @@ async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption()
     let done = e2e::wait(region, &execution, Duration::from_secs(120)).await;
     assert_eq!(done.status, "SUCCEEDED", "{done:?}");
     assert_eq!(done.visited("Relaunch"), 1, "{:?}", done.path);
-    let result = &done.output["result"];
+    let result = &done.output["workers"][0]["result"];
     assert_eq!(result["partitions_done"], PARTITIONS, "{result}");
     assert_eq!(
         result["manifest"],
@@ -507,8 +507,8 @@ async fn a_spot_notice_mid_partition_fails_the_task_within_seconds_and_hands_the
     let done = e2e::wait(region, &execution, Duration::from_secs(120)).await;
     assert_eq!(done.status, "SUCCEEDED", "{done:?}");
     assert_eq!(done.visited("Relaunch"), 1, "{:?}", done.path);
-    assert_eq!(done.output["result"]["partitions_done"], 2);
-    assert_eq!(done.output["result"]["partitions_failed"], 0);
+    assert_eq!(done.output["workers"][0]["result"]["partitions_done"], 2);
+    assert_eq!(done.output["workers"][0]["result"]["partitions_failed"], 0);
     for stage in ["indicators", "regression"] {
         let n: i64 = client
             .query_one(

@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod cost;
 pub mod health;
 pub mod instance_state;
+pub mod launch;
 pub mod ledger;
 pub mod quota;
 pub mod report_html;

@@ -46,6 +46,21 @@ pub fn needs(
     Ok(by_code.into_values().collect())
 }
 
+/// The vCPUs in use in each quota: every pending or running instance, (type, market), counted
+/// in the quota its type and market draw on (types no quota is known for count nowhere).
+pub fn usage<'a>(
+    active: impl IntoIterator<Item = (&'a str, Market)>,
+    vcpus: &std::collections::HashMap<String, u32>,
+) -> BTreeMap<&'static str, u32> {
+    let mut usage = BTreeMap::new();
+    for (t, market) in active {
+        if let Some(code) = catalog::quota_class(t).and_then(|c| catalog::quota_code(c, market)) {
+            *usage.entry(code).or_default() += vcpus.get(t).copied().unwrap_or(0);
+        }
+    }
+    usage
+}
+
 pub fn fits(applied: f64, usage: u32, needed: u32) -> bool {
     (usage as f64 + needed as f64) <= applied + 1e-9
 }
@@ -369,6 +384,29 @@ mod tests {
         let find = |code: &str| three.iter().find(|q| q.code == code).unwrap().needed_vcpus;
         assert_eq!(find("L-34B43A08"), 96);
         assert_eq!(find("L-3819A6DF"), 12);
+    }
+
+    #[test]
+    fn usage_counts_each_instance_in_its_own_quota() {
+        let vcpus: std::collections::HashMap<String, u32> = [
+            ("c7g.4xlarge".to_string(), 16),
+            ("g5.xlarge".to_string(), 4),
+        ]
+        .into();
+        let u = usage(
+            [
+                ("c7g.4xlarge", Market::Spot),
+                ("c7g.4xlarge", Market::Spot),
+                ("c7g.4xlarge", Market::OnDemand),
+                ("g5.xlarge", Market::Spot),
+                ("q9.unknown", Market::Spot),
+            ],
+            &vcpus,
+        );
+        assert_eq!(u.get("L-34B43A08"), Some(&32));
+        assert_eq!(u.get("L-1216C47A"), Some(&16));
+        assert_eq!(u.get("L-3819A6DF"), Some(&4));
+        assert_eq!(u.len(), 3);
     }
 
     #[test]

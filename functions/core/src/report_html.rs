@@ -632,25 +632,13 @@ pub fn render(r: &CostReport) -> String {
     if r.workers.len() > 1 || r.workers.iter().any(|w| w.error.is_some()) {
         out.push_str(r#"<section><h2>Workers</h2><table id="workers"><thead><tr><th>worker</th><th class="num">instances</th><th>ended</th></tr></thead><tbody>"#);
         for w in &r.workers {
-            let ended = match (&w.error, w.reported) {
-                (Some(e), _) => format!(
-                    "lost: {}{}",
-                    e.error,
-                    e.cause
-                        .as_deref()
-                        .map(|c| format!(" ({c})"))
-                        .unwrap_or_default()
-                ),
-                (None, true) => "reported".into(),
-                (None, false) => "did not report".into(),
-            };
             let _ = write!(
                 out,
                 r#"<tr data-worker="{}"><td>{}</td><td class="num">{}</td><td>{}</td></tr>"#,
                 w.slot,
                 w.slot,
                 w.attempts,
-                escape(&ended)
+                escape(&w.ended())
             );
         }
         out.push_str("</tbody></table></section>");
@@ -946,12 +934,13 @@ mod tests {
             );
         }
         assert_eq!(
-            html.matches(r#"data-phase="work" data-attempt="#).count(),
+            html.matches(r#"data-phase="work" data-worker="1" data-attempt="#)
+                .count(),
             2
         );
         // Attempt 1: 300 s of 1010 over 680 units from 250, i.e. x = 250 + 100/1010*680.
         assert!(
-            html.contains(r#"data-phase="work" data-attempt="1" data-reclaimed="true" data-seconds="300" x="317.33" y="85.0" width="201.98""#),
+            html.contains(r#"data-phase="work" data-worker="1" data-attempt="1" data-reclaimed="true" data-seconds="300" x="317.33" y="85.0" width="201.98""#),
             "{html}"
         );
         assert!(html.contains("300 s billed · $0.0123 · reclaimed by Spot → relaunched"));

@@ -277,6 +277,24 @@ pub struct WorkerLine {
     pub error: Option<CaughtError>,
 }
 
+impl WorkerLine {
+    /// How the worker ended, as the email and the page say it.
+    pub fn ended(&self) -> String {
+        match (&self.error, self.reported) {
+            (Some(e), _) => format!(
+                "lost: {}{}",
+                e.error,
+                e.cause
+                    .as_deref()
+                    .map(|c| format!(" ({c})"))
+                    .unwrap_or_default()
+            ),
+            (None, true) => "reported".into(),
+            (None, false) => "did not report".into(),
+        }
+    }
+}
+
 /// The report's copies in S3: `report.html` and `report.json` in one folder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredReport {
@@ -418,21 +436,11 @@ pub fn render_email(r: &CostReport) -> (String, String) {
     if r.workers.len() > 1 || r.workers.iter().any(|w| w.error.is_some()) {
         b.push_str("\nWorkers:\n");
         for w in &r.workers {
-            let how = match (&w.error, w.reported) {
-                (Some(e), _) => format!(
-                    "lost: {}{}",
-                    e.error,
-                    e.cause
-                        .as_deref()
-                        .map(|c| format!(" - {c}"))
-                        .unwrap_or_default()
-                ),
-                (None, true) => "reported".to_string(),
-                (None, false) => "did not report".to_string(),
-            };
             b.push_str(&format!(
-                "  worker {}: {} instance(s), {how}\n",
-                w.slot, w.attempts
+                "  worker {}: {} instance(s), {}\n",
+                w.slot,
+                w.attempts,
+                w.ended()
             ));
         }
     }

@@ -342,10 +342,39 @@ impl RunSpec {
         }
     }
 
+    /// Every rule on the fields given, each finding naming its field; then, when all hold, the
+    /// bound on the execution's history.
     pub fn validate(&self) -> Result<(), InvalidRunSpec> {
         let mut errs = Errors::default();
-        let w = &self.worker;
+        self.validate_run_id(&mut errs);
+        self.validate_candidates(&mut errs);
+        self.validate_network(&mut errs);
+        self.validate_launch(&mut errs);
+        self.validate_limits(&mut errs);
+        self.validate_delivery(&mut errs);
+        self.validate_waits(&mut errs);
+        self.validate_database(&mut errs);
 
+        if errs.0.is_empty() {
+            let (quota, boot) = self.poll_bounds();
+            let events = (quota + boot) * EVENTS_PER_POLL
+                + FIXED_EVENTS
+                + u64::from(self.worker.count) * EVENTS_PER_WORKER;
+            if events > MAX_HISTORY_EVENTS {
+                errs.add(
+                    "waits",
+                    format!(
+                        "up to {quota} quota polls and {boot} boot polls make up to {events} execution history events; Step Functions ends an execution at 25,000 without running its cleanup, so at most {MAX_HISTORY_EVENTS} are allowed: raise waits.quota_poll_max_seconds or waits.boot_poll_seconds, or lower quota.max_wait_seconds, limits.boot_timeout_seconds or worker.count"
+                    ),
+                );
+            }
+        }
+
+        errs.finish()
+    }
+
+    /// `run_id`: it names tags, SSM paths, schemas and snapshots.
+    fn validate_run_id(&self, errs: &mut Errors) {
         if self.run_id.is_empty() || self.run_id.len() > 64 || !self.run_id.chars().all(is_id_char)
         {
             errs.add(
@@ -356,7 +385,11 @@ impl RunSpec {
                 ),
             );
         }
+    }
 
+    /// `worker.count` and `worker.instance_types`: what one launch may try, of one architecture.
+    fn validate_candidates(&self, errs: &mut Errors) {
+        let w = &self.worker;
         if !(1..=MAX_WORKERS).contains(&w.count) {
             errs.add(
                 "worker.count",
@@ -420,7 +453,11 @@ impl RunSpec {
                 ),
             );
         }
+    }
 
+    /// `worker.subnets` and `worker.security_groups`.
+    fn validate_network(&self, errs: &mut Errors) {
+        let w = &self.worker;
         if w.subnets.is_empty() {
             errs.add(
                 "worker.subnets",
@@ -443,6 +480,11 @@ impl RunSpec {
                 );
             }
         }
+    }
+
+    /// What the instance boots with: image, volume, artifact, arguments, profile.
+    fn validate_launch(&self, errs: &mut Errors) {
+        let w = &self.worker;
         if !(is_aws_id(&w.image, "ami-")
             || (w.image.starts_with("resolve:ssm:/") && w.image.len() > 13))
         {
@@ -497,7 +539,10 @@ impl RunSpec {
                 );
             }
         }
+    }
 
+    /// `quota.max_wait_seconds` and `limits`: how long and how much.
+    fn validate_limits(&self, errs: &mut Errors) {
         if self.quota.max_wait_seconds == 0 || self.quota.max_wait_seconds > 30 * 86_400 {
             errs.add(
                 "quota.max_wait_seconds",
@@ -555,7 +600,10 @@ impl RunSpec {
                 format!("{} is outside 0..=10", l.max_relaunches),
             );
         }
+    }
 
+    /// `expect`, `notify` and `tags`.
+    fn validate_delivery(&self, errs: &mut Errors) {
         if let Some(p) = &self.expect.export_prefix {
             if parse_s3_url(p).is_none() {
                 errs.add(
@@ -594,7 +642,10 @@ impl RunSpec {
                 errs.add(&field, "a tag value must be at most 256 characters");
             }
         }
+    }
 
+    /// `waits`: the poll periods.
+    fn validate_waits(&self, errs: &mut Errors) {
         let wt = &self.waits;
         if wt.quota_poll_min_seconds == 0 || wt.quota_poll_min_seconds > wt.quota_poll_max_seconds {
             errs.add(
@@ -611,25 +662,6 @@ impl RunSpec {
                 format!("{} is outside 1..=3600", wt.boot_poll_seconds),
             );
         }
-
-        self.validate_database(&mut errs);
-
-        if errs.0.is_empty() {
-            let (quota, boot) = self.poll_bounds();
-            let events = (quota + boot) * EVENTS_PER_POLL
-                + FIXED_EVENTS
-                + u64::from(self.worker.count) * EVENTS_PER_WORKER;
-            if events > MAX_HISTORY_EVENTS {
-                errs.add(
-                    "waits",
-                    format!(
-                        "up to {quota} quota polls and {boot} boot polls make up to {events} execution history events; Step Functions ends an execution at 25,000 without running its cleanup, so at most {MAX_HISTORY_EVENTS} are allowed: raise waits.quota_poll_max_seconds or waits.boot_poll_seconds, or lower quota.max_wait_seconds, limits.boot_timeout_seconds or worker.count"
-                    ),
-                );
-            }
-        }
-
-        errs.finish()
     }
 
     /// `database`: one snapshot source, named as RDS names DB instances and clusters.
@@ -929,7 +961,7 @@ fn looks_like_credential(arg: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 

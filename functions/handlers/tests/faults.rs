@@ -23,7 +23,7 @@ use chrono::{DateTime, Duration, Utc};
 use ephemera_core::cost::{self, Orchestration};
 use ephemera_core::ledger::{Entry, EntryState};
 use ephemera_core::{names, tags};
-use ephemera_functions::aws::{Ledger, Notifier, ObjectWriter, Params, PriceList};
+use ephemera_functions::aws::{Ledger, Notifier, ObjectWriter, Params, PriceList, Quote};
 use ephemera_functions::handlers::{launch_worker, terminate_report};
 use ephemera_functions::Error;
 use serde_json::{json, Value};
@@ -55,8 +55,11 @@ fn spec() -> Value {
 /// Every type at one On-Demand price, from "the Price List API".
 struct Prices;
 impl PriceList for Prices {
-    async fn on_demand_hourly(&self, _: &str, _: &str) -> Option<(f64, String)> {
-        Some((ON_DEMAND_HOURLY, "price-list-api".into()))
+    async fn on_demand_hourly(&self, _: &str, _: &str) -> Option<Quote> {
+        Some(Quote {
+            usd_per_hour: ON_DEMAND_HOURLY,
+            source: "price-list-api".into(),
+        })
     }
 }
 

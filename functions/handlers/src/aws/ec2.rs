@@ -60,6 +60,14 @@ pub struct LaunchRequest {
     pub tags: BTreeMap<String, String>,
 }
 
+/// DescribeInstanceStatus's two checks (`ok`, `impaired`, `initializing`, …); None before EC2
+/// reports them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatusChecks {
+    pub instance: Option<String>,
+    pub system: Option<String>,
+}
+
 pub trait Compute: Send + Sync {
     fn vcpus(
         &self,
@@ -79,11 +87,8 @@ pub trait Compute: Send + Sync {
         &self,
         req: &LaunchRequest,
     ) -> impl Future<Output = Result<InstanceView, RunError>> + Send;
-    /// (instance status, system status) from DescribeInstanceStatus.
-    fn status_checks(
-        &self,
-        id: &str,
-    ) -> impl Future<Output = Result<(Option<String>, Option<String>), Error>> + Send;
+    /// The instance's status checks from DescribeInstanceStatus.
+    fn status_checks(&self, id: &str) -> impl Future<Output = Result<StatusChecks, Error>> + Send;
     fn terminate(&self, ids: &[String]) -> impl Future<Output = Result<(), Error>> + Send;
     /// The image's root device name, e.g. /dev/xvda or /dev/sda1.
     fn root_device(&self, image: &str) -> impl Future<Output = Result<String, Error>> + Send;
@@ -363,7 +368,7 @@ impl Compute for aws_sdk_ec2::Client {
             })
     }
 
-    async fn status_checks(&self, id: &str) -> Result<(Option<String>, Option<String>), Error> {
+    async fn status_checks(&self, id: &str) -> Result<StatusChecks, Error> {
         let resp = self
             .describe_instance_status()
             .instance_ids(id)
@@ -374,17 +379,17 @@ impl Compute for aws_sdk_ec2::Client {
         Ok(resp
             .instance_statuses()
             .first()
-            .map(|s| {
-                (
-                    s.instance_status()
-                        .and_then(|x| x.status())
-                        .map(|x| x.as_str().to_string()),
-                    s.system_status()
-                        .and_then(|x| x.status())
-                        .map(|x| x.as_str().to_string()),
-                )
+            .map(|s| StatusChecks {
+                instance: s
+                    .instance_status()
+                    .and_then(|x| x.status())
+                    .map(|x| x.as_str().to_string()),
+                system: s
+                    .system_status()
+                    .and_then(|x| x.status())
+                    .map(|x| x.as_str().to_string()),
             })
-            .unwrap_or((None, None)))
+            .unwrap_or_default())
     }
 
     async fn terminate(&self, ids: &[String]) -> Result<(), Error> {

@@ -15,14 +15,14 @@ pub mod topic;
 use aws_config::SdkConfig;
 use chrono::{DateTime, TimeZone, Utc};
 
-pub use ec2::{Compute, InstanceView, LaunchRequest, RunError};
+pub use ec2::{Compute, InstanceView, LaunchRequest, RunError, StatusChecks};
 pub use executions::{Executions, TaskTokens};
 pub use history::{ExecutionStats, History};
 pub use ledger::{Ledger, LedgerTable};
 pub use objects::{ObjectWriter, Objects};
 pub use params::{ParamRemover, Params};
-pub use pricing::PriceList;
-pub use quotas::QuotaService;
+pub use pricing::{PriceList, Quote};
+pub use quotas::{Applied, QuotaService};
 pub use snapshots::Snapshots;
 pub use topic::Notifier;
 

@@ -7,13 +7,21 @@ use aws_config::SdkConfig;
 use aws_sdk_pricing::types::{Filter, FilterType};
 use ephemera_core::catalog;
 
+/// An On-Demand price and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quote {
+    pub usd_per_hour: f64,
+    /// `price-list-api`, or the dated fallback table (an estimate outside its region).
+    pub source: String,
+}
+
 pub trait PriceList: Send + Sync {
-    /// (USD per hour, where the price came from), or None for a type no source knows.
+    /// The type's On-Demand price in the region, or None for a type no source knows.
     fn on_demand_hourly(
         &self,
         instance_type: &str,
         region: &str,
-    ) -> impl Future<Output = Option<(f64, String)>> + Send;
+    ) -> impl Future<Output = Option<Quote>> + Send;
 }
 
 /// The Price List API lives in us-east-1; a price is optional (the table backs it), so the
@@ -63,25 +71,25 @@ pub fn parse_price_document(doc: &str) -> Option<f64> {
 
 pub use catalog::REGIONAL_UPLIFT_BOUND;
 
-fn fallback(instance_type: &str, region: &str) -> Option<(f64, String)> {
+fn fallback(instance_type: &str, region: &str) -> Option<Quote> {
     let price = catalog::on_demand_hourly_bound(instance_type, region)?;
     let table = format!(
         "fallback table ({} prices as of {})",
         catalog::PRICES_REGION,
         catalog::PRICES_AS_OF
     );
-    Some(if region == catalog::PRICES_REGION {
-        (price, table)
-    } else {
-        (
-            price,
-            format!("estimated: {table} x{REGIONAL_UPLIFT_BOUND} for {region}"),
-        )
+    Some(Quote {
+        usd_per_hour: price,
+        source: if region == catalog::PRICES_REGION {
+            table
+        } else {
+            format!("estimated: {table} x{REGIONAL_UPLIFT_BOUND} for {region}")
+        },
     })
 }
 
 impl PriceList for PriceListApi {
-    async fn on_demand_hourly(&self, instance_type: &str, region: &str) -> Option<(f64, String)> {
+    async fn on_demand_hourly(&self, instance_type: &str, region: &str) -> Option<Quote> {
         let term = |field: &str, value: &str| {
             Filter::builder()
                 .r#type(FilterType::TermMatch)
@@ -115,7 +123,10 @@ impl PriceList for PriceListApi {
                 .price_list()
                 .iter()
                 .find_map(|doc| parse_price_document(doc))
-                .map(|p| (p, "price-list-api".to_string()))
+                .map(|p| Quote {
+                    usd_per_hour: p,
+                    source: "price-list-api".to_string(),
+                })
                 .or_else(|| fallback(instance_type, region)),
             Err(e) => {
                 tracing::info!(error = %aws_smithy_types::error::display::DisplayErrorContext(&e), "Price List API unavailable; using the fallback table");
@@ -146,7 +157,10 @@ mod tests {
                     .build(),
             )
         });
-        let (price, source) = api(&denied)
+        let Quote {
+            usd_per_hour: price,
+            source,
+        } = api(&denied)
             .on_demand_hourly("c7g.4xlarge", "us-east-1")
             .await
             .unwrap();
@@ -163,7 +177,7 @@ mod tests {
             )
         );
         // Another region: the table's price raised by the bound, and called an estimate.
-        let (_, source) = api(&denied)
+        let Quote { source, .. } = api(&denied)
             .on_demand_hourly("c7g.4xlarge", "ap-southeast-2")
             .await
             .unwrap();
@@ -186,7 +200,10 @@ mod tests {
             api(&answered)
                 .on_demand_hourly("c7g.4xlarge", "us-east-1")
                 .await,
-            Some((0.6, "price-list-api".to_string()))
+            Some(Quote {
+                usd_per_hour: 0.6,
+                source: "price-list-api".to_string()
+            })
         );
     }
 
@@ -201,9 +218,15 @@ mod tests {
 
     #[test]
     fn the_fallback_never_under_prices_another_region() {
-        let (home, src) = fallback("c7g.4xlarge", "us-east-1").unwrap();
+        let Quote {
+            usd_per_hour: home,
+            source: src,
+        } = fallback("c7g.4xlarge", "us-east-1").unwrap();
         assert!(src.starts_with("fallback table (us-east-1"), "{src}");
-        let (away, src) = fallback("c7g.4xlarge", "eu-south-2").unwrap();
+        let Quote {
+            usd_per_hour: away,
+            source: src,
+        } = fallback("c7g.4xlarge", "eu-south-2").unwrap();
         assert!((away - home * REGIONAL_UPLIFT_BOUND).abs() < 1e-12);
         assert!(
             src.starts_with("estimated:") && src.contains("eu-south-2"),

@@ -9,9 +9,17 @@ use ephemera_core::quota::QuotaRequest;
 use super::to_chrono;
 use crate::error::Error;
 
+/// A quota's value as the account has it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Applied {
+    pub value: f64,
+    /// No value is applied in the account: this is AWS's default.
+    pub is_default: bool,
+}
+
 pub trait QuotaService: Send + Sync {
-    /// (value, is_default): the account's applied value, or AWS's default when none is applied.
-    fn applied(&self, code: &str) -> impl Future<Output = Result<(f64, bool), Error>> + Send;
+    /// The account's applied value, or AWS's default when none is applied.
+    fn applied(&self, code: &str) -> impl Future<Output = Result<Applied, Error>> + Send;
     /// Asks once; when a request is already open for the quota, returns that one.
     fn request_increase(
         &self,
@@ -42,7 +50,7 @@ fn request(r: &RequestedServiceQuotaChange, now: DateTime<Utc>) -> QuotaRequest 
 }
 
 impl QuotaService for aws_sdk_servicequotas::Client {
-    async fn applied(&self, code: &str) -> Result<(f64, bool), Error> {
+    async fn applied(&self, code: &str) -> Result<Applied, Error> {
         match self
             .get_service_quota()
             .service_code(SERVICE)
@@ -52,7 +60,10 @@ impl QuotaService for aws_sdk_servicequotas::Client {
         {
             Ok(r) => {
                 if let Some(v) = r.quota().and_then(|q| q.value()) {
-                    return Ok((v, false));
+                    return Ok(Applied {
+                        value: v,
+                        is_default: false,
+                    });
                 }
             }
             Err(e)
@@ -67,7 +78,10 @@ impl QuotaService for aws_sdk_servicequotas::Client {
             .send()
             .await
             .map_err(|e| Error::aws("servicequotas", "GetAWSDefaultServiceQuota", e))?;
-        Ok((r.quota().and_then(|q| q.value()).unwrap_or(0.0), true))
+        Ok(Applied {
+            value: r.quota().and_then(|q| q.value()).unwrap_or(0.0),
+            is_default: true,
+        })
     }
 
     async fn request_increase(

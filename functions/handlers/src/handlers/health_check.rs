@@ -65,7 +65,8 @@ pub async fn handle<E: Compute, S: Params>(
     }
     let state = instance.as_ref().and_then(|i| i.state);
     let (instance_status, system_status) = if state == Some(InstanceState::Running) {
-        ec2.status_checks(&current.instance_id).await?
+        let checks = ec2.status_checks(&current.instance_id).await?;
+        (checks.instance, checks.system)
     } else {
         (None, None)
     };

@@ -5,16 +5,18 @@
 use std::collections::BTreeMap;
 
 use base64::Engine;
-use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use ephemera_core::capacity::{self, LaunchErrorKind, Tried};
 use ephemera_core::contract::RunParameters;
 use ephemera_core::instance_state::InstanceState;
 use ephemera_core::rundoc::{self, Attempt, WorkerState};
-use ephemera_core::{cost, ledger, tags, userdata, RunSpec};
+use ephemera_core::{cost, launch, ledger, tags, userdata};
 use serde::Deserialize;
 
 use super::parse_spec;
-use crate::aws::{Compute, InstanceView, LaunchRequest, Ledger, Notifier, Params, PriceList};
+use crate::aws::{
+    Compute, InstanceView, LaunchRequest, Ledger, Notifier, Params, PriceList, Quote,
+};
 use crate::error::Error;
 
 #[derive(Debug, Deserialize)]
@@ -61,34 +63,6 @@ pub struct Config {
 pub struct Books<'a, L, N> {
     pub ledger: Option<&'a L>,
     pub alerts: &'a N,
-}
-
-/// The tags of DESIGN.md plus the user's cost tags.
-pub fn tags(
-    spec: &RunSpec,
-    execution: &str,
-    slot: u32,
-    attempt: u32,
-    deadline: DateTime<Utc>,
-) -> BTreeMap<String, String> {
-    let mut t = spec.tags.clone();
-    t.insert(tags::MANAGED.into(), "true".into());
-    t.insert(tags::RUN.into(), spec.run_id.clone());
-    t.insert(tags::EXECUTION.into(), execution.to_string());
-    t.insert(tags::WORKER.into(), slot.to_string());
-    t.insert(tags::ATTEMPT.into(), attempt.to_string());
-    t.insert(
-        tags::DEADLINE.into(),
-        deadline.to_rfc3339_opts(SecondsFormat::Secs, true),
-    );
-    t.entry("Name".into()).or_insert_with(|| {
-        if spec.worker.count > 1 {
-            format!("ephemera-{}-w{slot}-{attempt}", spec.run_id)
-        } else {
-            format!("ephemera-{}-{attempt}", spec.run_id)
-        }
-    });
-    t
 }
 
 pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>(
@@ -139,16 +113,22 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
             .map(|t| prices.on_demand_hourly(t, &config.region)),
     )
     .await;
-    let mut dearest = (0.0f64, String::new(), String::new());
+    // The dearest candidate and its price.
+    let mut dearest: Option<(&String, Quote)> = None;
     for (t, quote) in spec.worker.instance_types.iter().zip(quotes) {
-        let (price, source) = quote
+        let quote = quote
             .ok_or_else(|| Error::LaunchFailed(format!("no On-Demand price is known for {t}")))?;
-        if price > dearest.0 {
-            dearest = (price, t.clone(), source);
+        if dearest
+            .as_ref()
+            .is_none_or(|(_, d)| quote.usd_per_hour > d.usd_per_hour)
+        {
+            dearest = Some((t, quote));
         }
     }
+    let (dearest_type, dearest) = dearest
+        .ok_or_else(|| Error::Internal("worker.instance_types is empty after validation".into()))?;
     let estimate = cost::usd(cost::estimate(
-        dearest.0,
+        dearest.usd_per_hour,
         spec.worker.volume_gib,
         spec.limits.max_runtime_seconds,
     ));
@@ -165,9 +145,9 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
             budget: spec.limits.budget_usd,
             detail: format!(
                 "{workers}{} at ${}/h ({}) for limits.max_runtime_seconds = {} plus {} GiB gp3",
-                dearest.1,
-                dearest.0,
-                dearest.2,
+                dearest_type,
+                dearest.usd_per_hour,
+                dearest.source,
                 spec.limits.max_runtime_seconds,
                 spec.worker.volume_gib
             ),
@@ -291,11 +271,8 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
         return Ok(make_state(attempt_of(i, token, vec![], true)));
     }
 
-    let deadline = input.entered.unwrap_or(now)
-        + Duration::seconds(
-            (spec.limits.max_runtime_seconds + spec.limits.boot_timeout_seconds + 900) as i64,
-        );
-    let tags = tags(&spec, &input.execution, slot, attempt, deadline);
+    let deadline = launch::deadline(&spec, input.entered.unwrap_or(now));
+    let tags = launch::tags(&spec, &input.execution, slot, attempt, deadline);
     let script = userdata::render(&userdata::WorkerLaunch {
         region: &config.region,
         artifact: &spec.worker.artifact,

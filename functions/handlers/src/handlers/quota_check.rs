@@ -1,10 +1,7 @@
 //! quota-check: are there enough vCPUs in every quota the run may draw on? If not, request an
 //! increase once and follow that request until approved, denied or past the deadline.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Duration, Utc};
-use ephemera_core::catalog::{quota_class, quota_code};
 use ephemera_core::instance_state::InstanceState;
 use ephemera_core::quota::{self, QuotaLine, QuotaState, QuotaVerdict, RequestProgress};
 use ephemera_core::runspec::FieldError;
@@ -116,13 +113,10 @@ pub async fn handle<E: Compute, Q: QuotaService>(
     active_types.sort();
     active_types.dedup();
     let active_vcpus = ec2.vcpus(&active_types).await?;
-    let mut usage: BTreeMap<&str, u32> = BTreeMap::new();
-    for i in &active {
-        if let Some(code) = quota_class(&i.instance_type).and_then(|c| quota_code(c, i.market)) {
-            *usage.entry(code).or_default() +=
-                active_vcpus.get(&i.instance_type).copied().unwrap_or(0);
-        }
-    }
+    let usage = quota::usage(
+        active.iter().map(|i| (i.instance_type.as_str(), i.market)),
+        &active_vcpus,
+    );
 
     let prev = input.quota.as_ref();
     let started_at = prev.map_or(now, |p| p.started_at);
@@ -141,7 +135,10 @@ pub async fn handle<E: Compute, Q: QuotaService>(
             }
             other => other,
         };
-        let (applied, is_default) = quotas.applied(&need.code).await?;
+        let crate::aws::Applied {
+            value: applied,
+            is_default,
+        } = quotas.applied(&need.code).await?;
         let used = usage.get(need.code.as_str()).copied().unwrap_or(0);
         let fits = quota::fits(applied, used, need.needed_vcpus);
         let request = match followed {

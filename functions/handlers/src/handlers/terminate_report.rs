@@ -14,8 +14,7 @@ use ephemera_core::ledger::EntryState;
 use ephemera_core::quota::{QuotaState, QuotaVerdict};
 use ephemera_core::rundoc::{
     failure_for, render_email, report_location, Attempt, AttemptCost, CaughtError, CostReport,
-    HealthState, Outcome, Phases, Released, StoredReport, Verification, WorkerEnd, WorkerLine,
-    WorkerState,
+    Outcome, Phases, Released, StoredReport, Verification, WorkerEnd, WorkerLine,
 };
 use ephemera_core::{report_html, Market};
 use serde::Deserialize;
@@ -36,18 +35,11 @@ pub struct Input {
     pub started_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub quota: Option<QuotaState>,
-    /// How each worker ended (`$.workers`, the Map state's output); absent when the run ended
+    /// How each worker ended (`$.workers`, the Map state's output: each one's attempts, health,
+    /// report, whose `manifest` places this report, and error); absent when the run ended
     /// before its workers did (the instances are then found by their tags).
     #[serde(default)]
     pub workers: Option<Vec<WorkerEnd>>,
-    /// A one-worker run's state, as `worker`, `health` and `result` (a direct invocation).
-    #[serde(default)]
-    pub worker: Option<WorkerState>,
-    #[serde(default)]
-    pub health: Option<HealthState>,
-    /// The worker's SendTaskSuccess output: its `manifest` places the report.
-    #[serde(default)]
-    pub result: Option<serde_json::Value>,
     /// The error that sent the run to cleanup; absent on success.
     #[serde(default)]
     pub error: Option<CaughtError>,
@@ -101,18 +93,7 @@ where
     R: ParamRemover,
 {
     let spec = parse_spec(&input.run)?;
-    let ends: Vec<WorkerEnd> = match (input.workers.clone(), input.worker.clone()) {
-        (Some(w), _) => w,
-        (None, Some(w)) => vec![WorkerEnd {
-            slot: w.slot,
-            worker: Some(w),
-            health: input.health.clone(),
-            result: input.result.clone(),
-            error: None,
-            released: None,
-        }],
-        (None, None) => vec![],
-    };
+    let ends: Vec<WorkerEnd> = input.workers.clone().unwrap_or_default();
     let known: Vec<(u32, Attempt)> = ends
         .iter()
         .filter_map(|e| e.worker.as_ref().map(|w| (e.slot, w)))
@@ -139,12 +120,7 @@ where
     for i in instances.values() {
         ours(i, &spec.run_id)?;
     }
-    let to_stop: Vec<String> = instances
-        .values()
-        // A state this code does not know is stopped too: terminating twice does no harm.
-        .filter(|i| !i.state.is_some_and(InstanceState::is_terminating))
-        .map(|i| i.id.clone())
-        .collect();
+    let to_stop = still_up(instances.values());
     let teardown_start = Utc::now();
     ec2.terminate(&to_stop).await?;
     let teardown_seconds = (Utc::now() - teardown_start).num_seconds();
@@ -174,10 +150,13 @@ where
                 .unwrap_or(now)
         };
         let billed = cost::billed_seconds(launched_at, ended_at);
-        let (od_hourly, od_source) = prices
+        let (od_hourly, od_source) = match prices
             .on_demand_hourly(&i.instance_type, &config.region)
             .await
-            .unwrap_or((0.0, "unknown type: not priced".to_string()));
+        {
+            Some(q) => (q.usd_per_hour, q.source),
+            None => (0.0, "unknown type: not priced".to_string()),
+        };
         let on_demand_usd = cost::on_demand_cost(od_hourly, billed);
         let (compute_usd, source) = match (i.market, i.availability_zone.as_deref()) {
             (Market::Spot, Some(az)) => {
@@ -458,6 +437,15 @@ fn ours(i: &InstanceView, run_id: &str) -> Result<(), Error> {
     })
 }
 
+/// The instances not already going: those to terminate. A state this code does not know is
+/// terminated too (terminating twice does no harm).
+fn still_up<'a>(instances: impl Iterator<Item = &'a InstanceView>) -> Vec<String> {
+    instances
+        .filter(|i| !i.state.is_some_and(InstanceState::is_terminating))
+        .map(|i| i.id.clone())
+        .collect()
+}
+
 /// A lost worker's release: `{run, execution, release: <slot>}`.
 #[derive(Debug, Deserialize)]
 pub struct ReleaseInput {
@@ -484,11 +472,7 @@ pub async fn release<E: Compute>(ec2: &E, input: ReleaseInput) -> Result<Release
     for i in &found {
         ours(i, &spec.run_id)?;
     }
-    let terminated: Vec<String> = found
-        .iter()
-        .filter(|i| !i.state.is_some_and(InstanceState::is_terminating))
-        .map(|i| i.id.clone())
-        .collect();
+    let terminated = still_up(found.iter());
     ec2.terminate(&terminated).await?;
     tracing::info!(slot = input.release, ?terminated, "lost worker released");
     Ok(Released {
