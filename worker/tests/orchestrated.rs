@@ -305,7 +305,8 @@ async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption()
     // The report beside the manifest: the timeline has both attempts, and the checks are there.
     let html = String::from_utf8(get(format!("runs/{run_id}/report.html")).await).unwrap();
     assert_eq!(
-        html.matches(r#"data-phase="work" data-attempt="#).count(),
+        html.matches(r#"data-phase="work" data-worker="1" data-attempt="#)
+            .count(),
         2
     );
     assert!(html.contains(r#"data-check="manifest_rows_match_report""#));

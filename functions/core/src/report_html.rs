@@ -964,7 +964,7 @@ mod tests {
         }
         assert!(html.contains(r#"<td class="num billed">300</td>"#));
         assert!(html.contains(r#"<td class="num billed">580</td>"#));
-        assert!(html.contains(r#"<tr data-attempt="1" class="reclaimed">"#));
+        assert!(html.contains(r#"<tr data-worker="1" data-attempt="1" class="reclaimed">"#));
         assert!(html.contains(r#"data-check="min_rows""#));
         assert!(html.contains("20 rows written, at least 10 expected"));
         assert!(!html.contains(r#"id="failure""#));

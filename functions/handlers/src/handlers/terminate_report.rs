@@ -6,15 +6,15 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use ephemera_core::catalog;
 use ephemera_core::contract::RunParameters;
-use ephemera_core::cost::{self, Orchestration};
+use ephemera_core::cost;
+use ephemera_core::cost_report::{self, InstanceFacts, Parts, SpotHistory, Timing};
 use ephemera_core::instance_state::InstanceState;
 use ephemera_core::ledger::EntryState;
-use ephemera_core::quota::{QuotaState, QuotaVerdict};
+use ephemera_core::quota::QuotaState;
 use ephemera_core::rundoc::{
-    failure_for, render_email, report_location, Attempt, AttemptCost, CaughtError, CostReport,
-    Outcome, Phases, Released, StoredReport, Verification, WorkerEnd, WorkerLine,
+    render_email, report_location, Attempt, CaughtError, CostReport, Released, StoredReport,
+    Verification, WorkerEnd,
 };
 use ephemera_core::{report_html, Market};
 use serde::Deserialize;
@@ -126,20 +126,14 @@ where
     let teardown_seconds = (Utc::now() - teardown_start).num_seconds();
     tracing::info!(terminated = ?to_stop, "terminated");
 
-    let mut notes = vec![];
-    let mut attempts = vec![];
+    // What each instance cost: read its prices, then let the core price it.
+    let mut priced = vec![];
     for i in instances.values() {
         let from_doc = known.iter().find(|(_, a)| a.instance_id == i.id);
-        let worker = i
-            .tags
-            .get(tags::WORKER)
-            .and_then(|w| w.parse().ok())
-            .or(from_doc.map(|(slot, _)| *slot))
-            .unwrap_or(1);
-        let from_doc = from_doc.map(|(_, a)| a);
+        let tag = |k: &str| i.tags.get(k).and_then(|v| v.parse::<u32>().ok());
         let launched_at = i
             .launch_time
-            .or(from_doc.map(|a| a.launched_at))
+            .or(from_doc.map(|(_, a)| a.launched_at))
             .unwrap_or(now);
         let ended_at = if to_stop.contains(&i.id) {
             now
@@ -149,65 +143,33 @@ where
                 .and_then(parse_transition_time)
                 .unwrap_or(now)
         };
-        let billed = cost::billed_seconds(launched_at, ended_at);
-        let (od_hourly, od_source) = match prices
+        let on_demand = prices
             .on_demand_hourly(&i.instance_type, &config.region)
             .await
-        {
-            Some(q) => (q.usd_per_hour, q.source),
-            None => (0.0, "unknown type: not priced".to_string()),
+            .map(|q| (q.usd_per_hour, q.source));
+        let spot = match (i.market, i.availability_zone.as_deref()) {
+            // Asked from an hour earlier: AWS dates the price in force at launch before it.
+            (Market::Spot, Some(az)) => match ec2
+                .spot_prices(
+                    &i.instance_type,
+                    az,
+                    launched_at - chrono::Duration::hours(1),
+                    launched_at
+                        + chrono::Duration::seconds(cost::billed_seconds(launched_at, ended_at)),
+                )
+                .await
+            {
+                Ok(h) => SpotHistory::Read(h),
+                Err(e) => SpotHistory::Unreadable(short(&e.to_string())),
+            },
+            _ => SpotHistory::NotAsked,
         };
-        let on_demand_usd = cost::on_demand_cost(od_hourly, billed);
-        let (compute_usd, source) = match (i.market, i.availability_zone.as_deref()) {
-            (Market::Spot, Some(az)) => {
-                // Ask from an hour earlier: AWS dates the price in force at launch before it.
-                // Pricing never fails the report: a run that finished stays finished, and
-                // a price that could not be read is estimated and said so.
-                let history = match ec2
-                    .spot_prices(
-                        &i.instance_type,
-                        az,
-                        launched_at - chrono::Duration::hours(1),
-                        launched_at + chrono::Duration::seconds(billed),
-                    )
-                    .await
-                {
-                    Ok(h) => Some(h),
-                    Err(e) => {
-                        notes.push(format!(
-                            "{}: Spot price history unavailable ({}); compute estimated at On-Demand ({od_source})",
-                            i.id,
-                            short(&e.to_string())
-                        ));
-                        None
-                    }
-                };
-                match history.map(|h| cost::spot_cost(&h, launched_at, billed)) {
-                    Some(Some(c)) => (c, "spot-price-history".to_string()),
-                    // The history could not be read (noted above).
-                    None => (on_demand_usd, format!("estimated: {od_source}")),
-                    Some(None) => {
-                        notes.push(format!(
-                            "{}: no Spot price history for {} in {az}; priced at On-Demand ({od_source})",
-                            i.id, i.instance_type
-                        ));
-                        (on_demand_usd, od_source.clone())
-                    }
-                }
-            }
-            _ => (on_demand_usd, od_source.clone()),
-        };
-        let gib = from_doc
-            .map(|a| a.volume_gib)
-            .unwrap_or(spec.worker.volume_gib);
-        let ebs_usd = cost::ebs_cost(gib, billed);
-        attempts.push(AttemptCost {
-            worker,
-            attempt: i
-                .tags
-                .get(tags::ATTEMPT)
-                .and_then(|a| a.parse().ok())
-                .or(from_doc.map(|a| a.attempt))
+        priced.push(cost_report::price(&InstanceFacts {
+            worker: tag(tags::WORKER)
+                .or(from_doc.map(|(slot, _)| *slot))
+                .unwrap_or(1),
+            attempt: tag(tags::ATTEMPT)
+                .or(from_doc.map(|(_, a)| a.attempt))
                 .unwrap_or(0),
             instance_id: i.id.clone(),
             instance_type: i.instance_type.clone(),
@@ -215,121 +177,36 @@ where
             availability_zone: i.availability_zone.clone(),
             launched_at,
             ended_at,
-            billed_seconds: billed,
-            compute_usd: cost::usd(compute_usd),
-            ebs_usd: cost::usd(ebs_usd),
-            on_demand_equivalent_usd: cost::usd(on_demand_usd + ebs_usd),
-            average_usd_per_hour: cost::usd(compute_usd * 3600.0 / billed as f64),
-            price_source: source,
+            volume_gib: from_doc
+                .map(|(_, a)| a.volume_gib)
+                .unwrap_or(spec.worker.volume_gib),
             state_before: i.state,
-        });
+            on_demand,
+            spot,
+        }));
     }
-    attempts.sort_by_key(|a| (a.worker, a.attempt, a.launched_at));
 
-    let (orchestration, execution_started) = match history
+    let stats = history
         .execution_stats(&input.execution, config.lambda_memory_mb)
-        .await?
-    {
-        Some(s) => (s.orchestration, s.started_at),
-        None => {
-            notes.push("the execution history could not be read; orchestration not priced".into());
-            (Orchestration::default(), None)
-        }
-    };
-    let compute: f64 = attempts.iter().map(|a| a.compute_usd).sum();
-    let ebs: f64 = attempts.iter().map(|a| a.ebs_usd).sum();
-    let on_demand: f64 = attempts.iter().map(|a| a.on_demand_equivalent_usd).sum();
-    let actual = compute + ebs + orchestration.usd;
-
-    let first_launch = attempts.iter().map(|a| a.launched_at).min();
-    let quota_wait = input
-        .quota
-        .as_ref()
-        .filter(|q| q.verdict == QuotaVerdict::Enough)
-        .map(|q| (q.checked_at - q.started_at).num_seconds())
-        .unwrap_or(0);
-    // The first worker to become healthy: boot is its launch to then; work runs from then.
-    let first_healthy = ends
-        .iter()
-        .filter_map(|e| {
-            let healthy = e.health.as_ref()?.healthy_at?;
-            Some((healthy, e.worker.as_ref()?.current.launched_at))
-        })
-        .min();
-    let healthy_at = first_healthy.map(|(h, _)| h);
-    let boot = match first_healthy {
-        Some((h, launched)) => (h - launched).num_seconds().max(0),
-        None => first_launch.map_or(0, |l| (teardown_start - l).num_seconds().max(0)),
-    };
-    let work = healthy_at.map_or(0, |h| (teardown_start - h).num_seconds().max(0));
-    let total = input
-        .started_at
-        .or(execution_started)
-        .or(input.quota.as_ref().map(|q| q.started_at))
-        .or(first_launch)
-        .map_or(0, |s| (now - s).num_seconds().max(0));
-
-    let mut report = CostReport {
-        run_id: spec.run_id.clone(),
-        execution: input.execution.clone(),
-        outcome: if input.error.is_none() {
-            Outcome::Succeeded
-        } else {
-            Outcome::Failed
-        },
-        error: input.error.clone(),
-        failure: input.error.as_ref().map(failure_for),
-        estimate_usd: known.iter().fold(0.0, |sum, (_, a)| sum + a.estimate_usd),
-        budget_usd: spec.limits.budget_usd,
-        actual_usd: cost::usd(actual),
-        compute_usd: cost::usd(compute),
-        ebs_usd: cost::usd(ebs),
-        on_demand_equivalent_usd: cost::usd(on_demand + orchestration.usd),
-        savings_usd: cost::usd(on_demand - compute - ebs),
-        orchestration,
-        workers: ends
-            .iter()
-            .map(|e| WorkerLine {
-                slot: e.slot,
-                attempts: e.worker.as_ref().map_or(0, |w| w.attempts.len() as u32),
-                reported: e.result.is_some(),
-                error: e.error.as_ref().map(failure_for),
-            })
-            .collect(),
-        attempts,
-        phases: Phases {
-            quota_wait_seconds: quota_wait,
-            boot_seconds: boot,
-            work_seconds: work,
+        .await?;
+    let mut report = cost_report::assemble(Parts {
+        spec: &spec,
+        execution: &input.execution,
+        error: input.error.as_ref(),
+        quota: input.quota.as_ref(),
+        ends: &ends,
+        priced,
+        orchestration: stats.as_ref().map(|s| s.orchestration.clone()),
+        terminated: to_stop,
+        timing: Timing {
+            started_at: input.started_at.or(stats.and_then(|s| s.started_at)),
+            teardown_start,
             teardown_seconds,
-            total_seconds: total,
+            now,
         },
-        // What this call terminated, and what the lost workers' releases did before it.
-        terminated: {
-            let mut all = to_stop;
-            for r in ends.iter().filter_map(|e| e.released.as_ref()) {
-                all.extend(r.terminated.iter().cloned());
-            }
-            all.sort();
-            all.dedup();
-            all
-        },
-        generated_at: now,
-        notes: {
-            if known.is_empty() && instances.is_empty() {
-                notes.push("nothing was launched".into());
-            }
-            notes.push(format!(
-                "EBS gp3 at ${}/GiB-month; fallback prices as of {}",
-                catalog::GP3_USD_PER_GIB_MONTH,
-                catalog::PRICES_AS_OF
-            ));
-            notes
-        },
-        verification: input.verification.clone(),
-        stored: None,
-        snapshot: input.snapshot.clone(),
-    };
+        verification: input.verification.as_ref(),
+        snapshot: input.snapshot.as_ref(),
+    });
 
     // The run's signals go with its instances: the started signal and each attempt's token.
     if let Some(r) = signals {

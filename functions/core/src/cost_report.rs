@@ -1,0 +1,411 @@
+//! The cost report's figures: each instance priced from what terminate-with-cost-report read of
+//! it, the run's phases and totals. The handler reads, terminates and sends; this decides.
+
+use chrono::{DateTime, Utc};
+
+use crate::catalog;
+use crate::cost::{self, Orchestration, PricePoint};
+use crate::instance_state::InstanceState;
+use crate::quota::{QuotaState, QuotaVerdict};
+use crate::rundoc::{
+    failure_for, AttemptCost, CaughtError, CostReport, Outcome, Phases, Verification, WorkerEnd,
+    WorkerLine,
+};
+use crate::runspec::{Market, RunSpec};
+use crate::snapshot::SnapshotState;
+
+/// The Spot price history of an instance's type and zone over its life, as far as it was read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SpotHistory {
+    /// Not a Spot instance (or its zone is unknown): priced On-Demand.
+    NotAsked,
+    /// The history could not be read: why.
+    Unreadable(String),
+    Read(Vec<PricePoint>),
+}
+
+/// What was read of one instance of the run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceFacts {
+    pub worker: u32,
+    pub attempt: u32,
+    pub instance_id: String,
+    pub instance_type: String,
+    pub market: Market,
+    pub availability_zone: Option<String>,
+    pub launched_at: DateTime<Utc>,
+    pub ended_at: DateTime<Utc>,
+    pub volume_gib: u32,
+    pub state_before: Option<InstanceState>,
+    /// The type's On-Demand price per hour and where it came from; None for a type no source
+    /// knows.
+    pub on_demand: Option<(f64, String)>,
+    pub spot: SpotHistory,
+}
+
+/// The instance's cost, and a note when its price had to be estimated. Pricing never fails the
+/// report: a run that finished stays finished, and a price that could not be read is estimated
+/// and said so.
+pub fn price(f: &InstanceFacts) -> (AttemptCost, Option<String>) {
+    let billed = cost::billed_seconds(f.launched_at, f.ended_at);
+    let (od_hourly, od_source) = f
+        .on_demand
+        .clone()
+        .unwrap_or((0.0, "unknown type: not priced".to_string()));
+    let on_demand_usd = cost::on_demand_cost(od_hourly, billed);
+    let az = f.availability_zone.as_deref().unwrap_or("?");
+    let (compute_usd, source, note) = match &f.spot {
+        SpotHistory::NotAsked => (on_demand_usd, od_source, None),
+        SpotHistory::Unreadable(why) => (
+            on_demand_usd,
+            format!("estimated: {od_source}"),
+            Some(format!(
+                "{}: Spot price history unavailable ({why}); compute estimated at On-Demand ({od_source})",
+                f.instance_id
+            )),
+        ),
+        SpotHistory::Read(h) => match cost::spot_cost(h, f.launched_at, billed) {
+            Some(c) => (c, "spot-price-history".to_string(), None),
+            None => (
+                on_demand_usd,
+                od_source.clone(),
+                Some(format!(
+                    "{}: no Spot price history for {} in {az}; priced at On-Demand ({od_source})",
+                    f.instance_id, f.instance_type
+                )),
+            ),
+        },
+    };
+    let ebs_usd = cost::ebs_cost(f.volume_gib, billed);
+    let attempt = AttemptCost {
+        worker: f.worker,
+        attempt: f.attempt,
+        instance_id: f.instance_id.clone(),
+        instance_type: f.instance_type.clone(),
+        market: f.market,
+        availability_zone: f.availability_zone.clone(),
+        launched_at: f.launched_at,
+        ended_at: f.ended_at,
+        billed_seconds: billed,
+        compute_usd: cost::usd(compute_usd),
+        ebs_usd: cost::usd(ebs_usd),
+        on_demand_equivalent_usd: cost::usd(on_demand_usd + ebs_usd),
+        average_usd_per_hour: cost::usd(compute_usd * 3600.0 / billed as f64),
+        price_source: source,
+        state_before: f.state_before,
+    };
+    (attempt, note)
+}
+
+/// When the run's parts happened, as far as they are known.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timing {
+    /// When the execution started (from its input or history).
+    pub started_at: Option<DateTime<Utc>>,
+    /// When terminate-with-cost-report began terminating, and how long that took.
+    pub teardown_start: DateTime<Utc>,
+    pub teardown_seconds: i64,
+    pub now: DateTime<Utc>,
+}
+
+/// The phases: the quota wait, boot (the first worker to become healthy: its launch to then),
+/// work (from then to teardown), teardown, and the whole.
+pub fn phases(
+    quota: Option<&QuotaState>,
+    ends: &[WorkerEnd],
+    attempts: &[AttemptCost],
+    t: &Timing,
+) -> Phases {
+    let first_launch = attempts.iter().map(|a| a.launched_at).min();
+    let quota_wait = quota
+        .filter(|q| q.verdict == QuotaVerdict::Enough)
+        .map(|q| (q.checked_at - q.started_at).num_seconds())
+        .unwrap_or(0);
+    let first_healthy = ends
+        .iter()
+        .filter_map(|e| {
+            let healthy = e.health.as_ref()?.healthy_at?;
+            Some((healthy, e.worker.as_ref()?.current.launched_at))
+        })
+        .min();
+    let boot = match first_healthy {
+        Some((h, launched)) => (h - launched).num_seconds().max(0),
+        None => first_launch.map_or(0, |l| (t.teardown_start - l).num_seconds().max(0)),
+    };
+    let work = first_healthy.map_or(0, |(h, _)| (t.teardown_start - h).num_seconds().max(0));
+    let total = t
+        .started_at
+        .or(quota.map(|q| q.started_at))
+        .or(first_launch)
+        .map_or(0, |s| (t.now - s).num_seconds().max(0));
+    Phases {
+        quota_wait_seconds: quota_wait,
+        boot_seconds: boot,
+        work_seconds: work,
+        teardown_seconds: t.teardown_seconds,
+        total_seconds: total,
+    }
+}
+
+/// Everything the report is made of.
+pub struct Parts<'a> {
+    pub spec: &'a RunSpec,
+    pub execution: &'a str,
+    pub error: Option<&'a CaughtError>,
+    pub quota: Option<&'a QuotaState>,
+    pub ends: &'a [WorkerEnd],
+    /// Every instance priced, with the notes pricing made.
+    pub priced: Vec<(AttemptCost, Option<String>)>,
+    /// None when the execution history could not be read.
+    pub orchestration: Option<Orchestration>,
+    /// What this call terminated.
+    pub terminated: Vec<String>,
+    pub timing: Timing,
+    pub verification: Option<&'a Verification>,
+    pub snapshot: Option<&'a SnapshotState>,
+}
+
+/// The report: totals from the priced instances and the orchestration, the workers, the
+/// phases, what was terminated (here and by the lost workers' releases) and the notes.
+pub fn assemble(p: Parts<'_>) -> CostReport {
+    let mut notes = vec![];
+    let mut attempts = vec![];
+    for (a, note) in p.priced {
+        attempts.push(a);
+        notes.extend(note);
+    }
+    attempts.sort_by_key(|a| (a.worker, a.attempt, a.launched_at));
+    let orchestration = p.orchestration.unwrap_or_else(|| {
+        notes.push("the execution history could not be read; orchestration not priced".into());
+        Orchestration::default()
+    });
+    let sum = |f: fn(&AttemptCost) -> f64| attempts.iter().fold(0.0, |s, a| s + f(a));
+    let compute = sum(|a| a.compute_usd);
+    let ebs = sum(|a| a.ebs_usd);
+    let on_demand = sum(|a| a.on_demand_equivalent_usd);
+    let estimate = p
+        .ends
+        .iter()
+        .filter_map(|e| e.worker.as_ref())
+        .flat_map(|w| w.attempts.iter())
+        .fold(0.0, |s, a| s + a.estimate_usd);
+    let mut terminated = p.terminated;
+    for r in p.ends.iter().filter_map(|e| e.released.as_ref()) {
+        terminated.extend(r.terminated.iter().cloned());
+    }
+    terminated.sort();
+    terminated.dedup();
+    if attempts.is_empty() {
+        notes.push("nothing was launched".into());
+    }
+    notes.push(format!(
+        "EBS gp3 at ${}/GiB-month; fallback prices as of {}",
+        catalog::GP3_USD_PER_GIB_MONTH,
+        catalog::PRICES_AS_OF
+    ));
+    CostReport {
+        run_id: p.spec.run_id.clone(),
+        execution: p.execution.to_string(),
+        outcome: match p.error {
+            None => Outcome::Succeeded,
+            Some(_) => Outcome::Failed,
+        },
+        error: p.error.cloned(),
+        failure: p.error.map(failure_for),
+        estimate_usd: estimate,
+        budget_usd: p.spec.limits.budget_usd,
+        actual_usd: cost::usd(compute + ebs + orchestration.usd),
+        compute_usd: cost::usd(compute),
+        ebs_usd: cost::usd(ebs),
+        on_demand_equivalent_usd: cost::usd(on_demand + orchestration.usd),
+        savings_usd: cost::usd(on_demand - compute - ebs),
+        orchestration,
+        workers: p
+            .ends
+            .iter()
+            .map(|e| WorkerLine {
+                slot: e.slot,
+                attempts: e.worker.as_ref().map_or(0, |w| w.attempts.len() as u32),
+                reported: e.result.is_some(),
+                error: e.error.as_ref().map(failure_for),
+            })
+            .collect(),
+        phases: phases(p.quota, p.ends, &attempts, &p.timing),
+        attempts,
+        terminated,
+        generated_at: p.timing.now,
+        notes,
+        verification: p.verification.cloned(),
+        stored: None,
+        snapshot: p.snapshot.cloned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rundoc::{Attempt, HealthState, HealthVerdict, Released, WorkerState};
+    use chrono::{Duration, TimeZone};
+
+    fn at(s: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 30, 12, 0, 0).unwrap() + Duration::seconds(s)
+    }
+
+    fn facts(id: &str, worker: u32, market: Market, spot: SpotHistory) -> InstanceFacts {
+        InstanceFacts {
+            worker,
+            attempt: 1,
+            instance_id: id.into(),
+            instance_type: "c7g.4xlarge".into(),
+            market,
+            availability_zone: Some("us-east-1a".into()),
+            launched_at: at(0),
+            ended_at: at(3600),
+            volume_gib: 30,
+            state_before: Some(InstanceState::Running),
+            on_demand: Some((0.58, "price-list-api".into())),
+            spot,
+        }
+    }
+
+    #[test]
+    fn an_hour_is_priced_from_the_spot_history_or_estimated_and_said_so() {
+        let read = SpotHistory::Read(vec![PricePoint {
+            at: at(-60),
+            usd_per_hour: 0.2,
+        }]);
+        let (a, note) = price(&facts("i-1", 1, Market::Spot, read));
+        assert_eq!(
+            (a.compute_usd, a.price_source.as_str()),
+            (0.2, "spot-price-history")
+        );
+        assert_eq!(note, None);
+        // 30 GiB for an hour at $0.08/GiB-month (730 h).
+        assert!((a.ebs_usd - cost::usd(30.0 * 0.08 / 730.0)).abs() < 1e-6);
+
+        let (a, note) = price(&facts(
+            "i-2",
+            1,
+            Market::Spot,
+            SpotHistory::Unreadable("denied".into()),
+        ));
+        assert_eq!(a.compute_usd, 0.58);
+        assert!(a.price_source.starts_with("estimated: "));
+        assert!(note
+            .unwrap()
+            .contains("i-2: Spot price history unavailable (denied)"));
+
+        let (a, note) = price(&facts("i-3", 1, Market::Spot, SpotHistory::Read(vec![])));
+        assert_eq!(a.compute_usd, 0.58);
+        assert!(note.unwrap().contains("no Spot price history"));
+
+        let mut unknown = facts("i-4", 1, Market::OnDemand, SpotHistory::NotAsked);
+        unknown.on_demand = None;
+        let (a, _) = price(&unknown);
+        assert_eq!(
+            (a.compute_usd, a.price_source.as_str()),
+            (0.0, "unknown type: not priced")
+        );
+    }
+
+    #[test]
+    fn the_report_sums_every_worker_and_names_what_the_releases_terminated() {
+        let spec = RunSpec::parse(&crate::runspec::tests::sample()).unwrap();
+        let attempt = |id: &str| Attempt {
+            attempt: 1,
+            instance_id: id.into(),
+            instance_type: "c7g.4xlarge".into(),
+            subnet: "s".into(),
+            availability_zone: None,
+            market: Market::OnDemand,
+            launched_at: at(0),
+            client_token: "t".into(),
+            estimate_usd: 1.5,
+            volume_gib: 30,
+            tried: vec![],
+            reused: false,
+        };
+        let state = |slot: u32, id: &str| WorkerState {
+            slot,
+            current: attempt(id),
+            attempts: vec![attempt(id)],
+            relaunches_left: 2,
+            heartbeat_seconds: 60,
+            timeout_seconds: 3600,
+            boot_poll_seconds: 5,
+            token_parameter: String::new(),
+            token_reader: String::new(),
+        };
+        let ends = vec![
+            WorkerEnd {
+                slot: 1,
+                worker: Some(state(1, "i-1")),
+                health: Some(HealthState {
+                    verdict: HealthVerdict::Healthy,
+                    instance_id: "i-1".into(),
+                    detail: String::new(),
+                    wait_seconds: 0,
+                    checked_at: at(90),
+                    healthy_at: Some(at(90)),
+                }),
+                result: Some(serde_json::json!({"partitions_done": 4})),
+                error: None,
+                released: None,
+            },
+            WorkerEnd {
+                slot: 2,
+                worker: Some(state(2, "i-2")),
+                health: None,
+                result: None,
+                error: Some(CaughtError {
+                    error: "States.HeartbeatTimeout".into(),
+                    cause: None,
+                }),
+                released: Some(Released {
+                    slot: 2,
+                    terminated: vec!["i-2".into()],
+                }),
+            },
+        ];
+        let priced = vec![
+            price(&facts("i-2", 2, Market::OnDemand, SpotHistory::NotAsked)),
+            price(&facts("i-1", 1, Market::OnDemand, SpotHistory::NotAsked)),
+        ];
+        let r = assemble(Parts {
+            spec: &spec,
+            execution: "arn:x",
+            error: None,
+            quota: None,
+            ends: &ends,
+            priced,
+            orchestration: Some(Orchestration {
+                usd: 0.01,
+                ..Orchestration::default()
+            }),
+            terminated: vec!["i-1".into()],
+            timing: Timing {
+                started_at: Some(at(-10)),
+                teardown_start: at(3600),
+                teardown_seconds: 2,
+                now: at(3602),
+            },
+            verification: None,
+            snapshot: None,
+        });
+        assert_eq!(r.outcome, Outcome::Succeeded);
+        assert_eq!(r.attempts[0].instance_id, "i-1", "in worker order");
+        assert_eq!(r.compute_usd, 1.16);
+        assert_eq!(r.actual_usd, cost::usd(1.16 + r.ebs_usd + 0.01));
+        assert_eq!(r.estimate_usd, 3.0);
+        assert_eq!(r.terminated, ["i-1", "i-2"]);
+        assert_eq!(
+            r.workers[1].error.as_ref().unwrap().error,
+            "Worker.TimedOut"
+        );
+        assert!(r.workers[0].reported && !r.workers[1].reported);
+        // Boot: worker 1's launch to its health; work: from then to the teardown.
+        assert_eq!((r.phases.boot_seconds, r.phases.work_seconds), (90, 3510));
+        assert_eq!(r.phases.total_seconds, 3612);
+        assert!(!r.notes.iter().any(|n| n.contains("nothing was launched")));
+    }
+}
