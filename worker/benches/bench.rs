@@ -3,7 +3,11 @@
 //! partition's bars copied out (binary) once per stage, and as many rows copied in (binary) to
 //! tables as wide as the stages' outputs. Also the regression kernel against the textbook fit.
 //!
+//! Then the same work by 1, 2 and 4 worker processes and the queue's claim rate (`scale`).
+//!
 //! `BENCH_ROWS` (default 5,000,000) sets the volume.
+
+mod scale;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -484,6 +488,7 @@ async fn main() {
         new_stage(&url, stage, cores).await;
     }
     causality_growth(&client).await;
+    scale::run(&client, &url).await;
 }
 
 /// Causality's computation on one month of bars for half the pairs and for all of them: its cost
