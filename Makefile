@@ -108,7 +108,7 @@ lambdas: $(VENV)/bin/cargo-lambda
 
 # The worker against the COPY ceiling on BENCH_ROWS (5 M) generated bars, and the kernels; then
 # 1, 2 and 4 worker processes on one run against 1 (BENCH_SCALE_TASKS tasks each, default 1) with
-# the queue's claims/s.
+# the queue's claims/s, and the ways of writing a partition on a durable server of its own.
 bench: postgres $(VENV)/.talib-$(TALIB_VERSION)
 	cargo bench --locked --profile perf -p ephemera-worker --bench ephemera-worker-bench
 

@@ -3,11 +3,13 @@
 //! partition's bars copied out (binary) once per stage, and as many rows copied in (binary) to
 //! tables as wide as the stages' outputs. Also the regression kernel against the textbook fit.
 //!
-//! Then the same work by 1, 2 and 4 worker processes and the queue's claim rate (`scale`).
+//! Then the same work by 1, 2 and 4 worker processes and the queue's claim rate (`scale`), and
+//! the ways of writing a partition's rows on a durable server (`write_path`).
 //!
 //! `BENCH_ROWS` (default 5,000,000) sets the volume.
 
 mod scale;
+mod write_path;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -489,6 +491,7 @@ async fn main() {
     }
     causality_growth(&client).await;
     scale::run(&client, &url).await;
+    write_path::run(rows.min(2_000_000), cores).await;
 }
 
 /// Causality's computation on one month of bars for half the pairs and for all of them: its cost
