@@ -140,7 +140,7 @@ async fn copy_in_wide(
         ))
         .await
         .unwrap();
-    let w = BinaryCopyInWriter::new(sink, &db::feature_types(true, cols));
+    let w = BinaryCopyInWriter::new(sink, &db::feature_types(true, &indicators::COLUMNS[..cols]));
     pin_mut!(w);
     let start = DateTime::parse_from_rfc3339("2023-01-01T00:00:00Z")
         .unwrap()
@@ -270,7 +270,7 @@ fn placeholder_rows(def: &'static table::Def, n: usize, offset: usize) -> table:
     let columns = def
         .columns
         .iter()
-        .map(|(_, kind)| match kind {
+        .map(|c| match c.kind {
             Kind::Text => Values::Text((offset..offset + n).map(|i| format!("k{i}")).collect()),
             Kind::Ts => Values::Ts(
                 (offset..offset + n)
@@ -409,7 +409,7 @@ async fn main() {
     // connection, then split over one connection per core as the worker is.
     let wide = [
         ("bench_in_17", indicators::COLUMNS.len()),
-        ("bench_in_12", regression::column_names().len()),
+        ("bench_in_12", regression::COLUMNS.len()),
     ];
     let t = Instant::now();
     let out1 = copy_out_all(&client, 0, 1).await;

@@ -2,6 +2,7 @@
 //! PostgreSQL, computes feature stages and writes them back with binary COPY.
 
 pub mod bars;
+pub mod column;
 pub mod db;
 pub mod export;
 pub mod features;

@@ -13,11 +13,11 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 use crate::bars::{clean, Bars, Quality};
-use crate::db::{checked_ident, feature_types, stage_columns, BAR_TYPES, SOURCE_TYPES};
+use crate::column::{self, Column};
+use crate::db::{checked_ident, feature_types, BAR_TYPES, SOURCE_TYPES};
 use crate::export::{self, Store};
 use crate::features::{
-    arbitrage, causality, currency_index, finite, indicators, regime, regression, warm_up, Columns,
-    Params,
+    arbitrage, causality, currency_index, finite, indicators, regime, regression, Columns, Params,
 };
 use crate::outputs;
 use crate::queue::{self, Claim};
@@ -172,7 +172,7 @@ pub async fn process(client: &mut Client, cx: &Work<'_>, c: &Claim) -> Result<Do
 
 /// The query that reads a column stage's rows of one pair and month of a run, by time.
 pub fn features_query(run_id: &str, stage: &str, pair: &str, month: NaiveDate) -> Result<String> {
-    let names = stage_columns(stage)?;
+    let names = column::names(crate::features::columns(stage)?);
     let p = pair_literal(pair)?;
     let (start, end) = month_bounds(month);
     Ok(format!(
@@ -185,32 +185,32 @@ pub fn features_query(run_id: &str, stage: &str, pair: &str, month: NaiveDate) -
 }
 
 /// A feature stage's rows of a run for one month, read back with binary COPY out: timestamps
-/// (microseconds) and one column per output name.
+/// (microseconds), the stage's columns, and their values.
 pub async fn read_features(
     client: &Client,
     run_id: &str,
     stage: &str,
     pair: &str,
     month: NaiveDate,
-) -> Result<(Vec<i64>, Vec<String>, Vec<Vec<Option<f64>>>)> {
-    let names = stage_columns(stage)?;
+) -> Result<(Vec<i64>, &'static [Column], Vec<Vec<Option<f64>>>)> {
+    let columns = crate::features::columns(stage)?;
     let stream = client
         .copy_out(&format!(
             "COPY ({}) TO STDOUT (FORMAT binary)",
             features_query(run_id, stage, pair, month)?
         ))
         .await?;
-    let rows = BinaryCopyOutStream::new(stream, &feature_types(false, names.len()));
+    let rows = BinaryCopyOutStream::new(stream, &feature_types(false, columns));
     pin_mut!(rows);
     let mut ts = vec![];
-    let mut values: Vec<Vec<Option<f64>>> = vec![vec![]; names.len()];
+    let mut values: Vec<Vec<Option<f64>>> = vec![vec![]; columns.len()];
     while let Some(r) = rows.try_next().await? {
         ts.push(r.get::<DateTime<Utc>>(0).timestamp_micros());
         for (k, col) in values.iter_mut().enumerate() {
             col.push(r.get(k + 1));
         }
     }
-    Ok((ts, names, values))
+    Ok((ts, columns, values))
 }
 
 /// The feature stages of this run that a partition's validate or export covers.
@@ -257,18 +257,16 @@ async fn validate_partition(client: &mut Client, cx: &Work<'_>, c: &Claim) -> Re
             }
             continue;
         }
-        let (ts, names, values) =
+        let (ts, columns, values) =
             read_features(client, &c.run_id, stage.name(), &c.pair, c.month).await?;
         rows_in += ts.len() as u64;
-        let warm = warm_up(cx.core, stage.name()).unwrap_or_default();
         let history = history.unwrap_or(0).max(0) as usize;
-        for (k, name) in names.iter().enumerate() {
-            let expected = warm.get(k).map_or(0, |w| w.saturating_sub(history));
+        for (column, values) in columns.iter().zip(&values) {
             checks.push(validate::check_column(
                 stage.name(),
-                name,
-                &values[k],
-                expected,
+                column,
+                values,
+                history,
             ));
         }
         gaps.get_or_insert_with(|| validate::gaps(&ts));
@@ -351,7 +349,8 @@ async fn export_partition(
             continue;
         }
         let stage = stage.name();
-        let (ts, names, values) = read_features(client, &c.run_id, stage, &c.pair, c.month).await?;
+        let (ts, columns, values) =
+            read_features(client, &c.run_id, stage, &c.pair, c.month).await?;
         let rows = ts.len() as u64;
         // Encoding is CPU work: off the async threads.
         let pair = c.pair.clone();
@@ -359,7 +358,7 @@ async fn export_partition(
             export::parquet(&export::Table {
                 pair: &pair,
                 ts: &ts,
-                names: &names,
+                columns,
                 values: &values,
             })
         })
@@ -576,7 +575,8 @@ async fn features(
         tokio::task::spawn_blocking(move || compute(&core, &stage, &bars).map(|cols| (cols, bars)))
             .await??
     };
-    let names = stage_columns(&c.stage)?;
+    let columns = crate::features::columns(&c.stage)?;
+    let names = column::names(columns);
     debug_assert_eq!(names, cols.names);
 
     let table = outputs::table(&c.run_id, &c.stage)?;
@@ -592,7 +592,7 @@ async fn features(
             names.join(", ")
         ))
         .await?;
-    let writer = BinaryCopyInWriter::new(sink, &feature_types(true, names.len()));
+    let writer = BinaryCopyInWriter::new(sink, &feature_types(true, columns));
     pin_mut!(writer);
     let mut rows_out = 0u64;
     let mut row: Vec<Option<f64>> = vec![None; names.len()];
