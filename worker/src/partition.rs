@@ -20,6 +20,7 @@ use crate::features::{
     arbitrage, causality, currency_index, finite, indicators, regime, regression, Columns, Params,
 };
 use crate::outputs;
+use crate::quality::{self, Computed, Exported};
 use crate::queue::{self, Claim};
 use crate::stage::{Scope, Stage, ALL_PAIRS};
 use crate::table::{self, Rows};
@@ -214,16 +215,19 @@ pub async fn read_features(
 }
 
 /// The feature stages of this run that a partition's validate or export covers.
-async fn feature_stages(client: &Client, c: &Claim) -> Result<Vec<(Stage, Option<i64>)>> {
+async fn feature_stages(client: &Client, c: &Claim) -> Result<Vec<(Stage, Option<u64>)>> {
     let rows = client
         .query(
-            "SELECT stage, (quality->>'history_bars')::bigint FROM ephemera.partitions
+            "SELECT stage, quality FROM ephemera.partitions
               WHERE run_id = $1 AND pair = $2 AND month = $3 AND rank = 0 ORDER BY stage",
             &[&c.run_id, &c.pair, &c.month],
         )
         .await?;
     rows.iter()
-        .map(|r| Ok((Stage::parse(r.get(0))?, r.get(1))))
+        .map(|r| {
+            let q: Option<Computed> = quality::read(r.get(1))?;
+            Ok((Stage::parse(r.get(0))?, q.and_then(|q| q.history_bars)))
+        })
         .collect()
 }
 
@@ -260,7 +264,7 @@ async fn validate_partition(client: &mut Client, cx: &Work<'_>, c: &Claim) -> Re
         let (ts, columns, values) =
             read_features(client, &c.run_id, stage.name(), &c.pair, c.month).await?;
         rows_in += ts.len() as u64;
-        let history = history.unwrap_or(0).max(0) as usize;
+        let history = history.unwrap_or(0) as usize;
         for (column, values) in columns.iter().zip(&values) {
             checks.push(validate::check_column(
                 stage.name(),
@@ -379,7 +383,7 @@ async fn export_partition(
     }
     let rows: u64 = objects.iter().map(|o| o.rows).sum();
     let tx = client.transaction().await?;
-    let json = serde_json::json!({ "objects": objects });
+    let json = serde_json::to_value(Exported { objects })?;
     queue::complete(&tx, cx.owner, c, rows as i64, rows as i64, &json).await?;
     tx.commit().await?;
     Ok(Done {
@@ -512,8 +516,11 @@ async fn per_pair(client: &mut Client, cx: &Work<'_>, stage: Stage, c: &Claim) -
         other => bail!("'{other}' has no per-pair table"),
     })
     .await??;
-    let mut json = serde_json::to_value(&quality)?;
-    json["history_bars"] = first.into();
+    let json = serde_json::to_value(Computed {
+        bars: quality.clone(),
+        history_bars: Some(first as u64),
+        inputs: None,
+    })?;
     let rows_out = write_tables(client, cx.owner, c, &tables, quality.rows_in, json).await?;
     Ok(Done {
         rows_in: quality.rows_in,
@@ -536,8 +543,11 @@ async fn cross_pair(client: &mut Client, cx: &Work<'_>, stage: Stage, c: &Claim)
     let (params, month) = (*cx.params, c.month);
     let tables =
         tokio::task::spawn_blocking(move || compute_cross(stage, month, &pairs, &params)).await??;
-    let mut json = serde_json::to_value(&quality)?;
-    json["inputs"] = inputs;
+    let json = serde_json::to_value(Computed {
+        bars: quality.clone(),
+        history_bars: None,
+        inputs: Some(inputs),
+    })?;
     let rows_out = write_tables(client, cx.owner, c, &tables, quality.rows_in, json).await?;
     Ok(Done {
         rows_in: quality.rows_in,
@@ -611,9 +621,12 @@ async fn features(
         rows_out += 1;
     }
     writer.finish().await?;
-    let mut quality_json = serde_json::to_value(&quality)?;
-    // Validate needs it: how much of each column's warm-up the history before the month covered.
-    quality_json["history_bars"] = first.into();
+    // Validate needs history_bars: how much of each column's warm-up the history covered.
+    let quality_json = serde_json::to_value(Computed {
+        bars: quality.clone(),
+        history_bars: Some(first as u64),
+        inputs: None,
+    })?;
     queue::complete(
         &tx,
         owner,

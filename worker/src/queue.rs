@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use crate::db::checked_ident;
 use crate::partition::month_bounds;
+use crate::quality::{self, Computed};
 use crate::stage::{Scope, Stage, ALL_PAIRS};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,15 +130,15 @@ async fn redo_changed(client: &Client, run_id: &str, source: &str) -> Result<()>
     let now = inputs(client, source, None).await?;
     let done = client
         .query(
-            "SELECT stage, month, quality->'inputs' FROM ephemera.partitions
+            "SELECT stage, month, quality FROM ephemera.partitions
               WHERE run_id = $1 AND pair = $2 AND rank = 0 AND state = 'done'",
             &[&run_id, &ALL_PAIRS],
         )
         .await?;
     for r in &done {
         let (stage, month): (String, NaiveDate) = (r.get(0), r.get(1));
-        let recorded: Option<serde_json::Value> = r.get(2);
-        if recorded.as_ref() == now.get(&month) {
+        let done: Option<Computed> = quality::read(r.get(2))?;
+        if done.and_then(|d| d.inputs).as_ref() == now.get(&month) {
             continue;
         }
         let n = client
