@@ -19,9 +19,10 @@ const COLUMNS: usize = 17;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Variant {
-    /// Today: delete the partition's rows, COPY into the run's table with its primary key.
+    /// Delete the partition's rows, COPY into the run's table with its primary key.
     Today,
-    /// Today, with `SET LOCAL synchronous_commit = off` in each partition's transaction.
+    /// The same with `SET LOCAL synchronous_commit = off` in each partition's transaction: what
+    /// the worker does (`partition::ASYNC_COMMIT`).
     AsyncCommit,
     /// A table of the partition's own, created in the transaction, `COPY … FREEZE`, the key
     /// built once after the load.
@@ -33,8 +34,8 @@ enum Variant {
 impl Variant {
     fn name(self) -> &'static str {
         match self {
-            Variant::Today => "(a) COPY into the table with its key (today)",
-            Variant::AsyncCommit => "(c) (a) + SET LOCAL synchronous_commit = off",
+            Variant::Today => "(a) COPY into the table with its key",
+            Variant::AsyncCommit => "(c) (a) + SET LOCAL synchronous_commit = off (the worker)",
             Variant::Freeze => "(b) new table per partition, COPY FREEZE, key built after",
             Variant::NoKey => "(-) (a) without the key (the index's share)",
         }
@@ -101,7 +102,7 @@ async fn write_partition(c: &mut tokio_postgres::Client, v: Variant, k: usize) -
         }
         _ => {
             if v == Variant::AsyncCommit {
-                tx.batch_execute("SET LOCAL synchronous_commit = off")
+                tx.batch_execute(ephemera_worker::partition::ASYNC_COMMIT)
                     .await
                     .unwrap();
             }
@@ -229,7 +230,7 @@ pub async fn run(rows: usize, connections: usize) {
     let total = (partitions * PARTITION_ROWS) as f64;
     for (i, v) in variants.iter().enumerate() {
         println!(
-            "  {:<62} {:>6.2} s, {:.2} M rows/s, {:.2}x today's speed",
+            "  {:<62} {:>6.2} s, {:.2} M rows/s, {:.2}x (a)",
             v.name(),
             best[i],
             total / best[i] / 1e6,

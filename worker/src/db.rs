@@ -435,6 +435,16 @@ pub async fn connect(url: &str) -> Result<Client> {
     }
 }
 
+/// Makes every earlier commit durable, those made with synchronous_commit off included: a commit
+/// that waits for the log to reach disk flushes everything logged before it (the transaction
+/// takes an id so that it writes a commit record to wait for).
+pub async fn flush(client: &Client) -> Result<()> {
+    client
+        .batch_execute("BEGIN; SET LOCAL synchronous_commit = on; SELECT txid_current(); COMMIT;")
+        .await
+        .context("flushing the log")
+}
+
 /// Asks the server to cancel the statement a session to `url` is running (TLS as `connect`).
 pub async fn cancel(url: &str, token: &tokio_postgres::CancelToken) -> Result<()> {
     token

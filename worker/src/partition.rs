@@ -30,6 +30,13 @@ use crate::validate;
 /// longest window is 1440 bars; EMA-based indicators converge well within this).
 pub const WARM_UP_BARS: i64 = 2000;
 
+/// A partition's rows and its done-marker commit together without waiting for the log to reach
+/// disk (1.4× on the write path of a durable server, README "Figures"). A server crash can lose
+/// the last such commits, each whole: rows and marker go together and the queue redoes the
+/// partition when its lease expires, so no rows are lost or doubled. Whatever `run` reports it
+/// has made durable first (`db::flush`).
+pub const ASYNC_COMMIT: &str = "SET LOCAL synchronous_commit = off";
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Done {
     pub rows_in: u64,
@@ -469,6 +476,7 @@ async fn write_tables(
     };
     let schema = outputs::schema(&c.run_id)?;
     let tx = client.transaction().await?;
+    tx.batch_execute(ASYNC_COMMIT).await?;
     let mut rows_out = 0;
     for rows in tables {
         rows_out += table::replace(&tx, &schema, &part, rows).await?;
@@ -591,6 +599,7 @@ async fn features(
 
     let table = outputs::table(&c.run_id, &c.stage)?;
     let tx = client.transaction().await?;
+    tx.batch_execute(ASYNC_COMMIT).await?;
     tx.execute(
         &format!("DELETE FROM {table} WHERE pair = $1 AND ts >= $2 AND ts < $3"),
         &[&c.pair, &start, &end],

@@ -132,6 +132,9 @@ pub async fn run_and_hand_back(opts: Options) -> Result<Ran> {
         }
     }
 
+    // Partitions commit asynchronously (partition::ASYNC_COMMIT): none is counted before it is
+    // on disk.
+    db::flush(&client).await?;
     let mut summary = summarise(&client, &opts).await?;
     summary.processed_here = processed_here;
     if let (Some(store), false) = (&store, opts.stop.is_cancelled()) {
