@@ -184,8 +184,12 @@ pub const CLAIM: &str = "WITH c AS MATERIALIZED (
      RETURNING p.stage, p.pair, p.month, p.attempts";
 
 /// Claims one partition: pending, or running with an expired lease, whose earlier stages are
-/// done. Partitions that have used up their attempts, or wait on a stage that failed, are
-/// marked failed instead.
+/// done. When there is none, partitions that have used up their attempts, or wait on a stage
+/// that failed, are marked failed (so the run can end).
+// The marking scans the run's open partitions; before every claim it cost 3.3 ms of server time
+// at 3,000 open against 0.04 ms for the claim (README, "Figures"). It is done only when nothing
+// can be claimed, which changes nothing claimed: neither kind of partition is claimable, and
+// failing a partition never makes another one claimable.
 pub async fn claim(
     client: &Client,
     run_id: &str,
@@ -193,6 +197,22 @@ pub async fn claim(
     lease_seconds: i64,
     max_attempts: i32,
 ) -> Result<Option<Claim>> {
+    let row = client
+        .query_opt(
+            CLAIM,
+            &[&run_id, &owner, &(lease_seconds as f64), &max_attempts],
+        )
+        .await
+        .context("claiming a partition")?;
+    if let Some(r) = row {
+        return Ok(Some(Claim {
+            run_id: run_id.to_string(),
+            stage: r.get(0),
+            pair: r.get(1),
+            month: r.get(2),
+            attempts: r.get(3),
+        }));
+    }
     client
         .batch_execute(&format!(
             "UPDATE ephemera.partitions
@@ -210,20 +230,7 @@ pub async fn claim(
             r = quote_literal(run_id)
         ))
         .await?;
-    let row = client
-        .query_opt(
-            CLAIM,
-            &[&run_id, &owner, &(lease_seconds as f64), &max_attempts],
-        )
-        .await
-        .context("claiming a partition")?;
-    Ok(row.map(|r| Claim {
-        run_id: run_id.to_string(),
-        stage: r.get(0),
-        pair: r.get(1),
-        month: r.get(2),
-        attempts: r.get(3),
-    }))
+    Ok(None)
 }
 
 /// A string as a SQL literal (for the one batch above, which cannot take parameters).
