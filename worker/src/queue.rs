@@ -213,6 +213,13 @@ pub async fn claim(
             attempts: r.get(3),
         }));
     }
+    fail_stuck(client, run_id, max_attempts).await?;
+    Ok(None)
+}
+
+/// Marks failed the run's partitions that can never be claimed: leases expired `max_attempts`
+/// times, or an earlier stage failed.
+pub async fn fail_stuck(client: &Client, run_id: &str, max_attempts: i32) -> Result<()> {
     client
         .batch_execute(&format!(
             "UPDATE ephemera.partitions
@@ -230,7 +237,7 @@ pub async fn claim(
             r = quote_literal(run_id)
         ))
         .await?;
-    Ok(None)
+    Ok(())
 }
 
 /// A string as a SQL literal (for the one batch above, which cannot take parameters).
