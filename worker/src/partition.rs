@@ -30,11 +30,11 @@ use crate::validate;
 /// longest window is 1440 bars; EMA-based indicators converge well within this).
 pub const WARM_UP_BARS: i64 = 2000;
 
-/// A partition's rows and its done-marker commit together without waiting for the log to reach
-/// disk (1.4× on the write path of a durable server, README "Figures"). A server crash can lose
-/// the last such commits, each whole: rows and marker go together and the queue redoes the
-/// partition when its lease expires, so no rows are lost or doubled. Whatever `run` reports it
-/// has made durable first (`db::flush`).
+/// A partition's rows and its done-marker commit together without waiting for the log to
+/// reach disk (1.0–1.4× on the write path of a durable server, README "Figures"). A server
+/// crash can lose the last such commits, each whole: rows and marker go together and the queue
+/// redoes the partition when its lease expires, so no rows are lost or doubled. Whatever `run`
+/// reports it has made durable first (`db::flush`).
 pub const ASYNC_COMMIT: &str = "SET LOCAL synchronous_commit = off";
 
 #[derive(Debug, Clone, PartialEq)]
