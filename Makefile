@@ -106,7 +106,9 @@ lambdas: $(VENV)/bin/cargo-lambda
 	@for f in $(LAMBDA_TARGET_DIR)/lambda/*/bootstrap; do \
 	  printf '  %-28s %10d\n' "$$(basename $$(dirname $$f))" "$$(stat -c %s $$f)"; done
 
-# The worker against the COPY ceiling on BENCH_ROWS (5 M) generated bars, and the kernels.
+# The worker against the COPY ceiling on BENCH_ROWS (5 M) generated bars, and the kernels; then
+# 1, 2 and 4 worker processes on one run against 1 (BENCH_SCALE_TASKS tasks each, default 1) with
+# the queue's claims/s, and the ways of writing a partition on a durable server of its own.
 bench: postgres $(VENV)/.talib-$(TALIB_VERSION)
 	cargo bench --locked --profile perf -p ephemera-worker --bench ephemera-worker-bench
 

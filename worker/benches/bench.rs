@@ -3,7 +3,13 @@
 //! partition's bars copied out (binary) once per stage, and as many rows copied in (binary) to
 //! tables as wide as the stages' outputs. Also the regression kernel against the textbook fit.
 //!
+//! Then the same work by 1, 2 and 4 worker processes and the queue's claim rate (`scale`), and
+//! the ways of writing a partition's rows on a durable server (`write_path`).
+//!
 //! `BENCH_ROWS` (default 5,000,000) sets the volume.
+
+mod scale;
+mod write_path;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -134,7 +140,7 @@ async fn copy_in_wide(
         ))
         .await
         .unwrap();
-    let w = BinaryCopyInWriter::new(sink, &db::feature_types(true, cols));
+    let w = BinaryCopyInWriter::new(sink, &db::feature_types(true, &indicators::COLUMNS[..cols]));
     pin_mut!(w);
     let start = DateTime::parse_from_rfc3339("2023-01-01T00:00:00Z")
         .unwrap()
@@ -264,7 +270,7 @@ fn placeholder_rows(def: &'static table::Def, n: usize, offset: usize) -> table:
     let columns = def
         .columns
         .iter()
-        .map(|(_, kind)| match kind {
+        .map(|c| match c.kind {
             Kind::Text => Values::Text((offset..offset + n).map(|i| format!("k{i}")).collect()),
             Kind::Ts => Values::Ts(
                 (offset..offset + n)
@@ -403,7 +409,7 @@ async fn main() {
     // connection, then split over one connection per core as the worker is.
     let wide = [
         ("bench_in_17", indicators::COLUMNS.len()),
-        ("bench_in_12", regression::column_names().len()),
+        ("bench_in_12", regression::COLUMNS.len()),
     ];
     let t = Instant::now();
     let out1 = copy_out_all(&client, 0, 1).await;
@@ -484,6 +490,8 @@ async fn main() {
         new_stage(&url, stage, cores).await;
     }
     causality_growth(&client).await;
+    scale::run(&client, &url).await;
+    write_path::run(rows.min(2_000_000), cores).await;
 }
 
 /// Causality's computation on one month of bars for half the pairs and for all of them: its cost

@@ -22,23 +22,11 @@ use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::features::{indicators, regression};
+use crate::column::Column;
 use crate::stage::Stage;
 
 /// Stages whose table is (pair, ts, one float column per output): written from column arrays.
 pub const STAGES: [&str; 2] = ["indicators", "regression"];
-
-/// Output columns of a column stage, after (pair, ts).
-pub fn stage_columns(stage: &str) -> Result<Vec<String>> {
-    Ok(match stage {
-        "indicators" => indicators::COLUMNS.iter().map(|s| s.to_string()).collect(),
-        "regression" => regression::column_names(),
-        other => bail!(
-            "'{other}' is not a column stage; column stages: {}",
-            STAGES.join(", ")
-        ),
-    })
-}
 
 /// A partition's stage waits for every stage of a lower rank in the same run: features, then
 /// their validation, then their export.
@@ -67,14 +55,14 @@ pub const SOURCE_TYPES: [Type; 7] = [
     Type::FLOAT8,
 ];
 
-/// Binary COPY row types of a feature row: (pair,) ts, then `columns` values.
-pub fn feature_types(with_pair: bool, columns: usize) -> Vec<Type> {
+/// Binary COPY row types of a feature row: (pair,) ts, then the stage's `columns`.
+pub fn feature_types(with_pair: bool, columns: &[Column]) -> Vec<Type> {
     let mut types = if with_pair {
         vec![Type::TEXT, Type::TIMESTAMPTZ]
     } else {
         vec![Type::TIMESTAMPTZ]
     };
-    types.extend(std::iter::repeat_n(Type::FLOAT8, columns));
+    types.extend(columns.iter().map(|c| c.kind.pg()));
     types
 }
 
@@ -445,6 +433,16 @@ pub async fn connect(url: &str) -> Result<Client> {
         Some(e) => Err(target.explain(e)),
         None => bail!("connecting to the database: no attempt made"),
     }
+}
+
+/// Makes every earlier commit durable, those made with synchronous_commit off included: a commit
+/// that waits for the log to reach disk flushes everything logged before it (the transaction
+/// takes an id so that it writes a commit record to wait for).
+pub async fn flush(client: &Client) -> Result<()> {
+    client
+        .batch_execute("BEGIN; SET LOCAL synchronous_commit = on; SELECT txid_current(); COMMIT;")
+        .await
+        .context("flushing the log")
 }
 
 /// Asks the server to cancel the statement a session to `url` is running (TLS as `connect`).

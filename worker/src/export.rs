@@ -7,12 +7,14 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
-use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use arrow_schema::{Field, Schema};
 use chrono::NaiveDate;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use sha2::{Digest, Sha256};
+
+use crate::column::{Column, Kind};
 
 /// Where the export goes: `s3://bucket/prefix/` or a local directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,7 +134,8 @@ pub struct Table<'a> {
     pub pair: &'a str,
     /// Microseconds since the epoch, UTC.
     pub ts: &'a [i64],
-    pub names: &'a [String],
+    /// The stage's columns after (pair, ts).
+    pub columns: &'a [Column],
     pub values: &'a [Vec<Option<f64>>],
 }
 
@@ -140,17 +143,13 @@ pub struct Table<'a> {
 /// rerun's checksums match.
 pub fn parquet(t: &Table) -> Result<Vec<u8>> {
     let mut fields = vec![
-        Field::new("pair", DataType::Utf8, false),
-        Field::new(
-            "ts",
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            false,
-        ),
+        Field::new("pair", Kind::Text.arrow(), Kind::Text.nullable()),
+        Field::new("ts", Kind::Ts.arrow(), Kind::Ts.nullable()),
     ];
     fields.extend(
-        t.names
+        t.columns
             .iter()
-            .map(|n| Field::new(n, DataType::Float64, true)),
+            .map(|c| Field::new(c.name, c.kind.arrow(), c.kind.nullable())),
     );
     let schema = Arc::new(Schema::new(fields));
     let mut columns: Vec<ArrayRef> = vec![
@@ -210,7 +209,7 @@ mod tests {
 
     #[test]
     fn parquet_round_trips_and_is_deterministic() {
-        let names = vec!["a".to_string(), "b".to_string()];
+        let columns = [Column::f64("a"), Column::f64("b")];
         let values = vec![
             vec![Some(1.5), None, Some(-2.0)],
             vec![None, None, Some(0.25)],
@@ -218,7 +217,7 @@ mod tests {
         let t = Table {
             pair: "EURUSD",
             ts: &[0, 60_000_000, 120_000_000],
-            names: &names,
+            columns: &columns,
             values: &values,
         };
         let bytes = parquet(&t).unwrap();

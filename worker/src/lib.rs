@@ -2,6 +2,7 @@
 //! PostgreSQL, computes feature stages and writes them back with binary COPY.
 
 pub mod bars;
+pub mod column;
 pub mod db;
 pub mod export;
 pub mod features;
@@ -10,6 +11,7 @@ pub mod logship;
 pub mod outputs;
 pub mod partition;
 pub mod progress;
+pub mod quality;
 pub mod queue;
 pub mod run;
 pub mod seed;

@@ -11,8 +11,8 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use tokio_postgres::{Client, GenericClient};
 
-use crate::db::{stage_columns, STAGES};
-use crate::table;
+use crate::db::STAGES;
+use crate::{features, table};
 
 /// Every run's schema starts with this, next to the shared `ephemera` schema.
 pub const PREFIX: &str = "ephemera_run_";
@@ -49,9 +49,9 @@ pub fn table(run_id: &str, name: &str) -> Result<String> {
 fn ddl(schema: &str) -> Result<String> {
     let mut sql = format!("CREATE SCHEMA IF NOT EXISTS {schema};");
     for stage in STAGES {
-        let cols: Vec<String> = stage_columns(stage)?
+        let cols: Vec<String> = features::columns(stage)?
             .iter()
-            .map(|c| format!("{c} double precision"))
+            .map(|c| format!("{} {}", c.name, c.kind.sql()))
             .collect();
         sql.push_str(&format!(
             "CREATE TABLE IF NOT EXISTS {schema}.{stage} (

@@ -13,13 +13,14 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 use crate::bars::{clean, Bars, Quality};
-use crate::db::{checked_ident, feature_types, stage_columns, BAR_TYPES, SOURCE_TYPES};
+use crate::column::{self, Column};
+use crate::db::{checked_ident, feature_types, BAR_TYPES, SOURCE_TYPES};
 use crate::export::{self, Store};
 use crate::features::{
-    arbitrage, causality, currency_index, finite, indicators, regime, regression, warm_up, Columns,
-    Params,
+    arbitrage, causality, currency_index, finite, indicators, regime, regression, Columns, Params,
 };
 use crate::outputs;
+use crate::quality::{self, Computed, Exported};
 use crate::queue::{self, Claim};
 use crate::stage::{Scope, Stage, ALL_PAIRS};
 use crate::table::{self, Rows};
@@ -28,6 +29,13 @@ use crate::validate;
 /// Bars read before the month so indicators and windows are warm at its first bar (the
 /// longest window is 1440 bars; EMA-based indicators converge well within this).
 pub const WARM_UP_BARS: i64 = 2000;
+
+/// A partition's rows and its done-marker commit together without waiting for the log to
+/// reach disk (1.0–1.4× on the write path of a durable server, README "Figures"). A server
+/// crash can lose the last such commits, each whole: rows and marker go together and the queue
+/// redoes the partition when its lease expires, so no rows are lost or doubled. Whatever `run`
+/// reports it has made durable first (`db::flush`).
+pub const ASYNC_COMMIT: &str = "SET LOCAL synchronous_commit = off";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Done {
@@ -172,7 +180,7 @@ pub async fn process(client: &mut Client, cx: &Work<'_>, c: &Claim) -> Result<Do
 
 /// The query that reads a column stage's rows of one pair and month of a run, by time.
 pub fn features_query(run_id: &str, stage: &str, pair: &str, month: NaiveDate) -> Result<String> {
-    let names = stage_columns(stage)?;
+    let names = column::names(crate::features::columns(stage)?);
     let p = pair_literal(pair)?;
     let (start, end) = month_bounds(month);
     Ok(format!(
@@ -185,45 +193,48 @@ pub fn features_query(run_id: &str, stage: &str, pair: &str, month: NaiveDate) -
 }
 
 /// A feature stage's rows of a run for one month, read back with binary COPY out: timestamps
-/// (microseconds) and one column per output name.
+/// (microseconds), the stage's columns, and their values.
 pub async fn read_features(
     client: &Client,
     run_id: &str,
     stage: &str,
     pair: &str,
     month: NaiveDate,
-) -> Result<(Vec<i64>, Vec<String>, Vec<Vec<Option<f64>>>)> {
-    let names = stage_columns(stage)?;
+) -> Result<(Vec<i64>, &'static [Column], Vec<Vec<Option<f64>>>)> {
+    let columns = crate::features::columns(stage)?;
     let stream = client
         .copy_out(&format!(
             "COPY ({}) TO STDOUT (FORMAT binary)",
             features_query(run_id, stage, pair, month)?
         ))
         .await?;
-    let rows = BinaryCopyOutStream::new(stream, &feature_types(false, names.len()));
+    let rows = BinaryCopyOutStream::new(stream, &feature_types(false, columns));
     pin_mut!(rows);
     let mut ts = vec![];
-    let mut values: Vec<Vec<Option<f64>>> = vec![vec![]; names.len()];
+    let mut values: Vec<Vec<Option<f64>>> = vec![vec![]; columns.len()];
     while let Some(r) = rows.try_next().await? {
         ts.push(r.get::<DateTime<Utc>>(0).timestamp_micros());
         for (k, col) in values.iter_mut().enumerate() {
             col.push(r.get(k + 1));
         }
     }
-    Ok((ts, names, values))
+    Ok((ts, columns, values))
 }
 
 /// The feature stages of this run that a partition's validate or export covers.
-async fn feature_stages(client: &Client, c: &Claim) -> Result<Vec<(Stage, Option<i64>)>> {
+async fn feature_stages(client: &Client, c: &Claim) -> Result<Vec<(Stage, Option<u64>)>> {
     let rows = client
         .query(
-            "SELECT stage, (quality->>'history_bars')::bigint FROM ephemera.partitions
+            "SELECT stage, quality FROM ephemera.partitions
               WHERE run_id = $1 AND pair = $2 AND month = $3 AND rank = 0 ORDER BY stage",
             &[&c.run_id, &c.pair, &c.month],
         )
         .await?;
     rows.iter()
-        .map(|r| Ok((Stage::parse(r.get(0))?, r.get(1))))
+        .map(|r| {
+            let q: Option<Computed> = quality::read(r.get(1))?;
+            Ok((Stage::parse(r.get(0))?, q.and_then(|q| q.history_bars)))
+        })
         .collect()
 }
 
@@ -257,18 +268,16 @@ async fn validate_partition(client: &mut Client, cx: &Work<'_>, c: &Claim) -> Re
             }
             continue;
         }
-        let (ts, names, values) =
+        let (ts, columns, values) =
             read_features(client, &c.run_id, stage.name(), &c.pair, c.month).await?;
         rows_in += ts.len() as u64;
-        let warm = warm_up(cx.core, stage.name()).unwrap_or_default();
-        let history = history.unwrap_or(0).max(0) as usize;
-        for (k, name) in names.iter().enumerate() {
-            let expected = warm.get(k).map_or(0, |w| w.saturating_sub(history));
+        let history = history.unwrap_or(0) as usize;
+        for (column, values) in columns.iter().zip(&values) {
             checks.push(validate::check_column(
                 stage.name(),
-                name,
-                &values[k],
-                expected,
+                column,
+                values,
+                history,
             ));
         }
         gaps.get_or_insert_with(|| validate::gaps(&ts));
@@ -351,7 +360,8 @@ async fn export_partition(
             continue;
         }
         let stage = stage.name();
-        let (ts, names, values) = read_features(client, &c.run_id, stage, &c.pair, c.month).await?;
+        let (ts, columns, values) =
+            read_features(client, &c.run_id, stage, &c.pair, c.month).await?;
         let rows = ts.len() as u64;
         // Encoding is CPU work: off the async threads.
         let pair = c.pair.clone();
@@ -359,7 +369,7 @@ async fn export_partition(
             export::parquet(&export::Table {
                 pair: &pair,
                 ts: &ts,
-                names: &names,
+                columns,
                 values: &values,
             })
         })
@@ -380,7 +390,7 @@ async fn export_partition(
     }
     let rows: u64 = objects.iter().map(|o| o.rows).sum();
     let tx = client.transaction().await?;
-    let json = serde_json::json!({ "objects": objects });
+    let json = serde_json::to_value(Exported { objects })?;
     queue::complete(&tx, cx.owner, c, rows as i64, rows as i64, &json).await?;
     tx.commit().await?;
     Ok(Done {
@@ -466,6 +476,7 @@ async fn write_tables(
     };
     let schema = outputs::schema(&c.run_id)?;
     let tx = client.transaction().await?;
+    tx.batch_execute(ASYNC_COMMIT).await?;
     let mut rows_out = 0;
     for rows in tables {
         rows_out += table::replace(&tx, &schema, &part, rows).await?;
@@ -513,8 +524,11 @@ async fn per_pair(client: &mut Client, cx: &Work<'_>, stage: Stage, c: &Claim) -
         other => bail!("'{other}' has no per-pair table"),
     })
     .await??;
-    let mut json = serde_json::to_value(&quality)?;
-    json["history_bars"] = first.into();
+    let json = serde_json::to_value(Computed {
+        bars: quality.clone(),
+        history_bars: Some(first as u64),
+        inputs: None,
+    })?;
     let rows_out = write_tables(client, cx.owner, c, &tables, quality.rows_in, json).await?;
     Ok(Done {
         rows_in: quality.rows_in,
@@ -537,8 +551,11 @@ async fn cross_pair(client: &mut Client, cx: &Work<'_>, stage: Stage, c: &Claim)
     let (params, month) = (*cx.params, c.month);
     let tables =
         tokio::task::spawn_blocking(move || compute_cross(stage, month, &pairs, &params)).await??;
-    let mut json = serde_json::to_value(&quality)?;
-    json["inputs"] = inputs;
+    let json = serde_json::to_value(Computed {
+        bars: quality.clone(),
+        history_bars: None,
+        inputs: Some(inputs),
+    })?;
     let rows_out = write_tables(client, cx.owner, c, &tables, quality.rows_in, json).await?;
     Ok(Done {
         rows_in: quality.rows_in,
@@ -576,11 +593,13 @@ async fn features(
         tokio::task::spawn_blocking(move || compute(&core, &stage, &bars).map(|cols| (cols, bars)))
             .await??
     };
-    let names = stage_columns(&c.stage)?;
+    let columns = crate::features::columns(&c.stage)?;
+    let names = column::names(columns);
     debug_assert_eq!(names, cols.names);
 
     let table = outputs::table(&c.run_id, &c.stage)?;
     let tx = client.transaction().await?;
+    tx.batch_execute(ASYNC_COMMIT).await?;
     tx.execute(
         &format!("DELETE FROM {table} WHERE pair = $1 AND ts >= $2 AND ts < $3"),
         &[&c.pair, &start, &end],
@@ -592,7 +611,7 @@ async fn features(
             names.join(", ")
         ))
         .await?;
-    let writer = BinaryCopyInWriter::new(sink, &feature_types(true, names.len()));
+    let writer = BinaryCopyInWriter::new(sink, &feature_types(true, columns));
     pin_mut!(writer);
     let mut rows_out = 0u64;
     let mut row: Vec<Option<f64>> = vec![None; names.len()];
@@ -611,9 +630,12 @@ async fn features(
         rows_out += 1;
     }
     writer.finish().await?;
-    let mut quality_json = serde_json::to_value(&quality)?;
-    // Validate needs it: how much of each column's warm-up the history before the month covered.
-    quality_json["history_bars"] = first.into();
+    // Validate needs history_bars: how much of each column's warm-up the history covered.
+    let quality_json = serde_json::to_value(Computed {
+        bars: quality.clone(),
+        history_bars: Some(first as u64),
+        inputs: None,
+    })?;
     queue::complete(
         &tx,
         owner,

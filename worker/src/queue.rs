@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use crate::db::checked_ident;
 use crate::partition::month_bounds;
+use crate::quality::{self, Computed};
 use crate::stage::{Scope, Stage, ALL_PAIRS};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,15 +130,15 @@ async fn redo_changed(client: &Client, run_id: &str, source: &str) -> Result<()>
     let now = inputs(client, source, None).await?;
     let done = client
         .query(
-            "SELECT stage, month, quality->'inputs' FROM ephemera.partitions
+            "SELECT stage, month, quality FROM ephemera.partitions
               WHERE run_id = $1 AND pair = $2 AND rank = 0 AND state = 'done'",
             &[&run_id, &ALL_PAIRS],
         )
         .await?;
     for r in &done {
         let (stage, month): (String, NaiveDate) = (r.get(0), r.get(1));
-        let recorded: Option<serde_json::Value> = r.get(2);
-        if recorded.as_ref() == now.get(&month) {
+        let done: Option<Computed> = quality::read(r.get(2))?;
+        if done.and_then(|d| d.inputs).as_ref() == now.get(&month) {
             continue;
         }
         let n = client
@@ -183,8 +184,12 @@ pub const CLAIM: &str = "WITH c AS MATERIALIZED (
      RETURNING p.stage, p.pair, p.month, p.attempts";
 
 /// Claims one partition: pending, or running with an expired lease, whose earlier stages are
-/// done. Partitions that have used up their attempts, or wait on a stage that failed, are
-/// marked failed instead.
+/// done. When there is none, partitions that have used up their attempts, or wait on a stage
+/// that failed, are marked failed (so the run can end).
+// The marking scans the run's open partitions; before every claim it cost 3.3 ms of server time
+// at 3,000 open against 0.04 ms for the claim (README, "Figures"). It is done only when nothing
+// can be claimed, which changes nothing claimed: neither kind of partition is claimable, and
+// failing a partition never makes another one claimable.
 pub async fn claim(
     client: &Client,
     run_id: &str,
@@ -192,6 +197,29 @@ pub async fn claim(
     lease_seconds: i64,
     max_attempts: i32,
 ) -> Result<Option<Claim>> {
+    let row = client
+        .query_opt(
+            CLAIM,
+            &[&run_id, &owner, &(lease_seconds as f64), &max_attempts],
+        )
+        .await
+        .context("claiming a partition")?;
+    if let Some(r) = row {
+        return Ok(Some(Claim {
+            run_id: run_id.to_string(),
+            stage: r.get(0),
+            pair: r.get(1),
+            month: r.get(2),
+            attempts: r.get(3),
+        }));
+    }
+    fail_stuck(client, run_id, max_attempts).await?;
+    Ok(None)
+}
+
+/// Marks failed the run's partitions that can never be claimed: leases expired `max_attempts`
+/// times, or an earlier stage failed.
+pub async fn fail_stuck(client: &Client, run_id: &str, max_attempts: i32) -> Result<()> {
     client
         .batch_execute(&format!(
             "UPDATE ephemera.partitions
@@ -209,20 +237,7 @@ pub async fn claim(
             r = quote_literal(run_id)
         ))
         .await?;
-    let row = client
-        .query_opt(
-            CLAIM,
-            &[&run_id, &owner, &(lease_seconds as f64), &max_attempts],
-        )
-        .await
-        .context("claiming a partition")?;
-    Ok(row.map(|r| Claim {
-        run_id: run_id.to_string(),
-        stage: r.get(0),
-        pair: r.get(1),
-        month: r.get(2),
-        attempts: r.get(3),
-    }))
+    Ok(())
 }
 
 /// A string as a SQL literal (for the one batch above, which cannot take parameters).

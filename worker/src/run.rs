@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::export::{Store, Target};
 use crate::features::Params;
 use crate::partition::{self, Work};
+use crate::quality::{self, Exported, Validated};
 use crate::queue::Claim;
 use crate::stage::Stage;
 use crate::{db, outputs, queue};
@@ -131,6 +132,9 @@ pub async fn run_and_hand_back(opts: Options) -> Result<Ran> {
         }
     }
 
+    // Partitions commit asynchronously (partition::ASYNC_COMMIT): none is counted before it is
+    // on disk.
+    db::flush(&client).await?;
     let mut summary = summarise(&client, &opts).await?;
     summary.processed_here = processed_here;
     if let (Some(store), false) = (&store, opts.stop.is_cancelled()) {
@@ -236,28 +240,27 @@ async fn summarise(client: &Client, opts: &Options) -> Result<Summary> {
         )
         .await?;
     let validation = if opts.stages.iter().any(|s| s == "validate") {
-        let v = client
-            .query_one(
-                "SELECT count(*),
-                        coalesce(sum((quality->>'problems')::bigint), 0)::bigint,
-                        coalesce(sum((quality->>'nulls_beyond_warm_up')::bigint), 0)::bigint,
-                        coalesce(sum((quality->>'non_finite')::bigint), 0)::bigint,
-                        coalesce(sum((quality->>'out_of_range')::bigint), 0)::bigint,
-                        coalesce(sum((quality->>'unexpected')::bigint), 0)::bigint
-                   FROM ephemera.partitions
+        // Each validate partition's report, read through the type validate wrote it with.
+        let rows = client
+            .query(
+                "SELECT quality FROM ephemera.partitions
                   WHERE run_id = $1 AND stage = 'validate' AND state = 'done'",
                 &[&opts.run_id],
             )
             .await?;
-        let g = |i: usize| v.get::<_, i64>(i) as u64;
-        Some(Validation {
-            partitions: g(0),
-            problems: g(1),
-            nulls_beyond_warm_up: g(2),
-            non_finite: g(3),
-            out_of_range: g(4),
-            unexpected_gaps: g(5),
-        })
+        let mut v = Validation {
+            partitions: rows.len() as u64,
+            ..Validation::default()
+        };
+        for r in &rows {
+            let report: Validated = quality::read(r.get(0))?.unwrap_or_default();
+            v.problems += report.problems;
+            v.nulls_beyond_warm_up += report.nulls_beyond_warm_up;
+            v.non_finite += report.non_finite;
+            v.out_of_range += report.out_of_range;
+            v.unexpected_gaps += report.gaps.unexpected;
+        }
+        Some(v)
     } else {
         None
     };
@@ -279,7 +282,7 @@ async fn summarise(client: &Client, opts: &Options) -> Result<Summary> {
 async fn write_manifest(client: &Client, run_id: &str, store: &Store) -> Result<Option<String>> {
     let rows = client
         .query(
-            "SELECT state, quality->'objects' FROM ephemera.partitions
+            "SELECT state, quality FROM ephemera.partitions
               WHERE run_id = $1 AND stage = 'export'",
             &[&run_id],
         )
@@ -290,10 +293,8 @@ async fn write_manifest(client: &Client, run_id: &str, store: &Store) -> Result<
     }
     let mut objects: Vec<ManifestObject> = vec![];
     for r in &rows {
-        let v: Option<serde_json::Value> = r.get(1);
-        objects.extend(serde_json::from_value::<Vec<ManifestObject>>(
-            v.unwrap_or_else(|| serde_json::json!([])),
-        )?);
+        let exported: Option<Exported> = quality::read(r.get(1))?;
+        objects.extend(exported.map(|e| e.objects).unwrap_or_default());
     }
     objects.sort_by(|a, b| a.key.cmp(&b.key));
     let manifest = Manifest {

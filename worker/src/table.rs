@@ -10,7 +10,7 @@ use arrow_array::{
     ArrayRef, Date32Array, Float64Array, Int32Array, RecordBatch, StringArray,
     TimestampMicrosecondArray,
 };
-use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use arrow_schema::{Field, Schema};
 use chrono::{DateTime, NaiveDate, Utc};
 use futures_util::{pin_mut, TryStreamExt};
 use parquet::arrow::ArrowWriter;
@@ -22,44 +22,14 @@ use tokio_postgres::{Client, Transaction};
 
 use crate::stage::Stage;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Text,
-    /// Text that may be NULL.
-    OptText,
-    Ts,
-    Date,
-    Int,
-    F64,
-}
-
-impl Kind {
-    fn sql(self) -> &'static str {
-        match self {
-            Kind::Text => "text NOT NULL",
-            Kind::OptText => "text",
-            Kind::Ts => "timestamptz NOT NULL",
-            Kind::Date => "date NOT NULL",
-            Kind::Int => "integer NOT NULL",
-            Kind::F64 => "double precision",
-        }
-    }
-    fn pg(self) -> Type {
-        match self {
-            Kind::Text | Kind::OptText => Type::TEXT,
-            Kind::Ts => Type::TIMESTAMPTZ,
-            Kind::Date => Type::DATE,
-            Kind::Int => Type::INT4,
-            Kind::F64 => Type::FLOAT8,
-        }
-    }
-}
+pub use crate::column::{Column, Kind};
+use crate::column::{ANY_WARM_UP, NON_NEGATIVE, PERCENT, POSITIVE, UNIT};
 
 /// A table's schema: columns in order, the primary key, and how a month's rows are found.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub struct Def {
     pub name: &'static str,
-    pub columns: &'static [(&'static str, Kind)],
+    pub columns: &'static [Column],
     pub key: &'static [&'static str],
     /// The column a month is taken on: a timestamp (the month's range) or a date (the month).
     pub month_column: &'static str,
@@ -71,8 +41,8 @@ impl Def {
     pub fn kind(&self, column: &str) -> Option<Kind> {
         self.columns
             .iter()
-            .find(|(n, _)| *n == column)
-            .map(|(_, k)| *k)
+            .find(|c| c.name == column)
+            .map(|c| c.kind)
     }
 
     /// Creates the table in `schema` if absent. Tables whose key does not lead with the month
@@ -82,7 +52,7 @@ impl Def {
         let cols: Vec<String> = self
             .columns
             .iter()
-            .map(|(n, k)| format!("{n} {}", k.sql()))
+            .map(|c| format!("{} {}", c.name, c.kind.sql()))
             .collect();
         let mut sql = format!(
             "CREATE TABLE IF NOT EXISTS {schema}.{} ({}, PRIMARY KEY ({}));",
@@ -117,14 +87,16 @@ impl Def {
 pub const REGIME: Def = Def {
     name: "regime",
     columns: &[
-        ("pair", Kind::Text),
-        ("ts", Kind::Ts),
-        ("rv_60", Kind::F64),
-        ("rv_pct_30d", Kind::F64),
-        ("vol_regime", Kind::OptText),
-        ("adx_14", Kind::F64),
-        ("slope_240", Kind::F64),
-        ("trend_regime", Kind::OptText),
+        Column::of("pair", Kind::Text),
+        Column::of("ts", Kind::Ts),
+        Column::f64("rv_60")
+            .warm_up(ANY_WARM_UP)
+            .range(NON_NEGATIVE),
+        Column::f64("rv_pct_30d").warm_up(ANY_WARM_UP).range(UNIT),
+        Column::of("vol_regime", Kind::OptText),
+        Column::f64("adx_14").warm_up(ANY_WARM_UP).range(PERCENT),
+        Column::f64("slope_240").warm_up(ANY_WARM_UP),
+        Column::of("trend_regime", Kind::OptText),
     ],
     key: &["pair", "ts"],
     month_column: "ts",
@@ -134,12 +106,12 @@ pub const REGIME: Def = Def {
 pub const CURRENCY_INDEX: Def = Def {
     name: "currency_index",
     columns: &[
-        ("currency", Kind::Text),
-        ("ts", Kind::Ts),
-        ("index", Kind::F64),
-        ("log_return", Kind::F64),
-        ("pairs", Kind::Int),
-        ("pairs_loaded", Kind::Int),
+        Column::of("currency", Kind::Text),
+        Column::of("ts", Kind::Ts),
+        Column::f64("index").range(POSITIVE),
+        Column::f64("log_return"),
+        Column::of("pairs", Kind::Int),
+        Column::of("pairs_loaded", Kind::Int),
     ],
     key: &["currency", "ts"],
     month_column: "ts",
@@ -149,11 +121,11 @@ pub const CURRENCY_INDEX: Def = Def {
 pub const ARBITRAGE: Def = Def {
     name: "arbitrage",
     columns: &[
-        ("triangle", Kind::Text),
-        ("ts", Kind::Ts),
-        ("implied", Kind::F64),
-        ("quoted", Kind::F64),
-        ("deviation_bp", Kind::F64),
+        Column::of("triangle", Kind::Text),
+        Column::of("ts", Kind::Ts),
+        Column::f64("implied").range(POSITIVE),
+        Column::f64("quoted").range(POSITIVE),
+        Column::f64("deviation_bp"),
     ],
     key: &["triangle", "ts"],
     month_column: "ts",
@@ -163,12 +135,12 @@ pub const ARBITRAGE: Def = Def {
 pub const ARBITRAGE_EVENTS: Def = Def {
     name: "arbitrage_events",
     columns: &[
-        ("triangle", Kind::Text),
-        ("start_ts", Kind::Ts),
-        ("end_ts", Kind::Ts),
-        ("minutes", Kind::Int),
-        ("peak_bp", Kind::F64),
-        ("mean_bp", Kind::F64),
+        Column::of("triangle", Kind::Text),
+        Column::of("start_ts", Kind::Ts),
+        Column::of("end_ts", Kind::Ts),
+        Column::of("minutes", Kind::Int),
+        Column::f64("peak_bp"),
+        Column::f64("mean_bp"),
     ],
     key: &["triangle", "start_ts"],
     month_column: "start_ts",
@@ -178,15 +150,15 @@ pub const ARBITRAGE_EVENTS: Def = Def {
 pub const CAUSALITY: Def = Def {
     name: "causality",
     columns: &[
-        ("month", Kind::Date),
-        ("cause", Kind::Text),
-        ("effect", Kind::Text),
-        ("lag", Kind::Int),
-        ("f_stat", Kind::F64),
-        ("p_value", Kind::F64),
-        ("nobs", Kind::Int),
-        ("df_num", Kind::Int),
-        ("df_den", Kind::Int),
+        Column::of("month", Kind::Date),
+        Column::of("cause", Kind::Text),
+        Column::of("effect", Kind::Text),
+        Column::of("lag", Kind::Int),
+        Column::f64("f_stat").range(NON_NEGATIVE),
+        Column::f64("p_value").range(UNIT),
+        Column::of("nobs", Kind::Int),
+        Column::of("df_num", Kind::Int),
+        Column::of("df_den", Kind::Int),
     ],
     key: &["month", "cause", "effect", "lag"],
     month_column: "month",
@@ -298,13 +270,15 @@ impl Rows {
             );
         }
         let n = columns.first().map_or(0, Values::len);
-        for ((name, kind), v) in def.columns.iter().zip(&columns) {
-            if v.kind() != *kind || v.len() != n {
+        for (c, v) in def.columns.iter().zip(&columns) {
+            if v.kind() != c.kind || v.len() != n {
                 bail!(
-                    "{}.{name}: {:?} of {} rows, expected {kind:?} of {n}",
+                    "{}.{}: {:?} of {} rows, expected {:?} of {n}",
                     def.name,
+                    c.name,
                     v.kind(),
-                    v.len()
+                    v.len(),
+                    c.kind
                 );
             }
         }
@@ -322,7 +296,7 @@ impl Rows {
         self.def
             .columns
             .iter()
-            .position(|(n, _)| *n == name)
+            .position(|c| c.name == name)
             .map(|k| &self.columns[k])
     }
 }
@@ -389,7 +363,7 @@ pub async fn replace(
     )
     .await
     .with_context(|| format!("deleting the partition's rows of {}", def.name))?;
-    let names: Vec<&str> = def.columns.iter().map(|(n, _)| *n).collect();
+    let names = crate::column::names(def.columns);
     let sink = tx
         .copy_in(&format!(
             "COPY {schema}.{} ({}) FROM STDIN (FORMAT binary)",
@@ -397,7 +371,7 @@ pub async fn replace(
             names.join(", ")
         ))
         .await?;
-    let types: Vec<Type> = def.columns.iter().map(|(_, k)| k.pg()).collect();
+    let types: Vec<Type> = def.columns.iter().map(|c| c.kind.pg()).collect();
     let writer = BinaryCopyInWriter::new(sink, &types);
     pin_mut!(writer);
     let mut row: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(names.len());
@@ -411,7 +385,7 @@ pub async fn replace(
 
 /// The query that reads a partition's rows of the table in `schema`, in key order.
 pub fn read_query(schema: &str, def: &Def, part: &Partition<'_>) -> Result<String> {
-    let names: Vec<&str> = def.columns.iter().map(|(n, _)| *n).collect();
+    let names = crate::column::names(def.columns);
     Ok(format!(
         "SELECT {} FROM {schema}.{} WHERE {} ORDER BY {}",
         names.join(", "),
@@ -434,10 +408,10 @@ pub async fn read(
             read_query(schema, def, part)?
         ))
         .await?;
-    let types: Vec<Type> = def.columns.iter().map(|(_, k)| k.pg()).collect();
+    let types: Vec<Type> = def.columns.iter().map(|c| c.kind.pg()).collect();
     let rows = BinaryCopyOutStream::new(stream, &types);
     pin_mut!(rows);
-    let mut cols: Vec<Values> = def.columns.iter().map(|(_, k)| Values::empty(*k)).collect();
+    let mut cols: Vec<Values> = def.columns.iter().map(|c| Values::empty(c.kind)).collect();
     while let Some(r) = rows.try_next().await? {
         for (k, c) in cols.iter_mut().enumerate() {
             match c {
@@ -457,35 +431,28 @@ pub async fn read(
 pub fn parquet(rows: &Rows) -> Result<Vec<u8>> {
     let mut fields = vec![];
     let mut arrays: Vec<ArrayRef> = vec![];
-    for ((name, kind), v) in rows.def.columns.iter().zip(&rows.columns) {
-        let nullable = matches!(kind, Kind::F64 | Kind::OptText);
-        let (ty, array): (DataType, ArrayRef) = match v {
-            Values::Text(v) => (DataType::Utf8, Arc::new(StringArray::from(v.clone()))),
-            Values::OptText(v) => (DataType::Utf8, Arc::new(StringArray::from(v.clone()))),
-            Values::Ts(v) => (
-                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-                Arc::new(
-                    TimestampMicrosecondArray::from(
-                        v.iter().map(|t| t.timestamp_micros()).collect::<Vec<_>>(),
-                    )
-                    .with_timezone("UTC"),
-                ),
+    for (c, v) in rows.def.columns.iter().zip(&rows.columns) {
+        let array: ArrayRef = match v {
+            Values::Text(v) => Arc::new(StringArray::from(v.clone())),
+            Values::OptText(v) => Arc::new(StringArray::from(v.clone())),
+            Values::Ts(v) => Arc::new(
+                TimestampMicrosecondArray::from(
+                    v.iter().map(|t| t.timestamp_micros()).collect::<Vec<_>>(),
+                )
+                .with_timezone("UTC"),
             ),
             Values::Date(v) => {
                 let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).context("the epoch")?;
-                (
-                    DataType::Date32,
-                    Arc::new(Date32Array::from(
-                        v.iter()
-                            .map(|d| (*d - epoch).num_days() as i32)
-                            .collect::<Vec<_>>(),
-                    )),
-                )
+                Arc::new(Date32Array::from(
+                    v.iter()
+                        .map(|d| (*d - epoch).num_days() as i32)
+                        .collect::<Vec<_>>(),
+                ))
             }
-            Values::Int(v) => (DataType::Int32, Arc::new(Int32Array::from(v.clone()))),
-            Values::F64(v) => (DataType::Float64, Arc::new(Float64Array::from(v.clone()))),
+            Values::Int(v) => Arc::new(Int32Array::from(v.clone())),
+            Values::F64(v) => Arc::new(Float64Array::from(v.clone())),
         };
-        fields.push(Field::new(*name, ty, nullable));
+        fields.push(Field::new(c.name, c.kind.arrow(), c.kind.nullable()));
         arrays.push(array);
     }
     let schema = Arc::new(Schema::new(fields));

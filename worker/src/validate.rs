@@ -5,57 +5,24 @@
 use chrono::{DateTime, Datelike, Utc, Weekday};
 use serde::{Deserialize, Serialize};
 
+use crate::column::{self, Column};
+
 /// Slack for values computed in floating point that sit exactly on a bound (RSI of 100, R² of 1).
 const EPS: f64 = 1e-9;
 const MINUTE_US: i64 = 60_000_000;
 /// A gap longer than this that is not a weekend is reported as unexpected.
 const UNEXPECTED_GAP_MINUTES: i64 = 60;
 
-/// The range a column's values must lie in, when it has one.
-pub fn range(column: &str) -> Option<(f64, f64)> {
-    let base = column.rsplit_once('_').map_or(column, |(b, _)| b);
-    match (column, base) {
-        ("stoch_k" | "stoch_d", _) => Some((0.0, 100.0)),
-        ("rv_pct_30d" | "p_value", _) => Some((0.0, 1.0)),
-        ("f_stat" | "rv_60", _) => Some((0.0, f64::INFINITY)),
-        // Prices and an index of prices are positive.
-        ("index" | "implied" | "quoted", _) => Some((f64::MIN_POSITIVE, f64::INFINITY)),
-        (_, "rsi" | "adx" | "plus_di" | "minus_di" | "mfi") => Some((0.0, 100.0)),
-        (_, "willr") => Some((-100.0, 0.0)),
-        (_, "r2") => Some((0.0, 1.0)),
-        (_, "atr" | "rmse") => Some((0.0, f64::INFINITY)),
-        _ => None,
-    }
-}
-
-/// Columns whose NULLs past the warm-up are expected: R² is undefined over a window of equal
-/// closes (a market that did not move), so a NULL there is not a fault.
-fn null_allowed(column: &str) -> bool {
-    column.starts_with("r2_")
-}
-
-/// Leading NULLs a typed table's column has by definition: the regime's inputs need their
-/// windows' history (which the data may not have at its start) and are NULL until then.
-fn leading_nulls_allowed(table: &str) -> bool {
-    table == "regime"
-}
-
 /// Checks every float column of a typed table's partition (rows in key order, so per pair and
-/// time for per-pair tables).
+/// time for per-pair tables). Their warm-ups are not shortened by history: a typed table's
+/// stage reads the history its windows need itself.
 pub fn check_table(rows: &crate::table::Rows) -> Vec<ColumnCheck> {
     let def = rows.def;
     def.columns
         .iter()
         .zip(&rows.columns)
-        .filter_map(|((name, _), v)| match v {
-            crate::table::Values::F64(v) => {
-                let warm = if leading_nulls_allowed(def.name) {
-                    v.len()
-                } else {
-                    0
-                };
-                Some(check_column(def.name, name, v, warm))
-            }
+        .filter_map(|(column, v)| match v {
+            crate::table::Values::F64(v) => Some(check_column(def.name, column, v, 0)),
             _ => None,
         })
         .collect()
@@ -77,7 +44,8 @@ pub struct ColumnCheck {
 impl ColumnCheck {
     /// Findings that make the column suspect (NULLs only where they are not expected).
     pub fn problems(&self) -> u64 {
-        let nulls = if null_allowed(&self.column) {
+        let nullable = column::find(&self.stage, &self.column).is_some_and(|c| c.nullable);
+        let nulls = if nullable {
             0
         } else {
             self.nulls_beyond_warm_up
@@ -86,19 +54,20 @@ impl ColumnCheck {
     }
 }
 
-/// Checks one column. `expected_warm_up` is how many leading rows may be NULL: the column's
-/// lookback less the history bars that preceded the partition.
+/// Checks one column of `stage` (a column stage or a typed table). Leading NULLs are expected
+/// up to the column's warm-up less the `history` bars that preceded the partition.
 pub fn check_column(
     stage: &str,
-    column: &str,
+    column: &Column,
     values: &[Option<f64>],
-    expected_warm_up: usize,
+    history: usize,
 ) -> ColumnCheck {
+    let expected_warm_up = column.warm_up.saturating_sub(history);
     let leading = values.iter().take_while(|v| v.is_none()).count();
     let nulls = values.iter().filter(|v| v.is_none()).count();
     let (mut non_finite, mut out_of_range) = (0u64, 0u64);
     let (mut min, mut max) = (None::<f64>, None::<f64>);
-    let bounds = range(column);
+    let bounds = column.range;
     for v in values.iter().flatten() {
         if !v.is_finite() {
             non_finite += 1;
@@ -114,7 +83,7 @@ pub fn check_column(
     }
     ColumnCheck {
         stage: stage.to_string(),
-        column: column.to_string(),
+        column: column.name.to_string(),
         rows: values.len() as u64,
         nulls: nulls as u64,
         nulls_beyond_warm_up: (nulls - leading.min(expected_warm_up)) as u64,
@@ -254,15 +223,29 @@ pub async fn findings(
 mod tests {
     use super::*;
 
+    fn range(table: &str, name: &str) -> Option<(f64, f64)> {
+        column::find(table, name).unwrap().range
+    }
+
     #[test]
     fn ranges_by_column() {
-        assert_eq!(range("rsi_14"), Some((0.0, 100.0)));
-        assert_eq!(range("willr_14"), Some((-100.0, 0.0)));
-        assert_eq!(range("r2_1440"), Some((0.0, 1.0)));
-        assert_eq!(range("stoch_d"), Some((0.0, 100.0)));
-        assert_eq!(range("rmse_60"), Some((0.0, f64::INFINITY)));
-        assert_eq!(range("macd"), None);
-        assert_eq!(range("slope_60"), None);
+        assert_eq!(range("indicators", "rsi_14"), Some((0.0, 100.0)));
+        assert_eq!(range("indicators", "willr_14"), Some((-100.0, 0.0)));
+        assert_eq!(range("regression", "r2_1440"), Some((0.0, 1.0)));
+        assert_eq!(range("indicators", "stoch_d"), Some((0.0, 100.0)));
+        assert_eq!(range("regression", "rmse_60"), Some((0.0, f64::INFINITY)));
+        assert_eq!(range("indicators", "macd"), None);
+        assert_eq!(range("regression", "slope_60"), None);
+        assert_eq!(range("regime", "rv_pct_30d"), Some((0.0, 1.0)));
+        assert_eq!(range("regime", "slope_240"), None);
+        assert_eq!(range("arbitrage", "quoted").unwrap().0, f64::MIN_POSITIVE);
+        assert_eq!(range("causality", "f_stat"), Some((0.0, f64::INFINITY)));
+        assert_eq!(
+            column::find("regime", "adx_14").unwrap().warm_up,
+            column::ANY_WARM_UP
+        );
+        assert!(column::find("indicators", "nope").is_none());
+        assert!(column::find("nope", "rsi_14").is_none());
     }
 
     #[test]
@@ -275,25 +258,28 @@ mod tests {
             Some(100.0 + 1e-12),
             Some(101.0),
         ];
-        let c = check_column("indicators", "rsi_14", &v, 2);
+        // RSI(14) with 12 bars of history before the partition: 2 leading NULLs expected.
+        let rsi = &crate::features::indicators::COLUMNS[0];
+        let r2 = column::find("regression", "r2_60").unwrap();
+        let c = check_column("indicators", rsi, &v, 12);
         assert_eq!((c.rows, c.nulls, c.nulls_beyond_warm_up), (6, 3, 1));
         assert_eq!((c.non_finite, c.out_of_range), (0, 1));
         assert_eq!((c.min, c.max), (Some(50.0), Some(101.0)));
         assert_eq!(c.problems(), 2);
         // With history before the partition, no leading NULL is expected.
         assert_eq!(
-            check_column("indicators", "rsi_14", &v, 0).nulls_beyond_warm_up,
+            check_column("indicators", rsi, &v, 14).nulls_beyond_warm_up,
             3
         );
         // A leading run longer than the warm-up counts past it.
         assert_eq!(
-            check_column("indicators", "rsi_14", &v, 1).nulls_beyond_warm_up,
+            check_column("indicators", rsi, &v, 13).nulls_beyond_warm_up,
             2
         );
         let nan = [Some(f64::NAN), Some(f64::INFINITY), Some(0.5)];
-        assert_eq!(check_column("regression", "r2_60", &nan, 0).non_finite, 2);
+        assert_eq!(check_column("regression", r2, &nan, 60).non_finite, 2);
         // R² over a flat window is NULL by definition: reported, not a problem.
-        let r2 = check_column("regression", "r2_60", &[Some(0.5), None], 0);
+        let r2 = check_column("regression", r2, &[Some(0.5), None], 60);
         assert_eq!((r2.nulls_beyond_warm_up, r2.problems()), (1, 0));
     }
 
@@ -313,7 +299,8 @@ mod tests {
         assert_eq!(g.unexpected, 1);
         assert_eq!(g.not_increasing, 1);
         assert_eq!(g.largest_gap_minutes, 2881);
-        let r = report(&[check_column("indicators", "rsi_14", &[Some(-1.0)], 0)], g);
+        let rsi = &crate::features::indicators::COLUMNS[0];
+        let r = report(&[check_column("indicators", rsi, &[Some(-1.0)], 14)], g);
         assert_eq!(r.problems, 2);
         assert_eq!(r.findings.len(), 1);
         assert!(

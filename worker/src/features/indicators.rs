@@ -4,25 +4,28 @@ use ta_lib::{Core, MAType, OutRange, RetCode};
 
 use super::Columns;
 use crate::bars::Bars;
+use crate::column::{Column, NON_NEGATIVE, PERCENT};
 
-pub const COLUMNS: [&str; 17] = [
-    "rsi_14",
-    "macd",
-    "macd_signal",
-    "macd_hist",
-    "adx_14",
-    "plus_di_14",
-    "minus_di_14",
-    "stoch_k",
-    "stoch_d",
-    "cci_14",
-    "willr_14",
-    "roc_10",
-    "mfi_14",
-    "bb_upper",
-    "bb_middle",
-    "bb_lower",
-    "atr_14",
+/// The output columns, in the order `compute` returns them. Each warm-up is TA-Lib's lookback
+/// for the column's definition (the tests count each by hand and ask TA-Lib).
+pub const COLUMNS: [Column; 17] = [
+    Column::f64("rsi_14").warm_up(14).range(PERCENT),
+    Column::f64("macd").warm_up(33),
+    Column::f64("macd_signal").warm_up(33),
+    Column::f64("macd_hist").warm_up(33),
+    Column::f64("adx_14").warm_up(27).range(PERCENT),
+    Column::f64("plus_di_14").warm_up(14).range(PERCENT),
+    Column::f64("minus_di_14").warm_up(14).range(PERCENT),
+    Column::f64("stoch_k").warm_up(17).range(PERCENT),
+    Column::f64("stoch_d").warm_up(17).range(PERCENT),
+    Column::f64("cci_14").warm_up(13),
+    Column::f64("willr_14").warm_up(13).range((-100.0, 0.0)),
+    Column::f64("roc_10").warm_up(10),
+    Column::f64("mfi_14").warm_up(14).range(PERCENT),
+    Column::f64("bb_upper").warm_up(19),
+    Column::f64("bb_middle").warm_up(19),
+    Column::f64("bb_lower").warm_up(19),
+    Column::f64("atr_14").warm_up(14).range(NON_NEGATIVE),
 ];
 
 /// Runs one TA-Lib call whose lookback is `lb` straight into `K` columns of n bars: TA-Lib
@@ -55,7 +58,7 @@ pub(crate) fn run<const K: usize>(
 
 pub fn compute(core: &Core, b: &Bars) -> Result<Columns, RetCode> {
     let n = b.len();
-    let names = COLUMNS.iter().map(|s| s.to_string()).collect();
+    let names = COLUMNS.iter().map(|c| c.name.to_string()).collect();
     if n == 0 {
         return Ok(Columns {
             names,
@@ -65,7 +68,7 @@ pub fn compute(core: &Core, b: &Bars) -> Result<Columns, RetCode> {
     let e = n - 1;
     let (h, l, c, v) = (&b.high[..], &b.low[..], &b.close[..], &b.volume[..]);
     // Lookbacks by column (see COLUMNS).
-    let w = warm_up(core);
+    let w = COLUMNS.map(|c| c.warm_up);
     let [rsi] = run(n, w[0], |[o]| core.rsi(0, e, c, 14, o))?;
     let [macd, signal, hist] = run(n, w[1], |[a, s, hh]| {
         core.macd(0, e, c, 12, 26, 9, a, s, hh)
@@ -92,34 +95,6 @@ pub fn compute(core: &Core, b: &Bars) -> Result<Columns, RetCode> {
     })
 }
 
-/// TA-Lib's lookback (bars without a value at the start of a series) of each column.
-pub fn warm_up(core: &Core) -> Vec<usize> {
-    let macd = core.macd_lookback(12, 26, 9).unwrap_or(0);
-    let stoch = core
-        .stoch_lookback(14, 3, MAType::SMA, 3, MAType::SMA)
-        .unwrap_or(0);
-    let bb = core.bbands_lookback(20, 2.0, 2.0, MAType::SMA).unwrap_or(0);
-    vec![
-        core.rsi_lookback(14).unwrap_or(0),
-        macd,
-        macd,
-        macd,
-        core.adx_lookback(14).unwrap_or(0),
-        core.plus_di_lookback(14).unwrap_or(0),
-        core.minus_di_lookback(14).unwrap_or(0),
-        stoch,
-        stoch,
-        core.cci_lookback(14).unwrap_or(0),
-        core.willr_lookback(14).unwrap_or(0),
-        core.roc_lookback(10).unwrap_or(0),
-        core.mfi_lookback(14).unwrap_or(0),
-        bb,
-        bb,
-        bb,
-        core.atr_lookback(14).unwrap_or(0),
-    ]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +114,34 @@ mod tests {
             );
         }
         b
+    }
+
+    /// TA-Lib's lookback (bars without a value at the start of a series) of each column.
+    fn talib_lookbacks(core: &Core) -> Vec<usize> {
+        let macd = core.macd_lookback(12, 26, 9).unwrap_or(0);
+        let stoch = core
+            .stoch_lookback(14, 3, MAType::SMA, 3, MAType::SMA)
+            .unwrap_or(0);
+        let bb = core.bbands_lookback(20, 2.0, 2.0, MAType::SMA).unwrap_or(0);
+        vec![
+            core.rsi_lookback(14).unwrap_or(0),
+            macd,
+            macd,
+            macd,
+            core.adx_lookback(14).unwrap_or(0),
+            core.plus_di_lookback(14).unwrap_or(0),
+            core.minus_di_lookback(14).unwrap_or(0),
+            stoch,
+            stoch,
+            core.cci_lookback(14).unwrap_or(0),
+            core.willr_lookback(14).unwrap_or(0),
+            core.roc_lookback(10).unwrap_or(0),
+            core.mfi_lookback(14).unwrap_or(0),
+            bb,
+            bb,
+            bb,
+            core.atr_lookback(14).unwrap_or(0),
+        ]
     }
 
     fn leading_none(col: &[f64]) -> usize {
@@ -173,11 +176,12 @@ mod tests {
             ("bb_lower", 19),
             ("atr_14", 14),
         ];
-        assert_eq!(expect.map(|(name, _)| name), COLUMNS);
+        assert_eq!(expect.map(|(name, _)| name), COLUMNS.map(|c| c.name));
         // What validate excuses as warm-up, and where the values really start.
-        let warm = warm_up(&core);
+        let talib = talib_lookbacks(&core);
         for (i, (name, lookback)) in expect.into_iter().enumerate() {
-            assert_eq!(warm[i], lookback, "{name}");
+            assert_eq!(COLUMNS[i].warm_up, lookback, "{name}");
+            assert_eq!(talib[i], lookback, "{name}");
             assert_eq!(leading_none(&cols.values[i]), lookback, "{name}");
             assert!(
                 cols.values[i][lookback..].iter().all(|v| v.is_finite()),
@@ -185,7 +189,7 @@ mod tests {
             );
         }
         // RSI(14) and the Bollinger middle band by hand at the last bar.
-        let i_mid = COLUMNS.iter().position(|c| *c == "bb_middle").unwrap();
+        let i_mid = COLUMNS.iter().position(|c| c.name == "bb_middle").unwrap();
         let sma20: f64 = b.close[280..300].iter().sum::<f64>() / 20.0;
         assert!((cols.values[i_mid][299] - sma20).abs() < 1e-12);
         let rsi = &cols.values[0];

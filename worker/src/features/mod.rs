@@ -7,19 +7,24 @@ pub mod indicators;
 pub mod regime;
 pub mod regression;
 
+use crate::column::Column;
+
 /// The stages' settings a run may change (the command line's flags).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Params {
     pub arbitrage: arbitrage::Params,
 }
 
-/// Leading bars without a value, per output column of a feature stage.
-pub fn warm_up(core: &ta_lib::Core, stage: &str) -> Option<Vec<usize>> {
-    match stage {
-        "indicators" => Some(indicators::warm_up(core)),
-        "regression" => Some(regression::warm_up()),
-        _ => None,
-    }
+/// The output columns of a column stage, after (pair, ts).
+pub fn columns(stage: &str) -> anyhow::Result<&'static [Column]> {
+    Ok(match stage {
+        "indicators" => &indicators::COLUMNS,
+        "regression" => &regression::COLUMNS,
+        other => anyhow::bail!(
+            "'{other}' is not a column stage; column stages: {}",
+            crate::db::STAGES.join(", ")
+        ),
+    })
 }
 
 /// A stage's output: column names and, per column, one value per bar.

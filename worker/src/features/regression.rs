@@ -12,23 +12,27 @@ fn nan_unless_finite(x: f64) -> f64 {
     }
 }
 use crate::bars::Bars;
+use crate::column::{Column, NON_NEGATIVE, UNIT};
 
 pub const WINDOWS: [usize; 3] = [60, 240, 1440];
 
-pub fn column_names() -> Vec<String> {
-    let mut names = vec![];
-    for w in WINDOWS {
-        for m in ["slope", "intercept", "r2", "rmse"] {
-            names.push(format!("{m}_{w}"));
-        }
-    }
-    names
-}
-
-/// Bars without a value at the start of a series, per column (a window needs w bars).
-pub fn warm_up() -> Vec<usize> {
-    WINDOWS.iter().flat_map(|&w| [w - 1; 4]).collect()
-}
+/// The output columns, in the order `compute` returns them: per window (see WINDOWS) slope,
+/// intercept, R², RMSE; a window needs w bars, so w − 1 are its warm-up. R² is NULL over a
+/// window of equal closes, which is not a fault.
+pub const COLUMNS: [Column; 12] = [
+    Column::f64("slope_60").warm_up(59),
+    Column::f64("intercept_60").warm_up(59),
+    Column::f64("r2_60").warm_up(59).range(UNIT).nullable(),
+    Column::f64("rmse_60").warm_up(59).range(NON_NEGATIVE),
+    Column::f64("slope_240").warm_up(239),
+    Column::f64("intercept_240").warm_up(239),
+    Column::f64("r2_240").warm_up(239).range(UNIT).nullable(),
+    Column::f64("rmse_240").warm_up(239).range(NON_NEGATIVE),
+    Column::f64("slope_1440").warm_up(1439),
+    Column::f64("intercept_1440").warm_up(1439),
+    Column::f64("r2_1440").warm_up(1439).range(UNIT).nullable(),
+    Column::f64("rmse_1440").warm_up(1439).range(NON_NEGATIVE),
+];
 
 /// (slope, intercept, r², rmse) per bar for one window; None during the first w-1 bars. R² is
 /// None when the window's closes do not vary (no line explains a constant).
@@ -100,7 +104,7 @@ pub fn compute(b: &Bars) -> Columns {
         values.extend(rolling_ols(&b.close, w));
     }
     Columns {
-        names: column_names(),
+        names: COLUMNS.iter().map(|c| c.name.to_string()).collect(),
         values,
     }
 }
@@ -129,6 +133,39 @@ mod tests {
             .map(|(i, v)| (v - intercept - slope * i as f64).powi(2))
             .sum();
         (slope, intercept, 1.0 - sse / syy, (sse / n).sqrt())
+    }
+
+    #[test]
+    fn columns_follow_the_windows() {
+        let mut k = 0;
+        for w in WINDOWS {
+            for m in ["slope", "intercept", "r2", "rmse"] {
+                assert_eq!(COLUMNS[k].name, format!("{m}_{w}"));
+                assert_eq!(COLUMNS[k].warm_up, w - 1, "{}", COLUMNS[k].name);
+                k += 1;
+            }
+        }
+        assert_eq!(k, COLUMNS.len());
+        // The values really start after the warm-up.
+        let close: Vec<f64> = (0..2000)
+            .map(|i| 1.0 + (i as f64 * 0.3).sin() * 0.01)
+            .collect();
+        let cols = compute(&Bars {
+            ts: (0..2000).collect(),
+            open: close.clone(),
+            high: close.clone(),
+            low: close.clone(),
+            close: close.clone(),
+            volume: vec![1.0; 2000],
+        });
+        for (c, v) in COLUMNS.iter().zip(&cols.values) {
+            assert_eq!(
+                v.iter().take_while(|x| x.is_nan()).count(),
+                c.warm_up,
+                "{}",
+                c.name
+            );
+        }
     }
 
     #[test]
