@@ -47,21 +47,21 @@ fn state_name(s: EntryState) -> &'static str {
 fn entry_of(item: &HashMap<String, AttributeValue>) -> Option<Entry> {
     let s = |k: &str| item.get(k)?.as_s().ok().cloned();
     let n = |k: &str| item.get(k)?.as_n().ok()?.parse::<f64>().ok();
-    // Each worker's reservation, when the run has them; else the run's whole (a swept or
-    // hand-written entry).
-    let workers: BTreeMap<u32, f64> = match item.get("workers") {
-        Some(m) => m
-            .as_m()
-            .ok()?
-            .iter()
-            .map(|(w, usd)| Some((w.parse().ok()?, usd.as_n().ok()?.parse().ok()?)))
-            .collect::<Option<_>>()?,
-        None => BTreeMap::new(),
-    };
-    let reserved_usd = if workers.is_empty() {
-        n("reserved_usd")?
-    } else {
-        workers.values().fold(0.0, |sum, usd| sum + usd)
+    // Each worker's reservation, when the item has the map (it may still be empty: a worker
+    // that has written the run's item but not yet its own reservation); else the run's whole
+    // (an entry written before there were several workers, or by hand).
+    let (workers, reserved_usd) = match item.get("workers") {
+        Some(m) => {
+            let workers: BTreeMap<u32, f64> = m
+                .as_m()
+                .ok()?
+                .iter()
+                .map(|(w, usd)| Some((w.parse().ok()?, usd.as_n().ok()?.parse().ok()?)))
+                .collect::<Option<_>>()?;
+            let total = workers.values().fold(0.0, |sum, usd| sum + usd);
+            (workers, total)
+        }
+        None => (BTreeMap::new(), n("reserved_usd")?),
     };
     Some(Entry {
         execution: s("execution")?,
@@ -175,5 +175,51 @@ impl Ledger for LedgerTable {
             }
             Err(e) => Err(Error::aws("dynamodb", "UpdateItem", e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(extra: &[(&str, AttributeValue)]) -> HashMap<String, AttributeValue> {
+        let mut i: HashMap<String, AttributeValue> = [
+            ("execution", AttributeValue::S("arn:x".into())),
+            ("month", AttributeValue::S("2026-11".into())),
+            ("state", AttributeValue::S("running".into())),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        for (k, v) in extra {
+            i.insert(k.to_string(), v.clone());
+        }
+        i
+    }
+
+    #[test]
+    fn a_run_between_its_two_writes_reserves_nothing_yet() {
+        // A worker has created the run's item (an empty map) but not yet written its own
+        // reservation: another worker reading the month then must not fail.
+        let e = entry_of(&item(&[("workers", AttributeValue::M(HashMap::new()))])).unwrap();
+        assert_eq!((e.reserved_usd, e.workers.len()), (0.0, 0));
+        let two = AttributeValue::M(
+            [
+                ("1".to_string(), AttributeValue::N("1.5".into())),
+                ("2".to_string(), AttributeValue::N("2.5".into())),
+            ]
+            .into(),
+        );
+        assert_eq!(
+            entry_of(&item(&[("workers", two)])).unwrap().reserved_usd,
+            4.0
+        );
+        // An entry from before several workers: its whole reservation.
+        let old = entry_of(&item(&[("reserved_usd", AttributeValue::N("3".into()))])).unwrap();
+        assert_eq!(old.reserved_usd, 3.0);
+        assert!(
+            entry_of(&item(&[])).is_none(),
+            "no reservation at all is malformed"
+        );
     }
 }
