@@ -286,25 +286,35 @@ fn placeholder_rows(def: &'static table::Def, n: usize, offset: usize) -> table:
     table::Rows::new(def, columns).unwrap()
 }
 
-/// A stage of its own through the worker, and the COPY ceiling of the same I/O: every bar copied
-/// out once and as many rows copied into the stage's own tables, on as many connections.
-async fn new_stage(url: &str, stage: Stage, cores: usize) {
-    let client = db::connect(url).await.unwrap();
-    let t = Instant::now();
-    let summary = run::run(run::Options {
+/// The worker's run of `stages` over the bench's bars, on `cores` tasks.
+fn options(url: &str, stages: &[&str], run_id: &str, cores: usize) -> run::Options {
+    run::Options {
         database_url: url.to_string(),
         source: "bars_1m".into(),
-        stages: vec![stage.name().into()],
+        stages: stages.iter().map(|s| s.to_string()).collect(),
         concurrency: cores,
         worker_id: "bench".into(),
-        run_id: format!("bench-{stage}"),
+        run_id: run_id.into(),
         lease_seconds: 3600,
         max_attempts: 3,
         export: None,
         stop: Default::default(),
         progress: indicatif::ProgressBar::hidden(),
         params: Default::default(),
-    })
+    }
+}
+
+/// A stage of its own through the worker, and the COPY ceiling of the same I/O: every bar copied
+/// out once and as many rows copied into the stage's own tables, on as many connections.
+async fn new_stage(url: &str, stage: Stage, cores: usize) {
+    let client = db::connect(url).await.unwrap();
+    let t = Instant::now();
+    let summary = run::run(options(
+        url,
+        &[stage.name()],
+        &format!("bench-{stage}"),
+        cores,
+    ))
     .await
     .unwrap();
     let worker = t.elapsed().as_secs_f64();
@@ -451,22 +461,9 @@ async fn main() {
     );
 
     let t = Instant::now();
-    let summary = run::run(run::Options {
-        database_url: url.clone(),
-        source: "bars_1m".into(),
-        stages: vec!["indicators".into(), "regression".into()],
-        concurrency: cores,
-        worker_id: "bench".into(),
-        run_id: "bench".into(),
-        lease_seconds: 3600,
-        max_attempts: 3,
-        export: None,
-        stop: Default::default(),
-        progress: indicatif::ProgressBar::hidden(),
-        params: Default::default(),
-    })
-    .await
-    .unwrap();
+    let summary = run::run(options(&url, &["indicators", "regression"], "bench", cores))
+        .await
+        .unwrap();
     let worker = t.elapsed().as_secs_f64();
     assert_eq!(summary.partitions_failed, 0);
     println!(
