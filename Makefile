@@ -98,13 +98,28 @@ lint: $(VENV)/bin/sam $(CHECKOV) node_modules/.bin/asl-validator
 fmt:
 	cargo fmt --all
 
-# The five Lambda bootstraps for arm64 (provided.al2023), and their sizes.
+# The eight Lambda bootstraps for arm64 (provided.al2023, as deployed) with their sizes, then their
+# cold starts against a local Lambda runtime API (ephemera-coldstart: median of COLDSTART_STARTS
+# starts, spawn to first event asked for and answered). Timing needs bootstraps this machine can
+# run: on an arm64 host the deployed ones, elsewhere the same release build for the host (a
+# second compile, into $(LAMBDA_TARGET_DIR)/lambda-<arch>).
+COLDSTART_STARTS ?= 15
+HOST_ARCH := $(shell uname -m)
 lambdas: $(VENV)/bin/cargo-lambda
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH CARGO_TARGET_DIR=$(LAMBDA_TARGET_DIR) \
 	  cargo lambda build --release --arm64 -p ephemera-functions
-	@echo "bootstrap sizes (bytes):"
+	@echo "arm64 bootstraps: bytes, and deflated as SAM zips them:"
 	@for f in $(LAMBDA_TARGET_DIR)/lambda/*/bootstrap; do \
-	  printf '  %-28s %10d\n' "$$(basename $$(dirname $$f))" "$$(stat -c %s $$f)"; done
+	  printf '  %-28s %10d %10d\n' "$$(basename $$(dirname $$f))" "$$(stat -c %s $$f)" \
+	    "$$(gzip -6 -c $$f | wc -c)"; done
+	cargo build --locked --workspace --bin ephemera-coldstart
+	@if [ "$(HOST_ARCH)" = aarch64 ]; then timed=$(LAMBDA_TARGET_DIR)/lambda; \
+	else timed=$(LAMBDA_TARGET_DIR)/lambda-$(HOST_ARCH); \
+	  echo "this host is $(HOST_ARCH): its cold starts are timed on the same release build for $(HOST_ARCH)"; \
+	  PATH=$(CURDIR)/$(VENV)/bin:$$PATH CARGO_TARGET_DIR=$(LAMBDA_TARGET_DIR) \
+	    cargo lambda build --release --target $(HOST_ARCH)-unknown-linux-gnu -p ephemera-functions \
+	    --lambda-dir $$timed || exit 1; fi; \
+	$(CARGO_TARGET_DIR)/debug/ephemera-coldstart --starts $(COLDSTART_STARTS) $$timed/*/bootstrap
 
 # The worker against the COPY ceiling on BENCH_ROWS (5 M) generated bars, and the kernels; then
 # 1, 2 and 4 worker processes on one run against 1 (BENCH_SCALE_TASKS tasks each, default 1) with
