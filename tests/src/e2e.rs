@@ -5,9 +5,11 @@
 use std::time::Duration;
 
 use aws_sdk_sfn::types::ExecutionStatus;
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use crate::sdk_config;
+use crate::fixtures::{self, Email};
+use crate::worker_standin::{self, Behaviour};
+use crate::{clients, sdk_config};
 
 pub const ACCOUNT: &str = "123456789012";
 
@@ -170,4 +172,95 @@ pub async fn wait(region: &str, execution: &str, timeout: Duration) -> Finished 
     };
     let events = history(&sfn, execution).await.expect("GetExecutionHistory");
     Finished::new(&d, &events)
+}
+
+/// One finished execution of a scenario, and what it left behind.
+pub struct Run {
+    pub region: &'static str,
+    pub execution: String,
+    pub finished: Finished,
+    /// What the run's SNS topic delivered (the report, and any budget alert).
+    pub emails: Vec<Email>,
+    /// Instances tagged for the run, with their state.
+    pub instances: Vec<(String, String)>,
+    /// What the worker stand-in did.
+    pub worker_log: Vec<String>,
+}
+
+impl Run {
+    pub fn live(&self) -> Vec<&(String, String)> {
+        self.instances
+            .iter()
+            .filter(|(_, s)| s == "pending" || s == "running")
+            .collect()
+    }
+
+    pub fn assert_nothing_left(&self) {
+        assert!(self.live().is_empty(), "left running: {:?}", self.live());
+    }
+
+    /// The one email, its subject saying `outcome` (e.g. `SUCCEEDED`).
+    pub fn assert_email(&self, outcome: &str) -> &Email {
+        assert_eq!(self.emails.len(), 1, "one email: {:?}", self.emails);
+        let e = &self.emails[0];
+        assert!(
+            e.subject.contains(&format!(": {outcome} $")),
+            "subject {:?}",
+            e.subject
+        );
+        assert!(e.subject.len() < 100);
+        e
+    }
+
+    /// The JSON report the first email carries.
+    pub fn report(&self) -> Value {
+        let e = &self.emails[0];
+        let json_part = e.body.split("--- report (JSON) ---\n").nth(1).unwrap();
+        serde_json::from_str(json_part).unwrap()
+    }
+}
+
+/// Runs the deployed definition once in `region`: a network, an inbox on the report topic, the
+/// sample RunSpec of `run_id` (expecting 2 partitions of at least 100 rows) changed by `edit`,
+/// and a worker stand-in that acts as `behaviour` says on whatever instance the run launches.
+pub async fn scenario(
+    region: &'static str,
+    run_id: &str,
+    behaviour: Behaviour,
+    edit: impl FnOnce(&mut Value),
+) -> Run {
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    let inbox = fixtures::inbox(region, "ephemera-reports").await;
+    let mut spec = fixtures::runspec(run_id, &net, Some(&inbox.topic_arn));
+    spec["expect"] = json!({"partitions": 2, "min_rows": 100});
+    edit(&mut spec);
+    let machine = create_state_machine(region).await;
+    let worker = worker_standin::spawn(region, run_id, behaviour, Duration::from_secs(150));
+    let execution = start(region, &machine, &format!("{run_id}-1"), &spec).await;
+    let finished = wait(region, &execution, Duration::from_secs(180)).await;
+    let worker_log = worker.log().await;
+    // SNS → SQS delivery is synchronous in moto, but allow a moment.
+    let mut emails = inbox.read().await;
+    if emails.is_empty() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        emails = inbox.read().await;
+    }
+    let run = Run {
+        region,
+        execution,
+        finished,
+        emails,
+        instances: fixtures::instances_of(&aws, run_id).await,
+        worker_log,
+    };
+    eprintln!(
+        "{run_id}: {} {:?} {:?} path {:?} worker {:?}",
+        run.finished.status,
+        run.finished.error,
+        run.finished.cause,
+        run.finished.path,
+        run.worker_log
+    );
+    run
 }

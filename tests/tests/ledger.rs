@@ -3,16 +3,14 @@
 //! past `MonthlyBudgetUsd` is refused before anything launches; passing 80 % alerts the report
 //! topic; a run its execution never cleaned up lands in the ledger through the sweeper.
 
-use std::time::Duration;
-
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::Utc;
 use ephemera_core::ledger::month_of;
 use ephemera_functions::{invoke, Function, Settings};
-use ephemera_tests::e2e::{self, Finished};
+use ephemera_tests::e2e::{self, Run};
 use ephemera_tests::fixtures::{self, Email};
 use ephemera_tests::iam::{LEDGER_TABLE, MONTHLY_BUDGET_USD};
-use ephemera_tests::worker_standin::{self, Behaviour};
+use ephemera_tests::worker_standin::Behaviour;
 use ephemera_tests::{clients, fresh_region, function_clients, harness};
 use serde_json::{json, Value};
 
@@ -61,38 +59,10 @@ async fn entry(region: &str, execution: &str) -> Option<std::collections::HashMa
     })
 }
 
-struct Run {
-    finished: Finished,
-    execution: String,
-    emails: Vec<Email>,
-    instances: Vec<(String, String)>,
-}
-
-async fn run(region: &'static str, run_id: &str) -> Run {
-    let aws = clients(region);
-    let net = fixtures::network(&aws).await;
-    let inbox = fixtures::inbox(region, "ephemera-reports").await;
-    let mut spec = fixtures::runspec(run_id, &net, Some(&inbox.topic_arn));
-    spec["expect"] = json!({"partitions": 2, "min_rows": 100});
-    let machine = e2e::create_state_machine(region).await;
+async fn scenario(region: &'static str, run_id: &str) -> Run {
     let report = json!({"run_id": run_id, "partitions_done": 2, "partitions_failed": 0,
                         "rows_in": 1000, "rows_out": 1000, "durations": {"total_seconds": 1.5}});
-    let worker = worker_standin::spawn(
-        region,
-        run_id,
-        Behaviour::Succeed(report),
-        Duration::from_secs(150),
-    );
-    let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;
-    let finished = e2e::wait(region, &execution, Duration::from_secs(180)).await;
-    worker.log().await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    Run {
-        finished,
-        execution,
-        emails: inbox.read().await,
-        instances: fixtures::instances_of(&aws, run_id).await,
-    }
+    e2e::scenario(region, run_id, Behaviour::Succeed(report), |_| {}).await
 }
 
 #[tokio::test]
@@ -100,7 +70,7 @@ async fn a_run_that_would_pass_the_monthly_budget_is_refused_before_launch() {
     let region = fresh_region();
     // The month so far: $1 short of the budget; the run's worst case is more than that.
     spent(region, "earlier-run", MONTHLY_BUDGET_USD - 1.0).await;
-    let r = run(region, "ledger-refused").await;
+    let r = scenario(region, "ledger-refused").await;
     assert_eq!(r.finished.status, "FAILED", "{:?}", r.finished);
     assert_eq!(r.finished.error.as_deref(), Some("Ephemera.OverBudget"));
     let cause = r.finished.cause.clone().unwrap_or_default();
@@ -124,7 +94,7 @@ async fn a_run_is_reserved_at_launch_settled_at_the_end_and_passing_80_percent_a
     let region = fresh_region();
     // Just under 80 % of the month: this run's reservation takes it past.
     spent(region, "earlier-run", MONTHLY_BUDGET_USD * 0.8 - 0.5).await;
-    let r = run(region, "ledger-settled").await;
+    let r = scenario(region, "ledger-settled").await;
     assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished);
     let report = &r.finished.output["report"];
 

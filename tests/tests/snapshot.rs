@@ -4,12 +4,10 @@
 //! waited for before anything is launched, named in the report; a source that does not exist
 //! fails the run before any worker exists.
 
-use std::time::Duration;
-
 use aws_sdk_rds::types::Tag;
 use ephemera_functions::{invoke, Function, Settings};
-use ephemera_tests::e2e::{self, Finished};
-use ephemera_tests::worker_standin::{self, Behaviour};
+use ephemera_tests::e2e::{self, Run};
+use ephemera_tests::worker_standin::Behaviour;
 use ephemera_tests::{clients, fixtures, fresh_region, function_clients};
 use serde_json::{json, Value};
 
@@ -29,41 +27,13 @@ async fn db_instance(region: &str, id: &str) {
         .expect("CreateDBInstance");
 }
 
-struct Run {
-    finished: Finished,
-    emails: Vec<fixtures::Email>,
-    instances: Vec<(String, String)>,
-}
-
 async fn run(region: &'static str, run_id: &str, source: Value) -> Run {
-    let aws = clients(region);
-    let net = fixtures::network(&aws).await;
-    let inbox = fixtures::inbox(region, "ephemera-reports").await;
-    let mut spec = fixtures::runspec(run_id, &net, Some(&inbox.topic_arn));
-    spec["expect"] = json!({"partitions": 2, "min_rows": 100});
-    spec["database"] = json!({"snapshot_before": source, "snapshot_timeout_seconds": 600});
-    let machine = e2e::create_state_machine(region).await;
     let report = json!({"run_id": run_id, "partitions_done": 2, "partitions_failed": 0,
                         "rows_in": 1000, "rows_out": 1000});
-    let worker = worker_standin::spawn(
-        region,
-        run_id,
-        Behaviour::Succeed(report),
-        Duration::from_secs(120),
-    );
-    let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;
-    let finished = e2e::wait(region, &execution, Duration::from_secs(150)).await;
-    worker.log().await;
-    let mut emails = inbox.read().await;
-    if emails.is_empty() {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        emails = inbox.read().await;
-    }
-    Run {
-        finished,
-        emails,
-        instances: fixtures::instances_of(&aws, run_id).await,
-    }
+    e2e::scenario(region, run_id, Behaviour::Succeed(report), |spec| {
+        spec["database"] = json!({"snapshot_before": source, "snapshot_timeout_seconds": 600});
+    })
+    .await
 }
 
 #[tokio::test]

@@ -6,61 +6,20 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ephemera_tests::e2e::{self, Finished};
-use ephemera_tests::fixtures::{self, Email};
-use ephemera_tests::worker_standin::{self, Behaviour};
+use ephemera_tests::e2e::{self, Run};
+use ephemera_tests::worker_standin::Behaviour;
 use ephemera_tests::{clients, fresh_region, harness, FaultRule};
 use serde_json::{json, Value};
 
 const SPOT: &str = "L-34B43A08";
 const ON_DEMAND: &str = "L-1216C47A";
 
-struct Run {
-    region: &'static str,
-    finished: Finished,
-    emails: Vec<Email>,
-    /// Instances of the run by state.
-    instances: Vec<(String, String)>,
-    worker_log: Vec<String>,
-}
-
-impl Run {
-    fn live(&self) -> Vec<&(String, String)> {
-        self.instances
-            .iter()
-            .filter(|(_, s)| s == "pending" || s == "running")
-            .collect()
-    }
-
-    fn assert_nothing_left(&self) {
-        assert!(self.live().is_empty(), "left running: {:?}", self.live());
-    }
-
-    fn assert_email(&self, outcome: &str) -> &Email {
-        assert_eq!(self.emails.len(), 1, "one email: {:?}", self.emails);
-        let e = &self.emails[0];
-        assert!(
-            e.subject.contains(&format!(": {outcome} $")),
-            "subject {:?}",
-            e.subject
-        );
-        assert!(e.subject.len() < 100);
-        e
-    }
-
-    fn report(&self) -> Value {
-        let e = &self.emails[0];
-        let json_part = e.body.split("--- report (JSON) ---\n").nth(1).unwrap();
-        serde_json::from_str(json_part).unwrap()
-    }
-}
-
 fn report_for(run_id: &str, partitions: u64) -> Value {
     json!({"run_id": run_id, "partitions_done": partitions, "partitions_failed": 0,
            "rows_in": 1000, "rows_out": 1000, "durations": {"total_seconds": 1.5}})
 }
 
-/// Runs one execution of the deployed definition with `spec` changed by `edit`.
+/// Runs one execution of the deployed definition in a fresh region, `setup` first.
 async fn scenario(
     run_id: &str,
     behaviour: Behaviour,
@@ -69,39 +28,7 @@ async fn scenario(
 ) -> Run {
     let region = fresh_region();
     setup(region);
-    let aws = clients(region);
-    let net = fixtures::network(&aws).await;
-    let inbox = fixtures::inbox(region, "ephemera-reports").await;
-    let mut spec = fixtures::runspec(run_id, &net, Some(&inbox.topic_arn));
-    spec["expect"] = json!({"partitions": 2, "min_rows": 100});
-    edit(&mut spec);
-    let machine = e2e::create_state_machine(region).await;
-    let worker = worker_standin::spawn(region, run_id, behaviour, Duration::from_secs(150));
-    let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;
-    let finished = e2e::wait(region, &execution, Duration::from_secs(180)).await;
-    let worker_log = worker.log().await;
-    // SNS → SQS delivery is synchronous in moto, but allow a moment.
-    let mut emails = inbox.read().await;
-    if emails.is_empty() {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        emails = inbox.read().await;
-    }
-    let run = Run {
-        region,
-        finished,
-        emails,
-        instances: fixtures::instances_of(&aws, run_id).await,
-        worker_log,
-    };
-    eprintln!(
-        "{run_id}: {} {:?} {:?} path {:?} worker {:?}",
-        run.finished.status,
-        run.finished.error,
-        run.finished.cause,
-        run.finished.path,
-        run.worker_log
-    );
-    run
+    e2e::scenario(region, run_id, behaviour, edit).await
 }
 
 #[tokio::test]

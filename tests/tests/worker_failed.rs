@@ -1,31 +1,21 @@
 //! A worker that reports Worker.Failed, end to end: the deployed ASL in moto, the real handlers
 //! behind the front door, a worker stand-in failing its task token.
 
-use std::time::Duration;
-
-use ephemera_tests::worker_standin::{self, Behaviour};
-use ephemera_tests::{clients, e2e, fixtures, fresh_region};
+use ephemera_tests::worker_standin::Behaviour;
+use ephemera_tests::{e2e, fresh_region};
 use serde_json::json;
 
 #[tokio::test]
 async fn a_worker_failure_ends_the_run_failed_terminated_and_reported() {
     let run_id = "e2e-worker-failed";
-    let region = fresh_region();
-    let aws = clients(region);
-    let net = fixtures::network(&aws).await;
-    let inbox = fixtures::inbox(region, "ephemera-reports").await;
-    let mut spec = fixtures::runspec(run_id, &net, Some(&inbox.topic_arn));
-    spec["expect"] = json!({"partitions": 2, "min_rows": 100});
-    let machine = e2e::create_state_machine(region).await;
-    let worker = worker_standin::spawn(
-        region,
+    let r = e2e::scenario(
+        fresh_region(),
         run_id,
         Behaviour::Fail("Worker.Failed".into()),
-        Duration::from_secs(150),
-    );
-    let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;
-    let done = e2e::wait(region, &execution, Duration::from_secs(180)).await;
-    let log = worker.log().await;
+        |_| {},
+    )
+    .await;
+    let (done, log, instances) = (&r.finished, &r.worker_log, &r.instances);
     assert!(
         log.iter().any(|l| l.ends_with("failed Worker.Failed")),
         "{log:?}"
@@ -56,7 +46,6 @@ async fn a_worker_failure_ends_the_run_failed_terminated_and_reported() {
     assert_eq!(done.visited("Cleanup"), 1, "{:?}", done.path);
 
     // Everything terminated.
-    let instances = fixtures::instances_of(&aws, run_id).await;
     assert_eq!(instances.len(), 1, "{instances:?}");
     assert!(
         instances
@@ -75,12 +64,7 @@ async fn a_worker_failure_ends_the_run_failed_terminated_and_reported() {
         "{}",
         done.report
     );
-    let mut emails = inbox.read().await;
-    if emails.is_empty() {
-        // SNS → SQS delivery is synchronous in moto, but allow a moment.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        emails = inbox.read().await;
-    }
+    let emails = &r.emails;
     assert_eq!(emails.len(), 1, "{emails:?}");
     assert!(
         emails[0].subject.contains(": FAILED $"),
