@@ -13,10 +13,23 @@ pub struct RunParameters {
 }
 
 impl RunParameters {
+    /// Where every run's parameters live.
+    pub const ROOT: &'static str = "/ephemera/runs";
+
     pub fn of_run(run_id: &str) -> RunParameters {
         RunParameters {
-            path: format!("/ephemera/runs/{run_id}"),
+            path: format!("{}/{run_id}", Self::ROOT),
         }
+    }
+
+    /// The instance a parameter under [`Self::ROOT`] speaks for: `<root>/<run>/started/<instance>`
+    /// or `<root>/<run>/task-token/<instance>`; None for any other name.
+    pub fn instance_of(name: &str) -> Option<&str> {
+        let rest = name.strip_prefix(Self::ROOT)?.strip_prefix('/')?;
+        let mut parts = rest.rsplitn(3, '/');
+        let (instance, kind, run) = (parts.next()?, parts.next()?, parts.next()?);
+        let known = matches!(kind, "started" | "task-token");
+        (known && !run.is_empty() && !instance.is_empty()).then_some(instance)
     }
 
     /// The path as passed on the worker's command line (a trailing `/` is allowed).
@@ -76,6 +89,23 @@ mod tests {
         assert!(a
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c)));
+    }
+
+    #[test]
+    fn a_signal_names_its_instance_and_nothing_else_does() {
+        let run = RunParameters::of_run("fx-2023");
+        for name in [run.started("i-0abc"), run.task_token("i-0abc")] {
+            assert_eq!(RunParameters::instance_of(&name), Some("i-0abc"), "{name}");
+        }
+        for other in [
+            "/ephemera/runs/fx-2023/notes/i-0abc",
+            "/ephemera/runs/started/i-0abc",
+            "/ephemera/runs/fx-2023/started/",
+            "/ephemera/runsx/fx-2023/started/i-0abc",
+            "/other/fx-2023/started/i-0abc",
+        ] {
+            assert_eq!(RunParameters::instance_of(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The sweeper terminates what outlived its run, and nothing else.
 
 use aws_sdk_ec2::types::{InstanceType, ResourceType, Tag, TagSpecification};
+use aws_sdk_ssm::types::ParameterType;
 use chrono::{Duration, SecondsFormat, Utc};
+use ephemera_core::contract::RunParameters;
 use ephemera_core::tags;
-use ephemera_functions::{invoke, Function, Settings};
+use ephemera_functions::{dispatch, invoke, Function, Settings};
 use ephemera_tests::{clients, fixtures, fresh_region, function_clients};
 use serde_json::{json, Value};
 
@@ -40,14 +42,8 @@ async fn state(aws: &ephemera_functions::Aws, id: &str) -> String {
         .to_string()
 }
 
-#[tokio::test]
-async fn sweeps_instances_whose_run_is_over_or_past_its_deadline() {
-    let region = fresh_region();
-    let aws = clients(region);
-    let net = fixtures::network(&aws).await;
-    let inbox = fixtures::inbox(region, "ephemera-reports").await;
-
-    // An execution of the stack's state machine that is still running (a long Wait).
+/// An execution of the stack's state machine that is still running (a long Wait).
+async fn running_execution(aws: &ephemera_functions::Aws) -> String {
     let machine = aws
         .sfn
         .create_state_machine()
@@ -60,8 +56,7 @@ async fn sweeps_instances_whose_run_is_over_or_past_its_deadline() {
         .send()
         .await
         .unwrap();
-    let running = aws
-        .sfn
+    aws.sfn
         .start_execution()
         .state_machine_arn(machine.state_machine_arn())
         .name("still-running")
@@ -69,7 +64,17 @@ async fn sweeps_instances_whose_run_is_over_or_past_its_deadline() {
         .await
         .unwrap()
         .execution_arn()
-        .to_string();
+        .to_string()
+}
+
+#[tokio::test]
+async fn sweeps_instances_whose_run_is_over_or_past_its_deadline() {
+    let region = fresh_region();
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    let inbox = fixtures::inbox(region, "ephemera-reports").await;
+
+    let running = running_execution(&aws).await;
     let gone = format!("arn:aws:states:{region}:123456789012:execution:ephemera-worker:gone");
     let future = (Utc::now() + Duration::hours(2)).to_rfc3339_opts(SecondsFormat::Secs, true);
     let past = (Utc::now() - Duration::minutes(1)).to_rfc3339_opts(SecondsFormat::Secs, true);
@@ -129,4 +134,87 @@ async fn sweeps_instances_whose_run_is_over_or_past_its_deadline() {
         .unwrap();
     assert_eq!(again["terminated"].as_array().unwrap().len(), 0);
     assert!(inbox.read().await.is_empty());
+}
+
+/// The signals (SSM parameters) of instances that are gone go too, once they are older than the
+/// grace: a run the sweeper ended, or one whose execution crashed, leaves no parameter behind.
+#[tokio::test]
+async fn signals_of_instances_that_are_gone_are_deleted_once_old() {
+    let region = fresh_region();
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    let running = running_execution(&aws).await;
+    let future = (Utc::now() + Duration::hours(2)).to_rfc3339_opts(SecondsFormat::Secs, true);
+    let managed = vec![
+        (tags::MANAGED, "true".to_string()),
+        (tags::RUN, "r".to_string()),
+        (tags::EXECUTION, running.clone()),
+        (tags::DEADLINE, future),
+    ];
+    let live = instance(&aws, &net.image, &managed).await;
+    let gone = instance(&aws, &net.image, &managed).await;
+    aws.ec2
+        .terminate_instances()
+        .instance_ids(&gone)
+        .send()
+        .await
+        .unwrap();
+    let run = RunParameters::of_run("r");
+    let other = format!("{}/r/notes", RunParameters::ROOT);
+    for (name, kind) in [
+        (run.started(&live), ParameterType::String),
+        (run.task_token(&live), ParameterType::SecureString),
+        (run.started(&gone), ParameterType::String),
+        (run.task_token(&gone), ParameterType::SecureString),
+        (other.clone(), ParameterType::String),
+    ] {
+        aws.ssm
+            .put_parameter()
+            .name(name)
+            .value("x")
+            .r#type(kind)
+            .send()
+            .await
+            .unwrap();
+    }
+    let exists = |name: String| {
+        let ssm = aws.ssm.clone();
+        async move { ssm.get_parameter().name(name).send().await.is_ok() }
+    };
+
+    // The sweeper's own role: DescribeParameters on *, DeleteParameters on signals only.
+    let role = function_clients(region, "sweeper");
+    let sweep = |now| {
+        let role = role.clone();
+        async move {
+            dispatch::sweeper(
+                &role.ec2,
+                &role.sfn,
+                &role.sns,
+                None,
+                &role.ssm,
+                &Settings::default(),
+                now,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    // Just written: left alone, whatever its instance (it may be too new to be listed).
+    let at_once = sweep(Utc::now()).await;
+    assert_eq!(at_once["signals_deleted"], 0, "{at_once}");
+    assert!(exists(run.started(&gone)).await);
+
+    let later = sweep(Utc::now() + Duration::hours(1)).await;
+    assert_eq!(later["terminated"].as_array().unwrap().len(), 0, "{later}");
+    assert_eq!(later["signals_deleted"], 2, "{later}");
+    assert!(later.get("notes").is_none(), "{later}");
+    assert!(!exists(run.started(&gone)).await);
+    assert!(!exists(run.task_token(&gone)).await);
+    assert!(
+        exists(run.started(&live)).await,
+        "a live instance keeps its signals"
+    );
+    assert!(exists(run.task_token(&live)).await);
+    assert!(exists(other).await, "only signals are deleted");
 }

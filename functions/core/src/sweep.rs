@@ -1,7 +1,10 @@
 //! The sweeper's rule: an instance ephemera launched is terminated when its execution no longer
 //! runs, or when its deadline has passed, whatever the execution says.
 
-use chrono::{DateTime, Utc};
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Duration, Utc};
+use ephemera_contract::RunParameters;
 
 /// Why an instance must go, or None to keep it. `execution_status` is None when the execution
 /// cannot be found (deleted, or a tag pointing nowhere).
@@ -28,10 +31,61 @@ pub fn sweep_reason(
     }
 }
 
+/// A parameter under [`RunParameters::ROOT`], as listed (names and dates, never values).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Param {
+    pub name: String,
+    pub modified: Option<DateTime<Utc>>,
+}
+
+/// How long a signal is left alone after it was written, whatever its instance looks like: an
+/// instance launched a moment ago may not be listed yet (DescribeInstances is eventually
+/// consistent), and its signals come minutes after its launch anyway.
+pub const SIGNAL_GRACE: Duration = Duration::minutes(10);
+
+/// The signals to delete: each instance's `started` signal and task token, once the instance is
+/// no longer `live` (terminated, or gone from EC2) and the parameter is older than
+/// [`SIGNAL_GRACE`]. terminate-with-cost-report deletes a run's own when it ends; these are
+/// the ones no execution cleaned up (a run the sweeper ended, a crashed one).
+pub fn stale_signals(params: &[Param], live: &BTreeSet<&str>, now: DateTime<Utc>) -> Vec<String> {
+    params
+        .iter()
+        .filter(|p| p.modified.is_some_and(|m| now - m >= SIGNAL_GRACE))
+        .filter(|p| RunParameters::instance_of(&p.name).is_some_and(|i| !live.contains(i)))
+        .map(|p| p.name.clone())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::{Duration, TimeZone};
+    use chrono::TimeZone;
+
+    #[test]
+    fn only_old_signals_of_instances_no_longer_live_are_stale() {
+        let now = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+        let run = RunParameters::of_run("r");
+        let old = Some(now - Duration::hours(2));
+        let param = |name: String, modified| Param { name, modified };
+        let params = [
+            param(run.started("i-gone"), old),
+            param(run.task_token("i-gone"), old),
+            param(run.started("i-live"), old),
+            // Written a minute ago: its instance may not be listed yet.
+            param(run.started("i-new"), Some(now - Duration::minutes(1))),
+            // No date: nothing says it is old.
+            param(run.task_token("i-undated"), None),
+            // Not a signal: left alone whatever its age.
+            param("/ephemera/runs/r/notes".into(), old),
+        ];
+        let live = BTreeSet::from(["i-live"]);
+        assert_eq!(
+            stale_signals(&params, &live, now),
+            vec![run.started("i-gone"), run.task_token("i-gone")]
+        );
+        let at_grace = [param(run.started("i-gone"), Some(now - SIGNAL_GRACE))];
+        assert_eq!(stale_signals(&at_grace, &live, now).len(), 1);
+    }
 
     #[test]
     fn rules() {

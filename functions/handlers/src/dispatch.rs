@@ -176,7 +176,11 @@ pub async fn invoke(
         }
         Function::Sweeper => {
             let ledger = ledger(&aws.dynamodb, settings);
-            sweeper(&aws.ec2, &aws.sfn, &aws.sns, ledger.as_ref(), settings, now).await
+            let ledger = ledger.as_ref();
+            sweeper(
+                &aws.ec2, &aws.sfn, &aws.sns, ledger, &aws.ssm, settings, now,
+            )
+            .await
         }
         Function::SpotInterruption => {
             spot_interruption(&aws.ec2, &aws.ssm, &aws.sfn, payload).await
@@ -313,11 +317,12 @@ pub async fn sweeper(
     sfn: &aws_sdk_sfn::Client,
     sns: &aws_sdk_sns::Client,
     ledger: Option<&LedgerTable>,
+    ssm: &aws_sdk_ssm::Client,
     settings: &Settings,
     now: DateTime<Utc>,
 ) -> Result<Value, Error> {
     let topic = settings.default_topic.as_deref();
-    out(sweeper::handle(ec2, sfn, sns, ledger, topic, now).await?)
+    out(sweeper::handle(ec2, sfn, sns, ledger, ssm, topic, now).await?)
 }
 
 pub async fn spot_interruption(

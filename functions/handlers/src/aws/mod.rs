@@ -20,7 +20,7 @@ pub use executions::{Executions, TaskTokens};
 pub use history::{ExecutionStats, History};
 pub use ledger::{Ledger, LedgerTable};
 pub use objects::{ObjectWriter, Objects};
-pub use params::{ParamRemover, Params};
+pub use params::{ParamHousekeeping, Params};
 pub use pricing::{PriceList, Quote};
 pub use quotas::{Applied, QuotaService};
 pub use snapshots::Snapshots;

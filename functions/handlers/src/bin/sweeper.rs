@@ -10,7 +10,9 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let ec2 = aws_sdk_ec2::Client::new(&conf);
     let sfn = aws_sdk_sfn::Client::new(&conf);
     let sns = aws_sdk_sns::Client::new(&conf);
+    let ssm = aws_sdk_ssm::Client::new(&conf);
     let settings = Settings::from_env();
     let ledger = dispatch::ledger(&aws_sdk_dynamodb::Client::new(&conf), &settings);
-    serve(|_| dispatch::sweeper(&ec2, &sfn, &sns, ledger.as_ref(), &settings, Utc::now())).await
+    let ledger = ledger.as_ref();
+    serve(|_| dispatch::sweeper(&ec2, &sfn, &sns, ledger, &ssm, &settings, Utc::now())).await
 }

@@ -1,13 +1,15 @@
 //! sweeper: the backstop. On a schedule, terminates every instance tagged
-//! `ephemera:managed=true` whose execution no longer runs or whose deadline has passed.
+//! `ephemera:managed=true` whose execution no longer runs or whose deadline has passed, and
+//! deletes the signals (SSM parameters) of instances that are gone.
 
 use chrono::{DateTime, Utc};
+use ephemera_core::contract::RunParameters;
 use ephemera_core::instance_state::InstanceState;
 use ephemera_core::ledger::EntryState;
-use ephemera_core::sweep::sweep_reason;
+use ephemera_core::sweep::{stale_signals, sweep_reason};
 use serde::{Deserialize, Serialize};
 
-use crate::aws::{Compute, Executions, Ledger, Notifier};
+use crate::aws::{Compute, Executions, Ledger, Notifier, ParamHousekeeping};
 use crate::error::Error;
 use ephemera_core::tags;
 
@@ -27,14 +29,21 @@ pub struct Swept {
 pub struct SweepReport {
     pub checked: usize,
     pub terminated: Vec<Swept>,
+    /// Signals deleted: `started` parameters and task tokens of instances no longer live.
+    #[serde(default)]
+    pub signals_deleted: usize,
+    /// What could not be done (the sweep itself still stands).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     pub swept_at: DateTime<Utc>,
 }
 
-pub async fn handle<E: Compute, X: Executions, N: Notifier, L: Ledger>(
+pub async fn handle<E: Compute, X: Executions, N: Notifier, L: Ledger, P: ParamHousekeeping>(
     ec2: &E,
     executions: &X,
     sns: &N,
     ledger: Option<&L>,
+    params: &P,
     topic: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<SweepReport, Error> {
@@ -89,9 +98,37 @@ pub async fn handle<E: Compute, X: Executions, N: Notifier, L: Ledger>(
             }
         }
     }
+    // Signals of instances that are gone: the swept ones, and any whose execution ended without
+    // deleting them (a crash, or a run the sweeper ended before).
+    let mut notes = vec![];
+    let still_live: std::collections::BTreeSet<&str> = live
+        .iter()
+        .map(|i| i.id.as_str())
+        .filter(|id| !ids.iter().any(|s| s == id))
+        .collect();
+    let signals_deleted = match params.list_under(RunParameters::ROOT).await {
+        Ok(listed) => {
+            let stale = stale_signals(&listed, &still_live, now);
+            match params.delete_all(&stale).await {
+                Ok(()) => stale.len(),
+                Err(e) => {
+                    tracing::error!(error = %e, "stale signals could not be deleted");
+                    notes.push(format!("{} stale signal(s) left: {e}", stale.len()));
+                    0
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "signals could not be listed");
+            notes.push(format!("signals not listed: {e}"));
+            0
+        }
+    };
     let report = SweepReport {
         checked: live.len(),
         terminated: swept,
+        signals_deleted,
+        notes,
         swept_at: now,
     };
     if let (Some(t), false) = (topic, report.terminated.is_empty()) {

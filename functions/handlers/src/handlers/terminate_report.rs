@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use super::parse_spec;
 use crate::aws::{
-    Compute, History, InstanceView, Ledger, Notifier, ObjectWriter, ParamRemover, PriceList,
+    Compute, History, InstanceView, Ledger, Notifier, ObjectWriter, ParamHousekeeping, PriceList,
 };
 use crate::error::Error;
 use ephemera_core::tags;
@@ -90,7 +90,7 @@ where
     H: History,
     O: ObjectWriter,
     L: Ledger,
-    R: ParamRemover,
+    R: ParamHousekeeping,
 {
     let spec = parse_spec(&input.run)?;
     let ends: Vec<WorkerEnd> = input.workers.clone().unwrap_or_default();
