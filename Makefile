@@ -20,7 +20,7 @@ REFERENCES := $(VENV)/.references-$(PANDAS_VERSION)-$(STATSMODELS_VERSION)
 RUNSPEC ?= events/runspec.json
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: setup postgres chromium build demo test unit lint fmt lambdas bench run deploy clean
+.PHONY: setup postgres chromium build demo test unit lint fmt lambdas worker bench run deploy clean
 
 # Python tools in a local venv: moto (the AWS emulator the tests start) and cargo-lambda.
 $(VENV)/bin/moto_server:
@@ -120,6 +120,19 @@ lambdas: $(VENV)/bin/cargo-lambda
 	    cargo lambda build --release --target $(HOST_ARCH)-unknown-linux-gnu -p ephemera-functions \
 	    --lambda-dir $$timed || exit 1; fi; \
 	$(CARGO_TARGET_DIR)/debug/ephemera-coldstart --starts $(COLDSTART_STARTS) $$timed/*/bootstrap
+
+# The worker binary for the instances (Amazon Linux 2023): ARCH=arm64 (Graviton types, the
+# default) or x86_64 — a run's candidates share one architecture. Optimised for speed (the perf
+# profile), linked against an older glibc by cargo lambda's zig, so AL2023 runs it. Upload it to
+# the artifact bucket and name it in the RunSpec's worker.artifact.
+ARCH ?= arm64
+WORKER_TRIPLE = $(if $(filter arm64,$(ARCH)),aarch64,$(if $(filter x86_64,$(ARCH)),x86_64,$(error ARCH=$(ARCH): give arm64 or x86_64)))-unknown-linux-gnu
+worker: $(VENV)/bin/cargo-lambda
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH CARGO_TARGET_DIR=$(LAMBDA_TARGET_DIR) \
+	  cargo lambda build --profile perf --target $(WORKER_TRIPLE) -p ephemera-worker \
+	  --bin ephemera-worker --lambda-dir $(LAMBDA_TARGET_DIR)/worker-$(ARCH)
+	@echo "the worker for $(ARCH): $(LAMBDA_TARGET_DIR)/worker-$(ARCH)/ephemera-worker/bootstrap"
+	@echo "  aws s3 cp $(LAMBDA_TARGET_DIR)/worker-$(ARCH)/ephemera-worker/bootstrap s3://<ArtifactBucket>/worker/ephemera-worker"
 
 # The worker against the COPY ceiling on BENCH_ROWS (5 M) generated bars, and the kernels; then
 # 1, 2 and 4 worker processes on one run against 1 (BENCH_SCALE_TASKS tasks each, default 1) with
