@@ -123,12 +123,13 @@ lambdas: $(VENV)/bin/cargo-lambda
 
 # The worker binary for the instances (Amazon Linux 2023): ARCH=arm64 (Graviton types, the
 # default) or x86_64 — a run's candidates share one architecture. Optimised for speed (the perf
-# profile), linked against an older glibc by cargo lambda's zig, so AL2023 runs it. Upload it to
+# profile, stripped: the instance downloads it), linked against an older glibc by cargo lambda's
+# zig, so AL2023 runs it. Upload it to
 # the artifact bucket and name it in the RunSpec's worker.artifact.
 ARCH ?= arm64
 WORKER_TRIPLE = $(if $(filter arm64,$(ARCH)),aarch64,$(if $(filter x86_64,$(ARCH)),x86_64,$(error ARCH=$(ARCH): give arm64 or x86_64)))-unknown-linux-gnu
 worker: $(VENV)/bin/cargo-lambda
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH CARGO_TARGET_DIR=$(LAMBDA_TARGET_DIR) \
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH CARGO_TARGET_DIR=$(LAMBDA_TARGET_DIR) CARGO_PROFILE_PERF_STRIP=true \
 	  cargo lambda build --profile perf --target $(WORKER_TRIPLE) -p ephemera-worker \
 	  --bin ephemera-worker --lambda-dir $(LAMBDA_TARGET_DIR)/worker-$(ARCH)
 	@echo "the worker for $(ARCH): $(LAMBDA_TARGET_DIR)/worker-$(ARCH)/ephemera-worker/bootstrap"
