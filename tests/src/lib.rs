@@ -154,6 +154,16 @@ const REGIONS: &[&str] = &[
 ];
 static NEXT_REGION: AtomicUsize = AtomicUsize::new(0);
 
+/// Where cargo put this workspace's binaries, for a test running from `<target>/debug/deps`.
+pub fn host_bins() -> std::path::PathBuf {
+    std::env::current_exe()
+        .expect("the test's path")
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("<target>/debug")
+        .to_path_buf()
+}
+
 pub fn fresh_region() -> &'static str {
     let i = NEXT_REGION.fetch_add(1, Ordering::SeqCst);
     REGIONS

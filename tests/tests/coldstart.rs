@@ -1,19 +1,14 @@
 //! The cold-start timer of `make lambdas` against this machine's builds of real bootstraps: it
 //! sees each start ask for its event and answer it, without the network.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ephemera_tests::coldstart::{measure, Timer};
+use ephemera_tests::host_bins;
 
-/// Where cargo put this workspace's binaries (the test runs from `<target>/debug/deps`).
 fn host_bin(name: &str) -> PathBuf {
-    std::env::current_exe()
-        .expect("the test's path")
-        .parent()
-        .and_then(Path::parent)
-        .expect("<target>/debug")
-        .join(name)
+    host_bins().join(name)
 }
 
 #[tokio::test]

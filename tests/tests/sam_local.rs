@@ -16,21 +16,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ephemera_tests::iam::Principal;
-use ephemera_tests::{fresh_region, harness};
+use ephemera_tests::{fresh_region, harness, host_bins};
 use serde_json::Value;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Where cargo put this workspace's binaries (the test runs from `<target>/debug/deps`).
-fn host_bins() -> PathBuf {
-    std::env::current_exe()
-        .expect("the test's path")
-        .parent()
-        .and_then(Path::parent)
-        .expect("<target>/debug")
-        .to_path_buf()
 }
 
 /// The tools `make setup` installs; without them the test says so, and fails in CI.
