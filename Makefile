@@ -16,7 +16,9 @@ NUMPY_VERSION := 2.4.6
 # References of the later stages: regimes in pandas, Granger causality in statsmodels.
 PANDAS_VERSION := 3.1.1
 STATSMODELS_VERSION := 0.15.0
-REFERENCES := $(VENV)/.references-$(PANDAS_VERSION)-$(STATSMODELS_VERSION)
+# The causality reference in extended precision: p from mpmath, the same on every CPU.
+MPMATH_VERSION := 1.3.0
+REFERENCES := $(VENV)/.references-$(PANDAS_VERSION)-$(STATSMODELS_VERSION)-$(MPMATH_VERSION)
 RUNSPEC ?= events/runspec.json
 export SAM_CLI_TELEMETRY := 0
 
@@ -33,7 +35,7 @@ $(VENV)/.talib-$(TALIB_VERSION): $(VENV)/bin/moto_server
 	touch $@
 
 $(REFERENCES): $(VENV)/.talib-$(TALIB_VERSION)
-	$(VENV)/bin/pip install -q 'pandas==$(PANDAS_VERSION)' 'statsmodels==$(STATSMODELS_VERSION)' 'numpy==$(NUMPY_VERSION)'
+	$(VENV)/bin/pip install -q 'pandas==$(PANDAS_VERSION)' 'statsmodels==$(STATSMODELS_VERSION)' 'mpmath==$(MPMATH_VERSION)' 'numpy==$(NUMPY_VERSION)'
 	touch $@
 
 $(VENV)/bin/cargo-lambda: $(VENV)/bin/moto_server

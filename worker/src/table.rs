@@ -35,6 +35,8 @@ pub struct Def {
     pub month_column: &'static str,
     /// Per-pair tables: the pair column, which a partition's rows also match.
     pub pair_column: Option<&'static str>,
+    /// What a row is, and what it depends on: the table's comment in PostgreSQL.
+    pub about: &'static str,
 }
 
 impl Def {
@@ -60,6 +62,11 @@ impl Def {
             cols.join(", "),
             self.key.join(", ")
         );
+        sql.push_str(&format!(
+            "COMMENT ON TABLE {schema}.{} IS '{}';",
+            self.name,
+            self.about.replace('\'', "''")
+        ));
         if self.pair_column.is_none() && self.key.first() != Some(&self.month_column) {
             sql.push_str(&format!(
                 "CREATE INDEX IF NOT EXISTS {t}_{c} ON {schema}.{t} ({c});",
@@ -101,6 +108,7 @@ pub const REGIME: Def = Def {
     key: &["pair", "ts"],
     month_column: "ts",
     pair_column: Some("pair"),
+    about: "Per pair and bar: realised volatility over 60 bars, its percentile over the 30 days before, ADX(14), the 240-bar slope and the regimes they give. Depends on the pair's own bars only.",
 };
 
 pub const CURRENCY_INDEX: Def = Def {
@@ -116,6 +124,7 @@ pub const CURRENCY_INDEX: Def = Def {
     key: &["currency", "ts"],
     month_column: "ts",
     pair_column: None,
+    about: "Per currency and minute: the equal-weighted mean log return of the loaded pairs that contain the currency and its index from 100. Over the pairs loaded: adding or removing a pair of the currency changes its index (pairs_loaded says how many); a currency whose pairs are unchanged gets the same rows whatever else is loaded.",
 };
 
 pub const ARBITRAGE: Def = Def {
@@ -130,6 +139,7 @@ pub const ARBITRAGE: Def = Def {
     key: &["triangle", "ts"],
     month_column: "ts",
     pair_column: None,
+    about: "Per triangle and minute where its three legs have a bar: the implied cross through the vehicle, the quoted cross and the deviation in basis points. One triangle for every three currencies whose pairs are loaded; the vehicle is the first of them in a fixed order (USD, EUR, JPY, GBP, CNY, AUD, CAD, CHF, HKD, SGD, SEK, KRW, NOK, NZD, then alphabetical), so a triangle's rows depend on its three pairs only.",
 };
 
 pub const ARBITRAGE_EVENTS: Def = Def {
@@ -145,6 +155,7 @@ pub const ARBITRAGE_EVENTS: Def = Def {
     key: &["triangle", "start_ts"],
     month_column: "start_ts",
     pair_column: None,
+    about: "Per triangle: runs of consecutive minutes whose deviation is beyond the threshold on one side, with their peak and mean. A triangle's events depend on its three pairs only.",
 };
 
 pub const CAUSALITY: Def = Def {
@@ -163,6 +174,7 @@ pub const CAUSALITY: Def = Def {
     key: &["month", "cause", "effect", "lag"],
     month_column: "month",
     pair_column: None,
+    about: "Per month, ordered pair of pairs (cause, effect) and lag: the Granger ssr F test of 5-minute log returns and its p-value. A test depends on its two pairs only.",
 };
 
 /// Every typed table, for the schema.
@@ -478,8 +490,19 @@ mod tests {
             "CREATE TABLE IF NOT EXISTS r.currency_index (currency text NOT NULL, ts \
              timestamptz NOT NULL, index double precision, log_return double precision, pairs \
              integer NOT NULL, pairs_loaded integer NOT NULL, PRIMARY KEY (currency, ts));\
+             COMMENT ON TABLE r.currency_index IS 'Per currency and minute: the equal-weighted \
+             mean log return of the loaded pairs that contain the currency and its index from \
+             100. Over the pairs loaded: adding or removing a pair of the currency changes its \
+             index (pairs_loaded says how many); a currency whose pairs are unchanged gets the \
+             same rows whatever else is loaded.';\
              CREATE INDEX IF NOT EXISTS currency_index_ts ON r.currency_index (ts);"
         );
+        // A quote in a description is doubled, as SQL's string literal wants.
+        let quoted = Def {
+            about: "the pair's own bars",
+            ..CAUSALITY
+        };
+        assert!(quoted.ddl("r").contains("IS 'the pair''s own bars';"));
         // Per-pair tables and those keyed by their month find a partition through the key.
         assert!(!REGIME.ddl("r").contains("CREATE INDEX"));
         assert!(!CAUSALITY.ddl("r").contains("CREATE INDEX"));

@@ -356,15 +356,20 @@ impl RunSpec {
         self.validate_database(&mut errs);
 
         if errs.0.is_empty() {
-            let (quota, boot) = self.poll_bounds();
-            let events = (quota + boot) * EVENTS_PER_POLL
+            let polls = self.poll_bounds();
+            let events = polls.total() * EVENTS_PER_POLL
                 + FIXED_EVENTS
                 + u64::from(self.worker.count) * EVENTS_PER_WORKER;
             if events > MAX_HISTORY_EVENTS {
+                let PollBounds {
+                    quota,
+                    snapshot,
+                    boot,
+                } = polls;
                 errs.add(
                     "waits",
                     format!(
-                        "up to {quota} quota polls and {boot} boot polls make up to {events} execution history events; Step Functions ends an execution at 25,000 without running its cleanup, so at most {MAX_HISTORY_EVENTS} are allowed: raise waits.quota_poll_max_seconds or waits.boot_poll_seconds, or lower quota.max_wait_seconds, limits.boot_timeout_seconds or worker.count"
+                        "up to {quota} quota polls, {snapshot} snapshot polls and {boot} boot polls make up to {events} execution history events; Step Functions ends an execution at 25,000 without running its cleanup, so at most {MAX_HISTORY_EVENTS} are allowed: raise waits.quota_poll_max_seconds or waits.boot_poll_seconds, or lower quota.max_wait_seconds, database.snapshot_timeout_seconds, limits.boot_timeout_seconds or worker.count"
                     ),
                 );
             }
@@ -689,10 +694,13 @@ impl RunSpec {
         }
     }
 
-    /// The most quota polls (capped exponential backoff until `quota.max_wait_seconds`) and boot
-    /// polls (every attempt of every worker: its boot timeout over the poll period) a run can
-    /// make; all of them land in the one execution's history.
-    pub fn poll_bounds(&self) -> (u64, u64) {
+    /// The most quota polls (capped exponential backoff until `quota.max_wait_seconds`),
+    /// snapshot polls (`database.snapshot_before`: every `waits.boot_poll_seconds` until
+    /// `database.snapshot_timeout_seconds`, the last wait cut to the time left, plus the first
+    /// call and the one past the deadline) and boot polls (every attempt of every worker: its boot
+    /// timeout over the poll period) a run can make; all of them land in the one execution's
+    /// history.
+    pub fn poll_bounds(&self) -> PollBounds {
         let w = &self.waits;
         let (mut waited, mut wait, mut quota) = (0u64, w.quota_poll_min_seconds.max(1), 1u64);
         while waited < self.quota.max_wait_seconds {
@@ -705,11 +713,33 @@ impl RunSpec {
             }
             wait = (wait * 2).min(w.quota_poll_max_seconds.max(1));
         }
+        let snapshot = match self.database.snapshot_before {
+            Some(_) => self.database.snapshot_timeout_seconds / w.boot_poll_seconds.max(1) + 2,
+            None => 0,
+        };
         let attempts = 1 + self.limits.max_relaunches as u64;
         let boot = u64::from(self.worker.count)
             * attempts
             * (self.limits.boot_timeout_seconds / w.boot_poll_seconds.max(1) + 1);
-        (quota, boot)
+        PollBounds {
+            quota,
+            snapshot,
+            boot,
+        }
+    }
+}
+
+/// The most polls of each waiting loop a run can make ([`RunSpec::poll_bounds`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollBounds {
+    pub quota: u64,
+    pub snapshot: u64,
+    pub boot: u64,
+}
+
+impl PollBounds {
+    pub fn total(&self) -> u64 {
+        self.quota + self.snapshot + self.boot
     }
 }
 
@@ -1166,8 +1196,22 @@ pub(crate) mod tests {
         assert!(has(&errors_of(v.clone()), "waits", "43201 quota polls"));
         // The defaults (2 days, backoff to 30 min) stay far below the limit.
         let spec = RunSpec::parse(&sample()).unwrap();
-        let (q, b) = spec.poll_bounds();
-        assert!(q < 120 && b < 150, "{q} {b}");
+        let p = spec.poll_bounds();
+        assert!(p.quota < 120 && p.boot < 150 && p.snapshot == 0, "{p:?}");
+        // A snapshot allowed a day, polled every 20 s: 4,322 polls, 38,898 events on their own
+        // (this spec was accepted before the snapshot loop was counted).
+        let mut v = sample();
+        v["database"] =
+            json!({"snapshot_before": {"instance": "fx-db"}, "snapshot_timeout_seconds": 86_400});
+        let errs = errors_of(v.clone());
+        assert!(has(&errs, "waits", "4322 snapshot polls"), "{errs:?}");
+        assert!(
+            has(&errs, "waits", "database.snapshot_timeout_seconds"),
+            "{errs:?}"
+        );
+        // The default hour: 182 polls, within the bound.
+        v["database"]["snapshot_timeout_seconds"] = json!(3600);
+        assert_eq!(RunSpec::parse(&v).unwrap().poll_bounds().snapshot, 182);
     }
 
     #[test]

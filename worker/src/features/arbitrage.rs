@@ -1,8 +1,12 @@
 //! Stage `arbitrage`: every currency triangle the loaded pairs form, found from the pair names.
 //!
-//! Three currencies form a triangle when all three of their pairs are loaded. The vehicle is the
-//! triangle's currency found in the most loaded pairs (USD, typically; ties alphabetical); the
-//! cross is the pair of the other two. At each minute where all three legs have a bar, the
+//! Three currencies form a triangle when all three of their pairs are loaded, and every such
+//! three give one triangle. The vehicle is the first of the three in a fixed order
+//! ([`VEHICLE_ORDER`]: USD, EUR, JPY, GBP, …); the cross is the loaded pair of the other two, and
+//! the triangle is named "<cross> via <vehicle>". So a triangle's name, its quoted leg and the
+//! sign of its deviation depend on its three pairs only, whatever else is loaded; two triangles
+//! that close on the same cross through different vehicles (GBPJPY via USD, GBPJPY via EUR) are
+//! both computed. At each minute where all three legs have a bar, the
 //! implied cross is the product of the two vehicle legs' rates (EURGBP via USD = EURUSD ·
 //! 1/GBPUSD), and the deviation is quoted / implied − 1 in basis points. An event is a run of at
 //! least `min_minutes` consecutive minutes (each one minute after the last) with |deviation| above
@@ -50,15 +54,39 @@ pub struct Triangle {
     pub legs: [Leg; 2],
 }
 
-/// The triangles among `names` (pair names; others are ignored), sorted by name.
+/// The order in which a triangle's currency is chosen as its vehicle: USD, then EUR, then the
+/// others by their share of FX turnover (BIS Triennial Central Bank Survey, 2022); currencies not
+/// listed come after these, alphabetically. Fixed, so that a triangle's vehicle, cross, name and
+/// the sign of its deviation depend on its three currencies alone, never on what else is loaded.
+pub const VEHICLE_ORDER: [&str; 14] = [
+    "USD", "EUR", "JPY", "GBP", "CNY", "AUD", "CAD", "CHF", "HKD", "SGD", "SEK", "KRW", "NOK",
+    "NZD",
+];
+
+/// The vehicle of three currencies: the first of them in [`VEHICLE_ORDER`], else the first
+/// alphabetically.
+pub fn vehicle<'a>(trio: [&'a str; 3]) -> &'a str {
+    let rank = |c: &str| {
+        VEHICLE_ORDER
+            .iter()
+            .position(|v| *v == c)
+            .unwrap_or(usize::MAX)
+    };
+    trio.into_iter()
+        .min_by(|x, y| rank(x).cmp(&rank(y)).then(x.cmp(y)))
+        .unwrap_or(trio[0])
+}
+
+/// The triangles among `names` (pair names; others are ignored), sorted by name: one for every
+/// three currencies whose three pairs are all loaded. Two triangles may close on the same cross
+/// (GBPJPY via USD and GBPJPY via EUR): both are kept, their names differ by the vehicle.
 pub fn triangles(names: &[&str]) -> Vec<Triangle> {
     let mut by_currencies: BTreeMap<(&str, &str), usize> = BTreeMap::new();
-    let mut degree: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut all: BTreeSet<&str> = BTreeSet::new();
     for (k, name) in names.iter().enumerate() {
         if let Some((b, q)) = currencies(name) {
             by_currencies.insert((b, q), k);
-            *degree.entry(b).or_default() += 1;
-            *degree.entry(q).or_default() += 1;
+            all.extend([b, q]);
         }
     }
     let find = |a: &str, b: &str| -> Option<Leg> {
@@ -74,38 +102,28 @@ pub fn triangles(names: &[&str]) -> Vec<Triangle> {
                     .map(|&pair| Leg { pair, invert: true })
             })
     };
-    let all: Vec<&str> = degree.keys().copied().collect();
-    let mut seen = BTreeSet::new();
+    let all: Vec<&str> = all.into_iter().collect();
     let mut out = vec![];
     for (i, a) in all.iter().enumerate() {
         for (j, b) in all.iter().enumerate().skip(i + 1) {
             for c in all.iter().skip(j + 1) {
-                let trio = [*a, *b, *c];
-                if find(a, b).is_none() || find(b, c).is_none() || find(a, c).is_none() {
+                let vehicle = vehicle([*a, *b, *c]);
+                let others: Vec<&str> =
+                    [*a, *b, *c].into_iter().filter(|x| *x != vehicle).collect();
+                let Some(cross) = find(others[0], others[1]).map(|l| l.pair) else {
                     continue;
-                }
-                // Most pairs first, then alphabetical (the trio is sorted already).
-                let vehicle = *trio
-                    .iter()
-                    .max_by(|x, y| degree[*x].cmp(&degree[*y]).then(y.cmp(x)))
-                    .unwrap_or(a);
-                let others: Vec<&str> = trio.iter().copied().filter(|x| *x != vehicle).collect();
-                let cross = find(others[0], others[1])
-                    .map(|l| l.pair)
-                    .unwrap_or_default();
+                };
                 let (base, quote) = currencies(names[cross]).unwrap_or_default();
                 let (Some(to_vehicle), Some(from_vehicle)) =
                     (find(base, vehicle), find(vehicle, quote))
                 else {
                     continue;
                 };
-                if seen.insert(cross) {
-                    out.push(Triangle {
-                        name: format!("{} via {vehicle}", names[cross]),
-                        cross,
-                        legs: [to_vehicle, from_vehicle],
-                    });
-                }
+                out.push(Triangle {
+                    name: format!("{} via {vehicle}", names[cross]),
+                    cross,
+                    legs: [to_vehicle, from_vehicle],
+                });
             }
         }
     }
@@ -257,6 +275,66 @@ mod tests {
             ]
         );
         assert!(triangles(&["EURUSD", "GBPUSD", "AUDUSD"]).is_empty());
+    }
+
+    #[test]
+    fn two_triangles_on_one_cross_are_both_kept() {
+        // {GBP, JPY, USD} and {EUR, GBP, JPY} both close on GBPJPY.
+        let names = ["EURGBP", "EURJPY", "EURUSD", "GBPJPY", "GBPUSD", "USDJPY"];
+        let got: Vec<String> = triangles(&names).into_iter().map(|t| t.name).collect();
+        assert_eq!(
+            got,
+            [
+                "EURGBP via USD",
+                "EURJPY via USD",
+                "GBPJPY via EUR",
+                "GBPJPY via USD"
+            ]
+        );
+        let via_eur = &triangles(&names)[2];
+        // GBPJPY = 1/EURGBP · EURJPY.
+        assert_eq!(
+            via_eur.legs,
+            [
+                Leg {
+                    pair: 0,
+                    invert: true
+                },
+                Leg {
+                    pair: 1,
+                    invert: false
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_triangle_is_the_same_whatever_else_is_loaded() {
+        let small = ["EURGBP", "EURUSD", "GBPUSD"];
+        // EUR and GBP are in more loaded pairs than USD here: the vehicle stays USD.
+        let large = [
+            "AUDJPY", "EURAUD", "EURCHF", "EURGBP", "EURJPY", "EURUSD", "GBPCHF", "GBPJPY",
+            "GBPUSD", "NZDCAD",
+        ];
+        let of = |names: &[&str]| -> Vec<(String, String, [(String, bool); 2])> {
+            triangles(names)
+                .into_iter()
+                .map(|t| {
+                    let leg = |l: Leg| (names[l.pair].to_string(), l.invert);
+                    (
+                        t.name,
+                        names[t.cross].to_string(),
+                        [leg(t.legs[0]), leg(t.legs[1])],
+                    )
+                })
+                .collect()
+        };
+        let shared = of(&small);
+        assert_eq!(shared.len(), 1);
+        assert_eq!(shared[0].0, "EURGBP via USD");
+        assert!(of(&large).contains(&shared[0]), "{:?}", of(&large));
+        assert_eq!(vehicle(["NZD", "CAD", "XAU"]), "CAD");
+        assert_eq!(vehicle(["XAG", "XAU", "XPT"]), "XAG");
     }
 
     #[test]

@@ -13,6 +13,7 @@ ts in Unix microseconds, floats as repr (exact).
 
 import gzip
 import itertools
+import math
 import sys
 
 import numpy as np
@@ -22,7 +23,8 @@ MIN_MINUTES = 3
 
 
 def load(path):
-    with gzip.open(path, "rt") as f:
+    # .csv.gz or .csv, as the worker's seed reads them.
+    with (gzip.open(path, "rt") if path.endswith(".gz") else open(path)) as f:
         header = f.readline().strip().split(",")
         cols = [header.index(c) for c in ("time", "open", "high", "low", "close")]
         a = np.loadtxt(f, delimiter=",", usecols=cols, ndmin=2)
@@ -71,13 +73,16 @@ def currency_index(out, part):
         for k, (p, sign) in enumerate(legs):
             t, c = part[p]
             idx = np.searchsorted(grid, t)
-            r[idx[1:], k] = sign * np.log(c[1:] / c[:-1])
+            # The C library's log, as the worker's f64::ln: numpy's own log is CPU-dispatched
+            # (its AVX-512 kernels round differently), and where a currency's legs nearly cancel
+            # an ulp of a leg is a large share of the mean's tolerance.
+            r[idx[1:], k] = sign * np.fromiter(map(math.log, c[1:] / c[:-1]), float, len(c) - 1)
         n = np.sum(~np.isnan(r), axis=1)
         total = np.zeros(len(grid))
         for k in range(len(legs)):  # summed in pair order, as a left fold
             total = total + np.where(np.isnan(r[:, k]), 0.0, r[:, k])
         mean = np.where(n > 0, total / np.maximum(n, 1), 0.0)
-        index = 100.0 * np.exp(np.cumsum(mean))
+        index = 100.0 * np.fromiter(map(math.exp, np.cumsum(mean)), float, len(mean))
         for i in range(len(grid)):
             out.write(f"C|{cur}|{grid[i]}|{float(index[i])!r}|{float(mean[i])!r}|{n[i]}|{len(legs)}\n")
 
@@ -91,17 +96,22 @@ def rate(part, a, b):
     return None
 
 
+# USD, EUR, then FX turnover (BIS Triennial Survey 2022); others after, alphabetically.
+VEHICLE_ORDER = ["USD", "EUR", "JPY", "GBP", "CNY", "AUD", "CAD", "CHF", "HKD", "SGD", "SEK", "KRW", "NOK", "NZD"]
+
+
+def vehicle_of(currencies):
+    rank = {c: i for i, c in enumerate(VEHICLE_ORDER)}
+    return min(currencies, key=lambda c: (rank.get(c, len(VEHICLE_ORDER)), c))
+
+
 def arbitrage(out, part):
-    degree = {}
-    for p in part:
-        for c in (p[:3], p[3:]):
-            degree[c] = degree.get(c, 0) + 1
     found = []
     for trio in itertools.combinations(sorted(part), 3):
         cs = sorted({c for p in trio for c in (p[:3], p[3:])})
         if len(cs) != 3:
             continue
-        vehicle = sorted(cs, key=lambda c: (-degree[c], c))[0]
+        vehicle = vehicle_of(cs)
         cross = next(p for p in trio if vehicle not in (p[:3], p[3:]))
         found.append((f"{cross} via {vehicle}", cross, vehicle))
     for name, cross, v in sorted(found):

@@ -9,6 +9,7 @@ those not above it (equal values), so an exact tie shows as an interval; 'nan' /
 """
 
 import gzip
+import math
 import sys
 
 import numpy as np
@@ -45,7 +46,9 @@ def main():
         pair = path.rsplit("/", 1)[-1].split(".")[0].upper()
         df = load(path)
         c = df.close.astype(float)
-        rv = np.sqrt((np.log(c / c.shift(1)) ** 2).rolling(60).sum())
+        # The C library's log, as the worker's f64::ln (numpy's own is CPU-dispatched).
+        r = (c / c.shift(1)).map(lambda v: math.log(v) if v == v else v)
+        rv = np.sqrt((r**2).rolling(60).sum())
         ts = pd.to_datetime(df.time, unit="s")
         # Ranked at 12 significant digits, as the stage ranks (ties that differ in the last bits).
         mag = np.floor(np.log10(np.abs(rv.values), where=rv.values > 0, out=np.zeros(len(rv))))
