@@ -77,6 +77,9 @@ pub struct Finished {
     pub cause: Option<String>,
     /// Names of the states entered, in order.
     pub path: Vec<String>,
+    /// The largest input or output of any state, in bytes: Step Functions' payload quota is
+    /// 256 KiB for each.
+    pub largest_state_output: usize,
     /// The cost report: the output's `report`, or for a failed execution (which has no output)
     /// the one Cleanup or TerminateWithCostReport left in the state data.
     pub report: Value,
@@ -116,6 +119,15 @@ impl Finished {
                 .filter_map(|e| e.state_entered_event_details())
                 .map(|d| d.name().to_string())
                 .collect(),
+            largest_state_output: events
+                .iter()
+                .filter_map(|e| {
+                    let entered = e.state_entered_event_details().and_then(|d| d.input());
+                    let exited = e.state_exited_event_details().and_then(|d| d.output());
+                    entered.or(exited).map(str::len)
+                })
+                .max()
+                .unwrap_or(0),
         }
     }
 

@@ -49,7 +49,9 @@ impl StandIn {
     }
 }
 
-/// Serves every attempt of `run_id` in `region` for at most `lifetime`.
+/// Serves every attempt of `run_id` in `region` for at most `lifetime`: each running instance of
+/// the run, as it appears, in a task of its own, so that the workers of a run (up to 40) start,
+/// take their tokens and report side by side as their instances would.
 pub fn spawn(region: &str, run_id: &str, behaviour: Behaviour, lifetime: Duration) -> StandIn {
     // It looks "its instance" up as the harness (IMDS knows it on EC2), and talks to SSM and
     // Step Functions with that instance's role session.
@@ -61,10 +63,10 @@ pub fn spawn(region: &str, run_id: &str, behaviour: Behaviour, lifetime: Duratio
     let handle = tokio::spawn(async move {
         let ec2 = aws_sdk_ec2::Client::new(&conf);
         let mut served: BTreeSet<String> = BTreeSet::new();
+        let mut tasks = tokio::task::JoinSet::new();
         let deadline = Instant::now() + lifetime;
         while Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            // The newest running instance of this run not served yet: "this instance".
             let Ok(found) = ec2
                 .describe_instances()
                 .filters(
@@ -84,7 +86,7 @@ pub fn spawn(region: &str, run_id: &str, behaviour: Behaviour, lifetime: Duratio
             else {
                 continue;
             };
-            let mine = found
+            let new: Vec<(u32, String)> = found
                 .reservations()
                 .iter()
                 .flat_map(|r| r.instances())
@@ -100,123 +102,20 @@ pub fn spawn(region: &str, run_id: &str, behaviour: Behaviour, lifetime: Duratio
                     Some((attempt, id))
                 })
                 .filter(|(_, id)| !served.contains(id))
-                .max();
-            let Some((attempt, instance)) = mine else {
-                continue;
-            };
-            let role = crate::instance_config(&region, &instance);
-            let ssm = aws_sdk_ssm::Client::new(&role);
-            let sfn = aws_sdk_sfn::Client::new(&role);
-            if matches!(behaviour, Behaviour::NeverStart) {
-                log.push(format!("{instance}: not starting"));
-                served.insert(instance);
-                continue;
-            }
-            let parameters = RunParameters::of_run(&run_id);
-            let started = Started {
-                instance_id: instance.clone(),
-                attempt,
-                at: chrono::Utc::now(),
-            };
-            ssm.put_parameter()
-                .name(parameters.started(&instance))
-                .value(serde_json::to_string(&started).expect("a Started signal"))
-                .r#type(ParameterType::String)
-                .overwrite(true)
-                .send()
-                .await
-                .expect("PutParameter started");
-            log.push(format!("{instance}: started (attempt {attempt})"));
-            served.insert(instance.clone());
-
-            // The token appears once the state machine reaches AwaitCompletion.
-            let mut token = None;
-            while Instant::now() < deadline {
-                if let Ok(p) = ssm
-                    .get_parameter()
-                    .name(parameters.task_token(&instance))
-                    .with_decryption(true)
-                    .send()
-                    .await
-                {
-                    // Until the state machine creates it, AWS answers AccessDenied (no tags yet).
-                    if let Some(v) = p.parameter().and_then(|p| p.value()) {
-                        token = Some(v.to_string());
-                        break;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-            let Some(token) = token else { break };
-            log.push(format!("{instance}: got the task token"));
-            let succeed = |report: Value| {
-                let sfn = sfn.clone();
-                let token = token.clone();
-                async move {
-                    sfn.send_task_heartbeat()
-                        .task_token(&token)
-                        .send()
-                        .await
-                        .expect("SendTaskHeartbeat");
-                    sfn.send_task_success()
-                        .task_token(&token)
-                        .output(report.to_string())
-                        .send()
-                        .await
-                        .expect("SendTaskSuccess");
-                }
-            };
-            let fail = |error: String| {
-                let sfn = sfn.clone();
-                let token = token.clone();
-                async move {
-                    sfn.send_task_failure()
-                        .task_token(&token)
-                        .error(error)
-                        .cause("reported by the worker stand-in")
-                        .send()
-                        .await
-                        .expect("SendTaskFailure");
-                }
-            };
-            match &behaviour {
-                Behaviour::Succeed(report) => {
-                    succeed(report.clone()).await;
-                    log.push(format!("{instance}: succeeded"));
-                }
-                Behaviour::SucceedAfter(seconds, report) => {
-                    tokio::time::sleep(Duration::from_secs(*seconds)).await;
-                    succeed(report.clone()).await;
-                    log.push(format!("{instance}: succeeded"));
-                }
-                Behaviour::SpotInterruptFirst(report) if attempt > 1 => {
-                    succeed(report.clone()).await;
-                    log.push(format!("{instance}: succeeded"));
-                }
-                Behaviour::SpotInterruptFirst(_) => {
-                    fail(names::SPOT_INTERRUPTED.into()).await;
-                    log.push(format!("{instance}: spot interrupted"));
-                }
-                Behaviour::ReclaimedFirst(_, report) if attempt > 1 => {
-                    succeed(report.clone()).await;
-                    log.push(format!("{instance}: succeeded"));
-                }
-                Behaviour::ReclaimedFirst(notice, _) => {
-                    crate::harness().door.reclaim_spot(
-                        &region,
-                        &instance,
-                        Duration::from_secs(*notice),
-                    );
-                    log.push(format!("{instance}: reclaimed by Spot, silent"));
-                }
-                Behaviour::Fail(e) => {
-                    fail(e.clone()).await;
-                    log.push(format!("{instance}: failed {e}"));
-                }
-                Behaviour::GoSilent => log.push(format!("{instance}: silent")),
-                Behaviour::NeverStart => {}
+                .collect();
+            for (attempt, instance) in new {
+                served.insert(instance.clone());
+                let mine = Instance {
+                    region: region.clone(),
+                    run_id: run_id.clone(),
+                    instance,
+                    attempt,
+                };
+                tasks.spawn(serve(mine, behaviour.clone(), log.clone(), deadline));
             }
         }
+        // Aborting this task (StandIn::log) drops the set, which aborts the instances' tasks.
+        while tasks.join_next().await.is_some() {}
     });
     StandIn {
         handle,
@@ -224,6 +123,133 @@ pub fn spawn(region: &str, run_id: &str, behaviour: Behaviour, lifetime: Duratio
     }
 }
 
+/// One instance the stand-in plays.
+struct Instance {
+    region: String,
+    run_id: String,
+    instance: String,
+    attempt: u32,
+}
+
+/// What the worker on `me` does: say "started", wait for its token, then act as `behaviour` says.
+async fn serve(me: Instance, behaviour: Behaviour, log: Logger, deadline: Instant) {
+    let Instance {
+        region,
+        run_id,
+        instance,
+        attempt,
+    } = me;
+    let role = crate::instance_config(&region, &instance);
+    let ssm = aws_sdk_ssm::Client::new(&role);
+    let sfn = aws_sdk_sfn::Client::new(&role);
+    if matches!(behaviour, Behaviour::NeverStart) {
+        log.push(format!("{instance}: not starting"));
+        return;
+    }
+    let parameters = RunParameters::of_run(&run_id);
+    let started = Started {
+        instance_id: instance.clone(),
+        attempt,
+        at: chrono::Utc::now(),
+    };
+    ssm.put_parameter()
+        .name(parameters.started(&instance))
+        .value(serde_json::to_string(&started).expect("a Started signal"))
+        .r#type(ParameterType::String)
+        .overwrite(true)
+        .send()
+        .await
+        .expect("PutParameter started");
+    log.push(format!("{instance}: started (attempt {attempt})"));
+
+    // The token appears once the state machine reaches AwaitCompletion.
+    let mut token = None;
+    while Instant::now() < deadline {
+        if let Ok(p) = ssm
+            .get_parameter()
+            .name(parameters.task_token(&instance))
+            .with_decryption(true)
+            .send()
+            .await
+        {
+            // Until the state machine creates it, AWS answers AccessDenied (no tags yet).
+            if let Some(v) = p.parameter().and_then(|p| p.value()) {
+                token = Some(v.to_string());
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let Some(token) = token else { return };
+    log.push(format!("{instance}: got the task token"));
+    let succeed = |report: Value| {
+        let sfn = sfn.clone();
+        let token = token.clone();
+        async move {
+            sfn.send_task_heartbeat()
+                .task_token(&token)
+                .send()
+                .await
+                .expect("SendTaskHeartbeat");
+            sfn.send_task_success()
+                .task_token(&token)
+                .output(report.to_string())
+                .send()
+                .await
+                .expect("SendTaskSuccess");
+        }
+    };
+    let fail = |error: String| {
+        let sfn = sfn.clone();
+        let token = token.clone();
+        async move {
+            sfn.send_task_failure()
+                .task_token(&token)
+                .error(error)
+                .cause("reported by the worker stand-in")
+                .send()
+                .await
+                .expect("SendTaskFailure");
+        }
+    };
+    match &behaviour {
+        Behaviour::Succeed(report) => {
+            succeed(report.clone()).await;
+            log.push(format!("{instance}: succeeded"));
+        }
+        Behaviour::SucceedAfter(seconds, report) => {
+            tokio::time::sleep(Duration::from_secs(*seconds)).await;
+            succeed(report.clone()).await;
+            log.push(format!("{instance}: succeeded"));
+        }
+        Behaviour::SpotInterruptFirst(report) if attempt > 1 => {
+            succeed(report.clone()).await;
+            log.push(format!("{instance}: succeeded"));
+        }
+        Behaviour::SpotInterruptFirst(_) => {
+            fail(names::SPOT_INTERRUPTED.into()).await;
+            log.push(format!("{instance}: spot interrupted"));
+        }
+        Behaviour::ReclaimedFirst(_, report) if attempt > 1 => {
+            succeed(report.clone()).await;
+            log.push(format!("{instance}: succeeded"));
+        }
+        Behaviour::ReclaimedFirst(notice, _) => {
+            crate::harness()
+                .door
+                .reclaim_spot(&region, &instance, Duration::from_secs(*notice));
+            log.push(format!("{instance}: reclaimed by Spot, silent"));
+        }
+        Behaviour::Fail(e) => {
+            fail(e.clone()).await;
+            log.push(format!("{instance}: failed {e}"));
+        }
+        Behaviour::GoSilent => log.push(format!("{instance}: silent")),
+        Behaviour::NeverStart => {}
+    }
+}
+
+#[derive(Clone)]
 struct Logger(Arc<Mutex<Vec<String>>>);
 
 impl Logger {

@@ -40,6 +40,11 @@ pub enum LaunchErrorKind {
     /// The whole market is closed to this account for now (no Spot service-linked role and no
     /// permission to create it): skip the market's other candidates, try the next market.
     Market,
+    /// EC2 throttled the call or failed on its side: ask again, after a backoff. The ClientToken
+    /// makes the same request the same launch. Throttling is per account and region, so another
+    /// candidate would be throttled too
+    /// (https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-throttling.html).
+    Transient,
     /// A mistake that no other candidate fixes (bad AMI, permissions): stop.
     Fatal,
 }
@@ -60,6 +65,11 @@ pub fn classify(code: &str, message: &str) -> LaunchErrorKind {
         "AuthFailure.ServiceLinkedRoleCreationNotPermitted" => LaunchErrorKind::Market,
         "VcpuLimitExceeded" | "MaxSpotInstanceCountExceeded" | "InstanceLimitExceeded" => {
             LaunchErrorKind::Limit
+        }
+        // EC2's throttling and server-side codes
+        // (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html).
+        "RequestLimitExceeded" | "InternalError" | "Unavailable" | "ServiceUnavailable" => {
+            LaunchErrorKind::Transient
         }
         // An AZ that cannot take the type is reported as a parameter error.
         "InvalidParameterValue" | "InvalidParameterCombination"
@@ -154,6 +164,15 @@ mod tests {
         assert_eq!(classify("InvalidParameterValue", "bad volume size"), Fatal);
         assert_eq!(classify("InvalidAMIID.NotFound", ""), Fatal);
         assert_eq!(classify("UnauthorizedOperation", ""), Fatal);
+        // Throttling is the account's, not the candidate's: the same launch again, later.
+        for c in [
+            "RequestLimitExceeded",
+            "InternalError",
+            "Unavailable",
+            "ServiceUnavailable",
+        ] {
+            assert_eq!(classify(c, ""), Transient, "{c}");
+        }
         assert_eq!(
             classify("AuthFailure.ServiceLinkedRoleCreationNotPermitted", ""),
             Market

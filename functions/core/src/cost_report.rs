@@ -323,6 +323,7 @@ mod tests {
             estimate_usd: 1.5,
             volume_gib: 30,
             tried: vec![],
+            tried_total: 0,
             reused: false,
         };
         let state = |slot: u32, id: &str| WorkerState {

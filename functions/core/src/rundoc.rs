@@ -36,12 +36,29 @@ pub struct Attempt {
     pub client_token: String,
     pub estimate_usd: f64,
     pub volume_gib: u32,
-    /// Candidates that answered with a capacity or limit error before this one.
+    /// The last [`TRIED_KEPT`] candidates that answered with a capacity or limit error before
+    /// this one (every one is in launch-worker's log).
     #[serde(default)]
     pub tried: Vec<Tried>,
+    /// How many candidates answered so: `tried` keeps the last few of them.
+    #[serde(default)]
+    pub tried_total: u32,
     /// True when the instance already existed (a retried call) and was returned as is.
     #[serde(default)]
     pub reused: bool,
+}
+
+/// How many refused candidates an attempt keeps. Every worker's document travels in the
+/// execution's state, whose every input and output Step Functions caps at 256 KiB
+/// (States.DataLimitExceeded, which no Catch takes): at 40 workers each refused on ten Spot
+/// candidates, whole lists took the Map's output to 89 % of it.
+pub const TRIED_KEPT: usize = 2;
+
+/// The refusals an attempt keeps: the last [`TRIED_KEPT`], and how many there were.
+pub fn kept(mut tried: Vec<Tried>) -> (Vec<Tried>, u32) {
+    let total = u32::try_from(tried.len()).unwrap_or(u32::MAX);
+    let last = tried.split_off(tried.len().saturating_sub(TRIED_KEPT));
+    (last, total)
 }
 
 /// `$.worker` in a worker's Map iteration: the current attempt and every attempt so far (for
@@ -640,5 +657,21 @@ mod tests {
             at("art", "runs/fx-2023/")
         );
         assert_eq!(report_location(&spec, None, None), None);
+    }
+
+    #[test]
+    fn an_attempt_keeps_its_last_refusals_and_counts_them_all() {
+        let refusal = |n: usize| crate::capacity::Tried {
+            market: crate::runspec::Market::Spot,
+            instance_type: format!("c7g.{n}xlarge"),
+            subnet: "subnet-1".into(),
+            code: "InsufficientInstanceCapacity".into(),
+            message: "x".repeat(160),
+        };
+        let (kept_, total) = kept((1..=10).map(refusal).collect());
+        assert_eq!(total, 10);
+        assert_eq!(kept_, vec![refusal(9), refusal(10)]);
+        assert_eq!(kept(vec![refusal(1)]), (vec![refusal(1)], 1));
+        assert_eq!(kept(vec![]), (vec![], 0));
     }
 }

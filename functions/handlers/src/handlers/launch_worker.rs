@@ -238,19 +238,23 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
             current,
         }
     };
-    let attempt_of = |i: &InstanceView, token: String, tried: Vec<Tried>, reused: bool| Attempt {
-        attempt,
-        instance_id: i.id.clone(),
-        instance_type: i.instance_type.clone(),
-        subnet: i.subnet.clone().unwrap_or_default(),
-        availability_zone: i.availability_zone.clone(),
-        market: i.market,
-        launched_at: i.launch_time.unwrap_or(now),
-        client_token: token,
-        estimate_usd: estimate,
-        volume_gib: spec.worker.volume_gib,
-        tried,
-        reused,
+    let attempt_of = |i: &InstanceView, token: String, tried: Vec<Tried>, reused: bool| {
+        let (tried, tried_total) = rundoc::kept(tried);
+        Attempt {
+            attempt,
+            instance_id: i.id.clone(),
+            instance_type: i.instance_type.clone(),
+            subnet: i.subnet.clone().unwrap_or_default(),
+            availability_zone: i.availability_zone.clone(),
+            market: i.market,
+            launched_at: i.launch_time.unwrap_or(now),
+            client_token: token,
+            estimate_usd: estimate,
+            volume_gib: spec.worker.volume_gib,
+            tried,
+            tried_total,
+            reused,
+        }
     };
 
     // A retried call (Lambda timeout, Step Functions retry) finds the instance it already made.
@@ -342,6 +346,16 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
                         code: e.code,
                         message,
                     });
+                }
+                // Ephemera.AwsError: the state retries the whole call with backoff, and the
+                // ClientTokens make it ask EC2 for the same launches again.
+                LaunchErrorKind::Transient => {
+                    return Err(Error::Aws {
+                        service: "ec2",
+                        operation: "RunInstances",
+                        code: e.code,
+                        message: e.message.chars().take(160).collect(),
+                    })
                 }
                 LaunchErrorKind::Fatal => {
                     return Err(Error::LaunchFailed(format!(

@@ -1,0 +1,105 @@
+//! AWS's limits that a run meets at scale, played by the harness: Step Functions' 256 KiB
+//! payload quota (moto fails an execution whose state output passes it) at forty workers, and
+//! EC2's request throttling at launch. The deployed ASL, the real handlers behind the front door,
+//! a worker stand-in on every instance.
+
+use ephemera_tests::e2e::{self, Run};
+use ephemera_tests::worker_standin::Behaviour;
+use ephemera_tests::{fresh_region, harness, FaultRule};
+use serde_json::{json, Value};
+
+fn report_for(run_id: &str, partitions: u64) -> Value {
+    json!({"run_id": run_id, "partitions_done": partitions, "partitions_failed": 0,
+           "rows_in": 1000, "rows_out": 1000, "durations": {"total_seconds": 1.5}})
+}
+
+/// One execution in a fresh region whose RunInstances answer as `fault` says.
+async fn scenario(
+    run_id: &str,
+    fault: impl FnOnce(&'static str) -> FaultRule,
+    edit: impl FnOnce(&mut Value),
+) -> Run {
+    let region = fresh_region();
+    harness().door.add_fault(fault(region));
+    e2e::scenario(
+        region,
+        run_id,
+        Behaviour::Succeed(report_for(run_id, 2)),
+        edit,
+    )
+    .await
+}
+
+/// Forty workers on one run through a Spot shortage: all ten Spot candidates (five types × two
+/// subnets) refused, so every worker launches On-Demand after ten refusals. Step Functions fails
+/// an execution outright, without Cleanup, when a state's output passes 256 KiB
+/// (States.DataLimitExceeded, https://docs.aws.amazon.com/step-functions/latest/dg/service-quotas.html#service-limits-task-executions),
+/// and moto plays that limit: the Map's output, one document per worker, must stay under it.
+#[tokio::test]
+async fn forty_workers_through_a_spot_shortage_stay_within_the_payload_quota() {
+    let types = [
+        "c7g.4xlarge",
+        "c6g.4xlarge",
+        "m7g.4xlarge",
+        "m6g.4xlarge",
+        "r7g.4xlarge",
+    ];
+    let r = scenario(
+        "e2e-forty",
+        |region| {
+            FaultRule::always(region, "RunInstances", "InsufficientInstanceCapacity", 500)
+                .when("InstanceMarketOptions.MarketType", "spot")
+        },
+        |spec| {
+            spec["worker"]["count"] = json!(40);
+            spec["worker"]["instance_types"] = json!(types);
+            spec["limits"]["budget_usd"] = json!(400.0);
+            spec["limits"]["max_runtime_seconds"] = json!(3600);
+            // Within the history bound at 40 workers: 31 boot polls a worker, one attempt each.
+            spec["limits"]["max_relaunches"] = json!(0);
+            spec["limits"]["boot_timeout_seconds"] = json!(60);
+            spec["waits"]["boot_poll_seconds"] = json!(2);
+        },
+    )
+    .await;
+    assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished.error);
+    assert_eq!(r.finished.visited("LaunchWorker"), 40);
+    assert_eq!(r.instances.len(), 40, "{:?}", r.instances);
+    r.assert_nothing_left();
+    r.assert_email("SUCCEEDED");
+    let workers = r.finished.output["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 40);
+    let attempts = r.finished.report["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 40, "every instance billed");
+    assert!(attempts.iter().all(|a| a["market"] == "on-demand"));
+    let map_bytes = r.finished.output["workers"].to_string().len();
+    let largest = r.finished.largest_state_output;
+    println!(
+        "forty workers: the Map's output {map_bytes} bytes, the largest state output {largest} bytes ({:.0} % of 256 KiB)",
+        largest as f64 / 2621.44
+    );
+    // Half the quota: room for one relaunch of every worker (one more attempt each, about 1 KB).
+    assert!(
+        largest <= 128 * 1024,
+        "{largest} bytes: over half the quota"
+    );
+}
+
+/// EC2 throttles the account (RequestLimitExceeded, 503) for four RunInstances calls: more than
+/// the SDK's own three attempts, so launch-worker answers Ephemera.AwsError and the state's Retry
+/// asks again; the ClientToken keeps it one launch. Before, the code was read as a fatal launch
+/// error and the run lost its only worker.
+#[tokio::test]
+async fn a_throttled_launch_is_retried_not_lost() {
+    let r = scenario(
+        "e2e-throttled-launch",
+        |region| FaultRule::always(region, "RunInstances", "RequestLimitExceeded", 503).times(4),
+        |_| {},
+    )
+    .await;
+    assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished);
+    assert_eq!(r.finished.visited("ReleaseWorker"), 0);
+    assert_eq!(r.instances.len(), 1, "{:?}", r.instances);
+    r.assert_nothing_left();
+    r.assert_email("SUCCEEDED");
+}
