@@ -37,6 +37,9 @@ names! {
     BAD_INPUT = "Ephemera.BadInput";
     /// A fault of ephemera's own code (an output it cannot serialise, an unknown function).
     INTERNAL = "Ephemera.Internal";
+    /// AWS refused to terminate the run's instances (a permission taken away): not retried, an
+    /// alert names what is left, and the execution ends as [`CLEANUP_FAILED`].
+    CLEANUP_DENIED = "Ephemera.CleanupDenied";
     /// The cleanup (terminate-with-cost-report) failed after its retries: the ASL's last Fail.
     CLEANUP_FAILED = "Ephemera.CleanupFailed";
 }

@@ -168,8 +168,10 @@ async fn spot_capacity_error_falls_back_to_on_demand() {
     let w = launch(&c, &spec, "spot-fallback").await.unwrap();
     assert_eq!(w.current.market, ephemera_core::Market::OnDemand);
     assert_eq!(w.current.instance_type, "c7g.4xlarge");
-    // Every Spot candidate (2 types × 2 subnets) was tried first.
-    assert_eq!(w.current.tried.len(), 4, "{:?}", w.current.tried);
+    // Every Spot candidate (2 types × 2 subnets) was tried first: all four counted, the last
+    // two kept (the run document's size).
+    assert_eq!(w.current.tried_total, 4, "{:?}", w.current);
+    assert_eq!(w.current.tried.len(), 2, "{:?}", w.current.tried);
     assert!(w.current.tried.iter().all(
         |t| t.code == "InsufficientInstanceCapacity" && t.market == ephemera_core::Market::Spot
     ));

@@ -1,9 +1,10 @@
-//! AWS's limits that a run meets at scale, played by the harness: Step Functions' 256 KiB
-//! payload quota (moto fails an execution whose state output passes it) at forty workers, and
-//! EC2's request throttling at launch. The deployed ASL, the real handlers behind the front door,
-//! a worker stand-in on every instance.
+//! AWS's limits and refusals that a run meets, played by the harness: Step Functions' 256 KiB
+//! payload quota (moto fails an execution whose state output passes it) at forty workers, EC2's
+//! request throttling at launch, and a cleanup AWS refuses. The deployed ASL, the real handlers
+//! behind the front door, a worker stand-in on every instance.
 
 use ephemera_tests::e2e::{self, Run};
+use ephemera_tests::iam::Principal;
 use ephemera_tests::worker_standin::Behaviour;
 use ephemera_tests::{fresh_region, harness, FaultRule};
 use serde_json::{json, Value};
@@ -102,4 +103,46 @@ async fn a_throttled_launch_is_retried_not_lost() {
     assert_eq!(r.instances.len(), 1, "{:?}", r.instances);
     r.assert_nothing_left();
     r.assert_email("SUCCEEDED");
+}
+
+/// The terminate role without `ec2:TerminateInstances` (taken away after deploy): AWS refuses the
+/// cleanup. Not retried; an alert email names the instance left running, the action refused and
+/// what to run; the execution ends Ephemera.CleanupFailed. Before, the denial was only in the
+/// execution's history, with no email at all.
+#[tokio::test]
+async fn a_cleanup_aws_refuses_sends_an_alert_naming_what_is_left() {
+    let region = fresh_region();
+    let door = &harness().door;
+    door.set_policies(
+        region,
+        door.template_policies().without(
+            &Principal::Function("terminate-with-cost-report".into()),
+            "TerminateOnlyEphemeraInstances",
+        ),
+    );
+    let r = e2e::scenario(
+        region,
+        "e2e-cleanup-denied",
+        Behaviour::Succeed(report_for("e2e-cleanup-denied", 2)),
+        |_| {},
+    )
+    .await;
+    assert_eq!(r.finished.status, "FAILED", "{:?}", r.finished);
+    assert_eq!(r.finished.error.as_deref(), Some("Ephemera.CleanupFailed"));
+    assert_eq!(r.finished.visited("TerminateWithCostReport"), 1);
+    // Not asked again: Cleanup would be refused the same way.
+    assert_eq!(r.finished.visited("Cleanup"), 0, "{:?}", r.finished.path);
+    let left = r.live();
+    assert_eq!(left.len(), 1, "{:?}", r.instances);
+    assert_eq!(r.emails.len(), 1, "one alert: {:?}", r.emails);
+    let e = &r.emails[0];
+    assert!(e.subject.contains("CLEANUP DENIED"), "{}", e.subject);
+    assert!(e.subject.len() < 100);
+    for needle in [
+        left[0].0.as_str(),
+        "ec2:TerminateInstances",
+        "ephemera sweep --yes",
+    ] {
+        assert!(e.body.contains(needle), "{needle} in {}", e.body);
+    }
 }

@@ -47,6 +47,8 @@ pub enum Error {
     WorkersLost(CaughtError),
     #[error("refusing to terminate {instance}: {why}")]
     Refused { instance: String, why: String },
+    #[error("AWS refused to terminate {} (ec2:TerminateInstances): {detail}; they are left running until the sweeper's next tick, or `ephemera sweep --yes`", .left.join(", "))]
+    CleanupDenied { left: Vec<String>, detail: String },
     #[error("{service} {operation} failed: {code}: {message}")]
     Aws {
         service: &'static str,
@@ -95,6 +97,7 @@ impl Error {
             Error::VerificationFailed { .. } => names::VERIFICATION_FAILED,
             Error::WorkersLost(e) => &e.error,
             Error::Refused { .. } => names::REFUSED,
+            Error::CleanupDenied { .. } => names::CLEANUP_DENIED,
             Error::Aws { .. } => names::AWS,
         }
     }

@@ -62,6 +62,7 @@ fn every_lambda_error() -> Vec<Error> {
         | Error::SpotInterrupted(_)
         | Error::VerificationFailed { .. }
         | Error::Refused { .. }
+        | Error::CleanupDenied { .. }
         | Error::Aws { .. } => {}
         // Raises the name of an error already caught (another Lambda's, or the worker's): no
         // name of its own.
@@ -91,6 +92,10 @@ fn every_lambda_error() -> Vec<Error> {
         Error::Refused {
             instance: String::new(),
             why: String::new(),
+        },
+        Error::CleanupDenied {
+            left: vec![],
+            detail: String::new(),
         },
         Error::Aws {
             service: "ec2",

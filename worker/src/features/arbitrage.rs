@@ -65,7 +65,7 @@ pub const VEHICLE_ORDER: [&str; 14] = [
 
 /// The vehicle of three currencies: the first of them in [`VEHICLE_ORDER`], else the first
 /// alphabetically.
-pub fn vehicle<'a>(trio: [&'a str; 3]) -> &'a str {
+pub fn vehicle(trio: [&str; 3]) -> &str {
     let rank = |c: &str| {
         VEHICLE_ORDER
             .iter()

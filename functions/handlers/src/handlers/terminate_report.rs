@@ -121,8 +121,42 @@ where
         ours(i, &spec.run_id)?;
     }
     let to_stop = still_up(instances.values());
+    let topic = spec
+        .notify
+        .topic_arn
+        .clone()
+        .or_else(|| config.default_topic.clone());
     let teardown_start = Utc::now();
-    ec2.terminate(&to_stop).await?;
+    if let Err(e) = ec2.terminate(&to_stop).await {
+        if !is_denied(&e) {
+            return Err(e);
+        }
+        // A refusal does not pass with retries: say at once what is left and how to end it,
+        // then fail without a retry (the ASL goes straight to CleanupFailed).
+        let denied = Error::CleanupDenied {
+            left: to_stop.clone(),
+            detail: short(&e.to_string()),
+        };
+        tracing::error!(left = ?to_stop, error = %e, "AWS refused the cleanup");
+        if let Some(t) = &topic {
+            let (subject, body) = cleanup_denied_email(&spec.run_id, &input.execution, &denied);
+            if let Err(e) = sns
+                .publish(
+                    t,
+                    &subject,
+                    &body,
+                    &[
+                        ("run_id", spec.run_id.as_str()),
+                        ("outcome", "CLEANUP_DENIED"),
+                    ],
+                )
+                .await
+            {
+                tracing::error!(error = %e, topic = %t, "the cleanup alert could not be sent");
+            }
+        }
+        return Err(denied);
+    }
     let teardown_seconds = (Utc::now() - teardown_start).num_seconds();
     tracing::info!(terminated = ?to_stop, "terminated");
 
@@ -252,11 +286,6 @@ where
         store(objects, &mut report, place).await;
     }
 
-    let topic = spec
-        .notify
-        .topic_arn
-        .clone()
-        .or_else(|| config.default_topic.clone());
     match topic {
         Some(t) => {
             let (subject, body) = render_email(&report);
@@ -396,6 +425,35 @@ async fn store<O: ObjectWriter>(objects: &O, report: &mut CostReport, place: Sto
     }
 }
 
+/// The alert for a cleanup AWS refused: what is left running, the refusal, what to run.
+fn cleanup_denied_email(run_id: &str, execution: &str, denied: &Error) -> (String, String) {
+    let left = match denied {
+        Error::CleanupDenied { left, .. } => left.join("\n  "),
+        _ => String::new(),
+    };
+    let subject = format!(
+        "ephemera {}: CLEANUP DENIED, instances left running",
+        cut(run_id, 40)
+    );
+    let body = format!(
+        "AWS refused to terminate the instances of run {run_id} (execution {execution}). They are still running and billing:\n  {left}\n\nRefused: {denied}\n\nWhat to do: restore ec2:TerminateInstances to the terminate-with-cost-report role (template statement TerminateOnlyEphemeraInstances), then run `ephemera sweep --yes`, or terminate them in the EC2 console. The scheduled sweeper tries again at its next tick.\n"
+    );
+    (subject, body)
+}
+
+fn cut(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
+/// A permission refusal: EC2 answers `UnauthorizedOperation`
+/// (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html), others
+/// `AccessDenied…`.
+fn is_denied(e: &Error) -> bool {
+    matches!(e, Error::Aws { code, .. } if code == "UnauthorizedOperation"
+        || code.starts_with("AccessDenied")
+        || code.starts_with("AuthFailure"))
+}
+
 /// Permission and validation errors, which a retry does not change.
 fn is_refusal(e: &Error) -> bool {
     matches!(e, Error::Aws { code, .. } if code.contains("Authorization")
@@ -417,6 +475,34 @@ fn short(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_permission_refusals_are_a_denied_cleanup() {
+        let aws = |code: &str| Error::Aws {
+            service: "ec2",
+            operation: "TerminateInstances",
+            code: code.into(),
+            message: "m".into(),
+        };
+        assert!(is_denied(&aws("UnauthorizedOperation")));
+        assert!(is_denied(&aws("AccessDeniedException")));
+        assert!(!is_denied(&aws("RequestLimitExceeded")));
+        assert!(!is_denied(&aws("InvalidInstanceID.NotFound")));
+        let denied = Error::CleanupDenied {
+            left: vec!["i-1".into(), "i-2".into()],
+            detail: "UnauthorizedOperation".into(),
+        };
+        let (subject, body) = cleanup_denied_email(&"r".repeat(80), "arn:x", &denied);
+        assert!(subject.len() < 100, "{subject}");
+        for needle in [
+            "i-1",
+            "i-2",
+            "ec2:TerminateInstances",
+            "ephemera sweep --yes",
+        ] {
+            assert!(body.contains(needle), "{needle}: {body}");
+        }
+    }
 
     #[test]
     fn transition_time() {
