@@ -316,7 +316,9 @@ mod tests {
             "AUDJPY", "EURAUD", "EURCHF", "EURGBP", "EURJPY", "EURUSD", "GBPCHF", "GBPJPY",
             "GBPUSD", "NZDCAD",
         ];
-        let of = |names: &[&str]| -> Vec<(String, String, [(String, bool); 2])> {
+        // A triangle by names: (name, cross, [(leg pair, inverted); 2]).
+        type Named = (String, String, [(String, bool); 2]);
+        let of = |names: &[&str]| -> Vec<Named> {
             triangles(names)
                 .into_iter()
                 .map(|t| {
