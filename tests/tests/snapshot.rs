@@ -108,7 +108,10 @@ async fn a_retried_request_finds_its_snapshot_and_the_role_reaches_only_its_own(
     db_instance(region, "fx-db").await;
     let net = fixtures::network(&clients(region)).await;
     let mut spec = fixtures::runspec("snap-retry", &net, None);
-    spec["database"] = json!({"snapshot_before": {"instance": "fx-db"}});
+    // An hour-long snapshot polled every second (the fixture's boot poll) could outgrow the
+    // execution history; ten minutes cannot.
+    spec["database"] =
+        json!({"snapshot_before": {"instance": "fx-db"}, "snapshot_timeout_seconds": 600});
     let execution = format!(
         "arn:aws:states:{region}:{}:execution:ephemera-worker:snap-retry-1",
         e2e::ACCOUNT
