@@ -128,34 +128,8 @@ where
         .or_else(|| config.default_topic.clone());
     let teardown_start = Utc::now();
     if let Err(e) = ec2.terminate(&to_stop).await {
-        if !is_denied(&e) {
-            return Err(e);
-        }
-        // A refusal does not pass with retries: say at once what is left and how to end it,
-        // then fail without a retry (the ASL goes straight to CleanupFailed).
-        let denied = Error::CleanupDenied {
-            left: to_stop.clone(),
-            detail: short(&e.to_string()),
-        };
-        tracing::error!(left = ?to_stop, error = %e, "AWS refused the cleanup");
-        if let Some(t) = &topic {
-            let (subject, body) = cleanup_denied_email(&spec.run_id, &input.execution, &denied);
-            if let Err(e) = sns
-                .publish(
-                    t,
-                    &subject,
-                    &body,
-                    &[
-                        ("run_id", spec.run_id.as_str()),
-                        ("outcome", "CLEANUP_DENIED"),
-                    ],
-                )
-                .await
-            {
-                tracing::error!(error = %e, topic = %t, "the cleanup alert could not be sent");
-            }
-        }
-        return Err(denied);
+        let topic = topic.as_deref();
+        return Err(teardown_failed(sns, topic, &spec.run_id, &input.execution, &to_stop, e).await);
     }
     let teardown_seconds = (Utc::now() - teardown_start).num_seconds();
     tracing::info!(terminated = ?to_stop, "terminated");
@@ -423,6 +397,36 @@ async fn store<O: ObjectWriter>(objects: &O, report: &mut CostReport, place: Sto
             failed.join("; ")
         ));
     }
+}
+
+/// A teardown that failed. A permission refusal does not pass with retries: the alert says at
+/// once what is left and how to end it, and the error (`Ephemera.CleanupDenied`) is not retried
+/// (the ASL goes straight to CleanupFailed). Any other error is returned as it is, for the
+/// state's Retry.
+async fn teardown_failed<N: Notifier>(
+    sns: &N,
+    topic: Option<&str>,
+    run_id: &str,
+    execution: &str,
+    left: &[String],
+    e: Error,
+) -> Error {
+    if !is_denied(&e) {
+        return e;
+    }
+    let denied = Error::CleanupDenied {
+        left: left.to_vec(),
+        detail: short(&e.to_string()),
+    };
+    tracing::error!(?left, error = %e, "AWS refused the cleanup");
+    if let Some(t) = topic {
+        let (subject, body) = cleanup_denied_email(run_id, execution, &denied);
+        let attributes = [("run_id", run_id), ("outcome", "CLEANUP_DENIED")];
+        if let Err(e) = sns.publish(t, &subject, &body, &attributes).await {
+            tracing::error!(error = %e, topic = %t, "the cleanup alert could not be sent");
+        }
+    }
+    denied
 }
 
 /// The alert for a cleanup AWS refused: what is left running, the refusal, what to run.
