@@ -183,13 +183,7 @@ pub async fn follow(
 /// The outcome line and the report's summary.
 pub fn finish(d: &Execution, events: &[history::Event]) -> Outcome {
     let took = d.stopped.unwrap_or_else(Utc::now) - d.started;
-    let report = history::report(events).or_else(|| {
-        d.output
-            .as_ref()
-            .and_then(|o| o.get("report"))
-            .filter(|r| r.is_object())
-            .cloned()
-    });
+    let report = history::report(events).or_else(|| d.output.as_ref().and_then(history::report_in));
     let succeeded = d.status == "SUCCEEDED";
     let mut headline = format!("{} after {}", d.status, elapsed(took));
     if let Some(usd) = report.as_ref().and_then(|r| r["actual_usd"].as_f64()) {

@@ -163,11 +163,21 @@ pub fn report(events: &[Event]) -> Option<Value> {
             state,
             output: Some(out),
         } if state == "TerminateWithCostReport" || state == "Cleanup" => {
-            let doc: Value = serde_json::from_str(out).ok()?;
-            doc.get("report").filter(|r| r.is_object()).cloned()
+            report_in(&serde_json::from_str(out).ok()?)
         }
         _ => None,
     })
+}
+
+/// The report in a state's or the execution's output: the output itself, since the last
+/// states keep only the report (`OutputPath: $.report`, so that the run document and the
+/// report never add up against the 256 KiB payload quota), or its `report` field, as
+/// executions of an earlier deployment have it.
+pub fn report_in(doc: &Value) -> Option<Value> {
+    if doc.get("outcome").is_some() && doc.get("attempts").is_some() {
+        return Some(doc.clone());
+    }
+    doc.get("report").filter(|r| r.is_object()).cloned()
 }
 
 #[cfg(test)]
@@ -260,5 +270,15 @@ pub mod tests {
         ];
         assert_eq!(super::report(&events), Some(report));
         assert_eq!(super::report(&events[..1]), None);
+    }
+
+    #[test]
+    fn the_report_is_the_last_states_whole_output() {
+        let report = json!({"run_id": "r", "outcome": "FAILED", "attempts": [], "actual_usd": 0.5});
+        let events = vec![exited_at(2, 9, "Cleanup", Some(report.clone()))];
+        assert_eq!(super::report(&events), Some(report.clone()));
+        assert_eq!(report_in(&report), Some(report.clone()));
+        assert_eq!(report_in(&json!({"report": report.clone()})), Some(report));
+        assert_eq!(report_in(&json!({"run": {}, "workers": []})), None);
     }
 }

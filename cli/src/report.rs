@@ -24,13 +24,8 @@ pub async fn find(
     sfn: &aws_sdk_sfn::Client,
     execution: &Execution,
 ) -> Result<Option<Value>, CliError> {
-    if let Some(r) = execution
-        .output
-        .as_ref()
-        .and_then(|o| o.get("report"))
-        .filter(|r| r.is_object())
-    {
-        return Ok(Some(r.clone()));
+    if let Some(r) = execution.output.as_ref().and_then(history::report_in) {
+        return Ok(Some(r));
     }
     if execution.is_running() {
         // Written by the last state; nothing to look for yet.

@@ -1,6 +1,8 @@
 //! The run's SSM parameters, through which the worker and the state machine signal each other:
 //! the worker says "started", the state machine hands each instance its task token.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +67,32 @@ pub struct Started {
     pub at: DateTime<Utc>,
 }
 
+/// The longest a worker waits between two reads of its task token.
+pub const TOKEN_POLL_MAX: Duration = Duration::from_secs(10);
+
+/// How long a worker waits after its `n`th unanswered read of its task token (`n` from 0):
+/// from half a second, half as long again each time, up to [`TOKEN_POLL_MAX`], of which a
+/// quarter to a half is jitter (`draw` in 0..1, see [`token_poll_draw`]). Parameter Store serves
+/// GetParameter, GetParameters and PutParameter at 40 transactions a second for the whole
+/// account and region by default
+/// (<https://docs.aws.amazon.com/cli/latest/reference/ssm/put-parameter.html>,
+/// <https://repost.aws/knowledge-center/ssm-parameter-store-rate-exceeded>): forty workers
+/// reading every second would take all of it from the state machine and from everyone else,
+/// and workers booted together would read in step without the jitter.
+pub fn token_poll_wait(n: u32, draw: f64) -> Duration {
+    let ceiling = (0.5 * 1.5_f64.powi(n.min(16) as i32)).min(TOKEN_POLL_MAX.as_secs_f64());
+    Duration::from_secs_f64(ceiling * (0.5 + 0.5 * draw.clamp(0.0, 1.0)))
+}
+
+/// A draw in 0..1 for [`token_poll_wait`], different for each instance and read (a hash, not a
+/// secret: it only spreads the workers' reads apart).
+pub fn token_poll_draw(instance_id: &str, n: u32) -> f64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (instance_id, n).hash(&mut h);
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +151,29 @@ mod tests {
             serde_json::from_str::<serde_json::Value>(&json).unwrap(),
             serde_json::json!({"instance_id": "i-0abc", "attempt": 2, "at": "2026-11-30T12:00:00Z"})
         );
+    }
+    #[test]
+    fn token_reads_back_off_with_jitter_to_a_few_a_second_for_forty_workers() {
+        assert_eq!(token_poll_wait(0, 1.0), Duration::from_millis(500));
+        assert_eq!(token_poll_wait(0, 0.0), Duration::from_millis(250));
+        for n in 0..40 {
+            assert!(token_poll_wait(n, 1.0) <= token_poll_wait(n + 1, 1.0));
+            assert!(token_poll_wait(n, 1.0) <= TOKEN_POLL_MAX);
+        }
+        assert_eq!(token_poll_wait(1000, 1.0), TOKEN_POLL_MAX);
+        // Forty workers that have waited a minute read at most 40 / 5 s = 8 times a second,
+        // a fifth of the account's default 40.
+        assert!(token_poll_wait(12, 0.0) >= TOKEN_POLL_MAX / 2);
+        // The first minute: each worker reads at most this many times.
+        let mut t = Duration::ZERO;
+        let mut reads = 0;
+        while t < Duration::from_secs(60) {
+            t += token_poll_wait(reads, 0.0);
+            reads += 1;
+        }
+        assert!(reads <= 20, "{reads}");
+        let draws: Vec<f64> = (0..100).map(|n| token_poll_draw("i-0abc", n)).collect();
+        assert!(draws.iter().all(|d| (0.0..1.0).contains(d)));
+        assert_ne!(token_poll_draw("i-0abc", 1), token_poll_draw("i-0abd", 1));
     }
 }

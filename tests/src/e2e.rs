@@ -80,9 +80,14 @@ pub struct Finished {
     /// The largest input or output of any state, in bytes: Step Functions' payload quota is
     /// 256 KiB for each.
     pub largest_state_output: usize,
-    /// The cost report: the output's `report`, or for a failed execution (which has no output)
-    /// the one Cleanup or TerminateWithCostReport left in the state data.
+    /// The cost report: the execution's output (the last states keep only the report), or for
+    /// a failed execution (which has no output) Cleanup's.
     pub report: Value,
+    /// The Map state's output: every worker's end (`$.workers`).
+    pub workers: Value,
+    /// The run document at its fullest: the last TerminateWithCostReport's or Cleanup's input
+    /// (`run`, `quota`, `snapshot`, `workers`, `verification`, `error`).
+    pub document: Value,
 }
 
 impl Finished {
@@ -102,15 +107,32 @@ impl Finished {
                 .filter_map(|e| e.state_exited_event_details())
                 .filter(|x| matches!(x.name(), "Cleanup" | "TerminateWithCostReport"))
                 .find_map(|x| serde_json::from_str::<Value>(x.output()?).ok())
-                .map(|data| data["report"].clone())
                 .unwrap_or(Value::Null)
         };
+        // The Map state's output: every worker's end.
+        let workers = events
+            .iter()
+            .rev()
+            .filter_map(|e| e.state_exited_event_details())
+            .filter(|x| x.name() == "Workers")
+            .find_map(|x| serde_json::from_str::<Value>(x.output()?).ok())
+            .map_or(Value::Null, |doc| doc["workers"].clone());
+        let document = events
+            .iter()
+            .rev()
+            .filter_map(|e| e.state_entered_event_details())
+            .filter(|x| matches!(x.name(), "Cleanup" | "TerminateWithCostReport"))
+            .find_map(|x| serde_json::from_str::<Value>(x.input()?).ok())
+            .unwrap_or(Value::Null);
         Finished {
             status: d.status().as_str().to_string(),
-            report: match &output["report"] {
+            document,
+            // The last states' output is the report alone (OutputPath: $.report).
+            report: match &output {
                 Value::Null => from_history(),
                 r => r.clone(),
             },
+            workers,
             output,
             error: d.error().map(str::to_string),
             cause: d.cause().map(str::to_string),
@@ -241,6 +263,18 @@ pub async fn scenario(
     behaviour: Behaviour,
     edit: impl FnOnce(&mut Value),
 ) -> Run {
+    scenario_within(region, run_id, behaviour, Duration::from_secs(180), edit).await
+}
+
+/// As [`scenario`], waiting up to `timeout` for the execution to end (forty workers through a
+/// new account's Lambda concurrency take minutes on this emulator).
+pub async fn scenario_within(
+    region: &'static str,
+    run_id: &str,
+    behaviour: Behaviour,
+    timeout: Duration,
+    edit: impl FnOnce(&mut Value),
+) -> Run {
     let aws = clients(region);
     let net = fixtures::network(&aws).await;
     let inbox = fixtures::inbox(region, "ephemera-reports").await;
@@ -248,9 +282,9 @@ pub async fn scenario(
     spec["expect"] = json!({"partitions": 2, "min_rows": 100});
     edit(&mut spec);
     let machine = create_state_machine(region).await;
-    let worker = worker_standin::spawn(region, run_id, behaviour, Duration::from_secs(150));
+    let worker = worker_standin::spawn(region, run_id, behaviour, timeout);
     let execution = start(region, &machine, &format!("{run_id}-1"), &spec).await;
-    let finished = wait(region, &execution, Duration::from_secs(180)).await;
+    let finished = wait(region, &execution, timeout).await;
     let worker_log = worker.log().await;
     // SNS → SQS delivery is synchronous in moto, but allow a moment.
     let mut emails = inbox.read().await;

@@ -13,6 +13,7 @@ use ephemera_functions::{Aws, Settings};
 use crate::iam::{Check, Policies, Principal, ACCOUNT};
 use crate::quotas::QuotaStandIn;
 use crate::requests::{self, url_form, Wire};
+use crate::throttle::{self, Throttles};
 
 /// An EC2 request answered with an EC2 error instead of reaching moto.
 #[derive(Debug, Clone)]
@@ -94,6 +95,10 @@ pub struct FrontDoor {
     pub spot_notices: Mutex<HashMap<(String, String), chrono::DateTime<chrono::Utc>>>,
     /// (region, instance) Spot has taken back: their state reason is Spot's.
     spot_reclaimed: Mutex<std::collections::HashSet<(String, String)>>,
+    /// The account-wide rate limits played (`throttle`).
+    pub throttles: Throttles,
+    /// The account's Lambda concurrency (a new account's by default).
+    pub lambda_concurrency: std::sync::atomic::AtomicU32,
 }
 
 /// A request IAM refused.
@@ -132,6 +137,8 @@ impl FrontDoor {
             client_tokens: Mutex::default(),
             spot_notices: Mutex::default(),
             spot_reclaimed: Mutex::default(),
+            throttles: Throttles::default(),
+            lambda_concurrency: throttle::NEW_ACCOUNT_LAMBDA_CONCURRENCY.into(),
         }
     }
 
@@ -345,6 +352,15 @@ fn json_response(status: u16, body: serde_json::Value, extra: &[(&str, &str)]) -
     r.body(Body::from(body.to_string())).unwrap()
 }
 
+/// A JSON-protocol request's operation (`X-Amz-Target: AmazonSSM.GetParameter`).
+fn target_operation(headers: &HeaderMap) -> &str {
+    headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.rsplit('.').next())
+        .unwrap_or_default()
+}
+
 async fn route(State(door): State<Arc<FrontDoor>>, req: Request) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let bytes = to_bytes(body, 64 << 20).await.unwrap_or_default();
@@ -366,6 +382,23 @@ async fn route(State(door): State<Arc<FrontDoor>>, req: Request) -> Response<Bod
     if let Some(refusal) = enforce(&door, caller, &region, &service, &parts, &bytes).await {
         return refusal;
     }
+    if service == "ssm" {
+        let op = target_operation(&parts.headers);
+        if throttle::SSM_PARAMETER_ACTIONS.contains(&op)
+            && !door.throttles.take(
+                &region,
+                "ssm-parameters",
+                throttle::SSM_PARAMETER_TPS,
+                &format!("ssm:{op}"),
+            )
+        {
+            return json_response(
+                400,
+                serde_json::json!({"__type": "ThrottlingException", "message": "Rate exceeded"}),
+                &[("x-amzn-errortype", "ThrottlingException")],
+            );
+        }
+    }
 
     if service == "lambda"
         && path.starts_with("/2015-03-31/functions/")
@@ -381,12 +414,7 @@ async fn route(State(door): State<Arc<FrontDoor>>, req: Request) -> Response<Bod
         return invoke_lambda(&door, &region, &path, &host, &bytes).await;
     }
     if service == "servicequotas" {
-        let target = parts
-            .headers
-            .get("x-amz-target")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        let op = target.rsplit('.').next().unwrap_or_default().to_string();
+        let op = target_operation(&parts.headers).to_string();
         let input: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
         let (status, out) = door.with_quotas(&region, |q| q.handle(&op, &input));
         let mut extra = vec![];
@@ -724,6 +752,20 @@ async fn invoke_lambda(
         .into_iter()
         .find(|f| name == f.name() || name.contains(f.name()));
     let function = known.map(|f| f.name().to_string()).unwrap_or(name);
+    let limit = door
+        .lambda_concurrency
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let Some(_running) = door
+        .throttles
+        .enter(region, limit, &format!("lambda:{function}"))
+    else {
+        return json_response(
+            429,
+            serde_json::json!({"Type": "User", "Reason": "ConcurrentInvocationLimitExceeded",
+                               "message": "Rate Exceeded."}),
+            &[("x-amzn-errortype", "TooManyRequestsException")],
+        );
+    };
     door.invocations
         .lock()
         .unwrap()
@@ -789,8 +831,10 @@ async fn invoke_lambda(
     match result {
         Ok(v) => json_response(200, v, &[("x-amz-executed-version", "$LATEST")]),
         Err(e) => {
+            // As the runtime reports it (the message cut as `Diagnostic` cuts it).
+            let d = lambda_runtime::Diagnostic::from(e);
             let body =
-                serde_json::json!({"errorType": e.error_type(), "errorMessage": e.to_string()});
+                serde_json::json!({"errorType": d.error_type, "errorMessage": d.error_message});
             json_response(
                 200,
                 body,

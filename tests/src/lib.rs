@@ -18,6 +18,7 @@ pub mod iam;
 pub mod imds;
 pub mod quotas;
 pub mod requests;
+pub mod throttle;
 pub mod worker_standin;
 
 use std::net::TcpListener;
@@ -59,11 +60,22 @@ fn moto_server_path() -> PathBuf {
     if let Ok(p) = std::env::var("EPHEMERA_MOTO_SERVER") {
         return PathBuf::from(p);
     }
-    let venv = workspace_root().join(".venv/bin/moto_server");
+    let venv = workspace_root().join(".venv/bin/python3");
     if venv.exists() {
         return venv;
     }
-    PathBuf::from("moto_server")
+    PathBuf::from("python3")
+}
+
+/// moto server as the harness runs it: through `tests/moto/aws_answers.py`, which teaches it
+/// AWS's answer where it differs (each patch cited there); `EPHEMERA_MOTO_SERVER` runs another
+/// server as is.
+fn moto_command() -> Command {
+    let mut cmd = Command::new(moto_server_path());
+    if std::env::var_os("EPHEMERA_MOTO_SERVER").is_none() {
+        cmd.arg(workspace_root().join("tests/moto/aws_answers.py"));
+    }
+    cmd
 }
 
 /// Starts moto and the front door once per process, on a thread that lives as long as it.
@@ -79,7 +91,7 @@ pub fn harness() -> &'static Harness {
             .spawn(move || {
                 let log = std::env::temp_dir().join(format!("ephemera-moto-{moto_port}.log"));
                 let log_file = std::fs::File::create(&log).expect("moto log file");
-                let mut cmd = Command::new(moto_server_path());
+                let mut cmd = moto_command();
                 cmd.args(["-H", "127.0.0.1", "-p", &moto_port.to_string()])
                     .env("MOTO_PORT", door_port.to_string())
                     .stdin(Stdio::null())

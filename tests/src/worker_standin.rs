@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::Filter;
 use aws_sdk_ssm::types::ParameterType;
-use ephemera_core::contract::{RunParameters, Started};
+use ephemera_core::contract::{ssm, RunParameters, Started};
 use ephemera_core::{names, tags};
 use serde_json::Value;
 
@@ -28,6 +28,8 @@ pub enum Behaviour {
     SpotInterruptFirst(Value),
     /// Start, then fail with this error name.
     Fail(String),
+    /// Start, then fail with this error name and cause.
+    FailWith(String, String),
     /// Attempt 1 takes the token, then Spot reclaims its instance (notice, then termination
     /// after this many seconds) before the worker can say so: it goes silent. Later attempts
     /// succeed with the report.
@@ -164,6 +166,7 @@ async fn serve(me: Instance, behaviour: Behaviour, log: Logger, deadline: Instan
 
     // The token appears once the state machine reaches AwaitCompletion.
     let mut token = None;
+    let mut reads = 0;
     while Instant::now() < deadline {
         if let Ok(p) = ssm
             .get_parameter()
@@ -178,7 +181,11 @@ async fn serve(me: Instance, behaviour: Behaviour, log: Logger, deadline: Instan
                 break;
             }
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // As the worker reads it: backoff with jitter (Parameter Store's throughput is the
+        // account's, and the front door plays it).
+        let draw = ssm::token_poll_draw(&instance, reads);
+        tokio::time::sleep(ssm::token_poll_wait(reads, draw)).await;
+        reads += 1;
     }
     let Some(token) = token else { return };
     log.push(format!("{instance}: got the task token"));
@@ -199,14 +206,14 @@ async fn serve(me: Instance, behaviour: Behaviour, log: Logger, deadline: Instan
                 .expect("SendTaskSuccess");
         }
     };
-    let fail = |error: String| {
+    let fail = |error: String, cause: String| {
         let sfn = sfn.clone();
         let token = token.clone();
         async move {
             sfn.send_task_failure()
                 .task_token(&token)
                 .error(error)
-                .cause("reported by the worker stand-in")
+                .cause(cause)
                 .send()
                 .await
                 .expect("SendTaskFailure");
@@ -227,7 +234,11 @@ async fn serve(me: Instance, behaviour: Behaviour, log: Logger, deadline: Instan
             log.push(format!("{instance}: succeeded"));
         }
         Behaviour::SpotInterruptFirst(_) => {
-            fail(names::SPOT_INTERRUPTED.into()).await;
+            fail(
+                names::SPOT_INTERRUPTED.into(),
+                "reported by the worker stand-in".into(),
+            )
+            .await;
             log.push(format!("{instance}: spot interrupted"));
         }
         Behaviour::ReclaimedFirst(_, report) if attempt > 1 => {
@@ -241,8 +252,15 @@ async fn serve(me: Instance, behaviour: Behaviour, log: Logger, deadline: Instan
             log.push(format!("{instance}: reclaimed by Spot, silent"));
         }
         Behaviour::Fail(e) => {
-            fail(e.clone()).await;
+            fail(e.clone(), "reported by the worker stand-in".into()).await;
             log.push(format!("{instance}: failed {e}"));
+        }
+        Behaviour::FailWith(e, cause) => {
+            fail(e.clone(), cause.clone()).await;
+            log.push(format!(
+                "{instance}: failed {e} ({} bytes of cause)",
+                cause.len()
+            ));
         }
         Behaviour::GoSilent => log.push(format!("{instance}: silent")),
         Behaviour::NeverStart => {}

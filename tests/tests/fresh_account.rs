@@ -150,11 +150,16 @@ async fn the_first_spot_launch_without_the_spot_role_permission_goes_on_demand()
         p.without(&function("launch-worker"), "SpotServiceLinkedRole")
     });
     let w = launch(&c, &spec, "slr-spot", json!({})).await.unwrap();
-    assert_eq!(w.current.market.as_str(), "on-demand", "{w:?}");
+    assert_eq!(w.current().unwrap().market.as_str(), "on-demand", "{w:?}");
     // One Spot candidate answered, the market was skipped, no other Spot candidate tried.
-    assert_eq!(w.current.tried.len(), 1, "{:?}", w.current.tried);
     assert_eq!(
-        w.current.tried[0].code,
+        w.current().unwrap().tried.len(),
+        1,
+        "{:?}",
+        w.current().unwrap().tried
+    );
+    assert_eq!(
+        w.current().unwrap().tried[0].code,
         "AuthFailure.ServiceLinkedRoleCreationNotPermitted"
     );
 
@@ -162,7 +167,7 @@ async fn the_first_spot_launch_without_the_spot_role_permission_goes_on_demand()
     let c2 = ctx().await;
     let spec = fixtures::runspec("slr-spot-2", &c2.net, None);
     let w = launch(&c2, &spec, "slr-spot-2", json!({})).await.unwrap();
-    assert_eq!(w.current.market.as_str(), "spot", "{w:?}");
+    assert_eq!(w.current().unwrap().market.as_str(), "spot", "{w:?}");
     assert!(harness()
         .door
         .has_service_linked_role(c2.region, "spot.amazonaws.com"));
@@ -176,7 +181,7 @@ async fn a_retried_launch_asks_ec2_for_exactly_the_same_instance() {
     let first = launch(&c, &spec, "retried", json!({"entered": entered}))
         .await
         .unwrap();
-    let id = first.current.instance_id.clone();
+    let id = first.current().unwrap().instance_id.clone();
     // The retry does not find the instance by its tags (DescribeInstances is eventually
     // consistent), so it calls RunInstances again with the same ClientToken: EC2 answers with
     // the same instance only if every parameter, tags included, is the same.
@@ -192,7 +197,7 @@ async fn a_retried_launch_asks_ec2_for_exactly_the_same_instance() {
     let again = launch(&c, &spec, "retried", json!({"entered": entered}))
         .await
         .unwrap();
-    assert_eq!(again.current.instance_id, id);
+    assert_eq!(again.current().unwrap().instance_id, id);
 }
 
 #[tokio::test]
@@ -225,7 +230,7 @@ async fn the_root_volume_is_the_images_root_device() {
         .await
         .unwrap();
     let root = image.images()[0].root_device_name().unwrap().to_string();
-    let i = &fixtures::instance(&c.aws, &w.current.instance_id).await;
+    let i = &fixtures::instance(&c.aws, &w.current().unwrap().instance_id).await;
     let devices: Vec<&str> = i
         .block_device_mappings()
         .iter()
@@ -278,7 +283,7 @@ async fn a_refused_email_or_spot_price_never_fails_the_report() {
     let inbox = fixtures::inbox(c.region, "ephemera-reports").await;
     let spec = fixtures::runspec("no-mail", &c.net, None);
     let w = launch(&c, &spec, "no-mail", json!({})).await.unwrap();
-    assert_eq!(w.current.market.as_str(), "spot");
+    assert_eq!(w.current().unwrap().market.as_str(), "spot");
     // Publishing and Spot prices both denied to terminate-with-cost-report.
     policies(&c, |mut p| {
         let t = function("terminate-with-cost-report");
@@ -302,7 +307,10 @@ async fn a_refused_email_or_spot_price_never_fails_the_report() {
     .unwrap();
     let report: CostReport = serde_json::from_value(out).unwrap();
     assert_eq!(report.outcome, ephemera_core::rundoc::Outcome::Succeeded);
-    assert_eq!(report.terminated, vec![w.current.instance_id.clone()]);
+    assert_eq!(
+        report.terminated,
+        vec![w.current().unwrap().instance_id.clone()]
+    );
     let notes = report.notes.join("\n");
     assert!(notes.contains("could not be emailed"), "{notes}");
     assert!(notes.contains("Spot price history unavailable"), "{notes}");
@@ -373,7 +381,7 @@ async fn spot_takes_an_instance_back_after_its_notice() {
     let c = ctx().await;
     let spec = fixtures::runspec("reclaim", &c.net, None);
     let w = launch(&c, &spec, "reclaim", json!({})).await.unwrap();
-    let id = w.current.instance_id.clone();
+    let id = w.current().unwrap().instance_id.clone();
     harness()
         .door
         .reclaim_spot(c.region, &id, std::time::Duration::from_millis(300));

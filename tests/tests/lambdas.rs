@@ -61,13 +61,13 @@ async fn launch_creates_a_tagged_imdsv2_instance_without_secrets_in_user_data() 
     let c = ctx().await;
     let spec = fixtures::runspec("launch-tags", &c.net, None);
     let w = launch(&c, &spec, "launch-tags").await.unwrap();
-    assert_eq!(w.current.attempt, 1);
-    assert_eq!(w.current.market, ephemera_core::Market::Spot);
-    assert_eq!(w.current.instance_type, "c7g.4xlarge");
-    assert!(!w.current.reused);
+    assert_eq!(w.current().unwrap().attempt, 1);
+    assert_eq!(w.current().unwrap().market, ephemera_core::Market::Spot);
+    assert_eq!(w.current().unwrap().instance_type, "c7g.4xlarge");
+    assert!(!w.current().unwrap().reused);
     assert_eq!(w.heartbeat_seconds, 60);
     // The token goes to a parameter of this instance's own, readable by its session only.
-    let id = &w.current.instance_id;
+    let id = &w.current().unwrap().instance_id;
     assert_eq!(
         w.token_parameter,
         format!("/ephemera/runs/launch-tags/task-token/{id}")
@@ -77,7 +77,7 @@ async fn launch_creates_a_tagged_imdsv2_instance_without_secrets_in_user_data() 
         format!("{}:{id}", ephemera_tests::iam::WORKER_ROLE_ID)
     );
 
-    let i = &fixtures::instance(&c.aws, &w.current.instance_id).await;
+    let i = &fixtures::instance(&c.aws, &w.current().unwrap().instance_id).await;
     let tags: std::collections::BTreeMap<_, _> = i
         .tags()
         .iter()
@@ -122,7 +122,7 @@ async fn launch_creates_a_tagged_imdsv2_instance_without_secrets_in_user_data() 
         .aws
         .ec2
         .describe_instance_attribute()
-        .instance_id(&w.current.instance_id)
+        .instance_id(&w.current().unwrap().instance_id)
         .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
         .send()
         .await
@@ -146,8 +146,11 @@ async fn a_retried_launch_returns_the_instance_it_already_made() {
     let first = launch(&c, &spec, "launch-retry").await.unwrap();
     // moto ignores ClientToken, so this proves the lookup by tag.
     let second = launch(&c, &spec, "launch-retry").await.unwrap();
-    assert_eq!(first.current.instance_id, second.current.instance_id);
-    assert!(second.current.reused);
+    assert_eq!(
+        first.current().unwrap().instance_id,
+        second.current().unwrap().instance_id
+    );
+    assert!(second.current().unwrap().reused);
     assert_eq!(live(&c, "launch-retry").await.len(), 1);
 }
 
@@ -166,13 +169,18 @@ async fn spot_capacity_error_falls_back_to_on_demand() {
     );
     let spec = fixtures::runspec("spot-fallback", &c.net, None);
     let w = launch(&c, &spec, "spot-fallback").await.unwrap();
-    assert_eq!(w.current.market, ephemera_core::Market::OnDemand);
-    assert_eq!(w.current.instance_type, "c7g.4xlarge");
+    assert_eq!(w.current().unwrap().market, ephemera_core::Market::OnDemand);
+    assert_eq!(w.current().unwrap().instance_type, "c7g.4xlarge");
     // Every Spot candidate (2 types × 2 subnets) was tried first: all four counted, the last
-    // two kept (the run document's size).
-    assert_eq!(w.current.tried_total, 4, "{:?}", w.current);
-    assert_eq!(w.current.tried.len(), 2, "{:?}", w.current.tried);
-    assert!(w.current.tried.iter().all(
+    // kept (the run document's size).
+    assert_eq!(w.current().unwrap().tried_total, 4, "{:?}", w.current());
+    assert_eq!(
+        w.current().unwrap().tried.len(),
+        1,
+        "{:?}",
+        w.current().unwrap().tried
+    );
+    assert!(w.current().unwrap().tried.iter().all(
         |t| t.code == "InsufficientInstanceCapacity" && t.market == ephemera_core::Market::Spot
     ));
     assert_eq!(live(&c, "spot-fallback").await.len(), 1);
@@ -222,9 +230,9 @@ async fn throttling_is_retried() {
     );
     let spec = fixtures::runspec("throttled", &c.net, None);
     let w = launch(&c, &spec, "throttled").await.unwrap();
-    assert_eq!(w.current.market, ephemera_core::Market::Spot);
+    assert_eq!(w.current().unwrap().market, ephemera_core::Market::Spot);
     assert!(
-        w.current.tried.is_empty(),
+        w.current().unwrap().tried.is_empty(),
         "a throttle is retried, not a fallback"
     );
     let fired = h.door.faults_fired_in(c.region);
@@ -396,7 +404,7 @@ async fn health_check_waits_for_the_worker_then_fails_on_deadline_or_termination
     };
     let (other, mine) = (
         "i-0000000000000000".to_string(),
-        w.current.instance_id.clone(),
+        w.current().unwrap().instance_id.clone(),
     );
     put(other.clone(), other.clone()).await;
     let h: Value = call(&c, Function::HealthCheck, input(&w)).await.unwrap();
@@ -411,7 +419,7 @@ async fn health_check_waits_for_the_worker_then_fails_on_deadline_or_termination
     c.aws
         .ec2
         .terminate_instances()
-        .instance_ids(&w.current.instance_id)
+        .instance_ids(&w.current().unwrap().instance_id)
         .send()
         .await
         .unwrap();
@@ -525,7 +533,10 @@ async fn terminate_reports_the_cost_by_email_and_is_idempotent() {
     )
     .unwrap();
     assert_eq!(report.outcome, ephemera_core::rundoc::Outcome::Succeeded);
-    assert_eq!(report.terminated, vec![w.current.instance_id.clone()]);
+    assert_eq!(
+        report.terminated,
+        vec![w.current().unwrap().instance_id.clone()]
+    );
     assert!(
         live(&c, "terminate").await.is_empty(),
         "nothing left running"
@@ -560,7 +571,7 @@ async fn terminate_reports_the_cost_by_email_and_is_idempotent() {
         e.subject
     );
     assert!(e.subject.len() < 100);
-    assert!(e.body.contains(&w.current.instance_id));
+    assert!(e.body.contains(&w.current().unwrap().instance_id));
     let json_part = e.body.split("--- report (JSON) ---\n").nth(1).unwrap();
     let sent: CostReport = serde_json::from_str(json_part).unwrap();
     assert_eq!(sent.actual_usd, report.actual_usd);
@@ -597,7 +608,10 @@ async fn cleanup_finds_an_instance_the_run_document_lost_and_refuses_foreign_one
     )
     .unwrap();
     assert_eq!(report.outcome, ephemera_core::rundoc::Outcome::Failed);
-    assert_eq!(report.terminated, vec![w.current.instance_id.clone()]);
+    assert_eq!(
+        report.terminated,
+        vec![w.current().unwrap().instance_id.clone()]
+    );
     assert!(live(&c, "lost").await.is_empty());
 
     // An instance not tagged for this run is never terminated.
@@ -704,8 +718,11 @@ async fn a_relaunch_goes_on_demand_and_keeps_both_attempts() {
     .await
     .unwrap();
     let second: WorkerState = serde_json::from_value(out).unwrap();
-    assert_eq!(second.current.attempt, 2);
-    assert_eq!(second.current.market, ephemera_core::Market::OnDemand);
+    assert_eq!(second.current().unwrap().attempt, 2);
+    assert_eq!(
+        second.current().unwrap().market,
+        ephemera_core::Market::OnDemand
+    );
     assert_eq!(second.attempts.len(), 2);
     assert_eq!(second.relaunches_left, 1);
 }

@@ -96,7 +96,7 @@ async fn a_run_is_reserved_at_launch_settled_at_the_end_and_passing_80_percent_a
     spent(region, "earlier-run", MONTHLY_BUDGET_USD * 0.8 - 0.5).await;
     let r = scenario(region, "ledger-settled").await;
     assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished);
-    let report = &r.finished.output["report"];
+    let report = &r.finished.report;
 
     let e = entry(region, &r.execution).await.expect("the run's entry");
     assert_eq!(e["state"], "ended");
@@ -149,7 +149,7 @@ async fn a_run_never_cleaned_up_lands_in_the_ledger_through_the_sweeper() {
         .await
         .expect("reserved at launch");
     assert_eq!(reserved["state"], "running");
-    let estimate = launched["current"]["estimate_usd"].as_f64().unwrap();
+    let estimate = launched["attempts"][0]["estimate_usd"].as_f64().unwrap();
     assert_eq!(reserved["workers.1"].parse::<f64>().unwrap(), estimate);
 
     let swept: Value = invoke(
@@ -160,7 +160,7 @@ async fn a_run_never_cleaned_up_lands_in_the_ledger_through_the_sweeper() {
     )
     .await
     .unwrap();
-    let id = launched["current"]["instance_id"].as_str().unwrap();
+    let id = launched["attempts"][0]["instance_id"].as_str().unwrap();
     assert!(
         swept["terminated"]
             .as_array()

@@ -3,11 +3,13 @@
 //! request throttling at launch, and a cleanup AWS refuses. The deployed ASL, the real handlers
 //! behind the front door, a worker stand-in on every instance.
 
+use ephemera_core::{payload, RunSpec};
 use ephemera_tests::e2e::{self, Run};
 use ephemera_tests::iam::Principal;
 use ephemera_tests::worker_standin::Behaviour;
 use ephemera_tests::{fresh_region, harness, FaultRule};
 use serde_json::{json, Value};
+use std::time::Duration;
 
 fn report_for(run_id: &str, partitions: u64) -> Value {
     json!({"run_id": run_id, "partitions_done": partitions, "partitions_failed": 0,
@@ -22,10 +24,11 @@ async fn scenario(
 ) -> Run {
     let region = fresh_region();
     harness().door.add_fault(fault(region));
-    e2e::scenario(
+    e2e::scenario_within(
         region,
         run_id,
         Behaviour::Succeed(report_for(run_id, 2)),
+        Duration::from_secs(420),
         edit,
     )
     .await
@@ -58,32 +61,87 @@ async fn forty_workers_through_a_spot_shortage_stay_within_the_payload_quota() {
             spec["limits"]["max_runtime_seconds"] = json!(3600);
             // Within the history bound at 40 workers: 31 boot polls a worker, one attempt each.
             spec["limits"]["max_relaunches"] = json!(0);
-            spec["limits"]["boot_timeout_seconds"] = json!(60);
-            spec["waits"]["boot_poll_seconds"] = json!(2);
+            spec["limits"]["boot_timeout_seconds"] = json!(120);
+            spec["waits"]["boot_poll_seconds"] = json!(5);
         },
     )
     .await;
+    println!(
+        "refused: {:?}",
+        harness().door.throttles.refused_in(r.region)
+    );
     assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished.error);
     assert_eq!(r.finished.visited("LaunchWorker"), 40);
     assert_eq!(r.instances.len(), 40, "{:?}", r.instances);
     r.assert_nothing_left();
     r.assert_email("SUCCEEDED");
-    let workers = r.finished.output["workers"].as_array().unwrap();
+    let workers = r.finished.workers.as_array().unwrap();
     assert_eq!(workers.len(), 40);
     let attempts = r.finished.report["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 40, "every instance billed");
     assert!(attempts.iter().all(|a| a["market"] == "on-demand"));
-    let map_bytes = r.finished.output["workers"].to_string().len();
+    let map_bytes = r.finished.workers.to_string().len();
     let largest = r.finished.largest_state_output;
     println!(
         "forty workers: the Map's output {map_bytes} bytes, the largest state output {largest} bytes ({:.0} % of 256 KiB)",
         largest as f64 / 2621.44
     );
-    // Half the quota: room for one relaunch of every worker (one more attempt each, about 1 KB).
-    assert!(
-        largest <= 128 * 1024,
-        "{largest} bytes: over half the quota"
-    );
+    // The bound the RunSpec was admitted under holds over the real run.
+    let b = bound_of(&r);
+    println!("  its bound: {} bytes ({b:?})", b.state());
+    assert!(largest <= b.state(), "{largest} > {b:?}");
+    assert!(b.state() <= payload::PLANNED_BYTES);
+}
+
+/// The payload bound ([`payload::bound`]) of the run's RunSpec, as admitted.
+fn bound_of(r: &Run) -> payload::Bound {
+    let spec = RunSpec::parse(&r.finished.document["run"]).expect("the run's RunSpec");
+    payload::bound(&spec)
+}
+
+/// Forty workers each failing with a 30 KB cause (SendTaskFailure takes 32,768 characters: a
+/// job's stack trace, say). Before, each Map iteration ended with its caught error whole, the
+/// Map's output passed a megabyte, and Step Functions (moto plays it) failed the execution
+/// outright: no Cleanup, no report, no email, forty instances left to the sweeper. Now each lost
+/// worker's release returns the error with its cause cut, and the run ends in Cleanup with its
+/// report.
+#[tokio::test]
+async fn forty_workers_failing_with_long_causes_still_end_with_their_report() {
+    let region = fresh_region();
+    let cause = "at ephemera::job::step (src/job.rs:42)\n".repeat(800);
+    assert!(cause.len() > 30_000);
+    let r = e2e::scenario_within(
+        region,
+        "e2e-forty-causes",
+        Behaviour::FailWith("Worker.Failed".into(), cause),
+        Duration::from_secs(420),
+        |spec| {
+            spec["worker"]["count"] = json!(40);
+            spec["limits"]["budget_usd"] = json!(400.0);
+            spec["limits"]["max_relaunches"] = json!(0);
+            spec["limits"]["boot_timeout_seconds"] = json!(120);
+            spec["waits"]["boot_poll_seconds"] = json!(5);
+        },
+    )
+    .await;
+    println!("refused: {:?}", harness().door.throttles.refused_in(region));
+    assert_eq!(r.finished.status, "FAILED", "{:?}", r.finished.error);
+    assert_eq!(r.finished.error.as_deref(), Some("Worker.Failed"));
+    assert_eq!(r.finished.visited("Cleanup"), 1, "{:?}", r.finished.path);
+    r.assert_nothing_left();
+    r.assert_email("FAILED");
+    let workers = r.finished.workers.as_array().unwrap();
+    assert_eq!(workers.len(), 40);
+    for w in workers {
+        let cause = w["error"]["Cause"].as_str().unwrap_or_default();
+        assert!(cause.ends_with(" bytes cut)"), "{w}");
+        assert!(json!(cause).to_string().len() <= payload::CAUSE_KEPT, "{w}");
+    }
+    assert_eq!(r.finished.report["attempts"].as_array().unwrap().len(), 40);
+    let largest = r.finished.largest_state_output;
+    let b = bound_of(&r);
+    println!("forty long causes: the largest state {largest} bytes, its bound {b:?}");
+    assert!(largest <= b.state(), "{largest} > {b:?}");
 }
 
 /// EC2 throttles the account (RequestLimitExceeded, 503) for four RunInstances calls: more than

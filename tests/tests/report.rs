@@ -123,7 +123,7 @@ async fn the_report_is_stored_beside_the_manifest_and_linked_from_the_email() {
     assert!(content_type.starts_with("text/html"), "{content_type}");
     let html = String::from_utf8(html).unwrap();
     assert!(html.contains(r#"<svg id="timeline""#));
-    assert!(html.contains(&w.current.instance_id));
+    assert!(html.contains(&w.current().unwrap().instance_id));
     assert!(html.contains(&format!(
         r#"<td id="cost-total" class="num">${:.4}</td>"#,
         report.actual_usd

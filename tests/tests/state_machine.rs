@@ -63,7 +63,7 @@ async fn happy_path() {
     r.assert_nothing_left();
     assert_eq!(r.instances.len(), 1);
     r.assert_email("SUCCEEDED");
-    let report = &r.finished.output["report"];
+    let report = &r.finished.report;
     assert_eq!(report["outcome"], "SUCCEEDED");
     // Every Lambda task is priced: quota-check, launch-worker, health-check (at least twice),
     // verify-completion and terminate-with-cost-report, as the history records them
@@ -83,7 +83,7 @@ async fn happy_path() {
             >= 8,
         "{report}"
     );
-    assert_eq!(r.finished.output["verification"]["ok"], true);
+    assert_eq!(r.finished.document["verification"]["ok"], true);
     assert_eq!(
         report["verification"]["ok"], true,
         "the checks reach the report"
@@ -238,7 +238,7 @@ async fn quota_short_is_requested_once_then_approved_and_runs() {
     );
     r.assert_nothing_left();
     r.assert_email("SUCCEEDED");
-    let quota = &r.finished.output["quota"]["quotas"][0];
+    let quota = &r.finished.document["quota"]["quotas"][0];
     assert_eq!(quota["request"]["status"], "APPROVED");
     assert_eq!(quota["applied"], 16.0);
 }
@@ -304,11 +304,11 @@ async fn spot_capacity_error_runs_on_demand() {
     )
     .await;
     assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished);
-    let report = &r.finished.output["report"];
+    let report = &r.finished.report;
     assert_eq!(report["attempts"][0]["market"], "on-demand");
-    // Two types × two subnets refused Spot: the last two kept, all four counted.
-    let current = &r.finished.output["workers"][0]["worker"]["current"];
-    assert_eq!(current["tried"].as_array().unwrap().len(), 2, "{current}");
+    // Two types × two subnets refused Spot: the last kept, all four counted.
+    let current = &r.finished.workers[0]["worker"]["attempts"][0];
+    assert_eq!(current["tried"].as_array().unwrap().len(), 1, "{current}");
     assert_eq!(current["tried_total"], 4, "{current}");
     r.assert_nothing_left();
     r.assert_email("SUCCEEDED");
@@ -375,7 +375,7 @@ async fn a_spot_interruption_relaunches_and_reports_both_attempts() {
     assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished);
     assert_eq!(r.finished.visited("Relaunch"), 1);
     assert_eq!(r.finished.visited("LaunchWorker"), 2);
-    let report = &r.finished.output["report"];
+    let report = &r.finished.report;
     let attempts = report["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{report}");
     assert_eq!(attempts[0]["market"], "spot");
@@ -622,7 +622,7 @@ async fn a_scheduled_occurrence_gets_a_run_id_of_its_own() {
         r.finished.path[..3],
         ["Scheduled", "ScheduledRunId", "StartScheduled"]
     );
-    assert_eq!(r.finished.output["run"]["run_id"], "e2e-weekly-occ42");
+    assert_eq!(r.finished.document["run"]["run_id"], "e2e-weekly-occ42");
     assert_eq!(r.report()["run_id"], "e2e-weekly-occ42");
     r.assert_nothing_left();
 }

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use anyhow::{Context, Result};
 use aws_sdk_ssm::types::ParameterType;
-use ephemera_contract::{RunParameters, Started, Summary};
+use ephemera_contract::{ssm, RunParameters, Started, Summary};
 
 /// How often the Spot notice is looked for: IMDS is on the instance, and every second counts
 /// out of the two minutes' notice.
@@ -235,6 +235,7 @@ impl Link {
     /// "started"); on timeout, says what the last read answered.
     pub async fn wait_for_token(&self, timeout: Duration) -> Result<Token> {
         let until = Instant::now() + timeout;
+        let mut n = 0;
         loop {
             match self.read_token(until).await? {
                 Ok(t) => {
@@ -246,7 +247,10 @@ impl Link {
                     "no task token within {timeout:?} (last read: {why})"
                 ),
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            // Backoff with jitter: the account's Parameter Store throughput is shared.
+            let draw = ssm::token_poll_draw(&self.instance_id, n);
+            tokio::time::sleep(ssm::token_poll_wait(n, draw)).await;
+            n = n.saturating_add(1);
         }
     }
 

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use crate::catalog;
 use crate::cost::{self, Orchestration, PricePoint};
 use crate::instance_state::InstanceState;
+use crate::payload;
 use crate::quota::{QuotaState, QuotaVerdict};
 use crate::rundoc::{
     failure_for, AttemptCost, CaughtError, CostReport, Outcome, Phases, Verification, WorkerEnd,
@@ -91,10 +92,11 @@ pub fn price(f: &InstanceFacts) -> (AttemptCost, Option<String>) {
         ebs_usd: cost::usd(ebs_usd),
         on_demand_equivalent_usd: cost::usd(on_demand_usd + ebs_usd),
         average_usd_per_hour: cost::usd(compute_usd * 3600.0 / billed as f64),
-        price_source: source,
+        // Both may quote AWS: cut to what the run document plans for (crate::payload).
+        price_source: payload::cap(&source, payload::DETAIL_KEPT),
         state_before: f.state_before,
     };
-    (attempt, note)
+    (attempt, note.map(|n| payload::cap(&n, payload::NOTE_KEPT)))
 }
 
 /// When the run's parts happened, as far as they are known.
@@ -125,7 +127,7 @@ pub fn phases(
         .iter()
         .filter_map(|e| {
             let healthy = e.health.as_ref()?.healthy_at?;
-            Some((healthy, e.worker.as_ref()?.current.launched_at))
+            Some((healthy, e.worker.as_ref()?.current()?.launched_at))
         })
         .min();
     let boot = match first_healthy {
@@ -328,7 +330,6 @@ mod tests {
         };
         let state = |slot: u32, id: &str| WorkerState {
             slot,
-            current: attempt(id),
             attempts: vec![attempt(id)],
             relaunches_left: 2,
             heartbeat_seconds: 60,
@@ -365,6 +366,7 @@ mod tests {
                 released: Some(Released {
                     slot: 2,
                     terminated: vec!["i-2".into()],
+                    error: None,
                 }),
             },
         ];

@@ -8,6 +8,7 @@ pub mod health;
 pub mod instance_state;
 pub mod launch;
 pub mod ledger;
+pub mod payload;
 pub mod quota;
 pub mod report_html;
 pub mod rundoc;

@@ -48,11 +48,12 @@ pub struct Attempt {
     pub reused: bool,
 }
 
-/// How many refused candidates an attempt keeps. Every worker's document travels in the
-/// execution's state, whose every input and output Step Functions caps at 256 KiB
-/// (States.DataLimitExceeded, which no Catch takes): at 40 workers each refused on ten Spot
-/// candidates, whole lists took the Map's output to 89 % of it.
-pub const TRIED_KEPT: usize = 2;
+/// How many refused candidates an attempt keeps: the last, which says why the instance is the
+/// one it is. Every worker's document travels in the execution's state, whose every input and
+/// output Step Functions caps at 256 KiB (States.DataLimitExceeded, which no Catch takes): at
+/// 40 workers each refused on ten Spot candidates, whole lists took the Map's output to 89 %
+/// of it ([`crate::payload`] bounds the rest).
+pub const TRIED_KEPT: usize = 1;
 
 /// The refusals an attempt keeps: the last [`TRIED_KEPT`], and how many there were.
 pub fn kept(mut tried: Vec<Tried>) -> (Vec<Tried>, u32) {
@@ -68,7 +69,7 @@ pub struct WorkerState {
     /// Which of the run's workers (`1..=worker.count`).
     #[serde(default = "first")]
     pub slot: u32,
-    pub current: Attempt,
+    /// Every attempt so far, the current one last ([`WorkerState::current`]). Never empty.
     pub attempts: Vec<Attempt>,
     pub relaunches_left: u32,
     /// Read by the AwaitCompletion state (`HeartbeatSecondsPath`, `TimeoutSecondsPath`).
@@ -83,6 +84,14 @@ pub struct WorkerState {
 
 fn first() -> u32 {
     1
+}
+
+impl WorkerState {
+    /// The attempt under way: the last one (the document once kept a copy of it, which the
+    /// 256 KiB payload quota could not spare).
+    pub fn current(&self) -> Option<&Attempt> {
+        self.attempts.last()
+    }
 }
 
 /// One worker as its Map iteration ended (`$.workers[i]`): what it launched, and its report
@@ -110,6 +119,11 @@ pub struct WorkerEnd {
 pub struct Released {
     pub slot: u32,
     pub terminated: Vec<String>,
+    /// The error that lost the worker, its cause cut to [`crate::payload::CAUSE_KEPT`]: the
+    /// iteration ends with this, not with the caught error (a worker's SendTaskFailure cause
+    /// may be 32 KB, and forty of them would pass the state payload quota).
+    #[serde(default)]
+    pub error: Option<CaughtError>,
 }
 
 /// health-check's verdict, as the `Booted` Choice state reads it (`$.health.verdict`).
@@ -151,6 +165,18 @@ pub struct CaughtError {
     pub error: String,
     #[serde(rename = "Cause", default)]
     pub cause: Option<String>,
+}
+
+impl CaughtError {
+    /// This error with its name and cause cut to the sizes the run document plans for
+    /// ([`crate::payload`]).
+    pub fn capped(&self) -> CaughtError {
+        use crate::payload::{cap, CAUSE_KEPT, ERROR_NAME_KEPT};
+        CaughtError {
+            error: cap(&self.error, ERROR_NAME_KEPT),
+            cause: self.cause.as_deref().map(|c| cap(c, CAUSE_KEPT)),
+        }
+    }
 }
 
 /// The error the execution fails with. A Fail state may not raise names starting with `States.`,
@@ -670,7 +696,7 @@ mod tests {
         };
         let (kept_, total) = kept((1..=10).map(refusal).collect());
         assert_eq!(total, 10);
-        assert_eq!(kept_, vec![refusal(9), refusal(10)]);
+        assert_eq!(kept_, vec![refusal(10)]);
         assert_eq!(kept(vec![refusal(1)]), (vec![refusal(1)], 1));
         assert_eq!(kept(vec![]), (vec![], 0));
     }

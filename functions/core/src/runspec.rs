@@ -374,8 +374,33 @@ impl RunSpec {
                 );
             }
         }
+        if errs.0.is_empty() {
+            self.validate_payload(&mut errs);
+        }
 
         errs.finish()
+    }
+
+    /// The run document's bound ([`crate::payload`]) within the plan for Step Functions' 256 KiB
+    /// payload quota.
+    fn validate_payload(&self, errs: &mut Errors) {
+        use crate::payload::{bound, most_workers, PLANNED_BYTES, STATE_QUOTA_BYTES};
+        let b = bound(self);
+        if b.state() > PLANNED_BYTES {
+            let relaunches = self.limits.max_relaunches;
+            errs.add(
+                "worker.count",
+                format!(
+                    "{} workers with up to {relaunches} relaunches each could carry the run's state to {} KiB ({} KiB a worker at most); Step Functions fails an execution past {} KiB without running its cleanup, so at most {} KiB are planned: with limits.max_relaunches {relaunches}, at most {} workers (or lower limits.max_relaunches)",
+                    self.worker.count,
+                    b.state() / 1024,
+                    b.per_worker / 1024,
+                    STATE_QUOTA_BYTES / 1024,
+                    PLANNED_BYTES / 1024,
+                    most_workers(self)
+                ),
+            );
+        }
     }
 
     /// `run_id`: it names tags, SSM paths, schemas and snapshots.

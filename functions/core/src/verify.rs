@@ -20,7 +20,8 @@ fn check(name: &str, ok: bool, detail: String) -> Check {
     Check {
         name: name.to_string(),
         ok,
-        detail,
+        // The workers check names every lost worker: cut to what the run document plans for.
+        detail: crate::payload::cap(&detail, crate::payload::CHECK_DETAIL_KEPT),
     }
 }
 
@@ -228,7 +229,10 @@ pub fn gather(workers: &[WorkerEnd]) -> Gathered {
                 Some(e) if !many => e,
                 Some(e) => CaughtError {
                     error: e.error,
-                    cause: Some(format!("no worker reported: {}", lost.join("; "))),
+                    cause: Some(crate::payload::cap(
+                        &format!("no worker reported: {}", lost.join("; ")),
+                        crate::payload::MESSAGE_KEPT,
+                    )),
                 },
                 None => CaughtError {
                     error: crate::names::WORKER_FAILED.into(),

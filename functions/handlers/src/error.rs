@@ -2,10 +2,10 @@
 //! state machine's `Retry`/`Catch` blocks match (`Diagnostic::error_type`).
 
 use ephemera_core::capacity::Tried;
-use ephemera_core::names;
 use ephemera_core::rundoc::CaughtError;
 use ephemera_core::verify::Check;
 use ephemera_core::InvalidRunSpec;
+use ephemera_core::{names, payload};
 use lambda_runtime::Diagnostic;
 
 #[derive(Debug, thiserror::Error)]
@@ -120,9 +120,16 @@ impl Error {
 
 impl From<Error> for Diagnostic {
     fn from(e: Error) -> Diagnostic {
+        // Cut: the message becomes the caught error's cause in the run document, which
+        // Step Functions caps at 256 KiB (ephemera_core::payload); the log has it whole.
+        let message = e.to_string();
+        let kept = payload::cap(&message, payload::MESSAGE_KEPT);
+        if kept.len() < message.len() {
+            tracing::warn!(error = %message, "error message cut for the state machine");
+        }
         Diagnostic {
             error_type: e.error_type().to_string(),
-            error_message: e.to_string(),
+            error_message: kept,
         }
     }
 }
@@ -148,5 +155,14 @@ mod tests {
         .into();
         assert_eq!(d.error_type, "Ephemera.VerificationFailed");
         assert_eq!(d.error_message, "verification failed: min_rows (3 < 10)");
+    }
+
+    #[test]
+    fn a_long_message_is_cut_to_what_the_run_document_plans_for() {
+        let d: Diagnostic = Error::LaunchFailed("\"".repeat(5000)).into();
+        let json = serde_json::to_string(&d.error_message).unwrap();
+        assert!(json.len() <= payload::MESSAGE_KEPT, "{}", json.len());
+        assert!(d.error_message.starts_with("launch failed: \"\""));
+        assert!(d.error_message.ends_with(" bytes cut)"));
     }
 }

@@ -203,7 +203,7 @@ async fn a_relaunch_with_none_left_fails_naming_the_limit_and_launches_nothing()
         "client_token": "eph-3-x", "estimate_usd": 2.5, "volume_gib": 20
     });
     let worker = json!({
-        "current": attempt, "attempts": [attempt], "relaunches_left": 0,
+        "attempts": [attempt], "relaunches_left": 0,
         "heartbeat_seconds": 60, "timeout_seconds": 3600, "boot_poll_seconds": 1,
         "token_parameter": "/ephemera/runs/faults/task-token/i-0ccc",
         "token_reader": "AROAEXAMPLEWORKER:i-0ccc"

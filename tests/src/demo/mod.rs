@@ -509,7 +509,7 @@ async fn present(f: &Finished, inbox: &fixtures::Inbox, out: &Path) -> Result<()
 
 /// The run's manifest, as a worker's report names it.
 fn manifest_of(f: &Finished) -> Option<&str> {
-    f.output["workers"]
+    f.workers
         .as_array()?
         .iter()
         .find_map(|w| w["result"]["manifest"].as_str())

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use ephemera_core::contract::{RunParameters, Started};
 use ephemera_core::health::{self, Failure, Health, Observation};
 use ephemera_core::instance_state::InstanceState;
+use ephemera_core::payload;
 use ephemera_core::rundoc::{HealthState, HealthVerdict, WorkerState};
 use serde::Deserialize;
 
@@ -29,7 +30,10 @@ pub async fn handle<E: Compute, S: Params>(
     now: DateTime<Utc>,
 ) -> Result<HealthState, Error> {
     let spec = parse_spec(&input.run)?;
-    let current = &input.worker.current;
+    let current = input
+        .worker
+        .current()
+        .ok_or_else(|| Error::BadInput("worker.attempts is empty: nothing was launched".into()))?;
     let instance = ec2
         .describe(std::slice::from_ref(&current.instance_id))
         .await?
@@ -54,9 +58,13 @@ pub async fn handle<E: Compute, S: Params>(
         return Ok(HealthState {
             verdict: HealthVerdict::Silent,
             instance_id: current.instance_id.clone(),
-            detail: format!(
-                "the worker went silent; its instance is {state} ({}), not taken by Spot",
-                reason.unwrap_or_else(|| "no state reason".into())
+            // The state reason is EC2's text: cut to what the run document plans for.
+            detail: payload::cap(
+                &format!(
+                    "the worker went silent; its instance is {state} ({}), not taken by Spot",
+                    reason.unwrap_or_else(|| "no state reason".into())
+                ),
+                payload::DETAIL_KEPT,
             ),
             wait_seconds: 0,
             checked_at: now,

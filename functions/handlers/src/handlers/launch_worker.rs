@@ -10,7 +10,7 @@ use ephemera_core::capacity::{self, LaunchErrorKind, Tried};
 use ephemera_core::contract::RunParameters;
 use ephemera_core::instance_state::InstanceState;
 use ephemera_core::rundoc::{self, Attempt, WorkerState};
-use ephemera_core::{cost, launch, ledger, tags, userdata};
+use ephemera_core::{cost, launch, ledger, payload, tags, userdata};
 use serde::Deserialize;
 
 use super::parse_spec;
@@ -94,11 +94,12 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
         (Some(w), true) if w.relaunches_left == 0 => {
             return Err(Error::LaunchFailed(format!(
                 "no relaunch left after attempt {} (limits.max_relaunches = {})",
-                w.current.attempt, spec.limits.max_relaunches
+                last_attempt(w),
+                spec.limits.max_relaunches
             )))
         }
-        (Some(w), true) => (w.current.attempt + 1, w.relaunches_left - 1),
-        (Some(w), false) => (w.current.attempt, w.relaunches_left),
+        (Some(w), true) => (last_attempt(w) + 1, w.relaunches_left - 1),
+        (Some(w), false) => (last_attempt(w), w.relaunches_left),
         (None, _) => (1, spec.limits.max_relaunches),
     };
     let markets = spec.worker.market.markets(input.relaunch);
@@ -225,7 +226,9 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
                     .collect()
             })
             .unwrap_or_default();
-        attempts.push(current.clone());
+        let token_parameter = RunParameters::of_run(&spec.run_id).task_token(&current.instance_id);
+        let token_reader = rundoc::token_reader(&role_id, &current.instance_id);
+        attempts.push(current);
         WorkerState {
             slot,
             attempts,
@@ -233,9 +236,8 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
             heartbeat_seconds: spec.limits.heartbeat_seconds,
             timeout_seconds: spec.limits.max_runtime_seconds,
             boot_poll_seconds: spec.waits.boot_poll_seconds,
-            token_parameter: RunParameters::of_run(&spec.run_id).task_token(&current.instance_id),
-            token_reader: rundoc::token_reader(&role_id, &current.instance_id),
-            current,
+            token_parameter,
+            token_reader,
         }
     };
     let attempt_of = |i: &InstanceView, token: String, tried: Vec<Tried>, reused: bool| {
@@ -337,14 +339,13 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
                     if capacity::classify(&e.code, &e.message) == LaunchErrorKind::Market {
                         closed.push(c.market);
                     }
-                    // Cut: every candidate's message travels in the run document (256 KiB).
-                    let message: String = e.message.chars().take(160).collect();
+                    // Cut: the kept refusal travels in the run document (crate::payload).
                     tried.push(Tried {
                         market: c.market,
                         instance_type: c.instance_type,
                         subnet: c.subnet,
-                        code: e.code,
-                        message,
+                        code: payload::cap(&e.code, payload::CODE_KEPT),
+                        message: payload::cap(&e.message, payload::TRIED_MESSAGE_KEPT),
                     });
                 }
                 // Ephemera.AwsError: the state retries the whole call with backoff, and the
@@ -354,7 +355,7 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
                         service: "ec2",
                         operation: "RunInstances",
                         code: e.code,
-                        message: e.message.chars().take(160).collect(),
+                        message: payload::cap(&e.message, payload::TRIED_MESSAGE_KEPT),
                     })
                 }
                 LaunchErrorKind::Fatal => {
@@ -371,4 +372,8 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
         }
     }
     Err(Error::CapacityUnavailable { tried })
+}
+/// The number of the worker's attempt under way (0 before any).
+fn last_attempt(w: &WorkerState) -> u32 {
+    w.current().map_or(0, |a| a.attempt)
 }

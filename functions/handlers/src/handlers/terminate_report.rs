@@ -326,12 +326,15 @@ fn still_up<'a>(instances: impl Iterator<Item = &'a InstanceView>) -> Vec<String
         .collect()
 }
 
-/// A lost worker's release: `{run, execution, release: <slot>}`.
+/// A lost worker's release: `{run, execution, release: <slot>, error}`.
 #[derive(Debug, Deserialize)]
 pub struct ReleaseInput {
     pub run: serde_json::Value,
     pub execution: String,
     pub release: u32,
+    /// The error that lost the worker, returned cut ([`CaughtError::capped`]) for its end.
+    #[serde(default)]
+    pub error: Option<CaughtError>,
 }
 
 /// Terminates every instance of one worker of this execution (found by its tags, so one a
@@ -358,6 +361,7 @@ pub async fn release<E: Compute>(ec2: &E, input: ReleaseInput) -> Result<Release
     Ok(Released {
         slot: input.release,
         terminated,
+        error: input.error.as_ref().map(CaughtError::capped),
     })
 }
 
