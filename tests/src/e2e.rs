@@ -13,7 +13,8 @@ use crate::{clients, sdk_config};
 
 pub const ACCOUNT: &str = "123456789012";
 
-/// The ARNs the template substitutes into the definition (`DefinitionSubstitutions`).
+/// The ARNs and the partition the template substitutes into the definition
+/// (`DefinitionSubstitutions`).
 pub fn substitutions(region: &str) -> Vec<(String, String)> {
     [
         ("QuotaCheckFunctionArn", "quota-check"),
@@ -33,6 +34,11 @@ pub fn substitutions(region: &str) -> Vec<(String, String)> {
             format!("arn:aws:lambda:{region}:{ACCOUNT}:function:ephemera-{f}"),
         )
     })
+    // The SDK integration, in the partition's ARN (aws-cn, aws-us-gov elsewhere).
+    .chain([(
+        "PutTokenParameterAndWait".to_string(),
+        "arn:aws:states:::aws-sdk:ssm:putParameter.waitForTaskToken".to_string(),
+    )])
     .collect()
 }
 

@@ -169,6 +169,26 @@ fn ec2(region: &str, form: &HashMap<String, String>) -> (String, Vec<Check>) {
 }
 
 fn json_checks(region: &str, service: &str, op: &str, input: &serde_json::Value) -> Vec<Check> {
+    // A transaction has no action of its own: each item is authorized as the call it makes
+    // (https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/transaction-apis-iam.html).
+    if (service, op) == ("dynamodb", "TransactWriteItems") {
+        return input["TransactItems"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|item| {
+                let (kind, body) = item.as_object()?.iter().next()?;
+                let action = match kind.as_str() {
+                    "Update" => "UpdateItem",
+                    "Put" => "PutItem",
+                    "Delete" => "DeleteItem",
+                    _ => "ConditionCheckItem",
+                };
+                Some(json_checks(region, service, action, body))
+            })
+            .flatten()
+            .collect();
+    }
     let action = format!("{service}:{op}");
     let s = |k: &str| input[k].as_str().unwrap_or_default().to_string();
     let param = |name: &str| {

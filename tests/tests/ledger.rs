@@ -175,3 +175,70 @@ async fn a_run_never_cleaned_up_lands_in_the_ledger_through_the_sweeper() {
     assert_eq!(after["workers.1"], reserved["workers.1"]);
     assert!(!after.contains_key("actual_usd"), "{after:?}");
 }
+
+/// Launches at the same instant whose worst cases together pass the monthly budget. The month's
+/// counter and each run's reservation change in one transaction (conditional on the counter), so
+/// exactly the launches that fit are admitted and a refused one leaves nothing behind. Before,
+/// each launch judged the month from the index (eventually consistent) and then wrote its own
+/// item: launches at the same instant each saw room and were all admitted.
+#[tokio::test]
+async fn launches_at_the_same_instant_never_together_pass_the_monthly_budget() {
+    let c = fixtures::ctx().await;
+    harness().door.ensure_ledger(c.region).await;
+    let spec = fixtures::runspec("ledger-race", &c.net, None);
+    let execution = |n: u32| {
+        format!(
+            "arn:aws:states:{}:123456789012:execution:ephemera-worker:race-{n}",
+            c.region
+        )
+    };
+    let launch = |n: u32, budget: f64| {
+        let settings = Settings {
+            worker_role_id: Some(ephemera_tests::iam::WORKER_ROLE_ID.into()),
+            ledger_table: Some(LEDGER_TABLE.into()),
+            monthly_budget_usd: budget,
+            ..Settings::default()
+        };
+        let input = json!({"run": spec.clone(), "execution": execution(n)});
+        async move {
+            invoke(
+                &function_clients(c.region, Function::LaunchWorker.name()),
+                &settings,
+                Function::LaunchWorker,
+                input,
+            )
+            .await
+        }
+    };
+    // One run first, with no ceiling: one launch's worst case, and the month's counter.
+    let first = launch(0, 0.0).await.unwrap();
+    let worst = first["attempts"][0]["estimate_usd"].as_f64().unwrap();
+    assert!(worst > 0.0, "{first}");
+    // Room for three and a half more: six launch at once, and exactly three fit.
+    let budget = worst * 4.5;
+    let results = futures_util::future::join_all((1..=6).map(|n| launch(n, budget))).await;
+    let admitted: Vec<u32> = (1..=6)
+        .filter(|n| results[*n as usize - 1].is_ok())
+        .collect();
+    assert_eq!(admitted.len(), 3, "{results:?}");
+    for (n, r) in (1..=6).zip(&results) {
+        match r {
+            Ok(_) => assert!(entry(c.region, &execution(n)).await.is_some()),
+            Err(e) => {
+                assert_eq!(e.error_type(), "Ephemera.OverBudget", "{e}");
+                assert!(e.to_string().contains("monthly budget"), "{e}");
+                assert_eq!(entry(c.region, &execution(n)).await, None, "left behind");
+            }
+        }
+    }
+    let month = format!("month#{}", month_of(Utc::now()));
+    let counter = entry(c.region, &month).await.expect("the month's counter");
+    let committed: f64 = counter["committed_usd"].parse().unwrap();
+    assert!(
+        (committed - 4.0 * worst).abs() <= 1e-9 * worst,
+        "{committed} for four launches of {worst}"
+    );
+    assert!(committed <= budget);
+    let live = fixtures::instances_of(&c.aws, "ledger-race").await;
+    assert_eq!(live.len(), 4, "{live:?}");
+}

@@ -28,6 +28,9 @@ fn template_and_tests_substitute_the_same_names_into_the_same_file() {
             continue;
         }
         if in_block {
+            if trimmed.starts_with('#') {
+                continue;
+            }
             if here <= indent || trimmed.is_empty() {
                 break;
             }

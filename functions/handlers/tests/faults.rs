@@ -23,7 +23,7 @@ use chrono::{DateTime, Duration, Utc};
 use ephemera_core::cost::{self, Orchestration};
 use ephemera_core::ledger::{Entry, EntryState};
 use ephemera_core::{names, tags};
-use ephemera_functions::aws::{Ledger, Notifier, ObjectWriter, Params, PriceList, Quote};
+use ephemera_functions::aws::{Ledger, Notifier, ObjectWriter, Params, PriceList, Quote, Reserved};
 use ephemera_functions::handlers::{launch_worker, terminate_report};
 use ephemera_functions::Error;
 use serde_json::{json, Value};
@@ -77,7 +77,7 @@ impl Ledger for NoLedger {
     async fn entries(&self, _: &str) -> Result<Vec<Entry>, Error> {
         Err(Error::Internal("no ledger in this test".into()))
     }
-    async fn reserve(&self, _: &Entry, _: u32) -> Result<(), Error> {
+    async fn reserve(&self, _: &Entry, _: u32, _: f64) -> Result<Reserved, Error> {
         Err(Error::Internal("no ledger in this test".into()))
     }
     async fn close(&self, _: &str, _: EntryState, _: Option<f64>) -> Result<bool, Error> {

@@ -4,21 +4,40 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 
-use aws_sdk_dynamodb::types::AttributeValue;
-use ephemera_core::ledger::{Entry, EntryState};
+use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
+use ephemera_core::ledger::{self, Entry, EntryState};
 
 use crate::error::Error;
 
 /// The index the month-to-date query reads (template `LedgerTable`).
 pub const BY_MONTH: &str = "by-month";
 
+/// A reservation's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reserved {
+    Admitted,
+    /// The month's counter could not take it: the other runs' spend and reservations, and this
+    /// run's worst case with this reservation.
+    Refused {
+        others_usd: f64,
+        this_run_usd: f64,
+    },
+}
+
 pub trait Ledger: Send + Sync {
     /// Every entry of `month`.
     fn entries(&self, month: &str) -> impl Future<Output = Result<Vec<Entry>, Error>> + Send;
-    /// Records a launch's reservation: `entry`'s run, and the worst case of its `worker`
-    /// (`entry.workers[worker]`), leaving the run's other workers' as they are.
-    fn reserve(&self, entry: &Entry, worker: u32)
-        -> impl Future<Output = Result<(), Error>> + Send;
+    /// Records a launch's reservation — `entry`'s run, and the worst case of its `worker`
+    /// (`entry.workers[worker]`), leaving the run's other workers' as they are — unless it
+    /// would take the month past `budget_usd` (0: no ceiling). The month's counter and the run's
+    /// item change together or not at all, so launches at the same instant can never together
+    /// pass the budget.
+    fn reserve(
+        &self,
+        entry: &Entry,
+        worker: u32,
+        budget_usd: f64,
+    ) -> impl Future<Output = Result<Reserved, Error>> + Send;
     /// Sets an existing entry's state, and its actual cost when given; Ok(false) when the
     /// execution has no entry (it launched nothing).
     fn close(
@@ -105,44 +124,75 @@ impl Ledger for LedgerTable {
             .collect()
     }
 
-    async fn reserve(&self, entry: &Entry, worker: u32) -> Result<(), Error> {
+    async fn reserve(
+        &self,
+        entry: &Entry,
+        worker: u32,
+        budget_usd: f64,
+    ) -> Result<Reserved, Error> {
         let usd = entry.workers.get(&worker).copied().ok_or_else(|| {
             Error::Internal(format!("no reservation of worker {worker} to record"))
         })?;
-        let now = AttributeValue::S(chrono::Utc::now().to_rfc3339());
-        // Two updates, each idempotent: the run's item with an empty map of workers when it is
-        // new, then this worker's place in it (one expression may not both create the map and
-        // set a key inside it). A worker never rewrites the whole item, so the run's workers
-        // launching at once keep each other's reservations.
-        self.client
-            .update_item()
-            .table_name(&self.table)
-            .key("execution", AttributeValue::S(entry.execution.clone()))
-            .update_expression(
-                "SET run_id = :r, #m = :m, #s = :s, updated_at = :t, workers = if_not_exists(workers, :empty)",
-            )
-            .expression_attribute_names("#m", "month")
-            .expression_attribute_names("#s", "state")
-            .expression_attribute_values(":r", AttributeValue::S(entry.run_id.clone()))
-            .expression_attribute_values(":m", AttributeValue::S(entry.month.clone()))
-            .expression_attribute_values(":s", AttributeValue::S(state_name(entry.state).into()))
-            .expression_attribute_values(":t", now.clone())
-            .expression_attribute_values(":empty", AttributeValue::M(HashMap::new()))
-            .send()
-            .await
-            .map_err(|e| Error::aws("dynamodb", "UpdateItem", e))?;
-        self.client
-            .update_item()
-            .table_name(&self.table)
-            .key("execution", AttributeValue::S(entry.execution.clone()))
-            .update_expression("SET workers.#w = :usd, updated_at = :t")
-            .expression_attribute_names("#w", worker.to_string())
-            .expression_attribute_values(":usd", AttributeValue::N(usd.to_string()))
-            .expression_attribute_values(":t", now)
-            .send()
-            .await
-            .map_err(|e| Error::aws("dynamodb", "UpdateItem", e))?;
-        Ok(())
+        // The month's counter first, seeded when the month has none yet.
+        self.counter(&entry.month).await?;
+        // Read, then write both items on the condition that the run's is as read: when another
+        // worker of the run wrote it in between, read again.
+        for _ in 0..RESERVE_TRIES {
+            let run = self
+                .item(&entry.execution)
+                .await?
+                .and_then(|i| entry_of(&i));
+            let held = run.as_ref().map_or(0.0, |r| r.reserved_usd);
+            let before = run.as_ref().and_then(|r| r.workers.get(&worker).copied());
+            let delta = usd - before.unwrap_or(0.0);
+            let this = run_update(&self.table, entry, worker, usd, run.as_ref(), before);
+            let mut month = Update::builder()
+                .table_name(&self.table)
+                .key("execution", AttributeValue::S(counter_key(&entry.month)))
+                .update_expression("ADD committed_usd :d")
+                .expression_attribute_values(":d", AttributeValue::N(delta.to_string()));
+            if budget_usd > 0.0 && delta > 0.0 {
+                month = month
+                    .condition_expression("committed_usd <= :room")
+                    .expression_attribute_values(
+                        ":room",
+                        AttributeValue::N((budget_usd - delta).to_string()),
+                    );
+            }
+            let sent = self
+                .client
+                .transact_write_items()
+                .transact_items(transact(month)?)
+                .transact_items(transact(this)?)
+                .send()
+                .await;
+            let e = match sent {
+                Ok(_) => return Ok(Reserved::Admitted),
+                Err(e) => e,
+            };
+            let codes = cancellation_codes(&e);
+            if codes.first().map(String::as_str) == Some(CONDITION_FAILED) {
+                return Ok(Reserved::Refused {
+                    others_usd: self.counter(&entry.month).await? - held,
+                    this_run_usd: held + delta,
+                });
+            }
+            // The run's item changed since it was read, or another transaction held one of
+            // the items (TransactionConflict: launches at the same instant all write the
+            // month's counter): read again after a moment.
+            if codes
+                .iter()
+                .any(|c| c == CONDITION_FAILED || c == "TransactionConflict")
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(
+                    50 + u64::from(chrono::Utc::now().timestamp_subsec_millis()) % 200,
+                ))
+                .await;
+                continue;
+            }
+            return Err(Error::aws("dynamodb", "TransactWriteItems", e));
+        }
+        Err(conflict(&entry.execution))
     }
 
     async fn close(
@@ -151,30 +201,220 @@ impl Ledger for LedgerTable {
         state: EntryState,
         actual_usd: Option<f64>,
     ) -> Result<bool, Error> {
-        let mut update = "SET #s = :s, updated_at = :t".to_string();
-        let mut req = self
+        for _ in 0..RESERVE_TRIES {
+            let Some(was) = self.item(execution).await?.and_then(|i| entry_of(&i)) else {
+                return Ok(false);
+            };
+            let now = Entry {
+                state,
+                actual_usd: actual_usd.or(was.actual_usd),
+                ..was.clone()
+            };
+            // The month's counter follows the run's charge (its cost replacing its
+            // reservation), together with the state the charge was read in; a month never
+            // counted yet is seeded from its entries when a launch first needs it.
+            let mut update = "SET #s = :s, updated_at = :t".to_string();
+            let mut this = Update::builder()
+                .table_name(&self.table)
+                .key("execution", AttributeValue::S(execution.into()))
+                .condition_expression("#s = :was")
+                .expression_attribute_names("#s", "state")
+                .expression_attribute_values(":s", AttributeValue::S(state_name(state).into()))
+                .expression_attribute_values(
+                    ":was",
+                    AttributeValue::S(state_name(was.state).into()),
+                )
+                .expression_attribute_values(
+                    ":t",
+                    AttributeValue::S(chrono::Utc::now().to_rfc3339()),
+                );
+            if let Some(a) = actual_usd {
+                update.push_str(", actual_usd = :a");
+                this = this.expression_attribute_values(":a", AttributeValue::N(a.to_string()));
+            }
+            let this = this.update_expression(update);
+            let delta = now.charged_usd() - was.charged_usd();
+            let mut tx = self
+                .client
+                .transact_write_items()
+                .transact_items(transact(this)?);
+            if delta != 0.0 && self.counted(&was.month).await? {
+                tx = tx.transact_items(transact(
+                    Update::builder()
+                        .table_name(&self.table)
+                        .key("execution", AttributeValue::S(counter_key(&was.month)))
+                        .update_expression("ADD committed_usd :d")
+                        .expression_attribute_values(":d", AttributeValue::N(delta.to_string())),
+                )?);
+            }
+            let e = match tx.send().await {
+                Ok(_) => return Ok(true),
+                Err(e) => e,
+            };
+            let codes = cancellation_codes(&e);
+            // Changed since it was read (closed by a retried call, or by the sweeper), or
+            // held by another transaction: read again.
+            if codes
+                .iter()
+                .any(|c| c == CONDITION_FAILED || c == "TransactionConflict")
+            {
+                continue;
+            }
+            return Err(Error::aws("dynamodb", "TransactWriteItems", e));
+        }
+        Err(conflict(execution))
+    }
+}
+
+fn conflict(execution: &str) -> Error {
+    Error::Aws {
+        service: "dynamodb",
+        operation: "TransactWriteItems",
+        code: "TransactionConflict".into(),
+        message: format!("the ledger item of {execution} kept changing over {RESERVE_TRIES} tries"),
+    }
+}
+
+/// The item of the month's counter: what the month's runs have spent or reserved, moved in the
+/// same transaction as each run's item. It has no `month` attribute, so the `by-month` index
+/// never lists it.
+pub fn counter_key(month: &str) -> String {
+    format!("month#{month}")
+}
+
+/// How many times a reservation reads and writes again when the run's item changed between.
+const RESERVE_TRIES: usize = 8;
+
+/// The run's item with `worker`'s reservation: its place in the map when the item has one (on
+/// the condition that nobody changed it since it was read), else the whole item with a map of
+/// one (on the condition that there is still none). Written with the month's counter, so a
+/// refused launch leaves no item behind.
+fn run_update(
+    table: &str,
+    entry: &Entry,
+    worker: u32,
+    usd: f64,
+    run: Option<&Entry>,
+    before: Option<f64>,
+) -> aws_sdk_dynamodb::types::builders::UpdateBuilder {
+    let key = worker.to_string();
+    let u = Update::builder()
+        .table_name(table)
+        .key("execution", AttributeValue::S(entry.execution.clone()))
+        .expression_attribute_values(":t", AttributeValue::S(chrono::Utc::now().to_rfc3339()));
+    let with_map = run.is_some_and(|r| !r.workers.is_empty() || r.reserved_usd == 0.0);
+    match (with_map, before) {
+        (true, Some(b)) => u
+            .update_expression("SET workers.#w = :usd, updated_at = :t")
+            .condition_expression("workers.#w = :before")
+            .expression_attribute_names("#w", key)
+            .expression_attribute_values(":usd", AttributeValue::N(usd.to_string()))
+            .expression_attribute_values(":before", AttributeValue::N(b.to_string())),
+        (true, None) => u
+            .update_expression("SET workers.#w = :usd, updated_at = :t")
+            .condition_expression("attribute_exists(workers) AND attribute_not_exists(workers.#w)")
+            .expression_attribute_names("#w", key)
+            .expression_attribute_values(":usd", AttributeValue::N(usd.to_string())),
+        (false, _) => u
+            .update_expression("SET run_id = :r, #m = :m, #s = :s, updated_at = :t, workers = :map")
+            .condition_expression("attribute_not_exists(workers)")
+            .expression_attribute_names("#m", "month")
+            .expression_attribute_names("#s", "state")
+            .expression_attribute_values(":r", AttributeValue::S(entry.run_id.clone()))
+            .expression_attribute_values(":m", AttributeValue::S(entry.month.clone()))
+            .expression_attribute_values(":s", AttributeValue::S(state_name(entry.state).into()))
+            .expression_attribute_values(
+                ":map",
+                AttributeValue::M(HashMap::from([(key, AttributeValue::N(usd.to_string()))])),
+            ),
+    }
+}
+
+/// One item of a transaction.
+fn transact(
+    u: aws_sdk_dynamodb::types::builders::UpdateBuilder,
+) -> Result<TransactWriteItem, Error> {
+    u.build()
+        .map(|u| TransactWriteItem::builder().update(u).build())
+        .map_err(|e| Error::Internal(format!("a ledger update is incomplete: {e}")))
+}
+
+const CONDITION_FAILED: &str = "ConditionalCheckFailed";
+
+/// Each item's cancellation code of a canceled transaction ("None" for an item that was not the
+/// cause), or nothing for any other error.
+fn cancellation_codes<R>(
+    e: &aws_sdk_dynamodb::error::SdkError<
+        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError,
+        R,
+    >,
+) -> Vec<String> {
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+    match e.as_service_error() {
+        Some(TransactWriteItemsError::TransactionCanceledException(c)) => c
+            .cancellation_reasons()
+            .iter()
+            .map(|r| r.code().unwrap_or("None").to_string())
+            .collect(),
+        _ => vec![],
+    }
+}
+
+impl LedgerTable {
+    /// An item, read consistently.
+    async fn item(
+        &self,
+        execution: &str,
+    ) -> Result<Option<HashMap<String, AttributeValue>>, Error> {
+        let got = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("execution", AttributeValue::S(execution.into()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", "GetItem", e))?;
+        Ok(got.item().cloned())
+    }
+
+    /// Whether `month` has its counter.
+    async fn counted(&self, month: &str) -> Result<bool, Error> {
+        Ok(self.item(&counter_key(month)).await?.is_some())
+    }
+
+    /// `month`'s counter, seeded from its entries when it has none yet (a month begun before
+    /// the counter existed): the first seed wins, and from then on only transactions move it.
+    async fn counter(&self, month: &str) -> Result<f64, Error> {
+        let read = |i: &HashMap<String, AttributeValue>| {
+            i.get("committed_usd")
+                .and_then(|v| v.as_n().ok())
+                .and_then(|n| n.parse::<f64>().ok())
+        };
+        if let Some(v) = self
+            .item(&counter_key(month))
+            .await?
+            .as_ref()
+            .and_then(read)
+        {
+            return Ok(v);
+        }
+        let seed = ledger::month_to_date(&self.entries(month).await?);
+        let set = self
             .client
             .update_item()
             .table_name(&self.table)
-            .key("execution", AttributeValue::S(execution.into()))
-            .condition_expression("attribute_exists(execution)")
-            .expression_attribute_names("#s", "state")
-            .expression_attribute_values(":s", AttributeValue::S(state_name(state).into()))
-            .expression_attribute_values(":t", AttributeValue::S(chrono::Utc::now().to_rfc3339()));
-        if let Some(a) = actual_usd {
-            update.push_str(", actual_usd = :a");
-            req = req.expression_attribute_values(":a", AttributeValue::N(a.to_string()));
-        }
-        match req.update_expression(update).send().await {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(Error::aws("dynamodb", "UpdateItem", e)),
-        }
+            .key("execution", AttributeValue::S(counter_key(month)))
+            .update_expression(
+                "SET committed_usd = if_not_exists(committed_usd, :seed), counts = :m",
+            )
+            .expression_attribute_values(":seed", AttributeValue::N(seed.to_string()))
+            .expression_attribute_values(":m", AttributeValue::S(month.into()))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", "UpdateItem", e))?;
+        Ok(set.attributes().and_then(read).unwrap_or(seed))
     }
 }
 

@@ -18,7 +18,7 @@ use chrono::{DateTime, TimeZone, Utc};
 pub use ec2::{Compute, InstanceView, LaunchRequest, RunError, StatusChecks};
 pub use executions::{Executions, TaskTokens};
 pub use history::{ExecutionStats, History};
-pub use ledger::{Ledger, LedgerTable};
+pub use ledger::{Ledger, LedgerTable, Reserved};
 pub use objects::{ObjectWriter, Objects};
 pub use params::{ParamHousekeeping, Params};
 pub use pricing::{PriceList, Quote};

@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use super::parse_spec;
 use crate::aws::{
-    Compute, InstanceView, LaunchRequest, Ledger, Notifier, Params, PriceList, Quote,
+    Compute, InstanceView, LaunchRequest, Ledger, Notifier, Params, PriceList, Quote, Reserved,
 };
 use crate::error::Error;
 
@@ -185,19 +185,30 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
                 month_to_date_usd,
                 alert,
             } => {
-                l.reserve(
-                    &ledger::Entry {
-                        execution: input.execution.clone(),
-                        run_id: spec.run_id.clone(),
-                        month: ledger_month.clone(),
-                        reserved_usd: reserved,
-                        workers: BTreeMap::from([(slot, reserved)]),
-                        actual_usd: None,
-                        state: ledger::EntryState::Running,
-                    },
-                    slot,
-                )
-                .await?;
+                // The read above is the index's, eventually consistent: the reservation itself
+                // is a transaction on the month's counter, which launches at the same instant
+                // cannot together pass.
+                let entry = ledger::Entry {
+                    execution: input.execution.clone(),
+                    run_id: spec.run_id.clone(),
+                    month: ledger_month.clone(),
+                    reserved_usd: reserved,
+                    workers: BTreeMap::from([(slot, reserved)]),
+                    actual_usd: None,
+                    state: ledger::EntryState::Running,
+                };
+                if let Reserved::Refused {
+                    others_usd,
+                    this_run_usd,
+                } = l.reserve(&entry, slot, config.monthly_budget_usd).await?
+                {
+                    return Err(Error::OverMonthlyBudget {
+                        month: ledger_month,
+                        others: others_usd,
+                        this_run: this_run_usd,
+                        budget: config.monthly_budget_usd,
+                    });
+                }
                 if let (true, Some(topic)) = (alert, config.alert_topic.as_deref()) {
                     let subject = format!(
                         "ephemera: {ledger_month} has passed {:.0}% of the monthly budget",
