@@ -55,9 +55,14 @@ async fn forty_workers_through_a_spot_shortage_stay_within_the_payload_quota() {
                 .when("InstanceMarketOptions.MarketType", "spot")
         },
         |spec| {
-            forty_workers(spec);
+            spec["worker"]["count"] = json!(40);
             spec["worker"]["instance_types"] = json!(types);
+            spec["limits"]["budget_usd"] = json!(400.0);
             spec["limits"]["max_runtime_seconds"] = json!(3600);
+            // Within the history bound at 40 workers: 31 boot polls a worker, one attempt each.
+            spec["limits"]["max_relaunches"] = json!(0);
+            spec["limits"]["boot_timeout_seconds"] = json!(120);
+            spec["waits"]["boot_poll_seconds"] = json!(5);
         },
     )
     .await;
@@ -88,16 +93,6 @@ async fn forty_workers_through_a_spot_shortage_stay_within_the_payload_quota() {
     assert!(b.state() <= payload::PLANNED_BYTES);
 }
 
-/// Forty workers of one attempt each, within the budget and the history bound (25 boot polls a
-/// worker, 5 s apart as a real boot would be polled).
-fn forty_workers(spec: &mut Value) {
-    spec["worker"]["count"] = json!(40);
-    spec["limits"]["budget_usd"] = json!(400.0);
-    spec["limits"]["max_relaunches"] = json!(0);
-    spec["limits"]["boot_timeout_seconds"] = json!(120);
-    spec["waits"]["boot_poll_seconds"] = json!(5);
-}
-
 /// The payload bound ([`payload::bound`]) of the run's RunSpec, as admitted.
 fn bound_of(r: &Run) -> payload::Bound {
     let spec = RunSpec::parse(&r.finished.document["run"]).expect("the run's RunSpec");
@@ -120,7 +115,13 @@ async fn forty_workers_failing_with_long_causes_still_end_with_their_report() {
         "e2e-forty-causes",
         Behaviour::FailWith("Worker.Failed".into(), cause),
         Duration::from_secs(420),
-        forty_workers,
+        |spec| {
+            spec["worker"]["count"] = json!(40);
+            spec["limits"]["budget_usd"] = json!(400.0);
+            spec["limits"]["max_relaunches"] = json!(0);
+            spec["limits"]["boot_timeout_seconds"] = json!(120);
+            spec["waits"]["boot_poll_seconds"] = json!(5);
+        },
     )
     .await;
     println!("refused: {:?}", harness().door.throttles.refused_in(region));

@@ -155,16 +155,76 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
         });
     }
 
-    // The monthly guard, before anything exists (see `book`).
+    // The monthly guard, before anything exists: the month's other runs (their cost, or their
+    // reservation while they run) plus this run's worst case over its attempts so far. Failing
+    // to read the ledger fails the launch: a budget that cannot be checked is not spent.
+    let ledger_month = ledger::month_of(input.entered.unwrap_or(now));
     if let Some(l) = books.ledger {
-        let booking = Booking {
-            month: ledger::month_of(input.entered.unwrap_or(now)),
-            execution: &input.execution,
-            run_id: &spec.run_id,
+        let reserved = ledger::reservation(estimate, attempt);
+        let entries = l.entries(&ledger_month).await?;
+        match ledger::judge(
+            &entries,
+            &input.execution,
             slot,
-            reserved: ledger::reservation(estimate, attempt),
-        };
-        book(l, books.alerts, config, booking).await?;
+            reserved,
+            config.monthly_budget_usd,
+        ) {
+            ledger::Verdict::Refused {
+                others_usd,
+                this_run_usd,
+                budget_usd,
+            } => {
+                return Err(Error::OverMonthlyBudget {
+                    month: ledger_month,
+                    others: others_usd,
+                    this_run: this_run_usd,
+                    budget: budget_usd,
+                })
+            }
+            ledger::Verdict::Within {
+                month_to_date_usd,
+                alert,
+            } => {
+                // The read above is the index's, eventually consistent: the reservation itself
+                // is a transaction on the month's counter, which launches at the same instant
+                // cannot together pass.
+                let entry = ledger::Entry {
+                    execution: input.execution.clone(),
+                    run_id: spec.run_id.clone(),
+                    month: ledger_month.clone(),
+                    reserved_usd: reserved,
+                    workers: BTreeMap::from([(slot, reserved)]),
+                    actual_usd: None,
+                    state: ledger::EntryState::Running,
+                };
+                if let Reserved::Refused {
+                    others_usd,
+                    this_run_usd,
+                } = l.reserve(&entry, slot, config.monthly_budget_usd).await?
+                {
+                    return Err(Error::OverMonthlyBudget {
+                        month: ledger_month,
+                        others: others_usd,
+                        this_run: this_run_usd,
+                        budget: config.monthly_budget_usd,
+                    });
+                }
+                if let (true, Some(topic)) = (alert, config.alert_topic.as_deref()) {
+                    let subject = format!(
+                        "ephemera: {ledger_month} has passed {:.0}% of the monthly budget",
+                        ledger::ALERT_FRACTION * 100.0
+                    );
+                    let body = format!(
+                        "Run {} reserved ${reserved:.2} (its worst case); {ledger_month} now stands at ${month_to_date_usd:.2} spent or reserved of the ${:.2} monthly budget (MonthlyBudgetUsd). Runs that would pass the budget are refused.",
+                        spec.run_id, config.monthly_budget_usd
+                    );
+                    // The alert never stops the launch it is about.
+                    if let Err(e) = books.alerts.publish(topic, &subject, &body, &[]).await {
+                        tracing::error!(error = %e, "the monthly budget alert could not be sent");
+                    }
+                }
+            }
+        }
     }
 
     let make_state = |current: Attempt| {
@@ -324,98 +384,6 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
     }
     Err(Error::CapacityUnavailable { tried })
 }
-/// One launch's booking in the run ledger.
-struct Booking<'a> {
-    month: String,
-    execution: &'a str,
-    run_id: &'a str,
-    slot: u32,
-    reserved: f64,
-}
-
-/// The monthly guard, before anything exists: the month's other runs (their cost, or their
-/// reservation while they run) plus this run's worst case over its attempts so far. Failing
-/// to read the ledger fails the launch: a budget that cannot be checked is not spent.
-async fn book<L: Ledger, N: Notifier>(
-    l: &L,
-    alerts: &N,
-    config: &Config,
-    b: Booking<'_>,
-) -> Result<(), Error> {
-    let Booking {
-        month,
-        execution,
-        run_id,
-        slot,
-        reserved,
-    } = b;
-    let entries = l.entries(&month).await?;
-    match ledger::judge(
-        &entries,
-        execution,
-        slot,
-        reserved,
-        config.monthly_budget_usd,
-    ) {
-        ledger::Verdict::Refused {
-            others_usd,
-            this_run_usd,
-            budget_usd,
-        } => {
-            return Err(Error::OverMonthlyBudget {
-                month,
-                others: others_usd,
-                this_run: this_run_usd,
-                budget: budget_usd,
-            })
-        }
-        ledger::Verdict::Within {
-            month_to_date_usd,
-            alert,
-        } => {
-            // The read above is the index's, eventually consistent: the reservation itself
-            // is a transaction on the month's counter, which launches at the same instant
-            // cannot together pass.
-            let entry = ledger::Entry {
-                execution: execution.to_string(),
-                run_id: run_id.to_string(),
-                month: month.clone(),
-                reserved_usd: reserved,
-                workers: BTreeMap::from([(slot, reserved)]),
-                actual_usd: None,
-                state: ledger::EntryState::Running,
-            };
-            if let Reserved::Refused {
-                others_usd,
-                this_run_usd,
-            } = l.reserve(&entry, slot, config.monthly_budget_usd).await?
-            {
-                return Err(Error::OverMonthlyBudget {
-                    month,
-                    others: others_usd,
-                    this_run: this_run_usd,
-                    budget: config.monthly_budget_usd,
-                });
-            }
-            if let (true, Some(topic)) = (alert, config.alert_topic.as_deref()) {
-                let subject = format!(
-                    "ephemera: {month} has passed {:.0}% of the monthly budget",
-                    ledger::ALERT_FRACTION * 100.0
-                );
-                let body = format!(
-                    "Run {} reserved ${reserved:.2} (its worst case); {month} now stands at ${month_to_date_usd:.2} spent or reserved of the ${:.2} monthly budget (MonthlyBudgetUsd). Runs that would pass the budget are refused.",
-                    run_id, config.monthly_budget_usd
-                );
-                // The alert never stops the launch it is about.
-                if let Err(e) = alerts.publish(topic, &subject, &body, &[]).await {
-                    tracing::error!(error = %e, "the monthly budget alert could not be sent");
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 /// The number of the worker's attempt under way (0 before any).
 fn last_attempt(w: &WorkerState) -> u32 {
     w.current().map_or(0, |a| a.attempt)
