@@ -1,8 +1,10 @@
 //! `ephemera logs RUN`: the worker's log lines, as each attempt's worker shipped them to
-//! CloudWatch Logs (group `/ephemera/workers`, stream `<run_id>/<attempt>/<instance id>`).
+//! CloudWatch Logs (group `/ephemera/<stack>/workers`, stream `<run_id>/<attempt>/<instance id>`).
 
 use aws_sdk_cloudwatchlogs::Client;
-use ephemera_core::contract::logs::{parse_worker_log_stream, WORKER_LOG_GROUP};
+use ephemera_core::contract::logs::{
+    parse_worker_log_stream, worker_log_group_of, WORKER_LOG_GROUP,
+};
 use serde_json::Value;
 
 use crate::errors::{CliError, Op};
@@ -89,10 +91,12 @@ pub async fn command(
         println!("no worker logs: {} launched no instance", execution.name);
         return Ok(Outcome::Done);
     }
-    let op = Op::new("logs:DescribeLogStreams", WORKER_LOG_GROUP);
+    // The stack's group, named after its state machine (`<stack>-worker`).
+    let group = worker_log_group_of(&execution.arn).unwrap_or_else(|| WORKER_LOG_GROUP.to_string());
+    let op = Op::new("logs:DescribeLogStreams", &group);
     let mut pages = logs
         .describe_log_streams()
-        .log_group_name(WORKER_LOG_GROUP)
+        .log_group_name(&group)
         .log_stream_name_prefix(format!("{run_id}/"))
         .into_paginator()
         .send();
@@ -100,7 +104,7 @@ pub async fn command(
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| match e.as_service_error() {
             Some(s) if s.is_resource_not_found_exception() => CliError::Other(format!(
-                "the log group {WORKER_LOG_GROUP} does not exist in this region: the ephemera \
+                "the log group {group} does not exist in this region: the ephemera \
                  stack creates it (deploy the current template)"
             )),
             _ => op.fail(e),
@@ -114,18 +118,18 @@ pub async fn command(
     let streams = streams_of(&run_id, &names, &instances);
     if streams.is_empty() {
         println!(
-            "no log lines from the workers of {} yet (they ship to {WORKER_LOG_GROUP} every few seconds)",
+            "no log lines from the workers of {} yet (they ship to {group} every few seconds)",
             execution.name
         );
         return Ok(Outcome::Done);
     }
     for (attempt, instance, stream) in streams {
-        println!("== attempt {attempt} on {instance} ({WORKER_LOG_GROUP} {stream})");
+        println!("== attempt {attempt} on {instance} ({group} {stream})");
         let op = Op::new("logs:GetLogEvents", &stream);
         // The paginator stops where the forward token stops changing: the stream's end.
         let mut events = logs
             .get_log_events()
-            .log_group_name(WORKER_LOG_GROUP)
+            .log_group_name(&group)
             .log_stream_name(&stream)
             .start_from_head(true)
             .into_paginator()

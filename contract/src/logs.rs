@@ -1,8 +1,21 @@
 //! Where the worker ships its log lines and how `ephemera logs` finds them again.
 
-/// The CloudWatch Logs group the worker ships its log lines to (the template creates it; the
-/// worker's role may write only there).
+/// The CloudWatch Logs group a worker ships its log lines to when it is not told one (run by
+/// hand); on an instance, launch-worker names its stack's ([`stack_worker_log_group`]).
 pub const WORKER_LOG_GROUP: &str = "/ephemera/workers";
+
+/// A stack's worker log group (template.yaml's `WorkerLogs`; the worker's role may write only
+/// there): one per stack, so that two stacks in one account and region never collide.
+pub fn stack_worker_log_group(stack: &str) -> String {
+    format!("/ephemera/{stack}/workers")
+}
+
+/// The worker log group of the stack whose state machine (`<stack>-worker`) ran
+/// `execution_arn` (`arn:aws:states:<region>:<account>:execution:<machine>:<name>`).
+pub fn worker_log_group_of(execution_arn: &str) -> Option<String> {
+    let machine = execution_arn.split(':').nth(6)?;
+    Some(stack_worker_log_group(machine.strip_suffix("-worker")?))
+}
 
 /// One log stream per worker process: `<run_id>/<attempt>/<instance id>`, so a run's streams
 /// share the prefix `<run_id>/` (a run id holds no `/`).
@@ -20,6 +33,19 @@ pub fn parse_worker_log_stream(run_id: &str, stream: &str) -> Option<(u32, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stacks_log_group_is_found_from_its_executions() {
+        assert_eq!(stack_worker_log_group("prod"), "/ephemera/prod/workers");
+        assert_eq!(
+            worker_log_group_of("arn:aws:states:eu-west-1:1:execution:prod-worker:fx-1").as_deref(),
+            Some("/ephemera/prod/workers")
+        );
+        assert_eq!(
+            worker_log_group_of("arn:aws:states:eu-west-1:1:execution:mine:fx-1"),
+            None
+        );
+    }
 
     #[test]
     fn log_streams_name_run_attempt_and_instance() {

@@ -11,6 +11,7 @@ use axum::Router;
 use ephemera_functions::{Aws, Settings};
 
 use crate::iam::{Check, Policies, Principal, ACCOUNT};
+use crate::price_list;
 use crate::quotas::QuotaStandIn;
 use crate::requests::{self, url_form, Wire};
 use crate::throttle::{self, Throttles};
@@ -400,6 +401,16 @@ async fn route(State(door): State<Arc<FrontDoor>>, req: Request) -> Response<Bod
         }
     }
 
+    if service == "pricing" {
+        let (status, out) =
+            price_list::answer(&door.throttles, target_operation(&parts.headers), &bytes);
+        let err_type = out["__type"].as_str().unwrap_or_default().to_string();
+        let extra: Vec<(&str, &str)> = match status {
+            200 => vec![],
+            _ => vec![("x-amzn-errortype", err_type.as_str())],
+        };
+        return json_response(status, out, &extra);
+    }
     if service == "lambda"
         && path.starts_with("/2015-03-31/functions/")
         && path.ends_with("/invocations")
@@ -428,27 +439,10 @@ async fn route(State(door): State<Arc<FrontDoor>>, req: Request) -> Response<Bod
     if service == "ec2" {
         let form: HashMap<String, String> = url_form(&bytes);
         let action = form.get("Action").cloned().unwrap_or_default();
-        let fired = {
-            let mut faults = door.faults.lock().unwrap();
-            let hit = faults.iter_mut().find(|f| {
-                f.region == region
-                    && f.action == action
-                    && f.remaining != Some(0)
-                    && f.when.iter().all(|(k, v)| form.get(k) == Some(v))
-            });
-            hit.map(|f| {
-                if let Some(n) = f.remaining.as_mut() {
-                    *n -= 1;
-                }
-                f.clone()
-            })
-        };
-        if let Some(f) = fired {
-            door.faults_fired.lock().unwrap().push((
-                region.clone(),
-                action.clone(),
-                f.code.clone(),
-            ));
+        if !ec2_buckets(&door.throttles, &region, &action, &form) {
+            return ec2_error(503, "RequestLimitExceeded", "Request limit exceeded.");
+        }
+        if let Some(f) = door.fire_fault(&region, &action, &form) {
             return ec2_error(f.status, &f.code, &f.message);
         }
         if let Some(answer) =
@@ -459,6 +453,10 @@ async fn route(State(door): State<Arc<FrontDoor>>, req: Request) -> Response<Bod
     }
     if service == "rds" {
         let form: HashMap<String, String> = url_form(&bytes);
+        let action = form.get("Action").cloned().unwrap_or_default();
+        if let Some(f) = door.fire_fault(&region, &action, &form) {
+            return rds_error(f.status, &f.code, &f.message);
+        }
         if let Some(answer) = snapshot_takes_time(&door, &region, &form, &parts, &bytes).await {
             return answer;
         }
@@ -820,6 +818,9 @@ async fn invoke_lambda(
     settings
         .ledger_table
         .get_or_insert(crate::iam::LEDGER_TABLE.to_string());
+    settings
+        .worker_log_group
+        .get_or_insert_with(crate::iam::worker_log_group);
     if settings.monthly_budget_usd == 0.0 {
         settings.monthly_budget_usd = crate::iam::MONTHLY_BUDGET_USD;
     }
@@ -964,6 +965,13 @@ async fn enforce(
             }
         }
     }
+    if action == "rds:DeleteDBSnapshot" || action == "rds:DeleteDBClusterSnapshot" {
+        for c in checks.iter_mut() {
+            for (k, v) in door.rds_tags(region, &c.resource).await {
+                c.context.insert(format!("aws:ResourceTag/{k}"), v);
+            }
+        }
+    }
     for c in &checks {
         if let Err(reason) = door.authorize(principal, region, c) {
             return Some(access_denied(service, &reason));
@@ -995,6 +1003,51 @@ async fn enforce(
         }
     }
     None
+}
+
+/// EC2's buckets for one request (`throttle::ec2_request_bucket`, and the resource bucket of
+/// calls that start or end instances, one token an instance); false when EC2 would answer
+/// RequestLimitExceeded. Throttling comes before any other answer, as in EC2.
+fn ec2_buckets(
+    throttles: &Throttles,
+    region: &str,
+    action: &str,
+    form: &HashMap<String, String>,
+) -> bool {
+    let what = format!("ec2:{action}");
+    if !throttles.take_from(region, action, throttle::ec2_request_bucket(action), &what) {
+        return false;
+    }
+    let Some(bucket) = throttle::ec2_resource_bucket(action) else {
+        return true;
+    };
+    let instances = match action {
+        "RunInstances" => form
+            .get("MaxCount")
+            .and_then(|n| n.parse::<f64>().ok())
+            .unwrap_or(1.0),
+        _ => form.keys().filter(|k| k.starts_with("InstanceId.")).count() as f64,
+    };
+    throttles.take_n(
+        region,
+        &format!("{action} instances"),
+        bucket,
+        instances,
+        &format!("{what} (instances)"),
+    )
+}
+
+/// RDS's error body (the Query protocol's `ErrorResponse`).
+fn rds_error(status: u16, code: &str, message: &str) -> Response<Body> {
+    let xml = format!(
+        "<ErrorResponse xmlns=\"http://rds.amazonaws.com/doc/2014-10-31/\"><Error><Type>Sender</Type><Code>{code}</Code><Message>{}</Message></Error><RequestId>00000000-0000-0000-0000-000000000000</RequestId></ErrorResponse>",
+        xml_escape(message)
+    );
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/xml")
+        .body(Body::from(xml))
+        .unwrap()
 }
 
 pub(crate) fn ec2_error(status: u16, code: &str, message: &str) -> Response<Body> {
@@ -1242,6 +1295,56 @@ impl FrontDoor {
             .into_iter()
             .flatten()
             .filter_map(|t| Some((t["Key"].as_str()?.into(), t["Value"].as_str()?.into())))
+            .collect()
+    }
+
+    /// The first fault rule matching this EC2 or RDS request, counted as fired.
+    fn fire_fault(
+        &self,
+        region: &str,
+        action: &str,
+        form: &HashMap<String, String>,
+    ) -> Option<FaultRule> {
+        let fired = {
+            let mut faults = self.faults.lock().unwrap();
+            let hit = faults.iter_mut().find(|f| {
+                f.region == region
+                    && f.action == action
+                    && f.remaining != Some(0)
+                    && f.when.iter().all(|(k, v)| form.get(k) == Some(v))
+            });
+            hit.map(|f| {
+                if let Some(n) = f.remaining.as_mut() {
+                    *n -= 1;
+                }
+                f.clone()
+            })
+        }?;
+        self.faults_fired.lock().unwrap().push((
+            region.to_string(),
+            action.to_string(),
+            fired.code.clone(),
+        ));
+        Some(fired)
+    }
+
+    /// An RDS resource's tags as moto holds them (for `aws:ResourceTag/…` on a delete).
+    async fn rds_tags(&self, region: &str, arn: &str) -> Vec<(String, String)> {
+        let body = format!(
+            "Action=ListTagsForResource&Version=2014-10-31&ResourceName={}",
+            urlencoding::encode(arn)
+        );
+        let Ok(resp) = self.moto_query(region, "rds", &body).await else {
+            return vec![];
+        };
+        let text = resp.text().await.unwrap_or_default();
+        text.split("<Tag>")
+            .skip(1)
+            .filter_map(|tag| {
+                let key = tag.split("<Key>").nth(1)?.split("</Key>").next()?;
+                let value = tag.split("<Value>").nth(1)?.split("</Value>").next()?;
+                Some((key.to_string(), value.to_string()))
+            })
             .collect()
     }
 

@@ -16,6 +16,11 @@ use serde_yaml_ng::Value as Yaml;
 
 pub const ACCOUNT: &str = "123456789012";
 pub const STACK: &str = "ephemera";
+
+/// The stack's worker log group (template.yaml `WorkerLogs`), where the workers ship their lines.
+pub fn worker_log_group() -> String {
+    ephemera_core::contract::logs::stack_worker_log_group(STACK)
+}
 /// The template parameters the harness deploys with.
 pub const ARTIFACT_BUCKET: &str = "ephemera-artifacts";
 pub const EXPORT_BUCKET: &str = "ephemera-features";
@@ -764,7 +769,7 @@ mod tests {
             )
         };
         // The group the worker and the CLI name is the one the template grants.
-        let workers = ephemera_core::contract::logs::WORKER_LOG_GROUP;
+        let workers = &worker_log_group();
         for c in [create(workers), put(workers)] {
             assert_eq!(
                 p.authorize(&Principal::Worker, "eu-west-1", &c),

@@ -16,6 +16,7 @@ pub mod fixtures;
 pub mod frontdoor;
 pub mod iam;
 pub mod imds;
+pub mod price_list;
 pub mod quotas;
 pub mod requests;
 pub mod throttle;

@@ -338,10 +338,17 @@ fn rds(region: &str, form: &HashMap<String, String>) -> (String, Vec<Check>) {
             arn("cluster", "DBClusterIdentifier"),
             arn("cluster-snapshot", "DBClusterSnapshotIdentifier"),
         ),
-        "DescribeDBSnapshots" => (None, arn("snapshot", "DBSnapshotIdentifier")),
-        "DescribeDBClusterSnapshots" => {
-            (None, arn("cluster-snapshot", "DBClusterSnapshotIdentifier"))
-        }
+        // Listing a source's snapshots is authorized on the source.
+        "DescribeDBSnapshots" => (
+            arn("db", "DBInstanceIdentifier"),
+            arn("snapshot", "DBSnapshotIdentifier"),
+        ),
+        "DescribeDBClusterSnapshots" => (
+            arn("cluster", "DBClusterIdentifier"),
+            arn("cluster-snapshot", "DBClusterSnapshotIdentifier"),
+        ),
+        "DeleteDBSnapshot" => (None, arn("snapshot", "DBSnapshotIdentifier")),
+        "DeleteDBClusterSnapshot" => (None, arn("cluster-snapshot", "DBClusterSnapshotIdentifier")),
         _ => (None, None),
     };
     let mut checks: Vec<Check> = [&source, &target]

@@ -1,6 +1,6 @@
 //! AWS's account-wide rate limits, as the front door plays them (each test's region is an
-//! account of its own): Parameter Store's shared throughput and a new account's Lambda
-//! concurrency. moto plays neither.
+//! account of its own): Parameter Store's shared throughput, a new account's Lambda
+//! concurrency and EC2's request and resource buckets. moto plays none of them.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -25,6 +25,31 @@ pub const SSM_PARAMETER_ACTIONS: [&str; 4] = [
 /// raises as `Lambda.TooManyRequestsException`.
 pub const NEW_ACCOUNT_LAMBDA_CONCURRENCY: u32 = 10;
 
+/// EC2's request bucket of one action, (size, refilled a second): "each API is evaluated
+/// individually" (<https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-throttling.html>,
+/// "Request token bucket sizes and refill rates"). RunInstances and TerminateInstances have
+/// rows of their own; Describe* calls with a filter or a page are non-mutating (100, 20);
+/// other mutating calls (50, 5). Past it: 503 `RequestLimitExceeded`.
+pub fn ec2_request_bucket(action: &str) -> (f64, f64) {
+    match action {
+        "RunInstances" | "StartInstances" => (5.0, 2.0),
+        "TerminateInstances" => (100.0, 5.0),
+        "CreateTags" => (100.0, 10.0),
+        a if a.starts_with("Describe") || a.starts_with("Get") => (100.0, 20.0),
+        _ => (50.0, 5.0),
+    }
+}
+
+/// EC2's resource bucket of an action that starts or ends instances, one token an instance
+/// (same page, "Resource token bucket sizes and refill rates").
+pub fn ec2_resource_bucket(action: &str) -> Option<(f64, f64)> {
+    match action {
+        "RunInstances" | "StartInstances" => Some((1000.0, 2.0)),
+        "TerminateInstances" | "StopInstances" => Some((1000.0, 20.0)),
+        _ => None,
+    }
+}
+
 /// A token bucket: `rate` a second, holding at most `rate` (one second's burst).
 struct Bucket {
     tokens: f64,
@@ -33,27 +58,52 @@ struct Bucket {
 
 #[derive(Default)]
 pub struct Throttles {
-    buckets: Mutex<HashMap<(String, &'static str), Bucket>>,
+    buckets: Mutex<HashMap<(String, String), Bucket>>,
     in_flight: Mutex<HashMap<String, u32>>,
     /// Every refusal: (region, what).
     refused: Mutex<Vec<(String, String)>>,
+    /// Every call that asked a bucket, served or refused: (region, what) → how many.
+    asked: Mutex<HashMap<(String, String), usize>>,
 }
 
 impl Throttles {
     /// Takes one of `rate` a second from `region`'s `group`; false when none is left.
-    pub fn take(&self, region: &str, group: &'static str, rate: f64, what: &str) -> bool {
+    pub fn take(&self, region: &str, group: &str, rate: f64, what: &str) -> bool {
+        self.take_from(region, group, (rate, rate), what)
+    }
+
+    /// Takes one token from `region`'s `group`, a bucket of `(size, refilled a second)`.
+    pub fn take_from(&self, region: &str, group: &str, bucket: (f64, f64), what: &str) -> bool {
+        self.take_n(region, group, bucket, 1.0, what)
+    }
+
+    /// Takes `n` tokens at once (a resource bucket: one an instance), or none.
+    pub fn take_n(
+        &self,
+        region: &str,
+        group: &str,
+        (size, rate): (f64, f64),
+        n: f64,
+        what: &str,
+    ) -> bool {
+        *self
+            .asked
+            .lock()
+            .unwrap()
+            .entry((region.to_string(), what.to_string()))
+            .or_default() += 1;
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap();
         let b = buckets
-            .entry((region.to_string(), group))
+            .entry((region.to_string(), group.to_string()))
             .or_insert(Bucket {
-                tokens: rate,
+                tokens: size,
                 at: now,
             });
-        b.tokens = (b.tokens + rate * (now - b.at).as_secs_f64()).min(rate);
+        b.tokens = (b.tokens + rate * (now - b.at).as_secs_f64()).min(size);
         b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
+        if b.tokens >= n {
+            b.tokens -= n;
             true
         } else {
             self.refuse(region, what);
@@ -82,6 +132,16 @@ impl Throttles {
             .lock()
             .unwrap()
             .push((region.to_string(), what.to_string()));
+    }
+
+    /// How many calls of `what` asked `region`'s buckets, served or refused.
+    pub fn asked(&self, region: &str, what: &str) -> usize {
+        self.asked
+            .lock()
+            .unwrap()
+            .get(&(region.to_string(), what.to_string()))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// What was refused in `region`: (what, how many times).
@@ -133,6 +193,21 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(100));
         assert!(t.take("r", "ssm", 40.0, "GetParameter"), "refilled");
         assert_eq!(t.refused_in("r")[0].0, "GetParameter");
+    }
+
+    #[test]
+    fn a_bucket_holds_its_size_and_refills_at_its_rate() {
+        let t = Throttles::default();
+        let taken = (0..30)
+            .filter(|_| t.take_from("r", "p", (10.0, 5.0), "GetProducts"))
+            .count();
+        assert!((10..=11).contains(&taken), "{taken}");
+        std::thread::sleep(std::time::Duration::from_millis(450));
+        let refilled = (0..30)
+            .filter(|_| t.take_from("r", "p", (10.0, 5.0), "GetProducts"))
+            .count();
+        assert!((2..=3).contains(&refilled), "{refilled}");
+        assert_eq!(t.asked("r", "GetProducts"), 60);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use ephemera_core::rundoc::{CostReport, WorkerState};
 use ephemera_functions::handlers::{health_check, quota_check, terminate_report};
 use ephemera_functions::{invoke, Aws, Error, Function, Settings};
 use ephemera_tests::fixtures::{self, ctx, Ctx};
-use ephemera_tests::{function_clients, harness, FaultRule};
+use ephemera_tests::{function_clients, harness, price_list, FaultRule};
 use serde_json::{json, Value};
 
 const SPOT: &str = "L-34B43A08";
@@ -264,6 +264,89 @@ async fn poll_quota(c: &Ctx, spec: &Value, prev: Option<QuotaState>) -> QuotaSta
     .unwrap()
 }
 
+/// The run's prices are read once, when the quotas have room, and a throttled Price List call
+/// is retried rather than priced from the table: GetProducts' bucket (10, refilled at 5 a
+/// second) is emptied first, as forty launches asking at once would empty it.
+#[tokio::test]
+async fn prices_are_read_once_when_the_quotas_have_room_and_a_throttle_is_waited_out() {
+    let c = ctx().await;
+    let h = harness();
+    let mut spec = fixtures::runspec("priced-once", &c.net, None);
+    spec["worker"]["instance_types"] = json!(["c7g.4xlarge", "m7g.4xlarge"]);
+    // Short at first: no price is read while the run waits for its quota.
+    h.door.with_quotas(c.region, |q| {
+        q.applied.insert(SPOT.into(), 8.0);
+        q.applied.insert(ON_DEMAND.into(), 8.0);
+        q.next_script = vec!["APPROVED".into()];
+    });
+    let waiting = poll_quota(&c, &spec, None).await;
+    assert_eq!(waiting.verdict, QuotaVerdict::Waiting, "{waiting:?}");
+    assert!(waiting.prices.is_empty());
+    assert_eq!(
+        h.door.throttles.asked(c.region, price_list::GET_PRODUCTS),
+        0
+    );
+    // Someone else in the account takes every token for the next two seconds.
+    let region = c.region;
+    let hog = std::thread::spawn(move || {
+        let until = std::time::Instant::now() + Duration::from_secs(2);
+        while std::time::Instant::now() < until {
+            while harness().door.throttles.take_from(
+                region,
+                "pricing",
+                price_list::GET_PRODUCTS_BUCKET,
+                "someone else",
+            ) {}
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    let enough = poll_quota(&c, &spec, Some(waiting)).await;
+    hog.join().unwrap();
+    assert_eq!(enough.verdict, QuotaVerdict::Enough, "{enough:?}");
+    let got: Vec<(&str, &str)> = enough
+        .prices
+        .iter()
+        .map(|p| (p.instance_type.as_str(), p.source.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("c7g.4xlarge", "price-list-api"),
+            ("m7g.4xlarge", "price-list-api")
+        ]
+    );
+    // The region's price as the API states it: USD to ten decimal places.
+    let table = ephemera_core::catalog::on_demand_hourly_bound("c7g.4xlarge", c.region).unwrap();
+    assert!((enough.prices[0].usd_per_hour - table).abs() < 1e-10);
+    let refused = h.door.throttles.refused_in(c.region);
+    assert!(
+        refused
+            .iter()
+            .any(|(what, _)| what == price_list::GET_PRODUCTS),
+        "the bucket was empty, so the first reads were throttled: {refused:?}"
+    );
+
+    // A launch given the run's prices asks for none.
+    let asked = h.door.throttles.asked(c.region, price_list::GET_PRODUCTS);
+    let w: WorkerState = serde_json::from_value(
+        call(
+            &c,
+            Function::LaunchWorker,
+            json!({"run": spec, "execution": execution(c.region, "priced-once"),
+                   "prices": enough.prices}),
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        h.door.throttles.asked(c.region, price_list::GET_PRODUCTS),
+        asked
+    );
+    assert!(w.current().is_some());
+    assert_eq!(live(&c, "priced-once").await.len(), 1);
+}
+
 #[tokio::test]
 async fn quota_short_is_requested_once_and_approved_after_several_polls() {
     let c = ctx().await;
@@ -317,8 +400,11 @@ async fn quota_denied_and_deadline() {
     let late = Utc::now() + chrono::Duration::hours(2);
     let role = function_clients(c.region, "quota-check");
     let s_late = quota_check::handle(
-        &role.ec2,
-        &role.quotas,
+        quota_check::Clients {
+            ec2: &role.ec2,
+            quotas: &role.quotas,
+            prices: &role.pricing,
+        },
         &quota_check::Config {
             region: c.region.into(),
             ..Default::default()

@@ -1,5 +1,6 @@
 //! AWS's limits and refusals that a run meets, played by the harness: Step Functions' 256 KiB
-//! payload quota (moto fails an execution whose state output passes it) at forty workers, EC2's
+//! payload quota (moto fails an execution whose state output passes it) at forty workers, the
+//! Price List API's bucket (prices are read once a run), EC2's
 //! request throttling at launch, and a cleanup AWS refuses. The deployed ASL, the real handlers
 //! behind the front door, a worker stand-in on every instance.
 
@@ -7,7 +8,7 @@ use ephemera_core::{payload, RunSpec};
 use ephemera_tests::e2e::{self, Run};
 use ephemera_tests::iam::Principal;
 use ephemera_tests::worker_standin::Behaviour;
-use ephemera_tests::{fresh_region, harness, FaultRule};
+use ephemera_tests::{fresh_region, harness, price_list, FaultRule};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -80,6 +81,21 @@ async fn forty_workers_through_a_spot_shortage_stay_within_the_payload_quota() {
     let attempts = r.finished.report["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 40, "every instance billed");
     assert!(attempts.iter().all(|a| a["market"] == "on-demand"));
+    // Prices read once per type for the whole run (quota-check), not once per launch and again
+    // per bill: forty launches would take GetProducts' bucket of ten four times over.
+    assert_eq!(
+        harness()
+            .door
+            .throttles
+            .asked(r.region, price_list::GET_PRODUCTS),
+        types.len()
+    );
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a["price_source"] == "price-list-api"),
+        "{attempts:?}"
+    );
     let map_bytes = r.finished.workers.to_string().len();
     let largest = r.finished.largest_state_output;
     println!(

@@ -143,3 +143,98 @@ async fn a_retried_request_finds_its_snapshot_and_the_role_reaches_only_its_own(
     let text = format!("{}", aws_sdk_rds::error::DisplayErrorContext(&other));
     assert!(text.contains("AccessDenied"), "{text}");
 }
+
+/// A snapshot made before this run: ephemera's own (tagged as such) or the operator's.
+async fn earlier_snapshot(region: &str, id: &str, ours: bool) {
+    let mut req = clients(region)
+        .rds
+        .create_db_snapshot()
+        .db_instance_identifier("fx-db")
+        .db_snapshot_identifier(id);
+    if ours {
+        req = req.tags(Tag::builder().key("ephemera:managed").value("true").build());
+    }
+    req.send().await.expect("CreateDBSnapshot");
+}
+
+/// RDS refuses to snapshot a DB instance that is not `available` (InvalidDBInstanceState:
+/// starting, modifying, backing up): the run asks again at each poll instead of failing. After
+/// its outputs verified, ephemera's older snapshots of the source beyond
+/// `database.keep_snapshots` are deleted, the newest kept, the operator's own never touched
+/// (the template's role may delete only snapshots tagged as ephemera's).
+#[tokio::test]
+async fn a_busy_source_is_waited_for_and_older_snapshots_are_pruned_after_a_verified_run() {
+    let region = fresh_region();
+    db_instance(region, "fx-db").await;
+    // Oldest first, a second apart (RDS dates snapshots to the second).
+    for (id, ours) in [
+        ("ephemera-old-1", true),
+        ("ephemera-old-2", true),
+        ("nightly-backup", false),
+        ("ephemera-old-3", true),
+    ] {
+        earlier_snapshot(region, id, ours).await;
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    }
+    ephemera_tests::harness().door.add_fault(
+        ephemera_tests::FaultRule::always(
+            region,
+            "CreateDBSnapshot",
+            "InvalidDBInstanceState",
+            400,
+        )
+        .times(2),
+    );
+    let run_id = "snap-prune";
+    let report = json!({"run_id": run_id, "partitions_done": 2, "partitions_failed": 0,
+                        "rows_in": 1000, "rows_out": 1000});
+    let r = e2e::scenario(region, run_id, Behaviour::Succeed(report), |spec| {
+        spec["database"] = json!({"snapshot_before": {"instance": "fx-db"},
+                                  "snapshot_timeout_seconds": 600, "keep_snapshots": 2});
+    })
+    .await;
+    assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished);
+    let fired = ephemera_tests::harness().door.faults_fired_in(region);
+    assert_eq!(fired.len(), 2, "{fired:?}");
+    assert!(
+        r.finished.visited("WaitSnapshot") >= 3,
+        "{:?}",
+        r.finished.path
+    );
+
+    let named = &r.finished.report["snapshot"];
+    let id = named["identifier"].as_str().unwrap().to_string();
+    assert_eq!(
+        named["pruned"]["deleted"],
+        json!(["ephemera-old-2", "ephemera-old-1"]),
+        "{named}"
+    );
+    let left = clients(region)
+        .rds
+        .describe_db_snapshots()
+        .db_instance_identifier("fx-db")
+        .snapshot_type("manual")
+        .send()
+        .await
+        .unwrap();
+    let mut left: Vec<String> = left
+        .db_snapshots()
+        .iter()
+        .filter_map(|s| s.db_snapshot_identifier().map(str::to_string))
+        .collect();
+    left.sort();
+    let mut expected = vec![
+        "ephemera-old-3".to_string(),
+        id,
+        "nightly-backup".to_string(),
+    ];
+    expected.sort();
+    assert_eq!(left, expected);
+    assert!(
+        r.emails[0].body.contains(
+            "older snapshots deleted (database.keep_snapshots = 2): ephemera-old-2, ephemera-old-1"
+        ),
+        "{}",
+        r.emails[0].body
+    );
+}

@@ -81,7 +81,6 @@ fn every_lambda_of_the_template_is_a_binary_of_the_functions_crate() {
 /// log group, and must spell them as `ephemera_contract` defines them.
 #[test]
 fn the_template_and_the_asl_spell_the_contracts_names() {
-    use ephemera_core::contract::logs::WORKER_LOG_GROUP;
     use ephemera_core::contract::RunParameters;
     use ephemera_core::tags;
 
@@ -139,9 +138,11 @@ fn the_template_and_the_asl_spell_the_contracts_names() {
     }
     assert!(named > 0, "no SSM parameter found in the template");
 
+    // The worker log group is the stack's, as the CLI and the harness name it.
+    let group = ephemera_core::contract::logs::stack_worker_log_group("${AWS::StackName}");
     assert!(
-        template.contains(&format!("LogGroupName: {WORKER_LOG_GROUP}\n")),
-        "the template's worker log group is not {WORKER_LOG_GROUP}"
+        template.contains(&format!("LogGroupName: !Sub {group}\n")),
+        "the template's worker log group is not {group}"
     );
 }
 

@@ -6,7 +6,8 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ephemera_contract::logs::{worker_log_stream, WORKER_LOG_GROUP};
+use ephemera_contract::logs::worker_log_stream;
+use ephemera_tests::iam::worker_log_group;
 use ephemera_tests::postgres::postgres;
 use ephemera_tests::{clients, e2e, fixtures, fresh_region, harness};
 use ephemera_worker::{db, export, outputs, queue, seed};
@@ -152,7 +153,7 @@ async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption()
     // The workers' log group, as the template creates it.
     let logs = aws_sdk_cloudwatchlogs::Client::new(&ephemera_tests::sdk_config(region));
     logs.create_log_group()
-        .log_group_name(WORKER_LOG_GROUP)
+        .log_group_name(worker_log_group())
         .send()
         .await
         .unwrap();
@@ -314,7 +315,7 @@ async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption()
         let logs = logs.clone();
         async move {
             logs.get_log_events()
-                .log_group_name(WORKER_LOG_GROUP)
+                .log_group_name(worker_log_group())
                 .log_stream_name(worker_log_stream(run_id, attempt, &instance))
                 .start_from_head(true)
                 .send()

@@ -50,6 +50,30 @@ pub enum LaunchErrorKind {
 }
 
 /// Classifies an EC2 RunInstances error code.
+/// How long one launch keeps waiting out EC2's throttle on RunInstances before it gives the
+/// call back to its state's Retry: RunInstances has a bucket of 5 requests refilled at 2 a
+/// second per account and region
+/// (<https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-throttling.html>), so forty
+/// workers walking ten Spot candidates each through a shortage ask for four hundred calls,
+/// over three minutes of the account's RunInstances. Within launch-worker's 300 s timeout.
+pub const THROTTLE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// The wait after the `n`th throttled call (from 0): full jitter over a ceiling doubling from
+/// 1 s up to 20 s (`draw` in 0..1), so that throttled launches spread over the refill instead
+/// of asking again together.
+pub fn throttle_wait(n: u32, draw: f64) -> std::time::Duration {
+    let ceiling = 2_f64.powi(n.min(8) as i32).min(20.0);
+    std::time::Duration::from_secs_f64(ceiling * draw.clamp(0.0, 1.0)).max(THROTTLE_WAIT_FLOOR)
+}
+
+/// No wait shorter than a refill (EC2 adds RunInstances tokens at 2 a second).
+const THROTTLE_WAIT_FLOOR: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// True for EC2's throttle (as opposed to its other transient answers).
+pub fn is_throttle(code: &str) -> bool {
+    code == "RequestLimitExceeded"
+}
+
 pub fn classify(code: &str, message: &str) -> LaunchErrorKind {
     match code {
         "InsufficientInstanceCapacity"
@@ -165,6 +189,17 @@ mod tests {
         assert_eq!(classify("InvalidAMIID.NotFound", ""), Fatal);
         assert_eq!(classify("UnauthorizedOperation", ""), Fatal);
         // Throttling is the account's, not the candidate's: the same launch again, later.
+        assert!(is_throttle("RequestLimitExceeded") && !is_throttle("InternalError"));
+        let waits: Vec<f64> = (0..8)
+            .map(|n| throttle_wait(n, 1.0).as_secs_f64())
+            .collect();
+        assert_eq!(waits, vec![1.0, 2.0, 4.0, 8.0, 16.0, 20.0, 20.0, 20.0]);
+        assert_eq!(
+            throttle_wait(3, 0.0).as_millis(),
+            500,
+            "never sooner than a refill"
+        );
+        assert_eq!(throttle_wait(3, 0.5).as_secs_f64(), 4.0);
         for c in [
             "RequestLimitExceeded",
             "InternalError",

@@ -18,6 +18,17 @@ pub fn billed_seconds(start: DateTime<Utc>, end: DateTime<Utc>) -> i64 {
     secs.max(MINIMUM_BILLED_SECONDS)
 }
 
+/// A candidate type's On-Demand price, read once per run (quota-check, when the quotas have
+/// room) and carried in `$.quota.prices` to every launch and to the report: forty workers
+/// would otherwise ask the Price List API forty times for the same figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TypePrice {
+    pub instance_type: String,
+    pub usd_per_hour: f64,
+    /// `price-list-api`, or the dated fallback table (cut at `payload::DETAIL_KEPT`).
+    pub source: String,
+}
+
 /// One entry of DescribeSpotPriceHistory: the price in force from `at` on.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct PricePoint {

@@ -15,6 +15,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use ephemera_contract::summary::{Summary, Validation};
 
 use crate::capacity::Tried;
+use crate::cost::TypePrice;
 use crate::instance_state::InstanceState;
 use crate::rundoc::{
     Attempt, AttemptCost, CaughtError, HealthState, HealthVerdict, Released, WorkerEnd, WorkerLine,
@@ -123,7 +124,10 @@ pub fn bound(spec: &RunSpec) -> Bound {
         + workers * (size(&w.line()) + 1)
         + workers * attempts * (size(&w.cost()) + 1 + w.instance_id.len() + 3 + NOTE_PER_ATTEMPT);
     let spec_bytes = serde_json::to_string(spec).map_or(STATE_QUOTA_BYTES, |s| s.len());
-    let document = spec_bytes + FIXED_BYTES + checks + workers * per_worker + 2 * error;
+    // The run's prices in `$.quota.prices`, one per candidate (each Map iteration's input holds
+    // them too, but an iteration's input is smaller than the document).
+    let prices = spec.worker.instance_types.len() * (size(&w.price()) + 1);
+    let document = spec_bytes + FIXED_BYTES + checks + prices + workers * per_worker + 2 * error;
     Bound {
         document,
         report,
@@ -201,6 +205,14 @@ impl Worst {
     fn money() -> f64 {
         // 24 characters, the longest an f64 prints.
         -2.225_073_858_507_201_4e-308
+    }
+
+    fn price(&self) -> TypePrice {
+        TypePrice {
+            instance_type: self.instance_type.clone(),
+            usd_per_hour: Worst::money(),
+            source: Worst::text(DETAIL_KEPT),
+        }
     }
 
     fn attempt(&self, n: u32) -> Attempt {

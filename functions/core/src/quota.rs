@@ -161,6 +161,9 @@ pub struct QuotaState {
     /// over (the quotas above have room for all of them).
     #[serde(default)]
     pub workers: Vec<u32>,
+    /// The candidates' On-Demand prices, read once when the quotas have room (empty before).
+    #[serde(default)]
+    pub prices: Vec<crate::cost::TypePrice>,
 }
 
 /// The verdict from the quotas as seen now.

@@ -40,6 +40,11 @@ pub struct Database {
     /// How long the snapshot may take to become available.
     #[serde(default = "default_snapshot_timeout")]
     pub snapshot_timeout_seconds: u64,
+    /// After a run whose outputs verified, how many of ephemera's snapshots of the same source
+    /// to keep, this run's included; older ones are deleted (RDS allows 100 manual snapshots a
+    /// region). 0 keeps every one.
+    #[serde(default = "default_keep_snapshots")]
+    pub keep_snapshots: u32,
 }
 
 impl Default for Database {
@@ -47,9 +52,18 @@ impl Default for Database {
         Database {
             snapshot_before: None,
             snapshot_timeout_seconds: default_snapshot_timeout(),
+            keep_snapshots: default_keep_snapshots(),
         }
     }
 }
+
+fn default_keep_snapshots() -> u32 {
+    3
+}
+
+/// RDS's default quota of manual snapshots a region
+/// (<https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/CHAP_Limits.html>).
+pub const MAX_KEEP_SNAPSHOTS: u32 = 100;
 
 fn default_snapshot_timeout() -> u64 {
     3600
@@ -706,6 +720,15 @@ impl RunSpec {
                 ),
             );
         }
+        if d.keep_snapshots > MAX_KEEP_SNAPSHOTS {
+            errs.add(
+                "database.keep_snapshots",
+                format!(
+                    "{} is outside 0..={MAX_KEEP_SNAPSHOTS} (RDS holds at most {MAX_KEEP_SNAPSHOTS} manual snapshots a region; 0 keeps every one)",
+                    d.keep_snapshots
+                ),
+            );
+        }
         let Some(s) = &d.snapshot_before else {
             return;
         };
@@ -1292,6 +1315,14 @@ pub(crate) mod tests {
         assert_eq!(
             spec.database.snapshot_before.unwrap().instance.as_deref(),
             Some("fx-db")
+        );
+        assert_eq!(spec.database.keep_snapshots, 3, "three kept by default");
+        v["database"]["keep_snapshots"] = json!(101);
+        let errs = errors_of(v);
+        assert!(
+            has(&errs, "database.keep_snapshots", "outside 0..=100")
+                && has(&errs, "database.keep_snapshots", "0 keeps every one"),
+            "{errs:?}"
         );
         for (source, field, needle) in [
             (json!({}), "database.snapshot_before", "exactly one"),

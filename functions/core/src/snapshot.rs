@@ -58,6 +58,35 @@ pub struct SnapshotState {
     pub checked_at: DateTime<Utc>,
     pub deadline: DateTime<Utc>,
     pub wait_seconds: u64,
+    /// After the run's outputs verified: ephemera's older snapshots of the source deleted
+    /// (`database.keep_snapshots`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned: Option<Pruned>,
+    /// Why pruning failed (it never fails a verified run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune_error: Option<crate::rundoc::CaughtError>,
+}
+
+/// What pruning did. The names kept in the document are the first [`PRUNED_NAMED`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pruned {
+    /// `database.keep_snapshots`.
+    pub keep: u32,
+    pub deleted: Vec<String>,
+    pub deleted_count: u32,
+}
+
+/// Deleted snapshots named in the run document (each at most 63 bytes): the count says the rest.
+pub const PRUNED_NAMED: usize = 20;
+
+impl Pruned {
+    pub fn of(keep: u32, deleted: &[String]) -> Pruned {
+        Pruned {
+            keep,
+            deleted: deleted.iter().take(PRUNED_NAMED).cloned().collect(),
+            deleted_count: deleted.len() as u32,
+        }
+    }
 }
 
 /// The snapshot of one execution of a run: `ephemera-<run id>-<8 hex of the execution>`,
@@ -88,6 +117,52 @@ pub fn identifier(run_id: &str, execution: &str) -> String {
     }
 }
 
+/// `$.snapshot.status` while RDS refuses to snapshot a source that is not `available` (it is
+/// starting, modifying or backing up: `InvalidDBInstanceState`, `InvalidDBClusterStateFault`):
+/// the snapshot is asked for again at the next poll, until the snapshot's deadline.
+pub const SOURCE_BUSY: &str = "waiting-for-source";
+
+/// RDS's refusal of a snapshot because of its source's state, not its name or rights.
+pub fn is_source_busy(code: &str) -> bool {
+    matches!(
+        code,
+        "InvalidDBInstanceState" | "InvalidDBInstanceStateFault" | "InvalidDBClusterStateFault"
+    )
+}
+
+/// One of the source's manual snapshots, as listed for pruning.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listed {
+    pub identifier: String,
+    pub created: Option<DateTime<Utc>>,
+    /// Tagged `ephemera:managed=true`: only these are ever deleted.
+    pub managed: bool,
+}
+
+/// Which of the source's snapshots to delete after a verified run: ephemera's own, beyond the
+/// newest `keep` (this run's, `current`, always kept); the user's own snapshots are never
+/// touched. `keep` 0 deletes nothing.
+pub fn to_prune(listed: &[Listed], keep: u32, current: &str) -> Vec<String> {
+    if keep == 0 {
+        return vec![];
+    }
+    let mut ours: Vec<&Listed> = listed
+        .iter()
+        .filter(|l| l.managed && l.identifier.starts_with("ephemera-"))
+        .collect();
+    // Newest first; this run's first of all (RDS dates a snapshot when it starts, and a
+    // snapshot still creating may have none yet).
+    ours.sort_by(|a, b| {
+        (b.identifier == current)
+            .cmp(&(a.identifier == current))
+            .then(b.created.cmp(&a.created))
+    });
+    ours.iter()
+        .skip(keep as usize)
+        .map(|l| l.identifier.clone())
+        .collect()
+}
+
 /// What a snapshot status means now: wait, go, or a reason the run cannot start.
 pub fn judge(
     status: &str,
@@ -104,6 +179,11 @@ pub fn judge(
         "creating" | "pending" | "copying" | "upgrading" | "backing-up" => Err(format!(
             "still {status} at its deadline (database.snapshot_timeout_seconds)"
         )),
+        SOURCE_BUSY if now < deadline => Ok(SnapshotVerdict::Creating),
+        SOURCE_BUSY => Err(
+            "its source was never available to snapshot before the deadline (database.snapshot_timeout_seconds)"
+                .to_string(),
+        ),
         other => Err(format!("its status is {other}")),
     }
 }
@@ -140,6 +220,51 @@ mod tests {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
         }
+    }
+
+    #[test]
+    fn a_busy_source_is_waited_for_until_the_deadline() {
+        let t = |s| Utc.with_ymd_and_hms(2026, 11, 30, 12, 0, s).unwrap();
+        assert!(is_source_busy("InvalidDBInstanceState"));
+        assert!(is_source_busy("InvalidDBClusterStateFault"));
+        assert!(!is_source_busy("DBInstanceNotFound"));
+        assert_eq!(
+            judge(SOURCE_BUSY, t(0), t(10)),
+            Ok(SnapshotVerdict::Creating)
+        );
+        assert!(judge(SOURCE_BUSY, t(10), t(10))
+            .unwrap_err()
+            .contains("never available"));
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_of_ours_and_never_the_users() {
+        let t = |d| Some(Utc.with_ymd_and_hms(2026, 11, d, 12, 0, 0).unwrap());
+        let l = |id: &str, created, managed| Listed {
+            identifier: id.into(),
+            created,
+            managed,
+        };
+        let listed = vec![
+            l("ephemera-fx-a", t(1), true),
+            l("ephemera-fx-b", t(2), true),
+            l("ephemera-fx-c", t(3), true),
+            l("ephemera-fx-d", t(4), true),
+            l("ephemera-fx-now", None, true),
+            l("nightly-backup", t(1), false),
+            l("ephemera-lookalike", t(1), false),
+        ];
+        assert_eq!(
+            to_prune(&listed, 3, "ephemera-fx-now"),
+            vec!["ephemera-fx-b", "ephemera-fx-a"]
+        );
+        assert_eq!(
+            to_prune(&listed, 1, "ephemera-fx-now").len(),
+            4,
+            "this run's is the one kept"
+        );
+        assert!(to_prune(&listed, 0, "ephemera-fx-now").is_empty());
+        assert!(to_prune(&listed, 10, "ephemera-fx-now").is_empty());
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub struct WorkerLaunch<'a> {
     pub attempt: u32,
     pub heartbeat_seconds: u64,
     pub ssm_prefix: &'a str,
+    /// The stack's worker log group; None leaves the worker's default.
+    pub log_group: Option<&'a str>,
 }
 
 pub fn render(w: &WorkerLaunch<'_>) -> String {
@@ -35,6 +37,9 @@ pub fn render(w: &WorkerLaunch<'_>) -> String {
         "--heartbeat-seconds".to_string(),
         w.heartbeat_seconds.to_string(),
     ]);
+    if let Some(g) = w.log_group {
+        cmd.extend(["--log-group".to_string(), shell_quote(g)]);
+    }
     format!(
         r#"#!/bin/bash
 # ephemera worker bootstrap. No secrets here: the worker reads them with its instance role.
@@ -107,6 +112,7 @@ mod tests {
             attempt: 3,
             heartbeat_seconds: 60,
             ssm_prefix: "/ephemera/runs/r 1",
+            log_group: Some("/ephemera/prod/workers"),
         });
         let cmd = worker_command(&s).unwrap();
         assert_eq!(cmd[0], "/opt/ephemera/ephemera-worker");
@@ -121,7 +127,9 @@ mod tests {
                 "--ssm-prefix",
                 "/ephemera/runs/r 1",
                 "--heartbeat-seconds",
-                "60"
+                "60",
+                "--log-group",
+                "/ephemera/prod/workers"
             ]
         );
         assert_eq!(worker_command("#!/bin/bash\necho hi\n"), None);
@@ -149,6 +157,7 @@ mod tests {
             attempt: 2,
             heartbeat_seconds: 60,
             ssm_prefix: "/ephemera/runs/r1",
+            log_group: None,
         });
         assert!(s.starts_with("#!/bin/bash\n"));
         assert!(s.contains("aws s3 cp s3://bkt/w /opt/ephemera/ephemera-worker"));
@@ -167,6 +176,7 @@ mod tests {
             attempt: 1,
             heartbeat_seconds: 60,
             ssm_prefix: "/ephemera/runs/r1",
+            log_group: None,
         }
     }
 

@@ -94,6 +94,8 @@ pub struct Settings {
     /// EPHEMERA_ARTIFACT_BUCKET: the bucket the worker's role may fetch its binary from, and
     /// where terminate-with-cost-report stores the report of a run that exports nothing.
     pub artifact_bucket: Option<String>,
+    /// EPHEMERA_WORKER_LOG_GROUP: the stack's worker log group, passed to each worker.
+    pub worker_log_group: Option<String>,
 }
 
 impl Settings {
@@ -119,6 +121,7 @@ impl Settings {
                 })
                 .unwrap_or_default(),
             artifact_bucket: var("EPHEMERA_ARTIFACT_BUCKET"),
+            worker_log_group: var("EPHEMERA_WORKER_LOG_GROUP"),
         }
     }
 }
@@ -147,7 +150,12 @@ pub async fn invoke(
     let region = aws.region.as_str();
     match function {
         Function::QuotaCheck => {
-            quota_check(&aws.ec2, &aws.quotas, region, settings, payload, now).await
+            let clients = quota_check::Clients {
+                ec2: &aws.ec2,
+                quotas: &aws.quotas,
+                prices: &aws.pricing,
+            };
+            quota_check(clients, region, settings, payload, now).await
         }
         Function::LaunchWorker => {
             let clients = LaunchClients {
@@ -192,8 +200,12 @@ pub async fn invoke(
 // one of these links one handler and its SDK clients only.
 
 pub async fn quota_check(
-    ec2: &aws_sdk_ec2::Client,
-    quotas: &aws_sdk_servicequotas::Client,
+    clients: quota_check::Clients<
+        '_,
+        aws_sdk_ec2::Client,
+        aws_sdk_servicequotas::Client,
+        PriceListApi,
+    >,
     region: &str,
     settings: &Settings,
     payload: Value,
@@ -205,7 +217,7 @@ pub async fn quota_check(
         artifact_bucket: settings.artifact_bucket.clone(),
     };
     let input = parse_input(Function::QuotaCheck.name(), payload)?;
-    out(quota_check::handle(ec2, quotas, &config, input, now).await?)
+    out(quota_check::handle(clients, &config, input, now).await?)
 }
 
 /// launch-worker's clients: it prices, launches, signs the token over, and books the run.
@@ -230,6 +242,7 @@ pub async fn launch_worker(
         worker_role_id: settings.worker_role_id.clone(),
         monthly_budget_usd: settings.monthly_budget_usd,
         alert_topic: settings.default_topic.clone(),
+        worker_log_group: settings.worker_log_group.clone(),
     };
     let input = parse_input(Function::LaunchWorker.name(), payload)?;
     let books = launch_worker::Books {
@@ -244,7 +257,10 @@ pub async fn snapshot_database(
     payload: Value,
     now: DateTime<Utc>,
 ) -> Result<Value, Error> {
-    let input = parse_input(Function::SnapshotDatabase.name(), payload)?;
+    let input: snapshot_database::Input = parse_input(Function::SnapshotDatabase.name(), payload)?;
+    if input.prune {
+        return out(snapshot_database::prune(rds, input).await?);
+    }
     out(snapshot_database::handle(rds, input, now).await?)
 }
 

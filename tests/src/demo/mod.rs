@@ -331,7 +331,7 @@ pub async fn run(o: Options, console: Console) -> Result<bool> {
     // The stack's log group, where each worker ships its lines (`ephemera logs` reads them).
     aws_sdk_cloudwatchlogs::Client::new(&crate::sdk_config(region))
         .create_log_group()
-        .log_group_name(ephemera_core::contract::logs::WORKER_LOG_GROUP)
+        .log_group_name(crate::iam::worker_log_group())
         .send()
         .await
         .context("creating the workers' log group")?;

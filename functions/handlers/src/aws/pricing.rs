@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use aws_config::SdkConfig;
 use aws_sdk_pricing::types::{Filter, FilterType};
-use ephemera_core::catalog;
+use ephemera_core::cost::TypePrice;
+use ephemera_core::{catalog, payload};
 
 /// An On-Demand price and where it came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,21 +25,33 @@ pub trait PriceList: Send + Sync {
     ) -> impl Future<Output = Option<Quote>> + Send;
 }
 
-/// The Price List API lives in us-east-1; a price is optional (the table backs it), so the
-/// client fails fast rather than retrying.
+/// The Price List API lives in us-east-1. Its GetProducts is throttled per account with a
+/// bucket of 10 calls refilled at 5 a second
+/// (<https://docs.aws.amazon.com/awsaccountbilling/latest/aboutv2/using-pelong.html>): a
+/// throttled call is retried with the SDK's backoff (a run reads its prices once, so waiting is
+/// cheap) before the dated table stands in.
 #[derive(Clone, Debug)]
 pub struct PriceListApi {
     client: aws_sdk_pricing::Client,
 }
 
+/// Calls a run's prices are read with at a time: half of GetProducts' bucket, so that another
+/// reader in the account still finds tokens.
+pub const AT_ONCE: usize = 5;
+
 impl PriceListApi {
     pub fn new(conf: &SdkConfig) -> PriceListApi {
         let c = aws_sdk_pricing::config::Builder::from(conf)
             .region(aws_sdk_pricing::config::Region::new("us-east-1"))
-            .retry_config(aws_sdk_pricing::config::retry::RetryConfig::disabled())
+            .retry_config(
+                aws_sdk_pricing::config::retry::RetryConfig::standard()
+                    .with_max_attempts(5)
+                    .with_initial_backoff(Duration::from_millis(500)),
+            )
             .timeout_config(
                 aws_sdk_pricing::config::timeout::TimeoutConfig::builder()
-                    .operation_timeout(Duration::from_secs(5))
+                    .operation_attempt_timeout(Duration::from_secs(5))
+                    .operation_timeout(Duration::from_secs(25))
                     .build(),
             )
             .build();
@@ -46,6 +59,48 @@ impl PriceListApi {
             client: aws_sdk_pricing::Client::from_conf(c),
         }
     }
+}
+
+/// Every candidate's price, in `types`' order: from `known` (the run's prices, read once by
+/// quota-check) when it has the type, else read, [`AT_ONCE`] at a time.
+pub async fn quotes_for<P: PriceList>(
+    prices: &P,
+    known: &[TypePrice],
+    types: &[String],
+    region: &str,
+) -> Vec<Option<Quote>> {
+    let mut quotes = Vec::with_capacity(types.len());
+    // In groups, not as a stream: a stream of borrowing closures makes the handlers' futures
+    // lose `Send` in the front door's router (a higher-ranked lifetime rustc cannot prove).
+    for group in types.chunks(AT_ONCE) {
+        let read = group.iter().map(|t| async move {
+            match known.iter().find(|k| &k.instance_type == t) {
+                Some(k) => Some(Quote {
+                    usd_per_hour: k.usd_per_hour,
+                    source: k.source.clone(),
+                }),
+                None => prices.on_demand_hourly(t, region).await,
+            }
+        });
+        quotes.extend(futures_util::future::join_all(read).await);
+    }
+    quotes
+}
+
+/// The run's prices for its document: each candidate's quote, its source cut to the size the
+/// payload bound counts; a type no source knows is left out (launch-worker names it).
+pub fn type_prices(types: &[String], quotes: Vec<Option<Quote>>) -> Vec<TypePrice> {
+    types
+        .iter()
+        .zip(quotes)
+        .filter_map(|(t, q)| {
+            q.map(|q| TypePrice {
+                instance_type: t.clone(),
+                usd_per_hour: q.usd_per_hour,
+                source: payload::cap(&q.source, payload::DETAIL_KEPT),
+            })
+        })
+        .collect()
 }
 
 /// The hourly USD price in one GetProducts PriceList document
@@ -205,6 +260,46 @@ mod tests {
                 source: "price-list-api".to_string()
             })
         );
+    }
+
+    #[tokio::test]
+    async fn the_runs_prices_are_used_and_only_a_missing_type_is_read() {
+        let answered = mock!(aws_sdk_pricing::Client::get_products).then_output(|| {
+            GetProductsOutput::builder()
+                .price_list(r#"{"terms":{"OnDemand":{"T":{"priceDimensions":{"D":{"unit":"Hrs","pricePerUnit":{"USD":"0.4"}}}}}}}"#)
+                .build()
+        });
+        let known = vec![TypePrice {
+            instance_type: "c7g.4xlarge".into(),
+            usd_per_hour: 0.58,
+            source: "price-list-api".into(),
+        }];
+        let types: Vec<String> = ["c7g.4xlarge", "m7g.2xlarge", "c7g.4xlarge"]
+            .map(String::from)
+            .to_vec();
+        let quotes = quotes_for(&api(&answered), &known, &types, "us-east-1").await;
+        let prices: Vec<f64> = quotes
+            .iter()
+            .map(|q| q.as_ref().unwrap().usd_per_hour)
+            .collect();
+        assert_eq!(prices, vec![0.58, 0.4, 0.58]);
+        assert_eq!(
+            answered.num_calls(),
+            1,
+            "only the type the run had not priced"
+        );
+        // For the document: in order, each source cut to what the payload bound counts.
+        let long = Some(Quote {
+            usd_per_hour: 1.0,
+            source: "s".repeat(5_000),
+        });
+        let doc = type_prices(&types[..2], vec![long, None]);
+        assert_eq!(
+            doc.len(),
+            1,
+            "a type no source prices is left for launch to name"
+        );
+        assert!(payload::json_len(&doc[0].source) <= payload::DETAIL_KEPT);
     }
 
     #[test]

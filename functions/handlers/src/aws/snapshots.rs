@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::future::Future;
 
 use aws_sdk_rds::types::Tag;
-use ephemera_core::snapshot::SnapshotKind;
+use ephemera_core::snapshot::{Listed, SnapshotKind};
+use ephemera_core::tags;
 
 use crate::error::Error;
 
@@ -25,6 +26,28 @@ pub trait Snapshots: Send + Sync {
         kind: SnapshotKind,
         identifier: &str,
     ) -> impl Future<Output = Result<Option<String>, Error>> + Send;
+    /// The source's manual snapshots, with their creation times and whether ephemera made them.
+    fn list(
+        &self,
+        kind: SnapshotKind,
+        source: &str,
+    ) -> impl Future<Output = Result<Vec<Listed>, Error>> + Send;
+    /// Deletes one snapshot; one already gone counts as deleted.
+    fn delete(
+        &self,
+        kind: SnapshotKind,
+        identifier: &str,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+/// `ephemera:managed=true` among a snapshot's tags.
+fn managed(tags: &[Tag]) -> bool {
+    tags.iter()
+        .any(|t| t.key() == Some(tags::MANAGED) && t.value() == Some("true"))
+}
+
+fn time(t: Option<&aws_smithy_types::DateTime>) -> Option<chrono::DateTime<chrono::Utc>> {
+    t.and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
 }
 
 fn tags_of(tags: &BTreeMap<String, String>) -> Vec<Tag> {
@@ -135,5 +158,95 @@ impl Snapshots for aws_sdk_rds::Client {
                 }
             }
         }
+    }
+
+    async fn list(&self, kind: SnapshotKind, source: &str) -> Result<Vec<Listed>, Error> {
+        // A source has tens of snapshots at most (RDS allows 100 manual ones a region): the
+        // pages are read whole.
+        let mut out = vec![];
+        let mut marker: Option<String> = None;
+        loop {
+            let page_marker = marker.take();
+            let next = match kind {
+                SnapshotKind::Instance => {
+                    let o = self
+                        .describe_db_snapshots()
+                        .db_instance_identifier(source)
+                        .snapshot_type("manual")
+                        .set_marker(page_marker)
+                        .send()
+                        .await
+                        .map_err(|e| Error::aws("rds", "DescribeDBSnapshots", e))?;
+                    out.extend(o.db_snapshots().iter().map(|s| Listed {
+                        identifier: s.db_snapshot_identifier().unwrap_or_default().to_string(),
+                        created: time(s.snapshot_create_time()),
+                        managed: managed(s.tag_list()),
+                    }));
+                    o.marker().map(str::to_string)
+                }
+                SnapshotKind::Cluster => {
+                    let o = self
+                        .describe_db_cluster_snapshots()
+                        .db_cluster_identifier(source)
+                        .snapshot_type("manual")
+                        .set_marker(page_marker)
+                        .send()
+                        .await
+                        .map_err(|e| Error::aws("rds", "DescribeDBClusterSnapshots", e))?;
+                    out.extend(o.db_cluster_snapshots().iter().map(|s| {
+                        Listed {
+                            identifier: s
+                                .db_cluster_snapshot_identifier()
+                                .unwrap_or_default()
+                                .to_string(),
+                            created: time(s.snapshot_create_time()),
+                            managed: managed(s.tag_list()),
+                        }
+                    }));
+                    o.marker().map(str::to_string)
+                }
+            };
+            match next {
+                Some(m) if !m.is_empty() => marker = Some(m),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn delete(&self, kind: SnapshotKind, identifier: &str) -> Result<(), Error> {
+        let gone = match kind {
+            SnapshotKind::Instance => match self
+                .delete_db_snapshot()
+                .db_snapshot_identifier(identifier)
+                .send()
+                .await
+            {
+                Ok(_) => false,
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_db_snapshot_not_found_fault()) =>
+                {
+                    true
+                }
+                Err(e) => return Err(Error::aws("rds", "DeleteDBSnapshot", e)),
+            },
+            SnapshotKind::Cluster => match self
+                .delete_db_cluster_snapshot()
+                .db_cluster_snapshot_identifier(identifier)
+                .send()
+                .await
+            {
+                Ok(_) => false,
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_db_cluster_snapshot_not_found_fault()) =>
+                {
+                    true
+                }
+                Err(e) => return Err(Error::aws("rds", "DeleteDBClusterSnapshot", e)),
+            },
+        };
+        tracing::info!(identifier, already_gone = gone, "snapshot deleted");
+        Ok(())
     }
 }

@@ -2,7 +2,10 @@
 //! It links its own handler and the clients it calls, nothing else.
 
 use chrono::Utc;
-use ephemera_functions::{aws::region, dispatch, dispatch::sdk_config, dispatch::serve, Settings};
+use ephemera_functions::{
+    aws::pricing::PriceListApi, aws::region, dispatch, dispatch::sdk_config, dispatch::serve,
+    handlers::quota_check, Settings,
+};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
@@ -11,8 +14,16 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         aws_sdk_ec2::Client::new(&conf),
         aws_sdk_servicequotas::Client::new(&conf),
     );
+    let prices = PriceListApi::new(&conf);
     let region = region(&conf);
     let settings = Settings::from_env();
-    serve(|payload| dispatch::quota_check(&ec2, &quotas, &region, &settings, payload, Utc::now()))
-        .await
+    serve(|payload| {
+        let clients = quota_check::Clients {
+            ec2: &ec2,
+            quotas: &quotas,
+            prices: &prices,
+        };
+        dispatch::quota_check(clients, &region, &settings, payload, Utc::now())
+    })
+    .await
 }

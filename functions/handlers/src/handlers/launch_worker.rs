@@ -15,7 +15,8 @@ use serde::Deserialize;
 
 use super::parse_spec;
 use crate::aws::{
-    Compute, InstanceView, LaunchRequest, Ledger, Notifier, Params, PriceList, Quote, Reserved,
+    pricing, Compute, InstanceView, LaunchRequest, Ledger, Notifier, Params, PriceList, Quote,
+    Reserved,
 };
 use crate::error::Error;
 
@@ -37,6 +38,10 @@ pub struct Input {
     /// reused with other parameters is IdempotentParameterMismatch).
     #[serde(default)]
     pub entered: Option<DateTime<Utc>>,
+    /// The run's prices (`$.quota.prices`, read once by quota-check); a type missing here is
+    /// read from the Price List API.
+    #[serde(default)]
+    pub prices: Vec<cost::TypePrice>,
 }
 
 fn first() -> u32 {
@@ -56,6 +61,8 @@ pub struct Config {
     pub monthly_budget_usd: f64,
     /// Where the monthly budget's alert goes (the stack's report topic).
     pub alert_topic: Option<String>,
+    /// The stack's worker log group (template `WorkerLogs`), passed to the worker.
+    pub worker_log_group: Option<String>,
 }
 
 /// Where a launch is booked: the run ledger, when the deployment has one, and the topic its
@@ -106,12 +113,11 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
 
     // Budget guard, before anything exists: the dearest candidate at On-Demand for the whole
     // max runtime bounds what this attempt can cost.
-    // Priced at once, not one after the other: each Price List call takes a round trip.
-    let quotes = futures_util::future::join_all(
-        spec.worker
-            .instance_types
-            .iter()
-            .map(|t| prices.on_demand_hourly(t, &config.region)),
+    let quotes = pricing::quotes_for(
+        prices,
+        &input.prices,
+        &spec.worker.instance_types,
+        &config.region,
     )
     .await;
     // The dearest candidate and its price.
@@ -298,6 +304,7 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
         attempt,
         heartbeat_seconds: spec.limits.heartbeat_seconds,
         ssm_prefix: RunParameters::of_run(&spec.run_id).path(),
+        log_group: config.worker_log_group.as_deref(),
     });
     let user_data = base64::engine::general_purpose::STANDARD.encode(script);
     let profile = spec
@@ -321,6 +328,7 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
 
     let mut tried = vec![];
     let mut closed: Vec<ephemera_core::Market> = vec![];
+    let patience_until = std::time::Instant::now() + capacity::THROTTLE_PATIENCE;
     for c in capacity::candidates(&spec.worker.instance_types, &spec.worker.subnets, &markets) {
         if closed.contains(&c.market) {
             continue;
@@ -339,7 +347,7 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
             user_data_base64: user_data.clone(),
             tags: tags.clone(),
         };
-        match ec2.run(&req).await {
+        match run_waiting_out_throttles(ec2, &req, patience_until).await {
             Ok(i) => {
                 tracing::info!(instance = %i.id, market = c.market.as_str(), instance_type = %c.instance_type, subnet = %c.subnet, slot, attempt, "launched");
                 return Ok(make_state(attempt_of(&i, token, tried, false)));
@@ -384,6 +392,32 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
     }
     Err(Error::CapacityUnavailable { tried })
 }
+/// RunInstances, waiting out EC2's throttle on this one request (the same ClientToken, so the
+/// same launch) until `until`; then the throttle goes back to the state's Retry. Waiting here
+/// keeps the candidates already refused refused: a Retry would walk them all again.
+async fn run_waiting_out_throttles<E: Compute>(
+    ec2: &E,
+    req: &LaunchRequest,
+    until: std::time::Instant,
+) -> Result<InstanceView, crate::aws::RunError> {
+    let mut n = 0;
+    loop {
+        match ec2.run(req).await {
+            Err(e) if capacity::is_throttle(&e.code) => {
+                let draw = ephemera_core::contract::ssm::token_poll_draw(&req.client_token, n);
+                let wait = capacity::throttle_wait(n, draw);
+                if std::time::Instant::now() + wait > until {
+                    return Err(e);
+                }
+                tracing::info!(throttled = n + 1, wait_ms = wait.as_millis() as u64, instance_type = %req.instance_type, subnet = %req.subnet, "RunInstances throttled; waiting");
+                tokio::time::sleep(wait).await;
+                n += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The number of the worker's attempt under way (0 before any).
 fn last_attempt(w: &WorkerState) -> u32 {
     w.current().map_or(0, |a| a.attempt)

@@ -9,7 +9,7 @@ use ephemera_core::InvalidRunSpec;
 use serde::Deserialize;
 
 use super::parse_spec;
-use crate::aws::{Compute, QuotaService};
+use crate::aws::{pricing, Compute, PriceList, QuotaService};
 use crate::error::Error;
 
 #[derive(Debug, Deserialize)]
@@ -30,13 +30,24 @@ pub struct Config {
     pub artifact_bucket: Option<String>,
 }
 
-pub async fn handle<E: Compute, Q: QuotaService>(
-    ec2: &E,
-    quotas: &Q,
+/// What quota-check reads: instance types and usage, the quotas, and the candidates' prices.
+pub struct Clients<'a, E, Q, P> {
+    pub ec2: &'a E,
+    pub quotas: &'a Q,
+    pub prices: &'a P,
+}
+
+pub async fn handle<E: Compute, Q: QuotaService, P: PriceList>(
+    clients: Clients<'_, E, Q, P>,
     config: &Config,
     input: Input,
     now: DateTime<Utc>,
 ) -> Result<QuotaState, Error> {
+    let Clients {
+        ec2,
+        quotas,
+        prices,
+    } = clients;
     let spec = parse_spec(&input.run)?;
     let region = &config.region;
     // A topic the functions may not publish to would lose the report at the end of the run:
@@ -174,6 +185,13 @@ pub async fn handle<E: Compute, Q: QuotaService>(
         _ => 0,
     };
     tracing::info!(?verdict, %reason, wait_seconds, polls, "quota checked");
+    // The run's prices, once: every launch budgets with them and the report bills with them.
+    let prices = match verdict {
+        QuotaVerdict::Enough => {
+            pricing::type_prices(types, pricing::quotes_for(prices, &[], types, region).await)
+        }
+        _ => vec![],
+    };
     Ok(QuotaState {
         verdict,
         reason,
@@ -184,5 +202,6 @@ pub async fn handle<E: Compute, Q: QuotaService>(
         deadline,
         quotas: lines,
         workers: (1..=spec.worker.count).collect(),
+        prices,
     })
 }

@@ -1,9 +1,12 @@
 //! snapshot-database: `database.snapshot_before`, an RDS snapshot of the workers' database
 //! before any of them is launched. Asks for it once (named after the execution, so a retried
 //! call finds it), then follows it until it is available; the run does not start without it.
+//! A source RDS will not snapshot yet (not `available`) is asked again at each poll until the
+//! deadline. With `prune`, after the run's outputs verified: ephemera's older snapshots of the
+//! source beyond `database.keep_snapshots` are deleted.
 
 use chrono::{DateTime, Utc};
-use ephemera_core::snapshot::{self, SnapshotKind, SnapshotState, SnapshotVerdict};
+use ephemera_core::snapshot::{self, Pruned, SnapshotKind, SnapshotState, SnapshotVerdict};
 use ephemera_core::tags;
 use serde::Deserialize;
 
@@ -18,6 +21,9 @@ pub struct Input {
     /// The previous poll's output; absent on the first call.
     #[serde(default)]
     pub snapshot: Option<SnapshotState>,
+    /// Delete the source's older ephemera snapshots (`database.keep_snapshots`).
+    #[serde(default)]
+    pub prune: bool,
 }
 
 pub async fn handle<R: Snapshots>(
@@ -40,19 +46,26 @@ pub async fn handle<R: Snapshots>(
             kind.noun()
         ))
     };
-    let (requested_at, status) = match &input.snapshot {
-        None => {
-            let mut t = spec.tags.clone();
-            t.insert(tags::MANAGED.into(), "true".into());
-            t.insert(tags::RUN.into(), spec.run_id.clone());
-            t.insert(tags::EXECUTION.into(), input.execution.clone());
-            let status = rds
-                .create(kind, db, &identifier, &t)
-                .await
-                .map_err(|e| failed(refusal(&e)))?;
-            tracing::info!(%identifier, source = db, status, "snapshot requested");
-            (now, status)
+    let ask = || async {
+        let mut t = spec.tags.clone();
+        t.insert(tags::MANAGED.into(), "true".into());
+        t.insert(tags::RUN.into(), spec.run_id.clone());
+        t.insert(tags::EXECUTION.into(), input.execution.clone());
+        match rds.create(kind, db, &identifier, &t).await {
+            Ok(status) => {
+                tracing::info!(%identifier, source = db, status, "snapshot requested");
+                Ok(status)
+            }
+            Err(Error::Aws { code, message, .. }) if snapshot::is_source_busy(&code) => {
+                tracing::info!(%identifier, source = db, %code, %message, "source not available yet; asking again at the next poll");
+                Ok(snapshot::SOURCE_BUSY.to_string())
+            }
+            Err(e) => Err(failed(refusal(&e))),
         }
+    };
+    let (requested_at, status) = match &input.snapshot {
+        None => (now, ask().await?),
+        Some(prev) if prev.status == snapshot::SOURCE_BUSY => (prev.requested_at, ask().await?),
         Some(prev) => {
             let status = rds
                 .status(kind, &identifier)
@@ -77,7 +90,27 @@ pub async fn handle<R: Snapshots>(
             SnapshotVerdict::Creating => snapshot::next_wait(&spec, now, deadline),
             SnapshotVerdict::Available => 0,
         },
+        pruned: None,
+        prune_error: None,
     })
+}
+
+/// After a verified run: ephemera's snapshots of the source beyond the newest
+/// `database.keep_snapshots` (this run's always kept) deleted; the user's never touched.
+pub async fn prune<R: Snapshots>(rds: &R, input: Input) -> Result<Pruned, Error> {
+    let spec = parse_spec(&input.run)?;
+    let keep = spec.database.keep_snapshots;
+    let taken = input
+        .snapshot
+        .as_ref()
+        .ok_or_else(|| Error::BadInput("prune needs the run's snapshot ($.snapshot)".into()))?;
+    let listed = rds.list(taken.kind, &taken.source).await?;
+    let deleted = snapshot::to_prune(&listed, keep, &taken.identifier);
+    for id in &deleted {
+        rds.delete(taken.kind, id).await?;
+    }
+    tracing::info!(source = %taken.source, keep, ?deleted, "older snapshots pruned");
+    Ok(Pruned::of(keep, &deleted))
 }
 
 /// What RDS answered, said for the user: a missing source names the field to fix.

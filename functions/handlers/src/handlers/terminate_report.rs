@@ -21,7 +21,8 @@ use serde::Deserialize;
 
 use super::parse_spec;
 use crate::aws::{
-    Compute, History, InstanceView, Ledger, Notifier, ObjectWriter, ParamHousekeeping, PriceList,
+    pricing, Compute, History, InstanceView, Ledger, Notifier, ObjectWriter, ParamHousekeeping,
+    PriceList,
 };
 use crate::error::Error;
 use ephemera_core::tags;
@@ -58,6 +59,25 @@ pub struct Config {
     pub lambda_memory_mb: u32,
     /// EPHEMERA_ARTIFACT_BUCKET: where the report goes when the run exports nothing.
     pub artifact_bucket: Option<String>,
+}
+
+/// The On-Demand price of each type among `instances`: the run's (read once by quota-check),
+/// and a type it lacks read here, once.
+async fn on_demand_prices<'a, P: PriceList>(
+    prices: &P,
+    run_prices: &[cost::TypePrice],
+    instances: impl Iterator<Item = &'a InstanceView>,
+    region: &str,
+) -> BTreeMap<String, Option<(f64, String)>> {
+    let mut types: Vec<String> = instances.map(|i| i.instance_type.clone()).collect();
+    types.sort();
+    types.dedup();
+    let quotes = pricing::quotes_for(prices, run_prices, &types, region).await;
+    types
+        .into_iter()
+        .zip(quotes)
+        .map(|(t, q)| (t, q.map(|q| (q.usd_per_hour, q.source))))
+        .collect()
 }
 
 /// "User initiated (2026-11-22 14:02:11 GMT)" → that instant.
@@ -134,7 +154,10 @@ where
     let teardown_seconds = (Utc::now() - teardown_start).num_seconds();
     tracing::info!(terminated = ?to_stop, "terminated");
 
-    // What each instance cost: read its prices, then let the core price it.
+    // What each instance cost: its type's On-Demand price, then let the core price it.
+    let run_prices = input.quota.as_ref().map_or(&[][..], |q| &q.prices[..]);
+    let on_demand_of =
+        on_demand_prices(prices, run_prices, instances.values(), &config.region).await;
     let mut priced = vec![];
     for i in instances.values() {
         let from_doc = known.iter().find(|(_, a)| a.instance_id == i.id);
@@ -151,10 +174,7 @@ where
                 .and_then(parse_transition_time)
                 .unwrap_or(now)
         };
-        let on_demand = prices
-            .on_demand_hourly(&i.instance_type, &config.region)
-            .await
-            .map(|q| (q.usd_per_hour, q.source));
+        let on_demand = on_demand_of.get(&i.instance_type).cloned().flatten();
         let spot = match (i.market, i.availability_zone.as_deref()) {
             // Asked from an hour earlier: AWS dates the price in force at launch before it.
             (Market::Spot, Some(az)) => match ec2
