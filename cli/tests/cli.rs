@@ -6,7 +6,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use aws_sdk_ec2::types::{InstanceType, ResourceType, Tag, TagSpecification};
-use ephemera_core::contract::logs::{worker_log_stream, WORKER_LOG_GROUP};
+use ephemera_core::contract::logs::worker_log_stream;
 use ephemera_core::tags;
 use ephemera_tests::iam::Principal;
 use ephemera_tests::worker_standin::{self, Behaviour};
@@ -238,9 +238,11 @@ async fn run_follows_to_the_report_and_the_run_reads_back_with_every_verb() {
     assert!(stdout.contains("(measured; ephemera report"), "{stdout}");
 
     // logs: lines put in CloudWatch Logs by the worker's own shipping, as its instance role.
+    // The stack's group, which the CLI finds from the execution's state machine.
+    let group = ephemera_tests::iam::worker_log_group();
     let logs = aws_sdk_cloudwatchlogs::Client::new(&ephemera_tests::sdk_config(region));
     logs.create_log_group()
-        .log_group_name(WORKER_LOG_GROUP)
+        .log_group_name(&group)
         .send()
         .await
         .unwrap();
@@ -256,7 +258,7 @@ async fn run_follows_to_the_report_and_the_run_reads_back_with_every_verb() {
     let role = ephemera_tests::principal_config(region, &Principal::Worker);
     let shipped = ephemera_worker::logship::Shipper::start(
         aws_sdk_cloudwatchlogs::Client::new(&role),
-        WORKER_LOG_GROUP,
+        &group,
         &worker_log_stream("cli-run", 1, &instance),
         buffer,
     )
@@ -268,7 +270,7 @@ async fn run_follows_to_the_report_and_the_run_reads_back_with_every_verb() {
     assert!(out.status.success(), "{stderr}");
     assert!(
         stdout.starts_with(&format!(
-            "== attempt 1 on {instance} ({WORKER_LOG_GROUP} cli-run/1/{instance})\n"
+            "== attempt 1 on {instance} ({group} cli-run/1/{instance})\n"
         )),
         "{stdout}"
     );
