@@ -419,6 +419,36 @@ pub fn report_location(
         })
 }
 
+/// The email's lines on the older snapshots a verified run deleted, or why it could not.
+fn snapshot_housekeeping(s: &SnapshotState) -> String {
+    let mut b = String::new();
+    if let Some(p) = &s.pruned {
+        b.push_str(&format!(
+            "  older snapshots deleted (database.keep_snapshots = {}): {}\n",
+            p.keep,
+            match p.deleted_count {
+                0 => "none".to_string(),
+                n if n as usize > p.deleted.len() => {
+                    format!(
+                        "{} and {} more",
+                        p.deleted.join(", "),
+                        n as usize - p.deleted.len()
+                    )
+                }
+                _ => p.deleted.join(", "),
+            }
+        ));
+    }
+    if let Some(e) = &s.prune_error {
+        b.push_str(&format!(
+            "  older snapshots not deleted: {}: {}\n",
+            e.error,
+            e.cause.as_deref().unwrap_or("")
+        ));
+    }
+    b
+}
+
 /// The email: a subject under 100 characters (run, outcome, cost) and a readable body that ends
 /// with the JSON report.
 pub fn render_email(r: &CostReport) -> (String, String) {
@@ -462,30 +492,7 @@ pub fn render_email(r: &CostReport) -> (String, String) {
             s.status,
             s.requested_at.format("%Y-%m-%d %H:%M:%S UTC")
         ));
-        if let Some(p) = &s.pruned {
-            b.push_str(&format!(
-                "  older snapshots deleted (database.keep_snapshots = {}): {}\n",
-                p.keep,
-                match p.deleted_count {
-                    0 => "none".to_string(),
-                    n if n as usize > p.deleted.len() => {
-                        format!(
-                            "{} and {} more",
-                            p.deleted.join(", "),
-                            n as usize - p.deleted.len()
-                        )
-                    }
-                    _ => p.deleted.join(", "),
-                }
-            ));
-        }
-        if let Some(e) = &s.prune_error {
-            b.push_str(&format!(
-                "  older snapshots not deleted: {}: {}\n",
-                e.error,
-                e.cause.as_deref().unwrap_or("")
-            ));
-        }
+        b.push_str(&snapshot_housekeeping(s));
     }
     b.push_str(&format!(
         "\nCost: ${:.4} actual (compute ${:.4}, EBS ${:.4}, orchestration ${:.4})\n",
