@@ -100,6 +100,8 @@ fn worker_with(
             "--heartbeat-seconds",
             "30",
         ])
+        // The stack's group, as launch-worker's user data names it.
+        .args(["--log-group", &worker_log_group()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
