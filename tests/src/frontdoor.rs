@@ -96,11 +96,27 @@ pub struct FrontDoor {
     pub spot_notices: Mutex<HashMap<(String, String), chrono::DateTime<chrono::Utc>>>,
     /// (region, instance) Spot has taken back: their state reason is Spot's.
     spot_reclaimed: Mutex<std::collections::HashSet<(String, String)>>,
+    /// DynamoDB's writes, one at a time: moto applies a TransactWriteItems by copying the
+    /// tables it touches and, when a condition fails, putting the copies back, which under
+    /// concurrent requests erases the writes that landed in between. DynamoDB's transactions
+    /// are serializable
+    /// (https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/transaction-apis.html#transaction-isolation).
+    dynamodb_writes: tokio::sync::Mutex<()>,
+    /// region → the account's default EBS key there (GetEbsDefaultKmsKeyId; AWS's own when
+    /// absent), which moto does not serve.
+    pub ebs_default_key: Mutex<HashMap<String, String>>,
+    /// (region, instance) EC2 terminated at launch for want of the KMS key's permissions.
+    kms_refused: Mutex<std::collections::HashSet<(String, String)>>,
+    /// (region, image) → its root snapshot's size in GiB and id, as moto describes the image.
+    image_snapshot_gib: Mutex<HashMap<(String, String), Option<RootSnapshot>>>,
     /// The account-wide rate limits played (`throttle`).
     pub throttles: Throttles,
     /// The account's Lambda concurrency (a new account's by default).
     pub lambda_concurrency: std::sync::atomic::AtomicU32,
 }
+
+/// An image's root snapshot: its size in GiB and its id.
+type RootSnapshot = (u32, String);
 
 /// A request IAM refused.
 #[derive(Debug, Clone)]
@@ -118,6 +134,10 @@ impl FrontDoor {
             moto,
             http: reqwest::Client::new(),
             faults: Mutex::default(),
+            image_snapshot_gib: Mutex::default(),
+            dynamodb_writes: tokio::sync::Mutex::new(()),
+            ebs_default_key: Mutex::default(),
+            kms_refused: Mutex::default(),
             crashes: Mutex::default(),
             quotas: Mutex::default(),
             clients: Mutex::default(),
@@ -445,8 +465,16 @@ async fn route(State(door): State<Arc<FrontDoor>>, req: Request) -> Response<Bod
         if let Some(f) = door.fire_fault(&region, &action, &form) {
             return ec2_error(f.status, &f.code, &f.message);
         }
-        if let Some(answer) =
-            fresh_account_ec2(&door, &region, &action, &form, &parts, &bytes).await
+        if let Some(answer) = fresh_account_ec2(
+            &door,
+            principal.as_ref(),
+            &region,
+            &action,
+            &form,
+            &parts,
+            &bytes,
+        )
+        .await
         {
             return answer;
         }
@@ -460,6 +488,15 @@ async fn route(State(door): State<Arc<FrontDoor>>, req: Request) -> Response<Bod
         if let Some(answer) = snapshot_takes_time(&door, &region, &form, &parts, &bytes).await {
             return answer;
         }
+    }
+    if service == "dynamodb"
+        && matches!(
+            target_operation(&parts.headers),
+            "TransactWriteItems" | "PutItem" | "UpdateItem" | "DeleteItem" | "BatchWriteItem"
+        )
+    {
+        let _one_at_a_time = door.dynamodb_writes.lock().await;
+        return proxy(&door, parts, bytes).await;
     }
     proxy(&door, parts, bytes).await
 }
@@ -517,6 +554,7 @@ async fn snapshot_takes_time(
 /// EC2 as a new account on real AWS answers where moto is lenient.
 async fn fresh_account_ec2(
     door: &FrontDoor,
+    principal: Option<&Principal>,
     region: &str,
     action: &str,
     form: &HashMap<String, String>,
@@ -604,6 +642,21 @@ async fn fresh_account_ec2(
         // at StartTime (dated earlier) and each change within the window, per zone
         // (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DescribeSpotPriceHistory.html).
         "DescribeSpotPriceHistory" => Some(spot_price_history(form)),
+        // moto does not serve it; AWS answers the key's ARN, AWS's own `alias/aws/ebs` until the
+        // account sets another
+        // (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_GetEbsDefaultKmsKeyId.html).
+        "GetEbsDefaultKmsKeyId" => Some(
+            Response::builder()
+                .status(200)
+                .header("content-type", "text/xml")
+                .body(Body::from(format!(
+                    "<GetEbsDefaultKmsKeyIdResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
+                     <requestId>ebs-default-key</requestId><kmsKeyId>{}</kmsKeyId>\
+                     </GetEbsDefaultKmsKeyIdResponse>",
+                    door.ebs_default_key(region)
+                )))
+                .expect("a response"),
+        ),
         // ClientToken makes RunInstances idempotent: the same token with the same parameters
         // returns the first call's instance, with other parameters IdempotentParameterMismatch
         // (https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-idempotency.html).
@@ -627,13 +680,24 @@ async fn fresh_account_ec2(
                     )
                 });
             }
+            if let Some(refused) = door.smaller_than_snapshot(region, form).await {
+                return Some(refused);
+            }
             let resp = proxy_raw(door, parts, bytes.clone()).await?;
             if resp.0 == 200 {
+                let ids: Vec<String> = resp
+                    .2
+                    .split("<instanceId>")
+                    .skip(1)
+                    .filter_map(|id| id.split("</instanceId>").next())
+                    .map(str::to_string)
+                    .collect();
+                if door.kms_key_refused(principal, region, form) {
+                    door.terminate_at_launch(region, &ids).await;
+                }
                 let mut unseen = door.not_visible_yet.lock().unwrap();
-                for id in resp.2.split("<instanceId>").skip(1) {
-                    if let Some(id) = id.split("</instanceId>").next() {
-                        unseen.insert((region.to_string(), id.to_string()), NOT_VISIBLE_CALLS);
-                    }
+                for id in &ids {
+                    unseen.insert((region.to_string(), id.clone()), NOT_VISIBLE_CALLS);
                 }
                 door.client_tokens
                     .lock()
@@ -812,6 +876,9 @@ async fn invoke_lambda(
     settings
         .artifact_bucket
         .get_or_insert(crate::iam::ARTIFACT_BUCKET.to_string());
+    settings
+        .export_bucket
+        .get_or_insert(crate::iam::EXPORT_BUCKET.to_string());
     settings
         .worker_role_id
         .get_or_insert(crate::iam::WORKER_ROLE_ID.to_string());
@@ -1037,6 +1104,17 @@ fn ec2_buckets(
     )
 }
 
+/// Sets instance `id`'s state reason in a DescribeInstances answer.
+fn replace_state_reason(xml: &mut String, id: &str, reason: &str) {
+    let Some((from, to)) = instance_span(xml, id) else {
+        return;
+    };
+    let block = &xml[from..to];
+    if let (Some(open), Some(close)) = (block.find("<stateReason>"), block.find("</stateReason>")) {
+        xml.replace_range(from + open..from + close + "</stateReason>".len(), reason);
+    }
+}
+
 /// RDS's error body (the Query protocol's `ErrorResponse`).
 fn rds_error(status: u16, code: &str, message: &str) -> Response<Body> {
     let xml = format!(
@@ -1167,8 +1245,85 @@ impl FrontDoor {
             .copied()
     }
 
-    /// moto's DescribeInstances answer with Spot's state reason on the instances Spot took.
+    /// The account's default EBS key in `region`.
+    pub fn ebs_default_key(&self, region: &str) -> String {
+        self.ebs_default_key
+            .lock()
+            .unwrap()
+            .get(region)
+            .cloned()
+            .unwrap_or_else(|| format!("arn:aws:kms:{region}:{ACCOUNT}:alias/aws/ebs"))
+    }
+
+    /// Whether EC2 would find the launching principal unable to use the root volume's
+    /// customer managed key (the request's KmsKeyId, else the account's default): it needs
+    /// kms:CreateGrant and the data-key actions through EC2
+    /// (https://docs.aws.amazon.com/ebs/latest/userguide/ebs-encryption-requirements.html).
+    fn kms_key_refused(
+        &self,
+        principal: Option<&Principal>,
+        region: &str,
+        form: &HashMap<String, String>,
+    ) -> bool {
+        let Some(principal) = principal else {
+            return false; // the administrator
+        };
+        let key = form
+            .get("BlockDeviceMapping.1.Ebs.KmsKeyId")
+            .cloned()
+            .unwrap_or_else(|| self.ebs_default_key(region));
+        if key.ends_with("alias/aws/ebs") {
+            return false; // AWS's own key: no grant to make
+        }
+        [
+            "kms:CreateGrant",
+            "kms:GenerateDataKeyWithoutPlaintext",
+            "kms:Decrypt",
+        ]
+        .iter()
+        .any(|action| {
+            let check = Check::new(action, key.clone())
+                .with("kms:ViaService", format!("ec2.{region}.amazonaws.com"));
+            self.authorize(principal, region, &check).is_err()
+        })
+    }
+
+    /// EC2 accepts the launch, then the instance goes from pending to terminated with
+    /// `Client.InternalError` (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/troubleshooting-launch.html).
+    async fn terminate_at_launch(&self, region: &str, ids: &[String]) {
+        for id in ids {
+            self.kms_refused
+                .lock()
+                .unwrap()
+                .insert((region.to_string(), id.clone()));
+            let _ = self
+                .moto_query(
+                    region,
+                    "ec2",
+                    &format!("Action=TerminateInstances&Version=2016-11-15&InstanceId.1={id}"),
+                )
+                .await;
+        }
+    }
+
+    /// moto's DescribeInstances answer with Spot's state reason on the instances Spot took, and
+    /// EC2's on those it terminated at launch.
     fn with_spot_reasons(&self, region: &str, mut xml: String) -> String {
+        let refused: Vec<String> = self
+            .kms_refused
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(r, _)| r == region)
+            .map(|(_, i)| i.clone())
+            .collect();
+        for id in refused {
+            replace_state_reason(
+                &mut xml,
+                &id,
+                "<stateReason><code>Client.InternalError</code><message>Client.InternalError: Client error on launch</message></stateReason>",
+            );
+        }
         let reclaimed: Vec<String> = self
             .spot_reclaimed
             .lock()
@@ -1178,21 +1333,69 @@ impl FrontDoor {
             .map(|(_, i)| i.clone())
             .collect();
         for id in reclaimed {
-            let Some((from, to)) = instance_span(&xml, &id) else {
-                continue;
-            };
-            let block = &xml[from..to];
-            let (Some(open), Some(close)) =
-                (block.find("<stateReason>"), block.find("</stateReason>"))
-            else {
-                continue;
-            };
-            xml.replace_range(
-                from + open..from + close + "</stateReason>".len(),
+            replace_state_reason(
+                &mut xml,
+                &id,
                 "<stateReason><code>Server.SpotInstanceTermination</code><message>Server.SpotInstanceTermination: Spot instance termination</message></stateReason>",
             );
         }
         xml
+    }
+
+    /// moto launches a root volume of any size; EC2 refuses one smaller than the image's root
+    /// snapshot ("The specified size must be greater than or equal to the size of the specified
+    /// snapshot", https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/block-device-mapping-concepts.html)
+    /// at once, as `InvalidBlockDeviceMapping` with this message (as users report it, e.g.
+    /// https://github.com/aws/karpenter-provider-aws/issues/3302).
+    async fn smaller_than_snapshot(
+        &self,
+        region: &str,
+        form: &HashMap<String, String>,
+    ) -> Option<Response<Body>> {
+        let image = form.get("ImageId")?;
+        let asked: u32 = form
+            .get("BlockDeviceMapping.1.Ebs.VolumeSize")?
+            .parse()
+            .ok()?;
+        let key = (region.to_string(), image.clone());
+        let cached = self.image_snapshot_gib.lock().unwrap().get(&key).cloned();
+        let least = match cached {
+            Some(v) => v,
+            None => {
+                let body = format!("Action=DescribeImages&Version=2016-11-15&ImageId.1={image}");
+                let xml = self
+                    .moto_query(region, "ec2", &body)
+                    .await
+                    .ok()?
+                    .text()
+                    .await
+                    .ok()?;
+                let field = |name: &str| {
+                    xml.split(&format!("<{name}>"))
+                        .nth(1)
+                        .and_then(|r| r.split(&format!("</{name}>")).next())
+                        .map(|v| v.trim().to_string())
+                };
+                let size = field("volumeSize")
+                    .and_then(|v| v.parse().ok())
+                    .map(|gib| (gib, field("snapshotId").unwrap_or_default()));
+                self.image_snapshot_gib
+                    .lock()
+                    .unwrap()
+                    .insert(key, size.clone());
+                size
+            }
+        }?;
+        let (least, snapshot) = least;
+        (asked < least).then(|| {
+            ec2_error(
+                400,
+                "InvalidBlockDeviceMapping",
+                &format!(
+                    "Volume of size {asked}GB is smaller than  snapshot '{snapshot}', expect size >= {least}GB"
+                ),
+            )
+        })
     }
 
     /// The worker's role and instance profile, as the template deploys them (IAM is global, so

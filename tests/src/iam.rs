@@ -306,6 +306,10 @@ impl Resolver<'_> {
                     ("Sub", Yaml::String(s)) => self.sub(s),
                     ("Ref", Yaml::String(s)) => self.reference(s),
                     ("GetAtt", Yaml::String(s)) => self.attribute(s),
+                    ("If", Yaml::Sequence(v)) if v.len() == 3 => {
+                        let name = v[0].as_str().expect("!If names a condition");
+                        self.one(if self.holds(name) { &v[1] } else { &v[2] })
+                    }
                     (other, _) => panic!("the harness cannot resolve !{other} {:?}", t.value),
                 }
             }
@@ -319,6 +323,30 @@ impl Resolver<'_> {
                 }
             }
             other => panic!("the harness cannot resolve {other:?}"),
+        }
+    }
+
+    /// Whether the template's condition `name` holds with the harness's parameters
+    /// (`!Equals` and `!Not`, the ones the template uses).
+    fn holds(&self, name: &str) -> bool {
+        let c = self
+            .template
+            .get("Conditions")
+            .and_then(|c| c.get(name))
+            .unwrap_or_else(|| panic!("template has no condition {name}"));
+        self.truth(c)
+    }
+
+    fn truth(&self, v: &Yaml) -> bool {
+        let Yaml::Tagged(t) = v else {
+            panic!("the harness cannot evaluate the condition {v:?}")
+        };
+        match (t.tag.to_string().trim_start_matches('!'), &t.value) {
+            ("Equals", Yaml::Sequence(pair)) if pair.len() == 2 => {
+                self.one(&pair[0]) == self.one(&pair[1])
+            }
+            ("Not", Yaml::Sequence(one)) if one.len() == 1 => !self.truth(&one[0]),
+            (other, _) => panic!("the harness cannot evaluate !{other} in a condition"),
         }
     }
 
@@ -428,8 +456,16 @@ impl Policies {
     }
 
     pub fn from_template(text: &str) -> Policies {
+        Policies::from_template_with(text, &[])
+    }
+
+    /// The policies of the template deployed with `overrides` of its parameters' defaults.
+    pub fn from_template_with(text: &str, overrides: &[(&'static str, &str)]) -> Policies {
         let template: Yaml = serde_yaml_ng::from_str(text).expect("template.yaml is YAML");
         let mut params = HashMap::new();
+        for (k, v) in overrides {
+            params.insert(*k, v.to_string());
+        }
         params.insert("ArtifactBucket", ARTIFACT_BUCKET.to_string());
         params.insert("ExportBucket", EXPORT_BUCKET.to_string());
         if let Some(Yaml::Mapping(ps)) = template.get("Parameters") {
@@ -442,6 +478,8 @@ impl Policies {
                         "ScheduleExpression" => "ScheduleExpression",
                         "ScheduleRunSpec" => "ScheduleRunSpec",
                         "LogRetentionDays" => "LogRetentionDays",
+                        "ReuseLedgerTable" => "ReuseLedgerTable",
+                        "EbsKmsKeyArn" => "EbsKmsKeyArn",
                         _ => continue,
                     };
                     let value = match d {
@@ -551,7 +589,9 @@ impl Policies {
                         && s.resources
                             .iter()
                             .any(|r| glob(&r.replace("${AWS::Region}", region), &check.resource))
-                        && s.conditions.iter().all(|c| condition(c, &check.context))
+                        && s.conditions
+                            .iter()
+                            .all(|c| condition(c, region, &check.context))
                 })
         };
         // The session that signed, as aws:userid names it (a worker's is its instance).
@@ -603,12 +643,12 @@ fn lookup<'c>(ctx: &'c BTreeMap<String, String>, key: &str) -> Option<&'c String
         .map(|(_, v)| v)
 }
 
-fn condition(c: &Condition, ctx: &BTreeMap<String, String>) -> bool {
+fn condition(c: &Condition, region: &str, ctx: &BTreeMap<String, String>) -> bool {
     let value = lookup(ctx, &c.key);
     let values: Vec<String> = c
         .values
         .iter()
-        .filter_map(|v| with_variables(v, ctx))
+        .filter_map(|v| with_variables(&v.replace("${AWS::Region}", region), ctx))
         .collect();
     match c.operator.as_str() {
         "StringEquals" | "ArnEquals" => value.is_some_and(|v| values.iter().any(|x| x == v)),

@@ -11,6 +11,7 @@
 
 pub mod coldstart;
 pub mod demo;
+pub mod deployed;
 pub mod e2e;
 pub mod fixtures;
 pub mod frontdoor;

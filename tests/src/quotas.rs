@@ -29,6 +29,12 @@ pub struct QuotaStandIn {
     pub requests: Vec<StandInRequest>,
     /// Every RequestServiceQuotaIncrease call, accepted or not.
     pub increase_calls: u32,
+    /// GetServiceQuota reads that still answer the old value after an approval: AWS sets the
+    /// applied value "after the request is resolved", without saying how soon
+    /// (https://docs.aws.amazon.com/servicequotas/latest/userguide/request-quota-increase.html).
+    pub apply_lag_reads: u32,
+    /// Approved values not applied yet: (code, value, reads left).
+    pub approved_unapplied: Vec<(String, f64, u32)>,
 }
 
 impl Default for QuotaStandIn {
@@ -39,6 +45,8 @@ impl Default for QuotaStandIn {
             next_script: vec!["CASE_OPENED".into(), "APPROVED".into()],
             requests: vec![],
             increase_calls: 0,
+            apply_lag_reads: 0,
+            approved_unapplied: vec![],
         }
     }
 }
@@ -67,14 +75,34 @@ impl QuotaStandIn {
         })
     }
 
+    /// The applied value a read sees now: an approval lands once its lag is read out.
+    fn applied_now(&mut self, code: &str) -> Option<f64> {
+        let mut landed = vec![];
+        self.approved_unapplied.retain_mut(|(c, value, left)| {
+            if c != code {
+                return true;
+            }
+            if *left == 0 {
+                landed.push(*value);
+                return false;
+            }
+            *left -= 1;
+            true
+        });
+        for v in landed {
+            self.applied.insert(code.to_string(), v);
+        }
+        self.applied.get(code).copied()
+    }
+
     pub fn handle(&mut self, op: &str, input: &Value) -> (u16, Value) {
         let code = input["QuotaCode"].as_str().unwrap_or_default().to_string();
         if input.get("ServiceCode").is_some() && input["ServiceCode"].as_str() != Some("ec2") {
             return error("NoSuchResourceException", "the stand-in serves ec2 only");
         }
         match op {
-            "GetServiceQuota" => match self.applied.get(&code) {
-                Some(v) => (200, json!({"Quota": Self::quota(&code, *v)})),
+            "GetServiceQuota" => match self.applied_now(&code) {
+                Some(v) => (200, json!({"Quota": Self::quota(&code, v)})),
                 None => error(
                     "NoSuchResourceException",
                     &format!("The request failed because the specified quota {code} has no applied value."),
@@ -124,7 +152,11 @@ impl QuotaStandIn {
                         r.case_id = format!("case-{}", r.id);
                     }
                     if r.status == "APPROVED" {
-                        self.applied.insert(r.code.clone(), r.desired);
+                        self.approved_unapplied.push((
+                            r.code.clone(),
+                            r.desired,
+                            self.apply_lag_reads,
+                        ));
                     }
                 }
                 (200, json!({"RequestedQuota": Self::request_json(r)}))

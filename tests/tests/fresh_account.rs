@@ -6,41 +6,15 @@
 
 use aws_sdk_ec2::types::Tag;
 use chrono::{Duration, Utc};
-use ephemera_core::rundoc::{CostReport, WorkerState};
-use ephemera_functions::{invoke, Error, Function, Settings};
+use ephemera_core::rundoc::CostReport;
+use ephemera_functions::Function;
+use ephemera_tests::deployed::{call, execution, launch, topic};
 use ephemera_tests::fixtures::{self, ctx, Ctx};
+use ephemera_tests::harness;
 use ephemera_tests::iam::{Principal, Statement, ACCOUNT};
-use ephemera_tests::{function_clients, harness};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const SPOT: &str = "L-34B43A08";
-
-fn execution(region: &str, run: &str) -> String {
-    format!("arn:aws:states:{region}:{ACCOUNT}:execution:ephemera-worker:{run}-exec")
-}
-
-fn topic(region: &str) -> String {
-    format!("arn:aws:sns:{region}:{ACCOUNT}:ephemera-reports")
-}
-
-/// Invokes `function` as its execution role, with the settings the template deploys.
-async fn call(c: &Ctx, function: Function, payload: Value) -> Result<Value, Error> {
-    let settings = Settings {
-        default_topic: Some(topic(c.region)),
-        allowed_topics: vec![topic(c.region)],
-        worker_instance_profile: Some("ephemera-worker".into()),
-        artifact_bucket: Some(ephemera_tests::iam::ARTIFACT_BUCKET.into()),
-        worker_role_id: Some(ephemera_tests::iam::WORKER_ROLE_ID.into()),
-        ..Settings::default()
-    };
-    invoke(
-        &function_clients(c.region, function.name()),
-        &settings,
-        function,
-        payload,
-    )
-    .await
-}
 
 fn function(name: &str) -> Principal {
     Principal::Function(name.into())
@@ -129,17 +103,6 @@ async fn a_never_changed_quota_is_read_from_the_unscoped_default() {
     assert!(denied
         .iter()
         .any(|d| d.action == "servicequotas:GetAWSDefaultServiceQuota" && d.resource == "*"));
-}
-
-async fn launch(c: &Ctx, spec: &Value, run: &str, extra: Value) -> Result<WorkerState, Error> {
-    let mut input = json!({"run": spec, "execution": execution(c.region, run)});
-    if let Value::Object(m) = extra {
-        for (k, v) in m {
-            input[k] = v;
-        }
-    }
-    let out = call(c, Function::LaunchWorker, input).await?;
-    Ok(serde_json::from_value(out).unwrap())
 }
 
 #[tokio::test]
@@ -374,6 +337,20 @@ async fn a_denied_spot_quota_does_not_hold_up_what_on_demand_can_serve() {
         harness().door.with_quotas(c.region, |q| q.increase_calls),
         1
     );
+    // The launch takes quota-check's word: On-Demand alone, not one Spot candidate asked for
+    // (each would be refused by the short quota, a RunInstances call from the account's bucket).
+    assert_eq!(first["markets"], json!(["on-demand"]), "{first}");
+    let w = launch(
+        &c,
+        &spec,
+        "spot-denied",
+        json!({"markets": first["markets"], "prices": first["prices"]}),
+    )
+    .await
+    .unwrap();
+    let a = w.current().unwrap();
+    assert_eq!(a.market.as_str(), "on-demand", "{w:?}");
+    assert!(a.tried.is_empty(), "{:?}", a.tried);
 }
 
 #[tokio::test]

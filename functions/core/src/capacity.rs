@@ -4,13 +4,38 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::runspec::Market;
+use crate::runspec::{Market, MarketPolicy};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Candidate {
     pub market: Market,
     pub instance_type: String,
     pub subnet: String,
+}
+
+/// The markets a launch tries, in order: the policy's (On-Demand alone after a Spot reclaim)
+/// among those quota-check found room in (`with_room`). A market without room would refuse
+/// every one of its candidates (MaxSpotInstanceCountExceeded, VcpuLimitExceeded), a
+/// RunInstances call each from the account's bucket, before the launch got to the other.
+/// When the reclaim's On-Demand has no room, Spot (with room) is tried rather than nothing.
+/// Without `with_room` (an input from before quota-check said it), the policy's markets.
+pub fn markets_to_try(policy: MarketPolicy, relaunch: bool, with_room: &[Market]) -> Vec<Market> {
+    if with_room.is_empty() {
+        return policy.markets(relaunch);
+    }
+    let among = |ms: Vec<Market>| -> Vec<Market> {
+        ms.into_iter().filter(|m| with_room.contains(m)).collect()
+    };
+    let first = among(policy.markets(relaunch));
+    if !first.is_empty() {
+        return first;
+    }
+    let any = among(policy.markets(false));
+    if any.is_empty() {
+        policy.markets(relaunch)
+    } else {
+        any
+    }
 }
 
 /// Market first (Spot before On-Demand), then the user's type order, then subnets.
@@ -247,5 +272,27 @@ mod tests {
             &long,
         );
         assert!(t.len() <= 64 && t.is_ascii(), "{} characters: {t}", t.len());
+    }
+
+    #[test]
+    fn a_launch_tries_only_the_markets_with_room() {
+        use Market::{OnDemand, Spot};
+        let both = MarketPolicy::SpotThenOnDemand;
+        assert_eq!(
+            markets_to_try(both, false, &[Spot, OnDemand]),
+            [Spot, OnDemand]
+        );
+        // quota-check's "spot short, so the run starts with on-demand".
+        assert_eq!(markets_to_try(both, false, &[OnDemand]), [OnDemand]);
+        assert_eq!(markets_to_try(both, false, &[Spot]), [Spot]);
+        // After a reclaim On-Demand, unless it has no room.
+        assert_eq!(markets_to_try(both, true, &[Spot, OnDemand]), [OnDemand]);
+        assert_eq!(markets_to_try(both, true, &[Spot]), [Spot]);
+        // Nothing said: the policy's.
+        assert_eq!(markets_to_try(both, false, &[]), [Spot, OnDemand]);
+        assert_eq!(
+            markets_to_try(MarketPolicy::Spot, false, &[OnDemand]),
+            [Spot]
+        );
     }
 }

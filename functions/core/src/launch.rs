@@ -12,6 +12,27 @@ use crate::tags;
 /// for the sweeper's schedule.
 pub const DEADLINE_GRACE_SECONDS: u64 = 900;
 
+/// The KMS key the root volume is encrypted with (`KmsKeyId`, None: the account's default).
+/// With `Encrypted` and no key, EC2 uses the account's default EBS key, which an account may
+/// have set to a customer managed key
+/// (https://docs.aws.amazon.com/ebs/latest/userguide/ebs-encryption.html); using one takes
+/// kms:CreateGrant and the data-key actions on it, without which the instance goes from
+/// pending to terminated, `Client.InternalError`
+/// (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/troubleshooting-launch.html). The
+/// template grants them on `EbsKmsKeyArn` only: a customer managed default that is not that
+/// key is refused before anything launches.
+pub fn ebs_key(configured: Option<&str>, account_default: &str) -> Result<Option<String>, String> {
+    if let Some(k) = configured {
+        return Ok(Some(k.to_string()));
+    }
+    if account_default.is_empty() || account_default.ends_with("alias/aws/ebs") {
+        return Ok(None);
+    }
+    Err(format!(
+        "this account encrypts new EBS volumes with the customer managed key {account_default} by default (GetEbsDefaultKmsKeyId), which the launch may not use: the instance would be terminated at launch (Client.InternalError). Deploy the stack with EbsKmsKeyArn={account_default} (and, for Spot, grant AWSServiceRoleForEC2Spot the key, as the README says)"
+    ))
+}
+
 /// When an attempt whose LaunchWorker state was entered at `entered` must be gone: its whole
 /// boot and runtime, and the grace.
 pub fn deadline(spec: &RunSpec, entered: DateTime<Utc>) -> DateTime<Utc> {
@@ -99,5 +120,20 @@ mod tests {
             tags(&plain, "a", 1, 3, at)["Name"],
             format!("ephemera-{run}-3")
         );
+    }
+
+    #[test]
+    fn a_customer_managed_default_key_is_used_only_when_the_stack_names_it() {
+        let cmk = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+        let aws_managed = "arn:aws:kms:eu-west-1:123456789012:alias/aws/ebs";
+        assert_eq!(ebs_key(None, aws_managed), Ok(None));
+        assert_eq!(ebs_key(None, "alias/aws/ebs"), Ok(None));
+        let refused = ebs_key(None, cmk).unwrap_err();
+        assert!(
+            refused.contains(&format!("EbsKmsKeyArn={cmk}")),
+            "{refused}"
+        );
+        assert_eq!(ebs_key(Some(cmk), cmk), Ok(Some(cmk.to_string())));
+        assert_eq!(ebs_key(Some(cmk), aws_managed), Ok(Some(cmk.to_string())));
     }
 }

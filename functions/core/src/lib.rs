@@ -4,6 +4,7 @@ pub mod capacity;
 pub mod catalog;
 pub mod cost;
 pub mod cost_report;
+pub mod deployment;
 pub mod health;
 pub mod instance_state;
 pub mod launch;

@@ -164,6 +164,26 @@ pub struct QuotaState {
     /// The candidates' On-Demand prices, read once when the quotas have room (empty before).
     #[serde(default)]
     pub prices: Vec<crate::cost::TypePrice>,
+    /// The markets with room in every quota they draw on (empty before): each launch tries
+    /// only these (`capacity::markets_to_try`).
+    #[serde(default)]
+    pub markets: Vec<Market>,
+}
+
+/// The markets whose every quota line fits, in the order the lines name them.
+pub fn markets_with_room(lines: &[QuotaLine]) -> Vec<Market> {
+    let mut out: Vec<Market> = vec![];
+    for l in lines {
+        if !out.contains(&l.market)
+            && lines
+                .iter()
+                .filter(|o| o.market == l.market)
+                .all(|o| o.fits)
+        {
+            out.push(l.market);
+        }
+    }
+    out
 }
 
 /// The verdict from the quotas as seen now.
@@ -287,9 +307,23 @@ fn decide_market(lines: &[&QuotaLine], request_allowed: bool) -> MarketQuota {
                         r.id, r.status
                     ))
                 }
+                // AWS says the applied value "is set to the new value" once the request is
+                // resolved, not that both change at once
+                // (https://docs.aws.amazon.com/servicequotas/latest/userguide/request-quota-increase.html),
+                // and the two are read by separate calls: an approval that covers the need is
+                // waited for, until the run's deadline; one that does not (usage grew since)
+                // cannot fit.
+                Ok(RequestProgress::Approved)
+                    if r.desired + 1e-9 >= (l.usage_vcpus + l.needed_vcpus) as f64 =>
+                {
+                    waiting.push(format!(
+                        "{gap}; request {} was approved for {}, waiting for the applied value to follow",
+                        r.id, r.desired
+                    ))
+                }
                 Ok(RequestProgress::Approved) => {
                     return MarketQuota::Denied(format!(
-                        "{gap}; request {} was approved for {} but is still short",
+                        "{gap}; request {} was approved for {}, which is still short",
                         r.id, r.desired
                     ))
                 }
@@ -365,6 +399,22 @@ mod tests {
             why.contains("L-34B43A08") && why.contains("L-1216C47A"),
             "{why}"
         );
+    }
+
+    #[test]
+    fn an_approval_the_applied_value_has_not_followed_yet_is_waited_for() {
+        let d = t(3600);
+        // Approved for 32; the applied value still reads 8.
+        let (v, why) = decide(&[line(8.0, 0, 16, Some("APPROVED"))], true, t(0), d);
+        assert_eq!(v, QuotaVerdict::Waiting, "{why}");
+        assert!(why.contains("waiting for the applied value"), "{why}");
+        // Until the deadline, as any wait.
+        let (v, _) = decide(&[line(8.0, 0, 16, Some("APPROVED"))], true, d, d);
+        assert_eq!(v, QuotaVerdict::DeadlinePassed);
+        // Approved for less than the run needs now (usage grew): it cannot fit.
+        let (v, why) = decide(&[line(8.0, 20, 16, Some("APPROVED"))], true, t(0), d);
+        assert_eq!(v, QuotaVerdict::Denied, "{why}");
+        assert!(why.contains("which is still short"), "{why}");
     }
 
     #[test]

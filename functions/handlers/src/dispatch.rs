@@ -96,6 +96,10 @@ pub struct Settings {
     pub artifact_bucket: Option<String>,
     /// EPHEMERA_WORKER_LOG_GROUP: the stack's worker log group, passed to each worker.
     pub worker_log_group: Option<String>,
+    /// EPHEMERA_EXPORT_BUCKET: the one bucket the worker may export to.
+    pub export_bucket: Option<String>,
+    /// EPHEMERA_EBS_KMS_KEY: the key the workers' root volumes are encrypted with.
+    pub ebs_kms_key: Option<String>,
 }
 
 impl Settings {
@@ -122,6 +126,8 @@ impl Settings {
                 .unwrap_or_default(),
             artifact_bucket: var("EPHEMERA_ARTIFACT_BUCKET"),
             worker_log_group: var("EPHEMERA_WORKER_LOG_GROUP"),
+            export_bucket: var("EPHEMERA_EXPORT_BUCKET"),
+            ebs_kms_key: var("EPHEMERA_EBS_KMS_KEY"),
         }
     }
 }
@@ -213,8 +219,12 @@ pub async fn quota_check(
 ) -> Result<Value, Error> {
     let config = quota_check::Config {
         region: region.into(),
-        allowed_topics: settings.allowed_topics.clone(),
-        artifact_bucket: settings.artifact_bucket.clone(),
+        deployment: ephemera_core::deployment::Deployment {
+            allowed_topics: settings.allowed_topics.clone(),
+            artifact_bucket: settings.artifact_bucket.clone(),
+            export_bucket: settings.export_bucket.clone(),
+            worker_profile: settings.worker_instance_profile.clone(),
+        },
     };
     let input = parse_input(Function::QuotaCheck.name(), payload)?;
     out(quota_check::handle(clients, &config, input, now).await?)
@@ -243,6 +253,7 @@ pub async fn launch_worker(
         monthly_budget_usd: settings.monthly_budget_usd,
         alert_topic: settings.default_topic.clone(),
         worker_log_group: settings.worker_log_group.clone(),
+        ebs_kms_key: settings.ebs_kms_key.clone(),
     };
     let input = parse_input(Function::LaunchWorker.name(), payload)?;
     let books = launch_worker::Books {

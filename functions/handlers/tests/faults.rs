@@ -8,6 +8,7 @@ use aws_sdk_ec2::error::ErrorMetadata;
 use aws_sdk_ec2::operation::describe_images::DescribeImagesOutput;
 use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
 use aws_sdk_ec2::operation::describe_spot_price_history::DescribeSpotPriceHistoryOutput;
+use aws_sdk_ec2::operation::get_ebs_default_kms_key_id::GetEbsDefaultKmsKeyIdOutput;
 use aws_sdk_ec2::operation::run_instances::RunInstancesError;
 use aws_sdk_ec2::operation::terminate_instances::TerminateInstancesOutput;
 use aws_sdk_ec2::types::{
@@ -111,8 +112,17 @@ impl ObjectWriter for NoObjects {
     }
 }
 
-/// An EC2 client answered by `rules` only, without retries of its own.
+/// An EC2 client answered by `rules` (and the account's default EBS key, AWS's own), without
+/// retries of its own.
 fn ec2(rules: &[&Rule]) -> aws_sdk_ec2::Client {
+    let key = mock!(aws_sdk_ec2::Client::get_ebs_default_kms_key_id).then_output(|| {
+        GetEbsDefaultKmsKeyIdOutput::builder()
+            .kms_key_id("arn:aws:kms:eu-west-1:123456789012:alias/aws/ebs")
+            .build()
+    });
+    let mut all: Vec<&Rule> = rules.to_vec();
+    all.push(&key);
+    let rules = &all[..];
     mock_client!(aws_sdk_ec2, RuleMode::MatchAny, rules, |c| c
         .retry_config(aws_sdk_ec2::config::retry::RetryConfig::disabled()))
 }

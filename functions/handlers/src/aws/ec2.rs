@@ -55,9 +55,19 @@ pub struct LaunchRequest {
     /// The image's root device name (DescribeImages).
     pub root_device: String,
     pub instance_profile: Option<String>,
+    /// The root volume's KMS key; None: the account's default EBS key.
+    pub kms_key: Option<String>,
     pub client_token: String,
     pub user_data_base64: String,
     pub tags: BTreeMap<String, String>,
+}
+
+/// An image's root device and the size of the snapshot it is made from: the root volume may
+/// not be smaller (RunInstances: InvalidBlockDeviceMapping).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootVolume {
+    pub device: String,
+    pub snapshot_gib: Option<u32>,
 }
 
 /// DescribeInstanceStatus's two checks (`ok`, `impaired`, `initializing`, …); None before EC2
@@ -90,8 +100,10 @@ pub trait Compute: Send + Sync {
     /// The instance's status checks from DescribeInstanceStatus.
     fn status_checks(&self, id: &str) -> impl Future<Output = Result<StatusChecks, Error>> + Send;
     fn terminate(&self, ids: &[String]) -> impl Future<Output = Result<(), Error>> + Send;
-    /// The image's root device name, e.g. /dev/xvda or /dev/sda1.
-    fn root_device(&self, image: &str) -> impl Future<Output = Result<String, Error>> + Send;
+    /// The image's root device name (/dev/xvda, /dev/sda1) and its snapshot's size.
+    /// The account's default EBS key in this region (GetEbsDefaultKmsKeyId).
+    fn ebs_default_key(&self) -> impl Future<Output = Result<String, Error>> + Send;
+    fn root_volume(&self, image: &str) -> impl Future<Output = Result<RootVolume, Error>> + Send;
     fn spot_prices(
         &self,
         instance_type: &str,
@@ -327,6 +339,7 @@ impl Compute for aws_sdk_ec2::Client {
                             .volume_size(req.volume_gib as i32)
                             .volume_type(VolumeType::Gp3)
                             .encrypted(true)
+                            .set_kms_key_id(req.kms_key.clone())
                             .delete_on_termination(true)
                             .build(),
                     )
@@ -349,23 +362,43 @@ impl Compute for aws_sdk_ec2::Client {
         })
     }
 
-    async fn root_device(&self, image: &str) -> Result<String, Error> {
+    async fn ebs_default_key(&self) -> Result<String, Error> {
+        let resp = self
+            .get_ebs_default_kms_key_id()
+            .send()
+            .await
+            .map_err(|e| Error::aws("ec2", "GetEbsDefaultKmsKeyId", e))?;
+        Ok(resp.kms_key_id().unwrap_or_default().to_string())
+    }
+
+    async fn root_volume(&self, image: &str) -> Result<RootVolume, Error> {
         let resp = self
             .describe_images()
             .image_ids(image)
             .send()
             .await
             .map_err(|e| Error::aws("ec2", "DescribeImages", e))?;
-        resp.images()
-            .first()
+        let found = resp.images().first();
+        let device = found
             .and_then(|i| i.root_device_name())
-            .map(str::to_string)
             .ok_or_else(|| Error::Aws {
                 service: "ec2",
                 operation: "DescribeImages",
                 code: "InvalidAMIID.NotFound".into(),
                 message: format!("image {image} not found or without a root device"),
-            })
+            })?;
+        let snapshot_gib = found
+            .map(|i| i.block_device_mappings())
+            .unwrap_or_default()
+            .iter()
+            .find(|m| m.device_name() == Some(device))
+            .and_then(|m| m.ebs())
+            .and_then(|e| e.volume_size())
+            .and_then(|g| u32::try_from(g).ok());
+        Ok(RootVolume {
+            device: device.to_string(),
+            snapshot_gib,
+        })
     }
 
     async fn status_checks(&self, id: &str) -> Result<StatusChecks, Error> {

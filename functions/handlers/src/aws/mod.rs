@@ -15,7 +15,7 @@ pub mod topic;
 use aws_config::SdkConfig;
 use chrono::{DateTime, TimeZone, Utc};
 
-pub use ec2::{Compute, InstanceView, LaunchRequest, RunError, StatusChecks};
+pub use ec2::{Compute, InstanceView, LaunchRequest, RootVolume, RunError, StatusChecks};
 pub use executions::{Executions, TaskTokens};
 pub use history::{ExecutionStats, History};
 pub use ledger::{Ledger, LedgerTable, Reserved};

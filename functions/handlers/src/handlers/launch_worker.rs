@@ -10,7 +10,8 @@ use ephemera_core::capacity::{self, LaunchErrorKind, Tried};
 use ephemera_core::contract::RunParameters;
 use ephemera_core::instance_state::InstanceState;
 use ephemera_core::rundoc::{self, Attempt, WorkerState};
-use ephemera_core::{cost, launch, ledger, payload, tags, userdata};
+use ephemera_core::runspec::FieldError;
+use ephemera_core::{cost, launch, ledger, payload, tags, userdata, InvalidRunSpec};
 use serde::Deserialize;
 
 use super::parse_spec;
@@ -42,6 +43,9 @@ pub struct Input {
     /// read from the Price List API.
     #[serde(default)]
     pub prices: Vec<cost::TypePrice>,
+    /// The markets quota-check found room in (`$.quota.markets`); empty: the policy's.
+    #[serde(default)]
+    pub markets: Vec<ephemera_core::Market>,
 }
 
 fn first() -> u32 {
@@ -63,6 +67,8 @@ pub struct Config {
     pub alert_topic: Option<String>,
     /// The stack's worker log group (template `WorkerLogs`), passed to the worker.
     pub worker_log_group: Option<String>,
+    /// The KMS key the workers' root volumes are encrypted with (template `EbsKmsKeyArn`).
+    pub ebs_kms_key: Option<String>,
 }
 
 /// Where a launch is booked: the run ledger, when the deployment has one, and the topic its
@@ -109,7 +115,7 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
         (Some(w), false) => (last_attempt(w), w.relaunches_left),
         (None, _) => (1, spec.limits.max_relaunches),
     };
-    let markets = spec.worker.market.markets(input.relaunch);
+    let markets = capacity::markets_to_try(spec.worker.market, input.relaunch, &input.markets);
 
     // Budget guard, before anything exists: the dearest candidate at On-Demand for the whole
     // max runtime bounds what this attempt can cost.
@@ -324,7 +330,28 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
         })?,
         None => spec.worker.image.clone(),
     };
-    let root_device = ec2.root_device(&image).await?;
+    let root = ec2.root_volume(&image).await?;
+    // A root volume smaller than the image's snapshot is refused by RunInstances
+    // (InvalidBlockDeviceMapping) for every candidate alike: said once, naming the field.
+    if let Some(least) = root.snapshot_gib.filter(|&g| g > spec.worker.volume_gib) {
+        return Err(InvalidRunSpec {
+            errors: vec![FieldError {
+                field: "worker.volume_gib".into(),
+                message: format!(
+                    "{} GiB is smaller than the root snapshot of image {image} ({least} GiB); set at least {least}",
+                    spec.worker.volume_gib
+                ),
+            }],
+        }
+        .into());
+    }
+    let root_device = root.device;
+    let kms_key = match &config.ebs_kms_key {
+        Some(k) => Some(k.clone()),
+        None => {
+            launch::ebs_key(None, &ec2.ebs_default_key().await?).map_err(Error::LaunchFailed)?
+        }
+    };
 
     let mut tried = vec![];
     let mut closed: Vec<ephemera_core::Market> = vec![];
@@ -343,6 +370,7 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
             volume_gib: spec.worker.volume_gib,
             root_device: root_device.clone(),
             instance_profile: profile.clone(),
+            kms_key: kms_key.clone(),
             client_token: token.clone(),
             user_data_base64: user_data.clone(),
             tags: tags.clone(),

@@ -2,6 +2,7 @@
 //! increase once and follow that request until approved, denied or past the deadline.
 
 use chrono::{DateTime, Duration, Utc};
+use ephemera_core::deployment::Deployment;
 use ephemera_core::instance_state::InstanceState;
 use ephemera_core::quota::{self, QuotaLine, QuotaState, QuotaVerdict, RequestProgress};
 use ephemera_core::runspec::FieldError;
@@ -24,10 +25,8 @@ pub struct Input {
 #[derive(Debug, Clone, Default)]
 pub struct Config {
     pub region: String,
-    /// The topics the functions may publish to (the template's); empty: any.
-    pub allowed_topics: Vec<String>,
-    /// The bucket the worker's role may read its binary from; None: any.
-    pub artifact_bucket: Option<String>,
+    /// What the template grants the run: buckets, topics, the worker's profile.
+    pub deployment: Deployment,
 }
 
 /// What quota-check reads: instance types and usage, the quotas, and the candidates' prices.
@@ -50,41 +49,7 @@ pub async fn handle<E: Compute, Q: QuotaService, P: PriceList>(
     } = clients;
     let spec = parse_spec(&input.run)?;
     let region = &config.region;
-    // A topic the functions may not publish to would lose the report at the end of the run:
-    // refuse it now, before anything is launched.
-    // The worker's role reads only the artifact bucket: an artifact elsewhere would leave the
-    // instance unable to fetch its binary, billed until its boot deadline.
-    if let (Some(allowed), Some((bucket, _))) = (
-        &config.artifact_bucket,
-        ephemera_core::runspec::parse_s3_url(&spec.worker.artifact),
-    ) {
-        if bucket != allowed {
-            return Err(InvalidRunSpec {
-                errors: vec![FieldError {
-                    field: "worker.artifact".into(),
-                    message: format!(
-                        "'{}' is outside the artifact bucket {allowed}, the only one the worker's role may read",
-                        spec.worker.artifact
-                    ),
-                }],
-            }
-            .into());
-        }
-    }
-    if let Some(t) = &spec.notify.topic_arn {
-        if !config.allowed_topics.is_empty() && !config.allowed_topics.contains(t) {
-            return Err(InvalidRunSpec {
-                errors: vec![FieldError {
-                    field: "notify.topic_arn".into(),
-                    message: format!(
-                        "'{t}' is not a topic this deployment may publish to; allowed: {} (omit the field to use it)",
-                        config.allowed_topics.join(", ")
-                    ),
-                }],
-            }
-            .into());
-        }
-    }
+    config.deployment.check(&spec)?;
     let types = &spec.worker.instance_types;
     let vcpus = ec2.vcpus(types).await?;
     let mut per_type = vec![];
@@ -186,11 +151,12 @@ pub async fn handle<E: Compute, Q: QuotaService, P: PriceList>(
     };
     tracing::info!(?verdict, %reason, wait_seconds, polls, "quota checked");
     // The run's prices, once: every launch budgets with them and the report bills with them.
-    let prices = match verdict {
-        QuotaVerdict::Enough => {
-            pricing::type_prices(types, pricing::quotes_for(prices, &[], types, region).await)
-        }
-        _ => vec![],
+    let (prices, markets) = match verdict {
+        QuotaVerdict::Enough => (
+            pricing::type_prices(types, pricing::quotes_for(prices, &[], types, region).await),
+            quota::markets_with_room(&lines),
+        ),
+        _ => (vec![], vec![]),
     };
     Ok(QuotaState {
         verdict,
@@ -203,5 +169,6 @@ pub async fn handle<E: Compute, Q: QuotaService, P: PriceList>(
         quotas: lines,
         workers: (1..=spec.worker.count).collect(),
         prices,
+        markets,
     })
 }
