@@ -22,7 +22,7 @@ REFERENCES := $(VENV)/.references-$(PANDAS_VERSION)-$(STATSMODELS_VERSION)-$(MPM
 RUNSPEC ?= events/runspec.json
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: setup postgres chromium build demo test unit lint fmt lambdas worker bench run deploy clean
+.PHONY: setup postgres chromium build demo test unit lint fmt lambdas worker bench scale run deploy stack-name clean
 
 # Python tools in a local venv: moto (the AWS emulator the tests start) and cargo-lambda.
 $(VENV)/bin/moto_server:
@@ -143,16 +143,34 @@ worker: $(VENV)/bin/cargo-lambda
 bench: postgres $(VENV)/.talib-$(TALIB_VERSION)
 	cargo bench --locked --profile perf -p ephemera-worker --bench ephemera-worker-bench
 
+# EPHEMERA_SCALE_RUNS runs at once in one account (200 by default), one worker each, through the
+# front door with AWS's limits on (tests/tests/many_runs.rs): every run ends with its own report.
+EPHEMERA_SCALE_RUNS ?= 200
+scale: $(VENV)/bin/moto_server
+	EPHEMERA_SCALE_RUNS=$(EPHEMERA_SCALE_RUNS) cargo test --locked -p ephemera-tests --test many_runs -- --ignored --nocapture
+
 # Start a run from a RunSpec file and follow it to its report (STATE_MACHINE = the stack output).
 run:
 	cargo run -q --locked -p ephemera-cli -- run $(RUNSPEC) \
 	  $(if $(STATE_MACHINE),--state-machine $(STATE_MACHINE),)
 
-# Build the arm64 bootstraps and deploy; the first time asks for the parameters.
-deploy: $(VENV)/bin/sam $(VENV)/bin/cargo-lambda
+# Build the arm64 bootstraps and deploy; the first time (STACK=<name>) asks for the parameters.
+# The stack's name is checked first: its functions are named <stack>-terminate-with-cost-report,
+# which Lambda caps at 64 characters, so a name over 37 would fail the deploy part way (a
+# template's Rules cannot measure a string, so the check lives here).
+STACK ?=
+STACK_NAME_MAX := 37
+deploy: stack-name $(VENV)/bin/sam $(VENV)/bin/cargo-lambda
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/sam build --beta-features
-	if [ -f samconfig.toml ]; then $(VENV)/bin/sam deploy; \
-	else $(VENV)/bin/sam deploy --guided --capabilities CAPABILITY_IAM; fi
+	if [ -f samconfig.toml ]; then $(VENV)/bin/sam deploy $(if $(STACK),--stack-name $(STACK),); \
+	else $(VENV)/bin/sam deploy --guided --stack-name $(STACK) --capabilities CAPABILITY_IAM; fi
+
+stack-name:
+	@name='$(STACK)'; \
+	[ -n "$$name" ] || name=$$(sed -n 's/^stack_name *= *"\(.*\)"/\1/p' samconfig.toml 2>/dev/null | head -1); \
+	if [ -z "$$name" ]; then echo "make deploy STACK=<name>: name the stack the first time" >&2; exit 2; fi; \
+	if [ $${#name} -gt $(STACK_NAME_MAX) ]; then \
+	  echo "stack name '$$name' is $${#name} characters; at most $(STACK_NAME_MAX) (its functions are <stack>-terminate-with-cost-report, 64 at most)" >&2; exit 2; fi
 
 clean:
 	cargo clean

@@ -55,10 +55,29 @@ impl StandIn {
 /// the run, as it appears, in a task of its own, so that the workers of a run (up to 40) start,
 /// take their tokens and report side by side as their instances would.
 pub fn spawn(region: &str, run_id: &str, behaviour: Behaviour, lifetime: Duration) -> StandIn {
+    spawn_for(
+        region,
+        &[run_id.to_string()],
+        Arc::new(move |_: &str| behaviour.clone()),
+        lifetime,
+    )
+}
+
+/// What the worker of each run does, by run id.
+pub type BehaviourOf = Arc<dyn Fn(&str) -> Behaviour + Send + Sync>;
+
+/// As [`spawn`] for every run of `runs` at once: one DescribeInstances a poll for all of them
+/// (as many stand-ins as runs would take EC2's Describe bucket, 20 a second, many times over).
+pub fn spawn_for(
+    region: &str,
+    runs: &[String],
+    behaviour_of: BehaviourOf,
+    lifetime: Duration,
+) -> StandIn {
     // It looks "its instance" up as the harness (IMDS knows it on EC2), and talks to SSM and
     // Step Functions with that instance's role session.
     let conf = sdk_config(region);
-    let run_id = run_id.to_string();
+    let runs = runs.to_vec();
     let region = region.to_string();
     let shared = Arc::new(Mutex::new(vec![]));
     let log = Logger(shared.clone());
@@ -74,7 +93,7 @@ pub fn spawn(region: &str, run_id: &str, behaviour: Behaviour, lifetime: Duratio
                 .filters(
                     Filter::builder()
                         .name("tag:ephemera:run")
-                        .values(&run_id)
+                        .set_values(Some(runs.clone()))
                         .build(),
                 )
                 .filters(
@@ -88,32 +107,34 @@ pub fn spawn(region: &str, run_id: &str, behaviour: Behaviour, lifetime: Duratio
             else {
                 continue;
             };
-            let new: Vec<(u32, String)> = found
+            let new: Vec<(u32, String, String)> = found
                 .reservations()
                 .iter()
                 .flat_map(|r| r.instances())
                 .filter_map(|i| {
                     let id = i.instance_id()?.to_string();
-                    let attempt: u32 = i
-                        .tags()
-                        .iter()
-                        .find(|t| t.key() == Some(tags::ATTEMPT))?
-                        .value()?
-                        .parse()
-                        .ok()?;
-                    Some((attempt, id))
+                    let tag = |key: &str| {
+                        i.tags()
+                            .iter()
+                            .find(|t| t.key() == Some(key))
+                            .and_then(|t| t.value())
+                            .map(str::to_string)
+                    };
+                    let attempt: u32 = tag(tags::ATTEMPT)?.parse().ok()?;
+                    Some((attempt, id, tag(tags::RUN)?))
                 })
-                .filter(|(_, id)| !served.contains(id))
+                .filter(|(_, id, _)| !served.contains(id))
                 .collect();
-            for (attempt, instance) in new {
+            for (attempt, instance, run_id) in new {
                 served.insert(instance.clone());
                 let mine = Instance {
                     region: region.clone(),
-                    run_id: run_id.clone(),
+                    run_id,
                     instance,
                     attempt,
                 };
-                tasks.spawn(serve(mine, behaviour.clone(), log.clone(), deadline));
+                let behaviour = behaviour_of(&mine.run_id);
+                tasks.spawn(serve(mine, behaviour, log.clone(), deadline));
             }
         }
         // Aborting this task (StandIn::log) drops the set, which aborts the instances' tasks.

@@ -196,3 +196,46 @@ fn the_asls_choices_compare_values_the_handlers_write() {
     }
     assert!(compared >= 2, "the verdict choices were found");
 }
+
+/// Lambda caps a function's name at 64 characters
+/// (https://docs.aws.amazon.com/lambda/latest/api/API_CreateFunction.html#lambda-CreateFunction-request-FunctionName),
+/// and the template names each `${AWS::StackName}-<function>`: a longer stack name fails the
+/// deploy part way. CloudFormation's Rules cannot measure a string, so `make deploy` checks the
+/// name first (`make stack-name`), with the limit the template's longest name leaves.
+#[test]
+fn make_deploy_refuses_a_stack_name_its_functions_could_not_carry() {
+    let template = std::fs::read_to_string(root().join("template.yaml")).unwrap();
+    let longest = template
+        .lines()
+        .filter_map(|l| {
+            l.trim()
+                .strip_prefix("FunctionName: !Sub ${AWS::StackName}")
+        })
+        .map(str::len)
+        .max()
+        .expect("the functions are named after the stack");
+    let max = 64 - longest;
+    let makefile = std::fs::read_to_string(root().join("Makefile")).unwrap();
+    assert!(
+        makefile.contains(&format!("STACK_NAME_MAX := {max}\n")),
+        "the Makefile's limit is not 64 - {longest}"
+    );
+    let check = |name: &str| {
+        std::process::Command::new("make")
+            .arg("-s")
+            .arg("-C")
+            .arg(root())
+            .arg("stack-name")
+            .arg(format!("STACK={name}"))
+            .output()
+            .expect("make")
+    };
+    assert!(check(&"s".repeat(max)).status.success());
+    let refused = check(&"s".repeat(max + 1));
+    assert_eq!(refused.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains(&format!("is {} characters; at most {max}", max + 1)),
+        "{said}"
+    );
+}

@@ -1,0 +1,148 @@
+//! Two hundred runs at once in one account, one worker each, through the front door with AWS's
+//! limits on (a new account's Lambda concurrency of 10, Parameter Store's 40 transactions a
+//! second, EC2's request buckets, the Price List's): the deployed ASL, the real handlers, a
+//! worker stand-in on every instance. Each run must end SUCCEEDED with its own email, its own
+//! instance terminated and billed, and nothing of another run's touched. Minutes long, so it
+//! runs under `make scale` (EPHEMERA_SCALE_RUNS runs, 200 by default), not `make test`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_sfn::types::ExecutionStatus;
+use ephemera_tests::e2e;
+use ephemera_tests::worker_standin::{self, Behaviour};
+use ephemera_tests::{clients, fixtures, fresh_region, harness, sdk_config};
+use serde_json::{json, Value};
+
+const SPOT: &str = "L-34B43A08";
+const ON_DEMAND: &str = "L-1216C47A";
+
+#[tokio::test]
+#[ignore = "minutes long: make scale"]
+async fn two_hundred_runs_at_once_each_end_with_their_own_report_and_nothing_left() {
+    let n: usize = std::env::var("EPHEMERA_SCALE_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let timeout = Duration::from_secs(60 * 30);
+    let region = fresh_region();
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    let inbox = fixtures::inbox(region, "ephemera-reports").await;
+    // Room for every run's largest candidate at once: this test is about the account's rate
+    // limits and cross-talk, not a quota wait (quota_check.rs plays those).
+    harness().door.with_quotas(region, |q| {
+        q.applied.insert(SPOT.into(), 16.0 * n as f64 + 64.0);
+        q.applied.insert(ON_DEMAND.into(), 16.0 * n as f64 + 64.0);
+    });
+    let machine = e2e::create_state_machine(region).await;
+    let ids: Vec<String> = (0..n).map(|i| format!("many-{i:03}")).collect();
+    let specs: Vec<Value> = ids
+        .iter()
+        .map(|id| {
+            let mut spec = fixtures::runspec(id, &net, Some(&inbox.topic_arn));
+            spec["expect"] = json!({"partitions": 2, "min_rows": 100});
+            // The default boot poll (20 s): two hundred runs polling every second would ask
+            // DescribeInstances ten times what EC2's bucket refills.
+            spec["waits"]["boot_poll_seconds"] = json!(20);
+            spec
+        })
+        .collect();
+    let worker = worker_standin::spawn_for(
+        region,
+        &ids,
+        Arc::new(|run: &str| {
+            Behaviour::Succeed(
+                json!({"run_id": run, "partitions_done": 2, "partitions_failed": 0,
+                "rows_in": 1000, "rows_out": 1000, "durations": {"total_seconds": 1.5}}),
+            )
+        }),
+        timeout,
+    );
+
+    let began = Instant::now();
+    let executions: Vec<String> =
+        futures_util::future::join_all(ids.iter().zip(&specs).map(|(id, spec)| {
+            let machine = machine.clone();
+            async move { e2e::start(region, &machine, &format!("{id}-1"), spec).await }
+        }))
+        .await;
+    let sfn = aws_sdk_sfn::Client::new(&sdk_config(region));
+    let mut statuses: Vec<String>;
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        statuses = futures_util::future::join_all(executions.iter().map(|e| {
+            let sfn = sfn.clone();
+            async move {
+                sfn.describe_execution()
+                    .execution_arn(e)
+                    .send()
+                    .await
+                    .map(|d| d.status().clone())
+                    .unwrap_or(ExecutionStatus::Running)
+            }
+        }))
+        .await
+        .into_iter()
+        .map(|s| s.as_str().to_string())
+        .collect();
+        let running = statuses.iter().filter(|s| *s == "RUNNING").count();
+        if running == 0 || began.elapsed() > timeout {
+            break;
+        }
+    }
+    let took = began.elapsed();
+    let worker_log = worker.log().await;
+
+    let mut emails = vec![];
+    loop {
+        let got = inbox.read().await;
+        if got.is_empty() {
+            break;
+        }
+        emails.extend(got);
+    }
+    let refused = harness().door.throttles.refused_in(region);
+    eprintln!(
+        "{n} runs at once: all ended in {:.0} s; refused by the account's limits: {refused:?}",
+        took.as_secs_f64()
+    );
+
+    let mut failed = vec![];
+    for ((id, execution), status) in ids.iter().zip(&executions).zip(&statuses) {
+        if status != "SUCCEEDED" {
+            let f = e2e::wait(region, execution, Duration::from_secs(1)).await;
+            failed.push(format!("{id}: {status} {:?} {:?}", f.error, f.cause));
+        }
+    }
+    assert!(failed.is_empty(), "{} of {n}: {failed:#?}", failed.len());
+
+    // One email a run, each naming its own run and carrying its own report.
+    let mut mailed = BTreeSet::new();
+    for e in &emails {
+        let json_part = e.body.split("--- report (JSON) ---\n").nth(1).unwrap();
+        let report: Value = serde_json::from_str(json_part).unwrap();
+        let run = report["run_id"].as_str().unwrap().to_string();
+        assert!(e.subject.contains(&run), "{} vs {run}", e.subject);
+        assert!(e.subject.contains(": SUCCEEDED $"), "{run}: {}", e.subject);
+        assert!(mailed.insert(run.clone()), "{run} mailed twice");
+        // Every instance the report bills is the run's own, and was terminated.
+        for a in report["attempts"].as_array().unwrap() {
+            let id = a["instance_id"].as_str().unwrap();
+            let own = fixtures::instances_of(&aws, &run).await;
+            assert!(own.iter().any(|(i, _)| i == id), "{run} billed {id}");
+        }
+    }
+    assert_eq!(mailed.len(), n, "emails for every run");
+    for id in &ids {
+        let own = fixtures::instances_of(&aws, id).await;
+        assert_eq!(own.len(), 1, "{id}: {own:?}");
+        assert!(own.iter().all(|(_, s)| s == "terminated"), "{id}: {own:?}");
+    }
+    let served = worker_log
+        .iter()
+        .filter(|l| l.ends_with(": succeeded"))
+        .count();
+    assert_eq!(served, n, "every worker reported once");
+}
