@@ -371,9 +371,7 @@ impl RunSpec {
 
         if errs.0.is_empty() {
             let polls = self.poll_bounds();
-            let events = polls.total() * EVENTS_PER_POLL
-                + FIXED_EVENTS
-                + u64::from(self.worker.count) * EVENTS_PER_WORKER;
+            let events = self.history_events();
             if events > MAX_HISTORY_EVENTS {
                 let PollBounds {
                     quota,
@@ -383,7 +381,8 @@ impl RunSpec {
                 errs.add(
                     "waits",
                     format!(
-                        "up to {quota} quota polls, {snapshot} snapshot polls and {boot} boot polls make up to {events} execution history events; Step Functions ends an execution at 25,000 without running its cleanup, so at most {MAX_HISTORY_EVENTS} are allowed: raise waits.quota_poll_max_seconds or waits.boot_poll_seconds, or lower quota.max_wait_seconds, database.snapshot_timeout_seconds, limits.boot_timeout_seconds or worker.count"
+                        "up to {quota} quota polls, {snapshot} snapshot polls and {boot} boot polls make up to {events} execution history events; Step Functions ends an execution at 25,000 without running its cleanup, so at most {MAX_HISTORY_EVENTS} are allowed: raise waits.quota_poll_max_seconds or waits.boot_poll_seconds, or lower quota.max_wait_seconds, database.snapshot_timeout_seconds, limits.boot_timeout_seconds, limits.max_relaunches or worker.count (with the rest as given, at most {} workers fit)",
+                        self.most_workers_within_history()
                     ),
                 );
             }
@@ -740,6 +739,30 @@ impl RunSpec {
             (Some(id), None) => check_db_identifier(errs, "database.snapshot_before.instance", id),
             (None, Some(id)) => check_db_identifier(errs, "database.snapshot_before.cluster", id),
         }
+    }
+
+    /// The most execution history events the run can record: every poll loop at its longest
+    /// ([`RunSpec::poll_bounds`], 9 events a poll), each worker's other states and what the
+    /// run records besides, counted generously.
+    pub fn history_events(&self) -> u64 {
+        self.poll_bounds().total() * EVENTS_PER_POLL
+            + FIXED_EVENTS
+            + u64::from(self.worker.count) * EVENTS_PER_WORKER
+    }
+
+    /// The most workers whose history stays within [`MAX_HISTORY_EVENTS`], the rest as given
+    /// (0 when not even one does).
+    pub fn most_workers_within_history(&self) -> u32 {
+        let mut s = self.clone();
+        let mut most = 0;
+        for n in 1..=MAX_WORKERS {
+            s.worker.count = n;
+            if s.history_events() > MAX_HISTORY_EVENTS {
+                break;
+            }
+            most = n;
+        }
+        most
     }
 
     /// The most quota polls (capped exponential backoff until `quota.max_wait_seconds`),
@@ -1260,6 +1283,26 @@ pub(crate) mod tests {
         // The default hour: 182 polls, within the bound.
         v["database"]["snapshot_timeout_seconds"] = json!(3600);
         assert_eq!(RunSpec::parse(&v).unwrap().poll_bounds().snapshot, 182);
+    }
+
+    #[test]
+    fn the_history_of_the_defaults_and_the_most_workers_it_leaves_room_for() {
+        // The README's arithmetic: 100 quota polls, 46 boot polls an attempt, three attempts.
+        let spec = RunSpec::parse(&sample()).unwrap();
+        let p = spec.poll_bounds();
+        assert_eq!((p.quota, p.snapshot, p.boot), (100, 0, 138));
+        assert_eq!(spec.history_events(), (100 + 138) * 9 + 400 + 150);
+        assert_eq!(spec.most_workers_within_history(), 13);
+        // Forty workers with the default waits: refused, naming how many fit.
+        let mut v = sample();
+        v["worker"]["count"] = json!(40);
+        let errs = errors_of(v.clone());
+        assert!(has(&errs, "waits", "at most 13 workers fit"), "{errs:?}");
+        // With one attempt each and a 2-minute boot polled every 5 s, as tests/tests/limits.rs.
+        v["limits"]["max_relaunches"] = json!(0);
+        v["limits"]["boot_timeout_seconds"] = json!(120);
+        v["waits"]["boot_poll_seconds"] = json!(5);
+        assert!(RunSpec::parse(&v).is_ok(), "{:?}", errors_of(v));
     }
 
     #[test]
