@@ -27,6 +27,23 @@ pub struct Summary {
     pub manifest: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation: Option<Validation>,
+    /// A job run under `ephemera-worker exec`: the command and how it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<Job>,
+}
+
+/// The characters of a job's command line the summary keeps: forty workers' summaries share
+/// the run document's 256 KiB, and `worker.args` may hold 4 KB.
+pub const JOB_COMMAND_KEPT: usize = 200;
+
+/// A command `ephemera-worker exec` supervised to its end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// The command line, as given after `--` (its first [`JOB_COMMAND_KEPT`] characters).
+    pub command: String,
+    /// Its exit status (0: success; a job that failed is reported as `Worker.Failed`).
+    pub exit_code: i32,
+    pub seconds: f64,
 }
 
 /// Totals of the `validate` stage over the run.
@@ -64,6 +81,11 @@ mod tests {
                 out_of_range: 4,
                 unexpected_gaps: 5,
             }),
+            job: Some(Job {
+                command: "python3 job.py".into(),
+                exit_code: 0,
+                seconds: 12.5,
+            }),
         }
     }
 
@@ -72,6 +94,7 @@ mod tests {
         let mut bare = full();
         bare.manifest = None;
         bare.validation = None;
+        bare.job = None;
         for s in [full(), bare] {
             let sent = serde_json::to_string(&s).unwrap();
             assert_eq!(serde_json::from_str::<Summary>(&sent).unwrap(), s, "{sent}");
@@ -89,15 +112,17 @@ mod tests {
                 "stages": ["indicators", "export"], "seconds": 3.5,
                 "manifest": "s3://out/runs/r1/manifest.json",
                 "validation": {"partitions": 4, "problems": 1, "nulls_beyond_warm_up": 2,
-                               "non_finite": 3, "out_of_range": 4, "unexpected_gaps": 5}
+                               "non_finite": 3, "out_of_range": 4, "unexpected_gaps": 5},
+                "job": {"command": "python3 job.py", "exit_code": 0, "seconds": 12.5}
             })
         );
         let mut bare = full();
         bare.manifest = None;
         bare.validation = None;
+        bare.job = None;
         let v = serde_json::to_value(bare).unwrap();
         assert!(
-            v.get("manifest").is_none() && v.get("validation").is_none(),
+            v.get("manifest").is_none() && v.get("validation").is_none() && v.get("job").is_none(),
             "{v}"
         );
     }

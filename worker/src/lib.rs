@@ -16,5 +16,6 @@ pub mod queue;
 pub mod run;
 pub mod seed;
 pub mod stage;
+pub mod supervise;
 pub mod table;
 pub mod validate;

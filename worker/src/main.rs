@@ -18,7 +18,9 @@ use ephemera_contract::names;
 use ephemera_worker::features::{arbitrage, Params};
 use ephemera_worker::run::Ran;
 use ephemera_worker::stage::Stage;
-use ephemera_worker::{db, export, link, logship, outputs, progress, queue, run, seed, validate};
+use ephemera_worker::{
+    db, export, link, logship, outputs, progress, queue, run, seed, supervise, validate,
+};
 
 #[derive(Parser)]
 #[command(
@@ -125,6 +127,35 @@ enum Command {
         #[arg(long, default_value = ephemera_contract::logs::WORKER_LOG_GROUP)]
         log_group: String,
     },
+    /// Run any command as the run's worker: say "started", take the task token, heartbeat
+    /// while it runs, and report how it ended (success when it exits 0; otherwise
+    /// Worker.Failed with its exit status and the last lines of its stderr). On a Spot notice
+    /// or SIGTERM the command gets SIGTERM, --grace seconds, then SIGKILL, and the run
+    /// relaunches it (EPHEMERA_ATTEMPT and EPHEMERA_RESUMED tell it so).
+    Exec {
+        /// Seconds between SIGTERM and SIGKILL; within the Spot notice's two minutes.
+        #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..=110))]
+        grace: u64,
+        /// The run's id, told to the command (EPHEMERA_RUN_ID).
+        #[arg(long, default_value = "local")]
+        run_id: String,
+        /// On an ephemera instance: the run's SSM path (signals and task token live there).
+        #[arg(long)]
+        ssm_prefix: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        attempt: u32,
+        #[arg(long, default_value_t = 300)]
+        heartbeat_seconds: u64,
+        /// How long to wait for the task token after saying "started".
+        #[arg(long, default_value_t = 3600)]
+        token_timeout_seconds: u64,
+        /// The CloudWatch Logs group the command's lines are shipped to; empty ships nothing.
+        #[arg(long, default_value = ephemera_contract::logs::WORKER_LOG_GROUP)]
+        log_group: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -150,6 +181,11 @@ async fn main_async() -> ExitCode {
     // Lines are buffered from the start; they are shipped once the instance id names the stream.
     let shipping = match &cli.command {
         Command::Run {
+            ssm_prefix: Some(_),
+            log_group,
+            ..
+        }
+        | Command::Exec {
             ssm_prefix: Some(_),
             log_group,
             ..
@@ -181,6 +217,53 @@ async fn main_inner(
     progress: indicatif::ProgressBar,
     shipping: Option<Arc<logship::Buffer>>,
 ) -> Result<()> {
+    if let Command::Exec {
+        grace,
+        run_id,
+        ssm_prefix,
+        attempt,
+        heartbeat_seconds,
+        token_timeout_seconds,
+        log_group,
+        command,
+    } = cli.command
+    {
+        let job = supervise::Job {
+            command,
+            grace: Duration::from_secs(grace),
+            env: supervise::run_env(&run_id, attempt),
+        };
+        let Some(prefix) = ssm_prefix else {
+            // Locally: the command's own exit status.
+            let o = supervise::run(&job, &CancellationToken::new()).await?;
+            anyhow::ensure!(
+                o.ended.succeeded(),
+                "{}",
+                supervise::failure_cause(&supervise::command_line(&job.command), &o)
+            );
+            return Ok(());
+        };
+        let link = link::Link::new(&prefix, attempt, heartbeat_seconds).await?;
+        let stream =
+            ephemera_contract::logs::worker_log_stream(&run_id, attempt, &link.instance_id);
+        let shipper = match shipping {
+            Some(buffer) => Some(logship::Shipper::start(
+                aws_sdk_cloudwatchlogs::Client::new(&link::sdk_config().await),
+                &log_group,
+                &stream,
+                buffer,
+            )),
+            None => None,
+        };
+        let outcome = supervised(&job, &run_id, &link, token_timeout_seconds).await;
+        if let Err(e) = &outcome {
+            tracing::error!(error = %format!("{e:#}"), "the worker stops");
+        }
+        if let Some(s) = shipper {
+            s.finish(LOG_FLUSH_PATIENCE).await;
+        }
+        return outcome;
+    }
     let secret = match &cli.command {
         Command::Run {
             database_secret: Some(id),
@@ -226,6 +309,8 @@ async fn main_inner(
             let dropped = outputs::drop(&mut client, &run_id, force).await?;
             println!("{}", serde_json::to_string_pretty(&dropped)?);
         }
+        // Handled above: a job needs no database.
+        Command::Exec { .. } => {}
         Command::Run {
             stages,
             arbitrage_threshold_bp,
@@ -341,6 +426,87 @@ async fn orchestrated(
     }
     // Heartbeats go on while the report is sent (and tried again if throttled).
     let reported = report(link, &token, outcome, &notice, &stop, attempt).await;
+    heartbeat.abort();
+    reported
+}
+
+/// On an ephemera instance, a job: started → token → the command, heartbeating → its report.
+async fn supervised(
+    job: &supervise::Job,
+    run_id: &str,
+    link: &link::Link,
+    token_timeout_seconds: u64,
+) -> Result<()> {
+    link.started(Duration::from_secs(token_timeout_seconds))
+        .await?;
+    let token = link
+        .wait_for_token(Duration::from_secs(token_timeout_seconds))
+        .await?;
+    let heartbeat = link.heartbeat(&token);
+    let stop = CancellationToken::new();
+    let notice = Arc::new(AtomicBool::new(false));
+    let spot = link.watch_spot(notice.clone(), stop.clone());
+    let sigterm = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if let Ok(mut s) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
+                s.recv().await;
+                tracing::warn!("SIGTERM: stopping the job");
+                stop.cancel();
+            }
+        })
+    };
+    let outcome = supervise::run(job, &stop).await;
+    spot.abort();
+    sigterm.abort();
+    if stop.is_cancelled() && !notice.load(Ordering::SeqCst) && link.spot_notice().await.is_some() {
+        notice.store(true, Ordering::SeqCst);
+    }
+    let command = supervise::command_line(&job.command);
+    let reported = match outcome {
+        Ok(o) if notice.load(Ordering::SeqCst) => {
+            let cause = format!(
+                "Spot interruption notice on {} (attempt {}): the job was stopped ({}) and runs again on the next attempt",
+                link.instance_id, link.attempt, o.ended
+            );
+            link.fail(&token, names::SPOT_INTERRUPTED, &cause).await
+        }
+        Ok(o) if o.ended.succeeded() && !o.stopped => {
+            let summary = ephemera_contract::Summary {
+                run_id: run_id.to_string(),
+                partitions_done: 0,
+                partitions_failed: 0,
+                rows_in: 0,
+                rows_out: 0,
+                processed_here: 0,
+                stages: vec![],
+                seconds: o.seconds,
+                manifest: None,
+                validation: None,
+                job: Some(ephemera_contract::summary::Job {
+                    command: command
+                        .chars()
+                        .take(ephemera_contract::summary::JOB_COMMAND_KEPT)
+                        .collect(),
+                    exit_code: 0,
+                    seconds: o.seconds,
+                }),
+            };
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            link.succeed(&token, &summary).await
+        }
+        Ok(o) => {
+            let cause = supervise::failure_cause(&command, &o);
+            tracing::error!(%cause, "the job failed");
+            link.fail(&token, names::WORKER_FAILED, &cause).await
+        }
+        Err(e) => {
+            link.fail(&token, names::WORKER_FAILED, &format!("{e:#}"))
+                .await
+        }
+    };
     heartbeat.abort();
     reported
 }

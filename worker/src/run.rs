@@ -275,6 +275,7 @@ async fn summarise(client: &Client, opts: &Options) -> Result<Summary> {
         seconds: 0.0,
         manifest: None,
         validation,
+        job: None,
     })
 }
 

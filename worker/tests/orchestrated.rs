@@ -602,3 +602,135 @@ async fn sigterm_mid_partition_hands_the_partition_back_and_fails_the_run() {
     }
     assert_eq!(emails.len(), 1, "{emails:?}");
 }
+
+/// `ephemera-worker exec` on the instance, running `sh -c script` for `run_id`'s `attempt`.
+fn job(
+    region: &str,
+    imds_url: &str,
+    run_id: &str,
+    attempt: u32,
+    script: &str,
+) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ephemera-worker"));
+    ephemera_tests::instance_env(&mut cmd, region, imds_url);
+    // As launch-worker's user data puts it: the link's options before `--`, the job after.
+    cmd.args(["exec", "--grace", "5", "--run-id", run_id])
+        .args(["--attempt", &attempt.to_string()])
+        .args(["--ssm-prefix", &format!("/ephemera/runs/{run_id}")])
+        .args([
+            "--heartbeat-seconds",
+            "30",
+            "--log-group",
+            &worker_log_group(),
+        ])
+        .args(["--", "sh", "-c", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Any command as the run's worker: a job stopped by a Spot notice (SIGTERM, then its grace)
+/// runs again on the relaunch, told it resumes; one that exits non-zero ends the run with its
+/// exit status and the last lines of its stderr in the report.
+#[tokio::test]
+async fn any_command_under_exec_is_relaunched_after_spot_and_reported_by_its_exit_status() {
+    let region = fresh_region();
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    let inbox = fixtures::inbox(region, "ephemera-reports").await;
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&ephemera_tests::sdk_config(region));
+    logs.create_log_group()
+        .log_group_name(worker_log_group())
+        .send()
+        .await
+        .unwrap();
+    let machine = e2e::create_state_machine(region).await;
+    let seen = std::env::temp_dir().join(format!("ephemera-exec-attempts-{}", std::process::id()));
+    let _ = std::fs::remove_file(&seen);
+    let script = format!(
+        "echo \"attempt $EPHEMERA_ATTEMPT resumed $EPHEMERA_RESUMED\" >> {seen}; \
+         trap 'echo stopping at the notice >&2; exit 0' TERM; \
+         if [ \"$EPHEMERA_RESUMED\" = true ]; then exit 0; fi; \
+         while true; do sleep 0.1; done",
+        seen = seen.display()
+    );
+
+    let run_id = "exec-spot";
+    let mut spec = fixtures::runspec(run_id, &net, Some(&inbox.topic_arn));
+    spec["worker"]["args"] = json!(["exec", "--", "sh", "-c", script]);
+    spec["limits"]["heartbeat_seconds"] = json!(30);
+    let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;
+    let instance_id = Arc::new(Mutex::new(String::new()));
+    let notice = Arc::new(Mutex::new(true));
+    let imds_url = imds(instance_id.clone(), notice.clone()).await;
+    *instance_id.lock().unwrap() = instance_of(region, run_id, "1").await;
+    let first = job(region, &imds_url, run_id, 1, &script)
+        .wait_with_output()
+        .await
+        .unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    *notice.lock().unwrap() = false;
+    *instance_id.lock().unwrap() = instance_of(region, run_id, "2").await;
+    let second = job(region, &imds_url, run_id, 2, &script)
+        .wait_with_output()
+        .await
+        .unwrap();
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let done = e2e::wait(region, &execution, Duration::from_secs(120)).await;
+    assert_eq!(done.status, "SUCCEEDED", "{done:?}");
+    assert_eq!(done.visited("Relaunch"), 1, "{:?}", done.path);
+    let result = &done.workers[0]["result"];
+    assert_eq!(result["job"]["exit_code"], 0, "{result}");
+    assert!(
+        result["job"]["command"]
+            .as_str()
+            .unwrap()
+            .starts_with("sh -c "),
+        "{result}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&seen).unwrap(),
+        "attempt 1 resumed false\nattempt 2 resumed true\n"
+    );
+
+    // A job that fails: its status and its stderr's last lines reach the report.
+    let run_id = "exec-fails";
+    let mut spec = fixtures::runspec(run_id, &net, Some(&inbox.topic_arn));
+    let failing = "echo reading the input; echo 'no such column: price' >&2; exit 3";
+    spec["worker"]["args"] = json!(["exec", "--", "sh", "-c", failing]);
+    spec["limits"]["heartbeat_seconds"] = json!(30);
+    let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;
+    *instance_id.lock().unwrap() = instance_of(region, run_id, "1").await;
+    let out = job(region, &imds_url, run_id, 1, failing)
+        .wait_with_output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done = e2e::wait(region, &execution, Duration::from_secs(120)).await;
+    assert_ne!(done.status, "SUCCEEDED", "{done:?}");
+    let error = done.workers[0]["error"].to_string();
+    assert!(error.contains("Worker.Failed"), "{error}");
+    assert!(
+        error.contains("exited with status 3") && error.contains("no such column: price"),
+        "{error}"
+    );
+    assert_eq!(
+        done.visited("Relaunch"),
+        0,
+        "a failed job is not relaunched"
+    );
+}

@@ -285,6 +285,12 @@ impl Worst {
                 out_of_range: u64::MAX,
                 unexpected_gaps: u64::MAX,
             }),
+            // A job's command line is cut by the worker (`JOB_COMMAND_KEPT`).
+            job: Some(ephemera_contract::summary::Job {
+                command: "c".repeat(ephemera_contract::summary::JOB_COMMAND_KEPT),
+                exit_code: i32::MIN,
+                seconds: Worst::money(),
+            }),
         };
         serde_json::to_value(s).unwrap_or_default()
     }

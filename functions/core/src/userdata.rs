@@ -26,7 +26,12 @@ pub struct WorkerLaunch<'a> {
 
 pub fn render(w: &WorkerLaunch<'_>) -> String {
     let mut cmd = vec!["/opt/ephemera/ephemera-worker".to_string()];
-    cmd.extend(w.args.iter().map(|a| shell_quote(a)));
+    // `exec [options] -- <command>`: the link's options go before `--`, the job's after.
+    let (own, job) = match w.args.iter().position(|a| a == "--") {
+        Some(i) => w.args.split_at(i),
+        None => (w.args, &[][..]),
+    };
+    cmd.extend(own.iter().map(|a| shell_quote(a)));
     cmd.extend([
         "--run-id".to_string(),
         shell_quote(w.run_id),
@@ -40,6 +45,7 @@ pub fn render(w: &WorkerLaunch<'_>) -> String {
     if let Some(g) = w.log_group {
         cmd.extend(["--log-group".to_string(), shell_quote(g)]);
     }
+    cmd.extend(job.iter().map(|a| shell_quote(a)));
     format!(
         r#"#!/bin/bash
 # ephemera worker bootstrap. No secrets here: the worker reads them with its instance role.
@@ -235,5 +241,29 @@ mod tests {
         assert_eq!(calls.matches("aws").count(), 5, "{calls}");
         assert!(calls.trim_end().ends_with("shutdown"), "{calls}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_jobs_command_comes_after_the_links_options() {
+        let args: Vec<String> = [
+            "exec", "--grace", "60", "--", "python3", "job.py", "--step", "2",
+        ]
+        .map(String::from)
+        .to_vec();
+        let script = render(&launch(&args));
+        let line = script
+            .lines()
+            .find(|l| l.starts_with("exec /opt/ephemera/ephemera-worker"))
+            .unwrap();
+        let (before, after) = line.split_once(" -- ").unwrap();
+        assert!(
+            before.starts_with("exec /opt/ephemera/ephemera-worker exec --grace 60 --run-id"),
+            "{line}"
+        );
+        assert!(
+            before.contains("--ssm-prefix") && before.contains("--attempt"),
+            "{line}"
+        );
+        assert_eq!(after, "python3 job.py --step 2");
     }
 }

@@ -1,0 +1,311 @@
+//! `ephemera-worker exec -- <command>`: any job as a run's worker. The child runs with the
+//! run's attempt in its environment, its output goes to the worker's log (and so to the run's
+//! log stream), and it is stopped with SIGTERM, a grace period, then SIGKILL when the instance
+//! is going away. How it ended becomes the run's report: its exit status, or the signal, with
+//! the last lines of its standard error.
+
+use std::collections::VecDeque;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio_util::sync::CancellationToken;
+
+/// Lines of the child's standard error kept for the failure's cause.
+pub const TAIL_LINES: usize = 20;
+/// Characters of one line kept (a line without a newline for megabytes must not fill memory).
+pub const LINE_KEPT: usize = 500;
+/// The Spot notice comes two minutes before the reclaim: the child's grace must end before it.
+pub const MAX_GRACE: Duration = Duration::from_secs(110);
+
+/// What to run and how to stop it.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub command: Vec<String>,
+    /// Between SIGTERM and SIGKILL.
+    pub grace: Duration,
+    /// Added to the child's environment.
+    pub env: Vec<(String, String)>,
+}
+
+/// How the child ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    Exited(i32),
+    Signalled(i32),
+}
+
+impl Ended {
+    pub fn succeeded(&self) -> bool {
+        *self == Ended::Exited(0)
+    }
+
+    /// The summary's exit code: the status, or 128 + the signal as a shell reports it.
+    pub fn code(&self) -> i32 {
+        match *self {
+            Ended::Exited(c) => c,
+            Ended::Signalled(s) => 128 + s,
+        }
+    }
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::Exited(c) => write!(f, "exited with status {c}"),
+            Ended::Signalled(s) => write!(f, "was killed by signal {s}"),
+        }
+    }
+}
+
+/// The run of a job: how it ended, whether it was stopped, for how long, its stderr's tail.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub ended: Ended,
+    /// Stopped by `stop` (a Spot notice or SIGTERM) rather than ending on its own.
+    pub stopped: bool,
+    pub seconds: f64,
+    pub stderr_tail: Vec<String>,
+}
+
+/// The last lines of a stream, each cut to [`LINE_KEPT`] characters.
+#[derive(Debug, Default, Clone)]
+pub struct Tail(Arc<Mutex<VecDeque<String>>>);
+
+impl Tail {
+    pub fn push(&self, line: &str) {
+        let mut lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if lines.len() == TAIL_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(line.chars().take(LINE_KEPT).collect());
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        let lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        lines.iter().cloned().collect()
+    }
+}
+
+/// The cause a failed job's report carries: the command, how it ended, the tail of its stderr.
+pub fn failure_cause(command: &str, outcome: &Outcome) -> String {
+    let mut cause = format!(
+        "`{command}` {} after {:.0} s",
+        outcome.ended, outcome.seconds
+    );
+    if outcome.stderr_tail.is_empty() {
+        cause.push_str(" (nothing on stderr)");
+    } else {
+        cause.push_str("; the last lines of its stderr:\n");
+        cause.push_str(&outcome.stderr_tail.join("\n"));
+    }
+    cause
+}
+
+/// The command line as one string, as a shell would show it.
+pub fn command_line(command: &[String]) -> String {
+    command
+        .iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The environment a job's child is told of its run by.
+pub fn run_env(run_id: &str, attempt: u32) -> Vec<(String, String)> {
+    vec![
+        ("EPHEMERA_RUN_ID".into(), run_id.into()),
+        ("EPHEMERA_ATTEMPT".into(), attempt.to_string()),
+        // A later attempt follows a Spot reclaim or a lost worker: the job may resume.
+        ("EPHEMERA_RESUMED".into(), (attempt > 1).to_string()),
+    ]
+}
+
+/// Runs `job` to its end, or until `stop` is cancelled: then SIGTERM, `job.grace`, SIGKILL.
+pub async fn run(job: &Job, stop: &CancellationToken) -> Result<Outcome> {
+    let (program, args) = job
+        .command
+        .split_first()
+        .context("exec: no command after --")?;
+    let began = Instant::now();
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .envs(job.env.iter().cloned())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("exec: starting {program}"))?;
+    let tail = Tail::default();
+    let out = child
+        .stdout
+        .take()
+        .map(|s| tokio::spawn(relay(s, "stdout", None)));
+    let err = child
+        .stderr
+        .take()
+        .map(|s| tokio::spawn(relay(s, "stderr", Some(tail.clone()))));
+    let mut stopped = false;
+    let status = tokio::select! {
+        s = child.wait() => s?,
+        _ = stop.cancelled() => {
+            stopped = true;
+            terminate(&mut child, job.grace).await?
+        }
+    };
+    // The pipes close with the child (or its last descendant): the last lines are relayed.
+    for relay in [out, err].into_iter().flatten() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), relay).await;
+    }
+    Ok(Outcome {
+        ended: ended_of(status),
+        stopped,
+        seconds: began.elapsed().as_secs_f64(),
+        stderr_tail: tail.lines(),
+    })
+}
+
+/// SIGTERM, then SIGKILL if the child is still there after `grace`.
+async fn terminate(
+    child: &mut tokio::process::Child,
+    grace: Duration,
+) -> Result<std::process::ExitStatus> {
+    if let Some(pid) = child.id() {
+        tracing::warn!(
+            pid,
+            grace_seconds = grace.as_secs(),
+            "stopping the job: SIGTERM"
+        );
+        // kill(1) rather than kill(2): no unsafe code for one signal to a child not yet reaped.
+        let sent = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await;
+        if !sent.as_ref().is_ok_and(|s| s.success()) {
+            tracing::warn!(
+                ?sent,
+                "SIGTERM could not be sent; the grace runs out to SIGKILL"
+            );
+        }
+    }
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(s) => Ok(s?),
+        Err(_) => {
+            tracing::warn!("the job outlived its grace: SIGKILL");
+            child.kill().await?;
+            Ok(child.wait().await?)
+        }
+    }
+}
+
+fn ended_of(status: std::process::ExitStatus) -> Ended {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => Ended::Exited(c),
+        (None, Some(s)) => Ended::Signalled(s),
+        (None, None) => Ended::Exited(-1),
+    }
+}
+
+/// Each line of the child's `stream` as a log line of the worker's (so shipped with them).
+async fn relay(stream: impl AsyncRead + Unpin, name: &'static str, tail: Option<Tail>) {
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let line: String = line.chars().take(LINE_KEPT).collect();
+        if let Some(t) = &tail {
+            t.push(&line);
+        }
+        tracing::info!(stream = name, job = %line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(script: &str) -> Job {
+        Job {
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            grace: Duration::from_secs(5),
+            env: run_env("r1", 2),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_job_that_exits_zero_succeeds_and_sees_its_attempt() {
+        let o = run(
+            &job(r#"test "$EPHEMERA_ATTEMPT" = 2 && test "$EPHEMERA_RESUMED" = true"#),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        assert!(o.ended.succeeded(), "{o:?}");
+        assert!(!o.stopped);
+    }
+
+    #[tokio::test]
+    async fn a_failure_keeps_the_last_lines_of_stderr() {
+        let o = run(
+            &job("for i in $(seq 1 30); do echo line $i >&2; done; exit 3"),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(o.ended, Ended::Exited(3));
+        assert_eq!(o.stderr_tail.len(), TAIL_LINES);
+        assert_eq!(o.stderr_tail.last().map(String::as_str), Some("line 30"));
+        let cause = failure_cause("sh -c …", &o);
+        assert!(
+            cause.starts_with("`sh -c …` exited with status 3 after"),
+            "{cause}"
+        );
+        assert!(cause.ends_with("line 11\nline 12\nline 13\nline 14\nline 15\nline 16\nline 17\nline 18\nline 19\nline 20\nline 21\nline 22\nline 23\nline 24\nline 25\nline 26\nline 27\nline 28\nline 29\nline 30"), "{cause}");
+    }
+
+    #[tokio::test]
+    async fn a_stop_sends_sigterm_and_a_job_that_ignores_it_is_killed_after_its_grace() {
+        // Traps SIGTERM and exits 7: the job's own ending is kept.
+        let stop = CancellationToken::new();
+        let polite =
+            job("trap 'echo checkpointed >&2; exit 7' TERM; while true; do sleep 0.1; done");
+        let s = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            s.cancel();
+        });
+        let o = run(&polite, &stop).await.unwrap();
+        assert!(o.stopped);
+        assert_eq!(o.ended, Ended::Exited(7));
+        assert_eq!(o.stderr_tail, vec!["checkpointed".to_string()]);
+
+        // Ignores it: SIGKILL once the grace is over.
+        let stop = CancellationToken::new();
+        let mut stubborn = job("trap '' TERM; while true; do sleep 0.1; done");
+        stubborn.grace = Duration::from_millis(300);
+        stop.cancel();
+        let o = run(&stubborn, &stop).await.unwrap();
+        assert!(o.stopped);
+        assert_eq!(o.ended, Ended::Signalled(9));
+        assert_eq!(o.ended.code(), 137);
+    }
+
+    #[test]
+    fn a_command_line_reads_as_a_shell_would_take_it() {
+        let c: Vec<String> = ["python3", "job.py", "--in", "s3://b/k", "it's"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(command_line(&c), r"python3 job.py --in s3://b/k 'it'\''s'");
+    }
+}
