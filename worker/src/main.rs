@@ -233,36 +233,14 @@ async fn main_inner(
             grace: Duration::from_secs(grace),
             env: supervise::run_env(&run_id, attempt),
         };
-        let Some(prefix) = ssm_prefix else {
-            // Locally: the command's own exit status.
-            let o = supervise::run(&job, &CancellationToken::new()).await?;
-            anyhow::ensure!(
-                o.ended.succeeded(),
-                "{}",
-                supervise::failure_cause(&supervise::command_line(&job.command), &o)
-            );
-            return Ok(());
+        let link = Linked {
+            ssm_prefix,
+            attempt,
+            heartbeat_seconds,
+            token_timeout_seconds,
+            log_group,
         };
-        let link = link::Link::new(&prefix, attempt, heartbeat_seconds).await?;
-        let stream =
-            ephemera_contract::logs::worker_log_stream(&run_id, attempt, &link.instance_id);
-        let shipper = match shipping {
-            Some(buffer) => Some(logship::Shipper::start(
-                aws_sdk_cloudwatchlogs::Client::new(&link::sdk_config().await),
-                &log_group,
-                &stream,
-                buffer,
-            )),
-            None => None,
-        };
-        let outcome = supervised(&job, &run_id, &link, token_timeout_seconds).await;
-        if let Err(e) = &outcome {
-            tracing::error!(error = %format!("{e:#}"), "the worker stops");
-        }
-        if let Some(s) = shipper {
-            s.finish(LOG_FLUSH_PATIENCE).await;
-        }
-        return outcome;
+        return exec(job, &run_id, link, shipping).await;
     }
     let secret = match &cli.command {
         Command::Run {
@@ -380,6 +358,53 @@ async fn main_inner(
         }
     }
     Ok(())
+}
+
+/// `exec`'s link to the run (none locally).
+struct Linked {
+    ssm_prefix: Option<String>,
+    attempt: u32,
+    heartbeat_seconds: u64,
+    token_timeout_seconds: u64,
+    log_group: String,
+}
+
+/// A job: locally, the command's own exit status; on an instance, supervised with the link.
+async fn exec(
+    job: supervise::Job,
+    run_id: &str,
+    linked: Linked,
+    shipping: Option<Arc<logship::Buffer>>,
+) -> Result<()> {
+    let Some(prefix) = linked.ssm_prefix else {
+        let o = supervise::run(&job, &CancellationToken::new()).await?;
+        anyhow::ensure!(
+            o.ended.succeeded(),
+            "{}",
+            supervise::failure_cause(&supervise::command_line(&job.command), &o)
+        );
+        return Ok(());
+    };
+    let link = link::Link::new(&prefix, linked.attempt, linked.heartbeat_seconds).await?;
+    let stream =
+        ephemera_contract::logs::worker_log_stream(run_id, linked.attempt, &link.instance_id);
+    let shipper = match shipping {
+        Some(buffer) => Some(logship::Shipper::start(
+            aws_sdk_cloudwatchlogs::Client::new(&link::sdk_config().await),
+            &linked.log_group,
+            &stream,
+            buffer,
+        )),
+        None => None,
+    };
+    let outcome = supervised(&job, run_id, &link, linked.token_timeout_seconds).await;
+    if let Err(e) = &outcome {
+        tracing::error!(error = %format!("{e:#}"), "the worker stops");
+    }
+    if let Some(s) = shipper {
+        s.finish(LOG_FLUSH_PATIENCE).await;
+    }
+    outcome
 }
 
 /// How long the last log lines may take to reach CloudWatch Logs at exit.
