@@ -574,12 +574,45 @@ impl RunSpec {
                 format!("{args_len} bytes in all; at most 4096 are allowed"),
             );
         }
+        if w.args.first().map(String::as_str) == Some("exec") {
+            Self::validate_job(&w.args, errs);
+        }
         if let Some(p) = &w.instance_profile {
             if p.is_empty() || p.contains(char::is_whitespace) {
                 errs.add(
                     "worker.instance_profile",
                     "must be an instance profile name or ARN",
                 );
+            }
+        }
+    }
+
+    /// `worker.args` of a job (`exec [--grace N] -- <command>`): what the worker would refuse
+    /// only on the instance, after it was launched and billed until its boot deadline.
+    fn validate_job(args: &[String], errs: &mut Errors) {
+        let Some(dashes) = args.iter().position(|a| a == "--") else {
+            errs.add(
+                "worker.args",
+                "a job is `exec [--grace SECONDS] -- <command> [args…]`: `--` and the command are missing",
+            );
+            return;
+        };
+        if dashes + 1 == args.len() {
+            errs.add("worker.args", "no command after `--`");
+        }
+        for (i, a) in args[..dashes].iter().enumerate() {
+            let grace = match a.strip_prefix("--grace=") {
+                Some(v) => Some((i, v)),
+                None if a == "--grace" => args.get(i + 1).map(|v| (i + 1, v.as_str())),
+                None => None,
+            };
+            if let Some((at, v)) = grace {
+                if !v.parse::<u64>().is_ok_and(|g| (1..=110).contains(&g)) {
+                    errs.add(
+                        &format!("worker.args[{at}]"),
+                        format!("--grace {v}: 1 to 110 seconds (a Spot notice gives two minutes)"),
+                    );
+                }
             }
         }
     }
@@ -1283,6 +1316,33 @@ pub(crate) mod tests {
         // The default hour: 182 polls, within the bound.
         v["database"]["snapshot_timeout_seconds"] = json!(3600);
         assert_eq!(RunSpec::parse(&v).unwrap().poll_bounds().snapshot, 182);
+    }
+
+    #[test]
+    fn a_job_is_refused_before_launch_when_the_worker_would_refuse_it() {
+        let mut v = sample();
+        v["worker"]["args"] = json!(["exec", "--grace", "60", "--", "python3", "job.py"]);
+        assert!(RunSpec::parse(&v).is_ok(), "{:?}", errors_of(v.clone()));
+        v["worker"]["args"] = json!(["exec", "python3", "job.py"]);
+        assert!(has(
+            &errors_of(v.clone()),
+            "worker.args",
+            "`--` and the command are missing"
+        ));
+        v["worker"]["args"] = json!(["exec", "--"]);
+        assert!(has(
+            &errors_of(v.clone()),
+            "worker.args",
+            "no command after `--`"
+        ));
+        v["worker"]["args"] = json!(["exec", "--grace", "300", "--", "sh"]);
+        assert!(has(
+            &errors_of(v.clone()),
+            "worker.args[2]",
+            "1 to 110 seconds"
+        ));
+        v["worker"]["args"] = json!(["exec", "--grace=0", "--", "sh"]);
+        assert!(has(&errors_of(v), "worker.args[1]", "1 to 110 seconds"));
     }
 
     #[test]
