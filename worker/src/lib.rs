@@ -11,6 +11,7 @@ pub mod logship;
 pub mod outputs;
 pub mod partition;
 pub mod progress;
+pub mod publish;
 pub mod quality;
 pub mod queue;
 pub mod run;

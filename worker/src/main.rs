@@ -19,7 +19,7 @@ use ephemera_worker::features::{arbitrage, Params};
 use ephemera_worker::run::Ran;
 use ephemera_worker::stage::Stage;
 use ephemera_worker::{
-    db, export, link, logship, outputs, progress, queue, run, seed, supervise, validate,
+    db, export, link, logship, outputs, progress, publish, queue, run, seed, supervise, validate,
 };
 
 #[derive(Parser)]
@@ -152,6 +152,14 @@ enum Command {
         /// The CloudWatch Logs group the command's lines are shipped to; empty ships nothing.
         #[arg(long, default_value = ephemera_contract::logs::WORKER_LOG_GROUP)]
         log_group: String,
+        /// After the command exits 0: every file under this directory is stored under --to with
+        /// a manifest (key, bytes, SHA-256) that verify-completion checks.
+        #[arg(long, requires = "to")]
+        outputs: Option<PathBuf>,
+        /// Where --outputs go: s3://bucket/prefix/ (the RunSpec's expect.export_prefix) or a
+        /// directory.
+        #[arg(long, requires = "outputs")]
+        to: Option<String>,
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -225,9 +233,15 @@ async fn main_inner(
         heartbeat_seconds,
         token_timeout_seconds,
         log_group,
+        outputs,
+        to,
         command,
     } = cli.command
     {
+        let outputs = match (outputs, to) {
+            (Some(dir), Some(to)) => Some((dir, export::Target::parse(&to)?)),
+            _ => None,
+        };
         let job = supervise::Job {
             command,
             grace: Duration::from_secs(grace),
@@ -239,6 +253,7 @@ async fn main_inner(
             heartbeat_seconds,
             token_timeout_seconds,
             log_group,
+            outputs,
         };
         return exec(job, &run_id, link, shipping).await;
     }
@@ -367,6 +382,8 @@ struct Linked {
     heartbeat_seconds: u64,
     token_timeout_seconds: u64,
     log_group: String,
+    /// Where a successful job's outputs go: (its directory, the target).
+    outputs: Option<(PathBuf, export::Target)>,
 }
 
 /// A job: locally, the command's own exit status; on an instance, supervised with the link.
@@ -383,6 +400,9 @@ async fn exec(
             "{}",
             supervise::failure_cause(&supervise::command_line(&job.command), &o)
         );
+        if let Some((dir, target)) = &linked.outputs {
+            println!("{}", publish::publish(dir, target, run_id).await?);
+        }
         return Ok(());
     };
     let link = link::Link::new(&prefix, linked.attempt, linked.heartbeat_seconds).await?;
@@ -397,7 +417,14 @@ async fn exec(
         )),
         None => None,
     };
-    let outcome = supervised(&job, run_id, &link, linked.token_timeout_seconds).await;
+    let outcome = supervised(
+        &job,
+        run_id,
+        &link,
+        linked.token_timeout_seconds,
+        linked.outputs.as_ref(),
+    )
+    .await;
     if let Err(e) = &outcome {
         tracing::error!(error = %format!("{e:#}"), "the worker stops");
     }
@@ -461,6 +488,7 @@ async fn supervised(
     run_id: &str,
     link: &link::Link,
     token_timeout_seconds: u64,
+    outputs: Option<&(PathBuf, export::Target)>,
 ) -> Result<()> {
     link.started(Duration::from_secs(token_timeout_seconds))
         .await?;
@@ -499,6 +527,19 @@ async fn supervised(
             link.fail(&token, names::SPOT_INTERRUPTED, &cause).await
         }
         Ok(o) if o.ended.succeeded() && !o.stopped => {
+            let manifest = match outputs {
+                Some((dir, target)) => match publish::publish(dir, target, run_id).await {
+                    Ok(url) => Some(url),
+                    Err(e) => {
+                        let cause = format!(
+                            "`{command}` exited 0, but its outputs could not be stored: {e:#}"
+                        );
+                        heartbeat.abort();
+                        return link.fail(&token, names::WORKER_FAILED, &cause).await;
+                    }
+                },
+                None => None,
+            };
             let summary = ephemera_contract::Summary {
                 run_id: run_id.to_string(),
                 partitions_done: 0,
@@ -508,7 +549,7 @@ async fn supervised(
                 processed_here: 0,
                 stages: vec![],
                 seconds: o.seconds,
-                manifest: None,
+                manifest,
                 validation: None,
                 job: Some(ephemera_contract::summary::Job {
                     command: command

@@ -603,12 +603,14 @@ async fn sigterm_mid_partition_hands_the_partition_back_and_fails_the_run() {
     assert_eq!(emails.len(), 1, "{emails:?}");
 }
 
-/// `ephemera-worker exec` on the instance, running `sh -c script` for `run_id`'s `attempt`.
+/// `ephemera-worker exec` on the instance, running `sh -c script` for `run_id`'s `attempt`
+/// (with `options` before the `--`).
 fn job(
     region: &str,
     imds_url: &str,
     run_id: &str,
     attempt: u32,
+    options: &[&str],
     script: &str,
 ) -> tokio::process::Child {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ephemera-worker"));
@@ -623,6 +625,7 @@ fn job(
             "--log-group",
             &worker_log_group(),
         ])
+        .args(options)
         .args(["--", "sh", "-c", script])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -648,25 +651,52 @@ async fn any_command_under_exec_is_relaunched_after_spot_and_reported_by_its_exi
         .unwrap();
     let machine = e2e::create_state_machine(region).await;
     let seen = std::env::temp_dir().join(format!("ephemera-exec-attempts-{}", std::process::id()));
+    let out = std::env::temp_dir().join(format!("ephemera-exec-out-{}", std::process::id()));
     let _ = std::fs::remove_file(&seen);
+    let _ = std::fs::remove_dir_all(&out);
+    let mut bucket = aws.s3.create_bucket().bucket(BUCKET);
+    if region != "us-east-1" {
+        bucket = bucket.create_bucket_configuration(
+            aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(region))
+                .build(),
+        );
+    }
+    bucket.send().await.unwrap();
     let script = format!(
         "echo \"attempt $EPHEMERA_ATTEMPT resumed $EPHEMERA_RESUMED\" >> {seen}; \
          trap 'echo stopping at the notice >&2; exit 0' TERM; \
-         if [ \"$EPHEMERA_RESUMED\" = true ]; then exit 0; fi; \
+         if [ \"$EPHEMERA_RESUMED\" = true ]; then \
+           mkdir -p {out}/step=2 && printf 'a,b\\n1,2\\n' > {out}/step=2/part.csv && exit 0; fi; \
          while true; do sleep 0.1; done",
-        seen = seen.display()
+        seen = seen.display(),
+        out = out.display()
     );
 
     let run_id = "exec-spot";
+    let to = format!("s3://{BUCKET}/runs/{run_id}/");
+    let out_dir = out.display().to_string();
+    let outputs = ["--outputs", out_dir.as_str(), "--to", to.as_str()];
     let mut spec = fixtures::runspec(run_id, &net, Some(&inbox.topic_arn));
-    spec["worker"]["args"] = json!(["exec", "--", "sh", "-c", script]);
+    spec["worker"]["args"] = json!([
+        "exec",
+        "--outputs",
+        out_dir,
+        "--to",
+        to,
+        "--",
+        "sh",
+        "-c",
+        script
+    ]);
+    spec["expect"] = json!({"export_prefix": to});
     spec["limits"]["heartbeat_seconds"] = json!(30);
     let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;
     let instance_id = Arc::new(Mutex::new(String::new()));
     let notice = Arc::new(Mutex::new(true));
     let imds_url = imds(instance_id.clone(), notice.clone()).await;
     *instance_id.lock().unwrap() = instance_of(region, run_id, "1").await;
-    let first = job(region, &imds_url, run_id, 1, &script)
+    let first = job(region, &imds_url, run_id, 1, &outputs, &script)
         .wait_with_output()
         .await
         .unwrap();
@@ -677,7 +707,7 @@ async fn any_command_under_exec_is_relaunched_after_spot_and_reported_by_its_exi
     );
     *notice.lock().unwrap() = false;
     *instance_id.lock().unwrap() = instance_of(region, run_id, "2").await;
-    let second = job(region, &imds_url, run_id, 2, &script)
+    let second = job(region, &imds_url, run_id, 2, &outputs, &script)
         .wait_with_output()
         .await
         .unwrap();
@@ -702,6 +732,24 @@ async fn any_command_under_exec_is_relaunched_after_spot_and_reported_by_its_exi
         std::fs::read_to_string(&seen).unwrap(),
         "attempt 1 resumed false\nattempt 2 resumed true\n"
     );
+    // Its outputs, stored with their manifest and checked by verify-completion.
+    assert_eq!(result["manifest"], format!("{to}manifest.json"), "{result}");
+    let checks = done.document["verification"]["checks"].as_array().unwrap();
+    for name in ["objects_present", "object_sizes"] {
+        assert!(
+            checks.iter().any(|c| c["name"] == name && c["ok"] == true),
+            "{name}: {checks:?}"
+        );
+    }
+    let stored = aws
+        .s3
+        .get_object()
+        .bucket(BUCKET)
+        .key(format!("runs/{run_id}/step=2/part.csv"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.content_length(), Some(8));
 
     // A job that fails: its status and its stderr's last lines reach the report.
     let run_id = "exec-fails";
@@ -711,7 +759,7 @@ async fn any_command_under_exec_is_relaunched_after_spot_and_reported_by_its_exi
     spec["limits"]["heartbeat_seconds"] = json!(30);
     let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;
     *instance_id.lock().unwrap() = instance_of(region, run_id, "1").await;
-    let out = job(region, &imds_url, run_id, 1, failing)
+    let out = job(region, &imds_url, run_id, 1, &[], failing)
         .wait_with_output()
         .await
         .unwrap();

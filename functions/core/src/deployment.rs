@@ -98,15 +98,22 @@ impl Deployment {
     }
 }
 
-/// The worker's `--export` targets with their argument's index (`--export X` or `--export=X`).
+/// Where the worker writes, with the argument's index: the feature worker's `--export X` (or
+/// `--export=X`), a job's `--to X` (before its `--`).
 fn export_args(args: &[String]) -> Vec<(usize, &str)> {
+    let own = match args.iter().position(|a| a == "--") {
+        Some(end) => &args[..end],
+        None => args,
+    };
     let mut out = vec![];
-    for (i, a) in args.iter().enumerate() {
-        if let Some(v) = a.strip_prefix("--export=") {
-            out.push((i, v));
-        } else if a == "--export" {
-            if let Some(v) = args.get(i + 1) {
-                out.push((i + 1, v.as_str()));
+    for (i, a) in own.iter().enumerate() {
+        for flag in ["--export", "--to"] {
+            if let Some(v) = a.strip_prefix(flag).and_then(|r| r.strip_prefix('=')) {
+                out.push((i, v));
+            } else if a == flag {
+                if let Some(v) = own.get(i + 1) {
+                    out.push((i + 1, v.as_str()));
+                }
             }
         }
     }
@@ -198,6 +205,26 @@ mod tests {
         // A local directory is the worker's business.
         let local = spec(|v| v["worker"]["args"] = json!(["run", "--export", "/tmp/out"]));
         assert!(deployment().check(&local).is_ok());
+    }
+
+    #[test]
+    fn a_jobs_outputs_go_to_the_export_bucket_too() {
+        let s = spec(|v| {
+            v["worker"]["args"] = json!([
+                "exec",
+                "--outputs",
+                "out",
+                "--to",
+                "s3://elsewhere/x/",
+                "--",
+                "sh",
+                "-c",
+                "echo --to s3://ignored/"
+            ]);
+        });
+        let e = deployment().check(&s).unwrap_err();
+        assert_eq!(e.errors.len(), 1, "{e}");
+        assert_eq!(e.errors[0].field, "worker.args[4]");
     }
 
     #[test]
