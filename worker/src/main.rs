@@ -139,6 +139,11 @@ enum Command {
         /// The run's id, told to the command (EPHEMERA_RUN_ID).
         #[arg(long, default_value = "local")]
         run_id: String,
+        /// Which of the run's workers this is (EPHEMERA_WORKER), of how many (EPHEMERA_WORKERS).
+        #[arg(long, default_value_t = 1)]
+        worker: u32,
+        #[arg(long, default_value_t = 1)]
+        workers: u32,
         /// On an ephemera instance: the run's SSM path (signals and task token live there).
         #[arg(long)]
         ssm_prefix: Option<String>,
@@ -228,6 +233,8 @@ async fn main_inner(
     if let Command::Exec {
         grace,
         run_id,
+        worker,
+        workers,
         ssm_prefix,
         attempt,
         heartbeat_seconds,
@@ -245,7 +252,12 @@ async fn main_inner(
         let job = supervise::Job {
             command,
             grace: Duration::from_secs(grace),
-            env: supervise::run_env(&run_id, attempt),
+            env: supervise::run_env(&supervise::Place {
+                run_id: &run_id,
+                attempt,
+                worker,
+                workers,
+            }),
         };
         let link = Linked {
             ssm_prefix,

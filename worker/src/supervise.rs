@@ -122,13 +122,25 @@ pub fn command_line(command: &[String]) -> String {
         .join(" ")
 }
 
+/// Where a job stands in its run: the run, the attempt, which of the run's workers it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place<'a> {
+    pub run_id: &'a str,
+    pub attempt: u32,
+    /// 1..=workers: each worker's child takes its share of the work by it.
+    pub worker: u32,
+    pub workers: u32,
+}
+
 /// The environment a job's child is told of its run by.
-pub fn run_env(run_id: &str, attempt: u32) -> Vec<(String, String)> {
+pub fn run_env(p: &Place<'_>) -> Vec<(String, String)> {
     vec![
-        ("EPHEMERA_RUN_ID".into(), run_id.into()),
-        ("EPHEMERA_ATTEMPT".into(), attempt.to_string()),
+        ("EPHEMERA_RUN_ID".into(), p.run_id.into()),
+        ("EPHEMERA_ATTEMPT".into(), p.attempt.to_string()),
         // A later attempt follows a Spot reclaim or a lost worker: the job may resume.
-        ("EPHEMERA_RESUMED".into(), (attempt > 1).to_string()),
+        ("EPHEMERA_RESUMED".into(), (p.attempt > 1).to_string()),
+        ("EPHEMERA_WORKER".into(), p.worker.to_string()),
+        ("EPHEMERA_WORKERS".into(), p.workers.to_string()),
     ]
 }
 
@@ -239,14 +251,21 @@ mod tests {
         Job {
             command: vec!["sh".into(), "-c".into(), script.into()],
             grace: Duration::from_secs(5),
-            env: run_env("r1", 2),
+            env: run_env(&Place {
+                run_id: "r1",
+                attempt: 2,
+                worker: 3,
+                workers: 4,
+            }),
         }
     }
 
     #[tokio::test]
     async fn a_job_that_exits_zero_succeeds_and_sees_its_attempt() {
         let o = run(
-            &job(r#"test "$EPHEMERA_ATTEMPT" = 2 && test "$EPHEMERA_RESUMED" = true"#),
+            &job(
+                r#"test "$EPHEMERA_ATTEMPT" = 2 && test "$EPHEMERA_RESUMED" = true && test "$EPHEMERA_WORKER/$EPHEMERA_WORKERS" = 3/4"#,
+            ),
             &CancellationToken::new(),
         )
         .await

@@ -17,6 +17,9 @@ pub struct WorkerLaunch<'a> {
     pub artifact: &'a str,
     pub args: &'a [String],
     pub run_id: &'a str,
+    /// Which of the run's workers (1..=workers) this instance is: a job takes its share by it.
+    pub slot: u32,
+    pub workers: u32,
     pub attempt: u32,
     pub heartbeat_seconds: u64,
     pub ssm_prefix: &'a str,
@@ -44,6 +47,14 @@ pub fn render(w: &WorkerLaunch<'_>) -> String {
     ]);
     if let Some(g) = w.log_group {
         cmd.extend(["--log-group".to_string(), shell_quote(g)]);
+    }
+    if own.first().map(String::as_str) == Some("exec") {
+        cmd.extend([
+            "--worker".to_string(),
+            w.slot.to_string(),
+            "--workers".to_string(),
+            w.workers.to_string(),
+        ]);
     }
     cmd.extend(job.iter().map(|a| shell_quote(a)));
     format!(
@@ -115,6 +126,8 @@ mod tests {
             artifact: "s3://bkt/w",
             args: &args,
             run_id: "r 1",
+            slot: 1,
+            workers: 1,
             attempt: 3,
             heartbeat_seconds: 60,
             ssm_prefix: "/ephemera/runs/r 1",
@@ -160,6 +173,8 @@ mod tests {
             artifact: "s3://bkt/w",
             args: &args,
             run_id: "r1",
+            slot: 1,
+            workers: 1,
             attempt: 2,
             heartbeat_seconds: 60,
             ssm_prefix: "/ephemera/runs/r1",
@@ -179,6 +194,8 @@ mod tests {
             artifact: "s3://bkt/w",
             args,
             run_id: "r1",
+            slot: 3,
+            workers: 4,
             attempt: 1,
             heartbeat_seconds: 60,
             ssm_prefix: "/ephemera/runs/r1",

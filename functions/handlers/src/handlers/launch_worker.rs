@@ -307,6 +307,8 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
         artifact: &spec.worker.artifact,
         args: &spec.worker.args,
         run_id: &spec.run_id,
+        slot,
+        workers: spec.worker.count,
         attempt,
         heartbeat_seconds: spec.limits.heartbeat_seconds,
         ssm_prefix: RunParameters::of_run(&spec.run_id).path(),
