@@ -110,6 +110,26 @@ fn worker_with(
 }
 
 const BUCKET: &str = "ephemera-features";
+
+/// The export bucket, created by whichever test comes first: bucket names are the account's,
+/// not a region's, and the tests run side by side (each run writes under its own prefix).
+async fn export_bucket(s3: &aws_sdk_s3::Client, region: &str) {
+    let mut bucket = s3.create_bucket().bucket(BUCKET);
+    if region != "us-east-1" {
+        // Each test has a region of its own; S3 wants it named outside us-east-1.
+        bucket = bucket.create_bucket_configuration(
+            aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(region))
+                .build(),
+        );
+    }
+    if let Err(e) = bucket.send().await {
+        let owned = e
+            .as_service_error()
+            .is_some_and(|s| s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists());
+        assert!(owned, "CreateBucket: {e:?}");
+    }
+}
 /// A triangle's three pairs, so the cross-pair stages have something to cross.
 const PAIRS: [&str; 3] = ["EURGBP", "EURUSD", "GBPUSD"];
 const MONTHS: usize = 2;
@@ -142,16 +162,7 @@ async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption()
     let net = fixtures::network(&aws).await;
     let inbox = fixtures::inbox(region, "ephemera-reports").await;
     let mut spec = fixtures::runspec(run_id, &net, Some(&inbox.topic_arn));
-    let mut bucket = aws.s3.create_bucket().bucket(BUCKET);
-    if region != "us-east-1" {
-        // Each test has a region of its own; S3 wants it named outside us-east-1.
-        bucket = bucket.create_bucket_configuration(
-            aws_sdk_s3::types::CreateBucketConfiguration::builder()
-                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(region))
-                .build(),
-        );
-    }
-    bucket.send().await.unwrap();
+    export_bucket(&aws.s3, region).await;
     // The workers' log group, as the template creates it.
     let logs = aws_sdk_cloudwatchlogs::Client::new(&ephemera_tests::sdk_config(region));
     logs.create_log_group()
@@ -654,15 +665,7 @@ async fn any_command_under_exec_is_relaunched_after_spot_and_reported_by_its_exi
     let out = std::env::temp_dir().join(format!("ephemera-exec-out-{}", std::process::id()));
     let _ = std::fs::remove_file(&seen);
     let _ = std::fs::remove_dir_all(&out);
-    let mut bucket = aws.s3.create_bucket().bucket(BUCKET);
-    if region != "us-east-1" {
-        bucket = bucket.create_bucket_configuration(
-            aws_sdk_s3::types::CreateBucketConfiguration::builder()
-                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(region))
-                .build(),
-        );
-    }
-    bucket.send().await.unwrap();
+    export_bucket(&aws.s3, region).await;
     let script = format!(
         "echo \"attempt $EPHEMERA_ATTEMPT resumed $EPHEMERA_RESUMED\" >> {seen}; \
          trap 'echo stopping at the notice >&2; exit 0' TERM; \
