@@ -71,7 +71,7 @@ build:
 
 # A whole run on this machine, no AWS account needed: moto plays AWS behind the front door,
 # PostgreSQL holds the bars of data/fx-1m, the real worker binary plays each instance launched.
-# SCENARIO=happy (default), spot-interruption, quota-wait, over-budget or three-workers. It builds the workspace
+# SCENARIO=happy (default), spot-interruption, quota-wait, over-budget, three-workers or exec. It builds the workspace
 # with its tests, as `make test` does, so that one build serves both.
 SCENARIO ?= happy
 demo: $(VENV)/bin/moto_server postgres

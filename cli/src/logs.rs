@@ -36,6 +36,14 @@ pub fn readable(line: &str) -> String {
         out.push(format!("{:<5}", text(l)));
     }
     let fields = v.get("fields").and_then(Value::as_object);
+    // A job's own line (`exec`), relayed by the worker: shown as the job wrote it.
+    if let Some(job) = fields.and_then(|f| f.get("job")) {
+        let stream = fields
+            .and_then(|f| f.get("stream"))
+            .map_or("job".into(), text);
+        out.push(format!("{stream}: {}", text(job)));
+        return out.join(" ");
+    }
     if let Some(m) = fields.and_then(|f| f.get("message")) {
         out.push(text(m));
     }
@@ -156,6 +164,12 @@ mod tests {
             "2026-11-30T10:16:12Z INFO  said started attempt=1 instance=i-0abc"
         );
         assert_eq!(readable("plain text"), "plain text");
+        // A job's line under `exec`: the job's own words, with the stream it wrote them to.
+        let job = r#"{"timestamp":"2026-11-30T10:16:13.1Z","level":"INFO","fields":{"stream":"stderr","job":"epoch 3: loss=0.21"},"target":"ephemera_worker::supervise"}"#;
+        assert_eq!(
+            readable(job),
+            "2026-11-30T10:16:13Z INFO  stderr: epoch 3: loss=0.21"
+        );
         assert_eq!(readable("[1,2]"), "[1,2]");
     }
 

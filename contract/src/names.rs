@@ -1,6 +1,6 @@
 //! Error names as the state machine matches them (`ErrorEquals`) and as executions fail with
-//! them; see DESIGN.md. The Lambdas raise them as `Diagnostic::error_type`, the worker with
-//! SendTaskFailure, the ASL in its Pass and Fail states.
+//! them (ARCHITECTURE.md, "Invariants"). The Lambdas raise them as `Diagnostic::error_type`,
+//! the worker with SendTaskFailure, the ASL in its Pass and Fail states.
 
 /// Defines each name once, and [`ALL`] from the same list, so that no name is left out of it.
 macro_rules! names {

@@ -84,8 +84,8 @@ pub struct FrontDoor {
     denials: Mutex<Vec<Denial>>,
     /// Service-linked roles created, per region (each test's region is its own fresh account).
     service_linked_roles: Mutex<Vec<(String, String)>>,
-    /// (region, instance) → by-id Describe calls still answered NotFound.
-    not_visible_yet: Mutex<HashMap<(String, String), u32>>,
+    /// (region, instance) → by-id Describe calls still answered NotFound, and the launch.
+    not_visible_yet: Mutex<HashMap<(String, String), (u32, std::time::Instant)>>,
     /// RDS snapshots by (region, identifier) still "creating" for this many more reads.
     snapshots_creating: Mutex<HashMap<(String, String), u32>>,
     /// (region, type) the region does not offer though moto knows it.
@@ -573,10 +573,12 @@ async fn fresh_account_ec2(
                 let id = ids.iter().find(|id| {
                     unseen
                         .get(&(region.to_string(), id.to_string()))
-                        .is_some_and(|n| *n > 0)
+                        .is_some_and(|(n, at)| *n > 0 && at.elapsed() < NOT_VISIBLE_FOR)
                 });
                 id.cloned().inspect(|id| {
-                    *unseen.get_mut(&(region.to_string(), id.clone())).unwrap() -= 1;
+                    if let Some((n, _)) = unseen.get_mut(&(region.to_string(), id.clone())) {
+                        *n -= 1;
+                    }
                 })
             };
             if let Some(id) = hidden {
@@ -697,7 +699,10 @@ async fn fresh_account_ec2(
                 }
                 let mut unseen = door.not_visible_yet.lock().unwrap();
                 for id in &ids {
-                    unseen.insert((region.to_string(), id.clone()), NOT_VISIBLE_CALLS);
+                    unseen.insert(
+                        (region.to_string(), id.clone()),
+                        (NOT_VISIBLE_CALLS, std::time::Instant::now()),
+                    );
                 }
                 door.client_tokens
                     .lock()
@@ -761,8 +766,12 @@ fn spot_price_history(form: &HashMap<String, String>) -> Response<Body> {
         .expect("a response")
 }
 
-/// How many by-id Describe calls a new instance stays invisible to.
+/// How many by-id Describe calls a new instance stays invisible to, within how long of its
+/// launch: propagation takes seconds from the launch, not a number of calls, so a first look
+/// minutes later (a health check queued behind throttled invocations) finds it; `make scale`
+/// failed 23 of 200 runs at their boot deadline when the hiding had no end in time.
 const NOT_VISIBLE_CALLS: u32 = 2;
+const NOT_VISIBLE_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
 type RawResponse = (u16, Vec<(String, String)>, String);
 
@@ -1042,6 +1051,26 @@ async fn enforce(
     for c in &checks {
         if let Err(reason) = door.authorize(principal, region, c) {
             return Some(access_denied(service, &reason));
+        }
+    }
+    if action == "s3:GetObject" {
+        // A missing object is 404 NoSuchKey only to a caller who may list the bucket; to any
+        // other, 403 AccessDenied (S3 API reference, GetObject, "Permissions").
+        let path = parts.uri.path();
+        let bucket = path
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        let mut list = Check::new("s3:ListBucket", format!("arn:aws:s3:::{bucket}"));
+        list.context.insert("aws:userid".into(), userid.clone());
+        if door.authorize(principal, region, &list).is_err()
+            && !door.s3_object_exists(region, path).await
+        {
+            return Some(access_denied(
+                service,
+                &format!("not authorized to perform s3:ListBucket on arn:aws:s3:::{bucket}, so a missing object is not told apart from a refused one"),
+            ));
         }
     }
     if let Some((slr_service, role)) = slr {
@@ -1549,6 +1578,19 @@ impl FrontDoor {
                 Some((key.to_string(), value.to_string()))
             })
             .collect()
+    }
+
+    /// Whether `path` (`/bucket/key`) names an object moto holds.
+    async fn s3_object_exists(&self, region: &str, path: &str) -> bool {
+        self.http
+            .head(format!("{}{path}", self.moto))
+            .header(
+                "authorization",
+                format!("AWS4-HMAC-SHA256 Credential=testing/20260101/{region}/s3/aws4_request, SignedHeaders=host, Signature=0"),
+            )
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
     }
 
     async fn instance_tags(&self, region: &str, id: &str) -> Vec<(String, String)> {

@@ -765,6 +765,31 @@ mod tests {
     }
 
     #[test]
+    fn a_job_may_list_what_it_reads_and_replace_its_checkpoints_in_the_export_bucket_only() {
+        let p = template();
+        let may = |action: &str, resource: String| {
+            p.authorize(
+                &Principal::Worker,
+                "us-east-1",
+                &Check::new(action, resource),
+            )
+        };
+        // Listing tells a missing checkpoint (NoSuchKey) from a refusal (AccessDenied).
+        for bucket in [EXPORT_BUCKET, ARTIFACT_BUCKET] {
+            assert_eq!(
+                may("s3:ListBucket", format!("arn:aws:s3:::{bucket}")),
+                Ok(())
+            );
+        }
+        assert!(may("s3:ListBucket", "arn:aws:s3:::another-bucket".into()).is_err());
+        let superseded = format!("arn:aws:s3:::{EXPORT_BUCKET}/checkpoints/r1/worker-1/g1/x");
+        assert_eq!(may("s3:DeleteObject", superseded), Ok(()));
+        let worker = format!("arn:aws:s3:::{ARTIFACT_BUCKET}/worker/ephemera-worker");
+        assert!(may("s3:DeleteObject", worker.clone()).is_err());
+        assert!(may("s3:PutObject", worker).is_err());
+    }
+
+    #[test]
     fn the_report_is_written_under_its_two_names_only() {
         let p = template();
         let terminate = Principal::Function("terminate-with-cost-report".into());

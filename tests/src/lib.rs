@@ -1,4 +1,4 @@
-//! The test harness: moto server behind one front door (DESIGN.md, "The harness").
+//! The test harness: moto server behind one front door (ARCHITECTURE.md, "The harness").
 //!
 //! Every client talks to the front door. It serves Lambda invocations from the real handler
 //! code with real Lambda error semantics, Service Quotas from a stand-in that follows the

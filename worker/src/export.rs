@@ -2,119 +2,17 @@
 //! directory; listed in the run's manifest (`ephemera_contract::Manifest`) that verify-completion
 //! checks.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow_schema::{Field, Schema};
 use chrono::NaiveDate;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
-use sha2::{Digest, Sha256};
 
 use crate::column::{Column, Kind};
-
-/// Where the export goes: `s3://bucket/prefix/` or a local directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    S3 { bucket: String, prefix: String },
-    Dir(PathBuf),
-}
-
-impl Target {
-    pub fn parse(s: &str) -> Result<Target> {
-        if let Some(rest) = s.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                bail!("--export '{s}': no bucket; expected s3://bucket/prefix/ or a directory");
-            }
-            let mut prefix = prefix.to_string();
-            if !prefix.is_empty() && !prefix.ends_with('/') {
-                prefix.push('/');
-            }
-            return Ok(Target::S3 {
-                bucket: bucket.to_string(),
-                prefix,
-            });
-        }
-        if s.is_empty() || s.contains("://") {
-            bail!("--export '{s}': expected s3://bucket/prefix/ or a local directory");
-        }
-        Ok(Target::Dir(PathBuf::from(s)))
-    }
-
-    /// The manifest key (relative name `rel`) as it is listed and fetched.
-    pub fn key(&self, rel: &str) -> String {
-        match self {
-            Target::S3 { prefix, .. } => format!("{prefix}{rel}"),
-            Target::Dir(_) => rel.to_string(),
-        }
-    }
-
-    /// Where `key` is, for the report: an s3:// URL or a path.
-    pub fn url(&self, key: &str) -> String {
-        match self {
-            Target::S3 { bucket, .. } => format!("s3://{bucket}/{key}"),
-            Target::Dir(d) => d.join(key).display().to_string(),
-        }
-    }
-}
-
-/// Writes objects to a target. S3 needs a client; a directory does not.
-#[derive(Clone)]
-pub struct Store {
-    pub target: Target,
-    s3: Option<aws_sdk_s3::Client>,
-}
-
-impl Store {
-    pub async fn new(target: Target) -> Store {
-        let s3 = match &target {
-            Target::S3 { .. } => {
-                let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-                // Against an emulator (a custom endpoint) buckets cannot be virtual hosts.
-                let s3 = aws_sdk_s3::config::Builder::from(&conf)
-                    .force_path_style(conf.endpoint_url().is_some())
-                    .build();
-                Some(aws_sdk_s3::Client::from_conf(s3))
-            }
-            Target::Dir(_) => None,
-        };
-        Store { target, s3 }
-    }
-
-    /// Stores `bytes` under `key` (from [`Target::key`]). A file appears whole or not at all.
-    pub async fn put(&self, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<()> {
-        match (&self.target, &self.s3) {
-            (Target::S3 { bucket, .. }, Some(s3)) => {
-                s3.put_object()
-                    .bucket(bucket)
-                    .key(key)
-                    .content_type(content_type)
-                    .body(bytes.into())
-                    .send()
-                    .await
-                    .with_context(|| format!("uploading s3://{bucket}/{key}"))?;
-            }
-            (Target::Dir(dir), _) => write_atomically(&dir.join(key), &bytes)?,
-            (Target::S3 { .. }, None) => bail!("no S3 client for an s3:// target"),
-        }
-        Ok(())
-    }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
-    let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
-}
 
 /// The file name of one stage of one partition, Hive-style so query engines see pair and month.
 pub fn object_name(stage: &str, pair: &str, month: NaiveDate) -> String {
@@ -170,33 +68,13 @@ pub fn parquet(t: &Table) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
     #[test]
-    fn targets() {
-        assert_eq!(
-            Target::parse("s3://b/runs/r1").unwrap(),
-            Target::S3 {
-                bucket: "b".into(),
-                prefix: "runs/r1/".into()
-            }
-        );
-        let t = Target::parse("s3://b").unwrap();
-        assert_eq!(t.key("m.json"), "m.json");
-        assert_eq!(t.url("m.json"), "s3://b/m.json");
-        assert!(Target::parse("s3:///x")
-            .unwrap_err()
-            .to_string()
-            .contains("no bucket"));
-        assert!(Target::parse("gs://b/x").is_err());
-        assert_eq!(Target::parse("out").unwrap(), Target::Dir("out".into()));
+    fn object_names_are_hive_style() {
         assert_eq!(
             object_name(
                 "indicators",

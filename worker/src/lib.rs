@@ -2,10 +2,13 @@
 //! PostgreSQL, computes feature stages and writes them back with binary COPY.
 
 pub mod bars;
+pub mod checkpoint;
 pub mod column;
 pub mod db;
 pub mod export;
 pub mod features;
+pub mod fetch;
+pub mod job;
 pub mod link;
 pub mod logship;
 pub mod outputs;
@@ -17,6 +20,7 @@ pub mod queue;
 pub mod run;
 pub mod seed;
 pub mod stage;
+pub mod store;
 pub mod supervise;
 pub mod table;
 pub mod validate;

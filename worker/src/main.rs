@@ -6,7 +6,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use ephemera_worker::features::{arbitrage, Params};
 use ephemera_worker::run::Ran;
 use ephemera_worker::stage::Stage;
 use ephemera_worker::{
-    db, export, link, logship, outputs, progress, publish, queue, run, seed, supervise, validate,
+    db, fetch, job, link, logship, outputs, progress, queue, run, seed, store, supervise, validate,
 };
 
 #[derive(Parser)]
@@ -165,6 +165,25 @@ enum Command {
         /// directory.
         #[arg(long, requires = "outputs")]
         to: Option<String>,
+        /// Where the command runs; --fetch, --checkpoint and --outputs are relative to it.
+        #[arg(long, default_value = ".")]
+        workdir: PathBuf,
+        /// Before the command starts: an archive (s3://bucket/job.tar.gz, .tgz, .tar) unpacked
+        /// into --workdir, or every object under a prefix (s3://bucket/inputs/) copied there.
+        /// May be given more than once.
+        #[arg(long)]
+        fetch: Vec<String>,
+        /// A directory the command keeps its checkpoints in (EPHEMERA_CHECKPOINT): saved under
+        /// --checkpoint-to every --checkpoint-every seconds and when the instance is going away,
+        /// and put back before the command starts on the next attempt.
+        #[arg(long, requires = "checkpoint_to")]
+        checkpoint: Option<PathBuf>,
+        /// Where checkpoints are saved: s3://bucket/prefix/ (the export bucket), under
+        /// <run id>/worker-<n>/; or a directory.
+        #[arg(long, requires = "checkpoint")]
+        checkpoint_to: Option<String>,
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(10..=86_400))]
+        checkpoint_every: u64,
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -230,44 +249,8 @@ async fn main_inner(
     progress: indicatif::ProgressBar,
     shipping: Option<Arc<logship::Buffer>>,
 ) -> Result<()> {
-    if let Command::Exec {
-        grace,
-        run_id,
-        worker,
-        workers,
-        ssm_prefix,
-        attempt,
-        heartbeat_seconds,
-        token_timeout_seconds,
-        log_group,
-        outputs,
-        to,
-        command,
-    } = cli.command
-    {
-        let outputs = match (outputs, to) {
-            (Some(dir), Some(to)) => Some((dir, export::Target::parse(&to)?)),
-            _ => None,
-        };
-        let job = supervise::Job {
-            command,
-            grace: Duration::from_secs(grace),
-            env: supervise::run_env(&supervise::Place {
-                run_id: &run_id,
-                attempt,
-                worker,
-                workers,
-            }),
-        };
-        let link = Linked {
-            ssm_prefix,
-            attempt,
-            heartbeat_seconds,
-            token_timeout_seconds,
-            log_group,
-            outputs,
-        };
-        return exec(job, &run_id, link, shipping).await;
+    if let Command::Exec { .. } = cli.command {
+        return exec(cli.command, shipping).await;
     }
     let secret = match &cli.command {
         Command::Run {
@@ -344,7 +327,7 @@ async fn main_inner(
                 run_id,
                 lease_seconds,
                 max_attempts,
-                export: export.as_deref().map(export::Target::parse).transpose()?,
+                export: export.as_deref().map(store::Target::parse).transpose()?,
                 stop: stop.clone(),
                 progress,
                 params: Params {
@@ -360,19 +343,12 @@ async fn main_inner(
                 return Ok(());
             };
             let link = link::Link::new(&prefix, attempt, heartbeat_seconds).await?;
-            let shipper = match shipping {
-                Some(buffer) => Some(logship::Shipper::start(
-                    aws_sdk_cloudwatchlogs::Client::new(&link::sdk_config().await),
-                    &log_group,
-                    &ephemera_contract::logs::worker_log_stream(
-                        &opts.run_id,
-                        attempt,
-                        &link.instance_id,
-                    ),
-                    buffer,
-                )),
-                None => None,
-            };
+            let stream = ephemera_contract::logs::worker_log_stream(
+                &opts.run_id,
+                attempt,
+                &link.instance_id,
+            );
+            let shipper = start_shipper(shipping, &log_group, &stream).await;
             let outcome = orchestrated(opts, &link, token_timeout_seconds).await;
             if let Err(e) = &outcome {
                 // Said here too, so that the shipped lines tell why the worker stopped.
@@ -387,56 +363,106 @@ async fn main_inner(
     Ok(())
 }
 
-/// `exec`'s link to the run (none locally).
+/// `exec`'s link to the run: none locally.
 struct Linked {
     ssm_prefix: Option<String>,
     attempt: u32,
     heartbeat_seconds: u64,
     token_timeout_seconds: u64,
     log_group: String,
-    /// Where a successful job's outputs go: (its directory, the target).
-    outputs: Option<(PathBuf, export::Target)>,
+}
+
+/// `exec`'s command line as the job's plan and its link to the run.
+fn exec_plan(command: Command) -> Result<(job::Plan, Linked)> {
+    let Command::Exec {
+        grace,
+        run_id,
+        worker,
+        workers,
+        ssm_prefix,
+        attempt,
+        heartbeat_seconds,
+        token_timeout_seconds,
+        log_group,
+        outputs,
+        to,
+        workdir,
+        fetch,
+        checkpoint,
+        checkpoint_to,
+        checkpoint_every,
+        command,
+    } = command
+    else {
+        anyhow::bail!("not an exec command");
+    };
+    let outputs = match (outputs, to) {
+        (Some(dir), Some(to)) => Some((dir, store::Target::parse(&to)?)),
+        _ => None,
+    };
+    let checkpoint = match (checkpoint, checkpoint_to) {
+        (Some(dir), Some(to)) => Some(job::Checkpointing {
+            dir,
+            to: store::Target::parse(&to).context("--checkpoint-to")?,
+            every: Duration::from_secs(checkpoint_every),
+        }),
+        _ => None,
+    };
+    let plan = job::Plan {
+        job: supervise::Job {
+            command,
+            grace: Duration::from_secs(grace),
+            env: supervise::run_env(&supervise::Place {
+                run_id: &run_id,
+                attempt,
+                worker,
+                workers,
+            }),
+            workdir,
+        },
+        fetch: fetch
+            .iter()
+            .map(|f| fetch::Source::parse(f))
+            .collect::<Result<_>>()?,
+        checkpoint,
+        outputs,
+        run_id,
+        worker,
+    };
+    let linked = Linked {
+        ssm_prefix,
+        attempt,
+        heartbeat_seconds,
+        token_timeout_seconds,
+        log_group,
+    };
+    Ok((plan, linked))
 }
 
 /// A job: locally, the command's own exit status; on an instance, supervised with the link.
-async fn exec(
-    job: supervise::Job,
-    run_id: &str,
-    linked: Linked,
-    shipping: Option<Arc<logship::Buffer>>,
-) -> Result<()> {
-    let Some(prefix) = linked.ssm_prefix else {
-        let o = supervise::run(&job, &CancellationToken::new()).await?;
+async fn exec(command: Command, shipping: Option<Arc<logship::Buffer>>) -> Result<()> {
+    let (plan, linked) = exec_plan(command)?;
+    let Some(prefix) = &linked.ssm_prefix else {
+        let ready = job::prepare(&plan).await?;
+        let stop = CancellationToken::new();
+        let sigterm = on_sigterm(stop.clone(), "SIGTERM: stopping the job");
+        let o = job::run(&ready, &stop).await?;
+        sigterm.abort();
         anyhow::ensure!(
             o.ended.succeeded(),
             "{}",
-            supervise::failure_cause(&supervise::command_line(&job.command), &o)
+            supervise::failure_cause(&supervise::command_line(&plan.job.command), &o)
         );
-        if let Some((dir, target)) = &linked.outputs {
-            println!("{}", publish::publish(dir, target, run_id).await?);
+        if let Some(manifest) = job::publish(&plan).await? {
+            println!("{manifest}");
         }
         return Ok(());
     };
-    let link = link::Link::new(&prefix, linked.attempt, linked.heartbeat_seconds).await?;
+    let link = link::Link::new(prefix, linked.attempt, linked.heartbeat_seconds).await?;
     let stream =
-        ephemera_contract::logs::worker_log_stream(run_id, linked.attempt, &link.instance_id);
-    let shipper = match shipping {
-        Some(buffer) => Some(logship::Shipper::start(
-            aws_sdk_cloudwatchlogs::Client::new(&link::sdk_config().await),
-            &linked.log_group,
-            &stream,
-            buffer,
-        )),
-        None => None,
-    };
-    let outcome = supervised(
-        &job,
-        run_id,
-        &link,
-        linked.token_timeout_seconds,
-        linked.outputs.as_ref(),
-    )
-    .await;
+        ephemera_contract::logs::worker_log_stream(&plan.run_id, linked.attempt, &link.instance_id);
+    let shipper = start_shipper(shipping, &linked.log_group, &stream).await;
+    let outcome = supervised(&plan, &link, linked.token_timeout_seconds).await;
     if let Err(e) = &outcome {
         tracing::error!(error = %format!("{e:#}"), "the worker stops");
     }
@@ -444,6 +470,29 @@ async fn exec(
         s.finish(LOG_FLUSH_PATIENCE).await;
     }
     outcome
+}
+
+/// Ships the buffered log lines to `stream` of `group`, when there is a buffer.
+async fn start_shipper(
+    shipping: Option<Arc<logship::Buffer>>,
+    group: &str,
+    stream: &str,
+) -> Option<logship::Shipper> {
+    let buffer = shipping?;
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&link::sdk_config().await);
+    Some(logship::Shipper::start(logs, group, stream, buffer))
+}
+
+/// Cancels `stop` on SIGTERM (the instance shutting down, usually a Spot reclaim).
+fn on_sigterm(stop: CancellationToken, what: &'static str) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+            tracing::warn!("{what}");
+            stop.cancel();
+        }
+    })
 }
 
 /// How long the last log lines may take to reach CloudWatch Logs at exit.
@@ -461,18 +510,7 @@ async fn orchestrated(
     let stop = opts.stop.clone();
     let notice = Arc::new(AtomicBool::new(false));
     let spot = link.watch_spot(notice.clone(), stop.clone());
-    let sigterm = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            if let Ok(mut s) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            {
-                s.recv().await;
-                tracing::warn!("SIGTERM: aborting the partitions in hand");
-                stop.cancel();
-            }
-        })
-    };
+    let sigterm = on_sigterm(stop.clone(), "SIGTERM: aborting the partitions in hand");
     let work = tokio::spawn(run::run_and_hand_back(opts));
     let token = link
         .wait_for_token(Duration::from_secs(token_timeout_seconds))
@@ -494,14 +532,9 @@ async fn orchestrated(
     reported
 }
 
-/// On an ephemera instance, a job: started → token → the command, heartbeating → its report.
-async fn supervised(
-    job: &supervise::Job,
-    run_id: &str,
-    link: &link::Link,
-    token_timeout_seconds: u64,
-    outputs: Option<&(PathBuf, export::Target)>,
-) -> Result<()> {
+/// On an ephemera instance, a job: started → token → inputs and checkpoint → the command,
+/// heartbeating → its outputs → its report.
+async fn supervised(plan: &job::Plan, link: &link::Link, token_timeout_seconds: u64) -> Result<()> {
     link.started(Duration::from_secs(token_timeout_seconds))
         .await?;
     let token = link
@@ -511,82 +544,80 @@ async fn supervised(
     let stop = CancellationToken::new();
     let notice = Arc::new(AtomicBool::new(false));
     let spot = link.watch_spot(notice.clone(), stop.clone());
-    let sigterm = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            if let Ok(mut s) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            {
-                s.recv().await;
-                tracing::warn!("SIGTERM: stopping the job");
-                stop.cancel();
-            }
-        })
+    let sigterm = on_sigterm(stop.clone(), "SIGTERM: stopping the job");
+    let outcome = match job::prepare(plan).await {
+        Ok(ready) => job::run(&ready, &stop).await,
+        Err(e) => Err(e.context("before the command started")),
     };
-    let outcome = supervise::run(job, &stop).await;
     spot.abort();
     sigterm.abort();
     if stop.is_cancelled() && !notice.load(Ordering::SeqCst) && link.spot_notice().await.is_some() {
         notice.store(true, Ordering::SeqCst);
     }
-    let command = supervise::command_line(&job.command);
-    let reported = match outcome {
-        Ok(o) if notice.load(Ordering::SeqCst) => {
-            let cause = format!(
-                "Spot interruption notice on {} (attempt {}): the job was stopped ({}) and runs again on the next attempt",
-                link.instance_id, link.attempt, o.ended
-            );
-            link.fail(&token, names::SPOT_INTERRUPTED, &cause).await
-        }
-        Ok(o) if o.ended.succeeded() && !o.stopped => {
-            let manifest = match outputs {
-                Some((dir, target)) => match publish::publish(dir, target, run_id).await {
-                    Ok(url) => Some(url),
-                    Err(e) => {
-                        let cause = format!(
-                            "`{command}` exited 0, but its outputs could not be stored: {e:#}"
-                        );
-                        heartbeat.abort();
-                        return link.fail(&token, names::WORKER_FAILED, &cause).await;
-                    }
-                },
-                None => None,
-            };
-            let summary = ephemera_contract::Summary {
-                run_id: run_id.to_string(),
-                partitions_done: 0,
-                partitions_failed: 0,
-                rows_in: 0,
-                rows_out: 0,
-                processed_here: 0,
-                stages: vec![],
-                seconds: o.seconds,
-                manifest,
-                validation: None,
-                job: Some(ephemera_contract::summary::Job {
-                    command: command
-                        .chars()
-                        .take(ephemera_contract::summary::JOB_COMMAND_KEPT)
-                        .collect(),
-                    exit_code: 0,
-                    seconds: o.seconds,
-                }),
-            };
-            println!("{}", serde_json::to_string_pretty(&summary)?);
-            link.succeed(&token, &summary).await
-        }
-        Ok(o) => {
-            let cause = supervise::failure_cause(&command, &o);
-            tracing::error!(%cause, "the job failed");
-            link.fail(&token, names::WORKER_FAILED, &cause).await
-        }
+    let reported = report_job(plan, link, &token, outcome, notice.load(Ordering::SeqCst)).await;
+    heartbeat.abort();
+    reported
+}
+
+/// A job's report: SpotInterrupted (it runs again), success with its summary once its outputs
+/// are stored, or Worker.Failed with how it ended.
+async fn report_job(
+    plan: &job::Plan,
+    link: &link::Link,
+    token: &link::Token,
+    outcome: Result<supervise::Outcome>,
+    notice: bool,
+) -> Result<()> {
+    let command = supervise::command_line(&plan.job.command);
+    let o = match outcome {
+        Ok(o) => o,
         Err(e) => {
-            link.fail(&token, names::WORKER_FAILED, &format!("{e:#}"))
+            return link
+                .fail(token, names::WORKER_FAILED, &format!("{e:#}"))
                 .await
         }
     };
-    heartbeat.abort();
-    reported
+    if notice {
+        let cause = format!(
+            "Spot interruption notice on {} (attempt {}): the job was stopped ({}) and runs again on the next attempt",
+            link.instance_id, link.attempt, o.ended
+        );
+        return link.fail(token, names::SPOT_INTERRUPTED, &cause).await;
+    }
+    if !o.ended.succeeded() || o.stopped {
+        let cause = supervise::failure_cause(&command, &o);
+        tracing::error!(%cause, "the job failed");
+        return link.fail(token, names::WORKER_FAILED, &cause).await;
+    }
+    let manifest = match job::publish(plan).await {
+        Ok(m) => m,
+        Err(e) => {
+            let cause = format!("`{command}` exited 0, but its outputs could not be stored: {e:#}");
+            return link.fail(token, names::WORKER_FAILED, &cause).await;
+        }
+    };
+    let summary = ephemera_contract::Summary {
+        run_id: plan.run_id.clone(),
+        partitions_done: 0,
+        partitions_failed: 0,
+        rows_in: 0,
+        rows_out: 0,
+        processed_here: 0,
+        stages: vec![],
+        seconds: o.seconds,
+        manifest,
+        validation: None,
+        job: Some(ephemera_contract::summary::Job {
+            command: command
+                .chars()
+                .take(ephemera_contract::summary::JOB_COMMAND_KEPT)
+                .collect(),
+            exit_code: 0,
+            seconds: o.seconds,
+        }),
+    };
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    link.succeed(token, &summary).await
 }
 
 /// Sends the run's outcome: SpotInterrupted, Failed, or success with the summary.

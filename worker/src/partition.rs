@@ -15,7 +15,7 @@ use tokio_postgres::Client;
 use crate::bars::{clean, Bars, Quality};
 use crate::column::{self, Column};
 use crate::db::{checked_ident, feature_types, BAR_TYPES, SOURCE_TYPES};
-use crate::export::{self, Store};
+use crate::export;
 use crate::features::{
     arbitrage, causality, currency_index, finite, indicators, regime, regression, Columns, Params,
 };
@@ -23,6 +23,7 @@ use crate::outputs;
 use crate::quality::{self, Computed, Exported};
 use crate::queue::{self, Claim};
 use crate::stage::{Scope, Stage, ALL_PAIRS};
+use crate::store::{self, Store};
 use crate::table::{self, Rows};
 use crate::validate;
 
@@ -351,7 +352,7 @@ async fn export_partition(
                     key: key.clone(),
                     rows: n,
                     bytes: bytes.len() as u64,
-                    sha256: Some(export::sha256_hex(&bytes)),
+                    sha256: Some(store::sha256_hex(&bytes)),
                 });
                 store
                     .put(&key, bytes, "application/vnd.apache.parquet")
@@ -381,7 +382,7 @@ async fn export_partition(
             key: key.clone(),
             rows,
             bytes: bytes.len() as u64,
-            sha256: Some(export::sha256_hex(&bytes)),
+            sha256: Some(store::sha256_hex(&bytes)),
         };
         store
             .put(&key, bytes, "application/vnd.apache.parquet")

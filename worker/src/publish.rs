@@ -1,44 +1,17 @@
 //! A job's outputs (`exec --outputs DIR --to TARGET`): every file under DIR stored under the
-//! target with its size and SHA-256, then the manifest (`ephemera_contract::Manifest`, the one
+//! target with its size and SHA-256 (large files in parts), then the manifest (`ephemera_contract::Manifest`, the one
 //! the feature export writes) that verify-completion checks the objects against.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use ephemera_contract::manifest::MANIFEST_FILE;
 use ephemera_contract::{Manifest, ManifestObject};
 
-use crate::export::{sha256_hex, Store, Target};
+use crate::store::{files, Store, Target};
 
-/// Files stored at once: S3 takes parallel PUTs well, and each file is held in memory whole.
+/// Files stored at once: S3 takes parallel PUTs well (a large file's parts go a few at once too).
 const AT_ONCE: usize = 4;
-
-/// Every regular file under `dir`, by its path relative to `dir` ('/'-separated), in order.
-pub fn files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let mut out = vec![];
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(d) = pending.pop() {
-        for entry in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
-            let entry = entry?;
-            let path = entry.path();
-            let kind = entry.file_type()?;
-            if kind.is_dir() {
-                pending.push(path);
-            } else if kind.is_file() {
-                let rel = path
-                    .strip_prefix(dir)
-                    .unwrap_or(&path)
-                    .components()
-                    .map(|c| c.as_os_str().to_string_lossy())
-                    .collect::<Vec<_>>()
-                    .join("/");
-                out.push((rel, path));
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
 
 /// Stores the files under `dir` and their manifest in `target`; the manifest's URL.
 pub async fn publish(dir: &Path, target: &Target, run_id: &str) -> Result<String> {
@@ -55,17 +28,13 @@ pub async fn publish(dir: &Path, target: &Target, run_id: &str) -> Result<String
             let store = store.clone();
             let key = target.key(rel);
             async move {
-                let bytes = tokio::fs::read(path)
-                    .await
-                    .with_context(|| format!("reading {}", path.display()))?;
-                let object = ManifestObject {
-                    key: key.clone(),
+                let stored = store.put_file(&key, path).await?;
+                anyhow::Ok(ManifestObject {
+                    key,
                     rows: 0,
-                    bytes: bytes.len() as u64,
-                    sha256: Some(sha256_hex(&bytes)),
-                };
-                store.put(&key, bytes, "application/octet-stream").await?;
-                anyhow::Ok(object)
+                    bytes: stored.bytes,
+                    sha256: Some(stored.sha256),
+                })
             }
         }))
         .await?;
@@ -90,6 +59,7 @@ pub async fn publish(dir: &Path, target: &Target, run_id: &str) -> Result<String
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::sha256_hex;
 
     #[tokio::test]
     async fn every_file_is_stored_with_its_size_and_digest_and_listed() {

@@ -17,12 +17,12 @@ use ta_lib::Core;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::export::{Store, Target};
 use crate::features::Params;
 use crate::partition::{self, Work};
 use crate::quality::{self, Exported, Validated};
 use crate::queue::Claim;
 use crate::stage::Stage;
+use crate::store::{Store, Target};
 use crate::{db, outputs, queue};
 
 /// How long an idle task waits before looking again while other partitions are in progress.

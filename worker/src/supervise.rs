@@ -5,6 +5,7 @@
 //! the last lines of its standard error.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,6 +29,8 @@ pub struct Job {
     pub grace: Duration,
     /// Added to the child's environment.
     pub env: Vec<(String, String)>,
+    /// Where the child runs (its inputs are fetched there).
+    pub workdir: PathBuf,
 }
 
 /// How the child ended.
@@ -154,6 +157,7 @@ pub async fn run(job: &Job, stop: &CancellationToken) -> Result<Outcome> {
     let mut child = tokio::process::Command::new(program)
         .args(args)
         .envs(job.env.iter().cloned())
+        .current_dir(&job.workdir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -257,6 +261,7 @@ mod tests {
                 worker: 3,
                 workers: 4,
             }),
+            workdir: ".".into(),
         }
     }
 

@@ -10,7 +10,7 @@ use ephemera_contract::logs::worker_log_stream;
 use ephemera_tests::iam::worker_log_group;
 use ephemera_tests::postgres::postgres;
 use ephemera_tests::{clients, e2e, fixtures, fresh_region, harness};
-use ephemera_worker::{db, export, outputs, queue, seed};
+use ephemera_worker::{db, outputs, queue, seed, store};
 use serde_json::json;
 
 /// The local IMDS, following the test's instance id and notice flag.
@@ -307,7 +307,7 @@ async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption()
     for o in &manifest.objects {
         let bytes = get(o.key.clone()).await;
         assert_eq!(bytes.len() as u64, o.bytes, "{}", o.key);
-        assert_eq!(Some(export::sha256_hex(&bytes)), o.sha256, "{}", o.key);
+        assert_eq!(Some(store::sha256_hex(&bytes)), o.sha256, "{}", o.key);
     }
     assert_eq!(
         manifest.objects.iter().map(|o| o.rows).sum::<u64>(),
@@ -614,6 +614,32 @@ async fn sigterm_mid_partition_hands_the_partition_back_and_fails_the_run() {
     assert_eq!(emails.len(), 1, "{emails:?}");
 }
 
+/// A gzip'd tar of `entries` (name, bytes).
+fn tar_gz(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    for (name, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, *data).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+/// An object of the export bucket, as JSON.
+async fn s3_json(s3: &aws_sdk_s3::Client, key: &str) -> serde_json::Value {
+    let o = s3
+        .get_object()
+        .bucket(BUCKET)
+        .key(key)
+        .send()
+        .await
+        .unwrap();
+    serde_json::from_slice(&o.body.collect().await.unwrap().into_bytes()).unwrap()
+}
+
 /// `ephemera-worker exec` on the instance, running `sh -c script` for `run_id`'s `attempt`
 /// (with `options` before the `--`).
 fn job(
@@ -645,9 +671,11 @@ fn job(
         .unwrap()
 }
 
-/// Any command as the run's worker: a job stopped by a Spot notice (SIGTERM, then its grace)
-/// runs again on the relaunch, told it resumes; one that exits non-zero ends the run with its
-/// exit status and the last lines of its stderr in the report.
+/// Any command as the run's worker: its inputs fetched from S3, a job stopped by a Spot notice
+/// (SIGTERM, then its grace) has its checkpoint saved and runs again on the relaunch, on another
+/// machine, with the checkpoint back and told it resumes; its outputs (one in parts) stored with
+/// their manifest; one that exits non-zero ends the run with its exit status and the last lines
+/// of its stderr in the report.
 #[tokio::test]
 async fn any_command_under_exec_is_relaunched_after_spot_and_reported_by_its_exit_status() {
     let region = fresh_region();
@@ -661,37 +689,64 @@ async fn any_command_under_exec_is_relaunched_after_spot_and_reported_by_its_exi
         .await
         .unwrap();
     let machine = e2e::create_state_machine(region).await;
-    let seen = std::env::temp_dir().join(format!("ephemera-exec-attempts-{}", std::process::id()));
-    let out = std::env::temp_dir().join(format!("ephemera-exec-out-{}", std::process::id()));
-    let _ = std::fs::remove_file(&seen);
-    let _ = std::fs::remove_dir_all(&out);
+    let base = std::env::temp_dir().join(format!("ephemera-exec-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).unwrap();
+    let seen = base.join("attempts");
     export_bucket(&aws.s3, region).await;
+    let run_id = "exec-spot";
+    // The job's inputs: an archive in the export bucket.
+    let inputs = format!("jobs/{run_id}/inputs.tar.gz");
+    aws.s3
+        .put_object()
+        .bucket(BUCKET)
+        .key(&inputs)
+        .body(tar_gz(&[("input.txt", b"hello\n")]).into())
+        .send()
+        .await
+        .unwrap();
+    // The checkpoint's file and one output are 9 MiB (and a byte): past the store's 8 MiB, so
+    // both go up in parts.
     let script = format!(
-        "echo \"attempt $EPHEMERA_ATTEMPT resumed $EPHEMERA_RESUMED\" >> {seen}; \
-         trap 'echo stopping at the notice >&2; exit 0' TERM; \
+        "echo \"attempt $EPHEMERA_ATTEMPT resumed $EPHEMERA_RESUMED restored $EPHEMERA_CHECKPOINT_RESTORED input $(cat input.txt)\" >> {seen}; \
+         trap 'head -c 9437184 /dev/zero > \"$EPHEMERA_CHECKPOINT/big.tmp\" && mv \"$EPHEMERA_CHECKPOINT/big.tmp\" \"$EPHEMERA_CHECKPOINT/big\" && echo 2 > \"$EPHEMERA_CHECKPOINT/step\"; echo stopping at the notice >&2; exit 0' TERM; \
          if [ \"$EPHEMERA_RESUMED\" = true ]; then \
-           mkdir -p {out}/step=2 && printf 'a,b\\n1,2\\n' > {out}/step=2/part.csv && exit 0; fi; \
+           test \"$(cat \"$EPHEMERA_CHECKPOINT/step\")\" = 2 && test \"$(wc -c < \"$EPHEMERA_CHECKPOINT/big\")\" -eq 9437184 || exit 9; \
+           mkdir -p out/step=2 && printf 'a,b\\n1,2\\n' > out/step=2/part.csv && head -c 9437185 /dev/zero > out/model.bin && exit 0; fi; \
          while true; do sleep 0.1; done",
         seen = seen.display(),
-        out = out.display()
     );
 
-    let run_id = "exec-spot";
     let to = format!("s3://{BUCKET}/runs/{run_id}/");
-    let out_dir = out.display().to_string();
-    let outputs = ["--outputs", out_dir.as_str(), "--to", to.as_str()];
+    let fetch = format!("s3://{BUCKET}/{inputs}");
+    let checkpoint_to = format!("s3://{BUCKET}/checkpoints/");
+    let options = |workdir: &str| -> Vec<String> {
+        [
+            "--workdir",
+            workdir,
+            "--fetch",
+            &fetch,
+            "--checkpoint",
+            "ckpt",
+            "--checkpoint-to",
+            &checkpoint_to,
+            "--outputs",
+            "out",
+            "--to",
+            &to,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
     let mut spec = fixtures::runspec(run_id, &net, Some(&inbox.topic_arn));
-    spec["worker"]["args"] = json!([
-        "exec",
-        "--outputs",
-        out_dir,
-        "--to",
-        to,
-        "--",
-        "sh",
-        "-c",
-        script
-    ]);
+    let mut args = vec![json!("exec")];
+    args.extend(
+        options("/var/lib/ephemera/work")
+            .into_iter()
+            .map(|o| json!(o)),
+    );
+    args.extend([json!("--"), json!("sh"), json!("-c"), json!(script)]);
+    spec["worker"]["args"] = json!(args);
     spec["expect"] = json!({"export_prefix": to});
     spec["limits"]["heartbeat_seconds"] = json!(30);
     let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;
@@ -699,7 +754,10 @@ async fn any_command_under_exec_is_relaunched_after_spot_and_reported_by_its_exi
     let notice = Arc::new(Mutex::new(true));
     let imds_url = imds(instance_id.clone(), notice.clone()).await;
     *instance_id.lock().unwrap() = instance_of(region, run_id, "1").await;
-    let first = job(region, &imds_url, run_id, 1, &outputs, &script)
+    // Each attempt on a machine of its own: an empty working directory.
+    let first_options = options(&base.join("w1").display().to_string());
+    let first_options: Vec<&str> = first_options.iter().map(String::as_str).collect();
+    let first = job(region, &imds_url, run_id, 1, &first_options, &script)
         .wait_with_output()
         .await
         .unwrap();
@@ -710,7 +768,9 @@ async fn any_command_under_exec_is_relaunched_after_spot_and_reported_by_its_exi
     );
     *notice.lock().unwrap() = false;
     *instance_id.lock().unwrap() = instance_of(region, run_id, "2").await;
-    let second = job(region, &imds_url, run_id, 2, &outputs, &script)
+    let second_options = options(&base.join("w2").display().to_string());
+    let second_options: Vec<&str> = second_options.iter().map(String::as_str).collect();
+    let second = job(region, &imds_url, run_id, 2, &second_options, &script)
         .wait_with_output()
         .await
         .unwrap();
@@ -733,8 +793,16 @@ async fn any_command_under_exec_is_relaunched_after_spot_and_reported_by_its_exi
     );
     assert_eq!(
         std::fs::read_to_string(&seen).unwrap(),
-        "attempt 1 resumed false\nattempt 2 resumed true\n"
+        "attempt 1 resumed false restored 0 input hello\nattempt 2 resumed true restored 2 input hello\n"
     );
+    // The checkpoint as the notice's save left it: its list, under the run and the worker.
+    let list = s3_json(
+        &aws.s3,
+        &format!("checkpoints/{run_id}/worker-1/checkpoint.json"),
+    )
+    .await;
+    assert_eq!(list["files"][0]["path"], "big", "{list}");
+    assert_eq!(list["files"][0]["bytes"], 9437184, "{list}");
     // Its outputs, stored with their manifest and checked by verify-completion.
     assert_eq!(result["manifest"], format!("{to}manifest.json"), "{result}");
     let checks = done.document["verification"]["checks"].as_array().unwrap();
@@ -753,6 +821,25 @@ async fn any_command_under_exec_is_relaunched_after_spot_and_reported_by_its_exi
         .await
         .unwrap();
     assert_eq!(stored.content_length(), Some(8));
+    let model = aws
+        .s3
+        .get_object()
+        .bucket(BUCKET)
+        .key(format!("runs/{run_id}/model.bin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(model.content_length(), Some(9437185));
+    let bytes = model.body.collect().await.unwrap().into_bytes();
+    let manifest = s3_json(&aws.s3, &format!("runs/{run_id}/manifest.json")).await;
+    let listed = manifest["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["key"] == format!("runs/{run_id}/model.bin"))
+        .expect("model.bin in the manifest");
+    assert_eq!(listed["sha256"], store::sha256_hex(&bytes), "{manifest}");
+    std::fs::remove_dir_all(&base).unwrap();
 
     // A job that fails: its status and its stderr's last lines reach the report.
     let run_id = "exec-fails";

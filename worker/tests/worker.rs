@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use ephemera_tests::postgres::postgres;
-use ephemera_worker::{db, export, outputs, partition, queue, run, seed, validate};
+use ephemera_worker::{db, outputs, partition, queue, run, seed, store, validate};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 mod common;
@@ -302,7 +302,7 @@ async fn validates_and_exports_parquet_with_a_manifest_and_flags_planted_faults(
     o.stages = ["indicators", "regression", "validate", "export"]
         .map(String::from)
         .to_vec();
-    o.export = Some(export::Target::Dir(dir.clone()));
+    o.export = Some(store::Target::Dir(dir.clone()));
     let s = run::run(o.clone()).await.unwrap();
     // One pair × two months × four stages.
     assert_eq!((s.partitions_done, s.partitions_failed), (8, 0), "{s:?}");
@@ -326,7 +326,7 @@ async fn validates_and_exports_parquet_with_a_manifest_and_flags_planted_faults(
     for obj in &m.objects {
         let bytes = std::fs::read(dir.join(&obj.key)).unwrap();
         assert_eq!(
-            (bytes.len() as u64, Some(export::sha256_hex(&bytes))),
+            (bytes.len() as u64, Some(store::sha256_hex(&bytes))),
             (obj.bytes, obj.sha256.clone())
         );
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))

@@ -230,6 +230,7 @@ pub fn assemble(p: Parts<'_>) -> CostReport {
                 attempts: e.worker.as_ref().map_or(0, |w| w.attempts.len() as u32),
                 reported: e.result.is_some(),
                 error: e.error.as_ref().map(failure_for),
+                work: e.result.as_ref().and_then(WorkerLine::work_of),
             })
             .collect(),
         phases: phases(p.quota, p.ends, &attempts, &p.timing),

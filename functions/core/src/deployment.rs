@@ -59,7 +59,8 @@ impl Deployment {
                 );
             }
         }
-        for (i, target) in export_args(&spec.worker.args) {
+        self.check_job_places(&spec.worker.args, &mut add);
+        for (i, target) in flag_values(&spec.worker.args, &["--export", "--to"]) {
             let Some((bucket, _)) = parse_s3_url(target) else {
                 continue; // a directory on the instance: the worker's own business
             };
@@ -98,16 +99,54 @@ impl Deployment {
     }
 }
 
-/// Where the worker writes, with the argument's index: the feature worker's `--export X` (or
-/// `--export=X`), a job's `--to X` (before its `--`).
-fn export_args(args: &[String]) -> Vec<(usize, &str)> {
+impl Deployment {
+    /// A job's `--checkpoint-to` (read and written: the export bucket) and `--fetch` (read:
+    /// the artifact or the export bucket), the only places the worker's role grants.
+    fn check_job_places(&self, args: &[String], add: &mut impl FnMut(String, String)) {
+        for (i, to) in flag_values(args, &["--checkpoint-to"]) {
+            match (parse_s3_url(to), &self.export_bucket) {
+                (Some((bucket, _)), Some(allowed)) if bucket != allowed => add(
+                    format!("worker.args[{i}]"),
+                    format!("--checkpoint-to '{to}' is outside the export bucket {allowed}, the only one the worker's role may write to and read back from"),
+                ),
+                _ => {}
+            }
+        }
+        for (i, from) in flag_values(args, &["--fetch"]) {
+            let Some((bucket, _)) = parse_s3_url(from) else {
+                continue;
+            };
+            let readable: Vec<&String> = [&self.artifact_bucket, &self.export_bucket]
+                .into_iter()
+                .flatten()
+                .collect();
+            if !readable.is_empty() && !readable.contains(&&bucket.to_string()) {
+                add(
+                    format!("worker.args[{i}]"),
+                    format!(
+                        "--fetch '{from}' is outside the buckets the worker's role may read: {}",
+                        readable
+                            .iter()
+                            .map(|b| b.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// The values of `flags` in the worker's own arguments (before a job's `--`), each with its
+/// argument's index: `--flag X` or `--flag=X`.
+fn flag_values<'a>(args: &'a [String], flags: &[&str]) -> Vec<(usize, &'a str)> {
     let own = match args.iter().position(|a| a == "--") {
         Some(end) => &args[..end],
         None => args,
     };
     let mut out = vec![];
     for (i, a) in own.iter().enumerate() {
-        for flag in ["--export", "--to"] {
+        for &flag in flags {
             if let Some(v) = a.strip_prefix(flag).and_then(|r| r.strip_prefix('=')) {
                 out.push((i, v));
             } else if a == flag {
@@ -192,6 +231,59 @@ mod tests {
             ["expect.export_prefix", "worker.args[1]"]
         );
         assert!(e.to_string().contains("the export bucket exports"), "{e}");
+    }
+
+    #[test]
+    fn a_jobs_inputs_and_checkpoints_must_be_where_the_worker_may_read_and_write() {
+        let job = |args: serde_json::Value| {
+            spec(|v| {
+                v["worker"]["args"] = args;
+                v["expect"]["export_prefix"] = serde_json::Value::Null;
+            })
+        };
+        let fine = job(json!([
+            "exec",
+            "--fetch",
+            "s3://artifacts/jobs/train.tar.gz",
+            "--fetch=s3://exports/inputs/",
+            "--checkpoint",
+            "ckpt",
+            "--checkpoint-to",
+            "s3://exports/checkpoints/",
+            "--",
+            "python3",
+            "train.py",
+            "--fetch",
+            "s3://anywhere/x"
+        ]));
+        assert_eq!(fields(deployment().check(&fine)), Vec::<String>::new());
+        let e = deployment()
+            .check(&job(json!([
+                "exec",
+                "--fetch",
+                "s3://someone-elses/job.tgz",
+                "--checkpoint",
+                "c",
+                "--checkpoint-to=s3://artifacts/ckpt/",
+                "--",
+                "true"
+            ])))
+            .unwrap_err();
+        assert_eq!(
+            e.errors
+                .iter()
+                .map(|e| e.field.as_str())
+                .collect::<Vec<_>>(),
+            ["worker.args[5]", "worker.args[2]"]
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains(
+                "--checkpoint-to 's3://artifacts/ckpt/' is outside the export bucket exports"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("--fetch 's3://someone-elses/job.tgz' is outside the buckets the worker's role may read: artifacts, exports"), "{text}");
     }
 
     #[test]

@@ -44,8 +44,8 @@ pub fn deadline(spec: &RunSpec, entered: DateTime<Utc>) -> DateTime<Utc> {
         )
 }
 
-/// The tags of DESIGN.md plus the user's cost tags: the run, its execution, which worker and
-/// which attempt, the deadline, and a Name.
+/// ephemera's tags (`contract/src/tags.rs`) plus the user's cost tags: the run, its
+/// execution, which worker and which attempt, the deadline, and a Name.
 pub fn tags(
     spec: &RunSpec,
     execution: &str,

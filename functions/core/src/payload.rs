@@ -44,6 +44,10 @@ pub const CODE_KEPT: usize = 64;
 pub const DETAIL_KEPT: usize = 200;
 /// A note of the report (a price estimated, a history unread: they may quote AWS).
 pub const NOTE_KEPT: usize = 300;
+/// A worker's line in the report: what it reported doing.
+pub const WORK_KEPT: usize = 300;
+/// `$.verification.outputs` at its largest.
+const OUTPUTS_BYTES: usize = 1_200;
 /// A check's detail in `$.verification` (the workers check names every lost worker).
 pub const CHECK_DETAIL_KEPT: usize = 2000;
 
@@ -117,7 +121,9 @@ pub fn bound(spec: &RunSpec) -> Bound {
     let error = size(&w.top_error()) + 1;
     // The verification's checks, in `$.verification` and again in the report; the workers
     // check names every lost worker with its cause.
-    let checks = CHECK_DETAIL_KEPT * 2;
+    // With the outputs' line: the manifest's URL (a key is at most 1,024 bytes, a bucket's
+    // name 63) and two counts.
+    let checks = CHECK_DETAIL_KEPT * 2 + OUTPUTS_BYTES * 2;
     let report = FIXED_BYTES
         + checks
         + error * 2
@@ -339,6 +345,7 @@ impl Worst {
             attempts: u32::MAX,
             reported: false,
             error: Some(self.error(CAUSE_KEPT)),
+            work: Some(Worst::text(WORK_KEPT)),
         }
     }
 

@@ -679,6 +679,15 @@ pub fn render(r: &CostReport) -> String {
                 );
             }
             out.push_str("</tbody></table>");
+            if let Some(o) = &v.outputs {
+                let _ = write!(
+                    out,
+                    r#"<p id="outputs">Outputs: {} object(s), {} bytes, listed in <code>{}</code></p>"#,
+                    o.objects,
+                    o.bytes,
+                    escape(&o.manifest)
+                );
+            }
         }
         None => out.push_str(
             r#"<p id="verification-none">Not verified: the run ended before verify-completion passed (its failed checks, if any, are in the error above).</p>"#,
@@ -800,6 +809,7 @@ mod tests {
                     detail: "20 rows written, at least 10 expected".into(),
                 }],
                 verified_at: at(999),
+                outputs: None,
             }),
             stored: None,
         }
@@ -1012,6 +1022,7 @@ mod tests {
                 attempts: 2,
                 reported: true,
                 error: None,
+                work: Some("`python3 train.py` exited 0 after 812 s".into()),
             },
             crate::rundoc::WorkerLine {
                 slot: 2,
@@ -1021,6 +1032,7 @@ mod tests {
                     error: "Worker.TimedOut".into(),
                     cause: Some("silent <3 min".into()),
                 }),
+                work: None,
             },
         ];
         let t = timeline(&r);
@@ -1039,6 +1051,11 @@ mod tests {
             "escaped cause"
         );
         assert!(html.contains(r#"data-worker="2" data-attempt="1""#));
+        // A job's worker says what it ran and how it ended.
+        assert!(
+            html.contains("reported: `python3 train.py` exited 0 after 812 s"),
+            "{html}"
+        );
         // One worker: no workers table, no worker prefixes.
         let one = report();
         assert!(!render(&one).contains(r#"id="workers""#));

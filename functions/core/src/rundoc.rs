@@ -156,6 +156,17 @@ pub struct Verification {
     pub ok: bool,
     pub checks: Vec<Check>,
     pub verified_at: DateTime<Utc>,
+    /// What the manifest lists, when the worker reported one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<Outputs>,
+}
+
+/// A run's outputs as its manifest lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outputs {
+    pub manifest: String,
+    pub objects: u64,
+    pub bytes: u64,
 }
 
 /// A Step Functions error as caught (`Catch` with `ResultPath: $.error`).
@@ -318,11 +329,33 @@ pub struct WorkerLine {
     /// It was lost: why (its partitions were left for the others to take over).
     #[serde(default)]
     pub error: Option<CaughtError>,
+    /// What it reported doing: a job's command and exit, or the feature worker's partitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work: Option<String>,
 }
 
 impl WorkerLine {
+    /// What a worker's report says it did, in a line ([`crate::payload::WORK_KEPT`] at most).
+    pub fn work_of(result: &serde_json::Value) -> Option<String> {
+        let s: crate::contract::Summary = serde_json::from_value(result.clone()).ok()?;
+        let line = match &s.job {
+            Some(j) => format!(
+                "`{}` exited {} after {:.0} s",
+                j.command, j.exit_code, j.seconds
+            ),
+            None => format!(
+                "{} partitions done ({} here), {} rows out",
+                s.partitions_done, s.processed_here, s.rows_out
+            ),
+        };
+        Some(crate::payload::cap(&line, crate::payload::WORK_KEPT))
+    }
+
     /// How the worker ended, as the email and the page say it.
     pub fn ended(&self) -> String {
+        if let (None, true, Some(w)) = (&self.error, self.reported, &self.work) {
+            return format!("reported: {w}");
+        }
         match (&self.error, self.reported) {
             (Some(e), _) => format!(
                 "lost: {}{}",
@@ -507,6 +540,17 @@ pub fn render_email(r: &CostReport) -> (String, String) {
         "Time: quota wait {} s, boot {} s, work {} s, teardown {} s, total {} s\n",
         p.quota_wait_seconds, p.boot_seconds, p.work_seconds, p.teardown_seconds, p.total_seconds
     ));
+    if let [w] = r.workers.as_slice() {
+        if let (None, Some(work)) = (&w.error, &w.work) {
+            b.push_str(&format!("Work: {work}\n"));
+        }
+    }
+    if let Some(o) = r.verification.as_ref().and_then(|v| v.outputs.as_ref()) {
+        b.push_str(&format!(
+            "Outputs: {} object(s), {} bytes, listed in {}\n",
+            o.objects, o.bytes, o.manifest
+        ));
+    }
     if r.workers.len() > 1 || r.workers.iter().any(|w| w.error.is_some()) {
         b.push_str("\nWorkers:\n");
         for w in &r.workers {
@@ -651,6 +695,33 @@ mod tests {
         let (_, body) = render_email(&r);
         assert!(
             body.contains("(HTML): s3://out/runs/fx-2023/report.html\n  in the S3 console: https://s3.console.aws.amazon.com/s3/object/out?prefix=runs/fx-2023/report.html\n"),
+            "{body}"
+        );
+        // A job's run: what it ran and what it left, in words.
+        r.workers = vec![WorkerLine {
+            slot: 1,
+            attempts: 2,
+            reported: true,
+            error: None,
+            work: WorkerLine::work_of(&serde_json::json!({
+                "run_id": "fx-2023", "partitions_done": 0, "partitions_failed": 0,
+                "rows_in": 0, "rows_out": 0, "seconds": 811.6,
+                "job": {"command": "python3 train.py --epochs 3", "exit_code": 0, "seconds": 811.6}
+            })),
+        }];
+        r.verification = Some(Verification {
+            ok: true,
+            checks: vec![],
+            verified_at: Utc::now(),
+            outputs: Some(Outputs {
+                manifest: "s3://out/runs/fx-2023/manifest.json".into(),
+                objects: 3,
+                bytes: 9437193,
+            }),
+        });
+        let (_, body) = render_email(&r);
+        assert!(
+            body.contains("Work: `python3 train.py --epochs 3` exited 0 after 812 s\nOutputs: 3 object(s), 9437193 bytes, listed in s3://out/runs/fx-2023/manifest.json\n"),
             "{body}"
         );
         // Reports stored before these fields existed still read.

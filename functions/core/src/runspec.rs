@@ -212,6 +212,12 @@ pub struct Expectations {
     /// `s3://bucket/prefix/`: where the export and its manifest must be.
     #[serde(default)]
     pub export_prefix: Option<String>,
+    /// Objects the manifest must list at least (a job's outputs: `exec --outputs`).
+    #[serde(default)]
+    pub min_objects: Option<u64>,
+    /// Bytes the manifest's objects must hold at least, in all.
+    #[serde(default)]
+    pub min_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -613,6 +619,34 @@ impl RunSpec {
                         format!("--grace {v}: 1 to 110 seconds (a Spot notice gives two minutes)"),
                     );
                 }
+            }
+            if let Some(v) = a.strip_prefix("--checkpoint-every=").or_else(|| {
+                (a == "--checkpoint-every")
+                    .then(|| args.get(i + 1).map(String::as_str))
+                    .flatten()
+            }) {
+                if !v.parse::<u64>().is_ok_and(|s| (10..=86_400).contains(&s)) {
+                    errs.add(
+                        &format!("worker.args[{i}]"),
+                        format!("--checkpoint-every {v}: 10 to 86400 seconds"),
+                    );
+                }
+            }
+        }
+        // Options that only work together: clap on the instance would refuse them after the
+        // launch, so they are named here.
+        let own = &args[..dashes];
+        let has = |flag: &str| {
+            own.iter()
+                .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+        };
+        for (one, other) in [("--outputs", "--to"), ("--checkpoint", "--checkpoint-to")] {
+            if has(one) != has(other) {
+                let (given, missing) = if has(one) { (one, other) } else { (other, one) };
+                errs.add(
+                    "worker.args",
+                    format!("{given} needs {missing} (exec {one} DIR {other} s3://bucket/prefix/)"),
+                );
             }
         }
     }
@@ -1342,7 +1376,53 @@ pub(crate) mod tests {
             "1 to 110 seconds"
         ));
         v["worker"]["args"] = json!(["exec", "--grace=0", "--", "sh"]);
-        assert!(has(&errors_of(v), "worker.args[1]", "1 to 110 seconds"));
+        assert!(has(
+            &errors_of(v.clone()),
+            "worker.args[1]",
+            "1 to 110 seconds"
+        ));
+        v["worker"]["args"] = json!([
+            "exec",
+            "--checkpoint",
+            "c",
+            "--checkpoint-every",
+            "5",
+            "--",
+            "sh"
+        ]);
+        let errs = errors_of(v.clone());
+        assert!(
+            has(&errs, "worker.args[3]", "10 to 86400 seconds"),
+            "{errs:?}"
+        );
+        assert!(
+            has(&errs, "worker.args", "--checkpoint needs --checkpoint-to"),
+            "{errs:?}"
+        );
+        v["worker"]["args"] = json!(["exec", "--to=s3://b/x/", "--", "sh"]);
+        assert!(has(
+            &errors_of(v.clone()),
+            "worker.args",
+            "--to needs --outputs"
+        ));
+        v["worker"]["args"] = json!([
+            "exec",
+            "--fetch",
+            "s3://b/job.tgz",
+            "--checkpoint",
+            "c",
+            "--checkpoint-to",
+            "s3://b/c/",
+            "--checkpoint-every=60",
+            "--outputs",
+            "out",
+            "--to",
+            "s3://b/o/",
+            "--",
+            "sh",
+            "--checkpoint"
+        ]);
+        assert!(RunSpec::parse(&v).is_ok(), "{:?}", errors_of(v));
     }
 
     #[test]

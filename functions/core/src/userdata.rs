@@ -66,6 +66,8 @@ set -euo pipefail
 trap 'echo "ephemera: bootstrap failed at line $LINENO; shutting down" >&2; /sbin/shutdown -h now' ERR
 export AWS_REGION={region} AWS_DEFAULT_REGION={region}
 install -d -m 0755 /opt/ephemera
+# A job's working directory: its --fetch inputs, checkpoints and outputs are relative to it.
+install -d -m 0700 /var/lib/ephemera/work
 # S3 can fail transiently: a few tries before giving up.
 for try in 1 2 3 4 5; do
   aws s3 cp {artifact} /opt/ephemera/ephemera-worker && break
@@ -85,9 +87,12 @@ After=network-online.target
 [Service]
 Environment=AWS_REGION={region}
 ExecStart=/opt/ephemera/run.sh
-# Spot gives two minutes' notice: time to release partitions.
+WorkingDirectory=/var/lib/ephemera/work
+# Spot gives two minutes' notice: time to release partitions. SIGTERM to the worker only (mixed):
+# it stops a job's command itself, with the job's grace, then saves its checkpoint and reports.
 KillSignal=SIGTERM
-TimeoutStopSec=100
+KillMode=mixed
+TimeoutStopSec=115
 # Whatever happens to the worker, the instance does not outlive it (shutdown = terminate).
 ExecStopPost=/sbin/shutdown -h +3
 [Install]
@@ -246,7 +251,8 @@ mod tests {
                 "/sbin/shutdown",
                 &dir.join("shutdown").display().to_string(),
             )
-            .replace("install -d -m 0755 /opt/ephemera", "true");
+            .replace("install -d -m 0755 /opt/ephemera", "true")
+            .replace("install -d -m 0700 /var/lib/ephemera/work", "true");
         let out = std::process::Command::new("bash")
             .arg("-c")
             .arg(&script)
@@ -282,5 +288,9 @@ mod tests {
             "{line}"
         );
         assert_eq!(after, "python3 job.py --step 2");
+        // The job runs in a directory of its own, and only the worker hears systemd's SIGTERM:
+        // it gives the command its grace and saves the checkpoint before the stop timeout.
+        assert!(script.contains("\nWorkingDirectory=/var/lib/ephemera/work\n"));
+        assert!(script.contains("\nKillMode=mixed\n"));
     }
 }

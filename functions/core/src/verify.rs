@@ -61,7 +61,10 @@ pub fn check_report(spec: &RunSpec, r: &Summary) -> Vec<Check> {
         out.push(check(
             "manifest_location",
             under,
-            format!("manifest {:?}, expected under {prefix}", r.manifest),
+            match &r.manifest {
+                Some(m) => format!("manifest {m}, expected under {prefix}"),
+                None => format!("no manifest, expected one under {prefix}"),
+            },
         ));
     }
     out
@@ -95,6 +98,24 @@ pub fn check_manifest(
             report.rows_out
         ),
     ));
+    let bytes: u64 = manifest.objects.iter().map(|o| o.bytes).sum();
+    if let Some(n) = spec.expect.min_objects {
+        out.push(check(
+            "min_objects",
+            manifest.objects.len() as u64 >= n,
+            format!(
+                "{} objects listed, at least {n} expected",
+                manifest.objects.len()
+            ),
+        ));
+    }
+    if let Some(n) = spec.expect.min_bytes {
+        out.push(check(
+            "min_bytes",
+            bytes >= n,
+            format!("{bytes} bytes listed, at least {n} expected"),
+        ));
+    }
     let prefix_key = spec
         .expect
         .export_prefix
@@ -326,6 +347,58 @@ mod tests {
         assert_eq!(bad.len(), 2);
         assert!(bad[0].detail.contains("missing: runs/r1/b.parquet"));
         assert!(bad[1].detail.contains("99 bytes"));
+    }
+
+    #[test]
+    fn a_jobs_outputs_are_held_to_their_expected_count_and_size() {
+        let mut s = spec();
+        s.expect.min_objects = Some(2);
+        s.expect.min_bytes = Some(151);
+        let m = Manifest {
+            run_id: "r1".into(),
+            objects: vec![ManifestObject {
+                key: "runs/r1/model.bin".into(),
+                rows: 0,
+                bytes: 150,
+                sha256: None,
+            }],
+        };
+        let found = BTreeMap::from([("runs/r1/model.bin".to_string(), Some(150))]);
+        let mut r = report();
+        r.rows_out = 0;
+        let bad: Vec<(String, String)> = check_manifest(&s, &r, &m, &found)
+            .into_iter()
+            .filter(|c| !c.ok)
+            .map(|c| (c.name, c.detail))
+            .collect();
+        assert_eq!(
+            bad,
+            [
+                (
+                    "min_objects".to_string(),
+                    "1 objects listed, at least 2 expected".to_string()
+                ),
+                (
+                    "min_bytes".to_string(),
+                    "150 bytes listed, at least 151 expected".to_string()
+                )
+            ]
+        );
+    }
+
+    #[test]
+    fn a_report_without_a_manifest_says_so_in_words() {
+        let mut r = report();
+        r.manifest = None;
+        let c = check_report(&spec(), &r)
+            .into_iter()
+            .find(|c| c.name == "manifest_location")
+            .unwrap();
+        assert!(!c.ok);
+        assert_eq!(
+            c.detail,
+            "no manifest, expected one under s3://out/runs/r1/"
+        );
     }
 
     fn end(slot: u32, result: Option<serde_json::Value>, error: Option<(&str, &str)>) -> WorkerEnd {

@@ -254,7 +254,11 @@ async fn boot(setup: &Setup, id: &str, worker: u32, attempt: u32) -> Result<Chil
     )
     .await;
     let log = std::fs::File::create(log_path(&setup.logs, worker, attempt))?;
+    // The instance's own disk: the unit's working directory, empty on each instance.
+    let disk = setup.logs.join(format!("instance-{worker}-{attempt}"));
+    std::fs::create_dir_all(&disk)?;
     let mut cmd = Command::new(&setup.worker_bin);
+    cmd.current_dir(&disk);
     // The instance profile's role, from its IMDS: held to the template's WorkerRole policy.
     crate::instance_env(&mut cmd, region, &imds);
     cmd.args(&command[1..])

@@ -42,6 +42,10 @@ pub enum Scenario {
     /// Three workers on one queue: Spot takes one back (relaunched, it resumes), another is
     /// killed for good (its partitions are taken over); each partition is done exactly once.
     ThreeWorkers,
+    /// Any job: `examples/resumable-job/job.py` under `ephemera-worker exec`, its inputs fetched
+    /// from S3; Spot takes the first instance back mid-job, and the relaunch resumes from the
+    /// checkpoint the notice saved; its outputs are stored and verified.
+    Exec,
 }
 
 impl Scenario {
@@ -52,6 +56,7 @@ impl Scenario {
             Scenario::QuotaWait => "quota-wait",
             Scenario::OverBudget => "over-budget",
             Scenario::ThreeWorkers => "three-workers",
+            Scenario::Exec => "exec",
         }
     }
 
@@ -80,9 +85,13 @@ impl Scenario {
                 f.error.as_deref().unwrap_or("no error"),
                 f.cause.as_deref().unwrap_or("no cause")
             )),
-            Scenario::SpotInterruption if f.visited("Relaunch") == 0 || attempts < 2 => Err(
-                format!("Spot's reclaim did not relaunch the worker ({attempts} attempt(s))"),
-            ),
+            Scenario::SpotInterruption | Scenario::Exec
+                if f.visited("Relaunch") == 0 || attempts < 2 =>
+            {
+                Err(format!(
+                    "Spot's reclaim did not relaunch the worker ({attempts} attempt(s))"
+                ))
+            }
             Scenario::QuotaWait if f.visited("WaitQuota") == 0 => {
                 Err("the run did not wait for the quota increase".into())
             }
@@ -266,9 +275,52 @@ fn runspec(scenario: Scenario, run_id: &str, net: &fixtures::Network, topic: &st
                 args.extend([json!("--lease-seconds"), json!("15")]);
             }
         }
+        Scenario::Exec => {
+            spec["worker"]["args"] = json!([
+                "exec",
+                "--fetch",
+                format!("s3://{EXPORT_BUCKET}/{}", job_archive_key(run_id)),
+                "--checkpoint",
+                "ckpt",
+                "--checkpoint-to",
+                format!("s3://{EXPORT_BUCKET}/checkpoints/"),
+                "--checkpoint-every",
+                "10",
+                "--outputs",
+                "out",
+                "--to",
+                export,
+                "--grace",
+                "20",
+                "--",
+                "python3",
+                "job.py"
+            ]);
+            spec["expect"] = json!({"export_prefix": export, "min_objects": 2});
+        }
         Scenario::Happy | Scenario::SpotInterruption => {}
     }
     spec
+}
+
+/// Where the exec scenario's job (the script and its bars) is stored for `--fetch`.
+fn job_archive_key(run_id: &str) -> String {
+    format!("jobs/{run_id}/job.tar.gz")
+}
+
+/// `examples/resumable-job/job.py` and the pairs' bars under `bars/`, as one gzip'd tar.
+fn job_archive(pairs: &[String]) -> Result<Vec<u8>> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    tar.append_path_with_name(root.join("examples/resumable-job/job.py"), "job.py")?;
+    for p in pairs {
+        tar.append_path_with_name(
+            data_dir().join(format!("{p}.csv.gz")),
+            format!("bars/{p}.csv.gz"),
+        )?;
+    }
+    Ok(tar.into_inner()?.finish()?)
 }
 
 /// Runs the demo; Ok(true) when the run ended as the scenario should.
@@ -335,6 +387,21 @@ pub async fn run(o: Options, console: Console) -> Result<bool> {
         .send()
         .await
         .context("creating the workers' log group")?;
+    if o.scenario == Scenario::Exec {
+        aws.s3
+            .put_object()
+            .bucket(EXPORT_BUCKET)
+            .key(job_archive_key(&run_id))
+            .body(job_archive(&o.pairs)?.into())
+            .send()
+            .await
+            .context("storing the job's archive")?;
+        console.line(&format!(
+            "  the job: examples/resumable-job/job.py with the bars of {}, as s3://{EXPORT_BUCKET}/{}",
+            o.pairs.join(", "),
+            job_archive_key(&run_id)
+        ));
+    }
     if o.scenario == Scenario::QuotaWait {
         h.door.with_quotas(region, |q| {
             q.applied.insert(SPOT_QUOTA.into(), 8.0);
@@ -370,6 +437,12 @@ pub async fn run(o: Options, console: Console) -> Result<bool> {
             player.seen.clone(),
             console.clone(),
         ))),
+        Scenario::Exec => Some(tokio::spawn(reclaim_the_job(
+            region,
+            out.clone(),
+            player.seen.clone(),
+            console.clone(),
+        ))),
         Scenario::ThreeWorkers => Some(tokio::spawn(workers::reclaim_one_and_kill_one(
             region,
             db_url.clone(),
@@ -390,6 +463,9 @@ pub async fn run(o: Options, console: Console) -> Result<bool> {
     let mut verdict = o.scenario.judge(&finished);
     if o.scenario == Scenario::ThreeWorkers && verdict.is_ok() {
         verdict = workers::exactly_once(&db_url, &run_id, &out).await;
+    }
+    if o.scenario == Scenario::Exec && verdict.is_ok() {
+        verdict = resumed(&aws.s3, &format!("runs/{run_id}/result.json"), &console).await;
     }
     present(&finished, &inbox, &out).await?;
     match &verdict {
@@ -440,6 +516,71 @@ async fn reclaim_first_instance(
     harness()
         .door
         .reclaim_spot(region, &instance, Duration::from_secs(10));
+    Ok(())
+}
+
+/// Spot's reclaim of the job's first instance once the job has saved a few checkpoints of its
+/// own (its lines in the worker's log).
+async fn reclaim_the_job(
+    region: &'static str,
+    out: PathBuf,
+    mut seen: tokio::sync::watch::Receiver<ec2::Seen>,
+    console: Console,
+) -> Result<()> {
+    let instance = loop {
+        if let Some(id) = seen.borrow().instances.get(&(1, 1)) {
+            break id.clone();
+        }
+        seen.changed().await?;
+    };
+    let log = ec2::log_path(&out, 1, 1);
+    while std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .matches("checkpoint saved")
+        .count()
+        < 5
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    console.line(&format!(
+        "EC2: Spot interruption notice for {instance} mid-job; it is terminated in 10 s (2 min on AWS)"
+    ));
+    harness()
+        .door
+        .reclaim_spot(region, &instance, Duration::from_secs(10));
+    Ok(())
+}
+
+/// The job's own word that the relaunch resumed from its checkpoint rather than starting over.
+async fn resumed(
+    s3: &aws_sdk_s3::Client,
+    key: &str,
+    console: &Console,
+) -> std::result::Result<(), String> {
+    let got = s3
+        .get_object()
+        .bucket(EXPORT_BUCKET)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| format!("the job's result s3://{EXPORT_BUCKET}/{key}: {e}"))?;
+    let bytes = got
+        .body
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .into_bytes();
+    let result: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+    let from = result["resumed_from_bar"].as_u64().unwrap_or(0);
+    if result["attempt"] != 2 || from == 0 {
+        return Err(format!(
+            "the relaunch did not resume from the checkpoint: {result}"
+        ));
+    }
+    console.line(&format!(
+        "  the job resumed on attempt 2 from bar {from} of {} (its checkpoint), not from the start",
+        result["bars"]
+    ));
     Ok(())
 }
 
@@ -499,8 +640,9 @@ async fn present(f: &Finished, inbox: &fixtures::Inbox, out: &Path) -> Result<()
     }
     if downloaded > 0 {
         println!(
-            "  export/               {downloaded} files beside {}: Parquet per stage and month, \
-             the manifest, and the report as terminate-with-cost-report stored it",
+            "  export/               {downloaded} files beside {}: what the manifest lists (Parquet \
+             per stage and month, or a job's outputs), the manifest, and the report as \
+             terminate-with-cost-report stored it",
             manifest_of(f).unwrap_or("the manifest")
         );
     }

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use ephemera_tests::postgres::postgres;
-use ephemera_worker::{db, export, outputs, run, seed};
+use ephemera_worker::{db, outputs, run, seed, store};
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -47,7 +47,7 @@ pub fn options(url: &str, name: &str, stages: &[&str], export: Option<&PathBuf>)
         run_id: name.into(),
         lease_seconds: 600,
         max_attempts: 3,
-        export: export.map(|p| export::Target::Dir(p.clone())),
+        export: export.map(|p| store::Target::Dir(p.clone())),
         stop: Default::default(),
         progress: indicatif::ProgressBar::hidden(),
         params: Default::default(),

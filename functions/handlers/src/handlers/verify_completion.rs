@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use ephemera_core::contract::{Manifest, Summary};
-use ephemera_core::rundoc::{Verification, WorkerEnd};
+use ephemera_core::rundoc::{Outputs, Verification, WorkerEnd};
 use ephemera_core::runspec::parse_s3_url;
 use ephemera_core::verify::{self, Check, Gathered};
 use serde::Deserialize;
@@ -54,6 +54,7 @@ pub async fn handle<O: Objects>(
     };
     let mut checks = vec![workers];
     checks.extend(verify::check_report(&spec, &report));
+    let mut outputs = None;
     match report.manifest.as_deref() {
         Some(url) => match parse_s3_url(url) {
             Some((bucket, key)) => match objects.get(bucket, key).await? {
@@ -76,6 +77,11 @@ pub async fn handle<O: Objects>(
                             found.insert(o.key.clone(), size);
                         }
                         checks.extend(verify::check_manifest(&spec, &report, &m, &found));
+                        outputs = Some(Outputs {
+                            manifest: url.to_string(),
+                            objects: m.objects.len() as u64,
+                            bytes: m.objects.iter().map(|o| o.bytes).sum(),
+                        });
                     }
                 },
             },
@@ -99,5 +105,6 @@ pub async fn handle<O: Objects>(
         ok: true,
         checks,
         verified_at: now,
+        outputs,
     })
 }

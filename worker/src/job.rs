@@ -1,0 +1,184 @@
+//! A job's attempt around its command (`exec`): its inputs fetched and its last checkpoint put
+//! back before the command starts, the checkpoint kept while it runs and saved once more when
+//! it is stopped, its outputs published after it exits 0. The link to the run (started, token,
+//! heartbeat, report) is the caller's.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::checkpoint::{self, Checkpoint};
+use crate::fetch::{self, Source};
+use crate::store::Target;
+use crate::{publish, supervise};
+
+/// Where a job's checkpoints are kept and how often.
+#[derive(Debug, Clone)]
+pub struct Checkpointing {
+    pub dir: PathBuf,
+    pub to: Target,
+    pub every: Duration,
+}
+
+/// Everything `exec` was asked to do around the command.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub job: supervise::Job,
+    pub run_id: String,
+    pub worker: u32,
+    pub fetch: Vec<Source>,
+    pub checkpoint: Option<Checkpointing>,
+    /// After a successful exit: (the directory, where its files go).
+    pub outputs: Option<(PathBuf, Target)>,
+}
+
+/// A path given on the command line, relative to where the job runs.
+pub fn in_workdir(workdir: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        workdir.join(p)
+    }
+}
+
+/// The attempt made ready: inputs in place, the checkpoint restored (and told to the child).
+pub struct Ready {
+    pub job: supervise::Job,
+    checkpoint: Option<(Arc<Mutex<Checkpoint>>, Duration)>,
+}
+
+/// Fetches the inputs and restores the checkpoint, in the job's working directory.
+pub async fn prepare(plan: &Plan) -> Result<Ready> {
+    let mut job = plan.job.clone();
+    for source in &plan.fetch {
+        fetch::fetch(source, &job.workdir).await?;
+    }
+    let checkpoint = match &plan.checkpoint {
+        Some(c) => {
+            let place = checkpoint::place(&c.to, &plan.run_id, plan.worker);
+            let dir = in_workdir(&job.workdir, &c.dir);
+            let mut cp = Checkpoint::open(&dir, place).await?;
+            let restored = cp
+                .restore()
+                .await
+                .context("restoring the last checkpoint")?;
+            job.env.extend([
+                ("EPHEMERA_CHECKPOINT".into(), dir.display().to_string()),
+                ("EPHEMERA_CHECKPOINT_RESTORED".into(), restored.to_string()),
+            ]);
+            Some((Arc::new(Mutex::new(cp)), c.every))
+        }
+        None => None,
+    };
+    Ok(Ready { job, checkpoint })
+}
+
+/// Runs the command to its end or until `stop`, saving the checkpoint every so often and once
+/// more after a stop (the Spot notice's two minutes cover the grace and that last save).
+pub async fn run(ready: &Ready, stop: &CancellationToken) -> Result<supervise::Outcome> {
+    let keeping = ready.checkpoint.as_ref().map(|(cp, every)| {
+        let done = CancellationToken::new();
+        (checkpoint::keep(cp.clone(), *every, done.clone()), done)
+    });
+    let outcome = supervise::run(&ready.job, stop).await;
+    if let Some((task, done)) = keeping {
+        done.cancel();
+        let _ = task.await;
+    }
+    if let (Some((cp, _)), Ok(o)) = (&ready.checkpoint, &outcome) {
+        if o.stopped {
+            if let Err(e) = cp.lock().await.save().await {
+                tracing::error!(error = %format!("{e:#}"), "the last checkpoint could not be saved; the next attempt resumes from the one before");
+            }
+        }
+    }
+    outcome
+}
+
+/// After a successful exit: the outputs stored with their manifest; its URL.
+pub async fn publish(plan: &Plan) -> Result<Option<String>> {
+    match &plan.outputs {
+        Some((dir, target)) => {
+            let dir = in_workdir(&plan.job.workdir, dir);
+            Ok(Some(publish::publish(&dir, target, &plan.run_id).await?))
+        }
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stopped_job_resumes_from_its_checkpoint_on_the_next_attempt() {
+        let b = std::env::temp_dir().join(format!("ephemera-job-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&b);
+        std::fs::create_dir_all(b.join("in")).unwrap();
+        std::fs::write(b.join("in/start"), b"5").unwrap();
+        // Counts up from its checkpoint (or from the fetched start), saving it on SIGTERM.
+        let script = r#"
+            n=$(cat ckpt/n 2>/dev/null || cat start); first=$n
+            trap 'echo $n > ckpt/n.tmp && mv ckpt/n.tmp ckpt/n; exit 143' TERM
+            if [ "$EPHEMERA_RESUMED" = true ]; then end=$((n + 3)); else end=1000000; fi
+            while [ "$n" -lt "$end" ]; do n=$((n + 1)); sleep 0.01; done
+            echo "$EPHEMERA_CHECKPOINT_RESTORED $first $n" > out/result
+        "#;
+        let plan = |attempt: u32, workdir: &str| Plan {
+            job: supervise::Job {
+                command: vec!["sh".into(), "-c".into(), script.into()],
+                grace: Duration::from_secs(5),
+                env: supervise::run_env(&supervise::Place {
+                    run_id: "r1",
+                    attempt,
+                    worker: 1,
+                    workers: 1,
+                }),
+                workdir: b.join(workdir),
+            },
+            run_id: "r1".into(),
+            worker: 1,
+            fetch: vec![Source::parse(&b.join("in").display().to_string()).unwrap()],
+            checkpoint: Some(Checkpointing {
+                dir: "ckpt".into(),
+                to: Target::Dir(b.join("store")),
+                every: Duration::from_secs(3600),
+            }),
+            outputs: None,
+        };
+        let first = plan(1, "w1");
+        std::fs::create_dir_all(b.join("w1/out")).unwrap();
+        let ready = prepare(&first).await.unwrap();
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            s.cancel();
+        });
+        let o = run(&ready, &stop).await.unwrap();
+        assert!(o.stopped, "{o:?}");
+        let saved: u64 = std::fs::read_to_string(b.join("w1/ckpt/n"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(saved > 5, "it counted before it was stopped: {saved}");
+
+        // Another instance: an empty working directory, the checkpoint back before the start.
+        let second = plan(2, "w2");
+        std::fs::create_dir_all(b.join("w2/out")).unwrap();
+        let ready = prepare(&second).await.unwrap();
+        let o = run(&ready, &CancellationToken::new()).await.unwrap();
+        assert!(o.ended.succeeded(), "{o:?}");
+        assert_eq!(
+            std::fs::read_to_string(b.join("w2/out/result")).unwrap(),
+            format!("1 {saved} {}\n", saved + 3),
+            "restored one file and counted on from it"
+        );
+        std::fs::remove_dir_all(&b).unwrap();
+    }
+}

@@ -1,0 +1,510 @@
+//! Where the worker's files go and come from: `s3://bucket/prefix/` or a local directory (for
+//! runs and tests off AWS). Small objects in one PUT; large files streamed in parts (S3's
+//! multipart upload, a few parts at once) so that memory stays bounded whatever the file's size;
+//! every file's SHA-256 taken from the same bytes that were sent.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A file larger than this is sent in parts of at least this size (S3's minimum part is 5 MiB).
+pub const PART: u64 = 8 << 20;
+/// S3 allows at most 10,000 parts: larger files get larger parts.
+const MAX_PARTS: u64 = 10_000;
+/// Parts in flight at once for one file: bounds memory to this many parts.
+const PARTS_AT_ONCE: usize = 4;
+
+/// Where objects go: `s3://bucket/prefix/` or a local directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    S3 { bucket: String, prefix: String },
+    Dir(PathBuf),
+}
+
+impl Target {
+    pub fn parse(s: &str) -> Result<Target> {
+        if let Some(rest) = s.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                bail!("'{s}': no bucket; expected s3://bucket/prefix/ or a directory");
+            }
+            let mut prefix = prefix.to_string();
+            if !prefix.is_empty() && !prefix.ends_with('/') {
+                prefix.push('/');
+            }
+            return Ok(Target::S3 {
+                bucket: bucket.to_string(),
+                prefix,
+            });
+        }
+        if s.is_empty() || s.contains("://") {
+            bail!("'{s}': expected s3://bucket/prefix/ or a local directory");
+        }
+        Ok(Target::Dir(PathBuf::from(s)))
+    }
+
+    /// The key of `rel` (a '/'-separated name under the target) as it is listed and fetched.
+    pub fn key(&self, rel: &str) -> String {
+        match self {
+            Target::S3 { prefix, .. } => format!("{prefix}{rel}"),
+            Target::Dir(_) => rel.to_string(),
+        }
+    }
+
+    /// Where `key` is, for the report: an s3:// URL or a path.
+    pub fn url(&self, key: &str) -> String {
+        match self {
+            Target::S3 { bucket, .. } => format!("s3://{bucket}/{key}"),
+            Target::Dir(d) => d.join(key).display().to_string(),
+        }
+    }
+
+    /// The same place, one level down: `rel` is '/'-separated.
+    pub fn under(&self, rel: &str) -> Target {
+        let rel = rel.trim_matches('/');
+        match self {
+            Target::S3 { bucket, prefix } => Target::S3 {
+                bucket: bucket.clone(),
+                prefix: format!("{prefix}{rel}/"),
+            },
+            Target::Dir(d) => Target::Dir(d.join(rel)),
+        }
+    }
+}
+
+/// A file as it was stored or fetched: its size and the SHA-256 of its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// Reads and writes objects of a target. S3 needs a client; a directory does not.
+#[derive(Clone)]
+pub struct Store {
+    pub target: Target,
+    s3: Option<aws_sdk_s3::Client>,
+}
+
+impl Store {
+    pub async fn new(target: Target) -> Store {
+        let s3 = match &target {
+            Target::S3 { .. } => {
+                let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+                // Against an emulator (a custom endpoint) buckets cannot be virtual hosts.
+                let s3 = aws_sdk_s3::config::Builder::from(&conf)
+                    .force_path_style(conf.endpoint_url().is_some())
+                    .build();
+                Some(aws_sdk_s3::Client::from_conf(s3))
+            }
+            Target::Dir(_) => None,
+        };
+        Store { target, s3 }
+    }
+
+    fn s3(&self) -> Result<(&aws_sdk_s3::Client, &str)> {
+        match (&self.target, &self.s3) {
+            (Target::S3 { bucket, .. }, Some(s3)) => Ok((s3, bucket)),
+            _ => bail!("no S3 client for {:?}", self.target),
+        }
+    }
+
+    /// Stores `bytes` under `key` (from [`Target::key`]). A file appears whole or not at all.
+    pub async fn put(&self, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<()> {
+        if let Target::Dir(dir) = &self.target {
+            return write_atomically(&dir.join(key), &bytes);
+        }
+        let (s3, bucket) = self.s3()?;
+        s3.put_object()
+            .bucket(bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(bytes.into())
+            .send()
+            .await
+            .with_context(|| format!("uploading s3://{bucket}/{key}"))?;
+        Ok(())
+    }
+
+    /// Stores the file at `path` under `key`: whole up to [`PART`], in parts beyond, never more
+    /// than a few parts in memory. The digest is of the bytes sent.
+    pub async fn put_file(&self, key: &str, path: &Path) -> Result<Stored> {
+        let size = tokio::fs::metadata(path)
+            .await
+            .with_context(|| format!("reading {}", path.display()))?
+            .len();
+        if size <= PART || matches!(self.target, Target::Dir(_)) {
+            let bytes = tokio::fs::read(path)
+                .await
+                .with_context(|| format!("reading {}", path.display()))?;
+            let stored = Stored {
+                bytes: bytes.len() as u64,
+                sha256: sha256_hex(&bytes),
+            };
+            self.put(key, bytes, "application/octet-stream").await?;
+            return Ok(stored);
+        }
+        let (s3, bucket) = self.s3()?;
+        let upload = s3
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .content_type("application/octet-stream")
+            .send()
+            .await
+            .with_context(|| format!("starting the upload of s3://{bucket}/{key}"))?;
+        let id = upload
+            .upload_id()
+            .context("S3 returned no upload id")?
+            .to_string();
+        let sent = self.send_parts(key, &id, path, part_size(size)).await;
+        let (parts, stored) = match sent {
+            Ok(done) => done,
+            Err(e) => {
+                // An unfinished upload's parts are billed until aborted.
+                let _ = s3
+                    .abort_multipart_upload()
+                    .bucket(bucket)
+                    .key(key)
+                    .upload_id(&id)
+                    .send()
+                    .await;
+                return Err(e);
+            }
+        };
+        s3.complete_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(&id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .with_context(|| format!("completing the upload of s3://{bucket}/{key}"))?;
+        Ok(stored)
+    }
+
+    /// The parts of one multipart upload, read in order (so hashed in order) and sent a few at
+    /// once.
+    async fn send_parts(
+        &self,
+        key: &str,
+        id: &str,
+        path: &Path,
+        part: u64,
+    ) -> Result<(Vec<CompletedPart>, Stored)> {
+        let (s3, bucket) = self.s3()?;
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .with_context(|| format!("reading {}", path.display()))?;
+        let mut hasher = Sha256::new();
+        let (mut total, mut number) = (0u64, 0i32);
+        let mut in_flight = FuturesOrdered::new();
+        let mut parts = vec![];
+        loop {
+            let mut buf = Vec::with_capacity(part as usize);
+            (&mut file).take(part).read_to_end(&mut buf).await?;
+            if buf.is_empty() {
+                break;
+            }
+            hasher.update(&buf);
+            total += buf.len() as u64;
+            number += 1;
+            if in_flight.len() == PARTS_AT_ONCE {
+                if let Some(done) = in_flight.next().await {
+                    parts.push(done?);
+                }
+            }
+            let request = s3
+                .upload_part()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(id)
+                .part_number(number)
+                .body(ByteStream::from(buf));
+            in_flight.push_back(async move {
+                let sent = request
+                    .send()
+                    .await
+                    .with_context(|| format!("uploading part {number} of s3://{bucket}/{key}"))?;
+                anyhow::Ok(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(sent.e_tag().map(String::from))
+                        .build(),
+                )
+            });
+        }
+        while let Some(done) = in_flight.next().await {
+            parts.push(done?);
+        }
+        let stored = Stored {
+            bytes: total,
+            sha256: hex::encode(hasher.finalize()),
+        };
+        Ok((parts, stored))
+    }
+
+    /// The object `key` written to `path` (whole or not at all); `None` when there is none.
+    pub async fn get_file(&self, key: &str, path: &Path) -> Result<Option<Stored>> {
+        let partial = partial_of(path);
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let stored = match &self.target {
+            Target::Dir(dir) => {
+                let from = dir.join(key);
+                let bytes = match tokio::fs::read(&from).await {
+                    Ok(b) => b,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(e).with_context(|| format!("reading {}", from.display())),
+                };
+                tokio::fs::write(&partial, &bytes).await?;
+                Stored {
+                    bytes: bytes.len() as u64,
+                    sha256: sha256_hex(&bytes),
+                }
+            }
+            Target::S3 { .. } => {
+                let (s3, bucket) = self.s3()?;
+                let got = s3.get_object().bucket(bucket).key(key).send().await;
+                let mut body = match got {
+                    Ok(o) => o.body,
+                    Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
+                        return Ok(None)
+                    }
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("fetching s3://{bucket}/{key}"))
+                    }
+                };
+                let mut out = tokio::fs::File::create(&partial)
+                    .await
+                    .with_context(|| format!("writing {}", partial.display()))?;
+                let (mut hasher, mut total) = (Sha256::new(), 0u64);
+                while let Some(chunk) = body
+                    .try_next()
+                    .await
+                    .with_context(|| format!("fetching s3://{bucket}/{key}"))?
+                {
+                    hasher.update(&chunk);
+                    total += chunk.len() as u64;
+                    out.write_all(&chunk).await?;
+                }
+                out.flush().await?;
+                Stored {
+                    bytes: total,
+                    sha256: hex::encode(hasher.finalize()),
+                }
+            }
+        };
+        tokio::fs::rename(&partial, path)
+            .await
+            .with_context(|| format!("renaming to {}", path.display()))?;
+        Ok(Some(stored))
+    }
+
+    /// Every object under the target, by its name relative to the target, in order.
+    pub async fn list(&self) -> Result<Vec<String>> {
+        match &self.target {
+            Target::Dir(dir) if !dir.exists() => Ok(vec![]),
+            Target::Dir(dir) => Ok(files(dir)?.into_iter().map(|(rel, _)| rel).collect()),
+            Target::S3 { prefix, .. } => {
+                let (s3, bucket) = self.s3()?;
+                let mut pages = s3
+                    .list_objects_v2()
+                    .bucket(bucket)
+                    .prefix(prefix)
+                    .into_paginator()
+                    .send();
+                let mut out = vec![];
+                while let Some(page) = pages.next().await {
+                    let page = page.with_context(|| format!("listing s3://{bucket}/{prefix}"))?;
+                    out.extend(page.contents().iter().filter_map(|o| {
+                        o.key()
+                            .and_then(|k| k.strip_prefix(prefix.as_str()))
+                            .filter(|rel| !rel.is_empty() && !rel.ends_with('/'))
+                            .map(String::from)
+                    }));
+                }
+                out.sort();
+                Ok(out)
+            }
+        }
+    }
+
+    /// Removes the object `key`; one that is not there is not an error.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        if let Target::Dir(dir) = &self.target {
+            return match std::fs::remove_file(dir.join(key)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+                _ => Ok(()),
+            };
+        }
+        let (s3, bucket) = self.s3()?;
+        s3.delete_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .with_context(|| format!("deleting s3://{bucket}/{key}"))?;
+        Ok(())
+    }
+}
+
+/// Parts of at least [`PART`], large enough that the file fits in [`MAX_PARTS`].
+fn part_size(size: u64) -> u64 {
+    let mib = 1 << 20;
+    PART.max(size.div_ceil(MAX_PARTS).div_ceil(mib) * mib)
+}
+
+/// Where a file is written before it is renamed into place.
+fn partial_of(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".ephemera-partial");
+    path.with_file_name(name)
+}
+
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let tmp = partial_of(path);
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+/// Every regular file under `dir`, by its path relative to `dir` ('/'-separated), in order;
+/// files still being written by the store (`*.ephemera-partial`) are not listed.
+pub fn files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut out = vec![];
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let entry = entry?;
+            let path = entry.path();
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                pending.push(path);
+            } else if kind.is_file() && !path.to_string_lossy().ends_with(".ephemera-partial") {
+                let rel = path
+                    .strip_prefix(dir)
+                    .unwrap_or(&path)
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                out.push((rel, path));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// A relative name from a listing or a manifest as a path under `dir`, refusing any that would
+/// leave it (`..`, an absolute path): an object's key is not trusted to name a place.
+pub fn path_under(dir: &Path, rel: &str) -> Result<PathBuf> {
+    let mut path = dir.to_path_buf();
+    for part in rel.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => bail!("'{rel}' leaves {}", dir.display()),
+            p if p.contains('\\') || p.contains('\0') => bail!("'{rel}' is not a plain name"),
+            p => path.push(p),
+        }
+    }
+    anyhow::ensure!(path != dir, "'{rel}' names no file");
+    Ok(path)
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        assert_eq!(
+            Target::parse("s3://b/runs/r1").unwrap(),
+            Target::S3 {
+                bucket: "b".into(),
+                prefix: "runs/r1/".into()
+            }
+        );
+        let t = Target::parse("s3://b").unwrap();
+        assert_eq!(t.key("m.json"), "m.json");
+        assert_eq!(t.url("m.json"), "s3://b/m.json");
+        assert_eq!(
+            t.under("/r1/worker-2/"),
+            Target::S3 {
+                bucket: "b".into(),
+                prefix: "r1/worker-2/".into()
+            }
+        );
+        assert!(Target::parse("s3:///x")
+            .unwrap_err()
+            .to_string()
+            .contains("no bucket"));
+        assert!(Target::parse("gs://b/x").is_err());
+        assert_eq!(Target::parse("out").unwrap(), Target::Dir("out".into()));
+    }
+
+    #[test]
+    fn parts_grow_only_for_files_past_ten_thousand_parts() {
+        assert_eq!(part_size(1), PART);
+        assert_eq!(part_size(PART * MAX_PARTS), PART);
+        let big = PART * MAX_PARTS + 1;
+        assert!(part_size(big) > PART);
+        assert!(big.div_ceil(part_size(big)) <= MAX_PARTS);
+        assert_eq!(part_size(big) % (1 << 20), 0);
+    }
+
+    #[test]
+    fn a_name_that_would_leave_the_directory_is_refused() {
+        let d = Path::new("/w");
+        assert_eq!(path_under(d, "a/b.txt").unwrap(), Path::new("/w/a/b.txt"));
+        assert_eq!(path_under(d, "/a//b").unwrap(), Path::new("/w/a/b"));
+        assert!(path_under(d, "a/../../etc/passwd").is_err());
+        assert!(path_under(d, "").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_directory_store_round_trips_files_and_lists_them() {
+        let base = std::env::temp_dir().join(format!("ephemera-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let src = base.join("src.bin");
+        std::fs::write(&src, b"hello").unwrap();
+        let store = Store::new(Target::Dir(base.join("to"))).await;
+        let put = store.put_file("a/b.bin", &src).await.unwrap();
+        assert_eq!(put.bytes, 5);
+        assert_eq!(put.sha256, sha256_hex(b"hello"));
+        assert_eq!(store.list().await.unwrap(), ["a/b.bin"]);
+        let got = store
+            .get_file("a/b.bin", &base.join("back/b.bin"))
+            .await
+            .unwrap();
+        assert_eq!(got, Some(put));
+        assert_eq!(std::fs::read(base.join("back/b.bin")).unwrap(), b"hello");
+        assert_eq!(store.get_file("nope", &base.join("x")).await.unwrap(), None);
+        store.delete("a/b.bin").await.unwrap();
+        store.delete("a/b.bin").await.unwrap();
+        assert!(store.list().await.unwrap().is_empty());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+}
