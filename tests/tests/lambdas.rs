@@ -530,14 +530,17 @@ async fn cleanup_finds_an_instance_the_run_document_lost_and_refuses_foreign_one
     let mut doc: WorkerState = w.clone();
     doc.attempts[0].instance_id = foreign_id.clone();
     let role = function_clients(c.region, "terminate-with-cost-report");
+    let services = terminate_report::Services {
+        ec2: &role.ec2,
+        prices: &role.pricing,
+        sns: &role.sns,
+        history: &role.sfn,
+        objects: &role.s3,
+        ledger: None::<&ephemera_functions::aws::LedgerTable>,
+        signals: None::<&aws_sdk_ssm::Client>,
+    };
     let err = terminate_report::handle(
-        &role.ec2,
-        &role.pricing,
-        &role.sns,
-        &role.sfn,
-        &role.s3,
-        None::<&ephemera_functions::aws::LedgerTable>,
-        None::<&aws_sdk_ssm::Client>,
+        services,
         &terminate_report::Config::default(),
         serde_json::from_value(
             json!({"run": spec, "execution": execution(c.region, "other"),

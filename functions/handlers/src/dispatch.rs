@@ -324,19 +324,16 @@ pub async fn terminate_with_cost_report(
         return out(terminate_report::release(c.ec2, input).await?);
     }
     let input = parse_input(Function::TerminateWithCostReport.name(), payload)?;
-    out(terminate_report::handle(
-        c.ec2,
-        c.prices,
-        c.sns,
-        c.history,
-        c.objects,
-        c.ledger.as_ref(),
-        Some(c.signals),
-        &config,
-        input,
-        now,
-    )
-    .await?)
+    let services = terminate_report::Services {
+        ec2: c.ec2,
+        prices: c.prices,
+        sns: c.sns,
+        history: c.history,
+        objects: c.objects,
+        ledger: c.ledger.as_ref(),
+        signals: Some(c.signals),
+    };
+    out(terminate_report::handle(services, &config, input, now).await?)
 }
 
 pub async fn sweeper(

@@ -294,14 +294,17 @@ async fn report(
         "run": spec(), "execution": EXECUTION,
         "error": {"Error": "Worker.Failed", "Cause": "the run failed"}
     });
+    let services = terminate_report::Services {
+        ec2: &ec2,
+        prices: &Prices,
+        sns: &outbox,
+        history: &sfn,
+        objects: &NoObjects,
+        ledger: None::<&NoLedger>,
+        signals: None::<&aws_sdk_ssm::Client>,
+    };
     let report = terminate_report::handle(
-        &ec2,
-        &Prices,
-        &outbox,
-        &sfn,
-        &NoObjects,
-        None::<&NoLedger>,
-        None::<&aws_sdk_ssm::Client>,
+        services,
         &terminate_report::Config {
             region: "us-east-1".into(),
             lambda_memory_mb: 128,

@@ -10,7 +10,7 @@ use ephemera_core::capacity::{self, LaunchErrorKind, Tried};
 use ephemera_core::contract::RunParameters;
 use ephemera_core::instance_state::InstanceState;
 use ephemera_core::rundoc::{self, Attempt, WorkerState};
-use ephemera_core::runspec::FieldError;
+use ephemera_core::runspec::{FieldError, RunSpec};
 use ephemera_core::{cost, launch, ledger, payload, tags, userdata, InvalidRunSpec};
 use serde::Deserialize;
 
@@ -88,45 +88,91 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
     now: DateTime<Utc>,
 ) -> Result<WorkerState, Error> {
     let spec = parse_spec(&input.run)?;
-    // Checked before anything is launched: without it no worker could read its task token.
-    let role_id = config.worker_role_id.clone().ok_or_else(|| {
+    let role_id = worker_role_id(config)?;
+    let slot = checked_slot(&spec, input.slot)?;
+    let (attempt, relaunches_left) = next_attempt(&spec, input.worker.as_ref(), input.relaunch)?;
+    let markets = capacity::markets_to_try(spec.worker.market, input.relaunch, &input.markets);
+    let estimate = within_budget(prices, &spec, &input.prices, &config.region).await?;
+    let booking = Booking {
+        spec: &spec,
+        execution: &input.execution,
+        month: ledger::month_of(input.entered.unwrap_or(now)),
+        slot,
+        attempt,
+        estimate,
+    };
+    book(&books, config, &booking).await?;
+    let made = Made {
+        spec: &spec,
+        previous: input.worker.as_ref(),
+        role_id: &role_id,
+        slot,
+        attempt,
+        relaunches_left,
+        estimate,
+        now,
+    };
+    // A retried call (Lambda timeout, Step Functions retry) finds the instance it already made.
+    if let Some(i) = existing_instance(ec2, &input.execution, slot, attempt).await? {
+        tracing::info!(instance = %i.id, slot, attempt, "instance for this attempt already exists");
+        let token = i.client_token.clone().unwrap_or_default();
+        return Ok(made.state(&i, token, vec![], true));
+    }
+    let request = launch_request(ec2, params, config, &made, &input).await?;
+    let (instance, token, tried) =
+        first_available(ec2, &request, &input.execution, &made, &markets).await?;
+    Ok(made.state(&instance, token, tried, false))
+}
+
+/// The worker role's id, checked before anything is launched: without it no worker could read
+/// its task token.
+fn worker_role_id(config: &Config) -> Result<String, Error> {
+    config.worker_role_id.clone().ok_or_else(|| {
         Error::Internal(
             "EPHEMERA_WORKER_ROLE_ID is not set (the template sets it to the worker role's RoleId)"
                 .into(),
         )
-    })?;
-    let slot = input.slot;
-    if !(1..=spec.worker.count).contains(&slot) {
-        return Err(Error::BadInput(format!(
-            "slot {slot} is not one of the run's workers 1..={}",
-            spec.worker.count
-        )));
-    }
-    let prev = input.worker.as_ref();
-    let (attempt, relaunches_left) = match (prev, input.relaunch) {
-        (Some(w), true) if w.relaunches_left == 0 => {
-            return Err(Error::LaunchFailed(format!(
-                "no relaunch left after attempt {} (limits.max_relaunches = {})",
-                last_attempt(w),
-                spec.limits.max_relaunches
-            )))
-        }
-        (Some(w), true) => (last_attempt(w) + 1, w.relaunches_left - 1),
-        (Some(w), false) => (last_attempt(w), w.relaunches_left),
-        (None, _) => (1, spec.limits.max_relaunches),
-    };
-    let markets = capacity::markets_to_try(spec.worker.market, input.relaunch, &input.markets);
+    })
+}
 
-    // Budget guard, before anything exists: the dearest candidate at On-Demand for the whole
-    // max runtime bounds what this attempt can cost.
-    let quotes = pricing::quotes_for(
-        prices,
-        &input.prices,
-        &spec.worker.instance_types,
-        &config.region,
-    )
-    .await;
-    // The dearest candidate and its price.
+fn checked_slot(spec: &RunSpec, slot: u32) -> Result<u32, Error> {
+    if (1..=spec.worker.count).contains(&slot) {
+        return Ok(slot);
+    }
+    Err(Error::BadInput(format!(
+        "slot {slot} is not one of the run's workers 1..={}",
+        spec.worker.count
+    )))
+}
+
+/// This launch's attempt number and the relaunches left after it.
+fn next_attempt(
+    spec: &RunSpec,
+    previous: Option<&WorkerState>,
+    relaunch: bool,
+) -> Result<(u32, u32), Error> {
+    match (previous, relaunch) {
+        (Some(w), true) if w.relaunches_left == 0 => Err(Error::LaunchFailed(format!(
+            "no relaunch left after attempt {} (limits.max_relaunches = {})",
+            last_attempt(w),
+            spec.limits.max_relaunches
+        ))),
+        (Some(w), true) => Ok((last_attempt(w) + 1, w.relaunches_left - 1)),
+        (Some(w), false) => Ok((last_attempt(w), w.relaunches_left)),
+        (None, _) => Ok((1, spec.limits.max_relaunches)),
+    }
+}
+
+/// The budget guard, before anything exists: the dearest candidate at On-Demand for the whole
+/// max runtime bounds what one worker's attempt can cost (the estimate returned); the run's
+/// workers together must fit `limits.budget_usd`.
+async fn within_budget<P: PriceList>(
+    prices: &P,
+    spec: &RunSpec,
+    known: &[cost::TypePrice],
+    region: &str,
+) -> Result<f64, Error> {
+    let quotes = pricing::quotes_for(prices, known, &spec.worker.instance_types, region).await;
     let mut dearest: Option<(&String, Quote)> = None;
     for (t, quote) in spec.worker.instance_types.iter().zip(quotes) {
         let quote = quote
@@ -148,160 +194,203 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
     // The run's worst case is every worker's: each one's launch refuses a run whose workers
     // together could pass the budget, so all of them refuse it alike.
     let run_estimate = cost::usd(estimate * f64::from(spec.worker.count));
-    if run_estimate > spec.limits.budget_usd {
-        let workers = match spec.worker.count {
-            1 => String::new(),
-            n => format!("{n} workers (worker.count), each "),
-        };
-        return Err(Error::OverBudget {
-            estimate: run_estimate,
-            budget: spec.limits.budget_usd,
-            detail: format!(
-                "{workers}{} at ${}/h ({}) for limits.max_runtime_seconds = {} plus {} GiB gp3",
-                dearest_type,
-                dearest.usd_per_hour,
-                dearest.source,
-                spec.limits.max_runtime_seconds,
-                spec.worker.volume_gib
-            ),
-        });
+    if run_estimate <= spec.limits.budget_usd {
+        return Ok(estimate);
     }
+    let workers = match spec.worker.count {
+        1 => String::new(),
+        n => format!("{n} workers (worker.count), each "),
+    };
+    Err(Error::OverBudget {
+        estimate: run_estimate,
+        budget: spec.limits.budget_usd,
+        detail: format!(
+            "{workers}{} at ${}/h ({}) for limits.max_runtime_seconds = {} plus {} GiB gp3",
+            dearest_type,
+            dearest.usd_per_hour,
+            dearest.source,
+            spec.limits.max_runtime_seconds,
+            spec.worker.volume_gib
+        ),
+    })
+}
 
-    // The monthly guard, before anything exists: the month's other runs (their cost, or their
-    // reservation while they run) plus this run's worst case over its attempts so far. Failing
-    // to read the ledger fails the launch: a budget that cannot be checked is not spent.
-    let ledger_month = ledger::month_of(input.entered.unwrap_or(now));
-    if let Some(l) = books.ledger {
-        let reserved = ledger::reservation(estimate, attempt);
-        let entries = l.entries(&ledger_month).await?;
-        match ledger::judge(
-            &entries,
-            &input.execution,
-            slot,
-            reserved,
-            config.monthly_budget_usd,
-        ) {
+/// One worker's attempt as the month's ledger books it.
+struct Booking<'a> {
+    spec: &'a RunSpec,
+    execution: &'a str,
+    month: String,
+    slot: u32,
+    attempt: u32,
+    estimate: f64,
+}
+
+/// The monthly guard, before anything exists: the month's other runs (their cost, or their
+/// reservation while they run) plus this run's worst case over its attempts so far. Failing to
+/// read the ledger fails the launch: a budget that cannot be checked is not spent.
+async fn book<L: Ledger, N: Notifier>(
+    books: &Books<'_, L, N>,
+    config: &Config,
+    b: &Booking<'_>,
+) -> Result<(), Error> {
+    let Some(l) = books.ledger else {
+        return Ok(());
+    };
+    let reserved = ledger::reservation(b.estimate, b.attempt);
+    let entries = l.entries(&b.month).await?;
+    let budget = config.monthly_budget_usd;
+    let refused = |others: f64, this_run: f64, budget: f64| Error::OverMonthlyBudget {
+        month: b.month.clone(),
+        others,
+        this_run,
+        budget,
+    };
+    let (month_to_date_usd, alert) =
+        match ledger::judge(&entries, b.execution, b.slot, reserved, budget) {
             ledger::Verdict::Refused {
                 others_usd,
                 this_run_usd,
                 budget_usd,
-            } => {
-                return Err(Error::OverMonthlyBudget {
-                    month: ledger_month,
-                    others: others_usd,
-                    this_run: this_run_usd,
-                    budget: budget_usd,
-                })
-            }
+            } => return Err(refused(others_usd, this_run_usd, budget_usd)),
             ledger::Verdict::Within {
                 month_to_date_usd,
                 alert,
-            } => {
-                // The read above is the index's, eventually consistent: the reservation itself
-                // is a transaction on the month's counter, which launches at the same instant
-                // cannot together pass.
-                let entry = ledger::Entry {
-                    execution: input.execution.clone(),
-                    run_id: spec.run_id.clone(),
-                    month: ledger_month.clone(),
-                    reserved_usd: reserved,
-                    workers: BTreeMap::from([(slot, reserved)]),
-                    actual_usd: None,
-                    state: ledger::EntryState::Running,
-                };
-                if let Reserved::Refused {
-                    others_usd,
-                    this_run_usd,
-                } = l.reserve(&entry, slot, config.monthly_budget_usd).await?
-                {
-                    return Err(Error::OverMonthlyBudget {
-                        month: ledger_month,
-                        others: others_usd,
-                        this_run: this_run_usd,
-                        budget: config.monthly_budget_usd,
-                    });
-                }
-                if let (true, Some(topic)) = (alert, config.alert_topic.as_deref()) {
-                    let subject = format!(
-                        "ephemera: {ledger_month} has passed {:.0}% of the monthly budget",
-                        ledger::ALERT_FRACTION * 100.0
-                    );
-                    let body = format!(
-                        "Run {} reserved ${reserved:.2} (its worst case); {ledger_month} now stands at ${month_to_date_usd:.2} spent or reserved of the ${:.2} monthly budget (MonthlyBudgetUsd). Runs that would pass the budget are refused.",
-                        spec.run_id, config.monthly_budget_usd
-                    );
-                    // The alert never stops the launch it is about.
-                    if let Err(e) = books.alerts.publish(topic, &subject, &body, &[]).await {
-                        tracing::error!(error = %e, "the monthly budget alert could not be sent");
-                    }
-                }
-            }
+            } => (month_to_date_usd, alert),
+        };
+    // The read above is the index's, eventually consistent: the reservation itself is a
+    // transaction on the month's counter, which launches at the same instant cannot together
+    // pass.
+    let entry = ledger::Entry {
+        execution: b.execution.to_string(),
+        run_id: b.spec.run_id.clone(),
+        month: b.month.clone(),
+        reserved_usd: reserved,
+        workers: BTreeMap::from([(b.slot, reserved)]),
+        actual_usd: None,
+        state: ledger::EntryState::Running,
+    };
+    if let Reserved::Refused {
+        others_usd,
+        this_run_usd,
+    } = l.reserve(&entry, b.slot, budget).await?
+    {
+        return Err(refused(others_usd, this_run_usd, budget));
+    }
+    if let (true, Some(topic)) = (alert, config.alert_topic.as_deref()) {
+        let subject = format!(
+            "ephemera: {} has passed {:.0}% of the monthly budget",
+            b.month,
+            ledger::ALERT_FRACTION * 100.0
+        );
+        let body = format!(
+            "Run {} reserved ${reserved:.2} (its worst case); {} now stands at ${month_to_date_usd:.2} spent or reserved of the ${budget:.2} monthly budget (MonthlyBudgetUsd). Runs that would pass the budget are refused.",
+            b.spec.run_id, b.month
+        );
+        // The alert never stops the launch it is about.
+        if let Err(e) = books.alerts.publish(topic, &subject, &body, &[]).await {
+            tracing::error!(error = %e, "the monthly budget alert could not be sent");
         }
     }
+    Ok(())
+}
 
-    let make_state = |current: Attempt| {
-        let mut attempts: Vec<Attempt> = prev
-            .map(|w| {
-                w.attempts
-                    .iter()
-                    .filter(|a| a.attempt != current.attempt)
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
-        let token_parameter = RunParameters::of_run(&spec.run_id).task_token(&current.instance_id);
-        let token_reader = rundoc::token_reader(&role_id, &current.instance_id);
-        attempts.push(current);
-        WorkerState {
-            slot,
-            attempts,
-            relaunches_left,
-            heartbeat_seconds: spec.limits.heartbeat_seconds,
-            timeout_seconds: spec.limits.max_runtime_seconds,
-            boot_poll_seconds: spec.waits.boot_poll_seconds,
-            token_parameter,
-            token_reader,
-        }
-    };
-    let attempt_of = |i: &InstanceView, token: String, tried: Vec<Tried>, reused: bool| {
+/// What every outcome of this launch is recorded with: the worker's state after it.
+struct Made<'a> {
+    spec: &'a RunSpec,
+    previous: Option<&'a WorkerState>,
+    role_id: &'a str,
+    slot: u32,
+    attempt: u32,
+    relaunches_left: u32,
+    estimate: f64,
+    now: DateTime<Utc>,
+}
+
+impl Made<'_> {
+    /// The worker's state with instance `i` as this attempt (replacing a record of the same
+    /// attempt, as a retried call would have made).
+    fn state(
+        &self,
+        i: &InstanceView,
+        token: String,
+        tried: Vec<Tried>,
+        reused: bool,
+    ) -> WorkerState {
         let (tried, tried_total) = rundoc::kept(tried);
-        Attempt {
-            attempt,
+        let current = Attempt {
+            attempt: self.attempt,
             instance_id: i.id.clone(),
             instance_type: i.instance_type.clone(),
             subnet: i.subnet.clone().unwrap_or_default(),
             availability_zone: i.availability_zone.clone(),
             market: i.market,
-            launched_at: i.launch_time.unwrap_or(now),
+            launched_at: i.launch_time.unwrap_or(self.now),
             client_token: token,
-            estimate_usd: estimate,
-            volume_gib: spec.worker.volume_gib,
+            estimate_usd: self.estimate,
+            volume_gib: self.spec.worker.volume_gib,
             tried,
             tried_total,
             reused,
+        };
+        let mut attempts: Vec<Attempt> = self
+            .previous
+            .map(|w| {
+                w.attempts
+                    .iter()
+                    .filter(|a| a.attempt != self.attempt)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let token_parameter = RunParameters::of_run(&self.spec.run_id).task_token(&i.id);
+        let token_reader = rundoc::token_reader(self.role_id, &i.id);
+        attempts.push(current);
+        WorkerState {
+            slot: self.slot,
+            attempts,
+            relaunches_left: self.relaunches_left,
+            heartbeat_seconds: self.spec.limits.heartbeat_seconds,
+            timeout_seconds: self.spec.limits.max_runtime_seconds,
+            boot_poll_seconds: self.spec.waits.boot_poll_seconds,
+            token_parameter,
+            token_reader,
         }
-    };
+    }
+}
 
-    // A retried call (Lambda timeout, Step Functions retry) finds the instance it already made.
-    let (slot_s, attempt_s) = (slot.to_string(), attempt.to_string());
-    let existing = ec2
+/// The instance this execution's worker `slot` already has for `attempt`, if any.
+async fn existing_instance<E: Compute>(
+    ec2: &E,
+    execution: &str,
+    slot: u32,
+    attempt: u32,
+) -> Result<Option<InstanceView>, Error> {
+    let (slot, attempt) = (slot.to_string(), attempt.to_string());
+    let found = ec2
         .instances(
             &[
-                (tags::EXECUTION, input.execution.as_str()),
-                (tags::WORKER, slot_s.as_str()),
-                (tags::ATTEMPT, attempt_s.as_str()),
+                (tags::EXECUTION, execution),
+                (tags::WORKER, slot.as_str()),
+                (tags::ATTEMPT, attempt.as_str()),
             ],
             &[InstanceState::Pending, InstanceState::Running],
         )
         .await?;
-    if let Some(i) = existing.first() {
-        tracing::info!(instance = %i.id, slot, attempt, "instance for this attempt already exists");
-        let token = i.client_token.clone().unwrap_or_default();
-        return Ok(make_state(attempt_of(i, token, vec![], true)));
-    }
+    Ok(found.into_iter().next())
+}
 
-    let deadline = launch::deadline(&spec, input.entered.unwrap_or(now));
-    let tags = launch::tags(&spec, &input.execution, slot, attempt, deadline);
+/// Everything of the launch but the candidate: tags, user data, profile, image, root volume
+/// and its key. The market, type, subnet and ClientToken are each candidate's.
+async fn launch_request<E: Compute, S: Params>(
+    ec2: &E,
+    params: &S,
+    config: &Config,
+    made: &Made<'_>,
+    input: &Input,
+) -> Result<LaunchRequest, Error> {
+    let spec = made.spec;
+    let (slot, attempt) = (made.slot, made.attempt);
+    let deadline = launch::deadline(spec, input.entered.unwrap_or(made.now));
     let script = userdata::render(&userdata::WorkerLaunch {
         region: &config.region,
         artifact: &spec.worker.artifact,
@@ -314,24 +403,7 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
         ssm_prefix: RunParameters::of_run(&spec.run_id).path(),
         log_group: config.worker_log_group.as_deref(),
     });
-    let user_data = base64::engine::general_purpose::STANDARD.encode(script);
-    let profile = spec
-        .worker
-        .instance_profile
-        .clone()
-        .or_else(|| config.instance_profile.clone());
-
-    // The root volume is the image's own root device, which differs between AMIs
-    // (/dev/xvda on Amazon Linux, /dev/sda1 on Ubuntu).
-    let image = match spec.worker.image.strip_prefix("resolve:ssm:") {
-        Some(alias) => params.get(alias).await?.ok_or_else(|| {
-            Error::LaunchFailed(format!(
-                "worker.image: the SSM parameter {alias} does not exist in {}",
-                config.region
-            ))
-        })?,
-        None => spec.worker.image.clone(),
-    };
+    let image = resolved_image(params, spec, &config.region).await?;
     let root = ec2.root_volume(&image).await?;
     // A root volume smaller than the image's snapshot is refused by RunInstances
     // (InvalidBlockDeviceMapping) for every candidate alike: said once, naming the field.
@@ -347,81 +419,125 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
         }
         .into());
     }
-    let root_device = root.device;
     let kms_key = match &config.ebs_kms_key {
         Some(k) => Some(k.clone()),
         None => {
             launch::ebs_key(None, &ec2.ebs_default_key().await?).map_err(Error::LaunchFailed)?
         }
     };
+    Ok(LaunchRequest {
+        // Each candidate's, set by `first_available`.
+        market: ephemera_core::Market::Spot,
+        instance_type: String::new(),
+        subnet: String::new(),
+        client_token: String::new(),
+        security_groups: spec.worker.security_groups.clone(),
+        image: spec.worker.image.clone(),
+        volume_gib: spec.worker.volume_gib,
+        // The image's own root device, which differs between AMIs (/dev/xvda on Amazon
+        // Linux, /dev/sda1 on Ubuntu).
+        root_device: root.device,
+        instance_profile: spec
+            .worker
+            .instance_profile
+            .clone()
+            .or_else(|| config.instance_profile.clone()),
+        kms_key,
+        user_data_base64: base64::engine::general_purpose::STANDARD.encode(script),
+        tags: launch::tags(spec, &input.execution, slot, attempt, deadline),
+    })
+}
 
+/// `worker.image`, an AMI id or `resolve:ssm:<parameter>` read here.
+async fn resolved_image<S: Params>(
+    params: &S,
+    spec: &RunSpec,
+    region: &str,
+) -> Result<String, Error> {
+    match spec.worker.image.strip_prefix("resolve:ssm:") {
+        Some(alias) => params.get(alias).await?.ok_or_else(|| {
+            Error::LaunchFailed(format!(
+                "worker.image: the SSM parameter {alias} does not exist in {region}"
+            ))
+        }),
+        None => Ok(spec.worker.image.clone()),
+    }
+}
+
+/// Launches the first candidate (market × type × subnet, in the RunSpec's order) that EC2
+/// accepts; the instance, its ClientToken, and the candidates refused before it.
+async fn first_available<E: Compute>(
+    ec2: &E,
+    base: &LaunchRequest,
+    execution: &str,
+    made: &Made<'_>,
+    markets: &[ephemera_core::Market],
+) -> Result<(InstanceView, String, Vec<Tried>), Error> {
+    let spec = made.spec;
+    let (slot, attempt) = (made.slot, made.attempt);
     let mut tried = vec![];
     let mut closed: Vec<ephemera_core::Market> = vec![];
     let patience_until = std::time::Instant::now() + capacity::THROTTLE_PATIENCE;
-    for c in capacity::candidates(&spec.worker.instance_types, &spec.worker.subnets, &markets) {
+    for c in capacity::candidates(&spec.worker.instance_types, &spec.worker.subnets, markets) {
         if closed.contains(&c.market) {
             continue;
         }
-        let token = capacity::client_token(&input.execution, slot, attempt, &c);
         let req = LaunchRequest {
             market: c.market,
             instance_type: c.instance_type.clone(),
             subnet: c.subnet.clone(),
-            security_groups: spec.worker.security_groups.clone(),
-            image: spec.worker.image.clone(),
-            volume_gib: spec.worker.volume_gib,
-            root_device: root_device.clone(),
-            instance_profile: profile.clone(),
-            kms_key: kms_key.clone(),
-            client_token: token.clone(),
-            user_data_base64: user_data.clone(),
-            tags: tags.clone(),
+            client_token: capacity::client_token(execution, slot, attempt, &c),
+            ..base.clone()
         };
-        match run_waiting_out_throttles(ec2, &req, patience_until).await {
+        let e = match run_waiting_out_throttles(ec2, &req, patience_until).await {
             Ok(i) => {
                 tracing::info!(instance = %i.id, market = c.market.as_str(), instance_type = %c.instance_type, subnet = %c.subnet, slot, attempt, "launched");
-                return Ok(make_state(attempt_of(&i, token, tried, false)));
+                return Ok((i, req.client_token, tried));
             }
-            Err(e) => match capacity::classify(&e.code, &e.message) {
-                LaunchErrorKind::Capacity | LaunchErrorKind::Limit | LaunchErrorKind::Market => {
-                    tracing::warn!(code = %e.code, market = c.market.as_str(), instance_type = %c.instance_type, subnet = %c.subnet, "candidate unavailable; trying the next");
-                    if capacity::classify(&e.code, &e.message) == LaunchErrorKind::Market {
-                        closed.push(c.market);
-                    }
-                    // Cut: the kept refusal travels in the run document (crate::payload).
-                    tried.push(Tried {
-                        market: c.market,
-                        instance_type: c.instance_type,
-                        subnet: c.subnet,
-                        code: payload::cap(&e.code, payload::CODE_KEPT),
-                        message: payload::cap(&e.message, payload::TRIED_MESSAGE_KEPT),
-                    });
+            Err(e) => e,
+        };
+        match capacity::classify(&e.code, &e.message) {
+            kind @ (LaunchErrorKind::Capacity
+            | LaunchErrorKind::Limit
+            | LaunchErrorKind::Market) => {
+                tracing::warn!(code = %e.code, market = c.market.as_str(), instance_type = %c.instance_type, subnet = %c.subnet, "candidate unavailable; trying the next");
+                if kind == LaunchErrorKind::Market {
+                    closed.push(c.market);
                 }
-                // Ephemera.AwsError: the state retries the whole call with backoff, and the
-                // ClientTokens make it ask EC2 for the same launches again.
-                LaunchErrorKind::Transient => {
-                    return Err(Error::Aws {
-                        service: "ec2",
-                        operation: "RunInstances",
-                        code: e.code,
-                        message: payload::cap(&e.message, payload::TRIED_MESSAGE_KEPT),
-                    })
-                }
-                LaunchErrorKind::Fatal => {
-                    return Err(Error::LaunchFailed(format!(
-                        "{} {} in {}: {}: {}",
-                        c.market.as_str(),
-                        c.instance_type,
-                        c.subnet,
-                        e.code,
-                        e.message
-                    )))
-                }
-            },
+                // Cut: the kept refusal travels in the run document (crate::payload).
+                tried.push(Tried {
+                    market: c.market,
+                    instance_type: c.instance_type,
+                    subnet: c.subnet,
+                    code: payload::cap(&e.code, payload::CODE_KEPT),
+                    message: payload::cap(&e.message, payload::TRIED_MESSAGE_KEPT),
+                });
+            }
+            // Ephemera.AwsError: the state retries the whole call with backoff, and the
+            // ClientTokens make it ask EC2 for the same launches again.
+            LaunchErrorKind::Transient => {
+                return Err(Error::Aws {
+                    service: "ec2",
+                    operation: "RunInstances",
+                    code: e.code,
+                    message: payload::cap(&e.message, payload::TRIED_MESSAGE_KEPT),
+                })
+            }
+            LaunchErrorKind::Fatal => {
+                return Err(Error::LaunchFailed(format!(
+                    "{} {} in {}: {}: {}",
+                    c.market.as_str(),
+                    c.instance_type,
+                    c.subnet,
+                    e.code,
+                    e.message
+                )))
+            }
         }
     }
     Err(Error::CapacityUnavailable { tried })
 }
+
 /// RunInstances, waiting out EC2's throttle on this one request (the same ClientToken, so the
 /// same launch) until `until`; then the throttle goes back to the state's Retry. Waiting here
 /// keeps the candidates already refused refused: a Retry would walk them all again.

@@ -1,12 +1,14 @@
 //! quota-check: are there enough vCPUs in every quota the run may draw on? If not, request an
 //! increase once and follow that request until approved, denied or past the deadline.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Duration, Utc};
 use ephemera_core::deployment::Deployment;
 use ephemera_core::instance_state::InstanceState;
 use ephemera_core::quota::{self, QuotaLine, QuotaState, QuotaVerdict, RequestProgress};
 use ephemera_core::runspec::FieldError;
-use ephemera_core::InvalidRunSpec;
+use ephemera_core::{InvalidRunSpec, RunSpec};
 use serde::Deserialize;
 
 use super::parse_spec;
@@ -48,27 +50,9 @@ pub async fn handle<E: Compute, Q: QuotaService, P: PriceList>(
         prices,
     } = clients;
     let spec = parse_spec(&input.run)?;
-    let region = &config.region;
     config.deployment.check(&spec)?;
     let types = &spec.worker.instance_types;
-    let vcpus = ec2.vcpus(types).await?;
-    let mut per_type = vec![];
-    let mut errors = vec![];
-    for (i, t) in types.iter().enumerate() {
-        match vcpus.get(t) {
-            Some(&v) => per_type.push((t.clone(), v)),
-            None => errors.push(FieldError {
-                field: format!("worker.instance_types[{i}]"),
-                message: format!(
-                    "'{t}' is not offered in region {} (DescribeInstanceTypes: InvalidInstanceType); choose types the region offers (aws ec2 describe-instance-type-offerings)",
-                    region
-                ),
-            }),
-        }
-    }
-    if !errors.is_empty() {
-        return Err(InvalidRunSpec { errors }.into());
-    }
+    let per_type = offered_types(ec2, types, &config.region).await?;
     let needs = quota::needs(
         &per_type,
         &spec.worker.market.markets(false),
@@ -80,62 +64,20 @@ pub async fn handle<E: Compute, Q: QuotaService, P: PriceList>(
             message: m,
         }],
     })?;
-
-    // Usage: vCPUs of running and pending instances, counted in the quota each one draws on.
-    let active = ec2
-        .instances(&[], &[InstanceState::Pending, InstanceState::Running])
-        .await?;
-    let mut active_types: Vec<String> = active.iter().map(|i| i.instance_type.clone()).collect();
-    active_types.sort();
-    active_types.dedup();
-    let active_vcpus = ec2.vcpus(&active_types).await?;
-    let usage = quota::usage(
-        active.iter().map(|i| (i.instance_type.as_str(), i.market)),
-        &active_vcpus,
-    );
-
+    let usage = vcpus_in_use(ec2).await?;
     let prev = input.quota.as_ref();
     let started_at = prev.map_or(now, |p| p.started_at);
     let polls = prev.map_or(0, |p| p.polls + 1);
     let deadline = started_at + Duration::seconds(spec.quota.max_wait_seconds as i64);
-
+    let poll = Poll {
+        spec: &spec,
+        previous: prev,
+        usage: &usage,
+        now,
+    };
     let mut lines = vec![];
     for need in needs {
-        // Follow an open request first: an approval raises the applied value read next.
-        let previous = prev
-            .and_then(|p| p.quotas.iter().find(|l| l.code == need.code))
-            .and_then(|l| l.request.clone());
-        let followed = match previous {
-            Some(r) if quota::request_progress(&r.status) == Ok(RequestProgress::Pending) => {
-                Some(quotas.request_status(&r.id, now).await?)
-            }
-            other => other,
-        };
-        let crate::aws::Applied {
-            value: applied,
-            is_default,
-        } = quotas.applied(&need.code).await?;
-        let used = usage.get(need.code.as_str()).copied().unwrap_or(0);
-        let fits = quota::fits(applied, used, need.needed_vcpus);
-        let request = match followed {
-            Some(r) => Some(r),
-            None if !fits && spec.quota.request_increase => {
-                let desired = quota::desired_value(applied, used, need.needed_vcpus);
-                tracing::info!(code = %need.code, desired, "requesting a quota increase");
-                Some(quotas.request_increase(&need.code, desired, now).await?)
-            }
-            None => None,
-        };
-        lines.push(QuotaLine {
-            code: need.code,
-            market: need.market,
-            applied,
-            is_default,
-            usage_vcpus: used,
-            needed_vcpus: need.needed_vcpus,
-            fits,
-            request,
-        });
+        lines.push(quota_line(quotas, &poll, need).await?);
     }
 
     let (verdict, reason) = quota::decide(&lines, spec.quota.request_increase, now, deadline);
@@ -153,7 +95,10 @@ pub async fn handle<E: Compute, Q: QuotaService, P: PriceList>(
     // The run's prices, once: every launch budgets with them and the report bills with them.
     let (prices, markets) = match verdict {
         QuotaVerdict::Enough => (
-            pricing::type_prices(types, pricing::quotes_for(prices, &[], types, region).await),
+            pricing::type_prices(
+                types,
+                pricing::quotes_for(prices, &[], types, &config.region).await,
+            ),
             quota::markets_with_room(&lines),
         ),
         _ => (vec![], vec![]),
@@ -170,5 +115,103 @@ pub async fn handle<E: Compute, Q: QuotaService, P: PriceList>(
         workers: (1..=spec.worker.count).collect(),
         prices,
         markets,
+    })
+}
+
+/// Each candidate type with its vCPUs; a type the region does not offer is named.
+async fn offered_types<E: Compute>(
+    ec2: &E,
+    types: &[String],
+    region: &str,
+) -> Result<Vec<(String, u32)>, Error> {
+    let vcpus = ec2.vcpus(types).await?;
+    let mut per_type = vec![];
+    let mut errors = vec![];
+    for (i, t) in types.iter().enumerate() {
+        match vcpus.get(t) {
+            Some(&v) => per_type.push((t.clone(), v)),
+            None => errors.push(FieldError {
+                field: format!("worker.instance_types[{i}]"),
+                message: format!(
+                    "'{t}' is not offered in region {region} (DescribeInstanceTypes: InvalidInstanceType); choose types the region offers (aws ec2 describe-instance-type-offerings)"
+                ),
+            }),
+        }
+    }
+    if errors.is_empty() {
+        Ok(per_type)
+    } else {
+        Err(InvalidRunSpec { errors }.into())
+    }
+}
+
+/// vCPUs of running and pending instances, counted in the quota each one draws on.
+async fn vcpus_in_use<E: Compute>(ec2: &E) -> Result<BTreeMap<&'static str, u32>, Error> {
+    let active = ec2
+        .instances(&[], &[InstanceState::Pending, InstanceState::Running])
+        .await?;
+    let mut active_types: Vec<String> = active.iter().map(|i| i.instance_type.clone()).collect();
+    active_types.sort();
+    active_types.dedup();
+    let active_vcpus = ec2.vcpus(&active_types).await?;
+    Ok(quota::usage(
+        active.iter().map(|i| (i.instance_type.as_str(), i.market)),
+        &active_vcpus,
+    ))
+}
+
+/// What one poll reads each quota against.
+struct Poll<'a> {
+    spec: &'a RunSpec,
+    previous: Option<&'a QuotaState>,
+    usage: &'a BTreeMap<&'static str, u32>,
+    now: DateTime<Utc>,
+}
+
+/// One quota: its applied value against what is used and needed, its open request followed
+/// (an approval raises the applied value read next) or an increase requested once.
+async fn quota_line<Q: QuotaService>(
+    quotas: &Q,
+    poll: &Poll<'_>,
+    need: quota::QuotaNeed,
+) -> Result<QuotaLine, Error> {
+    let previous = poll
+        .previous
+        .and_then(|p| p.quotas.iter().find(|l| l.code == need.code))
+        .and_then(|l| l.request.clone());
+    let followed = match previous {
+        Some(r) if quota::request_progress(&r.status) == Ok(RequestProgress::Pending) => {
+            Some(quotas.request_status(&r.id, poll.now).await?)
+        }
+        other => other,
+    };
+    let crate::aws::Applied {
+        value: applied,
+        is_default,
+    } = quotas.applied(&need.code).await?;
+    let used = poll.usage.get(need.code.as_str()).copied().unwrap_or(0);
+    let fits = quota::fits(applied, used, need.needed_vcpus);
+    let request = match followed {
+        Some(r) => Some(r),
+        None if !fits && poll.spec.quota.request_increase => {
+            let desired = quota::desired_value(applied, used, need.needed_vcpus);
+            tracing::info!(code = %need.code, desired, "requesting a quota increase");
+            Some(
+                quotas
+                    .request_increase(&need.code, desired, poll.now)
+                    .await?,
+            )
+        }
+        None => None,
+    };
+    Ok(QuotaLine {
+        code: need.code,
+        market: need.market,
+        applied,
+        is_default,
+        usage_vcpus: used,
+        needed_vcpus: need.needed_vcpus,
+        fits,
+        request,
     })
 }

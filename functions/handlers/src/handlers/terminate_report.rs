@@ -16,7 +16,7 @@ use ephemera_core::rundoc::{
     render_email, report_location, Attempt, CaughtError, CostReport, Released, StoredReport,
     Verification, WorkerEnd,
 };
-use ephemera_core::{report_html, Market};
+use ephemera_core::{report_html, Market, RunSpec};
 use serde::Deserialize;
 
 use super::parse_spec;
@@ -88,17 +88,21 @@ pub fn parse_transition_time(reason: &str) -> Option<DateTime<Utc>> {
         .map(|n| n.and_utc())
 }
 
-// One small adapter per service called (EC2, Pricing, SNS, Step Functions, S3), as in the other
-// handlers, so each can be replaced on its own in tests.
-#[allow(clippy::too_many_arguments)]
+/// The services a report is made with: one small adapter per service called, as in the other
+/// handlers, so each can be replaced on its own in tests. Without a ledger or an SSM client,
+/// those steps are skipped.
+pub struct Services<'a, E, P, N, H, O, L, R> {
+    pub ec2: &'a E,
+    pub prices: &'a P,
+    pub sns: &'a N,
+    pub history: &'a H,
+    pub objects: &'a O,
+    pub ledger: Option<&'a L>,
+    pub signals: Option<&'a R>,
+}
+
 pub async fn handle<E, P, N, H, O, L, R>(
-    ec2: &E,
-    prices: &P,
-    sns: &N,
-    history: &H,
-    objects: &O,
-    ledger: Option<&L>,
-    signals: Option<&R>,
+    s: Services<'_, E, P, N, H, O, L, R>,
     config: &Config,
     input: Input,
     now: DateTime<Utc>,
@@ -114,29 +118,8 @@ where
 {
     let spec = parse_spec(&input.run)?;
     let ends: Vec<WorkerEnd> = input.workers.clone().unwrap_or_default();
-    let known: Vec<(u32, Attempt)> = ends
-        .iter()
-        .filter_map(|e| e.worker.as_ref().map(|w| (e.slot, w)))
-        .flat_map(|(slot, w)| w.attempts.iter().map(move |a| (slot, a.clone())))
-        .collect();
-
-    // Everything this execution launched: what the run document knows, and what the tags say
-    // (a Lambda that crashed after RunInstances never returned its instance).
-    let mut instances: BTreeMap<String, InstanceView> = BTreeMap::new();
-    for i in ec2
-        .instances(&[(tags::EXECUTION, input.execution.as_str())], &[])
-        .await?
-    {
-        instances.insert(i.id.clone(), i);
-    }
-    let ids: Vec<String> = known
-        .iter()
-        .map(|(_, a)| a.instance_id.clone())
-        .filter(|id| !instances.contains_key(id))
-        .collect();
-    for i in ec2.describe(&ids).await? {
-        instances.insert(i.id.clone(), i);
-    }
+    let known = known_attempts(&ends);
+    let instances = everything_launched(s.ec2, &input.execution, &known).await?;
     for i in instances.values() {
         ours(i, &spec.run_id)?;
     }
@@ -147,74 +130,30 @@ where
         .clone()
         .or_else(|| config.default_topic.clone());
     let teardown_start = Utc::now();
-    if let Err(e) = ec2.terminate(&to_stop).await {
+    if let Err(e) = s.ec2.terminate(&to_stop).await {
         let topic = topic.as_deref();
-        return Err(teardown_failed(sns, topic, &spec.run_id, &input.execution, &to_stop, e).await);
+        let (run, execution) = (&spec.run_id, &input.execution);
+        return Err(teardown_failed(s.sns, topic, run, execution, &to_stop, e).await);
     }
     let teardown_seconds = (Utc::now() - teardown_start).num_seconds();
     tracing::info!(terminated = ?to_stop, "terminated");
 
-    // What each instance cost: its type's On-Demand price, then let the core price it.
     let run_prices = input.quota.as_ref().map_or(&[][..], |q| &q.prices[..]);
     let on_demand_of =
-        on_demand_prices(prices, run_prices, instances.values(), &config.region).await;
+        on_demand_prices(s.prices, run_prices, instances.values(), &config.region).await;
+    let pricing = Pricing {
+        spec: &spec,
+        known: &known,
+        on_demand_of: &on_demand_of,
+        now,
+    };
     let mut priced = vec![];
     for i in instances.values() {
-        let from_doc = known.iter().find(|(_, a)| a.instance_id == i.id);
-        let tag = |k: &str| i.tags.get(k).and_then(|v| v.parse::<u32>().ok());
-        let launched_at = i
-            .launch_time
-            .or(from_doc.map(|(_, a)| a.launched_at))
-            .unwrap_or(now);
-        let ended_at = if to_stop.contains(&i.id) {
-            now
-        } else {
-            i.state_transition_reason
-                .as_deref()
-                .and_then(parse_transition_time)
-                .unwrap_or(now)
-        };
-        let on_demand = on_demand_of.get(&i.instance_type).cloned().flatten();
-        let spot = match (i.market, i.availability_zone.as_deref()) {
-            // Asked from an hour earlier: AWS dates the price in force at launch before it.
-            (Market::Spot, Some(az)) => match ec2
-                .spot_prices(
-                    &i.instance_type,
-                    az,
-                    launched_at - chrono::Duration::hours(1),
-                    launched_at
-                        + chrono::Duration::seconds(cost::billed_seconds(launched_at, ended_at)),
-                )
-                .await
-            {
-                Ok(h) => SpotHistory::Read(h),
-                Err(e) => SpotHistory::Unreadable(short(&e.to_string())),
-            },
-            _ => SpotHistory::NotAsked,
-        };
-        priced.push(cost_report::price(&InstanceFacts {
-            worker: tag(tags::WORKER)
-                .or(from_doc.map(|(slot, _)| *slot))
-                .unwrap_or(1),
-            attempt: tag(tags::ATTEMPT)
-                .or(from_doc.map(|(_, a)| a.attempt))
-                .unwrap_or(0),
-            instance_id: i.id.clone(),
-            instance_type: i.instance_type.clone(),
-            market: i.market,
-            availability_zone: i.availability_zone.clone(),
-            launched_at,
-            ended_at,
-            volume_gib: from_doc
-                .map(|(_, a)| a.volume_gib)
-                .unwrap_or(spec.worker.volume_gib),
-            state_before: i.state,
-            on_demand,
-            spot,
-        }));
+        let facts = facts_of(s.ec2, &pricing, i, to_stop.contains(&i.id)).await;
+        priced.push(cost_report::price(&facts));
     }
-
-    let stats = history
+    let stats = s
+        .history
         .execution_stats(&input.execution, config.lambda_memory_mb)
         .await?;
     let mut report = cost_report::assemble(Parts {
@@ -235,41 +174,12 @@ where
         verification: input.verification.as_ref(),
         snapshot: input.snapshot.as_ref(),
     });
-
-    // The run's signals go with its instances: the started signal and each attempt's token.
-    if let Some(r) = signals {
-        let run = RunParameters::of_run(&spec.run_id);
-        let names: Vec<String> = instances
-            .keys()
-            .flat_map(|id| [run.started(id), run.task_token(id)])
-            .collect();
-        if let Err(e) = r.delete_all(&names).await {
-            tracing::error!(error = %e, "the run's SSM parameters could not be deleted");
-            report.notes.push(format!(
-                "the run's SSM parameters are left: {}",
-                short(&e.to_string())
-            ));
-        }
+    if let Some(r) = s.signals {
+        delete_signals(r, &spec.run_id, instances.keys(), &mut report).await;
     }
-
-    // The run's cost replaces its reservation in the ledger; like the email, never a reason
-    // to fail the report.
-    if let Some(l) = ledger {
-        match l
-            .close(&input.execution, EntryState::Ended, Some(report.actual_usd))
-            .await
-        {
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "the ledger could not be updated");
-                report.notes.push(format!(
-                    "the ledger still holds this run's reservation: {}",
-                    short(&e.to_string())
-                ));
-            }
-        }
+    if let Some(l) = s.ledger {
+        close_ledger(l, &input.execution, &mut report).await;
     }
-
     // Any worker's report names the run's manifest (the one who wrote it, or one who ended
     // after it was written).
     let manifest = ends
@@ -277,45 +187,184 @@ where
         .filter_map(|e| e.result.as_ref()?.get("manifest")?.as_str())
         .next();
     if let Some(place) = report_location(&spec, manifest, config.artifact_bucket.as_deref()) {
-        store(objects, &mut report, place).await;
+        store(s.objects, &mut report, place).await;
     }
-
     match topic {
-        Some(t) => {
-            let (subject, body) = render_email(&report);
-            let actual_s = format!("{:.6}", report.actual_usd);
-            let attributes = [
-                ("run_id", report.run_id.as_str()),
-                ("outcome", report.outcome.as_str()),
-                ("actual_usd", actual_s.as_str()),
-            ];
-            // The email never fails the run: a finished job stays finished and its report is
-            // the execution's output whatever SNS answers. Transient errors are retried here
-            // (the SDK retries throttling too); a refusal is not, and is noted in the report.
-            let mut tries = 0;
-            loop {
-                tries += 1;
-                match sns.publish(&t, &subject, &body, &attributes).await {
-                    Ok(_) => break,
-                    Err(e) if tries < 3 && !is_refusal(&e) => {
-                        tracing::warn!(error = %e, tries, "publishing the report failed; retrying");
-                        tokio::time::sleep(std::time::Duration::from_millis(500 * tries)).await;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, topic = %t, "the report could not be emailed");
-                        report.notes.push(format!(
-                            "the report could not be emailed to {t} after {tries} attempt(s): {}",
-                            short(&e.to_string())
-                        ));
-                        break;
-                    }
-                }
-            }
-        }
+        Some(t) => email(s.sns, &t, &mut report).await,
         None => tracing::warn!("no notification topic: the report is only returned"),
     }
     tracing::info!(actual_usd = report.actual_usd, outcome = %report.outcome, "cost report");
     Ok(report)
+}
+
+/// The attempts the run document knows, with their worker's slot.
+fn known_attempts(ends: &[WorkerEnd]) -> Vec<(u32, Attempt)> {
+    ends.iter()
+        .filter_map(|e| e.worker.as_ref().map(|w| (e.slot, w)))
+        .flat_map(|(slot, w)| w.attempts.iter().map(move |a| (slot, a.clone())))
+        .collect()
+}
+
+/// Everything this execution launched: what the run document knows, and what the tags say (a
+/// Lambda that crashed after RunInstances never returned its instance).
+async fn everything_launched<E: Compute>(
+    ec2: &E,
+    execution: &str,
+    known: &[(u32, Attempt)],
+) -> Result<BTreeMap<String, InstanceView>, Error> {
+    let mut instances: BTreeMap<String, InstanceView> = BTreeMap::new();
+    for i in ec2.instances(&[(tags::EXECUTION, execution)], &[]).await? {
+        instances.insert(i.id.clone(), i);
+    }
+    let ids: Vec<String> = known
+        .iter()
+        .map(|(_, a)| a.instance_id.clone())
+        .filter(|id| !instances.contains_key(id))
+        .collect();
+    for i in ec2.describe(&ids).await? {
+        instances.insert(i.id.clone(), i);
+    }
+    Ok(instances)
+}
+
+/// What every instance is priced with.
+struct Pricing<'a> {
+    spec: &'a RunSpec,
+    known: &'a [(u32, Attempt)],
+    /// Each type's On-Demand price and where it came from.
+    on_demand_of: &'a BTreeMap<String, Option<(f64, String)>>,
+    now: DateTime<Utc>,
+}
+
+/// What pricing one instance needs: when it ran (until now if this call terminated it), its
+/// type's On-Demand price and, for Spot, the price history over its life.
+async fn facts_of<E: Compute>(
+    ec2: &E,
+    p: &Pricing<'_>,
+    i: &InstanceView,
+    ended_now: bool,
+) -> InstanceFacts {
+    let Pricing {
+        spec,
+        known,
+        on_demand_of,
+        now,
+    } = *p;
+    let from_doc = known.iter().find(|(_, a)| a.instance_id == i.id);
+    let tag = |k: &str| i.tags.get(k).and_then(|v| v.parse::<u32>().ok());
+    let launched_at = i
+        .launch_time
+        .or(from_doc.map(|(_, a)| a.launched_at))
+        .unwrap_or(now);
+    let ended_at = match ended_now {
+        true => now,
+        false => i
+            .state_transition_reason
+            .as_deref()
+            .and_then(parse_transition_time)
+            .unwrap_or(now),
+    };
+    let spot = match (i.market, i.availability_zone.as_deref()) {
+        // Asked from an hour earlier: AWS dates the price in force at launch before it.
+        (Market::Spot, Some(az)) => {
+            let until = launched_at
+                + chrono::Duration::seconds(cost::billed_seconds(launched_at, ended_at));
+            let from = launched_at - chrono::Duration::hours(1);
+            match ec2.spot_prices(&i.instance_type, az, from, until).await {
+                Ok(h) => SpotHistory::Read(h),
+                Err(e) => SpotHistory::Unreadable(short(&e.to_string())),
+            }
+        }
+        _ => SpotHistory::NotAsked,
+    };
+    InstanceFacts {
+        worker: tag(tags::WORKER)
+            .or(from_doc.map(|(slot, _)| *slot))
+            .unwrap_or(1),
+        attempt: tag(tags::ATTEMPT)
+            .or(from_doc.map(|(_, a)| a.attempt))
+            .unwrap_or(0),
+        instance_id: i.id.clone(),
+        instance_type: i.instance_type.clone(),
+        market: i.market,
+        availability_zone: i.availability_zone.clone(),
+        launched_at,
+        ended_at,
+        volume_gib: from_doc
+            .map(|(_, a)| a.volume_gib)
+            .unwrap_or(spec.worker.volume_gib),
+        state_before: i.state,
+        on_demand: on_demand_of.get(&i.instance_type).cloned().flatten(),
+        spot,
+    }
+}
+
+/// The run's signals go with its instances: the started signal and each attempt's token. A
+/// failure is noted, never a reason to fail the report.
+async fn delete_signals<'a, R: ParamHousekeeping>(
+    r: &R,
+    run_id: &str,
+    instances: impl Iterator<Item = &'a String>,
+    report: &mut CostReport,
+) {
+    let run = RunParameters::of_run(run_id);
+    let names: Vec<String> = instances
+        .flat_map(|id| [run.started(id), run.task_token(id)])
+        .collect();
+    if let Err(e) = r.delete_all(&names).await {
+        tracing::error!(error = %e, "the run's SSM parameters could not be deleted");
+        report.notes.push(format!(
+            "the run's SSM parameters are left: {}",
+            short(&e.to_string())
+        ));
+    }
+}
+
+/// The run's cost replaces its reservation in the ledger; like the email, never a reason to
+/// fail the report.
+async fn close_ledger<L: Ledger>(l: &L, execution: &str, report: &mut CostReport) {
+    if let Err(e) = l
+        .close(execution, EntryState::Ended, Some(report.actual_usd))
+        .await
+    {
+        tracing::error!(error = %e, "the ledger could not be updated");
+        report.notes.push(format!(
+            "the ledger still holds this run's reservation: {}",
+            short(&e.to_string())
+        ));
+    }
+}
+
+/// The email never fails the run: a finished job stays finished and its report is the
+/// execution's output whatever SNS answers. Transient errors are retried here (the SDK retries
+/// throttling too); a refusal is not, and is noted in the report.
+async fn email<N: Notifier>(sns: &N, topic: &str, report: &mut CostReport) {
+    let (subject, body) = render_email(report);
+    let actual_s = format!("{:.6}", report.actual_usd);
+    let attributes = [
+        ("run_id", report.run_id.as_str()),
+        ("outcome", report.outcome.as_str()),
+        ("actual_usd", actual_s.as_str()),
+    ];
+    let mut tries = 0;
+    let failed = loop {
+        tries += 1;
+        match sns.publish(topic, &subject, &body, &attributes).await {
+            Ok(_) => break None,
+            Err(e) if tries < 3 && !is_refusal(&e) => {
+                tracing::warn!(error = %e, tries, "publishing the report failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(500 * tries)).await;
+            }
+            Err(e) => break Some(e),
+        }
+    };
+    if let Some(e) = failed {
+        tracing::error!(error = %e, topic = %topic, "the report could not be emailed");
+        report.notes.push(format!(
+            "the report could not be emailed to {topic} after {tries} attempt(s): {}",
+            short(&e.to_string())
+        ));
+    }
 }
 
 /// Refuses an instance not tagged as one of this run's (a wrong execution ARN in the input
