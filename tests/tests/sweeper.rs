@@ -187,17 +187,16 @@ async fn signals_of_instances_that_are_gone_are_deleted_once_old() {
     let sweep = |now| {
         let role = role.clone();
         async move {
-            dispatch::sweeper(
-                &role.ec2,
-                &role.sfn,
-                &role.sns,
-                None,
-                &role.ssm,
-                &Settings::default(),
-                now,
-            )
-            .await
-            .unwrap()
+            let services = ephemera_functions::handlers::sweeper::Services {
+                ec2: &role.ec2,
+                executions: &role.sfn,
+                sns: &role.sns,
+                ledger: None,
+                params: &role.ssm,
+            };
+            dispatch::sweeper(services, &Settings::default(), now)
+                .await
+                .unwrap()
         }
     };
     // Just written: left alone, whatever its instance (it may be too new to be listed).

@@ -497,6 +497,15 @@ pub fn render_email(r: &CostReport) -> (String, String) {
     let subject = format!("ephemera {run}{tail}");
 
     let mut b = String::new();
+    email_outcome(r, &mut b);
+    email_cost_and_work(r, &mut b);
+    email_workers(r, &mut b);
+    email_tail(r, &mut b);
+    (subject, b)
+}
+
+/// The outcome, the error, where the page is and the snapshot taken.
+fn email_outcome(r: &CostReport, b: &mut String) {
     b.push_str(&format!("Run {} {}.\n", r.run_id, r.outcome));
     // The presentable form: a Lambda's JSON cause reduced to its message.
     if let Some(e) = r.failure.as_ref().or(r.error.as_ref()) {
@@ -527,6 +536,11 @@ pub fn render_email(r: &CostReport) -> (String, String) {
         ));
         b.push_str(&snapshot_housekeeping(s));
     }
+}
+
+/// What it cost against the estimate and the budget, the time per phase, what was done and
+/// what it left.
+fn email_cost_and_work(r: &CostReport, b: &mut String) {
     b.push_str(&format!(
         "\nCost: ${:.4} actual (compute ${:.4}, EBS ${:.4}, orchestration ${:.4})\n",
         r.actual_usd, r.compute_usd, r.ebs_usd, r.orchestration.usd
@@ -551,6 +565,10 @@ pub fn render_email(r: &CostReport) -> (String, String) {
             o.objects, o.bytes, o.manifest
         ));
     }
+}
+
+/// Each worker (when there are several, or one was lost) and each instance.
+fn email_workers(r: &CostReport, b: &mut String) {
     if r.workers.len() > 1 || r.workers.iter().any(|w| w.error.is_some()) {
         b.push_str("\nWorkers:\n");
         for w in &r.workers {
@@ -586,6 +604,10 @@ pub fn render_email(r: &CostReport) -> (String, String) {
     if r.attempts.is_empty() {
         b.push_str("  none: nothing was launched\n");
     }
+}
+
+/// What was terminated, the notes, the execution and the JSON report.
+fn email_tail(r: &CostReport, b: &mut String) {
     b.push_str(&format!(
         "\nTerminated: {}\n",
         if r.terminated.is_empty() {
@@ -601,7 +623,6 @@ pub fn render_email(r: &CostReport) -> (String, String) {
     b.push_str("\n--- report (JSON) ---\n");
     b.push_str(&serde_json::to_string_pretty(r).unwrap_or_default());
     b.push('\n');
-    (subject, b)
 }
 
 #[cfg(test)]

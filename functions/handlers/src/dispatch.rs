@@ -191,10 +191,14 @@ pub async fn invoke(
         Function::Sweeper => {
             let ledger = ledger(&aws.dynamodb, settings);
             let ledger = ledger.as_ref();
-            sweeper(
-                &aws.ec2, &aws.sfn, &aws.sns, ledger, &aws.ssm, settings, now,
-            )
-            .await
+            let services = sweeper::Services {
+                ec2: &aws.ec2,
+                executions: &aws.sfn,
+                sns: &aws.sns,
+                ledger,
+                params: &aws.ssm,
+            };
+            sweeper(services, settings, now).await
         }
         Function::SpotInterruption => {
             spot_interruption(&aws.ec2, &aws.ssm, &aws.sfn, payload).await
@@ -260,7 +264,13 @@ pub async fn launch_worker(
         ledger: c.ledger.as_ref(),
         alerts: c.sns,
     };
-    out(launch_worker::handle(c.ec2, c.prices, c.ssm, books, &config, input, now).await?)
+    let clients = launch_worker::Clients {
+        ec2: c.ec2,
+        prices: c.prices,
+        params: c.ssm,
+        books,
+    };
+    out(launch_worker::handle(clients, &config, input, now).await?)
 }
 
 pub async fn snapshot_database(
@@ -337,16 +347,19 @@ pub async fn terminate_with_cost_report(
 }
 
 pub async fn sweeper(
-    ec2: &aws_sdk_ec2::Client,
-    sfn: &aws_sdk_sfn::Client,
-    sns: &aws_sdk_sns::Client,
-    ledger: Option<&LedgerTable>,
-    ssm: &aws_sdk_ssm::Client,
+    services: sweeper::Services<
+        '_,
+        aws_sdk_ec2::Client,
+        aws_sdk_sfn::Client,
+        aws_sdk_sns::Client,
+        LedgerTable,
+        aws_sdk_ssm::Client,
+    >,
     settings: &Settings,
     now: DateTime<Utc>,
 ) -> Result<Value, Error> {
     let topic = settings.default_topic.as_deref();
-    out(sweeper::handle(ec2, sfn, sns, ledger, ssm, topic, now).await?)
+    out(sweeper::handle(services, topic, now).await?)
 }
 
 pub async fn spot_interruption(

@@ -145,11 +145,14 @@ async fn launch(ec2: &aws_sdk_ec2::Client, input: Value) -> Result<(), Error> {
         ledger: None,
         alerts: &Outbox::default(),
     };
-    launch_worker::handle(
+    let clients = launch_worker::Clients {
         ec2,
-        &Prices,
-        &NoParams,
+        prices: &Prices,
+        params: &NoParams,
         books,
+    };
+    launch_worker::handle(
+        clients,
         &launch_config(),
         serde_json::from_value(input).unwrap(),
         Utc::now(),

@@ -145,7 +145,11 @@ impl Ledger for LedgerTable {
             let held = run.as_ref().map_or(0.0, |r| r.reserved_usd);
             let before = run.as_ref().and_then(|r| r.workers.get(&worker).copied());
             let delta = usd - before.unwrap_or(0.0);
-            let this = run_update(&self.table, entry, worker, usd, run.as_ref(), before);
+            let read = AsRead {
+                run: run.as_ref(),
+                before,
+            };
+            let this = run_update(&self.table, entry, (worker, usd), read);
             let mut month = Update::builder()
                 .table_name(&self.table)
                 .key("execution", AttributeValue::S(counter_key(&entry.month)))
@@ -285,6 +289,13 @@ pub fn counter_key(month: &str) -> String {
 /// How many times a reservation reads and writes again when the run's item changed between.
 const RESERVE_TRIES: usize = 8;
 
+/// The run's item as read before a reservation: the item, and this worker's share in it.
+#[derive(Clone, Copy)]
+struct AsRead<'a> {
+    run: Option<&'a Entry>,
+    before: Option<f64>,
+}
+
 /// The run's item with `worker`'s reservation: its place in the map when the item has one (on
 /// the condition that nobody changed it since it was read), else the whole item with a map of
 /// one (on the condition that there is still none). Written with the month's counter, so a
@@ -292,11 +303,10 @@ const RESERVE_TRIES: usize = 8;
 fn run_update(
     table: &str,
     entry: &Entry,
-    worker: u32,
-    usd: f64,
-    run: Option<&Entry>,
-    before: Option<f64>,
+    (worker, usd): (u32, f64),
+    read: AsRead<'_>,
 ) -> aws_sdk_dynamodb::types::builders::UpdateBuilder {
+    let AsRead { run, before } = read;
     let key = worker.to_string();
     let u = Update::builder()
         .table_name(table)

@@ -14,5 +14,15 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let settings = Settings::from_env();
     let ledger = dispatch::ledger(&aws_sdk_dynamodb::Client::new(&conf), &settings);
     let ledger = ledger.as_ref();
-    serve(|_| dispatch::sweeper(&ec2, &sfn, &sns, ledger, &ssm, &settings, Utc::now())).await
+    serve(|_| {
+        let services = ephemera_functions::handlers::sweeper::Services {
+            ec2: &ec2,
+            executions: &sfn,
+            sns: &sns,
+            ledger,
+            params: &ssm,
+        };
+        dispatch::sweeper(services, &settings, Utc::now())
+    })
+    .await
 }

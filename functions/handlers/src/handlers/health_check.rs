@@ -6,11 +6,12 @@ use ephemera_core::contract::{RunParameters, Started};
 use ephemera_core::health::{self, Failure, Health, Observation};
 use ephemera_core::instance_state::InstanceState;
 use ephemera_core::payload;
-use ephemera_core::rundoc::{HealthState, HealthVerdict, WorkerState};
+use ephemera_core::rundoc::{Attempt, HealthState, HealthVerdict, WorkerState};
+use ephemera_core::RunSpec;
 use serde::Deserialize;
 
 use super::parse_spec;
-use crate::aws::{Compute, Params};
+use crate::aws::{Compute, InstanceView, Params};
 use crate::error::Error;
 
 #[derive(Debug, Deserialize)]
@@ -40,36 +41,7 @@ pub async fn handle<E: Compute, S: Params>(
         .into_iter()
         .next();
     if input.after_timeout {
-        let reason = instance.as_ref().and_then(|i| i.state_reason.clone());
-        let state = instance
-            .as_ref()
-            .and_then(|i| i.state)
-            .map_or("not found", InstanceState::name);
-        tracing::info!(instance = %current.instance_id, state, ?reason, "the worker went silent");
-        // Server.SpotInstanceTermination / Server.SpotInstanceShutdown
-        // (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_StateReason.html).
-        if reason.as_deref().is_some_and(health::is_spot_reclaim) {
-            return Err(Error::SpotInterrupted(format!(
-                "{}: Spot took the instance ({}) and the worker could not report it",
-                current.instance_id,
-                reason.unwrap_or_default()
-            )));
-        }
-        return Ok(HealthState {
-            verdict: HealthVerdict::Silent,
-            instance_id: current.instance_id.clone(),
-            // The state reason is EC2's text: cut to what the run document plans for.
-            detail: payload::cap(
-                &format!(
-                    "the worker went silent; its instance is {state} ({}), not taken by Spot",
-                    reason.unwrap_or_else(|| "no state reason".into())
-                ),
-                payload::DETAIL_KEPT,
-            ),
-            wait_seconds: 0,
-            checked_at: now,
-            healthy_at: None,
-        });
+        return went_silent(&current.instance_id, instance.as_ref(), now);
     }
     let state = instance.as_ref().and_then(|i| i.state);
     let (instance_status, system_status) = if state == Some(InstanceState::Running) {
@@ -97,6 +69,54 @@ pub async fn handle<E: Compute, S: Params>(
     };
     let verdict = health::judge(&obs);
     tracing::info!(instance = %current.instance_id, ?verdict, "health checked");
+    state_of(verdict, &spec, current, now)
+}
+
+/// The worker went silent (its heartbeat or runtime ran out): taken by Spot (it is relaunched),
+/// or silent on an instance Spot did not take (it is lost).
+fn went_silent(
+    instance_id: &str,
+    instance: Option<&InstanceView>,
+    now: DateTime<Utc>,
+) -> Result<HealthState, Error> {
+    let reason = instance.and_then(|i| i.state_reason.clone());
+    let state = instance
+        .and_then(|i| i.state)
+        .map_or("not found", InstanceState::name);
+    tracing::info!(instance = %instance_id, state, ?reason, "the worker went silent");
+    // Server.SpotInstanceTermination / Server.SpotInstanceShutdown
+    // (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_StateReason.html).
+    if reason.as_deref().is_some_and(health::is_spot_reclaim) {
+        return Err(Error::SpotInterrupted(format!(
+            "{}: Spot took the instance ({}) and the worker could not report it",
+            instance_id,
+            reason.unwrap_or_default()
+        )));
+    }
+    Ok(HealthState {
+        verdict: HealthVerdict::Silent,
+        instance_id: instance_id.to_string(),
+        // The state reason is EC2's text: cut to what the run document plans for.
+        detail: payload::cap(
+            &format!(
+                "the worker went silent; its instance is {state} ({}), not taken by Spot",
+                reason.unwrap_or_else(|| "no state reason".into())
+            ),
+            payload::DETAIL_KEPT,
+        ),
+        wait_seconds: 0,
+        checked_at: now,
+        healthy_at: None,
+    })
+}
+
+/// The verdict as the state machine takes it: a state to wait on, or an error to catch.
+fn state_of(
+    verdict: Health,
+    spec: &RunSpec,
+    current: &Attempt,
+    now: DateTime<Utc>,
+) -> Result<HealthState, Error> {
     match verdict {
         Health::Healthy => Ok(HealthState {
             verdict: HealthVerdict::Healthy,

@@ -78,15 +78,27 @@ pub struct Books<'a, L, N> {
     pub alerts: &'a N,
 }
 
+/// What launch-worker reads and writes: EC2, the Price List, SSM (an image by alias), and the
+/// books a launch is entered in.
+pub struct Clients<'a, E, P, S, L, N> {
+    pub ec2: &'a E,
+    pub prices: &'a P,
+    pub params: &'a S,
+    pub books: Books<'a, L, N>,
+}
+
 pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>(
-    ec2: &E,
-    prices: &P,
-    params: &S,
-    books: Books<'_, L, N>,
+    clients: Clients<'_, E, P, S, L, N>,
     config: &Config,
     input: Input,
     now: DateTime<Utc>,
 ) -> Result<WorkerState, Error> {
+    let Clients {
+        ec2,
+        prices,
+        params,
+        books,
+    } = clients;
     let spec = parse_spec(&input.run)?;
     let role_id = worker_role_id(config)?;
     let slot = checked_slot(&spec, input.slot)?;

@@ -13,8 +13,8 @@ use ephemera_core::instance_state::InstanceState;
 use ephemera_core::ledger::EntryState;
 use ephemera_core::quota::QuotaState;
 use ephemera_core::rundoc::{
-    render_email, report_location, Attempt, CaughtError, CostReport, Released, StoredReport,
-    Verification, WorkerEnd,
+    render_email, report_location, Attempt, AttemptCost, CaughtError, CostReport, Released,
+    StoredReport, Verification, WorkerEnd,
 };
 use ephemera_core::{report_html, Market, RunSpec};
 use serde::Deserialize;
@@ -127,74 +127,140 @@ where
     let topic = spec
         .notify
         .topic_arn
-        .clone()
-        .or_else(|| config.default_topic.clone());
-    let teardown_start = Utc::now();
-    if let Err(e) = s.ec2.terminate(&to_stop).await {
-        let topic = topic.as_deref();
-        let (run, execution) = (&spec.run_id, &input.execution);
-        return Err(teardown_failed(s.sns, topic, run, execution, &to_stop, e).await);
-    }
-    let teardown_seconds = (Utc::now() - teardown_start).num_seconds();
-    tracing::info!(terminated = ?to_stop, "terminated");
+        .as_ref()
+        .or(config.default_topic.as_ref());
+    let left = Left {
+        run_id: &spec.run_id,
+        execution: &input.execution,
+        instances: &to_stop,
+    };
+    let (teardown_start, teardown_seconds) =
+        tear_down(s.ec2, s.sns, &left, topic.map(String::as_str)).await?;
 
-    let run_prices = input.quota.as_ref().map_or(&[][..], |q| &q.prices[..]);
-    let on_demand_of =
-        on_demand_prices(s.prices, run_prices, instances.values(), &config.region).await;
     let pricing = Pricing {
         spec: &spec,
         known: &known,
-        on_demand_of: &on_demand_of,
+        run_prices: input.quota.as_ref().map_or(&[][..], |q| &q.prices[..]),
+        region: &config.region,
         now,
     };
-    let mut priced = vec![];
-    for i in instances.values() {
-        let facts = facts_of(s.ec2, &pricing, i, to_stop.contains(&i.id)).await;
-        priced.push(cost_report::price(&facts));
-    }
+    let priced = price_all(s.ec2, s.prices, &pricing, &instances, &to_stop).await;
     let stats = s
         .history
         .execution_stats(&input.execution, config.lambda_memory_mb)
         .await?;
-    let mut report = cost_report::assemble(Parts {
-        spec: &spec,
-        execution: &input.execution,
-        error: input.error.as_ref(),
-        quota: input.quota.as_ref(),
-        ends: &ends,
+    let measured = Measured {
         priced,
-        orchestration: stats.as_ref().map(|s| s.orchestration.clone()),
+        stats,
         terminated: to_stop,
-        timing: Timing {
-            started_at: input.started_at.or(stats.and_then(|s| s.started_at)),
-            teardown_start,
-            teardown_seconds,
-            now,
-        },
-        verification: input.verification.as_ref(),
-        snapshot: input.snapshot.as_ref(),
-    });
+        teardown_start,
+        teardown_seconds,
+        now,
+    };
+    let mut report = report_of(&spec, &input, &ends, measured);
     if let Some(r) = s.signals {
         delete_signals(r, &spec.run_id, instances.keys(), &mut report).await;
     }
     if let Some(l) = s.ledger {
         close_ledger(l, &input.execution, &mut report).await;
     }
-    // Any worker's report names the run's manifest (the one who wrote it, or one who ended
-    // after it was written).
-    let manifest = ends
-        .iter()
-        .filter_map(|e| e.result.as_ref()?.get("manifest")?.as_str())
-        .next();
-    if let Some(place) = report_location(&spec, manifest, config.artifact_bucket.as_deref()) {
+    let manifest = manifest_of(&ends);
+    let beside = report_location(
+        &spec,
+        manifest.as_deref(),
+        config.artifact_bucket.as_deref(),
+    );
+    if let Some(place) = beside {
         store(s.objects, &mut report, place).await;
     }
     match topic {
-        Some(t) => email(s.sns, &t, &mut report).await,
+        Some(t) => email(s.sns, t, &mut report).await,
         None => tracing::warn!("no notification topic: the report is only returned"),
     }
     tracing::info!(actual_usd = report.actual_usd, outcome = %report.outcome, "cost report");
     Ok(report)
+}
+
+/// What the teardown measured, for the report.
+struct Measured {
+    priced: Vec<(AttemptCost, Option<String>)>,
+    stats: Option<crate::aws::ExecutionStats>,
+    terminated: Vec<String>,
+    teardown_start: DateTime<Utc>,
+    teardown_seconds: i64,
+    now: DateTime<Utc>,
+}
+
+/// The report, from the run's document and what the teardown measured.
+fn report_of(spec: &RunSpec, input: &Input, ends: &[WorkerEnd], m: Measured) -> CostReport {
+    cost_report::assemble(Parts {
+        spec,
+        execution: &input.execution,
+        error: input.error.as_ref(),
+        quota: input.quota.as_ref(),
+        ends,
+        priced: m.priced,
+        orchestration: m.stats.as_ref().map(|s| s.orchestration.clone()),
+        terminated: m.terminated,
+        timing: Timing {
+            started_at: input.started_at.or(m.stats.and_then(|s| s.started_at)),
+            teardown_start: m.teardown_start,
+            teardown_seconds: m.teardown_seconds,
+            now: m.now,
+        },
+        verification: input.verification.as_ref(),
+        snapshot: input.snapshot.as_ref(),
+    })
+}
+
+/// Terminates what is still up; when it started and how long it took. A refusal is said to
+/// the topic at once (the instances are left running).
+async fn tear_down<E: Compute, N: Notifier>(
+    ec2: &E,
+    sns: &N,
+    left: &Left<'_>,
+    topic: Option<&str>,
+) -> Result<(DateTime<Utc>, i64), Error> {
+    let start = Utc::now();
+    if let Err(e) = ec2.terminate(left.instances).await {
+        return Err(teardown_failed(sns, topic, left, e).await);
+    }
+    tracing::info!(terminated = ?left.instances, "terminated");
+    Ok((start, (Utc::now() - start).num_seconds()))
+}
+
+/// Every instance priced, in order: its type's On-Demand price (the run's, or read once for a
+/// type it lacks), then the core prices it.
+async fn price_all<E: Compute, P: PriceList>(
+    ec2: &E,
+    prices: &P,
+    pricing: &Pricing<'_>,
+    instances: &BTreeMap<String, InstanceView>,
+    terminated_now: &[String],
+) -> Vec<(AttemptCost, Option<String>)> {
+    let on_demand_of = on_demand_prices(
+        prices,
+        pricing.run_prices,
+        instances.values(),
+        pricing.region,
+    )
+    .await;
+    let mut priced = vec![];
+    for i in instances.values() {
+        let ended_now = terminated_now.contains(&i.id);
+        let facts = facts_of(ec2, pricing, &on_demand_of, i, ended_now).await;
+        priced.push(cost_report::price(&facts));
+    }
+    priced
+}
+
+/// The run's manifest as any worker's report names it (the one who wrote it, or one who ended
+/// after it was written), read through the contract's summary.
+fn manifest_of(ends: &[WorkerEnd]) -> Option<String> {
+    ends.iter()
+        .filter_map(|e| e.result.clone())
+        .filter_map(|r| serde_json::from_value::<ephemera_core::contract::Summary>(r).ok())
+        .find_map(|s| s.manifest)
 }
 
 /// The attempts the run document knows, with their worker's slot.
@@ -231,8 +297,9 @@ async fn everything_launched<E: Compute>(
 struct Pricing<'a> {
     spec: &'a RunSpec,
     known: &'a [(u32, Attempt)],
-    /// Each type's On-Demand price and where it came from.
-    on_demand_of: &'a BTreeMap<String, Option<(f64, String)>>,
+    /// The run's prices (`$.quota.prices`).
+    run_prices: &'a [cost::TypePrice],
+    region: &'a str,
     now: DateTime<Utc>,
 }
 
@@ -241,14 +308,12 @@ struct Pricing<'a> {
 async fn facts_of<E: Compute>(
     ec2: &E,
     p: &Pricing<'_>,
+    on_demand_of: &BTreeMap<String, Option<(f64, String)>>,
     i: &InstanceView,
     ended_now: bool,
 ) -> InstanceFacts {
     let Pricing {
-        spec,
-        known,
-        on_demand_of,
-        now,
+        spec, known, now, ..
     } = *p;
     let from_doc = known.iter().find(|(_, a)| a.instance_id == i.id);
     let tag = |k: &str| i.tags.get(k).and_then(|v| v.parse::<u32>().ok());
@@ -472,6 +537,14 @@ async fn store<O: ObjectWriter>(objects: &O, report: &mut CostReport, place: Sto
     }
 }
 
+/// What a refused teardown leaves running, and whose it is.
+#[derive(Clone, Copy)]
+struct Left<'a> {
+    run_id: &'a str,
+    execution: &'a str,
+    instances: &'a [String],
+}
+
 /// A teardown that failed. A permission refusal does not pass with retries: the alert says at
 /// once what is left and how to end it, and the error (`Ephemera.CleanupDenied`) is not retried
 /// (the ASL goes straight to CleanupFailed). Any other error is returned as it is, for the
@@ -479,14 +552,17 @@ async fn store<O: ObjectWriter>(objects: &O, report: &mut CostReport, place: Sto
 async fn teardown_failed<N: Notifier>(
     sns: &N,
     topic: Option<&str>,
-    run_id: &str,
-    execution: &str,
-    left: &[String],
+    left: &Left<'_>,
     e: Error,
 ) -> Error {
     if !is_denied(&e) {
         return e;
     }
+    let Left {
+        run_id,
+        execution,
+        instances: left,
+    } = *left;
     let denied = Error::CleanupDenied {
         left: left.to_vec(),
         detail: short(&e.to_string()),
