@@ -207,38 +207,7 @@ pub fn decide(
         .iter()
         .find(|(_, v)| matches!(v, MarketQuota::Fits))
     {
-        let list: Vec<String> = lines
-            .iter()
-            .map(|l| {
-                format!(
-                    "{} {}: {} + {} {} {}",
-                    l.code,
-                    l.market.as_str(),
-                    l.usage_vcpus,
-                    l.needed_vcpus,
-                    if l.fits { "<=" } else { ">" },
-                    l.applied
-                )
-            })
-            .collect();
-        let short: Vec<&str> = verdicts
-            .iter()
-            .filter(|(_, v)| !matches!(v, MarketQuota::Fits))
-            .map(|(m, _)| m.as_str())
-            .collect();
-        let tail = if short.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "; {} short, so the run starts with {}",
-                short.join(", "),
-                m.as_str()
-            )
-        };
-        return (
-            QuotaVerdict::Enough,
-            format!("enough vCPUs ({}){tail}", list.join(", ")),
-        );
+        return (QuotaVerdict::Enough, enough(lines, &verdicts, *m));
     }
     let waiting: Vec<&String> = verdicts
         .iter()
@@ -272,6 +241,40 @@ pub fn decide(
         );
     }
     (QuotaVerdict::Waiting, waiting)
+}
+
+/// The reason of an Enough verdict: every quota's usage and need against its value, and the
+/// markets left short (the run starts with `m`).
+fn enough(lines: &[QuotaLine], verdicts: &[(Market, MarketQuota)], m: Market) -> String {
+    let list: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            format!(
+                "{} {}: {} + {} {} {}",
+                l.code,
+                l.market.as_str(),
+                l.usage_vcpus,
+                l.needed_vcpus,
+                if l.fits { "<=" } else { ">" },
+                l.applied
+            )
+        })
+        .collect();
+    let short: Vec<&str> = verdicts
+        .iter()
+        .filter(|(_, v)| !matches!(v, MarketQuota::Fits))
+        .map(|(m, _)| m.as_str())
+        .collect();
+    let tail = if short.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; {} short, so the run starts with {}",
+            short.join(", "),
+            m.as_str()
+        )
+    };
+    format!("enough vCPUs ({}){tail}", list.join(", "))
 }
 
 /// One market's quotas: all fit, some wait on a request, or one cannot be had.

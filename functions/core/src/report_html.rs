@@ -267,7 +267,17 @@ fn svg_timeline(r: &CostReport, out: &mut String) {
         when(t.start),
         when(t.end)
     );
-    // Grid and time labels first, so the bars are drawn over them.
+    svg_grid(&t, &axis, lanes_bottom, out);
+    let mut ends = vec![];
+    for (i, lane) in t.lanes.iter().enumerate() {
+        ends.push(svg_lane(r, lane, i, &axis, out));
+    }
+    svg_relaunches(&t, &ends, out);
+    out.push_str("</svg>");
+}
+
+/// The grid and the time labels, drawn first so the bars are drawn over them.
+fn svg_grid(t: &Timeline, axis: &Axis, lanes_bottom: f64, out: &mut String) {
     let total = (t.end - t.start).num_seconds();
     for s in ticks(total) {
         let x = axis.x_at(t.start + Duration::seconds(s));
@@ -288,73 +298,78 @@ fn svg_timeline(r: &CostReport, out: &mut String) {
         lanes_bottom + 31.0,
         when(t.start)
     );
-    let mut ends = vec![];
-    for (i, lane) in t.lanes.iter().enumerate() {
-        let y = TOP + LANE_HEIGHT * i as f64;
-        let bar = axis.bar(lane.start, lane.end);
-        ends.push((bar, y));
-        let mut class = format!("bar bar-{}", lane.phase);
-        let mut data = format!(r#" data-phase="{}""#, lane.phase);
-        if let Some(a) = lane.attempt.and_then(|i| r.attempts.get(i)) {
-            let _ = write!(
-                data,
-                r#" data-worker="{}" data-attempt="{}""#,
-                a.worker, a.attempt
-            );
-            let _ = write!(class, " market-{}", a.market.as_str());
-        }
-        if lane.reclaimed {
-            class.push_str(" reclaimed");
-            data.push_str(r#" data-reclaimed="true""#);
-        }
-        let seconds = (lane.end - lane.start).num_seconds();
+}
+
+/// One lane: its label, its bar (with a cross where Spot took the instance back) and its
+/// note; where its bar is, for the relaunch lines.
+fn svg_lane(r: &CostReport, lane: &Lane, i: usize, axis: &Axis, out: &mut String) -> (Bar, f64) {
+    let y = TOP + LANE_HEIGHT * i as f64;
+    let bar = axis.bar(lane.start, lane.end);
+    let mut class = format!("bar bar-{}", lane.phase);
+    let mut data = format!(r#" data-phase="{}""#, lane.phase);
+    if let Some(a) = lane.attempt.and_then(|i| r.attempts.get(i)) {
         let _ = write!(
-            out,
-            r#"<g class="lane"><text class="lane-label" x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
-            PLOT_X - 10.0,
-            y + 22.0,
-            escape(&lane.label)
+            data,
+            r#" data-worker="{}" data-attempt="{}""#,
+            a.worker, a.attempt
         );
+        let _ = write!(class, " market-{}", a.market.as_str());
+    }
+    if lane.reclaimed {
+        class.push_str(" reclaimed");
+        data.push_str(r#" data-reclaimed="true""#);
+    }
+    let seconds = (lane.end - lane.start).num_seconds();
+    let _ = write!(
+        out,
+        r#"<g class="lane"><text class="lane-label" x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+        PLOT_X - 10.0,
+        y + 22.0,
+        escape(&lane.label)
+    );
+    let _ = write!(
+        out,
+        r#"<rect class="{class}"{data} data-seconds="{seconds}" x="{:.2}" y="{:.1}" width="{:.2}" height="20" rx="3"><title>{}: {} ({} to {})</title></rect>"#,
+        bar.x,
+        y + 7.0,
+        bar.width,
+        escape(&lane.label),
+        duration(seconds),
+        when(lane.start),
+        when(lane.end)
+    );
+    if lane.reclaimed {
+        // A red cross where Spot took the instance back.
+        let (cx, cy) = (bar.x + bar.width, y + 17.0);
         let _ = write!(
             out,
-            r#"<rect class="{class}"{data} data-seconds="{seconds}" x="{:.2}" y="{:.1}" width="{:.2}" height="20" rx="3"><title>{}: {} ({} to {})</title></rect>"#,
-            bar.x,
-            y + 7.0,
-            bar.width,
-            escape(&lane.label),
-            duration(seconds),
-            when(lane.start),
-            when(lane.end)
-        );
-        if lane.reclaimed {
-            // A red cross where Spot took the instance back.
-            let (cx, cy) = (bar.x + bar.width, y + 17.0);
-            let _ = write!(
-                out,
-                r#"<path class="reclaim-mark" d="M{:.1} {:.1} l10 10 m0 -10 l-10 10"/>"#,
-                cx - 5.0,
-                cy - 5.0
-            );
-        }
-        let note = annotation(r, lane);
-        let w = text_width(&note);
-        let after = bar.x + bar.width + if lane.reclaimed { 12.0 } else { 6.0 };
-        let (x, anchor, inside) = if after + w <= CHART_WIDTH {
-            (after, "start", false)
-        } else if bar.width >= w + 12.0 {
-            (bar.x + bar.width - 6.0, "end", true)
-        } else {
-            (bar.x - 6.0, "end", false)
-        };
-        let _ = write!(
-            out,
-            r#"<text class="bar-note{}" x="{x:.1}" y="{:.1}" text-anchor="{anchor}">{}</text></g>"#,
-            if inside { " inside" } else { "" },
-            y + 22.0,
-            escape(&note)
+            r#"<path class="reclaim-mark" d="M{:.1} {:.1} l10 10 m0 -10 l-10 10"/>"#,
+            cx - 5.0,
+            cy - 5.0
         );
     }
-    // A relaunch: a dashed line from the reclaimed attempt's end to the next attempt's start.
+    let note = annotation(r, lane);
+    let w = text_width(&note);
+    let after = bar.x + bar.width + if lane.reclaimed { 12.0 } else { 6.0 };
+    let (x, anchor, inside) = if after + w <= CHART_WIDTH {
+        (after, "start", false)
+    } else if bar.width >= w + 12.0 {
+        (bar.x + bar.width - 6.0, "end", true)
+    } else {
+        (bar.x - 6.0, "end", false)
+    };
+    let _ = write!(
+        out,
+        r#"<text class="bar-note{}" x="{x:.1}" y="{:.1}" text-anchor="{anchor}">{}</text></g>"#,
+        if inside { " inside" } else { "" },
+        y + 22.0,
+        escape(&note)
+    );
+    (bar, y)
+}
+
+/// A relaunch: a dashed line from the reclaimed attempt's end to the next attempt's start.
+fn svg_relaunches(t: &Timeline, ends: &[(Bar, f64)], out: &mut String) {
     for (i, lane) in t.lanes.iter().enumerate() {
         if lane.relaunched {
             let (from, y0) = ends[i];
@@ -369,7 +384,6 @@ fn svg_timeline(r: &CostReport, out: &mut String) {
             );
         }
     }
-    out.push_str("</svg>");
 }
 
 fn svg_cost_split(r: &CostReport, out: &mut String) {
@@ -573,6 +587,24 @@ ul{margin:4px 0;padding-left:20px}
 /// The whole page. Every figure comes from `r`; all text from it is escaped.
 pub fn render(r: &CostReport) -> String {
     let mut out = String::with_capacity(16 * 1024);
+    for section in [
+        header_section,
+        failure_section,
+        timeline_section,
+        cost_section,
+        workers_section,
+        attempts_section,
+        verification_section,
+        closing_section,
+    ] {
+        section(r, &mut out);
+    }
+    out.push_str("</main></body></html>\n");
+    out
+}
+
+/// The page's head and the run's title line.
+fn header_section(r: &CostReport, out: &mut String) {
     let outcome_class = r.outcome.as_str().to_ascii_lowercase();
     let _ = write!(
         out,
@@ -591,7 +623,10 @@ pub fn render(r: &CostReport) -> String {
         when(r.generated_at),
         escape(&r.execution)
     );
+}
 
+/// Why the run failed, first, when it did.
+fn failure_section(r: &CostReport, out: &mut String) {
     if let Some(f) = r.failure.as_ref().or(r.error.as_ref()) {
         let _ = write!(
             out,
@@ -608,9 +643,12 @@ pub fn render(r: &CostReport) -> String {
         }
         out.push_str("</section>");
     }
+}
 
+/// The timeline drawing and its legend.
+fn timeline_section(r: &CostReport, out: &mut String) {
     out.push_str(r#"<section><h2>Timeline</h2>"#);
-    svg_timeline(r, &mut out);
+    svg_timeline(r, out);
     out.push_str(concat!(
         r#"<p class="legend"><span class="key" style="background:#f0a030"></span>quota wait"#,
         r#"<span class="key" style="background:#4aa3c9"></span>boot (the last attempt's, until the worker was healthy)"#,
@@ -619,16 +657,22 @@ pub fn render(r: &CostReport) -> String {
         r#"<span class="key" style="background:#616161"></span>teardown"#,
         r#" · an attempt's bar runs from launch to its end; a red cross marks a Spot reclaim</p></section>"#
     ));
+}
 
+/// What it cost, split, and the time per phase.
+fn cost_section(r: &CostReport, out: &mut String) {
     out.push_str(r#"<section id="cost"><h2>Cost</h2>"#);
-    svg_cost_split(r, &mut out);
-    cost_table(r, &mut out);
+    svg_cost_split(r, out);
+    cost_table(r, out);
     out.push_str("</section>");
 
     out.push_str(r#"<section><h2>Time per phase</h2>"#);
-    phases_table(r, &mut out);
+    phases_table(r, out);
     out.push_str("</section>");
+}
 
+/// Each worker when there are several or one was lost; a single worker's work.
+fn workers_section(r: &CostReport, out: &mut String) {
     if r.workers.len() > 1 || r.workers.iter().any(|w| w.error.is_some()) {
         out.push_str(r#"<section><h2>Workers</h2><table id="workers"><thead><tr><th>worker</th><th class="num">instances</th><th>ended</th></tr></thead><tbody>"#);
         for w in &r.workers {
@@ -643,18 +687,30 @@ pub fn render(r: &CostReport) -> String {
         }
         out.push_str("</tbody></table></section>");
     }
+    if let [w] = r.workers.as_slice() {
+        if let (None, Some(work)) = (&w.error, &w.work) {
+            let _ = write!(out, r#"<p id="work">Work: {}</p>"#, escape(work));
+        }
+    }
+}
+
+/// Each instance launched, priced.
+fn attempts_section(r: &CostReport, out: &mut String) {
     out.push_str(r#"<section><h2>Attempts</h2>"#);
     if r.attempts.is_empty() {
         out.push_str(r#"<p id="attempts-none">None: nothing was launched.</p>"#);
     } else {
         out.push_str(r#"<div class="wide"><table id="attempts"><thead><tr><th>#</th><th>instance</th><th>launched<br>ended</th><th class="num">billed s</th><th class="num">compute</th><th class="num">EBS</th><th class="num">On-Demand eq.</th><th class="num">avg $/h</th><th>price source<br>state before teardown</th></tr></thead><tbody>"#);
         for (i, a) in r.attempts.iter().enumerate() {
-            attempt_row(a, &worker_of(r, a), relaunched(r, i), &mut out);
+            attempt_row(a, &worker_of(r, a), relaunched(r, i), out);
         }
         out.push_str("</tbody></table></div>");
     }
     out.push_str("</section>");
+}
 
+/// verify-completion's checks and the outputs they found.
+fn verification_section(r: &CostReport, out: &mut String) {
     out.push_str(r#"<section><h2>Verification</h2>"#);
     match &r.verification {
         Some(v) => {
@@ -694,7 +750,10 @@ pub fn render(r: &CostReport) -> String {
         ),
     }
     out.push_str("</section>");
+}
 
+/// The snapshot, what was terminated, and the notes.
+fn closing_section(r: &CostReport, out: &mut String) {
     if let Some(snap) = &r.snapshot {
         let _ = write!(
             out,
@@ -726,8 +785,6 @@ pub fn render(r: &CostReport) -> String {
         }
         out.push_str("</ul></section>");
     }
-    out.push_str("</main></body></html>\n");
-    out
 }
 
 #[cfg(test)]
@@ -1056,9 +1113,18 @@ mod tests {
             html.contains("reported: `python3 train.py` exited 0 after 812 s"),
             "{html}"
         );
-        // One worker: no workers table, no worker prefixes.
-        let one = report();
+        // One worker: no workers table, no worker prefixes; its work in a line.
+        let mut one = report();
         assert!(!render(&one).contains(r#"id="workers""#));
+        one.workers = vec![crate::rundoc::WorkerLine {
+            slot: 1,
+            attempts: 1,
+            reported: true,
+            error: None,
+            work: Some("`python3 <job>.py` exited 0 after 12 s".into()),
+        }];
+        assert!(render(&one)
+            .contains(r#"<p id="work">Work: `python3 &lt;job&gt;.py` exited 0 after 12 s</p>"#));
         assert!(timeline(&one)
             .lanes
             .iter()

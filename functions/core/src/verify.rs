@@ -77,6 +77,16 @@ pub fn check_manifest(
     manifest: &Manifest,
     found: &BTreeMap<String, Option<u64>>,
 ) -> Vec<Check> {
+    let mut out = listing_checks(spec, report, manifest);
+    out.extend(object_checks(spec, manifest, found));
+    out
+}
+
+/// The manifest itself: its run, not empty, its rows as reported, and as much as expected.
+fn listing_checks(spec: &RunSpec, report: &Summary, manifest: &Manifest) -> Vec<Check> {
+    let listed = manifest.objects.len();
+    let rows: u64 = manifest.objects.iter().map(|o| o.rows).sum();
+    let bytes: u64 = manifest.objects.iter().map(|o| o.bytes).sum();
     let mut out = vec![
         check(
             "manifest_run_id",
@@ -85,28 +95,23 @@ pub fn check_manifest(
         ),
         check(
             "manifest_not_empty",
-            !manifest.objects.is_empty(),
-            format!("{} objects listed", manifest.objects.len()),
+            listed > 0,
+            format!("{listed} objects listed"),
+        ),
+        check(
+            "manifest_rows_match_report",
+            rows == report.rows_out,
+            format!(
+                "manifest lists {rows} rows, report says {}",
+                report.rows_out
+            ),
         ),
     ];
-    let rows: u64 = manifest.objects.iter().map(|o| o.rows).sum();
-    out.push(check(
-        "manifest_rows_match_report",
-        rows == report.rows_out,
-        format!(
-            "manifest lists {rows} rows, report says {}",
-            report.rows_out
-        ),
-    ));
-    let bytes: u64 = manifest.objects.iter().map(|o| o.bytes).sum();
     if let Some(n) = spec.expect.min_objects {
         out.push(check(
             "min_objects",
-            manifest.objects.len() as u64 >= n,
-            format!(
-                "{} objects listed, at least {n} expected",
-                manifest.objects.len()
-            ),
+            listed as u64 >= n,
+            format!("{listed} objects listed, at least {n} expected"),
         ));
     }
     if let Some(n) = spec.expect.min_bytes {
@@ -116,6 +121,16 @@ pub fn check_manifest(
             format!("{bytes} bytes listed, at least {n} expected"),
         ));
     }
+    out
+}
+
+/// The objects the manifest lists, against what was found: present, their sizes, and under
+/// the expected prefix.
+fn object_checks(
+    spec: &RunSpec,
+    manifest: &Manifest,
+    found: &BTreeMap<String, Option<u64>>,
+) -> Vec<Check> {
     let prefix_key = spec
         .expect
         .export_prefix
@@ -134,39 +149,44 @@ pub fn check_manifest(
             )),
             Some(_) => {}
         }
-        if let Some(p) = &prefix_key {
-            if !o.key.starts_with(p.as_str()) {
-                outside.push(o.key.clone());
-            }
+        if prefix_key
+            .as_ref()
+            .is_some_and(|p| !o.key.starts_with(p.as_str()))
+        {
+            outside.push(o.key.clone());
         }
     }
-    out.push(check(
-        "objects_present",
-        missing.is_empty(),
-        if missing.is_empty() {
-            format!("{} objects found", manifest.objects.len())
-        } else {
-            format!("missing: {}", missing.join(", "))
-        },
-    ));
-    out.push(check(
-        "object_sizes",
-        wrong_size.is_empty(),
-        if wrong_size.is_empty() {
-            "every size matches".to_string()
-        } else {
-            wrong_size.join("; ")
-        },
-    ));
+    let listed = |bad: &[String], sep: &str, fine: String, what: &str| match bad.is_empty() {
+        true => fine,
+        false => format!("{what}{}", bad.join(sep)),
+    };
+    let mut out = vec![
+        check(
+            "objects_present",
+            missing.is_empty(),
+            listed(
+                &missing,
+                ", ",
+                format!("{} objects found", manifest.objects.len()),
+                "missing: ",
+            ),
+        ),
+        check(
+            "object_sizes",
+            wrong_size.is_empty(),
+            listed(&wrong_size, "; ", "every size matches".into(), ""),
+        ),
+    ];
     if prefix_key.is_some() {
         out.push(check(
             "objects_under_prefix",
             outside.is_empty(),
-            if outside.is_empty() {
-                "every object is under expect.export_prefix".to_string()
-            } else {
-                format!("outside the prefix: {}", outside.join(", "))
-            },
+            listed(
+                &outside,
+                ", ",
+                "every object is under expect.export_prefix".into(),
+                "outside the prefix: ",
+            ),
         ));
     }
     out
