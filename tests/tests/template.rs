@@ -239,3 +239,148 @@ fn make_deploy_refuses_a_stack_name_its_functions_could_not_carry() {
         "{said}"
     );
 }
+
+/// The template, CloudFormation's short tags (`!Ref X`) read as `{"!Ref": X}`.
+fn template_yaml() -> serde_json::Value {
+    fn plain(v: serde_yaml_ng::Value) -> serde_json::Value {
+        use serde_yaml_ng::Value as Y;
+        match v {
+            Y::Tagged(t) => {
+                let tag = format!("!{}", t.tag.to_string().trim_start_matches('!'));
+                serde_json::json!({ tag: plain(t.value) })
+            }
+            Y::Mapping(m) => serde_json::Value::Object(
+                m.into_iter()
+                    .filter_map(|(k, v)| Some((k.as_str()?.to_string(), plain(v))))
+                    .collect(),
+            ),
+            Y::Sequence(s) => s.into_iter().map(plain).collect(),
+            other => serde_json::to_value(other).unwrap_or_default(),
+        }
+    }
+    let text = std::fs::read_to_string(root().join("template.yaml")).unwrap();
+    plain(serde_yaml_ng::from_str(&text).unwrap())
+}
+
+/// Every alarm watches a metric that something sends: ephemera's own with the names, units'
+/// source and dimensions the functions emit (functions/core/src/metrics.rs), or the Errors of
+/// the template's own functions; each notifies the alarm topic, and the dashboard names only
+/// metrics that exist.
+#[test]
+fn the_alarms_and_the_dashboard_watch_metrics_the_functions_send() {
+    use ephemera_core::metrics::{ALL, NAMESPACE};
+    let t = template_yaml();
+    let resources = t["Resources"].as_object().unwrap();
+    let of_type = |ty: &str| -> Vec<(&String, &serde_json::Value)> {
+        resources.iter().filter(|(_, r)| r["Type"] == ty).collect()
+    };
+    let functions: BTreeSet<&str> = of_type("AWS::Serverless::Function")
+        .into_iter()
+        .map(|(id, _)| id.as_str())
+        .collect();
+    let alarms = of_type("AWS::CloudWatch::Alarm");
+    assert!(alarms.len() >= 3, "{alarms:?}");
+    let mut watched_functions = BTreeSet::new();
+    let mut watched_ours = BTreeSet::new();
+    for (id, alarm) in &alarms {
+        let p = &alarm["Properties"];
+        assert_eq!(
+            p["AlarmActions"],
+            serde_json::json!([{"!Ref": "AlarmTopic"}]),
+            "{id}"
+        );
+        assert_eq!(p["TreatMissingData"], "notBreaching", "{id}");
+        if let Some(name) = p["MetricName"].as_str() {
+            assert_eq!(p["Namespace"], NAMESPACE, "{id}");
+            let (_, _, source) = ALL
+                .iter()
+                .find(|(n, _, _)| *n == name)
+                .unwrap_or_else(|| panic!("{id}: no function sends {name}"));
+            let dims: Vec<&str> = p["Dimensions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["Name"].as_str().unwrap())
+                .collect();
+            // An alarm must name every dimension the metric is sent with, or it sees nothing.
+            assert_eq!(dims, source.dimensions(), "{id}");
+            watched_ours.insert(name);
+            continue;
+        }
+        let metrics = p["Metrics"].as_array().expect("a metric or metric math");
+        assert!(
+            metrics.len() <= 10,
+            "{id}: CloudWatch allows 10 metrics an alarm"
+        );
+        let returned: Vec<_> = metrics.iter().filter(|m| m["ReturnData"] == true).collect();
+        assert_eq!(returned.len(), 1, "{id}: an alarm returns one series");
+        let expression = returned[0]["Expression"].as_str().unwrap();
+        for m in metrics.iter().filter(|m| m.get("MetricStat").is_some()) {
+            let metric = &m["MetricStat"]["Metric"];
+            assert_eq!(metric["Namespace"], "AWS/Lambda", "{id}");
+            assert_eq!(metric["MetricName"], "Errors", "{id}");
+            let function = metric["Dimensions"][0]["Value"]["!Ref"].as_str().unwrap();
+            assert!(functions.contains(function), "{id}: {function}");
+            assert!(
+                expression.contains(m["Id"].as_str().unwrap()),
+                "{id}: {expression}"
+            );
+            watched_functions.insert(function);
+        }
+    }
+    assert_eq!(watched_functions, functions, "every function's errors");
+    assert_eq!(
+        watched_ours,
+        BTreeSet::from(["SweptInstances", "CleanupFailures"])
+    );
+
+    let dashboards = of_type("AWS::CloudWatch::Dashboard");
+    assert_eq!(dashboards.len(), 1);
+    let body = dashboards[0].1["Properties"]["DashboardBody"]["!Sub"]
+        .as_str()
+        .unwrap();
+    // Valid JSON once CloudFormation substitutes its references.
+    let mut substituted = body.to_string();
+    for (name, value) in [
+        ("${AWS::Region}", "us-east-1"),
+        ("${AWS::StackName}", "ephemera"),
+    ] {
+        substituted = substituted.replace(name, value);
+    }
+    for (id, _) in &alarms {
+        substituted = substituted.replace(&format!("${{{id}.Arn}}"), "arn:alarm");
+    }
+    assert!(!substituted.contains("${"), "an unknown reference");
+    let parsed: serde_json::Value = serde_json::from_str(&substituted).unwrap();
+    let named: BTreeSet<String> = substituted
+        .split("MetricName=\\\"")
+        .skip(1)
+        .map(|s| s.split('\\').next().unwrap().to_string())
+        .chain(
+            parsed["widgets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|w| {
+                    w["properties"]["metrics"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .filter(|m| m[0] == NAMESPACE)
+                .map(|m| m[1].as_str().unwrap().to_string()),
+        )
+        .collect();
+    assert!(named.len() >= 8, "{named:?}");
+    for name in &named {
+        assert!(
+            ALL.iter().any(|(n, _, _)| n == name),
+            "{name} is sent by nothing"
+        );
+    }
+    // Every environment the functions read it from names the stack.
+    assert_eq!(
+        t["Globals"]["Function"]["Environment"]["Variables"]["EPHEMERA_STACK"],
+        serde_json::json!({"!Ref": "AWS::StackName"})
+    );
+}

@@ -23,16 +23,9 @@ use tokio_postgres::Client;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::column::Column;
-use crate::stage::Stage;
 
 /// Stages whose table is (pair, ts, one float column per output): written from column arrays.
 pub const STAGES: [&str; 2] = ["indicators", "regression"];
-
-/// A partition's stage waits for every stage of a lower rank in the same run: features, then
-/// their validation, then their export.
-pub fn stage_rank(stage: &str) -> Result<i32> {
-    Ok(Stage::parse(stage)?.rank())
-}
 
 /// Binary COPY row types of a bar as the worker reads it: ts, open, high, low, close, volume.
 pub const BAR_TYPES: [Type; 6] = [

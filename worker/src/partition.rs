@@ -40,9 +40,7 @@ pub const ASYNC_COMMIT: &str = "SET LOCAL synchronous_commit = off";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Done {
-    pub rows_in: u64,
     pub rows_out: u64,
-    pub quality: Quality,
 }
 
 pub fn month_bounds(month: NaiveDate) -> (DateTime<Utc>, DateTime<Utc>) {
@@ -323,11 +321,7 @@ async fn validate_partition(client: &mut Client, cx: &Work<'_>, c: &Claim) -> Re
     if report.problems > 0 {
         tracing::warn!(pair = %c.pair, month = %c.month, problems = report.problems, findings = ?report.findings, "validation found problems");
     }
-    Ok(Done {
-        rows_in,
-        rows_out: 0,
-        quality: Quality::default(),
-    })
+    Ok(Done { rows_out: 0 })
 }
 
 async fn export_partition(
@@ -394,11 +388,7 @@ async fn export_partition(
     let json = serde_json::to_value(Exported { objects })?;
     queue::complete(&tx, cx.owner, c, rows as i64, rows as i64, &json).await?;
     tx.commit().await?;
-    Ok(Done {
-        rows_in: rows,
-        rows_out: rows,
-        quality: Quality::default(),
-    })
+    Ok(Done { rows_out: rows })
 }
 
 /// Every pair's bars of one month, each cleaned by the bar policy, sorted by pair; and the
@@ -531,11 +521,7 @@ async fn per_pair(client: &mut Client, cx: &Work<'_>, stage: Stage, c: &Claim) -
         inputs: None,
     })?;
     let rows_out = write_tables(client, cx.owner, c, &tables, quality.rows_in, json).await?;
-    Ok(Done {
-        rows_in: quality.rows_in,
-        rows_out,
-        quality,
-    })
+    Ok(Done { rows_out })
 }
 
 /// Processes one claimed partition of a cross-pair stage: every pair of its month at once.
@@ -558,11 +544,7 @@ async fn cross_pair(client: &mut Client, cx: &Work<'_>, stage: Stage, c: &Claim)
         inputs: Some(inputs),
     })?;
     let rows_out = write_tables(client, cx.owner, c, &tables, quality.rows_in, json).await?;
-    Ok(Done {
-        rows_in: quality.rows_in,
-        rows_out,
-        quality,
-    })
+    Ok(Done { rows_out })
 }
 
 /// Processes one claimed partition of a feature stage.
@@ -647,11 +629,7 @@ async fn features(
     )
     .await?;
     tx.commit().await?;
-    Ok(Done {
-        rows_in: quality.rows_in,
-        rows_out,
-        quality,
-    })
+    Ok(Done { rows_out })
 }
 
 #[cfg(test)]

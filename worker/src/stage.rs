@@ -88,11 +88,6 @@ impl Stage {
         }
     }
 
-    /// Stages that compute a table (rank 0).
-    pub fn is_feature(self) -> bool {
-        self.rank() == 0
-    }
-
     /// The original per-pair stages, whose tables are (pair, ts, float columns…) written from
     /// TA-Lib-style column arrays; the later stages write typed tables (`crate::table`).
     pub fn is_column_stage(self) -> bool {

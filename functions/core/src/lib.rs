@@ -9,6 +9,7 @@ pub mod health;
 pub mod instance_state;
 pub mod launch;
 pub mod ledger;
+pub mod metrics;
 pub mod payload;
 pub mod quota;
 pub mod report_html;

@@ -8,7 +8,6 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::instance_state::InstanceState;
 use crate::rundoc::{AttemptCost, CostReport};
-use crate::runspec::Market;
 
 /// Chart size in SVG user units; the SVG scales to the page width through its viewBox.
 pub const CHART_WIDTH: f64 = 960.0;
@@ -60,11 +59,6 @@ pub struct Timeline {
     pub lanes: Vec<Lane>,
 }
 
-/// States in which an instance was already ending before terminate-with-cost-report acted.
-fn gone_before_teardown(state_before: Option<InstanceState>) -> bool {
-    state_before.is_some_and(InstanceState::is_ending)
-}
-
 /// The lanes, from the report alone. The report keeps durations, not instants, for the phases,
 /// so they are laid back from `generated_at` (the moment the instances were terminated, which
 /// is where work ends): teardown follows it, work precedes it, boot precedes work, and the
@@ -109,7 +103,7 @@ pub fn timeline(r: &CostReport) -> Timeline {
             ),
             start: a.launched_at,
             end: a.ended_at.max(a.launched_at),
-            reclaimed: a.market == Market::Spot && gone_before_teardown(a.state_before),
+            reclaimed: a.reclaimed(),
             relaunched: relaunched(r, i),
         });
     }
@@ -499,17 +493,19 @@ fn phases_table(r: &CostReport, out: &mut String) {
         ("teardown", "Teardown", p.teardown_seconds),
         ("total", "Total", p.total_seconds),
     ] {
+        // Under a minute the readable form is the figure again: said once.
+        let readable = Some(duration(s)).filter(|d| *d != format!("{s} s"));
         let _ = write!(
             out,
             r#"<tr data-phase="{phase}"><th scope="row">{label}</th><td id="phase-{phase}" class="num">{s} s</td><td class="detail">{}</td></tr>"#,
-            duration(s)
+            readable.unwrap_or_default()
         );
     }
     out.push_str("</tbody></table>");
 }
 
 fn attempt_row(a: &AttemptCost, worker: &str, relaunched: bool, out: &mut String) {
-    let reclaimed = a.market == Market::Spot && gone_before_teardown(a.state_before);
+    let reclaimed = a.reclaimed();
     let mut how = String::new();
     if reclaimed {
         how.push_str("reclaimed by Spot");
@@ -788,11 +784,12 @@ fn closing_section(r: &CostReport, out: &mut String) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::cost::Orchestration;
     use crate::rundoc::Outcome;
     use crate::rundoc::{CaughtError, Phases, Verification};
+    use crate::runspec::Market;
     use crate::verify::Check;
     use chrono::TimeZone;
 
@@ -822,7 +819,7 @@ mod tests {
 
     /// A run from t=0 to t=1000: quota wait 100 s; attempt 1 (Spot) 100..400 reclaimed;
     /// attempt 2 (On-Demand) 420..1000 with boot 420..500 and work 500..1000; teardown 1000..1010.
-    fn report() -> CostReport {
+    pub(crate) fn report() -> CostReport {
         CostReport {
             run_id: "fx-2023".into(),
             execution: "arn:aws:states:us-east-1:123456789012:execution:ephemera-worker:x".into(),
@@ -973,6 +970,25 @@ mod tests {
         assert_eq!(ticks(40), vec![0, 5, 10, 15, 20, 25, 30, 35, 40]);
         assert_eq!(ticks(0), vec![0, 1]);
         assert_eq!(ticks(3 * 3600 + 10).len(), 7, "every 30 min");
+    }
+
+    #[test]
+    fn a_phase_under_a_minute_is_said_once() {
+        let mut out = String::new();
+        let mut r = report();
+        r.phases.boot_seconds = 34;
+        r.phases.work_seconds = 812;
+        phases_table(&r, &mut out);
+        assert!(
+            out.contains(r#"id="phase-boot" class="num">34 s</td><td class="detail"></td>"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                r#"id="phase-work" class="num">812 s</td><td class="detail">13 min 32 s</td>"#
+            ),
+            "{out}"
+        );
     }
 
     #[test]

@@ -248,6 +248,14 @@ pub struct AttemptCost {
     pub state_before: Option<InstanceState>,
 }
 
+impl AttemptCost {
+    /// Spot took it back: a Spot instance already ending before terminate-with-cost-report
+    /// acted.
+    pub fn reclaimed(&self) -> bool {
+        self.market == Market::Spot && self.state_before.is_some_and(InstanceState::is_ending)
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Phases {
     pub quota_wait_seconds: i64,

@@ -8,9 +8,12 @@ use serde::{Deserialize, Serialize};
 use crate::catalog;
 
 /// Execution input. Unknown fields are refused so a typo never silently falls back to a default.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunSpec {
+    /// The JSON Schema an editor checks the file against (`runspec.schema.json`); not read.
+    #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
     pub run_id: String,
     pub worker: WorkerSpec,
     #[serde(default)]
@@ -30,7 +33,7 @@ pub struct RunSpec {
 }
 
 /// What happens to the workers' database before they write to it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Database {
     /// An RDS snapshot of this instance or cluster, taken and waited for before any worker is
@@ -71,7 +74,7 @@ fn default_snapshot_timeout() -> u64 {
 
 /// The RDS source of the snapshot: a DB instance, or an Aurora DB cluster (whose snapshot is a
 /// cluster snapshot).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotSource {
     #[serde(default)]
@@ -80,7 +83,7 @@ pub struct SnapshotSource {
     pub cluster: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSpec {
     /// In order of preference.
@@ -113,7 +116,9 @@ fn one() -> u32 {
     1
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum MarketPolicy {
     Spot,
@@ -123,7 +128,19 @@ pub enum MarketPolicy {
 }
 
 /// A purchase option of one launch attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Market {
     Spot,
@@ -153,7 +170,7 @@ impl MarketPolicy {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaSpec {
     #[serde(default = "yes")]
@@ -178,7 +195,7 @@ impl Default for QuotaSpec {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     #[serde(default = "default_boot_timeout")]
@@ -201,7 +218,7 @@ fn default_relaunches() -> u32 {
     2
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Expectations {
     /// Partitions the worker must report done.
@@ -220,7 +237,7 @@ pub struct Expectations {
     pub min_bytes: Option<u64>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Notify {
     #[serde(default)]
@@ -228,7 +245,7 @@ pub struct Notify {
 }
 
 /// Poll intervals. The defaults suit AWS; tests shorten them here rather than in the ASL.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Waits {
     #[serde(default = "default_quota_poll_min")]
@@ -296,6 +313,29 @@ pub const MAX_WORKERS: u32 = 40;
 pub const MAX_TYPE_SUBNET_PAIRS: usize = 40;
 
 impl RunSpec {
+    /// The RunSpec's JSON Schema, generated from these types: committed as
+    /// `runspec.schema.json` for editors (a test holds the file to the types).
+    /// Keys are sorted, so the text is the same whether or not another crate of the build turns
+    /// on serde_json's `preserve_order`.
+    pub fn json_schema() -> serde_json::Value {
+        fn sorted(v: serde_json::Value) -> serde_json::Value {
+            match v {
+                serde_json::Value::Object(m) => {
+                    let mut entries: Vec<_> = m.into_iter().collect();
+                    entries.sort_by(|a, b| a.0.cmp(&b.0));
+                    serde_json::Value::Object(
+                        entries.into_iter().map(|(k, v)| (k, sorted(v))).collect(),
+                    )
+                }
+                serde_json::Value::Array(a) => {
+                    serde_json::Value::Array(a.into_iter().map(sorted).collect())
+                }
+                other => other,
+            }
+        }
+        sorted(serde_json::to_value(schemars::schema_for!(RunSpec)).unwrap_or_default())
+    }
+
     /// Parses and validates, naming every bad field at once: each field missing, unknown or of
     /// the wrong type (by its path, `limits.max_runtime_seconds`), and the rules `validate`
     /// checks on the fields that were given.
@@ -1131,7 +1171,7 @@ fn looks_like_credential(arg: &str) -> bool {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     pub fn sample() -> serde_json::Value {
         json!({
@@ -1350,6 +1390,111 @@ pub(crate) mod tests {
         // The default hour: 182 polls, within the bound.
         v["database"]["snapshot_timeout_seconds"] = json!(3600);
         assert_eq!(RunSpec::parse(&v).unwrap().poll_bounds().snapshot, 182);
+    }
+
+    /// The repository's root, where `runspec.schema.json` and the examples are.
+    fn repo(rel: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(rel)
+    }
+
+    #[test]
+    fn the_committed_schema_is_the_types_schema() {
+        let path = repo("runspec.schema.json");
+        let generated = serde_json::to_string_pretty(&RunSpec::json_schema()).unwrap() + "\n";
+        if std::env::var_os("EPHEMERA_WRITE_SCHEMA").is_some() {
+            std::fs::write(&path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "runspec.schema.json differs from the RunSpec's types; write it again with \
+             `EPHEMERA_WRITE_SCHEMA=1 cargo test -p ephemera-core schema`"
+        );
+    }
+
+    /// The object schema `node` stands for: its `$ref` followed, an optional's non-null branch.
+    fn object_schema<'a>(schema: &'a Value, node: &'a Value) -> Option<&'a Value> {
+        if let Some(r) = node.get("$ref").and_then(Value::as_str) {
+            let name = r.strip_prefix("#/$defs/")?;
+            return object_schema(schema, &schema["$defs"][name]);
+        }
+        if let Some(alts) = node
+            .get("anyOf")
+            .or(node.get("oneOf"))
+            .and_then(Value::as_array)
+        {
+            return alts.iter().find_map(|a| object_schema(schema, a));
+        }
+        node.get("properties").is_some().then_some(node)
+    }
+
+    /// Fields of `doc` the schema does not list, by path (a map's keys are free).
+    fn unknown_to_schema(schema: &Value, node: &Value, doc: &Value, at: &str) -> Vec<String> {
+        let (Some(obj), Some(node)) = (doc.as_object(), object_schema(schema, node)) else {
+            return vec![];
+        };
+        let mut out = vec![];
+        for (k, v) in obj {
+            let path = if at.is_empty() {
+                k.clone()
+            } else {
+                format!("{at}.{k}")
+            };
+            match node["properties"].get(k) {
+                Some(sub) => out.extend(unknown_to_schema(schema, sub, v, &path)),
+                None if node.get("additionalProperties") == Some(&Value::Bool(false)) => {
+                    out.push(path)
+                }
+                None => {}
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_schema_and_validate_agree_on_every_example() {
+        let schema = RunSpec::json_schema();
+        assert_eq!(
+            schema["additionalProperties"], false,
+            "unknown fields are refused"
+        );
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(required, ["run_id", "worker", "limits"]);
+        for rel in ["events/runspec.json", "examples/resumable-job/runspec.json"] {
+            let text = std::fs::read_to_string(repo(rel)).unwrap();
+            let doc: Value = serde_json::from_str(&text).unwrap();
+            assert!(
+                doc["$schema"]
+                    .as_str()
+                    .is_some_and(|s| s.ends_with("runspec.schema.json")),
+                "{rel}"
+            );
+            assert!(
+                RunSpec::parse(&doc).is_ok(),
+                "{rel}: {:?}",
+                RunSpec::parse(&doc).err()
+            );
+            assert_eq!(
+                unknown_to_schema(&schema, &schema, &doc, ""),
+                Vec::<String>::new(),
+                "{rel}"
+            );
+            // A field neither knows is refused by both.
+            let mut wrong = doc.clone();
+            wrong["limits"]["budget"] = json!(5);
+            assert_eq!(
+                unknown_to_schema(&schema, &schema, &wrong, ""),
+                ["limits.budget"]
+            );
+            assert!(has(&errors_of(wrong), "limits.budget", "unknown field"));
+        }
     }
 
     #[test]

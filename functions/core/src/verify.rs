@@ -210,7 +210,12 @@ pub enum Gathered {
 pub fn gather(workers: &[WorkerEnd]) -> Gathered {
     let mut ordered: Vec<&WorkerEnd> = workers.iter().collect();
     ordered.sort_by_key(|w| w.slot);
-    let done = |v: &serde_json::Value| v.get("partitions_done").and_then(|d| d.as_u64());
+    // Read through the contract's summary; one that does not read has no count.
+    let done = |v: &serde_json::Value| {
+        serde_json::from_value::<Summary>(v.clone())
+            .ok()
+            .map(|s| s.partitions_done)
+    };
     let best = ordered
         .iter()
         .filter_map(|w| w.result.as_ref())

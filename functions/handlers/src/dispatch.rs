@@ -3,6 +3,7 @@
 //! the test harness's front door calls them all through [`invoke`], so both run the same code.
 
 use chrono::{DateTime, Utc};
+use ephemera_core::metrics;
 use serde_json::Value;
 
 use crate::aws::pricing::PriceListApi;
@@ -343,7 +344,30 @@ pub async fn terminate_with_cost_report(
         ledger: c.ledger.as_ref(),
         signals: Some(c.signals),
     };
-    out(terminate_report::handle(services, &config, input, now).await?)
+    match terminate_report::handle(services, &config, input, now).await {
+        Ok(report) => {
+            emit(|stack| metrics::of_run(&report, stack));
+            out(report)
+        }
+        Err(e) => {
+            emit(|stack| metrics::of_cleanup_failure(stack, Utc::now()));
+            Err(e)
+        }
+    }
+}
+
+/// Writes a metrics document (CloudWatch embedded metric format) as one line of standard
+/// output, where Lambda's log agent ships it and CloudWatch extracts the metrics. Only inside
+/// Lambda: the harness and the demo call the handlers in-process, where the line would be noise.
+fn emit(doc: impl FnOnce(&str) -> Value) {
+    if std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_none() {
+        return;
+    }
+    let stack = std::env::var("EPHEMERA_STACK")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "ephemera".into());
+    println!("{}", doc(&stack));
 }
 
 pub async fn sweeper(
@@ -359,7 +383,17 @@ pub async fn sweeper(
     now: DateTime<Utc>,
 ) -> Result<Value, Error> {
     let topic = settings.default_topic.as_deref();
-    out(sweeper::handle(services, topic, now).await?)
+    let report = sweeper::handle(services, topic, now).await?;
+    emit(|stack| {
+        metrics::of_sweep(
+            stack,
+            report.checked,
+            report.terminated.len(),
+            report.signals_deleted,
+            report.swept_at,
+        )
+    });
+    out(report)
 }
 
 pub async fn spot_interruption(

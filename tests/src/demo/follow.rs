@@ -96,7 +96,15 @@ pub async fn follow(
     tokio::spawn(conn);
     let mut shown = 0usize;
     let mut started = None;
+    // The workers' progress is told while they work: once the Map state is over, the lines
+    // that follow (verification, the report) are the run's last word.
+    let mut working = true;
     loop {
+        // Progress first: the partitions done before this read show above the states that
+        // followed them.
+        if let (true, Some((done, all))) = (working, progress(&db, run_id).await) {
+            console.progress(done, all);
+        }
         let events = crate::e2e::history(sfn, execution)
             .await
             .context("GetExecutionHistory")?;
@@ -107,8 +115,13 @@ pub async fn follow(
             }
         }
         shown = events.len();
-        if let Some((done, all)) = progress(&db, run_id).await {
-            console.progress(done, all);
+        if working
+            && events
+                .iter()
+                .any(|e| *e.r#type() == HistoryEventType::MapStateExited)
+        {
+            working = false;
+            console.finish();
         }
         let d = sfn
             .describe_execution()

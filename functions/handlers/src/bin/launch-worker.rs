@@ -1,5 +1,7 @@
 //! The launch-worker Lambda.
 //! It links its own handler and the clients it calls, nothing else.
+// The handler's futures nest deeper than rustc's default layout depth (128).
+#![recursion_limit = "256"]
 
 use chrono::Utc;
 use ephemera_functions::{

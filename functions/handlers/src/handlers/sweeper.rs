@@ -15,10 +15,6 @@ use crate::aws::{Compute, Executions, InstanceView, Ledger, Notifier, ParamHouse
 use crate::error::Error;
 use ephemera_core::tags;
 
-/// The scheduled event carries nothing the sweeper needs.
-#[derive(Debug, Default, Deserialize)]
-pub struct Input {}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Swept {
     pub instance_id: String,
