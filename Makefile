@@ -152,7 +152,7 @@ bench: postgres $(VENV)/.talib-$(TALIB_VERSION)
 # front door with AWS's limits on (tests/tests/many_runs.rs): every run ends with its own report.
 EPHEMERA_SCALE_RUNS ?= 200
 scale: $(VENV)/bin/moto_server
-	EPHEMERA_SCALE_RUNS=$(EPHEMERA_SCALE_RUNS) cargo test --locked -p ephemera-tests --test many_runs -- --ignored --nocapture
+	EPHEMERA_SCALE_RUNS=$(EPHEMERA_SCALE_RUNS) cargo test --workspace --locked --test many_runs -- --ignored --nocapture
 
 # Start a run from a RunSpec file and follow it to its report (STATE_MACHINE = the stack output).
 run:

@@ -82,6 +82,16 @@ enum Command {
         /// after the state machine (`<stack>-worker` → `<stack>-ledger`).
         #[arg(long, env = "EPHEMERA_LEDGER_TABLE")]
         ledger: Option<String>,
+        /// Write the month at a glance to FILE instead: spend against the budget over the
+        /// month, runs by outcome, each run's cost and Spot saving (a static HTML page).
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+        /// The month of `--html` (YYYY-MM); this month by default.
+        #[arg(long, requires = "html")]
+        month: Option<String>,
+        /// The monthly budget the page draws the spend against (the stack's MonthlyBudgetUsd).
+        #[arg(long, env = "EPHEMERA_MONTHLY_BUDGET_USD")]
+        budget: Option<f64>,
     },
     /// A run's cost report, as the email tells it.
     Report {
@@ -240,7 +250,13 @@ async fn run(cli: Cli) -> Result<Outcome, CliError> {
             let e = resolve::resolve(&sfn, machine, run.as_deref()).await?;
             runs::status(&sfn, &e).await
         }
-        Command::Runs { limit, ledger } => {
+        Command::Runs {
+            limit,
+            ledger,
+            html,
+            month,
+            budget,
+        } => {
             let machine = resolve::need_machine(machine, "runs")?;
             let conf = aws::config(g, Some(machine)).await?;
             let sfn = aws_sdk_sfn::Client::new(&conf);
@@ -248,7 +264,17 @@ async fn run(cli: Cli) -> Result<Outcome, CliError> {
                 client: aws_sdk_dynamodb::Client::new(&conf),
                 table,
             });
-            runs::runs(&sfn, ledger.as_ref(), machine, limit).await
+            match html {
+                Some(file) => {
+                    let page = runs::Page {
+                        month,
+                        budget_usd: budget,
+                        file,
+                    };
+                    runs::month_page(&sfn, ledger.as_ref(), machine, page).await
+                }
+                None => runs::runs(&sfn, ledger.as_ref(), machine, limit).await,
+            }
         }
         Command::Report { run, json, html } => {
             let conf = aws::config(g, arn_hint(Some(&run), machine)).await?;

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use ephemera_core::ledger;
+use ephemera_core::month_html::{self, Month, MonthRun};
 use ephemera_functions::aws::{Ledger, LedgerTable};
 use serde_json::Value;
 
@@ -118,6 +119,86 @@ pub async fn runs(
         }
     }
     Ok(Outcome::Done)
+}
+
+/// What `ephemera runs --html` draws: which month, against what budget, into which file.
+pub struct Page {
+    pub month: Option<String>,
+    pub budget_usd: Option<f64>,
+    pub file: std::path::PathBuf,
+}
+
+/// Writes the month's page: every execution started in the month, each costed by its report,
+/// or by what the ledger holds for it while it runs.
+pub async fn month_page(
+    sfn: &aws_sdk_sfn::Client,
+    ledger: Option<&LedgerTable>,
+    machine: &str,
+    page: Page,
+) -> Result<Outcome, CliError> {
+    let now = Utc::now();
+    let month = page.month.unwrap_or_else(|| ledger::month_of(now));
+    let mut m = Month {
+        month: month.clone(),
+        budget_usd: page.budget_usd,
+        runs: vec![],
+        generated_at: now,
+    };
+    let Some((start, end)) = m.bounds() else {
+        return Err(CliError::Usage(format!(
+            "--month {month}: expected a month as YYYY-MM, such as {}",
+            ledger::month_of(now)
+        )));
+    };
+    let reserved: Vec<ledger::Entry> = match ledger {
+        Some(l) => l.entries(&month).await.unwrap_or_else(|e| {
+            eprintln!("the ledger {} could not be read: {e}", l.table);
+            vec![]
+        }),
+        None => vec![],
+    };
+    // ListExecutions answers newest first; a month of runs is well under its 1000 a page.
+    for l in resolve::list(sfn, machine, 1000).await? {
+        if l.started < start || l.started >= end {
+            continue;
+        }
+        let e = resolve::describe(sfn, &l.arn).await?;
+        let report = report::find(sfn, &e).await?;
+        m.runs.push(month_run(&e, report.as_ref(), &reserved));
+    }
+    std::fs::write(&page.file, month_html::render(&m))
+        .map_err(|e| CliError::Usage(format!("--html {}: {e}", page.file.display())))?;
+    println!(
+        "{}: {} run{}, ${:.2} of {} -> {}",
+        m.month,
+        m.runs.len(),
+        if m.runs.len() == 1 { "" } else { "s" },
+        m.total_usd(),
+        m.budget_usd
+            .map_or("no budget given".into(), |b| format!("${b:.2}")),
+        page.file.display()
+    );
+    Ok(Outcome::Done)
+}
+
+/// One execution as the month's page shows it.
+fn month_run(e: &Execution, report: Option<&Value>, reserved: &[ledger::Entry]) -> MonthRun {
+    let on_ledger = reserved
+        .iter()
+        .find(|r| r.execution == e.arn)
+        .map(ledger::Entry::charged_usd);
+    let measured = report.and_then(actual_usd);
+    MonthRun {
+        run_id: e.run_id().unwrap_or_else(|| "?".into()),
+        execution: e.name.clone(),
+        started: e.started,
+        status: e.status.clone(),
+        cost_usd: measured.or(on_ledger).unwrap_or(0.0),
+        on_demand_usd: report
+            .and_then(|r| r.get("on_demand_equivalent_usd"))
+            .and_then(Value::as_f64),
+        measured: measured.is_some(),
+    }
 }
 
 /// `2026-11 so far: $667.06 spent or reserved by 2 runs (1 running, 1 ended) [ledger …]`.

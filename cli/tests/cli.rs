@@ -192,6 +192,48 @@ async fn run_follows_to_the_report_and_the_run_reads_back_with_every_verb() {
         line.contains("by 1 run (1 ended) [ledger ephemera-ledger]"),
         "{line}"
     );
+    // The month's page: this run, its measured cost against the budget given, no script.
+    let month_page =
+        std::env::temp_dir().join(format!("ephemera-cli-month-{}.html", std::process::id()));
+    let out = output(ephemera(region).args([
+        "runs",
+        "--state-machine",
+        &machine,
+        "--html",
+        month_page.to_str().unwrap(),
+        "--budget",
+        "833",
+    ]))
+    .await;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.starts_with(&format!("{month}: 1 run, $0.")),
+        "{stdout}"
+    );
+    let html = std::fs::read_to_string(&month_page).unwrap();
+    let _ = std::fs::remove_file(&month_page);
+    assert_eq!(html.matches(r#"class="run-dot""#).count(), 1, "{html}");
+    assert!(html.contains("cli-run") && html.contains("SUCCEEDED"));
+    assert!(html.contains(r#"<span id="budget">$833.0000</span>"#));
+    assert!(!html.contains("<script"));
+    // A month that is not one is named with what is expected.
+    let out = output(ephemera(region).args([
+        "runs",
+        "--state-machine",
+        &machine,
+        "--html",
+        "/dev/null",
+        "--month",
+        "2026-13",
+    ]))
+    .await;
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--month 2026-13: expected a month as YYYY-MM"),
+        "{stderr}"
+    );
 
     // report by run id (text), by execution name (JSON).
     let out =

@@ -58,18 +58,30 @@ async fn prices_are_read_once_when_the_quotas_have_room_and_a_throttle_is_waited
         h.door.throttles.asked(c.region, price_list::GET_PRODUCTS),
         0
     );
-    // Someone else in the account takes every token for the next two seconds.
+    // Someone else in the account takes every token (as forty launches asking at once would)
+    // until this run's first read has been throttled, then stops. The bucket refills at 5 a
+    // second, so the SDK's four retries (backoff from 500 ms, full jitter) wait it out unless
+    // their waits together come under 0.4 s: about one chance in 3,600. A hog held for
+    // a fixed time instead failed whenever the jittered waits all fell inside it.
     let region = c.region;
     let hog = std::thread::spawn(move || {
-        let until = std::time::Instant::now() + Duration::from_secs(2);
+        let door = &harness().door;
+        let until = std::time::Instant::now() + Duration::from_secs(60);
         while std::time::Instant::now() < until {
-            while harness().door.throttles.take_from(
+            while door.throttles.take_from(
                 region,
                 "pricing",
                 price_list::GET_PRODUCTS_BUCKET,
                 "someone else",
             ) {}
-            std::thread::sleep(Duration::from_millis(10));
+            let refused = door.throttles.refused_in(region);
+            if refused
+                .iter()
+                .any(|(what, _)| what == price_list::GET_PRODUCTS)
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
     });
     let enough = poll_quota(&c, &spec, Some(waiting)).await;

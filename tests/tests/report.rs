@@ -448,3 +448,129 @@ async fn chromium_draws_the_timeline_and_shows_the_figures() {
     assert_eq!(png_width, 1200);
     eprintln!("screenshot: {}", png.display());
 }
+
+/// Appended to a copy of the month's page: what Chromium laid out.
+const MEASURE_MONTH: &str = r#"<script>
+const box = e => { const b = e.getBoundingClientRect(); return {x: b.x, y: b.y, width: b.width, height: b.height}; };
+const out = document.createElement('pre');
+out.id = 'measured';
+out.textContent = JSON.stringify({
+  svg: box(document.getElementById('spend')),
+  dots: [...document.querySelectorAll('svg#spend circle.run-dot')].map(c => Object.assign(box(c), {fill: getComputedStyle(c).fill})),
+  line: Object.assign(box(document.getElementById('spend-line')), {stroke: getComputedStyle(document.getElementById('spend-line')).stroke}),
+  budget: box(document.getElementById('budget-line')),
+  statuses: [...document.querySelectorAll('svg#outcome-bar rect.status')].map(r => Object.assign(box(r), {status: r.dataset.status, fill: getComputedStyle(r).fill})),
+  text: document.body.innerText});
+document.body.appendChild(out);
+</script>"#;
+
+/// The month's page (`ephemera runs --html`) in a browser: a dot per run climbing in the order
+/// the runs started, all under the budget line, the outcome bar split by count, the figures.
+#[tokio::test]
+async fn chromium_draws_the_month() {
+    use ephemera_core::month_html::{render, Month, MonthRun};
+    let Some(chromium) = chromium() else {
+        eprintln!("SKIPPED chromium_draws_the_month: no `chromium` on PATH (apt-get install chromium; with CI set this test fails instead)");
+        return;
+    };
+    let at = |day: u32| {
+        chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 11, day, 9, 0, 0).unwrap()
+    };
+    let run = |id: &str, day: u32, status: &str, cost: f64, od: f64| MonthRun {
+        run_id: id.into(),
+        execution: format!("{id}-20261101"),
+        started: at(day),
+        status: status.into(),
+        cost_usd: cost,
+        on_demand_usd: Some(od),
+        measured: true,
+    };
+    let month = Month {
+        month: "2026-11".into(),
+        budget_usd: Some(833.0),
+        runs: vec![
+            run("fx-a", 3, "SUCCEEDED", 120.0, 400.0),
+            run("fx-b", 9, "FAILED", 30.0, 90.0),
+            run("fx-c", 16, "SUCCEEDED", 210.0, 700.0),
+            run("fx-d", 24, "SUCCEEDED", 150.0, 480.0),
+        ],
+        generated_at: at(28),
+    };
+    let html = render(&month);
+    let dir = tmp_dir("month");
+    let page = dir.join("measured.html");
+    std::fs::write(
+        &page,
+        html.replace("</body>", &format!("{MEASURE_MONTH}</body>")),
+    )
+    .unwrap();
+    let out = run_chromium(
+        &chromium,
+        &[
+            "--window-size=1200,1400".into(),
+            "--dump-dom".into(),
+            format!("file://{}", page.display()),
+        ],
+    )
+    .await;
+    let dom = String::from_utf8(out.stdout).unwrap();
+    let json = dom
+        .split_once(r#"<pre id="measured">"#)
+        .and_then(|(_, rest)| rest.split_once("</pre>"))
+        .map(|(m, _)| unescape(m))
+        .unwrap_or_else(|| panic!("no measurements in the DOM:\n{dom}"));
+    let m: Value = serde_json::from_str(&json).unwrap();
+    let f = |v: &Value, k: &str| v[k].as_f64().unwrap();
+
+    let svg = &m["svg"];
+    assert!(f(svg, "width") > 600.0, "{svg}");
+    let dots = m["dots"].as_array().unwrap();
+    assert_eq!(dots.len(), 4);
+    for w in dots.windows(2) {
+        // Later to the right, and higher (the spend only grows).
+        assert!(f(&w[1], "x") > f(&w[0], "x"), "{w:?}");
+        assert!(f(&w[1], "y") < f(&w[0], "y"), "{w:?}");
+    }
+    // 510 of 833 spent: every dot below the budget line, the last at 510/833 of its height.
+    let budget_y = f(&m["budget"], "y");
+    let base = f(svg, "y") + f(svg, "height");
+    for d in dots {
+        assert!(
+            f(d, "y") > budget_y,
+            "{d} above the budget line at {budget_y}"
+        );
+        assert_ne!(d["fill"], "rgb(0, 0, 0)", "the stylesheet colours the dots");
+    }
+    let last = dots.last().unwrap();
+    let last_centre = f(last, "y") + f(last, "height") / 2.0;
+    let axis = f(&m["line"], "y") + f(&m["line"], "height");
+    let ratio = (axis - last_centre) / (axis - (budget_y + f(&m["budget"], "height") / 2.0));
+    assert!((ratio - 510.0 / 833.0).abs() < 0.02, "{ratio}");
+    assert!(axis <= base, "the line stays in the chart");
+    assert_ne!(m["line"]["stroke"], "none");
+    // The outcome bar: three SUCCEEDED to one FAILED, by width.
+    let statuses = m["statuses"].as_array().unwrap();
+    let width_of = |s: &str| {
+        statuses
+            .iter()
+            .find(|r| r["status"] == s)
+            .map(|r| f(r, "width"))
+            .unwrap()
+    };
+    assert!((width_of("SUCCEEDED") / width_of("FAILED") - 3.0).abs() < 0.05);
+    let text = m["text"].as_str().unwrap();
+    for figure in [
+        "$510.0000",
+        "$833.0000",
+        "61 %",
+        "$1160.0000",
+        "fx-c",
+        "FAILED",
+        "Runs by outcome",
+    ] {
+        assert!(
+            text.contains(figure),
+            "{figure} is not on the page:\n{text}"
+        );
+    }
+}

@@ -10,6 +10,7 @@ pub mod instance_state;
 pub mod launch;
 pub mod ledger;
 pub mod metrics;
+pub mod month_html;
 pub mod payload;
 pub mod quota;
 pub mod report_html;

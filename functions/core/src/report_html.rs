@@ -190,11 +190,11 @@ pub fn duration(seconds: i64) -> String {
     }
 }
 
-fn usd(v: f64) -> String {
+pub(crate) fn usd(v: f64) -> String {
     format!("${v:.4}")
 }
 
-fn when(t: DateTime<Utc>) -> String {
+pub(crate) fn when(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
@@ -550,7 +550,7 @@ fn attempt_row(a: &AttemptCost, worker: &str, relaunched: bool, out: &mut String
     );
 }
 
-const STYLE: &str = "
+pub(crate) const STYLE: &str = "
 body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;color:#1d2329;margin:0;background:#f6f7f9}
 main{max-width:1100px;margin:0 auto;padding:24px}
 section{background:#fff;border:1px solid #dde1e6;border-radius:6px;padding:12px 18px;margin:14px 0}
