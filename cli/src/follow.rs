@@ -4,6 +4,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
+use aws_sdk_sfn::types::ExecutionStatus;
 use chrono::{DateTime, Utc};
 use ephemera_core::catalog;
 use ephemera_core::cost::{billed_seconds, ebs_cost, on_demand_cost};
@@ -93,6 +94,86 @@ pub fn live_line(
     )
 }
 
+/// What following has shown so far, so that each poll prints only what is new.
+struct Shown {
+    region: String,
+    terminal: bool,
+    /// States printed.
+    printed: usize,
+    /// Attempts announced.
+    launched: usize,
+    /// The cost-so-far note was printed.
+    noted: bool,
+    /// A live line is on the terminal's last row.
+    live: bool,
+    quiet_since: Instant,
+}
+
+impl Shown {
+    /// A line per state entered since the last poll, with the attempt it launched.
+    fn new_states(&mut self, d: &Execution, events: &[history::Event]) {
+        let steps = history::entered(events);
+        if steps.len() > self.printed {
+            // The live line gives way to the new states.
+            self.clear_live();
+        }
+        for step in steps.iter().skip(self.printed) {
+            // What the run document said when this state was entered.
+            let known = history::attempts(&events[..=step.index]);
+            let mut detail = String::new();
+            if known.len() > self.launched {
+                if !self.noted {
+                    println!("  ({COST_SO_FAR_NOTE})");
+                    self.noted = true;
+                }
+                let newest = &known[known.len() - 1];
+                let (usd, unpriced) = cost_so_far(&known, &self.region, step.at);
+                detail = format!(
+                    "attempt {}, {}",
+                    attempt_text(newest),
+                    cost_text(usd, &unpriced)
+                );
+                self.launched = known.len();
+            }
+            println!("{}", step_line(step.at - d.started, &step.state, &detail));
+            self.quiet_since = Instant::now();
+        }
+        self.printed = steps.len();
+    }
+
+    /// The state the run is in, for how long, and the cost so far: redrawn on a terminal,
+    /// otherwise printed now and then.
+    fn live(&mut self, d: &Execution, events: &[history::Event]) {
+        let Some((state, since)) = history::current_state(events) else {
+            return;
+        };
+        let now = Utc::now();
+        let attempts = history::attempts(events);
+        let (usd, unpriced) = cost_so_far(&attempts, &self.region, now);
+        let cost = if attempts.is_empty() {
+            "nothing launched yet".to_string()
+        } else {
+            cost_text(usd, &unpriced)
+        };
+        let line = live_line(&state, now - since, now - d.started, &cost);
+        if self.terminal {
+            print!("\r\x1b[2K{line}");
+            let _ = std::io::stdout().flush();
+            self.live = true;
+        } else if self.quiet_since.elapsed() >= QUIET_LINE_EVERY {
+            println!("{line}");
+            self.quiet_since = Instant::now();
+        }
+    }
+
+    fn clear_live(&mut self) {
+        if self.live {
+            print!("\r\x1b[2K");
+            self.live = false;
+        }
+    }
+}
+
 /// Follows `execution` until it ends or `timeout` passes.
 pub async fn follow(
     sfn: &aws_sdk_sfn::Client,
@@ -100,82 +181,37 @@ pub async fn follow(
     timeout: Duration,
 ) -> Result<Outcome, CliError> {
     let until = Instant::now() + timeout;
-    let region = crate::aws::region_of_arn(execution)
-        .unwrap_or_default()
-        .to_string();
-    let terminal = std::io::stdout().is_terminal();
-    let mut printed = 0usize;
-    let mut launched = 0usize;
-    let mut noted = false;
-    let mut live = false;
-    let mut quiet_since = Instant::now();
-    let mut out = std::io::stdout();
+    let mut shown = Shown {
+        region: crate::aws::region_of_arn(execution)
+            .unwrap_or_default()
+            .to_string(),
+        terminal: std::io::stdout().is_terminal(),
+        printed: 0,
+        launched: 0,
+        noted: false,
+        live: false,
+        quiet_since: Instant::now(),
+    };
     loop {
         let d = resolve::describe(sfn, execution).await?;
         let events = history::read(sfn, execution).await?;
-        let attempts = history::attempts(&events);
-        let now = Utc::now();
-        let steps = history::entered(&events);
-        if steps.len() > printed && live {
-            // The live line gives way to the new states.
-            print!("\r\x1b[2K");
-            live = false;
-        }
-        for step in steps.iter().skip(printed) {
-            // What the run document said when this state was entered.
-            let known = history::attempts(&events[..=step.index]);
-            let mut detail = String::new();
-            if known.len() > launched {
-                if !noted {
-                    println!("  ({COST_SO_FAR_NOTE})");
-                    noted = true;
-                }
-                let newest = &known[known.len() - 1];
-                let (usd, unpriced) = cost_so_far(&known, &region, step.at);
-                detail = format!(
-                    "attempt {}, {}",
-                    attempt_text(newest),
-                    cost_text(usd, &unpriced)
-                );
-                launched = known.len();
-            }
-            println!("{}", step_line(step.at - d.started, &step.state, &detail));
-            quiet_since = Instant::now();
-        }
-        printed = steps.len();
-        if live && (!d.is_running() || Instant::now() >= until) {
-            // Both ways below end the following: the live line gives way.
-            print!("\r\x1b[2K");
-        }
+        shown.new_states(&d, &events);
         if !d.is_running() {
+            // Both ways out end the following: the live line gives way.
+            shown.clear_live();
             return Ok(finish(&d, &events));
         }
         if Instant::now() >= until {
+            shown.clear_live();
             println!(
                 "still {} after {} s of waiting; it goes on without this terminal: ephemera status {}",
-                d.status,
+                d.status.as_str(),
                 timeout.as_secs(),
                 d.name
             );
             return Ok(Outcome::StillRunning);
         }
-        if let Some((state, since)) = history::current_state(&events) {
-            let (usd, unpriced) = cost_so_far(&attempts, &region, now);
-            let cost = if attempts.is_empty() {
-                "nothing launched yet".to_string()
-            } else {
-                cost_text(usd, &unpriced)
-            };
-            let line = live_line(&state, now - since, now - d.started, &cost);
-            if terminal {
-                print!("\r\x1b[2K{line}");
-                let _ = out.flush();
-                live = true;
-            } else if quiet_since.elapsed() >= QUIET_LINE_EVERY {
-                println!("{line}");
-                quiet_since = Instant::now();
-            }
-        }
+        shown.live(&d, &events);
         tokio::time::sleep(POLL).await;
     }
 }
@@ -184,8 +220,8 @@ pub async fn follow(
 pub fn finish(d: &Execution, events: &[history::Event]) -> Outcome {
     let took = d.stopped.unwrap_or_else(Utc::now) - d.started;
     let report = history::report(events).or_else(|| d.output.as_ref().and_then(history::report_in));
-    let succeeded = d.status == "SUCCEEDED";
-    let mut headline = format!("{} after {}", d.status, elapsed(took));
+    let succeeded = d.status == ExecutionStatus::Succeeded;
+    let mut headline = format!("{} after {}", d.status.as_str(), elapsed(took));
     if let Some(usd) = report.as_ref().and_then(|r| r["actual_usd"].as_f64()) {
         headline.push_str(&format!(", ${usd:.4}"));
     }

@@ -16,8 +16,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use ephemera_aws::LedgerTable;
 use ephemera_core::RunSpec;
-use ephemera_functions::aws::LedgerTable;
 
 use crate::errors::{CliError, Op};
 
@@ -191,26 +191,8 @@ async fn run(cli: Cli) -> Result<Outcome, CliError> {
     let g = &cli.global;
     let machine = g.state_machine.as_deref();
     match cli.command {
-        Command::Schema => {
-            let schema = ephemera_core::RunSpec::json_schema();
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&schema).unwrap_or_default()
-            );
-            Ok(Outcome::Done)
-        }
-        Command::Validate { runspec } => {
-            let (_, spec) = load(&runspec)?;
-            println!(
-                "{}: valid RunSpec for run '{}' ({} candidate types, {:?} market, budget ${:.2})",
-                runspec.display(),
-                spec.run_id,
-                spec.worker.instance_types.len(),
-                spec.worker.market,
-                spec.limits.budget_usd
-            );
-            Ok(Outcome::Done)
-        }
+        Command::Schema => schema(),
+        Command::Validate { runspec } => validate(&runspec),
         Command::Run {
             runspec,
             name,
@@ -218,31 +200,13 @@ async fn run(cli: Cli) -> Result<Outcome, CliError> {
             wait: _,
             wait_timeout,
         } => {
-            let (value, spec) = load(&runspec)?;
-            let machine = resolve::need_machine(machine, "run")?;
-            let conf = aws::config(g, Some(machine)).await?;
-            let sfn = aws_sdk_sfn::Client::new(&conf);
-            let name =
-                name.unwrap_or_else(|| resolve::execution_name(&spec.run_id, chrono::Utc::now()));
-            let started = sfn
-                .start_execution()
-                .state_machine_arn(machine)
-                .name(&name)
-                .input(value.to_string())
-                .send()
-                .await
-                .map_err(|e| Op::new("states:StartExecution", machine).fail(e))?;
-            let arn = started.execution_arn();
-            let region = aws::region(&conf);
-            println!("started {arn}");
-            println!(
-                "  console: https://{region}.console.aws.amazon.com/states/home?region={region}#/v2/executions/details/{arn}"
-            );
-            println!("  follow it: ephemera status {name}");
-            if detach {
-                return Ok(Outcome::Done);
-            }
-            follow::follow(&sfn, arn, Duration::from_secs(wait_timeout)).await
+            let start = Start {
+                runspec,
+                name,
+                detach,
+                wait_timeout,
+            };
+            start_run(g, start).await
         }
         Command::Status { run } => {
             let conf = aws::config(g, arn_hint(run.as_deref(), machine)).await?;
@@ -257,24 +221,12 @@ async fn run(cli: Cli) -> Result<Outcome, CliError> {
             month,
             budget,
         } => {
-            let machine = resolve::need_machine(machine, "runs")?;
-            let conf = aws::config(g, Some(machine)).await?;
-            let sfn = aws_sdk_sfn::Client::new(&conf);
-            let ledger = ledger_table(ledger.as_deref(), machine).map(|table| LedgerTable {
-                client: aws_sdk_dynamodb::Client::new(&conf),
-                table,
+            let page = html.map(|file| runs::Page {
+                month,
+                budget_usd: budget,
+                file,
             });
-            match html {
-                Some(file) => {
-                    let page = runs::Page {
-                        month,
-                        budget_usd: budget,
-                        file,
-                    };
-                    runs::month_page(&sfn, ledger.as_ref(), machine, page).await
-                }
-                None => runs::runs(&sfn, ledger.as_ref(), machine, limit).await,
-            }
+            list_runs(g, ledger.as_deref(), limit, page).await
         }
         Command::Report { run, json, html } => {
             let conf = aws::config(g, arn_hint(Some(&run), machine)).await?;
@@ -298,6 +250,88 @@ async fn run(cli: Cli) -> Result<Outcome, CliError> {
             )
             .await
         }
+    }
+}
+
+/// `ephemera schema`: the schema editors check RunSpecs with.
+fn schema() -> Result<Outcome, CliError> {
+    let schema = RunSpec::json_schema();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&schema).unwrap_or_default()
+    );
+    Ok(Outcome::Done)
+}
+
+/// `ephemera validate FILE`.
+fn validate(runspec: &Path) -> Result<Outcome, CliError> {
+    let (_, spec) = load(runspec)?;
+    println!(
+        "{}: valid RunSpec for run '{}' ({} candidate types, {} market, budget ${:.2})",
+        runspec.display(),
+        spec.run_id,
+        spec.worker.instance_types.len(),
+        spec.worker.market.as_str(),
+        spec.limits.budget_usd
+    );
+    Ok(Outcome::Done)
+}
+
+/// What `ephemera run` was asked.
+struct Start {
+    runspec: PathBuf,
+    name: Option<String>,
+    detach: bool,
+    wait_timeout: u64,
+}
+
+/// `ephemera run FILE`: validate, start, then follow unless detached.
+async fn start_run(g: &Global, start: Start) -> Result<Outcome, CliError> {
+    let (value, spec) = load(&start.runspec)?;
+    let machine = resolve::need_machine(g.state_machine.as_deref(), "run")?;
+    let conf = aws::config(g, Some(machine)).await?;
+    let sfn = aws_sdk_sfn::Client::new(&conf);
+    let name = start
+        .name
+        .unwrap_or_else(|| resolve::execution_name(&spec.run_id, chrono::Utc::now()));
+    let started = sfn
+        .start_execution()
+        .state_machine_arn(machine)
+        .name(&name)
+        .input(value.to_string())
+        .send()
+        .await
+        .map_err(|e| Op::new("states:StartExecution", machine).fail(e))?;
+    let arn = started.execution_arn();
+    let region = aws::region(&conf);
+    println!("started {arn}");
+    println!(
+        "  console: https://{region}.console.aws.amazon.com/states/home?region={region}#/v2/executions/details/{arn}"
+    );
+    println!("  follow it: ephemera status {name}");
+    if start.detach {
+        return Ok(Outcome::Done);
+    }
+    follow::follow(&sfn, arn, Duration::from_secs(start.wait_timeout)).await
+}
+
+/// `ephemera runs`: the table and the month so far, or with a page, the month's page.
+async fn list_runs(
+    g: &Global,
+    ledger: Option<&str>,
+    limit: usize,
+    page: Option<runs::Page>,
+) -> Result<Outcome, CliError> {
+    let machine = resolve::need_machine(g.state_machine.as_deref(), "runs")?;
+    let conf = aws::config(g, Some(machine)).await?;
+    let sfn = aws_sdk_sfn::Client::new(&conf);
+    let ledger = ledger_table(ledger, machine).map(|table| LedgerTable {
+        client: aws_sdk_dynamodb::Client::new(&conf),
+        table,
+    });
+    match page {
+        Some(page) => runs::month_page(&sfn, ledger.as_ref(), machine, page).await,
+        None => runs::runs(&sfn, ledger.as_ref(), machine, limit).await,
     }
 }
 

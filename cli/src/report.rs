@@ -55,7 +55,7 @@ pub async fn command(
         }
         eprintln!(
             "no report: {who} {} without launching anything ({} - {})",
-            execution.status,
+            execution.status.as_str(),
             execution.error.as_deref().unwrap_or("no error name"),
             execution.cause.as_deref().unwrap_or("no cause given")
         );

@@ -2,6 +2,7 @@
 //! (the RunSpec's `run_id` in the execution's input; `ephemera run` names executions
 //! `<run_id>-<time>`, so those are looked at first). The newest match wins.
 
+use aws_sdk_sfn::types::ExecutionStatus;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
@@ -18,7 +19,7 @@ const LIST_AT_MOST: usize = 1000;
 pub struct Execution {
     pub arn: String,
     pub name: String,
-    pub status: String,
+    pub status: ExecutionStatus,
     pub started: DateTime<Utc>,
     pub stopped: Option<DateTime<Utc>>,
     pub input: Value,
@@ -33,7 +34,7 @@ impl Execution {
     }
 
     pub fn is_running(&self) -> bool {
-        self.status == "RUNNING"
+        self.status == ExecutionStatus::Running
     }
 }
 
@@ -42,7 +43,7 @@ impl Execution {
 pub struct Listed {
     pub arn: String,
     pub name: String,
-    pub status: String,
+    pub status: ExecutionStatus,
     pub started: DateTime<Utc>,
     pub stopped: Option<DateTime<Utc>>,
 }
@@ -105,7 +106,7 @@ pub async fn describe(sfn: &aws_sdk_sfn::Client, arn: &str) -> Result<Execution,
     Ok(Execution {
         arn: d.execution_arn().to_string(),
         name: d.name().unwrap_or_default().to_string(),
-        status: d.status().as_str().to_string(),
+        status: d.status().clone(),
         started: time(d.start_date()),
         stopped: d.stop_date().map(time),
         input: json(d.input()).unwrap_or(Value::Null),
@@ -134,7 +135,7 @@ pub async fn list(
         out.extend(page.executions().iter().map(|e| Listed {
             arn: e.execution_arn().to_string(),
             name: e.name().to_string(),
-            status: e.status().as_str().to_string(),
+            status: e.status().clone(),
             started: time(e.start_date()),
             stopped: e.stop_date().map(time),
         }));
@@ -204,7 +205,7 @@ mod tests {
         Listed {
             arn: format!("arn:aws:states:r:1:execution:m:{name}"),
             name: name.into(),
-            status: "SUCCEEDED".into(),
+            status: ExecutionStatus::Succeeded,
             started: at(s),
             stopped: None,
         }

@@ -1,9 +1,10 @@
 //! `ephemera runs` (recent runs with outcome and cost) and `ephemera status [RUN]`.
 
+use aws_sdk_sfn::types::ExecutionStatus;
 use chrono::{DateTime, Utc};
+use ephemera_aws::{Ledger, LedgerTable};
 use ephemera_core::ledger;
 use ephemera_core::month_html::{self, Month, MonthRun};
-use ephemera_functions::aws::{Ledger, LedgerTable};
 use serde_json::Value;
 
 use crate::errors::CliError;
@@ -102,7 +103,7 @@ pub async fn runs(
         rows.push(Row {
             run_id: e.run_id().unwrap_or_else(|| "?".into()),
             execution: e.name.clone(),
-            status: e.status.clone(),
+            status: e.status.as_str().to_string(),
             started: e.started,
             duration: e.stopped.map(|s| s - e.started),
             cost_usd: cost,
@@ -192,7 +193,7 @@ fn month_run(e: &Execution, report: Option<&Value>, reserved: &[ledger::Entry]) 
         run_id: e.run_id().unwrap_or_else(|| "?".into()),
         execution: e.name.clone(),
         started: e.started,
-        status: e.status.clone(),
+        status: e.status.as_str().to_string(),
         cost_usd: measured.or(on_ledger).unwrap_or(0.0),
         on_demand_usd: report
             .and_then(|r| r.get("on_demand_equivalent_usd"))
@@ -239,7 +240,7 @@ pub async fn status(sfn: &aws_sdk_sfn::Client, e: &Execution) -> Result<Outcome,
         (true, None) => "RUNNING".into(),
         (false, _) => {
             let took = e.stopped.unwrap_or(now) - e.started;
-            let mut s = format!("{} after {}", e.status, elapsed(took));
+            let mut s = format!("{} after {}", e.status.as_str(), elapsed(took));
             if let Some(err) = &e.error {
                 s.push_str(&format!(
                     ": {err} - {}",
@@ -281,8 +282,10 @@ pub async fn status(sfn: &aws_sdk_sfn::Client, e: &Execution) -> Result<Outcome,
         (false, None) => "none: nothing was launched".into(),
     };
     field("cost", cost);
-    Ok(match e.status.as_str() {
-        "RUNNING" | "SUCCEEDED" | "PENDING_REDRIVE" => Outcome::Done,
+    Ok(match e.status {
+        ExecutionStatus::Running | ExecutionStatus::Succeeded | ExecutionStatus::PendingRedrive => {
+            Outcome::Done
+        }
         _ => Outcome::RunFailed,
     })
 }

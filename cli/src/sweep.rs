@@ -4,9 +4,9 @@
 
 use aws_sdk_ec2::types::{Filter, Instance};
 use chrono::{DateTime, Utc};
+use ephemera_aws::Executions;
 use ephemera_core::sweep::sweep_reason;
 use ephemera_core::tags;
-use ephemera_functions::aws::Executions;
 
 use crate::errors::{classify, CliError, Failure, Op};
 use crate::Outcome;
@@ -95,9 +95,7 @@ async fn status(sfn: &aws_sdk_sfn::Client, execution: &str) -> Result<Option<Str
     Executions::status(sfn, execution).await.map_err(|e| {
         // Credentials and the endpoint were proven by the DescribeInstances before this.
         let f = match e {
-            ephemera_functions::Error::Aws { code, message, .. } => {
-                Failure::Service { code, message }
-            }
+            ephemera_aws::Error::Aws { code, message, .. } => Failure::Service { code, message },
             other => Failure::Other(other.to_string()),
         };
         classify(&Op::new("states:DescribeExecution", execution), &f)

@@ -707,3 +707,40 @@ async fn the_schema_it_prints_is_the_committed_one() {
     assert!(help.status.success());
     assert!(text(&help).0.contains("schema"), "{:?}", text(&help));
 }
+
+/// The CLI links the adapters it shares with the Lambdas, not the Lambdas: no handler crate is
+/// in its dependency tree (dev-dependencies aside, which only its tests link).
+#[test]
+fn the_cli_links_no_handler() {
+    let out = std::process::Command::new(env!("CARGO"))
+        .args([
+            "tree",
+            "--offline",
+            "--locked",
+            "-p",
+            "ephemera-cli",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo tree");
+    let tree = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        tree.lines().any(|l| l.starts_with("ephemera-aws ")),
+        "{tree}"
+    );
+    for crate_name in ["ephemera-functions ", "ephemera-worker ", "lambda_runtime "] {
+        assert!(
+            !tree.lines().any(|l| l.starts_with(crate_name)),
+            "{crate_name}is linked:\n{tree}"
+        );
+    }
+}

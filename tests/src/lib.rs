@@ -10,7 +10,6 @@
 //! front door keeps fault rules and quota state per region, so tests run in parallel.
 
 pub mod coldstart;
-pub mod demo;
 pub mod deployed;
 pub mod e2e;
 pub mod fixtures;

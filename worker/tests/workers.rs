@@ -6,7 +6,7 @@
 //! The run must succeed with every partition done exactly once (the workers' own logs), the
 //! report listing the three workers and costing each instance, and nothing left running.
 
-use ephemera_tests::demo::{self, Console, Options, Scenario};
+use ephemera_demo::{self as demo, Console, Options, Scenario};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_workers_share_the_queue_through_a_reclaim_and_a_loss() {

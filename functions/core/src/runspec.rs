@@ -157,6 +157,15 @@ impl Market {
 }
 
 impl MarketPolicy {
+    /// As the RunSpec spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MarketPolicy::Spot => "spot",
+            MarketPolicy::OnDemand => "on-demand",
+            MarketPolicy::SpotThenOnDemand => "spot-then-on-demand",
+        }
+    }
+
     /// Markets in the order they are tried. `force_on_demand` is set after a Spot interruption
     /// when the policy allows falling back.
     pub fn markets(self, force_on_demand: bool) -> Vec<Market> {
@@ -1397,6 +1406,17 @@ pub(crate) mod tests {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../..")
             .join(rel)
+    }
+
+    #[test]
+    fn a_market_policy_is_named_as_the_runspec_spells_it() {
+        for p in [
+            MarketPolicy::Spot,
+            MarketPolicy::OnDemand,
+            MarketPolicy::SpotThenOnDemand,
+        ] {
+            assert_eq!(serde_json::to_value(p).unwrap(), p.as_str());
+        }
     }
 
     #[test]

@@ -443,10 +443,14 @@ fn ours(i: &InstanceView, run_id: &str) -> Result<(), Error> {
     Err(Error::Refused {
         instance: i.id.clone(),
         why: format!(
-            "it is not tagged {}=true and {}={run_id} (tags: {:?})",
+            "it is not tagged {}=true and {}={run_id} (tags: {})",
             tags::MANAGED,
             tags::RUN,
             i.tags
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     })
 }

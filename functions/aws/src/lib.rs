@@ -1,5 +1,9 @@
 //! Small traits over the AWS calls each handler needs, implemented for the SDK clients, so the
-//! handlers hold decisions and the adapters hold wire details.
+//! handlers hold decisions and the adapters hold wire details. A crate of its own so that the
+//! CLI, which reads the same ledger and executions, links no handler; the error type lives here
+//! with them (each error names the Step Functions error it becomes).
+
+pub mod error;
 
 pub mod ec2;
 pub mod executions;
@@ -25,6 +29,8 @@ pub use pricing::{PriceList, Quote};
 pub use quotas::{Applied, QuotaService};
 pub use snapshots::Snapshots;
 pub use topic::Notifier;
+
+pub use error::Error;
 
 /// Every client the Lambdas use, built once per cold start.
 #[derive(Clone, Debug)]

@@ -6,6 +6,7 @@ use ephemera_core::rundoc::CaughtError;
 use ephemera_core::verify::Check;
 use ephemera_core::InvalidRunSpec;
 use ephemera_core::{names, payload};
+#[cfg(feature = "lambda")]
 use lambda_runtime::Diagnostic;
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +119,8 @@ impl Error {
     }
 }
 
+/// What the Lambda runtime returns for an error (only the handlers need it: `lambda`).
+#[cfg(feature = "lambda")]
 impl From<Error> for Diagnostic {
     fn from(e: Error) -> Diagnostic {
         // Cut: the message becomes the caught error's cause in the run document, which
@@ -134,7 +137,7 @@ impl From<Error> for Diagnostic {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "lambda"))]
 mod tests {
     use super::*;
 

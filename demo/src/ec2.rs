@@ -14,8 +14,8 @@ use base64::Engine;
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
-use super::Console;
-use crate::{clients, harness};
+use crate::Console;
+use ephemera_tests::{clients, harness};
 
 /// systemd's `TimeoutStopSec` on the instance, scaled down: SIGTERM, then SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -248,7 +248,7 @@ async fn boot(setup: &Setup, id: &str, worker: u32, attempt: u32) -> Result<Chil
     let door = harness().door.clone();
     let region = setup.region;
     let (imds_id, notice_id) = (id.to_string(), id.to_string());
-    let imds = crate::imds::serve(
+    let imds = ephemera_tests::imds::serve(
         move || imds_id.clone(),
         move || door.spot_notice(region, &notice_id),
     )
@@ -260,7 +260,7 @@ async fn boot(setup: &Setup, id: &str, worker: u32, attempt: u32) -> Result<Chil
     let mut cmd = Command::new(&setup.worker_bin);
     cmd.current_dir(&disk);
     // The instance profile's role, from its IMDS: held to the template's WorkerRole policy.
-    crate::instance_env(&mut cmd, region, &imds);
+    ephemera_tests::instance_env(&mut cmd, region, &imds);
     cmd.args(&command[1..])
         .env_remove("DATABASE_URL")
         .stdin(Stdio::null())

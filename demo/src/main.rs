@@ -1,9 +1,9 @@
-//! `make demo`: a whole run on this machine (see `ephemera_tests::demo`).
+//! `make demo`: a whole run on this machine (the library of this crate says how).
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use ephemera_tests::demo::{self, Console, Options};
+use ephemera_demo::{Console, Options};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -11,7 +11,7 @@ async fn main() -> ExitCode {
     let console = Console::new();
     // Ctrl-C ends the demo; moto, PostgreSQL and the workers die with this process.
     tokio::select! {
-        r = demo::run(options, console.clone()) => match r {
+        r = ephemera_demo::run(options, console.clone()) => match r {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
             Err(e) => {

@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use aws_sdk_sfn::types::{ExecutionStatus, HistoryEvent, HistoryEventType};
 use serde_json::Value;
 
-use super::Console;
-use crate::e2e::Finished;
+use crate::Console;
+use ephemera_tests::e2e::Finished;
 
 /// One line for a history event worth showing, if it is.
 pub fn describe(e: &HistoryEvent, started: f64) -> Option<String> {
@@ -105,7 +105,7 @@ pub async fn follow(
         if let (true, Some((done, all))) = (working, progress(&db, run_id).await) {
             console.progress(done, all);
         }
-        let events = crate::e2e::history(sfn, execution)
+        let events = ephemera_tests::e2e::history(sfn, execution)
             .await
             .context("GetExecutionHistory")?;
         for e in events.iter().skip(shown) {

@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use tokio::sync::watch;
 
-use super::{ec2, Console};
-use crate::harness;
+use crate::{ec2, Console};
+use ephemera_tests::harness;
 
 /// The scenario's workers.
 pub const WORKERS: u32 = 3;

@@ -19,8 +19,8 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
-use crate::e2e::{self, Finished};
-use crate::{clients, fixtures, harness, postgres};
+use ephemera_tests::e2e::{self, Finished};
+use ephemera_tests::{clients, fixtures, harness, postgres};
 
 /// The quota codes of the standard (A, C, D, H, I, M, R, T, Z) families.
 const SPOT_QUOTA: &str = "L-34B43A08";
@@ -373,7 +373,7 @@ pub async fn run(o: Options, console: Console) -> Result<bool> {
         .send()
         .await
         .context("creating the export bucket")?;
-    let sm = aws_sdk_secretsmanager::Client::new(&crate::sdk_config(region));
+    let sm = aws_sdk_secretsmanager::Client::new(&ephemera_tests::sdk_config(region));
     sm.create_secret()
         .name(SECRET)
         .secret_string(&db_url)
@@ -381,9 +381,9 @@ pub async fn run(o: Options, console: Console) -> Result<bool> {
         .await
         .context("storing the database URL as a secret")?;
     // The stack's log group, where each worker ships its lines (`ephemera logs` reads them).
-    aws_sdk_cloudwatchlogs::Client::new(&crate::sdk_config(region))
+    aws_sdk_cloudwatchlogs::Client::new(&ephemera_tests::sdk_config(region))
         .create_log_group()
-        .log_group_name(crate::iam::worker_log_group())
+        .log_group_name(ephemera_tests::iam::worker_log_group())
         .send()
         .await
         .context("creating the workers' log group")?;
@@ -452,7 +452,7 @@ pub async fn run(o: Options, console: Console) -> Result<bool> {
         ))),
         _ => None,
     };
-    let sfn = aws_sdk_sfn::Client::new(&crate::sdk_config(region));
+    let sfn = aws_sdk_sfn::Client::new(&ephemera_tests::sdk_config(region));
     let followed = follow::follow(&sfn, &execution, &db_url, &run_id, &console).await;
     if let Some(t) = spot {
         t.abort();
