@@ -122,6 +122,7 @@ mod tests {
             notes: vec![],
             verification: None,
             stored: None,
+            month_page: None,
         };
         let text = summary(&serde_json::to_value(&r).unwrap()).unwrap();
         assert!(text.starts_with("Run fx SUCCEEDED."), "{text}");

@@ -303,6 +303,8 @@ mod tests {
             workers: Default::default(),
             actual_usd: actual,
             state,
+            started_at: None,
+            outcome: None,
         };
         let line = super::month_line(
             "2026-11",

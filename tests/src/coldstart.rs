@@ -82,6 +82,8 @@ impl std::fmt::Display for Spread {
 /// The state of the start under way, shared with the server's handlers.
 #[derive(Default)]
 struct Current {
+    /// The event served to the start (`{}` when empty).
+    event: String,
     spawned: Option<Instant>,
     init: Option<Duration>,
     answer: Option<(Duration, Option<String>)>,
@@ -112,6 +114,10 @@ async fn next(State(s): State<Server>) -> Response {
         std::future::pending::<()>().await;
     }
     let deadline = chrono::Utc::now().timestamp_millis() + 60_000;
+    let event = match std::mem::take(&mut s.current.lock().unwrap().event) {
+        e if e.is_empty() => "{}".to_string(),
+        e => e,
+    };
     (
         [
             ("lambda-runtime-aws-request-id", REQUEST_ID.to_string()),
@@ -129,7 +135,7 @@ async fn next(State(s): State<Server>) -> Response {
                 "application/json".to_string(),
             ),
         ],
-        "{}",
+        event,
     )
         .into_response()
 }
@@ -236,7 +242,23 @@ impl Timer {
     /// One cold start of `bootstrap`: spawned, served `{}`, killed once it answered (or after
     /// `limit`, an error naming what it did not do).
     pub async fn time(&self, bootstrap: &Path, limit: Duration) -> Result<Start, String> {
-        *self.server.current.lock().unwrap() = Current::default();
+        self.invoke(bootstrap, "{}", limit)
+            .await
+            .map(|(start, _)| start)
+    }
+
+    /// One start of `bootstrap` served `event`: how it went, and what it wrote to standard
+    /// output (its logs, and the metrics it sends in the embedded metric format).
+    pub async fn invoke(
+        &self,
+        bootstrap: &Path,
+        event: &str,
+        limit: Duration,
+    ) -> Result<(Start, String), String> {
+        *self.server.current.lock().unwrap() = Current {
+            event: event.to_string(),
+            ..Current::default()
+        };
         // A bare name would be looked up on PATH, not in the current directory.
         let bootstrap =
             &std::path::absolute(bootstrap).map_err(|e| format!("{}: {e}", bootstrap.display()))?;
@@ -261,7 +283,7 @@ impl Timer {
             )
             .env("EPHEMERA_WORKER_PROFILE", "ephemera-worker")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(true);
         let answered = self.server.answered.notified();
@@ -272,6 +294,14 @@ impl Timer {
             .spawn()
             .map_err(|e| format!("{}: {e}", bootstrap.display()))?;
         self.server.current.lock().unwrap().spawned = Some(t0);
+        // Read as it comes, so that a full pipe never blocks the bootstrap.
+        let stdout = child.stdout.take().map(|mut out| {
+            tokio::spawn(async move {
+                let mut text = String::new();
+                let _ = tokio::io::AsyncReadExt::read_to_string(&mut out, &mut text).await;
+                text
+            })
+        });
         let outcome = tokio::select! {
             _ = &mut answered => Ok(()),
             status = child.wait() => Err(format!("exited before answering ({:?})", status.ok())),
@@ -279,6 +309,10 @@ impl Timer {
         };
         let peak_rss_kib = child.id().map(peak_rss_kib).unwrap_or(0);
         let _ = child.kill().await;
+        let stdout = match stdout {
+            Some(reading) => reading.await.unwrap_or_default(),
+            None => String::new(),
+        };
         outcome.map_err(|e| format!("{}: {e}", bootstrap.display()))?;
         let c = std::mem::take(&mut *self.server.current.lock().unwrap());
         let fail = |what: &str| format!("{}: {what}", bootstrap.display());
@@ -286,7 +320,7 @@ impl Timer {
         if let Some(e) = error_type.as_ref().filter(|e| e.starts_with("init error")) {
             return Err(fail(e));
         }
-        Ok(Start {
+        let start = Start {
             init: c
                 .init
                 .ok_or_else(|| fail("answered without asking for an event"))?,
@@ -294,7 +328,8 @@ impl Timer {
             error_type,
             aws_calls: c.aws_calls,
             peak_rss_kib,
-        })
+        };
+        Ok((start, stdout))
     }
 }
 

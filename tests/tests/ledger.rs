@@ -9,7 +9,7 @@ use ephemera_core::ledger::month_of;
 use ephemera_functions::{invoke, Function, Settings};
 use ephemera_tests::e2e::{self, Run};
 use ephemera_tests::fixtures::{self, Email};
-use ephemera_tests::iam::{LEDGER_TABLE, MONTHLY_BUDGET_USD};
+use ephemera_tests::iam::{ARTIFACT_BUCKET, LEDGER_TABLE, MONTHLY_BUDGET_USD};
 use ephemera_tests::worker_standin::Behaviour;
 use ephemera_tests::{clients, fresh_region, function_clients, harness};
 use serde_json::{json, Value};
@@ -30,6 +30,24 @@ async fn spent(region: &str, execution: &str, usd: f64) {
         .send()
         .await
         .unwrap();
+}
+
+/// The stack's artifact bucket, where the month's page goes (bucket names are the account's:
+/// another test may have made it).
+async fn artifact_bucket(region: &str) {
+    use aws_sdk_s3::error::ProvideErrorMetadata;
+    let mut create = clients(region).s3.create_bucket().bucket(ARTIFACT_BUCKET);
+    if region != "us-east-1" {
+        create = create.create_bucket_configuration(
+            aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(region))
+                .build(),
+        );
+    }
+    if let Err(e) = create.send().await {
+        let code = e.code().unwrap_or_default();
+        assert!(code.starts_with("BucketAlready"), "{e:?}");
+    }
 }
 
 /// The ledger's item of `execution`, as plain strings; each worker's reservation as
@@ -92,6 +110,7 @@ async fn a_run_that_would_pass_the_monthly_budget_is_refused_before_launch() {
 #[tokio::test]
 async fn a_run_is_reserved_at_launch_settled_at_the_end_and_passing_80_percent_alerts() {
     let region = fresh_region();
+    artifact_bucket(region).await;
     // Just under 80 % of the month: this run's reservation takes it past.
     spent(region, "earlier-run", MONTHLY_BUDGET_USD * 0.8 - 0.5).await;
     let r = scenario(region, "ledger-settled").await;
@@ -107,6 +126,48 @@ async fn a_run_is_reserved_at_launch_settled_at_the_end_and_passing_80_percent_a
     let reserved: f64 = e["workers.1"].parse().unwrap();
     assert_eq!(reserved, report["estimate_usd"].as_f64().unwrap());
     assert!(reserved > 0.5 && actual < reserved, "{reserved} {actual}");
+
+    // The month's page beside the reports, linked from the email: this run, settled.
+    let month = month_of(Utc::now());
+    let page = &report["month_page"];
+    assert_eq!(
+        page["key"],
+        format!("months/{month}/index.html"),
+        "{report}"
+    );
+    assert_eq!(page["bucket"], ARTIFACT_BUCKET);
+    let html = clients(region)
+        .s3
+        .get_object()
+        .bucket(ARTIFACT_BUCKET)
+        .key(format!("months/{month}/index.html"))
+        .send()
+        .await
+        .expect("the month's page")
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
+    let html = String::from_utf8(html.to_vec()).unwrap();
+    assert!(html.contains("ledger-settled") && html.contains("SUCCEEDED"));
+    assert!(html.contains("earlier"), "the month's other run");
+    assert!(
+        html.contains(r#"<span id="budget">$833.0000</span>"#),
+        "{html}"
+    );
+    let settled = r
+        .emails
+        .iter()
+        .find(|e| e.subject.contains("SUCCEEDED"))
+        .unwrap_or_else(|| panic!("{:?}", r.emails));
+    assert!(
+        settled.body.contains(&format!(
+            "The month at a glance ({month}): s3://{ARTIFACT_BUCKET}/months/{month}/index.html"
+        )),
+        "{}",
+        settled.body
+    );
 
     let alerts: Vec<&Email> = r
         .emails

@@ -102,7 +102,9 @@ async fn sslmode_is_honoured_against_a_server_that_takes_tls_only() {
     let text = format!("{e:#}");
     assert!(text.contains("--database-ca-file"), "{text}");
     assert!(text.contains("not trusted"), "{text}");
-    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    // Retrying would take 50 attempts 200 ms apart (db::connect): half of that tells the two
+    // apart on any machine, where a fixed 2 s measured one handshake on a quiet one.
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
 
     // verify-full against another CA: refused too.
     let (other_ca, _, _) = pki();

@@ -38,13 +38,14 @@ pub trait Ledger: Send + Sync {
         worker: u32,
         budget_usd: f64,
     ) -> impl Future<Output = Result<Reserved, Error>> + Send;
-    /// Sets an existing entry's state, and its actual cost when given; Ok(false) when the
-    /// execution has no entry (it launched nothing).
+    /// Sets an existing entry's state, and its actual cost and outcome when given; Ok(false)
+    /// when the execution has no entry (it launched nothing).
     fn close(
         &self,
         execution: &str,
         state: EntryState,
         actual_usd: Option<f64>,
+        outcome: Option<&str>,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
 }
 
@@ -95,6 +96,10 @@ fn entry_of(item: &HashMap<String, AttributeValue>) -> Option<Entry> {
             "swept" => EntryState::Swept,
             _ => return None,
         },
+        started_at: s("started_at")
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc)),
+        outcome: s("outcome"),
     })
 }
 
@@ -204,6 +209,7 @@ impl Ledger for LedgerTable {
         execution: &str,
         state: EntryState,
         actual_usd: Option<f64>,
+        outcome: Option<&str>,
     ) -> Result<bool, Error> {
         for _ in 0..RESERVE_TRIES {
             let Some(was) = self.item(execution).await?.and_then(|i| entry_of(&i)) else {
@@ -235,6 +241,10 @@ impl Ledger for LedgerTable {
             if let Some(a) = actual_usd {
                 update.push_str(", actual_usd = :a");
                 this = this.expression_attribute_values(":a", AttributeValue::N(a.to_string()));
+            }
+            if let Some(o) = outcome {
+                update.push_str(", outcome = :o");
+                this = this.expression_attribute_values(":o", AttributeValue::S(o.into()));
             }
             let this = this.update_expression(update);
             let delta = now.charged_usd() - was.charged_usd();
@@ -326,7 +336,9 @@ fn run_update(
             .expression_attribute_names("#w", key)
             .expression_attribute_values(":usd", AttributeValue::N(usd.to_string())),
         (false, _) => u
-            .update_expression("SET run_id = :r, #m = :m, #s = :s, updated_at = :t, workers = :map")
+            .update_expression(
+                "SET run_id = :r, #m = :m, #s = :s, updated_at = :t, started_at = :t, workers = :map",
+            )
             .condition_expression("attribute_not_exists(workers)")
             .expression_attribute_names("#m", "month")
             .expression_attribute_names("#s", "state")

@@ -240,6 +240,7 @@ pub fn assemble(p: Parts<'_>) -> CostReport {
         notes,
         verification: p.verification.cloned(),
         stored: None,
+        month_page: None,
         snapshot: p.snapshot.cloned(),
     }
 }

@@ -44,6 +44,12 @@ pub struct Entry {
     #[serde(default)]
     pub actual_usd: Option<f64>,
     pub state: EntryState,
+    /// When its first launch reserved it (absent on entries written before this was kept).
+    #[serde(default)]
+    pub started_at: Option<DateTime<Utc>>,
+    /// How the run ended, when it ended through the state machine: SUCCEEDED or FAILED.
+    #[serde(default)]
+    pub outcome: Option<String>,
 }
 
 impl Entry {
@@ -134,6 +140,8 @@ mod tests {
             workers: BTreeMap::from([(1, reserved)]),
             actual_usd: actual,
             state,
+            started_at: None,
+            outcome: None,
         }
     }
 

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
 
+use crate::ledger::{Entry, EntryState};
 use crate::report_html::{escape, usd, when, STYLE};
 
 /// One run of the month, as the page shows it.
@@ -37,6 +38,47 @@ pub struct Month {
 }
 
 impl Month {
+    /// The month as the ledger knows it (what terminate-with-cost-report stores each time): a
+    /// run's cost is what it is charged, its status its outcome once ended (SWEPT when the
+    /// sweeper ended it), its start its first reservation (the month's first instant for an
+    /// entry written before starts were kept). The ledger keeps no On-Demand figure.
+    pub fn from_entries(
+        month: &str,
+        budget_usd: Option<f64>,
+        entries: &[Entry],
+        now: DateTime<Utc>,
+    ) -> Month {
+        let mut m = Month {
+            month: month.into(),
+            budget_usd,
+            runs: vec![],
+            generated_at: now,
+        };
+        let first = m.bounds().map_or(now, |(start, _)| start);
+        m.runs = entries
+            .iter()
+            .map(|e| MonthRun {
+                run_id: e.run_id.clone(),
+                execution: e
+                    .execution
+                    .rsplit(':')
+                    .next()
+                    .unwrap_or(&e.execution)
+                    .to_string(),
+                started: e.started_at.unwrap_or(first),
+                status: match e.state {
+                    EntryState::Running => "RUNNING".into(),
+                    EntryState::Swept => "SWEPT".into(),
+                    EntryState::Ended => e.outcome.clone().unwrap_or_else(|| "ENDED".into()),
+                },
+                cost_usd: e.charged_usd(),
+                on_demand_usd: None,
+                measured: e.state == EntryState::Ended && e.actual_usd.is_some(),
+            })
+            .collect();
+        m
+    }
+
     /// The month's first instant and the next month's, or `None` for a malformed month.
     pub fn bounds(&self) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
         let first = NaiveDate::parse_from_str(&format!("{}-01", self.month), "%Y-%m-%d").ok()?;
@@ -53,12 +95,15 @@ impl Month {
         self.runs.iter().map(|r| r.cost_usd).sum()
     }
 
-    /// What Spot saved over On-Demand, over the runs whose report says both.
-    pub fn savings_usd(&self) -> f64 {
-        self.runs
+    /// What Spot saved over On-Demand, over the runs whose report says both; `None` when no
+    /// run's does (the ledger's page).
+    pub fn savings_usd(&self) -> Option<f64> {
+        let known: Vec<f64> = self
+            .runs
             .iter()
             .filter_map(|r| r.on_demand_usd.map(|od| od - r.cost_usd))
-            .sum()
+            .collect();
+        (!known.is_empty()).then(|| known.iter().sum())
     }
 
     /// The spend so far after each run, in the order they started: (start, cumulative USD).
@@ -259,7 +304,7 @@ fn runs_section(m: &Month, out: &mut String) {
 const MONTH_STYLE: &str = ".spend{fill:none;stroke:#1565c0;stroke-width:2.5}.run-dot{fill:#1565c0}
 .budget{stroke:#c62828;stroke-width:1.5;stroke-dasharray:6 4}.budget-label{fill:#c62828}
 .axis{stroke:#1d2329}.status-succeeded{fill:#2e7d32}.status-failed,.status-timed_out{fill:#c62828}
-.status-running{fill:#4aa3c9}.status-aborted{fill:#616161}.status{stroke:#fff;stroke-width:1}
+.status-running{fill:#4aa3c9}.status-aborted,.status-ended{fill:#616161}.status-swept{fill:#f0a030}.status{stroke:#fff;stroke-width:1}
 .over{color:#c62828;font-weight:700}";
 
 /// The whole page. Every figure comes from `m`; all text from it is escaped.
@@ -285,12 +330,15 @@ pub fn render(m: &Month) -> String {
     };
     let _ = write!(
         out,
-        r#"<header><h1>ephemera, {}</h1><p class="meta"><span id="month-total">{}</span> spent or reserved by <span id="run-count">{}</span> run{}{budget} · Spot saved <span id="savings">{}</span> · generated {}</p></header>"#,
+        r#"<header><h1>ephemera, {}</h1><p class="meta"><span id="month-total">{}</span> spent or reserved by <span id="run-count">{}</span> run{}{budget}{} · generated {}</p></header>"#,
         escape(&m.month),
         usd(total),
         m.runs.len(),
         if m.runs.len() == 1 { "" } else { "s" },
-        usd(m.savings_usd()),
+        m.savings_usd().map_or(String::new(), |s| format!(
+            r#" · Spot saved <span id="savings">{}</span>"#,
+            usd(s)
+        )),
         when(m.generated_at)
     );
     out.push_str(r#"<section><h2>Spend over the month</h2>"#);
@@ -340,7 +388,7 @@ mod tests {
     fn the_month_adds_up_in_the_order_runs_started() {
         let m = month();
         assert_eq!(m.total_usd(), 640.0);
-        assert_eq!(m.savings_usd(), 600.0 + 60.0 + 150.0);
+        assert_eq!(m.savings_usd(), Some(600.0 + 60.0 + 150.0));
         let curve: Vec<f64> = m.curve().iter().map(|c| c.1).collect();
         assert_eq!(curve, [300.0, 340.0, 540.0, 640.0]);
         let by = m.by_status();
@@ -359,6 +407,65 @@ mod tests {
             ..m
         };
         assert_eq!(bad.bounds(), None);
+    }
+
+    #[test]
+    fn the_ledgers_month_reads_each_entry_as_a_run() {
+        let entry = |x: &str, state, actual: Option<f64>, outcome: Option<&str>| Entry {
+            execution: format!("arn:aws:states:us-east-1:1:execution:ephemera-worker:{x}"),
+            run_id: x.into(),
+            month: "2026-11".into(),
+            reserved_usd: 10.0,
+            workers: Default::default(),
+            actual_usd: actual,
+            state,
+            started_at: Some(at(3, 4)),
+            outcome: outcome.map(String::from),
+        };
+        let m = Month::from_entries(
+            "2026-11",
+            Some(833.0),
+            &[
+                entry("a", EntryState::Ended, Some(1.5), Some("SUCCEEDED")),
+                entry("b", EntryState::Running, None, None),
+                entry("c", EntryState::Swept, None, None),
+                Entry {
+                    started_at: None,
+                    ..entry("d", EntryState::Ended, Some(0.5), None)
+                },
+            ],
+            at(26, 0),
+        );
+        let seen: Vec<(&str, &str, f64, bool)> = m
+            .runs
+            .iter()
+            .map(|r| {
+                (
+                    r.execution.as_str(),
+                    r.status.as_str(),
+                    r.cost_usd,
+                    r.measured,
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("a", "SUCCEEDED", 1.5, true),
+                ("b", "RUNNING", 10.0, false),
+                ("c", "SWEPT", 10.0, false),
+                ("d", "ENDED", 0.5, true),
+            ]
+        );
+        assert_eq!(m.runs[0].started, at(3, 4));
+        assert_eq!(m.runs[3].started, m.bounds().unwrap().0);
+        assert_eq!(m.savings_usd(), None);
+        let html = render(&m);
+        assert!(
+            !html.contains(r#"id="savings""#),
+            "no On-Demand figure, no saving in the header"
+        );
+        assert_eq!(html.matches(r#"class="run-dot""#).count(), 4);
     }
 
     #[test]

@@ -866,6 +866,7 @@ pub(crate) mod tests {
                 outputs: None,
             }),
             stored: None,
+            month_page: None,
         }
     }
 

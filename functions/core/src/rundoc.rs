@@ -321,6 +321,9 @@ pub struct CostReport {
     /// Where `report.html` and `report.json` were stored; absent when they were not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stored: Option<StoredReport>,
+    /// The month's page (every run of the month from the ledger), written with this report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub month_page: Option<MonthPage>,
     /// The snapshot taken before the workers wrote (`database.snapshot_before`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotState>,
@@ -403,6 +406,30 @@ impl StoredReport {
     /// The S3 console's page for the HTML report (sign-in, then a download or open button).
     pub fn html_console_url(&self) -> String {
         s3_console_url(&self.bucket, &self.html_key())
+    }
+}
+
+/// Where the month's page is: one per month in the artifact bucket, rewritten by every report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonthPage {
+    /// `YYYY-MM`.
+    pub month: String,
+    pub bucket: String,
+    pub key: String,
+}
+
+impl MonthPage {
+    /// `months/<YYYY-MM>/index.html` of `bucket`.
+    pub fn of(bucket: &str, month: &str) -> MonthPage {
+        MonthPage {
+            month: month.into(),
+            bucket: bucket.into(),
+            key: format!("months/{month}/index.html"),
+        }
+    }
+
+    pub fn uri(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.key)
     }
 }
 
@@ -531,6 +558,14 @@ fn email_outcome(r: &CostReport, b: &mut String) {
             "Report with its timeline (HTML): {}\n  in the S3 console: {}\n",
             s.html_uri(),
             s.html_console_url()
+        ));
+    }
+    if let Some(m) = &r.month_page {
+        b.push_str(&format!(
+            "The month at a glance ({}): {}\n  in the S3 console: {}\n",
+            m.month,
+            m.uri(),
+            s3_console_url(&m.bucket, &m.key)
         ));
     }
     if let Some(s) = &r.snapshot {
@@ -702,6 +737,7 @@ mod tests {
             notes: vec![],
             verification: None,
             stored: None,
+            month_page: None,
         };
         let (s, body) = render_email(&r);
         assert!(s.chars().count() < 100, "{}", s.len());

@@ -210,22 +210,36 @@ pub enum Gathered {
 pub fn gather(workers: &[WorkerEnd]) -> Gathered {
     let mut ordered: Vec<&WorkerEnd> = workers.iter().collect();
     ordered.sort_by_key(|w| w.slot);
-    // Read through the contract's summary; one that does not read has no count.
+    let lost = lost_lines(&ordered);
+    match fullest(&ordered) {
+        Some(result) => Gathered::Reported {
+            result: result.clone(),
+            check: check("workers", true, reported_detail(&ordered, &lost)),
+        },
+        None => Gathered::Lost(none_reported(&ordered, &lost)),
+    }
+}
+
+/// The first of the fullest reports, read through the contract's summary: an unreadable one (no
+/// count) is verified, and fails, only when no readable one exists.
+fn fullest<'a>(ordered: &[&'a WorkerEnd]) -> Option<&'a serde_json::Value> {
     let done = |v: &serde_json::Value| {
         serde_json::from_value::<Summary>(v.clone())
             .ok()
             .map(|s| s.partitions_done)
     };
-    let best = ordered
+    ordered
         .iter()
         .filter_map(|w| w.result.as_ref())
-        // The first of the fullest: an unreadable report (no count) is verified, and fails,
-        // only when no readable one exists.
-        .fold(None::<&serde_json::Value>, |best, r| match best {
+        .fold(None, |best, r| match best {
             Some(b) if done(b) >= done(r) => Some(b),
             _ => Some(r),
-        });
-    let lost: Vec<String> = ordered
+        })
+}
+
+/// "worker 2 lost (Worker.Failed: …)" for each worker that did not report.
+fn lost_lines(ordered: &[&WorkerEnd]) -> Vec<String> {
+    ordered
         .iter()
         .filter(|w| w.result.is_none())
         .map(|w| {
@@ -240,55 +254,54 @@ pub fn gather(workers: &[WorkerEnd]) -> Gathered {
                 ))
             )
         })
+        .collect()
+}
+
+/// Who reported, and who was lost while the others took over.
+fn reported_detail(ordered: &[&WorkerEnd], lost: &[String]) -> String {
+    let reported: Vec<String> = ordered
+        .iter()
+        .filter(|w| w.result.is_some())
+        .map(|w| w.slot.to_string())
         .collect();
-    match best {
-        Some(result) => {
-            let reported: Vec<String> = ordered
-                .iter()
-                .filter(|w| w.result.is_some())
-                .map(|w| w.slot.to_string())
-                .collect();
-            let mut detail = format!(
-                "{} of {} worker(s) reported ({})",
-                reported.len(),
-                ordered.len(),
-                reported.join(", ")
-            );
-            if !lost.is_empty() {
-                detail.push_str(&format!(
-                    "; {}: the others took over their partitions",
-                    lost.join("; ")
-                ));
-            }
-            Gathered::Reported {
-                result: result.clone(),
-                check: check("workers", true, detail),
-            }
-        }
-        None => {
-            let first = ordered
-                .iter()
-                .find_map(|w| w.error.as_ref())
-                .map(failure_for);
-            let many = ordered.len() > 1;
-            Gathered::Lost(match first {
-                Some(e) if !many => e,
-                Some(e) => CaughtError {
-                    error: e.error,
-                    cause: Some(crate::payload::cap(
-                        &format!("no worker reported: {}", lost.join("; ")),
-                        crate::payload::MESSAGE_KEPT,
-                    )),
-                },
-                None => CaughtError {
-                    error: crate::names::WORKER_FAILED.into(),
-                    cause: Some(format!(
-                        "no worker reported and none recorded an error ({} worker(s))",
-                        ordered.len()
-                    )),
-                },
-            })
-        }
+    let mut detail = format!(
+        "{} of {} worker(s) reported ({})",
+        reported.len(),
+        ordered.len(),
+        reported.join(", ")
+    );
+    if !lost.is_empty() {
+        detail.push_str(&format!(
+            "; {}: the others took over their partitions",
+            lost.join("; ")
+        ));
+    }
+    detail
+}
+
+/// No worker reported: the first lost worker's error, which names the others when there were
+/// several.
+fn none_reported(ordered: &[&WorkerEnd], lost: &[String]) -> CaughtError {
+    let first = ordered
+        .iter()
+        .find_map(|w| w.error.as_ref())
+        .map(failure_for);
+    match first {
+        Some(e) if ordered.len() <= 1 => e,
+        Some(e) => CaughtError {
+            error: e.error,
+            cause: Some(crate::payload::cap(
+                &format!("no worker reported: {}", lost.join("; ")),
+                crate::payload::MESSAGE_KEPT,
+            )),
+        },
+        None => CaughtError {
+            error: crate::names::WORKER_FAILED.into(),
+            cause: Some(format!(
+                "no worker reported and none recorded an error ({} worker(s))",
+                ordered.len()
+            )),
+        },
     }
 }
 

@@ -328,6 +328,7 @@ pub async fn terminate_with_cost_report(
         default_topic: settings.default_topic.clone(),
         lambda_memory_mb: settings.lambda_memory_mb,
         artifact_bucket: settings.artifact_bucket.clone(),
+        monthly_budget_usd: settings.monthly_budget_usd,
     };
     // The Map state's per-worker cleanup calls this function with `release`.
     if payload.get("release").is_some() {

@@ -81,7 +81,13 @@ impl Ledger for NoLedger {
     async fn reserve(&self, _: &Entry, _: u32, _: f64) -> Result<Reserved, Error> {
         Err(Error::Internal("no ledger in this test".into()))
     }
-    async fn close(&self, _: &str, _: EntryState, _: Option<f64>) -> Result<bool, Error> {
+    async fn close(
+        &self,
+        _: &str,
+        _: EntryState,
+        _: Option<f64>,
+        _: Option<&str>,
+    ) -> Result<bool, Error> {
         Err(Error::Internal("no ledger in this test".into()))
     }
 }

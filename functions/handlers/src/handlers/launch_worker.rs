@@ -280,6 +280,8 @@ async fn book<L: Ledger, N: Notifier>(
         workers: BTreeMap::from([(b.slot, reserved)]),
         actual_usd: None,
         state: ledger::EntryState::Running,
+        started_at: Some(chrono::Utc::now()),
+        outcome: None,
     };
     if let Reserved::Refused {
         others_usd,

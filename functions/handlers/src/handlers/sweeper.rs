@@ -134,7 +134,7 @@ async fn close_swept<L: Ledger>(l: &L, swept: &[Swept]) {
         .filter(|e| !e.is_empty())
         .collect();
     for e in executions {
-        if let Err(err) = l.close(e, EntryState::Swept, None).await {
+        if let Err(err) = l.close(e, EntryState::Swept, None, None).await {
             tracing::error!(execution = %e, error = %err, "the ledger could not be updated");
         }
     }

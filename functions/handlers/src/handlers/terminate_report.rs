@@ -10,11 +10,12 @@ use ephemera_core::contract::RunParameters;
 use ephemera_core::cost;
 use ephemera_core::cost_report::{self, InstanceFacts, Parts, SpotHistory, Timing};
 use ephemera_core::instance_state::InstanceState;
-use ephemera_core::ledger::EntryState;
+use ephemera_core::ledger::{self, EntryState};
+use ephemera_core::month_html::{self, Month};
 use ephemera_core::quota::QuotaState;
 use ephemera_core::rundoc::{
-    render_email, report_location, Attempt, AttemptCost, CaughtError, CostReport, Released,
-    StoredReport, Verification, WorkerEnd,
+    render_email, report_location, Attempt, AttemptCost, CaughtError, CostReport, MonthPage,
+    Released, StoredReport, Verification, WorkerEnd,
 };
 use ephemera_core::{report_html, Market, RunSpec};
 use serde::Deserialize;
@@ -57,8 +58,11 @@ pub struct Config {
     pub region: String,
     pub default_topic: Option<String>,
     pub lambda_memory_mb: u32,
-    /// EPHEMERA_ARTIFACT_BUCKET: where the report goes when the run exports nothing.
+    /// EPHEMERA_ARTIFACT_BUCKET: where the report goes when the run exports nothing, and the
+    /// month's page always.
     pub artifact_bucket: Option<String>,
+    /// EPHEMERA_MONTHLY_BUDGET_USD, which the month's page draws the spend against (0: none).
+    pub monthly_budget_usd: f64,
 }
 
 /// The On-Demand price of each type among `instances`: the run's (read once by quota-check),
@@ -163,6 +167,7 @@ where
     }
     if let Some(l) = s.ledger {
         close_ledger(l, &input.execution, &mut report).await;
+        store_month(l, s.objects, config, &input.execution, &mut report).await;
     }
     let manifest = manifest_of(&ends);
     let beside = report_location(
@@ -389,7 +394,12 @@ async fn delete_signals<'a, R: ParamHousekeeping>(
 /// fail the report.
 async fn close_ledger<L: Ledger>(l: &L, execution: &str, report: &mut CostReport) {
     if let Err(e) = l
-        .close(execution, EntryState::Ended, Some(report.actual_usd))
+        .close(
+            execution,
+            EntryState::Ended,
+            Some(report.actual_usd),
+            Some(report.outcome.as_str()),
+        )
         .await
     {
         tracing::error!(error = %e, "the ledger could not be updated");
@@ -397,6 +407,65 @@ async fn close_ledger<L: Ledger>(l: &L, execution: &str, report: &mut CostReport
             "the ledger still holds this run's reservation: {}",
             short(&e.to_string())
         ));
+    }
+}
+
+/// The month's page in the artifact bucket: every run of the month as the ledger has it, this
+/// one as just closed (the by-month index may not show the close yet), rewritten by every
+/// report and linked from its email. Like the email, never a reason to fail the report.
+async fn store_month<L: Ledger, O: ObjectWriter>(
+    l: &L,
+    objects: &O,
+    config: &Config,
+    execution: &str,
+    report: &mut CostReport,
+) {
+    let Some(bucket) = config.artifact_bucket.as_deref() else {
+        return;
+    };
+    let month = ledger::month_of(report.generated_at);
+    let mut entries = match l.entries(&month).await {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::error!(error = %e, "the month's entries could not be read");
+            report.notes.push(format!(
+                "the month's page was not written: {}",
+                short(&e.to_string())
+            ));
+            return;
+        }
+    };
+    for e in entries.iter_mut().filter(|e| e.execution == execution) {
+        e.state = EntryState::Ended;
+        e.actual_usd = Some(report.actual_usd);
+        e.outcome = Some(report.outcome.as_str().into());
+    }
+    let budget = (config.monthly_budget_usd > 0.0).then_some(config.monthly_budget_usd);
+    let page = MonthPage::of(bucket, &month);
+    let html = month_html::render(&Month::from_entries(
+        &month,
+        budget,
+        &entries,
+        report.generated_at,
+    ));
+    let put = objects
+        .put(
+            bucket,
+            &page.key,
+            html.into_bytes(),
+            "text/html; charset=utf-8",
+        )
+        .await;
+    match put {
+        Ok(_) => report.month_page = Some(page),
+        Err(e) => {
+            tracing::error!(error = %e, page = %page.uri(), "the month's page could not be stored");
+            report.notes.push(format!(
+                "the month's page was not written to {}: {}",
+                page.uri(),
+                short(&e.to_string())
+            ));
+        }
     }
 }
 
