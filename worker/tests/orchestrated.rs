@@ -707,9 +707,11 @@ async fn any_command_under_exec_is_relaunched_after_spot_and_reported_by_its_exi
         .unwrap();
     // The checkpoint's file and one output are 9 MiB (and a byte): past the store's 8 MiB, so
     // both go up in parts.
+    // The trap first, then the line that says the job runs: the notice is posted only once the
+    // line is there, so SIGTERM never comes before the job can save its state.
     let script = format!(
-        "echo \"attempt $EPHEMERA_ATTEMPT resumed $EPHEMERA_RESUMED restored $EPHEMERA_CHECKPOINT_RESTORED input $(cat input.txt)\" >> {seen}; \
-         trap 'head -c 9437184 /dev/zero > \"$EPHEMERA_CHECKPOINT/big.tmp\" && mv \"$EPHEMERA_CHECKPOINT/big.tmp\" \"$EPHEMERA_CHECKPOINT/big\" && echo 2 > \"$EPHEMERA_CHECKPOINT/step\"; echo stopping at the notice >&2; exit 0' TERM; \
+        "trap 'head -c 9437184 /dev/zero > \"$EPHEMERA_CHECKPOINT/big.tmp\" && mv \"$EPHEMERA_CHECKPOINT/big.tmp\" \"$EPHEMERA_CHECKPOINT/big\" && echo 2 > \"$EPHEMERA_CHECKPOINT/step\"; echo stopping at the notice >&2; exit 0' TERM; \
+         echo \"attempt $EPHEMERA_ATTEMPT resumed $EPHEMERA_RESUMED restored $EPHEMERA_CHECKPOINT_RESTORED input $(cat input.txt)\" >> {seen}; \
          if [ \"$EPHEMERA_RESUMED\" = true ]; then \
            test \"$(cat \"$EPHEMERA_CHECKPOINT/step\")\" = 2 && test \"$(wc -c < \"$EPHEMERA_CHECKPOINT/big\")\" -eq 9437184 || exit 9; \
            mkdir -p out/step=2 && printf 'a,b\\n1,2\\n' > out/step=2/part.csv && head -c 9437185 /dev/zero > out/model.bin && exit 0; fi; \
@@ -751,16 +753,30 @@ async fn any_command_under_exec_is_relaunched_after_spot_and_reported_by_its_exi
     spec["limits"]["heartbeat_seconds"] = json!(30);
     let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;
     let instance_id = Arc::new(Mutex::new(String::new()));
-    let notice = Arc::new(Mutex::new(true));
+    let notice = Arc::new(Mutex::new(false));
     let imds_url = imds(instance_id.clone(), notice.clone()).await;
     *instance_id.lock().unwrap() = instance_of(region, run_id, "1").await;
     // Each attempt on a machine of its own: an empty working directory.
     let first_options = options(&base.join("w1").display().to_string());
     let first_options: Vec<&str> = first_options.iter().map(String::as_str).collect();
-    let first = job(region, &imds_url, run_id, 1, &first_options, &script)
-        .wait_with_output()
-        .await
-        .unwrap();
+    let first = job(region, &imds_url, run_id, 1, &first_options, &script);
+    // Spot's notice once the job runs (its trap is set): posted earlier, SIGTERM killed the
+    // shell before its trap and the checkpoint was saved empty.
+    ephemera_tests::eventually(
+        "the first attempt's job runs",
+        Duration::from_secs(60),
+        || {
+            let seen = seen.clone();
+            async move {
+                std::fs::read_to_string(&seen)
+                    .ok()
+                    .filter(|s| s.contains("attempt 1"))
+            }
+        },
+    )
+    .await;
+    *notice.lock().unwrap() = true;
+    let first = first.wait_with_output().await.unwrap();
     assert!(
         first.status.success(),
         "{}",
