@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use aws_sdk_sfn::types::HistoryEvent;
 use chrono::{DateTime, Utc};
 use ephemera_core::rundoc::Attempt;
+use ephemera_core::State;
 use serde_json::Value;
 
 use crate::errors::{CliError, Op};
@@ -162,7 +163,7 @@ pub fn report(events: &[Event]) -> Option<Value> {
         Kind::Exited {
             state,
             output: Some(out),
-        } if state == "TerminateWithCostReport" || state == "Cleanup" => {
+        } if State::named(state).is_some_and(State::reports) => {
             report_in(&serde_json::from_str(out).ok()?)
         }
         _ => None,

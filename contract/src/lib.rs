@@ -8,9 +8,11 @@ pub mod logs;
 pub mod manifest;
 pub mod names;
 pub mod ssm;
+pub mod states;
 pub mod summary;
 pub mod tags;
 
 pub use manifest::{Manifest, ManifestObject};
 pub use ssm::{RunParameters, Started};
+pub use states::State;
 pub use summary::{Summary, Validation};

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use ephemera_tests::e2e::State;
 use serde_json::{json, Value};
 
 use ephemera_tests::e2e::{self, Finished};
@@ -86,13 +87,13 @@ impl Scenario {
                 f.cause.as_deref().unwrap_or("no cause")
             )),
             Scenario::SpotInterruption | Scenario::Exec
-                if f.visited("Relaunch") == 0 || attempts < 2 =>
+                if f.visited(State::Relaunch) == 0 || attempts < 2 =>
             {
                 Err(format!(
                     "Spot's reclaim did not relaunch the worker ({attempts} attempt(s))"
                 ))
             }
-            Scenario::QuotaWait if f.visited("WaitQuota") == 0 => {
+            Scenario::QuotaWait if f.visited(State::WaitQuota) == 0 => {
                 Err("the run did not wait for the quota increase".into())
             }
             Scenario::ThreeWorkers => judge_workers(&f.report),

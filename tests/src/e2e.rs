@@ -11,6 +11,8 @@ use crate::fixtures::{self, Email};
 use crate::worker_standin::{self, Behaviour};
 use crate::{clients, sdk_config};
 
+pub use ephemera_core::State;
+
 pub const ACCOUNT: &str = "123456789012";
 
 /// The ARNs and the partition the template substitutes into the definition
@@ -81,8 +83,8 @@ pub struct Finished {
     pub output: Value,
     pub error: Option<String>,
     pub cause: Option<String>,
-    /// Names of the states entered, in order.
-    pub path: Vec<String>,
+    /// The states entered, in order.
+    pub path: Vec<State>,
     /// The largest input or output of any state, in bytes: Step Functions' payload quota is
     /// 256 KiB for each.
     pub largest_state_output: usize,
@@ -111,7 +113,7 @@ impl Finished {
                 .iter()
                 .rev()
                 .filter_map(|e| e.state_exited_event_details())
-                .filter(|x| matches!(x.name(), "Cleanup" | "TerminateWithCostReport"))
+                .filter(|x| State::named(x.name()).is_some_and(State::reports))
                 .find_map(|x| serde_json::from_str::<Value>(x.output()?).ok())
                 .unwrap_or(Value::Null)
         };
@@ -120,14 +122,14 @@ impl Finished {
             .iter()
             .rev()
             .filter_map(|e| e.state_exited_event_details())
-            .filter(|x| x.name() == "Workers")
+            .filter(|x| x.name() == State::Workers.name())
             .find_map(|x| serde_json::from_str::<Value>(x.output()?).ok())
             .map_or(Value::Null, |doc| doc["workers"].clone());
         let document = events
             .iter()
             .rev()
             .filter_map(|e| e.state_entered_event_details())
-            .filter(|x| matches!(x.name(), "Cleanup" | "TerminateWithCostReport"))
+            .filter(|x| State::named(x.name()).is_some_and(State::reports))
             .find_map(|x| serde_json::from_str::<Value>(x.input()?).ok())
             .unwrap_or(Value::Null);
         Finished {
@@ -145,7 +147,11 @@ impl Finished {
             path: events
                 .iter()
                 .filter_map(|e| e.state_entered_event_details())
-                .map(|d| d.name().to_string())
+                .map(|d| {
+                    State::named(d.name()).unwrap_or_else(|| {
+                        panic!("the ASL has a state {} that State does not name", d.name())
+                    })
+                })
                 .collect(),
             largest_state_output: events
                 .iter()
@@ -159,8 +165,8 @@ impl Finished {
         }
     }
 
-    pub fn visited(&self, state: &str) -> usize {
-        self.path.iter().filter(|s| *s == state).count()
+    pub fn visited(&self, state: State) -> usize {
+        self.path.iter().filter(|s| **s == state).count()
     }
 }
 

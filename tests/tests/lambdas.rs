@@ -604,9 +604,16 @@ async fn invoked_through_the_front_door_errors_have_lambda_semantics() {
     );
     assert!(live(&c, "bad-input").await.is_empty());
     assert_eq!(h.door.invocations_in(c.region), vec!["quota-check"]);
-    // The launch itself refuses the same input.
+    // The states after CheckQuota read the RunSpec it accepted as a typed value: a document
+    // that is not a RunSpec at all is a contract error naming the field, and nothing launches.
+    spec["worker"]["instance_types"] = json!("m5.large");
     let err = launch(&c, &spec, "bad-input").await.unwrap_err();
-    assert_eq!(err.error_type(), "Ephemera.InvalidRunSpec");
+    assert_eq!(err.error_type(), "Ephemera.BadInput");
+    assert!(
+        err.to_string().contains("run.worker.instance_types"),
+        "{err}"
+    );
+    assert!(live(&c, "bad-input").await.is_empty());
 }
 
 #[tokio::test]

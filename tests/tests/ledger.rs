@@ -12,6 +12,7 @@ use ephemera_tests::fixtures::{self, Email};
 use ephemera_tests::iam::{ARTIFACT_BUCKET, LEDGER_TABLE, MONTHLY_BUDGET_USD};
 use ephemera_tests::worker_standin::Behaviour;
 use ephemera_tests::{clients, fresh_region, function_clients, harness};
+use ephemera_tests::e2e::State;
 use serde_json::{json, Value};
 
 /// An earlier run of this month that cost `usd`, as terminate-with-cost-report leaves it.
@@ -95,7 +96,7 @@ async fn a_run_that_would_pass_the_monthly_budget_is_refused_before_launch() {
     assert!(cause.contains("monthly budget $833.00"), "{cause}");
     assert!(cause.contains("$832.00 spent or reserved"), "{cause}");
     assert!(r.instances.is_empty(), "{:?}", r.instances);
-    assert_eq!(r.finished.visited("HealthCheck"), 0);
+    assert_eq!(r.finished.visited(State::HealthCheck), 0);
     // Nothing reserved for it, and the refusal is in its report email.
     assert_eq!(entry(region, &r.execution).await, None);
     assert!(

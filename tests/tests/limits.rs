@@ -9,6 +9,7 @@ use ephemera_tests::e2e::{self, Run};
 use ephemera_tests::iam::Principal;
 use ephemera_tests::worker_standin::Behaviour;
 use ephemera_tests::{fresh_region, harness, price_list, FaultRule};
+use ephemera_tests::e2e::State;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -72,7 +73,7 @@ async fn forty_workers_through_a_spot_shortage_stay_within_the_payload_quota() {
         harness().door.throttles.refused_in(r.region)
     );
     assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished.error);
-    assert_eq!(r.finished.visited("LaunchWorker"), 40);
+    assert_eq!(r.finished.visited(State::LaunchWorker), 40);
     assert_eq!(r.instances.len(), 40, "{:?}", r.instances);
     r.assert_nothing_left();
     r.assert_email("SUCCEEDED");
@@ -143,7 +144,7 @@ async fn forty_workers_failing_with_long_causes_still_end_with_their_report() {
     println!("refused: {:?}", harness().door.throttles.refused_in(region));
     assert_eq!(r.finished.status, "FAILED", "{:?}", r.finished.error);
     assert_eq!(r.finished.error.as_deref(), Some("Worker.Failed"));
-    assert_eq!(r.finished.visited("Cleanup"), 1, "{:?}", r.finished.path);
+    assert_eq!(r.finished.visited(State::Cleanup), 1, "{:?}", r.finished.path);
     r.assert_nothing_left();
     r.assert_email("FAILED");
     let workers = r.finished.workers.as_array().unwrap();
@@ -173,7 +174,7 @@ async fn a_throttled_launch_is_retried_not_lost() {
     )
     .await;
     assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished);
-    assert_eq!(r.finished.visited("ReleaseWorker"), 0);
+    assert_eq!(r.finished.visited(State::ReleaseWorker), 0);
     assert_eq!(r.instances.len(), 1, "{:?}", r.instances);
     r.assert_nothing_left();
     r.assert_email("SUCCEEDED");
@@ -203,9 +204,9 @@ async fn a_cleanup_aws_refuses_sends_an_alert_naming_what_is_left() {
     .await;
     assert_eq!(r.finished.status, "FAILED", "{:?}", r.finished);
     assert_eq!(r.finished.error.as_deref(), Some("Ephemera.CleanupFailed"));
-    assert_eq!(r.finished.visited("TerminateWithCostReport"), 1);
+    assert_eq!(r.finished.visited(State::TerminateWithCostReport), 1);
     // Not asked again: Cleanup would be refused the same way.
-    assert_eq!(r.finished.visited("Cleanup"), 0, "{:?}", r.finished.path);
+    assert_eq!(r.finished.visited(State::Cleanup), 0, "{:?}", r.finished.path);
     let left = r.live();
     assert_eq!(left.len(), 1, "{:?}", r.instances);
     assert_eq!(r.emails.len(), 1, "one alert: {:?}", r.emails);

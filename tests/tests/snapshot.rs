@@ -9,6 +9,7 @@ use ephemera_functions::{invoke, Function, Settings};
 use ephemera_tests::e2e::{self, Run};
 use ephemera_tests::worker_standin::Behaviour;
 use ephemera_tests::{clients, fixtures, fresh_region, function_clients};
+use ephemera_tests::e2e::State;
 use serde_json::{json, Value};
 
 /// A PostgreSQL DB instance in moto's RDS, as the operator has one.
@@ -44,13 +45,13 @@ async fn the_snapshot_is_taken_and_waited_for_before_any_worker() {
     assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished);
     // RDS answered "creating" first: the run waited, then went on.
     assert!(
-        r.finished.visited("WaitSnapshot") >= 1,
+        r.finished.visited(State::WaitSnapshot) >= 1,
         "{:?}",
         r.finished.path
     );
     let path = &r.finished.path;
-    let snap = path.iter().position(|s| s == "SnapshotReady").unwrap();
-    let launch = path.iter().position(|s| s == "LaunchWorker").unwrap();
+    let snap = path.iter().position(|s| *s == State::SnapshotReady).unwrap();
+    let launch = path.iter().position(|s| *s == State::LaunchWorker).unwrap();
     assert!(snap < launch, "the snapshot before the launch: {path:?}");
 
     let named = &r.finished.report["snapshot"];
@@ -96,7 +97,7 @@ async fn a_snapshot_that_cannot_be_taken_fails_the_run_with_nothing_launched() {
     let cause = r.finished.cause.as_deref().unwrap_or_default();
     assert!(cause.contains("database.snapshot_before"), "{cause}");
     assert!(cause.contains("no worker was launched"), "{cause}");
-    assert_eq!(r.finished.visited("Workers"), 0, "{:?}", r.finished.path);
+    assert_eq!(r.finished.visited(State::Workers), 0, "{:?}", r.finished.path);
     assert!(r.instances.is_empty(), "{:?}", r.instances);
     assert_eq!(r.emails.len(), 1);
     assert!(r.emails[0].subject.contains(": FAILED $"));
@@ -197,7 +198,7 @@ async fn a_busy_source_is_waited_for_and_older_snapshots_are_pruned_after_a_veri
     let fired = ephemera_tests::harness().door.faults_fired_in(region);
     assert_eq!(fired.len(), 2, "{fired:?}");
     assert!(
-        r.finished.visited("WaitSnapshot") >= 3,
+        r.finished.visited(State::WaitSnapshot) >= 3,
         "{:?}",
         r.finished.path
     );

@@ -9,6 +9,7 @@ use std::time::Duration;
 use ephemera_tests::e2e::{self, Run};
 use ephemera_tests::worker_standin::Behaviour;
 use ephemera_tests::{clients, fresh_region, harness, FaultRule};
+use ephemera_tests::e2e::State;
 use serde_json::{json, Value};
 
 const SPOT: &str = "L-34B43A08";
@@ -42,24 +43,24 @@ async fn happy_path() {
     .await;
     assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished);
     for s in [
-        "Start",
-        "CheckQuota",
-        "LaunchWorker",
-        "AwaitCompletion",
-        "VerifyCompletion",
-        "TerminateWithCostReport",
-        "Done",
+        State::Start,
+        State::CheckQuota,
+        State::LaunchWorker,
+        State::AwaitCompletion,
+        State::VerifyCompletion,
+        State::TerminateWithCostReport,
+        State::Done,
     ] {
         assert_eq!(r.finished.visited(s), 1, "{s} in {:?}", r.finished.path);
     }
     // The new instance is not found by id on the first checks (EC2's eventual consistency,
     // played by the front door): booting, not failed.
     assert!(
-        r.finished.visited("HealthCheck") >= 2,
+        r.finished.visited(State::HealthCheck) >= 2,
         "{:?}",
         r.finished.path
     );
-    assert_eq!(r.finished.visited("Cleanup"), 0);
+    assert_eq!(r.finished.visited(State::Cleanup), 0);
     r.assert_nothing_left();
     assert_eq!(r.instances.len(), 1);
     r.assert_email("SUCCEEDED");
@@ -229,8 +230,8 @@ async fn quota_short_is_requested_once_then_approved_and_runs() {
     )
     .await;
     assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished);
-    assert_eq!(r.finished.visited("WaitQuota"), 3, "{:?}", r.finished.path);
-    assert_eq!(r.finished.visited("CheckQuota"), 4);
+    assert_eq!(r.finished.visited(State::WaitQuota), 3, "{:?}", r.finished.path);
+    assert_eq!(r.finished.visited(State::CheckQuota), 4);
     assert_eq!(
         harness().door.with_quotas(r.region, |q| q.increase_calls),
         1,
@@ -265,8 +266,8 @@ async fn quota_denied_fails_and_launches_nothing() {
         .as_deref()
         .unwrap()
         .contains("ended DENIED"));
-    assert_eq!(r.finished.visited("LaunchWorker"), 0);
-    assert_eq!(r.finished.visited("Cleanup"), 1);
+    assert_eq!(r.finished.visited(State::LaunchWorker), 0);
+    assert_eq!(r.finished.visited(State::Cleanup), 1);
     assert!(r.instances.is_empty(), "{:?}", r.instances);
     let e = r.assert_email("FAILED");
     assert!(e.body.contains("nothing was launched"), "{}", e.body);
@@ -285,7 +286,7 @@ async fn over_budget_fails_and_launches_nothing() {
     assert_eq!(r.finished.error.as_deref(), Some("Ephemera.OverBudget"));
     assert!(r.finished.cause.as_deref().unwrap().contains("budget_usd"));
     assert!(r.instances.is_empty(), "{:?}", r.instances);
-    assert_eq!(r.finished.visited("HealthCheck"), 0);
+    assert_eq!(r.finished.visited(State::HealthCheck), 0);
     r.assert_email("FAILED");
 }
 
@@ -331,9 +332,9 @@ async fn boot_that_never_completes_is_cleaned_up() {
         .as_deref()
         .unwrap()
         .contains("boot_timeout_seconds"));
-    assert!(r.finished.visited("HealthCheck") >= 3);
-    assert_eq!(r.finished.visited("Cleanup"), 1);
-    assert_eq!(r.finished.visited("AwaitCompletion"), 0);
+    assert!(r.finished.visited(State::HealthCheck) >= 3);
+    assert_eq!(r.finished.visited(State::Cleanup), 1);
+    assert_eq!(r.finished.visited(State::AwaitCompletion), 0);
     assert_eq!(r.instances.len(), 1);
     r.assert_nothing_left();
     r.assert_email("FAILED");
@@ -357,8 +358,8 @@ async fn a_worker_that_stops_heartbeating_is_cleaned_up() {
         cause.starts_with("States.HeartbeatTimeout") || cause.starts_with("States.Timeout"),
         "{cause}"
     );
-    assert_eq!(r.finished.visited("AwaitCompletion"), 1);
-    assert_eq!(r.finished.visited("Cleanup"), 1);
+    assert_eq!(r.finished.visited(State::AwaitCompletion), 1);
+    assert_eq!(r.finished.visited(State::Cleanup), 1);
     r.assert_nothing_left();
     r.assert_email("FAILED");
 }
@@ -373,8 +374,8 @@ async fn a_spot_interruption_relaunches_and_reports_both_attempts() {
     )
     .await;
     assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished);
-    assert_eq!(r.finished.visited("Relaunch"), 1);
-    assert_eq!(r.finished.visited("LaunchWorker"), 2);
+    assert_eq!(r.finished.visited(State::Relaunch), 1);
+    assert_eq!(r.finished.visited(State::LaunchWorker), 2);
     let report = &r.finished.report;
     let attempts = report["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{report}");
@@ -412,7 +413,7 @@ async fn failed_verification_terminates_and_fails_with_the_checks() {
         cause.contains("partitions_done (1 done, 2 expected)"),
         "{cause}"
     );
-    assert_eq!(r.finished.visited("Cleanup"), 1);
+    assert_eq!(r.finished.visited(State::Cleanup), 1);
     r.assert_nothing_left();
     r.assert_email("FAILED");
 }
@@ -429,12 +430,12 @@ async fn a_lambda_crash_after_launch_still_terminates() {
     assert_eq!(r.finished.status, "FAILED");
     // The worker is released at once, and the run cleans up what is left.
     assert_eq!(
-        r.finished.visited("ReleaseWorker"),
+        r.finished.visited(State::ReleaseWorker),
         1,
         "{:?}",
         r.finished.path
     );
-    assert_eq!(r.finished.visited("Cleanup"), 1);
+    assert_eq!(r.finished.visited(State::Cleanup), 1);
     assert_eq!(r.instances.len(), 1);
     r.assert_nothing_left();
     let report = r.report();
@@ -467,7 +468,7 @@ async fn an_invalid_runspec_fails_clearly_and_launches_nothing() {
     assert!(cause.contains("limits.heartbeat_seconds"), "{cause}");
     assert_eq!(
         r.finished.path,
-        vec!["Scheduled", "Start", "CheckQuota", "RejectRunSpec"]
+        vec![State::Scheduled, State::Start, State::CheckQuota, State::RejectRunSpec]
     );
     assert!(r.instances.is_empty());
 }
@@ -493,12 +494,12 @@ async fn the_state_machine_without_its_ssm_statement_fails_at_the_handover_and_c
     )
     .await;
     assert_eq!(r.finished.status, "FAILED", "{:?}", r.finished);
-    assert_eq!(r.finished.visited("AwaitCompletion"), 1);
+    assert_eq!(r.finished.visited(State::AwaitCompletion), 1);
     // Its only worker lost: verification has nothing to verify and fails with its error.
-    assert_eq!(r.finished.visited("ReleaseWorker"), 1);
-    assert_eq!(r.finished.visited("VerifyCompletion"), 1);
-    assert_eq!(r.finished.visited("TerminateWithCostReport"), 0);
-    assert_eq!(r.finished.visited("Cleanup"), 1);
+    assert_eq!(r.finished.visited(State::ReleaseWorker), 1);
+    assert_eq!(r.finished.visited(State::VerifyCompletion), 1);
+    assert_eq!(r.finished.visited(State::TerminateWithCostReport), 0);
+    assert_eq!(r.finished.visited(State::Cleanup), 1);
     // The SDK integration's error (moto spells the service `ssm`, AWS `Ssm`), and its cause.
     let error = r.finished.error.as_deref().unwrap_or_default();
     assert!(
@@ -533,13 +534,13 @@ async fn a_spot_reclaim_the_worker_could_not_report_relaunches() {
     .await;
     assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished);
     assert_eq!(
-        r.finished.visited("WasReclaimed"),
+        r.finished.visited(State::WasReclaimed),
         1,
         "{:?}",
         r.finished.path
     );
-    assert_eq!(r.finished.visited("LaunchWorker"), 2);
-    assert_eq!(r.finished.visited("Cleanup"), 0);
+    assert_eq!(r.finished.visited(State::LaunchWorker), 2);
+    assert_eq!(r.finished.visited(State::Cleanup), 0);
     r.assert_nothing_left();
     let report = r.report();
     let attempts = report["attempts"].as_array().unwrap();
@@ -593,13 +594,13 @@ async fn the_spot_warning_event_relaunches_at_once() {
     .await;
     assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished);
     assert_eq!(
-        r.finished.visited("WasReclaimed"),
+        r.finished.visited(State::WasReclaimed),
         0,
         "{:?}",
         r.finished.path
     );
-    assert_eq!(r.finished.visited("CanRelaunch"), 1);
-    assert_eq!(r.finished.visited("LaunchWorker"), 2);
+    assert_eq!(r.finished.visited(State::CanRelaunch), 1);
+    assert_eq!(r.finished.visited(State::LaunchWorker), 2);
     r.assert_nothing_left();
 }
 
@@ -620,7 +621,7 @@ async fn a_scheduled_occurrence_gets_a_run_id_of_its_own() {
     assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished);
     assert_eq!(
         r.finished.path[..3],
-        ["Scheduled", "ScheduledRunId", "StartScheduled"]
+        [State::Scheduled, State::ScheduledRunId, State::StartScheduled]
     );
     assert_eq!(r.finished.document["run"]["run_id"], "e2e-weekly-occ42");
     assert_eq!(r.report()["run_id"], "e2e-weekly-occ42");

@@ -3,6 +3,7 @@
 
 use ephemera_tests::worker_standin::Behaviour;
 use ephemera_tests::{e2e, fresh_region};
+use ephemera_tests::e2e::State;
 use serde_json::json;
 
 #[tokio::test]
@@ -31,17 +32,17 @@ async fn a_worker_failure_ends_the_run_failed_terminated_and_reported() {
         Some("reported by the worker stand-in"),
         "{done:?}"
     );
-    assert_eq!(done.visited("AwaitCompletion"), 1, "{:?}", done.path);
-    assert_eq!(done.visited("Relaunch"), 0, "{:?}", done.path);
+    assert_eq!(done.visited(State::AwaitCompletion), 1, "{:?}", done.path);
+    assert_eq!(done.visited(State::Relaunch), 0, "{:?}", done.path);
     // The one worker is released; with no report, verification fails with its error.
-    assert_eq!(done.visited("ReleaseWorker"), 1, "{:?}", done.path);
+    assert_eq!(done.visited(State::ReleaseWorker), 1, "{:?}", done.path);
     assert_eq!(
-        done.visited("TerminateWithCostReport"),
+        done.visited(State::TerminateWithCostReport),
         0,
         "{:?}",
         done.path
     );
-    assert_eq!(done.visited("Cleanup"), 1, "{:?}", done.path);
+    assert_eq!(done.visited(State::Cleanup), 1, "{:?}", done.path);
 
     // Everything terminated.
     assert_eq!(instances.len(), 1, "{instances:?}");

@@ -11,6 +11,7 @@ use ephemera_tests::iam::worker_log_group;
 use ephemera_tests::postgres::postgres;
 use ephemera_tests::{clients, e2e, fixtures, fresh_region, harness};
 use ephemera_worker::{db, outputs, queue, seed, store};
+use ephemera_tests::e2e::State;
 use serde_json::json;
 
 /// The local IMDS, following the test's instance id and notice flag.
@@ -210,7 +211,7 @@ async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption()
 
     let done = e2e::wait(region, &execution, Duration::from_secs(120)).await;
     assert_eq!(done.status, "SUCCEEDED", "{done:?}");
-    assert_eq!(done.visited("Relaunch"), 1, "{:?}", done.path);
+    assert_eq!(done.visited(State::Relaunch), 1, "{:?}", done.path);
     let result = &done.workers[0]["result"];
     assert_eq!(result["partitions_done"], PARTITIONS, "{result}");
     assert_eq!(
@@ -515,7 +516,7 @@ async fn a_spot_notice_mid_partition_fails_the_task_within_seconds_and_hands_the
     );
     let done = e2e::wait(region, &execution, Duration::from_secs(120)).await;
     assert_eq!(done.status, "SUCCEEDED", "{done:?}");
-    assert_eq!(done.visited("Relaunch"), 1, "{:?}", done.path);
+    assert_eq!(done.visited(State::Relaunch), 1, "{:?}", done.path);
     assert_eq!(done.workers[0]["result"]["partitions_done"], 2);
     assert_eq!(done.workers[0]["result"]["partitions_failed"], 0);
     for stage in ["indicators", "regression"] {
@@ -596,8 +597,8 @@ async fn sigterm_mid_partition_hands_the_partition_back_and_fails_the_run() {
         Some("stopped by SIGTERM before the work was done"),
         "{done:?}"
     );
-    assert_eq!(done.visited("Relaunch"), 0, "{:?}", done.path);
-    assert_eq!(done.visited("Cleanup"), 1, "{:?}", done.path);
+    assert_eq!(done.visited(State::Relaunch), 0, "{:?}", done.path);
+    assert_eq!(done.visited(State::Cleanup), 1, "{:?}", done.path);
     let instances = fixtures::instances_of(&aws, run_id).await;
     assert!(
         instances
@@ -797,7 +798,7 @@ async fn any_command_under_exec_is_relaunched_after_spot_and_reported_by_its_exi
     );
     let done = e2e::wait(region, &execution, Duration::from_secs(120)).await;
     assert_eq!(done.status, "SUCCEEDED", "{done:?}");
-    assert_eq!(done.visited("Relaunch"), 1, "{:?}", done.path);
+    assert_eq!(done.visited(State::Relaunch), 1, "{:?}", done.path);
     let result = &done.workers[0]["result"];
     assert_eq!(result["job"]["exit_code"], 0, "{result}");
     assert!(
@@ -883,7 +884,7 @@ async fn any_command_under_exec_is_relaunched_after_spot_and_reported_by_its_exi
         "{error}"
     );
     assert_eq!(
-        done.visited("Relaunch"),
+        done.visited(State::Relaunch),
         0,
         "a failed job is not relaunched"
     );

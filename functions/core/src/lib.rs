@@ -23,5 +23,5 @@ pub mod verify;
 
 /// What the worker and the Lambdas exchange lives in `ephemera-contract`; the handlers, which
 /// depend on this crate alone, reach it here.
-pub use ephemera_contract::{self as contract, names, tags};
+pub use ephemera_contract::{self as contract, names, tags, State};
 pub use runspec::{InvalidRunSpec, Market, MarketPolicy, RunSpec};

@@ -16,12 +16,17 @@ fn sample_events_parse() {
     RunSpec::parse(&event("runspec")).expect("events/runspec.json is a valid RunSpec");
     let q: quota_check::Input = serde_json::from_value(event("quota-check")).unwrap();
     RunSpec::parse(&q.run).unwrap();
+    // The states after CheckQuota read the RunSpec it accepted: each sample's is valid too.
     let s: snapshot_database::Input = serde_json::from_value(event("snapshot-database")).unwrap();
-    let spec = RunSpec::parse(&s.run).unwrap();
-    assert!(spec.database.snapshot_before.is_some());
-    let _: launch_worker::Input = serde_json::from_value(event("launch-worker")).unwrap();
-    let _: health_check::Input = serde_json::from_value(event("health-check")).unwrap();
-    let _: verify_completion::Input = serde_json::from_value(event("verify-completion")).unwrap();
-    let _: terminate_report::Input =
+    s.run.validate().unwrap();
+    assert!(s.run.database.snapshot_before.is_some());
+    let l: launch_worker::Input = serde_json::from_value(event("launch-worker")).unwrap();
+    l.run.validate().unwrap();
+    let h: health_check::Input = serde_json::from_value(event("health-check")).unwrap();
+    h.run.validate().unwrap();
+    let v: verify_completion::Input = serde_json::from_value(event("verify-completion")).unwrap();
+    v.run.validate().unwrap();
+    let t: terminate_report::Input =
         serde_json::from_value(event("terminate-with-cost-report")).unwrap();
+    t.run.validate().unwrap();
 }

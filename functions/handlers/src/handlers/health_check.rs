@@ -10,13 +10,12 @@ use ephemera_core::rundoc::{Attempt, HealthState, HealthVerdict, WorkerState};
 use ephemera_core::RunSpec;
 use serde::Deserialize;
 
-use super::parse_spec;
 use crate::aws::{Compute, InstanceView, Params};
 use crate::error::Error;
 
 #[derive(Debug, Deserialize)]
 pub struct Input {
-    pub run: serde_json::Value,
+    pub run: RunSpec,
     pub worker: WorkerState,
     /// Set when the worker went silent (heartbeat or runtime timeout): was its instance taken
     /// by Spot? Spot's two-minute notice can end before a worker manages to report it.
@@ -30,7 +29,7 @@ pub async fn handle<E: Compute, S: Params>(
     input: Input,
     now: DateTime<Utc>,
 ) -> Result<HealthState, Error> {
-    let spec = parse_spec(&input.run)?;
+    let spec = &input.run;
     let current = input
         .worker
         .current()

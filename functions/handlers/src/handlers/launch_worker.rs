@@ -14,7 +14,6 @@ use ephemera_core::runspec::{FieldError, RunSpec};
 use ephemera_core::{cost, launch, ledger, payload, tags, userdata, InvalidRunSpec};
 use serde::Deserialize;
 
-use super::parse_spec;
 use crate::aws::{
     pricing, Compute, InstanceView, LaunchRequest, Ledger, Notifier, Params, PriceList, Quote,
     Reserved,
@@ -23,7 +22,7 @@ use crate::error::Error;
 
 #[derive(Debug, Deserialize)]
 pub struct Input {
-    pub run: serde_json::Value,
+    pub run: RunSpec,
     /// `$$.Execution.Id`: ties instances, tokens and tags to this execution.
     pub execution: String,
     /// Which of the run's workers (`1..=worker.count`, the Map state's item).
@@ -99,7 +98,7 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
         params,
         books,
     } = clients;
-    let spec = parse_spec(&input.run)?;
+    let spec = &input.run;
     let role_id = worker_role_id(config)?;
     let slot = checked_slot(&spec, input.slot)?;
     let (attempt, relaunches_left) = next_attempt(&spec, input.worker.as_ref(), input.relaunch)?;

@@ -10,7 +10,6 @@ pub mod sweeper;
 pub mod terminate_report;
 pub mod verify_completion;
 
-use ephemera_core::RunSpec;
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
@@ -21,8 +20,4 @@ pub(crate) fn parse_input<T: DeserializeOwned>(
 ) -> Result<T, Error> {
     serde_path_to_error::deserialize(v)
         .map_err(|e| Error::BadInput(format!("{function}: {}: {}", e.path(), e.inner())))
-}
-
-pub(crate) fn parse_spec(run: &serde_json::Value) -> Result<RunSpec, Error> {
-    Ok(RunSpec::parse(run)?)
 }

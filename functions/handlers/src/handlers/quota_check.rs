@@ -11,7 +11,6 @@ use ephemera_core::runspec::FieldError;
 use ephemera_core::{InvalidRunSpec, RunSpec};
 use serde::Deserialize;
 
-use super::parse_spec;
 use crate::aws::{pricing, Compute, PriceList, QuotaService};
 use crate::error::Error;
 
@@ -49,7 +48,9 @@ pub async fn handle<E: Compute, Q: QuotaService, P: PriceList>(
         quotas,
         prices,
     } = clients;
-    let spec = parse_spec(&input.run)?;
+    // The one state that validates the RunSpec: every state after it reads it as a typed
+    // value (functions/handlers/tests/asl_states.rs holds the ASL to that).
+    let spec = RunSpec::parse(&input.run)?;
     config.deployment.check(&spec)?;
     let types = &spec.worker.instance_types;
     let per_type = offered_types(ec2, types, &config.region).await?;

@@ -7,16 +7,15 @@
 
 use chrono::{DateTime, Utc};
 use ephemera_core::snapshot::{self, Pruned, SnapshotKind, SnapshotState, SnapshotVerdict};
-use ephemera_core::tags;
+use ephemera_core::{tags, RunSpec};
 use serde::Deserialize;
 
-use super::parse_spec;
 use crate::aws::Snapshots;
 use crate::error::Error;
 
 #[derive(Debug, Deserialize)]
 pub struct Input {
-    pub run: serde_json::Value,
+    pub run: RunSpec,
     pub execution: String,
     /// The previous poll's output; absent on the first call.
     #[serde(default)]
@@ -31,7 +30,7 @@ pub async fn handle<R: Snapshots>(
     input: Input,
     now: DateTime<Utc>,
 ) -> Result<SnapshotState, Error> {
-    let spec = parse_spec(&input.run)?;
+    let spec = &input.run;
     let source = spec.database.snapshot_before.as_ref().ok_or_else(|| {
         Error::BadInput(
             "snapshot-database called for a run without database.snapshot_before".into(),
@@ -98,7 +97,7 @@ pub async fn handle<R: Snapshots>(
 /// After a verified run: ephemera's snapshots of the source beyond the newest
 /// `database.keep_snapshots` (this run's always kept) deleted; the user's never touched.
 pub async fn prune<R: Snapshots>(rds: &R, input: Input) -> Result<Pruned, Error> {
-    let spec = parse_spec(&input.run)?;
+    let spec = &input.run;
     let keep = spec.database.keep_snapshots;
     let taken = input
         .snapshot

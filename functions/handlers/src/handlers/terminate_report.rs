@@ -20,7 +20,6 @@ use ephemera_core::rundoc::{
 use ephemera_core::{report_html, Market, RunSpec};
 use serde::Deserialize;
 
-use super::parse_spec;
 use crate::aws::{
     pricing, Compute, History, InstanceView, Ledger, Notifier, ObjectWriter, ParamHousekeeping,
     PriceList,
@@ -30,7 +29,7 @@ use ephemera_core::tags;
 
 #[derive(Debug, Deserialize)]
 pub struct Input {
-    pub run: serde_json::Value,
+    pub run: RunSpec,
     pub execution: String,
     /// When the execution started; read from its history when absent.
     #[serde(default)]
@@ -120,7 +119,7 @@ where
     L: Ledger,
     R: ParamHousekeeping,
 {
-    let spec = parse_spec(&input.run)?;
+    let spec = &input.run;
     let ends: Vec<WorkerEnd> = input.workers.clone().unwrap_or_default();
     let known = known_attempts(&ends);
     let instances = everything_launched(s.ec2, &input.execution, &known).await?;
@@ -536,7 +535,7 @@ fn still_up<'a>(instances: impl Iterator<Item = &'a InstanceView>) -> Vec<String
 /// A lost worker's release: `{run, execution, release: <slot>, error}`.
 #[derive(Debug, Deserialize)]
 pub struct ReleaseInput {
-    pub run: serde_json::Value,
+    pub run: RunSpec,
     pub execution: String,
     pub release: u32,
     /// The error that lost the worker, returned cut ([`CaughtError::capped`]) for its end.
@@ -548,7 +547,7 @@ pub struct ReleaseInput {
 /// crashed launch never returned goes too); the run's other workers go on, and the final
 /// report costs this one's instances with the rest.
 pub async fn release<E: Compute>(ec2: &E, input: ReleaseInput) -> Result<Released, Error> {
-    let spec = parse_spec(&input.run)?;
+    let spec = &input.run;
     let slot = input.release.to_string();
     let found = ec2
         .instances(

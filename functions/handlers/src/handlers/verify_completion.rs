@@ -7,16 +7,16 @@ use chrono::{DateTime, Utc};
 use ephemera_core::contract::{Manifest, Summary};
 use ephemera_core::rundoc::{Outputs, Verification, WorkerEnd};
 use ephemera_core::runspec::parse_s3_url;
+use ephemera_core::RunSpec;
 use ephemera_core::verify::{self, Check, Gathered};
 use serde::Deserialize;
 
-use super::parse_spec;
 use crate::aws::Objects;
 use crate::error::Error;
 
 #[derive(Debug, Deserialize)]
 pub struct Input {
-    pub run: serde_json::Value,
+    pub run: RunSpec,
     /// How each worker ended (the Map state's output): their SendTaskSuccess outputs, or why
     /// they were lost.
     pub workers: Vec<WorkerEnd>,
@@ -35,7 +35,7 @@ pub async fn handle<O: Objects>(
     input: Input,
     now: DateTime<Utc>,
 ) -> Result<Verification, Error> {
-    let spec = parse_spec(&input.run)?;
+    let spec = &input.run;
     let (result, workers) = match verify::gather(&input.workers) {
         Gathered::Reported { result, check } => (result, check),
         // Nobody is left to verify: the run fails with what lost its workers.
