@@ -469,6 +469,9 @@ pub async fn run(o: Options, console: Console) -> Result<bool> {
         verdict = resumed(&aws.s3, &format!("runs/{run_id}/result.json"), &console).await;
     }
     present(&finished, &inbox, &out).await?;
+    if verdict.is_ok() {
+        verdict = written_for_a_reader(&out);
+    }
     match &verdict {
         Ok(()) => console.line(&format!(
             "\ndemo {}: the run ended as it should ({}).",
@@ -478,6 +481,23 @@ pub async fn run(o: Options, console: Console) -> Result<bool> {
         Err(why) => console.line(&format!("\ndemo {} FAILED: {why}", o.scenario.name())),
     }
     Ok(verdict.is_ok())
+}
+
+/// The report's page and the email as the user gets them, refused if they show a Rust debug
+/// form (`Some(…)`, `None`, `Name { field: … }`) anywhere.
+fn written_for_a_reader(out: &Path) -> std::result::Result<(), String> {
+    let mut problems = vec![];
+    for name in ["report.html", "email.txt"] {
+        let text = std::fs::read_to_string(out.join(name)).map_err(|e| format!("{name}: {e}"))?;
+        let found = ephemera_core::plain_text::debug_forms(&text);
+        if !found.is_empty() {
+            problems.push(format!("{name} shows debug forms: {found:?}"));
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(problems.join("; "))
 }
 
 /// Spot's reclaim of attempt 1 once its worker has finished a few partitions: the notice

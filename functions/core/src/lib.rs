@@ -12,6 +12,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod month_html;
 pub mod payload;
+pub mod plain_text;
 pub mod quota;
 pub mod report_html;
 pub mod rundoc;
