@@ -291,7 +291,7 @@ fn options(url: &str, stages: &[&str], run_id: &str, cores: usize) -> run::Optio
     run::Options {
         database_url: url.to_string(),
         source: "bars_1m".into(),
-        stages: stages.iter().map(|s| s.to_string()).collect(),
+        stages: stages.iter().map(|s| s.parse().unwrap()).collect(),
         concurrency: cores,
         worker_id: "bench".into(),
         run_id: run_id.into(),

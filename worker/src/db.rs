@@ -72,6 +72,20 @@ pub fn checked_ident(name: &str) -> Result<&str> {
     Ok(name)
 }
 
+/// A pair's name as a SQL literal, for COPY (which takes no parameters): only the characters a
+/// pair's name has.
+pub fn pair_literal(pair: &str) -> Result<String> {
+    if pair.is_empty()
+        || pair.len() > 32
+        || !pair
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-/.".contains(c))
+    {
+        bail!("'{pair}' is not a pair name this worker reads");
+    }
+    Ok(format!("'{pair}'"))
+}
+
 /// How a connection protects itself, from `sslmode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SslMode {
@@ -501,6 +515,12 @@ pub async fn init(client: &Client, source: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pair_literal_has_only_a_pairs_characters() {
+        assert_eq!(pair_literal("EURUSD").unwrap(), "'EURUSD'");
+        assert!(pair_literal("x'; DROP TABLE t; --").is_err());
+    }
 
     #[test]
     fn sslmode_and_root_cert_are_read_from_urls_and_key_values() {

@@ -11,6 +11,7 @@ pub mod fetch;
 pub mod job;
 pub mod link;
 pub mod logship;
+pub mod month;
 pub mod outputs;
 pub mod partition;
 pub mod progress;

@@ -321,7 +321,7 @@ async fn main_inner(
             let opts = run::Options {
                 database_url: url,
                 source: cli.source.clone(),
-                stages: stages.iter().map(|s| s.name().to_string()).collect(),
+                stages,
                 concurrency: concurrency.unwrap_or(cores),
                 worker_id: worker_id.unwrap_or_else(|| format!("worker-{}", std::process::id())),
                 run_id,

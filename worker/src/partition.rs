@@ -4,7 +4,7 @@
 //! output is the claim's run's (`outputs`): other runs' rows are never read or written.
 
 use anyhow::{bail, Context, Result};
-use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use ephemera_contract::ManifestObject;
 use futures_util::{pin_mut, TryStreamExt};
 use ta_lib::Core;
@@ -14,15 +14,16 @@ use tokio_postgres::Client;
 
 use crate::bars::{clean, Bars, Quality};
 use crate::column::{self, Column};
-use crate::db::{checked_ident, feature_types, BAR_TYPES, SOURCE_TYPES};
+use crate::db::{checked_ident, feature_types, pair_literal, BAR_TYPES, SOURCE_TYPES};
 use crate::export;
 use crate::features::{
     arbitrage, causality, currency_index, finite, indicators, regime, regression, Columns, Params,
 };
+use crate::month::Month;
 use crate::outputs;
 use crate::quality::{self, Computed, Exported};
 use crate::queue::{self, Claim};
-use crate::stage::{Scope, Stage, ALL_PAIRS};
+use crate::stage::{Scope, Stage};
 use crate::store::{self, Store};
 use crate::table::{self, Rows};
 use crate::validate;
@@ -41,32 +42,6 @@ pub const ASYNC_COMMIT: &str = "SET LOCAL synchronous_commit = off";
 #[derive(Debug, Clone, PartialEq)]
 pub struct Done {
     pub rows_out: u64,
-}
-
-pub fn month_bounds(month: NaiveDate) -> (DateTime<Utc>, DateTime<Utc>) {
-    let start = month.with_day(1).unwrap_or(month);
-    let next = if start.month() == 12 {
-        NaiveDate::from_ymd_opt(start.year() + 1, 1, 1)
-    } else {
-        NaiveDate::from_ymd_opt(start.year(), start.month() + 1, 1)
-    }
-    .unwrap_or(start);
-    (
-        start.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc(),
-        next.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc(),
-    )
-}
-
-pub(crate) fn pair_literal(pair: &str) -> Result<String> {
-    if pair.is_empty()
-        || pair.len() > 32
-        || !pair
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-/.".contains(c))
-    {
-        bail!("'{pair}' is not a pair name this worker reads");
-    }
-    Ok(format!("'{pair}'"))
 }
 
 async fn copy_out(client: &Client, sql: &str) -> Result<Bars> {
@@ -90,16 +65,10 @@ async fn copy_out(client: &Client, sql: &str) -> Result<Bars> {
 }
 
 /// Reads the month's bars and the warm-up history before it.
-pub async fn read(
-    client: &Client,
-    source: &str,
-    pair: &str,
-    month: NaiveDate,
-) -> Result<(Bars, Bars)> {
+pub async fn read(client: &Client, source: &str, pair: &str, month: Month) -> Result<(Bars, Bars)> {
     let source = checked_ident(source)?;
     let p = pair_literal(pair)?;
-    let (start, end) = month_bounds(month);
-    let (s, e) = (start.to_rfc3339(), end.to_rfc3339());
+    let (s, e) = (month.start.to_rfc3339(), month.end.to_rfc3339());
     let history = copy_out(
         client,
         &format!(
@@ -121,8 +90,8 @@ pub async fn read(
     Ok((history, month_bars))
 }
 
-pub fn compute(core: &Core, stage: &str, bars: &Bars) -> Result<Columns> {
-    Ok(match Stage::parse(stage)? {
+pub fn compute(core: &Core, stage: Stage, bars: &Bars) -> Result<Columns> {
+    Ok(match stage {
         Stage::Indicators => {
             indicators::compute(core, bars).map_err(|e| anyhow::anyhow!("TA-Lib: {e:?}"))?
         }
@@ -161,8 +130,7 @@ pub struct Work<'a> {
 
 /// Processes one claimed partition of any stage.
 pub async fn process(client: &mut Client, cx: &Work<'_>, c: &Claim) -> Result<Done> {
-    let stage = Stage::parse(&c.stage)?;
-    match stage {
+    match c.stage {
         Stage::Validate => validate_partition(client, cx, c).await,
         Stage::Export => match cx.store {
             Some(store) => export_partition(client, cx, store, c).await,
@@ -181,7 +149,7 @@ pub async fn process(client: &mut Client, cx: &Work<'_>, c: &Claim) -> Result<Do
 pub fn features_query(run_id: &str, stage: &str, pair: &str, month: NaiveDate) -> Result<String> {
     let names = column::names(crate::features::columns(stage)?);
     let p = pair_literal(pair)?;
-    let (start, end) = month_bounds(month);
+    let (start, end) = crate::month::month_bounds(month);
     Ok(format!(
         "SELECT ts, {} FROM {} WHERE pair = {p} AND ts >= '{}' AND ts < '{}' ORDER BY ts",
         names.join(", "),
@@ -226,7 +194,7 @@ async fn feature_stages(client: &Client, c: &Claim) -> Result<Vec<(Stage, Option
         .query(
             "SELECT stage, quality FROM ephemera.partitions
               WHERE run_id = $1 AND pair = $2 AND month = $3 AND rank = 0 ORDER BY stage",
-            &[&c.run_id, &c.pair, &c.month],
+            &[&c.run_id, &c.pair, &c.month.first],
         )
         .await?;
     rows.iter()
@@ -239,12 +207,12 @@ async fn feature_stages(client: &Client, c: &Claim) -> Result<Vec<(Stage, Option
 
 /// A partition's rows of one typed table of its run, read back.
 async fn read_table(client: &Client, def: &'static table::Def, c: &Claim) -> Result<Rows> {
-    let (start, end) = month_bounds(c.month);
+    let (start, end) = (c.month.start, c.month.end);
     let part = table::Partition {
-        month: c.month,
+        month: c.month.first,
         start,
         end,
-        pair: (c.pair != ALL_PAIRS).then_some(c.pair.as_str()),
+        pair: c.one_pair(),
     };
     table::read(client, &outputs::schema(&c.run_id)?, def, &part).await
 }
@@ -268,7 +236,7 @@ async fn validate_partition(client: &mut Client, cx: &Work<'_>, c: &Claim) -> Re
             continue;
         }
         let (ts, columns, values) =
-            read_features(client, &c.run_id, stage.name(), &c.pair, c.month).await?;
+            read_features(client, &c.run_id, stage.name(), &c.pair, c.month.first).await?;
         rows_in += ts.len() as u64;
         let history = history.unwrap_or(0) as usize;
         for (column, values) in columns.iter().zip(&values) {
@@ -285,7 +253,7 @@ async fn validate_partition(client: &mut Client, cx: &Work<'_>, c: &Claim) -> Re
     let tx = client.transaction().await?;
     tx.execute(
         "DELETE FROM ephemera.validation WHERE run_id = $1 AND pair = $2 AND month = $3",
-        &[&c.run_id, &c.pair, &c.month],
+        &[&c.run_id, &c.pair, &c.month.first],
     )
     .await?;
     let insert = tx
@@ -301,7 +269,7 @@ async fn validate_partition(client: &mut Client, cx: &Work<'_>, c: &Claim) -> Re
             &[
                 &c.run_id,
                 &c.pair,
-                &c.month,
+                &c.month.first,
                 &k.stage,
                 &k.column,
                 &(k.rows as i64),
@@ -338,8 +306,8 @@ async fn export_partition(
                 let n = rows.len() as u64;
                 let bytes = tokio::task::spawn_blocking(move || table::parquet(&rows)).await??;
                 let name = match stage.scope() {
-                    Scope::AllPairs => export::month_object_name(def.name, c.month),
-                    _ => export::object_name(def.name, &c.pair, c.month),
+                    Scope::AllPairs => export::month_object_name(def.name, c.month.first),
+                    _ => export::object_name(def.name, &c.pair, c.month.first),
                 };
                 let key = store.target.key(&name);
                 objects.push(ManifestObject {
@@ -356,7 +324,7 @@ async fn export_partition(
         }
         let stage = stage.name();
         let (ts, columns, values) =
-            read_features(client, &c.run_id, stage, &c.pair, c.month).await?;
+            read_features(client, &c.run_id, stage, &c.pair, c.month.first).await?;
         let rows = ts.len() as u64;
         // Encoding is CPU work: off the async threads.
         let pair = c.pair.clone();
@@ -371,7 +339,7 @@ async fn export_partition(
         .await??;
         let key = store
             .target
-            .key(&export::object_name(stage, &c.pair, c.month));
+            .key(&export::object_name(stage, &c.pair, c.month.first));
         let object = ManifestObject {
             key: key.clone(),
             rows,
@@ -399,7 +367,7 @@ pub async fn read_month(
     month: NaiveDate,
 ) -> Result<(Vec<(String, Bars)>, Quality)> {
     let source = checked_ident(source)?;
-    let (start, end) = month_bounds(month);
+    let (start, end) = crate::month::month_bounds(month);
     let stream = client
         .copy_out(&format!(
             "COPY (SELECT pair, ts, open, high, low, close, volume FROM {source}
@@ -458,12 +426,12 @@ async fn write_tables(
     rows_in: u64,
     quality: serde_json::Value,
 ) -> Result<u64> {
-    let (start, end) = month_bounds(c.month);
+    let (start, end) = (c.month.start, c.month.end);
     let part = table::Partition {
-        month: c.month,
+        month: c.month.first,
         start,
         end,
-        pair: (c.pair != ALL_PAIRS).then_some(c.pair.as_str()),
+        pair: c.one_pair(),
     };
     let schema = outputs::schema(&c.run_id)?;
     let tx = client.transaction().await?;
@@ -482,7 +450,7 @@ async fn write_tables(
 async fn per_pair(client: &mut Client, cx: &Work<'_>, stage: Stage, c: &Claim) -> Result<Done> {
     let source = checked_ident(cx.source)?;
     let p = pair_literal(&c.pair)?;
-    let (start, end) = month_bounds(c.month);
+    let (start, end) = (c.month.start, c.month.end);
     let from = start - chrono::Duration::days(regime::HISTORY_DAYS);
     let raw = copy_out(
         client,
@@ -528,14 +496,14 @@ async fn per_pair(client: &mut Client, cx: &Work<'_>, stage: Stage, c: &Claim) -
 async fn cross_pair(client: &mut Client, cx: &Work<'_>, stage: Stage, c: &Claim) -> Result<Done> {
     // Taken before the bars are read: if they change in between, the recorded inputs are the
     // older ones and the next run redoes the partition, never the other way round.
-    let inputs = queue::inputs(client, cx.source, Some(c.month))
+    let inputs = queue::inputs(client, cx.source, Some(c.month.first))
         .await?
-        .remove(&c.month)
+        .remove(&c.month.first)
         .unwrap_or_default();
-    let (pairs, quality) = read_month(client, cx.source, c.month)
+    let (pairs, quality) = read_month(client, cx.source, c.month.first)
         .await
         .with_context(|| format!("reading every pair of {}", c.month))?;
-    let (params, month) = (*cx.params, c.month);
+    let (params, month) = (*cx.params, c.month.first);
     let tables =
         tokio::task::spawn_blocking(move || compute_cross(stage, month, &pairs, &params)).await??;
     let json = serde_json::to_value(Computed {
@@ -567,20 +535,20 @@ async fn features(
     all.close.extend(&month_raw.close);
     all.volume.extend(&month_raw.volume);
     let (bars, _) = clean(&all);
-    let (start, end) = month_bounds(c.month);
+    let (start, end) = (c.month.start, c.month.end);
     let first = bars.ts.partition_point(|&t| t < start.timestamp_micros());
     // CPU work off the async threads, so an interruption is acted on at once (and a large
     // partition does not stall the other tasks' I/O).
     let (cols, bars) = {
-        let (core, stage) = (core.clone(), c.stage.clone());
-        tokio::task::spawn_blocking(move || compute(&core, &stage, &bars).map(|cols| (cols, bars)))
+        let (core, stage) = (core.clone(), c.stage);
+        tokio::task::spawn_blocking(move || compute(&core, stage, &bars).map(|cols| (cols, bars)))
             .await??
     };
-    let columns = crate::features::columns(&c.stage)?;
+    let columns = crate::features::columns(c.stage.name())?;
     let names = column::names(columns);
     debug_assert_eq!(names, cols.names);
 
-    let table = outputs::table(&c.run_id, &c.stage)?;
+    let table = outputs::table(&c.run_id, c.stage.name())?;
     let tx = client.transaction().await?;
     tx.batch_execute(ASYNC_COMMIT).await?;
     tx.execute(
@@ -630,18 +598,4 @@ async fn features(
     .await?;
     tx.commit().await?;
     Ok(Done { rows_out })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bounds_and_names() {
-        let (s, e) = month_bounds(NaiveDate::from_ymd_opt(2023, 12, 1).unwrap());
-        assert_eq!(s.to_rfc3339(), "2023-12-01T00:00:00+00:00");
-        assert_eq!(e.to_rfc3339(), "2024-01-01T00:00:00+00:00");
-        assert_eq!(pair_literal("EURUSD").unwrap(), "'EURUSD'");
-        assert!(pair_literal("x'; DROP TABLE t; --").is_err());
-    }
 }

@@ -9,17 +9,27 @@ use tokio_postgres::{Client, GenericClient};
 use std::collections::BTreeMap;
 
 use crate::db::checked_ident;
-use crate::partition::month_bounds;
+use crate::month::Month;
 use crate::quality::{self, Computed};
 use crate::stage::{Scope, Stage, ALL_PAIRS};
 
+/// A claimed partition, read from the queue's row once: its stage a value, its month's range
+/// computed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
     pub run_id: String,
-    pub stage: String,
+    pub stage: Stage,
+    /// A pair, or [`ALL_PAIRS`] for a cross-pair stage's partition.
     pub pair: String,
-    pub month: NaiveDate,
+    pub month: Month,
     pub attempts: i32,
+}
+
+impl Claim {
+    /// The pair a per-pair partition covers; None for a cross-pair one.
+    pub fn one_pair(&self) -> Option<&str> {
+        (self.pair != ALL_PAIRS).then_some(self.pair.as_str())
+    }
 }
 
 /// Adds a pending row for every partition of the run's stages: (stage, pair, month) for per-pair
@@ -31,13 +41,9 @@ pub async fn enqueue(
     client: &Client,
     run_id: &str,
     source: &str,
-    stages: &[String],
+    stages: &[Stage],
 ) -> Result<u64> {
     let source = checked_ident(source)?;
-    let stages = stages
-        .iter()
-        .map(|s| Stage::parse(s))
-        .collect::<Result<Vec<Stage>, _>>()?;
     let has = |scope| stages.iter().any(|s| s.scope() == scope);
     let (per_pair, cross) = (has(Scope::Pair), has(Scope::AllPairs));
     let of = |wanted: bool, scope| -> (Vec<String>, Vec<i32>) {
@@ -92,12 +98,7 @@ pub async fn inputs(
     let source = checked_ident(source)?;
     let filter = match month {
         Some(m) => {
-            let (s, e) = month_bounds(m);
-            format!(
-                "WHERE ts >= '{}' AND ts < '{}'",
-                s.to_rfc3339(),
-                e.to_rfc3339()
-            )
+            format!("WHERE {}", Month::of(m).filter("ts"))
         }
         None => String::new(),
     };
@@ -207,9 +208,9 @@ pub async fn claim(
     if let Some(r) = row {
         return Ok(Some(Claim {
             run_id: run_id.to_string(),
-            stage: r.get(0),
+            stage: Stage::parse(r.get(0))?,
             pair: r.get(1),
-            month: r.get(2),
+            month: Month::of(r.get(2)),
             attempts: r.get(3),
         }));
     }
@@ -283,15 +284,22 @@ pub async fn complete(
               WHERE run_id = $1 AND stage = $2 AND pair = $3 AND month = $4 AND lease_owner = $5
                 AND state = 'running'",
             &[
-                &c.run_id, &c.stage, &c.pair, &c.month, &owner, &rows_in, &rows_out, &quality,
+                &c.run_id,
+                &c.stage.name(),
+                &c.pair,
+                &c.month.first,
+                &owner,
+                &rows_in,
+                &rows_out,
+                &quality,
             ],
         )
         .await?;
     if n != 1 {
         return Err(LeaseLost {
-            stage: c.stage.clone(),
+            stage: c.stage.name().to_string(),
             pair: c.pair.clone(),
-            month: c.month,
+            month: c.month.first,
         }
         .into());
     }
@@ -314,9 +322,9 @@ pub async fn fail(
               WHERE run_id = $1 AND stage = $2 AND pair = $3 AND month = $4 AND lease_owner = $5",
             &[
                 &c.run_id,
-                &c.stage,
+                &c.stage.name(),
                 &c.pair,
-                &c.month,
+                &c.month.first,
                 &owner,
                 &max_attempts,
                 &error,
@@ -338,7 +346,7 @@ pub async fn release(client: &Client, owner: &str, c: &Claim) -> Result<bool> {
                     lease_owner = NULL, lease_until = NULL, updated_at = now()
               WHERE run_id = $1 AND stage = $2 AND pair = $3 AND month = $4 AND lease_owner = $5
                 AND state = 'running'",
-            &[&c.run_id, &c.stage, &c.pair, &c.month, &owner],
+            &[&c.run_id, &c.stage.name(), &c.pair, &c.month.first, &owner],
         )
         .await
         .context("handing an interrupted partition back")?;

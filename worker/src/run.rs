@@ -35,7 +35,7 @@ const RELEASE_WITHIN: Duration = Duration::from_secs(10);
 pub struct Options {
     pub database_url: String,
     pub source: String,
-    pub stages: Vec<String>,
+    pub stages: Vec<Stage>,
     pub concurrency: usize,
     pub worker_id: String,
     pub run_id: String,
@@ -68,10 +68,7 @@ pub async fn run(opts: Options) -> Result<Summary> {
 /// [`run`], also counting the partitions an interruption handed back.
 pub async fn run_and_hand_back(opts: Options) -> Result<Ran> {
     let started = Instant::now();
-    for s in &opts.stages {
-        Stage::parse(s)?;
-    }
-    if opts.stages.iter().any(|s| s == "export") && opts.export.is_none() {
+    if opts.stages.contains(&Stage::Export) && opts.export.is_none() {
         anyhow::bail!("stage 'export' needs --export s3://bucket/prefix/ or a directory");
     }
     let mut client = db::connect(&opts.database_url).await?;
@@ -239,7 +236,7 @@ async fn summarise(client: &Client, opts: &Options) -> Result<Summary> {
             &[&opts.run_id],
         )
         .await?;
-    let validation = if opts.stages.iter().any(|s| s == "validate") {
+    let validation = if opts.stages.contains(&Stage::Validate) {
         // Each validate partition's report, read through the type validate wrote it with.
         let rows = client
             .query(
@@ -271,7 +268,7 @@ async fn summarise(client: &Client, opts: &Options) -> Result<Summary> {
         rows_in: row.get::<_, i64>(2) as u64,
         rows_out: row.get::<_, i64>(3) as u64,
         processed_here: 0,
-        stages: opts.stages.clone(),
+        stages: opts.stages.iter().map(|s| s.name().to_string()).collect(),
         seconds: 0.0,
         manifest: None,
         validation,

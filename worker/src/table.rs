@@ -348,7 +348,7 @@ impl Partition<'_> {
         };
         Ok(match (def.pair_column, self.pair) {
             (Some(col), Some(p)) => {
-                format!("{month} AND {col} = {}", crate::partition::pair_literal(p)?)
+                format!("{month} AND {col} = {}", crate::db::pair_literal(p)?)
             }
             (Some(_), None) => bail!("{} is per pair: the partition names no pair", def.name),
             _ => month,

@@ -7,7 +7,9 @@ use chrono::NaiveDate;
 use ephemera_tests::postgres::postgres;
 use ephemera_worker::features::{arbitrage, Params};
 use ephemera_worker::outputs::{self, DropError};
-use ephemera_worker::partition::{self, month_bounds};
+use ephemera_worker::month::month_bounds;
+use ephemera_worker::partition;
+use ephemera_worker::stage::Stage;
 use ephemera_worker::{db, queue, run, table};
 
 mod common;
@@ -358,9 +360,12 @@ async fn the_claim_and_a_runs_reads_stay_on_indexes() {
         )
         .await
         .unwrap();
-    let stages: Vec<String> = ["indicators", "regression", "validate", "export"]
-        .map(String::from)
-        .to_vec();
+    let stages = [
+        Stage::Indicators,
+        Stage::Regression,
+        Stage::Validate,
+        Stage::Export,
+    ];
     queue::enqueue(&client, "claiming", "bars_1m", &stages)
         .await
         .unwrap();

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ephemera_tests::postgres::{start, Postgres, Setup};
+use ephemera_worker::stage::Stage;
 use ephemera_worker::{db, run};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
@@ -152,7 +153,7 @@ async fn the_worker_runs_over_verified_tls() {
     let summary = run::run(run::Options {
         database_url: full.clone(),
         source: "bars_1m".into(),
-        stages: vec!["indicators".into(), "regression".into()],
+        stages: vec![Stage::Indicators, Stage::Regression],
         concurrency: 2,
         worker_id: "tls".into(),
         run_id: "tls".into(),

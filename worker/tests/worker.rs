@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use ephemera_tests::postgres::postgres;
+use ephemera_worker::stage::Stage;
 use ephemera_worker::{db, outputs, partition, queue, run, seed, store, validate};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -22,7 +23,7 @@ fn options(url: &str, worker: &str, concurrency: usize) -> run::Options {
     run::Options {
         database_url: url.to_string(),
         source: "bars_1m".into(),
-        stages: vec!["indicators".into(), "regression".into()],
+        stages: vec![Stage::Indicators, Stage::Regression],
         concurrency,
         worker_id: worker.into(),
         run_id: "test".into(),
@@ -136,7 +137,7 @@ async fn two_workers_share_the_work_and_an_expired_lease_is_taken_over() {
     seed::seed_file(&client, "bars_1m", &data("AUDUSD"))
         .await
         .unwrap();
-    let stages = vec!["indicators".to_string(), "regression".to_string()];
+    let stages = [Stage::Indicators, Stage::Regression];
     // As `run` does: the run's outputs, then its queue.
     outputs::create(&mut client, "test").await.unwrap();
     queue::enqueue(&client, "test", "bars_1m", &stages)
@@ -166,7 +167,7 @@ async fn two_workers_share_the_work_and_an_expired_lease_is_taken_over() {
     let taken_over: i32 = client
         .query_one(
             "SELECT attempts FROM ephemera.partitions WHERE stage = $1 AND pair = $2 AND month = $3",
-            &[&dead.stage, &dead.pair, &dead.month],
+            &[&dead.stage.name(), &dead.pair, &dead.month.first],
         )
         .await
         .unwrap()
@@ -211,7 +212,7 @@ async fn a_lost_lease_rolls_the_partition_back_and_bad_rows_are_counted() {
         )
         .await
         .unwrap();
-    let stages = vec!["indicators".to_string()];
+    let stages = [Stage::Indicators];
     outputs::create(&mut client, "test").await.unwrap();
     queue::enqueue(&client, "test", "bars_1m", &stages)
         .await
@@ -252,7 +253,7 @@ async fn a_lost_lease_rolls_the_partition_back_and_bad_rows_are_counted() {
         .await
         .unwrap();
     let mut o = options(&url, "w", 1);
-    o.stages = stages;
+    o.stages = stages.to_vec();
     let s = run::run(o).await.unwrap();
     assert_eq!(s.partitions_done, 1);
     assert_eq!(s.rows_out, 4);
@@ -299,9 +300,12 @@ async fn validates_and_exports_parquet_with_a_manifest_and_flags_planted_faults(
     let dir = scratch("export");
     let mut o = options(&url, "w", 2);
     o.run_id = "exported".into();
-    o.stages = ["indicators", "regression", "validate", "export"]
-        .map(String::from)
-        .to_vec();
+    o.stages = vec![
+        Stage::Indicators,
+        Stage::Regression,
+        Stage::Validate,
+        Stage::Export,
+    ];
     o.export = Some(store::Target::Dir(dir.clone()));
     let s = run::run(o.clone()).await.unwrap();
     // One pair × two months × four stages.

@@ -41,7 +41,7 @@ pub fn options(url: &str, name: &str, stages: &[&str], export: Option<&PathBuf>)
     run::Options {
         database_url: url.to_string(),
         source: "bars_1m".into(),
-        stages: stages.iter().map(|s| s.to_string()).collect(),
+        stages: stages.iter().map(|s| s.parse().unwrap()).collect(),
         concurrency: 2,
         worker_id: name.into(),
         run_id: name.into(),
