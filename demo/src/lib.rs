@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use ephemera_tests::e2e::State;
+use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
 use ephemera_tests::e2e::{self, Finished};

@@ -7,12 +7,12 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::Utc;
 use ephemera_core::ledger::month_of;
 use ephemera_functions::{invoke, Function, Settings};
+use ephemera_tests::e2e::State;
 use ephemera_tests::e2e::{self, Run};
 use ephemera_tests::fixtures::{self, Email};
 use ephemera_tests::iam::{ARTIFACT_BUCKET, LEDGER_TABLE, MONTHLY_BUDGET_USD};
 use ephemera_tests::worker_standin::Behaviour;
 use ephemera_tests::{clients, fresh_region, function_clients, harness};
-use ephemera_tests::e2e::State;
 use serde_json::{json, Value};
 
 /// An earlier run of this month that cost `usd`, as terminate-with-cost-report leaves it.

@@ -5,11 +5,11 @@
 //! behind the front door, a worker stand-in on every instance.
 
 use ephemera_core::{payload, RunSpec};
+use ephemera_tests::e2e::State;
 use ephemera_tests::e2e::{self, Run};
 use ephemera_tests::iam::Principal;
 use ephemera_tests::worker_standin::Behaviour;
 use ephemera_tests::{fresh_region, harness, price_list, FaultRule};
-use ephemera_tests::e2e::State;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -144,7 +144,12 @@ async fn forty_workers_failing_with_long_causes_still_end_with_their_report() {
     println!("refused: {:?}", harness().door.throttles.refused_in(region));
     assert_eq!(r.finished.status, "FAILED", "{:?}", r.finished.error);
     assert_eq!(r.finished.error.as_deref(), Some("Worker.Failed"));
-    assert_eq!(r.finished.visited(State::Cleanup), 1, "{:?}", r.finished.path);
+    assert_eq!(
+        r.finished.visited(State::Cleanup),
+        1,
+        "{:?}",
+        r.finished.path
+    );
     r.assert_nothing_left();
     r.assert_email("FAILED");
     let workers = r.finished.workers.as_array().unwrap();
@@ -206,7 +211,12 @@ async fn a_cleanup_aws_refuses_sends_an_alert_naming_what_is_left() {
     assert_eq!(r.finished.error.as_deref(), Some("Ephemera.CleanupFailed"));
     assert_eq!(r.finished.visited(State::TerminateWithCostReport), 1);
     // Not asked again: Cleanup would be refused the same way.
-    assert_eq!(r.finished.visited(State::Cleanup), 0, "{:?}", r.finished.path);
+    assert_eq!(
+        r.finished.visited(State::Cleanup),
+        0,
+        "{:?}",
+        r.finished.path
+    );
     let left = r.live();
     assert_eq!(left.len(), 1, "{:?}", r.instances);
     assert_eq!(r.emails.len(), 1, "one alert: {:?}", r.emails);

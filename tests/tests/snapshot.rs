@@ -6,10 +6,10 @@
 
 use aws_sdk_rds::types::Tag;
 use ephemera_functions::{invoke, Function, Settings};
+use ephemera_tests::e2e::State;
 use ephemera_tests::e2e::{self, Run};
 use ephemera_tests::worker_standin::Behaviour;
 use ephemera_tests::{clients, fixtures, fresh_region, function_clients};
-use ephemera_tests::e2e::State;
 use serde_json::{json, Value};
 
 /// A PostgreSQL DB instance in moto's RDS, as the operator has one.
@@ -50,7 +50,10 @@ async fn the_snapshot_is_taken_and_waited_for_before_any_worker() {
         r.finished.path
     );
     let path = &r.finished.path;
-    let snap = path.iter().position(|s| *s == State::SnapshotReady).unwrap();
+    let snap = path
+        .iter()
+        .position(|s| *s == State::SnapshotReady)
+        .unwrap();
     let launch = path.iter().position(|s| *s == State::LaunchWorker).unwrap();
     assert!(snap < launch, "the snapshot before the launch: {path:?}");
 
@@ -97,7 +100,12 @@ async fn a_snapshot_that_cannot_be_taken_fails_the_run_with_nothing_launched() {
     let cause = r.finished.cause.as_deref().unwrap_or_default();
     assert!(cause.contains("database.snapshot_before"), "{cause}");
     assert!(cause.contains("no worker was launched"), "{cause}");
-    assert_eq!(r.finished.visited(State::Workers), 0, "{:?}", r.finished.path);
+    assert_eq!(
+        r.finished.visited(State::Workers),
+        0,
+        "{:?}",
+        r.finished.path
+    );
     assert!(r.instances.is_empty(), "{:?}", r.instances);
     assert_eq!(r.emails.len(), 1);
     assert!(r.emails[0].subject.contains(": FAILED $"));

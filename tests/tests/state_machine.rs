@@ -6,10 +6,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ephemera_tests::e2e::State;
 use ephemera_tests::e2e::{self, Run};
 use ephemera_tests::worker_standin::Behaviour;
 use ephemera_tests::{clients, fresh_region, harness, FaultRule};
-use ephemera_tests::e2e::State;
 use serde_json::{json, Value};
 
 const SPOT: &str = "L-34B43A08";
@@ -230,7 +230,12 @@ async fn quota_short_is_requested_once_then_approved_and_runs() {
     )
     .await;
     assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished);
-    assert_eq!(r.finished.visited(State::WaitQuota), 3, "{:?}", r.finished.path);
+    assert_eq!(
+        r.finished.visited(State::WaitQuota),
+        3,
+        "{:?}",
+        r.finished.path
+    );
     assert_eq!(r.finished.visited(State::CheckQuota), 4);
     assert_eq!(
         harness().door.with_quotas(r.region, |q| q.increase_calls),
@@ -468,7 +473,12 @@ async fn an_invalid_runspec_fails_clearly_and_launches_nothing() {
     assert!(cause.contains("limits.heartbeat_seconds"), "{cause}");
     assert_eq!(
         r.finished.path,
-        vec![State::Scheduled, State::Start, State::CheckQuota, State::RejectRunSpec]
+        vec![
+            State::Scheduled,
+            State::Start,
+            State::CheckQuota,
+            State::RejectRunSpec
+        ]
     );
     assert!(r.instances.is_empty());
 }
@@ -621,7 +631,11 @@ async fn a_scheduled_occurrence_gets_a_run_id_of_its_own() {
     assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished);
     assert_eq!(
         r.finished.path[..3],
-        [State::Scheduled, State::ScheduledRunId, State::StartScheduled]
+        [
+            State::Scheduled,
+            State::ScheduledRunId,
+            State::StartScheduled
+        ]
     );
     assert_eq!(r.finished.document["run"]["run_id"], "e2e-weekly-occ42");
     assert_eq!(r.report()["run_id"], "e2e-weekly-occ42");

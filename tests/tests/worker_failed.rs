@@ -1,9 +1,9 @@
 //! A worker that reports Worker.Failed, end to end: the deployed ASL in moto, the real handlers
 //! behind the front door, a worker stand-in failing its task token.
 
+use ephemera_tests::e2e::State;
 use ephemera_tests::worker_standin::Behaviour;
 use ephemera_tests::{e2e, fresh_region};
-use ephemera_tests::e2e::State;
 use serde_json::json;
 
 #[tokio::test]

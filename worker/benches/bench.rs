@@ -20,12 +20,13 @@ use chrono::{DateTime, Utc};
 use ephemera_pg::postgres;
 use ephemera_worker::bars::Bars;
 use ephemera_worker::features::{causality, indicators, regression};
+use ephemera_worker::month::Month;
 use ephemera_worker::stage::{Scope, Stage};
 use ephemera_worker::table::{self, Kind, Values};
-use ephemera_worker::{db, outputs, partition, run};
+use ephemera_worker::{copy, db, outputs, partition, run};
 use futures_util::{pin_mut, TryStreamExt};
 use tokio_postgres::binary_copy::{BinaryCopyInWriter, BinaryCopyOutStream};
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 
 /// Real currency pairs, so the cross-pair stages find currencies and triangles (EURGBP, EURJPY,
 /// GBPJPY, EURCHF and AUDJPY each close one over USD or another vehicle).
@@ -140,7 +141,9 @@ async fn copy_in_wide(
         ))
         .await
         .unwrap();
-    let w = BinaryCopyInWriter::new(sink, &db::feature_types(true, &indicators::COLUMNS[..cols]));
+    let mut types = vec![Type::TEXT, Type::TIMESTAMPTZ];
+    types.extend(indicators::COLUMNS[..cols].iter().map(|c| c.kind.pg()));
+    let w = BinaryCopyInWriter::new(sink, &types);
     pin_mut!(w);
     let start = DateTime::parse_from_rfc3339("2023-01-01T00:00:00Z")
         .unwrap()
@@ -322,7 +325,7 @@ async fn new_stage(url: &str, stage: Stage, cores: usize) {
     // The ceiling writes into the run's own tables, emptied, as the worker did.
     let schema = outputs::schema(&format!("bench-{stage}")).unwrap();
     let mut counts = vec![];
-    for def in table::of(stage) {
+    for def in stage.tables() {
         let n: i64 = client
             .query_one(&format!("SELECT count(*) FROM {schema}.{}", def.name), &[])
             .await
@@ -342,12 +345,10 @@ async fn new_stage(url: &str, stage: Stage, cores: usize) {
             let mut c = db::connect(&url).await.unwrap();
             copy_out_all(&c, part, cores).await;
             let tx = c.transaction().await.unwrap();
+            // A month the bench has no rows in: the replace deletes nothing.
             let nowhere = chrono::NaiveDate::from_ymd_opt(1900, 1, 1).unwrap();
-            let at = nowhere.and_hms_opt(0, 0, 0).unwrap().and_utc();
-            let p = table::Partition {
-                month: nowhere,
-                start: at,
-                end: at,
+            let p = copy::Partition {
+                month: Month::of(nowhere),
                 pair: Some("none"),
             };
             for (def, n) in counts {
@@ -355,7 +356,7 @@ async fn new_stage(url: &str, stage: Stage, cores: usize) {
                     n / cores + usize::from(part < n % cores),
                     part * (n / cores + 1),
                 );
-                table::replace(&tx, &schema, &p, &placeholder_rows(def, share, from))
+                copy::replace(&tx, &schema, &p, &placeholder_rows(def, share, from))
                     .await
                     .unwrap();
             }

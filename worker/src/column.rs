@@ -122,11 +122,15 @@ pub fn names(columns: &[Column]) -> Vec<&'static str> {
     columns.iter().map(|c| c.name).collect()
 }
 
-/// The column `name` of the table (or column stage) `table`, among every output table.
-pub fn find(table: &str, name: &str) -> Option<&'static Column> {
-    let columns: &'static [Column] = match crate::features::columns(table) {
-        Ok(c) => c,
-        Err(_) => crate::table::ALL.iter().find(|d| d.name == table)?.columns,
-    };
-    columns.iter().find(|c| c.name == name)
+/// A column stage's output from its kernel: column names and, per column, one value per bar
+/// of the month and its history (NaN where undefined). Plain f64 rather than Option halves the
+/// memory and lets TA-Lib write in place; `table::Rows::of_columns` makes the table's rows.
+pub struct Columns {
+    pub names: Vec<String>,
+    pub values: Vec<Vec<f64>>,
+}
+
+/// NULL where the value is not finite (a warm-up's NaN, a division by a zero range).
+pub fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
 }

@@ -22,11 +22,6 @@ use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::column::Column;
-
-/// Stages whose table is (pair, ts, one float column per output): written from column arrays.
-pub const STAGES: [&str; 2] = ["indicators", "regression"];
-
 /// Binary COPY row types of a bar as the worker reads it: ts, open, high, low, close, volume.
 pub const BAR_TYPES: [Type; 6] = [
     Type::TIMESTAMPTZ,
@@ -47,17 +42,6 @@ pub const SOURCE_TYPES: [Type; 7] = [
     Type::FLOAT8,
     Type::FLOAT8,
 ];
-
-/// Binary COPY row types of a feature row: (pair,) ts, then the stage's `columns`.
-pub fn feature_types(with_pair: bool, columns: &[Column]) -> Vec<Type> {
-    let mut types = if with_pair {
-        vec![Type::TEXT, Type::TIMESTAMPTZ]
-    } else {
-        vec![Type::TIMESTAMPTZ]
-    };
-    types.extend(columns.iter().map(|c| c.kind.pg()));
-    types
-}
 
 /// A SQL identifier, possibly schema-qualified, of plain letters, digits and underscores.
 pub fn checked_ident(name: &str) -> Result<&str> {

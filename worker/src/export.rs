@@ -1,23 +1,27 @@
-//! Stage `export`: a partition's feature tables as Parquet (zstd), one file per stage, to S3 or a
-//! directory; listed in the run's manifest (`ephemera_contract::Manifest`) that verify-completion
-//! checks.
+//! Stage `export`: a partition's tables as Parquet (zstd), one file per table, to S3 or a
+//! directory; listed in the run's manifest (`ephemera_contract::Manifest`) that
+//! verify-completion checks. `parquet` is the one encoder of every stage's rows.
 
 use std::sync::Arc;
 
-use anyhow::Result;
-use arrow_array::{ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use anyhow::{Context, Result};
+use arrow_array::{
+    ArrayRef, Date32Array, Float64Array, Int32Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
 use arrow_schema::{Field, Schema};
 use chrono::NaiveDate;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use crate::column::{Column, Kind};
+use crate::table::{Rows, Values};
 
-/// The file name of one stage of one partition, Hive-style so query engines see pair and month.
-pub fn object_name(stage: &str, pair: &str, month: NaiveDate) -> String {
+/// The file name of one per-pair table's partition, Hive-style so query engines see pair and
+/// month.
+pub fn object_name(table: &str, pair: &str, month: NaiveDate) -> String {
     format!(
-        "{stage}/pair={pair}/month={}/part.parquet",
+        "{table}/pair={pair}/month={}/part.parquet",
         month.format("%Y-%m")
     )
 }
@@ -27,37 +31,36 @@ pub fn month_object_name(table: &str, month: NaiveDate) -> String {
     format!("{table}/month={}/part.parquet", month.format("%Y-%m"))
 }
 
-/// One partition of one feature table, ready to encode.
-pub struct Table<'a> {
-    pub pair: &'a str,
-    /// Microseconds since the epoch, UTC.
-    pub ts: &'a [i64],
-    /// The stage's columns after (pair, ts).
-    pub columns: &'a [Column],
-    pub values: &'a [Vec<Option<f64>>],
-}
-
-/// Encodes a table as Parquet with zstd. The same table always gives the same bytes, so a
-/// rerun's checksums match.
-pub fn parquet(t: &Table) -> Result<Vec<u8>> {
-    let mut fields = vec![
-        Field::new("pair", Kind::Text.arrow(), Kind::Text.nullable()),
-        Field::new("ts", Kind::Ts.arrow(), Kind::Ts.nullable()),
-    ];
-    fields.extend(
-        t.columns
-            .iter()
-            .map(|c| Field::new(c.name, c.kind.arrow(), c.kind.nullable())),
-    );
-    let schema = Arc::new(Schema::new(fields));
-    let mut columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from(vec![t.pair; t.ts.len()])),
-        Arc::new(TimestampMicrosecondArray::from(t.ts.to_vec()).with_timezone("UTC")),
-    ];
-    for v in t.values {
-        columns.push(Arc::new(Float64Array::from(v.clone())));
+/// Encodes rows as Parquet with zstd; the same rows always give the same bytes.
+pub fn parquet(rows: &Rows) -> Result<Vec<u8>> {
+    let mut fields = vec![];
+    let mut arrays: Vec<ArrayRef> = vec![];
+    for (c, v) in rows.def.columns.iter().zip(&rows.columns) {
+        let array: ArrayRef = match v {
+            Values::Text(v) => Arc::new(StringArray::from(v.clone())),
+            Values::OptText(v) => Arc::new(StringArray::from(v.clone())),
+            Values::Ts(v) => Arc::new(
+                TimestampMicrosecondArray::from(
+                    v.iter().map(|t| t.timestamp_micros()).collect::<Vec<_>>(),
+                )
+                .with_timezone("UTC"),
+            ),
+            Values::Date(v) => {
+                let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).context("the epoch")?;
+                Arc::new(Date32Array::from(
+                    v.iter()
+                        .map(|d| (*d - epoch).num_days() as i32)
+                        .collect::<Vec<_>>(),
+                ))
+            }
+            Values::Int(v) => Arc::new(Int32Array::from(v.clone())),
+            Values::F64(v) => Arc::new(Float64Array::from(v.clone())),
+        };
+        fields.push(Field::new(c.name, c.kind.arrow(), c.kind.nullable()));
+        arrays.push(array);
     }
-    let batch = RecordBatch::try_new(schema.clone(), columns)?;
+    let schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(schema.clone(), arrays)?;
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
         .build();
@@ -71,6 +74,7 @@ pub fn parquet(t: &Table) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::table::{keyed, Column, Def};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
     #[test]
@@ -88,16 +92,31 @@ mod tests {
     #[test]
     fn parquet_round_trips_and_is_deterministic() {
         let columns = [Column::f64("a"), Column::f64("b")];
-        let values = vec![
+        let values = [
             vec![Some(1.5), None, Some(-2.0)],
             vec![None, None, Some(0.25)],
         ];
-        let t = Table {
-            pair: "EURUSD",
-            ts: &[0, 60_000_000, 120_000_000],
-            columns: &columns,
-            values: &values,
+        const COLUMNS: [Column; 4] = keyed([Column::f64("a"), Column::f64("b")]);
+        const T: Def = Def {
+            name: "t",
+            columns: &COLUMNS,
+            key: &["pair", "ts"],
+            month_column: "ts",
+            pair_column: Some("pair"),
+            about: "a test's",
         };
+        let ts = |us: i64| chrono::DateTime::from_timestamp_micros(us).unwrap();
+        let t = Rows::new(
+            &T,
+            vec![
+                Values::Text(vec!["EURUSD".into(); 3]),
+                Values::Ts(vec![ts(0), ts(60_000_000), ts(120_000_000)]),
+                Values::F64(values[0].clone()),
+                Values::F64(values[1].clone()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(columns.len() + 2, T.columns.len());
         let bytes = parquet(&t).unwrap();
         assert_eq!(bytes, parquet(&t).unwrap());
         assert_eq!(&bytes[..4], b"PAR1");

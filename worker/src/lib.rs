@@ -4,6 +4,7 @@
 pub mod bars;
 pub mod checkpoint;
 pub mod column;
+pub mod copy;
 pub mod db;
 pub mod export;
 pub mod features;

@@ -11,8 +11,7 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use tokio_postgres::{Client, GenericClient};
 
-use crate::db::STAGES;
-use crate::{features, table};
+use crate::stage;
 
 /// Every run's schema starts with this, next to the shared `ephemera` schema.
 pub const PREFIX: &str = "ephemera_run_";
@@ -48,19 +47,7 @@ pub fn table(run_id: &str, name: &str) -> Result<String> {
 /// The statements that create a run's schema and its tables (those absent).
 fn ddl(schema: &str) -> Result<String> {
     let mut sql = format!("CREATE SCHEMA IF NOT EXISTS {schema};");
-    for stage in STAGES {
-        let cols: Vec<String> = features::columns(stage)?
-            .iter()
-            .map(|c| format!("{} {}", c.name, c.kind.sql()))
-            .collect();
-        sql.push_str(&format!(
-            "CREATE TABLE IF NOT EXISTS {schema}.{stage} (
-                 pair text NOT NULL, ts timestamptz NOT NULL, {},
-                 PRIMARY KEY (pair, ts));",
-            cols.join(", ")
-        ));
-    }
-    for def in table::ALL {
+    for def in stage::TABLES {
         sql.push_str(&def.ddl(schema));
     }
     Ok(sql)

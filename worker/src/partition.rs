@@ -8,16 +8,16 @@ use chrono::{DateTime, NaiveDate, Utc};
 use ephemera_contract::ManifestObject;
 use futures_util::{pin_mut, TryStreamExt};
 use ta_lib::Core;
-use tokio_postgres::binary_copy::{BinaryCopyInWriter, BinaryCopyOutStream};
-use tokio_postgres::types::ToSql;
+use tokio_postgres::binary_copy::BinaryCopyOutStream;
 use tokio_postgres::Client;
 
 use crate::bars::{clean, Bars, Quality};
-use crate::column::{self, Column};
-use crate::db::{checked_ident, feature_types, pair_literal, BAR_TYPES, SOURCE_TYPES};
+use crate::column::Columns;
+use crate::copy;
+use crate::db::{checked_ident, pair_literal, BAR_TYPES, SOURCE_TYPES};
 use crate::export;
 use crate::features::{
-    arbitrage, causality, currency_index, finite, indicators, regime, regression, Columns, Params,
+    arbitrage, causality, currency_index, indicators, regime, regression, Params,
 };
 use crate::month::Month;
 use crate::outputs;
@@ -136,56 +136,13 @@ pub async fn process(client: &mut Client, cx: &Work<'_>, c: &Claim) -> Result<Do
             Some(store) => export_partition(client, cx, store, c).await,
             None => bail!("stage 'export' needs --export s3://bucket/prefix/ or a directory"),
         },
-        s if s.is_column_stage() => features(client, cx.core, cx.source, cx.owner, c).await,
+        s if s.is_column_stage() => features(client, cx, c).await,
         s => match s.scope() {
             Scope::AllPairs => cross_pair(client, cx, s, c).await,
             Scope::Pair => per_pair(client, cx, s, c).await,
             Scope::Follows => bail!("'{s}' is not handled by this worker"),
         },
     }
-}
-
-/// The query that reads a column stage's rows of one pair and month of a run, by time.
-pub fn features_query(run_id: &str, stage: &str, pair: &str, month: NaiveDate) -> Result<String> {
-    let names = column::names(crate::features::columns(stage)?);
-    let p = pair_literal(pair)?;
-    let (start, end) = crate::month::month_bounds(month);
-    Ok(format!(
-        "SELECT ts, {} FROM {} WHERE pair = {p} AND ts >= '{}' AND ts < '{}' ORDER BY ts",
-        names.join(", "),
-        outputs::table(run_id, stage)?,
-        start.to_rfc3339(),
-        end.to_rfc3339()
-    ))
-}
-
-/// A feature stage's rows of a run for one month, read back with binary COPY out: timestamps
-/// (microseconds), the stage's columns, and their values.
-pub async fn read_features(
-    client: &Client,
-    run_id: &str,
-    stage: &str,
-    pair: &str,
-    month: NaiveDate,
-) -> Result<(Vec<i64>, &'static [Column], Vec<Vec<Option<f64>>>)> {
-    let columns = crate::features::columns(stage)?;
-    let stream = client
-        .copy_out(&format!(
-            "COPY ({}) TO STDOUT (FORMAT binary)",
-            features_query(run_id, stage, pair, month)?
-        ))
-        .await?;
-    let rows = BinaryCopyOutStream::new(stream, &feature_types(false, columns));
-    pin_mut!(rows);
-    let mut ts = vec![];
-    let mut values: Vec<Vec<Option<f64>>> = vec![vec![]; columns.len()];
-    while let Some(r) = rows.try_next().await? {
-        ts.push(r.get::<DateTime<Utc>>(0).timestamp_micros());
-        for (k, col) in values.iter_mut().enumerate() {
-            col.push(r.get(k + 1));
-        }
-    }
-    Ok((ts, columns, values))
 }
 
 /// The feature stages of this run that a partition's validate or export covers.
@@ -205,16 +162,13 @@ async fn feature_stages(client: &Client, c: &Claim) -> Result<Vec<(Stage, Option
         .collect()
 }
 
-/// A partition's rows of one typed table of its run, read back.
+/// A partition's rows of one table of its run, read back.
 async fn read_table(client: &Client, def: &'static table::Def, c: &Claim) -> Result<Rows> {
-    let (start, end) = (c.month.start, c.month.end);
-    let part = table::Partition {
-        month: c.month.first,
-        start,
-        end,
+    let part = copy::Partition {
+        month: c.month,
         pair: c.one_pair(),
     };
-    table::read(client, &outputs::schema(&c.run_id)?, def, &part).await
+    copy::read(client, &outputs::schema(&c.run_id)?, def, &part).await
 }
 
 async fn validate_partition(client: &mut Client, cx: &Work<'_>, c: &Claim) -> Result<Done> {
@@ -222,32 +176,15 @@ async fn validate_partition(client: &mut Client, cx: &Work<'_>, c: &Claim) -> Re
     let mut gaps = None;
     let mut rows_in = 0u64;
     for (stage, history) in feature_stages(client, c).await? {
-        if !stage.is_column_stage() {
-            for def in table::of(stage) {
-                let rows = read_table(client, def, c).await?;
-                rows_in += rows.len() as u64;
-                checks.extend(validate::check_table(&rows));
-                if let (Some(_), Some(table::Values::Ts(ts))) = (def.pair_column, rows.column("ts"))
-                {
-                    let ts: Vec<i64> = ts.iter().map(|t| t.timestamp_micros()).collect();
-                    gaps.get_or_insert_with(|| validate::gaps(&ts));
-                }
+        for def in stage.tables() {
+            let rows = read_table(client, def, c).await?;
+            rows_in += rows.len() as u64;
+            checks.extend(validate::check_table(&rows, history.unwrap_or(0) as usize));
+            if let (Some(_), Some(table::Values::Ts(ts))) = (def.pair_column, rows.column("ts")) {
+                let ts: Vec<i64> = ts.iter().map(|t| t.timestamp_micros()).collect();
+                gaps.get_or_insert_with(|| validate::gaps(&ts));
             }
-            continue;
         }
-        let (ts, columns, values) =
-            read_features(client, &c.run_id, stage.name(), &c.pair, c.month.first).await?;
-        rows_in += ts.len() as u64;
-        let history = history.unwrap_or(0) as usize;
-        for (column, values) in columns.iter().zip(&values) {
-            checks.push(validate::check_column(
-                stage.name(),
-                column,
-                values,
-                history,
-            ));
-        }
-        gaps.get_or_insert_with(|| validate::gaps(&ts));
     }
     let report = validate::report(&checks, gaps.unwrap_or_default());
     let tx = client.transaction().await?;
@@ -300,56 +237,26 @@ async fn export_partition(
 ) -> Result<Done> {
     let mut objects = vec![];
     for (stage, _) in feature_stages(client, c).await? {
-        if !stage.is_column_stage() {
-            for def in table::of(stage) {
-                let rows = read_table(client, def, c).await?;
-                let n = rows.len() as u64;
-                let bytes = tokio::task::spawn_blocking(move || table::parquet(&rows)).await??;
-                let name = match stage.scope() {
-                    Scope::AllPairs => export::month_object_name(def.name, c.month.first),
-                    _ => export::object_name(def.name, &c.pair, c.month.first),
-                };
-                let key = store.target.key(&name);
-                objects.push(ManifestObject {
-                    key: key.clone(),
-                    rows: n,
-                    bytes: bytes.len() as u64,
-                    sha256: Some(store::sha256_hex(&bytes)),
-                });
-                store
-                    .put(&key, bytes, "application/vnd.apache.parquet")
-                    .await?;
-            }
-            continue;
+        for def in stage.tables() {
+            let rows = read_table(client, def, c).await?;
+            let n = rows.len() as u64;
+            // Encoding is CPU work: off the async threads.
+            let bytes = tokio::task::spawn_blocking(move || export::parquet(&rows)).await??;
+            let name = match stage.scope() {
+                Scope::AllPairs => export::month_object_name(def.name, c.month.first),
+                _ => export::object_name(def.name, &c.pair, c.month.first),
+            };
+            let key = store.target.key(&name);
+            objects.push(ManifestObject {
+                key: key.clone(),
+                rows: n,
+                bytes: bytes.len() as u64,
+                sha256: Some(store::sha256_hex(&bytes)),
+            });
+            store
+                .put(&key, bytes, "application/vnd.apache.parquet")
+                .await?;
         }
-        let stage = stage.name();
-        let (ts, columns, values) =
-            read_features(client, &c.run_id, stage, &c.pair, c.month.first).await?;
-        let rows = ts.len() as u64;
-        // Encoding is CPU work: off the async threads.
-        let pair = c.pair.clone();
-        let bytes = tokio::task::spawn_blocking(move || {
-            export::parquet(&export::Table {
-                pair: &pair,
-                ts: &ts,
-                columns,
-                values: &values,
-            })
-        })
-        .await??;
-        let key = store
-            .target
-            .key(&export::object_name(stage, &c.pair, c.month.first));
-        let object = ManifestObject {
-            key: key.clone(),
-            rows,
-            bytes: bytes.len() as u64,
-            sha256: Some(store::sha256_hex(&bytes)),
-        };
-        store
-            .put(&key, bytes, "application/vnd.apache.parquet")
-            .await?;
-        objects.push(object);
     }
     let rows: u64 = objects.iter().map(|o| o.rows).sum();
     let tx = client.transaction().await?;
@@ -426,11 +333,8 @@ async fn write_tables(
     rows_in: u64,
     quality: serde_json::Value,
 ) -> Result<u64> {
-    let (start, end) = (c.month.start, c.month.end);
-    let part = table::Partition {
-        month: c.month.first,
-        start,
-        end,
+    let part = copy::Partition {
+        month: c.month,
         pair: c.one_pair(),
     };
     let schema = outputs::schema(&c.run_id)?;
@@ -438,7 +342,7 @@ async fn write_tables(
     tx.batch_execute(ASYNC_COMMIT).await?;
     let mut rows_out = 0;
     for rows in tables {
-        rows_out += table::replace(&tx, &schema, &part, rows).await?;
+        rows_out += copy::replace(&tx, &schema, &part, rows).await?;
     }
     queue::complete(&tx, owner, c, rows_in as i64, rows_out as i64, &quality).await?;
     tx.commit().await?;
@@ -515,15 +419,10 @@ async fn cross_pair(client: &mut Client, cx: &Work<'_>, stage: Stage, c: &Claim)
     Ok(Done { rows_out })
 }
 
-/// Processes one claimed partition of a feature stage.
-async fn features(
-    client: &mut Client,
-    core: &Core,
-    source: &str,
-    owner: &str,
-    c: &Claim,
-) -> Result<Done> {
-    let (history, month_raw) = read(client, source, &c.pair, c.month)
+/// Processes one claimed partition of a column stage (indicators, regression): the pair's bars
+/// of the month with the 2,000 before it, its kernel's arrays made the table's rows.
+async fn features(client: &mut Client, cx: &Work<'_>, c: &Claim) -> Result<Done> {
+    let (history, month_raw) = read(client, cx.source, &c.pair, c.month)
         .await
         .with_context(|| format!("reading {} {}", c.pair, c.month))?;
     let (_, quality) = clean(&month_raw);
@@ -535,67 +434,28 @@ async fn features(
     all.close.extend(&month_raw.close);
     all.volume.extend(&month_raw.volume);
     let (bars, _) = clean(&all);
-    let (start, end) = (c.month.start, c.month.end);
-    let first = bars.ts.partition_point(|&t| t < start.timestamp_micros());
+    let first = bars
+        .ts
+        .partition_point(|&t| t < c.month.start.timestamp_micros());
+    let def = *c
+        .stage
+        .tables()
+        .first()
+        .with_context(|| format!("'{}' writes no table", c.stage))?;
     // CPU work off the async threads, so an interruption is acted on at once (and a large
     // partition does not stall the other tasks' I/O).
-    let (cols, bars) = {
-        let (core, stage) = (core.clone(), c.stage);
-        tokio::task::spawn_blocking(move || compute(&core, stage, &bars).map(|cols| (cols, bars)))
-            .await??
-    };
-    let columns = crate::features::columns(c.stage.name())?;
-    let names = column::names(columns);
-    debug_assert_eq!(names, cols.names);
-
-    let table = outputs::table(&c.run_id, c.stage.name())?;
-    let tx = client.transaction().await?;
-    tx.batch_execute(ASYNC_COMMIT).await?;
-    tx.execute(
-        &format!("DELETE FROM {table} WHERE pair = $1 AND ts >= $2 AND ts < $3"),
-        &[&c.pair, &start, &end],
-    )
-    .await?;
-    let sink = tx
-        .copy_in(&format!(
-            "COPY {table} (pair, ts, {}) FROM STDIN (FORMAT binary)",
-            names.join(", ")
-        ))
-        .await?;
-    let writer = BinaryCopyInWriter::new(sink, &feature_types(true, columns));
-    pin_mut!(writer);
-    let mut rows_out = 0u64;
-    let mut row: Vec<Option<f64>> = vec![None; names.len()];
-    for i in first..bars.len() {
-        let ts = DateTime::<Utc>::from_timestamp_micros(bars.ts[i]).unwrap_or_default();
-        for (k, col) in cols.values.iter().enumerate() {
-            row[k] = finite(col[i]);
-        }
-        let mut refs: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(names.len() + 2);
-        refs.push(&c.pair);
-        refs.push(&ts);
-        for v in &row {
-            refs.push(v);
-        }
-        writer.as_mut().write(&refs).await?;
-        rows_out += 1;
-    }
-    writer.finish().await?;
+    let (core, stage, pair) = (cx.core.clone(), c.stage, c.pair.clone());
+    let tables = tokio::task::spawn_blocking(move || {
+        let cols = compute(&core, stage, &bars)?;
+        Rows::of_columns(def, &pair, &bars.ts, &cols, first).map(|r| vec![r])
+    })
+    .await??;
     // Validate needs history_bars: how much of each column's warm-up the history covered.
-    let quality_json = serde_json::to_value(Computed {
+    let json = serde_json::to_value(Computed {
         bars: quality.clone(),
         history_bars: Some(first as u64),
         inputs: None,
     })?;
-    queue::complete(
-        &tx,
-        owner,
-        c,
-        quality.rows_in as i64,
-        rows_out as i64,
-        &quality_json,
-    )
-    .await?;
-    tx.commit().await?;
+    let rows_out = write_tables(client, cx.owner, c, &tables, quality.rows_in, json).await?;
     Ok(Done { rows_out })
 }

@@ -37,12 +37,7 @@ impl Claim {
 /// Existing rows are kept, so done partitions stay done (a relaunched worker of the same run
 /// resumes) — except a cross-pair partition whose inputs (any pair's bars of its month) changed
 /// since it was done: that one is redone as a whole, with its validate and export.
-pub async fn enqueue(
-    client: &Client,
-    run_id: &str,
-    source: &str,
-    stages: &[Stage],
-) -> Result<u64> {
+pub async fn enqueue(client: &Client, run_id: &str, source: &str, stages: &[Stage]) -> Result<u64> {
     let source = checked_ident(source)?;
     let has = |scope| stages.iter().any(|s| s.scope() == scope);
     let (per_pair, cross) = (has(Scope::Pair), has(Scope::AllPairs));

@@ -1,29 +1,15 @@
-//! Typed output tables of the later stages (regime, currency-index, arbitrage, causality): their
-//! schema, their rows in columns, the binary COPY that writes them and reads them back, and their
-//! Parquet encoding. A table's partition is its rows of one month (of one pair for per-pair
-//! stages), found by the month's time range on its time column, or its `month` column.
+//! Every stage's output as a typed table: its schema (`Def`: columns, key, how a partition's
+//! rows are found) and its rows in columns (`Rows`). Pure: the kernels in `features/` declare
+//! their tables and return rows of them; `copy.rs` writes and reads them with binary COPY,
+//! `export.rs` encodes them as Parquet, `outputs.rs` creates them. A table's partition is its
+//! rows of one month (of one pair for per-pair stages), found by the month's time range on its
+//! time column, or its `month` column.
 
-use std::sync::Arc;
-
-use anyhow::{bail, Context, Result};
-use arrow_array::{
-    ArrayRef, Date32Array, Float64Array, Int32Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray,
-};
-use arrow_schema::{Field, Schema};
+use anyhow::{bail, Result};
 use chrono::{DateTime, NaiveDate, Utc};
-use futures_util::{pin_mut, TryStreamExt};
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
-use tokio_postgres::binary_copy::{BinaryCopyInWriter, BinaryCopyOutStream};
-use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, Transaction};
 
-use crate::stage::Stage;
-
+use crate::column::{finite, Columns};
 pub use crate::column::{Column, Kind};
-use crate::column::{ANY_WARM_UP, NON_NEGATIVE, PERCENT, POSITIVE, UNIT};
 
 /// A table's schema: columns in order, the primary key, and how a month's rows are found.
 #[derive(Debug, PartialEq)]
@@ -79,7 +65,7 @@ impl Def {
 
     /// The WHERE clause of one partition's rows: $1 = the month's start, $2 = its end (or $1 = the
     /// month for a date column), then the pair.
-    fn partition_filter(&self) -> String {
+    pub(crate) fn partition_filter(&self) -> String {
         let (m, next) = match self.kind(self.month_column) {
             Some(Kind::Date) => (format!("{} = $1::date", self.month_column), 2),
             _ => (format!("{c} >= $1 AND {c} < $2", c = self.month_column), 3),
@@ -91,111 +77,25 @@ impl Def {
     }
 }
 
-pub const REGIME: Def = Def {
-    name: "regime",
-    columns: &[
-        Column::of("pair", Kind::Text),
-        Column::of("ts", Kind::Ts),
-        Column::f64("rv_60")
-            .warm_up(ANY_WARM_UP)
-            .range(NON_NEGATIVE),
-        Column::f64("rv_pct_30d").warm_up(ANY_WARM_UP).range(UNIT),
-        Column::of("vol_regime", Kind::OptText),
-        Column::f64("adx_14").warm_up(ANY_WARM_UP).range(PERCENT),
-        Column::f64("slope_240").warm_up(ANY_WARM_UP),
-        Column::of("trend_regime", Kind::OptText),
-    ],
-    key: &["pair", "ts"],
-    month_column: "ts",
-    pair_column: Some("pair"),
-    about: "Per pair and bar: realised volatility over 60 bars, its percentile over the 30 days before, ADX(14), the 240-bar slope and the regimes they give. Depends on the pair's own bars only.",
-};
-
-pub const CURRENCY_INDEX: Def = Def {
-    name: "currency_index",
-    columns: &[
-        Column::of("currency", Kind::Text),
-        Column::of("ts", Kind::Ts),
-        Column::f64("index").range(POSITIVE),
-        Column::f64("log_return"),
-        Column::of("pairs", Kind::Int),
-        Column::of("pairs_loaded", Kind::Int),
-    ],
-    key: &["currency", "ts"],
-    month_column: "ts",
-    pair_column: None,
-    about: "Per currency and minute: the equal-weighted mean log return of the loaded pairs that contain the currency and its index from 100. Over the pairs loaded: adding or removing a pair of the currency changes its index (pairs_loaded says how many); a currency whose pairs are unchanged gets the same rows whatever else is loaded.",
-};
-
-pub const ARBITRAGE: Def = Def {
-    name: "arbitrage",
-    columns: &[
-        Column::of("triangle", Kind::Text),
-        Column::of("ts", Kind::Ts),
-        Column::f64("implied").range(POSITIVE),
-        Column::f64("quoted").range(POSITIVE),
-        Column::f64("deviation_bp"),
-    ],
-    key: &["triangle", "ts"],
-    month_column: "ts",
-    pair_column: None,
-    about: "Per triangle and minute where its three legs have a bar: the implied cross through the vehicle, the quoted cross and the deviation in basis points. One triangle for every three currencies whose pairs are loaded; the vehicle is the first of them in a fixed order (USD, EUR, JPY, GBP, CNY, AUD, CAD, CHF, HKD, SGD, SEK, KRW, NOK, NZD, then alphabetical), so a triangle's rows depend on its three pairs only.",
-};
-
-pub const ARBITRAGE_EVENTS: Def = Def {
-    name: "arbitrage_events",
-    columns: &[
-        Column::of("triangle", Kind::Text),
-        Column::of("start_ts", Kind::Ts),
-        Column::of("end_ts", Kind::Ts),
-        Column::of("minutes", Kind::Int),
-        Column::f64("peak_bp"),
-        Column::f64("mean_bp"),
-    ],
-    key: &["triangle", "start_ts"],
-    month_column: "start_ts",
-    pair_column: None,
-    about: "Per triangle: runs of consecutive minutes whose deviation is beyond the threshold on one side, with their peak and mean. A triangle's events depend on its three pairs only.",
-};
-
-pub const CAUSALITY: Def = Def {
-    name: "causality",
-    columns: &[
-        Column::of("month", Kind::Date),
-        Column::of("cause", Kind::Text),
-        Column::of("effect", Kind::Text),
-        Column::of("lag", Kind::Int),
-        Column::f64("f_stat").range(NON_NEGATIVE),
-        Column::f64("p_value").range(UNIT),
-        Column::of("nobs", Kind::Int),
-        Column::of("df_num", Kind::Int),
-        Column::of("df_den", Kind::Int),
-    ],
-    key: &["month", "cause", "effect", "lag"],
-    month_column: "month",
-    pair_column: None,
-    about: "Per month, ordered pair of pairs (cause, effect) and lag: the Granger ssr F test of 5-minute log returns and its p-value. A test depends on its two pairs only.",
-};
-
-/// Every typed table, for the schema.
-pub const ALL: [&Def; 5] = [
-    &REGIME,
-    &CURRENCY_INDEX,
-    &ARBITRAGE,
-    &ARBITRAGE_EVENTS,
-    &CAUSALITY,
-];
-
-/// The typed tables a stage writes (none for the column stages, validate and export).
-pub fn of(stage: Stage) -> &'static [&'static Def] {
-    match stage {
-        Stage::Regime => &[&REGIME],
-        Stage::CurrencyIndex => &[&CURRENCY_INDEX],
-        Stage::Arbitrage => &[&ARBITRAGE, &ARBITRAGE_EVENTS],
-        Stage::Causality => &[&CAUSALITY],
-        _ => &[],
+/// A per-pair table's columns: (pair, ts) then the stage's own, as one array (`M` = 2 + `N`).
+pub const fn keyed<const N: usize, const M: usize>(own: [Column; N]) -> [Column; M] {
+    assert!(
+        M == N + 2,
+        "a keyed table has two more columns than its stage's own"
+    );
+    let mut out = [PAIR; M];
+    out[1] = TS;
+    let mut i = 0;
+    while i < N {
+        out[i + 2] = own[i];
+        i += 1;
     }
+    out
 }
+
+/// The key columns of a per-pair table.
+pub const PAIR: Column = Column::of("pair", Kind::Text);
+pub const TS: Column = Column::of("ts", Kind::Ts);
 
 /// One column's values.
 #[derive(Debug, Clone, PartialEq)]
@@ -210,7 +110,7 @@ pub enum Values {
 }
 
 impl Values {
-    fn empty(kind: Kind) -> Values {
+    pub(crate) fn empty(kind: Kind) -> Values {
         match kind {
             Kind::Text => Values::Text(vec![]),
             Kind::OptText => Values::OptText(vec![]),
@@ -233,7 +133,7 @@ impl Values {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    fn kind(&self) -> Kind {
+    pub fn kind(&self) -> Kind {
         match self {
             Values::Text(_) => Kind::Text,
             Values::OptText(_) => Kind::OptText,
@@ -243,25 +143,6 @@ impl Values {
             Values::F64(_) => Kind::F64,
         }
     }
-    fn sql(&self, i: usize) -> &(dyn ToSql + Sync) {
-        match self {
-            Values::Text(v) => &v[i],
-            Values::OptText(v) => &v[i],
-            Values::Ts(v) => &v[i],
-            Values::Date(v) => &v[i],
-            Values::Int(v) => &v[i],
-            Values::F64(v) => &v[i],
-        }
-    }
-}
-
-/// Optional text columns hold labels from a small set (regimes): one static string each.
-fn intern(s: &str) -> &'static str {
-    crate::features::regime::LABELS
-        .iter()
-        .find(|l| **l == s)
-        .copied()
-        .unwrap_or("?")
 }
 
 /// A table's rows of one partition, in columns ordered as its `Def`.
@@ -304,220 +185,37 @@ impl Rows {
         self.len() == 0
     }
 
+    /// A per-pair column stage's rows from its kernel's arrays over the month and its history:
+    /// the bars from `first` on (the month), each value NULL where it is not finite.
+    pub fn of_columns(
+        def: &'static Def,
+        pair: &str,
+        ts: &[i64],
+        cols: &Columns,
+        first: usize,
+    ) -> Result<Rows> {
+        let month = ts.get(first..).unwrap_or_default();
+        let mut columns = vec![
+            Values::Text(vec![pair.to_string(); month.len()]),
+            Values::Ts(
+                month
+                    .iter()
+                    .map(|&t| DateTime::<Utc>::from_timestamp_micros(t).unwrap_or_default())
+                    .collect(),
+            ),
+        ];
+        for values in &cols.values {
+            let month = values.get(first..).unwrap_or_default();
+            columns.push(Values::F64(month.iter().map(|&x| finite(x)).collect()));
+        }
+        Rows::new(def, columns)
+    }
+
     pub fn column(&self, name: &str) -> Option<&Values> {
         self.def
             .columns
             .iter()
             .position(|c| c.name == name)
             .map(|k| &self.columns[k])
-    }
-}
-
-/// What selects one partition's rows of a table.
-#[derive(Debug, Clone, Copy)]
-pub struct Partition<'a> {
-    pub month: NaiveDate,
-    pub start: DateTime<Utc>,
-    pub end: DateTime<Utc>,
-    /// For per-pair tables.
-    pub pair: Option<&'a str>,
-}
-
-impl Partition<'_> {
-    fn params(&self, def: &Def) -> Vec<&(dyn ToSql + Sync)> {
-        let mut p: Vec<&(dyn ToSql + Sync)> = match def.kind(def.month_column) {
-            Some(Kind::Date) => vec![&self.month],
-            _ => vec![&self.start, &self.end],
-        };
-        if def.pair_column.is_some() {
-            p.push(&self.pair);
-        }
-        p
-    }
-
-    /// The same filter with literals, for COPY (which takes no parameters).
-    fn literal_filter(&self, def: &Def) -> Result<String> {
-        let month = match def.kind(def.month_column) {
-            Some(Kind::Date) => format!("{} = '{}'", def.month_column, self.month),
-            _ => format!(
-                "{c} >= '{}' AND {c} < '{}'",
-                self.start.to_rfc3339(),
-                self.end.to_rfc3339(),
-                c = def.month_column
-            ),
-        };
-        Ok(match (def.pair_column, self.pair) {
-            (Some(col), Some(p)) => {
-                format!("{month} AND {col} = {}", crate::db::pair_literal(p)?)
-            }
-            (Some(_), None) => bail!("{} is per pair: the partition names no pair", def.name),
-            _ => month,
-        })
-    }
-}
-
-/// Replaces a partition's rows of the table in `schema` (its run's) inside the caller's
-/// transaction: delete, then binary COPY in.
-pub async fn replace(
-    tx: &Transaction<'_>,
-    schema: &str,
-    part: &Partition<'_>,
-    rows: &Rows,
-) -> Result<u64> {
-    let def = rows.def;
-    tx.execute(
-        &format!(
-            "DELETE FROM {schema}.{} WHERE {}",
-            def.name,
-            def.partition_filter()
-        ),
-        &part.params(def),
-    )
-    .await
-    .with_context(|| format!("deleting the partition's rows of {}", def.name))?;
-    let names = crate::column::names(def.columns);
-    let sink = tx
-        .copy_in(&format!(
-            "COPY {schema}.{} ({}) FROM STDIN (FORMAT binary)",
-            def.name,
-            names.join(", ")
-        ))
-        .await?;
-    let types: Vec<Type> = def.columns.iter().map(|c| c.kind.pg()).collect();
-    let writer = BinaryCopyInWriter::new(sink, &types);
-    pin_mut!(writer);
-    let mut row: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(names.len());
-    for i in 0..rows.len() {
-        row.clear();
-        row.extend(rows.columns.iter().map(|c| c.sql(i)));
-        writer.as_mut().write(&row).await?;
-    }
-    Ok(writer.finish().await?)
-}
-
-/// The query that reads a partition's rows of the table in `schema`, in key order.
-pub fn read_query(schema: &str, def: &Def, part: &Partition<'_>) -> Result<String> {
-    let names = crate::column::names(def.columns);
-    Ok(format!(
-        "SELECT {} FROM {schema}.{} WHERE {} ORDER BY {}",
-        names.join(", "),
-        def.name,
-        part.literal_filter(def)?,
-        def.key.join(", ")
-    ))
-}
-
-/// Reads a partition's rows of the table in `schema` back with binary COPY out, in key order.
-pub async fn read(
-    client: &Client,
-    schema: &str,
-    def: &'static Def,
-    part: &Partition<'_>,
-) -> Result<Rows> {
-    let stream = client
-        .copy_out(&format!(
-            "COPY ({}) TO STDOUT (FORMAT binary)",
-            read_query(schema, def, part)?
-        ))
-        .await?;
-    let types: Vec<Type> = def.columns.iter().map(|c| c.kind.pg()).collect();
-    let rows = BinaryCopyOutStream::new(stream, &types);
-    pin_mut!(rows);
-    let mut cols: Vec<Values> = def.columns.iter().map(|c| Values::empty(c.kind)).collect();
-    while let Some(r) = rows.try_next().await? {
-        for (k, c) in cols.iter_mut().enumerate() {
-            match c {
-                Values::Text(v) => v.push(r.get(k)),
-                Values::OptText(v) => v.push(r.get::<Option<&str>>(k).map(intern)),
-                Values::Ts(v) => v.push(r.get(k)),
-                Values::Date(v) => v.push(r.get(k)),
-                Values::Int(v) => v.push(r.get(k)),
-                Values::F64(v) => v.push(r.get(k)),
-            }
-        }
-    }
-    Rows::new(def, cols)
-}
-
-/// Encodes rows as Parquet with zstd; the same rows always give the same bytes.
-pub fn parquet(rows: &Rows) -> Result<Vec<u8>> {
-    let mut fields = vec![];
-    let mut arrays: Vec<ArrayRef> = vec![];
-    for (c, v) in rows.def.columns.iter().zip(&rows.columns) {
-        let array: ArrayRef = match v {
-            Values::Text(v) => Arc::new(StringArray::from(v.clone())),
-            Values::OptText(v) => Arc::new(StringArray::from(v.clone())),
-            Values::Ts(v) => Arc::new(
-                TimestampMicrosecondArray::from(
-                    v.iter().map(|t| t.timestamp_micros()).collect::<Vec<_>>(),
-                )
-                .with_timezone("UTC"),
-            ),
-            Values::Date(v) => {
-                let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).context("the epoch")?;
-                Arc::new(Date32Array::from(
-                    v.iter()
-                        .map(|d| (*d - epoch).num_days() as i32)
-                        .collect::<Vec<_>>(),
-                ))
-            }
-            Values::Int(v) => Arc::new(Int32Array::from(v.clone())),
-            Values::F64(v) => Arc::new(Float64Array::from(v.clone())),
-        };
-        fields.push(Field::new(c.name, c.kind.arrow(), c.kind.nullable()));
-        arrays.push(array);
-    }
-    let schema = Arc::new(Schema::new(fields));
-    let batch = RecordBatch::try_new(schema.clone(), arrays)?;
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-        .build();
-    let mut out = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut out, schema, Some(props))?;
-    w.write(&batch)?;
-    w.close()?;
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn schemas_and_filters() {
-        assert_eq!(
-            CURRENCY_INDEX.ddl("r"),
-            "CREATE TABLE IF NOT EXISTS r.currency_index (currency text NOT NULL, ts \
-             timestamptz NOT NULL, index double precision, log_return double precision, pairs \
-             integer NOT NULL, pairs_loaded integer NOT NULL, PRIMARY KEY (currency, ts));\
-             COMMENT ON TABLE r.currency_index IS 'Per currency and minute: the equal-weighted \
-             mean log return of the loaded pairs that contain the currency and its index from \
-             100. Over the pairs loaded: adding or removing a pair of the currency changes its \
-             index (pairs_loaded says how many); a currency whose pairs are unchanged gets the \
-             same rows whatever else is loaded.';\
-             CREATE INDEX IF NOT EXISTS currency_index_ts ON r.currency_index (ts);"
-        );
-        // A quote in a description is doubled, as SQL's string literal wants.
-        let quoted = Def {
-            about: "the pair's own bars",
-            ..CAUSALITY
-        };
-        assert!(quoted.ddl("r").contains("IS 'the pair''s own bars';"));
-        // Per-pair tables and those keyed by their month find a partition through the key.
-        assert!(!REGIME.ddl("r").contains("CREATE INDEX"));
-        assert!(!CAUSALITY.ddl("r").contains("CREATE INDEX"));
-        assert_eq!(
-            REGIME.partition_filter(),
-            "ts >= $1 AND ts < $2 AND pair = $3"
-        );
-        assert_eq!(CAUSALITY.partition_filter(), "month = $1::date");
-        for def in ALL {
-            for k in def.key {
-                assert!(def.kind(k).is_some(), "{}: key {k}", def.name);
-            }
-            assert!(def.kind(def.month_column).is_some(), "{}", def.name);
-        }
-        let bad = Rows::new(&ARBITRAGE, vec![Values::Int(vec![])]);
-        assert!(bad.is_err());
     }
 }

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Datelike, Utc, Weekday};
 use serde::{Deserialize, Serialize};
 
-use crate::column::{self, Column};
+use crate::column::Column;
 
 /// Slack for values computed in floating point that sit exactly on a bound (RSI of 100, R² of 1).
 const EPS: f64 = 1e-9;
@@ -13,16 +13,16 @@ const MINUTE_US: i64 = 60_000_000;
 /// A gap longer than this that is not a weekend is reported as unexpected.
 const UNEXPECTED_GAP_MINUTES: i64 = 60;
 
-/// Checks every float column of a typed table's partition (rows in key order, so per pair and
-/// time for per-pair tables). Their warm-ups are not shortened by history: a typed table's
-/// stage reads the history its windows need itself.
-pub fn check_table(rows: &crate::table::Rows) -> Vec<ColumnCheck> {
+/// Checks every float column of a table's partition (rows in key order, so per pair and time
+/// for per-pair tables). Leading NULLs are expected up to each column's warm-up less the
+/// `history` bars its stage had before the month.
+pub fn check_table(rows: &crate::table::Rows, history: usize) -> Vec<ColumnCheck> {
     let def = rows.def;
     def.columns
         .iter()
         .zip(&rows.columns)
         .filter_map(|(column, v)| match v {
-            crate::table::Values::F64(v) => Some(check_column(def.name, column, v, 0)),
+            crate::table::Values::F64(v) => Some(check_column(def.name, column, v, history)),
             _ => None,
         })
         .collect()
@@ -44,7 +44,7 @@ pub struct ColumnCheck {
 impl ColumnCheck {
     /// Findings that make the column suspect (NULLs only where they are not expected).
     pub fn problems(&self) -> u64 {
-        let nullable = column::find(&self.stage, &self.column).is_some_and(|c| c.nullable);
+        let nullable = crate::stage::find(&self.stage, &self.column).is_some_and(|c| c.nullable);
         let nulls = if nullable {
             0
         } else {
@@ -224,7 +224,7 @@ mod tests {
     use super::*;
 
     fn range(table: &str, name: &str) -> Option<(f64, f64)> {
-        column::find(table, name).unwrap().range
+        crate::stage::find(table, name).unwrap().range
     }
 
     #[test]
@@ -241,11 +241,11 @@ mod tests {
         assert_eq!(range("arbitrage", "quoted").unwrap().0, f64::MIN_POSITIVE);
         assert_eq!(range("causality", "f_stat"), Some((0.0, f64::INFINITY)));
         assert_eq!(
-            column::find("regime", "adx_14").unwrap().warm_up,
-            column::ANY_WARM_UP
+            crate::stage::find("regime", "adx_14").unwrap().warm_up,
+            crate::column::ANY_WARM_UP
         );
-        assert!(column::find("indicators", "nope").is_none());
-        assert!(column::find("nope", "rsi_14").is_none());
+        assert!(crate::stage::find("indicators", "nope").is_none());
+        assert!(crate::stage::find("nope", "rsi_14").is_none());
     }
 
     #[test]
@@ -260,7 +260,7 @@ mod tests {
         ];
         // RSI(14) with 12 bars of history before the partition: 2 leading NULLs expected.
         let rsi = &crate::features::indicators::COLUMNS[0];
-        let r2 = column::find("regression", "r2_60").unwrap();
+        let r2 = crate::stage::find("regression", "r2_60").unwrap();
         let c = check_column("indicators", rsi, &v, 12);
         assert_eq!((c.rows, c.nulls, c.nulls_beyond_warm_up), (6, 3, 1));
         assert_eq!((c.non_finite, c.out_of_range), (0, 1));

@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ephemera_contract::logs::worker_log_stream;
+use ephemera_tests::e2e::State;
 use ephemera_tests::iam::worker_log_group;
 use ephemera_tests::postgres::postgres;
 use ephemera_tests::{clients, e2e, fixtures, fresh_region, harness};
 use ephemera_worker::{db, outputs, queue, seed, store};
-use ephemera_tests::e2e::State;
 use serde_json::json;
 
 /// The local IMDS, following the test's instance id and notice flag.

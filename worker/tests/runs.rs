@@ -5,12 +5,11 @@ use std::collections::BTreeMap;
 
 use chrono::NaiveDate;
 use ephemera_tests::postgres::postgres;
-use ephemera_worker::features::{arbitrage, Params};
+use ephemera_worker::features::{arbitrage, currency_index, indicators, Params};
+use ephemera_worker::month::Month;
 use ephemera_worker::outputs::{self, DropError};
-use ephemera_worker::month::month_bounds;
-use ephemera_worker::partition;
 use ephemera_worker::stage::Stage;
-use ephemera_worker::{db, queue, run, table};
+use ephemera_worker::{copy, db, queue, run};
 
 mod common;
 
@@ -394,7 +393,15 @@ async fn the_claim_and_a_runs_reads_stay_on_indexes() {
     let may = NaiveDate::from_ymd_opt(2023, 5, 1).unwrap();
     let read = plan(
         &client,
-        &partition::features_query("explained", "indicators", "EURUSD", may).unwrap(),
+        &copy::read_query(
+            &schema,
+            &indicators::INDICATORS,
+            &copy::Partition {
+                month: Month::of(may),
+                pair: Some("EURUSD"),
+            },
+        )
+        .unwrap(),
         &[],
     )
     .await;
@@ -410,16 +417,13 @@ async fn the_claim_and_a_runs_reads_stay_on_indexes() {
         "{read}"
     );
 
-    let (start, end) = month_bounds(may);
-    let part = table::Partition {
-        month: may,
-        start,
-        end,
+    let part = copy::Partition {
+        month: Month::of(may),
         pair: None,
     };
     let read = plan(
         &client,
-        &table::read_query(&schema, &table::CURRENCY_INDEX, &part).unwrap(),
+        &copy::read_query(&schema, &currency_index::CURRENCY_INDEX, &part).unwrap(),
         &[],
     )
     .await;

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use ephemera_worker::bars::clean;
-use ephemera_worker::features::{finite, indicators, regression};
+use ephemera_worker::column::finite;
+use ephemera_worker::features::{indicators, regression};
 use ephemera_worker::seed::read_csv;
 
 fn root() -> PathBuf {

@@ -41,11 +41,21 @@ fn successors(s: &Map<String, Value>, success_blocked: bool) -> Vec<String> {
     if !success_blocked {
         next.extend(s.get("Next").and_then(Value::as_str).map(str::to_string));
         next.extend(s.get("Default").and_then(Value::as_str).map(str::to_string));
-        for rule in s.get("Choices").and_then(Value::as_array).into_iter().flatten() {
+        for rule in s
+            .get("Choices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             next.extend(rule["Next"].as_str().map(str::to_string));
         }
     }
-    for c in s.get("Catch").and_then(Value::as_array).into_iter().flatten() {
+    for c in s
+        .get("Catch")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         next.extend(c["Next"].as_str().map(str::to_string));
     }
     next
@@ -88,13 +98,20 @@ fn every_state_that_acts_on_the_runspec_comes_after_check_quota_accepted_it() {
         "states that read $.run before CheckQuota accepted it"
     );
     // The check is not vacuous: the states that launch and snapshot read it, after.
-    for later in [State::SnapshotDatabase, State::Workers, State::VerifyCompletion] {
+    for later in [
+        State::SnapshotDatabase,
+        State::Workers,
+        State::VerifyCompletion,
+    ] {
         assert!(reads_the_runspec(&top[later.name()]), "{later}");
         assert!(!seen.contains(later.name()), "{later}");
     }
     // CheckQuota's only way on with an invalid RunSpec is RejectRunSpec, which fails the run.
     let catch = top[State::CheckQuota.name()]["Catch"][0].clone();
-    assert_eq!(catch["ErrorEquals"][0], ephemera_core::names::INVALID_RUNSPEC);
+    assert_eq!(
+        catch["ErrorEquals"][0],
+        ephemera_core::names::INVALID_RUNSPEC
+    );
     assert_eq!(catch["Next"], State::RejectRunSpec.name());
     assert_eq!(top[State::RejectRunSpec.name()]["Type"], "Fail");
 }

@@ -19,7 +19,39 @@ use chrono::DateTime;
 
 use super::currency_index::currencies;
 use crate::bars::Bars;
-use crate::table::{Rows, Values, ARBITRAGE, ARBITRAGE_EVENTS};
+use crate::column::POSITIVE;
+use crate::table::{Column, Def, Kind, Rows, Values};
+
+pub const ARBITRAGE: Def = Def {
+    name: "arbitrage",
+    columns: &[
+        Column::of("triangle", Kind::Text),
+        Column::of("ts", Kind::Ts),
+        Column::f64("implied").range(POSITIVE),
+        Column::f64("quoted").range(POSITIVE),
+        Column::f64("deviation_bp"),
+    ],
+    key: &["triangle", "ts"],
+    month_column: "ts",
+    pair_column: None,
+    about: "Per triangle and minute where its three legs have a bar: the implied cross through the vehicle, the quoted cross and the deviation in basis points. One triangle for every three currencies whose pairs are loaded; the vehicle is the first of them in a fixed order (USD, EUR, JPY, GBP, CNY, AUD, CAD, CHF, HKD, SGD, SEK, KRW, NOK, NZD, then alphabetical), so a triangle's rows depend on its three pairs only.",
+};
+
+pub const ARBITRAGE_EVENTS: Def = Def {
+    name: "arbitrage_events",
+    columns: &[
+        Column::of("triangle", Kind::Text),
+        Column::of("start_ts", Kind::Ts),
+        Column::of("end_ts", Kind::Ts),
+        Column::of("minutes", Kind::Int),
+        Column::f64("peak_bp"),
+        Column::f64("mean_bp"),
+    ],
+    key: &["triangle", "start_ts"],
+    month_column: "start_ts",
+    pair_column: None,
+    about: "Per triangle: runs of consecutive minutes whose deviation is beyond the threshold on one side, with their peak and mean. A triangle's events depend on its three pairs only.",
+};
 
 const MINUTE_US: i64 = 60_000_000;
 

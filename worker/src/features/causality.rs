@@ -25,7 +25,27 @@ use chrono::NaiveDate;
 use statrs::distribution::{ContinuousCDF, FisherSnedecor};
 
 use crate::bars::Bars;
-use crate::table::{Rows, Values, CAUSALITY};
+use crate::column::{NON_NEGATIVE, UNIT};
+use crate::table::{Column, Def, Kind, Rows, Values};
+
+pub const CAUSALITY: Def = Def {
+    name: "causality",
+    columns: &[
+        Column::of("month", Kind::Date),
+        Column::of("cause", Kind::Text),
+        Column::of("effect", Kind::Text),
+        Column::of("lag", Kind::Int),
+        Column::f64("f_stat").range(NON_NEGATIVE),
+        Column::f64("p_value").range(UNIT),
+        Column::of("nobs", Kind::Int),
+        Column::of("df_num", Kind::Int),
+        Column::of("df_den", Kind::Int),
+    ],
+    key: &["month", "cause", "effect", "lag"],
+    month_column: "month",
+    pair_column: None,
+    about: "Per month, ordered pair of pairs (cause, effect) and lag: the Granger ssr F test of 5-minute log returns and its p-value. A test depends on its two pairs only.",
+};
 
 /// The lags tested, 1..=LAGS.
 pub const LAGS: usize = 5;

@@ -13,7 +13,24 @@ use anyhow::Result;
 use chrono::DateTime;
 
 use crate::bars::Bars;
-use crate::table::{Rows, Values, CURRENCY_INDEX};
+use crate::column::POSITIVE;
+use crate::table::{Column, Def, Kind, Rows, Values};
+
+pub const CURRENCY_INDEX: Def = Def {
+    name: "currency_index",
+    columns: &[
+        Column::of("currency", Kind::Text),
+        Column::of("ts", Kind::Ts),
+        Column::f64("index").range(POSITIVE),
+        Column::f64("log_return"),
+        Column::of("pairs", Kind::Int),
+        Column::of("pairs_loaded", Kind::Int),
+    ],
+    key: &["currency", "ts"],
+    month_column: "ts",
+    pair_column: None,
+    about: "Per currency and minute: the equal-weighted mean log return of the loaded pairs that contain the currency and its index from 100. Over the pairs loaded: adding or removing a pair of the currency changes its index (pairs_loaded says how many); a currency whose pairs are unchanged gets the same rows whatever else is loaded.",
+};
 
 /// Base and quote of a pair named as six letters (EURUSD → EUR, USD); None for other names.
 pub fn currencies(pair: &str) -> Option<(&str, &str)> {

@@ -2,9 +2,21 @@
 
 use ta_lib::{Core, MAType, OutRange, RetCode};
 
-use super::Columns;
 use crate::bars::Bars;
-use crate::column::{Column, NON_NEGATIVE, PERCENT};
+use crate::column::{Column, Columns, NON_NEGATIVE, PERCENT};
+use crate::table::{keyed, Def};
+
+/// The stage's table: (pair, ts) and the columns below, one row per bar of the month.
+pub const INDICATORS: Def = Def {
+    name: "indicators",
+    columns: &COLUMNS_KEYED,
+    key: &["pair", "ts"],
+    month_column: "ts",
+    pair_column: Some("pair"),
+    about: "Per pair and bar: TA-Lib's momentum, trend, volatility and volume indicators (RSI, MACD, ADX and DI, stochastic, CCI, Williams %R, ROC, MFI, Bollinger bands, ATR), warmed up on the bars before the month. Depends on the pair's own bars only.",
+};
+
+const COLUMNS_KEYED: [Column; 19] = keyed(COLUMNS);
 
 /// The output columns, in the order `compute` returns them. Each warm-up is TA-Lib's lookback
 /// for the column's definition (the tests count each by hand and ask TA-Lib).

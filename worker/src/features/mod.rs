@@ -1,4 +1,6 @@
-//! Feature stages: pure functions from clean bars to columns (None during warm-up).
+//! Feature stages: pure kernels from clean bars to a stage's typed rows, each beside the table
+//! it declares. Nothing here reads or writes: `partition.rs` feeds them and writes what they
+//! return.
 
 pub mod arbitrage;
 pub mod causality;
@@ -7,36 +9,8 @@ pub mod indicators;
 pub mod regime;
 pub mod regression;
 
-use crate::column::Column;
-
 /// The stages' settings a run may change (the command line's flags).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Params {
     pub arbitrage: arbitrage::Params,
-}
-
-/// The output columns of a column stage, after (pair, ts).
-pub fn columns(stage: &str) -> anyhow::Result<&'static [Column]> {
-    Ok(match stage {
-        "indicators" => &indicators::COLUMNS,
-        "regression" => &regression::COLUMNS,
-        other => anyhow::bail!(
-            "'{other}' is not a column stage; column stages: {}",
-            crate::db::STAGES.join(", ")
-        ),
-    })
-}
-
-/// A stage's output: column names and, per column, one value per bar.
-pub struct Columns {
-    pub names: Vec<String>,
-    /// A non-finite value (NaN in the warm-up, or a division by a zero range) is undefined and
-    /// written as NULL.
-    /// Plain f64 rather than Option halves the memory and lets TA-Lib write in place.
-    pub values: Vec<Vec<f64>>,
-}
-
-/// NULL where the value is not finite (a division by a zero range, say).
-pub fn finite(x: f64) -> Option<f64> {
-    x.is_finite().then_some(x)
 }

@@ -14,7 +14,28 @@ use ta_lib::Core;
 
 use super::{indicators, regression};
 use crate::bars::Bars;
-use crate::table::{Rows, Values, REGIME};
+use crate::column::{ANY_WARM_UP, NON_NEGATIVE, PERCENT, UNIT};
+use crate::table::{Column, Def, Kind, Rows, Values};
+
+pub const REGIME: Def = Def {
+    name: "regime",
+    columns: &[
+        Column::of("pair", Kind::Text),
+        Column::of("ts", Kind::Ts),
+        Column::f64("rv_60")
+            .warm_up(ANY_WARM_UP)
+            .range(NON_NEGATIVE),
+        Column::f64("rv_pct_30d").warm_up(ANY_WARM_UP).range(UNIT),
+        Column::of("vol_regime", Kind::OptText),
+        Column::f64("adx_14").warm_up(ANY_WARM_UP).range(PERCENT),
+        Column::f64("slope_240").warm_up(ANY_WARM_UP),
+        Column::of("trend_regime", Kind::OptText),
+    ],
+    key: &["pair", "ts"],
+    month_column: "ts",
+    pair_column: Some("pair"),
+    about: "Per pair and bar: realised volatility over 60 bars, its percentile over the 30 days before, ADX(14), the 240-bar slope and the regimes they give. Depends on the pair's own bars only.",
+};
 
 pub const RV_BARS: usize = 60;
 pub const PCT_WINDOW_US: i64 = 30 * 24 * 60 * 60_000_000;
@@ -171,7 +192,7 @@ pub fn compute(core: &Core, pair: &str, bars: &Bars, first: usize) -> Result<Row
             *s = 0.0;
         }
     }
-    let some = |x: f64| super::finite(x);
+    let some = |x: f64| crate::column::finite(x);
     let range = first.min(n)..n;
     Rows::new(
         &REGIME,

@@ -2,7 +2,21 @@
 //! O(1) per row from running sums. Time is local to the window (0 = its first bar), so the
 //! intercept is the fitted close at the window's first bar.
 
-use super::Columns;
+use crate::bars::Bars;
+use crate::column::{Column, Columns, NON_NEGATIVE, UNIT};
+use crate::table::{keyed, Def};
+
+/// The stage's table: (pair, ts) and the columns below, one row per bar of the month.
+pub const REGRESSION: Def = Def {
+    name: "regression",
+    columns: &COLUMNS_KEYED,
+    key: &["pair", "ts"],
+    month_column: "ts",
+    pair_column: Some("pair"),
+    about: "Per pair and bar: rolling least squares of the close on time over 60, 240 and 1440 bars (slope, intercept, R², RMSE), warmed up on the bars before the month. Depends on the pair's own bars only.",
+};
+
+const COLUMNS_KEYED: [Column; 14] = keyed(COLUMNS);
 
 fn nan_unless_finite(x: f64) -> f64 {
     if x.is_finite() {
@@ -11,8 +25,6 @@ fn nan_unless_finite(x: f64) -> f64 {
         f64::NAN
     }
 }
-use crate::bars::Bars;
-use crate::column::{Column, NON_NEGATIVE, UNIT};
 
 pub const WINDOWS: [usize; 3] = [60, 240, 1440];
 

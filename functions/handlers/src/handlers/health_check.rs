@@ -68,7 +68,7 @@ pub async fn handle<E: Compute, S: Params>(
     };
     let verdict = health::judge(&obs);
     tracing::info!(instance = %current.instance_id, ?verdict, "health checked");
-    state_of(verdict, &spec, current, now)
+    state_of(verdict, spec, current, now)
 }
 
 /// The worker went silent (its heartbeat or runtime ran out): taken by Spot (it is relaunched),

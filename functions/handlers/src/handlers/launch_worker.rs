@@ -100,12 +100,12 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
     } = clients;
     let spec = &input.run;
     let role_id = worker_role_id(config)?;
-    let slot = checked_slot(&spec, input.slot)?;
-    let (attempt, relaunches_left) = next_attempt(&spec, input.worker.as_ref(), input.relaunch)?;
+    let slot = checked_slot(spec, input.slot)?;
+    let (attempt, relaunches_left) = next_attempt(spec, input.worker.as_ref(), input.relaunch)?;
     let markets = capacity::markets_to_try(spec.worker.market, input.relaunch, &input.markets);
-    let estimate = within_budget(prices, &spec, &input.prices, &config.region).await?;
+    let estimate = within_budget(prices, spec, &input.prices, &config.region).await?;
     let booking = Booking {
-        spec: &spec,
+        spec,
         execution: &input.execution,
         month: ledger::month_of(input.entered.unwrap_or(now)),
         slot,
@@ -114,7 +114,7 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
     };
     book(&books, config, &booking).await?;
     let made = Made {
-        spec: &spec,
+        spec,
         previous: input.worker.as_ref(),
         role_id: &role_id,
         slot,

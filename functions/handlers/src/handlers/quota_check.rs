@@ -48,8 +48,7 @@ pub async fn handle<E: Compute, Q: QuotaService, P: PriceList>(
         quotas,
         prices,
     } = clients;
-    // The one state that validates the RunSpec: every state after it reads it as a typed
-    // value (functions/handlers/tests/asl_states.rs holds the ASL to that).
+    // The one state that validates it; those after read it typed (tests/asl_states.rs).
     let spec = RunSpec::parse(&input.run)?;
     config.deployment.check(&spec)?;
     let types = &spec.worker.instance_types;

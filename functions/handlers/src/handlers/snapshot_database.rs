@@ -73,7 +73,7 @@ pub async fn handle<R: Snapshots>(
             (prev.requested_at, status)
         }
     };
-    let deadline = snapshot::deadline(&spec, requested_at);
+    let deadline = snapshot::deadline(spec, requested_at);
     let verdict = snapshot::judge(&status, now, deadline).map_err(failed)?;
     tracing::info!(%identifier, status, ?verdict, "snapshot checked");
     Ok(SnapshotState {
@@ -86,7 +86,7 @@ pub async fn handle<R: Snapshots>(
         checked_at: now,
         deadline,
         wait_seconds: match verdict {
-            SnapshotVerdict::Creating => snapshot::next_wait(&spec, now, deadline),
+            SnapshotVerdict::Creating => snapshot::next_wait(spec, now, deadline),
             SnapshotVerdict::Available => 0,
         },
         pruned: None,

@@ -141,7 +141,7 @@ where
         tear_down(s.ec2, s.sns, &left, topic.map(String::as_str)).await?;
 
     let pricing = Pricing {
-        spec: &spec,
+        spec,
         known: &known,
         run_prices: input.quota.as_ref().map_or(&[][..], |q| &q.prices[..]),
         region: &config.region,
@@ -160,7 +160,7 @@ where
         teardown_seconds,
         now,
     };
-    let mut report = report_of(&spec, &input, &ends, measured);
+    let mut report = report_of(spec, &input, &ends, measured);
     if let Some(r) = s.signals {
         delete_signals(r, &spec.run_id, instances.keys(), &mut report).await;
     }
@@ -169,11 +169,7 @@ where
         store_month(l, s.objects, config, &input.execution, &mut report).await;
     }
     let manifest = manifest_of(&ends);
-    let beside = report_location(
-        &spec,
-        manifest.as_deref(),
-        config.artifact_bucket.as_deref(),
-    );
+    let beside = report_location(spec, manifest.as_deref(), config.artifact_bucket.as_deref());
     if let Some(place) = beside {
         store(s.objects, &mut report, place).await;
     }

@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use ephemera_core::contract::{Manifest, Summary};
 use ephemera_core::rundoc::{Outputs, Verification, WorkerEnd};
 use ephemera_core::runspec::parse_s3_url;
-use ephemera_core::RunSpec;
 use ephemera_core::verify::{self, Check, Gathered};
+use ephemera_core::RunSpec;
 use serde::Deserialize;
 
 use crate::aws::Objects;
@@ -53,7 +53,7 @@ pub async fn handle<O: Objects>(
         }
     };
     let mut checks = vec![workers];
-    checks.extend(verify::check_report(&spec, &report));
+    checks.extend(verify::check_report(spec, &report));
     let mut outputs = None;
     match report.manifest.as_deref() {
         Some(url) => match parse_s3_url(url) {
@@ -76,7 +76,7 @@ pub async fn handle<O: Objects>(
                             };
                             found.insert(o.key.clone(), size);
                         }
-                        checks.extend(verify::check_manifest(&spec, &report, &m, &found));
+                        checks.extend(verify::check_manifest(spec, &report, &m, &found));
                         outputs = Some(Outputs {
                             manifest: url.to_string(),
                             objects: m.objects.len() as u64,
