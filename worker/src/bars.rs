@@ -28,6 +28,27 @@ impl Bars {
         self.close.push(c);
         self.volume.push(v);
     }
+    /// Appends `later`'s bars (a month after its history).
+    pub fn extend(&mut self, later: &Bars) {
+        self.ts.extend(&later.ts);
+        self.open.extend(&later.open);
+        self.high.extend(&later.high);
+        self.low.extend(&later.low);
+        self.close.extend(&later.close);
+        self.volume.extend(&later.volume);
+    }
+    /// The bars from index `k` on.
+    pub fn from(&self, k: usize) -> Bars {
+        let k = k.min(self.len());
+        Bars {
+            ts: self.ts[k..].to_vec(),
+            open: self.open[k..].to_vec(),
+            high: self.high[k..].to_vec(),
+            low: self.low[k..].to_vec(),
+            close: self.close[k..].to_vec(),
+            volume: self.volume[k..].to_vec(),
+        }
+    }
 }
 
 /// What the cleaning found. The policy:

@@ -1,7 +1,7 @@
 //! The registry of stages: what each is called, what it partitions over, the order a partition
 //! goes through them, and the tables each writes (declared beside its kernel in `features/`).
 //! Stage names are strings only at the edges (the command line, the queue's rows). A new stage
-//! is a variant here, its kernel and table in `features/`, and its arm in `partition::compute`.
+//! is a variant here, its kernel and table in `features/`, and its arm in `partition/compute.rs`.
 
 use std::fmt;
 
