@@ -323,6 +323,30 @@ fn unescape(s: &str) -> String {
         .replace("&amp;", "&")
 }
 
+/// What `script` measured in `html` as headless Chromium laid it out in a window of `size`
+/// (`W,H`): the page is written with the script before `</body>`, and the JSON the script
+/// puts in `<pre id="measured">` is read back from the DOM Chromium dumps.
+async fn measured(chromium: &Path, dir: &Path, html: &str, script: &str, size: &str) -> Value {
+    let page = dir.join("measured.html");
+    std::fs::write(&page, html.replace("</body>", &format!("{script}</body>"))).unwrap();
+    let out = run_chromium(
+        chromium,
+        &[
+            format!("--window-size={size}"),
+            "--dump-dom".into(),
+            format!("file://{}", page.display()),
+        ],
+    )
+    .await;
+    let dom = String::from_utf8(out.stdout).unwrap();
+    let json = dom
+        .split_once(r#"<pre id="measured">"#)
+        .and_then(|(_, rest)| rest.split_once("</pre>"))
+        .map(|(m, _)| unescape(m))
+        .unwrap_or_else(|| panic!("no measurements in the DOM:\n{dom}"));
+    serde_json::from_str(&json).unwrap()
+}
+
 #[tokio::test]
 async fn chromium_draws_the_timeline_and_shows_the_figures() {
     let Some(chromium) = chromium() else {
@@ -334,29 +358,7 @@ async fn chromium_draws_the_timeline_and_shows_the_figures() {
     let dir = tmp_dir("page");
     let page = dir.join("report.html");
     std::fs::write(&page, &html).unwrap();
-    let measured_page = dir.join("measured.html");
-    std::fs::write(
-        &measured_page,
-        html.replace("</body>", &format!("{MEASURE}</body>")),
-    )
-    .unwrap();
-
-    let out = run_chromium(
-        &chromium,
-        &[
-            "--window-size=1200,1600".into(),
-            "--dump-dom".into(),
-            format!("file://{}", measured_page.display()),
-        ],
-    )
-    .await;
-    let dom = String::from_utf8(out.stdout).unwrap();
-    let json = dom
-        .split_once(r#"<pre id="measured">"#)
-        .and_then(|(_, rest)| rest.split_once("</pre>"))
-        .map(|(m, _)| unescape(m))
-        .unwrap_or_else(|| panic!("no measurements in the DOM:\n{dom}"));
-    let m: Value = serde_json::from_str(&json).unwrap();
+    let m = measured(&chromium, &dir, &html, MEASURE, "1200,1600").await;
 
     let bars = m["bars"].as_array().unwrap();
     let kinds: Vec<(String, Option<String>, bool)> = bars
@@ -498,28 +500,7 @@ async fn chromium_draws_the_month() {
     };
     let html = render(&month);
     let dir = tmp_dir("month");
-    let page = dir.join("measured.html");
-    std::fs::write(
-        &page,
-        html.replace("</body>", &format!("{MEASURE_MONTH}</body>")),
-    )
-    .unwrap();
-    let out = run_chromium(
-        &chromium,
-        &[
-            "--window-size=1200,1400".into(),
-            "--dump-dom".into(),
-            format!("file://{}", page.display()),
-        ],
-    )
-    .await;
-    let dom = String::from_utf8(out.stdout).unwrap();
-    let json = dom
-        .split_once(r#"<pre id="measured">"#)
-        .and_then(|(_, rest)| rest.split_once("</pre>"))
-        .map(|(m, _)| unescape(m))
-        .unwrap_or_else(|| panic!("no measurements in the DOM:\n{dom}"));
-    let m: Value = serde_json::from_str(&json).unwrap();
+    let m = measured(&chromium, &dir, &html, MEASURE_MONTH, "1200,1400").await;
     let f = |v: &Value, k: &str| v[k].as_f64().unwrap();
 
     let svg = &m["svg"];
