@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use aws_sdk_ec2::types::{Filter, InstanceAttributeName, InstanceStateName};
+use aws_sdk_ec2::types::{Filter, Instance, InstanceAttributeName, InstanceStateName};
 use base64::Engine;
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
@@ -90,7 +90,12 @@ async fn play(
     seen: watch::Sender<Seen>,
 ) {
     let ec2 = clients(setup.region).ec2;
-    let mut workers: BTreeMap<String, Worker> = BTreeMap::new();
+    let mut fleet = Fleet {
+        setup,
+        console,
+        seen,
+        workers: BTreeMap::new(),
+    };
     loop {
         tokio::select! {
             _ = stopped.changed() => break,
@@ -101,102 +106,128 @@ async fn play(
             .filters(
                 Filter::builder()
                     .name("tag:ephemera:run")
-                    .values(&setup.run_id)
+                    .values(&fleet.setup.run_id)
                     .build(),
             )
             .send()
             .await;
         // Workers that ended by themselves first, so that a terminated instance's is not
         // "stopped" after the fact.
-        reap(&mut workers, &console);
+        reap(&mut fleet.workers, &fleet.console);
         let Ok(listed) = listed else { continue };
         for i in listed.reservations().iter().flat_map(|r| r.instances()) {
-            let (Some(id), Some(state)) = (i.instance_id(), i.state().and_then(|s| s.name()))
-            else {
-                continue;
-            };
-            let tag = |k: &str| {
-                i.tags()
-                    .iter()
-                    .find(|t| t.key() == Some(k))
-                    .and_then(|t| t.value())
-                    .and_then(|v| v.parse::<u32>().ok())
-                    .unwrap_or(0)
-            };
-            let (worker, attempt) = (
-                tag(ephemera_core::tags::WORKER),
-                tag(ephemera_core::tags::ATTEMPT),
-            );
-            let label = format!("worker {worker} attempt {attempt}");
-            match state {
-                InstanceStateName::Pending | InstanceStateName::Running => {
-                    if workers.contains_key(id) {
-                        continue;
-                    }
-                    // Right after launch EC2 may not know the id yet: next round.
-                    match boot(&setup, id, worker, attempt).await {
-                        Ok(child) => {
-                            console.line(&format!(
-                                "EC2: {id} ({}, {}) is {}: {label} started (log: {})",
-                                i.instance_type().map(|t| t.as_str()).unwrap_or("?"),
-                                i.instance_lifecycle()
-                                    .map(|l| l.as_str())
-                                    .unwrap_or("on-demand"),
-                                state.as_str(),
-                                log_path(&setup.logs, worker, attempt).display()
-                            ));
-                            let pid = child.id();
-                            workers.insert(
-                                id.to_string(),
-                                Worker {
-                                    label,
-                                    child,
-                                    stopping_since: None,
-                                    exited: false,
-                                },
-                            );
-                            seen.send_modify(|s| {
-                                s.instances.insert((worker, attempt), id.to_string());
-                                if let Some(pid) = pid {
-                                    s.pids.insert(id.to_string(), pid);
-                                }
-                            });
-                        }
-                        Err(e) if e.to_string().contains("NotFound") => {}
-                        Err(e) => console.line(&format!("EC2: cannot boot {id}: {e:#}")),
-                    }
+            fleet.follow(i).await;
+        }
+    }
+    fleet.shut_down().await;
+}
+
+/// The run's instances as this machine plays them: one worker process each.
+struct Fleet {
+    setup: Setup,
+    console: Console,
+    seen: watch::Sender<Seen>,
+    /// By instance id.
+    workers: BTreeMap<String, Worker>,
+}
+
+impl Fleet {
+    /// A pending or running instance gets its worker; one that is stopping or gone has its
+    /// worker stopped.
+    async fn follow(&mut self, i: &Instance) {
+        let (Some(id), Some(state)) = (i.instance_id(), i.state().and_then(|s| s.name())) else {
+            return;
+        };
+        match state {
+            InstanceStateName::Pending | InstanceStateName::Running => {
+                if !self.workers.contains_key(id) {
+                    self.boot(i, id, state).await;
                 }
-                _ => {
-                    if let Some(w) = workers.get_mut(id) {
-                        if !w.exited && w.stopping_since.is_none() {
-                            console.line(&format!(
-                                "EC2: {id} is {}{}: stopping {}",
-                                state.as_str(),
-                                i.state_reason()
-                                    .and_then(|r| r.code())
-                                    .map(|c| format!(" ({c})"))
-                                    .unwrap_or_default(),
-                                w.label
-                            ));
-                            w.signal_stop();
-                        }
+            }
+            _ => {
+                if let Some(w) = self.workers.get_mut(id) {
+                    if !w.exited && w.stopping_since.is_none() {
+                        self.console.line(&format!(
+                            "EC2: {id} is {}{}: stopping {}",
+                            state.as_str(),
+                            i.state_reason()
+                                .and_then(|r| r.code())
+                                .map(|c| format!(" ({c})"))
+                                .unwrap_or_default(),
+                            w.label
+                        ));
+                        w.signal_stop();
                     }
                 }
             }
         }
     }
-    // The demo is ending: every instance goes, as on a shutdown.
-    for w in workers.values_mut() {
-        w.signal_stop();
+
+    /// Starts the instance's worker as its user data says.
+    async fn boot(&mut self, i: &Instance, id: &str, state: &InstanceStateName) {
+        let tag = |k: &str| {
+            i.tags()
+                .iter()
+                .find(|t| t.key() == Some(k))
+                .and_then(|t| t.value())
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or(0)
+        };
+        let (worker, attempt) = (
+            tag(ephemera_core::tags::WORKER),
+            tag(ephemera_core::tags::ATTEMPT),
+        );
+        let label = format!("worker {worker} attempt {attempt}");
+        let child = match boot(&self.setup, id, worker, attempt).await {
+            Ok(child) => child,
+            // Right after launch EC2 may not know the id yet: next round.
+            Err(e) if e.to_string().contains("NotFound") => return,
+            Err(e) => {
+                self.console.line(&format!("EC2: cannot boot {id}: {e:#}"));
+                return;
+            }
+        };
+        self.console.line(&format!(
+            "EC2: {id} ({}, {}) is {}: {label} started (log: {})",
+            i.instance_type().map(|t| t.as_str()).unwrap_or("?"),
+            i.instance_lifecycle()
+                .map(|l| l.as_str())
+                .unwrap_or("on-demand"),
+            state.as_str(),
+            log_path(&self.setup.logs, worker, attempt).display()
+        ));
+        let pid = child.id();
+        self.workers.insert(
+            id.to_string(),
+            Worker {
+                label,
+                child,
+                stopping_since: None,
+                exited: false,
+            },
+        );
+        self.seen.send_modify(|s| {
+            s.instances.insert((worker, attempt), id.to_string());
+            if let Some(pid) = pid {
+                s.pids.insert(id.to_string(), pid);
+            }
+        });
     }
-    let until = Instant::now() + STOP_GRACE;
-    while workers.values().any(|w| !w.exited) && Instant::now() < until {
-        reap(&mut workers, &console);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    for w in workers.values_mut().filter(|w| !w.exited) {
-        let _ = w.child.start_kill();
-        let _ = w.child.wait().await;
+
+    /// The demo is ending: every instance goes, as on a shutdown.
+    async fn shut_down(mut self) {
+        for w in self.workers.values_mut() {
+            w.signal_stop();
+        }
+        let until = Instant::now() + STOP_GRACE;
+        while self.workers.values().any(|w| !w.exited) && Instant::now() < until {
+            reap(&mut self.workers, &self.console);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for w in self.workers.values_mut().filter(|w| !w.exited) {
+            let _ = w.child.start_kill();
+            let _ = w.child.wait().await;
+        }
     }
 }
 

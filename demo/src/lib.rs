@@ -328,14 +328,9 @@ fn job_archive(pairs: &[String]) -> Result<Vec<u8>> {
 pub async fn run(o: Options, console: Console) -> Result<bool> {
     let region = "us-east-1";
     let run_id = format!("demo-{}", o.scenario.name());
-    let out = o.out.join(&run_id);
-    if out.exists() {
-        std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
-    }
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let out = fresh_dir(&o.out.join(&run_id))?;
     let worker = std::fs::canonicalize(&o.worker)
         .with_context(|| format!("the worker binary {}", o.worker.display()))?;
-
     console.line(&format!(
         "ephemera demo, scenario {}: AWS is moto behind the front door, EC2 is this machine",
         o.scenario.name()
@@ -345,11 +340,52 @@ pub async fn run(o: Options, console: Console) -> Result<bool> {
         "  moto {} behind the front door {} (the template's IAM enforced)",
         h.moto, h.endpoint
     ));
+    let db_url = database(&worker, &o.pairs, &console).await?;
+    let account = Account::provide(region, &db_url).await?;
+    let demo = Demo {
+        scenario: o.scenario,
+        region,
+        run_id,
+        out,
+        worker,
+        db_url,
+        console,
+    };
+    demo.stage(&account, &o.pairs).await?;
+    let execution = demo.start(&account).await?;
+    let finished = demo.play(&execution).await?;
+    let verdict = demo.judge(&finished, &account).await;
+    present(&finished, &account.inbox, &demo.out).await?;
+    let verdict = verdict.and_then(|()| written_for_a_reader(&demo.out));
+    match &verdict {
+        Ok(()) => demo.console.line(&format!(
+            "\ndemo {}: the run ended as it should ({}).",
+            demo.scenario.name(),
+            finished.status
+        )),
+        Err(why) => demo
+            .console
+            .line(&format!("\ndemo {} FAILED: {why}", demo.scenario.name())),
+    }
+    Ok(verdict.is_ok())
+}
+
+/// `dir`, emptied (the previous demo of the scenario is cleared).
+fn fresh_dir(dir: &Path) -> Result<PathBuf> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir.to_path_buf())
+}
+
+/// A private PostgreSQL with the queue and the pairs' bars of `data/fx-1m`; its URL.
+async fn database(worker: &Path, pairs: &[String], console: &Console) -> Result<String> {
     let pg = tokio::task::spawn_blocking(postgres::postgres).await?;
     let db_url = pg.database("demo");
-    worker_tool(&worker, &db_url, &["init"]).await?;
+    worker_tool(worker, &db_url, &["init"]).await?;
     let mut files = vec!["seed".to_string()];
-    for p in &o.pairs {
+    for p in pairs {
         let f = data_dir().join(format!("{p}.csv.gz"));
         if !f.exists() {
             bail!("--pairs: no bars for {p} ({} is absent)", f.display());
@@ -357,130 +393,179 @@ pub async fn run(o: Options, console: Console) -> Result<bool> {
         files.push(f.display().to_string());
     }
     let files: Vec<&str> = files.iter().map(String::as_str).collect();
-    worker_tool(&worker, &db_url, &files).await?;
+    worker_tool(worker, &db_url, &files).await?;
     console.line(&format!(
         "  PostgreSQL on port {}: 1-minute bars of {} loaded",
         pg.port,
-        o.pairs.join(", ")
+        pairs.join(", ")
     ));
+    Ok(db_url)
+}
 
-    // What the stack and the operator provide on AWS: network, topic, buckets, the secret.
-    let aws = clients(region);
-    let net = fixtures::network(&aws).await;
-    let inbox = fixtures::inbox(region, "ephemera-reports").await;
-    aws.s3
-        .create_bucket()
-        .bucket(EXPORT_BUCKET)
-        .send()
-        .await
-        .context("creating the export bucket")?;
-    let sm = aws_sdk_secretsmanager::Client::new(&ephemera_tests::sdk_config(region));
-    sm.create_secret()
-        .name(SECRET)
-        .secret_string(&db_url)
-        .send()
-        .await
-        .context("storing the database URL as a secret")?;
-    // The stack's log group, where each worker ships its lines (`ephemera logs` reads them).
-    aws_sdk_cloudwatchlogs::Client::new(&ephemera_tests::sdk_config(region))
-        .create_log_group()
-        .log_group_name(ephemera_tests::iam::worker_log_group())
-        .send()
-        .await
-        .context("creating the workers' log group")?;
-    if o.scenario == Scenario::Exec {
+/// What the stack and the operator provide on AWS: network, topic, buckets, the secret, the
+/// workers' log group.
+struct Account {
+    s3: aws_sdk_s3::Client,
+    net: fixtures::Network,
+    inbox: fixtures::Inbox,
+}
+
+impl Account {
+    async fn provide(region: &str, db_url: &str) -> Result<Account> {
+        let aws = clients(region);
+        let net = fixtures::network(&aws).await;
+        let inbox = fixtures::inbox(region, "ephemera-reports").await;
         aws.s3
-            .put_object()
+            .create_bucket()
             .bucket(EXPORT_BUCKET)
-            .key(job_archive_key(&run_id))
-            .body(job_archive(&o.pairs)?.into())
             .send()
             .await
-            .context("storing the job's archive")?;
-        console.line(&format!(
-            "  the job: examples/resumable-job/job.py with the bars of {}, as s3://{EXPORT_BUCKET}/{}",
-            o.pairs.join(", "),
-            job_archive_key(&run_id)
+            .context("creating the export bucket")?;
+        let sm = aws_sdk_secretsmanager::Client::new(&ephemera_tests::sdk_config(region));
+        sm.create_secret()
+            .name(SECRET)
+            .secret_string(db_url)
+            .send()
+            .await
+            .context("storing the database URL as a secret")?;
+        // The stack's log group, where each worker ships its lines (`ephemera logs` reads them).
+        aws_sdk_cloudwatchlogs::Client::new(&ephemera_tests::sdk_config(region))
+            .create_log_group()
+            .log_group_name(ephemera_tests::iam::worker_log_group())
+            .send()
+            .await
+            .context("creating the workers' log group")?;
+        Ok(Account {
+            s3: aws.s3.clone(),
+            net,
+            inbox,
+        })
+    }
+}
+
+/// One demo run: its scenario, where it writes, the worker that plays each instance.
+struct Demo {
+    scenario: Scenario,
+    region: &'static str,
+    run_id: String,
+    out: PathBuf,
+    worker: PathBuf,
+    db_url: String,
+    console: Console,
+}
+
+impl Demo {
+    /// What the scenario needs before the run starts: the job's archive, a short quota.
+    async fn stage(&self, account: &Account, pairs: &[String]) -> Result<()> {
+        if self.scenario == Scenario::Exec {
+            account
+                .s3
+                .put_object()
+                .bucket(EXPORT_BUCKET)
+                .key(job_archive_key(&self.run_id))
+                .body(job_archive(pairs)?.into())
+                .send()
+                .await
+                .context("storing the job's archive")?;
+            self.console.line(&format!(
+                "  the job: examples/resumable-job/job.py with the bars of {}, as s3://{EXPORT_BUCKET}/{}",
+                pairs.join(", "),
+                job_archive_key(&self.run_id)
+            ));
+        }
+        if self.scenario == Scenario::QuotaWait {
+            harness().door.with_quotas(self.region, |q| {
+                q.applied.insert(SPOT_QUOTA.into(), 8.0);
+                q.next_script = vec!["PENDING".into(), "CASE_OPENED".into(), "APPROVED".into()];
+            });
+            self.console
+                .line("  the Spot vCPU quota is 8: a 16-vCPU worker needs an increase");
+        }
+        Ok(())
+    }
+
+    /// The deployed state machine started on the scenario's RunSpec; the execution's ARN.
+    async fn start(&self, account: &Account) -> Result<String> {
+        let spec = runspec(
+            self.scenario,
+            &self.run_id,
+            &account.net,
+            &account.inbox.topic_arn,
+        );
+        let spec_path = self.out.join("runspec.json");
+        std::fs::write(&spec_path, serde_json::to_string_pretty(&spec)?)?;
+        let machine = e2e::create_state_machine(self.region).await;
+        let execution =
+            e2e::start(self.region, &machine, &format!("{}-1", self.run_id), &spec).await;
+        self.console.line(&format!(
+            "  started {execution}\n  RunSpec: {}\n",
+            spec_path.display()
         ));
-    }
-    if o.scenario == Scenario::QuotaWait {
-        h.door.with_quotas(region, |q| {
-            q.applied.insert(SPOT_QUOTA.into(), 8.0);
-            q.next_script = vec!["PENDING".into(), "CASE_OPENED".into(), "APPROVED".into()];
-        });
-        console.line("  the Spot vCPU quota is 8: a 16-vCPU worker needs an increase");
+        Ok(execution)
     }
 
-    let spec = runspec(o.scenario, &run_id, &net, &inbox.topic_arn);
-    let spec_path = out.join("runspec.json");
-    std::fs::write(&spec_path, serde_json::to_string_pretty(&spec)?)?;
-    let machine = e2e::create_state_machine(region).await;
-    let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;
-    console.line(&format!(
-        "  started {execution}\n  RunSpec: {}\n",
-        spec_path.display()
-    ));
+    /// EC2 played (each instance the worker binary), Spot played as the scenario wants, the
+    /// execution followed to its end.
+    async fn play(&self, execution: &str) -> Result<Finished> {
+        let player = ec2::Player::start(
+            ec2::Setup {
+                region: self.region,
+                run_id: self.run_id.clone(),
+                worker_bin: self.worker.clone(),
+                logs: self.out.clone(),
+            },
+            self.console.clone(),
+        );
+        let spot = self.spot(&player);
+        let sfn = aws_sdk_sfn::Client::new(&ephemera_tests::sdk_config(self.region));
+        let followed =
+            follow::follow(&sfn, execution, &self.db_url, &self.run_id, &self.console).await;
+        if let Some(t) = spot {
+            t.abort();
+        }
+        player.stop().await;
+        followed
+    }
 
-    let player = ec2::Player::start(
-        ec2::Setup {
-            region,
-            run_id: run_id.clone(),
-            worker_bin: worker.clone(),
-            logs: out.clone(),
-        },
-        console.clone(),
-    );
-    let spot = match o.scenario {
-        Scenario::SpotInterruption => Some(tokio::spawn(reclaim_first_instance(
-            region,
-            db_url.clone(),
-            run_id.clone(),
-            player.seen.clone(),
-            console.clone(),
-        ))),
-        Scenario::Exec => Some(tokio::spawn(reclaim_the_job(
-            region,
-            out.clone(),
-            player.seen.clone(),
-            console.clone(),
-        ))),
-        Scenario::ThreeWorkers => Some(tokio::spawn(workers::reclaim_one_and_kill_one(
-            region,
-            db_url.clone(),
-            run_id.clone(),
-            player.seen.clone(),
-            console.clone(),
-        ))),
-        _ => None,
-    };
-    let sfn = aws_sdk_sfn::Client::new(&ephemera_tests::sdk_config(region));
-    let followed = follow::follow(&sfn, &execution, &db_url, &run_id, &console).await;
-    if let Some(t) = spot {
-        t.abort();
+    /// The scenario's hand on the instances: Spot's reclaim, or a worker killed for good.
+    fn spot(&self, player: &ec2::Player) -> Option<tokio::task::JoinHandle<Result<()>>> {
+        let (region, seen, console) = (self.region, player.seen.clone(), self.console.clone());
+        let (db_url, run_id) = (self.db_url.clone(), self.run_id.clone());
+        match self.scenario {
+            Scenario::SpotInterruption => Some(tokio::spawn(reclaim_first_instance(
+                region, db_url, run_id, seen, console,
+            ))),
+            Scenario::Exec => Some(tokio::spawn(reclaim_the_job(
+                region,
+                self.out.clone(),
+                seen,
+                console,
+            ))),
+            Scenario::ThreeWorkers => Some(tokio::spawn(workers::reclaim_one_and_kill_one(
+                region, db_url, run_id, seen, console,
+            ))),
+            _ => None,
+        }
     }
-    player.stop().await;
-    let finished = followed?;
 
-    let mut verdict = o.scenario.judge(&finished);
-    if o.scenario == Scenario::ThreeWorkers && verdict.is_ok() {
-        verdict = workers::exactly_once(&db_url, &run_id, &out).await;
+    /// Whether the run ended as the scenario should, with the scenario's own evidence.
+    async fn judge(
+        &self,
+        finished: &Finished,
+        account: &Account,
+    ) -> std::result::Result<(), String> {
+        self.scenario.judge(finished)?;
+        match self.scenario {
+            Scenario::ThreeWorkers => {
+                workers::exactly_once(&self.db_url, &self.run_id, &self.out).await
+            }
+            Scenario::Exec => {
+                let key = format!("runs/{}/result.json", self.run_id);
+                resumed(&account.s3, &key, &self.console).await
+            }
+            _ => Ok(()),
+        }
     }
-    if o.scenario == Scenario::Exec && verdict.is_ok() {
-        verdict = resumed(&aws.s3, &format!("runs/{run_id}/result.json"), &console).await;
-    }
-    present(&finished, &inbox, &out).await?;
-    if verdict.is_ok() {
-        verdict = written_for_a_reader(&out);
-    }
-    match &verdict {
-        Ok(()) => console.line(&format!(
-            "\ndemo {}: the run ended as it should ({}).",
-            o.scenario.name(),
-            finished.status
-        )),
-        Err(why) => console.line(&format!("\ndemo {} FAILED: {why}", o.scenario.name())),
-    }
-    Ok(verdict.is_ok())
 }
 
 /// The report's page and the email as the user gets them, refused if they show a Rust debug
