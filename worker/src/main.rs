@@ -252,6 +252,15 @@ async fn main_inner(
     if let Command::Exec { .. } = cli.command {
         return exec(cli.command, shipping).await;
     }
+    let url = database_url(&cli).await?;
+    match cli.command {
+        run @ Command::Run { .. } => run_stages(run, url, cli.source, progress, shipping).await,
+        tool => database_tool(tool, &url, &cli.source).await,
+    }
+}
+
+/// The database's URL: from the run's secret, the flag or the environment, with the CA bundle.
+async fn database_url(cli: &Cli) -> Result<String> {
     let secret = match &cli.command {
         Command::Run {
             database_secret: Some(id),
@@ -262,105 +271,118 @@ async fn main_inner(
     let url = secret.or_else(|| cli.database_url.clone()).ok_or_else(|| {
         anyhow::anyhow!("--database-url (or DATABASE_URL, or --database-secret) is required")
     })?;
-    let url = match &cli.database_ca_file {
+    Ok(match &cli.database_ca_file {
         Some(ca) => db::with_root_cert(&url, ca),
         None => url,
-    };
-    match cli.command {
+    })
+}
+
+/// init, seed, status, report, drop: one call each on the database, the answer on stdout.
+async fn database_tool(command: Command, url: &str, source: &str) -> Result<()> {
+    match command {
         Command::Init => {
-            let client = db::connect(&url).await?;
-            db::init(&client, &cli.source).await?;
+            let client = db::connect(url).await?;
+            db::init(&client, source).await?;
             println!("schema ready");
         }
         Command::Seed { files } => {
-            let client = db::connect(&url).await?;
-            db::init(&client, &cli.source).await?;
+            let client = db::connect(url).await?;
+            db::init(&client, source).await?;
             for f in files {
-                let s = seed::seed_file(&client, &cli.source, &f).await?;
+                let s = seed::seed_file(&client, source, &f).await?;
                 println!("{}", serde_json::to_string(&s)?);
             }
         }
         Command::Status { run_id } => {
-            let client = db::connect(&url).await?;
+            let client = db::connect(url).await?;
             for (run, stage, state, n) in queue::status(&client, run_id.as_deref()).await? {
                 println!("{run:<24} {stage:<12} {state:<8} {n}");
             }
         }
         Command::Report { run_id } => {
-            let client = db::connect(&url).await?;
+            let client = db::connect(url).await?;
             let report = validate::findings(&client, &run_id).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Drop { run_id, force } => {
-            let mut client = db::connect(&url).await?;
-            db::init(&client, &cli.source).await?;
+            let mut client = db::connect(url).await?;
+            db::init(&client, source).await?;
             let dropped = outputs::drop(&mut client, &run_id, force).await?;
             println!("{}", serde_json::to_string_pretty(&dropped)?);
         }
-        // Handled above: a job needs no database.
-        Command::Exec { .. } => {}
-        Command::Run {
-            stages,
-            arbitrage_threshold_bp,
-            arbitrage_min_minutes,
-            export,
-            concurrency,
-            run_id,
-            worker_id,
-            lease_seconds,
-            max_attempts,
-            database_secret: _,
-            ssm_prefix,
-            attempt,
-            heartbeat_seconds,
-            token_timeout_seconds,
-            log_group,
-        } => {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let stop = CancellationToken::new();
-            let opts = run::Options {
-                database_url: url,
-                source: cli.source.clone(),
-                stages,
-                concurrency: concurrency.unwrap_or(cores),
-                worker_id: worker_id.unwrap_or_else(|| format!("worker-{}", std::process::id())),
-                run_id,
-                lease_seconds,
-                max_attempts,
-                export: export.as_deref().map(store::Target::parse).transpose()?,
-                stop: stop.clone(),
-                progress,
-                params: Params {
-                    arbitrage: arbitrage::Params {
-                        threshold_bp: arbitrage_threshold_bp,
-                        min_minutes: arbitrage_min_minutes,
-                    },
-                },
-            };
-            let Some(prefix) = ssm_prefix else {
-                let summary = run::run(opts).await?;
-                println!("{}", serde_json::to_string_pretty(&summary)?);
-                return Ok(());
-            };
-            let link = link::Link::new(&prefix, attempt, heartbeat_seconds).await?;
-            let stream = ephemera_contract::logs::worker_log_stream(
-                &opts.run_id,
-                attempt,
-                &link.instance_id,
-            );
-            let shipper = start_shipper(shipping, &log_group, &stream).await;
-            let outcome = orchestrated(opts, &link, token_timeout_seconds).await;
-            if let Err(e) = &outcome {
-                // Said here too, so that the shipped lines tell why the worker stopped.
-                tracing::error!(error = %format!("{e:#}"), "the worker stops");
-            }
-            if let Some(s) = shipper {
-                s.finish(LOG_FLUSH_PATIENCE).await;
-            }
-            outcome?;
-        }
+        // Handled by their own paths: a job needs no database, a run more than one call.
+        Command::Exec { .. } | Command::Run { .. } => {}
     }
     Ok(())
+}
+
+/// `run`: the stages over every partition not done yet, on every core; on an ephemera instance
+/// linked to the run (started, task token, heartbeats, Spot notice) with its lines shipped.
+async fn run_stages(
+    command: Command,
+    url: String,
+    source: String,
+    progress: indicatif::ProgressBar,
+    shipping: Option<Arc<logship::Buffer>>,
+) -> Result<()> {
+    let Command::Run {
+        stages,
+        arbitrage_threshold_bp,
+        arbitrage_min_minutes,
+        export,
+        concurrency,
+        run_id,
+        worker_id,
+        lease_seconds,
+        max_attempts,
+        database_secret: _,
+        ssm_prefix,
+        attempt,
+        heartbeat_seconds,
+        token_timeout_seconds,
+        log_group,
+    } = command
+    else {
+        anyhow::bail!("run_stages is given the run command only");
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let opts = run::Options {
+        database_url: url,
+        source,
+        stages,
+        concurrency: concurrency.unwrap_or(cores),
+        worker_id: worker_id.unwrap_or_else(|| format!("worker-{}", std::process::id())),
+        run_id,
+        lease_seconds,
+        max_attempts,
+        export: export.as_deref().map(store::Target::parse).transpose()?,
+        stop: CancellationToken::new(),
+        progress,
+        params: Params {
+            arbitrage: arbitrage::Params {
+                threshold_bp: arbitrage_threshold_bp,
+                min_minutes: arbitrage_min_minutes,
+            },
+        },
+    };
+    let Some(prefix) = ssm_prefix else {
+        let summary = run::run(opts).await?;
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(());
+    };
+    let link = link::Link::new(&prefix, attempt, heartbeat_seconds).await?;
+    let stream =
+        ephemera_contract::logs::worker_log_stream(&opts.run_id, attempt, &link.instance_id);
+    let shipper = start_shipper(shipping, &log_group, &stream).await;
+    let outcome = orchestrated(opts, &link, token_timeout_seconds).await;
+    if let Err(e) = &outcome {
+        // Said here too, so that the shipped lines tell why the worker stopped.
+        tracing::error!(error = %format!("{e:#}"), "the worker stops");
+    }
+    if let Some(s) = shipper {
+        s.finish(LOG_FLUSH_PATIENCE).await;
+    }
+    outcome
 }
 
 /// `exec`'s link to the run: none locally.
