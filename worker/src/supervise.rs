@@ -298,31 +298,49 @@ mod tests {
         assert!(cause.ends_with("line 11\nline 12\nline 13\nline 14\nline 15\nline 16\nline 17\nline 18\nline 19\nline 20\nline 21\nline 22\nline 23\nline 24\nline 25\nline 26\nline 27\nline 28\nline 29\nline 30"), "{cause}");
     }
 
+    /// Cancels `stop` once the job has said (by creating `ready`) that its trap is set: a
+    /// SIGTERM sent before the shell runs `trap` ends it with the signal's default (CI saw
+    /// Signalled(15) where the test meant the trap to hold).
+    fn stop_when_ready(ready: std::path::PathBuf, stop: CancellationToken) {
+        tokio::spawn(async move {
+            while !ready.exists() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            stop.cancel();
+        });
+    }
+
     #[tokio::test]
     async fn a_stop_sends_sigterm_and_a_job_that_ignores_it_is_killed_after_its_grace() {
+        let dir = std::env::temp_dir().join(format!("ephemera-supervise-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
         // Traps SIGTERM and exits 7: the job's own ending is kept.
+        let ready = dir.join("polite");
         let stop = CancellationToken::new();
-        let polite =
-            job("trap 'echo checkpointed >&2; exit 7' TERM; while true; do sleep 0.1; done");
-        let s = stop.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            s.cancel();
-        });
+        let polite = job(&format!(
+            "trap 'echo checkpointed >&2; exit 7' TERM; touch {}; while true; do sleep 0.1; done",
+            ready.display()
+        ));
+        stop_when_ready(ready, stop.clone());
         let o = run(&polite, &stop).await.unwrap();
         assert!(o.stopped);
         assert_eq!(o.ended, Ended::Exited(7));
         assert_eq!(o.stderr_tail, vec!["checkpointed".to_string()]);
 
         // Ignores it: SIGKILL once the grace is over.
+        let ready = dir.join("stubborn");
         let stop = CancellationToken::new();
-        let mut stubborn = job("trap '' TERM; while true; do sleep 0.1; done");
+        let mut stubborn = job(&format!(
+            "trap '' TERM; touch {}; while true; do sleep 0.1; done",
+            ready.display()
+        ));
         stubborn.grace = Duration::from_millis(300);
-        stop.cancel();
+        stop_when_ready(ready, stop.clone());
         let o = run(&stubborn, &stop).await.unwrap();
         assert!(o.stopped);
         assert_eq!(o.ended, Ended::Signalled(9));
         assert_eq!(o.ended.code(), 137);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
