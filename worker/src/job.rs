@@ -125,7 +125,7 @@ mod tests {
             n=$(cat ckpt/n 2>/dev/null || cat start); first=$n
             trap 'echo $n > ckpt/n.tmp && mv ckpt/n.tmp ckpt/n; exit 143' TERM
             if [ "$EPHEMERA_RESUMED" = true ]; then end=$((n + 3)); else end=1000000; fi
-            while [ "$n" -lt "$end" ]; do n=$((n + 1)); sleep 0.01; done
+            while [ "$n" -lt "$end" ]; do n=$((n + 1)); touch counting; sleep 0.01; done
             echo "$EPHEMERA_CHECKPOINT_RESTORED $first $n" > out/result
         "#;
         let plan = |attempt: u32, workdir: &str| Plan {
@@ -154,9 +154,13 @@ mod tests {
         std::fs::create_dir_all(b.join("w1/out")).unwrap();
         let ready = prepare(&first).await.unwrap();
         let stop = CancellationToken::new();
-        let s = stop.clone();
+        // Stopped once it has counted past its start with its trap set (it says so with
+        // `counting`), not after a fixed time a loaded machine may not give it.
+        let (s, counting) = (stop.clone(), b.join("w1/counting"));
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            while !counting.exists() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             s.cancel();
         });
         let o = run(&ready, &stop).await.unwrap();
