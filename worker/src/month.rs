@@ -46,12 +46,6 @@ impl std::fmt::Display for Month {
     }
 }
 
-/// The month's start and end: `Month::of(month)`'s range.
-pub fn month_bounds(month: NaiveDate) -> (DateTime<Utc>, DateTime<Utc>) {
-    let m = Month::of(month);
-    (m.start, m.end)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

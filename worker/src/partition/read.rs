@@ -127,19 +127,25 @@ async fn copy_out(client: &Client, sql: &str) -> Result<Bars> {
     let rows = BinaryCopyOutStream::new(stream, &BAR_TYPES);
     pin_mut!(rows);
     let mut b = Bars::default();
-    let nan = |v: Option<f64>| v.unwrap_or(f64::NAN);
     while let Some(r) = rows.try_next().await? {
-        let ts: DateTime<Utc> = r.get(0);
-        b.push(
-            ts.timestamp_micros(),
-            nan(r.get(1)),
-            nan(r.get(2)),
-            nan(r.get(3)),
-            nan(r.get(4)),
-            r.get::<Option<f64>>(5).unwrap_or(0.0),
-        );
+        push_bar(&mut b, &r, 0);
     }
     Ok(b)
+}
+
+/// Appends the bar in `r`'s columns from `at` on (ts, open, high, low, close, volume): a
+/// missing price is NaN (the cleaning drops the bar), a missing volume 0.
+fn push_bar(b: &mut Bars, r: &tokio_postgres::binary_copy::BinaryCopyOutRow, at: usize) {
+    let nan = |v: Option<f64>| v.unwrap_or(f64::NAN);
+    let ts: DateTime<Utc> = r.get(at);
+    b.push(
+        ts.timestamp_micros(),
+        nan(r.get(at + 1)),
+        nan(r.get(at + 2)),
+        nan(r.get(at + 3)),
+        nan(r.get(at + 4)),
+        r.get::<Option<f64>>(at + 5).unwrap_or(0.0),
+    );
 }
 
 /// One pair's bars in [from, to), by time.
@@ -199,35 +205,23 @@ pub async fn read_month(
     month: NaiveDate,
 ) -> Result<(Vec<(String, Bars)>, Quality)> {
     let source = checked_ident(source)?;
-    let (start, end) = crate::month::month_bounds(month);
     let stream = client
         .copy_out(&format!(
             "COPY (SELECT pair, ts, open, high, low, close, volume FROM {source}
-                    WHERE ts >= '{}' AND ts < '{}' ORDER BY pair, ts)
+                    WHERE {} ORDER BY pair, ts)
              TO STDOUT (FORMAT binary)",
-            start.to_rfc3339(),
-            end.to_rfc3339()
+            Month::of(month).filter("ts")
         ))
         .await?;
     let rows = BinaryCopyOutStream::new(stream, &SOURCE_TYPES);
     pin_mut!(rows);
     let mut raw: Vec<(String, Bars)> = vec![];
-    let nan = |v: Option<f64>| v.unwrap_or(f64::NAN);
     while let Some(r) = rows.try_next().await? {
         let pair: &str = r.get(0);
         if raw.last().is_none_or(|(p, _)| p != pair) {
             raw.push((pair.to_string(), Bars::default()));
         }
-        let b = &mut raw.last_mut().context("a pair's bars")?.1;
-        let ts: DateTime<Utc> = r.get(1);
-        b.push(
-            ts.timestamp_micros(),
-            nan(r.get(2)),
-            nan(r.get(3)),
-            nan(r.get(4)),
-            nan(r.get(5)),
-            r.get::<Option<f64>>(6).unwrap_or(0.0),
-        );
+        push_bar(&mut raw.last_mut().context("a pair's bars")?.1, &r, 1);
     }
     let mut total = Quality::default();
     let pairs = raw
