@@ -22,6 +22,8 @@ use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use crate::month::Month;
+
 /// Binary COPY row types of a bar as the worker reads it: ts, open, high, low, close, volume.
 pub const BAR_TYPES: [Type; 6] = [
     Type::TIMESTAMPTZ,
@@ -68,6 +70,40 @@ pub fn pair_literal(pair: &str) -> Result<String> {
         bail!("'{pair}' is not a pair name this worker reads");
     }
     Ok(format!("'{pair}'"))
+}
+
+/// The pairs with bars in `month`, as a SQL list (`('AUDUSD', 'EURUSD')`), or None when it has
+/// none. A month's filter on `ts` alone cannot use the source's (pair, ts) index, so a query over
+/// every pair of one month scanned every month's bars (twice per cross-pair partition: its inputs
+/// and its read); with the pairs named, each is one range of that index. The pairs are found by
+/// skipping along the index, one probe per pair.
+pub async fn month_pairs(client: &Client, source: &str, month: &Month) -> Result<Option<String>> {
+    let source = checked_ident(source)?;
+    let rows = client
+        .query(
+            &format!(
+                "WITH RECURSIVE p AS (
+                   SELECT min(pair) AS pair FROM {source}
+                   UNION ALL
+                   SELECT (SELECT min(s.pair) FROM {source} s WHERE s.pair > p.pair)
+                     FROM p WHERE p.pair IS NOT NULL)
+                 SELECT pair FROM p
+                  WHERE pair IS NOT NULL
+                    AND EXISTS (SELECT 1 FROM {source} b WHERE b.pair = p.pair AND {})",
+                month.filter("b.ts")
+            ),
+            &[],
+        )
+        .await
+        .context("finding the month's pairs")?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let names = rows
+        .iter()
+        .map(|r| pair_literal(r.get(0)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(format!("({})", names.join(", "))))
 }
 
 /// How a connection protects itself, from `sslmode`.

@@ -9,6 +9,7 @@ pub mod db;
 pub mod export;
 pub mod features;
 pub mod fetch;
+pub mod inputs;
 pub mod job;
 pub mod link;
 pub mod logship;

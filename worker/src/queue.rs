@@ -9,6 +9,7 @@ use tokio_postgres::{Client, GenericClient};
 use std::collections::BTreeMap;
 
 use crate::db::checked_ident;
+use crate::inputs;
 use crate::month::Month;
 use crate::quality::{self, Computed};
 use crate::stage::{Scope, Stage, ALL_PAIRS};
@@ -82,35 +83,21 @@ pub async fn enqueue(client: &Client, run_id: &str, source: &str, stages: &[Stag
     Ok(n)
 }
 
-/// What identifies the inputs of each month's cross-pair partitions: per pair, its rows, first
-/// and last timestamp and a sum of row hashes (any changed, added or removed bar changes it).
-/// Every month of the source, or one.
+/// Every month's cross-pair inputs, as the source holds them now (`inputs`).
 pub async fn inputs(
     client: &Client,
     source: &str,
-    month: Option<NaiveDate>,
 ) -> Result<BTreeMap<NaiveDate, serde_json::Value>> {
     let source = checked_ident(source)?;
-    let filter = match month {
-        Some(m) => {
-            format!("WHERE {}", Month::of(m).filter("ts"))
-        }
-        None => String::new(),
-    };
-    // Text forms that do not depend on the session (time zone, float format): epoch numbers.
     let rows = client
         .query(
             &format!(
                 "SELECT month, jsonb_object_agg(pair, fp) FROM (
                    SELECT date_trunc('month', ts AT TIME ZONE 'UTC')::date AS month, pair,
-                          jsonb_build_array(count(*),
-                              (extract(epoch FROM min(ts)) * 1000000)::bigint,
-                              (extract(epoch FROM max(ts)) * 1000000)::bigint,
-                              sum(hashtext(concat_ws(',', (extract(epoch FROM ts) * 1000000)::bigint,
-                                  open::text, high::text, low::text, close::text,
-                                  volume::text))::bigint)) AS fp
-                     FROM {source} {filter} GROUP BY 1, 2) f
-                 GROUP BY month"
+                          {} AS fp
+                     FROM {source} GROUP BY 1, 2) f
+                 GROUP BY month",
+                inputs::aggregate()
             ),
             &[],
         )
@@ -123,7 +110,7 @@ pub async fn inputs(
 /// the validate and export of its month (a partition someone holds under a live lease is left
 /// to finish; its recorded inputs are then the old ones, and the next run redoes it).
 async fn redo_changed(client: &Client, run_id: &str, source: &str) -> Result<()> {
-    let now = inputs(client, source, None).await?;
+    let now = inputs(client, source).await?;
     let done = client
         .query(
             "SELECT stage, month, quality FROM ephemera.partitions

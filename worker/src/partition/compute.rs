@@ -22,7 +22,7 @@ pub async fn tables(cx: &Work<'_>, stage: Stage, c: &Claim, input: Input) -> Res
     let (core, params, pair, month) = (cx.core.clone(), *cx.params, c.pair.clone(), c.month.first);
     tokio::task::spawn_blocking(move || match input {
         Input::Pair { bars, first, .. } => per_pair(&core, stage, &pair, &bars, first),
-        Input::Month { pairs, .. } => compute_cross(stage, month, &pairs, &params),
+        Input::Month(m) => compute_cross(stage, month, &m.pairs, &params),
     })
     .await?
 }

@@ -21,7 +21,7 @@ use crate::stage::Stage;
 use crate::store::Store;
 
 pub use compute::{compute, compute_cross};
-pub use read::{read, read_month, WARM_UP_BARS};
+pub use read::{read, read_month, MonthBars, WARM_UP_BARS};
 pub use write::ASYNC_COMMIT;
 
 #[derive(Debug, Clone, PartialEq)]

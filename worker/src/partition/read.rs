@@ -5,14 +5,16 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, NaiveDate, Utc};
 use futures_util::{pin_mut, TryStreamExt};
 use tokio_postgres::binary_copy::BinaryCopyOutStream;
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use crate::bars::{clean, Bars, Quality};
-use crate::db::{checked_ident, pair_literal, BAR_TYPES, SOURCE_TYPES};
+use crate::db::{checked_ident, month_pairs, pair_literal, BAR_TYPES, SOURCE_TYPES};
 use crate::features::regime;
+use crate::inputs::{Prints, ROW_HASH};
 use crate::month::Month;
 use crate::quality::Computed;
-use crate::queue::{self, Claim};
+use crate::queue::Claim;
 use crate::stage::Stage;
 
 /// Bars read before the month so indicators and windows are warm at its first bar (the
@@ -28,18 +30,23 @@ pub enum Input {
         /// The month's own bars' cleaning, as the partition reports it.
         quality: Quality,
     },
-    Month {
-        pairs: Vec<(String, Bars)>,
-        quality: Quality,
-        /// What identified the month's bars when they were read (`queue::inputs`).
-        inputs: serde_json::Value,
-    },
+    Month(MonthBars),
+}
+
+/// Every pair's clean bars of one month, sorted by pair, with the cleaning's totals and the
+/// fingerprint of the rows read (`inputs`): what a cross-pair partition computed from.
+pub struct MonthBars {
+    pub pairs: Vec<(String, Bars)>,
+    pub quality: Quality,
+    pub inputs: serde_json::Value,
 }
 
 impl Input {
     pub fn rows_in(&self) -> u64 {
         match self {
-            Input::Pair { quality, .. } | Input::Month { quality, .. } => quality.rows_in,
+            Input::Pair { quality, .. } | Input::Month(MonthBars { quality, .. }) => {
+                quality.rows_in
+            }
         }
     }
 
@@ -52,9 +59,9 @@ impl Input {
                 history_bars: Some(*first as u64),
                 inputs: None,
             },
-            Input::Month {
+            Input::Month(MonthBars {
                 quality, inputs, ..
-            } => Computed {
+            }) => Computed {
                 bars: quality.clone(),
                 history_bars: None,
                 inputs: Some(inputs.clone()),
@@ -89,23 +96,11 @@ pub async fn input(client: &Client, source: &str, c: &Claim) -> Result<Input> {
             let (_, quality) = clean(&raw.from(k));
             Ok(pair_input(&raw, c.month, quality))
         }
-        _ => {
-            // Taken before the bars are read: if they change in between, the recorded inputs
-            // are the older ones and the next run redoes the partition, never the other way
-            // round.
-            let inputs = queue::inputs(client, source, Some(c.month.first))
-                .await?
-                .remove(&c.month.first)
-                .unwrap_or_default();
-            let (pairs, quality) = read_month(client, source, c.month.first)
+        _ => Ok(Input::Month(
+            read_month(client, source, c.month.first)
                 .await
-                .with_context(|| format!("reading every pair of {}", c.month))?;
-            Ok(Input::Month {
-                pairs,
-                quality,
-                inputs,
-            })
-        }
+                .with_context(|| format!("reading every pair of {}", c.month))?,
+        )),
     }
 }
 
@@ -197,48 +192,54 @@ pub async fn read(client: &Client, source: &str, pair: &str, month: Month) -> Re
     Ok((history, month_bars))
 }
 
-/// Every pair's bars of one month, each cleaned by the bar policy, sorted by pair; and the
-/// cleaning's totals.
-pub async fn read_month(
-    client: &Client,
-    source: &str,
-    month: NaiveDate,
-) -> Result<(Vec<(String, Bars)>, Quality)> {
+/// Every pair's bars of one month, each cleaned by the bar policy, and their fingerprint.
+pub async fn read_month(client: &Client, source: &str, month: NaiveDate) -> Result<MonthBars> {
     let source = checked_ident(source)?;
-    let stream = client
-        .copy_out(&format!(
-            "COPY (SELECT pair, ts, open, high, low, close, volume FROM {source}
-                    WHERE {} ORDER BY pair, ts)
-             TO STDOUT (FORMAT binary)",
-            Month::of(month).filter("ts")
-        ))
-        .await?;
-    let rows = BinaryCopyOutStream::new(stream, &SOURCE_TYPES);
-    pin_mut!(rows);
+    let month = Month::of(month);
+    let mut prints = Prints::default();
     let mut raw: Vec<(String, Bars)> = vec![];
-    while let Some(r) = rows.try_next().await? {
-        let pair: &str = r.get(0);
-        if raw.last().is_none_or(|(p, _)| p != pair) {
-            raw.push((pair.to_string(), Bars::default()));
+    if let Some(pairs) = month_pairs(client, source, &month).await? {
+        let stream = client
+            .copy_out(&format!(
+                "COPY (SELECT pair, ts, open, high, low, close, volume, {ROW_HASH} FROM {source}
+                        WHERE pair IN {pairs} AND {} ORDER BY pair, ts)
+                 TO STDOUT (FORMAT binary)",
+                month.filter("ts")
+            ))
+            .await?;
+        let types: Vec<Type> = SOURCE_TYPES.iter().cloned().chain([Type::INT8]).collect();
+        let rows = BinaryCopyOutStream::new(stream, &types);
+        pin_mut!(rows);
+        while let Some(r) = rows.try_next().await? {
+            let pair: &str = r.get(0);
+            if raw.last().is_none_or(|(p, _)| p != pair) {
+                raw.push((pair.to_string(), Bars::default()));
+            }
+            let bars = &mut raw.last_mut().context("a pair's bars")?.1;
+            push_bar(bars, &r, 1);
+            prints.add(pair, bars.ts[bars.len() - 1], r.get(7));
         }
-        push_bar(&mut raw.last_mut().context("a pair's bars")?.1, &r, 1);
     }
-    let mut total = Quality::default();
+    let mut quality = Quality::default();
     let pairs = raw
         .into_iter()
         .map(|(pair, b)| {
             let (bars, q) = clean(&b);
-            total.rows_in += q.rows_in;
-            total.bad_price += q.bad_price;
-            total.high_below_low += q.high_below_low;
-            total.bad_volume += q.bad_volume;
-            total.out_of_order += q.out_of_order;
-            total.duplicate_ts += q.duplicate_ts;
-            total.gaps += q.gaps;
-            total.largest_gap_minutes = total.largest_gap_minutes.max(q.largest_gap_minutes);
-            total.rows_kept += q.rows_kept;
+            quality.rows_in += q.rows_in;
+            quality.bad_price += q.bad_price;
+            quality.high_below_low += q.high_below_low;
+            quality.bad_volume += q.bad_volume;
+            quality.out_of_order += q.out_of_order;
+            quality.duplicate_ts += q.duplicate_ts;
+            quality.gaps += q.gaps;
+            quality.largest_gap_minutes = quality.largest_gap_minutes.max(q.largest_gap_minutes);
+            quality.rows_kept += q.rows_kept;
             (pair, bars)
         })
         .collect();
-    Ok((pairs, total))
+    Ok(MonthBars {
+        pairs,
+        quality,
+        inputs: prints.json(),
+    })
 }
