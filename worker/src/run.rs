@@ -18,7 +18,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::features::Params;
-use crate::partition::{self, Work};
+use crate::partition::{self, SharedReads, Work};
 use crate::quality::{self, Exported, Validated};
 use crate::queue::Claim;
 use crate::stage::Stage;
@@ -88,11 +88,13 @@ pub async fn run_and_hand_back(opts: Options) -> Result<Ran> {
         opts.progress.clone(),
     ));
     let core = Arc::new(Core::new());
+    let reads = Arc::new(SharedReads::new(opts.concurrency.max(1)));
     let mut tasks = vec![];
     for t in 0..opts.concurrency.max(1) {
         let opts = opts.clone();
         let core = core.clone();
         let store = store.clone();
+        let reads = reads.clone();
         tasks.push(tokio::spawn(async move {
             let owner = format!("{}/{t}", opts.worker_id);
             let client = db::connect(&opts.database_url).await?;
@@ -102,6 +104,7 @@ pub async fn run_and_hand_back(opts: Options) -> Result<Ran> {
                 owner: &owner,
                 store: store.as_ref(),
                 params: &opts.params,
+                reads: &reads,
             };
             let (done, aborted) = work(client, &cx, &opts).await?;
             Ok::<_, anyhow::Error>((done, aborted.map(|c| (owner.clone(), c))))

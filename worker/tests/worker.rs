@@ -233,6 +233,7 @@ async fn a_lost_lease_rolls_the_partition_back_and_bad_rows_are_counted() {
         owner: "slow",
         store: None,
         params: &Default::default(),
+        reads: &partition::SharedReads::new(1),
     };
     let err = partition::process(&mut client, &work, &c)
         .await

@@ -2,6 +2,8 @@
 //! interruption is acted on at once, and a large partition does not stall the other tasks'
 //! I/O). Pure: what it returns is the stage's tables' rows.
 
+use std::sync::Arc;
+
 use anyhow::{bail, Context, Result};
 use chrono::NaiveDate;
 use ta_lib::Core;
@@ -18,10 +20,15 @@ use crate::stage::Stage;
 use crate::table::Rows;
 
 /// The stage's tables of the claim's partition from its input.
-pub async fn tables(cx: &Work<'_>, stage: Stage, c: &Claim, input: Input) -> Result<Vec<Rows>> {
+pub async fn tables(
+    cx: &Work<'_>,
+    stage: Stage,
+    c: &Claim,
+    input: Arc<Input>,
+) -> Result<Vec<Rows>> {
     let (core, params, pair, month) = (cx.core.clone(), *cx.params, c.pair.clone(), c.month.first);
-    tokio::task::spawn_blocking(move || match input {
-        Input::Pair { bars, first, .. } => per_pair(&core, stage, &pair, &bars, first),
+    tokio::task::spawn_blocking(move || match &*input {
+        Input::Pair { bars, first, .. } => per_pair(&core, stage, &pair, bars, *first),
         Input::Month(m) => compute_cross(stage, month, &m.pairs, &params),
     })
     .await?

@@ -9,6 +9,7 @@ mod check;
 mod compute;
 mod export;
 mod read;
+mod shared;
 mod write;
 
 use anyhow::{bail, Result};
@@ -21,7 +22,8 @@ use crate::stage::Stage;
 use crate::store::Store;
 
 pub use compute::{compute, compute_cross};
-pub use read::{read, read_month, MonthBars, WARM_UP_BARS};
+pub use read::{read, read_month, MonthBars, Shape, WARM_UP_BARS};
+pub use shared::SharedReads;
 pub use write::ASYNC_COMMIT;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +39,8 @@ pub struct Work<'a> {
     /// Where `export` writes; None when the run exports nothing.
     pub store: Option<&'a Store>,
     pub params: &'a Params,
+    /// The run's reads, shared by its tasks.
+    pub reads: &'a SharedReads,
 }
 
 /// Processes one claimed partition of any stage.
@@ -48,7 +52,7 @@ pub async fn process(client: &mut Client, cx: &Work<'_>, c: &Claim) -> Result<Do
             None => bail!("stage 'export' needs --export s3://bucket/prefix/ or a directory"),
         },
         stage => {
-            let input = read::input(client, cx.source, c).await?;
+            let input = read::shared_input(cx.reads, client, cx.source, c).await?;
             let (rows_in, quality) = (input.rows_in(), input.quality()?);
             let tables = compute::tables(cx, stage, c, input).await?;
             let rows_out = write::tables(client, cx.owner, c, &tables, rows_in, quality).await?;

@@ -8,6 +8,9 @@ use tokio_postgres::binary_copy::BinaryCopyOutStream;
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
+use std::sync::Arc;
+
+use super::shared::{Key, SharedReads};
 use crate::bars::{clean, Bars, Quality};
 use crate::db::{checked_ident, month_pairs, pair_literal, BAR_TYPES, SOURCE_TYPES};
 use crate::features::regime;
@@ -70,11 +73,44 @@ impl Input {
     }
 }
 
-/// The bars the claim's stage reads: the pair's month with the 2,000 bars before it (column
+/// Which bars a stage reads: the pair's month with the 2,000 bars before it (the column
 /// stages), with the days before it (regime), or every pair's month (cross-pair stages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    WarmUp,
+    Days,
+    Month,
+}
+
+impl Shape {
+    pub fn of(stage: Stage) -> Shape {
+        match stage {
+            s if s.is_column_stage() => Shape::WarmUp,
+            Stage::Regime => Shape::Days,
+            _ => Shape::Month,
+        }
+    }
+}
+
+/// The claim's input, read once for every stage of the run that reads the same bars.
+pub async fn shared_input(
+    reads: &SharedReads,
+    client: &Client,
+    source: &str,
+    c: &Claim,
+) -> Result<Arc<Input>> {
+    let key = Key {
+        shape: Shape::of(c.stage),
+        pair: c.pair.clone(),
+        month: c.month.first,
+    };
+    reads.get(key, || input(client, source, c)).await
+}
+
+/// The bars the claim's stage reads (`Shape`).
 pub async fn input(client: &Client, source: &str, c: &Claim) -> Result<Input> {
-    match c.stage {
-        s if s.is_column_stage() => {
+    match Shape::of(c.stage) {
+        Shape::WarmUp => {
             let (history, month_raw) = read(client, source, &c.pair, c.month)
                 .await
                 .with_context(|| format!("reading {} {}", c.pair, c.month))?;
@@ -83,7 +119,7 @@ pub async fn input(client: &Client, source: &str, c: &Claim) -> Result<Input> {
             all.extend(&month_raw);
             Ok(pair_input(&all, c.month, quality))
         }
-        Stage::Regime => {
+        Shape::Days => {
             let from = c.month.start - chrono::Duration::days(regime::HISTORY_DAYS);
             let raw = read_range(client, source, &c.pair, from, c.month.end)
                 .await
@@ -96,7 +132,7 @@ pub async fn input(client: &Client, source: &str, c: &Claim) -> Result<Input> {
             let (_, quality) = clean(&raw.from(k));
             Ok(pair_input(&raw, c.month, quality))
         }
-        _ => Ok(Input::Month(
+        Shape::Month => Ok(Input::Month(
             read_month(client, source, c.month.first)
                 .await
                 .with_context(|| format!("reading every pair of {}", c.month))?,
