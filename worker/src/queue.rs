@@ -55,8 +55,7 @@ pub async fn enqueue(client: &Client, run_id: &str, source: &str, stages: &[Stag
     let n = client
         .execute(
             &format!(
-                "WITH p AS (SELECT DISTINCT pair, date_trunc('month', ts AT TIME ZONE 'UTC')::date AS month
-                              FROM {source})
+                "WITH p AS MATERIALIZED ({})
                  INSERT INTO ephemera.partitions (run_id, stage, rank, pair, month)
                  SELECT $1, s.stage, s.rank, p.pair, p.month
                    FROM unnest($2::text[], $3::int[]) AS s (stage, rank), p
@@ -64,7 +63,8 @@ pub async fn enqueue(client: &Client, run_id: &str, source: &str, stages: &[Stag
                  SELECT $1, s.stage, s.rank, $6, m.month
                    FROM unnest($4::text[], $5::int[]) AS s (stage, rank),
                         (SELECT DISTINCT month FROM p) AS m
-                 ON CONFLICT DO NOTHING"
+                 ON CONFLICT DO NOTHING",
+                crate::db::pair_months_sql(source)?
             ),
             &[
                 &run_id,
@@ -110,7 +110,6 @@ pub async fn inputs(
 /// the validate and export of its month (a partition someone holds under a live lease is left
 /// to finish; its recorded inputs are then the old ones, and the next run redoes it).
 async fn redo_changed(client: &Client, run_id: &str, source: &str) -> Result<()> {
-    let now = inputs(client, source).await?;
     let done = client
         .query(
             "SELECT stage, month, quality FROM ephemera.partitions
@@ -118,6 +117,11 @@ async fn redo_changed(client: &Client, run_id: &str, source: &str) -> Result<()>
             &[&run_id, &ALL_PAIRS],
         )
         .await?;
+    // A new run has nothing done: no need to read every bar of the source.
+    if done.is_empty() {
+        return Ok(());
+    }
+    let now = inputs(client, source).await?;
     for r in &done {
         let (stage, month): (String, NaiveDate) = (r.get(0), r.get(1));
         let done: Option<Computed> = quality::read(r.get(2))?;

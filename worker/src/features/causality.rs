@@ -180,20 +180,51 @@ fn householder_qty(cols: &mut [Vec<f64>], mut y: Vec<f64>) -> Option<Vec<f64>> {
         let mut v: Vec<f64> = cols[k][k..].to_vec();
         v[0] -= alpha;
         let vtv: f64 = v.iter().map(|a| a * a).sum();
-        let apply = |c: &mut [f64]| {
-            let dot: f64 = v.iter().zip(c.iter()).map(|(a, b)| a * b).sum();
+        let targets: Vec<&[f64]> = cols[k + 1..]
+            .iter()
+            .map(|c| &c[k..])
+            .chain([&y[k..]])
+            .collect();
+        let dots = dots(&v, &targets);
+        let apply = |c: &mut [f64], dot: f64| {
             let s = 2.0 * dot / vtv;
             for (ci, vi) in c.iter_mut().zip(&v) {
                 *ci -= s * vi;
             }
         };
-        for c in cols.iter_mut().skip(k + 1) {
-            apply(&mut c[k..]);
+        for (c, &dot) in cols.iter_mut().skip(k + 1).zip(&dots) {
+            apply(&mut c[k..], dot);
         }
-        apply(&mut y[k..]);
+        apply(&mut y[k..], dots[dots.len() - 1]);
         cols[k][k] = alpha;
     }
     Some(y)
+}
+
+/// `v`·`c` for each `c`, each summed in index order from −0.0 as `Iterator::sum` does (so the
+/// same bits), four at a time: one pass feeds four independent additions, where one dot product
+/// alone waits on each addition before the next (most of the stage's time).
+fn dots(v: &[f64], cs: &[&[f64]]) -> Vec<f64> {
+    let mut out = Vec::with_capacity(cs.len());
+    for group in cs.chunks(4) {
+        if let [a, b, c, d] = group {
+            let mut acc = [-0.0f64; 4];
+            for ((((x, a), b), c), d) in v.iter().zip(*a).zip(*b).zip(*c).zip(*d) {
+                acc[0] += x * a;
+                acc[1] += x * b;
+                acc[2] += x * c;
+                acc[3] += x * d;
+            }
+            out.extend_from_slice(&acc);
+        } else {
+            out.extend(
+                group
+                    .iter()
+                    .map(|c| v.iter().zip(c.iter()).map(|(a, b)| a * b).sum::<f64>()),
+            );
+        }
+    }
+    out
 }
 
 /// `pairs`: every loaded pair's clean bars of the month, sorted by pair name. Rows in key order
@@ -254,6 +285,33 @@ mod tests {
     use super::*;
 
     const MIN: i64 = 60_000_000;
+
+    #[test]
+    fn dots_four_at_a_time_are_the_sequential_sums_to_the_bit() {
+        let v: Vec<f64> = (0..1001)
+            .map(|i| ((i * 37 % 101) as f64 - 50.0) / 7.0)
+            .collect();
+        let cols: Vec<Vec<f64>> = (0..7)
+            .map(|j| {
+                (0..1001)
+                    .map(|i| (((i + 13 * j) * 53 % 97) as f64).sqrt() * 1e-3)
+                    .collect()
+            })
+            .collect();
+        let mut cs: Vec<&[f64]> = cols.iter().map(|c| c.as_slice()).collect();
+        // A product sum that is zero of either sign keeps the sign `sum` gives it.
+        let (zero, neg) = (vec![0.0; 1001], vec![-0.0; 1001]);
+        cs.extend([zero.as_slice(), neg.as_slice()]);
+        let neg_v = vec![1.0; 1001];
+        for v in [&v, &neg_v] {
+            let got = dots(v, &cs);
+            assert_eq!(got.len(), cs.len());
+            for (g, c) in got.iter().zip(&cs) {
+                let want: f64 = v.iter().zip(c.iter()).map(|(a, b)| a * b).sum();
+                assert_eq!(g.to_bits(), want.to_bits());
+            }
+        }
+    }
 
     #[test]
     fn buckets_take_the_last_close_and_skip_returns_across_gaps() {
