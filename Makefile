@@ -19,6 +19,9 @@ STATSMODELS_VERSION := 0.15.0
 # The causality reference in extended precision: p from mpmath, the same on every CPU.
 MPMATH_VERSION := 1.3.0
 REFERENCES := $(VENV)/.references-$(PANDAS_VERSION)-$(STATSMODELS_VERSION)-$(MPMATH_VERSION)
+# `make bench`'s Python peer (worker/benches/peer.py) reaches PostgreSQL through psycopg 3.
+PSYCOPG_VERSION := 3.3.9
+PEER := $(VENV)/.peer-$(PSYCOPG_VERSION)
 RUNSPEC ?= events/runspec.json
 export SAM_CLI_TELEMETRY := 0
 
@@ -36,6 +39,10 @@ $(VENV)/.talib-$(TALIB_VERSION): $(VENV)/bin/moto_server
 
 $(REFERENCES): $(VENV)/.talib-$(TALIB_VERSION)
 	$(VENV)/bin/pip install -q 'pandas==$(PANDAS_VERSION)' 'statsmodels==$(STATSMODELS_VERSION)' 'mpmath==$(MPMATH_VERSION)' 'numpy==$(NUMPY_VERSION)'
+	touch $@
+
+$(PEER): $(REFERENCES)
+	$(VENV)/bin/pip install -q 'psycopg[binary]==$(PSYCOPG_VERSION)'
 	touch $@
 
 $(VENV)/bin/cargo-lambda: $(VENV)/bin/moto_server
@@ -63,7 +70,7 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
-setup: $(VENV)/bin/moto_server $(VENV)/.talib-$(TALIB_VERSION) $(REFERENCES) $(VENV)/bin/sam $(VENV)/bin/cargo-lambda $(CHECKOV) node_modules/.bin/asl-validator postgres chromium
+setup: $(VENV)/bin/moto_server $(VENV)/.talib-$(TALIB_VERSION) $(REFERENCES) $(PEER) $(VENV)/bin/sam $(VENV)/bin/cargo-lambda $(CHECKOV) node_modules/.bin/asl-validator postgres chromium
 	cargo fetch --locked
 
 build:
@@ -144,8 +151,9 @@ worker: $(VENV)/bin/cargo-lambda
 
 # The worker against the COPY ceiling on BENCH_ROWS (5 M) generated bars, and the kernels; then
 # 1, 2 and 4 worker processes on one run against 1 (BENCH_SCALE_TASKS tasks each, default 1) with
-# the queue's claims/s, and the ways of writing a partition on a durable server of its own.
-bench: postgres $(VENV)/.talib-$(TALIB_VERSION)
+# the queue's claims/s, and the ways of writing a partition on a durable server of its own; the
+# seeds' year (28 pairs x 12 months, every stage) and a Python job doing the per-pair stages.
+bench: postgres $(VENV)/.talib-$(TALIB_VERSION) $(PEER)
 	cargo bench --locked --profile perf -p ephemera-worker --bench ephemera-worker-bench
 
 # EPHEMERA_SCALE_RUNS runs at once in one account (200 by default), one worker each, through the

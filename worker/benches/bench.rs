@@ -3,13 +3,17 @@
 //! partition's bars copied out (binary) once per stage, and as many rows copied in (binary) to
 //! tables as wide as the stages' outputs. Also the regression kernel against the textbook fit.
 //!
-//! Then the same work by 1, 2 and 4 worker processes and the queue's claim rate (`scale`), and
-//! the ways of writing a partition's rows on a durable server (`write_path`).
+//! Then the seeds' year, every stage against its own ceiling (`year`), the same work by 1, 2 and 4
+//! worker processes and the queue's claim rate (`scale`), and the ways of writing a partition's
+//! rows on a durable server (`write_path`).
 //!
-//! `BENCH_ROWS` (default 5,000,000) sets the volume.
+//! `BENCH_ROWS` (default 5,000,000) sets the volume; `BENCH_ONLY=year` runs the year and the
+//! Python peer alone.
 
+mod peer;
 mod scale;
 mod write_path;
+mod year;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -20,10 +24,8 @@ use chrono::{DateTime, Utc};
 use ephemera_pg::postgres;
 use ephemera_worker::bars::Bars;
 use ephemera_worker::features::{causality, indicators, regression};
-use ephemera_worker::month::Month;
-use ephemera_worker::stage::{Scope, Stage};
 use ephemera_worker::table::{self, Kind, Values};
-use ephemera_worker::{copy, db, outputs, partition, run};
+use ephemera_worker::{db, outputs, partition, run};
 use futures_util::{pin_mut, TryStreamExt};
 use tokio_postgres::binary_copy::{BinaryCopyInWriter, BinaryCopyOutStream};
 use tokio_postgres::types::{ToSql, Type};
@@ -89,12 +91,16 @@ async fn generate(client: &tokio_postgres::Client, rows: usize) -> u64 {
 
 /// Copies out the bars of the pairs `p` with `p % of == part` (all of them with 0, 1).
 async fn copy_out_all(client: &tokio_postgres::Client, part: usize, of: usize) -> u64 {
+    copy_out_pairs(client, "bars_1m", &pairs_of(part, of)).await
+}
+
+/// Copies out every bar of `source`'s pairs in `names` (a SQL list), as a stage's reads would.
+async fn copy_out_pairs(client: &tokio_postgres::Client, source: &str, names: &str) -> u64 {
     let s = client
         .copy_out(&format!(
-            "COPY (SELECT ts, open, high, low, close, volume FROM bars_1m
-                    WHERE pair IN ({}) ORDER BY pair, ts)
-             TO STDOUT (FORMAT binary)",
-            pairs_of(part, of)
+            "COPY (SELECT ts, open, high, low, close, volume FROM {source}
+                    WHERE pair IN ({names}) ORDER BY pair, ts)
+             TO STDOUT (FORMAT binary)"
         ))
         .await
         .unwrap();
@@ -307,84 +313,6 @@ fn options(url: &str, stages: &[&str], run_id: &str, cores: usize) -> run::Optio
     }
 }
 
-/// A stage of its own through the worker, and the COPY ceiling of the same I/O: every bar copied
-/// out once and as many rows copied into the stage's own tables, on as many connections.
-async fn new_stage(url: &str, stage: Stage, cores: usize) {
-    let client = db::connect(url).await.unwrap();
-    let t = Instant::now();
-    let summary = run::run(options(
-        url,
-        &[stage.name()],
-        &format!("bench-{stage}"),
-        cores,
-    ))
-    .await
-    .unwrap();
-    let worker = t.elapsed().as_secs_f64();
-    assert_eq!(summary.partitions_failed, 0);
-    // The ceiling writes into the run's own tables, emptied, as the worker did.
-    let schema = outputs::schema(&format!("bench-{stage}")).unwrap();
-    let mut counts = vec![];
-    for def in stage.tables() {
-        let n: i64 = client
-            .query_one(&format!("SELECT count(*) FROM {schema}.{}", def.name), &[])
-            .await
-            .unwrap()
-            .get(0);
-        counts.push((*def, n as usize));
-        client
-            .batch_execute(&format!("TRUNCATE {schema}.{}", def.name))
-            .await
-            .unwrap();
-    }
-    let t = Instant::now();
-    let mut tasks = vec![];
-    for part in 0..cores {
-        let (url, counts, schema) = (url.to_string(), counts.clone(), schema.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut c = db::connect(&url).await.unwrap();
-            copy_out_all(&c, part, cores).await;
-            let tx = c.transaction().await.unwrap();
-            // A month the bench has no rows in: the replace deletes nothing.
-            let nowhere = chrono::NaiveDate::from_ymd_opt(1900, 1, 1).unwrap();
-            let p = copy::Partition {
-                month: Month::of(nowhere),
-                pair: Some("none"),
-            };
-            for (def, n) in counts {
-                let (share, from) = (
-                    n / cores + usize::from(part < n % cores),
-                    part * (n / cores + 1),
-                );
-                copy::replace(&tx, &schema, &p, &placeholder_rows(def, share, from))
-                    .await
-                    .unwrap();
-            }
-            tx.commit().await.unwrap();
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let ceiling = t.elapsed().as_secs_f64();
-    let tables: Vec<String> = counts
-        .iter()
-        .map(|(d, n)| format!("{n} {}", d.name))
-        .collect();
-    let scope = match stage.scope() {
-        Scope::AllPairs => "one partition per month over all pairs",
-        _ => "one partition per (pair, month)",
-    };
-    println!(
-        "worker {stage} ({cores} tasks, {scope}): {} partitions, {} rows out ({}) in {worker:.1} s; \
-         COPY ceiling of the same I/O {ceiling:.1} s; ratio {:.2}",
-        summary.partitions_done,
-        summary.rows_out,
-        tables.join(", "),
-        worker / ceiling
-    );
-}
-
 #[tokio::main]
 async fn main() {
     let rows: usize = std::env::var("BENCH_ROWS")
@@ -409,6 +337,12 @@ async fn main() {
         .await
         .unwrap();
     db::init(&client, "bars_1m").await.unwrap();
+    // BENCH_ONLY=year: the seeds' year and the Python peer alone (minutes, not a quarter hour).
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("year") {
+        year::run(&url, cores).await;
+        peer::run(&url, cores).await;
+        return;
+    }
     let t = Instant::now();
     let n = generate(&client, rows).await;
     println!(
@@ -479,15 +413,9 @@ async fn main() {
         worker / ceiling_par
     );
     println!();
-    for stage in [
-        Stage::Regime,
-        Stage::CurrencyIndex,
-        Stage::Arbitrage,
-        Stage::Causality,
-    ] {
-        new_stage(&url, stage, cores).await;
-    }
     causality_growth(&client).await;
+    year::run(&url, cores).await;
+    peer::run(&url, cores).await;
     scale::run(&client, &url).await;
     write_path::run(rows.min(2_000_000), cores).await;
 }
@@ -496,9 +424,10 @@ async fn main() {
 /// is one regression per ordered pair and lag, so it grows with pairs · (pairs − 1).
 async fn causality_growth(client: &tokio_postgres::Client) {
     let month = chrono::NaiveDate::from_ymd_opt(2023, 1, 1).unwrap();
-    let (pairs, _) = partition::read_month(client, "bars_1m", month)
+    let pairs = partition::read_month(client, "bars_1m", month)
         .await
-        .unwrap();
+        .unwrap()
+        .pairs;
     let mut line = vec![];
     for n in [pairs.len() / 2, pairs.len()] {
         let t = Instant::now();
