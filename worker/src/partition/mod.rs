@@ -52,7 +52,7 @@ pub async fn process(client: &mut Client, cx: &Work<'_>, c: &Claim) -> Result<Do
             None => bail!("stage 'export' needs --export s3://bucket/prefix/ or a directory"),
         },
         stage => {
-            let input = read::shared_input(cx.reads, client, cx.source, c).await?;
+            let input = shared::input(cx.reads, client, cx.source, c).await?;
             let (rows_in, quality) = (input.rows_in(), input.quality()?);
             let tables = compute::tables(cx, stage, c, input).await?;
             let rows_out = write::tables(client, cx.owner, c, &tables, rows_in, quality).await?;

@@ -8,9 +8,6 @@ use tokio_postgres::binary_copy::BinaryCopyOutStream;
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
-use std::sync::Arc;
-
-use super::shared::{Key, SharedReads};
 use crate::bars::{clean, Bars, Quality};
 use crate::db::{checked_ident, month_pairs, pair_literal, BAR_TYPES, SOURCE_TYPES};
 use crate::features::regime;
@@ -90,21 +87,6 @@ impl Shape {
             _ => Shape::Month,
         }
     }
-}
-
-/// The claim's input, read once for every stage of the run that reads the same bars.
-pub async fn shared_input(
-    reads: &SharedReads,
-    client: &Client,
-    source: &str,
-    c: &Claim,
-) -> Result<Arc<Input>> {
-    let key = Key {
-        shape: Shape::of(c.stage),
-        pair: c.pair.clone(),
-        month: c.month.first,
-    };
-    reads.get(key, || input(client, source, c)).await
 }
 
 /// The bars the claim's stage reads (`Shape`).

@@ -16,12 +16,15 @@ use anyhow::Result;
 use chrono::NaiveDate;
 use tokio::sync::OnceCell;
 
-use super::read::Input;
+use tokio_postgres::Client;
+
+use super::read::{self, Input, Shape};
+use crate::queue::Claim;
 
 /// Which bars a read holds: its shape (`read::Shape`), pair (`*` for every pair) and month.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Key {
-    pub shape: super::read::Shape,
+    pub shape: Shape,
     pub pair: String,
     pub month: NaiveDate,
 }
@@ -71,11 +74,25 @@ impl SharedReads {
     }
 }
 
+/// The claim's input, read once for every stage of the run that reads the same bars.
+pub async fn input(
+    reads: &SharedReads,
+    client: &Client,
+    source: &str,
+    c: &Claim,
+) -> Result<Arc<Input>> {
+    let key = Key {
+        shape: Shape::of(c.stage),
+        pair: c.pair.clone(),
+        month: c.month.first,
+    };
+    reads.get(key, || read::input(client, source, c)).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::bars::{Bars, Quality};
-    use crate::partition::read::Shape;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn key(pair: &str, day: u32) -> Key {
