@@ -23,6 +23,9 @@ const CURRENCIES: [&str; 8] = ["EUR", "GBP", "AUD", "NZD", "USD", "CAD", "CHF", 
 /// Each currency's value in dollars on 2023-01-01 (the walks start there).
 const START_USD: [f64; 8] = [1.07, 1.21, 0.68, 0.63, 1.0, 0.74, 1.08, 0.0076];
 
+/// Rows per COPY of the ceiling: about one pair-month (31,000–45,000 bars).
+const CHUNK: usize = 50_000;
+
 /// What the seeds' own notes say one stage of this size took them.
 const SEEDS_NOTE: &str = "the seeds' notes: one stage, 10.3 M rows, 7.2 h on 8 vCPUs";
 
@@ -285,9 +288,13 @@ async fn measure(url: &str, stages: &[Stage], cores: usize) -> (Measured, Vec<St
                     n / cores + usize::from(part < n % cores),
                     part * (n / cores + 1),
                 );
-                copy::replace(&tx, &schema, &p, &placeholder_rows(def, share, from))
-                    .await
-                    .unwrap();
+                // In COPYs of about a partition's rows, as the worker writes: one COPY of the
+                // whole share would hold gigabytes, which the allocator keeps and the next
+                // stage's peak memory would show.
+                for at in (0..share).step_by(CHUNK) {
+                    let rows = placeholder_rows(def, CHUNK.min(share - at), from + at);
+                    copy::replace(&tx, &schema, &p, &rows).await.unwrap();
+                }
             }
             tx.commit().await.unwrap();
         }));
