@@ -37,6 +37,23 @@ impl Bars {
         self.close.extend(&later.close);
         self.volume.extend(&later.volume);
     }
+    /// The bars sorted by time, stably (bars with one timestamp keep their order).
+    pub fn in_time_order(self) -> Bars {
+        if self.ts.is_sorted() {
+            return self;
+        }
+        let mut idx: Vec<usize> = (0..self.len()).collect();
+        idx.sort_by_key(|&i| self.ts[i]);
+        let take = |c: &[f64]| idx.iter().map(|&i| c[i]).collect();
+        Bars {
+            ts: idx.iter().map(|&i| self.ts[i]).collect(),
+            open: take(&self.open),
+            high: take(&self.high),
+            low: take(&self.low),
+            close: take(&self.close),
+            volume: take(&self.volume),
+        }
+    }
     /// The bars from index `k` on.
     pub fn from(&self, k: usize) -> Bars {
         let k = k.min(self.len());
@@ -134,6 +151,20 @@ pub fn clean(raw: &Bars) -> (Bars, Quality) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bars_in_time_order_keep_the_order_of_rows_with_one_timestamp() {
+        let mut b = Bars::default();
+        for (t, c) in [(3, 1.0), (1, 2.0), (3, 3.0), (2, 4.0), (1, 5.0)] {
+            b.push(t, c, c, c, c, c * 10.0);
+        }
+        let sorted = b.in_time_order();
+        assert_eq!(sorted.ts, vec![1, 1, 2, 3, 3]);
+        assert_eq!(sorted.close, vec![2.0, 5.0, 4.0, 1.0, 3.0]);
+        assert_eq!(sorted.open, sorted.close);
+        assert_eq!(sorted.volume, vec![20.0, 50.0, 40.0, 10.0, 30.0]);
+        assert_eq!(sorted.clone().in_time_order(), sorted);
+    }
 
     #[test]
     fn the_policy() {

@@ -292,3 +292,53 @@ async fn currency_indexes_and_triangles_match_numpy_on_all_pairs_and_a_changed_i
         "GBPUSD 10 bp richer: {was} → {d}"
     );
 }
+
+/// The reads ask for no order (sorting on the server was a third of its work) and put each
+/// pair's bars in time order themselves: a source whose rows lie shuffled on disk reads exactly
+/// as one loaded in time order, with nothing counted out of order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_do_not_depend_on_how_the_rows_lie_on_disk() {
+    use ephemera_worker::month::Month;
+    use ephemera_worker::partition::{read, read_month};
+
+    let (_, client) = common::seeded("shuffled").await;
+    client
+        .batch_execute(
+            "CREATE TABLE bars_shuffled AS SELECT * FROM bars_1m ORDER BY md5(pair || ts::text);
+             CREATE INDEX bars_shuffled_pair_ts ON bars_shuffled (pair, ts);
+             ANALYZE bars_shuffled;",
+        )
+        .await
+        .unwrap();
+    let april = chrono::NaiveDate::from_ymd_opt(2023, 4, 1).unwrap();
+    // The shuffle is real: the server hands the month's rows out of time order.
+    let ts: Vec<chrono::DateTime<chrono::Utc>> = client
+        .query(
+            "SELECT ts FROM bars_shuffled WHERE pair = 'EURUSD'
+               AND ts >= '2023-04-01' AND ts < '2023-05-01'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(ts.len() > 1000 && !ts.is_sorted(), "{} rows", ts.len());
+
+    let (ordered, shuffled) = (
+        read_month(&client, "bars_1m", april).await.unwrap(),
+        read_month(&client, "bars_shuffled", april).await.unwrap(),
+    );
+    assert_eq!(ordered.pairs.len(), 6);
+    assert_eq!(shuffled.pairs, ordered.pairs);
+    assert_eq!(shuffled.quality, ordered.quality);
+    assert_eq!(shuffled.quality.out_of_order, 0);
+    assert_eq!(shuffled.inputs, ordered.inputs);
+    let month = Month::of(april);
+    assert_eq!(
+        read(&client, "bars_shuffled", "EURUSD", month)
+            .await
+            .unwrap(),
+        read(&client, "bars_1m", "EURUSD", month).await.unwrap()
+    );
+}

@@ -161,7 +161,7 @@ fn push_bar(b: &mut Bars, r: &tokio_postgres::binary_copy::BinaryCopyOutRow, at:
     );
 }
 
-/// One pair's bars in [from, to), by time.
+/// One pair's bars in [from, to), by time (sorted here, as in [`read_month`]).
 async fn read_range(
     client: &Client,
     source: &str,
@@ -175,16 +175,18 @@ async fn read_range(
         client,
         &format!(
             "COPY (SELECT ts, open, high, low, close, volume FROM {source}
-                    WHERE pair = {p} AND ts >= '{}' AND ts < '{}' ORDER BY ts)
+                    WHERE pair = {p} AND ts >= '{}' AND ts < '{}')
              TO STDOUT (FORMAT binary)",
             from.to_rfc3339(),
             to.to_rfc3339()
         ),
     )
     .await
+    .map(Bars::in_time_order)
 }
 
-/// Reads the month's bars and the warm-up history before it.
+/// Reads the month's bars and the warm-up history before it (the month's sorted here, as in
+/// [`read_month`]).
 pub async fn read(client: &Client, source: &str, pair: &str, month: Month) -> Result<(Bars, Bars)> {
     let source = checked_ident(source)?;
     let p = pair_literal(pair)?;
@@ -202,15 +204,21 @@ pub async fn read(client: &Client, source: &str, pair: &str, month: Month) -> Re
         client,
         &format!(
             "COPY (SELECT ts, open, high, low, close, volume FROM {source}
-                    WHERE pair = {p} AND ts >= '{s}' AND ts < '{e}' ORDER BY ts)
+                    WHERE pair = {p} AND ts >= '{s}' AND ts < '{e}')
              TO STDOUT (FORMAT binary)"
         ),
     )
-    .await?;
+    .await?
+    .in_time_order();
     Ok((history, month_bars))
 }
 
 /// Every pair's bars of one month, each cleaned by the bar policy, and their fingerprint.
+///
+/// The rows come as the server finds them, not ordered: sorting the month by (pair, ts) was a
+/// third of the server's work (an external merge of every pair's month, 1.1–1.5 s against
+/// 0.7–0.8 s unsorted for 927,360 bars), and each pair's bars are put in time order here (a
+/// stable sort, so rows with one timestamp keep the order they came in, as they did).
 pub async fn read_month(client: &Client, source: &str, month: NaiveDate) -> Result<MonthBars> {
     let source = checked_ident(source)?;
     let month = Month::of(month);
@@ -220,7 +228,7 @@ pub async fn read_month(client: &Client, source: &str, month: NaiveDate) -> Resu
         let stream = client
             .copy_out(&format!(
                 "COPY (SELECT pair, ts, open, high, low, close, volume, {ROW_HASH} FROM {source}
-                        WHERE pair IN {pairs} AND {} ORDER BY pair, ts)
+                        WHERE pair IN {pairs} AND {})
                  TO STDOUT (FORMAT binary)",
                 month.filter("ts")
             ))
@@ -228,21 +236,31 @@ pub async fn read_month(client: &Client, source: &str, month: NaiveDate) -> Resu
         let types: Vec<Type> = SOURCE_TYPES.iter().cloned().chain([Type::INT8]).collect();
         let rows = BinaryCopyOutStream::new(stream, &types);
         pin_mut!(rows);
+        // The pair of the last row: rows come in runs of one pair (a heap page holds one pair's
+        // bars as they were loaded), so the search below is rare.
+        let mut at = 0;
         while let Some(r) = rows.try_next().await? {
             let pair: &str = r.get(0);
-            if raw.last().is_none_or(|(p, _)| p != pair) {
-                raw.push((pair.to_string(), Bars::default()));
+            if raw.get(at).is_none_or(|(p, _)| p != pair) {
+                at = match raw.iter().position(|(p, _)| p == pair) {
+                    Some(k) => k,
+                    None => {
+                        raw.push((pair.to_string(), Bars::default()));
+                        raw.len() - 1
+                    }
+                };
             }
-            let bars = &mut raw.last_mut().context("a pair's bars")?.1;
+            let bars = &mut raw[at].1;
             push_bar(bars, &r, 1);
             prints.add(pair, bars.ts[bars.len() - 1], r.get(7));
         }
     }
+    raw.sort_by(|a, b| a.0.cmp(&b.0));
     let mut quality = Quality::default();
     let pairs = raw
         .into_iter()
         .map(|(pair, b)| {
-            let (bars, q) = clean(&b);
+            let (bars, q) = clean(&b.in_time_order());
             quality.rows_in += q.rows_in;
             quality.bad_price += q.bad_price;
             quality.high_below_low += q.high_below_low;
