@@ -87,50 +87,9 @@ pub async fn run_and_hand_back(opts: Options) -> Result<Ran> {
         opts.run_id.clone(),
         opts.progress.clone(),
     ));
-    let core = Arc::new(Core::new());
-    let reads = Arc::new(SharedReads::new(opts.concurrency.max(1)));
-    let mut tasks = vec![];
-    for t in 0..opts.concurrency.max(1) {
-        let opts = opts.clone();
-        let core = core.clone();
-        let store = store.clone();
-        let reads = reads.clone();
-        tasks.push(tokio::spawn(async move {
-            let owner = format!("{}/{t}", opts.worker_id);
-            let client = db::connect(&opts.database_url).await?;
-            let cx = Work {
-                core: &core,
-                source: &opts.source,
-                owner: &owner,
-                store: store.as_ref(),
-                params: &opts.params,
-                reads: &reads,
-            };
-            let (done, aborted) = work(client, &cx, &opts).await?;
-            Ok::<_, anyhow::Error>((done, aborted.map(|c| (owner.clone(), c))))
-        }));
-    }
-    let mut processed_here = 0;
-    let mut interrupted = vec![];
-    for t in tasks {
-        let (done, aborted) = t.await??;
-        processed_here += done;
-        interrupted.extend(aborted);
-    }
+    let (processed_here, interrupted) = run_tasks(&opts, store.as_ref()).await?;
     progress.abort();
-    for (owner, c) in &interrupted {
-        match tokio::time::timeout(RELEASE_WITHIN, queue::release(&client, owner, c)).await {
-            Ok(Ok(_)) => {
-                tracing::warn!(stage = %c.stage, pair = %c.pair, month = %c.month, "interrupted: partition rolled back and handed back");
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %format!("{e:#}"), stage = %c.stage, pair = %c.pair, month = %c.month, "interrupted partition not handed back: its lease will expire");
-            }
-            Err(_) => {
-                tracing::error!(stage = %c.stage, pair = %c.pair, month = %c.month, "interrupted partition not handed back in time: its lease will expire");
-            }
-        }
-    }
+    hand_back(&client, &interrupted).await;
 
     // Partitions commit asynchronously (partition::ASYNC_COMMIT): none is counted before it is
     // on disk.
@@ -149,6 +108,58 @@ pub async fn run_and_hand_back(opts: Options) -> Result<Ran> {
         summary,
         interrupted: interrupted.len() as u64,
     })
+}
+
+/// The run's tasks, one per partition at a time (`concurrency`), sharing their reads: the
+/// partitions they did, and each interrupted task's claim with its owner (to hand back).
+async fn run_tasks(opts: &Options, store: Option<&Store>) -> Result<(u64, Vec<(String, Claim)>)> {
+    let core = Arc::new(Core::new());
+    let reads = Arc::new(SharedReads::new(opts.concurrency.max(1)));
+    let mut tasks = vec![];
+    for t in 0..opts.concurrency.max(1) {
+        let (opts, core, store, reads) =
+            (opts.clone(), core.clone(), store.cloned(), reads.clone());
+        tasks.push(tokio::spawn(async move {
+            let owner = format!("{}/{t}", opts.worker_id);
+            let client = db::connect(&opts.database_url).await?;
+            let cx = Work {
+                core: &core,
+                source: &opts.source,
+                owner: &owner,
+                store: store.as_ref(),
+                params: &opts.params,
+                reads: &reads,
+            };
+            let (done, aborted) = work(client, &cx, &opts).await?;
+            Ok::<_, anyhow::Error>((done, aborted.map(|c| (owner.clone(), c))))
+        }));
+    }
+    let mut processed = 0;
+    let mut interrupted = vec![];
+    for t in tasks {
+        let (done, aborted) = t.await??;
+        processed += done;
+        interrupted.extend(aborted);
+    }
+    Ok((processed, interrupted))
+}
+
+/// Hands the interrupted tasks' partitions back to the queue, each within [`RELEASE_WITHIN`];
+/// one that cannot be is left to its lease's expiry, and said so.
+async fn hand_back(client: &Client, interrupted: &[(String, Claim)]) {
+    for (owner, c) in interrupted {
+        match tokio::time::timeout(RELEASE_WITHIN, queue::release(client, owner, c)).await {
+            Ok(Ok(_)) => {
+                tracing::warn!(stage = %c.stage, pair = %c.pair, month = %c.month, "interrupted: partition rolled back and handed back");
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %format!("{e:#}"), stage = %c.stage, pair = %c.pair, month = %c.month, "interrupted partition not handed back: its lease will expire");
+            }
+            Err(_) => {
+                tracing::error!(stage = %c.stage, pair = %c.pair, month = %c.month, "interrupted partition not handed back in time: its lease will expire");
+            }
+        }
+    }
 }
 
 /// One task: claim, process, repeat; wait while others hold partitions this run still needs.
