@@ -342,3 +342,94 @@ async fn reads_do_not_depend_on_how_the_rows_lie_on_disk() {
         read(&client, "bars_1m", "EURUSD", month).await.unwrap()
     );
 }
+
+/// The worker computes each bar's hash of a month's fingerprint itself (`inputs::row_hash`), and
+/// the run compares it with the server's `hash_record_extended` over the source at enqueue: the
+/// two must agree on every kind of value a bar can hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workers_row_hash_is_the_servers_on_every_kind_of_value() {
+    use chrono::{DateTime, Utc};
+    use ephemera_worker::inputs::{row_hash, ROW_HASH};
+
+    let url = ephemera_tests::postgres::postgres().database("row_hash");
+    let client = ephemera_worker::db::connect(&url).await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE bars (ts timestamptz NOT NULL, open float8, high float8, low float8,
+                                close float8, volume float8)",
+        )
+        .await
+        .unwrap();
+    let special = [
+        Some(0.0),
+        Some(-0.0),
+        Some(f64::NAN),
+        Some(-f64::NAN),
+        Some(f64::INFINITY),
+        Some(f64::NEG_INFINITY),
+        Some(f64::MIN_POSITIVE / 4.0),
+        Some(f64::MAX),
+        Some(-1.5),
+        Some(1.08345),
+        None,
+    ];
+    // Times before and after PostgreSQL's epoch (2000) and Unix's (1970), to the microsecond.
+    let times = [
+        -2_208_988_800_000_000i64,
+        -1,
+        0,
+        946_684_799_999_999,
+        946_684_800_000_000,
+        946_684_800_000_001,
+        1_680_307_200_000_000,
+        4_102_444_800_123_456,
+    ];
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut n = 0;
+    for (i, &t) in times.iter().enumerate() {
+        for (j, &v) in special.iter().enumerate() {
+            // Each special value in each column, the others ordinary or random bits.
+            for k in 0..5 {
+                let mut values: [Option<f64>; 5] =
+                    [1, 2, 3, 4, 5].map(|c| Some(f64::from_bits(next()) * f64::from(c)));
+                values[k] = v;
+                values[(k + 1) % 5] = special[(i + j) % special.len()];
+                let ts = DateTime::<Utc>::from_timestamp_micros(t + n).unwrap();
+                client
+                    .execute(
+                        "INSERT INTO bars VALUES ($1, $2, $3, $4, $5, $6)",
+                        &[
+                            &ts, &values[0], &values[1], &values[2], &values[3], &values[4],
+                        ],
+                    )
+                    .await
+                    .unwrap();
+                n += 1;
+            }
+        }
+    }
+    let rows = client
+        .query(
+            &format!("SELECT ts, open, high, low, close, volume, {ROW_HASH} FROM bars"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len() as i64, n);
+    for r in &rows {
+        let ts: DateTime<Utc> = r.get(0);
+        let values: [Option<f64>; 5] = [1, 2, 3, 4, 5].map(|k| r.get(k));
+        let theirs: i64 = r.get(6);
+        assert_eq!(
+            row_hash(ts.timestamp_micros(), values),
+            theirs,
+            "{ts} {values:?}"
+        );
+    }
+}

@@ -5,13 +5,12 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, NaiveDate, Utc};
 use futures_util::{pin_mut, TryStreamExt};
 use tokio_postgres::binary_copy::BinaryCopyOutStream;
-use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use crate::bars::{clean, Bars, Quality};
 use crate::db::{checked_ident, month_pairs, pair_literal, BAR_TYPES, SOURCE_TYPES};
 use crate::features::regime;
-use crate::inputs::{Prints, ROW_HASH};
+use crate::inputs::{row_hash, Prints};
 use crate::month::Month;
 use crate::quality::Computed;
 use crate::queue::Claim;
@@ -141,24 +140,26 @@ async fn copy_out(client: &Client, sql: &str) -> Result<Bars> {
     pin_mut!(rows);
     let mut b = Bars::default();
     while let Some(r) = rows.try_next().await? {
-        push_bar(&mut b, &r, 0);
+        push(&mut b, bar_of(&r, 0));
     }
     Ok(b)
 }
 
-/// Appends the bar in `r`'s columns from `at` on (ts, open, high, low, close, volume): a
-/// missing price is NaN (the cleaning drops the bar), a missing volume 0.
-fn push_bar(b: &mut Bars, r: &tokio_postgres::binary_copy::BinaryCopyOutRow, at: usize) {
-    let nan = |v: Option<f64>| v.unwrap_or(f64::NAN);
+/// The bar in `r`'s columns from `at` on (ts, open, high, low, close, volume), as stored: its
+/// time in Unix microseconds and its five values, NULL as None.
+fn bar_of(r: &tokio_postgres::binary_copy::BinaryCopyOutRow, at: usize) -> (i64, [Option<f64>; 5]) {
     let ts: DateTime<Utc> = r.get(at);
-    b.push(
+    (
         ts.timestamp_micros(),
-        nan(r.get(at + 1)),
-        nan(r.get(at + 2)),
-        nan(r.get(at + 3)),
-        nan(r.get(at + 4)),
-        r.get::<Option<f64>>(at + 5).unwrap_or(0.0),
-    );
+        [1, 2, 3, 4, 5].map(|k| r.get::<Option<f64>>(at + k)),
+    )
+}
+
+/// Appends a bar as [`bar_of`] reads it: a missing price is NaN (the cleaning drops the bar), a
+/// missing volume 0.
+fn push(b: &mut Bars, (ts, [o, h, l, c, v]): (i64, [Option<f64>; 5])) {
+    let nan = |v: Option<f64>| v.unwrap_or(f64::NAN);
+    b.push(ts, nan(o), nan(h), nan(l), nan(c), v.unwrap_or(0.0));
 }
 
 /// One pair's bars in [from, to), by time (sorted here, as in [`read_month`]).
@@ -227,14 +228,13 @@ pub async fn read_month(client: &Client, source: &str, month: NaiveDate) -> Resu
     if let Some(pairs) = month_pairs(client, source, &month).await? {
         let stream = client
             .copy_out(&format!(
-                "COPY (SELECT pair, ts, open, high, low, close, volume, {ROW_HASH} FROM {source}
+                "COPY (SELECT pair, ts, open, high, low, close, volume FROM {source}
                         WHERE pair IN {pairs} AND {})
                  TO STDOUT (FORMAT binary)",
                 month.filter("ts")
             ))
             .await?;
-        let types: Vec<Type> = SOURCE_TYPES.iter().cloned().chain([Type::INT8]).collect();
-        let rows = BinaryCopyOutStream::new(stream, &types);
+        let rows = BinaryCopyOutStream::new(stream, &SOURCE_TYPES);
         pin_mut!(rows);
         // The pair of the last row: rows come in runs of one pair (a heap page holds one pair's
         // bars as they were loaded), so the search below is rare.
@@ -250,9 +250,9 @@ pub async fn read_month(client: &Client, source: &str, month: NaiveDate) -> Resu
                     }
                 };
             }
-            let bars = &mut raw[at].1;
-            push_bar(bars, &r, 1);
-            prints.add(pair, bars.ts[bars.len() - 1], r.get(7));
+            let (ts, values) = bar_of(&r, 1);
+            push(&mut raw[at].1, (ts, values));
+            prints.add(pair, ts, row_hash(ts, values));
         }
     }
     raw.sort_by(|a, b| a.0.cmp(&b.0));
