@@ -330,10 +330,10 @@ async fn measure(url: &str, stages: &[Stage], cores: usize) -> (Measured, Vec<St
 }
 
 /// Where a cross-pair partition's time goes, on one month of the year (its run's tables exist):
-/// the month's bars copied out as they are, the worker's read of them (the same COPY with each
-/// row's hash, decoded, fingerprinted and cleaned), then each stage's kernel and its write (the
-/// partition's rows replaced in its run's table, one transaction). Returns each stage's compute
-/// seconds.
+/// the month's bars copied out as they are, the worker's read of them (the same COPY, each row
+/// decoded, hashed, fingerprinted and cleaned by the worker), then each stage's kernel and its
+/// write (the partition's rows replaced in its run's table, one transaction). Returns each
+/// stage's compute seconds.
 async fn breakdown(url: &str) -> Vec<(Stage, f64)> {
     let mut client = db::connect(url).await.unwrap();
     let month = Month::of(NaiveDate::from_ymd_opt(2023, 3, 1).unwrap());
