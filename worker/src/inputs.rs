@@ -55,20 +55,15 @@ fn float8_hash(x: f64) -> u64 {
 
 /// lookup3's final mixing of (a, b, c); the 64-bit result is b then c.
 fn lookup3_final(mut a: u32, mut b: u32, mut c: u32) -> u64 {
-    c ^= b;
-    c = c.wrapping_sub(b.rotate_left(14));
-    a ^= c;
-    a = a.wrapping_sub(c.rotate_left(11));
-    b ^= a;
-    b = b.wrapping_sub(a.rotate_left(25));
-    c ^= b;
-    c = c.wrapping_sub(b.rotate_left(16));
-    a ^= c;
-    a = a.wrapping_sub(c.rotate_left(4));
-    b ^= a;
-    b = b.wrapping_sub(a.rotate_left(14));
-    c ^= b;
-    c = c.wrapping_sub(b.rotate_left(24));
+    // Each step: x ^= y; x -= y rotated left by r.
+    let step = |x: &mut u32, y: u32, r: u32| *x = (*x ^ y).wrapping_sub(y.rotate_left(r));
+    step(&mut c, b, 14);
+    step(&mut a, c, 11);
+    step(&mut b, a, 25);
+    step(&mut c, b, 16);
+    step(&mut a, c, 4);
+    step(&mut b, a, 14);
+    step(&mut c, b, 24);
     (u64::from(b) << 32) | u64::from(c)
 }
 
