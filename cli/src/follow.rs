@@ -14,6 +14,7 @@ use crate::errors::CliError;
 use crate::history;
 use crate::report;
 use crate::resolve::{self, Execution};
+use crate::terminal::printable;
 use crate::Outcome;
 
 /// How the running cost is worked out, said once above the figures.
@@ -232,9 +233,10 @@ pub fn finish(d: &Execution, events: &[history::Event]) -> Outcome {
             d.cause.as_deref().unwrap_or("no cause given")
         ));
     }
-    println!("{headline}");
+    // The cause and the report quote the job's own text.
+    println!("{}", printable(&headline));
     match report.as_ref().map(report::summary) {
-        Some(Ok(text)) => println!("\n{text}"),
+        Some(Ok(text)) => println!("\n{}", printable(&text)),
         Some(Err(e)) => println!("(the report cannot be read: {e})"),
         None => println!("no cost report: nothing was launched, so there was nothing to clean up"),
     }

@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::errors::{CliError, Op};
 use crate::history;
 use crate::resolve::Execution;
+use crate::terminal::printable;
 use crate::Outcome;
 
 /// A tracing JSON line (`{"timestamp","level","fields":{"message",…},"target"}`) as a person
@@ -146,7 +147,9 @@ pub async fn command(
         while let Some(e) = events.next().await {
             let e = e.map_err(|e| op.fail(e))?;
             let m = e.message().unwrap_or_default();
-            println!("{}", if raw { m.to_string() } else { readable(m) });
+            // A job's text, whatever it wrote: never obeyed by the operator's terminal.
+            let line = if raw { m.to_string() } else { readable(m) };
+            println!("{}", printable(&line));
         }
     }
     Ok(Outcome::Done)

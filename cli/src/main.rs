@@ -10,6 +10,7 @@ mod report;
 mod resolve;
 mod runs;
 mod sweep;
+mod terminal;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

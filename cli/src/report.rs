@@ -6,6 +6,7 @@ use serde_json::Value;
 use crate::errors::CliError;
 use crate::history;
 use crate::resolve::Execution;
+use crate::terminal::printable;
 use crate::Outcome;
 
 /// Where the email's JSON copy of the report starts; the text above it is the summary.
@@ -80,12 +81,12 @@ pub async fn command(
     } else {
         println!(
             "{}",
-            summary(&report).map_err(|e| {
+            printable(&summary(&report).map_err(|e| {
                 CliError::Other(format!(
                     "the report of {} cannot be read: {e}",
                     execution.name
                 ))
-            })?
+            })?)
         );
     }
     Ok(Outcome::Done)

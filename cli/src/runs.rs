@@ -12,6 +12,7 @@ use crate::follow::{attempt_text, cost_so_far, cost_text, elapsed, COST_SO_FAR_N
 use crate::history;
 use crate::report;
 use crate::resolve::{self, Execution};
+use crate::terminal::printable;
 use crate::Outcome;
 
 /// One line of `ephemera runs`.
@@ -232,7 +233,8 @@ pub async fn status(sfn: &aws_sdk_sfn::Client, e: &Execution) -> Result<Outcome,
     let events = history::read(sfn, &e.arn).await?;
     let attempts = history::attempts(&events);
     let now = Utc::now();
-    let field = |k: &str, v: String| println!("{k:<10} {v}");
+    // A failed run's cause quotes the job's own text.
+    let field = |k: &str, v: String| println!("{k:<10} {}", printable(&v));
     field("run", e.run_id().unwrap_or_else(|| "?".into()));
     field("execution", format!("{} ({})", e.name, e.arn));
     let state = match (e.is_running(), history::current_state(&events)) {

@@ -7,6 +7,9 @@ pub const EXECUTION: &str = "ephemera:execution";
 pub const ATTEMPT: &str = "ephemera:attempt";
 /// Which of the run's workers (`1..=worker.count`) the instance is; its attempts share it.
 pub const WORKER: &str = "ephemera:worker";
+/// On a snapshot: the stack that took it (`${AWS::StackName}`), so that a stack prunes only its
+/// own snapshots of a database other stacks snapshot too.
+pub const STACK: &str = "ephemera:stack";
 /// RFC 3339: past it, the sweeper terminates the instance whatever its execution says.
 pub const DEADLINE: &str = "ephemera:deadline";
 /// On a task token parameter (not an instance): who may read it; the worker role reads a token

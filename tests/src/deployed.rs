@@ -30,6 +30,7 @@ pub fn settings(c: &Ctx) -> Settings {
         artifact_bucket: Some(ARTIFACT_BUCKET.into()),
         export_bucket: Some(EXPORT_BUCKET.into()),
         worker_role_id: Some(WORKER_ROLE_ID.into()),
+        stack: Some(crate::iam::STACK.into()),
         ..Settings::default()
     }
 }

@@ -897,6 +897,14 @@ async fn invoke_lambda(
     settings
         .worker_log_group
         .get_or_insert_with(crate::iam::worker_log_group);
+    // Every function's environment names the stack's worker profile and the stack
+    // (template.yaml, Globals): instances are launched with it, and only those are terminated.
+    settings
+        .worker_instance_profile
+        .get_or_insert_with(|| crate::iam::WORKER_PROFILE.to_string());
+    settings
+        .stack
+        .get_or_insert_with(|| crate::iam::STACK.to_string());
     if settings.monthly_budget_usd == 0.0 {
         settings.monthly_budget_usd = crate::iam::MONTHLY_BUDGET_USD;
     }
@@ -1036,8 +1044,15 @@ async fn enforce(
                 .next()
                 .unwrap_or_default()
                 .to_string();
-            for (k, v) in door.instance_tags(region, &id).await {
+            let (tags, profile) = door.instance_keys(region, &id).await;
+            for (k, v) in tags {
                 c.context.insert(format!("ec2:ResourceTag/{k}"), v);
+            }
+            // `ec2:InstanceProfile`: the ARN of the instance's profile, absent without one
+            // (Service Authorization Reference, Amazon EC2, condition keys: "Filters access by
+            // the ARN of the instance profile"); an absent key fails ArnEquals.
+            if let Some(p) = profile {
+                c.context.insert("ec2:InstanceProfile".into(), p);
             }
         }
     }
@@ -1465,7 +1480,6 @@ impl FrontDoor {
         }
     }
 
-    /// An instance's tags as moto holds them (for `ec2:ResourceTag/…` conditions).
     /// The ledger table of template.yaml (`LedgerTable`), in `region`.
     pub async fn ensure_ledger(&self, region: &str) {
         if self.ledgers.lock().unwrap().contains(region) {
@@ -1593,23 +1607,38 @@ impl FrontDoor {
             .is_ok_and(|r| r.status().is_success())
     }
 
-    async fn instance_tags(&self, region: &str, id: &str) -> Vec<(String, String)> {
+    /// An instance's tags and its instance profile's ARN, as moto holds them (for
+    /// TerminateInstances' `ec2:ResourceTag/…` and `ec2:InstanceProfile` conditions).
+    async fn instance_keys(
+        &self,
+        region: &str,
+        id: &str,
+    ) -> (Vec<(String, String)>, Option<String>) {
         let body = format!("Action=DescribeInstances&Version=2016-11-15&InstanceId.1={id}");
         let Ok(resp) = self.moto_query(region, "ec2", &body).await else {
-            return vec![];
+            return (vec![], None);
         };
         let text = resp.text().await.unwrap_or_default();
+        let profile = text
+            .split("<iamInstanceProfile>")
+            .nth(1)
+            .and_then(|p| p.split("</iamInstanceProfile>").next())
+            .and_then(|p| p.split("<arn>").nth(1))
+            .and_then(|a| a.split("</arn>").next())
+            .map(str::to_string);
         let Some(set) = text.split("<tagSet>").nth(1) else {
-            return vec![];
+            return (vec![], profile);
         };
         let set = set.split("</tagSet>").next().unwrap_or_default();
-        set.split("<item>")
+        let tags = set
+            .split("<item>")
             .filter_map(|item| {
                 let key = item.split("<key>").nth(1)?.split("</key>").next()?;
                 let value = item.split("<value>").nth(1)?.split("</value>").next()?;
                 Some((key.to_string(), value.to_string()))
             })
-            .collect()
+            .collect();
+        (tags, profile)
     }
 }
 

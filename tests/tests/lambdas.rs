@@ -18,9 +18,12 @@ fn execution(region: &str, run: &str) -> String {
 
 /// Invokes `function` with its own execution role's clients (held to the template's policies).
 async fn call(c: &Ctx, function: Function, payload: Value) -> Result<Value, Error> {
-    // The worker role's id is what the template sets; the rest as the functions default them.
+    // The worker role's id and profile are what the template sets (instances launched without
+    // the profile could not be terminated: the roles' `ec2:InstanceProfile` condition); the
+    // rest as the functions default them.
     let settings = Settings {
         worker_role_id: Some(ephemera_tests::iam::WORKER_ROLE_ID.into()),
+        worker_instance_profile: Some(ephemera_tests::iam::WORKER_PROFILE.into()),
         ..Settings::default()
     };
     invoke(

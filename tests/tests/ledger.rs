@@ -189,6 +189,7 @@ async fn a_run_never_cleaned_up_lands_in_the_ledger_through_the_sweeper() {
     harness().door.ensure_ledger(c.region).await;
     let settings = Settings {
         worker_role_id: Some(ephemera_tests::iam::WORKER_ROLE_ID.into()),
+        worker_instance_profile: Some(ephemera_tests::iam::WORKER_PROFILE.into()),
         ledger_table: Some(LEDGER_TABLE.into()),
         monthly_budget_usd: MONTHLY_BUDGET_USD,
         ..Settings::default()
@@ -257,6 +258,7 @@ async fn launches_at_the_same_instant_never_together_pass_the_monthly_budget() {
     let launch = |n: u32, budget: f64| {
         let settings = Settings {
             worker_role_id: Some(ephemera_tests::iam::WORKER_ROLE_ID.into()),
+            worker_instance_profile: Some(ephemera_tests::iam::WORKER_PROFILE.into()),
             ledger_table: Some(LEDGER_TABLE.into()),
             monthly_budget_usd: budget,
             ..Settings::default()

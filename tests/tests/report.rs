@@ -22,6 +22,7 @@ async fn call(c: &Ctx, function: Function, payload: Value) -> Result<Value, Erro
     let settings = Settings {
         artifact_bucket: Some(ARTIFACT_BUCKET.into()),
         worker_role_id: Some(ephemera_tests::iam::WORKER_ROLE_ID.into()),
+        worker_instance_profile: Some(ephemera_tests::iam::WORKER_PROFILE.into()),
         ..Settings::default()
     };
     invoke(

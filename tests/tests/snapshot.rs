@@ -153,15 +153,18 @@ async fn a_retried_request_finds_its_snapshot_and_the_role_reaches_only_its_own(
     assert!(text.contains("AccessDenied"), "{text}");
 }
 
-/// A snapshot made before this run: ephemera's own (tagged as such) or the operator's.
-async fn earlier_snapshot(region: &str, id: &str, ours: bool) {
+/// A snapshot made before this run: ephemera's own, taken by `stack` (tagged as such), or the
+/// operator's (None).
+async fn earlier_snapshot(region: &str, id: &str, stack: Option<&str>) {
     let mut req = clients(region)
         .rds
         .create_db_snapshot()
         .db_instance_identifier("fx-db")
         .db_snapshot_identifier(id);
-    if ours {
-        req = req.tags(Tag::builder().key("ephemera:managed").value("true").build());
+    if let Some(stack) = stack {
+        req = req
+            .tags(Tag::builder().key("ephemera:managed").value("true").build())
+            .tags(Tag::builder().key("ephemera:stack").value(stack).build());
     }
     req.send().await.expect("CreateDBSnapshot");
 }
@@ -175,14 +178,17 @@ async fn earlier_snapshot(region: &str, id: &str, ours: bool) {
 async fn a_busy_source_is_waited_for_and_older_snapshots_are_pruned_after_a_verified_run() {
     let region = fresh_region();
     db_instance(region, "fx-db").await;
-    // Oldest first, a second apart (RDS dates snapshots to the second).
-    for (id, ours) in [
-        ("ephemera-old-1", true),
-        ("ephemera-old-2", true),
-        ("nightly-backup", false),
-        ("ephemera-old-3", true),
+    // Oldest first, a second apart (RDS dates snapshots to the second). Another stack that
+    // snapshots the same database: its snapshots, however old, are its own to prune.
+    let ours = Some(ephemera_tests::iam::STACK);
+    for (id, stack) in [
+        ("ephemera-other-stack-1", Some("another-stack")),
+        ("ephemera-old-1", ours),
+        ("ephemera-old-2", ours),
+        ("nightly-backup", None),
+        ("ephemera-old-3", ours),
     ] {
-        earlier_snapshot(region, id, ours).await;
+        earlier_snapshot(region, id, stack).await;
         tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     }
     ephemera_tests::harness().door.add_fault(
@@ -234,11 +240,22 @@ async fn a_busy_source_is_waited_for_and_older_snapshots_are_pruned_after_a_veri
     left.sort();
     let mut expected = vec![
         "ephemera-old-3".to_string(),
-        id,
+        id.clone(),
         "nightly-backup".to_string(),
+        "ephemera-other-stack-1".to_string(),
     ];
     expected.sort();
     assert_eq!(left, expected);
+    // Nor could the role delete it if the code tried: its condition names the stack's tag.
+    let refused = function_clients(region, Function::SnapshotDatabase.name())
+        .rds
+        .delete_db_snapshot()
+        .db_snapshot_identifier("ephemera-other-stack-1")
+        .send()
+        .await
+        .unwrap_err();
+    let text = format!("{}", aws_sdk_rds::error::DisplayErrorContext(&refused));
+    assert!(text.contains("AccessDenied"), "{text}");
     assert!(
         r.emails[0].body.contains(
             "older snapshots deleted (database.keep_snapshots = 2): ephemera-old-2, ephemera-old-1"

@@ -1,15 +1,28 @@
 //! The sweeper terminates what outlived its run, and nothing else.
 
-use aws_sdk_ec2::types::{InstanceType, ResourceType, Tag, TagSpecification};
+use aws_sdk_ec2::types::{
+    IamInstanceProfileSpecification, InstanceType, ResourceType, Tag, TagSpecification,
+};
 use aws_sdk_ssm::types::ParameterType;
 use chrono::{Duration, SecondsFormat, Utc};
 use ephemera_core::contract::RunParameters;
 use ephemera_core::tags;
 use ephemera_functions::{dispatch, invoke, Function, Settings};
+use ephemera_tests::iam::WORKER_PROFILE;
 use ephemera_tests::{clients, fixtures, fresh_region, function_clients};
 use serde_json::{json, Value};
 
+/// An instance launched with the stack's worker profile, as launch-worker launches them.
 async fn instance(aws: &ephemera_functions::Aws, image: &str, tags: &[(&str, String)]) -> String {
+    launched(aws, image, tags, Some(WORKER_PROFILE)).await
+}
+
+async fn launched(
+    aws: &ephemera_functions::Aws,
+    image: &str,
+    tags: &[(&str, String)],
+    profile: Option<&str>,
+) -> String {
     let spec = TagSpecification::builder()
         .resource_type(ResourceType::Instance)
         .set_tags(Some(
@@ -26,6 +39,9 @@ async fn instance(aws: &ephemera_functions::Aws, image: &str, tags: &[(&str, Str
         .min_count(1)
         .max_count(1)
         .tag_specifications(spec)
+        .set_iam_instance_profile(
+            profile.map(|p| IamInstanceProfileSpecification::builder().name(p).build()),
+        )
         .send()
         .await
         .unwrap();
@@ -90,9 +106,13 @@ async fn sweeps_instances_whose_run_is_over_or_past_its_deadline() {
     let orphan = instance(&aws, &net.image, &managed("orphan", &gone, &future)).await;
     let overdue = instance(&aws, &net.image, &managed("overdue", &running, &past)).await;
     let foreign = instance(&aws, &net.image, &[("Name", "not-ours".to_string())]).await;
+    // Someone else's instance, tagged as ephemera's (its run long over) but launched without
+    // the stack's profile: the tag alone does not make it the sweeper's.
+    let impostor = launched(&aws, &net.image, &managed("impostor", &gone, &past), None).await;
 
     let settings = Settings {
         default_topic: Some(inbox.topic_arn.clone()),
+        worker_instance_profile: Some(WORKER_PROFILE.into()),
         ..Settings::default()
     };
     let role = function_clients(region, "sweeper");
@@ -117,7 +137,12 @@ async fn sweeps_instances_whose_run_is_over_or_past_its_deadline() {
     assert_eq!(state(&aws, &foreign).await, "running");
     assert_eq!(state(&aws, &orphan).await, "terminated");
     assert_eq!(state(&aws, &overdue).await, "terminated");
+    assert_eq!(state(&aws, &impostor).await, "running");
     let text = out.to_string();
+    assert!(
+        text.contains(&format!("{impostor} is tagged ephemera:managed=true but was not launched with this stack's instance profile")),
+        "{text}"
+    );
     assert!(text.contains("its execution does not exist"), "{text}");
     assert!(text.contains("deadline"), "{text}");
 
@@ -127,6 +152,22 @@ async fn sweeps_instances_whose_run_is_over_or_past_its_deadline() {
         mail[0].subject,
         "ephemera sweeper: terminated 2 instance(s)"
     );
+
+    // Without the code's check, the role's own condition (`ec2:InstanceProfile`) still refuses.
+    let unfiltered = Settings {
+        worker_instance_profile: None,
+        ..settings.clone()
+    };
+    let refused = invoke(&role, &unfiltered, Function::Sweeper, json!({}))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("UnauthorizedOperation") || refused.contains("AccessDenied"),
+        "{refused}"
+    );
+    assert_eq!(state(&aws, &impostor).await, "running");
+    let _ = inbox.read().await;
 
     // Nothing left to sweep: no email, nothing terminated.
     let again: Value = invoke(&role, &settings, Function::Sweeper, json!({}))

@@ -93,6 +93,7 @@ fn the_template_and_the_asl_spell_the_contracts_names() {
         tags::ATTEMPT,
         tags::DEADLINE,
         tags::READER,
+        tags::STACK,
     ];
     let mut spelt = BTreeSet::new();
     for text in [&template, &asl] {
@@ -383,4 +384,35 @@ fn the_alarms_and_the_dashboard_watch_metrics_the_functions_send() {
         t["Globals"]["Function"]["Environment"]["Variables"]["EPHEMERA_STACK"],
         serde_json::json!({"!Ref": "AWS::StackName"})
     );
+}
+
+/// The worker role reads `secret:${DatabaseSecretPrefix}*`: the parameter must not be empty
+/// nor a bare word that other secrets' names start with. The pattern is a Java regex
+/// (CloudFormation's); this one is in the subset Python's `re` reads the same.
+#[test]
+fn the_secret_prefix_is_a_non_empty_path() {
+    let template: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(root().join("template.yaml")).unwrap())
+            .unwrap();
+    let p = &template["Parameters"]["DatabaseSecretPrefix"];
+    let pattern = p["AllowedPattern"].as_str().expect("an AllowedPattern");
+    let default = p["Default"].as_str().unwrap();
+    let check = |value: &str| {
+        let out = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import re,sys; sys.exit(0 if re.fullmatch(sys.argv[1], sys.argv[2]) else 1)",
+                pattern,
+                value,
+            ])
+            .status()
+            .expect("python3 runs");
+        out.success()
+    };
+    for ok in [default, "team/fx/", "a.b@c/"] {
+        assert!(check(ok), "{ok:?} should be allowed by {pattern}");
+    }
+    for bad in ["", "/", "*", "ephemera", "ephemera/*", "a//"] {
+        assert!(!check(bad), "{bad:?} should be refused by {pattern}");
+    }
 }

@@ -35,7 +35,9 @@ pub fn schema(run_id: &str) -> Result<String> {
             }
         })
         .collect();
-    let hash = hex::encode(&Sha256::digest(run_id.as_bytes())[..4]);
+    // 64 bits: two ids that read alike meet with odds of one in 2^32 after 2^32 such ids,
+    // where 32 bits met after 65,536 (and a meeting would drop another run's tables).
+    let hash = hex::encode(&Sha256::digest(run_id.as_bytes())[..8]);
     Ok(format!("{PREFIX}{readable}_{hash}"))
 }
 
@@ -220,9 +222,17 @@ pub async fn drop(client: &mut Client, run_id: &str, force: bool) -> Result<Drop
     } else {
         (0, 0)
     };
-    tx.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        .await
-        .with_context(|| format!("dropping schema {schema}"))?;
+    // The tables the run created, by name, then the schema: without CASCADE, so anything else
+    // someone put there (a view over a run's table, a table of their own) stops the drop with
+    // PostgreSQL's word for it instead of going with it.
+    let mut sql = String::new();
+    for def in stage::TABLES {
+        sql.push_str(&format!("DROP TABLE IF EXISTS {schema}.{};", def.name));
+    }
+    sql.push_str(&format!("DROP SCHEMA IF EXISTS {schema};"));
+    tx.batch_execute(&sql).await.with_context(|| {
+        format!("dropping schema {schema} and the run's tables (nothing was dropped: the schema holds something the run did not create, or depends on it)")
+    })?;
     let queue_rows = tx
         .execute(
             "DELETE FROM ephemera.partitions WHERE run_id = $1",
@@ -256,7 +266,7 @@ mod tests {
     fn schema_names_are_plain_distinct_and_short() {
         let a = schema("fx-2023-04").unwrap();
         assert!(a.starts_with("ephemera_run_fx_2023_04_"), "{a}");
-        assert_eq!(a.len(), "ephemera_run_fx_2023_04_".len() + 8);
+        assert_eq!(a.len(), "ephemera_run_fx_2023_04_".len() + 16);
         // Ids that read alike once sanitised still get their own schema.
         let names = ["a-b", "a_b", "A_B", "a.b"].map(|id| schema(id).unwrap());
         for (i, x) in names.iter().enumerate() {

@@ -293,6 +293,27 @@ async fn drop_removes_one_run_whole_and_leaves_the_other_untouched() {
         .await
         .unwrap();
     assert!(!drop_cli(&url, "keep", false).0);
+
+    // Something the run did not create in its schema (a view over its table): the drop stops,
+    // naming it, and removes nothing; once it is gone the drop goes through.
+    let schema = outputs::schema("keep").unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE VIEW {schema}.someones_view AS SELECT * FROM {schema}.indicators"
+        ))
+        .await
+        .unwrap();
+    let (ok, _, err) = drop_cli(&url, "keep", true);
+    assert!(!ok);
+    assert!(err.contains("someones_view"), "{err}");
+    assert_eq!(
+        left_of(&client, "keep").await,
+        (true, 12, rows(&keep, "validation"), 1)
+    );
+    client
+        .batch_execute(&format!("DROP VIEW {schema}.someones_view"))
+        .await
+        .unwrap();
     let (ok, _, err) = drop_cli(&url, "keep", true);
     assert!(ok, "{err}");
     assert_eq!(left_of(&client, "keep").await, (false, 0, 0, 0));

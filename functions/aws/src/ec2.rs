@@ -35,6 +35,8 @@ pub struct InstanceView {
     pub tags: BTreeMap<String, String>,
     pub http_tokens: Option<String>,
     pub client_token: Option<String>,
+    /// The ARN of the instance profile it was launched with (`ec2:InstanceProfile`).
+    pub profile: Option<String>,
 }
 
 /// A RunInstances error as EC2 answered it.
@@ -180,6 +182,10 @@ pub fn view(i: &Instance) -> InstanceView {
             .iter()
             .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
             .collect(),
+        profile: i
+            .iam_instance_profile()
+            .and_then(|p| p.arn())
+            .map(str::to_string),
         http_tokens: i
             .metadata_options()
             .and_then(|m| m.http_tokens())

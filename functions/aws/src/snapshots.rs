@@ -46,6 +46,14 @@ fn managed(tags: &[Tag]) -> bool {
         .any(|t| t.key() == Some(tags::MANAGED) && t.value() == Some("true"))
 }
 
+/// The `ephemera:stack` tag's value: the stack that took the snapshot.
+fn stack_of(tags: &[Tag]) -> Option<String> {
+    tags.iter()
+        .find(|t| t.key() == Some(tags::STACK))
+        .and_then(|t| t.value())
+        .map(str::to_string)
+}
+
 fn time(t: Option<&aws_smithy_types::DateTime>) -> Option<chrono::DateTime<chrono::Utc>> {
     t.and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
 }
@@ -181,6 +189,7 @@ impl Snapshots for aws_sdk_rds::Client {
                         identifier: s.db_snapshot_identifier().unwrap_or_default().to_string(),
                         created: time(s.snapshot_create_time()),
                         managed: managed(s.tag_list()),
+                        stack: stack_of(s.tag_list()),
                     }));
                     o.marker().map(str::to_string)
                 }
@@ -201,6 +210,7 @@ impl Snapshots for aws_sdk_rds::Client {
                                 .to_string(),
                             created: time(s.snapshot_create_time()),
                             managed: managed(s.tag_list()),
+                            stack: stack_of(s.tag_list()),
                         }
                     }));
                     o.marker().map(str::to_string)

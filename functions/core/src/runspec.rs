@@ -482,6 +482,16 @@ impl RunSpec {
                     self.run_id
                 ),
             );
+        } else if self.run_id.starts_with('.') || self.run_id.contains("..") {
+            // The id is a path segment in S3 keys, SSM paths and log streams: `..` would name
+            // the parent of the run's own place, `.` the place itself.
+            errs.add(
+                "run_id",
+                format!(
+                    "'{}' must not start with '.' or contain '..' (it is a path segment in S3 keys and SSM paths)",
+                    self.run_id
+                ),
+            );
         }
     }
 
@@ -616,7 +626,8 @@ impl RunSpec {
             if a.chars().any(|c| c == '\0' || c == '\n' || c == '\r') {
                 errs.add(&field, "must not contain newlines or NUL");
             }
-            if looks_like_credential(a) {
+            let after_flag = i > 0 && is_credential_flag(&w.args[i - 1]);
+            if looks_like_credential(a) || after_flag {
                 errs.add(
                     &field,
                     "looks like it carries a password; pass a Secrets Manager secret id instead (user data is not secret)",
@@ -1163,11 +1174,16 @@ pub fn parse_s3_url(url: &str) -> Option<(&str, &str)> {
     ok.then_some((bucket, key))
 }
 
-/// A URL with a password (`scheme://user:pass@host`) or a `password=` pair.
+/// A URL with a password (`scheme://user:pass@host`), or a `key=value` pair whose key names a
+/// credential (`password=…`, `--api-key=…`, `DB_TOKEN=…`).
 fn looks_like_credential(arg: &str) -> bool {
-    let lower = arg.to_ascii_lowercase();
-    if lower.contains("password=") || lower.contains("secret_access_key") {
+    if arg.to_ascii_lowercase().contains("secret_access_key") {
         return true;
+    }
+    if let Some((key, value)) = arg.split_once('=') {
+        if !value.is_empty() && names_a_credential(key) {
+            return true;
+        }
     }
     if let Some((_, rest)) = arg.split_once("://") {
         if let Some((userinfo, _)) = rest.split_once('@') {
@@ -1175,6 +1191,39 @@ fn looks_like_credential(arg: &str) -> bool {
         }
     }
     false
+}
+
+/// A flag that takes a credential as its next argument (`--password x`, `--token x`,
+/// `--api-key x`, `-p` is not one: too many tools use it for a port or a path).
+fn is_credential_flag(arg: &str) -> bool {
+    arg.starts_with('-') && !arg.contains('=') && names_a_credential(arg)
+}
+
+/// A flag's or a variable's name (`--db-password`, `API_KEY`, `client_secret`) that says its
+/// value is a credential. Names ending in `-secret` alone are not: `--database-secret` takes a
+/// Secrets Manager secret's id, which is what a RunSpec should pass.
+fn names_a_credential(name: &str) -> bool {
+    let name = name
+        .trim_start_matches('-')
+        .to_ascii_lowercase()
+        .replace('-', "_");
+    if name == "secret" {
+        return true;
+    }
+    const WORDS: [&str; 9] = [
+        "password",
+        "passwd",
+        "token",
+        "api_key",
+        "apikey",
+        "client_secret",
+        "secret_key",
+        "access_key",
+        "private_key",
+    ];
+    WORDS
+        .iter()
+        .any(|w| name == *w || name.ends_with(&format!("_{w}")))
 }
 
 #[cfg(test)]
@@ -1651,6 +1700,70 @@ pub(crate) mod tests {
         ] {
             assert!(errs.iter().any(|e| e.field == f), "{f} missing in {errs:?}");
         }
+    }
+
+    #[test]
+    fn credentials_are_refused_as_flags_and_pairs_but_secret_ids_are_not() {
+        let args_errs = |args: Value| {
+            let mut v = sample();
+            v["worker"]["args"] = args;
+            RunSpec::parse(&v)
+                .err()
+                .map_or(vec![], |e| e.errors)
+                .into_iter()
+                .filter(|e| e.message.contains("carries a password"))
+                .map(|e| e.field)
+                .collect::<Vec<_>>()
+        };
+        for (args, field) in [
+            (json!(["--password", "hunter2"]), "worker.args[1]"),
+            (json!(["--password=hunter2"]), "worker.args[0]"),
+            (json!(["--token", "abc"]), "worker.args[1]"),
+            (json!(["--api-key", "abc"]), "worker.args[1]"),
+            (json!(["--db-password", "x"]), "worker.args[1]"),
+            (json!(["api_key=abc"]), "worker.args[0]"),
+            (json!(["GITHUB_TOKEN=ghp_x"]), "worker.args[0]"),
+            (json!(["--client-secret=abc"]), "worker.args[0]"),
+            (json!(["secret=abc"]), "worker.args[0]"),
+            (json!(["password=x"]), "worker.args[0]"),
+            (
+                json!(["exec", "--", "python3", "job.py", "--token", "t"]),
+                "worker.args[5]",
+            ),
+        ] {
+            assert_eq!(args_errs(args.clone()), [field], "{args}");
+        }
+        // A secret's id, a timeout named after the token, counts of tokens: not credentials.
+        for args in [
+            json!(["--database-secret", "ephemera/fx-db"]),
+            json!(["--token-timeout-seconds", "600"]),
+            json!([
+                "exec",
+                "--",
+                "train",
+                "--max-tokens=4096",
+                "--tokenizer",
+                "bpe"
+            ]),
+            json!(["--password="]),
+        ] {
+            assert!(args_errs(args.clone()).is_empty(), "{args}");
+        }
+    }
+
+    #[test]
+    fn a_run_id_is_not_a_relative_path() {
+        for id in [".", "..", "a..b", ".hidden"] {
+            let mut v = sample();
+            v["run_id"] = json!(id);
+            assert!(
+                has(&errors_of(v), "run_id", "must not start with '.'"),
+                "{id}"
+            );
+        }
+        let mut v = sample();
+        v["run_id"] = json!("fx.2023-04");
+        assert!(RunSpec::parse(&v).is_ok());
     }
 
     #[test]

@@ -137,18 +137,23 @@ pub struct Listed {
     pub created: Option<DateTime<Utc>>,
     /// Tagged `ephemera:managed=true`: only these are ever deleted.
     pub managed: bool,
+    /// Its `ephemera:stack` tag: the stack that took it.
+    pub stack: Option<String>,
 }
 
-/// Which of the source's snapshots to delete after a verified run: ephemera's own, beyond the
-/// newest `keep` (this run's, `current`, always kept); the user's own snapshots are never
-/// touched. `keep` 0 deletes nothing.
-pub fn to_prune(listed: &[Listed], keep: u32, current: &str) -> Vec<String> {
+/// Which of the source's snapshots to delete after a verified run: this stack's own (`stack`,
+/// the `ephemera:stack` tag it puts on what it takes), beyond the newest `keep` (this run's,
+/// `current`, always kept); the user's own snapshots and another stack's are never touched.
+/// `keep` 0 deletes nothing.
+pub fn to_prune(listed: &[Listed], keep: u32, current: &str, stack: Option<&str>) -> Vec<String> {
     if keep == 0 {
         return vec![];
     }
     let mut ours: Vec<&Listed> = listed
         .iter()
-        .filter(|l| l.managed && l.identifier.starts_with("ephemera-"))
+        .filter(|l| {
+            l.managed && l.identifier.starts_with("ephemera-") && l.stack.as_deref() == stack
+        })
         .collect();
     // Newest first; this run's first of all (RDS dates a snapshot when it starts, and a
     // snapshot still creating may have none yet).
@@ -244,6 +249,7 @@ mod tests {
             identifier: id.into(),
             created,
             managed,
+            stack: Some("fx".into()),
         };
         let listed = vec![
             l("ephemera-fx-a", t(1), true),
@@ -253,18 +259,29 @@ mod tests {
             l("ephemera-fx-now", None, true),
             l("nightly-backup", t(1), false),
             l("ephemera-lookalike", t(1), false),
+            // Another stack's, older than all: never this stack's to delete.
+            Listed {
+                stack: Some("other".into()),
+                ..l("ephemera-other-0", t(1), true)
+            },
+            Listed {
+                stack: None,
+                ..l("ephemera-untagged-0", t(1), true)
+            },
         ];
+        let fx = Some("fx");
         assert_eq!(
-            to_prune(&listed, 3, "ephemera-fx-now"),
+            to_prune(&listed, 3, "ephemera-fx-now", fx),
             vec!["ephemera-fx-b", "ephemera-fx-a"]
         );
         assert_eq!(
-            to_prune(&listed, 1, "ephemera-fx-now").len(),
+            to_prune(&listed, 1, "ephemera-fx-now", fx).len(),
             4,
             "this run's is the one kept"
         );
-        assert!(to_prune(&listed, 0, "ephemera-fx-now").is_empty());
-        assert!(to_prune(&listed, 10, "ephemera-fx-now").is_empty());
+        assert!(to_prune(&listed, 0, "ephemera-fx-now", fx).is_empty());
+        assert!(to_prune(&listed, 10, "ephemera-fx-now", fx).is_empty());
+        assert!(to_prune(&listed, 1, "ephemera-fx-now", Some("other")).is_empty());
     }
 
     #[test]

@@ -31,6 +31,24 @@ pub fn sweep_reason(
     }
 }
 
+/// Whether an instance was launched with the stack's worker instance profile (`stack`: its name,
+/// as `!Ref` gives it, or its ARN), from the profile ARN EC2 reports for the instance. The tag
+/// `ephemera:managed=true` alone is not enough to terminate an instance: anyone who may tag
+/// instances in the account could set it on one of theirs. No stack profile known (a local
+/// call without the stack's settings): every instance passes, and IAM's `ec2:InstanceProfile`
+/// condition still stands.
+pub fn launched_by_stack(instance_profile_arn: Option<&str>, stack: Option<&str>) -> bool {
+    let Some(stack) = stack else {
+        return true;
+    };
+    match instance_profile_arn {
+        None => false,
+        Some(arn) if stack.starts_with("arn:") => arn == stack,
+        // `arn:aws:iam::123456789012:instance-profile/<path/>name`: the name is the last part.
+        Some(arn) => arn.contains(":instance-profile/") && arn.rsplit('/').next() == Some(stack),
+    }
+}
+
 /// A parameter under [`RunParameters::ROOT`], as listed (names and dates, never values).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Param {
@@ -60,6 +78,25 @@ pub fn stale_signals(params: &[Param], live: &BTreeSet<&str>, now: DateTime<Utc>
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn only_instances_with_the_stacks_profile_are_the_stacks() {
+        let ours = "arn:aws:iam::123456789012:instance-profile/stack-WorkerProfile-X1";
+        let pathed = "arn:aws:iam::123456789012:instance-profile/teams/stack-WorkerProfile-X1";
+        let name = Some("stack-WorkerProfile-X1");
+        assert!(launched_by_stack(Some(ours), name));
+        assert!(launched_by_stack(Some(pathed), name));
+        assert!(launched_by_stack(Some(ours), Some(ours)));
+        assert!(!launched_by_stack(Some(pathed), Some(ours)));
+        // No profile, another profile, a name that only ends the same way: not ours.
+        assert!(!launched_by_stack(None, name));
+        let other = "arn:aws:iam::123456789012:instance-profile/prod-web";
+        assert!(!launched_by_stack(Some(other), name));
+        let longer = "arn:aws:iam::123456789012:instance-profile/xstack-WorkerProfile-X1";
+        assert!(!launched_by_stack(Some(longer), name));
+        // No stack profile known: nothing filtered here (IAM's condition still stands).
+        assert!(launched_by_stack(None, None));
+    }
 
     #[test]
     fn only_old_signals_of_instances_no_longer_live_are_stale() {

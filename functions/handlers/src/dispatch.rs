@@ -101,6 +101,9 @@ pub struct Settings {
     pub export_bucket: Option<String>,
     /// EPHEMERA_EBS_KMS_KEY: the key the workers' root volumes are encrypted with.
     pub ebs_kms_key: Option<String>,
+    /// EPHEMERA_STACK: the stack's name, tagged on what it creates that outlives a run (its
+    /// snapshots) so that it prunes only its own.
+    pub stack: Option<String>,
 }
 
 impl Settings {
@@ -129,6 +132,7 @@ impl Settings {
             worker_log_group: var("EPHEMERA_WORKER_LOG_GROUP"),
             export_bucket: var("EPHEMERA_EXPORT_BUCKET"),
             ebs_kms_key: var("EPHEMERA_EBS_KMS_KEY"),
+            stack: var("EPHEMERA_STACK"),
         }
     }
 }
@@ -174,7 +178,7 @@ pub async fn invoke(
             };
             launch_worker(clients, region, settings, payload, now).await
         }
-        Function::SnapshotDatabase => snapshot_database(&aws.rds, payload, now).await,
+        Function::SnapshotDatabase => snapshot_database(&aws.rds, settings, payload, now).await,
         Function::HealthCheck => health_check(&aws.ec2, &aws.ssm, payload, now).await,
         Function::VerifyCompletion => verify_completion(&aws.s3, payload, now).await,
         Function::TerminateWithCostReport => {
@@ -276,14 +280,16 @@ pub async fn launch_worker(
 
 pub async fn snapshot_database(
     rds: &aws_sdk_rds::Client,
+    settings: &Settings,
     payload: Value,
     now: DateTime<Utc>,
 ) -> Result<Value, Error> {
     let input: snapshot_database::Input = parse_input(Function::SnapshotDatabase.name(), payload)?;
+    let stack = settings.stack.as_deref();
     if input.prune {
-        return out(snapshot_database::prune(rds, input).await?);
+        return out(snapshot_database::prune(rds, input, stack).await?);
     }
-    out(snapshot_database::handle(rds, input, now).await?)
+    out(snapshot_database::handle(rds, input, stack, now).await?)
 }
 
 pub async fn health_check(
@@ -384,7 +390,8 @@ pub async fn sweeper(
     now: DateTime<Utc>,
 ) -> Result<Value, Error> {
     let topic = settings.default_topic.as_deref();
-    let report = sweeper::handle(services, topic, now).await?;
+    let profile = settings.worker_instance_profile.as_deref();
+    let report = sweeper::handle(services, topic, profile, now).await?;
     emit(|stack| {
         metrics::of_sweep(
             stack,

@@ -25,9 +25,11 @@ pub struct Input {
     pub prune: bool,
 }
 
+/// `stack`: the deployment's stack name, tagged on the snapshot so that pruning finds its own.
 pub async fn handle<R: Snapshots>(
     rds: &R,
     input: Input,
+    stack: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<SnapshotState, Error> {
     let spec = &input.run;
@@ -50,6 +52,9 @@ pub async fn handle<R: Snapshots>(
         t.insert(tags::MANAGED.into(), "true".into());
         t.insert(tags::RUN.into(), spec.run_id.clone());
         t.insert(tags::EXECUTION.into(), input.execution.clone());
+        if let Some(s) = stack {
+            t.insert(tags::STACK.into(), s.to_string());
+        }
         match rds.create(kind, db, &identifier, &t).await {
             Ok(status) => {
                 tracing::info!(%identifier, source = db, status, "snapshot requested");
@@ -96,7 +101,11 @@ pub async fn handle<R: Snapshots>(
 
 /// After a verified run: ephemera's snapshots of the source beyond the newest
 /// `database.keep_snapshots` (this run's always kept) deleted; the user's never touched.
-pub async fn prune<R: Snapshots>(rds: &R, input: Input) -> Result<Pruned, Error> {
+pub async fn prune<R: Snapshots>(
+    rds: &R,
+    input: Input,
+    stack: Option<&str>,
+) -> Result<Pruned, Error> {
     let spec = &input.run;
     let keep = spec.database.keep_snapshots;
     let taken = input
@@ -104,7 +113,7 @@ pub async fn prune<R: Snapshots>(rds: &R, input: Input) -> Result<Pruned, Error>
         .as_ref()
         .ok_or_else(|| Error::BadInput("prune needs the run's snapshot ($.snapshot)".into()))?;
     let listed = rds.list(taken.kind, &taken.source).await?;
-    let deleted = snapshot::to_prune(&listed, keep, &taken.identifier);
+    let deleted = snapshot::to_prune(&listed, keep, &taken.identifier, stack);
     for id in &deleted {
         rds.delete(taken.kind, id).await?;
     }

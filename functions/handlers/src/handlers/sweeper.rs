@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use ephemera_core::contract::RunParameters;
 use ephemera_core::instance_state::InstanceState;
 use ephemera_core::ledger::EntryState;
-use ephemera_core::sweep::{stale_signals, sweep_reason};
+use ephemera_core::sweep::{launched_by_stack, stale_signals, sweep_reason};
 use serde::{Deserialize, Serialize};
 
 use crate::aws::{Compute, Executions, InstanceView, Ledger, Notifier, ParamHousekeeping};
@@ -46,15 +46,32 @@ pub struct Services<'a, E, X, N, L, P> {
     pub params: &'a P,
 }
 
+/// `profile`: the stack's worker instance profile; a live instance tagged as managed but launched
+/// without it is left alone (and said in the notes), whatever its tags say.
 pub async fn handle<E: Compute, X: Executions, N: Notifier, L: Ledger, P: ParamHousekeeping>(
     s: Services<'_, E, X, N, L, P>,
     topic: Option<&str>,
+    profile: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<SweepReport, Error> {
-    let live = s
+    let tagged = s
         .ec2
         .instances(&[(tags::MANAGED, "true")], &InstanceState::LIVE)
         .await?;
+    let (live, impostors): (Vec<InstanceView>, Vec<InstanceView>) = tagged
+        .into_iter()
+        .partition(|i| launched_by_stack(i.profile.as_deref(), profile));
+    let mut notes: Vec<String> = impostors
+        .iter()
+        .map(|i| {
+            format!(
+                "{} is tagged {}=true but was not launched with this stack's instance profile ({}): left alone",
+                i.id,
+                tags::MANAGED,
+                i.profile.as_deref().unwrap_or("none")
+            )
+        })
+        .collect();
     let swept = condemned(s.executions, &live, now).await;
     let ids: Vec<String> = swept.iter().map(|s| s.instance_id.clone()).collect();
     s.ec2.terminate(&ids).await?;
@@ -71,7 +88,6 @@ pub async fn handle<E: Compute, X: Executions, N: Notifier, L: Ledger, P: ParamH
         .map(|i| i.id.as_str())
         .filter(|id| !ids.iter().any(|s| s == id))
         .collect();
-    let mut notes = vec![];
     let signals_deleted = delete_stale_signals(s.params, &still_live, now, &mut notes).await;
     let report = SweepReport {
         checked: live.len(),
