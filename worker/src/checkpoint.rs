@@ -141,6 +141,9 @@ pub struct Checkpoint {
     /// Tests: a save waits here after its files are sent, before its list is written.
     #[cfg(test)]
     hold: Option<Hold>,
+    /// Tests: a restore waits here after it read the list, before it takes it over.
+    #[cfg(test)]
+    hold_takeover: Option<Hold>,
 }
 
 /// A save held between its files and its list: it says so on `reached`, then waits for `go`.
@@ -182,6 +185,8 @@ impl Checkpoint {
             seen: HashMap::new(),
             #[cfg(test)]
             hold: None,
+            #[cfg(test)]
+            hold_takeover: None,
         })
     }
 
@@ -224,6 +229,11 @@ impl Checkpoint {
             if found.attempt > self.attempt {
                 self.fenced = true;
                 return Err(self.fenced_error());
+            }
+            #[cfg(test)]
+            if let Some(hold) = self.hold_takeover.take() {
+                let _ = hold.reached.send(());
+                let _ = hold.go.await;
             }
             let mine = Saved {
                 attempt: self.attempt,
@@ -792,12 +802,51 @@ mod tests {
         );
     }
 
+    /// The relaunch reads the list, then the old attempt's last save lands (and removes the
+    /// files it superseded) before the relaunch takes the list over: the takeover is refused,
+    /// the relaunch reads again and restores the last save, not a list whose files are gone.
+    async fn a_list_that_moves_before_the_takeover_is_read_again(stores: Stores, b: &Path) {
+        let mut old = attempt(&stores, b, 1).await;
+        old.restore().await.unwrap();
+        std::fs::write(b.join("w1/step"), b"10").unwrap();
+        old.save().await.unwrap();
+
+        let mut new = attempt(&stores, b, 2).await;
+        let (reached_tx, reached) = tokio::sync::oneshot::channel();
+        let (go, go_rx) = tokio::sync::oneshot::channel();
+        new.hold_takeover = Some(Hold {
+            reached: reached_tx,
+            go: go_rx,
+        });
+        let restoring = tokio::spawn(async move { (new.restore().await, new) });
+        reached.await.unwrap();
+        std::fs::write(b.join("w1/step"), b"11, the old attempt's last").unwrap();
+        old.save().await.unwrap();
+        assert_eq!(
+            stores(9).await.list().await.unwrap(),
+            ["a1/g2/step", LIST],
+            "the first save's file is gone"
+        );
+        go.send(()).unwrap();
+        let (restored, new) = restoring.await.unwrap();
+        assert_eq!(restored.unwrap(), 1);
+        assert_eq!(
+            std::fs::read(b.join("w2/step")).unwrap(),
+            b"11, the old attempt's last"
+        );
+        assert_eq!(new.saved().attempt, 2);
+        // And the old attempt is fenced from then on.
+        assert!(old.save().await.unwrap_err().is::<Fenced>());
+    }
+
     #[tokio::test]
     async fn two_attempts_in_a_directory_are_fenced() {
         let b = base("fence-dir");
         an_old_attempts_last_save_after_the_takeover_is_fenced(dir_stores(&b), &b).await;
         std::fs::remove_dir_all(&b).unwrap();
         an_old_attempts_last_save_before_the_restore_is_restored(dir_stores(&b), &b).await;
+        std::fs::remove_dir_all(&b).unwrap();
+        a_list_that_moves_before_the_takeover_is_read_again(dir_stores(&b), &b).await;
         std::fs::remove_dir_all(&b).unwrap();
     }
 
@@ -812,6 +861,9 @@ mod tests {
             &b,
         )
         .await;
+        std::fs::remove_dir_all(&b).unwrap();
+        a_list_that_moves_before_the_takeover_is_read_again(s3_stores("fence-moved").await, &b)
+            .await;
         std::fs::remove_dir_all(&b).unwrap();
     }
 
