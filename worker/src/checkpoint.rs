@@ -393,17 +393,26 @@ impl Checkpoint {
             files: next,
             sends,
         };
-        let expect = self.tag.as_deref().map_or(Expect::Absent, Expect::Tagged);
-        let written = self
-            .store
-            .put_if(
-                &self.store.target.key(LIST),
-                serde_json::to_vec_pretty(&saved)?,
-                "application/json",
-                expect,
-            )
-            .await?;
-        let Swap::Written(tag) = written else {
+        let body = serde_json::to_vec_pretty(&saved)?;
+        let mut written = None;
+        for _ in 0..TAKEOVER_TRIES {
+            let expect = self.tag.as_deref().map_or(Expect::Absent, Expect::Tagged);
+            let key = self.store.target.key(LIST);
+            if let Swap::Written(tag) = self
+                .store
+                .put_if(&key, body.clone(), "application/json", expect)
+                .await?
+            {
+                written = Some(tag);
+                break;
+            }
+            // Refused. A 409 (another write to the key under way) is no verdict: while the
+            // list is still the one this attempt last wrote, write again.
+            if self.read_list().await?.map(|(_, t)| t) != self.tag {
+                break;
+            }
+        }
+        let Some(tag) = written else {
             // A later attempt took the place over: its list may name any file but those just
             // sent (their keys are this attempt's and this generation's).
             self.fenced = true;
@@ -865,6 +874,58 @@ mod tests {
         a_list_that_moves_before_the_takeover_is_read_again(s3_stores("fence-moved").await, &b)
             .await;
         std::fs::remove_dir_all(&b).unwrap();
+    }
+
+    #[tokio::test]
+    async fn conditional_writes_at_once_in_s3_let_one_through() {
+        let stores = s3_stores("at-once").await;
+        let store = stores(1).await;
+        let key = store.target.key(LIST);
+        let Swap::Written(tag) = store
+            .put_if(&key, b"{}".to_vec(), "application/json", Expect::Absent)
+            .await
+            .unwrap()
+        else {
+            panic!("the first write of a new key")
+        };
+        let writes = (0..8u8).map(|i| {
+            let (store, key, tag) = (store.clone(), key.clone(), tag.clone());
+            tokio::spawn(async move {
+                store
+                    .put_if(&key, vec![i], "application/json", Expect::Tagged(&tag))
+                    .await
+                    .unwrap()
+            })
+        });
+        let won: Vec<Swap> = futures_util::future::join_all(writes)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .filter(|w| matches!(w, Swap::Written(_)))
+            .collect();
+        assert_eq!(won.len(), 1, "{won:?}");
+        let (_, now) = store.get_tagged(&key).await.unwrap().unwrap();
+        assert_eq!(Swap::Written(now), won[0]);
+    }
+
+    #[tokio::test]
+    async fn a_conditional_write_while_another_is_under_way_is_refused_409() {
+        let stores = s3_stores("under-way").await;
+        let store = stores(1).await;
+        let key = store.target.key(LIST);
+        let Target::S3 { bucket, .. } = &store.target else {
+            unreachable!()
+        };
+        let region = store.s3().unwrap().0.config().region().unwrap().to_string();
+        let under_way = ephemera_tests::harness()
+            .door
+            .s3_conditional_write_under_way(&region, &format!("/{bucket}/{key}"));
+        let put = || store.put_if(&key, b"{}".to_vec(), "application/json", Expect::Absent);
+        // 409 ConditionalRequestConflict: no write, and told as a lost swap.
+        assert_eq!(put().await.unwrap(), Swap::Lost);
+        assert_eq!(store.get_tagged(&key).await.unwrap(), None);
+        drop(under_way);
+        assert!(matches!(put().await.unwrap(), Swap::Written(_)));
     }
 
     #[tokio::test]
