@@ -460,24 +460,24 @@ impl Checkpoint {
         }
     }
 
-    /// After the job succeeded: every object of the place, the list first (so no restore
-    /// can see a list without its files); how many.
-    pub async fn delete_all(&self) -> Result<usize> {
-        let mut keys = self.store.list().await?;
-        // The list first, whatever its place in the listing.
-        keys.sort_by_key(|k| k != LIST);
-        for k in &keys {
-            self.store.delete(&self.store.target.key(k)).await?;
-        }
-        Ok(keys.len())
-    }
-
     /// The grace the job gets so that its last save fits the notice, from the sends the list
     /// records (see [`last_save_room`]).
     pub fn room(&self, grace: Duration) -> Room {
         let (rate, bytes) = measured(&self.saved.sends);
         last_save_room(grace, rate, bytes)
     }
+}
+
+/// After the job succeeded: every object of a checkpoint's place, the list first (so no
+/// restore can see a list without its files); how many.
+pub async fn delete_all(store: &Store) -> Result<usize> {
+    let mut keys = store.list().await?;
+    // The list first, whatever its place in the listing.
+    keys.sort_by_key(|k| k != LIST);
+    for k in &keys {
+        store.delete(&store.target.key(k)).await?;
+    }
+    Ok(keys.len())
 }
 
 fn signature(path: &Path) -> Result<(u64, SystemTime)> {
@@ -989,7 +989,7 @@ mod tests {
         c.restore().await.unwrap();
         std::fs::write(b.join("w1/step"), b"10").unwrap();
         c.save().await.unwrap();
-        assert_eq!(c.delete_all().await.unwrap(), 2);
+        assert_eq!(delete_all(&stores(1).await).await.unwrap(), 2);
         assert!(stores(1).await.list().await.unwrap().is_empty());
         std::fs::remove_dir_all(&b).unwrap();
     }

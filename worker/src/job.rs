@@ -146,14 +146,8 @@ pub async fn publish(plan: &Plan) -> Result<Option<String>> {
     if let Some(c) = plan.checkpoint.as_ref().filter(|c| !c.keep) {
         let place = checkpoint::place(&c.to, &plan.run_id, plan.worker);
         let url = place.url(&place.key(""));
-        let cp = Checkpoint::open_in(
-            &in_workdir(&plan.job.workdir, &c.dir),
-            crate::store::Store::new(place).await,
-            plan.attempt,
-        )
-        .await?;
         // The job's result is stored: a checkpoint left behind costs storage, not the run.
-        match cp.delete_all().await {
+        match checkpoint::delete_all(&crate::store::Store::new(place).await).await {
             Ok(n) => tracing::info!(objects = n, place = %url, "the job's checkpoints deleted"),
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), place = %url, "the job's checkpoints stay")
