@@ -102,6 +102,14 @@ pub struct FrontDoor {
     /// are serializable
     /// (https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/transaction-apis.html#transaction-isolation).
     dynamodb_writes: tokio::sync::Mutex<()>,
+    /// (region, path) of the S3 conditional writes under way. moto 5.2.5 answers a conditional
+    /// PutObject as AWS does one at a time (412 PreconditionFailed; 404 NoSuchKey for If-Match
+    /// on no object) but checks and writes in two steps and never answers 409, so two at once
+    /// could both pass; AWS answers a write that conflicts with one under way 409
+    /// ConditionalRequestConflict
+    /// (https://docs.aws.amazon.com/AmazonS3/latest/API/API_PutObject.html, If-Match and
+    /// If-None-Match; https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html).
+    s3_conditional_writes: Mutex<std::collections::HashSet<(String, String)>>,
     /// region → the account's default EBS key there (GetEbsDefaultKmsKeyId; AWS's own when
     /// absent), which moto does not serve.
     pub ebs_default_key: Mutex<HashMap<String, String>>,
@@ -129,6 +137,26 @@ pub struct Denial {
 }
 
 impl FrontDoor {
+    /// Tests: a conditional write of `path` (`/bucket/key`) in `region` is under way until the
+    /// guard is dropped, so that another one there is answered 409 as AWS answers it.
+    pub fn s3_conditional_write_under_way(self: &Arc<Self>, region: &str, path: &str) -> impl Drop {
+        struct Under(Arc<FrontDoor>, (String, String));
+        impl Drop for Under {
+            fn drop(&mut self) {
+                self.0.s3_conditional_writes.lock().unwrap().remove(&self.1);
+            }
+        }
+        let key = (region.to_string(), path.to_string());
+        assert!(
+            self.s3_conditional_writes
+                .lock()
+                .unwrap()
+                .insert(key.clone()),
+            "a write of {path} is already under way"
+        );
+        Under(self.clone(), key)
+    }
+
     pub fn new(moto: String) -> FrontDoor {
         FrontDoor {
             moto,
@@ -136,6 +164,7 @@ impl FrontDoor {
             faults: Mutex::default(),
             image_snapshot_gib: Mutex::default(),
             dynamodb_writes: tokio::sync::Mutex::new(()),
+            s3_conditional_writes: Mutex::default(),
             ebs_default_key: Mutex::default(),
             kms_refused: Mutex::default(),
             crashes: Mutex::default(),
@@ -498,7 +527,43 @@ async fn route(State(door): State<Arc<FrontDoor>>, req: Request) -> Response<Bod
         let _one_at_a_time = door.dynamodb_writes.lock().await;
         return proxy(&door, parts, bytes).await;
     }
+    if service == "s3"
+        && matches!(
+            parts.method,
+            axum::http::Method::PUT | axum::http::Method::POST
+        )
+        && (parts.headers.contains_key("if-match") || parts.headers.contains_key("if-none-match"))
+    {
+        let key = (region.clone(), path.clone());
+        if !door
+            .s3_conditional_writes
+            .lock()
+            .unwrap()
+            .insert(key.clone())
+        {
+            return s3_error(
+                409,
+                "ConditionalRequestConflict",
+                "A conflicting conditional operation is currently in progress against this resource. Please try again.",
+            );
+        }
+        let answer = proxy(&door, parts, bytes).await;
+        door.s3_conditional_writes.lock().unwrap().remove(&key);
+        return answer;
+    }
     proxy(&door, parts, bytes).await
+}
+
+/// An S3 error as S3 answers it (REST, XML).
+fn s3_error(status: u16, code: &str, message: &str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/xml")
+        .body(Body::from(format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{}</Message><RequestId>0</RequestId></Error>",
+            xml_escape(message)
+        )))
+        .unwrap()
 }
 
 /// Reads of a new RDS snapshot that answer "creating" before "available".

@@ -308,6 +308,12 @@ fn s3(w: &Wire) -> (String, Vec<Check>) {
         ),
         ("DELETE", false) => ("DeleteObject", format!("arn:aws:s3:::{bucket}/{key}")),
         ("GET", true) if has("location") => ("GetBucketLocation", format!("arn:aws:s3:::{bucket}")),
+        // ListMultipartUploads (GET /bucket?uploads) is its own action, on the bucket
+        // (https://docs.aws.amazon.com/AmazonS3/latest/API/API_ListMultipartUploads.html).
+        ("GET", true) if has("uploads") => (
+            "ListBucketMultipartUploads",
+            format!("arn:aws:s3:::{bucket}"),
+        ),
         ("GET", true) => ("ListBucket", format!("arn:aws:s3:::{bucket}")),
         ("HEAD", true) => ("ListBucket", format!("arn:aws:s3:::{bucket}")),
         ("PUT", true) => ("CreateBucket", format!("arn:aws:s3:::{bucket}")),

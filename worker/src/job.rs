@@ -22,6 +22,9 @@ pub struct Checkpointing {
     pub dir: PathBuf,
     pub to: Target,
     pub every: Duration,
+    /// Keep the checkpoints after the job succeeded (`--keep-checkpoints`); by default they
+    /// are deleted once its outputs are stored.
+    pub keep: bool,
 }
 
 /// Everything `exec` was asked to do around the command.
@@ -30,6 +33,9 @@ pub struct Plan {
     pub job: supervise::Job,
     pub run_id: String,
     pub worker: u32,
+    /// Which attempt this is: the checkpoint's fence (an earlier attempt never writes over a
+    /// later one's).
+    pub attempt: u32,
     pub fetch: Vec<Source>,
     pub checkpoint: Option<Checkpointing>,
     /// After a successful exit: (the directory, where its files go).
@@ -61,11 +67,29 @@ pub async fn prepare(plan: &Plan) -> Result<Ready> {
         Some(c) => {
             let place = checkpoint::place(&c.to, &plan.run_id, plan.worker);
             let dir = in_workdir(&job.workdir, &c.dir);
-            let mut cp = Checkpoint::open(&dir, place).await?;
+            let mut cp = Checkpoint::open(&dir, place, plan.attempt).await?;
             let restored = cp
                 .restore()
                 .await
                 .context("restoring the last checkpoint")?;
+            // The last save comes after the grace: it must fit what the notice leaves.
+            let room = cp.room(job.grace);
+            if room.grace < job.grace {
+                tracing::warn!(
+                    asked_seconds = job.grace.as_secs(),
+                    grace_seconds = room.grace.as_secs(),
+                    save_seconds = room.save.as_secs_f64(),
+                    fits = room.fits,
+                    "the grace is lowered so that the last checkpoint save fits the Spot notice's two minutes"
+                );
+                job.grace = room.grace;
+            } else if !room.fits {
+                tracing::warn!(
+                    grace_seconds = job.grace.as_secs(),
+                    save_seconds = room.save.as_secs_f64(),
+                    "the last checkpoint save may not fit the Spot notice: the next attempt would resume from the one before"
+                );
+            }
             job.env.extend([
                 ("EPHEMERA_CHECKPOINT".into(), dir.display().to_string()),
                 ("EPHEMERA_CHECKPOINT_RESTORED".into(), restored.to_string()),
@@ -82,7 +106,10 @@ pub async fn prepare(plan: &Plan) -> Result<Ready> {
 pub async fn run(ready: &Ready, stop: &CancellationToken) -> Result<supervise::Outcome> {
     let keeping = ready.checkpoint.as_ref().map(|(cp, every)| {
         let done = CancellationToken::new();
-        (checkpoint::keep(cp.clone(), *every, done.clone()), done)
+        (
+            checkpoint::keep(cp.clone(), *every, ready.job.grace, done.clone()),
+            done,
+        )
     });
     let outcome = supervise::run(&ready.job, stop).await;
     if let Some((task, done)) = keeping {
@@ -91,23 +118,43 @@ pub async fn run(ready: &Ready, stop: &CancellationToken) -> Result<supervise::O
     }
     if let (Some((cp, _)), Ok(o)) = (&ready.checkpoint, &outcome) {
         if o.stopped {
-            if let Err(e) = cp.lock().await.save().await {
-                tracing::error!(error = %format!("{e:#}"), "the last checkpoint could not be saved; the next attempt resumes from the one before");
+            match cp.lock().await.save().await {
+                Ok(_) => {}
+                Err(e) if e.is::<checkpoint::Fenced>() => {
+                    tracing::warn!(error = %e, "the last checkpoint is not saved: the next attempt has taken over")
+                }
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "the last checkpoint could not be saved; the next attempt resumes from the one before")
+                }
             }
         }
     }
     outcome
 }
 
-/// After a successful exit: the outputs stored with their manifest; its URL.
+/// After a successful exit: the outputs stored with their manifest (its URL), then the
+/// checkpoints deleted unless they are to be kept: the job needs them no more, and they would
+/// be billed for as long as they stay.
 pub async fn publish(plan: &Plan) -> Result<Option<String>> {
-    match &plan.outputs {
+    let manifest = match &plan.outputs {
         Some((dir, target)) => {
             let dir = in_workdir(&plan.job.workdir, dir);
-            Ok(Some(publish::publish(&dir, target, &plan.run_id).await?))
+            Some(publish::publish(&dir, target, &plan.run_id).await?)
         }
-        None => Ok(None),
+        None => None,
+    };
+    if let Some(c) = plan.checkpoint.as_ref().filter(|c| !c.keep) {
+        let place = checkpoint::place(&c.to, &plan.run_id, plan.worker);
+        let url = place.url(&place.key(""));
+        // The job's result is stored: a checkpoint left behind costs storage, not the run.
+        match checkpoint::delete_all(&crate::store::Store::new(place).await).await {
+            Ok(n) => tracing::info!(objects = n, place = %url, "the job's checkpoints deleted"),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), place = %url, "the job's checkpoints stay")
+            }
+        }
     }
+    Ok(manifest)
 }
 
 #[cfg(test)]
@@ -142,11 +189,13 @@ mod tests {
             },
             run_id: "r1".into(),
             worker: 1,
+            attempt,
             fetch: vec![Source::parse(&b.join("in").display().to_string()).unwrap()],
             checkpoint: Some(Checkpointing {
                 dir: "ckpt".into(),
                 to: Target::Dir(b.join("store")),
                 every: Duration::from_secs(3600),
+                keep: false,
             }),
             outputs: None,
         };
@@ -183,6 +232,26 @@ mod tests {
             format!("1 {saved} {}\n", saved + 3),
             "restored one file and counted on from it"
         );
+
+        // The job succeeded: its checkpoints go once its outputs are stored (they would be
+        // billed for nothing), unless --keep-checkpoints.
+        let store =
+            crate::store::Store::new(checkpoint::place(&Target::Dir(b.join("store")), "r1", 1))
+                .await;
+        assert!(!store.list().await.unwrap().is_empty());
+        let mut keeping = second.clone();
+        keeping.checkpoint.as_mut().unwrap().keep = true;
+        publish(&keeping).await.unwrap();
+        assert!(
+            store
+                .list()
+                .await
+                .unwrap()
+                .contains(&checkpoint::LIST.to_string()),
+            "kept"
+        );
+        publish(&second).await.unwrap();
+        assert_eq!(store.list().await.unwrap(), Vec::<String>::new());
         std::fs::remove_dir_all(&b).unwrap();
     }
 }

@@ -184,6 +184,10 @@ enum Command {
         checkpoint_to: Option<String>,
         #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(10..=86_400))]
         checkpoint_every: u64,
+        /// Keep the checkpoints after the command succeeded (by default they are deleted once
+        /// its outputs are stored).
+        #[arg(long, requires = "checkpoint")]
+        keep_checkpoints: bool,
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -413,6 +417,7 @@ fn exec_plan(command: Command) -> Result<(job::Plan, Linked)> {
         checkpoint,
         checkpoint_to,
         checkpoint_every,
+        keep_checkpoints,
         command,
     } = command
     else {
@@ -427,6 +432,7 @@ fn exec_plan(command: Command) -> Result<(job::Plan, Linked)> {
             dir,
             to: store::Target::parse(&to).context("--checkpoint-to")?,
             every: Duration::from_secs(checkpoint_every),
+            keep: keep_checkpoints,
         }),
         _ => None,
     };
@@ -450,6 +456,7 @@ fn exec_plan(command: Command) -> Result<(job::Plan, Linked)> {
         outputs,
         run_id,
         worker,
+        attempt,
     };
     let linked = Linked {
         ssm_prefix,

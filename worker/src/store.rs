@@ -107,7 +107,16 @@ impl Store {
         Store { target, s3 }
     }
 
-    fn s3(&self) -> Result<(&aws_sdk_s3::Client, &str)> {
+    /// A store of `target` through `s3` (its credentials, its endpoint): tests sign as the
+    /// worker role this way.
+    pub fn with_s3(target: Target, s3: aws_sdk_s3::Client) -> Store {
+        Store {
+            target,
+            s3: Some(s3),
+        }
+    }
+
+    pub(crate) fn s3(&self) -> Result<(&aws_sdk_s3::Client, &str)> {
         match (&self.target, &self.s3) {
             (Target::S3 { bucket, .. }, Some(s3)) => Ok((s3, bucket)),
             _ => bail!("no S3 client for {:?}", self.target),
@@ -361,6 +370,208 @@ impl Store {
     }
 }
 
+/// What a conditional write expects to replace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect<'a> {
+    /// No object under the key (S3 `If-None-Match: *`).
+    Absent,
+    /// The object whose ETag this is (S3 `If-Match`).
+    Tagged(&'a str),
+}
+
+/// How a conditional write went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Swap {
+    /// Written; the new object's ETag.
+    Written(String),
+    /// Someone else's write came first: the object is not what was expected.
+    Lost,
+}
+
+/// A lock file older than this was left by a process that died holding it: the swap it
+/// guards takes microseconds.
+const STALE_LOCK: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Store {
+    /// The object `key` with its ETag (S3's; a directory's is the SHA-256 of its bytes), for a
+    /// small object read whole; `None` when there is none.
+    pub async fn get_tagged(&self, key: &str) -> Result<Option<(Vec<u8>, String)>> {
+        if let Target::Dir(dir) = &self.target {
+            let path = dir.join(key);
+            return match tokio::fs::read(&path).await {
+                Ok(b) => {
+                    let tag = sha256_hex(&b);
+                    Ok(Some((b, tag)))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+            };
+        }
+        let (s3, bucket) = self.s3()?;
+        let got = match s3.get_object().bucket(bucket).key(key).send().await {
+            Ok(o) => o,
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("fetching s3://{bucket}/{key}")),
+        };
+        let tag = got
+            .e_tag()
+            .with_context(|| format!("s3://{bucket}/{key} came without an ETag"))?
+            .to_string();
+        let bytes = got
+            .body
+            .collect()
+            .await
+            .with_context(|| format!("fetching s3://{bucket}/{key}"))?
+            .into_bytes()
+            .to_vec();
+        Ok(Some((bytes, tag)))
+    }
+
+    /// Stores `bytes` under `key` only if the object there is still what `expect` says: a
+    /// compare-and-swap. On S3 a conditional PutObject: 412 PreconditionFailed when the object
+    /// is not the expected one, 409 ConditionalRequestConflict when another write to the key
+    /// raced this one, and 404 NoSuchKey for `If-Match` on a key that is gone; each is
+    /// [`Swap::Lost`] (https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html).
+    /// In a directory the same under a lock file, the write itself by rename.
+    pub async fn put_if(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        content_type: &str,
+        expect: Expect<'_>,
+    ) -> Result<Swap> {
+        if let Target::Dir(dir) = &self.target {
+            return swap_in_dir(&dir.join(key), &bytes, expect).await;
+        }
+        let (s3, bucket) = self.s3()?;
+        let mut put = s3
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(bytes.into());
+        put = match expect {
+            Expect::Absent => put.if_none_match("*"),
+            Expect::Tagged(tag) => put.if_match(tag),
+        };
+        match put.send().await {
+            Ok(out) => Ok(Swap::Written(
+                out.e_tag()
+                    .with_context(|| format!("s3://{bucket}/{key} was written without an ETag"))?
+                    .to_string(),
+            )),
+            Err(e) if lost_race(&e) => Ok(Swap::Lost),
+            Err(e) => Err(e).with_context(|| format!("uploading s3://{bucket}/{key}")),
+        }
+    }
+
+    /// Aborts every unfinished multipart upload under the target (a save cut by a reclaim
+    /// leaves one, billed until aborted); how many.
+    pub async fn abort_uploads(&self) -> Result<usize> {
+        let Target::S3 { prefix, .. } = &self.target else {
+            return Ok(0);
+        };
+        let (s3, bucket) = self.s3()?;
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        let mut aborted = 0;
+        loop {
+            let page = s3
+                .list_multipart_uploads()
+                .bucket(bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .with_context(|| format!("listing the uploads under s3://{bucket}/{prefix}"))?;
+            for u in page.uploads() {
+                let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
+                    continue;
+                };
+                s3.abort_multipart_upload()
+                    .bucket(bucket)
+                    .key(key)
+                    .upload_id(id)
+                    .send()
+                    .await
+                    .with_context(|| format!("aborting the upload of s3://{bucket}/{key}"))?;
+                aborted += 1;
+            }
+            if page.is_truncated() != Some(true) {
+                return Ok(aborted);
+            }
+            key_marker = page.next_key_marker().map(String::from);
+            id_marker = page.next_upload_id_marker().map(String::from);
+        }
+    }
+}
+
+/// Whether a conditional PutObject failed because the object was not the expected one.
+fn lost_race<E: aws_sdk_s3::error::ProvideErrorMetadata, R>(
+    e: &aws_sdk_s3::error::SdkError<E, R>,
+) -> bool {
+    e.as_service_error().is_some_and(|s| {
+        matches!(
+            s.code(),
+            Some("PreconditionFailed" | "ConditionalRequestConflict" | "NoSuchKey")
+        )
+    })
+}
+
+/// The directory's compare-and-swap: the lock file (created exclusively) makes the read, the
+/// comparison and the rename one step for every process that takes it.
+async fn swap_in_dir(path: &Path, bytes: &[u8], expect: Expect<'_>) -> Result<Swap> {
+    if let Some(parent) = path.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    // `.ephemera-partial`: never listed as an object of the store.
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock.ephemera-partial");
+    let lock = path.with_file_name(name);
+    loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+        {
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let stale = std::fs::metadata(&lock)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > STALE_LOCK);
+                if stale {
+                    let _ = std::fs::remove_file(&lock);
+                } else {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            }
+            Err(e) => return Err(e).with_context(|| format!("creating {}", lock.display())),
+        }
+    }
+    let swapped = (|| {
+        let now = match std::fs::read(path) {
+            Ok(b) => Some(sha256_hex(&b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let expected = match expect {
+            Expect::Absent => now.is_none(),
+            Expect::Tagged(tag) => now.as_deref() == Some(tag),
+        };
+        if !expected {
+            return Ok(Swap::Lost);
+        }
+        write_atomically(path, bytes)?;
+        Ok(Swap::Written(sha256_hex(bytes)))
+    })();
+    let _ = std::fs::remove_file(&lock);
+    swapped
+}
+
 /// Parts of at least [`PART`], large enough that the file fits in [`MAX_PARTS`].
 fn part_size(size: u64) -> u64 {
     let mib = 1 << 20;
@@ -505,6 +716,49 @@ mod tests {
         store.delete("a/b.bin").await.unwrap();
         store.delete("a/b.bin").await.unwrap();
         assert!(store.list().await.unwrap().is_empty());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_directory_swaps_an_object_only_if_it_is_still_the_one_expected() {
+        let base = std::env::temp_dir().join(format!("ephemera-swap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let store = Store::new(Target::Dir(base.clone())).await;
+        let put = |b: &[u8], e: Expect<'_>| {
+            let (store, b) = (store.clone(), b.to_vec());
+            let e = match e {
+                Expect::Absent => None,
+                Expect::Tagged(t) => Some(t.to_string()),
+            };
+            async move {
+                let e = e.as_deref().map_or(Expect::Absent, Expect::Tagged);
+                store.put_if("l.json", b, "", e).await.unwrap()
+            }
+        };
+        let Swap::Written(one) = put(b"1", Expect::Absent).await else {
+            panic!("nothing was there")
+        };
+        assert_eq!(put(b"x", Expect::Absent).await, Swap::Lost);
+        assert_eq!(put(b"x", Expect::Tagged("other")).await, Swap::Lost);
+        let Swap::Written(two) = put(b"2", Expect::Tagged(&one)).await else {
+            panic!("it was still the first")
+        };
+        // The first writer's tag no longer swaps it.
+        assert_eq!(put(b"y", Expect::Tagged(&one)).await, Swap::Lost);
+        assert_eq!(
+            store.get_tagged("l.json").await.unwrap(),
+            Some((b"2".to_vec(), two.clone()))
+        );
+        // The lock is never listed, and is gone once the swap is done.
+        assert_eq!(store.list().await.unwrap(), ["l.json"]);
+        // Many writers at once, each from the tag it read: exactly one of them wins.
+        let tries = (0..8u8).map(|i| tokio::spawn(put(&[b'a' + i], Expect::Tagged(&two))));
+        let won = futures_util::future::join_all(tries)
+            .await
+            .into_iter()
+            .filter(|r| matches!(r, Ok(Swap::Written(_))))
+            .count();
+        assert_eq!(won, 1);
         std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -812,14 +812,18 @@ async fn any_command_under_exec_is_relaunched_after_spot_and_reported_by_its_exi
         std::fs::read_to_string(&seen).unwrap(),
         "attempt 1 resumed false restored 0 input hello\nattempt 2 resumed true restored 2 input hello\n"
     );
-    // The checkpoint as the notice's save left it: its list, under the run and the worker.
-    let list = s3_json(
-        &aws.s3,
-        &format!("checkpoints/{run_id}/worker-1/checkpoint.json"),
-    )
-    .await;
-    assert_eq!(list["files"][0]["path"], "big", "{list}");
-    assert_eq!(list["files"][0]["bytes"], 9437184, "{list}");
+    // The notice's save (its 9 MiB file in parts) came back whole: the second attempt checked
+    // it above. The job succeeded, so its checkpoints are gone (deleted once its outputs were
+    // stored, signed as the worker role).
+    let left = aws
+        .s3
+        .list_objects_v2()
+        .bucket(BUCKET)
+        .prefix(format!("checkpoints/{run_id}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(left.contents().len(), 0, "{:?}", left.contents());
     // Its outputs, stored with their manifest and checked by verify-completion.
     assert_eq!(result["manifest"], format!("{to}manifest.json"), "{result}");
     let checks = done.document["verification"]["checks"].as_array().unwrap();
@@ -888,4 +892,111 @@ async fn any_command_under_exec_is_relaunched_after_spot_and_reported_by_its_exi
         0,
         "a failed job is not relaunched"
     );
+}
+
+/// A job that ignores SIGTERM: on the notice it is killed after its grace, its checkpoint is
+/// saved as it left it, and the relaunch resumes from that save (the attempt's own, fenced:
+/// the relaunch took the place over before it fetched a file).
+#[tokio::test]
+async fn a_job_that_ignores_sigterm_is_killed_after_its_grace_and_resumes_from_its_last_save() {
+    let region = fresh_region();
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&ephemera_tests::sdk_config(region));
+    logs.create_log_group()
+        .log_group_name(worker_log_group())
+        .send()
+        .await
+        .unwrap();
+    let machine = e2e::create_state_machine(region).await;
+    let base = std::env::temp_dir().join(format!("ephemera-deaf-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).unwrap();
+    let seen = base.join("attempts");
+    export_bucket(&aws.s3, region).await;
+    let run_id = "exec-deaf";
+    // Attempt 1 writes its step whole and says it runs, then ignores SIGTERM and goes on.
+    // Attempt 2 says which step it found and exits 0.
+    let script = format!(
+        "trap '' TERM; \
+         if [ \"$EPHEMERA_RESUMED\" = true ]; then \
+           echo \"attempt $EPHEMERA_ATTEMPT restored $EPHEMERA_CHECKPOINT_RESTORED step $(cat \"$EPHEMERA_CHECKPOINT/step\")\" >> {seen}; exit 0; fi; \
+         echo 41 > \"$EPHEMERA_CHECKPOINT/step.tmp\" && mv \"$EPHEMERA_CHECKPOINT/step.tmp\" \"$EPHEMERA_CHECKPOINT/step\"; \
+         echo \"attempt $EPHEMERA_ATTEMPT runs\" >> {seen}; \
+         while true; do sleep 0.1; done",
+        seen = seen.display(),
+    );
+    let checkpoint_to = format!("s3://{BUCKET}/checkpoints/");
+    let options = |workdir: &str| -> Vec<String> {
+        [
+            "--workdir",
+            workdir,
+            "--checkpoint",
+            "ckpt",
+            "--checkpoint-to",
+            &checkpoint_to,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let mut spec = fixtures::runspec(run_id, &net, None);
+    let mut args = vec![json!("exec")];
+    args.extend(
+        options("/var/lib/ephemera/work")
+            .into_iter()
+            .map(|o| json!(o)),
+    );
+    args.extend([json!("--"), json!("sh"), json!("-c"), json!(script)]);
+    spec["worker"]["args"] = json!(args);
+    spec["limits"]["heartbeat_seconds"] = json!(30);
+    let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;
+    let instance_id = Arc::new(Mutex::new(String::new()));
+    let notice = Arc::new(Mutex::new(false));
+    let imds_url = imds(instance_id.clone(), notice.clone()).await;
+    *instance_id.lock().unwrap() = instance_of(region, run_id, "1").await;
+    let first_options = options(&base.join("w1").display().to_string());
+    let first_options: Vec<&str> = first_options.iter().map(String::as_str).collect();
+    let first = job(region, &imds_url, run_id, 1, &first_options, &script);
+    ephemera_tests::eventually(
+        "the first attempt's job runs",
+        Duration::from_secs(60),
+        || {
+            let seen = seen.clone();
+            async move {
+                std::fs::read_to_string(&seen)
+                    .ok()
+                    .filter(|s| s.contains("attempt 1 runs"))
+            }
+        },
+    )
+    .await;
+    *notice.lock().unwrap() = true;
+    let started = std::time::Instant::now();
+    let first = first.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{stderr}");
+    // It was not stopped by SIGTERM: killed once its grace (5 s) ran out, then saved.
+    assert!(stderr.contains("SIGKILL"), "{stderr}");
+    assert!(started.elapsed() >= Duration::from_secs(5), "{stderr}");
+    *notice.lock().unwrap() = false;
+    *instance_id.lock().unwrap() = instance_of(region, run_id, "2").await;
+    let second_options = options(&base.join("w2").display().to_string());
+    let second_options: Vec<&str> = second_options.iter().map(String::as_str).collect();
+    let second = job(region, &imds_url, run_id, 2, &second_options, &script)
+        .wait_with_output()
+        .await
+        .unwrap();
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let done = e2e::wait(region, &execution, Duration::from_secs(120)).await;
+    assert_eq!(done.status, "SUCCEEDED", "{done:?}");
+    assert_eq!(done.visited(State::Relaunch), 1, "{:?}", done.path);
+    assert_eq!(
+        std::fs::read_to_string(&seen).unwrap(),
+        "attempt 1 runs\nattempt 2 restored 1 step 41\n"
+    );
+    std::fs::remove_dir_all(&base).unwrap();
 }

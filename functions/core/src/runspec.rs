@@ -700,6 +700,23 @@ impl RunSpec {
             own.iter()
                 .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
         };
+        // Keeping checkpoints after success means something only when there are some; and it
+        // is a switch (clap refuses `--keep-checkpoints=…` on the instance).
+        if let Some(i) = own
+            .iter()
+            .position(|a| a.starts_with("--keep-checkpoints="))
+        {
+            errs.add(
+                &format!("worker.args[{i}]"),
+                "--keep-checkpoints takes no value",
+            );
+        }
+        if has("--keep-checkpoints") && !has("--checkpoint") {
+            errs.add(
+                "worker.args",
+                "--keep-checkpoints needs --checkpoint (exec --checkpoint DIR --checkpoint-to s3://bucket/prefix/ --keep-checkpoints)",
+            );
+        }
         for (one, other) in [("--outputs", "--to"), ("--checkpoint", "--checkpoint-to")] {
             if has(one) != has(other) {
                 let (given, missing) = if has(one) { (one, other) } else { (other, one) };
@@ -1613,6 +1630,25 @@ pub(crate) mod tests {
             has(&errs, "worker.args", "--checkpoint needs --checkpoint-to"),
             "{errs:?}"
         );
+        v["worker"]["args"] = json!(["exec", "--keep-checkpoints", "--", "sh"]);
+        assert!(has(
+            &errors_of(v.clone()),
+            "worker.args",
+            "--keep-checkpoints needs --checkpoint"
+        ));
+        v["worker"]["args"] = json!([
+            "exec",
+            "--checkpoint=c",
+            "--checkpoint-to=s3://b/c/",
+            "--keep-checkpoints=yes",
+            "--",
+            "sh"
+        ]);
+        assert!(has(
+            &errors_of(v.clone()),
+            "worker.args[3]",
+            "--keep-checkpoints takes no value"
+        ));
         v["worker"]["args"] = json!(["exec", "--to=s3://b/x/", "--", "sh"]);
         assert!(has(
             &errors_of(v.clone()),
@@ -1628,6 +1664,7 @@ pub(crate) mod tests {
             "--checkpoint-to",
             "s3://b/c/",
             "--checkpoint-every=60",
+            "--keep-checkpoints",
             "--outputs",
             "out",
             "--to",
