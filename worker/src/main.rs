@@ -15,12 +15,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use ephemera_contract::names;
+use ephemera_worker::agent::{link, logship};
+use ephemera_worker::exec::{fetch, job, supervise};
 use ephemera_worker::features::{arbitrage, Params};
 use ephemera_worker::run::Ran;
 use ephemera_worker::stage::Stage;
-use ephemera_worker::{
-    db, fetch, job, link, logship, outputs, progress, queue, run, seed, store, supervise, validate,
-};
+use ephemera_worker::{db, outputs, progress, queue, run, seed, store, validate};
 
 #[derive(Parser)]
 #[command(

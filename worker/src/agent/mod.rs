@@ -1,0 +1,4 @@
+//! The worker's side of the run's protocol, whatever the work.
+
+pub mod link;
+pub mod logship;
