@@ -1,5 +1,6 @@
-//! ephemera's feature worker: claims (pair, month) partitions of 1-minute FX bars from
-//! PostgreSQL, computes feature stages and writes them back with binary COPY.
+//! ephemera's worker: the feature run (claims (pair, month) partitions of 1-minute FX bars from
+//! PostgreSQL, computes feature stages and writes them back with binary COPY) and any job
+//! (`exec`), each alone or as a run's worker through the agent.
 
 pub mod agent;
 pub mod bars;
@@ -21,4 +22,5 @@ pub mod seed;
 pub mod stage;
 pub mod store;
 pub mod table;
+pub mod tools;
 pub mod validate;
