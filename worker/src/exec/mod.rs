@@ -176,18 +176,16 @@ impl Workload for job::Plan {
         }
     }
 
-    fn deliver(&self, summary: Summary) -> impl Future<Output = Result<Summary, String>> + Send {
-        async move {
-            match job::publish(self).await {
-                Ok(manifest) => Ok(Summary {
-                    manifest,
-                    ..summary
-                }),
-                Err(e) => Err(format!(
-                    "`{}` exited 0, but its outputs could not be stored: {e:#}",
-                    supervise::command_line(&self.job.command)
-                )),
-            }
+    async fn deliver(&self, summary: Summary) -> Result<Summary, String> {
+        match job::publish(self).await {
+            Ok(manifest) => Ok(Summary {
+                manifest,
+                ..summary
+            }),
+            Err(e) => Err(format!(
+                "`{}` exited 0, but its outputs could not be stored: {e:#}",
+                supervise::command_line(&self.job.command)
+            )),
         }
     }
 }
