@@ -72,8 +72,8 @@ impl Session {
         link.started(self.token_timeout).await?;
         let stop = CancellationToken::new();
         let notice = Arc::new(AtomicBool::new(false));
-        // The watches begin with the work: before the token for a workload that may begin
-        // without it, after the token otherwise (as the job always has).
+        // The watches begin with the work (a stop means nothing before it): before the token
+        // for a workload that may begin without it, after the token otherwise.
         let mut working = None;
         if W::STARTS_BEFORE_TOKEN {
             working = Some(self.begin(workload, &stop, &notice));

@@ -214,3 +214,95 @@ fn summary(run_id: &str, command: &str, seconds: f64) -> Summary {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Exec {
+        #[command(flatten)]
+        args: ExecArgs,
+    }
+
+    #[test]
+    fn the_command_line_becomes_the_jobs_plan() {
+        let exec = Exec::try_parse_from([
+            "exec",
+            "--run-id",
+            "r1",
+            "--attempt",
+            "2",
+            "--worker",
+            "3",
+            "--workers",
+            "4",
+            "--grace",
+            "60",
+            "--workdir",
+            "/w",
+            "--fetch",
+            "s3://b/in/",
+            "--checkpoint",
+            "ckpt",
+            "--checkpoint-to",
+            "/keep",
+            "--outputs",
+            "out",
+            "--to",
+            "s3://b/out/",
+            "--",
+            "python3",
+            "job.py",
+            "--step",
+            "2",
+        ])
+        .unwrap();
+        assert!(
+            !exec.args.link.ships_logs(),
+            "no run to ship to without --ssm-prefix"
+        );
+        let plan = exec.args.plan().unwrap();
+        assert_eq!(plan.job.command, ["python3", "job.py", "--step", "2"]);
+        assert_eq!(plan.job.grace, Duration::from_secs(60));
+        assert_eq!(plan.job.workdir, PathBuf::from("/w"));
+        assert_eq!((plan.run_id.as_str(), plan.worker), ("r1", 3));
+        for (k, v) in [
+            ("EPHEMERA_RUN_ID", "r1"),
+            ("EPHEMERA_ATTEMPT", "2"),
+            ("EPHEMERA_RESUMED", "true"),
+            ("EPHEMERA_WORKER", "3"),
+            ("EPHEMERA_WORKERS", "4"),
+        ] {
+            assert!(
+                plan.job.env.contains(&(k.to_string(), v.to_string())),
+                "{k}={v} in {:?}",
+                plan.job.env
+            );
+        }
+        assert_eq!(plan.fetch.len(), 1);
+        let c = plan.checkpoint.unwrap();
+        assert_eq!(c.dir, PathBuf::from("ckpt"));
+        assert_eq!(c.to, store::Target::Dir("/keep".into()));
+        assert_eq!(c.every, Duration::from_secs(300));
+        let (dir, to) = plan.outputs.unwrap();
+        assert_eq!(dir, PathBuf::from("out"));
+        assert_eq!(to, store::Target::parse("s3://b/out/").unwrap());
+    }
+
+    #[test]
+    fn the_link_ships_logs_only_to_a_run_and_a_group() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["exec"];
+            args.extend_from_slice(extra);
+            args.extend(["--", "true"]);
+            Exec::try_parse_from(args).unwrap().args.link
+        };
+        let linked = parse(&["--ssm-prefix", "/ephemera/runs/r1/"]);
+        assert!(linked.ships_logs());
+        assert_eq!(linked.log_group, ephemera_contract::logs::WORKER_LOG_GROUP);
+        assert!(!parse(&["--ssm-prefix", "/p/", "--log-group", ""]).ships_logs());
+        assert!(!parse(&[]).ships_logs());
+    }
+}
