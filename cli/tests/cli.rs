@@ -293,7 +293,7 @@ async fn run_follows_to_the_report_and_the_run_reads_back_with_every_verb() {
     buffer.push(
         &json!({"timestamp": "2026-11-30T10:16:12.345Z", "level": "INFO",
         "fields": {"message": "said started", "instance": instance, "attempt": 1},
-        "target": "ephemera_worker::link"})
+        "target": "ephemera_worker::agent::link"})
         .to_string(),
     );
     buffer.push("partition EURGBP 2023-04 done");
