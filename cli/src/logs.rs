@@ -161,14 +161,14 @@ mod tests {
 
     #[test]
     fn tracing_lines_read_as_text() {
-        let line = r#"{"timestamp":"2026-11-30T10:16:12.345678Z","level":"INFO","fields":{"message":"said started","instance":"i-0abc","attempt":1},"target":"ephemera_worker::link"}"#;
+        let line = r#"{"timestamp":"2026-11-30T10:16:12.345678Z","level":"INFO","fields":{"message":"said started","instance":"i-0abc","attempt":1},"target":"ephemera_worker::agent::link"}"#;
         assert_eq!(
             readable(line),
             "2026-11-30T10:16:12Z INFO  said started attempt=1 instance=i-0abc"
         );
         assert_eq!(readable("plain text"), "plain text");
         // A job's line under `exec`: the job's own words, with the stream it wrote them to.
-        let job = r#"{"timestamp":"2026-11-30T10:16:13.1Z","level":"INFO","fields":{"stream":"stderr","job":"epoch 3: loss=0.21"},"target":"ephemera_worker::supervise"}"#;
+        let job = r#"{"timestamp":"2026-11-30T10:16:13.1Z","level":"INFO","fields":{"stream":"stderr","job":"epoch 3: loss=0.21"},"target":"ephemera_worker::exec::supervise"}"#;
         assert_eq!(
             readable(job),
             "2026-11-30T10:16:13Z INFO  stderr: epoch 3: loss=0.21"

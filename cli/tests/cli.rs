@@ -289,16 +289,16 @@ async fn run_follows_to_the_report_and_the_run_reads_back_with_every_verb() {
         .await
         .unwrap();
     let instance = fixtures::instances_of(&aws, "cli-run").await[0].0.clone();
-    let buffer = ephemera_worker::logship::Buffer::new(100);
+    let buffer = ephemera_worker::agent::logship::Buffer::new(100);
     buffer.push(
         &json!({"timestamp": "2026-11-30T10:16:12.345Z", "level": "INFO",
         "fields": {"message": "said started", "instance": instance, "attempt": 1},
-        "target": "ephemera_worker::link"})
+        "target": "ephemera_worker::agent::link"})
         .to_string(),
     );
     buffer.push("partition EURGBP 2023-04 done");
     let role = ephemera_tests::principal_config(region, &Principal::Worker);
-    let shipped = ephemera_worker::logship::Shipper::start(
+    let shipped = ephemera_worker::agent::logship::Shipper::start(
         aws_sdk_cloudwatchlogs::Client::new(&role),
         &group,
         &worker_log_stream("cli-run", 1, &instance),

@@ -1,29 +1,26 @@
-//! ephemera's feature worker: claims (pair, month) partitions of 1-minute FX bars from
-//! PostgreSQL, computes feature stages and writes them back with binary COPY.
+//! ephemera's worker: the feature run (claims (pair, month) partitions of 1-minute FX bars from
+//! PostgreSQL, computes feature stages and writes them back with binary COPY) and any job
+//! (`exec`), each alone or as a run's worker through the agent.
 
+pub mod agent;
 pub mod bars;
-pub mod checkpoint;
 pub mod column;
 pub mod copy;
 pub mod db;
+pub mod exec;
 pub mod export;
 pub mod features;
-pub mod fetch;
 pub mod inputs;
-pub mod job;
-pub mod link;
-pub mod logship;
 pub mod month;
 pub mod outputs;
 pub mod partition;
 pub mod progress;
-pub mod publish;
 pub mod quality;
 pub mod queue;
 pub mod run;
 pub mod seed;
 pub mod stage;
 pub mod store;
-pub mod supervise;
 pub mod table;
+pub mod tools;
 pub mod validate;

@@ -6,6 +6,7 @@
 //! back), their leases are handed back for any worker to claim, and `run` returns within moments
 //! however long a partition would have taken.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,8 @@ use ta_lib::Core;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::features::Params;
+use crate::agent::{LinkArgs, Worked, Workload};
+use crate::features::{arbitrage, Params};
 use crate::partition::{self, SharedReads, Work};
 use crate::quality::{self, Exported, Validated};
 use crate::queue::Claim;
@@ -324,4 +326,114 @@ async fn write_manifest(client: &Client, run_id: &str, store: &Store) -> Result<
     let url = store.target.url(&key);
     tracing::info!(manifest = %url, objects = manifest.objects.len(), "manifest written");
     Ok(Some(url))
+}
+
+/// `run`'s command line (the database and the source table are the worker's global flags).
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Comma-separated, from: indicators, regression, regime, currency-index, arbitrage,
+    /// causality, validate, export.
+    #[arg(long, default_value = "indicators,regression", value_delimiter = ',')]
+    pub stages: Vec<Stage>,
+    /// arbitrage: an event is |deviation| above this many basis points…
+    #[arg(long, default_value_t = 2.0)]
+    pub arbitrage_threshold_bp: f64,
+    /// …for at least this many consecutive minutes.
+    #[arg(long, default_value_t = 3)]
+    pub arbitrage_min_minutes: usize,
+    /// Where `export` writes Parquet and the manifest: s3://bucket/prefix/ or a directory.
+    #[arg(long)]
+    pub export: Option<String>,
+    /// Parallel partitions; defaults to the number of cores.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Names the run's queue rows and the schema of its output tables
+    /// (`ephemera_run_<id>_<hash>`): the same id resumes, another one computes afresh.
+    #[arg(long, default_value = "local")]
+    pub run_id: String,
+    /// This worker's name in the queue's leases.
+    #[arg(long)]
+    pub worker_id: Option<String>,
+    #[arg(long, default_value_t = 600)]
+    pub lease_seconds: i64,
+    #[arg(long, default_value_t = 3)]
+    pub max_attempts: i32,
+    /// Secrets Manager secret holding the database URL (instead of --database-url).
+    #[arg(long)]
+    pub database_secret: Option<String>,
+    #[command(flatten)]
+    pub link: LinkArgs,
+}
+
+impl RunArgs {
+    /// The run's options, on every core unless told otherwise.
+    pub fn options(
+        &self,
+        database_url: String,
+        source: String,
+        progress: ProgressBar,
+    ) -> Result<Options> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(Options {
+            database_url,
+            source,
+            stages: self.stages.clone(),
+            concurrency: self.concurrency.unwrap_or(cores),
+            worker_id: self
+                .worker_id
+                .clone()
+                .unwrap_or_else(|| format!("worker-{}", std::process::id())),
+            run_id: self.run_id.clone(),
+            lease_seconds: self.lease_seconds,
+            max_attempts: self.max_attempts,
+            export: self.export.as_deref().map(Target::parse).transpose()?,
+            stop: CancellationToken::new(),
+            progress,
+            params: Params {
+                arbitrage: arbitrage::Params {
+                    threshold_bp: self.arbitrage_threshold_bp,
+                    min_minutes: self.arbitrage_min_minutes,
+                },
+            },
+        })
+    }
+}
+
+/// The run alone (no run's worker): its summary printed.
+pub async fn alone(opts: Options) -> Result<()> {
+    let summary = run(opts).await?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
+}
+
+/// The feature run as the run's worker: it works while the token is on its way, and a stop
+/// aborts the partitions in hand (rolled back, handed back) and returns what was done.
+impl Workload for Options {
+    const STARTS_BEFORE_TOKEN: bool = true;
+    const ON_SIGTERM: &'static str = "SIGTERM: aborting the partitions in hand";
+
+    fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    fn work(&self, stop: CancellationToken) -> impl Future<Output = Worked> + Send + 'static {
+        let opts = Options {
+            stop,
+            ..self.clone()
+        };
+        async move {
+            match run_and_hand_back(opts).await {
+                Ok(ran) => Worked::Returned {
+                    spot: format!(
+                        "; {} partitions done so far, {} in hand rolled back and handed back, the rest resume on the next attempt",
+                        ran.summary.partitions_done, ran.interrupted
+                    ),
+                    summary: ran.summary,
+                },
+                Err(e) => Worked::Failed {
+                    cause: format!("{e:#}"),
+                },
+            }
+        }
+    }
 }

@@ -318,7 +318,7 @@ async fn ship(
                 .await
             {
                 Ok(_) => stats.shipped += n,
-                Err(e) if crate::link::transient(&e) && tries < TRANSIENT_TRIES && !last_pass => {
+                Err(e) if super::link::transient(&e) && tries < TRANSIENT_TRIES && !last_pass => {
                     warn(
                         "CloudWatch Logs is not taking lines now",
                         &DisplayErrorContext(&e),

@@ -11,10 +11,10 @@ use anyhow::{Context, Result};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint::{self, Checkpoint};
-use crate::fetch::{self, Source};
+use super::checkpoint::{self, Checkpoint};
+use super::fetch::{self, Source};
+use super::{publish, supervise};
 use crate::store::Target;
-use crate::{publish, supervise};
 
 /// Where a job's checkpoints are kept and how often.
 #[derive(Debug, Clone)]
