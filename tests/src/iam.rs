@@ -755,9 +755,22 @@ mod tests {
                 format!("arn:aws:ec2:eu-west-1:{ACCOUNT}:instance/i-1"),
             )
             .with("ec2:ResourceTag/ephemera:managed", managed)
+            .with(
+                "ec2:InstanceProfile",
+                format!("arn:aws:iam::{ACCOUNT}:instance-profile/{WORKER_PROFILE}"),
+            )
         };
         assert_eq!(p.authorize(&sweeper, "eu-west-1", &term("true")), Ok(()));
         assert!(p.authorize(&sweeper, "eu-west-1", &term("false")).is_err());
+        // The tag without the stack's profile: someone else's instance, never terminated.
+        let mut other = term("true");
+        other.context.insert(
+            "ec2:InstanceProfile".into(),
+            format!("arn:aws:iam::{ACCOUNT}:instance-profile/prod-web"),
+        );
+        assert!(p.authorize(&sweeper, "eu-west-1", &other).is_err());
+        other.context.remove("ec2:InstanceProfile");
+        assert!(p.authorize(&sweeper, "eu-west-1", &other).is_err());
         // Another region's ARN does not match a statement resolved for this one.
         assert!(p
             .authorize(&sweeper, "eu-west-2", &term("true").with("x", "y"))
