@@ -296,6 +296,9 @@ fn job_report_checks(spec: &RunSpec, reports: &[(u32, Summary)]) -> Vec<Check> {
     out
 }
 
+/// What a count of `expect` measures in one manifest (its objects, its bytes).
+type Measure = fn(&Listed) -> u64;
+
 /// One manifest as verify-completion read it: whose, where, what it lists.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
@@ -331,7 +334,7 @@ pub fn check_job_manifests(
         .filter(|l| l.manifest.objects.is_empty())
         .map(|l| format!("worker {}'s manifest lists no objects", l.slot))
         .collect();
-    let each = |what: fn(&Listed) -> u64| {
+    let each = |what: Measure| {
         listed
             .iter()
             .map(|l| format!("{}", what(l)))
@@ -360,7 +363,7 @@ pub fn check_job_manifests(
             },
         ),
     ];
-    let counted: [(&str, &str, Option<u64>, fn(&Listed) -> u64); 2] = [
+    let counted: [(&str, &str, Option<u64>, Measure); 2] = [
         (
             "min_objects",
             "objects",

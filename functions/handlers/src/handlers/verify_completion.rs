@@ -137,13 +137,12 @@ pub async fn handle<O: Objects>(
     })
 }
 
-/// The manifest at `url` and the sizes of the objects it lists (None when absent); or the
-/// check it fails (`manifest_present`, `manifest_format`) and why.
-#[allow(clippy::type_complexity)]
-async fn read_manifest<O: Objects>(
-    objects: &O,
-    url: &str,
-) -> Result<Result<(Manifest, BTreeMap<String, Option<u64>>), (&'static str, String)>, Error> {
+/// A manifest read with the sizes of the objects it lists (None when absent); or the check it
+/// fails (`manifest_present`, `manifest_format`) and why.
+type Read = Result<(Manifest, BTreeMap<String, Option<u64>>), (&'static str, String)>;
+
+/// The manifest at `url`, as [`Read`] says; Err only when S3 could not be asked.
+async fn read_manifest<O: Objects>(objects: &O, url: &str) -> Result<Read, Error> {
     let Some((bucket, key)) = parse_s3_url(url) else {
         return Ok(Err((
             "manifest_present",
