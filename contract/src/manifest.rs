@@ -6,6 +6,14 @@ use serde::{Deserialize, Serialize};
 /// The manifest's name in the export target.
 pub const MANIFEST_FILE: &str = "manifest.json";
 
+/// The folder under `exec --to` where a job's worker `n` (`--worker`, `EPHEMERA_WORKER`) puts
+/// its outputs and their manifest: each worker does its own share, so each lists its own files
+/// apart from the others' (one `manifest.json` for all would keep only the last writer's), and
+/// verify-completion checks every worker's manifest in its own folder.
+pub fn worker_folder(n: u32) -> String {
+    format!("worker-{n}")
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     pub run_id: String,

@@ -560,7 +560,8 @@ impl Demo {
                 workers::exactly_once(&self.db_url, &self.run_id, &self.out).await
             }
             Scenario::Exec => {
-                let key = format!("runs/{}/result.json", self.run_id);
+                // The one worker's share, in its own folder of the job's outputs.
+                let key = format!("runs/{}/worker-1/result.json", self.run_id);
                 resumed(&account.s3, &key, &self.console).await
             }
             _ => Ok(()),
@@ -774,7 +775,13 @@ async fn download_export(f: &Finished, out: &Path) -> Result<usize> {
     else {
         return Ok(0);
     };
-    let prefix = key.trim_end_matches(ephemera_core::contract::manifest::MANIFEST_FILE);
+    let folder = key.trim_end_matches(ephemera_core::contract::manifest::MANIFEST_FILE);
+    // A job's manifest is in its worker's folder (`worker-1/`): the export is the folder above,
+    // with every worker's share and the report.
+    let prefix = match folder.trim_end_matches('/').rsplit_once('/') {
+        Some((above, last)) if last.starts_with("worker-") => &folder[..=above.len()],
+        _ => folder,
+    };
     let s3 = clients("us-east-1").s3;
     let mut n = 0;
     let mut pages = s3

@@ -24,28 +24,44 @@ async fn imds(instance_id: Arc<Mutex<String>>, spot_notice: Arc<Mutex<bool>>) ->
 }
 
 async fn instance_of(region: &str, run_id: &str, attempt: &str) -> String {
+    instance_tagged(region, run_id, &[("tag:ephemera:attempt", attempt)]).await
+}
+
+/// The first attempt's instance of worker `worker` (1..=worker.count) of the run.
+async fn instance_of_worker(region: &str, run_id: &str, worker: u32) -> String {
+    let worker = worker.to_string();
+    instance_tagged(
+        region,
+        run_id,
+        &[
+            ("tag:ephemera:attempt", "1"),
+            ("tag:ephemera:worker", &worker),
+        ],
+    )
+    .await
+}
+
+/// The run's instance with these tags (filter name, value), once it is there.
+async fn instance_tagged(region: &str, run_id: &str, tags: &[(&str, &str)]) -> String {
     let aws = clients(region);
     ephemera_tests::eventually("the worker's instance", Duration::from_secs(60), || {
         let aws = aws.clone();
         async move {
-            let r = aws
-                .ec2
-                .describe_instances()
-                .filters(
+            let mut describe = aws.ec2.describe_instances().filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("tag:ephemera:run")
+                    .values(run_id)
+                    .build(),
+            );
+            for (name, value) in tags {
+                describe = describe.filters(
                     aws_sdk_ec2::types::Filter::builder()
-                        .name("tag:ephemera:run")
-                        .values(run_id)
+                        .name(*name)
+                        .values(*value)
                         .build(),
-                )
-                .filters(
-                    aws_sdk_ec2::types::Filter::builder()
-                        .name("tag:ephemera:attempt")
-                        .values(attempt)
-                        .build(),
-                )
-                .send()
-                .await
-                .ok()?;
+                );
+            }
+            let r = describe.send().await.ok()?;
             r.reservations()
                 .iter()
                 .flat_map(|r| r.instances())
@@ -825,7 +841,12 @@ async fn any_command_under_exec_is_relaunched_after_spot_and_reported_by_its_exi
         .unwrap();
     assert_eq!(left.contents().len(), 0, "{:?}", left.contents());
     // Its outputs, stored with their manifest and checked by verify-completion.
-    assert_eq!(result["manifest"], format!("{to}manifest.json"), "{result}");
+    // Under the worker's own folder: each worker of a job lists its own share.
+    assert_eq!(
+        result["manifest"],
+        format!("{to}worker-1/manifest.json"),
+        "{result}"
+    );
     let checks = done.document["verification"]["checks"].as_array().unwrap();
     for name in ["objects_present", "object_sizes"] {
         assert!(
@@ -837,7 +858,7 @@ async fn any_command_under_exec_is_relaunched_after_spot_and_reported_by_its_exi
         .s3
         .get_object()
         .bucket(BUCKET)
-        .key(format!("runs/{run_id}/step=2/part.csv"))
+        .key(format!("runs/{run_id}/worker-1/step=2/part.csv"))
         .send()
         .await
         .unwrap();
@@ -846,18 +867,18 @@ async fn any_command_under_exec_is_relaunched_after_spot_and_reported_by_its_exi
         .s3
         .get_object()
         .bucket(BUCKET)
-        .key(format!("runs/{run_id}/model.bin"))
+        .key(format!("runs/{run_id}/worker-1/model.bin"))
         .send()
         .await
         .unwrap();
     assert_eq!(model.content_length(), Some(9437185));
     let bytes = model.body.collect().await.unwrap().into_bytes();
-    let manifest = s3_json(&aws.s3, &format!("runs/{run_id}/manifest.json")).await;
+    let manifest = s3_json(&aws.s3, &format!("runs/{run_id}/worker-1/manifest.json")).await;
     let listed = manifest["objects"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|o| o["key"] == format!("runs/{run_id}/model.bin"))
+        .find(|o| o["key"] == format!("runs/{run_id}/worker-1/model.bin"))
         .expect("model.bin in the manifest");
     assert_eq!(listed["sha256"], store::sha256_hex(&bytes), "{manifest}");
     std::fs::remove_dir_all(&base).unwrap();
@@ -999,4 +1020,259 @@ async fn a_job_that_ignores_sigterm_is_killed_after_its_grace_and_resumes_from_i
         "attempt 1 runs\nattempt 2 restored 1 step 41\n"
     );
     std::fs::remove_dir_all(&base).unwrap();
+}
+
+/// A job of two workers run to its end: each worker's instance played by the real binary with
+/// its own IMDS, `--worker n --workers 2` as the user data gives them, its outputs under `to`.
+async fn two_shares(
+    region: &'static str,
+    run_id: &str,
+    script: &str,
+    expect: serde_json::Value,
+) -> e2e::Run {
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    let inbox = fixtures::inbox(region, "ephemera-reports").await;
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&ephemera_tests::sdk_config(region));
+    let _ = logs
+        .create_log_group()
+        .log_group_name(worker_log_group())
+        .send()
+        .await;
+    export_bucket(&aws.s3, region).await;
+    let machine = e2e::create_state_machine(region).await;
+    let to = format!("s3://{BUCKET}/runs/{run_id}/");
+    let mut spec = fixtures::runspec(run_id, &net, Some(&inbox.topic_arn));
+    spec["worker"]["count"] = json!(2);
+    spec["worker"]["args"] = json!([
+        "exec",
+        "--outputs",
+        "out",
+        "--to",
+        to,
+        "--",
+        "sh",
+        "-c",
+        script
+    ]);
+    spec["expect"] = expect;
+    spec["limits"]["heartbeat_seconds"] = json!(30);
+    let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;
+    let base = std::env::temp_dir().join(format!("ephemera-{run_id}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let mut jobs = vec![];
+    for worker in [1u32, 2] {
+        let instance = instance_of_worker(region, run_id, worker).await;
+        let imds_url = imds(Arc::new(Mutex::new(instance)), Arc::new(Mutex::new(false))).await;
+        // Each instance's own empty disk.
+        let workdir = base.join(format!("w{worker}"));
+        std::fs::create_dir_all(&workdir).unwrap();
+        let workdir = workdir.display().to_string();
+        let (n, workers) = (worker.to_string(), "2".to_string());
+        let options = [
+            "--worker",
+            &n,
+            "--workers",
+            &workers,
+            "--workdir",
+            &workdir,
+            "--outputs",
+            "out",
+            "--to",
+            &to,
+        ];
+        jobs.push(job(region, &imds_url, run_id, 1, &options, script));
+    }
+    for j in jobs {
+        let out = j.wait_with_output().await.unwrap();
+        // The worker itself ends well whatever its command did: it reported how that ended.
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let finished = e2e::wait(region, &execution, Duration::from_secs(120)).await;
+    let mut emails = inbox.read().await;
+    if emails.is_empty() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        emails = inbox.read().await;
+    }
+    let _ = std::fs::remove_dir_all(&base);
+    e2e::Run {
+        region,
+        execution,
+        finished,
+        emails,
+        instances: fixtures::instances_of(&aws, run_id).await,
+        worker_log: vec![],
+    }
+}
+
+/// Writes the worker's share as `out/part.txt`, and worker 1 one file more.
+const SHARES: &str =
+    "mkdir -p out/more && echo \"share $EPHEMERA_WORKER of $EPHEMERA_WORKERS\" > out/part.txt && \
+     if [ \"$EPHEMERA_WORKER\" = 1 ]; then echo more > out/more/extra.txt; fi";
+
+/// A job's workers each do their own share, which nobody else redoes: one whose command
+/// exits 1 fails the run, naming it, though the other reported; every instance terminated and
+/// the report sent.
+#[tokio::test]
+async fn a_job_whose_second_worker_fails_fails_naming_it_with_nothing_left_running() {
+    let region = fresh_region();
+    let script = format!(
+        "{SHARES}; if [ \"$EPHEMERA_WORKER\" = 2 ]; then echo 'share 2 is broken' >&2; exit 1; fi"
+    );
+    let r = two_shares(
+        region,
+        "shares-fail",
+        &script,
+        json!({"export_prefix": format!("s3://{BUCKET}/runs/shares-fail/")}),
+    )
+    .await;
+    let done = &r.finished;
+    assert_eq!(done.status, "FAILED", "{done:?}");
+    assert_eq!(done.error.as_deref(), Some("Worker.Failed"), "{done:?}");
+    let cause = done.cause.clone().unwrap_or_default();
+    assert!(
+        cause.starts_with("worker 2 of 2 failed: Worker.Failed: `sh -c "),
+        "{cause}"
+    );
+    assert!(
+        cause.contains("exited with status 1") && cause.contains("share 2 is broken"),
+        "{cause}"
+    );
+    assert!(cause.contains("1 of 2 reported"), "{cause}");
+    // Worker 1 did report: before, that alone passed the run on its outputs.
+    let slot = |n: u64| {
+        done.workers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["slot"] == n)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(slot(1)["result"]["job"]["exit_code"], 0, "{}", done.workers);
+    assert!(slot(2)["result"].is_null(), "{}", done.workers);
+    assert_eq!(done.visited(State::VerifyCompletion), 1, "{:?}", done.path);
+    assert_eq!(done.visited(State::Relaunch), 0, "{:?}", done.path);
+    assert_eq!(done.visited(State::ReleaseWorker), 1, "{:?}", done.path);
+    assert_eq!(done.visited(State::Cleanup), 1, "{:?}", done.path);
+    // Both instances terminated, nothing left running.
+    assert_eq!(r.instances.len(), 2, "{:?}", r.instances);
+    r.assert_nothing_left();
+    // The report is sent, saying why.
+    assert_eq!(done.report["outcome"], "FAILED", "{}", done.report);
+    assert_eq!(done.report["error"]["Error"], "Worker.Failed");
+    let email = r.assert_email("FAILED");
+    assert!(
+        email.body.contains("worker 2 of 2 failed"),
+        "{}",
+        email.body
+    );
+}
+
+/// Both workers' commands exit 0: two manifests, each in its worker's folder listing its own
+/// files, both verified; `expect.min_objects` counts both together by default, each worker's
+/// apart with `counts: per_worker`.
+#[tokio::test]
+async fn a_job_of_two_workers_verifies_both_manifests_and_counts_in_total_or_per_worker() {
+    let region = fresh_region();
+    let aws = clients(region);
+    let run_id = "shares-ok";
+    let to = format!("s3://{BUCKET}/runs/{run_id}/");
+    // Three objects in all (two and one): no worker's alone reaches three.
+    let r = two_shares(
+        region,
+        run_id,
+        SHARES,
+        json!({"export_prefix": to, "min_objects": 3}),
+    )
+    .await;
+    let done = &r.finished;
+    assert_eq!(done.status, "SUCCEEDED", "{done:?}");
+    for (worker, files) in [
+        (1, vec!["more/extra.txt", "part.txt"]),
+        (2, vec!["part.txt"]),
+    ] {
+        let folder = format!("runs/{run_id}/worker-{worker}/");
+        let manifest = s3_json(&aws.s3, &format!("{folder}manifest.json")).await;
+        let keys: Vec<&str> = manifest["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["key"].as_str().unwrap())
+            .collect();
+        let expected: Vec<String> = files.iter().map(|f| format!("{folder}{f}")).collect();
+        assert_eq!(keys, expected, "worker {worker}: {manifest}");
+        let share = aws
+            .s3
+            .get_object()
+            .bucket(BUCKET)
+            .key(format!("{folder}part.txt"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            share.body.collect().await.unwrap().into_bytes().as_ref(),
+            format!("share {worker} of 2\n").as_bytes()
+        );
+    }
+    let verification = &done.document["verification"];
+    let checks = verification["checks"].as_array().unwrap();
+    let detail = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c["name"] == name && c["ok"] == true)
+            .map(|c| c["detail"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_else(|| panic!("{name} did not pass: {checks:?}"))
+    };
+    assert_eq!(
+        detail("workers"),
+        "2 of 2 worker(s) reported (1, 2): every share of the job is done"
+    );
+    assert_eq!(detail("objects_present"), "3 objects found");
+    detail("object_sizes");
+    assert_eq!(
+        detail("min_objects"),
+        "3 objects listed in 2 manifests, at least 3 expected in total"
+    );
+    assert!(
+        detail("manifest_location").starts_with("2 manifest(s), each in its worker's folder"),
+        "{checks:?}"
+    );
+    // Nothing of the feature worker's queue in a job's checks.
+    for name in ["no_failed_partitions", "manifest_rows_match_report"] {
+        assert!(!checks.iter().any(|c| c["name"] == name), "{checks:?}");
+    }
+    assert_eq!(verification["outputs"]["objects"], 3, "{verification}");
+    assert_eq!(verification["outputs"]["manifests"], 2, "{verification}");
+    // The report beside both folders, not in the first one.
+    s3_json(&aws.s3, &format!("runs/{run_id}/report.json")).await;
+    r.assert_nothing_left();
+
+    // The same job, at least two objects from each worker: worker 2 wrote one.
+    let run_id = "shares-each";
+    let r = two_shares(
+        region,
+        run_id,
+        SHARES,
+        json!({"export_prefix": format!("s3://{BUCKET}/runs/{run_id}/"), "min_objects": 2, "counts": "per_worker"}),
+    )
+    .await;
+    let done = &r.finished;
+    assert_eq!(done.status, "FAILED", "{done:?}");
+    assert_eq!(
+        done.error.as_deref(),
+        Some("Ephemera.VerificationFailed"),
+        "{done:?}"
+    );
+    let cause = done.cause.clone().unwrap_or_default();
+    assert!(
+        cause.contains("worker 2 lists 1 objects, at least 2 expected of each worker"),
+        "{cause}"
+    );
+    r.assert_nothing_left();
+    r.assert_email("FAILED");
 }

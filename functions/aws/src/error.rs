@@ -42,8 +42,9 @@ pub enum Error {
     SpotInterrupted(String),
     #[error("verification failed: {}", describe_checks(.failed))]
     VerificationFailed { failed: Vec<Check> },
-    /// Every worker of the run was lost: the run fails with the error that lost the first one
-    /// (its own name, e.g. `Ephemera.BootFailed`), as a one-worker run always did.
+    /// Every worker of the run was lost, or a job's worker did not report (its share is never
+    /// done): the run fails with the error that lost the first one (its own name, e.g.
+    /// `Ephemera.BootFailed`), as a one-worker run always did, its cause naming the workers.
     #[error("{}", .0.cause.as_deref().unwrap_or("every worker was lost"))]
     WorkersLost(CaughtError),
     #[error("refusing to terminate {instance}: {why}")]

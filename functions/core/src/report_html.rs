@@ -737,7 +737,7 @@ fn verification_section(r: &CostReport, out: &mut String) {
                     r#"<p id="outputs">Outputs: {} object(s), {} bytes, listed in <code>{}</code></p>"#,
                     o.objects,
                     o.bytes,
-                    escape(&o.manifest)
+                    escape(&o.listed_in())
                 );
             }
         }

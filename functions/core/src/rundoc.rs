@@ -161,12 +161,39 @@ pub struct Verification {
     pub outputs: Option<Outputs>,
 }
 
-/// A run's outputs as its manifest lists them.
+/// A run's outputs as its manifests list them: the feature worker's one export, or every
+/// worker's share of a job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outputs {
+    /// The manifest; the first worker's when there are several (each worker's report names its
+    /// own, `$.workers[i].result.manifest`: listing them here again would cost 40 URLs of up to
+    /// a kilobyte each of the state payload).
     pub manifest: String,
+    /// Objects and bytes of every manifest together.
     pub objects: u64,
     pub bytes: u64,
+    /// How many manifests: one per worker for a job.
+    #[serde(default = "one_manifest", skip_serializing_if = "is_one")]
+    pub manifests: u32,
+}
+
+fn one_manifest() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
+impl Outputs {
+    /// Where the outputs are listed, as the report says it: the manifest, or how many there are
+    /// and the first.
+    pub fn listed_in(&self) -> String {
+        match self.manifests {
+            0 | 1 => self.manifest.clone(),
+            n => format!("{n} manifests, one per worker ({} …)", self.manifest),
+        }
+    }
 }
 
 /// A Step Functions error as caught (`Catch` with `ResultPath: $.error`).
@@ -450,8 +477,10 @@ pub fn s3_console_url(bucket: &str, key: &str) -> String {
 
 /// Where a run's report is stored: beside the manifest, i.e. in the folder of the worker's
 /// manifest (`$.result.manifest`), or of `expect.export_prefix` when the run ended before one
-/// was written (the worker writes `<export target>/manifest.json`); a run that exports nothing
-/// goes under `runs/<run_id>/` of the function's artifact bucket; None when neither exists.
+/// was written (the worker writes `<export target>/manifest.json`); a job's workers each write
+/// theirs in `<to>/worker-<n>/`, so a job's report goes in `<to>/`, beside all of them; a run
+/// that exports nothing goes under `runs/<run_id>/` of the function's artifact bucket; None
+/// when neither exists.
 pub fn report_location(
     spec: &RunSpec,
     manifest: Option<&str>,
@@ -460,7 +489,11 @@ pub fn report_location(
     let folder = |url: &str, is_file: bool| {
         let (bucket, key) = parse_s3_url(url)?;
         let prefix = if is_file {
-            key.rfind('/').map_or("", |i| &key[..=i]).to_string()
+            let dir = key.rfind('/').map_or("", |i| &key[..=i]);
+            match spec.worker.is_job() {
+                true => above_worker_folder(dir).to_string(),
+                false => dir.to_string(),
+            }
         } else if key.is_empty() || key.ends_with('/') {
             key.to_string()
         } else {
@@ -485,6 +518,20 @@ pub fn report_location(
                 prefix: format!("runs/{}/", spec.run_id),
             })
         })
+}
+
+/// `folder` (ending in '/') without its last segment when that is a job's worker folder
+/// (`worker-<n>/`, [`crate::contract::manifest::worker_folder`]).
+fn above_worker_folder(folder: &str) -> &str {
+    let inner = folder.strip_suffix('/').unwrap_or(folder);
+    let (parent, last) = inner.rsplit_once('/').map_or(("", inner), |(p, l)| (p, l));
+    let is_worker = (1..=crate::runspec::MAX_WORKERS)
+        .any(|n| last == crate::contract::manifest::worker_folder(n));
+    match is_worker {
+        true if parent.is_empty() => "",
+        true => &folder[..=parent.len()],
+        false => folder,
+    }
 }
 
 /// The email's lines on the older snapshots a verified run deleted, or why it could not.
@@ -605,7 +652,9 @@ fn email_cost_and_work(r: &CostReport, b: &mut String) {
     if let Some(o) = r.verification.as_ref().and_then(|v| v.outputs.as_ref()) {
         b.push_str(&format!(
             "Outputs: {} object(s), {} bytes, listed in {}\n",
-            o.objects, o.bytes, o.manifest
+            o.objects,
+            o.bytes,
+            o.listed_in()
         ));
     }
 }
@@ -782,6 +831,7 @@ mod tests {
                 manifest: "s3://out/runs/fx-2023/manifest.json".into(),
                 objects: 3,
                 bytes: 9437193,
+                manifests: 1,
             }),
         });
         let (_, body) = render_email(&r);
@@ -789,6 +839,22 @@ mod tests {
             body.contains("Work: `python3 train.py --epochs 3` exited 0 after 812 s\nOutputs: 3 object(s), 9437193 bytes, listed in s3://out/runs/fx-2023/manifest.json\n"),
             "{body}"
         );
+        // A job's workers each list their share: the report says how many manifests.
+        if let Some(o) = r.verification.as_mut().and_then(|v| v.outputs.as_mut()) {
+            o.manifest = "s3://out/runs/fx-2023/worker-1/manifest.json".into();
+            o.manifests = 2;
+        }
+        let (_, body) = render_email(&r);
+        assert!(
+            body.contains("Outputs: 3 object(s), 9437193 bytes, listed in 2 manifests, one per worker (s3://out/runs/fx-2023/worker-1/manifest.json …)\n"),
+            "{body}"
+        );
+        // One manifest is not said on the wire, and outputs written before the count read as one.
+        let mut one = r.verification.clone().unwrap().outputs.unwrap();
+        one.manifests = 1;
+        let wire = serde_json::to_value(&one).unwrap();
+        assert!(wire.get("manifests").is_none(), "{wire}");
+        assert_eq!(serde_json::from_value::<Outputs>(wire).unwrap(), one);
         // Reports stored before these fields existed still read.
         let mut old = serde_json::to_value(&r).unwrap();
         old.as_object_mut().unwrap().remove("verification");
@@ -850,6 +916,26 @@ mod tests {
             at("art", "runs/fx-2023/")
         );
         assert_eq!(report_location(&spec, None, None), None);
+        // A job: beside every worker's folder, not in the first one's.
+        v["worker"]["args"] = serde_json::json!(["exec", "--", "sh"]);
+        let spec = RunSpec::parse(&v).unwrap();
+        assert_eq!(
+            report_location(&spec, Some("s3://out/runs/j/worker-2/manifest.json"), None),
+            at("out", "runs/j/")
+        );
+        assert_eq!(
+            report_location(&spec, Some("s3://out/worker-1/manifest.json"), None),
+            at("out", "")
+        );
+        // A folder that is not a worker's stays where it is.
+        assert_eq!(
+            report_location(&spec, Some("s3://out/runs/j/manifest.json"), None),
+            at("out", "runs/j/")
+        );
+        assert_eq!(
+            report_location(&spec, Some("s3://out/runs/worker-x/manifest.json"), None),
+            at("out", "runs/worker-x/")
+        );
     }
 
     #[test]

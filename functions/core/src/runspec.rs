@@ -109,6 +109,15 @@ pub struct WorkerSpec {
     pub count: u32,
 }
 
+impl WorkerSpec {
+    /// A job (`worker.args` starting `exec`): each worker is given its share (`EPHEMERA_WORKER`)
+    /// and nobody redoes another's, so the run is done only when every worker is; the feature
+    /// worker's workers share one queue instead.
+    pub fn is_job(&self) -> bool {
+        self.args.first().map(String::as_str) == Some("exec")
+    }
+}
+
 fn default_volume_gib() -> u32 {
     30
 }
@@ -244,6 +253,24 @@ pub struct Expectations {
     /// Bytes the manifest's objects must hold at least, in all.
     #[serde(default)]
     pub min_bytes: Option<u64>,
+    /// Whether `min_objects` and `min_bytes` hold for the workers' outputs together or for each
+    /// worker's: a job's workers each publish their own share under `<to>/worker-<n>/`.
+    #[serde(default)]
+    pub counts: Counts,
+}
+
+/// What `expect.min_objects` and `expect.min_bytes` count (`expect.counts`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Counts {
+    /// Every worker's outputs together.
+    #[default]
+    Total,
+    /// Each worker's outputs on their own (a job only: the feature worker's workers share one
+    /// export).
+    PerWorker,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -640,7 +667,7 @@ impl RunSpec {
                 format!("{args_len} bytes in all; at most 4096 are allowed"),
             );
         }
-        if w.args.first().map(String::as_str) == Some("exec") {
+        if w.is_job() {
             Self::validate_job(&w.args, errs);
         }
         if let Some(p) = &w.instance_profile {
@@ -796,6 +823,19 @@ impl RunSpec {
                 errs.add(
                     "expect.export_prefix",
                     format!("'{p}' must be s3://bucket/prefix/"),
+                );
+            }
+        }
+        if self.expect.counts == Counts::PerWorker {
+            if !self.worker.is_job() {
+                errs.add(
+                    "expect.counts",
+                    "per_worker applies to a job (worker.args starting `exec`), whose workers each publish their own outputs; the feature worker's workers share one export: use total",
+                );
+            } else if self.expect.min_objects.is_none() && self.expect.min_bytes.is_none() {
+                errs.add(
+                    "expect.counts",
+                    "per_worker says how expect.min_objects and expect.min_bytes count, and neither is set",
                 );
             }
         }
@@ -1674,6 +1714,31 @@ pub(crate) mod tests {
             "--checkpoint"
         ]);
         assert!(RunSpec::parse(&v).is_ok(), "{:?}", errors_of(v));
+    }
+
+    #[test]
+    fn a_jobs_counts_are_in_total_or_per_worker_and_nothing_else() {
+        let mut v = sample();
+        v["worker"]["args"] = json!(["exec", "--outputs", "out", "--to", "s3://b/o/", "--", "sh"]);
+        v["expect"] = json!({"min_objects": 2});
+        let spec = RunSpec::parse(&v).unwrap();
+        assert_eq!(spec.expect.counts, Counts::Total, "total by default");
+        assert!(spec.worker.is_job());
+        v["expect"]["counts"] = json!("per_worker");
+        assert_eq!(RunSpec::parse(&v).unwrap().expect.counts, Counts::PerWorker);
+        v["expect"]["counts"] = json!("each");
+        let errs = errors_of(v.clone());
+        assert!(has(&errs, "expect.counts", "unknown variant"), "{errs:?}");
+        // Per worker with nothing to count.
+        v["expect"] = json!({"counts": "per_worker"});
+        let errs = errors_of(v.clone());
+        assert!(has(&errs, "expect.counts", "neither is set"), "{errs:?}");
+        // The feature worker's workers share one export: nothing is per worker.
+        let mut v = sample();
+        v["expect"] = json!({"min_objects": 2, "counts": "per_worker"});
+        assert!(!RunSpec::parse(&sample()).unwrap().worker.is_job());
+        let errs = errors_of(v);
+        assert!(has(&errs, "expect.counts", "applies to a job"), "{errs:?}");
     }
 
     #[test]

@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::contract::manifest::{worker_folder, MANIFEST_FILE};
 use crate::contract::{Manifest, Summary};
-use crate::rundoc::{failure_for, CaughtError, WorkerEnd};
-use crate::runspec::{parse_s3_url, RunSpec};
+use crate::rundoc::{failure_for, CaughtError, Outputs, WorkerEnd};
+use crate::runspec::{parse_s3_url, Counts, RunSpec};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Check {
@@ -192,37 +193,362 @@ fn object_checks(
     out
 }
 
+/// How a run's workers divide its work, which decides when the run is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// The feature worker (`run`): every worker claims from the run's one queue and ends only
+    /// when nothing is left to claim, so one report covers the whole run, and a worker lost
+    /// while others reported is fine: its leases expired and they took its partitions over.
+    Queue,
+    /// A job (`exec`): each worker is given its share (`EPHEMERA_WORKER`) and nobody redoes
+    /// another's, so the run is done only when every worker reported success, and each
+    /// worker's outputs (its manifest in `<to>/worker-<n>/`) are verified.
+    Shares,
+}
+
+impl Sharing {
+    pub fn of(spec: &RunSpec) -> Sharing {
+        match spec.worker.is_job() {
+            true => Sharing::Shares,
+            false => Sharing::Queue,
+        }
+    }
+}
+
+/// Checks of the reports to verify ([`Gathered::Reported`], read as summaries, by slot): the
+/// feature worker's one report ([`check_report`]), or every worker's of a job.
+pub fn check_reports(spec: &RunSpec, sharing: Sharing, reports: &[(u32, Summary)]) -> Vec<Check> {
+    match sharing {
+        Sharing::Queue => reports
+            .iter()
+            .flat_map(|(_, r)| check_report(spec, r))
+            .collect(),
+        Sharing::Shares => job_report_checks(spec, reports),
+    }
+}
+
+/// A job's reports: each for this run, each manifest in its own worker's folder (and under
+/// `expect.export_prefix`), and the feature counts only when the RunSpec asks for them
+/// (`partitions_failed` and `rows_out` mean nothing for a command).
+fn job_report_checks(spec: &RunSpec, reports: &[(u32, Summary)]) -> Vec<Check> {
+    let n = reports.len();
+    let other_run: Vec<String> = reports
+        .iter()
+        .filter(|(_, r)| r.run_id != spec.run_id)
+        .map(|(slot, r)| format!("worker {slot}'s report is for '{}'", r.run_id))
+        .collect();
+    let mut out = vec![check(
+        "run_id",
+        other_run.is_empty(),
+        match other_run.is_empty() {
+            true => format!("{n} report(s) for '{}'", spec.run_id),
+            false => format!("{}; the run is '{}'", other_run.join("; "), spec.run_id),
+        },
+    )];
+    if let Some(p) = spec.expect.partitions {
+        let done: u64 = reports.iter().map(|(_, r)| r.partitions_done).sum();
+        out.push(check(
+            "partitions_done",
+            done >= p,
+            format!("{done} done, {p} expected"),
+        ));
+    }
+    if let Some(m) = spec.expect.min_rows {
+        let rows: u64 = reports.iter().map(|(_, r)| r.rows_out).sum();
+        out.push(check(
+            "min_rows",
+            rows >= m,
+            format!("{rows} rows written, at least {m} expected"),
+        ));
+    }
+    let prefix = spec.expect.export_prefix.as_deref();
+    if prefix.is_none() && reports.iter().all(|(_, r)| r.manifest.is_none()) {
+        // No outputs asked for (`exec` without `--outputs`): nothing to locate.
+        return out;
+    }
+    let mut bad = vec![];
+    for (slot, r) in reports {
+        let own = format!("{}/{MANIFEST_FILE}", worker_folder(*slot));
+        match &r.manifest {
+            None => bad.push(format!("worker {slot}'s report names no manifest")),
+            Some(m) => {
+                // Two workers writing one manifest would keep only the last one's files.
+                if !(m == &own || m.ends_with(&format!("/{own}"))) {
+                    bad.push(format!(
+                        "worker {slot}'s manifest {m} is not its own ({own})"
+                    ));
+                }
+                if let Some(p) = prefix.filter(|p| !m.starts_with(p)) {
+                    bad.push(format!("worker {slot}'s manifest {m} is not under {p}"));
+                }
+            }
+        }
+    }
+    out.push(check(
+        "manifest_location",
+        bad.is_empty(),
+        match (bad.is_empty(), prefix) {
+            (false, _) => bad.join("; "),
+            (true, Some(p)) => format!("{n} manifest(s), each in its worker's folder under {p}"),
+            (true, None) => format!("{n} manifest(s), each in its worker's folder"),
+        },
+    ));
+    out
+}
+
+/// What a count of `expect` measures in one manifest (its objects, its bytes).
+type Measure = fn(&Listed) -> u64;
+
+/// One manifest as verify-completion read it: whose, where, what it lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub slot: u32,
+    pub url: String,
+    pub manifest: Manifest,
+}
+
+/// A job's manifests, one per worker that reported one, against the objects found (key →
+/// size, None when absent; the workers' keys are apart, each under its own folder): each for
+/// this run and not empty, `expect.min_objects`/`min_bytes` in total or per worker
+/// (`expect.counts`), and every object of every manifest present, of its size, under the
+/// prefix.
+pub fn check_job_manifests(
+    spec: &RunSpec,
+    listed: &[Listed],
+    found: &BTreeMap<String, Option<u64>>,
+) -> Vec<Check> {
+    let n = listed.len();
+    let total_objects: u64 = listed.iter().map(|l| l.manifest.objects.len() as u64).sum();
+    let other_run: Vec<String> = listed
+        .iter()
+        .filter(|l| l.manifest.run_id != spec.run_id)
+        .map(|l| {
+            format!(
+                "worker {}'s manifest is for '{}'",
+                l.slot, l.manifest.run_id
+            )
+        })
+        .collect();
+    let empty: Vec<String> = listed
+        .iter()
+        .filter(|l| l.manifest.objects.is_empty())
+        .map(|l| format!("worker {}'s manifest lists no objects", l.slot))
+        .collect();
+    let each = |what: Measure| {
+        listed
+            .iter()
+            .map(|l| format!("{}", what(l)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut out = vec![
+        check(
+            "manifest_run_id",
+            other_run.is_empty(),
+            match other_run.is_empty() {
+                true => format!("{n} manifest(s) for '{}'", spec.run_id),
+                false => other_run.join("; "),
+            },
+        ),
+        check(
+            "manifest_not_empty",
+            empty.is_empty(),
+            match (empty.is_empty(), n) {
+                (false, _) => empty.join("; "),
+                (true, 1) => format!("{total_objects} objects listed"),
+                (true, _) => format!(
+                    "{total_objects} objects listed in {n} manifests ({} by worker)",
+                    each(|l| l.manifest.objects.len() as u64)
+                ),
+            },
+        ),
+    ];
+    let counted: [(&str, &str, Option<u64>, Measure); 2] = [
+        (
+            "min_objects",
+            "objects",
+            spec.expect.min_objects,
+            |l: &Listed| l.manifest.objects.len() as u64,
+        ),
+        ("min_bytes", "bytes", spec.expect.min_bytes, |l: &Listed| {
+            l.manifest.objects.iter().map(|o| o.bytes).sum()
+        }),
+    ];
+    for (name, unit, at_least, of) in counted {
+        let Some(least) = at_least else { continue };
+        out.push(match spec.expect.counts {
+            Counts::Total => {
+                let sum: u64 = listed.iter().map(of).sum();
+                let whose = match n {
+                    1 => String::new(),
+                    _ => format!(" in {n} manifests"),
+                };
+                check(
+                    name,
+                    sum >= least,
+                    format!("{sum} {unit} listed{whose}, at least {least} expected in total"),
+                )
+            }
+            Counts::PerWorker => {
+                let short: Vec<String> = listed
+                    .iter()
+                    .filter(|l| of(l) < least)
+                    .map(|l| format!("worker {} lists {} {unit}", l.slot, of(l)))
+                    .collect();
+                check(
+                    name,
+                    short.is_empty(),
+                    match short.is_empty() {
+                        true => format!(
+                            "each of {n} manifest(s) lists at least {least} {unit} ({} by worker)",
+                            each(of)
+                        ),
+                        false => format!(
+                            "{}, at least {least} expected of each worker (expect.counts per_worker)",
+                            short.join("; ")
+                        ),
+                    },
+                )
+            }
+        });
+    }
+    // Every object of every manifest, as one listing: the keys are apart by worker.
+    let all = Manifest {
+        run_id: spec.run_id.clone(),
+        objects: listed
+            .iter()
+            .flat_map(|l| l.manifest.objects.iter().cloned())
+            .collect(),
+    };
+    out.extend(object_checks(spec, &all, found));
+    out
+}
+
+/// What the manifests list, for the run document and the report: the first one's URL, the
+/// objects and bytes of all of them, how many there are.
+pub fn outputs_of(listed: &[Listed]) -> Option<Outputs> {
+    let first = listed.iter().min_by_key(|l| l.slot)?;
+    let objects = listed.iter().flat_map(|l| l.manifest.objects.iter());
+    Some(Outputs {
+        manifest: first.url.clone(),
+        objects: objects.clone().count() as u64,
+        bytes: objects.map(|o| o.bytes).sum(),
+        manifests: u32::try_from(listed.len()).unwrap_or(u32::MAX),
+    })
+}
+
+/// One worker's report to verify: its slot and its SendTaskSuccess output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub slot: u32,
+    pub result: serde_json::Value,
+}
+
 /// What the run's workers left for verification.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Gathered {
-    /// At least one worker reported. Each report is the run's queue as that worker left it
-    /// (a worker ends only when nothing is left to claim), so the fullest one is the run's.
+    /// The reports to verify: for the feature worker's queue, the fullest one (each report is
+    /// the run's queue as that worker left it, a worker ending only when nothing is left to
+    /// claim); for a job, every worker's, by slot (each did its own share).
     Reported {
-        result: serde_json::Value,
+        reports: Vec<Report>,
         /// "workers" check: who reported and who was lost.
         check: Check,
     },
-    /// No worker reported: the run fails with the first lost worker's error.
+    /// The run cannot pass: no worker reported (the first lost worker's error), or a job's
+    /// worker did not (its error, naming the worker).
     Lost(CaughtError),
 }
 
-/// The report to verify, from the workers' ends (`$.workers`).
-pub fn gather(workers: &[WorkerEnd]) -> Gathered {
+/// The reports to verify, from the workers' ends (`$.workers`), as `sharing` says the run is
+/// done.
+pub fn gather(sharing: Sharing, workers: &[WorkerEnd]) -> Gathered {
     let mut ordered: Vec<&WorkerEnd> = workers.iter().collect();
     ordered.sort_by_key(|w| w.slot);
     let lost = lost_lines(&ordered);
-    match fullest(&ordered) {
-        Some(result) => Gathered::Reported {
-            result: result.clone(),
-            check: check("workers", true, reported_detail(&ordered, &lost)),
+    match sharing {
+        Sharing::Queue => match fullest(&ordered) {
+            Some(w) => Gathered::Reported {
+                reports: vec![Report {
+                    slot: w.slot,
+                    result: w.result.clone().unwrap_or_default(),
+                }],
+                check: check("workers", true, reported_detail(&ordered, &lost)),
+            },
+            None => Gathered::Lost(none_reported(&ordered, &lost)),
         },
-        None => Gathered::Lost(none_reported(&ordered, &lost)),
+        Sharing::Shares if lost.is_empty() && !ordered.is_empty() => every_share_reported(&ordered),
+        // One worker's job fails with its error as it always did.
+        Sharing::Shares if ordered.len() <= 1 => Gathered::Lost(none_reported(&ordered, &lost)),
+        Sharing::Shares => Gathered::Lost(shares_failed(&ordered)),
+    }
+}
+
+/// Every worker of a job reported: each report is verified.
+fn every_share_reported(ordered: &[&WorkerEnd]) -> Gathered {
+    let slots: Vec<String> = ordered.iter().map(|w| w.slot.to_string()).collect();
+    Gathered::Reported {
+        reports: ordered
+            .iter()
+            .filter_map(|w| {
+                w.result.clone().map(|result| Report {
+                    slot: w.slot,
+                    result,
+                })
+            })
+            .collect(),
+        check: check(
+            "workers",
+            true,
+            format!(
+                "{n} of {n} worker(s) reported ({}): every share of the job is done",
+                slots.join(", "),
+                n = ordered.len()
+            ),
+        ),
+    }
+}
+
+/// Some of a job's workers did not report: their shares are not done and nobody else does
+/// them, so the run fails with the first one's error, naming each ("worker 2 of 2 failed:
+/// Worker.Failed: …").
+fn shares_failed(ordered: &[&WorkerEnd]) -> CaughtError {
+    let n = ordered.len();
+    let failed: Vec<(u32, Option<CaughtError>)> = ordered
+        .iter()
+        .filter(|w| w.result.is_none())
+        .map(|w| (w.slot, w.error.as_ref().map(failure_for)))
+        .collect();
+    let lines: Vec<String> = failed
+        .iter()
+        .map(|(slot, e)| match e {
+            Some(e) => format!(
+                "worker {slot} of {n} failed: {}: {}",
+                e.error,
+                e.cause.as_deref().unwrap_or_default()
+            ),
+            None => format!("worker {slot} of {n} ended without a report or an error"),
+        })
+        .collect();
+    let mut cause = lines.join("; ");
+    let reported = n - failed.len();
+    if reported > 0 {
+        cause.push_str(&format!(
+            "; {reported} of {n} reported, but a job's workers each do their own share, which nobody else redoes"
+        ));
+    }
+    CaughtError {
+        error: failed
+            .iter()
+            .find_map(|(_, e)| e.as_ref().map(|e| e.error.clone()))
+            .unwrap_or_else(|| crate::names::WORKER_FAILED.into()),
+        cause: Some(crate::payload::cap(&cause, crate::payload::MESSAGE_KEPT)),
     }
 }
 
 /// The first of the fullest reports, read through the contract's summary: an unreadable one (no
 /// count) is verified, and fails, only when no readable one exists.
-fn fullest<'a>(ordered: &[&'a WorkerEnd]) -> Option<&'a serde_json::Value> {
+fn fullest<'a>(ordered: &[&'a WorkerEnd]) -> Option<&'a WorkerEnd> {
     let done = |v: &serde_json::Value| {
         serde_json::from_value::<Summary>(v.clone())
             .ok()
@@ -230,11 +556,13 @@ fn fullest<'a>(ordered: &[&'a WorkerEnd]) -> Option<&'a serde_json::Value> {
     };
     ordered
         .iter()
-        .filter_map(|w| w.result.as_ref())
-        .fold(None, |best, r| match best {
-            Some(b) if done(b) >= done(r) => Some(b),
-            _ => Some(r),
+        .copied()
+        .filter_map(|w| w.result.as_ref().map(|r| (w, r)))
+        .fold(None, |best, (w, r)| match best {
+            Some((b, br)) if done(br) >= done(r) => Some((b, br)),
+            _ => Some((w, r)),
         })
+        .map(|(w, _)| w)
 }
 
 /// "worker 2 lost (Worker.Failed: …)" for each worker that did not report.
@@ -461,10 +789,16 @@ mod tests {
             end(1, None, Some(("States.HeartbeatTimeout", ""))),
             end(2, Some(r(12)), None),
         ];
-        let Gathered::Reported { result, check } = gather(&workers) else {
+        let Gathered::Reported { reports, check } = gather(Sharing::Queue, &workers) else {
             panic!("reported")
         };
-        assert_eq!(result, r(12));
+        assert_eq!(
+            reports,
+            [Report {
+                slot: 2,
+                result: r(12)
+            }]
+        );
         assert!(check.ok);
         assert!(
             check.detail.starts_with("2 of 3 worker(s) reported (2, 3)"),
@@ -481,7 +815,9 @@ mod tests {
             end(2, Some(r(5)), None),
             end(1, Some(r(5)), Some(("x", "y"))),
         ];
-        assert!(matches!(gather(&tie), Gathered::Reported { .. }));
+        assert!(
+            matches!(gather(Sharing::Queue, &tie), Gathered::Reported { reports, .. } if reports[0].slot == 1)
+        );
     }
 
     #[test]
@@ -489,7 +825,7 @@ mod tests {
         // One worker: its error as it was (made raisable), as before there were several.
         let one = [end(1, None, Some(("Ephemera.BootFailed", "i-1: impaired")))];
         assert_eq!(
-            gather(&one),
+            gather(Sharing::Queue, &one),
             Gathered::Lost(CaughtError {
                 error: "Ephemera.BootFailed".into(),
                 cause: Some("i-1: impaired".into())
@@ -503,7 +839,7 @@ mod tests {
                 Some(("Worker.SpotInterrupted", "no relaunch left")),
             ),
         ];
-        let Gathered::Lost(e) = gather(&two) else {
+        let Gathered::Lost(e) = gather(Sharing::Queue, &two) else {
             panic!("lost")
         };
         assert_eq!(e.error, "Worker.SpotInterrupted");
@@ -517,7 +853,321 @@ mod tests {
             "{cause}"
         );
         assert!(
-            matches!(gather(&[end(1, None, None)]), Gathered::Lost(e) if e.error == "Worker.Failed")
+            matches!(gather(Sharing::Queue, &[end(1, None, None)]), Gathered::Lost(e) if e.error == "Worker.Failed")
+        );
+    }
+
+    /// A job of two workers, its outputs under s3://out/runs/j1/.
+    fn job_spec(expect: serde_json::Value) -> RunSpec {
+        RunSpec::parse(&json!({
+            "run_id": "j1",
+            "worker": {"instance_types": ["c7g.large"], "subnets": ["subnet-0a1b2c3d"],
+                       "image": "ami-0a1b2c3d", "artifact": "s3://bkt/w", "count": 2,
+                       "args": ["exec", "--outputs", "out", "--to", "s3://out/runs/j1/",
+                                "--", "sh", "-c", "run"]},
+            "limits": {"max_runtime_seconds": 3600, "budget_usd": 1},
+            "expect": expect
+        }))
+        .unwrap()
+    }
+
+    fn job_summary(slot: u32) -> serde_json::Value {
+        json!({
+            "run_id": "j1", "partitions_done": 0, "partitions_failed": 0,
+            "rows_in": 0, "rows_out": 0,
+            "manifest": format!("s3://out/runs/j1/worker-{slot}/manifest.json"),
+            "job": {"command": "sh -c run", "exit_code": 0, "seconds": 1.0}
+        })
+    }
+
+    #[test]
+    fn which_rule_a_run_is_done_by_follows_its_workload() {
+        assert_eq!(Sharing::of(&spec()), Sharing::Queue);
+        assert_eq!(Sharing::of(&job_spec(json!({}))), Sharing::Shares);
+    }
+
+    #[test]
+    fn a_job_is_done_when_every_worker_reported_and_each_report_is_verified() {
+        let ends = [
+            end(2, Some(job_summary(2)), None),
+            end(1, Some(job_summary(1)), None),
+        ];
+        let Gathered::Reported { reports, check } = gather(Sharing::Shares, &ends) else {
+            panic!("reported")
+        };
+        assert_eq!(
+            reports.iter().map(|r| r.slot).collect::<Vec<_>>(),
+            [1, 2],
+            "every worker's report, by slot"
+        );
+        assert_eq!(reports[1].result, job_summary(2));
+        assert!(check.ok);
+        assert_eq!(
+            check.detail,
+            "2 of 2 worker(s) reported (1, 2): every share of the job is done"
+        );
+    }
+
+    #[test]
+    fn a_job_with_a_failed_or_lost_worker_fails_naming_it_where_a_queue_would_pass() {
+        let failed = [
+            end(1, Some(job_summary(1)), None),
+            end(
+                2,
+                None,
+                Some(("Worker.Failed", "`sh -c exit 1` exited with status 1")),
+            ),
+        ];
+        let Gathered::Lost(e) = gather(Sharing::Shares, &failed) else {
+            panic!("a failed share fails the job")
+        };
+        assert_eq!(e.error, "Worker.Failed");
+        assert_eq!(
+            e.cause.as_deref(),
+            Some("worker 2 of 2 failed: Worker.Failed: `sh -c exit 1` exited with status 1; 1 of 2 reported, but a job's workers each do their own share, which nobody else redoes")
+        );
+        // Lost to silence (no relaunch left): the same, with the timeout said as a worker's.
+        let lost = [
+            end(3, Some(job_summary(3)), None),
+            end(1, None, Some(("States.HeartbeatTimeout", "silent"))),
+            end(2, Some(job_summary(2)), None),
+        ];
+        let Gathered::Lost(e) = gather(Sharing::Shares, &lost) else {
+            panic!("a lost share fails the job")
+        };
+        assert_eq!(e.error, "Worker.TimedOut");
+        let cause = e.cause.unwrap();
+        assert!(
+            cause.starts_with("worker 1 of 3 failed: Worker.TimedOut: States.HeartbeatTimeout"),
+            "{cause}"
+        );
+        assert!(cause.contains("2 of 3 reported"), "{cause}");
+        // Every worker lost: each named, the first one's error.
+        let none = [
+            end(2, None, Some(("Worker.Failed", "exit 2"))),
+            end(1, None, None),
+        ];
+        let Gathered::Lost(e) = gather(Sharing::Shares, &none) else {
+            panic!("lost")
+        };
+        assert_eq!(
+            (e.error.as_str(), e.cause.as_deref()),
+            (
+                "Worker.Failed",
+                Some("worker 1 of 2 ended without a report or an error; worker 2 of 2 failed: Worker.Failed: exit 2")
+            )
+        );
+        // One worker's job fails with its own error, as a one-worker run always did.
+        let one = [end(1, None, Some(("Worker.Failed", "exit 3")))];
+        assert_eq!(
+            gather(Sharing::Shares, &one),
+            Gathered::Lost(CaughtError {
+                error: "Worker.Failed".into(),
+                cause: Some("exit 3".into())
+            })
+        );
+        // The feature worker's queue: the others took the lost one's partitions over.
+        for ends in [&failed[..], &lost[..]] {
+            let Gathered::Reported { check, .. } = gather(Sharing::Queue, ends) else {
+                panic!("a queue passes with the others' report")
+            };
+            assert!(
+                check.detail.contains("the others took over"),
+                "{}",
+                check.detail
+            );
+        }
+    }
+
+    fn listed(slot: u32, files: &[(&str, u64)]) -> Listed {
+        Listed {
+            slot,
+            url: format!("s3://out/runs/j1/worker-{slot}/manifest.json"),
+            manifest: Manifest {
+                run_id: "j1".into(),
+                objects: files
+                    .iter()
+                    .map(|(name, bytes)| ManifestObject {
+                        key: format!("runs/j1/worker-{slot}/{name}"),
+                        rows: 0,
+                        bytes: *bytes,
+                        sha256: None,
+                    })
+                    .collect(),
+            },
+        }
+    }
+
+    fn found_for(listed: &[Listed]) -> BTreeMap<String, Option<u64>> {
+        listed
+            .iter()
+            .flat_map(|l| l.manifest.objects.iter())
+            .map(|o| (o.key.clone(), Some(o.bytes)))
+            .collect()
+    }
+
+    fn failed_checks(checks: &[Check]) -> Vec<(String, String)> {
+        checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| (c.name.clone(), c.detail.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn every_manifest_of_a_job_is_checked_and_its_counts_are_in_total_or_per_worker() {
+        let shares = [
+            listed(1, &[("a.csv", 10), ("b.csv", 20)]),
+            listed(2, &[("c.csv", 5)]),
+        ];
+        let found = found_for(&shares);
+        // Three objects in all: at least three in total passes, two each does not.
+        let total = job_spec(
+            json!({"export_prefix": "s3://out/runs/j1/", "min_objects": 3, "min_bytes": 35}),
+        );
+        let checks = check_job_manifests(&total, &shares, &found);
+        assert_eq!(failed_checks(&checks), []);
+        let names: Vec<&str> = checks.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "manifest_run_id",
+                "manifest_not_empty",
+                "min_objects",
+                "min_bytes",
+                "objects_present",
+                "object_sizes",
+                "objects_under_prefix"
+            ],
+            "a job's checks: no rows against a report"
+        );
+        assert_eq!(
+            checks[2].detail,
+            "3 objects listed in 2 manifests, at least 3 expected in total"
+        );
+        let per_worker =
+            job_spec(json!({"min_objects": 2, "min_bytes": 5, "counts": "per_worker"}));
+        assert_eq!(
+            failed_checks(&check_job_manifests(&per_worker, &shares, &found)),
+            [(
+                "min_objects".to_string(),
+                "worker 2 lists 1 objects, at least 2 expected of each worker (expect.counts per_worker)".to_string()
+            )]
+        );
+        let per_worker = job_spec(json!({"min_objects": 1, "counts": "per_worker"}));
+        let checks = check_job_manifests(&per_worker, &shares, &found);
+        assert_eq!(failed_checks(&checks), []);
+        assert_eq!(
+            checks[2].detail,
+            "each of 2 manifest(s) lists at least 1 objects (2, 1 by worker)"
+        );
+        let four = job_spec(json!({"min_objects": 4}));
+        assert_eq!(
+            failed_checks(&check_job_manifests(&four, &shares, &found))[0].0,
+            "min_objects"
+        );
+
+        // Worker 2's file missing, worker 1's of another size: both named.
+        let mut found = found;
+        found.insert("runs/j1/worker-2/c.csv".into(), None);
+        found.insert("runs/j1/worker-1/a.csv".into(), Some(11));
+        let bad = failed_checks(&check_job_manifests(&total, &shares, &found));
+        assert_eq!(
+            bad,
+            [
+                (
+                    "objects_present".to_string(),
+                    "missing: runs/j1/worker-2/c.csv".to_string()
+                ),
+                (
+                    "object_sizes".to_string(),
+                    "runs/j1/worker-1/a.csv is 11 bytes, manifest says 10".to_string()
+                )
+            ]
+        );
+
+        // A manifest of another run, an empty one.
+        let mut odd = shares.clone();
+        odd[0].manifest.run_id = "other".into();
+        odd[1].manifest.objects.clear();
+        let bad = failed_checks(&check_job_manifests(
+            &job_spec(json!({})),
+            &odd,
+            &found_for(&odd),
+        ));
+        assert_eq!(
+            bad,
+            [
+                (
+                    "manifest_run_id".to_string(),
+                    "worker 1's manifest is for 'other'".to_string()
+                ),
+                (
+                    "manifest_not_empty".to_string(),
+                    "worker 2's manifest lists no objects".to_string()
+                )
+            ]
+        );
+
+        assert_eq!(
+            outputs_of(&shares),
+            Some(Outputs {
+                manifest: "s3://out/runs/j1/worker-1/manifest.json".into(),
+                objects: 3,
+                bytes: 35,
+                manifests: 2
+            })
+        );
+        assert_eq!(outputs_of(&[]), None);
+    }
+
+    #[test]
+    fn a_jobs_reports_each_name_a_manifest_of_their_own() {
+        let spec = job_spec(json!({"export_prefix": "s3://out/runs/j1/"}));
+        let read = |v: serde_json::Value| serde_json::from_value::<Summary>(v).unwrap();
+        let reports = [(1, read(job_summary(1))), (2, read(job_summary(2)))];
+        let checks = check_reports(&spec, Sharing::Shares, &reports);
+        assert_eq!(failed_checks(&checks), []);
+        assert_eq!(
+            checks.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            ["run_id", "manifest_location"],
+            "no partitions for a job"
+        );
+        // Both writing `<to>/manifest.json` (the last writer would win): refused.
+        let mut same = reports.clone();
+        for (_, r) in &mut same {
+            r.manifest = Some("s3://out/runs/j1/manifest.json".into());
+        }
+        same[1].1.run_id = "other".into();
+        let bad = failed_checks(&check_reports(&spec, Sharing::Shares, &same));
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert_eq!(
+            bad[0].1,
+            "worker 2's report is for 'other'; the run is 'j1'"
+        );
+        assert!(
+            bad[1].1.starts_with("worker 1's manifest s3://out/runs/j1/manifest.json is not its own (worker-1/manifest.json)"),
+            "{}",
+            bad[1].1
+        );
+        // A job without outputs: nothing to locate.
+        let mut bare = reports.clone();
+        for (_, r) in &mut bare {
+            r.manifest = None;
+        }
+        let checks = check_reports(&job_spec(json!({})), Sharing::Shares, &bare);
+        assert_eq!(
+            checks.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            ["run_id"]
+        );
+        // The feature worker's report keeps its own checks.
+        let names: Vec<String> = check_reports(&self::spec(), Sharing::Queue, &[(1, report())])
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert!(
+            names.contains(&"no_failed_partitions".to_string()),
+            "{names:?}"
         );
     }
 }

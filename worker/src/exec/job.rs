@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use ephemera_contract::manifest::worker_folder;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -132,14 +133,15 @@ pub async fn run(ready: &Ready, stop: &CancellationToken) -> Result<supervise::O
     outcome
 }
 
-/// After a successful exit: the outputs stored with their manifest (its URL), then the
-/// checkpoints deleted unless they are to be kept: the job needs them no more, and they would
-/// be billed for as long as they stay.
+/// After a successful exit: the outputs stored with their manifest under this worker's own
+/// folder of the target (`<to>/worker-<n>/`; its URL), then the checkpoints deleted unless they
+/// are to be kept: the job needs them no more, and they would be billed for as long as they stay.
 pub async fn publish(plan: &Plan) -> Result<Option<String>> {
     let manifest = match &plan.outputs {
         Some((dir, target)) => {
             let dir = in_workdir(&plan.job.workdir, dir);
-            Some(publish::publish(&dir, target, &plan.run_id).await?)
+            let share = target.under(&worker_folder(plan.worker));
+            Some(publish::publish(&dir, &share, &plan.run_id).await?)
         }
         None => None,
     };
@@ -252,6 +254,47 @@ mod tests {
         );
         publish(&second).await.unwrap();
         assert_eq!(store.list().await.unwrap(), Vec::<String>::new());
+        std::fs::remove_dir_all(&b).unwrap();
+    }
+
+    #[tokio::test]
+    async fn each_worker_publishes_its_share_in_a_folder_of_its_own() {
+        let b = std::env::temp_dir().join(format!("ephemera-share-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&b);
+        let mut urls = vec![];
+        for worker in [1, 2] {
+            let workdir = b.join(format!("w{worker}"));
+            std::fs::create_dir_all(workdir.join("out")).unwrap();
+            std::fs::write(workdir.join("out/part.csv"), format!("share {worker}\n")).unwrap();
+            let plan = Plan {
+                job: supervise::Job {
+                    command: vec!["true".into()],
+                    grace: Duration::from_secs(5),
+                    env: vec![],
+                    workdir,
+                },
+                run_id: "r1".into(),
+                worker,
+                attempt: 1,
+                fetch: vec![],
+                checkpoint: None,
+                outputs: Some(("out".into(), Target::Dir(b.join("to")))),
+            };
+            urls.push(publish(&plan).await.unwrap().unwrap());
+        }
+        // Two manifests, neither replacing the other, each listing its own worker's file.
+        for (worker, url) in [1, 2].into_iter().zip(&urls) {
+            let folder = b.join("to").join(format!("worker-{worker}"));
+            assert_eq!(url, &folder.join("manifest.json").display().to_string());
+            let m: ephemera_contract::Manifest =
+                serde_json::from_slice(&std::fs::read(url).unwrap()).unwrap();
+            assert_eq!(m.objects.len(), 1, "{m:?}");
+            assert_eq!(m.objects[0].key, "part.csv");
+            assert_eq!(
+                std::fs::read_to_string(folder.join("part.csv")).unwrap(),
+                format!("share {worker}\n")
+            );
+        }
         std::fs::remove_dir_all(&b).unwrap();
     }
 }

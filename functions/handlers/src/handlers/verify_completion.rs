@@ -1,13 +1,14 @@
-//! verify-completion: the workers' report and its exported objects against what the run
-//! expected.
+//! verify-completion: the workers' reports and their exported objects against what the run
+//! expected: the feature worker's fullest report and its export, or every share of a job with
+//! each worker's manifest.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use ephemera_core::contract::{Manifest, Summary};
-use ephemera_core::rundoc::{Outputs, Verification, WorkerEnd};
+use ephemera_core::rundoc::{Verification, WorkerEnd};
 use ephemera_core::runspec::parse_s3_url;
-use ephemera_core::verify::{self, Check, Gathered};
+use ephemera_core::verify::{self, Check, Gathered, Listed, Sharing};
 use ephemera_core::RunSpec;
 use serde::Deserialize;
 
@@ -36,66 +37,93 @@ pub async fn handle<O: Objects>(
     now: DateTime<Utc>,
 ) -> Result<Verification, Error> {
     let spec = &input.run;
-    let (result, workers) = match verify::gather(&input.workers) {
-        Gathered::Reported { result, check } => (result, check),
-        // Nobody is left to verify: the run fails with what lost its workers.
+    // A job is done when every worker's share is; the feature worker's queue when any worker
+    // reported (the others took over the lost ones' partitions).
+    let sharing = Sharing::of(spec);
+    let (results, workers) = match verify::gather(sharing, &input.workers) {
+        Gathered::Reported { reports, check } => (reports, check),
+        // Nobody is left to verify, or a job's share was never done: the run fails with what
+        // lost its workers.
         Gathered::Lost(e) => return Err(Error::WorkersLost(e)),
     };
-    let report: Summary = match serde_json::from_value(result) {
-        Ok(r) => r,
-        Err(e) => {
-            return Err(Error::VerificationFailed {
-                failed: vec![failed(
-                    "report_format",
-                    format!("the worker's report is not readable: {e}"),
-                )],
-            })
-        }
+    let whose = |slot: u32| match sharing {
+        Sharing::Shares => format!("worker {slot}: "),
+        Sharing::Queue => String::new(),
     };
-    let mut checks = vec![workers];
-    checks.extend(verify::check_report(spec, &report));
-    let mut outputs = None;
-    match report.manifest.as_deref() {
-        Some(url) => match parse_s3_url(url) {
-            Some((bucket, key)) => match objects.get(bucket, key).await? {
-                None => checks.push(failed("manifest_present", format!("{url} does not exist"))),
-                Some(bytes) => match serde_json::from_slice::<Manifest>(&bytes) {
-                    Err(e) => checks.push(failed("manifest_format", format!("{url}: {e}"))),
-                    Ok(m) => {
-                        // The objects sit beside the manifest: list them there in pages,
-                        // and ask only for the odd one elsewhere (large runs export
-                        // thousands, which a call each would not read within the timeout).
-                        let dir = key.rfind('/').map_or("", |i| &key[..=i]);
-                        let listed = objects.sizes_under(bucket, dir).await?;
-                        let mut found = BTreeMap::new();
-                        for o in &m.objects {
-                            let size = match listed.get(&o.key) {
-                                Some(s) => Some(*s),
-                                None if o.key.starts_with(dir) => None,
-                                None => objects.size(bucket, &o.key).await?,
-                            };
-                            found.insert(o.key.clone(), size);
-                        }
-                        checks.extend(verify::check_manifest(spec, &report, &m, &found));
-                        outputs = Some(Outputs {
-                            manifest: url.to_string(),
-                            objects: m.objects.len() as u64,
-                            bytes: m.objects.iter().map(|o| o.bytes).sum(),
-                        });
-                    }
-                },
-            },
-            None => checks.push(failed(
-                "manifest_present",
-                format!("'{url}' is not an s3:// URL"),
-            )),
-        },
-        None if spec.expect.export_prefix.is_some() => checks.push(failed(
-            "manifest_present",
-            "the report names no manifest".into(),
-        )),
-        None => {}
+    let mut reports = Vec::with_capacity(results.len());
+    for r in results {
+        match serde_json::from_value::<Summary>(r.result) {
+            Ok(s) => reports.push((r.slot, s)),
+            Err(e) => {
+                return Err(Error::VerificationFailed {
+                    failed: vec![failed(
+                        "report_format",
+                        format!("{}the worker's report is not readable: {e}", whose(r.slot)),
+                    )],
+                })
+            }
+        }
     }
+    let mut checks = vec![workers];
+    checks.extend(verify::check_reports(spec, sharing, &reports));
+    // Every manifest the reports name, with the sizes of the objects it lists; what could not
+    // be read, by check (one check however many workers, to keep the document bounded).
+    let mut listed: Vec<(Listed, BTreeMap<String, Option<u64>>)> = vec![];
+    let mut unread: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (slot, report) in &reports {
+        match report.manifest.as_deref() {
+            Some(url) => match read_manifest(objects, url).await? {
+                Ok((manifest, found)) => listed.push((
+                    Listed {
+                        slot: *slot,
+                        url: url.to_string(),
+                        manifest,
+                    },
+                    found,
+                )),
+                Err((name, detail)) => unread
+                    .entry(name)
+                    .or_default()
+                    .push(format!("{}{detail}", whose(*slot))),
+            },
+            None if spec.expect.export_prefix.is_some() => unread
+                .entry("manifest_present")
+                .or_default()
+                .push(format!("{}the report names no manifest", whose(*slot))),
+            None => {}
+        }
+    }
+    for (name, details) in unread {
+        checks.push(failed(
+            name,
+            ephemera_core::payload::cap(
+                &details.join("; "),
+                ephemera_core::payload::CHECK_DETAIL_KEPT,
+            ),
+        ));
+    }
+    match sharing {
+        Sharing::Queue => {
+            for (l, found) in &listed {
+                checks.extend(verify::check_manifest(
+                    spec,
+                    &reports[0].1,
+                    &l.manifest,
+                    found,
+                ));
+            }
+        }
+        Sharing::Shares if !listed.is_empty() => {
+            // The workers' keys are apart (each under its own folder): one map holds them all.
+            let found: BTreeMap<String, Option<u64>> =
+                listed.iter().flat_map(|(_, f)| f.clone()).collect();
+            let manifests: Vec<Listed> = listed.iter().map(|(l, _)| l.clone()).collect();
+            checks.extend(verify::check_job_manifests(spec, &manifests, &found));
+        }
+        Sharing::Shares => {}
+    }
+    let manifests: Vec<Listed> = listed.into_iter().map(|(l, _)| l).collect();
+    let outputs = verify::outputs_of(&manifests);
     let bad: Vec<Check> = checks.iter().filter(|c| !c.ok).cloned().collect();
     tracing::info!(checks = checks.len(), failed = bad.len(), "verified");
     if !bad.is_empty() {
@@ -107,4 +135,40 @@ pub async fn handle<O: Objects>(
         verified_at: now,
         outputs,
     })
+}
+
+/// A manifest read with the sizes of the objects it lists (None when absent); or the check it
+/// fails (`manifest_present`, `manifest_format`) and why.
+type Read = Result<(Manifest, BTreeMap<String, Option<u64>>), (&'static str, String)>;
+
+/// The manifest at `url`, as [`Read`] says; Err only when S3 could not be asked.
+async fn read_manifest<O: Objects>(objects: &O, url: &str) -> Result<Read, Error> {
+    let Some((bucket, key)) = parse_s3_url(url) else {
+        return Ok(Err((
+            "manifest_present",
+            format!("'{url}' is not an s3:// URL"),
+        )));
+    };
+    let Some(bytes) = objects.get(bucket, key).await? else {
+        return Ok(Err(("manifest_present", format!("{url} does not exist"))));
+    };
+    let m = match serde_json::from_slice::<Manifest>(&bytes) {
+        Ok(m) => m,
+        Err(e) => return Ok(Err(("manifest_format", format!("{url}: {e}")))),
+    };
+    // The objects sit beside the manifest: list them there in pages, and ask only for the odd
+    // one elsewhere (large runs export thousands, which a call each would not read within the
+    // timeout).
+    let dir = key.rfind('/').map_or("", |i| &key[..=i]);
+    let listed = objects.sizes_under(bucket, dir).await?;
+    let mut found = BTreeMap::new();
+    for o in &m.objects {
+        let size = match listed.get(&o.key) {
+            Some(s) => Some(*s),
+            None if o.key.starts_with(dir) => None,
+            None => objects.size(bucket, &o.key).await?,
+        };
+        found.insert(o.key.clone(), size);
+    }
+    Ok(Ok((m, found)))
 }
