@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use ephemera_aws::LedgerTable;
-use ephemera_core::RunSpec;
+use ephemera_core::{budget, catalog, RunSpec};
 
 use crate::errors::{CliError, Op};
 
@@ -193,7 +193,7 @@ async fn run(cli: Cli) -> Result<Outcome, CliError> {
     let machine = g.state_machine.as_deref();
     match cli.command {
         Command::Schema => schema(),
-        Command::Validate { runspec } => validate(&runspec),
+        Command::Validate { runspec } => validate(g, &runspec),
         Command::Run {
             runspec,
             name,
@@ -264,8 +264,10 @@ fn schema() -> Result<Outcome, CliError> {
     Ok(Outcome::Done)
 }
 
-/// `ephemera validate FILE`.
-fn validate(runspec: &Path) -> Result<Outcome, CliError> {
+/// `ephemera validate FILE`: every rule, then the run's cap against its worst case, priced
+/// from the dated table (the deployment prices with the Price List API, which never exceeds
+/// the table's bound for the region).
+fn validate(g: &Global, runspec: &Path) -> Result<Outcome, CliError> {
     let (_, spec) = load(runspec)?;
     println!(
         "{}: valid RunSpec for run '{}' ({} candidate types, {} market, budget ${:.2})",
@@ -275,7 +277,56 @@ fn validate(runspec: &Path) -> Result<Outcome, CliError> {
         spec.worker.market.as_str(),
         spec.limits.budget_usd
     );
-    Ok(Outcome::Done)
+    let region = g
+        .region
+        .clone()
+        .or_else(|| std::env::var("AWS_REGION").ok().filter(|r| !r.is_empty()))
+        .unwrap_or_else(|| catalog::PRICES_REGION.to_string());
+    let mut dearest: Option<(&String, f64)> = None;
+    for t in &spec.worker.instance_types {
+        let Some(price) = catalog::on_demand_hourly_bound(t, &region) else {
+            println!("worst case: not computed here ({t} is not in the dated price table); CheckQuota computes it with the Price List API before anything is requested or launched");
+            return Ok(Outcome::Done);
+        };
+        if dearest.is_none_or(|(_, p)| price > p) {
+            dearest = Some((t, price));
+        }
+    }
+    let Some((dearest, price)) = dearest else {
+        return Ok(Outcome::Done);
+    };
+    let worst = budget::attempt_worst_case(&spec, dearest, price, &region);
+    let cap = budget::Cap::of(&spec, &region);
+    println!(
+        "worst case of one attempt in {region}: ${:.4} ({})",
+        worst.usd,
+        worst.terms()
+    );
+    let attempts = (cap.remainder(0.0) / worst.usd).floor().max(0.0) as u64;
+    match budget::first_admission(&spec, &worst, &cap) {
+        Ok(first) => {
+            println!(
+                "cap: limits.budget_usd ${:.2}; every worker's first attempt and the run's own orchestration (${:.4}) hold ${first:.4} of it; {} attempts fit in all (worker.count {}, up to {} each)",
+                cap.budget_usd,
+                cap.overhead_usd,
+                attempts,
+                spec.worker.count,
+                1 + spec.limits.max_relaunches
+            );
+            Ok(Outcome::Done)
+        }
+        Err(refused) => Err(CliError::InvalidRunSpec {
+            path: runspec.display().to_string(),
+            n: 1,
+            list: format!(
+                "  limits.budget_usd: ${:.2} cannot cover every worker's first attempt at its worst case, ${:.4} ({}); CheckQuota would refuse the run (Ephemera.OverBudget): raise it to at least ${:.2}, or lower limits.boot_timeout_seconds, limits.max_runtime_seconds or worker.count",
+                cap.budget_usd,
+                refused.worst_case_usd,
+                refused.detail,
+                (refused.worst_case_usd * 100.0).ceil() / 100.0
+            ),
+        }),
+    }
 }
 
 /// What `ephemera run` was asked.

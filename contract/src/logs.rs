@@ -17,6 +17,13 @@ pub fn worker_log_group_of(execution_arn: &str) -> Option<String> {
     Some(stack_worker_log_group(machine.strip_suffix("-worker")?))
 }
 
+/// The most bytes a worker process (one an attempt: the instance's unit never restarts it)
+/// sends to CloudWatch Logs, counting every PutLogEvents call it makes (a batch sent again
+/// counts again) at each event's message plus its 26 bytes. Past it, lines stay on the
+/// instance's stderr only. The run's budget counts an attempt's logs at this bound
+/// (`ephemera_core::budget`), so a chatty job cannot bill past its cap through its log.
+pub const MAX_SHIPPED_BYTES: u64 = 16 * 1024 * 1024;
+
 /// One log stream per worker process: `<run_id>/<attempt>/<instance id>`, so a run's streams
 /// share the prefix `<run_id>/` (a run id holds no `/`).
 pub fn worker_log_stream(run_id: &str, attempt: u32, instance_id: &str) -> String {

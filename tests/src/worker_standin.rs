@@ -26,6 +26,8 @@ pub enum Behaviour {
     GoSilent,
     /// Attempt 1 reports a Spot interruption; later attempts succeed with the report.
     SpotInterruptFirst(Value),
+    /// Every attempt reports a Spot interruption (a market that keeps taking the instance back).
+    SpotInterruptAlways,
     /// Start, then fail with this error name.
     Fail(String),
     /// Start, then fail with this error name and cause.
@@ -254,7 +256,7 @@ async fn serve(me: Instance, behaviour: Behaviour, log: Logger, deadline: Instan
             succeed(report.clone()).await;
             log.push(format!("{instance}: succeeded"));
         }
-        Behaviour::SpotInterruptFirst(_) => {
+        Behaviour::SpotInterruptFirst(_) | Behaviour::SpotInterruptAlways => {
             fail(
                 names::SPOT_INTERRUPTED.into(),
                 "reported by the worker stand-in".into(),

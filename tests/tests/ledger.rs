@@ -306,3 +306,77 @@ async fn launches_at_the_same_instant_never_together_pass_the_monthly_budget() {
     let live = fixtures::instances_of(&c.aws, "ledger-race").await;
     assert_eq!(live.len(), 4, "{live:?}");
 }
+
+/// Two workers of one run relaunching at the same instant, with room left in the run's cap for
+/// one more attempt: each writes its own place in the run's item, so only the run's counter,
+/// conditional in the same write, keeps them from both being admitted. Exactly one launches; the
+/// other is refused naming what is left and one attempt's worst case.
+#[tokio::test]
+async fn workers_relaunching_at_the_same_instant_share_the_rest_of_the_runs_cap() {
+    use ephemera_core::budget::{self, Cap};
+    let c = fixtures::ctx().await;
+    harness().door.ensure_ledger(c.region).await;
+    let mut spec = fixtures::runspec("cap-race", &c.net, None);
+    spec["worker"]["count"] = json!(2);
+    let s = ephemera_core::RunSpec::parse(&spec).unwrap();
+    let (dearest, price) = s
+        .worker
+        .instance_types
+        .iter()
+        .map(|t| {
+            let p = ephemera_core::catalog::on_demand_hourly_bound(t, c.region).unwrap();
+            (t, p)
+        })
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap();
+    let worst = budget::attempt_worst_case(&s, dearest, price, c.region).usd;
+    // Two first attempts and one more fit; a fourth does not.
+    spec["limits"]["budget_usd"] = json!(Cap::of(&s, c.region).overhead_usd + 3.5 * worst);
+    let execution = format!(
+        "arn:aws:states:{}:123456789012:execution:ephemera-worker:cap-race",
+        c.region
+    );
+    let settings = Settings {
+        worker_role_id: Some(ephemera_tests::iam::WORKER_ROLE_ID.into()),
+        ledger_table: Some(LEDGER_TABLE.into()),
+        ..Settings::default()
+    };
+    let launch = |input: Value| {
+        let settings = settings.clone();
+        async move {
+            invoke(
+                &function_clients(c.region, Function::LaunchWorker.name()),
+                &settings,
+                Function::LaunchWorker,
+                input,
+            )
+            .await
+        }
+    };
+    let mut first = vec![];
+    for slot in [1, 2] {
+        let w = launch(json!({"run": spec, "execution": execution, "slot": slot}))
+            .await
+            .unwrap();
+        assert_eq!(w["attempts"][0]["estimate_usd"].as_f64().unwrap(), worst);
+        first.push(w);
+    }
+    let relaunches = first.iter().enumerate().map(|(i, w)| {
+        launch(json!({"run": spec, "execution": execution, "slot": i + 1,
+                      "worker": w, "relaunch": true}))
+    });
+    let results = futures_util::future::join_all(relaunches).await;
+    let admitted = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(admitted, 1, "{results:?}");
+    let refused = results.iter().find_map(|r| r.as_ref().err()).unwrap();
+    assert_eq!(refused.error_type(), "Ephemera.OverBudget");
+    let text = refused.to_string();
+    assert!(text.contains("attempt 2 was not launched"), "{text}");
+    let left = format!("${:.4} is left of limits.budget_usd", 0.5 * worst);
+    assert!(text.contains(&left), "{left}: {text}");
+    let e = entry(c.region, &execution).await.unwrap();
+    let held: f64 = e["cap_reserved_usd"].parse().unwrap();
+    assert!((held - 3.0 * worst).abs() < 1e-9, "{e:?}");
+    let live = fixtures::instances_of(&c.aws, "cap-race").await;
+    assert_eq!(live.len(), 3, "{live:?}");
+}

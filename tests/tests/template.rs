@@ -416,3 +416,56 @@ fn the_secret_prefix_is_a_non_empty_path() {
         assert!(!check(bad), "{bad:?} should be refused by {pattern}");
     }
 }
+
+/// What the run's cap counts an attempt for (`ephemera_core::budget`) is the template's: the
+/// sweeper's schedule (an instance past its deadline is gone within one interval), and each
+/// function's memory and timeout (an invocation is billed at most that).
+#[test]
+fn the_caps_worst_case_counts_the_templates_sweeper_interval_and_lambda_limits() {
+    use ephemera_core::budget;
+    let t = template_yaml();
+    let r = &t["Resources"];
+    let schedule = r["SweeperFunction"]["Properties"]["Events"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|e| e["Properties"]["ScheduleExpression"].as_str().unwrap())
+        .collect::<Vec<_>>();
+    let interval = ephemera_core::sweep::SWEEPER_INTERVAL_SECONDS;
+    assert_eq!(schedule, [format!("rate({} minutes)", interval / 60)]);
+
+    let globals = &t["Globals"]["Function"];
+    let memory = globals["MemorySize"].as_f64().unwrap();
+    assert_eq!(memory / 1024.0, budget::LAMBDA_MEMORY_GB);
+    let timeout = |name: &str| {
+        let f = &r[name]["Properties"];
+        assert!(
+            f.get("MemorySize").is_none(),
+            "{name} has a MemorySize of its own"
+        );
+        f["Timeout"]
+            .as_f64()
+            .or(globals["Timeout"].as_f64())
+            .unwrap()
+    };
+    assert_eq!(
+        timeout("HealthCheckFunction"),
+        budget::HEALTH_CHECK_TIMEOUT_SECONDS
+    );
+    assert_eq!(
+        timeout("LaunchWorkerFunction"),
+        budget::LAUNCH_WORKER_TIMEOUT_SECONDS
+    );
+    assert_eq!(
+        timeout("TerminateWithCostReportFunction"),
+        budget::TERMINATE_TIMEOUT_SECONDS
+    );
+    assert_eq!(
+        timeout("QuotaCheckFunction"),
+        budget::QUOTA_CHECK_TIMEOUT_SECONDS
+    );
+    // Snapshot polls are counted as quota polls, and the run's other invocations (verify,
+    // prune) at the report's timeout: none may be longer.
+    assert!(timeout("SnapshotDatabaseFunction") <= budget::QUOTA_CHECK_TIMEOUT_SECONDS);
+    assert!(timeout("VerifyCompletionFunction") <= budget::TERMINATE_TIMEOUT_SECONDS);
+}

@@ -17,9 +17,22 @@ pub enum Error {
     BadInput(String),
     #[error("internal error: {0}")]
     Internal(String),
-    #[error("estimated cost ${estimate:.4} exceeds limits.budget_usd ${budget:.2} ({detail}); nothing was launched")]
+    /// The run's first attempts cannot fit its cap: refused by CheckQuota before any quota
+    /// increase is asked for.
+    #[error("the worst case of every worker's first attempt ${estimate:.4} exceeds limits.budget_usd ${budget:.2} ({detail}); no quota increase was requested and nothing was launched")]
     OverBudget {
         estimate: f64,
+        budget: f64,
+        detail: String,
+    },
+    /// What is left of the run's cap cannot cover one more attempt: this attempt is not
+    /// launched, and the worker ends with this reason.
+    #[error("worker {slot}'s attempt {attempt} was not launched: ${remainder:.4} is left of limits.budget_usd ${budget:.2} after the run's reservations, less than one attempt's worst case ${attempt_usd:.4} ({detail})")]
+    OverRunCap {
+        slot: u32,
+        attempt: u32,
+        remainder: f64,
+        attempt_usd: f64,
         budget: f64,
         detail: String,
     },
@@ -90,7 +103,9 @@ impl Error {
             Error::InvalidRunSpec(_) => names::INVALID_RUNSPEC,
             Error::BadInput(_) => names::BAD_INPUT,
             Error::Internal(_) => names::INTERNAL,
-            Error::OverBudget { .. } | Error::OverMonthlyBudget { .. } => names::OVER_BUDGET,
+            Error::OverBudget { .. }
+            | Error::OverRunCap { .. }
+            | Error::OverMonthlyBudget { .. } => names::OVER_BUDGET,
             Error::CapacityUnavailable { .. } => names::CAPACITY_UNAVAILABLE,
             Error::LaunchFailed(_) => names::LAUNCH_FAILED,
             Error::BootFailed(_) => names::BOOT_FAILED,

@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
+use ephemera_core::budget::Cap;
+use ephemera_core::cost;
 use ephemera_core::ledger::{self, Entry, EntryState};
 
 use crate::error::Error;
@@ -22,6 +24,11 @@ pub enum Reserved {
         others_usd: f64,
         this_run_usd: f64,
     },
+    /// The run's own cap (`limits.budget_usd`) could not take it: what the run's attempts
+    /// already hold against it.
+    OverCap {
+        reserved_usd: f64,
+    },
 }
 
 pub trait Ledger: Send + Sync {
@@ -29,14 +36,17 @@ pub trait Ledger: Send + Sync {
     fn entries(&self, month: &str) -> impl Future<Output = Result<Vec<Entry>, Error>> + Send;
     /// Records a launch's reservation — `entry`'s run, and the worst case of its `worker`
     /// (`entry.workers[worker]`), leaving the run's other workers' as they are — unless it
-    /// would take the month past `budget_usd` (0: no ceiling). The month's counter and the run's
-    /// item change together or not at all, so launches at the same instant can never together
-    /// pass the budget.
+    /// would take the month past `budget_usd` (0: no ceiling) or the run past its own `cap`.
+    /// The month's counter and the run's item (with the run's counter of what its attempts
+    /// hold against its cap) change together or not at all, each on the condition that it
+    /// still has room, so launches at the same instant — of runs, or of one run's workers —
+    /// can never together pass either.
     fn reserve(
         &self,
         entry: &Entry,
         worker: u32,
         budget_usd: f64,
+        cap: &Cap,
     ) -> impl Future<Output = Result<Reserved, Error>> + Send;
     /// Sets an existing entry's state, and its actual cost and outcome when given; Ok(false)
     /// when the execution has no entry (it launched nothing).
@@ -134,6 +144,7 @@ impl Ledger for LedgerTable {
         entry: &Entry,
         worker: u32,
         budget_usd: f64,
+        cap: &Cap,
     ) -> Result<Reserved, Error> {
         let usd = entry.workers.get(&worker).copied().ok_or_else(|| {
             Error::Internal(format!("no reservation of worker {worker} to record"))
@@ -147,14 +158,23 @@ impl Ledger for LedgerTable {
                 .item(&entry.execution)
                 .await?
                 .and_then(|i| entry_of(&i));
-            let held = run.as_ref().map_or(0.0, |r| r.reserved_usd);
+            // At the cents' millionths every amount is written with, so the sum read here and
+            // the run's counter DynamoDB adds up in decimal are the same number.
+            let held = cost::usd(run.as_ref().map_or(0.0, |r| r.reserved_usd));
             let before = run.as_ref().and_then(|r| r.workers.get(&worker).copied());
-            let delta = usd - before.unwrap_or(0.0);
+            let delta = cost::usd(usd - before.unwrap_or(0.0));
+            // The run's cap: judged on the item as read, and written on the condition that
+            // the run's counter has not grown past the room since (another worker's
+            // reservation in between fails the write, and the next pass judges again).
+            let room = cap.room_for(delta);
+            if delta > 0.0 && held > room {
+                return Ok(Reserved::OverCap { reserved_usd: held });
+            }
             let read = AsRead {
                 run: run.as_ref(),
                 before,
             };
-            let this = run_update(&self.table, entry, (worker, usd), read);
+            let this = run_update(&self.table, entry, (worker, usd), read, (delta, room));
             let mut month = Update::builder()
                 .table_name(&self.table)
                 .key("execution", AttributeValue::S(counter_key(&entry.month)))
@@ -308,38 +328,55 @@ struct AsRead<'a> {
 
 /// The run's item with `worker`'s reservation: its place in the map when the item has one (on
 /// the condition that nobody changed it since it was read), else the whole item with a map of
-/// one (on the condition that there is still none). Written with the month's counter, so a
+/// one (on the condition that there is still none). The run's counter of its attempts'
+/// reservations (`cap_reserved_usd`) moves by `delta` with it, on the condition that it is at
+/// most `room` (what the cap leaves for it beside this reservation): two workers of the run
+/// reserving at the same instant each change their own place in the map, and this condition is
+/// what stops them from passing the cap together. Written with the month's counter, so a
 /// refused launch leaves no item behind.
 fn run_update(
     table: &str,
     entry: &Entry,
     (worker, usd): (u32, f64),
     read: AsRead<'_>,
+    (delta, room): (f64, f64),
 ) -> aws_sdk_dynamodb::types::builders::UpdateBuilder {
     let AsRead { run, before } = read;
     let key = worker.to_string();
     let u = Update::builder()
         .table_name(table)
         .key("execution", AttributeValue::S(entry.execution.clone()))
-        .expression_attribute_values(":t", AttributeValue::S(chrono::Utc::now().to_rfc3339()));
+        .expression_attribute_values(":t", AttributeValue::S(chrono::Utc::now().to_rfc3339()))
+        .expression_attribute_values(":d", AttributeValue::N(delta.to_string()));
+    // An item written before the run's counter existed has none: its map was judged as read.
+    let (cap, u) = if delta > 0.0 {
+        (
+            " AND (attribute_not_exists(cap_reserved_usd) OR cap_reserved_usd <= :room)",
+            u.expression_attribute_values(":room", AttributeValue::N(room.to_string())),
+        )
+    } else {
+        ("", u)
+    };
     let with_map = run.is_some_and(|r| !r.workers.is_empty() || r.reserved_usd == 0.0);
     match (with_map, before) {
         (true, Some(b)) => u
-            .update_expression("SET workers.#w = :usd, updated_at = :t")
-            .condition_expression("workers.#w = :before")
+            .update_expression("SET workers.#w = :usd, updated_at = :t ADD cap_reserved_usd :d")
+            .condition_expression(format!("workers.#w = :before{cap}"))
             .expression_attribute_names("#w", key)
             .expression_attribute_values(":usd", AttributeValue::N(usd.to_string()))
             .expression_attribute_values(":before", AttributeValue::N(b.to_string())),
         (true, None) => u
-            .update_expression("SET workers.#w = :usd, updated_at = :t")
-            .condition_expression("attribute_exists(workers) AND attribute_not_exists(workers.#w)")
+            .update_expression("SET workers.#w = :usd, updated_at = :t ADD cap_reserved_usd :d")
+            .condition_expression(format!(
+                "attribute_exists(workers) AND attribute_not_exists(workers.#w){cap}"
+            ))
             .expression_attribute_names("#w", key)
             .expression_attribute_values(":usd", AttributeValue::N(usd.to_string())),
         (false, _) => u
             .update_expression(
-                "SET run_id = :r, #m = :m, #s = :s, updated_at = :t, started_at = :t, workers = :map",
+                "SET run_id = :r, #m = :m, #s = :s, updated_at = :t, started_at = :t, workers = :map ADD cap_reserved_usd :d",
             )
-            .condition_expression("attribute_not_exists(workers)")
+            .condition_expression(format!("attribute_not_exists(workers){cap}"))
             .expression_attribute_names("#m", "month")
             .expression_attribute_names("#s", "state")
             .expression_attribute_values(":r", AttributeValue::S(entry.run_id.clone()))

@@ -87,6 +87,29 @@ pub async fn quotes_for<P: PriceList>(
     quotes
 }
 
+/// The dearest candidate and its price, whose On-Demand price bounds what any candidate bills
+/// in either market; a type no source prices is named (the budget cannot be kept without it).
+pub fn dearest(
+    types: &[String],
+    quotes: &[Option<Quote>],
+    region: &str,
+) -> Result<(String, Quote), crate::error::Error> {
+    let mut dearest: Option<(&String, &Quote)> = None;
+    for (i, (t, quote)) in types.iter().zip(quotes).enumerate() {
+        let quote = quote.as_ref().ok_or_else(|| {
+            crate::error::Error::LaunchFailed(format!(
+                "worker.instance_types[{i}]: no On-Demand price is known for {t} in {region} (Price List API or the dated table), so limits.budget_usd cannot be kept; choose a type either knows"
+            ))
+        })?;
+        if dearest.is_none_or(|(_, d)| quote.usd_per_hour > d.usd_per_hour) {
+            dearest = Some((t, quote));
+        }
+    }
+    dearest.map(|(t, q)| (t.clone(), q.clone())).ok_or_else(|| {
+        crate::error::Error::Internal("worker.instance_types is empty after validation".into())
+    })
+}
+
 /// The run's prices for its document: each candidate's quote, its source cut to the size the
 /// payload bound counts; a type no source knows is left out (launch-worker names it).
 pub fn type_prices(types: &[String], quotes: Vec<Option<Quote>>) -> Vec<TypePrice> {

@@ -62,11 +62,12 @@ impl Entry {
     }
 }
 
-/// What a run's attempt reserves: each attempt may run for the whole max runtime, so the run's
-/// worst case after `attempt` launches is `attempt` times one attempt's. The same attempt asked
+/// What a run's worker reserves after `attempt` launches: each attempt may bill its whole worst
+/// case (`crate::budget::attempt_worst_case`), so `attempt` times one attempt's. The same attempt asked
 /// again (a retried call) reserves the same amount.
 pub fn reservation(attempt_worst_case_usd: f64, attempt: u32) -> f64 {
-    attempt_worst_case_usd * f64::from(attempt.max(1))
+    // Rounded as every amount in the ledger is, so that the run's counter adds up exactly.
+    crate::cost::usd(attempt_worst_case_usd * f64::from(attempt.max(1)))
 }
 
 /// The guard's answer for a launch.

@@ -1,5 +1,6 @@
 //! ephemera's domain core: every decision the Lambdas make, as pure functions without clients.
 
+pub mod budget;
 pub mod capacity;
 pub mod catalog;
 pub mod cost;

@@ -6,6 +6,11 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Duration, Utc};
 use ephemera_contract::RunParameters;
 
+/// How often the sweeper runs (template.yaml `SweeperFunction`'s `rate(15 minutes)`, held to
+/// this by `tests/tests/template.rs`): an instance past its deadline is gone at most this long
+/// after it, which bounds what an attempt can bill (`crate::budget`).
+pub const SWEEPER_INTERVAL_SECONDS: u64 = 900;
+
 /// Why an instance must go, or None to keep it. `execution_status` is None when the execution
 /// cannot be found (deleted, or a tag pointing nowhere).
 pub fn sweep_reason(

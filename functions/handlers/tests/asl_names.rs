@@ -54,6 +54,7 @@ fn every_lambda_error() -> Vec<Error> {
         | Error::BadInput(_)
         | Error::Internal(_)
         | Error::OverBudget { .. }
+        | Error::OverRunCap { .. }
         | Error::OverMonthlyBudget { .. }
         | Error::CapacityUnavailable { .. }
         | Error::LaunchFailed(_)
@@ -75,6 +76,14 @@ fn every_lambda_error() -> Vec<Error> {
         Error::OverBudget {
             estimate: 2.0,
             budget: 1.0,
+            detail: String::new(),
+        },
+        Error::OverRunCap {
+            slot: 1,
+            attempt: 3,
+            remainder: 1.0,
+            attempt_usd: 2.0,
+            budget: 5.0,
             detail: String::new(),
         },
         Error::OverMonthlyBudget {

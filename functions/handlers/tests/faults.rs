@@ -78,7 +78,13 @@ impl Ledger for NoLedger {
     async fn entries(&self, _: &str) -> Result<Vec<Entry>, Error> {
         Err(Error::Internal("no ledger in this test".into()))
     }
-    async fn reserve(&self, _: &Entry, _: u32, _: f64) -> Result<Reserved, Error> {
+    async fn reserve(
+        &self,
+        _: &Entry,
+        _: u32,
+        _: f64,
+        _: &ephemera_core::budget::Cap,
+    ) -> Result<Reserved, Error> {
         Err(Error::Internal("no ledger in this test".into()))
     }
     async fn close(

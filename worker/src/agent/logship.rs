@@ -4,7 +4,10 @@
 //! Shipping must never slow or fail the work: a line is put in a bounded buffer without waiting
 //! (when the buffer is full the line is dropped and counted), a task sends the buffer in batches
 //! every few seconds, and what CloudWatch Logs refuses is counted, not retried forever. At exit
-//! the rest is sent within a time limit, and the count of lines lost is logged.
+//! the rest is sent within a time limit, and the count of lines lost is logged. A process sends
+//! at most [`MAX_SHIPPED_BYTES`] in all (every call counted, a batch sent again included):
+//! past it lines stay on stderr only, so a chatty job cannot bill past the run's cap through
+//! CloudWatch Logs, whose ingestion the budget counts at that bound.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -14,6 +17,7 @@ use std::time::Duration;
 
 use aws_sdk_cloudwatchlogs::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_cloudwatchlogs::types::InputLogEvent;
+use ephemera_contract::logs::MAX_SHIPPED_BYTES;
 use tokio_util::sync::CancellationToken;
 
 /// Lines held while the stream is not known yet or CloudWatch Logs is slow (a few MB at most).
@@ -129,6 +133,33 @@ pub fn next_batch(queue: &mut VecDeque<Line>) -> Vec<Line> {
     batch
 }
 
+/// The bytes a batch counts for (each message and its 26 bytes, as PutLogEvents counts them).
+pub fn batch_bytes(batch: &[Line]) -> u64 {
+    batch
+        .iter()
+        .map(|l| (l.message.len() + EVENT_OVERHEAD) as u64)
+        .sum()
+}
+
+/// The first lines of `batch` that fit in what is left of `cap` after `sent` bytes, and how many
+/// lines did not (dropped: lines are not held back for a later, smaller batch, so the ones that
+/// do ship stay in time order).
+pub fn within_cap(mut batch: Vec<Line>, sent: u64, cap: u64) -> (Vec<Line>, u64) {
+    let mut left = cap.saturating_sub(sent);
+    let mut n = 0;
+    for l in &batch {
+        let size = (l.message.len() + EVENT_OVERHEAD) as u64;
+        if size > left {
+            break;
+        }
+        left -= size;
+        n += 1;
+    }
+    let over = (batch.len() - n) as u64;
+    batch.truncate(n);
+    (batch, over)
+}
+
 /// tracing's writer: each event goes to `inner` as before and, line by line, into the buffer.
 #[derive(Clone)]
 pub struct Tee<W> {
@@ -191,6 +222,10 @@ pub struct Stats {
     pub shipped: u64,
     /// Refused by CloudWatch Logs (after a few passes when the reason was transient).
     pub refused: u64,
+    /// Not sent: the process had sent [`MAX_SHIPPED_BYTES`] already.
+    pub over_cap: u64,
+    /// Bytes sent, every call counted.
+    pub sent_bytes: u64,
 }
 
 /// The task sending the buffer to one log stream.
@@ -215,6 +250,7 @@ impl Shipper {
             stream.to_string(),
             buffer.clone(),
             stop.clone(),
+            MAX_SHIPPED_BYTES,
         ));
         Shipper {
             buffer,
@@ -240,11 +276,13 @@ impl Shipper {
             _ => Stats::default(),
         };
         let left = self.buffer.len() as u64;
-        if stats.refused + left + dropped > 0 {
+        if stats.refused + stats.over_cap + left + dropped > 0 {
             tracing::warn!(
                 target = %self.target,
                 shipped = stats.shipped,
                 refused = stats.refused,
+                over_cap = stats.over_cap,
+                cap_bytes = MAX_SHIPPED_BYTES,
                 dropped,
                 unsent = left,
                 "not every log line reached CloudWatch Logs; all of them are on stderr"
@@ -260,6 +298,7 @@ async fn ship(
     stream: String,
     buffer: Arc<Buffer>,
     stop: CancellationToken,
+    cap: u64,
 ) -> Stats {
     let mut stats = Stats::default();
     let mut stream_ready = false;
@@ -295,10 +334,21 @@ async fn ship(
                 Some(r) => r,
                 None => (buffer.take_batch(), 0),
             };
+            let (batch, over) = within_cap(batch, stats.sent_bytes, cap);
+            if over > 0 {
+                if stats.over_cap == 0 {
+                    eprintln!("ephemera: the log has reached its {cap} bytes for CloudWatch Logs; the rest stays on stderr only");
+                }
+                stats.over_cap += over;
+            }
             if batch.is_empty() {
+                if over > 0 {
+                    continue;
+                }
                 break;
             }
             let n = batch.len() as u64;
+            stats.sent_bytes += batch_bytes(&batch);
             let events: Vec<InputLogEvent> = batch
                 .iter()
                 .filter_map(|l| {
@@ -487,13 +537,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         b.push("third");
         let stats = shipper.finish(Duration::from_secs(10)).await;
-        assert_eq!(
-            stats,
-            Stats {
-                shipped: 3,
-                refused: 0
-            }
-        );
+        assert_eq!((stats.shipped, stats.refused, stats.over_cap), (3, 0, 0));
+        // Every call counts, the one refused with a 429 too: (5 + 26) + (6 + 26) twice, then
+        // 5 + 26.
+        assert_eq!(stats.sent_bytes, 63 * 2 + 31);
         let sent = sent.lock().unwrap().clone();
         assert_eq!(sent[0], ["first", "second"], "{sent:?}");
         assert_eq!(
@@ -502,6 +549,41 @@ mod tests {
             "sent again after the 429: {sent:?}"
         );
         assert_eq!(sent[2], ["third"], "{sent:?}");
+    }
+
+    #[test]
+    fn a_batch_is_cut_where_the_cap_ends() {
+        let batch = vec![line(0, "aaaa"), line(1, "bb"), line(2, "c")];
+        // 30 + 28 + 27 bytes.
+        assert_eq!(batch_bytes(&batch), 85);
+        assert_eq!(within_cap(batch.clone(), 0, 85), (batch.clone(), 0));
+        let (kept, over) = within_cap(batch.clone(), 0, 84);
+        assert_eq!((kept.len(), over), (2, 1));
+        // A line that does not fit stops the batch: the smaller one after it is not sent
+        // out of order.
+        let (kept, over) = within_cap(batch.clone(), 10, 50);
+        assert_eq!((kept.len(), over), (1, 2));
+        assert_eq!(within_cap(batch, 100, 85), (vec![], 3));
+    }
+
+    #[tokio::test]
+    async fn a_worker_ships_no_more_than_its_cap() {
+        let create = mock!(aws_sdk_cloudwatchlogs::Client::create_log_stream)
+            .then_output(|| CreateLogStreamOutput::builder().build());
+        let put = mock!(aws_sdk_cloudwatchlogs::Client::put_log_events)
+            .then_output(|| PutLogEventsOutput::builder().build());
+        let b = Buffer::new(1000);
+        for _ in 0..100 {
+            b.push(&"z".repeat(74));
+        }
+        // 100 bytes a line: a cap of 1,050 bytes ships ten lines and no more.
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let client = client(&[&create, &put]);
+        let stats = ship(client, "g".into(), "s".into(), b.clone(), stop, 1_050).await;
+        assert_eq!((stats.shipped, stats.over_cap), (10, 90), "{stats:?}");
+        assert_eq!(stats.sent_bytes, 1_000);
+        assert!(b.is_empty());
     }
 
     #[tokio::test]

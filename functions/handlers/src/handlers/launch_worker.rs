@@ -1,4 +1,5 @@
-//! launch-worker: refuse runs over budget, then launch one of the run's workers: Spot first
+//! launch-worker: admit the attempt against what is left of the run's cap and the month's
+//! budget, then launch one of the run's workers: Spot first
 //! across candidate types × subnets, On-Demand when the policy allows, idempotent by tag and
 //! ClientToken.
 
@@ -6,6 +7,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
+use ephemera_core::budget::{self, AttemptWorstCase, Cap};
 use ephemera_core::capacity::{self, LaunchErrorKind, Tried};
 use ephemera_core::contract::RunParameters;
 use ephemera_core::instance_state::InstanceState;
@@ -15,8 +17,7 @@ use ephemera_core::{cost, launch, ledger, payload, tags, userdata, InvalidRunSpe
 use serde::Deserialize;
 
 use crate::aws::{
-    pricing, Compute, InstanceView, LaunchRequest, Ledger, Notifier, Params, PriceList, Quote,
-    Reserved,
+    pricing, Compute, InstanceView, LaunchRequest, Ledger, Notifier, Params, PriceList, Reserved,
 };
 use crate::error::Error;
 
@@ -103,14 +104,16 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
     let slot = checked_slot(spec, input.slot)?;
     let (attempt, relaunches_left) = next_attempt(spec, input.worker.as_ref(), input.relaunch)?;
     let markets = capacity::markets_to_try(spec.worker.market, input.relaunch, &input.markets);
-    let estimate = within_budget(prices, spec, &input.prices, &config.region).await?;
+    let worst = attempt_worst_case(prices, spec, &input.prices, &config.region).await?;
+    let estimate = worst.usd;
     let booking = Booking {
         spec,
         execution: &input.execution,
         month: ledger::month_of(input.entered.unwrap_or(now)),
         slot,
         attempt,
-        estimate,
+        worst: &worst,
+        cap: Cap::of(spec, &config.region),
     };
     book(&books, config, &booking).await?;
     let made = Made {
@@ -174,56 +177,24 @@ fn next_attempt(
     }
 }
 
-/// The budget guard, before anything exists: the dearest candidate at On-Demand for the whole
-/// max runtime bounds what one worker's attempt can cost (the estimate returned); the run's
-/// workers together must fit `limits.budget_usd`.
-async fn within_budget<P: PriceList>(
+/// One attempt's worst case (`budget::attempt_worst_case`): the dearest candidate at
+/// On-Demand for everything its instance can be billed, with the run's prices (read once by
+/// quota-check).
+async fn attempt_worst_case<P: PriceList>(
     prices: &P,
     spec: &RunSpec,
     known: &[cost::TypePrice],
     region: &str,
-) -> Result<f64, Error> {
-    let quotes = pricing::quotes_for(prices, known, &spec.worker.instance_types, region).await;
-    let mut dearest: Option<(&String, Quote)> = None;
-    for (t, quote) in spec.worker.instance_types.iter().zip(quotes) {
-        let quote = quote
-            .ok_or_else(|| Error::LaunchFailed(format!("no On-Demand price is known for {t}")))?;
-        if dearest
-            .as_ref()
-            .is_none_or(|(_, d)| quote.usd_per_hour > d.usd_per_hour)
-        {
-            dearest = Some((t, quote));
-        }
-    }
-    let (dearest_type, dearest) = dearest
-        .ok_or_else(|| Error::Internal("worker.instance_types is empty after validation".into()))?;
-    let estimate = cost::usd(cost::estimate(
-        dearest.usd_per_hour,
-        spec.worker.volume_gib,
-        spec.limits.max_runtime_seconds,
-    ));
-    // The run's worst case is every worker's: each one's launch refuses a run whose workers
-    // together could pass the budget, so all of them refuse it alike.
-    let run_estimate = cost::usd(estimate * f64::from(spec.worker.count));
-    if run_estimate <= spec.limits.budget_usd {
-        return Ok(estimate);
-    }
-    let workers = match spec.worker.count {
-        1 => String::new(),
-        n => format!("{n} workers (worker.count), each "),
-    };
-    Err(Error::OverBudget {
-        estimate: run_estimate,
-        budget: spec.limits.budget_usd,
-        detail: format!(
-            "{workers}{} at ${}/h ({}) for limits.max_runtime_seconds = {} plus {} GiB gp3",
-            dearest_type,
-            dearest.usd_per_hour,
-            dearest.source,
-            spec.limits.max_runtime_seconds,
-            spec.worker.volume_gib
-        ),
-    })
+) -> Result<AttemptWorstCase, Error> {
+    let types = &spec.worker.instance_types;
+    let quotes = pricing::quotes_for(prices, known, types, region).await;
+    let (dearest, quote) = pricing::dearest(types, &quotes, region)?;
+    Ok(budget::attempt_worst_case(
+        spec,
+        &dearest,
+        quote.usd_per_hour,
+        region,
+    ))
 }
 
 /// One worker's attempt as the month's ledger books it.
@@ -233,21 +204,46 @@ struct Booking<'a> {
     month: String,
     slot: u32,
     attempt: u32,
-    estimate: f64,
+    worst: &'a AttemptWorstCase,
+    cap: Cap,
 }
 
-/// The monthly guard, before anything exists: the month's other runs (their cost, or their
-/// reservation while they run) plus this run's worst case over its attempts so far. Failing to
-/// read the ledger fails the launch: a budget that cannot be checked is not spent.
+impl Booking<'_> {
+    /// This attempt refused: what is left of the run's cap beside `reserved_usd`, and why.
+    fn over_cap(&self, reserved_usd: f64) -> Error {
+        Error::OverRunCap {
+            slot: self.slot,
+            attempt: self.attempt,
+            remainder: self.cap.remainder(reserved_usd),
+            attempt_usd: self.worst.usd,
+            budget: self.cap.budget_usd,
+            detail: self.worst.terms(),
+        }
+    }
+}
+
+/// The guards, before anything exists: the run's cap (what its attempts reserved so far, plus
+/// this one, within `limits.budget_usd`), and the month's budget (the month's other runs, at
+/// their cost or their reservation while they run, plus this run's attempts). Failing to read
+/// the ledger fails the launch: a budget that cannot be checked is not spent.
 async fn book<L: Ledger, N: Notifier>(
     books: &Books<'_, L, N>,
     config: &Config,
     b: &Booking<'_>,
 ) -> Result<(), Error> {
     let Some(l) = books.ledger else {
-        return Ok(());
+        // No ledger (a deployment that is not the template's): the other workers' attempts
+        // are unknown, so each is held at its last (1 + limits.max_relaunches).
+        let spec = b.spec;
+        let attempts = f64::from(spec.worker.count - 1) * f64::from(1 + spec.limits.max_relaunches)
+            + f64::from(b.attempt - 1);
+        let held = cost::usd(attempts * b.worst.usd);
+        return match b.cap.admits(held, b.worst.usd) {
+            true => Ok(()),
+            false => Err(b.over_cap(held)),
+        };
     };
-    let reserved = ledger::reservation(b.estimate, b.attempt);
+    let reserved = ledger::reservation(b.worst.usd, b.attempt);
     let entries = l.entries(&b.month).await?;
     let budget = config.monthly_budget_usd;
     let refused = |others: f64, this_run: f64, budget: f64| Error::OverMonthlyBudget {
@@ -282,12 +278,13 @@ async fn book<L: Ledger, N: Notifier>(
         started_at: Some(chrono::Utc::now()),
         outcome: None,
     };
-    if let Reserved::Refused {
-        others_usd,
-        this_run_usd,
-    } = l.reserve(&entry, b.slot, budget).await?
-    {
-        return Err(refused(others_usd, this_run_usd, budget));
+    match l.reserve(&entry, b.slot, budget, &b.cap).await? {
+        Reserved::Admitted => {}
+        Reserved::Refused {
+            others_usd,
+            this_run_usd,
+        } => return Err(refused(others_usd, this_run_usd, budget)),
+        Reserved::OverCap { reserved_usd } => return Err(b.over_cap(reserved_usd)),
     }
     if let (true, Some(topic)) = (alert, config.alert_topic.as_deref()) {
         let subject = format!(

@@ -1,9 +1,11 @@
-//! quota-check: are there enough vCPUs in every quota the run may draw on? If not, request an
-//! increase once and follow that request until approved, denied or past the deadline.
+//! quota-check: does the run's cap cover its first attempts, and are there enough vCPUs in
+//! every quota the run may draw on? If not, request an increase once and follow that request
+//! until approved, denied or past the deadline.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
+use ephemera_core::budget;
 use ephemera_core::deployment::Deployment;
 use ephemera_core::instance_state::InstanceState;
 use ephemera_core::quota::{self, QuotaLine, QuotaState, QuotaVerdict, RequestProgress};
@@ -64,8 +66,19 @@ pub async fn handle<E: Compute, Q: QuotaService, P: PriceList>(
             message: m,
         }],
     })?;
-    let usage = vcpus_in_use(ec2).await?;
     let prev = input.quota.as_ref();
+    // The first admission, before any increase is asked for: a run its cap cannot cover would
+    // otherwise wait days for vCPUs it may never use. Later polls do not judge again: the RunSpec
+    // and the prices are the same.
+    let quotes = match prev {
+        None => {
+            let quotes = pricing::quotes_for(prices, &[], types, &config.region).await;
+            admit(&spec, types, &quotes, &config.region)?;
+            Some(quotes)
+        }
+        Some(_) => None,
+    };
+    let usage = vcpus_in_use(ec2).await?;
     let started_at = prev.map_or(now, |p| p.started_at);
     let polls = prev.map_or(0, |p| p.polls + 1);
     let deadline = started_at + Duration::seconds(spec.quota.max_wait_seconds as i64);
@@ -97,7 +110,10 @@ pub async fn handle<E: Compute, Q: QuotaService, P: PriceList>(
         QuotaVerdict::Enough => (
             pricing::type_prices(
                 types,
-                pricing::quotes_for(prices, &[], types, &config.region).await,
+                match quotes {
+                    Some(q) => q,
+                    None => pricing::quotes_for(prices, &[], types, &config.region).await,
+                },
             ),
             quota::markets_with_room(&lines),
         ),
@@ -116,6 +132,35 @@ pub async fn handle<E: Compute, Q: QuotaService, P: PriceList>(
         prices,
         markets,
     })
+}
+
+/// Every worker's first attempt at its worst case, and the run's own orchestration, within
+/// `limits.budget_usd`; refused naming the worst case and its terms.
+fn admit(
+    spec: &RunSpec,
+    types: &[String],
+    quotes: &[Option<pricing::Quote>],
+    region: &str,
+) -> Result<(), Error> {
+    let (dearest, quote) = pricing::dearest(types, quotes, region)?;
+    let worst = budget::attempt_worst_case(spec, &dearest, quote.usd_per_hour, region);
+    let cap = budget::Cap::of(spec, region);
+    match budget::first_admission(spec, &worst, &cap) {
+        Ok(first) => {
+            tracing::info!(
+                first_attempts_usd = first,
+                attempt_usd = worst.usd,
+                budget_usd = cap.budget_usd,
+                "the run's first attempts fit its cap"
+            );
+            Ok(())
+        }
+        Err(refused) => Err(Error::OverBudget {
+            estimate: refused.worst_case_usd,
+            budget: cap.budget_usd,
+            detail: refused.detail,
+        }),
+    }
 }
 
 /// Each candidate type with its vCPUs; a type the region does not offer is named.

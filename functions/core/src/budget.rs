@@ -1,0 +1,384 @@
+//! The run's hard cap, `limits.budget_usd`, kept by admission: nothing is launched unless what
+//! is left of the cap covers the attempt's worst case, the most one attempt of one worker can
+//! bill whatever happens to it (issue 32).
+//!
+//! An attempt's instance carries the `ephemera:deadline` tag (`launch::deadline`): its boot
+//! timeout, its max runtime and [`DEADLINE_GRACE_SECONDS`] (time for the state machine to stop
+//! and tear it down) after its LaunchWorker state was entered; the sweeper terminates it at its
+//! first tick past that deadline, at most [`SWEEPER_INTERVAL_SECONDS`] later, even when the
+//! execution's own cleanup failed. So no attempt is billed for longer than the sum of those four,
+//! at no more than the dearest candidate's On-Demand price (Spot never bills above it: ephemera
+//! sets no higher maximum price). With it go its root volume for as long, the log lines its
+//! worker may ship ([`MAX_SHIPPED_BYTES`], which the worker enforces) and its share of the
+//! state machine's transitions and Lambda invocations. The run's own states (the quota and
+//! snapshot waits, verification, the report) are [`run_overhead`], counted once.
+//!
+//! What is *measured* so far is not consulted: the cap is kept before each launch, not while an
+//! instance runs.
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{
+    LAMBDA_ARM_USD_PER_GB_SECOND, LAMBDA_USD_PER_REQUEST, PRICES_REGION, REGIONAL_UPLIFT_BOUND,
+    SFN_USD_PER_TRANSITION,
+};
+use crate::contract::logs::MAX_SHIPPED_BYTES;
+use crate::cost;
+use crate::launch::DEADLINE_GRACE_SECONDS;
+use crate::runspec::RunSpec;
+use crate::sweep::SWEEPER_INTERVAL_SECONDS;
+
+/// CloudWatch Logs, USD per GB a worker ships, at most: ingestion is $0.50 in us-east-1 and
+/// $0.76 in ap-northeast-1 (https://aws.amazon.com/cloudwatch/pricing/); twice us-east-1's
+/// covers the dearer regions and the storage of the retention period.
+pub const LOGS_USD_PER_GB_BOUND: f64 = 1.0;
+
+/// The functions' memory (template.yaml `Globals.Function.MemorySize`, 128 MB) in GB.
+pub const LAMBDA_MEMORY_GB: f64 = 0.125;
+/// Each function's `Timeout` in template.yaml: an invocation is billed at most that long.
+pub const HEALTH_CHECK_TIMEOUT_SECONDS: f64 = 60.0;
+pub const LAUNCH_WORKER_TIMEOUT_SECONDS: f64 = 300.0;
+pub const TERMINATE_TIMEOUT_SECONDS: f64 = 120.0;
+pub const QUOTA_CHECK_TIMEOUT_SECONDS: f64 = 60.0;
+/// The tries of an invocation that failed (the ASL's `Retry` on `Ephemera.AwsError` and
+/// `Lambda.ServiceException`: the call and 3 more), each billed. Throttled invocations
+/// (`Lambda.TooManyRequestsException`) never ran, so are not billed.
+pub const BILLED_TRIES: f64 = 4.0;
+
+/// States one attempt passes through besides its boot polls: Stagger, LaunchWorker, WaitBoot,
+/// AwaitCompletion, WasReclaimed, CanRelaunch, Relaunch, ReleaseWorker and the iteration's end,
+/// counted generously.
+const ATTEMPT_TRANSITIONS: u64 = 12;
+/// A boot poll: WaitHealth, HealthCheck, Booted.
+const POLL_TRANSITIONS: u64 = 3;
+/// The run's own states besides its polls (Start to Done or Failed through Cleanup), generously.
+const RUN_TRANSITIONS: u64 = 24;
+/// The run's own invocations besides its polls: verify, prune, the report and the cleanup.
+const RUN_INVOCATIONS: u64 = 4;
+
+/// One attempt's worst case, term by term, as the refusal, the report and `ephemera validate`
+/// show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptWorstCase {
+    /// The dearest candidate, whose On-Demand price bounds every candidate and both markets.
+    pub instance_type: String,
+    pub usd_per_hour: f64,
+    /// `limits.boot_timeout_seconds`.
+    pub boot_seconds: u64,
+    /// `limits.max_runtime_seconds`.
+    pub runtime_seconds: u64,
+    /// The deadline's grace past the limits: the stop and the teardown.
+    pub grace_seconds: u64,
+    /// One sweeper interval past the deadline.
+    pub sweeper_seconds: u64,
+    pub compute_usd: f64,
+    /// The root volume (`worker.volume_gib` of gp3) as long.
+    pub ebs_usd: f64,
+    /// [`MAX_SHIPPED_BYTES`] at [`LOGS_USD_PER_GB_BOUND`].
+    pub logs_usd: f64,
+    /// The attempt's transitions and invocations (its boot polls at their most).
+    pub orchestration_usd: f64,
+    /// The sum.
+    pub usd: f64,
+}
+
+impl AttemptWorstCase {
+    /// The seconds an attempt's instance can be billed.
+    pub fn billed_seconds(&self) -> u64 {
+        self.boot_seconds + self.runtime_seconds + self.grace_seconds + self.sweeper_seconds
+    }
+
+    /// The terms, in words, for an error or a report.
+    pub fn terms(&self) -> String {
+        format!(
+            "{} at ${}/h for {} s (limits.boot_timeout_seconds {} + limits.max_runtime_seconds {} + stop and teardown {} + one sweeper interval {}) ${:.4}, EBS ${:.4}, logs (at most {} MiB shipped) ${:.4}, orchestration ${:.4}",
+            self.instance_type,
+            self.usd_per_hour,
+            self.billed_seconds(),
+            self.boot_seconds,
+            self.runtime_seconds,
+            self.grace_seconds,
+            self.sweeper_seconds,
+            self.compute_usd,
+            self.ebs_usd,
+            MAX_SHIPPED_BYTES / (1024 * 1024),
+            self.logs_usd,
+            self.orchestration_usd,
+        )
+    }
+}
+
+/// EBS, Step Functions and Lambda prices are us-east-1's: elsewhere they are bounded by the
+/// regional uplift, as the fallback price table's are.
+fn regional(region: &str) -> f64 {
+    if region == PRICES_REGION {
+        1.0
+    } else {
+        REGIONAL_UPLIFT_BOUND
+    }
+}
+
+fn lambda_usd(invocations: u64, timeout_seconds: f64) -> f64 {
+    let tries = invocations as f64 * BILLED_TRIES;
+    tries
+        * (LAMBDA_USD_PER_REQUEST
+            + LAMBDA_MEMORY_GB * timeout_seconds * LAMBDA_ARM_USD_PER_GB_SECOND)
+}
+
+/// The most one attempt of one worker can bill, with `dearest` the dearest candidate and its
+/// On-Demand price in `region`.
+pub fn attempt_worst_case(
+    spec: &RunSpec,
+    dearest: &str,
+    usd_per_hour: f64,
+    region: &str,
+) -> AttemptWorstCase {
+    let (boot, runtime) = (
+        spec.limits.boot_timeout_seconds,
+        spec.limits.max_runtime_seconds,
+    );
+    let billed = boot + runtime + DEADLINE_GRACE_SECONDS + SWEEPER_INTERVAL_SECONDS;
+    let secs = (billed as i64).max(cost::MINIMUM_BILLED_SECONDS);
+    let polls = boot / spec.waits.boot_poll_seconds.max(1) + 1;
+    let transitions = ATTEMPT_TRANSITIONS + polls * POLL_TRANSITIONS;
+    let orchestration = (transitions as f64 * SFN_USD_PER_TRANSITION
+        + lambda_usd(polls + 1, HEALTH_CHECK_TIMEOUT_SECONDS)
+        + lambda_usd(1, LAUNCH_WORKER_TIMEOUT_SECONDS)
+        + lambda_usd(1, TERMINATE_TIMEOUT_SECONDS))
+        * regional(region);
+    let compute = cost::on_demand_cost(usd_per_hour, secs);
+    let ebs = cost::ebs_cost(spec.worker.volume_gib, secs) * regional(region);
+    let logs = MAX_SHIPPED_BYTES as f64 / 1e9 * LOGS_USD_PER_GB_BOUND;
+    AttemptWorstCase {
+        instance_type: dearest.to_string(),
+        usd_per_hour,
+        boot_seconds: boot,
+        runtime_seconds: runtime,
+        grace_seconds: DEADLINE_GRACE_SECONDS,
+        sweeper_seconds: SWEEPER_INTERVAL_SECONDS,
+        compute_usd: cost::usd(compute),
+        ebs_usd: cost::usd(ebs),
+        logs_usd: cost::usd(logs),
+        orchestration_usd: cost::usd(orchestration),
+        usd: cost::usd(compute + ebs + logs + orchestration),
+    }
+}
+
+/// The run's own orchestration, counted once: every quota and snapshot poll at its most
+/// (`RunSpec::poll_bounds`) and the states every run passes through.
+pub fn run_overhead(spec: &RunSpec, region: &str) -> f64 {
+    let b = spec.poll_bounds();
+    let polls = b.quota + b.snapshot;
+    let usd = (RUN_TRANSITIONS + polls * POLL_TRANSITIONS) as f64 * SFN_USD_PER_TRANSITION
+        + lambda_usd(polls, QUOTA_CHECK_TIMEOUT_SECONDS)
+        + lambda_usd(RUN_INVOCATIONS, TERMINATE_TIMEOUT_SECONDS);
+    cost::usd(usd * regional(region))
+}
+
+/// The cap and what a run holds against it: its own overhead and the attempts reserved.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cap {
+    /// `limits.budget_usd`.
+    pub budget_usd: f64,
+    /// [`run_overhead`].
+    pub overhead_usd: f64,
+}
+
+impl Cap {
+    pub fn of(spec: &RunSpec, region: &str) -> Cap {
+        Cap {
+            budget_usd: spec.limits.budget_usd,
+            overhead_usd: run_overhead(spec, region),
+        }
+    }
+
+    /// What is left for attempts once `reserved_usd` of them are reserved.
+    pub fn remainder(&self, reserved_usd: f64) -> f64 {
+        cost::usd(self.budget_usd - self.overhead_usd - reserved_usd)
+    }
+
+    /// The most the run's attempts may already hold for one more of `attempt_usd` to fit: the
+    /// ledger's condition on the run's counter. Every amount is at the report's rounding, so a
+    /// budget of exactly N attempts admits N, here and in DynamoDB's decimal arithmetic alike.
+    pub fn room_for(&self, attempt_usd: f64) -> f64 {
+        cost::usd(self.remainder(0.0) - cost::usd(attempt_usd))
+    }
+
+    /// Whether one more attempt of `attempt_usd` fits beside `reserved_usd` already reserved.
+    pub fn admits(&self, reserved_usd: f64, attempt_usd: f64) -> bool {
+        cost::usd(reserved_usd) <= self.room_for(attempt_usd)
+    }
+}
+
+/// The first admission, before any quota is asked for: every worker's first attempt and the
+/// run's overhead within the cap, or the refusal's words (the worst case and its terms).
+pub fn first_admission(
+    spec: &RunSpec,
+    worst: &AttemptWorstCase,
+    cap: &Cap,
+) -> Result<f64, FirstRefusal> {
+    let workers = f64::from(spec.worker.count);
+    let first = cost::usd(workers * worst.usd + cap.overhead_usd);
+    if cap.admits(0.0, workers * worst.usd) {
+        return Ok(first);
+    }
+    let each = match spec.worker.count {
+        1 => String::new(),
+        n => format!("{n} workers (worker.count) × ${:.4}, each ", worst.usd),
+    };
+    Err(FirstRefusal {
+        worst_case_usd: first,
+        detail: format!(
+            "{each}{}; the run's own orchestration ${:.4}",
+            worst.terms(),
+            cap.overhead_usd
+        ),
+    })
+}
+
+/// Why a run is refused before anything: its first attempts' worst case, and its terms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FirstRefusal {
+    pub worst_case_usd: f64,
+    pub detail: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(v: serde_json::Value) -> RunSpec {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn base() -> serde_json::Value {
+        serde_json::json!({
+            "run_id": "r",
+            "worker": {"instance_types": ["c7g.4xlarge"], "subnets": ["subnet-1"],
+                       "security_groups": ["sg-1"], "image": "ami-1", "volume_gib": 30,
+                       "artifact": "s3://b/w"},
+            "limits": {"boot_timeout_seconds": 600, "max_runtime_seconds": 3600,
+                       "budget_usd": 10.0, "max_relaunches": 2},
+            "waits": {"boot_poll_seconds": 20, "quota_poll_min_seconds": 60,
+                      "quota_poll_max_seconds": 600},
+            "quota": {"max_wait_seconds": 3600}
+        })
+    }
+
+    #[test]
+    fn an_attempt_is_billed_for_its_boot_runtime_grace_and_one_sweep() {
+        let s = spec(base());
+        let w = attempt_worst_case(&s, "c7g.4xlarge", 0.58, "us-east-1");
+        // 600 + 3600 + 900 + 900 = 6000 s.
+        assert_eq!(w.billed_seconds(), 6000);
+        // 0.58 $/h × 6000 s / 3600 = 0.966667.
+        assert_eq!(w.compute_usd, 0.966667);
+        // 30 GiB × 0.08 $/GiB-month × 6000 s / (730 × 3600 s) = 0.005479.
+        assert_eq!(w.ebs_usd, 0.005479);
+        // 16 MiB = 16,777,216 bytes at 1 $/GB.
+        assert_eq!(w.logs_usd, 0.016777);
+        // 600 / 20 + 1 = 31 boot polls: 12 + 93 = 105 transitions at 0.000025 = 0.002625;
+        // 4 tries of 32 health checks of 7.5 GB-s, of one launch of 37.5 GB-s and of one
+        // release of 15 GB-s: 136 requests (0.0000272) and 4 × 292.5 = 1170 GB-s
+        // (× 0.0000133334 = 0.015600078); 0.018252278 in all.
+        assert_eq!(w.orchestration_usd, 0.018252);
+        assert_eq!(
+            w.usd,
+            cost::usd(
+                0.58 * 6000.0 / 3600.0
+                    + 30.0 * 0.08 * 6000.0 / 2_628_000.0
+                    + 0.016777216
+                    + 0.018252278
+            )
+        );
+        // Outside the price table's region EBS and orchestration are bounded by the uplift; the
+        // instance's price is the caller's (the Price List's, or the table's with the uplift).
+        let far = attempt_worst_case(&s, "c7g.4xlarge", 0.58, "sa-east-1");
+        assert_eq!(far.compute_usd, w.compute_usd);
+        assert_eq!(far.ebs_usd, cost::usd(0.005479452 * 1.6));
+        assert!(far.usd > w.usd);
+        assert!(
+            w.terms()
+                .contains("6000 s (limits.boot_timeout_seconds 600"),
+            "{}",
+            w.terms()
+        );
+    }
+
+    #[test]
+    fn the_issues_example_is_refused_whole() {
+        // 40 × r7i.48xlarge (12.7008 $/h), max runtime 60 s, boot 7200 s, budget $10: counted
+        // at its runtime alone it was admitted at about $8.5; its worst case is the boot too.
+        let mut v = base();
+        v["worker"]["instance_types"] = serde_json::json!(["r7i.48xlarge"]);
+        v["worker"]["count"] = serde_json::json!(40);
+        v["limits"]["max_runtime_seconds"] = serde_json::json!(60);
+        v["limits"]["boot_timeout_seconds"] = serde_json::json!(7200);
+        v["limits"]["heartbeat_seconds"] = serde_json::json!(30);
+        v["waits"]["boot_poll_seconds"] = serde_json::json!(60);
+        let s = spec(v);
+        let w = attempt_worst_case(&s, "r7i.48xlarge", 12.7008, "us-east-1");
+        // 7200 + 60 + 900 + 900 = 9060 s at 12.7008 $/h = 31.96368.
+        assert_eq!(w.compute_usd, 31.96368);
+        let cap = Cap::of(&s, "us-east-1");
+        let refused = first_admission(&s, &w, &cap).unwrap_err();
+        assert!(refused.worst_case_usd > 40.0 * 31.96368, "{refused:?}");
+        assert!(
+            refused.detail.starts_with("40 workers (worker.count) × $"),
+            "{}",
+            refused.detail
+        );
+        assert!(
+            refused.detail.contains("limits.boot_timeout_seconds 7200"),
+            "{}",
+            refused.detail
+        );
+    }
+
+    #[test]
+    fn the_remainder_admits_exactly_what_fits() {
+        let cap = Cap {
+            budget_usd: 10.0,
+            overhead_usd: 0.5,
+        };
+        // 9.5 left: three attempts of 3.0 fit, a fourth does not.
+        assert_eq!(cap.remainder(0.0), 9.5);
+        assert!(cap.admits(0.0, 3.0));
+        assert!(cap.admits(6.0, 3.0));
+        assert!(!cap.admits(9.0, 3.0));
+        // A budget of exactly two attempts admits two, even with float noise.
+        let cap = Cap {
+            budget_usd: 0.1 + 0.2,
+            overhead_usd: 0.0,
+        };
+        assert!(cap.admits(0.1, 0.2));
+        assert!(!cap.admits(0.1, 0.200002));
+    }
+
+    #[test]
+    fn a_run_whose_first_attempts_fit_is_admitted_with_its_overhead() {
+        let s = spec(base());
+        let w = attempt_worst_case(&s, "c7g.4xlarge", 0.58, "us-east-1");
+        let cap = Cap::of(&s, "us-east-1");
+        assert!(cap.overhead_usd > 0.0 && cap.overhead_usd < 0.05, "{cap:?}");
+        assert_eq!(
+            first_admission(&s, &w, &cap),
+            Ok(cost::usd(w.usd + cap.overhead_usd))
+        );
+        let tight = Cap {
+            budget_usd: w.usd + cap.overhead_usd - 0.001,
+            ..cap
+        };
+        let refused = first_admission(&s, &w, &tight).unwrap_err();
+        assert!(
+            !refused.detail.contains("workers (worker.count)"),
+            "{}",
+            refused.detail
+        );
+        assert!(
+            refused.detail.contains("the run's own orchestration"),
+            "{}",
+            refused.detail
+        );
+    }
+}

@@ -1,0 +1,106 @@
+//! The run's cap, `limits.budget_usd`, kept by admission (issue 32), through the deployed state
+//! machine and the real handlers: a run whose first attempts' worst case passes its cap is
+//! refused by CheckQuota before any quota increase is asked for; a relaunch the rest of the cap
+//! cannot cover is not launched, and the run goes on to its report.
+
+use ephemera_core::budget::{self, Cap};
+use ephemera_core::{catalog, RunSpec};
+use ephemera_tests::e2e::{self, State};
+use ephemera_tests::worker_standin::Behaviour;
+use ephemera_tests::{fresh_region, harness};
+use serde_json::json;
+
+/// The issue's example: 40 × r7i.48xlarge, 60 s of runtime, a 7,200 s boot deadline, an image
+/// whose user data never runs, $10. Counted at its runtime alone it was admitted at about $8.5
+/// and could bill about $1,000 waiting out its boot deadlines. Its quota is short too: before,
+/// CheckQuota would have asked for an increase and waited before the budget was looked at.
+#[tokio::test]
+async fn the_issues_example_is_refused_before_anything_is_asked_for_or_launched() {
+    let region = fresh_region();
+    let r = e2e::scenario(region, "cap-example", Behaviour::NeverStart, |spec| {
+        spec["worker"]["instance_types"] = json!(["r7i.48xlarge"]);
+        spec["worker"]["count"] = json!(40);
+        spec["limits"]["max_runtime_seconds"] = json!(60);
+        spec["limits"]["heartbeat_seconds"] = json!(30);
+        spec["limits"]["boot_timeout_seconds"] = json!(7200);
+        spec["limits"]["budget_usd"] = json!(10.0);
+        // Within the history bound at 40 workers.
+        spec["waits"]["boot_poll_seconds"] = json!(1200);
+    })
+    .await;
+    assert_eq!(r.finished.status, "FAILED", "{:?}", r.finished);
+    assert_eq!(r.finished.error.as_deref(), Some("Ephemera.OverBudget"));
+    let cause = r.finished.cause.clone().unwrap_or_default();
+    for said in [
+        "exceeds limits.budget_usd $10.00",
+        "40 workers (worker.count)",
+        "r7i.48xlarge",
+        "limits.boot_timeout_seconds 7200",
+        "one sweeper interval 900",
+        "no quota increase was requested and nothing was launched",
+    ] {
+        assert!(cause.contains(said), "{said}: {cause}");
+    }
+    // 40 × 192 vCPUs is past the quota the stand-in applies: nothing was asked for.
+    assert_eq!(harness().door.with_quotas(region, |q| q.increase_calls), 0);
+    assert_eq!(r.finished.visited(State::LaunchWorker), 0);
+    assert!(r.instances.is_empty(), "{:?}", r.instances);
+    // Its report, with its bill: within the cap.
+    let e = r.assert_email("FAILED");
+    assert!(e.body.contains("limits.budget_usd"), "{}", e.body);
+    let actual = r.finished.report["actual_usd"].as_f64().unwrap();
+    assert!(actual <= 10.0, "{actual}");
+}
+
+/// A worker Spot keeps taking back, with a cap of exactly two attempts (and less than a third):
+/// the third launch is not made, the worker ends with its reason naming what is left and one
+/// attempt's worst case, and the run ends with its report, its bill within the cap.
+#[tokio::test]
+async fn relaunches_stop_when_the_rest_of_the_cap_cannot_cover_one_more_attempt() {
+    let region = fresh_region();
+    let mut worst = 0.0;
+    let r = e2e::scenario(
+        region,
+        "cap-relaunch",
+        Behaviour::SpotInterruptAlways,
+        |spec| {
+            spec["worker"]["market"] = json!("spot");
+            spec["limits"]["max_relaunches"] = json!(4);
+            let s = RunSpec::parse(spec).unwrap();
+            // The front door's Price List answers the dated table's price for the region.
+            let (dearest, price) = s
+                .worker
+                .instance_types
+                .iter()
+                .map(|t| (t, catalog::on_demand_hourly_bound(t, region).unwrap()))
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .unwrap();
+            worst = budget::attempt_worst_case(&s, dearest, price, region).usd;
+            let overhead = Cap::of(&s, region).overhead_usd;
+            spec["limits"]["budget_usd"] = json!(overhead + 2.5 * worst);
+        },
+    )
+    .await;
+    assert_eq!(r.finished.status, "FAILED", "{:?}", r.finished);
+    assert_eq!(r.finished.error.as_deref(), Some("Ephemera.OverBudget"));
+    let cause = r.finished.cause.clone().unwrap_or_default();
+    assert!(
+        cause.contains("worker 1's attempt 3 was not launched"),
+        "{cause}"
+    );
+    let left = format!("${:.4} is left of limits.budget_usd", 0.5 * worst);
+    assert!(cause.contains(&left), "{left}: {cause}");
+    let one = format!("one attempt's worst case ${worst:.4}");
+    assert!(cause.contains(&one), "{one}: {cause}");
+    // Two attempts launched, and two relaunches' worth of max_relaunches were left unused.
+    assert_eq!(r.finished.visited(State::LaunchWorker), 3);
+    assert_eq!(r.instances.len(), 2, "{:?}", r.instances);
+    r.assert_nothing_left();
+    let e = r.assert_email("FAILED");
+    assert!(e.body.contains("attempt 3 was not launched"), "{}", e.body);
+    let report = &r.finished.report;
+    let estimate = report["estimate_usd"].as_f64().unwrap();
+    assert!((estimate - 2.0 * worst).abs() < 1e-6, "{report}");
+    let budget = report["budget_usd"].as_f64().unwrap();
+    assert!(report["actual_usd"].as_f64().unwrap() <= budget, "{report}");
+}
