@@ -36,11 +36,13 @@ async fn poll_quota(c: &Ctx, spec: &Value, prev: Option<QuotaState>) -> QuotaSta
     .unwrap()
 }
 
-/// The run's prices are read once, when the quotas have room, and a throttled Price List call
-/// is retried rather than priced from the table: GetProducts' bucket (10, refilled at 5 a
-/// second) is emptied first, as forty launches asking at once would empty it.
+/// The run's prices are read at the first poll (the run's cap is admitted before any quota
+/// increase is asked for) and once more when the quotas have room (those are the run's: every
+/// launch budgets with them), never on the polls between; a throttled Price List call is
+/// retried rather than priced from the table: GetProducts' bucket (10, refilled at 5 a second)
+/// is emptied first, as forty launches asking at once would empty it.
 #[tokio::test]
-async fn prices_are_read_once_when_the_quotas_have_room_and_a_throttle_is_waited_out() {
+async fn prices_are_read_to_admit_and_when_the_quotas_have_room_and_a_throttle_is_waited_out() {
     let c = ctx().await;
     let h = harness();
     let mut spec = fixtures::runspec("priced-once", &c.net, None);
@@ -49,14 +51,22 @@ async fn prices_are_read_once_when_the_quotas_have_room_and_a_throttle_is_waited
     h.door.with_quotas(c.region, |q| {
         q.applied.insert(SPOT.into(), 8.0);
         q.applied.insert(ON_DEMAND.into(), 8.0);
-        q.next_script = vec!["APPROVED".into()];
+        q.next_script = vec!["CASE_OPENED".into(), "APPROVED".into()];
     });
     let waiting = poll_quota(&c, &spec, None).await;
     assert_eq!(waiting.verdict, QuotaVerdict::Waiting, "{waiting:?}");
     assert!(waiting.prices.is_empty());
+    // One read a candidate, to admit the run's worst case before the increase is requested.
     assert_eq!(
         h.door.throttles.asked(c.region, price_list::GET_PRODUCTS),
-        0
+        2
+    );
+    // A poll while it waits reads none.
+    let waiting = poll_quota(&c, &spec, Some(waiting)).await;
+    assert_eq!(waiting.verdict, QuotaVerdict::Waiting, "{waiting:?}");
+    assert_eq!(
+        h.door.throttles.asked(c.region, price_list::GET_PRODUCTS),
+        2
     );
     // Someone else in the account takes every token (as forty launches asking at once would)
     // until this run's first read has been throttled, then stops. The bucket refills at 5 a
