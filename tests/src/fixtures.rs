@@ -180,8 +180,11 @@ pub fn runspec(run_id: &str, net: &Network, topic_arn: Option<&str>) -> Value {
             "market": "spot-then-on-demand"
         },
         "quota": {"request_increase": true, "max_wait_seconds": 600},
+        // The budget covers every attempt the relaunch tests make: a c7g.4xlarge attempt's worst
+        // case (boot, two hours, teardown, a sweeper interval) is about $2.70, and the
+        // three-workers scenario makes four attempts (ephemera_core::budget).
         "limits": {"boot_timeout_seconds": 300, "heartbeat_seconds": 60,
-                   "max_runtime_seconds": 7200, "budget_usd": 5.0, "max_relaunches": 2},
+                   "max_runtime_seconds": 7200, "budget_usd": 20.0, "max_relaunches": 2},
         "tags": {"cost-center": "research"},
         "waits": {"quota_poll_min_seconds": 1, "quota_poll_max_seconds": 4, "boot_poll_seconds": 1}
     });

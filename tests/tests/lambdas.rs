@@ -460,7 +460,7 @@ async fn terminate_reports_the_cost_by_email_and_is_idempotent() {
         report.actual_usd >= a.compute_usd + a.ebs_usd - 2e-6,
         "{report:?}"
     );
-    assert!(report.estimate_usd > 0.0 && report.budget_usd == 5.0);
+    assert!(report.estimate_usd > 0.0 && report.budget_usd == 20.0);
 
     let mail = ephemera_tests::eventually("the SNS email", Duration::from_secs(10), || async {
         let m = inbox.read().await;
