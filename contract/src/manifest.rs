@@ -27,10 +27,18 @@ pub struct ManifestObject {
     pub key: String,
     pub rows: u64,
     pub bytes: u64,
-    /// Hex SHA-256 of the object. The worker always writes it; verify-completion does not check
-    /// it and reads a manifest without it.
+    /// Hex SHA-256 of the object's bytes, as the worker read them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// The object's SHA-256 as S3 keeps and reports it (`ChecksumSHA256` of HeadObject with
+    /// `ChecksumMode: ENABLED`): the base64 digest of the bytes for an object sent in one PUT;
+    /// for one sent in N parts, the base64 digest of the parts' digests followed by `-N` (S3's
+    /// composite checksum). S3 checks it on upload and keeps it with the object, so
+    /// verify-completion compares it with what S3 reports now, without reading the object: an
+    /// object replaced after the upload no longer matches. The worker always writes it;
+    /// verify-completion fails an object listed without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum_sha256: Option<String>,
 }
 
 #[cfg(test)]
@@ -48,12 +56,14 @@ mod tests {
                     rows: 12,
                     bytes: 100,
                     sha256: Some("ab".repeat(32)),
+                    checksum_sha256: Some("q83vEjRWeJA=-2".into()),
                 },
                 ManifestObject {
                     key: "runs/r1/b.parquet".into(),
                     rows: 8,
                     bytes: 50,
                     sha256: None,
+                    checksum_sha256: None,
                 },
             ],
         };
@@ -62,7 +72,8 @@ mod tests {
         assert_eq!(
             serde_json::from_slice::<serde_json::Value>(&written).unwrap()["objects"][0],
             json!({"key": "runs/r1/indicators/pair=EURUSD/month=2023-04/part.parquet",
-                   "rows": 12, "bytes": 100, "sha256": "ab".repeat(32)})
+                   "rows": 12, "bytes": 100, "sha256": "ab".repeat(32),
+                   "checksum_sha256": "q83vEjRWeJA=-2"})
         );
     }
 }

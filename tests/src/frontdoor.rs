@@ -527,6 +527,11 @@ async fn route(State(door): State<Arc<FrontDoor>>, req: Request) -> Response<Bod
         let _one_at_a_time = door.dynamodb_writes.lock().await;
         return proxy(&door, parts, bytes).await;
     }
+    if service == "s3" && parts.method == axum::http::Method::PUT {
+        if let Some(refused) = s3_bad_digest(&parts.headers, &bytes) {
+            return refused;
+        }
+    }
     if service == "s3"
         && matches!(
             parts.method,
@@ -552,6 +557,32 @@ async fn route(State(door): State<Arc<FrontDoor>>, req: Request) -> Response<Bod
         return answer;
     }
     proxy(&door, parts, bytes).await
+}
+
+/// S3 checks the bytes of a PutObject or UploadPart against the SHA-256 sent with them and
+/// refuses a mismatch with `BadDigest`, storing nothing
+/// (https://docs.aws.amazon.com/AmazonS3/latest/userguide/checking-object-integrity.html);
+/// moto stores whatever it is told. Only a digest sent as a header over a plain body is checked
+/// here (one sent as an aws-chunked trailer is moto's to read).
+fn s3_bad_digest(headers: &HeaderMap, body: &[u8]) -> Option<Response<Body>> {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let sent = headers.get("x-amz-checksum-sha256")?.to_str().ok()?;
+    let chunked = headers
+        .get("x-amz-content-sha256")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("STREAMING-"));
+    if chunked {
+        return None;
+    }
+    let actual = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(body));
+    (actual != sent).then(|| {
+        s3_error(
+            400,
+            "BadDigest",
+            "The SHA256 you specified did not match the calculated checksum.",
+        )
+    })
 }
 
 /// An S3 error as S3 answers it (REST, XML).

@@ -345,6 +345,24 @@ async fn put_object(aws: &Aws, bucket: &str, key: &str, body: Vec<u8>) {
         .unwrap();
 }
 
+/// Stored as the worker stores an output, with its SHA-256 (which S3 checks and keeps); that
+/// SHA-256 as the manifest records it.
+async fn put_summed(aws: &Aws, bucket: &str, key: &str, body: Vec<u8>) -> String {
+    use sha2::Digest as _;
+    let sum = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&body));
+    aws.s3
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Sha256)
+        .checksum_sha256(&sum)
+        .body(body.into())
+        .send()
+        .await
+        .unwrap();
+    sum
+}
+
 #[tokio::test]
 async fn verify_completion_checks_the_report_and_the_exported_objects() {
     let c = ctx().await;
@@ -361,14 +379,14 @@ async fn verify_completion_checks_the_report_and_the_exported_objects() {
     create.send().await.unwrap();
     let mut spec = fixtures::runspec("verify", &c.net, None);
     spec["expect"] = json!({"partitions": 2, "min_rows": 10, "export_prefix": format!("s3://{bucket}/runs/verify/")});
-    put_object(
+    let eur = put_summed(
         &c.aws,
         bucket,
         "runs/verify/EURUSD/2023-04.parquet",
         vec![1; 300],
     )
     .await;
-    put_object(
+    let gbp = put_summed(
         &c.aws,
         bucket,
         "runs/verify/GBPUSD/2023-04.parquet",
@@ -376,8 +394,8 @@ async fn verify_completion_checks_the_report_and_the_exported_objects() {
     )
     .await;
     let manifest = json!({"run_id": "verify", "objects": [
-        {"key": "runs/verify/EURUSD/2023-04.parquet", "rows": 12, "bytes": 300},
-        {"key": "runs/verify/GBPUSD/2023-04.parquet", "rows": 8, "bytes": 200}
+        {"key": "runs/verify/EURUSD/2023-04.parquet", "rows": 12, "bytes": 300, "checksum_sha256": eur},
+        {"key": "runs/verify/GBPUSD/2023-04.parquet", "rows": 8, "bytes": 200, "checksum_sha256": gbp}
     ]});
     put_object(
         &c.aws,
@@ -420,6 +438,12 @@ async fn verify_completion_checks_the_report_and_the_exported_objects() {
     assert!(msg.contains("no_failed_partitions"), "{msg}");
     assert!(msg.contains("object_sizes"), "{msg}");
     assert!(msg.contains("10 bytes, manifest says 200"), "{msg}");
+    // Written since the worker sent it, without a SHA-256 of its own.
+    assert!(msg.contains("object_checksums"), "{msg}");
+    assert!(
+        msg.contains("runs/verify/GBPUSD/2023-04.parquet: S3 keeps no SHA-256"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]

@@ -1,13 +1,16 @@
 //! Where the worker's files go and come from: `s3://bucket/prefix/` or a local directory (for
 //! runs and tests off AWS). Small objects in one PUT; large files streamed in parts (S3's
 //! multipart upload, a few parts at once) so that memory stays bounded whatever the file's size;
-//! every file's SHA-256 taken from the same bytes that were sent.
+//! every file's SHA-256 taken from the same bytes that were sent, and sent with them (S3's
+//! `x-amz-checksum-sha256`): S3 refuses bytes that do not match it and keeps it with the object,
+//! so verify-completion can hold each object to its manifest without reading it.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use base64::Engine as _;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -81,7 +84,38 @@ impl Target {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
     pub bytes: u64,
+    /// Hex, of the whole file.
     pub sha256: String,
+    /// As S3 keeps and reports it for this object ([`ephemera_contract::ManifestObject`]'s
+    /// `checksum_sha256`): the base64 digest for one PUT, the composite `…-N` for N parts.
+    pub checksum_sha256: String,
+}
+
+impl Stored {
+    /// `bytes` sent whole (one PUT, or a file written to a directory).
+    fn whole(bytes: &[u8]) -> Stored {
+        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        Stored {
+            bytes: bytes.len() as u64,
+            sha256: hex::encode(digest),
+            checksum_sha256: b64(&digest),
+        }
+    }
+}
+
+fn b64(digest: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(digest)
+}
+
+/// S3's composite SHA-256 of an object sent in parts, from the parts' raw digests in order: the
+/// base64 digest of their concatenation, then `-<number of parts>`
+/// (https://docs.aws.amazon.com/AmazonS3/latest/userguide/checking-object-integrity.html).
+pub fn composite_sha256(part_digests: &[[u8; 32]]) -> String {
+    let mut of_parts = Sha256::new();
+    for d in part_digests {
+        of_parts.update(d);
+    }
+    format!("{}-{}", b64(&of_parts.finalize()), part_digests.len())
 }
 
 /// Reads and writes objects of a target. S3 needs a client; a directory does not.
@@ -124,20 +158,25 @@ impl Store {
     }
 
     /// Stores `bytes` under `key` (from [`Target::key`]). A file appears whole or not at all.
-    pub async fn put(&self, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<()> {
+    pub async fn put(&self, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<Stored> {
+        let stored = Stored::whole(&bytes);
         if let Target::Dir(dir) = &self.target {
-            return write_atomically(&dir.join(key), &bytes);
+            write_atomically(&dir.join(key), &bytes)?;
+            return Ok(stored);
         }
         let (s3, bucket) = self.s3()?;
+        // The digest given, not left to the SDK: S3 checks the bytes against it and keeps it.
         s3.put_object()
             .bucket(bucket)
             .key(key)
             .content_type(content_type)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .checksum_sha256(&stored.checksum_sha256)
             .body(bytes.into())
             .send()
             .await
             .with_context(|| format!("uploading s3://{bucket}/{key}"))?;
-        Ok(())
+        Ok(stored)
     }
 
     /// Stores the file at `path` under `key`: whole up to [`PART`], in parts beyond, never more
@@ -151,19 +190,16 @@ impl Store {
             let bytes = tokio::fs::read(path)
                 .await
                 .with_context(|| format!("reading {}", path.display()))?;
-            let stored = Stored {
-                bytes: bytes.len() as u64,
-                sha256: sha256_hex(&bytes),
-            };
-            self.put(key, bytes, "application/octet-stream").await?;
-            return Ok(stored);
+            return self.put(key, bytes, "application/octet-stream").await;
         }
         let (s3, bucket) = self.s3()?;
+        // Each part sent with its digest; S3 keeps their composite for the object.
         let upload = s3
             .create_multipart_upload()
             .bucket(bucket)
             .key(key)
             .content_type("application/octet-stream")
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
             .send()
             .await
             .with_context(|| format!("starting the upload of s3://{bucket}/{key}"))?;
@@ -218,6 +254,7 @@ impl Store {
         let (mut total, mut number) = (0u64, 0i32);
         let mut in_flight = FuturesOrdered::new();
         let mut parts = vec![];
+        let mut digests: Vec<[u8; 32]> = vec![];
         loop {
             let mut buf = Vec::with_capacity(part as usize);
             (&mut file).take(part).read_to_end(&mut buf).await?;
@@ -225,6 +262,9 @@ impl Store {
                 break;
             }
             hasher.update(&buf);
+            let digest: [u8; 32] = Sha256::digest(&buf).into();
+            let part_checksum = b64(&digest);
+            digests.push(digest);
             total += buf.len() as u64;
             number += 1;
             if in_flight.len() == PARTS_AT_ONCE {
@@ -238,6 +278,8 @@ impl Store {
                 .key(key)
                 .upload_id(id)
                 .part_number(number)
+                .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .checksum_sha256(&part_checksum)
                 .body(ByteStream::from(buf));
             in_flight.push_back(async move {
                 let sent = request
@@ -248,6 +290,7 @@ impl Store {
                     CompletedPart::builder()
                         .part_number(number)
                         .set_e_tag(sent.e_tag().map(String::from))
+                        .checksum_sha256(part_checksum)
                         .build(),
                 )
             });
@@ -258,6 +301,7 @@ impl Store {
         let stored = Stored {
             bytes: total,
             sha256: hex::encode(hasher.finalize()),
+            checksum_sha256: composite_sha256(&digests),
         };
         Ok((parts, stored))
     }
@@ -279,10 +323,7 @@ impl Store {
                     Err(e) => return Err(e).with_context(|| format!("reading {}", from.display())),
                 };
                 tokio::fs::write(&partial, &bytes).await?;
-                Stored {
-                    bytes: bytes.len() as u64,
-                    sha256: sha256_hex(&bytes),
-                }
+                Stored::whole(&bytes)
             }
             Target::S3 { .. } => {
                 let (s3, bucket) = self.s3()?;
@@ -310,9 +351,12 @@ impl Store {
                     out.write_all(&chunk).await?;
                 }
                 out.flush().await?;
+                let digest: [u8; 32] = hasher.finalize().into();
+                // What was read, digested whole (the form of an object sent in one PUT).
                 Stored {
                     bytes: total,
-                    sha256: hex::encode(hasher.finalize()),
+                    sha256: hex::encode(digest),
+                    checksum_sha256: b64(&digest),
                 }
             }
         };

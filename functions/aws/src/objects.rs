@@ -1,6 +1,11 @@
-//! S3: the export manifest and the sizes of the objects it lists; the run report's copies.
+//! S3: the export manifest and the sizes and SHA-256 of the objects it lists; the run report's
+//! copies.
 
+use std::collections::BTreeMap;
 use std::future::Future;
+
+use aws_sdk_s3::types::ChecksumMode;
+use futures_util::stream::{self, StreamExt, TryStreamExt};
 
 use crate::error::Error;
 
@@ -23,7 +28,18 @@ pub trait Objects: Send + Sync {
         bucket: &str,
         key: &str,
     ) -> impl Future<Output = Result<Option<u64>, Error>> + Send;
+    /// The SHA-256 S3 keeps for each of `keys` that exists (`ChecksumSHA256`, None when it keeps
+    /// none); absent objects are left out.
+    fn checksums(
+        &self,
+        bucket: &str,
+        keys: &[String],
+    ) -> impl Future<Output = Result<BTreeMap<String, Option<String>>, Error>> + Send;
 }
+
+/// HEADs in flight at once: ListObjectsV2 names an object's checksum algorithm, not its value,
+/// so each object is asked for; a few dozen at once read thousands within the timeout.
+const HEADS_AT_ONCE: usize = 32;
 
 impl Objects for aws_sdk_s3::Client {
     async fn get(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, Error> {
@@ -71,6 +87,38 @@ impl Objects for aws_sdk_s3::Client {
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
             Err(e) => Err(Error::aws("s3", "HeadObject", e)),
         }
+    }
+
+    async fn checksums(
+        &self,
+        bucket: &str,
+        keys: &[String],
+    ) -> Result<BTreeMap<String, Option<String>>, Error> {
+        // Owned per request: a future borrowing the keys is not `Send` for every lifetime.
+        let kept: Vec<Option<(String, Option<String>)>> = stream::iter(keys.to_vec())
+            .map(|key| {
+                let (s3, bucket) = (self.clone(), bucket.to_string());
+                async move {
+                    let head = s3
+                        .head_object()
+                        .bucket(bucket)
+                        .key(&key)
+                        .checksum_mode(ChecksumMode::Enabled)
+                        .send()
+                        .await;
+                    match head {
+                        Ok(r) => Ok(Some((key, r.checksum_sha256().map(String::from)))),
+                        Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => {
+                            Ok(None)
+                        }
+                        Err(e) => Err(Error::aws("s3", "HeadObject", e)),
+                    }
+                }
+            })
+            .buffer_unordered(HEADS_AT_ONCE)
+            .try_collect()
+            .await?;
+        Ok(kept.into_iter().flatten().collect())
     }
 }
 

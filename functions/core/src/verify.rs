@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::contract::manifest::{worker_folder, MANIFEST_FILE};
-use crate::contract::{Manifest, Summary};
+use crate::contract::{Manifest, ManifestObject, Summary};
 use crate::rundoc::{failure_for, CaughtError, Outputs, WorkerEnd};
 use crate::runspec::{parse_s3_url, Counts, RunSpec};
 
@@ -191,6 +191,57 @@ fn object_checks(
         ));
     }
     out
+}
+
+/// Every listed object's SHA-256 against what S3 keeps for it now (`kept`: key →
+/// `ChecksumSHA256`, None when S3 keeps none; objects not found are left to `objects_present`):
+/// the worker sends each object with its digest and S3 refuses bytes that do not match it, so
+/// an object that differs was replaced after it was sent, and fails naming it.
+pub fn checksum_check<'a>(
+    objects: impl IntoIterator<Item = &'a ManifestObject>,
+    kept: &BTreeMap<String, Option<String>>,
+) -> Check {
+    let (mut n, mut bad) = (0, vec![]);
+    for o in objects {
+        n += 1;
+        let Some(now) = kept.get(&o.key) else {
+            continue;
+        };
+        match (o.checksum_sha256.as_deref(), now.as_deref()) {
+            (None, _) => bad.push(format!("{}: its manifest records no SHA-256", o.key)),
+            (Some(_), None) => bad.push(format!(
+                "{}: S3 keeps no SHA-256 for it (written since the worker sent it)",
+                o.key
+            )),
+            (Some(want), Some(got)) if !same_checksum(want, got) => bad.push(format!(
+                "{}: S3 keeps SHA-256 {got}, its manifest recorded {want} (written since the worker sent it)",
+                o.key
+            )),
+            _ => {}
+        }
+    }
+    check(
+        "object_checksums",
+        bad.is_empty(),
+        match bad.is_empty() {
+            true => format!("{n} objects match the SHA-256 S3 keeps"),
+            false => bad.join("; "),
+        },
+    )
+}
+
+/// One SHA-256 in S3's form against another: the same digest, and the same number of parts
+/// where both say (`…-N`; a composite read without its count is still the parts' digest).
+fn same_checksum(want: &str, got: &str) -> bool {
+    // Base64 has no '-': the last one, before digits only, is the part count's.
+    let split = |c: &str| match c.rsplit_once('-') {
+        Some((d, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+            (d.to_string(), Some(n.to_string()))
+        }
+        _ => (c.to_string(), None),
+    };
+    let ((wd, wn), (gd, gn)) = (split(want), split(got));
+    wd == gd && (gn.is_none() || wn.is_none() || wn == gn)
 }
 
 /// How a run's workers divide its work, which decides when the run is done.
@@ -636,7 +687,6 @@ fn none_reported(ordered: &[&WorkerEnd], lost: &[String]) -> CaughtError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contract::ManifestObject;
     use serde_json::json;
 
     fn spec() -> RunSpec {
@@ -657,6 +707,59 @@ mod tests {
             "durations": {"total_s": 3.5}
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn every_object_is_held_to_the_sha256_s3_keeps() {
+        let o = |key: &str, sum: Option<&str>| ManifestObject {
+            key: key.into(),
+            rows: 0,
+            bytes: 1,
+            sha256: None,
+            checksum_sha256: sum.map(String::from),
+        };
+        let listed = [
+            o("w/a", Some("YWJj")),
+            o("w/big", Some("ZGVm-2")),
+            o("w/gone", Some("Z2hp")),
+        ];
+        let kept = |pairs: &[(&str, Option<&str>)]| -> BTreeMap<String, Option<String>> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.map(String::from)))
+                .collect()
+        };
+        // As sent (a missing object is objects_present's to say); a composite read without its
+        // part count is still the parts' digest.
+        let fine = checksum_check(
+            &listed,
+            &kept(&[("w/a", Some("YWJj")), ("w/big", Some("ZGVm"))]),
+        );
+        assert!(fine.ok, "{fine:?}");
+        assert_eq!(fine.detail, "3 objects match the SHA-256 S3 keeps");
+        // Written since: another digest, none at all, another part count; a manifest without one.
+        let bad = checksum_check(
+            &[
+                o("w/a", Some("YWJj")),
+                o("w/big", Some("ZGVm-2")),
+                o("w/c", Some("Yw==")),
+                o("w/d", None),
+            ],
+            &kept(&[
+                ("w/a", Some("eHl6")),
+                ("w/big", Some("ZGVm-3")),
+                ("w/c", None),
+                ("w/d", Some("Yw==")),
+            ]),
+        );
+        assert!(!bad.ok);
+        assert_eq!(
+            bad.detail,
+            "w/a: S3 keeps SHA-256 eHl6, its manifest recorded YWJj (written since the worker sent it); \
+             w/big: S3 keeps SHA-256 ZGVm-3, its manifest recorded ZGVm-2 (written since the worker sent it); \
+             w/c: S3 keeps no SHA-256 for it (written since the worker sent it); \
+             w/d: its manifest records no SHA-256"
+        );
     }
 
     #[test]
@@ -689,12 +792,14 @@ mod tests {
                     rows: 12,
                     bytes: 100,
                     sha256: None,
+                    checksum_sha256: None,
                 },
                 ManifestObject {
                     key: "runs/r1/b.parquet".into(),
                     rows: 8,
                     bytes: 50,
                     sha256: None,
+                    checksum_sha256: None,
                 },
             ],
         };
@@ -727,6 +832,7 @@ mod tests {
                 rows: 0,
                 bytes: 150,
                 sha256: None,
+                checksum_sha256: None,
             }],
         };
         let found = BTreeMap::from([("runs/r1/model.bin".to_string(), Some(150))]);
@@ -992,6 +1098,7 @@ mod tests {
                         rows: 0,
                         bytes: *bytes,
                         sha256: None,
+                        checksum_sha256: None,
                     })
                     .collect(),
             },

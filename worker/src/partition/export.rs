@@ -10,7 +10,7 @@ use super::{Done, Work};
 use crate::quality::Exported;
 use crate::queue::{self, Claim};
 use crate::stage::Scope;
-use crate::store::{self, Store};
+use crate::store::Store;
 
 pub async fn partition(
     client: &mut Client,
@@ -31,15 +31,16 @@ pub async fn partition(
                 _ => crate::export::object_name(def.name, &c.pair, c.month.first),
             };
             let key = store.target.key(&name);
-            objects.push(ManifestObject {
-                key: key.clone(),
-                rows: n,
-                bytes: bytes.len() as u64,
-                sha256: Some(store::sha256_hex(&bytes)),
-            });
-            store
+            let stored = store
                 .put(&key, bytes, "application/vnd.apache.parquet")
                 .await?;
+            objects.push(ManifestObject {
+                key,
+                rows: n,
+                bytes: stored.bytes,
+                sha256: Some(stored.sha256),
+                checksum_sha256: Some(stored.checksum_sha256),
+            });
         }
     }
     let rows: u64 = objects.iter().map(|o| o.rows).sum();

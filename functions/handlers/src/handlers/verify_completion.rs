@@ -102,25 +102,11 @@ pub async fn handle<O: Objects>(
             ),
         ));
     }
-    match sharing {
-        Sharing::Queue => {
-            for (l, found) in &listed {
-                checks.extend(verify::check_manifest(
-                    spec,
-                    &reports[0].1,
-                    &l.manifest,
-                    found,
-                ));
-            }
-        }
-        Sharing::Shares if !listed.is_empty() => {
-            // The workers' keys are apart (each under its own folder): one map holds them all.
-            let found: BTreeMap<String, Option<u64>> =
-                listed.iter().flat_map(|(_, f)| f.clone()).collect();
-            let manifests: Vec<Listed> = listed.iter().map(|(l, _)| l.clone()).collect();
-            checks.extend(verify::check_job_manifests(spec, &manifests, &found));
-        }
-        Sharing::Shares => {}
+    checks.extend(manifest_checks(spec, sharing, &reports, &listed));
+    if !listed.is_empty() {
+        let kept = kept_checksums(objects, &listed).await?;
+        let every = listed.iter().flat_map(|(l, _)| &l.manifest.objects);
+        checks.push(verify::checksum_check(every, &kept));
     }
     let manifests: Vec<Listed> = listed.into_iter().map(|(l, _)| l).collect();
     let outputs = verify::outputs_of(&manifests);
@@ -135,6 +121,53 @@ pub async fn handle<O: Objects>(
         verified_at: now,
         outputs,
     })
+}
+
+/// Each manifest against the objects found: the feature run's one by one against the fullest
+/// report, a job's together (each worker's share in its own folder).
+fn manifest_checks(
+    spec: &RunSpec,
+    sharing: Sharing,
+    reports: &[(u32, Summary)],
+    listed: &[(Listed, BTreeMap<String, Option<u64>>)],
+) -> Vec<Check> {
+    match sharing {
+        Sharing::Queue => listed
+            .iter()
+            .flat_map(|(l, found)| verify::check_manifest(spec, &reports[0].1, &l.manifest, found))
+            .collect(),
+        Sharing::Shares if !listed.is_empty() => {
+            // The workers' keys are apart (each under its own folder): one map holds them all.
+            let found: BTreeMap<String, Option<u64>> =
+                listed.iter().flat_map(|(_, f)| f.clone()).collect();
+            let manifests: Vec<Listed> = listed.iter().map(|(l, _)| l.clone()).collect();
+            verify::check_job_manifests(spec, &manifests, &found)
+        }
+        Sharing::Shares => vec![],
+    }
+}
+
+/// The SHA-256 S3 keeps for every object the manifests list that was found, each in its
+/// manifest's bucket.
+async fn kept_checksums<O: Objects>(
+    objects: &O,
+    listed: &[(Listed, BTreeMap<String, Option<u64>>)],
+) -> Result<BTreeMap<String, Option<String>>, Error> {
+    let mut kept = BTreeMap::new();
+    for (l, found) in listed {
+        let Some((bucket, _)) = parse_s3_url(&l.url) else {
+            continue;
+        };
+        let keys: Vec<String> = l
+            .manifest
+            .objects
+            .iter()
+            .filter(|o| found.get(&o.key).copied().flatten().is_some())
+            .map(|o| o.key.clone())
+            .collect();
+        kept.extend(objects.checksums(bucket, &keys).await?);
+    }
+    Ok(kept)
 }
 
 /// A manifest read with the sizes of the objects it lists (None when absent); or the check it
