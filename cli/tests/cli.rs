@@ -744,3 +744,41 @@ fn the_cli_links_no_handler() {
         );
     }
 }
+
+/// No crate of the workspace links the legacy TLS stack (rustls 0.21, rustls-webpki 0.101,
+/// RUSTSEC-2026-0098, -0099, -0104) that the SDKs' default `rustls` feature brings with hyper
+/// 0.14: the root Cargo.toml turns their defaults off for `default-https-client` (rustls 0.23).
+/// Dev-dependencies included: the tests' clients are built the same way.
+#[test]
+fn no_legacy_tls_stack_is_linked() {
+    let out = std::process::Command::new(env!("CARGO"))
+        .args([
+            "tree",
+            "--offline",
+            "--locked",
+            "--workspace",
+            "-e",
+            "normal,build,dev",
+            "--prefix",
+            "none",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo tree");
+    let tree = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(tree.lines().any(|l| l.starts_with("rustls v0.23.")), "{tree}");
+    for legacy in [
+        "rustls v0.21.",
+        "rustls-webpki v0.101.",
+        "hyper-rustls v0.24.",
+        "hyper v0.14.",
+    ] {
+        let found: Vec<&str> = tree.lines().filter(|l| l.starts_with(legacy)).collect();
+        assert!(found.is_empty(), "{legacy} is linked: {found:?}");
+    }
+}

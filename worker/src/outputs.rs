@@ -5,7 +5,7 @@
 //! A schema per run rather than a run column in shared tables (or LIST partitions by run): the
 //! binary COPY writes exactly the rows it wrote before, with no run value per row to send,
 //! store and index, and no lock on a parent table that a second run's create or drop would
-//! have to wait for (README, "Outputs per run", has the figures).
+//! have to wait for (docs/worker.md, "Outputs per run", has the figures).
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};

@@ -174,7 +174,7 @@ pub const CLAIM: &str = "WITH c AS MATERIALIZED (
 /// done. When there is none, partitions that have used up their attempts, or wait on a stage
 /// that failed, are marked failed (so the run can end).
 // The marking scans the run's open partitions; before every claim it cost 3.3 ms of server time
-// at 3,000 open against 0.04 ms for the claim (README, "Figures"). It is done only when nothing
+// at 3,000 open against 0.04 ms for the claim (docs/figures.md). It is done only when nothing
 // can be claimed, which changes nothing claimed: neither kind of partition is claimable, and
 // failing a partition never makes another one claimable.
 pub async fn claim(

@@ -29,7 +29,7 @@ pub fn ebs_key(configured: Option<&str>, account_default: &str) -> Result<Option
         return Ok(None);
     }
     Err(format!(
-        "this account encrypts new EBS volumes with the customer managed key {account_default} by default (GetEbsDefaultKmsKeyId), which the launch may not use: the instance would be terminated at launch (Client.InternalError). Deploy the stack with EbsKmsKeyArn={account_default} (and, for Spot, grant AWSServiceRoleForEC2Spot the key, as the README says)"
+        "this account encrypts new EBS volumes with the customer managed key {account_default} by default (GetEbsDefaultKmsKeyId), which the launch may not use: the instance would be terminated at launch (Client.InternalError). Deploy the stack with EbsKmsKeyArn={account_default} (and, for Spot, grant AWSServiceRoleForEC2Spot the key, as docs/deploy.md says)"
     ))
 }
 

@@ -1743,7 +1743,7 @@ pub(crate) mod tests {
 
     #[test]
     fn the_history_of_the_defaults_and_the_most_workers_it_leaves_room_for() {
-        // The README's arithmetic: 100 quota polls, 46 boot polls an attempt, three attempts.
+        // docs/guarantees.md's arithmetic: 100 quota polls, 46 boot polls an attempt, three attempts.
         let spec = RunSpec::parse(&sample()).unwrap();
         let p = spec.poll_bounds();
         assert_eq!((p.quota, p.snapshot, p.boot), (100, 0, 138));

@@ -10,7 +10,7 @@ use crate::queue::{self, Claim};
 use crate::table::Rows;
 
 /// A partition's rows and its done-marker commit together without waiting for the log to
-/// reach disk (1.0–1.4× on the write path of a durable server, README "Figures"). A server
+/// reach disk (1.0–1.4× on the write path of a durable server, docs/figures.md). A server
 /// crash can lose the last such commits, each whole: rows and marker go together and the queue
 /// redoes the partition when its lease expires, so no rows are lost or doubled. Whatever `run`
 /// reports it has made durable first (`db::flush`).
