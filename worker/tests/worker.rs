@@ -434,7 +434,10 @@ async fn killed_mid_run_and_run_again_gives_the_same_tables_as_one_clean_run() {
     let clean = run::run(options(&clean_url, "clean", 2)).await.unwrap();
     assert_eq!(clean.partitions_done, 12);
 
-    let worker = |url: &str| {
+    // The killed worker's leases are short, so that the next one waits little for them; the
+    // next one's are not: a lease shorter than a partition takes on a loaded machine would be
+    // taken over by its own other task until the partition ran out of attempts.
+    let worker = |url: &str, lease: &str| {
         std::process::Command::new(env!("CARGO_BIN_EXE_ephemera-worker"))
             .args([
                 "run",
@@ -443,7 +446,7 @@ async fn killed_mid_run_and_run_again_gives_the_same_tables_as_one_clean_run() {
                 "--concurrency",
                 "2",
                 "--lease-seconds",
-                "2",
+                lease,
             ])
             .args(["--database-url", url])
             .stdout(std::process::Stdio::null())
@@ -453,7 +456,7 @@ async fn killed_mid_run_and_run_again_gives_the_same_tables_as_one_clean_run() {
     };
     let client = db::connect(&killed_url).await.unwrap();
     common::read_run(&client, "test").await;
-    let mut child = worker(&killed_url);
+    let mut child = worker(&killed_url, "2");
     // Kill it once some partitions are done and others are in flight.
     let t0 = std::time::Instant::now();
     loop {
@@ -484,7 +487,7 @@ async fn killed_mid_run_and_run_again_gives_the_same_tables_as_one_clean_run() {
     assert!(in_flight > 0, "killed too late to test anything");
 
     // The next worker waits out the dead one's leases and takes its partitions over.
-    let status = worker(&killed_url).wait().unwrap();
+    let status = worker(&killed_url, "600").wait().unwrap();
     assert!(status.success());
     assert_eq!(
         count(
