@@ -1,7 +1,11 @@
 //! The run's cap, `limits.budget_usd`, kept by admission (issue 32), through the deployed state
-//! machine and the real handlers: a run whose first attempts' worst case passes its cap is
-//! refused by CheckQuota before any quota increase is asked for; a relaunch the rest of the cap
-//! cannot cover is not launched, and the run goes on to its report.
+//! machine and the real handlers: a run whose first attempts' worst case passes its cap, even
+//! at the least runtime worth launching, is refused by CheckQuota before any quota increase is
+//! asked for; a relaunch the rest of the cap cannot cover is not launched, and the run goes on
+//! to its report; an attempt the rest buys less than its max runtime is launched with that
+//! runtime, its money deadline. (The worker stopping at that deadline, end to end with the real
+//! worker binary: `worker/tests/orchestrated.rs`,
+//! `a_job_that_never_ends_is_stopped_at_the_runs_cap_with_its_checkpoint_saved`.)
 
 use ephemera_core::budget::{self, Cap};
 use ephemera_core::{catalog, RunSpec};
@@ -45,20 +49,32 @@ async fn the_issues_example_is_refused_before_anything_is_asked_for_or_launched(
     assert_eq!(harness().door.with_quotas(region, |q| q.increase_calls), 0);
     assert_eq!(r.finished.visited(State::LaunchWorker), 0);
     assert!(r.instances.is_empty(), "{:?}", r.instances);
-    // Its report, with its bill: within the cap.
+    // Its report, with its bill: no instance was billed, and only the few state transitions
+    // and invocations of its admission were; its page is stored and linked from the email.
     let e = r.assert_email("FAILED");
     assert!(e.body.contains("limits.budget_usd"), "{}", e.body);
-    let actual = r.finished.report["actual_usd"].as_f64().unwrap();
-    assert!(actual <= 10.0, "{actual}");
+    let report = &r.finished.report;
+    assert_eq!(report["compute_usd"].as_f64(), Some(0.0), "{report}");
+    assert_eq!(report["ebs_usd"].as_f64(), Some(0.0), "{report}");
+    assert_eq!(report["attempts"].as_array().map(Vec::len), Some(0));
+    let actual = report["actual_usd"].as_f64().unwrap();
+    assert!(actual < 0.01, "{actual}");
+    assert!(!report["stored"].is_null(), "the report's page: {report}");
+    assert!(
+        e.body.contains("Report with its timeline (HTML)"),
+        "{}",
+        e.body
+    );
 }
 
-/// A worker Spot keeps taking back, with a cap of exactly two attempts (and less than a third):
-/// the third launch is not made, the worker ends with its reason naming what is left and one
-/// attempt's worst case, and the run ends with its report, its bill within the cap.
+/// A worker Spot keeps taking back, with a cap of exactly two attempts and half of the least
+/// third (a minute of runtime): the third launch is not made, the worker ends with its reason
+/// naming what is left and the least attempt's worst case, and the run ends with its report,
+/// its bill within the cap.
 #[tokio::test]
 async fn relaunches_stop_when_the_rest_of_the_cap_cannot_cover_one_more_attempt() {
     let region = fresh_region();
-    let mut worst = 0.0;
+    let (mut worst, mut least) = (0.0, 0.0);
     let r = e2e::scenario(
         region,
         "cap-relaunch",
@@ -75,9 +91,11 @@ async fn relaunches_stop_when_the_rest_of_the_cap_cannot_cover_one_more_attempt(
                 .map(|t| (t, catalog::on_demand_hourly_bound(t, region).unwrap()))
                 .max_by(|a, b| a.1.total_cmp(&b.1))
                 .unwrap();
-            worst = budget::attempt_worst_case(&s, dearest, price, region).usd;
+            let w = budget::attempt_worst_case(&s, dearest, price, region);
+            worst = w.usd;
+            least = w.with_runtime(&s, budget::MIN_USEFUL_RUNTIME_SECONDS).usd;
             let overhead = Cap::of(&s, region).overhead_usd;
-            spec["limits"]["budget_usd"] = json!(overhead + 2.5 * worst);
+            spec["limits"]["budget_usd"] = json!(overhead + 2.0 * worst + 0.5 * least);
         },
     )
     .await;
@@ -88,9 +106,9 @@ async fn relaunches_stop_when_the_rest_of_the_cap_cannot_cover_one_more_attempt(
         cause.contains("worker 1's attempt 3 was not launched"),
         "{cause}"
     );
-    let left = format!("${:.4} is left of limits.budget_usd", 0.5 * worst);
+    let left = format!("${:.4} is left of limits.budget_usd", 0.5 * least);
     assert!(cause.contains(&left), "{left}: {cause}");
-    let one = format!("one attempt's worst case ${worst:.4}");
+    let one = format!("one attempt's worst case ${least:.4} at the least runtime");
     assert!(cause.contains(&one), "{one}: {cause}");
     // Two attempts launched, and two relaunches' worth of max_relaunches were left unused.
     assert_eq!(r.finished.visited(State::LaunchWorker), 3);
