@@ -11,7 +11,8 @@ use ephemera_core::budget::{self, Cap};
 use ephemera_core::{catalog, RunSpec};
 use ephemera_tests::e2e::{self, State};
 use ephemera_tests::worker_standin::Behaviour;
-use ephemera_tests::{fresh_region, harness};
+use ephemera_tests::iam::ARTIFACT_BUCKET;
+use ephemera_tests::{clients, fresh_region, harness};
 use serde_json::json;
 
 /// The issue's example: 40 × r7i.48xlarge, 60 s of runtime, a 7,200 s boot deadline, an image
@@ -21,6 +22,7 @@ use serde_json::json;
 #[tokio::test]
 async fn the_issues_example_is_refused_before_anything_is_asked_for_or_launched() {
     let region = fresh_region();
+    artifact_bucket(region).await;
     let r = e2e::scenario(region, "cap-example", Behaviour::NeverStart, |spec| {
         spec["worker"]["instance_types"] = json!(["r7i.48xlarge"]);
         spec["worker"]["count"] = json!(40);
@@ -65,6 +67,24 @@ async fn the_issues_example_is_refused_before_anything_is_asked_for_or_launched(
         "{}",
         e.body
     );
+}
+
+/// The stack's artifact bucket, where the report's page goes (bucket names are the account's:
+/// another test may have made it).
+async fn artifact_bucket(region: &str) {
+    use aws_sdk_s3::error::ProvideErrorMetadata;
+    let mut create = clients(region).s3.create_bucket().bucket(ARTIFACT_BUCKET);
+    if region != "us-east-1" {
+        create = create.create_bucket_configuration(
+            aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(region))
+                .build(),
+        );
+    }
+    if let Err(e) = create.send().await {
+        let code = e.code().unwrap_or_default();
+        assert!(code.starts_with("BucketAlready"), "{e:?}");
+    }
 }
 
 /// A worker Spot keeps taking back, with a cap of exactly two attempts and half of the least
