@@ -10,8 +10,8 @@
 use ephemera_core::budget::{self, Cap};
 use ephemera_core::{catalog, RunSpec};
 use ephemera_tests::e2e::{self, State};
-use ephemera_tests::worker_standin::Behaviour;
 use ephemera_tests::iam::ARTIFACT_BUCKET;
+use ephemera_tests::worker_standin::Behaviour;
 use ephemera_tests::{clients, fresh_region, harness};
 use serde_json::json;
 
