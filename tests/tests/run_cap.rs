@@ -142,3 +142,96 @@ async fn relaunches_stop_when_the_rest_of_the_cap_cannot_cover_one_more_attempt(
     let budget = report["budget_usd"].as_f64().unwrap();
     assert!(report["actual_usd"].as_f64().unwrap() <= budget, "{report}");
 }
+
+/// A relaunch the rest of the cap cannot wholly pay for is launched with the runtime the rest
+/// buys, its money deadline: recorded in the worker's state (with the AwaitCompletion timeout
+/// held to it) and reserved at that runtime's worst case; the attempt after it, which the rest
+/// cannot buy a minute of, is not launched.
+#[tokio::test]
+async fn a_relaunch_the_rest_cannot_wholly_pay_for_is_granted_the_runtime_it_buys() {
+    let region = fresh_region();
+    let mut expected = None;
+    let r = e2e::scenario(
+        region,
+        "cap-granted",
+        Behaviour::SpotInterruptAlways,
+        |spec| {
+            spec["worker"]["market"] = json!("spot");
+            spec["limits"]["max_relaunches"] = json!(4);
+            let s = RunSpec::parse(spec).unwrap();
+            let (dearest, price) = s
+                .worker
+                .instance_types
+                .iter()
+                .map(|t| (t, catalog::on_demand_hourly_bound(t, region).unwrap()))
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .unwrap();
+            let w = budget::attempt_worst_case(&s, dearest, price, region);
+            let overhead = Cap::of(&s, region).overhead_usd;
+            // One whole attempt and half of another.
+            let budget_usd = overhead + 1.5 * w.usd;
+            spec["limits"]["budget_usd"] = json!(budget_usd);
+            let cap = Cap {
+                budget_usd,
+                overhead_usd: overhead,
+            };
+            let granted = budget::grant(&s, &w, cap.remainder(w.usd)).unwrap();
+            expected = Some((w, granted));
+        },
+    )
+    .await;
+    let (whole, granted) = expected.unwrap();
+    assert!(granted.capped(), "{granted:?}");
+    assert!(granted.runtime_seconds >= budget::MIN_USEFUL_RUNTIME_SECONDS);
+    assert_eq!(r.finished.status, "FAILED", "{:?}", r.finished);
+    assert_eq!(r.finished.error.as_deref(), Some("Ephemera.OverBudget"));
+    let cause = r.finished.cause.clone().unwrap_or_default();
+    assert!(
+        cause.contains("worker 1's attempt 3 was not launched"),
+        "{cause}"
+    );
+    assert_eq!(r.instances.len(), 2, "{:?}", r.instances);
+    let worker = &r.finished.workers[0]["worker"];
+    let attempts = worker["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{worker}");
+    assert_eq!(attempts[0]["estimate_usd"].as_f64(), Some(whole.usd));
+    assert_eq!(attempts[1]["estimate_usd"].as_f64(), Some(granted.usd));
+    assert_eq!(
+        worker["budget_seconds"], granted.runtime_seconds,
+        "{worker}"
+    );
+    assert_eq!(
+        worker["timeout_seconds"],
+        granted.runtime_seconds + budget::STOP_ALLOWANCE_SECONDS,
+        "{worker}"
+    );
+    // Its deadline tag, the sweeper's backstop, is the grant's: boot, granted runtime, grace.
+    let id = attempts[1]["instance_id"].as_str().unwrap();
+    let instance = ephemera_tests::fixtures::instance(&clients(region), id).await;
+    let tag = |k: &str| {
+        instance
+            .tags()
+            .iter()
+            .find(|t| t.key() == Some(k))
+            .and_then(|t| t.value())
+            .map(str::to_string)
+    };
+    let deadline =
+        chrono::DateTime::parse_from_rfc3339(&tag("ephemera:deadline").unwrap()).unwrap();
+    let launched =
+        chrono::DateTime::parse_from_rfc3339(attempts[1]["launched_at"].as_str().unwrap()).unwrap();
+    let lasts = (deadline - launched).num_seconds();
+    let expected = (whole.boot_seconds + granted.runtime_seconds + whole.grace_seconds) as i64;
+    assert!(
+        (lasts - expected).abs() <= 30,
+        "{lasts} s, not {expected} s"
+    );
+    r.assert_nothing_left();
+    let report = &r.finished.report;
+    let budget_usd = report["budget_usd"].as_f64().unwrap();
+    assert!(
+        report["estimate_usd"].as_f64().unwrap() <= budget_usd,
+        "{report}"
+    );
+    assert!(report["actual_usd"].as_f64().unwrap() <= budget_usd);
+}
