@@ -313,13 +313,21 @@ fn validate(g: &Global, runspec: &Path) -> Result<Outcome, CliError> {
                 spec.worker.count,
                 1 + spec.limits.max_relaunches
             );
+            // The cap buys less than the whole runtime: each first attempt's money deadline.
+            let each = budget::share(cap.remainder(0.0), spec.worker.count - 1);
+            if let Some(g) = budget::grant(&spec, &worst, each).filter(|g| g.capped()) {
+                println!(
+                    "money deadline: the cap buys each worker's first attempt {} s of runtime, less than limits.max_runtime_seconds {}; the worker stops its work then, as at a Spot notice, and the run ends BUDGET_EXHAUSTED",
+                    g.runtime_seconds, spec.limits.max_runtime_seconds
+                );
+            }
             Ok(Outcome::Done)
         }
         Err(refused) => Err(CliError::InvalidRunSpec {
             path: runspec.display().to_string(),
             n: 1,
             list: format!(
-                "  limits.budget_usd: ${:.2} cannot cover every worker's first attempt at its worst case, ${:.4} ({}); CheckQuota would refuse the run (Ephemera.OverBudget): raise it to at least ${:.2}, or lower limits.boot_timeout_seconds, limits.max_runtime_seconds or worker.count",
+                "  limits.budget_usd: ${:.2} cannot cover every worker's first attempt even at a minute's runtime, ${:.4} ({}); CheckQuota would refuse the run (Ephemera.OverBudget): raise it to at least ${:.2}, or lower limits.boot_timeout_seconds, limits.max_runtime_seconds or worker.count",
                 cap.budget_usd,
                 refused.worst_case_usd,
                 refused.detail,

@@ -25,6 +25,10 @@ names! {
     /// The worker saw the Spot interruption notice (or EventBridge saw Spot reclaim it): the
     /// state machine relaunches.
     SPOT_INTERRUPTED = "Worker.SpotInterrupted";
+    /// The worker stopped its work at the money deadline the run's cap granted its attempt
+    /// (`--budget-seconds`), as at a Spot notice (the job's grace, its checkpoint saved): the
+    /// worker is released, not relaunched, and the run ends with outcome BUDGET_EXHAUSTED.
+    BUDGET_EXHAUSTED = "Worker.BudgetExhausted";
     /// The worker's run failed, or it was stopped (SIGTERM) before its work was done.
     WORKER_FAILED = "Worker.Failed";
     /// A heartbeat or runtime timeout (States.HeartbeatTimeout / States.Timeout), as the execution fails.

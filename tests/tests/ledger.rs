@@ -329,9 +329,12 @@ async fn workers_relaunching_at_the_same_instant_share_the_rest_of_the_runs_cap(
         })
         .max_by(|a, b| a.1.total_cmp(&b.1))
         .unwrap();
-    let worst = budget::attempt_worst_case(&s, dearest, price, c.region).usd;
-    // Two first attempts and one more fit; a fourth does not.
-    spec["limits"]["budget_usd"] = json!(Cap::of(&s, c.region).overhead_usd + 3.5 * worst);
+    let w = budget::attempt_worst_case(&s, dearest, price, c.region);
+    let worst = w.usd;
+    let least = w.with_runtime(&s, budget::MIN_USEFUL_RUNTIME_SECONDS).usd;
+    // Two first attempts and one more fit; a fourth does not, even at a minute's runtime.
+    spec["limits"]["budget_usd"] =
+        json!(Cap::of(&s, c.region).overhead_usd + 3.0 * worst + 0.5 * least);
     let execution = format!(
         "arn:aws:states:{}:123456789012:execution:ephemera-worker:cap-race",
         c.region
@@ -372,11 +375,103 @@ async fn workers_relaunching_at_the_same_instant_share_the_rest_of_the_runs_cap(
     assert_eq!(refused.error_type(), "Ephemera.OverBudget");
     let text = refused.to_string();
     assert!(text.contains("attempt 2 was not launched"), "{text}");
-    let left = format!("${:.4} is left of limits.budget_usd", 0.5 * worst);
+    let left = format!("${:.4} is left of limits.budget_usd", 0.5 * least);
     assert!(text.contains(&left), "{left}: {text}");
     let e = entry(c.region, &execution).await.unwrap();
     let held: f64 = e["cap_reserved_usd"].parse().unwrap();
     assert!((held - 3.0 * worst).abs() < 1e-9, "{e:?}");
     let live = fixtures::instances_of(&c.aws, "cap-race").await;
     assert_eq!(live.len(), 3, "{live:?}");
+}
+
+/// A run that crosses a month boundary is booked in the month it started
+/// (`ledger::booked_month`): its first attempt launched late on the last day of a month, its
+/// relaunch after the month changed. Both reservations go to the run's one entry and the
+/// starting month's counter (the new month's is not touched), and the run's measured cost
+/// settles the starting month's counter to it.
+#[tokio::test]
+async fn a_run_that_crosses_a_month_boundary_is_booked_and_settled_in_the_month_it_started() {
+    use chrono::{Datelike, TimeZone};
+    use ephemera_functions::aws::ledger::{Ledger, LedgerTable};
+    let c = fixtures::ctx().await;
+    harness().door.ensure_ledger(c.region).await;
+    let spec = fixtures::runspec("month-cross", &c.net, None);
+    let execution = format!(
+        "arn:aws:states:{}:123456789012:execution:ephemera-worker:month-cross",
+        c.region
+    );
+    let now = Utc::now();
+    let this_month = Utc
+        .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
+        .unwrap();
+    // Started ten minutes before the month began; relaunched in this month.
+    let started = this_month - chrono::Duration::minutes(10);
+    let (before, after) = (month_of(started), month_of(now));
+    assert_ne!(before, after);
+    let settings = Settings {
+        worker_role_id: Some(ephemera_tests::iam::WORKER_ROLE_ID.into()),
+        worker_instance_profile: Some(ephemera_tests::iam::WORKER_PROFILE.into()),
+        ledger_table: Some(LEDGER_TABLE.into()),
+        monthly_budget_usd: 1000.0,
+        ..Settings::default()
+    };
+    let launch = |input: Value| {
+        let settings = settings.clone();
+        async move {
+            invoke(
+                &function_clients(c.region, Function::LaunchWorker.name()),
+                &settings,
+                Function::LaunchWorker,
+                input,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let first = launch(json!({"run": spec, "execution": execution,
+                              "started": started, "entered": started + chrono::Duration::minutes(1)}))
+    .await;
+    let worst = first["attempts"][0]["estimate_usd"].as_f64().unwrap();
+    let second = launch(
+        json!({"run": spec, "execution": execution, "started": started,
+                               "entered": now, "worker": first, "relaunch": true}),
+    )
+    .await;
+    assert_eq!(second["attempts"].as_array().unwrap().len(), 2, "{second}");
+    let e = entry(c.region, &execution).await.unwrap();
+    assert_eq!(e["month"], before, "{e:?}");
+    let held: f64 = e["workers.1"].parse().unwrap();
+    assert!((held - 2.0 * worst).abs() < 1e-9, "{e:?}");
+    let counter = |month: String| async move {
+        entry(c.region, &format!("month#{month}"))
+            .await
+            .map(|m| m["committed_usd"].parse::<f64>().unwrap())
+    };
+    let committed = counter(before.clone()).await.unwrap();
+    assert!((committed - 2.0 * worst).abs() < 1e-9, "{committed}");
+    assert!(
+        counter(after.clone()).await.unwrap_or(0.0).abs() < 1e-9,
+        "the new month holds nothing of the run"
+    );
+    // The report settles it where it is booked: the measured cost replaces both reservations
+    // in the starting month's counter, whichever month the run ended in.
+    let table = LedgerTable {
+        client: clients(c.region).dynamodb,
+        table: LEDGER_TABLE.into(),
+    };
+    let closed = table
+        .close(
+            &execution,
+            ephemera_core::ledger::EntryState::Ended,
+            Some(0.5),
+            Some("BUDGET_EXHAUSTED"),
+        )
+        .await
+        .unwrap();
+    assert!(closed);
+    let settled = counter(before).await.unwrap();
+    assert!((settled - 0.5).abs() < 1e-9, "{settled}");
+    assert!(counter(after).await.unwrap_or(0.0).abs() < 1e-9);
+    let e = entry(c.region, &execution).await.unwrap();
+    assert_eq!(e["outcome"], "BUDGET_EXHAUSTED");
 }

@@ -1276,3 +1276,199 @@ async fn a_job_of_two_workers_verifies_both_manifests_and_counts_in_total_or_per
     r.assert_nothing_left();
     r.assert_email("FAILED");
 }
+
+/// The money deadline launch-worker handed the attempt: `--budget-seconds` in the user data of
+/// the instance.
+async fn budget_seconds_of(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Option<u64> {
+    use base64::Engine;
+    let attr = ec2
+        .describe_instance_attribute()
+        .instance_id(instance_id)
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+        .send()
+        .await
+        .unwrap();
+    let encoded = attr.user_data()?.value()?;
+    let script = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .unwrap();
+    let command = ephemera_core::userdata::worker_command(&String::from_utf8(script).unwrap())?;
+    let at = command.iter().position(|a| a == "--budget-seconds")?;
+    command.get(at + 1)?.parse().ok()
+}
+
+/// The issue's second test: a job that never ends, with a budget that buys its attempt only a
+/// short runtime past the boot deadline, the grace and the sweeper interval that every attempt
+/// reserves (75 s here, to keep the test short: the arithmetic is the same for ten minutes).
+/// launch-worker grants that runtime as the attempt's money deadline and hands it to the
+/// worker; the real worker stops the job at it as at a Spot notice (SIGTERM, the job's trap
+/// saves its checkpoint), reports `Worker.BudgetExhausted`, and the run ends BUDGET_EXHAUSTED
+/// in the email and the report, not relaunched, nothing left running, the bill within the cap.
+#[tokio::test]
+async fn a_job_that_never_ends_is_stopped_at_the_runs_cap_with_its_checkpoint_saved() {
+    use ephemera_core::budget::{self, Cap};
+    const GRANTED: u64 = 75;
+    let region = fresh_region();
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    let inbox = fixtures::inbox(region, "ephemera-reports").await;
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&ephemera_tests::sdk_config(region));
+    logs.create_log_group()
+        .log_group_name(worker_log_group())
+        .send()
+        .await
+        .unwrap();
+    let machine = e2e::create_state_machine(region).await;
+    let base = std::env::temp_dir().join(format!("ephemera-cap-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).unwrap();
+    let seen = base.join("attempts");
+    export_bucket(&aws.s3, region).await;
+    let run_id = "exec-cap";
+    // It counts for ever, saving its step at SIGTERM (its trap, then exit 0).
+    let script = format!(
+        "trap 'echo 7 > \"$EPHEMERA_CHECKPOINT/step.tmp\" && mv \"$EPHEMERA_CHECKPOINT/step.tmp\" \"$EPHEMERA_CHECKPOINT/step\"; echo saved at the stop >&2; exit 0' TERM; \
+         echo \"attempt $EPHEMERA_ATTEMPT runs\" >> {seen}; \
+         while true; do sleep 0.1; done",
+        seen = seen.display(),
+    );
+    let checkpoint_to = format!("s3://{BUCKET}/checkpoints/");
+    let options = |workdir: &str| -> Vec<String> {
+        [
+            "--workdir",
+            workdir,
+            "--checkpoint",
+            "ckpt",
+            "--checkpoint-to",
+            &checkpoint_to,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let mut spec = fixtures::runspec(run_id, &net, Some(&inbox.topic_arn));
+    let mut args = vec![json!("exec")];
+    args.extend(
+        options("/var/lib/ephemera/work")
+            .into_iter()
+            .map(|o| json!(o)),
+    );
+    args.extend([json!("--"), json!("sh"), json!("-c"), json!(script)]);
+    spec["worker"]["args"] = json!(args);
+    spec["limits"]["heartbeat_seconds"] = json!(30);
+    // The budget: the run's own orchestration and one attempt of GRANTED seconds' runtime at
+    // the dearest candidate's On-Demand price (the front door's Price List answers the dated
+    // table's), as launch-worker counts it.
+    let s = ephemera_core::RunSpec::parse(&spec).unwrap();
+    let (dearest, price) = s
+        .worker
+        .instance_types
+        .iter()
+        .map(|t| {
+            let p = ephemera_core::catalog::on_demand_hourly_bound(t, region).unwrap();
+            (t, p)
+        })
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap();
+    let whole = budget::attempt_worst_case(&s, dearest, price, region);
+    let granted = whole.with_runtime(&s, GRANTED);
+    let cap = ephemera_core::cost::usd(Cap::of(&s, region).overhead_usd + granted.usd);
+    spec["limits"]["budget_usd"] = json!(cap);
+
+    let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;
+    let instance_id = Arc::new(Mutex::new(String::new()));
+    let notice = Arc::new(Mutex::new(false));
+    let imds_url = imds(instance_id.clone(), notice.clone()).await;
+    let id = instance_of(region, run_id, "1").await;
+    *instance_id.lock().unwrap() = id.clone();
+    // The money deadline as launch-worker handed it to the instance.
+    let handed = budget_seconds_of(&aws.ec2, &id).await;
+    assert_eq!(handed, Some(GRANTED), "the user data's --budget-seconds");
+    let mut opts = options(&base.join("w1").display().to_string());
+    opts.extend(["--budget-seconds".to_string(), GRANTED.to_string()]);
+    let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+    let started = std::time::Instant::now();
+    let out = job(region, &imds_url, run_id, 1, &opts, &script)
+        .wait_with_output()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("money deadline"), "{stderr}");
+    assert!(stderr.contains("saved at the stop"), "{stderr}");
+    // Stopped at its deadline, not before; its grace (5 s), the save and the report after.
+    assert!(took >= Duration::from_secs(GRANTED), "{took:?}");
+    assert!(took < Duration::from_secs(GRANTED + 30), "{took:?}");
+
+    let done = e2e::wait(region, &execution, Duration::from_secs(120)).await;
+    assert_eq!(done.status, "FAILED", "{done:?}");
+    assert_eq!(
+        done.error.as_deref(),
+        Some("Worker.BudgetExhausted"),
+        "{done:?}"
+    );
+    assert_eq!(done.visited(State::Relaunch), 0, "{:?}", done.path);
+    assert_eq!(done.visited(State::ReleaseWorker), 1, "{:?}", done.path);
+    // Recorded in the worker's state: the grant, and the AwaitCompletion backstop after it.
+    let worker = &done.workers[0]["worker"];
+    assert_eq!(worker["budget_seconds"], GRANTED, "{worker}");
+    assert_eq!(
+        worker["timeout_seconds"],
+        GRANTED + budget::STOP_ALLOWANCE_SECONDS,
+        "{worker}"
+    );
+    // The checkpoint the trap wrote at the stop, in S3 for a later run to resume from.
+    let saved = aws
+        .s3
+        .list_objects_v2()
+        .bucket(BUCKET)
+        .prefix(format!("checkpoints/{run_id}/"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        saved
+            .contents()
+            .iter()
+            .any(|o| o.key().is_some_and(|k| k.ends_with("/step"))),
+        "{:?}",
+        saved.contents()
+    );
+    // The report and the email: BUDGET_EXHAUSTED, the bill within the cap.
+    let report = &done.report;
+    assert_eq!(report["outcome"], "BUDGET_EXHAUSTED", "{report}");
+    assert_eq!(
+        report["error"]["Error"], "Worker.BudgetExhausted",
+        "{report}"
+    );
+    let actual = report["actual_usd"].as_f64().unwrap();
+    assert!(actual <= cap, "{actual} > {cap}");
+    let estimate = report["estimate_usd"].as_f64().unwrap();
+    assert!((estimate - granted.usd).abs() < 1e-6, "{report}");
+    let instances = fixtures::instances_of(&aws, run_id).await;
+    assert!(
+        instances
+            .iter()
+            .all(|(_, s)| s == "terminated" || s == "shutting-down"),
+        "{instances:?}"
+    );
+    let mut emails = inbox.read().await;
+    if emails.is_empty() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        emails = inbox.read().await;
+    }
+    assert_eq!(emails.len(), 1, "{emails:?}");
+    assert!(
+        emails[0].subject.contains(": BUDGET_EXHAUSTED $"),
+        "{}",
+        emails[0].subject
+    );
+    assert!(
+        emails[0].body.contains("reached its cap"),
+        "{}",
+        emails[0].body
+    );
+    assert_eq!(emails[0].attributes["outcome"]["Value"], "BUDGET_EXHAUSTED");
+    assert_eq!(std::fs::read_to_string(&seen).unwrap(), "attempt 1 runs\n");
+    std::fs::remove_dir_all(&base).unwrap();
+}

@@ -25,9 +25,10 @@ pub enum Error {
         budget: f64,
         detail: String,
     },
-    /// What is left of the run's cap cannot cover one more attempt: this attempt is not
-    /// launched, and the worker ends with this reason.
-    #[error("worker {slot}'s attempt {attempt} was not launched: ${remainder:.4} is left of limits.budget_usd ${budget:.2} after the run's reservations, less than one attempt's worst case ${attempt_usd:.4} ({detail})")]
+    /// What is left of the run's cap cannot cover one more attempt, even at the least runtime
+    /// worth launching (`budget::MIN_USEFUL_RUNTIME_SECONDS`): this attempt is not launched,
+    /// and the worker ends with this reason.
+    #[error("worker {slot}'s attempt {attempt} was not launched: ${remainder:.4} is left of limits.budget_usd ${budget:.2} after the run's reservations, less than one attempt's worst case ${attempt_usd:.4} at the least runtime worth launching ({detail})")]
     OverRunCap {
         slot: u32,
         attempt: u32,

@@ -13,8 +13,14 @@
 //! state machine's transitions and Lambda invocations. The run's own states (the quota and
 //! snapshot waits, verification, the report) are [`run_overhead`], counted once.
 //!
-//! What is *measured* so far is not consulted: the cap is kept before each launch, not while an
-//! instance runs.
+//! The cap is also kept while the run goes, by a money deadline rather than by measuring: when
+//! what is left of the cap cannot buy an attempt's whole worst case, the attempt is granted the
+//! runtime it can buy ([`grant`]): no less than [`MIN_USEFUL_RUNTIME_SECONDS`], at most
+//! `limits.max_runtime_seconds`. Its reservation, its deadline tag and the AwaitCompletion
+//! timeout are that runtime's, and the worker is told it (`--budget-seconds`): it stops the work
+//! then as at a Spot notice and reports `Worker.BudgetExhausted`. What is *measured* is not
+//! consulted: no Lambda runs while a worker works (AwaitCompletion waits on a task token), and
+//! the measured bill can only be below the worst case the deadline is drawn from.
 
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +62,15 @@ const RUN_TRANSITIONS: u64 = 24;
 /// The run's own invocations besides its polls: verify, prune, the report and the cleanup.
 const RUN_INVOCATIONS: u64 = 4;
 
+/// The least runtime worth launching an attempt for: an attempt the cap cannot give this much
+/// is not launched (and a run whose first attempts cannot each have it is refused).
+pub const MIN_USEFUL_RUNTIME_SECONDS: u64 = 60;
+
+/// What the AwaitCompletion timeout allows past a granted runtime: the job's grace after
+/// SIGTERM (systemd's `TimeoutStopSec` is 115 s), the last checkpoint save and the report.
+/// The timeout is the backstop of a worker that does not stop itself.
+pub const STOP_ALLOWANCE_SECONDS: u64 = 180;
+
 /// One attempt's worst case, term by term, as the refusal, the report and `ephemera validate`
 /// show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,8 +80,15 @@ pub struct AttemptWorstCase {
     pub usd_per_hour: f64,
     /// `limits.boot_timeout_seconds`.
     pub boot_seconds: u64,
-    /// `limits.max_runtime_seconds`.
+    /// The runtime counted: `limits.max_runtime_seconds`, or less when the cap grants less
+    /// ([`grant`]).
     pub runtime_seconds: u64,
+    /// `limits.max_runtime_seconds`.
+    #[serde(default)]
+    pub max_runtime_seconds: u64,
+    /// The region the prices are for.
+    #[serde(default)]
+    pub region: String,
     /// The deadline's grace past the limits: the stop and the teardown.
     pub grace_seconds: u64,
     /// One sweeper interval past the deadline.
@@ -88,15 +110,37 @@ impl AttemptWorstCase {
         self.boot_seconds + self.runtime_seconds + self.grace_seconds + self.sweeper_seconds
     }
 
+    /// Whether the runtime counted is less than `limits.max_runtime_seconds`: the cap's grant.
+    pub fn capped(&self) -> bool {
+        self.runtime_seconds < self.max_runtime_seconds
+    }
+
+    /// The same attempt with `runtime_seconds` of runtime.
+    pub fn with_runtime(&self, spec: &RunSpec, runtime_seconds: u64) -> AttemptWorstCase {
+        worst_case_for(
+            spec,
+            &self.instance_type,
+            self.usd_per_hour,
+            &self.region,
+            runtime_seconds,
+        )
+    }
+
     /// The terms, in words, for an error or a report.
     pub fn terms(&self) -> String {
+        let runtime = match self.capped() {
+            true => format!(
+                "a runtime of {} (limits.max_runtime_seconds {})",
+                self.runtime_seconds, self.max_runtime_seconds
+            ),
+            false => format!("limits.max_runtime_seconds {}", self.runtime_seconds),
+        };
         format!(
-            "{} at ${}/h for {} s (limits.boot_timeout_seconds {} + limits.max_runtime_seconds {} + stop and teardown {} + one sweeper interval {}) ${:.4}, EBS ${:.4}, logs (at most {} MiB shipped) ${:.4}, orchestration ${:.4}",
+            "{} at ${}/h for {} s (limits.boot_timeout_seconds {} + {runtime} + stop and teardown {} + one sweeper interval {}) ${:.4}, EBS ${:.4}, logs (at most {} MiB shipped) ${:.4}, orchestration ${:.4}",
             self.instance_type,
             self.usd_per_hour,
             self.billed_seconds(),
             self.boot_seconds,
-            self.runtime_seconds,
             self.grace_seconds,
             self.sweeper_seconds,
             self.compute_usd,
@@ -133,10 +177,24 @@ pub fn attempt_worst_case(
     usd_per_hour: f64,
     region: &str,
 ) -> AttemptWorstCase {
-    let (boot, runtime) = (
-        spec.limits.boot_timeout_seconds,
+    worst_case_for(
+        spec,
+        dearest,
+        usd_per_hour,
+        region,
         spec.limits.max_runtime_seconds,
-    );
+    )
+}
+
+/// [`attempt_worst_case`] with `runtime` seconds of runtime in place of the limit's.
+fn worst_case_for(
+    spec: &RunSpec,
+    dearest: &str,
+    usd_per_hour: f64,
+    region: &str,
+    runtime: u64,
+) -> AttemptWorstCase {
+    let boot = spec.limits.boot_timeout_seconds;
     let billed = boot + runtime + DEADLINE_GRACE_SECONDS + SWEEPER_INTERVAL_SECONDS;
     let secs = (billed as i64).max(cost::MINIMUM_BILLED_SECONDS);
     let polls = boot / spec.waits.boot_poll_seconds.max(1) + 1;
@@ -154,6 +212,8 @@ pub fn attempt_worst_case(
         usd_per_hour,
         boot_seconds: boot,
         runtime_seconds: runtime,
+        max_runtime_seconds: spec.limits.max_runtime_seconds,
+        region: region.to_string(),
         grace_seconds: DEADLINE_GRACE_SECONDS,
         sweeper_seconds: SWEEPER_INTERVAL_SECONDS,
         compute_usd: cost::usd(compute),
@@ -210,27 +270,67 @@ impl Cap {
     }
 }
 
-/// The first admission, before any quota is asked for: every worker's first attempt and the
-/// run's overhead within the cap, or the refusal's words (the worst case and its terms).
+/// The attempt `room_usd` buys: its whole worst case when that fits, else the longest runtime
+/// whose worst case fits (the boot deadline, the grace and the sweeper interval are paid for
+/// first), or `None` when that is under [`MIN_USEFUL_RUNTIME_SECONDS`].
+pub fn grant(spec: &RunSpec, worst: &AttemptWorstCase, room_usd: f64) -> Option<AttemptWorstCase> {
+    let fits = |w: &AttemptWorstCase| cost::usd(w.usd) <= cost::usd(room_usd);
+    let full = worst.with_runtime(spec, spec.limits.max_runtime_seconds);
+    if fits(&full) {
+        return Some(full);
+    }
+    let least = MIN_USEFUL_RUNTIME_SECONDS.min(spec.limits.max_runtime_seconds);
+    let least_case = worst.with_runtime(spec, least);
+    if !fits(&least_case) {
+        return None;
+    }
+    // The worst case grows with the runtime: the longest that fits, by bisection over whole
+    // seconds (`lo` always fits, `hi` never does).
+    let (mut lo, mut hi) = (least, spec.limits.max_runtime_seconds);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        match fits(&worst.with_runtime(spec, mid)) {
+            true => lo = mid,
+            false => hi = mid,
+        }
+    }
+    Some(worst.with_runtime(spec, lo))
+}
+
+/// What one attempt may take of `remainder_usd` (what the cap leaves beside everything
+/// reserved) when `unstarted` other workers have not launched their first attempt yet: an equal
+/// share with them, so that the first worker to launch never leaves the others nothing.
+pub fn share(remainder_usd: f64, unstarted: u32) -> f64 {
+    cost::usd(remainder_usd.max(0.0) / f64::from(1 + unstarted))
+}
+
+/// The first admission, before any quota is asked for: every worker's first attempt (each an
+/// equal share of the cap, [`grant`]: its whole worst case, or a runtime of at least
+/// [`MIN_USEFUL_RUNTIME_SECONDS`] the share buys) and the run's overhead within the cap, or the
+/// refusal's words (the least attempt's worst case and its terms).
 pub fn first_admission(
     spec: &RunSpec,
     worst: &AttemptWorstCase,
     cap: &Cap,
 ) -> Result<f64, FirstRefusal> {
     let workers = f64::from(spec.worker.count);
-    let first = cost::usd(workers * worst.usd + cap.overhead_usd);
-    if cap.admits(0.0, workers * worst.usd) {
-        return Ok(first);
+    let each = share(cap.remainder(0.0), spec.worker.count - 1);
+    if let Some(granted) = grant(spec, worst, each) {
+        return Ok(cost::usd(workers * granted.usd + cap.overhead_usd));
     }
+    let least = worst.with_runtime(
+        spec,
+        MIN_USEFUL_RUNTIME_SECONDS.min(spec.limits.max_runtime_seconds),
+    );
     let each = match spec.worker.count {
         1 => String::new(),
-        n => format!("{n} workers (worker.count) × ${:.4}, each ", worst.usd),
+        n => format!("{n} workers (worker.count) × ${:.4}, each ", least.usd),
     };
     Err(FirstRefusal {
-        worst_case_usd: first,
+        worst_case_usd: cost::usd(workers * least.usd + cap.overhead_usd),
         detail: format!(
             "{each}{}; the run's own orchestration ${:.4}",
-            worst.terms(),
+            least.terms(),
             cap.overhead_usd
         ),
     })
@@ -365,8 +465,16 @@ mod tests {
             first_admission(&s, &w, &cap),
             Ok(cost::usd(w.usd + cap.overhead_usd))
         );
-        let tight = Cap {
+        // Less than the whole worst case: admitted for the runtime it buys.
+        let shorter = Cap {
             budget_usd: w.usd + cap.overhead_usd - 0.001,
+            ..cap
+        };
+        assert!(first_admission(&s, &w, &shorter).is_ok());
+        // Less than a minute's attempt: refused.
+        let least = w.with_runtime(&s, MIN_USEFUL_RUNTIME_SECONDS);
+        let tight = Cap {
+            budget_usd: least.usd + cap.overhead_usd - 0.001,
             ..cap
         };
         let refused = first_admission(&s, &w, &tight).unwrap_err();
@@ -377,6 +485,86 @@ mod tests {
         );
         assert!(
             refused.detail.contains("the run's own orchestration"),
+            "{}",
+            refused.detail
+        );
+    }
+
+    #[test]
+    fn the_cap_grants_the_longest_runtime_it_can_buy_and_no_less_than_a_minute() {
+        let s = spec(base());
+        let w = attempt_worst_case(&s, "c7g.4xlarge", 0.58, "us-east-1");
+        // Room for the whole worst case: the whole runtime.
+        assert_eq!(grant(&s, &w, w.usd).unwrap(), w);
+        assert!(!w.capped());
+        // Room for half the runtime: boot 600 + grace 900 + sweeper 900 are paid first, then
+        // the runtime at 0.58 $/h (and the EBS beside it). The grant is the longest whole
+        // second that fits, and one more second would not.
+        let half = w.with_runtime(&s, 1800);
+        let g = grant(&s, &w, half.usd).unwrap();
+        assert!(g.capped());
+        assert!((1799..=1800).contains(&g.runtime_seconds), "{g:?}");
+        assert!(g.usd <= half.usd);
+        assert!(w.with_runtime(&s, g.runtime_seconds + 1).usd > half.usd);
+        assert!(g.terms().contains(&format!(
+            "a runtime of {} (limits.max_runtime_seconds 3600)",
+            g.runtime_seconds
+        )));
+        // A minute is the least worth launching: less room than that buys nothing.
+        let minute = w.with_runtime(&s, MIN_USEFUL_RUNTIME_SECONDS);
+        assert_eq!(grant(&s, &w, minute.usd).unwrap().runtime_seconds, 60);
+        assert_eq!(grant(&s, &w, minute.usd - 0.000002), None);
+        assert_eq!(grant(&s, &w, 0.0), None);
+        assert_eq!(grant(&s, &w, -1.0), None);
+        // Half the runtime: 600 + 1800 + 900 + 900 s at 0.58 $/h is 0.676667 of compute.
+        assert_eq!(half.billed_seconds(), 4200);
+        assert_eq!(half.compute_usd, 0.676667);
+    }
+
+    #[test]
+    fn workers_not_yet_launched_keep_an_equal_share() {
+        assert_eq!(share(9.0, 0), 9.0);
+        assert_eq!(share(9.0, 2), 3.0);
+        assert_eq!(share(-1.0, 2), 0.0);
+        // Three workers launched in turn, each the share of what the others left: equal.
+        let first = share(9.0, 2);
+        let second = share(9.0 - first, 1);
+        let third = share(9.0 - first - second, 0);
+        assert_eq!((first, second, third), (3.0, 3.0, 3.0));
+    }
+
+    #[test]
+    fn a_run_whose_cap_buys_less_than_its_runtime_is_admitted_for_what_it_buys() {
+        let mut v = base();
+        v["worker"]["count"] = serde_json::json!(2);
+        let s = spec(v);
+        let w = attempt_worst_case(&s, "c7g.4xlarge", 0.58, "us-east-1");
+        let cap = Cap::of(&s, "us-east-1");
+        // Two workers, each with room for a 1,000 s runtime.
+        let each = w.with_runtime(&s, 1000);
+        let tight = Cap {
+            budget_usd: cap.overhead_usd + 2.0 * each.usd,
+            ..cap
+        };
+        let first = first_admission(&s, &w, &tight).unwrap();
+        assert!(first <= cost::usd(tight.budget_usd), "{first}");
+        assert_eq!(
+            grant(&s, &w, share(tight.remainder(0.0), 1))
+                .unwrap()
+                .runtime_seconds,
+            1000
+        );
+        // Under a minute each: refused, naming the least attempt.
+        let least = w.with_runtime(&s, MIN_USEFUL_RUNTIME_SECONDS);
+        let short = Cap {
+            budget_usd: cap.overhead_usd + 2.0 * least.usd - 0.00001,
+            ..cap
+        };
+        let refused = first_admission(&s, &w, &short).unwrap_err();
+        assert!(
+            refused
+                .detail
+                .contains("a runtime of 60 (limits.max_runtime_seconds 3600)"),
             "{}",
             refused.detail
         );

@@ -208,10 +208,7 @@ pub fn assemble(p: Parts<'_>) -> CostReport {
     CostReport {
         run_id: p.spec.run_id.clone(),
         execution: p.execution.to_string(),
-        outcome: match p.error {
-            None => Outcome::Succeeded,
-            Some(_) => Outcome::Failed,
-        },
+        outcome: Outcome::of(p.error),
         error: p.error.cloned(),
         failure: p.error.map(failure_for),
         estimate_usd: estimate,
@@ -336,6 +333,7 @@ mod tests {
             relaunches_left: 2,
             heartbeat_seconds: 60,
             timeout_seconds: 3600,
+            budget_seconds: None,
             boot_poll_seconds: 5,
             token_parameter: String::new(),
             token_reader: String::new(),

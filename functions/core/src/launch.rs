@@ -34,13 +34,12 @@ pub fn ebs_key(configured: Option<&str>, account_default: &str) -> Result<Option
 }
 
 /// When an attempt whose LaunchWorker state was entered at `entered` must be gone: its whole
-/// boot and runtime, and the grace.
-pub fn deadline(spec: &RunSpec, entered: DateTime<Utc>) -> DateTime<Utc> {
+/// boot, the runtime it was granted (`limits.max_runtime_seconds`, or less when the run's cap
+/// buys less: `crate::budget::grant`), and the grace. Its worst case counts exactly this.
+pub fn deadline(spec: &RunSpec, entered: DateTime<Utc>, runtime_seconds: u64) -> DateTime<Utc> {
     entered
         + Duration::seconds(
-            (spec.limits.max_runtime_seconds
-                + spec.limits.boot_timeout_seconds
-                + DEADLINE_GRACE_SECONDS) as i64,
+            (runtime_seconds + spec.limits.boot_timeout_seconds + DEADLINE_GRACE_SECONDS) as i64,
         )
 }
 
@@ -89,10 +88,16 @@ mod tests {
     fn the_deadline_is_the_runs_limits_and_the_grace_after_entering() {
         let s = spec(1);
         let at = Utc.with_ymd_and_hms(2026, 11, 30, 12, 0, 0).unwrap();
-        let d = deadline(&s, at);
+        let d = deadline(&s, at, s.limits.max_runtime_seconds);
         assert_eq!(
             (d - at).num_seconds() as u64,
             s.limits.max_runtime_seconds + s.limits.boot_timeout_seconds + 900
+        );
+        // A runtime the cap granted: the deadline is the grant's.
+        let d = deadline(&s, at, 60);
+        assert_eq!(
+            (d - at).num_seconds() as u64,
+            60 + s.limits.boot_timeout_seconds + 900
         );
     }
 

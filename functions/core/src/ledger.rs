@@ -16,6 +16,14 @@ pub fn month_of(t: DateTime<Utc>) -> String {
     t.format("%Y-%m").to_string()
 }
 
+/// The month a run is booked in: the month (UTC) its execution started, for every attempt it
+/// makes, so that a relaunch after the month changed adds to the same entry and the same
+/// month's counter, and the run's cost replaces its reservation there. Without the start (an
+/// input from before it was passed), the month of the launch.
+pub fn booked_month(started: Option<DateTime<Utc>>, launched: DateTime<Utc>) -> String {
+    month_of(started.unwrap_or(launched))
+}
+
 /// Where a run's entry stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -151,6 +159,15 @@ mod tests {
         let t = Utc.with_ymd_and_hms(2026, 11, 30, 23, 59, 59).unwrap();
         assert_eq!(month_of(t), "2026-11");
         assert_eq!(month_of(t + chrono::Duration::seconds(1)), "2026-12");
+    }
+
+    #[test]
+    fn a_run_is_booked_in_the_month_it_started_whatever_month_it_relaunches_in() {
+        let started = Utc.with_ymd_and_hms(2026, 11, 30, 23, 50, 0).unwrap();
+        let relaunched = Utc.with_ymd_and_hms(2026, 12, 1, 0, 20, 0).unwrap();
+        assert_eq!(booked_month(Some(started), started), "2026-11");
+        assert_eq!(booked_month(Some(started), relaunched), "2026-11");
+        assert_eq!(booked_month(None, relaunched), "2026-12");
     }
 
     #[test]

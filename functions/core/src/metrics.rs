@@ -226,6 +226,16 @@ mod tests {
     }
 
     #[test]
+    fn a_run_stopped_at_its_cap_is_counted_under_its_own_outcome() {
+        let mut report = sample_report();
+        report.outcome = crate::rundoc::Outcome::BudgetExhausted;
+        let doc = of_run(&report, "ephemera");
+        assert_eq!(doc["Outcome"], "BUDGET_EXHAUSTED");
+        let got = extracted(&doc);
+        assert!(got.iter().any(|g| g.2 == "Runs" && g.4 == 1.0));
+    }
+
+    #[test]
     fn a_reclaimed_spot_attempt_is_a_reclaim_and_its_successor_a_relaunch() {
         let mut report = sample_report();
         let mut first = report.attempts[0].clone();

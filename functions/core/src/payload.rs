@@ -313,6 +313,7 @@ impl Worst {
                 relaunches_left: u32::MAX,
                 heartbeat_seconds: u64::MAX,
                 timeout_seconds: u64::MAX,
+                budget_seconds: Some(u64::MAX),
                 boot_poll_seconds: u64::MAX,
                 token_parameter: format!(
                     "/ephemera/runs/{}/task-token/{}",

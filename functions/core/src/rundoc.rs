@@ -72,9 +72,15 @@ pub struct WorkerState {
     /// Every attempt so far, the current one last ([`WorkerState::current`]). Never empty.
     pub attempts: Vec<Attempt>,
     pub relaunches_left: u32,
-    /// Read by the AwaitCompletion state (`HeartbeatSecondsPath`, `TimeoutSecondsPath`).
+    /// Read by the AwaitCompletion state (`HeartbeatSecondsPath`, `TimeoutSecondsPath`). With a
+    /// money deadline, the timeout is its runtime and the stop allowance: the backstop of a
+    /// worker that does not stop itself.
     pub heartbeat_seconds: u64,
     pub timeout_seconds: u64,
+    /// The current attempt's money deadline: the runtime the run's cap granted it when less
+    /// than `limits.max_runtime_seconds` (`crate::budget::grant`), handed to the worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_seconds: Option<u64>,
     pub boot_poll_seconds: u64,
     /// The current attempt's token parameter ([`RunParameters::task_token`]) and the value of
     /// its [`crate::tags::READER`] tag ([`token_reader`]): AwaitCompletion creates it with both.
@@ -294,10 +300,14 @@ pub struct Phases {
 
 /// How the run ended, as the email's subject and the report say it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Outcome {
     Succeeded,
     Failed,
+    /// A worker was stopped at the money deadline the run's cap granted it
+    /// (`Worker.BudgetExhausted`): the run spent its cap, and stopped there. The execution
+    /// itself fails (Step Functions knows only SUCCEEDED and FAILED).
+    BudgetExhausted,
 }
 
 impl Outcome {
@@ -305,6 +315,16 @@ impl Outcome {
         match self {
             Outcome::Succeeded => "SUCCEEDED",
             Outcome::Failed => "FAILED",
+            Outcome::BudgetExhausted => "BUDGET_EXHAUSTED",
+        }
+    }
+
+    /// How a run that ended with `error` (none: it succeeded) ended.
+    pub fn of(error: Option<&CaughtError>) -> Outcome {
+        match error.map(|e| failure_for(e).error) {
+            None => Outcome::Succeeded,
+            Some(e) if e == crate::names::BUDGET_EXHAUSTED => Outcome::BudgetExhausted,
+            Some(_) => Outcome::Failed,
         }
     }
 }
@@ -589,6 +609,12 @@ pub fn render_email(r: &CostReport) -> (String, String) {
 /// The outcome, the error, where the page is and the snapshot taken.
 fn email_outcome(r: &CostReport, b: &mut String) {
     b.push_str(&format!("Run {} {}.\n", r.run_id, r.outcome));
+    if r.outcome == Outcome::BudgetExhausted {
+        b.push_str(&format!(
+            "The run reached its cap, limits.budget_usd ${:.2}: its work was stopped at the money deadline (the job's grace given, its checkpoint saved) and nothing more was launched.\n",
+            r.budget_usd
+        ));
+    }
     // The presentable form: a Lambda's JSON cause reduced to its message.
     if let Some(e) = r.failure.as_ref().or(r.error.as_ref()) {
         b.push_str(&format!(
@@ -861,6 +887,27 @@ mod tests {
         old.as_object_mut().unwrap().remove("stored");
         let old: CostReport = serde_json::from_value(old).unwrap();
         assert_eq!((old.verification, old.stored), (None, None));
+    }
+    #[test]
+    fn a_worker_stopped_at_the_money_deadline_ends_the_run_budget_exhausted() {
+        let caught = |e: &str| CaughtError {
+            error: e.into(),
+            cause: Some("why".into()),
+        };
+        assert_eq!(Outcome::of(None), Outcome::Succeeded);
+        assert_eq!(Outcome::of(Some(&caught("Worker.Failed"))), Outcome::Failed);
+        assert_eq!(
+            Outcome::of(Some(&caught(crate::names::BUDGET_EXHAUSTED))),
+            Outcome::BudgetExhausted
+        );
+        assert_eq!(
+            serde_json::to_value(Outcome::BudgetExhausted).unwrap(),
+            "BUDGET_EXHAUSTED"
+        );
+        assert_eq!(
+            serde_json::to_value(Outcome::Succeeded).unwrap(),
+            "SUCCEEDED"
+        );
     }
 
     #[test]

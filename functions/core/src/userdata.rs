@@ -25,6 +25,10 @@ pub struct WorkerLaunch<'a> {
     pub ssm_prefix: &'a str,
     /// The stack's worker log group; None leaves the worker's default.
     pub log_group: Option<&'a str>,
+    /// The runtime the run's cap granted this attempt, when less than
+    /// `limits.max_runtime_seconds` (`crate::budget::grant`): the worker stops its work this
+    /// long after it starts, as at a Spot notice, and reports `Worker.BudgetExhausted`.
+    pub budget_seconds: Option<u64>,
 }
 
 pub fn render(w: &WorkerLaunch<'_>) -> String {
@@ -47,6 +51,9 @@ pub fn render(w: &WorkerLaunch<'_>) -> String {
     ]);
     if let Some(g) = w.log_group {
         cmd.extend(["--log-group".to_string(), shell_quote(g)]);
+    }
+    if let Some(b) = w.budget_seconds {
+        cmd.extend(["--budget-seconds".to_string(), b.to_string()]);
     }
     if own.first().map(String::as_str) == Some("exec") {
         cmd.extend([
@@ -137,6 +144,7 @@ mod tests {
             heartbeat_seconds: 60,
             ssm_prefix: "/ephemera/runs/r 1",
             log_group: Some("/ephemera/prod/workers"),
+            budget_seconds: None,
         });
         let cmd = worker_command(&s).unwrap();
         assert_eq!(cmd[0], "/opt/ephemera/ephemera-worker");
@@ -184,11 +192,12 @@ mod tests {
             heartbeat_seconds: 60,
             ssm_prefix: "/ephemera/runs/r1",
             log_group: None,
+            budget_seconds: Some(600),
         });
         assert!(s.starts_with("#!/bin/bash\n"));
         assert!(s.contains("aws s3 cp s3://bkt/w /opt/ephemera/ephemera-worker"));
         assert!(s.contains(
-            "exec /opt/ephemera/ephemera-worker run --stages 'a b' --run-id r1 --attempt 2 --ssm-prefix /ephemera/runs/r1 --heartbeat-seconds 60"
+            "exec /opt/ephemera/ephemera-worker run --stages 'a b' --run-id r1 --attempt 2 --ssm-prefix /ephemera/runs/r1 --heartbeat-seconds 60 --budget-seconds 600"
         ));
         assert!(!s.to_lowercase().contains("token"));
     }
@@ -205,6 +214,7 @@ mod tests {
             heartbeat_seconds: 60,
             ssm_prefix: "/ephemera/runs/r1",
             log_group: None,
+            budget_seconds: None,
         }
     }
 

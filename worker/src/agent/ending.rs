@@ -1,6 +1,6 @@
 //! How an attempt ends, decided from what happened and nothing else: what the work handed back,
-//! whether a Spot interruption notice was seen, whether a stop (SIGTERM) came, whether the task
-//! token came. Every Spot relaunch hangs on this decision (a `Worker.SpotInterrupted` is
+//! whether a Spot interruption notice was seen, whether a stop (SIGTERM) came, whether the money
+//! deadline the run's cap granted passed, whether the task token came. Every Spot relaunch hangs on this decision (a `Worker.SpotInterrupted` is
 //! relaunched, a `Worker.Failed` fails the run), so it is one pure function, tested over every
 //! combination, that both workloads share.
 
@@ -48,8 +48,11 @@ pub struct Happened {
     pub worked: Option<Worked>,
     /// A Spot interruption notice was seen: while the work ran, or asked once after a stop.
     pub notice: bool,
-    /// The work's stop token was cancelled (by the notice or by SIGTERM).
+    /// The work's stop token was cancelled (by the notice, SIGTERM or the money deadline).
     pub stop: bool,
+    /// The money deadline (`--budget-seconds`, the runtime the run's cap granted this attempt)
+    /// passed and stopped the work: its seconds.
+    pub budget: Option<u64>,
     /// Named in the Spot cause.
     pub instance_id: String,
     pub attempt: u32,
@@ -67,6 +70,10 @@ pub enum Ending {
     SpotInterrupted {
         cause: String,
     },
+    /// Stopped at the money deadline: released, not relaunched; the run ends BUDGET_EXHAUSTED.
+    BudgetExhausted {
+        cause: String,
+    },
     Failed {
         cause: String,
     },
@@ -81,6 +88,7 @@ impl Ending {
     pub fn error(&self) -> Option<&'static str> {
         match self {
             Ending::SpotInterrupted { .. } => Some(names::SPOT_INTERRUPTED),
+            Ending::BudgetExhausted { .. } => Some(names::BUDGET_EXHAUSTED),
             Ending::Failed { .. } => Some(names::WORKER_FAILED),
             Ending::Unreported { .. } | Ending::Succeeded { .. } => None,
         }
@@ -92,9 +100,10 @@ impl Ending {
 pub const STOPPED_BY_SIGTERM: &str = "stopped by SIGTERM before the work was done";
 
 /// The ending of an attempt. In order: no token, no report; a work that failed or crashed is
-/// reported as such, notice or not; a Spot notice then wins (the work runs again); a stop
-/// without a notice fails a work that could not say it was through; the rest succeeds or
-/// fails as the work says.
+/// reported as such, notice or not; a Spot notice then wins (the work runs again, if the cap
+/// admits another attempt); the money deadline stops a work that could not say it was through
+/// (a job that exited 0 on its own is done); a stop without either fails a work that could not
+/// say it was through; the rest succeeds or fails as the work says.
 pub fn ending(h: Happened) -> Ending {
     let worked = match (h.token, h.worked) {
         (TokenState::Missing { why }, _) => return Ending::Unreported { why },
@@ -121,6 +130,16 @@ pub fn ending(h: Happened) -> Ending {
                 cause: format!(
                     "Spot interruption notice on {} (attempt {}){spot}",
                     h.instance_id, h.attempt
+                ),
+            }
+        }
+        Worked::Returned { spot, .. } | Worked::Unfinished { spot, .. } if h.budget.is_some() => {
+            Ending::BudgetExhausted {
+                cause: format!(
+                    "stopped at the money deadline on {} (attempt {}): the rest of limits.budget_usd bought this attempt {} s of runtime{spot}",
+                    h.instance_id,
+                    h.attempt,
+                    h.budget.unwrap_or_default()
                 ),
             }
         }
@@ -215,8 +234,15 @@ mod tests {
         }
     }
 
-    /// The expected ending of every combination, written out as the rules say it.
-    fn expected(work: &str, notice: bool, stop: bool, token: bool) -> Ending {
+    fn budget(tail: &str) -> Ending {
+        Ending::BudgetExhausted {
+            cause: format!("stopped at the money deadline on i-0abc (attempt 2): the rest of limits.budget_usd bought this attempt 600 s of runtime{tail}"),
+        }
+    }
+
+    /// The expected ending of every combination, written out as the rules say it. A money
+    /// deadline that passed always stopped the work (`stop`).
+    fn expected(work: &str, notice: bool, stop: bool, token: bool, deadline: bool) -> Ending {
         let succeeded = |run_id: &str| Ending::Succeeded {
             summary: summary(run_id),
         };
@@ -234,6 +260,11 @@ mod tests {
             ("returned", true, _) => spot("; 3 partitions done so far"),
             ("completed", true, _) => spot(": the job was stopped (exited with status 0)"),
             ("unfinished", true, _) => spot(": the job was stopped (exited with status 143)"),
+            // The money deadline stops what did not end on its own: not relaunched.
+            ("returned", false, _) if deadline => budget("; 3 partitions done so far"),
+            ("unfinished", false, _) if deadline => {
+                budget(": the job was stopped (exited with status 143)")
+            }
             // A stop without a notice: the run's summary is partial, whatever it returned.
             ("returned", false, true) => failed(STOPPED_BY_SIGTERM),
             ("returned", false, false) => succeeded("returned"),
@@ -246,11 +277,11 @@ mod tests {
     }
 
     #[test]
-    fn every_combination_of_work_notice_stop_and_token_ends_as_the_rules_say() {
+    fn every_combination_of_work_notice_stop_deadline_and_token_ends_as_the_rules_say() {
         let mut n = 0;
         for (work, worked) in results() {
             for notice in [false, true] {
-                for stop in [false, true] {
+                for (stop, deadline) in [(false, false), (true, false), (true, true)] {
                     for token in [true, false] {
                         let h = Happened {
                             token: if token {
@@ -263,20 +294,21 @@ mod tests {
                             worked: worked.clone(),
                             notice,
                             stop,
+                            budget: deadline.then_some(600),
                             instance_id: "i-0abc".into(),
                             attempt: 2,
                         };
                         assert_eq!(
                             ending(h),
-                            expected(work, notice, stop, token),
-                            "work {work}, notice {notice}, stop {stop}, token {token}"
+                            expected(work, notice, stop, token, deadline),
+                            "work {work}, notice {notice}, stop {stop}, deadline {deadline}, token {token}"
                         );
                         n += 1;
                     }
                 }
             }
         }
-        assert_eq!(n, 6 * 2 * 2 * 2);
+        assert_eq!(n, 6 * 2 * 3 * 2);
     }
 
     #[test]
@@ -288,6 +320,10 @@ mod tests {
         assert_eq!(
             failed("x").error(),
             Some(ephemera_contract::names::WORKER_FAILED)
+        );
+        assert_eq!(
+            budget("").error(),
+            Some(ephemera_contract::names::BUDGET_EXHAUSTED)
         );
         assert_eq!(
             Ending::Succeeded {

@@ -35,6 +35,13 @@ pub struct LinkArgs {
     /// to, stream `<run id>/<attempt>/<instance id>`; empty ships nothing.
     #[arg(long, default_value = ephemera_contract::logs::WORKER_LOG_GROUP)]
     pub log_group: String,
+    /// The money deadline: the runtime the run's cap granted this attempt (launch-worker passes
+    /// it when the rest of `limits.budget_usd` buys less than `limits.max_runtime_seconds`).
+    /// This long after the worker starts, the work is stopped as at a Spot notice (a job gets
+    /// SIGTERM and its grace, its checkpoint is saved) and the attempt reports
+    /// `Worker.BudgetExhausted`.
+    #[arg(long)]
+    pub budget_seconds: Option<u64>,
 }
 
 impl LinkArgs {

@@ -1,10 +1,11 @@
 //! One attempt of a workload on an ephemera instance, from "started" to the last log line:
 //! started → the work and the token (in the order the workload allows) → heartbeat → the Spot
-//! notice and SIGTERM watched while it works → its [`ending`] → the report → the logs flushed.
+//! notice, SIGTERM and the money deadline watched while it works → its [`ending`] → the report →
+//! the logs flushed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use ephemera_contract::names;
@@ -24,6 +25,9 @@ pub struct Session {
     link: Link,
     shipper: Option<Shipper>,
     token_timeout: Duration,
+    /// The money deadline (`--budget-seconds`) counted from the session's opening: the worker's
+    /// start, before it says "started", so before AwaitCompletion's timeout begins.
+    budget: Option<(u64, Instant)>,
 }
 
 impl Session {
@@ -35,6 +39,7 @@ impl Session {
         run_id: &str,
         shipping: Option<Arc<Buffer>>,
     ) -> Result<Session> {
+        let opened = Instant::now();
         let link = Link::new(prefix, args.attempt, args.heartbeat_seconds).await?;
         let shipper = match shipping {
             Some(buffer) => {
@@ -52,6 +57,9 @@ impl Session {
             link,
             shipper,
             token_timeout: Duration::from_secs(args.token_timeout_seconds),
+            budget: args
+                .budget_seconds
+                .map(|s| (s, opened + Duration::from_secs(s))),
         })
     }
 
@@ -72,11 +80,12 @@ impl Session {
         link.started(self.token_timeout).await?;
         let stop = CancellationToken::new();
         let notice = Arc::new(AtomicBool::new(false));
+        let deadline = Arc::new(AtomicBool::new(false));
         // The watches begin with the work (a stop means nothing before it): before the token
         // for a workload that may begin without it, after the token otherwise.
         let mut working = None;
         if W::STARTS_BEFORE_TOKEN {
-            working = Some(self.begin(workload, &stop, &notice));
+            working = Some(self.begin(workload, &stop, &notice, &deadline));
         }
         let token = match link.wait_for_token(self.token_timeout).await {
             Ok(t) => t,
@@ -89,6 +98,7 @@ impl Session {
                     worked: None,
                     notice: notice.load(Ordering::SeqCst),
                     stop: stop.is_cancelled(),
+                    budget: self.passed(&deadline),
                     instance_id: link.instance_id.clone(),
                     attempt: link.attempt,
                 });
@@ -98,7 +108,7 @@ impl Session {
         let heartbeat = link.heartbeat(&token);
         let working = match working {
             Some(w) => w,
-            None => self.begin(workload, &stop, &notice),
+            None => self.begin(workload, &stop, &notice, &deadline),
         };
         let worked = working.end().await;
         // SIGTERM on a Spot instance is usually the reclaim itself: resume elsewhere if so.
@@ -113,6 +123,7 @@ impl Session {
             worked: Some(worked),
             notice: notice.load(Ordering::SeqCst),
             stop: stop.is_cancelled(),
+            budget: self.passed(&deadline),
             instance_id: link.instance_id.clone(),
             attempt: link.attempt,
         });
@@ -127,16 +138,28 @@ impl Session {
         reported
     }
 
-    /// Starts the work with its watches: the Spot notice and SIGTERM cancel `stop`.
+    /// The money deadline's seconds, if it passed and stopped the work.
+    fn passed(&self, deadline: &AtomicBool) -> Option<u64> {
+        self.budget
+            .filter(|_| deadline.load(Ordering::SeqCst))
+            .map(|(seconds, _)| seconds)
+    }
+
+    /// Starts the work with its watches: the Spot notice, SIGTERM and the money deadline
+    /// cancel `stop`.
     fn begin<W: Workload>(
         &self,
         workload: &W,
         stop: &CancellationToken,
         notice: &Arc<AtomicBool>,
+        deadline: &Arc<AtomicBool>,
     ) -> Working {
         Working {
             spot: self.link.watch_spot(notice.clone(), stop.clone()),
             sigterm: on_sigterm(stop.clone(), W::ON_SIGTERM),
+            budget: self
+                .budget
+                .map(|(seconds, at)| on_deadline(at, seconds, deadline.clone(), stop.clone())),
             work: tokio::spawn(workload.work(stop.clone())),
         }
     }
@@ -156,6 +179,10 @@ impl Session {
                 tracing::warn!(error, "reported the interruption");
                 Ok(())
             }
+            (Ending::BudgetExhausted { cause }, Some(token)) => {
+                tracing::warn!(error, %cause, "the work was stopped at the money deadline");
+                self.link.fail(token, names::BUDGET_EXHAUSTED, &cause).await
+            }
             (Ending::Failed { cause }, Some(token)) => {
                 tracing::error!(error, %cause, "the work failed");
                 self.link.fail(token, names::WORKER_FAILED, &cause).await
@@ -172,6 +199,7 @@ impl Session {
 struct Working {
     spot: JoinHandle<()>,
     sigterm: JoinHandle<()>,
+    budget: Option<JoinHandle<()>>,
     work: JoinHandle<Worked>,
 }
 
@@ -186,8 +214,34 @@ impl Working {
         };
         self.spot.abort();
         self.sigterm.abort();
+        if let Some(b) = self.budget {
+            b.abort();
+        }
         worked
     }
+}
+
+/// Cancels `stop` at `at`, the money deadline (`seconds` after the worker started), and says
+/// so in `passed`: the work stops as at a Spot notice, the ending is `Worker.BudgetExhausted`.
+fn on_deadline(
+    at: Instant,
+    seconds: u64,
+    passed: Arc<AtomicBool>,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        tokio::time::sleep_until(at.into()).await;
+        if stop.is_cancelled() {
+            // Stopped already (a notice, SIGTERM): the deadline did not stop it.
+            return;
+        }
+        tracing::warn!(
+            budget_seconds = seconds,
+            "the money deadline: the run's cap bought this attempt no more; stopping the work as at a Spot notice"
+        );
+        passed.store(true, Ordering::SeqCst);
+        stop.cancel();
+    })
 }
 
 /// Cancels `stop` on SIGTERM (the instance shutting down, usually a Spot reclaim), saying

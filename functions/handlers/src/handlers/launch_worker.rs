@@ -39,6 +39,10 @@ pub struct Input {
     /// reused with other parameters is IdempotentParameterMismatch).
     #[serde(default)]
     pub entered: Option<DateTime<Utc>>,
+    /// `$$.Execution.StartTime`: the run is booked in the month it started, whatever month a
+    /// relaunch is made in (`ledger::booked_month`).
+    #[serde(default)]
+    pub started: Option<DateTime<Utc>>,
     /// The run's prices (`$.quota.prices`, read once by quota-check); a type missing here is
     /// read from the Price List API.
     #[serde(default)]
@@ -105,17 +109,27 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
     let (attempt, relaunches_left) = next_attempt(spec, input.worker.as_ref(), input.relaunch)?;
     let markets = capacity::markets_to_try(spec.worker.market, input.relaunch, &input.markets);
     let worst = attempt_worst_case(prices, spec, &input.prices, &config.region).await?;
-    let estimate = worst.usd;
     let booking = Booking {
         spec,
         execution: &input.execution,
-        month: ledger::month_of(input.entered.unwrap_or(now)),
+        month: ledger::booked_month(input.started, input.entered.unwrap_or(now)),
         slot,
         attempt,
+        previous_usd: previous_usd(input.worker.as_ref(), attempt),
         worst: &worst,
         cap: Cap::of(spec, &config.region),
     };
-    book(&books, config, &booking).await?;
+    let granted = book(&books, config, &booking).await?;
+    if granted.capped() {
+        tracing::warn!(
+            runtime_seconds = granted.runtime_seconds,
+            max_runtime_seconds = spec.limits.max_runtime_seconds,
+            attempt_usd = granted.usd,
+            slot,
+            attempt,
+            "the rest of the cap buys less than limits.max_runtime_seconds: the worker stops at its money deadline"
+        );
+    }
     let made = Made {
         spec,
         previous: input.worker.as_ref(),
@@ -123,7 +137,7 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
         slot,
         attempt,
         relaunches_left,
-        estimate,
+        granted: &granted,
         now,
     };
     // A retried call (Lambda timeout, Step Functions retry) finds the instance it already made.
@@ -197,6 +211,17 @@ async fn attempt_worst_case<P: PriceList>(
     ))
 }
 
+/// What the worker's earlier attempts reserved (their granted worst cases): the attempts
+/// before `attempt` in its state.
+fn previous_usd(previous: Option<&WorkerState>, attempt: u32) -> f64 {
+    previous.map_or(0.0, |w| {
+        w.attempts
+            .iter()
+            .filter(|a| a.attempt < attempt)
+            .fold(0.0, |sum, a| cost::usd(sum + a.estimate_usd))
+    })
+}
+
 /// One worker's attempt as the month's ledger books it.
 struct Booking<'a> {
     spec: &'a RunSpec,
@@ -204,6 +229,9 @@ struct Booking<'a> {
     month: String,
     slot: u32,
     attempt: u32,
+    /// What this worker's earlier attempts reserved ([`previous_usd`]).
+    previous_usd: f64,
+    /// The attempt's whole worst case, at `limits.max_runtime_seconds`.
     worst: &'a AttemptWorstCase,
     cap: Cap,
 }
@@ -211,40 +239,98 @@ struct Booking<'a> {
 impl Booking<'_> {
     /// This attempt refused: what is left of the run's cap beside `reserved_usd`, and why.
     fn over_cap(&self, reserved_usd: f64) -> Error {
+        let least = self.least();
         Error::OverRunCap {
             slot: self.slot,
             attempt: self.attempt,
             remainder: self.cap.remainder(reserved_usd),
-            attempt_usd: self.worst.usd,
+            attempt_usd: least.usd,
             budget: self.cap.budget_usd,
-            detail: self.worst.terms(),
+            detail: least.terms(),
         }
+    }
+
+    /// The least attempt worth launching: [`budget::MIN_USEFUL_RUNTIME_SECONDS`] of runtime.
+    fn least(&self) -> AttemptWorstCase {
+        let runtime = budget::MIN_USEFUL_RUNTIME_SECONDS.min(self.spec.limits.max_runtime_seconds);
+        self.worst.with_runtime(self.spec, runtime)
+    }
+
+    /// The attempt `room_usd` buys ([`budget::grant`]), or the refusal with `held_usd` held.
+    fn grant(&self, room_usd: f64, held_usd: f64) -> Result<AttemptWorstCase, Error> {
+        budget::grant(self.spec, self.worst, room_usd).ok_or_else(|| self.over_cap(held_usd))
     }
 }
 
+/// What the run's item holds beside this attempt, as read: the other workers' reservations
+/// and this worker's earlier attempts, the other workers that have not launched yet, and this
+/// attempt's own reservation when a retried call already made it.
+fn as_read(mine: Option<&ledger::Entry>, b: &Booking<'_>) -> (f64, u32, Option<f64>) {
+    let workers = mine.map(|e| &e.workers);
+    let others = workers.map_or(0.0, |w| {
+        w.iter()
+            .filter(|(slot, _)| **slot != b.slot)
+            .fold(0.0, |sum, (_, usd)| cost::usd(sum + usd))
+    });
+    let started = workers.map_or(0, |w| w.keys().filter(|s| **s != b.slot).count()) as u32;
+    let unstarted = b.spec.worker.count.saturating_sub(1 + started);
+    let already = workers
+        .and_then(|w| w.get(&b.slot).copied())
+        .map(|usd| cost::usd(usd - b.previous_usd))
+        .filter(|usd| *usd > 0.0);
+    (cost::usd(others + b.previous_usd), unstarted, already)
+}
+
+/// How many times a launch grants again when the run's item moved between its read and its
+/// reservation (another worker of the run reserved in between).
+const GRANT_TRIES: usize = 3;
+
 /// The guards, before anything exists: the run's cap (what its attempts reserved so far, plus
-/// this one, within `limits.budget_usd`), and the month's budget (the month's other runs, at
-/// their cost or their reservation while they run, plus this run's attempts). Failing to read
-/// the ledger fails the launch: a budget that cannot be checked is not spent.
+/// this one, within `limits.budget_usd`: the whole worst case, or the runtime the rest buys,
+/// [`budget::grant`]), and the month's budget (the month's other runs, at their cost or their
+/// reservation while they run, plus this run's attempts). The attempt as granted; failing to
+/// read the ledger fails the launch: a budget that cannot be checked is not spent.
 async fn book<L: Ledger, N: Notifier>(
     books: &Books<'_, L, N>,
     config: &Config,
     b: &Booking<'_>,
-) -> Result<(), Error> {
+) -> Result<AttemptWorstCase, Error> {
     let Some(l) = books.ledger else {
         // No ledger (a deployment that is not the template's): the other workers' attempts
         // are unknown, so each is held at its last (1 + limits.max_relaunches).
         let spec = b.spec;
-        let attempts = f64::from(spec.worker.count - 1) * f64::from(1 + spec.limits.max_relaunches)
-            + f64::from(b.attempt - 1);
-        let held = cost::usd(attempts * b.worst.usd);
-        return match b.cap.admits(held, b.worst.usd) {
-            true => Ok(()),
-            false => Err(b.over_cap(held)),
-        };
+        let attempts = f64::from(spec.worker.count - 1) * f64::from(1 + spec.limits.max_relaunches);
+        let held = cost::usd(attempts * b.worst.usd + b.previous_usd);
+        return b.grant(b.cap.remainder(held), held);
     };
-    let reserved = ledger::reservation(b.worst.usd, b.attempt);
     let entries = l.entries(&b.month).await?;
+    let mine = entries.iter().find(|e| e.execution == b.execution);
+    let (mut held, unstarted, already) = as_read(mine, b);
+    for _ in 0..GRANT_TRIES {
+        // A retried call grants what it reserved before: the same runtime, the same request.
+        let room = already.unwrap_or_else(|| budget::share(b.cap.remainder(held), unstarted));
+        let granted = b.grant(room, held)?;
+        match reserve(books, l, config, b, &entries, &granted).await? {
+            None => return Ok(granted),
+            // The index read was behind the run's item: grant again from the item's figure.
+            Some(now_held) if now_held > held => held = now_held,
+            Some(now_held) => return Err(b.over_cap(now_held)),
+        }
+    }
+    Err(b.over_cap(held))
+}
+
+/// The month's guard and the reservation of `granted` in the ledger: None once reserved,
+/// Some(what the run's item holds) when the run's cap has no room for it.
+async fn reserve<L: Ledger, N: Notifier>(
+    books: &Books<'_, L, N>,
+    l: &L,
+    config: &Config,
+    b: &Booking<'_>,
+    entries: &[ledger::Entry],
+    granted: &AttemptWorstCase,
+) -> Result<Option<f64>, Error> {
+    let reserved = cost::usd(b.previous_usd + granted.usd);
     let budget = config.monthly_budget_usd;
     let refused = |others: f64, this_run: f64, budget: f64| Error::OverMonthlyBudget {
         month: b.month.clone(),
@@ -253,7 +339,7 @@ async fn book<L: Ledger, N: Notifier>(
         budget,
     };
     let (month_to_date_usd, alert) =
-        match ledger::judge(&entries, b.execution, b.slot, reserved, budget) {
+        match ledger::judge(entries, b.execution, b.slot, reserved, budget) {
             ledger::Verdict::Refused {
                 others_usd,
                 this_run_usd,
@@ -284,7 +370,7 @@ async fn book<L: Ledger, N: Notifier>(
             others_usd,
             this_run_usd,
         } => return Err(refused(others_usd, this_run_usd, budget)),
-        Reserved::OverCap { reserved_usd } => return Err(b.over_cap(reserved_usd)),
+        Reserved::OverCap { reserved_usd } => return Ok(Some(reserved_usd)),
     }
     if let (true, Some(topic)) = (alert, config.alert_topic.as_deref()) {
         let subject = format!(
@@ -301,7 +387,7 @@ async fn book<L: Ledger, N: Notifier>(
             tracing::error!(error = %e, "the monthly budget alert could not be sent");
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// What every outcome of this launch is recorded with: the worker's state after it.
@@ -312,7 +398,8 @@ struct Made<'a> {
     slot: u32,
     attempt: u32,
     relaunches_left: u32,
-    estimate: f64,
+    /// The attempt as the cap granted it: its worst case is its estimate.
+    granted: &'a AttemptWorstCase,
     now: DateTime<Utc>,
 }
 
@@ -336,7 +423,7 @@ impl Made<'_> {
             market: i.market,
             launched_at: i.launch_time.unwrap_or(self.now),
             client_token: token,
-            estimate_usd: self.estimate,
+            estimate_usd: self.granted.usd,
             volume_gib: self.spec.worker.volume_gib,
             tried,
             tried_total,
@@ -360,10 +447,31 @@ impl Made<'_> {
             attempts,
             relaunches_left: self.relaunches_left,
             heartbeat_seconds: self.spec.limits.heartbeat_seconds,
-            timeout_seconds: self.spec.limits.max_runtime_seconds,
+            timeout_seconds: self.timeout_seconds(),
+            budget_seconds: self.budget_seconds(),
             boot_poll_seconds: self.spec.waits.boot_poll_seconds,
             token_parameter,
             token_reader,
+        }
+    }
+}
+
+impl Made<'_> {
+    /// The money deadline handed to the worker: the granted runtime, when the cap granted less
+    /// than `limits.max_runtime_seconds`.
+    fn budget_seconds(&self) -> Option<u64> {
+        self.granted
+            .capped()
+            .then_some(self.granted.runtime_seconds)
+    }
+
+    /// AwaitCompletion's timeout: `limits.max_runtime_seconds`, or with a money deadline its
+    /// runtime and the stop allowance. The worker's own deadline counts from its start, before
+    /// AwaitCompletion begins, so the backstop never fires before the worker stops itself.
+    fn timeout_seconds(&self) -> u64 {
+        match self.budget_seconds() {
+            Some(b) => b + budget::STOP_ALLOWANCE_SECONDS,
+            None => self.spec.limits.max_runtime_seconds,
         }
     }
 }
@@ -400,7 +508,11 @@ async fn launch_request<E: Compute, S: Params>(
 ) -> Result<LaunchRequest, Error> {
     let spec = made.spec;
     let (slot, attempt) = (made.slot, made.attempt);
-    let deadline = launch::deadline(spec, input.entered.unwrap_or(made.now));
+    let deadline = launch::deadline(
+        spec,
+        input.entered.unwrap_or(made.now),
+        made.granted.runtime_seconds,
+    );
     let script = userdata::render(&userdata::WorkerLaunch {
         region: &config.region,
         artifact: &spec.worker.artifact,
@@ -412,6 +524,7 @@ async fn launch_request<E: Compute, S: Params>(
         heartbeat_seconds: spec.limits.heartbeat_seconds,
         ssm_prefix: RunParameters::of_run(&spec.run_id).path(),
         log_group: config.worker_log_group.as_deref(),
+        budget_seconds: made.budget_seconds(),
     });
     let image = resolved_image(params, spec, &config.region).await?;
     let root = ec2.root_volume(&image).await?;

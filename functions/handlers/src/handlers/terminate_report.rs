@@ -152,6 +152,11 @@ where
         .history
         .execution_stats(&input.execution, config.lambda_memory_mb)
         .await?;
+    // The month the run is booked in: the one its execution started in (`ledger::booked_month`).
+    let started = input
+        .started_at
+        .or(stats.as_ref().and_then(|s| s.started_at));
+    let month = ledger::booked_month(started, now);
     let measured = Measured {
         priced,
         stats,
@@ -166,7 +171,14 @@ where
     }
     if let Some(l) = s.ledger {
         close_ledger(l, &input.execution, &mut report).await;
-        store_month(l, s.objects, config, &input.execution, &mut report).await;
+        store_month(
+            l,
+            s.objects,
+            config,
+            (&input.execution, &month),
+            &mut report,
+        )
+        .await;
     }
     let manifest = manifest_of(&ends);
     let beside = report_location(spec, manifest.as_deref(), config.artifact_bucket.as_deref());
@@ -405,21 +417,21 @@ async fn close_ledger<L: Ledger>(l: &L, execution: &str, report: &mut CostReport
     }
 }
 
-/// The month's page in the artifact bucket: every run of the month as the ledger has it, this
-/// one as just closed (the by-month index may not show the close yet), rewritten by every
-/// report and linked from its email. Like the email, never a reason to fail the report.
+/// The month's page in the artifact bucket: every run of the month the run is booked in as the
+/// ledger has it, this one as just closed (the by-month index may not show the close yet),
+/// rewritten by every report and linked from its email. Like the email, never a reason to fail
+/// the report.
 async fn store_month<L: Ledger, O: ObjectWriter>(
     l: &L,
     objects: &O,
     config: &Config,
-    execution: &str,
+    (execution, month): (&str, &str),
     report: &mut CostReport,
 ) {
     let Some(bucket) = config.artifact_bucket.as_deref() else {
         return;
     };
-    let month = ledger::month_of(report.generated_at);
-    let mut entries = match l.entries(&month).await {
+    let mut entries = match l.entries(month).await {
         Ok(entries) => entries,
         Err(e) => {
             tracing::error!(error = %e, "the month's entries could not be read");
@@ -436,9 +448,9 @@ async fn store_month<L: Ledger, O: ObjectWriter>(
         e.outcome = Some(report.outcome.as_str().into());
     }
     let budget = (config.monthly_budget_usd > 0.0).then_some(config.monthly_budget_usd);
-    let page = MonthPage::of(bucket, &month);
+    let page = MonthPage::of(bucket, month);
     let html = month_html::render(&Month::from_entries(
-        &month,
+        month,
         budget,
         &entries,
         report.generated_at,
