@@ -2,6 +2,7 @@
 //! recent runs, cost reports, the worker's logs; sweep what outlived its run.
 
 mod aws;
+mod cancel;
 mod errors;
 mod follow;
 mod history;
@@ -103,6 +104,14 @@ enum Command {
         /// Also write the report as a static HTML page (timeline, cost split, attempts, checks).
         #[arg(long, value_name = "FILE")]
         html: Option<std::path::PathBuf>,
+    },
+    /// Stop a run: its instances terminated (a job gets SIGTERM and its grace), its bill
+    /// settled, the CANCELLED report emailed.
+    Cancel {
+        run: String,
+        /// Why, as the report and the email say it.
+        #[arg(long)]
+        reason: Option<String>,
     },
     /// The log lines the run's workers shipped, attempt by attempt.
     Logs {
@@ -234,6 +243,12 @@ async fn run(cli: Cli) -> Result<Outcome, CliError> {
             let sfn = aws_sdk_sfn::Client::new(&conf);
             let e = resolve::resolve(&sfn, machine, Some(&run)).await?;
             report::command(&sfn, &e, json, html.as_deref()).await
+        }
+        Command::Cancel { run, reason } => {
+            let conf = aws::config(g, arn_hint(Some(&run), machine)).await?;
+            let sfn = aws_sdk_sfn::Client::new(&conf);
+            let e = resolve::resolve(&sfn, machine, Some(&run)).await?;
+            cancel::command(&sfn, &e, reason.as_deref()).await
         }
         Command::Logs { run, raw } => {
             let conf = aws::config(g, arn_hint(Some(&run), machine)).await?;

@@ -458,6 +458,194 @@ async fn a_failed_run_exits_1_with_its_error_and_its_report() {
     assert!(text(&out).0.contains("status     FAILED after"), "{out:?}");
 }
 
+/// `ephemera cancel` mid-job: the execution stops with the reason, and the event EventBridge
+/// delivers for its ABORTED status (the stack's rule on terminate-with-cost-report) tears it
+/// down as Cleanup would: nothing left running, the ledger settled to the measured cost, the
+/// CANCELLED report emailed with the reason. A stop from the console (no error, no cause) is
+/// torn down the same way.
+#[tokio::test]
+async fn cancel_stops_the_run_and_its_stop_is_torn_down_settled_and_reported() {
+    use ephemera_aws::{Ledger as _, LedgerTable};
+    use ephemera_functions::{invoke, Function};
+
+    let region = fresh_region();
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    let inbox = fixtures::inbox(region, ephemera_tests::iam::REPORT_TOPIC).await;
+    let machine = e2e::create_state_machine(region).await;
+    // The worker takes the token and works on (heartbeating) for longer than the test lasts.
+    let worker = worker_standin::spawn(
+        region,
+        "cli-cancel",
+        Behaviour::SucceedAfter(600, report_of("cli-cancel")),
+        Duration::from_secs(120),
+    );
+    let spec = fixtures::runspec("cli-cancel", &net, Some(&inbox.topic_arn));
+    let path = write_spec("cancel", &spec);
+    let out = output(
+        ephemera(region)
+            .args(["run", path.to_str().unwrap(), "--detach"])
+            .args(["--state-machine", &machine]),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let sfn = aws_sdk_sfn::Client::new(&ephemera_tests::sdk_config(region));
+    let execution = eventually("the worker at work", Duration::from_secs(90), || {
+        let (sfn, machine) = (sfn.clone(), machine.clone());
+        async move {
+            let listed = sfn
+                .list_executions()
+                .state_machine_arn(&machine)
+                .send()
+                .await
+                .ok()?;
+            let arn = listed.executions().first()?.execution_arn().to_string();
+            let history = sfn
+                .get_execution_history()
+                .execution_arn(&arn)
+                .send()
+                .await
+                .ok()?;
+            history
+                .events()
+                .iter()
+                .filter_map(|e| e.state_entered_event_details())
+                .any(|d| d.name() == "AwaitCompletion")
+                .then_some(arn)
+        }
+    })
+    .await;
+    let live = fixtures::instances_of(&aws, "cli-cancel").await;
+    assert!(
+        live.iter().any(|(_, s)| s == "running" || s == "pending"),
+        "{live:?}"
+    );
+
+    let out = output(
+        ephemera(region)
+            .args(["cancel", "cli-cancel", "--reason", "wrong input data"])
+            .args(["--state-machine", &machine]),
+    )
+    .await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("cancelled cli-cancel-"), "{stdout}");
+    let d = eventually("the execution ABORTED", Duration::from_secs(30), || {
+        let (sfn, execution) = (sfn.clone(), execution.clone());
+        async move {
+            let d = sfn
+                .describe_execution()
+                .execution_arn(&execution)
+                .send()
+                .await
+                .ok()?;
+            (d.status().as_str() == "ABORTED").then_some(d)
+        }
+    })
+    .await;
+    assert_eq!(d.error(), Some("Ephemera.Cancelled"));
+    assert_eq!(d.cause(), Some("wrong input data"));
+    // Cancelling again says so and changes nothing.
+    let again = output(
+        ephemera(region)
+            .args(["cancel", &execution])
+            .args(["--state-machine", &machine]),
+    )
+    .await;
+    assert_eq!(again.status.code(), Some(0));
+    assert!(
+        text(&again).0.contains("is not running (ABORTED)"),
+        "{:?}",
+        text(&again)
+    );
+
+    // What EventBridge delivers for the ABORTED status to the rule's target.
+    let ms = |t: &aws_sdk_sfn::primitives::DateTime| t.to_millis().unwrap();
+    let event = |error: Option<&str>, cause: Option<&str>| {
+        json!({
+            "version": "0", "source": "aws.states", "region": region,
+            "detail-type": ephemera_core::stopped::DETAIL_TYPE,
+            "resources": [execution],
+            "detail": {
+                "executionArn": execution, "stateMachineArn": machine,
+                "name": d.name(), "status": "ABORTED",
+                "startDate": ms(d.start_date()), "stopDate": d.stop_date().map(ms),
+                "input": d.input(), "output": null, "error": error, "cause": cause
+            }
+        })
+    };
+    let settings = harness().door.deployed_settings(region).await;
+    let report = invoke(
+        &ephemera_tests::function_clients(region, Function::TerminateWithCostReport.name()),
+        &settings,
+        Function::TerminateWithCostReport,
+        event(d.error(), d.cause()),
+    )
+    .await
+    .expect("the teardown of a stopped run");
+    worker.log().await;
+    assert_eq!(report["outcome"], "CANCELLED", "{report}");
+    assert_eq!(report["error"]["Error"], "Ephemera.Cancelled", "{report}");
+    assert_eq!(report["error"]["Cause"], "wrong input data", "{report}");
+    let left: Vec<(String, String)> = fixtures::instances_of(&aws, "cli-cancel")
+        .await
+        .into_iter()
+        .filter(|(_, s)| s == "running" || s == "pending")
+        .collect();
+    assert!(left.is_empty(), "left running: {left:?}");
+    let billed = report["actual_usd"].as_f64().unwrap();
+    assert!(billed > 0.0, "{report}");
+    // The ledger: the run's reservation replaced by what it cost, its outcome CANCELLED.
+    let ledger = LedgerTable {
+        client: aws.dynamodb.clone(),
+        table: settings.ledger_table.clone().unwrap(),
+    };
+    let month = ephemera_core::ledger::month_of(chrono::Utc::now());
+    let entry = ledger
+        .entries(&month)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.execution == execution)
+        .expect("the run's ledger entry");
+    assert_eq!(
+        entry.state,
+        ephemera_core::ledger::EntryState::Ended,
+        "{entry:?}"
+    );
+    assert_eq!(entry.outcome.as_deref(), Some("CANCELLED"), "{entry:?}");
+    assert!(
+        (entry.actual_usd.unwrap() - billed).abs() < 1e-6,
+        "{entry:?} {billed}"
+    );
+    let mail = eventually("the CANCELLED email", Duration::from_secs(30), || async {
+        inbox
+            .read()
+            .await
+            .into_iter()
+            .find(|m| m.subject.contains("cli-cancel"))
+    })
+    .await;
+    assert!(mail.subject.contains("CANCELLED"), "{}", mail.subject);
+    assert!(mail.body.contains("wrong input data"), "{}", mail.body);
+    assert!(mail.body.contains("The run was cancelled"), "{}", mail.body);
+
+    // A console stop gives no error or cause: cancelled all the same, said so.
+    let console = invoke(
+        &ephemera_tests::function_clients(region, Function::TerminateWithCostReport.name()),
+        &settings,
+        Function::TerminateWithCostReport,
+        event(None, None),
+    )
+    .await
+    .unwrap();
+    assert_eq!(console["outcome"], "CANCELLED", "{console}");
+    assert_eq!(
+        console["error"]["Cause"], "stopped before it ended (no reason given)",
+        "{console}"
+    );
+}
+
 #[tokio::test]
 async fn no_credentials_is_said_plainly() {
     let home = std::env::temp_dir().join(format!("ephemera-no-home-{}", std::process::id()));
@@ -771,7 +959,10 @@ fn no_legacy_tls_stack_is_linked() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(tree.lines().any(|l| l.starts_with("rustls v0.23.")), "{tree}");
+    assert!(
+        tree.lines().any(|l| l.starts_with("rustls v0.23.")),
+        "{tree}"
+    );
     for legacy in [
         "rustls v0.21.",
         "rustls-webpki v0.101.",

@@ -29,6 +29,10 @@ names! {
     /// (`--budget-seconds`), as at a Spot notice (the job's grace, its checkpoint saved): the
     /// worker is released, not relaunched, and the run ends with outcome BUDGET_EXHAUSTED.
     BUDGET_EXHAUSTED = "Worker.BudgetExhausted";
+    /// The execution was stopped (`ephemera cancel`, the console, StopExecution): the stack's
+    /// EventBridge rule on its ABORTED status has terminate-with-cost-report tear it down and
+    /// report it, with the outcome CANCELLED.
+    CANCELLED = "Ephemera.Cancelled";
     /// The worker's run failed, or it was stopped (SIGTERM) before its work was done.
     WORKER_FAILED = "Worker.Failed";
     /// A heartbeat or runtime timeout (States.HeartbeatTimeout / States.Timeout), as the execution fails.

@@ -90,6 +90,9 @@ pub struct FrontDoor {
     snapshots_creating: Mutex<HashMap<(String, String), u32>>,
     /// (region, type) the region does not offer though moto knows it.
     pub unoffered: Mutex<std::collections::HashSet<(String, String)>>,
+    /// Executions stopped through the door: (error, cause, when), as StopExecution was given
+    /// them (`stop_is_at_once`).
+    stopped: Mutex<HashMap<String, (Option<String>, Option<String>, f64)>>,
     /// (region, ClientToken) → (the parameters' digest, the first answer).
     client_tokens: Mutex<HashMap<(String, String), (String, RawResponse)>>,
     /// (region, instance) → when Spot's interruption notice was given.
@@ -184,6 +187,7 @@ impl FrontDoor {
             not_visible_yet: Mutex::default(),
             snapshots_creating: Mutex::default(),
             unoffered: Mutex::default(),
+            stopped: Mutex::default(),
             client_tokens: Mutex::default(),
             spot_notices: Mutex::default(),
             spot_reclaimed: Mutex::default(),
@@ -518,6 +522,11 @@ async fn route(State(door): State<Arc<FrontDoor>>, req: Request) -> Response<Bod
             return answer;
         }
     }
+    if service == "states" {
+        if let Some(answer) = stop_is_at_once(&door, &parts, bytes.clone()).await {
+            return answer;
+        }
+    }
     if service == "dynamodb"
         && matches!(
             target_operation(&parts.headers),
@@ -583,6 +592,71 @@ fn s3_bad_digest(headers: &HeaderMap, body: &[u8]) -> Option<Response<Body>> {
             "The SHA256 you specified did not match the calculated checksum.",
         )
     })
+}
+
+/// StopExecution ends a Standard execution at once: from the call on it is ABORTED, with the
+/// error and cause it was given
+/// (https://docs.aws.amazon.com/step-functions/latest/apireference/API_StopExecution.html).
+/// moto drops both, and its executor notices a stop only when the state it waits in returns (a
+/// task token's wait: at the next heartbeat, minutes later): the door keeps what each stop was
+/// given and answers DescribeExecution and ListExecutions for that execution as AWS would.
+async fn stop_is_at_once(
+    door: &FrontDoor,
+    parts: &axum::http::request::Parts,
+    bytes: axum::body::Bytes,
+) -> Option<Response<Body>> {
+    let op = target_operation(&parts.headers);
+    if !matches!(op, "StopExecution" | "DescribeExecution" | "ListExecutions") {
+        return None;
+    }
+    let input: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let mut r = proxy_raw(door, parts, bytes).await?;
+    if r.0 != 200 {
+        return Some(rebuild(r));
+    }
+    let mut out: serde_json::Value = serde_json::from_str(&r.2).unwrap_or_default();
+    let stopped = |item: &mut serde_json::Value, door: &FrontDoor, described: bool| {
+        let arn = item["executionArn"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let Some((error, cause, at)) = door.stopped.lock().unwrap().get(&arn).cloned() else {
+            return;
+        };
+        item["status"] = "ABORTED".into();
+        item["stopDate"] = at.into();
+        if described {
+            item["error"] = error.map_or(serde_json::Value::Null, Into::into);
+            item["cause"] = cause.map_or(serde_json::Value::Null, Into::into);
+        }
+    };
+    match op {
+        "StopExecution" => {
+            let arn = input["executionArn"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let at = out["stopDate"].as_f64().unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64())
+            });
+            let given = |k: &str| input[k].as_str().map(String::from);
+            door.stopped
+                .lock()
+                .unwrap()
+                .insert(arn, (given("error"), given("cause"), at));
+            return Some(rebuild(r));
+        }
+        "DescribeExecution" => stopped(&mut out, door, true),
+        _ => {
+            if let Some(items) = out["executions"].as_array_mut() {
+                items.iter_mut().for_each(|i| stopped(i, door, false));
+            }
+        }
+    }
+    r.2 = out.to_string();
+    Some(rebuild(r))
 }
 
 /// An S3 error as S3 answers it (REST, XML).
@@ -968,43 +1042,7 @@ async fn invoke_lambda(
         }
     };
     let aws = door.clients_for(region, &function, &format!("http://{host}"));
-    // As the template deploys them: the stack's report topic is the default and the only one.
-    let mut settings = door.settings.lock().unwrap().clone();
-    let topic = format!(
-        "arn:aws:sns:{region}:{ACCOUNT}:{}",
-        crate::iam::REPORT_TOPIC
-    );
-    settings.default_topic.get_or_insert(topic.clone());
-    if settings.allowed_topics.is_empty() {
-        settings.allowed_topics = vec![topic];
-    }
-    settings
-        .artifact_bucket
-        .get_or_insert(crate::iam::ARTIFACT_BUCKET.to_string());
-    settings
-        .export_bucket
-        .get_or_insert(crate::iam::EXPORT_BUCKET.to_string());
-    settings
-        .worker_role_id
-        .get_or_insert(crate::iam::WORKER_ROLE_ID.to_string());
-    settings
-        .ledger_table
-        .get_or_insert(crate::iam::LEDGER_TABLE.to_string());
-    settings
-        .worker_log_group
-        .get_or_insert_with(crate::iam::worker_log_group);
-    // Every function's environment names the stack's worker profile and the stack
-    // (template.yaml, Globals): instances are launched with it, and only those are terminated.
-    settings
-        .worker_instance_profile
-        .get_or_insert_with(|| crate::iam::WORKER_PROFILE.to_string());
-    settings
-        .stack
-        .get_or_insert_with(|| crate::iam::STACK.to_string());
-    if settings.monthly_budget_usd == 0.0 {
-        settings.monthly_budget_usd = crate::iam::MONTHLY_BUDGET_USD;
-    }
-    door.ensure_ledger(region).await;
+    let settings = door.deployed_settings(region).await;
     let result = match function.parse::<ephemera_functions::Function>() {
         Ok(f) => ephemera_functions::invoke(&aws, &settings, f, payload).await,
         Err(unknown) => Err(unknown),
@@ -1577,6 +1615,50 @@ impl FrontDoor {
     }
 
     /// The ledger table of template.yaml (`LedgerTable`), in `region`.
+    /// The functions' settings as the template deploys them (the stack's topic, buckets, ledger,
+    /// worker role and profile), the ledger table made: what every invocation gets, through the
+    /// state machine or an EventBridge rule.
+    pub async fn deployed_settings(&self, region: &str) -> ephemera_functions::Settings {
+        // As the template deploys them: the stack's report topic is the default and the only one.
+        let mut settings = self.settings.lock().unwrap().clone();
+        let topic = format!(
+            "arn:aws:sns:{region}:{ACCOUNT}:{}",
+            crate::iam::REPORT_TOPIC
+        );
+        settings.default_topic.get_or_insert(topic.clone());
+        if settings.allowed_topics.is_empty() {
+            settings.allowed_topics = vec![topic];
+        }
+        settings
+            .artifact_bucket
+            .get_or_insert(crate::iam::ARTIFACT_BUCKET.to_string());
+        settings
+            .export_bucket
+            .get_or_insert(crate::iam::EXPORT_BUCKET.to_string());
+        settings
+            .worker_role_id
+            .get_or_insert(crate::iam::WORKER_ROLE_ID.to_string());
+        settings
+            .ledger_table
+            .get_or_insert(crate::iam::LEDGER_TABLE.to_string());
+        settings
+            .worker_log_group
+            .get_or_insert_with(crate::iam::worker_log_group);
+        // Every function's environment names the stack's worker profile and the stack
+        // (template.yaml, Globals): instances are launched with it, and only those are terminated.
+        settings
+            .worker_instance_profile
+            .get_or_insert_with(|| crate::iam::WORKER_PROFILE.to_string());
+        settings
+            .stack
+            .get_or_insert_with(|| crate::iam::STACK.to_string());
+        if settings.monthly_budget_usd == 0.0 {
+            settings.monthly_budget_usd = crate::iam::MONTHLY_BUDGET_USD;
+        }
+        self.ensure_ledger(region).await;
+        settings
+    }
+
     pub async fn ensure_ledger(&self, region: &str) {
         if self.ledgers.lock().unwrap().contains(region) {
             return;

@@ -22,6 +22,13 @@ pub trait History: Send + Sync {
         execution_arn: &str,
         lambda_memory_mb: u32,
     ) -> impl Future<Output = Result<Option<ExecutionStats>, Error>> + Send;
+    /// The run (`$.run`) as the state `state` was entered with it the first time; None when the
+    /// execution never entered that state.
+    fn run_entering(
+        &self,
+        execution_arn: &str,
+        state: &str,
+    ) -> impl Future<Output = Result<Option<serde_json::Value>, Error>> + Send;
 }
 
 impl History for aws_sdk_sfn::Client {
@@ -100,5 +107,31 @@ impl History for aws_sdk_sfn::Client {
             orchestration: orchestration_cost(transitions, invocations, gb_seconds),
             started_at,
         }))
+    }
+
+    async fn run_entering(
+        &self,
+        execution_arn: &str,
+        state: &str,
+    ) -> Result<Option<serde_json::Value>, Error> {
+        let mut pages = self
+            .get_execution_history()
+            .execution_arn(execution_arn)
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(e) = pages.next().await {
+            let e = e.map_err(|e| Error::aws("states", "GetExecutionHistory", e))?;
+            let Some(d) = e.state_entered_event_details() else {
+                continue;
+            };
+            if d.name() != state {
+                continue;
+            }
+            let input: Option<serde_json::Value> =
+                d.input().and_then(|i| serde_json::from_str(i).ok());
+            return Ok(input.and_then(|mut i| i.get_mut("run").map(serde_json::Value::take)));
+        }
+        Ok(None)
     }
 }

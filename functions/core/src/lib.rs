@@ -19,6 +19,7 @@ pub mod report_html;
 pub mod rundoc;
 pub mod runspec;
 pub mod snapshot;
+pub mod stopped;
 pub mod sweep;
 pub mod userdata;
 pub mod verify;

@@ -557,7 +557,7 @@ section{background:#fff;border:1px solid #dde1e6;border-radius:6px;padding:12px 
 h1{font-size:22px;margin:0 0 4px}h2{font-size:16px;margin:4px 0 10px}
 .meta{color:#56606b;margin:0}code{font:12px ui-monospace,Menlo,monospace}
 .outcome{font-size:14px;padding:2px 8px;border-radius:4px;color:#fff;vertical-align:middle}
-.outcome.succeeded{background:#2e7d32}.outcome.failed{background:#c62828}.outcome.budget_exhausted{background:#b26a00}
+.outcome.succeeded{background:#2e7d32}.outcome.failed{background:#c62828}.outcome.budget_exhausted{background:#b26a00}.outcome.cancelled{background:#546e7a}
 .failure{border-color:#e57373;background:#fff5f5}.failure .cause{white-space:pre-wrap;overflow-wrap:anywhere}
 table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:4px 8px;border-bottom:1px solid #eceff2;vertical-align:top}
 .figures th{width:200px}.figures td.num{width:110px}

@@ -308,6 +308,9 @@ pub enum Outcome {
     /// (`Worker.BudgetExhausted`): the run spent its cap, and stopped there. The execution
     /// itself fails (Step Functions knows only SUCCEEDED and FAILED).
     BudgetExhausted,
+    /// The execution was stopped before it ended (`Ephemera.Cancelled`): torn down and
+    /// reported by the stack's rule on its ABORTED status. The execution itself is ABORTED.
+    Cancelled,
 }
 
 impl Outcome {
@@ -316,6 +319,7 @@ impl Outcome {
             Outcome::Succeeded => "SUCCEEDED",
             Outcome::Failed => "FAILED",
             Outcome::BudgetExhausted => "BUDGET_EXHAUSTED",
+            Outcome::Cancelled => "CANCELLED",
         }
     }
 
@@ -324,6 +328,7 @@ impl Outcome {
         match error.map(|e| failure_for(e).error) {
             None => Outcome::Succeeded,
             Some(e) if e == crate::names::BUDGET_EXHAUSTED => Outcome::BudgetExhausted,
+            Some(e) if e == crate::names::CANCELLED => Outcome::Cancelled,
             Some(_) => Outcome::Failed,
         }
     }
@@ -609,6 +614,11 @@ pub fn render_email(r: &CostReport) -> (String, String) {
 /// The outcome, the error, where the page is and the snapshot taken.
 fn email_outcome(r: &CostReport, b: &mut String) {
     b.push_str(&format!("Run {} {}.\n", r.run_id, r.outcome));
+    if r.outcome == Outcome::Cancelled {
+        b.push_str(
+            "The run was cancelled before it ended: every instance was terminated (a job got SIGTERM and its grace, its checkpoint saved) and the month's ledger holds what it cost.\n",
+        );
+    }
     if r.outcome == Outcome::BudgetExhausted {
         b.push_str(&format!(
             "The run reached its cap, limits.budget_usd ${:.2}: its work was stopped at the money deadline (the job's grace given, its checkpoint saved) and nothing more was launched.\n",

@@ -341,7 +341,16 @@ pub async fn terminate_with_cost_report(
         let input = parse_input(Function::TerminateWithCostReport.name(), payload)?;
         return out(terminate_report::release(c.ec2, input).await?);
     }
-    let input = parse_input(Function::TerminateWithCostReport.name(), payload)?;
+    // The stack's rule on an execution stopped or timed out: the same teardown and report, with
+    // the run and the error read from the execution.
+    let input = if payload["detail-type"] == ephemera_core::stopped::DETAIL_TYPE {
+        match terminate_report::input_of_stop(c.history, &payload).await? {
+            Some(input) => input,
+            None => return out(serde_json::json!({"ignored": payload["detail"]["status"]})),
+        }
+    } else {
+        parse_input(Function::TerminateWithCostReport.name(), payload)?
+    };
     let services = terminate_report::Services {
         ec2: c.ec2,
         prices: c.prices,

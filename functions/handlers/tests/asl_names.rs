@@ -18,11 +18,19 @@ const AWS_NAMESPACES: [&str; 3] = ["States.", "Lambda.", "Ssm."];
 
 /// Names in the list that the ASL neither catches by name nor raises, and no Lambda produces,
 /// with who produces them and how the state machine meets them.
-const RAISED_ELSEWHERE: [(&str, &str); 1] = [(
-    names::WORKER_FAILED,
-    "sent by the worker with SendTaskFailure (worker/src/main.rs, `report`); the ASL catches it \
-     only through States.ALL, and the execution fails with it through $.report.failure",
-)];
+const RAISED_ELSEWHERE: [(&str, &str); 2] = [
+    (
+        names::WORKER_FAILED,
+        "sent by the worker with SendTaskFailure (worker/src/main.rs, `report`); the ASL catches it \
+         only through States.ALL, and the execution fails with it through $.report.failure",
+    ),
+    (
+        names::CANCELLED,
+        "given to StopExecution by `ephemera cancel` (cli/src/cancel.rs), and the error \
+         terminate-with-cost-report reports an ABORTED execution with (core/src/stopped.rs): the \
+         execution is stopped, so no state of it catches anything",
+    ),
+];
 
 /// Every `ErrorEquals` entry, and every `Error` a Fail state raises or a Pass state sets for the
 /// Fail state that raises `$.error.Error` / `$.report.failure.Error`.

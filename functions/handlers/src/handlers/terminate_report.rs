@@ -17,7 +17,8 @@ use ephemera_core::rundoc::{
     render_email, report_location, Attempt, AttemptCost, CaughtError, CostReport, MonthPage,
     Released, StoredReport, Verification, WorkerEnd,
 };
-use ephemera_core::{report_html, Market, RunSpec};
+use ephemera_core::stopped::{self, StatusChange};
+use ephemera_core::{report_html, Market, RunSpec, State};
 use serde::Deserialize;
 
 use crate::aws::{
@@ -81,6 +82,42 @@ async fn on_demand_prices<'a, P: PriceList>(
         .zip(quotes)
         .map(|(t, q)| (t, q.map(|q| (q.usd_per_hour, q.source))))
         .collect()
+}
+
+/// The input of a run whose execution ended outside the state machine's own paths, from the
+/// event the stack's EventBridge rule delivers (`ephemera_core::stopped`): the run as CheckQuota
+/// was entered with it, the error its status means; its instances are found by their tags, as
+/// Cleanup finds them. None when there is nothing to tear down or report: a status the state
+/// machine ends in itself, or an execution stopped before CheckQuota read a RunSpec.
+pub async fn input_of_stop<H: History>(
+    history: &H,
+    event: &serde_json::Value,
+) -> Result<Option<Input>, Error> {
+    let change: StatusChange = serde_json::from_value(event["detail"].clone()).map_err(|e| {
+        Error::BadInput(format!(
+            "the execution status change's detail is not readable: {e}"
+        ))
+    })?;
+    let Some(error) = stopped::error_of(&change) else {
+        return Ok(None);
+    };
+    let entered = history
+        .run_entering(&change.execution_arn, State::CheckQuota.name())
+        .await?;
+    // A RunSpec CheckQuota would refuse never launched anything.
+    let Some(run) = entered.and_then(|r| serde_json::from_value::<RunSpec>(r).ok()) else {
+        return Ok(None);
+    };
+    Ok(Some(Input {
+        run,
+        execution: change.execution_arn.clone(),
+        started_at: change.started_at(),
+        quota: None,
+        workers: None,
+        error: Some(error),
+        snapshot: None,
+        verification: None,
+    }))
 }
 
 /// "User initiated (2026-11-22 14:02:11 GMT)" → that instant.
