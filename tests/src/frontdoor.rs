@@ -52,12 +52,14 @@ impl FaultRule {
     }
 }
 
-/// A Lambda that fails as a crashed runtime does (Runtime.ExitError), a given number of times.
+/// A Lambda that fails as a crashed runtime does (Runtime.ExitError), or as one that ran out of
+/// its Timeout does, a given number of times.
 #[derive(Debug, Clone)]
 struct Crash {
     region: String,
     function: String,
     remaining: u32,
+    timed_out: bool,
 }
 
 pub struct FrontDoor {
@@ -281,6 +283,20 @@ impl FrontDoor {
             region: region.into(),
             function: function.into(),
             remaining: times,
+            timed_out: false,
+        });
+    }
+
+    /// `function` times out `times` times: Lambda answers the invocation with an unhandled
+    /// `Sandbox.Timedout` ("Task timed out after … seconds"), which Step Functions reports by
+    /// that name (older runtimes gave no type, reported as `Lambda.Unknown`:
+    /// https://docs.aws.amazon.com/step-functions/latest/dg/bp-lambda-serviceexception.html).
+    pub fn add_timeout(&self, region: &str, function: &str, times: u32) {
+        self.crashes.lock().unwrap().push(Crash {
+            region: region.into(),
+            function: function.into(),
+            remaining: times,
+            timed_out: true,
         });
     }
 
@@ -1016,14 +1032,23 @@ async fn invoke_lambda(
         crashes
             .iter_mut()
             .find(|c| c.region == region && c.function == function && c.remaining > 0)
-            .map(|c| c.remaining -= 1)
-            .is_some()
+            .map(|c| {
+                c.remaining -= 1;
+                c.timed_out
+            })
     };
-    if crash {
-        let body = serde_json::json!({
-            "errorType": "Runtime.ExitError",
-            "errorMessage": format!("RequestId: harness Error: Runtime exited with error: signal: aborted ({function} crashed, injected)")
-        });
+    if let Some(timed_out) = crash {
+        let body = if timed_out {
+            serde_json::json!({
+                "errorType": "Sandbox.Timedout",
+                "errorMessage": format!("RequestId: harness Error: Task timed out after 60.00 seconds ({function}, injected)")
+            })
+        } else {
+            serde_json::json!({
+                "errorType": "Runtime.ExitError",
+                "errorMessage": format!("RequestId: harness Error: Runtime exited with error: signal: aborted ({function} crashed, injected)")
+            })
+        };
         return json_response(200, body, &[("x-amz-function-error", "Unhandled")]);
     }
     let payload: serde_json::Value = if bytes.is_empty() {

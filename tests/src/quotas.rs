@@ -1,6 +1,8 @@
 //! A Service Quotas stand-in for `ec2` (moto has none): applied values, AWS defaults, and
 //! increase requests that move through the documented states as they are polled
-//! (PENDING → CASE_OPENED → APPROVED / DENIED), raising the applied value on approval.
+//! (PENDING → CASE_OPENED → APPROVED / DENIED), raising the applied value on approval; the
+//! account's request history by quota, filtered by status and paged as AWS pages it; and AWS's
+//! refusal of a second open request for a quota.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -16,6 +18,31 @@ pub struct StandInRequest {
     /// Statuses still to come, one per GetRequestedServiceQuotaChange.
     pub script: VecDeque<String>,
     pub created: f64,
+    /// When the status last changed (epoch seconds): a denial's date.
+    pub last_updated: f64,
+}
+
+impl StandInRequest {
+    /// A request filed outside the stack (a person, another stack), with its status and dates.
+    pub fn filed(
+        id: &str,
+        code: &str,
+        desired: f64,
+        status: &str,
+        created: f64,
+        updated: f64,
+    ) -> StandInRequest {
+        StandInRequest {
+            id: id.into(),
+            case_id: format!("case-{id}"),
+            code: code.into(),
+            desired,
+            status: status.into(),
+            script: VecDeque::new(),
+            created,
+            last_updated: updated,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +78,11 @@ impl Default for QuotaStandIn {
     }
 }
 
+/// Epoch seconds, as Service Quotas' timestamps (whole: a date read back is the date written).
+fn now() -> f64 {
+    chrono::Utc::now().timestamp() as f64
+}
+
 fn error(kind: &str, message: &str) -> (u16, Value) {
     (
         400,
@@ -71,8 +103,54 @@ impl QuotaStandIn {
         json!({
             "Id": r.id, "CaseId": r.case_id, "ServiceCode": "ec2", "QuotaCode": r.code,
             "DesiredValue": r.desired, "Status": r.status, "Created": r.created,
-            "LastUpdated": r.created, "GlobalQuota": false, "Unit": "None"
+            "LastUpdated": r.last_updated, "GlobalQuota": false, "Unit": "None",
+            "QuotaArn": format!("arn:aws:servicequotas:::ec2/{}", r.code),
+            "QuotaRequestedAtLevel": "ACCOUNT"
         })
+    }
+
+    /// ListRequestedServiceQuotaChangeHistoryByQuota: the quota's requests, newest first,
+    /// filtered by `Status` when given, `MaxResults` a page (1 to 100, AWS's default 100) with
+    /// a `NextToken` while more remain
+    /// (https://docs.aws.amazon.com/servicequotas/2019-06-24/apireference/API_ListRequestedServiceQuotaChangeHistoryByQuota.html).
+    fn history(&self, code: &str, input: &Value) -> (u16, Value) {
+        let max = input["MaxResults"].as_u64().unwrap_or(100);
+        if !(1..=100).contains(&max) {
+            return error(
+                "IllegalArgumentException",
+                "MaxResults must be between 1 and 100",
+            );
+        }
+        let status = input["Status"].as_str();
+        let mut list: Vec<&StandInRequest> = self
+            .requests
+            .iter()
+            .filter(|r| r.code == code && status.is_none_or(|s| r.status == s))
+            .collect();
+        list.sort_by(|a, b| b.created.total_cmp(&a.created));
+        let from: usize = match input["NextToken"].as_str() {
+            None => 0,
+            Some(t) => match t.strip_prefix("page-").and_then(|n| n.parse().ok()) {
+                Some(n) => n,
+                None => {
+                    return error(
+                        "InvalidPaginationTokenException",
+                        "Invalid pagination token",
+                    )
+                }
+            },
+        };
+        let page: Vec<Value> = list
+            .iter()
+            .skip(from)
+            .take(max as usize)
+            .map(|r| Self::request_json(r))
+            .collect();
+        let mut out = json!({"RequestedQuotas": page});
+        if from + (max as usize) < list.len() {
+            out["NextToken"] = json!(format!("page-{}", from + max as usize));
+        }
+        (200, out)
     }
 
     /// The applied value a read sees now: an approval lands once its lag is read out.
@@ -119,6 +197,9 @@ impl QuotaStandIn {
                         &format!("DesiredValue {desired} must be greater than the current value {current}"),
                     );
                 }
+                // AWS keeps one open request per quota: RequestServiceQuotaIncrease documents
+                // ResourceAlreadyExistsException ("The specified resource already exists.")
+                // (https://docs.aws.amazon.com/servicequotas/2019-06-24/apireference/API_RequestServiceQuotaIncrease.html).
                 let open = self.requests.iter().any(|r| {
                     r.code == code && matches!(r.status.as_str(), "PENDING" | "CASE_OPENED")
                 });
@@ -135,7 +216,8 @@ impl QuotaStandIn {
                     desired,
                     status: "PENDING".into(),
                     script: self.next_script.iter().cloned().collect(),
-                    created: chrono::Utc::now().timestamp() as f64,
+                    created: now(),
+                    last_updated: now(),
                 };
                 let out = json!({"RequestedQuota": Self::request_json(&r)});
                 self.requests.push(r);
@@ -148,6 +230,7 @@ impl QuotaStandIn {
                 };
                 if let Some(next) = r.script.pop_front() {
                     r.status = next;
+                    r.last_updated = now();
                     if r.status == "CASE_OPENED" && r.case_id.is_empty() {
                         r.case_id = format!("case-{}", r.id);
                     }
@@ -161,15 +244,7 @@ impl QuotaStandIn {
                 }
                 (200, json!({"RequestedQuota": Self::request_json(r)}))
             }
-            "ListRequestedServiceQuotaChangeHistoryByQuota" => {
-                let list: Vec<Value> = self
-                    .requests
-                    .iter()
-                    .filter(|r| r.code == code)
-                    .map(Self::request_json)
-                    .collect();
-                (200, json!({"RequestedQuotas": list}))
-            }
+            "ListRequestedServiceQuotaChangeHistoryByQuota" => self.history(&code, input),
             other => error("InvalidParameterValueException", &format!("the stand-in does not serve {other}")),
         }
     }

@@ -10,8 +10,10 @@ use ephemera_core::rundoc::WorkerState;
 use ephemera_functions::handlers::quota_check;
 use ephemera_functions::Function;
 use ephemera_tests::deployed::{call, execution};
+use ephemera_tests::e2e;
 use ephemera_tests::fixtures::{self, ctx, Ctx};
-use ephemera_tests::{function_clients, harness, price_list};
+use ephemera_tests::worker_standin::Behaviour;
+use ephemera_tests::{function_clients, harness, price_list, quotas};
 use serde_json::{json, Value};
 
 const SPOT: &str = "L-34B43A08";
@@ -264,4 +266,330 @@ async fn enough_quota_falls_back_to_the_aws_default() {
     assert_eq!(s.verdict, QuotaVerdict::Enough, "{s:?}");
     assert!(s.quotas.iter().all(|l| l.is_default && l.request.is_none()));
     assert_eq!(s.quotas.len(), 2);
+}
+
+/// Polls until the verdict is no longer Waiting (at most ten polls).
+async fn until_decided(c: &Ctx, spec: &Value, mut state: QuotaState) -> QuotaState {
+    for _ in 0..10 {
+        if state.verdict != QuotaVerdict::Waiting {
+            return state;
+        }
+        state = poll_quota(c, spec, Some(state)).await;
+    }
+    panic!("still waiting after ten polls: {state:?}");
+}
+
+/// After a denial no run asks for the quota again until the stack's period has passed: the
+/// next run is refused at once, naming the denial, its request and case, its date and when a
+/// request may be filed again; once the period is over, a run files a new request.
+#[tokio::test]
+async fn a_denied_increase_is_not_requested_again_within_the_period() {
+    let c = ctx().await;
+    let h = harness();
+    h.door.with_quotas(c.region, |q| {
+        q.applied.insert(SPOT.into(), 8.0);
+        q.next_script = vec!["CASE_OPENED".into(), "DENIED".into()];
+    });
+    let mut spec = fixtures::runspec("denied-first", &c.net, None);
+    spec["worker"]["market"] = json!("spot");
+    let first = poll_quota(&c, &spec, None).await;
+    let first = until_decided(&c, &spec, first).await;
+    assert_eq!(first.verdict, QuotaVerdict::Denied, "{first:?}");
+    assert_eq!(h.door.with_quotas(c.region, |q| q.increase_calls), 1);
+    let (denied_id, denied_on) = h.door.with_quotas(c.region, |q| {
+        (q.requests[0].id.clone(), q.requests[0].last_updated)
+    });
+
+    // The next run: refused at once, nothing requested.
+    spec["run_id"] = json!("denied-second");
+    let second = poll_quota(&c, &spec, None).await;
+    assert_eq!(second.verdict, QuotaVerdict::Denied, "{second:?}");
+    let why = &second.reason;
+    let on = chrono::DateTime::from_timestamp(denied_on as i64, 0).unwrap();
+    let again = on + chrono::Duration::hours(168);
+    for part in [
+        format!("request {denied_id}, case case-{denied_id}"),
+        format!("was DENIED on {}", on.to_rfc3339()),
+        format!("no new request before {}", again.to_rfc3339()),
+        "QuotaDenialCooloffHours is 168".to_string(),
+    ] {
+        assert!(why.contains(&part), "{part:?} not in {why}");
+    }
+    assert_eq!(h.door.with_quotas(c.region, |q| q.increase_calls), 1);
+
+    // The period over (the denial dated 169 hours ago), a run asks again.
+    h.door.with_quotas(c.region, |q| {
+        q.requests[0].last_updated -= 169.0 * 3600.0;
+        q.next_script = vec!["CASE_OPENED".into()];
+    });
+    spec["run_id"] = json!("denied-later");
+    let later = poll_quota(&c, &spec, None).await;
+    assert_eq!(later.verdict, QuotaVerdict::Waiting, "{later:?}");
+    let filed = later.quotas[0].request.as_ref().unwrap();
+    assert_ne!(filed.id, denied_id);
+    assert_eq!(h.door.with_quotas(c.region, |q| q.increase_calls), 2);
+}
+
+/// One open request a quota, whoever filed it: a run short of a quota another run (or a
+/// person) already asked for follows that request, and two runs waiting on one quota file one
+/// request between them, whether they start one after the other or together.
+#[tokio::test]
+async fn an_open_request_is_followed_not_duplicated() {
+    let c = ctx().await;
+    let h = harness();
+    h.door.with_quotas(c.region, |q| {
+        q.applied.insert(SPOT.into(), 8.0);
+        q.applied.insert(ON_DEMAND.into(), 8.0);
+        q.next_script = vec![
+            "CASE_OPENED".into(),
+            "CASE_OPENED".into(),
+            "APPROVED".into(),
+        ];
+    });
+    let mut a = fixtures::runspec("follow-a", &c.net, None);
+    a["worker"]["market"] = json!("spot");
+    let mut b = a.clone();
+    b["run_id"] = json!("follow-b");
+    let sa = poll_quota(&c, &a, None).await;
+    let sb = poll_quota(&c, &b, None).await;
+    let ra = sa.quotas[0].request.as_ref().unwrap().id.clone();
+    assert_eq!(sb.quotas[0].request.as_ref().unwrap().id, ra, "{sb:?}");
+    assert_eq!(h.door.with_quotas(c.region, |q| q.increase_calls), 1);
+    let sa = until_decided(&c, &a, sa).await;
+    let sb = until_decided(&c, &b, sb).await;
+    assert_eq!(sa.verdict, QuotaVerdict::Enough, "{sa:?}");
+    assert_eq!(sb.verdict, QuotaVerdict::Enough, "{sb:?}");
+    assert_eq!(h.door.with_quotas(c.region, |q| q.increase_calls), 1);
+
+    // A person's open request for On-Demand: followed, not doubled.
+    h.door.with_quotas(c.region, |q| {
+        let t = Utc::now().timestamp() as f64;
+        let mut mine =
+            quotas::StandInRequest::filed("person-1", ON_DEMAND, 64.0, "CASE_OPENED", t, t);
+        mine.script = ["APPROVED".to_string()].into();
+        q.requests.push(mine);
+    });
+    let mut od = fixtures::runspec("follow-person", &c.net, None);
+    od["worker"]["market"] = json!("on-demand");
+    let s = poll_quota(&c, &od, None).await;
+    assert_eq!(
+        s.quotas[0].request.as_ref().unwrap().id,
+        "person-1",
+        "{s:?}"
+    );
+    let s = until_decided(&c, &od, s).await;
+    assert_eq!(s.verdict, QuotaVerdict::Enough, "{s:?}");
+    assert_eq!(h.door.with_quotas(c.region, |q| q.increase_calls), 1);
+
+    // Two runs at once, a quota (Spot, now 16) short for both: one request between them.
+    let mut x = fixtures::runspec("together-x", &c.net, None);
+    x["worker"]["market"] = json!("spot");
+    x["worker"]["count"] = json!(2);
+    let mut y = x.clone();
+    y["run_id"] = json!("together-y");
+    let (sx, sy) = tokio::join!(poll_quota(&c, &x, None), poll_quota(&c, &y, None));
+    let id = |s: &QuotaState| s.quotas[0].request.as_ref().map(|r| r.id.clone());
+    assert!(id(&sx).is_some(), "{sx:?}");
+    assert_eq!(id(&sx), id(&sy));
+    let open_spot = h.door.with_quotas(c.region, |q| {
+        q.requests.iter().filter(|r| r.code == SPOT).count()
+    });
+    assert_eq!(
+        open_spot, 2,
+        "the first run's approved request and one new one"
+    );
+}
+
+/// No request asks for more than the stack's MaxQuotaRequestVcpus: a run that would need more
+/// is refused naming the parameter, and nothing is requested.
+#[tokio::test]
+async fn a_request_above_the_stacks_cap_is_refused_naming_the_parameter() {
+    let c = ctx().await;
+    let h = harness();
+    h.door.with_quotas(c.region, |q| {
+        q.applied.insert(SPOT.into(), 8.0);
+    });
+    let mut spec = fixtures::runspec("above-cap", &c.net, None);
+    spec["worker"]["market"] = json!("spot");
+    let settings = ephemera_functions::Settings {
+        max_quota_request_vcpus: Some(12),
+        ..ephemera_tests::deployed::settings(&c)
+    };
+    let out = ephemera_tests::deployed::call_with(
+        &c,
+        Function::QuotaCheck,
+        json!({"run": spec, "quota": null}),
+        settings,
+    )
+    .await
+    .unwrap();
+    let s: QuotaState = serde_json::from_value(out).unwrap();
+    assert_eq!(s.verdict, QuotaVerdict::Denied, "{s:?}");
+    assert!(
+        s.reason
+            .contains("16 vCPUs, above the stack's MaxQuotaRequestVcpus (12)"),
+        "{}",
+        s.reason
+    );
+    assert_eq!(h.door.with_quotas(c.region, |q| q.increase_calls), 0);
+    // Within the cap, the same run asks.
+    spec["run_id"] = json!("within-cap");
+    let s = poll_quota(&c, &spec, None).await;
+    assert_eq!(s.verdict, QuotaVerdict::Waiting, "{s:?}");
+    assert_eq!(h.door.with_quotas(c.region, |q| q.increase_calls), 1);
+}
+
+/// The harness holds quota-check's role to the catalog's vCPU quotas: another EC2 quota (here
+/// Elastic IP addresses, L-0263D0A3) can neither be read nor asked for.
+#[tokio::test]
+async fn the_quota_check_role_may_ask_for_vcpu_quotas_only() {
+    let c = ctx().await;
+    let role = function_clients(c.region, "quota-check");
+    let asked = |code: &'static str| {
+        role.quotas
+            .request_service_quota_increase()
+            .service_code("ec2")
+            .quota_code(code)
+            .desired_value(5000.0)
+            .send()
+    };
+    let refused = asked("L-0263D0A3").await.unwrap_err();
+    assert!(
+        refused
+            .as_service_error()
+            .is_some_and(|e| e.is_access_denied_exception()),
+        "{refused:?}"
+    );
+    let read = role
+        .quotas
+        .get_service_quota()
+        .service_code("ec2")
+        .quota_code("L-0263D0A3")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        read.as_service_error()
+            .is_some_and(|e| e.is_access_denied_exception()),
+        "{read:?}"
+    );
+    asked(SPOT).await.expect("a vCPU quota of the catalog");
+}
+
+/// A throttled Price List does not hold quota-check past its deadline: GetProducts' bucket is
+/// kept empty by someone else for the whole check, twelve candidates are priced, and the check
+/// ends soon after its pricing deadline, the prices it could not read from the dated table,
+/// marked estimated (without the deadline it took a retry sequence per group of five, 20 s or
+/// so).
+#[tokio::test]
+async fn a_throttled_price_list_does_not_time_quota_check_out() {
+    let c = ctx().await;
+    let h = harness();
+    let types = [
+        "c7g.large",
+        "c7g.xlarge",
+        "c7g.2xlarge",
+        "c7g.4xlarge",
+        "c6g.large",
+        "c6g.xlarge",
+        "c6g.2xlarge",
+        "c6g.4xlarge",
+        "m7g.large",
+        "m7g.xlarge",
+        "m7g.2xlarge",
+        "m6g.large",
+    ];
+    let mut spec = fixtures::runspec("priced-late", &c.net, None);
+    spec["worker"]["instance_types"] = json!(types);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let region = c.region;
+    let hog = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                while harness().door.throttles.take_from(
+                    region,
+                    "pricing",
+                    price_list::GET_PRODUCTS_BUCKET,
+                    "someone else",
+                ) {}
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let role = function_clients(c.region, "quota-check");
+    let within = Duration::from_secs(3);
+    let started = std::time::Instant::now();
+    let s = quota_check::handle(
+        quota_check::Clients {
+            ec2: &role.ec2,
+            quotas: &role.quotas,
+            prices: &role.pricing,
+        },
+        &quota_check::Config {
+            region: c.region.into(),
+            pricing_within: within,
+            ..Default::default()
+        },
+        serde_json::from_value(json!({"run": spec, "quota": null})).unwrap(),
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    hog.join().unwrap();
+    assert!(
+        took < within + Duration::from_secs(4),
+        "quota-check took {took:?} with a {within:?} pricing deadline"
+    );
+    assert_eq!(s.verdict, QuotaVerdict::Enough, "{s:?}");
+    assert_eq!(s.prices.len(), types.len());
+    assert!(
+        h.door
+            .throttles
+            .refused_in(c.region)
+            .iter()
+            .any(|(what, _)| what == price_list::GET_PRODUCTS),
+        "the Price List was throttled"
+    );
+    // A refilled token may reach a read before the hog takes it (that type is the API's), and
+    // a read whose retries all ended before the deadline falls back to the table as before.
+    for p in &s.prices {
+        let table = ephemera_core::catalog::on_demand_hourly_bound(&p.instance_type, c.region);
+        assert!((p.usd_per_hour - table.unwrap()).abs() < 1e-9, "{p:?}");
+        assert!(
+            p.source.contains("fallback table") || p.source == "price-list-api",
+            "{p:?}"
+        );
+    }
+    assert!(
+        s.prices
+            .iter()
+            .any(|p| p.source.ends_with("did not answer in time")),
+        "the deadline priced some: {:?}",
+        s.prices
+    );
+}
+
+/// A quota-check that runs out of its Timeout is invoked again (CheckQuota's Retry on the
+/// names Step Functions reports a Lambda timeout by), and the run goes on: the deployed ASL
+/// executed end to end, the front door answering the first invocation as a timed-out Lambda.
+#[tokio::test]
+async fn a_quota_check_timeout_is_retried() {
+    let region = ephemera_tests::fresh_region();
+    harness().door.add_timeout(region, "quota-check", 1);
+    let report = json!({"run_id": "e2e-qc-timeout", "partitions_done": 2,
+                        "partitions_failed": 0, "rows_in": 1000, "rows_out": 1000,
+                        "durations": {"total_seconds": 1.5}});
+    let r = e2e::scenario(region, "e2e-qc-timeout", Behaviour::Succeed(report), |_| {}).await;
+    assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished);
+    let checks = harness()
+        .door
+        .invocations_in(region)
+        .iter()
+        .filter(|f| f.as_str() == "quota-check")
+        .count();
+    assert_eq!(checks, 2, "the timed-out check and its retry");
+    r.assert_nothing_left();
 }

@@ -469,3 +469,120 @@ fn the_caps_worst_case_counts_the_templates_sweeper_interval_and_lambda_limits()
     assert!(timeout("SnapshotDatabaseFunction") <= budget::QUOTA_CHECK_TIMEOUT_SECONDS);
     assert!(timeout("VerifyCompletionFunction") <= budget::TERMINATE_TIMEOUT_SECONDS);
 }
+
+/// The quota-check role may read and ask to raise exactly the EC2 vCPU quotas the catalog
+/// draws runs on, by their ARNs (never `ec2/L-*`, which would grant every EC2 quota); the
+/// request bounds' parameters reach the function with the defaults `quota_request` states.
+#[test]
+fn the_quota_check_role_asks_only_for_the_catalogs_vcpu_quotas() {
+    use ephemera_core::quota_request;
+    let t = template_yaml();
+    let f = &t["Resources"]["QuotaCheckFunction"]["Properties"];
+    let statements: Vec<&serde_json::Value> = f["Policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["Statement"].as_array().unwrap())
+        .collect();
+    let grants = |action: &str| -> Vec<String> {
+        statements
+            .iter()
+            .filter(|s| {
+                let a = &s["Action"];
+                a.as_str() == Some(action)
+                    || a.as_array()
+                        .is_some_and(|l| l.iter().any(|x| x.as_str() == Some(action)))
+            })
+            .flat_map(|s| match &s["Resource"] {
+                serde_json::Value::Array(l) => l.clone(),
+                one => vec![one.clone()],
+            })
+            .map(|r| {
+                r.get("!Sub")
+                    .or(Some(&r))
+                    .and_then(|v| v.as_str())
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    let prefix = "arn:${AWS::Partition}:servicequotas:${AWS::Region}:${AWS::AccountId}:ec2/";
+    for action in [
+        "servicequotas:RequestServiceQuotaIncrease",
+        "servicequotas:GetServiceQuota",
+    ] {
+        let mut codes: Vec<String> = grants(action)
+            .iter()
+            .map(|r| {
+                r.strip_prefix(prefix)
+                    .unwrap_or_else(|| panic!("{action} on {r}, not an EC2 quota's ARN"))
+                    .to_string()
+            })
+            .collect();
+        codes.sort();
+        let catalog: Vec<String> = ephemera_core::catalog::vcpu_quota_codes()
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(codes, catalog, "{action}");
+    }
+
+    let params = &t["Parameters"];
+    assert_eq!(
+        params["QuotaDenialCooloffHours"]["Default"].as_u64(),
+        Some(quota_request::DEFAULT_COOLOFF_HOURS as u64)
+    );
+    assert_eq!(
+        params["MaxQuotaRequestVcpus"]["Default"].as_u64(),
+        Some(quota_request::DEFAULT_MAX_REQUEST_VCPUS as u64)
+    );
+    let env = &f["Environment"]["Variables"];
+    assert_eq!(
+        env["EPHEMERA_QUOTA_DENIAL_COOLOFF_HOURS"],
+        serde_json::json!({"!Ref": "QuotaDenialCooloffHours"})
+    );
+    assert_eq!(
+        env["EPHEMERA_MAX_QUOTA_REQUEST_VCPUS"],
+        serde_json::json!({"!Ref": "MaxQuotaRequestVcpus"})
+    );
+}
+
+/// quota-check ends within its Timeout: its Price List deadline leaves half a minute for the
+/// rest, and CheckQuota retries a Lambda timeout (Step Functions reports an unhandled Lambda
+/// error, a timeout among them, as `Lambda.Unknown`
+/// (<https://docs.aws.amazon.com/step-functions/latest/dg/bp-lambda-serviceexception.html>);
+/// newer runtimes' `Sandbox.Timedout` and a Task's own `States.Timeout` alike) a bounded number
+/// of times; a retry follows the request the timed-out check may have filed.
+#[test]
+fn quota_check_prices_within_its_timeout_and_a_timeout_is_retried() {
+    use ephemera_functions::handlers::quota_check::PRICING_WITHIN;
+    let t = template_yaml();
+    let f = &t["Resources"]["QuotaCheckFunction"]["Properties"];
+    let timeout = f["Timeout"]
+        .as_f64()
+        .or(t["Globals"]["Function"]["Timeout"].as_f64())
+        .unwrap();
+    assert!(
+        PRICING_WITHIN.as_secs_f64() + 30.0 <= timeout,
+        "{PRICING_WITHIN:?} of pricing leaves too little of a {timeout} s timeout"
+    );
+    let asl: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("state-machines/ephemeral-worker.asl.json")).unwrap(),
+    )
+    .unwrap();
+    let retry = asl["States"]["CheckQuota"]["Retry"].as_array().unwrap();
+    for error in ["Lambda.Unknown", "Sandbox.Timedout", "States.Timeout"] {
+        let r = retry
+            .iter()
+            .find(|r| {
+                r["ErrorEquals"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e.as_str() == Some(error))
+            })
+            .unwrap_or_else(|| panic!("CheckQuota does not retry {error}"));
+        let attempts = r["MaxAttempts"].as_u64().unwrap();
+        assert!((1..=3).contains(&attempts), "{error}: {attempts} attempts");
+    }
+}

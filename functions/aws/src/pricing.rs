@@ -69,22 +69,70 @@ pub async fn quotes_for<P: PriceList>(
     types: &[String],
     region: &str,
 ) -> Vec<Option<Quote>> {
+    quotes_until(prices, known, types, region, None).await
+}
+
+/// As [`quotes_for`], but what the Price List has not answered by `deadline` is priced from
+/// the dated table and marked estimated ([`late`]): a throttled or slow API (each call may
+/// retry for up to its operation timeout) cannot hold the caller past its own Lambda timeout.
+pub async fn quotes_within<P: PriceList>(
+    prices: &P,
+    known: &[TypePrice],
+    types: &[String],
+    region: &str,
+    deadline: tokio::time::Instant,
+) -> Vec<Option<Quote>> {
+    quotes_until(prices, known, types, region, Some(deadline)).await
+}
+
+async fn quotes_until<P: PriceList>(
+    prices: &P,
+    known: &[TypePrice],
+    types: &[String],
+    region: &str,
+    deadline: Option<tokio::time::Instant>,
+) -> Vec<Option<Quote>> {
     let mut quotes = Vec::with_capacity(types.len());
     // In groups, not as a stream: a stream of borrowing closures makes the handlers' futures
     // lose `Send` in the front door's router (a higher-ranked lifetime rustc cannot prove).
     for group in types.chunks(AT_ONCE) {
         let read = group.iter().map(|t| async move {
-            match known.iter().find(|k| &k.instance_type == t) {
-                Some(k) => Some(Quote {
+            if let Some(k) = known.iter().find(|k| &k.instance_type == t) {
+                return Some(Quote {
                     usd_per_hour: k.usd_per_hour,
                     source: k.source.clone(),
-                }),
-                None => prices.on_demand_hourly(t, region).await,
+                });
+            }
+            let Some(deadline) = deadline else {
+                return prices.on_demand_hourly(t, region).await;
+            };
+            // Past the deadline no call is started at all.
+            if tokio::time::Instant::now() >= deadline {
+                return late(t, region);
+            }
+            match tokio::time::timeout_at(deadline, prices.on_demand_hourly(t, region)).await {
+                Ok(q) => q,
+                Err(_) => late(t, region),
             }
         });
         quotes.extend(futures_util::future::join_all(read).await);
     }
     quotes
+}
+
+/// A type the Price List did not price in time: the dated table's price (raised by the
+/// regional bound outside the table's region), called an estimate in every region, since the
+/// API was not heard.
+fn late(instance_type: &str, region: &str) -> Option<Quote> {
+    let q = fallback(instance_type, region)?;
+    let source = match q.source.strip_prefix("estimated: ") {
+        Some(rest) => rest.to_string(),
+        None => q.source,
+    };
+    Some(Quote {
+        usd_per_hour: q.usd_per_hour,
+        source: format!("estimated: {source}, the Price List API did not answer in time"),
+    })
 }
 
 /// The dearest candidate and its price, whose On-Demand price bounds what any candidate bills
@@ -323,6 +371,51 @@ mod tests {
             "a type no source prices is left for launch to name"
         );
         assert!(payload::json_len(&doc[0].source) <= payload::DETAIL_KEPT);
+    }
+
+    /// A Price List that answers one type at once and never answers the others.
+    struct Stuck;
+    impl PriceList for Stuck {
+        async fn on_demand_hourly(&self, t: &str, _: &str) -> Option<Quote> {
+            if t == "c7g.4xlarge" {
+                return Some(Quote {
+                    usd_per_hour: 0.6,
+                    source: "price-list-api".into(),
+                });
+            }
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test]
+    async fn past_the_deadline_the_rest_is_priced_from_the_table_and_called_an_estimate() {
+        let types: Vec<String> = ["c7g.4xlarge", "m7g.2xlarge", "x9.nonesuch"]
+            .map(String::from)
+            .to_vec();
+        let started = tokio::time::Instant::now();
+        let deadline = started + Duration::from_millis(200);
+        let quotes = quotes_within(&Stuck, &[], &types, "eu-south-2", deadline).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "ended at its deadline"
+        );
+        assert_eq!(quotes[0].as_ref().unwrap().source, "price-list-api");
+        let late = quotes[1].as_ref().unwrap();
+        assert_eq!(
+            Some(late.usd_per_hour),
+            fallback("m7g.2xlarge", "eu-south-2").map(|q| q.usd_per_hour)
+        );
+        assert!(
+            late.source.starts_with("estimated: fallback table")
+                && late.source.ends_with("did not answer in time"),
+            "{}",
+            late.source
+        );
+        // A type the table lacks has no price at all (launch-worker names it).
+        assert_eq!(quotes[2], None);
+        // In the table's own region too: an estimate, since the API was not heard.
+        let home = quotes_within(&Stuck, &[], &types[1..2], "us-east-1", deadline).await;
+        assert!(home[0].as_ref().unwrap().source.starts_with("estimated: "));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::future::Future;
 use aws_sdk_servicequotas::types::RequestedServiceQuotaChange;
 use chrono::{DateTime, Utc};
 use ephemera_core::quota::QuotaRequest;
+use ephemera_core::quota_request::PastRequest;
 
 use super::to_chrono;
 use crate::error::Error;
@@ -32,6 +33,13 @@ pub trait QuotaService: Send + Sync {
         request_id: &str,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<QuotaRequest, Error>> + Send;
+    /// Every increase request of the quota in the account, whoever filed it
+    /// (ListRequestedServiceQuotaChangeHistoryByQuota, every page).
+    fn history(
+        &self,
+        code: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<PastRequest>, Error>> + Send;
 }
 
 const SERVICE: &str = "ec2";
@@ -48,6 +56,21 @@ fn request(r: &RequestedServiceQuotaChange, now: DateTime<Utc>) -> QuotaRequest 
         requested_at: r.created().map(to_chrono).unwrap_or(now),
     }
 }
+
+fn past(r: &RequestedServiceQuotaChange, now: DateTime<Utc>) -> PastRequest {
+    let request = request(r, now);
+    PastRequest {
+        updated_at: r
+            .last_updated()
+            .map(to_chrono)
+            .unwrap_or(request.requested_at),
+        request,
+    }
+}
+
+/// Pages a history may take: 100 requests a page (the API's largest MaxResults) is more than
+/// any quota collects, so the bound only stops a NextToken that never ends.
+const HISTORY_PAGES: usize = 10;
 
 impl QuotaService for aws_sdk_servicequotas::Client {
     async fn applied(&self, code: &str) -> Result<Applied, Error> {
@@ -112,30 +135,9 @@ impl QuotaService for aws_sdk_servicequotas::Client {
                 if e.as_service_error()
                     .is_some_and(|s| s.is_resource_already_exists_exception()) =>
             {
-                let history = self
-                    .list_requested_service_quota_change_history_by_quota()
-                    .service_code(SERVICE)
-                    .quota_code(code)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        Error::aws(
-                            "servicequotas",
-                            "ListRequestedServiceQuotaChangeHistoryByQuota",
-                            e,
-                        )
-                    })?;
-                history
-                    .requested_quotas()
-                    .iter()
-                    .filter(|q| {
-                        matches!(
-                            q.status().map(|s| s.as_str()),
-                            Some("PENDING") | Some("CASE_OPENED")
-                        )
-                    })
-                    .max_by_key(|q| q.created().map(|c| c.secs()))
-                    .map(|q| request(q, now))
+                let history = self.history(code, now).await?;
+                ephemera_core::quota_request::open_request(&history)
+                    .map(|p| p.request.clone())
                     .ok_or_else(|| Error::Aws {
                         service: "servicequotas",
                         operation: "RequestServiceQuotaIncrease",
@@ -149,6 +151,34 @@ impl QuotaService for aws_sdk_servicequotas::Client {
                 e,
             )),
         }
+    }
+
+    async fn history(&self, code: &str, now: DateTime<Utc>) -> Result<Vec<PastRequest>, Error> {
+        let mut out = vec![];
+        let mut token: Option<String> = None;
+        for _ in 0..HISTORY_PAGES {
+            let page = self
+                .list_requested_service_quota_change_history_by_quota()
+                .service_code(SERVICE)
+                .quota_code(code)
+                .max_results(100)
+                .set_next_token(token.take())
+                .send()
+                .await
+                .map_err(|e| {
+                    Error::aws(
+                        "servicequotas",
+                        "ListRequestedServiceQuotaChangeHistoryByQuota",
+                        e,
+                    )
+                })?;
+            out.extend(page.requested_quotas().iter().map(|q| past(q, now)));
+            match page.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        Ok(out)
     }
 
     async fn request_status(&self, id: &str, now: DateTime<Utc>) -> Result<QuotaRequest, Error> {

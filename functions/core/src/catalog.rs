@@ -211,6 +211,34 @@ pub fn quota_code(class: QuotaClass, market: Market) -> Option<&'static str> {
     })
 }
 
+impl QuotaClass {
+    pub const ALL: [QuotaClass; 10] = [
+        QuotaClass::Standard,
+        QuotaClass::GAndVt,
+        QuotaClass::P,
+        QuotaClass::X,
+        QuotaClass::Inf,
+        QuotaClass::F,
+        QuotaClass::Trn,
+        QuotaClass::Dl,
+        QuotaClass::Hpc,
+        QuotaClass::HighMemory,
+    ];
+}
+
+/// Every EC2 vCPU quota code a run may draw on: the only quotas quota-check may read or ask
+/// to raise (template.yaml's quota-check role lists exactly these; tests/tests/template.rs).
+pub fn vcpu_quota_codes() -> Vec<&'static str> {
+    let mut codes: Vec<&'static str> = QuotaClass::ALL
+        .iter()
+        .flat_map(|&c| [Market::OnDemand, Market::Spot].map(|m| quota_code(c, m)))
+        .flatten()
+        .collect();
+    codes.sort_unstable();
+    codes.dedup();
+    codes
+}
+
 /// gp3 storage, USD per GiB-month, and the hours AWS counts in a billing month.
 pub const GP3_USD_PER_GIB_MONTH: f64 = 0.08;
 pub const HOURS_PER_MONTH: f64 = 730.0;
@@ -257,6 +285,8 @@ mod tests {
 
     #[test]
     fn quota_codes() {
+        // Every class in ALL, each market's code its own.
+        assert_eq!(vcpu_quota_codes().len(), 18);
         assert_eq!(
             quota_code(QuotaClass::Standard, Market::OnDemand),
             Some("L-1216C47A")

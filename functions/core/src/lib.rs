@@ -15,6 +15,7 @@ pub mod month_html;
 pub mod payload;
 pub mod plain_text;
 pub mod quota;
+pub mod quota_request;
 pub mod report_html;
 pub mod rundoc;
 pub mod runspec;

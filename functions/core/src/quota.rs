@@ -134,6 +134,10 @@ pub struct QuotaLine {
     pub fits: bool,
     #[serde(default)]
     pub request: Option<QuotaRequest>,
+    /// Why no request may be filed for it (a recent denial, the stack's cap:
+    /// `quota_request::filing`); the market cannot be served while it is short.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub barred: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -296,6 +300,10 @@ fn decide_market(lines: &[&QuotaLine], request_allowed: bool) -> MarketQuota {
             l.applied
         );
         match &l.request {
+            None if l.barred.is_some() => {
+                let why = l.barred.as_deref().unwrap_or_default();
+                return MarketQuota::Denied(format!("{gap}; {why}"));
+            }
             None if !request_allowed => {
                 return MarketQuota::Denied(format!("{gap}, and quota.request_increase is false"))
             }
@@ -366,6 +374,7 @@ mod tests {
                 status: s.into(),
                 requested_at: t(0),
             }),
+            barred: None,
         }
     }
 
@@ -511,6 +520,12 @@ mod tests {
         let (v, why) = decide(&[line(8.0, 0, 16, None)], false, t(0), d);
         assert_eq!(v, QuotaVerdict::Denied);
         assert!(why.contains("request_increase is false"), "{why}");
+        // A line no request may be filed for is denied, naming why.
+        let mut barred = line(8.0, 0, 16, None);
+        barred.barred = Some("request r was DENIED on 2026-12-01".into());
+        let (v, why) = decide(&[barred], true, t(0), d);
+        assert_eq!(v, QuotaVerdict::Denied);
+        assert!(why.contains("was DENIED on 2026-12-01"), "{why}");
         assert_eq!(
             decide(&[line(8.0, 0, 16, Some("CASE_OPENED"))], true, t(0), d).0,
             QuotaVerdict::Waiting

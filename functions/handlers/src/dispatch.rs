@@ -104,6 +104,12 @@ pub struct Settings {
     /// EPHEMERA_STACK: the stack's name, tagged on what it creates that outlives a run (its
     /// snapshots) so that it prunes only its own.
     pub stack: Option<String>,
+    /// EPHEMERA_QUOTA_DENIAL_COOLOFF_HOURS (template QuotaDenialCooloffHours): after a denial,
+    /// no increase request for this long; None is the default (`quota_request`).
+    pub quota_denial_cooloff_hours: Option<u32>,
+    /// EPHEMERA_MAX_QUOTA_REQUEST_VCPUS (template MaxQuotaRequestVcpus): no request's desired
+    /// value above it; None is the default.
+    pub max_quota_request_vcpus: Option<u32>,
 }
 
 impl Settings {
@@ -133,6 +139,10 @@ impl Settings {
             export_bucket: var("EPHEMERA_EXPORT_BUCKET"),
             ebs_kms_key: var("EPHEMERA_EBS_KMS_KEY"),
             stack: var("EPHEMERA_STACK"),
+            quota_denial_cooloff_hours: var("EPHEMERA_QUOTA_DENIAL_COOLOFF_HOURS")
+                .and_then(|v| v.parse().ok()),
+            max_quota_request_vcpus: var("EPHEMERA_MAX_QUOTA_REQUEST_VCPUS")
+                .and_then(|v| v.parse().ok()),
         }
     }
 }
@@ -234,9 +244,24 @@ pub async fn quota_check(
             export_bucket: settings.export_bucket.clone(),
             worker_profile: settings.worker_instance_profile.clone(),
         },
+        requests: quota_bounds(settings),
+        ..Default::default()
     };
     let input = parse_input(Function::QuotaCheck.name(), payload)?;
     out(quota_check::handle(clients, &config, input, now).await?)
+}
+
+/// The stack's bounds on quota increase requests, each parameter's default where unset.
+fn quota_bounds(settings: &Settings) -> ephemera_core::quota_request::Bounds {
+    let d = ephemera_core::quota_request::Bounds::default();
+    ephemera_core::quota_request::Bounds {
+        cooloff_hours: settings
+            .quota_denial_cooloff_hours
+            .unwrap_or(d.cooloff_hours),
+        max_desired_vcpus: settings
+            .max_quota_request_vcpus
+            .unwrap_or(d.max_desired_vcpus),
+    }
 }
 
 /// launch-worker's clients: it prices, launches, signs the token over, and books the run.

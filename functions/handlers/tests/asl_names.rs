@@ -13,8 +13,9 @@ use serde_json::Value;
 const ASL: &str = include_str!("../../../state-machines/ephemeral-worker.asl.json");
 
 /// Names AWS defines, not ephemera: Step Functions' own and those of the service integrations
-/// whose errors the ASL retries.
-const AWS_NAMESPACES: [&str; 3] = ["States.", "Lambda.", "Ssm."];
+/// whose errors the ASL retries, and the Lambda runtime's (`Sandbox.Timedout`: a function
+/// that ran out of its Timeout).
+const AWS_NAMESPACES: [&str; 4] = ["States.", "Lambda.", "Ssm.", "Sandbox."];
 
 /// Names in the list that the ASL neither catches by name nor raises, and no Lambda produces,
 /// with who produces them and how the state machine meets them.

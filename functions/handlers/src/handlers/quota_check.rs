@@ -9,6 +9,7 @@ use ephemera_core::budget;
 use ephemera_core::deployment::Deployment;
 use ephemera_core::instance_state::InstanceState;
 use ephemera_core::quota::{self, QuotaLine, QuotaState, QuotaVerdict, RequestProgress};
+use ephemera_core::quota_request::{self, Bounds, Filing};
 use ephemera_core::runspec::FieldError;
 use ephemera_core::{InvalidRunSpec, RunSpec};
 use serde::Deserialize;
@@ -24,12 +25,32 @@ pub struct Input {
     pub quota: Option<QuotaState>,
 }
 
+/// How long quota-check reads prices before the rest are priced from the dated table: the
+/// function's Timeout (template.yaml, held by tests/tests/template.rs) leaves room after it for
+/// the EC2 and Service Quotas calls, which are few and unthrottled at a run's rate.
+pub const PRICING_WITHIN: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// What the deployment supplies (environment of the function).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Config {
     pub region: String,
     /// What the template grants the run: buckets, topics, the worker's profile.
     pub deployment: Deployment,
+    /// The stack's bounds on increase requests (QuotaDenialCooloffHours, MaxQuotaRequestVcpus).
+    pub requests: Bounds,
+    /// The Price List's deadline within one invocation ([`PRICING_WITHIN`]).
+    pub pricing_within: std::time::Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            region: String::new(),
+            deployment: Deployment::default(),
+            requests: Bounds::default(),
+            pricing_within: PRICING_WITHIN,
+        }
+    }
 }
 
 /// What quota-check reads: instance types and usage, the quotas, and the candidates' prices.
@@ -50,6 +71,7 @@ pub async fn handle<E: Compute, Q: QuotaService, P: PriceList>(
         quotas,
         prices,
     } = clients;
+    let pricing_deadline = tokio::time::Instant::now() + config.pricing_within;
     // The one state that validates it; those after read it typed (tests/asl_states.rs).
     let spec = RunSpec::parse(&input.run)?;
     config.deployment.check(&spec)?;
@@ -72,7 +94,8 @@ pub async fn handle<E: Compute, Q: QuotaService, P: PriceList>(
     // and the prices are the same.
     let quotes = match prev {
         None => {
-            let quotes = pricing::quotes_for(prices, &[], types, &config.region).await;
+            let quotes =
+                pricing::quotes_within(prices, &[], types, &config.region, pricing_deadline).await;
             admit(&spec, types, &quotes, &config.region)?;
             Some(quotes)
         }
@@ -86,6 +109,7 @@ pub async fn handle<E: Compute, Q: QuotaService, P: PriceList>(
         spec: &spec,
         previous: prev,
         usage: &usage,
+        bounds: &config.requests,
         now,
     };
     let mut lines = vec![];
@@ -112,7 +136,10 @@ pub async fn handle<E: Compute, Q: QuotaService, P: PriceList>(
                 types,
                 match quotes {
                     Some(q) => q,
-                    None => pricing::quotes_for(prices, &[], types, &config.region).await,
+                    None => {
+                        pricing::quotes_within(prices, &[], types, &config.region, pricing_deadline)
+                            .await
+                    }
                 },
             ),
             quota::markets_with_room(&lines),
@@ -210,6 +237,7 @@ struct Poll<'a> {
     spec: &'a RunSpec,
     previous: Option<&'a QuotaState>,
     usage: &'a BTreeMap<&'static str, u32>,
+    bounds: &'a Bounds,
     now: DateTime<Utc>,
 }
 
@@ -236,18 +264,16 @@ async fn quota_line<Q: QuotaService>(
     } = quotas.applied(&need.code).await?;
     let used = poll.usage.get(need.code.as_str()).copied().unwrap_or(0);
     let fits = quota::fits(applied, used, need.needed_vcpus);
-    let request = match followed {
-        Some(r) => Some(r),
+    let (request, barred) = match followed {
+        Some(r) => (Some(r), None),
         None if !fits && poll.spec.quota.request_increase => {
             let desired = quota::desired_value(applied, used, need.needed_vcpus);
-            tracing::info!(code = %need.code, desired, "requesting a quota increase");
-            Some(
-                quotas
-                    .request_increase(&need.code, desired, poll.now)
-                    .await?,
-            )
+            match file_or_follow(quotas, poll, &need.code, desired).await? {
+                Ok(r) => (Some(r), None),
+                Err(why) => (None, Some(why)),
+            }
         }
-        None => None,
+        None => (None, None),
     };
     Ok(QuotaLine {
         code: need.code,
@@ -258,5 +284,34 @@ async fn quota_line<Q: QuotaService>(
         needed_vcpus: need.needed_vcpus,
         fits,
         request,
+        barred,
     })
+}
+
+/// A short quota with no request of this run's: the account's history read first, an open
+/// request (another run's, a person's, or this check's before a retry) followed, a new one
+/// filed unless a recent denial or the stack's cap bars it (`Err` says why).
+async fn file_or_follow<Q: QuotaService>(
+    quotas: &Q,
+    poll: &Poll<'_>,
+    code: &str,
+    desired: f64,
+) -> Result<Result<quota::QuotaRequest, String>, Error> {
+    let history = quotas.history(code, poll.now).await?;
+    Ok(
+        match quota_request::filing(&history, desired, poll.bounds, poll.now) {
+            Filing::Follow(open) => {
+                tracing::info!(code, request = %open.id, status = %open.status, "following the open quota request");
+                Ok(open)
+            }
+            Filing::File(desired) => {
+                tracing::info!(code, desired, "requesting a quota increase");
+                Ok(quotas.request_increase(code, desired, poll.now).await?)
+            }
+            Filing::Barred(why) => {
+                tracing::info!(code, %why, "no quota increase may be requested");
+                Err(why)
+            }
+        },
+    )
 }
