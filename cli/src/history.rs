@@ -118,6 +118,14 @@ pub fn current_state(events: &[Event]) -> Option<(String, DateTime<Utc>)> {
 /// The run's attempts, every worker's (`$.worker.attempts` in each worker's Map iteration,
 /// `$.workers[*].worker.attempts` after it), each worker's as its latest state saw them.
 pub fn attempts(events: &[Event]) -> Vec<Attempt> {
+    attempts_by_worker(events)
+        .into_iter()
+        .map(|(_, a)| a)
+        .collect()
+}
+
+/// [`attempts`], each with its worker's slot.
+pub fn attempts_by_worker(events: &[Event]) -> Vec<(u64, Attempt)> {
     let mut by_worker: BTreeMap<u64, Vec<Attempt>> = BTreeMap::new();
     let mut take = |w: &Value| {
         let slot = w.get("slot").and_then(Value::as_u64).unwrap_or(1);
@@ -153,7 +161,10 @@ pub fn attempts(events: &[Event]) -> Vec<Attempt> {
             }
         }
     }
-    by_worker.into_values().flatten().collect()
+    by_worker
+        .into_iter()
+        .flat_map(|(slot, a)| a.into_iter().map(move |a| (slot, a)))
+        .collect()
 }
 
 /// The cost report (`$.report`) the run's last terminate-with-cost-report wrote: on success

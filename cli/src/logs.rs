@@ -100,12 +100,47 @@ pub async fn command(
         println!("no worker logs: {} launched no instance", execution.name);
         return Ok(Outcome::Done);
     }
-    // The stack's group, named after its state machine (`<stack>-worker`).
-    let group = worker_log_group_of(&execution.arn).unwrap_or_else(|| WORKER_LOG_GROUP.to_string());
-    let op = Op::new("logs:DescribeLogStreams", &group);
+    let group = group_of(execution);
+    let names = stream_names(logs, &group, &run_id).await?;
+    let streams = streams_of(&run_id, &names, &instances);
+    if streams.is_empty() {
+        println!(
+            "no log lines from the workers of {} yet (they ship to {group} every few seconds)",
+            execution.name
+        );
+        return Ok(Outcome::Done);
+    }
+    for (attempt, instance, stream) in streams {
+        println!("== attempt {attempt} on {instance} ({group} {stream})");
+        read_from(logs, &group, &stream, None, |m| {
+            println!("{}", shown(m, raw))
+        })
+        .await?;
+    }
+    Ok(Outcome::Done)
+}
+
+/// A shipped line as printed: readable (or raw), and never obeyed by the operator's terminal
+/// (a job's text, whatever it wrote).
+fn shown(message: &str, raw: bool) -> String {
+    printable(&if raw {
+        message.to_string()
+    } else {
+        readable(message)
+    })
+}
+
+/// The stack's group, named after its state machine (`<stack>-worker`).
+fn group_of(execution: &Execution) -> String {
+    worker_log_group_of(&execution.arn).unwrap_or_else(|| WORKER_LOG_GROUP.to_string())
+}
+
+/// The run's stream names in the group.
+async fn stream_names(logs: &Client, group: &str, run_id: &str) -> Result<Vec<String>, CliError> {
+    let op = Op::new("logs:DescribeLogStreams", group);
     let mut pages = logs
         .describe_log_streams()
-        .log_group_name(&group)
+        .log_group_name(group)
         .log_stream_name_prefix(format!("{run_id}/"))
         .into_paginator()
         .send();
@@ -124,35 +159,98 @@ pub async fn command(
                 .filter_map(|s| s.log_stream_name().map(str::to_string)),
         );
     }
-    let streams = streams_of(&run_id, &names, &instances);
-    if streams.is_empty() {
-        println!(
-            "no log lines from the workers of {} yet (they ship to {group} every few seconds)",
-            execution.name
-        );
-        return Ok(Outcome::Done);
-    }
-    for (attempt, instance, stream) in streams {
-        println!("== attempt {attempt} on {instance} ({group} {stream})");
-        let op = Op::new("logs:GetLogEvents", &stream);
-        // The paginator stops where the forward token stops changing: the stream's end.
-        let mut events = logs
+    Ok(names)
+}
+
+/// Every line of `stream` after `token` (from its head without one), each handed to `each`;
+/// the token to read on from.
+async fn read_from(
+    logs: &Client,
+    group: &str,
+    stream: &str,
+    mut token: Option<String>,
+    mut each: impl FnMut(&str),
+) -> Result<Option<String>, CliError> {
+    let op = Op::new("logs:GetLogEvents", stream);
+    loop {
+        let page = logs
             .get_log_events()
-            .log_group_name(&group)
-            .log_stream_name(&stream)
+            .log_group_name(group)
+            .log_stream_name(stream)
             .start_from_head(true)
-            .into_paginator()
-            .items()
-            .send();
-        while let Some(e) = events.next().await {
-            let e = e.map_err(|e| op.fail(e))?;
-            let m = e.message().unwrap_or_default();
-            // A job's text, whatever it wrote: never obeyed by the operator's terminal.
-            let line = if raw { m.to_string() } else { readable(m) };
-            println!("{}", printable(&line));
+            .set_next_token(token.clone())
+            .send()
+            .await
+            .map_err(|e| op.fail(e))?;
+        for e in page.events() {
+            each(e.message().unwrap_or_default());
         }
+        // The stream's end: the forward token stops changing.
+        let next = page.next_forward_token().map(str::to_string);
+        if next.is_none() || next == token {
+            return Ok(next.or(token));
+        }
+        token = next;
     }
-    Ok(Outcome::Done)
+}
+
+/// How often `--follow` looks for new lines and new attempts: workers ship every 2 s.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `ephemera logs RUN --follow`: every worker's lines as they are shipped, each prefixed with
+/// its worker and attempt, new attempts' streams taken up as they appear, until the run ends
+/// (then what was shipped up to its end); the exit code says how it ended, as `status` does.
+pub async fn follow(
+    logs: &Client,
+    sfn: &aws_sdk_sfn::Client,
+    execution: &Execution,
+    raw: bool,
+) -> Result<Outcome, CliError> {
+    let run_id = execution
+        .run_id()
+        .ok_or_else(|| CliError::Other(format!("{} has no run id in its input", execution.name)))?;
+    let group = group_of(execution);
+    let mut read: std::collections::BTreeMap<String, Option<String>> = Default::default();
+    let mut ended = None;
+    loop {
+        let now = crate::resolve::describe(sfn, &execution.arn).await?;
+        let events = history::read(sfn, &execution.arn).await?;
+        let attempts = history::attempts_by_worker(&events);
+        // The group may not be there before the first line is shipped.
+        let names = match attempts.is_empty() {
+            true => vec![],
+            false => stream_names(logs, &group, &run_id).await?,
+        };
+        for (slot, a) in &attempts {
+            let stream = ephemera_core::contract::logs::worker_log_stream(
+                &run_id,
+                a.attempt,
+                &a.instance_id,
+            );
+            if !names.contains(&stream) {
+                continue;
+            }
+            let token = read.get(&stream).cloned().flatten();
+            let prefix = format!("[worker {slot} #{}]", a.attempt);
+            let next = read_from(logs, &group, &stream, token, |m| {
+                println!("{prefix} {}", shown(m, raw))
+            })
+            .await?;
+            read.insert(stream, next);
+        }
+        // One more pass after the end: the last lines are shipped as the worker stops.
+        if ended.is_some() {
+            break;
+        }
+        if !now.is_running() {
+            ended = Some(now.status.clone());
+        }
+        tokio::time::sleep(FOLLOW_EVERY).await;
+    }
+    Ok(match ended {
+        Some(aws_sdk_sfn::types::ExecutionStatus::Succeeded) => Outcome::Done,
+        _ => Outcome::RunFailed,
+    })
 }
 
 #[cfg(test)]

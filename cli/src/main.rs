@@ -119,6 +119,10 @@ enum Command {
         /// The lines as shipped (JSON), not made readable.
         #[arg(long)]
         raw: bool,
+        /// Every worker's lines as they are written, each with its worker and attempt, until
+        /// the run ends (exit 0 when it succeeded, 1 otherwise).
+        #[arg(long)]
+        follow: bool,
     },
     /// Instances ephemera launched that outlived their run; a dry run unless --yes.
     Sweep {
@@ -250,11 +254,15 @@ async fn run(cli: Cli) -> Result<Outcome, CliError> {
             let e = resolve::resolve(&sfn, machine, Some(&run)).await?;
             cancel::command(&sfn, &e, reason.as_deref()).await
         }
-        Command::Logs { run, raw } => {
+        Command::Logs { run, raw, follow } => {
             let conf = aws::config(g, arn_hint(Some(&run), machine)).await?;
             let sfn = aws_sdk_sfn::Client::new(&conf);
             let e = resolve::resolve(&sfn, machine, Some(&run)).await?;
-            logs::command(&aws_sdk_cloudwatchlogs::Client::new(&conf), &sfn, &e, raw).await
+            let logs = aws_sdk_cloudwatchlogs::Client::new(&conf);
+            match follow {
+                true => logs::follow(&logs, &sfn, &e, raw).await,
+                false => logs::command(&logs, &sfn, &e, raw).await,
+            }
         }
         Command::Sweep { yes } => {
             let conf = aws::config(g, machine).await?;

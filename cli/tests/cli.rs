@@ -646,6 +646,106 @@ async fn cancel_stops_the_run_and_its_stop_is_torn_down_settled_and_reported() {
     );
 }
 
+/// `ephemera logs RUN --follow`: a line shipped while the worker works is shown with its worker
+/// and attempt before the run ends, and the command returns when the run has ended (exit 0:
+/// it succeeded).
+#[tokio::test]
+async fn logs_follow_shows_lines_as_they_are_shipped_and_returns_when_the_run_ends() {
+    use tokio::io::AsyncBufReadExt as _;
+
+    let region = fresh_region();
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    let machine = e2e::create_state_machine(region).await;
+    let group = ephemera_tests::iam::worker_log_group();
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&ephemera_tests::sdk_config(region));
+    logs.create_log_group()
+        .log_group_name(&group)
+        .send()
+        .await
+        .unwrap();
+    // The worker holds its token (heartbeating) for 20 s, then succeeds.
+    let worker = worker_standin::spawn(
+        region,
+        "cli-follow",
+        Behaviour::SucceedAfter(20, report_of("cli-follow")),
+        Duration::from_secs(120),
+    );
+    let path = write_spec("follow", &fixtures::runspec("cli-follow", &net, None));
+    let out = output(
+        ephemera(region)
+            .args(["run", path.to_str().unwrap(), "--detach"])
+            .args(["--state-machine", &machine]),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let instance = eventually("the worker's instance", Duration::from_secs(60), || {
+        let aws = aws.clone();
+        async move {
+            fixtures::instances_of(&aws, "cli-follow")
+                .await
+                .into_iter()
+                .find(|(_, s)| s == "running")
+                .map(|(i, _)| i)
+        }
+    })
+    .await;
+    let mut follow = ephemera(region)
+        .args([
+            "logs",
+            "cli-follow",
+            "--follow",
+            "--state-machine",
+            &machine,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(follow.stdout.take().unwrap()).lines();
+    // A line shipped now, as the worker ships it.
+    let buffer = ephemera_worker::agent::logship::Buffer::new(100);
+    buffer.push("epoch 1 of 3 done");
+    let role = ephemera_tests::principal_config(region, &Principal::Worker);
+    let shipped = ephemera_worker::agent::logship::Shipper::start(
+        aws_sdk_cloudwatchlogs::Client::new(&role),
+        &group,
+        &worker_log_stream("cli-follow", 1, &instance),
+        buffer,
+    )
+    .finish(Duration::from_secs(10))
+    .await;
+    assert_eq!(shipped.shipped, 1, "{shipped:?}");
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("a line within 30 s")
+        .unwrap()
+        .expect("a line");
+    assert_eq!(line, "[worker 1 #1] epoch 1 of 3 done");
+    let sfn = aws_sdk_sfn::Client::new(&ephemera_tests::sdk_config(region));
+    let listed = sfn
+        .list_executions()
+        .state_machine_arn(&machine)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.executions()[0].status().as_str(),
+        "RUNNING",
+        "the line came while the run was still running"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(90), follow.wait())
+        .await
+        .expect("--follow returns once the run has ended")
+        .unwrap();
+    worker.log().await;
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        lines.next_line().await.unwrap(),
+        None,
+        "nothing more was shipped"
+    );
+}
+
 #[tokio::test]
 async fn no_credentials_is_said_plainly() {
     let home = std::env::temp_dir().join(format!("ephemera-no-home-{}", std::process::id()));
