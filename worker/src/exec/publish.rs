@@ -121,7 +121,13 @@ mod tests {
                     .build(),
             );
         }
-        create.send().await.unwrap();
+        // Bucket names are the account's across regions: another test may have made it.
+        if let Err(e) = create.send().await {
+            let owned = e.as_service_error().is_some_and(|s| {
+                s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists()
+            });
+            assert!(owned, "CreateBucket: {e:?}");
+        }
         let base = std::env::temp_dir().join(format!("ephemera-sums-{}", std::process::id()));
         let out = base.join("out");
         let _ = std::fs::remove_dir_all(&base);
