@@ -94,7 +94,7 @@ pub struct FrontDoor {
     pub unoffered: Mutex<std::collections::HashSet<(String, String)>>,
     /// Executions stopped through the door: (error, cause, when), as StopExecution was given
     /// them (`stop_is_at_once`).
-    stopped: Mutex<HashMap<String, (Option<String>, Option<String>, f64)>>,
+    stopped: Mutex<HashMap<String, Stopped>>,
     /// (region, ClientToken) → (the parameters' digest, the first answer).
     client_tokens: Mutex<HashMap<(String, String), (String, RawResponse)>>,
     /// (region, instance) → when Spot's interruption notice was given.
@@ -609,6 +609,9 @@ fn s3_bad_digest(headers: &HeaderMap, body: &[u8]) -> Option<Response<Body>> {
         )
     })
 }
+
+/// What a StopExecution was given: error, cause, and when (seconds since the epoch).
+type Stopped = (Option<String>, Option<String>, f64);
 
 /// StopExecution ends a Standard execution at once: from the call on it is ABORTED, with the
 /// error and cause it was given
