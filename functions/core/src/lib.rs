@@ -21,6 +21,7 @@ pub mod runspec;
 pub mod snapshot;
 pub mod sweep;
 pub mod userdata;
+pub mod vcpus;
 pub mod verify;
 
 /// What the worker and the Lambdas exchange lives in `ephemera-contract`; the handlers, which
