@@ -157,7 +157,8 @@ bench: postgres $(VENV)/.talib-$(TALIB_VERSION) $(PEER)
 	cargo bench --locked --profile perf -p ephemera-worker --bench ephemera-worker-bench
 
 # EPHEMERA_SCALE_RUNS runs at once in one account (200 by default), one worker each, through the
-# front door with AWS's limits on (tests/tests/many_runs.rs): every run ends with its own report.
+# front door with AWS's limits on, the vCPU quotas with room for a tenth of the runs at once
+# (tests/tests/many_runs.rs): every run ends SUCCEEDED with its own report, no quota passed.
 EPHEMERA_SCALE_RUNS ?= 200
 scale: $(VENV)/bin/moto_server
 	EPHEMERA_SCALE_RUNS=$(EPHEMERA_SCALE_RUNS) cargo test --workspace --locked --test many_runs -- --ignored --nocapture

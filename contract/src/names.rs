@@ -17,6 +17,10 @@ names! {
     QUOTA_TIMEOUT = "Ephemera.QuotaTimeout";
     OVER_BUDGET = "Ephemera.OverBudget";
     CAPACITY_UNAVAILABLE = "Ephemera.CapacityUnavailable";
+    /// RunInstances refused a worker's launch for a vCPU quota (VcpuLimitExceeded,
+    /// MaxSpotInstanceCountExceeded): the worker waits for the quota and launches again. Its
+    /// cause is the wait, as JSON, that the state machine reads.
+    QUOTA_EXCEEDED = "Ephemera.QuotaExceeded";
     LAUNCH_FAILED = "Ephemera.LaunchFailed";
     BOOT_FAILED = "Ephemera.BootFailed";
     /// `database.snapshot_before` could not be taken or did not become available in time:

@@ -49,6 +49,10 @@ states! {
     Workers,
     Stagger,
     LaunchWorker,
+    /// A launch a vCPU quota refused: its wait is read from the error, then the launch again.
+    LaunchQuotaRefused,
+    ReadLaunchQuotaWait,
+    WaitLaunchQuota,
     WaitBoot,
     HealthCheck,
     Booted,

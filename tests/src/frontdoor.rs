@@ -15,6 +15,7 @@ use crate::price_list;
 use crate::quotas::QuotaStandIn;
 use crate::requests::{self, url_form, Wire};
 use crate::throttle::{self, Throttles};
+use crate::vcpu_limits::{self, Judged, VcpuLimits};
 
 /// An EC2 request answered with an EC2 error instead of reaching moto.
 #[derive(Debug, Clone)]
@@ -62,6 +63,16 @@ struct Crash {
     timed_out: bool,
 }
 
+/// An instance someone outside the stack launches in a region once a function there has
+/// answered in a way `when` recognizes: an On-Demand `instance_type` of `image`, untagged.
+struct OutsideLaunch {
+    region: String,
+    function: String,
+    image: String,
+    instance_type: String,
+    when: fn(&serde_json::Value) -> bool,
+}
+
 pub struct FrontDoor {
     moto: String,
     http: reqwest::Client,
@@ -101,10 +112,10 @@ pub struct FrontDoor {
     pub spot_notices: Mutex<HashMap<(String, String), chrono::DateTime<chrono::Utc>>>,
     /// (region, instance) Spot has taken back: their state reason is Spot's.
     spot_reclaimed: Mutex<std::collections::HashSet<(String, String)>>,
-    /// DynamoDB's writes, one at a time: moto applies a TransactWriteItems by copying the
-    /// tables it touches and, when a condition fails, putting the copies back, which under
-    /// concurrent requests erases the writes that landed in between. DynamoDB's transactions
-    /// are serializable
+    /// DynamoDB's writes (and transactional reads), one at a time: moto applies a
+    /// TransactWriteItems by copying the tables it touches and, when a condition fails, putting
+    /// the copies back, which under concurrent requests erases the writes that landed in
+    /// between (and a read then may see the copies). DynamoDB's transactions are serializable
     /// (https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/transaction-apis.html#transaction-isolation).
     dynamodb_writes: tokio::sync::Mutex<()>,
     /// (region, path) of the S3 conditional writes under way. moto 5.2.5 answers a conditional
@@ -124,6 +135,15 @@ pub struct FrontDoor {
     image_snapshot_gib: Mutex<HashMap<(String, String), Option<RootSnapshot>>>,
     /// The account-wide rate limits played (`throttle`).
     pub throttles: Throttles,
+    /// EC2's vCPU quotas at launch (`vcpu_limits`).
+    pub vcpu_limits: VcpuLimits,
+    /// Launches by someone outside the stack, due after a function's answer
+    /// (`launch_outside_after`).
+    outside_due: Mutex<Vec<OutsideLaunch>>,
+    /// (region, instance) launched outside the stack.
+    outside: Mutex<Vec<(String, String)>>,
+    /// EC2 clients straight to moto, by region (the harness's own reads).
+    moto_ec2: Mutex<HashMap<String, aws_sdk_ec2::Client>>,
     /// The account's Lambda concurrency (a new account's by default).
     pub lambda_concurrency: std::sync::atomic::AtomicU32,
 }
@@ -194,6 +214,10 @@ impl FrontDoor {
             spot_notices: Mutex::default(),
             spot_reclaimed: Mutex::default(),
             throttles: Throttles::default(),
+            vcpu_limits: VcpuLimits::default(),
+            outside_due: Mutex::default(),
+            outside: Mutex::default(),
+            moto_ec2: Mutex::default(),
             lambda_concurrency: throttle::NEW_ACCOUNT_LAMBDA_CONCURRENCY.into(),
         }
     }
@@ -298,6 +322,123 @@ impl FrontDoor {
             remaining: times,
             timed_out: true,
         });
+    }
+
+    /// Once `function` in `region` answers with an output `when` recognizes, someone outside
+    /// the stack launches an On-Demand `instance_type` of `image` there, before the answer
+    /// reaches the caller (it takes vCPUs of the account's quota as any other tool would).
+    pub fn launch_outside_after(
+        &self,
+        region: &str,
+        function: &str,
+        image: &str,
+        instance_type: &str,
+        when: fn(&serde_json::Value) -> bool,
+    ) {
+        self.outside_due.lock().unwrap().push(OutsideLaunch {
+            region: region.into(),
+            function: function.into(),
+            image: image.into(),
+            instance_type: instance_type.into(),
+            when,
+        });
+    }
+
+    /// The instances launched outside the stack in `region`.
+    pub fn outside_instances(&self, region: &str) -> Vec<String> {
+        self.outside
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(r, _)| r == region)
+            .map(|(_, i)| i.clone())
+            .collect()
+    }
+
+    /// Launches the outside instance due after this answer, if one is.
+    async fn launch_outside_if_due(
+        &self,
+        region: &str,
+        function: &str,
+        output: &serde_json::Value,
+    ) {
+        let due = {
+            let mut due = self.outside_due.lock().unwrap();
+            let i = due
+                .iter()
+                .position(|o| o.region == region && o.function == function && (o.when)(output));
+            i.map(|i| due.remove(i))
+        };
+        let Some(o) = due else {
+            return;
+        };
+        let body = format!(
+            "Action=RunInstances&Version=2016-11-15&ImageId={}&InstanceType={}&MinCount=1&MaxCount=1",
+            o.image, o.instance_type
+        );
+        let text = match self.moto_query(region, "ec2", &body).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(e) => panic!("the outside launch failed: {e}"),
+        };
+        let id = text
+            .split("<instanceId>")
+            .nth(1)
+            .and_then(|r| r.split("</instanceId>").next())
+            .unwrap_or_else(|| panic!("the outside launch answered no instance: {text}"))
+            .to_string();
+        self.outside.lock().unwrap().push((region.into(), id));
+    }
+
+    /// An EC2 client straight to moto in `region`, as the administrator.
+    fn moto_ec2(&self, region: &str) -> aws_sdk_ec2::Client {
+        self.moto_ec2
+            .lock()
+            .unwrap()
+            .entry(region.to_string())
+            .or_insert_with(|| {
+                let conf = aws_config::SdkConfig::builder()
+                    .behavior_version(aws_config::BehaviorVersion::latest())
+                    .region(aws_config::Region::new(region.to_string()))
+                    .endpoint_url(&self.moto)
+                    .credentials_provider(aws_sdk_ec2::config::SharedCredentialsProvider::new(
+                        aws_sdk_ec2::config::Credentials::new(
+                            ADMIN_KEY, "testing", None, None, "harness",
+                        ),
+                    ))
+                    .build();
+                aws_sdk_ec2::Client::new(&conf)
+            })
+            .clone()
+    }
+
+    /// The launch asked for in `form` judged against its vCPU quota (`vcpu_limits`).
+    async fn judge_vcpus(&self, region: &str, form: &HashMap<String, String>) -> Judged {
+        let Some(instance_type) = form.get("InstanceType") else {
+            return Judged::Unknown;
+        };
+        let market = if requests::is_spot(form) {
+            ephemera_core::Market::Spot
+        } else {
+            ephemera_core::Market::OnDemand
+        };
+        let count = form
+            .get("MaxCount")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
+        let applied = |code: &str| {
+            self.with_quotas(region, |q| {
+                q.applied.get(code).copied().unwrap_or(q.default_value)
+            })
+        };
+        self.vcpu_limits
+            .judge(
+                &self.moto_ec2(region),
+                instance_type,
+                market,
+                count,
+                applied,
+            )
+            .await
     }
 
     pub fn faults_fired_in(&self, region: &str) -> Vec<(String, String)> {
@@ -546,7 +687,13 @@ async fn route(State(door): State<Arc<FrontDoor>>, req: Request) -> Response<Bod
     if service == "dynamodb"
         && matches!(
             target_operation(&parts.headers),
-            "TransactWriteItems" | "PutItem" | "UpdateItem" | "DeleteItem" | "BatchWriteItem"
+            "TransactWriteItems"
+                | "PutItem"
+                | "UpdateItem"
+                | "DeleteItem"
+                | "BatchWriteItem"
+                // Serializable with the writes, as DynamoDB's transactional reads are.
+                | "TransactGetItems"
         )
     {
         let _one_at_a_time = door.dynamodb_writes.lock().await;
@@ -852,17 +999,22 @@ async fn fresh_account_ec2(
         // returns the first call's instance, with other parameters IdempotentParameterMismatch
         // (https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-idempotency.html).
         "RunInstances" => {
-            let token = form.get("ClientToken")?.clone();
+            // The SDKs fill ClientToken in (an idempotency token); a request without one is
+            // no retry of anything.
+            let token = form.get("ClientToken").cloned();
             let mut params: Vec<(&String, &String)> = form
                 .iter()
                 .filter(|(k, _)| *k != "ClientToken" && *k != "Version")
                 .collect();
             params.sort();
             let digest = format!("{params:?}");
-            let key = (region.to_string(), token);
-            if let Some((seen, answer)) = door.client_tokens.lock().unwrap().get(&key) {
-                return Some(if *seen == digest {
-                    rebuild(answer.clone())
+            let key = token.map(|t| (region.to_string(), t));
+            let seen = key
+                .as_ref()
+                .and_then(|k| door.client_tokens.lock().unwrap().get(k).cloned());
+            if let Some((seen, answer)) = seen {
+                return Some(if seen == digest {
+                    rebuild(answer)
                 } else {
                     ec2_error(
                         400,
@@ -874,8 +1026,18 @@ async fn fresh_account_ec2(
             if let Some(refused) = door.smaller_than_snapshot(region, form).await {
                 return Some(refused);
             }
+            // The vCPU quota, counted and launched against one launch at a time.
+            let lock = door.vcpu_limits.region_lock(region);
+            let _one_at_a_time = lock.lock().await;
+            let judged = door.judge_vcpus(region, form).await;
+            if let Judged::Refused(r) = &judged {
+                door.vcpu_limits.record(region, &judged);
+                let (code, message) = vcpu_limits::refusal_error(r);
+                return Some(ec2_error(400, code, &message));
+            }
             let resp = proxy_raw(door, parts, bytes.clone()).await?;
             if resp.0 == 200 {
+                door.vcpu_limits.record(region, &judged);
                 let ids: Vec<String> = resp
                     .2
                     .split("<instanceId>")
@@ -893,10 +1055,12 @@ async fn fresh_account_ec2(
                         (NOT_VISIBLE_CALLS, std::time::Instant::now()),
                     );
                 }
-                door.client_tokens
-                    .lock()
-                    .unwrap()
-                    .insert(key, (digest, resp.clone()));
+                if let Some(key) = key {
+                    door.client_tokens
+                        .lock()
+                        .unwrap()
+                        .insert(key, (digest, resp.clone()));
+                }
             }
             Some(rebuild(resp))
         }
@@ -1075,6 +1239,9 @@ async fn invoke_lambda(
         Ok(f) => ephemera_functions::invoke(&aws, &settings, f, payload).await,
         Err(unknown) => Err(unknown),
     };
+    if let Ok(v) = &result {
+        door.launch_outside_if_due(region, &function, v).await;
+    }
     match result {
         Ok(v) => json_response(200, v, &[("x-amz-executed-version", "$LATEST")]),
         Err(e) => {

@@ -653,6 +653,10 @@ fn condition(c: &Condition, region: &str, ctx: &BTreeMap<String, String>) -> boo
     match c.operator.as_str() {
         "StringEquals" | "ArnEquals" => value.is_some_and(|v| values.iter().any(|x| x == v)),
         "StringLike" | "ArnLike" => value.is_some_and(|v| values.iter().any(|x| glob(x, v))),
+        // A multivalued key (`dynamodb:LeadingKeys`; the harness knows one value a request):
+        // every value must match, and a request without the key passes, as in AWS
+        // (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_condition-single-vs-multi-valued-context-keys.html).
+        "ForAllValues:StringLike" => value.is_none_or(|v| values.iter().any(|x| glob(x, v))),
         "StringNotEquals" => value.is_none_or(|v| values.iter().all(|x| x != v)),
         "Null" => {
             let want_absent = c.values.iter().any(|x| x == "true");

@@ -20,6 +20,7 @@ pub mod price_list;
 pub mod quotas;
 pub mod requests;
 pub mod throttle;
+pub mod vcpu_limits;
 pub mod worker_standin;
 
 use std::net::TcpListener;

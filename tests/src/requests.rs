@@ -189,6 +189,16 @@ fn json_checks(region: &str, service: &str, op: &str, input: &serde_json::Value)
             .flatten()
             .collect();
     }
+    // As its reads: each item as the GetItem it makes (the same page).
+    if (service, op) == ("dynamodb", "TransactGetItems") {
+        return input["TransactItems"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|item| Some(json_checks(region, service, "GetItem", item.get("Get")?)))
+            .flatten()
+            .collect();
+    }
     let action = format!("{service}:{op}");
     let s = |k: &str| input[k].as_str().unwrap_or_default().to_string();
     let param = |name: &str| {
@@ -275,6 +285,16 @@ fn json_checks(region: &str, service: &str, op: &str, input: &serde_json::Value)
         .into_iter()
         .map(|r| Check::new(&action, r))
         .collect();
+    // An item's partition key: `dynamodb:LeadingKeys`
+    // (https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/specifying-conditions.html).
+    if service == "dynamodb" {
+        if let Some(key) = input["Key"]["execution"]["S"].as_str() {
+            checks = checks
+                .into_iter()
+                .map(|c| c.with("dynamodb:LeadingKeys", key))
+                .collect();
+        }
+    }
     // Tags given to PutParameter are added as AddTagsToResource would add them, and authorized
     // so (https://docs.aws.amazon.com/systems-manager/latest/userguide/sysman-paramstore-su-tag.html).
     if (service, op) == ("ssm", "PutParameter") {

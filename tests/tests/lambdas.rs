@@ -189,20 +189,11 @@ async fn spot_capacity_error_falls_back_to_on_demand() {
 async fn capacity_errors_on_every_candidate_end_in_capacity_unavailable() {
     let c = ctx().await;
     let h = harness();
-    h.door.add_fault(
-        FaultRule::always(
-            c.region,
-            "RunInstances",
-            "MaxSpotInstanceCountExceeded",
-            400,
-        )
-        .when("InstanceMarketOptions.MarketType", "spot"),
-    );
     h.door.add_fault(FaultRule::always(
         c.region,
         "RunInstances",
-        "VcpuLimitExceeded",
-        400,
+        "InsufficientInstanceCapacity",
+        500,
     ));
     let spec = fixtures::runspec("no-capacity", &c.net, None);
     let err = launch(&c, &spec, "no-capacity").await.unwrap_err();
@@ -213,8 +204,66 @@ async fn capacity_errors_on_every_candidate_end_in_capacity_unavailable() {
     }
     let msg = err.to_string();
     assert!(msg.contains("spot c7g.4xlarge"), "{msg}");
-    assert!(msg.contains("VcpuLimitExceeded"), "{msg}");
+    assert!(msg.contains("on-demand c6g.4xlarge"), "{msg}");
     assert!(live(&c, "no-capacity").await.is_empty());
+}
+
+/// A launch refused by the vCPU quotas (issue 32, part 4) is a quota verdict, not a lost worker:
+/// one refusal a quota (the quota's other candidates would be refused too), then
+/// `Ephemera.QuotaExceeded` carrying the wait the state machine reads, and after the wait the
+/// launch asks again with requests of its own.
+#[tokio::test]
+async fn quota_refusals_are_a_wait_for_the_quota_not_a_lost_worker() {
+    let c = ctx().await;
+    let h = harness();
+    h.door.add_fault(
+        FaultRule::always(
+            c.region,
+            "RunInstances",
+            "MaxSpotInstanceCountExceeded",
+            400,
+        )
+        .when("InstanceMarketOptions.MarketType", "spot")
+        .times(1),
+    );
+    h.door
+        .add_fault(FaultRule::always(c.region, "RunInstances", "VcpuLimitExceeded", 400).times(1));
+    let spec = fixtures::runspec("quota-refused", &c.net, None);
+    let err = launch(&c, &spec, "quota-refused").await.unwrap_err();
+    assert_eq!(err.error_type(), "Ephemera.QuotaExceeded", "{err}");
+    // The cause is the wait, as JSON: the first of the worker's, with the run's quota backoff
+    // (waits.quota_poll_min_seconds is 1 in the fixture).
+    let wait: ephemera_core::vcpus::QuotaRefused =
+        serde_json::from_str(&err.to_string()).expect("the cause is the wait as JSON");
+    assert_eq!((wait.attempt, wait.waits, wait.wait_seconds), (1, 1, 1));
+    assert!(
+        wait.reason
+            .contains("spot c7g.4xlarge (L-34B43A08): MaxSpotInstanceCountExceeded"),
+        "{}",
+        wait.reason
+    );
+    assert!(
+        wait.reason
+            .contains("on-demand c7g.4xlarge (L-1216C47A): VcpuLimitExceeded"),
+        "{}",
+        wait.reason
+    );
+    // One RunInstances a quota: c6g and the second subnet draw on the same ones.
+    assert_eq!(h.door.faults_fired_in(c.region).len(), 2);
+    assert!(live(&c, "quota-refused").await.is_empty());
+    // Back from the wait: the launch goes through.
+    let out = call(
+        &c,
+        Function::LaunchWorker,
+        json!({"run": spec, "execution": execution(c.region, "quota-refused"),
+               "launch_quota": {"refused": wait}}),
+    )
+    .await
+    .unwrap();
+    let w: WorkerState = serde_json::from_value(out).unwrap();
+    assert_eq!(w.current().unwrap().attempt, 1);
+    assert_eq!(w.current().unwrap().market, ephemera_core::Market::Spot);
+    assert_eq!(live(&c, "quota-refused").await.len(), 1);
 }
 
 #[tokio::test]

@@ -234,6 +234,7 @@ async fn quota_denied_and_deadline() {
             ec2: &role.ec2,
             quotas: &role.quotas,
             prices: &role.pricing,
+            reservations: None::<&ephemera_functions::aws::LedgerTable>,
         },
         &quota_check::Config {
             region: c.region.into(),

@@ -235,7 +235,7 @@ async fn signals_of_instances_that_are_gone_are_deleted_once_old() {
                 ledger: None,
                 params: &role.ssm,
             };
-            dispatch::sweeper(services, &Settings::default(), now)
+            dispatch::sweeper(services, region, &Settings::default(), now)
                 .await
                 .unwrap()
         }
@@ -257,4 +257,97 @@ async fn signals_of_instances_that_are_gone_are_deleted_once_old() {
     );
     assert!(exists(run.task_token(&live)).await);
     assert!(exists(other).await, "only signals are deleted");
+}
+
+/// The backstop of the vCPU reservations (issue 32, part 4): a run whose execution ended without
+/// its teardown (stopped, timed out, its cleanup failed, or gone altogether) gets its vCPUs given
+/// back at the sweeper's next tick, so that no run that dies holds them for good; a running run
+/// keeps its own.
+#[tokio::test]
+async fn the_vcpus_of_a_run_that_ended_without_its_teardown_are_given_back() {
+    use ephemera_core::vcpus::Claim;
+    use ephemera_functions::aws::{LedgerTable, VcpuReservations};
+    const SPOT: &str = "L-34B43A08";
+    let region = fresh_region();
+    let aws = clients(region);
+    ephemera_tests::harness().door.ensure_ledger(region).await;
+    let sfn = aws_sdk_sfn::Client::new(&ephemera_tests::sdk_config(region));
+    let machine = sfn
+        .create_state_machine()
+        .name("ephemera-worker")
+        .definition(
+            r#"{"StartAt":"Work","States":{"Work":{"Type":"Wait","Seconds":600,"End":true}}}"#,
+        )
+        .role_arn(format!(
+            "arn:aws:iam::{}:role/ephemera-state-machine",
+            ephemera_tests::iam::ACCOUNT
+        ))
+        .send()
+        .await
+        .unwrap()
+        .state_machine_arn()
+        .to_string();
+    let running = sfn
+        .start_execution()
+        .state_machine_arn(&machine)
+        .name("still-running")
+        .input("{}")
+        .send()
+        .await
+        .unwrap()
+        .execution_arn()
+        .to_string();
+    let gone = ephemera_tests::deployed::execution(region, "gone");
+    let ledger = LedgerTable {
+        client: aws.dynamodb.clone(),
+        table: ephemera_tests::iam::LEDGER_TABLE.into(),
+    };
+    let claims = [Claim::new(SPOT, 16, 64.0, 0)];
+    for e in [&running, &gone] {
+        let held = ledger.held(region, &[SPOT]).await.unwrap();
+        assert!(ledger.reserve(region, e, &claims, &held).await.unwrap());
+    }
+    let total = |ledger: LedgerTable| async move {
+        ledger.held(region, &[SPOT]).await.unwrap()[SPOT].total()
+    };
+    assert_eq!(total(ledger.clone()).await, 32);
+
+    let settings = Settings {
+        ledger_table: Some(ephemera_tests::iam::LEDGER_TABLE.into()),
+        ..Settings::default()
+    };
+    let role = function_clients(region, "sweeper");
+    let sweep = || invoke(&role, &settings, Function::Sweeper, Value::Null);
+    let first = sweep().await.unwrap();
+    assert_eq!(
+        first["vcpus_released"],
+        json!([{"execution": gone, "quota_code": SPOT, "vcpus": 16,
+                "reason": "its execution does not exist"}]),
+        "{first}"
+    );
+    assert_eq!(
+        total(ledger.clone()).await,
+        16,
+        "the running run keeps its own"
+    );
+    // Nothing twice.
+    let again = sweep().await.unwrap();
+    assert!(again.get("vcpus_released").is_none(), "{again}");
+    // Stopped without its teardown: given back at the next tick.
+    sfn.stop_execution()
+        .execution_arn(&running)
+        .send()
+        .await
+        .unwrap();
+    let after = sweep().await.unwrap();
+    assert_eq!(
+        after["vcpus_released"][0]["execution"],
+        json!(running),
+        "{after}"
+    );
+    assert_eq!(
+        after["vcpus_released"][0]["reason"], "its execution is ABORTED",
+        "{after}"
+    );
+    assert_eq!(total(ledger).await, 0);
 }

@@ -3,6 +3,7 @@
 
 use ephemera_core::capacity::Tried;
 use ephemera_core::rundoc::CaughtError;
+use ephemera_core::vcpus::QuotaRefused;
 use ephemera_core::verify::Check;
 use ephemera_core::InvalidRunSpec;
 use ephemera_core::{names, payload};
@@ -46,6 +47,14 @@ pub enum Error {
     },
     #[error("no capacity on any candidate; tried {}", describe_tried(.tried))]
     CapacityUnavailable { tried: Vec<Tried> },
+    /// A vCPU quota refused the launch: the worker waits and launches again. The message is
+    /// the wait as JSON (`ephemera_core::vcpus::QuotaRefused`), which the state machine reads
+    /// into its Wait (`States.StringToJson`).
+    #[error("{}", serde_json::to_string(.0).unwrap_or_default())]
+    QuotaExceeded(QuotaRefused),
+    /// A worker refused for vCPU quota at launch waited as long as it may.
+    #[error("the worker's launch was refused for vCPU quota and it waited as long as it may: {0}")]
+    LaunchQuotaTimeout(String),
     #[error("launch failed: {0}")]
     LaunchFailed(String),
     #[error("{0}")]
@@ -108,6 +117,8 @@ impl Error {
             | Error::OverRunCap { .. }
             | Error::OverMonthlyBudget { .. } => names::OVER_BUDGET,
             Error::CapacityUnavailable { .. } => names::CAPACITY_UNAVAILABLE,
+            Error::QuotaExceeded(_) => names::QUOTA_EXCEEDED,
+            Error::LaunchQuotaTimeout(_) => names::QUOTA_TIMEOUT,
             Error::LaunchFailed(_) => names::LAUNCH_FAILED,
             Error::BootFailed(_) => names::BOOT_FAILED,
             Error::SnapshotFailed(_) => names::SNAPSHOT_FAILED,

@@ -15,6 +15,7 @@ pub mod pricing;
 pub mod quotas;
 pub mod snapshots;
 pub mod topic;
+pub mod vcpus;
 
 use aws_config::SdkConfig;
 use chrono::{DateTime, TimeZone, Utc};
@@ -29,6 +30,7 @@ pub use pricing::{PriceList, Quote};
 pub use quotas::{Applied, QuotaService};
 pub use snapshots::Snapshots;
 pub use topic::Notifier;
+pub use vcpus::VcpuReservations;
 
 pub use error::Error;
 

@@ -57,6 +57,9 @@ pub const BILLED_TRIES: f64 = 4.0;
 const ATTEMPT_TRANSITIONS: u64 = 12;
 /// A boot poll: WaitHealth, HealthCheck, Booted.
 const POLL_TRANSITIONS: u64 = 3;
+/// A wait for vCPU quota at launch: LaunchQuotaRefused, ReadLaunchQuotaWait, WaitLaunchQuota,
+/// LaunchWorker.
+const QUOTA_WAIT_TRANSITIONS: u64 = 4;
 /// The run's own states besides its polls (Start to Done or Failed through Cleanup), generously.
 const RUN_TRANSITIONS: u64 = 24;
 /// The run's own invocations besides its polls: verify, prune, the report and the cleanup.
@@ -198,10 +201,15 @@ fn worst_case_for(
     let billed = boot + runtime + DEADLINE_GRACE_SECONDS + SWEEPER_INTERVAL_SECONDS;
     let secs = (billed as i64).max(cost::MINIMUM_BILLED_SECONDS);
     let polls = boot / spec.waits.boot_poll_seconds.max(1) + 1;
-    let transitions = ATTEMPT_TRANSITIONS + polls * POLL_TRANSITIONS;
+    // A launch refused for vCPU quota waits and launches again (`crate::vcpus`): up to
+    // LAUNCH_QUOTA_WAITS more launches, each with its two Pass states and its Wait (a worker's
+    // waits are counted with each of its attempts: more than it can make, never less).
+    let quota_waits = u64::from(crate::vcpus::LAUNCH_QUOTA_WAITS);
+    let transitions =
+        ATTEMPT_TRANSITIONS + polls * POLL_TRANSITIONS + quota_waits * QUOTA_WAIT_TRANSITIONS;
     let orchestration = (transitions as f64 * SFN_USD_PER_TRANSITION
         + lambda_usd(polls + 1, HEALTH_CHECK_TIMEOUT_SECONDS)
-        + lambda_usd(1, LAUNCH_WORKER_TIMEOUT_SECONDS)
+        + lambda_usd(1 + quota_waits, LAUNCH_WORKER_TIMEOUT_SECONDS)
         + lambda_usd(1, TERMINATE_TIMEOUT_SECONDS))
         * regional(region);
     let compute = cost::on_demand_cost(usd_per_hour, secs);
@@ -377,18 +385,19 @@ mod tests {
         assert_eq!(w.ebs_usd, 0.005479);
         // 16 MiB = 16,777,216 bytes at 1 $/GB.
         assert_eq!(w.logs_usd, 0.016777);
-        // 600 / 20 + 1 = 31 boot polls: 12 + 93 = 105 transitions at 0.000025 = 0.002625;
-        // 4 tries of 32 health checks of 7.5 GB-s, of one launch of 37.5 GB-s and of one
-        // release of 15 GB-s: 136 requests (0.0000272) and 4 × 292.5 = 1170 GB-s
-        // (× 0.0000133334 = 0.015600078); 0.018252278 in all.
-        assert_eq!(w.orchestration_usd, 0.018252);
+        // 600 / 20 + 1 = 31 boot polls and 6 waits for vCPU quota at launch: 12 + 93 + 24 =
+        // 129 transitions at 0.000025 = 0.003225; 4 tries of 32 health checks of 7.5 GB-s, of
+        // seven launches (the first and one after each wait) of 37.5 GB-s and of one release of
+        // 15 GB-s: 160 requests (0.000032) and 4 × 517.5 = 2070 GB-s (× 0.0000133334 =
+        // 0.027600138); 0.030857138 in all.
+        assert_eq!(w.orchestration_usd, 0.030857);
         assert_eq!(
             w.usd,
             cost::usd(
                 0.58 * 6000.0 / 3600.0
                     + 30.0 * 0.08 * 6000.0 / 2_628_000.0
                     + 0.016777216
-                    + 0.018252278
+                    + 0.030857138
             )
         );
         // Outside the price table's region EBS and orchestration are bounded by the uplift; the

@@ -60,8 +60,14 @@ pub fn candidates(types: &[String], subnets: &[String], markets: &[Market]) -> V
 pub enum LaunchErrorKind {
     /// No capacity for this type/AZ/market now: try the next candidate.
     Capacity,
-    /// An account limit (vCPUs, Spot requests): try the next candidate, whose quota may differ.
+    /// An account limit other than the vCPU quotas (InstanceLimitExceeded, a per-type count):
+    /// try the next candidate, whose limit may differ.
     Limit,
+    /// A vCPU quota refused the launch (`crate::vcpus::is_quota_refusal`): every candidate
+    /// drawing on the same quota would be refused too, so they are skipped; when no other
+    /// candidate launches, the worker waits for the quota and launches again rather than being
+    /// lost (`crate::vcpus::after_refusal`).
+    Quota,
     /// The whole market is closed to this account for now (no Spot service-linked role and no
     /// permission to create it): skip the market's other candidates, try the next market.
     Market,
@@ -112,9 +118,8 @@ pub fn classify(code: &str, message: &str) -> LaunchErrorKind {
         // A fresh account has no Spot service-linked role until a principal allowed to create
         // it launches Spot (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/service-linked-roles-spot-instance-requests.html).
         "AuthFailure.ServiceLinkedRoleCreationNotPermitted" => LaunchErrorKind::Market,
-        "VcpuLimitExceeded" | "MaxSpotInstanceCountExceeded" | "InstanceLimitExceeded" => {
-            LaunchErrorKind::Limit
-        }
+        c if crate::vcpus::is_quota_refusal(c) => LaunchErrorKind::Quota,
+        "InstanceLimitExceeded" => LaunchErrorKind::Limit,
         // EC2's throttling and server-side codes
         // (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html).
         "RequestLimitExceeded" | "InternalError" | "Unavailable" | "ServiceUnavailable" => {
@@ -140,11 +145,33 @@ pub struct Tried {
     pub message: String,
 }
 
+/// Whether any candidate was refused by a vCPU quota: then the launch is a quota verdict (the
+/// worker waits for room), not a shortage of capacity (the worker is lost).
+pub fn refused_for_quota(tried: &[Tried]) -> bool {
+    tried
+        .iter()
+        .any(|t| crate::vcpus::is_quota_refusal(&t.code))
+}
+
 /// RunInstances' ClientToken (at most 64 ASCII characters): one per execution, worker, attempt
 /// and candidate, so a retried call for the same candidate returns the same instance, and two
 /// candidates (or two workers on one candidate) never collide with IdempotentParameterMismatch
 /// or share an instance.
 pub fn client_token(execution: &str, worker: u32, attempt: u32, candidate: &Candidate) -> String {
+    client_token_after_waits(execution, worker, attempt, candidate, 0)
+}
+
+/// [`client_token`] for a launch after the worker waited `quota_waits` times for vCPU quota:
+/// each wait re-enters LaunchWorker, whose tags (the deadline) are then new, so its requests are
+/// new ones (the same token with other parameters is IdempotentParameterMismatch). The same as
+/// [`client_token`] before any wait.
+pub fn client_token_after_waits(
+    execution: &str,
+    worker: u32,
+    attempt: u32,
+    candidate: &Candidate,
+    quota_waits: u32,
+) -> String {
     let mut h = Sha256::new();
     h.update(execution.as_bytes());
     h.update([0]);
@@ -155,6 +182,10 @@ pub fn client_token(execution: &str, worker: u32, attempt: u32, candidate: &Cand
     h.update(candidate.instance_type.as_bytes());
     h.update([0]);
     h.update(candidate.subnet.as_bytes());
+    if quota_waits > 0 {
+        h.update([0]);
+        h.update(quota_waits.to_be_bytes());
+    }
     let digest = h.finalize();
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("eph-{attempt}-{}", &hex[..48])
@@ -201,8 +232,18 @@ mod tests {
         ] {
             assert_eq!(classify(c, ""), Capacity, "{c}");
         }
-        assert_eq!(classify("VcpuLimitExceeded", ""), Limit);
-        assert_eq!(classify("MaxSpotInstanceCountExceeded", ""), Limit);
+        // A vCPU quota's refusal is a quota verdict, not a candidate without capacity.
+        assert_eq!(classify("VcpuLimitExceeded", ""), Quota);
+        assert_eq!(classify("MaxSpotInstanceCountExceeded", ""), Quota);
+        assert_eq!(classify("InstanceLimitExceeded", ""), Limit);
+        assert!(refused_for_quota(&[Tried {
+            market: crate::runspec::Market::OnDemand,
+            instance_type: "c7g.large".into(),
+            subnet: "s".into(),
+            code: "VcpuLimitExceeded".into(),
+            message: String::new(),
+        }]));
+        assert!(!refused_for_quota(&[]));
         assert_eq!(
             classify(
                 "InvalidParameterValue",
@@ -255,6 +296,15 @@ mod tests {
         assert_ne!(
             client_token(exec, 1, 1, &c1),
             client_token(&exec.replace("run-1", "run-2"), 1, 1, &c1)
+        );
+        // After a wait for quota, a new request; before any, the same token as ever.
+        assert_eq!(
+            client_token_after_waits(exec, 1, 1, &c1, 0),
+            client_token(exec, 1, 1, &c1)
+        );
+        assert_ne!(
+            client_token_after_waits(exec, 1, 1, &c1, 1),
+            client_token(exec, 1, 1, &c1)
         );
         // Two workers of one run on the same candidate are two instances.
         assert_ne!(client_token(exec, 1, 1, &c1), client_token(exec, 2, 1, &c1));

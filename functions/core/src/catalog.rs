@@ -239,6 +239,12 @@ pub fn vcpu_quota_codes() -> Vec<&'static str> {
     codes
 }
 
+/// Every EC2 vCPU quota code [`quota_code`] knows, in both markets: those the sweeper looks for
+/// reservations in (`crate::vcpus`); the same list as [`vcpu_quota_codes`].
+pub fn quota_codes() -> Vec<&'static str> {
+    vcpu_quota_codes()
+}
+
 /// gp3 storage, USD per GiB-month, and the hours AWS counts in a billing month.
 pub const GP3_USD_PER_GIB_MONTH: f64 = 0.08;
 pub const HOURS_PER_MONTH: f64 = 730.0;
@@ -300,5 +306,8 @@ mod tests {
             Some("L-DB2E81BA")
         );
         assert_eq!(quota_code(QuotaClass::Hpc, Market::Spot), None);
+        let all = super::quota_codes();
+        assert_eq!(all.len(), 18);
+        assert!(all.contains(&"L-1216C47A") && all.contains(&"L-34B43A08"));
     }
 }

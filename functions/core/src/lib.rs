@@ -23,6 +23,7 @@ pub mod snapshot;
 pub mod stopped;
 pub mod sweep;
 pub mod userdata;
+pub mod vcpus;
 pub mod verify;
 
 /// What the worker and the Lambdas exchange lives in `ephemera-contract`; the handlers, which

@@ -129,8 +129,15 @@ pub struct QuotaLine {
     pub applied: f64,
     /// True when the account has no applied value and the AWS default was used.
     pub is_default: bool,
+    /// vCPUs in use outside the stack's reservations (instances of no run that holds one here:
+    /// another tool's, or the stack's from before reservations; `vcpus::outside_usage`).
     pub usage_vcpus: u32,
+    /// vCPUs the stack's other runs hold here (their reservations, `crate::vcpus`): room they
+    /// give back when they end.
+    #[serde(default)]
+    pub reserved_vcpus: u32,
     pub needed_vcpus: u32,
+    /// The need fits beside the usage outside and the other runs' reservations.
     pub fits: bool,
     #[serde(default)]
     pub request: Option<QuotaRequest>,
@@ -191,15 +198,21 @@ pub fn markets_with_room(lines: &[QuotaLine]) -> Vec<Market> {
 }
 
 /// The verdict from the quotas as seen now.
+///
+/// A run draws on one market, or on Spot with On-Demand as its fallback (spot-then-on-demand):
+/// a worker Spot cannot place, or whose Spot instance is reclaimed, launches On-Demand. So the
+/// run starts only when its last resort (On-Demand when the policy has it) has room, and then
+/// with every market that has room: a short or denied Spot quota never holds up a run that
+/// On-Demand can serve, and Spot room alone never starts a run that asked for a fallback, whose
+/// workers would be lost in a Spot shortage for want of On-Demand quota (issue 32, part 5). The
+/// fallback's room is waited for, and requested when `quota.request_increase` allows; a
+/// fallback that cannot be had refuses the run.
 pub fn decide(
     lines: &[QuotaLine],
     request_allowed: bool,
     now: DateTime<Utc>,
     deadline: DateTime<Utc>,
 ) -> (QuotaVerdict, String) {
-    // A run may draw on several markets (spot-then-on-demand): it can start as soon as one of
-    // them has room in every quota it uses, since launch-worker falls back from one to the next.
-    // A short or denied Spot quota never holds up a run that On-Demand can serve.
     let mut markets: Vec<Market> = lines.iter().map(|l| l.market).collect();
     markets.dedup();
     let mut verdicts = vec![];
@@ -207,44 +220,65 @@ pub fn decide(
         let of: Vec<&QuotaLine> = lines.iter().filter(|l| l.market == *m).collect();
         verdicts.push((*m, decide_market(&of, request_allowed)));
     }
-    if let Some((m, _)) = verdicts
-        .iter()
-        .find(|(_, v)| matches!(v, MarketQuota::Fits))
-    {
-        return (QuotaVerdict::Enough, enough(lines, &verdicts, *m));
+    let last_resort = if markets.contains(&Market::OnDemand) {
+        Market::OnDemand
+    } else {
+        Market::Spot
+    };
+    let fallback = markets.len() > 1;
+    let Some((_, last)) = verdicts.iter().find(|(m, _)| *m == last_resort) else {
+        return (QuotaVerdict::Enough, "no vCPU quota to check".into());
+    };
+    match last {
+        MarketQuota::Fits => {
+            let start = verdicts
+                .iter()
+                .find(|(_, v)| matches!(v, MarketQuota::Fits))
+                .map_or(last_resort, |(m, _)| *m);
+            (QuotaVerdict::Enough, enough(lines, &verdicts, start))
+        }
+        MarketQuota::Denied(_) => {
+            let denied: Vec<&str> = verdicts
+                .iter()
+                .filter_map(|(_, v)| match v {
+                    MarketQuota::Denied(d) => Some(d.as_str()),
+                    _ => None,
+                })
+                .collect();
+            let mut why = denied.join("; ");
+            if fallback {
+                why.push_str(&format!(
+                    "; the run's fallback ({}) must have room for its workers as well, so that none is lost in a Spot shortage: set worker.market to \"spot\" to run without a fallback",
+                    last_resort.as_str()
+                ));
+            }
+            (QuotaVerdict::Denied, why)
+        }
+        MarketQuota::Waiting(w) => {
+            let mut waiting = w.clone();
+            if fallback {
+                let first_fits = verdicts
+                    .iter()
+                    .any(|(m, v)| *m != last_resort && matches!(v, MarketQuota::Fits));
+                if first_fits {
+                    waiting.push_str(&format!(
+                        "; spot has room, but the run's fallback ({}) must have room for its workers as well",
+                        last_resort.as_str()
+                    ));
+                }
+            }
+            if now >= deadline {
+                return (
+                    QuotaVerdict::DeadlinePassed,
+                    format!(
+                        "quota.max_wait_seconds passed at {}: {waiting}",
+                        deadline.to_rfc3339()
+                    ),
+                );
+            }
+            (QuotaVerdict::Waiting, waiting)
+        }
     }
-    let waiting: Vec<&String> = verdicts
-        .iter()
-        .filter_map(|(_, v)| match v {
-            MarketQuota::Waiting(w) => Some(w),
-            _ => None,
-        })
-        .collect();
-    if waiting.is_empty() {
-        let denied: Vec<&str> = verdicts
-            .iter()
-            .filter_map(|(_, v)| match v {
-                MarketQuota::Denied(d) => Some(d.as_str()),
-                _ => None,
-            })
-            .collect();
-        return (QuotaVerdict::Denied, denied.join("; "));
-    }
-    let waiting = waiting
-        .iter()
-        .map(|s| s.as_str())
-        .collect::<Vec<_>>()
-        .join("; ");
-    if now >= deadline {
-        return (
-            QuotaVerdict::DeadlinePassed,
-            format!(
-                "quota.max_wait_seconds passed at {}: {waiting}",
-                deadline.to_rfc3339()
-            ),
-        );
-    }
-    (QuotaVerdict::Waiting, waiting)
 }
 
 /// The reason of an Enough verdict: every quota's usage and need against its value, and the
@@ -254,10 +288,14 @@ fn enough(lines: &[QuotaLine], verdicts: &[(Market, MarketQuota)], m: Market) ->
         .iter()
         .map(|l| {
             format!(
-                "{} {}: {} + {} {} {}",
+                "{} {}: {}{} + {} {} {}",
                 l.code,
                 l.market.as_str(),
                 l.usage_vcpus,
+                match l.reserved_vcpus {
+                    0 => String::new(),
+                    r => format!(" + {r} reserved"),
+                },
                 l.needed_vcpus,
                 if l.fits { "<=" } else { ">" },
                 l.applied
@@ -291,6 +329,20 @@ enum MarketQuota {
 fn decide_market(lines: &[&QuotaLine], request_allowed: bool) -> MarketQuota {
     let mut waiting = vec![];
     for l in lines.iter().filter(|l| !l.fits) {
+        if fits(l.applied, l.usage_vcpus, l.needed_vcpus) {
+            // Short only for what the stack's other runs hold: they give it back when they
+            // end. Waited for, never requested over, never a denial.
+            waiting.push(format!(
+                "{} ({}) needs {} + {} vCPUs beside {} reserved by the stack's other runs, quota is {}; waiting for them to end",
+                l.code,
+                l.market.as_str(),
+                l.usage_vcpus,
+                l.needed_vcpus,
+                l.reserved_vcpus,
+                l.applied
+            ));
+            continue;
+        }
         let gap = format!(
             "{} ({}) needs {} + {} vCPUs, quota is {}",
             l.code,
@@ -365,6 +417,7 @@ mod tests {
             applied,
             is_default: false,
             usage_vcpus: usage,
+            reserved_vcpus: 0,
             needed_vcpus: needed,
             fits: fits(applied, usage, needed),
             request: request.map(|s| QuotaRequest {
@@ -411,6 +464,79 @@ mod tests {
             why.contains("L-34B43A08") && why.contains("L-1216C47A"),
             "{why}"
         );
+    }
+
+    /// Issue 32, part 5: Spot room alone never starts a run whose fallback is On-Demand.
+    #[test]
+    fn a_run_with_a_fallback_waits_for_the_fallbacks_room_too() {
+        let d = t(3600);
+        let spot = line(64.0, 0, 16, None);
+        let od = |applied: f64, request: Option<&str>| QuotaLine {
+            code: "L-1216C47A".into(),
+            market: Market::OnDemand,
+            ..line(applied, 0, 16, request)
+        };
+        // Spot has room, On-Demand is short: the increase is asked for (no request yet) and
+        // waited for; the run does not start on Spot alone.
+        let (v, why) = decide(&[spot.clone(), od(8.0, None)], true, t(0), d);
+        assert_eq!(v, QuotaVerdict::Waiting, "{why}");
+        assert!(why.contains("L-1216C47A (on-demand) needs 0 + 16"), "{why}");
+        assert!(
+            why.contains("spot has room, but the run's fallback"),
+            "{why}"
+        );
+        let (v, _) = decide(&[spot.clone(), od(8.0, Some("PENDING"))], true, t(0), d);
+        assert_eq!(v, QuotaVerdict::Waiting);
+        // The fallback cannot be had: refused, saying how to run without one.
+        let (v, why) = decide(&[spot.clone(), od(8.0, None)], false, t(0), d);
+        assert_eq!(v, QuotaVerdict::Denied, "{why}");
+        assert!(why.contains("worker.market to \"spot\""), "{why}");
+        let (v, _) = decide(&[spot.clone(), od(8.0, Some("DENIED"))], true, t(0), d);
+        assert_eq!(v, QuotaVerdict::Denied);
+        // Both have room: both markets, Spot first.
+        let both = [spot.clone(), od(64.0, None)];
+        let (v, why) = decide(&both, true, t(0), d);
+        assert_eq!(v, QuotaVerdict::Enough, "{why}");
+        assert_eq!(
+            markets_with_room(&both),
+            vec![Market::Spot, Market::OnDemand]
+        );
+        // A run on Spot alone needs Spot alone.
+        let (v, _) = decide(std::slice::from_ref(&spot), false, t(0), d);
+        assert_eq!(v, QuotaVerdict::Enough);
+    }
+
+    /// Issue 32, part 4: the stack's other runs' reservations are waited for, never requested
+    /// over and never a denial; the usage outside them is what a request covers.
+    #[test]
+    fn room_held_by_the_stacks_other_runs_is_waited_for() {
+        let d = t(3600);
+        let mut held = line(64.0, 0, 16, None);
+        held.reserved_vcpus = 64;
+        held.fits = fits(held.applied, held.usage_vcpus + held.reserved_vcpus, 16);
+        assert!(!held.fits);
+        // Even without permission to ask: the room comes back when they end.
+        let (v, why) = decide(std::slice::from_ref(&held), false, t(0), d);
+        assert_eq!(v, QuotaVerdict::Waiting, "{why}");
+        assert!(
+            why.contains("64 reserved by the stack's other runs"),
+            "{why}"
+        );
+        // Until the run's deadline, as any wait.
+        let (v, _) = decide(std::slice::from_ref(&held), false, d, d);
+        assert_eq!(v, QuotaVerdict::DeadlinePassed);
+        // Short beside the usage outside alone: requested (or refused) as before.
+        let mut short = line(32.0, 20, 16, None);
+        short.reserved_vcpus = 8;
+        short.fits = false;
+        let (v, why) = decide(std::slice::from_ref(&short), false, t(0), d);
+        assert_eq!(v, QuotaVerdict::Denied, "{why}");
+        // The Enough reason says what the others hold.
+        let mut ok = line(64.0, 0, 16, None);
+        ok.reserved_vcpus = 32;
+        let (v, why) = decide(&[ok], true, t(0), d);
+        assert_eq!(v, QuotaVerdict::Enough);
+        assert!(why.contains("0 + 32 reserved + 16 <= 64"), "{why}");
     }
 
     #[test]

@@ -931,7 +931,9 @@ impl RunSpec {
     pub fn history_events(&self) -> u64 {
         self.poll_bounds().total() * EVENTS_PER_POLL
             + FIXED_EVENTS
-            + u64::from(self.worker.count) * EVENTS_PER_WORKER
+            + u64::from(self.worker.count)
+                * (EVENTS_PER_WORKER
+                    + u64::from(crate::vcpus::LAUNCH_QUOTA_WAITS) * EVENTS_PER_QUOTA_WAIT)
     }
 
     /// The most workers whose history stays within [`MAX_HISTORY_EVENTS`], the rest as given
@@ -1186,8 +1188,12 @@ fn touches(finding: &FieldError, path: &str) -> bool {
 const EVENTS_PER_POLL: u64 = 9;
 /// Everything else a run with relaunches records, generously.
 const FIXED_EVENTS: u64 = 400;
-/// What each worker's Map iteration records besides its boot polls (iteration events, launch,
-/// completion wait, relaunches, release), generously.
+/// A wait for vCPU quota at launch (`crate::vcpus::LAUNCH_QUOTA_WAITS` a worker at most): the
+/// refused LaunchWorker (entered, scheduled, started, failed, exited) and two Pass states that
+/// read the wait from its error (entered, exited each), then the Wait (entered, exited).
+const EVENTS_PER_QUOTA_WAIT: u64 = 11;
+/// What each worker's Map iteration records besides its boot polls and its waits for vCPU quota
+/// at launch: iteration events, launch, completion wait, relaunches, release, generously.
 const EVENTS_PER_WORKER: u64 = 150;
 /// Step Functions' hard limit is 25,000 events per execution; keep a margin.
 pub const MAX_HISTORY_EVENTS: u64 = 20_000;
@@ -1743,17 +1749,18 @@ pub(crate) mod tests {
 
     #[test]
     fn the_history_of_the_defaults_and_the_most_workers_it_leaves_room_for() {
-        // docs/guarantees.md's arithmetic: 100 quota polls, 46 boot polls an attempt, three attempts.
+        // docs/guarantees.md's arithmetic: 100 quota polls, 46 boot polls an attempt, three attempts,
+        // and up to six waits a worker for vCPU quota at launch.
         let spec = RunSpec::parse(&sample()).unwrap();
         let p = spec.poll_bounds();
         assert_eq!((p.quota, p.snapshot, p.boot), (100, 0, 138));
-        assert_eq!(spec.history_events(), (100 + 138) * 9 + 400 + 150);
-        assert_eq!(spec.most_workers_within_history(), 13);
+        assert_eq!(spec.history_events(), (100 + 138) * 9 + 400 + 150 + 6 * 11);
+        assert_eq!(spec.most_workers_within_history(), 12);
         // Forty workers with the default waits: refused, naming how many fit.
         let mut v = sample();
         v["worker"]["count"] = json!(40);
         let errs = errors_of(v.clone());
-        assert!(has(&errs, "waits", "at most 13 workers fit"), "{errs:?}");
+        assert!(has(&errs, "waits", "at most 12 workers fit"), "{errs:?}");
         // With one attempt each and a 2-minute boot polled every 5 s, as tests/tests/limits.rs.
         v["limits"]["max_relaunches"] = json!(0);
         v["limits"]["boot_timeout_seconds"] = json!(120);

@@ -36,6 +36,17 @@ pub fn sweep_reason(
     }
 }
 
+/// Why a run's vCPU reservations (`crate::vcpus`) must be given back by the sweeper, or None
+/// while its execution runs: a run that ended without its teardown (the cleanup failed, the
+/// execution was stopped or timed out, or it is gone) never holds vCPUs for good.
+pub fn release_reason(execution_status: Option<&str>) -> Option<String> {
+    match execution_status {
+        Some("RUNNING") | Some("PENDING_REDRIVE") => None,
+        Some(other) => Some(format!("its execution is {other}")),
+        None => Some("its execution does not exist".into()),
+    }
+}
+
 /// Whether an instance was launched with the stack's worker instance profile (`stack`: its name,
 /// as `!Ref` gives it, or its ARN), from the profile ARN EC2 reports for the instance. The tag
 /// `ephemera:managed=true` alone is not enough to terminate an instance: anyone who may tag
@@ -149,5 +160,16 @@ mod tests {
             sweep_reason(None, later, now).as_deref(),
             Some("its execution does not exist")
         );
+    }
+
+    #[test]
+    fn a_finished_runs_vcpus_are_given_back_and_a_running_ones_kept() {
+        assert_eq!(release_reason(Some("RUNNING")), None);
+        assert_eq!(release_reason(Some("PENDING_REDRIVE")), None);
+        assert_eq!(
+            release_reason(Some("FAILED")).as_deref(),
+            Some("its execution is FAILED")
+        );
+        assert!(release_reason(None).unwrap().contains("does not exist"));
     }
 }

@@ -171,10 +171,12 @@ pub async fn invoke(
     let region = aws.region.as_str();
     match function {
         Function::QuotaCheck => {
+            let ledger = ledger(&aws.dynamodb, settings);
             let clients = quota_check::Clients {
                 ec2: &aws.ec2,
                 quotas: &aws.quotas,
                 prices: &aws.pricing,
+                reservations: ledger.as_ref(),
             };
             quota_check(clients, region, settings, payload, now).await
         }
@@ -213,7 +215,7 @@ pub async fn invoke(
                 ledger,
                 params: &aws.ssm,
             };
-            sweeper(services, settings, now).await
+            sweeper(services, region, settings, now).await
         }
         Function::SpotInterruption => {
             spot_interruption(&aws.ec2, &aws.ssm, &aws.sfn, payload).await
@@ -230,6 +232,7 @@ pub async fn quota_check(
         aws_sdk_ec2::Client,
         aws_sdk_servicequotas::Client,
         PriceListApi,
+        LedgerTable,
     >,
     region: &str,
     settings: &Settings,
@@ -420,12 +423,13 @@ pub async fn sweeper(
         LedgerTable,
         aws_sdk_ssm::Client,
     >,
+    region: &str,
     settings: &Settings,
     now: DateTime<Utc>,
 ) -> Result<Value, Error> {
     let topic = settings.default_topic.as_deref();
     let profile = settings.worker_instance_profile.as_deref();
-    let report = sweeper::handle(services, topic, profile, now).await?;
+    let report = sweeper::handle(services, topic, profile, region, now).await?;
     emit(|stack| {
         metrics::of_sweep(
             stack,

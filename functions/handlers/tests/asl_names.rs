@@ -66,6 +66,8 @@ fn every_lambda_error() -> Vec<Error> {
         | Error::OverRunCap { .. }
         | Error::OverMonthlyBudget { .. }
         | Error::CapacityUnavailable { .. }
+        | Error::QuotaExceeded(_)
+        | Error::LaunchQuotaTimeout(_)
         | Error::LaunchFailed(_)
         | Error::BootFailed(_)
         | Error::SnapshotFailed(_)
@@ -102,6 +104,14 @@ fn every_lambda_error() -> Vec<Error> {
             budget: 833.0,
         },
         Error::CapacityUnavailable { tried: vec![] },
+        Error::QuotaExceeded(ephemera_core::vcpus::QuotaRefused {
+            attempt: 1,
+            waits: 1,
+            since: chrono::Utc::now(),
+            wait_seconds: 60,
+            reason: String::new(),
+        }),
+        Error::LaunchQuotaTimeout(String::new()),
         Error::LaunchFailed(String::new()),
         Error::BootFailed(String::new()),
         Error::SnapshotFailed(String::new()),

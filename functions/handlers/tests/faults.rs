@@ -98,6 +98,28 @@ impl Ledger for NoLedger {
     }
 }
 
+impl ephemera_functions::aws::VcpuReservations for NoLedger {
+    async fn held(
+        &self,
+        _: &str,
+        _: &[&str],
+    ) -> Result<std::collections::BTreeMap<String, ephemera_core::vcpus::Held>, Error> {
+        Err(Error::Internal("no ledger in this test".into()))
+    }
+    async fn reserve(
+        &self,
+        _: &str,
+        _: &str,
+        _: &[ephemera_core::vcpus::Claim],
+        _: &std::collections::BTreeMap<String, ephemera_core::vcpus::Held>,
+    ) -> Result<bool, Error> {
+        Err(Error::Internal("no ledger in this test".into()))
+    }
+    async fn release(&self, _: &str, _: &str, _: &[&str]) -> Result<Vec<(String, u32)>, Error> {
+        Err(Error::Internal("no ledger in this test".into()))
+    }
+}
+
 /// Records every email.
 #[derive(Default)]
 struct Outbox(Mutex<Vec<String>>);

@@ -17,11 +17,14 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let prices = PriceListApi::new(&conf);
     let region = region(&conf);
     let settings = Settings::from_env();
+    // The vCPUs the stack's runs reserve, in the ledger table.
+    let ledger = dispatch::ledger(&aws_sdk_dynamodb::Client::new(&conf), &settings);
     serve(|payload| {
         let clients = quota_check::Clients {
             ec2: &ec2,
             quotas: &quotas,
             prices: &prices,
+            reservations: ledger.as_ref(),
         };
         dispatch::quota_check(clients, &region, &settings, payload, Utc::now())
     })

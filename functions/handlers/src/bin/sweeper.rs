@@ -2,7 +2,7 @@
 //! It links its own handler and the clients it calls, nothing else.
 
 use chrono::Utc;
-use ephemera_functions::{dispatch, dispatch::sdk_config, dispatch::serve, Settings};
+use ephemera_functions::{aws::region, dispatch, dispatch::sdk_config, dispatch::serve, Settings};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
@@ -12,6 +12,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let sns = aws_sdk_sns::Client::new(&conf);
     let ssm = aws_sdk_ssm::Client::new(&conf);
     let settings = Settings::from_env();
+    let region = region(&conf);
     let ledger = dispatch::ledger(&aws_sdk_dynamodb::Client::new(&conf), &settings);
     let ledger = ledger.as_ref();
     serve(|_| {
@@ -22,7 +23,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
             ledger,
             params: &ssm,
         };
-        dispatch::sweeper(services, &settings, Utc::now())
+        dispatch::sweeper(services, &region, &settings, Utc::now())
     })
     .await
 }

@@ -13,6 +13,7 @@ use ephemera_core::contract::RunParameters;
 use ephemera_core::instance_state::InstanceState;
 use ephemera_core::rundoc::{self, Attempt, WorkerState};
 use ephemera_core::runspec::{FieldError, RunSpec};
+use ephemera_core::vcpus::{self, AfterRefusal, QuotaRefused};
 use ephemera_core::{cost, launch, ledger, payload, tags, userdata, InvalidRunSpec};
 use serde::Deserialize;
 
@@ -50,6 +51,16 @@ pub struct Input {
     /// The markets quota-check found room in (`$.quota.markets`); empty: the policy's.
     #[serde(default)]
     pub markets: Vec<ephemera_core::Market>,
+    /// The worker's last launch refused for vCPU quota (`$.launch_quota`, from the error the
+    /// state machine read it from), when it waited for one.
+    #[serde(default)]
+    pub launch_quota: Option<LaunchQuota>,
+}
+
+/// What the state machine keeps of a launch refused for quota (`$.launch_quota`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct LaunchQuota {
+    pub refused: QuotaRefused,
 }
 
 fn first() -> u32 {
@@ -130,6 +141,7 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
             "the rest of the cap buys less than limits.max_runtime_seconds: the worker stops at its money deadline"
         );
     }
+    let refused = input.launch_quota.as_ref().map(|q| &q.refused);
     let made = Made {
         spec,
         previous: input.worker.as_ref(),
@@ -138,6 +150,7 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
         attempt,
         relaunches_left,
         granted: &granted,
+        quota_waits: refused.map_or(0, |r| r.waits),
         now,
     };
     // A retried call (Lambda timeout, Step Functions retry) finds the instance it already made.
@@ -147,9 +160,52 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
         return Ok(made.state(&i, token, vec![], true));
     }
     let request = launch_request(ec2, params, config, &made, &input).await?;
-    let (instance, token, tried) =
-        first_available(ec2, &request, &input.execution, &made, &markets).await?;
-    Ok(made.state(&instance, token, tried, false))
+    match first_available(ec2, &request, &input.execution, &made, &markets).await {
+        Ok((instance, token, tried)) => Ok(made.state(&instance, token, tried, false)),
+        Err(Error::CapacityUnavailable { tried }) if capacity::refused_for_quota(&tried) => {
+            Err(quota_verdict(spec, refused, attempt, &tried, now))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A launch some candidate's vCPU quota refused (and no other candidate took): the worker waits
+/// for the quota and launches again (`Ephemera.QuotaExceeded`, whose cause the state machine's
+/// Wait reads), unless it has waited as long as it may.
+fn quota_verdict(
+    spec: &RunSpec,
+    previous: Option<&QuotaRefused>,
+    attempt: u32,
+    tried: &[Tried],
+    now: DateTime<Utc>,
+) -> Error {
+    let refusals: Vec<String> = tried
+        .iter()
+        .filter(|t| vcpus::is_quota_refusal(&t.code))
+        .map(|t| {
+            format!(
+                "{} {} ({}): {}",
+                t.market.as_str(),
+                t.instance_type,
+                vcpus::code_of(&t.instance_type, t.market).unwrap_or("no known quota"),
+                t.code
+            )
+        })
+        .collect();
+    let others = tried.len() - refusals.len();
+    let mut reason = format!("RunInstances refused {}", refusals.join("; "));
+    if others > 0 {
+        reason.push_str(&format!("; {others} other candidate(s) had no capacity"));
+    }
+    // Within what the error message keeps (`payload::MESSAGE_KEPT`), so the JSON stays whole.
+    let reason = payload::cap(&reason, payload::CAUSE_KEPT);
+    match vcpus::after_refusal(spec, previous, attempt, reason, now) {
+        AfterRefusal::Wait(wait) => {
+            tracing::warn!(attempt, waits = wait.waits, wait_seconds = wait.wait_seconds, reason = %wait.reason, "launch refused for vCPU quota; waiting");
+            Error::QuotaExceeded(wait)
+        }
+        AfterRefusal::GiveUp(why) => Error::LaunchQuotaTimeout(why),
+    }
 }
 
 /// The worker role's id, checked before anything is launched: without it no worker could read
@@ -400,6 +456,8 @@ struct Made<'a> {
     relaunches_left: u32,
     /// The attempt as the cap granted it: its worst case is its estimate.
     granted: &'a AttemptWorstCase,
+    /// How many times the worker waited for vCPU quota before this launch.
+    quota_waits: u32,
     now: DateTime<Utc>,
 }
 
@@ -600,16 +658,25 @@ async fn first_available<E: Compute>(
     let (slot, attempt) = (made.slot, made.attempt);
     let mut tried = vec![];
     let mut closed: Vec<ephemera_core::Market> = vec![];
+    // Quotas that refused: every other candidate drawing on one would be refused too.
+    let mut full: Vec<&'static str> = vec![];
     let patience_until = std::time::Instant::now() + capacity::THROTTLE_PATIENCE;
     for c in capacity::candidates(&spec.worker.instance_types, &spec.worker.subnets, markets) {
-        if closed.contains(&c.market) {
+        let quota = vcpus::code_of(&c.instance_type, c.market);
+        if closed.contains(&c.market) || quota.is_some_and(|q| full.contains(&q)) {
             continue;
         }
         let req = LaunchRequest {
             market: c.market,
             instance_type: c.instance_type.clone(),
             subnet: c.subnet.clone(),
-            client_token: capacity::client_token(execution, slot, attempt, &c),
+            client_token: capacity::client_token_after_waits(
+                execution,
+                slot,
+                attempt,
+                &c,
+                made.quota_waits,
+            ),
             ..base.clone()
         };
         let e = match run_waiting_out_throttles(ec2, &req, patience_until).await {
@@ -622,10 +689,14 @@ async fn first_available<E: Compute>(
         match capacity::classify(&e.code, &e.message) {
             kind @ (LaunchErrorKind::Capacity
             | LaunchErrorKind::Limit
+            | LaunchErrorKind::Quota
             | LaunchErrorKind::Market) => {
                 tracing::warn!(code = %e.code, market = c.market.as_str(), instance_type = %c.instance_type, subnet = %c.subnet, "candidate unavailable; trying the next");
                 if kind == LaunchErrorKind::Market {
                     closed.push(c.market);
+                }
+                if let (LaunchErrorKind::Quota, Some(q)) = (kind, quota) {
+                    full.push(q);
                 }
                 // Cut: the kept refusal travels in the run document (crate::payload).
                 tried.push(Tried {

@@ -1,6 +1,7 @@
 //! quota-check: does the run's cap cover its first attempts, and are there enough vCPUs in
 //! every quota the run may draw on? If not, request an increase once and follow that request
-//! until approved, denied or past the deadline.
+//! until approved, denied or past the deadline. Room is judged beside what the stack's other
+//! runs reserved (`ephemera_core::vcpus`), and once there is room the run reserves its own.
 
 use std::collections::BTreeMap;
 
@@ -11,15 +12,19 @@ use ephemera_core::instance_state::InstanceState;
 use ephemera_core::quota::{self, QuotaLine, QuotaState, QuotaVerdict, RequestProgress};
 use ephemera_core::quota_request::{self, Bounds, Filing};
 use ephemera_core::runspec::FieldError;
+use ephemera_core::vcpus::{self, Claim, Held};
 use ephemera_core::{InvalidRunSpec, RunSpec};
 use serde::Deserialize;
 
-use crate::aws::{pricing, Compute, PriceList, QuotaService};
+use crate::aws::{pricing, Compute, PriceList, QuotaService, VcpuReservations};
 use crate::error::Error;
 
 #[derive(Debug, Deserialize)]
 pub struct Input {
     pub run: serde_json::Value,
+    /// `$$.Execution.Id`: whose vCPUs are reserved. Without it (a direct call) nothing is.
+    #[serde(default)]
+    pub execution: Option<String>,
     /// The previous poll's output; absent on the first check.
     #[serde(default)]
     pub quota: Option<QuotaState>,
@@ -53,15 +58,17 @@ impl Default for Config {
     }
 }
 
-/// What quota-check reads: instance types and usage, the quotas, and the candidates' prices.
-pub struct Clients<'a, E, Q, P> {
+/// What quota-check reads: instance types and usage, the quotas, the candidates' prices, and the
+/// vCPUs the stack's runs reserve (the ledger table, when the deployment has one).
+pub struct Clients<'a, E, Q, P, R> {
     pub ec2: &'a E,
     pub quotas: &'a Q,
     pub prices: &'a P,
+    pub reservations: Option<&'a R>,
 }
 
-pub async fn handle<E: Compute, Q: QuotaService, P: PriceList>(
-    clients: Clients<'_, E, Q, P>,
+pub async fn handle<E: Compute, Q: QuotaService, P: PriceList, R: VcpuReservations>(
+    clients: Clients<'_, E, Q, P, R>,
     config: &Config,
     input: Input,
     now: DateTime<Utc>,
@@ -70,6 +77,7 @@ pub async fn handle<E: Compute, Q: QuotaService, P: PriceList>(
         ec2,
         quotas,
         prices,
+        reservations,
     } = clients;
     let pricing_deadline = tokio::time::Instant::now() + config.pricing_within;
     // The one state that validates it; those after read it typed (tests/asl_states.rs).
@@ -101,7 +109,21 @@ pub async fn handle<E: Compute, Q: QuotaService, P: PriceList>(
         }
         Some(_) => None,
     };
-    let usage = vcpus_in_use(ec2).await?;
+    // The reservations, the instances, the reservations again: a run that reserves after the
+    // second read launches after the listing too, and one that gave its room back before the
+    // first had terminated its instances first (`vcpus::holders`), so each instance listed is
+    // either counted in a reservation or as usage outside, never both, never neither.
+    let codes: Vec<&str> = needs.iter().map(|n| n.code.as_str()).collect();
+    let before = match reservations {
+        Some(r) => r.held(&config.region, &codes).await?,
+        None => BTreeMap::new(),
+    };
+    let active = active_instances(ec2).await?;
+    let held = match reservations {
+        Some(r) => r.held(&config.region, &codes).await?,
+        None => BTreeMap::new(),
+    };
+    let usage = outside_usage(&active, &vcpus::holders(&before, &held));
     let started_at = prev.map_or(now, |p| p.started_at);
     let polls = prev.map_or(0, |p| p.polls + 1);
     let deadline = started_at + Duration::seconds(spec.quota.max_wait_seconds as i64);
@@ -110,6 +132,8 @@ pub async fn handle<E: Compute, Q: QuotaService, P: PriceList>(
         previous: prev,
         usage: &usage,
         bounds: &config.requests,
+        held: &held,
+        execution: input.execution.as_deref(),
         now,
     };
     let mut lines = vec![];
@@ -118,6 +142,28 @@ pub async fn handle<E: Compute, Q: QuotaService, P: PriceList>(
     }
 
     let (verdict, reason) = quota::decide(&lines, spec.quota.request_increase, now, deadline);
+    let (verdict, reason) = match (reservations, input.execution.as_deref()) {
+        (Some(r), Some(execution)) => {
+            let mine = Mine {
+                region: &config.region,
+                execution,
+                held: &held,
+            };
+            reserve(r, &mine, &lines, verdict, reason).await?
+        }
+        _ => (verdict, reason),
+    };
+    // Room other runs took first is waited for as any room, until the run's deadline.
+    let (verdict, reason) = match verdict {
+        QuotaVerdict::Waiting if now >= deadline => (
+            QuotaVerdict::DeadlinePassed,
+            format!(
+                "quota.max_wait_seconds passed at {}: {reason}",
+                deadline.to_rfc3339()
+            ),
+        ),
+        v => (v, reason),
+    };
     let wait_seconds = match verdict {
         QuotaVerdict::Waiting => quota::next_wait(
             polls,
@@ -217,18 +263,107 @@ async fn offered_types<E: Compute>(
     }
 }
 
-/// vCPUs of running and pending instances, counted in the quota each one draws on.
-async fn vcpus_in_use<E: Compute>(ec2: &E) -> Result<BTreeMap<&'static str, u32>, Error> {
-    let active = ec2
+/// The running and pending instances, with the vCPUs of their types.
+struct Active {
+    instances: Vec<crate::aws::InstanceView>,
+    vcpus: std::collections::HashMap<String, u32>,
+}
+
+async fn active_instances<E: Compute>(ec2: &E) -> Result<Active, Error> {
+    let instances = ec2
         .instances(&[], &[InstanceState::Pending, InstanceState::Running])
         .await?;
-    let mut active_types: Vec<String> = active.iter().map(|i| i.instance_type.clone()).collect();
-    active_types.sort();
-    active_types.dedup();
-    let active_vcpus = ec2.vcpus(&active_types).await?;
-    Ok(quota::usage(
-        active.iter().map(|i| (i.instance_type.as_str(), i.market)),
-        &active_vcpus,
+    let mut types: Vec<String> = instances.iter().map(|i| i.instance_type.clone()).collect();
+    types.sort();
+    types.dedup();
+    let vcpus = ec2.vcpus(&types).await?;
+    Ok(Active { instances, vcpus })
+}
+
+/// vCPUs of running and pending instances, counted in the quota each one draws on, except
+/// those of runs holding a reservation there (inside it already).
+fn outside_usage(active: &Active, held: &BTreeMap<String, Held>) -> BTreeMap<&'static str, u32> {
+    vcpus::outside_usage(
+        active.instances.iter().map(|i| {
+            (
+                i.instance_type.as_str(),
+                i.market,
+                i.tags
+                    .get(ephemera_core::tags::EXECUTION)
+                    .map(String::as_str),
+            )
+        }),
+        &active.vcpus,
+        held,
+    )
+}
+
+/// Whose reservations: the run's execution, in the function's region.
+struct Mine<'a> {
+    region: &'a str,
+    execution: &'a str,
+    held: &'a BTreeMap<String, Held>,
+}
+
+/// Once the quotas have room, the run reserves its need in every quota of the markets it will
+/// launch into, in one conditional transaction: when another run of the stack took the room
+/// since it was read, the run waits and checks again. A run that does not start holds nothing
+/// (a reservation left by a call whose answer was lost is given back).
+async fn reserve<R: VcpuReservations>(
+    r: &R,
+    mine: &Mine<'_>,
+    lines: &[QuotaLine],
+    verdict: QuotaVerdict,
+    reason: String,
+) -> Result<(QuotaVerdict, String), Error> {
+    let markets = match verdict {
+        QuotaVerdict::Enough => quota::markets_with_room(lines),
+        _ => vec![],
+    };
+    let claims: Vec<Claim> = lines
+        .iter()
+        .filter(|l| markets.contains(&l.market))
+        .map(|l| Claim::new(&l.code, l.needed_vcpus, l.applied, l.usage_vcpus))
+        .collect();
+    let stale: Vec<&str> = mine
+        .held
+        .values()
+        .filter(|h| h.own(mine.execution).is_some())
+        .filter(|h| !claims.iter().any(|c| c.code == h.code))
+        .map(|h| h.code.as_str())
+        .collect();
+    if !stale.is_empty() {
+        r.release(mine.region, mine.execution, &stale).await?;
+    }
+    if claims.is_empty() {
+        return Ok((verdict, reason));
+    }
+    if r.reserve(mine.region, mine.execution, &claims, mine.held)
+        .await?
+    {
+        let list: Vec<String> = claims
+            .iter()
+            .map(|c| format!("{} {}", c.vcpus, c.code))
+            .collect();
+        tracing::info!(reserved = ?list, "vCPUs reserved");
+        return Ok((verdict, format!("{reason}; reserved {}", list.join(", "))));
+    }
+    tracing::info!("another run of the stack reserved the room first; waiting");
+    // Nothing is held while waiting (a reservation of a call whose answer was lost included).
+    let own: Vec<&str> = mine
+        .held
+        .values()
+        .filter(|h| h.own(mine.execution).is_some())
+        .map(|h| h.code.as_str())
+        .collect();
+    if !own.is_empty() {
+        r.release(mine.region, mine.execution, &own).await?;
+    }
+    Ok((
+        QuotaVerdict::Waiting,
+        format!(
+            "{reason}; but another run of the stack reserved the room between the read and this run's reservation: checking again"
+        ),
     ))
 }
 
@@ -236,8 +371,13 @@ async fn vcpus_in_use<E: Compute>(ec2: &E) -> Result<BTreeMap<&'static str, u32>
 struct Poll<'a> {
     spec: &'a RunSpec,
     previous: Option<&'a QuotaState>,
+    /// In use outside the stack's reservations.
     usage: &'a BTreeMap<&'static str, u32>,
     bounds: &'a Bounds,
+    /// What the stack's runs hold in each quota.
+    held: &'a BTreeMap<String, Held>,
+    /// This run's execution: its own reservation is not another's.
+    execution: Option<&'a str>,
     now: DateTime<Utc>,
 }
 
@@ -263,11 +403,18 @@ async fn quota_line<Q: QuotaService>(
         is_default,
     } = quotas.applied(&need.code).await?;
     let used = poll.usage.get(need.code.as_str()).copied().unwrap_or(0);
-    let fits = quota::fits(applied, used, need.needed_vcpus);
+    let reserved = poll
+        .held
+        .get(&need.code)
+        .map_or(0, |h| h.others(poll.execution));
+    let fits = quota::fits(applied, used + reserved, need.needed_vcpus);
+    // Requested only when the quota is short beside the usage outside the stack: the other
+    // runs' reservations come back when they end.
+    let short = !quota::fits(applied, used, need.needed_vcpus);
     let (request, barred) = match followed {
         Some(r) => (Some(r), None),
-        None if !fits && poll.spec.quota.request_increase => {
-            let desired = quota::desired_value(applied, used, need.needed_vcpus);
+        None if short && poll.spec.quota.request_increase => {
+            let desired = quota::desired_value(applied, used + reserved, need.needed_vcpus);
             match file_or_follow(quotas, poll, &need.code, desired).await? {
                 Ok(r) => (Some(r), None),
                 Err(why) => (None, Some(why)),
@@ -281,6 +428,7 @@ async fn quota_line<Q: QuotaService>(
         applied,
         is_default,
         usage_vcpus: used,
+        reserved_vcpus: reserved,
         needed_vcpus: need.needed_vcpus,
         fits,
         request,

@@ -8,10 +8,12 @@ use chrono::{DateTime, Utc};
 use ephemera_core::contract::RunParameters;
 use ephemera_core::instance_state::InstanceState;
 use ephemera_core::ledger::EntryState;
-use ephemera_core::sweep::{launched_by_stack, stale_signals, sweep_reason};
+use ephemera_core::sweep::{launched_by_stack, release_reason, stale_signals, sweep_reason};
 use serde::{Deserialize, Serialize};
 
-use crate::aws::{Compute, Executions, InstanceView, Ledger, Notifier, ParamHousekeeping};
+use crate::aws::{
+    Compute, Executions, InstanceView, Ledger, Notifier, ParamHousekeeping, VcpuReservations,
+};
 use crate::error::Error;
 use ephemera_core::tags;
 
@@ -30,14 +32,27 @@ pub struct SweepReport {
     /// Signals deleted: `started` parameters and task tokens of instances no longer live.
     #[serde(default)]
     pub signals_deleted: usize,
+    /// vCPU reservations given back for runs whose execution no longer runs (the backstop of
+    /// the teardown's own release).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vcpus_released: Vec<ReleasedVcpus>,
     /// What could not be done (the sweep itself still stands).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
     pub swept_at: DateTime<Utc>,
 }
 
+/// A finished run's reservation in one quota, given back by the sweeper.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleasedVcpus {
+    pub execution: String,
+    pub quota_code: String,
+    pub vcpus: u32,
+    pub reason: String,
+}
+
 /// What the sweeper reads and acts on: instances, executions, the topic it alerts, the ledger
-/// it closes and the signals it deletes.
+/// it closes (and gives finished runs' vCPU reservations back in) and the signals it deletes.
 pub struct Services<'a, E, X, N, L, P> {
     pub ec2: &'a E,
     pub executions: &'a X,
@@ -48,10 +63,18 @@ pub struct Services<'a, E, X, N, L, P> {
 
 /// `profile`: the stack's worker instance profile; a live instance tagged as managed but launched
 /// without it is left alone (and said in the notes), whatever its tags say.
-pub async fn handle<E: Compute, X: Executions, N: Notifier, L: Ledger, P: ParamHousekeeping>(
+/// `region`: the function's, whose vCPU reservations it looks after.
+pub async fn handle<
+    E: Compute,
+    X: Executions,
+    N: Notifier,
+    L: Ledger + VcpuReservations,
+    P: ParamHousekeeping,
+>(
     s: Services<'_, E, X, N, L, P>,
     topic: Option<&str>,
     profile: Option<&str>,
+    region: &str,
     now: DateTime<Utc>,
 ) -> Result<SweepReport, Error> {
     let tagged = s
@@ -78,8 +101,10 @@ pub async fn handle<E: Compute, X: Executions, N: Notifier, L: Ledger, P: ParamH
     for s in &swept {
         tracing::warn!(instance = %s.instance_id, run = %s.run_id, reason = %s.reason, "swept");
     }
+    let mut vcpus_released = vec![];
     if let Some(l) = s.ledger {
         close_swept(l, &swept).await;
+        vcpus_released = release_finished(l, s.executions, region, &mut notes).await;
     }
     // Signals of instances that are gone: the swept ones, and any whose execution ended without
     // deleting them (a crash, or a run the sweeper ended before).
@@ -93,6 +118,7 @@ pub async fn handle<E: Compute, X: Executions, N: Notifier, L: Ledger, P: ParamH
         checked: live.len(),
         terminated: swept,
         signals_deleted,
+        vcpus_released,
         notes,
         swept_at: now,
     };
@@ -154,6 +180,66 @@ async fn close_swept<L: Ledger>(l: &L, swept: &[Swept]) {
             tracing::error!(execution = %e, error = %err, "the ledger could not be updated");
         }
     }
+}
+
+/// Gives back the vCPU reservations of every run whose execution no longer runs (its teardown
+/// failed, or never came: the execution was stopped, timed out or deleted), in every quota of
+/// the region: a run that dies never holds vCPUs for good. A failure is noted.
+async fn release_finished<L: VcpuReservations, X: Executions>(
+    l: &L,
+    executions: &X,
+    region: &str,
+    notes: &mut Vec<String>,
+) -> Vec<ReleasedVcpus> {
+    let codes = ephemera_core::catalog::quota_codes();
+    let held = match l.held(region, &codes).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "the vCPU reservations could not be read");
+            notes.push(format!("vCPU reservations not read: {e}"));
+            return vec![];
+        }
+    };
+    let mut runs: BTreeSet<&str> = BTreeSet::new();
+    for h in held.values() {
+        runs.extend(h.runs.keys().map(String::as_str));
+    }
+    let mut released = vec![];
+    for execution in runs {
+        let status = match executions.status(execution).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%execution, error = %e, "cannot read the execution; its vCPUs are kept");
+                continue;
+            }
+        };
+        let Some(reason) = release_reason(status.as_deref()) else {
+            continue;
+        };
+        let of: Vec<&str> = held
+            .values()
+            .filter(|h| h.own(execution).is_some())
+            .map(|h| h.code.as_str())
+            .collect();
+        match l.release(region, execution, &of).await {
+            Ok(gone) => {
+                for (code, vcpus) in gone {
+                    tracing::warn!(%execution, %code, vcpus, %reason, "vCPU reservation given back");
+                    released.push(ReleasedVcpus {
+                        execution: execution.to_string(),
+                        quota_code: code,
+                        vcpus,
+                        reason: reason.clone(),
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::error!(%execution, error = %e, "a vCPU reservation could not be given back");
+                notes.push(format!("the vCPUs of {execution} not given back: {e}"));
+            }
+        }
+    }
+    released
 }
 
 /// Deletes the signals of instances no longer live; how many (a failure is noted).

@@ -23,7 +23,7 @@ use serde::Deserialize;
 
 use crate::aws::{
     pricing, Compute, History, InstanceView, Ledger, Notifier, ObjectWriter, ParamHousekeeping,
-    PriceList,
+    PriceList, VcpuReservations,
 };
 use crate::error::Error;
 use ephemera_core::tags;
@@ -153,7 +153,7 @@ where
     N: Notifier,
     H: History,
     O: ObjectWriter,
-    L: Ledger,
+    L: Ledger + VcpuReservations,
     R: ParamHousekeeping,
 {
     let spec = &input.run;
@@ -207,6 +207,8 @@ where
         delete_signals(r, &spec.run_id, instances.keys(), &mut report).await;
     }
     if let Some(l) = s.ledger {
+        // Its instances are terminated: the vCPUs it reserved go back to the stack's runs.
+        release_vcpus(l, &config.region, &input.execution, spec, &mut report).await;
         close_ledger(l, &input.execution, &mut report).await;
         store_month(
             l,
@@ -451,6 +453,32 @@ async fn close_ledger<L: Ledger>(l: &L, execution: &str, report: &mut CostReport
             "the ledger still holds this run's reservation: {}",
             short(&e.to_string())
         ));
+    }
+}
+
+/// Gives back the vCPUs the run reserved in every quota it may have reserved in
+/// (`ephemera_core::vcpus`), once its instances are terminated. A failure is noted, never a
+/// reason to fail the report: the sweeper gives them back at its next tick.
+async fn release_vcpus<L: VcpuReservations>(
+    l: &L,
+    region: &str,
+    execution: &str,
+    spec: &RunSpec,
+    report: &mut CostReport,
+) {
+    let codes = ephemera_core::vcpus::codes_of(spec);
+    match l.release(region, execution, &codes).await {
+        Ok(released) if !released.is_empty() => {
+            tracing::info!(?released, "vCPU reservations given back")
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "the vCPU reservations could not be given back");
+            report.notes.push(format!(
+                "the run's vCPU reservations are left for the sweeper to give back: {}",
+                short(&e.to_string())
+            ));
+        }
     }
 }
 
