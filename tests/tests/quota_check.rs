@@ -526,6 +526,7 @@ async fn a_throttled_price_list_does_not_time_quota_check_out() {
             ec2: &role.ec2,
             quotas: &role.quotas,
             prices: &role.pricing,
+            reservations: None::<&ephemera_functions::aws::LedgerTable>,
         },
         &quota_check::Config {
             region: c.region.into(),
