@@ -689,20 +689,7 @@ mod tests {
         let region = ephemera_tests::fresh_region();
         let admin = ephemera_tests::clients(region).s3;
         let bucket = ephemera_tests::iam::EXPORT_BUCKET;
-        let mut create = admin.create_bucket().bucket(bucket);
-        if region != "us-east-1" {
-            create = create.create_bucket_configuration(
-                aws_sdk_s3::types::CreateBucketConfiguration::builder()
-                    .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(region))
-                    .build(),
-            );
-        }
-        if let Err(e) = create.send().await {
-            let owned = e.as_service_error().is_some_and(|s| {
-                s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists()
-            });
-            assert!(owned, "CreateBucket: {e:?}");
-        }
+        crate::store::test_bucket(&admin, region, bucket).await;
         let to = place(
             &Target::S3 {
                 bucket: bucket.into(),
