@@ -688,6 +688,26 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// `bucket` in the harness's S3 for a test: made in `region`, or already there (bucket names
+/// are the account's across regions, and another test may have made it).
+#[cfg(test)]
+pub(crate) async fn test_bucket(admin: &aws_sdk_s3::Client, region: &str, bucket: &str) {
+    let mut create = admin.create_bucket().bucket(bucket);
+    if region != "us-east-1" {
+        create = create.create_bucket_configuration(
+            aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(region))
+                .build(),
+        );
+    }
+    if let Err(e) = create.send().await {
+        let owned = e
+            .as_service_error()
+            .is_some_and(|s| s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists());
+        assert!(owned, "CreateBucket: {e:?}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -804,25 +824,5 @@ mod tests {
             .count();
         assert_eq!(won, 1);
         std::fs::remove_dir_all(&base).unwrap();
-    }
-}
-
-/// `bucket` in the harness's S3 for a test: made in `region`, or already there (bucket names
-/// are the account's across regions, and another test may have made it).
-#[cfg(test)]
-pub(crate) async fn test_bucket(admin: &aws_sdk_s3::Client, region: &str, bucket: &str) {
-    let mut create = admin.create_bucket().bucket(bucket);
-    if region != "us-east-1" {
-        create = create.create_bucket_configuration(
-            aws_sdk_s3::types::CreateBucketConfiguration::builder()
-                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(region))
-                .build(),
-        );
-    }
-    if let Err(e) = create.send().await {
-        let owned = e
-            .as_service_error()
-            .is_some_and(|s| s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists());
-        assert!(owned, "CreateBucket: {e:?}");
     }
 }
