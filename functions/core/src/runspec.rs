@@ -826,6 +826,21 @@ impl RunSpec {
                 );
             }
         }
+        if self.worker.is_job() {
+            // A command has no partitions and writes no rows the worker counts: either
+            // expectation could never be met, and the run would fail after paying for its job.
+            for (field, set) in [
+                ("expect.partitions", self.expect.partitions.is_some()),
+                ("expect.min_rows", self.expect.min_rows.is_some()),
+            ] {
+                if set {
+                    errs.add(
+                        field,
+                        "counts the feature worker's partitions and rows; a job (worker.args starting `exec`) has neither: use expect.min_objects or expect.min_bytes",
+                    );
+                }
+            }
+        }
         if self.expect.counts == Counts::PerWorker {
             if !self.worker.is_job() {
                 errs.add(
@@ -1745,6 +1760,18 @@ pub(crate) mod tests {
         assert!(!RunSpec::parse(&sample()).unwrap().worker.is_job());
         let errs = errors_of(v);
         assert!(has(&errs, "expect.counts", "applies to a job"), "{errs:?}");
+    }
+
+    #[test]
+    fn a_job_is_not_held_to_partitions_or_rows() {
+        let mut v = sample();
+        v["worker"]["args"] = json!(["exec", "--", "./train"]);
+        v["expect"] = json!({"partitions": 3, "min_rows": 10});
+        let errs = errors_of(v.clone());
+        assert!(has(&errs, "expect.partitions", "a job"), "{errs:?}");
+        assert!(has(&errs, "expect.min_rows", "min_objects"), "{errs:?}");
+        v["expect"] = json!({"min_objects": 1});
+        assert!(RunSpec::parse(&v).is_ok());
     }
 
     #[test]
