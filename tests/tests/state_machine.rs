@@ -465,22 +465,49 @@ async fn an_invalid_runspec_fails_clearly_and_launches_nothing() {
     .await;
     assert_eq!(r.finished.status, "FAILED");
     assert_eq!(r.finished.error.as_deref(), Some("Ephemera.InvalidRunSpec"));
+    // The cause is the plain list of problems, one a line, not the Lambda's error JSON.
     let cause = r.finished.cause.as_deref().unwrap();
+    let lines: Vec<&str> = cause.lines().collect();
+    assert_eq!(lines.len(), 2, "{cause}");
     assert!(
-        cause.contains("worker.instance_types[1]: unknown instance type 'z9.mega'"),
+        lines
+            .iter()
+            .any(|l| l.starts_with("worker.instance_types[1]: unknown instance type 'z9.mega'")),
         "{cause}"
     );
-    assert!(cause.contains("limits.heartbeat_seconds"), "{cause}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("limits.heartbeat_seconds: ")),
+        "{cause}"
+    );
+    assert!(!cause.contains("errorType"), "{cause}");
     assert_eq!(
         r.finished.path,
         vec![
             State::Scheduled,
             State::Start,
             State::CheckQuota,
+            State::TellRefusal,
             State::RejectRunSpec
         ]
     );
     assert!(r.instances.is_empty());
+    // Told once, every problem named.
+    assert_eq!(r.emails.len(), 1, "{:?}", r.emails);
+    let e = &r.emails[0];
+    assert_eq!(e.subject, "ephemera e2e-invalid: REFUSED (2 problems)");
+    assert!(
+        e.body
+            .contains("- worker.instance_types[1]: unknown instance type 'z9.mega'"),
+        "{}",
+        e.body
+    );
+    assert!(
+        e.body.contains("nothing was launched, reserved or billed"),
+        "{}",
+        e.body
+    );
 }
 
 /// IAM is enforced: without the statement that lets the state machine hand the task token to

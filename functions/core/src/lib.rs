@@ -16,6 +16,7 @@ pub mod payload;
 pub mod plain_text;
 pub mod quota;
 pub mod quota_request;
+pub mod refusal;
 pub mod report_html;
 pub mod rundoc;
 pub mod runspec;
