@@ -1397,6 +1397,12 @@ async fn enforce(
             return Some(access_denied(service, &reason));
         }
     }
+    if let Some(reason) = door
+        .task_token_key_refused(principal, region, &action, bytes)
+        .await
+    {
+        return Some(access_denied(service, &reason));
+    }
     if action == "s3:GetObject" {
         // A missing object is 404 NoSuchKey only to a caller who may list the bucket; to any
         // other, 403 AccessDenied (S3 API reference, GetObject, "Permissions").
@@ -1891,6 +1897,90 @@ impl FrontDoor {
     }
 
     /// A parameter's tags as moto keeps them; none when it does not exist.
+    /// Parameter Store calls KMS as the caller: writing a SecureString under a customer
+    /// managed key needs `kms:Encrypt` on it, reading one decrypted `kms:Decrypt`, each with
+    /// `kms:ViaService` and the parameter's ARN as the `PARAMETER_ARN` encryption context
+    /// (https://docs.aws.amazon.com/kms/latest/developerguide/services-parameter-store.html).
+    /// moto checks neither; the stack's task-token key's policy is played here. The account's
+    /// `aws/ssm` key admits every principal of the account, so nothing is checked for it.
+    async fn task_token_key_refused(
+        &self,
+        principal: &Principal,
+        region: &str,
+        action: &str,
+        bytes: &[u8],
+    ) -> Option<String> {
+        let input: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+        let key = crate::iam::task_token_key(region);
+        let (use_, names): (&str, Vec<String>) = match action {
+            "ssm:PutParameter"
+                if input["Type"] == "SecureString" && input["KeyId"].as_str() == Some(&key) =>
+            {
+                ("kms:Encrypt", vec![input["Name"].as_str()?.to_string()])
+            }
+            "ssm:GetParameter" if input["WithDecryption"] == true => {
+                ("kms:Decrypt", vec![input["Name"].as_str()?.to_string()])
+            }
+            "ssm:GetParameters" if input["WithDecryption"] == true => (
+                "kms:Decrypt",
+                input["Names"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|n| n.as_str().map(str::to_string))
+                    .collect(),
+            ),
+            _ => return None,
+        };
+        for name in names {
+            if use_ == "kms:Decrypt"
+                && self.parameter_key(region, &name).await.as_deref() != Some(&key)
+            {
+                continue;
+            }
+            let name = if name.starts_with('/') {
+                name
+            } else {
+                format!("/{name}")
+            };
+            let check = Check::new(use_, key.clone())
+                .with("kms:ViaService", format!("ssm.{region}.amazonaws.com"))
+                .with(
+                    "kms:EncryptionContext:PARAMETER_ARN",
+                    format!("arn:aws:ssm:{region}:{ACCOUNT}:parameter{name}"),
+                );
+            let policies = match self.policies_in.lock().unwrap().get(region) {
+                Some(p) => p.clone(),
+                None => self.policies.clone(),
+            };
+            if let Err(reason) = policies.authorize_key("TaskTokenKey", principal, region, &check) {
+                return Some(reason);
+            }
+        }
+        None
+    }
+
+    /// The key a SecureString parameter is encrypted under (moto keeps the request's KeyId).
+    async fn parameter_key(&self, region: &str, name: &str) -> Option<String> {
+        let resp = self
+            .http
+            .post(format!("{}/", self.moto))
+            .header("content-type", "application/x-amz-json-1.1")
+            .header("x-amz-target", "AmazonSSM.DescribeParameters")
+            .header(
+                "authorization",
+                format!("AWS4-HMAC-SHA256 Credential=testing/20260101/{region}/ssm/aws4_request, SignedHeaders=host, Signature=0"),
+            )
+            .body(
+                serde_json::json!({"ParameterFilters": [{"Key": "Name", "Option": "Equals", "Values": [name]}]})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .ok()?;
+        let body: serde_json::Value = serde_json::from_str(&resp.text().await.ok()?).ok()?;
+        body["Parameters"][0]["KeyId"].as_str().map(str::to_string)
+    }
+
     async fn parameter_tags(&self, region: &str, name: &str) -> Vec<(String, String)> {
         let Ok(resp) = self
             .http

@@ -32,6 +32,14 @@ pub const WORKER_ROLE_ID: &str = "AROAEPHEMERAWORKER001";
 pub const LEDGER_TABLE: &str = "ephemera-ledger";
 /// The template's default `MonthlyBudgetUsd`.
 pub const MONTHLY_BUDGET_USD: f64 = 833.0;
+/// The id of the stack's task-token key (`TaskTokenKey`) in every region of the harness.
+pub const TASK_TOKEN_KEY_ID: &str = "ephemera-task-tokens-0000000000000001";
+
+/// The task-token key's ARN in `region` (`!GetAtt TaskTokenKey.Arn`).
+pub fn task_token_key(region: &str) -> String {
+    format!("arn:aws:kms:{region}:{ACCOUNT}:key/{TASK_TOKEN_KEY_ID}")
+}
+
 /// A worker signing with the key of no particular instance (the CLI tests' log reader).
 const NO_INSTANCE: &str = "i-worker";
 
@@ -164,6 +172,8 @@ impl Check {
 #[derive(Debug, Clone, Default)]
 pub struct Policies {
     pub by_principal: BTreeMap<Principal, Vec<Statement>>,
+    /// Each KMS key's policy by its logical id, its statements by the principal they name.
+    pub keys: BTreeMap<String, Policies>,
 }
 
 /// The template attaches no managed policy: one would need its statements here, as AWS
@@ -236,6 +246,13 @@ impl Resolver<'_> {
         match what {
             "WorkerRole.Arn" => format!("arn:aws:iam::{ACCOUNT}:role/{STACK}-worker-role"),
             "WorkerRole.RoleId" => WORKER_ROLE_ID.into(),
+            // SAM's role for the state machine (`<LogicalId>Role`).
+            "WorkerStateMachineRole.Arn" => {
+                format!("arn:aws:iam::{ACCOUNT}:role/{STACK}-state-machine-role")
+            }
+            "TaskTokenKey.Arn" => {
+                format!("arn:aws:kms:${{AWS::Region}}:{ACCOUNT}:key/{TASK_TOKEN_KEY_ID}")
+            }
             "LedgerTable.Arn" => {
                 format!("arn:aws:dynamodb:${{AWS::Region}}:{ACCOUNT}:table/{LEDGER_TABLE}")
             }
@@ -382,6 +399,56 @@ impl Resolver<'_> {
             .collect()
     }
 
+    /// A key policy's statements by the principal each names. The account's root is the
+    /// administrator, whom the harness lets through anyway; a statement naming it delegates
+    /// nothing here unless it grants a use of the key, which the harness refuses to guess.
+    fn key_policy(&self, doc: &Yaml) -> Policies {
+        let Some(Yaml::Sequence(list)) = doc.get("Statement") else {
+            panic!("a key policy without a Statement list")
+        };
+        let mut by_principal: BTreeMap<Principal, Vec<Statement>> = BTreeMap::new();
+        for raw in list {
+            let mut one = serde_yaml_ng::Mapping::new();
+            one.insert("Statement".into(), Yaml::Sequence(vec![raw.clone()]));
+            let statements = self.statements(&Yaml::Mapping(one));
+            let named = raw
+                .get("Principal")
+                .and_then(|p| p.get("AWS"))
+                .map(|a| self.many(a))
+                .unwrap_or_default();
+            for arn in named {
+                if arn == format!("arn:aws:iam::{ACCOUNT}:root") {
+                    let uses = statements.iter().flat_map(|s| &s.actions).any(|a| {
+                        ["kms:Decrypt", "kms:Encrypt", "kms:*"]
+                            .iter()
+                            .any(|u| glob(&a.to_lowercase(), &u.to_lowercase()))
+                    });
+                    assert!(
+                        !uses,
+                        "a key policy delegates the key's use to IAM: {raw:?}"
+                    );
+                    continue;
+                }
+                let principal = [
+                    Principal::Worker,
+                    Principal::StateMachine,
+                    Principal::Scheduler,
+                ]
+                .into_iter()
+                .find(|p| arn == format!("arn:aws:iam::{ACCOUNT}:role/{}", p.role()))
+                .unwrap_or_else(|| panic!("the harness does not know the key principal {arn}"));
+                by_principal
+                    .entry(principal)
+                    .or_default()
+                    .extend(statements.iter().cloned());
+            }
+        }
+        Policies {
+            by_principal,
+            keys: BTreeMap::new(),
+        }
+    }
+
     /// A SAM function's or state machine's `Policies` list: inline documents and the SAM policy
     /// templates the template uses, expanded as SAM expands them
     /// (<https://docs.aws.amazon.com/serverless-application-model/latest/developerguide/serverless-policy-template-list.html>).
@@ -496,6 +563,7 @@ impl Policies {
             params,
         };
         let mut by_principal = BTreeMap::new();
+        let mut keys = BTreeMap::new();
         let Some(Yaml::Mapping(resources)) = template.get("Resources") else {
             panic!("template.yaml has no Resources");
         };
@@ -548,10 +616,16 @@ impl Policies {
                     }
                     by_principal.insert(principal, statements);
                 }
+                Some("AWS::KMS::Key") => {
+                    let doc = props
+                        .and_then(|p| p.get("KeyPolicy"))
+                        .unwrap_or_else(|| panic!("{logical} has no KeyPolicy"));
+                    keys.insert(logical.to_string(), r.key_policy(doc));
+                }
                 _ => {}
             }
         }
-        Policies { by_principal }
+        Policies { by_principal, keys }
     }
 
     /// Removes the statement `sid` from `principal` (for tests that prove a statement matters).
@@ -615,6 +689,29 @@ impl Policies {
             "User: {who} is not authorized to perform: {} on resource: {} because no identity-based policy allows the {} action",
             check.action, check.resource, check.action
         ))
+    }
+}
+
+impl Policies {
+    /// Ok, or AWS's refusal, for a use of the KMS key `logical` by `principal`: the key's own
+    /// policy decides (none of the template's keys delegates its use to IAM policies), as KMS
+    /// decides for a principal of the key's account
+    /// (<https://docs.aws.amazon.com/kms/latest/developerguide/key-policy-overview.html>).
+    pub fn authorize_key(
+        &self,
+        logical: &str,
+        principal: &Principal,
+        region: &str,
+        check: &Check,
+    ) -> Result<(), String> {
+        let key = self
+            .keys
+            .get(logical)
+            .unwrap_or_else(|| panic!("the template has no key {logical}"));
+        key.authorize(principal, region, check).map_err(|reason| {
+            reason.replace("no identity-based policy", "no resource-based policy")
+                + " (Service: AWSKMS; Status Code: 400; Error Code: AccessDeniedException)"
+        })
     }
 }
 
@@ -804,6 +901,46 @@ mod tests {
         let worker = format!("arn:aws:s3:::{ARTIFACT_BUCKET}/worker/ephemera-worker");
         assert!(may("s3:DeleteObject", worker.clone()).is_err());
         assert!(may("s3:PutObject", worker).is_err());
+    }
+
+    #[test]
+    fn only_the_worker_role_opens_a_task_token_and_only_the_state_machine_seals_one() {
+        let p = template();
+        let region = "us-east-1";
+        let token =
+            format!("arn:aws:ssm:{region}:{ACCOUNT}:parameter/ephemera/runs/r1/task-token/i-1");
+        let use_ = |who: &Principal, action: &str, param: &str, via: &str| {
+            let check = Check::new(action, task_token_key(region))
+                .with("kms:ViaService", format!("{via}.{region}.amazonaws.com"))
+                .with("kms:EncryptionContext:PARAMETER_ARN", param);
+            p.authorize_key("TaskTokenKey", who, region, &check)
+        };
+        assert_eq!(
+            use_(&Principal::Worker, "kms:Decrypt", &token, "ssm"),
+            Ok(())
+        );
+        assert_eq!(
+            use_(&Principal::StateMachine, "kms:Encrypt", &token, "ssm"),
+            Ok(())
+        );
+        // Not the other way round, not outside Parameter Store, not for another parameter,
+        // and no Lambda at all, whatever its IAM policy says.
+        assert!(use_(&Principal::StateMachine, "kms:Decrypt", &token, "ssm").is_err());
+        assert!(use_(&Principal::Worker, "kms:Encrypt", &token, "ssm").is_err());
+        assert!(use_(&Principal::Worker, "kms:Decrypt", &token, "kms").is_err());
+        let started = token.replace("task-token", "started");
+        assert!(use_(&Principal::Worker, "kms:Decrypt", &started, "ssm").is_err());
+        let refused = use_(
+            &Principal::Function("launch-worker".into()),
+            "kms:Decrypt",
+            &token,
+            "ssm",
+        )
+        .unwrap_err();
+        assert!(
+            refused.contains("no resource-based policy allows the kms:Decrypt action"),
+            "{refused}"
+        );
     }
 
     #[test]
