@@ -19,6 +19,7 @@ pub mod imds;
 pub mod price_list;
 pub mod quotas;
 pub mod requests;
+pub mod sts;
 pub mod throttle;
 pub mod vcpu_limits;
 pub mod worker_standin;

@@ -17,6 +17,7 @@ pub mod plain_text;
 pub mod quota;
 pub mod quota_request;
 pub mod report_html;
+pub mod run_credentials;
 pub mod rundoc;
 pub mod runspec;
 pub mod snapshot;
