@@ -234,7 +234,8 @@ pub fn function_clients(region: &str, function: &str) -> Aws {
     ))
 }
 
-fn sdk_config_as(region: &str, access_key: &str) -> SdkConfig {
+/// An SDK config signed with `access_key` (a session STS minted, `sts`).
+pub fn sdk_config_as(region: &str, access_key: &str) -> SdkConfig {
     let h = harness();
     SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())
