@@ -138,7 +138,7 @@ pub fn session_policy(
     if holder == Holder::Agent {
         if !secrets.is_empty() {
             statements.push(json!({"Effect": "Allow",
-                "Action": ["secretsmanager:GetSecretValue", "ssm:GetParameter"],
+                "Action": "secretsmanager:GetSecretValue",
                 "Resource": secrets}));
         }
         statements.push(json!({"Effect": "Allow", "Action": "sts:AssumeRole",
