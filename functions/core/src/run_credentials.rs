@@ -246,10 +246,7 @@ mod tests {
         let s = spec(&["exec", "--", "sh"]);
         let secret = "arn:aws:secretsmanager:r:1:secret:k-AbCdEf".to_string();
         let p = session_policy(&s, &STACK, std::slice::from_ref(&secret), Holder::Agent).unwrap();
-        assert_eq!(
-            actions_on(&p, &secret),
-            ["secretsmanager:GetSecretValue", "ssm:GetParameter"]
-        );
+        assert_eq!(actions_on(&p, &secret), ["secretsmanager:GetSecretValue"]);
         assert_eq!(
             actions_on(&p, "arn:aws:iam::1:role/run"),
             ["sts:AssumeRole"]
