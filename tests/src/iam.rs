@@ -606,7 +606,7 @@ impl Policies {
                     }
                     by_principal
                         .entry(principal)
-                        .or_insert_with(Vec::new)
+                        .or_default()
                         .extend(statements);
                 }
                 // A policy of its own attached to roles: how a role's policy names the role
@@ -623,7 +623,7 @@ impl Policies {
                         };
                         by_principal
                             .entry(principal)
-                            .or_insert_with(Vec::new)
+                            .or_default()
                             .extend(statements.clone());
                     }
                 }

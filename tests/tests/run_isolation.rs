@@ -80,9 +80,9 @@ const STACK: Stack = Stack {
     run_role_arn: "arn:aws:iam::123456789012:role/ephemera-run-role",
 };
 
-fn refused<T, E: std::error::Error>(what: &str, r: Result<T, aws_sdk_s3::error::SdkError<E>>)
+fn refused<T, E>(what: &str, r: Result<T, aws_sdk_s3::error::SdkError<E>>)
 where
-    E: aws_sdk_s3::error::ProvideErrorMetadata + 'static,
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
 {
     match r {
         Ok(_) => panic!("{what} was allowed"),
