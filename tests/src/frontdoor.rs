@@ -146,6 +146,8 @@ pub struct FrontDoor {
     moto_ec2: Mutex<HashMap<String, aws_sdk_ec2::Client>>,
     /// The account's Lambda concurrency (a new account's by default).
     pub lambda_concurrency: std::sync::atomic::AtomicU32,
+    /// The run role's sessions STS minted (`crate::sts`).
+    pub sessions: crate::sts::Sessions,
 }
 
 /// An image's root snapshot: its size in GiB and its id.
@@ -219,6 +221,7 @@ impl FrontDoor {
             outside: Mutex::default(),
             moto_ec2: Mutex::default(),
             lambda_concurrency: throttle::NEW_ACCOUNT_LAMBDA_CONCURRENCY.into(),
+            sessions: crate::sts::Sessions::default(),
         }
     }
 
@@ -254,9 +257,35 @@ impl FrontDoor {
     }
 
     fn authorize(&self, principal: &Principal, region: &str, check: &Check) -> Result<(), String> {
-        let result = match self.policies_in.lock().unwrap().get(region) {
-            Some(p) => p.authorize(principal, region, check),
-            None => self.policies.authorize(principal, region, check),
+        self.authorize_as(principal, None, region, check)
+    }
+
+    /// The policies in force in `region` (a test's, or the template's).
+    fn policies_for(&self, region: &str) -> Policies {
+        match self.policies_in.lock().unwrap().get(region) {
+            Some(p) => p.clone(),
+            None => self.policies.clone(),
+        }
+    }
+
+    /// [`FrontDoor::authorize`] for a caller that may be a session STS minted (its tags and
+    /// session policy count).
+    fn authorize_as(
+        &self,
+        principal: &Principal,
+        session: Option<&crate::sts::Session>,
+        region: &str,
+        check: &Check,
+    ) -> Result<(), String> {
+        let result = {
+            let in_region = self.policies_in.lock().unwrap();
+            let p = in_region.get(region).unwrap_or(&self.policies);
+            match session {
+                Some(s) => {
+                    p.authorize_session(principal, &s.tags, s.policy.as_deref(), region, check)
+                }
+                None => p.authorize(principal, region, check),
+            }
         };
         if let Err(reason) = &result {
             self.denials.lock().unwrap().push(Denial {
@@ -589,8 +618,45 @@ async fn route(State(door): State<Arc<FrontDoor>>, req: Request) -> Response<Bod
             ),
         );
     }
+    // A run session's key is good while its session lasts (`sts`).
+    let session = match principal {
+        Some(Principal::Run) => match door.sessions.get(&access_key) {
+            Some(s) if s.expires > chrono::Utc::now() => Some(s),
+            Some(_) => {
+                return access_denied(
+                    &service,
+                    &format!("The security token included in the request is expired (access key {access_key})."),
+                )
+            }
+            None => {
+                return access_denied(
+                    &service,
+                    &format!("The security token included in the request is invalid (access key {access_key})."),
+                )
+            }
+        },
+        _ => None,
+    };
+    if service == "sts" {
+        if let Some(p) = &principal {
+            let form = url_form(&bytes);
+            if form.get("Action").map(String::as_str) == Some("AssumeRole") {
+                return assume_role(&door, p, session.as_ref(), &region, &form);
+            }
+        }
+    }
     let caller = principal.as_ref().map(|p| (p, access_key.as_str()));
-    if let Some(refusal) = enforce(&door, caller, &region, &service, &parts, &bytes).await {
+    if let Some(refusal) = enforce(
+        &door,
+        caller,
+        session.as_ref(),
+        &region,
+        &service,
+        &parts,
+        &bytes,
+    )
+    .await
+    {
         return refusal;
     }
     if service == "ssm" {
@@ -1313,11 +1379,51 @@ async fn proxy(
     }
 }
 
+/// STS's AssumeRole, played by the door (`sts`): the session kept, its credentials answered.
+fn assume_role(
+    door: &FrontDoor,
+    principal: &Principal,
+    session: Option<&crate::sts::Session>,
+    region: &str,
+    form: &HashMap<String, String>,
+) -> Response<Body> {
+    let policies = door.policies_for(region);
+    let answer = crate::sts::assume_role(
+        &policies,
+        (principal, session),
+        region,
+        form,
+        chrono::Utc::now(),
+    );
+    let (status, body) = match answer {
+        Ok(s) => {
+            let key = door.sessions.mint(s.clone());
+            (200, crate::sts::credentials_xml(&key, &s))
+        }
+        Err(r) => {
+            door.denials.lock().unwrap().push(Denial {
+                region: region.into(),
+                principal: principal.clone(),
+                action: "sts:AssumeRole".into(),
+                resource: form.get("RoleArn").cloned().unwrap_or_default(),
+                reason: r.message.clone(),
+            });
+            (r.status, crate::sts::error_xml(&r))
+        }
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/xml")
+        .body(Body::from(body))
+        .unwrap()
+}
+
 /// IAM and the fresh account, before moto sees the request: None lets it through, Some is the
 /// refusal AWS would send.
 async fn enforce(
     door: &FrontDoor,
     caller: Option<(&Principal, &str)>,
+    session: Option<&crate::sts::Session>,
     region: &str,
     service: &str,
     parts: &axum::http::request::Parts,
@@ -1351,7 +1457,10 @@ async fn enforce(
     };
 
     let (principal, access_key) = caller?;
-    let userid = principal.userid(access_key);
+    let userid = match session {
+        Some(s) => s.userid(),
+        None => principal.userid(access_key),
+    };
     for c in checks.iter_mut() {
         c.context.insert("aws:userid".into(), userid.clone());
     }
@@ -1393,7 +1502,7 @@ async fn enforce(
         }
     }
     for c in &checks {
-        if let Err(reason) = door.authorize(principal, region, c) {
+        if let Err(reason) = door.authorize_as(principal, session, region, c) {
             return Some(access_denied(service, &reason));
         }
     }
@@ -1414,7 +1523,9 @@ async fn enforce(
             .unwrap_or_default();
         let mut list = Check::new("s3:ListBucket", format!("arn:aws:s3:::{bucket}"));
         list.context.insert("aws:userid".into(), userid.clone());
-        if door.authorize(principal, region, &list).is_err()
+        if door
+            .authorize_as(principal, session, region, &list)
+            .is_err()
             && !door.s3_object_exists(region, path).await
         {
             return Some(access_denied(

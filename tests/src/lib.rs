@@ -19,6 +19,7 @@ pub mod imds;
 pub mod price_list;
 pub mod quotas;
 pub mod requests;
+pub mod sts;
 pub mod throttle;
 pub mod vcpu_limits;
 pub mod worker_standin;
@@ -233,7 +234,8 @@ pub fn function_clients(region: &str, function: &str) -> Aws {
     ))
 }
 
-fn sdk_config_as(region: &str, access_key: &str) -> SdkConfig {
+/// An SDK config signed with `access_key` (a session STS minted, `sts`).
+pub fn sdk_config_as(region: &str, access_key: &str) -> SdkConfig {
     let h = harness();
     SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())

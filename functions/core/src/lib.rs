@@ -18,6 +18,7 @@ pub mod quota;
 pub mod quota_request;
 pub mod refusal;
 pub mod report_html;
+pub mod run_credentials;
 pub mod rundoc;
 pub mod runspec;
 pub mod snapshot;

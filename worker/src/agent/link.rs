@@ -270,7 +270,8 @@ impl Link {
     }
 
     pub async fn succeed(&self, token: &Token, summary: &Summary) -> Result<()> {
-        let output = serde_json::to_string(summary)?;
+        // Cut before sending: a success Step Functions refuses would end the run without it.
+        let output = super::sent::success_output(summary);
         with_retries("SendTaskSuccess", self.report_deadline(), || {
             self.sfn
                 .send_task_success()

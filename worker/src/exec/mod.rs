@@ -102,6 +102,7 @@ impl ExecArgs {
                     workers: self.workers,
                 }),
                 workdir: self.workdir.clone(),
+                run_as: None,
             },
             fetch: self
                 .fetch
