@@ -55,15 +55,24 @@ impl Registry {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let addr = format!("127.0.0.1:{port}");
         std::fs::create_dir_all(dir)?;
-        let child = Command::new("docker-registry")
-            .arg("serve")
+        let mut cmd = Command::new("docker-registry");
+        cmd.arg("serve")
             .arg(root().join("containers/registry.yml"))
             .env("REGISTRY_HTTP_ADDR", &addr)
             .env("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", dir)
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("registry.log"))?)
-            .spawn()
-            .context("starting docker-registry")?;
+            .stderr(std::fs::File::create(dir.join("registry.log"))?);
+        // The registry dies with the thread that started it, however the process ends.
+        // SAFETY: pre_exec runs between fork and exec; prctl is async-signal-safe.
+        #[allow(unsafe_code)]
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().context("starting docker-registry")?;
         let began = Instant::now();
         while std::net::TcpStream::connect(&addr).is_err() {
             if began.elapsed() > Duration::from_secs(20) {

@@ -118,6 +118,22 @@ mod tests {
     }
 
     #[test]
+    fn a_gpu_run_requests_the_g_family_quota_and_no_other() {
+        let types: Vec<(String, u32)> = ["g6.xlarge", "g5.2xlarge"]
+            .iter()
+            .map(|t| (t.to_string(), lookup(t).unwrap().vcpus))
+            .collect();
+        let needs =
+            crate::quota::needs(&types, &[Market::Spot, Market::OnDemand], 2).unwrap();
+        let mut codes: Vec<(&str, u32)> =
+            needs.iter().map(|q| (q.code.as_str(), q.needed_vcpus)).collect();
+        codes.sort();
+        // All G and VT Spot Instance Requests, Running On-Demand G and VT instances: two
+        // workers, each on the largest candidate (8 vCPUs).
+        assert_eq!(codes, [("L-3819A6DF", 16), ("L-DB2E81BA", 16)]);
+    }
+
+    #[test]
     fn the_families_a_team_picks_are_all_there() {
         assert_eq!(families(), ["g4dn", "g5", "g6", "g6e", "p4d", "p5"]);
         assert!(is_gpu("g5.xlarge") && !is_gpu("c7g.4xlarge") && !is_gpu("g5.bogus"));
