@@ -15,12 +15,34 @@ pub const COMMAND: [&str; 2] = ["python3", "/opt/job/job.py"];
 pub struct JobImage {
     pub registry: Registry,
     pub reference: String,
+    /// The run whose containers go with the demo (`ephemera-<run>-w<n>-a<n>`).
+    run_id: String,
+}
+
+/// A worker killed with its instance leaves its container running, as the instance's end
+/// would take it on AWS: here the demo's end does.
+impl Drop for JobImage {
+    fn drop(&mut self) {
+        let listed = std::process::Command::new("podman")
+            .args(["ps", "--all", "--quiet", "--filter"])
+            .arg(format!("name=ephemera-{}-", self.run_id))
+            .envs(containers::podman_env())
+            .output();
+        if let Ok(out) = listed {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = std::process::Command::new("podman")
+                    .args(["rm", "--force", id])
+                    .envs(containers::podman_env())
+                    .output();
+            }
+        }
+    }
 }
 
 /// The image: Debian's Python (`/usr/bin/python3`, the libraries it links, its standard
 /// library) and the job's script at `/opt/job/job.py`, `FROM scratch`. The inputs (the bars)
 /// are fetched into the working directory as in the exec scenario; the image holds the code.
-pub fn build(out: &Path) -> Result<JobImage> {
+pub fn build(out: &Path, run_id: &str) -> Result<JobImage> {
     anyhow::ensure!(
         containers::available(),
         "podman and docker-registry are needed for this scenario: `make setup` installs them"
@@ -39,5 +61,6 @@ pub fn build(out: &Path) -> Result<JobImage> {
     Ok(JobImage {
         registry,
         reference,
+        run_id: run_id.to_string(),
     })
 }

@@ -356,7 +356,7 @@ pub async fn run(o: Options, console: Console) -> Result<bool> {
     let account = Account::provide(region, &db_url).await?;
     let image = match o.scenario {
         Scenario::Container => {
-            let image = container::build(&out)?;
+            let image = container::build(&out, &run_id)?;
             console.line(&format!(
                 "  the job's image {}: Python and job.py from this machine, served by docker-registry on the loopback address as ECR",
                 image.reference

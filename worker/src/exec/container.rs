@@ -253,7 +253,12 @@ pub async fn pull(c: &Container) -> Result<()> {
         .args(pull_args(c))
         .output()
         .await
-        .with_context(|| format!("starting {}", c.runtime.program()))?;
+        .with_context(|| {
+            format!(
+                "starting {}: the AMI needs a container runtime for job.image (docs/container.md)",
+                c.runtime.program()
+            )
+        })?;
     if !out.status.success() {
         bail!(
             "pulling {} failed: {}",
@@ -286,6 +291,14 @@ pub async fn run(
         env: job.env.clone(),
         workdir: job.workdir.clone(),
     };
+    // A container of this name is a leftover of this very attempt (a worker killed before its
+    // container ended): it goes, or the name would refuse the run.
+    let _ = tokio::process::Command::new(c.runtime.program())
+        .args(["rm", "--force", name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await;
     tracing::info!(image = %c.image, container = name, gpus = c.gpus, "the job's command starts in its container");
     // The client is stopped only as a last resort: it is the container that gets the signal.
     let client_stop = CancellationToken::new();

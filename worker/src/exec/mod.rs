@@ -137,9 +137,14 @@ impl ExecArgs {
         let Some(image) = &self.image else {
             return Ok(None);
         };
+        // Without either, docker is named: its pull fails before the command starts, which the
+        // attempt reports (an error here would end the worker before it reported anything).
         let runtime = match self.runtime {
             Some(r) => r,
-            None => container::Runtime::on_host()?,
+            None => container::Runtime::on_host().unwrap_or_else(|e| {
+                tracing::error!(error = %e, "no container runtime found");
+                container::Runtime::Docker
+            }),
         };
         Ok(Some(container::Container {
             image: image.clone(),
