@@ -123,10 +123,11 @@ mod tests {
             .iter()
             .map(|t| (t.to_string(), lookup(t).unwrap().vcpus))
             .collect();
-        let needs =
-            crate::quota::needs(&types, &[Market::Spot, Market::OnDemand], 2).unwrap();
-        let mut codes: Vec<(&str, u32)> =
-            needs.iter().map(|q| (q.code.as_str(), q.needed_vcpus)).collect();
+        let needs = crate::quota::needs(&types, &[Market::Spot, Market::OnDemand], 2).unwrap();
+        let mut codes: Vec<(&str, u32)> = needs
+            .iter()
+            .map(|q| (q.code.as_str(), q.needed_vcpus))
+            .collect();
         codes.sort();
         // All G and VT Spot Instance Requests, Running On-Demand G and VT instances: two
         // workers, each on the largest candidate (8 vCPUs).
