@@ -228,6 +228,41 @@ mod tests {
     }
 
     #[test]
+    fn the_instance_starts_the_worker_with_the_image_and_the_gpus() {
+        use crate::userdata::{render, worker_command, WorkerLaunch};
+        let s = spec(&["g5.xlarge"], ECS_AL2023_GPU, Some(ECR));
+        let args = worker_args(&s);
+        let script = render(&WorkerLaunch {
+            region: "us-east-1",
+            artifact: &s.worker.artifact,
+            args: &args,
+            run_id: &s.run_id,
+            slot: 1,
+            workers: 1,
+            attempt: 1,
+            heartbeat_seconds: 300,
+            ssm_prefix: "/ephemera/runs/train-1",
+            log_group: None,
+            budget_seconds: None,
+        });
+        let command = worker_command(&script).unwrap();
+        let dashes = command.iter().position(|a| a == "--").unwrap();
+        let image = command.iter().position(|a| a == "--image").unwrap();
+        assert_eq!(command[image + 1], ECR);
+        assert!(
+            command[..dashes].contains(&"--gpus".to_string()),
+            "{command:?}"
+        );
+        assert_eq!(
+            command[dashes + 1..],
+            ["python3", "train.py"],
+            "the command runs in the image"
+        );
+        // The ECS-optimized images lack the AWS CLI the bootstrap downloads with.
+        assert!(script.contains("command -v aws >/dev/null || dnf install -y -q awscli-2"));
+    }
+
+    #[test]
     fn a_cpu_run_gets_the_image_without_gpus() {
         let s = spec(&["c7g.4xlarge"], ECS_AL2023_ARM64, Some(ECR));
         assert_eq!(check(&s), vec![]);
