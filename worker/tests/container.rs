@@ -267,3 +267,81 @@ async fn a_reclaimed_container_job_resumes_from_its_checkpoint() {
     );
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// A runtime that records its arguments, one call a line, and does nothing: what the worker
+/// asks of podman for a GPU job, with no GPU or podman on this machine.
+#[tokio::test]
+async fn a_gpu_job_asks_the_runtime_for_the_instances_gpus() {
+    let base = dir("gpus");
+    let bin = base.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let calls = base.join("calls");
+    // The AWS CLI hands out ECR's login token, which the runtime reads on its stdin.
+    for (name, extra) in [
+        ("podman", "[ \"$1\" != login ] || cat > /dev/null"),
+        ("aws", "echo ecr-token"),
+    ] {
+        let fake = bin.join(name);
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\necho \"{name} $*\" >> {}\n{extra}\nexit 0\n",
+                calls.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let work = base.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ephemera-worker"))
+        .args([
+            "exec",
+            "--image",
+            "123456789012.dkr.ecr.us-east-1.amazonaws.com/train:1",
+        ])
+        .args(["--gpus", "--run-id", "gpu-1", "--grace", "45", "--workdir"])
+        .arg(&work)
+        .args(["--", "python3", "/app/train.py"])
+        .env("PATH", path)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let calls = std::fs::read_to_string(&calls).unwrap();
+    let run = calls
+        .lines()
+        .find(|l| l.starts_with("podman run "))
+        .unwrap_or_else(|| panic!("no run in {calls}"));
+    let work = std::fs::canonicalize(&work).unwrap().display().to_string();
+    for part in [
+        "--rm --init --name ephemera-gpu-1-w1-a1 --network host --stop-timeout 45".to_string(),
+        format!("--volume {work}:{work} --workdir {work}"),
+        "--env EPHEMERA_RUN_ID".into(),
+        "--device nvidia.com/gpu=all --pull=never".into(),
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com/train:1 python3 /app/train.py".into(),
+    ] {
+        assert!(run.contains(&part), "{part} in {run}");
+    }
+    // Logged in to ECR with the instance role's token, pulled, then run.
+    let order: Vec<&str> = calls
+        .lines()
+        .filter(|l| !l.starts_with("podman rm "))
+        .collect();
+    assert_eq!(
+        order[..3],
+        [
+            "aws ecr get-login-password --region us-east-1",
+            "podman login --username AWS --password-stdin 123456789012.dkr.ecr.us-east-1.amazonaws.com",
+            "podman pull 123456789012.dkr.ecr.us-east-1.amazonaws.com/train:1",
+        ],
+        "{calls}"
+    );
+    let _ = std::fs::remove_dir_all(&base);
+}
