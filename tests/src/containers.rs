@@ -48,6 +48,8 @@ pub struct Registry {
     pub addr: String,
     child: Child,
     dir: PathBuf,
+    /// The images pushed, which whoever ran them pulled into podman's store: removed with it.
+    pushed: std::sync::Mutex<Vec<String>>,
 }
 
 impl Registry {
@@ -84,12 +86,17 @@ impl Registry {
             addr,
             child,
             dir: dir.to_path_buf(),
+            pushed: Default::default(),
         })
     }
 }
 
 impl Drop for Registry {
     fn drop(&mut self) {
+        let pushed = self.pushed.lock().map(|p| p.clone()).unwrap_or_default();
+        for image in pushed {
+            let _ = podman(&["rmi", "--force", &image]);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -147,6 +154,9 @@ pub fn image_from_host(
     // Plain HTTP to the loopback registry only: nothing else can reach it.
     podman(&["push", "--quiet", "--tls-verify=false", &reference])?;
     podman(&["rmi", &reference])?;
+    if let Ok(mut p) = registry.pushed.lock() {
+        p.push(reference.clone());
+    }
     let _ = std::fs::remove_dir_all(&context);
     Ok(reference)
 }
