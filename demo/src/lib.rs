@@ -6,6 +6,7 @@
 //! worker binary, started with that instance's user data. Everything started ends with the demo
 //! (moto, PostgreSQL and the workers die with this process), so the next demo starts clean.
 
+pub mod container;
 pub mod ec2;
 pub mod follow;
 pub mod workers;
@@ -47,6 +48,11 @@ pub enum Scenario {
     /// from S3; Spot takes the first instance back mid-job, and the relaunch resumes from the
     /// checkpoint the notice saved; its outputs are stored and verified.
     Exec,
+    /// The same job as a container image (`job.image`): built from this machine's files,
+    /// served by a registry on the loopback address playing ECR, pulled and run by the worker
+    /// under podman; Spot takes the first instance back mid-job and the relaunch's container
+    /// resumes from the checkpoint.
+    Container,
 }
 
 impl Scenario {
@@ -58,6 +64,7 @@ impl Scenario {
             Scenario::OverBudget => "over-budget",
             Scenario::ThreeWorkers => "three-workers",
             Scenario::Exec => "exec",
+            Scenario::Container => "container",
         }
     }
 
@@ -86,7 +93,7 @@ impl Scenario {
                 f.error.as_deref().unwrap_or("no error"),
                 f.cause.as_deref().unwrap_or("no cause")
             )),
-            Scenario::SpotInterruption | Scenario::Exec
+            Scenario::SpotInterruption | Scenario::Exec | Scenario::Container
                 if f.visited(State::Relaunch) == 0 || attempts < 2 =>
             {
                 Err(format!(
@@ -276,7 +283,12 @@ fn runspec(scenario: Scenario, run_id: &str, net: &fixtures::Network, topic: &st
                 args.extend([json!("--lease-seconds"), json!("15")]);
             }
         }
-        Scenario::Exec => {
+        Scenario::Exec | Scenario::Container => {
+            // The script fetched with its bars, or the image's own (the bars fetched alone).
+            let command = match scenario {
+                Scenario::Container => container::COMMAND,
+                _ => ["python3", "job.py"],
+            };
             spec["worker"]["args"] = json!([
                 "exec",
                 "--fetch",
@@ -294,8 +306,8 @@ fn runspec(scenario: Scenario, run_id: &str, net: &fixtures::Network, topic: &st
                 "--grace",
                 "20",
                 "--",
-                "python3",
-                "job.py"
+                command[0],
+                command[1]
             ]);
             spec["expect"] = json!({"export_prefix": export, "min_objects": 2});
         }
@@ -342,6 +354,17 @@ pub async fn run(o: Options, console: Console) -> Result<bool> {
     ));
     let db_url = database(&worker, &o.pairs, &console).await?;
     let account = Account::provide(region, &db_url).await?;
+    let image = match o.scenario {
+        Scenario::Container => {
+            let image = container::build(&out, &run_id)?;
+            console.line(&format!(
+                "  the job's image {}: Python and job.py from this machine, served by docker-registry on the loopback address as ECR",
+                image.reference
+            ));
+            Some(image)
+        }
+        _ => None,
+    };
     let demo = Demo {
         scenario: o.scenario,
         region,
@@ -350,6 +373,7 @@ pub async fn run(o: Options, console: Console) -> Result<bool> {
         worker,
         db_url,
         console,
+        image,
     };
     demo.stage(&account, &o.pairs).await?;
     let execution = demo.start(&account).await?;
@@ -452,12 +476,14 @@ struct Demo {
     worker: PathBuf,
     db_url: String,
     console: Console,
+    /// The container scenario's image and the registry serving it (stopped with the demo).
+    image: Option<container::JobImage>,
 }
 
 impl Demo {
     /// What the scenario needs before the run starts: the job's archive, a short quota.
     async fn stage(&self, account: &Account, pairs: &[String]) -> Result<()> {
-        if self.scenario == Scenario::Exec {
+        if matches!(self.scenario, Scenario::Exec | Scenario::Container) {
             account
                 .s3
                 .put_object()
@@ -486,12 +512,15 @@ impl Demo {
 
     /// The deployed state machine started on the scenario's RunSpec; the execution's ARN.
     async fn start(&self, account: &Account) -> Result<String> {
-        let spec = runspec(
+        let mut spec = runspec(
             self.scenario,
             &self.run_id,
             &account.net,
             &account.inbox.topic_arn,
         );
+        if let Some(image) = &self.image {
+            spec["job"] = json!({"image": image.reference});
+        }
         let spec_path = self.out.join("runspec.json");
         std::fs::write(&spec_path, serde_json::to_string_pretty(&spec)?)?;
         let machine = e2e::create_state_machine(self.region).await;
@@ -535,7 +564,7 @@ impl Demo {
             Scenario::SpotInterruption => Some(tokio::spawn(reclaim_first_instance(
                 region, db_url, run_id, seen, console,
             ))),
-            Scenario::Exec => Some(tokio::spawn(reclaim_the_job(
+            Scenario::Exec | Scenario::Container => Some(tokio::spawn(reclaim_the_job(
                 region,
                 self.out.clone(),
                 seen,
@@ -559,7 +588,7 @@ impl Demo {
             Scenario::ThreeWorkers => {
                 workers::exactly_once(&self.db_url, &self.run_id, &self.out).await
             }
-            Scenario::Exec => {
+            Scenario::Exec | Scenario::Container => {
                 // The one worker's share, in its own folder of the job's outputs.
                 let key = format!("runs/{}/worker-1/result.json", self.run_id);
                 resumed(&account.s3, &key, &self.console).await

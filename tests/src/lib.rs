@@ -10,6 +10,7 @@
 //! front door keeps fault rules and quota state per region, so tests run in parallel.
 
 pub mod coldstart;
+pub mod containers;
 pub mod deployed;
 pub mod e2e;
 pub mod fixtures;

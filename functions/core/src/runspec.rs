@@ -30,6 +30,9 @@ pub struct RunSpec {
     pub waits: Waits,
     #[serde(default)]
     pub database: Database,
+    /// A job's container image (`crate::image`): the command in `worker.args` runs in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<crate::image::JobSpec>,
 }
 
 /// What happens to the workers' database before they write to it.
@@ -450,6 +453,7 @@ impl RunSpec {
         self.validate_delivery(&mut errs);
         self.validate_waits(&mut errs);
         self.validate_database(&mut errs);
+        errs.0.extend(crate::image::check(self));
 
         if errs.0.is_empty() {
             let polls = self.poll_bounds();
