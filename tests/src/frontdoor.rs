@@ -106,6 +106,10 @@ pub struct FrontDoor {
     /// Executions stopped through the door: (error, cause, when), as StopExecution was given
     /// them (`stop_is_at_once`).
     stopped: Mutex<HashMap<String, Stopped>>,
+    /// Regions whose stack's rule on the executions' ABORTED/TIMED_OUT status is played
+    /// (`deliver_stops`), and what its target answered, by execution ARN.
+    stop_rule: Mutex<std::collections::HashSet<String>>,
+    stop_reports: Mutex<HashMap<String, Result<serde_json::Value, String>>>,
     /// (region, ClientToken) → (the parameters' digest, the first answer).
     client_tokens: Mutex<HashMap<(String, String), (String, RawResponse)>>,
     /// (region, instance) → when Spot's interruption notice was given.
@@ -212,6 +216,8 @@ impl FrontDoor {
             snapshots_creating: Mutex::default(),
             unoffered: Mutex::default(),
             stopped: Mutex::default(),
+            stop_rule: Mutex::default(),
+            stop_reports: Mutex::default(),
             client_tokens: Mutex::default(),
             spot_notices: Mutex::default(),
             spot_reclaimed: Mutex::default(),
@@ -226,6 +232,17 @@ impl FrontDoor {
     }
 
     /// Uses `policies` instead of the template's in `region`.
+    /// Plays the stack's rule on stopped executions in `region`: each StopExecution through the
+    /// door is followed by the rule's delivery to terminate-with-cost-report.
+    pub fn deliver_stops(&self, region: &str) {
+        self.stop_rule.lock().unwrap().insert(region.to_string());
+    }
+
+    /// What the rule's target answered for a stopped execution: its report, or its error.
+    pub fn stop_report(&self, execution: &str) -> Option<Result<serde_json::Value, String>> {
+        self.stop_reports.lock().unwrap().get(execution).cloned()
+    }
+
     pub fn set_policies(&self, region: &str, policies: Policies) {
         self.policies_in
             .lock()
@@ -746,7 +763,15 @@ async fn route(State(door): State<Arc<FrontDoor>>, req: Request) -> Response<Bod
         }
     }
     if service == "states" {
+        let stopping = target_operation(&parts.headers) == "StopExecution";
         if let Some(answer) = stop_is_at_once(&door, &parts, bytes.clone()).await {
+            let delivered = door.stop_rule.lock().unwrap().contains(&region);
+            if stopping && delivered && answer.status() == StatusCode::OK {
+                let input: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                if let Some(arn) = input["executionArn"].as_str() {
+                    tokio::spawn(deliver_stop(door.clone(), region.clone(), arn.to_string()));
+                }
+            }
             return answer;
         }
     }
@@ -821,6 +846,66 @@ fn s3_bad_digest(headers: &HeaderMap, body: &[u8]) -> Option<Response<Body>> {
             "The SHA256 you specified did not match the calculated checksum.",
         )
     })
+}
+
+/// The stack's EventBridge rule on the execution's ABORTED status (template.yaml,
+/// terminate-with-cost-report's `ExecutionStopped` event), as EventBridge delivers it to terminate-with-cost-report: a
+/// `Step Functions Execution Status Change` event with the execution's name, dates, input,
+/// error and cause
+/// (https://docs.aws.amazon.com/step-functions/latest/dg/cw-events.html). EventBridge delivers
+/// within seconds; the target's answer is kept for `stop_report`.
+async fn deliver_stop(door: Arc<FrontDoor>, region: String, arn: String) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let described = door
+        .http
+        .post(format!("{}/", door.moto))
+        .header("content-type", "application/x-amz-json-1.0")
+        .header("x-amz-target", "AWSStepFunctions.DescribeExecution")
+        .header(
+            "authorization",
+            format!("AWS4-HMAC-SHA256 Credential=testing/20260101/{region}/states/aws4_request, SignedHeaders=host, Signature=0"),
+        )
+        .body(serde_json::json!({"executionArn": arn}).to_string())
+        .send()
+        .await;
+    let d: serde_json::Value = match described {
+        Ok(r) => serde_json::from_str(&r.text().await.unwrap_or_default()).unwrap_or_default(),
+        Err(e) => {
+            door.stop_reports
+                .lock()
+                .unwrap()
+                .insert(arn, Err(format!("DescribeExecution: {e}")));
+            return;
+        }
+    };
+    let (error, cause, at) = door
+        .stopped
+        .lock()
+        .unwrap()
+        .get(&arn)
+        .cloned()
+        .unwrap_or((None, None, 0.0));
+    let ms = |secs: f64| (secs * 1000.0) as i64;
+    let event = serde_json::json!({
+        "version": "0", "source": "aws.states", "region": region,
+        "detail-type": ephemera_core::stopped::DETAIL_TYPE,
+        "resources": [arn],
+        "detail": {
+            "executionArn": arn, "stateMachineArn": d["stateMachineArn"],
+            "name": d["name"], "status": "ABORTED",
+            "startDate": ms(d["startDate"].as_f64().unwrap_or(at)), "stopDate": ms(at),
+            "input": d["input"], "output": null, "error": error, "cause": cause
+        }
+    });
+    let endpoint = door.endpoint.lock().unwrap().clone();
+    let endpoint = endpoint.unwrap_or_else(|| door.moto.clone());
+    let function = ephemera_functions::Function::TerminateWithCostReport;
+    let aws = door.clients_for(&region, function.name(), &endpoint);
+    let settings = door.deployed_settings(&region).await;
+    let answer = ephemera_functions::invoke(&aws, &settings, function, event)
+        .await
+        .map_err(|e| e.to_string());
+    door.stop_reports.lock().unwrap().insert(arn, answer);
 }
 
 /// What a StopExecution was given: error, cause, and when (seconds since the epoch).

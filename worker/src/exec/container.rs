@@ -290,6 +290,9 @@ pub async fn run(
         grace: job.grace,
         env: job.env.clone(),
         workdir: job.workdir.clone(),
+        // The runtime's client runs as the agent (it needs the runtime's socket); the job is
+        // the container's process, not this client's.
+        run_as: None,
     };
     // A container of this name is a leftover of this very attempt (a worker killed before its
     // container ended): it goes, or the name would refuse the run.
@@ -346,6 +349,7 @@ mod tests {
                 ("EPHEMERA_CHECKPOINT".into(), "/w/ckpt".into()),
             ],
             workdir: "/w".into(),
+            run_as: None,
         }
     }
 
