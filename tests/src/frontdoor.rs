@@ -923,7 +923,10 @@ async fn stop_is_at_once(
     bytes: axum::body::Bytes,
 ) -> Option<Response<Body>> {
     let op = target_operation(&parts.headers);
-    if !matches!(op, "StopExecution" | "DescribeExecution" | "ListExecutions") {
+    if !matches!(
+        op,
+        "StopExecution" | "DescribeExecution" | "ListExecutions" | "GetExecutionHistory"
+    ) {
         return None;
     }
     let input: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
@@ -966,6 +969,13 @@ async fn stop_is_at_once(
             return Some(rebuild(r));
         }
         "DescribeExecution" => stopped(&mut out, door, true),
+        "GetExecutionHistory" => {
+            let arn = input["executionArn"].as_str().unwrap_or_default();
+            let last_page = out["nextToken"].is_null() && input["reverseOrder"] != true;
+            if let Some(stop) = door.stopped.lock().unwrap().get(arn).cloned() {
+                aborted_history(&mut out, stop, last_page);
+            }
+        }
         _ => {
             if let Some(items) = out["executions"].as_array_mut() {
                 items.iter_mut().for_each(|i| stopped(i, door, false));
@@ -974,6 +984,42 @@ async fn stop_is_at_once(
     }
     r.2 = out.to_string();
     Some(rebuild(r))
+}
+
+/// A stopped execution's history as Step Functions keeps it: nothing after the stop, and the
+/// stop itself last (`ExecutionAborted` with the error and cause StopExecution was given). moto
+/// runs the states on after its StopExecution, so its history would go on to a
+/// `TaskFailed`/`ExecutionFailed` the execution never had.
+fn aborted_history(out: &mut serde_json::Value, stop: Stopped, last_page: bool) {
+    let (error, cause, at) = stop;
+    let Some(events) = out["events"].as_array_mut() else {
+        return;
+    };
+    events.retain(|e| {
+        e["timestamp"].as_f64().is_none_or(|t| t <= at)
+            && !matches!(
+                e["type"].as_str(),
+                Some("ExecutionFailed" | "ExecutionSucceeded" | "ExecutionTimedOut")
+            )
+    });
+    let last_id = events
+        .iter()
+        .filter_map(|e| e["id"].as_i64())
+        .max()
+        .unwrap_or(0);
+    if last_page && !events.iter().any(|e| e["type"] == "ExecutionAborted") {
+        let mut details = serde_json::Map::new();
+        if let Some(e) = error {
+            details.insert("error".into(), e.into());
+        }
+        if let Some(c) = cause {
+            details.insert("cause".into(), c.into());
+        }
+        events.push(serde_json::json!({
+            "timestamp": at, "type": "ExecutionAborted", "id": last_id + 1,
+            "previousEventId": last_id, "executionAbortedEventDetails": details
+        }));
+    }
 }
 
 /// An S3 error as S3 answers it (REST, XML).
