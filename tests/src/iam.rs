@@ -275,6 +275,21 @@ impl Resolver<'_> {
             "TaskTokenKey.Arn" => {
                 format!("arn:aws:kms:${{AWS::Region}}:{ACCOUNT}:key/{TASK_TOKEN_KEY_ID}")
             }
+            // SAM's role for a function (`<LogicalId>Role`), as the harness names its principal.
+            other if other.ends_with("FunctionRole.Arn") => {
+                let function = other.trim_end_matches("Role.Arn");
+                let binary = self
+                    .resource(function)
+                    .and_then(|r| r.get("Metadata"))
+                    .and_then(|m| m.get("BuildProperties"))
+                    .and_then(|b| b.get("Binary"))
+                    .and_then(Yaml::as_str)
+                    .unwrap_or_else(|| panic!("the harness cannot resolve !GetAtt {other}"));
+                format!(
+                    "arn:aws:iam::{ACCOUNT}:role/{}",
+                    Principal::Function(binary.into()).role()
+                )
+            }
             "RunRole.Arn" => run_role_arn(),
             "RunRole.RoleId" => RUN_ROLE_ID.into(),
             "LedgerTable.Arn" => {
@@ -460,12 +475,17 @@ impl Resolver<'_> {
                     );
                     continue;
                 }
+                let function = arn
+                    .strip_prefix(&format!("arn:aws:iam::{ACCOUNT}:role/{STACK}-"))
+                    .and_then(|r| r.strip_suffix("-role"))
+                    .map(|f| Principal::Function(f.into()));
                 let principal = [
                     Principal::Worker,
                     Principal::StateMachine,
                     Principal::Scheduler,
                 ]
                 .into_iter()
+                .chain(function)
                 .find(|p| arn == format!("arn:aws:iam::{ACCOUNT}:role/{}", p.role()))
                 .unwrap_or_else(|| panic!("the harness does not know the key principal {arn}"));
                 by_principal
@@ -1096,7 +1116,7 @@ mod tests {
     }
 
     #[test]
-    fn only_the_worker_role_opens_a_task_token_and_only_the_state_machine_seals_one() {
+    fn only_the_token_readers_open_a_task_token_and_only_the_state_machine_seals_one() {
         let p = template();
         let region = "us-east-1";
         let token =
@@ -1117,6 +1137,10 @@ mod tests {
         );
         // Not the other way round, not outside Parameter Store, not for another parameter,
         // and no Lambda at all, whatever its IAM policy says.
+        // spot-interruption fails the task waiting on a reclaimed instance's token.
+        let spot = Principal::Function("spot-interruption".into());
+        assert_eq!(use_(&spot, "kms:Decrypt", &token, "ssm"), Ok(()));
+        assert!(use_(&spot, "kms:Encrypt", &token, "ssm").is_err());
         assert!(use_(&Principal::StateMachine, "kms:Decrypt", &token, "ssm").is_err());
         assert!(use_(&Principal::Worker, "kms:Encrypt", &token, "ssm").is_err());
         assert!(use_(&Principal::Worker, "kms:Decrypt", &token, "kms").is_err());
