@@ -167,8 +167,8 @@ fn starts_with_field(piece: &str) -> bool {
 
 /// The RunSpec's top-level fields (`runspec.schema.json`'s properties; a test holds the two
 /// together).
-const FIELDS: [&str; 10] = [
-    "$schema", "database", "expect", "limits", "notify", "quota", "run_id", "tags", "waits",
+const FIELDS: [&str; 11] = [
+    "$schema", "database", "expect", "job", "limits", "notify", "quota", "run_id", "tags", "waits",
     "worker",
 ];
 
