@@ -856,27 +856,20 @@ fn s3_bad_digest(headers: &HeaderMap, body: &[u8]) -> Option<Response<Body>> {
 /// within seconds; the target's answer is kept for `stop_report`.
 async fn deliver_stop(door: Arc<FrontDoor>, region: String, arn: String) {
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let described = door
-        .http
-        .post(format!("{}/", door.moto))
-        .header("content-type", "application/x-amz-json-1.0")
-        .header("x-amz-target", "AWSStepFunctions.DescribeExecution")
-        .header(
-            "authorization",
-            format!("AWS4-HMAC-SHA256 Credential=testing/20260101/{region}/states/aws4_request, SignedHeaders=host, Signature=0"),
+    let Some(d) = door
+        .moto_json(
+            &region,
+            "states",
+            "AWSStepFunctions.DescribeExecution",
+            serde_json::json!({ "executionArn": arn }),
         )
-        .body(serde_json::json!({"executionArn": arn}).to_string())
-        .send()
-        .await;
-    let d: serde_json::Value = match described {
-        Ok(r) => serde_json::from_str(&r.text().await.unwrap_or_default()).unwrap_or_default(),
-        Err(e) => {
-            door.stop_reports
-                .lock()
-                .unwrap()
-                .insert(arn, Err(format!("DescribeExecution: {e}")));
-            return;
-        }
+        .await
+    else {
+        door.stop_reports
+            .lock()
+            .unwrap()
+            .insert(arn, Err("DescribeExecution: moto did not answer".into()));
+        return;
     };
     let (error, cause, at) = door
         .stopped
@@ -1825,6 +1818,34 @@ impl FrontDoor {
             .await
     }
 
+    /// A JSON-protocol call to moto as the administrator (`x-amz-target` names the operation,
+    /// e.g. `AmazonSSM.DescribeParameters`): its answer's body, or None when moto could not be
+    /// reached or answered no JSON.
+    async fn moto_json(
+        &self,
+        region: &str,
+        service: &str,
+        target: &str,
+        body: serde_json::Value,
+    ) -> Option<serde_json::Value> {
+        // Step Functions and DynamoDB speak JSON 1.0, Systems Manager 1.1.
+        let version = if service == "ssm" { "1.1" } else { "1.0" };
+        let resp = self
+            .http
+            .post(format!("{}/", self.moto))
+            .header("content-type", format!("application/x-amz-json-{version}"))
+            .header("x-amz-target", target)
+            .header(
+                "authorization",
+                format!("AWS4-HMAC-SHA256 Credential=testing/20260101/{region}/{service}/aws4_request, SignedHeaders=host, Signature=0"),
+            )
+            .body(body.to_string())
+            .send()
+            .await
+            .ok()?;
+        serde_json::from_str(&resp.text().await.ok()?).ok()
+    }
+
     /// Spot takes an instance back as on AWS: first the interruption notice (IMDS
     /// `spot/instance-action`, here `spot_notice`), then, when the notice period has passed, EC2
     /// terminates it with state reason `Server.SpotInstanceTermination`
@@ -2203,44 +2224,28 @@ impl FrontDoor {
 
     /// The key a SecureString parameter is encrypted under (moto keeps the request's KeyId).
     async fn parameter_key(&self, region: &str, name: &str) -> Option<String> {
-        let resp = self
-            .http
-            .post(format!("{}/", self.moto))
-            .header("content-type", "application/x-amz-json-1.1")
-            .header("x-amz-target", "AmazonSSM.DescribeParameters")
-            .header(
-                "authorization",
-                format!("AWS4-HMAC-SHA256 Credential=testing/20260101/{region}/ssm/aws4_request, SignedHeaders=host, Signature=0"),
+        let filter = serde_json::json!([{"Key": "Name", "Option": "Equals", "Values": [name]}]);
+        let body = self
+            .moto_json(
+                region,
+                "ssm",
+                "AmazonSSM.DescribeParameters",
+                serde_json::json!({ "ParameterFilters": filter }),
             )
-            .body(
-                serde_json::json!({"ParameterFilters": [{"Key": "Name", "Option": "Equals", "Values": [name]}]})
-                    .to_string(),
-            )
-            .send()
-            .await
-            .ok()?;
-        let body: serde_json::Value = serde_json::from_str(&resp.text().await.ok()?).ok()?;
+            .await?;
         body["Parameters"][0]["KeyId"].as_str().map(str::to_string)
     }
 
     async fn parameter_tags(&self, region: &str, name: &str) -> Vec<(String, String)> {
-        let Ok(resp) = self
-            .http
-            .post(format!("{}/", self.moto))
-            .header("content-type", "application/x-amz-json-1.1")
-            .header("x-amz-target", "AmazonSSM.ListTagsForResource")
-            .header(
-                "authorization",
-                format!("AWS4-HMAC-SHA256 Credential=testing/20260101/{region}/ssm/aws4_request, SignedHeaders=host, Signature=0"),
+        let body = self
+            .moto_json(
+                region,
+                "ssm",
+                "AmazonSSM.ListTagsForResource",
+                serde_json::json!({"ResourceType": "Parameter", "ResourceId": name}),
             )
-            .body(serde_json::json!({"ResourceType": "Parameter", "ResourceId": name}).to_string())
-            .send()
             .await
-        else {
-            return vec![];
-        };
-        let text = resp.text().await.unwrap_or_default();
-        let body: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            .unwrap_or_default();
         body["TagList"]
             .as_array()
             .into_iter()
