@@ -698,7 +698,7 @@ async fn present(f: &Finished, inbox: &fixtures::Inbox, out: &Path) -> Result<()
         out.join("report.json"),
         serde_json::to_string_pretty(report)?,
     )?;
-    let typed: ephemera_core::rundoc::CostReport =
+    let typed: ephemera_core::report::CostReport =
         serde_json::from_value(report.clone()).context("the execution's report")?;
     std::fs::write(
         out.join("report.html"),

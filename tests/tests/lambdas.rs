@@ -5,7 +5,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use chrono::Utc;
 use ephemera_core::contract::{RunParameters, Started};
-use ephemera_core::rundoc::{CostReport, WorkerState};
+use ephemera_core::report::CostReport;
+use ephemera_core::rundoc::WorkerState;
 use ephemera_functions::handlers::{health_check, terminate_report};
 use ephemera_functions::{invoke, Aws, Error, Function, Settings};
 use ephemera_tests::fixtures::{self, ctx, Ctx};
@@ -509,7 +510,7 @@ async fn terminate_reports_the_cost_by_email_and_is_idempotent() {
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(report.outcome, ephemera_core::rundoc::Outcome::Succeeded);
+    assert_eq!(report.outcome, ephemera_core::report::Outcome::Succeeded);
     assert_eq!(
         report.terminated,
         vec![w.current().unwrap().instance_id.clone()]
@@ -584,7 +585,7 @@ async fn cleanup_finds_an_instance_the_run_document_lost_and_refuses_foreign_one
         .unwrap(),
     )
     .unwrap();
-    assert_eq!(report.outcome, ephemera_core::rundoc::Outcome::Failed);
+    assert_eq!(report.outcome, ephemera_core::report::Outcome::Failed);
     assert_eq!(
         report.terminated,
         vec![w.current().unwrap().instance_id.clone()]

@@ -5,8 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ephemera_core::report::{CostReport, StoredReport};
 use ephemera_core::report_html;
-use ephemera_core::rundoc::{CostReport, StoredReport, WorkerState};
+use ephemera_core::rundoc::WorkerState;
 use ephemera_functions::{invoke, Error, Function, Settings};
 use ephemera_tests::fixtures::{self, ctx, Ctx};
 use ephemera_tests::function_clients;
