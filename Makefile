@@ -25,7 +25,7 @@ PEER := $(VENV)/.peer-$(PSYCOPG_VERSION)
 RUNSPEC ?= events/runspec.json
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: setup postgres chromium build demo test unit lint fmt lambdas worker bench scale run deploy stack-name clean
+.PHONY: setup postgres chromium containers build demo test unit lint fmt lambdas worker bench scale run deploy stack-name clean
 
 # Python tools in a local venv: moto (the AWS emulator the tests start) and cargo-lambda.
 $(VENV)/bin/moto_server:
@@ -70,7 +70,14 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
-setup: $(VENV)/bin/moto_server $(VENV)/.talib-$(TALIB_VERSION) $(REFERENCES) $(PEER) $(VENV)/bin/sam $(VENV)/bin/cargo-lambda $(CHECKOV) node_modules/.bin/asl-validator postgres chromium
+# A job's image (`exec --image`) runs under podman (with runc: crun fails on these hosts'
+# cgroups v1; settings in containers/containers.conf), pulled from Debian's docker-registry on
+# the loopback address playing ECR: for the container tests and `make demo SCENARIO=container`.
+containers:
+	@command -v podman >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 && command -v docker-registry >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc docker-registry; }
+
+setup: $(VENV)/bin/moto_server $(VENV)/.talib-$(TALIB_VERSION) $(REFERENCES) $(PEER) $(VENV)/bin/sam $(VENV)/bin/cargo-lambda $(CHECKOV) node_modules/.bin/asl-validator postgres chromium containers
 	cargo fetch --locked
 
 build:
@@ -78,16 +85,17 @@ build:
 
 # A whole run on this machine, no AWS account needed: moto plays AWS behind the front door,
 # PostgreSQL holds the bars of data/fx-1m, the real worker binary plays each instance launched.
-# SCENARIO=happy (default), spot-interruption, quota-wait, over-budget, three-workers or exec. It builds the workspace
+# SCENARIO=happy (default), spot-interruption, quota-wait, over-budget, three-workers, exec or
+# container (the exec job as an image under podman, which it installs). It builds the workspace
 # with its tests, as `make test` does, so that one build serves both.
 SCENARIO ?= happy
-demo: $(VENV)/bin/moto_server postgres
+demo: $(VENV)/bin/moto_server postgres $(if $(filter container,$(SCENARIO)),containers,)
 	cargo build --locked --workspace --all-targets
 	$(CARGO_TARGET_DIR)/debug/ephemera-demo --scenario $(SCENARIO) \
 	  --worker $(CARGO_TARGET_DIR)/debug/ephemera-worker
 
 # Unit tests of the pure core and handlers, then the handlers against moto behind the front door.
-test: $(VENV)/bin/moto_server $(VENV)/.talib-$(TALIB_VERSION) $(REFERENCES) postgres chromium
+test: $(VENV)/bin/moto_server $(VENV)/.talib-$(TALIB_VERSION) $(REFERENCES) postgres chromium containers
 	cargo test --workspace --locked
 
 # Everything that needs no emulator, server or browser: the libraries' and binaries' own tests,

@@ -77,7 +77,11 @@ states! {
     Cleanup,
     Failed,
     CleanupFailed,
+    /// A RunSpec CheckQuota refused: one email naming every problem, then RejectRunSpec.
+    TellRefusal,
     RejectRunSpec,
+    /// RejectRunSpec when the refusal could not be told: the cause is CheckQuota's own.
+    RejectRunSpecUntold,
 }
 
 impl State {

@@ -39,6 +39,11 @@ pub struct Summary {
     pub job: Option<Job>,
 }
 
+/// The most SendTaskSuccess takes as its output: Step Functions' 256 KiB for a task's result
+/// (Step Functions quotas, "Maximum input or output size for a task, state, or execution";
+/// `States.DataLimitExceeded` past it, which no Catch of the run's takes).
+pub const SENT_MAX_BYTES: usize = 256 * 1024;
+
 /// The characters of a job's command line the summary keeps: forty workers' summaries share
 /// the run document's 256 KiB, and `worker.args` may hold 4 KB.
 pub const JOB_COMMAND_KEPT: usize = 200;

@@ -294,6 +294,8 @@ async fn boot(setup: &Setup, id: &str, worker: u32, attempt: u32) -> Result<Chil
     ephemera_tests::instance_env(&mut cmd, region, &imds);
     cmd.args(&command[1..])
         .env_remove("DATABASE_URL")
+        // podman's settings on this machine, for a job's image (`exec --image`).
+        .envs(ephemera_tests::containers::podman_env())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

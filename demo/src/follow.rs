@@ -47,6 +47,14 @@ pub fn describe(e: &HistoryEvent, started: f64) -> Option<String> {
                 short(d.cause().unwrap_or(""))
             )
         }
+        HistoryEventType::ExecutionAborted => {
+            let d = e.execution_aborted_event_details();
+            format!(
+                "execution ABORTED: {}: {}",
+                d.and_then(|d| d.error()).unwrap_or("stopped"),
+                short(d.and_then(|d| d.cause()).unwrap_or(""))
+            )
+        }
         _ => return None,
     };
     Some(format!("{at:>7.1}s  {text}"))

@@ -6,6 +6,7 @@
 //! worker binary, started with that instance's user data. Everything started ends with the demo
 //! (moto, PostgreSQL and the workers die with this process), so the next demo starts clean.
 
+pub mod container;
 pub mod ec2;
 pub mod follow;
 pub mod workers;
@@ -47,6 +48,16 @@ pub enum Scenario {
     /// from S3; Spot takes the first instance back mid-job, and the relaunch resumes from the
     /// checkpoint the notice saved; its outputs are stored and verified.
     Exec,
+    /// The same job as a container image (`job.image`): built from this machine's files,
+    /// served by a registry on the loopback address playing ECR, pulled and run by the worker
+    /// under podman; Spot takes the first instance back mid-job and the relaunch's container
+    /// resumes from the checkpoint.
+    Container,
+    /// The same job cancelled mid-job with `ephemera cancel --reason …`: the execution stops at
+    /// once, the stack's rule on the stopped execution terminates the instance (the job gets
+    /// SIGTERM and its grace, and saves its checkpoint), and the report and the email say
+    /// CANCELLED with the bill and the reason.
+    Cancel,
 }
 
 impl Scenario {
@@ -58,6 +69,8 @@ impl Scenario {
             Scenario::OverBudget => "over-budget",
             Scenario::ThreeWorkers => "three-workers",
             Scenario::Exec => "exec",
+            Scenario::Container => "container",
+            Scenario::Cancel => "cancel",
         }
     }
 
@@ -80,13 +93,30 @@ impl Scenario {
                     f.error
                 ))
             }
+            Scenario::Cancel => {
+                let outcome = f.report["outcome"].as_str().unwrap_or("no report");
+                if f.status == "ABORTED"
+                    && f.error.as_deref() == Some(ephemera_core::names::CANCELLED)
+                    && outcome == "CANCELLED"
+                    && f.report["error"]["Cause"] == CANCEL_REASON
+                    && attempts >= 1
+                {
+                    return Ok(());
+                }
+                Err(format!(
+                    "expected a cancelled run (ABORTED, {}, report CANCELLED with the reason), got {} {:?}, report {outcome} with {attempts} attempt(s)",
+                    ephemera_core::names::CANCELLED,
+                    f.status,
+                    f.error
+                ))
+            }
             _ if f.status != "SUCCEEDED" => Err(format!(
                 "the run ended {}: {} - {}",
                 f.status,
                 f.error.as_deref().unwrap_or("no error"),
                 f.cause.as_deref().unwrap_or("no cause")
             )),
-            Scenario::SpotInterruption | Scenario::Exec
+            Scenario::SpotInterruption | Scenario::Exec | Scenario::Container
                 if f.visited(State::Relaunch) == 0 || attempts < 2 =>
             {
                 Err(format!(
@@ -276,7 +306,12 @@ fn runspec(scenario: Scenario, run_id: &str, net: &fixtures::Network, topic: &st
                 args.extend([json!("--lease-seconds"), json!("15")]);
             }
         }
-        Scenario::Exec => {
+        Scenario::Exec | Scenario::Container | Scenario::Cancel => {
+            // The script fetched with its bars, or the image's own (the bars fetched alone).
+            let command = match scenario {
+                Scenario::Container => container::COMMAND,
+                _ => ["python3", "job.py"],
+            };
             spec["worker"]["args"] = json!([
                 "exec",
                 "--fetch",
@@ -294,8 +329,8 @@ fn runspec(scenario: Scenario, run_id: &str, net: &fixtures::Network, topic: &st
                 "--grace",
                 "20",
                 "--",
-                "python3",
-                "job.py"
+                command[0],
+                command[1]
             ]);
             spec["expect"] = json!({"export_prefix": export, "min_objects": 2});
         }
@@ -342,6 +377,17 @@ pub async fn run(o: Options, console: Console) -> Result<bool> {
     ));
     let db_url = database(&worker, &o.pairs, &console).await?;
     let account = Account::provide(region, &db_url).await?;
+    let image = match o.scenario {
+        Scenario::Container => {
+            let image = container::build(&out, &run_id)?;
+            console.line(&format!(
+                "  the job's image {}: Python and job.py from this machine, served by docker-registry on the loopback address as ECR",
+                image.reference
+            ));
+            Some(image)
+        }
+        _ => None,
+    };
     let demo = Demo {
         scenario: o.scenario,
         region,
@@ -350,6 +396,7 @@ pub async fn run(o: Options, console: Console) -> Result<bool> {
         worker,
         db_url,
         console,
+        image,
     };
     demo.stage(&account, &o.pairs).await?;
     let execution = demo.start(&account).await?;
@@ -456,12 +503,17 @@ struct Demo {
     worker: PathBuf,
     db_url: String,
     console: Console,
+    /// The container scenario's image and the registry serving it (stopped with the demo).
+    image: Option<container::JobImage>,
 }
 
 impl Demo {
     /// What the scenario needs before the run starts: the job's archive, a short quota.
     async fn stage(&self, account: &Account, pairs: &[String]) -> Result<()> {
-        if self.scenario == Scenario::Exec {
+        if matches!(
+            self.scenario,
+            Scenario::Exec | Scenario::Container | Scenario::Cancel
+        ) {
             account
                 .s3
                 .put_object()
@@ -477,6 +529,10 @@ impl Demo {
                 job_archive_key(&self.run_id)
             ));
         }
+        if self.scenario == Scenario::Cancel {
+            // The stack's rule on stopped executions (AWS's EventBridge), played by the door.
+            harness().door.deliver_stops(self.region);
+        }
         if self.scenario == Scenario::QuotaWait {
             harness().door.with_quotas(self.region, |q| {
                 q.applied.insert(SPOT_QUOTA.into(), 8.0);
@@ -490,12 +546,15 @@ impl Demo {
 
     /// The deployed state machine started on the scenario's RunSpec; the execution's ARN.
     async fn start(&self, account: &Account) -> Result<String> {
-        let spec = runspec(
+        let mut spec = runspec(
             self.scenario,
             &self.run_id,
             &account.net,
             &account.inbox.topic_arn,
         );
+        if let Some(image) = &self.image {
+            spec["job"] = json!({"image": image.reference});
+        }
         let spec_path = self.out.join("runspec.json");
         std::fs::write(&spec_path, serde_json::to_string_pretty(&spec)?)?;
         let machine = e2e::create_state_machine(self.region).await;
@@ -520,28 +579,47 @@ impl Demo {
             },
             self.console.clone(),
         );
-        let spot = self.spot(&player);
+        let spot = self.spot(&player, execution);
         let sfn = aws_sdk_sfn::Client::new(&ephemera_tests::sdk_config(self.region));
         let followed =
             follow::follow(&sfn, execution, &self.db_url, &self.run_id, &self.console).await;
         if let Some(t) = spot {
             t.abort();
         }
+        let mut followed = followed;
+        if self.scenario == Scenario::Cancel {
+            // A stopped execution has no output: its report is what the stack's rule's target
+            // (terminate-with-cost-report) made of the stop.
+            if let Ok(f) = followed.as_mut() {
+                f.report = stopped_report(execution, &self.console).await?;
+            }
+        }
         player.stop().await;
         followed
     }
 
     /// The scenario's hand on the instances: Spot's reclaim, or a worker killed for good.
-    fn spot(&self, player: &ec2::Player) -> Option<tokio::task::JoinHandle<Result<()>>> {
+    fn spot(
+        &self,
+        player: &ec2::Player,
+        execution: &str,
+    ) -> Option<tokio::task::JoinHandle<Result<()>>> {
         let (region, seen, console) = (self.region, player.seen.clone(), self.console.clone());
         let (db_url, run_id) = (self.db_url.clone(), self.run_id.clone());
         match self.scenario {
             Scenario::SpotInterruption => Some(tokio::spawn(reclaim_first_instance(
                 region, db_url, run_id, seen, console,
             ))),
-            Scenario::Exec => Some(tokio::spawn(reclaim_the_job(
+            Scenario::Exec | Scenario::Container => Some(tokio::spawn(reclaim_the_job(
                 region,
                 self.out.clone(),
+                seen,
+                console,
+            ))),
+            Scenario::Cancel => Some(tokio::spawn(cancel_mid_job(
+                region,
+                self.out.clone(),
+                execution.to_string(),
                 seen,
                 console,
             ))),
@@ -563,7 +641,8 @@ impl Demo {
             Scenario::ThreeWorkers => {
                 workers::exactly_once(&self.db_url, &self.run_id, &self.out).await
             }
-            Scenario::Exec => {
+            Scenario::Cancel => stopped_with_its_checkpoint(&self.out),
+            Scenario::Exec | Scenario::Container => {
                 // The one worker's share, in its own folder of the job's outputs.
                 let key = format!("runs/{}/worker-1/result.json", self.run_id);
                 resumed(&account.s3, &key, &self.console).await
@@ -670,6 +749,87 @@ async fn reclaim_the_job(
         .door
         .reclaim_spot(region, &instance, Duration::from_secs(10));
     Ok(())
+}
+
+/// What the cancel scenario gives as `ephemera cancel --reason`.
+const CANCEL_REASON: &str = "demo: the input data was wrong";
+
+/// `ephemera cancel` (the CLI built beside this demo) once the job has saved a few checkpoints:
+/// what an operator types when a running job must stop.
+async fn cancel_mid_job(
+    region: &'static str,
+    out: PathBuf,
+    execution: String,
+    mut seen: tokio::sync::watch::Receiver<ec2::Seen>,
+    console: Console,
+) -> Result<()> {
+    while !seen.borrow().instances.contains_key(&(1, 1)) {
+        seen.changed().await?;
+    }
+    let log = ec2::log_path(&out, 1, 1);
+    while std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .matches("checkpoint saved")
+        .count()
+        < 3
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let cli = std::env::current_exe()?.with_file_name("ephemera");
+    console.line(&format!(
+        "$ ephemera cancel {execution} --reason \"{CANCEL_REASON}\""
+    ));
+    let done = tokio::process::Command::new(&cli)
+        .args(["cancel", &execution, "--reason", CANCEL_REASON])
+        .env("AWS_ENDPOINT_URL", &harness().endpoint)
+        .env("AWS_REGION", region)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env_remove("AWS_PROFILE")
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .with_context(|| format!("running {}", cli.display()))?;
+    for line in String::from_utf8_lossy(&done.stdout).lines() {
+        console.line(&format!("  {line}"));
+    }
+    if !done.status.success() {
+        bail!(
+            "ephemera cancel failed: {}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The report the stack's rule on the stopped execution made (within a minute on AWS).
+async fn stopped_report(execution: &str, console: &Console) -> Result<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        match harness().door.stop_report(execution) {
+            Some(Ok(report)) => {
+                console.line(
+                    "EventBridge: the stopped execution's status change reached terminate-with-cost-report",
+                );
+                return Ok(report);
+            }
+            Some(Err(e)) => bail!("the teardown of the stopped run failed: {e}"),
+            None if tokio::time::Instant::now() > deadline => {
+                bail!("no teardown of the stopped run within 120 s")
+            }
+            None => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// The agent's log: the job was stopped with SIGTERM, and its checkpoint saved after that.
+fn stopped_with_its_checkpoint(out: &Path) -> std::result::Result<(), String> {
+    let log = std::fs::read_to_string(ec2::log_path(out, 1, 1)).map_err(|e| e.to_string())?;
+    match log.rsplit_once("stopping the job: SIGTERM") {
+        Some((_, after)) if after.contains("checkpoint saved") => Ok(()),
+        Some(_) => Err("the job was stopped but saved no checkpoint after its SIGTERM".into()),
+        None => Err("the job was never stopped with SIGTERM".into()),
+    }
 }
 
 /// The job's own word that the relaunch resumed from its checkpoint rather than starting over.

@@ -37,10 +37,16 @@ pub fn substitutions(region: &str) -> Vec<(String, String)> {
         )
     })
     // The SDK integration, in the partition's ARN (aws-cn, aws-us-gov elsewhere).
-    .chain([(
-        "PutTokenParameterAndWait".to_string(),
-        "arn:aws:states:::aws-sdk:ssm:putParameter.waitForTaskToken".to_string(),
-    )])
+    .chain([
+        (
+            "PutTokenParameterAndWait".to_string(),
+            "arn:aws:states:::aws-sdk:ssm:putParameter.waitForTaskToken".to_string(),
+        ),
+        (
+            "TaskTokenKeyArn".to_string(),
+            crate::iam::task_token_key(region),
+        ),
+    ])
     .collect()
 }
 

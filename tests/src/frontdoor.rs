@@ -106,6 +106,10 @@ pub struct FrontDoor {
     /// Executions stopped through the door: (error, cause, when), as StopExecution was given
     /// them (`stop_is_at_once`).
     stopped: Mutex<HashMap<String, Stopped>>,
+    /// Regions whose stack's rule on the executions' ABORTED/TIMED_OUT status is played
+    /// (`deliver_stops`), and what its target answered, by execution ARN.
+    stop_rule: Mutex<std::collections::HashSet<String>>,
+    stop_reports: Mutex<HashMap<String, Result<serde_json::Value, String>>>,
     /// (region, ClientToken) → (the parameters' digest, the first answer).
     client_tokens: Mutex<HashMap<(String, String), (String, RawResponse)>>,
     /// (region, instance) → when Spot's interruption notice was given.
@@ -146,6 +150,8 @@ pub struct FrontDoor {
     moto_ec2: Mutex<HashMap<String, aws_sdk_ec2::Client>>,
     /// The account's Lambda concurrency (a new account's by default).
     pub lambda_concurrency: std::sync::atomic::AtomicU32,
+    /// The run role's sessions STS minted (`crate::sts`).
+    pub sessions: crate::sts::Sessions,
 }
 
 /// An image's root snapshot: its size in GiB and its id.
@@ -210,6 +216,8 @@ impl FrontDoor {
             snapshots_creating: Mutex::default(),
             unoffered: Mutex::default(),
             stopped: Mutex::default(),
+            stop_rule: Mutex::default(),
+            stop_reports: Mutex::default(),
             client_tokens: Mutex::default(),
             spot_notices: Mutex::default(),
             spot_reclaimed: Mutex::default(),
@@ -219,10 +227,22 @@ impl FrontDoor {
             outside: Mutex::default(),
             moto_ec2: Mutex::default(),
             lambda_concurrency: throttle::NEW_ACCOUNT_LAMBDA_CONCURRENCY.into(),
+            sessions: crate::sts::Sessions::default(),
         }
     }
 
     /// Uses `policies` instead of the template's in `region`.
+    /// Plays the stack's rule on stopped executions in `region`: each StopExecution through the
+    /// door is followed by the rule's delivery to terminate-with-cost-report.
+    pub fn deliver_stops(&self, region: &str) {
+        self.stop_rule.lock().unwrap().insert(region.to_string());
+    }
+
+    /// What the rule's target answered for a stopped execution: its report, or its error.
+    pub fn stop_report(&self, execution: &str) -> Option<Result<serde_json::Value, String>> {
+        self.stop_reports.lock().unwrap().get(execution).cloned()
+    }
+
     pub fn set_policies(&self, region: &str, policies: Policies) {
         self.policies_in
             .lock()
@@ -254,9 +274,35 @@ impl FrontDoor {
     }
 
     fn authorize(&self, principal: &Principal, region: &str, check: &Check) -> Result<(), String> {
-        let result = match self.policies_in.lock().unwrap().get(region) {
-            Some(p) => p.authorize(principal, region, check),
-            None => self.policies.authorize(principal, region, check),
+        self.authorize_as(principal, None, region, check)
+    }
+
+    /// The policies in force in `region` (a test's, or the template's).
+    fn policies_for(&self, region: &str) -> Policies {
+        match self.policies_in.lock().unwrap().get(region) {
+            Some(p) => p.clone(),
+            None => self.policies.clone(),
+        }
+    }
+
+    /// [`FrontDoor::authorize`] for a caller that may be a session STS minted (its tags and
+    /// session policy count).
+    fn authorize_as(
+        &self,
+        principal: &Principal,
+        session: Option<&crate::sts::Session>,
+        region: &str,
+        check: &Check,
+    ) -> Result<(), String> {
+        let result = {
+            let in_region = self.policies_in.lock().unwrap();
+            let p = in_region.get(region).unwrap_or(&self.policies);
+            match session {
+                Some(s) => {
+                    p.authorize_session(principal, &s.tags, s.policy.as_deref(), region, check)
+                }
+                None => p.authorize(principal, region, check),
+            }
         };
         if let Err(reason) = &result {
             self.denials.lock().unwrap().push(Denial {
@@ -589,8 +635,45 @@ async fn route(State(door): State<Arc<FrontDoor>>, req: Request) -> Response<Bod
             ),
         );
     }
+    // A run session's key is good while its session lasts (`sts`).
+    let session = match principal {
+        Some(Principal::Run) => match door.sessions.get(&access_key) {
+            Some(s) if s.expires > chrono::Utc::now() => Some(s),
+            Some(_) => {
+                return access_denied(
+                    &service,
+                    &format!("The security token included in the request is expired (access key {access_key})."),
+                )
+            }
+            None => {
+                return access_denied(
+                    &service,
+                    &format!("The security token included in the request is invalid (access key {access_key})."),
+                )
+            }
+        },
+        _ => None,
+    };
+    if service == "sts" {
+        if let Some(p) = &principal {
+            let form = url_form(&bytes);
+            if form.get("Action").map(String::as_str) == Some("AssumeRole") {
+                return assume_role(&door, p, session.as_ref(), &region, &form);
+            }
+        }
+    }
     let caller = principal.as_ref().map(|p| (p, access_key.as_str()));
-    if let Some(refusal) = enforce(&door, caller, &region, &service, &parts, &bytes).await {
+    if let Some(refusal) = enforce(
+        &door,
+        caller,
+        session.as_ref(),
+        &region,
+        &service,
+        &parts,
+        &bytes,
+    )
+    .await
+    {
         return refusal;
     }
     if service == "ssm" {
@@ -680,7 +763,15 @@ async fn route(State(door): State<Arc<FrontDoor>>, req: Request) -> Response<Bod
         }
     }
     if service == "states" {
+        let stopping = target_operation(&parts.headers) == "StopExecution";
         if let Some(answer) = stop_is_at_once(&door, &parts, bytes.clone()).await {
+            let delivered = door.stop_rule.lock().unwrap().contains(&region);
+            if stopping && delivered && answer.status() == StatusCode::OK {
+                let input: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                if let Some(arn) = input["executionArn"].as_str() {
+                    tokio::spawn(deliver_stop(door.clone(), region.clone(), arn.to_string()));
+                }
+            }
             return answer;
         }
     }
@@ -757,6 +848,66 @@ fn s3_bad_digest(headers: &HeaderMap, body: &[u8]) -> Option<Response<Body>> {
     })
 }
 
+/// The stack's EventBridge rule on the execution's ABORTED status (template.yaml,
+/// terminate-with-cost-report's `ExecutionStopped` event), as EventBridge delivers it to terminate-with-cost-report: a
+/// `Step Functions Execution Status Change` event with the execution's name, dates, input,
+/// error and cause
+/// (https://docs.aws.amazon.com/step-functions/latest/dg/cw-events.html). EventBridge delivers
+/// within seconds; the target's answer is kept for `stop_report`.
+async fn deliver_stop(door: Arc<FrontDoor>, region: String, arn: String) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let described = door
+        .http
+        .post(format!("{}/", door.moto))
+        .header("content-type", "application/x-amz-json-1.0")
+        .header("x-amz-target", "AWSStepFunctions.DescribeExecution")
+        .header(
+            "authorization",
+            format!("AWS4-HMAC-SHA256 Credential=testing/20260101/{region}/states/aws4_request, SignedHeaders=host, Signature=0"),
+        )
+        .body(serde_json::json!({"executionArn": arn}).to_string())
+        .send()
+        .await;
+    let d: serde_json::Value = match described {
+        Ok(r) => serde_json::from_str(&r.text().await.unwrap_or_default()).unwrap_or_default(),
+        Err(e) => {
+            door.stop_reports
+                .lock()
+                .unwrap()
+                .insert(arn, Err(format!("DescribeExecution: {e}")));
+            return;
+        }
+    };
+    let (error, cause, at) = door
+        .stopped
+        .lock()
+        .unwrap()
+        .get(&arn)
+        .cloned()
+        .unwrap_or((None, None, 0.0));
+    let ms = |secs: f64| (secs * 1000.0) as i64;
+    let event = serde_json::json!({
+        "version": "0", "source": "aws.states", "region": region,
+        "detail-type": ephemera_core::stopped::DETAIL_TYPE,
+        "resources": [arn],
+        "detail": {
+            "executionArn": arn, "stateMachineArn": d["stateMachineArn"],
+            "name": d["name"], "status": "ABORTED",
+            "startDate": ms(d["startDate"].as_f64().unwrap_or(at)), "stopDate": ms(at),
+            "input": d["input"], "output": null, "error": error, "cause": cause
+        }
+    });
+    let endpoint = door.endpoint.lock().unwrap().clone();
+    let endpoint = endpoint.unwrap_or_else(|| door.moto.clone());
+    let function = ephemera_functions::Function::TerminateWithCostReport;
+    let aws = door.clients_for(&region, function.name(), &endpoint);
+    let settings = door.deployed_settings(&region).await;
+    let answer = ephemera_functions::invoke(&aws, &settings, function, event)
+        .await
+        .map_err(|e| e.to_string());
+    door.stop_reports.lock().unwrap().insert(arn, answer);
+}
+
 /// What a StopExecution was given: error, cause, and when (seconds since the epoch).
 type Stopped = (Option<String>, Option<String>, f64);
 
@@ -772,7 +923,10 @@ async fn stop_is_at_once(
     bytes: axum::body::Bytes,
 ) -> Option<Response<Body>> {
     let op = target_operation(&parts.headers);
-    if !matches!(op, "StopExecution" | "DescribeExecution" | "ListExecutions") {
+    if !matches!(
+        op,
+        "StopExecution" | "DescribeExecution" | "ListExecutions" | "GetExecutionHistory"
+    ) {
         return None;
     }
     let input: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
@@ -815,6 +969,13 @@ async fn stop_is_at_once(
             return Some(rebuild(r));
         }
         "DescribeExecution" => stopped(&mut out, door, true),
+        "GetExecutionHistory" => {
+            let arn = input["executionArn"].as_str().unwrap_or_default();
+            let last_page = out["nextToken"].is_null() && input["reverseOrder"] != true;
+            if let Some(stop) = door.stopped.lock().unwrap().get(arn).cloned() {
+                aborted_history(&mut out, stop, last_page);
+            }
+        }
         _ => {
             if let Some(items) = out["executions"].as_array_mut() {
                 items.iter_mut().for_each(|i| stopped(i, door, false));
@@ -823,6 +984,42 @@ async fn stop_is_at_once(
     }
     r.2 = out.to_string();
     Some(rebuild(r))
+}
+
+/// A stopped execution's history as Step Functions keeps it: nothing after the stop, and the
+/// stop itself last (`ExecutionAborted` with the error and cause StopExecution was given). moto
+/// runs the states on after its StopExecution, so its history would go on to a
+/// `TaskFailed`/`ExecutionFailed` the execution never had.
+fn aborted_history(out: &mut serde_json::Value, stop: Stopped, last_page: bool) {
+    let (error, cause, at) = stop;
+    let Some(events) = out["events"].as_array_mut() else {
+        return;
+    };
+    events.retain(|e| {
+        e["timestamp"].as_f64().is_none_or(|t| t <= at)
+            && !matches!(
+                e["type"].as_str(),
+                Some("ExecutionFailed" | "ExecutionSucceeded" | "ExecutionTimedOut")
+            )
+    });
+    let last_id = events
+        .iter()
+        .filter_map(|e| e["id"].as_i64())
+        .max()
+        .unwrap_or(0);
+    if last_page && !events.iter().any(|e| e["type"] == "ExecutionAborted") {
+        let mut details = serde_json::Map::new();
+        if let Some(e) = error {
+            details.insert("error".into(), e.into());
+        }
+        if let Some(c) = cause {
+            details.insert("cause".into(), c.into());
+        }
+        events.push(serde_json::json!({
+            "timestamp": at, "type": "ExecutionAborted", "id": last_id + 1,
+            "previousEventId": last_id, "executionAbortedEventDetails": details
+        }));
+    }
 }
 
 /// An S3 error as S3 answers it (REST, XML).
@@ -1313,11 +1510,51 @@ async fn proxy(
     }
 }
 
+/// STS's AssumeRole, played by the door (`sts`): the session kept, its credentials answered.
+fn assume_role(
+    door: &FrontDoor,
+    principal: &Principal,
+    session: Option<&crate::sts::Session>,
+    region: &str,
+    form: &HashMap<String, String>,
+) -> Response<Body> {
+    let policies = door.policies_for(region);
+    let answer = crate::sts::assume_role(
+        &policies,
+        (principal, session),
+        region,
+        form,
+        chrono::Utc::now(),
+    );
+    let (status, body) = match answer {
+        Ok(s) => {
+            let key = door.sessions.mint(s.clone());
+            (200, crate::sts::credentials_xml(&key, &s))
+        }
+        Err(r) => {
+            door.denials.lock().unwrap().push(Denial {
+                region: region.into(),
+                principal: principal.clone(),
+                action: "sts:AssumeRole".into(),
+                resource: form.get("RoleArn").cloned().unwrap_or_default(),
+                reason: r.message.clone(),
+            });
+            (r.status, crate::sts::error_xml(&r))
+        }
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/xml")
+        .body(Body::from(body))
+        .unwrap()
+}
+
 /// IAM and the fresh account, before moto sees the request: None lets it through, Some is the
 /// refusal AWS would send.
 async fn enforce(
     door: &FrontDoor,
     caller: Option<(&Principal, &str)>,
+    session: Option<&crate::sts::Session>,
     region: &str,
     service: &str,
     parts: &axum::http::request::Parts,
@@ -1351,7 +1588,10 @@ async fn enforce(
     };
 
     let (principal, access_key) = caller?;
-    let userid = principal.userid(access_key);
+    let userid = match session {
+        Some(s) => s.userid(),
+        None => principal.userid(access_key),
+    };
     for c in checks.iter_mut() {
         c.context.insert("aws:userid".into(), userid.clone());
     }
@@ -1393,9 +1633,15 @@ async fn enforce(
         }
     }
     for c in &checks {
-        if let Err(reason) = door.authorize(principal, region, c) {
+        if let Err(reason) = door.authorize_as(principal, session, region, c) {
             return Some(access_denied(service, &reason));
         }
+    }
+    if let Some(reason) = door
+        .task_token_key_refused(principal, region, &action, bytes)
+        .await
+    {
+        return Some(access_denied(service, &reason));
     }
     if action == "s3:GetObject" {
         // A missing object is 404 NoSuchKey only to a caller who may list the bucket; to any
@@ -1408,7 +1654,9 @@ async fn enforce(
             .unwrap_or_default();
         let mut list = Check::new("s3:ListBucket", format!("arn:aws:s3:::{bucket}"));
         list.context.insert("aws:userid".into(), userid.clone());
-        if door.authorize(principal, region, &list).is_err()
+        if door
+            .authorize_as(principal, session, region, &list)
+            .is_err()
             && !door.s3_object_exists(region, path).await
         {
             return Some(access_denied(
@@ -1896,6 +2144,90 @@ impl FrontDoor {
     }
 
     /// A parameter's tags as moto keeps them; none when it does not exist.
+    /// Parameter Store calls KMS as the caller: writing a SecureString under a customer
+    /// managed key needs `kms:Encrypt` on it, reading one decrypted `kms:Decrypt`, each with
+    /// `kms:ViaService` and the parameter's ARN as the `PARAMETER_ARN` encryption context
+    /// (https://docs.aws.amazon.com/kms/latest/developerguide/services-parameter-store.html).
+    /// moto checks neither; the stack's task-token key's policy is played here. The account's
+    /// `aws/ssm` key admits every principal of the account, so nothing is checked for it.
+    async fn task_token_key_refused(
+        &self,
+        principal: &Principal,
+        region: &str,
+        action: &str,
+        bytes: &[u8],
+    ) -> Option<String> {
+        let input: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+        let key = crate::iam::task_token_key(region);
+        let (use_, names): (&str, Vec<String>) = match action {
+            "ssm:PutParameter"
+                if input["Type"] == "SecureString" && input["KeyId"].as_str() == Some(&key) =>
+            {
+                ("kms:Encrypt", vec![input["Name"].as_str()?.to_string()])
+            }
+            "ssm:GetParameter" if input["WithDecryption"] == true => {
+                ("kms:Decrypt", vec![input["Name"].as_str()?.to_string()])
+            }
+            "ssm:GetParameters" if input["WithDecryption"] == true => (
+                "kms:Decrypt",
+                input["Names"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|n| n.as_str().map(str::to_string))
+                    .collect(),
+            ),
+            _ => return None,
+        };
+        for name in names {
+            if use_ == "kms:Decrypt"
+                && self.parameter_key(region, &name).await.as_deref() != Some(&key)
+            {
+                continue;
+            }
+            let name = if name.starts_with('/') {
+                name
+            } else {
+                format!("/{name}")
+            };
+            let check = Check::new(use_, key.clone())
+                .with("kms:ViaService", format!("ssm.{region}.amazonaws.com"))
+                .with(
+                    "kms:EncryptionContext:PARAMETER_ARN",
+                    format!("arn:aws:ssm:{region}:{ACCOUNT}:parameter{name}"),
+                );
+            let policies = match self.policies_in.lock().unwrap().get(region) {
+                Some(p) => p.clone(),
+                None => self.policies.clone(),
+            };
+            if let Err(reason) = policies.authorize_key("TaskTokenKey", principal, region, &check) {
+                return Some(reason);
+            }
+        }
+        None
+    }
+
+    /// The key a SecureString parameter is encrypted under (moto keeps the request's KeyId).
+    async fn parameter_key(&self, region: &str, name: &str) -> Option<String> {
+        let resp = self
+            .http
+            .post(format!("{}/", self.moto))
+            .header("content-type", "application/x-amz-json-1.1")
+            .header("x-amz-target", "AmazonSSM.DescribeParameters")
+            .header(
+                "authorization",
+                format!("AWS4-HMAC-SHA256 Credential=testing/20260101/{region}/ssm/aws4_request, SignedHeaders=host, Signature=0"),
+            )
+            .body(
+                serde_json::json!({"ParameterFilters": [{"Key": "Name", "Option": "Equals", "Values": [name]}]})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .ok()?;
+        let body: serde_json::Value = serde_json::from_str(&resp.text().await.ok()?).ok()?;
+        body["Parameters"][0]["KeyId"].as_str().map(str::to_string)
+    }
+
     async fn parameter_tags(&self, region: &str, name: &str) -> Vec<(String, String)> {
         let Ok(resp) = self
             .http

@@ -44,10 +44,24 @@ pub const REPORT_TOPIC: &str = "ephemera-reports";
 pub const WORKER_PROFILE: &str = "ephemera-worker";
 /// The worker role's RoleId (`!GetAtt WorkerRole.RoleId`; AWS's are `AROA` and 17 more).
 pub const WORKER_ROLE_ID: &str = "AROAEPHEMERAWORKER001";
+/// The run role's RoleId (`RunRole`: the credentials of one run, `crate::sts`).
+pub const RUN_ROLE_ID: &str = "AROAEPHEMERARUNROLE01";
+/// The run role's ARN as the harness deploys it.
+pub fn run_role_arn() -> String {
+    format!("arn:aws:iam::{ACCOUNT}:role/{STACK}-run-role")
+}
 /// The run ledger's table (`LedgerTable`, named `${AWS::StackName}-ledger`).
 pub const LEDGER_TABLE: &str = "ephemera-ledger";
 /// The template's default `MonthlyBudgetUsd`.
 pub const MONTHLY_BUDGET_USD: f64 = 833.0;
+/// The id of the stack's task-token key (`TaskTokenKey`) in every region of the harness.
+pub const TASK_TOKEN_KEY_ID: &str = "ephemera-task-tokens-0000000000000001";
+
+/// The task-token key's ARN in `region` (`!GetAtt TaskTokenKey.Arn`).
+pub fn task_token_key(region: &str) -> String {
+    format!("arn:aws:kms:{region}:{ACCOUNT}:key/{TASK_TOKEN_KEY_ID}")
+}
+
 /// A worker signing with the key of no particular instance (the CLI tests' log reader).
 const NO_INSTANCE: &str = "i-worker";
 
@@ -62,6 +76,9 @@ pub enum Principal {
     Worker,
     /// EventBridge Scheduler's role (`scheduler`).
     Scheduler,
+    /// A session of the run role (`RunRole`), minted by the front door's STS (`run-<n>`); its
+    /// tags and session policy are the door's to look up (`crate::sts::Session`).
+    Run,
 }
 
 impl Principal {
@@ -71,6 +88,7 @@ impl Principal {
             "worker" => Some(Principal::Worker),
             k if k.starts_with("worker-i-") => Some(Principal::Worker),
             "scheduler" => Some(Principal::Scheduler),
+            k if k.starts_with("run-") => Some(Principal::Run),
             k => k.strip_prefix("fn-").map(|f| Principal::Function(f.into())),
         }
     }
@@ -81,6 +99,7 @@ impl Principal {
             Principal::StateMachine => "ak".into(),
             Principal::Worker => "worker".into(),
             Principal::Scheduler => "scheduler".into(),
+            Principal::Run => "run-0".into(),
         }
     }
 
@@ -100,15 +119,17 @@ impl Principal {
                 .unwrap_or(NO_INSTANCE)
                 .to_string(),
             Principal::Scheduler => "schedule".into(),
+            Principal::Run => access_key.to_string(),
         }
     }
 
-    fn role(&self) -> String {
+    pub(crate) fn role(&self) -> String {
         match self {
             Principal::Function(f) => format!("{STACK}-{f}-role"),
             Principal::StateMachine => format!("{STACK}-state-machine-role"),
             Principal::Worker => format!("{STACK}-worker-role"),
             Principal::Scheduler => format!("{STACK}-scheduler-role"),
+            Principal::Run => format!("{STACK}-run-role"),
         }
     }
 
@@ -118,6 +139,7 @@ impl Principal {
     pub fn userid(&self, access_key: &str) -> String {
         let role_id = match self {
             Principal::Worker => WORKER_ROLE_ID.to_string(),
+            Principal::Run => RUN_ROLE_ID.to_string(),
             // Roles nothing in the template conditions on: any stable id of AWS's shape.
             other => format!("AROA{}", other.role().to_uppercase().replace('-', ""))
                 .chars()
@@ -125,6 +147,11 @@ impl Principal {
                 .collect(),
         };
         format!("{role_id}:{}", self.session(access_key))
+    }
+
+    /// The role's ARN (what a trust policy and `aws:PrincipalArn` name).
+    pub fn role_arn(&self) -> String {
+        format!("arn:aws:iam::{ACCOUNT}:role/{}", self.role())
     }
 
     /// The role session ARN AWS names in its AccessDenied messages.
@@ -180,6 +207,10 @@ impl Check {
 #[derive(Debug, Clone, Default)]
 pub struct Policies {
     pub by_principal: BTreeMap<Principal, Vec<Statement>>,
+    /// Each KMS key's policy by its logical id, its statements by the principal they name.
+    pub keys: BTreeMap<String, Policies>,
+    /// Each role's trust policy: who may assume it (`Principal.AWS`), with its statement.
+    pub trust: BTreeMap<Principal, Vec<(Vec<String>, Statement)>>,
 }
 
 /// The template attaches no managed policy: one would need its statements here, as AWS
@@ -230,6 +261,7 @@ impl Resolver<'_> {
                 format!("arn:aws:states:${{AWS::Region}}:{ACCOUNT}:stateMachine:{STACK}-worker")
             }
             "WorkerRole" => format!("{STACK}-worker-role"),
+            "RunRole" => format!("{STACK}-run-role"),
             "WorkerInstanceProfile" => WORKER_PROFILE.into(),
             "LedgerTable" => LEDGER_TABLE.into(),
             other => match self.resource(other) {
@@ -252,6 +284,15 @@ impl Resolver<'_> {
         match what {
             "WorkerRole.Arn" => format!("arn:aws:iam::{ACCOUNT}:role/{STACK}-worker-role"),
             "WorkerRole.RoleId" => WORKER_ROLE_ID.into(),
+            // SAM's role for the state machine (`<LogicalId>Role`).
+            "WorkerStateMachineRole.Arn" => {
+                format!("arn:aws:iam::{ACCOUNT}:role/{STACK}-state-machine-role")
+            }
+            "TaskTokenKey.Arn" => {
+                format!("arn:aws:kms:${{AWS::Region}}:{ACCOUNT}:key/{TASK_TOKEN_KEY_ID}")
+            }
+            "RunRole.Arn" => run_role_arn(),
+            "RunRole.RoleId" => RUN_ROLE_ID.into(),
             "LedgerTable.Arn" => {
                 format!("arn:aws:dynamodb:${{AWS::Region}}:{ACCOUNT}:table/{LEDGER_TABLE}")
             }
@@ -291,6 +332,13 @@ impl Resolver<'_> {
             out.push_str(&rest[..i]);
             let end = rest[i..].find('}').expect("unclosed ${ in !Sub") + i;
             let name = &rest[i + 2..end];
+            // `${!Literal}` is the literal `${Literal}`: how a policy variable is written inside
+            // !Sub (CloudFormation, Fn::Sub, "Parameters").
+            if let Some(literal) = name.strip_prefix('!') {
+                out.push_str(&format!("${{{literal}}}"));
+                rest = &rest[end + 1..];
+                continue;
+            }
             out.push_str(&if name.contains('.') {
                 self.attribute(name)
             } else {
@@ -394,6 +442,78 @@ impl Resolver<'_> {
                     resources: s.get("Resource").map(|v| self.many(v)).unwrap_or_default(),
                     conditions,
                 }
+            })
+            .collect()
+    }
+
+    /// A key policy's statements by the principal each names. The account's root is the
+    /// administrator, whom the harness lets through anyway; a statement naming it delegates
+    /// nothing here unless it grants a use of the key, which the harness refuses to guess.
+    fn key_policy(&self, doc: &Yaml) -> Policies {
+        let Some(Yaml::Sequence(list)) = doc.get("Statement") else {
+            panic!("a key policy without a Statement list")
+        };
+        let mut by_principal: BTreeMap<Principal, Vec<Statement>> = BTreeMap::new();
+        for raw in list {
+            let mut one = serde_yaml_ng::Mapping::new();
+            one.insert("Statement".into(), Yaml::Sequence(vec![raw.clone()]));
+            let statements = self.statements(&Yaml::Mapping(one));
+            let named = raw
+                .get("Principal")
+                .and_then(|p| p.get("AWS"))
+                .map(|a| self.many(a))
+                .unwrap_or_default();
+            for arn in named {
+                if arn == format!("arn:aws:iam::{ACCOUNT}:root") {
+                    let uses = statements.iter().flat_map(|s| &s.actions).any(|a| {
+                        ["kms:Decrypt", "kms:Encrypt", "kms:*"]
+                            .iter()
+                            .any(|u| glob(&a.to_lowercase(), &u.to_lowercase()))
+                    });
+                    assert!(
+                        !uses,
+                        "a key policy delegates the key's use to IAM: {raw:?}"
+                    );
+                    continue;
+                }
+                let principal = [
+                    Principal::Worker,
+                    Principal::StateMachine,
+                    Principal::Scheduler,
+                ]
+                .into_iter()
+                .find(|p| arn == format!("arn:aws:iam::{ACCOUNT}:role/{}", p.role()))
+                .unwrap_or_else(|| panic!("the harness does not know the key principal {arn}"));
+                by_principal
+                    .entry(principal)
+                    .or_default()
+                    .extend(statements.iter().cloned());
+            }
+        }
+        Policies {
+            by_principal,
+            ..Policies::default()
+        }
+    }
+
+    /// A trust policy's statements with the `Principal.AWS` each names (a service principal
+    /// names none: no session of the harness is one).
+    fn trust(&self, doc: &Yaml) -> Vec<(Vec<String>, Statement)> {
+        let list = match doc.get("Statement") {
+            Some(Yaml::Sequence(s)) => s.clone(),
+            Some(one) => vec![one.clone()],
+            None => vec![],
+        };
+        let statements = self.statements(doc);
+        list.iter()
+            .zip(statements)
+            .map(|(raw, st)| {
+                let aws = raw
+                    .get("Principal")
+                    .and_then(|p| p.get("AWS"))
+                    .map(|v| self.many(v))
+                    .unwrap_or_default();
+                (aws, st)
             })
             .collect()
     }
@@ -511,7 +631,9 @@ impl Policies {
             template: &template,
             params,
         };
-        let mut by_principal = BTreeMap::new();
+        let mut by_principal: BTreeMap<Principal, Vec<Statement>> = BTreeMap::new();
+        let mut keys = BTreeMap::new();
+        let mut trust = BTreeMap::new();
         let Some(Yaml::Mapping(resources)) = template.get("Resources") else {
             panic!("template.yaml has no Resources");
         };
@@ -545,8 +667,12 @@ impl Policies {
                     let principal = match logical {
                         "WorkerRole" => Principal::Worker,
                         "SchedulerRole" => Principal::Scheduler,
+                        "RunRole" => Principal::Run,
                         other => panic!("the harness does not know who assumes the role {other}"),
                     };
+                    if let Some(doc) = props.and_then(|p| p.get("AssumeRolePolicyDocument")) {
+                        trust.insert(principal.clone(), r.trust(doc));
+                    }
                     let mut statements = vec![];
                     if let Some(Yaml::Sequence(arns)) =
                         props.and_then(|p| p.get("ManagedPolicyArns"))
@@ -562,12 +688,43 @@ impl Policies {
                             }
                         }
                     }
-                    by_principal.insert(principal, statements);
+                    by_principal
+                        .entry(principal)
+                        .or_default()
+                        .extend(statements);
+                }
+                // A policy of its own attached to roles: how a role's policy names the role
+                // itself without a circular dependency.
+                Some("AWS::IAM::Policy") => {
+                    let doc = props.and_then(|p| p.get("PolicyDocument"));
+                    let statements = doc.map(|d| r.statements(d)).unwrap_or_default();
+                    let roles = props.and_then(|p| p.get("Roles")).map(|v| r.many(v));
+                    for role in roles.unwrap_or_default() {
+                        let principal = match role.as_str() {
+                            x if x == format!("{STACK}-run-role") => Principal::Run,
+                            x if x == format!("{STACK}-worker-role") => Principal::Worker,
+                            other => panic!("the harness does not know the role {other}"),
+                        };
+                        by_principal
+                            .entry(principal)
+                            .or_default()
+                            .extend(statements.clone());
+                    }
+                }
+                Some("AWS::KMS::Key") => {
+                    let doc = props
+                        .and_then(|p| p.get("KeyPolicy"))
+                        .unwrap_or_else(|| panic!("{logical} has no KeyPolicy"));
+                    keys.insert(logical.to_string(), r.key_policy(doc));
                 }
                 _ => {}
             }
         }
-        Policies { by_principal }
+        Policies {
+            by_principal,
+            keys,
+            trust,
+        }
     }
 
     /// Removes the statement `sid` from `principal` (for tests that prove a statement matters).
@@ -589,27 +746,39 @@ impl Policies {
         region: &str,
         check: &Check,
     ) -> Result<(), String> {
+        self.authorize_session(principal, &BTreeMap::new(), None, region, check)
+    }
+
+    /// [`Policies::authorize`] for a role session with session tags and a session policy.
+    /// The tags are the request's `aws:PrincipalTag/…` keys (IAM user guide, "Pass session
+    /// tags in AWS STS"). A session policy only narrows: the session may do what both the
+    /// role's identity-based policies and the session policy allow, and an explicit deny in
+    /// either wins (IAM user guide, "Policies and permissions", session policies:
+    /// <https://docs.aws.amazon.com/IAM/latest/UserGuide/access_policies.html#policies_session>).
+    pub fn authorize_session(
+        &self,
+        principal: &Principal,
+        tags: &BTreeMap<String, String>,
+        session_policy: Option<&[Statement]>,
+        region: &str,
+        check: &Check,
+    ) -> Result<(), String> {
+        let mut check = check.clone();
+        for (k, v) in tags {
+            check
+                .context
+                .insert(format!("aws:PrincipalTag/{k}"), v.clone());
+        }
+        check
+            .context
+            .entry("aws:PrincipalArn".into())
+            .or_insert_with(|| principal.role_arn());
+        let check = &check;
         let statements = self
             .by_principal
             .get(principal)
             .map(Vec::as_slice)
             .unwrap_or_default();
-        let matching = |allow: bool| {
-            statements
-                .iter()
-                .filter(move |s| s.allow == allow)
-                .any(|s| {
-                    s.actions
-                        .iter()
-                        .any(|a| glob(&a.to_lowercase(), &check.action.to_lowercase()))
-                        && s.resources
-                            .iter()
-                            .any(|r| glob(&r.replace("${AWS::Region}", region), &check.resource))
-                        && s.conditions
-                            .iter()
-                            .all(|c| condition(c, region, &check.context))
-                })
-        };
         // The session that signed, as aws:userid names it (a worker's is its instance).
         let who = match lookup(&check.context, "aws:userid").and_then(|u| u.split_once(':')) {
             Some((_, session)) => format!(
@@ -618,19 +787,138 @@ impl Policies {
             ),
             None => principal.arn(),
         };
-        if matching(false) {
+        let denied = matching(statements, false, region, check)
+            || session_policy.is_some_and(|p| matching(p, false, region, check));
+        if denied {
             return Err(format!(
                 "User: {who} is not authorized to perform: {} on resource: {} with an explicit deny in an identity-based policy",
                 check.action, check.resource
             ));
         }
-        if matching(true) {
-            return Ok(());
+        if matching(statements, true, region, check) {
+            return match session_policy {
+                Some(p) if !matching(p, true, region, check) => Err(format!(
+                    "User: {who} is not authorized to perform: {} on resource: {} because no session policy allows the {} action",
+                    check.action, check.resource, check.action
+                )),
+                _ => Ok(()),
+            };
         }
         Err(format!(
             "User: {who} is not authorized to perform: {} on resource: {} because no identity-based policy allows the {} action",
             check.action, check.resource, check.action
         ))
+    }
+
+    /// Whether `principal`'s trust policy lets `caller` (a role ARN) perform `action`
+    /// (`sts:AssumeRole`, `sts:TagSession`) on it. A trust policy naming the account
+    /// (`arn:aws:iam::ACCOUNT:root`) delegates to the caller's identity-based policies, which
+    /// must then allow the action as well; one naming the caller's role is enough by itself
+    /// (IAM user guide, policy evaluation logic, "Cross-account and same-account policy
+    /// evaluation": <https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_evaluation-logic-cross-account.html>).
+    pub fn trusts(&self, principal: &Principal, caller: &str, region: &str, check: &Check) -> bool {
+        let root = format!("arn:aws:iam::{ACCOUNT}:root");
+        self.trust
+            .get(principal)
+            .into_iter()
+            .flatten()
+            .any(|(who, st)| {
+                st.allow
+                && who.iter().any(|w| w == caller || *w == root || w == ACCOUNT)
+                // A trust policy has no Resource: it is the role's own.
+                && st
+                    .actions
+                    .iter()
+                    .any(|a| glob(&a.to_lowercase(), &check.action.to_lowercase()))
+                && st
+                    .conditions
+                    .iter()
+                    .all(|c| condition(c, region, &check.context))
+            })
+    }
+}
+
+/// Whether some statement of `statements` with this effect matches the check: its action, its
+/// resource (policy variables such as `${aws:PrincipalTag/ephemera:run}` replaced from the
+/// request; a variable the request lacks matches nothing) and every condition.
+fn matching(statements: &[Statement], allow: bool, region: &str, check: &Check) -> bool {
+    statements.iter().filter(|s| s.allow == allow).any(|s| {
+        s.actions
+            .iter()
+            .any(|a| glob(&a.to_lowercase(), &check.action.to_lowercase()))
+            && s.resources.iter().any(|r| {
+                with_variables(&r.replace("${AWS::Region}", region), &check.context)
+                    .is_some_and(|r| glob(&r, &check.resource))
+            })
+            && s.conditions
+                .iter()
+                .all(|c| condition(c, region, &check.context))
+    })
+}
+
+/// A policy document as JSON (a session policy): its statements, or why it is malformed.
+pub fn statements_from_json(doc: &serde_json::Value) -> Result<Vec<Statement>, String> {
+    let list = match &doc["Statement"] {
+        serde_json::Value::Array(a) => a.clone(),
+        serde_json::Value::Null => return Err("a policy without Statement".into()),
+        one => vec![one.clone()],
+    };
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        match v {
+            serde_json::Value::String(s) => vec![s.clone()],
+            serde_json::Value::Array(a) => a
+                .iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect(),
+            _ => vec![],
+        }
+    };
+    list.iter()
+        .map(|s| {
+            let effect = s["Effect"].as_str().ok_or("a statement without Effect")?;
+            let mut conditions = vec![];
+            if let Some(ops) = s["Condition"].as_object() {
+                for (op, keys) in ops {
+                    for (key, values) in keys.as_object().into_iter().flatten() {
+                        conditions.push(Condition {
+                            operator: op.clone(),
+                            key: key.clone(),
+                            values: strings(values),
+                        });
+                    }
+                }
+            }
+            Ok(Statement {
+                sid: s["Sid"].as_str().unwrap_or_default().to_string(),
+                allow: effect != "Deny",
+                actions: strings(&s["Action"]),
+                resources: strings(&s["Resource"]),
+                conditions,
+            })
+        })
+        .collect()
+}
+
+impl Policies {
+    /// Ok, or AWS's refusal, for a use of the KMS key `logical` by `principal`: the key's own
+    /// policy decides (none of the template's keys delegates its use to IAM policies), as KMS
+    /// decides for a principal of the key's account
+    /// (<https://docs.aws.amazon.com/kms/latest/developerguide/key-policy-overview.html>).
+    pub fn authorize_key(
+        &self,
+        logical: &str,
+        principal: &Principal,
+        region: &str,
+        check: &Check,
+    ) -> Result<(), String> {
+        let key = self
+            .keys
+            .get(logical)
+            .unwrap_or_else(|| panic!("the template has no key {logical}"));
+        key.authorize(principal, region, check).map_err(|reason| {
+            reason.replace("no identity-based policy", "no resource-based policy")
+                + " (Service: AWSKMS; Status Code: 400; Error Code: AccessDeniedException)"
+        })
     }
 }
 
@@ -744,6 +1032,7 @@ mod tests {
             Principal::StateMachine,
             Principal::Worker,
             Principal::Scheduler,
+            Principal::Run,
         ] {
             assert!(!p.by_principal[&who].is_empty(), "{who:?}");
         }
@@ -820,6 +1109,46 @@ mod tests {
         let worker = format!("arn:aws:s3:::{ARTIFACT_BUCKET}/worker/ephemera-worker");
         assert!(may("s3:DeleteObject", worker.clone()).is_err());
         assert!(may("s3:PutObject", worker).is_err());
+    }
+
+    #[test]
+    fn only_the_worker_role_opens_a_task_token_and_only_the_state_machine_seals_one() {
+        let p = template();
+        let region = "us-east-1";
+        let token =
+            format!("arn:aws:ssm:{region}:{ACCOUNT}:parameter/ephemera/runs/r1/task-token/i-1");
+        let use_ = |who: &Principal, action: &str, param: &str, via: &str| {
+            let check = Check::new(action, task_token_key(region))
+                .with("kms:ViaService", format!("{via}.{region}.amazonaws.com"))
+                .with("kms:EncryptionContext:PARAMETER_ARN", param);
+            p.authorize_key("TaskTokenKey", who, region, &check)
+        };
+        assert_eq!(
+            use_(&Principal::Worker, "kms:Decrypt", &token, "ssm"),
+            Ok(())
+        );
+        assert_eq!(
+            use_(&Principal::StateMachine, "kms:Encrypt", &token, "ssm"),
+            Ok(())
+        );
+        // Not the other way round, not outside Parameter Store, not for another parameter,
+        // and no Lambda at all, whatever its IAM policy says.
+        assert!(use_(&Principal::StateMachine, "kms:Decrypt", &token, "ssm").is_err());
+        assert!(use_(&Principal::Worker, "kms:Encrypt", &token, "ssm").is_err());
+        assert!(use_(&Principal::Worker, "kms:Decrypt", &token, "kms").is_err());
+        let started = token.replace("task-token", "started");
+        assert!(use_(&Principal::Worker, "kms:Decrypt", &started, "ssm").is_err());
+        let refused = use_(
+            &Principal::Function("launch-worker".into()),
+            "kms:Decrypt",
+            &token,
+            "ssm",
+        )
+        .unwrap_err();
+        assert!(
+            refused.contains("no resource-based policy allows the kms:Decrypt action"),
+            "{refused}"
+        );
     }
 
     #[test]
@@ -941,6 +1270,126 @@ mod tests {
         assert_eq!(hand("task-token/i-1", "ssm:PutParameter"), Ok(()));
         assert_eq!(hand("task-token/i-1", "ssm:AddTagsToResource"), Ok(()));
         assert!(hand("started/i-1", "ssm:AddTagsToResource").is_err());
+    }
+
+    /// A run session as launch-worker vends it: tagged with its run, narrowed by a session
+    /// policy naming its input and its secret.
+    fn run_session(run: &str) -> (BTreeMap<String, String>, Vec<Statement>) {
+        let tags = [("ephemera:run".to_string(), run.to_string())].into();
+        let policy = statements_from_json(&serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+                 "Resource": [format!("arn:aws:s3:::{EXPORT_BUCKET}/runs/{run}/*"),
+                              format!("arn:aws:s3:::{ARTIFACT_BUCKET}/jobs/{run}.tar.gz")]},
+                {"Effect": "Allow", "Action": "s3:ListBucket",
+                 "Resource": format!("arn:aws:s3:::{EXPORT_BUCKET}"),
+                 "Condition": {"StringLike": {"s3:prefix": format!("runs/{run}/*")}}},
+                {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+                 "Resource": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:api-key-AbCdEf"}
+            ]
+        }))
+        .unwrap();
+        (tags, policy)
+    }
+
+    #[test]
+    fn a_run_session_writes_lists_and_deletes_under_its_own_run_only() {
+        let p = template();
+        let (tags, policy) = run_session("r1");
+        let may = |c: Check, policy: Option<&[Statement]>| {
+            p.authorize_session(&Principal::Run, &tags, policy, "eu-west-1", &c)
+        };
+        let object = |key: &str| format!("arn:aws:s3:::{EXPORT_BUCKET}/{key}");
+        for action in ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"] {
+            for policy in [None, Some(policy.as_slice())] {
+                let own = Check::new(action, object("runs/r1/worker-1/manifest.json"));
+                assert_eq!(may(own, policy), Ok(()), "{action}");
+                for other in [
+                    "runs/r2/worker-1/manifest.json",
+                    "runs/r2/report.json",
+                    "runs/r2/ckpt/r2/worker-1/checkpoint.json",
+                    "runs/r1x/worker-1/out.bin",
+                ] {
+                    let c = Check::new(action, object(other));
+                    // Reads of the other buckets' objects are the session policy's to refuse.
+                    if action == "s3:GetObject" && policy.is_none() {
+                        continue;
+                    }
+                    assert!(may(c, policy).is_err(), "{action} {other}");
+                }
+            }
+        }
+        // Listing: its own run's prefix (s3:prefix), never the bucket's root or another run's.
+        let list = |prefix: Option<&str>| {
+            let c = Check::new("s3:ListBucket", format!("arn:aws:s3:::{EXPORT_BUCKET}"));
+            match prefix {
+                Some(x) => c.with("s3:prefix", x),
+                None => c,
+            }
+        };
+        assert_eq!(may(list(Some("runs/r1/worker-1/")), None), Ok(()));
+        assert_eq!(may(list(Some("runs/r1/worker-1/")), Some(&policy)), Ok(()));
+        for prefix in [Some("runs/r2/"), Some("runs/"), Some(""), None] {
+            assert!(may(list(prefix), None).is_err(), "{prefix:?}");
+            assert!(may(list(prefix), Some(&policy)).is_err(), "{prefix:?}");
+        }
+        // The inputs and secrets its session policy names, no other.
+        let input = |key: &str| {
+            Check::new(
+                "s3:GetObject",
+                format!("arn:aws:s3:::{ARTIFACT_BUCKET}/{key}"),
+            )
+        };
+        assert_eq!(may(input("jobs/r1.tar.gz"), Some(&policy)), Ok(()));
+        assert!(may(input("jobs/r2.tar.gz"), Some(&policy)).is_err());
+        let secret = |name: &str| {
+            Check::new(
+                "secretsmanager:GetSecretValue",
+                format!("arn:aws:secretsmanager:eu-west-1:{ACCOUNT}:secret:{name}-AbCdEf"),
+            )
+        };
+        assert_eq!(may(secret("api-key"), Some(&policy)), Ok(()));
+        let refused = may(secret("prod/db"), Some(&policy)).unwrap_err();
+        assert!(refused.contains("no session policy allows"), "{refused}");
+        // A session without the tag matches no statement that names it.
+        let untagged = p.authorize_session(
+            &Principal::Run,
+            &BTreeMap::new(),
+            None,
+            "eu-west-1",
+            &Check::new("s3:PutObject", object("runs/r1/x")),
+        );
+        assert!(untagged.is_err());
+        // Its log lines: its run's streams only.
+        let stream = |name: &str| {
+            Check::new(
+                "logs:PutLogEvents",
+                format!(
+                    "arn:aws:logs:eu-west-1:{ACCOUNT}:log-group:{}:log-stream:{name}",
+                    worker_log_group()
+                ),
+            )
+        };
+        assert_eq!(may(stream("r1/1/i-1"), None), Ok(()));
+        assert!(may(stream("r2/1/i-1"), None).is_err());
+    }
+
+    #[test]
+    fn a_literal_policy_variable_survives_sub() {
+        let p = template();
+        let statements = &p.by_principal[&Principal::Run];
+        let own = statements
+            .iter()
+            .find(|s| s.sid == "ItsOwnRunsObjects")
+            .expect("RunRole's statement");
+        assert!(
+            own.resources
+                .iter()
+                .any(|r| r.ends_with("/runs/${aws:PrincipalTag/ephemera:run}/*")),
+            "{:?}",
+            own.resources
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! front door keeps fault rules and quota state per region, so tests run in parallel.
 
 pub mod coldstart;
+pub mod containers;
 pub mod deployed;
 pub mod e2e;
 pub mod fixtures;
@@ -19,6 +20,7 @@ pub mod imds;
 pub mod price_list;
 pub mod quotas;
 pub mod requests;
+pub mod sts;
 pub mod throttle;
 pub mod vcpu_limits;
 pub mod worker_standin;
@@ -233,7 +235,8 @@ pub fn function_clients(region: &str, function: &str) -> Aws {
     ))
 }
 
-fn sdk_config_as(region: &str, access_key: &str) -> SdkConfig {
+/// An SDK config signed with `access_key` (a session STS minted, `sts`).
+pub fn sdk_config_as(region: &str, access_key: &str) -> SdkConfig {
     let h = harness();
     SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())

@@ -341,7 +341,20 @@ fn s3(w: &Wire) -> (String, Vec<Check>) {
         _ => ("Unknown", "*".into()),
     };
     let action = format!("s3:{action}");
-    (action.clone(), vec![Check::new(&action, resource)])
+    let mut check = Check::new(&action, resource);
+    // ListObjects(V2) is authorized as s3:ListBucket with its `prefix` parameter as the
+    // `s3:prefix` key, absent when the request has none, so that a condition on it fails
+    // (Amazon S3 user guide, "Condition key examples", s3:prefix:
+    // https://docs.aws.amazon.com/AmazonS3/latest/userguide/amazon-s3-policy-keys.html).
+    if action == "s3:ListBucket" {
+        if let Some(prefix) = q.split('&').find_map(|p| p.strip_prefix("prefix=")) {
+            let prefix = urlencoding::decode(prefix)
+                .map(|c| c.into_owned())
+                .unwrap_or_default();
+            check = check.with("s3:prefix", prefix);
+        }
+    }
+    (action.clone(), vec![check])
 }
 
 /// RDS (query protocol): a snapshot's create and describe name their source and the snapshot
@@ -480,6 +493,27 @@ mod tests {
             pass.resource,
             "arn:aws:iam::123456789012:role/ephemera-worker-role"
         );
+    }
+
+    #[test]
+    fn a_listing_carries_its_prefix_as_s3_prefix() {
+        let list = |query: &str| {
+            let w = Wire {
+                region: "us-east-1",
+                service: "s3",
+                method: "GET",
+                path: "/b",
+                query,
+                target: None,
+                body: b"",
+            };
+            checks(&w).1.remove(0)
+        };
+        let c = list("list-type=2&prefix=runs%2Fr1%2Fworker-1%2F");
+        assert_eq!(c.action, "s3:ListBucket");
+        assert_eq!(c.context["s3:prefix"], "runs/r1/worker-1/");
+        assert!(!list("list-type=2").context.contains_key("s3:prefix"));
+        assert!(!list("uploads").context.contains_key("s3:prefix"));
     }
 
     #[test]

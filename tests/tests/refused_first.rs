@@ -7,9 +7,11 @@
 use ephemera_core::rundoc::WorkerState;
 use ephemera_functions::{Function, Settings};
 use ephemera_tests::deployed::{self, call, call_with, execution, launch};
+use ephemera_tests::e2e::{self, State};
 use ephemera_tests::fixtures::{self, ctx};
 use ephemera_tests::harness;
 use ephemera_tests::iam::ACCOUNT;
+use ephemera_tests::worker_standin::Behaviour;
 use serde_json::{json, Value};
 
 /// The template grants the worker one export bucket and the functions one instance profile to
@@ -249,4 +251,46 @@ async fn the_spot_rules_match_a_reclaim_and_no_other_state_change() {
         .map(String::from)
         .collect();
     assert_eq!(seen, want);
+}
+
+/// A scheduled run whose RunSpec is refused is not silent: one REFUSED email says the schedule
+/// started it, and the execution fails with the problems.
+#[tokio::test]
+async fn a_scheduled_run_refused_sends_its_refused_email() {
+    let report = json!({"run_id": "e2e-weekly-bad-occ7", "partitions_done": 2});
+    let r = e2e::scenario(
+        ephemera_tests::fresh_region(),
+        "e2e-weekly-bad-occ7",
+        Behaviour::Succeed(report),
+        |spec| {
+            spec["run_id"] = json!("e2e-weekly-bad");
+            spec["limits"]["budget_usd"] = json!(-1);
+            *spec = json!({"schedule": {"execution": "occ7"}, "runspec": spec.clone()});
+        },
+    )
+    .await;
+    assert_eq!(r.finished.status, "FAILED");
+    assert_eq!(
+        r.finished.visited(State::TellRefusal),
+        1,
+        "{:?}",
+        r.finished.path
+    );
+    let cause = r.finished.cause.as_deref().unwrap();
+    assert!(cause.starts_with("limits.budget_usd: "), "{cause}");
+    assert_eq!(r.emails.len(), 1, "{:?}", r.emails);
+    let e = &r.emails[0];
+    assert!(
+        e.subject
+            .starts_with("ephemera e2e-weekly-bad-occ7: REFUSED"),
+        "{}",
+        e.subject
+    );
+    assert!(
+        e.body.contains("the stack's schedule (occurrence occ7)"),
+        "{}",
+        e.body
+    );
+    assert!(e.body.contains("- limits.budget_usd: "), "{}", e.body);
+    assert!(r.instances.is_empty());
 }

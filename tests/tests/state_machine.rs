@@ -106,6 +106,22 @@ async fn a_task_token_is_read_only_by_its_own_instance() {
         // The worker holds the token a few seconds, so that it can be probed while it exists.
         Behaviour::SucceedAfter(4, report_for(run_id, 2)),
         move |region| {
+            // A role of the account allowed to read every parameter (the sweeper's, widened):
+            // IAM lets its read of the token through, the key's policy must not.
+            let door = &harness().door;
+            let mut policies = door.template_policies();
+            policies
+                .by_principal
+                .get_mut(&ephemera_tests::iam::Principal::Function("sweeper".into()))
+                .unwrap()
+                .push(ephemera_tests::iam::Statement {
+                    sid: "ReadsEveryParameter".into(),
+                    allow: true,
+                    actions: vec!["ssm:GetParameter".into()],
+                    resources: vec!["*".into()],
+                    conditions: vec![],
+                });
+            door.set_policies(region, policies);
             tokio::spawn(async move {
                 let found = probe_token(region, run_id).await;
                 *seen.lock().unwrap() = Some(found);
@@ -124,6 +140,14 @@ async fn a_task_token_is_read_only_by_its_own_instance() {
     assert_eq!(&p.instance, instance);
     assert!(p.own_read, "its own instance reads it");
     assert_eq!(p.other_read.as_deref(), Some("AccessDeniedException"));
+    // Another role of the account with SSM read on everything cannot open it either: the
+    // token is under the stack's own key, which only the worker role may decrypt.
+    let broad = p.broad_read.as_deref().unwrap_or("let through");
+    assert!(broad.contains("kms:Decrypt"), "{broad}");
+    assert_eq!(
+        p.key.as_deref(),
+        Some(ephemera_tests::iam::task_token_key(r.region).as_str())
+    );
     assert_eq!(
         p.reader,
         Some(format!(
@@ -150,6 +174,10 @@ struct TokenProbe {
     own_read: bool,
     /// The error code a read as another instance got, None if it was let through.
     other_read: Option<String>,
+    /// The refusal a role with `ssm:GetParameter` on every parameter got, None if let through.
+    broad_read: Option<String>,
+    /// The key the token is encrypted under.
+    key: Option<String>,
     reader: Option<String>,
 }
 
@@ -207,10 +235,40 @@ async fn probe_token(region: &'static str, run_id: &str) -> TokenProbe {
                 .find(|t| t.key() == ephemera_core::tags::READER)
                 .map(|t| t.value().to_string())
         });
+    let sweeper = ephemera_tests::iam::Principal::Function("sweeper".into());
+    let broad = aws_sdk_ssm::Client::new(&ephemera_tests::principal_config(region, &sweeper));
+    let broad_read = broad
+        .get_parameter()
+        .name(&name)
+        .with_decryption(true)
+        .send()
+        .await
+        .err()
+        .map(|e| format!("{}", aws_sdk_ssm::error::DisplayErrorContext(&e)));
+    let key = admin
+        .describe_parameters()
+        .parameter_filters(
+            aws_sdk_ssm::types::ParameterStringFilter::builder()
+                .key("Name")
+                .option("Equals")
+                .values(&name)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .ok()
+        .and_then(|d| {
+            d.parameters()
+                .first()
+                .and_then(|p| p.key_id().map(str::to_string))
+        });
     TokenProbe {
         instance,
         own_read,
         other_read,
+        broad_read,
+        key,
         reader,
     }
 }
@@ -465,22 +523,49 @@ async fn an_invalid_runspec_fails_clearly_and_launches_nothing() {
     .await;
     assert_eq!(r.finished.status, "FAILED");
     assert_eq!(r.finished.error.as_deref(), Some("Ephemera.InvalidRunSpec"));
+    // The cause is the plain list of problems, one a line, not the Lambda's error JSON.
     let cause = r.finished.cause.as_deref().unwrap();
+    let lines: Vec<&str> = cause.lines().collect();
+    assert_eq!(lines.len(), 2, "{cause}");
     assert!(
-        cause.contains("worker.instance_types[1]: unknown instance type 'z9.mega'"),
+        lines
+            .iter()
+            .any(|l| l.starts_with("worker.instance_types[1]: unknown instance type 'z9.mega'")),
         "{cause}"
     );
-    assert!(cause.contains("limits.heartbeat_seconds"), "{cause}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("limits.heartbeat_seconds: ")),
+        "{cause}"
+    );
+    assert!(!cause.contains("errorType"), "{cause}");
     assert_eq!(
         r.finished.path,
         vec![
             State::Scheduled,
             State::Start,
             State::CheckQuota,
+            State::TellRefusal,
             State::RejectRunSpec
         ]
     );
     assert!(r.instances.is_empty());
+    // Told once, every problem named.
+    assert_eq!(r.emails.len(), 1, "{:?}", r.emails);
+    let e = &r.emails[0];
+    assert_eq!(e.subject, "ephemera e2e-invalid: REFUSED (2 problems)");
+    assert!(
+        e.body
+            .contains("- worker.instance_types[1]: unknown instance type 'z9.mega'"),
+        "{}",
+        e.body
+    );
+    assert!(
+        e.body.contains("nothing was launched, reserved or billed"),
+        "{}",
+        e.body
+    );
 }
 
 /// IAM is enforced: without the statement that lets the state machine hand the task token to

@@ -2,10 +2,11 @@
 //! and the registry of runs (each run's output tables are in its own schema: `outputs`).
 //!
 //! Connections honour `sslmode` as libpq does (`disable`, `allow`/`prefer`, `require`,
-//! `verify-ca`, `verify-full`; `prefer` when absent) with rustls, and `sslrootcert` (or
-//! `--database-ca-file`) for the CA bundle to verify against, such as RDS's
-//! `global-bundle.pem`; without one, `verify-*` trust the public web roots. As in libpq,
-//! `require` with a CA file verifies the chain (as `verify-ca`).
+//! `verify-ca`, `verify-full`) with rustls, and `sslrootcert` (or `--database-ca-file`) for the
+//! CA bundle to verify against; without one, `verify-*` trust the system's roots and RDS's
+//! CAs (built in). Without `sslmode`, a server on this machine gets `prefer` and any other
+//! `verify-full` (libpq would say `prefer` for both). As in libpq, `require` with a CA file
+//! verifies the chain (as `verify-ca`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -188,8 +189,13 @@ pub struct Target {
 }
 
 impl Target {
-    /// Reads `sslmode` and `sslrootcert` from a `postgres://` URL's query or a `key=value`
-    /// string (values without spaces).
+    /// Reads `sslmode` and `sslrootcert` from a `postgres://` URL's query or a libpq
+    /// `key=value` string (values may be quoted: `password='a b\\'c'`).
+    ///
+    /// Without `sslmode`, a server on this machine (loopback or a Unix socket) gets libpq's
+    /// `prefer`, and any other gets `verify-full`: libpq's `prefer` encrypts without checking
+    /// whom it talks to, so a database across a network would take the password of whoever
+    /// answers in its place. RDS's CAs are trusted beside the system's (see [`default_roots`]).
     pub fn parse(url: &str) -> Result<Target> {
         let mut mode = None;
         let mut root_cert = None;
@@ -203,29 +209,38 @@ impl Target {
             ("", url, " ")
         };
         let mut kept = vec![];
-        let items: Vec<&str> = if is_url {
-            params.split('&').filter(|p| !p.is_empty()).collect()
-        } else {
-            params.split_whitespace().collect()
-        };
-        for item in items {
-            let (k, v) = item.split_once('=').unwrap_or((item, ""));
-            let value = || -> Result<String> {
-                Ok(if is_url {
-                    urlencoding::decode(v)
+        let mut hosts: Vec<String> = if is_url { url_hosts(head) } else { vec![] };
+        let items: Vec<(String, String, String)> = if is_url {
+            params
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .map(|item| {
+                    let (k, v) = item.split_once('=').unwrap_or((item, ""));
+                    let v = urlencoding::decode(v)
                         .with_context(|| format!("the URL's {k} is not valid percent-encoding"))?
-                        .into_owned()
-                } else {
-                    v.trim_matches('\'').to_string()
+                        .into_owned();
+                    Ok((k.to_string(), v, item.to_string()))
                 })
-            };
-            match k {
-                "sslmode" => mode = Some(SslMode::parse(&value()?)?),
-                "sslrootcert" => root_cert = Some(PathBuf::from(value()?)),
-                _ => kept.push(item.to_string()),
+                .collect::<Result<_>>()?
+        } else {
+            key_values(params)?
+        };
+        for (k, v, item) in items {
+            match k.as_str() {
+                "sslmode" => mode = Some(SslMode::parse(&v)?),
+                "sslrootcert" => root_cert = Some(PathBuf::from(v)),
+                "host" | "hostaddr" => {
+                    hosts = v.split(',').map(str::to_string).collect();
+                    kept.push(item);
+                }
+                _ => kept.push(item),
             }
         }
-        let mut mode = mode.unwrap_or(SslMode::Prefer);
+        let mut mode = mode.unwrap_or(if hosts.iter().all(|h| is_local_host(h)) {
+            SslMode::Prefer
+        } else {
+            SslMode::VerifyFull
+        });
         if mode == SslMode::Require && root_cert.is_some() {
             mode = SslMode::VerifyCa;
         }
@@ -263,9 +278,7 @@ impl Target {
             SslMode::VerifyCa | SslMode::VerifyFull => {
                 let roots = Arc::new(match &self.root_cert {
                     Some(path) => roots_from(path)?,
-                    None => RootCertStore {
-                        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-                    },
+                    None => default_roots(),
                 });
                 let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
                     .build()
@@ -322,6 +335,93 @@ impl Target {
             return anyhow::Error::new(e).context("connecting to the database");
         };
         anyhow::Error::new(e).context(format!("connecting to the database: {hint}"))
+    }
+}
+
+/// AWS's bundle of RDS's certificate authorities (every region's, the 2019 ones and the G1
+/// ones RDS has issued with since 2023): see `worker/certs/README.md` for where it came from.
+const RDS_CA_BUNDLE: &[u8] = include_bytes!("../certs/rds-global-bundle.pem");
+
+/// What `verify-*` trusts without a CA file: the system's roots (the instance's
+/// `/etc/pki/tls/certs`, as libpq with `sslrootcert=system`), or Mozilla's when the system
+/// offers none, and RDS's CAs, which no system store holds.
+pub fn default_roots() -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    let system = rustls_native_certs::load_native_certs();
+    let (added, _) = roots.add_parsable_certificates(system.certs);
+    if added == 0 {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    let rds = CertificateDer::pem_slice_iter(RDS_CA_BUNDLE).filter_map(|c| c.ok());
+    roots.add_parsable_certificates(rds);
+    roots
+}
+
+/// Hosts of a `postgres://user:password@host:port,host2/db` URL's authority (port cut off).
+fn url_hosts(head: &str) -> Vec<String> {
+    let rest = head.split_once("://").map_or(head, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or("");
+    let hosts = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    hosts
+        .split(',')
+        .map(|h| {
+            let h = urlencoding::decode(h).map_or_else(|_| h.to_string(), |d| d.into_owned());
+            match h.strip_prefix('[') {
+                Some(v6) => v6.split(']').next().unwrap_or("").to_string(),
+                None => h.split(':').next().unwrap_or("").to_string(),
+            }
+        })
+        .collect()
+}
+
+/// A host on this machine: no network between the worker and the server to trust.
+fn is_local_host(host: &str) -> bool {
+    host.is_empty()
+        || host.starts_with('/')
+        || host.starts_with('@')
+        || host == "localhost"
+        || host == "::1"
+        || host.starts_with("127.")
+}
+
+/// libpq's `key = value` pairs: `(key, value unquoted, the pair as written)`. A value is a
+/// word or a single-quoted string; a backslash escapes the character after it in either.
+fn key_values(text: &str) -> Result<Vec<(String, String, String)>> {
+    let mut out = vec![];
+    let mut chars = text.char_indices().peekable();
+    loop {
+        while chars.next_if(|(_, c)| c.is_whitespace()).is_some() {}
+        let Some(&(start, _)) = chars.peek() else {
+            return Ok(out);
+        };
+        let mut key = String::new();
+        while let Some((_, c)) = chars.next_if(|(_, c)| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        while chars.next_if(|(_, c)| c.is_whitespace()).is_some() {}
+        if key.is_empty() || chars.next_if(|(_, c)| *c == '=').is_none() {
+            bail!("the connection string's '{key}' has no '=' and value");
+        }
+        while chars.next_if(|(_, c)| c.is_whitespace()).is_some() {}
+        let quoted = chars.next_if(|(_, c)| *c == '\'').is_some();
+        let mut value = String::new();
+        let mut closed = !quoted;
+        while let Some((_, c)) = chars.next() {
+            match c {
+                '\\' => value.extend(chars.next().map(|(_, c)| c)),
+                '\'' if quoted => {
+                    closed = true;
+                    break;
+                }
+                c if c.is_whitespace() && !quoted => break,
+                c => value.push(c),
+            }
+        }
+        if !closed {
+            bail!("the connection string's '{key}' opens a quote it does not close");
+        }
+        let end = chars.peek().map_or(text.len(), |&(i, _)| i);
+        out.push((key, value, text[start..end].trim_end().to_string()));
     }
 }
 
@@ -576,11 +676,11 @@ mod tests {
 
     #[test]
     fn sslmode_and_root_cert_are_read_from_urls_and_key_values() {
-        let t = Target::parse("postgres://u@h:5432/db").unwrap();
+        let t = Target::parse("postgres://u@localhost:5432/db").unwrap();
         assert_eq!(
             (t.config.as_str(), t.mode, t.root_cert),
             (
-                "postgres://u@h:5432/db?sslmode=prefer",
+                "postgres://u@localhost:5432/db?sslmode=prefer",
                 SslMode::Prefer,
                 None
             )
@@ -626,5 +726,57 @@ mod tests {
         );
         let e = Target::parse("postgres://h/db?sslmode=verify").unwrap_err();
         assert!(e.to_string().contains("verify-full"), "{e}");
+    }
+
+    #[test]
+    fn without_sslmode_only_a_server_on_this_machine_goes_unverified() {
+        let mode = |url: &str| Target::parse(url).unwrap().mode;
+        for local in [
+            "postgres://u@localhost/db",
+            "postgres://u@127.0.0.1:5433/db",
+            "postgres://u@[::1]:5433/db",
+            "postgres://u@/db?host=/var/run/postgresql",
+            "postgres://u@%2Ftmp%2Fpg/db",
+            "host=/tmp/pg port=5433 user=u",
+            "host=localhost,127.0.0.2 user=u",
+        ] {
+            assert_eq!(mode(local), SslMode::Prefer, "{local}");
+        }
+        for remote in [
+            "postgres://u:p@db.abc.eu-west-1.rds.amazonaws.com:5432/db",
+            "postgres://u@localhost,10.0.0.5/db",
+            "postgres://u@[2001:db8::1]/db",
+            "postgres://u@localhost/db?host=10.0.0.5",
+            "host=10.0.0.5 user=u",
+        ] {
+            assert_eq!(mode(remote), SslMode::VerifyFull, "{remote}");
+        }
+        // Asked for, `prefer` stays `prefer` anywhere.
+        assert_eq!(mode("host=10.0.0.5 sslmode=prefer"), SslMode::Prefer);
+    }
+
+    #[test]
+    fn key_values_read_quotes_and_escapes_as_libpq() {
+        let t = Target::parse(r"host = h password='a b\'c' user=u\ v sslmode=verify-full").unwrap();
+        assert_eq!(t.mode, SslMode::VerifyFull);
+        let config: tokio_postgres::Config = t.config.parse().unwrap();
+        assert_eq!(config.get_password(), Some(&b"a b'c"[..]));
+        assert_eq!(config.get_user(), Some("u v"));
+        for bad in ["host", "password='open", "host=h =x"] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn verify_trusts_rds_beside_the_system() {
+        let rds = CertificateDer::pem_slice_iter(RDS_CA_BUNDLE)
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        // AWS's global bundle: one or more CAs for every region, the G1 ones among them.
+        assert!(rds.len() > 100, "{}", rds.len());
+        let roots = default_roots();
+        assert!(roots.len() > rds.len(), "{} roots", roots.len());
+        let text = String::from_utf8_lossy(RDS_CA_BUNDLE);
+        assert!(text.contains("-----BEGIN CERTIFICATE-----"));
     }
 }

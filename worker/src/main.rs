@@ -28,8 +28,8 @@ struct Cli {
     /// postgres://user@host:port/db (the password belongs in a secret, not here).
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     database_url: Option<String>,
-    /// PEM CA bundle the server's certificate must chain to (RDS: global-bundle.pem); with
-    /// sslmode=verify-full (host name checked) or verify-ca in the URL. Same as sslrootcert=.
+    /// PEM CA bundle the server's certificate must chain to, instead of the system's roots and
+    /// RDS's CAs (built in). Same as sslrootcert= in the URL.
     #[arg(long, env = "DATABASE_CA_FILE", global = true)]
     database_ca_file: Option<PathBuf>,
     /// The source table of 1-minute bars.

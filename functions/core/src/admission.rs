@@ -12,11 +12,12 @@
 //!   instances were launched and billed (or, for the export, after the whole job ran).
 
 use crate::runspec::{parse_s3_url, FieldError, InvalidRunSpec, RunSpec};
-use crate::{payload, vcpus};
+use crate::{image, payload, vcpus};
 
-/// The RunSpec in `value`, its fields and its bounds checked: what `ephemera validate` says.
+/// The RunSpec in `value`, its fields, its job's image and its bounds checked: what
+/// `ephemera validate` says.
 pub fn parse(value: &serde_json::Value) -> Result<RunSpec, InvalidRunSpec> {
-    RunSpec::parse_then(value, bounds)
+    RunSpec::parse_then(value, beyond_the_fields)
 }
 
 /// The RunSpec in `value`, admitted to `deployment`: quota-check's judgement.
@@ -29,13 +30,24 @@ pub fn admit(
     Ok(spec)
 }
 
-/// A typed RunSpec's fields and bounds, as [`parse`] checks them.
+/// A typed RunSpec's fields, image and bounds, as [`parse`] checks them.
 pub fn validate(spec: &RunSpec) -> Result<(), InvalidRunSpec> {
-    spec.validate()?;
-    match bounds(spec) {
-        errors if errors.is_empty() => Ok(()),
-        errors => Err(InvalidRunSpec { errors }),
+    let mut errors = spec.validate().err().map_or(vec![], |e| e.errors);
+    errors.extend(beyond_the_fields(spec));
+    match errors.is_empty() {
+        true => Ok(()),
+        false => Err(InvalidRunSpec { errors }),
     }
+}
+
+/// What needs more than one field: the job's image against the candidates and the arguments
+/// (`image`, said with the field rules), then, when those and the rules all hold, the bounds.
+fn beyond_the_fields(spec: &RunSpec) -> Vec<FieldError> {
+    let image = image::check(spec);
+    if !image.is_empty() || spec.validate().is_err() {
+        return image;
+    }
+    bounds(spec)
 }
 
 /// The run's history, then (when it holds) its document: each bound named on the fields that

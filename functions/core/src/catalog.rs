@@ -86,9 +86,6 @@ const EXPLICIT_TYPES: &[(&str, u32, Arch, f64)] = &[
     ("t4g.large", 2, Arch::Arm64, 0.0672),
     ("t4g.xlarge", 4, Arch::Arm64, 0.1344),
     ("t4g.2xlarge", 8, Arch::Arm64, 0.2688),
-    ("g5.xlarge", 4, Arch::X86_64, 1.006),
-    ("g5.2xlarge", 8, Arch::X86_64, 1.212),
-    ("g5.4xlarge", 16, Arch::X86_64, 1.624),
 ];
 
 const SIZES: &[(&str, u32)] = &[
@@ -107,6 +104,14 @@ const SIZES: &[(&str, u32)] = &[
 
 /// A type ephemera can price and validate, or None.
 pub fn lookup(instance_type: &str) -> Option<TypeInfo> {
+    // The GPU types' table (`crate::gpu`): each size priced, all x86_64.
+    if let Some(g) = crate::gpu::lookup(instance_type) {
+        return Some(TypeInfo {
+            vcpus: g.vcpus,
+            arch: Arch::X86_64,
+            on_demand_hourly: g.on_demand_hourly,
+        });
+    }
     if let Some(&(_, vcpus, arch, price)) = EXPLICIT_TYPES.iter().find(|t| t.0 == instance_type) {
         return Some(TypeInfo {
             vcpus,
@@ -136,6 +141,7 @@ pub fn family_names() -> Vec<&'static str> {
             names.push(fam);
         }
     }
+    names.extend(crate::gpu::families());
     names
 }
 

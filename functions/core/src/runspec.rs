@@ -31,6 +31,20 @@ pub struct RunSpec {
     pub waits: Waits,
     #[serde(default)]
     pub database: Database,
+    /// A job's container image (`crate::image`): the command in `worker.args` runs in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobSpec>,
+}
+
+/// The job's container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// The image the job's command (`worker.args` after `--`) runs in: a private ECR
+    /// repository's (`<account>.dkr.ecr.<region>.amazonaws.com/<name>:<tag>`, pulled with the
+    /// instance role's own credentials) or a public registry's. Needs an AMI with a container
+    /// runtime in `worker.image` (docs/container.md).
+    pub image: String,
 }
 
 /// What happens to the workers' database before they write to it.
@@ -324,8 +338,8 @@ impl RunSpec {
         RunSpec::parse_then(value, |_| vec![])
     }
 
-    /// [`RunSpec::parse`], then, when every field rule holds, `after`'s findings (the layer above
-    /// checks what needs more than the fields: `admission`'s bounds), filtered like the rules'.
+    /// [`RunSpec::parse`], then `after`'s findings beside the field rules' (the layer above
+    /// checks what needs more than the fields: `admission`'s), filtered like them.
     pub fn parse_then(
         value: &serde_json::Value,
         after: impl Fn(&RunSpec) -> Vec<FieldError>,
@@ -367,18 +381,16 @@ impl RunSpec {
         Err(InvalidRunSpec { errors: found })
     }
 
-    /// `validate`'s findings (or, when it passes, `after`'s) added to the structural ones,
-    /// except those about repaired fields.
+    /// `validate`'s findings and `after`'s added to the structural ones, except those about
+    /// repaired fields.
     fn validated_after(
         self,
         mut found: Vec<FieldError>,
         repaired: &BTreeMap<String, Option<String>>,
         after: impl Fn(&RunSpec) -> Vec<FieldError>,
     ) -> Result<RunSpec, InvalidRunSpec> {
-        let findings = match self.validate() {
-            Err(e) => e.errors,
-            Ok(()) => after(&self),
-        };
+        let mut findings = self.validate().err().map_or(vec![], |e| e.errors);
+        findings.extend(after(&self));
         found.extend(
             findings
                 .into_iter()
@@ -391,8 +403,8 @@ impl RunSpec {
         }
     }
 
-    /// Every rule on the fields given, each finding naming its field. The run's bounds (its
-    /// history, its document) are `admission`'s, checked when these hold.
+    /// Every rule on the fields given, each finding naming its field. The job's image against
+    /// the rest and the run's bounds (its history, its document) are `admission`'s.
     pub fn validate(&self) -> Result<(), InvalidRunSpec> {
         let mut errs = Errors::default();
         self.validate_run_id(&mut errs);
@@ -733,6 +745,21 @@ impl RunSpec {
                     "expect.export_prefix",
                     format!("'{p}' must be s3://bucket/prefix/"),
                 );
+            }
+        }
+        if self.worker.is_job() {
+            // A command has no partitions and writes no rows the worker counts: either
+            // expectation could never be met, and the run would fail after paying for its job.
+            for (field, set) in [
+                ("expect.partitions", self.expect.partitions.is_some()),
+                ("expect.min_rows", self.expect.min_rows.is_some()),
+            ] {
+                if set {
+                    errs.add(
+                        field,
+                        "counts the feature worker's partitions and rows; a job (worker.args starting `exec`) has neither: use expect.min_objects or expect.min_bytes",
+                    );
+                }
             }
         }
         if self.expect.counts == Counts::PerWorker {
@@ -1577,6 +1604,18 @@ pub(crate) mod tests {
         assert!(!RunSpec::parse(&sample()).unwrap().worker.is_job());
         let errs = errors_of(v);
         assert!(has(&errs, "expect.counts", "applies to a job"), "{errs:?}");
+    }
+
+    #[test]
+    fn a_job_is_not_held_to_partitions_or_rows() {
+        let mut v = sample();
+        v["worker"]["args"] = json!(["exec", "--", "./train"]);
+        v["expect"] = json!({"partitions": 3, "min_rows": 10});
+        let errs = errors_of(v.clone());
+        assert!(has(&errs, "expect.partitions", "a job"), "{errs:?}");
+        assert!(has(&errs, "expect.min_rows", "min_objects"), "{errs:?}");
+        v["expect"] = json!({"min_objects": 1});
+        assert!(RunSpec::parse(&v).is_ok());
     }
 
     #[test]

@@ -75,6 +75,9 @@ export AWS_REGION={region} AWS_DEFAULT_REGION={region}
 install -d -m 0755 /opt/ephemera
 # A job's working directory: its --fetch inputs, checkpoints and outputs are relative to it.
 install -d -m 0700 /var/lib/ephemera/work
+# The ECS-optimized images (for a job's container image: docs/container.md) are built on AL2023's
+# minimal image, which has no AWS CLI: from the distribution's own repository, then.
+command -v aws >/dev/null || dnf install -y -q awscli-2
 # S3 can fail transiently: a few tries before giving up.
 for try in 1 2 3 4 5; do
   aws s3 cp {artifact} /opt/ephemera/ephemera-worker && break

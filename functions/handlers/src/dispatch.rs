@@ -364,6 +364,11 @@ pub async fn terminate_with_cost_report(
         artifact_bucket: settings.artifact_bucket.clone(),
         monthly_budget_usd: settings.monthly_budget_usd,
     };
+    // A run refused before it started: told, nothing to terminate.
+    if payload.get("refused").is_some() {
+        let input = parse_input(Function::TerminateWithCostReport.name(), payload)?;
+        return out(terminate_report::tell_refusal(c.sns, &config, input).await?);
+    }
     // The Map state's per-worker cleanup calls this function with `release`.
     if payload.get("release").is_some() {
         let input = parse_input(Function::TerminateWithCostReport.name(), payload)?;

@@ -91,10 +91,15 @@ fn every_state_that_acts_on_the_runspec_comes_after_check_quota_accepted_it() {
         .filter(|n| reads_the_runspec(&top[n.as_str()]))
         .collect();
     // Cleanup reads it to find and terminate what the run started (nothing yet, on these
-    // paths) and never acts on a rule CheckQuota checks.
+    // paths) and never acts on a rule CheckQuota checks; TellRefusal reads the refused one's
+    // run_id and topic to tell someone.
     assert_eq!(
         before,
-        vec![State::CheckQuota.name(), State::Cleanup.name()],
+        vec![
+            State::CheckQuota.name(),
+            State::Cleanup.name(),
+            State::TellRefusal.name()
+        ],
         "states that read $.run before CheckQuota accepted it"
     );
     // The check is not vacuous: the states that launch and snapshot read it, after.
@@ -112,6 +117,11 @@ fn every_state_that_acts_on_the_runspec_comes_after_check_quota_accepted_it() {
         catch["ErrorEquals"][0],
         ephemera_core::names::INVALID_RUNSPEC
     );
-    assert_eq!(catch["Next"], State::RejectRunSpec.name());
-    assert_eq!(top[State::RejectRunSpec.name()]["Type"], "Fail");
+    assert_eq!(catch["Next"], State::TellRefusal.name());
+    let tell = &top[State::TellRefusal.name()];
+    assert_eq!(tell["Next"], State::RejectRunSpec.name());
+    assert_eq!(tell["Catch"][0]["Next"], State::RejectRunSpecUntold.name());
+    for fail in [State::RejectRunSpec, State::RejectRunSpecUntold] {
+        assert_eq!(top[fail.name()]["Type"], "Fail");
+    }
 }

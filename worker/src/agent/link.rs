@@ -270,7 +270,8 @@ impl Link {
     }
 
     pub async fn succeed(&self, token: &Token, summary: &Summary) -> Result<()> {
-        let output = serde_json::to_string(summary)?;
+        // Cut before sending: a success Step Functions refuses would end the run without it.
+        let output = super::sent::success_output(summary);
         with_retries("SendTaskSuccess", self.report_deadline(), || {
             self.sfn
                 .send_task_success()
@@ -351,13 +352,21 @@ pub fn url_from_secret(secret: &str) -> Result<String> {
             })
             .with_context(|| format!("the secret has no '{k}'"))
     };
+    // A URL with every part percent-encoded: a password may hold any character (RDS's
+    // generated ones hold quotes and spaces), and one pasted into `key=value` text unquoted
+    // would end early or add settings of its own.
+    let host = field("host")?;
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        urlencoding::encode(&host).into_owned()
+    };
     Ok(format!(
-        "host={} port={} user={} password={} dbname={}",
-        field("host")?,
-        field("port").unwrap_or_else(|_| "5432".into()),
-        field("username")?,
-        field("password")?,
-        field("dbname").unwrap_or_else(|_| "postgres".into())
+        "postgresql://{}:{}@{host}:{}/{}",
+        urlencoding::encode(&field("username")?),
+        urlencoding::encode(&field("password")?),
+        urlencoding::encode(&field("port").unwrap_or_else(|_| "5432".into())),
+        urlencoding::encode(&field("dbname").unwrap_or_else(|_| "postgres".into())),
     ))
 }
 
@@ -540,8 +549,20 @@ mod tests {
                 r#"{"host":"h","port":5433,"username":"u","password":"p","dbname":"d"}"#
             )
             .unwrap(),
-            "host=h port=5433 user=u password=p dbname=d"
+            "postgresql://u:p@h:5433/d"
         );
+        // A password with the characters that would break `key=value` text or a URL reaches
+        // the server as it is in the secret; RDS's host gets `verify-full` by default.
+        let password = "a b'c\\d@e/f?g=h&i%j";
+        let secret = serde_json::json!({"host": "db.abc.eu-west-1.rds.amazonaws.com",
+            "port": 5432, "username": "u ser", "password": password, "dbname": "d"});
+        let url = url_from_secret(&secret.to_string()).unwrap();
+        let target = crate::db::Target::parse(&url).unwrap();
+        assert_eq!(target.mode, crate::db::SslMode::VerifyFull);
+        let config: tokio_postgres::Config = target.config.parse().unwrap();
+        assert_eq!(config.get_password(), Some(password.as_bytes()));
+        assert_eq!(config.get_user(), Some("u ser"));
+        assert_eq!(config.get_dbname(), Some("d"));
         assert!(url_from_secret(r#"{"host":"h"}"#).is_err());
         assert_eq!(format!("{:?}", Token("secret".into())), "Token(…)");
     }

@@ -12,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 pub mod ending;
 pub mod link;
 pub mod logship;
+pub mod redact;
+pub mod sent;
 pub mod session;
 
 pub use ending::{Ending, Worked};

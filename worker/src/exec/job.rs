@@ -13,6 +13,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::checkpoint::{self, Checkpoint};
+use super::container::{self, Container};
 use super::fetch::{self, Source};
 use super::{publish, supervise};
 use crate::store::Target;
@@ -41,6 +42,8 @@ pub struct Plan {
     pub checkpoint: Option<Checkpointing>,
     /// After a successful exit: (the directory, where its files go).
     pub outputs: Option<(PathBuf, Target)>,
+    /// The image the command runs in (`--image`), or None: on the host.
+    pub container: Option<Container>,
 }
 
 /// A path given on the command line, relative to where the job runs.
@@ -56,6 +59,14 @@ pub fn in_workdir(workdir: &Path, p: &Path) -> PathBuf {
 pub struct Ready {
     pub job: supervise::Job,
     checkpoint: Option<(Arc<Mutex<Checkpoint>>, Duration)>,
+    container: Option<InContainer>,
+}
+
+/// A container made ready: its image pulled, its name, the directories it mounts.
+struct InContainer {
+    container: Container,
+    name: String,
+    mounts: Vec<PathBuf>,
 }
 
 /// Fetches the inputs and restores the checkpoint, in the job's working directory.
@@ -99,7 +110,31 @@ pub async fn prepare(plan: &Plan) -> Result<Ready> {
         }
         None => None,
     };
-    Ok(Ready { job, checkpoint })
+    let container = match &plan.container {
+        Some(c) => Some(in_container(plan, c, &job).await?),
+        None => None,
+    };
+    Ok(Ready {
+        job,
+        checkpoint,
+        container,
+    })
+}
+
+/// The image pulled and the job's directories (working, checkpoint, outputs) to mount.
+async fn in_container(plan: &Plan, c: &Container, job: &supervise::Job) -> Result<InContainer> {
+    container::pull(c).await?;
+    let dirs: Vec<PathBuf> = plan
+        .checkpoint
+        .iter()
+        .map(|c| c.dir.clone())
+        .chain(plan.outputs.iter().map(|(d, _)| d.clone()))
+        .collect();
+    Ok(InContainer {
+        container: c.clone(),
+        name: container::name(&plan.run_id, plan.worker, plan.attempt),
+        mounts: container::mounts(&job.workdir, &dirs)?,
+    })
 }
 
 /// Runs the command to its end or until `stop`, saving the checkpoint every so often and once
@@ -112,7 +147,10 @@ pub async fn run(ready: &Ready, stop: &CancellationToken) -> Result<supervise::O
             done,
         )
     });
-    let outcome = supervise::run(&ready.job, stop).await;
+    let outcome = match &ready.container {
+        Some(c) => container::run(&c.container, &c.name, &c.mounts, &ready.job, stop).await,
+        None => supervise::run(&ready.job, stop).await,
+    };
     if let Some((task, done)) = keeping {
         done.cancel();
         let _ = task.await;
@@ -188,6 +226,7 @@ mod tests {
                     workers: 1,
                 }),
                 workdir: b.join(workdir),
+                run_as: None,
             },
             run_id: "r1".into(),
             worker: 1,
@@ -200,6 +239,7 @@ mod tests {
                 keep: false,
             }),
             outputs: None,
+            container: None,
         };
         let first = plan(1, "w1");
         std::fs::create_dir_all(b.join("w1/out")).unwrap();
@@ -272,6 +312,7 @@ mod tests {
                     grace: Duration::from_secs(5),
                     env: vec![],
                     workdir,
+                    run_as: None,
                 },
                 run_id: "r1".into(),
                 worker,
@@ -279,6 +320,7 @@ mod tests {
                 fetch: vec![],
                 checkpoint: None,
                 outputs: Some(("out".into(), Target::Dir(b.join("to")))),
+                container: None,
             };
             urls.push(publish(&plan).await.unwrap().unwrap());
         }

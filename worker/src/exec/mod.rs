@@ -15,6 +15,7 @@ use crate::agent::{on_sigterm, LinkArgs, Worked, Workload};
 use crate::store;
 
 pub mod checkpoint;
+pub mod container;
 pub mod fetch;
 pub mod job;
 pub mod publish;
@@ -70,6 +71,18 @@ pub struct ExecArgs {
     /// its outputs are stored).
     #[arg(long, requires = "checkpoint")]
     pub keep_checkpoints: bool,
+    /// Run the command in this container image (a private ECR repository's, pulled with the
+    /// instance role's credentials, or any registry's) with the host's podman or docker: the
+    /// working, checkpoint and outputs directories mounted at their own paths, the
+    /// environment passed, a stop delivered to the container. The RunSpec's `job.image`.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Hand the instance's GPUs to the image's container (a GPU type; the RunSpec's types).
+    #[arg(long, requires = "image")]
+    pub gpus: bool,
+    /// The container runtime; by default the one on the host (podman, else docker).
+    #[arg(long, requires = "image")]
+    pub runtime: Option<container::Runtime>,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -102,6 +115,7 @@ impl ExecArgs {
                     workers: self.workers,
                 }),
                 workdir: self.workdir.clone(),
+                run_as: None,
             },
             fetch: self
                 .fetch
@@ -110,10 +124,34 @@ impl ExecArgs {
                 .collect::<Result<_>>()?,
             checkpoint,
             outputs,
+            container: self.container()?,
             run_id: self.run_id.clone(),
             worker: self.worker,
             attempt: self.link.attempt,
         })
+    }
+}
+
+impl ExecArgs {
+    /// The image to run the command in, with the runtime named or found on the host.
+    fn container(&self) -> Result<Option<container::Container>> {
+        let Some(image) = &self.image else {
+            return Ok(None);
+        };
+        // Without either, docker is named: its pull fails before the command starts, which the
+        // attempt reports (an error here would end the worker before it reported anything).
+        let runtime = match self.runtime {
+            Some(r) => r,
+            None => container::Runtime::on_host().unwrap_or_else(|e| {
+                tracing::error!(error = %e, "no container runtime found");
+                container::Runtime::Docker
+            }),
+        };
+        Ok(Some(container::Container {
+            image: image.clone(),
+            runtime,
+            gpus: self.gpus,
+        }))
     }
 }
 
@@ -295,6 +333,40 @@ mod tests {
         let (dir, to) = plan.outputs.unwrap();
         assert_eq!(dir, PathBuf::from("out"));
         assert_eq!(to, store::Target::parse("s3://b/out/").unwrap());
+    }
+
+    #[test]
+    fn an_image_puts_the_command_in_a_container_of_the_runtime_named() {
+        let exec = Exec::try_parse_from([
+            "exec",
+            "--image",
+            "127.0.0.1:5000/ephemera/job:demo",
+            "--gpus",
+            "--runtime",
+            "docker",
+            "--",
+            "python3",
+            "job.py",
+        ])
+        .unwrap();
+        let plan = exec.args.plan().unwrap();
+        assert_eq!(
+            plan.container,
+            Some(container::Container {
+                image: "127.0.0.1:5000/ephemera/job:demo".into(),
+                runtime: container::Runtime::Docker,
+                gpus: true,
+            })
+        );
+        assert_eq!(
+            plan.job.command,
+            ["python3", "job.py"],
+            "the command runs in the image"
+        );
+        assert!(
+            Exec::try_parse_from(["exec", "--gpus", "--", "true"]).is_err(),
+            "GPUs are handed to an image's container only"
+        );
     }
 
     #[test]

@@ -31,7 +31,33 @@ pub struct Job {
     pub env: Vec<(String, String)>,
     /// Where the child runs (its inputs are fetched there).
     pub workdir: PathBuf,
+    /// The unprivileged user the child runs as (issue 34 part 2); None: the worker's own.
+    pub run_as: Option<RunAs>,
 }
+
+/// A user and group the child runs as, set before it starts (setgid, then setuid; the standard
+/// library drops the supplementary groups when root does so). Such a child is not the agent:
+/// it holds none of the instance's credentials (IMDS is closed to its uid by the user data's
+/// firewall rule, and the variables that would point an SDK elsewhere are removed), so it can
+/// read no task token and complete no run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Variables a child running as another user must not inherit: credentials, and where an SDK
+/// would look for them.
+pub const CREDENTIAL_VARIABLES: [&str; 8] = [
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+];
 
 /// How the child ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,7 +180,15 @@ pub async fn run(job: &Job, stop: &CancellationToken) -> Result<Outcome> {
         .split_first()
         .context("exec: no command after --")?;
     let began = Instant::now();
-    let mut child = tokio::process::Command::new(program)
+    let mut command = tokio::process::Command::new(program);
+    if let Some(who) = job.run_as {
+        command.uid(who.uid).gid(who.gid);
+        for v in CREDENTIAL_VARIABLES {
+            command.env_remove(v);
+        }
+        command.env("AWS_EC2_METADATA_DISABLED", "true");
+    }
+    let mut child = command
         .args(args)
         .envs(job.env.iter().cloned())
         .current_dir(&job.workdir)
@@ -262,7 +296,46 @@ mod tests {
                 workers: 4,
             }),
             workdir: ".".into(),
+            run_as: None,
         }
+    }
+
+    #[tokio::test]
+    async fn a_job_run_as_another_user_has_its_ids_and_no_credentials_to_inherit() {
+        // Only root may change its user: elsewhere the refusal is the proof.
+        let root = std::fs::read_to_string("/proc/self/status")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+        let dir = std::env::temp_dir().join(format!("ephemera-run-as-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let open = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
+        std::fs::set_permissions(&dir, open).unwrap();
+        let mut j = job(
+            r#"echo "$(id -u):$(id -g) ${AWS_SESSION_TOKEN:-none} $AWS_EC2_METADATA_DISABLED" >&2"#,
+        );
+        j.workdir = dir.clone();
+        j.env
+            .push(("AWS_SESSION_TOKEN".into(), "kept-by-the-plan".into()));
+        j.run_as = Some(RunAs {
+            uid: 65534,
+            gid: 65534,
+        });
+        let started = run(&j, &CancellationToken::new()).await;
+        std::fs::remove_dir_all(&dir).ok();
+        if !root {
+            assert!(started.is_err(), "a non-root worker changed its user");
+            return;
+        }
+        let o = started.unwrap();
+        assert!(o.ended.succeeded(), "{o:?}");
+        // The plan's own variables are the plan's (the agent gives the job its run's session);
+        // what the worker inherited is not passed on.
+        assert_eq!(
+            o.stderr_tail,
+            ["65534:65534 kept-by-the-plan true"],
+            "{o:?}"
+        );
     }
 
     #[tokio::test]

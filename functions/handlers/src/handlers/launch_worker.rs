@@ -571,10 +571,12 @@ async fn launch_request<E: Compute, S: Params>(
         input.entered.unwrap_or(made.now),
         made.granted.runtime_seconds,
     );
+    // A job's image (and the GPUs of a GPU type) reach the worker as `exec --image … --gpus`.
+    let args = ephemera_core::image::worker_args(spec);
     let script = userdata::render(&userdata::WorkerLaunch {
         region: &config.region,
         artifact: &spec.worker.artifact,
-        args: &spec.worker.args,
+        args: &args,
         run_id: &spec.run_id,
         slot,
         workers: spec.worker.count,

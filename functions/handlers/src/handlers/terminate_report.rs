@@ -1,7 +1,8 @@
 //! terminate-with-cost-report: terminate every instance of this execution (only if tagged for
 //! this run), measure what the run really cost, store it as HTML and JSON beside the run's
 //! output, email the report and return it. With `release`, only one lost worker's instances are
-//! terminated, for the others to go on without paying for it.
+//! terminated, for the others to go on without paying for it. With `refused`, a run refused
+//! before it started is told (nothing to terminate or cost).
 
 use std::collections::BTreeMap;
 
@@ -14,12 +15,14 @@ use ephemera_core::instance_state::InstanceState;
 use ephemera_core::ledger::{self, EntryState};
 use ephemera_core::month_html::{self, Month};
 use ephemera_core::quota::QuotaState;
+use ephemera_core::refusal::Refusal;
 use ephemera_core::report::{report_location, AttemptCost, CostReport, MonthPage, StoredReport};
 use ephemera_core::rundoc::{Attempt, CaughtError, Released, WorkerEnd};
 use ephemera_core::stopped::{self, StatusChange};
 use ephemera_core::verify::Verification;
 use ephemera_core::{report_html, Market, RunSpec, State};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::aws::{
     pricing, Compute, History, InstanceView, Ledger, Notifier, ObjectWriter, ParamHousekeeping,
@@ -571,6 +574,75 @@ async fn email<N: Notifier>(sns: &N, topic: &str, report: &mut CostReport) {
             short(&e.to_string())
         ));
     }
+}
+
+/// A refusal as the state machine's TellRefusal state hands it over.
+#[derive(Debug, Deserialize)]
+pub struct RefusedInput {
+    /// What CheckQuota raised (`Error`, `Cause`).
+    pub error: Value,
+    /// The RunSpec as given: refused, so read for its `run_id` and `notify.topic_arn` only.
+    pub run: Value,
+    /// The execution's input (`$$.Execution.Input`): a schedule's has `schedule`.
+    pub input: Value,
+    pub execution: String,
+    /// `$$.Execution.Name`: `ephemera run` names its executions after the run.
+    pub name: String,
+}
+
+/// What the refusal's state keeps: the plain cause the execution fails with.
+#[derive(Debug, Serialize)]
+pub struct Told {
+    pub cause: String,
+    /// The topic the refusal went to; None when there was none or SNS refused it (`note`).
+    pub emailed_to: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// One email for a run refused before it started, to the RunSpec's topic (unless the topic is
+/// one of its problems) or the stack's. The run fails whatever SNS answers.
+pub async fn tell_refusal<N: Notifier>(
+    sns: &N,
+    config: &Config,
+    input: RefusedInput,
+) -> Result<Told, Error> {
+    let refusal = Refusal::of(
+        &input.error,
+        &input.run,
+        &input.input,
+        &input.execution,
+        &input.name,
+    );
+    let own_topic = input.run["notify"]["topic_arn"]
+        .as_str()
+        .filter(|_| !refusal.problems.iter().any(|p| p.starts_with("notify.")))
+        .map(str::to_string);
+    let topic = own_topic.or_else(|| config.default_topic.clone());
+    let mut told = Told {
+        cause: refusal.cause(),
+        emailed_to: None,
+        note: None,
+    };
+    let Some(topic) = topic else {
+        tracing::warn!(run_id = %refusal.run_id, "a refused run and no topic to tell");
+        told.note = Some("no notification topic: the refusal is only in the execution".into());
+        return Ok(told);
+    };
+    let (subject, body) = refusal.email();
+    let attributes = [("run_id", refusal.run_id.as_str()), ("outcome", "REFUSED")];
+    match sns.publish(&topic, &subject, &body, &attributes).await {
+        Ok(_) => told.emailed_to = Some(topic),
+        Err(e) => {
+            tracing::error!(error = %e, topic = %topic, "the refusal could not be emailed");
+            told.note = Some(format!(
+                "the refusal could not be emailed to {topic}: {}",
+                short(&e.to_string())
+            ));
+        }
+    }
+    tracing::info!(run_id = %refusal.run_id, problems = refusal.problems.len(), "run refused");
+    Ok(told)
 }
 
 /// Refuses an instance not tagged as one of this run's (a wrong execution ARN in the input

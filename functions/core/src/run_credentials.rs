@@ -1,0 +1,272 @@
+//! One run's credentials: what its session of the run role (`RunRole`) may touch, decided from
+//! the RunSpec alone (ARCHITECTURE.md, "One run's credentials").
+//!
+//! The role's own policy, keyed on the session tag `ephemera:run`, already confines writes,
+//! deletes, listings and log lines to the run's prefix `runs/<run id>/` in both buckets; the
+//! session policy written here narrows the reads to what the RunSpec names (the worker binary,
+//! each `--fetch` source) and the secrets to the ones it names. A session policy can only take
+//! permissions away (IAM user guide, session policies), so nothing written here can reach
+//! another run's objects. Two holders: the agent (reads the secrets, renews the session) and the
+//! job (neither: it cannot renew itself into a session without its session policy, and it never
+//! sees a secret except the values the agent gives it).
+
+use serde_json::{json, Value};
+use thiserror::Error;
+
+use crate::runspec::{parse_s3_url, RunSpec};
+
+/// The longest session policy AssumeRole takes: 2,048 characters of plain text (STS API
+/// reference, AssumeRole, `Policy`:
+/// <https://docs.aws.amazon.com/STS/latest/APIReference/API_AssumeRole.html>).
+pub const MAX_SESSION_POLICY_CHARS: usize = 2048;
+
+/// The session tag that names the run (transitive: a renewal keeps it and cannot change it).
+pub const RUN_TAG: &str = "ephemera:run";
+
+/// Who holds the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    /// The worker agent (root on the instance): the run's secrets and its own renewal.
+    Agent,
+    /// The user's command (an unprivileged user): its run's objects and inputs, nothing else.
+    Job,
+}
+
+/// The stack's two buckets and the run role's ARN, from the deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stack<'a> {
+    pub artifact_bucket: &'a str,
+    pub export_bucket: &'a str,
+    pub run_role_arn: &'a str,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ScopeError {
+    #[error("the run's session policy would be {0} characters; AssumeRole takes at most {MAX_SESSION_POLICY_CHARS} (name fewer inputs or secrets, or one prefix for several)")]
+    TooLong(usize),
+}
+
+/// The run's own prefix in either bucket: everything it writes, lists and deletes is under it.
+pub fn run_prefix(run_id: &str) -> String {
+    format!("runs/{run_id}/")
+}
+
+/// The S3 reads the RunSpec names, as ARNs: the worker binary and each `--fetch` source (a
+/// prefix ending in `/` as everything under it).
+pub fn inputs(spec: &RunSpec) -> Vec<String> {
+    let mut sources = vec![spec.worker.artifact.as_str()];
+    let args = &spec.worker.args;
+    let own = args
+        .iter()
+        .position(|a| a == "--")
+        .map_or(&args[..], |d| &args[..d]);
+    for (i, a) in own.iter().enumerate() {
+        if let Some(v) = a.strip_prefix("--fetch=") {
+            sources.push(v);
+        } else if a == "--fetch" {
+            if let Some(v) = own.get(i + 1) {
+                sources.push(v);
+            }
+        }
+    }
+    let mut out: Vec<String> = sources
+        .into_iter()
+        .filter_map(parse_s3_url)
+        .map(|(bucket, key)| {
+            let star = if key.ends_with('/') || key.is_empty() {
+                "*"
+            } else {
+                ""
+            };
+            format!("arn:aws:s3:::{bucket}/{key}{star}")
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The prefixes the run may list: its own, and each `--fetch` prefix.
+fn listable(spec: &RunSpec, stack: &Stack) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = [stack.export_bucket, stack.artifact_bucket]
+        .iter()
+        .map(|b| (b.to_string(), format!("{}*", run_prefix(&spec.run_id))))
+        .collect();
+    for arn in inputs(spec) {
+        if let Some(place) = arn.strip_prefix("arn:aws:s3:::") {
+            if let (Some((bucket, key)), true) = (place.split_once('/'), place.ends_with('*')) {
+                out.push((bucket.to_string(), key.to_string()));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The session policy of `holder`'s session for `spec`: its inputs read, its run's prefix in
+/// both buckets written, listed and deleted, its log streams, and for the agent the named
+/// secrets and its renewal. Too long for AssumeRole is an error the RunSpec's check reports
+/// before anything is launched.
+pub fn session_policy(
+    spec: &RunSpec,
+    stack: &Stack,
+    secrets: &[String],
+    holder: Holder,
+) -> Result<Value, ScopeError> {
+    let own: Vec<String> = [stack.export_bucket, stack.artifact_bucket]
+        .iter()
+        .map(|b| format!("arn:aws:s3:::{b}/{}*", run_prefix(&spec.run_id)))
+        .collect();
+    let mut statements = vec![
+        json!({"Effect": "Allow", "Action": "s3:GetObject", "Resource": inputs(spec)}),
+        json!({"Effect": "Allow",
+               "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
+               "Resource": own}),
+    ];
+    let mut by_bucket: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (bucket, prefix) in listable(spec, stack) {
+        by_bucket.entry(bucket).or_default().push(prefix);
+    }
+    for (bucket, prefixes) in by_bucket {
+        statements.push(json!({"Effect": "Allow", "Action": "s3:ListBucket",
+            "Resource": format!("arn:aws:s3:::{bucket}"),
+            "Condition": {"StringLike": {"s3:prefix": prefixes}}}));
+    }
+    statements.push(json!({"Effect": "Allow",
+        "Action": ["logs:CreateLogStream", "logs:PutLogEvents"], "Resource": "*"}));
+    if holder == Holder::Agent {
+        if !secrets.is_empty() {
+            statements.push(json!({"Effect": "Allow",
+                "Action": "secretsmanager:GetSecretValue",
+                "Resource": secrets}));
+        }
+        statements.push(json!({"Effect": "Allow", "Action": "sts:AssumeRole",
+            "Resource": stack.run_role_arn}));
+    }
+    let policy = json!({"Version": "2012-10-17", "Statement": statements});
+    let chars = policy.to_string().chars().count();
+    if chars > MAX_SESSION_POLICY_CHARS {
+        return Err(ScopeError::TooLong(chars));
+    }
+    Ok(policy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STACK: Stack = Stack {
+        artifact_bucket: "art",
+        export_bucket: "exp",
+        run_role_arn: "arn:aws:iam::1:role/run",
+    };
+
+    fn spec(args: &[&str]) -> RunSpec {
+        let mut v = serde_json::json!({
+            "run_id": "r1",
+            "worker": {"instance_types": ["m7i.large"], "subnets": ["subnet-1"],
+                       "image": "ami-1", "artifact": "s3://art/worker/ephemera-worker"},
+            "limits": {"budget_usd": 5.0, "max_runtime_seconds": 3600}
+        });
+        v["worker"]["args"] = serde_json::json!(args);
+        serde_json::from_value(v).expect("a RunSpec")
+    }
+
+    fn actions_on(policy: &Value, resource: &str) -> Vec<String> {
+        policy["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| {
+                s["Resource"] == resource
+                    || s["Resource"]
+                        .as_array()
+                        .is_some_and(|r| r.iter().any(|x| x == resource))
+            })
+            .flat_map(|s| match &s["Action"] {
+                Value::String(a) => vec![a.clone()],
+                Value::Array(a) => a.iter().map(|x| x.as_str().unwrap().to_string()).collect(),
+                _ => vec![],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_inputs_are_the_binary_and_each_fetch_source() {
+        let s = spec(&[
+            "exec",
+            "--fetch",
+            "s3://art/jobs/train.tar.gz",
+            "--fetch=s3://exp/shared/",
+            "--",
+            "sh",
+            "--fetch",
+            "s3://art/not-an-input",
+        ]);
+        assert_eq!(
+            inputs(&s),
+            [
+                "arn:aws:s3:::art/jobs/train.tar.gz",
+                "arn:aws:s3:::art/worker/ephemera-worker",
+                "arn:aws:s3:::exp/shared/*",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_job_reads_its_inputs_and_writes_its_run_only() {
+        let s = spec(&["exec", "--fetch", "s3://art/jobs/train.tar.gz", "--", "sh"]);
+        let p = session_policy(
+            &s,
+            &STACK,
+            &["arn:aws:secretsmanager:r:1:secret:k-AbCdEf".into()],
+            Holder::Job,
+        )
+        .unwrap();
+        assert_eq!(
+            actions_on(&p, "arn:aws:s3:::art/jobs/train.tar.gz"),
+            ["s3:GetObject"]
+        );
+        let own = actions_on(&p, "arn:aws:s3:::exp/runs/r1/*");
+        assert!(
+            own.contains(&"s3:PutObject".to_string())
+                && own.contains(&"s3:DeleteObject".to_string())
+        );
+        let text = p.to_string();
+        assert!(
+            !text.contains("secretsmanager") && !text.contains("sts:"),
+            "{text}"
+        );
+        assert!(text.contains(r#""s3:prefix":["runs/r1/*"]"#), "{text}");
+    }
+
+    #[test]
+    fn the_agent_reads_the_named_secrets_and_renews() {
+        let s = spec(&["exec", "--", "sh"]);
+        let secret = "arn:aws:secretsmanager:r:1:secret:k-AbCdEf".to_string();
+        let p = session_policy(&s, &STACK, std::slice::from_ref(&secret), Holder::Agent).unwrap();
+        assert_eq!(actions_on(&p, &secret), ["secretsmanager:GetSecretValue"]);
+        assert_eq!(
+            actions_on(&p, "arn:aws:iam::1:role/run"),
+            ["sts:AssumeRole"]
+        );
+    }
+
+    #[test]
+    fn a_policy_too_long_for_assume_role_is_refused() {
+        let many: Vec<String> = (0..40)
+            .map(|i| {
+                format!(
+                    "arn:aws:secretsmanager:eu-west-1:123456789012:secret:team/api-key-{i}-AbCdEf"
+                )
+            })
+            .collect();
+        let s = spec(&["exec", "--", "sh"]);
+        assert!(matches!(
+            session_policy(&s, &STACK, &many, Holder::Agent),
+            Err(ScopeError::TooLong(n)) if n > MAX_SESSION_POLICY_CHARS
+        ));
+        assert!(session_policy(&s, &STACK, &many[..2], Holder::Agent).is_ok());
+    }
+}
