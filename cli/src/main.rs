@@ -155,7 +155,7 @@ fn load(path: &Path) -> Result<(serde_json::Value, RunSpec), CliError> {
         .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
     let value: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| CliError::Usage(format!("{}: not JSON: {e}", path.display())))?;
-    let spec = RunSpec::parse(&value).map_err(|e| CliError::InvalidRunSpec {
+    let spec = ephemera_core::admission::parse(&value).map_err(|e| CliError::InvalidRunSpec {
         path: path.display().to_string(),
         n: e.errors.len(),
         list: e

@@ -1,6 +1,7 @@
 //! `ephemera report RUN`: the cost report as the email tells it, its JSON, or its HTML page.
 
-use ephemera_core::rundoc::{render_email, CostReport};
+use ephemera_core::email::render_email;
+use ephemera_core::report::CostReport;
 use serde_json::Value;
 
 use crate::errors::CliError;
@@ -96,14 +97,14 @@ pub async fn command(
 mod tests {
     use super::*;
     use ephemera_core::cost::Orchestration;
-    use ephemera_core::rundoc::Phases;
+    use ephemera_core::report::Phases;
 
     #[test]
     fn the_summary_is_the_email_without_its_json() {
         let r = CostReport {
             run_id: "fx".into(),
             execution: "arn:aws:states:r:1:execution:m:fx-1".into(),
-            outcome: ephemera_core::rundoc::Outcome::Succeeded,
+            outcome: ephemera_core::report::Outcome::Succeeded,
             error: None,
             failure: None,
             estimate_usd: 1.0,

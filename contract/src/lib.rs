@@ -4,12 +4,21 @@
 //! A crate of its own, apart from `ephemera-core`, so that the worker links serde types and
 //! names and nothing of the Lambdas' decisions (RunSpec validation, cost, reports).
 
+#![warn(missing_docs)]
+
+/// The workers' log streams and how much of a worker's log is shipped.
 pub mod logs;
+/// The export manifest a worker writes and verify-completion checks.
 pub mod manifest;
+/// The error names the Lambdas, the worker and the ASL share.
 pub mod names;
+/// The run's SSM parameters: the worker's "started", each instance's task token.
 pub mod ssm;
+/// The state machine's states, by the names the ASL gives them.
 pub mod states;
+/// The completion summary a worker sends with SendTaskSuccess.
 pub mod summary;
+/// The tags on what a run launches.
 pub mod tags;
 
 pub use manifest::{Manifest, ManifestObject};

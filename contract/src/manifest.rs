@@ -14,9 +14,12 @@ pub fn worker_folder(n: u32) -> String {
     format!("worker-{n}")
 }
 
+/// What a worker exported: its run and every object it stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// The run that wrote it (verify-completion refuses another run's).
     pub run_id: String,
+    /// Every object stored, in the order written.
     pub objects: Vec<ManifestObject>,
 }
 
@@ -25,7 +28,9 @@ pub struct Manifest {
 pub struct ManifestObject {
     /// S3 object key (in the target's bucket) or path relative to the target directory.
     pub key: String,
+    /// Rows it holds (a Parquet file's; 0 for a job's file).
     pub rows: u64,
+    /// Its size.
     pub bytes: u64,
     /// Hex SHA-256 of the object's bytes, as the worker read them.
     #[serde(default, skip_serializing_if = "Option::is_none")]

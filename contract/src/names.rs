@@ -5,7 +5,7 @@
 /// Defines each name once, and [`ALL`] from the same list, so that no name is left out of it.
 macro_rules! names {
     ($($(#[$doc:meta])* $id:ident = $name:literal;)*) => {
-        $($(#[$doc])* pub const $id: &str = $name;)*
+        $($(#[$doc])* #[doc = concat!("`", $name, "`.")] pub const $id: &str = $name;)*
         /// Every name above: what `functions/handlers/tests/asl_names.rs` holds the ASL to.
         pub const ALL: &[&str] = &[$($id),*];
     };

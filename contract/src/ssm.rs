@@ -18,6 +18,7 @@ impl RunParameters {
     /// Where every run's parameters live.
     pub const ROOT: &'static str = "/ephemera/runs";
 
+    /// The parameters of the run `run_id`, as the Lambdas name them.
     pub fn of_run(run_id: &str) -> RunParameters {
         RunParameters {
             path: format!("{}/{run_id}", Self::ROOT),
@@ -41,6 +42,7 @@ impl RunParameters {
         }
     }
 
+    /// The run's path, without a trailing `/`.
     pub fn path(&self) -> &str {
         &self.path
     }
@@ -62,8 +64,11 @@ impl RunParameters {
 /// earlier attempt must not count for the current one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Started {
+    /// The instance the worker runs on.
     pub instance_id: String,
+    /// The attempt (launch) of its worker the instance is.
     pub attempt: u32,
+    /// When the worker started.
     pub at: DateTime<Utc>,
 }
 

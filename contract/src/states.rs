@@ -11,7 +11,7 @@ macro_rules! states {
         /// A state of `state-machines/ephemeral-worker.asl.json` (the Map's own included).
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum State {
-            $($(#[$doc])* $id,)*
+            $($(#[$doc])* #[doc = concat!("`", stringify!($id), "` in the ASL.")] $id,)*
         }
 
         impl State {

@@ -3,28 +3,35 @@
 
 use serde::{Deserialize, Serialize};
 
+/// What a worker did, sent when its work succeeded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
+    /// The run the worker worked for.
     pub run_id: String,
     /// Partitions (stage × pair × month) of this run done, and failed for good.
     pub partitions_done: u64,
+    /// Partitions that failed for good.
     pub partitions_failed: u64,
     /// Bars read and feature rows written by the feature stages.
     pub rows_in: u64,
+    /// Feature rows written.
     pub rows_out: u64,
     // verify-completion checks only the counts above and the manifest: a summary without the
     // fields below (the harness's stand-in workers send none) is still read.
     /// Partitions this process computed (the rest were done before, or by other workers).
     #[serde(default)]
     pub processed_here: u64,
+    /// The stages the run computed, by name.
     #[serde(default)]
     pub stages: Vec<String>,
+    /// How long the work took.
     #[serde(default)]
     pub seconds: f64,
     /// `s3://bucket/key` (or a path, for a local export) of the export manifest, once every
     /// export partition is done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest: Option<String>,
+    /// The `validate` stage's totals, when it ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation: Option<Validation>,
     /// A job run under `ephemera-worker exec`: the command and how it ended.
@@ -48,17 +55,24 @@ pub struct Job {
     pub command: String,
     /// Its exit status (0: success; a job that failed is reported as `Worker.Failed`).
     pub exit_code: i32,
+    /// How long it ran.
     pub seconds: f64,
 }
 
 /// Totals of the `validate` stage over the run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Validation {
+    /// Partitions validated.
     pub partitions: u64,
+    /// Problems found, of every kind below.
     pub problems: u64,
+    /// Null values past an indicator's warm-up rows.
     pub nulls_beyond_warm_up: u64,
+    /// NaN or infinite values.
     pub non_finite: u64,
+    /// Values outside their feature's range.
     pub out_of_range: u64,
+    /// Gaps in the bars the source does not explain.
     pub unexpected_gaps: u64,
 }
 

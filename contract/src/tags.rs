@@ -1,9 +1,13 @@
 //! The tags ephemera puts on every instance and volume it launches: what cleanup, the sweeper
 //! and IAM conditions (`ec2:ResourceTag/ephemera:managed`) recognise them by.
 
+/// `true` on everything a run launches: the roles' conditions and the sweeper look for it.
 pub const MANAGED: &str = "ephemera:managed";
+/// The run id (`run_id`).
 pub const RUN: &str = "ephemera:run";
+/// The execution's ARN: the sweeper asks Step Functions whether it has ended.
 pub const EXECUTION: &str = "ephemera:execution";
+/// Which launch of its worker the instance is (1, then each relaunch).
 pub const ATTEMPT: &str = "ephemera:attempt";
 /// Which of the run's workers (`1..=worker.count`) the instance is; its attempts share it.
 pub const WORKER: &str = "ephemera:worker";

@@ -26,7 +26,7 @@ use ephemera_tests::{clients, fixtures, harness, postgres};
 
 /// The quota codes of the standard (A, C, D, H, I, M, R, T, Z) families.
 const SPOT_QUOTA: &str = "L-34B43A08";
-const EXPORT_BUCKET: &str = "ephemera-features";
+use ephemera_tests::iam::EXPORT_BUCKET;
 const SECRET: &str = "ephemera/demo-database";
 const STAGES: &str =
     "indicators,regression,regime,currency-index,arbitrage,causality,validate,export";
@@ -462,12 +462,16 @@ impl Account {
         let aws = clients(region);
         let net = fixtures::network(&aws).await;
         let inbox = fixtures::inbox(region, "ephemera-reports").await;
-        aws.s3
-            .create_bucket()
-            .bucket(EXPORT_BUCKET)
-            .send()
-            .await
-            .context("creating the export bucket")?;
+        // The operator's buckets, as the template names them: the export (outputs, reports) and
+        // the artifact (the worker, each month's page).
+        for bucket in ephemera_tests::iam::BUCKETS {
+            aws.s3
+                .create_bucket()
+                .bucket(bucket)
+                .send()
+                .await
+                .with_context(|| format!("creating the bucket {bucket}"))?;
+        }
         let sm = aws_sdk_secretsmanager::Client::new(&ephemera_tests::sdk_config(region));
         sm.create_secret()
             .name(SECRET)
@@ -649,7 +653,10 @@ impl Demo {
 }
 
 /// The report's page and the email as the user gets them, refused if they show a Rust debug
-/// form (`Some(…)`, `None`, `Name { field: … }`) anywhere.
+/// form (`Some(…)`, `None`, `Name { field: … }`) anywhere, or quote an AWS error: no scenario
+/// stages one (a reclaim, a short quota, a lost worker reach the report as what happened), so
+/// a quoted one is the demo's account lacking what a deployment has, shown to a newcomer as if
+/// the run had met it.
 fn written_for_a_reader(out: &Path) -> std::result::Result<(), String> {
     let mut problems = vec![];
     for name in ["report.html", "email.txt"] {
@@ -657,6 +664,13 @@ fn written_for_a_reader(out: &Path) -> std::result::Result<(), String> {
         let found = ephemera_core::plain_text::debug_forms(&text);
         if !found.is_empty() {
             problems.push(format!("{name} shows debug forms: {found:?}"));
+        }
+        let aws = ephemera_core::plain_text::aws_errors(&text);
+        if !aws.is_empty() {
+            problems.push(format!(
+                "{name} quotes AWS errors the scenario did not stage: {}",
+                aws.join(", ")
+            ));
         }
     }
     if problems.is_empty() {
@@ -858,7 +872,7 @@ async fn present(f: &Finished, inbox: &fixtures::Inbox, out: &Path) -> Result<()
         out.join("report.json"),
         serde_json::to_string_pretty(report)?,
     )?;
-    let typed: ephemera_core::rundoc::CostReport =
+    let typed: ephemera_core::report::CostReport =
         serde_json::from_value(report.clone()).context("the execution's report")?;
     std::fs::write(
         out.join("report.html"),
@@ -973,4 +987,31 @@ async fn download_export(f: &Finished, out: &Path) -> Result<usize> {
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn written(email: &str) -> std::result::Result<(), String> {
+        let out = std::env::temp_dir().join(format!("ephemera-demo-page-{}", std::process::id()));
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(out.join("email.txt"), email).unwrap();
+        std::fs::write(out.join("report.html"), "<p>Run demo-happy SUCCEEDED.</p>").unwrap();
+        let verdict = written_for_a_reader(&out);
+        std::fs::remove_dir_all(&out).unwrap();
+        verdict
+    }
+
+    #[test]
+    fn a_demo_whose_email_quotes_an_aws_error_it_did_not_stage_fails() {
+        assert_eq!(written("Run demo-happy SUCCEEDED.\n"), Ok(()));
+        let note = "Note: the month's page was not written to s3://ephemera-artifacts/months/2026-12/index.html: s3 PutObject failed: NoSuchBucket: The specified bucket does not exist\n";
+        let verdict = written(note).unwrap_err();
+        assert!(
+            verdict
+                .contains("email.txt quotes AWS errors the scenario did not stage: NoSuchBucket"),
+            "{verdict}"
+        );
+    }
 }

@@ -2119,6 +2119,11 @@ impl FrontDoor {
         if settings.monthly_budget_usd == 0.0 {
             settings.monthly_budget_usd = crate::iam::MONTHLY_BUDGET_USD;
         }
+        // AWS_LAMBDA_FUNCTION_MEMORY_SIZE, which Lambda sets from the template's MemorySize:
+        // without it terminate-with-cost-report would price the invocations at 0 MB.
+        if settings.lambda_memory_mb == 0 {
+            settings.lambda_memory_mb = crate::iam::lambda_memory_mb();
+        }
         self.ensure_ledger(region).await;
         settings
     }

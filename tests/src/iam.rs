@@ -21,9 +21,25 @@ pub const STACK: &str = "ephemera";
 pub fn worker_log_group() -> String {
     ephemera_core::contract::logs::stack_worker_log_group(STACK)
 }
+/// The functions' memory, the template's `Globals.Function.MemorySize` (what Lambda tells each
+/// function in `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, and what its GB-seconds are priced at).
+pub fn lambda_memory_mb() -> u32 {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../template.yaml");
+    let text = std::fs::read_to_string(&path).expect("template.yaml");
+    let template: Yaml = serde_yaml_ng::from_str(&text).expect("template.yaml is YAML");
+    template["Globals"]["Function"]["MemorySize"]
+        .as_u64()
+        .and_then(|m| u32::try_from(m).ok())
+        .expect("template.yaml sets Globals.Function.MemorySize")
+}
+
 /// The template parameters the harness deploys with.
 pub const ARTIFACT_BUCKET: &str = "ephemera-artifacts";
 pub const EXPORT_BUCKET: &str = "ephemera-features";
+/// Every bucket the template names (its `ArtifactBucket` and `ExportBucket` parameters): an
+/// account the harness plays as deployed has them all, or the reports and the month's page
+/// meet `NoSuchBucket` where a real stack would not.
+pub const BUCKETS: [&str; 2] = [ARTIFACT_BUCKET, EXPORT_BUCKET];
 pub const REPORT_TOPIC: &str = "ephemera-reports";
 pub const WORKER_PROFILE: &str = "ephemera-worker";
 /// The worker role's RoleId (`!GetAtt WorkerRole.RoleId`; AWS's are `AROA` and 17 more).

@@ -6,7 +6,7 @@
 
 use aws_sdk_ec2::types::Tag;
 use chrono::{Duration, Utc};
-use ephemera_core::rundoc::CostReport;
+use ephemera_core::report::CostReport;
 use ephemera_functions::Function;
 use ephemera_tests::deployed::{call, execution, launch, topic};
 use ephemera_tests::fixtures::{self, ctx, Ctx};
@@ -269,7 +269,7 @@ async fn a_refused_email_or_spot_price_never_fails_the_report() {
     .await
     .unwrap();
     let report: CostReport = serde_json::from_value(out).unwrap();
-    assert_eq!(report.outcome, ephemera_core::rundoc::Outcome::Succeeded);
+    assert_eq!(report.outcome, ephemera_core::report::Outcome::Succeeded);
     assert_eq!(
         report.terminated,
         vec![w.current().unwrap().instance_id.clone()]

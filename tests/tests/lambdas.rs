@@ -5,16 +5,14 @@ use std::time::Duration;
 use base64::Engine as _;
 use chrono::Utc;
 use ephemera_core::contract::{RunParameters, Started};
-use ephemera_core::rundoc::{CostReport, WorkerState};
+use ephemera_core::report::CostReport;
+use ephemera_core::rundoc::WorkerState;
 use ephemera_functions::handlers::{health_check, terminate_report};
-use ephemera_functions::{invoke, Aws, Error, Function, Settings};
+use ephemera_functions::{Aws, Error, Function, Settings};
+use ephemera_tests::deployed::{self, execution};
 use ephemera_tests::fixtures::{self, ctx, Ctx};
 use ephemera_tests::{function_clients, harness, FaultRule};
 use serde_json::{json, Value};
-
-fn execution(region: &str, run: &str) -> String {
-    format!("arn:aws:states:{region}:123456789012:execution:ephemera:{run}-exec")
-}
 
 /// Invokes `function` with its own execution role's clients (held to the template's policies).
 async fn call(c: &Ctx, function: Function, payload: Value) -> Result<Value, Error> {
@@ -26,13 +24,7 @@ async fn call(c: &Ctx, function: Function, payload: Value) -> Result<Value, Erro
         worker_instance_profile: Some(ephemera_tests::iam::WORKER_PROFILE.into()),
         ..Settings::default()
     };
-    invoke(
-        &function_clients(c.region, function.name()),
-        &settings,
-        function,
-        payload,
-    )
-    .await
+    deployed::call_with(c, function, payload, settings).await
 }
 
 async fn launch(c: &Ctx, spec: &Value, run: &str) -> Result<WorkerState, Error> {
@@ -509,7 +501,7 @@ async fn terminate_reports_the_cost_by_email_and_is_idempotent() {
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(report.outcome, ephemera_core::rundoc::Outcome::Succeeded);
+    assert_eq!(report.outcome, ephemera_core::report::Outcome::Succeeded);
     assert_eq!(
         report.terminated,
         vec![w.current().unwrap().instance_id.clone()]
@@ -584,7 +576,7 @@ async fn cleanup_finds_an_instance_the_run_document_lost_and_refuses_foreign_one
         .unwrap(),
     )
     .unwrap();
-    assert_eq!(report.outcome, ephemera_core::rundoc::Outcome::Failed);
+    assert_eq!(report.outcome, ephemera_core::report::Outcome::Failed);
     assert_eq!(
         report.terminated,
         vec![w.current().unwrap().instance_id.clone()]

@@ -4,7 +4,7 @@
 //! request throttling at launch, and a cleanup AWS refuses. The deployed ASL, the real handlers
 //! behind the front door, a worker stand-in on every instance.
 
-use ephemera_core::{payload, RunSpec};
+use ephemera_core::{caps, payload, RunSpec};
 use ephemera_tests::e2e::State;
 use ephemera_tests::e2e::{self, Run};
 use ephemera_tests::iam::Principal;
@@ -157,7 +157,7 @@ async fn forty_workers_failing_with_long_causes_still_end_with_their_report() {
     for w in workers {
         let cause = w["error"]["Cause"].as_str().unwrap_or_default();
         assert!(cause.ends_with(" bytes cut)"), "{w}");
-        assert!(json!(cause).to_string().len() <= payload::CAUSE_KEPT, "{w}");
+        assert!(json!(cause).to_string().len() <= caps::CAUSE_KEPT, "{w}");
     }
     assert_eq!(r.finished.report["attempts"].as_array().unwrap().len(), 40);
     let largest = r.finished.largest_state_output;

@@ -5,17 +5,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ephemera_core::report::{CostReport, StoredReport};
 use ephemera_core::report_html;
-use ephemera_core::rundoc::{CostReport, StoredReport, WorkerState};
-use ephemera_functions::{invoke, Error, Function, Settings};
+use ephemera_core::rundoc::WorkerState;
+use ephemera_functions::{Error, Function, Settings};
+use ephemera_tests::deployed::{self, execution};
 use ephemera_tests::fixtures::{self, ctx, Ctx};
-use ephemera_tests::function_clients;
 use ephemera_tests::iam::{ARTIFACT_BUCKET, EXPORT_BUCKET};
 use serde_json::{json, Value};
-
-fn execution(region: &str, run: &str) -> String {
-    format!("arn:aws:states:{region}:123456789012:execution:ephemera-worker:{run}-exec")
-}
 
 /// Invokes `function` as its execution role, with the artifact bucket the template sets.
 async fn call(c: &Ctx, function: Function, payload: Value) -> Result<Value, Error> {
@@ -25,13 +22,7 @@ async fn call(c: &Ctx, function: Function, payload: Value) -> Result<Value, Erro
         worker_instance_profile: Some(ephemera_tests::iam::WORKER_PROFILE.into()),
         ..Settings::default()
     };
-    invoke(
-        &function_clients(c.region, function.name()),
-        &settings,
-        function,
-        payload,
-    )
-    .await
+    deployed::call_with(c, function, payload, settings).await
 }
 
 async fn create_bucket(c: &Ctx, name: &str) {

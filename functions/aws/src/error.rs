@@ -6,7 +6,7 @@ use ephemera_core::rundoc::CaughtError;
 use ephemera_core::vcpus::QuotaRefused;
 use ephemera_core::verify::Check;
 use ephemera_core::InvalidRunSpec;
-use ephemera_core::{names, payload};
+use ephemera_core::{caps, names};
 #[cfg(feature = "lambda")]
 use lambda_runtime::Diagnostic;
 
@@ -154,7 +154,7 @@ impl From<Error> for Diagnostic {
         // Cut: the message becomes the caught error's cause in the run document, which
         // Step Functions caps at 256 KiB (ephemera_core::payload); the log has it whole.
         let message = e.to_string();
-        let kept = payload::cap(&message, payload::MESSAGE_KEPT);
+        let kept = caps::cap(&message, caps::MESSAGE_KEPT);
         if kept.len() < message.len() {
             tracing::warn!(error = %message, "error message cut for the state machine");
         }
@@ -192,7 +192,7 @@ mod tests {
     fn a_long_message_is_cut_to_what_the_run_document_plans_for() {
         let d: Diagnostic = Error::LaunchFailed("\"".repeat(5000)).into();
         let json = serde_json::to_string(&d.error_message).unwrap();
-        assert!(json.len() <= payload::MESSAGE_KEPT, "{}", json.len());
+        assert!(json.len() <= caps::MESSAGE_KEPT, "{}", json.len());
         assert!(d.error_message.starts_with("launch failed: \"\""));
         assert!(d.error_message.ends_with(" bytes cut)"));
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use aws_config::SdkConfig;
 use aws_sdk_pricing::types::{Filter, FilterType};
 use ephemera_core::cost::TypePrice;
-use ephemera_core::{catalog, payload};
+use ephemera_core::{caps, catalog};
 
 /// An On-Demand price and where it came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -168,7 +168,7 @@ pub fn type_prices(types: &[String], quotes: Vec<Option<Quote>>) -> Vec<TypePric
             q.map(|q| TypePrice {
                 instance_type: t.clone(),
                 usd_per_hour: q.usd_per_hour,
-                source: payload::cap(&q.source, payload::DETAIL_KEPT),
+                source: caps::cap(&q.source, caps::DETAIL_KEPT),
             })
         })
         .collect()
@@ -370,7 +370,7 @@ mod tests {
             1,
             "a type no source prices is left for launch to name"
         );
-        assert!(payload::json_len(&doc[0].source) <= payload::DETAIL_KEPT);
+        assert!(caps::json_len(&doc[0].source) <= caps::DETAIL_KEPT);
     }
 
     /// A Price List that answers one type at once and never answers the others.

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::runspec::{Market, MarketPolicy};
+use crate::market::{Market, MarketPolicy};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Candidate {
@@ -237,7 +237,7 @@ mod tests {
         assert_eq!(classify("MaxSpotInstanceCountExceeded", ""), Quota);
         assert_eq!(classify("InstanceLimitExceeded", ""), Limit);
         assert!(refused_for_quota(&[Tried {
-            market: crate::runspec::Market::OnDemand,
+            market: crate::market::Market::OnDemand,
             instance_type: "c7g.large".into(),
             subnet: "s".into(),
             code: "VcpuLimitExceeded".into(),

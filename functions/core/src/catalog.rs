@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::runspec::Market;
+use crate::market::Market;
 
 /// The date the fallback prices were read (us-east-1, Linux, shared tenancy).
 pub const PRICES_AS_OF: &str = "2026-11-01";

@@ -25,7 +25,7 @@ pub fn billed_seconds(start: DateTime<Utc>, end: DateTime<Utc>) -> i64 {
 pub struct TypePrice {
     pub instance_type: String,
     pub usd_per_hour: f64,
-    /// `price-list-api`, or the dated fallback table (cut at `payload::DETAIL_KEPT`).
+    /// `price-list-api`, or the dated fallback table (cut at `caps::DETAIL_KEPT`).
     pub source: String,
 }
 

@@ -3,17 +3,17 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::caps;
 use crate::catalog;
 use crate::cost::{self, Orchestration, PricePoint};
 use crate::instance_state::InstanceState;
-use crate::payload;
+use crate::market::Market;
 use crate::quota::{QuotaState, QuotaVerdict};
-use crate::rundoc::{
-    failure_for, AttemptCost, CaughtError, CostReport, Outcome, Phases, Verification, WorkerEnd,
-    WorkerLine,
-};
-use crate::runspec::{Market, RunSpec};
+use crate::report::{AttemptCost, CostReport, Outcome, Phases, WorkerLine};
+use crate::rundoc::{failure_for, CaughtError, WorkerEnd};
+use crate::runspec::RunSpec;
 use crate::snapshot::SnapshotState;
+use crate::verify::Verification;
 
 /// The Spot price history of an instance's type and zone over its life, as far as it was read.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,10 +93,10 @@ pub fn price(f: &InstanceFacts) -> (AttemptCost, Option<String>) {
         on_demand_equivalent_usd: cost::usd(on_demand_usd + ebs_usd),
         average_usd_per_hour: cost::usd(compute_usd * 3600.0 / billed as f64),
         // Both may quote AWS: cut to what the run document plans for (crate::payload).
-        price_source: payload::cap(&source, payload::DETAIL_KEPT),
+        price_source: caps::cap(&source, caps::DETAIL_KEPT),
         state_before: f.state_before,
     };
-    (attempt, note.map(|n| payload::cap(&n, payload::NOTE_KEPT)))
+    (attempt, note.map(|n| caps::cap(&n, caps::NOTE_KEPT)))
 }
 
 /// When the run's parts happened, as far as they are known.

@@ -85,7 +85,7 @@ pub fn families() -> Vec<&'static str> {
 mod tests {
     use super::*;
     use crate::catalog::{self, Arch, QuotaClass};
-    use crate::runspec::Market;
+    use crate::market::Market;
 
     #[test]
     fn every_gpu_type_is_priced_x86_and_counted_against_the_g_or_p_quota() {

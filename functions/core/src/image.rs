@@ -4,22 +4,11 @@
 //! with the NVIDIA driver and container toolkit, for GPU types. The image reaches the worker
 //! as `exec --image` (and `--gpus` on a GPU type), added to `worker.args` at launch.
 
-use serde::{Deserialize, Serialize};
-
 use crate::catalog::{self, Arch};
 use crate::gpu;
+#[cfg(doc)]
+use crate::runspec::JobSpec;
 use crate::runspec::{FieldError, RunSpec};
-
-/// The job's container.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct JobSpec {
-    /// The image the job's command (`worker.args` after `--`) runs in: a private ECR
-    /// repository's (`<account>.dkr.ecr.<region>.amazonaws.com/<name>:<tag>`, pulled with the
-    /// instance role's own credentials) or a public registry's. Needs an AMI with a container
-    /// runtime in `worker.image` (docs/container.md).
-    pub image: String,
-}
 
 const ECS: &str = "resolve:ssm:/aws/service/ecs/optimized-ami/amazon-linux-2023/";
 /// The ECS-optimized Amazon Linux 2023 AMIs (docker, the AWS CLI to log in to ECR), by their
@@ -286,9 +275,8 @@ mod tests {
             Some(ECR),
         ));
         assert_eq!(fields(&e), ["worker.instance_types"]);
-        // Through the RunSpec's own validation too.
-        let errs = spec(&["c7i.4xlarge"], ECS_AL2023_GPU, Some(ECR))
-            .validate()
+        // Through admission too.
+        let errs = crate::admission::validate(&spec(&["c7i.4xlarge"], ECS_AL2023_GPU, Some(ECR)))
             .unwrap_err()
             .errors;
         assert!(errs.iter().any(|e| e.field == "worker.image"), "{errs:?}");

@@ -10,7 +10,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
-use crate::rundoc::CostReport;
+use crate::report::CostReport;
 
 /// The namespace of every ephemera metric.
 pub const NAMESPACE: &str = "ephemera";
@@ -228,7 +228,7 @@ mod tests {
     #[test]
     fn a_run_stopped_at_its_cap_is_counted_under_its_own_outcome() {
         let mut report = sample_report();
-        report.outcome = crate::rundoc::Outcome::BudgetExhausted;
+        report.outcome = crate::report::Outcome::BudgetExhausted;
         let doc = of_run(&report, "ephemera");
         assert_eq!(doc["Outcome"], "BUDGET_EXHAUSTED");
         let got = extracted(&doc);

@@ -15,13 +15,15 @@ use chrono::{DateTime, TimeZone, Utc};
 use ephemera_contract::summary::{Summary, Validation};
 
 use crate::capacity::Tried;
+use crate::caps::*;
 use crate::cost::TypePrice;
 use crate::instance_state::InstanceState;
+use crate::market::Market;
+use crate::report::{AttemptCost, WorkerLine};
 use crate::rundoc::{
-    Attempt, AttemptCost, CaughtError, HealthState, HealthVerdict, Released, WorkerEnd, WorkerLine,
-    WorkerState, TRIED_KEPT,
+    Attempt, CaughtError, HealthState, HealthVerdict, Released, WorkerEnd, WorkerState, TRIED_KEPT,
 };
-use crate::runspec::{Market, RunSpec};
+use crate::runspec::RunSpec;
 
 /// Step Functions' quota on a state's input or output, and on a task's result.
 pub const STATE_QUOTA_BYTES: usize = 256 * 1024;
@@ -29,68 +31,13 @@ pub const STATE_QUOTA_BYTES: usize = 256 * 1024;
 /// beyond [`FIXED_BYTES`].
 pub const PLANNED_BYTES: usize = STATE_QUOTA_BYTES * 7 / 8;
 
-/// A caught error's cause as a lost worker's end keeps it (JSON bytes); the whole cause is in
-/// the execution history and the Lambda's or the worker's log.
-pub const CAUSE_KEPT: usize = 400;
-/// An error name as a lost worker's end keeps it. ephemera's and AWS's names are under 40
-/// characters; SendTaskFailure would take 256.
-pub const ERROR_NAME_KEPT: usize = 80;
-/// A Lambda's error message (JSON bytes), cut before the runtime returns it.
-pub const MESSAGE_KEPT: usize = 1000;
-/// A refused candidate's message and its AWS error code.
-pub const TRIED_MESSAGE_KEPT: usize = 120;
-pub const CODE_KEPT: usize = 64;
-/// health-check's detail, a priced instance's price source.
-pub const DETAIL_KEPT: usize = 200;
-/// A note of the report (a price estimated, a history unread: they may quote AWS).
-pub const NOTE_KEPT: usize = 300;
-/// A worker's line in the report: what it reported doing.
-pub const WORK_KEPT: usize = 300;
 /// `$.verification.outputs` at its largest.
 const OUTPUTS_BYTES: usize = 1_200;
-/// A check's detail in `$.verification` (the workers check names every lost worker).
-pub const CHECK_DETAIL_KEPT: usize = 2000;
-
 /// Everything a run document holds besides the RunSpec and what grows with its workers: the
 /// quota lines, the snapshot, the checks, the phases, the orchestration, the notes, the keys.
 /// Measured at 9.5 KB for a one-worker run with a snapshot and both errors set (the largest
 /// fixed part seen); counted twice over.
 pub const FIXED_BYTES: usize = 20 * 1024;
-
-/// `s`, cut so that its JSON form (quotes and escapes included) takes at most `max` bytes; a
-/// cut text ends with how much was cut.
-pub fn cap(s: &str, max: usize) -> String {
-    if json_len(s) <= max {
-        return s.to_string();
-    }
-    let marker = |cut: usize| format!("… ({cut} bytes cut)");
-    // The marker's own size, at most: the cut never exceeds the text's length.
-    let room = max.saturating_sub(json_len(&marker(s.len())));
-    let mut used = 2;
-    let mut end = 0;
-    for (i, c) in s.char_indices() {
-        let w = escaped_len(c);
-        if used + w > room {
-            break;
-        }
-        used += w;
-        end = i + c.len_utf8();
-    }
-    format!("{}{}", &s[..end], marker(s.len() - end))
-}
-
-fn escaped_len(c: char) -> usize {
-    match c {
-        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
-        c if (c as u32) < 0x20 => 6,
-        c => c.len_utf8(),
-    }
-}
-
-/// Bytes of `s` as a JSON string, quotes included.
-pub fn json_len(s: &str) -> usize {
-    2 + s.chars().map(escaped_len).sum::<usize>()
-}
 
 /// The largest state a RunSpec's run can carry, in bytes, and its parts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -375,31 +322,6 @@ impl Worst {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_cut_text_fits_its_json_size_and_says_what_was_cut() {
-        assert_eq!(cap("short", 100), "short");
-        for s in [
-            "a".repeat(5000),
-            "\"".repeat(5000),
-            "\u{1}".repeat(5000),
-            "é".repeat(5000),
-            "😀".repeat(5000),
-        ] {
-            for max in [60, 160, 600, 1000] {
-                let c = cap(&s, max);
-                let json = serde_json::to_string(&c).unwrap();
-                assert!(json.len() <= max, "{max}: {} bytes", json.len());
-                assert!(
-                    json.len() + 12 >= max,
-                    "{max}: only {} bytes kept",
-                    json.len()
-                );
-                assert!(c.ends_with(" bytes cut)"), "{c}");
-                assert_eq!(json_len(&c), json.len());
-            }
-        }
-    }
-
     fn spec(count: u32, relaunches: u32) -> RunSpec {
         let mut spec = RunSpec::parse(&crate::runspec::tests::sample()).unwrap();
         spec.worker.count = count;
@@ -415,31 +337,6 @@ mod tests {
         let more = bound(&spec(40, 3));
         assert!(more.document > b.document && more.report > b.report);
         assert_eq!(most_workers(&spec(40, 2)), 40);
-    }
-
-    #[test]
-    fn a_run_that_could_pass_the_quota_is_refused_with_the_most_workers_that_fit() {
-        let s = spec(40, 5);
-        assert!(bound(&s).state() > PLANNED_BYTES);
-        let most = most_workers(&s);
-        assert!((1..40).contains(&most), "{most}");
-        assert!(bound(&spec(most, 5)).state() <= PLANNED_BYTES);
-        assert!(bound(&spec(most + 1, 5)).state() > PLANNED_BYTES);
-        let mut v = crate::runspec::tests::sample();
-        v["worker"]["count"] = 40.into();
-        v["limits"]["max_relaunches"] = 5.into();
-        // Few boot polls, so that the history's bound holds and the payload's is the one said.
-        v["waits"] = serde_json::json!({"boot_poll_seconds": 60});
-        v["limits"]["boot_timeout_seconds"] = 180.into();
-        let errs = RunSpec::parse(&v).unwrap_err().errors;
-        assert_eq!(errs.len(), 1, "{errs:?}");
-        assert_eq!(errs[0].field, "worker.count");
-        assert!(
-            errs[0].message.contains(&format!("at most {most} workers"))
-                && errs[0].message.contains("256 KiB"),
-            "{}",
-            errs[0].message
-        );
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! What a user reads (the report's page, the email, the CLI's lines) is written for them, never
 //! a Rust debug form (`Some("s3://…")`, `None`, `Attempt { worker: 1, … }`). `debug_forms`
-//! finds those, so that the demo can refuse a report that shows one.
+//! finds those, so that the demo can refuse a report that shows one. Nor does a run that went
+//! as it should quote an AWS error it did not expect: `aws_errors` finds the ones quoted (the
+//! adapters write them `<service> <Operation> failed: <Code>: <message>`), so that the demo can
+//! refuse a report whose notes say its account is not what a deployment has.
 
 /// Each debug form in `text`, with a little of its context; empty when there is none.
 pub fn debug_forms(text: &str) -> Vec<String> {
@@ -68,6 +71,32 @@ fn struct_form(rest: &[char]) -> bool {
     len > 0 && starts_with(&field[len..], ": ")
 }
 
+/// The AWS error codes `text` quotes as the adapters write a refusal (`s3 PutObject failed:
+/// NoSuchBucket: …`), in order, each once.
+pub fn aws_errors(text: &str) -> Vec<String> {
+    const SAID: &str = " failed: ";
+    let mut codes: Vec<String> = vec![];
+    for (at, _) in text.match_indices(SAID) {
+        let operation = text[..at].rsplit(' ').next().unwrap_or_default();
+        let code: String = text[at + SAID.len()..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '.')
+            .collect();
+        let follows = text[at + SAID.len() + code.len()..].starts_with(':');
+        if is_camel(operation) && is_camel(&code) && follows && !codes.contains(&code) {
+            codes.push(code);
+        }
+    }
+    codes
+}
+
+/// An AWS operation or error code: `PutObject`, `NoSuchBucket`, `Throttling`.
+fn is_camel(word: &str) -> bool {
+    word.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+        && word.chars().all(|c| c.is_ascii_alphanumeric() || c == '.')
+        && word.chars().any(|c| c.is_ascii_lowercase())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +132,22 @@ mod tests {
             // `Some instance types` is English; `HandsomeSome(` is inside a word.
             let found = debug_forms(text);
             assert!(found.is_empty(), "{text}: {found:?}");
+        }
+    }
+
+    #[test]
+    fn the_aws_errors_a_text_quotes_are_found_once_each() {
+        let note = "the month's page was not written to s3://ephemera-artifacts/months/2026-12/index.html: s3 PutObject failed: NoSuchBucket: The specified bucket does not exist";
+        assert_eq!(aws_errors(note), ["NoSuchBucket"]);
+        let both = format!("{note}\n<li>ec2 DescribeInstances failed: RequestLimitExceeded: slow down</li>\n{note}");
+        assert_eq!(aws_errors(&both), ["NoSuchBucket", "RequestLimitExceeded"]);
+        for text in [
+            "0 partitions failed",
+            "verification failed: min_rows (3 < 10)",
+            "launch failed: no capacity",
+            "the job failed: exit 1",
+        ] {
+            assert_eq!(aws_errors(text), Vec::<String>::new(), "{text}");
         }
     }
 }

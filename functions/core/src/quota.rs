@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{self, QuotaClass};
-use crate::runspec::Market;
+use crate::market::Market;
 
 /// One quota the run may draw on: the largest candidate that would land in it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use chrono::{DateTime, Duration, Utc};
 
 use crate::instance_state::InstanceState;
-use crate::rundoc::{AttemptCost, CostReport};
+use crate::report::{AttemptCost, CostReport};
 
 /// Chart size in SVG user units; the SVG scales to the page width through its viewBox.
 pub const CHART_WIDTH: f64 = 960.0;
@@ -787,10 +787,11 @@ fn closing_section(r: &CostReport, out: &mut String) {
 pub(crate) mod tests {
     use super::*;
     use crate::cost::Orchestration;
-    use crate::rundoc::Outcome;
-    use crate::rundoc::{CaughtError, Phases, Verification};
-    use crate::runspec::Market;
+    use crate::market::Market;
+    use crate::report::{Outcome, Phases};
+    use crate::rundoc::CaughtError;
     use crate::verify::Check;
+    use crate::verify::Verification;
     use chrono::TimeZone;
 
     fn at(s: i64) -> DateTime<Utc> {
@@ -1108,14 +1109,14 @@ pub(crate) mod tests {
         other.instance_id = "i-0002x".into();
         r.attempts.push(other);
         r.workers = vec![
-            crate::rundoc::WorkerLine {
+            crate::report::WorkerLine {
                 slot: 1,
                 attempts: 2,
                 reported: true,
                 error: None,
                 work: Some("`python3 train.py` exited 0 after 812 s".into()),
             },
-            crate::rundoc::WorkerLine {
+            crate::report::WorkerLine {
                 slot: 2,
                 attempts: 1,
                 reported: false,
@@ -1150,7 +1151,7 @@ pub(crate) mod tests {
         // One worker: no workers table, no worker prefixes; its work in a line.
         let mut one = report();
         assert!(!render(&one).contains(r#"id="workers""#));
-        one.workers = vec![crate::rundoc::WorkerLine {
+        one.workers = vec![crate::report::WorkerLine {
             slot: 1,
             attempts: 1,
             reported: true,

@@ -6,6 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog;
+use crate::market::MarketPolicy;
 
 /// Execution input. Unknown fields are refused so a typo never silently falls back to a default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -32,7 +33,18 @@ pub struct RunSpec {
     pub database: Database,
     /// A job's container image (`crate::image`): the command in `worker.args` runs in it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub job: Option<crate::image::JobSpec>,
+    pub job: Option<JobSpec>,
+}
+
+/// The job's container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// The image the job's command (`worker.args` after `--`) runs in: a private ECR
+    /// repository's (`<account>.dkr.ecr.<region>.amazonaws.com/<name>:<tag>`, pulled with the
+    /// instance role's own credentials) or a public registry's. Needs an AMI with a container
+    /// runtime in `worker.image` (docs/container.md).
+    pub image: String,
 }
 
 /// What happens to the workers' database before they write to it.
@@ -126,69 +138,6 @@ fn default_volume_gib() -> u32 {
 }
 fn one() -> u32 {
     1
-}
-
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum MarketPolicy {
-    Spot,
-    OnDemand,
-    #[default]
-    SpotThenOnDemand,
-}
-
-/// A purchase option of one launch attempt.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    schemars::JsonSchema,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum Market {
-    Spot,
-    OnDemand,
-}
-
-impl Market {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Market::Spot => "spot",
-            Market::OnDemand => "on-demand",
-        }
-    }
-}
-
-impl MarketPolicy {
-    /// As the RunSpec spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MarketPolicy::Spot => "spot",
-            MarketPolicy::OnDemand => "on-demand",
-            MarketPolicy::SpotThenOnDemand => "spot-then-on-demand",
-        }
-    }
-
-    /// Markets in the order they are tried. `force_on_demand` is set after a Spot interruption
-    /// when the policy allows falling back.
-    pub fn markets(self, force_on_demand: bool) -> Vec<Market> {
-        match (self, force_on_demand) {
-            (MarketPolicy::Spot, _) => vec![Market::Spot],
-            (MarketPolicy::OnDemand, _) | (MarketPolicy::SpotThenOnDemand, true) => {
-                vec![Market::OnDemand]
-            }
-            (MarketPolicy::SpotThenOnDemand, false) => vec![Market::Spot, Market::OnDemand],
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -383,7 +332,18 @@ impl RunSpec {
     /// parses: an unknown field is dropped, a wrong one dropped (its default applies) or, when
     /// required, replaced by a placeholder of the expected type. The placeholders' own
     /// findings are not reported: those fields are already named.
+    ///
+    /// The run's bounds are not checked here: `admission::parse` is this and them.
     pub fn parse(value: &serde_json::Value) -> Result<RunSpec, InvalidRunSpec> {
+        RunSpec::parse_then(value, |_| vec![])
+    }
+
+    /// [`RunSpec::parse`], then `after`'s findings beside the field rules' (the layer above
+    /// checks what needs more than the fields: `admission`'s), filtered like them.
+    pub fn parse_then(
+        value: &serde_json::Value,
+        after: impl Fn(&RunSpec) -> Vec<FieldError>,
+    ) -> Result<RunSpec, InvalidRunSpec> {
         if !value.is_object() {
             // serde would read a struct from an array too, field by position.
             return Err(InvalidRunSpec {
@@ -402,7 +362,7 @@ impl RunSpec {
         let mut repaired: BTreeMap<String, Option<String>> = BTreeMap::new();
         for _ in 0..MAX_REPAIRS {
             let err = match serde_path_to_error::deserialize::<_, RunSpec>(&doc) {
-                Ok(spec) => return spec.validated_after(found, &repaired),
+                Ok(spec) => return spec.validated_after(found, &repaired, &after),
                 Err(e) => e,
             };
             let path: Vec<Segment> = err.path().iter().map(Segment::of).collect();
@@ -421,19 +381,21 @@ impl RunSpec {
         Err(InvalidRunSpec { errors: found })
     }
 
-    /// `validate`'s findings added to the structural ones, except those about repaired fields.
+    /// `validate`'s findings and `after`'s added to the structural ones, except those about
+    /// repaired fields.
     fn validated_after(
         self,
         mut found: Vec<FieldError>,
         repaired: &BTreeMap<String, Option<String>>,
+        after: impl Fn(&RunSpec) -> Vec<FieldError>,
     ) -> Result<RunSpec, InvalidRunSpec> {
-        if let Err(e) = self.validate() {
-            found.extend(
-                e.errors
-                    .into_iter()
-                    .filter(|f| !repaired.keys().any(|p| touches(f, p))),
-            );
-        }
+        let mut findings = self.validate().err().map_or(vec![], |e| e.errors);
+        findings.extend(after(&self));
+        found.extend(
+            findings
+                .into_iter()
+                .filter(|f| !repaired.keys().any(|p| touches(f, p))),
+        );
         if found.is_empty() {
             Ok(self)
         } else {
@@ -441,8 +403,8 @@ impl RunSpec {
         }
     }
 
-    /// Every rule on the fields given, each finding naming its field; then, when all hold, the
-    /// bound on the execution's history.
+    /// Every rule on the fields given, each finding naming its field. The job's image against
+    /// the rest and the run's bounds (its history, its document) are `admission`'s.
     pub fn validate(&self) -> Result<(), InvalidRunSpec> {
         let mut errs = Errors::default();
         self.validate_run_id(&mut errs);
@@ -453,53 +415,8 @@ impl RunSpec {
         self.validate_delivery(&mut errs);
         self.validate_waits(&mut errs);
         self.validate_database(&mut errs);
-        errs.0.extend(crate::image::check(self));
-
-        if errs.0.is_empty() {
-            let polls = self.poll_bounds();
-            let events = self.history_events();
-            if events > MAX_HISTORY_EVENTS {
-                let PollBounds {
-                    quota,
-                    snapshot,
-                    boot,
-                } = polls;
-                errs.add(
-                    "waits",
-                    format!(
-                        "up to {quota} quota polls, {snapshot} snapshot polls and {boot} boot polls make up to {events} execution history events; Step Functions ends an execution at 25,000 without running its cleanup, so at most {MAX_HISTORY_EVENTS} are allowed: raise waits.quota_poll_max_seconds or waits.boot_poll_seconds, or lower quota.max_wait_seconds, database.snapshot_timeout_seconds, limits.boot_timeout_seconds, limits.max_relaunches or worker.count (with the rest as given, at most {} workers fit)",
-                        self.most_workers_within_history()
-                    ),
-                );
-            }
-        }
-        if errs.0.is_empty() {
-            self.validate_payload(&mut errs);
-        }
 
         errs.finish()
-    }
-
-    /// The run document's bound ([`crate::payload`]) within the plan for Step Functions' 256 KiB
-    /// payload quota.
-    fn validate_payload(&self, errs: &mut Errors) {
-        use crate::payload::{bound, most_workers, PLANNED_BYTES, STATE_QUOTA_BYTES};
-        let b = bound(self);
-        if b.state() > PLANNED_BYTES {
-            let relaunches = self.limits.max_relaunches;
-            errs.add(
-                "worker.count",
-                format!(
-                    "{} workers with up to {relaunches} relaunches each could carry the run's state to {} KiB ({} KiB a worker at most); Step Functions fails an execution past {} KiB without running its cleanup, so at most {} KiB are planned: with limits.max_relaunches {relaunches}, at most {} workers (or lower limits.max_relaunches)",
-                    self.worker.count,
-                    b.state() / 1024,
-                    b.per_worker / 1024,
-                    STATE_QUOTA_BYTES / 1024,
-                    PLANNED_BYTES / 1024,
-                    most_workers(self)
-                ),
-            );
-        }
     }
 
     /// `run_id`: it names tags, SSM paths, schemas and snapshots.
@@ -944,32 +861,6 @@ impl RunSpec {
         }
     }
 
-    /// The most execution history events the run can record: every poll loop at its longest
-    /// ([`RunSpec::poll_bounds`], 9 events a poll), each worker's other states and what the
-    /// run records besides, counted generously.
-    pub fn history_events(&self) -> u64 {
-        self.poll_bounds().total() * EVENTS_PER_POLL
-            + FIXED_EVENTS
-            + u64::from(self.worker.count)
-                * (EVENTS_PER_WORKER
-                    + u64::from(crate::vcpus::LAUNCH_QUOTA_WAITS) * EVENTS_PER_QUOTA_WAIT)
-    }
-
-    /// The most workers whose history stays within [`MAX_HISTORY_EVENTS`], the rest as given
-    /// (0 when not even one does).
-    pub fn most_workers_within_history(&self) -> u32 {
-        let mut s = self.clone();
-        let mut most = 0;
-        for n in 1..=MAX_WORKERS {
-            s.worker.count = n;
-            if s.history_events() > MAX_HISTORY_EVENTS {
-                break;
-            }
-            most = n;
-        }
-        most
-    }
-
     /// The most quota polls (capped exponential backoff until `quota.max_wait_seconds`),
     /// snapshot polls (`database.snapshot_before`: every `waits.boot_poll_seconds` until
     /// `database.snapshot_timeout_seconds`, the last wait cut to the time left, plus the first
@@ -1201,21 +1092,6 @@ fn touches(finding: &FieldError, path: &str) -> bool {
     };
     under(f, path) || under(path, f) || finding.message.contains(path)
 }
-
-/// A poll loop's history events: Task (entered, scheduled, started, succeeded, exited),
-/// Choice (entered, exited) and Wait (entered, exited).
-const EVENTS_PER_POLL: u64 = 9;
-/// Everything else a run with relaunches records, generously.
-const FIXED_EVENTS: u64 = 400;
-/// A wait for vCPU quota at launch (`crate::vcpus::LAUNCH_QUOTA_WAITS` a worker at most): the
-/// refused LaunchWorker (entered, scheduled, started, failed, exited) and two Pass states that
-/// read the wait from its error (entered, exited each), then the Wait (entered, exited).
-const EVENTS_PER_QUOTA_WAIT: u64 = 11;
-/// What each worker's Map iteration records besides its boot polls and its waits for vCPU quota
-/// at launch: iteration events, launch, completion wait, relaunches, release, generously.
-const EVENTS_PER_WORKER: u64 = 150;
-/// Step Functions' hard limit is 25,000 events per execution; keep a margin.
-pub const MAX_HISTORY_EVENTS: u64 = 20_000;
 
 #[derive(Default)]
 struct Errors(Vec<FieldError>);
@@ -1496,42 +1372,6 @@ pub(crate) mod tests {
         assert!(RunSpec::parse(&v).is_ok());
     }
 
-    #[test]
-    fn polls_that_could_outgrow_the_execution_history_are_refused() {
-        // A 1 s boot poll over a 7,200 s boot timeout, three attempts: 21,603 boot polls.
-        let mut v = sample();
-        v["limits"]["boot_timeout_seconds"] = json!(7200);
-        v["waits"] = json!({"boot_poll_seconds": 1});
-        let errs = errors_of(v.clone());
-        assert!(has(&errs, "waits", "21603 boot polls"), "{errs:?}");
-        assert!(has(&errs, "waits", "25,000"), "{errs:?}");
-        v["waits"] = json!({"boot_poll_seconds": 20});
-        assert!(RunSpec::parse(&v).is_ok());
-        // Quota polls over 30 days at a 60 s cap.
-        let mut v = sample();
-        v["quota"]["max_wait_seconds"] = json!(30 * 86_400);
-        v["waits"] = json!({"quota_poll_min_seconds": 60, "quota_poll_max_seconds": 60});
-        assert!(has(&errors_of(v.clone()), "waits", "43201 quota polls"));
-        // The defaults (2 days, backoff to 30 min) stay far below the limit.
-        let spec = RunSpec::parse(&sample()).unwrap();
-        let p = spec.poll_bounds();
-        assert!(p.quota < 120 && p.boot < 150 && p.snapshot == 0, "{p:?}");
-        // A snapshot allowed a day, polled every 20 s: 4,322 polls, 38,898 events on their own
-        // (this spec was accepted before the snapshot loop was counted).
-        let mut v = sample();
-        v["database"] =
-            json!({"snapshot_before": {"instance": "fx-db"}, "snapshot_timeout_seconds": 86_400});
-        let errs = errors_of(v.clone());
-        assert!(has(&errs, "waits", "4322 snapshot polls"), "{errs:?}");
-        assert!(
-            has(&errs, "waits", "database.snapshot_timeout_seconds"),
-            "{errs:?}"
-        );
-        // The default hour: 182 polls, within the bound.
-        v["database"]["snapshot_timeout_seconds"] = json!(3600);
-        assert_eq!(RunSpec::parse(&v).unwrap().poll_bounds().snapshot, 182);
-    }
-
     /// The repository's root, where `runspec.schema.json` and the examples are.
     fn repo(rel: &str) -> std::path::PathBuf {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -1628,9 +1468,9 @@ pub(crate) mod tests {
                 "{rel}"
             );
             assert!(
-                RunSpec::parse(&doc).is_ok(),
+                crate::admission::parse(&doc).is_ok(),
                 "{rel}: {:?}",
-                RunSpec::parse(&doc).err()
+                crate::admission::parse(&doc).err()
             );
             assert_eq!(
                 unknown_to_schema(&schema, &schema, &doc, ""),
@@ -1776,27 +1616,6 @@ pub(crate) mod tests {
         assert!(has(&errs, "expect.min_rows", "min_objects"), "{errs:?}");
         v["expect"] = json!({"min_objects": 1});
         assert!(RunSpec::parse(&v).is_ok());
-    }
-
-    #[test]
-    fn the_history_of_the_defaults_and_the_most_workers_it_leaves_room_for() {
-        // docs/guarantees.md's arithmetic: 100 quota polls, 46 boot polls an attempt, three attempts,
-        // and up to six waits a worker for vCPU quota at launch.
-        let spec = RunSpec::parse(&sample()).unwrap();
-        let p = spec.poll_bounds();
-        assert_eq!((p.quota, p.snapshot, p.boot), (100, 0, 138));
-        assert_eq!(spec.history_events(), (100 + 138) * 9 + 400 + 150 + 6 * 11);
-        assert_eq!(spec.most_workers_within_history(), 12);
-        // Forty workers with the default waits: refused, naming how many fit.
-        let mut v = sample();
-        v["worker"]["count"] = json!(40);
-        let errs = errors_of(v.clone());
-        assert!(has(&errs, "waits", "at most 12 workers fit"), "{errs:?}");
-        // With one attempt each and a 2-minute boot polled every 5 s, as tests/tests/limits.rs.
-        v["limits"]["max_relaunches"] = json!(0);
-        v["limits"]["boot_timeout_seconds"] = json!(120);
-        v["waits"]["boot_poll_seconds"] = json!(5);
-        assert!(RunSpec::parse(&v).is_ok(), "{:?}", errors_of(v));
     }
 
     #[test]
@@ -1976,7 +1795,7 @@ pub(crate) mod tests {
         v["limits"]["boot_timeout_seconds"] = json!(3600);
         v["limits"]["max_relaunches"] = json!(3);
         v["waits"] = json!({"boot_poll_seconds": 10});
-        let errs = errors_of(v);
+        let errs = crate::admission::parse(&v).unwrap_err().errors;
         assert!(has(&errs, "waits", "worker.count"), "{errs:?}");
     }
 
@@ -1988,19 +1807,6 @@ pub(crate) mod tests {
         assert!(has(&errs, "limits.max_runtime_seconds", "outside 60"));
         assert!(has(&errs, "limits.boot_timeout_seconds", "outside 5"));
         assert!(has(&errs, "limits.max_relaunches", "outside 0..=10"));
-    }
-
-    #[test]
-    fn market_order() {
-        assert_eq!(
-            MarketPolicy::SpotThenOnDemand.markets(false),
-            vec![Market::Spot, Market::OnDemand]
-        );
-        assert_eq!(
-            MarketPolicy::SpotThenOnDemand.markets(true),
-            vec![Market::OnDemand]
-        );
-        assert_eq!(MarketPolicy::Spot.markets(true), vec![Market::Spot]);
     }
 
     #[test]

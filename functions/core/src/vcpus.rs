@@ -21,8 +21,9 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog;
+use crate::market::Market;
 use crate::quota;
-use crate::runspec::{Market, RunSpec};
+use crate::runspec::RunSpec;
 
 /// What the stack's runs hold in one vCPU quota: each run's vCPUs by execution ARN.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

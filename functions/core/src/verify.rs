@@ -3,12 +3,60 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
+
 use serde::{Deserialize, Serialize};
 
 use crate::contract::manifest::{worker_folder, MANIFEST_FILE};
 use crate::contract::{Manifest, ManifestObject, Summary};
-use crate::rundoc::{failure_for, CaughtError, Outputs, WorkerEnd};
+use crate::rundoc::{failure_for, CaughtError, WorkerEnd};
 use crate::runspec::{parse_s3_url, Counts, RunSpec};
+
+/// `$.verification`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verification {
+    pub ok: bool,
+    pub checks: Vec<Check>,
+    pub verified_at: DateTime<Utc>,
+    /// What the manifest lists, when the worker reported one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<Outputs>,
+}
+
+/// A run's outputs as its manifests list them: the feature worker's one export, or every
+/// worker's share of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outputs {
+    /// The manifest; the first worker's when there are several (each worker's report names its
+    /// own, `$.workers[i].result.manifest`: listing them here again would cost 40 URLs of up to
+    /// a kilobyte each of the state payload).
+    pub manifest: String,
+    /// Objects and bytes of every manifest together.
+    pub objects: u64,
+    pub bytes: u64,
+    /// How many manifests: one per worker for a job.
+    #[serde(default = "one_manifest", skip_serializing_if = "is_one")]
+    pub manifests: u32,
+}
+
+fn one_manifest() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
+impl Outputs {
+    /// Where the outputs are listed, as the report says it: the manifest, or how many there are
+    /// and the first.
+    pub fn listed_in(&self) -> String {
+        match self.manifests {
+            0 | 1 => self.manifest.clone(),
+            n => format!("{n} manifests, one per worker ({} …)", self.manifest),
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Check {
@@ -22,7 +70,7 @@ fn check(name: &str, ok: bool, detail: String) -> Check {
         name: name.to_string(),
         ok,
         // The workers check names every lost worker: cut to what the run document plans for.
-        detail: crate::payload::cap(&detail, crate::payload::CHECK_DETAIL_KEPT),
+        detail: crate::caps::cap(&detail, crate::caps::CHECK_DETAIL_KEPT),
     }
 }
 
@@ -593,7 +641,7 @@ fn shares_failed(ordered: &[&WorkerEnd]) -> CaughtError {
             .iter()
             .find_map(|(_, e)| e.as_ref().map(|e| e.error.clone()))
             .unwrap_or_else(|| crate::names::WORKER_FAILED.into()),
-        cause: Some(crate::payload::cap(&cause, crate::payload::MESSAGE_KEPT)),
+        cause: Some(crate::caps::cap(&cause, crate::caps::MESSAGE_KEPT)),
     }
 }
 
@@ -669,9 +717,9 @@ fn none_reported(ordered: &[&WorkerEnd], lost: &[String]) -> CaughtError {
         Some(e) if ordered.len() <= 1 => e,
         Some(e) => CaughtError {
             error: e.error,
-            cause: Some(crate::payload::cap(
+            cause: Some(crate::caps::cap(
                 &format!("no worker reported: {}", lost.join("; ")),
-                crate::payload::MESSAGE_KEPT,
+                crate::caps::MESSAGE_KEPT,
             )),
         },
         None => CaughtError {

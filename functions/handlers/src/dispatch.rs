@@ -241,7 +241,7 @@ pub async fn quota_check(
 ) -> Result<Value, Error> {
     let config = quota_check::Config {
         region: region.into(),
-        deployment: ephemera_core::deployment::Deployment {
+        deployment: ephemera_core::admission::Deployment {
             allowed_topics: settings.allowed_topics.clone(),
             artifact_bucket: settings.artifact_bucket.clone(),
             export_bucket: settings.export_bucket.clone(),

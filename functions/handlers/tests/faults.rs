@@ -311,7 +311,7 @@ async fn report(
     spot_prices: &Rule,
     history: &Rule,
     now: DateTime<Utc>,
-) -> (ephemera_core::rundoc::CostReport, Vec<String>) {
+) -> (ephemera_core::report::CostReport, Vec<String>) {
     let launched = now - Duration::hours(1);
     let described = mock!(aws_sdk_ec2::Client::describe_instances).then_output(move || {
         DescribeInstancesOutput::builder()

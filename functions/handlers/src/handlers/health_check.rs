@@ -2,10 +2,10 @@
 //! said it started, within the boot deadline?
 
 use chrono::{DateTime, Utc};
+use ephemera_core::caps;
 use ephemera_core::contract::{RunParameters, Started};
 use ephemera_core::health::{self, Failure, Health, Observation};
 use ephemera_core::instance_state::InstanceState;
-use ephemera_core::payload;
 use ephemera_core::rundoc::{Attempt, HealthState, HealthVerdict, WorkerState};
 use ephemera_core::RunSpec;
 use serde::Deserialize;
@@ -96,12 +96,12 @@ fn went_silent(
         verdict: HealthVerdict::Silent,
         instance_id: instance_id.to_string(),
         // The state reason is EC2's text: cut to what the run document plans for.
-        detail: payload::cap(
+        detail: caps::cap(
             &format!(
                 "the worker went silent; its instance is {state} ({}), not taken by Spot",
                 reason.unwrap_or_else(|| "no state reason".into())
             ),
-            payload::DETAIL_KEPT,
+            caps::DETAIL_KEPT,
         ),
         wait_seconds: 0,
         checked_at: now,

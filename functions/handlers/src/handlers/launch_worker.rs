@@ -14,7 +14,7 @@ use ephemera_core::instance_state::InstanceState;
 use ephemera_core::rundoc::{self, Attempt, WorkerState};
 use ephemera_core::runspec::{FieldError, RunSpec};
 use ephemera_core::vcpus::{self, AfterRefusal, QuotaRefused};
-use ephemera_core::{cost, launch, ledger, payload, tags, userdata, InvalidRunSpec};
+use ephemera_core::{caps, cost, launch, ledger, tags, userdata, InvalidRunSpec};
 use serde::Deserialize;
 
 use crate::aws::{
@@ -197,8 +197,8 @@ fn quota_verdict(
     if others > 0 {
         reason.push_str(&format!("; {others} other candidate(s) had no capacity"));
     }
-    // Within what the error message keeps (`payload::MESSAGE_KEPT`), so the JSON stays whole.
-    let reason = payload::cap(&reason, payload::CAUSE_KEPT);
+    // Within what the error message keeps (`caps::MESSAGE_KEPT`), so the JSON stays whole.
+    let reason = caps::cap(&reason, caps::CAUSE_KEPT);
     match vcpus::after_refusal(spec, previous, attempt, reason, now) {
         AfterRefusal::Wait(wait) => {
             tracing::warn!(attempt, waits = wait.waits, wait_seconds = wait.wait_seconds, reason = %wait.reason, "launch refused for vCPU quota; waiting");
@@ -705,8 +705,8 @@ async fn first_available<E: Compute>(
                     market: c.market,
                     instance_type: c.instance_type,
                     subnet: c.subnet,
-                    code: payload::cap(&e.code, payload::CODE_KEPT),
-                    message: payload::cap(&e.message, payload::TRIED_MESSAGE_KEPT),
+                    code: caps::cap(&e.code, caps::CODE_KEPT),
+                    message: caps::cap(&e.message, caps::TRIED_MESSAGE_KEPT),
                 });
             }
             // Ephemera.AwsError: the state retries the whole call with backoff, and the
@@ -716,7 +716,7 @@ async fn first_available<E: Compute>(
                     service: "ec2",
                     operation: "RunInstances",
                     code: e.code,
-                    message: payload::cap(&e.message, payload::TRIED_MESSAGE_KEPT),
+                    message: caps::cap(&e.message, caps::TRIED_MESSAGE_KEPT),
                 })
             }
             LaunchErrorKind::Fatal => {

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
+use ephemera_core::admission::{self, Deployment};
 use ephemera_core::budget;
-use ephemera_core::deployment::Deployment;
 use ephemera_core::instance_state::InstanceState;
 use ephemera_core::quota::{self, QuotaLine, QuotaState, QuotaVerdict, RequestProgress};
 use ephemera_core::quota_request::{self, Bounds, Filing};
@@ -81,8 +81,7 @@ pub async fn handle<E: Compute, Q: QuotaService, P: PriceList, R: VcpuReservatio
     } = clients;
     let pricing_deadline = tokio::time::Instant::now() + config.pricing_within;
     // The one state that validates it; those after read it typed (tests/asl_states.rs).
-    let spec = RunSpec::parse(&input.run)?;
-    config.deployment.check(&spec)?;
+    let spec = admission::admit(&input.run, &config.deployment)?;
     let types = &spec.worker.instance_types;
     let per_type = offered_types(ec2, types, &config.region).await?;
     let needs = quota::needs(

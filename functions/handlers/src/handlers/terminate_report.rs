@@ -10,16 +10,16 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use ephemera_core::contract::RunParameters;
 use ephemera_core::cost;
 use ephemera_core::cost_report::{self, InstanceFacts, Parts, SpotHistory, Timing};
+use ephemera_core::email::render_email;
 use ephemera_core::instance_state::InstanceState;
 use ephemera_core::ledger::{self, EntryState};
 use ephemera_core::month_html::{self, Month};
 use ephemera_core::quota::QuotaState;
 use ephemera_core::refusal::Refusal;
-use ephemera_core::rundoc::{
-    render_email, report_location, Attempt, AttemptCost, CaughtError, CostReport, MonthPage,
-    Released, StoredReport, Verification, WorkerEnd,
-};
+use ephemera_core::report::{report_location, AttemptCost, CostReport, MonthPage, StoredReport};
+use ephemera_core::rundoc::{Attempt, CaughtError, Released, WorkerEnd};
 use ephemera_core::stopped::{self, StatusChange};
+use ephemera_core::verify::Verification;
 use ephemera_core::{report_html, Market, RunSpec, State};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use ephemera_core::contract::{Manifest, Summary};
-use ephemera_core::rundoc::{Verification, WorkerEnd};
+use ephemera_core::rundoc::WorkerEnd;
 use ephemera_core::runspec::parse_s3_url;
+use ephemera_core::verify::Verification;
 use ephemera_core::verify::{self, Check, Gathered, Listed, Sharing};
 use ephemera_core::RunSpec;
 use serde::Deserialize;
@@ -96,10 +97,7 @@ pub async fn handle<O: Objects>(
     for (name, details) in unread {
         checks.push(failed(
             name,
-            ephemera_core::payload::cap(
-                &details.join("; "),
-                ephemera_core::payload::CHECK_DETAIL_KEPT,
-            ),
+            ephemera_core::caps::cap(&details.join("; "), ephemera_core::caps::CHECK_DETAIL_KEPT),
         ));
     }
     checks.extend(manifest_checks(spec, sharing, &reports, &listed));

@@ -1,10 +1,131 @@
-//! What one deployment lets a RunSpec name. The template grants the worker and the functions
-//! exactly one artifact bucket, one export bucket, one instance profile and its topics; a
-//! RunSpec that names anything else would be refused by AWS only after instances were
-//! launched and billed (or, for the export, after the whole job ran). quota-check, the run's
-//! first state, checks them all at once before anything is waited for or launched.
+//! Admission: whether a run may start, decided once, by quota-check (the run's first state)
+//! and by `ephemera validate`, before anything is waited for or launched. Three layers, each
+//! naming every field it refuses at once:
+//!
+//! - the RunSpec's fields and their rules (`RunSpec::parse`);
+//! - the run's bounds, which need more than the fields: its execution history within Step
+//!   Functions' 25,000 events and its run document within the 256 KiB state quota (`payload`),
+//!   both of which end an execution without its cleanup when passed;
+//! - what one deployment lets a RunSpec name ([`Deployment`]). The template grants the worker
+//!   and the functions exactly one artifact bucket, one export bucket, one instance profile and
+//!   its topics; a RunSpec that names anything else would be refused by AWS only after
+//!   instances were launched and billed (or, for the export, after the whole job ran).
 
 use crate::runspec::{parse_s3_url, FieldError, InvalidRunSpec, RunSpec};
+use crate::{image, payload, vcpus};
+
+/// The RunSpec in `value`, its fields, its job's image and its bounds checked: what
+/// `ephemera validate` says.
+pub fn parse(value: &serde_json::Value) -> Result<RunSpec, InvalidRunSpec> {
+    RunSpec::parse_then(value, beyond_the_fields)
+}
+
+/// The RunSpec in `value`, admitted to `deployment`: quota-check's judgement.
+pub fn admit(
+    value: &serde_json::Value,
+    deployment: &Deployment,
+) -> Result<RunSpec, InvalidRunSpec> {
+    let spec = parse(value)?;
+    deployment.check(&spec)?;
+    Ok(spec)
+}
+
+/// A typed RunSpec's fields, image and bounds, as [`parse`] checks them.
+pub fn validate(spec: &RunSpec) -> Result<(), InvalidRunSpec> {
+    let mut errors = spec.validate().err().map_or(vec![], |e| e.errors);
+    errors.extend(beyond_the_fields(spec));
+    match errors.is_empty() {
+        true => Ok(()),
+        false => Err(InvalidRunSpec { errors }),
+    }
+}
+
+/// What needs more than one field: the job's image against the candidates and the arguments
+/// (`image`, said with the field rules), then, when those and the rules all hold, the bounds.
+fn beyond_the_fields(spec: &RunSpec) -> Vec<FieldError> {
+    let image = image::check(spec);
+    if !image.is_empty() || spec.validate().is_err() {
+        return image;
+    }
+    bounds(spec)
+}
+
+/// The run's history, then (when it holds) its document: each bound named on the fields that
+/// move it.
+fn bounds(spec: &RunSpec) -> Vec<FieldError> {
+    let events = history_events(spec);
+    if events > MAX_HISTORY_EVENTS {
+        let crate::runspec::PollBounds {
+            quota,
+            snapshot,
+            boot,
+        } = spec.poll_bounds();
+        return vec![FieldError {
+            field: "waits".into(),
+            message: format!(
+                "up to {quota} quota polls, {snapshot} snapshot polls and {boot} boot polls make up to {events} execution history events; Step Functions ends an execution at 25,000 without running its cleanup, so at most {MAX_HISTORY_EVENTS} are allowed: raise waits.quota_poll_max_seconds or waits.boot_poll_seconds, or lower quota.max_wait_seconds, database.snapshot_timeout_seconds, limits.boot_timeout_seconds, limits.max_relaunches or worker.count (with the rest as given, at most {} workers fit)",
+                most_workers_within_history(spec)
+            ),
+        }];
+    }
+    let b = payload::bound(spec);
+    if b.state() <= payload::PLANNED_BYTES {
+        return vec![];
+    }
+    let relaunches = spec.limits.max_relaunches;
+    vec![FieldError {
+        field: "worker.count".into(),
+        message: format!(
+            "{} workers with up to {relaunches} relaunches each could carry the run's state to {} KiB ({} KiB a worker at most); Step Functions fails an execution past {} KiB without running its cleanup, so at most {} KiB are planned: with limits.max_relaunches {relaunches}, at most {} workers (or lower limits.max_relaunches)",
+            spec.worker.count,
+            b.state() / 1024,
+            b.per_worker / 1024,
+            payload::STATE_QUOTA_BYTES / 1024,
+            payload::PLANNED_BYTES / 1024,
+            payload::most_workers(spec)
+        ),
+    }]
+}
+
+/// The most execution history events the run can record: every poll loop at its longest
+/// ([`RunSpec::poll_bounds`], 9 events a poll), each worker's other states and what the
+/// run records besides, counted generously.
+pub fn history_events(spec: &RunSpec) -> u64 {
+    spec.poll_bounds().total() * EVENTS_PER_POLL
+        + FIXED_EVENTS
+        + u64::from(spec.worker.count)
+            * (EVENTS_PER_WORKER + u64::from(vcpus::LAUNCH_QUOTA_WAITS) * EVENTS_PER_QUOTA_WAIT)
+}
+
+/// The most workers whose history stays within [`MAX_HISTORY_EVENTS`], the rest as given
+/// (0 when not even one does).
+pub fn most_workers_within_history(spec: &RunSpec) -> u32 {
+    let mut s = spec.clone();
+    let mut most = 0;
+    for n in 1..=crate::runspec::MAX_WORKERS {
+        s.worker.count = n;
+        if history_events(&s) > MAX_HISTORY_EVENTS {
+            break;
+        }
+        most = n;
+    }
+    most
+}
+
+/// A poll loop's history events: Task (entered, scheduled, started, succeeded, exited),
+/// Choice (entered, exited) and Wait (entered, exited).
+const EVENTS_PER_POLL: u64 = 9;
+/// Everything else a run with relaunches records, generously.
+const FIXED_EVENTS: u64 = 400;
+/// A wait for vCPU quota at launch ([`vcpus::LAUNCH_QUOTA_WAITS`] a worker at most): the
+/// refused LaunchWorker (entered, scheduled, started, failed, exited) and two Pass states that
+/// read the wait from its error (entered, exited each), then the Wait (entered, exited).
+const EVENTS_PER_QUOTA_WAIT: u64 = 11;
+/// What each worker's Map iteration records besides its boot polls and its waits for vCPU quota
+/// at launch: iteration events, launch, completion wait, relaunches, release, generously.
+const EVENTS_PER_WORKER: u64 = 150;
+/// Step Functions' hard limit is 25,000 events per execution; keep a margin.
+pub const MAX_HISTORY_EVENTS: u64 = 20_000;
 
 /// The deployment's grants (the functions' environment); `None` or empty: not restricted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -174,6 +295,106 @@ fn names_profile(asked: &str, name: &str) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    use crate::runspec::tests::sample;
+
+    fn errors_of(v: serde_json::Value) -> Vec<FieldError> {
+        parse(&v).unwrap_err().errors
+    }
+
+    fn has(errs: &[FieldError], field: &str, needle: &str) -> bool {
+        errs.iter()
+            .any(|e| e.field == field && e.message.contains(needle))
+    }
+
+    fn payload_spec(count: u32, relaunches: u32) -> RunSpec {
+        let mut spec = parse(&sample()).unwrap();
+        spec.worker.count = count;
+        spec.limits.max_relaunches = relaunches;
+        spec
+    }
+
+    #[test]
+    fn polls_that_could_outgrow_the_execution_history_are_refused() {
+        // A 1 s boot poll over a 7,200 s boot timeout, three attempts: 21,603 boot polls.
+        let mut v = sample();
+        v["limits"]["boot_timeout_seconds"] = json!(7200);
+        v["waits"] = json!({"boot_poll_seconds": 1});
+        let errs = errors_of(v.clone());
+        assert!(has(&errs, "waits", "21603 boot polls"), "{errs:?}");
+        assert!(has(&errs, "waits", "25,000"), "{errs:?}");
+        v["waits"] = json!({"boot_poll_seconds": 20});
+        assert!(parse(&v).is_ok());
+        // Quota polls over 30 days at a 60 s cap.
+        let mut v = sample();
+        v["quota"]["max_wait_seconds"] = json!(30 * 86_400);
+        v["waits"] = json!({"quota_poll_min_seconds": 60, "quota_poll_max_seconds": 60});
+        assert!(has(&errors_of(v.clone()), "waits", "43201 quota polls"));
+        // The defaults (2 days, backoff to 30 min) stay far below the limit.
+        let spec = parse(&sample()).unwrap();
+        let p = spec.poll_bounds();
+        assert!(p.quota < 120 && p.boot < 150 && p.snapshot == 0, "{p:?}");
+        // A snapshot allowed a day, polled every 20 s: 4,322 polls, 38,898 events on their own
+        // (this spec was accepted before the snapshot loop was counted).
+        let mut v = sample();
+        v["database"] =
+            json!({"snapshot_before": {"instance": "fx-db"}, "snapshot_timeout_seconds": 86_400});
+        let errs = errors_of(v.clone());
+        assert!(has(&errs, "waits", "4322 snapshot polls"), "{errs:?}");
+        assert!(
+            has(&errs, "waits", "database.snapshot_timeout_seconds"),
+            "{errs:?}"
+        );
+        // The default hour: 182 polls, within the bound.
+        v["database"]["snapshot_timeout_seconds"] = json!(3600);
+        assert_eq!(parse(&v).unwrap().poll_bounds().snapshot, 182);
+    }
+
+    #[test]
+    fn the_history_of_the_defaults_and_the_most_workers_it_leaves_room_for() {
+        // docs/guarantees.md's arithmetic: 100 quota polls, 46 boot polls an attempt, three attempts,
+        // and up to six waits a worker for vCPU quota at launch.
+        let spec = parse(&sample()).unwrap();
+        let p = spec.poll_bounds();
+        assert_eq!((p.quota, p.snapshot, p.boot), (100, 0, 138));
+        assert_eq!(history_events(&spec), (100 + 138) * 9 + 400 + 150 + 6 * 11);
+        assert_eq!(most_workers_within_history(&spec), 12);
+        // Forty workers with the default waits: refused, naming how many fit.
+        let mut v = sample();
+        v["worker"]["count"] = json!(40);
+        let errs = errors_of(v.clone());
+        assert!(has(&errs, "waits", "at most 12 workers fit"), "{errs:?}");
+        // With one attempt each and a 2-minute boot polled every 5 s, as tests/tests/limits.rs.
+        v["limits"]["max_relaunches"] = json!(0);
+        v["limits"]["boot_timeout_seconds"] = json!(120);
+        v["waits"]["boot_poll_seconds"] = json!(5);
+        assert!(parse(&v).is_ok(), "{:?}", errors_of(v));
+    }
+
+    #[test]
+    fn a_run_that_could_pass_the_quota_is_refused_with_the_most_workers_that_fit() {
+        let s = payload_spec(40, 5);
+        assert!(payload::bound(&s).state() > payload::PLANNED_BYTES);
+        let most = payload::most_workers(&s);
+        assert!((1..40).contains(&most), "{most}");
+        assert!(payload::bound(&payload_spec(most, 5)).state() <= payload::PLANNED_BYTES);
+        assert!(payload::bound(&payload_spec(most + 1, 5)).state() > payload::PLANNED_BYTES);
+        let mut v = sample();
+        v["worker"]["count"] = 40.into();
+        v["limits"]["max_relaunches"] = 5.into();
+        // Few boot polls, so that the history's bound holds and the payload's is the one said.
+        v["waits"] = serde_json::json!({"boot_poll_seconds": 60});
+        v["limits"]["boot_timeout_seconds"] = 180.into();
+        let errs = parse(&v).unwrap_err().errors;
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].field, "worker.count");
+        assert!(
+            errs[0].message.contains(&format!("at most {most} workers"))
+                && errs[0].message.contains("256 KiB"),
+            "{}",
+            errs[0].message
+        );
+    }
 
     fn deployment() -> Deployment {
         Deployment {

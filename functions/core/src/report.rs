@@ -1,0 +1,420 @@
+//! The run's report (`$.report`): what it cost, how each worker and attempt ended, what was
+//! verified, and where its copies and the month's page are stored. terminate-with-cost-report
+//! builds it (`cost_report`); the email (`email`), the HTML page (`report_html`) and the
+//! metrics (`metrics`) read it.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::cost::Orchestration;
+use crate::instance_state::InstanceState;
+use crate::market::Market;
+use crate::rundoc::{failure_for, CaughtError};
+use crate::runspec::{parse_s3_url, RunSpec};
+use crate::snapshot::SnapshotState;
+use crate::verify::Verification;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptCost {
+    /// The worker (`1..=worker.count`) the instance served.
+    #[serde(default = "crate::rundoc::first")]
+    pub worker: u32,
+    pub attempt: u32,
+    pub instance_id: String,
+    pub instance_type: String,
+    pub market: Market,
+    #[serde(default)]
+    pub availability_zone: Option<String>,
+    pub launched_at: DateTime<Utc>,
+    pub ended_at: DateTime<Utc>,
+    pub billed_seconds: i64,
+    pub compute_usd: f64,
+    pub ebs_usd: f64,
+    pub on_demand_equivalent_usd: f64,
+    pub average_usd_per_hour: f64,
+    /// Where the price came from: spot-price-history, price-list-api, fallback table (dated).
+    pub price_source: String,
+    /// State before ephemera's terminate call (already terminated, running, …).
+    /// The instance's state when terminate-with-cost-report found it (None: unknown to this code).
+    pub state_before: Option<InstanceState>,
+}
+
+impl AttemptCost {
+    /// Spot took it back: a Spot instance already ending before terminate-with-cost-report
+    /// acted.
+    pub fn reclaimed(&self) -> bool {
+        self.market == Market::Spot && self.state_before.is_some_and(InstanceState::is_ending)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Phases {
+    pub quota_wait_seconds: i64,
+    pub boot_seconds: i64,
+    pub work_seconds: i64,
+    pub teardown_seconds: i64,
+    pub total_seconds: i64,
+}
+
+/// How the run ended, as the email's subject and the report say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    /// A worker was stopped at the money deadline the run's cap granted it
+    /// (`Worker.BudgetExhausted`): the run spent its cap, and stopped there. The execution
+    /// itself fails (Step Functions knows only SUCCEEDED and FAILED).
+    BudgetExhausted,
+    /// The execution was stopped before it ended (`Ephemera.Cancelled`): torn down and
+    /// reported by the stack's rule on its ABORTED status. The execution itself is ABORTED.
+    Cancelled,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "SUCCEEDED",
+            Outcome::Failed => "FAILED",
+            Outcome::BudgetExhausted => "BUDGET_EXHAUSTED",
+            Outcome::Cancelled => "CANCELLED",
+        }
+    }
+
+    /// How a run that ended with `error` (none: it succeeded) ended.
+    pub fn of(error: Option<&CaughtError>) -> Outcome {
+        match error.map(|e| failure_for(e).error) {
+            None => Outcome::Succeeded,
+            Some(e) if e == crate::names::BUDGET_EXHAUSTED => Outcome::BudgetExhausted,
+            Some(e) if e == crate::names::CANCELLED => Outcome::Cancelled,
+            Some(_) => Outcome::Failed,
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `$.report`: what the run cost and how it went; also the JSON sent by SNS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CostReport {
+    pub run_id: String,
+    pub execution: String,
+    pub outcome: Outcome,
+    #[serde(default)]
+    pub error: Option<CaughtError>,
+    /// What the execution fails with (see `failure_for`); absent on success.
+    #[serde(default)]
+    pub failure: Option<CaughtError>,
+    pub estimate_usd: f64,
+    pub budget_usd: f64,
+    pub actual_usd: f64,
+    pub compute_usd: f64,
+    pub ebs_usd: f64,
+    pub on_demand_equivalent_usd: f64,
+    pub savings_usd: f64,
+    pub orchestration: Orchestration,
+    pub attempts: Vec<AttemptCost>,
+    /// Each of the run's workers: how it ended.
+    #[serde(default)]
+    pub workers: Vec<WorkerLine>,
+    pub phases: Phases,
+    pub terminated: Vec<String>,
+    pub generated_at: DateTime<Utc>,
+    pub notes: Vec<String>,
+    /// verify-completion's checks (`$.verification`); absent when the run ended before them.
+    #[serde(default)]
+    pub verification: Option<Verification>,
+    /// Where `report.html` and `report.json` were stored; absent when they were not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<StoredReport>,
+    /// The month's page (every run of the month from the ledger), written with this report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub month_page: Option<MonthPage>,
+    /// The snapshot taken before the workers wrote (`database.snapshot_before`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotState>,
+}
+
+/// One worker in the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerLine {
+    pub slot: u32,
+    /// Instances it launched (one plus its relaunches).
+    pub attempts: u32,
+    /// It sent its report (the run's summary).
+    pub reported: bool,
+    /// It was lost: why (its partitions were left for the others to take over).
+    #[serde(default)]
+    pub error: Option<CaughtError>,
+    /// What it reported doing: a job's command and exit, or the feature worker's partitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work: Option<String>,
+}
+
+impl WorkerLine {
+    /// What a worker's report says it did, in a line ([`crate::caps::WORK_KEPT`] at most).
+    pub fn work_of(result: &serde_json::Value) -> Option<String> {
+        let s: crate::contract::Summary = serde_json::from_value(result.clone()).ok()?;
+        let line = match &s.job {
+            Some(j) => format!(
+                "`{}` exited {} after {:.0} s",
+                j.command, j.exit_code, j.seconds
+            ),
+            None => format!(
+                "{} partitions done ({} here), {} rows out",
+                s.partitions_done, s.processed_here, s.rows_out
+            ),
+        };
+        Some(crate::caps::cap(&line, crate::caps::WORK_KEPT))
+    }
+
+    /// How the worker ended, as the email and the page say it.
+    pub fn ended(&self) -> String {
+        if let (None, true, Some(w)) = (&self.error, self.reported, &self.work) {
+            return format!("reported: {w}");
+        }
+        match (&self.error, self.reported) {
+            (Some(e), _) => format!(
+                "lost: {}{}",
+                e.error,
+                e.cause
+                    .as_deref()
+                    .map(|c| format!(" ({c})"))
+                    .unwrap_or_default()
+            ),
+            (None, true) => "reported".into(),
+            (None, false) => "did not report".into(),
+        }
+    }
+}
+
+/// The report's copies in S3: `report.html` and `report.json` in one folder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredReport {
+    pub bucket: String,
+    /// The folder, ending in `/` (or empty for the bucket's root).
+    pub prefix: String,
+}
+
+impl StoredReport {
+    pub fn html_key(&self) -> String {
+        format!("{}report.html", self.prefix)
+    }
+
+    pub fn json_key(&self) -> String {
+        format!("{}report.json", self.prefix)
+    }
+
+    pub fn html_uri(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.html_key())
+    }
+
+    /// The S3 console's page for the HTML report (sign-in, then a download or open button).
+    pub fn html_console_url(&self) -> String {
+        s3_console_url(&self.bucket, &self.html_key())
+    }
+}
+
+/// Where the month's page is: one per month in the artifact bucket, rewritten by every report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonthPage {
+    /// `YYYY-MM`.
+    pub month: String,
+    pub bucket: String,
+    pub key: String,
+}
+
+impl MonthPage {
+    /// `months/<YYYY-MM>/index.html` of `bucket`.
+    pub fn of(bucket: &str, month: &str) -> MonthPage {
+        MonthPage {
+            month: month.into(),
+            bucket: bucket.into(),
+            key: format!("months/{month}/index.html"),
+        }
+    }
+
+    pub fn uri(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.key)
+    }
+}
+
+/// `https://s3.console.aws.amazon.com/s3/object/<bucket>?prefix=<key>`, the key percent-encoded
+/// except for `/` so that it stays readable.
+pub fn s3_console_url(bucket: &str, key: &str) -> String {
+    let mut prefix = String::new();
+    for b in key.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                prefix.push(b as char)
+            }
+            _ => prefix.push_str(&format!("%{b:02X}")),
+        }
+    }
+    format!("https://s3.console.aws.amazon.com/s3/object/{bucket}?prefix={prefix}")
+}
+
+/// Where a run's report is stored: beside the manifest, i.e. in the folder of the worker's
+/// manifest (`$.result.manifest`), or of `expect.export_prefix` when the run ended before one
+/// was written (the worker writes `<export target>/manifest.json`); a job's workers each write
+/// theirs in `<to>/worker-<n>/`, so a job's report goes in `<to>/`, beside all of them; a run
+/// that exports nothing goes under `runs/<run_id>/` of the function's artifact bucket; None
+/// when neither exists.
+pub fn report_location(
+    spec: &RunSpec,
+    manifest: Option<&str>,
+    artifact_bucket: Option<&str>,
+) -> Option<StoredReport> {
+    let folder = |url: &str, is_file: bool| {
+        let (bucket, key) = parse_s3_url(url)?;
+        let prefix = if is_file {
+            let dir = key.rfind('/').map_or("", |i| &key[..=i]);
+            match spec.worker.is_job() {
+                true => above_worker_folder(dir).to_string(),
+                false => dir.to_string(),
+            }
+        } else if key.is_empty() || key.ends_with('/') {
+            key.to_string()
+        } else {
+            format!("{key}/")
+        };
+        Some(StoredReport {
+            bucket: bucket.to_string(),
+            prefix,
+        })
+    };
+    manifest
+        .and_then(|m| folder(m, true))
+        .or_else(|| {
+            spec.expect
+                .export_prefix
+                .as_deref()
+                .and_then(|p| folder(p, false))
+        })
+        .or_else(|| {
+            artifact_bucket.map(|b| StoredReport {
+                bucket: b.to_string(),
+                prefix: format!("runs/{}/", spec.run_id),
+            })
+        })
+}
+
+/// `folder` (ending in '/') without its last segment when that is a job's worker folder
+/// (`worker-<n>/`, [`crate::contract::manifest::worker_folder`]).
+fn above_worker_folder(folder: &str) -> &str {
+    let inner = folder.strip_suffix('/').unwrap_or(folder);
+    let (parent, last) = inner.rsplit_once('/').map_or(("", inner), |(p, l)| (p, l));
+    let is_worker = (1..=crate::runspec::MAX_WORKERS)
+        .any(|n| last == crate::contract::manifest::worker_folder(n));
+    match is_worker {
+        true if parent.is_empty() => "",
+        true => &folder[..=parent.len()],
+        false => folder,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_stopped_at_the_money_deadline_ends_the_run_budget_exhausted() {
+        let caught = |e: &str| CaughtError {
+            error: e.into(),
+            cause: Some("why".into()),
+        };
+        assert_eq!(Outcome::of(None), Outcome::Succeeded);
+        assert_eq!(Outcome::of(Some(&caught("Worker.Failed"))), Outcome::Failed);
+        assert_eq!(
+            Outcome::of(Some(&caught(crate::names::BUDGET_EXHAUSTED))),
+            Outcome::BudgetExhausted
+        );
+        assert_eq!(
+            serde_json::to_value(Outcome::BudgetExhausted).unwrap(),
+            "BUDGET_EXHAUSTED"
+        );
+        assert_eq!(
+            serde_json::to_value(Outcome::Succeeded).unwrap(),
+            "SUCCEEDED"
+        );
+    }
+
+    #[test]
+    fn console_url_encodes_all_but_slashes() {
+        assert_eq!(
+            s3_console_url("b", "runs/a b+c/report.html"),
+            "https://s3.console.aws.amazon.com/s3/object/b?prefix=runs/a%20b%2Bc/report.html"
+        );
+    }
+
+    #[test]
+    fn the_report_goes_beside_the_manifest_else_the_export_prefix_else_the_artifact_bucket() {
+        let mut v = serde_json::json!({
+            "run_id": "fx-2023",
+            "worker": {"instance_types": ["c7g.large"], "subnets": ["subnet-0a1b2c3d"],
+                       "image": "ami-0a1b2c3d", "artifact": "s3://art/w"},
+            "limits": {"max_runtime_seconds": 3600, "budget_usd": 1},
+            "expect": {"export_prefix": "s3://out/runs/fx-2023/"}
+        });
+        let spec = RunSpec::parse(&v).unwrap();
+        let at = |b: &str, p: &str| {
+            Some(StoredReport {
+                bucket: b.into(),
+                prefix: p.into(),
+            })
+        };
+        // The manifest's folder, even when it differs from the export prefix.
+        assert_eq!(
+            report_location(&spec, Some("s3://out/x/y/manifest.json"), Some("art")),
+            at("out", "x/y/")
+        );
+        assert_eq!(
+            report_location(&spec, Some("s3://out/manifest.json"), None),
+            at("out", "")
+        );
+        // No manifest (the run failed before its export): where it would have been.
+        assert_eq!(
+            report_location(&spec, None, Some("art")),
+            at("out", "runs/fx-2023/")
+        );
+        // A manifest that is no s3:// URL does not decide.
+        assert_eq!(
+            report_location(&spec, Some("/tmp/out/manifest.json"), None),
+            at("out", "runs/fx-2023/")
+        );
+        v["expect"]["export_prefix"] = "s3://out/no-slash".into();
+        let spec = RunSpec::parse(&v).unwrap();
+        assert_eq!(report_location(&spec, None, None), at("out", "no-slash/"));
+        v["expect"] = serde_json::json!({});
+        let spec = RunSpec::parse(&v).unwrap();
+        assert_eq!(
+            report_location(&spec, None, Some("art")),
+            at("art", "runs/fx-2023/")
+        );
+        assert_eq!(report_location(&spec, None, None), None);
+        // A job: beside every worker's folder, not in the first one's.
+        v["worker"]["args"] = serde_json::json!(["exec", "--", "sh"]);
+        let spec = RunSpec::parse(&v).unwrap();
+        assert_eq!(
+            report_location(&spec, Some("s3://out/runs/j/worker-2/manifest.json"), None),
+            at("out", "runs/j/")
+        );
+        assert_eq!(
+            report_location(&spec, Some("s3://out/worker-1/manifest.json"), None),
+            at("out", "")
+        );
+        // A folder that is not a worker's stays where it is.
+        assert_eq!(
+            report_location(&spec, Some("s3://out/runs/j/manifest.json"), None),
+            at("out", "runs/j/")
+        );
+        assert_eq!(
+            report_location(&spec, Some("s3://out/runs/worker-x/manifest.json"), None),
+            at("out", "runs/worker-x/")
+        );
+    }
+}
