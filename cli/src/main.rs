@@ -7,6 +7,7 @@ mod errors;
 mod follow;
 mod history;
 mod logs;
+mod plan;
 mod report;
 mod resolve;
 mod runs;
@@ -30,7 +31,8 @@ use crate::errors::{CliError, Op};
     about = "Run one heavy batch job on a disposable EC2 worker",
     after_help = "RUN is a run id, an execution name or an execution ARN (the newest match).\n\
                   Exit codes: 0 done, 1 the run failed, 2 usage, invalid RunSpec or AWS error, \
-                  3 still running (after --wait-timeout, or no report yet)."
+                  3 still running (after --wait-timeout, or no report yet); `plan`: 0 would \
+                  start now, 3 would wait for quota, 4 would be refused."
 )]
 struct Cli {
     #[command(flatten)]
@@ -58,6 +60,22 @@ enum Command {
     Validate { runspec: PathBuf },
     /// Print the RunSpec's JSON Schema (as `runspec.schema.json`), for editors to check with.
     Schema,
+    /// What a run of this RunSpec would do now, with nothing launched or requested: each
+    /// candidate's quota, placement score and prices, the order the launch tries them in,
+    /// the cost against the cap and the month, and the verdict (exit 0 start, 3 wait, 4 refuse).
+    Plan {
+        runspec: PathBuf,
+        /// The plan's JSON instead.
+        #[arg(long)]
+        json: bool,
+        /// The run ledger (the stack output LedgerTableName); by default the stack's, named
+        /// after the state machine, when one is given.
+        #[arg(long, env = "EPHEMERA_LEDGER_TABLE")]
+        ledger: Option<String>,
+        /// The stack's MonthlyBudgetUsd, to judge the month's remainder with the ledger.
+        #[arg(long, env = "EPHEMERA_MONTHLY_BUDGET_USD")]
+        budget: Option<f64>,
+    },
     /// Validate a RunSpec, start a run, and follow it to its report.
     Run {
         runspec: PathBuf,
@@ -138,6 +156,8 @@ pub enum Outcome {
     Done,
     RunFailed,
     StillRunning,
+    /// `ephemera plan`'s verdict (`ephemera_core::plan::Verdict::exit_code`).
+    Planned(u8),
 }
 
 impl From<Outcome> for ExitCode {
@@ -146,6 +166,7 @@ impl From<Outcome> for ExitCode {
             Outcome::Done => 0,
             Outcome::RunFailed => 1,
             Outcome::StillRunning => 3,
+            Outcome::Planned(code) => code,
         })
     }
 }
@@ -207,6 +228,25 @@ async fn run(cli: Cli) -> Result<Outcome, CliError> {
     match cli.command {
         Command::Schema => schema(),
         Command::Validate { runspec } => validate(g, &runspec),
+        Command::Plan {
+            runspec,
+            json,
+            ledger,
+            budget,
+        } => {
+            let conf = aws::config(g, machine).await?;
+            let ledger = ledger
+                .as_deref()
+                .map(str::to_string)
+                .or_else(|| machine.and_then(|m| ledger_table(None, m)));
+            let ask = plan::Ask {
+                runspec: &runspec,
+                json,
+                ledger,
+                monthly_budget_usd: budget,
+            };
+            plan::command(&conf, ask).await.map(Outcome::Planned)
+        }
         Command::Run {
             runspec,
             name,

@@ -141,6 +141,8 @@ pub struct FrontDoor {
     pub throttles: Throttles,
     /// EC2's vCPU quotas at launch (`vcpu_limits`).
     pub vcpu_limits: VcpuLimits,
+    /// GetSpotPlacementScores, which moto does not serve (`spot_placement`).
+    pub spot_placements: crate::spot_placement::SpotPlacements,
     /// Launches by someone outside the stack, due after a function's answer
     /// (`launch_outside_after`).
     outside_due: Mutex<Vec<OutsideLaunch>>,
@@ -223,6 +225,7 @@ impl FrontDoor {
             spot_reclaimed: Mutex::default(),
             throttles: Throttles::default(),
             vcpu_limits: VcpuLimits::default(),
+            spot_placements: Default::default(),
             outside_due: Mutex::default(),
             outside: Mutex::default(),
             moto_ec2: Mutex::default(),
@@ -455,6 +458,59 @@ impl FrontDoor {
                 aws_sdk_ec2::Client::new(&conf)
             })
             .clone()
+    }
+
+    /// GetSpotPlacementScores as EC2 answers it: the request checked, its staged rate, the
+    /// 24-hour limit of new configurations, then the staged scores over moto's zones.
+    async fn spot_placement_scores(
+        &self,
+        region: &str,
+        form: &HashMap<String, String>,
+    ) -> Response<Body> {
+        use crate::spot_placement::{self, Asked};
+        let p = &self.spot_placements;
+        let refuse = |(status, code, message): spot_placement::Refusal| {
+            p.refused(region, code);
+            ec2_error(status, code, &message)
+        };
+        let asked = match Asked::parse(form, region) {
+            Ok(a) => a,
+            Err(r) => return refuse(r),
+        };
+        if let Some(rate) = p.rate(region) {
+            let what = "ec2:GetSpotPlacementScores (its own rate)";
+            if !self
+                .throttles
+                .take_from(region, "GetSpotPlacementScores (staged)", rate, what)
+            {
+                return refuse((503, "RequestLimitExceeded", "Request limit exceeded.".into()));
+            }
+        }
+        if let Err(r) = p.admit_configuration(region, &asked.configuration) {
+            return refuse(r);
+        }
+        let mut zones = std::collections::BTreeMap::new();
+        for r in &asked.regions {
+            let Ok(out) = self.moto_ec2(r).describe_availability_zones().send().await else {
+                continue;
+            };
+            let mut ids: Vec<String> = out
+                .availability_zones()
+                .iter()
+                .filter_map(|z| z.zone_id().map(str::to_string))
+                .collect();
+            ids.sort();
+            zones.insert(r.clone(), ids);
+        }
+        let scores = p.scores(&asked, &zones, |t| {
+            ephemera_core::catalog::lookup(t).map(|i| i.vcpus)
+        });
+        p.served(region);
+        Response::builder()
+            .status(200)
+            .header("content-type", "text/xml")
+            .body(Body::from(spot_placement::response_xml(&scores)))
+            .expect("a response")
     }
 
     /// The launch asked for in `form` judged against its vCPU quota (`vcpu_limits`).
@@ -1170,6 +1226,9 @@ async fn fresh_account_ec2(
         // at StartTime (dated earlier) and each change within the window, per zone
         // (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DescribeSpotPriceHistory.html).
         "DescribeSpotPriceHistory" => Some(spot_price_history(form)),
+        // moto does not serve it: the scores of the staged table, with its own limits
+        // (`spot_placement`, which cites AWS's reference and user guide).
+        "GetSpotPlacementScores" => Some(door.spot_placement_scores(region, form).await),
         // moto does not serve it; AWS answers the key's ARN, AWS's own `alias/aws/ebs` until the
         // account sets another
         // (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_GetEbsDefaultKmsKeyId.html).

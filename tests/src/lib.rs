@@ -20,6 +20,7 @@ pub mod imds;
 pub mod price_list;
 pub mod quotas;
 pub mod requests;
+pub mod spot_placement;
 pub mod sts;
 pub mod throttle;
 pub mod vcpu_limits;

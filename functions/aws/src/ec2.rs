@@ -9,11 +9,12 @@ use aws_sdk_ec2::types::{
     Instance, InstanceInterruptionBehavior, InstanceMarketOptionsRequest,
     InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceMetadataTagsState,
     InstanceType, MarketType, ResourceType, ShutdownBehavior, SpotInstanceType, SpotMarketOptions,
-    Tag, TagSpecification, VolumeType,
+    Tag, TagSpecification, TargetCapacityUnitType, VolumeType,
 };
 use chrono::{DateTime, Utc};
 use ephemera_core::cost::PricePoint;
 use ephemera_core::instance_state::InstanceState;
+use ephemera_core::plan::Zone;
 use ephemera_core::Market;
 
 use super::{to_chrono, to_smithy};
@@ -113,6 +114,109 @@ pub trait Compute: Send + Sync {
         start: DateTime<Utc>,
         end: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<PricePoint>, Error>> + Send;
+}
+
+/// What GetSpotPlacementScores answered instead of scores: its code and message, kept for the
+/// plan to show ("score unknown: MaxConfigLimitExceeded: …"); a plan never fails for a score.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ScoreRefusal {
+    pub code: String,
+    pub message: String,
+}
+
+/// What `ephemera plan` reads of EC2 beyond [`Compute`]: each subnet's zone and the Spot
+/// placement scores, both read-only.
+pub trait SpotPlacement: Send + Sync {
+    /// Each subnet that exists, with its zone's name and id; a missing one is left out
+    /// (DescribeSubnets by filter, which, unlike by id, does not fail the whole call).
+    fn subnet_zones(
+        &self,
+        subnets: &[String],
+    ) -> impl Future<Output = Result<BTreeMap<String, Zone>, Error>> + Send;
+    /// GetSpotPlacementScores for `instance_types` at `target_vcpus` in each zone of `region`
+    /// (SingleAvailabilityZone): the score (1–10) by zone id. AWS scores a configuration; a
+    /// score of a single type is the score of that type alone
+    /// (<https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/spot-placement-score.html>).
+    fn placement_scores(
+        &self,
+        instance_types: &[String],
+        target_vcpus: u32,
+        region: &str,
+    ) -> impl Future<Output = Result<BTreeMap<String, u8>, ScoreRefusal>> + Send;
+}
+
+impl SpotPlacement for aws_sdk_ec2::Client {
+    async fn subnet_zones(&self, subnets: &[String]) -> Result<BTreeMap<String, Zone>, Error> {
+        let mut out = BTreeMap::new();
+        if subnets.is_empty() {
+            return Ok(out);
+        }
+        let found = self
+            .describe_subnets()
+            .filters(
+                Filter::builder()
+                    .name("subnet-id")
+                    .set_values(Some(subnets.to_vec()))
+                    .build(),
+            )
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| Error::aws("ec2", "DescribeSubnets", e))?;
+        for s in found {
+            if let (Some(id), Some(name), Some(zone_id)) = (
+                s.subnet_id(),
+                s.availability_zone(),
+                s.availability_zone_id(),
+            ) {
+                out.insert(
+                    id.to_string(),
+                    Zone {
+                        name: name.to_string(),
+                        id: zone_id.to_string(),
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    async fn placement_scores(
+        &self,
+        instance_types: &[String],
+        target_vcpus: u32,
+        region: &str,
+    ) -> Result<BTreeMap<String, u8>, ScoreRefusal> {
+        let scores = self
+            .get_spot_placement_scores()
+            .set_instance_types(Some(instance_types.to_vec()))
+            .target_capacity(target_vcpus.min(i32::MAX as u32) as i32)
+            .target_capacity_unit_type(TargetCapacityUnitType::Vcpu)
+            .single_availability_zone(true)
+            .region_names(region)
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| ScoreRefusal {
+                code: e.code().unwrap_or("Unknown").to_string(),
+                message: e.message().map(str::to_string).unwrap_or_else(|| {
+                    aws_smithy_types::error::display::DisplayErrorContext(&e).to_string()
+                }),
+            })?;
+        Ok(scores
+            .iter()
+            .filter_map(|s| {
+                let zone = s.availability_zone_id()?;
+                let score = u8::try_from(s.score()?).ok()?;
+                Some((zone.to_string(), score))
+            })
+            .collect())
+    }
 }
 
 type DescribeTypesError = aws_sdk_ec2::error::SdkError<

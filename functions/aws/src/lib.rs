@@ -20,7 +20,10 @@ pub mod vcpus;
 use aws_config::SdkConfig;
 use chrono::{DateTime, TimeZone, Utc};
 
-pub use ec2::{Compute, InstanceView, LaunchRequest, RootVolume, RunError, StatusChecks};
+pub use ec2::{
+    Compute, InstanceView, LaunchRequest, RootVolume, RunError, ScoreRefusal, SpotPlacement,
+    StatusChecks,
+};
 pub use executions::{Executions, TaskTokens};
 pub use history::{ExecutionStats, History};
 pub use ledger::{Ledger, LedgerTable, Reserved};

@@ -18,6 +18,7 @@ pub mod market;
 pub mod metrics;
 pub mod month_html;
 pub mod payload;
+pub mod plan;
 pub mod plain_text;
 pub mod quota;
 pub mod quota_request;

@@ -61,6 +61,26 @@ pub fn usage<'a>(
     usage
 }
 
+/// One quota read against the run's need: whether it fits beside everything held (`fits`),
+/// whether it is short beside the usage outside the stack alone (`short`: the other runs'
+/// reservations come back when they end, so only then is an increase worth asking for), and the
+/// value such a request would ask (`desired`). quota-check and `ephemera plan` both judge a
+/// quota with this, so the plan says what the check would do.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Room {
+    pub fits: bool,
+    pub short: bool,
+    pub desired: f64,
+}
+
+pub fn room(applied: f64, usage: u32, reserved: u32, needed: u32) -> Room {
+    Room {
+        fits: fits(applied, usage + reserved, needed),
+        short: !fits(applied, usage, needed),
+        desired: desired_value(applied, usage + reserved, needed),
+    }
+}
+
 pub fn fits(applied: f64, usage: u32, needed: u32) -> bool {
     (usage as f64 + needed as f64) <= applied + 1e-9
 }

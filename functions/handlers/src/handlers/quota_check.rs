@@ -406,15 +406,14 @@ async fn quota_line<Q: QuotaService>(
         .held
         .get(&need.code)
         .map_or(0, |h| h.others(poll.execution));
-    let fits = quota::fits(applied, used + reserved, need.needed_vcpus);
     // Requested only when the quota is short beside the usage outside the stack: the other
-    // runs' reservations come back when they end.
-    let short = !quota::fits(applied, used, need.needed_vcpus);
+    // runs' reservations come back when they end (`quota::room`, which `ephemera plan` uses too).
+    let room = quota::room(applied, used, reserved, need.needed_vcpus);
+    let fits = room.fits;
     let (request, barred) = match followed {
         Some(r) => (Some(r), None),
-        None if short && poll.spec.quota.request_increase => {
-            let desired = quota::desired_value(applied, used + reserved, need.needed_vcpus);
-            match file_or_follow(quotas, poll, &need.code, desired).await? {
+        None if room.short && poll.spec.quota.request_increase => {
+            match file_or_follow(quotas, poll, &need.code, room.desired).await? {
                 Ok(r) => (Some(r), None),
                 Err(why) => (None, Some(why)),
             }

@@ -1,0 +1,336 @@
+//! `ephemera plan` against the emulator (moto behind the front door, which plays
+//! GetSpotPlacementScores and the Spot price history): the example RunSpec planned to start,
+//! to wait and to be refused, in text and JSON with the verdict's exit code; a placement score
+//! EC2 refuses (its rate, its day's configurations) shown as unknown, never a failed plan; and
+//! the plan held to the run: its first candidate is where the deployed state machine launches,
+//! and its quota verdict and increase are CheckQuota's.
+
+use std::process::Output;
+
+use ephemera_core::catalog;
+use ephemera_core::Market;
+use ephemera_tests::worker_standin::Behaviour;
+use ephemera_tests::{clients, e2e, fixtures, fresh_region, harness};
+use serde_json::{json, Value};
+
+/// The binary as a person runs it, in `region` of the emulator, as its administrator.
+fn ephemera(region: &str) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_ephemera"));
+    c.env("AWS_ENDPOINT_URL", &harness().endpoint)
+        .env("AWS_REGION", region)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env_remove("AWS_PROFILE")
+        .env_remove("EPHEMERA_STATE_MACHINE_ARN")
+        .env_remove("EPHEMERA_LEDGER_TABLE")
+        .env_remove("EPHEMERA_MONTHLY_BUDGET_USD")
+        .env_remove("RUST_LOG")
+        .kill_on_drop(true);
+    c
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// The example RunSpec (events/runspec.json) on this region's network.
+fn example(net: &fixtures::Network) -> Value {
+    let path = format!("{}/../events/runspec.json", env!("CARGO_MANIFEST_DIR"));
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    v["worker"]["subnets"] = json!(net.subnets);
+    v["worker"]["security_groups"] = json!([net.security_group]);
+    v["worker"]["image"] = json!(net.image);
+    v
+}
+
+fn write_spec(name: &str, spec: &Value) -> std::path::PathBuf {
+    let path =
+        std::env::temp_dir().join(format!("ephemera-plan-{name}-{}.json", std::process::id()));
+    std::fs::write(&path, spec.to_string()).unwrap();
+    path
+}
+
+/// `ephemera plan` in text and in JSON: (exit code, text, JSON).
+async fn plan(region: &str, name: &str, spec: &Value, extra: &[&str]) -> (i32, String, Value) {
+    let path = write_spec(name, spec);
+    let out = ephemera(region)
+        .arg("plan")
+        .arg(&path)
+        .args(extra)
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    eprintln!("{stdout}{stderr}");
+    let json_out = ephemera(region)
+        .arg("plan")
+        .arg(&path)
+        .arg("--json")
+        .args(extra)
+        .output()
+        .await
+        .unwrap();
+    let (json_text, json_err) = text(&json_out);
+    let v: Value = serde_json::from_str(&json_text)
+        .unwrap_or_else(|e| panic!("--json is JSON ({e}): {json_text}{json_err}"));
+    assert_eq!(
+        out.status.code(),
+        json_out.status.code(),
+        "text and JSON end alike"
+    );
+    (out.status.code().unwrap_or(-1), stdout, v)
+}
+
+fn quota_code(t: &str, m: Market) -> String {
+    catalog::quota_code(catalog::quota_class(t).unwrap(), m)
+        .unwrap()
+        .to_string()
+}
+
+/// The zone id of each subnet, as DescribeSubnets says.
+async fn zone_ids(region: &str, subnets: &[String]) -> Vec<String> {
+    let aws = clients(region);
+    let mut out = vec![];
+    for s in subnets {
+        let d = aws
+            .ec2
+            .describe_subnets()
+            .subnet_ids(s)
+            .send()
+            .await
+            .unwrap();
+        out.push(
+            d.subnets()[0]
+                .availability_zone_id()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_example_plans_to_start_to_wait_and_to_be_refused() {
+    let region = fresh_region();
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    let door = &harness().door;
+    let zones = zone_ids(region, &net.subnets).await;
+    door.spot_placements
+        .set_score(region, &zones[0], "c7g.4xlarge", 8, None);
+    door.spot_placements
+        .set_score(region, &zones[1], "c7g.4xlarge", 3, None);
+
+    // Start: the quotas (a fresh account's defaults) have room; the budget covers the run.
+    let mut spec = example(&net);
+    spec["limits"]["budget_usd"] = json!(20.0);
+    let (code, out, v) = plan(region, "start", &spec, &[]).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(v["verdict"], "start");
+    assert!(out.starts_with("plan for run 'fx-features-2023-04' in "), "{out}");
+    assert!(out.contains(": would start now"), "{out}");
+    let first = v["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["order"] == 1)
+        .unwrap();
+    assert_eq!(first["market"], "spot");
+    assert_eq!(first["instance_type"], "c7g.4xlarge");
+    assert_eq!(first["subnet"], json!(net.subnets[0]));
+    assert_eq!(first["score"], 8);
+    // The Spot price now and its range over 7 days (the door's history: a change halfway, up).
+    let spot = &first["spot"];
+    assert!(spot["min_usd_per_hour"].as_f64().unwrap() < spot["max_usd_per_hour"].as_f64().unwrap());
+    assert!(first["on_demand_usd_per_hour"].as_f64().unwrap() > spot["max_usd_per_hour"].as_f64().unwrap());
+    assert!(out.contains("  1. spot c7g.4xlarge"), "{out}");
+    assert!(out.contains("score 8"), "{out}");
+    let second_zone = v["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["order"] == 2)
+        .unwrap();
+    assert_eq!(second_zone["score"], 3);
+    // 3 types × 2 subnets × 2 markets, each with its place.
+    assert_eq!(v["candidates"].as_array().unwrap().len(), 12);
+    assert!(v["cost"]["expected_usd"].as_f64().unwrap() < v["cost"]["worst_case_usd"].as_f64().unwrap());
+    assert!(v["bounds"]["history_events"].as_u64().unwrap() <= v["bounds"]["max_history_events"].as_u64().unwrap());
+    assert!(out.contains("cost: expected $"), "{out}");
+
+    // Wait: the On-Demand quota (the fallback) is short; an increase would be requested, and
+    // planning requests nothing.
+    let od = quota_code("c7g.4xlarge", Market::OnDemand);
+    door.with_quotas(region, |q| {
+        q.applied.insert(od.clone(), 8.0);
+    });
+    let (code, out, v) = plan(region, "wait", &spec, &[]).await;
+    assert_eq!(code, 3, "{out}");
+    assert_eq!(v["verdict"], "wait");
+    assert!(out.contains(": would wait for quota"), "{out}");
+    let line = v["quotas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["code"] == json!(od))
+        .unwrap();
+    assert_eq!(line["fits"], false);
+    assert_eq!(line["needed_vcpus"], 16);
+    assert_eq!(line["would_request"], 16.0);
+    assert!(v["waiting_for"].as_str().unwrap().contains("an increase to 16 would be requested"), "{v}");
+    assert!(out.contains("would request an increase to 16"), "{out}");
+    assert_eq!(door.with_quotas(region, |q| q.increase_calls), 0, "nothing requested");
+
+    // Refused: no increase may be asked for and the cap covers no attempt; both named.
+    spec["quota"]["request_increase"] = json!(false);
+    spec["limits"]["budget_usd"] = json!(0.05);
+    let (code, out, v) = plan(region, "refuse", &spec, &[]).await;
+    assert_eq!(code, 4, "{out}");
+    assert_eq!(v["verdict"], "refuse");
+    assert!(out.contains(": would be refused"), "{out}");
+    let problems = v["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(out.contains("refused: limits.budget_usd: $0.05 cannot cover"), "{out}");
+    assert!(out.contains("quota.request_increase is false"), "{out}");
+
+    // An invalid RunSpec is refused with every field named, in JSON too.
+    spec["limits"]["budget_usd"] = json!(-1);
+    spec["worker"]["subnets"] = json!([]);
+    let (code, out, v) = plan(region, "invalid", &spec, &[]).await;
+    assert_eq!(code, 4, "{out}");
+    let all = v["problems"].to_string();
+    assert!(all.contains("limits.budget_usd") && all.contains("worker.subnets"), "{all}");
+    assert_eq!(door.with_quotas(region, |q| q.increase_calls), 0);
+    // Nothing launched by any plan.
+    assert!(fixtures::instances_of(&aws, "fx-features-2023-04").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_placement_score_ec2_refuses_is_unknown_and_the_plan_goes_on() {
+    // The day's configurations used up: MaxConfigLimitExceeded.
+    let region = fresh_region();
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    let door = &harness().door;
+    door.spot_placements.set_configuration_limit(region, 1);
+    let mut spec = example(&net);
+    spec["limits"]["budget_usd"] = json!(20.0);
+    let (code, out, v) = plan(region, "config-limit", &spec, &[]).await;
+    assert_eq!(code, 0, "{out}");
+    let spot: Vec<&Value> = v["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["market"] == "spot")
+        .collect();
+    // The first type's configuration was new and scored; the others were refused.
+    let c7g = spot.iter().find(|c| c["instance_type"] == "c7g.4xlarge").unwrap();
+    assert!(c7g["score"].is_number(), "{c7g}");
+    let m7g = spot.iter().find(|c| c["instance_type"] == "m7g.4xlarge").unwrap();
+    assert!(m7g["score"].is_null());
+    assert!(
+        m7g["score_note"].as_str().unwrap().contains("score unknown: MaxConfigLimitExceeded"),
+        "{m7g}"
+    );
+    assert!(out.contains("score unknown: MaxConfigLimitExceeded"), "{out}");
+    let (_, refused) = door.spot_placements.answered_in(region);
+    assert!(refused.iter().all(|c| c == "MaxConfigLimitExceeded") && !refused.is_empty());
+
+    // Its own rate: no token at all, RequestLimitExceeded (the SDK's retries included).
+    let region = fresh_region();
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    door.spot_placements.set_rate(region, 0.0, 0.0);
+    let mut spec = example(&net);
+    spec["limits"]["budget_usd"] = json!(20.0);
+    let (code, out, v) = plan(region, "rate", &spec, &[]).await;
+    assert_eq!(code, 0, "{out}");
+    for c in v["candidates"].as_array().unwrap().iter().filter(|c| c["market"] == "spot") {
+        assert!(c["score"].is_null());
+        assert!(
+            c["score_note"].as_str().unwrap().contains("RequestLimitExceeded"),
+            "{c}"
+        );
+    }
+    let (served, refused) = door.spot_placements.answered_in(region);
+    assert_eq!(served, 0);
+    assert!(refused.iter().all(|c| c == "RequestLimitExceeded") && !refused.is_empty());
+}
+
+#[tokio::test]
+async fn the_plan_and_the_run_agree() {
+    // Spot short and On-Demand with room: CheckQuota starts the run On-Demand and asks for the
+    // Spot increase; the plan must say both, and name the candidate the launch takes.
+    let region = fresh_region();
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    let door = &harness().door;
+    let spot_code = quota_code("c7g.4xlarge", Market::Spot);
+    door.with_quotas(region, |q| {
+        q.applied.insert(spot_code.clone(), 8.0);
+        // Requests stay open while the run goes on.
+        q.next_script = vec!["CASE_OPENED".into()];
+    });
+    let run_id = "plan-agrees";
+    // The RunSpec e2e::scenario starts (its topic aside, which the plan does not read).
+    let mut spec = fixtures::runspec(run_id, &net, None);
+    spec["expect"] = json!({"partitions": 2, "min_rows": 100});
+    let (code, out, planned) = plan(region, "agrees", &spec, &[]).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(planned["markets"], json!(["on-demand"]));
+    let first = planned["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["order"] == 1)
+        .unwrap()
+        .clone();
+    let spot_line = planned["quotas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["code"] == json!(spot_code))
+        .unwrap()
+        .clone();
+    assert_eq!(spot_line["fits"], false);
+
+    let run = e2e::scenario(
+        region,
+        run_id,
+        Behaviour::Succeed(json!({"run_id": run_id, "partitions_done": 2,
+            "partitions_failed": 0, "rows_in": 1000, "rows_out": 1000,
+            "durations": {"total_seconds": 1.5}})),
+        |_| {},
+    )
+    .await;
+    assert_eq!(run.finished.status, "SUCCEEDED", "{:?}", run.finished.cause);
+    // CheckQuota's verdict and markets are the plan's.
+    let quota = &run.finished.document["quota"];
+    assert_eq!(quota["verdict"], "enough");
+    assert_eq!(quota["markets"], planned["markets"]);
+    // The increase CheckQuota filed is the one the plan said it would.
+    let filed: Vec<f64> = door.with_quotas(region, |q| {
+        q.requests
+            .iter()
+            .filter(|r| r.code == spot_code)
+            .map(|r| r.desired)
+            .collect()
+    });
+    assert_eq!(filed, vec![spot_line["would_request"].as_f64().unwrap()]);
+    // The run launched where the plan said it would first.
+    assert_eq!(run.instances.len(), 1, "{:?}", run.instances);
+    let i = fixtures::instance(&aws, &run.instances[0].0).await;
+    assert_eq!(
+        i.instance_type().unwrap().as_str(),
+        first["instance_type"].as_str().unwrap()
+    );
+    assert_eq!(i.subnet_id().unwrap(), first["subnet"].as_str().unwrap());
+    let market = match i.instance_lifecycle().map(|l| l.as_str()) {
+        Some("spot") => "spot",
+        _ => "on-demand",
+    };
+    assert_eq!(market, first["market"].as_str().unwrap());
+}
