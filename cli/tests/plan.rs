@@ -102,12 +102,7 @@ async fn zone_ids(region: &str, subnets: &[String]) -> Vec<String> {
             .send()
             .await
             .unwrap();
-        out.push(
-            d.subnets()[0]
-                .availability_zone_id()
-                .unwrap()
-                .to_string(),
-        );
+        out.push(d.subnets()[0].availability_zone_id().unwrap().to_string());
     }
     out
 }
@@ -130,7 +125,10 @@ async fn the_example_plans_to_start_to_wait_and_to_be_refused() {
     let (code, out, v) = plan(region, "start", &spec, &[]).await;
     assert_eq!(code, 0, "{out}");
     assert_eq!(v["verdict"], "start");
-    assert!(out.starts_with("plan for run 'fx-features-2023-04' in "), "{out}");
+    assert!(
+        out.starts_with("plan for run 'fx-features-2023-04' in "),
+        "{out}"
+    );
     assert!(out.contains(": would start now"), "{out}");
     let first = v["candidates"]
         .as_array()
@@ -144,8 +142,13 @@ async fn the_example_plans_to_start_to_wait_and_to_be_refused() {
     assert_eq!(first["score"], 8);
     // The Spot price now and its range over 7 days (the door's history: a change halfway, up).
     let spot = &first["spot"];
-    assert!(spot["min_usd_per_hour"].as_f64().unwrap() < spot["max_usd_per_hour"].as_f64().unwrap());
-    assert!(first["on_demand_usd_per_hour"].as_f64().unwrap() > spot["max_usd_per_hour"].as_f64().unwrap());
+    assert!(
+        spot["min_usd_per_hour"].as_f64().unwrap() < spot["max_usd_per_hour"].as_f64().unwrap()
+    );
+    assert!(
+        first["on_demand_usd_per_hour"].as_f64().unwrap()
+            > spot["max_usd_per_hour"].as_f64().unwrap()
+    );
     assert!(out.contains("  1. spot c7g.4xlarge"), "{out}");
     assert!(out.contains("score 8"), "{out}");
     let second_zone = v["candidates"]
@@ -157,8 +160,13 @@ async fn the_example_plans_to_start_to_wait_and_to_be_refused() {
     assert_eq!(second_zone["score"], 3);
     // 3 types × 2 subnets × 2 markets, each with its place.
     assert_eq!(v["candidates"].as_array().unwrap().len(), 12);
-    assert!(v["cost"]["expected_usd"].as_f64().unwrap() < v["cost"]["worst_case_usd"].as_f64().unwrap());
-    assert!(v["bounds"]["history_events"].as_u64().unwrap() <= v["bounds"]["max_history_events"].as_u64().unwrap());
+    assert!(
+        v["cost"]["expected_usd"].as_f64().unwrap() < v["cost"]["worst_case_usd"].as_f64().unwrap()
+    );
+    assert!(
+        v["bounds"]["history_events"].as_u64().unwrap()
+            <= v["bounds"]["max_history_events"].as_u64().unwrap()
+    );
     assert!(out.contains("cost: expected $"), "{out}");
 
     // Wait: the On-Demand quota (the fallback) is short; an increase would be requested, and
@@ -180,9 +188,19 @@ async fn the_example_plans_to_start_to_wait_and_to_be_refused() {
     assert_eq!(line["fits"], false);
     assert_eq!(line["needed_vcpus"], 16);
     assert_eq!(line["would_request"], 16.0);
-    assert!(v["waiting_for"].as_str().unwrap().contains("an increase to 16 would be requested"), "{v}");
+    assert!(
+        v["waiting_for"]
+            .as_str()
+            .unwrap()
+            .contains("an increase to 16 would be requested"),
+        "{v}"
+    );
     assert!(out.contains("would request an increase to 16"), "{out}");
-    assert_eq!(door.with_quotas(region, |q| q.increase_calls), 0, "nothing requested");
+    assert_eq!(
+        door.with_quotas(region, |q| q.increase_calls),
+        0,
+        "nothing requested"
+    );
 
     // Refused: no increase may be asked for and the cap covers no attempt; both named.
     spec["quota"]["request_increase"] = json!(false);
@@ -193,7 +211,10 @@ async fn the_example_plans_to_start_to_wait_and_to_be_refused() {
     assert!(out.contains(": would be refused"), "{out}");
     let problems = v["problems"].as_array().unwrap();
     assert_eq!(problems.len(), 2, "{problems:?}");
-    assert!(out.contains("refused: limits.budget_usd: $0.05 cannot cover"), "{out}");
+    assert!(
+        out.contains("refused: limits.budget_usd: $0.05 cannot cover"),
+        "{out}"
+    );
     assert!(out.contains("quota.request_increase is false"), "{out}");
 
     // An invalid RunSpec is refused with every field named, in JSON too.
@@ -202,10 +223,15 @@ async fn the_example_plans_to_start_to_wait_and_to_be_refused() {
     let (code, out, v) = plan(region, "invalid", &spec, &[]).await;
     assert_eq!(code, 4, "{out}");
     let all = v["problems"].to_string();
-    assert!(all.contains("limits.budget_usd") && all.contains("worker.subnets"), "{all}");
+    assert!(
+        all.contains("limits.budget_usd") && all.contains("worker.subnets"),
+        "{all}"
+    );
     assert_eq!(door.with_quotas(region, |q| q.increase_calls), 0);
     // Nothing launched by any plan.
-    assert!(fixtures::instances_of(&aws, "fx-features-2023-04").await.is_empty());
+    assert!(fixtures::instances_of(&aws, "fx-features-2023-04")
+        .await
+        .is_empty());
 }
 
 #[tokio::test]
@@ -227,15 +253,27 @@ async fn a_placement_score_ec2_refuses_is_unknown_and_the_plan_goes_on() {
         .filter(|c| c["market"] == "spot")
         .collect();
     // The first type's configuration was new and scored; the others were refused.
-    let c7g = spot.iter().find(|c| c["instance_type"] == "c7g.4xlarge").unwrap();
+    let c7g = spot
+        .iter()
+        .find(|c| c["instance_type"] == "c7g.4xlarge")
+        .unwrap();
     assert!(c7g["score"].is_number(), "{c7g}");
-    let m7g = spot.iter().find(|c| c["instance_type"] == "m7g.4xlarge").unwrap();
+    let m7g = spot
+        .iter()
+        .find(|c| c["instance_type"] == "m7g.4xlarge")
+        .unwrap();
     assert!(m7g["score"].is_null());
     assert!(
-        m7g["score_note"].as_str().unwrap().contains("score unknown: MaxConfigLimitExceeded"),
+        m7g["score_note"]
+            .as_str()
+            .unwrap()
+            .contains("score unknown: MaxConfigLimitExceeded"),
         "{m7g}"
     );
-    assert!(out.contains("score unknown: MaxConfigLimitExceeded"), "{out}");
+    assert!(
+        out.contains("score unknown: MaxConfigLimitExceeded"),
+        "{out}"
+    );
     let (_, refused) = door.spot_placements.answered_in(region);
     assert!(refused.iter().all(|c| c == "MaxConfigLimitExceeded") && !refused.is_empty());
 
@@ -248,10 +286,18 @@ async fn a_placement_score_ec2_refuses_is_unknown_and_the_plan_goes_on() {
     spec["limits"]["budget_usd"] = json!(20.0);
     let (code, out, v) = plan(region, "rate", &spec, &[]).await;
     assert_eq!(code, 0, "{out}");
-    for c in v["candidates"].as_array().unwrap().iter().filter(|c| c["market"] == "spot") {
+    for c in v["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["market"] == "spot")
+    {
         assert!(c["score"].is_null());
         assert!(
-            c["score_note"].as_str().unwrap().contains("RequestLimitExceeded"),
+            c["score_note"]
+                .as_str()
+                .unwrap()
+                .contains("RequestLimitExceeded"),
             "{c}"
         );
     }

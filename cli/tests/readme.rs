@@ -112,7 +112,7 @@ fn every_command_the_front_page_shows_exists() {
     }
     // The front page shows the demo, the deploy, the CLI's verbs and the tests.
     assert!(checked >= 15, "{shown:?}");
-    for verb in ["validate", "run", "status", "logs", "report"] {
+    for verb in ["validate", "plan", "run", "status", "logs", "report"] {
         assert!(
             shown
                 .iter()
@@ -121,6 +121,14 @@ fn every_command_the_front_page_shows_exists() {
         );
     }
     assert!(root().join(".ci/run").exists());
+    // Issue 36: the front page shows the plan of the example RunSpec before any run.
+    let first = |prefix: &str| shown.iter().position(|c| c.starts_with(prefix));
+    let plan =
+        first("ephemera plan events/runspec.json").expect("`ephemera plan events/runspec.json`");
+    assert!(
+        first("ephemera run").is_none_or(|run| plan < run),
+        "the README shows `ephemera run` before `ephemera plan`: {shown:?}"
+    );
 }
 
 /// GitHub's anchor of a heading: lower case, punctuation dropped, spaces as hyphens.

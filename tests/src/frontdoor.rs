@@ -483,7 +483,11 @@ impl FrontDoor {
                 .throttles
                 .take_from(region, "GetSpotPlacementScores (staged)", rate, what)
             {
-                return refuse((503, "RequestLimitExceeded", "Request limit exceeded.".into()));
+                return refuse((
+                    503,
+                    "RequestLimitExceeded",
+                    "Request limit exceeded.".into(),
+                ));
             }
         }
         if let Err(r) = p.admit_configuration(region, &asked.configuration) {

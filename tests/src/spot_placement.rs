@@ -110,7 +110,10 @@ impl Asked {
                 "TargetCapacity must be between 1 and 2000000000".to_string(),
             ))? as u32;
         let vcpu_range = by_requirements.then(|| {
-            let n = |k: &str| form.get(&format!("{req}.VCpuCount.{k}")).and_then(|v| v.parse().ok());
+            let n = |k: &str| {
+                form.get(&format!("{req}.VCpuCount.{k}"))
+                    .and_then(|v| v.parse().ok())
+            };
             (n("Min").unwrap_or(0), n("Max").unwrap_or(u32::MAX))
         });
         let mut regions = list("RegionName");
@@ -119,7 +122,12 @@ impl Asked {
         }
         let mut params: Vec<(&String, &String)> = form
             .iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "Action" | "Version" | "NextToken" | "MaxResults" | "DryRun"))
+            .filter(|(k, _)| {
+                !matches!(
+                    k.as_str(),
+                    "Action" | "Version" | "NextToken" | "MaxResults" | "DryRun"
+                )
+            })
             .collect();
         params.sort();
         Ok(Asked {
@@ -279,7 +287,11 @@ impl SpotPlacements {
                     out.push((region.clone(), Some(id.clone()), zone_score(region, id)));
                 }
             } else if !ids.is_empty() {
-                let best = ids.iter().map(|id| zone_score(region, id)).max().unwrap_or(1);
+                let best = ids
+                    .iter()
+                    .map(|id| zone_score(region, id))
+                    .max()
+                    .unwrap_or(1);
                 out.push((region.clone(), None, best));
             }
         }
@@ -335,7 +347,11 @@ mod tests {
         p.set_score("eu-west-3", "euw3-az2", "c7g.large", 3, None);
         let zones = BTreeMap::from([(
             "eu-west-3".to_string(),
-            vec!["euw3-az1".to_string(), "euw3-az2".to_string(), "euw3-az3".to_string()],
+            vec![
+                "euw3-az1".to_string(),
+                "euw3-az2".to_string(),
+                "euw3-az3".to_string(),
+            ],
         )]);
         let vcpus = |t: &str| (t == "c7g.large").then_some(2);
         let ask = |target: &str, single: &str| {
@@ -353,7 +369,9 @@ mod tests {
         };
         let s = p.scores(&ask("4", "true"), &zones, vcpus);
         assert_eq!(
-            s.iter().map(|(_, z, s)| (z.clone().unwrap(), *s)).collect::<Vec<_>>(),
+            s.iter()
+                .map(|(_, z, s)| (z.clone().unwrap(), *s))
+                .collect::<Vec<_>>(),
             vec![
                 ("euw3-az1".into(), 9),
                 ("euw3-az3".into(), UNSET_SCORE),
@@ -368,7 +386,8 @@ mod tests {
             p.scores(&ask("4", "false"), &zones, vcpus),
             vec![("eu-west-3".into(), None, 9)]
         );
-        assert!(response_xml(&s).contains("<availabilityZoneId>euw3-az1</availabilityZoneId><score>1</score>"));
+        assert!(response_xml(&s)
+            .contains("<availabilityZoneId>euw3-az1</availabilityZoneId><score>1</score>"));
     }
 
     #[test]
@@ -379,7 +398,10 @@ mod tests {
         assert!(p.admit_configuration("r", "b").is_ok());
         let (status, code, _) = p.admit_configuration("r", "c").unwrap_err();
         assert_eq!((status, code), (400, "MaxConfigLimitExceeded"));
-        assert!(p.admit_configuration("r", "a").is_ok(), "a configuration used is retried");
+        assert!(
+            p.admit_configuration("r", "a").is_ok(),
+            "a configuration used is retried"
+        );
         assert!(p.admit_configuration("other", "c").is_ok(), "per account");
     }
 
@@ -387,20 +409,37 @@ mod tests {
     fn a_request_is_checked_as_ec2_checks_it() {
         let both = form(&[
             ("InstanceType.1", "c7g.large"),
-            ("InstanceRequirementsWithMetadata.InstanceRequirements.VCpuCount.Min", "2"),
+            (
+                "InstanceRequirementsWithMetadata.InstanceRequirements.VCpuCount.Min",
+                "2",
+            ),
             ("TargetCapacity", "1"),
         ]);
-        assert_eq!(Asked::parse(&both, "r").unwrap_err().1, "InvalidParameterCombination");
         assert_eq!(
-            Asked::parse(&form(&[("TargetCapacity", "1")]), "r").unwrap_err().1,
+            Asked::parse(&both, "r").unwrap_err().1,
+            "InvalidParameterCombination"
+        );
+        assert_eq!(
+            Asked::parse(&form(&[("TargetCapacity", "1")]), "r")
+                .unwrap_err()
+                .1,
             "MissingParameter"
         );
         let zero = form(&[("InstanceType.1", "c7g.large"), ("TargetCapacity", "0")]);
-        assert_eq!(Asked::parse(&zero, "r").unwrap_err().1, "InvalidParameterValue");
+        assert_eq!(
+            Asked::parse(&zero, "r").unwrap_err().1,
+            "InvalidParameterValue"
+        );
         let req = Asked::parse(
             &form(&[
-                ("InstanceRequirementsWithMetadata.InstanceRequirements.VCpuCount.Min", "2"),
-                ("InstanceRequirementsWithMetadata.InstanceRequirements.VCpuCount.Max", "4"),
+                (
+                    "InstanceRequirementsWithMetadata.InstanceRequirements.VCpuCount.Min",
+                    "2",
+                ),
+                (
+                    "InstanceRequirementsWithMetadata.InstanceRequirements.VCpuCount.Max",
+                    "4",
+                ),
                 ("TargetCapacity", "3"),
             ]),
             "r",

@@ -242,7 +242,11 @@ pub fn assemble(spec: &RunSpec, facts: &Facts) -> Plan {
             ));
         }
     }
-    let needs = match quota::needs(&per_type, &spec.worker.market.markets(false), spec.worker.count) {
+    let needs = match quota::needs(
+        &per_type,
+        &spec.worker.market.markets(false),
+        spec.worker.count,
+    ) {
         Ok(n) => n,
         Err(m) => {
             problems.push(format!("worker.instance_types: {m}"));
@@ -307,7 +311,12 @@ pub fn assemble(spec: &RunSpec, facts: &Facts) -> Plan {
             ));
             continue;
         };
-        let room = quota::room(q.applied, q.usage_vcpus, q.reserved_vcpus, need.needed_vcpus);
+        let room = quota::room(
+            q.applied,
+            q.usage_vcpus,
+            q.reserved_vcpus,
+            need.needed_vcpus,
+        );
         let (request, barred, would_request) = if room.short && spec.quota.request_increase {
             match quota_request::filing(&q.history, room.desired, &facts.bounds, facts.now) {
                 Filing::Follow(open) => (Some(open), None, None),
@@ -345,7 +354,10 @@ pub fn assemble(spec: &RunSpec, facts: &Facts) -> Plan {
     }
     let lines: Vec<QuotaLine> = quotas.iter().map(|q| q.line.clone()).collect();
     let (quota_verdict, quota_reason) = if lines.is_empty() && !problems.is_empty() {
-        (QuotaVerdict::Denied, "the quotas were not judged".to_string())
+        (
+            QuotaVerdict::Denied,
+            "the quotas were not judged".to_string(),
+        )
     } else {
         quota::decide(&lines, spec.quota.request_increase, facts.now, deadline)
     };
@@ -353,7 +365,10 @@ pub fn assemble(spec: &RunSpec, facts: &Facts) -> Plan {
         QuotaVerdict::Enough => quota::markets_with_room(&lines),
         _ => vec![],
     };
-    if matches!(quota_verdict, QuotaVerdict::Denied | QuotaVerdict::DeadlinePassed) {
+    if matches!(
+        quota_verdict,
+        QuotaVerdict::Denied | QuotaVerdict::DeadlinePassed
+    ) {
         problems.push(format!("vCPU quota: {quota_reason}"));
     }
 
@@ -374,7 +389,10 @@ pub fn assemble(spec: &RunSpec, facts: &Facts) -> Plan {
     let first = candidates.iter().find(|c| c.order == Some(1));
     let expected_usd = first.and_then(|c| {
         let price = match c.market {
-            Market::Spot => c.spot.map(|s| s.now_usd_per_hour).or(c.on_demand_usd_per_hour),
+            Market::Spot => c
+                .spot
+                .map(|s| s.now_usd_per_hour)
+                .or(c.on_demand_usd_per_hour),
             Market::OnDemand => c.on_demand_usd_per_hour,
         }?;
         let one = budget::attempt_worst_case(spec, &c.instance_type, price, &facts.region);
@@ -504,11 +522,17 @@ fn candidate(
         .map(|l| l.fits);
     let (score, score_note) = match (c.market, &zone) {
         (Market::OnDemand, _) => (None, Some("On-Demand: no placement score".into())),
-        (Market::Spot, None) => (None, Some("score unknown: the subnet's zone is unknown".into())),
+        (Market::Spot, None) => (
+            None,
+            Some("score unknown: the subnet's zone is unknown".into()),
+        ),
         (Market::Spot, Some(z)) => match facts.scores.get(&c.instance_type) {
             Some(Ok(by_zone)) => match by_zone.get(&z.id) {
                 Some(&s) => (Some(s), None),
-                None => (None, Some(format!("score unknown: EC2 scored no zone {}", z.id))),
+                None => (
+                    None,
+                    Some(format!("score unknown: EC2 scored no zone {}", z.id)),
+                ),
             },
             Some(Err(why)) => (None, Some(format!("score unknown: {why}"))),
             None => (None, Some("score unknown: not asked".into())),
@@ -664,7 +688,10 @@ pub fn text(p: &Plan) -> String {
         line(format!("  {}", p.quota_reason));
     }
     if !p.candidates.is_empty() {
-        line(format!("candidates, in the order the launch tries them ({}):", p.order_rule));
+        line(format!(
+            "candidates, in the order the launch tries them ({}):",
+            p.order_rule
+        ));
         let mut ordered: Vec<&CandidatePlan> = p.candidates.iter().collect();
         ordered.sort_by_key(|c| c.order.unwrap_or(usize::MAX));
         for c in ordered {
@@ -704,7 +731,11 @@ pub fn text(p: &Plan) -> String {
             m.spent_usd,
             m.budget_usd,
             m.remainder_usd,
-            if m.fits { "the run fits" } else { "the run does not fit" }
+            if m.fits {
+                "the run fits"
+            } else {
+                "the run does not fit"
+            }
         ));
     }
     line(format!(
@@ -745,11 +776,14 @@ mod tests {
                 source: "table".into(),
             });
         }
-        let per_type: Vec<(String, u32)> =
-            types.iter().map(|t| (t.clone(), vcpus[t])).collect();
+        let per_type: Vec<(String, u32)> = types.iter().map(|t| (t.clone(), vcpus[t])).collect();
         let mut quotas = BTreeMap::new();
-        for n in quota::needs(&per_type, &spec.worker.market.markets(false), spec.worker.count)
-            .unwrap()
+        for n in quota::needs(
+            &per_type,
+            &spec.worker.market.markets(false),
+            spec.worker.count,
+        )
+        .unwrap()
         {
             quotas.insert(
                 n.code,
@@ -901,7 +935,11 @@ mod tests {
         let spot = p.candidates.iter().find(|c| c.market == Market::Spot);
         if let Some(c) = spot {
             assert_eq!(c.score, None);
-            assert!(c.score_note.as_deref().unwrap().contains("MaxConfigLimitExceeded"));
+            assert!(c
+                .score_note
+                .as_deref()
+                .unwrap()
+                .contains("MaxConfigLimitExceeded"));
         }
     }
 
