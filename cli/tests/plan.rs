@@ -379,4 +379,52 @@ async fn the_plan_and_the_run_agree() {
         _ => "on-demand",
     };
     assert_eq!(market, first["market"].as_str().unwrap());
+
+    // The month, from the ledger the run settled in: what it spent, and whether the same run
+    // again would fit what the stack's monthly budget leaves (LaunchWorker's guard).
+    let table = ephemera_tests::iam::LEDGER_TABLE;
+    let (code, out, again) = plan(
+        region,
+        "month",
+        &spec,
+        &["--ledger", table, "--budget", "1000"],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let month = &again["cost"]["month"];
+    let spent = month["spent_usd"].as_f64().unwrap();
+    assert!(spent > 0.0, "{month}");
+    assert_eq!(month["fits"], true);
+    assert_eq!(
+        month["month"],
+        json!(ephemera_core::ledger::month_of(chrono::Utc::now()))
+    );
+    assert!(out.contains("the run fits"), "{out}");
+    // The open Spot increase is followed, not asked again.
+    let spot_again = again["quotas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["code"] == json!(spot_code))
+        .unwrap()
+        .clone();
+    assert!(spot_again["would_request"].is_null(), "{spot_again}");
+    let filed_id = door.with_quotas(region, |q| {
+        q.requests
+            .iter()
+            .find(|r| r.code == spot_code)
+            .map(|r| r.id.clone())
+    });
+    assert_eq!(spot_again["request"]["id"], json!(filed_id.unwrap()));
+    let budget = format!("{:.2}", spent + 0.5);
+    let (code, out, over) = plan(
+        region,
+        "month-over",
+        &spec,
+        &["--ledger", table, "--budget", &budget],
+    )
+    .await;
+    assert_eq!(code, 4, "{out}");
+    assert_eq!(over["problems"].as_array().unwrap().len(), 1, "{over}");
+    assert!(out.contains("refused: the month's budget: "), "{out}");
 }

@@ -24,7 +24,7 @@ use crate::{admission, payload};
 
 /// The id a request the plan would file stands under while `quota::decide` judges it: the check
 /// files one and then waits on it, so the plan judges as if it had.
-const WOULD_REQUEST: &str = "(would be requested)";
+const WOULD_REQUEST: &str = "that CheckQuota would file";
 
 /// One quota as read now.
 #[derive(Debug, Clone, PartialEq)]
