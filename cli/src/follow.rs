@@ -95,6 +95,32 @@ pub fn live_line(
     )
 }
 
+/// `, waiting on boot (2), job`: each kind of wait, with how many lanes wait on it.
+pub fn waiting_on(waiting: &[crate::waiting::Waiting]) -> String {
+    let mut kinds: Vec<(&str, usize)> = vec![];
+    for w in waiting {
+        let kind = w.why.split(':').next().unwrap_or_default();
+        match kinds.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => kinds.push((kind, 1)),
+        }
+    }
+    if kinds.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = kinds
+        .iter()
+        .map(|(k, n)| {
+            if *n > 1 {
+                format!("{k} ({n})")
+            } else {
+                k.to_string()
+            }
+        })
+        .collect();
+    format!(", waiting on {}", parts.join(", "))
+}
+
 /// What following has shown so far, so that each poll prints only what is new.
 struct Shown {
     region: String,
@@ -157,12 +183,17 @@ impl Shown {
             cost_text(usd, &unpriced)
         };
         let line = live_line(&state, now - since, now - d.started, &cost);
+        let waiting = crate::waiting::now(events, now);
         if self.terminal {
-            print!("\r\x1b[2K{line}");
+            // One row, redrawn: what each lane waits on in a word; `ephemera status` says why.
+            print!("\r\x1b[2K{line}{}", waiting_on(&waiting));
             let _ = std::io::stdout().flush();
             self.live = true;
         } else if self.quiet_since.elapsed() >= QUIET_LINE_EVERY {
             println!("{line}");
+            for w in &waiting {
+                println!("    waiting: {}", printable(&w.line()));
+            }
             self.quiet_since = Instant::now();
         }
     }
@@ -268,6 +299,21 @@ mod tests {
             live_line("AwaitCompletion", s(192), s(340), "≈$0.0100 so far"),
             "  in AwaitCompletion for 3:12, 5:40 since the start, ≈$0.0100 so far"
         );
+    }
+
+    #[test]
+    fn the_live_line_names_each_kind_of_wait_once() {
+        let w = |why: &str| crate::waiting::Waiting {
+            slot: Some(1),
+            state: "WaitBoot".into(),
+            since: at(0),
+            why: why.into(),
+        };
+        assert_eq!(
+            waiting_on(&[w("boot: i-1"), w("job: on i-2"), w("boot: i-3")]),
+            ", waiting on boot (2), job"
+        );
+        assert_eq!(waiting_on(&[]), "");
     }
 
     #[test]

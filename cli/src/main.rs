@@ -13,6 +13,7 @@ mod resolve;
 mod runs;
 mod sweep;
 mod terminal;
+mod waiting;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -253,6 +253,11 @@ pub async fn status(sfn: &aws_sdk_sfn::Client, e: &Execution) -> Result<Outcome,
         }
     };
     field("status", state);
+    if e.is_running() {
+        for (i, w) in crate::waiting::now(&events, now).iter().enumerate() {
+            field(if i == 0 { "waiting" } else { "" }, w.line());
+        }
+    }
     field(
         "started",
         format!("{} UTC, {} ago", when(e.started), elapsed(now - e.started)),
@@ -267,6 +272,7 @@ pub async fn status(sfn: &aws_sdk_sfn::Client, e: &Execution) -> Result<Outcome,
         field("attempts", "none launched".into());
     }
     let region = crate::aws::region_of_arn(&e.arn).unwrap_or_default();
+    let mut spent = 0.0;
     let cost = match (e.is_running(), history::report(&events)) {
         (_, Some(r)) => match actual_usd(&r) {
             Some(usd) => format!("${usd:.4} (measured; ephemera report {})", e.name),
@@ -274,6 +280,7 @@ pub async fn status(sfn: &aws_sdk_sfn::Client, e: &Execution) -> Result<Outcome,
         },
         (true, None) if !attempts.is_empty() => {
             let (usd, unpriced) = cost_so_far(&attempts, region, now);
+            spent = usd;
             format!(
                 "{}\n{:<10} ({COST_SO_FAR_NOTE})",
                 cost_text(usd, &unpriced),
@@ -284,6 +291,11 @@ pub async fn status(sfn: &aws_sdk_sfn::Client, e: &Execution) -> Result<Outcome,
         (false, None) => "none: nothing was launched".into(),
     };
     field("cost", cost);
+    if e.is_running() {
+        if let Some(b) = crate::waiting::budget(&events, spent) {
+            field("budget", b);
+        }
+    }
     Ok(match e.status {
         ExecutionStatus::Running | ExecutionStatus::Succeeded | ExecutionStatus::PendingRedrive => {
             Outcome::Done

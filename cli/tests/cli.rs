@@ -337,6 +337,16 @@ async fn wait_timeout_exits_3_detach_returns_at_once_and_status_follows() {
     let aws = clients(region);
     let net = fixtures::network(&aws).await;
     let machine = e2e::create_state_machine(region).await;
+    // Spot has no capacity: the worker lands on On-Demand after every Spot candidate.
+    harness().door.add_fault(
+        ephemera_tests::FaultRule::always(
+            region,
+            "RunInstances",
+            "InsufficientInstanceCapacity",
+            500,
+        )
+        .when("InstanceMarketOptions.MarketType", "spot"),
+    );
     // No worker yet: the run waits for its worker to say "started".
     let path = write_spec("slow", &fixtures::runspec("cli-slow", &net, None));
     let out = output(
@@ -375,6 +385,23 @@ async fn wait_timeout_exits_3_detach_returns_at_once_and_status_follows() {
         "{running}"
     );
     assert!(running.contains("so far"), "{running}");
+    // Why it waits: the boot of its on-demand instance, after Spot refused every candidate
+    // (2 types x 2 subnets), and what is left of the budget.
+    assert!(
+        running.contains("waiting    worker 1: boot: i-")
+            && running.contains("(on-demand c7g.4xlarge, "),
+        "{running}"
+    );
+    assert!(
+        running.contains(
+            "capacity: 4 candidates were refused before this one (last: spot c6g.4xlarge in subnet-"
+        ) && running.contains(": InsufficientInstanceCapacity)"),
+        "{running}"
+    );
+    assert!(
+        running.contains("budget     $20.00 (limits.budget_usd), ≈$"),
+        "{running}"
+    );
 
     // --detach: started and told how to follow, nothing more.
     let other = write_spec("detached", &fixtures::runspec("cli-detached", &net, None));
@@ -415,6 +442,56 @@ async fn wait_timeout_exits_3_detach_returns_at_once_and_status_follows() {
     .await;
     worker.log().await;
     assert_eq!(done.0, Some(0), "{}", done.1);
+}
+
+#[tokio::test]
+async fn status_says_a_run_waits_on_its_quota_request() {
+    let region = fresh_region();
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    let machine = e2e::create_state_machine(region).await;
+    // 8 Spot vCPUs where the run needs 16, and the increase stays pending.
+    harness().door.with_quotas(region, |q| {
+        q.applied.insert("L-34B43A08".into(), 8.0);
+        q.next_script = vec!["PENDING".into()];
+    });
+    let mut spec = fixtures::runspec("cli-quota", &net, None);
+    spec["worker"]["market"] = json!("spot");
+    let path = write_spec("quota", &spec);
+    let out = output(
+        ephemera(region)
+            .args(["run", path.to_str().unwrap(), "--detach"])
+            .args(["--state-machine", &machine]),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let waiting = eventually("the run waiting on quota", Duration::from_secs(60), || {
+        let machine = machine.clone();
+        async move {
+            let out =
+                output(ephemera(region).args(["status", "cli-quota", "--state-machine", &machine]))
+                    .await;
+            let stdout = text(&out).0;
+            stdout.contains("increase request").then_some(stdout)
+        }
+    })
+    .await;
+    assert!(
+        waiting.contains(
+            "waiting    quota: L-34B43A08 (spot) needs 16 vCPUs, 8 applied, 0 in use outside ephemera, 0 held by other runs; increase request "
+        ),
+        "{waiting}"
+    );
+    assert!(waiting.contains(" is PENDING since "), "{waiting}");
+    assert!(waiting.contains("attempts   none launched"), "{waiting}");
+    // Nothing is left waiting behind the test.
+    let out = output(
+        ephemera(region)
+            .args(["cancel", "cli-quota", "--reason", "test over"])
+            .args(["--state-machine", &machine]),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
 }
 
 #[tokio::test]
@@ -515,6 +592,15 @@ async fn cancel_stops_the_run_and_its_stop_is_torn_down_settled_and_reported() {
         }
     })
     .await;
+    // At work: status says so, with the heartbeat the run expects.
+    let out =
+        output(ephemera(region).args(["status", "cli-cancel", "--state-machine", &machine])).await;
+    let at_work = text(&out).0;
+    assert!(
+        at_work.contains("waiting    worker 1: job: working on i-")
+            && at_work.contains("a heartbeat is due every 60 s"),
+        "{at_work}"
+    );
     let live = fixtures::instances_of(&aws, "cli-cancel").await;
     assert!(
         live.iter().any(|(_, s)| s == "running" || s == "pending"),

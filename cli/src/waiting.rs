@@ -1,0 +1,451 @@
+//! Why a running run is where it is: one line for each place it waits (the run before its
+//! workers, then each worker), read from the run document each state was entered with. The
+//! complaint this answers is AWS Batch's "stuck in RUNNABLE" with no reason: ephemera knows the
+//! quota request, the candidates EC2 refused, the instance's checks and the job's deadlines,
+//! and says which one the run is waiting on.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use ephemera_core::quota::{QuotaLine, QuotaState};
+use ephemera_core::rundoc::{HealthState, WorkerState};
+use ephemera_core::snapshot::SnapshotState;
+use ephemera_core::vcpus::QuotaRefused;
+use ephemera_core::State;
+use serde_json::from_value;
+use serde_json::Value;
+
+use crate::follow::elapsed;
+use crate::history::{Event, Kind};
+
+/// One place the run waits: the run itself (`slot` None) or one worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Waiting {
+    pub slot: Option<u64>,
+    pub state: String,
+    pub since: DateTime<Utc>,
+    /// `quota: …`, `boot: …`: what it waits on, then why.
+    pub why: String,
+}
+
+impl Waiting {
+    /// `worker 2: boot: i-0abc …` or `quota: …`.
+    pub fn line(&self) -> String {
+        match self.slot {
+            Some(s) => format!("worker {s}: {}", self.why),
+            None => self.why.clone(),
+        }
+    }
+}
+
+/// A lane's last state entered: its name, when, and the run document it was entered with.
+type Entered = (String, DateTime<Utc>, Value);
+
+/// Where the run waits now: the last state each lane (the run, each worker's Map iteration)
+/// entered and has not left, with why. Empty once the run is over.
+pub fn now(events: &[Event], now: DateTime<Utc>) -> Vec<Waiting> {
+    // The lane's latest entry; None once that state was left and no other entered.
+    let mut lanes: BTreeMap<Option<u64>, Option<Entered>> = BTreeMap::new();
+    for e in events {
+        match &e.kind {
+            Kind::Entered { state, input } => {
+                let doc = input
+                    .as_deref()
+                    .and_then(|i| serde_json::from_str::<Value>(i).ok())
+                    .unwrap_or(Value::Null);
+                let l = lane(&doc);
+                if l.is_none() {
+                    // The run's own lane moved on: the Map and its workers are over.
+                    lanes.retain(|k, _| k.is_none());
+                }
+                lanes.insert(l, Some((state.clone(), e.at, doc)));
+            }
+            Kind::Exited { state, output } => {
+                let doc = output
+                    .as_deref()
+                    .and_then(|o| serde_json::from_str::<Value>(o).ok())
+                    .unwrap_or(Value::Null);
+                let l = lane(&doc);
+                if matches!(lanes.get(&l), Some(Some((s, _, _))) if s == state) {
+                    lanes.insert(l, None);
+                }
+            }
+            Kind::Other => {}
+        }
+    }
+    lanes
+        .into_iter()
+        .filter_map(|(slot, entry)| {
+            let (state, since, doc) = entry?;
+            // The run's own lane in the Map waits on its workers, whose lines say why.
+            let s = State::named(&state)?;
+            if s == State::Workers {
+                return None;
+            }
+            Some(Waiting {
+                slot,
+                why: why(s, &doc, since, now),
+                state,
+                since,
+            })
+        })
+        .collect()
+}
+
+/// `$20.00 (limits.budget_usd), ≈$19.53 left at the estimate so far`: what the run may still
+/// spend, from the RunSpec every state carries (`$.run`).
+pub fn budget(events: &[Event], spent_usd: f64) -> Option<String> {
+    let cap = events.iter().rev().find_map(|e| match &e.kind {
+        Kind::Entered { input: Some(i), .. } => serde_json::from_str::<Value>(i)
+            .ok()?
+            .pointer("/run/limits/budget_usd")?
+            .as_f64(),
+        _ => None,
+    })?;
+    Some(format!(
+        "${cap:.2} (limits.budget_usd), ≈${:.4} left at the estimate so far",
+        (cap - spent_usd).max(0.0)
+    ))
+}
+
+/// A worker's iteration carries its slot; the run's own document does not.
+fn lane(doc: &Value) -> Option<u64> {
+    doc.get("slot").and_then(Value::as_u64)
+}
+
+fn part<T: serde::de::DeserializeOwned>(doc: &Value, key: &str) -> Option<T> {
+    from_value(doc.get(key)?.clone()).ok()
+}
+
+fn ago(then: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    format!("{} ago", elapsed(now - then))
+}
+
+fn clock(t: DateTime<Utc>) -> String {
+    t.format("%H:%M:%S UTC").to_string()
+}
+
+/// What `state` waits on, from the run document it was entered with.
+pub fn why(state: State, doc: &Value, since: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    use State::*;
+    let worker: Option<WorkerState> = part(doc, "worker");
+    let current = worker.as_ref().and_then(WorkerState::current);
+    match state {
+        Scheduled | ScheduledRunId | StartScheduled | Start => "starting".into(),
+        CheckQuota | QuotaVerdict | WaitQuota => match part::<QuotaState>(doc, "quota") {
+            Some(q) => quota(&q, state, now),
+            None => format!(
+                "quota: reading the vCPU quotas, the usage and the prices (for {})",
+                elapsed(now - since)
+            ),
+        },
+        QuotaDenied | QuotaTimeout => "quota: refused; the run ends".into(),
+        SnapshotWanted | SnapshotDatabase | SnapshotReady | WaitSnapshot => {
+            match part::<SnapshotState>(doc, "snapshot") {
+                Some(s) => format!(
+                    "snapshot: {} of {} is {} (asked {}, gives up at {})",
+                    s.identifier,
+                    s.source,
+                    s.status,
+                    ago(s.requested_at, now),
+                    clock(s.deadline)
+                ),
+                None => "snapshot: asking RDS for the snapshot before the run writes".into(),
+            }
+        }
+        Stagger => "launch: staggered, so that the workers do not ask EC2 at once".into(),
+        LaunchWorker => match current {
+            Some(a) => format!(
+                "launch: attempt {} after {} {} (Spot reclaimed it or it was lost)",
+                a.attempt + 1,
+                a.instance_id,
+                a.instance_type
+            ),
+            None => "launch: asking EC2 for an instance, the candidates in the run's order".into(),
+        },
+        LaunchQuotaRefused | ReadLaunchQuotaWait | WaitLaunchQuota => {
+            match doc
+                .get("launch_quota")
+                .and_then(|q| q.get("refused"))
+                .and_then(|r| serde_json::from_value::<QuotaRefused>(r.clone()).ok())
+            {
+                Some(r) => format!(
+                    "quota: the launch was refused for vCPU quota {}: {}; waiting {} s, then launching again ({} waits so far)",
+                    ago(r.since, now),
+                    r.reason,
+                    r.wait_seconds,
+                    r.waits
+                ),
+                None => "quota: the launch was refused for vCPU quota; waiting for room".into(),
+            }
+        }
+        WaitBoot | HealthCheck | Booted | WaitHealth => {
+            let mut s = match current {
+                Some(a) => format!(
+                    "boot: {} ({} {}, {}) launched {}",
+                    a.instance_id,
+                    a.market.as_str(),
+                    a.instance_type,
+                    a.availability_zone.as_deref().unwrap_or(&a.subnet),
+                    ago(a.launched_at, now)
+                ),
+                None => "boot: waiting for the instance".into(),
+            };
+            match part::<HealthState>(doc, "health") {
+                Some(h) => s.push_str(&format!("; {} (checked {})", h.detail, ago(h.checked_at, now))),
+                None => s.push_str("; waiting for its status checks and the worker's \"started\""),
+            }
+            if let Some(a) = current.filter(|a| a.tried_total > 0) {
+                s.push_str(&format!("; {}", capacity(a)));
+            }
+            s
+        }
+        AwaitCompletion => match (current, worker.as_ref()) {
+            (Some(a), Some(w)) => format!(
+                "job: working on {} for {}; a heartbeat is due every {} s, the run's deadline for it is {}",
+                a.instance_id,
+                elapsed(now - since),
+                w.heartbeat_seconds,
+                clock(since + chrono::Duration::seconds(w.timeout_seconds as i64))
+            ),
+            _ => "job: working".into(),
+        },
+        WasReclaimed | CanRelaunch | Relaunch => match (current, worker.as_ref()) {
+            (Some(a), Some(w)) => format!(
+                "relaunch: {} stopped reporting; asking whether Spot reclaimed it ({} relaunches left)",
+                a.instance_id, w.relaunches_left
+            ),
+            _ => "relaunch: asking whether Spot reclaimed the instance".into(),
+        },
+        ReleaseWorker | WorkerLost | WorkerLostUnreleased | WorkerReported => {
+            "release: the worker is done or lost; its instance is being terminated".into()
+        }
+        VerifyCompletion => "verify: checking the outputs against the RunSpec".into(),
+        PruneWanted | PruneSnapshots => "snapshot: pruning the database's older snapshots".into(),
+        Workers => "workers".into(),
+        TerminateWithCostReport | Cleanup | TellRefusal => {
+            "teardown: terminating every instance and writing the cost report".into()
+        }
+        Done | Failed | CleanupFailed | RejectRunSpec | RejectRunSpecUntold => "ended".into(),
+    }
+}
+
+/// The quotas that do not fit, each with its request: what the run waits for.
+fn quota(q: &QuotaState, state: State, now: DateTime<Utc>) -> String {
+    let short: Vec<&QuotaLine> = q.quotas.iter().filter(|l| !l.fits).collect();
+    if short.is_empty() {
+        return if state == State::CheckQuota {
+            format!("quota: checking again ({} checks so far)", q.polls)
+        } else {
+            format!("quota: {}", q.reason)
+        };
+    }
+    let lines: Vec<String> = short.iter().map(|l| quota_line(l, now)).collect();
+    format!(
+        "quota: {}; {}, gives up at {}",
+        lines.join("; "),
+        if state == State::WaitQuota {
+            format!("next look in {} s", q.wait_seconds)
+        } else {
+            "looking now".into()
+        },
+        clock(q.deadline)
+    )
+}
+
+fn quota_line(l: &QuotaLine, now: DateTime<Utc>) -> String {
+    let mut s = format!(
+        "{} ({}) needs {} vCPUs, {} applied{}, {} in use outside ephemera, {} held by other runs",
+        l.code,
+        l.market.as_str(),
+        l.needed_vcpus,
+        l.applied,
+        if l.is_default { " (AWS's default)" } else { "" },
+        l.usage_vcpus,
+        l.reserved_vcpus
+    );
+    match (&l.request, &l.barred) {
+        (Some(r), _) => s.push_str(&format!(
+            "; increase request {} to {} is {} since {} ({}){}",
+            r.id,
+            r.desired,
+            r.status,
+            clock(r.requested_at),
+            ago(r.requested_at, now),
+            r.case_id
+                .as_deref()
+                .map(|c| format!(", support case {c}"))
+                .unwrap_or_default()
+        )),
+        (None, Some(why)) => s.push_str(&format!("; no increase may be asked: {why}")),
+        (None, None) => {
+            s.push_str("; no increase asked (quota.request_increase is off), waiting for room")
+        }
+    }
+    s
+}
+
+/// `capacity: 4 candidates refused before it (last: spot c7g.4xlarge in subnet-1:
+/// InsufficientInstanceCapacity)`.
+fn capacity(a: &ephemera_core::rundoc::Attempt) -> String {
+    let kept: Vec<String> = a
+        .tried
+        .iter()
+        .map(|t| {
+            format!(
+                "{} {} in {}: {}",
+                t.market.as_str(),
+                t.instance_type,
+                t.subnet,
+                t.code
+            )
+        })
+        .collect();
+    format!(
+        "capacity: {} candidate{} refused before this one{}",
+        a.tried_total,
+        if a.tried_total == 1 { " was" } else { "s were" },
+        if kept.is_empty() {
+            String::new()
+        } else {
+            format!(" (last: {})", kept.join("; "))
+        }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::tests::{at, attempt, entered_at, exited_at};
+    use serde_json::json;
+
+    fn quota_doc(status: &str, fits: bool) -> Value {
+        json!({"run": {}, "quota": {
+            "verdict": "waiting", "reason": "short", "wait_seconds": 300, "polls": 2,
+            "started_at": at(0), "checked_at": at(50), "deadline": at(3600),
+            "quotas": [{"code": "L-34B43A08", "market": "spot", "applied": 8.0,
+                        "is_default": false, "usage_vcpus": 4, "reserved_vcpus": 0,
+                        "needed_vcpus": 16, "fits": fits,
+                        "request": {"id": "req-1", "desired": 28.0, "status": status,
+                                    "requested_at": at(10)}}]}})
+    }
+
+    #[test]
+    fn a_run_waiting_on_quota_names_the_request_its_status_and_since_when() {
+        let events = vec![
+            entered_at(1, 0, "CheckQuota", Some(json!({"run": {}, "quota": null}))),
+            exited_at(2, 5, "CheckQuota", Some(quota_doc("CASE_OPENED", false))),
+            entered_at(3, 5, "WaitQuota", Some(quota_doc("CASE_OPENED", false))),
+        ];
+        let w = super::now(&events, at(70));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].slot, None);
+        let line = w[0].line();
+        assert!(
+            line.starts_with("quota: L-34B43A08 (spot) needs 16 vCPUs, 8 applied, 4 in use outside ephemera, 0 held by other runs; increase request req-1 to 28 is CASE_OPENED since "),
+            "{line}"
+        );
+        assert!(line.contains("(1:00 ago)"), "{line}");
+        assert!(
+            line.ends_with("next look in 300 s, gives up at 09:00:00 UTC"),
+            "{line}"
+        );
+        // While CheckQuota itself runs the first time, it says so.
+        let first = super::now(&events[..1], at(3));
+        assert!(
+            first[0].why.starts_with("quota: reading the vCPU quotas"),
+            "{first:?}"
+        );
+    }
+
+    #[test]
+    fn a_barred_quota_says_why_no_increase_is_asked() {
+        let mut doc = quota_doc("PENDING", false);
+        doc["quota"]["quotas"][0]["request"] = Value::Null;
+        doc["quota"]["quotas"][0]["barred"] = json!("denied 2 days ago");
+        let w = why(State::WaitQuota, &doc, at(0), at(10));
+        assert!(
+            w.contains("; no increase may be asked: denied 2 days ago;"),
+            "{w}"
+        );
+    }
+
+    fn boot_doc(slot: u64, tried_total: u32) -> Value {
+        let mut a = attempt(1, "i-0abc", "c6g.4xlarge", "on-demand", 100);
+        a["tried_total"] = json!(tried_total);
+        a["tried"] = json!([{"market": "spot", "instance_type": "c7g.4xlarge",
+                             "subnet": "subnet-2", "code": "InsufficientInstanceCapacity",
+                             "message": "no"}]);
+        json!({"run": {}, "slot": slot, "worker": {"slot": slot, "attempts": [a],
+               "relaunches_left": 2, "heartbeat_seconds": 60, "timeout_seconds": 7200,
+               "boot_poll_seconds": 5, "token_parameter": "p", "token_reader": "r"},
+               "health": {"verdict": "booting", "instance_id": "i-0abc",
+                          "detail": "running, status checks initializing", "wait_seconds": 5,
+                          "checked_at": at(150)}})
+    }
+
+    #[test]
+    fn each_worker_says_what_it_waits_on_and_a_left_state_says_nothing() {
+        let mut working = boot_doc(2, 0);
+        working["health"]["verdict"] = json!("healthy");
+        let events = vec![
+            entered_at(1, 0, "Workers", Some(json!({"run": {}}))),
+            entered_at(2, 150, "WaitHealth", Some(boot_doc(1, 4))),
+            entered_at(3, 160, "AwaitCompletion", Some(working)),
+        ];
+        let w = super::now(&events, at(160));
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert_eq!(
+            w[0].line(),
+            "worker 1: boot: i-0abc (on-demand c6g.4xlarge, us-east-1a) launched 1:00 ago; running, status checks initializing (checked 0:10 ago); capacity: 4 candidates were refused before this one (last: spot c7g.4xlarge in subnet-2: InsufficientInstanceCapacity)"
+        );
+        assert_eq!(
+            w[1].line(),
+            "worker 2: job: working on i-0abc for 0:00; a heartbeat is due every 60 s, the run's deadline for it is 10:02:40 UTC"
+        );
+        // The worker's state left and nothing else entered: it waits on nothing named.
+        let mut left = events.clone();
+        left.push(exited_at(4, 170, "AwaitCompletion", Some(boot_doc(2, 0))));
+        assert_eq!(super::now(&left, at(170)).len(), 1);
+    }
+
+    #[test]
+    fn a_launch_refused_for_quota_says_the_refusal_and_the_wait() {
+        let doc = json!({"run": {}, "slot": 1, "launch_quota": {"refused": {
+            "attempt": 1, "waits": 2, "since": at(0), "wait_seconds": 120,
+            "reason": "VcpuLimitExceeded: L-1216C47A"}}});
+        let w = why(State::WaitLaunchQuota, &doc, at(10), at(60));
+        assert_eq!(
+            w,
+            "quota: the launch was refused for vCPU quota 1:00 ago: VcpuLimitExceeded: L-1216C47A; waiting 120 s, then launching again (2 waits so far)"
+        );
+    }
+
+    #[test]
+    fn the_budget_left_is_the_runspecs_cap_less_the_estimate() {
+        let events = vec![entered_at(
+            1,
+            0,
+            "CheckQuota",
+            Some(json!({"run": {"limits": {"budget_usd": 20.0}}})),
+        )];
+        assert_eq!(
+            budget(&events, 0.47).as_deref(),
+            Some("$20.00 (limits.budget_usd), ≈$19.5300 left at the estimate so far")
+        );
+        assert_eq!(
+            budget(&events, 25.0)
+                .as_deref()
+                .map(|b| b.contains("≈$0.0000 left")),
+            Some(true)
+        );
+        assert_eq!(budget(&[], 1.0), None);
+    }
+
+    #[test]
+    fn every_state_has_a_reason() {
+        for s in State::ALL {
+            assert!(!why(*s, &Value::Null, at(0), at(1)).is_empty(), "{s}");
+        }
+    }
+}
