@@ -41,6 +41,9 @@ pub const EXPORT_BUCKET: &str = "ephemera-features";
 /// meet `NoSuchBucket` where a real stack would not.
 pub const BUCKETS: [&str; 2] = [ARTIFACT_BUCKET, EXPORT_BUCKET];
 pub const REPORT_TOPIC: &str = "ephemera-reports";
+/// The template's default `DatabaseSecretPrefix`: the secrets (and parameters) the workers may
+/// read, a job's `job.secrets` among them.
+pub const SECRET_PREFIX: &str = "ephemera/";
 pub const WORKER_PROFILE: &str = "ephemera-worker";
 /// The worker role's RoleId (`!GetAtt WorkerRole.RoleId`; AWS's are `AROA` and 17 more).
 pub const WORKER_ROLE_ID: &str = "AROAEPHEMERAWORKER001";
