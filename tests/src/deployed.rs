@@ -31,6 +31,7 @@ pub fn settings(c: &Ctx) -> Settings {
         export_bucket: Some(EXPORT_BUCKET.into()),
         worker_role_id: Some(WORKER_ROLE_ID.into()),
         stack: Some(crate::iam::STACK.into()),
+        secret_prefix: Some(crate::iam::SECRET_PREFIX.into()),
         ..Settings::default()
     }
 }

@@ -2169,6 +2169,9 @@ impl FrontDoor {
             .ledger_table
             .get_or_insert(crate::iam::LEDGER_TABLE.to_string());
         settings
+            .secret_prefix
+            .get_or_insert(crate::iam::SECRET_PREFIX.to_string());
+        settings
             .worker_log_group
             .get_or_insert_with(crate::iam::worker_log_group);
         // Every function's environment names the stack's worker profile and the stack

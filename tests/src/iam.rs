@@ -41,6 +41,9 @@ pub const EXPORT_BUCKET: &str = "ephemera-features";
 /// meet `NoSuchBucket` where a real stack would not.
 pub const BUCKETS: [&str; 2] = [ARTIFACT_BUCKET, EXPORT_BUCKET];
 pub const REPORT_TOPIC: &str = "ephemera-reports";
+/// The template's default `DatabaseSecretPrefix`: the secrets (and parameters) the workers may
+/// read, a job's `job.secrets` among them.
+pub const SECRET_PREFIX: &str = "ephemera/";
 pub const WORKER_PROFILE: &str = "ephemera-worker";
 /// The worker role's RoleId (`!GetAtt WorkerRole.RoleId`; AWS's are `AROA` and 17 more).
 pub const WORKER_ROLE_ID: &str = "AROAEPHEMERAWORKER001";
@@ -1280,6 +1283,21 @@ mod tests {
         assert!(other_param("started", "ssm:PutParameter").is_err());
         assert!(other_param("task-token/i-1", "ssm:PutParameter").is_err());
         assert!(other_param("started/i-1", "ssm:GetParameter").is_err());
+        // The grant for job.secrets' SecureStrings (under the stack's prefix as a path) reaches
+        // them, and none of the above: the explicit Deny keeps it off the run parameters.
+        let job_secret = |path: &str| {
+            let c = Check::new(
+                "ssm:GetParameter",
+                format!("arn:aws:ssm:eu-west-1:{ACCOUNT}:parameter/{path}"),
+            )
+            .with("aws:userid", Principal::Worker.userid("worker-i-1"));
+            p.authorize(&Principal::Worker, "eu-west-1", &c)
+        };
+        assert_eq!(job_secret("ephemera/team/db"), Ok(()));
+        assert!(job_secret("prod/db").is_err());
+        assert!(job_secret("ephemera/runs/r/started/i-1")
+            .unwrap_err()
+            .contains("explicit deny"));
         // The state machine hands it over, tags included; only under the tokens' path.
         let hand = |name: &str, action: &str| {
             p.authorize(
@@ -1310,7 +1328,11 @@ mod tests {
                  "Resource": format!("arn:aws:s3:::{EXPORT_BUCKET}"),
                  "Condition": {"StringLike": {"s3:prefix": format!("runs/{run}/*")}}},
                 {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
-                 "Resource": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:api-key-AbCdEf"}
+                 "Resource": ["arn:aws:secretsmanager:eu-west-1:123456789012:secret:ephemera/api-key-AbCdEf",
+                              "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/db-AbCdEf"]},
+                {"Effect": "Allow", "Action": "ssm:GetParameter",
+                 "Resource": ["arn:aws:ssm:eu-west-1:123456789012:parameter/ephemera/db/password",
+                              format!("arn:aws:ssm:eu-west-1:123456789012:parameter/ephemera/runs/{run}/task-token/i-1")]}
             ]
         }))
         .unwrap();
@@ -1373,9 +1395,30 @@ mod tests {
                 format!("arn:aws:secretsmanager:eu-west-1:{ACCOUNT}:secret:{name}-AbCdEf"),
             )
         };
-        assert_eq!(may(secret("api-key"), Some(&policy)), Ok(()));
-        let refused = may(secret("prod/db"), Some(&policy)).unwrap_err();
+        assert_eq!(may(secret("ephemera/api-key"), Some(&policy)), Ok(()));
+        let refused = may(secret("ephemera/prod/db"), Some(&policy)).unwrap_err();
         assert!(refused.contains("no session policy allows"), "{refused}");
+        // Named by a session policy but outside the stack's secret prefix: the role refuses it
+        // (a session policy only takes permissions away).
+        let refused = may(secret("prod/db"), Some(&policy)).unwrap_err();
+        assert!(
+            refused.contains("no identity-based policy allows"),
+            "{refused}"
+        );
+        // Parameter Store likewise, and never a run parameter, named or not.
+        let parameter = |path: &str| {
+            Check::new(
+                "ssm:GetParameter",
+                format!("arn:aws:ssm:eu-west-1:{ACCOUNT}:parameter/{path}"),
+            )
+        };
+        assert_eq!(
+            may(parameter("ephemera/db/password"), Some(&policy)),
+            Ok(())
+        );
+        assert!(may(parameter("ephemera/db/other"), Some(&policy)).is_err());
+        let token = may(parameter("ephemera/runs/r1/task-token/i-1"), Some(&policy)).unwrap_err();
+        assert!(token.contains("explicit deny"), "{token}");
         // A session without the tag matches no statement that names it.
         let untagged = p.authorize_session(
             &Principal::Run,

@@ -135,11 +135,11 @@ async fn a_runs_job_cannot_list_read_overwrite_or_delete_another_runs_objects() 
 
     // As launch-worker vends them: the agent's session, then the job's from it.
     let launch = "fn-launch-worker";
-    let agent_policy = session_policy(&spec(&mine), &STACK, &[], Holder::Agent).unwrap();
+    let agent_policy = session_policy(&spec(&mine), &STACK, Holder::Agent).unwrap();
     let agent = assume(region, launch, Some(&mine), Some(&agent_policy))
         .await
         .expect("launch-worker vends the run's session");
-    let job_policy = session_policy(&spec(&mine), &STACK, &[], Holder::Job).unwrap();
+    let job_policy = session_policy(&spec(&mine), &STACK, Holder::Job).unwrap();
     let job = assume(region, &agent, None, Some(&job_policy))
         .await
         .expect("the agent gives its job a narrower session");

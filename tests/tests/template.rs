@@ -122,8 +122,15 @@ fn the_template_and_the_asl_spell_the_contracts_names() {
     }
 
     // Every SSM parameter the policies name is one of a run's parameters, for any run and instance.
+    // Besides them: every run's parameters at once (the Deny that keeps the secrets' grant off
+    // them) and the user's SecureStrings under the stack's secret prefix (job.secrets).
     let any_run = RunParameters::of_run("*");
-    let known = [any_run.started("*"), any_run.task_token("*")];
+    let known = [
+        any_run.started("*"),
+        any_run.task_token("*"),
+        format!("{}/*", RunParameters::ROOT),
+        "/${DatabaseSecretPrefix}*".to_string(),
+    ];
     let mut named = 0;
     for (at, _) in template.match_indices(":parameter/") {
         let name: String = template[at + ":parameter".len()..]

@@ -345,3 +345,75 @@ async fn a_gpu_job_asks_the_runtime_for_the_instances_gpus() {
     );
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// A job's secret in its container: the worker reads it (Secrets Manager, through the harness's
+/// front door with the instance role) and passes it by name (`--env API_KEY`), so the
+/// container's command has the value (it checks its SHA-256) while no command line does; what
+/// the container prints with it, on stdout and stderr and in its failure, is `[redacted]`.
+#[tokio::test]
+async fn a_container_jobs_secret_reaches_it_by_name_and_is_redacted_from_what_it_prints() {
+    if !containers::available() {
+        eprintln!("SKIPPED: no podman or docker-registry (make setup installs them; with CI set this test fails instead)");
+        return;
+    }
+    let region = ephemera_tests::fresh_region();
+    let value = "ctr-Secret-5e6f7a8b9c";
+    let arn = aws_sdk_secretsmanager::Client::new(&ephemera_tests::sdk_config(region))
+        .create_secret()
+        .name("ephemera/container-job/api")
+        .secret_string(value)
+        .send()
+        .await
+        .unwrap()
+        .arn
+        .unwrap();
+    let imds = ephemera_tests::imds::serve(|| "i-0c0ffee0c0ffee000".to_string(), || None).await;
+    let base = dir("secret");
+    let registry = Registry::start(&base.join("registry")).unwrap();
+    let image = containers::image_from_host(
+        &registry,
+        "ephemera/test-secret:1",
+        &["sha256sum", "cut"],
+        &[],
+    )
+    .unwrap();
+    let work = base.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let command = format!(
+        "test \"$(printf %s \"$API_KEY\" | sha256sum | cut -c1-64)\" = {} || exit 7; \
+         echo \"out: $API_KEY\"; echo \"err: $API_KEY\" >&2; exit 3",
+        ephemera_worker::store::sha256_hex(value.as_bytes())
+    );
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ephemera-worker"));
+    ephemera_tests::instance_env(&mut cmd, region, &imds);
+    cmd.args(["exec", "--image", &image, "--runtime", "podman"])
+        .args(["--run-id", &format!("secret-{}", std::process::id())])
+        .arg("--workdir")
+        .arg(&work)
+        .args(["--secret", &format!("API_KEY={arn}")])
+        .args(["--", "sh", "-c", &command])
+        .envs(containers::podman_env())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let o = tokio::time::timeout(
+        Duration::from_secs(240),
+        cmd.spawn().unwrap().wait_with_output(),
+    )
+    .await
+    .expect("the worker ended")
+    .unwrap();
+    let err = stderr(&o);
+    assert!(!o.status.success(), "the job exits 3: {err}");
+    assert!(
+        err.contains("exited with status 3"),
+        "the secret reached it: {err}"
+    );
+    assert!(
+        err.contains("out: [redacted]") && err.contains("err: [redacted]"),
+        "{err}"
+    );
+    assert!(!err.contains(value), "{err}");
+    assert!(!String::from_utf8_lossy(&o.stdout).contains(value));
+    let _ = std::fs::remove_dir_all(&base);
+}

@@ -1472,3 +1472,335 @@ async fn a_job_that_never_ends_is_stopped_at_the_runs_cap_with_its_checkpoint_sa
     assert_eq!(std::fs::read_to_string(&seen).unwrap(), "attempt 1 runs\n");
     std::fs::remove_dir_all(&base).unwrap();
 }
+
+/// The `--secret NAME=ARN` arguments launch-worker put in the instance's user data (read back
+/// from EC2, as the instance's bootstrap reads it), and the user data itself.
+async fn secret_options_of(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> (Vec<String>, String) {
+    use base64::Engine as _;
+    let attribute = ec2
+        .describe_instance_attribute()
+        .instance_id(instance_id)
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+        .send()
+        .await
+        .unwrap();
+    let encoded = attribute
+        .user_data()
+        .and_then(|u| u.value())
+        .expect("the instance's user data");
+    let script = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap(),
+    )
+    .unwrap();
+    let command = ephemera_core::userdata::worker_command(&script).expect("the worker's command");
+    let own = &command[..command.iter().position(|a| a == "--").unwrap()];
+    let secrets = own
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| *a == "--secret")
+        .flat_map(|(i, _)| own[i..=i + 1].to_vec())
+        .collect();
+    (secrets, script)
+}
+
+/// Everything a run left that a person or a log reader can see: every shipped log line of its
+/// attempt, its execution history, the emails, the report stored beside its outputs.
+async fn what_a_run_shows(
+    region: &str,
+    execution: &str,
+    run_id: &str,
+    instance_id: &str,
+    emails: &[fixtures::Email],
+) -> (Vec<String>, String) {
+    let aws = clients(region);
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&ephemera_tests::sdk_config(region));
+    let lines: Vec<String> = logs
+        .get_log_events()
+        .log_group_name(worker_log_group())
+        .log_stream_name(worker_log_stream(run_id, 1, instance_id))
+        .start_from_head(true)
+        .send()
+        .await
+        .unwrap()
+        .events()
+        .iter()
+        .map(|e| e.message().unwrap_or_default().to_string())
+        .collect();
+    let sfn = aws_sdk_sfn::Client::new(&ephemera_tests::sdk_config(region));
+    let history = e2e::history(&sfn, execution).await.unwrap();
+    let mut rest = format!("{}\n{emails:?}\n", history_text(&history));
+    for key in ["report.json", "report.html"] {
+        if let Ok(o) = aws
+            .s3
+            .get_object()
+            .bucket(BUCKET)
+            .key(format!("runs/{run_id}/{key}"))
+            .send()
+            .await
+        {
+            rest.push_str(&String::from_utf8_lossy(
+                &o.body.collect().await.unwrap().into_bytes(),
+            ));
+        }
+    }
+    (lines, rest)
+}
+
+/// Every input, output, error and cause the history holds (the SDK's Debug form hides them as
+/// sensitive, so each is taken out by name).
+fn history_text(events: &[aws_sdk_sfn::types::HistoryEvent]) -> String {
+    let mut out = vec![];
+    for e in events {
+        let mut add = |s: Option<&str>| out.extend(s.map(str::to_string));
+        if let Some(d) = e.execution_started_event_details() {
+            add(d.input());
+        }
+        if let Some(d) = e.execution_succeeded_event_details() {
+            add(d.output());
+        }
+        if let Some(d) = e.execution_failed_event_details() {
+            add(d.error());
+            add(d.cause());
+        }
+        if let Some(d) = e.state_entered_event_details() {
+            add(d.input());
+        }
+        if let Some(d) = e.state_exited_event_details() {
+            add(d.output());
+        }
+        if let Some(d) = e.task_scheduled_event_details() {
+            add(Some(d.parameters()));
+        }
+        if let Some(d) = e.task_succeeded_event_details() {
+            add(d.output());
+        }
+        if let Some(d) = e.task_failed_event_details() {
+            add(d.error());
+            add(d.cause());
+        }
+        if let Some(d) = e.lambda_function_succeeded_event_details() {
+            add(d.output());
+        }
+        if let Some(d) = e.lambda_function_failed_event_details() {
+            add(d.error());
+            add(d.cause());
+        }
+    }
+    out.join("\n")
+}
+
+/// `job.secrets` end to end: a secret in Secrets Manager and a SecureString in Parameter Store
+/// reach the job's environment (the job checks both against their SHA-256 and exits non-zero
+/// otherwise) and the run SUCCEEDS; the job prints them (stdout, stderr, base64), and no log
+/// line shipped, no history event, email or report holds a value, only `[redacted]`; the user
+/// data names the ARNs only. A job that fails printing its secret has it redacted from its
+/// cause; a secret that cannot be read fails the run before the job starts, naming it.
+#[tokio::test]
+async fn a_jobs_secrets_reach_its_environment_and_nothing_else() {
+    let region = fresh_region();
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    let inbox = fixtures::inbox(region, "ephemera-reports").await;
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&ephemera_tests::sdk_config(region));
+    logs.create_log_group()
+        .log_group_name(worker_log_group())
+        .send()
+        .await
+        .unwrap();
+    let machine = e2e::create_state_machine(region).await;
+    export_bucket(&aws.s3, region).await;
+    let conf = ephemera_tests::sdk_config(region);
+    // Values whose base64 differs from either alphabet's and that no line would hold by chance.
+    let api_key = "sm-Value+7f3a/9c1e";
+    let db_password = "ps-value-41d2e8b0";
+    let api_arn = aws_sdk_secretsmanager::Client::new(&conf)
+        .create_secret()
+        .name("ephemera/exec-secrets/api")
+        .secret_string(api_key)
+        .send()
+        .await
+        .unwrap()
+        .arn
+        .unwrap();
+    aws_sdk_ssm::Client::new(&conf)
+        .put_parameter()
+        .name("/ephemera/exec-secrets/db")
+        .value(db_password)
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .unwrap();
+    let db_arn = format!(
+        "arn:aws:ssm:{region}:{}:parameter/ephemera/exec-secrets/db",
+        ephemera_tests::iam::ACCOUNT
+    );
+    let sha = |v: &str| store::sha256_hex(v.as_bytes());
+    let base = std::env::temp_dir().join(format!("ephemera-secrets-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let instance_id = Arc::new(Mutex::new(String::new()));
+    let imds_url = imds(instance_id.clone(), Arc::new(Mutex::new(false))).await;
+
+    // 1. Both read, checked, printed every way; the run succeeds.
+    let run_id = "exec-secrets";
+    let to = format!("s3://{BUCKET}/runs/{run_id}/");
+    let script = format!(
+        "test \"$(printf %s \"$API_KEY\" | sha256sum | cut -c1-64)\" = {} || {{ echo 'API_KEY is not the secret' >&2; exit 7; }}; \
+         test \"$(printf %s \"$DB_PASSWORD\" | sha256sum | cut -c1-64)\" = {} || {{ echo 'DB_PASSWORD is not the secret' >&2; exit 8; }}; \
+         echo \"the key is $API_KEY\"; echo \"the password is $DB_PASSWORD\" >&2; printf %s \"$API_KEY\" | base64; \
+         mkdir -p out && echo done > out/ok.txt",
+        sha(api_key),
+        sha(db_password)
+    );
+    let mut spec = fixtures::runspec(run_id, &net, Some(&inbox.topic_arn));
+    spec["worker"]["args"] = json!([
+        "exec",
+        "--outputs",
+        "out",
+        "--to",
+        to,
+        "--",
+        "sh",
+        "-c",
+        script
+    ]);
+    spec["job"] = json!({"secrets": {"API_KEY": api_arn, "DB_PASSWORD": db_arn}});
+    spec["expect"] = json!({"export_prefix": to, "min_objects": 1});
+    spec["limits"]["heartbeat_seconds"] = json!(30);
+    let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;
+    let instance = instance_of(region, run_id, "1").await;
+    *instance_id.lock().unwrap() = instance.clone();
+    let (secret_options, user_data) = secret_options_of(&aws.ec2, &instance).await;
+    assert_eq!(
+        secret_options,
+        [
+            "--secret".to_string(),
+            format!("API_KEY={api_arn}"),
+            "--secret".into(),
+            format!("DB_PASSWORD={db_arn}")
+        ],
+        "launch-worker tells the worker each secret by its ARN"
+    );
+    let workdir = base.join("w1").display().to_string();
+    std::fs::create_dir_all(&workdir).unwrap();
+    let mut options: Vec<&str> = secret_options.iter().map(String::as_str).collect();
+    options.extend(["--workdir", &workdir, "--outputs", "out", "--to", &to]);
+    let out = job(region, &imds_url, run_id, 1, &options, &script)
+        .wait_with_output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    let done = e2e::wait(region, &execution, Duration::from_secs(120)).await;
+    assert_eq!(done.status, "SUCCEEDED", "{done:?}\n{stderr}");
+    let mut emails = inbox.read().await;
+    if emails.is_empty() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        emails = inbox.read().await;
+    }
+    assert!(!emails.is_empty(), "the report's email");
+    let (lines, rest) = what_a_run_shows(region, &execution, run_id, &instance, &emails).await;
+    let has = |text: &str| lines.iter().any(|l| l.contains(text));
+    assert!(has("the key is [redacted]"), "{lines:#?}");
+    assert!(has("the password is [redacted]"), "{lines:#?}");
+    assert!(has(r#""job":"[redacted]"#), "the base64 line: {lines:#?}");
+    {
+        use base64::Engine as _;
+        let forms = [
+            api_key.to_string(),
+            db_password.to_string(),
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(api_key),
+        ];
+        for form in &forms {
+            assert!(!has(form), "{form} shipped: {lines:#?}");
+            assert!(
+                !rest.contains(form.as_str()),
+                "{form} in the history, email or report"
+            );
+            assert!(
+                !user_data.contains(form.as_str()),
+                "{form} in the user data"
+            );
+            assert!(
+                !stderr.contains(form.as_str()),
+                "{form} in the worker's own log"
+            );
+        }
+    }
+    // What was searched is there: the history's RunSpec (an ARN is no secret) and the report.
+    assert!(
+        rest.contains(&api_arn) && rest.contains("Run exec-secrets SUCCEEDED"),
+        "{rest}"
+    );
+
+    // 2. A job that fails with its secret on stderr: its cause says `[redacted]`.
+    let run_id = "exec-secrets-fails";
+    let failing = "echo \"cannot log in with $API_KEY\" >&2; exit 3";
+    let mut spec = fixtures::runspec(run_id, &net, Some(&inbox.topic_arn));
+    spec["worker"]["args"] = json!(["exec", "--", "sh", "-c", failing]);
+    spec["job"] = json!({"secrets": {"API_KEY": api_arn}});
+    spec["limits"]["heartbeat_seconds"] = json!(30);
+    let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;
+    let instance = instance_of(region, run_id, "1").await;
+    *instance_id.lock().unwrap() = instance.clone();
+    let (secret_options, _) = secret_options_of(&aws.ec2, &instance).await;
+    let options: Vec<&str> = secret_options.iter().map(String::as_str).collect();
+    let out = job(region, &imds_url, run_id, 1, &options, failing)
+        .wait_with_output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done = e2e::wait(region, &execution, Duration::from_secs(120)).await;
+    assert_ne!(done.status, "SUCCEEDED", "{done:?}");
+    let error = done.workers[0]["error"].to_string();
+    assert!(
+        error.contains("exited with status 3") && error.contains("cannot log in with [redacted]"),
+        "{error}"
+    );
+    let emails = inbox.read().await;
+    let (lines, rest) = what_a_run_shows(region, &execution, run_id, &instance, &emails).await;
+    assert!(!rest.contains(api_key) && !lines.iter().any(|l| l.contains(api_key)));
+
+    // 3. A secret that cannot be read: the job never starts, the cause names it.
+    let run_id = "exec-secrets-missing";
+    let missing = format!(
+        "arn:aws:secretsmanager:{region}:{}:secret:ephemera/exec-secrets/gone-AbCdEf",
+        ephemera_tests::iam::ACCOUNT
+    );
+    let marker = base.join("started");
+    let starts = format!("touch {}", marker.display());
+    let mut spec = fixtures::runspec(run_id, &net, Some(&inbox.topic_arn));
+    spec["worker"]["args"] = json!(["exec", "--", "sh", "-c", starts]);
+    spec["job"] = json!({"secrets": {"API_KEY": api_arn, "GONE": missing}});
+    spec["limits"]["heartbeat_seconds"] = json!(30);
+    let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;
+    let instance = instance_of(region, run_id, "1").await;
+    *instance_id.lock().unwrap() = instance.clone();
+    let (secret_options, _) = secret_options_of(&aws.ec2, &instance).await;
+    let options: Vec<&str> = secret_options.iter().map(String::as_str).collect();
+    let out = job(region, &imds_url, run_id, 1, &options, &starts)
+        .wait_with_output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done = e2e::wait(region, &execution, Duration::from_secs(120)).await;
+    assert_ne!(done.status, "SUCCEEDED", "{done:?}");
+    let error = done.workers[0]["error"].to_string();
+    assert!(
+        error.contains("before the command started")
+            && error.contains(&format!("GONE ({missing})"))
+            && !error.contains("API_KEY ("),
+        "{error}"
+    );
+    assert!(!marker.exists(), "the job started without its secrets");
+    let _ = std::fs::remove_dir_all(&base);
+}

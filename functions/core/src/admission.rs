@@ -12,7 +12,7 @@
 //!   instances were launched and billed (or, for the export, after the whole job ran).
 
 use crate::runspec::{parse_s3_url, FieldError, InvalidRunSpec, RunSpec};
-use crate::{image, payload, vcpus};
+use crate::{image, job_secrets, payload, vcpus};
 
 /// The RunSpec in `value`, its fields, its job's image and its bounds checked: what
 /// `ephemera validate` says.
@@ -138,6 +138,11 @@ pub struct Deployment {
     pub export_bucket: Option<String>,
     /// The instance profile the functions may pass (iam:PassRole on its role only), by name.
     pub worker_profile: Option<String>,
+    /// The stack's region: a job's secrets are read there (the worker's grants name it).
+    pub region: Option<String>,
+    /// The template's `DatabaseSecretPrefix`: the workers may read only secrets whose name, and
+    /// parameters whose path, starts with it.
+    pub secret_prefix: Option<String>,
 }
 
 impl Deployment {
@@ -181,6 +186,7 @@ impl Deployment {
             }
         }
         self.check_job_places(&spec.worker.args, &mut add);
+        self.check_secrets(spec, &mut add);
         for (i, target) in flag_values(&spec.worker.args, &["--export", "--to"]) {
             let Some((bucket, _)) = parse_s3_url(target) else {
                 continue; // a directory on the instance: the worker's own business
@@ -221,6 +227,43 @@ impl Deployment {
 }
 
 impl Deployment {
+    /// `job.secrets` the workers' roles can read: in the stack's region, under its secret
+    /// prefix (`template.yaml`, `JobSecrets` and `JobSecretParameters`). Any other would be
+    /// refused on the instance, after the launch was billed.
+    fn check_secrets(&self, spec: &RunSpec, add: &mut impl FnMut(String, String)) {
+        for (name, arn) in spec.job_secrets() {
+            let Ok(parsed) = job_secrets::parse_arn(arn) else {
+                continue; // the field rule names it
+            };
+            let field = format!("job.secrets.{name}");
+            if let Some(region) = self.region.as_deref().filter(|r| *r != parsed.region) {
+                add(
+                    field.clone(),
+                    format!(
+                        "'{arn}' is in {}; the stack's workers read secrets in its region, {region}",
+                        parsed.region
+                    ),
+                );
+            }
+            if let Some(prefix) = self
+                .secret_prefix
+                .as_deref()
+                .filter(|p| !parsed.name.starts_with(p))
+            {
+                let example = match parsed.kind {
+                    job_secrets::Kind::SecretsManager => format!("secret:{prefix}<name>"),
+                    job_secrets::Kind::Parameter => format!("parameter/{prefix}<name>"),
+                };
+                add(
+                    field,
+                    format!(
+                        "'{arn}' is outside the stack's secrets: the workers may read only those named {prefix}… (DatabaseSecretPrefix), e.g. …:{example}"
+                    ),
+                );
+            }
+        }
+    }
+
     /// A job's `--checkpoint-to` (read and written: the export bucket) and `--fetch` (read:
     /// the artifact or the export bucket), the only places the worker's role grants.
     fn check_job_places(&self, args: &[String], add: &mut impl FnMut(String, String)) {
@@ -402,7 +445,39 @@ mod tests {
             artifact_bucket: Some("artifacts".into()),
             export_bucket: Some("exports".into()),
             worker_profile: Some("stack-WorkerInstanceProfile-abc".into()),
+            region: Some("eu-west-1".into()),
+            secret_prefix: Some("ephemera/".into()),
         }
+    }
+
+    #[test]
+    fn a_jobs_secrets_are_the_stacks_region_and_under_its_prefix() {
+        let with = |secrets: serde_json::Value| {
+            spec(|v| {
+                v["worker"]["args"] = json!(["exec", "--", "sh", "-c", "true"]);
+                v["expect"] = json!({});
+                v["job"] = json!({ "secrets": secrets });
+            })
+        };
+        let ok = with(json!({
+            "A": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:ephemera/api-AbCdEf",
+            "B": "arn:aws:ssm:eu-west-1:123456789012:parameter/ephemera/db/password",
+        }));
+        assert_eq!(fields(deployment().check(&ok)), Vec::<String>::new());
+        let bad = with(json!({
+            "ELSEWHERE": "arn:aws:secretsmanager:us-east-1:123456789012:secret:ephemera/api-AbCdEf",
+            "OUTSIDE": "arn:aws:ssm:eu-west-1:123456789012:parameter/prod/db/password",
+        }));
+        let errs = deployment().check(&bad).unwrap_err().errors;
+        assert_eq!(
+            errs.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(),
+            ["job.secrets.ELSEWHERE", "job.secrets.OUTSIDE"]
+        );
+        assert!(errs[0].message.contains("eu-west-1"), "{errs:?}");
+        assert!(
+            errs[1].message.contains("parameter/ephemera/<name>"),
+            "{errs:?}"
+        );
     }
 
     fn spec(edit: impl FnOnce(&mut serde_json::Value)) -> RunSpec {

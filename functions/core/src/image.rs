@@ -6,6 +6,7 @@
 
 use crate::catalog::{self, Arch};
 use crate::gpu;
+use crate::job_secrets;
 #[cfg(doc)]
 use crate::runspec::JobSpec;
 use crate::runspec::{FieldError, RunSpec};
@@ -58,16 +59,24 @@ pub fn gpu_types(spec: &RunSpec) -> bool {
 }
 
 /// The worker's arguments as launched: `worker.args`, with `--image <job.image>` (and
-/// `--gpus` on GPU types) after `exec`.
+/// `--gpus` on GPU types) and a `--secret NAME=ARN` for each of `job.secrets` after `exec`.
+/// ARNs only: the values are read on the instance, never put in user data.
 pub fn worker_args(spec: &RunSpec) -> Vec<String> {
     let mut args = spec.worker.args.clone();
-    if let (Some(job), true) = (&spec.job, spec.worker.is_job()) {
-        let mut added = vec!["--image".to_string(), job.image.clone()];
+    if !spec.worker.is_job() {
+        return args;
+    }
+    let mut added = vec![];
+    if let Some(image) = spec.job_image() {
+        added.extend(["--image".to_string(), image.to_string()]);
         if gpu_types(spec) {
             added.push("--gpus".into());
         }
-        args.splice(1..1, added);
     }
+    for (name, arn) in spec.job_secrets() {
+        added.extend(job_secrets::worker_arg(name, arn));
+    }
+    args.splice(1..1, added);
     args
 }
 
@@ -135,7 +144,7 @@ pub fn check(spec: &RunSpec) -> Vec<FieldError> {
                 gpus.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
             ),
         ),
-        (Known::NoRuntime, Some(arch)) if spec.job.is_some() => add(
+        (Known::NoRuntime, Some(arch)) if spec.job_image().is_some() => add(
             "worker.image",
             format!(
                 "Amazon Linux 2023's plain AMI has no container runtime for job.image: use {}",
@@ -144,13 +153,12 @@ pub fn check(spec: &RunSpec) -> Vec<FieldError> {
         ),
         _ => {}
     }
-    if let Some(job) = &spec.job {
-        if !is_image_reference(&job.image) {
+    if let Some(image) = spec.job_image() {
+        if !is_image_reference(image) {
             add(
                 "job.image",
                 format!(
-                    "'{}' is not an image reference ([registry/]name[:tag][@digest], e.g. 123456789012.dkr.ecr.us-east-1.amazonaws.com/train:1)",
-                    job.image
+                    "'{image}' is not an image reference ([registry/]name[:tag][@digest], e.g. 123456789012.dkr.ecr.us-east-1.amazonaws.com/train:1)"
                 ),
             );
         }
@@ -249,6 +257,31 @@ mod tests {
         );
         // The ECS-optimized images lack the AWS CLI the bootstrap downloads with.
         assert!(script.contains("command -v aws >/dev/null || dnf install -y -q awscli-2"));
+    }
+
+    #[test]
+    fn the_worker_is_told_each_secret_by_its_arn_never_its_value() {
+        const SM: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:k-AbCdEf";
+        let mut s = spec(&["c7g.4xlarge"], ECS_AL2023_ARM64, Some(ECR));
+        s.job.as_mut().unwrap().secrets = [("API_KEY".to_string(), SM.to_string())].into();
+        assert_eq!(
+            worker_args(&s)[..6],
+            [
+                "exec",
+                "--image",
+                ECR,
+                "--secret",
+                &format!("API_KEY={SM}"),
+                "--outputs"
+            ]
+        );
+        // Secrets without an image: the command on the host gets them all the same.
+        s.job.as_mut().unwrap().image = None;
+        assert_eq!(
+            worker_args(&s)[..3],
+            ["exec", "--secret", &format!("API_KEY={SM}")]
+        );
+        assert_eq!(check(&s), vec![]);
     }
 
     #[test]

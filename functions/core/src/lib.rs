@@ -12,6 +12,7 @@ pub mod gpu;
 pub mod health;
 pub mod image;
 pub mod instance_state;
+pub mod job_secrets;
 pub mod launch;
 pub mod ledger;
 pub mod market;

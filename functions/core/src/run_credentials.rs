@@ -13,6 +13,7 @@
 use serde_json::{json, Value};
 use thiserror::Error;
 
+use crate::job_secrets::{self, Kind};
 use crate::runspec::{parse_s3_url, RunSpec};
 
 /// The longest session policy AssumeRole takes: 2,048 characters of plain text (STS API
@@ -104,16 +105,41 @@ fn listable(spec: &RunSpec, stack: &Stack) -> Vec<(String, String)> {
     out
 }
 
+/// The secrets `spec` names (`job.secrets`), as the resources of the action that reads each
+/// kind: Secrets Manager's GetSecretValue, Parameter Store's GetParameter.
+///
+/// A Secrets Manager ARN as the console shows it ends in the six characters Secrets Manager
+/// appends to the name; an ARN given without them (a "partial ARN") is matched with
+/// `-??????`, as the Secrets Manager user guide's IAM examples do, so that the policy names
+/// that secret and not every secret whose name starts alike.
+pub fn secrets(spec: &RunSpec) -> Vec<(&'static str, String)> {
+    let mut out: Vec<(&'static str, String)> = spec
+        .job_secrets()
+        .filter_map(|(_, arn)| {
+            let parsed = job_secrets::parse_arn(arn).ok()?;
+            let resource = match parsed.kind {
+                Kind::SecretsManager if !has_suffix(parsed.name) => format!("{arn}-??????"),
+                _ => arn.to_string(),
+            };
+            Some((parsed.kind.action(), resource))
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Whether a secret's name ends in Secrets Manager's `-` and six letters or digits.
+fn has_suffix(name: &str) -> bool {
+    name.rsplit_once('-')
+        .is_some_and(|(_, s)| s.len() == 6 && s.chars().all(|c| c.is_ascii_alphanumeric()))
+}
+
 /// The session policy of `holder`'s session for `spec`: its inputs read, its run's prefix in
-/// both buckets written, listed and deleted, its log streams, and for the agent the named
-/// secrets and its renewal. Too long for AssumeRole is an error the RunSpec's check reports
-/// before anything is launched.
-pub fn session_policy(
-    spec: &RunSpec,
-    stack: &Stack,
-    secrets: &[String],
-    holder: Holder,
-) -> Result<Value, ScopeError> {
+/// both buckets written, listed and deleted, its log streams, and for the agent the secrets
+/// the RunSpec names (`job.secrets`) and its renewal. Too long for AssumeRole is an error the
+/// RunSpec's check reports before anything is launched.
+pub fn session_policy(spec: &RunSpec, stack: &Stack, holder: Holder) -> Result<Value, ScopeError> {
     let own: Vec<String> = [stack.export_bucket, stack.artifact_bucket]
         .iter()
         .map(|b| format!("arn:aws:s3:::{b}/{}*", run_prefix(&spec.run_id)))
@@ -136,10 +162,12 @@ pub fn session_policy(
     statements.push(json!({"Effect": "Allow",
         "Action": ["logs:CreateLogStream", "logs:PutLogEvents"], "Resource": "*"}));
     if holder == Holder::Agent {
-        if !secrets.is_empty() {
-            statements.push(json!({"Effect": "Allow",
-                "Action": "secretsmanager:GetSecretValue",
-                "Resource": secrets}));
+        let mut by_action: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+        for (action, resource) in secrets(spec) {
+            by_action.entry(action).or_default().push(resource);
+        }
+        for (action, resources) in by_action {
+            statements.push(json!({"Effect": "Allow", "Action": action, "Resource": resources}));
         }
         statements.push(json!({"Effect": "Allow", "Action": "sts:AssumeRole",
             "Resource": stack.run_role_arn}));
@@ -155,6 +183,7 @@ pub fn session_policy(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     const STACK: Stack = Stack {
         artifact_bucket: "art",
@@ -163,6 +192,10 @@ mod tests {
     };
 
     fn spec(args: &[&str]) -> RunSpec {
+        with_secrets(args, &[])
+    }
+
+    fn with_secrets(args: &[&str], secrets: &[(&str, &str)]) -> RunSpec {
         let mut v = serde_json::json!({
             "run_id": "r1",
             "worker": {"instance_types": ["m7i.large"], "subnets": ["subnet-1"],
@@ -170,6 +203,13 @@ mod tests {
             "limits": {"budget_usd": 5.0, "max_runtime_seconds": 3600}
         });
         v["worker"]["args"] = serde_json::json!(args);
+        if !secrets.is_empty() {
+            let named: serde_json::Map<String, Value> = secrets
+                .iter()
+                .map(|(k, v)| (k.to_string(), json!(v)))
+                .collect();
+            v["job"] = json!({ "secrets": named });
+        }
         serde_json::from_value(v).expect("a RunSpec")
     }
 
@@ -216,14 +256,14 @@ mod tests {
 
     #[test]
     fn the_job_reads_its_inputs_and_writes_its_run_only() {
-        let s = spec(&["exec", "--fetch", "s3://art/jobs/train.tar.gz", "--", "sh"]);
-        let p = session_policy(
-            &s,
-            &STACK,
-            &["arn:aws:secretsmanager:r:1:secret:k-AbCdEf".into()],
-            Holder::Job,
-        )
-        .unwrap();
+        let s = with_secrets(
+            &["exec", "--fetch", "s3://art/jobs/train.tar.gz", "--", "sh"],
+            &[(
+                "K",
+                "arn:aws:secretsmanager:us-east-1:123456789012:secret:k-AbCdEf",
+            )],
+        );
+        let p = session_policy(&s, &STACK, Holder::Job).unwrap();
         assert_eq!(
             actions_on(&p, "arn:aws:s3:::art/jobs/train.tar.gz"),
             ["s3:GetObject"]
@@ -243,10 +283,30 @@ mod tests {
 
     #[test]
     fn the_agent_reads_the_named_secrets_and_renews() {
-        let s = spec(&["exec", "--", "sh"]);
-        let secret = "arn:aws:secretsmanager:r:1:secret:k-AbCdEf".to_string();
-        let p = session_policy(&s, &STACK, std::slice::from_ref(&secret), Holder::Agent).unwrap();
-        assert_eq!(actions_on(&p, &secret), ["secretsmanager:GetSecretValue"]);
+        let secret = "arn:aws:secretsmanager:us-east-1:123456789012:secret:k-AbCdEf";
+        let partial = "arn:aws:secretsmanager:us-east-1:123456789012:secret:team/db";
+        let parameter = "arn:aws:ssm:us-east-1:123456789012:parameter/team/token";
+        let s = with_secrets(
+            &["exec", "--", "sh"],
+            &[("A", secret), ("B", partial), ("C", parameter)],
+        );
+        let p = session_policy(&s, &STACK, Holder::Agent).unwrap();
+        assert_eq!(actions_on(&p, secret), ["secretsmanager:GetSecretValue"]);
+        // A partial ARN names that secret's full ARNs, not every name it begins.
+        assert_eq!(
+            actions_on(&p, &format!("{partial}-??????")),
+            ["secretsmanager:GetSecretValue"]
+        );
+        assert_eq!(actions_on(&p, parameter), ["ssm:GetParameter"]);
+        // Each secret under its own action only.
+        assert!(!p.to_string().contains("secretsmanager:*"));
+        assert_eq!(
+            actions_on(&p, "*")
+                .iter()
+                .filter(|a| a.starts_with("ssm"))
+                .count(),
+            0
+        );
         assert_eq!(
             actions_on(&p, "arn:aws:iam::1:role/run"),
             ["sts:AssumeRole"]
@@ -255,18 +315,22 @@ mod tests {
 
     #[test]
     fn a_policy_too_long_for_assume_role_is_refused() {
-        let many: Vec<String> = (0..40)
+        let many: Vec<(String, String)> = (0..40)
             .map(|i| {
-                format!(
-                    "arn:aws:secretsmanager:eu-west-1:123456789012:secret:team/api-key-{i}-AbCdEf"
+                (
+                    format!("S{i}"),
+                    format!(
+                        "arn:aws:secretsmanager:eu-west-1:123456789012:secret:team/api-key-{i}-AbCdEf"
+                    ),
                 )
             })
             .collect();
-        let s = spec(&["exec", "--", "sh"]);
+        let named: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let args = ["exec", "--", "sh"];
         assert!(matches!(
-            session_policy(&s, &STACK, &many, Holder::Agent),
+            session_policy(&with_secrets(&args, &named), &STACK, Holder::Agent),
             Err(ScopeError::TooLong(n)) if n > MAX_SESSION_POLICY_CHARS
         ));
-        assert!(session_policy(&s, &STACK, &many[..2], Holder::Agent).is_ok());
+        assert!(session_policy(&with_secrets(&args, &named[..2]), &STACK, Holder::Agent).is_ok());
     }
 }

@@ -6,6 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog;
+use crate::job_secrets;
 use crate::market::MarketPolicy;
 
 /// Execution input. Unknown fields are refused so a typo never silently falls back to a default.
@@ -36,15 +37,22 @@ pub struct RunSpec {
     pub job: Option<JobSpec>,
 }
 
-/// The job's container.
+/// The job's container and its secrets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// The image the job's command (`worker.args` after `--`) runs in: a private ECR
     /// repository's (`<account>.dkr.ecr.<region>.amazonaws.com/<name>:<tag>`, pulled with the
     /// instance role's own credentials) or a public registry's. Needs an AMI with a container
-    /// runtime in `worker.image` (docs/container.md).
-    pub image: String,
+    /// runtime in `worker.image` (docs/container.md). Without it the command runs on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Environment variables the job gets from secrets: `{"NAME": "<ARN>"}`, each a Secrets
+    /// Manager secret's ARN or an SSM SecureString parameter's, in the stack's region. The
+    /// worker reads each once at start and gives the job its value (never on a command line);
+    /// the value is redacted from every line of job text that leaves the instance.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
 }
 
 /// What happens to the workers' database before they write to it.
@@ -403,6 +411,19 @@ impl RunSpec {
         }
     }
 
+    /// The job's container image (`job.image`), if any.
+    pub fn job_image(&self) -> Option<&str> {
+        self.job.as_ref().and_then(|j| j.image.as_deref())
+    }
+
+    /// The job's secrets (`job.secrets`): name → ARN, in name order.
+    pub fn job_secrets(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.job
+            .iter()
+            .flat_map(|j| j.secrets.iter())
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     /// Every rule on the fields given, each finding naming its field. The job's image against
     /// the rest and the run's bounds (its history, its document) are `admission`'s.
     pub fn validate(&self) -> Result<(), InvalidRunSpec> {
@@ -415,6 +436,7 @@ impl RunSpec {
         self.validate_delivery(&mut errs);
         self.validate_waits(&mut errs);
         self.validate_database(&mut errs);
+        self.validate_secrets(&mut errs);
 
         errs.finish()
     }
@@ -574,12 +596,9 @@ impl RunSpec {
             if a.chars().any(|c| c == '\0' || c == '\n' || c == '\r') {
                 errs.add(&field, "must not contain newlines or NUL");
             }
-            let after_flag = i > 0 && is_credential_flag(&w.args[i - 1]);
-            if looks_like_credential(a) || after_flag {
-                errs.add(
-                    &field,
-                    "looks like it carries a password; pass a Secrets Manager secret id instead (user data is not secret)",
-                );
+            let after_flag = i > 0 && is_credential_flag(&w.args[i - 1]) && !is_reference(a);
+            if after_flag || carries_credential(a) {
+                errs.add(&field, CARRIES_A_PASSWORD);
             }
         }
         if args_len > 4096 {
@@ -672,6 +691,41 @@ impl RunSpec {
                     "worker.args",
                     format!("{given} needs {missing} (exec {one} DIR {other} s3://bucket/prefix/)"),
                 );
+            }
+        }
+    }
+
+    /// `job.secrets`: each name an environment variable the worker does not set, each ARN a
+    /// secret of one of the two kinds, a bounded count, and only for a job (the feature worker
+    /// reads its one secret, the database URL, itself).
+    fn validate_secrets(&self, errs: &mut Errors) {
+        let Some(job) = &self.job else { return };
+        if job.secrets.is_empty() {
+            return;
+        }
+        if !self.worker.is_job() {
+            errs.add(
+                "job.secrets",
+                "are given to a job's command: worker.args must be `exec [options] -- <command>`",
+            );
+        }
+        if job.secrets.len() > job_secrets::MAX_SECRETS {
+            errs.add(
+                "job.secrets",
+                format!(
+                    "{} secrets; at most {} (each is named in the run's session policy, which AWS bounds)",
+                    job.secrets.len(),
+                    job_secrets::MAX_SECRETS
+                ),
+            );
+        }
+        for (name, arn) in &job.secrets {
+            let field = format!("job.secrets.{name}");
+            if let Some(p) = job_secrets::name_problem(name) {
+                errs.add(&field, p);
+            }
+            if let Err(p) = job_secrets::parse_arn(arn) {
+                errs.add(&field, format!("'{arn}' {p}"));
             }
         }
     }
@@ -1132,14 +1186,42 @@ pub fn parse_s3_url(url: &str) -> Option<(&str, &str)> {
     ok.then_some((bucket, key))
 }
 
+/// What a refused argument is told: where its value belongs instead.
+const CARRIES_A_PASSWORD: &str = "looks like it carries a password (user data, the history and the report are not secret): put the value in Secrets Manager or an SSM SecureString, name it in job.secrets ({\"NAME\": \"<ARN>\"}) and read it from the job's environment ($NAME)";
+
+/// An argument that carries a credential itself ([`looks_like_credential`]), or a shell line
+/// (`sh -c "mysql --password hunter2"`) one of whose words does or whose credential flag is
+/// followed by a value. A value that is a variable (`$DB_PASSWORD`, `"${TOKEN}"`) is what
+/// `job.secrets` is for, and is not refused.
+fn carries_credential(arg: &str) -> bool {
+    if looks_like_credential(arg) {
+        return true;
+    }
+    let words: Vec<&str> = arg.split_whitespace().collect();
+    if words.len() < 2 {
+        return false;
+    }
+    words.iter().enumerate().any(|(i, w)| {
+        looks_like_credential(w)
+            || (is_credential_flag(w) && words.get(i + 1).is_some_and(|v| !is_reference(v)))
+    })
+}
+
+/// `$NAME`, `${NAME}`, `"$NAME"`: a variable of the job's environment, not a value.
+fn is_reference(value: &str) -> bool {
+    value
+        .trim_matches(|c| c == '"' || c == '\'')
+        .starts_with('$')
+}
+
 /// A URL with a password (`scheme://user:pass@host`), or a `key=value` pair whose key names a
-/// credential (`password=…`, `--api-key=…`, `DB_TOKEN=…`).
+/// credential (`password=…`, `--api-key=…`, `DB_TOKEN=…`), case aside.
 fn looks_like_credential(arg: &str) -> bool {
     if arg.to_ascii_lowercase().contains("secret_access_key") {
         return true;
     }
     if let Some((key, value)) = arg.split_once('=') {
-        if !value.is_empty() && names_a_credential(key) {
+        if !value.is_empty() && !is_reference(value) && names_a_credential(key) {
             return true;
         }
     }
@@ -1689,6 +1771,32 @@ pub(crate) mod tests {
                 json!(["exec", "--", "python3", "job.py", "--token", "t"]),
                 "worker.args[5]",
             ),
+            // Each flag, either spelling, any case; each key=value form.
+            (json!(["--PASSWORD", "hunter2"]), "worker.args[1]"),
+            (json!(["--Token=abc"]), "worker.args[0]"),
+            (json!(["--secret", "abc"]), "worker.args[1]"),
+            (json!(["--secret=abc"]), "worker.args[0]"),
+            (json!(["--api_key", "abc"]), "worker.args[1]"),
+            (json!(["--api-key=abc"]), "worker.args[0]"),
+            (json!(["token=abc"]), "worker.args[0]"),
+            (json!(["apikey=abc"]), "worker.args[0]"),
+            (json!(["API_KEY=abc"]), "worker.args[0]"),
+            (json!(["Password=abc"]), "worker.args[0]"),
+            // Inside a shell line: the words are the arguments the shell will pass.
+            (
+                json!([
+                    "exec",
+                    "--",
+                    "sh",
+                    "-c",
+                    "mysql --password hunter2 -e 'select 1'"
+                ]),
+                "worker.args[4]",
+            ),
+            (
+                json!(["exec", "--", "sh", "-c", "curl -d token=abc https://x"]),
+                "worker.args[4]",
+            ),
         ] {
             assert_eq!(args_errs(args.clone()), [field], "{args}");
         }
@@ -1705,9 +1813,75 @@ pub(crate) mod tests {
                 "bpe"
             ]),
             json!(["--password="]),
+            // A file or a URL that holds or hands out the credential is not the credential:
+            // refusing `--password-file` would push people to pass the value itself.
+            json!(["--password-file", "/run/secrets/db"]),
+            json!(["--token-url", "https://auth.example.com/token"]),
+            json!(["--secret-name", "team/api-key"]),
+            // The job reading its secret from the environment `job.secrets` fills.
+            json!(["--password=$DB_PASSWORD"]),
+            json!(["--token", "${HF_TOKEN}"]),
+            json!([
+                "exec",
+                "--",
+                "sh",
+                "-c",
+                "mysql --password \"$DB_PASSWORD\" -e 'select 1'; echo token count"
+            ]),
         ] {
             assert!(args_errs(args.clone()).is_empty(), "{args}");
         }
+        // The refusal says where the value belongs.
+        let mut v = sample();
+        v["worker"]["args"] = json!(["--password", "hunter2"]);
+        assert!(has(&errors_of(v), "worker.args[1]", "job.secrets"));
+    }
+
+    #[test]
+    fn job_secrets_are_refused_naming_each_field_and_what_is_allowed() {
+        const SM: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:team/api-AbCdEf";
+        const PS: &str = "arn:aws:ssm:us-east-1:123456789012:parameter/team/db";
+        let job = |secrets: Value| {
+            let mut v = sample();
+            v["worker"]["args"] = json!(["exec", "--", "python3", "job.py"]);
+            v["job"] = json!({ "secrets": secrets });
+            v
+        };
+        let spec = RunSpec::parse(&job(json!({"API_KEY": SM, "DB_PASSWORD": PS}))).unwrap();
+        assert_eq!(
+            spec.job_secrets().collect::<Vec<_>>(),
+            [("API_KEY", SM), ("DB_PASSWORD", PS)]
+        );
+        assert_eq!(spec.job_image(), None, "secrets without an image");
+        let errs = errors_of(job(json!({
+            "EPHEMERA_RUN_ID": SM,
+            "AWS_ACCESS_KEY_ID": SM,
+            "1X": SM,
+            "KEY": "team/api-key",
+            "WILD": "arn:aws:ssm:us-east-1:123456789012:parameter/team/*",
+        })));
+        for (field, says) in [
+            ("job.secrets.EPHEMERA_RUN_ID", "starts with EPHEMERA_"),
+            ("job.secrets.AWS_ACCESS_KEY_ID", "starts with AWS_"),
+            ("job.secrets.1X", "environment variable's name"),
+            ("job.secrets.KEY", "Secrets Manager secret's ARN"),
+            ("job.secrets.WILD", "no wildcards"),
+        ] {
+            assert!(has(&errs, field, says), "{field}: {errs:?}");
+        }
+        assert_eq!(errs.len(), 5, "{errs:?}");
+        let many: serde_json::Map<String, Value> = (0..=job_secrets::MAX_SECRETS)
+            .map(|i| (format!("S{i}"), json!(SM)))
+            .collect();
+        assert!(has(
+            &errors_of(job(Value::Object(many))),
+            "job.secrets",
+            "at most"
+        ));
+        // The feature worker takes none.
+        let mut v = sample();
+        v["job"] = json!({ "secrets": {"API_KEY": SM} });
+        assert!(has(&errors_of(v), "job.secrets", "exec"));
     }
 
     #[test]

@@ -110,6 +110,9 @@ pub struct Settings {
     /// EPHEMERA_MAX_QUOTA_REQUEST_VCPUS (template MaxQuotaRequestVcpus): no request's desired
     /// value above it; None is the default.
     pub max_quota_request_vcpus: Option<u32>,
+    /// EPHEMERA_SECRET_PREFIX (template DatabaseSecretPrefix): the secrets and parameters the
+    /// workers may read; a RunSpec's `job.secrets` outside it is refused at admission.
+    pub secret_prefix: Option<String>,
 }
 
 impl Settings {
@@ -143,6 +146,7 @@ impl Settings {
                 .and_then(|v| v.parse().ok()),
             max_quota_request_vcpus: var("EPHEMERA_MAX_QUOTA_REQUEST_VCPUS")
                 .and_then(|v| v.parse().ok()),
+            secret_prefix: var("EPHEMERA_SECRET_PREFIX"),
         }
     }
 }
@@ -246,6 +250,8 @@ pub async fn quota_check(
             artifact_bucket: settings.artifact_bucket.clone(),
             export_bucket: settings.export_bucket.clone(),
             worker_profile: settings.worker_instance_profile.clone(),
+            region: Some(region.into()),
+            secret_prefix: settings.secret_prefix.clone(),
         },
         requests: quota_bounds(settings),
         ..Default::default()

@@ -286,7 +286,7 @@ impl Link {
     }
 
     pub async fn fail(&self, token: &Token, error: &str, cause: &str) -> Result<()> {
-        let cause: String = cause.chars().take(32_000).collect();
+        let cause = super::sent::failure_cause(cause);
         with_retries("SendTaskFailure", self.report_deadline(), || {
             self.sfn
                 .send_task_failure()

@@ -66,6 +66,9 @@ impl Buffer {
         if line.is_empty() {
             return;
         }
+        // Every line that leaves for CloudWatch Logs, whoever wrote it (job text is redacted
+        // where it is relayed already; this is the last door).
+        let line = &super::redact::scrub(line);
         let Ok(mut lines) = self.lines.lock() else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;

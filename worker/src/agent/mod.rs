@@ -13,6 +13,7 @@ pub mod ending;
 pub mod link;
 pub mod logship;
 pub mod redact;
+pub mod secrets;
 pub mod sent;
 pub mod session;
 

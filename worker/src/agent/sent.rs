@@ -4,6 +4,18 @@
 
 use ephemera_contract::summary::{Summary, JOB_COMMAND_KEPT, SENT_MAX_BYTES};
 
+use super::redact;
+
+/// The most characters of a failure's cause sent: SendTaskFailure takes 32,768
+/// (https://docs.aws.amazon.com/step-functions/latest/apireference/API_SendTaskFailure.html).
+pub const CAUSE_MAX_CHARS: usize = 32_000;
+
+/// A failure's cause as sent: the job's secrets redacted (the cause carries the last lines of
+/// its stderr into the history, the email and the page), then cut to what Step Functions takes.
+pub fn failure_cause(cause: &str) -> String {
+    redact::scrub(cause).chars().take(CAUSE_MAX_CHARS).collect()
+}
+
 /// The summary as sent, at most `max` bytes of JSON: what could grow without bound (the stages'
 /// names, a job's command line, the manifest's location) is cut, from the end, until it fits,
 /// so that the run ends with its report. The counts verify-completion checks are never cut.
@@ -11,6 +23,11 @@ pub fn summary_json(summary: &Summary, max: usize) -> String {
     let len = |s: &Summary| serde_json::to_string(s).map_or(usize::MAX, |j| j.len());
     let fits = |s: &Summary| len(s) <= max;
     let mut s = summary.clone();
+    // The job's command line is the RunSpec's (no secret's value), unless the job's own words
+    // reached it: redacted all the same, as every text that leaves.
+    if let Some(job) = s.job.as_mut() {
+        job.command = redact::scrub(&job.command);
+    }
     if !fits(&s) {
         if let Some(job) = s.job.as_mut() {
             job.command = job.command.chars().take(JOB_COMMAND_KEPT).collect();
@@ -89,5 +106,25 @@ mod tests {
         // A limit below even the counts: still a Summary verify-completion reads.
         let tiny: Summary = serde_json::from_str(&summary_json(&huge, 10)).unwrap();
         assert_eq!(tiny.rows_in, 1_000);
+    }
+
+    #[test]
+    fn the_jobs_secrets_are_redacted_from_the_cause_and_the_summary_before_they_are_sent() {
+        redact::keep(&["sent-test-secret-5b7c".to_string()]);
+        let cause = format!(
+            "`sh -c job` exited with status 3; the last lines of its stderr:\nkey is sent-test-secret-5b7c\n{}",
+            "x".repeat(40_000)
+        );
+        let sent = failure_cause(&cause);
+        assert!(sent.contains("key is [redacted]"), "{}", &sent[..120]);
+        assert!(!sent.contains("sent-test-secret-5b7c"));
+        assert_eq!(sent.chars().count(), CAUSE_MAX_CHARS);
+        let mut s = summary();
+        s.job.as_mut().unwrap().command = "echo sent-test-secret-5b7c".into();
+        let out = success_output(&s);
+        assert!(
+            out.contains("echo [redacted]") && !out.contains("sent-test-secret-5b7c"),
+            "{out}"
+        );
     }
 }

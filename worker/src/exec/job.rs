@@ -44,6 +44,8 @@ pub struct Plan {
     pub outputs: Option<(PathBuf, Target)>,
     /// The image the command runs in (`--image`), or None: on the host.
     pub container: Option<Container>,
+    /// Its secrets (`--secret`), read into `job.env` before it starts.
+    pub secrets: Vec<crate::agent::secrets::Named>,
 }
 
 /// A path given on the command line, relative to where the job runs.
@@ -240,6 +242,7 @@ mod tests {
             }),
             outputs: None,
             container: None,
+            secrets: vec![],
         };
         let first = plan(1, "w1");
         std::fs::create_dir_all(b.join("w1/out")).unwrap();
@@ -321,6 +324,7 @@ mod tests {
                 checkpoint: None,
                 outputs: Some(("out".into(), Target::Dir(b.join("to")))),
                 container: None,
+                secrets: vec![],
             };
             urls.push(publish(&plan).await.unwrap().unwrap());
         }

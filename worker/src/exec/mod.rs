@@ -83,6 +83,12 @@ pub struct ExecArgs {
     /// The container runtime; by default the one on the host (podman, else docker).
     #[arg(long, requires = "image")]
     pub runtime: Option<container::Runtime>,
+    /// A secret the command gets as an environment variable: NAME=ARN of a Secrets Manager
+    /// secret or an SSM SecureString parameter (the RunSpec's `job.secrets`). Read once before
+    /// the command starts; its value is never on a command line and is redacted from every
+    /// line of job text. May be given more than once.
+    #[arg(long = "secret", value_name = "NAME=ARN")]
+    pub secrets: Vec<crate::agent::secrets::Named>,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -125,6 +131,7 @@ impl ExecArgs {
             checkpoint,
             outputs,
             container: self.container()?,
+            secrets: self.secrets.clone(),
             run_id: self.run_id.clone(),
             worker: self.worker,
             attempt: self.link.attempt,
@@ -158,6 +165,7 @@ impl ExecArgs {
 /// The job alone (no run): the command's own ending, its outputs stored, the manifest's URL
 /// printed.
 pub async fn alone(plan: &job::Plan) -> Result<()> {
+    let plan = &with_secrets(plan).await?;
     let ready = job::prepare(plan).await?;
     let stop = CancellationToken::new();
     let sigterm = on_sigterm(stop.clone(), STOPPING);
@@ -189,6 +197,14 @@ impl Workload for job::Plan {
     fn work(&self, stop: CancellationToken) -> impl Future<Output = Worked> + Send + 'static {
         let plan = self.clone();
         async move {
+            let plan = match with_secrets(&plan).await {
+                Ok(p) => p,
+                Err(e) => {
+                    return Worked::Failed {
+                        cause: format!("before the command started: {e}"),
+                    }
+                }
+            };
             let outcome = match job::prepare(&plan).await {
                 Ok(ready) => job::run(&ready, &stop).await,
                 Err(e) => Err(e.context("before the command started")),
@@ -232,6 +248,15 @@ impl Workload for job::Plan {
             )),
         }
     }
+}
+
+/// `plan` with its secrets read into the job's environment (the container's too: it is passed
+/// by name), before anything else of the attempt is done.
+async fn with_secrets(plan: &job::Plan) -> Result<job::Plan, crate::agent::secrets::Unreadable> {
+    let mut plan = plan.clone();
+    let env = crate::agent::secrets::read_from_aws(&plan.secrets).await?;
+    plan.job.env.extend(env);
+    Ok(plan)
 }
 
 /// A job's summary: its command (cut to what the run document keeps) and how long it ran; the

@@ -273,7 +273,11 @@ fn ended_of(status: std::process::ExitStatus) -> Ended {
 async fn relay(stream: impl AsyncRead + Unpin, name: &'static str, tail: Option<Tail>) {
     let mut lines = BufReader::new(stream).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        let line: String = line.chars().take(LINE_KEPT).collect();
+        // Redacted whole, then cut: a cut could leave part of a secret no needle matches.
+        let line: String = crate::agent::redact::scrub(&line)
+            .chars()
+            .take(LINE_KEPT)
+            .collect();
         if let Some(t) = &tail {
             t.push(&line);
         }
