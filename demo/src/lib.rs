@@ -301,7 +301,7 @@ fn runspec(scenario: Scenario, run_id: &str, net: &fixtures::Network, topic: &st
         Scenario::ThreeWorkers => {
             spec["worker"]["count"] = json!(workers::WORKERS);
             // Leases short enough that the killed worker's partition is taken over in
-            // seconds (a lease must outlast the longest partition).
+            // seconds (a live worker extends its leases every third of this).
             if let Some(args) = spec["worker"]["args"].as_array_mut() {
                 args.extend([json!("--lease-seconds"), json!("15")]);
             }

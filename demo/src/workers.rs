@@ -46,8 +46,8 @@ pub async fn reclaim_one_and_kill_one(
     };
     let (db, conn) = tokio_postgres::connect(&db_url, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
-    // The worker names its leases `worker-<pid>/<task>` (its default --worker-id).
-    let owner = format!("worker-{pid}/%");
+    // The worker names its leases `worker-<pid>-<nonce>/<task>` (its default --worker-id).
+    let owner = format!("worker-{pid}-%");
     loop {
         let r = db
             .query_one(

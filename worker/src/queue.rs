@@ -245,6 +245,25 @@ pub async fn open_work(client: &Client, run_id: &str) -> Result<bool> {
     Ok(row.get(0))
 }
 
+/// Pushes back the expiry of every partition of run $1 that the owners $2 hold, to $3 seconds
+/// from now: a lease held by a live worker never expires, however long its partition takes.
+pub const EXTEND: &str = "UPDATE ephemera.partitions
+        SET lease_until = now() + make_interval(secs => $3)
+      WHERE run_id = $1 AND state = 'running' AND lease_owner = ANY($2)";
+
+/// [`EXTEND`]: how many leases were pushed back.
+pub async fn extend(
+    client: &Client,
+    run_id: &str,
+    owners: &[String],
+    lease_seconds: i64,
+) -> Result<u64> {
+    client
+        .execute(EXTEND, &[&run_id, &owners, &(lease_seconds as f64)])
+        .await
+        .context("extending the leases in hand")
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("the lease on {stage} {pair} {month} was lost to another worker")]
 pub struct LeaseLost {

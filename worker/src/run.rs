@@ -136,6 +136,17 @@ async fn run_tasks(opts: &Options, store: Option<&Store>) -> Result<(u64, Vec<(S
             Ok::<_, anyhow::Error>((done, aborted.map(|c| (owner.clone(), c))))
         }));
     }
+    let owners = (0..opts.concurrency.max(1))
+        .map(|t| format!("{}/{t}", opts.worker_id))
+        .collect();
+    // Stopped when this returns, before the hand-back: a partition that cannot be handed back
+    // must be left to expire.
+    let _keeper = AbortOnDrop(tokio::spawn(keep_leases(
+        opts.database_url.clone(),
+        opts.run_id.clone(),
+        owners,
+        opts.lease_seconds,
+    )));
     let mut processed = 0;
     let mut interrupted = vec![];
     for t in tasks {
@@ -144,6 +155,58 @@ async fn run_tasks(opts: &Options, store: Option<&Store>) -> Result<(u64, Vec<(S
         interrupted.extend(aborted);
     }
     Ok((processed, interrupted))
+}
+
+/// A task that ends with its handle's owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Keeps the leases this worker holds from expiring while it lives: every third of
+/// `lease_seconds`, on a connection of its own (the tasks' are inside their partitions'
+/// transactions). A lease then expires only when its worker is gone (killed, its instance
+/// reclaimed without a hand-back, its database connection lost), and a partition slower than the
+/// lease is not taken over while its worker is still at it (which, done again by another worker
+/// up to `max_attempts` times, failed the partition). The queue's idea, as SQS's
+/// ChangeMessageVisibility or a Kubernetes Lease's renewal.
+/// Never returns: it ends when its task is aborted.
+pub async fn keep_leases(
+    database_url: String,
+    run_id: String,
+    owners: Vec<String>,
+    lease_seconds: i64,
+) {
+    let every = Duration::from_secs_f64((lease_seconds as f64 / 3.0).max(1.0));
+    let mut client = None;
+    loop {
+        tokio::time::sleep(every).await;
+        if client.is_none() {
+            client = db::connect(&database_url).await.ok();
+        }
+        let Some(c) = &client else {
+            tracing::warn!("the leases in hand could not be extended: no database connection");
+            continue;
+        };
+        if let Err(e) = queue::extend(c, &run_id, &owners, lease_seconds).await {
+            tracing::warn!(error = %format!("{e:#}"), "the leases in hand could not be extended; trying again");
+            client = None;
+        }
+    }
+}
+
+/// The default owner name of this worker's leases: its PID alone repeats across instances
+/// booted from one image (two workers named alike would complete, hand back and extend each
+/// other's partitions), so 64 random bits follow it.
+fn default_worker_id() -> String {
+    let nonce = getrandom::u64().unwrap_or_else(|_| {
+        // No OS randomness: the time's nanoseconds still tell two instances apart.
+        chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default() as u64
+    });
+    format!("worker-{}-{nonce:016x}", std::process::id())
 }
 
 /// Hands the interrupted tasks' partitions back to the queue, each within [`RELEASE_WITHIN`];
@@ -379,10 +442,7 @@ impl RunArgs {
             source,
             stages: self.stages.clone(),
             concurrency: self.concurrency.unwrap_or(cores),
-            worker_id: self
-                .worker_id
-                .clone()
-                .unwrap_or_else(|| format!("worker-{}", std::process::id())),
+            worker_id: self.worker_id.clone().unwrap_or_else(default_worker_id),
             run_id: self.run_id.clone(),
             lease_seconds: self.lease_seconds,
             max_attempts: self.max_attempts,

@@ -192,6 +192,64 @@ async fn two_workers_share_the_work_and_an_expired_lease_is_taken_over() {
 }
 
 #[tokio::test]
+async fn a_live_worker_keeps_its_lease_and_a_gone_one_loses_it() {
+    let url = postgres().database("worker_lease_kept");
+    let mut client = db::connect(&url).await.unwrap();
+    common::read_run(&client, "test").await;
+    db::init(&client, "bars_1m").await.unwrap();
+    seed::seed_file(&client, "bars_1m", &data("GBPUSD"))
+        .await
+        .unwrap();
+    outputs::create(&mut client, "test").await.unwrap();
+    queue::enqueue(&client, "test", "bars_1m", &[Stage::Indicators])
+        .await
+        .unwrap();
+    // One partition left to claim.
+    client
+        .execute(
+            "UPDATE ephemera.partitions SET state = 'done'
+              WHERE (stage, pair, month) <> (SELECT stage, pair, month FROM ephemera.partitions
+                                              ORDER BY month LIMIT 1)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let held = queue::claim(&client, "test", "w/0", 3, 3)
+        .await
+        .unwrap()
+        .unwrap();
+    // Its worker is at it for longer than the lease: the lease is kept, nobody takes it over.
+    let keeper = tokio::spawn(run::keep_leases(
+        url.clone(),
+        "test".into(),
+        vec!["w/0".into()],
+        3,
+    ));
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let thief = queue::claim(&client, "test", "thief", 3, 3).await.unwrap();
+    assert!(
+        thief.is_none(),
+        "a live worker's lease was taken: {thief:?}"
+    );
+    // Its worker is gone: the lease expires and the partition is taken over.
+    keeper.abort();
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let taken = queue::claim(&client, "test", "thief", 3, 3)
+        .await
+        .unwrap()
+        .expect("a gone worker's lease expires");
+    assert_eq!(
+        (
+            taken.stage,
+            taken.pair.clone(),
+            taken.month.first,
+            taken.attempts
+        ),
+        (held.stage, held.pair.clone(), held.month.first, 2)
+    );
+}
+
+#[tokio::test]
 async fn a_lost_lease_rolls_the_partition_back_and_bad_rows_are_counted() {
     let url = postgres().database("worker_faults");
     let mut client = db::connect(&url).await.unwrap();
