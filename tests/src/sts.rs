@@ -192,6 +192,18 @@ pub fn assume_role(
         }
     }
     let policy = match form.get("Policy") {
+        // "The plaintext that you use for both inline and managed session policies can't exceed
+        // 2,048 characters" (STS API reference, AssumeRole, `Policy`); moto takes any length.
+        Some(text) if text.chars().count() > 2048 => {
+            return Err(refuse(
+                400,
+                "ValidationError",
+                format!(
+                    "1 validation error detected: Value at 'policy' failed to satisfy constraint: Member must have length less than or equal to 2048 (it has {})",
+                    text.chars().count()
+                ),
+            ))
+        }
         Some(text) => {
             let doc: serde_json::Value = serde_json::from_str(text)
                 .map_err(|e| refuse(400, "MalformedPolicyDocument", e.to_string()))?;
@@ -369,6 +381,32 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(r.code, "InvalidParameterValue", "{r:?}");
+    }
+
+    #[test]
+    fn a_session_policy_over_2048_characters_is_refused_as_sts_refuses_it() {
+        let p = template();
+        let policy = |chars: usize| {
+            let head = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:GetObject","Resource":"arn:aws:s3:::b/"#;
+            let tail = r#""}]}"#;
+            format!(
+                "{head}{}{tail}",
+                "x".repeat(chars - head.len() - tail.len())
+            )
+        };
+        for (chars, ok) in [(2048, true), (2049, false)] {
+            let mut form = vend("r1");
+            form.insert("Policy".into(), policy(chars));
+            let r = assume_role(&p, (&launch(), None), "eu-west-1", &form, Utc::now());
+            match (r, ok) {
+                (Ok(_), true) => {}
+                (Err(e), false) => {
+                    assert_eq!((e.status, e.code), (400, "ValidationError"), "{e:?}");
+                    assert!(e.message.contains("less than or equal to 2048"), "{e:?}");
+                }
+                (r, _) => panic!("{chars} characters: {r:?}"),
+            }
+        }
     }
 
     #[test]

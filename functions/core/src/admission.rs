@@ -12,7 +12,7 @@
 //!   instances were launched and billed (or, for the export, after the whole job ran).
 
 use crate::runspec::{parse_s3_url, FieldError, InvalidRunSpec, RunSpec};
-use crate::{image, job_secrets, payload, vcpus};
+use crate::{image, job_secrets, payload, run_credentials, vcpus};
 
 /// The RunSpec in `value`, its fields, its job's image and its bounds checked: what
 /// `ephemera validate` says.
@@ -187,6 +187,7 @@ impl Deployment {
         }
         self.check_job_places(&spec.worker.args, &mut add);
         self.check_secrets(spec, &mut add);
+        self.check_session_policies(spec, &mut add);
         for (i, target) in flag_values(&spec.worker.args, &["--export", "--to"]) {
             let Some((bucket, _)) = parse_s3_url(target) else {
                 continue; // a directory on the instance: the worker's own business
@@ -226,7 +227,50 @@ impl Deployment {
     }
 }
 
+/// The longest ARN the stack's run role can have: `arn:aws:iam::<account>:role/` and IAM's
+/// 64-character role name (IAM user guide, "IAM and AWS STS quotas"). The session policies are
+/// measured with it, since CheckQuota does not know the role's ARN.
+const LONGEST_RUN_ROLE_ARN: &str = concat!(
+    "arn:aws-us-gov:iam::123456789012:role/",
+    "rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr"
+);
+
 impl Deployment {
+    /// The run's two session policies (the agent's and the job's, `run_credentials`) fit in
+    /// what AssumeRole takes: one too long would fail the launch after the run was admitted.
+    /// The job's names the inputs only (`--fetch`), the agent's adds `job.secrets`: the field
+    /// named is the one that made it too long.
+    fn check_session_policies(&self, spec: &RunSpec, add: &mut impl FnMut(String, String)) {
+        let (Some(artifact_bucket), Some(export_bucket)) = (
+            self.artifact_bucket.as_deref(),
+            self.export_bucket.as_deref(),
+        ) else {
+            return;
+        };
+        let stack = run_credentials::Stack {
+            artifact_bucket,
+            export_bucket,
+            run_role_arn: LONGEST_RUN_ROLE_ARN,
+        };
+        for (holder, field, names) in [
+            (
+                run_credentials::Holder::Job,
+                "worker.args",
+                "the inputs its --fetch arguments and worker.artifact name",
+            ),
+            (
+                run_credentials::Holder::Agent,
+                "job.secrets",
+                "the inputs and the secrets the run names",
+            ),
+        ] {
+            if let Err(e) = run_credentials::session_policy(spec, &stack, holder) {
+                add(field.into(), format!("{e}: it grants {names}"));
+                return;
+            }
+        }
+    }
+
     /// `job.secrets` the workers' roles can read: in the stack's region, under its secret
     /// prefix (`template.yaml`, `JobSecrets` and `JobSecretParameters`). Any other would be
     /// refused on the instance, after the launch was billed.
@@ -448,6 +492,54 @@ mod tests {
             region: Some("eu-west-1".into()),
             secret_prefix: Some("ephemera/".into()),
         }
+    }
+
+    #[test]
+    fn session_policies_longer_than_assume_role_takes_are_refused_naming_the_field() {
+        let exec = |fetches: usize, secrets: usize| {
+            spec(|v| {
+                let mut args = vec![json!("exec")];
+                for i in 0..fetches {
+                    args.push(json!("--fetch"));
+                    args.push(json!(format!(
+                        "s3://artifacts/inputs/a-rather-long-folder-name-for-the-inputs-of-this-job/{i}/"
+                    )));
+                }
+                args.extend([json!("--"), json!("sh"), json!("-c"), json!("true")]);
+                v["worker"]["args"] = json!(args);
+                v["expect"] = json!({});
+                let named: serde_json::Map<String, serde_json::Value> = (0..secrets)
+                    .map(|i| {
+                        (
+                            format!("S{i}"),
+                            json!(format!(
+                                "arn:aws:secretsmanager:eu-west-1:123456789012:secret:ephemera/a-long-secret-name-{i}-AbCdEf"
+                            )),
+                        )
+                    })
+                    .collect();
+                v["job"] = json!({ "secrets": named });
+            })
+        };
+        let d = deployment();
+        assert_eq!(fields(d.check(&exec(2, 2))), Vec::<String>::new());
+        // Many inputs: the job's own session is too long.
+        let errs = d.check(&exec(20, 0)).unwrap_err().errors;
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].field, "worker.args");
+        assert!(
+            errs[0].message.contains("AssumeRole takes at most 2048"),
+            "{errs:?}"
+        );
+        // Inputs that fit, and ten secrets on top for the agent's: job.secrets is named.
+        let errs = d.check(&exec(8, 10)).unwrap_err().errors;
+        assert_eq!(
+            errs.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(),
+            vec!["job.secrets"],
+            "{errs:?}"
+        );
+        // Both measured with the longest role ARN the stack can have.
+        assert_eq!(LONGEST_RUN_ROLE_ARN.len(), 38 + 64);
     }
 
     #[test]
