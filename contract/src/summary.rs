@@ -55,6 +55,22 @@ pub struct Job {
     pub command: String,
     /// Its exit status (0: success; a job that failed is reported as `Worker.Failed`).
     pub exit_code: i32,
+    /// How long it ran (its last run, after any retries).
+    pub seconds: f64,
+    /// The runs before the last that failed with an exit code the RunSpec retries
+    /// (`job.retry`), in order: each ran again on the same instance.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retries: Vec<Retried>,
+}
+
+/// The most retries a job may ask for (`job.retry.max`): the summary keeps each.
+pub const JOB_RETRIES_MAX: u32 = 10;
+
+/// One run of a job that failed and was run again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Retried {
+    /// Its exit status (128 + the signal when it was killed by one).
+    pub exit_code: i32,
     /// How long it ran.
     pub seconds: f64,
 }
@@ -104,6 +120,7 @@ mod tests {
                 command: "python3 job.py".into(),
                 exit_code: 0,
                 seconds: 12.5,
+                retries: vec![],
             }),
         }
     }

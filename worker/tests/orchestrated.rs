@@ -1476,6 +1476,19 @@ async fn a_job_that_never_ends_is_stopped_at_the_runs_cap_with_its_checkpoint_sa
 /// The `--secret NAME=ARN` arguments launch-worker put in the instance's user data (read back
 /// from EC2, as the instance's bootstrap reads it), and the user data itself.
 async fn secret_options_of(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> (Vec<String>, String) {
+    let (own, script) = own_options_of(ec2, instance_id).await;
+    let secrets = own
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| *a == "--secret")
+        .flat_map(|(i, _)| own[i..=i + 1].to_vec())
+        .collect();
+    (secrets, script)
+}
+
+/// The worker's own options (before `--`) as launch-worker put them in the instance's user
+/// data, and the user data.
+async fn own_options_of(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> (Vec<String>, String) {
     use base64::Engine as _;
     let attribute = ec2
         .describe_instance_attribute()
@@ -1495,14 +1508,121 @@ async fn secret_options_of(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> (Vec
     )
     .unwrap();
     let command = ephemera_core::userdata::worker_command(&script).expect("the worker's command");
-    let own = &command[..command.iter().position(|a| a == "--").unwrap()];
-    let secrets = own
-        .iter()
-        .enumerate()
-        .filter(|(_, a)| *a == "--secret")
-        .flat_map(|(i, _)| own[i..=i + 1].to_vec())
-        .collect();
-    (secrets, script)
+    let own = command[..command.iter().position(|a| a == "--").unwrap()].to_vec();
+    (own, script)
+}
+
+/// A job that fails with an exit code `job.retry` names runs again on its instance (its
+/// working directory as it left it) and succeeds: the run SUCCEEDS, the summary keeps the
+/// failed run's exit code and the email tells it. One that keeps failing stops at `max`, and
+/// its cause names the retries.
+#[tokio::test]
+async fn a_job_failing_with_a_listed_exit_code_runs_again_on_its_instance() {
+    let region = fresh_region();
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    let inbox = fixtures::inbox(region, "ephemera-reports").await;
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&ephemera_tests::sdk_config(region));
+    let _ = logs
+        .create_log_group()
+        .log_group_name(worker_log_group())
+        .send()
+        .await;
+    let machine = e2e::create_state_machine(region).await;
+    export_bucket(&aws.s3, region).await;
+    let base = std::env::temp_dir().join(format!("ephemera-retry-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let instance_id = Arc::new(Mutex::new(String::new()));
+    let imds_url = imds(instance_id.clone(), Arc::new(Mutex::new(false))).await;
+    let run = |run_id: &'static str, script: &'static str| {
+        let (net, inbox, machine, base, aws) = (&net, &inbox, &machine, &base, &aws);
+        let (imds_url, instance_id) = (imds_url.clone(), instance_id.clone());
+        async move {
+            let to = format!("s3://{BUCKET}/runs/{run_id}/");
+            let mut spec = fixtures::runspec(run_id, net, Some(&inbox.topic_arn));
+            spec["worker"]["args"] = json!([
+                "exec",
+                "--outputs",
+                "out",
+                "--to",
+                to,
+                "--",
+                "sh",
+                "-c",
+                script
+            ]);
+            spec["job"] = json!({"retry": {"on_exit_codes": [75], "max": 2, "backoff_seconds": 1}});
+            spec["expect"] = json!({"export_prefix": to, "min_objects": 1});
+            spec["limits"]["heartbeat_seconds"] = json!(30);
+            let execution = e2e::start(region, machine, &format!("{run_id}-1"), &spec).await;
+            let instance = instance_of(region, run_id, "1").await;
+            *instance_id.lock().unwrap() = instance.clone();
+            let (own, _) = own_options_of(&aws.ec2, &instance).await;
+            assert_eq!(
+                own[2..8],
+                [
+                    "--retry-on",
+                    "75",
+                    "--retry-max",
+                    "2",
+                    "--retry-backoff",
+                    "1"
+                ],
+                "launch-worker tells the worker the job's retries: {own:?}"
+            );
+            let workdir = base.join(run_id).display().to_string();
+            std::fs::create_dir_all(&workdir).unwrap();
+            let mut options: Vec<&str> = own[2..8].iter().map(String::as_str).collect();
+            options.extend(["--workdir", &workdir, "--outputs", "out", "--to", &to]);
+            let out = job(region, &imds_url, run_id, 1, &options, script)
+                .wait_with_output()
+                .await
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+            assert!(out.status.success(), "{stderr}");
+            (
+                e2e::wait(region, &execution, Duration::from_secs(120)).await,
+                stderr,
+            )
+        }
+    };
+
+    // Fails once (its working directory remembers), then succeeds.
+    let (done, stderr) = run(
+        "exec-retry",
+        "if [ -f tried ]; then mkdir -p out && echo ok > out/ok.txt;          else touch tried; echo 'the service is busy' >&2; exit 75; fi",
+    )
+    .await;
+    assert_eq!(done.status, "SUCCEEDED", "{done:?}\n{stderr}");
+    let job = &done.workers[0]["result"]["job"];
+    assert_eq!(job["exit_code"], 0, "{job}");
+    assert_eq!(job["retries"].as_array().map(Vec::len), Some(1), "{job}");
+    assert_eq!(job["retries"][0]["exit_code"], 75, "{job}");
+    assert!(
+        stderr.contains("the job failed with an exit code job.retry names"),
+        "{stderr}"
+    );
+    let mut emails = inbox.read().await;
+    if emails.is_empty() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        emails = inbox.read().await;
+    }
+    let body = emails.last().map(|e| e.body.clone()).unwrap_or_default();
+    assert!(
+        body.contains("run again 1 time on the same instance (exit 75 after "),
+        "{body}"
+    );
+
+    // Always 75: two retries, then the run fails naming them.
+    let (done, _) = run("exec-retry-out", "echo 'still busy' >&2; exit 75").await;
+    assert_eq!(done.status, "FAILED", "{done:?}");
+    let cause = done.cause.clone().unwrap_or_default();
+    assert!(
+        cause.contains("exited with status 75")
+            && cause.contains("after 2 retries on this instance (exit 75, exit 75)"),
+        "{cause}"
+    );
+    let _ = std::fs::remove_dir_all(&base);
 }
 
 /// Everything a run left that a person or a log reader can see: every shipped log line of its

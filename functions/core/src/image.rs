@@ -76,6 +76,17 @@ pub fn worker_args(spec: &RunSpec) -> Vec<String> {
     for (name, arn) in spec.job_secrets() {
         added.extend(job_secrets::worker_arg(name, arn));
     }
+    if let Some(r) = spec.job.as_ref().and_then(|j| j.retry.as_ref()) {
+        let codes: Vec<String> = r.on_exit_codes.iter().map(i32::to_string).collect();
+        added.extend([
+            "--retry-on".to_string(),
+            codes.join(","),
+            "--retry-max".into(),
+            r.max.to_string(),
+            "--retry-backoff".into(),
+            r.backoff_seconds.to_string(),
+        ]);
+    }
     args.splice(1..1, added);
     args
 }
@@ -282,6 +293,32 @@ mod tests {
             ["exec", "--secret", &format!("API_KEY={SM}")]
         );
         assert_eq!(check(&s), vec![]);
+    }
+
+    #[test]
+    fn the_worker_is_told_the_jobs_retry_policy() {
+        let mut s = spec(&["c7g.4xlarge"], ECS_AL2023_ARM64, None);
+        s.job = Some(crate::runspec::JobSpec {
+            image: None,
+            secrets: Default::default(),
+            retry: Some(crate::runspec::JobRetry {
+                on_exit_codes: vec![75, 137],
+                max: 2,
+                backoff_seconds: 30,
+            }),
+        });
+        assert_eq!(
+            worker_args(&s)[..7],
+            [
+                "exec",
+                "--retry-on",
+                "75,137",
+                "--retry-max",
+                "2",
+                "--retry-backoff",
+                "30"
+            ]
+        );
     }
 
     #[test]

@@ -113,6 +113,8 @@ struct Worst {
     time: DateTime<Utc>,
     run_id: String,
     manifest: String,
+    /// The job's runs the summary may keep (`job.retry.max`; none without it).
+    retries: usize,
 }
 
 impl Worst {
@@ -136,6 +138,11 @@ impl Worst {
                 .single()
                 .unwrap_or_default(),
             run_id: spec.run_id.clone(),
+            retries: spec
+                .job
+                .as_ref()
+                .and_then(|j| j.retry.as_ref())
+                .map_or(0, |r| r.max as usize),
             // The worker writes `<its --export target>/manifest.json`: the target is one of its
             // arguments (or the expected prefix).
             manifest: format!(
@@ -243,6 +250,13 @@ impl Worst {
                 command: "c".repeat(ephemera_contract::summary::JOB_COMMAND_KEPT),
                 exit_code: i32::MIN,
                 seconds: Worst::money(),
+                retries: vec![
+                    ephemera_contract::summary::Retried {
+                        exit_code: i32::MIN,
+                        seconds: Worst::money(),
+                    };
+                    self.retries
+                ],
             }),
         };
         serde_json::to_value(s).unwrap_or_default()
@@ -327,6 +341,21 @@ mod tests {
         spec.worker.count = count;
         spec.limits.max_relaunches = relaunches;
         spec
+    }
+
+    #[test]
+    fn a_jobs_retries_count_in_its_workers_reports() {
+        let mut with = spec(40, 2);
+        with.job = Some(crate::runspec::JobSpec {
+            image: None,
+            secrets: Default::default(),
+            retry: Some(crate::runspec::JobRetry {
+                on_exit_codes: vec![75],
+                max: 10,
+                backoff_seconds: 0,
+            }),
+        });
+        assert!(bound(&with).per_worker > bound(&spec(40, 2)).per_worker);
     }
 
     #[test]

@@ -160,10 +160,26 @@ impl WorkerLine {
     pub fn work_of(result: &serde_json::Value) -> Option<String> {
         let s: crate::contract::Summary = serde_json::from_value(result.clone()).ok()?;
         let line = match &s.job {
-            Some(j) => format!(
-                "`{}` exited {} after {:.0} s",
-                j.command, j.exit_code, j.seconds
-            ),
+            Some(j) => {
+                let mut line = format!(
+                    "`{}` exited {} after {:.0} s",
+                    j.command, j.exit_code, j.seconds
+                );
+                if !j.retries.is_empty() {
+                    let runs: Vec<String> = j
+                        .retries
+                        .iter()
+                        .map(|r| format!("exit {} after {:.0} s", r.exit_code, r.seconds))
+                        .collect();
+                    line.push_str(&format!(
+                        ", run again {} time{} on the same instance ({})",
+                        j.retries.len(),
+                        if j.retries.len() == 1 { "" } else { "s" },
+                        runs.join(", ")
+                    ));
+                }
+                line
+            }
             None => format!(
                 "{} partitions done ({} here), {} rows out",
                 s.partitions_done, s.processed_here, s.rows_out
@@ -340,6 +356,26 @@ mod tests {
         assert_eq!(
             serde_json::to_value(Outcome::Succeeded).unwrap(),
             "SUCCEEDED"
+        );
+    }
+
+    #[test]
+    fn a_jobs_line_tells_its_retries_with_their_exit_codes() {
+        let job = |retries: serde_json::Value| {
+            serde_json::json!({"run_id": "r", "partitions_done": 0, "partitions_failed": 0,
+                "rows_in": 0, "rows_out": 0, "stages": [], "seconds": 9.0,
+                "job": {"command": "python3 train.py", "exit_code": 0, "seconds": 9.0,
+                        "retries": retries}})
+        };
+        assert_eq!(
+            WorkerLine::work_of(&job(serde_json::json!([]))).unwrap(),
+            "`python3 train.py` exited 0 after 9 s"
+        );
+        assert_eq!(
+            WorkerLine::work_of(&job(serde_json::json!([
+                {"exit_code": 75, "seconds": 4.2}, {"exit_code": 137, "seconds": 61.0}])))
+            .unwrap(),
+            "`python3 train.py` exited 0 after 9 s, run again 2 times on the same instance (exit 75 after 4 s, exit 137 after 61 s)"
         );
     }
 

@@ -53,6 +53,26 @@ pub struct JobSpec {
     /// the value is redacted from every line of job text that leaves the instance.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, String>,
+    /// Runs the command again when it fails with one of these exit codes (an `exec` job):
+    /// on the same instance, after `backoff_seconds`, at most `max` times, its working and
+    /// checkpoint directories as it left them. Every run counts against the attempt's runtime
+    /// (`limits.max_runtime_seconds`) and so the budget; a Spot relaunch is separate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<JobRetry>,
+}
+
+/// `job.retry`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobRetry {
+    /// The exit codes that are retried (1–255; 128 + N is a kill by signal N, e.g. 137 for the
+    /// OOM killer's SIGKILL).
+    pub on_exit_codes: Vec<i32>,
+    /// How many times at most (1–10).
+    pub max: u32,
+    /// Seconds between a failed run and the next (0–3600).
+    #[serde(default)]
+    pub backoff_seconds: u64,
 }
 
 /// What happens to the workers' database before they write to it.
@@ -437,6 +457,7 @@ impl RunSpec {
         self.validate_waits(&mut errs);
         self.validate_database(&mut errs);
         self.validate_secrets(&mut errs);
+        self.validate_retry(&mut errs);
 
         errs.finish()
     }
@@ -727,6 +748,46 @@ impl RunSpec {
             if let Err(p) = job_secrets::parse_arn(arn) {
                 errs.add(&field, format!("'{arn}' {p}"));
             }
+        }
+    }
+
+    /// `job.retry`: exit codes a process can end with (0 is a success), a bounded count and
+    /// delay, and only for a job (the feature worker's partitions have their own attempts).
+    fn validate_retry(&self, errs: &mut Errors) {
+        let Some(r) = self.job.as_ref().and_then(|j| j.retry.as_ref()) else {
+            return;
+        };
+        if !self.worker.is_job() {
+            errs.add(
+                "job.retry",
+                "runs a job's command again: worker.args must be `exec [options] -- <command>`",
+            );
+        }
+        if r.on_exit_codes.is_empty() {
+            errs.add(
+                "job.retry.on_exit_codes",
+                "is empty: name the exit codes (1-255) that are worth a retry",
+            );
+        }
+        for (i, c) in r.on_exit_codes.iter().enumerate() {
+            if !(1..=255).contains(c) {
+                errs.add(
+                    &format!("job.retry.on_exit_codes[{i}]"),
+                    format!(
+                        "{c} is outside 1..=255 (0 is a success; 128 + N is a kill by signal N)"
+                    ),
+                );
+            }
+        }
+        let most = ephemera_contract::summary::JOB_RETRIES_MAX;
+        if r.max == 0 || r.max > most {
+            errs.add("job.retry.max", format!("{} is outside 1..={most}", r.max));
+        }
+        if r.backoff_seconds > 3600 {
+            errs.add(
+                "job.retry.backoff_seconds",
+                format!("{} is outside 0..=3600", r.backoff_seconds),
+            );
         }
     }
 
@@ -1835,6 +1896,69 @@ pub(crate) mod tests {
         let mut v = sample();
         v["worker"]["args"] = json!(["--password", "hunter2"]);
         assert!(has(&errors_of(v), "worker.args[1]", "job.secrets"));
+    }
+
+    #[test]
+    fn job_retry_is_refused_naming_each_field_and_what_is_allowed() {
+        let job = |args: Value, retry: Value| {
+            let mut v = sample();
+            v["worker"]["args"] = args;
+            v["expect"] = json!({});
+            v["job"] = json!({ "retry": retry });
+            v
+        };
+        let exec = json!(["exec", "--", "python3", "train.py"]);
+        let ok = RunSpec::parse(&job(
+            exec.clone(),
+            json!({"on_exit_codes": [75, 137], "max": 2, "backoff_seconds": 30}),
+        ))
+        .unwrap();
+        assert_eq!(
+            ok.job.unwrap().retry.unwrap(),
+            JobRetry {
+                on_exit_codes: vec![75, 137],
+                max: 2,
+                backoff_seconds: 30
+            }
+        );
+        let errs = errors_of(job(
+            exec,
+            json!({"on_exit_codes": [0, 256, 3], "max": 11, "backoff_seconds": 3601}),
+        ));
+        assert!(
+            has(&errs, "job.retry.on_exit_codes[0]", "0 is a success"),
+            "{errs:?}"
+        );
+        assert!(
+            has(&errs, "job.retry.on_exit_codes[1]", "outside 1..=255"),
+            "{errs:?}"
+        );
+        assert!(
+            has(&errs, "job.retry.max", "11 is outside 1..=10"),
+            "{errs:?}"
+        );
+        assert!(
+            has(&errs, "job.retry.backoff_seconds", "outside 0..=3600"),
+            "{errs:?}"
+        );
+        assert_eq!(errs.len(), 4, "{errs:?}");
+        let errs = errors_of(job(
+            json!(["run", "--stages", "indicators"]),
+            json!({"on_exit_codes": [], "max": 1}),
+        ));
+        assert!(
+            has(&errs, "job.retry", "worker.args must be `exec"),
+            "{errs:?}"
+        );
+        assert!(
+            has(&errs, "job.retry.on_exit_codes", "is empty"),
+            "{errs:?}"
+        );
+        let errs = errors_of(job(
+            json!(["exec", "--", "true"]),
+            json!({"on_exit_codes": [1], "max": 1, "sleep": 3}),
+        ));
+        assert!(errs.iter().any(|e| e.message.contains("sleep")), "{errs:?}");
     }
 
     #[test]

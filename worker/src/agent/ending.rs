@@ -78,8 +78,9 @@ pub enum Ending {
         cause: String,
     },
     /// Reported with its summary once the workload has delivered it ([`delivered`]).
+    /// Boxed: a summary is many times the size of the other endings' one string.
     Succeeded {
-        summary: Summary,
+        summary: Box<Summary>,
     },
 }
 
@@ -147,7 +148,9 @@ pub fn ending(h: Happened) -> Ending {
             cause: STOPPED_BY_SIGTERM.into(),
         },
         Worked::Returned { summary, .. } | Worked::Completed { summary, .. } => {
-            Ending::Succeeded { summary }
+            Ending::Succeeded {
+                summary: Box::new(summary),
+            }
         }
         Worked::Unfinished { cause, .. } => Ending::Failed { cause },
     }
@@ -157,7 +160,9 @@ pub fn ending(h: Happened) -> Ending {
 /// manifest): the summary to send, or why the delivery failed, which fails the attempt.
 pub fn delivered(delivery: Result<Summary, String>) -> Ending {
     match delivery {
-        Ok(summary) => Ending::Succeeded { summary },
+        Ok(summary) => Ending::Succeeded {
+            summary: Box::new(summary),
+        },
         Err(cause) => Ending::Failed { cause },
     }
 }
@@ -244,7 +249,7 @@ mod tests {
     /// deadline that passed always stopped the work (`stop`).
     fn expected(work: &str, notice: bool, stop: bool, token: bool, deadline: bool) -> Ending {
         let succeeded = |run_id: &str| Ending::Succeeded {
-            summary: summary(run_id),
+            summary: Box::new(summary(run_id)),
         };
         if !token {
             return Ending::Unreported {
@@ -327,7 +332,7 @@ mod tests {
         );
         assert_eq!(
             Ending::Succeeded {
-                summary: summary("r")
+                summary: Box::new(summary("r"))
             }
             .error(),
             None
@@ -340,7 +345,7 @@ mod tests {
         assert_eq!(
             delivered(Ok(summary("r"))),
             Ending::Succeeded {
-                summary: summary("r")
+                summary: Box::new(summary("r"))
             }
         );
         let cause = "`sh` exited 0, but its outputs could not be stored: AccessDenied";

@@ -79,6 +79,7 @@ mod tests {
                 command: "python3 job.py".into(),
                 exit_code: 0,
                 seconds: 12.5,
+                retries: vec![],
             }),
         }
     }

@@ -130,7 +130,7 @@ impl Session {
         // Heartbeats go on while the success is delivered and the report is sent (and tried
         // again if throttled).
         let ending = match ending {
-            Ending::Succeeded { summary } => ending::delivered(workload.deliver(summary).await),
+            Ending::Succeeded { summary } => ending::delivered(workload.deliver(*summary).await),
             other => other,
         };
         let reported = self.report(Some(&token), ending).await;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use ephemera_contract::manifest::worker_folder;
+use ephemera_contract::summary::Retried;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -46,6 +47,77 @@ pub struct Plan {
     pub container: Option<Container>,
     /// Its secrets (`--secret`), read into `job.env` before it starts.
     pub secrets: Vec<crate::agent::secrets::Named>,
+    /// Which failures run the command again (`--retry-on`).
+    pub retry: Retry,
+}
+
+/// The RunSpec's `job.retry`: the exit codes worth another run, how many, after how long.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Retry {
+    pub on: Vec<i32>,
+    pub max: u32,
+    pub backoff: Duration,
+}
+
+impl Retry {
+    /// Whether a run that ended so, after `done` retries, is run again: it ended on its own (a
+    /// stopped job is the next attempt's, on another instance) with a listed code, and retries
+    /// are left.
+    pub fn again(&self, o: &supervise::Outcome, done: usize) -> bool {
+        !o.stopped
+            && !o.ended.succeeded()
+            && self.on.contains(&o.ended.code())
+            && done < self.max as usize
+    }
+}
+
+/// `, after 2 retries (exit 75, exit 75)`: what a failure's cause adds when it was retried.
+pub fn retried_text(retried: &[Retried]) -> String {
+    if retried.is_empty() {
+        return String::new();
+    }
+    let codes: Vec<String> = retried
+        .iter()
+        .map(|r| format!("exit {}", r.exit_code))
+        .collect();
+    format!(
+        ", after {} retr{} on this instance ({})",
+        retried.len(),
+        if retried.len() == 1 { "y" } else { "ies" },
+        codes.join(", ")
+    )
+}
+
+/// [`run`], again while [`Retry::again`] says so, waiting the backoff between (a stop during
+/// it ends the attempt as stopped: the next attempt resumes from the checkpoint). The last
+/// run's outcome, and the runs before it.
+pub async fn run_retrying(
+    plan: &Plan,
+    ready: &Ready,
+    stop: &CancellationToken,
+) -> Result<(supervise::Outcome, Vec<Retried>)> {
+    let mut retried = vec![];
+    loop {
+        let o = run(ready, stop).await?;
+        if !plan.retry.again(&o, retried.len()) {
+            return Ok((o, retried));
+        }
+        retried.push(Retried {
+            exit_code: o.ended.code(),
+            seconds: o.seconds,
+        });
+        tracing::warn!(
+            exit_code = o.ended.code(),
+            retry = retried.len(),
+            of = plan.retry.max,
+            backoff_seconds = plan.retry.backoff.as_secs(),
+            "the job failed with an exit code job.retry names: it runs again on this instance"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(plan.retry.backoff) => {}
+            () = stop.cancelled() => return Ok((supervise::Outcome { stopped: true, ..o }, retried)),
+        }
+    }
 }
 
 /// A path given on the command line, relative to where the job runs.
@@ -203,6 +275,52 @@ pub async fn publish(plan: &Plan) -> Result<Option<String>> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_listed_exit_is_retried_until_the_max_and_a_stop_or_success_never_is() {
+        let r = Retry {
+            on: vec![75, 137],
+            max: 2,
+            backoff: Duration::ZERO,
+        };
+        let ended = |e: supervise::Ended, stopped: bool| supervise::Outcome {
+            ended: e,
+            stopped,
+            seconds: 1.0,
+            stderr_tail: vec![],
+        };
+        use supervise::Ended::{Exited, Signalled};
+        assert!(r.again(&ended(Exited(75), false), 0));
+        assert!(
+            r.again(&ended(Signalled(9), false), 1),
+            "137: the OOM killer's SIGKILL"
+        );
+        assert!(
+            !r.again(&ended(Exited(75), false), 2),
+            "two retries at most"
+        );
+        assert!(!r.again(&ended(Exited(1), false), 0), "1 is not listed");
+        assert!(!r.again(&ended(Exited(0), false), 0));
+        assert!(
+            !r.again(&ended(Signalled(15), true), 0),
+            "stopped: the next attempt's"
+        );
+        assert!(!Retry::default().again(&ended(Exited(75), false), 0));
+        assert_eq!(retried_text(&[]), "");
+        assert_eq!(
+            retried_text(&[
+                Retried {
+                    exit_code: 75,
+                    seconds: 1.0
+                },
+                Retried {
+                    exit_code: 137,
+                    seconds: 2.0
+                }
+            ]),
+            ", after 2 retries on this instance (exit 75, exit 137)"
+        );
+    }
+
     #[tokio::test]
     async fn a_stopped_job_resumes_from_its_checkpoint_on_the_next_attempt() {
         let b = std::env::temp_dir().join(format!("ephemera-job-{}", std::process::id()));
@@ -243,6 +361,7 @@ mod tests {
             outputs: None,
             container: None,
             secrets: vec![],
+            retry: Retry::default(),
         };
         let first = plan(1, "w1");
         std::fs::create_dir_all(b.join("w1/out")).unwrap();
@@ -325,6 +444,7 @@ mod tests {
                 outputs: Some(("out".into(), Target::Dir(b.join("to")))),
                 container: None,
                 secrets: vec![],
+                retry: Retry::default(),
             };
             urls.push(publish(&plan).await.unwrap().unwrap());
         }

@@ -89,6 +89,17 @@ pub struct ExecArgs {
     /// line of job text. May be given more than once.
     #[arg(long = "secret", value_name = "NAME=ARN")]
     pub secrets: Vec<crate::agent::secrets::Named>,
+    /// Exit codes after which the command runs again on this instance, its working and
+    /// checkpoint directories as it left them (the RunSpec's `job.retry.on_exit_codes`;
+    /// 128 + N is a kill by signal N).
+    #[arg(long = "retry-on", value_delimiter = ',', value_parser = clap::value_parser!(i32).range(1..=255))]
+    pub retry_on: Vec<i32>,
+    /// How many times at most (`job.retry.max`).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=ephemera_contract::summary::JOB_RETRIES_MAX as i64))]
+    pub retry_max: u32,
+    /// Seconds between a failed run and the next (`job.retry.backoff_seconds`).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub retry_backoff: u64,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -132,6 +143,11 @@ impl ExecArgs {
             outputs,
             container: self.container()?,
             secrets: self.secrets.clone(),
+            retry: job::Retry {
+                on: self.retry_on.clone(),
+                max: self.retry_max,
+                backoff: Duration::from_secs(self.retry_backoff),
+            },
             run_id: self.run_id.clone(),
             worker: self.worker,
             attempt: self.link.attempt,
@@ -169,12 +185,13 @@ pub async fn alone(plan: &job::Plan) -> Result<()> {
     let ready = job::prepare(plan).await?;
     let stop = CancellationToken::new();
     let sigterm = on_sigterm(stop.clone(), STOPPING);
-    let o = job::run(&ready, &stop).await?;
+    let (o, retried) = job::run_retrying(plan, &ready, &stop).await?;
     sigterm.abort();
     anyhow::ensure!(
         o.ended.succeeded(),
-        "{}",
-        supervise::failure_cause(&supervise::command_line(&plan.job.command), &o)
+        "{}{}",
+        supervise::failure_cause(&supervise::command_line(&plan.job.command), &o),
+        job::retried_text(&retried)
     );
     if let Some(manifest) = job::publish(plan).await? {
         println!("{manifest}");
@@ -206,10 +223,10 @@ impl Workload for job::Plan {
                 }
             };
             let outcome = match job::prepare(&plan).await {
-                Ok(ready) => job::run(&ready, &stop).await,
+                Ok(ready) => job::run_retrying(&plan, &ready, &stop).await,
                 Err(e) => Err(e.context("before the command started")),
             };
-            let o = match outcome {
+            let (o, retried) = match outcome {
                 Ok(o) => o,
                 Err(e) => {
                     return Worked::Failed {
@@ -224,12 +241,16 @@ impl Workload for job::Plan {
             );
             if o.ended.succeeded() && !o.stopped {
                 Worked::Completed {
-                    summary: summary(&plan.run_id, &command, o.seconds),
+                    summary: summary(&plan.run_id, &command, o.seconds, retried),
                     spot,
                 }
             } else {
                 Worked::Unfinished {
-                    cause: supervise::failure_cause(&command, &o),
+                    cause: format!(
+                        "{}{}",
+                        supervise::failure_cause(&command, &o),
+                        job::retried_text(&retried)
+                    ),
                     spot,
                 }
             }
@@ -261,7 +282,12 @@ async fn with_secrets(plan: &job::Plan) -> Result<job::Plan, crate::agent::secre
 
 /// A job's summary: its command (cut to what the run document keeps) and how long it ran; the
 /// manifest once its outputs are stored.
-fn summary(run_id: &str, command: &str, seconds: f64) -> Summary {
+fn summary(
+    run_id: &str,
+    command: &str,
+    seconds: f64,
+    retries: Vec<ephemera_contract::summary::Retried>,
+) -> Summary {
     Summary {
         run_id: run_id.to_string(),
         partitions_done: 0,
@@ -280,6 +306,7 @@ fn summary(run_id: &str, command: &str, seconds: f64) -> Summary {
                 .collect(),
             exit_code: 0,
             seconds,
+            retries,
         }),
     }
 }
