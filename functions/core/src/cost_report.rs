@@ -227,7 +227,15 @@ pub fn assemble(p: Parts<'_>) -> CostReport {
                 attempts: e.worker.as_ref().map_or(0, |w| w.attempts.len() as u32),
                 reported: e.result.is_some(),
                 error: e.error.as_ref().map(failure_for),
-                work: e.result.as_ref().and_then(WorkerLine::work_of),
+                // A job's retries ran on its last instance, at its rate.
+                work: e.result.as_ref().and_then(|r| {
+                    let rate = attempts
+                        .iter()
+                        .filter(|a| a.worker == e.slot)
+                        .max_by_key(|a| a.attempt)
+                        .map(|a| a.average_usd_per_hour);
+                    WorkerLine::work_of(r, rate)
+                }),
             })
             .collect(),
         phases: phases(p.quota, p.ends, &attempts, &p.timing),

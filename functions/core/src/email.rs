@@ -263,11 +263,14 @@ mod tests {
             attempts: 2,
             reported: true,
             error: None,
-            work: WorkerLine::work_of(&serde_json::json!({
-                "run_id": "fx-2023", "partitions_done": 0, "partitions_failed": 0,
-                "rows_in": 0, "rows_out": 0, "seconds": 811.6,
-                "job": {"command": "python3 train.py --epochs 3", "exit_code": 0, "seconds": 811.6}
-            })),
+            work: WorkerLine::work_of(
+                &serde_json::json!({
+                    "run_id": "fx-2023", "partitions_done": 0, "partitions_failed": 0,
+                    "rows_in": 0, "rows_out": 0, "seconds": 811.6,
+                    "job": {"command": "python3 train.py --epochs 3", "exit_code": 0, "seconds": 811.6}
+                }),
+                None,
+            ),
         }];
         r.verification = Some(Verification {
             ok: true,

@@ -156,8 +156,9 @@ pub struct WorkerLine {
 }
 
 impl WorkerLine {
-    /// What a worker's report says it did, in a line ([`crate::caps::WORK_KEPT`] at most).
-    pub fn work_of(result: &serde_json::Value) -> Option<String> {
+    /// What a worker's report says it did, in a line ([`crate::caps::WORK_KEPT`] at most); a
+    /// job's retries priced at `usd_per_hour`, the rate of the instance they ran on.
+    pub fn work_of(result: &serde_json::Value, usd_per_hour: Option<f64>) -> Option<String> {
         let s: crate::contract::Summary = serde_json::from_value(result.clone()).ok()?;
         let line = match &s.job {
             Some(j) => {
@@ -169,7 +170,15 @@ impl WorkerLine {
                     let runs: Vec<String> = j
                         .retries
                         .iter()
-                        .map(|r| format!("exit {} after {:.0} s", r.exit_code, r.seconds))
+                        .map(|r| match usd_per_hour {
+                            Some(rate) => format!(
+                                "exit {} after {:.0} s, ≈${:.4}",
+                                r.exit_code,
+                                r.seconds,
+                                rate * r.seconds / 3600.0
+                            ),
+                            None => format!("exit {} after {:.0} s", r.exit_code, r.seconds),
+                        })
                         .collect();
                     line.push_str(&format!(
                         ", run again {} time{} on the same instance ({})",
@@ -368,15 +377,21 @@ mod tests {
                         "retries": retries}})
         };
         assert_eq!(
-            WorkerLine::work_of(&job(serde_json::json!([]))).unwrap(),
+            WorkerLine::work_of(&job(serde_json::json!([])), Some(0.36)).unwrap(),
             "`python3 train.py` exited 0 after 9 s"
         );
         assert_eq!(
             WorkerLine::work_of(&job(serde_json::json!([
-                {"exit_code": 75, "seconds": 4.2}, {"exit_code": 137, "seconds": 61.0}])))
+                {"exit_code": 75, "seconds": 4.2}, {"exit_code": 137, "seconds": 61.0}])), Some(0.36))
             .unwrap(),
-            "`python3 train.py` exited 0 after 9 s, run again 2 times on the same instance (exit 75 after 4 s, exit 137 after 61 s)"
+            "`python3 train.py` exited 0 after 9 s, run again 2 times on the same instance (exit 75 after 4 s, ≈$0.0004, exit 137 after 61 s, ≈$0.0061)"
         );
+        assert!(WorkerLine::work_of(
+            &job(serde_json::json!([{"exit_code": 75, "seconds": 4.2}])),
+            None
+        )
+        .unwrap()
+        .ends_with("(exit 75 after 4 s)"));
     }
 
     #[test]
