@@ -123,7 +123,11 @@ fn the_template_and_the_asl_spell_the_contracts_names() {
 
     // Every SSM parameter the policies name is one of a run's parameters, for any run and instance.
     let any_run = RunParameters::of_run("*");
-    let known = [any_run.started("*"), any_run.task_token("*")];
+    let known = [
+        any_run.started("*"),
+        any_run.task_token("*"),
+        any_run.run_session("*"),
+    ];
     let mut named = 0;
     for (at, _) in template.match_indices(":parameter/") {
         let name: String = template[at + ":parameter".len()..]
