@@ -12,6 +12,8 @@ pub mod logs;
 pub mod manifest;
 /// The error names the Lambdas, the worker and the ASL share.
 pub mod names;
+/// One run's session of the run role, handed to its instance and renewed by its agent.
+pub mod session;
 /// The run's SSM parameters: the worker's "started", each instance's task token.
 pub mod ssm;
 /// The state machine's states, by the names the ASL gives them.
@@ -22,6 +24,7 @@ pub mod summary;
 pub mod tags;
 
 pub use manifest::{Manifest, ManifestObject};
+pub use session::RunSession;
 pub use ssm::{RunParameters, Started};
 pub use states::State;
 pub use summary::{Summary, Validation};

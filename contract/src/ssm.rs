@@ -25,13 +25,14 @@ impl RunParameters {
         }
     }
 
-    /// The instance a parameter under [`Self::ROOT`] speaks for: `<root>/<run>/started/<instance>`
-    /// or `<root>/<run>/task-token/<instance>`; None for any other name.
+    /// The instance a parameter under [`Self::ROOT`] speaks for: `<root>/<run>/started/<instance>`,
+    /// `<root>/<run>/task-token/<instance>` or `<root>/<run>/run-session/<instance>` (the sweeper
+    /// deletes those of instances that are gone); None for any other name.
     pub fn instance_of(name: &str) -> Option<&str> {
         let rest = name.strip_prefix(Self::ROOT)?.strip_prefix('/')?;
         let mut parts = rest.rsplitn(3, '/');
         let (instance, kind, run) = (parts.next()?, parts.next()?, parts.next()?);
-        let known = matches!(kind, "started" | "task-token");
+        let known = matches!(kind, "started" | "task-token" | "run-session");
         (known && !run.is_empty() && !instance.is_empty()).then_some(instance)
     }
 
@@ -57,6 +58,13 @@ impl RunParameters {
     /// so that it can carry its one reader ([`crate::tags::READER`]).
     pub fn task_token(&self, instance_id: &str) -> String {
         format!("{}/task-token/{instance_id}", self.path)
+    }
+
+    /// Where launch-worker hands `instance_id` its run's session of the run role
+    /// ([`crate::RunSession`]): like the task token, a SecureString of this instance's own that
+    /// only its role session may read ([`crate::tags::READER`]).
+    pub fn run_session(&self, instance_id: &str) -> String {
+        format!("{}/run-session/{instance_id}", self.path)
     }
 }
 
@@ -127,7 +135,11 @@ mod tests {
     #[test]
     fn a_signal_names_its_instance_and_nothing_else_does() {
         let run = RunParameters::of_run("fx-2023");
-        for name in [run.started("i-0abc"), run.task_token("i-0abc")] {
+        for name in [
+            run.started("i-0abc"),
+            run.task_token("i-0abc"),
+            run.run_session("i-0abc"),
+        ] {
             assert_eq!(RunParameters::instance_of(&name), Some("i-0abc"), "{name}");
         }
         for other in [

@@ -319,7 +319,8 @@ fn runspec(scenario: Scenario, run_id: &str, net: &fixtures::Network, topic: &st
                 "--checkpoint",
                 "ckpt",
                 "--checkpoint-to",
-                format!("s3://{EXPORT_BUCKET}/checkpoints/"),
+                // Under the run's own prefix: the run's session lists and writes nowhere else.
+                format!("s3://{EXPORT_BUCKET}/runs/{run_id}/checkpoints/"),
                 "--checkpoint-every",
                 "10",
                 "--outputs",

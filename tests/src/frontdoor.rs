@@ -154,6 +154,9 @@ pub struct FrontDoor {
     pub lambda_concurrency: std::sync::atomic::AtomicU32,
     /// The run role's sessions STS minted (`crate::sts`).
     pub sessions: crate::sts::Sessions,
+    /// Tests: how long the sessions STS mints in a region last, shorter than asked, so that a
+    /// renewal comes within a test's minutes rather than an hour.
+    session_seconds: Mutex<HashMap<String, i64>>,
 }
 
 /// An image's root snapshot: its size in GiB and its id.
@@ -231,6 +234,7 @@ impl FrontDoor {
             moto_ec2: Mutex::default(),
             lambda_concurrency: throttle::NEW_ACCOUNT_LAMBDA_CONCURRENCY.into(),
             sessions: crate::sts::Sessions::default(),
+            session_seconds: Mutex::default(),
         }
     }
 
@@ -1583,7 +1587,12 @@ fn assume_role(
         chrono::Utc::now(),
     );
     let (status, body) = match answer {
-        Ok(s) => {
+        Ok(mut s) => {
+            if let Some(&seconds) = door.session_seconds.lock().unwrap().get(region) {
+                s.expires = s
+                    .expires
+                    .min(chrono::Utc::now() + chrono::Duration::seconds(seconds));
+            }
             let key = door.sessions.mint(s.clone());
             (200, crate::sts::credentials_xml(&key, &s))
         }
@@ -2141,6 +2150,16 @@ impl FrontDoor {
         }
     }
 
+    /// Tests: the sessions STS mints in `region` from now on last `seconds` at most (their
+    /// answer says so, and their keys are refused as expired after it), as if the hour role
+    /// chaining allows had passed that fast.
+    pub fn sessions_last(&self, region: &str, seconds: i64) {
+        self.session_seconds
+            .lock()
+            .unwrap()
+            .insert(region.to_string(), seconds);
+    }
+
     /// The ledger table of template.yaml (`LedgerTable`), in `region`.
     /// The functions' settings as the template deploys them (the stack's topic, buckets, ledger,
     /// worker role and profile), the ledger table made: what every invocation gets, through the
@@ -2182,6 +2201,14 @@ impl FrontDoor {
         settings
             .stack
             .get_or_insert_with(|| crate::iam::STACK.to_string());
+        // launch-worker's own environment: the run role and the key its sessions are sealed
+        // under (template.yaml, LaunchWorkerFunction).
+        settings
+            .run_role_arn
+            .get_or_insert_with(crate::iam::run_role_arn);
+        settings
+            .task_token_key
+            .get_or_insert_with(|| crate::iam::task_token_key(region));
         if settings.monthly_budget_usd == 0.0 {
             settings.monthly_budget_usd = crate::iam::MONTHLY_BUDGET_USD;
         }

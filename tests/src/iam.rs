@@ -1179,6 +1179,54 @@ mod tests {
     }
 
     #[test]
+    fn launch_worker_seals_a_run_session_and_only_the_worker_role_opens_one() {
+        let p = template();
+        let region = "us-east-1";
+        let session =
+            format!("arn:aws:ssm:{region}:{ACCOUNT}:parameter/ephemera/runs/r1/run-session/i-1");
+        let token = session.replace("run-session", "task-token");
+        let use_ = |who: &Principal, action: &str, param: &str| {
+            let check = Check::new(action, task_token_key(region))
+                .with("kms:ViaService", format!("ssm.{region}.amazonaws.com"))
+                .with("kms:EncryptionContext:PARAMETER_ARN", param);
+            p.authorize_key("TaskTokenKey", who, region, &check)
+        };
+        let launch = Principal::Function("launch-worker".into());
+        assert_eq!(use_(&launch, "kms:Encrypt", &session), Ok(()));
+        assert_eq!(use_(&Principal::Worker, "kms:Decrypt", &session), Ok(()));
+        // launch-worker seals no task token and opens nothing; spot-interruption, which opens
+        // task tokens, opens no run session; the state machine neither.
+        assert!(use_(&launch, "kms:Encrypt", &token).is_err());
+        assert!(use_(&launch, "kms:Decrypt", &session).is_err());
+        let spot = Principal::Function("spot-interruption".into());
+        assert!(use_(&spot, "kms:Decrypt", &session).is_err());
+        assert!(use_(&Principal::StateMachine, "kms:Decrypt", &session).is_err());
+        // The parameter itself: written by launch-worker (with its reader tag), read by the
+        // one instance's role session it names.
+        let put = Check::new("ssm:PutParameter", session.clone());
+        assert_eq!(p.authorize(&launch, region, &put), Ok(()));
+        let tag = Check::new("ssm:AddTagsToResource", session.clone());
+        assert_eq!(p.authorize(&launch, region, &tag), Ok(()));
+        assert!(p
+            .authorize(&launch, region, &Check::new("ssm:PutParameter", token))
+            .is_err());
+        let read = |instance: &str| {
+            let c = Check::new("ssm:GetParameter", session.clone())
+                .with(
+                    "aws:userid",
+                    Principal::Worker.userid(&Principal::instance_key(instance)),
+                )
+                .with(
+                    "ssm:resourceTag/ephemera:reader",
+                    format!("{WORKER_ROLE_ID}:i-1"),
+                );
+            p.authorize(&Principal::Worker, region, &c)
+        };
+        assert_eq!(read("i-1"), Ok(()));
+        assert!(read("i-2").is_err());
+    }
+
+    #[test]
     fn the_report_is_written_under_its_two_names_only() {
         let p = template();
         let terminate = Principal::Function("terminate-with-cost-report".into());

@@ -44,6 +44,8 @@ pub struct Session {
     pub transitive: BTreeSet<String>,
     pub policy: Option<Vec<Statement>>,
     pub expires: DateTime<Utc>,
+    /// Assumed from another session of the run role (a renewal by role chaining).
+    pub chained: bool,
 }
 
 impl Session {
@@ -221,6 +223,7 @@ pub fn assume_role(
         transitive,
         policy,
         expires: now + chrono::Duration::seconds(seconds),
+        chained: caller_session.is_some(),
     })
 }
 
@@ -241,6 +244,17 @@ impl Sessions {
 
     pub fn get(&self, key: &str) -> Option<Session> {
         self.by_key.lock().unwrap().get(key).cloned()
+    }
+
+    /// Every session minted for `run` (its `ephemera:run` tag), in no order.
+    pub fn of_run(&self, run: &str) -> Vec<Session> {
+        self.by_key
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|s| s.tags.get("ephemera:run").map(String::as_str) == Some(run))
+            .cloned()
+            .collect()
     }
 }
 

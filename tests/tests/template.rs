@@ -130,6 +130,7 @@ fn the_template_and_the_asl_spell_the_contracts_names() {
         any_run.task_token("*"),
         format!("{}/*", RunParameters::ROOT),
         "/${DatabaseSecretPrefix}*".to_string(),
+        any_run.run_session("*"),
     ];
     let mut named = 0;
     for (at, _) in template.match_indices(":parameter/") {

@@ -129,7 +129,8 @@ impl Store {
     pub async fn new(target: Target) -> Store {
         let s3 = match &target {
             Target::S3 { .. } => {
-                let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+                // The run's session once the agent holds one (`agent::credentials`).
+                let conf = crate::agent::credentials::sdk_config().await;
                 // Against an emulator (a custom endpoint) buckets cannot be virtual hosts.
                 let s3 = aws_sdk_s3::config::Builder::from(&conf)
                     .force_path_style(conf.endpoint_url().is_some())
@@ -395,6 +396,21 @@ impl Store {
         }
     }
 
+    /// Whether the object `key` is listed: a ListObjectsV2 with the key itself as the prefix,
+    /// which a session that may list only under its own prefix may make.
+    async fn listed(&self, key: &str) -> Result<bool> {
+        let (s3, bucket) = self.s3()?;
+        let page = s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(key)
+            .max_keys(1)
+            .send()
+            .await
+            .with_context(|| format!("listing s3://{bucket}/{key}"))?;
+        Ok(page.contents().iter().any(|o| o.key() == Some(key)))
+    }
+
     /// Removes the object `key`; one that is not there is not an error.
     pub async fn delete(&self, key: &str) -> Result<()> {
         if let Target::Dir(dir) = &self.target {
@@ -452,6 +468,14 @@ impl Store {
             };
         }
         let (s3, bucket) = self.s3()?;
+        // Listed first: a run's session may list only under its run's prefix, and to a caller
+        // who may not list the whole bucket S3 answers a GetObject of a missing key 403
+        // AccessDenied, not 404 NoSuchKey (S3 API reference, GetObject, "Permissions": "If you
+        // don't have the s3:ListBucket permission, Amazon S3 returns an HTTP status code 403"),
+        // so "none yet" (a first attempt's checkpoint list) is told by the listing.
+        if !self.listed(key).await? {
+            return Ok(None);
+        }
         let got = match s3.get_object().bucket(bucket).key(key).send().await {
             Ok(o) => o,
             Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),

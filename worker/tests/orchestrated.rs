@@ -738,7 +738,8 @@ async fn any_command_under_exec_is_relaunched_after_spot_and_reported_by_its_exi
 
     let to = format!("s3://{BUCKET}/runs/{run_id}/");
     let fetch = format!("s3://{BUCKET}/{inputs}");
-    let checkpoint_to = format!("s3://{BUCKET}/checkpoints/");
+    // Under the run's own prefix: CheckQuota refuses a checkpoint place anywhere else.
+    let checkpoint_to = format!("s3://{BUCKET}/runs/{run_id}/checkpoints/");
     let options = |workdir: &str| -> Vec<String> {
         [
             "--workdir",
@@ -835,7 +836,7 @@ async fn any_command_under_exec_is_relaunched_after_spot_and_reported_by_its_exi
         .s3
         .list_objects_v2()
         .bucket(BUCKET)
-        .prefix(format!("checkpoints/{run_id}/"))
+        .prefix(format!("runs/{run_id}/checkpoints/{run_id}/"))
         .send()
         .await
         .unwrap();
@@ -947,7 +948,8 @@ async fn a_job_that_ignores_sigterm_is_killed_after_its_grace_and_resumes_from_i
          while true; do sleep 0.1; done",
         seen = seen.display(),
     );
-    let checkpoint_to = format!("s3://{BUCKET}/checkpoints/");
+    // Under the run's own prefix: CheckQuota refuses a checkpoint place anywhere else.
+    let checkpoint_to = format!("s3://{BUCKET}/runs/{run_id}/checkpoints/");
     let options = |workdir: &str| -> Vec<String> {
         [
             "--workdir",
@@ -1332,7 +1334,8 @@ async fn a_job_that_never_ends_is_stopped_at_the_runs_cap_with_its_checkpoint_sa
          while true; do sleep 0.1; done",
         seen = seen.display(),
     );
-    let checkpoint_to = format!("s3://{BUCKET}/checkpoints/");
+    // Under the run's own prefix: CheckQuota refuses a checkpoint place anywhere else.
+    let checkpoint_to = format!("s3://{BUCKET}/runs/{run_id}/checkpoints/");
     let options = |workdir: &str| -> Vec<String> {
         [
             "--workdir",
@@ -1422,7 +1425,7 @@ async fn a_job_that_never_ends_is_stopped_at_the_runs_cap_with_its_checkpoint_sa
         .s3
         .list_objects_v2()
         .bucket(BUCKET)
-        .prefix(format!("checkpoints/{run_id}/"))
+        .prefix(format!("runs/{run_id}/checkpoints/{run_id}/"))
         .send()
         .await
         .unwrap();

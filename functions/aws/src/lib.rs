@@ -13,6 +13,7 @@ pub mod objects;
 pub mod params;
 pub mod pricing;
 pub mod quotas;
+pub mod sessions;
 pub mod snapshots;
 pub mod topic;
 pub mod vcpus;
@@ -28,9 +29,10 @@ pub use executions::{Executions, TaskTokens};
 pub use history::{ExecutionStats, History};
 pub use ledger::{Ledger, LedgerTable, Reserved};
 pub use objects::{ObjectWriter, Objects};
-pub use params::{ParamHousekeeping, Params};
+pub use params::{ParamHousekeeping, Params, SealedParams};
 pub use pricing::{PriceList, Quote};
 pub use quotas::{Applied, QuotaService};
+pub use sessions::{RunSessions, Vend};
 pub use snapshots::Snapshots;
 pub use topic::Notifier;
 pub use vcpus::VcpuReservations;
@@ -50,6 +52,7 @@ pub struct Aws {
     pub pricing: pricing::PriceListApi,
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub rds: aws_sdk_rds::Client,
+    pub sts: aws_sdk_sts::Client,
 }
 
 impl Aws {
@@ -65,6 +68,7 @@ impl Aws {
             pricing: pricing::PriceListApi::new(conf),
             dynamodb: aws_sdk_dynamodb::Client::new(conf),
             rds: aws_sdk_rds::Client::new(conf),
+            sts: aws_sdk_sts::Client::new(conf),
         }
     }
 }

@@ -86,3 +86,57 @@ impl ParamHousekeeping for aws_sdk_ssm::Client {
         Ok(())
     }
 }
+
+/// A SecureString of one instance's own: under the stack's key, tagged with the one role session
+/// allowed to read it (`ephemera:reader`, as the task token is).
+pub trait SealedParams: Send + Sync {
+    /// Writes `value` at `name` once; Ok(false) when it already exists (a retried call wrote
+    /// it: SSM refuses `Overwrite` with `Tags`, and the earlier value stands).
+    fn put_sealed(
+        &self,
+        name: &str,
+        value: &str,
+        key_id: &str,
+        reader: &str,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+}
+
+impl SealedParams for aws_sdk_ssm::Client {
+    async fn put_sealed(
+        &self,
+        name: &str,
+        value: &str,
+        key_id: &str,
+        reader: &str,
+    ) -> Result<bool, Error> {
+        let tag = aws_sdk_ssm::types::Tag::builder()
+            .key(ephemera_core::contract::tags::READER)
+            .value(reader)
+            .build()
+            .map_err(|e| Error::Internal(format!("the reader tag: {e}")))?;
+        match self
+            .put_parameter()
+            .name(name)
+            .value(value)
+            .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+            .key_id(key_id)
+            // A session token with tags and a session policy, beside a session policy of up to
+            // 2,048 characters, can pass a standard parameter's 4 KB: Intelligent-Tiering makes
+            // such a one advanced and leaves the rest standard (Parameter Store, "Managing
+            // parameter tiers").
+            .tier(aws_sdk_ssm::types::ParameterTier::IntelligentTiering)
+            .tags(tag)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_parameter_already_exists()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(Error::aws("ssm", "PutParameter", e)),
+        }
+    }
+}

@@ -188,6 +188,7 @@ impl Deployment {
         self.check_job_places(&spec.worker.args, &mut add);
         self.check_secrets(spec, &mut add);
         self.check_session_policies(spec, &mut add);
+        self.check_run_prefix(spec, &mut add);
         for (i, target) in flag_values(&spec.worker.args, &["--export", "--to"]) {
             let Some((bucket, _)) = parse_s3_url(target) else {
                 continue; // a directory on the instance: the worker's own business
@@ -302,6 +303,30 @@ impl Deployment {
                     field,
                     format!(
                         "'{arn}' is outside the stack's secrets: the workers may read only those named {prefix}… (DatabaseSecretPrefix), e.g. …:{example}"
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Where a run writes (`--export`, `--to`, `--checkpoint-to` in the export bucket) lies under
+    /// its own prefix `runs/<run id>/`: the run's session writes, lists and deletes nowhere else
+    /// (`RunRole`, keyed on its `ephemera:run` tag), so a place outside it would fail only once
+    /// the job has run. Refused here, naming the argument.
+    fn check_run_prefix(&self, spec: &RunSpec, add: &mut impl FnMut(String, String)) {
+        let Some(export) = &self.export_bucket else {
+            return;
+        };
+        let own = crate::run_credentials::run_prefix(&spec.run_id);
+        for (i, place) in flag_values(&spec.worker.args, &["--export", "--to", "--checkpoint-to"]) {
+            let Some((bucket, key)) = parse_s3_url(place) else {
+                continue; // a directory on the instance: the worker's own business
+            };
+            if bucket == export && !key.starts_with(&own) {
+                add(
+                    format!("worker.args[{i}]"),
+                    format!(
+                        "'{place}' is not under the run's own prefix s3://{export}/{own}: the run's credentials write, list and delete nowhere else; use s3://{export}/{own}<place>/"
                     ),
                 );
             }
@@ -574,6 +599,8 @@ mod tests {
 
     fn spec(edit: impl FnOnce(&mut serde_json::Value)) -> RunSpec {
         let mut v = crate::runspec::tests::sample();
+        // The run whose own prefix the places below are under.
+        v["run_id"] = json!("r1");
         v["worker"]["artifact"] = json!("s3://artifacts/bin/ephemera-worker");
         v["worker"]["args"] = json!(["run", "--export", "s3://exports/runs/r1/"]);
         v["expect"]["export_prefix"] = json!("s3://exports/runs/r1/");
@@ -637,7 +664,7 @@ mod tests {
             "--checkpoint",
             "ckpt",
             "--checkpoint-to",
-            "s3://exports/checkpoints/",
+            "s3://exports/runs/r1/checkpoints/",
             "--",
             "python3",
             "train.py",
@@ -678,13 +705,68 @@ mod tests {
     fn an_export_beside_the_expected_prefix_is_refused() {
         let s = spec(|v| v["worker"]["args"] = json!(["run", "--export", "s3://exports/other/"]));
         let e = deployment().check(&s).unwrap_err();
-        assert_eq!(e.errors[0].field, "worker.args[2]");
-        assert!(e.errors[0]
-            .message
-            .contains("not under expect.export_prefix"));
+        assert!(e.errors.iter().all(|e| e.field == "worker.args[2]"), "{e}");
+        assert!(
+            e.errors
+                .iter()
+                .any(|e| e.message.contains("not under expect.export_prefix")),
+            "{e}"
+        );
         // A local directory is the worker's business.
         let local = spec(|v| v["worker"]["args"] = json!(["run", "--export", "/tmp/out"]));
         assert!(deployment().check(&local).is_ok());
+    }
+
+    #[test]
+    fn a_runs_outputs_and_checkpoints_must_lie_under_its_own_prefix() {
+        let s = spec(|v| {
+            v["expect"]["export_prefix"] = serde_json::Value::Null;
+            v["worker"]["args"] = json!([
+                "exec",
+                "--checkpoint",
+                "ckpt",
+                "--checkpoint-to",
+                "s3://exports/checkpoints/",
+                "--outputs",
+                "out",
+                "--to=s3://exports/runs/r2/",
+                "--",
+                "sh",
+                "-c",
+                "true --to s3://exports/anywhere/"
+            ]);
+        });
+        assert_eq!(
+            fields(deployment().check(&s)),
+            ["worker.args[4]", "worker.args[7]"]
+        );
+        let e = deployment().check(&s).unwrap_err();
+        assert!(
+            e.errors[0].message.contains(
+                "'s3://exports/checkpoints/' is not under the run's own prefix s3://exports/runs/r1/"
+            ),
+            "{e}"
+        );
+        // Another run's prefix is not the run's own, even one that starts alike.
+        let alike =
+            spec(|v| v["worker"]["args"] = json!(["run", "--export", "s3://exports/runs/r1x/"]));
+        assert!(fields(deployment().check(&alike)).contains(&"worker.args[2]".to_string()));
+        let fine = spec(|v| {
+            v["worker"]["args"] = json!([
+                "exec",
+                "--checkpoint",
+                "c",
+                "--checkpoint-to",
+                "s3://exports/runs/r1/checkpoints/",
+                "--outputs",
+                "out",
+                "--to",
+                "s3://exports/runs/r1/",
+                "--",
+                "true"
+            ]);
+        });
+        assert_eq!(fields(deployment().check(&fine)), Vec::<String>::new());
     }
 
     #[test]

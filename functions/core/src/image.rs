@@ -252,6 +252,7 @@ mod tests {
             ssm_prefix: "/ephemera/runs/train-1",
             log_group: None,
             budget_seconds: None,
+            run_session: false,
         });
         let command = worker_command(&script).unwrap();
         let dashes = command.iter().position(|a| a == "--").unwrap();

@@ -29,6 +29,9 @@ pub struct WorkerLaunch<'a> {
     /// `limits.max_runtime_seconds` (`crate::budget::grant`): the worker stops its work this
     /// long after it starts, as at a Spot notice, and reports `Worker.BudgetExhausted`.
     pub budget_seconds: Option<u64>,
+    /// launch-worker hands the instance its run's session of the run role: the worker waits
+    /// for it and signs its S3 and log calls with it (`--run-session`).
+    pub run_session: bool,
 }
 
 pub fn render(w: &WorkerLaunch<'_>) -> String {
@@ -54,6 +57,9 @@ pub fn render(w: &WorkerLaunch<'_>) -> String {
     }
     if let Some(b) = w.budget_seconds {
         cmd.extend(["--budget-seconds".to_string(), b.to_string()]);
+    }
+    if w.run_session {
+        cmd.push("--run-session".to_string());
     }
     if own.first().map(String::as_str) == Some("exec") {
         cmd.extend([
@@ -148,6 +154,7 @@ mod tests {
             ssm_prefix: "/ephemera/runs/r 1",
             log_group: Some("/ephemera/prod/workers"),
             budget_seconds: None,
+            run_session: false,
         });
         let cmd = worker_command(&s).unwrap();
         assert_eq!(cmd[0], "/opt/ephemera/ephemera-worker");
@@ -196,13 +203,17 @@ mod tests {
             ssm_prefix: "/ephemera/runs/r1",
             log_group: None,
             budget_seconds: Some(600),
+            run_session: true,
         });
         assert!(s.starts_with("#!/bin/bash\n"));
         assert!(s.contains("aws s3 cp s3://bkt/w /opt/ephemera/ephemera-worker"));
         assert!(s.contains(
-            "exec /opt/ephemera/ephemera-worker run --stages 'a b' --run-id r1 --attempt 2 --ssm-prefix /ephemera/runs/r1 --heartbeat-seconds 60 --budget-seconds 600"
+            "exec /opt/ephemera/ephemera-worker run --stages 'a b' --run-id r1 --attempt 2 --ssm-prefix /ephemera/runs/r1 --heartbeat-seconds 60 --budget-seconds 600 --run-session"
         ));
+        // The run's session is in a parameter of the instance's own, never here: anything on
+        // the instance that reaches IMDS reads the user data.
         assert!(!s.to_lowercase().contains("token"));
+        assert!(!s.contains("AWS_ACCESS_KEY_ID") && !s.contains("ASIA"));
     }
 
     fn launch(args: &[String]) -> WorkerLaunch<'_> {
@@ -218,6 +229,7 @@ mod tests {
             ssm_prefix: "/ephemera/runs/r1",
             log_group: None,
             budget_seconds: None,
+            run_session: false,
         }
     }
 

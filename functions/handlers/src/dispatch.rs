@@ -107,6 +107,12 @@ pub struct Settings {
     /// EPHEMERA_QUOTA_DENIAL_COOLOFF_HOURS (template QuotaDenialCooloffHours): after a denial,
     /// no increase request for this long; None is the default (`quota_request`).
     pub quota_denial_cooloff_hours: Option<u32>,
+    /// EPHEMERA_RUN_ROLE_ARN (template RunRole): launch-worker hands each instance its run's
+    /// session of it; None vends none.
+    pub run_role_arn: Option<String>,
+    /// EPHEMERA_TASK_TOKEN_KEY (template TaskTokenKey): the stack's own key the run's session
+    /// is sealed under, as the task tokens are.
+    pub task_token_key: Option<String>,
     /// EPHEMERA_MAX_QUOTA_REQUEST_VCPUS (template MaxQuotaRequestVcpus): no request's desired
     /// value above it; None is the default.
     pub max_quota_request_vcpus: Option<u32>,
@@ -142,6 +148,8 @@ impl Settings {
             export_bucket: var("EPHEMERA_EXPORT_BUCKET"),
             ebs_kms_key: var("EPHEMERA_EBS_KMS_KEY"),
             stack: var("EPHEMERA_STACK"),
+            run_role_arn: var("EPHEMERA_RUN_ROLE_ARN"),
+            task_token_key: var("EPHEMERA_TASK_TOKEN_KEY"),
             quota_denial_cooloff_hours: var("EPHEMERA_QUOTA_DENIAL_COOLOFF_HOURS")
                 .and_then(|v| v.parse().ok()),
             max_quota_request_vcpus: var("EPHEMERA_MAX_QUOTA_REQUEST_VCPUS")
@@ -189,6 +197,7 @@ pub async fn invoke(
                 ec2: &aws.ec2,
                 prices: &aws.pricing,
                 ssm: &aws.ssm,
+                sts: &aws.sts,
                 sns: &aws.sns,
                 ledger: ledger(&aws.dynamodb, settings),
             };
@@ -278,6 +287,7 @@ pub struct LaunchClients<'a> {
     pub ec2: &'a aws_sdk_ec2::Client,
     pub prices: &'a PriceListApi,
     pub ssm: &'a aws_sdk_ssm::Client,
+    pub sts: &'a aws_sdk_sts::Client,
     pub sns: &'a aws_sdk_sns::Client,
     pub ledger: Option<LedgerTable>,
 }
@@ -297,6 +307,10 @@ pub async fn launch_worker(
         alert_topic: settings.default_topic.clone(),
         worker_log_group: settings.worker_log_group.clone(),
         ebs_kms_key: settings.ebs_kms_key.clone(),
+        run_role_arn: settings.run_role_arn.clone(),
+        sealing_key: settings.task_token_key.clone(),
+        artifact_bucket: settings.artifact_bucket.clone(),
+        export_bucket: settings.export_bucket.clone(),
     };
     let input = parse_input(Function::LaunchWorker.name(), payload)?;
     let books = launch_worker::Books {
@@ -307,6 +321,7 @@ pub async fn launch_worker(
         ec2: c.ec2,
         prices: c.prices,
         params: c.ssm,
+        sessions: c.sts,
         books,
     };
     out(launch_worker::handle(clients, &config, input, now).await?)

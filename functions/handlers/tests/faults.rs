@@ -24,7 +24,10 @@ use chrono::{DateTime, Duration, Utc};
 use ephemera_core::cost::{self, Orchestration};
 use ephemera_core::ledger::{Entry, EntryState};
 use ephemera_core::{names, tags};
-use ephemera_functions::aws::{Ledger, Notifier, ObjectWriter, Params, PriceList, Quote, Reserved};
+use ephemera_functions::aws::{
+    Ledger, Notifier, ObjectWriter, Params, PriceList, Quote, Reserved, RunSessions, SealedParams,
+    Vend,
+};
 use ephemera_functions::handlers::{launch_worker, terminate_report};
 use ephemera_functions::Error;
 use serde_json::{json, Value};
@@ -69,6 +72,24 @@ struct NoParams;
 impl Params for NoParams {
     async fn get(&self, _: &str) -> Result<Option<String>, Error> {
         Ok(None)
+    }
+}
+
+impl SealedParams for NoParams {
+    async fn put_sealed(&self, _: &str, _: &str, _: &str, _: &str) -> Result<bool, Error> {
+        Err(Error::Internal(
+            "no run role in this test: nothing is sealed".into(),
+        ))
+    }
+}
+
+/// The deployment without a run role: no session is vended.
+struct NoSessions;
+impl RunSessions for NoSessions {
+    async fn vend(&self, _: &Vend<'_>) -> Result<ephemera_core::contract::RunSession, Error> {
+        Err(Error::Internal(
+            "no run role in this test: no session is vended".into(),
+        ))
     }
 }
 
@@ -183,6 +204,7 @@ async fn launch(ec2: &aws_sdk_ec2::Client, input: Value) -> Result<(), Error> {
         ec2,
         prices: &Prices,
         params: &NoParams,
+        sessions: &NoSessions,
         books,
     };
     launch_worker::handle(

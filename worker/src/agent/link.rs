@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use anyhow::{Context, Result};
 use aws_sdk_ssm::types::ParameterType;
-use ephemera_contract::{ssm, RunParameters, Started, Summary};
+use ephemera_contract::{ssm, RunParameters, RunSession, Started, Summary};
 
 /// How often the Spot notice is looked for: IMDS is on the instance, and every second counts
 /// out of the two minutes' notice.
@@ -176,16 +176,21 @@ impl Link {
         Instant::now() + (self.heartbeat * 2).max(Duration::from_secs(60))
     }
 
-    /// The token, or why it could not be read yet: None with the reason when it does not exist.
-    /// A token parameter is readable only under a condition on its tags, and a parameter that
-    /// does not exist has none, so AWS answers AccessDenied rather than ParameterNotFound until
-    /// the state machine has created it; both mean "not yet" here.
-    async fn read_token(&self, deadline: Instant) -> Result<Result<String, String>> {
-        let name = self.parameters.task_token(&self.instance_id);
+    /// A parameter of this instance's own (its task token, its run's session), or why it could
+    /// not be read yet: None with the reason when it does not exist. Such a parameter is
+    /// readable only under a condition on its tags, and a parameter that does not exist has
+    /// none, so AWS answers AccessDenied rather than ParameterNotFound until it is written;
+    /// both mean "not yet" here.
+    async fn read_own(
+        &self,
+        name: &str,
+        what: &str,
+        deadline: Instant,
+    ) -> Result<Result<String, String>> {
         match with_retries("GetParameter", deadline, || {
             self.ssm
                 .get_parameter()
-                .name(&name)
+                .name(name)
                 .with_decryption(true)
                 .send()
         })
@@ -202,8 +207,39 @@ impl Link {
             {
                 Ok(Err(format!("{}", DisplayErrorContext(&e))))
             }
-            Err(e) => Err(aws_sdk_ssm::Error::from(e)).context("reading the task token"),
+            Err(e) => Err(aws_sdk_ssm::Error::from(e)).with_context(|| format!("reading {what}")),
         }
+    }
+
+    /// Waits for the parameter `name` of this instance's own; on timeout, says what the last
+    /// read answered.
+    async fn wait_for_own(&self, name: &str, what: &str, timeout: Duration) -> Result<String> {
+        let until = Instant::now() + timeout;
+        let mut n = 0;
+        loop {
+            match self.read_own(name, what, until).await? {
+                Ok(v) => return Ok(v),
+                Err(why) => anyhow::ensure!(
+                    Instant::now() < until,
+                    "no {what} within {timeout:?} (last read: {why})"
+                ),
+            }
+            // Backoff with jitter: the account's Parameter Store throughput is shared.
+            let draw = ssm::token_poll_draw(&self.instance_id, n);
+            tokio::time::sleep(ssm::token_poll_wait(n, draw)).await;
+            n = n.saturating_add(1);
+        }
+    }
+
+    /// This instance's session of the run role, as launch-worker handed it over (written just
+    /// after the launch, so usually there at the first read).
+    pub async fn wait_for_run_session(&self, timeout: Duration) -> Result<RunSession> {
+        let name = self.parameters.run_session(&self.instance_id);
+        let value = self.wait_for_own(&name, "run session", timeout).await?;
+        let session: RunSession = serde_json::from_str(&value)
+            .with_context(|| format!("reading the run session at {name}"))?;
+        tracing::info!(expires = %session.expiration, "the run's session received");
+        Ok(session)
     }
 
     /// Says "started"; transient errors are tried again for up to `patience`.
@@ -234,24 +270,10 @@ impl Link {
     /// Waits for this instance's token (the state machine writes it once health-check has seen
     /// "started"); on timeout, says what the last read answered.
     pub async fn wait_for_token(&self, timeout: Duration) -> Result<Token> {
-        let until = Instant::now() + timeout;
-        let mut n = 0;
-        loop {
-            match self.read_token(until).await? {
-                Ok(t) => {
-                    tracing::info!("task token received");
-                    return Ok(Token(t));
-                }
-                Err(why) => anyhow::ensure!(
-                    Instant::now() < until,
-                    "no task token within {timeout:?} (last read: {why})"
-                ),
-            }
-            // Backoff with jitter: the account's Parameter Store throughput is shared.
-            let draw = ssm::token_poll_draw(&self.instance_id, n);
-            tokio::time::sleep(ssm::token_poll_wait(n, draw)).await;
-            n = n.saturating_add(1);
-        }
+        let name = self.parameters.task_token(&self.instance_id);
+        let t = self.wait_for_own(&name, "task token", timeout).await?;
+        tracing::info!("task token received");
+        Ok(Token(t))
     }
 
     /// Heartbeats every third of the heartbeat period until the returned handle is dropped.

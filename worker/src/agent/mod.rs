@@ -9,6 +9,7 @@ use anyhow::Result;
 use ephemera_contract::Summary;
 use tokio_util::sync::CancellationToken;
 
+pub mod credentials;
 pub mod ending;
 pub mod link;
 pub mod logship;
@@ -45,6 +46,11 @@ pub struct LinkArgs {
     /// `Worker.BudgetExhausted`.
     #[arg(long)]
     pub budget_seconds: Option<u64>,
+    /// On an ephemera instance whose launch vended the run's session of the run role (the user
+    /// data says so): wait for it in this instance's parameter and sign every S3 and CloudWatch
+    /// Logs call with it, renewed before it ends, instead of the instance role.
+    #[arg(long)]
+    pub run_session: bool,
 }
 
 impl LinkArgs {

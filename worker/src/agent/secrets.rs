@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use super::link::{self, with_retries};
+use super::link::with_retries;
 use super::redact;
 
 /// How long transient errors (throttling, 5xx) are tried again for, a secret.
@@ -165,7 +165,9 @@ pub struct Aws {
 
 impl Aws {
     pub async fn new() -> Aws {
-        let conf = link::sdk_config().await;
+        // The run's session when the agent has one: its policy names exactly the secrets the
+        // RunSpec names, so a job's secrets are read as its run's, never as the instance's.
+        let conf = super::credentials::sdk_config().await;
         Aws {
             sm: aws_sdk_secretsmanager::Client::new(&conf),
             ssm: aws_sdk_ssm::Client::new(&conf),

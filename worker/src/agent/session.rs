@@ -41,6 +41,17 @@ impl Session {
     ) -> Result<Session> {
         let opened = Instant::now();
         let link = Link::new(prefix, args.attempt, args.heartbeat_seconds).await?;
+        if args.run_session {
+            // Before any S3 or log call: from here on they sign with the run's session.
+            let run = link
+                .wait_for_run_session(Duration::from_secs(args.token_timeout_seconds))
+                .await?;
+            super::credentials::install(super::credentials::RunCredentials::new(
+                run,
+                link::sdk_config().await,
+                &link.instance_id,
+            ));
+        }
         let shipper = match shipping {
             Some(buffer) => {
                 let stream = ephemera_contract::logs::worker_log_stream(
@@ -48,7 +59,8 @@ impl Session {
                     args.attempt,
                     &link.instance_id,
                 );
-                let logs = aws_sdk_cloudwatchlogs::Client::new(&link::sdk_config().await);
+                let logs =
+                    aws_sdk_cloudwatchlogs::Client::new(&super::credentials::sdk_config().await);
                 Some(Shipper::start(logs, &args.log_group, &stream, buffer))
             }
             None => None,

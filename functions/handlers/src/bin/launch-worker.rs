@@ -17,6 +17,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         aws_sdk_ssm::Client::new(&conf),
     );
     let sns = aws_sdk_sns::Client::new(&conf);
+    let sts = aws_sdk_sts::Client::new(&conf);
     let prices = PriceListApi::new(&conf);
     let dynamodb = aws_sdk_dynamodb::Client::new(&conf);
     let region = region(&conf);
@@ -26,6 +27,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
             ec2: &ec2,
             prices: &prices,
             ssm: &ssm,
+            sts: &sts,
             sns: &sns,
             ledger: dispatch::ledger(&dynamodb, &settings),
         };

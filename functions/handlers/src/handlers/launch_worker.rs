@@ -11,6 +11,7 @@ use ephemera_core::budget::{self, AttemptWorstCase, Cap};
 use ephemera_core::capacity::{self, LaunchErrorKind, Tried};
 use ephemera_core::contract::RunParameters;
 use ephemera_core::instance_state::InstanceState;
+use ephemera_core::run_credentials::{self, Holder};
 use ephemera_core::rundoc::{self, Attempt, WorkerState};
 use ephemera_core::runspec::{FieldError, RunSpec};
 use ephemera_core::vcpus::{self, AfterRefusal, QuotaRefused};
@@ -19,6 +20,7 @@ use serde::Deserialize;
 
 use crate::aws::{
     pricing, Compute, InstanceView, LaunchRequest, Ledger, Notifier, Params, PriceList, Reserved,
+    RunSessions, SealedParams, Vend,
 };
 use crate::error::Error;
 
@@ -84,6 +86,16 @@ pub struct Config {
     pub worker_log_group: Option<String>,
     /// The KMS key the workers' root volumes are encrypted with (template `EbsKmsKeyArn`).
     pub ebs_kms_key: Option<String>,
+    /// The run role (template `RunRole`): each instance is handed its run's session of it.
+    /// None (a deployment that is not the template's) vends none, and the worker signs with
+    /// its instance role.
+    pub run_role_arn: Option<String>,
+    /// The stack's own key (template `TaskTokenKey`) the run's session is sealed under, as the
+    /// task token is.
+    pub sealing_key: Option<String>,
+    /// The stack's buckets, which the run's session reaches under `runs/<run id>/`.
+    pub artifact_bucket: Option<String>,
+    pub export_bucket: Option<String>,
 }
 
 /// Where a launch is booked: the run ledger, when the deployment has one, and the topic its
@@ -93,17 +105,25 @@ pub struct Books<'a, L, N> {
     pub alerts: &'a N,
 }
 
-/// What launch-worker reads and writes: EC2, the Price List, SSM (an image by alias), and the
-/// books a launch is entered in.
-pub struct Clients<'a, E, P, S, L, N> {
+/// What launch-worker reads and writes: EC2, the Price List, SSM (an image by alias, the run's
+/// session handed over), STS (the run's session), and the books a launch is entered in.
+pub struct Clients<'a, E, P, S, V, L, N> {
     pub ec2: &'a E,
     pub prices: &'a P,
     pub params: &'a S,
+    pub sessions: &'a V,
     pub books: Books<'a, L, N>,
 }
 
-pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>(
-    clients: Clients<'_, E, P, S, L, N>,
+pub async fn handle<
+    E: Compute,
+    P: PriceList,
+    S: Params + SealedParams,
+    V: RunSessions,
+    L: Ledger,
+    N: Notifier,
+>(
+    clients: Clients<'_, E, P, S, V, L, N>,
     config: &Config,
     input: Input,
     now: DateTime<Utc>,
@@ -112,8 +132,10 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
         ec2,
         prices,
         params,
+        sessions,
         books,
     } = clients;
+    let vending = Vending::of(config, &input.run)?;
     let spec = &input.run;
     let role_id = worker_role_id(config)?;
     let slot = checked_slot(spec, input.slot)?;
@@ -156,12 +178,24 @@ pub async fn handle<E: Compute, P: PriceList, S: Params, L: Ledger, N: Notifier>
     // A retried call (Lambda timeout, Step Functions retry) finds the instance it already made.
     if let Some(i) = existing_instance(ec2, &input.execution, slot, attempt).await? {
         tracing::info!(instance = %i.id, slot, attempt, "instance for this attempt already exists");
+        // The call that launched it may have ended before it handed the session over.
+        if let Some(v) = &vending {
+            v.hand_over(sessions, params, &role_id, &i.id).await?;
+        }
         let token = i.client_token.clone().unwrap_or_default();
         return Ok(made.state(&i, token, vec![], true));
     }
-    let request = launch_request(ec2, params, config, &made, &input).await?;
+    let request = launch_request(ec2, params, config, &made, &input, vending.is_some()).await?;
     match first_available(ec2, &request, &input.execution, &made, &markets).await {
-        Ok((instance, token, tried)) => Ok(made.state(&instance, token, tried, false)),
+        Ok((instance, token, tried)) => {
+            // An error here fails the state: its Catch terminates the instance, and a retry
+            // finds it and hands the session over then.
+            if let Some(v) = &vending {
+                v.hand_over(sessions, params, &role_id, &instance.id)
+                    .await?;
+            }
+            Ok(made.state(&instance, token, tried, false))
+        }
         Err(Error::CapacityUnavailable { tried }) if capacity::refused_for_quota(&tried) => {
             Err(quota_verdict(spec, refused, attempt, &tried, now))
         }
@@ -205,6 +239,87 @@ fn quota_verdict(
             Error::QuotaExceeded(wait)
         }
         AfterRefusal::GiveUp(why) => Error::LaunchQuotaTimeout(why),
+    }
+}
+
+/// The run's session of the run role, to hand each instance of the run: the role, the key it
+/// is sealed under, and the session policy the RunSpec decides (`run_credentials`).
+struct Vending<'a> {
+    role_arn: &'a str,
+    sealing_key: &'a str,
+    run_id: &'a str,
+    policy: String,
+}
+
+impl<'a> Vending<'a> {
+    /// None when the deployment has no run role; an error, before anything is launched, when
+    /// it has one but not what a session needs, or the RunSpec's session policy is too long.
+    fn of(config: &'a Config, spec: &'a RunSpec) -> Result<Option<Vending<'a>>, Error> {
+        let Some(role_arn) = config.run_role_arn.as_deref() else {
+            return Ok(None);
+        };
+        let missing = |v: &str| {
+            Error::Internal(format!(
+                "{v} is not set (the template sets it beside EPHEMERA_RUN_ROLE_ARN)"
+            ))
+        };
+        let sealing_key = config
+            .sealing_key
+            .as_deref()
+            .ok_or_else(|| missing("EPHEMERA_TASK_TOKEN_KEY"))?;
+        let stack = run_credentials::Stack {
+            artifact_bucket: config
+                .artifact_bucket
+                .as_deref()
+                .ok_or_else(|| missing("EPHEMERA_ARTIFACT_BUCKET"))?,
+            export_bucket: config
+                .export_bucket
+                .as_deref()
+                .ok_or_else(|| missing("EPHEMERA_EXPORT_BUCKET"))?,
+            run_role_arn: role_arn,
+        };
+        // The agent's session: job.secrets are not built yet, so it names none.
+        let policy = run_credentials::session_policy(spec, &stack, Holder::Agent)
+            .map_err(|e| Error::LaunchFailed(e.to_string()))?;
+        Ok(Some(Vending {
+            role_arn,
+            sealing_key,
+            run_id: &spec.run_id,
+            policy: policy.to_string(),
+        }))
+    }
+
+    /// Vends the session (AssumeRole, tagged with the run) and seals it into the parameter
+    /// only `instance`'s role session may read; never in user data, which anything on the
+    /// instance that reaches IMDS can read.
+    async fn hand_over<V: RunSessions, S: SealedParams>(
+        &self,
+        sessions: &V,
+        params: &S,
+        role_id: &str,
+        instance: &str,
+    ) -> Result<(), Error> {
+        let session = sessions
+            .vend(&Vend {
+                role_arn: self.role_arn,
+                session_name: instance,
+                run_id: self.run_id,
+                policy: &self.policy,
+            })
+            .await?;
+        let value = serde_json::to_string(&session)
+            .map_err(|e| Error::Internal(format!("the run's session: {e}")))?;
+        let name = RunParameters::of_run(self.run_id).run_session(instance);
+        let written = params
+            .put_sealed(
+                &name,
+                &value,
+                self.sealing_key,
+                &rundoc::token_reader(role_id, instance),
+            )
+            .await?;
+        tracing::info!(instance, written, expires = %session.expiration, "the run's session handed over");
+        Ok(())
     }
 }
 
@@ -563,6 +678,7 @@ async fn launch_request<E: Compute, S: Params>(
     config: &Config,
     made: &Made<'_>,
     input: &Input,
+    run_session: bool,
 ) -> Result<LaunchRequest, Error> {
     let spec = made.spec;
     let (slot, attempt) = (made.slot, made.attempt);
@@ -585,6 +701,7 @@ async fn launch_request<E: Compute, S: Params>(
         ssm_prefix: RunParameters::of_run(&spec.run_id).path(),
         log_group: config.worker_log_group.as_deref(),
         budget_seconds: made.budget_seconds(),
+        run_session,
     });
     let image = resolved_image(params, spec, &config.region).await?;
     let root = ec2.root_volume(&image).await?;

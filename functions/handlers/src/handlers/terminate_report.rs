@@ -418,8 +418,8 @@ async fn facts_of<E: Compute>(
     }
 }
 
-/// The run's signals go with its instances: the started signal and each attempt's token. A
-/// failure is noted, never a reason to fail the report.
+/// The run's signals go with its instances: the started signal, each attempt's token and its
+/// run session. A failure is noted, never a reason to fail the report.
 async fn delete_signals<'a, R: ParamHousekeeping>(
     r: &R,
     run_id: &str,
@@ -428,7 +428,7 @@ async fn delete_signals<'a, R: ParamHousekeeping>(
 ) {
     let run = RunParameters::of_run(run_id);
     let names: Vec<String> = instances
-        .flat_map(|id| [run.started(id), run.task_token(id)])
+        .flat_map(|id| [run.started(id), run.task_token(id), run.run_session(id)])
         .collect();
     if let Err(e) = r.delete_all(&names).await {
         tracing::error!(error = %e, "the run's SSM parameters could not be deleted");

@@ -1,0 +1,241 @@
+//! The run's own session (issue 34 part 1), end to end: launch-worker vends the instance its
+//! run's session of the run role into a parameter of the instance's own, the real worker reads
+//! it and signs every S3 and CloudWatch Logs call of a job with it (the instance role's S3 and
+//! log grants are taken away in this test's region, as the template will take them), and
+//! renews it from itself when it nears its end (the front door's sessions last 30 s here).
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ephemera_tests::e2e::State;
+use ephemera_tests::iam::{worker_log_group, Principal, EXPORT_BUCKET};
+use ephemera_tests::{clients, e2e, fixtures, fresh_region, harness};
+use serde_json::json;
+
+/// The first instance of `run_id` with `attempt`, once EC2 shows it.
+async fn instance_of(region: &str, run_id: &str, attempt: &str) -> String {
+    let aws = clients(region);
+    ephemera_tests::eventually("the worker's instance", Duration::from_secs(60), || {
+        let aws = aws.clone();
+        async move {
+            let r = aws
+                .ec2
+                .describe_instances()
+                .filters(
+                    aws_sdk_ec2::types::Filter::builder()
+                        .name("tag:ephemera:run")
+                        .values(run_id)
+                        .build(),
+                )
+                .filters(
+                    aws_sdk_ec2::types::Filter::builder()
+                        .name("tag:ephemera:attempt")
+                        .values(attempt)
+                        .build(),
+                )
+                .send()
+                .await
+                .ok()?;
+            r.reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .find_map(|i| i.instance_id().map(str::to_string))
+        }
+    })
+    .await
+}
+
+fn tar_gz(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    for (name, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, *data).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+async fn export_bucket(s3: &aws_sdk_s3::Client, region: &str) {
+    let mut bucket = s3.create_bucket().bucket(EXPORT_BUCKET);
+    if region != "us-east-1" {
+        // S3 wants the region named outside us-east-1.
+        bucket = bucket.create_bucket_configuration(
+            aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(region))
+                .build(),
+        );
+    }
+    if let Err(e) = bucket.send().await {
+        let owned = e
+            .as_service_error()
+            .is_some_and(|s| s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists());
+        assert!(owned, "CreateBucket: {e:?}");
+    }
+}
+
+/// The template's policies with the instance role's S3 and CloudWatch Logs grants taken away:
+/// whatever of those the worker still signs with its instance role is refused.
+fn instance_role_without_s3_or_logs() -> ephemera_tests::iam::Policies {
+    let mut p = harness().door.template_policies();
+    let worker = p.by_principal.get_mut(&Principal::Worker).unwrap();
+    worker.retain(|s| {
+        !s.actions.iter().any(|a| {
+            a.starts_with("s3:") || a.starts_with("logs:") || a.starts_with("secretsmanager:")
+        })
+    });
+    p
+}
+
+#[tokio::test]
+async fn a_job_runs_on_its_runs_vended_session_and_the_agent_renews_it() {
+    let region = fresh_region();
+    let door = &harness().door;
+    door.set_policies(region, instance_role_without_s3_or_logs());
+    // Sessions of 30 s: renewed 10 s in (`agent::credentials::due`), so a job of 40 s outlives
+    // the first session and its outputs go up with a renewed one.
+    door.sessions_last(region, 30);
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    let inbox = fixtures::inbox(region, "ephemera-reports").await;
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&ephemera_tests::sdk_config(region));
+    logs.create_log_group()
+        .log_group_name(worker_log_group())
+        .send()
+        .await
+        .unwrap();
+    let machine = e2e::create_state_machine(region).await;
+    export_bucket(&aws.s3, region).await;
+    let run_id = "vended-session";
+    // An archive outside the run's prefix: the session's policy names it, so it may read it.
+    let inputs = format!("jobs/{run_id}/inputs.tar.gz");
+    aws.s3
+        .put_object()
+        .bucket(EXPORT_BUCKET)
+        .key(&inputs)
+        .body(tar_gz(&[("input.txt", b"hello\n")]).into())
+        .send()
+        .await
+        .unwrap();
+    // A secret of the job's, which only the run's session may read here.
+    let secret_arn = aws_sdk_secretsmanager::Client::new(&ephemera_tests::sdk_config(region))
+        .create_secret()
+        .name(format!("ephemera/{run_id}/api"))
+        .secret_string("vended-secret-81f3")
+        .send()
+        .await
+        .unwrap()
+        .arn
+        .unwrap();
+    let base = std::env::temp_dir().join(format!("ephemera-vended-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).unwrap();
+    let script = "test \"$API_KEY\" = vended-secret-81f3 || exit 9; \
+                  mkdir -p out; cat input.txt > out/copied.txt; echo 1 > \"$EPHEMERA_CHECKPOINT/step\"; \
+                  sleep 40; echo done > out/done.txt";
+    let to = format!("s3://{EXPORT_BUCKET}/runs/{run_id}/");
+    let options = [
+        "--fetch".to_string(),
+        format!("s3://{EXPORT_BUCKET}/{inputs}"),
+        "--checkpoint".into(),
+        "ckpt".into(),
+        "--checkpoint-to".into(),
+        format!("s3://{EXPORT_BUCKET}/runs/{run_id}/checkpoints/"),
+        "--checkpoint-every".into(),
+        "10".into(),
+        "--outputs".into(),
+        "out".into(),
+        "--to".into(),
+        to.clone(),
+    ];
+    let mut spec = fixtures::runspec(run_id, &net, Some(&inbox.topic_arn));
+    let mut args = vec![json!("exec")];
+    args.extend(options.iter().map(|o| json!(o)));
+    args.extend([json!("--"), json!("sh"), json!("-c"), json!(script)]);
+    spec["worker"]["args"] = json!(args);
+    spec["expect"] = json!({"export_prefix": to});
+    spec["job"] = json!({"secrets": {"API_KEY": secret_arn}});
+    spec["limits"]["heartbeat_seconds"] = json!(30);
+    let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;
+
+    let instance_id = Arc::new(Mutex::new(String::new()));
+    let imds_url = {
+        let id = instance_id.clone();
+        ephemera_tests::imds::serve(move || id.lock().unwrap().clone(), || None).await
+    };
+    *instance_id.lock().unwrap() = instance_of(region, run_id, "1").await;
+    let workdir = base.join("w1");
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ephemera-worker"));
+    ephemera_tests::instance_env(&mut cmd, region, &imds_url);
+    // As launch-worker's user data puts it (`userdata::render`, with `--run-session` since the
+    // launch vended one).
+    cmd.args(["exec", "--grace", "5", "--run-id", run_id, "--attempt", "1"])
+        .args(["--ssm-prefix", &format!("/ephemera/runs/{run_id}")])
+        .args([
+            "--heartbeat-seconds",
+            "30",
+            "--log-group",
+            &worker_log_group(),
+        ])
+        .arg("--run-session")
+        // launch-worker adds the job's secrets by their ARNs (`image::worker_args`).
+        .args(["--secret", &format!("API_KEY={secret_arn}")])
+        .args(["--workdir", &workdir.display().to_string()])
+        .args(&options)
+        .args(["--", "sh", "-c", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let out = cmd.spawn().unwrap().wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let done = e2e::wait(region, &execution, Duration::from_secs(120)).await;
+    assert_eq!(done.status, "SUCCEEDED", "{done:?}\n{stderr}");
+    assert_eq!(done.visited(State::Relaunch), 0, "{:?}", done.path);
+
+    // The session launch-worker vended, tagged with the run, and at least one renewal the agent
+    // made from it (role chaining: the tag came along).
+    let sessions = door.sessions.of_run(run_id);
+    let vended: Vec<_> = sessions.iter().filter(|s| !s.chained).collect();
+    let renewed: Vec<_> = sessions.iter().filter(|s| s.chained).collect();
+    assert_eq!(vended.len(), 1, "{sessions:?}");
+    assert!(!renewed.is_empty(), "no renewal: {sessions:?}\n{stderr}");
+    assert!(
+        renewed
+            .iter()
+            .all(|s| s.transitive.contains("ephemera:run")),
+        "{renewed:?}"
+    );
+    // Every renewal kept the session policy (a renewal without it would read the role's wider
+    // inputs).
+    assert!(renewed.iter().all(|s| s.policy.is_some()), "{renewed:?}");
+    // Its outputs, stored with their manifest under the run's prefix: every S3 call the agent
+    // made was the run session's, since the instance role may make none here.
+    for key in ["copied.txt", "done.txt", "manifest.json"] {
+        aws.s3
+            .head_object()
+            .bucket(EXPORT_BUCKET)
+            .key(format!("runs/{run_id}/worker-1/{key}"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{key}: {e:?}"));
+    }
+    // And no S3 or log call was tried with the instance role. (Its reads of the task token
+    // before the state machine wrote it are refused, as AWS refuses them: the parameter has no
+    // reader tag yet; the worker reads that as "not yet".)
+    let refused: Vec<_> = door
+        .denials_in(region)
+        .into_iter()
+        .filter(|d| d.principal == Principal::Worker)
+        .filter(|d| {
+            d.action.starts_with("s3:")
+                || d.action.starts_with("logs:")
+                || d.action.starts_with("secretsmanager:")
+        })
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
+    std::fs::remove_dir_all(&base).unwrap();
+}
