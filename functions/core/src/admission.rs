@@ -331,6 +331,28 @@ impl Deployment {
                 );
             }
         }
+        // A `--fetch` of a prefix lists it: the run's role lists only under its own prefix
+        // (`RunRole`, `ListItsOwnRun`, which holds even for a session without its policy), so
+        // a prefix elsewhere in the stack's buckets would fail on the instance, after the
+        // launch was billed. An archive or one object is read anywhere the session names.
+        let stack: Vec<&str> = [&self.export_bucket, &self.artifact_bucket]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        for (i, from) in flag_values(&spec.worker.args, &["--fetch"]) {
+            let Some((bucket, key)) = parse_s3_url(from) else {
+                continue;
+            };
+            if from.ends_with('/') && stack.contains(&bucket) && !key.starts_with(&own) {
+                add(
+                    format!("worker.args[{i}]"),
+                    format!(
+                        "--fetch '{from}' is a prefix outside the run's own s3://{bucket}/{own}: the run's credentials list nowhere else; fetch an archive (s3://{bucket}/{key}inputs.tar.gz) or copy the inputs under s3://{bucket}/{own}inputs/"
+                    ),
+                );
+            }
+        }
     }
 
     /// A job's `--checkpoint-to` (read and written: the export bucket) and `--fetch` (read:
@@ -520,6 +542,45 @@ mod tests {
     }
 
     #[test]
+    fn a_fetch_of_a_prefix_outside_the_runs_own_is_refused() {
+        let job = |fetch: &str| {
+            spec(|v| {
+                v["worker"]["args"] = json!(["exec", "--fetch", fetch, "--", "true"]);
+                v["expect"]["export_prefix"] = serde_json::Value::Null;
+            })
+        };
+        let e = deployment()
+            .check(&job("s3://artifacts/jobs/train-data/"))
+            .unwrap_err();
+        assert_eq!(
+            e.errors
+                .iter()
+                .map(|e| e.field.as_str())
+                .collect::<Vec<_>>(),
+            ["worker.args[2]"]
+        );
+        assert!(
+            e.errors[0].message.contains(
+                "is a prefix outside the run's own s3://artifacts/runs/r1/: the run's credentials list nowhere else"
+            ),
+            "{e}"
+        );
+        // Under its own prefix, an archive or an object anywhere, or another bucket's (the
+        // worker's grants name the stack's two): not this rule's.
+        for fine in [
+            "s3://artifacts/runs/r1/inputs/",
+            "s3://artifacts/jobs/train-data.tar.gz",
+            "s3://exports/data/one.csv",
+        ] {
+            assert_eq!(
+                fields(deployment().check(&job(fine))),
+                Vec::<String>::new(),
+                "{fine}"
+            );
+        }
+    }
+
+    #[test]
     fn session_policies_longer_than_assume_role_takes_are_refused_naming_the_field() {
         let exec = |fetches: usize, secrets: usize| {
             spec(|v| {
@@ -527,7 +588,7 @@ mod tests {
                 for i in 0..fetches {
                     args.push(json!("--fetch"));
                     args.push(json!(format!(
-                        "s3://artifacts/inputs/a-rather-long-folder-name-for-the-inputs-of-this-job/{i}/"
+                        "s3://artifacts/inputs/a-rather-long-folder-name-for-the-inputs-of-this-job/{i}.tar.gz"
                     )));
                 }
                 args.extend([json!("--"), json!("sh"), json!("-c"), json!("true")]);
@@ -660,7 +721,7 @@ mod tests {
             "exec",
             "--fetch",
             "s3://artifacts/jobs/train.tar.gz",
-            "--fetch=s3://exports/inputs/",
+            "--fetch=s3://exports/runs/r1/inputs/",
             "--checkpoint",
             "ckpt",
             "--checkpoint-to",
