@@ -242,3 +242,23 @@ pub async fn instances_of(aws: &Aws, run_id: &str) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// Creates `name` in `region` (S3 wants the region named outside us-east-1), or finds it
+/// already the account's: bucket names are the account's, not a region's, and the tests that
+/// share one run side by side, the first creating it.
+pub async fn bucket(s3: &aws_sdk_s3::Client, name: &str, region: &str) {
+    let mut bucket = s3.create_bucket().bucket(name);
+    if region != "us-east-1" {
+        bucket = bucket.create_bucket_configuration(
+            aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(region))
+                .build(),
+        );
+    }
+    if let Err(e) = bucket.send().await {
+        let owned = e
+            .as_service_error()
+            .is_some_and(|s| s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists());
+        assert!(owned, "CreateBucket {name}: {e:?}");
+    }
+}

@@ -131,21 +131,7 @@ const BUCKET: &str = "ephemera-features";
 /// The export bucket, created by whichever test comes first: bucket names are the account's,
 /// not a region's, and the tests run side by side (each run writes under its own prefix).
 async fn export_bucket(s3: &aws_sdk_s3::Client, region: &str) {
-    let mut bucket = s3.create_bucket().bucket(BUCKET);
-    if region != "us-east-1" {
-        // Each test has a region of its own; S3 wants it named outside us-east-1.
-        bucket = bucket.create_bucket_configuration(
-            aws_sdk_s3::types::CreateBucketConfiguration::builder()
-                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(region))
-                .build(),
-        );
-    }
-    if let Err(e) = bucket.send().await {
-        let owned = e
-            .as_service_error()
-            .is_some_and(|s| s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists());
-        assert!(owned, "CreateBucket: {e:?}");
-    }
+    fixtures::bucket(s3, BUCKET, region).await;
 }
 /// A triangle's three pairs, so the cross-pair stages have something to cross.
 const PAIRS: [&str; 3] = ["EURGBP", "EURUSD", "GBPUSD"];

@@ -60,21 +60,7 @@ fn tar_gz(entries: &[(&str, &[u8])]) -> Vec<u8> {
 }
 
 async fn export_bucket(s3: &aws_sdk_s3::Client, region: &str) {
-    let mut bucket = s3.create_bucket().bucket(EXPORT_BUCKET);
-    if region != "us-east-1" {
-        // S3 wants the region named outside us-east-1.
-        bucket = bucket.create_bucket_configuration(
-            aws_sdk_s3::types::CreateBucketConfiguration::builder()
-                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(region))
-                .build(),
-        );
-    }
-    if let Err(e) = bucket.send().await {
-        let owned = e
-            .as_service_error()
-            .is_some_and(|s| s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists());
-        assert!(owned, "CreateBucket: {e:?}");
-    }
+    fixtures::bucket(s3, EXPORT_BUCKET, region).await;
 }
 
 /// The template's policies with the instance role's S3 and CloudWatch Logs grants taken away:
