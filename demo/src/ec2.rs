@@ -253,6 +253,28 @@ pub fn log_path(dir: &Path, worker: u32, attempt: u32) -> PathBuf {
     dir.join(format!("worker-{worker}-attempt-{attempt}.log"))
 }
 
+/// The user data's command line without `--run-as USER`: the demo's instances share this
+/// machine, its users and its processes (a job's leftovers are killed by its user's id), and
+/// the demo may not run as root; the job runs as the demo's user. The job's own user is held by
+/// `worker/tests/run_session.rs` (a hostile job) and `userdata.rs`'s tests.
+fn without_run_as(args: &[String]) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--" {
+            out.push(a.clone());
+            out.extend(it.cloned());
+            break;
+        }
+        if a == "--run-as" {
+            it.next();
+            continue;
+        }
+        out.push(a.clone());
+    }
+    out
+}
+
 /// Starts the instance's worker: its user data's command line, its IMDS, its role.
 async fn boot(setup: &Setup, id: &str, worker: u32, attempt: u32) -> Result<Child> {
     let ec2 = clients(setup.region).ec2;
@@ -292,7 +314,7 @@ async fn boot(setup: &Setup, id: &str, worker: u32, attempt: u32) -> Result<Chil
     cmd.current_dir(&disk);
     // The instance profile's role, from its IMDS: held to the template's WorkerRole policy.
     ephemera_tests::instance_env(&mut cmd, region, &imds);
-    cmd.args(&command[1..])
+    cmd.args(without_run_as(&command[1..]))
         .env_remove("DATABASE_URL")
         // podman's settings on this machine, for a job's image (`exec --image`).
         .envs(ephemera_tests::containers::podman_env())

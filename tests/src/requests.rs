@@ -219,6 +219,9 @@ fn json_checks(region: &str, service: &str, op: &str, input: &serde_json::Value)
         ("ssm", "GetParameter" | "PutParameter" | "DeleteParameter" | "GetParameterHistory") => {
             vec![param(&s("Name"))]
         }
+        // Authorized on the path as a parameter ARN (Service Authorization Reference, Systems
+        // Manager, GetParametersByPath: resource type `parameter`).
+        ("ssm", "GetParametersByPath") => vec![param(&s("Path"))],
         ("ssm", "GetParameters" | "DeleteParameters") => input["Names"]
             .as_array()
             .into_iter()

@@ -183,12 +183,17 @@ impl Store {
     /// Stores the file at `path` under `key`: whole up to [`PART`], in parts beyond, never more
     /// than a few parts in memory. The digest is of the bytes sent.
     pub async fn put_file(&self, key: &str, path: &Path) -> Result<Stored> {
-        let size = tokio::fs::metadata(path)
+        let mut file = tokio::fs::File::from_std(
+            open_job_file(path).with_context(|| format!("reading {}", path.display()))?,
+        );
+        let size = file
+            .metadata()
             .await
             .with_context(|| format!("reading {}", path.display()))?
             .len();
         if size <= PART || matches!(self.target, Target::Dir(_)) {
-            let bytes = tokio::fs::read(path)
+            let mut bytes = Vec::with_capacity(size as usize);
+            file.read_to_end(&mut bytes)
                 .await
                 .with_context(|| format!("reading {}", path.display()))?;
             return self.put(key, bytes, "application/octet-stream").await;
@@ -208,7 +213,7 @@ impl Store {
             .upload_id()
             .context("S3 returned no upload id")?
             .to_string();
-        let sent = self.send_parts(key, &id, path, part_size(size)).await;
+        let sent = self.send_parts(key, &id, file, part_size(size)).await;
         let (parts, stored) = match sent {
             Ok(done) => done,
             Err(e) => {
@@ -244,13 +249,10 @@ impl Store {
         &self,
         key: &str,
         id: &str,
-        path: &Path,
+        mut file: tokio::fs::File,
         part: u64,
     ) -> Result<(Vec<CompletedPart>, Stored)> {
         let (s3, bucket) = self.s3()?;
-        let mut file = tokio::fs::File::open(path)
-            .await
-            .with_context(|| format!("reading {}", path.display()))?;
         let mut hasher = Sha256::new();
         let (mut total, mut number) = (0u64, 0i32);
         let mut in_flight = FuturesOrdered::new();
@@ -662,6 +664,43 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())
+}
+
+/// The user whose files the agent reads back from a job's directories (`exec --run-as`): set
+/// once, before the job starts; one job a worker process.
+static JOB_OWNER: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// From now on, a file stored from disk ([`Store::put_file`]: a checkpoint's, an output) must be
+/// a regular file `uid` owns. The job's directories are handed to it before it starts, so every
+/// file it made or was given is; a link or a directory it swapped for one cannot make the agent
+/// (root) copy another user's file into the run's objects.
+pub fn reading_files_of(uid: u32) {
+    if JOB_OWNER.set(uid).is_err() && JOB_OWNER.get() != Some(&uid) {
+        tracing::warn!(uid, "the job's user was already set; the first one stays");
+    }
+}
+
+/// `path` opened for reading without following a link at its end, and, once a job's user is
+/// set ([`reading_files_of`]), refused unless it is a regular file of that user's.
+fn open_job_file(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        bail!("not a regular file");
+    }
+    if let Some(&uid) = JOB_OWNER.get() {
+        if meta.uid() != uid {
+            bail!(
+                "owned by uid {}, not the job's user ({uid}): not the job's file",
+                meta.uid()
+            );
+        }
+    }
+    Ok(file)
 }
 
 /// Every regular file under `dir`, by its path relative to `dir` ('/'-separated), in order;

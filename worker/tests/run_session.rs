@@ -77,7 +77,18 @@ fn instance_role_without_s3_or_logs() -> ephemera_tests::iam::Policies {
 }
 
 #[tokio::test]
-async fn a_job_runs_on_its_runs_vended_session_and_the_agent_renews_it() {
+async fn a_job_runs_as_its_own_user_on_its_runs_vended_session_and_cannot_reach_its_token() {
+    // The worker runs as root on the instance (the user data's service), as it must to run the
+    // job as another user; so does this test (CI runs as root, as podman's tests need too).
+    assert!(
+        nix_root(),
+        "this test runs the job as another user: run it as root, as CI does"
+    );
+    // A user of this test's own (no other process runs as it: its leftovers are killed by id).
+    let job_user = (
+        61_000 + std::process::id() % 1000,
+        61_000 + std::process::id() % 1000,
+    );
     let region = fresh_region();
     let door = &harness().door;
     door.set_policies(region, instance_role_without_s3_or_logs());
@@ -96,16 +107,6 @@ async fn a_job_runs_on_its_runs_vended_session_and_the_agent_renews_it() {
     let machine = e2e::create_state_machine(region).await;
     export_bucket(&aws.s3, region).await;
     let run_id = "vended-session";
-    // An archive outside the run's prefix: the session's policy names it, so it may read it.
-    let inputs = format!("jobs/{run_id}/inputs.tar.gz");
-    aws.s3
-        .put_object()
-        .bucket(EXPORT_BUCKET)
-        .key(&inputs)
-        .body(tar_gz(&[("input.txt", b"hello\n")]).into())
-        .send()
-        .await
-        .unwrap();
     // A secret of the job's, which only the run's session may read here.
     let secret_arn = aws_sdk_secretsmanager::Client::new(&ephemera_tests::sdk_config(region))
         .create_secret()
@@ -119,9 +120,61 @@ async fn a_job_runs_on_its_runs_vended_session_and_the_agent_renews_it() {
     let base = std::env::temp_dir().join(format!("ephemera-vended-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
     std::fs::create_dir_all(&base).unwrap();
-    let script = "test \"$API_KEY\" = vended-secret-81f3 || exit 9; \
-                  mkdir -p out; cat input.txt > out/copied.txt; echo 1 > \"$EPHEMERA_CHECKPOINT/step\"; \
-                  sleep 40; echo done > out/done.txt";
+    // The job as an attacker would write it (shipped in its inputs), as its own user
+    // (`--run-as`): it finds none of the worker's credentials, cannot read the agent's
+    // environment, and with the only
+    // credentials it has (the run's session, from its config's `credential_process`) it reads
+    // its secret but is refused the task token and SendTaskSuccess. After the first session has
+    // ended (40 s of 30 s sessions) its copy still works: the agent rewrote it.
+    // Any instance's: a name under the run's parameters is refused before it is looked up.
+    let token = format!("/ephemera/runs/{run_id}/task-token/i-0123456789abcdef0");
+    let script = format!(
+        r#"set -u
+test "$API_KEY" = vended-secret-81f3 || exit 9
+test "$(id -u)" = {uid} || exit 20
+for v in AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_EC2_METADATA_SERVICE_ENDPOINT; do
+  eval "test -z \"\${{$v:-}}\"" || {{ echo "inherited $v" >&2; exit 21; }}
+done
+if cat /proc/$PPID/environ > /dev/null 2>&1; then echo "read the agent's environment" >&2; exit 22; fi
+call() {{
+  doc=$(sh -c "$(sed -n 's/^credential_process = //p' "$AWS_CONFIG_FILE")")
+  field() {{ printf '%s' "$doc" | sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p"; }}
+  curl -sS --aws-sigv4 "aws:amz:$AWS_REGION:$1" --user "$(field AccessKeyId):$(field SecretAccessKey)" \
+    -H "x-amz-security-token: $(field SessionToken)" -H "X-Amz-Target: $2" \
+    -H "Content-Type: application/x-amz-json-$3" -d "$4" "$AWS_ENDPOINT_URL/"
+}}
+secret() {{ call secretsmanager secretsmanager.GetSecretValue 1.1 '{{"SecretId":"{secret}"}}' | grep -q vended-secret-81f3; }}
+secret || {{ echo "its own secret refused" >&2; exit 23; }}
+call ssm AmazonSSM.GetParameter 1.1 '{{"Name":"{token}","WithDecryption":true}}' > token.out
+grep -q AccessDenied token.out || {{ cat token.out >&2; exit 24; }}
+call ssm AmazonSSM.GetParametersByPath 1.1 '{{"Path":"/ephemera/runs/{run_id}","Recursive":true,"WithDecryption":true}}' > listed.out
+grep -q AccessDenied listed.out || {{ cat listed.out >&2; exit 27; }}
+call states AWSStepFunctions.SendTaskSuccess 1.0 '{{"taskToken":"forged","output":"{{}}"}}' > sent.out
+grep -q AccessDenied sent.out || {{ cat sent.out >&2; exit 25; }}
+mkdir -p out; cat input.txt > out/copied.txt; echo 1 > "$EPHEMERA_CHECKPOINT/step"
+sleep 40
+secret || {{ echo "its renewed session refused" >&2; exit 26; }}
+echo done > out/done.txt"#,
+        uid = job_user.0,
+        secret = secret_arn,
+        token = token,
+    );
+    // An archive outside the run's prefix: the session's policy names it, so it may read it.
+    let inputs = format!("jobs/{run_id}/inputs.tar.gz");
+    aws.s3
+        .put_object()
+        .bucket(EXPORT_BUCKET)
+        .key(&inputs)
+        .body(
+            tar_gz(&[
+                ("input.txt", &b"hello\n"[..]),
+                ("probe.sh", script.as_bytes()),
+            ])
+            .into(),
+        )
+        .send()
+        .await
+        .unwrap();
     let to = format!("s3://{EXPORT_BUCKET}/runs/{run_id}/");
     let options = [
         "--fetch".to_string(),
@@ -140,7 +193,7 @@ async fn a_job_runs_on_its_runs_vended_session_and_the_agent_renews_it() {
     let mut spec = fixtures::runspec(run_id, &net, Some(&inbox.topic_arn));
     let mut args = vec![json!("exec")];
     args.extend(options.iter().map(|o| json!(o)));
-    args.extend([json!("--"), json!("sh"), json!("-c"), json!(script)]);
+    args.extend([json!("--"), json!("sh"), json!("probe.sh")]);
     spec["worker"]["args"] = json!(args);
     spec["expect"] = json!({"export_prefix": to});
     spec["job"] = json!({"secrets": {"API_KEY": secret_arn}});
@@ -170,8 +223,9 @@ async fn a_job_runs_on_its_runs_vended_session_and_the_agent_renews_it() {
         // launch-worker adds the job's secrets by their ARNs (`image::worker_args`).
         .args(["--secret", &format!("API_KEY={secret_arn}")])
         .args(["--workdir", &workdir.display().to_string()])
+        .args(["--run-as", &format!("{}:{}", job_user.0, job_user.1)])
         .args(&options)
-        .args(["--", "sh", "-c", script])
+        .args(["--", "sh", "probe.sh"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
@@ -223,5 +277,26 @@ async fn a_job_runs_on_its_runs_vended_session_and_the_agent_renews_it() {
         })
         .collect();
     assert!(refused.is_empty(), "{refused:?}");
+    // The job's tries, each refused by IAM as AWS refuses them: signed with the run's session.
+    let denials = door.denials_in(region);
+    for (action, resource) in [
+        ("ssm:GetParameter", "task-token/"),
+        ("ssm:GetParametersByPath", run_id),
+        ("states:SendTaskSuccess", ""),
+    ] {
+        assert!(
+            denials.iter().any(|d| d.principal == Principal::Run
+                && d.action == action
+                && d.resource.contains(resource)),
+            "{action} on {resource} not refused: {denials:?}"
+        );
+    }
     std::fs::remove_dir_all(&base).unwrap();
+}
+
+fn nix_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
 }

@@ -34,6 +34,33 @@ pub struct WorkerLaunch<'a> {
     pub run_session: bool,
 }
 
+/// The user a job's command runs as (`exec --run-as`), made by the user data.
+pub const JOB_USER: &str = "ephemera-job";
+
+/// The addresses closed to the job's user: IMDS (the instance role, which reads the run's task
+/// token, and the user data) and the ECS agent's credentials endpoint (the ECS-optimized AMIs
+/// run one). IMDS's IPv6 address is not enabled at launch (`HttpProtocolIpv6` is left
+/// disabled), so it needs no rule.
+pub const CLOSED_TO_THE_JOB: [&str; 2] = ["169.254.169.254", "169.254.170.2"];
+
+/// The lines that make the job's user and close the instance's credentials to it, before the
+/// worker starts: a rule that cannot be set fails the bootstrap (so the instance shuts down)
+/// rather than run a job that can reach the instance role.
+fn job_user_lines() -> String {
+    let mut s = format!(
+        "# The job runs as {JOB_USER} (no login, no home), which cannot reach the instance's\n\
+         # credentials: IMDS, whose role reads the run's task token, is closed to it.\n\
+         id -u {JOB_USER} >/dev/null 2>&1 || useradd --system --no-create-home --shell /sbin/nologin {JOB_USER}\n\
+         command -v iptables >/dev/null || dnf install -y -q iptables-nft\n"
+    );
+    for addr in CLOSED_TO_THE_JOB {
+        s.push_str(&format!(
+            "iptables -I OUTPUT -d {addr} -m owner --uid-owner {JOB_USER} -j REJECT\n"
+        ));
+    }
+    s
+}
+
 pub fn render(w: &WorkerLaunch<'_>) -> String {
     let mut cmd = vec!["/opt/ephemera/ephemera-worker".to_string()];
     // `exec [options] -- <command>`: the link's options go before `--`, the job's after.
@@ -61,12 +88,15 @@ pub fn render(w: &WorkerLaunch<'_>) -> String {
     if w.run_session {
         cmd.push("--run-session".to_string());
     }
-    if own.first().map(String::as_str) == Some("exec") {
+    let a_job = own.first().map(String::as_str) == Some("exec");
+    if a_job {
         cmd.extend([
             "--worker".to_string(),
             w.slot.to_string(),
             "--workers".to_string(),
             w.workers.to_string(),
+            "--run-as".to_string(),
+            JOB_USER.to_string(),
         ]);
     }
     cmd.extend(job.iter().map(|a| shell_quote(a)));
@@ -81,7 +111,7 @@ export AWS_REGION={region} AWS_DEFAULT_REGION={region}
 install -d -m 0755 /opt/ephemera
 # A job's working directory: its --fetch inputs, checkpoints and outputs are relative to it.
 install -d -m 0700 /var/lib/ephemera/work
-# The ECS-optimized images (for a job's container image: docs/container.md) are built on AL2023's
+{job_user}# The ECS-optimized images (for a job's container image: docs/container.md) are built on AL2023's
 # minimal image, which has no AWS CLI: from the distribution's own repository, then.
 command -v aws >/dev/null || dnf install -y -q awscli-2
 # S3 can fail transiently: a few tries before giving up.
@@ -119,7 +149,12 @@ systemctl start ephemera-worker
 "#,
         region = shell_quote(w.region),
         artifact = shell_quote(w.artifact),
-        cmd = cmd.join(" ")
+        cmd = cmd.join(" "),
+        job_user = if a_job {
+            job_user_lines()
+        } else {
+            String::new()
+        },
     )
 }
 
@@ -317,5 +352,98 @@ mod tests {
         // it gives the command its grace and saves the checkpoint before the stop timeout.
         assert!(script.contains("\nWorkingDirectory=/var/lib/ephemera/work\n"));
         assert!(script.contains("\nKillMode=mixed\n"));
+    }
+
+    #[test]
+    fn a_job_runs_as_its_own_user_with_imds_closed_to_it_and_the_feature_worker_does_not() {
+        let args: Vec<String> = ["exec", "--", "sh", "-c", "true"]
+            .map(String::from)
+            .to_vec();
+        let script = render(&launch(&args));
+        let line = script
+            .lines()
+            .find(|l| l.starts_with("exec /opt/ephemera/ephemera-worker"))
+            .unwrap();
+        let (own, _) = line.split_once(" -- ").unwrap();
+        assert!(own.ends_with("--run-as ephemera-job"), "{line}");
+        let trap = script.find("\ntrap '").unwrap();
+        let user = script
+            .find("useradd --system --no-create-home --shell /sbin/nologin ephemera-job")
+            .expect("the job's user made");
+        let start = script.find("systemctl start ephemera-worker").unwrap();
+        for addr in ["169.254.169.254", "169.254.170.2"] {
+            let rule = script
+                .find(&format!(
+                    "iptables -I OUTPUT -d {addr} -m owner --uid-owner ephemera-job -j REJECT\n"
+                ))
+                .unwrap_or_else(|| panic!("no rule for {addr}"));
+            // Under the ERR trap (a rule that fails shuts the instance down), before the job.
+            assert!(trap < user && user < rule && rule < start, "{script}");
+        }
+        let feature = render(&launch(&["run".to_string()]));
+        assert!(!feature.contains("ephemera-job") && !feature.contains("iptables"));
+    }
+
+    /// The job's lines run by bash with `iptables` failing: the instance shuts down and the
+    /// worker never starts.
+    #[test]
+    fn a_firewall_rule_that_cannot_be_set_shuts_the_instance_down() {
+        use std::io::Write;
+        let dir = std::env::temp_dir().join(format!("ephemera-ud-fw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("calls");
+        let stub = |name: &str, code: i32| {
+            let p = dir.join(name);
+            std::fs::File::create(&p)
+                .unwrap()
+                .write_all(
+                    format!(
+                        "#!/bin/sh\necho {name} \"$@\" >> {}\nexit {code}\n",
+                        log.display()
+                    )
+                    .as_bytes(),
+                )
+                .unwrap();
+            std::process::Command::new("chmod")
+                .arg("+x")
+                .arg(&p)
+                .status()
+                .unwrap();
+        };
+        for (name, code) in [
+            ("id", 1),
+            ("useradd", 0),
+            ("iptables", 3),
+            ("shutdown", 0),
+            ("aws", 0),
+            ("systemctl", 0),
+            ("install", 0),
+        ] {
+            stub(name, code);
+        }
+        let args: Vec<String> = ["exec", "--", "true"].map(String::from).to_vec();
+        let script = render(&launch(&args)).replace(
+            "/sbin/shutdown",
+            &dir.join("shutdown").display().to_string(),
+        );
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(&script)
+            .env("PATH", format!("{}:/usr/bin:/bin", dir.display()))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let calls = std::fs::read_to_string(&log).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(calls.contains("useradd --system"), "{calls}");
+        assert!(
+            calls.contains("iptables -I OUTPUT -d 169.254.169.254"),
+            "{calls}"
+        );
+        assert!(calls.trim_end().ends_with("shutdown -h now"), "{calls}");
+        assert!(
+            !calls.contains("aws s3 cp") && !calls.contains("systemctl"),
+            "{calls}"
+        );
     }
 }

@@ -157,6 +157,11 @@ pub fn run_args(
         .map(String::from)
         .to_vec();
     a.extend(["--stop-timeout".into(), job.grace.as_secs().to_string()]);
+    // The job's own user (`--run-as`) inside too: on the host's network, the user data's
+    // firewall rule keeps IMDS from it as from a command on the host.
+    if let Some(who) = job.run_as {
+        a.extend(["--user".into(), format!("{}:{}", who.uid, who.gid)]);
+    }
     for m in mounts {
         a.extend(["--volume".into(), format!("{0}:{0}", m.display())]);
     }

@@ -134,6 +134,9 @@ pub struct Ready {
     pub job: supervise::Job,
     checkpoint: Option<(Arc<Mutex<Checkpoint>>, Duration)>,
     container: Option<InContainer>,
+    /// The job's copy of the run's session (`--run-as` with a run session), kept current while
+    /// the attempt is ready.
+    _credentials: Option<super::job_user::JobCredentials>,
 }
 
 /// A container made ready: its image pulled, its name, the directories it mounts.
@@ -184,25 +187,83 @@ pub async fn prepare(plan: &Plan) -> Result<Ready> {
         }
         None => None,
     };
+    let credentials = match job.run_as {
+        Some(who) => Some(for_its_user(plan, &mut job, who).await?),
+        None => None,
+    }
+    .flatten();
     let container = match &plan.container {
-        Some(c) => Some(in_container(plan, c, &job).await?),
+        Some(c) => Some(in_container(plan, c, &job, credentials.as_ref()).await?),
         None => None,
     };
     Ok(Ready {
         job,
         checkpoint,
         container,
+        _credentials: credentials,
     })
 }
 
+/// The job given to its own user (`--run-as`): its directories handed over, the agent's file
+/// reads held to that user's files, and the run's session (when the agent has one) as its only
+/// credentials. Without a run session the job has no credentials at all.
+async fn for_its_user(
+    plan: &Plan,
+    job: &mut supervise::Job,
+    who: supervise::RunAs,
+) -> Result<Option<super::job_user::JobCredentials>> {
+    use super::job_user;
+    let dirs = std::iter::once(job.workdir.clone())
+        .chain(
+            plan.checkpoint
+                .iter()
+                .map(|c| in_workdir(&job.workdir, &c.dir)),
+        )
+        .chain(
+            plan.outputs
+                .iter()
+                .map(|(d, _)| in_workdir(&job.workdir, d)),
+        );
+    for dir in dirs {
+        job_user::hand_over(&dir, who)?;
+    }
+    crate::store::reading_files_of(who.uid);
+    let Some(run) = crate::agent::credentials::installed() else {
+        tracing::info!(
+            uid = who.uid,
+            "the job runs as its own user without credentials (no run session)"
+        );
+        return Ok(None);
+    };
+    // Beside the working directory, not in it: never among its outputs, and not the job's.
+    let workdir = std::fs::canonicalize(&job.workdir)
+        .with_context(|| format!("the job's working directory {}", job.workdir.display()))?;
+    let parent = workdir
+        .parent()
+        .map_or_else(std::env::temp_dir, Path::to_path_buf);
+    let creds = job_user::JobCredentials::start(run, who, &parent).await?;
+    job.env.extend(creds.env());
+    tracing::info!(
+        uid = who.uid,
+        "the job runs as its own user with the run's session"
+    );
+    Ok(Some(creds))
+}
+
 /// The image pulled and the job's directories (working, checkpoint, outputs) to mount.
-async fn in_container(plan: &Plan, c: &Container, job: &supervise::Job) -> Result<InContainer> {
+async fn in_container(
+    plan: &Plan,
+    c: &Container,
+    job: &supervise::Job,
+    credentials: Option<&super::job_user::JobCredentials>,
+) -> Result<InContainer> {
     container::pull(c).await?;
     let dirs: Vec<PathBuf> = plan
         .checkpoint
         .iter()
         .map(|c| c.dir.clone())
         .chain(plan.outputs.iter().map(|(d, _)| d.clone()))
+        .chain(credentials.map(|c| c.dir.clone()))
         .collect();
     Ok(InContainer {
         container: c.clone(),

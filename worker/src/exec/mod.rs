@@ -18,6 +18,7 @@ pub mod checkpoint;
 pub mod container;
 pub mod fetch;
 pub mod job;
+pub mod job_user;
 pub mod publish;
 pub mod supervise;
 
@@ -100,6 +101,12 @@ pub struct ExecArgs {
     /// Seconds between a failed run and the next (`job.retry.backoff_seconds`).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub retry_backoff: u64,
+    /// The user the command runs as (a name, or UID:GID; never root): its directories are
+    /// handed to it, it holds the run's session alone (a config file with a
+    /// `credential_process`, renewed by the agent) and none of the instance's credentials. The
+    /// instance's user data makes `ephemera-job` and closes IMDS to it.
+    #[arg(long, value_name = "USER")]
+    pub run_as: Option<String>,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -132,7 +139,7 @@ impl ExecArgs {
                     workers: self.workers,
                 }),
                 workdir: self.workdir.clone(),
-                run_as: None,
+                run_as: self.run_as.as_deref().map(job_user::resolve).transpose()?,
             },
             fetch: self
                 .fetch

@@ -215,6 +215,11 @@ pub async fn run(job: &Job, stop: &CancellationToken) -> Result<Outcome> {
             terminate(&mut child, job.grace).await?
         }
     };
+    // What a job of its own user left running goes with it (`job_user::kill_leftovers`): its
+    // outputs and checkpoint are read next, and nothing of the job's may change them then.
+    if let Some(who) = job.run_as {
+        super::job_user::kill_leftovers(who).await;
+    }
     // The pipes close with the child (or its last descendant): the last lines are relayed.
     for relay in [out, err].into_iter().flatten() {
         let _ = tokio::time::timeout(Duration::from_secs(5), relay).await;
