@@ -25,7 +25,7 @@ fn image(base: &Path) -> (Registry, String) {
     let reference = containers::image_from_host(
         &registry,
         "ephemera/test-job:1",
-        &["sleep", "cat", "touch", "mv"],
+        &["sleep", "cat", "touch", "mv", "id"],
         &[],
     )
     .unwrap();
@@ -98,11 +98,15 @@ async fn a_container_job_that_exits_zero_has_its_environment_inputs_and_outputs(
     std::fs::create_dir_all(&work).unwrap();
     std::fs::write(work.join("input.txt"), "fetched before the start\n").unwrap();
     let to = base.join("to");
+    // As on an instance, the job's own user (`--run-as`, which launch-worker adds): the
+    // container runs as it, on the directories handed to it. A user of this test's own.
+    let uid = 62_000 + std::process::id() % 1000;
+    let run_as = format!("{uid}:{uid}");
     let (o, _) = exec(
         &image,
         &work,
-        &["--outputs", "out", "--to", to.to_str().unwrap(), "--worker", "2", "--workers", "3"],
-        r#"cat input.txt > out/copy.txt && echo "$EPHEMERA_RUN_ID $EPHEMERA_WORKER/$EPHEMERA_WORKERS $EPHEMERA_ATTEMPT" > out/place.txt"#,
+        &["--outputs", "out", "--to", to.to_str().unwrap(), "--worker", "2", "--workers", "3", "--run-as", &run_as],
+        r#"cat input.txt > out/copy.txt && echo "$EPHEMERA_RUN_ID $EPHEMERA_WORKER/$EPHEMERA_WORKERS $EPHEMERA_ATTEMPT" > out/place.txt && id -u > out/uid.txt"#,
         None,
     )
     .await;
@@ -113,7 +117,12 @@ async fn a_container_job_that_exits_zero_has_its_environment_inputs_and_outputs(
         serde_json::from_slice(&std::fs::read(share.join("manifest.json")).unwrap()).unwrap();
     let mut keys: Vec<&str> = manifest.objects.iter().map(|o| o.key.as_str()).collect();
     keys.sort();
-    assert_eq!(keys, ["copy.txt", "place.txt"]);
+    assert_eq!(keys, ["copy.txt", "place.txt", "uid.txt"]);
+    assert_eq!(
+        std::fs::read_to_string(share.join("uid.txt")).unwrap(),
+        format!("{uid}\n"),
+        "the container ran as the job's user"
+    );
     assert_eq!(
         std::fs::read_to_string(share.join("copy.txt")).unwrap(),
         "fetched before the start\n"
