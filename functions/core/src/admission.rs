@@ -189,7 +189,7 @@ impl Deployment {
         self.check_secrets(spec, &mut add);
         self.check_session_policies(spec, &mut add);
         self.check_run_prefix(spec, &mut add);
-        for (i, target) in flag_values(&spec.worker.args, &["--export", "--to"]) {
+        for (i, target) in crate::runspec::flag_values(&spec.worker.args, &["--export", "--to"]) {
             let Some((bucket, _)) = parse_s3_url(target) else {
                 continue; // a directory on the instance: the worker's own business
             };
@@ -318,7 +318,9 @@ impl Deployment {
             return;
         };
         let own = crate::run_credentials::run_prefix(&spec.run_id);
-        for (i, place) in flag_values(&spec.worker.args, &["--export", "--to", "--checkpoint-to"]) {
+        for (i, place) in
+            crate::runspec::flag_values(&spec.worker.args, &["--export", "--to", "--checkpoint-to"])
+        {
             let Some((bucket, key)) = parse_s3_url(place) else {
                 continue; // a directory on the instance: the worker's own business
             };
@@ -340,7 +342,7 @@ impl Deployment {
             .flatten()
             .map(String::as_str)
             .collect();
-        for (i, from) in flag_values(&spec.worker.args, &["--fetch"]) {
+        for (i, from) in crate::runspec::flag_values(&spec.worker.args, &["--fetch"]) {
             let Some((bucket, key)) = parse_s3_url(from) else {
                 continue;
             };
@@ -358,7 +360,7 @@ impl Deployment {
     /// A job's `--checkpoint-to` (read and written: the export bucket) and `--fetch` (read:
     /// the artifact or the export bucket), the only places the worker's role grants.
     fn check_job_places(&self, args: &[String], add: &mut impl FnMut(String, String)) {
-        for (i, to) in flag_values(args, &["--checkpoint-to"]) {
+        for (i, to) in crate::runspec::flag_values(args, &["--checkpoint-to"]) {
             match (parse_s3_url(to), &self.export_bucket) {
                 (Some((bucket, _)), Some(allowed)) if bucket != allowed => add(
                     format!("worker.args[{i}]"),
@@ -367,7 +369,7 @@ impl Deployment {
                 _ => {}
             }
         }
-        for (i, from) in flag_values(args, &["--fetch"]) {
+        for (i, from) in crate::runspec::flag_values(args, &["--fetch"]) {
             let Some((bucket, _)) = parse_s3_url(from) else {
                 continue;
             };
@@ -390,28 +392,6 @@ impl Deployment {
             }
         }
     }
-}
-
-/// The values of `flags` in the worker's own arguments (before a job's `--`), each with its
-/// argument's index: `--flag X` or `--flag=X`.
-fn flag_values<'a>(args: &'a [String], flags: &[&str]) -> Vec<(usize, &'a str)> {
-    let own = match args.iter().position(|a| a == "--") {
-        Some(end) => &args[..end],
-        None => args,
-    };
-    let mut out = vec![];
-    for (i, a) in own.iter().enumerate() {
-        for &flag in flags {
-            if let Some(v) = a.strip_prefix(flag).and_then(|r| r.strip_prefix('=')) {
-                out.push((i, v));
-            } else if a == flag {
-                if let Some(v) = own.get(i + 1) {
-                    out.push((i + 1, v.as_str()));
-                }
-            }
-        }
-    }
-    out
 }
 
 /// `asked` is the profile `name`, by name or by ARN (`arn:<partition>:iam::<account>:instance-profile/<path/>name`).

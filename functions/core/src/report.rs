@@ -283,17 +283,15 @@ pub fn s3_console_url(bucket: &str, key: &str) -> String {
     format!("https://s3.console.aws.amazon.com/s3/object/{bucket}?prefix={prefix}")
 }
 
-/// Where a run's report is stored: beside the manifest, i.e. in the folder of the worker's
-/// manifest (`$.result.manifest`), or of `expect.export_prefix` when the run ended before one
-/// was written (the worker writes `<export target>/manifest.json`); a job's workers each write
-/// theirs in `<to>/worker-<n>/`, so a job's report goes in `<to>/`, beside all of them; a run
-/// that exports nothing goes under `runs/<run_id>/` of the function's artifact bucket; None
-/// when neither exists.
-pub fn report_location(
-    spec: &RunSpec,
-    manifest: Option<&str>,
-    artifact_bucket: Option<&str>,
-) -> Option<StoredReport> {
+/// Where a run's report is stored, decided from the RunSpec alone (never from a worker's
+/// report): beside the manifest as the RunSpec places it ([`crate::runspec::WorkerSpec::manifest_url`]:
+/// the feature worker's `<export>/manifest.json`; a job's workers each write theirs in
+/// `<to>/worker-<n>/`, so a job's report goes in `<to>/`, beside all of them), else in
+/// `expect.export_prefix`; a run that exports nothing goes under `runs/<run_id>/` of the
+/// function's artifact bucket; None when neither exists.
+pub fn report_location(spec: &RunSpec, artifact_bucket: Option<&str>) -> Option<StoredReport> {
+    let manifest = spec.worker.manifest_url(1);
+    let manifest = manifest.as_deref();
     let folder = |url: &str, is_file: bool| {
         let (bucket, key) = parse_s3_url(url)?;
         let prefix = if is_file {
@@ -403,7 +401,8 @@ mod tests {
     }
 
     #[test]
-    fn the_report_goes_beside_the_manifest_else_the_export_prefix_else_the_artifact_bucket() {
+    fn the_report_goes_beside_the_manifest_the_runspec_places_else_the_export_prefix_else_the_artifact_bucket(
+    ) {
         let mut v = serde_json::json!({
             "run_id": "fx-2023",
             "worker": {"instance_types": ["c7g.large"], "subnets": ["subnet-0a1b2c3d"],
@@ -418,54 +417,63 @@ mod tests {
                 prefix: p.into(),
             })
         };
-        // The manifest's folder, even when it differs from the export prefix.
+        // No arguments that store anything: the export prefix.
         assert_eq!(
-            report_location(&spec, Some("s3://out/x/y/manifest.json"), Some("art")),
-            at("out", "x/y/")
-        );
-        assert_eq!(
-            report_location(&spec, Some("s3://out/manifest.json"), None),
-            at("out", "")
-        );
-        // No manifest (the run failed before its export): where it would have been.
-        assert_eq!(
-            report_location(&spec, None, Some("art")),
+            report_location(&spec, Some("art")),
             at("out", "runs/fx-2023/")
         );
-        // A manifest that is no s3:// URL does not decide.
+        // The feature worker's `--export`, even when it differs from the export prefix; what
+        // a worker's report says is not asked.
+        v["worker"]["args"] = serde_json::json!(["run", "--export", "s3://out/x/y"]);
+        let spec = RunSpec::parse(&v).unwrap();
         assert_eq!(
-            report_location(&spec, Some("/tmp/out/manifest.json"), None),
-            at("out", "runs/fx-2023/")
+            spec.worker.manifest_url(1).unwrap(),
+            "s3://out/x/y/manifest.json"
         );
+        assert_eq!(report_location(&spec, Some("art")), at("out", "x/y/"));
+        // A directory on the instance does not decide.
+        v["worker"]["args"] = serde_json::json!(["run", "--export", "/tmp/out"]);
+        let spec = RunSpec::parse(&v).unwrap();
+        assert_eq!(spec.worker.manifest_url(1), None);
+        assert_eq!(report_location(&spec, None), at("out", "runs/fx-2023/"));
         v["expect"]["export_prefix"] = "s3://out/no-slash".into();
         let spec = RunSpec::parse(&v).unwrap();
-        assert_eq!(report_location(&spec, None, None), at("out", "no-slash/"));
+        assert_eq!(report_location(&spec, None), at("out", "no-slash/"));
         v["expect"] = serde_json::json!({});
         let spec = RunSpec::parse(&v).unwrap();
         assert_eq!(
-            report_location(&spec, None, Some("art")),
+            report_location(&spec, Some("art")),
             at("art", "runs/fx-2023/")
         );
-        assert_eq!(report_location(&spec, None, None), None);
-        // A job: beside every worker's folder, not in the first one's.
-        v["worker"]["args"] = serde_json::json!(["exec", "--", "sh"]);
+        assert_eq!(report_location(&spec, None), None);
+        // A job: beside every worker's folder of `--to`, not in the first one's.
+        v["worker"]["args"] = serde_json::json!([
+            "exec",
+            "--outputs",
+            "o",
+            "--to",
+            "s3://out/runs/j/",
+            "--",
+            "sh"
+        ]);
         let spec = RunSpec::parse(&v).unwrap();
         assert_eq!(
-            report_location(&spec, Some("s3://out/runs/j/worker-2/manifest.json"), None),
-            at("out", "runs/j/")
+            spec.worker.manifest_url(2).unwrap(),
+            "s3://out/runs/j/worker-2/manifest.json"
         );
+        assert_eq!(report_location(&spec, None), at("out", "runs/j/"));
+        v["worker"]["args"] =
+            serde_json::json!(["exec", "--outputs", "o", "--to=s3://out", "--", "sh"]);
+        let spec = RunSpec::parse(&v).unwrap();
         assert_eq!(
-            report_location(&spec, Some("s3://out/worker-1/manifest.json"), None),
-            at("out", "")
+            spec.worker.manifest_url(1).unwrap(),
+            "s3://out/worker-1/manifest.json"
         );
-        // A folder that is not a worker's stays where it is.
-        assert_eq!(
-            report_location(&spec, Some("s3://out/runs/j/manifest.json"), None),
-            at("out", "runs/j/")
-        );
-        assert_eq!(
-            report_location(&spec, Some("s3://out/runs/worker-x/manifest.json"), None),
-            at("out", "runs/worker-x/")
-        );
+        assert_eq!(report_location(&spec, None), at("out", ""));
+        // A `--to` after the job's `--` is the job's own argument, not the worker's.
+        v["worker"]["args"] =
+            serde_json::json!(["exec", "--", "cp", "--to", "s3://out/elsewhere/"]);
+        let spec = RunSpec::parse(&v).unwrap();
+        assert_eq!(spec.worker.manifest_url(1), None);
     }
 }

@@ -159,6 +159,48 @@ impl WorkerSpec {
     pub fn is_job(&self) -> bool {
         self.args.first().map(String::as_str) == Some("exec")
     }
+
+    /// Where worker `slot`'s manifest is, as the RunSpec places it (never as a worker says):
+    /// a job's in its worker's folder of `--to` (`<to>/worker-<n>/manifest.json`), the feature
+    /// worker's at its `--export` (`<export>/manifest.json`). None when the arguments store
+    /// nothing in S3 (no `--to`/`--export`, or a directory on the instance).
+    pub fn manifest_url(&self, slot: u32) -> Option<String> {
+        use crate::contract::manifest::{worker_folder, MANIFEST_FILE};
+        let flag = if self.is_job() { "--to" } else { "--export" };
+        let (_, target) = flag_values(&self.args, &[flag]).into_iter().last()?;
+        let rest = target.strip_prefix("s3://")?;
+        // As the worker's store reads a target: one '/' closes the prefix.
+        let base = rest.strip_suffix('/').unwrap_or(rest);
+        if base.is_empty() {
+            return None;
+        }
+        Some(match self.is_job() {
+            true => format!("s3://{base}/{}/{MANIFEST_FILE}", worker_folder(slot)),
+            false => format!("s3://{base}/{MANIFEST_FILE}"),
+        })
+    }
+}
+
+/// The values of `flags` in the worker's own arguments (before a job's `--`), each with its
+/// argument's index: `--flag X` or `--flag=X`.
+pub fn flag_values<'a>(args: &'a [String], flags: &[&str]) -> Vec<(usize, &'a str)> {
+    let own = match args.iter().position(|a| a == "--") {
+        Some(end) => &args[..end],
+        None => args,
+    };
+    let mut out = vec![];
+    for (i, a) in own.iter().enumerate() {
+        for &flag in flags {
+            if let Some(v) = a.strip_prefix(flag).and_then(|r| r.strip_prefix('=')) {
+                out.push((i, v));
+            } else if a == flag {
+                if let Some(v) = own.get(i + 1) {
+                    out.push((i + 1, v.as_str()));
+                }
+            }
+        }
+    }
+    out
 }
 
 fn default_volume_gib() -> u32 {

@@ -264,6 +264,46 @@ mod tests {
             )),
             "{msg}"
         );
+
+        // A report that names a manifest of its choosing (planted by the job under the run's
+        // prefix, listing only what it likes): the manifest the RunSpec places is read anyway,
+        // and the report's place fails verification.
+        admin
+            .put_object()
+            .bucket(bucket)
+            .key("runs/sums/planted/manifest.json")
+            .body(
+                serde_json::to_vec(&Manifest {
+                    objects: vec![],
+                    ..m.clone()
+                })
+                .unwrap()
+                .into(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let mut planted = summary.clone();
+        planted["manifest"] = json!(format!("s3://{bucket}/runs/sums/planted/manifest.json"));
+        let msg = invoke(
+            &ephemera_tests::function_clients(region, Function::VerifyCompletion.name()),
+            &Settings::default(),
+            Function::VerifyCompletion,
+            json!({"run": spec, "workers": [{"slot": 1, "result": planted}]}),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            msg.contains(&format!(
+                "the report names s3://{bucket}/runs/sums/planted/manifest.json; the RunSpec places it at s3://{bucket}/runs/sums/worker-1/manifest.json"
+            )),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("runs/sums/worker-1/small.csv: S3 keeps SHA-256"),
+            "the RunSpec's manifest was read: {msg}"
+        );
         std::fs::remove_dir_all(&base).unwrap();
     }
 }

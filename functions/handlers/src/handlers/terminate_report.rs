@@ -222,8 +222,8 @@ where
         )
         .await;
     }
-    let manifest = manifest_of(&ends);
-    let beside = report_location(spec, manifest.as_deref(), config.artifact_bucket.as_deref());
+    // Beside the manifests as the RunSpec places them, never where a worker's report says.
+    let beside = report_location(spec, config.artifact_bucket.as_deref());
     if let Some(place) = beside {
         store(s.objects, &mut report, place).await;
     }
@@ -306,15 +306,6 @@ async fn price_all<E: Compute, P: PriceList>(
         priced.push(cost_report::price(&facts));
     }
     priced
-}
-
-/// The run's manifest as any worker's report names it (the one who wrote it, or one who ended
-/// after it was written), read through the contract's summary.
-fn manifest_of(ends: &[WorkerEnd]) -> Option<String> {
-    ends.iter()
-        .filter_map(|e| e.result.clone())
-        .filter_map(|r| serde_json::from_value::<ephemera_core::contract::Summary>(r).ok())
-        .find_map(|s| s.manifest)
 }
 
 /// The attempts the run document knows, with their worker's slot.

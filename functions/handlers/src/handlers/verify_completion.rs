@@ -72,7 +72,23 @@ pub async fn handle<O: Objects>(
     let mut listed: Vec<(Listed, BTreeMap<String, Option<u64>>)> = vec![];
     let mut unread: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (slot, report) in &reports {
-        match report.manifest.as_deref() {
+        // The manifest is read where the RunSpec puts it, never where a worker says: a report
+        // naming another place fails (a job that could write elsewhere under the run's prefix
+        // must not pick the manifest it is judged by).
+        let placed = spec.worker.manifest_url(*slot);
+        if let (Some(at), Some(said)) = (&placed, &report.manifest) {
+            if at != said {
+                unread.entry("manifest_location").or_default().push(format!(
+                    "{}the report names {said}; the RunSpec places it at {at}",
+                    whose(*slot)
+                ));
+            }
+        }
+        let url = report
+            .manifest
+            .as_ref()
+            .and(placed.as_ref().or(report.manifest.as_ref()));
+        match url.map(String::as_str) {
             Some(url) => match read_manifest(objects, url).await? {
                 Ok((manifest, found)) => listed.push((
                     Listed {
