@@ -119,6 +119,9 @@ fn worker_with(
         ])
         // The stack's group, as launch-worker's user data names it.
         .args(["--log-group", &worker_log_group()])
+        // launch-worker vended the run's session: its S3 and log calls are made with it (the
+        // instance role has no S3 or log grant).
+        .arg("--run-session")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -665,6 +668,7 @@ fn job(
             "--log-group",
             &worker_log_group(),
         ])
+        .arg("--run-session")
         .args(options)
         .args(["--", "sh", "-c", script])
         .stdout(Stdio::piped())

@@ -272,9 +272,10 @@ impl Deployment {
         }
     }
 
-    /// `job.secrets` the workers' roles can read: in the stack's region, under its secret
-    /// prefix (`template.yaml`, `JobSecrets` and `JobSecretParameters`). Any other would be
-    /// refused on the instance, after the launch was billed.
+    /// `job.secrets` the run's role can read: in the stack's region, under its secret prefix
+    /// (`template.yaml`, RunRole's `ReadTheSecretsItsSessionNames` and
+    /// `ReadTheParametersItsSessionNames`). Any other would be refused on the instance, after
+    /// the launch was billed.
     fn check_secrets(&self, spec: &RunSpec, add: &mut impl FnMut(String, String)) {
         for (name, arn) in spec.job_secrets() {
             let Ok(parsed) = job_secrets::parse_arn(arn) else {
