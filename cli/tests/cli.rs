@@ -279,7 +279,7 @@ async fn run_follows_to_the_report_and_the_run_reads_back_with_every_verb() {
     assert!(stdout.contains("status     SUCCEEDED after"), "{stdout}");
     assert!(stdout.contains("(measured; ephemera report"), "{stdout}");
 
-    // logs: lines put in CloudWatch Logs by the worker's own shipping, as its instance role.
+    // logs: lines put in CloudWatch Logs by the worker's own shipping.
     // The stack's group, which the CLI finds from the execution's state machine.
     let group = ephemera_tests::iam::worker_log_group();
     let logs = aws_sdk_cloudwatchlogs::Client::new(&ephemera_tests::sdk_config(region));
@@ -297,7 +297,9 @@ async fn run_follows_to_the_report_and_the_run_reads_back_with_every_verb() {
         .to_string(),
     );
     buffer.push("partition EURGBP 2023-04 done");
-    let role = ephemera_tests::principal_config(region, &Principal::Worker);
+    // Signed with the run's session, as the agent ships (the instance role ships nothing).
+    let role =
+        ephemera_tests::sdk_config_as(region, &fixtures::run_session(region, "cli-run").await);
     let shipped = ephemera_worker::agent::logship::Shipper::start(
         aws_sdk_cloudwatchlogs::Client::new(&role),
         &group,
@@ -791,7 +793,8 @@ async fn logs_follow_shows_lines_as_they_are_shipped_and_returns_when_the_run_en
     // A line shipped now, as the worker ships it.
     let buffer = ephemera_worker::agent::logship::Buffer::new(100);
     buffer.push("epoch 1 of 3 done");
-    let role = ephemera_tests::principal_config(region, &Principal::Worker);
+    let role =
+        ephemera_tests::sdk_config_as(region, &fixtures::run_session(region, "cli-follow").await);
     let shipped = ephemera_worker::agent::logship::Shipper::start(
         aws_sdk_cloudwatchlogs::Client::new(&role),
         &group,

@@ -27,6 +27,12 @@ pub struct RunSession {
     /// The session policy it was vended with (JSON), passed again on each renewal: a session
     /// policy is not inherited, and a renewal without it would hold the role's wider reads.
     pub policy: String,
+    /// The session policy the agent derives its job's session with (AssumeRole from this
+    /// session): the run's objects and inputs and its log lines, no secret and no renewal, so a
+    /// job's credentials die with the agent's. None from a launch-worker that predates it: the
+    /// job then gets no credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_policy: Option<String>,
 }
 
 impl std::fmt::Debug for RunSession {
@@ -86,6 +92,7 @@ mod tests {
             session_token: "the-token".into(),
             expiration: Utc::now(),
             policy: "{}".into(),
+            job_policy: Some("{\"Version\":\"2012-10-17\"}".into()),
         };
         let shown = format!("{s:?}");
         assert!(

@@ -262,3 +262,62 @@ pub async fn bucket(s3: &aws_sdk_s3::Client, name: &str, region: &str) {
         assert!(owned, "CreateBucket {name}: {e:?}");
     }
 }
+
+/// AssumeRole of the run role through the front door, signed with `signer`'s key: the new
+/// session's access key, or STS's error answer.
+pub async fn assume_run_role(
+    region: &str,
+    signer: &str,
+    run: Option<&str>,
+    policy: Option<&serde_json::Value>,
+) -> Result<String, String> {
+    let mut form = vec![
+        ("Action".to_string(), "AssumeRole".to_string()),
+        ("Version".into(), "2011-06-15".into()),
+        ("RoleArn".into(), crate::iam::run_role_arn()),
+        ("RoleSessionName".into(), "i-1".into()),
+    ];
+    if let Some(run) = run {
+        form.push(("Tags.member.1.Key".into(), "ephemera:run".into()));
+        form.push(("Tags.member.1.Value".into(), run.into()));
+        form.push(("TransitiveTagKeys.member.1".into(), "ephemera:run".into()));
+    }
+    if let Some(p) = policy {
+        form.push(("Policy".into(), p.to_string()));
+    }
+    let body = form
+        .iter()
+        .map(|(k, v)| format!("{}={}", urlencoding::encode(k), urlencoding::encode(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    let answer = reqwest::Client::new()
+        .post(&crate::harness().endpoint)
+        .header(
+            "authorization",
+            format!("AWS4-HMAC-SHA256 Credential={signer}/20261206/{region}/sts/aws4_request, SignedHeaders=host, Signature=0"),
+        )
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .expect("the front door answers");
+    let ok = answer.status().is_success();
+    let text = answer.text().await.unwrap_or_default();
+    let key = text
+        .split("<AccessKeyId>")
+        .nth(1)
+        .and_then(|s| s.split("</AccessKeyId>").next());
+    match (ok, key) {
+        (true, Some(k)) => Ok(k.to_string()),
+        _ => Err(text),
+    }
+}
+
+/// A session of the run role for `run_id` as launch-worker vends it (tagged with the run,
+/// transitive), without a session policy: the role's own limits, the run's prefix and streams.
+/// Its access key, for [`crate::sdk_config_as`].
+pub async fn run_session(region: &str, run_id: &str) -> String {
+    assume_run_role(region, "fn-launch-worker", Some(run_id), None)
+        .await
+        .expect("the door's STS vends a run session")
+}

@@ -8,58 +8,8 @@ use aws_sdk_s3::primitives::ByteStream;
 use ephemera_core::run_credentials::{session_policy, Holder, Stack};
 use ephemera_core::RunSpec;
 use ephemera_tests::iam::{run_role_arn, ARTIFACT_BUCKET, EXPORT_BUCKET};
-use ephemera_tests::{clients, fresh_region, harness, sdk_config_as};
+use ephemera_tests::{clients, fresh_region, sdk_config_as};
 use serde_json::json;
-
-/// AssumeRole of the run role through the front door, signed with `signer`'s key: the new
-/// session's access key, or STS's error answer.
-async fn assume(
-    region: &str,
-    signer: &str,
-    run: Option<&str>,
-    policy: Option<&serde_json::Value>,
-) -> Result<String, String> {
-    let mut form = vec![
-        ("Action".to_string(), "AssumeRole".to_string()),
-        ("Version".into(), "2011-06-15".into()),
-        ("RoleArn".into(), run_role_arn()),
-        ("RoleSessionName".into(), "i-1".into()),
-    ];
-    if let Some(run) = run {
-        form.push(("Tags.member.1.Key".into(), "ephemera:run".into()));
-        form.push(("Tags.member.1.Value".into(), run.into()));
-        form.push(("TransitiveTagKeys.member.1".into(), "ephemera:run".into()));
-    }
-    if let Some(p) = policy {
-        form.push(("Policy".into(), p.to_string()));
-    }
-    let body = form
-        .iter()
-        .map(|(k, v)| format!("{}={}", urlencoding::encode(k), urlencoding::encode(v)))
-        .collect::<Vec<_>>()
-        .join("&");
-    let answer = reqwest::Client::new()
-        .post(&harness().endpoint)
-        .header(
-            "authorization",
-            format!("AWS4-HMAC-SHA256 Credential={signer}/20261206/{region}/sts/aws4_request, SignedHeaders=host, Signature=0"),
-        )
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(body)
-        .send()
-        .await
-        .expect("the front door answers");
-    let ok = answer.status().is_success();
-    let text = answer.text().await.unwrap_or_default();
-    let key = text
-        .split("<AccessKeyId>")
-        .nth(1)
-        .and_then(|s| s.split("</AccessKeyId>").next());
-    match (ok, key) {
-        (true, Some(k)) => Ok(k.to_string()),
-        _ => Err(text),
-    }
-}
 
 fn spec(run: &str) -> RunSpec {
     serde_json::from_value(json!({
@@ -136,11 +86,12 @@ async fn a_runs_job_cannot_list_read_overwrite_or_delete_another_runs_objects() 
     // As launch-worker vends them: the agent's session, then the job's from it.
     let launch = "fn-launch-worker";
     let agent_policy = session_policy(&spec(&mine), &STACK, Holder::Agent).unwrap();
-    let agent = assume(region, launch, Some(&mine), Some(&agent_policy))
-        .await
-        .expect("launch-worker vends the run's session");
+    let agent =
+        ephemera_tests::fixtures::assume_run_role(region, launch, Some(&mine), Some(&agent_policy))
+            .await
+            .expect("launch-worker vends the run's session");
     let job_policy = session_policy(&spec(&mine), &STACK, Holder::Job).unwrap();
-    let job = assume(region, &agent, None, Some(&job_policy))
+    let job = ephemera_tests::fixtures::assume_run_role(region, &agent, None, Some(&job_policy))
         .await
         .expect("the agent gives its job a narrower session");
     let s3 = aws_sdk_s3::Client::from_conf(
@@ -235,13 +186,17 @@ async fn a_runs_job_cannot_list_read_overwrite_or_delete_another_runs_objects() 
     );
 
     // Nor can the job make itself a wider session or another run's.
-    let renew = assume(region, &job, None, None).await.unwrap_err();
+    let renew = ephemera_tests::fixtures::assume_run_role(region, &job, None, None)
+        .await
+        .unwrap_err();
     assert!(renew.contains("AccessDenied"), "{renew}");
-    let become_other = assume(region, &job, Some(&other), None).await.unwrap_err();
+    let become_other = ephemera_tests::fixtures::assume_run_role(region, &job, Some(&other), None)
+        .await
+        .unwrap_err();
     assert!(become_other.contains("AccessDenied"), "{become_other}");
     // The agent may renew, and stays its run: even a renewal without any session policy (the
     // role's own policy alone, keyed on the transitive tag) reaches no other run's object.
-    let renewed = assume(region, &agent, None, None)
+    let renewed = ephemera_tests::fixtures::assume_run_role(region, &agent, None, None)
         .await
         .expect("the agent renews");
     let s3_renewed = aws_sdk_s3::Client::from_conf(

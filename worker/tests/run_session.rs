@@ -122,10 +122,11 @@ async fn a_job_runs_as_its_own_user_on_its_runs_vended_session_and_cannot_reach_
     std::fs::create_dir_all(&base).unwrap();
     // The job as an attacker would write it (shipped in its inputs), as its own user
     // (`--run-as`): it finds none of the worker's credentials, cannot read the agent's
-    // environment, and with the only
-    // credentials it has (the run's session, from its config's `credential_process`) it reads
-    // its secret but is refused the task token and SendTaskSuccess. After the first session has
-    // ended (40 s of 30 s sessions) its copy still works: the agent rewrote it.
+    // environment; with the only credentials it has (its session, derived by the agent from
+    // the run's with the job's policy) it writes under its run's prefix and nowhere else, and is
+    // refused the task token, SendTaskSuccess, the secrets (given to it by value) and a renewal
+    // of its own. After the first session has ended (40 s of 30 s sessions) its copy still
+    // works: the agent derived and wrote the next one.
     // Any instance's: a name under the run's parameters is refused before it is looked up.
     let token = format!("/ephemera/runs/{run_id}/task-token/i-0123456789abcdef0");
     let script = format!(
@@ -136,25 +137,34 @@ for v in AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN AWS_EC2_METAD
   eval "test -z \"\${{$v:-}}\"" || {{ echo "inherited $v" >&2; exit 21; }}
 done
 if cat /proc/$PPID/environ > /dev/null 2>&1; then echo "read the agent's environment" >&2; exit 22; fi
-call() {{
+signed() {{
   doc=$(sh -c "$(sed -n 's/^credential_process = //p' "$AWS_CONFIG_FILE")")
   field() {{ printf '%s' "$doc" | sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p"; }}
-  curl -sS --aws-sigv4 "aws:amz:$AWS_REGION:$1" --user "$(field AccessKeyId):$(field SecretAccessKey)" \
-    -H "x-amz-security-token: $(field SessionToken)" -H "X-Amz-Target: $2" \
-    -H "Content-Type: application/x-amz-json-$3" -d "$4" "$AWS_ENDPOINT_URL/"
+  service=$1; shift
+  curl -sS --aws-sigv4 "aws:amz:$AWS_REGION:$service" --user "$(field AccessKeyId):$(field SecretAccessKey)" \
+    -H "x-amz-security-token: $(field SessionToken)" "$@"
 }}
-secret() {{ call secretsmanager secretsmanager.GetSecretValue 1.1 '{{"SecretId":"{secret}"}}' | grep -q vended-secret-81f3; }}
-secret || {{ echo "its own secret refused" >&2; exit 23; }}
+call() {{ signed "$1" -H "X-Amz-Target: $2" -H "Content-Type: application/x-amz-json-$3" -d "$4" "$AWS_ENDPOINT_URL/"; }}
+put() {{ signed s3 -o /dev/null -w '%{{http_code}}' -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' -T input.txt "$AWS_ENDPOINT_URL/{bucket}/$1"; }}
+test "$(put runs/{run_id}/probe/own.txt)" = 200 || {{ echo "its own prefix refused" >&2; exit 23; }}
+test "$(put runs/other-run/planted.txt)" = 403 || {{ echo "wrote under another run" >&2; exit 28; }}
 call ssm AmazonSSM.GetParameter 1.1 '{{"Name":"{token}","WithDecryption":true}}' > token.out
 grep -q AccessDenied token.out || {{ cat token.out >&2; exit 24; }}
 call ssm AmazonSSM.GetParametersByPath 1.1 '{{"Path":"/ephemera/runs/{run_id}","Recursive":true,"WithDecryption":true}}' > listed.out
 grep -q AccessDenied listed.out || {{ cat listed.out >&2; exit 27; }}
 call states AWSStepFunctions.SendTaskSuccess 1.0 '{{"taskToken":"forged","output":"{{}}"}}' > sent.out
 grep -q AccessDenied sent.out || {{ cat sent.out >&2; exit 25; }}
+call secretsmanager secretsmanager.GetSecretValue 1.1 '{{"SecretId":"{secret}"}}' > secret.out
+grep -q AccessDenied secret.out || {{ cat secret.out >&2; exit 29; }}
+signed sts -H 'Content-Type: application/x-www-form-urlencoded' \
+  -d 'Action=AssumeRole&Version=2011-06-15&RoleSessionName=mine&RoleArn={run_role}' "$AWS_ENDPOINT_URL/" > renewed.out
+grep -q AccessDenied renewed.out || {{ cat renewed.out >&2; exit 30; }}
 mkdir -p out; cat input.txt > out/copied.txt; echo 1 > "$EPHEMERA_CHECKPOINT/step"
 sleep 40
-secret || {{ echo "its renewed session refused" >&2; exit 26; }}
+test "$(put runs/{run_id}/probe/later.txt)" = 200 || {{ echo "its renewed session refused" >&2; exit 26; }}
 echo done > out/done.txt"#,
+        bucket = EXPORT_BUCKET,
+        run_role = ephemera_tests::iam::run_role_arn(),
         uid = job_user.0,
         secret = secret_arn,
         token = token,
@@ -242,6 +252,27 @@ echo done > out/done.txt"#,
     let vended: Vec<_> = sessions.iter().filter(|s| !s.chained).collect();
     let renewed: Vec<_> = sessions.iter().filter(|s| s.chained).collect();
     assert_eq!(vended.len(), 1, "{sessions:?}");
+    // The job's sessions: derived from the agent's with the job's narrower policy (no secret,
+    // no renewal), at least twice (its first ended during the job).
+    let for_job: Vec<_> = renewed
+        .iter()
+        .filter(|s| s.name.ends_with("-job"))
+        .collect();
+    assert!(for_job.len() >= 2, "{sessions:?}");
+    for s in &for_job {
+        let actions: Vec<&str> = s
+            .policy
+            .iter()
+            .flatten()
+            .flat_map(|st| st.actions.iter().map(String::as_str))
+            .collect();
+        assert!(
+            !actions
+                .iter()
+                .any(|a| a.starts_with("sts:") || a.starts_with("secretsmanager:")),
+            "{actions:?}"
+        );
+    }
     assert!(!renewed.is_empty(), "no renewal: {sessions:?}\n{stderr}");
     assert!(
         renewed
@@ -283,6 +314,12 @@ echo done > out/done.txt"#,
         ("ssm:GetParameter", "task-token/"),
         ("ssm:GetParametersByPath", run_id),
         ("states:SendTaskSuccess", ""),
+        (
+            "secretsmanager:GetSecretValue",
+            "ephemera/vended-session/api",
+        ),
+        ("sts:AssumeRole", "ephemera-run-role"),
+        ("s3:PutObject", "runs/other-run/planted.txt"),
     ] {
         assert!(
             denials.iter().any(|d| d.principal == Principal::Run

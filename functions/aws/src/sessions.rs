@@ -58,6 +58,7 @@ impl RunSessions for aws_sdk_sts::Client {
             session_token: c.session_token().to_string(),
             expiration: crate::to_chrono(c.expiration()),
             policy: v.policy.to_string(),
+            job_policy: None,
         })
     }
 }

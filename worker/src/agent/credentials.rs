@@ -111,6 +111,11 @@ impl RunCredentials {
 
     /// AssumeRole of the run role again, signed by `from` (role chaining: at most an hour).
     async fn renew(&self, from: &RunSession) -> Result<RunSession> {
+        self.assume_from(from, &self.session_name).await
+    }
+
+    /// AssumeRole of `from`'s role, signed by `from`, with `from`'s policy, as `session_name`.
+    async fn assume_from(&self, from: &RunSession, session_name: &str) -> Result<RunSession> {
         let signer = Credentials::new(
             &from.access_key_id,
             &from.secret_access_key,
@@ -126,7 +131,7 @@ impl RunCredentials {
         let r = super::link::with_retries("AssumeRole", deadline, || {
             sts.assume_role()
                 .role_arn(&from.role_arn)
-                .role_session_name(&self.session_name)
+                .role_session_name(session_name)
                 .policy(&from.policy)
                 .duration_seconds(3600)
                 .send()
@@ -147,7 +152,38 @@ impl RunCredentials {
             session_token: c.session_token().to_string(),
             expiration,
             policy: from.policy.clone(),
+            job_policy: from.job_policy.clone(),
         })
+    }
+
+    /// A session for the agent's job (`exec --run-as`): the run role assumed from the agent's
+    /// current session with the job's narrower policy (launch-worker's `job_policy`: no secret,
+    /// no `sts:AssumeRole`, so the job can neither read the secrets nor outlive the agent by
+    /// renewing itself). None when launch-worker sent no job policy.
+    pub async fn for_job(&self) -> Result<Option<RunSession>> {
+        let (role_arn, job_policy) = {
+            let held = self.held.lock().await;
+            match &held.session.job_policy {
+                Some(p) => (held.session.role_arn.clone(), p.clone()),
+                None => return Ok(None),
+            }
+        };
+        let now = self
+            .current()
+            .await
+            .map_err(|e| anyhow::anyhow!("the agent's session: {e}"))?;
+        let from = RunSession {
+            role_arn: role_arn.clone(),
+            access_key_id: now.access_key_id().to_string(),
+            secret_access_key: now.secret_access_key().to_string(),
+            session_token: now.session_token().unwrap_or_default().to_string(),
+            expiration: Utc::now(),
+            policy: job_policy,
+            job_policy: None,
+        };
+        self.assume_from(&from, &format!("{}-job", self.session_name))
+            .await
+            .map(Some)
     }
 }
 

@@ -241,11 +241,13 @@ async fn for_its_user(
     let parent = workdir
         .parent()
         .map_or_else(std::env::temp_dir, Path::to_path_buf);
-    let creds = job_user::JobCredentials::start(run, who, &parent).await?;
+    let Some(creds) = job_user::JobCredentials::start(run, who, &parent).await? else {
+        return Ok(None);
+    };
     job.env.extend(creds.env());
     tracing::info!(
         uid = who.uid,
-        "the job runs as its own user with the run's session"
+        "the job runs as its own user with its session of the run"
     );
     Ok(Some(creds))
 }

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use aws_credential_types::provider::ProvideCredentials;
+use ephemera_contract::session::RunSession;
 
 use super::supervise::RunAs;
 use crate::agent::credentials::RunCredentials;
@@ -112,9 +112,23 @@ impl JobCredentials {
         ]
     }
 
-    /// Writes the run's session for `who` in a new directory of the agent's under `parent`,
-    /// and keeps it current while the returned value lives.
-    pub async fn start(run: &RunCredentials, who: RunAs, parent: &Path) -> Result<JobCredentials> {
+    /// Derives the job's session from the agent's ([`RunCredentials::for_job`]) and writes it
+    /// for `who` in a new directory of the agent's under `parent`; keeps it current (derived
+    /// again before its renewal time) while the returned value lives. None when launch-worker
+    /// sent no job policy: the job then has no credentials.
+    pub async fn start(
+        run: &RunCredentials,
+        who: RunAs,
+        parent: &Path,
+    ) -> Result<Option<JobCredentials>> {
+        let Some(first) = run
+            .for_job()
+            .await
+            .context("the job's session (AssumeRole from the agent's)")?
+        else {
+            tracing::warn!("launch-worker sent no job policy: the job runs without credentials");
+            return Ok(None);
+        };
         let mut name = [0u8; 8];
         getrandom::fill(&mut name).map_err(|e| anyhow::anyhow!("randomness: {e}"))?;
         let dir = parent.join(format!("ephemera-job-credentials-{}", hex::encode(name)));
@@ -123,11 +137,8 @@ impl JobCredentials {
             .mode(0o711)
             .create(&dir)
             .with_context(|| format!("making {}", dir.display()))?;
-        let current = run
-            .provide_credentials()
-            .await
-            .context("the run's session for the job")?;
-        write_new(&dir, "session.json", &process_json(&current)?, who)?;
+        let mut obtained = chrono::Utc::now();
+        write_new(&dir, "session.json", &process_json(&first, obtained)?, who)?;
         let config = format!(
             "[default]\ncredential_process = /bin/cat {}\n",
             dir.join("session.json").display()
@@ -135,47 +146,49 @@ impl JobCredentials {
         write_new(&dir, "config", &config, who)?;
         let (run, at) = (run.clone(), dir.clone());
         let refresher = tokio::spawn(async move {
-            let mut written = current.access_key_id().to_string();
+            let mut held = first;
             loop {
                 tokio::time::sleep(REFRESH_EVERY).await;
-                // Asking renews the agent's session when it is due.
-                let now = match run.provide_credentials().await {
-                    Ok(c) => c,
+                let now = chrono::Utc::now();
+                if !crate::agent::credentials::due(now, obtained, held.expiration) {
+                    continue;
+                }
+                let derived = match run.for_job().await {
+                    Ok(Some(s)) => s,
+                    Ok(None) => continue,
                     Err(e) => {
-                        tracing::warn!(error = %e, "the run's session could not be read for the job");
+                        tracing::warn!(error = %format!("{e:#}"), "the job's session could not be derived again; tried again shortly");
                         continue;
                     }
                 };
-                if now.access_key_id() == written {
-                    continue;
-                }
-                match process_json(&now).and_then(|j| write_new(&at, "session.json", &j, who)) {
+                match process_json(&derived, now)
+                    .and_then(|j| write_new(&at, "session.json", &j, who))
+                {
                     Ok(()) => {
-                        written = now.access_key_id().to_string();
-                        tracing::info!("the job's copy of the run's session renewed");
+                        (held, obtained) = (derived, now);
+                        tracing::info!(expires = %held.expiration, "the job's session renewed");
                     }
                     Err(e) => {
-                        tracing::warn!(error = %format!("{e:#}"), "the job's copy of the run's session could not be renewed")
+                        tracing::warn!(error = %format!("{e:#}"), "the job's session could not be written")
                     }
                 }
             }
         });
-        Ok(JobCredentials { dir, refresher })
+        Ok(Some(JobCredentials { dir, refresher }))
     }
 }
 
-/// The `credential_process` document (Version 1): the expiry is the renewal time the agent's
-/// own cache is given, so the job's SDK asks again while the session can still be renewed.
-pub fn process_json(c: &aws_credential_types::Credentials) -> Result<String> {
-    let expiration = c
-        .expiry()
-        .map(|t| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339());
+/// The `credential_process` document (Version 1) of a session obtained at `obtained`: the
+/// expiry is its renewal time (`contract::session::renew_at`), so the job's SDK asks again
+/// once the agent has written the next one, while this one still works.
+pub fn process_json(s: &RunSession, obtained: chrono::DateTime<chrono::Utc>) -> Result<String> {
+    let refresh = ephemera_contract::session::renew_at(obtained, s.expiration);
     Ok(serde_json::to_string(&serde_json::json!({
         "Version": 1,
-        "AccessKeyId": c.access_key_id(),
-        "SecretAccessKey": c.secret_access_key(),
-        "SessionToken": c.session_token(),
-        "Expiration": expiration,
+        "AccessKeyId": s.access_key_id,
+        "SecretAccessKey": s.secret_access_key,
+        "SessionToken": s.session_token,
+        "Expiration": refresh.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     }))?)
 }
 
@@ -282,20 +295,25 @@ mod tests {
 
     #[test]
     fn the_process_document_is_version_1_with_the_renewal_time() {
-        let expiry = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let c = aws_credential_types::Credentials::new(
-            "AKIA1",
-            "s3cr3t",
-            Some("tok".into()),
-            Some(expiry),
-            "t",
-        );
-        let v: serde_json::Value = serde_json::from_str(&process_json(&c).unwrap()).unwrap();
+        let t0 = chrono::DateTime::parse_from_rfc3339("2027-01-15T08:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let s = RunSession {
+            role_arn: "arn:aws:iam::1:role/run".into(),
+            access_key_id: "ASIA1".into(),
+            secret_access_key: "s3cr3t".into(),
+            session_token: "tok".into(),
+            expiration: t0 + chrono::Duration::hours(1),
+            policy: "{}".into(),
+            job_policy: None,
+        };
+        let v: serde_json::Value = serde_json::from_str(&process_json(&s, t0).unwrap()).unwrap();
         assert_eq!(v["Version"], 1);
-        assert_eq!(v["AccessKeyId"], "AKIA1");
+        assert_eq!(v["AccessKeyId"], "ASIA1");
         assert_eq!(v["SecretAccessKey"], "s3cr3t");
         assert_eq!(v["SessionToken"], "tok");
-        assert_eq!(v["Expiration"], "2027-01-15T08:00:00+00:00");
+        // Ten minutes before the hour's end: the agent writes the next one then.
+        assert_eq!(v["Expiration"], "2027-01-15T08:50:00Z");
     }
 
     #[test]

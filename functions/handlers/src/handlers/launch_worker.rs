@@ -249,6 +249,8 @@ struct Vending<'a> {
     sealing_key: &'a str,
     run_id: &'a str,
     policy: String,
+    /// What the agent narrows its job's session to (`Holder::Job`).
+    job_policy: String,
 }
 
 impl<'a> Vending<'a> {
@@ -281,11 +283,15 @@ impl<'a> Vending<'a> {
         // The agent's session: job.secrets are not built yet, so it names none.
         let policy = run_credentials::session_policy(spec, &stack, Holder::Agent)
             .map_err(|e| Error::LaunchFailed(e.to_string()))?;
+        // The job's is a part of the agent's (no secret, no renewal), so never longer.
+        let job_policy = run_credentials::session_policy(spec, &stack, Holder::Job)
+            .map_err(|e| Error::LaunchFailed(e.to_string()))?;
         Ok(Some(Vending {
             role_arn,
             sealing_key,
             run_id: &spec.run_id,
             policy: policy.to_string(),
+            job_policy: job_policy.to_string(),
         }))
     }
 
@@ -299,7 +305,7 @@ impl<'a> Vending<'a> {
         role_id: &str,
         instance: &str,
     ) -> Result<(), Error> {
-        let session = sessions
+        let mut session = sessions
             .vend(&Vend {
                 role_arn: self.role_arn,
                 session_name: instance,
@@ -307,6 +313,7 @@ impl<'a> Vending<'a> {
                 policy: &self.policy,
             })
             .await?;
+        session.job_policy = Some(self.job_policy.clone());
         let value = serde_json::to_string(&session)
             .map_err(|e| Error::Internal(format!("the run's session: {e}")))?;
         let name = RunParameters::of_run(self.run_id).run_session(instance);
