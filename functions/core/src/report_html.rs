@@ -519,7 +519,7 @@ fn attempt_row(a: &AttemptCost, worker: &str, relaunched: bool, out: &mut String
     }
     let _ = write!(
         out,
-        r#"<tr data-worker="{}" data-attempt="{}"{}><td>{}#{}</td><td class="nw"><code>{}</code><br>{} · {} · {}</td><td class="nw">{}<br>{}</td><td class="num billed">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td>{}<br>was {}{}</td></tr>"#,
+        r#"<tr data-worker="{}" data-attempt="{}"{}><td>{}#{}</td><td class="nw"><code>{}</code><br>{} · {} · {}{}</td><td class="nw">{}<br>{}</td><td class="num billed">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td>{}<br>was {}{}</td></tr>"#,
         a.worker,
         a.attempt,
         if reclaimed {
@@ -533,6 +533,10 @@ fn attempt_row(a: &AttemptCost, worker: &str, relaunched: bool, out: &mut String
         escape(&a.instance_type),
         a.market.as_str(),
         escape(a.availability_zone.as_deref().unwrap_or("?")),
+        a.placement.as_deref().map_or(String::new(), |p| format!(
+            r#"<br><small class="placement">{}</small>"#,
+            escape(p)
+        )),
         when(a.launched_at),
         when(a.ended_at),
         a.billed_seconds,
@@ -815,6 +819,7 @@ pub(crate) mod tests {
             average_usd_per_hour: 0.2,
             price_source: "spot-price-history".into(),
             state_before: InstanceState::from_name(state),
+            placement: None,
         }
     }
 
