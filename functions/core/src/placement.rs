@@ -118,7 +118,7 @@ pub fn history<'a>(runs: impl IntoIterator<Item = RunPlacements<'a>>) -> History
     let mut runs: Vec<RunPlacements<'a>> =
         runs.into_iter().filter(|r| !r.placed.is_empty()).collect();
     // Newest first; a run without its start (written before it was kept) last.
-    runs.sort_by(|a, b| b.started_at.cmp(&a.started_at));
+    runs.sort_by_key(|r| std::cmp::Reverse(r.started_at));
     runs.truncate(RECENT_RUNS);
     let mut out = History::new();
     for run in runs {
