@@ -693,3 +693,75 @@ async fn the_ledgers_reclaim_history_moves_a_candidate_down() {
     let email = second.assert_email("SUCCEEDED");
     assert!(email.body.contains(&line), "{}", email.body);
 }
+
+#[tokio::test]
+async fn price_capacity_without_scores_keeps_the_written_order_and_says_why() {
+    // GetSpotPlacementScores throttled (its own rate, no token at all): the plan and the run
+    // keep the written order, the run launches on the first candidate as written, and its
+    // attempt says why; nothing incomplete is kept for the run's other launches.
+    let region = fresh_region();
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    let door = &harness().door;
+    door.spot_placements.set_rate(region, 0.0, 0.0);
+    let run_id = "plan-unscored";
+    let mut spec = fixtures::runspec(run_id, &net, None);
+    spec["expect"] = json!({"partitions": 2, "min_rows": 100});
+    spec["capacity"] = json!({"order": "price-capacity"});
+    let (code, out, planned) = plan(region, "unscored", &spec, &[]).await;
+    assert_eq!(code, 0, "{out}");
+    let rule = planned["order_rule"].as_str().unwrap();
+    assert!(
+        rule.starts_with("price-capacity fell back to the written order (scores of c7g.4xlarge: RequestLimitExceeded"),
+        "{rule}"
+    );
+    let first = planned["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["order"] == 1)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (&first["instance_type"], &first["subnet"]),
+        (&json!("c7g.4xlarge"), &json!(net.subnets[0]))
+    );
+
+    let run = e2e::scenario(
+        region,
+        run_id,
+        Behaviour::Succeed(json!({"run_id": run_id, "partitions_done": 2,
+            "partitions_failed": 0, "rows_in": 1000, "rows_out": 1000,
+            "durations": {"total_seconds": 1.5}})),
+        |s| s["capacity"] = json!({"order": "price-capacity"}),
+    )
+    .await;
+    assert_eq!(run.finished.status, "SUCCEEDED", "{:?}", run.finished.cause);
+    let i = fixtures::instance(&aws, &run.instances[0].0).await;
+    assert_eq!(i.instance_type().unwrap().as_str(), "c7g.4xlarge");
+    assert_eq!(i.subnet_id().unwrap(), net.subnets[0]);
+    let attempt = &run.finished.document["workers"][0]["worker"]["attempts"][0];
+    let line = attempt["placement"].as_str().unwrap_or_default();
+    assert!(
+        line.starts_with("written order (scores of c7g.4xlarge: RequestLimitExceeded"),
+        "{attempt}"
+    );
+    let (served, refused) = door.spot_placements.answered_in(region);
+    assert_eq!(served, 0);
+    assert!(!refused.is_empty() && refused.iter().all(|c| c == "RequestLimitExceeded"));
+    let item = aws
+        .dynamodb
+        .get_item()
+        .table_name(ephemera_tests::iam::LEDGER_TABLE)
+        .key(
+            "execution",
+            aws_sdk_dynamodb::types::AttributeValue::S(run.execution.clone()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !item.item().unwrap().contains_key("placement_observed"),
+        "incomplete facts are not kept"
+    );
+}

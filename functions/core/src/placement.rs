@@ -241,14 +241,22 @@ pub struct Choice {
 
 impl Choice {
     /// "tried c7g.4xlarge in us-east-1b first: score 9, $0.2100/h, 0 reclaims in 14 runs
-    /// (spot, price-capacity, 12 ranked)"; short, since every attempt of a run keeps one
-    /// ([`LINE_KEPT`]).
+    /// (spot, price-capacity, 12 ranked)", or "written order (scores of c7g.4xlarge:
+    /// RequestLimitExceeded: …): tried c7g.4xlarge in subnet-… first (spot)": short, since every
+    /// attempt of a run keeps one ([`LINE_KEPT`]), the reason first so that a cut keeps it.
     pub fn line(&self) -> String {
         let market = self.first.as_ref().map_or("", |f| f.market.as_str());
-        let how = match (&self.fallback, self.order) {
-            (Some(why), _) => format!("{market}, written order: {why}"),
-            (None, o) => format!("{market}, {}, {} ranked", o.as_str(), self.ranked),
-        };
+        if let Some(why) = &self.fallback {
+            let what = self.first.as_ref().map_or("no candidate".into(), |f| {
+                format!(
+                    "{} in {}",
+                    f.instance_type,
+                    f.zone.as_deref().unwrap_or(&f.subnet)
+                )
+            });
+            return format!("written order ({why}): tried {what} first ({market})");
+        }
+        let how = format!("{market}, {}, {} ranked", self.order.as_str(), self.ranked);
         match &self.first {
             Some(f) => {
                 let line = f.line();
@@ -389,18 +397,8 @@ fn weigh(c: &Candidate, observed: &Observed, facts: &Facts<'_>) -> Result<Ranked
             let zone = zone.ok_or_else(|| format!("the zone of subnet {} is unknown", c.subnet))?;
             let scores = match observed.scores.get(&c.instance_type) {
                 Some(Ok(s)) => s,
-                Some(Err(why)) => {
-                    return Err(format!(
-                        "the placement scores of {} could not be read ({why})",
-                        c.instance_type
-                    ))
-                }
-                None => {
-                    return Err(format!(
-                        "the placement scores of {} were not asked",
-                        c.instance_type
-                    ))
-                }
+                Some(Err(why)) => return Err(format!("scores of {}: {why}", c.instance_type)),
+                None => return Err(format!("scores of {}: not asked", c.instance_type)),
             };
             let price = observed
                 .spot
@@ -409,7 +407,7 @@ fn weigh(c: &Candidate, observed: &Observed, facts: &Facts<'_>) -> Result<Ranked
                 .copied()
                 .ok_or_else(|| {
                     format!(
-                        "the Spot price of {} in {} could not be read",
+                        "Spot price of {} in {}: not read",
                         c.instance_type, zone.name
                     )
                 })?;
@@ -719,7 +717,9 @@ mod tests {
         );
         let line = r.choice().line();
         assert!(
-            line.contains("(spot, written order: the placement scores of c6g.4xlarge"),
+            line.starts_with(
+                "written order (scores of c6g.4xlarge: RequestLimitExceeded: Request limit exceeded.): tried c7g.4xlarge in subnet-a first (spot)"
+            ),
             "{line}"
         );
         // Nothing read at all (DescribeSubnets denied): the same.
