@@ -2,10 +2,11 @@
 //! CLI reads the facts (types, quotas, reservations, prices, placement scores, the ledger) and
 //! this module assembles them with the functions CheckQuota and LaunchWorker decide with —
 //! `quota::room`, `quota_request::filing`, `quota::decide`, `quota::markets_with_room`,
-//! `capacity::markets_to_try`, `capacity::candidates`, `budget::attempt_worst_case`,
+//! `capacity::markets_to_try`, `capacity::candidates`, `placement::rank`,
+//! `budget::attempt_worst_case`,
 //! `budget::first_admission`, `ledger::judge`, `admission::history_events`, `payload::bound` —
 //! never a copy of them, so that the plan and the run cannot disagree
-//! (`tests/tests/plan_agrees.rs` holds them to each other).
+//! (`cli/tests/plan.rs` holds them to each other).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -987,6 +988,57 @@ mod tests {
                 .unwrap()
                 .contains("MaxConfigLimitExceeded"));
         }
+    }
+
+    #[test]
+    fn under_price_capacity_the_plan_orders_as_placement_ranks_and_a_dearer_first_choice_moves_down(
+    ) {
+        let s = spec(|v| v["capacity"] = serde_json::json!({"order": "price-capacity"}));
+        let mut f = facts(&s, 10_000.0);
+        // The user's first choice, c7g.4xlarge in the first subnet's zone, at more than twice the
+        // others' Spot price.
+        let dear = (s.worker.instance_types[0].clone(), "us-east-1a".to_string());
+        f.spot.insert(
+            dear,
+            vec![PricePoint {
+                at: now() - Duration::days(1),
+                usd_per_hour: 0.30,
+            }],
+        );
+        let p = assemble(&s, &f);
+        assert_eq!(p.verdict, Verdict::Start, "{}", text(&p));
+        let order = |t: usize, sub: usize| {
+            p.candidates
+                .iter()
+                .find(|c| {
+                    c.market == Market::Spot
+                        && c.instance_type == s.worker.instance_types[t]
+                        && c.subnet == s.worker.subnets[sub]
+                })
+                .and_then(|c| c.order)
+                .unwrap()
+        };
+        // Equal prices per vCPU-hour elsewhere: the zone scoring 9 before the one scoring 8,
+        // ties as written, the dear one last of the Spot candidates.
+        assert_eq!(
+            [order(1, 0), order(0, 1), order(1, 1), order(0, 0)],
+            [1, 2, 3, 4],
+            "{}",
+            text(&p)
+        );
+        let r = p.ranking.as_ref().unwrap();
+        assert_eq!(r.fallback, None);
+        assert_eq!(r.tried()[0].instance_type, s.worker.instance_types[1]);
+        assert!(
+            p.order_rule.starts_with("price-capacity"),
+            "{}",
+            p.order_rule
+        );
+        // The same RunSpec as written keeps the user's order.
+        let w = spec(|_| {});
+        let p = assemble(&w, &facts(&w, 10_000.0));
+        assert_eq!(p.first().unwrap().instance_type, w.worker.instance_types[0]);
+        assert!(p.order_rule.starts_with("as written"));
     }
 
     #[test]
