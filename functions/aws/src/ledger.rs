@@ -602,6 +602,27 @@ mod tests {
     }
 
     #[test]
+    fn a_runs_spot_launches_and_reclaims_read_back_as_booked() {
+        let placed = Placed {
+            slot: 2,
+            attempt: 1,
+            instance_type: "c7g.4xlarge".into(),
+            zone: "us-east-1b".into(),
+            reclaimed: true,
+        };
+        let list = AttributeValue::L(vec![placed_item(&placed)]);
+        let e = entry_of(&item(&[
+            ("workers", AttributeValue::M(HashMap::new())),
+            ("placements", list),
+        ]))
+        .unwrap();
+        assert_eq!(e.placements, [placed]);
+        // An item from before the list: none.
+        let e = entry_of(&item(&[("workers", AttributeValue::M(HashMap::new()))])).unwrap();
+        assert!(e.placements.is_empty());
+    }
+
+    #[test]
     fn a_run_between_its_two_writes_reserves_nothing_yet() {
         // A worker has created the run's item (an empty map) but not yet written its own
         // reservation: another worker reading the month then must not fail.

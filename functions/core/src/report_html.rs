@@ -972,6 +972,25 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn each_attempt_shows_the_candidate_its_launch_tried_first() {
+        let mut r = report();
+        let line = "tried c7g.4xlarge in us-east-1b first: score 9, $0.2100/h, 0 reclaims in 14 runs (spot, price-capacity, 12 ranked)";
+        r.attempts[0].placement = Some(format!("{line} <x>"));
+        let page = render(&r);
+        assert!(
+            page.contains(&format!(
+                r#"<small class="placement">{line} &lt;x&gt;</small>"#
+            )),
+            "{page}"
+        );
+        let (_, body) = crate::email::render_email(&r);
+        assert!(body.contains(&format!("    {line} <x>\n")), "{body}");
+        // An attempt without one (a report from before) shows nothing for it.
+        r.attempts[0].placement = None;
+        assert!(!render(&r).contains("class=\"placement\""));
+    }
+
+    #[test]
     fn ticks_take_a_round_step() {
         assert_eq!(ticks(1010), vec![0, 300, 600, 900]);
         assert_eq!(ticks(40), vec![0, 5, 10, 15, 20, 25, 30, 35, 40]);
