@@ -12,7 +12,7 @@ use ephemera_aws::{
 use ephemera_core::instance_state::InstanceState;
 use ephemera_core::plan::{self, Facts, Month, QuotaFacts, TypeScores};
 use ephemera_core::quota_request::Bounds;
-use ephemera_core::{ledger, quota, vcpus, RunSpec};
+use ephemera_core::{ledger, placement, quota, vcpus, RunSpec};
 
 use crate::errors::{classify, CliError, Failure, Op};
 
@@ -216,6 +216,30 @@ pub async fn read(
         }
         _ => None,
     };
+    // The reclaims of recent runs, as LaunchWorker reads them: this month's and the month
+    // before's (the month a run now would be booked in).
+    let history = match ledger {
+        Some(l) => {
+            let this = ledger::month_of(now);
+            let mut entries = vec![];
+            for m in [Some(this.clone()), ledger::month_before(&this)]
+                .into_iter()
+                .flatten()
+            {
+                entries.extend(
+                    l.entries(&m)
+                        .await
+                        .map_err(|e| aws_failure("dynamodb:Query", e))?,
+                );
+            }
+            placement::history(entries.iter().map(|e| placement::RunPlacements {
+                execution: &e.execution,
+                started_at: e.started_at,
+                placed: &e.placements,
+            }))
+        }
+        None => placement::History::new(),
+    };
     Ok(Facts {
         region,
         now,
@@ -229,5 +253,6 @@ pub async fn read(
         spot,
         scores,
         month,
+        history,
     })
 }

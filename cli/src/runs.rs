@@ -319,6 +319,7 @@ mod tests {
             state,
             started_at: None,
             outcome: None,
+            placements: vec![],
         };
         let line = super::month_line(
             "2026-11",

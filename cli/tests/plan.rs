@@ -151,13 +151,36 @@ async fn the_example_plans_to_start_to_wait_and_to_be_refused() {
     );
     assert!(out.contains("  1. spot c7g.4xlarge"), "{out}");
     assert!(out.contains("score 8"), "{out}");
-    let second_zone = v["candidates"]
-        .as_array()
-        .unwrap()
+    // The example ranks by price and capacity: second the cheaper c6g.4xlarge in the first
+    // zone (scored 5, the door's unset score), and c7g.4xlarge where it scores 3 after both
+    // c6g.4xlarge candidates.
+    let at = |t: &str, s: &str| {
+        v["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["market"] == "spot" && c["instance_type"] == t && c["subnet"] == s)
+            .unwrap()
+            .clone()
+    };
+    let c6g: Vec<u64> = net
+        .subnets
         .iter()
-        .find(|c| c["order"] == 2)
-        .unwrap();
-    assert_eq!(second_zone["score"], 3);
+        .map(|s| at("c6g.4xlarge", s)["order"].as_u64().unwrap())
+        .collect();
+    assert!(c6g.contains(&2) && c6g.contains(&3), "{c6g:?}");
+    assert_eq!(at("c6g.4xlarge", &net.subnets[0])["score"], 5);
+    let low = at("c7g.4xlarge", &net.subnets[1]);
+    assert_eq!(low["score"], 3);
+    // Dearer than m7g.4xlarge (scored 5) once its score weighs: the last Spot candidate.
+    assert_eq!(low["order"], 6);
+    assert!(
+        v["order_rule"]
+            .as_str()
+            .unwrap()
+            .starts_with("price-capacity"),
+        "{v}"
+    );
     // 3 types × 2 subnets × 2 markets, each with its place.
     assert_eq!(v["candidates"].as_array().unwrap().len(), 12);
     assert!(
@@ -427,4 +450,318 @@ async fn the_plan_and_the_run_agree() {
     assert_eq!(code, 4, "{out}");
     assert_eq!(over["problems"].as_array().unwrap().len(), 1, "{over}");
     assert!(out.contains("refused: the month's budget: "), "{out}");
+}
+
+#[tokio::test]
+async fn price_capacity_ranks_a_dearer_or_low_scoring_first_choice_lower_and_the_run_launches_where_the_plan_said(
+) {
+    // The user lists c7g.4xlarge first, then c6g.4xlarge (16 vCPUs each; c6g is the cheaper by
+    // the hour, On-Demand and so Spot). c7g.4xlarge scores 4 in both zones, c6g.4xlarge 9 in the
+    // second subnet's zone and 1 in the first's: price-capacity puts c6g.4xlarge in the second
+    // subnet first, the user's first choice after it, and the one scoring 1 last of the Spot
+    // candidates (the door's Spot prices differ by at most 5 % of On-Demand between zones, which
+    // these scores leave no say).
+    let region = fresh_region();
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    let door = &harness().door;
+    let zones = zone_ids(region, &net.subnets).await;
+    for z in &zones {
+        door.spot_placements
+            .set_score(region, z, "c7g.4xlarge", 4, None);
+        door.spot_placements
+            .set_score(region, z, "c6g.4xlarge", 9, None);
+    }
+    door.spot_placements
+        .set_score(region, &zones[0], "c6g.4xlarge", 1, None);
+    let run_id = "plan-ranks";
+    let mut spec = fixtures::runspec(run_id, &net, None);
+    spec["expect"] = json!({"partitions": 2, "min_rows": 100});
+    spec["capacity"] = json!({"order": "price-capacity"});
+    let (code, out, planned) = plan(region, "ranks", &spec, &[]).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(planned["markets"], json!(["spot", "on-demand"]));
+    let mut spot: Vec<Value> = planned["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["market"] == "spot")
+        .cloned()
+        .collect();
+    spot.sort_by_key(|c| c["order"].as_u64());
+    let names: Vec<(String, String)> = spot
+        .iter()
+        .map(|c| {
+            (
+                c["instance_type"].as_str().unwrap().to_string(),
+                c["subnet"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let (a, b) = (net.subnets[0].clone(), net.subnets[1].clone());
+    assert_eq!(names[0], ("c6g.4xlarge".to_string(), b), "{out}");
+    assert_eq!(names[3], ("c6g.4xlarge".to_string(), a), "{out}");
+    // The two c7g.4xlarge candidates, scored alike, go by their zone's Spot price.
+    assert!(names[1..3].iter().all(|(t, _)| t == "c7g.4xlarge"), "{out}");
+    assert!(
+        spot[1]["spot"]["now_usd_per_hour"].as_f64()
+            <= spot[2]["spot"]["now_usd_per_hour"].as_f64(),
+        "{out}"
+    );
+    assert!(
+        spot[0]["why"]
+            .as_str()
+            .unwrap()
+            .contains("per vCPU-hour weighted"),
+        "{out}"
+    );
+    assert_eq!(spot[3]["score"], 1);
+    // On-Demand stays after Spot.
+    let od_orders: Vec<u64> = planned["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["market"] == "on-demand")
+        .map(|c| c["order"].as_u64().unwrap())
+        .collect();
+    assert!(od_orders.iter().all(|o| *o > 4), "{od_orders:?}");
+    assert!(out.contains("price-capacity"), "{out}");
+    let (asked_by_plans, _) = door.spot_placements.answered_in(region);
+
+    let run = e2e::scenario(
+        region,
+        run_id,
+        Behaviour::Succeed(json!({"run_id": run_id, "partitions_done": 2,
+            "partitions_failed": 0, "rows_in": 1000, "rows_out": 1000,
+            "durations": {"total_seconds": 1.5}})),
+        |s| s["capacity"] = json!({"order": "price-capacity"}),
+    )
+    .await;
+    assert_eq!(run.finished.status, "SUCCEEDED", "{:?}", run.finished.cause);
+    // Launched where the plan said first: c6g.4xlarge, the second subnet, Spot.
+    assert_eq!(run.instances.len(), 1, "{:?}", run.instances);
+    let i = fixtures::instance(&aws, &run.instances[0].0).await;
+    assert_eq!(i.instance_type().unwrap().as_str(), names[0].0);
+    assert_eq!(i.subnet_id().unwrap(), names[0].1);
+    assert_eq!(i.instance_lifecycle().map(|l| l.as_str()), Some("spot"));
+    // The run asked the same two configurations the plan did, once each.
+    let (asked, refused) = door.spot_placements.answered_in(region);
+    assert_eq!((asked - asked_by_plans, refused.len()), (2, 0));
+    // The ranking and its facts are in the run document, the report and the email.
+    let attempt = &run.finished.document["workers"][0]["worker"]["attempts"][0];
+    let line = attempt["placement"].as_str().unwrap_or_default();
+    let zone = attempt["availability_zone"].as_str().unwrap();
+    assert!(
+        line.starts_with(&format!("tried c6g.4xlarge in {zone} first: score 9, $"))
+            && line.ends_with(" 0 reclaims in 0 runs (spot, price-capacity, 8 ranked)"),
+        "{attempt}"
+    );
+    let report = run.finished.report.to_string();
+    assert!(report.contains(line), "{report}");
+    let email = run.assert_email("SUCCEEDED");
+    assert!(email.body.contains(line), "{}", email.body);
+}
+
+// capacity.order price-capacity against the ledger's reclaim history, end to end: a run whose
+// Spot worker is taken back books the reclaim in its ledger item, and the next run (and its
+// plan, with the ledger) ranks that type in that zone down, so it launches in the other zone.
+
+fn reclaim_report(run_id: &str) -> Value {
+    json!({"run_id": run_id, "partitions_done": 2, "partitions_failed": 0,
+           "rows_in": 1000, "rows_out": 1000, "durations": {"total_seconds": 1.5}})
+}
+
+/// One type, so that only the zones compete: the door's Spot prices differ by a cent of the
+/// On-Demand price per zone letter (`frontdoor::spot_price_history`), every zone scores alike.
+fn price_capacity(s: &mut Value) {
+    s["capacity"] = json!({"order": "price-capacity"});
+    s["worker"]["instance_types"] = json!(["c7g.4xlarge"]);
+}
+
+/// The zone of the instance the run's worker 1 launched in its `attempt` (from 1).
+fn zone_of(run: &e2e::Run, attempt: usize) -> String {
+    let a = &run.finished.document["workers"][0]["worker"]["attempts"][attempt - 1];
+    a["availability_zone"]
+        .as_str()
+        .unwrap_or_else(|| panic!("attempt {attempt}: {a}"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn the_ledgers_reclaim_history_moves_a_candidate_down() {
+    let region = fresh_region();
+    let aws = clients(region);
+    let door = &harness().door;
+
+    // Run 1: Spot in the cheaper zone, taken back, relaunched On-Demand.
+    let first = e2e::scenario(
+        region,
+        "reclaimed-1",
+        Behaviour::SpotInterruptFirst(reclaim_report("reclaimed-1")),
+        price_capacity,
+    )
+    .await;
+    assert_eq!(first.finished.status, "SUCCEEDED", "{:?}", first.finished);
+    let attempts = first.finished.document["workers"][0]["worker"]["attempts"].clone();
+    assert_eq!(attempts[0]["market"], "spot", "{attempts}");
+    assert_eq!(attempts[1]["market"], "on-demand", "{attempts}");
+    let reclaimed_zone = zone_of(&first, 1);
+    let line = attempts[0]["placement"].as_str().unwrap_or_default();
+    assert!(
+        line.starts_with(&format!("tried c7g.4xlarge in {reclaimed_zone} first: "))
+            && line.ends_with(" 0 reclaims in 0 runs (spot, price-capacity, 4 ranked)"),
+        "{attempts}"
+    );
+    // The relaunch ranked from the facts the first launch kept: one configuration asked.
+    let (asked, refused) = door.spot_placements.answered_in(region);
+    assert_eq!((asked, refused.len()), (1, 0));
+    // The ledger booked the Spot launch and its reclaim in the run's item.
+    let item = aws
+        .dynamodb
+        .get_item()
+        .table_name(ephemera_tests::iam::LEDGER_TABLE)
+        .key(
+            "execution",
+            aws_sdk_dynamodb::types::AttributeValue::S(first.execution.clone()),
+        )
+        .send()
+        .await
+        .unwrap();
+    let placements = item.item().unwrap()["placements"].as_l().unwrap().clone();
+    let reclaimed: Vec<bool> = placements
+        .iter()
+        .map(|p| *p.as_m().unwrap()["reclaimed"].as_bool().unwrap())
+        .collect();
+    assert_eq!(reclaimed, [false, true], "{placements:?}");
+
+    // The plan of the next run, with the ledger, now puts the other zone first and says why.
+    let net = fixtures::network(&aws).await;
+    let mut spec = fixtures::runspec("reclaimed-2", &net, None);
+    price_capacity(&mut spec);
+    let path = std::env::temp_dir().join(format!("ephemera-placement-{}.json", std::process::id()));
+    std::fs::write(&path, spec.to_string()).unwrap();
+    let out = ephemera(region)
+        .args(["plan", path.to_str().unwrap(), "--json", "--ledger"])
+        .arg(ephemera_tests::iam::LEDGER_TABLE)
+        .output()
+        .await
+        .unwrap();
+    let planned: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let ranked = planned["ranking"]["candidates"].as_array().unwrap().clone();
+    assert_eq!(ranked[0]["market"], "spot");
+    assert_ne!(ranked[0]["zone"], json!(reclaimed_zone), "{ranked:?}");
+    let down = ranked
+        .iter()
+        .find(|c| c["market"] == "spot" && c["zone"] == json!(reclaimed_zone))
+        .unwrap();
+    assert_eq!(
+        (
+            down["seen"]["launches"].as_u64(),
+            down["seen"]["reclaims"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{down}"
+    );
+    // Without the history it would still come first: the cheaper zone (or, at a tie, the one
+    // written first, where the first run went).
+    assert!(
+        down["usd_per_hour"].as_f64() <= ranked[0]["usd_per_hour"].as_f64(),
+        "{ranked:?}"
+    );
+
+    // Run 2 launches where the plan said: the zone without the reclaim.
+    let second = e2e::scenario(
+        region,
+        "reclaimed-2",
+        Behaviour::Succeed(reclaim_report("reclaimed-2")),
+        price_capacity,
+    )
+    .await;
+    assert_eq!(second.finished.status, "SUCCEEDED", "{:?}", second.finished);
+    let zone = zone_of(&second, 1);
+    assert_eq!(json!(zone), ranked[0]["zone"]);
+    assert_ne!(zone, reclaimed_zone);
+    let line = second.finished.document["workers"][0]["worker"]["attempts"][0]["placement"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        line.starts_with(&format!("tried c7g.4xlarge in {zone} first: ")),
+        "{line}"
+    );
+    let email = second.assert_email("SUCCEEDED");
+    assert!(email.body.contains(&line), "{}", email.body);
+}
+
+#[tokio::test]
+async fn price_capacity_without_scores_keeps_the_written_order_and_says_why() {
+    // GetSpotPlacementScores throttled (its own rate, no token at all): the plan and the run
+    // keep the written order, the run launches on the first candidate as written, and its
+    // attempt says why; nothing incomplete is kept for the run's other launches.
+    let region = fresh_region();
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    let door = &harness().door;
+    door.spot_placements.set_rate(region, 0.0, 0.0);
+    let run_id = "plan-unscored";
+    let mut spec = fixtures::runspec(run_id, &net, None);
+    spec["expect"] = json!({"partitions": 2, "min_rows": 100});
+    spec["capacity"] = json!({"order": "price-capacity"});
+    let (code, out, planned) = plan(region, "unscored", &spec, &[]).await;
+    assert_eq!(code, 0, "{out}");
+    let rule = planned["order_rule"].as_str().unwrap();
+    assert!(
+        rule.starts_with("price-capacity fell back to the written order (scores of c7g.4xlarge: RequestLimitExceeded"),
+        "{rule}"
+    );
+    let first = planned["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["order"] == 1)
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (&first["instance_type"], &first["subnet"]),
+        (&json!("c7g.4xlarge"), &json!(net.subnets[0]))
+    );
+
+    let run = e2e::scenario(
+        region,
+        run_id,
+        Behaviour::Succeed(json!({"run_id": run_id, "partitions_done": 2,
+            "partitions_failed": 0, "rows_in": 1000, "rows_out": 1000,
+            "durations": {"total_seconds": 1.5}})),
+        |s| s["capacity"] = json!({"order": "price-capacity"}),
+    )
+    .await;
+    assert_eq!(run.finished.status, "SUCCEEDED", "{:?}", run.finished.cause);
+    let i = fixtures::instance(&aws, &run.instances[0].0).await;
+    assert_eq!(i.instance_type().unwrap().as_str(), "c7g.4xlarge");
+    assert_eq!(i.subnet_id().unwrap(), net.subnets[0]);
+    let attempt = &run.finished.document["workers"][0]["worker"]["attempts"][0];
+    let line = attempt["placement"].as_str().unwrap_or_default();
+    assert!(
+        line.starts_with("written order (scores of c7g.4xlarge: RequestLimitExceeded"),
+        "{attempt}"
+    );
+    let (served, refused) = door.spot_placements.answered_in(region);
+    assert_eq!(served, 0);
+    assert!(!refused.is_empty() && refused.iter().all(|c| c == "RequestLimitExceeded"));
+    let item = aws
+        .dynamodb
+        .get_item()
+        .table_name(ephemera_tests::iam::LEDGER_TABLE)
+        .key(
+            "execution",
+            aws_sdk_dynamodb::types::AttributeValue::S(run.execution.clone()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !item.item().unwrap().contains_key("placement_observed"),
+        "incomplete facts are not kept"
+    );
 }

@@ -8,6 +8,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
 use ephemera_core::budget::Cap;
 use ephemera_core::cost;
 use ephemera_core::ledger::{self, Entry, EntryState};
+use ephemera_core::placement::Placed;
 
 use crate::error::Error;
 
@@ -57,6 +58,25 @@ pub trait Ledger: Send + Sync {
         actual_usd: Option<f64>,
         outcome: Option<&str>,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// Books a Spot attempt, or its reclaim, in the run's item (appended to `placements`; an
+    /// attempt booked twice, by a retried call, is read back once: `placement::history`).
+    fn place(
+        &self,
+        execution: &str,
+        placed: &Placed,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+    /// What the run's first ranking read from EC2 (`placement::Observed` as JSON), if any.
+    fn observed(
+        &self,
+        execution: &str,
+    ) -> impl Future<Output = Result<Option<String>, Error>> + Send;
+    /// Keeps `observed` in the run's item unless one is there already; what the item holds
+    /// after, so that every worker of the run ranks from the same facts.
+    fn keep_observed(
+        &self,
+        execution: &str,
+        observed: &str,
+    ) -> impl Future<Output = Result<String, Error>> + Send;
 }
 
 /// The ledger table behind a DynamoDB client.
@@ -110,8 +130,49 @@ fn entry_of(item: &HashMap<String, AttributeValue>) -> Option<Entry> {
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
             .map(|t| t.with_timezone(&chrono::Utc)),
         outcome: s("outcome"),
+        placements: match item.get("placements") {
+            Some(l) => l
+                .as_l()
+                .ok()?
+                .iter()
+                .map(placed_of)
+                .collect::<Option<_>>()?,
+            None => vec![],
+        },
     })
 }
+
+fn placed_of(v: &AttributeValue) -> Option<Placed> {
+    let m = v.as_m().ok()?;
+    let n = |k: &str| m.get(k)?.as_n().ok()?.parse::<u32>().ok();
+    let s = |k: &str| m.get(k)?.as_s().ok().cloned();
+    Some(Placed {
+        slot: n("slot")?,
+        attempt: n("attempt")?,
+        instance_type: s("instance_type")?,
+        zone: s("zone")?,
+        reclaimed: *m.get("reclaimed")?.as_bool().ok()?,
+    })
+}
+
+fn placed_item(p: &Placed) -> AttributeValue {
+    AttributeValue::M(HashMap::from([
+        ("slot".to_string(), AttributeValue::N(p.slot.to_string())),
+        (
+            "attempt".to_string(),
+            AttributeValue::N(p.attempt.to_string()),
+        ),
+        (
+            "instance_type".to_string(),
+            AttributeValue::S(p.instance_type.clone()),
+        ),
+        ("zone".to_string(), AttributeValue::S(p.zone.clone())),
+        ("reclaimed".to_string(), AttributeValue::Bool(p.reclaimed)),
+    ]))
+}
+
+/// The run item's attribute holding what its ranking read (`Ledger::keep_observed`).
+const OBSERVED: &str = "placement_observed";
 
 impl Ledger for LedgerTable {
     async fn entries(&self, month: &str) -> Result<Vec<Entry>, Error> {
@@ -297,6 +358,50 @@ impl Ledger for LedgerTable {
             return Err(Error::aws("dynamodb", "TransactWriteItems", e));
         }
         Err(conflict(execution))
+    }
+
+    async fn place(&self, execution: &str, placed: &Placed) -> Result<(), Error> {
+        // One expression: `list_append` onto the list or an empty one, so the first booking
+        // and the next are the same call (two paths in one SET may not overlap).
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("execution", AttributeValue::S(execution.into()))
+            .update_expression(
+                "SET placements = list_append(if_not_exists(placements, :none), :one)",
+            )
+            .expression_attribute_values(":none", AttributeValue::L(vec![]))
+            .expression_attribute_values(":one", AttributeValue::L(vec![placed_item(placed)]))
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", "UpdateItem", e))?;
+        Ok(())
+    }
+
+    async fn observed(&self, execution: &str) -> Result<Option<String>, Error> {
+        Ok(self
+            .item(execution)
+            .await?
+            .and_then(|i| i.get(OBSERVED)?.as_s().ok().cloned()))
+    }
+
+    async fn keep_observed(&self, execution: &str, observed: &str) -> Result<String, Error> {
+        let set = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("execution", AttributeValue::S(execution.into()))
+            .update_expression("SET #o = if_not_exists(#o, :o)")
+            .expression_attribute_names("#o", OBSERVED)
+            .expression_attribute_values(":o", AttributeValue::S(observed.into()))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(|e| Error::aws("dynamodb", "UpdateItem", e))?;
+        Ok(set
+            .attributes()
+            .and_then(|a| a.get(OBSERVED)?.as_s().ok().cloned())
+            .unwrap_or_else(|| observed.to_string()))
     }
 }
 
@@ -494,6 +599,27 @@ mod tests {
             i.insert(k.to_string(), v.clone());
         }
         i
+    }
+
+    #[test]
+    fn a_runs_spot_launches_and_reclaims_read_back_as_booked() {
+        let placed = Placed {
+            slot: 2,
+            attempt: 1,
+            instance_type: "c7g.4xlarge".into(),
+            zone: "us-east-1b".into(),
+            reclaimed: true,
+        };
+        let list = AttributeValue::L(vec![placed_item(&placed)]);
+        let e = entry_of(&item(&[
+            ("workers", AttributeValue::M(HashMap::new())),
+            ("placements", list),
+        ]))
+        .unwrap();
+        assert_eq!(e.placements, [placed]);
+        // An item from before the list: none.
+        let e = entry_of(&item(&[("workers", AttributeValue::M(HashMap::new()))])).unwrap();
+        assert!(e.placements.is_empty());
     }
 
     #[test]

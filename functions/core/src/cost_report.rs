@@ -42,6 +42,8 @@ pub struct InstanceFacts {
     /// knows.
     pub on_demand: Option<(f64, String)>,
     pub spot: SpotHistory,
+    /// How its launch ordered the candidates (the run document's attempt).
+    pub placement: Option<String>,
 }
 
 /// The instance's cost, and a note when its price had to be estimated. Pricing never fails the
@@ -95,6 +97,10 @@ pub fn price(f: &InstanceFacts) -> (AttemptCost, Option<String>) {
         // Both may quote AWS: cut to what the run document plans for (crate::payload).
         price_source: caps::cap(&source, caps::DETAIL_KEPT),
         state_before: f.state_before,
+        placement: f
+            .placement
+            .as_deref()
+            .map(|l| caps::cap(l, crate::placement::LINE_KEPT)),
     };
     (attempt, note.map(|n| caps::cap(&n, caps::NOTE_KEPT)))
 }
@@ -274,6 +280,7 @@ mod tests {
             state_before: Some(InstanceState::Running),
             on_demand: Some((0.58, "price-list-api".into())),
             spot,
+            placement: None,
         }
     }
 
@@ -334,6 +341,7 @@ mod tests {
             tried: vec![],
             tried_total: 0,
             reused: false,
+            placement: None,
         };
         let state = |slot: u32, id: &str| WorkerState {
             slot,

@@ -174,6 +174,9 @@ fn email_workers(r: &CostReport, b: &mut String) {
             a.price_source,
             a.state_before.map_or("unknown", InstanceState::name)
         ));
+        if let Some(p) = &a.placement {
+            b.push_str(&format!("    {p}\n"));
+        }
     }
     if r.attempts.is_empty() {
         b.push_str("  none: nothing was launched\n");

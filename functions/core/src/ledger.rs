@@ -16,6 +16,19 @@ pub fn month_of(t: DateTime<Utc>) -> String {
     t.format("%Y-%m").to_string()
 }
 
+/// The month before `month` (`YYYY-MM`), None for a month that does not parse.
+pub fn month_before(month: &str) -> Option<String> {
+    let (y, m) = month.split_once('-')?;
+    let (y, m): (i32, u32) = (y.parse().ok()?, m.parse().ok()?);
+    if !(1..=12).contains(&m) {
+        return None;
+    }
+    Some(match m {
+        1 => format!("{:04}-12", y - 1),
+        m => format!("{y:04}-{:02}", m - 1),
+    })
+}
+
 /// The month a run is booked in: the month (UTC) its execution started, for every attempt it
 /// makes, so that a relaunch after the month changed adds to the same entry and the same
 /// month's counter, and the run's cost replaces its reservation there. Without the start (an
@@ -58,6 +71,9 @@ pub struct Entry {
     /// How the run ended, when it ended through the state machine: SUCCEEDED or FAILED.
     #[serde(default)]
     pub outcome: Option<String>,
+    /// Its Spot launches and their reclaims (`placement::history` reads them back).
+    #[serde(default)]
+    pub placements: Vec<crate::placement::Placed>,
 }
 
 impl Entry {
@@ -138,6 +154,14 @@ fn total<'e>(entries: impl Iterator<Item = &'e Entry>) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_month_before() {
+        assert_eq!(month_before("2026-12").as_deref(), Some("2026-11"));
+        assert_eq!(month_before("2026-01").as_deref(), Some("2025-12"));
+        assert_eq!(month_before("2026-13"), None);
+        assert_eq!(month_before("x"), None);
+    }
     use chrono::TimeZone;
 
     fn entry(execution: &str, reserved: f64, actual: Option<f64>, state: EntryState) -> Entry {
@@ -151,6 +175,7 @@ mod tests {
             state,
             started_at: None,
             outcome: None,
+            placements: vec![],
         }
     }
 

@@ -19,6 +19,7 @@ pub mod market;
 pub mod metrics;
 pub mod month_html;
 pub mod payload;
+pub mod placement;
 pub mod plain_text;
 pub mod plan;
 pub mod quota;

@@ -421,6 +421,7 @@ mod tests {
             state,
             started_at: Some(at(3, 4)),
             outcome: outcome.map(String::from),
+            placements: vec![],
         };
         let m = Month::from_entries(
             "2026-11",

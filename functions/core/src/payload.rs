@@ -197,6 +197,7 @@ impl Worst {
             tried: vec![tried; TRIED_KEPT],
             tried_total: u32::MAX,
             reused: false,
+            placement: Some(Worst::text(crate::placement::LINE_KEPT)),
         }
     }
 
@@ -328,6 +329,7 @@ impl Worst {
             average_usd_per_hour: Worst::money(),
             price_source: Worst::text(DETAIL_KEPT),
             state_before: Some(InstanceState::ShuttingDown),
+            placement: Some(Worst::text(crate::placement::LINE_KEPT)),
         }
     }
 }

@@ -2,10 +2,11 @@
 //! CLI reads the facts (types, quotas, reservations, prices, placement scores, the ledger) and
 //! this module assembles them with the functions CheckQuota and LaunchWorker decide with —
 //! `quota::room`, `quota_request::filing`, `quota::decide`, `quota::markets_with_room`,
-//! `capacity::markets_to_try`, `capacity::candidates`, `budget::attempt_worst_case`,
+//! `capacity::markets_to_try`, `capacity::candidates`, `placement::rank`,
+//! `budget::attempt_worst_case`,
 //! `budget::first_admission`, `ledger::judge`, `admission::history_events`, `payload::bound` —
 //! never a copy of them, so that the plan and the run cannot disagree
-//! (`tests/tests/plan_agrees.rs` holds them to each other).
+//! (`cli/tests/plan.rs` holds them to each other).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -17,6 +18,7 @@ use crate::capacity;
 use crate::cost::{PricePoint, TypePrice};
 use crate::ledger::{self, Entry};
 use crate::market::Market;
+use crate::placement::{self, Ranking};
 use crate::quota::{self, QuotaLine, QuotaRequest, QuotaVerdict};
 use crate::quota_request::{self, Bounds, Filing, PastRequest};
 use crate::runspec::RunSpec;
@@ -39,15 +41,7 @@ pub struct QuotaFacts {
     pub history: Vec<PastRequest>,
 }
 
-/// A subnet's zone: its name and its id (placement scores name zones by id).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Zone {
-    pub name: String,
-    pub id: String,
-}
-
-/// Spot placement scores of one instance type, per zone id, or why none is known.
-pub type TypeScores = Result<BTreeMap<String, u8>, String>;
+pub use crate::placement::{TypeScores, Zone};
 
 /// The month's budget and the ledger's entries of the month.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,6 +72,27 @@ pub struct Facts {
     pub scores: BTreeMap<String, TypeScores>,
     /// The ledger's month, when the stack's ledger was read.
     pub month: Option<Month>,
+    /// The ledger's reclaims of recent runs (`placement::history`; empty without the ledger).
+    pub history: placement::History,
+}
+
+impl Facts {
+    /// What LaunchWorker reads from EC2 for its ranking, from what the plan read: each
+    /// subnet's zone, the Spot price in force now of each type in each zone, the scores.
+    pub fn observed(&self) -> placement::Observed {
+        let mut spot: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+        for ((t, zone), history) in &self.spot {
+            if let Some(p) = placement::price_now(history, self.now) {
+                spot.entry(t.clone()).or_default().insert(zone.clone(), p);
+            }
+        }
+        placement::Observed {
+            zones: self.zones.clone(),
+            spot,
+            scores: self.scores.clone(),
+            read_at: self.now,
+        }
+    }
 }
 
 /// How far back the Spot price range looks.
@@ -207,6 +222,8 @@ pub struct Plan {
     pub markets: Vec<Market>,
     /// The rule the order follows.
     pub order_rule: String,
+    /// LaunchWorker's ranking of the candidates it tries (`placement::rank`), with its facts.
+    pub ranking: Option<Ranking>,
     pub candidates: Vec<CandidatePlan>,
     pub cost: CostPlan,
     pub bounds: BoundsPlan,
@@ -372,9 +389,21 @@ pub fn assemble(spec: &RunSpec, facts: &Facts) -> Plan {
         problems.push(format!("vCPU quota: {quota_reason}"));
     }
 
-    // LaunchWorker's order: the markets with room, then types × subnets as written.
+    // LaunchWorker's order: the markets with room, then types × subnets ranked as
+    // capacity.order says, by the same function from the same facts.
     let markets = capacity::markets_to_try(spec.worker.market, false, &with_room);
-    let tried = capacity::candidates(types, &spec.worker.subnets, &markets);
+    let written = capacity::candidates(types, &spec.worker.subnets, &markets);
+    let observed = facts.observed();
+    let ranking = placement::rank(
+        spec.capacity.order,
+        &written,
+        &placement::Facts {
+            observed: Ok(&observed),
+            vcpus: &facts.vcpus,
+            on_demand: &facts.on_demand,
+            history: &facts.history,
+        },
+    );
     let all = capacity::candidates(
         types,
         &spec.worker.subnets,
@@ -382,7 +411,7 @@ pub fn assemble(spec: &RunSpec, facts: &Facts) -> Plan {
     );
     let candidates: Vec<CandidatePlan> = all
         .iter()
-        .map(|c| candidate(spec, facts, &lines, &tried, &markets, c))
+        .map(|c| candidate(spec, facts, &lines, &ranking, &markets, c))
         .collect();
 
     // The expected cost: the first candidate's price for the attempt's whole limits.
@@ -453,7 +482,8 @@ pub fn assemble(spec: &RunSpec, facts: &Facts) -> Plan {
         waiting_for,
         quotas,
         markets,
-        order_rule: ORDER_RULE.into(),
+        order_rule: order_rule(&ranking),
+        ranking: Some(ranking),
         candidates,
         cost: CostPlan {
             expected_usd,
@@ -466,8 +496,21 @@ pub fn assemble(spec: &RunSpec, facts: &Facts) -> Plan {
     }
 }
 
-/// The order a launch tries candidates in today (`capacity::candidates`).
+/// The order as written (`capacity::candidates`).
 const ORDER_RULE: &str = "as written: the markets with quota room (Spot before On-Demand under spot-then-on-demand), then worker.instance_types in the RunSpec's order, then worker.subnets in its order";
+
+/// The order under price-capacity (`placement::rank`).
+const PRICE_CAPACITY_RULE: &str = "price-capacity: the markets with quota room (Spot before On-Demand under spot-then-on-demand), within each the lowest price per vCPU-hour first, a Spot one divided by its placement score over 10 and multiplied by 1/(1 - reclaims/(launches + 1)) of the ledger's recent runs there; ties as written";
+
+fn order_rule(r: &Ranking) -> String {
+    match (&r.fallback, r.order) {
+        (Some(why), _) => {
+            format!("price-capacity fell back to the written order ({why}); {ORDER_RULE}")
+        }
+        (None, crate::runspec::CapacityOrder::PriceCapacity) => PRICE_CAPACITY_RULE.into(),
+        (None, crate::runspec::CapacityOrder::AsWritten) => ORDER_RULE.into(),
+    }
+}
 
 /// What a waiting run waits for: each short quota and the increase asked or followed.
 fn waiting(quotas: &[QuotaPlan], reason: &str) -> String {
@@ -507,11 +550,13 @@ fn candidate(
     spec: &RunSpec,
     facts: &Facts,
     lines: &[QuotaLine],
-    tried: &[capacity::Candidate],
+    ranking: &Ranking,
     markets: &[Market],
     c: &capacity::Candidate,
 ) -> CandidatePlan {
-    let order = tried.iter().position(|t| t == c).map(|i| i + 1);
+    let ranked = ranking.candidates.iter().position(|r| &r.candidate() == c);
+    let order = ranked.map(|i| i + 1);
+    let weighted = ranked.and_then(|i| ranking.candidates[i].weighted);
     let zone = facts.zones.get(&c.subnet).cloned();
     let code = crate::catalog::quota_class(&c.instance_type)
         .and_then(|k| crate::catalog::quota_code(k, c.market))
@@ -561,8 +606,11 @@ fn candidate(
     let why = match order {
         Some(_) => {
             let m = markets.iter().position(|m| *m == c.market).unwrap_or(0);
+            let weight = weighted.map_or(String::new(), |w| {
+                format!(", ${w:.5} per vCPU-hour weighted")
+            });
             format!(
-                "market {} of {} ({}), worker.instance_types[{t}], worker.subnets[{s}]",
+                "market {} of {} ({}), worker.instance_types[{t}], worker.subnets[{s}]{weight}",
                 m + 1,
                 markets.len(),
                 c.market.as_str()
@@ -599,13 +647,10 @@ fn candidate(
 
 /// The price in force now (the newest point at or before `now`) and the range over the points.
 pub fn spot_range(history: &[PricePoint], now: DateTime<Utc>) -> Option<SpotRange> {
-    let current = history
-        .iter()
-        .filter(|p| p.at <= now)
-        .max_by_key(|p| p.at)?;
+    let current = placement::price_now(history, now)?;
     let prices = history.iter().map(|p| p.usd_per_hour);
     Some(SpotRange {
-        now_usd_per_hour: current.usd_per_hour,
+        now_usd_per_hour: current,
         min_usd_per_hour: prices.clone().fold(f64::INFINITY, f64::min),
         max_usd_per_hour: prices.fold(f64::NEG_INFINITY, f64::max),
     })
@@ -623,6 +668,7 @@ pub fn refused(run_id: Option<&str>, region: &str, problems: Vec<String>) -> Pla
         quotas: vec![],
         markets: vec![],
         order_rule: ORDER_RULE.into(),
+        ranking: None,
         candidates: vec![],
         cost: CostPlan {
             expected_usd: None,
@@ -844,6 +890,7 @@ mod tests {
             spot,
             scores,
             month: None,
+            history: placement::History::new(),
         }
     }
 
@@ -941,6 +988,57 @@ mod tests {
                 .unwrap()
                 .contains("MaxConfigLimitExceeded"));
         }
+    }
+
+    #[test]
+    fn under_price_capacity_the_plan_orders_as_placement_ranks_and_a_dearer_first_choice_moves_down(
+    ) {
+        let s = spec(|v| v["capacity"] = serde_json::json!({"order": "price-capacity"}));
+        let mut f = facts(&s, 10_000.0);
+        // The user's first choice, c7g.4xlarge in the first subnet's zone, at more than twice the
+        // others' Spot price.
+        let dear = (s.worker.instance_types[0].clone(), "us-east-1a".to_string());
+        f.spot.insert(
+            dear,
+            vec![PricePoint {
+                at: now() - Duration::days(1),
+                usd_per_hour: 0.30,
+            }],
+        );
+        let p = assemble(&s, &f);
+        assert_eq!(p.verdict, Verdict::Start, "{}", text(&p));
+        let order = |t: usize, sub: usize| {
+            p.candidates
+                .iter()
+                .find(|c| {
+                    c.market == Market::Spot
+                        && c.instance_type == s.worker.instance_types[t]
+                        && c.subnet == s.worker.subnets[sub]
+                })
+                .and_then(|c| c.order)
+                .unwrap()
+        };
+        // Equal prices per vCPU-hour elsewhere: the zone scoring 9 before the one scoring 8,
+        // ties as written, the dear one last of the Spot candidates.
+        assert_eq!(
+            [order(1, 0), order(0, 1), order(1, 1), order(0, 0)],
+            [1, 2, 3, 4],
+            "{}",
+            text(&p)
+        );
+        let r = p.ranking.as_ref().unwrap();
+        assert_eq!(r.fallback, None);
+        assert_eq!(r.tried()[0].instance_type, s.worker.instance_types[1]);
+        assert!(
+            p.order_rule.starts_with("price-capacity"),
+            "{}",
+            p.order_rule
+        );
+        // The same RunSpec as written keeps the user's order.
+        let w = spec(|_| {});
+        let p = assemble(&w, &facts(&w, 10_000.0));
+        assert_eq!(p.first().unwrap().instance_type, w.worker.instance_types[0]);
+        assert!(p.order_rule.starts_with("as written"));
     }
 
     #[test]

@@ -167,9 +167,9 @@ fn starts_with_field(piece: &str) -> bool {
 
 /// The RunSpec's top-level fields (`runspec.schema.json`'s properties; a test holds the two
 /// together).
-const FIELDS: [&str; 11] = [
-    "$schema", "database", "expect", "job", "limits", "notify", "quota", "run_id", "tags", "waits",
-    "worker",
+const FIELDS: [&str; 12] = [
+    "$schema", "capacity", "database", "expect", "job", "limits", "notify", "quota", "run_id",
+    "tags", "waits", "worker",
 ];
 
 #[cfg(test)]

@@ -37,6 +37,10 @@ pub struct AttemptCost {
     /// State before ephemera's terminate call (already terminated, running, …).
     /// The instance's state when terminate-with-cost-report found it (None: unknown to this code).
     pub state_before: Option<InstanceState>,
+    /// The order its launch tried candidates in, and the first one's facts
+    /// (`placement::Choice::line`, cut at [`crate::placement::LINE_KEPT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<String>,
 }
 
 impl AttemptCost {

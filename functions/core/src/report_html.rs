@@ -519,7 +519,7 @@ fn attempt_row(a: &AttemptCost, worker: &str, relaunched: bool, out: &mut String
     }
     let _ = write!(
         out,
-        r#"<tr data-worker="{}" data-attempt="{}"{}><td>{}#{}</td><td class="nw"><code>{}</code><br>{} · {} · {}</td><td class="nw">{}<br>{}</td><td class="num billed">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td>{}<br>was {}{}</td></tr>"#,
+        r#"<tr data-worker="{}" data-attempt="{}"{}><td>{}#{}</td><td class="nw"><code>{}</code><br>{} · {} · {}{}</td><td class="nw">{}<br>{}</td><td class="num billed">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td>{}<br>was {}{}</td></tr>"#,
         a.worker,
         a.attempt,
         if reclaimed {
@@ -533,6 +533,10 @@ fn attempt_row(a: &AttemptCost, worker: &str, relaunched: bool, out: &mut String
         escape(&a.instance_type),
         a.market.as_str(),
         escape(a.availability_zone.as_deref().unwrap_or("?")),
+        a.placement.as_deref().map_or(String::new(), |p| format!(
+            r#"<br><small class="placement">{}</small>"#,
+            escape(p)
+        )),
         when(a.launched_at),
         when(a.ended_at),
         a.billed_seconds,
@@ -815,6 +819,7 @@ pub(crate) mod tests {
             average_usd_per_hour: 0.2,
             price_source: "spot-price-history".into(),
             state_before: InstanceState::from_name(state),
+            placement: None,
         }
     }
 
@@ -964,6 +969,25 @@ pub(crate) mod tests {
             }
         );
         assert_eq!(axis.x_at(at(250)), 225.0);
+    }
+
+    #[test]
+    fn each_attempt_shows_the_candidate_its_launch_tried_first() {
+        let mut r = report();
+        let line = "tried c7g.4xlarge in us-east-1b first: score 9, $0.2100/h, 0 reclaims in 14 runs (spot, price-capacity, 12 ranked)";
+        r.attempts[0].placement = Some(format!("{line} <x>"));
+        let page = render(&r);
+        assert!(
+            page.contains(&format!(
+                r#"<small class="placement">{line} &lt;x&gt;</small>"#
+            )),
+            "{page}"
+        );
+        let (_, body) = crate::email::render_email(&r);
+        assert!(body.contains(&format!("    {line} <x>\n")), "{body}");
+        // An attempt without one (a report from before) shows nothing for it.
+        r.attempts[0].placement = None;
+        assert!(!render(&r).contains("class=\"placement\""));
     }
 
     #[test]

@@ -42,6 +42,12 @@ pub struct Attempt {
     /// True when the instance already existed (a retried call) and was returned as is.
     #[serde(default)]
     pub reused: bool,
+    /// The order its candidates were tried in and the first one's facts
+    /// (`crate::placement::Choice::line`, cut at [`crate::placement::LINE_KEPT`]: forty
+    /// workers' attempts travel in one document, [`crate::payload`]); absent on a reused
+    /// instance. launch-worker's log has the whole ranking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<String>,
 }
 
 /// How many refused candidates an attempt keeps: the last, which says why the instance is the

@@ -20,6 +20,9 @@ pub struct RunSpec {
     pub worker: WorkerSpec,
     #[serde(default)]
     pub quota: QuotaSpec,
+    /// How a launch orders its candidates (`crate::placement`).
+    #[serde(default)]
+    pub capacity: CapacitySpec,
     pub limits: Limits,
     #[serde(default)]
     pub expect: Expectations,
@@ -208,6 +211,42 @@ fn default_volume_gib() -> u32 {
 }
 fn one() -> u32 {
     1
+}
+
+/// `capacity`: the order a launch tries its candidates in.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CapacitySpec {
+    /// `as-written` (the RunSpec's order: types, then subnets) or `price-capacity` (ranked by
+    /// Spot price per vCPU-hour weighted by the Spot placement score and the reclaims the
+    /// ledger saw, docs/runspec.md). Absent: `as-written`, so that a RunSpec written before the
+    /// field keeps launching where it did; the examples set `price-capacity`.
+    #[serde(default)]
+    pub order: CapacityOrder,
+}
+
+/// `capacity.order`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum CapacityOrder {
+    /// Markets (Spot before On-Demand), then `worker.instance_types`, then `worker.subnets`, in
+    /// the RunSpec's order.
+    #[default]
+    AsWritten,
+    /// Within each market, the cheapest expected cost first (`crate::placement::rank`).
+    PriceCapacity,
+}
+
+impl CapacityOrder {
+    /// As the RunSpec spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CapacityOrder::AsWritten => "as-written",
+            CapacityOrder::PriceCapacity => "price-capacity",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -1405,6 +1444,27 @@ pub(crate) mod tests {
         assert_eq!(spec.limits.heartbeat_seconds, 300);
         assert_eq!(spec.worker.volume_gib, 30);
         assert!(spec.quota.request_increase);
+    }
+
+    #[test]
+    fn capacity_order_is_as_written_when_absent_and_one_of_two_values() {
+        let spec = RunSpec::parse(&sample()).unwrap();
+        assert_eq!(spec.capacity.order, CapacityOrder::AsWritten);
+        let mut v = sample();
+        v["capacity"] = json!({"order": "price-capacity"});
+        assert_eq!(
+            RunSpec::parse(&v).unwrap().capacity.order,
+            CapacityOrder::PriceCapacity
+        );
+        v["capacity"] = json!({"order": "cheapest"});
+        let errs = errors_of(v.clone());
+        assert!(
+            has(&errs, "capacity.order", "as-written")
+                && has(&errs, "capacity.order", "price-capacity"),
+            "the field and what it allows: {errs:?}"
+        );
+        v["capacity"] = json!({"ordre": "as-written"});
+        assert!(has(&errors_of(v), "capacity.ordre", "unknown field"));
     }
 
     #[test]

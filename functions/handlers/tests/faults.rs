@@ -117,6 +117,15 @@ impl Ledger for NoLedger {
     ) -> Result<bool, Error> {
         Err(Error::Internal("no ledger in this test".into()))
     }
+    async fn place(&self, _: &str, _: &ephemera_core::placement::Placed) -> Result<(), Error> {
+        Err(Error::Internal("no ledger in this test".into()))
+    }
+    async fn observed(&self, _: &str) -> Result<Option<String>, Error> {
+        Err(Error::Internal("no ledger in this test".into()))
+    }
+    async fn keep_observed(&self, _: &str, _: &str) -> Result<String, Error> {
+        Err(Error::Internal("no ledger in this test".into()))
+    }
 }
 
 impl ephemera_functions::aws::VcpuReservations for NoLedger {

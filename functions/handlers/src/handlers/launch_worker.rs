@@ -3,7 +3,7 @@
 //! across candidate types × subnets, On-Demand when the policy allows, idempotent by tag and
 //! ClientToken.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
@@ -20,9 +20,12 @@ use serde::Deserialize;
 
 use crate::aws::{
     pricing, Compute, InstanceView, LaunchRequest, Ledger, Notifier, Params, PriceList, Reserved,
-    RunSessions, SealedParams, Vend,
+    RunSessions, SealedParams, SpotPlacement, Vend,
 };
 use crate::error::Error;
+use ephemera_core::placement::{self, Placed, Ranking};
+use ephemera_core::runspec::CapacityOrder;
+use ephemera_core::Market;
 
 #[derive(Debug, Deserialize)]
 pub struct Input {
@@ -116,7 +119,7 @@ pub struct Clients<'a, E, P, S, V, L, N> {
 }
 
 pub async fn handle<
-    E: Compute,
+    E: Compute + SpotPlacement,
     P: PriceList,
     S: Params + SealedParams,
     V: RunSessions,
@@ -142,10 +145,11 @@ pub async fn handle<
     let (attempt, relaunches_left) = next_attempt(spec, input.worker.as_ref(), input.relaunch)?;
     let markets = capacity::markets_to_try(spec.worker.market, input.relaunch, &input.markets);
     let worst = attempt_worst_case(prices, spec, &input.prices, &config.region).await?;
+    let month = ledger::booked_month(input.started, input.entered.unwrap_or(now));
     let booking = Booking {
         spec,
         execution: &input.execution,
-        month: ledger::booked_month(input.started, input.entered.unwrap_or(now)),
+        month: month.clone(),
         slot,
         attempt,
         previous_usd: previous_usd(input.worker.as_ref(), attempt),
@@ -175,6 +179,9 @@ pub async fn handle<
         quota_waits: refused.map_or(0, |r| r.waits),
         now,
     };
+    if input.relaunch {
+        book_reclaim(books.ledger, &input.execution, slot, input.worker.as_ref()).await;
+    }
     // A retried call (Lambda timeout, Step Functions retry) finds the instance it already made.
     if let Some(i) = existing_instance(ec2, &input.execution, slot, attempt).await? {
         tracing::info!(instance = %i.id, slot, attempt, "instance for this attempt already exists");
@@ -183,18 +190,33 @@ pub async fn handle<
             v.hand_over(sessions, params, &role_id, &i.id).await?;
         }
         let token = i.client_token.clone().unwrap_or_default();
-        return Ok(made.state(&i, token, vec![], true));
+        return Ok(made.state(&i, token, vec![], true, None));
     }
     let request = launch_request(ec2, params, config, &made, &input, vending.is_some()).await?;
-    match first_available(ec2, &request, &input.execution, &made, &markets).await {
+    let ranking = Ranker {
+        ec2,
+        prices,
+        ledger: books.ledger,
+        spec,
+        input: &input,
+        region: &config.region,
+        month: &month,
+        now,
+    }
+    .rank(&markets)
+    .await;
+    tracing::info!(slot, attempt, order = spec.capacity.order.as_str(), first = %ranking.choice().line(), ranking = %serde_json::to_string(&ranking).unwrap_or_default(), "candidates ranked");
+    match first_available(ec2, &request, &input.execution, &made, &ranking.tried()).await {
         Ok((instance, token, tried)) => {
+            book_spot_launch(books.ledger, &input.execution, slot, attempt, &instance).await;
             // An error here fails the state: its Catch terminates the instance, and a retry
             // finds it and hands the session over then.
             if let Some(v) = &vending {
                 v.hand_over(sessions, params, &role_id, &instance.id)
                     .await?;
             }
-            Ok(made.state(&instance, token, tried, false))
+            let line = caps::cap(&ranking.choice().line(), placement::LINE_KEPT);
+            Ok(made.state(&instance, token, tried, false, Some(line)))
         }
         Err(Error::CapacityUnavailable { tried }) if capacity::refused_for_quota(&tried) => {
             Err(quota_verdict(spec, refused, attempt, &tried, now))
@@ -541,6 +563,7 @@ async fn reserve<L: Ledger, N: Notifier>(
         state: ledger::EntryState::Running,
         started_at: Some(chrono::Utc::now()),
         outcome: None,
+        placements: vec![],
     };
     match l.reserve(&entry, b.slot, budget, &b.cap).await? {
         Reserved::Admitted => {}
@@ -592,6 +615,7 @@ impl Made<'_> {
         token: String,
         tried: Vec<Tried>,
         reused: bool,
+        placement: Option<String>,
     ) -> WorkerState {
         let (tried, tried_total) = rundoc::kept(tried);
         let current = Attempt {
@@ -608,6 +632,7 @@ impl Made<'_> {
             tried,
             tried_total,
             reused,
+            placement,
         };
         let mut attempts: Vec<Attempt> = self
             .previous
@@ -771,23 +796,23 @@ async fn resolved_image<S: Params>(
     }
 }
 
-/// Launches the first candidate (market × type × subnet, in the RunSpec's order) that EC2
-/// accepts; the instance, its ClientToken, and the candidates refused before it.
+/// Launches the first of `candidates` (market × type × subnet, in the order `capacity.order`
+/// ranked them) that EC2 accepts; the instance, its ClientToken, and the candidates refused
+/// before it.
 async fn first_available<E: Compute>(
     ec2: &E,
     base: &LaunchRequest,
     execution: &str,
     made: &Made<'_>,
-    markets: &[ephemera_core::Market],
+    candidates: &[capacity::Candidate],
 ) -> Result<(InstanceView, String, Vec<Tried>), Error> {
-    let spec = made.spec;
     let (slot, attempt) = (made.slot, made.attempt);
     let mut tried = vec![];
     let mut closed: Vec<ephemera_core::Market> = vec![];
     // Quotas that refused: every other candidate drawing on one would be refused too.
     let mut full: Vec<&'static str> = vec![];
     let patience_until = std::time::Instant::now() + capacity::THROTTLE_PATIENCE;
-    for c in capacity::candidates(&spec.worker.instance_types, &spec.worker.subnets, markets) {
+    for c in candidates.iter().cloned() {
         let quota = vcpus::code_of(&c.instance_type, c.market);
         if closed.contains(&c.market) || quota.is_some_and(|q| full.contains(&q)) {
             continue;
@@ -881,6 +906,241 @@ async fn run_waiting_out_throttles<E: Compute>(
             }
             other => return other,
         }
+    }
+}
+
+/// A relaunch comes only after `Worker.SpotInterrupted` (the ASL's `CanRelaunch`): when the
+/// attempt before it was Spot, Spot took it back, and the ledger books that reclaim for the
+/// ranking of later runs. Bookkeeping never stops a launch: a failure is logged.
+async fn book_reclaim<L: Ledger>(
+    ledger: Option<&L>,
+    execution: &str,
+    slot: u32,
+    previous: Option<&WorkerState>,
+) {
+    let (Some(l), Some(prev)) = (ledger, previous.and_then(WorkerState::current)) else {
+        return;
+    };
+    let Some(zone) = prev
+        .availability_zone
+        .clone()
+        .filter(|_| prev.market == Market::Spot)
+    else {
+        return;
+    };
+    let placed = Placed {
+        slot,
+        attempt: prev.attempt,
+        instance_type: prev.instance_type.clone(),
+        zone,
+        reclaimed: true,
+    };
+    match l.place(execution, &placed).await {
+        Ok(()) => {
+            tracing::info!(slot, attempt = prev.attempt, instance_type = %placed.instance_type, zone = %placed.zone, "Spot reclaim booked in the ledger")
+        }
+        Err(e) => tracing::error!(error = %e, "the Spot reclaim could not be booked in the ledger"),
+    }
+}
+
+/// A Spot launch booked in the ledger: the reclaim rate's denominator.
+async fn book_spot_launch<L: Ledger>(
+    ledger: Option<&L>,
+    execution: &str,
+    slot: u32,
+    attempt: u32,
+    i: &InstanceView,
+) {
+    let (Some(l), Market::Spot, Some(zone)) = (ledger, i.market, i.availability_zone.clone())
+    else {
+        return;
+    };
+    let placed = Placed {
+        slot,
+        attempt,
+        instance_type: i.instance_type.clone(),
+        zone,
+        reclaimed: false,
+    };
+    if let Err(e) = l.place(execution, &placed).await {
+        tracing::error!(error = %e, "the Spot launch could not be booked in the ledger");
+    }
+}
+
+/// What a ranking reads: EC2 (zones, Spot prices, placement scores), the run's prices, and the
+/// ledger (its cache of what the run's first ranking read, and the recent runs' reclaims).
+struct Ranker<'a, E, P, L> {
+    ec2: &'a E,
+    prices: &'a P,
+    ledger: Option<&'a L>,
+    spec: &'a RunSpec,
+    input: &'a Input,
+    region: &'a str,
+    /// The month the run is booked in: its history reads it and the month before.
+    month: &'a str,
+    now: DateTime<Utc>,
+}
+
+/// How far back the Spot price now is read: AWS includes the price in force at the window's
+/// start, so an hour holds it.
+const SPOT_PRICE_WINDOW_HOURS: i64 = 1;
+
+impl<E: Compute + SpotPlacement, P: PriceList, L: Ledger> Ranker<'_, E, P, L> {
+    /// The candidates of `markets` in the order `capacity.order` tries them
+    /// (`placement::rank`); as written, with the reason, when a fact could not be read.
+    async fn rank(&self, markets: &[Market]) -> Ranking {
+        let spec = self.spec;
+        let types = &spec.worker.instance_types;
+        let written = capacity::candidates(types, &spec.worker.subnets, markets);
+        let none = (HashMap::new(), vec![], placement::History::new());
+        if spec.capacity.order == CapacityOrder::AsWritten {
+            let facts = placement::Facts {
+                observed: Err(String::new()),
+                vcpus: &none.0,
+                on_demand: &none.1,
+                history: &none.2,
+            };
+            return placement::rank(spec.capacity.order, &written, &facts);
+        }
+        let vcpus = match self.ec2.vcpus(types).await {
+            Ok(v) => v,
+            Err(e) => {
+                let facts = placement::Facts {
+                    observed: Err(format!("ec2:DescribeInstanceTypes: {e}")),
+                    vcpus: &none.0,
+                    on_demand: &none.1,
+                    history: &none.2,
+                };
+                return placement::rank(spec.capacity.order, &written, &facts);
+            }
+        };
+        let quotes = pricing::quotes_for(self.prices, &self.input.prices, types, self.region).await;
+        let on_demand = pricing::type_prices(types, quotes);
+        let observed = self.observed(&vcpus).await;
+        let (history, observed) = match (self.history().await, observed) {
+            (Ok(h), o) => (h, o),
+            (Err(why), _) => (placement::History::new(), Err(why)),
+        };
+        let facts = placement::Facts {
+            observed: observed.as_ref().map_err(Clone::clone),
+            vcpus: &vcpus,
+            on_demand: &on_demand,
+            history: &history,
+        };
+        placement::rank(spec.capacity.order, &written, &facts)
+    }
+
+    /// What the run's first ranking read (kept in its ledger item), else read now: each
+    /// subnet's zone, each type's Spot price in force in each zone, each type's placement
+    /// scores (one configuration a type, the same `ephemera plan` asks, so a plan and its run
+    /// count once against GetSpotPlacementScores' configurations of the day). Kept only when
+    /// complete: a throttled score is asked again by the next worker rather than ruling the run.
+    async fn observed(&self, vcpus: &HashMap<String, u32>) -> Result<placement::Observed, String> {
+        let exec = &self.input.execution;
+        if let Some(l) = self.ledger {
+            match l.observed(exec).await {
+                Ok(Some(kept)) => match serde_json::from_str(&kept) {
+                    Ok(o) => return Ok(o),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the run's kept placement facts do not parse; reading them again")
+                    }
+                },
+                Ok(None) => {}
+                Err(e) => return Err(format!("the ledger's kept placement facts: {e}")),
+            }
+        }
+        let spec = self.spec;
+        let zones = self
+            .ec2
+            .subnet_zones(&spec.worker.subnets)
+            .await
+            .map_err(|e| format!("ec2:DescribeSubnets: {e}"))?;
+        let mut names: Vec<&String> = zones.values().map(|z| &z.name).collect();
+        names.sort();
+        names.dedup();
+        let from = self.now - chrono::Duration::hours(SPOT_PRICE_WINDOW_HOURS);
+        let mut spot: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+        let mut scores = BTreeMap::new();
+        let mut complete = true;
+        for t in &spec.worker.instance_types {
+            for z in &names {
+                match self.ec2.spot_prices(t, z, from, self.now).await {
+                    Ok(points) => match placement::price_now(&points, self.now) {
+                        Some(p) => {
+                            spot.entry(t.clone()).or_default().insert((*z).clone(), p);
+                        }
+                        None => complete = false,
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, instance_type = %t, zone = %z, "Spot price not read");
+                        complete = false;
+                    }
+                }
+            }
+            let Some(v) = vcpus.get(t) else {
+                complete = false;
+                continue;
+            };
+            let asked = self
+                .ec2
+                .placement_scores(
+                    std::slice::from_ref(t),
+                    v.saturating_mul(spec.worker.count),
+                    self.region,
+                )
+                .await
+                .map_err(|r| r.to_string());
+            complete &= asked.is_ok();
+            scores.insert(t.clone(), asked);
+        }
+        let observed = placement::Observed {
+            zones,
+            spot,
+            scores,
+            read_at: self.now,
+        };
+        let (Some(l), true) = (self.ledger, complete) else {
+            return Ok(observed);
+        };
+        let json = serde_json::to_string(&observed).map_err(|e| e.to_string())?;
+        match l.keep_observed(exec, &json).await {
+            // Another worker kept its own first: every worker ranks from the same facts.
+            Ok(kept) => Ok(serde_json::from_str(&kept).unwrap_or(observed)),
+            Err(e) => {
+                tracing::warn!(error = %e, "the placement facts could not be kept for the run");
+                Ok(observed)
+            }
+        }
+    }
+
+    /// The reclaims of the ledger's recent runs: the booked month's and the month before's
+    /// (`placement::history` counts the most recent [`placement::RECENT_RUNS`]). Without a
+    /// ledger, none.
+    async fn history(&self) -> Result<placement::History, String> {
+        let Some(l) = self.ledger else {
+            return Ok(placement::History::new());
+        };
+        let mut entries = vec![];
+        for m in [
+            Some(self.month.to_string()),
+            ledger::month_before(self.month),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            entries.extend(
+                l.entries(&m)
+                    .await
+                    .map_err(|e| format!("the ledger's recent runs: {e}"))?,
+            );
+        }
+        Ok(placement::history(entries.iter().map(|e| {
+            placement::RunPlacements {
+                execution: &e.execution,
+                started_at: e.started_at,
+                placed: &e.placements,
+            }
+        })))
     }
 }
 

@@ -406,6 +406,7 @@ async fn facts_of<E: Compute>(
         state_before: i.state,
         on_demand: on_demand_of.get(&i.instance_type).cloned().flatten(),
         spot,
+        placement: from_doc.and_then(|(_, a)| a.placement.clone()),
     }
 }
 
