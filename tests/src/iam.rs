@@ -1110,7 +1110,9 @@ mod tests {
     }
 
     #[test]
-    fn a_job_may_list_what_it_reads_and_replace_its_checkpoints_in_the_export_bucket_only() {
+    fn the_instance_role_reads_the_worker_and_nothing_else_in_s3() {
+        // Every S3 call of a worker is its run's session's (RunRole): a grant here would reach
+        // every run's objects, since the instance role's session names no run.
         let p = template();
         let may = |action: &str, resource: String| {
             p.authorize(
@@ -1119,17 +1121,20 @@ mod tests {
                 &Check::new(action, resource),
             )
         };
-        // Listing tells a missing checkpoint (NoSuchKey) from a refusal (AccessDenied).
-        for bucket in [EXPORT_BUCKET, ARTIFACT_BUCKET] {
-            assert_eq!(
-                may("s3:ListBucket", format!("arn:aws:s3:::{bucket}")),
-                Ok(())
-            );
-        }
-        assert!(may("s3:ListBucket", "arn:aws:s3:::another-bucket".into()).is_err());
-        let superseded = format!("arn:aws:s3:::{EXPORT_BUCKET}/checkpoints/r1/worker-1/g1/x");
-        assert_eq!(may("s3:DeleteObject", superseded), Ok(()));
         let worker = format!("arn:aws:s3:::{ARTIFACT_BUCKET}/worker/ephemera-worker");
+        assert_eq!(may("s3:GetObject", worker.clone()), Ok(()));
+        for bucket in [EXPORT_BUCKET, ARTIFACT_BUCKET] {
+            for action in ["s3:ListBucket", "s3:ListBucketMultipartUploads"] {
+                assert!(
+                    may(action, format!("arn:aws:s3:::{bucket}")).is_err(),
+                    "{action} {bucket}"
+                );
+            }
+        }
+        let checkpoint = format!("arn:aws:s3:::{EXPORT_BUCKET}/runs/r1/checkpoints/worker-1/g1/x");
+        for action in ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"] {
+            assert!(may(action, checkpoint.clone()).is_err(), "{action}");
+        }
         assert!(may("s3:DeleteObject", worker.clone()).is_err());
         assert!(may("s3:PutObject", worker).is_err());
     }
@@ -1260,38 +1265,42 @@ mod tests {
     }
 
     #[test]
-    fn the_worker_ships_its_log_lines_to_the_workers_group_only() {
+    fn the_instance_role_ships_no_log_line_its_runs_session_ships_to_its_streams_only() {
         let p = template();
         let group = |name: &str| format!("arn:aws:logs:eu-west-1:{ACCOUNT}:log-group:{name}");
         let create = |name: &str| Check::new("logs:CreateLogStream", format!("{}:*", group(name)));
-        let put = |name: &str| {
+        let put = |name: &str, stream: &str| {
             Check::new(
                 "logs:PutLogEvents",
-                format!("{}:log-stream:fx/1/i-0abc", group(name)),
+                format!("{}:log-stream:{stream}", group(name)),
             )
         };
-        // The group the worker and the CLI name is the one the template grants.
         let workers = &worker_log_group();
-        for c in [create(workers), put(workers)] {
-            assert_eq!(
-                p.authorize(&Principal::Worker, "eu-west-1", &c),
-                Ok(()),
-                "{c:?}"
-            );
-        }
-        for c in [
-            create("/aws/lambda/ephemera-sweeper"),
-            put(&format!("{workers}-other")),
-            Check::new("logs:DeleteLogGroup", format!("{}:*", group(workers))),
-        ] {
+        for c in [create(workers), put(workers, "fx/1/i-0abc")] {
             assert!(
                 p.authorize(&Principal::Worker, "eu-west-1", &c).is_err(),
                 "{c:?}"
             );
         }
-        // No function writes there.
-        let sweeper = Principal::Function("sweeper".into());
-        assert!(p.authorize(&sweeper, "eu-west-1", &put(workers)).is_err());
+        // The run's session (tagged `ephemera:run` = fx): its run's streams, no other's.
+        let session = |c: Check| c.with("aws:PrincipalTag/ephemera:run", "fx");
+        assert_eq!(
+            p.authorize(
+                &Principal::Run,
+                "eu-west-1",
+                &session(put(workers, "fx/1/i-0abc"))
+            ),
+            Ok(())
+        );
+        for c in [
+            session(put(workers, "other/1/i-0abc")),
+            session(put(&format!("{workers}-other"), "fx/1/i-0abc")),
+        ] {
+            assert!(
+                p.authorize(&Principal::Run, "eu-west-1", &c).is_err(),
+                "{c:?}"
+            );
+        }
     }
 
     #[test]
@@ -1331,8 +1340,8 @@ mod tests {
         assert!(other_param("started", "ssm:PutParameter").is_err());
         assert!(other_param("task-token/i-1", "ssm:PutParameter").is_err());
         assert!(other_param("started/i-1", "ssm:GetParameter").is_err());
-        // The grant for job.secrets' SecureStrings (under the stack's prefix as a path) reaches
-        // them, and none of the above: the explicit Deny keeps it off the run parameters.
+        // No parameter under the stack's prefix either: job.secrets are the run session's to
+        // read; and the explicit Deny keeps any later grant off the run parameters.
         let job_secret = |path: &str| {
             let c = Check::new(
                 "ssm:GetParameter",
@@ -1341,7 +1350,7 @@ mod tests {
             .with("aws:userid", Principal::Worker.userid("worker-i-1"));
             p.authorize(&Principal::Worker, "eu-west-1", &c)
         };
-        assert_eq!(job_secret("ephemera/team/db"), Ok(()));
+        assert!(job_secret("ephemera/team/db").is_err());
         assert!(job_secret("prod/db").is_err());
         assert!(job_secret("ephemera/runs/r/started/i-1")
             .unwrap_err()

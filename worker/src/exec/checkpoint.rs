@@ -683,8 +683,9 @@ mod tests {
         })
     }
 
-    /// The export bucket in moto, through the harness's front door, each attempt signing as
-    /// the worker role of an instance of its own (held to the template's policy).
+    /// The export bucket in moto, through the harness's front door, each attempt signing with
+    /// a session of the run's role as launch-worker vends it (held to the template's policy:
+    /// the run's own prefix only).
     async fn s3_stores(run: &str) -> Stores {
         let region = ephemera_tests::fresh_region();
         let admin = ephemera_tests::clients(region).s3;
@@ -693,20 +694,24 @@ mod tests {
         let to = place(
             &Target::S3 {
                 bucket: bucket.into(),
-                prefix: "checkpoints/".into(),
+                prefix: format!("runs/{run}/checkpoints/"),
             },
             run,
             1,
         );
-        Box::new(move |attempt| {
-            let conf = ephemera_tests::instance_config(region, &format!("i-ckpt{attempt:012}"));
-            let s3 = aws_sdk_s3::Client::from_conf(
-                aws_sdk_s3::config::Builder::from(&conf)
-                    .force_path_style(true)
-                    .build(),
-            );
-            let to = to.clone();
-            Box::pin(async move { Store::with_s3(to, s3) })
+        let run = run.to_string();
+        Box::new(move |_attempt| {
+            let (to, run) = (to.clone(), run.clone());
+            Box::pin(async move {
+                let key = ephemera_tests::fixtures::run_session(region, &run).await;
+                let conf = ephemera_tests::sdk_config_as(region, &key);
+                let s3 = aws_sdk_s3::Client::from_conf(
+                    aws_sdk_s3::config::Builder::from(&conf)
+                        .force_path_style(true)
+                        .build(),
+                );
+                Store::with_s3(to, s3)
+            })
         })
     }
 
@@ -956,15 +961,27 @@ mod tests {
                 .len()
         };
         let prefix = store.target.key("");
-        assert_eq!(open(s3.clone(), prefix.clone()).await, 1);
+        // Listed as the bucket's owner: the run's session may not (ListBucketMultipartUploads
+        // takes no `s3:prefix`, so RunRole does not have it).
+        let region = s3.config().region().unwrap().to_string();
+        let admin = ephemera_tests::clients(&region).s3;
+        assert_eq!(open(admin.clone(), prefix.clone()).await, 1);
 
+        // Under the run's session the restore cannot list the uploads: it restores anyway and
+        // leaves the cut one to the bucket's lifecycle rule.
         let mut new = attempt(&stores, &b, 2).await;
         assert_eq!(new.restore().await.unwrap(), 1);
-        assert_eq!(
-            open(s3.clone(), prefix).await,
-            0,
-            "the cut upload is aborted"
-        );
+        assert_eq!(open(admin.clone(), prefix.clone()).await, 1);
+        // Where the restore may list them (the bucket's owner), it aborts the cut one.
+        let mut by_owner = Checkpoint::open_in(
+            &b.join("w3"),
+            Store::with_s3(store.target.clone(), admin.clone()),
+            3,
+        )
+        .await
+        .unwrap();
+        assert_eq!(by_owner.restore().await.unwrap(), 1);
+        assert_eq!(open(admin, prefix).await, 0, "the cut upload is aborted");
         std::fs::remove_dir_all(&b).unwrap();
     }
 

@@ -124,7 +124,11 @@ mod tests {
             .collect();
         std::fs::write(out.join("big.bin"), &big).unwrap();
 
-        let conf = ephemera_tests::instance_config(region, "i-0sums00000001");
+        // As the agent stores them: with its run's session (the instance role stores nothing).
+        let conf = ephemera_tests::sdk_config_as(
+            region,
+            &ephemera_tests::fixtures::run_session(region, "sums").await,
+        );
         let s3 = aws_sdk_s3::Client::from_conf(
             aws_sdk_s3::config::Builder::from(&conf)
                 .force_path_style(true)
