@@ -100,8 +100,8 @@ async fn a_runs_job_cannot_list_read_overwrite_or_delete_another_runs_objects() 
             .build(),
     );
 
-    // Its own: written, listed, read back, deleted; its input read.
-    let own = format!("runs/{mine}/worker-1/out/a.txt");
+    // Its own scratch: written, listed, read back, deleted; its input read.
+    let own = format!("runs/{mine}/job/a.txt");
     s3.put_object()
         .bucket(EXPORT_BUCKET)
         .key(&own)
@@ -129,6 +129,23 @@ async fn a_runs_job_cannot_list_read_overwrite_or_delete_another_runs_objects() 
         .send()
         .await
         .expect("its own delete");
+
+    // Its own run's manifest and checkpoint are the agent's to write: a job's credentials,
+    // copied out, change nothing its run is judged or resumed by.
+    for key in [
+        format!("runs/{mine}/worker-1/manifest.json"),
+        format!("runs/{mine}/checkpoints/{mine}/worker-1/checkpoint.json"),
+    ] {
+        refused(
+            &format!("overwriting its run's {key}"),
+            s3.put_object()
+                .bucket(EXPORT_BUCKET)
+                .key(&key)
+                .body(ByteStream::from_static(b"{}"))
+                .send()
+                .await,
+        );
+    }
 
     // The other run's: refused, every one.
     refused(

@@ -325,7 +325,9 @@ impl Store {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                     Err(e) => return Err(e).with_context(|| format!("reading {}", from.display())),
                 };
-                tokio::fs::write(&partial, &bytes).await?;
+                let mut out = new_partial(&partial).await?;
+                out.write_all(&bytes).await?;
+                out.flush().await?;
                 Stored::whole(&bytes)
             }
             Target::S3 { .. } => {
@@ -340,9 +342,7 @@ impl Store {
                         return Err(e).with_context(|| format!("fetching s3://{bucket}/{key}"))
                     }
                 };
-                let mut out = tokio::fs::File::create(&partial)
-                    .await
-                    .with_context(|| format!("writing {}", partial.display()))?;
+                let mut out = new_partial(&partial).await?;
                 let (mut hasher, mut total) = (Sha256::new(), 0u64);
                 while let Some(chunk) = body
                     .try_next()
@@ -666,6 +666,25 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// A fresh file at `partial` to download into: whatever is there (a leftover, or a link a job
+/// planted) is removed first, and the file is created new without following a link, so root
+/// never writes through one.
+async fn new_partial(partial: &Path) -> Result<tokio::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::remove_file(partial) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", partial.display())),
+    }
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(partial)
+        .with_context(|| format!("writing {}", partial.display()))?;
+    Ok(tokio::fs::File::from_std(f))
+}
+
 /// The user whose files the agent reads back from a job's directories (`exec --run-as`): set
 /// once, before the job starts; one job a worker process.
 static JOB_OWNER: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
@@ -686,7 +705,7 @@ fn open_job_file(path: &Path) -> Result<std::fs::File> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {

@@ -123,7 +123,8 @@ async fn a_job_runs_as_its_own_user_on_its_runs_vended_session_and_cannot_reach_
     // The job as an attacker would write it (shipped in its inputs), as its own user
     // (`--run-as`): it finds none of the worker's credentials, cannot read the agent's
     // environment; with the only credentials it has (its session, derived by the agent from
-    // the run's with the job's policy) it writes under its run's prefix and nowhere else, and is
+    // the run's with the job's policy) it writes in its run's scratch (`runs/<run>/job/`) and
+    // nowhere else (not its run's manifest), and is
     // refused the task token, SendTaskSuccess, the secrets (given to it by value) and a renewal
     // of its own. After the first session has ended (40 s of 30 s sessions) its copy still
     // works: the agent derived and wrote the next one.
@@ -146,7 +147,8 @@ signed() {{
 }}
 call() {{ signed "$1" -H "X-Amz-Target: $2" -H "Content-Type: application/x-amz-json-$3" -d "$4" "$AWS_ENDPOINT_URL/"; }}
 put() {{ signed s3 -o /dev/null -w '%{{http_code}}' -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' -T input.txt "$AWS_ENDPOINT_URL/{bucket}/$1"; }}
-test "$(put runs/{run_id}/probe/own.txt)" = 200 || {{ echo "its own prefix refused" >&2; exit 23; }}
+test "$(put runs/{run_id}/job/own.txt)" = 200 || {{ echo "its scratch refused" >&2; exit 23; }}
+test "$(put runs/{run_id}/worker-1/manifest.json)" = 403 || {{ echo "wrote its run's manifest" >&2; exit 31; }}
 test "$(put runs/other-run/planted.txt)" = 403 || {{ echo "wrote under another run" >&2; exit 28; }}
 call ssm AmazonSSM.GetParameter 1.1 '{{"Name":"{token}","WithDecryption":true}}' > token.out
 grep -q AccessDenied token.out || {{ cat token.out >&2; exit 24; }}
@@ -161,7 +163,7 @@ signed sts -H 'Content-Type: application/x-www-form-urlencoded' \
 grep -q AccessDenied renewed.out || {{ cat renewed.out >&2; exit 30; }}
 mkdir -p out; cat input.txt > out/copied.txt; echo 1 > "$EPHEMERA_CHECKPOINT/step"
 sleep 40
-test "$(put runs/{run_id}/probe/later.txt)" = 200 || {{ echo "its renewed session refused" >&2; exit 26; }}
+test "$(put runs/{run_id}/job/later.txt)" = 200 || {{ echo "its renewed session refused" >&2; exit 26; }}
 echo done > out/done.txt"#,
         bucket = EXPORT_BUCKET,
         run_role = ephemera_tests::iam::run_role_arn(),
@@ -320,6 +322,7 @@ echo done > out/done.txt"#,
         ),
         ("sts:AssumeRole", "ephemera-run-role"),
         ("s3:PutObject", "runs/other-run/planted.txt"),
+        ("s3:PutObject", "runs/vended-session/worker-1/manifest.json"),
     ] {
         assert!(
             denials.iter().any(|d| d.principal == Principal::Run

@@ -24,6 +24,10 @@ pub const MAX_SESSION_POLICY_CHARS: usize = 2048;
 /// The session tag that names the run (transitive: a renewal keeps it and cannot change it).
 pub const RUN_TAG: &str = "ephemera:run";
 
+/// The job's own place under its run's prefix (`runs/<run id>/job/`): the one place its session
+/// writes.
+pub const JOB_SCRATCH: &str = "job";
+
 /// Who holds the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Holder {
@@ -140,16 +144,28 @@ fn has_suffix(name: &str) -> bool {
 /// the RunSpec names (`job.secrets`) and its renewal. Too long for AssumeRole is an error the
 /// RunSpec's check reports before anything is launched.
 pub fn session_policy(spec: &RunSpec, stack: &Stack, holder: Holder) -> Result<Value, ScopeError> {
-    let own: Vec<String> = [stack.export_bucket, stack.artifact_bucket]
-        .iter()
-        .map(|b| format!("arn:aws:s3:::{b}/{}*", run_prefix(&spec.run_id)))
-        .collect();
-    let mut statements = vec![
-        json!({"Effect": "Allow", "Action": "s3:GetObject", "Resource": inputs(spec)}),
-        json!({"Effect": "Allow",
-               "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
-               "Resource": own}),
-    ];
+    let under = |rel: &str| -> Vec<String> {
+        [stack.export_bucket, stack.artifact_bucket]
+            .iter()
+            .map(|b| format!("arn:aws:s3:::{b}/{}{rel}*", run_prefix(&spec.run_id)))
+            .collect()
+    };
+    // The agent writes the run's outputs, manifests and checkpoints; the job reads them and
+    // writes only its scratch `runs/<run id>/job/`, so that a job's credentials, copied out,
+    // can change nothing the run is judged or resumed by.
+    let write = ["s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"];
+    let mut statements =
+        vec![json!({"Effect": "Allow", "Action": "s3:GetObject", "Resource": inputs(spec)})];
+    match holder {
+        Holder::Agent => statements.push(json!({"Effect": "Allow",
+            "Action": ["s3:GetObject", write[0], write[1], write[2]], "Resource": under("")})),
+        Holder::Job => {
+            statements
+                .push(json!({"Effect": "Allow", "Action": "s3:GetObject", "Resource": under("")}));
+            statements.push(json!({"Effect": "Allow", "Action": write,
+                "Resource": under(&format!("{JOB_SCRATCH}/"))}));
+        }
+    }
     let mut by_bucket: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for (bucket, prefix) in listable(spec, stack) {
         by_bucket.entry(bucket).or_default().push(prefix);
@@ -268,10 +284,14 @@ mod tests {
             actions_on(&p, "arn:aws:s3:::art/jobs/train.tar.gz"),
             ["s3:GetObject"]
         );
-        let own = actions_on(&p, "arn:aws:s3:::exp/runs/r1/*");
+        assert_eq!(
+            actions_on(&p, "arn:aws:s3:::exp/runs/r1/*"),
+            ["s3:GetObject"]
+        );
+        let scratch = actions_on(&p, "arn:aws:s3:::exp/runs/r1/job/*");
         assert!(
-            own.contains(&"s3:PutObject".to_string())
-                && own.contains(&"s3:DeleteObject".to_string())
+            scratch.contains(&"s3:PutObject".to_string())
+                && scratch.contains(&"s3:DeleteObject".to_string())
         );
         let text = p.to_string();
         assert!(

@@ -24,6 +24,9 @@ use ephemera_contract::session::{renew_at, RunSession};
 /// session past its renewal time.
 const CACHE_BUFFER: chrono::Duration = chrono::Duration::seconds(10);
 
+/// How long a job's session lasts (`RunCredentials::for_job`): AssumeRole's least.
+pub const JOB_SESSION_SECONDS: i32 = 900;
+
 /// How long a renewal is tried for when STS fails transiently.
 const RENEW_PATIENCE: Duration = Duration::from_secs(120);
 
@@ -111,11 +114,16 @@ impl RunCredentials {
 
     /// AssumeRole of the run role again, signed by `from` (role chaining: at most an hour).
     async fn renew(&self, from: &RunSession) -> Result<RunSession> {
-        self.assume_from(from, &self.session_name).await
+        self.assume_from(from, &self.session_name, 3600).await
     }
 
     /// AssumeRole of `from`'s role, signed by `from`, with `from`'s policy, as `session_name`.
-    async fn assume_from(&self, from: &RunSession, session_name: &str) -> Result<RunSession> {
+    async fn assume_from(
+        &self,
+        from: &RunSession,
+        session_name: &str,
+        seconds: i32,
+    ) -> Result<RunSession> {
         let signer = Credentials::new(
             &from.access_key_id,
             &from.secret_access_key,
@@ -133,7 +141,7 @@ impl RunCredentials {
                 .role_arn(&from.role_arn)
                 .role_session_name(session_name)
                 .policy(&from.policy)
-                .duration_seconds(3600)
+                .duration_seconds(seconds)
                 .send()
         })
         .await
@@ -181,9 +189,15 @@ impl RunCredentials {
             policy: job_policy,
             job_policy: None,
         };
-        self.assume_from(&from, &format!("{}-job", self.session_name))
-            .await
-            .map(Some)
+        // The shortest session STS gives (15 minutes): credentials the job copied out end soon
+        // after the agent stops deriving them.
+        self.assume_from(
+            &from,
+            &format!("{}-job", self.session_name),
+            JOB_SESSION_SECONDS,
+        )
+        .await
+        .map(Some)
     }
 }
 

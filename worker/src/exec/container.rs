@@ -159,8 +159,17 @@ pub fn run_args(
     a.extend(["--stop-timeout".into(), job.grace.as_secs().to_string()]);
     // The job's own user (`--run-as`) inside too: on the host's network, the user data's
     // firewall rule keeps IMDS from it as from a command on the host.
+    // No way back to root inside: a setuid binary of the image (or file capabilities) would
+    // make it the host's root on the host's network, which the rule does not stop.
     if let Some(who) = job.run_as {
-        a.extend(["--user".into(), format!("{}:{}", who.uid, who.gid)]);
+        a.extend([
+            "--user".into(),
+            format!("{}:{}", who.uid, who.gid),
+            "--security-opt".into(),
+            "no-new-privileges".into(),
+            "--cap-drop".into(),
+            "ALL".into(),
+        ]);
     }
     for m in mounts {
         a.extend(["--volume".into(), format!("{0}:{0}", m.display())]);
@@ -406,6 +415,31 @@ mod tests {
             !a.iter().any(|x| x.contains("r1") && x.contains('=')),
             "no value on the command line: {a:?}"
         );
+    }
+
+    #[test]
+    fn a_job_of_its_own_user_runs_so_in_its_container_with_no_way_back_to_root() {
+        let mut j = job();
+        j.run_as = Some(supervise::RunAs {
+            uid: 61000,
+            gid: 61001,
+        });
+        for runtime in [Runtime::Docker, Runtime::Podman] {
+            let a = run_args(&container(runtime, false), "n", &j, &[PathBuf::from("/w")]);
+            let at = a.iter().position(|x| x == "--user").expect("--user");
+            assert_eq!(
+                a[at..at + 6],
+                [
+                    "--user",
+                    "61000:61001",
+                    "--security-opt",
+                    "no-new-privileges",
+                    "--cap-drop",
+                    "ALL"
+                ],
+                "{a:?}"
+            );
+        }
     }
 
     #[test]

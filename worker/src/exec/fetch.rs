@@ -114,7 +114,13 @@ fn unpack(archive: &Path, dir: &PathBuf, gzip: bool) -> Result<Fetched> {
     for entry in tar.entries()? {
         let mut entry = entry?;
         let name = entry.path()?.display().to_string();
-        let is_file = entry.header().entry_type().is_file();
+        let kind = entry.header().entry_type();
+        // A link would be followed later by root (a restore, another fetch, a save) into any
+        // place the archive names: an input is files and directories only.
+        if kind.is_symlink() || kind.is_hard_link() {
+            bail!("the archive's entry '{name}' is a link; an input archive may hold files and directories only");
+        }
+        let is_file = kind.is_file();
         let size = entry.size();
         // unpack_in skips (returns false) an entry whose path leaves `dir`.
         if !entry.unpack_in(dir)? {
@@ -131,6 +137,32 @@ fn unpack(archive: &Path, dir: &PathBuf, gzip: bool) -> Result<Fetched> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_archive_with_a_link_is_refused_before_root_could_follow_it() {
+        let b = std::env::temp_dir().join(format!("ephemera-fetch-link-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&b);
+        std::fs::create_dir_all(b.join("work")).unwrap();
+        for kind in [tar::EntryType::Symlink, tar::EntryType::Link] {
+            let mut t = tar::Builder::new(Vec::new());
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_size(0);
+            h.set_mode(0o777);
+            t.append_link(&mut h, "ckpt", "/etc/cron.d").unwrap();
+            let archive = b.join("in.tar");
+            std::fs::write(&archive, t.into_inner().unwrap()).unwrap();
+            let e = unpack(&archive, &b.join("work"), false)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("'ckpt' is a link"), "{e}");
+            assert!(
+                std::fs::symlink_metadata(b.join("work/ckpt")).is_err(),
+                "{kind:?}"
+            );
+        }
+        std::fs::remove_dir_all(&b).unwrap();
+    }
 
     #[test]
     fn sources_are_archives_or_prefixes() {

@@ -36,8 +36,17 @@ pub const JOB_USER: &str = "ephemera-job";
 /// shortest renewal window (a third of a session's life, 10 s of the harness's 30 s sessions).
 const REFRESH_EVERY: Duration = Duration::from_secs(3);
 
-/// `--run-as`'s value: a user's name, or `UID:GID`.
+/// `--run-as`'s value: a user's name, or `UID:GID`; never root nor the worker's own user (its
+/// leftovers are killed by that user's id: the worker would kill itself).
 pub fn resolve(who: &str) -> Result<RunAs> {
+    let r = resolve_any(who)?;
+    if r.uid == nix::unistd::geteuid().as_raw() {
+        bail!("--run-as {who}: the job may not run as the worker's own user");
+    }
+    Ok(r)
+}
+
+fn resolve_any(who: &str) -> Result<RunAs> {
     if let Some((uid, gid)) = who.split_once(':') {
         let (uid, gid) = (
             uid.parse::<u32>()
@@ -138,7 +147,7 @@ impl JobCredentials {
             .create(&dir)
             .with_context(|| format!("making {}", dir.display()))?;
         let mut obtained = chrono::Utc::now();
-        write_new(&dir, "session.json", &process_json(&first, obtained)?, who)?;
+        write_new(&dir, "session.json", &process_json(&first)?, who)?;
         let config = format!(
             "[default]\ncredential_process = /bin/cat {}\n",
             dir.join("session.json").display()
@@ -161,9 +170,7 @@ impl JobCredentials {
                         continue;
                     }
                 };
-                match process_json(&derived, now)
-                    .and_then(|j| write_new(&at, "session.json", &j, who))
-                {
+                match process_json(&derived).and_then(|j| write_new(&at, "session.json", &j, who)) {
                     Ok(()) => {
                         (held, obtained) = (derived, now);
                         tracing::info!(expires = %held.expiration, "the job's session renewed");
@@ -178,17 +185,17 @@ impl JobCredentials {
     }
 }
 
-/// The `credential_process` document (Version 1) of a session obtained at `obtained`: the
-/// expiry is its renewal time (`contract::session::renew_at`), so the job's SDK asks again
-/// once the agent has written the next one, while this one still works.
-pub fn process_json(s: &RunSession, obtained: chrono::DateTime<chrono::Utc>) -> Result<String> {
-    let refresh = ephemera_contract::session::renew_at(obtained, s.expiration);
+/// The `credential_process` document (Version 1) of a session: its real expiry. The agent
+/// writes the next one at its renewal time (a third of its life before the end,
+/// `contract::session::renew_at`), before an SDK's own refresh window (seconds to minutes before
+/// the expiry) asks again.
+pub fn process_json(s: &RunSession) -> Result<String> {
     Ok(serde_json::to_string(&serde_json::json!({
         "Version": 1,
         "AccessKeyId": s.access_key_id,
         "SecretAccessKey": s.secret_access_key,
         "SessionToken": s.session_token,
-        "Expiration": refresh.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "Expiration": s.expiration.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     }))?)
 }
 
@@ -294,7 +301,7 @@ mod tests {
     }
 
     #[test]
-    fn the_process_document_is_version_1_with_the_renewal_time() {
+    fn the_process_document_is_version_1_with_the_sessions_expiry() {
         let t0 = chrono::DateTime::parse_from_rfc3339("2027-01-15T08:00:00Z")
             .unwrap()
             .with_timezone(&chrono::Utc);
@@ -307,13 +314,12 @@ mod tests {
             policy: "{}".into(),
             job_policy: None,
         };
-        let v: serde_json::Value = serde_json::from_str(&process_json(&s, t0).unwrap()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&process_json(&s).unwrap()).unwrap();
         assert_eq!(v["Version"], 1);
         assert_eq!(v["AccessKeyId"], "ASIA1");
         assert_eq!(v["SecretAccessKey"], "s3cr3t");
         assert_eq!(v["SessionToken"], "tok");
-        // Ten minutes before the hour's end: the agent writes the next one then.
-        assert_eq!(v["Expiration"], "2027-01-15T08:50:00Z");
+        assert_eq!(v["Expiration"], "2027-01-15T09:00:00Z");
     }
 
     #[test]
