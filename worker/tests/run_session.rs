@@ -340,3 +340,243 @@ fn nix_root() -> bool {
         .lines()
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
 }
+
+/// One run of a job as launch-worker starts it: its inputs archive (`probe.sh` and
+/// `input.txt`) put beside it, its execution started, the real worker run for its instance as
+/// the user data runs it (`--run-session`, `--run-as`, its secrets by ARN), to its end.
+struct OneRun<'a> {
+    region: &'static str,
+    machine: &'a str,
+    net: &'a fixtures::Network,
+    topic: &'a str,
+    base: &'a std::path::Path,
+    job_user: (u32, u32),
+}
+
+impl OneRun<'_> {
+    async fn run(
+        &self,
+        run_id: &str,
+        script: &str,
+        secrets: &[(&str, &str)],
+    ) -> (e2e::Finished, String) {
+        let aws = clients(self.region);
+        let inputs = format!("jobs/{run_id}/inputs.tar.gz");
+        aws.s3
+            .put_object()
+            .bucket(EXPORT_BUCKET)
+            .key(&inputs)
+            .body(
+                tar_gz(&[
+                    ("input.txt", &b"hello\n"[..]),
+                    ("probe.sh", script.as_bytes()),
+                ])
+                .into(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let to = format!("s3://{EXPORT_BUCKET}/runs/{run_id}/");
+        let options = [
+            "--fetch".to_string(),
+            format!("s3://{EXPORT_BUCKET}/{inputs}"),
+            "--checkpoint".into(),
+            "ckpt".into(),
+            "--checkpoint-to".into(),
+            format!("s3://{EXPORT_BUCKET}/runs/{run_id}/checkpoints/"),
+            "--keep-checkpoints".into(),
+            "--outputs".into(),
+            "out".into(),
+            "--to".into(),
+            to.clone(),
+        ];
+        let mut spec = fixtures::runspec(run_id, self.net, Some(self.topic));
+        let mut args = vec![json!("exec")];
+        args.extend(options.iter().map(|o| json!(o)));
+        args.extend([json!("--"), json!("sh"), json!("probe.sh")]);
+        spec["worker"]["args"] = json!(args);
+        spec["expect"] = json!({"export_prefix": to});
+        let named: serde_json::Map<String, serde_json::Value> = secrets
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        if !named.is_empty() {
+            spec["job"] = json!({ "secrets": named });
+        }
+        spec["limits"]["heartbeat_seconds"] = json!(30);
+        let execution = e2e::start(self.region, self.machine, &format!("{run_id}-1"), &spec).await;
+        let instance_id = Arc::new(Mutex::new(String::new()));
+        let imds_url = {
+            let id = instance_id.clone();
+            ephemera_tests::imds::serve(move || id.lock().unwrap().clone(), || None).await
+        };
+        *instance_id.lock().unwrap() = instance_of(self.region, run_id, "1").await;
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ephemera-worker"));
+        ephemera_tests::instance_env(&mut cmd, self.region, &imds_url);
+        cmd.args(["exec", "--grace", "5", "--run-id", run_id, "--attempt", "1"])
+            .args(["--ssm-prefix", &format!("/ephemera/runs/{run_id}")])
+            .args([
+                "--heartbeat-seconds",
+                "30",
+                "--log-group",
+                &worker_log_group(),
+            ])
+            .arg("--run-session")
+            .args(["--workdir", &self.base.join(run_id).display().to_string()])
+            .args([
+                "--run-as",
+                &format!("{}:{}", self.job_user.0, self.job_user.1),
+            ])
+            .args(&options);
+        for (name, arn) in secrets {
+            cmd.args(["--secret", &format!("{name}={arn}")]);
+        }
+        cmd.args(["--", "sh", "probe.sh"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let out = cmd.spawn().unwrap().wait_with_output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        let done = e2e::wait(self.region, &execution, Duration::from_secs(120)).await;
+        (done, stderr)
+    }
+}
+
+/// Every object under `prefix` of the export bucket, with its ETag: what "intact" compares.
+async fn objects_under(region: &str, prefix: &str) -> Vec<(String, String)> {
+    let r = clients(region)
+        .s3
+        .list_objects_v2()
+        .bucket(EXPORT_BUCKET)
+        .prefix(prefix)
+        .send()
+        .await
+        .unwrap();
+    r.contents()
+        .iter()
+        .map(|o| {
+            (
+                o.key().unwrap().to_string(),
+                o.e_tag().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Two runs of one stack: the first ends SUCCEEDED with its outputs, manifest, checkpoint and
+/// report; then the second's job, as an attacker, tries with the only credentials it has to
+/// list, read, overwrite and delete each of them and to read the first run's secret. Each try
+/// is refused by IAM as AWS refuses it, the attacker's own run still ends (it is judged by its
+/// own outputs), and the first run's objects are as they were.
+#[tokio::test]
+async fn a_hostile_job_cannot_touch_another_runs_objects_or_read_its_secret() {
+    assert!(
+        nix_root(),
+        "this test runs the job as another user: run it as root, as CI does"
+    );
+    let uid = 63_000 + std::process::id() % 1000;
+    let region = fresh_region();
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    let inbox = fixtures::inbox(region, "ephemera-reports").await;
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&ephemera_tests::sdk_config(region));
+    logs.create_log_group()
+        .log_group_name(worker_log_group())
+        .send()
+        .await
+        .unwrap();
+    let machine = e2e::create_state_machine(region).await;
+    export_bucket(&aws.s3, region).await;
+    let secret = aws_sdk_secretsmanager::Client::new(&ephemera_tests::sdk_config(region))
+        .create_secret()
+        .name("ephemera/victim/key")
+        .secret_string("victims-secret-5d1e")
+        .send()
+        .await
+        .unwrap()
+        .arn
+        .unwrap();
+    let base = std::env::temp_dir().join(format!("ephemera-two-runs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).unwrap();
+    let runs = OneRun {
+        region,
+        machine: &machine,
+        net: &net,
+        topic: &inbox.topic_arn,
+        base: &base,
+        job_user: (uid, uid),
+    };
+
+    let (victim, stderr) = runs
+        .run(
+            "victim",
+            r#"test "$KEY" = victims-secret-5d1e || exit 9
+echo 7 > "$EPHEMERA_CHECKPOINT/step"; sleep 2
+mkdir -p out; cat input.txt > out/model.bin"#,
+            &[("KEY", &secret)],
+        )
+        .await;
+    assert_eq!(victim.status, "SUCCEEDED", "{victim:?}\n{stderr}");
+    let before = objects_under(region, "runs/victim/").await;
+    for key in [
+        "runs/victim/worker-1/model.bin",
+        "runs/victim/worker-1/manifest.json",
+        "runs/victim/report.json",
+    ] {
+        assert!(before.iter().any(|(k, _)| k == key), "{key}: {before:?}");
+    }
+    let checkpoint = before
+        .iter()
+        .find(|(k, _)| k.starts_with("runs/victim/checkpoints/") && k.ends_with("checkpoint.json"))
+        .map(|(k, _)| k.clone())
+        .unwrap_or_else(|| panic!("the victim's checkpoint list: {before:?}"));
+
+    // Each try must be refused (403, AccessDenied); one that is not fails the attacker's job.
+    let attack = format!(
+        r#"set -u
+signed() {{
+  doc=$(sh -c "$(sed -n 's/^credential_process = //p' "$AWS_CONFIG_FILE")")
+  field() {{ printf '%s' "$doc" | sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p"; }}
+  service=$1; shift
+  curl -sS -o /dev/null -w '%{{http_code}}' --aws-sigv4 "aws:amz:$AWS_REGION:$service" \
+    --user "$(field AccessKeyId):$(field SecretAccessKey)" -H "x-amz-security-token: $(field SessionToken)" "$@"
+}}
+s3() {{ signed s3 -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' "$@"; }}
+refused() {{ test "$1" = 403 || {{ echo "allowed: $2 ($1)" >&2; exit 40; }}; }}
+for key in runs/victim/worker-1/model.bin runs/victim/worker-1/manifest.json runs/victim/report.json {checkpoint}; do
+  refused "$(s3 -T input.txt "$AWS_ENDPOINT_URL/{bucket}/$key")" "overwrite $key"
+  refused "$(s3 -X DELETE "$AWS_ENDPOINT_URL/{bucket}/$key")" "delete $key"
+  refused "$(s3 "$AWS_ENDPOINT_URL/{bucket}/$key")" "read $key"
+done
+refused "$(s3 "$AWS_ENDPOINT_URL/{bucket}?list-type=2&prefix=runs/victim/")" "list the victim"
+code=$(signed secretsmanager -H 'X-Amz-Target: secretsmanager.GetSecretValue' \
+  -H 'Content-Type: application/x-amz-json-1.1' -d '{{"SecretId":"{secret}"}}' "$AWS_ENDPOINT_URL/")
+test "$code" = 400 || test "$code" = 403 || {{ echo "read the victim's secret ($code)" >&2; exit 41; }}
+mkdir -p out; echo tried > out/tried.txt"#,
+        bucket = EXPORT_BUCKET,
+    );
+    let (hostile, stderr) = runs.run("hostile", &attack, &[]).await;
+    assert_eq!(hostile.status, "SUCCEEDED", "{hostile:?}\n{stderr}");
+    assert_eq!(
+        objects_under(region, "runs/victim/").await,
+        before,
+        "the victim's objects are as they were"
+    );
+    let denials = harness().door.denials_in(region);
+    for (action, on) in [
+        ("s3:PutObject", "runs/victim/worker-1/manifest.json"),
+        ("s3:DeleteObject", "runs/victim/report.json"),
+        ("s3:GetObject", "runs/victim/worker-1/model.bin"),
+        ("s3:ListBucket", EXPORT_BUCKET),
+        ("secretsmanager:GetSecretValue", "ephemera/victim/key"),
+    ] {
+        assert!(
+            denials.iter().any(|d| d.principal == Principal::Run
+                && d.action == action
+                && d.resource.contains(on)),
+            "{action} on {on} not refused: {denials:?}"
+        );
+    }
+    std::fs::remove_dir_all(&base).unwrap();
+}
