@@ -1256,6 +1256,15 @@ async fn fresh_account_ec2(
         // returns the first call's instance, with other parameters IdempotentParameterMismatch
         // (https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-idempotency.html).
         "RunInstances" => {
+            // EC2 resolves an ImageId of `resolve:ssm:<parameter>` to the AMI id the parameter
+            // holds, and the instance shows that id (EC2 User Guide, "Use a Systems Manager
+            // parameter instead of an AMI ID"); moto keeps the literal. Resolved here, before
+            // the rest reads the image.
+            let resolved = door.resolve_ssm_image(region, form).await;
+            let (form, bytes) = match &resolved {
+                Some((f, b)) => (f, b),
+                None => (form, bytes),
+            };
             // The SDKs fill ClientToken in (an idempotency token); a request without one is
             // no retry of anything.
             let token = form.get("ClientToken").cloned();
@@ -2061,6 +2070,34 @@ impl FrontDoor {
     /// snapshot", https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/block-device-mapping-concepts.html)
     /// at once, as `InvalidBlockDeviceMapping` with this message (as users report it, e.g.
     /// https://github.com/aws/karpenter-provider-aws/issues/3302).
+    /// `form` with its `ImageId=resolve:ssm:<name>` replaced by the parameter's value, and the
+    /// request's body so rewritten; None when the image is an id, or the parameter does not
+    /// exist (left to moto).
+    async fn resolve_ssm_image(
+        &self,
+        region: &str,
+        form: &HashMap<String, String>,
+    ) -> Option<(HashMap<String, String>, axum::body::Bytes)> {
+        let name = form.get("ImageId")?.strip_prefix("resolve:ssm:")?;
+        let answer = self
+            .moto_json(
+                region,
+                "ssm",
+                "AmazonSSM.GetParameter",
+                serde_json::json!({ "Name": name }),
+            )
+            .await?;
+        let ami = answer["Parameter"]["Value"].as_str()?.to_string();
+        let mut resolved = form.clone();
+        resolved.insert("ImageId".into(), ami);
+        let body = resolved
+            .iter()
+            .map(|(k, v)| format!("{}={}", urlencoding::encode(k), urlencoding::encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        Some((resolved, axum::body::Bytes::from(body)))
+    }
+
     async fn smaller_than_snapshot(
         &self,
         region: &str,

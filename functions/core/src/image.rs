@@ -22,6 +22,26 @@ pub const ECS_AL2023_ARM64: &str =
 pub const ECS_AL2023_GPU: &str =
     "resolve:ssm:/aws/service/ecs/optimized-ami/amazon-linux-2023/gpu/recommended/image_id";
 
+/// `worker.image: "auto"`: ephemera chooses the AMI ([`ami`]).
+pub const AUTO: &str = "auto";
+
+/// The AMI the run's instances boot: `worker.image`, or with `"auto"` the ECS-optimized
+/// Amazon Linux 2023 image for the candidates' architecture (one for them all, which the
+/// RunSpec's rules hold), its GPU variant on GPU types ([`ecs_ami`]): a container runtime, the
+/// AWS CLI, and on a GPU type the NVIDIA driver and container toolkit.
+pub fn ami(spec: &RunSpec) -> String {
+    if spec.worker.image != AUTO {
+        return spec.worker.image.clone();
+    }
+    let arch = spec
+        .worker
+        .instance_types
+        .iter()
+        .find_map(|t| catalog::lookup(t))
+        .map_or(Arch::X86_64, |i| i.arch);
+    ecs_ami(arch, gpu_types(spec)).to_string()
+}
+
 /// The AMI with a container runtime for candidates of `arch`, with GPUs or not.
 pub fn ecs_ami(arch: Arch, gpus: bool) -> &'static str {
     match (gpus, arch) {
@@ -139,7 +159,7 @@ pub fn check(spec: &RunSpec) -> Vec<FieldError> {
         .iter()
         .find_map(|t| catalog::lookup(t))
         .map(|i| i.arch);
-    match (known(&w.image), arch) {
+    match (known(&ami(spec)), arch) {
         (Known::Ecs { gpus: true }, _) if gpus.is_empty() && !cpus.is_empty() => add(
             "worker.image",
             format!(
@@ -221,6 +241,24 @@ mod tests {
 
     fn fields(errs: &[FieldError]) -> Vec<&str> {
         errs.iter().map(|e| e.field.as_str()).collect()
+    }
+
+    #[test]
+    fn auto_chooses_the_ecs_ami_of_the_candidates_architecture_and_its_gpu_variant() {
+        for (types, want) in [
+            (&["g5.xlarge", "g6.xlarge"][..], ECS_AL2023_GPU),
+            (&["c7g.4xlarge"][..], ECS_AL2023_ARM64),
+            (&["c6i.4xlarge", "m6i.4xlarge"][..], ECS_AL2023_X86_64),
+        ] {
+            let s = spec(types, AUTO, Some(ECR));
+            assert_eq!(ami(&s), want, "{types:?}");
+            assert!(check(&s).is_empty(), "{types:?}: {:?}", check(&s));
+        }
+        // An image given is the image launched.
+        assert_eq!(
+            ami(&spec(&["c7g.4xlarge"], ECS_AL2023_ARM64, None)),
+            ECS_AL2023_ARM64
+        );
     }
 
     #[test]

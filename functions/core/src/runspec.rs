@@ -137,7 +137,9 @@ pub struct WorkerSpec {
     pub subnets: Vec<String>,
     #[serde(default)]
     pub security_groups: Vec<String>,
-    /// `ami-…` or `resolve:ssm:/path` (resolved by EC2 at launch).
+    /// `ami-…`, `resolve:ssm:/path` (resolved by EC2 at launch), or `auto`: the ECS-optimized
+    /// Amazon Linux 2023 AMI for the candidates' architecture, its GPU variant on GPU types
+    /// (`image::ami`).
     pub image: String,
     #[serde(default = "default_volume_gib")]
     pub volume_gib: u32,
@@ -666,12 +668,13 @@ impl RunSpec {
     fn validate_launch(&self, errs: &mut Errors) {
         let w = &self.worker;
         if !(is_aws_id(&w.image, "ami-")
-            || (w.image.starts_with("resolve:ssm:/") && w.image.len() > 13))
+            || (w.image.starts_with("resolve:ssm:/") && w.image.len() > 13)
+            || w.image == crate::image::AUTO)
         {
             errs.add(
                 "worker.image",
                 format!(
-                    "'{}' must be an AMI id (ami-…) or resolve:ssm:/parameter/path",
+                    "'{}' must be an AMI id (ami-…), resolve:ssm:/parameter/path or \"auto\" (the ECS-optimized Amazon Linux 2023 AMI for the types, its GPU variant on GPU types)",
                     w.image
                 ),
             );

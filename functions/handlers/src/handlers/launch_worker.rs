@@ -764,7 +764,7 @@ async fn launch_request<E: Compute, S: Params>(
         subnet: String::new(),
         client_token: String::new(),
         security_groups: spec.worker.security_groups.clone(),
-        image: spec.worker.image.clone(),
+        image: ephemera_core::image::ami(spec),
         volume_gib: spec.worker.volume_gib,
         // The image's own root device, which differs between AMIs (/dev/xvda on Amazon
         // Linux, /dev/sda1 on Ubuntu).
@@ -786,13 +786,14 @@ async fn resolved_image<S: Params>(
     spec: &RunSpec,
     region: &str,
 ) -> Result<String, Error> {
-    match spec.worker.image.strip_prefix("resolve:ssm:") {
+    let image = ephemera_core::image::ami(spec);
+    match image.strip_prefix("resolve:ssm:") {
         Some(alias) => params.get(alias).await?.ok_or_else(|| {
             Error::LaunchFailed(format!(
                 "worker.image: the SSM parameter {alias} does not exist in {region}"
             ))
         }),
-        None => Ok(spec.worker.image.clone()),
+        None => Ok(image),
     }
 }
 
