@@ -6,7 +6,10 @@
 
 /// (type, vCPUs, GPUs, On-Demand USD per hour in the dated table: us-east-1, Linux, as of
 /// `catalog::PRICES_AS_OF`). Prices are not linear in vCPUs (the 12xlarge sizes carry four
-/// GPUs, the 16xlarge one), so each size is listed.
+/// GPUs, the 16xlarge one), so each size is listed. Checked row by row (vCPUs, GPUs, price)
+/// against SkyPilot's AWS catalog (`skypilot-org/skypilot-catalog`, `catalogs/v8/aws/vms.csv`,
+/// us-east-1 rows), which carries AWS's June 2025 cut of the P4d and P5 prices (AWS News Blog,
+/// "Announcing up to 45% price reduction for Amazon EC2 NVIDIA GPU-accelerated instances").
 const GPU_TYPES: &[(&str, u32, u32, f64)] = &[
     // NVIDIA T4.
     ("g4dn.xlarge", 4, 1, 0.526),
@@ -43,7 +46,7 @@ const GPU_TYPES: &[(&str, u32, u32, f64)] = &[
     ("g6e.24xlarge", 96, 4, 15.06559),
     ("g6e.48xlarge", 192, 8, 30.13118),
     // NVIDIA A100 (40 GB) and H100: one size each.
-    ("p4d.24xlarge", 96, 8, 21.96),
+    ("p4d.24xlarge", 96, 8, 21.957642),
     ("p5.48xlarge", 192, 8, 55.04),
 ];
 

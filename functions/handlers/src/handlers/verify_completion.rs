@@ -67,11 +67,45 @@ pub async fn handle<O: Objects>(
     }
     let mut checks = vec![workers];
     checks.extend(verify::check_reports(spec, sharing, &reports));
-    // Every manifest the reports name, with the sizes of the objects it lists; what could not
-    // be read, by check (one check however many workers, to keep the document bounded).
+    let (listed, unread) = read_manifests(objects, spec, sharing, &reports).await?;
+    checks.extend(unread);
+    checks.extend(manifest_checks(spec, sharing, &reports, &listed));
+    if !listed.is_empty() {
+        let kept = kept_checksums(objects, &listed).await?;
+        let every = listed.iter().flat_map(|(l, _)| &l.manifest.objects);
+        checks.push(verify::checksum_check(every, &kept));
+    }
+    let manifests: Vec<Listed> = listed.into_iter().map(|(l, _)| l).collect();
+    let outputs = verify::outputs_of(&manifests);
+    let bad: Vec<Check> = checks.iter().filter(|c| !c.ok).cloned().collect();
+    tracing::info!(checks = checks.len(), failed = bad.len(), "verified");
+    if !bad.is_empty() {
+        return Err(Error::VerificationFailed { failed: bad });
+    }
+    Ok(Verification {
+        ok: true,
+        checks,
+        verified_at: now,
+        outputs,
+    })
+}
+
+/// Every manifest the reports name, with the sizes of the objects it lists, and the failed
+/// checks of those that could not be read, by check (one check however many workers, to keep
+/// the document bounded).
+async fn read_manifests<O: Objects>(
+    objects: &O,
+    spec: &RunSpec,
+    sharing: Sharing,
+    reports: &[(u32, Summary)],
+) -> Result<(Vec<(Listed, BTreeMap<String, Option<u64>>)>, Vec<Check>), Error> {
+    let whose = |slot: u32| match sharing {
+        Sharing::Shares => format!("worker {slot}: "),
+        Sharing::Queue => String::new(),
+    };
     let mut listed: Vec<(Listed, BTreeMap<String, Option<u64>>)> = vec![];
     let mut unread: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (slot, report) in &reports {
+    for (slot, report) in reports {
         // The manifest is read where the RunSpec puts it, never where a worker says: a report
         // naming another place fails (a job that could write elsewhere under the run's prefix
         // must not pick the manifest it is judged by).
@@ -110,31 +144,19 @@ pub async fn handle<O: Objects>(
             None => {}
         }
     }
-    for (name, details) in unread {
-        checks.push(failed(
-            name,
-            ephemera_core::caps::cap(&details.join("; "), ephemera_core::caps::CHECK_DETAIL_KEPT),
-        ));
-    }
-    checks.extend(manifest_checks(spec, sharing, &reports, &listed));
-    if !listed.is_empty() {
-        let kept = kept_checksums(objects, &listed).await?;
-        let every = listed.iter().flat_map(|(l, _)| &l.manifest.objects);
-        checks.push(verify::checksum_check(every, &kept));
-    }
-    let manifests: Vec<Listed> = listed.into_iter().map(|(l, _)| l).collect();
-    let outputs = verify::outputs_of(&manifests);
-    let bad: Vec<Check> = checks.iter().filter(|c| !c.ok).cloned().collect();
-    tracing::info!(checks = checks.len(), failed = bad.len(), "verified");
-    if !bad.is_empty() {
-        return Err(Error::VerificationFailed { failed: bad });
-    }
-    Ok(Verification {
-        ok: true,
-        checks,
-        verified_at: now,
-        outputs,
-    })
+    let failures = unread
+        .into_iter()
+        .map(|(name, details)| {
+            failed(
+                name,
+                ephemera_core::caps::cap(
+                    &details.join("; "),
+                    ephemera_core::caps::CHECK_DETAIL_KEPT,
+                ),
+            )
+        })
+        .collect();
+    Ok((listed, failures))
 }
 
 /// Each manifest against the objects found: the feature run's one by one against the fullest
