@@ -553,7 +553,7 @@ async fn price_capacity_ranks_a_dearer_or_low_scoring_first_choice_lower_and_the
     let zone = attempt["availability_zone"].as_str().unwrap();
     assert!(
         line.starts_with(&format!("tried c6g.4xlarge in {zone} first: score 9, $"))
-            && line.ends_with(" 0 reclaims in 0 runs (spot, price-capacity, 8 ranked)"),
+            && line.ends_with(" 0 reclaims in 0 runs (spot, 8 ranked)"),
         "{attempt}"
     );
     let report = run.finished.report.to_string();
@@ -609,7 +609,7 @@ async fn the_ledgers_reclaim_history_moves_a_candidate_down() {
     let line = attempts[0]["placement"].as_str().unwrap_or_default();
     assert!(
         line.starts_with(&format!("tried c7g.4xlarge in {reclaimed_zone} first: "))
-            && line.ends_with(" 0 reclaims in 0 runs (spot, price-capacity, 4 ranked)"),
+            && line.ends_with(" 0 reclaims in 0 runs (spot, 4 ranked)"),
         "{attempts}"
     );
     // The relaunch ranked from the facts the first launch kept: one configuration asked.

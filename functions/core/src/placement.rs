@@ -224,8 +224,11 @@ pub struct Ranking {
 pub const FALLBACK_KEPT: usize = 200;
 
 /// How much of [`Choice::line`] an attempt keeps (the run document's and the report's): a
-/// fallback's reason past it is in launch-worker's log.
-pub const LINE_KEPT: usize = 128;
+/// fallback's reason past it is in launch-worker's log. 112: a usual line whole ("tried
+/// c6g.4xlarge in us-east-1b first: score 9, $0.1950/h, 0 reclaims in 0 runs (spot, 8
+/// ranked)"), and forty workers with two relaunches each still inside the run document's
+/// bound (`payload`, `tests/tests/run_cap.rs`).
+pub const LINE_KEPT: usize = 112;
 
 /// What the run document keeps of a ranking: the rule, any fallback, the first candidate with
 /// its facts, and how many were ranked (every one is in launch-worker's log).
@@ -241,7 +244,7 @@ pub struct Choice {
 
 impl Choice {
     /// "tried c7g.4xlarge in us-east-1b first: score 9, $0.2100/h, 0 reclaims in 14 runs
-    /// (spot, price-capacity, 12 ranked)", or "written order (scores of c7g.4xlarge:
+    /// (spot, 12 ranked)", or "written order (scores of c7g.4xlarge:
     /// RequestLimitExceeded: …): tried c7g.4xlarge in subnet-… first (spot)": short, since every
     /// attempt of a run keeps one ([`LINE_KEPT`]), the reason first so that a cut keeps it.
     pub fn line(&self) -> String {
@@ -256,7 +259,14 @@ impl Choice {
             });
             return format!("written order ({why}): tried {what} first ({market})");
         }
-        let how = format!("{market}, {}, {} ranked", self.order.as_str(), self.ranked);
+        // Scores and reclaims in the facts say price-capacity: only the other rule is named,
+        // to keep the line short (forty workers' attempts carry one each).
+        let how = match self.order {
+            crate::runspec::CapacityOrder::PriceCapacity => {
+                format!("{market}, {} ranked", self.ranked)
+            }
+            other => format!("{market}, {}, {} ranked", other.as_str(), self.ranked),
+        };
         match &self.first {
             Some(f) => {
                 let line = f.line();
@@ -768,7 +778,7 @@ mod tests {
         );
         assert_eq!(
             r.choice().line(),
-            "tried c7g.4xlarge in us-east-1b first: score 8, $0.2000/h, 0 reclaims in 14 runs (spot, price-capacity, 8 ranked)"
+            "tried c7g.4xlarge in us-east-1b first: score 8, $0.2000/h, 0 reclaims in 14 runs (spot, 8 ranked)"
         );
         assert_eq!(price_now(&[], now()), None);
         let at = |h: i64, usd| PricePoint {

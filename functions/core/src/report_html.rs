@@ -974,7 +974,7 @@ pub(crate) mod tests {
     #[test]
     fn each_attempt_shows_the_candidate_its_launch_tried_first() {
         let mut r = report();
-        let line = "tried c7g.4xlarge in us-east-1b first: score 9, $0.2100/h, 0 reclaims in 14 runs (spot, price-capacity, 12 ranked)";
+        let line = "tried c7g.4xlarge in us-east-1b first: score 9, $0.2100/h, 0 reclaims in 14 runs (spot, 12 ranked)";
         r.attempts[0].placement = Some(format!("{line} <x>"));
         let page = render(&r);
         assert!(
