@@ -23,7 +23,7 @@ pub const ECS_AL2023_GPU: &str =
     "resolve:ssm:/aws/service/ecs/optimized-ami/amazon-linux-2023/gpu/recommended/image_id";
 
 /// `worker.image: "auto"`: ephemera chooses the AMI ([`ami`]).
-pub const AUTO: &str = "auto";
+pub use crate::runspec::AUTO_IMAGE as AUTO;
 
 /// The AMI the run's instances boot: `worker.image`, or with `"auto"` the ECS-optimized
 /// Amazon Linux 2023 image for the candidates' architecture (one for them all, which the

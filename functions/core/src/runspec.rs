@@ -157,6 +157,10 @@ pub struct WorkerSpec {
     pub count: u32,
 }
 
+/// `worker.image: "auto"`: the ECS-optimized Amazon Linux 2023 AMI for the candidates'
+/// architecture, its GPU variant on GPU types (`crate::image::ami` chooses it).
+pub const AUTO_IMAGE: &str = "auto";
+
 impl WorkerSpec {
     /// A job (`worker.args` starting `exec`): each worker is given its share (`EPHEMERA_WORKER`)
     /// and nobody redoes another's, so the run is done only when every worker is; the feature
@@ -669,7 +673,7 @@ impl RunSpec {
         let w = &self.worker;
         if !(is_aws_id(&w.image, "ami-")
             || (w.image.starts_with("resolve:ssm:/") && w.image.len() > 13)
-            || w.image == crate::image::AUTO)
+            || w.image == AUTO_IMAGE)
         {
             errs.add(
                 "worker.image",
