@@ -547,3 +547,45 @@ async fn chromium_draws_the_month() {
         );
     }
 }
+
+/// `worker.image: "auto"`: the run boots the ECS-optimized Amazon Linux 2023 AMI of its
+/// candidates' architecture (Graviton here), which launch-worker names by its public parameter
+/// and EC2 resolves to the AMI id the instance shows (played by the front door).
+#[tokio::test]
+async fn auto_boots_the_ecs_ami_of_the_candidates_architecture() {
+    // (Here rather than in state_machine.rs, whose tests use every region the harness has.)
+    let region = ephemera_tests::fresh_region();
+    let report = json!({"run_id": "e2e-auto-ami", "partitions_done": 2, "partitions_failed": 0,
+        "rows_in": 1000, "rows_out": 1000, "durations": {"total_seconds": 1.5}});
+    let r = ephemera_tests::e2e::scenario(
+        region,
+        "e2e-auto-ami",
+        ephemera_tests::worker_standin::Behaviour::Succeed(report),
+        |spec| spec["worker"]["image"] = json!("auto"),
+    )
+    .await;
+    assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished);
+    let aws = ephemera_tests::clients(r.region);
+    let arm64 = aws_sdk_ssm::Client::new(&ephemera_tests::sdk_config(r.region))
+        .get_parameter()
+        .name("/aws/service/ecs/optimized-ami/amazon-linux-2023/arm64/recommended/image_id")
+        .send()
+        .await
+        .unwrap()
+        .parameter
+        .and_then(|p| p.value)
+        .unwrap();
+    let booted = aws
+        .ec2
+        .describe_instances()
+        .instance_ids(&r.instances[0].0)
+        .send()
+        .await
+        .unwrap()
+        .reservations()[0]
+        .instances()[0]
+        .image_id()
+        .unwrap()
+        .to_string();
+    assert_eq!(booted, arm64);
+}

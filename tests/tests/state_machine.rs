@@ -92,44 +92,6 @@ async fn happy_path() {
     assert_eq!(r.report()["run_id"], "e2e-happy");
 }
 
-/// `worker.image: "auto"`: the run boots the ECS-optimized Amazon Linux 2023 AMI of its
-/// candidates' architecture (Graviton here), which launch-worker names by its public parameter
-/// and EC2 resolves to the AMI id the instance shows (played by the front door).
-#[tokio::test]
-async fn auto_boots_the_ecs_ami_of_the_candidates_architecture() {
-    let r = scenario(
-        "e2e-auto-ami",
-        Behaviour::Succeed(report_for("e2e-auto-ami", 2)),
-        |_| {},
-        |spec| spec["worker"]["image"] = json!("auto"),
-    )
-    .await;
-    assert_eq!(r.finished.status, "SUCCEEDED", "{:?}", r.finished);
-    let aws = ephemera_tests::clients(r.region);
-    let arm64 = aws_sdk_ssm::Client::new(&ephemera_tests::sdk_config(r.region))
-        .get_parameter()
-        .name("/aws/service/ecs/optimized-ami/amazon-linux-2023/arm64/recommended/image_id")
-        .send()
-        .await
-        .unwrap()
-        .parameter
-        .and_then(|p| p.value)
-        .unwrap();
-    let booted = aws
-        .ec2
-        .describe_instances()
-        .instance_ids(&r.instances[0].0)
-        .send()
-        .await
-        .unwrap()
-        .reservations()[0]
-        .instances()[0]
-        .image_id()
-        .unwrap()
-        .to_string();
-    assert_eq!(booted, arm64);
-}
-
 /// Each attempt's task token is a parameter of its instance's own, tagged with the one role
 /// session that may read it: while the run waits on it, the worker on that instance reads it, a
 /// worker on any other instance is refused as AWS refuses it; once the run is over, its
