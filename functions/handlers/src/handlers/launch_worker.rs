@@ -4,6 +4,7 @@
 //! ClientToken.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
@@ -202,6 +203,7 @@ pub async fn handle<
         region: &config.region,
         month: &month,
         now,
+        limit: RANKING_READS_LIMIT,
     }
     .rank(&markets)
     .await;
@@ -980,6 +982,46 @@ struct Ranker<'a, E, P, L> {
     /// The month the run is booked in: its history reads it and the month before.
     month: &'a str,
     now: DateTime<Utc>,
+    /// How long the ranking's reads may take ([`RANKING_READS_LIMIT`]).
+    limit: Duration,
+}
+
+/// How long a `price-capacity` ranking may spend reading its facts (zones, Spot prices,
+/// placement scores, the ledger's recent runs) before the candidates are tried as written.
+/// A ranking is one part of launch-worker's 300 s (template.yaml), which must also hold the
+/// launch across every candidate, the reservation and the run document; the reads are one
+/// call per type and zone and one per type (a few seconds at most when AWS answers), so 20 s
+/// is only reached by a service that is stalled or throttling hard, and a launch in the
+/// written order is worth more than a better rank that comes too late.
+const RANKING_READS_LIMIT: Duration = Duration::from_secs(20);
+
+/// What a ranking read, owned (a read cut by its time limit leaves nothing half read).
+struct Read {
+    observed: Result<placement::Observed, String>,
+    vcpus: HashMap<String, u32>,
+    on_demand: Vec<cost::TypePrice>,
+    history: placement::History,
+}
+
+impl Read {
+    /// Nothing read, and why.
+    fn none(why: String) -> Read {
+        Read {
+            observed: Err(why),
+            vcpus: HashMap::new(),
+            on_demand: vec![],
+            history: placement::History::new(),
+        }
+    }
+
+    fn facts(&self) -> placement::Facts<'_> {
+        placement::Facts {
+            observed: self.observed.as_ref().map_err(Clone::clone),
+            vcpus: &self.vcpus,
+            on_demand: &self.on_demand,
+            history: &self.history,
+        }
+    }
 }
 
 /// How far back the Spot price now is read: AWS includes the price in force at the window's
@@ -988,32 +1030,38 @@ const SPOT_PRICE_WINDOW_HOURS: i64 = 1;
 
 impl<E: Compute + SpotPlacement, P: PriceList, L: Ledger> Ranker<'_, E, P, L> {
     /// The candidates of `markets` in the order `capacity.order` tries them
-    /// (`placement::rank`); as written, with the reason, when a fact could not be read.
+    /// (`placement::rank`); as written, with the reason, when a fact could not be read, or
+    /// not within [`RANKING_READS_LIMIT`].
     async fn rank(&self, markets: &[Market]) -> Ranking {
         let spec = self.spec;
-        let types = &spec.worker.instance_types;
-        let written = capacity::candidates(types, &spec.worker.subnets, markets);
-        let none = (HashMap::new(), vec![], placement::History::new());
+        let written =
+            capacity::candidates(&spec.worker.instance_types, &spec.worker.subnets, markets);
         if spec.capacity.order == CapacityOrder::AsWritten {
-            let facts = placement::Facts {
-                observed: Err(String::new()),
-                vcpus: &none.0,
-                on_demand: &none.1,
-                history: &none.2,
-            };
-            return placement::rank(spec.capacity.order, &written, &facts);
+            return placement::rank(
+                spec.capacity.order,
+                &written,
+                &Read::none(String::new()).facts(),
+            );
         }
+        let read = match tokio::time::timeout(self.limit, self.read()).await {
+            Ok(read) => read,
+            Err(_) => {
+                tracing::warn!(
+                    limit_seconds = self.limit.as_secs_f64(),
+                    "the placement facts were not read in time; trying the candidates as written"
+                );
+                Read::none(format!("placement facts not read within {:?}", self.limit))
+            }
+        };
+        placement::rank(spec.capacity.order, &written, &read.facts())
+    }
+
+    /// Every fact a `price-capacity` ranking weighs; what could not be read says why.
+    async fn read(&self) -> Read {
+        let types = &self.spec.worker.instance_types;
         let vcpus = match self.ec2.vcpus(types).await {
             Ok(v) => v,
-            Err(e) => {
-                let facts = placement::Facts {
-                    observed: Err(format!("ec2:DescribeInstanceTypes: {e}")),
-                    vcpus: &none.0,
-                    on_demand: &none.1,
-                    history: &none.2,
-                };
-                return placement::rank(spec.capacity.order, &written, &facts);
-            }
+            Err(e) => return Read::none(format!("ec2:DescribeInstanceTypes: {e}")),
         };
         let quotes = pricing::quotes_for(self.prices, &self.input.prices, types, self.region).await;
         let on_demand = pricing::type_prices(types, quotes);
@@ -1022,13 +1070,12 @@ impl<E: Compute + SpotPlacement, P: PriceList, L: Ledger> Ranker<'_, E, P, L> {
             (Ok(h), o) => (h, o),
             (Err(why), _) => (placement::History::new(), Err(why)),
         };
-        let facts = placement::Facts {
-            observed: observed.as_ref().map_err(Clone::clone),
-            vcpus: &vcpus,
-            on_demand: &on_demand,
-            history: &history,
-        };
-        placement::rank(spec.capacity.order, &written, &facts)
+        Read {
+            observed,
+            vcpus,
+            on_demand,
+            history,
+        }
     }
 
     /// What the run's first ranking read (kept in its ledger item), else read now: each
@@ -1148,4 +1195,155 @@ impl<E: Compute + SpotPlacement, P: PriceList, L: Ledger> Ranker<'_, E, P, L> {
 /// The number of the worker's attempt under way (0 before any).
 fn last_attempt(w: &WorkerState) -> u32 {
     w.current().map_or(0, |a| a.attempt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::{LedgerTable, Quote, RootVolume, RunError, ScoreRefusal, StatusChecks};
+    use ephemera_core::cost::PricePoint;
+    use ephemera_core::placement::Zone;
+
+    /// EC2 as a ranking reads it: its Spot price reads answer after `stall` (never, when
+    /// `None`). A launch's calls are not a ranking's.
+    struct Ec2 {
+        stall: Option<Duration>,
+    }
+
+    impl Compute for Ec2 {
+        async fn vcpus(&self, types: &[String]) -> Result<HashMap<String, u32>, Error> {
+            Ok(types.iter().map(|t| (t.clone(), 16)).collect())
+        }
+        async fn instances(
+            &self,
+            _: &[(&str, &str)],
+            _: &[InstanceState],
+        ) -> Result<Vec<InstanceView>, Error> {
+            unreachable!("a ranking lists no instance")
+        }
+        async fn describe(&self, _: &[String]) -> Result<Vec<InstanceView>, Error> {
+            unreachable!("a ranking describes no instance")
+        }
+        async fn run(&self, _: &LaunchRequest) -> Result<InstanceView, RunError> {
+            unreachable!("a ranking launches nothing")
+        }
+        async fn status_checks(&self, _: &str) -> Result<StatusChecks, Error> {
+            unreachable!("a ranking reads no status")
+        }
+        async fn terminate(&self, _: &[String]) -> Result<(), Error> {
+            unreachable!("a ranking terminates nothing")
+        }
+        async fn ebs_default_key(&self) -> Result<String, Error> {
+            unreachable!("a ranking reads no key")
+        }
+        async fn root_volume(&self, _: &str) -> Result<RootVolume, Error> {
+            unreachable!("a ranking reads no image")
+        }
+        async fn spot_prices(
+            &self,
+            instance_type: &str,
+            _: &str,
+            start: DateTime<Utc>,
+            _: DateTime<Utc>,
+        ) -> Result<Vec<PricePoint>, Error> {
+            match self.stall {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending::<()>().await,
+            }
+            // c6g is the cheapest: a ranking that read it tries it first.
+            let usd_per_hour = if instance_type.starts_with("c6g") {
+                0.2
+            } else {
+                0.4
+            };
+            Ok(vec![PricePoint {
+                at: start,
+                usd_per_hour,
+            }])
+        }
+    }
+
+    impl SpotPlacement for Ec2 {
+        async fn subnet_zones(&self, subnets: &[String]) -> Result<BTreeMap<String, Zone>, Error> {
+            Ok(subnets
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let zone = Zone {
+                        name: format!("us-east-1{}", ['a', 'b', 'c'][i % 3]),
+                        id: format!("use1-az{}", i + 1),
+                    };
+                    (s.clone(), zone)
+                })
+                .collect())
+        }
+        async fn placement_scores(
+            &self,
+            _: &[String],
+            _: u32,
+            _: &str,
+        ) -> Result<BTreeMap<String, u8>, ScoreRefusal> {
+            Ok([("use1-az1".to_string(), 9), ("use1-az2".to_string(), 9)].into())
+        }
+    }
+
+    struct NoPriceList;
+
+    impl PriceList for NoPriceList {
+        async fn on_demand_hourly(&self, _: &str, _: &str) -> Option<Quote> {
+            None
+        }
+    }
+
+    async fn ranking(ec2: &Ec2, limit: Duration) -> Ranking {
+        let mut run: serde_json::Value =
+            serde_json::from_str(include_str!("../../../../events/runspec.json")).unwrap();
+        run["capacity"]["order"] = "price-capacity".into();
+        let input: Input = serde_json::from_value(serde_json::json!({
+            "run": run,
+            "execution": "arn:aws:states:us-east-1:123456789012:execution:ephemera:r1",
+        }))
+        .unwrap();
+        Ranker {
+            ec2,
+            prices: &NoPriceList,
+            ledger: None::<&LedgerTable>,
+            spec: &input.run,
+            input: &input,
+            region: "us-east-1",
+            month: "2026-12",
+            now: Utc::now(),
+            limit,
+        }
+        .rank(&[Market::Spot])
+        .await
+    }
+
+    #[tokio::test]
+    async fn reads_that_do_not_answer_within_the_limit_leave_the_written_order_and_say_so() {
+        let ranking = ranking(&Ec2 { stall: None }, Duration::from_millis(50)).await;
+        let choice = ranking.choice();
+        assert_eq!(
+            choice.fallback.as_deref(),
+            Some("placement facts not read within 50ms"),
+        );
+        assert_eq!(ranking.candidates[0].instance_type, "c7g.4xlarge");
+        assert!(
+            choice
+                .line()
+                .starts_with("written order (placement facts not read"),
+            "{}",
+            choice.line()
+        );
+    }
+
+    #[tokio::test]
+    async fn reads_that_answer_within_the_limit_rank_by_price_and_capacity() {
+        let ec2 = Ec2 {
+            stall: Some(Duration::from_millis(1)),
+        };
+        let ranking = ranking(&ec2, RANKING_READS_LIMIT).await;
+        assert_eq!(ranking.choice().fallback, None);
+        assert_eq!(ranking.candidates[0].instance_type, "c6g.4xlarge");
+    }
 }
