@@ -308,6 +308,7 @@ mod tests {
             state: "WaitBoot".into(),
             since: at(0),
             why: why.into(),
+            job: None,
         };
         assert_eq!(
             waiting_on(&[w("boot: i-1"), w("job: on i-2"), w("boot: i-3")]),

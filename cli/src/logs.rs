@@ -130,6 +130,52 @@ fn shown(message: &str, raw: bool) -> String {
     })
 }
 
+/// How many of a stream's newest lines `status` reads for a working job: a heartbeat line is
+/// logged once a period, so a job that writes fewer than this many lines a period shows both.
+const TAIL_LINES: i32 = 50;
+
+/// The newest lines of one attempt's stream, oldest first, each with the time CloudWatch Logs
+/// holds for it; none while the worker has shipped none (no stream yet).
+pub async fn tail(
+    logs: &Client,
+    execution: &Execution,
+    attempt: u32,
+    instance: &str,
+) -> Result<Vec<(chrono::DateTime<chrono::Utc>, String)>, CliError> {
+    let run_id = execution
+        .run_id()
+        .ok_or_else(|| CliError::Other(format!("{} has no run id in its input", execution.name)))?;
+    let group = group_of(execution);
+    let stream = ephemera_core::contract::logs::worker_log_stream(&run_id, attempt, instance);
+    let op = Op::new("logs:GetLogEvents", &stream);
+    let page = match logs
+        .get_log_events()
+        .log_group_name(&group)
+        .log_stream_name(&stream)
+        .start_from_head(false)
+        .limit(TAIL_LINES)
+        .send()
+        .await
+    {
+        Ok(p) => p,
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_not_found_exception()) =>
+        {
+            return Ok(vec![])
+        }
+        Err(e) => return Err(op.fail(e)),
+    };
+    Ok(page
+        .events()
+        .iter()
+        .filter_map(|e| {
+            let at = chrono::DateTime::from_timestamp_millis(e.timestamp()?)?;
+            Some((at, e.message()?.to_string()))
+        })
+        .collect())
+}
+
 /// The stack's group, named after its state machine (`<stack>-worker`).
 fn group_of(execution: &Execution) -> String {
     worker_log_group_of(&execution.arn).unwrap_or_else(|| WORKER_LOG_GROUP.to_string())

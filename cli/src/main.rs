@@ -266,8 +266,9 @@ async fn run(cli: Cli) -> Result<Outcome, CliError> {
         Command::Status { run } => {
             let conf = aws::config(g, arn_hint(run.as_deref(), machine)).await?;
             let sfn = aws_sdk_sfn::Client::new(&conf);
+            let logs = aws_sdk_cloudwatchlogs::Client::new(&conf);
             let e = resolve::resolve(&sfn, machine, run.as_deref()).await?;
-            runs::status(&sfn, &e).await
+            runs::status(&sfn, &logs, &e).await
         }
         Command::Runs {
             limit,

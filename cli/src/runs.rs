@@ -229,7 +229,11 @@ pub fn month_line(month: &str, table: &str, entries: &[ledger::Entry]) -> String
     )
 }
 
-pub async fn status(sfn: &aws_sdk_sfn::Client, e: &Execution) -> Result<Outcome, CliError> {
+pub async fn status(
+    sfn: &aws_sdk_sfn::Client,
+    logs: &aws_sdk_cloudwatchlogs::Client,
+    e: &Execution,
+) -> Result<Outcome, CliError> {
     let events = history::read(sfn, &e.arn).await?;
     let attempts = history::attempts(&events);
     let now = Utc::now();
@@ -255,7 +259,17 @@ pub async fn status(sfn: &aws_sdk_sfn::Client, e: &Execution) -> Result<Outcome,
     field("status", state);
     if e.is_running() {
         for (i, w) in crate::waiting::now(&events, now).iter().enumerate() {
-            field(if i == 0 { "waiting" } else { "" }, w.line());
+            let mut line = w.line();
+            // A working job: when it last heartbeat and what it last wrote, from its stream.
+            if let Some((attempt, instance)) = &w.job {
+                match crate::logs::tail(logs, e, *attempt, instance).await {
+                    Ok(lines) => {
+                        line.push_str(&format!("; {}", crate::waiting::job_tail(&lines, now)))
+                    }
+                    Err(err) => line.push_str(&format!("; its log lines were not read: {err}")),
+                }
+            }
+            field(if i == 0 { "waiting" } else { "" }, line);
         }
     }
     field(

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use ephemera_core::contract::logs::HEARTBEAT_MESSAGE;
 use ephemera_core::quota::{QuotaLine, QuotaState};
 use ephemera_core::rundoc::{HealthState, WorkerState};
 use ephemera_core::snapshot::SnapshotState;
@@ -26,6 +27,9 @@ pub struct Waiting {
     pub since: DateTime<Utc>,
     /// `quota: …`, `boot: …`: what it waits on, then why.
     pub why: String,
+    /// A working job's attempt and instance: whose log stream says when it last heartbeat and
+    /// what it last wrote ([`job_tail`]).
+    pub job: Option<(u32, String)>,
 }
 
 impl Waiting {
@@ -82,11 +86,17 @@ pub fn now(events: &[Event], now: DateTime<Utc>) -> Vec<Waiting> {
             if s == State::Workers {
                 return None;
             }
+            let job = match s {
+                State::AwaitCompletion => part::<WorkerState>(&doc, "worker")
+                    .and_then(|w| w.current().map(|a| (a.attempt, a.instance_id.clone()))),
+                _ => None,
+            };
             Some(Waiting {
                 slot,
                 why: why(s, &doc, since, now),
                 state,
                 since,
+                job,
             })
         })
         .collect()
@@ -228,6 +238,49 @@ pub fn why(state: State, doc: &Value, since: DateTime<Utc>, now: DateTime<Utc>) 
         }
         Done | Failed | CleanupFailed | RejectRunSpec | RejectRunSpecUntold => "ended".into(),
     }
+}
+
+/// How much of a job's last line the waiting line shows (its stream has it whole).
+const LAST_LINE_SHOWN: usize = 100;
+
+/// `last heartbeat 0:12 ago; last line 0:03 ago: stdout: epoch 1 of 3 done`: from the newest
+/// lines of a working job's stream (each with the time CloudWatch Logs holds for it, oldest
+/// first), when it last showed it was alive (the worker's heartbeat line,
+/// [`HEARTBEAT_MESSAGE`]) and what it last wrote.
+pub fn job_tail(lines: &[(DateTime<Utc>, String)], now: DateTime<Utc>) -> String {
+    let heartbeat = |line: &str| {
+        serde_json::from_str::<Value>(line)
+            .ok()
+            .and_then(|v| {
+                v.pointer("/fields/message")
+                    .and_then(Value::as_str)
+                    .map(|m| m == HEARTBEAT_MESSAGE)
+            })
+            .unwrap_or(false)
+    };
+    let beat = lines.iter().rev().find(|(_, l)| heartbeat(l));
+    let last = lines.iter().rev().find(|(_, l)| !heartbeat(l));
+    let beat = match beat {
+        Some((at, _)) => format!("last heartbeat {}", ago(*at, now)),
+        None => "no heartbeat logged yet".into(),
+    };
+    let last = match last {
+        Some((at, line)) => {
+            let shown = crate::logs::readable(line);
+            // The time is said as "ago"; the line's own timestamp would say it twice.
+            let shown = match shown.split_once(' ') {
+                Some((t, rest)) if DateTime::parse_from_rfc3339(t).is_ok() => rest.trim_start(),
+                _ => shown.as_str(),
+            };
+            format!(
+                "last line {}: {}",
+                ago(*at, now),
+                ephemera_core::caps::cap(shown, LAST_LINE_SHOWN)
+            )
+        }
+        None => "no line shipped yet".into(),
+    };
+    format!("{beat}; {last}")
 }
 
 /// The quotas that do not fit, each with its request: what the run waits for.
@@ -440,6 +493,49 @@ mod tests {
             Some(true)
         );
         assert_eq!(budget(&[], 1.0), None);
+    }
+
+    #[test]
+    fn a_working_job_says_when_it_last_heartbeat_and_what_it_last_wrote() {
+        let beat = |t: i64| {
+            (
+                at(t),
+                json!({"timestamp": "2026-12-07T08:00:00.000Z", "level": "INFO",
+                       "fields": {"message": HEARTBEAT_MESSAGE},
+                       "target": "ephemera_worker::agent::link"})
+                .to_string(),
+            )
+        };
+        let job = json!({"timestamp": "2026-12-07T08:00:05.123Z", "level": "INFO",
+                         "fields": {"job": "epoch 2 of 3 done", "stream": "stdout"}})
+        .to_string();
+        let lines = vec![beat(0), (at(5), job), beat(60), (at(62), "x".repeat(300))];
+        let tail = job_tail(&lines, at(70));
+        assert!(
+            tail.starts_with("last heartbeat 0:10 ago; last line 0:08 ago: xxx"),
+            "{tail}"
+        );
+        assert!(tail.ends_with("bytes cut)"), "{tail}");
+        // The job's own line, read as `ephemera logs` shows it, without its timestamp.
+        assert_eq!(
+            job_tail(&lines[..3], at(70)),
+            "last heartbeat 0:10 ago; last line 1:05 ago: INFO  stdout: epoch 2 of 3 done"
+        );
+        assert_eq!(
+            job_tail(&[], at(70)),
+            "no heartbeat logged yet; no line shipped yet"
+        );
+        // A working job's line names the stream to read; others do not.
+        let mut working = boot_doc(1, 0);
+        working["health"]["verdict"] = json!("healthy");
+        let events = vec![
+            entered_at(1, 0, "Workers", Some(json!({"run": {}}))),
+            entered_at(2, 150, "AwaitCompletion", Some(working)),
+            entered_at(3, 150, "WaitHealth", Some(boot_doc(2, 0))),
+        ];
+        let w = super::now(&events, at(160));
+        assert_eq!(w[0].job, Some((1, "i-0abc".to_string())));
+        assert_eq!(w[1].job, None);
     }
 
     #[test]

@@ -793,6 +793,13 @@ async fn logs_follow_shows_lines_as_they_are_shipped_and_returns_when_the_run_en
     // A line shipped now, as the worker ships it.
     let buffer = ephemera_worker::agent::logship::Buffer::new(100);
     buffer.push("epoch 1 of 3 done");
+    // The worker's heartbeat line, as its agent logs it once a heartbeat period.
+    buffer.push(
+        &serde_json::json!({"timestamp": "2026-12-07T08:00:00.000Z", "level": "INFO",
+                            "fields": {"message": ephemera_core::contract::logs::HEARTBEAT_MESSAGE},
+                            "target": "ephemera_worker::agent::link"})
+        .to_string(),
+    );
     let role =
         ephemera_tests::sdk_config_as(region, &fixtures::run_session(region, "cli-follow").await);
     let shipped = ephemera_worker::agent::logship::Shipper::start(
@@ -803,13 +810,21 @@ async fn logs_follow_shows_lines_as_they_are_shipped_and_returns_when_the_run_en
     )
     .finish(Duration::from_secs(10))
     .await;
-    assert_eq!(shipped.shipped, 1, "{shipped:?}");
+    assert_eq!(shipped.shipped, 2, "{shipped:?}");
     let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
         .await
         .expect("a line within 30 s")
         .unwrap()
         .expect("a line");
     assert_eq!(line, "[worker 1 #1] epoch 1 of 3 done");
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("a second line within 30 s")
+        .unwrap();
+    assert_eq!(
+        line.as_deref(),
+        Some("[worker 1 #1] 2026-12-07T08:00:00Z INFO  heartbeat sent")
+    );
     let sfn = aws_sdk_sfn::Client::new(&ephemera_tests::sdk_config(region));
     let listed = sfn
         .list_executions()
@@ -821,6 +836,36 @@ async fn logs_follow_shows_lines_as_they_are_shipped_and_returns_when_the_run_en
         listed.executions()[0].status().as_str(),
         "RUNNING",
         "the line came while the run was still running"
+    );
+    // `status` of the working job (once its token is held): its last heartbeat and its last
+    // line, from its stream.
+    let waiting = eventually("the job working", Duration::from_secs(30), || {
+        let machine = machine.clone();
+        async move {
+            let out = output(ephemera(region).args([
+                "status",
+                "cli-follow",
+                "--state-machine",
+                &machine,
+            ]))
+            .await;
+            let (stdout, _) = text(&out);
+            stdout
+                .lines()
+                .find(|l| l.starts_with("waiting") && l.contains("job: working"))
+                .map(str::to_string)
+        }
+    })
+    .await;
+    assert!(
+        waiting.contains(&format!("worker 1: job: working on {instance} for ")),
+        "{waiting}"
+    );
+    // Both within the last ten seconds (the lines were shipped just before).
+    assert!(waiting.contains("; last heartbeat 0:0"), "{waiting}");
+    assert!(
+        waiting.contains(" ago; last line 0:0") && waiting.ends_with(" ago: epoch 1 of 3 done"),
+        "{waiting}"
     );
     let status = tokio::time::timeout(Duration::from_secs(90), follow.wait())
         .await

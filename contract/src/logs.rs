@@ -24,6 +24,11 @@ pub fn worker_log_group_of(execution_arn: &str) -> Option<String> {
 /// (`ephemera_core::budget`), so a chatty job cannot bill past its cap through its log.
 pub const MAX_SHIPPED_BYTES: u64 = 16 * 1024 * 1024;
 
+/// The message of the line the worker logs once a heartbeat period while its heartbeats reach
+/// Step Functions (whose history keeps no heartbeat): `ephemera status` reads the last one
+/// back from the worker's stream to say when the job last showed it was alive.
+pub const HEARTBEAT_MESSAGE: &str = "heartbeat sent";
+
 /// One log stream per worker process: `<run_id>/<attempt>/<instance id>`, so a run's streams
 /// share the prefix `<run_id>/` (a run id holds no `/`).
 pub fn worker_log_stream(run_id: &str, attempt: u32, instance_id: &str) -> String {

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use anyhow::{Context, Result};
 use aws_sdk_ssm::types::ParameterType;
+use ephemera_contract::logs::HEARTBEAT_MESSAGE;
 use ephemera_contract::{ssm, RunParameters, RunSession, Started, Summary};
 
 /// How often the Spot notice is looked for: IMDS is on the instance, and every second counts
@@ -276,17 +277,28 @@ impl Link {
         Ok(Token(t))
     }
 
-    /// Heartbeats every third of the heartbeat period until the returned handle is dropped.
+    /// Heartbeats every third of the heartbeat period until the returned handle is dropped,
+    /// and logs one line a period ([`HEARTBEAT_MESSAGE`]) while they go through: the line
+    /// `ephemera status` shows as the job's last heartbeat (a shipped line a period, not three).
     pub fn heartbeat(&self, token: &Token) -> tokio::task::JoinHandle<()> {
         let sfn = self.sfn.clone();
         let token = token.0.clone();
-        let period = self.heartbeat / 3;
+        let period = self.heartbeat;
         tokio::spawn(async move {
+            let mut logged: Option<Instant> = None;
             loop {
-                if let Err(e) = sfn.send_task_heartbeat().task_token(&token).send().await {
-                    tracing::warn!(error = %aws_sdk_sfn::error::DisplayErrorContext(&e), "heartbeat failed");
+                match sfn.send_task_heartbeat().task_token(&token).send().await {
+                    Ok(_) => {
+                        if logged.is_none_or(|at| at.elapsed() >= period) {
+                            tracing::info!("{HEARTBEAT_MESSAGE}");
+                            logged = Some(Instant::now());
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %aws_sdk_sfn::error::DisplayErrorContext(&e), "heartbeat failed")
+                    }
                 }
-                tokio::time::sleep(period.max(Duration::from_millis(200))).await;
+                tokio::time::sleep((period / 3).max(Duration::from_millis(200))).await;
             }
         })
     }
