@@ -352,6 +352,11 @@ async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption()
     assert!(has(&one, "said started"), "{one:?}");
     assert!(has(&one, "reported the interruption"), "{one:?}");
     assert!(has(&two, "task token received"), "{two:?}");
+    // Its heartbeats, logged as `ephemera status` reads them back (the first at once).
+    assert!(
+        has(&two, ephemera_contract::logs::HEARTBEAT_MESSAGE),
+        "{two:?}"
+    );
     assert!(!has(&two, "reported the interruption"), "{two:?}");
     // The lines are the JSON lines the worker writes to stderr.
     let stderr = String::from_utf8_lossy(&second.stderr);
