@@ -9,10 +9,11 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use ephemera_core::contract::logs::HEARTBEAT_MESSAGE;
 use ephemera_core::quota::{QuotaLine, QuotaState};
-use ephemera_core::rundoc::{HealthState, WorkerState};
+use ephemera_core::rundoc::{CaughtError, HealthState, WorkerState};
 use ephemera_core::snapshot::SnapshotState;
 use ephemera_core::vcpus::QuotaRefused;
 use ephemera_core::State;
+use ephemera_core::{caps, names};
 use serde_json::from_value;
 use serde_json::Value;
 
@@ -227,7 +228,21 @@ pub fn why(state: State, doc: &Value, since: DateTime<Utc>, now: DateTime<Utc>) 
             ),
             _ => "relaunch: asking whether Spot reclaimed the instance".into(),
         },
-        ReleaseWorker | WorkerLost | WorkerLostUnreleased | WorkerReported => {
+        ReleaseWorker | WorkerLost | WorkerLostUnreleased => match part::<CaughtError>(doc, "error")
+        {
+            // Every candidate was refused: the refusals are the cause (`CapacityUnavailable`).
+            Some(e) if e.error == names::CAPACITY_UNAVAILABLE => format!(
+                "capacity: {}; the worker is lost",
+                caps::cap(e.cause.as_deref().unwrap_or("no candidate had room"), CAUSE_SHOWN)
+            ),
+            Some(e) => format!(
+                "release: the worker was lost to {}: {}; its instance is being terminated",
+                e.error,
+                caps::cap(e.cause.as_deref().unwrap_or("no cause given"), CAUSE_SHOWN)
+            ),
+            None => "release: the worker is done or lost; its instance is being terminated".into(),
+        },
+        WorkerReported => {
             "release: the worker is done or lost; its instance is being terminated".into()
         }
         VerifyCompletion => "verify: checking the outputs against the RunSpec".into(),
@@ -239,6 +254,9 @@ pub fn why(state: State, doc: &Value, since: DateTime<Utc>, now: DateTime<Utc>) 
         Done | Failed | CleanupFailed | RejectRunSpec | RejectRunSpecUntold => "ended".into(),
     }
 }
+
+/// How much of a lost worker's cause the waiting line shows (the history has it whole).
+const CAUSE_SHOWN: usize = 400;
 
 /// How much of a job's last line the waiting line shows (its stream has it whole).
 const LAST_LINE_SHOWN: usize = 100;
@@ -275,7 +293,7 @@ pub fn job_tail(lines: &[(DateTime<Utc>, String)], now: DateTime<Utc>) -> String
             format!(
                 "last line {}: {}",
                 ago(*at, now),
-                ephemera_core::caps::cap(shown, LAST_LINE_SHOWN)
+                caps::cap(shown, LAST_LINE_SHOWN)
             )
         }
         None => "no line shipped yet".into(),
@@ -536,6 +554,28 @@ mod tests {
         let w = super::now(&events, at(160));
         assert_eq!(w[0].job, Some((1, "i-0abc".to_string())));
         assert_eq!(w[1].job, None);
+    }
+
+    #[test]
+    fn a_worker_no_candidate_had_room_for_says_each_refusal() {
+        let doc = json!({"run": {}, "slot": 3, "error": {
+            "Error": "Ephemera.CapacityUnavailable",
+            "Cause": "no capacity on any candidate; tried spot c7g.4xlarge in subnet-1: InsufficientInstanceCapacity; on-demand c7g.4xlarge in subnet-1: InsufficientInstanceCapacity"}});
+        let events = vec![
+            entered_at(1, 0, "Workers", Some(json!({"run": {}}))),
+            entered_at(2, 30, "ReleaseWorker", Some(doc.clone())),
+        ];
+        let w = super::now(&events, at(31));
+        assert_eq!(
+            w[0].line(),
+            "worker 3: capacity: no capacity on any candidate; tried spot c7g.4xlarge in subnet-1: InsufficientInstanceCapacity; on-demand c7g.4xlarge in subnet-1: InsufficientInstanceCapacity; the worker is lost"
+        );
+        let mut other = doc;
+        other["error"] = json!({"Error": "Ephemera.BootFailed", "Cause": "impaired"});
+        assert_eq!(
+            why(State::WorkerLost, &other, at(0), at(1)),
+            "release: the worker was lost to Ephemera.BootFailed: impaired; its instance is being terminated"
+        );
     }
 
     #[test]
