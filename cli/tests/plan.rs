@@ -190,6 +190,14 @@ async fn the_example_plans_to_start_to_wait_and_to_be_refused() {
         v["bounds"]["history_events"].as_u64().unwrap()
             <= v["bounds"]["max_history_events"].as_u64().unwrap()
     );
+    // The run document's bound, against Step Functions' 256 KiB a state's input or output.
+    let document = v["bounds"]["document_bytes"].as_u64().unwrap();
+    assert_eq!(v["bounds"]["document_limit_bytes"], 256 * 1024);
+    assert!(document > 0 && document <= 256 * 1024, "{document}");
+    assert!(
+        out.contains(&format!("{document} of 262144 bytes of run document")),
+        "{out}"
+    );
     assert!(out.contains("cost: expected $"), "{out}");
 
     // Wait: the On-Demand quota (the fallback) is short; an increase would be requested, and
