@@ -1610,6 +1610,17 @@ async fn a_job_failing_with_a_listed_exit_code_runs_again_on_its_instance() {
         body.contains("run again 1 time on the same instance (exit 75 after "),
         "{body}"
     );
+    // The retry's own cost, at the attempt's price for the time it ran.
+    let retry = body
+        .split("run again 1 time on the same instance (exit 75 after ")
+        .nth(1)
+        .and_then(|rest| rest.split_once(')'))
+        .map(|(line, _)| line.to_string())
+        .unwrap_or_default();
+    assert!(
+        retry.contains(" s, ≈$") && retry.chars().filter(|c| *c == '$').count() == 1,
+        "{retry}"
+    );
 
     // Always 75: two retries, then the run fails naming them.
     let (done, _) = run("exec-retry-out", "echo 'still busy' >&2; exit 75").await;

@@ -526,4 +526,112 @@ mod tests {
         }
         std::fs::remove_dir_all(&b).unwrap();
     }
+
+    /// A job in `dir` that appends the clock (ns) to `starts` each time it runs and exits 75.
+    fn failing_plan(dir: &Path, retry: Retry) -> Plan {
+        Plan {
+            job: supervise::Job {
+                command: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "date +%s%N >> starts; exit 75".into(),
+                ],
+                grace: Duration::from_secs(5),
+                env: vec![],
+                workdir: dir.to_path_buf(),
+                run_as: None,
+            },
+            run_id: "r1".into(),
+            worker: 1,
+            attempt: 1,
+            fetch: vec![],
+            checkpoint: None,
+            outputs: None,
+            container: None,
+            secrets: vec![],
+            retry,
+        }
+    }
+
+    fn starts(dir: &Path) -> Vec<u128> {
+        std::fs::read_to_string(dir.join("starts"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.trim().parse().unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn each_retry_starts_no_sooner_than_its_backoff_after_the_run_before() {
+        let b = std::env::temp_dir().join(format!("ephemera-backoff-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&b);
+        std::fs::create_dir_all(&b).unwrap();
+        let backoff = Duration::from_millis(400);
+        let plan = failing_plan(
+            &b,
+            Retry {
+                on: vec![75],
+                max: 2,
+                backoff,
+            },
+        );
+        let ready = prepare(&plan).await.unwrap();
+        let (o, retried) = run_retrying(&plan, &ready, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(o.ended.code(), 75, "{o:?}");
+        assert!(!o.stopped);
+        assert_eq!(
+            retried.iter().map(|r| r.exit_code).collect::<Vec<_>>(),
+            [75, 75]
+        );
+        // Three runs, each started at least the backoff after the one before it started (a
+        // lower bound: the wait is a sleep after the run before has ended).
+        let at = starts(&b);
+        assert_eq!(at.len(), 3, "{at:?}");
+        for w in at.windows(2) {
+            assert!(w[1] - w[0] >= backoff.as_nanos(), "{at:?}");
+        }
+        std::fs::remove_dir_all(&b).unwrap();
+    }
+
+    /// The attempt's stops (its money deadline, a Spot notice, SIGTERM) all cancel `stop`: one
+    /// during the retries ends them as the attempt's stop, so a job that keeps failing can
+    /// never run past the runtime the budget admitted for its attempt.
+    #[tokio::test]
+    async fn a_stop_while_a_job_keeps_failing_ends_its_retries() {
+        let b = std::env::temp_dir().join(format!("ephemera-retry-stop-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&b);
+        std::fs::create_dir_all(&b).unwrap();
+        let plan = failing_plan(
+            &b,
+            Retry {
+                on: vec![75],
+                max: 10,
+                backoff: Duration::from_millis(200),
+            },
+        );
+        let ready = prepare(&plan).await.unwrap();
+        let stop = CancellationToken::new();
+        // Stopped once it has run twice, as the money deadline would stop it.
+        let (s, dir) = (stop.clone(), b.clone());
+        tokio::spawn(async move {
+            while starts(&dir).len() < 2 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            s.cancel();
+        });
+        let (o, retried) = run_retrying(&plan, &ready, &stop).await.unwrap();
+        assert!(o.stopped, "{o:?}");
+        let ran = starts(&b).len();
+        // Every run is a retry but the one the stop may have caught under way.
+        assert!(
+            ran < 10 && ran - retried.len() <= 1,
+            "{ran} runs, {retried:?}"
+        );
+        // Nothing runs after the stop.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(starts(&b).len(), ran);
+        std::fs::remove_dir_all(&b).unwrap();
+    }
 }
