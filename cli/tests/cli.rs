@@ -734,6 +734,153 @@ async fn cancel_stops_the_run_and_its_stop_is_torn_down_settled_and_reported() {
     );
 }
 
+/// A run stopped from the console (or `aws stepfunctions stop-execution`: no error, no cause),
+/// as its own run: the stack's rule on the ABORTED status brings terminate-with-cost-report,
+/// which terminates its instance, settles its month's reservation to what it cost, and sends
+/// and stores a CANCELLED report saying no reason was given.
+#[tokio::test]
+async fn a_console_stop_is_torn_down_settled_and_reported_as_cancelled() {
+    use ephemera_aws::{Ledger as _, LedgerTable};
+
+    let region = fresh_region();
+    let aws = clients(region);
+    let net = fixtures::network(&aws).await;
+    let inbox = fixtures::inbox(region, ephemera_tests::iam::REPORT_TOPIC).await;
+    let machine = e2e::create_state_machine(region).await;
+    harness().door.deliver_stops(region);
+    // The stack's artifact bucket, where a run that exports nothing keeps its report.
+    fixtures::bucket(&aws.s3, ephemera_tests::iam::ARTIFACT_BUCKET, region).await;
+    let worker = worker_standin::spawn(
+        region,
+        "cli-console-stop",
+        Behaviour::SucceedAfter(600, report_of("cli-console-stop")),
+        Duration::from_secs(120),
+    );
+    let spec = fixtures::runspec("cli-console-stop", &net, Some(&inbox.topic_arn));
+    let path = write_spec("console-stop", &spec);
+    let out = output(
+        ephemera(region)
+            .args(["run", path.to_str().unwrap(), "--detach"])
+            .args(["--state-machine", &machine]),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let sfn = aws_sdk_sfn::Client::new(&ephemera_tests::sdk_config(region));
+    let execution = eventually("the worker at work", Duration::from_secs(90), || {
+        let (sfn, machine) = (sfn.clone(), machine.clone());
+        async move {
+            let listed = sfn
+                .list_executions()
+                .state_machine_arn(&machine)
+                .send()
+                .await
+                .ok()?;
+            let arn = listed.executions().first()?.execution_arn().to_string();
+            let history = sfn
+                .get_execution_history()
+                .execution_arn(&arn)
+                .send()
+                .await
+                .ok()?;
+            history
+                .events()
+                .iter()
+                .filter_map(|e| e.state_entered_event_details())
+                .any(|d| d.name() == "AwaitCompletion")
+                .then_some(arn)
+        }
+    })
+    .await;
+    // The console's Stop: StopExecution with neither error nor cause.
+    sfn.stop_execution()
+        .execution_arn(&execution)
+        .send()
+        .await
+        .unwrap();
+    let report = eventually("the rule's teardown", Duration::from_secs(60), || async {
+        harness().door.stop_report(&execution)
+    })
+    .await
+    .expect("the teardown of the stopped run");
+    worker.log().await;
+    assert_eq!(report["outcome"], "CANCELLED", "{report}");
+    assert_eq!(
+        report["error"]["Cause"], "stopped before it ended (no reason given)",
+        "{report}"
+    );
+    let left: Vec<(String, String)> = fixtures::instances_of(&aws, "cli-console-stop")
+        .await
+        .into_iter()
+        .filter(|(_, s)| s == "running" || s == "pending")
+        .collect();
+    assert!(left.is_empty(), "left running: {left:?}");
+    let billed = report["actual_usd"].as_f64().unwrap();
+    assert!(billed > 0.0, "{report}");
+    let settings = harness().door.deployed_settings(region).await;
+    let ledger = LedgerTable {
+        client: aws.dynamodb.clone(),
+        table: settings.ledger_table.clone().unwrap(),
+    };
+    let month = ephemera_core::ledger::month_of(chrono::Utc::now());
+    let entry = ledger
+        .entries(&month)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.execution == execution)
+        .expect("the run's ledger entry");
+    assert_eq!(
+        entry.state,
+        ephemera_core::ledger::EntryState::Ended,
+        "{entry:?}"
+    );
+    assert_eq!(entry.outcome.as_deref(), Some("CANCELLED"), "{entry:?}");
+    assert!(
+        (entry.actual_usd.unwrap() - billed).abs() < 1e-6,
+        "{entry:?} {billed}"
+    );
+    let mail = eventually("the CANCELLED email", Duration::from_secs(30), || async {
+        inbox
+            .read()
+            .await
+            .into_iter()
+            .find(|m| m.subject.contains("cli-console-stop"))
+    })
+    .await;
+    assert!(mail.subject.contains("CANCELLED"), "{}", mail.subject);
+    assert!(
+        mail.body
+            .contains("stopped before it ended (no reason given)"),
+        "{}",
+        mail.body
+    );
+    // The page stored beside the run says so too.
+    let stored = &report["stored"];
+    let page = aws
+        .s3
+        .get_object()
+        .bucket(
+            stored["bucket"]
+                .as_str()
+                .unwrap_or_else(|| panic!("the report was stored: {report}")),
+        )
+        .key(format!("{}report.html", stored["prefix"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
+    let page = String::from_utf8(page.to_vec()).unwrap();
+    assert!(page.contains("CANCELLED"), "{page}");
+    assert!(
+        page.contains("stopped before it ended (no reason given)"),
+        "{page}"
+    );
+}
+
 /// `ephemera logs RUN --follow`: a line shipped while the worker works is shown with its worker
 /// and attempt before the run ends, and the command returns when the run has ended (exit 0:
 /// it succeeded).

@@ -238,7 +238,6 @@ impl FrontDoor {
         }
     }
 
-    /// Uses `policies` instead of the template's in `region`.
     /// Plays the stack's rule on stopped executions in `region`: each StopExecution through the
     /// door is followed by the rule's delivery to terminate-with-cost-report.
     pub fn deliver_stops(&self, region: &str) {
@@ -250,6 +249,7 @@ impl FrontDoor {
         self.stop_reports.lock().unwrap().get(execution).cloned()
     }
 
+    /// Uses `policies` instead of the template's in `region`.
     pub fn set_policies(&self, region: &str, policies: Policies) {
         self.policies_in
             .lock()
