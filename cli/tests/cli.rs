@@ -552,6 +552,7 @@ async fn cancel_stops_the_run_and_its_stop_is_torn_down_settled_and_reported() {
     let net = fixtures::network(&aws).await;
     let inbox = fixtures::inbox(region, ephemera_tests::iam::REPORT_TOPIC).await;
     let machine = e2e::create_state_machine(region).await;
+    fixtures::bucket(&aws.s3, ephemera_tests::iam::ARTIFACT_BUCKET, region).await;
     // The worker takes the token and works on (heartbeating) for longer than the test lasts.
     let worker = worker_standin::spawn(
         region,
@@ -717,6 +718,12 @@ async fn cancel_stops_the_run_and_its_stop_is_torn_down_settled_and_reported() {
     assert!(mail.subject.contains("CANCELLED"), "{}", mail.subject);
     assert!(mail.body.contains("wrong input data"), "{}", mail.body);
     assert!(mail.body.contains("The run was cancelled"), "{}", mail.body);
+    let page = stored_page(&aws, &report).await;
+    assert!(
+        page.contains("CANCELLED") && page.contains("wrong input data"),
+        "{page}"
+    );
+    assert!(page.contains(&format!("${billed:.4}")), "{page}");
 
     // A console stop gives no error or cause: cancelled all the same, said so.
     let console = invoke(
@@ -732,6 +739,28 @@ async fn cancel_stops_the_run_and_its_stop_is_torn_down_settled_and_reported() {
         console["error"]["Cause"], "stopped before it ended (no reason given)",
         "{console}"
     );
+}
+
+/// The report page terminate-with-cost-report stored (where `report.stored` says).
+async fn stored_page(aws: &ephemera_functions::Aws, report: &Value) -> String {
+    let stored = &report["stored"];
+    let bucket = stored["bucket"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the report was stored: {report}"));
+    let page = aws
+        .s3
+        .get_object()
+        .bucket(bucket)
+        .key(format!("{}report.html", stored["prefix"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
+    String::from_utf8(page.to_vec()).unwrap()
 }
 
 /// A run stopped from the console (or `aws stepfunctions stop-execution`: no error, no cause),
@@ -855,25 +884,7 @@ async fn a_console_stop_is_torn_down_settled_and_reported_as_cancelled() {
         mail.body
     );
     // The page stored beside the run says so too.
-    let stored = &report["stored"];
-    let page = aws
-        .s3
-        .get_object()
-        .bucket(
-            stored["bucket"]
-                .as_str()
-                .unwrap_or_else(|| panic!("the report was stored: {report}")),
-        )
-        .key(format!("{}report.html", stored["prefix"].as_str().unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .body
-        .collect()
-        .await
-        .unwrap()
-        .into_bytes();
-    let page = String::from_utf8(page.to_vec()).unwrap();
+    let page = stored_page(&aws, &report).await;
     assert!(page.contains("CANCELLED"), "{page}");
     assert!(
         page.contains("stopped before it ended (no reason given)"),
