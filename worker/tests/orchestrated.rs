@@ -1644,19 +1644,50 @@ async fn what_a_run_shows(
     emails: &[fixtures::Email],
 ) -> (Vec<String>, String) {
     let aws = clients(region);
+    // Every line of every stream of every log group in the region, not only the attempt's.
     let logs = aws_sdk_cloudwatchlogs::Client::new(&ephemera_tests::sdk_config(region));
-    let lines: Vec<String> = logs
-        .get_log_events()
-        .log_group_name(worker_log_group())
-        .log_stream_name(worker_log_stream(run_id, 1, instance_id))
-        .start_from_head(true)
-        .send()
-        .await
-        .unwrap()
-        .events()
+    let mut lines: Vec<String> = vec![];
+    let mut streams = vec![];
+    let groups = logs.describe_log_groups().send().await.unwrap();
+    for group in groups
+        .log_groups()
         .iter()
-        .map(|e| e.message().unwrap_or_default().to_string())
-        .collect();
+        .filter_map(|g| g.log_group_name())
+    {
+        let listed = logs
+            .describe_log_streams()
+            .log_group_name(group)
+            .send()
+            .await
+            .unwrap();
+        for stream in listed
+            .log_streams()
+            .iter()
+            .filter_map(|s| s.log_stream_name())
+        {
+            streams.push(format!("{group} {stream}"));
+            let events = logs
+                .get_log_events()
+                .log_group_name(group)
+                .log_stream_name(stream)
+                .start_from_head(true)
+                .send()
+                .await
+                .unwrap();
+            lines.extend(
+                events
+                    .events()
+                    .iter()
+                    .map(|e| e.message().unwrap_or_default().to_string()),
+            );
+        }
+    }
+    let attempt = format!(
+        "{} {}",
+        worker_log_group(),
+        worker_log_stream(run_id, 1, instance_id)
+    );
+    assert!(streams.contains(&attempt), "{attempt} in {streams:?}");
     let sfn = aws_sdk_sfn::Client::new(&ephemera_tests::sdk_config(region));
     let history = e2e::history(&sfn, execution).await.unwrap();
     let mut rest = format!("{}\n{emails:?}\n", history_text(&history));
