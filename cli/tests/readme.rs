@@ -1,7 +1,8 @@
 //! The front page and the docs say only what is there: every command the README shows exists
 //! (its `make` targets in the Makefile, its `ephemera` verbs and flags in the CLI's own help),
 //! every link of the README, ARCHITECTURE.md and `docs/` resolves (files and headings), and
-//! `docs/runspec.md` documents every field of `runspec.schema.json` and no other.
+//! `docs/runspec.md` documents every field of `runspec.schema.json` and no other, and every
+//! RunSpec the pages show is valid.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -299,4 +300,68 @@ fn the_runspec_reference_documents_every_field_of_the_schema_and_no_other() {
         unknown.is_empty(),
         "docs/runspec.md documents fields the schema does not have: {unknown:?}"
     );
+}
+
+/// The ```json blocks of a Markdown page.
+fn json_blocks(markdown: &str) -> Vec<String> {
+    let mut blocks = vec![];
+    let mut block: Option<String> = None;
+    for line in markdown.lines() {
+        match (&mut block, line.trim_start()) {
+            (None, l) if l.starts_with("```json") => block = Some(String::new()),
+            (Some(b), l) if l.starts_with("```") => {
+                blocks.push(std::mem::take(b));
+                block = None;
+            }
+            (Some(b), _) => {
+                b.push_str(line);
+                b.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    blocks
+}
+
+/// Every ```json block of the README and `docs/` is JSON (a fragment, `"key": …`, as the
+/// members of an object), and every whole RunSpec among them (an object with `run_id`) passes
+/// `ephemera validate`'s checks once its `<ArtifactBucket>`/`<ExportBucket>` are named: what
+/// a reader copies is accepted.
+#[test]
+fn every_runspec_the_docs_show_is_valid() {
+    let mut pages = vec!["README.md".to_string()];
+    for e in std::fs::read_dir(root().join("docs")).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        if name.ends_with(".md") {
+            pages.push(format!("docs/{name}"));
+        }
+    }
+    let mut whole = 0;
+    for page in &pages {
+        for block in json_blocks(&read(page)) {
+            let text = block
+                .replace("<ArtifactBucket>", "my-ephemera-artifacts")
+                .replace("<ExportBucket>", "my-ephemera-exports");
+            let trimmed = text.trim();
+            let value: serde_json::Value =
+                match trimmed.starts_with('{') || trimmed.starts_with('[') {
+                    true => serde_json::from_str(trimmed),
+                    // A fragment: an object's members, perhaps ending in a comma or "…".
+                    false => serde_json::from_str(&format!(
+                        "{{{}}}",
+                        trimmed
+                            .trim_end_matches(['…', ' ', ',', '}'])
+                            .trim_end_matches(',')
+                    )),
+                }
+                .unwrap_or_else(|e| panic!("{page}: a ```json block is not JSON ({e}):\n{block}"));
+            if value.get("run_id").is_some() {
+                whole += 1;
+                if let Err(e) = ephemera_core::admission::parse(&value) {
+                    panic!("{page}: the RunSpec it shows is refused: {e}\n{block}");
+                }
+            }
+        }
+    }
+    assert!(whole >= 2, "the README's and docs/container.md's RunSpecs");
 }

@@ -146,7 +146,8 @@ pub fn mounts(workdir: &Path, others: &[PathBuf]) -> Result<Vec<PathBuf>> {
 /// (`-e NAME`, the value taken from the runtime client's own environment), so no value is on
 /// a command line that `ps` shows. `--init` puts a small init as the container's PID 1, so the
 /// command gets SIGTERM as it would on the host (PID 1 ignores a signal it has no handler for).
-/// The instance's network: the job reaches S3 and the rest as a command on the host would.
+/// The instance's network: the job reaches S3 and the rest as a command on the host would, with
+/// its run's job session (its credentials directory is among `mounts`), never the instance role.
 pub fn run_args(
     c: &Container,
     name: &str,
