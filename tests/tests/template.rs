@@ -594,3 +594,43 @@ fn quota_check_prices_within_its_timeout_and_a_timeout_is_retried() {
         assert!((1..=3).contains(&attempts), "{error}: {attempts} attempts");
     }
 }
+
+/// The rule that brings terminate-with-cost-report to a stopped run matches what Step Functions
+/// sends for one (https://docs.aws.amazon.com/step-functions/latest/dg/cw-events.html): the
+/// status change of the stack's own state machine to ABORTED (`ephemera cancel`, the console,
+/// StopExecution) or TIMED_OUT (past its TimeoutSeconds), the detail type the handler reads
+/// (`stopped::DETAIL_TYPE`). The front door delivers that event when a test plays the rule.
+#[test]
+fn a_stopped_or_timed_out_execution_brings_the_teardown() {
+    let t = template_yaml();
+    let (name, function) = t["Resources"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(_, r)| {
+            r["Properties"]["FunctionName"]["!Sub"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("-terminate-with-cost-report"))
+        })
+        .expect("terminate-with-cost-report in the template");
+    let rule = &function["Properties"]["Events"]["ExecutionStopped"];
+    assert_eq!(rule["Type"], "EventBridgeRule", "{name}: {rule}");
+    let pattern = &rule["Properties"]["Pattern"];
+    assert_eq!(pattern["source"], serde_json::json!(["aws.states"]));
+    assert_eq!(
+        pattern["detail-type"],
+        serde_json::json!([ephemera_core::stopped::DETAIL_TYPE])
+    );
+    let statuses: Vec<&str> = pattern["detail"]["status"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s.as_str())
+        .collect();
+    assert_eq!(statuses, ["ABORTED", "TIMED_OUT"]);
+    // Only its own stack's runs: another stack's stopped runs are that stack's to tear down.
+    assert_eq!(
+        pattern["detail"]["stateMachineArn"],
+        serde_json::json!([{"!Ref": "WorkerStateMachine"}])
+    );
+}
