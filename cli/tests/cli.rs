@@ -544,7 +544,6 @@ async fn a_failed_run_exits_1_with_its_error_and_its_report() {
 /// torn down the same way.
 #[tokio::test]
 async fn cancel_stops_the_run_and_its_stop_is_torn_down_settled_and_reported() {
-    use ephemera_aws::{Ledger as _, LedgerTable};
     use ephemera_functions::{invoke, Function};
 
     let region = fresh_region();
@@ -570,31 +569,7 @@ async fn cancel_stops_the_run_and_its_stop_is_torn_down_settled_and_reported() {
     .await;
     assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
     let sfn = aws_sdk_sfn::Client::new(&ephemera_tests::sdk_config(region));
-    let execution = eventually("the worker at work", Duration::from_secs(90), || {
-        let (sfn, machine) = (sfn.clone(), machine.clone());
-        async move {
-            let listed = sfn
-                .list_executions()
-                .state_machine_arn(&machine)
-                .send()
-                .await
-                .ok()?;
-            let arn = listed.executions().first()?.execution_arn().to_string();
-            let history = sfn
-                .get_execution_history()
-                .execution_arn(&arn)
-                .send()
-                .await
-                .ok()?;
-            history
-                .events()
-                .iter()
-                .filter_map(|e| e.state_entered_event_details())
-                .any(|d| d.name() == "AwaitCompletion")
-                .then_some(arn)
-        }
-    })
-    .await;
+    let execution = at_work(&sfn, &machine).await;
     // At work: status says so, with the heartbeat the run expects.
     let out =
         output(ephemera(region).args(["status", "cli-cancel", "--state-machine", &machine])).await;
@@ -682,31 +657,8 @@ async fn cancel_stops_the_run_and_its_stop_is_torn_down_settled_and_reported() {
         .filter(|(_, s)| s == "running" || s == "pending")
         .collect();
     assert!(left.is_empty(), "left running: {left:?}");
-    let billed = report["actual_usd"].as_f64().unwrap();
-    assert!(billed > 0.0, "{report}");
     // The ledger: the run's reservation replaced by what it cost, its outcome CANCELLED.
-    let ledger = LedgerTable {
-        client: aws.dynamodb.clone(),
-        table: settings.ledger_table.clone().unwrap(),
-    };
-    let month = ephemera_core::ledger::month_of(chrono::Utc::now());
-    let entry = ledger
-        .entries(&month)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|e| e.execution == execution)
-        .expect("the run's ledger entry");
-    assert_eq!(
-        entry.state,
-        ephemera_core::ledger::EntryState::Ended,
-        "{entry:?}"
-    );
-    assert_eq!(entry.outcome.as_deref(), Some("CANCELLED"), "{entry:?}");
-    assert!(
-        (entry.actual_usd.unwrap() - billed).abs() < 1e-6,
-        "{entry:?} {billed}"
-    );
+    let billed = settled_as_cancelled(&aws, region, &execution, &report).await;
     let mail = eventually("the CANCELLED email", Duration::from_secs(30), || async {
         inbox
             .read()
@@ -741,6 +693,69 @@ async fn cancel_stops_the_run_and_its_stop_is_torn_down_settled_and_reported() {
     );
 }
 
+/// The run of `machine` once its worker is at work (its AwaitCompletion entered).
+async fn at_work(sfn: &aws_sdk_sfn::Client, machine: &str) -> String {
+    eventually("the worker at work", Duration::from_secs(90), || async {
+        let listed = sfn
+            .list_executions()
+            .state_machine_arn(machine)
+            .send()
+            .await
+            .ok()?;
+        let arn = listed.executions().first()?.execution_arn().to_string();
+        let history = sfn
+            .get_execution_history()
+            .execution_arn(&arn)
+            .send()
+            .await
+            .ok()?;
+        history
+            .events()
+            .iter()
+            .filter_map(|e| e.state_entered_event_details())
+            .any(|d| d.name() == "AwaitCompletion")
+            .then_some(arn)
+    })
+    .await
+}
+
+/// The stopped run's ledger entry: ended CANCELLED, its reservation replaced by the report's
+/// measured cost (above zero: the instance ran); that cost.
+async fn settled_as_cancelled(
+    aws: &ephemera_functions::Aws,
+    region: &str,
+    execution: &str,
+    report: &Value,
+) -> f64 {
+    use ephemera_aws::{Ledger as _, LedgerTable};
+    let billed = report["actual_usd"].as_f64().unwrap();
+    assert!(billed > 0.0, "{report}");
+    let settings = harness().door.deployed_settings(region).await;
+    let ledger = LedgerTable {
+        client: aws.dynamodb.clone(),
+        table: settings.ledger_table.clone().unwrap(),
+    };
+    let month = ephemera_core::ledger::month_of(chrono::Utc::now());
+    let entry = ledger
+        .entries(&month)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.execution == execution)
+        .expect("the run's ledger entry");
+    assert_eq!(
+        entry.state,
+        ephemera_core::ledger::EntryState::Ended,
+        "{entry:?}"
+    );
+    assert_eq!(entry.outcome.as_deref(), Some("CANCELLED"), "{entry:?}");
+    assert!(
+        (entry.actual_usd.unwrap() - billed).abs() < 1e-6,
+        "{entry:?} {billed}"
+    );
+    billed
+}
+
 /// The report page terminate-with-cost-report stored (where `report.stored` says).
 async fn stored_page(aws: &ephemera_functions::Aws, report: &Value) -> String {
     let stored = &report["stored"];
@@ -769,8 +784,6 @@ async fn stored_page(aws: &ephemera_functions::Aws, report: &Value) -> String {
 /// and stores a CANCELLED report saying no reason was given.
 #[tokio::test]
 async fn a_console_stop_is_torn_down_settled_and_reported_as_cancelled() {
-    use ephemera_aws::{Ledger as _, LedgerTable};
-
     let region = fresh_region();
     let aws = clients(region);
     let net = fixtures::network(&aws).await;
@@ -795,31 +808,7 @@ async fn a_console_stop_is_torn_down_settled_and_reported_as_cancelled() {
     .await;
     assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
     let sfn = aws_sdk_sfn::Client::new(&ephemera_tests::sdk_config(region));
-    let execution = eventually("the worker at work", Duration::from_secs(90), || {
-        let (sfn, machine) = (sfn.clone(), machine.clone());
-        async move {
-            let listed = sfn
-                .list_executions()
-                .state_machine_arn(&machine)
-                .send()
-                .await
-                .ok()?;
-            let arn = listed.executions().first()?.execution_arn().to_string();
-            let history = sfn
-                .get_execution_history()
-                .execution_arn(&arn)
-                .send()
-                .await
-                .ok()?;
-            history
-                .events()
-                .iter()
-                .filter_map(|e| e.state_entered_event_details())
-                .any(|d| d.name() == "AwaitCompletion")
-                .then_some(arn)
-        }
-    })
-    .await;
+    let execution = at_work(&sfn, &machine).await;
     // The console's Stop: StopExecution with neither error nor cause.
     sfn.stop_execution()
         .execution_arn(&execution)
@@ -843,31 +832,7 @@ async fn a_console_stop_is_torn_down_settled_and_reported_as_cancelled() {
         .filter(|(_, s)| s == "running" || s == "pending")
         .collect();
     assert!(left.is_empty(), "left running: {left:?}");
-    let billed = report["actual_usd"].as_f64().unwrap();
-    assert!(billed > 0.0, "{report}");
-    let settings = harness().door.deployed_settings(region).await;
-    let ledger = LedgerTable {
-        client: aws.dynamodb.clone(),
-        table: settings.ledger_table.clone().unwrap(),
-    };
-    let month = ephemera_core::ledger::month_of(chrono::Utc::now());
-    let entry = ledger
-        .entries(&month)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|e| e.execution == execution)
-        .expect("the run's ledger entry");
-    assert_eq!(
-        entry.state,
-        ephemera_core::ledger::EntryState::Ended,
-        "{entry:?}"
-    );
-    assert_eq!(entry.outcome.as_deref(), Some("CANCELLED"), "{entry:?}");
-    assert!(
-        (entry.actual_usd.unwrap() - billed).abs() < 1e-6,
-        "{entry:?} {billed}"
-    );
+    settled_as_cancelled(&aws, region, &execution, &report).await;
     let mail = eventually("the CANCELLED email", Duration::from_secs(30), || async {
         inbox
             .read()
