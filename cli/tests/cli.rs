@@ -547,29 +547,14 @@ async fn cancel_stops_the_run_and_its_stop_is_torn_down_settled_and_reported() {
     use ephemera_functions::{invoke, Function};
 
     let region = fresh_region();
-    let aws = clients(region);
-    let net = fixtures::network(&aws).await;
-    let inbox = fixtures::inbox(region, ephemera_tests::iam::REPORT_TOPIC).await;
-    let machine = e2e::create_state_machine(region).await;
-    fixtures::bucket(&aws.s3, ephemera_tests::iam::ARTIFACT_BUCKET, region).await;
-    // The worker takes the token and works on (heartbeating) for longer than the test lasts.
-    let worker = worker_standin::spawn(
-        region,
-        "cli-cancel",
-        Behaviour::SucceedAfter(600, report_of("cli-cancel")),
-        Duration::from_secs(120),
-    );
-    let spec = fixtures::runspec("cli-cancel", &net, Some(&inbox.topic_arn));
-    let path = write_spec("cancel", &spec);
-    let out = output(
-        ephemera(region)
-            .args(["run", path.to_str().unwrap(), "--detach"])
-            .args(["--state-machine", &machine]),
-    )
-    .await;
-    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
-    let sfn = aws_sdk_sfn::Client::new(&ephemera_tests::sdk_config(region));
-    let execution = at_work(&sfn, &machine).await;
+    let AtWork {
+        aws,
+        inbox,
+        machine,
+        worker,
+        sfn,
+        execution,
+    } = AtWork::start(region, "cli-cancel").await;
     // At work: status says so, with the heartbeat the run expects.
     let out =
         output(ephemera(region).args(["status", "cli-cancel", "--state-machine", &machine])).await;
@@ -693,30 +678,71 @@ async fn cancel_stops_the_run_and_its_stop_is_torn_down_settled_and_reported() {
     );
 }
 
-/// The run of `machine` once its worker is at work (its AwaitCompletion entered).
-async fn at_work(sfn: &aws_sdk_sfn::Client, machine: &str) -> String {
-    eventually("the worker at work", Duration::from_secs(90), || async {
-        let listed = sfn
-            .list_executions()
-            .state_machine_arn(machine)
-            .send()
-            .await
-            .ok()?;
-        let arn = listed.executions().first()?.execution_arn().to_string();
-        let history = sfn
-            .get_execution_history()
-            .execution_arn(&arn)
-            .send()
-            .await
-            .ok()?;
-        history
-            .events()
-            .iter()
-            .filter_map(|e| e.state_entered_event_details())
-            .any(|d| d.name() == "AwaitCompletion")
-            .then_some(arn)
-    })
-    .await
+/// A run started with `ephemera run --detach`, its worker (a stand-in) at work for longer than
+/// a test lasts: its AwaitCompletion entered. Its report goes to the stack's artifact bucket.
+struct AtWork {
+    aws: ephemera_functions::Aws,
+    inbox: fixtures::Inbox,
+    machine: String,
+    worker: worker_standin::StandIn,
+    sfn: aws_sdk_sfn::Client,
+    execution: String,
+}
+
+impl AtWork {
+    async fn start(region: &'static str, run_id: &str) -> AtWork {
+        let aws = clients(region);
+        let net = fixtures::network(&aws).await;
+        let inbox = fixtures::inbox(region, ephemera_tests::iam::REPORT_TOPIC).await;
+        let machine = e2e::create_state_machine(region).await;
+        fixtures::bucket(&aws.s3, ephemera_tests::iam::ARTIFACT_BUCKET, region).await;
+        let worker = worker_standin::spawn(
+            region,
+            run_id,
+            Behaviour::SucceedAfter(600, report_of(run_id)),
+            Duration::from_secs(120),
+        );
+        let spec = fixtures::runspec(run_id, &net, Some(&inbox.topic_arn));
+        let path = write_spec(run_id, &spec);
+        let out = output(
+            ephemera(region)
+                .args(["run", path.to_str().unwrap(), "--detach"])
+                .args(["--state-machine", &machine]),
+        )
+        .await;
+        assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+        let sfn = aws_sdk_sfn::Client::new(&ephemera_tests::sdk_config(region));
+        let execution = eventually("the worker at work", Duration::from_secs(90), || async {
+            let listed = sfn
+                .list_executions()
+                .state_machine_arn(&machine)
+                .send()
+                .await
+                .ok()?;
+            let arn = listed.executions().first()?.execution_arn().to_string();
+            let history = sfn
+                .get_execution_history()
+                .execution_arn(&arn)
+                .send()
+                .await
+                .ok()?;
+            history
+                .events()
+                .iter()
+                .filter_map(|e| e.state_entered_event_details())
+                .any(|d| d.name() == "AwaitCompletion")
+                .then_some(arn)
+        })
+        .await;
+        AtWork {
+            aws,
+            inbox,
+            machine,
+            worker,
+            sfn,
+            execution,
+        }
+    }
 }
 
 /// The stopped run's ledger entry: ended CANCELLED, its reservation replaced by the report's
@@ -785,30 +811,15 @@ async fn stored_page(aws: &ephemera_functions::Aws, report: &Value) -> String {
 #[tokio::test]
 async fn a_console_stop_is_torn_down_settled_and_reported_as_cancelled() {
     let region = fresh_region();
-    let aws = clients(region);
-    let net = fixtures::network(&aws).await;
-    let inbox = fixtures::inbox(region, ephemera_tests::iam::REPORT_TOPIC).await;
-    let machine = e2e::create_state_machine(region).await;
     harness().door.deliver_stops(region);
-    // The stack's artifact bucket, where a run that exports nothing keeps its report.
-    fixtures::bucket(&aws.s3, ephemera_tests::iam::ARTIFACT_BUCKET, region).await;
-    let worker = worker_standin::spawn(
-        region,
-        "cli-console-stop",
-        Behaviour::SucceedAfter(600, report_of("cli-console-stop")),
-        Duration::from_secs(120),
-    );
-    let spec = fixtures::runspec("cli-console-stop", &net, Some(&inbox.topic_arn));
-    let path = write_spec("console-stop", &spec);
-    let out = output(
-        ephemera(region)
-            .args(["run", path.to_str().unwrap(), "--detach"])
-            .args(["--state-machine", &machine]),
-    )
-    .await;
-    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
-    let sfn = aws_sdk_sfn::Client::new(&ephemera_tests::sdk_config(region));
-    let execution = at_work(&sfn, &machine).await;
+    let AtWork {
+        aws,
+        inbox,
+        worker,
+        sfn,
+        execution,
+        ..
+    } = AtWork::start(region, "cli-console-stop").await;
     // The console's Stop: StopExecution with neither error nor cause.
     sfn.stop_execution()
         .execution_arn(&execution)
