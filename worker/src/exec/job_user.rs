@@ -146,42 +146,52 @@ impl JobCredentials {
             .mode(0o711)
             .create(&dir)
             .with_context(|| format!("making {}", dir.display()))?;
-        let mut obtained = chrono::Utc::now();
+        let obtained = chrono::Utc::now();
         write_new(&dir, "session.json", &process_json(&first)?, who)?;
         let config = format!(
             "[default]\ncredential_process = /bin/cat {}\n",
             dir.join("session.json").display()
         );
         write_new(&dir, "config", &config, who)?;
-        let (run, at) = (run.clone(), dir.clone());
-        let refresher = tokio::spawn(async move {
-            let mut held = first;
-            loop {
-                tokio::time::sleep(REFRESH_EVERY).await;
-                let now = chrono::Utc::now();
-                if !crate::agent::credentials::due(now, obtained, held.expiration) {
-                    continue;
-                }
-                let derived = match run.for_job().await {
-                    Ok(Some(s)) => s,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        tracing::warn!(error = %format!("{e:#}"), "the job's session could not be derived again; tried again shortly");
-                        continue;
-                    }
-                };
-                match process_json(&derived).and_then(|j| write_new(&at, "session.json", &j, who)) {
-                    Ok(()) => {
-                        (held, obtained) = (derived, now);
-                        tracing::info!(expires = %held.expiration, "the job's session renewed");
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %format!("{e:#}"), "the job's session could not be written")
-                    }
-                }
-            }
-        });
+        let refresher = tokio::spawn(keep_current(run.clone(), dir.clone(), who, first, obtained));
         Ok(Some(JobCredentials { dir, refresher }))
+    }
+}
+
+/// Keeps the job's session in `dir` current: looks every [`REFRESH_EVERY`], and once `held` is
+/// due for renewal (`credentials::due`) derives the next from the agent's and writes it in
+/// place of the last. A failure is logged and tried again at the next look: the held session
+/// stays valid for a third of its life after its renewal time.
+async fn keep_current(
+    run: RunCredentials,
+    dir: PathBuf,
+    who: RunAs,
+    mut held: RunSession,
+    mut obtained: chrono::DateTime<chrono::Utc>,
+) {
+    loop {
+        tokio::time::sleep(REFRESH_EVERY).await;
+        let now = chrono::Utc::now();
+        if !crate::agent::credentials::due(now, obtained, held.expiration) {
+            continue;
+        }
+        let derived = match run.for_job().await {
+            Ok(Some(s)) => s,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "the job's session could not be derived again; tried again shortly");
+                continue;
+            }
+        };
+        match process_json(&derived).and_then(|j| write_new(&dir, "session.json", &j, who)) {
+            Ok(()) => {
+                (held, obtained) = (derived, now);
+                tracing::info!(expires = %held.expiration, "the job's session renewed");
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "the job's session could not be written")
+            }
+        }
     }
 }
 
