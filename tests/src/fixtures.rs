@@ -321,3 +321,57 @@ pub async fn run_session(region: &str, run_id: &str) -> String {
         .await
         .expect("the door's STS vends a run session")
 }
+
+/// The run's instance carrying these tags too (filter name, value: `("tag:ephemera:attempt",
+/// "1")`), once EC2 shows it.
+pub async fn instance_tagged(region: &str, run_id: &str, tags: &[(&str, &str)]) -> String {
+    let aws = crate::clients(region);
+    crate::eventually(
+        "the worker's instance",
+        std::time::Duration::from_secs(60),
+        || {
+            let aws = aws.clone();
+            async move {
+                let mut describe = aws.ec2.describe_instances().filters(
+                    aws_sdk_ec2::types::Filter::builder()
+                        .name("tag:ephemera:run")
+                        .values(run_id)
+                        .build(),
+                );
+                for (name, value) in tags {
+                    describe = describe.filters(
+                        aws_sdk_ec2::types::Filter::builder()
+                            .name(*name)
+                            .values(*value)
+                            .build(),
+                    );
+                }
+                let r = describe.send().await.ok()?;
+                r.reservations()
+                    .iter()
+                    .flat_map(|r| r.instances())
+                    .find_map(|i| i.instance_id().map(str::to_string))
+            }
+        },
+    )
+    .await
+}
+
+/// The run's instance of `attempt` (its first worker's, or its only one's).
+pub async fn instance_of(region: &str, run_id: &str, attempt: &str) -> String {
+    instance_tagged(region, run_id, &[("tag:ephemera:attempt", attempt)]).await
+}
+
+/// A gzip'd tar of `entries` (name, bytes), as a job's inputs are shipped.
+pub fn tar_gz(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    for (name, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, *data).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}

@@ -23,14 +23,10 @@ async fn imds(instance_id: Arc<Mutex<String>>, spot_notice: Arc<Mutex<bool>>) ->
     .await
 }
 
-async fn instance_of(region: &str, run_id: &str, attempt: &str) -> String {
-    instance_tagged(region, run_id, &[("tag:ephemera:attempt", attempt)]).await
-}
-
 /// The first attempt's instance of worker `worker` (1..=worker.count) of the run.
 async fn instance_of_worker(region: &str, run_id: &str, worker: u32) -> String {
     let worker = worker.to_string();
-    instance_tagged(
+    fixtures::instance_tagged(
         region,
         run_id,
         &[
@@ -38,36 +34,6 @@ async fn instance_of_worker(region: &str, run_id: &str, worker: u32) -> String {
             ("tag:ephemera:worker", &worker),
         ],
     )
-    .await
-}
-
-/// The run's instance with these tags (filter name, value), once it is there.
-async fn instance_tagged(region: &str, run_id: &str, tags: &[(&str, &str)]) -> String {
-    let aws = clients(region);
-    ephemera_tests::eventually("the worker's instance", Duration::from_secs(60), || {
-        let aws = aws.clone();
-        async move {
-            let mut describe = aws.ec2.describe_instances().filters(
-                aws_sdk_ec2::types::Filter::builder()
-                    .name("tag:ephemera:run")
-                    .values(run_id)
-                    .build(),
-            );
-            for (name, value) in tags {
-                describe = describe.filters(
-                    aws_sdk_ec2::types::Filter::builder()
-                        .name(*name)
-                        .values(*value)
-                        .build(),
-                );
-            }
-            let r = describe.send().await.ok()?;
-            r.reservations()
-                .iter()
-                .flat_map(|r| r.instances())
-                .find_map(|i| i.instance_id().map(str::to_string))
-        }
-    })
     .await
 }
 
@@ -187,7 +153,7 @@ async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption()
     let instance_id = Arc::new(Mutex::new(String::new()));
     let notice = Arc::new(Mutex::new(true));
     let imds_url = imds(instance_id.clone(), notice.clone()).await;
-    let first_instance = instance_of(region, run_id, "1").await;
+    let first_instance = fixtures::instance_of(region, run_id, "1").await;
     *instance_id.lock().unwrap() = first_instance.clone();
     let first = worker(region, &db_url, &imds_url, run_id, 1)
         .wait_with_output()
@@ -201,7 +167,7 @@ async fn the_real_worker_completes_a_run_and_resumes_after_a_spot_interruption()
 
     // The state machine relaunches; attempt 2 runs undisturbed and does all the work.
     *notice.lock().unwrap() = false;
-    let second_instance = instance_of(region, run_id, "2").await;
+    let second_instance = fixtures::instance_of(region, run_id, "2").await;
     *instance_id.lock().unwrap() = second_instance.clone();
     let second = worker(region, &db_url, &imds_url, run_id, 2)
         .wait_with_output()
@@ -470,7 +436,7 @@ async fn a_spot_notice_mid_partition_fails_the_task_within_seconds_and_hands_the
     let instance_id = Arc::new(Mutex::new(String::new()));
     let notice = Arc::new(Mutex::new(false));
     let imds_url = imds(instance_id.clone(), notice.clone()).await;
-    *instance_id.lock().unwrap() = instance_of(region, run_id, "1").await;
+    *instance_id.lock().unwrap() = fixtures::instance_of(region, run_id, "1").await;
     let stages = ["--stages", "indicators,regression"];
     let first = worker_with(region, &db_url, &imds_url, run_id, 1, &stages);
     mid_partition(&client).await;
@@ -508,7 +474,7 @@ async fn a_spot_notice_mid_partition_fails_the_task_within_seconds_and_hands_the
 
     // The state machine relaunches; attempt 2 runs undisturbed and does the partition whole.
     *notice.lock().unwrap() = false;
-    *instance_id.lock().unwrap() = instance_of(region, run_id, "2").await;
+    *instance_id.lock().unwrap() = fixtures::instance_of(region, run_id, "2").await;
     let started = std::time::Instant::now();
     let second = worker_with(region, &db_url, &imds_url, run_id, 2, &stages)
         .wait_with_output()
@@ -567,7 +533,7 @@ async fn sigterm_mid_partition_hands_the_partition_back_and_fails_the_run() {
 
     let instance_id = Arc::new(Mutex::new(String::new()));
     let imds_url = imds(instance_id.clone(), Arc::new(Mutex::new(false))).await;
-    *instance_id.lock().unwrap() = instance_of(region, run_id, "1").await;
+    *instance_id.lock().unwrap() = fixtures::instance_of(region, run_id, "1").await;
     let worker = worker_with(
         region,
         &db_url,
@@ -623,20 +589,6 @@ async fn sigterm_mid_partition_hands_the_partition_back_and_fails_the_run() {
         emails = inbox.read().await;
     }
     assert_eq!(emails.len(), 1, "{emails:?}");
-}
-
-/// A gzip'd tar of `entries` (name, bytes).
-fn tar_gz(entries: &[(&str, &[u8])]) -> Vec<u8> {
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut b = tar::Builder::new(gz);
-    for (name, data) in entries {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, name, *data).unwrap();
-    }
-    b.into_inner().unwrap().finish().unwrap()
 }
 
 /// An object of the export bucket, as JSON.
@@ -713,7 +665,7 @@ async fn any_command_under_exec_is_relaunched_after_spot_and_reported_by_its_exi
         .put_object()
         .bucket(BUCKET)
         .key(&inputs)
-        .body(tar_gz(&[("input.txt", b"hello\n")]).into())
+        .body(fixtures::tar_gz(&[("input.txt", b"hello\n")]).into())
         .send()
         .await
         .unwrap();
@@ -768,7 +720,7 @@ async fn any_command_under_exec_is_relaunched_after_spot_and_reported_by_its_exi
     let instance_id = Arc::new(Mutex::new(String::new()));
     let notice = Arc::new(Mutex::new(false));
     let imds_url = imds(instance_id.clone(), notice.clone()).await;
-    *instance_id.lock().unwrap() = instance_of(region, run_id, "1").await;
+    *instance_id.lock().unwrap() = fixtures::instance_of(region, run_id, "1").await;
     // Each attempt on a machine of its own: an empty working directory.
     let first_options = options(&base.join("w1").display().to_string());
     let first_options: Vec<&str> = first_options.iter().map(String::as_str).collect();
@@ -796,7 +748,7 @@ async fn any_command_under_exec_is_relaunched_after_spot_and_reported_by_its_exi
         String::from_utf8_lossy(&first.stderr)
     );
     *notice.lock().unwrap() = false;
-    *instance_id.lock().unwrap() = instance_of(region, run_id, "2").await;
+    *instance_id.lock().unwrap() = fixtures::instance_of(region, run_id, "2").await;
     let second_options = options(&base.join("w2").display().to_string());
     let second_options: Vec<&str> = second_options.iter().map(String::as_str).collect();
     let second = job(region, &imds_url, run_id, 2, &second_options, &script)
@@ -886,7 +838,7 @@ async fn any_command_under_exec_is_relaunched_after_spot_and_reported_by_its_exi
     spec["worker"]["args"] = json!(["exec", "--", "sh", "-c", failing]);
     spec["limits"]["heartbeat_seconds"] = json!(30);
     let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;
-    *instance_id.lock().unwrap() = instance_of(region, run_id, "1").await;
+    *instance_id.lock().unwrap() = fixtures::instance_of(region, run_id, "1").await;
     let out = job(region, &imds_url, run_id, 1, &[], failing)
         .wait_with_output()
         .await
@@ -971,7 +923,7 @@ async fn a_job_that_ignores_sigterm_is_killed_after_its_grace_and_resumes_from_i
     let instance_id = Arc::new(Mutex::new(String::new()));
     let notice = Arc::new(Mutex::new(false));
     let imds_url = imds(instance_id.clone(), notice.clone()).await;
-    *instance_id.lock().unwrap() = instance_of(region, run_id, "1").await;
+    *instance_id.lock().unwrap() = fixtures::instance_of(region, run_id, "1").await;
     let first_options = options(&base.join("w1").display().to_string());
     let first_options: Vec<&str> = first_options.iter().map(String::as_str).collect();
     let first = job(region, &imds_url, run_id, 1, &first_options, &script);
@@ -997,7 +949,7 @@ async fn a_job_that_ignores_sigterm_is_killed_after_its_grace_and_resumes_from_i
     assert!(stderr.contains("SIGKILL"), "{stderr}");
     assert!(started.elapsed() >= Duration::from_secs(5), "{stderr}");
     *notice.lock().unwrap() = false;
-    *instance_id.lock().unwrap() = instance_of(region, run_id, "2").await;
+    *instance_id.lock().unwrap() = fixtures::instance_of(region, run_id, "2").await;
     let second_options = options(&base.join("w2").display().to_string());
     let second_options: Vec<&str> = second_options.iter().map(String::as_str).collect();
     let second = job(region, &imds_url, run_id, 2, &second_options, &script)
@@ -1376,7 +1328,7 @@ async fn a_job_that_never_ends_is_stopped_at_the_runs_cap_with_its_checkpoint_sa
     let instance_id = Arc::new(Mutex::new(String::new()));
     let notice = Arc::new(Mutex::new(false));
     let imds_url = imds(instance_id.clone(), notice.clone()).await;
-    let id = instance_of(region, run_id, "1").await;
+    let id = fixtures::instance_of(region, run_id, "1").await;
     *instance_id.lock().unwrap() = id.clone();
     // The money deadline as launch-worker handed it to the instance.
     let handed = budget_seconds_of(&aws.ec2, &id).await;
@@ -1553,7 +1505,7 @@ async fn a_job_failing_with_a_listed_exit_code_runs_again_on_its_instance() {
             spec["expect"] = json!({"export_prefix": to, "min_objects": 1});
             spec["limits"]["heartbeat_seconds"] = json!(30);
             let execution = e2e::start(region, machine, &format!("{run_id}-1"), &spec).await;
-            let instance = instance_of(region, run_id, "1").await;
+            let instance = fixtures::instance_of(region, run_id, "1").await;
             *instance_id.lock().unwrap() = instance.clone();
             let (own, _) = own_options_of(&aws.ec2, &instance).await;
             assert_eq!(
@@ -1829,7 +1781,7 @@ async fn a_jobs_secrets_reach_its_environment_and_nothing_else() {
     spec["expect"] = json!({"export_prefix": to, "min_objects": 1});
     spec["limits"]["heartbeat_seconds"] = json!(30);
     let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;
-    let instance = instance_of(region, run_id, "1").await;
+    let instance = fixtures::instance_of(region, run_id, "1").await;
     *instance_id.lock().unwrap() = instance.clone();
     let (secret_options, user_data) = secret_options_of(&aws.ec2, &instance).await;
     assert_eq!(
@@ -1902,7 +1854,7 @@ async fn a_jobs_secrets_reach_its_environment_and_nothing_else() {
     spec["job"] = json!({"secrets": {"API_KEY": api_arn}});
     spec["limits"]["heartbeat_seconds"] = json!(30);
     let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;
-    let instance = instance_of(region, run_id, "1").await;
+    let instance = fixtures::instance_of(region, run_id, "1").await;
     *instance_id.lock().unwrap() = instance.clone();
     let (secret_options, _) = secret_options_of(&aws.ec2, &instance).await;
     let options: Vec<&str> = secret_options.iter().map(String::as_str).collect();
@@ -1939,7 +1891,7 @@ async fn a_jobs_secrets_reach_its_environment_and_nothing_else() {
     spec["job"] = json!({"secrets": {"API_KEY": api_arn, "GONE": missing}});
     spec["limits"]["heartbeat_seconds"] = json!(30);
     let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;
-    let instance = instance_of(region, run_id, "1").await;
+    let instance = fixtures::instance_of(region, run_id, "1").await;
     *instance_id.lock().unwrap() = instance.clone();
     let (secret_options, _) = secret_options_of(&aws.ec2, &instance).await;
     let options: Vec<&str> = secret_options.iter().map(String::as_str).collect();

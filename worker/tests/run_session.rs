@@ -13,52 +13,6 @@ use ephemera_tests::iam::{worker_log_group, Principal, EXPORT_BUCKET};
 use ephemera_tests::{clients, e2e, fixtures, fresh_region, harness};
 use serde_json::json;
 
-/// The first instance of `run_id` with `attempt`, once EC2 shows it.
-async fn instance_of(region: &str, run_id: &str, attempt: &str) -> String {
-    let aws = clients(region);
-    ephemera_tests::eventually("the worker's instance", Duration::from_secs(60), || {
-        let aws = aws.clone();
-        async move {
-            let r = aws
-                .ec2
-                .describe_instances()
-                .filters(
-                    aws_sdk_ec2::types::Filter::builder()
-                        .name("tag:ephemera:run")
-                        .values(run_id)
-                        .build(),
-                )
-                .filters(
-                    aws_sdk_ec2::types::Filter::builder()
-                        .name("tag:ephemera:attempt")
-                        .values(attempt)
-                        .build(),
-                )
-                .send()
-                .await
-                .ok()?;
-            r.reservations()
-                .iter()
-                .flat_map(|r| r.instances())
-                .find_map(|i| i.instance_id().map(str::to_string))
-        }
-    })
-    .await
-}
-
-fn tar_gz(entries: &[(&str, &[u8])]) -> Vec<u8> {
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut b = tar::Builder::new(gz);
-    for (name, data) in entries {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, name, *data).unwrap();
-    }
-    b.into_inner().unwrap().finish().unwrap()
-}
-
 async fn export_bucket(s3: &aws_sdk_s3::Client, region: &str) {
     fixtures::bucket(s3, EXPORT_BUCKET, region).await;
 }
@@ -171,80 +125,18 @@ echo done > out/done.txt"#,
         secret = secret_arn,
         token = token,
     );
-    // An archive outside the run's prefix: the session's policy names it, so it may read it.
-    let inputs = format!("jobs/{run_id}/inputs.tar.gz");
-    aws.s3
-        .put_object()
-        .bucket(EXPORT_BUCKET)
-        .key(&inputs)
-        .body(
-            tar_gz(&[
-                ("input.txt", &b"hello\n"[..]),
-                ("probe.sh", script.as_bytes()),
-            ])
-            .into(),
-        )
-        .send()
-        .await
-        .unwrap();
-    let to = format!("s3://{EXPORT_BUCKET}/runs/{run_id}/");
-    let options = [
-        "--fetch".to_string(),
-        format!("s3://{EXPORT_BUCKET}/{inputs}"),
-        "--checkpoint".into(),
-        "ckpt".into(),
-        "--checkpoint-to".into(),
-        format!("s3://{EXPORT_BUCKET}/runs/{run_id}/checkpoints/"),
-        "--checkpoint-every".into(),
-        "10".into(),
-        "--outputs".into(),
-        "out".into(),
-        "--to".into(),
-        to.clone(),
-    ];
-    let mut spec = fixtures::runspec(run_id, &net, Some(&inbox.topic_arn));
-    let mut args = vec![json!("exec")];
-    args.extend(options.iter().map(|o| json!(o)));
-    args.extend([json!("--"), json!("sh"), json!("probe.sh")]);
-    spec["worker"]["args"] = json!(args);
-    spec["expect"] = json!({"export_prefix": to});
-    spec["job"] = json!({"secrets": {"API_KEY": secret_arn}});
-    spec["limits"]["heartbeat_seconds"] = json!(30);
-    let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;
-
-    let instance_id = Arc::new(Mutex::new(String::new()));
-    let imds_url = {
-        let id = instance_id.clone();
-        ephemera_tests::imds::serve(move || id.lock().unwrap().clone(), || None).await
+    // The job's secret by its ARN, as launch-worker adds it (`image::worker_args`); a
+    // checkpoint every 10 s, so that the job's 40 s see saves under a renewed session too.
+    let one = OneRun {
+        region,
+        machine: &machine,
+        net: &net,
+        topic: &inbox.topic_arn,
+        base: &base,
+        job_user,
+        options: &["--checkpoint-every", "10"],
     };
-    *instance_id.lock().unwrap() = instance_of(region, run_id, "1").await;
-    let workdir = base.join("w1");
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ephemera-worker"));
-    ephemera_tests::instance_env(&mut cmd, region, &imds_url);
-    // As launch-worker's user data puts it (`userdata::render`, with `--run-session` since the
-    // launch vended one).
-    cmd.args(["exec", "--grace", "5", "--run-id", run_id, "--attempt", "1"])
-        .args(["--ssm-prefix", &format!("/ephemera/runs/{run_id}")])
-        .args([
-            "--heartbeat-seconds",
-            "30",
-            "--log-group",
-            &worker_log_group(),
-        ])
-        .arg("--run-session")
-        // launch-worker adds the job's secrets by their ARNs (`image::worker_args`).
-        .args(["--secret", &format!("API_KEY={secret_arn}")])
-        .args(["--workdir", &workdir.display().to_string()])
-        .args(["--run-as", &format!("{}:{}", job_user.0, job_user.1)])
-        .args(&options)
-        .args(["--", "sh", "probe.sh"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let out = cmd.spawn().unwrap().wait_with_output().await.unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let done = e2e::wait(region, &execution, Duration::from_secs(120)).await;
+    let (done, stderr) = one.run(run_id, &script, &[("API_KEY", &secret_arn)]).await;
     assert_eq!(done.status, "SUCCEEDED", "{done:?}\n{stderr}");
     assert_eq!(done.visited(State::Relaunch), 0, "{:?}", done.path);
 
@@ -342,8 +234,9 @@ fn nix_root() -> bool {
 }
 
 /// One run of a job as launch-worker starts it: its inputs archive (`probe.sh` and
-/// `input.txt`) put beside it, its execution started, the real worker run for its instance as
-/// the user data runs it (`--run-session`, `--run-as`, its secrets by ARN), to its end.
+/// `input.txt`) put beside it, outside the run's prefix (the session's policy names it, so it
+/// may read it), its execution started, the real worker run for its instance as the user data
+/// runs it (`--run-session`, `--run-as`, its secrets by ARN), to its end (the worker exits 0).
 struct OneRun<'a> {
     region: &'static str,
     machine: &'a str,
@@ -351,6 +244,8 @@ struct OneRun<'a> {
     topic: &'a str,
     base: &'a std::path::Path,
     job_user: (u32, u32),
+    /// The job's options beside its inputs, checkpoint and outputs.
+    options: &'a [&'a str],
 }
 
 impl OneRun<'_> {
@@ -367,7 +262,7 @@ impl OneRun<'_> {
             .bucket(EXPORT_BUCKET)
             .key(&inputs)
             .body(
-                tar_gz(&[
+                fixtures::tar_gz(&[
                     ("input.txt", &b"hello\n"[..]),
                     ("probe.sh", script.as_bytes()),
                 ])
@@ -384,12 +279,14 @@ impl OneRun<'_> {
             "ckpt".into(),
             "--checkpoint-to".into(),
             format!("s3://{EXPORT_BUCKET}/runs/{run_id}/checkpoints/"),
-            "--keep-checkpoints".into(),
             "--outputs".into(),
             "out".into(),
             "--to".into(),
             to.clone(),
-        ];
+        ]
+        .into_iter()
+        .chain(self.options.iter().map(|o| o.to_string()))
+        .collect::<Vec<_>>();
         let mut spec = fixtures::runspec(run_id, self.net, Some(self.topic));
         let mut args = vec![json!("exec")];
         args.extend(options.iter().map(|o| json!(o)));
@@ -410,7 +307,7 @@ impl OneRun<'_> {
             let id = instance_id.clone();
             ephemera_tests::imds::serve(move || id.lock().unwrap().clone(), || None).await
         };
-        *instance_id.lock().unwrap() = instance_of(self.region, run_id, "1").await;
+        *instance_id.lock().unwrap() = fixtures::instance_of(self.region, run_id, "1").await;
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ephemera-worker"));
         ephemera_tests::instance_env(&mut cmd, self.region, &imds_url);
         cmd.args(["exec", "--grace", "5", "--run-id", run_id, "--attempt", "1"])
@@ -437,6 +334,7 @@ impl OneRun<'_> {
             .kill_on_drop(true);
         let out = cmd.spawn().unwrap().wait_with_output().await.unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{stderr}");
         let done = e2e::wait(self.region, &execution, Duration::from_secs(120)).await;
         (done, stderr)
     }
@@ -506,6 +404,8 @@ async fn a_hostile_job_cannot_touch_another_runs_objects_or_read_its_secret() {
         topic: &inbox.topic_arn,
         base: &base,
         job_user: (uid, uid),
+        // The victim's checkpoint stays, for the hostile job to try.
+        options: &["--keep-checkpoints"],
     };
 
     let (victim, stderr) = runs
