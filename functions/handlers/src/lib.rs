@@ -1,8 +1,8 @@
 //! ephemera's Lambdas: thin handlers over `ephemera-core`, with AWS behind small traits.
 
 pub use ephemera_aws as aws;
-pub use ephemera_aws::error;
 pub mod dispatch;
+pub mod error;
 pub mod handlers;
 
 pub use aws::Aws;
