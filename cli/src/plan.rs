@@ -26,9 +26,9 @@ pub struct Ask<'a> {
     pub monthly_budget_usd: Option<f64>,
 }
 
-fn aws_failure(action: &'static str, e: ephemera_aws::Error) -> CliError {
+fn aws_failure(action: &'static str, e: ephemera_aws::AwsError) -> CliError {
     let f = match e {
-        ephemera_aws::Error::Aws { code, message, .. } => Failure::Service { code, message },
+        ephemera_aws::AwsError::Call { code, message, .. } => Failure::Service { code, message },
         other => Failure::Other(other.to_string()),
     };
     classify(&Op::any(action), &f)

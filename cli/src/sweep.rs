@@ -95,7 +95,9 @@ async fn status(sfn: &aws_sdk_sfn::Client, execution: &str) -> Result<Option<Str
     Executions::status(sfn, execution).await.map_err(|e| {
         // Credentials and the endpoint were proven by the DescribeInstances before this.
         let f = match e {
-            ephemera_aws::Error::Aws { code, message, .. } => Failure::Service { code, message },
+            ephemera_aws::AwsError::Call { code, message, .. } => {
+                Failure::Service { code, message }
+            }
             other => Failure::Other(other.to_string()),
         };
         classify(&Op::new("states:DescribeExecution", execution), &f)

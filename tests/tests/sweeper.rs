@@ -7,7 +7,8 @@ use aws_sdk_ssm::types::ParameterType;
 use chrono::{Duration, SecondsFormat, Utc};
 use ephemera_core::contract::RunParameters;
 use ephemera_core::tags;
-use ephemera_functions::{dispatch, invoke, Function, Settings};
+use ephemera_functions::wiring::sweeper::Sweeper;
+use ephemera_functions::{invoke, Function, Settings};
 use ephemera_tests::iam::WORKER_PROFILE;
 use ephemera_tests::{clients, fixtures, fresh_region, function_clients};
 use serde_json::{json, Value};
@@ -228,14 +229,8 @@ async fn signals_of_instances_that_are_gone_are_deleted_once_old() {
     let sweep = |now| {
         let role = role.clone();
         async move {
-            let services = ephemera_functions::handlers::sweeper::Services {
-                ec2: &role.ec2,
-                executions: &role.sfn,
-                sns: &role.sns,
-                ledger: None,
-                params: &role.ssm,
-            };
-            dispatch::sweeper(services, region, &Settings::default(), now)
+            Sweeper::of(&role, &Settings::default())
+                .call(now)
                 .await
                 .unwrap()
         }

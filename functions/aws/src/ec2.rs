@@ -18,7 +18,7 @@ use ephemera_core::plan::Zone;
 use ephemera_core::Market;
 
 use super::{to_chrono, to_smithy};
-use crate::error::Error;
+use crate::error::AwsError;
 
 /// The parts of an instance ephemera looks at.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,35 +85,39 @@ pub trait Compute: Send + Sync {
     fn vcpus(
         &self,
         types: &[String],
-    ) -> impl Future<Output = Result<HashMap<String, u32>, Error>> + Send;
+    ) -> impl Future<Output = Result<HashMap<String, u32>, AwsError>> + Send;
     /// Instances in `states` carrying every tag in `tags` (all instances when `tags` is empty).
     fn instances(
         &self,
         tags: &[(&str, &str)],
         states: &[InstanceState],
-    ) -> impl Future<Output = Result<Vec<InstanceView>, Error>> + Send;
+    ) -> impl Future<Output = Result<Vec<InstanceView>, AwsError>> + Send;
     fn describe(
         &self,
         ids: &[String],
-    ) -> impl Future<Output = Result<Vec<InstanceView>, Error>> + Send;
+    ) -> impl Future<Output = Result<Vec<InstanceView>, AwsError>> + Send;
     fn run(
         &self,
         req: &LaunchRequest,
     ) -> impl Future<Output = Result<InstanceView, RunError>> + Send;
     /// The instance's status checks from DescribeInstanceStatus.
-    fn status_checks(&self, id: &str) -> impl Future<Output = Result<StatusChecks, Error>> + Send;
-    fn terminate(&self, ids: &[String]) -> impl Future<Output = Result<(), Error>> + Send;
+    fn status_checks(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<StatusChecks, AwsError>> + Send;
+    fn terminate(&self, ids: &[String]) -> impl Future<Output = Result<(), AwsError>> + Send;
     /// The image's root device name (/dev/xvda, /dev/sda1) and its snapshot's size.
     /// The account's default EBS key in this region (GetEbsDefaultKmsKeyId).
-    fn ebs_default_key(&self) -> impl Future<Output = Result<String, Error>> + Send;
-    fn root_volume(&self, image: &str) -> impl Future<Output = Result<RootVolume, Error>> + Send;
+    fn ebs_default_key(&self) -> impl Future<Output = Result<String, AwsError>> + Send;
+    fn root_volume(&self, image: &str)
+        -> impl Future<Output = Result<RootVolume, AwsError>> + Send;
     fn spot_prices(
         &self,
         instance_type: &str,
         availability_zone: &str,
         start: DateTime<Utc>,
         end: DateTime<Utc>,
-    ) -> impl Future<Output = Result<Vec<PricePoint>, Error>> + Send;
+    ) -> impl Future<Output = Result<Vec<PricePoint>, AwsError>> + Send;
 }
 
 /// What GetSpotPlacementScores answered instead of scores: its code and message, kept for the
@@ -133,7 +137,7 @@ pub trait SpotPlacement: Send + Sync {
     fn subnet_zones(
         &self,
         subnets: &[String],
-    ) -> impl Future<Output = Result<BTreeMap<String, Zone>, Error>> + Send;
+    ) -> impl Future<Output = Result<BTreeMap<String, Zone>, AwsError>> + Send;
     /// GetSpotPlacementScores for `instance_types` at `target_vcpus` in each zone of `region`
     /// (SingleAvailabilityZone): the score (1–10) by zone id. AWS scores a configuration; a
     /// score of a single type is the score of that type alone
@@ -147,7 +151,7 @@ pub trait SpotPlacement: Send + Sync {
 }
 
 impl SpotPlacement for aws_sdk_ec2::Client {
-    async fn subnet_zones(&self, subnets: &[String]) -> Result<BTreeMap<String, Zone>, Error> {
+    async fn subnet_zones(&self, subnets: &[String]) -> Result<BTreeMap<String, Zone>, AwsError> {
         let mut out = BTreeMap::new();
         if subnets.is_empty() {
             return Ok(out);
@@ -165,7 +169,7 @@ impl SpotPlacement for aws_sdk_ec2::Client {
             .send()
             .collect::<Result<Vec<_>, _>>()
             .await
-            .map_err(|e| Error::aws("ec2", "DescribeSubnets", e))?;
+            .map_err(|e| AwsError::sdk("ec2", "DescribeSubnets", e))?;
         for s in found {
             if let (Some(id), Some(name), Some(zone_id)) = (
                 s.subnet_id(),
@@ -313,7 +317,7 @@ fn tag_spec(kind: ResourceType, tags: &BTreeMap<String, String>) -> TagSpecifica
 }
 
 impl Compute for aws_sdk_ec2::Client {
-    async fn vcpus(&self, types: &[String]) -> Result<HashMap<String, u32>, Error> {
+    async fn vcpus(&self, types: &[String]) -> Result<HashMap<String, u32>, AwsError> {
         let invalid = |e: &DescribeTypesError| e.code() == Some("InvalidInstanceType");
         match describe_types(self, types).await {
             Ok(found) => Ok(found),
@@ -326,12 +330,12 @@ impl Compute for aws_sdk_ec2::Client {
                     match describe_types(self, std::slice::from_ref(t)).await {
                         Ok(found) => out.extend(found),
                         Err(e) if invalid(&e) => {}
-                        Err(e) => return Err(Error::aws("ec2", "DescribeInstanceTypes", e)),
+                        Err(e) => return Err(AwsError::sdk("ec2", "DescribeInstanceTypes", e)),
                     }
                 }
                 Ok(out)
             }
-            Err(e) => Err(Error::aws("ec2", "DescribeInstanceTypes", e)),
+            Err(e) => Err(AwsError::sdk("ec2", "DescribeInstanceTypes", e)),
         }
     }
 
@@ -339,7 +343,7 @@ impl Compute for aws_sdk_ec2::Client {
         &self,
         tags: &[(&str, &str)],
         states: &[InstanceState],
-    ) -> Result<Vec<InstanceView>, Error> {
+    ) -> Result<Vec<InstanceView>, AwsError> {
         let mut filters: Vec<Filter> = tags
             .iter()
             .map(|(k, v)| {
@@ -365,14 +369,14 @@ impl Compute for aws_sdk_ec2::Client {
             .send()
             .collect::<Result<Vec<_>, _>>()
             .await
-            .map_err(|e| Error::aws("ec2", "DescribeInstances", e))?;
+            .map_err(|e| AwsError::sdk("ec2", "DescribeInstances", e))?;
         Ok(reservations
             .iter()
             .flat_map(|r| r.instances().iter().map(view))
             .collect())
     }
 
-    async fn describe(&self, ids: &[String]) -> Result<Vec<InstanceView>, Error> {
+    async fn describe(&self, ids: &[String]) -> Result<Vec<InstanceView>, AwsError> {
         if ids.is_empty() {
             return Ok(vec![]);
         }
@@ -389,7 +393,7 @@ impl Compute for aws_sdk_ec2::Client {
                 .collect()),
             // Instances terminated long ago vanish from DescribeInstances.
             Err(e) if e.code() == Some("InvalidInstanceID.NotFound") => Ok(vec![]),
-            Err(e) => Err(Error::aws("ec2", "DescribeInstances", e)),
+            Err(e) => Err(AwsError::sdk("ec2", "DescribeInstances", e)),
         }
     }
 
@@ -472,26 +476,26 @@ impl Compute for aws_sdk_ec2::Client {
         })
     }
 
-    async fn ebs_default_key(&self) -> Result<String, Error> {
+    async fn ebs_default_key(&self) -> Result<String, AwsError> {
         let resp = self
             .get_ebs_default_kms_key_id()
             .send()
             .await
-            .map_err(|e| Error::aws("ec2", "GetEbsDefaultKmsKeyId", e))?;
+            .map_err(|e| AwsError::sdk("ec2", "GetEbsDefaultKmsKeyId", e))?;
         Ok(resp.kms_key_id().unwrap_or_default().to_string())
     }
 
-    async fn root_volume(&self, image: &str) -> Result<RootVolume, Error> {
+    async fn root_volume(&self, image: &str) -> Result<RootVolume, AwsError> {
         let resp = self
             .describe_images()
             .image_ids(image)
             .send()
             .await
-            .map_err(|e| Error::aws("ec2", "DescribeImages", e))?;
+            .map_err(|e| AwsError::sdk("ec2", "DescribeImages", e))?;
         let found = resp.images().first();
         let device = found
             .and_then(|i| i.root_device_name())
-            .ok_or_else(|| Error::Aws {
+            .ok_or_else(|| AwsError::Call {
                 service: "ec2",
                 operation: "DescribeImages",
                 code: "InvalidAMIID.NotFound".into(),
@@ -511,14 +515,14 @@ impl Compute for aws_sdk_ec2::Client {
         })
     }
 
-    async fn status_checks(&self, id: &str) -> Result<StatusChecks, Error> {
+    async fn status_checks(&self, id: &str) -> Result<StatusChecks, AwsError> {
         let resp = self
             .describe_instance_status()
             .instance_ids(id)
             .include_all_instances(true)
             .send()
             .await
-            .map_err(|e| Error::aws("ec2", "DescribeInstanceStatus", e))?;
+            .map_err(|e| AwsError::sdk("ec2", "DescribeInstanceStatus", e))?;
         Ok(resp
             .instance_statuses()
             .first()
@@ -535,7 +539,7 @@ impl Compute for aws_sdk_ec2::Client {
             .unwrap_or_default())
     }
 
-    async fn terminate(&self, ids: &[String]) -> Result<(), Error> {
+    async fn terminate(&self, ids: &[String]) -> Result<(), AwsError> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -543,7 +547,7 @@ impl Compute for aws_sdk_ec2::Client {
             .set_instance_ids(Some(ids.to_vec()))
             .send()
             .await
-            .map_err(|e| Error::aws("ec2", "TerminateInstances", e))?;
+            .map_err(|e| AwsError::sdk("ec2", "TerminateInstances", e))?;
         Ok(())
     }
 
@@ -553,7 +557,7 @@ impl Compute for aws_sdk_ec2::Client {
         availability_zone: &str,
         start: DateTime<Utc>,
         end: DateTime<Utc>,
-    ) -> Result<Vec<PricePoint>, Error> {
+    ) -> Result<Vec<PricePoint>, AwsError> {
         // EC2 ends the pages with an empty NextToken, which the paginator reads as the end.
         let prices = self
             .describe_spot_price_history()
@@ -567,7 +571,7 @@ impl Compute for aws_sdk_ec2::Client {
             .send()
             .collect::<Result<Vec<_>, _>>()
             .await
-            .map_err(|e| Error::aws("ec2", "DescribeSpotPriceHistory", e))?;
+            .map_err(|e| AwsError::sdk("ec2", "DescribeSpotPriceHistory", e))?;
         Ok(prices
             .iter()
             .filter_map(|p| {

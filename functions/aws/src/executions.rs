@@ -2,18 +2,18 @@
 
 use std::future::Future;
 
-use crate::error::Error;
+use crate::error::AwsError;
 
 pub trait Executions: Send + Sync {
     /// The execution's status (RUNNING, SUCCEEDED, …), or None when it does not exist.
     fn status(
         &self,
         execution_arn: &str,
-    ) -> impl Future<Output = Result<Option<String>, Error>> + Send;
+    ) -> impl Future<Output = Result<Option<String>, AwsError>> + Send;
 }
 
 impl Executions for aws_sdk_sfn::Client {
-    async fn status(&self, execution_arn: &str) -> Result<Option<String>, Error> {
+    async fn status(&self, execution_arn: &str) -> Result<Option<String>, AwsError> {
         match self
             .describe_execution()
             .execution_arn(execution_arn)
@@ -27,7 +27,7 @@ impl Executions for aws_sdk_sfn::Client {
             {
                 Ok(None)
             }
-            Err(e) => Err(Error::aws("states", "DescribeExecution", e)),
+            Err(e) => Err(AwsError::sdk("states", "DescribeExecution", e)),
         }
     }
 }
@@ -40,11 +40,11 @@ pub trait TaskTokens: Send + Sync {
         token: &str,
         error: &str,
         cause: &str,
-    ) -> impl Future<Output = Result<bool, Error>> + Send;
+    ) -> impl Future<Output = Result<bool, AwsError>> + Send;
 }
 
 impl TaskTokens for aws_sdk_sfn::Client {
-    async fn fail_task(&self, token: &str, error: &str, cause: &str) -> Result<bool, Error> {
+    async fn fail_task(&self, token: &str, error: &str, cause: &str) -> Result<bool, AwsError> {
         match self
             .send_task_failure()
             .task_token(token)
@@ -61,7 +61,7 @@ impl TaskTokens for aws_sdk_sfn::Client {
             {
                 Ok(false)
             }
-            Err(e) => Err(Error::aws("states", "SendTaskFailure", e)),
+            Err(e) => Err(AwsError::sdk("states", "SendTaskFailure", e)),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::future::Future;
 use ephemera_core::cost::{orchestration_cost, Orchestration};
 
 use super::to_chrono;
-use crate::error::Error;
+use crate::error::AwsError;
 
 /// What the execution's history says about the run.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,14 +21,14 @@ pub trait History: Send + Sync {
         &self,
         execution_arn: &str,
         lambda_memory_mb: u32,
-    ) -> impl Future<Output = Result<Option<ExecutionStats>, Error>> + Send;
+    ) -> impl Future<Output = Result<Option<ExecutionStats>, AwsError>> + Send;
     /// The run (`$.run`) as the state `state` was entered with it the first time; None when the
     /// execution never entered that state.
     fn run_entering(
         &self,
         execution_arn: &str,
         state: &str,
-    ) -> impl Future<Output = Result<Option<serde_json::Value>, Error>> + Send;
+    ) -> impl Future<Output = Result<Option<serde_json::Value>, AwsError>> + Send;
 }
 
 impl History for aws_sdk_sfn::Client {
@@ -36,7 +36,7 @@ impl History for aws_sdk_sfn::Client {
         &self,
         execution_arn: &str,
         lambda_memory_mb: u32,
-    ) -> Result<Option<ExecutionStats>, Error> {
+    ) -> Result<Option<ExecutionStats>, AwsError> {
         let mut started_at = None;
         let mut transitions = 0u64;
         let mut invocations = 0u64;
@@ -113,7 +113,7 @@ impl History for aws_sdk_sfn::Client {
         &self,
         execution_arn: &str,
         state: &str,
-    ) -> Result<Option<serde_json::Value>, Error> {
+    ) -> Result<Option<serde_json::Value>, AwsError> {
         let mut pages = self
             .get_execution_history()
             .execution_arn(execution_arn)
@@ -121,7 +121,7 @@ impl History for aws_sdk_sfn::Client {
             .items()
             .send();
         while let Some(e) = pages.next().await {
-            let e = e.map_err(|e| Error::aws("states", "GetExecutionHistory", e))?;
+            let e = e.map_err(|e| AwsError::sdk("states", "GetExecutionHistory", e))?;
             let Some(d) = e.state_entered_event_details() else {
                 continue;
             };

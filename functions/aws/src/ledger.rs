@@ -10,7 +10,7 @@ use ephemera_core::cost;
 use ephemera_core::ledger::{self, Entry, EntryState};
 use ephemera_core::placement::Placed;
 
-use crate::error::Error;
+use crate::error::AwsError;
 
 /// The index the month-to-date query reads (template `LedgerTable`).
 pub const BY_MONTH: &str = "by-month";
@@ -34,7 +34,7 @@ pub enum Reserved {
 
 pub trait Ledger: Send + Sync {
     /// Every entry of `month`.
-    fn entries(&self, month: &str) -> impl Future<Output = Result<Vec<Entry>, Error>> + Send;
+    fn entries(&self, month: &str) -> impl Future<Output = Result<Vec<Entry>, AwsError>> + Send;
     /// Records a launch's reservation — `entry`'s run, and the worst case of its `worker`
     /// (`entry.workers[worker]`), leaving the run's other workers' as they are — unless it
     /// would take the month past `budget_usd` (0: no ceiling) or the run past its own `cap`.
@@ -48,7 +48,7 @@ pub trait Ledger: Send + Sync {
         worker: u32,
         budget_usd: f64,
         cap: &Cap,
-    ) -> impl Future<Output = Result<Reserved, Error>> + Send;
+    ) -> impl Future<Output = Result<Reserved, AwsError>> + Send;
     /// Sets an existing entry's state, and its actual cost and outcome when given; Ok(false)
     /// when the execution has no entry (it launched nothing).
     fn close(
@@ -57,26 +57,26 @@ pub trait Ledger: Send + Sync {
         state: EntryState,
         actual_usd: Option<f64>,
         outcome: Option<&str>,
-    ) -> impl Future<Output = Result<bool, Error>> + Send;
+    ) -> impl Future<Output = Result<bool, AwsError>> + Send;
     /// Books a Spot attempt, or its reclaim, in the run's item (appended to `placements`; an
     /// attempt booked twice, by a retried call, is read back once: `placement::history`).
     fn place(
         &self,
         execution: &str,
         placed: &Placed,
-    ) -> impl Future<Output = Result<(), Error>> + Send;
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
     /// What the run's first ranking read from EC2 (`placement::Observed` as JSON), if any.
     fn observed(
         &self,
         execution: &str,
-    ) -> impl Future<Output = Result<Option<String>, Error>> + Send;
+    ) -> impl Future<Output = Result<Option<String>, AwsError>> + Send;
     /// Keeps `observed` in the run's item unless one is there already; what the item holds
     /// after, so that every worker of the run ranks from the same facts.
     fn keep_observed(
         &self,
         execution: &str,
         observed: &str,
-    ) -> impl Future<Output = Result<String, Error>> + Send;
+    ) -> impl Future<Output = Result<String, AwsError>> + Send;
 }
 
 /// The ledger table behind a DynamoDB client.
@@ -175,7 +175,7 @@ fn placed_item(p: &Placed) -> AttributeValue {
 const OBSERVED: &str = "placement_observed";
 
 impl Ledger for LedgerTable {
-    async fn entries(&self, month: &str) -> Result<Vec<Entry>, Error> {
+    async fn entries(&self, month: &str) -> Result<Vec<Entry>, AwsError> {
         let pages = self
             .client
             .query()
@@ -189,12 +189,12 @@ impl Ledger for LedgerTable {
             .send()
             .collect::<Result<Vec<_>, _>>()
             .await
-            .map_err(|e| Error::aws("dynamodb", "Query", e))?;
+            .map_err(|e| AwsError::sdk("dynamodb", "Query", e))?;
         pages
             .iter()
             .map(|item| {
                 entry_of(item).ok_or_else(|| {
-                    Error::Internal(format!("a ledger item of {month} is malformed: {item:?}"))
+                    AwsError::Internal(format!("a ledger item of {month} is malformed: {item:?}"))
                 })
             })
             .collect()
@@ -206,9 +206,9 @@ impl Ledger for LedgerTable {
         worker: u32,
         budget_usd: f64,
         cap: &Cap,
-    ) -> Result<Reserved, Error> {
+    ) -> Result<Reserved, AwsError> {
         let usd = entry.workers.get(&worker).copied().ok_or_else(|| {
-            Error::Internal(format!("no reservation of worker {worker} to record"))
+            AwsError::Internal(format!("no reservation of worker {worker} to record"))
         })?;
         // The month's counter first, seeded when the month has none yet.
         self.counter(&entry.month).await?;
@@ -280,7 +280,7 @@ impl Ledger for LedgerTable {
                 .await;
                 continue;
             }
-            return Err(Error::aws("dynamodb", "TransactWriteItems", e));
+            return Err(AwsError::sdk("dynamodb", "TransactWriteItems", e));
         }
         Err(conflict(&entry.execution))
     }
@@ -291,7 +291,7 @@ impl Ledger for LedgerTable {
         state: EntryState,
         actual_usd: Option<f64>,
         outcome: Option<&str>,
-    ) -> Result<bool, Error> {
+    ) -> Result<bool, AwsError> {
         for _ in 0..RESERVE_TRIES {
             let Some(was) = self.item(execution).await?.and_then(|i| entry_of(&i)) else {
                 return Ok(false);
@@ -355,12 +355,12 @@ impl Ledger for LedgerTable {
             {
                 continue;
             }
-            return Err(Error::aws("dynamodb", "TransactWriteItems", e));
+            return Err(AwsError::sdk("dynamodb", "TransactWriteItems", e));
         }
         Err(conflict(execution))
     }
 
-    async fn place(&self, execution: &str, placed: &Placed) -> Result<(), Error> {
+    async fn place(&self, execution: &str, placed: &Placed) -> Result<(), AwsError> {
         // One expression: `list_append` onto the list or an empty one, so the first booking
         // and the next are the same call (two paths in one SET may not overlap).
         self.client
@@ -374,18 +374,18 @@ impl Ledger for LedgerTable {
             .expression_attribute_values(":one", AttributeValue::L(vec![placed_item(placed)]))
             .send()
             .await
-            .map_err(|e| Error::aws("dynamodb", "UpdateItem", e))?;
+            .map_err(|e| AwsError::sdk("dynamodb", "UpdateItem", e))?;
         Ok(())
     }
 
-    async fn observed(&self, execution: &str) -> Result<Option<String>, Error> {
+    async fn observed(&self, execution: &str) -> Result<Option<String>, AwsError> {
         Ok(self
             .item(execution)
             .await?
             .and_then(|i| i.get(OBSERVED)?.as_s().ok().cloned()))
     }
 
-    async fn keep_observed(&self, execution: &str, observed: &str) -> Result<String, Error> {
+    async fn keep_observed(&self, execution: &str, observed: &str) -> Result<String, AwsError> {
         let set = self
             .client
             .update_item()
@@ -397,7 +397,7 @@ impl Ledger for LedgerTable {
             .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
             .send()
             .await
-            .map_err(|e| Error::aws("dynamodb", "UpdateItem", e))?;
+            .map_err(|e| AwsError::sdk("dynamodb", "UpdateItem", e))?;
         Ok(set
             .attributes()
             .and_then(|a| a.get(OBSERVED)?.as_s().ok().cloned())
@@ -405,8 +405,8 @@ impl Ledger for LedgerTable {
     }
 }
 
-fn conflict(execution: &str) -> Error {
-    Error::Aws {
+fn conflict(execution: &str) -> AwsError {
+    AwsError::Call {
         service: "dynamodb",
         operation: "TransactWriteItems",
         code: "TransactionConflict".into(),
@@ -497,10 +497,10 @@ fn run_update(
 /// One item of a transaction.
 fn transact(
     u: aws_sdk_dynamodb::types::builders::UpdateBuilder,
-) -> Result<TransactWriteItem, Error> {
+) -> Result<TransactWriteItem, AwsError> {
     u.build()
         .map(|u| TransactWriteItem::builder().update(u).build())
-        .map_err(|e| Error::Internal(format!("a ledger update is incomplete: {e}")))
+        .map_err(|e| AwsError::Internal(format!("a ledger update is incomplete: {e}")))
 }
 
 const CONDITION_FAILED: &str = "ConditionalCheckFailed";
@@ -529,7 +529,7 @@ impl LedgerTable {
     async fn item(
         &self,
         execution: &str,
-    ) -> Result<Option<HashMap<String, AttributeValue>>, Error> {
+    ) -> Result<Option<HashMap<String, AttributeValue>>, AwsError> {
         let got = self
             .client
             .get_item()
@@ -538,18 +538,18 @@ impl LedgerTable {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| Error::aws("dynamodb", "GetItem", e))?;
+            .map_err(|e| AwsError::sdk("dynamodb", "GetItem", e))?;
         Ok(got.item().cloned())
     }
 
     /// Whether `month` has its counter.
-    async fn counted(&self, month: &str) -> Result<bool, Error> {
+    async fn counted(&self, month: &str) -> Result<bool, AwsError> {
         Ok(self.item(&counter_key(month)).await?.is_some())
     }
 
     /// `month`'s counter, seeded from its entries when it has none yet (a month begun before
     /// the counter existed): the first seed wins, and from then on only transactions move it.
-    async fn counter(&self, month: &str) -> Result<f64, Error> {
+    async fn counter(&self, month: &str) -> Result<f64, AwsError> {
         let read = |i: &HashMap<String, AttributeValue>| {
             i.get("committed_usd")
                 .and_then(|v| v.as_n().ok())
@@ -577,7 +577,7 @@ impl LedgerTable {
             .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
             .send()
             .await
-            .map_err(|e| Error::aws("dynamodb", "UpdateItem", e))?;
+            .map_err(|e| AwsError::sdk("dynamodb", "UpdateItem", e))?;
         Ok(set.attributes().and_then(read).unwrap_or(seed))
     }
 }

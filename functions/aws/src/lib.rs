@@ -1,7 +1,8 @@
 //! Small traits over the AWS calls each handler needs, implemented for the SDK clients, so the
 //! handlers hold decisions and the adapters hold wire details. A crate of its own so that the
-//! CLI, which reads the same ledger and executions, links no handler; the error type lives here
-//! with them (each error names the Step Functions error it becomes).
+//! CLI, which reads the same ledger and executions, links no handler. The adapters return their
+//! own error, [`AwsError`] (what AWS answered); the handlers name the Step Functions error it
+//! becomes.
 
 pub mod error;
 
@@ -30,14 +31,14 @@ pub use history::{ExecutionStats, History};
 pub use ledger::{Ledger, LedgerTable, Reserved};
 pub use objects::{ObjectWriter, Objects};
 pub use params::{ParamHousekeeping, Params, SealedParams};
-pub use pricing::{PriceList, Quote};
+pub use pricing::{PriceList, Quote, Unpriced};
 pub use quotas::{Applied, QuotaService};
 pub use sessions::{RunSessions, Vend};
 pub use snapshots::Snapshots;
 pub use topic::Notifier;
 pub use vcpus::VcpuReservations;
 
-pub use error::Error;
+pub use error::AwsError;
 
 /// Every client the Lambdas use, built once per cold start.
 #[derive(Clone, Debug)]

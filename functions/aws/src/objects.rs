@@ -7,34 +7,34 @@ use std::future::Future;
 use aws_sdk_s3::types::ChecksumMode;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
-use crate::error::Error;
+use crate::error::AwsError;
 
 pub trait Objects: Send + Sync {
     fn get(
         &self,
         bucket: &str,
         key: &str,
-    ) -> impl Future<Output = Result<Option<Vec<u8>>, Error>> + Send;
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, AwsError>> + Send;
     /// Every object under `prefix` with its size: one ListObjectsV2 page per 1,000 objects,
     /// where a HeadObject per object would take a call each.
     fn sizes_under(
         &self,
         bucket: &str,
         prefix: &str,
-    ) -> impl Future<Output = Result<std::collections::BTreeMap<String, u64>, Error>> + Send;
+    ) -> impl Future<Output = Result<std::collections::BTreeMap<String, u64>, AwsError>> + Send;
     /// Size in bytes, or None when absent.
     fn size(
         &self,
         bucket: &str,
         key: &str,
-    ) -> impl Future<Output = Result<Option<u64>, Error>> + Send;
+    ) -> impl Future<Output = Result<Option<u64>, AwsError>> + Send;
     /// The SHA-256 S3 keeps for each of `keys` that exists (`ChecksumSHA256`, None when it keeps
     /// none); absent objects are left out.
     fn checksums(
         &self,
         bucket: &str,
         keys: &[String],
-    ) -> impl Future<Output = Result<BTreeMap<String, Option<String>>, Error>> + Send;
+    ) -> impl Future<Output = Result<BTreeMap<String, Option<String>>, AwsError>> + Send;
 }
 
 /// HEADs in flight at once: ListObjectsV2 names an object's checksum algorithm, not its value,
@@ -42,10 +42,10 @@ pub trait Objects: Send + Sync {
 const HEADS_AT_ONCE: usize = 32;
 
 impl Objects for aws_sdk_s3::Client {
-    async fn get(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, Error> {
+    async fn get(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, AwsError> {
         match self.get_object().bucket(bucket).key(key).send().await {
             Ok(r) => {
-                let bytes = r.body.collect().await.map_err(|e| Error::Aws {
+                let bytes = r.body.collect().await.map_err(|e| AwsError::Call {
                     service: "s3",
                     operation: "GetObject",
                     code: "ReadBody".into(),
@@ -54,7 +54,7 @@ impl Objects for aws_sdk_s3::Client {
                 Ok(Some(bytes.into_bytes().to_vec()))
             }
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
-            Err(e) => Err(Error::aws("s3", "GetObject", e)),
+            Err(e) => Err(AwsError::sdk("s3", "GetObject", e)),
         }
     }
 
@@ -62,7 +62,7 @@ impl Objects for aws_sdk_s3::Client {
         &self,
         bucket: &str,
         prefix: &str,
-    ) -> Result<std::collections::BTreeMap<String, u64>, Error> {
+    ) -> Result<std::collections::BTreeMap<String, u64>, AwsError> {
         let mut out = std::collections::BTreeMap::new();
         let mut pages = self
             .list_objects_v2()
@@ -71,7 +71,7 @@ impl Objects for aws_sdk_s3::Client {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| Error::aws("s3", "ListObjectsV2", e))?;
+            let page = page.map_err(|e| AwsError::sdk("s3", "ListObjectsV2", e))?;
             for o in page.contents() {
                 if let Some(k) = o.key() {
                     out.insert(k.to_string(), o.size().unwrap_or(0).max(0) as u64);
@@ -81,11 +81,11 @@ impl Objects for aws_sdk_s3::Client {
         Ok(out)
     }
 
-    async fn size(&self, bucket: &str, key: &str) -> Result<Option<u64>, Error> {
+    async fn size(&self, bucket: &str, key: &str) -> Result<Option<u64>, AwsError> {
         match self.head_object().bucket(bucket).key(key).send().await {
             Ok(r) => Ok(Some(r.content_length().unwrap_or(0).max(0) as u64)),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
-            Err(e) => Err(Error::aws("s3", "HeadObject", e)),
+            Err(e) => Err(AwsError::sdk("s3", "HeadObject", e)),
         }
     }
 
@@ -93,7 +93,7 @@ impl Objects for aws_sdk_s3::Client {
         &self,
         bucket: &str,
         keys: &[String],
-    ) -> Result<BTreeMap<String, Option<String>>, Error> {
+    ) -> Result<BTreeMap<String, Option<String>>, AwsError> {
         // Owned per request: a future borrowing the keys is not `Send` for every lifetime.
         let kept: Vec<Option<(String, Option<String>)>> = stream::iter(keys.to_vec())
             .map(|key| {
@@ -111,7 +111,7 @@ impl Objects for aws_sdk_s3::Client {
                         Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => {
                             Ok(None)
                         }
-                        Err(e) => Err(Error::aws("s3", "HeadObject", e)),
+                        Err(e) => Err(AwsError::sdk("s3", "HeadObject", e)),
                     }
                 }
             })
@@ -130,7 +130,7 @@ pub trait ObjectWriter: Send + Sync {
         key: &str,
         body: Vec<u8>,
         content_type: &str,
-    ) -> impl Future<Output = Result<(), Error>> + Send;
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
 }
 
 impl ObjectWriter for aws_sdk_s3::Client {
@@ -140,7 +140,7 @@ impl ObjectWriter for aws_sdk_s3::Client {
         key: &str,
         body: Vec<u8>,
         content_type: &str,
-    ) -> Result<(), Error> {
+    ) -> Result<(), AwsError> {
         self.put_object()
             .bucket(bucket)
             .key(key)
@@ -148,7 +148,7 @@ impl ObjectWriter for aws_sdk_s3::Client {
             .body(body.into())
             .send()
             .await
-            .map_err(|e| Error::aws("s3", "PutObject", e))?;
+            .map_err(|e| AwsError::sdk("s3", "PutObject", e))?;
         Ok(())
     }
 }

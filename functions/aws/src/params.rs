@@ -6,15 +6,15 @@ use aws_sdk_ssm::types::ParameterStringFilter;
 use chrono::{DateTime, Utc};
 use ephemera_core::sweep::Param;
 
-use crate::error::Error;
+use crate::error::AwsError;
 
 pub trait Params: Send + Sync {
     /// The decrypted value, or None when the parameter does not exist.
-    fn get(&self, name: &str) -> impl Future<Output = Result<Option<String>, Error>> + Send;
+    fn get(&self, name: &str) -> impl Future<Output = Result<Option<String>, AwsError>> + Send;
 }
 
 impl Params for aws_sdk_ssm::Client {
-    async fn get(&self, name: &str) -> Result<Option<String>, Error> {
+    async fn get(&self, name: &str) -> Result<Option<String>, AwsError> {
         match self
             .get_parameter()
             .name(name)
@@ -29,7 +29,7 @@ impl Params for aws_sdk_ssm::Client {
             {
                 Ok(None)
             }
-            Err(e) => Err(Error::aws("ssm", "GetParameter", e)),
+            Err(e) => Err(AwsError::sdk("ssm", "GetParameter", e)),
         }
     }
 }
@@ -38,21 +38,21 @@ impl Params for aws_sdk_ssm::Client {
 /// per account and region, and nothing reads a run's after it ends.
 pub trait ParamHousekeeping: Send + Sync {
     /// Deletes those of `names` that exist; the names that did not are no error.
-    fn delete_all(&self, names: &[String]) -> impl Future<Output = Result<(), Error>> + Send;
+    fn delete_all(&self, names: &[String]) -> impl Future<Output = Result<(), AwsError>> + Send;
 
     /// Every parameter under `path`, at any depth: names and dates only (DescribeParameters
     /// never returns values).
-    fn list_under(&self, path: &str) -> impl Future<Output = Result<Vec<Param>, Error>> + Send;
+    fn list_under(&self, path: &str) -> impl Future<Output = Result<Vec<Param>, AwsError>> + Send;
 }
 
 impl ParamHousekeeping for aws_sdk_ssm::Client {
-    async fn list_under(&self, path: &str) -> Result<Vec<Param>, Error> {
+    async fn list_under(&self, path: &str) -> Result<Vec<Param>, AwsError> {
         let filter = ParameterStringFilter::builder()
             .key("Path")
             .option("Recursive")
             .values(path)
             .build()
-            .map_err(|e| Error::Internal(format!("the Path filter: {e}")))?;
+            .map_err(|e| AwsError::Internal(format!("the Path filter: {e}")))?;
         let mut pages = self
             .describe_parameters()
             .parameter_filters(filter)
@@ -61,7 +61,7 @@ impl ParamHousekeeping for aws_sdk_ssm::Client {
             .send();
         let mut params = vec![];
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| Error::aws("ssm", "DescribeParameters", e))?;
+            let page = page.map_err(|e| AwsError::sdk("ssm", "DescribeParameters", e))?;
             params.extend(page.parameters().iter().filter_map(|p| {
                 Some(Param {
                     name: p.name()?.to_string(),
@@ -74,14 +74,14 @@ impl ParamHousekeeping for aws_sdk_ssm::Client {
         Ok(params)
     }
 
-    async fn delete_all(&self, names: &[String]) -> Result<(), Error> {
+    async fn delete_all(&self, names: &[String]) -> Result<(), AwsError> {
         // DeleteParameters takes at most 10 names; unknown ones come back as InvalidParameters.
         for chunk in names.chunks(10) {
             self.delete_parameters()
                 .set_names(Some(chunk.to_vec()))
                 .send()
                 .await
-                .map_err(|e| Error::aws("ssm", "DeleteParameters", e))?;
+                .map_err(|e| AwsError::sdk("ssm", "DeleteParameters", e))?;
         }
         Ok(())
     }
@@ -98,7 +98,7 @@ pub trait SealedParams: Send + Sync {
         value: &str,
         key_id: &str,
         reader: &str,
-    ) -> impl Future<Output = Result<bool, Error>> + Send;
+    ) -> impl Future<Output = Result<bool, AwsError>> + Send;
 }
 
 impl SealedParams for aws_sdk_ssm::Client {
@@ -108,12 +108,12 @@ impl SealedParams for aws_sdk_ssm::Client {
         value: &str,
         key_id: &str,
         reader: &str,
-    ) -> Result<bool, Error> {
+    ) -> Result<bool, AwsError> {
         let tag = aws_sdk_ssm::types::Tag::builder()
             .key(ephemera_core::contract::tags::READER)
             .value(reader)
             .build()
-            .map_err(|e| Error::Internal(format!("the reader tag: {e}")))?;
+            .map_err(|e| AwsError::Internal(format!("the reader tag: {e}")))?;
         match self
             .put_parameter()
             .name(name)
@@ -136,7 +136,7 @@ impl SealedParams for aws_sdk_ssm::Client {
             {
                 Ok(false)
             }
-            Err(e) => Err(Error::aws("ssm", "PutParameter", e)),
+            Err(e) => Err(AwsError::sdk("ssm", "PutParameter", e)),
         }
     }
 }

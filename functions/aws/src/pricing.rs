@@ -141,21 +141,36 @@ pub fn dearest(
     types: &[String],
     quotes: &[Option<Quote>],
     region: &str,
-) -> Result<(String, Quote), crate::error::Error> {
+) -> Result<(String, Quote), Unpriced> {
     let mut dearest: Option<(&String, &Quote)> = None;
     for (i, (t, quote)) in types.iter().zip(quotes).enumerate() {
-        let quote = quote.as_ref().ok_or_else(|| {
-            crate::error::Error::LaunchFailed(format!(
-                "worker.instance_types[{i}]: no On-Demand price is known for {t} in {region} (Price List API or the dated table), so limits.budget_usd cannot be kept; choose a type either knows"
-            ))
+        let quote = quote.as_ref().ok_or_else(|| Unpriced::Type {
+            index: i,
+            instance_type: t.clone(),
+            region: region.to_string(),
         })?;
         if dearest.is_none_or(|(_, d)| quote.usd_per_hour > d.usd_per_hour) {
             dearest = Some((t, quote));
         }
     }
-    dearest.map(|(t, q)| (t.clone(), q.clone())).ok_or_else(|| {
-        crate::error::Error::Internal("worker.instance_types is empty after validation".into())
-    })
+    dearest
+        .map(|(t, q)| (t.clone(), q.clone()))
+        .ok_or(Unpriced::NoTypes)
+}
+
+/// Why [`dearest`] names no candidate. Not an AWS failure: the handlers decide what the run
+/// is told (a launch that cannot keep its budget, or a bug).
+#[derive(Debug, thiserror::Error)]
+pub enum Unpriced {
+    #[error("worker.instance_types[{index}]: no On-Demand price is known for {instance_type} in {region} (Price List API or the dated table), so limits.budget_usd cannot be kept; choose a type either knows")]
+    Type {
+        index: usize,
+        instance_type: String,
+        region: String,
+    },
+    /// Validation admits no RunSpec without a type, so this is ephemera's own fault.
+    #[error("worker.instance_types is empty after validation")]
+    NoTypes,
 }
 
 /// The run's prices for its document: each candidate's quote, its source cut to the size the

@@ -8,7 +8,7 @@ use ephemera_core::quota::QuotaRequest;
 use ephemera_core::quota_request::PastRequest;
 
 use super::to_chrono;
-use crate::error::Error;
+use crate::error::AwsError;
 
 /// A quota's value as the account has it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -20,26 +20,26 @@ pub struct Applied {
 
 pub trait QuotaService: Send + Sync {
     /// The account's applied value, or AWS's default when none is applied.
-    fn applied(&self, code: &str) -> impl Future<Output = Result<Applied, Error>> + Send;
+    fn applied(&self, code: &str) -> impl Future<Output = Result<Applied, AwsError>> + Send;
     /// Asks once; when a request is already open for the quota, returns that one.
     fn request_increase(
         &self,
         code: &str,
         desired: f64,
         now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<QuotaRequest, Error>> + Send;
+    ) -> impl Future<Output = Result<QuotaRequest, AwsError>> + Send;
     fn request_status(
         &self,
         request_id: &str,
         now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<QuotaRequest, Error>> + Send;
+    ) -> impl Future<Output = Result<QuotaRequest, AwsError>> + Send;
     /// Every increase request of the quota in the account, whoever filed it
     /// (ListRequestedServiceQuotaChangeHistoryByQuota, every page).
     fn history(
         &self,
         code: &str,
         now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<Vec<PastRequest>, Error>> + Send;
+    ) -> impl Future<Output = Result<Vec<PastRequest>, AwsError>> + Send;
 }
 
 const SERVICE: &str = "ec2";
@@ -73,7 +73,7 @@ fn past(r: &RequestedServiceQuotaChange, now: DateTime<Utc>) -> PastRequest {
 const HISTORY_PAGES: usize = 10;
 
 impl QuotaService for aws_sdk_servicequotas::Client {
-    async fn applied(&self, code: &str) -> Result<Applied, Error> {
+    async fn applied(&self, code: &str) -> Result<Applied, AwsError> {
         match self
             .get_service_quota()
             .service_code(SERVICE)
@@ -92,7 +92,7 @@ impl QuotaService for aws_sdk_servicequotas::Client {
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|s| s.is_no_such_resource_exception()) => {}
-            Err(e) => return Err(Error::aws("servicequotas", "GetServiceQuota", e)),
+            Err(e) => return Err(AwsError::sdk("servicequotas", "GetServiceQuota", e)),
         }
         let r = self
             .get_aws_default_service_quota()
@@ -100,7 +100,7 @@ impl QuotaService for aws_sdk_servicequotas::Client {
             .quota_code(code)
             .send()
             .await
-            .map_err(|e| Error::aws("servicequotas", "GetAWSDefaultServiceQuota", e))?;
+            .map_err(|e| AwsError::sdk("servicequotas", "GetAWSDefaultServiceQuota", e))?;
         Ok(Applied {
             value: r.quota().and_then(|q| q.value()).unwrap_or(0.0),
             is_default: true,
@@ -112,7 +112,7 @@ impl QuotaService for aws_sdk_servicequotas::Client {
         code: &str,
         desired: f64,
         now: DateTime<Utc>,
-    ) -> Result<QuotaRequest, Error> {
+    ) -> Result<QuotaRequest, AwsError> {
         match self
             .request_service_quota_increase()
             .service_code(SERVICE)
@@ -124,7 +124,7 @@ impl QuotaService for aws_sdk_servicequotas::Client {
             Ok(r) => r
                 .requested_quota()
                 .map(|q| request(q, now))
-                .ok_or_else(|| Error::Aws {
+                .ok_or_else(|| AwsError::Call {
                     service: "servicequotas",
                     operation: "RequestServiceQuotaIncrease",
                     code: "EmptyResponse".into(),
@@ -138,14 +138,14 @@ impl QuotaService for aws_sdk_servicequotas::Client {
                 let history = self.history(code, now).await?;
                 ephemera_core::quota_request::open_request(&history)
                     .map(|p| p.request.clone())
-                    .ok_or_else(|| Error::Aws {
+                    .ok_or_else(|| AwsError::Call {
                         service: "servicequotas",
                         operation: "RequestServiceQuotaIncrease",
                         code: "ResourceAlreadyExistsException".into(),
                         message: format!("a request for {code} exists but none is open"),
                     })
             }
-            Err(e) => Err(Error::aws(
+            Err(e) => Err(AwsError::sdk(
                 "servicequotas",
                 "RequestServiceQuotaIncrease",
                 e,
@@ -153,7 +153,7 @@ impl QuotaService for aws_sdk_servicequotas::Client {
         }
     }
 
-    async fn history(&self, code: &str, now: DateTime<Utc>) -> Result<Vec<PastRequest>, Error> {
+    async fn history(&self, code: &str, now: DateTime<Utc>) -> Result<Vec<PastRequest>, AwsError> {
         let mut out = vec![];
         let mut token: Option<String> = None;
         for _ in 0..HISTORY_PAGES {
@@ -166,7 +166,7 @@ impl QuotaService for aws_sdk_servicequotas::Client {
                 .send()
                 .await
                 .map_err(|e| {
-                    Error::aws(
+                    AwsError::sdk(
                         "servicequotas",
                         "ListRequestedServiceQuotaChangeHistoryByQuota",
                         e,
@@ -181,16 +181,16 @@ impl QuotaService for aws_sdk_servicequotas::Client {
         Ok(out)
     }
 
-    async fn request_status(&self, id: &str, now: DateTime<Utc>) -> Result<QuotaRequest, Error> {
+    async fn request_status(&self, id: &str, now: DateTime<Utc>) -> Result<QuotaRequest, AwsError> {
         let r = self
             .get_requested_service_quota_change()
             .request_id(id)
             .send()
             .await
-            .map_err(|e| Error::aws("servicequotas", "GetRequestedServiceQuotaChange", e))?;
+            .map_err(|e| AwsError::sdk("servicequotas", "GetRequestedServiceQuotaChange", e))?;
         r.requested_quota()
             .map(|q| request(q, now))
-            .ok_or_else(|| Error::Aws {
+            .ok_or_else(|| AwsError::Call {
                 service: "servicequotas",
                 operation: "GetRequestedServiceQuotaChange",
                 code: "EmptyResponse".into(),

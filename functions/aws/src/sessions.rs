@@ -7,7 +7,7 @@ use std::future::Future;
 use aws_sdk_sts::types::Tag;
 use ephemera_core::contract::RunSession;
 
-use crate::error::Error;
+use crate::error::AwsError;
 
 /// What one AssumeRole of the run role asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,16 +22,16 @@ pub struct Vend<'a> {
 }
 
 pub trait RunSessions: Send + Sync {
-    fn vend(&self, v: &Vend<'_>) -> impl Future<Output = Result<RunSession, Error>> + Send;
+    fn vend(&self, v: &Vend<'_>) -> impl Future<Output = Result<RunSession, AwsError>> + Send;
 }
 
 impl RunSessions for aws_sdk_sts::Client {
-    async fn vend(&self, v: &Vend<'_>) -> Result<RunSession, Error> {
+    async fn vend(&self, v: &Vend<'_>) -> Result<RunSession, AwsError> {
         let tag = Tag::builder()
             .key(ephemera_core::run_credentials::RUN_TAG)
             .value(v.run_id)
             .build()
-            .map_err(|e| Error::Internal(format!("the session tag: {e}")))?;
+            .map_err(|e| AwsError::Internal(format!("the session tag: {e}")))?;
         let r = self
             .assume_role()
             .role_arn(v.role_arn)
@@ -44,8 +44,8 @@ impl RunSessions for aws_sdk_sts::Client {
             .duration_seconds(3600)
             .send()
             .await
-            .map_err(|e| Error::aws("sts", "AssumeRole", e))?;
-        let c = r.credentials().ok_or_else(|| Error::Aws {
+            .map_err(|e| AwsError::sdk("sts", "AssumeRole", e))?;
+        let c = r.credentials().ok_or_else(|| AwsError::Call {
             service: "sts",
             operation: "AssumeRole",
             code: "NoCredentials".into(),

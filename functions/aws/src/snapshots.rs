@@ -8,7 +8,7 @@ use aws_sdk_rds::types::Tag;
 use ephemera_core::snapshot::{Listed, SnapshotKind};
 use ephemera_core::tags;
 
-use crate::error::Error;
+use crate::error::AwsError;
 
 pub trait Snapshots: Send + Sync {
     /// Asks for the snapshot `identifier` of `source`, tagged; its status. A snapshot of that
@@ -19,25 +19,25 @@ pub trait Snapshots: Send + Sync {
         source: &str,
         identifier: &str,
         tags: &BTreeMap<String, String>,
-    ) -> impl Future<Output = Result<String, Error>> + Send;
+    ) -> impl Future<Output = Result<String, AwsError>> + Send;
     /// The snapshot's status; None when it does not exist.
     fn status(
         &self,
         kind: SnapshotKind,
         identifier: &str,
-    ) -> impl Future<Output = Result<Option<String>, Error>> + Send;
+    ) -> impl Future<Output = Result<Option<String>, AwsError>> + Send;
     /// The source's manual snapshots, with their creation times and whether ephemera made them.
     fn list(
         &self,
         kind: SnapshotKind,
         source: &str,
-    ) -> impl Future<Output = Result<Vec<Listed>, Error>> + Send;
+    ) -> impl Future<Output = Result<Vec<Listed>, AwsError>> + Send;
     /// Deletes one snapshot; one already gone counts as deleted.
     fn delete(
         &self,
         kind: SnapshotKind,
         identifier: &str,
-    ) -> impl Future<Output = Result<(), Error>> + Send;
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
 }
 
 /// `ephemera:managed=true` among a snapshot's tags.
@@ -71,7 +71,7 @@ impl Snapshots for aws_sdk_rds::Client {
         source: &str,
         identifier: &str,
         tags: &BTreeMap<String, String>,
-    ) -> Result<String, Error> {
+    ) -> Result<String, AwsError> {
         let created = match kind {
             SnapshotKind::Instance => match self
                 .create_db_snapshot()
@@ -88,7 +88,7 @@ impl Snapshots for aws_sdk_rds::Client {
                 {
                     Ok(None)
                 }
-                Err(e) => Err(Error::aws("rds", "CreateDBSnapshot", e)),
+                Err(e) => Err(AwsError::sdk("rds", "CreateDBSnapshot", e)),
             },
             SnapshotKind::Cluster => match self
                 .create_db_cluster_snapshot()
@@ -108,20 +108,24 @@ impl Snapshots for aws_sdk_rds::Client {
                 {
                     Ok(None)
                 }
-                Err(e) => Err(Error::aws("rds", "CreateDBClusterSnapshot", e)),
+                Err(e) => Err(AwsError::sdk("rds", "CreateDBClusterSnapshot", e)),
             },
         }?;
         match created {
             Some(status) => Ok(status),
             None => self.status(kind, identifier).await?.ok_or_else(|| {
-                Error::Internal(format!(
+                AwsError::Internal(format!(
                     "RDS says snapshot {identifier} exists, and then that it does not"
                 ))
             }),
         }
     }
 
-    async fn status(&self, kind: SnapshotKind, identifier: &str) -> Result<Option<String>, Error> {
+    async fn status(
+        &self,
+        kind: SnapshotKind,
+        identifier: &str,
+    ) -> Result<Option<String>, AwsError> {
         match kind {
             SnapshotKind::Instance => {
                 match self
@@ -141,7 +145,7 @@ impl Snapshots for aws_sdk_rds::Client {
                     {
                         Ok(None)
                     }
-                    Err(e) => Err(Error::aws("rds", "DescribeDBSnapshots", e)),
+                    Err(e) => Err(AwsError::sdk("rds", "DescribeDBSnapshots", e)),
                 }
             }
             SnapshotKind::Cluster => {
@@ -162,13 +166,13 @@ impl Snapshots for aws_sdk_rds::Client {
                     {
                         Ok(None)
                     }
-                    Err(e) => Err(Error::aws("rds", "DescribeDBClusterSnapshots", e)),
+                    Err(e) => Err(AwsError::sdk("rds", "DescribeDBClusterSnapshots", e)),
                 }
             }
         }
     }
 
-    async fn list(&self, kind: SnapshotKind, source: &str) -> Result<Vec<Listed>, Error> {
+    async fn list(&self, kind: SnapshotKind, source: &str) -> Result<Vec<Listed>, AwsError> {
         // A source has tens of snapshots at most (RDS allows 100 manual ones a region): the
         // pages are read whole.
         let mut out = vec![];
@@ -184,7 +188,7 @@ impl Snapshots for aws_sdk_rds::Client {
                         .set_marker(page_marker)
                         .send()
                         .await
-                        .map_err(|e| Error::aws("rds", "DescribeDBSnapshots", e))?;
+                        .map_err(|e| AwsError::sdk("rds", "DescribeDBSnapshots", e))?;
                     out.extend(o.db_snapshots().iter().map(|s| Listed {
                         identifier: s.db_snapshot_identifier().unwrap_or_default().to_string(),
                         created: time(s.snapshot_create_time()),
@@ -201,7 +205,7 @@ impl Snapshots for aws_sdk_rds::Client {
                         .set_marker(page_marker)
                         .send()
                         .await
-                        .map_err(|e| Error::aws("rds", "DescribeDBClusterSnapshots", e))?;
+                        .map_err(|e| AwsError::sdk("rds", "DescribeDBClusterSnapshots", e))?;
                     out.extend(o.db_cluster_snapshots().iter().map(|s| {
                         Listed {
                             identifier: s
@@ -223,7 +227,7 @@ impl Snapshots for aws_sdk_rds::Client {
         }
     }
 
-    async fn delete(&self, kind: SnapshotKind, identifier: &str) -> Result<(), Error> {
+    async fn delete(&self, kind: SnapshotKind, identifier: &str) -> Result<(), AwsError> {
         let gone = match kind {
             SnapshotKind::Instance => match self
                 .delete_db_snapshot()
@@ -238,7 +242,7 @@ impl Snapshots for aws_sdk_rds::Client {
                 {
                     true
                 }
-                Err(e) => return Err(Error::aws("rds", "DeleteDBSnapshot", e)),
+                Err(e) => return Err(AwsError::sdk("rds", "DeleteDBSnapshot", e)),
             },
             SnapshotKind::Cluster => match self
                 .delete_db_cluster_snapshot()
@@ -253,7 +257,7 @@ impl Snapshots for aws_sdk_rds::Client {
                 {
                     true
                 }
-                Err(e) => return Err(Error::aws("rds", "DeleteDBClusterSnapshot", e)),
+                Err(e) => return Err(AwsError::sdk("rds", "DeleteDBClusterSnapshot", e)),
             },
         };
         tracing::info!(identifier, already_gone = gone, "snapshot deleted");

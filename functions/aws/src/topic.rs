@@ -4,7 +4,7 @@ use std::future::Future;
 
 use aws_sdk_sns::types::MessageAttributeValue;
 
-use crate::error::Error;
+use crate::error::AwsError;
 
 pub trait Notifier: Send + Sync {
     /// Publishes; returns the message id.
@@ -14,7 +14,7 @@ pub trait Notifier: Send + Sync {
         subject: &str,
         body: &str,
         attributes: &[(&str, &str)],
-    ) -> impl Future<Output = Result<String, Error>> + Send;
+    ) -> impl Future<Output = Result<String, AwsError>> + Send;
 }
 
 impl Notifier for aws_sdk_sns::Client {
@@ -24,7 +24,7 @@ impl Notifier for aws_sdk_sns::Client {
         subject: &str,
         body: &str,
         attributes: &[(&str, &str)],
-    ) -> Result<String, Error> {
+    ) -> Result<String, AwsError> {
         let mut req = self
             .publish()
             .topic_arn(topic_arn)
@@ -35,13 +35,13 @@ impl Notifier for aws_sdk_sns::Client {
                 .data_type("String")
                 .string_value(*v)
                 .build()
-                .map_err(|e| Error::Internal(format!("SNS attribute {k}: {e}")))?;
+                .map_err(|e| AwsError::Internal(format!("SNS attribute {k}: {e}")))?;
             req = req.message_attributes(*k, value);
         }
         let r = req
             .send()
             .await
-            .map_err(|e| Error::aws("sns", "Publish", e))?;
+            .map_err(|e| AwsError::sdk("sns", "Publish", e))?;
         Ok(r.message_id().unwrap_or_default().to_string())
     }
 }

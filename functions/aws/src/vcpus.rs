@@ -10,7 +10,7 @@ use std::future::Future;
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
 use ephemera_core::vcpus::{ledger_key, Claim, Held};
 
-use crate::error::Error;
+use crate::error::AwsError;
 use crate::ledger::LedgerTable;
 
 pub trait VcpuReservations: Send + Sync {
@@ -20,7 +20,7 @@ pub trait VcpuReservations: Send + Sync {
         &self,
         region: &str,
         codes: &[&str],
-    ) -> impl Future<Output = Result<BTreeMap<String, Held>, Error>> + Send;
+    ) -> impl Future<Output = Result<BTreeMap<String, Held>, AwsError>> + Send;
     /// Reserves `execution`'s claims together, each on the condition that the quota's runs
     /// together stay within the claim's limit and that this run's own reservation is as read
     /// in `held`: Ok(false) when a condition failed (another run took the room first), and
@@ -31,14 +31,14 @@ pub trait VcpuReservations: Send + Sync {
         execution: &str,
         claims: &[Claim],
         held: &BTreeMap<String, Held>,
-    ) -> impl Future<Output = Result<bool, Error>> + Send;
+    ) -> impl Future<Output = Result<bool, AwsError>> + Send;
     /// Gives back everything `execution` holds in `codes`: each (code, vCPUs) released.
     fn release(
         &self,
         region: &str,
         execution: &str,
         codes: &[&str],
-    ) -> impl Future<Output = Result<Vec<(String, u32)>, Error>> + Send;
+    ) -> impl Future<Output = Result<Vec<(String, u32)>, AwsError>> + Send;
 }
 
 const CONDITION_FAILED: &str = "ConditionalCheckFailed";
@@ -67,10 +67,10 @@ fn n(v: u32) -> AttributeValue {
 
 fn transact(
     u: aws_sdk_dynamodb::types::builders::UpdateBuilder,
-) -> Result<TransactWriteItem, Error> {
+) -> Result<TransactWriteItem, AwsError> {
     u.build()
         .map(|u| TransactWriteItem::builder().update(u).build())
-        .map_err(|e| Error::Internal(format!("a vCPU reservation update is incomplete: {e}")))
+        .map_err(|e| AwsError::Internal(format!("a vCPU reservation update is incomplete: {e}")))
 }
 
 /// A moment before writing again: concurrent reservations all write the same few items.
@@ -84,7 +84,7 @@ async fn pause() {
 impl LedgerTable {
     /// The quota's item with its empty map and sum, when it has none yet (written once: a
     /// reservation's own update sets one run's place in the map, which must exist).
-    async fn seed_quota_item(&self, region: &str, code: &str) -> Result<(), Error> {
+    async fn seed_quota_item(&self, region: &str, code: &str) -> Result<(), AwsError> {
         self.client
             .update_item()
             .table_name(&self.table)
@@ -99,7 +99,7 @@ impl LedgerTable {
             .expression_attribute_values(":r", AttributeValue::S(region.into()))
             .send()
             .await
-            .map_err(|e| Error::aws("dynamodb", "UpdateItem", e))?;
+            .map_err(|e| AwsError::sdk("dynamodb", "UpdateItem", e))?;
         Ok(())
     }
 }
@@ -123,7 +123,7 @@ fn cancellation_codes<R>(
 }
 
 impl VcpuReservations for LedgerTable {
-    async fn held(&self, region: &str, codes: &[&str]) -> Result<BTreeMap<String, Held>, Error> {
+    async fn held(&self, region: &str, codes: &[&str]) -> Result<BTreeMap<String, Held>, AwsError> {
         let mut out = BTreeMap::new();
         if codes.is_empty() {
             return Ok(out);
@@ -144,10 +144,10 @@ impl VcpuReservations for LedgerTable {
                             .build()
                     })
                     .map_err(|e| {
-                        Error::Internal(format!("a vCPU reservation read is incomplete: {e}"))
+                        AwsError::Internal(format!("a vCPU reservation read is incomplete: {e}"))
                     })
             })
-            .collect::<Result<Vec<_>, Error>>()?;
+            .collect::<Result<Vec<_>, AwsError>>()?;
         for _ in 0..TRIES {
             let got = self
                 .client
@@ -165,7 +165,7 @@ impl VcpuReservations for LedgerTable {
                     pause().await;
                     continue;
                 }
-                Err(e) => return Err(Error::aws("dynamodb", "TransactGetItems", e)),
+                Err(e) => return Err(AwsError::sdk("dynamodb", "TransactGetItems", e)),
             };
             for (i, code) in codes.iter().enumerate() {
                 let item = responses.get(i).and_then(|r| r.item());
@@ -173,7 +173,7 @@ impl VcpuReservations for LedgerTable {
             }
             return Ok(out);
         }
-        Err(Error::Aws {
+        Err(AwsError::Call {
             service: "dynamodb",
             operation: "TransactGetItems",
             code: "TransactionCanceled".into(),
@@ -187,7 +187,7 @@ impl VcpuReservations for LedgerTable {
         execution: &str,
         claims: &[Claim],
         held: &BTreeMap<String, Held>,
-    ) -> Result<bool, Error> {
+    ) -> Result<bool, AwsError> {
         let mut updates = vec![];
         for claim in claims {
             let before = held.get(&claim.code).and_then(|h| h.own(execution));
@@ -246,9 +246,9 @@ impl VcpuReservations for LedgerTable {
                 pause().await;
                 continue;
             }
-            return Err(Error::aws("dynamodb", "TransactWriteItems", e));
+            return Err(AwsError::sdk("dynamodb", "TransactWriteItems", e));
         }
-        Err(Error::Aws {
+        Err(AwsError::Call {
             service: "dynamodb",
             operation: "TransactWriteItems",
             code: "TransactionConflict".into(),
@@ -263,7 +263,7 @@ impl VcpuReservations for LedgerTable {
         region: &str,
         execution: &str,
         codes: &[&str],
-    ) -> Result<Vec<(String, u32)>, Error> {
+    ) -> Result<Vec<(String, u32)>, AwsError> {
         for _ in 0..TRIES {
             let held = self.held(region, codes).await?;
             let mine: Vec<(String, u32)> = held
@@ -314,9 +314,9 @@ impl VcpuReservations for LedgerTable {
                 pause().await;
                 continue;
             }
-            return Err(Error::aws("dynamodb", "TransactWriteItems", e));
+            return Err(AwsError::sdk("dynamodb", "TransactWriteItems", e));
         }
-        Err(Error::Aws {
+        Err(AwsError::Call {
             service: "dynamodb",
             operation: "TransactWriteItems",
             code: "TransactionConflict".into(),

@@ -1,10 +1,16 @@
 //! ephemera's Lambdas: thin handlers over `ephemera-core`, with AWS behind small traits.
+//! `handlers` decide, `wiring` gives each its clients (one module per Lambda, which its bin
+//! calls), `error` names what the state machine is told.
 
 pub use ephemera_aws as aws;
-pub use ephemera_aws::error;
-pub mod dispatch;
+pub mod error;
+pub mod function;
 pub mod handlers;
+pub mod settings;
+pub mod wiring;
 
 pub use aws::Aws;
-pub use dispatch::{invoke, Function, Settings};
 pub use error::Error;
+pub use function::Function;
+pub use settings::Settings;
+pub use wiring::invoke;

@@ -25,8 +25,8 @@ use ephemera_core::cost::{self, Orchestration};
 use ephemera_core::ledger::{Entry, EntryState};
 use ephemera_core::{names, tags};
 use ephemera_functions::aws::{
-    Ledger, Notifier, ObjectWriter, Params, PriceList, Quote, Reserved, RunSessions, SealedParams,
-    Vend,
+    AwsError, Ledger, Notifier, ObjectWriter, Params, PriceList, Quote, Reserved, RunSessions,
+    SealedParams, Vend,
 };
 use ephemera_functions::handlers::{launch_worker, terminate_report};
 use ephemera_functions::Error;
@@ -70,14 +70,14 @@ impl PriceList for Prices {
 /// No SSM parameter exists (the spec names its image directly).
 struct NoParams;
 impl Params for NoParams {
-    async fn get(&self, _: &str) -> Result<Option<String>, Error> {
+    async fn get(&self, _: &str) -> Result<Option<String>, AwsError> {
         Ok(None)
     }
 }
 
 impl SealedParams for NoParams {
-    async fn put_sealed(&self, _: &str, _: &str, _: &str, _: &str) -> Result<bool, Error> {
-        Err(Error::Internal(
+    async fn put_sealed(&self, _: &str, _: &str, _: &str, _: &str) -> Result<bool, AwsError> {
+        Err(AwsError::Internal(
             "no run role in this test: nothing is sealed".into(),
         ))
     }
@@ -86,8 +86,8 @@ impl SealedParams for NoParams {
 /// The deployment without a run role: no session is vended.
 struct NoSessions;
 impl RunSessions for NoSessions {
-    async fn vend(&self, _: &Vend<'_>) -> Result<ephemera_core::contract::RunSession, Error> {
-        Err(Error::Internal(
+    async fn vend(&self, _: &Vend<'_>) -> Result<ephemera_core::contract::RunSession, AwsError> {
+        Err(AwsError::Internal(
             "no run role in this test: no session is vended".into(),
         ))
     }
@@ -96,8 +96,8 @@ impl RunSessions for NoSessions {
 /// The type of the deployment without a ledger (`None`); never called.
 struct NoLedger;
 impl Ledger for NoLedger {
-    async fn entries(&self, _: &str) -> Result<Vec<Entry>, Error> {
-        Err(Error::Internal("no ledger in this test".into()))
+    async fn entries(&self, _: &str) -> Result<Vec<Entry>, AwsError> {
+        Err(AwsError::Internal("no ledger in this test".into()))
     }
     async fn reserve(
         &self,
@@ -105,8 +105,8 @@ impl Ledger for NoLedger {
         _: u32,
         _: f64,
         _: &ephemera_core::budget::Cap,
-    ) -> Result<Reserved, Error> {
-        Err(Error::Internal("no ledger in this test".into()))
+    ) -> Result<Reserved, AwsError> {
+        Err(AwsError::Internal("no ledger in this test".into()))
     }
     async fn close(
         &self,
@@ -114,17 +114,17 @@ impl Ledger for NoLedger {
         _: EntryState,
         _: Option<f64>,
         _: Option<&str>,
-    ) -> Result<bool, Error> {
-        Err(Error::Internal("no ledger in this test".into()))
+    ) -> Result<bool, AwsError> {
+        Err(AwsError::Internal("no ledger in this test".into()))
     }
-    async fn place(&self, _: &str, _: &ephemera_core::placement::Placed) -> Result<(), Error> {
-        Err(Error::Internal("no ledger in this test".into()))
+    async fn place(&self, _: &str, _: &ephemera_core::placement::Placed) -> Result<(), AwsError> {
+        Err(AwsError::Internal("no ledger in this test".into()))
     }
-    async fn observed(&self, _: &str) -> Result<Option<String>, Error> {
-        Err(Error::Internal("no ledger in this test".into()))
+    async fn observed(&self, _: &str) -> Result<Option<String>, AwsError> {
+        Err(AwsError::Internal("no ledger in this test".into()))
     }
-    async fn keep_observed(&self, _: &str, _: &str) -> Result<String, Error> {
-        Err(Error::Internal("no ledger in this test".into()))
+    async fn keep_observed(&self, _: &str, _: &str) -> Result<String, AwsError> {
+        Err(AwsError::Internal("no ledger in this test".into()))
     }
 }
 
@@ -133,8 +133,8 @@ impl ephemera_functions::aws::VcpuReservations for NoLedger {
         &self,
         _: &str,
         _: &[&str],
-    ) -> Result<std::collections::BTreeMap<String, ephemera_core::vcpus::Held>, Error> {
-        Err(Error::Internal("no ledger in this test".into()))
+    ) -> Result<std::collections::BTreeMap<String, ephemera_core::vcpus::Held>, AwsError> {
+        Err(AwsError::Internal("no ledger in this test".into()))
     }
     async fn reserve(
         &self,
@@ -142,11 +142,11 @@ impl ephemera_functions::aws::VcpuReservations for NoLedger {
         _: &str,
         _: &[ephemera_core::vcpus::Claim],
         _: &std::collections::BTreeMap<String, ephemera_core::vcpus::Held>,
-    ) -> Result<bool, Error> {
-        Err(Error::Internal("no ledger in this test".into()))
+    ) -> Result<bool, AwsError> {
+        Err(AwsError::Internal("no ledger in this test".into()))
     }
-    async fn release(&self, _: &str, _: &str, _: &[&str]) -> Result<Vec<(String, u32)>, Error> {
-        Err(Error::Internal("no ledger in this test".into()))
+    async fn release(&self, _: &str, _: &str, _: &[&str]) -> Result<Vec<(String, u32)>, AwsError> {
+        Err(AwsError::Internal("no ledger in this test".into()))
     }
 }
 
@@ -160,7 +160,7 @@ impl Notifier for Outbox {
         subject: &str,
         _: &str,
         _: &[(&str, &str)],
-    ) -> Result<String, Error> {
+    ) -> Result<String, AwsError> {
         self.0.lock().unwrap().push(subject.to_string());
         Ok("message-1".into())
     }
@@ -169,8 +169,8 @@ impl Notifier for Outbox {
 /// The run exports nothing and the deployment has no artifact bucket: nothing is stored.
 struct NoObjects;
 impl ObjectWriter for NoObjects {
-    async fn put(&self, bucket: &str, _: &str, _: Vec<u8>, _: &str) -> Result<(), Error> {
-        Err(Error::Internal(format!(
+    async fn put(&self, bucket: &str, _: &str, _: Vec<u8>, _: &str) -> Result<(), AwsError> {
+        Err(AwsError::Internal(format!(
             "nothing should be stored ({bucket})"
         )))
     }

@@ -10,7 +10,7 @@ use ephemera_core::snapshot::{self, Pruned, SnapshotKind, SnapshotState, Snapsho
 use ephemera_core::{tags, RunSpec};
 use serde::Deserialize;
 
-use crate::aws::Snapshots;
+use crate::aws::{AwsError, Snapshots};
 use crate::error::Error;
 
 #[derive(Debug, Deserialize)]
@@ -60,7 +60,7 @@ pub async fn handle<R: Snapshots>(
                 tracing::info!(%identifier, source = db, status, "snapshot requested");
                 Ok(status)
             }
-            Err(Error::Aws { code, message, .. }) if snapshot::is_source_busy(&code) => {
+            Err(AwsError::Call { code, message, .. }) if snapshot::is_source_busy(&code) => {
                 tracing::info!(%identifier, source = db, %code, %message, "source not available yet; asking again at the next poll");
                 Ok(snapshot::SOURCE_BUSY.to_string())
             }
@@ -122,9 +122,9 @@ pub async fn prune<R: Snapshots>(
 }
 
 /// What RDS answered, said for the user: a missing source names the field to fix.
-fn refusal(e: &Error) -> String {
+fn refusal(e: &AwsError) -> String {
     match e {
-        Error::Aws { code, message, .. }
+        AwsError::Call { code, message, .. }
             if code.contains("DBInstanceNotFound") || code.contains("DBClusterNotFound") =>
         {
             format!("{code}: {message} (database.snapshot_before names a source this region does not have)")

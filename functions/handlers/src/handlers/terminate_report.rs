@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::aws::{
-    pricing, Compute, History, InstanceView, Ledger, Notifier, ObjectWriter, ParamHousekeeping,
-    PriceList, VcpuReservations,
+    pricing, AwsError, Compute, History, InstanceView, Ledger, Notifier, ObjectWriter,
+    ParamHousekeeping, PriceList, VcpuReservations,
 };
 use crate::error::Error;
 use ephemera_core::tags;
@@ -762,10 +762,10 @@ async fn teardown_failed<N: Notifier>(
     sns: &N,
     topic: Option<&str>,
     left: &Left<'_>,
-    e: Error,
+    e: AwsError,
 ) -> Error {
     if !is_denied(&e) {
-        return e;
+        return e.into();
     }
     let Left {
         run_id,
@@ -810,15 +810,15 @@ fn cut(s: &str, n: usize) -> String {
 /// A permission refusal: EC2 answers `UnauthorizedOperation`
 /// (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html), others
 /// `AccessDenied…`.
-fn is_denied(e: &Error) -> bool {
-    matches!(e, Error::Aws { code, .. } if code == "UnauthorizedOperation"
+fn is_denied(e: &AwsError) -> bool {
+    matches!(e, AwsError::Call { code, .. } if code == "UnauthorizedOperation"
         || code.starts_with("AccessDenied")
         || code.starts_with("AuthFailure"))
 }
 
 /// Permission and validation errors, which a retry does not change.
-fn is_refusal(e: &Error) -> bool {
-    matches!(e, Error::Aws { code, .. } if code.contains("Authorization")
+fn is_refusal(e: &AwsError) -> bool {
+    matches!(e, AwsError::Call { code, .. } if code.contains("Authorization")
         || code.contains("AccessDenied")
         || code.contains("NotFound")
         || code.contains("InvalidParameter"))
@@ -840,7 +840,7 @@ mod tests {
 
     #[test]
     fn only_permission_refusals_are_a_denied_cleanup() {
-        let aws = |code: &str| Error::Aws {
+        let aws = |code: &str| AwsError::Call {
             service: "ec2",
             operation: "TerminateInstances",
             code: code.into(),
