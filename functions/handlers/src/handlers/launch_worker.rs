@@ -1200,7 +1200,9 @@ fn last_attempt(w: &WorkerState) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aws::{LedgerTable, Quote, RootVolume, RunError, ScoreRefusal, StatusChecks};
+    use crate::aws::{
+        AwsError, LedgerTable, Quote, RootVolume, RunError, ScoreRefusal, StatusChecks,
+    };
     use ephemera_core::cost::PricePoint;
     use ephemera_core::placement::Zone;
 
@@ -1211,32 +1213,32 @@ mod tests {
     }
 
     impl Compute for Ec2 {
-        async fn vcpus(&self, types: &[String]) -> Result<HashMap<String, u32>, Error> {
+        async fn vcpus(&self, types: &[String]) -> Result<HashMap<String, u32>, AwsError> {
             Ok(types.iter().map(|t| (t.clone(), 16)).collect())
         }
         async fn instances(
             &self,
             _: &[(&str, &str)],
             _: &[InstanceState],
-        ) -> Result<Vec<InstanceView>, Error> {
+        ) -> Result<Vec<InstanceView>, AwsError> {
             unreachable!("a ranking lists no instance")
         }
-        async fn describe(&self, _: &[String]) -> Result<Vec<InstanceView>, Error> {
+        async fn describe(&self, _: &[String]) -> Result<Vec<InstanceView>, AwsError> {
             unreachable!("a ranking describes no instance")
         }
         async fn run(&self, _: &LaunchRequest) -> Result<InstanceView, RunError> {
             unreachable!("a ranking launches nothing")
         }
-        async fn status_checks(&self, _: &str) -> Result<StatusChecks, Error> {
+        async fn status_checks(&self, _: &str) -> Result<StatusChecks, AwsError> {
             unreachable!("a ranking reads no status")
         }
-        async fn terminate(&self, _: &[String]) -> Result<(), Error> {
+        async fn terminate(&self, _: &[String]) -> Result<(), AwsError> {
             unreachable!("a ranking terminates nothing")
         }
-        async fn ebs_default_key(&self) -> Result<String, Error> {
+        async fn ebs_default_key(&self) -> Result<String, AwsError> {
             unreachable!("a ranking reads no key")
         }
-        async fn root_volume(&self, _: &str) -> Result<RootVolume, Error> {
+        async fn root_volume(&self, _: &str) -> Result<RootVolume, AwsError> {
             unreachable!("a ranking reads no image")
         }
         async fn spot_prices(
@@ -1245,7 +1247,7 @@ mod tests {
             _: &str,
             start: DateTime<Utc>,
             _: DateTime<Utc>,
-        ) -> Result<Vec<PricePoint>, Error> {
+        ) -> Result<Vec<PricePoint>, AwsError> {
             match self.stall {
                 Some(d) => tokio::time::sleep(d).await,
                 None => std::future::pending::<()>().await,
@@ -1264,7 +1266,10 @@ mod tests {
     }
 
     impl SpotPlacement for Ec2 {
-        async fn subnet_zones(&self, subnets: &[String]) -> Result<BTreeMap<String, Zone>, Error> {
+        async fn subnet_zones(
+            &self,
+            subnets: &[String],
+        ) -> Result<BTreeMap<String, Zone>, AwsError> {
             Ok(subnets
                 .iter()
                 .enumerate()
