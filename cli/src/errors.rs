@@ -4,8 +4,8 @@
 
 use std::error::Error as StdError;
 
-use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_sfn::error::{ProvideErrorMetadata, SdkError};
+use ephemera_aws::AwsError;
 
 /// How the stack publishes the state machine's ARN.
 pub const STACK_OUTPUT_HINT: &str = "its ARN is the ephemera stack's output StateMachineArn: \
@@ -100,7 +100,14 @@ impl Op {
         E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
         R: std::fmt::Debug + Send + Sync + 'static,
     {
-        classify(self, &failure(&e))
+        // The adapters' reading of an SDK error, so that the CLI and the Lambdas tell a
+        // missing credential, a failed one and no answer apart in one place.
+        self.failed(&AwsError::sdk("", self.action, e))
+    }
+
+    /// What an adapter's failure says, as something to act on.
+    pub fn failed(&self, e: &AwsError) -> CliError {
+        classify(self, &Failure::from(e))
     }
 }
 
@@ -121,50 +128,18 @@ pub enum Failure {
     Other(String),
 }
 
-/// The innermost cause's text: the useful part of a chain of wrappers.
-fn root_cause(e: &(dyn StdError + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
-}
-
-fn credentials_in_chain(e: &(dyn StdError + 'static)) -> Option<Failure> {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(c) = err.downcast_ref::<CredentialsError>() {
-            return Some(match c {
-                CredentialsError::CredentialsNotLoaded(_) => Failure::NoCredentials,
-                other => Failure::Credentials(root_cause(other)),
-            });
+impl From<&AwsError> for Failure {
+    fn from(e: &AwsError) -> Failure {
+        match e {
+            AwsError::Call { code, message, .. } => Failure::Service {
+                code: code.clone(),
+                message: message.clone(),
+            },
+            AwsError::NoCredentials { .. } => Failure::NoCredentials,
+            AwsError::Credentials { detail, .. } => Failure::Credentials(detail.clone()),
+            AwsError::Unreachable { detail, .. } => Failure::Unreachable(detail.clone()),
+            AwsError::Internal(detail) => Failure::Other(detail.clone()),
         }
-        cur = err.source();
-    }
-    None
-}
-
-pub fn failure<E, R>(e: &SdkError<E, R>) -> Failure
-where
-    E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
-{
-    if let SdkError::ServiceError(s) = e {
-        let err = s.err();
-        return Failure::Service {
-            code: err.code().unwrap_or("Unknown").to_string(),
-            message: err.message().unwrap_or_default().to_string(),
-        };
-    }
-    if let Some(c) = credentials_in_chain(e) {
-        return c;
-    }
-    match e {
-        SdkError::TimeoutError(_) => Failure::Unreachable("timed out".into()),
-        SdkError::DispatchFailure(d) if d.is_io() || d.is_timeout() => {
-            Failure::Unreachable(root_cause(e))
-        }
-        _ => Failure::Other(root_cause(e)),
     }
 }
 
@@ -327,31 +302,5 @@ mod tests {
             e.contains("not a valid ARN for states:StartExecution"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn a_credential_error_is_found_anywhere_in_the_chain() {
-        #[derive(Debug)]
-        struct Wrapper(CredentialsError);
-        impl std::fmt::Display for Wrapper {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("dispatch failure")
-            }
-        }
-        impl StdError for Wrapper {
-            fn source(&self) -> Option<&(dyn StdError + 'static)> {
-                Some(&self.0)
-            }
-        }
-        let none = Wrapper(CredentialsError::not_loaded("no providers in chain"));
-        assert_eq!(credentials_in_chain(&none), Some(Failure::NoCredentials));
-        let sso = Wrapper(CredentialsError::provider_error(
-            "the SSO session has expired",
-        ));
-        assert_eq!(
-            credentials_in_chain(&sso),
-            Some(Failure::Credentials("the SSO session has expired".into()))
-        );
-        assert_eq!(credentials_in_chain(&std::fmt::Error), None);
     }
 }

@@ -14,7 +14,7 @@ use ephemera_core::plan::{self, Facts, Month, QuotaFacts, TypeScores};
 use ephemera_core::quota_request::Bounds;
 use ephemera_core::{ledger, placement, quota, vcpus, RunSpec};
 
-use crate::errors::{classify, CliError, Failure, Op};
+use crate::errors::{CliError, Op};
 
 /// What `plan` was asked.
 pub struct Ask<'a> {
@@ -27,11 +27,7 @@ pub struct Ask<'a> {
 }
 
 fn aws_failure(action: &'static str, e: ephemera_aws::AwsError) -> CliError {
-    let f = match e {
-        ephemera_aws::AwsError::Call { code, message, .. } => Failure::Service { code, message },
-        other => Failure::Other(other.to_string()),
-    };
-    classify(&Op::any(action), &f)
+    Op::any(action).failed(&e)
 }
 
 /// Reads the facts, assembles the plan, prints it; the exit code is its verdict's.

@@ -2,17 +2,14 @@
 //! Lambda's own rule (`ephemera_core::sweep::sweep_reason`). A dry run unless `--yes`; then
 //! only those are terminated, and only while they still carry `ephemera:managed=true`.
 
-use aws_sdk_ec2::types::{Filter, Instance};
 use chrono::{DateTime, Utc};
-use ephemera_aws::Executions;
+use ephemera_aws::{Compute, Executions, InstanceView};
+use ephemera_core::instance_state::InstanceState;
 use ephemera_core::sweep::sweep_reason;
 use ephemera_core::tags;
 
-use crate::errors::{classify, CliError, Failure, Op};
+use crate::errors::{CliError, Op};
 use crate::Outcome;
-
-/// States in which an instance still bills (or can again).
-const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Found {
@@ -23,67 +20,38 @@ pub struct Found {
     pub deadline: Option<DateTime<Utc>>,
 }
 
-fn found(i: &Instance) -> Option<Found> {
-    let tag = |k: &str| {
-        i.tags()
-            .iter()
-            .find(|t| t.key() == Some(k))
-            .and_then(|t| t.value())
-            .unwrap_or_default()
-            .to_string()
-    };
-    Some(Found {
-        instance_id: i.instance_id()?.to_string(),
-        state: i
-            .state()
-            .and_then(|s| s.name())
-            .map(|n| n.as_str().to_string())
-            .unwrap_or_default(),
+fn found(i: &InstanceView) -> Found {
+    let tag = |k: &str| i.tags.get(k).cloned().unwrap_or_default();
+    Found {
+        instance_id: i.id.clone(),
+        state: i.state.map_or("?", |s| s.name()).to_string(),
         run_id: tag(tags::RUN),
         execution: tag(tags::EXECUTION),
         deadline: DateTime::parse_from_rfc3339(&tag(tags::DEADLINE))
             .ok()
             .map(|d| d.with_timezone(&Utc)),
-    })
+    }
 }
 
-fn managed() -> Filter {
-    Filter::builder()
-        .name(format!("tag:{}", tags::MANAGED))
-        .values("true")
-        .build()
+/// ephemera's instances in a state that still bills or can again (the sweeper Lambda's own
+/// reading: the same adapter call).
+async fn live(ec2: &impl Compute) -> Result<Vec<Found>, CliError> {
+    let listed = ec2
+        .instances(&[(tags::MANAGED, "true")], &InstanceState::LIVE)
+        .await
+        .map_err(|e| Op::any("ec2:DescribeInstances").failed(&e))?;
+    Ok(listed.iter().map(found).collect())
 }
 
-async fn instances(ec2: &aws_sdk_ec2::Client, ids: &[String]) -> Result<Vec<Found>, CliError> {
-    let op = Op::any("ec2:DescribeInstances");
-    let mut req = ec2.describe_instances().filters(managed()).filters(
-        Filter::builder()
-            .name("instance-state-name")
-            .set_values(Some(LIVE_STATES.map(String::from).to_vec()))
-            .build(),
-    );
-    if !ids.is_empty() {
-        // A filter, not InstanceIds: an id EC2 does not show yet (eventual consistency) is
-        // left out instead of failing the call.
-        req = req.filters(
-            Filter::builder()
-                .name("instance-id")
-                .set_values(Some(ids.to_vec()))
-                .build(),
-        );
-    }
-    let mut pages = req.into_paginator().send();
-    let mut out = vec![];
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| op.fail(e))?;
-        out.extend(
-            page.reservations()
-                .iter()
-                .flat_map(|r| r.instances())
-                .filter_map(found),
-        );
-    }
-    Ok(out)
+/// Of `ids`, those still live and still tagged as ephemera's, listed again just before they
+/// are terminated: by filter, as first, not by id (an instance EC2 does not show by id yet,
+/// eventual consistency, would fail a DescribeInstances by id).
+async fn still_ours(ec2: &impl Compute, ids: &[String]) -> Result<Vec<Found>, CliError> {
+    Ok(live(ec2)
+        .await?
+        .into_iter()
+        .filter(|f| ids.contains(&f.instance_id))
+        .collect())
 }
 
 /// The execution's status, or None when there is no such execution: the sweeper Lambda's own
@@ -92,16 +60,9 @@ async fn status(sfn: &aws_sdk_sfn::Client, execution: &str) -> Result<Option<Str
     if execution.is_empty() {
         return Ok(None);
     }
-    Executions::status(sfn, execution).await.map_err(|e| {
-        // Credentials and the endpoint were proven by the DescribeInstances before this.
-        let f = match e {
-            ephemera_aws::AwsError::Call { code, message, .. } => {
-                Failure::Service { code, message }
-            }
-            other => Failure::Other(other.to_string()),
-        };
-        classify(&Op::new("states:DescribeExecution", execution), &f)
-    })
+    Executions::status(sfn, execution)
+        .await
+        .map_err(|e| Op::new("states:DescribeExecution", execution).failed(&e))
 }
 
 /// `i-0abc  running  run fx  its execution is SUCCEEDED`, columns lined up.
@@ -125,13 +86,13 @@ pub fn lines(swept: &[(Found, String)]) -> Vec<String> {
 }
 
 pub async fn command(
-    ec2: &aws_sdk_ec2::Client,
+    ec2: &impl Compute,
     sfn: &aws_sdk_sfn::Client,
     region: &str,
     yes: bool,
 ) -> Result<Outcome, CliError> {
     let now = Utc::now();
-    let live = instances(ec2, &[]).await?;
+    let live = live(ec2).await?;
     let mut swept = vec![];
     for f in live.iter() {
         let s = status(sfn, &f.execution).await?;
@@ -164,32 +125,27 @@ pub async fn command(
     }
     // Only those still tagged as ephemera's, read again just before.
     let ids: Vec<String> = swept.iter().map(|(f, _)| f.instance_id.clone()).collect();
-    let confirmed: Vec<String> = instances(ec2, &ids)
-        .await?
-        .into_iter()
-        .map(|f| f.instance_id)
-        .collect();
+    let confirmed = still_ours(ec2, &ids).await?;
     if confirmed.is_empty() {
         println!("none of them is left to terminate");
         return Ok(Outcome::Done);
     }
-    let out = ec2
-        .terminate_instances()
-        .set_instance_ids(Some(confirmed.clone()))
-        .send()
+    let ids: Vec<String> = confirmed.iter().map(|f| f.instance_id.clone()).collect();
+    ec2.terminate(&ids)
         .await
-        .map_err(|e| Op::any("ec2:TerminateInstances").fail(e))?;
-    for c in out.terminating_instances() {
-        println!(
-            "terminated {}: {} -> {}",
-            c.instance_id().unwrap_or_default(),
-            c.previous_state()
-                .and_then(|s| s.name())
-                .map_or("?", |n| n.as_str()),
-            c.current_state()
-                .and_then(|s| s.name())
-                .map_or("?", |n| n.as_str())
-        );
+        .map_err(|e| Op::any("ec2:TerminateInstances").failed(&e))?;
+    // Each one's state before and after, as EC2 shows it now (by filter too).
+    let after = ec2
+        .instances(&[(tags::MANAGED, "true")], &InstanceState::ALL)
+        .await
+        .unwrap_or_default();
+    for f in &confirmed {
+        let now = after
+            .iter()
+            .find(|i| i.id == f.instance_id)
+            .and_then(|i| i.state)
+            .map_or("?", |s| s.name());
+        println!("terminated {}: {} -> {now}", f.instance_id, f.state);
     }
     Ok(Outcome::Done)
 }

@@ -151,6 +151,34 @@ impl From<AwsError> for Error {
                 code,
                 message,
             },
+            // No answer from AWS at all: still `Ephemera.AwsError` (the state machine retries
+            // it as any AWS failure), its code naming which.
+            AwsError::NoCredentials { service, operation } => Error::Aws {
+                service,
+                operation,
+                code: "NoCredentials".into(),
+                message: "no AWS credentials were found".into(),
+            },
+            AwsError::Credentials {
+                service,
+                operation,
+                detail,
+            } => Error::Aws {
+                service,
+                operation,
+                code: "CredentialsError".into(),
+                message: detail,
+            },
+            AwsError::Unreachable {
+                service,
+                operation,
+                detail,
+            } => Error::Aws {
+                service,
+                operation,
+                code: "Unreachable".into(),
+                message: detail,
+            },
             AwsError::Internal(detail) => Error::Internal(detail),
         }
     }
@@ -231,6 +259,25 @@ mod tests {
             said,
             "ec2 DescribeInstances failed: RequestLimitExceeded: slow down"
         );
+
+        // No answer at all is an AWS failure too, retried as one, its code saying which.
+        let d: Diagnostic = Error::from(AwsError::Unreachable {
+            service: "ec2",
+            operation: "DescribeInstances",
+            detail: "connection refused".into(),
+        })
+        .into();
+        assert_eq!(d.error_type, "Ephemera.AwsError");
+        assert_eq!(
+            d.error_message,
+            "ec2 DescribeInstances failed: Unreachable: connection refused"
+        );
+        let d: Diagnostic = Error::from(AwsError::NoCredentials {
+            service: "ec2",
+            operation: "DescribeInstances",
+        })
+        .into();
+        assert_eq!(d.error_type, "Ephemera.AwsError");
 
         let own = AwsError::Internal("the session tag: missing key".into());
         let said = own.to_string();
