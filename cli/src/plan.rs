@@ -2,13 +2,14 @@
 //! requested. This file only reads (through the adapters the Lambdas use); the plan itself is
 //! `ephemera_core::plan::assemble`, over the functions CheckQuota and LaunchWorker decide with.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, Utc};
 use ephemera_aws::{
     pricing, Compute, Ledger, LedgerTable, QuotaService, SpotPlacement, VcpuReservations,
 };
+use ephemera_core::cost::PricePoint;
 use ephemera_core::instance_state::InstanceState;
 use ephemera_core::plan::{self, Facts, Month, QuotaFacts, TypeScores};
 use ephemera_core::quota_request::Bounds;
@@ -83,9 +84,63 @@ pub async fn read(
         .vcpus(types)
         .await
         .map_err(|e| aws_failure("ec2:DescribeInstanceTypes", e))?;
+    let quotas = read_quotas(aws, spec, ledger, &vcpus_of, now).await?;
+    let quotes = pricing::quotes_for(&aws.pricing, &[], types, &region).await;
+    let on_demand = pricing::type_prices(types, quotes);
+    let zones = aws
+        .ec2
+        .subnet_zones(&spec.worker.subnets)
+        .await
+        .map_err(|e| aws_failure("ec2:DescribeSubnets", e))?;
+    let spot = read_spot(aws, types, &vcpus_of, &zones, now).await;
+    let scores = read_scores(aws, spec, &vcpus_of).await;
+    let month = match (ledger, monthly_budget_usd) {
+        (Some(l), Some(budget_usd)) => {
+            let month = ledger::month_of(now);
+            let entries = l
+                .entries(&month)
+                .await
+                .map_err(|e| aws_failure("dynamodb:Query", e))?;
+            Some(Month {
+                month,
+                budget_usd,
+                entries,
+            })
+        }
+        _ => None,
+    };
+    let history = match ledger {
+        Some(l) => read_history(l, now).await?,
+        None => placement::History::new(),
+    };
+    Ok(Facts {
+        region,
+        now,
+        vcpus: vcpus_of,
+        quotas,
+        // The stack's QuotaDenialCooloffHours and MaxQuotaRequestVcpus at their template
+        // defaults: the CLI cannot read a deployed function's environment.
+        bounds: Bounds::default(),
+        on_demand,
+        zones,
+        spot,
+        scores,
+        month,
+        history,
+    })
+}
 
-    // The quotas the run draws on, with the usage and the reservations as CheckQuota reads them.
-    let per_type: Vec<(String, u32)> = types
+/// The quotas the run draws on, with the usage and the reservations as CheckQuota reads them.
+async fn read_quotas(
+    aws: &ephemera_aws::Aws,
+    spec: &RunSpec,
+    ledger: Option<&LedgerTable>,
+    vcpus_of: &HashMap<String, u32>,
+    now: DateTime<Utc>,
+) -> Result<BTreeMap<String, QuotaFacts>, CliError> {
+    let per_type: Vec<(String, u32)> = spec
+        .worker
+        .instance_types
         .iter()
         .filter_map(|t| vcpus_of.get(t).map(|v| (t.clone(), *v)))
         .collect();
@@ -98,7 +153,7 @@ pub async fn read(
     let codes: Vec<&str> = needs.iter().map(|n| n.code.as_str()).collect();
     let held = match ledger {
         Some(l) => l
-            .held(&region, &codes)
+            .held(&aws.region, &codes)
             .await
             .map_err(|e| aws_failure("dynamodb:GetItem", e))?,
         None => BTreeMap::new(),
@@ -153,25 +208,23 @@ pub async fn read(
             },
         );
     }
+    Ok(quotas)
+}
 
-    let quotes = pricing::quotes_for(&aws.pricing, &[], types, &region).await;
-    let on_demand = pricing::type_prices(types, quotes);
-    let zones = aws
-        .ec2
-        .subnet_zones(&spec.worker.subnets)
-        .await
-        .map_err(|e| aws_failure("ec2:DescribeSubnets", e))?;
-
-    // Spot prices over the last days, per type and zone; a history EC2 will not give is left
-    // out (the candidate shows no range), never a failed plan.
+/// Spot prices over the last days, per type and zone; a history EC2 will not give is left out
+/// (the candidate shows no range), never a failed plan.
+async fn read_spot(
+    aws: &ephemera_aws::Aws,
+    types: &[String],
+    vcpus_of: &HashMap<String, u32>,
+    zones: &BTreeMap<String, placement::Zone>,
+    now: DateTime<Utc>,
+) -> BTreeMap<(String, String), Vec<PricePoint>> {
     let mut spot = BTreeMap::new();
     let from = now - Duration::days(plan::SPOT_HISTORY_DAYS);
-    let zone_names: Vec<String> = {
-        let mut z: Vec<String> = zones.values().map(|z| z.name.clone()).collect();
-        z.sort();
-        z.dedup();
-        z
-    };
+    let mut zone_names: Vec<String> = zones.values().map(|z| z.name.clone()).collect();
+    zone_names.sort();
+    zone_names.dedup();
     for t in types.iter().filter(|t| vcpus_of.contains_key(*t)) {
         for z in &zone_names {
             if let Ok(points) = aws.ec2.spot_prices(t, z, from, now).await {
@@ -179,76 +232,53 @@ pub async fn read(
             }
         }
     }
+    spot
+}
 
-    // One configuration a type (its vCPUs for every worker, one zone): a refusal (the rate, the
-    // day's configurations, a role without the permission) leaves that type's score unknown.
-    let mut scores: BTreeMap<String, TypeScores> = BTreeMap::new();
-    for t in types {
+/// One configuration a type (its vCPUs for every worker, one zone): a refusal (the rate, the
+/// day's configurations, a role without the permission) leaves that type's score unknown.
+async fn read_scores(
+    aws: &ephemera_aws::Aws,
+    spec: &RunSpec,
+    vcpus_of: &HashMap<String, u32>,
+) -> BTreeMap<String, TypeScores> {
+    let mut scores = BTreeMap::new();
+    for t in &spec.worker.instance_types {
         let Some(v) = vcpus_of.get(t) else { continue };
         let asked = aws
             .ec2
             .placement_scores(
                 std::slice::from_ref(t),
                 v.saturating_mul(spec.worker.count),
-                &region,
+                &aws.region,
             )
             .await
             .map_err(|r| r.to_string());
         scores.insert(t.clone(), asked);
     }
+    scores
+}
 
-    let month = match (ledger, monthly_budget_usd) {
-        (Some(l), Some(budget_usd)) => {
-            let month = ledger::month_of(now);
-            let entries = l
-                .entries(&month)
+/// The reclaims of recent runs, as LaunchWorker reads them: this month's and the month
+/// before's (the month a run now would be booked in).
+async fn read_history(l: &LedgerTable, now: DateTime<Utc>) -> Result<placement::History, CliError> {
+    let this = ledger::month_of(now);
+    let mut entries = vec![];
+    for m in [Some(this.clone()), ledger::month_before(&this)]
+        .into_iter()
+        .flatten()
+    {
+        entries.extend(
+            l.entries(&m)
                 .await
-                .map_err(|e| aws_failure("dynamodb:Query", e))?;
-            Some(Month {
-                month,
-                budget_usd,
-                entries,
-            })
+                .map_err(|e| aws_failure("dynamodb:Query", e))?,
+        );
+    }
+    Ok(placement::history(entries.iter().map(|e| {
+        placement::RunPlacements {
+            execution: &e.execution,
+            started_at: e.started_at,
+            placed: &e.placements,
         }
-        _ => None,
-    };
-    // The reclaims of recent runs, as LaunchWorker reads them: this month's and the month
-    // before's (the month a run now would be booked in).
-    let history = match ledger {
-        Some(l) => {
-            let this = ledger::month_of(now);
-            let mut entries = vec![];
-            for m in [Some(this.clone()), ledger::month_before(&this)]
-                .into_iter()
-                .flatten()
-            {
-                entries.extend(
-                    l.entries(&m)
-                        .await
-                        .map_err(|e| aws_failure("dynamodb:Query", e))?,
-                );
-            }
-            placement::history(entries.iter().map(|e| placement::RunPlacements {
-                execution: &e.execution,
-                started_at: e.started_at,
-                placed: &e.placements,
-            }))
-        }
-        None => placement::History::new(),
-    };
-    Ok(Facts {
-        region,
-        now,
-        vcpus: vcpus_of,
-        quotas,
-        // The stack's QuotaDenialCooloffHours and MaxQuotaRequestVcpus at their template
-        // defaults: the CLI cannot read a deployed function's environment.
-        bounds: Bounds::default(),
-        on_demand,
-        zones,
-        spot,
-        scores,
-        month,
-        history,
-    })
+    })))
 }
