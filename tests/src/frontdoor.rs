@@ -17,7 +17,7 @@ use crate::requests::{self, url_form, Wire};
 use crate::throttle::{self, Throttles};
 use crate::vcpu_limits::{self, Judged, VcpuLimits};
 
-/// An EC2 request answered with an EC2 error instead of reaching moto.
+/// An EC2 or RDS request answered with that service's error instead of reaching moto.
 #[derive(Debug, Clone)]
 pub struct FaultRule {
     pub region: String,
@@ -107,8 +107,9 @@ pub struct FrontDoor {
     /// them (`stop_is_at_once`).
     stopped: Mutex<HashMap<String, Stopped>>,
     /// Regions whose stack's rule on the executions' ABORTED/TIMED_OUT status is played
-    /// (`deliver_stops`), and what its target answered, by execution ARN.
+    /// (`deliver_stops`).
     stop_rule: Mutex<std::collections::HashSet<String>>,
+    /// What the rule's target answered, by execution ARN (`stop_report`).
     stop_reports: Mutex<HashMap<String, Result<serde_json::Value, String>>>,
     /// (region, ClientToken) → (the parameters' digest, the first answer).
     client_tokens: Mutex<HashMap<(String, String), (String, RawResponse)>>,
@@ -635,10 +636,10 @@ pub fn router(door: Arc<FrontDoor>) -> Router {
     Router::new().fallback(route).with_state(door)
 }
 
-/// `Credential=AKID/20260101/us-east-1/ec2/aws4_request` → ("AKID", "us-east-1", "ec2").
 /// The access key of the account's administrator (the person running ephemera).
 pub const ADMIN_KEY: &str = "testing";
 
+/// `Credential=AKID/20260101/us-east-1/ec2/aws4_request` → ("AKID", "us-east-1", "ec2").
 fn scope(headers: &HeaderMap) -> (String, String, String) {
     let auth = headers
         .get("authorization")
@@ -2065,11 +2066,6 @@ impl FrontDoor {
         xml
     }
 
-    /// moto launches a root volume of any size; EC2 refuses one smaller than the image's root
-    /// snapshot ("The specified size must be greater than or equal to the size of the specified
-    /// snapshot", https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/block-device-mapping-concepts.html)
-    /// at once, as `InvalidBlockDeviceMapping` with this message (as users report it, e.g.
-    /// https://github.com/aws/karpenter-provider-aws/issues/3302).
     /// `form` with its `ImageId=resolve:ssm:<name>` replaced by the parameter's value, and the
     /// request's body so rewritten; None when the image is an id, or the parameter does not
     /// exist (left to moto).
@@ -2098,6 +2094,11 @@ impl FrontDoor {
         Some((resolved, axum::body::Bytes::from(body)))
     }
 
+    /// moto launches a root volume of any size; EC2 refuses one smaller than the image's root
+    /// snapshot ("The specified size must be greater than or equal to the size of the specified
+    /// snapshot", https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/block-device-mapping-concepts.html)
+    /// at once, as `InvalidBlockDeviceMapping` with this message (as users report it, e.g.
+    /// https://github.com/aws/karpenter-provider-aws/issues/3302).
     async fn smaller_than_snapshot(
         &self,
         region: &str,
@@ -2197,7 +2198,6 @@ impl FrontDoor {
             .insert(region.to_string(), seconds);
     }
 
-    /// The ledger table of template.yaml (`LedgerTable`), in `region`.
     /// The functions' settings as the template deploys them (the stack's topic, buckets, ledger,
     /// worker role and profile), the ledger table made: what every invocation gets, through the
     /// state machine or an EventBridge rule.
@@ -2258,6 +2258,7 @@ impl FrontDoor {
         settings
     }
 
+    /// The ledger table of template.yaml (`LedgerTable`), in `region`.
     pub async fn ensure_ledger(&self, region: &str) {
         if self.ledgers.lock().unwrap().contains(region) {
             return;
@@ -2294,7 +2295,6 @@ impl FrontDoor {
         }
     }
 
-    /// A parameter's tags as moto keeps them; none when it does not exist.
     /// Parameter Store calls KMS as the caller: writing a SecureString under a customer
     /// managed key needs `kms:Encrypt` on it, reading one decrypted `kms:Decrypt`, each with
     /// `kms:ViaService` and the parameter's ARN as the `PARAMETER_ARN` encryption context
@@ -2371,6 +2371,7 @@ impl FrontDoor {
         body["Parameters"][0]["KeyId"].as_str().map(str::to_string)
     }
 
+    /// A parameter's tags as moto keeps them; none when it does not exist.
     async fn parameter_tags(&self, region: &str, name: &str) -> Vec<(String, String)> {
         let body = self
             .moto_json(
