@@ -60,7 +60,7 @@ impl FrontDoor {
     }
 
     /// The policies in force in `region` (a test's, or the template's).
-    fn policies_for(&self, region: &str) -> Policies {
+    pub(super) fn policies_for(&self, region: &str) -> Policies {
         match self.policies_in.lock().unwrap().get(region) {
             Some(p) => p.clone(),
             None => self.policies.clone(),

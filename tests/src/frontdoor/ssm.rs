@@ -60,10 +60,7 @@ impl FrontDoor {
                     "kms:EncryptionContext:PARAMETER_ARN",
                     format!("arn:aws:ssm:{region}:{ACCOUNT}:parameter{name}"),
                 );
-            let policies = match self.policies_in.lock().unwrap().get(region) {
-                Some(p) => p.clone(),
-                None => self.policies.clone(),
-            };
+            let policies = self.policies_for(region);
             if let Err(reason) = policies.authorize_key("TaskTokenKey", principal, region, &check) {
                 return Some(reason);
             }

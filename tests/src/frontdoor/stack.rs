@@ -3,7 +3,6 @@
 //! environment), and the ledger table, made in a region on its first use.
 
 use super::FrontDoor;
-use crate::iam::ACCOUNT;
 
 impl FrontDoor {
     /// The worker's role and instance profile, as the template deploys them (IAM is global, so
@@ -50,10 +49,7 @@ impl FrontDoor {
     pub async fn deployed_settings(&self, region: &str) -> ephemera_functions::Settings {
         // As the template deploys them: the stack's report topic is the default and the only one.
         let mut settings = self.settings.lock().unwrap().clone();
-        let topic = format!(
-            "arn:aws:sns:{region}:{ACCOUNT}:{}",
-            crate::iam::REPORT_TOPIC
-        );
+        let topic = crate::deployed::topic(region);
         settings.default_topic.get_or_insert(topic.clone());
         if settings.allowed_topics.is_empty() {
             settings.allowed_topics = vec![topic];
