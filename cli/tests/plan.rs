@@ -580,7 +580,7 @@ fn reclaim_report(run_id: &str) -> Value {
 }
 
 /// One type, so that only the zones compete: the door's Spot prices differ by a cent of the
-/// On-Demand price per zone letter (`frontdoor::spot_price_history`), every zone scores alike.
+/// On-Demand price per zone letter (`frontdoor/spot.rs`, `spot_price_history`), every zone scores alike.
 fn price_capacity(s: &mut Value) {
     s["capacity"] = json!({"order": "price-capacity"});
     s["worker"]["instance_types"] = json!(["c7g.4xlarge"]);

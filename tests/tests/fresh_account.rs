@@ -2,7 +2,7 @@
 //! with the policies template.yaml gives it, service-linked roles do not exist yet, quotas were
 //! never changed, a region does not offer every type, and a new instance is not visible at once.
 //! Each scenario names the AWS behaviour it relies on next to the harness code that plays it
-//! (tests/src/frontdoor.rs, tests/src/requests.rs).
+//! (tests/src/frontdoor/, tests/src/requests.rs).
 
 use aws_sdk_ec2::types::Tag;
 use chrono::{Duration, Utc};

@@ -2,7 +2,8 @@
 //! the state that can see it, naming the field or parameter: the template's grants (export
 //! bucket, instance profile), the image's snapshot size, an account's own default EBS key; and
 //! the Spot-interruption rules, which must match a reclaim and nothing else. Each scenario plays
-//! AWS's late answer in the front door (tests/src/frontdoor.rs), so it failed before its check.
+//! AWS's late answer in the front door (tests/src/frontdoor/: `ec2.rs`, `spot.rs`), so it failed
+//! before its check.
 
 use ephemera_core::rundoc::WorkerState;
 use ephemera_functions::{Function, Settings};
