@@ -108,21 +108,8 @@ pub async fn handle<E: Compute, Q: QuotaService, P: PriceList, R: VcpuReservatio
         }
         Some(_) => None,
     };
-    // The reservations, the instances, the reservations again: a run that reserves after the
-    // second read launches after the listing too, and one that gave its room back before the
-    // first had terminated its instances first (`vcpus::holders`), so each instance listed is
-    // either counted in a reservation or as usage outside, never both, never neither.
     let codes: Vec<&str> = needs.iter().map(|n| n.code.as_str()).collect();
-    let before = match reservations {
-        Some(r) => r.held(&config.region, &codes).await?,
-        None => BTreeMap::new(),
-    };
-    let active = active_instances(ec2).await?;
-    let held = match reservations {
-        Some(r) => r.held(&config.region, &codes).await?,
-        None => BTreeMap::new(),
-    };
-    let usage = outside_usage(&active, &vcpus::holders(&before, &held));
+    let (held, usage) = held_and_usage(ec2, reservations, &config.region, &codes).await?;
     let started_at = prev.map_or(now, |p| p.started_at);
     let polls = prev.map_or(0, |p| p.polls + 1);
     let deadline = started_at + Duration::seconds(spec.quota.max_wait_seconds as i64);
@@ -152,27 +139,7 @@ pub async fn handle<E: Compute, Q: QuotaService, P: PriceList, R: VcpuReservatio
         }
         _ => (verdict, reason),
     };
-    // Room other runs took first is waited for as any room, until the run's deadline.
-    let (verdict, reason) = match verdict {
-        QuotaVerdict::Waiting if now >= deadline => (
-            QuotaVerdict::DeadlinePassed,
-            format!(
-                "quota.max_wait_seconds passed at {}: {reason}",
-                deadline.to_rfc3339()
-            ),
-        ),
-        v => (v, reason),
-    };
-    let wait_seconds = match verdict {
-        QuotaVerdict::Waiting => quota::next_wait(
-            polls,
-            spec.waits.quota_poll_min_seconds,
-            spec.waits.quota_poll_max_seconds,
-            now,
-            deadline,
-        ),
-        _ => 0,
-    };
+    let (verdict, reason, wait_seconds) = waited(&spec, verdict, reason, polls, now, deadline);
     tracing::info!(?verdict, %reason, wait_seconds, polls, "quota checked");
     // The run's prices, once: every launch budgets with them and the report bills with them.
     let (prices, markets) = match verdict {
@@ -204,6 +171,63 @@ pub async fn handle<E: Compute, Q: QuotaService, P: PriceList, R: VcpuReservatio
         prices,
         markets,
     })
+}
+
+/// The vCPUs other runs hold and the usage outside them, per quota code: the reservations, the
+/// instances, the reservations again. A run that reserves after the second read launches after
+/// the listing too, and one that gave its room back before the first had terminated its
+/// instances first (`vcpus::holders`), so each instance listed is either counted in a
+/// reservation or as usage outside, never both, never neither.
+async fn held_and_usage<E: Compute, R: VcpuReservations>(
+    ec2: &E,
+    reservations: Option<&R>,
+    region: &str,
+    codes: &[&str],
+) -> Result<(BTreeMap<String, Held>, BTreeMap<&'static str, u32>), Error> {
+    let before = match reservations {
+        Some(r) => r.held(region, codes).await?,
+        None => BTreeMap::new(),
+    };
+    let active = active_instances(ec2).await?;
+    let held = match reservations {
+        Some(r) => r.held(region, codes).await?,
+        None => BTreeMap::new(),
+    };
+    let usage = outside_usage(&active, &vcpus::holders(&before, &held));
+    Ok((held, usage))
+}
+
+/// The verdict once the run's deadline is weighed (room other runs took first is waited for as
+/// any room, until then), and how long to wait before the next look.
+fn waited(
+    spec: &RunSpec,
+    verdict: QuotaVerdict,
+    reason: String,
+    polls: u32,
+    now: DateTime<Utc>,
+    deadline: DateTime<Utc>,
+) -> (QuotaVerdict, String, u64) {
+    let (verdict, reason) = match verdict {
+        QuotaVerdict::Waiting if now >= deadline => (
+            QuotaVerdict::DeadlinePassed,
+            format!(
+                "quota.max_wait_seconds passed at {}: {reason}",
+                deadline.to_rfc3339()
+            ),
+        ),
+        v => (v, reason),
+    };
+    let wait_seconds = match verdict {
+        QuotaVerdict::Waiting => quota::next_wait(
+            polls,
+            spec.waits.quota_poll_min_seconds,
+            spec.waits.quota_poll_max_seconds,
+            now,
+            deadline,
+        ),
+        _ => 0,
+    };
+    (verdict, reason, wait_seconds)
 }
 
 /// Every worker's first attempt at its worst case, and the run's own orchestration, within
