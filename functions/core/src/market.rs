@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 /// `worker.market`: which markets a worker's launches may buy in.
 #[serde(rename_all = "kebab-case")]
 pub enum MarketPolicy {
-    /// Spot only: a worker Spot cannot place or takes back is lost (after its relaunches).
+    /// Spot only, relaunches too: a worker no Spot candidate can place is lost.
     Spot,
     /// On-Demand only.
     OnDemand,

@@ -315,7 +315,7 @@ pub struct Limits {
     /// The longest an attempt's work may run, in seconds (60–604800, 7 days).
     pub max_runtime_seconds: u64,
     /// The most the run may cost, in USD: nothing is launched unless what is left of it covers the
-    /// attempt's worst case (`crate::budget`).
+    /// attempt's worst case.
     pub budget_usd: f64,
     /// How many times a worker is launched again after Spot takes its instance (0–10).
     #[serde(default = "default_relaunches")]
