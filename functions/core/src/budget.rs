@@ -43,8 +43,11 @@ pub const LOGS_USD_PER_GB_BOUND: f64 = 1.0;
 pub const LAMBDA_MEMORY_GB: f64 = 0.125;
 /// Each function's `Timeout` in template.yaml: an invocation is billed at most that long.
 pub const HEALTH_CHECK_TIMEOUT_SECONDS: f64 = 60.0;
+/// launch-worker's `Timeout` in template.yaml.
 pub const LAUNCH_WORKER_TIMEOUT_SECONDS: f64 = 300.0;
+/// terminate-with-cost-report's `Timeout` in template.yaml.
 pub const TERMINATE_TIMEOUT_SECONDS: f64 = 120.0;
+/// quota-check's `Timeout` in template.yaml.
 pub const QUOTA_CHECK_TIMEOUT_SECONDS: f64 = 60.0;
 /// The tries of an invocation that failed (the ASL's `Retry` on `Ephemera.AwsError` and
 /// `Lambda.ServiceException`: the call and 3 more), each billed. Throttled invocations
@@ -80,6 +83,7 @@ pub const STOP_ALLOWANCE_SECONDS: u64 = 180;
 pub struct AttemptWorstCase {
     /// The dearest candidate, whose On-Demand price bounds every candidate and both markets.
     pub instance_type: String,
+    /// Its On-Demand price in `region`, in USD per hour.
     pub usd_per_hour: f64,
     /// `limits.boot_timeout_seconds`.
     pub boot_seconds: u64,
@@ -96,6 +100,7 @@ pub struct AttemptWorstCase {
     pub grace_seconds: u64,
     /// One sweeper interval past the deadline.
     pub sweeper_seconds: u64,
+    /// The instance for `billed_seconds` at `usd_per_hour`, in USD.
     pub compute_usd: f64,
     /// The root volume (`worker.volume_gib` of gp3) as long.
     pub ebs_usd: f64,
@@ -253,6 +258,7 @@ pub struct Cap {
 }
 
 impl Cap {
+    /// The run's cap (`limits.budget_usd`) and its overhead in `region`.
     pub fn of(spec: &RunSpec, region: &str) -> Cap {
         Cap {
             budget_usd: spec.limits.budget_usd,
@@ -347,7 +353,11 @@ pub fn first_admission(
 /// Why a run is refused before anything: its first attempts' worst case, and its terms.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FirstRefusal {
+    /// What every worker's least attempt (a runtime of [`MIN_USEFUL_RUNTIME_SECONDS`]) and the
+    /// run's overhead would cost together, in USD: more than `limits.budget_usd`.
     pub worst_case_usd: f64,
+    /// The worst case in words: the workers, the least attempt's terms and the run's own
+    /// orchestration.
     pub detail: String,
 }
 

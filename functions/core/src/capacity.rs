@@ -6,10 +6,14 @@ use sha2::{Digest, Sha256};
 
 use crate::market::{Market, MarketPolicy};
 
+/// One place a launch may try: a market, an instance type and a subnet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Candidate {
+    /// Spot or On-Demand.
     pub market: Market,
+    /// The EC2 instance type (one of `worker.instance_types`).
     pub instance_type: String,
+    /// The subnet id (one of `worker.subnets`).
     pub subnet: String,
 }
 
@@ -55,6 +59,7 @@ pub fn candidates(types: &[String], subnets: &[String], markets: &[Market]) -> V
     out
 }
 
+/// What a RunInstances error means for the launch's other candidates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LaunchErrorKind {
@@ -80,7 +85,6 @@ pub enum LaunchErrorKind {
     Fatal,
 }
 
-/// Classifies an EC2 RunInstances error code.
 /// How long one launch keeps waiting out EC2's throttle on RunInstances before it gives the
 /// call back to its state's Retry: RunInstances has a bucket of 5 requests refilled at 2 a
 /// second per account and region
@@ -105,6 +109,7 @@ pub fn is_throttle(code: &str) -> bool {
     code == "RequestLimitExceeded"
 }
 
+/// Classifies an EC2 RunInstances error code (and, for a parameter error, its message).
 pub fn classify(code: &str, message: &str) -> LaunchErrorKind {
     match code {
         "InsufficientInstanceCapacity"
@@ -138,10 +143,15 @@ pub fn classify(code: &str, message: &str) -> LaunchErrorKind {
 /// What one candidate answered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tried {
+    /// The candidate's market.
     pub market: Market,
+    /// The candidate's instance type.
     pub instance_type: String,
+    /// The candidate's subnet id.
     pub subnet: String,
+    /// RunInstances' error code (`InsufficientInstanceCapacity`, …), cut at `caps::CODE_KEPT`.
     pub code: String,
+    /// RunInstances' error message, cut at `caps::TRIED_MESSAGE_KEPT`.
     pub message: String,
 }
 

@@ -14,6 +14,7 @@ pub const ERROR_NAME_KEPT: usize = 80;
 pub const MESSAGE_KEPT: usize = 1000;
 /// A refused candidate's message and its AWS error code.
 pub const TRIED_MESSAGE_KEPT: usize = 120;
+/// A refused candidate's AWS error code (EC2's are under 60 characters).
 pub const CODE_KEPT: usize = 64;
 /// health-check's detail, a priced instance's price source.
 pub const DETAIL_KEPT: usize = 200;

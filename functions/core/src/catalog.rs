@@ -7,6 +7,7 @@ use crate::market::Market;
 
 /// The date the fallback prices were read (us-east-1, Linux, shared tenancy).
 pub const PRICES_AS_OF: &str = "2026-11-01";
+/// The region the fallback prices, and the EBS, Step Functions and Lambda prices, are for.
 pub const PRICES_REGION: &str = "us-east-1";
 
 /// How much dearer than us-east-1 (the fallback table's region) a region may be, at most: São
@@ -25,10 +26,13 @@ pub fn on_demand_hourly_bound(instance_type: &str, region: &str) -> Option<f64> 
     })
 }
 
+/// A CPU architecture: the candidates of one run share one, and the AMI must match it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Arch {
+    /// Intel and AMD types (`c7i`, `m6a`, the GPU types).
     X86_64,
+    /// Graviton types (`c7g`, `t4g`).
     Arm64,
 }
 
@@ -41,9 +45,12 @@ impl std::fmt::Display for Arch {
     }
 }
 
+/// What the catalog knows of one instance type.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TypeInfo {
+    /// Its vCPUs.
     pub vcpus: u32,
+    /// Its CPU architecture.
     pub arch: Arch,
     /// On-Demand USD per hour from the dated table.
     pub on_demand_hourly: f64,
@@ -133,6 +140,7 @@ pub fn lookup(instance_type: &str) -> Option<TypeInfo> {
     })
 }
 
+/// Every family the catalog knows (`c7g`, `t3`, the GPU families), for an error naming them.
 pub fn family_names() -> Vec<&'static str> {
     let mut names: Vec<&str> = LINEAR_FAMILIES.iter().map(|f| f.0).collect();
     for t in EXPLICIT_TYPES {
@@ -152,18 +160,30 @@ fn round6(x: f64) -> f64 {
 /// The quota class of a family, by the letters it starts with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum QuotaClass {
+    /// Running Standard (A, C, D, H, I, M, R, T, Z) instances.
     Standard,
+    /// G and VT instances (GPU graphics, video transcoding).
     GAndVt,
+    /// P instances (GPU compute).
     P,
+    /// X instances (memory-optimized).
     X,
+    /// Inf instances (Inferentia).
     Inf,
+    /// F instances (FPGA).
     F,
+    /// Trn instances (Trainium).
     Trn,
+    /// DL instances (deep learning accelerators).
     Dl,
+    /// HPC instances (not sold as Spot).
     Hpc,
+    /// High Memory instances (`u-*`, `u7*`; not sold as Spot).
     HighMemory,
 }
 
+/// The vCPU quota class an instance type's family counts in, by its letters; None for a family no
+/// EC2 vCPU quota is known for.
 pub fn quota_class(instance_type: &str) -> Option<QuotaClass> {
     let family = instance_type.split('.').next()?.to_ascii_lowercase();
     if family.starts_with("u-") || family.starts_with("u7") {
@@ -218,6 +238,7 @@ pub fn quota_code(class: QuotaClass, market: Market) -> Option<&'static str> {
 }
 
 impl QuotaClass {
+    /// Every class, in the order [`vcpu_quota_codes`] reads them.
     pub const ALL: [QuotaClass; 10] = [
         QuotaClass::Standard,
         QuotaClass::GAndVt,
@@ -253,11 +274,13 @@ pub fn quota_codes() -> Vec<&'static str> {
 
 /// gp3 storage, USD per GiB-month, and the hours AWS counts in a billing month.
 pub const GP3_USD_PER_GIB_MONTH: f64 = 0.08;
+/// The hours AWS counts in a billing month (EBS bills per GiB-month).
 pub const HOURS_PER_MONTH: f64 = 730.0;
 /// Step Functions Standard, USD per state transition.
 pub const SFN_USD_PER_TRANSITION: f64 = 0.000_025;
 /// Lambda arm64, USD per GB-second, and per request.
 pub const LAMBDA_ARM_USD_PER_GB_SECOND: f64 = 0.000_013_333_4;
+/// Lambda, USD per request.
 pub const LAMBDA_USD_PER_REQUEST: f64 = 0.000_000_2;
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use crate::catalog::{
     SFN_USD_PER_TRANSITION,
 };
 
+/// EC2's minimum charge per instance launch, in seconds: shorter lives are billed as 60 s.
 pub const MINIMUM_BILLED_SECONDS: i64 = 60;
 
 /// Seconds EC2 bills for an instance that ran from `start` to `end` (whole seconds, 60 s minimum).
@@ -23,7 +24,9 @@ pub fn billed_seconds(start: DateTime<Utc>, end: DateTime<Utc>) -> i64 {
 /// would otherwise ask the Price List API forty times for the same figures.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TypePrice {
+    /// The EC2 instance type (`c7g.large`).
     pub instance_type: String,
+    /// Its On-Demand price in the run's region, in USD per hour.
     pub usd_per_hour: f64,
     /// `price-list-api`, or the dated fallback table (cut at `caps::DETAIL_KEPT`).
     pub source: String,
@@ -32,7 +35,9 @@ pub struct TypePrice {
 /// One entry of DescribeSpotPriceHistory: the price in force from `at` on.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct PricePoint {
+    /// When this price came into force.
     pub at: DateTime<Utc>,
+    /// The Spot price from `at` on, in USD per hour.
     pub usd_per_hour: f64,
 }
 
@@ -57,6 +62,7 @@ pub fn spot_cost(history: &[PricePoint], start: DateTime<Utc>, billed: i64) -> O
     Some(total)
 }
 
+/// What `billed` seconds cost at `usd_per_hour`, in USD.
 pub fn on_demand_cost(usd_per_hour: f64, billed: i64) -> f64 {
     usd_per_hour * billed as f64 / 3600.0
 }
@@ -66,14 +72,21 @@ pub fn ebs_cost(gib: u32, seconds: i64) -> f64 {
     gib as f64 * GP3_USD_PER_GIB_MONTH * seconds.max(0) as f64 / (HOURS_PER_MONTH * 3600.0)
 }
 
+/// What the state machine and its Lambdas cost one run, from the execution's history.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Orchestration {
+    /// The state transitions Step Functions billed.
     pub state_transitions: u64,
+    /// The Lambda invocations the execution made.
     pub lambda_invocations: u64,
+    /// The Lambdas' compute: their running seconds times their memory in GB.
     pub lambda_gb_seconds: f64,
+    /// The sum of the three at the catalog's prices, in USD.
     pub usd: f64,
 }
 
+/// The orchestration's cost at the catalog's prices (`SFN_USD_PER_TRANSITION`, the Lambda request
+/// and arm GB-second prices).
 pub fn orchestration_cost(transitions: u64, invocations: u64, gb_seconds: f64) -> Orchestration {
     Orchestration {
         state_transitions: transitions,

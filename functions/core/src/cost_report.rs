@@ -22,25 +22,37 @@ pub enum SpotHistory {
     NotAsked,
     /// The history could not be read: why.
     Unreadable(String),
+    /// The history as DescribeSpotPriceHistory returned it (empty when AWS had none).
     Read(Vec<PricePoint>),
 }
 
 /// What was read of one instance of the run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstanceFacts {
+    /// Which of the run's workers it served: its `ephemera:worker` tag, else the run document.
     pub worker: u32,
+    /// Which of its worker's launches it was: its `ephemera:attempt` tag, else the run document.
     pub attempt: u32,
+    /// The EC2 instance id.
     pub instance_id: String,
+    /// The EC2 instance type.
     pub instance_type: String,
+    /// Spot or On-Demand, as EC2 describes it.
     pub market: Market,
+    /// Its availability zone, as EC2 describes it.
     pub availability_zone: Option<String>,
+    /// EC2's launch time (else the run document's, else now).
     pub launched_at: DateTime<Utc>,
+    /// When its terminating transition happened, or now when this call terminated it.
     pub ended_at: DateTime<Utc>,
+    /// Its root volume's size in GiB, as launched (else the RunSpec's `worker.volume_gib`).
     pub volume_gib: u32,
+    /// Its state before terminate-with-cost-report acted (None: unknown to this code).
     pub state_before: Option<InstanceState>,
     /// The type's On-Demand price per hour and where it came from; None for a type no source
     /// knows.
     pub on_demand: Option<(f64, String)>,
+    /// The Spot price history over its life, for a Spot instance.
     pub spot: SpotHistory,
     /// How its launch ordered the candidates (the run document's attempt).
     pub placement: Option<String>,
@@ -112,7 +124,9 @@ pub struct Timing {
     pub started_at: Option<DateTime<Utc>>,
     /// When terminate-with-cost-report began terminating, and how long that took.
     pub teardown_start: DateTime<Utc>,
+    /// Seconds terminate-with-cost-report took to terminate.
     pub teardown_seconds: i64,
+    /// When the report is made: the phases' and the run's end.
     pub now: DateTime<Utc>,
 }
 
@@ -157,10 +171,15 @@ pub fn phases(
 
 /// Everything the report is made of.
 pub struct Parts<'a> {
+    /// The run's RunSpec.
     pub spec: &'a RunSpec,
+    /// The Step Functions execution's ARN.
     pub execution: &'a str,
+    /// The error the run ended with (`$.error`); None when it succeeded.
     pub error: Option<&'a CaughtError>,
+    /// quota-check's state (`$.quota`), for the quota wait; None when the run ended before it.
     pub quota: Option<&'a QuotaState>,
+    /// Every worker's end (`$.workers`).
     pub ends: &'a [WorkerEnd],
     /// Every instance priced, with the notes pricing made.
     pub priced: Vec<(AttemptCost, Option<String>)>,
@@ -168,8 +187,11 @@ pub struct Parts<'a> {
     pub orchestration: Option<Orchestration>,
     /// What this call terminated.
     pub terminated: Vec<String>,
+    /// When the run's parts happened.
     pub timing: Timing,
+    /// verify-completion's checks (`$.verification`), when the run got to them.
     pub verification: Option<&'a Verification>,
+    /// The snapshot taken before the workers wrote (`database.snapshot_before`), if any.
     pub snapshot: Option<&'a SnapshotState>,
 }
 

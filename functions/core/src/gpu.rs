@@ -53,11 +53,15 @@ const GPU_TYPES: &[(&str, u32, u32, f64)] = &[
 /// A GPU type of the table: its vCPUs, GPUs and dated On-Demand price.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GpuType {
+    /// Its vCPUs.
     pub vcpus: u32,
+    /// Its NVIDIA GPUs.
     pub gpus: u32,
+    /// On-Demand USD per hour from the dated table (us-east-1, as of `catalog::PRICES_AS_OF`).
     pub on_demand_hourly: f64,
 }
 
+/// The GPU type of the table named `instance_type`; None for any other type.
 pub fn lookup(instance_type: &str) -> Option<GpuType> {
     GPU_TYPES
         .iter()

@@ -14,29 +14,51 @@ pub struct Observation {
     pub state_reason: Option<String>,
     /// Instance and system status checks: ok, impaired, initializing, insufficient-data.
     pub instance_status: Option<String>,
+    /// The system status check, as `instance_status` reads.
     pub system_status: Option<String>,
     /// The worker wrote its "started" signal for this instance.
     pub worker_started: bool,
+    /// When the instance was launched (the attempt's `launched_at`).
     pub launched_at: DateTime<Utc>,
+    /// When health-check looked.
     pub now: DateTime<Utc>,
+    /// `limits.boot_timeout_seconds`: how long after launch the worker may take to become healthy.
     pub boot_timeout_seconds: u64,
 }
 
+/// Why a booting worker is lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Failure {
+    /// The instance is ending (shutting down, terminated, stopping or stopped), and Spot did not
+    /// take it.
     Terminated,
+    /// Spot took the instance back while it booted (its state reason is `Server.SpotInstance…`).
     SpotReclaimed,
+    /// The instance or system status check is impaired.
     Impaired,
+    /// Not healthy by `limits.boot_timeout_seconds` after launch.
     BootDeadline,
 }
 
+/// The boot verdict ([`judge`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "verdict", rename_all = "snake_case")]
 pub enum Health {
+    /// Running, both status checks ok, the worker said "started".
     Healthy,
-    Booting { waiting_for: String },
-    Failed { failure: Failure, reason: String },
+    /// Not yet, within the boot timeout.
+    Booting {
+        /// What is missing, in words: the state, the status checks, the worker's signal.
+        waiting_for: String,
+    },
+    /// Lost: the instance will not become healthy.
+    Failed {
+        /// Which way it failed.
+        failure: Failure,
+        /// What was seen, in words (the state and its reason, the impaired check).
+        reason: String,
+    },
 }
 
 /// An EC2 state reason that says Spot took the instance back.
@@ -44,6 +66,8 @@ pub fn is_spot_reclaim(reason: &str) -> bool {
     reason.starts_with("Server.SpotInstance")
 }
 
+/// The boot verdict from what health-check saw: failed as soon as the instance is ending or
+/// impaired, healthy when everything is, else booting until the boot deadline.
 pub fn judge(o: &Observation) -> Health {
     // EC2 is eventually consistent: DescribeInstances may answer InvalidInstanceID.NotFound for
     // a while after RunInstances

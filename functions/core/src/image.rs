@@ -16,6 +16,7 @@ const ECS: &str = "resolve:ssm:/aws/service/ecs/optimized-ami/amazon-linux-2023/
 /// public SSM parameters.
 pub const ECS_AL2023_X86_64: &str =
     "resolve:ssm:/aws/service/ecs/optimized-ami/amazon-linux-2023/recommended/image_id";
+/// The arm64 (Graviton) one.
 pub const ECS_AL2023_ARM64: &str =
     "resolve:ssm:/aws/service/ecs/optimized-ami/amazon-linux-2023/arm64/recommended/image_id";
 /// With the NVIDIA driver and container toolkit; x86_64 only, as every GPU type of the catalog.

@@ -3,18 +3,26 @@
 
 use serde::{Deserialize, Serialize};
 
+/// An instance's lifecycle state (DescribeInstances' `State.Name`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum InstanceState {
+    /// Launched, not yet running.
     Pending,
+    /// Running: billed.
     Running,
+    /// Being terminated.
     ShuttingDown,
+    /// Terminated: no longer billed.
     Terminated,
+    /// Being stopped.
     Stopping,
+    /// Stopped: its volume is still billed, and it may be started again.
     Stopped,
 }
 
 impl InstanceState {
+    /// Every state EC2 names.
     pub const ALL: [InstanceState; 6] = [
         InstanceState::Pending,
         InstanceState::Running,
@@ -44,6 +52,8 @@ impl InstanceState {
         }
     }
 
+    /// The state of EC2's name (`running`, `shutting-down`, …); None for a name this code does not
+    /// know.
     pub fn from_name(name: &str) -> Option<InstanceState> {
         InstanceState::ALL.into_iter().find(|s| s.name() == name)
     }

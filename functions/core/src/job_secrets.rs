@@ -34,8 +34,11 @@ pub enum Kind {
 /// An ARN of either kind, read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Arn<'a> {
+    /// A Secrets Manager secret or an SSM parameter.
     pub kind: Kind,
+    /// The region in the ARN: it must be the stack's.
     pub region: &'a str,
+    /// The account id in the ARN.
     pub account: &'a str,
     /// The secret's name (with Secrets Manager's six-character suffix when the ARN has it) or
     /// the parameter's path after `parameter/`.

@@ -53,8 +53,11 @@ pub enum EntryState {
 /// One run (one execution) in the ledger.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
+    /// The run's Step Functions execution ARN: one entry per execution.
     pub execution: String,
+    /// The RunSpec's `run_id`.
     pub run_id: String,
+    /// The month it is booked in (`YYYY-MM`, [`booked_month`]).
     pub month: String,
     /// The worst case of every attempt launched so far, over all the run's workers.
     pub reserved_usd: f64,
@@ -62,8 +65,10 @@ pub struct Entry {
     /// own, so workers launching side by side never overwrite each other's.
     #[serde(default)]
     pub workers: BTreeMap<u32, f64>,
+    /// What the run cost (the report's `actual_usd`), once it ended through the state machine.
     #[serde(default)]
     pub actual_usd: Option<f64>,
+    /// Where the entry stands: which of its amounts counts.
     pub state: EntryState,
     /// When its first launch reserved it (absent on entries written before this was kept).
     #[serde(default)]
@@ -98,11 +103,21 @@ pub fn reservation(attempt_worst_case_usd: f64, attempt: u32) -> f64 {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
     /// Within the budget; `alert` when this launch takes the month past [`ALERT_FRACTION`].
-    Within { month_to_date_usd: f64, alert: bool },
+    Within {
+        /// The month's spend and reservations with this launch's, in USD.
+        month_to_date_usd: f64,
+        /// This launch takes the month past [`ALERT_FRACTION`] of the budget: the operator is
+        /// told.
+        alert: bool,
+    },
     /// Over the budget: nothing may be launched.
     Refused {
+        /// What the month's other runs spent or hold, in USD.
         others_usd: f64,
+        /// What this run would hold with this launch, its other workers' reservations included,
+        /// in USD.
         this_run_usd: f64,
+        /// The stack's monthly budget, in USD.
         budget_usd: f64,
     },
 }

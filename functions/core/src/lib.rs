@@ -1,5 +1,7 @@
 //! ephemera's domain core: every decision the Lambdas make, as pure functions without clients.
 
+#![warn(missing_docs)]
+
 pub mod admission;
 pub mod budget;
 pub mod capacity;

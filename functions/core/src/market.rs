@@ -7,10 +7,14 @@ use serde::{Deserialize, Serialize};
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
 )]
+/// `worker.market`: which markets a worker's launches may buy in.
 #[serde(rename_all = "kebab-case")]
 pub enum MarketPolicy {
+    /// Spot only, relaunches too: a worker no Spot candidate can place is lost.
     Spot,
+    /// On-Demand only.
     OnDemand,
+    /// Spot first; On-Demand when Spot cannot place the worker or after it took the instance back.
     #[default]
     SpotThenOnDemand,
 }
@@ -31,11 +35,14 @@ pub enum MarketPolicy {
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum Market {
+    /// Spot: spare capacity at its current price, which EC2 may take back.
     Spot,
+    /// On-Demand: the list price, never taken back.
     OnDemand,
 }
 
 impl Market {
+    /// As EC2 and the reports spell it (`spot`, `on-demand`).
     pub fn as_str(self) -> &'static str {
         match self {
             Market::Spot => "spot",

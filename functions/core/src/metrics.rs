@@ -18,12 +18,16 @@ pub const NAMESPACE: &str = "ephemera";
 /// CloudWatch's units for these figures (a dollar amount has none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unit {
+    /// A number of things (runs, attempts, reclaims, instances).
     Count,
+    /// A duration in seconds.
     Seconds,
+    /// No unit: the dollar amounts.
     None,
 }
 
 impl Unit {
+    /// The unit as CloudWatch spells it (`Count`, `Seconds`, `None`).
     pub fn as_str(self) -> &'static str {
         match self {
             Unit::Count => "Count",
@@ -45,6 +49,7 @@ pub enum Source {
 }
 
 impl Source {
+    /// The dimensions its metrics carry, by name (`Stack`, `Outcome`).
     pub fn dimensions(self) -> &'static [&'static str] {
         match self {
             Source::Run => &["Stack", "Outcome"],

@@ -13,9 +13,11 @@ use crate::report_html::{escape, usd, when, STYLE};
 /// One run of the month, as the page shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MonthRun {
+    /// The RunSpec's `run_id`.
     pub run_id: String,
     /// The execution's name.
     pub execution: String,
+    /// When the run started: its execution's start, or its first reservation in the ledger.
     pub started: DateTime<Utc>,
     /// The execution's status: RUNNING, SUCCEEDED, FAILED, TIMED_OUT, ABORTED.
     pub status: String,
@@ -30,10 +32,13 @@ pub struct MonthRun {
 /// The month's page: its runs, started in `month` (`YYYY-MM`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Month {
+    /// `YYYY-MM`.
     pub month: String,
     /// The stack's `MonthlyBudgetUsd`, when known.
     pub budget_usd: Option<f64>,
+    /// The runs started in the month.
     pub runs: Vec<MonthRun>,
+    /// When the page was made.
     pub generated_at: DateTime<Utc>,
 }
 
@@ -91,6 +96,7 @@ impl Month {
         Some((at(first), at(next)))
     }
 
+    /// What the month's runs cost or hold, in USD.
     pub fn total_usd(&self) -> f64 {
         self.runs.iter().map(|r| r.cost_usd).sum()
     }

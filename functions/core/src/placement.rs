@@ -37,7 +37,9 @@ use crate::runspec::CapacityOrder;
 /// A subnet's zone: its name and its id (placement scores name zones by id).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Zone {
+    /// The zone's name (`us-east-1b`): Spot prices and the ledger name zones so.
     pub name: String,
+    /// The zone's id (`use1-az2`): placement scores name zones so.
     pub id: String,
 }
 
@@ -54,6 +56,7 @@ pub struct Observed {
     pub spot: BTreeMap<String, BTreeMap<String, f64>>,
     /// GetSpotPlacementScores by type (SingleAvailabilityZone, the run's vCPUs as target).
     pub scores: BTreeMap<String, TypeScores>,
+    /// When it was read from EC2.
     pub read_at: DateTime<Utc>,
 }
 
@@ -71,11 +74,15 @@ pub fn price_now(history: &[PricePoint], now: DateTime<Utc>) -> Option<f64> {
 /// relaunch after Spot took the instance books the attempt again with `reclaimed`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Placed {
+    /// Which of the run's workers launched it (`1..=worker.count`).
     pub slot: u32,
+    /// Which of that worker's launches it was.
     pub attempt: u32,
+    /// The EC2 instance type launched.
     pub instance_type: String,
     /// The zone's name (`us-east-1b`).
     pub zone: String,
+    /// Spot took the instance back (booked by the relaunch after it).
     pub reclaimed: bool,
 }
 
@@ -107,8 +114,11 @@ pub type History = BTreeMap<String, BTreeMap<String, Seen>>;
 
 /// One run as the history reads it: its execution, when it started, what it booked.
 pub struct RunPlacements<'a> {
+    /// The run's Step Functions execution ARN.
     pub execution: &'a str,
+    /// When the run started, from its ledger item; None for an item written before it was kept.
     pub started_at: Option<DateTime<Utc>>,
+    /// The Spot launches and reclaims its ledger item booked.
     pub placed: &'a [Placed],
 }
 
@@ -147,8 +157,11 @@ pub fn history<'a>(runs: impl IntoIterator<Item = RunPlacements<'a>>) -> History
 /// One candidate with what it was weighed by.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ranked {
+    /// Spot or On-Demand.
     pub market: Market,
+    /// The EC2 instance type.
     pub instance_type: String,
+    /// The subnet id.
     pub subnet: String,
     /// The zone's name, when known.
     #[serde(default)]
@@ -159,6 +172,7 @@ pub struct Ranked {
     /// The price it was weighed at (Spot's now, or On-Demand's).
     #[serde(default)]
     pub usd_per_hour: Option<f64>,
+    /// The type's vCPUs (DescribeInstanceTypes), that the price is divided by.
     #[serde(default)]
     pub vcpus: Option<u32>,
     /// Spot only: the ledger's recent runs there.
@@ -170,6 +184,7 @@ pub struct Ranked {
 }
 
 impl Ranked {
+    /// The candidate it ranks, without its facts.
     pub fn candidate(&self) -> Candidate {
         Candidate {
             market: self.market,
@@ -234,11 +249,15 @@ pub const LINE_KEPT: usize = 112;
 /// its facts, and how many were ranked (every one is in launch-worker's log).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Choice {
+    /// `capacity.order` as the RunSpec asked it.
     pub order: CapacityOrder,
+    /// Why `price-capacity` kept the written order, cut at [`FALLBACK_KEPT`].
     #[serde(default)]
     pub fallback: Option<String>,
+    /// The candidate tried first, with its facts; None when there was none.
     #[serde(default)]
     pub first: Option<Ranked>,
+    /// How many candidates were ranked.
     pub ranked: u32,
 }
 
@@ -288,6 +307,7 @@ impl Ranking {
         self.candidates.iter().map(Ranked::candidate).collect()
     }
 
+    /// What the run document keeps of this ranking.
     pub fn choice(&self) -> Choice {
         Choice {
             order: self.order,
@@ -305,8 +325,11 @@ impl Ranking {
 pub struct Facts<'a> {
     /// What EC2 said, or why it could not be read.
     pub observed: Result<&'a Observed, String>,
+    /// Each candidate type's vCPUs (DescribeInstanceTypes).
     pub vcpus: &'a HashMap<String, u32>,
+    /// The candidates' On-Demand prices (the run's `$.quota.prices`, or the plan's).
     pub on_demand: &'a [TypePrice],
+    /// The ledger's reclaims of the recent runs, by type and zone ([`history`]).
     pub history: &'a History,
 }
 

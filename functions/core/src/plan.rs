@@ -31,7 +31,9 @@ const WOULD_REQUEST: &str = "that CheckQuota would file";
 /// One quota as read now.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuotaFacts {
+    /// The quota's value in vCPUs (GetServiceQuota, else the AWS default).
     pub applied: f64,
+    /// True when the account has no applied value and the AWS default was used.
     pub is_default: bool,
     /// vCPUs in use outside the stack's reservations (`vcpus::outside_usage`).
     pub usage_vcpus: u32,
@@ -46,15 +48,20 @@ pub use crate::placement::{TypeScores, Zone};
 /// The month's budget and the ledger's entries of the month.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Month {
+    /// `YYYY-MM`.
     pub month: String,
+    /// The stack's monthly budget (`MonthlyBudgetUsd`), in USD.
     pub budget_usd: f64,
+    /// The ledger's entries of the month: every run's reservation or cost.
     pub entries: Vec<Entry>,
 }
 
 /// Everything the plan is assembled from, as read from AWS.
 #[derive(Debug, Clone)]
 pub struct Facts {
+    /// The region the run would go to.
     pub region: String,
+    /// When the facts were read.
     pub now: DateTime<Utc>,
     /// DescribeInstanceTypes: each candidate type the region offers, with its vCPUs.
     pub vcpus: HashMap<String, u32>,
@@ -121,6 +128,7 @@ impl Verdict {
         }
     }
 
+    /// The verdict as `ephemera plan` prints it ("would start now", …).
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Start => "would start now",
@@ -133,6 +141,7 @@ impl Verdict {
 /// One quota the run draws on: CheckQuota's line, and the increase it would request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QuotaPlan {
+    /// CheckQuota's line for the quota: its value, usage, reservations, need and request.
     #[serde(flatten)]
     pub line: QuotaLine,
     /// The desired value CheckQuota would file a request for (none when it fits, when a request
@@ -143,8 +152,11 @@ pub struct QuotaPlan {
 /// A Spot price now and its range over the last days.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SpotRange {
+    /// The price in force now, in USD per hour.
     pub now_usd_per_hour: f64,
+    /// The lowest price over the last [`SPOT_HISTORY_DAYS`], in USD per hour.
     pub min_usd_per_hour: f64,
+    /// The highest price over the last [`SPOT_HISTORY_DAYS`], in USD per hour.
     pub max_usd_per_hour: f64,
 }
 
@@ -154,19 +166,29 @@ pub struct CandidatePlan {
     /// Its place in the order the first launch tries (1 first); None: the launch would not try
     /// it (its market has no room).
     pub order: Option<usize>,
+    /// Spot or On-Demand.
     pub market: Market,
+    /// The EC2 instance type (one of `worker.instance_types`).
     pub instance_type: String,
+    /// The subnet id (one of `worker.subnets`).
     pub subnet: String,
+    /// The subnet's zone; None when DescribeSubnets did not find the subnet.
     pub zone: Option<Zone>,
+    /// The type's vCPUs; None when the region does not offer it.
     pub vcpus: Option<u32>,
     /// Spot only: 1–10, None when unknown (`score_note` says why).
     pub score: Option<u8>,
+    /// Why the score is unknown (or that On-Demand has none).
     pub score_note: Option<String>,
+    /// Spot only: the price in the subnet's zone now and over the last days.
     pub spot: Option<SpotRange>,
+    /// The type's On-Demand price, in USD per hour; None when no source knows it.
     pub on_demand_usd_per_hour: Option<f64>,
     /// The vCPU quota it draws on and whether that has room.
     pub quota_code: Option<String>,
+    /// Whether that quota has room for the run; None when it was not read.
     pub quota_fits: Option<bool>,
+    /// Why it is where it is in the order, or why the first launch would not try it.
     pub why: String,
 }
 
@@ -181,16 +203,23 @@ pub struct CostPlan {
     pub worst_case_usd: Option<f64>,
     /// One attempt's worst case and its terms.
     pub attempt: Option<AttemptWorstCase>,
+    /// The run's cap, `limits.budget_usd`, in USD.
     pub budget_usd: f64,
+    /// The month against the stack's monthly budget; None when the ledger was not read.
     pub month: Option<MonthPlan>,
 }
 
+/// The month's spending (the ledger) against the stack's monthly budget, with this run's first
+/// attempts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MonthPlan {
+    /// `YYYY-MM`.
     pub month: String,
+    /// The stack's monthly budget (`MonthlyBudgetUsd`), in USD.
     pub budget_usd: f64,
     /// Spent or reserved by the month's runs (the ledger).
     pub spent_usd: f64,
+    /// What the month's budget has left, in USD.
     pub remainder_usd: f64,
     /// Whether the run's first attempts fit what is left (`ledger::judge`).
     pub fits: bool,
@@ -199,17 +228,24 @@ pub struct MonthPlan {
 /// The bounds Step Functions sets, against the run's most.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BoundsPlan {
+    /// The most execution history events the run can make (`admission::history_events`).
     pub history_events: u64,
+    /// The most allowed: Step Functions' 25,000 less a margin (`admission::MAX_HISTORY_EVENTS`).
     pub max_history_events: u64,
+    /// The run document at its fullest, in bytes (`payload::bound`).
     pub document_bytes: usize,
+    /// Step Functions' quota on a state's input or output, in bytes (256 KiB).
     pub document_limit_bytes: usize,
 }
 
 /// `ephemera plan`'s answer (its `--json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
+    /// The RunSpec's `run_id` (empty when it did not parse).
     pub run_id: String,
+    /// The region the plan was made for.
     pub region: String,
+    /// What the run would do.
     pub verdict: Verdict,
     /// CheckQuota's reason (`quota::decide`).
     pub quota_reason: String,
@@ -217,6 +253,7 @@ pub struct Plan {
     pub problems: Vec<String>,
     /// What the run would wait for (when it would wait).
     pub waiting_for: Option<String>,
+    /// Each vCPU quota the run draws on, as CheckQuota would judge it.
     pub quotas: Vec<QuotaPlan>,
     /// The markets the first launch would try, in order.
     pub markets: Vec<Market>,
@@ -224,8 +261,11 @@ pub struct Plan {
     pub order_rule: String,
     /// LaunchWorker's ranking of the candidates it tries (`placement::rank`), with its facts.
     pub ranking: Option<Ranking>,
+    /// Every candidate (market × type × subnet), tried or not.
     pub candidates: Vec<CandidatePlan>,
+    /// What the run would cost against its cap and the month's budget.
     pub cost: CostPlan,
+    /// The run's history and document sizes against Step Functions' limits.
     pub bounds: BoundsPlan,
 }
 

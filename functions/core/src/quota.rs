@@ -12,9 +12,13 @@ use crate::market::Market;
 /// One quota the run may draw on: the largest candidate that would land in it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QuotaNeed {
+    /// The Service Quotas code (`L-…`).
     pub code: String,
+    /// The market whose instances count in it.
     pub market: Market,
+    /// The vCPUs the run needs in it: its largest candidate's vCPUs times the workers.
     pub needed_vcpus: u32,
+    /// The candidate types that land in it.
     pub instance_types: Vec<String>,
 }
 
@@ -68,11 +72,17 @@ pub fn usage<'a>(
 /// quota with this, so the plan says what the check would do.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Room {
+    /// The need fits beside the usage outside the stack and the other runs' reservations.
     pub fits: bool,
+    /// The need does not fit beside the usage outside the stack alone: only then is an increase
+    /// worth requesting.
     pub short: bool,
+    /// The quota value a request would ask for, in vCPUs ([`desired_value`]).
     pub desired: f64,
 }
 
+/// The quota of `applied` vCPUs against `usage` outside the stack, `reserved` by the stack's other
+/// runs and the run's `needed`.
 pub fn room(applied: f64, usage: u32, reserved: u32, needed: u32) -> Room {
     Room {
         fits: fits(applied, usage + reserved, needed),
@@ -81,6 +91,7 @@ pub fn room(applied: f64, usage: u32, reserved: u32, needed: u32) -> Room {
     }
 }
 
+/// Whether `needed` more vCPUs fit beside `usage` in a quota of `applied`.
 pub fn fits(applied: f64, usage: u32, needed: u32) -> bool {
     (usage as f64 + needed as f64) <= applied + 1e-9
 }
@@ -114,13 +125,18 @@ pub fn next_wait(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RequestProgress {
+    /// PENDING or CASE_OPENED: not decided yet; the run waits on it.
     Pending,
+    /// APPROVED: the quota's applied value should now have room.
     Approved,
+    /// DENIED, NOT_APPROVED or INVALID_REQUEST: the increase will not come.
     Denied,
     /// CASE_CLOSED: closed without a clear word; the applied value tells.
     Closed,
 }
 
+/// What a Service Quotas request status (`PENDING`, `APPROVED`, …) means for the run; an unknown
+/// status is an error naming it.
 pub fn request_progress(status: &str) -> Result<RequestProgress, String> {
     Ok(match status {
         "PENDING" | "CASE_OPENED" => RequestProgress::Pending,
@@ -131,21 +147,30 @@ pub fn request_progress(status: &str) -> Result<RequestProgress, String> {
     })
 }
 
+/// An increase request for a vCPU quota, as Service Quotas lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QuotaRequest {
+    /// The request's id in Service Quotas.
     pub id: String,
+    /// The AWS Support case opened for it, if any.
     #[serde(default)]
     pub case_id: Option<String>,
+    /// The quota value asked for, in vCPUs.
     pub desired: f64,
+    /// Its status as Service Quotas says it (`PENDING`, `CASE_OPENED`, `APPROVED`, …).
     pub status: String,
+    /// When it was filed.
     pub requested_at: DateTime<Utc>,
 }
 
 /// One quota as last seen.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QuotaLine {
+    /// The Service Quotas code (`L-…`).
     pub code: String,
+    /// The market whose instances count in it.
     pub market: Market,
+    /// The quota's value in vCPUs (the applied value, else the AWS default).
     pub applied: f64,
     /// True when the account has no applied value and the AWS default was used.
     pub is_default: bool,
@@ -156,9 +181,11 @@ pub struct QuotaLine {
     /// give back when they end.
     #[serde(default)]
     pub reserved_vcpus: u32,
+    /// The vCPUs the run needs in it: its largest candidate's vCPUs times the workers.
     pub needed_vcpus: u32,
     /// The need fits beside the usage outside and the other runs' reservations.
     pub fits: bool,
+    /// The increase request filed for it or followed, if any.
     #[serde(default)]
     pub request: Option<QuotaRequest>,
     /// Why no request may be filed for it (a recent denial, the stack's cap:
@@ -167,26 +194,40 @@ pub struct QuotaLine {
     pub barred: Option<String>,
 }
 
+/// What quota-check decided (`$.quota.verdict`, read by the `QuotaVerdict` Choice state).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum QuotaVerdict {
+    /// Every quota the run needs has room (for its last-resort market, at least): launch.
     Enough,
+    /// A quota is short: wait for an increase request, or for the stack's other runs to give room
+    /// back.
     Waiting,
+    /// A quota is short and cannot become enough (a request denied, barred or not allowed): the run
+    /// is refused.
     Denied,
+    /// Still short when `quota.max_wait_seconds` passed: the run is refused.
     DeadlinePassed,
 }
 
 /// The quota part of the run document (`$.quota`), passed back in on every poll.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QuotaState {
+    /// What quota-check decided.
     pub verdict: QuotaVerdict,
+    /// Why, in words: each quota's usage and need against its value, or what it waits for.
     pub reason: String,
     /// Seconds to wait before the next check (read by the Wait state's `SecondsPath`).
     pub wait_seconds: u64,
+    /// How many checks were made before this one (0 on the first).
     pub polls: u32,
+    /// When the first check was made: the wait's start.
     pub started_at: DateTime<Utc>,
+    /// When this check was made.
     pub checked_at: DateTime<Utc>,
+    /// When the wait ends: `started_at` plus `quota.max_wait_seconds`.
     pub deadline: DateTime<Utc>,
+    /// Every quota the run needs, as this check saw it.
     pub quotas: Vec<QuotaLine>,
     /// The run's workers, `1..=worker.count`: the items the state machine's Map state fans out
     /// over (the quotas above have room for all of them).

@@ -24,7 +24,9 @@ pub const DEFAULT_MAX_REQUEST_VCPUS: u32 = 512;
 /// One request of the quota's history, with when it last changed (its denial's date).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PastRequest {
+    /// The request as Service Quotas lists it.
     pub request: QuotaRequest,
+    /// When its status last changed (`LastUpdated`, else its creation): a denial's date.
     pub updated_at: DateTime<Utc>,
 }
 

@@ -12,7 +12,11 @@ use serde_json::Value;
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     /// The stack's schedule (the template's `ScheduleRunSpec`), this occurrence's id.
-    Schedule { occurrence: String },
+    Schedule {
+        /// EventBridge Scheduler's execution id of this occurrence (`<aws.scheduler.execution-id>`
+        /// in the schedule's input).
+        occurrence: String,
+    },
     /// `ephemera run`, which names executions `<run_id>-<YYYYMMDDTHHMMSS>`.
     Cli,
     /// The console, `aws stepfunctions start-execution` or another caller.
@@ -61,7 +65,9 @@ impl Source {
 pub struct Refusal {
     /// The RunSpec's `run_id` as given (it may be the problem itself).
     pub run_id: String,
+    /// The refused execution's ARN.
     pub execution: String,
+    /// Who started it: the schedule, `ephemera run`, or the console or API.
     pub source: Source,
     /// `field: what is wrong`, one a problem.
     pub problems: Vec<String>,

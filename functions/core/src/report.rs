@@ -14,23 +14,37 @@ use crate::runspec::{parse_s3_url, RunSpec};
 use crate::snapshot::SnapshotState;
 use crate::verify::Verification;
 
+/// One instance the run launched, as the report prices it (from `cost_report::price`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttemptCost {
     /// The worker (`1..=worker.count`) the instance served.
     #[serde(default = "crate::rundoc::first")]
     pub worker: u32,
+    /// Which of its worker's launches it was (1 for the first, then each relaunch).
     pub attempt: u32,
+    /// The EC2 instance id (`i-…`).
     pub instance_id: String,
+    /// The EC2 instance type it ran as (`c7g.large`).
     pub instance_type: String,
+    /// Spot or On-Demand, as EC2 describes the instance.
     pub market: Market,
+    /// The zone it ran in; None when EC2 no longer said.
     #[serde(default)]
     pub availability_zone: Option<String>,
+    /// When it was launched (EC2's launch time).
     pub launched_at: DateTime<Utc>,
+    /// When it stopped costing: its terminating transition, or when this report terminated it.
     pub ended_at: DateTime<Utc>,
+    /// Seconds EC2 bills from `launched_at` to `ended_at` (whole seconds, 60 s minimum).
     pub billed_seconds: i64,
+    /// What its compute cost in USD: the Spot price history over the billed seconds, else
+    /// On-Demand.
     pub compute_usd: f64,
+    /// What its gp3 root volume cost in USD over the billed seconds.
     pub ebs_usd: f64,
+    /// What it would have cost On-Demand in USD, its volume included: the saving's reference.
     pub on_demand_equivalent_usd: f64,
+    /// Its compute cost per hour in USD over the billed seconds (what Spot averaged).
     pub average_usd_per_hour: f64,
     /// Where the price came from: spot-price-history, price-list-api, fallback table (dated).
     pub price_source: String,
@@ -51,12 +65,19 @@ impl AttemptCost {
     }
 }
 
+/// How long each part of the run took, in seconds (`cost_report::phases`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Phases {
+    /// From quota-check's first look to its verdict that the quotas have room; 0 without a wait.
     pub quota_wait_seconds: i64,
+    /// From the first healthy worker's launch to its being healthy (else from the first launch to
+    /// teardown).
     pub boot_seconds: i64,
+    /// From the first worker's being healthy to the start of teardown.
     pub work_seconds: i64,
+    /// How long terminate-with-cost-report took to terminate the instances.
     pub teardown_seconds: i64,
+    /// From the execution's start to the report.
     pub total_seconds: i64,
 }
 
@@ -64,7 +85,9 @@ pub struct Phases {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Outcome {
+    /// The run ended without an error.
     Succeeded,
+    /// The run failed for any other reason (`failure` says which).
     Failed,
     /// A worker was stopped at the money deadline the run's cap granted it
     /// (`Worker.BudgetExhausted`): the run spent its cap, and stopped there. The execution
@@ -76,6 +99,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The outcome's name as the report's JSON and the email's subject spell it (`SUCCEEDED`, …).
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Succeeded => "SUCCEEDED",
@@ -105,29 +129,47 @@ impl std::fmt::Display for Outcome {
 /// `$.report`: what the run cost and how it went; also the JSON sent by SNS.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CostReport {
+    /// The RunSpec's `run_id`.
     pub run_id: String,
+    /// The Step Functions execution's ARN.
     pub execution: String,
+    /// How the run ended.
     pub outcome: Outcome,
+    /// The error the run ended with, as caught (`$.error`); absent on success.
     #[serde(default)]
     pub error: Option<CaughtError>,
     /// What the execution fails with (see `failure_for`); absent on success.
     #[serde(default)]
     pub failure: Option<CaughtError>,
+    /// The worst cases the cap granted each of the run's launches, summed, in USD.
     pub estimate_usd: f64,
+    /// The run's cap, `limits.budget_usd`, in USD.
     pub budget_usd: f64,
+    /// What the run cost in USD: compute, EBS and the orchestration.
     pub actual_usd: f64,
+    /// The instances' compute, in USD.
     pub compute_usd: f64,
+    /// The instances' gp3 volumes, in USD.
     pub ebs_usd: f64,
+    /// What the same instances, volumes and orchestration would have cost On-Demand, in USD.
     pub on_demand_equivalent_usd: f64,
+    /// What Spot saved against On-Demand on the instances and volumes, in USD.
     pub savings_usd: f64,
+    /// What the state machine and its Lambdas cost, from the execution's history.
     pub orchestration: Orchestration,
+    /// Every instance the run launched, priced, by worker and attempt.
     pub attempts: Vec<AttemptCost>,
     /// Each of the run's workers: how it ended.
     #[serde(default)]
     pub workers: Vec<WorkerLine>,
+    /// How long each part of the run took.
     pub phases: Phases,
+    /// The instance ids terminated at teardown and by the lost workers' releases, sorted.
     pub terminated: Vec<String>,
+    /// When the report was made.
     pub generated_at: DateTime<Utc>,
+    /// What the reader should know of the figures: estimated prices, what could not be read, the
+    /// prices' dates.
     pub notes: Vec<String>,
     /// verify-completion's checks (`$.verification`); absent when the run ended before them.
     #[serde(default)]
@@ -146,6 +188,7 @@ pub struct CostReport {
 /// One worker in the report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerLine {
+    /// Which of the run's workers (`1..=worker.count`).
     pub slot: u32,
     /// Instances it launched (one plus its relaunches).
     pub attempts: u32,
@@ -224,20 +267,24 @@ impl WorkerLine {
 /// The report's copies in S3: `report.html` and `report.json` in one folder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredReport {
+    /// The bucket that holds both copies.
     pub bucket: String,
     /// The folder, ending in `/` (or empty for the bucket's root).
     pub prefix: String,
 }
 
 impl StoredReport {
+    /// The HTML report's key (`<prefix>report.html`).
     pub fn html_key(&self) -> String {
         format!("{}report.html", self.prefix)
     }
 
+    /// The JSON report's key (`<prefix>report.json`).
     pub fn json_key(&self) -> String {
         format!("{}report.json", self.prefix)
     }
 
+    /// The HTML report's `s3://` URI.
     pub fn html_uri(&self) -> String {
         format!("s3://{}/{}", self.bucket, self.html_key())
     }
@@ -253,7 +300,9 @@ impl StoredReport {
 pub struct MonthPage {
     /// `YYYY-MM`.
     pub month: String,
+    /// The artifact bucket that holds it.
     pub bucket: String,
+    /// Its key: `months/<YYYY-MM>/index.html`.
     pub key: String,
 }
 
@@ -267,6 +316,7 @@ impl MonthPage {
         }
     }
 
+    /// The page's `s3://` URI.
     pub fn uri(&self) -> String {
         format!("s3://{}/{}", self.bucket, self.key)
     }

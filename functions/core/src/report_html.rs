@@ -13,6 +13,7 @@ use crate::report::{AttemptCost, CostReport};
 pub const CHART_WIDTH: f64 = 960.0;
 /// Where the time axis starts (the lane labels sit left of it) and how wide it is.
 pub const PLOT_X: f64 = 250.0;
+/// The time axis's width, in SVG user units.
 pub const PLOT_WIDTH: f64 = 680.0;
 /// A phase that took no measurable time still gets a visible mark at its place.
 pub const MIN_BAR_WIDTH: f64 = 2.0;
@@ -43,8 +44,12 @@ pub struct Lane {
     pub phase: &'static str,
     /// The attempt's place in the report's `attempts` (each worker numbers its own attempts).
     pub attempt: Option<usize>,
+    /// The lane's name left of its bar: the phase, or the attempt's worker (when there are
+    /// several), number, type and market (`w1 #2 c7g.large spot`).
     pub label: String,
+    /// Where its bar starts.
     pub start: DateTime<Utc>,
+    /// Where its bar ends.
     pub end: DateTime<Utc>,
     /// A Spot attempt whose instance was gone before teardown: Spot took it back.
     pub reclaimed: bool,
@@ -52,10 +57,15 @@ pub struct Lane {
     pub relaunched: bool,
 }
 
+/// The run drawn as lanes over time, from the report alone ([`timeline`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Timeline {
+    /// The earliest lane's start: the axis's left end.
     pub start: DateTime<Utc>,
+    /// The latest lane's end (at least a second after `start`): the axis's right end.
     pub end: DateTime<Utc>,
+    /// The run's phases and attempts, in the order they are drawn: quota wait, boot, each attempt,
+    /// teardown.
     pub lanes: Vec<Lane>,
 }
 
@@ -127,15 +137,22 @@ pub fn timeline(r: &CostReport) -> Timeline {
 /// A time axis mapped onto `width` units from `x`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Axis {
+    /// The instant at the axis's left end.
     pub start: DateTime<Utc>,
+    /// The instant at the axis's right end.
     pub end: DateTime<Utc>,
+    /// Where the axis starts, in SVG user units.
     pub x: f64,
+    /// How wide it is, in SVG user units.
     pub width: f64,
 }
 
+/// A bar on an [`Axis`]: where it starts and how wide it is, in SVG user units.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Bar {
+    /// Its left edge.
     pub x: f64,
+    /// Its width, at least [`MIN_BAR_WIDTH`].
     pub width: f64,
 }
 

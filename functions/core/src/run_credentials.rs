@@ -40,13 +40,19 @@ pub enum Holder {
 /// The stack's two buckets and the run role's ARN, from the deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stack<'a> {
+    /// The stack's `ArtifactBucket`: the worker binary (`worker.artifact`), and the reports of runs
+    /// that export nothing.
     pub artifact_bucket: &'a str,
+    /// The stack's `ExportBucket`: where workers export and verify-completion reads.
     pub export_bucket: &'a str,
+    /// The ARN of the stack's `RunRole`, whose session the run gets.
     pub run_role_arn: &'a str,
 }
 
+/// Why no session policy could be written for the run.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ScopeError {
+    /// The policy would be this many characters, more than [`MAX_SESSION_POLICY_CHARS`].
     #[error("the run's session policy would be {0} characters; AssumeRole takes at most {MAX_SESSION_POLICY_CHARS} (name fewer inputs or secrets, or one prefix for several)")]
     TooLong(usize),
 }

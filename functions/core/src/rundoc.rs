@@ -21,16 +21,26 @@ pub fn token_reader(worker_role_id: &str, instance_id: &str) -> String {
 /// One launched instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {
+    /// Its number among its worker's launches: 1, then one more per relaunch.
     pub attempt: u32,
+    /// The EC2 instance id (`i-…`).
     pub instance_id: String,
+    /// The EC2 instance type it was launched as.
     pub instance_type: String,
+    /// The subnet it was launched in.
     pub subnet: String,
+    /// The subnet's availability zone, as EC2 described the instance.
     #[serde(default)]
     pub availability_zone: Option<String>,
+    /// Spot or On-Demand, as EC2 described the instance.
     pub market: Market,
+    /// EC2's launch time (else when launch-worker made it).
     pub launched_at: DateTime<Utc>,
+    /// The RunInstances ClientToken it was launched with (`crate::capacity::client_token`).
     pub client_token: String,
+    /// The worst case the run's cap granted this attempt, in USD (`crate::budget`).
     pub estimate_usd: f64,
+    /// Its root volume's size in GiB (the RunSpec's `worker.volume_gib`).
     pub volume_gib: u32,
     /// The last [`TRIED_KEPT`] candidates that answered with a capacity or limit error before
     /// this one (every one is in launch-worker's log).
@@ -73,20 +83,28 @@ pub struct WorkerState {
     pub slot: u32,
     /// Every attempt so far, the current one last ([`WorkerState::current`]). Never empty.
     pub attempts: Vec<Attempt>,
+    /// Relaunches this worker has left, from `limits.max_relaunches` down; the `CanRelaunch` Choice
+    /// state reads it.
     pub relaunches_left: u32,
     /// Read by the AwaitCompletion state (`HeartbeatSecondsPath`, `TimeoutSecondsPath`). With a
     /// money deadline, the timeout is its runtime and the stop allowance: the backstop of a
     /// worker that does not stop itself.
     pub heartbeat_seconds: u64,
+    /// AwaitCompletion's `TimeoutSecondsPath`: `limits.max_runtime_seconds`, or with a money
+    /// deadline `budget_seconds` and the stop allowance.
     pub timeout_seconds: u64,
     /// The current attempt's money deadline: the runtime the run's cap granted it when less
     /// than `limits.max_runtime_seconds` (`crate::budget::grant`), handed to the worker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget_seconds: Option<u64>,
+    /// How long the `WaitBoot` state waits after a launch before the first health check, in
+    /// seconds (`waits.boot_poll_seconds`).
     pub boot_poll_seconds: u64,
     /// The current attempt's token parameter ([`RunParameters::task_token`]) and the value of
     /// its [`crate::tags::READER`] tag ([`token_reader`]): AwaitCompletion creates it with both.
     pub token_parameter: String,
+    /// The `aws:userid` allowed to read the token parameter: this instance's role session
+    /// ([`token_reader`]).
     pub token_reader: String,
 }
 
@@ -106,9 +124,12 @@ impl WorkerState {
 /// or the error that lost it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerEnd {
+    /// Which of the run's workers (`1..=worker.count`).
     pub slot: u32,
+    /// Its last `$.worker`: every attempt it launched; None when its first launch failed.
     #[serde(default)]
     pub worker: Option<WorkerState>,
+    /// Its last health check (`$.health`); None when it never got one.
     #[serde(default)]
     pub health: Option<HealthState>,
     /// The worker's SendTaskSuccess output: the run's summary.
@@ -125,7 +146,9 @@ pub struct WorkerEnd {
 /// What a lost worker's release (terminate-with-cost-report with `release`) terminated.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Released {
+    /// Which of the run's workers was released (`1..=worker.count`).
     pub slot: u32,
+    /// The instance ids the release terminated.
     pub terminated: Vec<String>,
     /// The error that lost the worker, its cause cut to [`crate::caps::CAUSE_KEPT`]: the
     /// iteration ends with this, not with the caught error (a worker's SendTaskFailure cause
@@ -149,11 +172,18 @@ pub enum HealthVerdict {
 /// `$.health`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HealthState {
+    /// What the `Booted` Choice state does next.
     pub verdict: HealthVerdict,
+    /// The instance that was checked.
     pub instance_id: String,
+    /// What was found, in a line: what the boot is still waiting for, or why the worker is silent.
     pub detail: String,
+    /// Seconds the `WaitHealth` state waits before the next check: `waits.boot_poll_seconds`, at
+    /// most what is left of `limits.boot_timeout_seconds`; 0 unless booting.
     pub wait_seconds: u64,
+    /// When health-check looked.
     pub checked_at: DateTime<Utc>,
+    /// When the worker was first seen healthy; None until then.
     #[serde(default)]
     pub healthy_at: Option<DateTime<Utc>>,
 }
@@ -161,8 +191,10 @@ pub struct HealthState {
 /// A Step Functions error as caught (`Catch` with `ResultPath: $.error`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CaughtError {
+    /// The error's name (`Error`), e.g. `Worker.Failed` or `States.Timeout`.
     #[serde(rename = "Error")]
     pub error: String,
+    /// The error's cause (`Cause`): a message, or a Lambda's JSON error; None when none was given.
     #[serde(rename = "Cause", default)]
     pub cause: Option<String>,
 }

@@ -16,23 +16,31 @@ pub struct RunSpec {
     /// The JSON Schema an editor checks the file against (`runspec.schema.json`); not read.
     #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<String>,
+    /// The run's name: 1–64 of `A-Za-z0-9-_.`; it names the run's tags, SSM paths and S3 folders.
     pub run_id: String,
+    /// What to launch and run: the candidates, the image, the worker binary and its arguments.
     pub worker: WorkerSpec,
+    /// What to do when the vCPU quotas have no room for the run.
     #[serde(default)]
     pub quota: QuotaSpec,
     /// How a launch orders its candidates (`crate::placement`).
     #[serde(default)]
     pub capacity: CapacitySpec,
+    /// The run's hard limits: runtime, money, boot and heartbeat timeouts, relaunches.
     pub limits: Limits,
+    /// What verify-completion demands of the workers' reports and manifests.
     #[serde(default)]
     pub expect: Expectations,
+    /// Where the report is sent.
     #[serde(default)]
     pub notify: Notify,
     /// The user's cost-allocation tags, added to every instance and volume.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// Poll intervals.
     #[serde(default)]
     pub waits: Waits,
+    /// What happens to the workers' database before they write to it.
     #[serde(default)]
     pub database: Database,
     /// A job's container image (`crate::image`): the command in `worker.args` runs in it.
@@ -123,30 +131,39 @@ fn default_snapshot_timeout() -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotSource {
+    /// A DB instance identifier: its snapshot is a DB snapshot.
     #[serde(default)]
     pub instance: Option<String>,
+    /// An Aurora DB cluster identifier: its snapshot is a DB cluster snapshot.
     #[serde(default)]
     pub cluster: Option<String>,
 }
 
+/// `worker`: the instances a run launches and what runs on them. Every type × subnet is a
+/// candidate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSpec {
     /// In order of preference.
     pub instance_types: Vec<String>,
+    /// The subnet ids (`subnet-…`) to launch in; at least one.
     pub subnets: Vec<String>,
+    /// The security group ids (`sg-…`) the instances get; empty: the subnet's VPC default.
     #[serde(default)]
     pub security_groups: Vec<String>,
     /// `ami-…`, `resolve:ssm:/path` (resolved by EC2 at launch), or `auto`: the ECS-optimized
     /// Amazon Linux 2023 AMI for the candidates' architecture, its GPU variant on GPU types
     /// (`image::ami`).
     pub image: String,
+    /// The root gp3 volume's size in GiB (encrypted; at least the image's root snapshot).
     #[serde(default = "default_volume_gib")]
     pub volume_gib: u32,
     /// `s3://bucket/key` of the worker binary.
     pub artifact: String,
+    /// The worker binary's arguments (`exec … -- <command>` for a job); no passwords.
     #[serde(default)]
     pub args: Vec<String>,
+    /// Which market to launch in: `spot`, `on-demand` or `spot-then-on-demand`.
     #[serde(default)]
     pub market: MarketPolicy,
     /// Instance profile name or ARN; the template's worker profile when absent.
@@ -255,11 +272,14 @@ impl CapacityOrder {
     }
 }
 
+/// `quota`: what happens when the vCPU quotas have no room for the run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaSpec {
+    /// Ask Service Quotas for the missing vCPUs when a quota is short.
     #[serde(default = "yes")]
     pub request_increase: bool,
+    /// How long to wait for quota room before giving up, in seconds (1–2592000, 30 days).
     #[serde(default = "default_quota_wait")]
     pub max_wait_seconds: u64,
 }
@@ -280,15 +300,24 @@ impl Default for QuotaSpec {
     }
 }
 
+/// `limits`: how long and how much a run may take.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
+    /// Seconds an instance has to become healthy (running, status checks ok, the worker started)
+    /// after its launch (5–7200).
     #[serde(default = "default_boot_timeout")]
     pub boot_timeout_seconds: u64,
+    /// Seconds without a heartbeat from the worker after which it is taken for gone
+    /// (AwaitCompletion's `HeartbeatSeconds`); at least 30, less than `max_runtime_seconds`.
     #[serde(default = "default_heartbeat")]
     pub heartbeat_seconds: u64,
+    /// The longest an attempt's work may run, in seconds (60–604800, 7 days).
     pub max_runtime_seconds: u64,
+    /// The most the run may cost, in USD: nothing is launched unless what is left of it covers the
+    /// attempt's worst case.
     pub budget_usd: f64,
+    /// How many times a worker is launched again after Spot takes its instance (0–10).
     #[serde(default = "default_relaunches")]
     pub max_relaunches: u32,
 }
@@ -303,12 +332,14 @@ fn default_relaunches() -> u32 {
     2
 }
 
+/// `expect`: what verify-completion demands before the run counts as succeeded.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Expectations {
     /// Partitions the worker must report done.
     #[serde(default)]
     pub partitions: Option<u64>,
+    /// Rows the workers must report written at least, in all (the feature worker only).
     #[serde(default)]
     pub min_rows: Option<u64>,
     /// `s3://bucket/prefix/`: where the export and its manifest must be.
@@ -340,9 +371,11 @@ pub enum Counts {
     PerWorker,
 }
 
+/// `notify`: where the report is sent.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Notify {
+    /// The SNS topic the report is published to; the template's topic when absent.
     #[serde(default)]
     pub topic_arn: Option<String>,
 }
@@ -351,10 +384,14 @@ pub struct Notify {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Waits {
+    /// The first wait between quota checks, in seconds; each wait doubles up to
+    /// `quota_poll_max_seconds`.
     #[serde(default = "default_quota_poll_min")]
     pub quota_poll_min_seconds: u64,
+    /// The longest wait between quota checks, in seconds.
     #[serde(default = "default_quota_poll_max")]
     pub quota_poll_max_seconds: u64,
+    /// Seconds between health checks while an instance boots, and between snapshot checks.
     #[serde(default = "default_boot_poll")]
     pub boot_poll_seconds: u64,
 }
@@ -382,13 +419,16 @@ impl Default for Waits {
 /// One problem with one field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldError {
+    /// The field's path in the RunSpec (`limits.max_runtime_seconds`, `worker.subnets[0]`).
     pub field: String,
+    /// What is wrong with it, and what would be accepted.
     pub message: String,
 }
 
 /// Every problem found in a RunSpec, so the user fixes them in one go.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub struct InvalidRunSpec {
+    /// Every field error found, in the order found.
     pub errors: Vec<FieldError>,
 }
 
@@ -405,8 +445,12 @@ impl fmt::Display for InvalidRunSpec {
     }
 }
 
+/// The shortest `limits.heartbeat_seconds`: a worker busy with one partition must still be able to
+/// beat.
 pub const MIN_HEARTBEAT_SECONDS: u64 = 30;
+/// The longest `limits.max_runtime_seconds`: 7 days, in seconds.
 pub const MAX_RUNTIME_SECONDS: u64 = 7 * 86_400;
+/// The most `worker.instance_types` one RunSpec may list.
 pub const MAX_CANDIDATES: usize = 20;
 /// Workers of one run: the state machine fans them out with an inline Map state, which runs
 /// at most 40 iterations at once
@@ -1102,12 +1146,16 @@ impl RunSpec {
 /// The most polls of each waiting loop a run can make ([`RunSpec::poll_bounds`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PollBounds {
+    /// Quota polls: capped exponential backoff until `quota.max_wait_seconds`.
     pub quota: u64,
+    /// Snapshot polls (`database.snapshot_before`); 0 without a snapshot.
     pub snapshot: u64,
+    /// Boot polls: every attempt of every worker, its boot timeout over the poll period.
     pub boot: u64,
 }
 
 impl PollBounds {
+    /// Every poll the run can make, in all: what lands in the execution's history.
     pub fn total(&self) -> u64 {
         self.quota + self.snapshot + self.boot
     }

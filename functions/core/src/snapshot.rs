@@ -11,7 +11,9 @@ use crate::runspec::{RunSpec, SnapshotSource};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SnapshotKind {
+    /// A DB instance's snapshot (CreateDBSnapshot).
     Instance,
+    /// An Aurora DB cluster's snapshot (CreateDBClusterSnapshot).
     Cluster,
 }
 
@@ -25,6 +27,7 @@ impl SnapshotKind {
         }
     }
 
+    /// The source's name in words (`DB instance`, `DB cluster`), for messages.
     pub fn noun(self) -> &'static str {
         match self {
             SnapshotKind::Instance => "DB instance",
@@ -46,7 +49,9 @@ pub enum SnapshotVerdict {
 /// `$.snapshot`, passed back in on every poll and named in the report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotState {
+    /// What the `SnapshotReady` Choice state does next.
     pub verdict: SnapshotVerdict,
+    /// Whether the source is a DB instance or an Aurora cluster.
     pub kind: SnapshotKind,
     /// The DB instance or cluster identifier.
     pub source: String,
@@ -54,9 +59,14 @@ pub struct SnapshotState {
     pub identifier: String,
     /// RDS's status as last read.
     pub status: String,
+    /// When the snapshot was first asked for: the start of its timeout.
     pub requested_at: DateTime<Utc>,
+    /// When its status was last read.
     pub checked_at: DateTime<Utc>,
+    /// When waiting ends: `requested_at` plus `database.snapshot_timeout_seconds`.
     pub deadline: DateTime<Utc>,
+    /// Seconds to wait before the next poll (`waits.boot_poll_seconds`, never past the deadline);
+    /// read by the Wait state's `SecondsPath`.
     pub wait_seconds: u64,
     /// After the run's outputs verified: ephemera's older snapshots of the source deleted
     /// (`database.keep_snapshots`).
@@ -72,7 +82,9 @@ pub struct SnapshotState {
 pub struct Pruned {
     /// `database.keep_snapshots`.
     pub keep: u32,
+    /// The deleted snapshots' identifiers, the first [`PRUNED_NAMED`] of them.
     pub deleted: Vec<String>,
+    /// How many were deleted in all.
     pub deleted_count: u32,
 }
 
@@ -80,6 +92,7 @@ pub struct Pruned {
 pub const PRUNED_NAMED: usize = 20;
 
 impl Pruned {
+    /// What pruning `deleted` with `keep` kept, its names cut at [`PRUNED_NAMED`].
     pub fn of(keep: u32, deleted: &[String]) -> Pruned {
         Pruned {
             keep,
@@ -133,7 +146,9 @@ pub fn is_source_busy(code: &str) -> bool {
 /// One of the source's manual snapshots, as listed for pruning.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listed {
+    /// The snapshot's identifier.
     pub identifier: String,
+    /// When RDS took it (SnapshotCreateTime); None when RDS did not say.
     pub created: Option<DateTime<Utc>>,
     /// Tagged `ephemera:managed=true`: only these are ever deleted.
     pub managed: bool,

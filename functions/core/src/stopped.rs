@@ -17,7 +17,9 @@ pub const DETAIL_TYPE: &str = "Step Functions Execution Status Change";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusChange {
+    /// The execution's ARN.
     pub execution_arn: String,
+    /// The execution's status; the stack's rule sends ABORTED and TIMED_OUT.
     pub status: String,
     /// Milliseconds since the epoch.
     pub start_date: i64,
@@ -25,11 +27,13 @@ pub struct StatusChange {
     /// reason); a stop from the console gives none.
     #[serde(default)]
     pub error: Option<String>,
+    /// The cause StopExecution was given, with `error` (the reason `ephemera cancel` gives).
     #[serde(default)]
     pub cause: Option<String>,
 }
 
 impl StatusChange {
+    /// When the execution started (`start_date`); None for a date out of range.
     pub fn started_at(&self) -> Option<DateTime<Utc>> {
         Utc.timestamp_millis_opt(self.start_date).single()
     }

@@ -68,7 +68,9 @@ pub fn launched_by_stack(instance_profile_arn: Option<&str>, stack: Option<&str>
 /// A parameter under [`RunParameters::ROOT`], as listed (names and dates, never values).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Param {
+    /// The parameter's full name (`/ephemera/runs/<run id>/…`).
     pub name: String,
+    /// When it was last written (LastModifiedDate); None when SSM did not say.
     pub modified: Option<DateTime<Utc>>,
 }
 

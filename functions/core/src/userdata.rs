@@ -12,16 +12,26 @@ pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// What the user data starts on one instance: where to fetch the worker, and its command line.
 pub struct WorkerLaunch<'a> {
+    /// The stack's region (`AWS_REGION` for the worker and the AWS CLI).
     pub region: &'a str,
+    /// `worker.artifact`: the `s3://` URL of the worker binary.
     pub artifact: &'a str,
+    /// `worker.args`: the worker's own arguments, then a job's command after `--`.
     pub args: &'a [String],
+    /// The RunSpec's `run_id` (`--run-id`).
     pub run_id: &'a str,
     /// Which of the run's workers (1..=workers) this instance is: a job takes its share by it.
     pub slot: u32,
+    /// How many workers the run has (`worker.count`), for a job's `--workers`.
     pub workers: u32,
+    /// Which of its worker's launches this instance is (`--attempt`).
     pub attempt: u32,
+    /// `limits.heartbeat_seconds` (`--heartbeat-seconds`).
     pub heartbeat_seconds: u64,
+    /// The run's SSM prefix, where the worker finds its task token and writes "started"
+    /// (`--ssm-prefix`).
     pub ssm_prefix: &'a str,
     /// The stack's worker log group; None leaves the worker's default.
     pub log_group: Option<&'a str>,
@@ -61,6 +71,9 @@ fn job_user_lines() -> String {
     s
 }
 
+/// The user data script: installs the worker, writes its command line and starts it as a systemd
+/// service that shuts the instance down when the worker ends; a job's user and its firewall rules
+/// first.
 pub fn render(w: &WorkerLaunch<'_>) -> String {
     let mut cmd = vec!["/opt/ephemera/ephemera-worker".to_string()];
     // `exec [options] -- <command>`: the link's options go before `--`, the job's after.

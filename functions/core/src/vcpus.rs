@@ -28,7 +28,9 @@ use crate::runspec::RunSpec;
 /// What the stack's runs hold in one vCPU quota: each run's vCPUs by execution ARN.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Held {
+    /// The vCPU quota's code (`L-…`).
     pub code: String,
+    /// Each run's reservation in vCPUs, by its execution ARN.
     pub runs: BTreeMap<String, u32>,
 }
 
@@ -108,8 +110,12 @@ pub fn holders(
 /// together once it is made (the applied value less the usage outside reservations).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claim {
+    /// The vCPU quota's code (`L-…`).
     pub code: String,
+    /// The vCPUs the run reserves: its need in the quota.
     pub vcpus: u32,
+    /// The most the stack's runs may hold there together, in vCPUs: the applied value (whole vCPUs)
+    /// less the usage outside reservations.
     pub limit: u32,
 }
 
@@ -192,10 +198,17 @@ pub const LAUNCH_QUOTA_WAITS: u32 = 6;
 /// since when this attempt waits, the next wait and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuotaRefused {
+    /// The attempt whose launch was refused.
     pub attempt: u32,
+    /// How many times the worker has waited for quota at launch, this wait included (at most
+    /// [`LAUNCH_QUOTA_WAITS`]).
     pub waits: u32,
+    /// When this attempt was first refused: `quota.max_wait_seconds` counts from then.
     pub since: DateTime<Utc>,
+    /// Seconds to wait before launching again (the run's quota backoff, never past the deadline);
+    /// read by the `WaitLaunchQuota` state's `SecondsPath`.
     pub wait_seconds: u64,
+    /// Why, in words: RunInstances' refusal.
     pub reason: String,
 }
 

@@ -15,8 +15,11 @@ use crate::runspec::{parse_s3_url, Counts, RunSpec};
 /// `$.verification`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Verification {
+    /// Every check passed (a failed check fails the run instead, with the failed checks).
     pub ok: bool,
+    /// Every check made, in order: the workers, the reports, the manifests, the checksums.
     pub checks: Vec<Check>,
+    /// When verify-completion checked.
     pub verified_at: DateTime<Utc>,
     /// What the manifest lists, when the worker reported one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -33,6 +36,7 @@ pub struct Outputs {
     pub manifest: String,
     /// Objects and bytes of every manifest together.
     pub objects: u64,
+    /// Bytes of every manifest's objects together.
     pub bytes: u64,
     /// How many manifests: one per worker for a job.
     #[serde(default = "one_manifest", skip_serializing_if = "is_one")]
@@ -58,10 +62,14 @@ impl Outputs {
     }
 }
 
+/// One check: what it is, whether it passed, and what was found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Check {
+    /// The check's name (`workers`, `min_rows`, `report_format`, …).
     pub name: String,
+    /// It passed.
     pub ok: bool,
+    /// What was found against what was expected, in words.
     pub detail: String,
 }
 
@@ -306,6 +314,8 @@ pub enum Sharing {
 }
 
 impl Sharing {
+    /// How `spec`'s workers share: a job (`exec`) by [`Sharing::Shares`], the feature worker by
+    /// its [`Sharing::Queue`].
     pub fn of(spec: &RunSpec) -> Sharing {
         match spec.worker.is_job() {
             true => Sharing::Shares,
@@ -401,8 +411,11 @@ type Measure = fn(&Listed) -> u64;
 /// One manifest as verify-completion read it: whose, where, what it lists.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
+    /// Which of the run's workers wrote it (`1..=worker.count`).
     pub slot: u32,
+    /// The manifest's `s3://` URL.
     pub url: String,
+    /// The manifest as read: what it lists.
     pub manifest: Manifest,
 }
 
@@ -539,7 +552,9 @@ pub fn outputs_of(listed: &[Listed]) -> Option<Outputs> {
 /// One worker's report to verify: its slot and its SendTaskSuccess output.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
+    /// Which of the run's workers it is (`1..=worker.count`).
     pub slot: u32,
+    /// Its SendTaskSuccess output: the worker's summary, as JSON.
     pub result: serde_json::Value,
 }
 
@@ -550,6 +565,7 @@ pub enum Gathered {
     /// the run's queue as that worker left it, a worker ending only when nothing is left to
     /// claim); for a job, every worker's, by slot (each did its own share).
     Reported {
+        /// The reports, by slot.
         reports: Vec<Report>,
         /// "workers" check: who reported and who was lost.
         check: Check,
