@@ -290,28 +290,26 @@ mod tests {
         assert!(s[trap..].starts_with("trap '") && s.contains("/sbin/shutdown -h now' ERR"));
     }
 
-    /// The script run by bash with `aws` failing: it must try five times, then shut down.
-    #[test]
-    fn the_script_really_shuts_down_when_the_download_keeps_failing() {
+    /// `script` run by bash with each of `stubs` (command, exit code) in place of the real
+    /// command: each stub logs its name and arguments, a line a call, and exits with its code;
+    /// `/sbin/shutdown` is the `shutdown` stub. Whether bash succeeded, and the calls.
+    fn run_stubbed(tag: &str, script: &str, stubs: &[(&str, i32)]) -> (bool, String) {
         use std::io::Write;
-        let dir = std::env::temp_dir().join(format!("ephemera-ud-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("ephemera-ud-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join("calls");
-        for (name, body) in [
-            (
-                "aws",
-                format!("#!/bin/sh\necho aws >> {}\nexit 1\n", log.display()),
-            ),
-            ("sleep", "#!/bin/sh\nexit 0\n".to_string()),
-            (
-                "shutdown",
-                format!("#!/bin/sh\necho shutdown >> {}\nexit 0\n", log.display()),
-            ),
-        ] {
+        for (name, code) in stubs {
             let p = dir.join(name);
             std::fs::File::create(&p)
                 .unwrap()
-                .write_all(body.as_bytes())
+                .write_all(
+                    format!(
+                        "#!/bin/sh\necho {name} \"$@\" >> {}\nexit {code}\n",
+                        log.display()
+                    )
+                    .as_bytes(),
+                )
                 .unwrap();
             std::process::Command::new("chmod")
                 .arg("+x")
@@ -319,24 +317,35 @@ mod tests {
                 .status()
                 .unwrap();
         }
-        let script = render(&launch(&[]))
-            .replace(
-                "/sbin/shutdown",
-                &dir.join("shutdown").display().to_string(),
-            )
-            .replace("install -d -m 0755 /opt/ephemera", "true")
-            .replace("install -d -m 0700 /var/lib/ephemera/work", "true");
+        let script = script.replace(
+            "/sbin/shutdown",
+            &dir.join("shutdown").display().to_string(),
+        );
         let out = std::process::Command::new("bash")
             .arg("-c")
             .arg(&script)
             .env("PATH", format!("{}:/usr/bin:/bin", dir.display()))
             .output()
             .unwrap();
-        assert!(!out.status.success());
-        let calls = std::fs::read_to_string(&log).unwrap();
-        assert_eq!(calls.matches("aws").count(), 5, "{calls}");
-        assert!(calls.trim_end().ends_with("shutdown"), "{calls}");
+        let calls = std::fs::read_to_string(&log).unwrap_or_default();
         let _ = std::fs::remove_dir_all(&dir);
+        (out.status.success(), calls)
+    }
+
+    /// The script run by bash with `aws` failing: it must try five times, then shut down.
+    #[test]
+    fn the_script_really_shuts_down_when_the_download_keeps_failing() {
+        let script = render(&launch(&[]))
+            .replace("install -d -m 0755 /opt/ephemera", "true")
+            .replace("install -d -m 0700 /var/lib/ephemera/work", "true");
+        let (ok, calls) = run_stubbed(
+            "download",
+            &script,
+            &[("aws", 1), ("sleep", 0), ("shutdown", 0)],
+        );
+        assert!(!ok);
+        assert_eq!(calls.matches("aws").count(), 5, "{calls}");
+        assert!(calls.trim_end().ends_with("shutdown -h now"), "{calls}");
     }
 
     #[test]
@@ -401,53 +410,21 @@ mod tests {
     /// worker never starts.
     #[test]
     fn a_firewall_rule_that_cannot_be_set_shuts_the_instance_down() {
-        use std::io::Write;
-        let dir = std::env::temp_dir().join(format!("ephemera-ud-fw-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let log = dir.join("calls");
-        let stub = |name: &str, code: i32| {
-            let p = dir.join(name);
-            std::fs::File::create(&p)
-                .unwrap()
-                .write_all(
-                    format!(
-                        "#!/bin/sh\necho {name} \"$@\" >> {}\nexit {code}\n",
-                        log.display()
-                    )
-                    .as_bytes(),
-                )
-                .unwrap();
-            std::process::Command::new("chmod")
-                .arg("+x")
-                .arg(&p)
-                .status()
-                .unwrap();
-        };
-        for (name, code) in [
-            ("id", 1),
-            ("useradd", 0),
-            ("iptables", 3),
-            ("shutdown", 0),
-            ("aws", 0),
-            ("systemctl", 0),
-            ("install", 0),
-        ] {
-            stub(name, code);
-        }
         let args: Vec<String> = ["exec", "--", "true"].map(String::from).to_vec();
-        let script = render(&launch(&args)).replace(
-            "/sbin/shutdown",
-            &dir.join("shutdown").display().to_string(),
+        let (ok, calls) = run_stubbed(
+            "firewall",
+            &render(&launch(&args)),
+            &[
+                ("id", 1),
+                ("useradd", 0),
+                ("iptables", 3),
+                ("shutdown", 0),
+                ("aws", 0),
+                ("systemctl", 0),
+                ("install", 0),
+            ],
         );
-        let out = std::process::Command::new("bash")
-            .arg("-c")
-            .arg(&script)
-            .env("PATH", format!("{}:/usr/bin:/bin", dir.display()))
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        let calls = std::fs::read_to_string(&log).unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
+        assert!(!ok);
         assert!(calls.contains("useradd --system"), "{calls}");
         assert!(
             calls.contains("iptables -I OUTPUT -d 169.254.169.254"),
