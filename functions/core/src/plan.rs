@@ -280,7 +280,104 @@ impl Plan {
 pub fn assemble(spec: &RunSpec, facts: &Facts) -> Plan {
     let mut problems: Vec<String> = vec![];
     let types = &spec.worker.instance_types;
-    // The check's first step: every type offered (quota_check::offered_types).
+    let needs = needs(spec, facts, &mut problems);
+    // CheckQuota's admission against the cap, before any increase.
+    let cap = budget::Cap::of(spec, &facts.region);
+    let admitted = first_admission(spec, facts, &cap, &mut problems);
+    let deadline = facts.now + Duration::seconds(spec.quota.max_wait_seconds as i64);
+    let quotas = quota_plans(spec, facts, needs, &mut problems);
+    let lines: Vec<QuotaLine> = quotas.iter().map(|q| q.line.clone()).collect();
+    let (quota_verdict, quota_reason) = if lines.is_empty() && !problems.is_empty() {
+        (
+            QuotaVerdict::Denied,
+            "the quotas were not judged".to_string(),
+        )
+    } else {
+        quota::decide(&lines, spec.quota.request_increase, facts.now, deadline)
+    };
+    let with_room = match quota_verdict {
+        QuotaVerdict::Enough => quota::markets_with_room(&lines),
+        _ => vec![],
+    };
+    if matches!(
+        quota_verdict,
+        QuotaVerdict::Denied | QuotaVerdict::DeadlinePassed
+    ) {
+        problems.push(format!("vCPU quota: {quota_reason}"));
+    }
+
+    // LaunchWorker's order: the markets with room, then types × subnets ranked as
+    // capacity.order says, by the same function from the same facts.
+    let markets = capacity::markets_to_try(spec.worker.market, false, &with_room);
+    let written = capacity::candidates(types, &spec.worker.subnets, &markets);
+    let observed = facts.observed();
+    let ranking = placement::rank(
+        spec.capacity.order,
+        &written,
+        &placement::Facts {
+            observed: Ok(&observed),
+            vcpus: &facts.vcpus,
+            on_demand: &facts.on_demand,
+            history: &facts.history,
+        },
+    );
+    let all = capacity::candidates(
+        types,
+        &spec.worker.subnets,
+        &spec.worker.market.markets(false),
+    );
+    let candidates: Vec<CandidatePlan> = all
+        .iter()
+        .map(|c| candidate(spec, facts, &lines, &ranking, &markets, c))
+        .collect();
+
+    let expected_usd = expected_usd(spec, facts, &candidates, &cap);
+    let first_usd = admitted.first_usd;
+    let month = month_plan(facts, first_usd, &mut problems);
+
+    let bound = payload::bound(spec);
+    let bounds = BoundsPlan {
+        history_events: admission::history_events(spec),
+        max_history_events: admission::MAX_HISTORY_EVENTS,
+        document_bytes: bound.document,
+        document_limit_bytes: payload::STATE_QUOTA_BYTES,
+    };
+
+    let verdict = if !problems.is_empty() {
+        Verdict::Refuse
+    } else if quota_verdict == QuotaVerdict::Waiting {
+        Verdict::Wait
+    } else {
+        Verdict::Start
+    };
+    let waiting_for = (verdict == Verdict::Wait).then(|| waiting(&quotas, &quota_reason));
+    Plan {
+        run_id: spec.run_id.clone(),
+        region: facts.region.clone(),
+        verdict,
+        quota_reason,
+        problems,
+        waiting_for,
+        quotas,
+        markets,
+        order_rule: order_rule(&ranking),
+        ranking: Some(ranking),
+        candidates,
+        cost: CostPlan {
+            expected_usd,
+            worst_case_usd: admitted.worst_case_usd,
+            attempt: admitted.worst,
+            budget_usd: cap.budget_usd,
+            month,
+        },
+        bounds,
+    }
+}
+
+/// The check's first step (quota_check::offered_types): every type offered and every subnet
+/// there, each one that is not a problem named; then the vCPUs each quota must hold.
+fn needs(spec: &RunSpec, facts: &Facts, problems: &mut Vec<String>) -> Vec<quota::QuotaNeed> {
+    let types = &spec.worker.instance_types;
     let mut per_type = vec![];
     for (i, t) in types.iter().enumerate() {
         match facts.vcpus.get(t) {
@@ -299,7 +396,7 @@ pub fn assemble(spec: &RunSpec, facts: &Facts) -> Plan {
             ));
         }
     }
-    let needs = match quota::needs(
+    match quota::needs(
         &per_type,
         &spec.worker.market.markets(false),
         spec.worker.count,
@@ -309,10 +406,27 @@ pub fn assemble(spec: &RunSpec, facts: &Facts) -> Plan {
             problems.push(format!("worker.instance_types: {m}"));
             vec![]
         }
-    };
+    }
+}
 
-    // CheckQuota's admission against the cap, before any increase.
-    let cap = budget::Cap::of(spec, &facts.region);
+/// CheckQuota's admission against the cap, before any increase: every worker's first attempt
+/// at the dearest candidate's On-Demand price.
+struct Admitted {
+    /// The attempt's worst case at the dearest candidate (None when a type is unpriced).
+    worst: Option<AttemptWorstCase>,
+    /// Every worker's first attempt and the run's orchestration, admitted or not.
+    worst_case_usd: Option<f64>,
+    /// The same, when the cap admits it.
+    first_usd: Option<f64>,
+}
+
+fn first_admission(
+    spec: &RunSpec,
+    facts: &Facts,
+    cap: &budget::Cap,
+    problems: &mut Vec<String>,
+) -> Admitted {
+    let types = &spec.worker.instance_types;
     let price_of = |t: &str| {
         facts
             .on_demand
@@ -341,7 +455,7 @@ pub fn assemble(spec: &RunSpec, facts: &Facts) -> Plan {
     let mut worst_case_usd = None;
     let mut first_usd = None;
     if let Some(w) = &worst {
-        match budget::first_admission(spec, w, &cap) {
+        match budget::first_admission(spec, w, cap) {
             Ok(first) => {
                 worst_case_usd = Some(first);
                 first_usd = Some(first);
@@ -356,8 +470,21 @@ pub fn assemble(spec: &RunSpec, facts: &Facts) -> Plan {
         }
     }
 
-    // The quotas, as the check judges them, with nothing requested.
-    let deadline = facts.now + Duration::seconds(spec.quota.max_wait_seconds as i64);
+    Admitted {
+        worst,
+        worst_case_usd,
+        first_usd,
+    }
+}
+
+/// The quotas, as the check judges them, with nothing requested: each one's room, and the
+/// increase a run now would follow or file (or why none may be filed).
+fn quota_plans(
+    spec: &RunSpec,
+    facts: &Facts,
+    needs: Vec<quota::QuotaNeed>,
+    problems: &mut Vec<String>,
+) -> Vec<QuotaPlan> {
     let mut quotas = vec![];
     for need in needs {
         let Some(q) = facts.quotas.get(&need.code) else {
@@ -409,54 +536,19 @@ pub fn assemble(spec: &RunSpec, facts: &Facts) -> Plan {
             would_request,
         });
     }
-    let lines: Vec<QuotaLine> = quotas.iter().map(|q| q.line.clone()).collect();
-    let (quota_verdict, quota_reason) = if lines.is_empty() && !problems.is_empty() {
-        (
-            QuotaVerdict::Denied,
-            "the quotas were not judged".to_string(),
-        )
-    } else {
-        quota::decide(&lines, spec.quota.request_increase, facts.now, deadline)
-    };
-    let with_room = match quota_verdict {
-        QuotaVerdict::Enough => quota::markets_with_room(&lines),
-        _ => vec![],
-    };
-    if matches!(
-        quota_verdict,
-        QuotaVerdict::Denied | QuotaVerdict::DeadlinePassed
-    ) {
-        problems.push(format!("vCPU quota: {quota_reason}"));
-    }
+    quotas
+}
 
-    // LaunchWorker's order: the markets with room, then types × subnets ranked as
-    // capacity.order says, by the same function from the same facts.
-    let markets = capacity::markets_to_try(spec.worker.market, false, &with_room);
-    let written = capacity::candidates(types, &spec.worker.subnets, &markets);
-    let observed = facts.observed();
-    let ranking = placement::rank(
-        spec.capacity.order,
-        &written,
-        &placement::Facts {
-            observed: Ok(&observed),
-            vcpus: &facts.vcpus,
-            on_demand: &facts.on_demand,
-            history: &facts.history,
-        },
-    );
-    let all = capacity::candidates(
-        types,
-        &spec.worker.subnets,
-        &spec.worker.market.markets(false),
-    );
-    let candidates: Vec<CandidatePlan> = all
-        .iter()
-        .map(|c| candidate(spec, facts, &lines, &ranking, &markets, c))
-        .collect();
-
-    // The expected cost: the first candidate's price for the attempt's whole limits.
+/// The expected cost: the first candidate's price for the attempt's whole limits, every worker,
+/// and the run's orchestration.
+fn expected_usd(
+    spec: &RunSpec,
+    facts: &Facts,
+    candidates: &[CandidatePlan],
+    cap: &budget::Cap,
+) -> Option<f64> {
     let first = candidates.iter().find(|c| c.order == Some(1));
-    let expected_usd = first.and_then(|c| {
+    first.and_then(|c| {
         let price = match c.market {
             Market::Spot => c
                 .spot
@@ -468,9 +560,15 @@ pub fn assemble(spec: &RunSpec, facts: &Facts) -> Plan {
         Some(crate::cost::usd(
             f64::from(spec.worker.count) * one.usd + cap.overhead_usd,
         ))
-    });
+    })
+}
 
-    // The month: LaunchWorker's guard over the ledger, with the run's first attempts.
+/// The month: LaunchWorker's guard over the ledger, with the run's first attempts (`first_usd`).
+fn month_plan(
+    facts: &Facts,
+    first_usd: Option<f64>,
+    problems: &mut Vec<String>,
+) -> Option<MonthPlan> {
     let month = facts.month.as_ref().map(|m| {
         let spent = ledger::month_to_date(&m.entries);
         let this_run = first_usd.unwrap_or(0.0);
@@ -497,43 +595,7 @@ pub fn assemble(spec: &RunSpec, facts: &Facts) -> Plan {
         ));
     }
 
-    let bound = payload::bound(spec);
-    let bounds = BoundsPlan {
-        history_events: admission::history_events(spec),
-        max_history_events: admission::MAX_HISTORY_EVENTS,
-        document_bytes: bound.document,
-        document_limit_bytes: payload::STATE_QUOTA_BYTES,
-    };
-
-    let verdict = if !problems.is_empty() {
-        Verdict::Refuse
-    } else if quota_verdict == QuotaVerdict::Waiting {
-        Verdict::Wait
-    } else {
-        Verdict::Start
-    };
-    let waiting_for = (verdict == Verdict::Wait).then(|| waiting(&quotas, &quota_reason));
-    Plan {
-        run_id: spec.run_id.clone(),
-        region: facts.region.clone(),
-        verdict,
-        quota_reason,
-        problems,
-        waiting_for,
-        quotas,
-        markets,
-        order_rule: order_rule(&ranking),
-        ranking: Some(ranking),
-        candidates,
-        cost: CostPlan {
-            expected_usd,
-            worst_case_usd,
-            attempt: worst,
-            budget_usd: cap.budget_usd,
-            month,
-        },
-        bounds,
-    }
+    month
 }
 
 /// The order as written (`capacity::candidates`).
