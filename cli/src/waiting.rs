@@ -359,19 +359,7 @@ fn quota_line(l: &QuotaLine, now: DateTime<Utc>) -> String {
 /// `capacity: 4 candidates refused before it (last: spot c7g.4xlarge in subnet-1:
 /// InsufficientInstanceCapacity)`.
 fn capacity(a: &ephemera_core::rundoc::Attempt) -> String {
-    let kept: Vec<String> = a
-        .tried
-        .iter()
-        .map(|t| {
-            format!(
-                "{} {} in {}: {}",
-                t.market.as_str(),
-                t.instance_type,
-                t.subnet,
-                t.code
-            )
-        })
-        .collect();
+    let kept: Vec<String> = a.tried.iter().map(|t| t.to_string()).collect();
     format!(
         "capacity: {} candidate{} refused before this one{}",
         a.tried_total,

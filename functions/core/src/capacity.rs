@@ -155,6 +155,20 @@ pub struct Tried {
     pub message: String,
 }
 
+impl std::fmt::Display for Tried {
+    /// `spot c7g.4xlarge in subnet-1: InsufficientInstanceCapacity`: the candidate and EC2's code.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} in {}: {}",
+            self.market.as_str(),
+            self.instance_type,
+            self.subnet,
+            self.code
+        )
+    }
+}
+
 /// Whether any candidate was refused by a vCPU quota: then the launch is a quota verdict (the
 /// worker waits for room), not a shortage of capacity (the worker is lost).
 pub fn refused_for_quota(tried: &[Tried]) -> bool {

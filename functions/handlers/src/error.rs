@@ -89,15 +89,7 @@ pub enum Error {
 fn describe_tried(tried: &[Tried]) -> String {
     tried
         .iter()
-        .map(|t| {
-            format!(
-                "{} {} in {}: {}",
-                t.market.as_str(),
-                t.instance_type,
-                t.subnet,
-                t.code
-            )
-        })
+        .map(Tried::to_string)
         .collect::<Vec<_>>()
         .join("; ")
 }
