@@ -78,7 +78,7 @@ async fn a_job_runs_as_its_own_user_on_its_runs_vended_session_and_cannot_reach_
     // (`--run-as`): it finds none of the worker's credentials, cannot read the agent's
     // environment; with the only credentials it has (its session, derived by the agent from
     // the run's with the job's policy) it writes in its run's scratch (`runs/<run>/job/`) and
-    // nowhere else (not its run's manifest), and is
+    // nowhere else (not its run's manifest, not the agent's log stream), and is
     // refused the task token, SendTaskSuccess, the secrets (given to it by value) and a renewal
     // of its own. After the first session has ended (40 s of 30 s sessions) its copy still
     // works: the agent derived and wrote the next one.
@@ -108,6 +108,8 @@ call ssm AmazonSSM.GetParameter 1.1 '{{"Name":"{token}","WithDecryption":true}}'
 grep -q AccessDenied token.out || {{ cat token.out >&2; exit 24; }}
 call ssm AmazonSSM.GetParametersByPath 1.1 '{{"Path":"/ephemera/runs/{run_id}","Recursive":true,"WithDecryption":true}}' > listed.out
 grep -q AccessDenied listed.out || {{ cat listed.out >&2; exit 27; }}
+call logs Logs_20140328.PutLogEvents 1.1 '{{"logGroupName":"{group}","logStreamName":"{run_id}/1/i-0123456789abcdef0","logEvents":[{{"timestamp":1,"message":"heartbeat sent"}}]}}' > forged.out
+grep -q AccessDenied forged.out || {{ cat forged.out >&2; exit 32; }}
 call states AWSStepFunctions.SendTaskSuccess 1.0 '{{"taskToken":"forged","output":"{{}}"}}' > sent.out
 grep -q AccessDenied sent.out || {{ cat sent.out >&2; exit 25; }}
 call secretsmanager secretsmanager.GetSecretValue 1.1 '{{"SecretId":"{secret}"}}' > secret.out
@@ -120,6 +122,7 @@ sleep 40
 test "$(put runs/{run_id}/job/later.txt)" = 200 || {{ echo "its renewed session refused" >&2; exit 26; }}
 echo done > out/done.txt"#,
         bucket = EXPORT_BUCKET,
+        group = worker_log_group(),
         run_role = ephemera_tests::iam::run_role_arn(),
         uid = job_user.0,
         secret = secret_arn,
@@ -215,6 +218,8 @@ echo done > out/done.txt"#,
         ("sts:AssumeRole", "ephemera-run-role"),
         ("s3:PutObject", "runs/other-run/planted.txt"),
         ("s3:PutObject", "runs/vended-session/worker-1/manifest.json"),
+        // A line in the agent's stream (a forged heartbeat): the job's go to its own streams.
+        ("logs:PutLogEvents", "log-stream:vended-session/1/"),
     ] {
         assert!(
             denials.iter().any(|d| d.principal == Principal::Run
