@@ -72,9 +72,19 @@ async fn happy_path() {
     let invocations = report["orchestration"]["lambda_invocations"]
         .as_u64()
         .unwrap();
-    // (Their GB-seconds stay 0 on moto, whose LambdaFunctionStarted does not point back at its
-    // LambdaFunctionScheduled event as AWS's does.)
     assert!(invocations >= 6, "{}", report["orchestration"]);
+    // Their GB-seconds at the template's memory: more than none, and the seconds they stand
+    // for (the functions ran one after another here) no more than the run's whole time, which
+    // a price at any larger memory would pass. The run's time is in whole seconds: +1.
+    let gb_seconds = report["orchestration"]["lambda_gb_seconds"]
+        .as_f64()
+        .unwrap();
+    let lambda_seconds = gb_seconds / (f64::from(ephemera_tests::iam::lambda_memory_mb()) / 1024.0);
+    let total = report["phases"]["total_seconds"].as_f64().unwrap();
+    assert!(
+        gb_seconds > 0.0 && lambda_seconds <= total + 1.0,
+        "{gb_seconds} GB-s, {lambda_seconds} s of Lambda in a run of {total} s"
+    );
     assert_eq!(report["attempts"].as_array().unwrap().len(), 1);
     assert_eq!(report["attempts"][0]["market"], "spot");
     assert!(
