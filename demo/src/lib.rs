@@ -944,10 +944,7 @@ async fn download_export(f: &Finished, out: &Path) -> Result<usize> {
     let Some(manifest) = manifest_of(f) else {
         return Ok(0);
     };
-    let Some((bucket, key)) = manifest
-        .strip_prefix("s3://")
-        .and_then(|r| r.split_once('/'))
-    else {
+    let Some((bucket, key)) = ephemera_core::runspec::parse_s3_url(manifest) else {
         return Ok(0);
     };
     let folder = key.trim_end_matches(ephemera_core::contract::manifest::MANIFEST_FILE);

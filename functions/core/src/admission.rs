@@ -12,6 +12,7 @@
 //!   instances were launched and billed (or, for the export, after the whole job ran).
 
 use crate::runspec::{parse_s3_url, FieldError, InvalidRunSpec, RunSpec};
+use crate::s3_url::S3Url;
 use crate::{image, job_secrets, payload, run_credentials, vcpus};
 
 /// The RunSpec in `value`, its fields, its job's image and its bounds checked: what
@@ -150,10 +151,8 @@ impl Deployment {
     pub fn check(&self, spec: &RunSpec) -> Result<(), InvalidRunSpec> {
         let mut errors = vec![];
         let mut add = |field: String, message: String| errors.push(FieldError { field, message });
-        if let (Some(allowed), Some((bucket, _))) =
-            (&self.artifact_bucket, parse_s3_url(&spec.worker.artifact))
-        {
-            if bucket != allowed {
+        if let Some(allowed) = &self.artifact_bucket {
+            if spec.worker.artifact.bucket() != allowed {
                 add(
                     "worker.artifact".into(),
                     format!(
@@ -174,9 +173,9 @@ impl Deployment {
                 );
             }
         }
-        let prefix = spec.expect.export_prefix.as_deref();
-        if let (Some(allowed), Some(p)) = (&self.export_bucket, prefix) {
-            if parse_s3_url(p).is_some_and(|(bucket, _)| bucket != allowed) {
+        let prefix = spec.expect.export_prefix.as_ref().map(S3Url::as_str);
+        if let (Some(allowed), Some(p)) = (&self.export_bucket, &spec.expect.export_prefix) {
+            if p.bucket() != allowed {
                 add(
                     "expect.export_prefix".into(),
                     format!(

@@ -374,7 +374,7 @@ mod tests {
             "run_id": "r",
             "worker": {"instance_types": ["c7g.4xlarge"], "subnets": ["subnet-1"],
                        "security_groups": ["sg-1"], "image": "ami-1", "volume_gib": 30,
-                       "artifact": "s3://b/w"},
+                       "artifact": "s3://bkt/w"},
             "limits": {"boot_timeout_seconds": 600, "max_runtime_seconds": 3600,
                        "budget_usd": 10.0, "max_relaunches": 2},
             "waits": {"boot_poll_seconds": 20, "quota_poll_min_seconds": 60,

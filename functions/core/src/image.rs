@@ -281,7 +281,7 @@ mod tests {
         let args = worker_args(&s);
         let script = render(&WorkerLaunch {
             region: "us-east-1",
-            artifact: &s.worker.artifact,
+            artifact: s.worker.artifact.as_str(),
             args: &args,
             run_id: &s.run_id,
             slot: 1,

@@ -32,6 +32,7 @@ pub mod report_html;
 pub mod run_credentials;
 pub mod rundoc;
 pub mod runspec;
+pub mod s3_url;
 pub mod snapshot;
 pub mod stopped;
 pub mod sweep;

@@ -150,9 +150,9 @@ impl Worst {
                 spec.worker
                     .args
                     .iter()
-                    .chain(spec.expect.export_prefix.iter())
+                    .map(String::as_str)
+                    .chain(spec.expect.export_prefix.iter().map(|u| u.as_str()))
                     .max_by_key(|s| s.len())
-                    .cloned()
                     .unwrap_or_default()
             ),
         }

@@ -369,8 +369,8 @@ pub fn report_location(spec: &RunSpec, artifact_bucket: Option<&str>) -> Option<
         .or_else(|| {
             spec.expect
                 .export_prefix
-                .as_deref()
-                .and_then(|p| folder(p, false))
+                .as_ref()
+                .and_then(|p| folder(p.as_str(), false))
         })
         .or_else(|| {
             artifact_bucket.map(|b| StoredReport {

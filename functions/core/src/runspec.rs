@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog;
 use crate::job_secrets;
 use crate::market::MarketPolicy;
+use crate::s3_url::S3Url;
 
 /// Execution input. Unknown fields are refused so a typo never silently falls back to a default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -159,7 +160,7 @@ pub struct WorkerSpec {
     #[serde(default = "default_volume_gib")]
     pub volume_gib: u32,
     /// `s3://bucket/key` of the worker binary.
-    pub artifact: String,
+    pub artifact: S3Url,
     /// The worker binary's arguments (`exec … -- <command>` for a job); no passwords.
     #[serde(default)]
     pub args: Vec<String>,
@@ -344,7 +345,7 @@ pub struct Expectations {
     pub min_rows: Option<u64>,
     /// `s3://bucket/prefix/`: where the export and its manifest must be.
     #[serde(default)]
-    pub export_prefix: Option<String>,
+    pub export_prefix: Option<S3Url>,
     /// Objects the manifest must list at least (a job's outputs: `exec --outputs`).
     #[serde(default)]
     pub min_objects: Option<u64>,
@@ -733,7 +734,7 @@ impl RunSpec {
                 format!("{} is outside 8..=16384 GiB", w.volume_gib),
             );
         }
-        if parse_s3_url(&w.artifact).is_none_or(|(_, key)| key.is_empty() || key.ends_with('/')) {
+        if !w.artifact.is_object() {
             errs.add(
                 "worker.artifact",
                 format!(
@@ -986,14 +987,6 @@ impl RunSpec {
 
     /// `expect`, `notify` and `tags`.
     fn validate_delivery(&self, errs: &mut Errors) {
-        if let Some(p) = &self.expect.export_prefix {
-            if parse_s3_url(p).is_none() {
-                errs.add(
-                    "expect.export_prefix",
-                    format!("'{p}' must be s3://bucket/prefix/"),
-                );
-            }
-        }
         if self.worker.is_job() {
             // A command has no partitions and writes no rows the worker counts: either
             // expectation could never be met, and the run would fail after paying for its job.
@@ -1248,6 +1241,7 @@ fn placeholder(expected: &str) -> Option<serde_json::Value> {
         _ if e.starts_with("u64") || e.starts_with("i64") || e.starts_with("i32") => json!(0),
         _ if e.starts_with("f64") || e.starts_with("f32") => json!(0.0),
         _ if e.starts_with("a string") => json!(""),
+        _ if e.starts_with("s3://") => json!("s3://placeholder/placeholder"),
         _ if e.starts_with("a boolean") => json!(false),
         _ if e.starts_with("a sequence") => json!([]),
         _ if e.starts_with("struct ") || e.starts_with("a map") => json!({}),
@@ -1372,15 +1366,15 @@ fn is_aws_id(s: &str, prefix: &str) -> bool {
         .is_some_and(|h| (8..=17).contains(&h.len()) && h.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
-/// `s3://bucket/key` → (bucket, key).
+/// `s3://bucket/key` → (bucket, key), by [`S3Url`]'s rules: for a URL in an argument, read
+/// where it is used (the RunSpec's own URL fields are typed).
 pub fn parse_s3_url(url: &str) -> Option<(&str, &str)> {
-    let rest = url.strip_prefix("s3://")?;
-    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
-    let ok = (3..=63).contains(&bucket.len())
-        && bucket
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
-    ok.then_some((bucket, key))
+    let parsed = S3Url::parse(url)?;
+    let bucket_end = "s3://".len() + parsed.bucket().len();
+    Some((
+        &url["s3://".len()..bucket_end],
+        url[bucket_end..].strip_prefix('/').unwrap_or_default(),
+    ))
 }
 
 /// What a refused argument is told: where its value belongs instead.
@@ -1933,6 +1927,36 @@ pub(crate) mod tests {
             "worker.instance_types",
             "one architecture"
         ));
+    }
+
+    #[test]
+    fn an_artifact_that_is_not_an_s3_url_is_named_once_beside_the_other_bad_fields() {
+        let mut v = sample();
+        v["worker"]["artifact"] = json!("https://example.com/w");
+        v["limits"]["budget_usd"] = json!(-1);
+        let errs = errors_of(v);
+        let artifact: Vec<_> = errs
+            .iter()
+            .filter(|e| e.field == "worker.artifact")
+            .collect();
+        assert_eq!(artifact.len(), 1, "{errs:?}");
+        assert!(
+            artifact[0].message.contains("expected s3://bucket/key"),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.field == "limits.budget_usd"),
+            "{errs:?}"
+        );
+        // A prefix is an S3 URL but not the worker binary.
+        let mut v = sample();
+        v["worker"]["artifact"] = json!("s3://bkt/worker/");
+        let errs = errors_of(v);
+        assert!(
+            errs.iter()
+                .any(|e| e.field == "worker.artifact" && e.message.contains("of the worker binary")),
+            "{errs:?}"
+        );
     }
 
     #[test]

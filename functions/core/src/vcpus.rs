@@ -363,7 +363,7 @@ mod tests {
         let mut spec: RunSpec = serde_json::from_value(serde_json::json!({
             "run_id": "r",
             "worker": {"instance_types": ["c7g.4xlarge", "g5.xlarge"], "subnets": ["s"],
-                       "image": "ami-1", "artifact": "s3://a/b"},
+                       "image": "ami-1", "artifact": "s3://art/b"},
             "limits": {"max_runtime_seconds": 60, "budget_usd": 10.0}
         }))
         .unwrap();
@@ -389,7 +389,7 @@ mod tests {
         let mut spec: RunSpec = serde_json::from_value(serde_json::json!({
             "run_id": "r",
             "worker": {"instance_types": ["c7g.4xlarge"], "subnets": ["s"],
-                       "image": "ami-1", "artifact": "s3://a/b"},
+                       "image": "ami-1", "artifact": "s3://art/b"},
             "limits": {"max_runtime_seconds": 60, "budget_usd": 10.0},
             "quota": {"max_wait_seconds": 3600},
             "waits": {"quota_poll_min_seconds": 60, "quota_poll_max_seconds": 600}

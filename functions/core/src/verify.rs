@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::contract::manifest::{worker_folder, MANIFEST_FILE};
 use crate::contract::{Manifest, ManifestObject, Summary};
 use crate::rundoc::{failure_for, CaughtError, WorkerEnd};
-use crate::runspec::{parse_s3_url, Counts, RunSpec};
+use crate::runspec::{Counts, RunSpec};
 
 /// `$.verification`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -191,9 +191,8 @@ fn object_checks(
     let prefix_key = spec
         .expect
         .export_prefix
-        .as_deref()
-        .and_then(parse_s3_url)
-        .map(|(_, k)| k.to_string());
+        .as_ref()
+        .map(|u| u.key().to_string());
     let mut missing = vec![];
     let mut wrong_size = vec![];
     let mut outside = vec![];
@@ -370,7 +369,7 @@ fn job_report_checks(spec: &RunSpec, reports: &[(u32, Summary)]) -> Vec<Check> {
             format!("{rows} rows written, at least {m} expected"),
         ));
     }
-    let prefix = spec.expect.export_prefix.as_deref();
+    let prefix = spec.expect.export_prefix.as_ref().map(|u| u.as_str());
     if prefix.is_none() && reports.iter().all(|(_, r)| r.manifest.is_none()) {
         // No outputs asked for (`exec` without `--outputs`): nothing to locate.
         return out;

@@ -725,7 +725,7 @@ async fn launch_request<E: Compute, S: Params>(
     let args = ephemera_core::image::worker_args(spec);
     let script = userdata::render(&userdata::WorkerLaunch {
         region: &config.region,
-        artifact: &spec.worker.artifact,
+        artifact: spec.worker.artifact.as_str(),
         args: &args,
         run_id: &spec.run_id,
         slot,
