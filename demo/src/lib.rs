@@ -991,6 +991,45 @@ async fn download_export(f: &Finished, out: &Path) -> Result<usize> {
 mod tests {
     use super::*;
 
+    /// Every scenario the front page lists is one the demo plays, every scenario is listed
+    /// there, and CI runs each: what a newcomer is told to try works.
+    #[test]
+    fn every_scenario_is_on_the_front_page_and_run_by_ci() {
+        use clap::ValueEnum as _;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
+        let named = |text: &str| -> Vec<String> {
+            text.split("SCENARIO=")
+                .skip(1)
+                .map(|rest| {
+                    rest.chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                        .collect::<String>()
+                })
+                .filter(|n| !n.is_empty())
+                .collect()
+        };
+        let known: Vec<&str> = Scenario::value_variants()
+            .iter()
+            .map(|s| s.name())
+            .collect();
+        for n in named(&readme) {
+            assert!(
+                known.contains(&n.as_str()),
+                "README names SCENARIO={n}: no such scenario"
+            );
+        }
+        let (listed, run) = (named(&readme), named(&ci));
+        for s in known {
+            let shown = s == "happy" || listed.iter().any(|n| n == s);
+            assert!(shown, "the README does not list SCENARIO={s}");
+            let ran = (s == "happy" && ci.lines().any(|l| l.trim() == "make demo"))
+                || run.iter().any(|n| n == s);
+            assert!(ran, ".ci/run does not run SCENARIO={s}");
+        }
+    }
+
     fn written(email: &str) -> std::result::Result<(), String> {
         let out = std::env::temp_dir().join(format!("ephemera-demo-page-{}", std::process::id()));
         std::fs::create_dir_all(&out).unwrap();
