@@ -82,6 +82,10 @@ fn the_names_a_module_uses_are_read_from_its_code_not_its_comments_or_tests() {
 //! Reads [`crate::payload`] in a comment only.
 use crate::market::Market;
 use crate::{caps, rundoc::CaughtError};
+use crate::{
+    // a group over several lines, as rustfmt writes a long one
+    payload::bound,
+};
 use super::runspec::RunSpec;
 fn f() -> usize { crate::verify::LIMIT }
 #[cfg(test)]
@@ -90,7 +94,10 @@ mod tests {
 }
 "#;
     let named: Vec<String> = uses_of("report", text, &known).into_keys().collect();
-    assert_eq!(named, ["caps", "market", "rundoc", "runspec", "verify"]);
+    assert_eq!(
+        named,
+        ["caps", "market", "payload", "rundoc", "runspec", "verify"]
+    );
 }
 
 fn graph_of(edges: &[(&str, &[&str])]) -> Graph {
@@ -151,11 +158,8 @@ fn read_tree(dir: &Path) -> String {
 fn uses_of(me: &str, text: &str, known: &BTreeSet<String>) -> BTreeMap<String, String> {
     let code = text.split("#[cfg(test)]").next().unwrap_or_default();
     let mut named = BTreeMap::new();
-    for line in code.lines() {
-        let line = line.trim();
-        if line.starts_with("//") {
-            continue;
-        }
+    for line in joined_groups(code) {
+        let line = line.as_str();
         for root in ["crate::", "super::"] {
             for (at, _) in line.match_indices(root) {
                 let rest = &line[at + root.len()..];
@@ -179,6 +183,30 @@ fn uses_of(me: &str, text: &str, known: &BTreeSet<String>) -> BTreeMap<String, S
         }
     }
     named
+}
+
+/// The code's lines, trimmed, without comments, each `crate::{` or `super::{` group that spans
+/// several lines joined into one (rustfmt breaks a long group, one name a line).
+fn joined_groups(code: &str) -> Vec<String> {
+    let mut out: Vec<String> = vec![];
+    let mut open = false;
+    for line in code.lines().map(str::trim) {
+        if line.starts_with("//") {
+            continue;
+        }
+        match open {
+            true => {
+                let last = out.last_mut().expect("an open group's first line");
+                last.push(' ');
+                last.push_str(line);
+            }
+            false => out.push(line.to_string()),
+        }
+        let last = out.last().map(String::as_str).unwrap_or_default();
+        let opens = last.contains("crate::{") || last.contains("super::{");
+        open = opens && last.matches('{').count() > last.matches('}').count();
+    }
+    out
 }
 
 /// A circle of `graph`, as the modules along it with the first repeated at the end; None when
