@@ -548,11 +548,6 @@ async fn price_capacity_ranks_a_dearer_or_low_scoring_first_choice_lower_and_the
 // Spot worker is taken back books the reclaim in its ledger item, and the next run (and its
 // plan, with the ledger) ranks that type in that zone down, so it launches in the other zone.
 
-fn reclaim_report(run_id: &str) -> Value {
-    json!({"run_id": run_id, "partitions_done": 2, "partitions_failed": 0,
-           "rows_in": 1000, "rows_out": 1000, "durations": {"total_seconds": 1.5}})
-}
-
 /// One type, so that only the zones compete: the door's Spot prices differ by a cent of the
 /// On-Demand price per zone letter (`frontdoor/spot.rs`, `spot_price_history`), every zone scores alike.
 fn price_capacity(s: &mut Value) {
@@ -579,7 +574,7 @@ async fn the_ledgers_reclaim_history_moves_a_candidate_down() {
     let first = e2e::scenario(
         region,
         "reclaimed-1",
-        Behaviour::SpotInterruptFirst(reclaim_report("reclaimed-1")),
+        Behaviour::SpotInterruptFirst(e2e::report_for("reclaimed-1", 2)),
         price_capacity,
     )
     .await;
@@ -656,7 +651,7 @@ async fn the_ledgers_reclaim_history_moves_a_candidate_down() {
     let second = e2e::scenario(
         region,
         "reclaimed-2",
-        Behaviour::Succeed(reclaim_report("reclaimed-2")),
+        Behaviour::Succeed(e2e::report_for("reclaimed-2", 2)),
         price_capacity,
     )
     .await;

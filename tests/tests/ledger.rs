@@ -62,8 +62,7 @@ async fn entry(region: &str, execution: &str) -> Option<std::collections::HashMa
 }
 
 async fn scenario(region: &'static str, run_id: &str) -> Run {
-    let report = json!({"run_id": run_id, "partitions_done": 2, "partitions_failed": 0,
-                        "rows_in": 1000, "rows_out": 1000, "durations": {"total_seconds": 1.5}});
+    let report = e2e::report_for(run_id, 2);
     e2e::scenario(region, run_id, Behaviour::Succeed(report), |_| {}).await
 }
 

@@ -539,8 +539,7 @@ async fn chromium_draws_the_month() {
 async fn auto_boots_the_ecs_ami_of_the_candidates_architecture() {
     // (Here rather than in state_machine.rs, whose tests use every region the harness has.)
     let region = ephemera_tests::fresh_region();
-    let report = json!({"run_id": "e2e-auto-ami", "partitions_done": 2, "partitions_failed": 0,
-        "rows_in": 1000, "rows_out": 1000, "durations": {"total_seconds": 1.5}});
+    let report = ephemera_tests::e2e::report_for("e2e-auto-ami", 2);
     let r = ephemera_tests::e2e::scenario(
         region,
         "e2e-auto-ami",
