@@ -8,6 +8,7 @@ use std::time::Duration;
 use aws_sdk_ec2::types::{InstanceType, ResourceType, Tag, TagSpecification};
 use ephemera_core::contract::logs::worker_log_stream;
 use ephemera_core::tags;
+use ephemera_tests::cli::{text, write_spec};
 use ephemera_tests::iam::Principal;
 use ephemera_tests::worker_standin::{self, Behaviour};
 use ephemera_tests::{clients, e2e, eventually, fixtures, fresh_region, harness};
@@ -15,27 +16,11 @@ use serde_json::{json, Value};
 
 /// The binary as a person runs it, in `region` of the emulator, as its administrator.
 fn ephemera(region: &str) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_ephemera"));
-    c.env("AWS_ENDPOINT_URL", &harness().endpoint)
-        .env("AWS_REGION", region)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env_remove("AWS_PROFILE")
-        .env_remove("EPHEMERA_STATE_MACHINE_ARN")
-        .env_remove("RUST_LOG")
-        .kill_on_drop(true);
-    c
+    ephemera_tests::cli::command(env!("CARGO_BIN_EXE_ephemera"), region)
 }
 
 async fn output(c: &mut tokio::process::Command) -> Output {
     c.output().await.expect("the ephemera binary runs")
-}
-
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
 }
 
 /// No SDK internals in what a person reads.
@@ -57,13 +42,6 @@ fn assert_no_dump(stderr: &str) {
 
 fn sample_path() -> String {
     format!("{}/../events/runspec.json", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn write_spec(name: &str, spec: &Value) -> std::path::PathBuf {
-    let path =
-        std::env::temp_dir().join(format!("ephemera-cli-{name}-{}.json", std::process::id()));
-    std::fs::write(&path, spec.to_string()).unwrap();
-    path
 }
 
 fn report_of(run_id: &str) -> Value {
@@ -1134,10 +1112,7 @@ async fn sweep_lists_what_outlived_its_run_and_terminates_only_with_yes() {
     .await;
     let later = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
     let earlier = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
-    let gone = format!(
-        "arn:aws:states:{region}:{}:execution:ephemera-worker:cli-gone-1",
-        e2e::ACCOUNT
-    );
+    let gone = ephemera_tests::deployed::execution(region, "cli-gone");
     let launch = |tags: Vec<(&'static str, String)>| {
         let aws = aws.clone();
         let (image, subnet) = (net.image.clone(), net.subnets[0].clone());

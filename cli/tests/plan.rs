@@ -5,35 +5,16 @@
 //! the plan held to the run: its first candidate is where the deployed state machine launches,
 //! and its quota verdict and increase are CheckQuota's.
 
-use std::process::Output;
-
 use ephemera_core::catalog;
 use ephemera_core::Market;
+use ephemera_tests::cli::{text, write_spec};
 use ephemera_tests::worker_standin::Behaviour;
 use ephemera_tests::{clients, e2e, fixtures, fresh_region, harness};
 use serde_json::{json, Value};
 
 /// The binary as a person runs it, in `region` of the emulator, as its administrator.
 fn ephemera(region: &str) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_ephemera"));
-    c.env("AWS_ENDPOINT_URL", &harness().endpoint)
-        .env("AWS_REGION", region)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env_remove("AWS_PROFILE")
-        .env_remove("EPHEMERA_STATE_MACHINE_ARN")
-        .env_remove("EPHEMERA_LEDGER_TABLE")
-        .env_remove("EPHEMERA_MONTHLY_BUDGET_USD")
-        .env_remove("RUST_LOG")
-        .kill_on_drop(true);
-    c
-}
-
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    ephemera_tests::cli::command(env!("CARGO_BIN_EXE_ephemera"), region)
 }
 
 /// The example RunSpec (events/runspec.json) on this region's network.
@@ -44,13 +25,6 @@ fn example(net: &fixtures::Network) -> Value {
     v["worker"]["security_groups"] = json!([net.security_group]);
     v["worker"]["image"] = json!(net.image);
     v
-}
-
-fn write_spec(name: &str, spec: &Value) -> std::path::PathBuf {
-    let path =
-        std::env::temp_dir().join(format!("ephemera-plan-{name}-{}.json", std::process::id()));
-    std::fs::write(&path, spec.to_string()).unwrap();
-    path
 }
 
 /// `ephemera plan` in text and in JSON: (exit code, text, JSON).
@@ -574,11 +548,6 @@ async fn price_capacity_ranks_a_dearer_or_low_scoring_first_choice_lower_and_the
 // Spot worker is taken back books the reclaim in its ledger item, and the next run (and its
 // plan, with the ledger) ranks that type in that zone down, so it launches in the other zone.
 
-fn reclaim_report(run_id: &str) -> Value {
-    json!({"run_id": run_id, "partitions_done": 2, "partitions_failed": 0,
-           "rows_in": 1000, "rows_out": 1000, "durations": {"total_seconds": 1.5}})
-}
-
 /// One type, so that only the zones compete: the door's Spot prices differ by a cent of the
 /// On-Demand price per zone letter (`frontdoor/spot.rs`, `spot_price_history`), every zone scores alike.
 fn price_capacity(s: &mut Value) {
@@ -605,7 +574,7 @@ async fn the_ledgers_reclaim_history_moves_a_candidate_down() {
     let first = e2e::scenario(
         region,
         "reclaimed-1",
-        Behaviour::SpotInterruptFirst(reclaim_report("reclaimed-1")),
+        Behaviour::SpotInterruptFirst(e2e::report_for("reclaimed-1", 2)),
         price_capacity,
     )
     .await;
@@ -682,7 +651,7 @@ async fn the_ledgers_reclaim_history_moves_a_candidate_down() {
     let second = e2e::scenario(
         region,
         "reclaimed-2",
-        Behaviour::Succeed(reclaim_report("reclaimed-2")),
+        Behaviour::Succeed(e2e::report_for("reclaimed-2", 2)),
         price_capacity,
     )
     .await;

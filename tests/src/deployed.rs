@@ -36,6 +36,17 @@ pub fn settings(c: &Ctx) -> Settings {
     }
 }
 
+/// Of the template's settings only the worker role's id and instance profile (instances
+/// launched without the profile could not be terminated: the roles' `ec2:InstanceProfile`
+/// condition); no topic, bucket, stack or ledger: the rest as the functions default them.
+pub fn bare_settings() -> Settings {
+    Settings {
+        worker_role_id: Some(WORKER_ROLE_ID.into()),
+        worker_instance_profile: Some(WORKER_PROFILE.into()),
+        ..Settings::default()
+    }
+}
+
 /// Invokes `function` as its execution role, with the settings the template deploys.
 pub async fn call(c: &Ctx, function: Function, payload: Value) -> Result<Value, Error> {
     call_with(c, function, payload, settings(c)).await
@@ -59,12 +70,23 @@ pub async fn call_with(
 
 /// launch-worker for `spec`'s first worker, with `extra` fields in its input.
 pub async fn launch(c: &Ctx, spec: &Value, run: &str, extra: Value) -> Result<WorkerState, Error> {
+    launch_with(c, spec, run, extra, settings(c)).await
+}
+
+/// launch-worker for `spec`'s first worker, with `extra` fields in its input and `settings`.
+pub async fn launch_with(
+    c: &Ctx,
+    spec: &Value,
+    run: &str,
+    extra: Value,
+    settings: Settings,
+) -> Result<WorkerState, Error> {
     let mut input = json!({"run": spec, "execution": execution(c.region, run)});
     if let Value::Object(m) = extra {
         for (k, v) in m {
             input[k] = v;
         }
     }
-    let out = call(c, Function::LaunchWorker, input).await?;
+    let out = call_with(c, Function::LaunchWorker, input, settings).await?;
     Ok(serde_json::from_value(out).expect("launch-worker's output is a WorkerState"))
 }

@@ -243,6 +243,38 @@ pub async fn instances_of(aws: &Aws, run_id: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Instances of `run` that are pending or running.
+pub async fn live(c: &Ctx, run: &str) -> Vec<String> {
+    instances_of(&c.aws, run)
+        .await
+        .into_iter()
+        .filter(|(_, state)| state == "pending" || state == "running")
+        .map(|(id, _)| id)
+        .collect()
+}
+
+/// The most one attempt of `spec`'s worker can bill in `region`, as launch-worker counts it: at
+/// its dearest candidate's On-Demand price (the front door's Price List answers the dated
+/// table's price for the region).
+pub fn attempt_worst_case(
+    spec: &ephemera_core::RunSpec,
+    region: &str,
+) -> ephemera_core::budget::AttemptWorstCase {
+    let (dearest, price) = spec
+        .worker
+        .instance_types
+        .iter()
+        .map(|t| {
+            (
+                t,
+                ephemera_core::catalog::on_demand_hourly_bound(t, region).unwrap(),
+            )
+        })
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap();
+    ephemera_core::budget::attempt_worst_case(spec, dearest, price, region)
+}
+
 /// Creates `name` in `region` (S3 wants the region named outside us-east-1), or finds it
 /// already the account's: bucket names are the account's, not a region's, and the tests that
 /// share one run side by side, the first creating it.

@@ -9,6 +9,7 @@
 //! One moto and one front door per test process; each test takes a region of its own, and the
 //! front door keeps fault rules and quota state per region, so tests run in parallel.
 
+pub mod cli;
 pub mod coldstart;
 pub mod containers;
 pub mod deployed;

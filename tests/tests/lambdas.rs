@@ -8,50 +8,19 @@ use ephemera_core::contract::{RunParameters, Started};
 use ephemera_core::report::CostReport;
 use ephemera_core::rundoc::WorkerState;
 use ephemera_functions::handlers::{health_check, terminate_report};
-use ephemera_functions::{Aws, Error, Function, Settings};
-use ephemera_tests::deployed::{self, execution};
-use ephemera_tests::fixtures::{self, ctx, Ctx};
+use ephemera_functions::{Aws, Error, Function};
+use ephemera_tests::deployed::{bare_settings, call_with, execution, launch_with};
+use ephemera_tests::fixtures::{self, ctx};
 use ephemera_tests::{function_clients, harness, FaultRule};
 use serde_json::{json, Value};
-
-/// Invokes `function` with its own execution role's clients (held to the template's policies).
-async fn call(c: &Ctx, function: Function, payload: Value) -> Result<Value, Error> {
-    // The worker role's id and profile are what the template sets (instances launched without
-    // the profile could not be terminated: the roles' `ec2:InstanceProfile` condition); the
-    // rest as the functions default them.
-    let settings = Settings {
-        worker_role_id: Some(ephemera_tests::iam::WORKER_ROLE_ID.into()),
-        worker_instance_profile: Some(ephemera_tests::iam::WORKER_PROFILE.into()),
-        ..Settings::default()
-    };
-    deployed::call_with(c, function, payload, settings).await
-}
-
-async fn launch(c: &Ctx, spec: &Value, run: &str) -> Result<WorkerState, Error> {
-    let out = call(
-        c,
-        Function::LaunchWorker,
-        json!({"run": spec, "execution": execution(c.region, run)}),
-    )
-    .await?;
-    Ok(serde_json::from_value(out).unwrap())
-}
-
-/// Instances of this run that are pending or running.
-async fn live(c: &Ctx, run: &str) -> Vec<String> {
-    fixtures::instances_of(&c.aws, run)
-        .await
-        .into_iter()
-        .filter(|(_, state)| state == "pending" || state == "running")
-        .map(|(id, _)| id)
-        .collect()
-}
 
 #[tokio::test]
 async fn launch_creates_a_tagged_imdsv2_instance_without_secrets_in_user_data() {
     let c = ctx().await;
     let spec = fixtures::runspec("launch-tags", &c.net, None);
-    let w = launch(&c, &spec, "launch-tags").await.unwrap();
+    let w = launch_with(&c, &spec, "launch-tags", json!({}), bare_settings())
+        .await
+        .unwrap();
     assert_eq!(w.current().unwrap().attempt, 1);
     assert_eq!(w.current().unwrap().market, ephemera_core::Market::Spot);
     assert_eq!(w.current().unwrap().instance_type, "c7g.4xlarge");
@@ -134,15 +103,19 @@ async fn launch_creates_a_tagged_imdsv2_instance_without_secrets_in_user_data() 
 async fn a_retried_launch_returns_the_instance_it_already_made() {
     let c = ctx().await;
     let spec = fixtures::runspec("launch-retry", &c.net, None);
-    let first = launch(&c, &spec, "launch-retry").await.unwrap();
+    let first = launch_with(&c, &spec, "launch-retry", json!({}), bare_settings())
+        .await
+        .unwrap();
     // moto ignores ClientToken, so this proves the lookup by tag.
-    let second = launch(&c, &spec, "launch-retry").await.unwrap();
+    let second = launch_with(&c, &spec, "launch-retry", json!({}), bare_settings())
+        .await
+        .unwrap();
     assert_eq!(
         first.current().unwrap().instance_id,
         second.current().unwrap().instance_id
     );
     assert!(second.current().unwrap().reused);
-    assert_eq!(live(&c, "launch-retry").await.len(), 1);
+    assert_eq!(fixtures::live(&c, "launch-retry").await.len(), 1);
 }
 
 #[tokio::test]
@@ -159,7 +132,9 @@ async fn spot_capacity_error_falls_back_to_on_demand() {
         .when("InstanceMarketOptions.MarketType", "spot"),
     );
     let spec = fixtures::runspec("spot-fallback", &c.net, None);
-    let w = launch(&c, &spec, "spot-fallback").await.unwrap();
+    let w = launch_with(&c, &spec, "spot-fallback", json!({}), bare_settings())
+        .await
+        .unwrap();
     assert_eq!(w.current().unwrap().market, ephemera_core::Market::OnDemand);
     assert_eq!(w.current().unwrap().instance_type, "c7g.4xlarge");
     // Every Spot candidate (2 types × 2 subnets) was tried first: all four counted, the last
@@ -174,7 +149,7 @@ async fn spot_capacity_error_falls_back_to_on_demand() {
     assert!(w.current().unwrap().tried.iter().all(
         |t| t.code == "InsufficientInstanceCapacity" && t.market == ephemera_core::Market::Spot
     ));
-    assert_eq!(live(&c, "spot-fallback").await.len(), 1);
+    assert_eq!(fixtures::live(&c, "spot-fallback").await.len(), 1);
 }
 
 #[tokio::test]
@@ -188,7 +163,9 @@ async fn capacity_errors_on_every_candidate_end_in_capacity_unavailable() {
         500,
     ));
     let spec = fixtures::runspec("no-capacity", &c.net, None);
-    let err = launch(&c, &spec, "no-capacity").await.unwrap_err();
+    let err = launch_with(&c, &spec, "no-capacity", json!({}), bare_settings())
+        .await
+        .unwrap_err();
     assert_eq!(err.error_type(), "Ephemera.CapacityUnavailable");
     match &err {
         Error::CapacityUnavailable { tried } => assert_eq!(tried.len(), 8, "{tried:?}"),
@@ -197,7 +174,7 @@ async fn capacity_errors_on_every_candidate_end_in_capacity_unavailable() {
     let msg = err.to_string();
     assert!(msg.contains("spot c7g.4xlarge"), "{msg}");
     assert!(msg.contains("on-demand c6g.4xlarge"), "{msg}");
-    assert!(live(&c, "no-capacity").await.is_empty());
+    assert!(fixtures::live(&c, "no-capacity").await.is_empty());
 }
 
 /// A launch refused by the vCPU quotas (issue 32, part 4) is a quota verdict, not a lost worker:
@@ -221,7 +198,9 @@ async fn quota_refusals_are_a_wait_for_the_quota_not_a_lost_worker() {
     h.door
         .add_fault(FaultRule::always(c.region, "RunInstances", "VcpuLimitExceeded", 400).times(1));
     let spec = fixtures::runspec("quota-refused", &c.net, None);
-    let err = launch(&c, &spec, "quota-refused").await.unwrap_err();
+    let err = launch_with(&c, &spec, "quota-refused", json!({}), bare_settings())
+        .await
+        .unwrap_err();
     assert_eq!(err.error_type(), "Ephemera.QuotaExceeded", "{err}");
     // The cause is the wait, as JSON: the first of the worker's, with the run's quota backoff
     // (waits.quota_poll_min_seconds is 1 in the fixture).
@@ -242,20 +221,21 @@ async fn quota_refusals_are_a_wait_for_the_quota_not_a_lost_worker() {
     );
     // One RunInstances a quota: c6g and the second subnet draw on the same ones.
     assert_eq!(h.door.faults_fired_in(c.region).len(), 2);
-    assert!(live(&c, "quota-refused").await.is_empty());
+    assert!(fixtures::live(&c, "quota-refused").await.is_empty());
     // Back from the wait: the launch goes through.
-    let out = call(
+    let out = call_with(
         &c,
         Function::LaunchWorker,
         json!({"run": spec, "execution": execution(c.region, "quota-refused"),
                "launch_quota": {"refused": wait}}),
+        bare_settings(),
     )
     .await
     .unwrap();
     let w: WorkerState = serde_json::from_value(out).unwrap();
     assert_eq!(w.current().unwrap().attempt, 1);
     assert_eq!(w.current().unwrap().market, ephemera_core::Market::Spot);
-    assert_eq!(live(&c, "quota-refused").await.len(), 1);
+    assert_eq!(fixtures::live(&c, "quota-refused").await.len(), 1);
 }
 
 #[tokio::test]
@@ -269,7 +249,9 @@ async fn throttling_is_retried() {
         FaultRule::always(c.region, "RunInstances", "RequestLimitExceeded", 503).times(1),
     );
     let spec = fixtures::runspec("throttled", &c.net, None);
-    let w = launch(&c, &spec, "throttled").await.unwrap();
+    let w = launch_with(&c, &spec, "throttled", json!({}), bare_settings())
+        .await
+        .unwrap();
     assert_eq!(w.current().unwrap().market, ephemera_core::Market::Spot);
     assert!(
         w.current().unwrap().tried.is_empty(),
@@ -277,7 +259,7 @@ async fn throttling_is_retried() {
     );
     let fired = h.door.faults_fired_in(c.region);
     assert_eq!(fired.len(), 2, "{fired:?}");
-    assert_eq!(live(&c, "throttled").await.len(), 1);
+    assert_eq!(fixtures::live(&c, "throttled").await.len(), 1);
 }
 
 #[tokio::test]
@@ -285,7 +267,9 @@ async fn over_budget_launches_nothing() {
     let c = ctx().await;
     let mut spec = fixtures::runspec("over-budget", &c.net, None);
     spec["limits"]["budget_usd"] = json!(0.5);
-    let err = launch(&c, &spec, "over-budget").await.unwrap_err();
+    let err = launch_with(&c, &spec, "over-budget", json!({}), bare_settings())
+        .await
+        .unwrap_err();
     assert_eq!(err.error_type(), "Ephemera.OverBudget");
     // c7g.4xlarge at 0.58 $/h for its 2 h of runtime alone is 1.16 $.
     let text = err.to_string();
@@ -294,16 +278,20 @@ async fn over_budget_launches_nothing() {
         text.contains("is left of limits.budget_usd $0.50"),
         "{text}"
     );
-    assert!(live(&c, "over-budget").await.is_empty());
+    assert!(fixtures::live(&c, "over-budget").await.is_empty());
 }
 
 #[tokio::test]
 async fn health_check_waits_for_the_worker_then_fails_on_deadline_or_termination() {
     let c = ctx().await;
     let spec = fixtures::runspec("health", &c.net, None);
-    let w = launch(&c, &spec, "health").await.unwrap();
+    let w = launch_with(&c, &spec, "health", json!({}), bare_settings())
+        .await
+        .unwrap();
     let input = |w: &WorkerState| json!({"run": spec, "worker": w});
-    let h: Value = call(&c, Function::HealthCheck, input(&w)).await.unwrap();
+    let h: Value = call_with(&c, Function::HealthCheck, input(&w), bare_settings())
+        .await
+        .unwrap();
     assert_eq!(h["verdict"], "booting");
     assert!(
         h["detail"].as_str().unwrap().contains("started signal"),
@@ -352,13 +340,19 @@ async fn health_check_waits_for_the_worker_then_fails_on_deadline_or_termination
         w.current().unwrap().instance_id.clone(),
     );
     put(other.clone(), other.clone()).await;
-    let h: Value = call(&c, Function::HealthCheck, input(&w)).await.unwrap();
+    let h: Value = call_with(&c, Function::HealthCheck, input(&w), bare_settings())
+        .await
+        .unwrap();
     assert_eq!(h["verdict"], "booting");
     put(mine.clone(), other).await;
-    let h: Value = call(&c, Function::HealthCheck, input(&w)).await.unwrap();
+    let h: Value = call_with(&c, Function::HealthCheck, input(&w), bare_settings())
+        .await
+        .unwrap();
     assert_eq!(h["verdict"], "booting");
     put(mine.clone(), mine).await;
-    let h: Value = call(&c, Function::HealthCheck, input(&w)).await.unwrap();
+    let h: Value = call_with(&c, Function::HealthCheck, input(&w), bare_settings())
+        .await
+        .unwrap();
     assert_eq!(h["verdict"], "healthy", "{h}");
 
     c.aws
@@ -368,7 +362,7 @@ async fn health_check_waits_for_the_worker_then_fails_on_deadline_or_termination
         .send()
         .await
         .unwrap();
-    let err = call(&c, Function::HealthCheck, input(&w))
+    let err = call_with(&c, Function::HealthCheck, input(&w), bare_settings())
         .await
         .unwrap_err();
     assert_eq!(err.error_type(), "Ephemera.BootFailed");
@@ -409,15 +403,7 @@ async fn verify_completion_checks_the_report_and_the_exported_objects() {
     let c = ctx().await;
     // The template's ExportBucket: the only bucket verify-completion may read.
     let bucket = ephemera_tests::iam::EXPORT_BUCKET;
-    let mut create = c.aws.s3.create_bucket().bucket(bucket);
-    if c.region != "us-east-1" {
-        create = create.create_bucket_configuration(
-            aws_sdk_s3::types::CreateBucketConfiguration::builder()
-                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(c.region))
-                .build(),
-        );
-    }
-    create.send().await.unwrap();
+    fixtures::bucket(&c.aws.s3, bucket, c.region).await;
     let mut spec = fixtures::runspec("verify", &c.net, None);
     spec["expect"] = json!({"partitions": 2, "min_rows": 10, "export_prefix": format!("s3://{bucket}/runs/verify/")});
     let eur = put_summed(
@@ -447,10 +433,11 @@ async fn verify_completion_checks_the_report_and_the_exported_objects() {
     .await;
     let report = json!({"run_id": "verify", "partitions_done": 2, "partitions_failed": 0,
         "rows_in": 20, "rows_out": 20, "manifest": format!("s3://{bucket}/runs/verify/manifest.json")});
-    let ok: Value = call(
+    let ok: Value = call_with(
         &c,
         Function::VerifyCompletion,
         json!({"run": spec, "workers": [{"slot": 1, "result": report}]}),
+        bare_settings(),
     )
     .await
     .unwrap();
@@ -467,10 +454,11 @@ async fn verify_completion_checks_the_report_and_the_exported_objects() {
     .await;
     let mut bad = report.clone();
     bad["partitions_failed"] = json!(1);
-    let err = call(
+    let err = call_with(
         &c,
         Function::VerifyCompletion,
         json!({"run": spec, "workers": [{"slot": 1, "result": bad}]}),
+        bare_settings(),
     )
     .await
     .unwrap_err();
@@ -492,13 +480,20 @@ async fn terminate_reports_the_cost_by_email_and_is_idempotent() {
     let c = ctx().await;
     let inbox = fixtures::inbox(c.region, "ephemera-reports").await;
     let spec = fixtures::runspec("terminate", &c.net, Some(&inbox.topic_arn));
-    let w = launch(&c, &spec, "terminate").await.unwrap();
+    let w = launch_with(&c, &spec, "terminate", json!({}), bare_settings())
+        .await
+        .unwrap();
     let payload = json!({"run": spec, "execution": execution(c.region, "terminate"),
                          "workers": [{"slot": 1, "worker": w}]});
     let report: CostReport = serde_json::from_value(
-        call(&c, Function::TerminateWithCostReport, payload.clone())
-            .await
-            .unwrap(),
+        call_with(
+            &c,
+            Function::TerminateWithCostReport,
+            payload.clone(),
+            bare_settings(),
+        )
+        .await
+        .unwrap(),
     )
     .unwrap();
     assert_eq!(report.outcome, ephemera_core::report::Outcome::Succeeded);
@@ -507,7 +502,7 @@ async fn terminate_reports_the_cost_by_email_and_is_idempotent() {
         vec![w.current().unwrap().instance_id.clone()]
     );
     assert!(
-        live(&c, "terminate").await.is_empty(),
+        fixtures::live(&c, "terminate").await.is_empty(),
         "nothing left running"
     );
     let a = &report.attempts[0];
@@ -547,9 +542,14 @@ async fn terminate_reports_the_cost_by_email_and_is_idempotent() {
 
     // Again: nothing to terminate, the same instance reported as already terminated.
     let again: CostReport = serde_json::from_value(
-        call(&c, Function::TerminateWithCostReport, payload)
-            .await
-            .unwrap(),
+        call_with(
+            &c,
+            Function::TerminateWithCostReport,
+            payload,
+            bare_settings(),
+        )
+        .await
+        .unwrap(),
     )
     .unwrap();
     assert!(again.terminated.is_empty());
@@ -564,13 +564,16 @@ async fn cleanup_finds_an_instance_the_run_document_lost_and_refuses_foreign_one
     let c = ctx().await;
     let spec = fixtures::runspec("lost", &c.net, None);
     // Launched, but the Lambda "crashed" before its output reached the state machine.
-    let w = launch(&c, &spec, "lost").await.unwrap();
+    let w = launch_with(&c, &spec, "lost", json!({}), bare_settings())
+        .await
+        .unwrap();
     let report: CostReport = serde_json::from_value(
-        call(
+        call_with(
             &c,
             Function::TerminateWithCostReport,
             json!({"run": spec, "execution": execution(c.region, "lost"),
                    "error": {"Error": "States.TaskFailed", "Cause": "crashed"}}),
+            bare_settings(),
         )
         .await
         .unwrap(),
@@ -581,7 +584,7 @@ async fn cleanup_finds_an_instance_the_run_document_lost_and_refuses_foreign_one
         report.terminated,
         vec![w.current().unwrap().instance_id.clone()]
     );
-    assert!(live(&c, "lost").await.is_empty());
+    assert!(fixtures::live(&c, "lost").await.is_empty());
 
     // An instance not tagged for this run is never terminated.
     let foreign = c
@@ -672,28 +675,31 @@ async fn invoked_through_the_front_door_errors_have_lambda_semantics() {
         msg.contains("limits.heartbeat_seconds: 5 is shorter than the 30 s minimum"),
         "{msg}"
     );
-    assert!(live(&c, "bad-input").await.is_empty());
+    assert!(fixtures::live(&c, "bad-input").await.is_empty());
     assert_eq!(h.door.invocations_in(c.region), vec!["quota-check"]);
     // The states after CheckQuota read the RunSpec it accepted as a typed value: a document
     // that is not a RunSpec at all is a contract error naming the field, and nothing launches.
     spec["worker"]["instance_types"] = json!("m5.large");
-    let err = launch(&c, &spec, "bad-input").await.unwrap_err();
+    let err = launch_with(&c, &spec, "bad-input", json!({}), bare_settings())
+        .await
+        .unwrap_err();
     assert_eq!(err.error_type(), "Ephemera.BadInput");
     assert!(
         err.to_string().contains("run.worker.instance_types"),
         "{err}"
     );
-    assert!(live(&c, "bad-input").await.is_empty());
+    assert!(fixtures::live(&c, "bad-input").await.is_empty());
 }
 
 #[tokio::test]
 async fn a_relaunch_goes_on_demand_and_keeps_both_attempts() {
     let c = ctx().await;
     let spec = fixtures::runspec("relaunch", &c.net, None);
-    let first = launch(&c, &spec, "relaunch").await.unwrap();
-    let out = call(&c, Function::LaunchWorker,
-        json!({"run": spec, "execution": execution(c.region, "relaunch"), "worker": first, "relaunch": true}),
-    )
+    let first = launch_with(&c, &spec, "relaunch", json!({}), bare_settings())
+        .await
+        .unwrap();
+    let out = call_with(&c, Function::LaunchWorker,
+        json!({"run": spec, "execution": execution(c.region, "relaunch"), "worker": first, "relaunch": true}), bare_settings())
     .await
     .unwrap();
     let second: WorkerState = serde_json::from_value(out).unwrap();

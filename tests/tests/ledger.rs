@@ -7,6 +7,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::Utc;
 use ephemera_core::ledger::month_of;
 use ephemera_functions::{invoke, Function, Settings};
+use ephemera_tests::deployed;
 use ephemera_tests::e2e::State;
 use ephemera_tests::e2e::{self, Run};
 use ephemera_tests::fixtures::{self, Email};
@@ -31,24 +32,6 @@ async fn spent(region: &str, execution: &str, usd: f64) {
         .send()
         .await
         .unwrap();
-}
-
-/// The stack's artifact bucket, where the month's page goes (bucket names are the account's:
-/// another test may have made it).
-async fn artifact_bucket(region: &str) {
-    use aws_sdk_s3::error::ProvideErrorMetadata;
-    let mut create = clients(region).s3.create_bucket().bucket(ARTIFACT_BUCKET);
-    if region != "us-east-1" {
-        create = create.create_bucket_configuration(
-            aws_sdk_s3::types::CreateBucketConfiguration::builder()
-                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(region))
-                .build(),
-        );
-    }
-    if let Err(e) = create.send().await {
-        let code = e.code().unwrap_or_default();
-        assert!(code.starts_with("BucketAlready"), "{e:?}");
-    }
 }
 
 /// The ledger's item of `execution`, as plain strings; each worker's reservation as
@@ -79,8 +62,7 @@ async fn entry(region: &str, execution: &str) -> Option<std::collections::HashMa
 }
 
 async fn scenario(region: &'static str, run_id: &str) -> Run {
-    let report = json!({"run_id": run_id, "partitions_done": 2, "partitions_failed": 0,
-                        "rows_in": 1000, "rows_out": 1000, "durations": {"total_seconds": 1.5}});
+    let report = e2e::report_for(run_id, 2);
     e2e::scenario(region, run_id, Behaviour::Succeed(report), |_| {}).await
 }
 
@@ -111,7 +93,8 @@ async fn a_run_that_would_pass_the_monthly_budget_is_refused_before_launch() {
 #[tokio::test]
 async fn a_run_is_reserved_at_launch_settled_at_the_end_and_passing_80_percent_alerts() {
     let region = fresh_region();
-    artifact_bucket(region).await;
+    // The stack's artifact bucket, where the month's page goes.
+    fixtures::bucket(&clients(region).s3, ARTIFACT_BUCKET, region).await;
     // Just under 80 % of the month: this run's reservation takes it past.
     spent(region, "earlier-run", MONTHLY_BUDGET_USD * 0.8 - 0.5).await;
     let r = scenario(region, "ledger-settled").await;
@@ -188,17 +171,12 @@ async fn a_run_never_cleaned_up_lands_in_the_ledger_through_the_sweeper() {
     let c = fixtures::ctx().await;
     harness().door.ensure_ledger(c.region).await;
     let settings = Settings {
-        worker_role_id: Some(ephemera_tests::iam::WORKER_ROLE_ID.into()),
-        worker_instance_profile: Some(ephemera_tests::iam::WORKER_PROFILE.into()),
         ledger_table: Some(LEDGER_TABLE.into()),
         monthly_budget_usd: MONTHLY_BUDGET_USD,
-        ..Settings::default()
+        ..deployed::bare_settings()
     };
     // Launched by an execution that then vanished (its Cleanup never ran).
-    let execution = format!(
-        "arn:aws:states:{}:123456789012:execution:ephemera-worker:vanished",
-        c.region
-    );
+    let execution = deployed::execution(c.region, "vanished");
     let spec = fixtures::runspec("ledger-swept", &c.net, None);
     let launched: Value = invoke(
         &function_clients(c.region, Function::LaunchWorker.name()),
@@ -249,19 +227,12 @@ async fn launches_at_the_same_instant_never_together_pass_the_monthly_budget() {
     let c = fixtures::ctx().await;
     harness().door.ensure_ledger(c.region).await;
     let spec = fixtures::runspec("ledger-race", &c.net, None);
-    let execution = |n: u32| {
-        format!(
-            "arn:aws:states:{}:123456789012:execution:ephemera-worker:race-{n}",
-            c.region
-        )
-    };
+    let execution = |n: u32| deployed::execution(c.region, &format!("race-{n}"));
     let launch = |n: u32, budget: f64| {
         let settings = Settings {
-            worker_role_id: Some(ephemera_tests::iam::WORKER_ROLE_ID.into()),
-            worker_instance_profile: Some(ephemera_tests::iam::WORKER_PROFILE.into()),
             ledger_table: Some(LEDGER_TABLE.into()),
             monthly_budget_usd: budget,
-            ..Settings::default()
+            ..deployed::bare_settings()
         };
         let input = json!({"run": spec.clone(), "execution": execution(n)});
         async move {
@@ -319,26 +290,13 @@ async fn workers_relaunching_at_the_same_instant_share_the_rest_of_the_runs_cap(
     let mut spec = fixtures::runspec("cap-race", &c.net, None);
     spec["worker"]["count"] = json!(2);
     let s = ephemera_core::RunSpec::parse(&spec).unwrap();
-    let (dearest, price) = s
-        .worker
-        .instance_types
-        .iter()
-        .map(|t| {
-            let p = ephemera_core::catalog::on_demand_hourly_bound(t, c.region).unwrap();
-            (t, p)
-        })
-        .max_by(|a, b| a.1.total_cmp(&b.1))
-        .unwrap();
-    let w = budget::attempt_worst_case(&s, dearest, price, c.region);
+    let w = fixtures::attempt_worst_case(&s, c.region);
     let worst = w.usd;
     let least = w.with_runtime(&s, budget::MIN_USEFUL_RUNTIME_SECONDS).usd;
     // Two first attempts and one more fit; a fourth does not, even at a minute's runtime.
     spec["limits"]["budget_usd"] =
         json!(Cap::of(&s, c.region).overhead_usd + 3.0 * worst + 0.5 * least);
-    let execution = format!(
-        "arn:aws:states:{}:123456789012:execution:ephemera-worker:cap-race",
-        c.region
-    );
+    let execution = deployed::execution(c.region, "cap-race");
     let settings = Settings {
         worker_role_id: Some(ephemera_tests::iam::WORKER_ROLE_ID.into()),
         ledger_table: Some(LEDGER_TABLE.into()),
@@ -396,10 +354,7 @@ async fn a_run_that_crosses_a_month_boundary_is_booked_and_settled_in_the_month_
     let c = fixtures::ctx().await;
     harness().door.ensure_ledger(c.region).await;
     let spec = fixtures::runspec("month-cross", &c.net, None);
-    let execution = format!(
-        "arn:aws:states:{}:123456789012:execution:ephemera-worker:month-cross",
-        c.region
-    );
+    let execution = deployed::execution(c.region, "month-cross");
     let now = Utc::now();
     let this_month = Utc
         .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
@@ -409,11 +364,9 @@ async fn a_run_that_crosses_a_month_boundary_is_booked_and_settled_in_the_month_
     let (before, after) = (month_of(started), month_of(now));
     assert_ne!(before, after);
     let settings = Settings {
-        worker_role_id: Some(ephemera_tests::iam::WORKER_ROLE_ID.into()),
-        worker_instance_profile: Some(ephemera_tests::iam::WORKER_PROFILE.into()),
         ledger_table: Some(LEDGER_TABLE.into()),
         monthly_budget_usd: 1000.0,
-        ..Settings::default()
+        ..deployed::bare_settings()
     };
     let launch = |input: Value| {
         let settings = settings.clone();

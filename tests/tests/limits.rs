@@ -6,17 +6,12 @@
 
 use ephemera_core::{caps, payload, RunSpec};
 use ephemera_tests::e2e::State;
-use ephemera_tests::e2e::{self, Run};
+use ephemera_tests::e2e::{self, report_for, Run};
 use ephemera_tests::iam::Principal;
 use ephemera_tests::worker_standin::Behaviour;
 use ephemera_tests::{fresh_region, harness, price_list, FaultRule};
 use serde_json::{json, Value};
 use std::time::Duration;
-
-fn report_for(run_id: &str, partitions: u64) -> Value {
-    json!({"run_id": run_id, "partitions_done": partitions, "partitions_failed": 0,
-           "rows_in": 1000, "rows_out": 1000, "durations": {"total_seconds": 1.5}})
-}
 
 /// One execution in a fresh region whose RunInstances answer as `fault` says.
 async fn scenario(

@@ -62,12 +62,7 @@ async fn two_hundred_runs_at_once_each_end_with_their_own_report_and_nothing_lef
     let worker = worker_standin::spawn_for(
         region,
         &ids,
-        Arc::new(|run: &str| {
-            Behaviour::Succeed(
-                json!({"run_id": run, "partitions_done": 2, "partitions_failed": 0,
-                "rows_in": 1000, "rows_out": 1000, "durations": {"total_seconds": 1.5}}),
-            )
-        }),
+        Arc::new(|run: &str| Behaviour::Succeed(e2e::report_for(run, 2))),
         timeout,
     );
 

@@ -19,16 +19,6 @@ use serde_json::{json, Value};
 const SPOT: &str = "L-34B43A08";
 const ON_DEMAND: &str = "L-1216C47A";
 
-/// Instances of this run that are pending or running.
-async fn live(c: &Ctx, run: &str) -> Vec<String> {
-    fixtures::instances_of(&c.aws, run)
-        .await
-        .into_iter()
-        .filter(|(_, state)| state == "pending" || state == "running")
-        .map(|(id, _)| id)
-        .collect()
-}
-
 async fn poll_quota(c: &Ctx, spec: &Value, prev: Option<QuotaState>) -> QuotaState {
     serde_json::from_value(
         call(c, Function::QuotaCheck, json!({"run": spec, "quota": prev}))
@@ -140,7 +130,7 @@ async fn prices_are_read_to_admit_and_when_the_quotas_have_room_and_a_throttle_i
         asked
     );
     assert!(w.current().is_some());
-    assert_eq!(live(&c, "priced-once").await.len(), 1);
+    assert_eq!(fixtures::live(&c, "priced-once").await.len(), 1);
 }
 
 #[tokio::test]

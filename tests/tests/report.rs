@@ -7,34 +7,19 @@ use std::time::Duration;
 
 use ephemera_core::report::{CostReport, StoredReport};
 use ephemera_core::report_html;
-use ephemera_core::rundoc::WorkerState;
-use ephemera_functions::{Error, Function, Settings};
-use ephemera_tests::deployed::{self, execution};
+use ephemera_functions::{Function, Settings};
+use ephemera_tests::deployed::{bare_settings, call_with, execution, launch_with};
 use ephemera_tests::fixtures::{self, ctx, Ctx};
 use ephemera_tests::iam::{ARTIFACT_BUCKET, EXPORT_BUCKET};
 use serde_json::{json, Value};
 
-/// Invokes `function` as its execution role, with the artifact bucket the template sets.
-async fn call(c: &Ctx, function: Function, payload: Value) -> Result<Value, Error> {
-    let settings = Settings {
+/// The settings these tests invoke with: the artifact bucket the template sets, and no other
+/// bucket, topic or stack.
+fn settings() -> Settings {
+    Settings {
         artifact_bucket: Some(ARTIFACT_BUCKET.into()),
-        worker_role_id: Some(ephemera_tests::iam::WORKER_ROLE_ID.into()),
-        worker_instance_profile: Some(ephemera_tests::iam::WORKER_PROFILE.into()),
-        ..Settings::default()
-    };
-    deployed::call_with(c, function, payload, settings).await
-}
-
-async fn create_bucket(c: &Ctx, name: &str) {
-    let mut create = c.aws.s3.create_bucket().bucket(name);
-    if c.region != "us-east-1" {
-        create = create.create_bucket_configuration(
-            aws_sdk_s3::types::CreateBucketConfiguration::builder()
-                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(c.region))
-                .build(),
-        );
+        ..bare_settings()
     }
-    create.send().await.unwrap();
 }
 
 /// An object's content type and body.
@@ -55,26 +40,17 @@ async fn get(c: &Ctx, bucket: &str, key: &str) -> (String, Vec<u8>) {
     )
 }
 
-async fn launch(c: &Ctx, spec: &Value, run: &str) -> WorkerState {
-    let out = call(
-        c,
-        Function::LaunchWorker,
-        json!({"run": spec, "execution": execution(c.region, run)}),
-    )
-    .await
-    .unwrap();
-    serde_json::from_value(out).unwrap()
-}
-
 #[tokio::test]
 async fn the_report_is_stored_beside_the_manifest_and_linked_from_the_email() {
     let c = ctx().await;
-    create_bucket(&c, EXPORT_BUCKET).await;
+    fixtures::bucket(&c.aws.s3, EXPORT_BUCKET, c.region).await;
     let inbox = fixtures::inbox(c.region, "ephemera-reports").await;
     let run = "html-beside";
     let mut spec = fixtures::runspec(run, &c.net, Some(&inbox.topic_arn));
     spec["expect"] = json!({"export_prefix": format!("s3://{EXPORT_BUCKET}/runs/{run}/")});
-    let w = launch(&c, &spec, run).await;
+    let w = launch_with(&c, &spec, run, json!({}), settings())
+        .await
+        .unwrap();
     // As the state machine passes them: the worker's summary and verify-completion's checks.
     let result = json!({"run_id": run, "partitions_done": 2, "partitions_failed": 0,
         "rows_in": 20, "rows_out": 20,
@@ -82,12 +58,13 @@ async fn the_report_is_stored_beside_the_manifest_and_linked_from_the_email() {
     let verification = json!({"ok": true, "verified_at": "2026-11-22T11:00:00Z", "checks": [
         {"name": "manifest_rows_match_report", "ok": true, "detail": "20 rows listed, 20 reported"}]});
     let report: CostReport = serde_json::from_value(
-        call(
+        call_with(
             &c,
             Function::TerminateWithCostReport,
             json!({"run": spec, "execution": execution(c.region, run),
                    "workers": [{"slot": 1, "worker": w, "result": result}],
                    "verification": verification}),
+            settings(),
         )
         .await
         .unwrap(),
@@ -154,17 +131,24 @@ async fn the_report_is_stored_beside_the_manifest_and_linked_from_the_email() {
 #[tokio::test]
 async fn a_run_without_export_reports_to_the_artifact_bucket_and_a_refusal_is_a_note() {
     let c = ctx().await;
-    create_bucket(&c, ARTIFACT_BUCKET).await;
+    fixtures::bucket(&c.aws.s3, ARTIFACT_BUCKET, c.region).await;
     let run = "html-artifact";
     let spec = fixtures::runspec(run, &c.net, None);
-    let w = launch(&c, &spec, run).await;
+    let w = launch_with(&c, &spec, run, json!({}), settings())
+        .await
+        .unwrap();
     let payload = json!({"run": spec, "execution": execution(c.region, run),
         "workers": [{"slot": 1, "worker": w}],
         "error": {"Error": "Worker.Failed", "Cause": "<script>alert(1)</script>"}});
     let report: CostReport = serde_json::from_value(
-        call(&c, Function::TerminateWithCostReport, payload.clone())
-            .await
-            .unwrap(),
+        call_with(
+            &c,
+            Function::TerminateWithCostReport,
+            payload.clone(),
+            settings(),
+        )
+        .await
+        .unwrap(),
     )
     .unwrap();
     assert_eq!(
@@ -182,7 +166,7 @@ async fn a_run_without_export_reports_to_the_artifact_bucket_and_a_refusal_is_a_
     elsewhere["run"]["expect"] =
         json!({"export_prefix": format!("s3://ephemera-elsewhere/runs/{run}/")});
     let report: CostReport = serde_json::from_value(
-        call(&c, Function::TerminateWithCostReport, elsewhere)
+        call_with(&c, Function::TerminateWithCostReport, elsewhere, settings())
             .await
             .unwrap(),
     )
@@ -555,8 +539,7 @@ async fn chromium_draws_the_month() {
 async fn auto_boots_the_ecs_ami_of_the_candidates_architecture() {
     // (Here rather than in state_machine.rs, whose tests use every region the harness has.)
     let region = ephemera_tests::fresh_region();
-    let report = json!({"run_id": "e2e-auto-ami", "partitions_done": 2, "partitions_failed": 0,
-        "rows_in": 1000, "rows_out": 1000, "durations": {"total_seconds": 1.5}});
+    let report = ephemera_tests::e2e::report_for("e2e-auto-ami", 2);
     let r = ephemera_tests::e2e::scenario(
         region,
         "e2e-auto-ami",

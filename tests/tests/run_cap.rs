@@ -8,11 +8,11 @@
 //! `a_job_that_never_ends_is_stopped_at_the_runs_cap_with_its_checkpoint_saved`.)
 
 use ephemera_core::budget::{self, Cap};
-use ephemera_core::{catalog, RunSpec};
+use ephemera_core::RunSpec;
 use ephemera_tests::e2e::{self, State};
 use ephemera_tests::iam::ARTIFACT_BUCKET;
 use ephemera_tests::worker_standin::Behaviour;
-use ephemera_tests::{clients, fresh_region, harness};
+use ephemera_tests::{clients, fixtures, fresh_region, harness};
 use serde_json::json;
 
 /// The issue's example: 40 × r7i.48xlarge, 60 s of runtime, a 7,200 s boot deadline, an image
@@ -22,7 +22,8 @@ use serde_json::json;
 #[tokio::test]
 async fn the_issues_example_is_refused_before_anything_is_asked_for_or_launched() {
     let region = fresh_region();
-    artifact_bucket(region).await;
+    // The stack's artifact bucket, where the report's page goes.
+    fixtures::bucket(&clients(region).s3, ARTIFACT_BUCKET, region).await;
     let r = e2e::scenario(region, "cap-example", Behaviour::NeverStart, |spec| {
         spec["worker"]["instance_types"] = json!(["r7i.48xlarge"]);
         spec["worker"]["count"] = json!(40);
@@ -69,24 +70,6 @@ async fn the_issues_example_is_refused_before_anything_is_asked_for_or_launched(
     );
 }
 
-/// The stack's artifact bucket, where the report's page goes (bucket names are the account's:
-/// another test may have made it).
-async fn artifact_bucket(region: &str) {
-    use aws_sdk_s3::error::ProvideErrorMetadata;
-    let mut create = clients(region).s3.create_bucket().bucket(ARTIFACT_BUCKET);
-    if region != "us-east-1" {
-        create = create.create_bucket_configuration(
-            aws_sdk_s3::types::CreateBucketConfiguration::builder()
-                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(region))
-                .build(),
-        );
-    }
-    if let Err(e) = create.send().await {
-        let code = e.code().unwrap_or_default();
-        assert!(code.starts_with("BucketAlready"), "{e:?}");
-    }
-}
-
 /// A worker Spot keeps taking back, with a cap of exactly two attempts and half of the least
 /// third (a minute of runtime): the third launch is not made, the worker ends with its reason
 /// naming what is left and the least attempt's worst case, and the run ends with its report,
@@ -103,15 +86,7 @@ async fn relaunches_stop_when_the_rest_of_the_cap_cannot_cover_one_more_attempt(
             spec["worker"]["market"] = json!("spot");
             spec["limits"]["max_relaunches"] = json!(4);
             let s = RunSpec::parse(spec).unwrap();
-            // The front door's Price List answers the dated table's price for the region.
-            let (dearest, price) = s
-                .worker
-                .instance_types
-                .iter()
-                .map(|t| (t, catalog::on_demand_hourly_bound(t, region).unwrap()))
-                .max_by(|a, b| a.1.total_cmp(&b.1))
-                .unwrap();
-            let w = budget::attempt_worst_case(&s, dearest, price, region);
+            let w = fixtures::attempt_worst_case(&s, region);
             worst = w.usd;
             least = w.with_runtime(&s, budget::MIN_USEFUL_RUNTIME_SECONDS).usd;
             let overhead = Cap::of(&s, region).overhead_usd;
@@ -159,14 +134,7 @@ async fn a_relaunch_the_rest_cannot_wholly_pay_for_is_granted_the_runtime_it_buy
             spec["worker"]["market"] = json!("spot");
             spec["limits"]["max_relaunches"] = json!(4);
             let s = RunSpec::parse(spec).unwrap();
-            let (dearest, price) = s
-                .worker
-                .instance_types
-                .iter()
-                .map(|t| (t, catalog::on_demand_hourly_bound(t, region).unwrap()))
-                .max_by(|a, b| a.1.total_cmp(&b.1))
-                .unwrap();
-            let w = budget::attempt_worst_case(&s, dearest, price, region);
+            let w = fixtures::attempt_worst_case(&s, region);
             let overhead = Cap::of(&s, region).overhead_usd;
             // One whole attempt and half of another.
             let budget_usd = overhead + 1.5 * w.usd;

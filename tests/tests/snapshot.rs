@@ -121,10 +121,7 @@ async fn a_retried_request_finds_its_snapshot_and_the_role_reaches_only_its_own(
     // execution history; ten minutes cannot.
     spec["database"] =
         json!({"snapshot_before": {"instance": "fx-db"}, "snapshot_timeout_seconds": 600});
-    let execution = format!(
-        "arn:aws:states:{region}:{}:execution:ephemera-worker:snap-retry-1",
-        e2e::ACCOUNT
-    );
+    let execution = ephemera_tests::deployed::execution(region, "snap-retry");
     let role = function_clients(region, Function::SnapshotDatabase.name());
     let settings = Settings::default();
     let call = || {

@@ -7,18 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ephemera_tests::e2e::State;
-use ephemera_tests::e2e::{self, Run};
+use ephemera_tests::e2e::{self, report_for, Run};
 use ephemera_tests::worker_standin::Behaviour;
 use ephemera_tests::{clients, fresh_region, harness, FaultRule};
 use serde_json::{json, Value};
 
 const SPOT: &str = "L-34B43A08";
 const ON_DEMAND: &str = "L-1216C47A";
-
-fn report_for(run_id: &str, partitions: u64) -> Value {
-    json!({"run_id": run_id, "partitions_done": partitions, "partitions_failed": 0,
-           "rows_in": 1000, "rows_out": 1000, "durations": {"total_seconds": 1.5}})
-}
 
 /// Runs one execution of the deployed definition in a fresh region, `setup` first.
 async fn scenario(

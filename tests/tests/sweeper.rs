@@ -92,7 +92,7 @@ async fn sweeps_instances_whose_run_is_over_or_past_its_deadline() {
     let inbox = fixtures::inbox(region, "ephemera-reports").await;
 
     let running = running_execution(&aws).await;
-    let gone = format!("arn:aws:states:{region}:123456789012:execution:ephemera-worker:gone");
+    let gone = ephemera_tests::deployed::execution(region, "gone");
     let future = (Utc::now() + Duration::hours(2)).to_rfc3339_opts(SecondsFormat::Secs, true);
     let past = (Utc::now() - Duration::minutes(1)).to_rfc3339_opts(SecondsFormat::Secs, true);
     let managed = |run: &str, exec: &str, deadline: &str| {

@@ -10,18 +10,13 @@ use std::time::{Duration, Instant};
 use aws_sdk_sfn::types::ExecutionStatus;
 use ephemera_core::State;
 use ephemera_functions::aws::{LedgerTable, VcpuReservations};
-use ephemera_tests::e2e::{self, Run};
+use ephemera_tests::e2e::{self, report_for, Run};
 use ephemera_tests::worker_standin::{self, Behaviour};
 use ephemera_tests::{clients, fixtures, fresh_region, harness, iam, sdk_config, FaultRule};
 use serde_json::{json, Value};
 
 const SPOT: &str = "L-34B43A08";
 const ON_DEMAND: &str = "L-1216C47A";
-
-fn report_for(run_id: &str) -> Value {
-    json!({"run_id": run_id, "partitions_done": 2, "partitions_failed": 0,
-           "rows_in": 1000, "rows_out": 1000, "durations": {"total_seconds": 1.5}})
-}
 
 /// What the stack's runs hold in `codes` of `region`, read from the ledger table.
 async fn held(region: &str, codes: &[&str]) -> Vec<(String, u32)> {
@@ -74,7 +69,7 @@ async fn twenty_runs_started_at_once_share_room_for_four() {
     let worker = worker_standin::spawn_for(
         region,
         &ids,
-        Arc::new(|run: &str| Behaviour::SucceedAfter(3, report_for(run))),
+        Arc::new(|run: &str| Behaviour::SucceedAfter(3, report_for(run, 2))),
         timeout,
     );
     let began = Instant::now();
@@ -176,7 +171,7 @@ async fn only_spot_has_room_and_spot_is_short_the_run_waits_for_on_demand_and_su
     let r: Run = e2e::scenario(
         region,
         "fallback-room",
-        Behaviour::Succeed(report_for("fallback-room")),
+        Behaviour::Succeed(report_for("fallback-room", 2)),
         |_| {},
     )
     .await;
@@ -244,7 +239,7 @@ async fn a_launch_refused_for_quota_waits_and_launches_once_room_returns() {
     let worker = worker_standin::spawn(
         region,
         run_id,
-        Behaviour::Succeed(report_for(run_id)),
+        Behaviour::Succeed(report_for(run_id, 2)),
         timeout,
     );
     let execution = e2e::start(region, &machine, &format!("{run_id}-1"), &spec).await;

@@ -95,7 +95,7 @@ fn worker_with(
         .unwrap()
 }
 
-const BUCKET: &str = "ephemera-features";
+const BUCKET: &str = ephemera_tests::iam::EXPORT_BUCKET;
 
 /// The export bucket, created by whichever test comes first: bucket names are the account's,
 /// not a region's, and the tests run side by side (each run writes under its own prefix).
@@ -1309,17 +1309,7 @@ async fn a_job_that_never_ends_is_stopped_at_the_runs_cap_with_its_checkpoint_sa
     // the dearest candidate's On-Demand price (the front door's Price List answers the dated
     // table's), as launch-worker counts it.
     let s = ephemera_core::RunSpec::parse(&spec).unwrap();
-    let (dearest, price) = s
-        .worker
-        .instance_types
-        .iter()
-        .map(|t| {
-            let p = ephemera_core::catalog::on_demand_hourly_bound(t, region).unwrap();
-            (t, p)
-        })
-        .max_by(|a, b| a.1.total_cmp(&b.1))
-        .unwrap();
-    let whole = budget::attempt_worst_case(&s, dearest, price, region);
+    let whole = fixtures::attempt_worst_case(&s, region);
     let granted = whole.with_runtime(&s, GRANTED);
     let cap = ephemera_core::cost::usd(Cap::of(&s, region).overhead_usd + granted.usd);
     spec["limits"]["budget_usd"] = json!(cap);
