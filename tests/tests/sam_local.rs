@@ -60,7 +60,9 @@ echo "$*" >> "$EPHEMERA_SAM_CALLS"
 bin=""
 while [ $# -gt 0 ]; do [ "$1" = "--bin" ] && bin="$2"; shift; done
 mkdir -p "$CARGO_TARGET_DIR/lambda/$bin"
-cp "$EPHEMERA_HOST_BINS/$bin" "$CARGO_TARGET_DIR/lambda/$bin/bootstrap"
+# A hard link where it can: ten debug binaries copied twice (here, then by SAM) are gigabytes.
+ln -f "$EPHEMERA_HOST_BINS/$bin" "$CARGO_TARGET_DIR/lambda/$bin/bootstrap" 2>/dev/null ||
+  cp "$EPHEMERA_HOST_BINS/$bin" "$CARGO_TARGET_DIR/lambda/$bin/bootstrap"
 "#;
 
 /// `sam build` of the template as `make deploy` runs it; returns the build directory.
@@ -124,6 +126,15 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Removes the build's scratch directory when the test ends, however it ends: SAM's copies of
+/// every bootstrap are about a gigabyte.
+struct Scratch(PathBuf);
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Kills the process when the test ends, however it ends.
@@ -209,7 +220,8 @@ fn sam_build_copies_every_bootstrap_and_they_answer_the_sample_events() {
     let work = std::env::temp_dir().join(format!("ephemera-sam-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).unwrap();
-    let build = sam_build(&sam, &work);
+    let work = Scratch(work);
+    let build = sam_build(&sam, &work.0);
 
     let port = free_port();
     let _api = Killed(
@@ -255,5 +267,4 @@ fn sam_build_copies_every_bootstrap_and_they_answer_the_sample_events() {
         region,
     );
     assert_eq!(quota["verdict"], "enough", "{quota}");
-    let _ = std::fs::remove_dir_all(&work);
 }
