@@ -287,12 +287,32 @@ async fn run_follows_to_the_report_and_the_run_reads_back_with_every_verb() {
     .finish(Duration::from_secs(10))
     .await;
     assert_eq!(shipped.shipped, 2, "{shipped:?}");
+    // A stream the job wrote to itself (`EPHEMERA_LOG_STREAM_PREFIX`): shown after the workers'.
+    let own = ephemera_worker::agent::logship::Buffer::new(10);
+    own.push("step 100: loss=0.42");
+    ephemera_worker::agent::logship::Shipper::start(
+        aws_sdk_cloudwatchlogs::Client::new(&role),
+        &group,
+        &format!(
+            "{}trainer",
+            ephemera_core::contract::logs::job_log_stream_prefix("cli-run")
+        ),
+        own,
+    )
+    .finish(Duration::from_secs(10))
+    .await;
     let out = output(ephemera(region).args(["logs", "cli-run", "--state-machine", &machine])).await;
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(
         stdout.starts_with(&format!(
             "== attempt 1 on {instance} ({group} cli-run/1/{instance})\n"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.ends_with(&format!(
+            "== the job's own stream trainer ({group} cli-run/job/trainer)\nstep 100: loss=0.42\n"
         )),
         "{stdout}"
     );

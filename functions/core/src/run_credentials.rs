@@ -187,8 +187,8 @@ pub fn session_policy(spec: &RunSpec, stack: &Stack, holder: Holder) -> Result<V
     let streams = match holder {
         Holder::Agent => json!("*"),
         Holder::Job => json!(format!(
-            "arn:aws:logs:*:*:log-group:*:log-stream:{}/{JOB_SCRATCH}/*",
-            spec.run_id
+            "arn:aws:logs:*:*:log-group:*:log-stream:{}*",
+            crate::contract::logs::job_log_stream_prefix(&spec.run_id)
         )),
     };
     statements.push(json!({"Effect": "Allow", "Action": "logs:CreateLogStream", "Resource": "*"}));

@@ -60,6 +60,12 @@ pub fn due(now: DateTime<Utc>, obtained: DateTime<Utc>, expires: DateTime<Utc>) 
 }
 
 impl RunCredentials {
+    /// The instance's region, which the job's config file names: a job as its own user cannot
+    /// ask IMDS, and a container has none of the agent's environment.
+    pub fn region(&self) -> Option<String> {
+        self.base.region().map(|r| r.to_string())
+    }
+
     pub fn new(
         session: RunSession,
         base: aws_config::SdkConfig,

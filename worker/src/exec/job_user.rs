@@ -148,14 +148,25 @@ impl JobCredentials {
             .with_context(|| format!("making {}", dir.display()))?;
         let obtained = chrono::Utc::now();
         write_new(&dir, "session.json", &process_json(&first)?, who)?;
-        let config = format!(
-            "[default]\ncredential_process = /bin/cat {}\n",
-            dir.join("session.json").display()
-        );
+        let config = job_config(&dir.join("session.json"), run.region().as_deref());
         write_new(&dir, "config", &config, who)?;
         let refresher = tokio::spawn(keep_current(run.clone(), dir.clone(), who, first, obtained));
         Ok(Some(JobCredentials { dir, refresher }))
     }
+}
+
+/// The job's AWS config file: its session, printed by `credential_process`, and the region, so
+/// that an SDK or the AWS CLI in the job needs nothing else (not IMDS, closed to it; not the
+/// agent's environment, which a container does not see).
+fn job_config(session: &Path, region: Option<&str>) -> String {
+    let mut config = format!(
+        "[default]\ncredential_process = /bin/cat {}\n",
+        session.display()
+    );
+    if let Some(region) = region {
+        config.push_str(&format!("region = {region}\n"));
+    }
+    config
 }
 
 /// Keeps the job's session in `dir` current: looks every [`REFRESH_EVERY`], and once `held` is
@@ -308,6 +319,16 @@ mod tests {
             assert!(handed.is_err(), "a non-root worker gave files away");
         }
         std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn the_jobs_config_names_its_session_and_region() {
+        let session = Path::new("/run/ephemera-job-credentials-ab/session.json");
+        assert_eq!(
+            job_config(session, Some("eu-west-1")),
+            "[default]\ncredential_process = /bin/cat /run/ephemera-job-credentials-ab/session.json\nregion = eu-west-1\n"
+        );
+        assert!(!job_config(session, None).contains("region"));
     }
 
     #[test]
