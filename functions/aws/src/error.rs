@@ -109,6 +109,54 @@ impl AwsError {
     }
 }
 
+/// A failed call as one code and message, whichever way it failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failed {
+    pub service: &'static str,
+    pub operation: &'static str,
+    /// AWS's error code, or `NoCredentials`, `CredentialsError`, `Unreachable`.
+    pub code: String,
+    pub message: String,
+}
+
+impl AwsError {
+    /// The call that failed and what it came to, the causes without an answer named by codes of
+    /// their own; `Err` with the detail when the fault is ephemera's (no call failed).
+    pub fn into_failed(self) -> Result<Failed, String> {
+        let (service, operation, code, message) = match self {
+            AwsError::Call {
+                service,
+                operation,
+                code,
+                message,
+            } => (service, operation, code, message),
+            AwsError::NoCredentials { service, operation } => (
+                service,
+                operation,
+                "NoCredentials".into(),
+                "no AWS credentials were found".into(),
+            ),
+            AwsError::Credentials {
+                service,
+                operation,
+                detail,
+            } => (service, operation, "CredentialsError".into(), detail),
+            AwsError::Unreachable {
+                service,
+                operation,
+                detail,
+            } => (service, operation, "Unreachable".into(), detail),
+            AwsError::Internal(detail) => return Err(detail),
+        };
+        Ok(Failed {
+            service,
+            operation,
+            code,
+            message,
+        })
+    }
+}
+
 /// The innermost cause's text: the useful part of a chain of wrappers.
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = e;

@@ -131,47 +131,16 @@ impl Error {
 /// the same message; ephemera's own fault is `Ephemera.Internal`.
 impl From<AwsError> for Error {
     fn from(e: AwsError) -> Error {
-        match e {
-            AwsError::Call {
-                service,
-                operation,
-                code,
-                message,
-            } => Error::Aws {
-                service,
-                operation,
-                code,
-                message,
+        // No answer from AWS at all is still `Ephemera.AwsError` (the state machine retries it
+        // as any AWS failure), its code naming which.
+        match e.into_failed() {
+            Ok(f) => Error::Aws {
+                service: f.service,
+                operation: f.operation,
+                code: f.code,
+                message: f.message,
             },
-            // No answer from AWS at all: still `Ephemera.AwsError` (the state machine retries
-            // it as any AWS failure), its code naming which.
-            AwsError::NoCredentials { service, operation } => Error::Aws {
-                service,
-                operation,
-                code: "NoCredentials".into(),
-                message: "no AWS credentials were found".into(),
-            },
-            AwsError::Credentials {
-                service,
-                operation,
-                detail,
-            } => Error::Aws {
-                service,
-                operation,
-                code: "CredentialsError".into(),
-                message: detail,
-            },
-            AwsError::Unreachable {
-                service,
-                operation,
-                detail,
-            } => Error::Aws {
-                service,
-                operation,
-                code: "Unreachable".into(),
-                message: detail,
-            },
-            AwsError::Internal(detail) => Error::Internal(detail),
+            Err(detail) => Error::Internal(detail),
         }
     }
 }
