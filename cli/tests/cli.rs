@@ -957,6 +957,25 @@ async fn logs_follow_shows_lines_as_they_are_shipped_and_returns_when_the_run_en
         line.as_deref(),
         Some("[worker 1 #1] 2026-12-07T08:00:00Z INFO  heartbeat sent")
     );
+    // A stream the job writes to itself, taken up when it appears.
+    let own = ephemera_worker::agent::logship::Buffer::new(10);
+    own.push("step 1: loss=0.93");
+    ephemera_worker::agent::logship::Shipper::start(
+        aws_sdk_cloudwatchlogs::Client::new(&role),
+        &group,
+        &format!(
+            "{}trainer",
+            ephemera_core::contract::logs::job_log_stream_prefix("cli-follow")
+        ),
+        own,
+    )
+    .finish(Duration::from_secs(10))
+    .await;
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the job's own line within 30 s")
+        .unwrap();
+    assert_eq!(line.as_deref(), Some("[job trainer] step 1: loss=0.93"));
     let sfn = aws_sdk_sfn::Client::new(&ephemera_tests::sdk_config(region));
     let listed = sfn
         .list_executions()
