@@ -234,20 +234,7 @@ async fn run(cli: Cli) -> Result<Outcome, CliError> {
             json,
             ledger,
             budget,
-        } => {
-            let conf = aws::config(g, machine).await?;
-            let ledger = ledger
-                .as_deref()
-                .map(str::to_string)
-                .or_else(|| machine.and_then(|m| ledger_table(None, m)));
-            let ask = plan::Ask {
-                runspec: &runspec,
-                json,
-                ledger,
-                monthly_budget_usd: budget,
-            };
-            plan::command(&conf, ask).await.map(Outcome::Planned)
-        }
+        } => plan_run(g, &runspec, json, ledger, budget).await,
         Command::Run {
             runspec,
             name,
@@ -264,10 +251,8 @@ async fn run(cli: Cli) -> Result<Outcome, CliError> {
             start_run(g, start).await
         }
         Command::Status { run } => {
-            let conf = aws::config(g, arn_hint(run.as_deref(), machine)).await?;
-            let sfn = aws_sdk_sfn::Client::new(&conf);
+            let OneRun { conf, sfn, e } = one_run(g, run.as_deref()).await?;
             let logs = aws_sdk_cloudwatchlogs::Client::new(&conf);
-            let e = resolve::resolve(&sfn, machine, run.as_deref()).await?;
             runs::status(&sfn, &logs, &e).await
         }
         Command::Runs {
@@ -285,21 +270,15 @@ async fn run(cli: Cli) -> Result<Outcome, CliError> {
             list_runs(g, ledger.as_deref(), limit, page).await
         }
         Command::Report { run, json, html } => {
-            let conf = aws::config(g, arn_hint(Some(&run), machine)).await?;
-            let sfn = aws_sdk_sfn::Client::new(&conf);
-            let e = resolve::resolve(&sfn, machine, Some(&run)).await?;
+            let OneRun { sfn, e, .. } = one_run(g, Some(&run)).await?;
             report::command(&sfn, &e, json, html.as_deref()).await
         }
         Command::Cancel { run, reason } => {
-            let conf = aws::config(g, arn_hint(Some(&run), machine)).await?;
-            let sfn = aws_sdk_sfn::Client::new(&conf);
-            let e = resolve::resolve(&sfn, machine, Some(&run)).await?;
+            let OneRun { sfn, e, .. } = one_run(g, Some(&run)).await?;
             cancel::command(&sfn, &e, reason.as_deref()).await
         }
         Command::Logs { run, raw, follow } => {
-            let conf = aws::config(g, arn_hint(Some(&run), machine)).await?;
-            let sfn = aws_sdk_sfn::Client::new(&conf);
-            let e = resolve::resolve(&sfn, machine, Some(&run)).await?;
+            let OneRun { conf, sfn, e } = one_run(g, Some(&run)).await?;
             let logs = aws_sdk_cloudwatchlogs::Client::new(&conf);
             match follow {
                 true => logs::follow(&logs, &sfn, &e, raw).await,
@@ -317,6 +296,46 @@ async fn run(cli: Cli) -> Result<Outcome, CliError> {
             .await
         }
     }
+}
+
+/// The run a command is about: the AWS configuration (in the region of its ARN, when given
+/// one), Step Functions, and its execution.
+struct OneRun {
+    conf: aws_config::SdkConfig,
+    sfn: aws_sdk_sfn::Client,
+    e: resolve::Execution,
+}
+
+/// RUN, or without one the state machine's latest.
+async fn one_run(g: &Global, run: Option<&str>) -> Result<OneRun, CliError> {
+    let machine = g.state_machine.as_deref();
+    let conf = aws::config(g, arn_hint(run, machine)).await?;
+    let sfn = aws_sdk_sfn::Client::new(&conf);
+    let e = resolve::resolve(&sfn, machine, run).await?;
+    Ok(OneRun { conf, sfn, e })
+}
+
+/// `ephemera plan FILE`: what a run would do now, with the stack's ledger unless told another.
+async fn plan_run(
+    g: &Global,
+    runspec: &Path,
+    json: bool,
+    ledger: Option<String>,
+    budget: Option<f64>,
+) -> Result<Outcome, CliError> {
+    let machine = g.state_machine.as_deref();
+    let conf = aws::config(g, machine).await?;
+    let ledger = ledger
+        .as_deref()
+        .map(str::to_string)
+        .or_else(|| machine.and_then(|m| ledger_table(None, m)));
+    let ask = plan::Ask {
+        runspec,
+        json,
+        ledger,
+        monthly_budget_usd: budget,
+    };
+    plan::command(&conf, ask).await.map(Outcome::Planned)
 }
 
 /// `ephemera schema`: the schema editors check RunSpecs with.

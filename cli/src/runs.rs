@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use ephemera_aws::{Ledger, LedgerTable};
 use ephemera_core::ledger;
 use ephemera_core::month_html::{self, Month, MonthRun};
+use ephemera_core::rundoc::Attempt;
 use serde_json::Value;
 
 use crate::errors::CliError;
@@ -241,22 +242,7 @@ pub async fn status(
     let field = |k: &str, v: String| println!("{k:<10} {}", printable(&v));
     field("run", e.run_id().unwrap_or_else(|| "?".into()));
     field("execution", format!("{} ({})", e.name, e.arn));
-    let state = match (e.is_running(), history::current_state(&events)) {
-        (true, Some((state, since))) => format!("RUNNING: in {state} for {}", elapsed(now - since)),
-        (true, None) => "RUNNING".into(),
-        (false, _) => {
-            let took = e.stopped.unwrap_or(now) - e.started;
-            let mut s = format!("{} after {}", e.status.as_str(), elapsed(took));
-            if let Some(err) = &e.error {
-                s.push_str(&format!(
-                    ": {err} - {}",
-                    e.cause.as_deref().unwrap_or("no cause given")
-                ));
-            }
-            s
-        }
-    };
-    field("status", state);
+    field("status", state_text(e, &events, now));
     if e.is_running() {
         for (i, w) in crate::waiting::now(&events, now).iter().enumerate() {
             let mut line = w.line();
@@ -285,25 +271,7 @@ pub async fn status(
     if attempts.is_empty() {
         field("attempts", "none launched".into());
     }
-    let region = crate::aws::region_of_arn(&e.arn).unwrap_or_default();
-    let mut spent = 0.0;
-    let cost = match (e.is_running(), history::report(&events)) {
-        (_, Some(r)) => match actual_usd(&r) {
-            Some(usd) => format!("${usd:.4} (measured; ephemera report {})", e.name),
-            None => "the report has no cost".into(),
-        },
-        (true, None) if !attempts.is_empty() => {
-            let (usd, unpriced) = cost_so_far(&attempts, region, now);
-            spent = usd;
-            format!(
-                "{}\n{:<10} ({COST_SO_FAR_NOTE})",
-                cost_text(usd, &unpriced),
-                ""
-            )
-        }
-        (true, None) => "nothing launched yet".into(),
-        (false, None) => "none: nothing was launched".into(),
-    };
+    let (cost, spent) = cost_status(e, &events, &attempts, now);
     field("cost", cost);
     if e.is_running() {
         if let Some(b) = crate::waiting::budget(&events, spent) {
@@ -316,6 +284,55 @@ pub async fn status(
         }
         _ => Outcome::RunFailed,
     })
+}
+
+/// The run's status line: running and in which state for how long, or how it ended.
+fn state_text(e: &Execution, events: &[history::Event], now: DateTime<Utc>) -> String {
+    match (e.is_running(), history::current_state(events)) {
+        (true, Some((state, since))) => format!("RUNNING: in {state} for {}", elapsed(now - since)),
+        (true, None) => "RUNNING".into(),
+        (false, _) => {
+            let took = e.stopped.unwrap_or(now) - e.started;
+            let mut s = format!("{} after {}", e.status.as_str(), elapsed(took));
+            if let Some(err) = &e.error {
+                s.push_str(&format!(
+                    ": {err} - {}",
+                    e.cause.as_deref().unwrap_or("no cause given")
+                ));
+            }
+            s
+        }
+    }
+}
+
+/// The run's cost line: measured by its report, or so far while it runs; and what it has
+/// spent so far (0 when not estimated), which the budget line weighs.
+fn cost_status(
+    e: &Execution,
+    events: &[history::Event],
+    attempts: &[Attempt],
+    now: DateTime<Utc>,
+) -> (String, f64) {
+    let region = crate::aws::region_of_arn(&e.arn).unwrap_or_default();
+    let mut spent = 0.0;
+    let cost = match (e.is_running(), history::report(events)) {
+        (_, Some(r)) => match actual_usd(&r) {
+            Some(usd) => format!("${usd:.4} (measured; ephemera report {})", e.name),
+            None => "the report has no cost".into(),
+        },
+        (true, None) if !attempts.is_empty() => {
+            let (usd, unpriced) = cost_so_far(attempts, region, now);
+            spent = usd;
+            format!(
+                "{}\n{:<10} ({COST_SO_FAR_NOTE})",
+                cost_text(usd, &unpriced),
+                ""
+            )
+        }
+        (true, None) => "nothing launched yet".into(),
+        (false, None) => "none: nothing was launched".into(),
+    };
+    (cost, spent)
 }
 
 #[cfg(test)]

@@ -287,40 +287,17 @@ pub fn assemble(spec: &RunSpec, facts: &Facts) -> Plan {
     let deadline = facts.now + Duration::seconds(spec.quota.max_wait_seconds as i64);
     let quotas = quota_plans(spec, facts, needs, &mut problems);
     let lines: Vec<QuotaLine> = quotas.iter().map(|q| q.line.clone()).collect();
-    let (quota_verdict, quota_reason) = if lines.is_empty() && !problems.is_empty() {
-        (
-            QuotaVerdict::Denied,
-            "the quotas were not judged".to_string(),
-        )
-    } else {
-        quota::decide(&lines, spec.quota.request_increase, facts.now, deadline)
-    };
+    let (quota_verdict, quota_reason) = judge_quotas(spec, facts, &lines, deadline, &mut problems);
     let with_room = match quota_verdict {
         QuotaVerdict::Enough => quota::markets_with_room(&lines),
         _ => vec![],
     };
-    if matches!(
-        quota_verdict,
-        QuotaVerdict::Denied | QuotaVerdict::DeadlinePassed
-    ) {
-        problems.push(format!("vCPU quota: {quota_reason}"));
-    }
 
     // LaunchWorker's order: the markets with room, then types × subnets ranked as
     // capacity.order says, by the same function from the same facts.
     let markets = capacity::markets_to_try(spec.worker.market, false, &with_room);
     let written = capacity::candidates(types, &spec.worker.subnets, &markets);
-    let observed = facts.observed();
-    let ranking = placement::rank(
-        spec.capacity.order,
-        &written,
-        &placement::Facts {
-            observed: Ok(&observed),
-            vcpus: &facts.vcpus,
-            on_demand: &facts.on_demand,
-            history: &facts.history,
-        },
-    );
+    let ranking = rank(spec, facts, &written);
     let all = capacity::candidates(
         types,
         &spec.worker.subnets,
@@ -335,13 +312,7 @@ pub fn assemble(spec: &RunSpec, facts: &Facts) -> Plan {
     let first_usd = admitted.first_usd;
     let month = month_plan(facts, first_usd, &mut problems);
 
-    let bound = payload::bound(spec);
-    let bounds = BoundsPlan {
-        history_events: admission::history_events(spec),
-        max_history_events: admission::MAX_HISTORY_EVENTS,
-        document_bytes: bound.document,
-        document_limit_bytes: payload::STATE_QUOTA_BYTES,
-    };
+    let bounds = bounds(spec);
 
     let verdict = if !problems.is_empty() {
         Verdict::Refuse
@@ -371,6 +342,59 @@ pub fn assemble(spec: &RunSpec, facts: &Facts) -> Plan {
             month,
         },
         bounds,
+    }
+}
+
+/// CheckQuota's verdict on the quotas and its reason (`quota::decide`); a verdict that refuses
+/// the run is one of its problems.
+fn judge_quotas(
+    spec: &RunSpec,
+    facts: &Facts,
+    lines: &[QuotaLine],
+    deadline: DateTime<Utc>,
+    problems: &mut Vec<String>,
+) -> (QuotaVerdict, String) {
+    let (quota_verdict, quota_reason) = if lines.is_empty() && !problems.is_empty() {
+        (
+            QuotaVerdict::Denied,
+            "the quotas were not judged".to_string(),
+        )
+    } else {
+        quota::decide(lines, spec.quota.request_increase, facts.now, deadline)
+    };
+    if matches!(
+        quota_verdict,
+        QuotaVerdict::Denied | QuotaVerdict::DeadlinePassed
+    ) {
+        problems.push(format!("vCPU quota: {quota_reason}"));
+    }
+    (quota_verdict, quota_reason)
+}
+
+/// The `written` candidates as LaunchWorker ranks them (`placement::rank`), from the facts
+/// read.
+fn rank(spec: &RunSpec, facts: &Facts, written: &[capacity::Candidate]) -> Ranking {
+    let observed = facts.observed();
+    placement::rank(
+        spec.capacity.order,
+        written,
+        &placement::Facts {
+            observed: Ok(&observed),
+            vcpus: &facts.vcpus,
+            on_demand: &facts.on_demand,
+            history: &facts.history,
+        },
+    )
+}
+
+/// The run's history and document sizes against Step Functions' limits.
+fn bounds(spec: &RunSpec) -> BoundsPlan {
+    let bound = payload::bound(spec);
+    BoundsPlan {
+        history_events: admission::history_events(spec),
+        max_history_events: admission::MAX_HISTORY_EVENTS,
+        document_bytes: bound.document,
+        document_limit_bytes: payload::STATE_QUOTA_BYTES,
     }
 }
 
@@ -667,24 +691,7 @@ fn candidate(
         .as_ref()
         .and_then(|code| lines.iter().find(|l| &l.code == code))
         .map(|l| l.fits);
-    let (score, score_note) = match (c.market, &zone) {
-        (Market::OnDemand, _) => (None, Some("On-Demand: no placement score".into())),
-        (Market::Spot, None) => (
-            None,
-            Some("score unknown: the subnet's zone is unknown".into()),
-        ),
-        (Market::Spot, Some(z)) => match facts.scores.get(&c.instance_type) {
-            Some(Ok(by_zone)) => match by_zone.get(&z.id) {
-                Some(&s) => (Some(s), None),
-                None => (
-                    None,
-                    Some(format!("score unknown: EC2 scored no zone {}", z.id)),
-                ),
-            },
-            Some(Err(why)) => (None, Some(format!("score unknown: {why}"))),
-            None => (None, Some("score unknown: not asked".into())),
-        },
-    };
+    let (score, score_note) = placement_score(facts, c, zone.as_ref());
     let spot = zone.as_ref().and_then(|z| {
         let history = facts.spot.get(&(c.instance_type.clone(), z.name.clone()))?;
         spot_range(history, facts.now)
@@ -693,38 +700,9 @@ fn candidate(
         Market::Spot => spot,
         Market::OnDemand => None,
     };
-    let t = spec
-        .worker
-        .instance_types
-        .iter()
-        .position(|t| t == &c.instance_type)
-        .unwrap_or(0);
-    let s = spec
-        .worker
-        .subnets
-        .iter()
-        .position(|s| s == &c.subnet)
-        .unwrap_or(0);
     let why = match order {
-        Some(_) => {
-            let m = markets.iter().position(|m| *m == c.market).unwrap_or(0);
-            let weight = weighted.map_or(String::new(), |w| {
-                format!(", ${w:.5} per vCPU-hour weighted")
-            });
-            format!(
-                "market {} of {} ({}), worker.instance_types[{t}], worker.subnets[{s}]{weight}",
-                m + 1,
-                markets.len(),
-                c.market.as_str()
-            )
-        }
-        None => match &code {
-            Some(code) if quota_fits == Some(false) => format!(
-                "not tried first: {code} ({}) has no room, so the launch tries only the markets with room",
-                c.market.as_str()
-            ),
-            _ => "not tried by the first launch".into(),
-        },
+        Some(_) => why_there(spec, markets, c, weighted),
+        None => why_not_tried(c, code.as_deref(), quota_fits),
     };
     CandidatePlan {
         order,
@@ -744,6 +722,75 @@ fn candidate(
         quota_code: code,
         quota_fits,
         why,
+    }
+}
+
+/// A Spot candidate's placement score in its zone, or why it has none.
+fn placement_score(
+    facts: &Facts,
+    c: &capacity::Candidate,
+    zone: Option<&Zone>,
+) -> (Option<u8>, Option<String>) {
+    match (c.market, zone) {
+        (Market::OnDemand, _) => (None, Some("On-Demand: no placement score".into())),
+        (Market::Spot, None) => (
+            None,
+            Some("score unknown: the subnet's zone is unknown".into()),
+        ),
+        (Market::Spot, Some(z)) => match facts.scores.get(&c.instance_type) {
+            Some(Ok(by_zone)) => match by_zone.get(&z.id) {
+                Some(&s) => (Some(s), None),
+                None => (
+                    None,
+                    Some(format!("score unknown: EC2 scored no zone {}", z.id)),
+                ),
+            },
+            Some(Err(why)) => (None, Some(format!("score unknown: {why}"))),
+            None => (None, Some("score unknown: not asked".into())),
+        },
+    }
+}
+
+/// Why a candidate the first launch tries is where it is: its market, type and subnet in the
+/// RunSpec's order, and the expected cost it was ranked by.
+fn why_there(
+    spec: &RunSpec,
+    markets: &[Market],
+    c: &capacity::Candidate,
+    weighted: Option<f64>,
+) -> String {
+    let t = spec
+        .worker
+        .instance_types
+        .iter()
+        .position(|t| t == &c.instance_type)
+        .unwrap_or(0);
+    let s = spec
+        .worker
+        .subnets
+        .iter()
+        .position(|s| s == &c.subnet)
+        .unwrap_or(0);
+    let m = markets.iter().position(|m| *m == c.market).unwrap_or(0);
+    let weight = weighted.map_or(String::new(), |w| {
+        format!(", ${w:.5} per vCPU-hour weighted")
+    });
+    format!(
+        "market {} of {} ({}), worker.instance_types[{t}], worker.subnets[{s}]{weight}",
+        m + 1,
+        markets.len(),
+        c.market.as_str()
+    )
+}
+
+/// Why the first launch would not try a candidate: its quota has no room, or it is not needed.
+fn why_not_tried(c: &capacity::Candidate, code: Option<&str>, quota_fits: Option<bool>) -> String {
+    match code {
+        Some(code) if quota_fits == Some(false) => format!(
+            "not tried first: {code} ({}) has no room, so the launch tries only the markets with room",
+            c.market.as_str()
+        ),
+        _ => "not tried by the first launch".into(),
     }
 }
 
@@ -812,59 +859,10 @@ pub fn text(p: &Plan) -> String {
         line(format!("  refused: {problem}"));
     }
     if !p.quotas.is_empty() {
-        line("vCPU quotas (CheckQuota):".into());
-        for q in &p.quotas {
-            let l = &q.line;
-            let room = l.applied - f64::from(l.usage_vcpus + l.reserved_vcpus);
-            let tail = match (&q.would_request, &l.request, &l.barred) {
-                (Some(d), _, _) => format!("; would request an increase to {d}"),
-                (None, Some(r), _) => format!("; follows request {} ({})", r.id, r.status),
-                (None, None, Some(b)) => format!("; no request: {b}"),
-                _ => String::new(),
-            };
-            line(format!(
-                "  {} {}: room {room} of {} (in use {}, reserved by other runs {}), need {}: {}{tail}",
-                l.code,
-                l.market.as_str(),
-                l.applied,
-                l.usage_vcpus,
-                l.reserved_vcpus,
-                l.needed_vcpus,
-                if l.fits { "fits" } else { "short" }
-            ));
-        }
-        line(format!("  {}", p.quota_reason));
+        quota_text(p, &mut line);
     }
     if !p.candidates.is_empty() {
-        line(format!(
-            "candidates, in the order the launch tries them ({}):",
-            p.order_rule
-        ));
-        let mut ordered: Vec<&CandidatePlan> = p.candidates.iter().collect();
-        ordered.sort_by_key(|c| c.order.unwrap_or(usize::MAX));
-        for c in ordered {
-            let order = c.order.map_or("  -".into(), |o| format!("{o:>3}"));
-            let zone = c.zone.as_ref().map_or("?".into(), |z| z.name.clone());
-            let score = match (c.score, &c.score_note) {
-                (Some(s), _) => format!("score {s}"),
-                (None, Some(n)) => n.clone(),
-                (None, None) => "score unknown".into(),
-            };
-            let spot = c.spot.map_or(String::new(), |s| {
-                format!(
-                    ", spot ${:.4}/h (7 days ${:.4}–${:.4})",
-                    s.now_usd_per_hour, s.min_usd_per_hour, s.max_usd_per_hour
-                )
-            });
-            line(format!(
-                "{order}. {} {} {} ({zone}): {score}{spot}, on-demand {}/h; {}",
-                c.market.as_str(),
-                c.instance_type,
-                c.subnet,
-                usd(c.on_demand_usd_per_hour),
-                c.why
-            ));
-        }
+        candidate_text(p, &mut line);
     }
     line(format!(
         "cost: expected {} (the first candidate's price, every worker's first attempt, at most its limits); worst case {} against limits.budget_usd ${:.2}",
@@ -894,6 +892,65 @@ pub fn text(p: &Plan) -> String {
         p.bounds.document_limit_bytes
     ));
     out
+}
+
+/// The quotas CheckQuota judges, a line each, and its reason.
+fn quota_text(p: &Plan, line: &mut impl FnMut(String)) {
+    line("vCPU quotas (CheckQuota):".into());
+    for q in &p.quotas {
+        let l = &q.line;
+        let room = l.applied - f64::from(l.usage_vcpus + l.reserved_vcpus);
+        let tail = match (&q.would_request, &l.request, &l.barred) {
+            (Some(d), _, _) => format!("; would request an increase to {d}"),
+            (None, Some(r), _) => format!("; follows request {} ({})", r.id, r.status),
+            (None, None, Some(b)) => format!("; no request: {b}"),
+            _ => String::new(),
+        };
+        line(format!(
+            "  {} {}: room {room} of {} (in use {}, reserved by other runs {}), need {}: {}{tail}",
+            l.code,
+            l.market.as_str(),
+            l.applied,
+            l.usage_vcpus,
+            l.reserved_vcpus,
+            l.needed_vcpus,
+            if l.fits { "fits" } else { "short" }
+        ));
+    }
+    line(format!("  {}", p.quota_reason));
+}
+
+/// Every candidate in the order the launch tries them, those it would not try last.
+fn candidate_text(p: &Plan, line: &mut impl FnMut(String)) {
+    line(format!(
+        "candidates, in the order the launch tries them ({}):",
+        p.order_rule
+    ));
+    let mut ordered: Vec<&CandidatePlan> = p.candidates.iter().collect();
+    ordered.sort_by_key(|c| c.order.unwrap_or(usize::MAX));
+    for c in ordered {
+        let order = c.order.map_or("  -".into(), |o| format!("{o:>3}"));
+        let zone = c.zone.as_ref().map_or("?".into(), |z| z.name.clone());
+        let score = match (c.score, &c.score_note) {
+            (Some(s), _) => format!("score {s}"),
+            (None, Some(n)) => n.clone(),
+            (None, None) => "score unknown".into(),
+        };
+        let spot = c.spot.map_or(String::new(), |s| {
+            format!(
+                ", spot ${:.4}/h (7 days ${:.4}–${:.4})",
+                s.now_usd_per_hour, s.min_usd_per_hour, s.max_usd_per_hour
+            )
+        });
+        line(format!(
+            "{order}. {} {} {} ({zone}): {score}{spot}, on-demand {}/h; {}",
+            c.market.as_str(),
+            c.instance_type,
+            c.subnet,
+            usd(c.on_demand_usd_per_hour),
+            c.why
+        ));
+    }
 }
 
 #[cfg(test)]

@@ -75,44 +75,7 @@ fn job_user_lines() -> String {
 /// service that shuts the instance down when the worker ends; a job's user and its firewall rules
 /// first.
 pub fn render(w: &WorkerLaunch<'_>) -> String {
-    let mut cmd = vec!["/opt/ephemera/ephemera-worker".to_string()];
-    // `exec [options] -- <command>`: the link's options go before `--`, the job's after.
-    let (own, job) = match w.args.iter().position(|a| a == "--") {
-        Some(i) => w.args.split_at(i),
-        None => (w.args, &[][..]),
-    };
-    cmd.extend(own.iter().map(|a| shell_quote(a)));
-    cmd.extend([
-        "--run-id".to_string(),
-        shell_quote(w.run_id),
-        "--attempt".to_string(),
-        w.attempt.to_string(),
-        "--ssm-prefix".to_string(),
-        shell_quote(w.ssm_prefix),
-        "--heartbeat-seconds".to_string(),
-        w.heartbeat_seconds.to_string(),
-    ]);
-    if let Some(g) = w.log_group {
-        cmd.extend(["--log-group".to_string(), shell_quote(g)]);
-    }
-    if let Some(b) = w.budget_seconds {
-        cmd.extend(["--budget-seconds".to_string(), b.to_string()]);
-    }
-    if w.run_session {
-        cmd.push("--run-session".to_string());
-    }
-    let a_job = own.first().map(String::as_str) == Some("exec");
-    if a_job {
-        cmd.extend([
-            "--worker".to_string(),
-            w.slot.to_string(),
-            "--workers".to_string(),
-            w.workers.to_string(),
-            "--run-as".to_string(),
-            JOB_USER.to_string(),
-        ]);
-    }
-    cmd.extend(job.iter().map(|a| shell_quote(a)));
+    let (cmd, a_job) = command_line(w);
     format!(
         r#"#!/bin/bash
 # ephemera worker bootstrap. No secrets here: the worker reads them with its instance role.
@@ -169,6 +132,50 @@ systemctl start ephemera-worker
             String::new()
         },
     )
+}
+
+/// The worker's command line, each word quoted for the shell, and whether it runs a job
+/// (`exec`), which runs as the job's user.
+fn command_line(w: &WorkerLaunch<'_>) -> (Vec<String>, bool) {
+    let mut cmd = vec!["/opt/ephemera/ephemera-worker".to_string()];
+    // `exec [options] -- <command>`: the link's options go before `--`, the job's after.
+    let (own, job) = match w.args.iter().position(|a| a == "--") {
+        Some(i) => w.args.split_at(i),
+        None => (w.args, &[][..]),
+    };
+    cmd.extend(own.iter().map(|a| shell_quote(a)));
+    cmd.extend([
+        "--run-id".to_string(),
+        shell_quote(w.run_id),
+        "--attempt".to_string(),
+        w.attempt.to_string(),
+        "--ssm-prefix".to_string(),
+        shell_quote(w.ssm_prefix),
+        "--heartbeat-seconds".to_string(),
+        w.heartbeat_seconds.to_string(),
+    ]);
+    if let Some(g) = w.log_group {
+        cmd.extend(["--log-group".to_string(), shell_quote(g)]);
+    }
+    if let Some(b) = w.budget_seconds {
+        cmd.extend(["--budget-seconds".to_string(), b.to_string()]);
+    }
+    if w.run_session {
+        cmd.push("--run-session".to_string());
+    }
+    let a_job = own.first().map(String::as_str) == Some("exec");
+    if a_job {
+        cmd.extend([
+            "--worker".to_string(),
+            w.slot.to_string(),
+            "--workers".to_string(),
+            w.workers.to_string(),
+            "--run-as".to_string(),
+            JOB_USER.to_string(),
+        ]);
+    }
+    cmd.extend(job.iter().map(|a| shell_quote(a)));
+    (cmd, a_job)
 }
 
 /// The worker's command line as the instance runs it, read back from the script `render` wrote:

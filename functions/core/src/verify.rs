@@ -428,6 +428,43 @@ pub fn check_job_manifests(
     listed: &[Listed],
     found: &BTreeMap<String, Option<u64>>,
 ) -> Vec<Check> {
+    let mut out = manifest_content_checks(spec, listed);
+    let counted: [(&str, &str, Option<u64>, Measure); 2] = [
+        (
+            "min_objects",
+            "objects",
+            spec.expect.min_objects,
+            |l: &Listed| l.manifest.objects.len() as u64,
+        ),
+        ("min_bytes", "bytes", spec.expect.min_bytes, |l: &Listed| {
+            l.manifest.objects.iter().map(|o| o.bytes).sum()
+        }),
+    ];
+    for (name, unit, at_least, of) in counted {
+        let Some(least) = at_least else { continue };
+        out.push(count_check(
+            spec.expect.counts,
+            listed,
+            name,
+            unit,
+            least,
+            of,
+        ));
+    }
+    // Every object of every manifest, as one listing: the keys are apart by worker.
+    let all = Manifest {
+        run_id: spec.run_id.clone(),
+        objects: listed
+            .iter()
+            .flat_map(|l| l.manifest.objects.iter().cloned())
+            .collect(),
+    };
+    out.extend(object_checks(spec, &all, found));
+    out
+}
+
+/// Each manifest is for this run and lists something.
+fn manifest_content_checks(spec: &RunSpec, listed: &[Listed]) -> Vec<Check> {
     let n = listed.len();
     let total_objects: u64 = listed.iter().map(|l| l.manifest.objects.len() as u64).sum();
     let other_run: Vec<String> = listed
@@ -445,14 +482,7 @@ pub fn check_job_manifests(
         .filter(|l| l.manifest.objects.is_empty())
         .map(|l| format!("worker {}'s manifest lists no objects", l.slot))
         .collect();
-    let each = |what: Measure| {
-        listed
-            .iter()
-            .map(|l| format!("{}", what(l)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let mut out = vec![
+    vec![
         check(
             "manifest_run_id",
             other_run.is_empty(),
@@ -469,70 +499,68 @@ pub fn check_job_manifests(
                 (true, 1) => format!("{total_objects} objects listed"),
                 (true, _) => format!(
                     "{total_objects} objects listed in {n} manifests ({} by worker)",
-                    each(|l| l.manifest.objects.len() as u64)
+                    by_worker(listed, |l| l.manifest.objects.len() as u64)
                 ),
             },
         ),
-    ];
-    let counted: [(&str, &str, Option<u64>, Measure); 2] = [
-        (
-            "min_objects",
-            "objects",
-            spec.expect.min_objects,
-            |l: &Listed| l.manifest.objects.len() as u64,
-        ),
-        ("min_bytes", "bytes", spec.expect.min_bytes, |l: &Listed| {
-            l.manifest.objects.iter().map(|o| o.bytes).sum()
-        }),
-    ];
-    for (name, unit, at_least, of) in counted {
-        let Some(least) = at_least else { continue };
-        out.push(match spec.expect.counts {
-            Counts::Total => {
-                let sum: u64 = listed.iter().map(of).sum();
-                let whose = match n {
-                    1 => String::new(),
-                    _ => format!(" in {n} manifests"),
-                };
-                check(
-                    name,
-                    sum >= least,
-                    format!("{sum} {unit} listed{whose}, at least {least} expected in total"),
-                )
-            }
-            Counts::PerWorker => {
-                let short: Vec<String> = listed
-                    .iter()
-                    .filter(|l| of(l) < least)
-                    .map(|l| format!("worker {} lists {} {unit}", l.slot, of(l)))
-                    .collect();
-                check(
-                    name,
-                    short.is_empty(),
-                    match short.is_empty() {
-                        true => format!(
-                            "each of {n} manifest(s) lists at least {least} {unit} ({} by worker)",
-                            each(of)
-                        ),
-                        false => format!(
-                            "{}, at least {least} expected of each worker (expect.counts per_worker)",
-                            short.join("; ")
-                        ),
-                    },
-                )
-            }
-        });
+    ]
+}
+
+/// `expect.min_objects` or `min_bytes` (`name`, counted in `unit` by `of`): at least `least`
+/// in total or of each worker, as `expect.counts` says.
+fn count_check(
+    counts: Counts,
+    listed: &[Listed],
+    name: &str,
+    unit: &str,
+    least: u64,
+    of: Measure,
+) -> Check {
+    let n = listed.len();
+    match counts {
+        Counts::Total => {
+            let sum: u64 = listed.iter().map(of).sum();
+            let whose = match n {
+                1 => String::new(),
+                _ => format!(" in {n} manifests"),
+            };
+            check(
+                name,
+                sum >= least,
+                format!("{sum} {unit} listed{whose}, at least {least} expected in total"),
+            )
+        }
+        Counts::PerWorker => {
+            let short: Vec<String> = listed
+                .iter()
+                .filter(|l| of(l) < least)
+                .map(|l| format!("worker {} lists {} {unit}", l.slot, of(l)))
+                .collect();
+            check(
+                name,
+                short.is_empty(),
+                match short.is_empty() {
+                    true => format!(
+                        "each of {n} manifest(s) lists at least {least} {unit} ({} by worker)",
+                        by_worker(listed, of)
+                    ),
+                    false => format!(
+                        "{}, at least {least} expected of each worker (expect.counts per_worker)",
+                        short.join("; ")
+                    ),
+                },
+            )
+        }
     }
-    // Every object of every manifest, as one listing: the keys are apart by worker.
-    let all = Manifest {
-        run_id: spec.run_id.clone(),
-        objects: listed
-            .iter()
-            .flat_map(|l| l.manifest.objects.iter().cloned())
-            .collect(),
-    };
-    out.extend(object_checks(spec, &all, found));
-    out
+}
+
+/// `what` of each manifest in turn, for a detail: "3, 4, 2".
+fn by_worker(listed: &[Listed], what: Measure) -> String {
+    listed
+        .iter()
+        .map(|l| format!("{}", what(l)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// What the manifests list, for the run document and the report: the first one's URL, the

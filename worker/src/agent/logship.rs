@@ -303,102 +303,154 @@ async fn ship(
     stop: CancellationToken,
     cap: u64,
 ) -> Stats {
-    let mut stats = Stats::default();
-    let mut stream_ready = false;
-    let mut retry: Option<(Vec<Line>, u32)> = None;
-    let mut warned = false;
-    let mut warn = |what: &str, e: &dyn std::fmt::Display| {
-        if !std::mem::replace(&mut warned, true) {
-            tracing::warn!(group = %group, stream = %stream, error = %e, "{what}: log lines stay on stderr only");
-        }
+    let mut shipping = Shipping {
+        client,
+        group,
+        stream,
+        cap,
+        stats: Stats::default(),
+        stream_ready: false,
+        retry: None,
+        warned: false,
     };
     loop {
         let last_pass = stop.is_cancelled();
-        if !stream_ready {
-            match client
-                .create_log_stream()
-                .log_group_name(&group)
-                .log_stream_name(&stream)
-                .send()
-                .await
-            {
-                Ok(_) => stream_ready = true,
-                Err(e)
-                    if e.as_service_error()
-                        .is_some_and(|s| s.is_resource_already_exists_exception()) =>
-                {
-                    stream_ready = true
-                }
-                Err(e) => warn("cannot create the log stream", &DisplayErrorContext(&e)),
-            }
+        if !shipping.stream_ready {
+            shipping.create_stream().await;
         }
-        while stream_ready {
-            let (batch, tries) = match retry.take() {
-                Some(r) => r,
-                None => (buffer.take_batch(), 0),
-            };
-            let (batch, over) = within_cap(batch, stats.sent_bytes, cap);
-            if over > 0 {
-                if stats.over_cap == 0 {
-                    eprintln!("ephemera: the log has reached its {cap} bytes for CloudWatch Logs; the rest stays on stderr only");
-                }
-                stats.over_cap += over;
-            }
-            if batch.is_empty() {
-                if over > 0 {
-                    continue;
-                }
+        while shipping.stream_ready {
+            let Some((batch, tries)) = shipping.next_batch(&buffer) else {
                 break;
-            }
-            let n = batch.len() as u64;
-            stats.sent_bytes += batch_bytes(&batch);
-            let events: Vec<InputLogEvent> = batch
-                .iter()
-                .filter_map(|l| {
-                    InputLogEvent::builder()
-                        .timestamp(l.timestamp_ms)
-                        .message(&l.message)
-                        .build()
-                        .ok()
-                })
-                .collect();
-            match client
-                .put_log_events()
-                .log_group_name(&group)
-                .log_stream_name(&stream)
-                .set_log_events(Some(events))
-                .send()
-                .await
-            {
-                Ok(_) => stats.shipped += n,
-                Err(e) if super::link::transient(&e) && tries < TRANSIENT_TRIES && !last_pass => {
-                    warn(
-                        "CloudWatch Logs is not taking lines now",
-                        &DisplayErrorContext(&e),
-                    );
-                    retry = Some((batch, tries + 1));
-                    break;
-                }
-                Err(e) => {
-                    if e.code() == Some("ResourceNotFoundException") {
-                        // The stream went away: made again on the next pass.
-                        stream_ready = false;
-                    }
-                    warn(
-                        "CloudWatch Logs refused log lines",
-                        &DisplayErrorContext(&e),
-                    );
-                    stats.refused += n;
-                }
+            };
+            if !shipping.send(batch, tries, last_pass).await {
+                break;
             }
         }
         if last_pass {
-            return stats;
+            return shipping.stats;
         }
         tokio::select! {
             _ = tokio::time::sleep(PERIOD) => {}
             _ = stop.cancelled() => {}
         }
+    }
+}
+
+/// The shipping task's state between passes: the stream it sends to, what became of the lines
+/// so far, and the batch to send again.
+struct Shipping {
+    client: aws_sdk_cloudwatchlogs::Client,
+    group: String,
+    stream: String,
+    /// The bytes this process may send in all ([`MAX_SHIPPED_BYTES`]).
+    cap: u64,
+    stats: Stats,
+    stream_ready: bool,
+    /// A batch refused for a transient reason, and how many passes it has been tried.
+    retry: Option<(Vec<Line>, u32)>,
+    warned: bool,
+}
+
+impl Shipping {
+    /// Warns once in the process's life, however many times shipping fails.
+    fn warn(&mut self, what: &str, e: &dyn std::fmt::Display) {
+        if !std::mem::replace(&mut self.warned, true) {
+            tracing::warn!(group = %self.group, stream = %self.stream, error = %e, "{what}: log lines stay on stderr only");
+        }
+    }
+
+    /// Makes the log stream (or finds it made).
+    async fn create_stream(&mut self) {
+        match self
+            .client
+            .create_log_stream()
+            .log_group_name(&self.group)
+            .log_stream_name(&self.stream)
+            .send()
+            .await
+        {
+            Ok(_) => self.stream_ready = true,
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_already_exists_exception()) =>
+            {
+                self.stream_ready = true
+            }
+            Err(e) => self.warn("cannot create the log stream", &DisplayErrorContext(&e)),
+        }
+    }
+
+    /// The batch to send next (the one to send again first) and its passes so far, cut to what
+    /// is left of the cap; None when there is nothing to send.
+    fn next_batch(&mut self, buffer: &Buffer) -> Option<(Vec<Line>, u32)> {
+        loop {
+            let (batch, tries) = match self.retry.take() {
+                Some(r) => r,
+                None => (buffer.take_batch(), 0),
+            };
+            let (batch, over) = within_cap(batch, self.stats.sent_bytes, self.cap);
+            if over > 0 {
+                if self.stats.over_cap == 0 {
+                    eprintln!("ephemera: the log has reached its {} bytes for CloudWatch Logs; the rest stays on stderr only", self.cap);
+                }
+                self.stats.over_cap += over;
+            }
+            if batch.is_empty() {
+                if over > 0 {
+                    continue;
+                }
+                return None;
+            }
+            return Some((batch, tries));
+        }
+    }
+
+    /// Sends one batch; false when this pass should send no more (the batch is kept to send
+    /// again on the next pass).
+    async fn send(&mut self, batch: Vec<Line>, tries: u32, last_pass: bool) -> bool {
+        let n = batch.len() as u64;
+        self.stats.sent_bytes += batch_bytes(&batch);
+        let events: Vec<InputLogEvent> = batch
+            .iter()
+            .filter_map(|l| {
+                InputLogEvent::builder()
+                    .timestamp(l.timestamp_ms)
+                    .message(&l.message)
+                    .build()
+                    .ok()
+            })
+            .collect();
+        match self
+            .client
+            .put_log_events()
+            .log_group_name(&self.group)
+            .log_stream_name(&self.stream)
+            .set_log_events(Some(events))
+            .send()
+            .await
+        {
+            Ok(_) => self.stats.shipped += n,
+            Err(e) if super::link::transient(&e) && tries < TRANSIENT_TRIES && !last_pass => {
+                self.warn(
+                    "CloudWatch Logs is not taking lines now",
+                    &DisplayErrorContext(&e),
+                );
+                self.retry = Some((batch, tries + 1));
+                return false;
+            }
+            Err(e) => {
+                if e.code() == Some("ResourceNotFoundException") {
+                    // The stream went away: made again on the next pass.
+                    self.stream_ready = false;
+                }
+                self.warn(
+                    "CloudWatch Logs refused log lines",
+                    &DisplayErrorContext(&e),
+                );
+                self.stats.refused += n;
+            }
+        }
+        true
     }
 }
 

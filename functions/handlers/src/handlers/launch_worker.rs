@@ -144,30 +144,8 @@ pub async fn handle<
     let role_id = worker_role_id(config)?;
     let slot = checked_slot(spec, input.slot)?;
     let (attempt, relaunches_left) = next_attempt(spec, input.worker.as_ref(), input.relaunch)?;
-    let markets = capacity::markets_to_try(spec.worker.market, input.relaunch, &input.markets);
-    let worst = attempt_worst_case(prices, spec, &input.prices, &config.region).await?;
     let month = ledger::booked_month(input.started, input.entered.unwrap_or(now));
-    let booking = Booking {
-        spec,
-        execution: &input.execution,
-        month: month.clone(),
-        slot,
-        attempt,
-        previous_usd: previous_usd(input.worker.as_ref(), attempt),
-        worst: &worst,
-        cap: Cap::of(spec, &config.region),
-    };
-    let granted = book(&books, config, &booking).await?;
-    if granted.capped() {
-        tracing::warn!(
-            runtime_seconds = granted.runtime_seconds,
-            max_runtime_seconds = spec.limits.max_runtime_seconds,
-            attempt_usd = granted.usd,
-            slot,
-            attempt,
-            "the rest of the cap buys less than limits.max_runtime_seconds: the worker stops at its money deadline"
-        );
-    }
+    let granted = admit(prices, &books, config, &input, &month, slot, attempt).await?;
     let refused = input.launch_quota.as_ref().map(|q| &q.refused);
     let made = Made {
         spec,
@@ -183,40 +161,25 @@ pub async fn handle<
     if input.relaunch {
         book_reclaim(books.ledger, &input.execution, slot, input.worker.as_ref()).await;
     }
+    let handover = Handover {
+        vending: vending.as_ref(),
+        sessions,
+        params,
+        role_id: &role_id,
+    };
     // A retried call (Lambda timeout, Step Functions retry) finds the instance it already made.
-    if let Some(i) = existing_instance(ec2, &input.execution, slot, attempt).await? {
-        tracing::info!(instance = %i.id, slot, attempt, "instance for this attempt already exists");
-        // The call that launched it may have ended before it handed the session over.
-        if let Some(v) = &vending {
-            v.hand_over(sessions, params, &role_id, &i.id).await?;
-        }
-        let token = i.client_token.clone().unwrap_or_default();
-        return Ok(made.state(&i, token, vec![], true, None));
+    if let Some(state) = already_made(ec2, &handover, &input.execution, &made).await? {
+        return Ok(state);
     }
     let request = launch_request(ec2, params, config, &made, &input, vending.is_some()).await?;
-    let ranking = Ranker {
-        ec2,
-        prices,
-        ledger: books.ledger,
-        spec,
-        input: &input,
-        region: &config.region,
-        month: &month,
-        now,
-        limit: RANKING_READS_LIMIT,
-    }
-    .rank(&markets)
-    .await;
+    let ranking = rank_candidates(ec2, prices, books.ledger, config, &input, &month, now).await;
     tracing::info!(slot, attempt, order = spec.capacity.order.as_str(), first = %ranking.choice().line(), ranking = %serde_json::to_string(&ranking).unwrap_or_default(), "candidates ranked");
     match first_available(ec2, &request, &input.execution, &made, &ranking.tried()).await {
         Ok((instance, token, tried)) => {
             book_spot_launch(books.ledger, &input.execution, slot, attempt, &instance).await;
             // An error here fails the state: its Catch terminates the instance, and a retry
             // finds it and hands the session over then.
-            if let Some(v) = &vending {
-                v.hand_over(sessions, params, &role_id, &instance.id)
-                    .await?;
-            }
+            handover.to(&instance.id).await?;
             let line = caps::cap(&ranking.choice().line(), placement::LINE_KEPT);
             Ok(made.state(&instance, token, tried, false, Some(line)))
         }
@@ -225,6 +188,62 @@ pub async fn handle<
         }
         Err(e) => Err(e),
     }
+}
+
+/// The attempt admitted against the run's cap and the month's budget ([`book`]): its worst
+/// case as granted, for the run's prices and the month the run is booked in.
+async fn admit<P: PriceList, L: Ledger, N: Notifier>(
+    prices: &P,
+    books: &Books<'_, L, N>,
+    config: &Config,
+    input: &Input,
+    month: &str,
+    slot: u32,
+    attempt: u32,
+) -> Result<AttemptWorstCase, Error> {
+    let spec = &input.run;
+    let worst = attempt_worst_case(prices, spec, &input.prices, &config.region).await?;
+    let booking = Booking {
+        spec,
+        execution: &input.execution,
+        month: month.to_string(),
+        slot,
+        attempt,
+        previous_usd: previous_usd(input.worker.as_ref(), attempt),
+        worst: &worst,
+        cap: Cap::of(spec, &config.region),
+    };
+    let granted = book(books, config, &booking).await?;
+    if granted.capped() {
+        tracing::warn!(
+            runtime_seconds = granted.runtime_seconds,
+            max_runtime_seconds = spec.limits.max_runtime_seconds,
+            attempt_usd = granted.usd,
+            slot,
+            attempt,
+            "the rest of the cap buys less than limits.max_runtime_seconds: the worker stops at its money deadline"
+        );
+    }
+    Ok(granted)
+}
+
+/// The worker's state with the instance a retried call already made for this attempt, if
+/// there is one.
+async fn already_made<E: Compute, V: RunSessions, S: SealedParams>(
+    ec2: &E,
+    handover: &Handover<'_, V, S>,
+    execution: &str,
+    made: &Made<'_>,
+) -> Result<Option<WorkerState>, Error> {
+    let (slot, attempt) = (made.slot, made.attempt);
+    let Some(i) = existing_instance(ec2, execution, slot, attempt).await? else {
+        return Ok(None);
+    };
+    tracing::info!(instance = %i.id, slot, attempt, "instance for this attempt already exists");
+    // The call that launched it may have ended before it handed the session over.
+    handover.to(&i.id).await?;
+    let token = i.client_token.clone().unwrap_or_default();
+    Ok(Some(made.state(&i, token, vec![], true, None)))
 }
 
 /// A launch some candidate's vCPU quota refused (and no other candidate took): the worker waits
@@ -351,6 +370,28 @@ impl<'a> Vending<'a> {
             .await?;
         tracing::info!(instance, written, expires = %session.expiration, "the run's session handed over");
         Ok(())
+    }
+}
+
+/// Where an instance gets the run's session: the [`Vending`], when the deployment has a run
+/// role, and the clients it vends and seals with.
+struct Handover<'a, V, S> {
+    vending: Option<&'a Vending<'a>>,
+    sessions: &'a V,
+    params: &'a S,
+    role_id: &'a str,
+}
+
+impl<V: RunSessions, S: SealedParams> Handover<'_, V, S> {
+    /// [`Vending::hand_over`] to `instance`; nothing without a run role.
+    async fn to(&self, instance: &str) -> Result<(), Error> {
+        match self.vending {
+            Some(v) => {
+                v.hand_over(self.sessions, self.params, self.role_id, instance)
+                    .await
+            }
+            None => Ok(()),
+        }
     }
 }
 
@@ -984,6 +1025,34 @@ struct Ranker<'a, E, P, L> {
     now: DateTime<Utc>,
     /// How long the ranking's reads may take ([`RANKING_READS_LIMIT`]).
     limit: Duration,
+}
+
+/// This launch's candidates, of the markets it may try, ranked as `capacity.order` says
+/// ([`Ranker::rank`]).
+async fn rank_candidates<E: Compute + SpotPlacement, P: PriceList, L: Ledger>(
+    ec2: &E,
+    prices: &P,
+    ledger: Option<&L>,
+    config: &Config,
+    input: &Input,
+    month: &str,
+    now: DateTime<Utc>,
+) -> Ranking {
+    let spec = &input.run;
+    let markets = capacity::markets_to_try(spec.worker.market, input.relaunch, &input.markets);
+    Ranker {
+        ec2,
+        prices,
+        ledger,
+        spec,
+        input,
+        region: &config.region,
+        month,
+        now,
+        limit: RANKING_READS_LIMIT,
+    }
+    .rank(&markets)
+    .await
 }
 
 /// How long a `price-capacity` ranking may spend reading its facts (zones, Spot prices,

@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
 use ephemera_core::admission::{self, Deployment};
-use ephemera_core::budget;
 use ephemera_core::instance_state::InstanceState;
 use ephemera_core::quota::{self, QuotaLine, QuotaState, QuotaVerdict, RequestProgress};
 use ephemera_core::quota_request::{self, Bounds, Filing};
 use ephemera_core::runspec::FieldError;
 use ephemera_core::vcpus::{self, Claim, Held};
+use ephemera_core::{budget, cost};
 use ephemera_core::{InvalidRunSpec, RunSpec};
 use serde::Deserialize;
 
@@ -83,29 +83,13 @@ pub async fn handle<E: Compute, Q: QuotaService, P: PriceList, R: VcpuReservatio
     // The one state that validates it; those after read it typed (tests/asl_states.rs).
     let spec = admission::admit(&input.run, &config.deployment)?;
     let types = &spec.worker.instance_types;
-    let per_type = offered_types(ec2, types, &config.region).await?;
-    let needs = quota::needs(
-        &per_type,
-        &spec.worker.market.markets(false),
-        spec.worker.count,
-    )
-    .map_err(|m| InvalidRunSpec {
-        errors: vec![FieldError {
-            field: "worker.instance_types".into(),
-            message: m,
-        }],
-    })?;
+    let needs = needs(ec2, &spec, &config.region).await?;
     let prev = input.quota.as_ref();
     // The first admission, before any increase is asked for: a run its cap cannot cover would
     // otherwise wait days for vCPUs it may never use. Later polls do not judge again: the RunSpec
     // and the prices are the same.
     let quotes = match prev {
-        None => {
-            let quotes =
-                pricing::quotes_within(prices, &[], types, &config.region, pricing_deadline).await;
-            admit(&spec, types, &quotes, &config.region)?;
-            Some(quotes)
-        }
+        None => Some(first_admission(prices, &spec, &config.region, pricing_deadline).await?),
         Some(_) => None,
     };
     let codes: Vec<&str> = needs.iter().map(|n| n.code.as_str()).collect();
@@ -144,16 +128,7 @@ pub async fn handle<E: Compute, Q: QuotaService, P: PriceList, R: VcpuReservatio
     // The run's prices, once: every launch budgets with them and the report bills with them.
     let (prices, markets) = match verdict {
         QuotaVerdict::Enough => (
-            pricing::type_prices(
-                types,
-                match quotes {
-                    Some(q) => q,
-                    None => {
-                        pricing::quotes_within(prices, &[], types, &config.region, pricing_deadline)
-                            .await
-                    }
-                },
-            ),
+            run_prices(prices, types, &config.region, quotes, pricing_deadline).await,
             quota::markets_with_room(&lines),
         ),
         _ => (vec![], vec![]),
@@ -171,6 +146,58 @@ pub async fn handle<E: Compute, Q: QuotaService, P: PriceList, R: VcpuReservatio
         prices,
         markets,
     })
+}
+
+/// The vCPUs each quota must hold for the run's workers, from the candidate types' vCPUs.
+async fn needs<E: Compute>(
+    ec2: &E,
+    spec: &RunSpec,
+    region: &str,
+) -> Result<Vec<quota::QuotaNeed>, Error> {
+    let per_type = offered_types(ec2, &spec.worker.instance_types, region).await?;
+    let needs = quota::needs(
+        &per_type,
+        &spec.worker.market.markets(false),
+        spec.worker.count,
+    )
+    .map_err(|m| InvalidRunSpec {
+        errors: vec![FieldError {
+            field: "worker.instance_types".into(),
+            message: m,
+        }],
+    })?;
+    Ok(needs)
+}
+
+/// The candidates' prices, read within `deadline`, once the run's cap is found to cover its
+/// first attempts ([`admit`]).
+async fn first_admission<P: PriceList>(
+    prices: &P,
+    spec: &RunSpec,
+    region: &str,
+    deadline: tokio::time::Instant,
+) -> Result<Vec<Option<pricing::Quote>>, Error> {
+    let types = &spec.worker.instance_types;
+    let quotes = pricing::quotes_within(prices, &[], types, region, deadline).await;
+    admit(spec, types, &quotes, region)?;
+    Ok(quotes)
+}
+
+/// The run's prices: those the first admission read, or read now within `deadline`.
+async fn run_prices<P: PriceList>(
+    prices: &P,
+    types: &[String],
+    region: &str,
+    quotes: Option<Vec<Option<pricing::Quote>>>,
+    deadline: tokio::time::Instant,
+) -> Vec<cost::TypePrice> {
+    pricing::type_prices(
+        types,
+        match quotes {
+            Some(q) => q,
+            None => pricing::quotes_within(prices, &[], types, region, deadline).await,
+        },
+    )
 }
 
 /// The vCPUs other runs hold and the usage outside them, per quota code: the reservations, the

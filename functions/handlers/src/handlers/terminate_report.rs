@@ -206,33 +206,56 @@ where
         now,
     };
     let mut report = report_of(spec, &input, &ends, measured);
+    put_away(&s, config, &input, &month, &instances, &mut report).await;
+    deliver(s.objects, s.sns, config, spec, topic, &mut report).await;
+    tracing::info!(actual_usd = report.actual_usd, outcome = %report.outcome, "cost report");
+    Ok(report)
+}
+
+/// What the run leaves once its report is made, put away: its instances' parameters, and with
+/// a ledger its vCPUs, its entry and the month's figures.
+async fn put_away<E, P, N, H, O, L, R>(
+    s: &Services<'_, E, P, N, H, O, L, R>,
+    config: &Config,
+    input: &Input,
+    month: &str,
+    instances: &BTreeMap<String, InstanceView>,
+    report: &mut CostReport,
+) where
+    O: ObjectWriter,
+    L: Ledger + VcpuReservations,
+    R: ParamHousekeeping,
+{
+    let spec = &input.run;
     if let Some(r) = s.signals {
-        delete_signals(r, &spec.run_id, instances.keys(), &mut report).await;
+        delete_signals(r, &spec.run_id, instances.keys(), report).await;
     }
     if let Some(l) = s.ledger {
         // Its instances are terminated: the vCPUs it reserved go back to the stack's runs.
-        release_vcpus(l, &config.region, &input.execution, spec, &mut report).await;
-        close_ledger(l, &input.execution, &mut report).await;
-        store_month(
-            l,
-            s.objects,
-            config,
-            (&input.execution, &month),
-            &mut report,
-        )
-        .await;
+        release_vcpus(l, &config.region, &input.execution, spec, report).await;
+        close_ledger(l, &input.execution, report).await;
+        store_month(l, s.objects, config, (&input.execution, month), report).await;
     }
+}
+
+/// The report stored where the RunSpec places it and emailed to the run's topic.
+async fn deliver<O: ObjectWriter, N: Notifier>(
+    objects: &O,
+    sns: &N,
+    config: &Config,
+    spec: &RunSpec,
+    topic: Option<&String>,
+    report: &mut CostReport,
+) {
     // Beside the manifests as the RunSpec places them, never where a worker's report says.
     let beside = report_location(spec, config.artifact_bucket.as_deref());
     if let Some(place) = beside {
-        store(s.objects, &mut report, place).await;
+        store(objects, report, place).await;
     }
     match topic {
-        Some(t) => email(s.sns, t, &mut report).await,
+        Some(t) => email(sns, t, report).await,
         None => tracing::warn!("no notification topic: the report is only returned"),
     }
-    tracing::info!(actual_usd = report.actual_usd, outcome = %report.outcome, "cost report");
-    Ok(report)
 }
 
 /// What the teardown measured, for the report.
