@@ -1,10 +1,9 @@
 //! `ephemera logs RUN`: the worker's log lines, as each attempt's worker shipped them to
-//! CloudWatch Logs (group `/ephemera/<stack>/workers`, stream `<run_id>/<attempt>/<instance id>`),
-//! then the streams the job wrote to itself (`<run_id>/job/<name>`).
+//! CloudWatch Logs (group `/ephemera/<stack>/workers`, stream `<run_id>/<attempt>/<instance id>`).
 
 use aws_sdk_cloudwatchlogs::Client;
 use ephemera_core::contract::logs::{
-    job_log_stream_prefix, parse_worker_log_stream, worker_log_group_of, WORKER_LOG_GROUP,
+    parse_worker_log_stream, worker_log_group_of, WORKER_LOG_GROUP,
 };
 use serde_json::Value;
 
@@ -83,27 +82,6 @@ pub fn streams_of(
     found
 }
 
-/// The streams the run's job wrote to itself (`<run_id>/job/<name>`), by name, made since
-/// this execution started: the same run id may have run before, and a job stream has no
-/// instance to tell them apart by.
-pub fn job_streams_of(
-    run_id: &str,
-    streams: &[(String, Option<i64>)],
-    since: chrono::DateTime<chrono::Utc>,
-) -> Vec<(String, String)> {
-    let prefix = job_log_stream_prefix(run_id);
-    let mut found: Vec<(String, String)> = streams
-        .iter()
-        .filter(|(_, created)| created.is_none_or(|c| c >= since.timestamp_millis()))
-        .filter_map(|(n, _)| {
-            let own = n.strip_prefix(&prefix)?;
-            Some((own.to_string(), n.clone()))
-        })
-        .collect();
-    found.sort();
-    found
-}
-
 pub async fn command(
     logs: &Client,
     sfn: &aws_sdk_sfn::Client,
@@ -123,11 +101,9 @@ pub async fn command(
         return Ok(Outcome::Done);
     }
     let group = group_of(execution);
-    let listed = stream_names(logs, &group, &run_id).await?;
-    let names: Vec<String> = listed.iter().map(|(n, _)| n.clone()).collect();
+    let names = stream_names(logs, &group, &run_id).await?;
     let streams = streams_of(&run_id, &names, &instances);
-    let jobs = job_streams_of(&run_id, &listed, execution.started);
-    if streams.is_empty() && jobs.is_empty() {
+    if streams.is_empty() {
         println!(
             "no log lines from the workers of {} yet (they ship to {group} every few seconds)",
             execution.name
@@ -136,13 +112,6 @@ pub async fn command(
     }
     for (attempt, instance, stream) in streams {
         println!("== attempt {attempt} on {instance} ({group} {stream})");
-        read_from(logs, &group, &stream, None, |m| {
-            println!("{}", shown(m, raw))
-        })
-        .await?;
-    }
-    for (name, stream) in jobs {
-        println!("== the job's own stream {name} ({group} {stream})");
         read_from(logs, &group, &stream, None, |m| {
             println!("{}", shown(m, raw))
         })
@@ -212,12 +181,8 @@ fn group_of(execution: &Execution) -> String {
     worker_log_group_of(&execution.arn).unwrap_or_else(|| WORKER_LOG_GROUP.to_string())
 }
 
-/// The run's streams in the group: each name, with when it was made (milliseconds).
-async fn stream_names(
-    logs: &Client,
-    group: &str,
-    run_id: &str,
-) -> Result<Vec<(String, Option<i64>)>, CliError> {
+/// The run's stream names in the group.
+async fn stream_names(logs: &Client, group: &str, run_id: &str) -> Result<Vec<String>, CliError> {
     let op = Op::new("logs:DescribeLogStreams", group);
     let mut pages = logs
         .describe_log_streams()
@@ -234,10 +199,11 @@ async fn stream_names(
             )),
             _ => op.fail(e),
         })?;
-        names.extend(page.log_streams().iter().filter_map(|s| {
-            s.log_stream_name()
-                .map(|n| (n.to_string(), s.creation_time()))
-        }));
+        names.extend(
+            page.log_streams()
+                .iter()
+                .filter_map(|s| s.log_stream_name().map(str::to_string)),
+        );
     }
     Ok(names)
 }
@@ -297,11 +263,10 @@ pub async fn follow(
         let events = history::read(sfn, &execution.arn).await?;
         let attempts = history::attempts_by_worker(&events);
         // The group may not be there before the first line is shipped.
-        let listed = match attempts.is_empty() {
+        let names = match attempts.is_empty() {
             true => vec![],
             false => stream_names(logs, &group, &run_id).await?,
         };
-        let names: Vec<String> = listed.iter().map(|(n, _)| n.clone()).collect();
         for (slot, a) in &attempts {
             let stream = ephemera_core::contract::logs::worker_log_stream(
                 &run_id,
@@ -313,15 +278,6 @@ pub async fn follow(
             }
             let token = read.get(&stream).cloned().flatten();
             let prefix = format!("[worker {slot} #{}]", a.attempt);
-            let next = read_from(logs, &group, &stream, token, |m| {
-                println!("{prefix} {}", shown(m, raw))
-            })
-            .await?;
-            read.insert(stream, next);
-        }
-        for (name, stream) in job_streams_of(&run_id, &listed, execution.started) {
-            let token = read.get(&stream).cloned().flatten();
-            let prefix = format!("[job {name}]");
             let next = read_from(logs, &group, &stream, token, |m| {
                 println!("{prefix} {}", shown(m, raw))
             })
@@ -376,29 +332,6 @@ mod tests {
             vec![
                 (1, "i-1".into(), "fx/1/i-1".into()),
                 (2, "i-2".into(), "fx/2/i-2".into())
-            ]
-        );
-    }
-
-    #[test]
-    fn a_jobs_own_streams_are_this_executions_by_name() {
-        let since = chrono::DateTime::from_timestamp_millis(1_000).unwrap();
-        let streams: Vec<(String, Option<i64>)> = [
-            ("fx/job/trainer", Some(2_000)),
-            ("fx/job/eval", Some(1_000)),
-            // The same run id's job, an execution before this one.
-            ("fx/job/old", Some(999)),
-            ("fx/1/i-1", Some(2_000)),
-            ("fx-2/job/other", Some(2_000)),
-        ]
-        .iter()
-        .map(|(n, c)| (n.to_string(), *c))
-        .collect();
-        assert_eq!(
-            job_streams_of("fx", &streams, since),
-            vec![
-                ("eval".to_string(), "fx/job/eval".to_string()),
-                ("trainer".to_string(), "fx/job/trainer".to_string())
             ]
         );
     }

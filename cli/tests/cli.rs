@@ -287,32 +287,12 @@ async fn run_follows_to_the_report_and_the_run_reads_back_with_every_verb() {
     .finish(Duration::from_secs(10))
     .await;
     assert_eq!(shipped.shipped, 2, "{shipped:?}");
-    // A stream the job wrote to itself (`EPHEMERA_LOG_STREAM_PREFIX`): shown after the workers'.
-    let own = ephemera_worker::agent::logship::Buffer::new(10);
-    own.push("step 100: loss=0.42");
-    ephemera_worker::agent::logship::Shipper::start(
-        aws_sdk_cloudwatchlogs::Client::new(&role),
-        &group,
-        &format!(
-            "{}trainer",
-            ephemera_core::contract::logs::job_log_stream_prefix("cli-run")
-        ),
-        own,
-    )
-    .finish(Duration::from_secs(10))
-    .await;
     let out = output(ephemera(region).args(["logs", "cli-run", "--state-machine", &machine])).await;
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(
         stdout.starts_with(&format!(
             "== attempt 1 on {instance} ({group} cli-run/1/{instance})\n"
-        )),
-        "{stdout}"
-    );
-    assert!(
-        stdout.ends_with(&format!(
-            "== the job's own stream trainer ({group} cli-run/job/trainer)\nstep 100: loss=0.42\n"
         )),
         "{stdout}"
     );
@@ -957,25 +937,6 @@ async fn logs_follow_shows_lines_as_they_are_shipped_and_returns_when_the_run_en
         line.as_deref(),
         Some("[worker 1 #1] 2026-12-07T08:00:00Z INFO  heartbeat sent")
     );
-    // A stream the job writes to itself, taken up when it appears.
-    let own = ephemera_worker::agent::logship::Buffer::new(10);
-    own.push("step 1: loss=0.93");
-    ephemera_worker::agent::logship::Shipper::start(
-        aws_sdk_cloudwatchlogs::Client::new(&role),
-        &group,
-        &format!(
-            "{}trainer",
-            ephemera_core::contract::logs::job_log_stream_prefix("cli-follow")
-        ),
-        own,
-    )
-    .finish(Duration::from_secs(10))
-    .await;
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("the job's own line within 30 s")
-        .unwrap();
-    assert_eq!(line.as_deref(), Some("[job trainer] step 1: loss=0.93"));
     let sfn = aws_sdk_sfn::Client::new(&ephemera_tests::sdk_config(region));
     let listed = sfn
         .list_executions()

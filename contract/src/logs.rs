@@ -42,15 +42,6 @@ pub fn parse_worker_log_stream(run_id: &str, stream: &str) -> Option<(u32, Strin
     Some((attempt.parse().ok()?, instance.to_string()))
 }
 
-/// The prefix of the streams a run's job writes its own lines to, in its stack's worker group:
-/// `<run_id>/job/` (its session may write there and only there, never in the worker's own
-/// stream). The worker tells the job both (`EPHEMERA_LOG_GROUP`, `EPHEMERA_LOG_STREAM_PREFIX`)
-/// and `ephemera logs` shows these streams after the workers'. No worker stream starts so: an
-/// attempt is a number.
-pub fn job_log_stream_prefix(run_id: &str) -> String {
-    format!("{run_id}/job/")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,16 +70,5 @@ mod tests {
         // Another run whose id starts the same is not this run's.
         assert_eq!(parse_worker_log_stream("fx", "fx-2023/2/i-0abc"), None);
         assert_eq!(parse_worker_log_stream("fx-2023", "fx-2023/x/i-0abc"), None);
-    }
-
-    #[test]
-    fn a_jobs_own_streams_are_never_taken_for_a_workers() {
-        let job = format!("{}trainer", job_log_stream_prefix("fx-1"));
-        assert_eq!(job, "fx-1/job/trainer");
-        assert_eq!(parse_worker_log_stream("fx-1", &job), None);
-        assert_eq!(
-            parse_worker_log_stream("fx-1", &worker_log_stream("fx-1", 2, "i-1")),
-            Some((2, "i-1".to_string()))
-        );
     }
 }

@@ -181,18 +181,14 @@ pub fn session_policy(spec: &RunSpec, stack: &Stack, holder: Holder) -> Result<V
             "Resource": format!("arn:aws:s3:::{bucket}"),
             "Condition": {"StringLike": {"s3:prefix": prefixes}}}));
     }
-    // The role bounds both to the run's own streams (`<run id>/…`); the job's lines go to
-    // streams of its own under `<run id>/job/`, so that it cannot write in the agent's stream
-    // (`<run id>/<attempt>/<instance>`: its heartbeat, its account of the work).
-    let streams = match holder {
-        Holder::Agent => json!("*"),
-        Holder::Job => json!(format!(
-            "arn:aws:logs:*:*:log-group:*:log-stream:{}*",
-            crate::contract::logs::job_log_stream_prefix(&spec.run_id)
-        )),
-    };
-    statements.push(json!({"Effect": "Allow", "Action": "logs:CreateLogStream", "Resource": "*"}));
-    statements.push(json!({"Effect": "Allow", "Action": "logs:PutLogEvents", "Resource": streams}));
+    // The agent ships the worker's lines, the job's among them (capped, and counted in the
+    // run's budget); the job writes no line itself: its own writes to CloudWatch Logs would be
+    // billed outside the cap, and could forge the agent's heartbeat or its account of the work.
+    if holder == Holder::Agent {
+        statements
+            .push(json!({"Effect": "Allow", "Action": "logs:CreateLogStream", "Resource": "*"}));
+        statements.push(json!({"Effect": "Allow", "Action": "logs:PutLogEvents", "Resource": "*"}));
+    }
     if holder == Holder::Agent {
         let mut by_action: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
         for (action, resource) in secrets(spec) {
@@ -315,12 +311,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#""s3:prefix":["runs/r1/*"]"#), "{text}");
-        // Its log lines only in streams of its own, never the agent's.
-        assert_eq!(
-            actions_on(&p, "arn:aws:logs:*:*:log-group:*:log-stream:r1/job/*"),
-            ["logs:PutLogEvents"]
-        );
-        assert_eq!(actions_on(&p, "*"), ["logs:CreateLogStream"]);
+        // No log line of its own: what it prints reaches the agent's capped stream.
+        assert!(!text.contains("logs:"), "{text}");
     }
 
     #[test]

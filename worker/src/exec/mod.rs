@@ -137,10 +137,7 @@ impl ExecArgs {
                     attempt: self.link.attempt,
                     worker: self.worker,
                     workers: self.workers,
-                })
-                .into_iter()
-                .chain(self.log_env())
-                .collect(),
+                }),
                 workdir: self.workdir.clone(),
                 run_as: self.run_as.as_deref().map(job_user::resolve).transpose()?,
             },
@@ -166,22 +163,6 @@ impl ExecArgs {
 }
 
 impl ExecArgs {
-    /// Where the job may write log lines of its own, beside what it prints (which the worker
-    /// ships in its own stream): its session may write streams under
-    /// `<run id>/job/` of the group the worker ships to. Told only where the worker ships.
-    fn log_env(&self) -> Vec<(String, String)> {
-        if !self.link.ships_logs() {
-            return vec![];
-        }
-        vec![
-            ("EPHEMERA_LOG_GROUP".into(), self.link.log_group.clone()),
-            (
-                "EPHEMERA_LOG_STREAM_PREFIX".into(),
-                ephemera_contract::logs::job_log_stream_prefix(&self.run_id),
-            ),
-        ]
-    }
-
     /// The image to run the command in, with the runtime named or found on the host.
     fn container(&self) -> Result<Option<container::Container>> {
         let Some(image) = &self.image else {
@@ -460,46 +441,5 @@ mod tests {
         assert_eq!(linked.log_group, ephemera_contract::logs::WORKER_LOG_GROUP);
         assert!(!parse(&["--ssm-prefix", "/p/", "--log-group", ""]).ships_logs());
         assert!(!parse(&[]).ships_logs());
-    }
-
-    #[test]
-    fn a_linked_job_is_told_where_its_own_log_streams_may_go() {
-        let plan = |extra: &[&str]| {
-            let mut args = vec!["exec", "--run-id", "fx-7"];
-            args.extend_from_slice(extra);
-            args.extend(["--", "true"]);
-            Exec::try_parse_from(args)
-                .unwrap()
-                .args
-                .plan()
-                .unwrap()
-                .job
-                .env
-        };
-        let env = plan(&[
-            "--ssm-prefix",
-            "/ephemera/runs/fx-7/",
-            "--log-group",
-            "/ephemera/prod/workers",
-        ]);
-        for (k, v) in [
-            ("EPHEMERA_LOG_GROUP", "/ephemera/prod/workers"),
-            ("EPHEMERA_LOG_STREAM_PREFIX", "fx-7/job/"),
-        ] {
-            assert!(
-                env.contains(&(k.to_string(), v.to_string())),
-                "{k}={v} in {env:?}"
-            );
-        }
-        // Not linked to a run (by hand), or shipping nothing: no group to name.
-        for unlinked in [
-            plan(&[]),
-            plan(&["--ssm-prefix", "/ephemera/runs/fx-7/", "--log-group", ""]),
-        ] {
-            assert!(
-                unlinked.iter().all(|(k, _)| !k.starts_with("EPHEMERA_LOG")),
-                "{unlinked:?}"
-            );
-        }
     }
 }
