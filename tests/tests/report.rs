@@ -184,6 +184,111 @@ async fn a_run_without_export_reports_to_the_artifact_bucket_and_a_refusal_is_a_
     );
 }
 
+/// A long run's worker ended an hour before the report (reclaimed, or done while the others
+/// worked): EC2 no longer describes its instance, as on AWS (the door lets terminated instances
+/// vanish; `terminated_vanish_after`). The report still bills it, from the run document, to the
+/// latest it can have ended, says so, and does not lose the instances EC2 still describes.
+#[tokio::test]
+async fn an_instance_ec2_no_longer_describes_is_still_billed() {
+    let c = ctx().await;
+    ephemera_tests::harness()
+        .door
+        .terminated_vanish_after(c.region, Duration::ZERO);
+    let run = "vanished";
+    let spec = fixtures::runspec(run, &c.net, None);
+    let first = launch_with(&c, &spec, run, json!({}), settings())
+        .await
+        .unwrap();
+    let gone = first.current().unwrap().instance_id.clone();
+    // Spot takes it back (terminated), and the worker is relaunched.
+    c.aws
+        .ec2
+        .terminate_instances()
+        .instance_ids(&gone)
+        .send()
+        .await
+        .unwrap();
+    let second = launch_with(
+        &c,
+        &spec,
+        run,
+        json!({"worker": first, "relaunch": true}),
+        settings(),
+    )
+    .await
+    .unwrap();
+    // As the run document has them an hour apart (the relaunch an hour into the run).
+    let mut second = second;
+    let t0 = chrono::Utc::now() - chrono::Duration::hours(2);
+    second.attempts[0].launched_at = t0;
+    second.attempts[1].launched_at = t0 + chrono::Duration::hours(1);
+    let kept = second.current().unwrap().clone();
+    // Gone from EC2 by id as by tag, as AWS answers an hour later.
+    let asked = c
+        .aws
+        .ec2
+        .describe_instances()
+        .instance_ids(&gone)
+        .instance_ids(&kept.instance_id)
+        .send()
+        .await;
+    let refused = asked.unwrap_err();
+    assert_eq!(
+        aws_sdk_ec2::error::ProvideErrorMetadata::code(&refused),
+        Some("InvalidInstanceID.NotFound"),
+        "{refused:?}"
+    );
+    let result = json!({"run_id": run, "partitions_done": 2, "partitions_failed": 0});
+    let ended = chrono::Utc::now();
+    let report: CostReport = serde_json::from_value(
+        call_with(
+            &c,
+            Function::TerminateWithCostReport,
+            json!({"run": spec, "execution": execution(c.region, run),
+                   "workers": [{"slot": 1, "worker": second, "result": result,
+                                "ended_at": ended}]}),
+            settings(),
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    let line = |id: &str| {
+        report
+            .attempts
+            .iter()
+            .find(|a| a.instance_id == id)
+            .unwrap_or_else(|| panic!("{id} is not in the report: {:?}", report.attempts))
+    };
+    // Billed from its launch to its relaunch and the two minutes of Spot's notice at the latest.
+    let reclaimed = line(&gone);
+    let notice = ephemera_core::cost_report::SPOT_NOTICE_SECONDS;
+    assert_eq!(
+        (reclaimed.launched_at, reclaimed.ended_at),
+        (t0, kept.launched_at + chrono::Duration::seconds(notice))
+    );
+    assert_eq!(reclaimed.billed_seconds, 3600 + notice, "{reclaimed:?}");
+    assert!(reclaimed.compute_usd > 0.0, "{reclaimed:?}");
+    assert!(
+        report.notes.iter().any(
+            |n| n.starts_with(&format!("{gone}: no longer described by EC2"))
+                && n.contains("relaunch at")
+        ),
+        "{:?}",
+        report.notes
+    );
+    // The attempt EC2 still describes is priced as ever, and the total holds both.
+    let running = line(&kept.instance_id);
+    assert!(running.compute_usd > 0.0, "{running:?}");
+    let sum = reclaimed.compute_usd + reclaimed.ebs_usd + running.compute_usd + running.ebs_usd;
+    // Each figure is rounded to the micro-dollar (`cost::usd`): four of them.
+    assert!(
+        report.actual_usd >= sum - 4e-6,
+        "{} < {sum}",
+        report.actual_usd
+    );
+}
+
 // ---------------------------------------------------------------- the page in a browser
 
 /// Debian's `chromium`. Absent, the test is skipped on a workstation; under CI it fails, so

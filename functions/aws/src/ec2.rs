@@ -377,23 +377,22 @@ impl Compute for aws_sdk_ec2::Client {
     }
 
     async fn describe(&self, ids: &[String]) -> Result<Vec<InstanceView>, AwsError> {
-        if ids.is_empty() {
-            return Ok(vec![]);
-        }
-        match self
-            .describe_instances()
-            .set_instance_ids(Some(ids.to_vec()))
-            .send()
-            .await
-        {
-            Ok(resp) => Ok(resp
-                .reservations()
-                .iter()
-                .flat_map(|r| r.instances().iter().map(view))
-                .collect()),
-            // Instances terminated long ago vanish from DescribeInstances.
-            Err(e) if e.code() == Some("InvalidInstanceID.NotFound") => Ok(vec![]),
-            Err(e) => Err(AwsError::sdk("ec2", "DescribeInstances", e)),
+        // Instances terminated long ago vanish from DescribeInstances, and one id it does not
+        // find fails the whole call: then each id is asked alone, so the others are found.
+        match described(self, ids).await? {
+            Some(found) => Ok(found),
+            None if ids.len() == 1 => Ok(vec![]),
+            None => {
+                let mut found = vec![];
+                for id in ids {
+                    found.extend(
+                        described(self, std::slice::from_ref(id))
+                            .await?
+                            .unwrap_or_default(),
+                    );
+                }
+                Ok(found)
+            }
         }
     }
 
@@ -581,5 +580,30 @@ impl Compute for aws_sdk_ec2::Client {
                 })
             })
             .collect())
+    }
+}
+
+/// The instances `ids` names; None when EC2 found one of them not (`InvalidInstanceID.NotFound`).
+async fn described(
+    ec2: &aws_sdk_ec2::Client,
+    ids: &[String],
+) -> Result<Option<Vec<InstanceView>>, AwsError> {
+    if ids.is_empty() {
+        return Ok(Some(vec![]));
+    }
+    match ec2
+        .describe_instances()
+        .set_instance_ids(Some(ids.to_vec()))
+        .send()
+        .await
+    {
+        Ok(resp) => Ok(Some(
+            resp.reservations()
+                .iter()
+                .flat_map(|r| r.instances().iter().map(view))
+                .collect(),
+        )),
+        Err(e) if e.code() == Some("InvalidInstanceID.NotFound") => Ok(None),
+        Err(e) => Err(AwsError::sdk("ec2", "DescribeInstances", e)),
     }
 }

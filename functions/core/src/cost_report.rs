@@ -117,6 +117,59 @@ pub fn price(f: &InstanceFacts) -> (AttemptCost, Option<String>) {
     (attempt, note.map(|n| caps::cap(&n, caps::NOTE_KEPT)))
 }
 
+/// How long after its worker's iteration ended an instance may still be billed: its worker's
+/// unit stops (systemd's `TimeoutStopSec`, 115 s), then its `ExecStopPost` shuts the instance
+/// down three minutes later (`crate::userdata`), and the shutdown itself takes at most systemd's
+/// default 90 s a unit. EC2 stops billing an instance once it is shutting down.
+pub const AFTER_ITERATION_SECONDS: i64 = 115 + 180 + 90;
+
+/// Spot's interruption notice: EC2 ends a reclaimed instance within two minutes of it, and the
+/// relaunch that follows a reclaim comes after the notice.
+pub const SPOT_NOTICE_SECONDS: i64 = 120;
+
+/// The latest an attempt that EC2 no longer describes can have ended, and why, from the run
+/// document alone. EC2 keeps a terminated instance visible for about an hour
+/// (<https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DescribeInstances.html>): a
+/// worker that finished or was reclaimed long before the report is gone from it, and is billed
+/// to this bound (never under-billed; over by at most the bound's slack), never left out.
+pub fn vanished_end(end: &WorkerEnd, attempt: u32, now: DateTime<Utc>) -> (DateTime<Utc>, String) {
+    let attempts = end.worker.as_ref().map_or(&[][..], |w| &w.attempts[..]);
+    let this = attempts.iter().find(|a| a.attempt == attempt);
+    let next = attempts.iter().find(|a| a.attempt == attempt + 1);
+    let released = end
+        .released
+        .as_ref()
+        .is_some_and(|r| this.is_some_and(|a| r.terminated.contains(&a.instance_id)));
+    let secs = chrono::Duration::seconds;
+    let (bound, why) = match (next, released, end.ended_at) {
+        (Some(n), _, _) => (
+            n.launched_at + secs(SPOT_NOTICE_SECONDS),
+            format!(
+                "its relaunch at {} came after a Spot notice, which ends the instance within two minutes",
+                n.launched_at.format("%H:%M:%S")
+            ),
+        ),
+        (None, true, Some(t)) => (
+            t,
+            format!(
+                "released when its worker was lost, by {}",
+                t.format("%H:%M:%S")
+            ),
+        ),
+        (None, false, Some(t)) => (
+            t + secs(AFTER_ITERATION_SECONDS),
+            format!(
+                "its worker ended at {}, and its instance shuts itself down within {} s",
+                t.format("%H:%M:%S"),
+                AFTER_ITERATION_SECONDS
+            ),
+        ),
+        (None, _, None) => (now, "no end is known: billed to the report".to_string()),
+    };
+    let floor = this.map_or(bound, |a| a.launched_at);
+    (bound.min(now).max(floor), why)
+}
+
 /// When the run's parts happened, as far as they are known.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Timing {
@@ -347,6 +400,72 @@ mod tests {
     }
 
     #[test]
+    fn an_instance_ec2_no_longer_describes_is_billed_to_the_latest_it_can_have_ended() {
+        let attempt = |n: u32, id: &str, launched: i64| Attempt {
+            attempt: n,
+            instance_id: id.into(),
+            instance_type: "c7g.4xlarge".into(),
+            subnet: "s".into(),
+            availability_zone: None,
+            market: Market::Spot,
+            launched_at: at(launched),
+            client_token: "t".into(),
+            estimate_usd: 1.5,
+            volume_gib: 30,
+            tried: vec![],
+            tried_total: 0,
+            reused: false,
+            placement: None,
+        };
+        let end = |attempts: Vec<Attempt>, released: Option<&str>, ended: Option<i64>| WorkerEnd {
+            slot: 1,
+            worker: Some(WorkerState {
+                slot: 1,
+                attempts,
+                relaunches_left: 0,
+                heartbeat_seconds: 60,
+                timeout_seconds: 3600,
+                budget_seconds: None,
+                boot_poll_seconds: 5,
+                token_parameter: String::new(),
+                token_reader: String::new(),
+            }),
+            health: None,
+            result: None,
+            error: None,
+            released: released.map(|id| Released {
+                slot: 1,
+                terminated: vec![id.into()],
+                error: None,
+            }),
+            ended_at: ended.map(at),
+        };
+        let now = at(20_000);
+        // Reclaimed, then relaunched at 3600 s: gone within the notice's two minutes.
+        let reclaimed = end(
+            vec![attempt(1, "i-1", 0), attempt(2, "i-2", 3600)],
+            None,
+            Some(7200),
+        );
+        let (bound, why) = vanished_end(&reclaimed, 1, now);
+        assert_eq!(bound, at(3600 + SPOT_NOTICE_SECONDS));
+        assert!(why.contains("relaunch at 13:00:00"), "{why}");
+        // Its worker reported at 7200 s: the unit's stop and the delayed shutdown follow.
+        let (bound, why) = vanished_end(&reclaimed, 2, now);
+        assert_eq!(bound, at(7200 + AFTER_ITERATION_SECONDS));
+        assert!(why.contains("ended at 14:00:00"), "{why}");
+        // Released when lost: terminated before its iteration ended.
+        let lost = end(vec![attempt(1, "i-1", 0)], Some("i-1"), Some(500));
+        assert_eq!(vanished_end(&lost, 1, now).0, at(500));
+        // Never past the report, never before its launch; no end known: the report.
+        assert_eq!(vanished_end(&reclaimed, 2, at(7300)).0, at(7300));
+        let unknown = end(vec![attempt(1, "i-1", 0)], None, None);
+        assert_eq!(vanished_end(&unknown, 1, now).0, now);
+        let early = end(vec![attempt(1, "i-1", 900)], Some("i-1"), Some(500));
+        assert_eq!(vanished_end(&early, 1, now).0, at(900));
+    }
+
+    #[test]
     fn the_report_sums_every_worker_and_names_what_the_releases_terminated() {
         let spec = RunSpec::parse(&crate::runspec::tests::sample()).unwrap();
         let attempt = |id: &str| Attempt {
@@ -391,6 +510,7 @@ mod tests {
                 result: Some(serde_json::json!({"partitions_done": 4})),
                 error: None,
                 released: None,
+                ended_at: None,
             },
             WorkerEnd {
                 slot: 2,
@@ -406,6 +526,7 @@ mod tests {
                     terminated: vec!["i-2".into()],
                     error: None,
                 }),
+                ended_at: None,
             },
         ];
         let priced = vec![

@@ -299,6 +299,7 @@ impl Worst {
                 // WorkerLost keeps the release's error as the end's `error`, not twice.
                 error: None,
             }),
+            ended_at: Some(self.time),
         }
     }
 

@@ -141,6 +141,11 @@ pub struct WorkerEnd {
     /// What its release terminated, when it was lost.
     #[serde(default)]
     pub released: Option<Released>,
+    /// When its iteration ended (`$$.State.EnteredTime` of WorkerReported, WorkerLost or
+    /// WorkerLostUnreleased): what bounds the end of an instance EC2 no longer describes at the
+    /// report ([`crate::cost_report::vanished_end`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<DateTime<Utc>>,
 }
 
 /// What a lost worker's release (terminate-with-cost-report with `release`) terminated.

@@ -975,6 +975,7 @@ mod tests {
                 cause: Some(c.into()),
             }),
             released: None,
+            ended_at: None,
         }
     }
 

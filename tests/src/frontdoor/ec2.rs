@@ -79,6 +79,14 @@ pub(super) async fn fresh_account_ec2(
             resp.2 = door
                 .with_spot_reasons(region, resp.2)
                 .replace(" UTC)</reason>", " GMT)</reason>");
+            let gone = door.without_vanished(region, &mut resp.2);
+            if let Some(id) = ids.iter().find(|id| gone.contains(id)) {
+                return Some(ec2_error(
+                    400,
+                    "InvalidInstanceID.NotFound",
+                    &format!("The instance ID '{id}' does not exist"),
+                ));
+            }
             Some(rebuild(resp))
         }
         // A type the region does not offer fails the whole call
@@ -376,6 +384,55 @@ impl FrontDoor {
                 )
                 .await;
         }
+    }
+
+    /// Terminated instances in `region` vanish from DescribeInstances `after` their termination,
+    /// as on AWS ("Recently terminated instances might appear in the returned results. This
+    /// interval is usually less than one hour":
+    /// https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DescribeInstances.html), where
+    /// moto keeps them for good; asked by id, one is `InvalidInstanceID.NotFound`. Tests that
+    /// cannot wait an hour set a shorter one.
+    pub fn terminated_vanish_after(&self, region: &str, after: std::time::Duration) {
+        self.vanish_after
+            .lock()
+            .unwrap()
+            .insert(region.to_string(), after);
+    }
+
+    /// `xml` (a DescribeInstances answer) without the instances terminated longer ago than the
+    /// region's window (by the time in their transition reason); their ids.
+    fn without_vanished(&self, region: &str, xml: &mut String) -> Vec<String> {
+        let Some(after) = self.vanish_after.lock().unwrap().get(region).copied() else {
+            return vec![];
+        };
+        let mut ids: Vec<String> = xml
+            .split("<instanceId>")
+            .skip(1)
+            .filter_map(|s| s.split("</instanceId>").next())
+            .map(str::to_string)
+            .collect();
+        ids.dedup();
+        let mut gone = vec![];
+        for id in ids {
+            let Some((from, to)) = instance_span(xml, &id) else {
+                continue;
+            };
+            let block = &xml[from..to];
+            let ended = block
+                .split("<reason>")
+                .nth(1)
+                .and_then(|r| r.split("</reason>").next())
+                .and_then(ephemera_functions::handlers::terminate_report::parse_transition_time);
+            let vanished = block.contains("<name>terminated</name>")
+                && ended.is_some_and(|t| {
+                    (chrono::Utc::now() - t).to_std().unwrap_or_default() >= after
+                });
+            if vanished {
+                xml.replace_range(from..to, "");
+                gone.push(id);
+            }
+        }
+        gone
     }
 
     /// moto's DescribeInstances answer with Spot's state reason on the instances Spot took, and

@@ -137,6 +137,8 @@ pub struct FrontDoor {
     pub spot_notices: Mutex<HashMap<(String, String), chrono::DateTime<chrono::Utc>>>,
     /// (region, instance) Spot has taken back: their state reason is Spot's.
     spot_reclaimed: Mutex<std::collections::HashSet<(String, String)>>,
+    /// Region → how long a terminated instance stays visible (`terminated_vanish_after`).
+    vanish_after: Mutex<HashMap<String, std::time::Duration>>,
     /// DynamoDB's writes (and transactional reads), one at a time: moto applies a
     /// TransactWriteItems by copying the tables it touches and, when a condition fails, putting
     /// the copies back, which under concurrent requests erases the writes that landed in
@@ -224,6 +226,7 @@ impl FrontDoor {
             client_tokens: Mutex::default(),
             spot_notices: Mutex::default(),
             spot_reclaimed: Mutex::default(),
+            vanish_after: Mutex::default(),
             throttles: Throttles::default(),
             vcpu_limits: VcpuLimits::default(),
             spot_placements: Default::default(),

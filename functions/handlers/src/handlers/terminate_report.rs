@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use ephemera_core::contract::RunParameters;
-use ephemera_core::cost;
 use ephemera_core::cost_report::{self, InstanceFacts, Parts, SpotHistory, Timing};
 use ephemera_core::email::render_email;
 use ephemera_core::instance_state::InstanceState;
@@ -20,6 +19,7 @@ use ephemera_core::report::{report_location, AttemptCost, CostReport, MonthPage,
 use ephemera_core::rundoc::{Attempt, CaughtError, Released, WorkerEnd};
 use ephemera_core::stopped::{self, StatusChange};
 use ephemera_core::verify::Verification;
+use ephemera_core::{caps, cost};
 use ephemera_core::{report_html, Market, RunSpec, State};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -73,10 +73,10 @@ pub struct Config {
 async fn on_demand_prices<'a, P: PriceList>(
     prices: &P,
     run_prices: &[cost::TypePrice],
-    instances: impl Iterator<Item = &'a InstanceView>,
+    types: impl Iterator<Item = &'a String>,
     region: &str,
 ) -> BTreeMap<String, Option<(f64, String)>> {
-    let mut types: Vec<String> = instances.map(|i| i.instance_type.clone()).collect();
+    let mut types: Vec<String> = types.cloned().collect();
     types.sort();
     types.dedup();
     let quotes = pricing::quotes_for(prices, run_prices, &types, region).await;
@@ -183,6 +183,7 @@ where
     let pricing = Pricing {
         spec,
         known: &known,
+        ends: &ends,
         run_prices: input.quota.as_ref().map_or(&[][..], |q| &q.prices[..]),
         region: &config.region,
         now,
@@ -307,7 +308,8 @@ async fn tear_down<E: Compute, N: Notifier>(
 }
 
 /// Every instance priced, in order: its type's On-Demand price (the run's, or read once for a
-/// type it lacks), then the core prices it.
+/// type it lacks), then the core prices it; then each attempt EC2 no longer describes, to the
+/// latest it can have ended, and said so.
 async fn price_all<E: Compute, P: PriceList>(
     ec2: &E,
     prices: &P,
@@ -315,20 +317,79 @@ async fn price_all<E: Compute, P: PriceList>(
     instances: &BTreeMap<String, InstanceView>,
     terminated_now: &[String],
 ) -> Vec<(AttemptCost, Option<String>)> {
-    let on_demand_of = on_demand_prices(
-        prices,
-        pricing.run_prices,
-        instances.values(),
-        pricing.region,
-    )
-    .await;
+    let vanished = vanished(pricing.known, instances);
+    let types = instances
+        .values()
+        .map(|i| &i.instance_type)
+        .chain(vanished.iter().map(|(_, a)| &a.instance_type));
+    let on_demand_of = on_demand_prices(prices, pricing.run_prices, types, pricing.region).await;
     let mut priced = vec![];
     for i in instances.values() {
-        let ended_now = terminated_now.contains(&i.id);
-        let facts = facts_of(ec2, pricing, &on_demand_of, i, ended_now).await;
+        // Until now if this call terminated it, else to its terminating transition.
+        let ended_at = match terminated_now.contains(&i.id) {
+            true => pricing.now,
+            false => i
+                .state_transition_reason
+                .as_deref()
+                .and_then(parse_transition_time)
+                .unwrap_or(pricing.now),
+        };
+        let facts = facts_of(ec2, pricing, &on_demand_of, i, ended_at).await;
         priced.push(cost_report::price(&facts));
     }
+    for (slot, a) in vanished {
+        let end = pricing.ends.iter().find(|e| e.slot == slot);
+        let (ended_at, why) = end.map_or_else(
+            || {
+                (
+                    pricing.now,
+                    "no end is known: billed to the report".to_string(),
+                )
+            },
+            |e| cost_report::vanished_end(e, a.attempt, pricing.now),
+        );
+        // As the run document knows it; gone from EC2, so terminated.
+        let view = InstanceView {
+            id: a.instance_id.clone(),
+            instance_type: a.instance_type.clone(),
+            state: Some(InstanceState::Terminated),
+            state_reason: None,
+            state_transition_reason: None,
+            launch_time: Some(a.launched_at),
+            availability_zone: a.availability_zone.clone(),
+            subnet: Some(a.subnet.clone()),
+            market: a.market,
+            tags: BTreeMap::new(),
+            http_tokens: None,
+            client_token: Some(a.client_token.clone()),
+            profile: None,
+        };
+        let facts = facts_of(ec2, pricing, &on_demand_of, &view, ended_at).await;
+        let (cost, note) = cost_report::price(&facts);
+        let gone = format!(
+            "{}: no longer described by EC2 (it keeps a terminated instance about an hour); billed to {} at the latest: {why}",
+            a.instance_id,
+            ended_at.format("%Y-%m-%d %H:%M:%S UTC")
+        );
+        let note = Some(match note {
+            Some(n) => format!("{gone}; {n}"),
+            None => gone,
+        });
+        priced.push((cost, note.map(|n| caps::cap(&n, caps::NOTE_KEPT))));
+    }
     priced
+}
+
+/// The attempts the run document knows that EC2 described neither by tag nor by id.
+fn vanished(
+    known: &[(u32, Attempt)],
+    instances: &BTreeMap<String, InstanceView>,
+) -> Vec<(u32, Attempt)> {
+    known
+        .iter()
+        .filter(|(_, a)| !instances.contains_key(&a.instance_id))
+        .cloned()
+        .collect()
 }
 
 /// The attempts the run document knows, with their worker's slot.
@@ -365,20 +426,22 @@ async fn everything_launched<E: Compute>(
 struct Pricing<'a> {
     spec: &'a RunSpec,
     known: &'a [(u32, Attempt)],
+    /// The workers' ends, which bound the end of an attempt EC2 no longer describes.
+    ends: &'a [WorkerEnd],
     /// The run's prices (`$.quota.prices`).
     run_prices: &'a [cost::TypePrice],
     region: &'a str,
     now: DateTime<Utc>,
 }
 
-/// What pricing one instance needs: when it ran (until now if this call terminated it), its
-/// type's On-Demand price and, for Spot, the price history over its life.
+/// What pricing one instance needs: when it ran (to `ended_at`), its type's On-Demand price
+/// and, for Spot, the price history over its life.
 async fn facts_of<E: Compute>(
     ec2: &E,
     p: &Pricing<'_>,
     on_demand_of: &BTreeMap<String, Option<(f64, String)>>,
     i: &InstanceView,
-    ended_now: bool,
+    ended_at: DateTime<Utc>,
 ) -> InstanceFacts {
     let Pricing {
         spec, known, now, ..
@@ -389,14 +452,6 @@ async fn facts_of<E: Compute>(
         .launch_time
         .or(from_doc.map(|(_, a)| a.launched_at))
         .unwrap_or(now);
-    let ended_at = match ended_now {
-        true => now,
-        false => i
-            .state_transition_reason
-            .as_deref()
-            .and_then(parse_transition_time)
-            .unwrap_or(now),
-    };
     let spot = match (i.market, i.availability_zone.as_deref()) {
         // Asked from an hour earlier: AWS dates the price in force at launch before it.
         (Market::Spot, Some(az)) => {
