@@ -215,6 +215,65 @@ async fn a_run_never_cleaned_up_lands_in_the_ledger_through_the_sweeper() {
     assert_eq!(after["state"], "swept");
     assert_eq!(after["workers.1"], reserved["workers.1"]);
     assert!(!after.contains_key("actual_usd"), "{after:?}");
+
+    // A run its report settled, one of whose launches finished after the teardown had listed
+    // its instances (a stop mid-launch): the sweeper terminates that instance, and the run keeps
+    // its measured bill rather than its reservation.
+    let raced = deployed::execution(c.region, "raced");
+    let late: Value = invoke(
+        &function_clients(c.region, Function::LaunchWorker.name()),
+        &settings,
+        Function::LaunchWorker,
+        json!({"run": fixtures::runspec("ledger-raced", &c.net, None), "execution": raced}),
+    )
+    .await
+    .unwrap();
+    use ephemera_functions::aws::ledger::{Ledger, LedgerTable};
+    let table = LedgerTable {
+        client: clients(c.region).dynamodb,
+        table: LEDGER_TABLE.into(),
+    };
+    let month = entry(c.region, &raced).await.unwrap()["month"].clone();
+    let counter = || async {
+        entry(c.region, &format!("month#{month}")).await.unwrap()["committed_usd"]
+            .parse::<f64>()
+            .unwrap()
+    };
+    let before = counter().await;
+    assert!(table
+        .close(
+            &raced,
+            ephemera_core::ledger::EntryState::Ended,
+            Some(0.01),
+            Some("CANCELLED")
+        )
+        .await
+        .unwrap());
+    let settled = counter().await;
+    let swept: Value = invoke(
+        &function_clients(c.region, Function::Sweeper.name()),
+        &settings,
+        Function::Sweeper,
+        json!({}),
+    )
+    .await
+    .unwrap();
+    let id = late["attempts"][0]["instance_id"].as_str().unwrap();
+    assert!(
+        swept["terminated"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["instance_id"] == id),
+        "{swept}"
+    );
+    let after = entry(c.region, &raced).await.unwrap();
+    assert_eq!(
+        (after["state"].as_str(), after["actual_usd"].as_str()),
+        ("ended", "0.01")
+    );
+    assert!(settled < before, "{settled} {before}");
+    assert_eq!(counter().await, settled);
 }
 
 /// Launches at the same instant whose worst cases together pass the monthly budget. The month's

@@ -296,6 +296,9 @@ impl Ledger for LedgerTable {
             let Some(was) = self.item(execution).await?.and_then(|i| entry_of(&i)) else {
                 return Ok(false);
             };
+            if !ledger::closes(was.state, state) {
+                return Ok(false);
+            }
             let now = Entry {
                 state,
                 actual_usd: actual_usd.or(was.actual_usd),

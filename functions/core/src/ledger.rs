@@ -91,6 +91,14 @@ impl Entry {
     }
 }
 
+/// Whether an entry in state `from` is closed as `to`. The sweeper marks only a run that never
+/// settled: a run the state machine ended keeps its measured cost when the sweeper later finds
+/// one of its instances still up (a launch that finished after the run's teardown had listed
+/// them), which would otherwise put the run's reservation back in place of its bill.
+pub fn closes(from: EntryState, to: EntryState) -> bool {
+    !(to == EntryState::Swept && from != EntryState::Running)
+}
+
 /// What a run's worker reserves after `attempt` launches: each attempt may bill its whole worst
 /// case (`crate::budget::attempt_worst_case`), so `attempt` times one attempt's. The same attempt asked
 /// again (a retried call) reserves the same amount.
@@ -169,6 +177,13 @@ fn total<'e>(entries: impl Iterator<Item = &'e Entry>) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sweeper_never_replaces_a_settled_bill_by_its_reservation() {
+        use EntryState::*;
+        assert!(closes(Running, Swept) && closes(Running, Ended) && closes(Swept, Ended));
+        assert!(!closes(Ended, Swept) && !closes(Swept, Swept));
+    }
 
     #[test]
     fn the_month_before() {

@@ -207,7 +207,13 @@ where
         now,
     };
     let mut report = report_of(spec, &input, &ends, measured);
-    put_away(&s, config, &input, &month, &instances, &mut report).await;
+    // Every instance's parameters go, those EC2 no longer describes too.
+    let ids: std::collections::BTreeSet<String> = instances
+        .keys()
+        .cloned()
+        .chain(known.iter().map(|(_, a)| a.instance_id.clone()))
+        .collect();
+    put_away(&s, config, &input, &month, &ids, &mut report).await;
     deliver(s.objects, s.sns, config, spec, topic, &mut report).await;
     tracing::info!(actual_usd = report.actual_usd, outcome = %report.outcome, "cost report");
     Ok(report)
@@ -220,7 +226,7 @@ async fn put_away<E, P, N, H, O, L, R>(
     config: &Config,
     input: &Input,
     month: &str,
-    instances: &BTreeMap<String, InstanceView>,
+    instances: &std::collections::BTreeSet<String>,
     report: &mut CostReport,
 ) where
     O: ObjectWriter,
@@ -229,7 +235,7 @@ async fn put_away<E, P, N, H, O, L, R>(
 {
     let spec = &input.run;
     if let Some(r) = s.signals {
-        delete_signals(r, &spec.run_id, instances.keys(), report).await;
+        delete_signals(r, &spec.run_id, instances.iter(), report).await;
     }
     if let Some(l) = s.ledger {
         // Its instances are terminated: the vCPUs it reserved go back to the stack's runs.
