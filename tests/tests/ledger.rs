@@ -250,6 +250,22 @@ async fn a_run_never_cleaned_up_lands_in_the_ledger_through_the_sweeper() {
         .await
         .unwrap());
     let settled = counter().await;
+    // And a launch that reserves only now (its worker relaunched as the stop came) is refused
+    // before it makes anything: the month's counter stays at the bill.
+    let refused = invoke(
+        &function_clients(c.region, Function::LaunchWorker.name()),
+        &settings,
+        Function::LaunchWorker,
+        json!({"run": fixtures::runspec("ledger-raced", &c.net, None), "execution": raced,
+               "worker": late, "relaunch": true}),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        refused.to_string().contains("has already ended"),
+        "{refused}"
+    );
+    assert_eq!(counter().await, settled);
     let swept: Value = invoke(
         &function_clients(c.region, Function::Sweeper.name()),
         &settings,

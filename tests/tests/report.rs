@@ -239,14 +239,12 @@ async fn an_instance_ec2_no_longer_describes_is_still_billed() {
         "{refused:?}"
     );
     let result = json!({"run_id": run, "partitions_done": 2, "partitions_failed": 0});
-    let ended = chrono::Utc::now();
     let report: CostReport = serde_json::from_value(
         call_with(
             &c,
             Function::TerminateWithCostReport,
             json!({"run": spec, "execution": execution(c.region, run),
-                   "workers": [{"slot": 1, "worker": second, "result": result,
-                                "ended_at": ended}]}),
+                   "workers": [{"slot": 1, "worker": second, "result": result}]}),
             settings(),
         )
         .await

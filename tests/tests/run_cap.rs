@@ -36,7 +36,12 @@ async fn the_issues_example_is_refused_before_anything_is_asked_for_or_launched(
     })
     .await;
     assert_eq!(r.finished.status, "FAILED", "{:?}", r.finished);
-    assert_eq!(r.finished.error.as_deref(), Some("Ephemera.OverBudget"));
+    assert_eq!(
+        r.finished.error.as_deref(),
+        Some("Ephemera.OverBudget"),
+        "{:?}",
+        r.finished.cause
+    );
     let cause = r.finished.cause.clone().unwrap_or_default();
     for said in [
         "exceeds limits.budget_usd $10.00",
@@ -95,7 +100,12 @@ async fn relaunches_stop_when_the_rest_of_the_cap_cannot_cover_one_more_attempt(
     )
     .await;
     assert_eq!(r.finished.status, "FAILED", "{:?}", r.finished);
-    assert_eq!(r.finished.error.as_deref(), Some("Ephemera.OverBudget"));
+    assert_eq!(
+        r.finished.error.as_deref(),
+        Some("Ephemera.OverBudget"),
+        "{:?}",
+        r.finished.cause
+    );
     let cause = r.finished.cause.clone().unwrap_or_default();
     assert!(
         cause.contains("worker 1's attempt 3 was not launched"),
@@ -152,7 +162,12 @@ async fn a_relaunch_the_rest_cannot_wholly_pay_for_is_granted_the_runtime_it_buy
     assert!(granted.capped(), "{granted:?}");
     assert!(granted.runtime_seconds >= budget::MIN_USEFUL_RUNTIME_SECONDS);
     assert_eq!(r.finished.status, "FAILED", "{:?}", r.finished);
-    assert_eq!(r.finished.error.as_deref(), Some("Ephemera.OverBudget"));
+    assert_eq!(
+        r.finished.error.as_deref(),
+        Some("Ephemera.OverBudget"),
+        "{:?}",
+        r.finished.cause
+    );
     let cause = r.finished.cause.clone().unwrap_or_default();
     assert!(
         cause.contains("worker 1's attempt 3 was not launched"),

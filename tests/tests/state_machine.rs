@@ -646,6 +646,20 @@ async fn a_spot_reclaim_the_worker_could_not_report_relaunches() {
     let attempts = report["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{report}");
     assert_eq!(attempts[0]["market"], "spot");
+    // The history, which the report reads for a run stopped before its Map ended (and for an
+    // instance EC2 no longer describes), saw both launches and the worker's end, as Step
+    // Functions records them.
+    use ephemera_functions::aws::history::History;
+    let sfn = aws_sdk_sfn::Client::new(&ephemera_tests::sdk_config(r.region));
+    let seen = sfn
+        .execution_stats(&r.execution, 128)
+        .await
+        .unwrap()
+        .expect("the history")
+        .workers;
+    let launched: Vec<(u32, u32)> = seen.launched.iter().map(|(s, a)| (*s, a.attempt)).collect();
+    assert_eq!(launched, [(1, 1), (1, 2)], "{seen:?}");
+    assert!(seen.ended.contains_key(&1), "{seen:?}");
 }
 
 /// EventBridge's Spot interruption warning reaches the spot-interruption Lambda, which fails the

@@ -1,9 +1,10 @@
-//! Step Functions history: what the orchestration itself cost.
+//! Step Functions history: what the orchestration itself cost, and what it saw of the workers.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 
 use ephemera_core::cost::{orchestration_cost, Orchestration};
+use ephemera_core::rundoc::WorkersSeen;
 
 use super::to_chrono;
 use crate::error::AwsError;
@@ -13,6 +14,8 @@ use crate::error::AwsError;
 pub struct ExecutionStats {
     pub orchestration: Orchestration,
     pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Each worker's end and every attempt launched, as the history has them.
+    pub workers: WorkersSeen,
 }
 
 pub trait History: Send + Sync {
@@ -60,9 +63,16 @@ impl History for aws_sdk_sfn::Client {
         else {
             return Ok(None);
         };
+        let mut workers = WorkersSeen::default();
         for e in &events {
             let kind = e.r#type().as_str();
             let at = to_chrono(e.timestamp());
+            if let Some(d) = e.state_entered_event_details() {
+                workers.entered(d.name(), d.input().unwrap_or_default(), at);
+            }
+            if let Some(d) = e.state_exited_event_details() {
+                workers.exited(d.name(), d.output().unwrap_or_default());
+            }
             if kind == "ExecutionStarted" {
                 started_at = Some(at);
             }
@@ -106,6 +116,7 @@ impl History for aws_sdk_sfn::Client {
         Ok(Some(ExecutionStats {
             orchestration: orchestration_cost(transitions, invocations, gb_seconds),
             started_at,
+            workers,
         }))
     }
 

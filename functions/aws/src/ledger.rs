@@ -30,6 +30,9 @@ pub enum Reserved {
     OverCap {
         reserved_usd: f64,
     },
+    /// The run was already settled (its report ran) or swept: nothing more is launched or
+    /// reserved for it (a launch that raced its run's stop or cleanup).
+    Ended,
 }
 
 pub trait Ledger: Send + Sync {
@@ -221,6 +224,9 @@ impl Ledger for LedgerTable {
                 .and_then(|i| entry_of(&i));
             // At the cents' millionths every amount is written with, so the sum read here and
             // the run's counter DynamoDB adds up in decimal are the same number.
+            if run.as_ref().is_some_and(|r| r.state != EntryState::Running) {
+                return Ok(Reserved::Ended);
+            }
             let held = cost::usd(run.as_ref().map_or(0.0, |r| r.reserved_usd));
             let before = run.as_ref().and_then(|r| r.workers.get(&worker).copied());
             let delta = cost::usd(usd - before.unwrap_or(0.0));
@@ -466,19 +472,25 @@ fn run_update(
         ("", u)
     };
     let with_map = run.is_some_and(|r| !r.workers.is_empty() || r.reserved_usd == 0.0);
+    // A run settled since it was read takes no more: the write fails and the next read says so.
+    let running = " AND #s = :running";
     match (with_map, before) {
         (true, Some(b)) => u
             .update_expression("SET workers.#w = :usd, updated_at = :t ADD cap_reserved_usd :d")
-            .condition_expression(format!("workers.#w = :before{cap}"))
+            .condition_expression(format!("workers.#w = :before{running}{cap}"))
             .expression_attribute_names("#w", key)
+            .expression_attribute_names("#s", "state")
+            .expression_attribute_values(":running", AttributeValue::S(state_name(EntryState::Running).into()))
             .expression_attribute_values(":usd", AttributeValue::N(usd.to_string()))
             .expression_attribute_values(":before", AttributeValue::N(b.to_string())),
         (true, None) => u
             .update_expression("SET workers.#w = :usd, updated_at = :t ADD cap_reserved_usd :d")
             .condition_expression(format!(
-                "attribute_exists(workers) AND attribute_not_exists(workers.#w){cap}"
+                "attribute_exists(workers) AND attribute_not_exists(workers.#w){running}{cap}"
             ))
             .expression_attribute_names("#w", key)
+            .expression_attribute_names("#s", "state")
+            .expression_attribute_values(":running", AttributeValue::S(state_name(EntryState::Running).into()))
             .expression_attribute_values(":usd", AttributeValue::N(usd.to_string())),
         (false, _) => u
             .update_expression(

@@ -10,7 +10,7 @@ use crate::instance_state::InstanceState;
 use crate::market::Market;
 use crate::quota::{QuotaState, QuotaVerdict};
 use crate::report::{AttemptCost, CostReport, Outcome, Phases, WorkerLine};
-use crate::rundoc::{failure_for, CaughtError, WorkerEnd};
+use crate::rundoc::{failure_for, Attempt, CaughtError, WorkerEnd};
 use crate::runspec::RunSpec;
 use crate::snapshot::SnapshotState;
 use crate::verify::Verification;
@@ -127,21 +127,26 @@ pub const AFTER_ITERATION_SECONDS: i64 = 115 + 180 + 90;
 /// relaunch that follows a reclaim comes after the notice.
 pub const SPOT_NOTICE_SECONDS: i64 = 120;
 
-/// The latest an attempt that EC2 no longer describes can have ended, and why, from the run
-/// document alone. EC2 keeps a terminated instance visible for about an hour
+/// The latest an attempt that EC2 no longer describes can have ended, and why. EC2 keeps a
+/// terminated instance visible for about an hour
 /// (<https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_DescribeInstances.html>): a
 /// worker that finished or was reclaimed long before the report is gone from it, and is billed
 /// to this bound (never under-billed; over by at most the bound's slack), never left out.
-pub fn vanished_end(end: &WorkerEnd, attempt: u32, now: DateTime<Utc>) -> (DateTime<Utc>, String) {
-    let attempts = end.worker.as_ref().map_or(&[][..], |w| &w.attempts[..]);
+/// `attempts` are its worker's, `released` what its release terminated, `iteration_end` when
+/// its worker's iteration ended (the history's WorkerReported, WorkerLost or
+/// WorkerLostUnreleased).
+pub fn vanished_end(
+    attempts: &[Attempt],
+    released: &[String],
+    attempt: u32,
+    iteration_end: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> (DateTime<Utc>, String) {
     let this = attempts.iter().find(|a| a.attempt == attempt);
     let next = attempts.iter().find(|a| a.attempt == attempt + 1);
-    let released = end
-        .released
-        .as_ref()
-        .is_some_and(|r| this.is_some_and(|a| r.terminated.contains(&a.instance_id)));
+    let was_released = this.is_some_and(|a| released.contains(&a.instance_id));
     let secs = chrono::Duration::seconds;
-    let (bound, why) = match (next, released, end.ended_at) {
+    let (bound, why) = match (next, was_released, iteration_end) {
         (Some(n), _, _) => (
             n.launched_at + secs(SPOT_NOTICE_SECONDS),
             format!(
@@ -334,7 +339,7 @@ pub fn assemble(p: Parts<'_>) -> CostReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rundoc::{Attempt, HealthState, HealthVerdict, Released, WorkerState};
+    use crate::rundoc::{HealthState, HealthVerdict, Released, WorkerState};
     use chrono::{Duration, TimeZone};
 
     fn at(s: i64) -> DateTime<Utc> {
@@ -417,52 +422,34 @@ mod tests {
             reused: false,
             placement: None,
         };
-        let end = |attempts: Vec<Attempt>, released: Option<&str>, ended: Option<i64>| WorkerEnd {
-            slot: 1,
-            worker: Some(WorkerState {
-                slot: 1,
-                attempts,
-                relaunches_left: 0,
-                heartbeat_seconds: 60,
-                timeout_seconds: 3600,
-                budget_seconds: None,
-                boot_poll_seconds: 5,
-                token_parameter: String::new(),
-                token_reader: String::new(),
-            }),
-            health: None,
-            result: None,
-            error: None,
-            released: released.map(|id| Released {
-                slot: 1,
-                terminated: vec![id.into()],
-                error: None,
-            }),
-            ended_at: ended.map(at),
-        };
         let now = at(20_000);
+        let two = vec![attempt(1, "i-1", 0), attempt(2, "i-2", 3600)];
         // Reclaimed, then relaunched at 3600 s: gone within the notice's two minutes.
-        let reclaimed = end(
-            vec![attempt(1, "i-1", 0), attempt(2, "i-2", 3600)],
-            None,
-            Some(7200),
-        );
-        let (bound, why) = vanished_end(&reclaimed, 1, now);
+        let (bound, why) = vanished_end(&two, &[], 1, Some(at(7200)), now);
         assert_eq!(bound, at(3600 + SPOT_NOTICE_SECONDS));
         assert!(why.contains("relaunch at 13:00:00"), "{why}");
-        // Its worker reported at 7200 s: the unit's stop and the delayed shutdown follow.
-        let (bound, why) = vanished_end(&reclaimed, 2, now);
+        // Its worker ended at 7200 s: the unit's stop and the delayed shutdown follow.
+        let (bound, why) = vanished_end(&two, &[], 2, Some(at(7200)), now);
         assert_eq!(bound, at(7200 + AFTER_ITERATION_SECONDS));
         assert!(why.contains("ended at 14:00:00"), "{why}");
         // Released when lost: terminated before its iteration ended.
-        let lost = end(vec![attempt(1, "i-1", 0)], Some("i-1"), Some(500));
-        assert_eq!(vanished_end(&lost, 1, now).0, at(500));
+        let one = vec![attempt(1, "i-1", 0)];
+        let released = ["i-1".to_string()];
+        assert_eq!(
+            vanished_end(&one, &released, 1, Some(at(500)), now).0,
+            at(500)
+        );
         // Never past the report, never before its launch; no end known: the report.
-        assert_eq!(vanished_end(&reclaimed, 2, at(7300)).0, at(7300));
-        let unknown = end(vec![attempt(1, "i-1", 0)], None, None);
-        assert_eq!(vanished_end(&unknown, 1, now).0, now);
-        let early = end(vec![attempt(1, "i-1", 900)], Some("i-1"), Some(500));
-        assert_eq!(vanished_end(&early, 1, now).0, at(900));
+        assert_eq!(
+            vanished_end(&two, &[], 2, Some(at(7200)), at(7300)).0,
+            at(7300)
+        );
+        assert_eq!(vanished_end(&one, &[], 1, None, now).0, now);
+        let late = vec![attempt(1, "i-1", 900)];
+        assert_eq!(
+            vanished_end(&late, &released, 1, Some(at(500)), now).0,
+            at(900)
+        );
     }
 
     #[test]
@@ -510,7 +497,6 @@ mod tests {
                 result: Some(serde_json::json!({"partitions_done": 4})),
                 error: None,
                 released: None,
-                ended_at: None,
             },
             WorkerEnd {
                 slot: 2,
@@ -526,7 +512,6 @@ mod tests {
                     terminated: vec!["i-2".into()],
                     error: None,
                 }),
-                ended_at: None,
             },
         ];
         let priced = vec![

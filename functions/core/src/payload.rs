@@ -299,7 +299,6 @@ impl Worst {
                 // WorkerLost keeps the release's error as the end's `error`, not twice.
                 error: None,
             }),
-            ended_at: Some(self.time),
         }
     }
 

@@ -141,11 +141,6 @@ pub struct WorkerEnd {
     /// What its release terminated, when it was lost.
     #[serde(default)]
     pub released: Option<Released>,
-    /// When its iteration ended (`$$.State.EnteredTime` of WorkerReported, WorkerLost or
-    /// WorkerLostUnreleased): what bounds the end of an instance EC2 no longer describes at the
-    /// report ([`crate::cost_report::vanished_end`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ended_at: Option<DateTime<Utc>>,
 }
 
 /// What a lost worker's release (terminate-with-cost-report with `release`) terminated.
@@ -249,9 +244,104 @@ pub fn failure_for(e: &CaughtError) -> CaughtError {
     }
 }
 
+/// What the execution's history says of its workers, beside the run document: each Map
+/// iteration's end, and every attempt LaunchWorker returned. The report reads it where the
+/// document falls short: a run stopped or failed before its Map ended has no `$.workers`, and
+/// an instance EC2 no longer describes is known only from its launch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WorkersSeen {
+    /// By slot: when its iteration ended (WorkerReported, WorkerLost or WorkerLostUnreleased
+    /// entered; the last, should a slot be seen twice).
+    pub ended: std::collections::BTreeMap<u32, DateTime<Utc>>,
+    /// Every attempt LaunchWorker returned, with its worker's slot, each instance once.
+    pub launched: Vec<(u32, Attempt)>,
+}
+
+impl WorkersSeen {
+    /// A state entered with `input` at `at`.
+    pub fn entered(&mut self, state: &str, input: &str, at: DateTime<Utc>) {
+        let ends = [
+            crate::State::WorkerReported.name(),
+            crate::State::WorkerLost.name(),
+            crate::State::WorkerLostUnreleased.name(),
+        ];
+        if !ends.contains(&state) {
+            return;
+        }
+        let slot = serde_json::from_str::<serde_json::Value>(input)
+            .ok()
+            .and_then(|v| v["slot"].as_u64())
+            .and_then(|s| u32::try_from(s).ok());
+        if let Some(slot) = slot {
+            self.ended.insert(slot, at);
+        }
+    }
+
+    /// A state exited with `output`: LaunchWorker's carries the worker's attempts (`$.worker`).
+    pub fn exited(&mut self, state: &str, output: &str) {
+        if state != crate::State::LaunchWorker.name() {
+            return;
+        }
+        let Some(w) = serde_json::from_str::<serde_json::Value>(output)
+            .ok()
+            .and_then(|v| serde_json::from_value::<WorkerState>(v["worker"].clone()).ok())
+        else {
+            return;
+        };
+        for a in w.attempts {
+            if !self
+                .launched
+                .iter()
+                .any(|(_, k)| k.instance_id == a.instance_id)
+            {
+                self.launched.push((w.slot, a));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_history_gives_each_workers_end_and_every_attempt_launched() {
+        let t = |s: i64| DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap();
+        let attempt = |n: u32, id: &str| {
+            serde_json::json!({"attempt": n, "instance_id": id, "instance_type": "c7g.large",
+                "subnet": "s", "market": "spot", "launched_at": t(n as i64 * 100),
+                "client_token": "c", "estimate_usd": 0.1, "volume_gib": 30})
+        };
+        let worker = |slot: u32, attempts: Vec<serde_json::Value>| {
+            serde_json::json!({"run": {}, "slot": slot, "worker": {"slot": slot,
+                "attempts": attempts, "relaunches_left": 1, "heartbeat_seconds": 60,
+                "timeout_seconds": 600, "boot_poll_seconds": 5, "token_parameter": "p",
+                "token_reader": "r"}})
+            .to_string()
+        };
+        let mut seen = WorkersSeen::default();
+        seen.exited("LaunchWorker", &worker(2, vec![attempt(1, "i-a")]));
+        // The relaunch's output holds both attempts: each instance is kept once.
+        seen.exited(
+            "LaunchWorker",
+            &worker(2, vec![attempt(1, "i-a"), attempt(2, "i-b")]),
+        );
+        seen.exited("HealthCheck", &worker(3, vec![attempt(1, "i-c")]));
+        seen.exited("LaunchWorker", "not json");
+        seen.entered("WorkerReported", r#"{"slot": 2}"#, t(900));
+        seen.entered("WorkerLost", r#"{"slot": 3}"#, t(950));
+        seen.entered("AwaitCompletion", r#"{"slot": 4}"#, t(990));
+        let ids: Vec<(u32, &str)> = seen
+            .launched
+            .iter()
+            .map(|(s, a)| (*s, a.instance_id.as_str()))
+            .collect();
+        assert_eq!(ids, [(2, "i-a"), (2, "i-b")]);
+        assert_eq!(
+            seen.ended.into_iter().collect::<Vec<_>>(),
+            [(2, t(900)), (3, t(950))]
+        );
+    }
 
     #[test]
     fn a_token_reader_is_the_instance_role_sessions_userid() {

@@ -975,7 +975,6 @@ mod tests {
                 cause: Some(c.into()),
             }),
             released: None,
-            ended_at: None,
         }
     }
 

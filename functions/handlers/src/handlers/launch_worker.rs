@@ -615,6 +615,14 @@ async fn reserve<L: Ledger, N: Notifier>(
             this_run_usd,
         } => return Err(refused(others_usd, this_run_usd, budget)),
         Reserved::OverCap { reserved_usd } => return Ok(Some(reserved_usd)),
+        // Its report ran while this launch was on its way (a stop, a cleanup): launching now
+        // would run an instance no report bills.
+        Reserved::Ended => {
+            return Err(Error::LaunchFailed(format!(
+                "run {} has already ended (its report settled it): nothing more is launched for it",
+                b.spec.run_id
+            )))
+        }
     }
     if let (true, Some(topic)) = (alert, config.alert_topic.as_deref()) {
         let subject = format!(

@@ -16,7 +16,7 @@ use ephemera_core::month_html::{self, Month};
 use ephemera_core::quota::QuotaState;
 use ephemera_core::refusal::Refusal;
 use ephemera_core::report::{report_location, AttemptCost, CostReport, MonthPage, StoredReport};
-use ephemera_core::rundoc::{Attempt, CaughtError, Released, WorkerEnd};
+use ephemera_core::rundoc::{Attempt, CaughtError, Released, WorkerEnd, WorkersSeen};
 use ephemera_core::stopped::{self, StatusChange};
 use ephemera_core::verify::Verification;
 use ephemera_core::{caps, cost};
@@ -161,8 +161,12 @@ where
 {
     let spec = &input.run;
     let ends: Vec<WorkerEnd> = input.workers.clone().unwrap_or_default();
-    let known = known_attempts(&ends);
-    let instances = everything_launched(s.ec2, &input.execution, &known).await?;
+    let instances = everything_launched(
+        s.ec2,
+        &input.execution,
+        &known_attempts(&ends, &WorkersSeen::default()),
+    )
+    .await?;
     for i in instances.values() {
         ours(i, &spec.run_id)?;
     }
@@ -180,19 +184,27 @@ where
     let (teardown_start, teardown_seconds) =
         tear_down(s.ec2, s.sns, &left, topic.map(String::as_str)).await?;
 
+    // After the teardown (it may read many pages): what the history saw launched, which a run
+    // stopped before its Map ended has nowhere else.
+    let stats = s
+        .history
+        .execution_stats(&input.execution, config.lambda_memory_mb)
+        .await?;
+    let seen = stats
+        .as_ref()
+        .map(|s| s.workers.clone())
+        .unwrap_or_default();
+    let known = known_attempts(&ends, &seen);
     let pricing = Pricing {
         spec,
         known: &known,
         ends: &ends,
+        seen: &seen,
         run_prices: input.quota.as_ref().map_or(&[][..], |q| &q.prices[..]),
         region: &config.region,
         now,
     };
     let priced = price_all(s.ec2, s.prices, &pricing, &instances, &to_stop).await;
-    let stats = s
-        .history
-        .execution_stats(&input.execution, config.lambda_memory_mb)
-        .await?;
     // The month the run is booked in: the one its execution started in (`ledger::booked_month`).
     let started = input
         .started_at
@@ -344,16 +356,7 @@ async fn price_all<E: Compute, P: PriceList>(
         priced.push(cost_report::price(&facts));
     }
     for (slot, a) in vanished {
-        let end = pricing.ends.iter().find(|e| e.slot == slot);
-        let (ended_at, why) = end.map_or_else(
-            || {
-                (
-                    pricing.now,
-                    "no end is known: billed to the report".to_string(),
-                )
-            },
-            |e| cost_report::vanished_end(e, a.attempt, pricing.now),
-        );
+        let (ended_at, why) = vanished_end(pricing, slot, &a);
         // As the run document knows it; gone from EC2, so terminated.
         let view = InstanceView {
             id: a.instance_id.clone(),
@@ -386,6 +389,26 @@ async fn price_all<E: Compute, P: PriceList>(
     priced
 }
 
+/// The latest `a` (of worker `slot`) can have ended, from its worker's attempts, its release
+/// and its iteration's end in the history ([`cost_report::vanished_end`]).
+fn vanished_end(p: &Pricing<'_>, slot: u32, a: &Attempt) -> (DateTime<Utc>, String) {
+    let attempts: Vec<Attempt> = p
+        .known
+        .iter()
+        .filter(|(s, _)| *s == slot)
+        .map(|(_, k)| k.clone())
+        .collect();
+    let released: Vec<String> = p
+        .ends
+        .iter()
+        .filter(|e| e.slot == slot)
+        .filter_map(|e| e.released.as_ref())
+        .flat_map(|r| r.terminated.clone())
+        .collect();
+    let iteration_end = p.seen.ended.get(&slot).copied();
+    cost_report::vanished_end(&attempts, &released, a.attempt, iteration_end, p.now)
+}
+
 /// The attempts the run document knows that EC2 described neither by tag nor by id.
 fn vanished(
     known: &[(u32, Attempt)],
@@ -398,12 +421,20 @@ fn vanished(
         .collect()
 }
 
-/// The attempts the run document knows, with their worker's slot.
-fn known_attempts(ends: &[WorkerEnd]) -> Vec<(u32, Attempt)> {
-    ends.iter()
+/// The attempts the run document knows, with their worker's slot, and those only the history
+/// saw (a run stopped or failed before its Map ended has no `$.workers`).
+fn known_attempts(ends: &[WorkerEnd], seen: &WorkersSeen) -> Vec<(u32, Attempt)> {
+    let mut known: Vec<(u32, Attempt)> = ends
+        .iter()
         .filter_map(|e| e.worker.as_ref().map(|w| (e.slot, w)))
         .flat_map(|(slot, w)| w.attempts.iter().map(move |a| (slot, a.clone())))
-        .collect()
+        .collect();
+    for (slot, a) in &seen.launched {
+        if !known.iter().any(|(_, k)| k.instance_id == a.instance_id) {
+            known.push((*slot, a.clone()));
+        }
+    }
+    known
 }
 
 /// Everything this execution launched: what the run document knows, and what the tags say (a
@@ -432,8 +463,10 @@ async fn everything_launched<E: Compute>(
 struct Pricing<'a> {
     spec: &'a RunSpec,
     known: &'a [(u32, Attempt)],
-    /// The workers' ends, which bound the end of an attempt EC2 no longer describes.
+    /// The workers' ends and what the history saw of them, which bound the end of an attempt
+    /// EC2 no longer describes.
     ends: &'a [WorkerEnd],
+    seen: &'a WorkersSeen,
     /// The run's prices (`$.quota.prices`).
     run_prices: &'a [cost::TypePrice],
     region: &'a str,
@@ -955,5 +988,60 @@ mod tests {
         let t = parse_transition_time("User initiated (2026-11-22 14:02:11 GMT)").unwrap();
         assert_eq!(t.to_rfc3339(), "2026-11-22T14:02:11+00:00");
         assert_eq!(parse_transition_time("Service initiated"), None);
+    }
+
+    #[test]
+    fn a_stopped_runs_attempts_come_from_the_history_each_instance_once() {
+        let attempt = |n: u32, id: &str| Attempt {
+            attempt: n,
+            instance_id: id.into(),
+            instance_type: "c7g.large".into(),
+            subnet: "s".into(),
+            availability_zone: None,
+            market: Market::Spot,
+            launched_at: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+            client_token: "c".into(),
+            estimate_usd: 0.1,
+            volume_gib: 30,
+            tried: vec![],
+            tried_total: 0,
+            reused: false,
+            placement: None,
+        };
+        let seen = WorkersSeen {
+            ended: Default::default(),
+            launched: vec![(1, attempt(1, "i-1")), (2, attempt(1, "i-2"))],
+        };
+        // A stop: no `$.workers`, the history alone.
+        let ids = |k: Vec<(u32, Attempt)>| -> Vec<(u32, String)> {
+            k.into_iter().map(|(s, a)| (s, a.instance_id)).collect()
+        };
+        assert_eq!(
+            ids(known_attempts(&[], &seen)),
+            [(1, "i-1".to_string()), (2, "i-2".to_string())]
+        );
+        // The document's first, the history's for what it lacks.
+        let w: ephemera_core::rundoc::WorkerState =
+            serde_json::from_value(serde_json::json!({"slot": 1,
+            "attempts": [attempt(1, "i-1"), attempt(2, "i-3")], "relaunches_left": 0,
+            "heartbeat_seconds": 60, "timeout_seconds": 60, "boot_poll_seconds": 5,
+            "token_parameter": "p", "token_reader": "r"}))
+            .unwrap();
+        let ends = [WorkerEnd {
+            slot: 1,
+            worker: Some(w),
+            health: None,
+            result: None,
+            error: None,
+            released: None,
+        }];
+        assert_eq!(
+            ids(known_attempts(&ends, &seen)),
+            [
+                (1, "i-1".to_string()),
+                (1, "i-3".to_string()),
+                (2, "i-2".to_string())
+            ]
+        );
     }
 }
