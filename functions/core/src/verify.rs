@@ -249,17 +249,26 @@ fn object_checks(
 }
 
 /// Every listed object's SHA-256 against what S3 keeps for it now (`kept`: key →
-/// `ChecksumSHA256`, None when S3 keeps none; objects not found are left to `objects_present`):
-/// the worker sends each object with its digest and S3 refuses bytes that do not match it, so
-/// an object that differs was replaced after it was sent, and fails naming it.
+/// `ChecksumSHA256`, None when S3 keeps none): the worker sends each object with its digest and
+/// S3 refuses bytes that do not match it, so an object that differs was replaced after it was
+/// sent, and fails naming it. An object the listing never found is `objects_present`'s to say;
+/// one it found (`found`) that S3 no longer has when its SHA-256 is read was deleted since, and
+/// fails here (`objects_present` saw it).
 pub fn checksum_check<'a>(
     objects: impl IntoIterator<Item = &'a ManifestObject>,
     kept: &BTreeMap<String, Option<String>>,
+    found: &std::collections::BTreeSet<String>,
 ) -> Check {
     let (mut n, mut bad) = (0, vec![]);
     for o in objects {
         n += 1;
         let Some(now) = kept.get(&o.key) else {
+            if found.contains(&o.key) {
+                bad.push(format!(
+                    "{}: deleted since it was listed (S3 no longer has it)",
+                    o.key
+                ));
+            }
             continue;
         };
         match (o.checksum_sha256.as_deref(), now.as_deref()) {
@@ -822,12 +831,24 @@ mod tests {
         };
         // As sent (a missing object is objects_present's to say); a composite read without its
         // part count is still the parts' digest.
+        let found: std::collections::BTreeSet<String> =
+            ["w/a", "w/big"].iter().map(|k| k.to_string()).collect();
         let fine = checksum_check(
             &listed,
             &kept(&[("w/a", Some("YWJj")), ("w/big", Some("ZGVm"))]),
+            &found,
         );
         assert!(fine.ok, "{fine:?}");
         assert_eq!(fine.detail, "3 objects match the SHA-256 S3 keeps");
+        // Listed, then deleted before its SHA-256 was read: the listing alone would pass it.
+        let raced = checksum_check(&listed, &kept(&[("w/a", Some("YWJj"))]), &found);
+        assert_eq!(
+            (raced.ok, raced.detail.as_str()),
+            (
+                false,
+                "w/big: deleted since it was listed (S3 no longer has it)"
+            )
+        );
         // Written since: another digest, none at all, another part count; a manifest without one.
         let bad = checksum_check(
             &[
@@ -842,6 +863,7 @@ mod tests {
                 ("w/c", None),
                 ("w/d", Some("Yw==")),
             ]),
+            &found,
         );
         assert!(!bad.ok);
         assert_eq!(

@@ -73,7 +73,13 @@ pub async fn handle<O: Objects>(
     if !listed.is_empty() {
         let kept = kept_checksums(objects, &listed).await?;
         let every = listed.iter().flat_map(|(l, _)| &l.manifest.objects);
-        checks.push(verify::checksum_check(every, &kept));
+        let found: std::collections::BTreeSet<String> = listed
+            .iter()
+            .flat_map(|(_, sizes)| sizes.iter())
+            .filter(|(_, size)| size.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        checks.push(verify::checksum_check(every, &kept, &found));
     }
     let manifests: Vec<Listed> = listed.into_iter().map(|(l, _)| l).collect();
     let outputs = verify::outputs_of(&manifests);
