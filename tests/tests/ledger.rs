@@ -193,23 +193,9 @@ async fn a_run_never_cleaned_up_lands_in_the_ledger_through_the_sweeper() {
     let estimate = launched["attempts"][0]["estimate_usd"].as_f64().unwrap();
     assert_eq!(reserved["workers.1"].parse::<f64>().unwrap(), estimate);
 
-    let swept: Value = invoke(
-        &function_clients(c.region, Function::Sweeper.name()),
-        &settings,
-        Function::Sweeper,
-        json!({}),
-    )
-    .await
-    .unwrap();
+    let swept = sweep(c.region, &settings).await;
     let id = launched["attempts"][0]["instance_id"].as_str().unwrap();
-    assert!(
-        swept["terminated"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|t| t["instance_id"] == id),
-        "{swept}"
-    );
+    assert!(swept.iter().any(|t| t == id), "{swept:?}");
     let after = entry(c.region, &execution).await.unwrap();
     // No cost was measured: its worst case keeps counting toward the month.
     assert_eq!(after["state"], "swept");
@@ -266,23 +252,9 @@ async fn a_run_never_cleaned_up_lands_in_the_ledger_through_the_sweeper() {
         "{refused}"
     );
     assert_eq!(counter().await, settled);
-    let swept: Value = invoke(
-        &function_clients(c.region, Function::Sweeper.name()),
-        &settings,
-        Function::Sweeper,
-        json!({}),
-    )
-    .await
-    .unwrap();
+    let swept = sweep(c.region, &settings).await;
     let id = late["attempts"][0]["instance_id"].as_str().unwrap();
-    assert!(
-        swept["terminated"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|t| t["instance_id"] == id),
-        "{swept}"
-    );
+    assert!(swept.iter().any(|t| t == id), "{swept:?}");
     let after = entry(c.region, &raced).await.unwrap();
     assert_eq!(
         (after["state"].as_str(), after["actual_usd"].as_str()),
@@ -290,6 +262,24 @@ async fn a_run_never_cleaned_up_lands_in_the_ledger_through_the_sweeper() {
     );
     assert!(settled < before, "{settled} {before}");
     assert_eq!(counter().await, settled);
+}
+
+/// The sweeper's pass, as its schedule invokes it; the ids it terminated.
+async fn sweep(region: &'static str, settings: &Settings) -> Vec<String> {
+    let swept: Value = invoke(
+        &function_clients(region, Function::Sweeper.name()),
+        settings,
+        Function::Sweeper,
+        json!({}),
+    )
+    .await
+    .unwrap();
+    swept["terminated"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["instance_id"].as_str().map(str::to_string))
+        .collect()
 }
 
 /// Launches at the same instant whose worst cases together pass the monthly budget. The month's

@@ -34,6 +34,20 @@ pub trait History: Send + Sync {
     ) -> impl Future<Output = Result<Option<serde_json::Value>, AwsError>> + Send;
 }
 
+/// What `e` says of the workers: an iteration's end, or a launch's attempts.
+fn see_workers(
+    workers: &mut WorkersSeen,
+    e: &aws_sdk_sfn::types::HistoryEvent,
+    at: chrono::DateTime<chrono::Utc>,
+) {
+    if let Some(d) = e.state_entered_event_details() {
+        workers.entered(d.name(), d.input().unwrap_or_default(), at);
+    }
+    if let Some(d) = e.state_exited_event_details() {
+        workers.exited(d.name(), d.output().unwrap_or_default());
+    }
+}
+
 impl History for aws_sdk_sfn::Client {
     async fn execution_stats(
         &self,
@@ -67,12 +81,7 @@ impl History for aws_sdk_sfn::Client {
         for e in &events {
             let kind = e.r#type().as_str();
             let at = to_chrono(e.timestamp());
-            if let Some(d) = e.state_entered_event_details() {
-                workers.entered(d.name(), d.input().unwrap_or_default(), at);
-            }
-            if let Some(d) = e.state_exited_event_details() {
-                workers.exited(d.name(), d.output().unwrap_or_default());
-            }
+            see_workers(&mut workers, e, at);
             if kind == "ExecutionStarted" {
                 started_at = Some(at);
             }

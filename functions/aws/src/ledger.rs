@@ -242,19 +242,7 @@ impl Ledger for LedgerTable {
                 before,
             };
             let this = run_update(&self.table, entry, (worker, usd), read, (delta, room));
-            let mut month = Update::builder()
-                .table_name(&self.table)
-                .key("execution", AttributeValue::S(counter_key(&entry.month)))
-                .update_expression("ADD committed_usd :d")
-                .expression_attribute_values(":d", AttributeValue::N(delta.to_string()));
-            if budget_usd > 0.0 && delta > 0.0 {
-                month = month
-                    .condition_expression("committed_usd <= :room")
-                    .expression_attribute_values(
-                        ":room",
-                        AttributeValue::N((budget_usd - delta).to_string()),
-                    );
-            }
+            let month = month_update(&self.table, &entry.month, delta, budget_usd);
             let sent = self
                 .client
                 .transact_write_items()
@@ -507,6 +495,30 @@ fn run_update(
                 AttributeValue::M(HashMap::from([(key, AttributeValue::N(usd.to_string()))])),
             ),
     }
+}
+
+/// The month's counter moved by `delta`, on the condition that it stays within `budget_usd`
+/// (0: no ceiling) when it grows.
+fn month_update(
+    table: &str,
+    month: &str,
+    delta: f64,
+    budget_usd: f64,
+) -> aws_sdk_dynamodb::types::builders::UpdateBuilder {
+    let update = Update::builder()
+        .table_name(table)
+        .key("execution", AttributeValue::S(counter_key(month)))
+        .update_expression("ADD committed_usd :d")
+        .expression_attribute_values(":d", AttributeValue::N(delta.to_string()));
+    if budget_usd > 0.0 && delta > 0.0 {
+        return update
+            .condition_expression("committed_usd <= :room")
+            .expression_attribute_values(
+                ":room",
+                AttributeValue::N((budget_usd - delta).to_string()),
+            );
+    }
+    update
 }
 
 /// One item of a transaction.

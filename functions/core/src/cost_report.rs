@@ -346,6 +346,26 @@ mod tests {
         Utc.with_ymd_and_hms(2026, 11, 30, 12, 0, 0).unwrap() + Duration::seconds(s)
     }
 
+    /// An On-Demand attempt 1 of `id`, launched at `at(0)`.
+    fn attempt_of(id: &str) -> Attempt {
+        Attempt {
+            attempt: 1,
+            instance_id: id.into(),
+            instance_type: "c7g.4xlarge".into(),
+            subnet: "s".into(),
+            availability_zone: None,
+            market: Market::OnDemand,
+            launched_at: at(0),
+            client_token: "t".into(),
+            estimate_usd: 1.5,
+            volume_gib: 30,
+            tried: vec![],
+            tried_total: 0,
+            reused: false,
+            placement: None,
+        }
+    }
+
     fn facts(id: &str, worker: u32, market: Market, spot: SpotHistory) -> InstanceFacts {
         InstanceFacts {
             worker,
@@ -408,19 +428,9 @@ mod tests {
     fn an_instance_ec2_no_longer_describes_is_billed_to_the_latest_it_can_have_ended() {
         let attempt = |n: u32, id: &str, launched: i64| Attempt {
             attempt: n,
-            instance_id: id.into(),
-            instance_type: "c7g.4xlarge".into(),
-            subnet: "s".into(),
-            availability_zone: None,
             market: Market::Spot,
             launched_at: at(launched),
-            client_token: "t".into(),
-            estimate_usd: 1.5,
-            volume_gib: 30,
-            tried: vec![],
-            tried_total: 0,
-            reused: false,
-            placement: None,
+            ..attempt_of(id)
         };
         let now = at(20_000);
         let two = vec![attempt(1, "i-1", 0), attempt(2, "i-2", 3600)];
@@ -455,22 +465,7 @@ mod tests {
     #[test]
     fn the_report_sums_every_worker_and_names_what_the_releases_terminated() {
         let spec = RunSpec::parse(&crate::runspec::tests::sample()).unwrap();
-        let attempt = |id: &str| Attempt {
-            attempt: 1,
-            instance_id: id.into(),
-            instance_type: "c7g.4xlarge".into(),
-            subnet: "s".into(),
-            availability_zone: None,
-            market: Market::OnDemand,
-            launched_at: at(0),
-            client_token: "t".into(),
-            estimate_usd: 1.5,
-            volume_gib: 30,
-            tried: vec![],
-            tried_total: 0,
-            reused: false,
-            placement: None,
-        };
+        let attempt = attempt_of;
         let state = |slot: u32, id: &str| WorkerState {
             slot,
             attempts: vec![attempt(id)],

@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::aws::{
-    pricing, AwsError, Compute, History, InstanceView, Ledger, Notifier, ObjectWriter,
-    ParamHousekeeping, PriceList, VcpuReservations,
+    pricing, AwsError, Compute, ExecutionStats, History, InstanceView, Ledger, Notifier,
+    ObjectWriter, ParamHousekeeping, PriceList, VcpuReservations,
 };
 use crate::error::Error;
 use ephemera_core::tags;
@@ -186,15 +186,7 @@ where
 
     // After the teardown (it may read many pages): what the history saw launched, which a run
     // stopped before its Map ended has nowhere else.
-    let stats = s
-        .history
-        .execution_stats(&input.execution, config.lambda_memory_mb)
-        .await?;
-    let seen = stats
-        .as_ref()
-        .map(|s| s.workers.clone())
-        .unwrap_or_default();
-    let known = known_attempts(&ends, &seen);
+    let (stats, seen, known) = history_of(s.history, config, &input.execution, &ends).await?;
     let pricing = Pricing {
         spec,
         known: &known,
@@ -219,16 +211,49 @@ where
         now,
     };
     let mut report = report_of(spec, &input, &ends, measured);
-    // Every instance's parameters go, those EC2 no longer describes too.
-    let ids: std::collections::BTreeSet<String> = instances
-        .keys()
-        .cloned()
-        .chain(known.iter().map(|(_, a)| a.instance_id.clone()))
-        .collect();
-    put_away(&s, config, &input, &month, &ids, &mut report).await;
+    put_away(
+        &s,
+        config,
+        &input,
+        &month,
+        &every_id(&instances, &known),
+        &mut report,
+    )
+    .await;
     deliver(s.objects, s.sns, config, spec, topic, &mut report).await;
     tracing::info!(actual_usd = report.actual_usd, outcome = %report.outcome, "cost report");
     Ok(report)
+}
+
+/// The execution's history (None when unreadable), what it saw of the workers, and every
+/// attempt known: the run document's, and those only the history saw.
+async fn history_of<H: History>(
+    history: &H,
+    config: &Config,
+    execution: &str,
+    ends: &[WorkerEnd],
+) -> Result<(Option<ExecutionStats>, WorkersSeen, Vec<(u32, Attempt)>), Error> {
+    let stats = history
+        .execution_stats(execution, config.lambda_memory_mb)
+        .await?;
+    let seen = stats
+        .as_ref()
+        .map(|s| s.workers.clone())
+        .unwrap_or_default();
+    let known = known_attempts(ends, &seen);
+    Ok((stats, seen, known))
+}
+
+/// Every instance of the run, those EC2 no longer describes too: each one's parameters go.
+fn every_id(
+    instances: &BTreeMap<String, InstanceView>,
+    known: &[(u32, Attempt)],
+) -> std::collections::BTreeSet<String> {
+    instances
+        .keys()
+        .cloned()
+        .chain(known.iter().map(|(_, a)| a.instance_id.clone()))
+        .collect()
 }
 
 /// What the run leaves once its report is made, put away: its instances' parameters, and with
