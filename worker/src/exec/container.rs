@@ -260,10 +260,24 @@ async fn login(c: &Container) -> Result<()> {
     Ok(())
 }
 
+/// How many times a pull is tried, and the wait after its first failure (doubled after each):
+/// a registry answers an error or times out now and then, and podman's storage refuses a
+/// commit that raced another pull of the same layers ("layer not known").
+const PULL_TRIES: u32 = 3;
+const PULL_BACKOFF: Duration = Duration::from_secs(2);
+
 /// The image in the runtime's store, pulled (after a login where its registry needs one).
 pub async fn pull(c: &Container) -> Result<()> {
     login(c).await?;
     let began = std::time::Instant::now();
+    retried(PULL_TRIES, PULL_BACKOFF, || pull_once(c)).await?;
+    tracing::info!(image = %c.image, runtime = c.runtime.program(), seconds = began.elapsed().as_secs_f64(), "the job's image pulled");
+    Ok(())
+}
+
+/// One pull: Err when the runtime cannot be started (not worth trying again), Ok(Err) with
+/// what the runtime said when it refused.
+async fn pull_once(c: &Container) -> Result<Result<(), String>> {
     let out = tokio::process::Command::new(c.runtime.program())
         .args(pull_args(c))
         .output()
@@ -274,15 +288,36 @@ pub async fn pull(c: &Container) -> Result<()> {
                 c.runtime.program()
             )
         })?;
-    if !out.status.success() {
-        bail!(
+    Ok(match out.status.success() {
+        true => Ok(()),
+        false => Err(format!(
             "pulling {} failed: {}",
             c.image,
             String::from_utf8_lossy(&out.stderr).trim()
-        );
+        )),
+    })
+}
+
+/// `once` until it succeeds, fails for good (Err) or was refused `tries` times, waiting
+/// `backoff` (doubled each time) after each refusal; the last refusal as the error.
+async fn retried<F, Fut>(tries: u32, mut backoff: Duration, mut once: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Result<(), String>>>,
+{
+    let mut n = 1;
+    loop {
+        match once().await? {
+            Ok(()) => return Ok(()),
+            Err(why) if n < tries => {
+                tracing::warn!(error = %why, attempt = n, "the pull was refused; trying again");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+                n += 1;
+            }
+            Err(why) => bail!("{why} (tried {n} times)"),
+        }
     }
-    tracing::info!(image = %c.image, runtime = c.runtime.program(), seconds = began.elapsed().as_secs_f64(), "the job's image pulled");
-    Ok(())
 }
 
 /// Time the runtime's client is given to return after the runtime's own stop has ended the
@@ -354,6 +389,39 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_refused_pull_is_tried_again_and_a_missing_runtime_is_not() {
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let tick = Duration::from_millis(1);
+        // Refused twice (a registry's 503, a storage race), then pulled.
+        let third = retried(3, tick, || async {
+            let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(if n < 2 {
+                Err(format!("refused {n}"))
+            } else {
+                Ok(())
+            })
+        })
+        .await;
+        assert!(third.is_ok() && calls.load(std::sync::atomic::Ordering::SeqCst) == 3);
+        // Refused every time: the last refusal, and how many tries.
+        let e = retried(3, tick, || async { Ok(Err("layer not known".to_string())) })
+            .await
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "layer not known (tried 3 times)");
+        // The runtime cannot start: said at once.
+        calls.store(0, std::sync::atomic::Ordering::SeqCst);
+        let e = retried(3, tick, || async {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(anyhow::anyhow!("starting docker"))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(e.to_string(), "starting docker");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
 
     fn job() -> supervise::Job {
         supervise::Job {
